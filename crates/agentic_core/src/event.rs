@@ -1,0 +1,250 @@
+//! The event model: [`SystemEvent`] (what happened), its versioned encoding,
+//! and the envelopes an event travels in before ([`NewEvent`],
+//! [`PendingEvent`]) and after ([`EventEnvelope`]) it is stored.
+//!
+//! Encoding is JSON, externally tagged (`{"element_created":{...}}`), with a
+//! schema version per event. Stored payload bytes are kept exactly as they
+//! were hashed, so decoding and re-encoding never disturbs the hash chain.
+//! When a variant's shape has to change, bump [`EVENT_SCHEMA_VERSION`] and
+//! teach [`SystemEvent::decode`] to upcast the older versions: the golden log
+//! in `tests/fixtures/` must keep replaying.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::chain::Hash;
+use crate::element::ElementData;
+
+/// Schema version written with every newly encoded event.
+pub const EVENT_SCHEMA_VERSION: u16 = 1;
+
+/// Everything that can happen in lion. Every change of state is one of these.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SystemEvent {
+    /// A new element was created.
+    ElementCreated {
+        /// The element, as created.
+        element: ElementData,
+    },
+}
+
+impl SystemEvent {
+    /// The event's type name, as it appears in the encoded payload.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SystemEvent::ElementCreated { .. } => "element_created",
+        }
+    }
+
+    /// The stream this event belongs to when the caller names none: one stream
+    /// per entity, e.g. `element:<id>`.
+    pub fn default_stream(&self) -> String {
+        match self {
+            SystemEvent::ElementCreated { element } => format!("element:{}", element.id),
+        }
+    }
+
+    /// Encodes the event as JSON at the current [`EVENT_SCHEMA_VERSION`].
+    pub fn encode(&self) -> Result<Vec<u8>, EventError> {
+        serde_json::to_vec(self).map_err(|e| EventError::Encode(e.to_string()))
+    }
+
+    /// Decodes a payload written at `schema_version`, upcasting older versions.
+    pub fn decode(schema_version: u16, payload: &[u8]) -> Result<Self, EventError> {
+        match schema_version {
+            1 => serde_json::from_slice(payload).map_err(|e| EventError::Decode {
+                schema_version,
+                message: e.to_string(),
+            }),
+            other => Err(EventError::UnsupportedVersion(other)),
+        }
+    }
+}
+
+/// Errors encoding or decoding events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// The event could not be serialised.
+    #[error("cannot encode event: {0}")]
+    Encode(String),
+    /// A stored payload is not a valid event of its schema version.
+    #[error("cannot decode event (schema v{schema_version}): {message}")]
+    Decode {
+        /// The schema version the payload claims.
+        schema_version: u16,
+        /// What the decoder said.
+        message: String,
+    },
+    /// The payload was written by a newer lion than this one.
+    #[error(
+        "event schema version {0} is not supported by this lion (newest known: {EVENT_SCHEMA_VERSION})"
+    )]
+    UnsupportedVersion(u16),
+}
+
+/// An event a caller wants appended, with its causal metadata.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Unique id; appending the same id again is idempotent.
+    pub event_id: Uuid,
+    /// The stream (entity) the event belongs to.
+    pub stream: String,
+    /// Id shared by every event caused by one request.
+    pub correlation_id: Uuid,
+    /// Id of the event or command that directly caused this one.
+    pub causation_id: Option<Uuid>,
+    /// What happened.
+    pub event: SystemEvent,
+}
+
+impl NewEvent {
+    /// A new event on its default stream, with a fresh event id.
+    pub fn new(event: SystemEvent, correlation_id: Uuid) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            stream: event.default_stream(),
+            correlation_id,
+            causation_id: None,
+            event,
+        }
+    }
+
+    /// Sets the causation id.
+    pub fn caused_by(mut self, causation_id: Uuid) -> Self {
+        self.causation_id = Some(causation_id);
+        self
+    }
+
+    /// Encodes the payload, ready for a store's writer to seal into the chain.
+    pub fn encode(self) -> Result<PendingEvent, EventError> {
+        let payload = self.event.encode()?;
+        Ok(PendingEvent {
+            event_id: self.event_id,
+            stream: self.stream,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            schema_version: EVENT_SCHEMA_VERSION,
+            payload,
+            event: self.event,
+        })
+    }
+}
+
+/// A [`NewEvent`] with its payload encoded, waiting for a sequence number.
+#[derive(Debug, Clone)]
+pub struct PendingEvent {
+    /// Unique id; appending the same id again is idempotent.
+    pub event_id: Uuid,
+    /// The stream (entity) the event belongs to.
+    pub stream: String,
+    /// Id shared by every event caused by one request.
+    pub correlation_id: Uuid,
+    /// Id of the event or command that directly caused this one.
+    pub causation_id: Option<Uuid>,
+    /// Schema version of `payload`.
+    pub schema_version: u16,
+    /// The encoded event.
+    pub payload: Vec<u8>,
+    /// The decoded event, kept so the writer can update projections without decoding.
+    pub event: SystemEvent,
+}
+
+/// A stored event: its position in the log, its metadata and its link in the
+/// hash chain. The payload is kept encoded; [`EventEnvelope::decode`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    /// Global sequence number: gapless, starting at 1, in commit order.
+    pub seq: u64,
+    /// Unique event id.
+    pub event_id: Uuid,
+    /// The stream (entity) the event belongs to.
+    pub stream: String,
+    /// Position within its stream, starting at 1.
+    pub stream_version: u64,
+    /// When the event was committed (microsecond precision).
+    pub recorded_at: DateTime<Utc>,
+    /// Id shared by every event caused by one request.
+    pub correlation_id: Uuid,
+    /// Id of the event or command that directly caused this one.
+    pub causation_id: Option<Uuid>,
+    /// Schema version of `payload`.
+    pub schema_version: u16,
+    /// The encoded event, byte for byte as hashed.
+    #[serde(with = "payload_text")]
+    pub payload: Vec<u8>,
+    /// Hash of the previous record (all zeros for the first).
+    pub prev_hash: Hash,
+    /// Hash of this record, covering every field above and `prev_hash`.
+    pub hash: Hash,
+}
+
+impl EventEnvelope {
+    /// Decodes the payload into a [`SystemEvent`].
+    pub fn decode(&self) -> Result<SystemEvent, EventError> {
+        SystemEvent::decode(self.schema_version, &self.payload)
+    }
+}
+
+/// Serialises payload bytes (always UTF-8 JSON) as a string, so exported logs
+/// stay readable.
+mod payload_text {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        let text = std::str::from_utf8(bytes).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        String::deserialize(d)
+            .map(String::into_bytes)
+            .map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn element() -> ElementData {
+        let meta = json!({"k": "v"}).as_object().cloned().unwrap_or_default();
+        ElementData::new(meta, Some("body".into()))
+    }
+
+    #[test]
+    fn encoding_is_externally_tagged_and_round_trips() {
+        let e = SystemEvent::ElementCreated { element: element() };
+        let bytes = e.encode().expect("encode");
+        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert!(v.get("element_created").is_some(), "{v}");
+        let SystemEvent::ElementCreated { element: back } =
+            SystemEvent::decode(EVENT_SCHEMA_VERSION, &bytes).expect("decode");
+        let SystemEvent::ElementCreated { element: orig } = e;
+        assert!(orig.same_content(&back));
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_errors() {
+        assert_eq!(
+            SystemEvent::decode(99, b"{}").unwrap_err(),
+            EventError::UnsupportedVersion(99)
+        );
+        assert!(matches!(
+            SystemEvent::decode(1, b"{\"no_such_event\":{}}"),
+            Err(EventError::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn new_event_uses_the_entity_stream() {
+        let el = element();
+        let id = el.id;
+        let ev = NewEvent::new(SystemEvent::ElementCreated { element: el }, Uuid::now_v7());
+        assert_eq!(ev.stream, format!("element:{id}"));
+        let pending = ev.encode().expect("encode");
+        assert_eq!(pending.schema_version, EVENT_SCHEMA_VERSION);
+    }
+}

@@ -1,0 +1,32 @@
+//! The lion kernel: the primitives, the event model and the ports that
+//! adapters implement. It has no SQL, HTTP or WebAssembly dependency: the I/O
+//! lives in adapter crates around it.
+//!
+//! Modules, one job each:
+//!
+//! - [`element`] — [`ElementData`], the identity every lion object shares.
+//! - [`progression`] — [`Progression`], an ordered list of ids.
+//! - [`pile`] — [`Pile`], a thread-safe, insertion-ordered collection keyed by id.
+//! - [`event`] — [`SystemEvent`], its versioned encoding and the envelope a
+//!   stored event travels in.
+//! - [`chain`] — the SHA-256 hash chain that makes the log tamper-evident, and
+//!   its verifier.
+//! - [`state`] — [`State`], the pure reducer: replay is a fold of the log.
+//! - [`store`] — the [`EventStore`] port that event-store adapters implement,
+//!   and [`Subscription`], which follows a store's new events.
+
+pub mod chain;
+pub mod element;
+pub mod event;
+pub mod pile;
+pub mod progression;
+pub mod state;
+pub mod store;
+
+pub use chain::{ChainError, ChainHead, ChainVerifier, Hash};
+pub use element::{Element, ElementData};
+pub use event::{EventEnvelope, EventError, NewEvent, PendingEvent, SystemEvent};
+pub use pile::{Pile, PileError};
+pub use progression::{Progression, ProgressionError};
+pub use state::{ApplyError, State};
+pub use store::{AppendReceipt, EventStore, ExpectedVersion, StoreError, Subscription};

@@ -1,0 +1,163 @@
+//! [`State`]: everything lion knows, rebuilt by folding the event log through
+//! the pure reducer [`State::apply`].
+//!
+//! Stores keep projections of this state (tables updated in the same
+//! transaction as the append) so commands never re-fold the log; `lion replay`
+//! folds it afresh and compares with [`State::diff`].
+
+use indexmap::IndexMap;
+use uuid::Uuid;
+
+use crate::element::ElementData;
+use crate::event::SystemEvent;
+
+/// The state the log describes: a pure function of the events applied.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// Every element ever created, in creation order.
+    elements: IndexMap<Uuid, ElementData>,
+}
+
+/// Why an event cannot be applied to the current state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// An element with this id already exists.
+    #[error("element {0} already exists")]
+    DuplicateElement(Uuid),
+}
+
+impl State {
+    /// An empty state, before any event.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one event. Pure: the result depends only on `self` and `event`.
+    ///
+    /// An event that contradicts the state is refused and leaves the state
+    /// unchanged; stores refuse to append such events, so a log they wrote
+    /// always folds without error.
+    pub fn apply(&mut self, event: &SystemEvent) -> Result<(), ApplyError> {
+        match event {
+            SystemEvent::ElementCreated { element } => {
+                if self.elements.contains_key(&element.id) {
+                    return Err(ApplyError::DuplicateElement(element.id));
+                }
+                self.elements.insert(element.id, element.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `event` could be applied, without applying it.
+    pub fn check(&self, event: &SystemEvent) -> Result<(), ApplyError> {
+        match event {
+            SystemEvent::ElementCreated { element } if self.elements.contains_key(&element.id) => {
+                Err(ApplyError::DuplicateElement(element.id))
+            }
+            SystemEvent::ElementCreated { .. } => Ok(()),
+        }
+    }
+
+    /// Every element, in creation order.
+    pub fn elements(&self) -> impl ExactSizeIterator<Item = &ElementData> {
+        self.elements.values()
+    }
+
+    /// The element with this id, if any.
+    pub fn element(&self, id: Uuid) -> Option<&ElementData> {
+        self.elements.get(&id)
+    }
+
+    /// Adds an element read from a projection (used by stores to load their
+    /// projected state; not a way to change state outside the log).
+    pub fn load_element(&mut self, element: ElementData) {
+        self.elements.insert(element.id, element);
+    }
+
+    /// Every difference between two states, described in one line each; empty
+    /// when they are identical field by field.
+    pub fn diff(&self, other: &State) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, (id, mine)) in self.elements.iter().enumerate() {
+            match other.elements.get_index_of(id) {
+                None => out.push(format!("element {id} missing")),
+                Some(j) if j != i => {
+                    out.push(format!("element {id} at position {j} instead of {i}"));
+                }
+                Some(j) => {
+                    let theirs = &other.elements[j];
+                    if !mine.same_content(theirs) {
+                        out.push(format!("element {id} differs"));
+                    }
+                }
+            }
+        }
+        for id in other.elements.keys() {
+            if !self.elements.contains_key(id) {
+                out.push(format!("element {id} unexpected"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Map, json};
+
+    fn created(content: &str) -> (Uuid, SystemEvent) {
+        let el = ElementData::new(Map::new(), Some(content.into()));
+        (el.id, SystemEvent::ElementCreated { element: el })
+    }
+
+    #[test]
+    fn fold_keeps_creation_order() {
+        let mut s = State::new();
+        let events: Vec<_> = (0..5).map(|i| created(&i.to_string())).collect();
+        for (_, e) in &events {
+            s.apply(e).expect("apply");
+        }
+        let ids: Vec<Uuid> = s.elements().map(|e| e.id).collect();
+        let expected: Vec<Uuid> = events.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, expected);
+    }
+
+    #[test]
+    fn duplicate_creation_is_refused_and_changes_nothing() {
+        let mut s = State::new();
+        let (id, e) = created("a");
+        s.apply(&e).expect("first");
+        assert_eq!(s.check(&e), Err(ApplyError::DuplicateElement(id)));
+        assert_eq!(s.apply(&e), Err(ApplyError::DuplicateElement(id)));
+        assert_eq!(s.elements().len(), 1);
+    }
+
+    #[test]
+    fn diff_names_missing_changed_and_reordered_elements() {
+        let mut a = State::new();
+        for i in 0..3 {
+            a.apply(&created(&i.to_string()).1).expect("apply");
+        }
+        assert!(a.diff(&a.clone()).is_empty());
+
+        let mut changed = a.clone();
+        let first = a.elements().next().expect("one").clone();
+        let mut edited = first.clone();
+        edited.metadata = json!({"x": 1}).as_object().cloned().unwrap_or_default();
+        changed.load_element(edited);
+        assert_eq!(
+            a.diff(&changed),
+            vec![format!("element {} differs", first.id)]
+        );
+
+        let mut shorter = State::new();
+        for e in a.elements().skip(1) {
+            shorter.load_element(e.clone());
+        }
+        let d = a.diff(&shorter);
+        assert!(d[0].contains("missing"), "{d:?}");
+        assert!(shorter.diff(&a).iter().any(|l| l.contains("unexpected")));
+    }
+}

@@ -1,0 +1,237 @@
+//! The [`EventStore`] port: the durable, append-only, hash-chained log that
+//! every lion state change goes through, and [`Subscription`], which follows
+//! it.
+//!
+//! Contract every adapter keeps:
+//!
+//! - sequence numbers start at 1 and are **gapless and in commit order**, so a
+//!   reader that has seen seq N has seen everything before it;
+//! - an append is all-or-nothing, and acknowledged only once durable (for
+//!   durable adapters);
+//! - appending an event id that is already stored is idempotent: the original
+//!   positions are returned and nothing is written twice;
+//! - an event the [`State`] reducer would refuse is refused, so the log always
+//!   folds cleanly, and projections are updated in the same transaction.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::chain::{ChainError, ChainHead};
+use crate::event::{EventEnvelope, EventError, NewEvent};
+use crate::state::{ApplyError, State};
+
+/// Optimistic-concurrency expectation on the stream a batch appends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    #[default]
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's newest event must be at this version.
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Checks the expectation against a stream's current version (0 = no stream).
+    pub fn check(self, stream: &str, current: u64) -> Result<(), StoreError> {
+        let ok = match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current == 0,
+            ExpectedVersion::Exact(v) => current == v,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(StoreError::WrongExpectedVersion {
+                stream: stream.to_owned(),
+                expected: self,
+                actual: current,
+            })
+        }
+    }
+}
+
+/// What an acknowledged append wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendReceipt {
+    /// Sequence number of the batch's first event.
+    pub first_seq: u64,
+    /// Sequence number of the batch's last event.
+    pub last_seq: u64,
+    /// True when every event was already stored (an idempotent retry).
+    pub deduplicated: bool,
+}
+
+/// Errors from an event store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The stream is not at the version the batch expected.
+    #[error("stream {stream} is at version {actual}, expected {expected:?}")]
+    WrongExpectedVersion {
+        /// The stream appended to.
+        stream: String,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's current version (0 = no stream).
+        actual: u64,
+    },
+    /// The batch is malformed (empty, or several streams with an expected version).
+    #[error("invalid batch: {0}")]
+    InvalidBatch(&'static str),
+    /// Some but not all of the batch's event ids are already stored.
+    #[error("event {0} is already stored, but the rest of its batch is not")]
+    PartialDuplicate(Uuid),
+    /// The reducer refuses an event of the batch.
+    #[error("event refused: {0}")]
+    Rejected(#[from] ApplyError),
+    /// An event could not be encoded or decoded.
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// The stored log fails verification.
+    #[error("log verification failed: {0}")]
+    Chain(#[from] ChainError),
+    /// Another process held the store's write lock for longer than the busy timeout.
+    #[error("store is locked by another process (gave up after {waited_ms} ms)")]
+    Locked {
+        /// How long the writer waited.
+        waited_ms: u64,
+    },
+    /// The location is not a lion store.
+    #[error("{path} is not a lion store: {reason}")]
+    NotAStore {
+        /// The location opened.
+        path: String,
+        /// Why it is not one.
+        reason: String,
+    },
+    /// The store's files are damaged.
+    #[error("store {path} is damaged: {reason}")]
+    Corrupt {
+        /// The damaged file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file of the store could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's message.
+        message: String,
+    },
+    /// The storage engine reported an error not covered above.
+    #[error("storage error: {0}")]
+    Backend(String),
+    /// The store was closed.
+    #[error("event store is closed")]
+    Closed,
+}
+
+/// The durable event log (port). See the module docs for the contract.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends a batch atomically, once `expected` holds for its stream.
+    ///
+    /// With an expectation other than [`ExpectedVersion::Any`], every event of
+    /// the batch must be on the same stream.
+    async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+    ) -> Result<AppendReceipt, StoreError>;
+
+    /// Reads up to `limit` events with `seq >= from`, in order.
+    async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError>;
+
+    /// The newest committed record.
+    async fn head(&self) -> Result<ChainHead, StoreError>;
+
+    /// Resolves once the log may hold events after `seq` (it may wake early;
+    /// callers re-read).
+    async fn wait_for_events(&self, seq: u64) -> Result<(), StoreError>;
+
+    /// The state as kept by the store's projections (not re-folded).
+    async fn projected_state(&self) -> Result<State, StoreError>;
+
+    /// Follows the log from `from` on: every stored event, then new ones as
+    /// they are committed.
+    fn subscribe(self: Arc<Self>, from: u64) -> Subscription;
+}
+
+/// Events read per round trip while a subscription catches up.
+const SUBSCRIPTION_BATCH: usize = 512;
+
+/// A cursor over a store that yields every event from a sequence number on,
+/// waiting for new ones at the end of the log.
+pub struct Subscription {
+    store: Arc<dyn EventStore>,
+    next: u64,
+    buffer: VecDeque<EventEnvelope>,
+}
+
+impl Subscription {
+    /// Follows `store` from sequence number `from` (1 = the whole log).
+    pub fn new(store: Arc<dyn EventStore>, from: u64) -> Self {
+        Self {
+            store,
+            next: from.max(1),
+            buffer: VecDeque::new(),
+        }
+    }
+
+    /// The next event, waiting for one to be committed if need be.
+    pub async fn next(&mut self) -> Result<EventEnvelope, StoreError> {
+        loop {
+            if let Some(e) = self.buffer.pop_front() {
+                return Ok(e);
+            }
+            let batch = self.store.read_from(self.next, SUBSCRIPTION_BATCH).await?;
+            match batch.last() {
+                Some(last) => {
+                    self.next = last.seq + 1;
+                    self.buffer.extend(batch);
+                }
+                None => self.store.wait_for_events(self.next - 1).await?,
+            }
+        }
+    }
+}
+
+/// Checks a batch's shape and returns the stream an expectation applies to.
+pub fn batch_stream(events: &[NewEvent], expected: ExpectedVersion) -> Result<&str, StoreError> {
+    let first = events
+        .first()
+        .ok_or(StoreError::InvalidBatch("no events"))?;
+    if expected != ExpectedVersion::Any && events.iter().any(|e| e.stream != first.stream) {
+        return Err(StoreError::InvalidBatch(
+            "an expected version needs every event on one stream",
+        ));
+    }
+    Ok(&first.stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectations() {
+        assert!(ExpectedVersion::Any.check("s", 7).is_ok());
+        assert!(ExpectedVersion::NoStream.check("s", 0).is_ok());
+        assert!(ExpectedVersion::NoStream.check("s", 1).is_err());
+        assert!(ExpectedVersion::Exact(3).check("s", 3).is_ok());
+        assert_eq!(
+            ExpectedVersion::Exact(3).check("s", 4),
+            Err(StoreError::WrongExpectedVersion {
+                stream: "s".into(),
+                expected: ExpectedVersion::Exact(3),
+                actual: 4
+            })
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! Event-store adapters for lion: implementations of the kernel's
+//! [`agentic_core::EventStore`] port.
+//!
+//! - [`memory`] — [`MemoryStore`], in memory, for tests and ephemeral runs.
+//! - [`sqlite`] — [`SqliteStore`], the embedded default: SQLite in WAL mode with
+//!   `synchronous=FULL`, one group-commit writer per process, projections
+//!   updated in the append's transaction, and the `HEAD` file that lets
+//!   verification detect a truncated log.
+//! - [`bench`] — the store benchmark behind `lion bench store`, with its
+//!   same-run baselines (raw SQLite inserts, raw `fdatasync`).
+
+pub mod bench;
+pub mod memory;
+pub mod sqlite;
+
+pub use memory::MemoryStore;
+pub use sqlite::{SqliteOptions, SqliteStore, VerifyReport};

@@ -1,0 +1,310 @@
+//! [`MemoryStore`]: an in-memory [`EventStore`] with the same contract as the
+//! durable one (gapless sequence, hash chain, idempotent appends, reducer
+//! checks), for tests and runs that need no durability.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use agentic_core::chain::seal;
+use agentic_core::store::batch_stream;
+use agentic_core::{
+    AppendReceipt, ChainHead, EventEnvelope, EventStore, ExpectedVersion, Hash, NewEvent, State,
+    StoreError, Subscription,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// An event store that lives in memory and is gone when dropped.
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    head: watch::Sender<ChainHead>,
+}
+
+#[derive(Default)]
+struct Inner {
+    log: Vec<EventEnvelope>,
+    state: State,
+    seq_by_event_id: HashMap<Uuid, u64>,
+    stream_versions: HashMap<String, u64>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            head: watch::channel(ChainHead::EMPTY).0,
+        }
+    }
+
+    /// Runs `f` on the stored log (tests use it to inspect or tamper with records).
+    pub fn with_log<R>(&self, f: impl FnOnce(&mut Vec<EventEnvelope>) -> R) -> R {
+        f(&mut self.lock().log)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Inner {
+    fn head(&self) -> ChainHead {
+        self.log.last().map_or(ChainHead::EMPTY, |e| ChainHead {
+            seq: e.seq,
+            hash: e.hash,
+        })
+    }
+
+    /// Seqs of a batch already stored in full, or an error if only part is.
+    fn already_stored(&self, events: &[NewEvent]) -> Result<Option<AppendReceipt>, StoreError> {
+        let seqs: Vec<Option<u64>> = events
+            .iter()
+            .map(|e| self.seq_by_event_id.get(&e.event_id).copied())
+            .collect();
+        if seqs.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        if let Some(i) = seqs.iter().position(Option::is_none) {
+            let stored = events
+                .iter()
+                .zip(&seqs)
+                .find(|(_, s)| s.is_some())
+                .map_or(events[i].event_id, |(e, _)| e.event_id);
+            return Err(StoreError::PartialDuplicate(stored));
+        }
+        let seqs = seqs.into_iter().flatten();
+        let (first, last) = seqs.fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
+        Ok(Some(AppendReceipt {
+            first_seq: first,
+            last_seq: last,
+            deduplicated: true,
+        }))
+    }
+
+    fn append(
+        &mut self,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+        now: DateTime<Utc>,
+    ) -> Result<AppendReceipt, StoreError> {
+        let stream = batch_stream(&events, expected)?;
+        if let Some(receipt) = self.already_stored(&events)? {
+            return Ok(receipt);
+        }
+        expected.check(
+            stream,
+            self.stream_versions.get(stream).copied().unwrap_or(0),
+        )?;
+        // All or nothing: a batch of several events is checked on a copy.
+        let mut next_state = (events.len() > 1).then(|| self.state.clone());
+        for e in &events {
+            match &mut next_state {
+                Some(s) => s.apply(&e.event)?,
+                None => self.state.check(&e.event)?,
+            }
+        }
+        let first_seq = self.head().seq + 1;
+        for new in events {
+            let version = self.stream_versions.entry(new.stream.clone()).or_insert(0);
+            *version += 1;
+            let version = *version;
+            let pending = new.encode()?;
+            if next_state.is_none() {
+                self.state.apply(&pending.event)?;
+            }
+            let record = seal(
+                &self.head(),
+                EventEnvelope {
+                    seq: 0,
+                    event_id: pending.event_id,
+                    stream: pending.stream,
+                    stream_version: version,
+                    recorded_at: now,
+                    correlation_id: pending.correlation_id,
+                    causation_id: pending.causation_id,
+                    schema_version: pending.schema_version,
+                    payload: pending.payload,
+                    prev_hash: Hash::GENESIS,
+                    hash: Hash::GENESIS,
+                },
+            );
+            self.seq_by_event_id.insert(record.event_id, record.seq);
+            self.log.push(record);
+        }
+        if let Some(s) = next_state {
+            self.state = s;
+        }
+        Ok(AppendReceipt {
+            first_seq,
+            last_seq: self.head().seq,
+            deduplicated: false,
+        })
+    }
+}
+
+/// The current time, truncated to the microseconds the hash covers.
+pub(crate) fn now_micros() -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap_or_default()
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+    ) -> Result<AppendReceipt, StoreError> {
+        let (receipt, head) = {
+            let mut inner = self.lock();
+            let receipt = inner.append(events, expected, now_micros())?;
+            (receipt, inner.head())
+        };
+        self.head.send_replace(head);
+        Ok(receipt)
+    }
+
+    async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
+        let inner = self.lock();
+        let start = usize::try_from(from.max(1) - 1).unwrap_or(usize::MAX);
+        Ok(inner.log.iter().skip(start).take(limit).cloned().collect())
+    }
+
+    async fn head(&self) -> Result<ChainHead, StoreError> {
+        Ok(self.lock().head())
+    }
+
+    async fn wait_for_events(&self, seq: u64) -> Result<(), StoreError> {
+        let mut rx = self.head.subscribe();
+        rx.wait_for(|h| h.seq > seq)
+            .await
+            .map(|_| ())
+            .map_err(|_| StoreError::Closed)
+    }
+
+    async fn projected_state(&self) -> Result<State, StoreError> {
+        Ok(self.lock().state.clone())
+    }
+
+    fn subscribe(self: Arc<Self>, from: u64) -> Subscription {
+        Subscription::new(self, from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentic_core::{ChainVerifier, ElementData, SystemEvent};
+    use serde_json::Map;
+
+    fn created() -> NewEvent {
+        let element = ElementData::new(Map::new(), None);
+        NewEvent::new(SystemEvent::ElementCreated { element }, Uuid::now_v7())
+    }
+
+    #[tokio::test]
+    async fn appends_chain_and_dedupe() {
+        let store = MemoryStore::new();
+        let a = created();
+        let r1 = store
+            .append(vec![a.clone()], ExpectedVersion::Any)
+            .await
+            .expect("append");
+        assert_eq!((r1.first_seq, r1.last_seq, r1.deduplicated), (1, 1, false));
+        let r2 = store
+            .append(vec![a.clone()], ExpectedVersion::Any)
+            .await
+            .expect("again");
+        assert_eq!((r2.first_seq, r2.deduplicated), (1, true));
+        let b = created();
+        let r3 = store
+            .append(vec![b.clone()], ExpectedVersion::Any)
+            .await
+            .expect("b");
+        assert_eq!(r3.first_seq, 2);
+        assert_eq!(
+            store.append(vec![created(), a], ExpectedVersion::Any).await,
+            Err(StoreError::PartialDuplicate(r1_event_id(&store, 1).await))
+        );
+        let log = store.read_from(1, 10).await.expect("read");
+        let mut v = ChainVerifier::new();
+        for e in &log {
+            v.check(e).expect("chain");
+        }
+        assert_eq!(v.head(), store.head().await.expect("head"));
+    }
+
+    async fn r1_event_id(store: &MemoryStore, seq: u64) -> Uuid {
+        store.read_from(seq, 1).await.expect("read")[0].event_id
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_changes_nothing() {
+        let store = MemoryStore::new();
+        let a = created();
+        let mut dup = a.clone();
+        dup.event_id = Uuid::now_v7();
+        let err = store
+            .append(vec![a, dup], ExpectedVersion::Any)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Rejected(_)), "{err}");
+        assert_eq!(store.head().await.expect("head"), ChainHead::EMPTY);
+        assert_eq!(
+            store
+                .projected_state()
+                .await
+                .expect("state")
+                .elements()
+                .len(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn expected_versions_are_enforced_per_stream() {
+        let store = MemoryStore::new();
+        let e = created();
+        let stream = e.stream.clone();
+        store
+            .append(vec![e], ExpectedVersion::NoStream)
+            .await
+            .expect("first");
+        let mut again = created();
+        again.stream = stream.clone();
+        let err = store
+            .append(vec![again.clone()], ExpectedVersion::NoStream)
+            .await;
+        assert!(matches!(
+            err,
+            Err(StoreError::WrongExpectedVersion { actual: 1, .. })
+        ));
+        store
+            .append(vec![again], ExpectedVersion::Exact(1))
+            .await
+            .expect("exact");
+    }
+
+    #[tokio::test]
+    async fn subscription_sees_old_and_new_events() {
+        let store = Arc::new(MemoryStore::new());
+        store
+            .append(vec![created()], ExpectedVersion::Any)
+            .await
+            .expect("1");
+        let mut sub = store.clone().subscribe(1);
+        assert_eq!(sub.next().await.expect("first").seq, 1);
+        let writer = store.clone();
+        let task =
+            tokio::spawn(async move { writer.append(vec![created()], ExpectedVersion::Any).await });
+        assert_eq!(sub.next().await.expect("second").seq, 2);
+        task.await.expect("join").expect("append");
+    }
+}

@@ -1,0 +1,115 @@
+//! The `HEAD` file: the newest committed (seq, hash), kept outside the log so
+//! that verification can tell a log whose newest records were cut off.
+//!
+//! It is written after each commit, never before, so it may lag the log but
+//! never leads it. Several processes share a home: a lock file serialises
+//! writers, and a head only ever moves forward. The file is replaced by an
+//! atomic rename; it is not fsynced (that would double the cost of each
+//! commit), so after a power cut it may lag further — which verification
+//! allows — but it is never half-written.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+use agentic_core::{ChainHead, StoreError};
+
+/// Reader and writer of one home's `HEAD` file.
+#[derive(Debug)]
+pub struct HeadFile {
+    path: PathBuf,
+    lock: File,
+}
+
+impl HeadFile {
+    /// Opens the head file of a home (creating its lock file).
+    pub fn open(path: PathBuf) -> Result<Self, StoreError> {
+        let lock_path = path.with_extension("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_error(&lock_path, &e))?;
+        Ok(Self { path, lock })
+    }
+
+    /// The recorded head, `None` if no head was ever written.
+    pub fn read(&self) -> Result<Option<ChainHead>, StoreError> {
+        read(&self.path)
+    }
+
+    /// Records `head` unless the file already records a newer one.
+    pub fn advance(&self, head: ChainHead) -> Result<(), StoreError> {
+        self.lock.lock().map_err(|e| io_error(&self.path, &e))?;
+        let result = self.advance_locked(head);
+        let unlocked = self.lock.unlock().map_err(|e| io_error(&self.path, &e));
+        result.and(unlocked)
+    }
+
+    fn advance_locked(&self, head: ChainHead) -> Result<(), StoreError> {
+        if matches!(self.read(), Ok(Some(current)) if current.seq >= head.seq) {
+            return Ok(());
+        }
+        let tmp = self
+            .path
+            .with_extension(format!("tmp.{}", std::process::id()));
+        let mut f = File::create(&tmp).map_err(|e| io_error(&tmp, &e))?;
+        f.write_all(head.to_line().as_bytes())
+            .map_err(|e| io_error(&tmp, &e))?;
+        fs::rename(&tmp, &self.path).map_err(|e| io_error(&self.path, &e))
+    }
+}
+
+/// Reads a `HEAD` file: `None` if absent, an error if unreadable or malformed.
+pub fn read(path: &Path) -> Result<Option<ChainHead>, StoreError> {
+    match fs::read_to_string(path) {
+        Ok(text) => ChainHead::parse_line(&text)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt {
+                path: path.display().to_string(),
+                reason: "HEAD is not \"<seq> <sha256 hex>\"".into(),
+            }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(path, &e)),
+    }
+}
+
+pub(crate) fn io_error(path: &Path, e: &std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentic_core::Hash;
+
+    #[test]
+    fn only_moves_forward() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let head = HeadFile::open(dir.path().join("HEAD")).expect("open");
+        assert_eq!(head.read().expect("read"), None);
+        let h5 = ChainHead {
+            seq: 5,
+            hash: Hash([5; 32]),
+        };
+        let h3 = ChainHead {
+            seq: 3,
+            hash: Hash([3; 32]),
+        };
+        head.advance(h5).expect("advance");
+        head.advance(h3).expect("stale advance is ignored");
+        assert_eq!(head.read().expect("read"), Some(h5));
+    }
+
+    #[test]
+    fn a_garbled_head_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("HEAD");
+        fs::write(&path, "not a head").expect("write");
+        assert!(matches!(read(&path), Err(StoreError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,552 @@
+//! [`SqliteStore`]: the embedded, durable [`EventStore`] — one home directory
+//! holding `lion.db` (SQLite, WAL, `synchronous=FULL`) and `HEAD`.
+//!
+//! Appends go through one group-commit writer thread per process
+//! ([`writer`]); reads use a small pool of reader connections, which WAL lets
+//! run beside the writer. Several processes may open the same home at once.
+
+mod head_file;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use agentic_core::store::batch_stream;
+use agentic_core::{
+    AppendReceipt, ChainHead, ChainVerifier, ElementData, EventEnvelope, EventStore,
+    ExpectedVersion, Hash, NewEvent, State, StoreError, Subscription, SystemEvent,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, Row};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+pub use head_file::HeadFile;
+use schema::DbFile;
+pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+use writer::{Request, Writer};
+
+/// File name of the database inside a home.
+pub const DB_FILE: &str = "lion.db";
+/// File name of the recorded chain head inside a home.
+pub const HEAD_FILE: &str = "HEAD";
+
+/// Files a home may hold besides the database; a directory holding anything
+/// else and no database is not a lion home.
+const HOME_FILES: &[&str] = &[
+    DB_FILE,
+    HEAD_FILE,
+    "HEAD.lock",
+    "lion.db-wal",
+    "lion.db-shm",
+];
+
+/// How often a waiting subscriber re-reads the log for commits made by other
+/// processes (commits of this process wake it at once).
+const CROSS_PROCESS_POLL: Duration = Duration::from_millis(100);
+
+/// Tuning of a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// How long a commit waits for another process's write lock before
+    /// failing with [`StoreError::Locked`].
+    pub busy_timeout: Duration,
+    /// Most events committed in one transaction.
+    pub max_events_per_commit: usize,
+    /// Append requests that may wait for the writer before appenders are
+    /// slowed down (backpressure).
+    pub writer_queue: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(5),
+            max_events_per_commit: 8192,
+            writer_queue: 4096,
+        }
+    }
+}
+
+/// The outcome of a successful [`SqliteStore::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Number of records checked.
+    pub events: u64,
+    /// The verified head of the log.
+    pub head: ChainHead,
+    /// The head recorded in `HEAD`, if the file exists.
+    pub recorded_head: Option<ChainHead>,
+}
+
+/// The durable event store of one lion home.
+pub struct SqliteStore {
+    home: PathBuf,
+    head_path: PathBuf,
+    requests: Option<mpsc::Sender<Request>>,
+    head_rx: watch::Receiver<ChainHead>,
+    readers: Arc<Readers>,
+    writer: Option<JoinHandle<()>>,
+}
+
+/// The pool of reader connections, shared with blocking read tasks.
+struct Readers {
+    db: DbFile,
+    pool: Mutex<Vec<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens the store in `home`, creating the directory and an empty store if
+    /// there is none. Refuses, without changing anything, a directory that
+    /// holds other files, a database of another application or a damaged one.
+    pub fn open(home: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        let db = DbFile {
+            path: home.join(DB_FILE),
+            busy_timeout: options.busy_timeout,
+        };
+        let head_path = home.join(HEAD_FILE);
+        prepare_home(home, &db.path, &head_path)?;
+        schema::check_file(&db.path)?;
+        let mut conn = schema::connect(&db)?;
+        schema::initialise(&mut conn, &db)?;
+        let head = writer::read_head(&conn).map_err(|e| db.err(e))?;
+        let (head_tx, head_rx) = watch::channel(head);
+        let (tx, rx) = mpsc::channel(options.writer_queue.max(1));
+        let writer = Writer {
+            conn,
+            db: db.clone(),
+            head_file: HeadFile::open(head_path.clone())?,
+            head_tx,
+            max_events_per_commit: options.max_events_per_commit.max(1),
+        };
+        let handle = std::thread::Builder::new()
+            .name("lion-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            home: home.to_path_buf(),
+            head_path,
+            requests: Some(tx),
+            head_rx,
+            readers: Arc::new(Readers {
+                db,
+                pool: Mutex::new(Vec::new()),
+            }),
+            writer: Some(handle),
+        })
+    }
+
+    /// The home directory this store lives in.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The head recorded in the `HEAD` file (`None` if there is none yet).
+    pub fn recorded_head(&self) -> Result<Option<ChainHead>, StoreError> {
+        head_file::read(&self.head_path)
+    }
+
+    /// `PRAGMA synchronous` of every connection this store holds (the writer's
+    /// first); 2 means FULL.
+    pub async fn synchronous_levels(&self) -> Result<Vec<i64>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.sender()?
+            .send(Request::Synchronous(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let mut levels = vec![rx.await.map_err(|_| StoreError::Closed)??];
+        // Make sure at least one reader exists, then ask every pooled one.
+        self.readers.with(|_| Ok(()))?;
+        let pool = self
+            .readers
+            .pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for conn in pool.iter() {
+            levels.push(
+                conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
+                    .map_err(|e| self.readers.db.err(e))?,
+            );
+        }
+        Ok(levels)
+    }
+
+    /// Checks the whole log: SQLite's own page check, then every record's
+    /// position, link and hash, then the recorded head (truncation).
+    ///
+    /// Runs on the calling thread; it reads the whole log.
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let recorded = self.recorded_head()?;
+        self.readers.with(|conn| {
+            let result: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+            if result != "ok" {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                    Some(result),
+                ));
+            }
+            Ok(())
+        })?;
+        let mut verifier = ChainVerifier::watching(recorded.map_or(0, |h| h.seq));
+        let mut chain_error = None;
+        self.readers.scan(1, |e| match verifier.check(&e) {
+            Ok(()) => true,
+            Err(err) => {
+                chain_error = Some(err);
+                false
+            }
+        })?;
+        if let Some(e) = chain_error {
+            return Err(e.into());
+        }
+        let head = verifier.finish(recorded)?;
+        Ok(VerifyReport {
+            events: head.seq,
+            head,
+            recorded_head: recorded,
+        })
+    }
+
+    /// Folds the whole log into a fresh [`State`] (replay) and returns it with
+    /// the number of events applied. With `verify_chain`, every record's
+    /// chain link and hash are checked too.
+    ///
+    /// Runs on the calling thread; it reads the whole log.
+    pub fn replay(&self, verify_chain: bool) -> Result<(State, u64), StoreError> {
+        let mut state = State::new();
+        let mut failure = None;
+        let mut count = 0u64;
+        if verify_chain {
+            let mut verifier = ChainVerifier::new();
+            self.readers.scan(1, |e| {
+                let step = verifier
+                    .check(&e)
+                    .map_err(StoreError::from)
+                    .and_then(|()| apply(&mut state, e.seq, e.schema_version, &e.payload));
+                count += 1;
+                record_failure(step, &mut failure)
+            })?;
+        } else {
+            self.readers.with(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT seq, schema_version, payload FROM events ORDER BY seq",
+                )?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    let seq = row.get::<_, i64>(0)? as u64;
+                    let version: u16 = row.get(1)?;
+                    let payload = row.get_ref(2)?.as_blob()?;
+                    count += 1;
+                    if !record_failure(apply(&mut state, seq, version, payload), &mut failure) {
+                        break;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok((state, count)),
+        }
+    }
+
+    /// Calls `f` with every record from seq `from` on, in order, until it
+    /// returns false. Runs on the calling thread.
+    pub fn scan(&self, from: u64, f: impl FnMut(EventEnvelope) -> bool) -> Result<(), StoreError> {
+        self.readers.scan(from, f)
+    }
+
+    fn sender(&self) -> Result<&mpsc::Sender<Request>, StoreError> {
+        self.requests.as_ref().ok_or(StoreError::Closed)
+    }
+
+    /// Runs a read on a blocking thread, off the async runtime.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Readers) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || f(&readers))
+            .await
+            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+impl Readers {
+    /// Runs `f` with a pooled reader connection on the calling thread.
+    fn with<R>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R, StoreError> {
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => schema::connect(&self.db)?,
+        };
+        let result = f(&conn).map_err(|e| self.db.err(e));
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
+        result
+    }
+
+    /// Calls `f` with every record from seq `from` on, until it returns false.
+    fn scan(&self, from: u64, mut f: impl FnMut(EventEnvelope) -> bool) -> Result<(), StoreError> {
+        let mut decode_error = None;
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(SELECT_EVENTS)?;
+            let mut rows = stmt.query([from as i64])?;
+            while let Some(row) = rows.next()? {
+                match envelope(row) {
+                    Ok(e) => {
+                        if !f(e) {
+                            break;
+                        }
+                    }
+                    Err(reason) => {
+                        decode_error = Some(reason);
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        match decode_error {
+            Some(reason) => Err(StoreError::Corrupt {
+                path: self.db.path.display().to_string(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The `elements` projection, as a [`State`].
+    fn elements(&self) -> Result<State, StoreError> {
+        let mut bad = None;
+        let state = self.with(|conn| {
+            let mut state = State::new();
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, created_at, metadata, content FROM elements ORDER BY seq",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                match element(row) {
+                    Ok(e) => state.load_element(e),
+                    Err(reason) => {
+                        bad = Some(reason);
+                        break;
+                    }
+                }
+            }
+            Ok(state)
+        })?;
+        match bad {
+            Some(reason) => Err(StoreError::Corrupt {
+                path: self.db.path.display().to_string(),
+                reason: format!("elements projection: {reason}"),
+            }),
+            None => Ok(state),
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what it has, then stop.
+        self.requests.take();
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Keeps the first failure of a scan; returns whether to go on.
+fn record_failure(step: Result<(), StoreError>, failure: &mut Option<StoreError>) -> bool {
+    match step {
+        Ok(()) => true,
+        Err(e) => {
+            *failure = Some(e);
+            false
+        }
+    }
+}
+
+/// Decodes one payload and applies it to `state`.
+fn apply(state: &mut State, seq: u64, version: u16, payload: &[u8]) -> Result<(), StoreError> {
+    let event = SystemEvent::decode(version, payload).map_err(|e| StoreError::Corrupt {
+        path: format!("event log at seq {seq}"),
+        reason: e.to_string(),
+    })?;
+    state.apply(&event).map_err(|e| StoreError::Corrupt {
+        path: format!("event log at seq {seq}"),
+        reason: format!("replay refuses it: {e}"),
+    })
+}
+
+/// Creates the home if needed and refuses directories that are not homes.
+fn prepare_home(home: &Path, db: &Path, head: &Path) -> Result<(), StoreError> {
+    let io = |p: &Path, e: std::io::Error| StoreError::Io {
+        path: p.display().to_string(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(home).map_err(|e| io(home, e))?;
+    if db.exists() {
+        return Ok(());
+    }
+    if let Some(recorded) = head_file::read(head)? {
+        return Err(StoreError::Corrupt {
+            path: db.display().to_string(),
+            reason: format!(
+                "the database is missing, but HEAD records {} events: the log was deleted",
+                recorded.seq
+            ),
+        });
+    }
+    let entries = std::fs::read_dir(home).map_err(|e| io(home, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io(home, e))?;
+        let name = entry.file_name();
+        if !HOME_FILES.iter().any(|f| name == *f) {
+            return Err(StoreError::NotAStore {
+                path: home.display().to_string(),
+                reason: format!(
+                    "the directory holds other files (e.g. {}) and no {DB_FILE}",
+                    name.to_string_lossy()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+const SELECT_EVENTS: &str = "SELECT seq, event_id, stream, stream_version, recorded_at, \
+    correlation_id, causation_id, schema_version, payload, prev_hash, hash \
+    FROM events WHERE seq >= ?1 ORDER BY seq";
+
+/// Reads a row of [`SELECT_EVENTS`]; a malformed column is named in the error.
+fn envelope(row: &Row<'_>) -> Result<EventEnvelope, String> {
+    let seq: i64 = row.get(0).map_err(|e| e.to_string())?;
+    let bad = |what: &str| format!("record at seq {seq}: malformed {what}");
+    let uuid = |i: usize, what: &str| -> Result<Uuid, String> {
+        let b = row.get_ref(i).map_err(|_| bad(what))?;
+        Uuid::from_slice(b.as_blob().map_err(|_| bad(what))?).map_err(|_| bad(what))
+    };
+    let hash = |i: usize, what: &str| -> Result<Hash, String> {
+        let b = row.get_ref(i).map_err(|_| bad(what))?;
+        let bytes: [u8; 32] = b
+            .as_blob()
+            .map_err(|_| bad(what))?
+            .try_into()
+            .map_err(|_| bad(what))?;
+        Ok(Hash(bytes))
+    };
+    let causation_id = match row.get_ref(6).map_err(|_| bad("causation_id"))? {
+        rusqlite::types::ValueRef::Null => None,
+        _ => Some(uuid(6, "causation_id")?),
+    };
+    let micros: i64 = row.get(4).map_err(|_| bad("recorded_at"))?;
+    Ok(EventEnvelope {
+        seq: seq as u64,
+        event_id: uuid(1, "event_id")?,
+        stream: row.get(2).map_err(|_| bad("stream"))?,
+        stream_version: row.get::<_, i64>(3).map_err(|_| bad("stream_version"))? as u64,
+        recorded_at: DateTime::<Utc>::from_timestamp_micros(micros)
+            .ok_or_else(|| bad("recorded_at"))?,
+        correlation_id: uuid(5, "correlation_id")?,
+        causation_id,
+        schema_version: row.get(7).map_err(|_| bad("schema_version"))?,
+        payload: row.get(8).map_err(|_| bad("payload"))?,
+        prev_hash: hash(9, "prev_hash")?,
+        hash: hash(10, "hash")?,
+    })
+}
+
+/// Reads a row of the `elements` projection.
+fn element(row: &Row<'_>) -> Result<ElementData, String> {
+    let id = row
+        .get_ref(0)
+        .ok()
+        .and_then(|v| v.as_blob().ok())
+        .and_then(|b| Uuid::from_slice(b).ok())
+        .ok_or("malformed id")?;
+    let created_at: String = row.get(1).map_err(|e| e.to_string())?;
+    let metadata: String = row.get(2).map_err(|e| e.to_string())?;
+    Ok(ElementData {
+        id,
+        created_at: DateTime::parse_from_rfc3339(&created_at)
+            .map_err(|e| format!("element {id}: created_at: {e}"))?
+            .with_timezone(&Utc),
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|e| format!("element {id}: metadata: {e}"))?,
+        content: row.get(3).map_err(|e| e.to_string())?,
+    })
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    #[tracing::instrument(name = "append", skip_all, fields(
+        correlation_id = %events.first().map(|e| e.correlation_id).unwrap_or_default(),
+        events = events.len(),
+    ))]
+    async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+    ) -> Result<AppendReceipt, StoreError> {
+        batch_stream(&events, expected)?;
+        let events = events
+            .into_iter()
+            .map(NewEvent::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (reply, receipt) = oneshot::channel();
+        self.sender()?
+            .send(Request::Append {
+                events,
+                expected,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        receipt.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.read(move |r| {
+            let mut out = Vec::new();
+            if limit > 0 {
+                r.scan(from.max(1), |e| {
+                    out.push(e);
+                    out.len() < limit
+                })?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn head(&self) -> Result<ChainHead, StoreError> {
+        self.read(|r| r.with(|conn| writer::read_head(conn))).await
+    }
+
+    async fn wait_for_events(&self, seq: u64) -> Result<(), StoreError> {
+        let mut rx = self.head_rx.clone();
+        tokio::select! {
+            r = rx.wait_for(|h| h.seq > seq) => r.map(|_| ()).map_err(|_| StoreError::Closed),
+            () = tokio::time::sleep(CROSS_PROCESS_POLL) => Ok(()),
+        }
+    }
+
+    async fn projected_state(&self) -> Result<State, StoreError> {
+        self.read(Readers::elements).await
+    }
+
+    fn subscribe(self: Arc<Self>, from: u64) -> Subscription {
+        Subscription::new(self, from)
+    }
+}

@@ -1,0 +1,217 @@
+//! Opening a home's `lion.db`: recognising (or creating) a lion store,
+//! refusing anything else without touching it, and the connection settings
+//! every connection runs with.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agentic_core::StoreError;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use super::head_file::io_error;
+
+/// `PRAGMA application_id` of a lion store: "lion" in ASCII.
+pub const APPLICATION_ID: i32 = 0x6C69_6F6E;
+
+/// Version of the table layout below (`PRAGMA user_version`). Bump it with a
+/// migration step in [`initialise`] when the layout changes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The table layout. `events` is append-only (triggers refuse UPDATE and
+/// DELETE); `elements` is the projection of element events, written in the
+/// same transaction as the events it reflects.
+const SCHEMA: &str = "
+CREATE TABLE events (
+    seq            INTEGER PRIMARY KEY,
+    event_id       BLOB    NOT NULL UNIQUE,
+    stream         TEXT    NOT NULL,
+    stream_version INTEGER NOT NULL,
+    recorded_at    INTEGER NOT NULL, -- microseconds since the Unix epoch
+    correlation_id BLOB    NOT NULL,
+    causation_id   BLOB,
+    schema_version INTEGER NOT NULL,
+    payload        BLOB    NOT NULL,
+    prev_hash      BLOB    NOT NULL,
+    hash           BLOB    NOT NULL
+);
+CREATE UNIQUE INDEX events_by_stream ON events(stream, stream_version);
+CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+CREATE TRIGGER events_are_append_only_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+
+CREATE TABLE elements (
+    seq        INTEGER PRIMARY KEY, -- the creating event: creation order
+    id         BLOB    NOT NULL UNIQUE,
+    created_at TEXT    NOT NULL,    -- RFC 3339, exact
+    metadata   TEXT    NOT NULL,    -- JSON object
+    content    TEXT
+);
+";
+
+/// The 16 bytes every SQLite database file starts with.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// Checks a database file's header before SQLite opens it, so that a file
+/// which is not a database, or was cut short, is refused without being touched.
+pub fn check_file(path: &Path) -> Result<(), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut file = fs::File::open(path).map_err(|e| io_error(path, &e))?;
+    let len = file.metadata().map_err(|e| io_error(path, &e))?.len();
+    if len == 0 {
+        return Ok(()); // an empty file is a database SQLite has not written yet
+    }
+    let mut header = [0u8; 100];
+    file.read_exact(&mut header).map_err(|_| {
+        corrupt(format!(
+            "file is {len} bytes, shorter than a database header"
+        ))
+    })?;
+    if &header[..16] != SQLITE_MAGIC {
+        return Err(StoreError::NotAStore {
+            path: path.display().to_string(),
+            reason: "the file is not an SQLite database".into(),
+        });
+    }
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536,
+        n => u64::from(n),
+    };
+    let pages = u64::from(u32::from_be_bytes([
+        header[28], header[29], header[30], header[31],
+    ]));
+    // The page count is valid only when the change counter matches
+    // "version-valid-for" (bytes 24 and 92 of the header).
+    let valid = header[24..28] == header[92..96];
+    if valid && pages * page_size > len {
+        return Err(corrupt(format!(
+            "file is truncated: its header counts {pages} pages of {page_size} bytes, \
+             but it holds {len} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Opens a connection with the settings every store connection runs with:
+/// WAL, `synchronous=FULL` (so a commit is durable when acknowledged) and a
+/// busy timeout (so a writer waits for another process's lock).
+pub fn connect(db: &DbFile) -> Result<Connection, StoreError> {
+    let path = db.path.as_path();
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| db.err(e))?;
+    conn.busy_timeout(db.busy_timeout).map_err(|e| db.err(e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| db.err(e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "{}: cannot switch to WAL mode (got {mode})",
+            path.display()
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
+        .map_err(|e| db.err(e))?;
+    Ok(conn)
+}
+
+/// Makes sure the database is a lion store at [`SCHEMA_VERSION`], creating
+/// the tables in a new, empty database. Anything else is refused unchanged.
+pub fn initialise(conn: &mut Connection, db: &DbFile) -> Result<(), StoreError> {
+    let path = db.path.as_path();
+    let (app_id, version) = ids(conn, db)?;
+    if app_id == APPLICATION_ID && version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| db.err(e))?;
+    // Read again under the write lock: another process may have just created it.
+    let (app_id, version) = ids(&tx, db)?;
+    let tables: i64 = tx
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(|e| db.err(e))?;
+    let not_a_store = |reason: String| StoreError::NotAStore {
+        path: path.display().to_string(),
+        reason,
+    };
+    match (app_id, version) {
+        (APPLICATION_ID, SCHEMA_VERSION) => {}
+        (0, 0) if tables == 0 => {
+            tx.execute_batch(SCHEMA).map_err(|e| db.err(e))?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)
+                .map_err(|e| db.err(e))?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(|e| db.err(e))?;
+        }
+        (APPLICATION_ID, v) if v > SCHEMA_VERSION => {
+            return Err(not_a_store(format!(
+                "it was written by a newer lion (schema {v}; this lion knows up to {SCHEMA_VERSION})"
+            )));
+        }
+        (APPLICATION_ID, v) => {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                reason: format!("unknown schema version {v}"),
+            });
+        }
+        _ => {
+            return Err(not_a_store(
+                "it is an SQLite database of another application".into(),
+            ));
+        }
+    }
+    tx.commit().map_err(|e| db.err(e))
+}
+
+fn ids(conn: &Connection, db: &DbFile) -> Result<(i32, i32), StoreError> {
+    let app: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| db.err(e))?;
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| db.err(e))?;
+    Ok((app, version))
+}
+
+/// A store's database file and how long its connections wait for a lock.
+#[derive(Debug, Clone)]
+pub struct DbFile {
+    /// Path of `lion.db`.
+    pub path: PathBuf,
+    /// How long a connection waits for another process's lock.
+    pub busy_timeout: Duration,
+}
+
+impl DbFile {
+    /// Maps an SQLite error on this file to the store error a user can act on.
+    pub fn err(&self, e: rusqlite::Error) -> StoreError {
+        let path = self.path.display().to_string();
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Locked {
+                waited_ms: u64::try_from(self.busy_timeout.as_millis()).unwrap_or(u64::MAX),
+            },
+            Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+                path,
+                reason: e.to_string(),
+            },
+            Some(ErrorCode::NotADatabase) => StoreError::NotAStore {
+                path,
+                reason: e.to_string(),
+            },
+            Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => {
+                StoreError::Io {
+                    path,
+                    message: e.to_string(),
+                }
+            }
+            _ => StoreError::Backend(e.to_string()),
+        }
+    }
+}
