@@ -1,1 +1,135 @@
-fn main() {}
+//! `lion`: the command-line interface of the lion kernel, and the one place
+//! that picks adapters (the SQLite store of a home directory).
+//!
+//! - [`cli`] — commands, flags and aliases (clap).
+//! - [`home`] — which home to use, and opening its store.
+//! - [`commands`] — one module per command group.
+//! - [`output`] — tables for people, JSON for programs.
+
+mod cli;
+mod commands;
+mod home;
+mod output;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agentic_core::StoreError;
+use anyhow::Result;
+use clap::Parser;
+use tracing::Instrument;
+use tracing_subscriber::EnvFilter;
+use uuid::Uuid;
+
+use cli::{BenchCommand, Cli, Command, ElementCommand, EventsCommand, LogFormat};
+use commands::Ctx;
+
+/// Exit code of a failed command.
+const EXIT_ERROR: u8 = 1;
+/// Exit code when the log or its projections fail an integrity check.
+const EXIT_INTEGRITY: u8 = 3;
+
+/// An integrity check (verify, replay) found the store inconsistent.
+#[derive(Debug)]
+pub struct IntegrityFailure(pub String);
+
+impl std::fmt::Display for IntegrityFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for IntegrityFailure {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes, joined.
+            let message = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {message}");
+            let integrity = e.downcast_ref::<IntegrityFailure>().is_some()
+                || matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Chain(_)));
+            ExitCode::from(if integrity {
+                EXIT_INTEGRITY
+            } else {
+                EXIT_ERROR
+            })
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let ctx = Ctx {
+        json: cli.json,
+        correlation_id: Uuid::now_v7(),
+    };
+    let span = tracing::info_span!("lion", correlation_id = %ctx.correlation_id);
+    async move {
+        if let Command::Bench(BenchCommand::Store {
+            quick,
+            dir,
+            replay_events,
+            seconds,
+            appenders,
+        }) = cli.command
+        {
+            let opts = commands::bench::StoreBench {
+                quick,
+                dir,
+                replay_events,
+                seconds,
+                appenders,
+            };
+            return commands::bench::store(ctx, opts).await;
+        }
+        let home = home::resolve(cli.home.as_deref());
+        let store = Arc::new(home::open(&home)?);
+        tracing::debug!(home = %home.display(), "store open");
+        match cli.command {
+            Command::Element(ElementCommand::Create(args)) | Command::CreateElement(args) => {
+                commands::element::create(&store, ctx, &args).await
+            }
+            Command::Element(ElementCommand::List) | Command::ListElements => {
+                commands::element::list(&store, ctx).await
+            }
+            Command::Element(ElementCommand::Show { id }) => {
+                commands::element::show(&store, ctx, &id).await
+            }
+            Command::Events(EventsCommand::List { from, limit }) => {
+                commands::events::list(&store, ctx, from, limit).await
+            }
+            Command::Events(EventsCommand::Tail { from, count }) => {
+                commands::events::tail(store, ctx, from, count).await
+            }
+            Command::Events(EventsCommand::Verify) => commands::events::verify(&store, ctx),
+            Command::Replay => commands::replay::run(&store, ctx).await,
+            Command::Bench(_) => unreachable!("handled above"),
+        }
+    }
+    .instrument(span)
+    .await
+}

@@ -280,12 +280,16 @@ impl ChainVerifier {
     }
 }
 
-/// Seals a record: links it to `prev` and computes its hash.
-pub fn seal(prev: &ChainHead, mut e: EventEnvelope) -> EventEnvelope {
+/// Seals a record in place: places it after `prev`, links it and computes
+/// its hash. Returns the new head.
+pub fn seal(prev: &ChainHead, e: &mut EventEnvelope) -> ChainHead {
     e.seq = prev.seq + 1;
     e.prev_hash = prev.hash;
-    e.hash = record_hash(&e);
-    e
+    e.hash = record_hash(e);
+    ChainHead {
+        seq: e.seq,
+        hash: e.hash,
+    }
 }
 
 #[cfg(test)]
@@ -315,11 +319,8 @@ mod tests {
         let mut head = ChainHead::EMPTY;
         (0..n)
             .map(|i| {
-                let e = seal(&head, record(&format!("{{\"n\":{i}}}")));
-                head = ChainHead {
-                    seq: e.seq,
-                    hash: e.hash,
-                };
+                let mut e = record(&format!("{{\"n\":{i}}}"));
+                head = seal(&head, &mut e);
                 e
             })
             .collect()
@@ -349,7 +350,8 @@ mod tests {
 
     #[test]
     fn every_field_is_covered_by_the_hash() {
-        let base = seal(&ChainHead::EMPTY, record("{}"));
+        let mut base = record("{}");
+        seal(&ChainHead::EMPTY, &mut base);
         let edits: Vec<fn(&mut EventEnvelope)> = vec![
             |e| e.event_id = Uuid::now_v7(),
             |e| e.stream.push('x'),

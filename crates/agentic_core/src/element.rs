@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -25,7 +26,7 @@ pub struct ElementData {
     pub created_at: DateTime<Utc>,
     /// Free-form JSON object describing the element.
     #[serde(default)]
-    pub metadata: Map<String, Value>,
+    pub metadata: Metadata,
     /// Optional text content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
@@ -37,7 +38,7 @@ impl ElementData {
         Self {
             id: Uuid::now_v7(),
             created_at: Utc::now(),
-            metadata,
+            metadata: Metadata::from(&metadata),
             content,
         }
     }
@@ -48,6 +49,95 @@ impl ElementData {
             && self.created_at == other.created_at
             && self.metadata == other.metadata
             && self.content == other.content
+    }
+}
+
+/// An element's metadata: a JSON object kept as its compact, canonical text
+/// (keys sorted, no whitespace).
+///
+/// Kept as text rather than a parsed map because most metadata is written once
+/// and read rarely, while replay decodes every element in the log: text costs
+/// one allocation and a fraction of the memory of a parsed map. Canonical text
+/// makes equality exact. Use [`Metadata::to_map`] or [`Metadata::get`] to read it.
+#[derive(Clone)]
+pub struct Metadata(Box<RawValue>);
+
+impl Metadata {
+    /// The metadata as compact JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The metadata as a JSON map.
+    pub fn to_map(&self) -> Map<String, Value> {
+        // Valid by construction: built from a map, or checked when deserialised.
+        serde_json::from_str(self.as_str()).unwrap_or_default()
+    }
+
+    /// The value under `key`, if any.
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.to_map().remove(key)
+    }
+
+    /// Whether the object has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.as_str() == "{}"
+    }
+}
+
+impl From<&Map<String, Value>> for Metadata {
+    fn from(map: &Map<String, Value>) -> Self {
+        // A map of JSON values always serialises, and `Map` keeps keys sorted,
+        // so the text is canonical.
+        let text = serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned());
+        Metadata(RawValue::from_string(text).unwrap_or_else(|_| empty_object()))
+    }
+}
+
+impl From<Map<String, Value>> for Metadata {
+    fn from(map: Map<String, Value>) -> Self {
+        Metadata::from(&map)
+    }
+}
+
+fn empty_object() -> Box<RawValue> {
+    // "{}" is valid JSON; `from_string` only fails on invalid JSON.
+    RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable!("{{}} is valid JSON"))
+}
+
+impl Default for Metadata {
+    fn default() -> Self {
+        Metadata(empty_object())
+    }
+}
+
+impl PartialEq for Metadata {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Metadata {}
+
+impl std::fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Metadata {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Metadata {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        if !raw.get().trim_start().starts_with('{') {
+            return Err(serde::de::Error::custom("metadata must be a JSON object"));
+        }
+        Ok(Metadata(raw))
     }
 }
 
@@ -92,7 +182,7 @@ mod tests {
     fn equality_is_by_id_only() {
         let a = ElementData::new(meta(json!({"k": 1})), Some("x".into()));
         let mut b = a.clone();
-        b.metadata = meta(json!({"k": 2}));
+        b.metadata = meta(json!({"k": 2})).into();
         b.content = None;
         assert_eq!(a, b);
         assert!(!a.same_content(&b));
@@ -105,6 +195,16 @@ mod tests {
         let text = serde_json::to_string(&a).expect("serialize");
         let back: ElementData = serde_json::from_str(&text).expect("deserialize");
         assert!(a.same_content(&back));
+    }
+
+    #[test]
+    fn metadata_is_canonical_and_must_be_an_object() {
+        let a = Metadata::from(meta(json!({"b": 1, "a": {"d": 2, "c": 3}})));
+        assert_eq!(a.as_str(), r#"{"a":{"c":3,"d":2},"b":1}"#);
+        assert_eq!(a.get("b"), Some(json!(1)));
+        assert!(Metadata::default().is_empty());
+        let text = r#"{"id":"0190f5c2-0000-7000-8000-000000000000","created_at":"2026-01-01T00:00:00Z","metadata":[1]}"#;
+        assert!(serde_json::from_str::<ElementData>(text).is_err());
     }
 
     #[test]

@@ -117,36 +117,35 @@ impl NewEvent {
         self
     }
 
-    /// Encodes the payload, ready for a store's writer to seal into the chain.
+    /// Encodes the payload into an unsealed record, ready for a store's
+    /// writer to give it a position and seal it into the chain.
     pub fn encode(self) -> Result<PendingEvent, EventError> {
         let payload = self.event.encode()?;
         Ok(PendingEvent {
-            event_id: self.event_id,
-            stream: self.stream,
-            correlation_id: self.correlation_id,
-            causation_id: self.causation_id,
-            schema_version: EVENT_SCHEMA_VERSION,
-            payload,
+            record: EventEnvelope {
+                seq: 0,
+                event_id: self.event_id,
+                stream: self.stream,
+                stream_version: 0,
+                recorded_at: DateTime::<Utc>::UNIX_EPOCH,
+                correlation_id: self.correlation_id,
+                causation_id: self.causation_id,
+                schema_version: EVENT_SCHEMA_VERSION,
+                payload,
+                prev_hash: Hash::GENESIS,
+                hash: Hash::GENESIS,
+            },
             event: self.event,
         })
     }
 }
 
-/// A [`NewEvent`] with its payload encoded, waiting for a sequence number.
+/// A [`NewEvent`] encoded into a record that has no position yet: the writer
+/// fills in `seq`, `stream_version`, `recorded_at` and the chain hashes.
 #[derive(Debug, Clone)]
 pub struct PendingEvent {
-    /// Unique id; appending the same id again is idempotent.
-    pub event_id: Uuid,
-    /// The stream (entity) the event belongs to.
-    pub stream: String,
-    /// Id shared by every event caused by one request.
-    pub correlation_id: Uuid,
-    /// Id of the event or command that directly caused this one.
-    pub causation_id: Option<Uuid>,
-    /// Schema version of `payload`.
-    pub schema_version: u16,
-    /// The encoded event.
-    pub payload: Vec<u8>,
+    /// The record, unsealed.
+    pub record: EventEnvelope,
     /// The decoded event, kept so the writer can update projections without decoding.
     pub event: SystemEvent,
 }
@@ -245,6 +244,6 @@ mod tests {
         let ev = NewEvent::new(SystemEvent::ElementCreated { element: el }, Uuid::now_v7());
         assert_eq!(ev.stream, format!("element:{id}"));
         let pending = ev.encode().expect("encode");
-        assert_eq!(pending.schema_version, EVENT_SCHEMA_VERSION);
+        assert_eq!(pending.record.schema_version, EVENT_SCHEMA_VERSION);
     }
 }

@@ -24,7 +24,7 @@ pub mod state;
 pub mod store;
 
 pub use chain::{ChainError, ChainHead, ChainVerifier, Hash};
-pub use element::{Element, ElementData};
+pub use element::{Element, ElementData, Metadata};
 pub use event::{EventEnvelope, EventError, NewEvent, PendingEvent, SystemEvent};
 pub use pile::{Pile, PileError};
 pub use progression::{Progression, ProgressionError};

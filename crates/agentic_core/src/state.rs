@@ -32,19 +32,36 @@ impl State {
         Self::default()
     }
 
+    /// An empty state with room for `elements` elements (replay knows the
+    /// log's length up front).
+    pub fn with_capacity(elements: usize) -> Self {
+        Self {
+            elements: IndexMap::with_capacity(elements),
+        }
+    }
+
     /// Applies one event. Pure: the result depends only on `self` and `event`.
     ///
     /// An event that contradicts the state is refused and leaves the state
     /// unchanged; stores refuse to append such events, so a log they wrote
     /// always folds without error.
     pub fn apply(&mut self, event: &SystemEvent) -> Result<(), ApplyError> {
+        self.check(event)?;
+        self.apply_owned(event.clone())
+    }
+
+    /// [`State::apply`] for an event the caller owns, without copying it
+    /// (replay decodes each event once and hands it over).
+    pub fn apply_owned(&mut self, event: SystemEvent) -> Result<(), ApplyError> {
         match event {
-            SystemEvent::ElementCreated { element } => {
-                if self.elements.contains_key(&element.id) {
+            SystemEvent::ElementCreated { element } => match self.elements.entry(element.id) {
+                indexmap::map::Entry::Occupied(_) => {
                     return Err(ApplyError::DuplicateElement(element.id));
                 }
-                self.elements.insert(element.id, element.clone());
-            }
+                indexmap::map::Entry::Vacant(slot) => {
+                    slot.insert(element);
+                }
+            },
         }
         Ok(())
     }
@@ -145,7 +162,11 @@ mod tests {
         let mut changed = a.clone();
         let first = a.elements().next().expect("one").clone();
         let mut edited = first.clone();
-        edited.metadata = json!({"x": 1}).as_object().cloned().unwrap_or_default();
+        edited.metadata = json!({"x": 1})
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+            .into();
         changed.load_element(edited);
         assert_eq!(
             a.diff(&changed),

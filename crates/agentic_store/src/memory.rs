@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use agentic_core::chain::seal;
 use agentic_core::store::batch_stream;
 use agentic_core::{
-    AppendReceipt, ChainHead, EventEnvelope, EventStore, ExpectedVersion, Hash, NewEvent, State,
+    AppendReceipt, ChainHead, EventEnvelope, EventStore, ExpectedVersion, NewEvent, State,
     StoreError, Subscription,
 };
 use async_trait::async_trait;
@@ -115,29 +115,16 @@ impl Inner {
         for new in events {
             let version = self.stream_versions.entry(new.stream.clone()).or_insert(0);
             *version += 1;
-            let version = *version;
-            let pending = new.encode()?;
+            let mut pending = new.encode()?;
+            pending.record.stream_version = *version;
+            pending.record.recorded_at = now;
             if next_state.is_none() {
                 self.state.apply(&pending.event)?;
             }
-            let record = seal(
-                &self.head(),
-                EventEnvelope {
-                    seq: 0,
-                    event_id: pending.event_id,
-                    stream: pending.stream,
-                    stream_version: version,
-                    recorded_at: now,
-                    correlation_id: pending.correlation_id,
-                    causation_id: pending.causation_id,
-                    schema_version: pending.schema_version,
-                    payload: pending.payload,
-                    prev_hash: Hash::GENESIS,
-                    hash: Hash::GENESIS,
-                },
-            );
-            self.seq_by_event_id.insert(record.event_id, record.seq);
-            self.log.push(record);
+            seal(&self.head(), &mut pending.record);
+            self.seq_by_event_id
+                .insert(pending.record.event_id, pending.record.seq);
+            self.log.push(pending.record);
         }
         if let Some(s) = next_state {
             self.state = s;

@@ -2,7 +2,8 @@
 //! that verification can tell a log whose newest records were cut off.
 //!
 //! It is written after each commit, never before, so it may lag the log but
-//! never leads it. Several processes share a home: a lock file serialises
+//! never leads it. A recorder thread ([`spawn_recorder`]) writes it off the
+//! writer's critical path, coalescing heads that arrive faster than it writes. Several processes share a home: a lock file serialises
 //! writers, and a head only ever moves forward. The file is replaced by an
 //! atomic rename; it is not fsynced (that would double the cost of each
 //! commit), so after a power cut it may lag further — which verification
@@ -11,8 +12,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use agentic_core::{ChainHead, StoreError};
+use tracing::warn;
 
 /// Reader and writer of one home's `HEAD` file.
 #[derive(Debug)]
@@ -59,6 +63,28 @@ impl HeadFile {
             .map_err(|e| io_error(&tmp, &e))?;
         fs::rename(&tmp, &self.path).map_err(|e| io_error(&self.path, &e))
     }
+}
+
+/// Starts the thread that records each head sent to it (only the newest of
+/// those waiting). It writes the last one and stops when the sender is dropped.
+pub fn spawn_recorder(
+    head_file: HeadFile,
+) -> Result<(mpsc::Sender<ChainHead>, JoinHandle<()>), StoreError> {
+    let (tx, rx) = mpsc::channel::<ChainHead>();
+    let handle = std::thread::Builder::new()
+        .name("lion-head-recorder".into())
+        .spawn(move || {
+            while let Ok(mut head) = rx.recv() {
+                while let Ok(newer) = rx.try_recv() {
+                    head = newer;
+                }
+                if let Err(e) = head_file.advance(head) {
+                    warn!(error = %e, "cannot record HEAD; verification will see it lag");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Backend(format!("cannot start the HEAD recorder: {e}")))?;
+    Ok((tx, handle))
 }
 
 /// Reads a `HEAD` file: `None` if absent, an error if unreadable or malformed.

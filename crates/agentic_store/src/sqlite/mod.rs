@@ -28,6 +28,7 @@ use uuid::Uuid;
 pub use head_file::HeadFile;
 use schema::DbFile;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+pub use writer::CommitCounters;
 use writer::{Request, Writer};
 
 /// File name of the database inside a home.
@@ -90,7 +91,9 @@ pub struct SqliteStore {
     requests: Option<mpsc::Sender<Request>>,
     head_rx: watch::Receiver<ChainHead>,
     readers: Arc<Readers>,
-    writer: Option<JoinHandle<()>>,
+    /// The writer, then the HEAD recorder: joined in this order on drop.
+    threads: Vec<JoinHandle<()>>,
+    stats: Arc<CommitCounters>,
 }
 
 /// The pool of reader connections, shared with blocking read tasks.
@@ -110,19 +113,25 @@ impl SqliteStore {
         };
         let head_path = home.join(HEAD_FILE);
         prepare_home(home, &db.path, &head_path)?;
-        schema::check_file(&db.path)?;
+        if db.path.exists() {
+            schema::check_file(&db.path)?;
+        }
         let mut conn = schema::connect(&db)?;
         schema::initialise(&mut conn, &db)?;
         let head = writer::read_head(&conn).map_err(|e| db.err(e))?;
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(options.writer_queue.max(1));
+        let (head_recorder, recorder) =
+            head_file::spawn_recorder(HeadFile::open(head_path.clone())?)?;
         let writer = Writer {
             conn,
             db: db.clone(),
-            head_file: HeadFile::open(head_path.clone())?,
+            head_recorder,
             head_tx,
             max_events_per_commit: options.max_events_per_commit.max(1),
+            stats: Arc::default(),
         };
+        let stats = writer.stats.clone();
         let handle = std::thread::Builder::new()
             .name("lion-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -136,13 +145,19 @@ impl SqliteStore {
                 db,
                 pool: Mutex::new(Vec::new()),
             }),
-            writer: Some(handle),
+            threads: vec![handle, recorder],
+            stats,
         })
     }
 
     /// The home directory this store lives in.
     pub fn home(&self) -> &Path {
         &self.home
+    }
+
+    /// What this process's writer has committed so far.
+    pub fn commit_stats(&self) -> &CommitCounters {
+        &self.stats
     }
 
     /// The head recorded in the `HEAD` file (`None` if there is none yet).
@@ -215,43 +230,62 @@ impl SqliteStore {
     /// the number of events applied. With `verify_chain`, every record's
     /// chain link and hash are checked too.
     ///
-    /// Runs on the calling thread; it reads the whole log.
+    /// Reading runs on a second thread, overlapping with folding on the
+    /// calling one; it reads the whole log.
     pub fn replay(&self, verify_chain: bool) -> Result<(State, u64), StoreError> {
-        let mut state = State::new();
-        let mut failure = None;
+        let length = self.readers.with(|conn| writer::read_head(conn))?.seq;
+        let mut state = State::with_capacity(usize::try_from(length).unwrap_or(0));
         let mut count = 0u64;
+        let readers = &self.readers;
         if verify_chain {
-            let mut verifier = ChainVerifier::new();
-            self.readers.scan(1, |e| {
-                let step = verifier
-                    .check(&e)
-                    .map_err(StoreError::from)
-                    .and_then(|()| apply(&mut state, e.seq, e.schema_version, &e.payload));
-                count += 1;
-                record_failure(step, &mut failure)
-            })?;
-        } else {
-            self.readers.with(|conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT seq, schema_version, payload FROM events ORDER BY seq",
-                )?;
-                let mut rows = stmt.query([])?;
-                while let Some(row) = rows.next()? {
-                    let seq = row.get::<_, i64>(0)? as u64;
-                    let version: u16 = row.get(1)?;
-                    let payload = row.get_ref(2)?.as_blob()?;
+            // Reader: rows, chain checks, decoding. Folder: apply. (Records
+            // are freed on the thread that allocated them: handing them over
+            // to be freed on the other costs more than decoding them here.)
+            pipeline(
+                |emit| {
+                    let mut verifier = ChainVerifier::new();
+                    let mut broken = None;
+                    readers.scan(1, |e| match verifier.check(&e) {
+                        Ok(()) => emit((e.seq, decode(e.seq, e.schema_version, &e.payload))),
+                        Err(err) => {
+                            broken = Some(err);
+                            false
+                        }
+                    })?;
+                    broken.map_or(Ok(()), |e| Err(e.into()))
+                },
+                |(seq, event)| {
                     count += 1;
-                    if !record_failure(apply(&mut state, seq, version, payload), &mut failure) {
-                        break;
-                    }
-                }
-                Ok(())
-            })?;
+                    apply(&mut state, seq, event?)
+                },
+            )?;
+        } else {
+            // Reader: rows and decoding. Folder: apply.
+            pipeline(
+                |emit| {
+                    readers.with(|conn| {
+                        let mut stmt = conn.prepare_cached(
+                            "SELECT seq, schema_version, payload FROM events ORDER BY seq",
+                        )?;
+                        let mut rows = stmt.query([])?;
+                        while let Some(row) = rows.next()? {
+                            let seq = row.get::<_, i64>(0)? as u64;
+                            let version: u16 = row.get(1)?;
+                            let payload = row.get_ref(2)?.as_blob()?;
+                            if !emit((seq, decode(seq, version, payload))) {
+                                break;
+                            }
+                        }
+                        Ok(())
+                    })
+                },
+                |(seq, event)| {
+                    count += 1;
+                    apply(&mut state, seq, event?)
+                },
+            )?;
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok((state, count)),
-        }
+        Ok((state, count))
     }
 
     /// Calls `f` with every record from seq `from` on, in order, until it
@@ -358,32 +392,73 @@ impl Readers {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        // Closing the queue lets the writer finish what it has, then stop.
+        // Closing the queue lets the writer finish what it has, then stop;
+        // that closes the recorder's queue, which records the last head.
         self.requests.take();
-        if let Some(handle) = self.writer.take() {
+        for handle in self.threads.drain(..) {
             let _ = handle.join();
         }
     }
 }
 
-/// Keeps the first failure of a scan; returns whether to go on.
-fn record_failure(step: Result<(), StoreError>, failure: &mut Option<StoreError>) -> bool {
-    match step {
-        Ok(()) => true,
-        Err(e) => {
-            *failure = Some(e);
-            false
+/// Items handed from replay's reader thread to its folder in one message.
+const REPLAY_BATCH: usize = 1024;
+
+/// Runs `produce` on a second thread and `consume` on this one, passing items
+/// in batches, so the two stages of replay overlap on two cores. `produce`
+/// gets an `emit` function that returns false once the consumer has stopped.
+/// The consumer's error wins: it is always about an earlier item.
+fn pipeline<T: Send>(
+    produce: impl FnOnce(&mut dyn FnMut(T) -> bool) -> Result<(), StoreError> + Send,
+    mut consume: impl FnMut(T) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<T>>(4);
+        let producer = scope.spawn(move || {
+            let mut batch = Vec::with_capacity(REPLAY_BATCH);
+            let result = produce(&mut |item| {
+                batch.push(item);
+                batch.len() < REPLAY_BATCH
+                    || tx
+                        .send(std::mem::replace(
+                            &mut batch,
+                            Vec::with_capacity(REPLAY_BATCH),
+                        ))
+                        .is_ok()
+            });
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+            result
+        });
+        let mut consumed = Ok(());
+        'batches: for batch in rx.iter() {
+            for item in batch {
+                if let Err(e) = consume(item) {
+                    consumed = Err(e);
+                    break 'batches;
+                }
+            }
         }
-    }
+        drop(rx);
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Backend("the replay reader panicked".into())));
+        consumed.and(produced)
+    })
 }
 
-/// Decodes one payload and applies it to `state`.
-fn apply(state: &mut State, seq: u64, version: u16, payload: &[u8]) -> Result<(), StoreError> {
-    let event = SystemEvent::decode(version, payload).map_err(|e| StoreError::Corrupt {
+/// Decodes the payload of the record at `seq`.
+fn decode(seq: u64, version: u16, payload: &[u8]) -> Result<SystemEvent, StoreError> {
+    SystemEvent::decode(version, payload).map_err(|e| StoreError::Corrupt {
         path: format!("event log at seq {seq}"),
         reason: e.to_string(),
-    })?;
-    state.apply(&event).map_err(|e| StoreError::Corrupt {
+    })
+}
+
+/// Applies the event at `seq` to `state`.
+fn apply(state: &mut State, seq: u64, event: SystemEvent) -> Result<(), StoreError> {
+    state.apply_owned(event).map_err(|e| StoreError::Corrupt {
         path: format!("event log at seq {seq}"),
         reason: format!("replay refuses it: {e}"),
     })

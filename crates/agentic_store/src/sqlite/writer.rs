@@ -2,27 +2,29 @@
 //! and commits, in one transaction (one fsync), every append that arrived
 //! while the previous commit was being made durable.
 //!
-//! Each request in a group runs inside its own savepoint, so a request that
-//! fails (wrong expected version, refused event) is rolled back alone while
-//! the rest of the group commits. Several processes may append to the same
+//! A request that is refused (wrong expected version, refused event) does
+//! not fail its group: refusals found before the request wrote anything just
+//! skip it; one found part-way (rare: a duplicate event id or element) rolls
+//! the transaction back and the group is written again without it. Several processes may append to the same
 //! home: each commit takes SQLite's write lock (`BEGIN IMMEDIATE`, waiting up
 //! to the busy timeout) and reads the chain head inside the transaction, so
 //! processes take turns and the chain never forks.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use agentic_core::chain::seal;
 use agentic_core::{
-    AppendReceipt, ApplyError, ChainHead, EventEnvelope, ExpectedVersion, Hash, PendingEvent,
-    StoreError, SystemEvent,
+    AppendReceipt, ApplyError, ChainHead, ExpectedVersion, Hash, PendingEvent, StoreError,
+    SystemEvent,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug_span, warn};
+use tracing::debug_span;
 use uuid::Uuid;
 
-use super::head_file::HeadFile;
 use super::schema::DbFile;
 use crate::memory::now_micros;
 
@@ -47,12 +49,23 @@ pub(crate) struct Writer {
     pub conn: Connection,
     /// The database file, for error messages.
     pub db: DbFile,
-    /// The home's `HEAD` file, advanced after each commit.
-    pub head_file: HeadFile,
+    /// Records each committed head in the home's `HEAD` file.
+    pub head_recorder: std::sync::mpsc::Sender<ChainHead>,
     /// Publishes the newest committed head to waiting readers in this process.
     pub head_tx: watch::Sender<ChainHead>,
     /// Most events committed in one transaction; the rest wait for the next.
     pub max_events_per_commit: usize,
+    /// Counters of what this writer committed.
+    pub stats: Arc<CommitCounters>,
+}
+
+/// Running totals of one writer's commits, readable while it runs.
+#[derive(Debug, Default)]
+pub struct CommitCounters {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Events committed (idempotent retries not counted).
+    pub events: AtomicU64,
 }
 
 type Reply = oneshot::Sender<Result<AppendReceipt, StoreError>>;
@@ -95,92 +108,122 @@ impl Writer {
     fn commit_group(&mut self, group: Vec<(Vec<PendingEvent>, ExpectedVersion, Reply)>) {
         let span = debug_span!("commit", requests = group.len());
         let _enter = span.enter();
-        let (requests, replies): (Vec<_>, Vec<_>) = group
+        let mut requests: Vec<Pending> = group
             .into_iter()
-            .map(|(events, expected, reply)| ((events, expected), reply))
-            .unzip();
-        match self.write(requests) {
-            Ok((results, head)) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
+            .map(|(events, expected, reply)| Pending {
+                events,
+                expected,
+                reply,
+                outcome: None,
+            })
+            .collect();
+        match self.write(&mut requests) {
+            Ok(head) => {
+                let before = self.head_tx.borrow().seq;
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .events
+                    .fetch_add(head.seq.saturating_sub(before), Ordering::Relaxed);
+                for r in requests {
+                    let outcome = r.outcome.unwrap_or(Err(StoreError::Closed));
+                    let _ = r.reply.send(outcome);
                 }
-                if head.seq > self.head_tx.borrow().seq {
+                if head.seq > before {
                     self.head_tx.send_replace(head);
-                    if let Err(e) = self.head_file.advance(head) {
-                        warn!(error = %e, "cannot record HEAD; verification will see it lag");
-                    }
+                    // The recorder outlives the writer; if it died, HEAD lags.
+                    let _ = self.head_recorder.send(head);
                 }
             }
             Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
+                for r in requests {
+                    let _ = r.reply.send(Err(e.clone()));
                 }
             }
         }
     }
 
-    /// Writes a group in one transaction. The outer error aborts the whole
-    /// group; inner errors refuse one request.
-    #[allow(clippy::type_complexity)]
-    fn write(
-        &mut self,
-        requests: Vec<(Vec<PendingEvent>, ExpectedVersion)>,
-    ) -> Result<(Vec<Result<AppendReceipt, StoreError>>, ChainHead), StoreError> {
+    /// Writes a group in one transaction and returns the new head. Each
+    /// request's outcome is left in it; an error fails the whole group.
+    fn write(&mut self, requests: &mut [Pending]) -> Result<ChainHead, StoreError> {
         let db = self.db.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| db.err(e))?;
-        let mut group = Group {
-            head: read_head(&tx).map_err(|e| db.err(e))?,
-            streams: HashMap::new(),
-            recorded_at: now_micros(),
-            tx: &tx,
-            db: &db,
-        };
-        let mut results = Vec::with_capacity(requests.len());
-        for (events, expected) in requests {
-            tx.execute_batch("SAVEPOINT request")
+        loop {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| db.err(e))?;
-            let before = group.head;
-            let streams: Vec<String> = events.iter().map(|e| e.stream.clone()).collect();
-            match group.append(events, expected) {
-                Ok(receipt) => {
-                    tx.execute_batch("RELEASE request").map_err(|e| db.err(e))?;
-                    results.push(Ok(receipt));
+            let mut group = Group {
+                head: read_head(&tx).map_err(|e| db.err(e))?,
+                streams: HashMap::new(),
+                recorded_at: now_micros(),
+                tx: &tx,
+                db: &db,
+            };
+            let mut rewrite = false;
+            for request in requests.iter_mut() {
+                if matches!(request.outcome, Some(Err(_))) {
+                    continue; // refused in an earlier attempt
                 }
-                Err(Refusal::Request(e)) => {
-                    tx.execute_batch("ROLLBACK TO request; RELEASE request")
-                        .map_err(|e| db.err(e))?;
-                    group.head = before;
-                    for s in &streams {
-                        group.streams.remove(s);
+                match group.append(&mut request.events, request.expected) {
+                    Ok(receipt) => request.outcome = Some(Ok(receipt)),
+                    Err(Refusal::Before(e)) => request.outcome = Some(Err(e)),
+                    Err(Refusal::PartWay(e)) => {
+                        request.outcome = Some(Err(e));
+                        rewrite = true;
+                        break;
                     }
-                    results.push(Err(e));
+                    Err(Refusal::Fatal(e)) => return Err(e),
                 }
-                Err(Refusal::Fatal(e)) => return Err(e),
             }
+            if rewrite {
+                drop(tx); // rolls back
+                for r in requests.iter_mut() {
+                    if matches!(r.outcome, Some(Ok(_))) {
+                        r.outcome = None;
+                    }
+                }
+                continue;
+            }
+            let head = group.head;
+            tx.commit().map_err(|e| db.err(e))?;
+            return Ok(head);
         }
-        let head = group.head;
-        tx.commit().map_err(|e| db.err(e))?;
-        Ok((results, head))
     }
 }
 
-/// Why a request was not appended: it alone is refused, or the whole group fails.
+/// One append request inside a group, and its outcome once known.
+struct Pending {
+    events: Vec<PendingEvent>,
+    expected: ExpectedVersion,
+    reply: Reply,
+    outcome: Option<Result<AppendReceipt, StoreError>>,
+}
+
+/// Why a request was not appended.
 enum Refusal {
-    Request(StoreError),
+    /// Refused before it wrote anything: the group goes on.
+    Before(StoreError),
+    /// Refused after writing part of it: the group is rolled back and rewritten.
+    PartWay(StoreError),
+    /// The store failed: the whole group fails.
     Fatal(StoreError),
 }
 
-impl From<StoreError> for Refusal {
-    fn from(e: StoreError) -> Self {
+impl Refusal {
+    /// Classifies an error raised before (`wrote == false`) or after the
+    /// request wrote something.
+    fn of(e: StoreError, wrote: bool) -> Self {
         match e {
             StoreError::WrongExpectedVersion { .. }
             | StoreError::InvalidBatch(_)
             | StoreError::PartialDuplicate(_)
             | StoreError::Rejected(_)
-            | StoreError::Event(_) => Refusal::Request(e),
+            | StoreError::Event(_) => {
+                if wrote {
+                    Refusal::PartWay(e)
+                } else {
+                    Refusal::Before(e)
+                }
+            }
             other => Refusal::Fatal(other),
         }
     }
@@ -198,36 +241,38 @@ struct Group<'a> {
 impl Group<'_> {
     fn append(
         &mut self,
-        events: Vec<PendingEvent>,
+        events: &mut [PendingEvent],
         expected: ExpectedVersion,
     ) -> Result<AppendReceipt, Refusal> {
+        let before = |e| Refusal::of(e, false);
         let stream = events
             .first()
-            .map(|e| e.stream.clone())
-            .ok_or(StoreError::InvalidBatch("no events"))?;
-        let current = self.stream_version(&stream)?;
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+            .map(|e| e.record.stream.clone())
+            .ok_or(StoreError::InvalidBatch("no events"))
+            .map_err(before)?;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.record.event_id).collect();
         if expected != ExpectedVersion::Any {
             // A retried batch is answered before its expectation is checked:
             // the expectation held when it was first appended.
-            if let Some(receipt) = self.already_stored(&ids)? {
+            if let Some(receipt) = self.already_stored(&ids).map_err(before)? {
                 return Ok(receipt);
             }
-            expected.check(&stream, current)?;
+            let current = self.stream_version(&stream).map_err(before)?;
+            expected.check(&stream, current).map_err(before)?;
         }
         let first_seq = self.head.seq + 1;
-        for event in events {
+        for (i, event) in events.iter_mut().enumerate() {
+            let wrote = i > 0;
             match self.insert(event) {
                 Ok(()) => {}
                 Err(InsertError::DuplicateEventId) => {
-                    return match self.already_stored(&ids)? {
-                        Some(receipt) => Ok(receipt),
-                        None => Err(Refusal::Fatal(StoreError::Backend(
-                            "duplicate event id vanished".into(),
-                        ))),
+                    return match self.already_stored(&ids) {
+                        Ok(Some(receipt)) if !wrote => Ok(receipt),
+                        Ok(_) => Err(Refusal::of(StoreError::PartialDuplicate(ids[i]), wrote)),
+                        Err(e) => Err(Refusal::of(e, wrote)),
                     };
                 }
-                Err(InsertError::Store(e)) => return Err(e.into()),
+                Err(InsertError::Store(e)) => return Err(Refusal::of(e, true)),
             }
         }
         Ok(AppendReceipt {
@@ -288,24 +333,12 @@ impl Group<'_> {
     }
 
     /// Seals one event into the chain and writes it with its projection.
-    fn insert(&mut self, event: PendingEvent) -> Result<(), InsertError> {
-        let version = self.stream_version(&event.stream)? + 1;
-        let record = seal(
-            &self.head,
-            EventEnvelope {
-                seq: 0,
-                event_id: event.event_id,
-                stream: event.stream,
-                stream_version: version,
-                recorded_at: self.recorded_at,
-                correlation_id: event.correlation_id,
-                causation_id: event.causation_id,
-                schema_version: event.schema_version,
-                payload: event.payload,
-                prev_hash: Hash::GENESIS,
-                hash: Hash::GENESIS,
-            },
-        );
+    fn insert(&mut self, event: &mut PendingEvent) -> Result<(), InsertError> {
+        let record = &mut event.record;
+        let version = self.stream_version(&record.stream)? + 1;
+        record.stream_version = version;
+        record.recorded_at = self.recorded_at;
+        let head = seal(&self.head, record);
         let inserted = self
             .tx
             .prepare_cached(
@@ -335,15 +368,12 @@ impl Group<'_> {
             }
             Err(e) => return Err(InsertError::Store(self.db.err(e))),
         }
-        project(self.tx, record.seq, &event.event).map_err(|e| match e {
+        project(self.tx, head.seq, &event.event).map_err(|e| match e {
             ProjectError::Refused(a) => InsertError::Store(StoreError::Rejected(a)),
             ProjectError::Sql(e) => InsertError::Store(self.db.err(e)),
         })?;
-        self.streams.insert(record.stream, version);
-        self.head = ChainHead {
-            seq: record.seq,
-            hash: record.hash,
-        };
+        self.streams.insert(event.record.stream.clone(), version);
+        self.head = head;
         Ok(())
     }
 }
@@ -368,9 +398,6 @@ enum ProjectError {
 fn project(tx: &Transaction<'_>, seq: u64, event: &SystemEvent) -> Result<(), ProjectError> {
     match event {
         SystemEvent::ElementCreated { element } => {
-            let metadata = serde_json::to_string(&element.metadata).map_err(|e| {
-                ProjectError::Sql(rusqlite::Error::ToSqlConversionFailure(e.into()))
-            })?;
             tx.prepare_cached(
                 "INSERT INTO elements (seq, id, created_at, metadata, content) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -382,7 +409,7 @@ fn project(tx: &Transaction<'_>, seq: u64, event: &SystemEvent) -> Result<(), Pr
                     element
                         .created_at
                         .to_rfc3339_opts(SecondsFormat::AutoSi, true),
-                    metadata,
+                    element.metadata.as_str(),
                     element.content,
                 ])
             })

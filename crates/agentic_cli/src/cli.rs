@@ -1,0 +1,139 @@
+//! The command line: every command, flag and alias `lion` accepts.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// lion — an event-sourced microkernel for multi-agent AI work.
+///
+/// Every change is an event in a durable, hash-chained log kept in a home
+/// directory; replaying the log rebuilds the state exactly.
+#[derive(Debug, Parser)]
+#[command(name = "lion", version, propagate_version = true)]
+pub struct Cli {
+    /// Home directory holding the store [default: $LION_HOME, else ./.lion].
+    #[arg(long, global = true, value_name = "DIR", env = "LION_HOME")]
+    pub home: Option<PathBuf>,
+
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Format of the diagnostic log on stderr (filter it with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Format of the diagnostic log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list and show elements.
+    #[command(subcommand)]
+    Element(ElementCommand),
+
+    /// Create an element and print its id (same as `element create`).
+    #[command(name = "create-element")]
+    CreateElement(CreateElement),
+
+    /// List every element of this home (same as `element list`).
+    #[command(name = "list-elements")]
+    ListElements,
+
+    /// Read, follow and verify the event log.
+    #[command(subcommand)]
+    Events(EventsCommand),
+
+    /// Fold the whole log afresh and compare the result with the stored projections.
+    Replay,
+
+    /// Measure lion's performance against same-run baselines.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `lion element …`
+#[derive(Debug, Subcommand)]
+pub enum ElementCommand {
+    /// Create an element and print its id.
+    Create(CreateElement),
+    /// List every element of this home, in creation order.
+    List,
+    /// Show one element.
+    Show {
+        /// The element's id.
+        id: String,
+    },
+}
+
+/// Arguments of `element create`.
+#[derive(Debug, Args)]
+pub struct CreateElement {
+    /// Metadata, a JSON object.
+    #[arg(long, value_name = "JSON", default_value = "{}")]
+    pub metadata: String,
+    /// Optional text content.
+    #[arg(long, value_name = "TEXT")]
+    pub content: Option<String>,
+}
+
+/// `lion events …`
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// List stored events.
+    List {
+        /// First sequence number to show.
+        #[arg(long, default_value_t = 1, value_name = "SEQ")]
+        from: u64,
+        /// Most events to show.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// Follow new events as they are committed, until interrupted.
+    Tail {
+        /// Start at this sequence number instead of after the newest event.
+        #[arg(long, value_name = "SEQ")]
+        from: Option<u64>,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Recompute the hash chain and check it against HEAD; exit non-zero on
+    /// the first bad record.
+    Verify,
+}
+
+/// `lion bench …`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Durable append throughput and latency, replay speed, with raw baselines.
+    Store {
+        /// A short run that only checks every path works (figures mean little).
+        #[arg(long)]
+        quick: bool,
+        /// Scratch directory on the disk to measure [default: a new temp dir].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Events in the log replay is measured on.
+        #[arg(long, value_name = "N")]
+        replay_events: Option<u64>,
+        /// Seconds each appender level runs.
+        #[arg(long, value_name = "SECS")]
+        seconds: Option<f64>,
+        /// Concurrency levels to measure [default: 1,16,256].
+        #[arg(long, value_name = "N,N,…", value_delimiter = ',')]
+        appenders: Vec<usize>,
+    },
+}

@@ -1,0 +1,105 @@
+//! `lion element create|list|show` (and the seed's `create-element`, `list-elements`).
+
+use agentic_core::{ElementData, EventStore, ExpectedVersion, NewEvent, SystemEvent};
+use agentic_store::SqliteStore;
+use anyhow::{Context, Result, bail};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::Ctx;
+use crate::cli::CreateElement;
+use crate::output;
+
+/// Creates an element from the command's metadata and content; prints its id.
+pub async fn create(store: &SqliteStore, ctx: Ctx, args: &CreateElement) -> Result<()> {
+    let metadata = parse_metadata(&args.metadata)?;
+    let element = ElementData::new(metadata, args.content.clone());
+    let id = element.id;
+    let event = NewEvent::new(SystemEvent::ElementCreated { element }, ctx.correlation_id);
+    let receipt = store.append(vec![event], ExpectedVersion::NoStream).await?;
+    tracing::info!(%id, seq = receipt.first_seq, "element created");
+    if ctx.json {
+        output::json(&serde_json::json!({ "id": id, "seq": receipt.first_seq }))
+    } else {
+        println!("{id}");
+        Ok(())
+    }
+}
+
+/// Parses `--metadata`: it must be a JSON object.
+fn parse_metadata(text: &str) -> Result<Map<String, Value>> {
+    let value: Value = serde_json::from_str(text).context("--metadata is not valid JSON")?;
+    match value {
+        Value::Object(map) => Ok(map),
+        other => bail!(
+            "--metadata must be a JSON object, got {}",
+            match other {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::String(_) => "a string",
+                Value::Array(_) => "an array",
+                Value::Object(_) => "an object",
+            }
+        ),
+    }
+}
+
+/// Lists every element, in creation order, from the projection.
+pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
+    let state = store.projected_state().await?;
+    if ctx.json {
+        let all: Vec<&ElementData> = state.elements().collect();
+        return output::json(&all);
+    }
+    let mut t = output::table(["id", "created", "metadata", "content"]);
+    for e in state.elements() {
+        t.add_row([
+            e.id.to_string(),
+            e.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            output::clip(e.metadata.as_str(), 48),
+            output::clip(e.content.as_deref().unwrap_or(""), 32),
+        ]);
+    }
+    println!("{t}");
+    println!("{} element(s)", state.elements().len());
+    Ok(())
+}
+
+/// Shows one element in full.
+pub async fn show(store: &SqliteStore, ctx: Ctx, id: &str) -> Result<()> {
+    let id: Uuid = id
+        .parse()
+        .with_context(|| format!("{id:?} is not an element id (a UUID)"))?;
+    let state = store.projected_state().await?;
+    let Some(e) = state.element(id) else {
+        bail!("no element {id} in this home");
+    };
+    if ctx.json {
+        return output::json(e);
+    }
+    println!("id:         {}", e.id);
+    println!("created_at: {}", e.created_at.to_rfc3339());
+    println!(
+        "metadata:   {}",
+        serde_json::to_string_pretty(&e.metadata.to_map())?
+    );
+    if let Some(content) = &e.content {
+        println!("content:    {content}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_must_be_an_object() {
+        assert!(parse_metadata(r#"{"a":1}"#).is_ok());
+        let err = parse_metadata("[1]").unwrap_err().to_string();
+        assert!(err.contains("an array"), "{err}");
+        let err = format!("{:#}", parse_metadata("{nope").unwrap_err());
+        assert!(err.starts_with("--metadata is not valid JSON"), "{err}");
+    }
+}

@@ -1,0 +1,158 @@
+//! `lion events list|tail|verify`: reading, following and verifying the log.
+
+use std::sync::Arc;
+
+use agentic_core::{EventEnvelope, EventStore, StoreError};
+use agentic_store::SqliteStore;
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Ctx;
+use crate::IntegrityFailure;
+use crate::output;
+
+/// Events read per round trip when listing.
+const PAGE: usize = 1000;
+
+/// One event as `events list --json` prints it: the envelope with its payload decoded.
+#[derive(Serialize)]
+struct EventView<'a> {
+    #[serde(flatten)]
+    envelope: &'a EventEnvelope,
+    event: Value,
+}
+
+fn view(e: &EventEnvelope) -> EventView<'_> {
+    let event = serde_json::from_slice(&e.payload).unwrap_or(Value::Null);
+    EventView { envelope: e, event }
+}
+
+/// The event's type name and a one-line summary of its payload.
+fn describe(e: &EventEnvelope) -> (String, String) {
+    match serde_json::from_slice::<Value>(&e.payload) {
+        Ok(Value::Object(map)) if map.len() == 1 => {
+            let (kind, body) = map.into_iter().next().unwrap_or_default();
+            (kind, output::clip(&body.to_string(), 60))
+        }
+        _ => ("?".into(), "(undecodable payload)".into()),
+    }
+}
+
+fn print_line(ctx: Ctx, e: &EventEnvelope) -> Result<()> {
+    if ctx.json {
+        output::json(&view(e))
+    } else {
+        let (kind, summary) = describe(e);
+        println!(
+            "{:>6}  {}  {:<16} {}  {}",
+            e.seq,
+            e.recorded_at.format("%H:%M:%S%.3f"),
+            kind,
+            e.stream,
+            summary
+        );
+        Ok(())
+    }
+}
+
+/// Lists stored events from `from` on.
+pub async fn list(store: &SqliteStore, ctx: Ctx, from: u64, limit: Option<usize>) -> Result<()> {
+    let mut next = from.max(1);
+    let mut left = limit.unwrap_or(usize::MAX);
+    let mut table = output::table(["seq", "recorded (UTC)", "type", "stream", "hash"]);
+    let mut shown = 0usize;
+    while left > 0 {
+        let page = store.read_from(next, PAGE.min(left)).await?;
+        let Some(last) = page.last() else { break };
+        next = last.seq + 1;
+        left -= page.len();
+        for e in &page {
+            shown += 1;
+            if ctx.json {
+                output::json(&view(e))?;
+            } else {
+                table.add_row([
+                    e.seq.to_string(),
+                    e.recorded_at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+                    describe(e).0,
+                    e.stream.clone(),
+                    e.hash.to_hex()[..12].to_owned(),
+                ]);
+            }
+        }
+    }
+    if !ctx.json {
+        println!("{table}");
+        println!("{shown} event(s)");
+    }
+    Ok(())
+}
+
+/// Follows new events until interrupted (or `count` events were shown).
+pub async fn tail(
+    store: Arc<SqliteStore>,
+    ctx: Ctx,
+    from: Option<u64>,
+    count: Option<u64>,
+) -> Result<()> {
+    let start = match from {
+        Some(seq) => seq,
+        None => store.head().await?.seq + 1,
+    };
+    let mut sub = store.subscribe(start);
+    let mut shown = 0u64;
+    while count.is_none_or(|c| shown < c) {
+        tokio::select! {
+            event = sub.next() => {
+                print_line(ctx, &event?)?;
+                shown += 1;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    Ok(())
+}
+
+/// Verifies the whole chain and the recorded head.
+pub fn verify(store: &SqliteStore, ctx: Ctx) -> Result<()> {
+    match store.verify() {
+        Ok(report) => {
+            if ctx.json {
+                return output::json(&serde_json::json!({
+                    "ok": true,
+                    "events": report.events,
+                    "head": report.head,
+                    "recorded_head": report.recorded_head,
+                }));
+            }
+            println!(
+                "ok: {} event(s), hash chain intact, head seq {} {}",
+                report.events,
+                report.head.seq,
+                &report.head.hash.to_hex()[..16]
+            );
+            match report.recorded_head {
+                Some(h) => println!("HEAD records seq {}: consistent with the log", h.seq),
+                None if report.events > 0 => {
+                    println!(
+                        "warning: no HEAD file, so truncation of the newest events cannot be checked"
+                    );
+                }
+                None => {}
+            }
+            Ok(())
+        }
+        Err(StoreError::Chain(e)) => {
+            if ctx.json {
+                output::json(&serde_json::json!({
+                    "ok": false,
+                    "first_bad_seq": e.seq(),
+                    "error": e.to_string(),
+                }))?;
+            }
+            Err(IntegrityFailure(format!("log verification failed: {e}")).into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,18 @@
+//! One module per command group; each takes parsed arguments and an open
+//! store, and prints its result.
+
+pub mod bench;
+pub mod element;
+pub mod events;
+pub mod replay;
+
+use uuid::Uuid;
+
+/// What every command knows about the invocation it runs in.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    /// Print JSON rather than tables.
+    pub json: bool,
+    /// Correlation id of this invocation: every event it causes carries it.
+    pub correlation_id: Uuid,
+}

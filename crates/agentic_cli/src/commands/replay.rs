@@ -1,0 +1,58 @@
+//! `lion replay`: fold the whole log afresh and compare with the projections.
+
+use std::time::Instant;
+
+use agentic_core::EventStore;
+use agentic_store::SqliteStore;
+use anyhow::Result;
+
+use super::Ctx;
+use crate::IntegrityFailure;
+use crate::output;
+
+/// Differences listed before the rest are summarised as a count.
+const SHOWN_DIFFERENCES: usize = 20;
+
+/// Replays the log and compares the folded state with the stored projections.
+pub async fn run(store: &SqliteStore, ctx: Ctx) -> Result<()> {
+    let start = Instant::now();
+    let (folded, events) = store.replay(true)?;
+    let elapsed = start.elapsed();
+    let projected = store.projected_state().await?;
+    let diff = folded.diff(&projected);
+    if ctx.json {
+        output::json(&serde_json::json!({
+            "ok": diff.is_empty(),
+            "events": events,
+            "elements": folded.elements().len(),
+            "projected_elements": projected.elements().len(),
+            "differences": diff,
+            "seconds": elapsed.as_secs_f64(),
+        }))?;
+    } else {
+        println!(
+            "replayed {events} event(s) in {:.3} s: {} element(s) folded, {} in the projection",
+            elapsed.as_secs_f64(),
+            folded.elements().len(),
+            projected.elements().len()
+        );
+        for d in diff.iter().take(SHOWN_DIFFERENCES) {
+            println!("  difference: {d}");
+        }
+        if diff.len() > SHOWN_DIFFERENCES {
+            println!("  … and {} more", diff.len() - SHOWN_DIFFERENCES);
+        }
+        if diff.is_empty() {
+            println!("ok: the projections match the log");
+        }
+    }
+    if diff.is_empty() {
+        Ok(())
+    } else {
+        Err(IntegrityFailure(format!(
+            "replay differs from the stored projections in {} place(s)",
+            diff.len()
+        ))
+        .into())
+    }
+}

@@ -1,0 +1,28 @@
+//! Output helpers: readable tables for people, JSON for programs.
+
+use comfy_table::{Table, presets};
+use serde::Serialize;
+
+/// A table with the given column headers, in lion's plain style.
+pub fn table<const N: usize>(headers: [&str; N]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::UTF8_FULL_CONDENSED)
+        .set_header(headers);
+    t
+}
+
+/// Prints `value` as one line of JSON.
+pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+/// Shortens `text` to `max` characters for a table cell.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let cut: String = text.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
