@@ -1,0 +1,43 @@
+//! The golden home written by the first lion release (`fixtures/golden_v1`)
+//! must open, verify and replay with every later version of the SQLite
+//! adapter, to the same state as the kernel's golden JSONL log.
+
+use std::path::Path;
+
+use agentic_core::{EventStore, State};
+use agentic_store::{SqliteOptions, SqliteStore};
+
+fn copy_golden(to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden_v1");
+    for file in ["lion.db", "HEAD"] {
+        std::fs::copy(from.join(file), to.join(file)).expect("copy golden fixture");
+    }
+}
+
+fn kernel_golden_state() -> State {
+    let text = include_str!("../../agentic_core/tests/fixtures/golden_v1.jsonl");
+    let mut state = State::new();
+    for line in text.lines() {
+        let record: agentic_core::EventEnvelope = serde_json::from_str(line).expect("parse");
+        state.apply(&record.decode().expect("decode")).expect("apply");
+    }
+    state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_v1_home_opens_verifies_and_replays() {
+    let home = tempfile::tempdir().expect("tempdir");
+    copy_golden(home.path());
+    let store = SqliteStore::open(home.path(), SqliteOptions::default()).expect("open golden");
+
+    let report = store.verify().expect("golden log verifies");
+    assert_eq!(report.events, 4);
+    assert_eq!(report.recorded_head, Some(report.head));
+
+    let (replayed, events) = store.replay(true).expect("golden log replays");
+    assert_eq!(events, 4);
+    let projected = store.projected_state().await.expect("projections");
+    assert!(replayed.diff(&projected).is_empty(), "{:?}", replayed.diff(&projected));
+    let expected = kernel_golden_state();
+    assert!(replayed.diff(&expected).is_empty(), "{:?}", replayed.diff(&expected));
+}
