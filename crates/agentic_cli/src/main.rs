@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use agentic_core::StoreError;
+use agentic_store::SqliteStore;
 use anyhow::Result;
 use clap::Parser;
 use tracing::Instrument;
@@ -89,45 +90,46 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let span = tracing::info_span!("lion", correlation_id = %ctx.correlation_id);
     async move {
-        if let Command::Bench(BenchCommand::Store {
-            quick,
-            dir,
-            replay_events,
-            seconds,
-            appenders,
-        }) = cli.command
-        {
-            let opts = commands::bench::StoreBench {
+        let home = home::resolve(cli.home.as_deref());
+        let open = || -> Result<Arc<SqliteStore>> {
+            let store = home::open(&home)?;
+            tracing::debug!(home = %home.display(), "store open");
+            Ok(Arc::new(store))
+        };
+        match cli.command {
+            Command::Element(ElementCommand::Create(args)) | Command::CreateElement(args) => {
+                commands::element::create(&*open()?, ctx, &args).await
+            }
+            Command::Element(ElementCommand::List) | Command::ListElements => {
+                commands::element::list(&*open()?, ctx).await
+            }
+            Command::Element(ElementCommand::Show { id }) => {
+                commands::element::show(&*open()?, ctx, &id).await
+            }
+            Command::Events(EventsCommand::List { from, limit }) => {
+                commands::events::list(&*open()?, ctx, from, limit).await
+            }
+            Command::Events(EventsCommand::Tail { from, count }) => {
+                commands::events::tail(open()?, ctx, from, count).await
+            }
+            Command::Events(EventsCommand::Verify) => commands::events::verify(&*open()?, ctx),
+            Command::Replay => commands::replay::run(&*open()?, ctx).await,
+            Command::Bench(BenchCommand::Store {
                 quick,
                 dir,
                 replay_events,
                 seconds,
                 appenders,
-            };
-            return commands::bench::store(ctx, opts).await;
-        }
-        let home = home::resolve(cli.home.as_deref());
-        let store = Arc::new(home::open(&home)?);
-        tracing::debug!(home = %home.display(), "store open");
-        match cli.command {
-            Command::Element(ElementCommand::Create(args)) | Command::CreateElement(args) => {
-                commands::element::create(&store, ctx, &args).await
+            }) => {
+                let opts = commands::bench::StoreBench {
+                    quick,
+                    dir,
+                    replay_events,
+                    seconds,
+                    appenders,
+                };
+                commands::bench::store(ctx, opts).await
             }
-            Command::Element(ElementCommand::List) | Command::ListElements => {
-                commands::element::list(&store, ctx).await
-            }
-            Command::Element(ElementCommand::Show { id }) => {
-                commands::element::show(&store, ctx, &id).await
-            }
-            Command::Events(EventsCommand::List { from, limit }) => {
-                commands::events::list(&store, ctx, from, limit).await
-            }
-            Command::Events(EventsCommand::Tail { from, count }) => {
-                commands::events::tail(store, ctx, from, count).await
-            }
-            Command::Events(EventsCommand::Verify) => commands::events::verify(&store, ctx),
-            Command::Replay => commands::replay::run(&store, ctx).await,
-            Command::Bench(_) => unreachable!("handled above"),
         }
     }
     .instrument(span)

@@ -233,7 +233,7 @@ impl SqliteStore {
     /// Reading runs on a second thread, overlapping with folding on the
     /// calling one; it reads the whole log.
     pub fn replay(&self, verify_chain: bool) -> Result<(State, u64), StoreError> {
-        let length = self.readers.with(|conn| writer::read_head(conn))?.seq;
+        let length = self.readers.with(writer::read_head)?.seq;
         let mut state = State::with_capacity(usize::try_from(length).unwrap_or(0));
         let mut count = 0u64;
         let readers = &self.readers;
@@ -606,7 +606,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn head(&self) -> Result<ChainHead, StoreError> {
-        self.read(|r| r.with(|conn| writer::read_head(conn))).await
+        self.read(|r| r.with(writer::read_head)).await
     }
 
     async fn wait_for_events(&self, seq: u64) -> Result<(), StoreError> {
