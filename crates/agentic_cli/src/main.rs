@@ -11,6 +11,7 @@ mod commands;
 mod home;
 mod output;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -62,7 +63,10 @@ fn main() -> ExitCode {
             let message = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {message}");
             let integrity = e.downcast_ref::<IntegrityFailure>().is_some()
-                || matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Chain(_)));
+                || matches!(
+                    e.downcast_ref::<StoreError>(),
+                    Some(StoreError::Chain(_) | StoreError::Corrupt { .. })
+                );
             ExitCode::from(if integrity {
                 EXIT_INTEGRITY
             } else {
@@ -76,6 +80,7 @@ fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -98,7 +103,7 @@ async fn run(cli: Cli) -> Result<()> {
         };
         match cli.command {
             Command::Element(ElementCommand::Create(args)) | Command::CreateElement(args) => {
-                commands::element::create(&*open()?, ctx, &args).await
+                commands::element::create(open, ctx, &args).await
             }
             Command::Element(ElementCommand::List) | Command::ListElements => {
                 commands::element::list(&*open()?, ctx).await

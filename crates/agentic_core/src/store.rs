@@ -87,16 +87,18 @@ pub enum StoreError {
     PartialDuplicate(Uuid),
     /// The reducer refuses an event of the batch.
     #[error("event refused: {0}")]
-    Rejected(#[from] ApplyError),
+    Rejected(ApplyError),
     /// An event could not be encoded or decoded.
     #[error(transparent)]
     Event(#[from] EventError),
     /// The stored log fails verification.
     #[error("log verification failed: {0}")]
-    Chain(#[from] ChainError),
+    Chain(ChainError),
     /// Another process held the store's write lock for longer than the busy timeout.
-    #[error("store is locked by another process (gave up after {waited_ms} ms)")]
+    #[error("store {path} is locked by another process (gave up after {waited_ms} ms)")]
     Locked {
+        /// The locked store.
+        path: String,
         /// How long the writer waited.
         waited_ms: u64,
     },
@@ -130,6 +132,21 @@ pub enum StoreError {
     /// The store was closed.
     #[error("event store is closed")]
     Closed,
+}
+
+// The messages above already include their cause, so these are plain
+// conversions rather than `#[from]` (which would also report the cause as the
+// error's source, and print it twice).
+impl From<ApplyError> for StoreError {
+    fn from(e: ApplyError) -> Self {
+        StoreError::Rejected(e)
+    }
+}
+
+impl From<ChainError> for StoreError {
+    fn from(e: ChainError) -> Self {
+        StoreError::Chain(e)
+    }
 }
 
 /// The durable event log (port). See the module docs for the contract.

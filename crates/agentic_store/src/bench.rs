@@ -150,7 +150,7 @@ pub async fn run(
 
     let mut appends = Vec::new();
     for &n in &config.appenders {
-        progress(&format!("group commit, {n} appenders"));
+        progress(&format!("group commit, {n} concurrent appender(s)"));
         appends.push(
             group_commit(
                 &config.dir.join(format!("appenders-{n}")),

@@ -19,7 +19,9 @@ fn kernel_golden_state() -> State {
     let mut state = State::new();
     for line in text.lines() {
         let record: agentic_core::EventEnvelope = serde_json::from_str(line).expect("parse");
-        state.apply(&record.decode().expect("decode")).expect("apply");
+        state
+            .apply(&record.decode().expect("decode"))
+            .expect("apply");
     }
     state
 }
@@ -37,7 +39,15 @@ async fn golden_v1_home_opens_verifies_and_replays() {
     let (replayed, events) = store.replay(true).expect("golden log replays");
     assert_eq!(events, 4);
     let projected = store.projected_state().await.expect("projections");
-    assert!(replayed.diff(&projected).is_empty(), "{:?}", replayed.diff(&projected));
+    assert!(
+        replayed.diff(&projected).is_empty(),
+        "{:?}",
+        replayed.diff(&projected)
+    );
     let expected = kernel_golden_state();
-    assert!(replayed.diff(&expected).is_empty(), "{:?}", replayed.diff(&expected));
+    assert!(
+        replayed.diff(&expected).is_empty(),
+        "{:?}",
+        replayed.diff(&expected)
+    );
 }

@@ -1,5 +1,7 @@
 //! `lion element create|list|show` (and the seed's `create-element`, `list-elements`).
 
+use std::sync::Arc;
+
 use agentic_core::{ElementData, EventStore, ExpectedVersion, NewEvent, SystemEvent};
 use agentic_store::SqliteStore;
 use anyhow::{Context, Result, bail};
@@ -11,8 +13,14 @@ use crate::cli::CreateElement;
 use crate::output;
 
 /// Creates an element from the command's metadata and content; prints its id.
-pub async fn create(store: &SqliteStore, ctx: Ctx, args: &CreateElement) -> Result<()> {
+/// The arguments are checked before the store is opened (and perhaps created).
+pub async fn create(
+    open: impl FnOnce() -> Result<Arc<SqliteStore>>,
+    ctx: Ctx,
+    args: &CreateElement,
+) -> Result<()> {
     let metadata = parse_metadata(&args.metadata)?;
+    let store = open()?;
     let element = ElementData::new(metadata, args.content.clone());
     let id = element.id;
     let event = NewEvent::new(SystemEvent::ElementCreated { element }, ctx.correlation_id);

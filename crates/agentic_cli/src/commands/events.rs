@@ -153,6 +153,12 @@ pub fn verify(store: &SqliteStore, ctx: Ctx) -> Result<()> {
             }
             Err(IntegrityFailure(format!("log verification failed: {e}")).into())
         }
+        Err(e @ StoreError::Corrupt { .. }) => {
+            if ctx.json {
+                output::json(&serde_json::json!({ "ok": false, "error": e.to_string() }))?;
+            }
+            Err(IntegrityFailure(format!("log verification failed: {e}")).into())
+        }
         Err(e) => Err(e.into()),
     }
 }

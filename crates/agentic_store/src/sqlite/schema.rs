@@ -201,6 +201,7 @@ impl DbFile {
         let path = self.path.display().to_string();
         match e.sqlite_error_code() {
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Locked {
+                path,
                 waited_ms: u64::try_from(self.busy_timeout.as_millis()).unwrap_or(u64::MAX),
             },
             Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {

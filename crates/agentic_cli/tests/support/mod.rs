@@ -1,0 +1,249 @@
+//! Helpers shared by the CLI tests: running the real `lion` binary on a
+//! temporary home, reading what it printed, and reaching into the home's
+//! files the way a tamperer (or a broken disk) would.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+use assert_cmd::cargo::cargo_bin_cmd;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Environment variables `lion` reads; removed from every run so the
+/// developer's own environment cannot leak into a test.
+const LION_ENV: &[&str] = &["LION_HOME", "LION_BUSY_TIMEOUT_MS", "RUST_LOG", "NO_COLOR"];
+
+/// `lion` with a clean environment and no home chosen.
+pub fn lion() -> Command {
+    let mut cmd = cargo_bin_cmd!("lion");
+    for var in LION_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// `lion --home <home>` with a clean environment.
+pub fn lion_at(home: &Path) -> Command {
+    let mut cmd = lion();
+    cmd.arg("--home").arg(home);
+    cmd
+}
+
+/// What one run of `lion` did.
+pub struct Run {
+    /// Exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Everything printed on stdout.
+    pub stdout: String,
+    /// Everything printed on stderr.
+    pub stderr: String,
+}
+
+impl fmt::Debug for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "exit code {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code(),
+            stdout: String::from_utf8(o.stdout).expect("stdout is UTF-8"),
+            stderr: String::from_utf8(o.stderr).expect("stderr is UTF-8"),
+        }
+    }
+}
+
+impl Run {
+    /// Asserts the run succeeded; returns it for further checks.
+    #[track_caller]
+    pub fn success(self) -> Self {
+        assert_eq!(self.code, Some(0), "expected success, got {self:?}");
+        self
+    }
+
+    /// Asserts the run failed with exit code `code` and printed exactly one
+    /// line on stderr, starting with `error: `; returns that line.
+    #[track_caller]
+    pub fn error_line(&self, code: i32) -> &str {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "expected exit code {code}, got {self:?}"
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected exactly one line on stderr, got {self:?}"
+        );
+        assert!(
+            lines[0].starts_with("error: "),
+            "stderr must start with `error: `, got {self:?}"
+        );
+        lines[0]
+    }
+
+    /// Stdout parsed as one JSON value per line.
+    #[track_caller]
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+            .collect()
+    }
+
+    /// Stdout parsed as a single JSON value.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        let mut lines = self.json_lines();
+        assert_eq!(lines.len(), 1, "expected one JSON line, got {self:?}");
+        lines.remove(0)
+    }
+}
+
+/// Runs `cmd` to completion and captures what it did.
+#[track_caller]
+pub fn run(cmd: &mut Command) -> Run {
+    cmd.output().expect("run lion").into()
+}
+
+/// `lion --home <home> <args…>`, run to completion.
+#[track_caller]
+pub fn lion_run(home: &Path, args: &[&str]) -> Run {
+    run(lion_at(home).args(args))
+}
+
+/// Parses the one line `create-element` prints: the new element's id.
+#[track_caller]
+pub fn parse_id(run: &Run) -> Uuid {
+    let line = run.stdout.trim_end();
+    assert_eq!(line.lines().count(), 1, "expected one line, got {run:?}");
+    line.parse()
+        .unwrap_or_else(|e| panic!("not a UUID ({e}): {run:?}"))
+}
+
+/// Creates an element with `create-element` in its own process; returns its id.
+#[track_caller]
+pub fn create(home: &Path, metadata: &str, content: Option<&str>) -> Uuid {
+    let mut cmd = lion_at(home);
+    cmd.args(["create-element", "--metadata", metadata]);
+    if let Some(c) = content {
+        cmd.args(["--content", c]);
+    }
+    parse_id(&run(&mut cmd).success())
+}
+
+/// Creates `n` elements with metadata `{"n": i}` (i from 1), one process
+/// each; returns their ids in creation order. Element i is event seq i on a
+/// fresh home.
+#[track_caller]
+pub fn fill(home: &Path, n: usize) -> Vec<Uuid> {
+    (1..=n)
+        .map(|i| {
+            create(
+                home,
+                &format!(r#"{{"n":{i}}}"#),
+                Some(&format!("element {i}")),
+            )
+        })
+        .collect()
+}
+
+/// Creates `n` elements with a few hundred bytes of metadata each, so the
+/// database spans many pages.
+#[track_caller]
+pub fn fill_big(home: &Path, n: usize) {
+    let pad = "x".repeat(200);
+    for i in 1..=n {
+        create(home, &format!(r#"{{"n":{i},"pad":"{pad}"}}"#), None);
+    }
+}
+
+/// The elements `list-elements --json` prints.
+#[track_caller]
+pub fn elements(home: &Path) -> Vec<Value> {
+    let run = lion_run(home, &["list-elements", "--json"]).success();
+    match run.json() {
+        Value::Array(all) => all,
+        other => panic!("list-elements --json printed {other}, not an array"),
+    }
+}
+
+/// The events `events list --json` prints, one per line.
+#[track_caller]
+pub fn events(home: &Path) -> Vec<Value> {
+    lion_run(home, &["events", "list", "--json"])
+        .success()
+        .json_lines()
+}
+
+/// The ids of a list of elements, as strings.
+pub fn ids(elements: &[Value]) -> Vec<String> {
+    elements
+        .iter()
+        .map(|e| e["id"].as_str().expect("element id").to_owned())
+        .collect()
+}
+
+/// Path of a home's database.
+pub fn db_path(home: &Path) -> PathBuf {
+    home.join("lion.db")
+}
+
+/// Opens a home's database directly, as another program would.
+#[track_caller]
+pub fn open_db(home: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(db_path(home)).expect("open lion.db with rusqlite")
+}
+
+/// Opens a home's database and drops the triggers that keep `events`
+/// append-only, as a tamperer with write access to the file would.
+#[track_caller]
+pub fn tamper(home: &Path) -> rusqlite::Connection {
+    let conn = open_db(home);
+    conn.execute_batch(
+        "DROP TRIGGER events_are_append_only_update;
+         DROP TRIGGER events_are_append_only_delete;",
+    )
+    .expect("drop the append-only triggers");
+    conn
+}
+
+/// Every file of a directory, by name, with its bytes.
+#[track_caller]
+pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .expect("read home directory")
+        .map(|entry| {
+            let entry = entry.expect("directory entry");
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let bytes = std::fs::read(entry.path()).expect("read file");
+            (name, bytes)
+        })
+        .collect()
+}
+
+/// Asserts a directory holds exactly the files (names and bytes) of `before`.
+#[track_caller]
+pub fn assert_unchanged(dir: &Path, before: &BTreeMap<String, Vec<u8>>) {
+    let after = snapshot(dir);
+    let names = |s: &BTreeMap<String, Vec<u8>>| s.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&after), names(before), "the home's files changed");
+    for (name, bytes) in before {
+        assert!(
+            after[name] == *bytes,
+            "{name} changed ({} bytes before, {} after)",
+            bytes.len(),
+            after[name].len()
+        );
+    }
+}
