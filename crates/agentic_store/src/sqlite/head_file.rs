@@ -18,6 +18,9 @@ use std::thread::JoinHandle;
 use agentic_core::{ChainHead, StoreError};
 use tracing::warn;
 
+/// Prefix of the temporary file a new head is written to before the rename.
+pub const TMP_PREFIX: &str = "HEAD.tmp.";
+
 /// Reader and writer of one home's `HEAD` file.
 #[derive(Debug)]
 pub struct HeadFile {
@@ -43,12 +46,18 @@ impl HeadFile {
         read(&self.path)
     }
 
+    /// Runs `f` holding the home's lock file (`HEAD.lock`), which serialises
+    /// head writers and openers creating the database, across processes.
+    pub fn exclusive<R>(&self, f: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreError> {
+        self.lock.lock().map_err(|e| io_error(&self.path, &e))?;
+        let result = f();
+        let unlocked = self.lock.unlock().map_err(|e| io_error(&self.path, &e));
+        result.and_then(|r| unlocked.map(|()| r))
+    }
+
     /// Records `head` unless the file already records a newer one.
     pub fn advance(&self, head: ChainHead) -> Result<(), StoreError> {
-        self.lock.lock().map_err(|e| io_error(&self.path, &e))?;
-        let result = self.advance_locked(head);
-        let unlocked = self.lock.unlock().map_err(|e| io_error(&self.path, &e));
-        result.and(unlocked)
+        self.exclusive(|| self.advance_locked(head))
     }
 
     fn advance_locked(&self, head: ChainHead) -> Result<(), StoreError> {
@@ -57,7 +66,7 @@ impl HeadFile {
         }
         let tmp = self
             .path
-            .with_extension(format!("tmp.{}", std::process::id()));
+            .with_file_name(format!("{TMP_PREFIX}{}", std::process::id()));
         let mut f = File::create(&tmp).map_err(|e| io_error(&tmp, &e))?;
         f.write_all(head.to_line().as_bytes())
             .map_err(|e| io_error(&tmp, &e))?;

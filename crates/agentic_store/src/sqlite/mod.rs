@@ -44,6 +44,7 @@ const HOME_FILES: &[&str] = &[
     "HEAD.lock",
     "lion.db-wal",
     "lion.db-shm",
+    "lion.db-journal",
 ];
 
 /// How often a waiting subscriber re-reads the log for commits made by other
@@ -112,17 +113,30 @@ impl SqliteStore {
             busy_timeout: options.busy_timeout,
         };
         let head_path = home.join(HEAD_FILE);
-        prepare_home(home, &db.path, &head_path)?;
-        if db.path.exists() {
-            schema::check_file(&db.path)?;
-        }
-        let mut conn = schema::connect(&db)?;
-        schema::initialise(&mut conn, &db)?;
+        let recognise = || -> Result<(), StoreError> {
+            prepare_home(home, &db.path, &head_path)?;
+            if db.path.exists() {
+                schema::check_file(&db.path)?;
+            }
+            Ok(())
+        };
+        // First without creating anything (not even the lock file), so that
+        // what is not a lion home is left exactly as it was.
+        recognise()?;
+        let head_file = HeadFile::open(head_path.clone())?;
+        // Openers take turns: SQLite refuses at once (without waiting for the
+        // busy timeout) to switch a database to WAL while another connection
+        // is creating it.
+        let conn = head_file.exclusive(|| {
+            recognise()?;
+            let mut conn = schema::connect(&db)?;
+            schema::initialise(&mut conn, &db)?;
+            Ok(conn)
+        })?;
         let head = writer::read_head(&conn).map_err(|e| db.err(e))?;
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(options.writer_queue.max(1));
-        let (head_recorder, recorder) =
-            head_file::spawn_recorder(HeadFile::open(head_path.clone())?)?;
+        let (head_recorder, recorder) = head_file::spawn_recorder(head_file)?;
         let writer = Writer {
             conn,
             db: db.clone(),
@@ -487,7 +501,9 @@ fn prepare_home(home: &Path, db: &Path, head: &Path) -> Result<(), StoreError> {
     for entry in entries {
         let entry = entry.map_err(|e| io(home, e))?;
         let name = entry.file_name();
-        if !HOME_FILES.iter().any(|f| name == *f) {
+        let ours = HOME_FILES.iter().any(|f| name == *f)
+            || name.to_string_lossy().starts_with(head_file::TMP_PREFIX);
+        if !ours {
             return Err(StoreError::NotAStore {
                 path: home.display().to_string(),
                 reason: format!(

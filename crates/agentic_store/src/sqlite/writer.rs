@@ -120,10 +120,17 @@ impl Writer {
         match self.write(&mut requests) {
             Ok(head) => {
                 let before = self.head_tx.borrow().seq;
+                let written: u64 = requests
+                    .iter()
+                    .filter_map(|r| match &r.outcome {
+                        Some(Ok(receipt)) if !receipt.deduplicated => {
+                            Some(receipt.last_seq - receipt.first_seq + 1)
+                        }
+                        _ => None,
+                    })
+                    .sum();
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .events
-                    .fetch_add(head.seq.saturating_sub(before), Ordering::Relaxed);
+                self.stats.events.fetch_add(written, Ordering::Relaxed);
                 for r in requests {
                     let outcome = r.outcome.unwrap_or(Err(StoreError::Closed));
                     let _ = r.reply.send(outcome);

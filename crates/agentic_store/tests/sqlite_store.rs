@@ -1,0 +1,1061 @@
+//! Integration tests of the SQLite event store ([`SqliteStore`]):
+//!
+//! - the adapter contract: idempotent appends, partial duplicates, expected
+//!   versions, refused batches (alone and inside a busy group commit),
+//!   subscriptions across store instances, reopening, the `HEAD` file,
+//!   per-store commit counters, several openers creating one fresh home;
+//! - durability settings: every connection runs with `synchronous=FULL`;
+//! - tamper detection: edited, deleted, truncated and swapped records, an
+//!   edited projection, and the append-only triggers;
+//! - several processes: two processes appending 10,000 events each to one
+//!   home build one gapless chain, and a process SIGKILLed mid-append (50
+//!   times) never loses an acknowledged event nor breaks the chain.
+//!
+//! The multi-process tests re-execute this test binary; the `child_process_role_*`
+//! tests are those children's entry points and do nothing unless their
+//! environment variable is set.
+
+mod sqlite_store_support;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+use agentic_core::{
+    AppendReceipt, ApplyError, ChainError, ChainHead, EventEnvelope, EventStore, ExpectedVersion,
+    NewEvent, StoreError,
+};
+use agentic_store::{SqliteOptions, SqliteStore};
+use serde_json::json;
+use uuid::Uuid;
+
+use sqlite_store_support::{
+    block_on, created, element, element_of, log, new_event, open, raw_db, raw_db_without_triggers,
+    replay_vs_projection, spawn_role, text_of,
+};
+
+/// A failure guard for waits that should end at once; never a timing assertion.
+const GUARD: Duration = Duration::from_secs(20);
+
+/// Appends `n` single-event appends, one after the other, with content
+/// `payload-<i>` (i from 1); returns the log.
+async fn append_singles(store: &SqliteStore, n: usize) -> Vec<EventEnvelope> {
+    for i in 1..=n {
+        let event = created(element(json!({ "n": i }), &format!("payload-{i}")));
+        store
+            .append(vec![event], ExpectedVersion::Any)
+            .await
+            .unwrap_or_else(|e| panic!("append {i}: {e}"));
+    }
+    log(store)
+}
+
+/// A home holding `n` events (contents `payload-1`…`payload-n`), whose store
+/// has been closed; returns the directory guard, the home and its log.
+fn closed_home_with(n: usize) -> (tempfile::TempDir, PathBuf, Vec<EventEnvelope>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let records = block_on(async {
+        let store = open(&home);
+        append_singles(&store, n).await
+    });
+    assert_eq!(records.len(), n);
+    (dir, home, records)
+}
+
+fn seqs(records: &[EventEnvelope]) -> Vec<u64> {
+    records.iter().map(|e| e.seq).collect()
+}
+
+/// Appends every batch (with no expectation) so that the writer commits them
+/// in at most two group commits, and returns each append's outcome in order.
+///
+/// Another connection holds the database's write lock while every append is
+/// handed to the writer (each append future is polled once: that queues its
+/// request). The writer can only have taken some first requests before it
+/// blocked on the lock; once the lock is released it commits those, then all
+/// the rest in one group.
+fn append_in_at_most_two_groups(
+    home: &Path,
+    store: &SqliteStore,
+    batches: Vec<Vec<NewEvent>>,
+) -> Vec<Result<AppendReceipt, StoreError>> {
+    let commits_before = store.commit_stats().commits.load(Ordering::Relaxed);
+    let lock = raw_db(home);
+    lock.execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut pending: Vec<_> = batches
+        .into_iter()
+        .map(|batch| store.append(batch, ExpectedVersion::Any))
+        .collect();
+    // Polled here, outside any runtime, so no task budget can make a poll
+    // return before its request is queued.
+    for append in &mut pending {
+        assert!(
+            append.as_mut().poll(&mut cx).is_pending(),
+            "an append completed while another connection held the write lock"
+        );
+    }
+    lock.execute_batch("ROLLBACK")
+        .expect("release the write lock");
+    let results = block_on(async {
+        let mut out = Vec::with_capacity(pending.len());
+        for append in pending {
+            out.push(append.await);
+        }
+        out
+    });
+    let commits = store.commit_stats().commits.load(Ordering::Relaxed) - commits_before;
+    assert!(commits <= 2, "{commits} group commits");
+    results
+}
+
+// ---------------------------------------------------------------------------
+// Adapter contract
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn appending_the_same_event_ids_again_returns_the_original_positions_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    append_singles(&store, 2).await;
+
+    let batch: Vec<_> = (0..3).map(|i| new_event(json!({ "batch": i }))).collect();
+    let first = store
+        .append(batch.clone(), ExpectedVersion::Any)
+        .await
+        .expect("first append");
+    assert_eq!(
+        (first.first_seq, first.last_seq, first.deduplicated),
+        (3, 5, false)
+    );
+    let retry = store
+        .append(batch.clone(), ExpectedVersion::Any)
+        .await
+        .expect("retry");
+    assert_eq!(
+        (retry.first_seq, retry.last_seq, retry.deduplicated),
+        (3, 5, true)
+    );
+
+    // A retry is answered before its expectation is checked: the expectation
+    // held when the batch was first appended.
+    let single = new_event(json!({ "single": true }));
+    let stream = single.stream.clone();
+    let stored = store
+        .append(vec![single.clone()], ExpectedVersion::NoStream)
+        .await
+        .expect("single append");
+    let again = store
+        .append(vec![single.clone()], ExpectedVersion::NoStream)
+        .await
+        .expect("retry with an expectation that no longer holds");
+    assert_eq!((stored.first_seq, stored.deduplicated), (6, false));
+    assert_eq!(
+        (again.first_seq, again.last_seq, again.deduplicated),
+        (6, 6, true)
+    );
+    let again_any = store
+        .append(vec![single], ExpectedVersion::Any)
+        .await
+        .expect("retry without expectation");
+    assert_eq!((again_any.first_seq, again_any.deduplicated), (6, true));
+
+    let records = log(&store);
+    assert_eq!(seqs(&records), (1..=6).collect::<Vec<_>>());
+    assert_eq!(records.iter().filter(|e| e.stream == stream).count(), 1);
+    assert_eq!(store.head().await.expect("head").seq, 6);
+    assert_eq!(
+        store
+            .projected_state()
+            .await
+            .expect("state")
+            .elements()
+            .len(),
+        6
+    );
+    assert_eq!(store.commit_stats().events.load(Ordering::Relaxed), 6);
+    assert!(replay_vs_projection(&store).await.is_empty());
+}
+
+#[test]
+fn retries_of_one_batch_in_the_same_group_commit_store_it_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let batch: Vec<_> = (0..4).map(|i| new_event(json!({ "i": i }))).collect();
+    let results = append_in_at_most_two_groups(dir.path(), &store, vec![batch; 8]);
+    let mut fresh = 0;
+    for result in results {
+        let receipt = result.expect("append");
+        assert_eq!((receipt.first_seq, receipt.last_seq), (1, 4));
+        fresh += usize::from(!receipt.deduplicated);
+    }
+    assert_eq!(fresh, 1, "exactly one of the retries writes the batch");
+    assert_eq!(seqs(&log(&store)), vec![1, 2, 3, 4]);
+    assert_eq!(store.commit_stats().events.load(Ordering::Relaxed), 4);
+}
+
+#[tokio::test]
+async fn a_batch_that_is_only_partly_stored_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let old = new_event(json!({ "old": true }));
+    let fresh = new_event(json!({ "fresh": true }));
+    store
+        .append(vec![old.clone()], ExpectedVersion::Any)
+        .await
+        .expect("store the old event");
+    let before = log(&store);
+
+    // Stored event first: refused before anything is written.
+    assert_eq!(
+        store
+            .append(vec![old.clone(), fresh.clone()], ExpectedVersion::Any)
+            .await,
+        Err(StoreError::PartialDuplicate(old.event_id))
+    );
+    // Stored event last: the fresh one was written first, then rolled back.
+    assert_eq!(
+        store
+            .append(vec![fresh.clone(), old.clone()], ExpectedVersion::Any)
+            .await,
+        Err(StoreError::PartialDuplicate(old.event_id))
+    );
+
+    assert_eq!(log(&store), before);
+    let state = store.projected_state().await.expect("state");
+    assert_eq!(state.elements().len(), 1);
+    // The fresh event (and its element) can still be appended on its own.
+    let receipt = store
+        .append(vec![fresh], ExpectedVersion::Any)
+        .await
+        .expect("fresh alone");
+    assert_eq!((receipt.first_seq, receipt.deduplicated), (2, false));
+    assert!(replay_vs_projection(&store).await.is_empty());
+}
+
+#[tokio::test]
+async fn expected_versions_are_enforced_per_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let on = |stream: &str| {
+        let mut e = new_event(json!({ "stream": stream }));
+        e.stream = stream.to_owned();
+        e
+    };
+    let wrong = |expected, actual| {
+        Err(StoreError::WrongExpectedVersion {
+            stream: "orders".into(),
+            expected,
+            actual,
+        })
+    };
+
+    let r = store
+        .append(vec![on("orders")], ExpectedVersion::NoStream)
+        .await;
+    assert_eq!(r.map(|r| r.first_seq), Ok(1));
+    assert_eq!(
+        store
+            .append(vec![on("orders")], ExpectedVersion::NoStream)
+            .await,
+        wrong(ExpectedVersion::NoStream, 1)
+    );
+    assert_eq!(
+        store
+            .append(vec![on("orders")], ExpectedVersion::Exact(0))
+            .await,
+        wrong(ExpectedVersion::Exact(0), 1)
+    );
+    let r = store
+        .append(vec![on("orders"), on("orders")], ExpectedVersion::Exact(1))
+        .await;
+    assert_eq!(r.map(|r| (r.first_seq, r.last_seq)), Ok((2, 3)));
+    assert_eq!(
+        store
+            .append(vec![on("orders")], ExpectedVersion::Exact(1))
+            .await,
+        wrong(ExpectedVersion::Exact(1), 3)
+    );
+    assert_eq!(
+        store
+            .append(vec![on("orders")], ExpectedVersion::Exact(4))
+            .await,
+        wrong(ExpectedVersion::Exact(4), 3)
+    );
+    let r = store
+        .append(vec![on("orders")], ExpectedVersion::Exact(3))
+        .await;
+    assert_eq!(r.map(|r| r.first_seq), Ok(4));
+    // Another stream has its own version.
+    let r = store
+        .append(vec![on("invoices")], ExpectedVersion::Exact(0))
+        .await;
+    assert_eq!(r.map(|r| r.first_seq), Ok(5));
+
+    // Malformed batches.
+    assert!(matches!(
+        store
+            .append(
+                vec![on("orders"), on("invoices")],
+                ExpectedVersion::Exact(4)
+            )
+            .await,
+        Err(StoreError::InvalidBatch(_))
+    ));
+    assert!(matches!(
+        store.append(Vec::new(), ExpectedVersion::Any).await,
+        Err(StoreError::InvalidBatch(_))
+    ));
+
+    let records = log(&store);
+    let versions: Vec<(&str, u64)> = records
+        .iter()
+        .map(|e| (e.stream.as_str(), e.stream_version))
+        .collect();
+    assert_eq!(
+        versions,
+        vec![
+            ("orders", 1),
+            ("orders", 2),
+            ("orders", 3),
+            ("orders", 4),
+            ("invoices", 1)
+        ]
+    );
+    store.verify().expect("verify");
+}
+
+#[tokio::test]
+async fn a_batch_creating_one_element_twice_is_refused_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let existing = element(json!({ "existing": true }), "x");
+    store
+        .append(vec![created(existing.clone())], ExpectedVersion::Any)
+        .await
+        .expect("create");
+    let before = log(&store);
+
+    let twice = element(json!({ "twice": true }), "y");
+    let bystander = element(json!({ "bystander": true }), "z");
+    let batch = vec![
+        created(bystander.clone()),
+        created(twice.clone()),
+        created(twice.clone()),
+    ];
+    assert_eq!(
+        store.append(batch, ExpectedVersion::Any).await,
+        Err(StoreError::Rejected(ApplyError::DuplicateElement(twice.id)))
+    );
+    // Creating an element that already exists is refused too.
+    assert_eq!(
+        store
+            .append(vec![created(existing.clone())], ExpectedVersion::Any)
+            .await,
+        Err(StoreError::Rejected(ApplyError::DuplicateElement(
+            existing.id
+        )))
+    );
+
+    assert_eq!(log(&store), before);
+    let state = store.projected_state().await.expect("state");
+    assert_eq!(state.elements().len(), 1);
+    assert!(state.element(bystander.id).is_none());
+    assert!(state.element(twice.id).is_none());
+    assert!(replay_vs_projection(&store).await.is_empty());
+}
+
+#[test]
+fn a_refused_batch_does_not_fail_the_unrelated_appends_committed_with_it() {
+    const APPENDS: usize = 50;
+    const INVALID: usize = 25;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let twice = element(json!({ "twice": true }), "y");
+    let bystander = element(json!({ "bystander": true }), "z");
+    let batches = (0..APPENDS)
+        .map(|i| {
+            if i == INVALID {
+                // Writes the bystander, then is refused part-way.
+                vec![
+                    created(bystander.clone()),
+                    created(twice.clone()),
+                    created(twice.clone()),
+                ]
+            } else {
+                vec![new_event(json!({ "i": i }))]
+            }
+        })
+        .collect();
+
+    let results = append_in_at_most_two_groups(dir.path(), &store, batches);
+    let mut acked = Vec::new();
+    for (i, result) in results.into_iter().enumerate() {
+        if i == INVALID {
+            assert_eq!(
+                result,
+                Err(StoreError::Rejected(ApplyError::DuplicateElement(twice.id)))
+            );
+        } else {
+            let r = result.unwrap_or_else(|e| panic!("valid append {i} failed: {e}"));
+            assert_eq!((r.first_seq, r.deduplicated), (r.last_seq, false));
+            acked.push(r.first_seq);
+        }
+    }
+    acked.sort_unstable();
+    let valid = u64::try_from(APPENDS - 1).expect("small");
+    assert_eq!(acked, (1..=valid).collect::<Vec<_>>());
+    assert_eq!(seqs(&log(&store)), acked);
+    assert_eq!(store.verify().expect("verify").events, valid);
+    block_on(async {
+        let state = store.projected_state().await.expect("state");
+        assert!(state.element(bystander.id).is_none());
+        assert!(state.element(twice.id).is_none());
+        assert!(replay_vs_projection(&store).await.is_empty());
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_another_store_instance_sees_events_appended_by_the_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let writer = open(dir.path());
+    // A second instance on the same home stands for another process: it
+    // learns of the writer's commits only through the database.
+    let follower = Arc::new(open(dir.path()));
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let e = new_event(json!({ "before": i }));
+        ids.push(e.event_id);
+        writer
+            .append(vec![e], ExpectedVersion::Any)
+            .await
+            .expect("append");
+    }
+    let mut subscription = follower.clone().subscribe(1);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let e = tokio::time::timeout(GUARD, subscription.next())
+            .await
+            .expect("catch-up read never came")
+            .expect("subscription");
+        seen.push((e.seq, e.event_id));
+    }
+    // Now the subscriber is at the end of the log and has to wait.
+    let waiting = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let e = tokio::time::timeout(GUARD, subscription.next())
+                .await
+                .expect("the subscriber never saw the other instance's commit")
+                .expect("subscription");
+            got.push((e.seq, e.event_id));
+        }
+        got
+    });
+    for i in 0..3 {
+        let e = new_event(json!({ "after": i }));
+        ids.push(e.event_id);
+        writer
+            .append(vec![e], ExpectedVersion::Any)
+            .await
+            .expect("append");
+    }
+    seen.extend(waiting.await.expect("subscriber task"));
+    let expected: Vec<(u64, Uuid)> = (1..=6).zip(ids).collect();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn reopening_a_store_keeps_every_event_and_continues_the_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (records, projected) = {
+        let store = open(dir.path());
+        store
+            .append(
+                vec![new_event(json!({ "a": 1 })), new_event(json!({ "a": 2 }))],
+                ExpectedVersion::Any,
+            )
+            .await
+            .expect("batch");
+        append_singles(&store, 3).await;
+        (log(&store), store.projected_state().await.expect("state"))
+    };
+    assert_eq!(records.len(), 5);
+
+    let store = open(dir.path());
+    assert_eq!(log(&store), records);
+    let report = store.verify().expect("verify after reopening");
+    assert_eq!(report.events, 5);
+    let reopened = store.projected_state().await.expect("state");
+    assert!(projected.diff(&reopened).is_empty());
+    assert_eq!(reopened.elements().len(), 5);
+
+    let receipt = store
+        .append(
+            vec![new_event(json!({ "after": true }))],
+            ExpectedVersion::Any,
+        )
+        .await
+        .expect("append after reopening");
+    assert_eq!(receipt.first_seq, 6);
+    let newest = log(&store).pop().expect("a record");
+    assert_eq!(newest.prev_hash, records[4].hash);
+    assert!(replay_vs_projection(&store).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_file_records_the_newest_head_once_the_store_is_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(open(dir.path()));
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(vec![new_event(json!({ "i": i }))], ExpectedVersion::Any)
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("append");
+    }
+    let head = store.head().await.expect("head");
+    assert_eq!(head.seq, 20);
+    drop(Arc::into_inner(store).expect("the only reference"));
+
+    let text = std::fs::read_to_string(dir.path().join(agentic_store::sqlite::HEAD_FILE))
+        .expect("HEAD exists");
+    assert_eq!(
+        ChainHead::parse_line(&text),
+        Some(head),
+        "HEAD holds {text:?}"
+    );
+    let reopened = open(dir.path());
+    assert_eq!(reopened.recorded_head().expect("read HEAD"), Some(head));
+    let report = reopened.verify().expect("verify");
+    assert_eq!((report.head, report.recorded_head), (head, Some(head)));
+}
+
+#[tokio::test]
+async fn commit_stats_count_only_the_events_this_store_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mine = open(dir.path());
+    // Another writer on the same home, as another process would be.
+    let theirs = open(dir.path());
+    for (store, i) in [(&mine, 1), (&theirs, 2), (&theirs, 3), (&mine, 4)] {
+        store
+            .append(vec![new_event(json!({ "i": i }))], ExpectedVersion::Any)
+            .await
+            .expect("append");
+    }
+    let counted = |s: &SqliteStore| {
+        (
+            s.commit_stats().commits.load(Ordering::Relaxed),
+            s.commit_stats().events.load(Ordering::Relaxed),
+        )
+    };
+    assert_eq!(
+        counted(&theirs),
+        (2, 2),
+        "(commits, events) of the other writer"
+    );
+    assert_eq!(counted(&mine), (2, 2), "(commits, events) of this writer");
+}
+
+#[test]
+fn several_openers_of_a_fresh_home_at_once_all_succeed() {
+    const OPENERS: usize = 6;
+    const HOMES: usize = 40;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut failures: HashMap<String, usize> = HashMap::new();
+    for h in 0..HOMES {
+        let home = dir.path().join(format!("home-{h}"));
+        let barrier = Arc::new(std::sync::Barrier::new(OPENERS));
+        let openers: Vec<_> = (0..OPENERS)
+            .map(|i| {
+                let (home, barrier) = (home.clone(), barrier.clone());
+                std::thread::spawn(move || -> Result<(), StoreError> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    barrier.wait();
+                    let store = SqliteStore::open(&home, SqliteOptions::default())?;
+                    runtime
+                        .block_on(store.append(
+                            vec![new_event(json!({ "opener": i }))],
+                            ExpectedVersion::Any,
+                        ))
+                        .map(drop)
+                })
+            })
+            .collect();
+        let mut opened = 0;
+        for opener in openers {
+            match opener.join().expect("opener thread") {
+                Ok(()) => opened += 1,
+                Err(e) => {
+                    let what = e.to_string().replace(&home.display().to_string(), "<home>");
+                    *failures.entry(what).or_default() += 1;
+                }
+            }
+        }
+        let store = open(&home);
+        assert_eq!(store.verify().expect("verify").events, opened);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} opens of a fresh home failed: {failures:#?}",
+        failures.values().sum::<usize>(),
+        OPENERS * HOMES
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Durability settings
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_connection_runs_with_synchronous_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(open(dir.path()));
+    append_singles(&store, 10).await;
+    // Concurrent reads, so the reader pool holds several connections.
+    let reads: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let records = store.read_from(1 + i, 100).await.expect("read");
+                let head = store.head().await.expect("head");
+                let state = store.projected_state().await.expect("state");
+                (records.len(), head.seq, state.elements().len())
+            })
+        })
+        .collect();
+    for (i, read) in (0..).zip(reads) {
+        assert_eq!(read.await.expect("read task"), (10 - i, 10, 10));
+    }
+    store.verify().expect("verify");
+
+    let levels = store.synchronous_levels().await.expect("levels");
+    assert!(
+        levels.len() >= 2,
+        "expected the writer and at least one reader, got {levels:?}"
+    );
+    assert!(
+        levels.iter().all(|&l| l == 2),
+        "every connection must run with synchronous=FULL (2): {levels:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Tamper detection
+// ---------------------------------------------------------------------------
+
+fn chain_error(store: &SqliteStore) -> ChainError {
+    match store.verify() {
+        Err(StoreError::Chain(e)) => e,
+        other => panic!("expected a chain error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_append_only_triggers_refuse_updates_and_deletes_of_events() {
+    let (_dir, home, records) = closed_home_with(5);
+    let conn = raw_db(&home);
+    let update = conn.execute("UPDATE events SET payload = x'00' WHERE seq = 3", []);
+    let delete = conn.execute("DELETE FROM events WHERE seq = 5", []);
+    for (what, result) in [("UPDATE", update), ("DELETE", delete)] {
+        let err = result.expect_err(&format!("{what} on events must be refused"));
+        assert!(err.to_string().contains("append-only"), "{what}: {err}");
+    }
+    drop(conn);
+    let store = open(&home);
+    assert_eq!(log(&store), records);
+    assert_eq!(store.verify().expect("verify").events, 5);
+}
+
+#[test]
+fn an_edited_payload_is_reported_as_a_hash_mismatch_at_its_seq() {
+    let (_dir, home, records) = closed_home_with(10);
+    let conn = raw_db_without_triggers(&home);
+    let original = String::from_utf8(records[4].payload.clone()).expect("utf-8 payload");
+    let edited = original.replacen("payload-5", "payload-X", 1);
+    assert_ne!(edited, original);
+    let changed = conn
+        .execute(
+            "UPDATE events SET payload = ?1 WHERE seq = 5",
+            [edited.as_bytes()],
+        )
+        .expect("edit a payload");
+    assert_eq!(changed, 1);
+    drop(conn);
+
+    let store = open(&home);
+    assert_eq!(chain_error(&store), ChainError::HashMismatch { seq: 5 });
+    assert!(matches!(
+        store.replay(true),
+        Err(StoreError::Chain(ChainError::HashMismatch { seq: 5 }))
+    ));
+}
+
+#[test]
+fn a_deleted_middle_record_is_reported_as_a_gap() {
+    let (_dir, home, _) = closed_home_with(10);
+    let conn = raw_db_without_triggers(&home);
+    let deleted = conn
+        .execute("DELETE FROM events WHERE seq = 5", [])
+        .expect("delete");
+    assert_eq!(deleted, 1);
+    drop(conn);
+
+    let store = open(&home);
+    assert_eq!(
+        chain_error(&store),
+        ChainError::Gap {
+            expected: 5,
+            found: 6
+        }
+    );
+}
+
+#[test]
+fn deleting_the_newest_records_is_reported_as_truncation_thanks_to_head() {
+    let (_dir, home, _) = closed_home_with(10);
+    let conn = raw_db_without_triggers(&home);
+    let deleted = conn
+        .execute("DELETE FROM events WHERE seq > 7", [])
+        .expect("delete");
+    assert_eq!(deleted, 3);
+    drop(conn);
+
+    let store = open(&home);
+    assert_eq!(
+        chain_error(&store),
+        ChainError::Truncated {
+            log_ends_at: 7,
+            head_seq: 10
+        }
+    );
+}
+
+#[test]
+fn swapped_records_are_reported_at_the_lower_seq() {
+    let (_dir, home, _) = closed_home_with(10);
+    let conn = raw_db_without_triggers(&home);
+    conn.execute_batch(
+        "UPDATE events SET seq = -3 WHERE seq = 3;
+         UPDATE events SET seq = 3 WHERE seq = 7;
+         UPDATE events SET seq = 7 WHERE seq = -3;",
+    )
+    .expect("swap seqs 3 and 7");
+    drop(conn);
+
+    let store = open(&home);
+    let err = chain_error(&store);
+    assert_eq!(err.seq(), 3, "{err}");
+}
+
+#[test]
+fn an_edited_projection_verifies_but_differs_from_a_replay() {
+    let (_dir, home, records) = closed_home_with(10);
+    let conn = raw_db_without_triggers(&home);
+    let changed = conn
+        .execute("UPDATE elements SET content = 'forged' WHERE seq = 4", [])
+        .expect("edit the projection");
+    assert_eq!(changed, 1);
+    drop(conn);
+
+    let store = open(&home);
+    assert_eq!(store.verify().expect("the log itself is intact").events, 10);
+    let diff = block_on(replay_vs_projection(&store));
+    let forged = element_of(&records[3]).id;
+    assert_eq!(diff, vec![format!("element {forged} differs")]);
+}
+
+// ---------------------------------------------------------------------------
+// Two processes appending to one home
+// ---------------------------------------------------------------------------
+
+const WRITER_ROLE: &str = "child_process_role_appends_ten_thousand_events";
+const WRITER_HOME: &str = "LION_TEST_CHILD_HOME";
+const WRITER_INDEX: &str = "LION_TEST_CHILD_INDEX";
+const WRITER_ACKS: &str = "LION_TEST_CHILD_ACKS";
+const APPENDS_PER_CHILD: usize = 10_000;
+const TASKS_PER_CHILD: usize = 64;
+
+/// Child of [`two_processes_appending_ten_thousand_events_each_build_one_gapless_chain`]:
+/// appends 10,000 single-event appends from 64 tasks, then writes one
+/// `<seq> <event id>` line per acknowledged append to the acks file.
+#[test]
+fn child_process_role_appends_ten_thousand_events() {
+    let Some(home) = std::env::var_os(WRITER_HOME) else {
+        return; // not a child: nothing to do
+    };
+    let index: u64 = std::env::var(WRITER_INDEX)
+        .expect("child index")
+        .parse()
+        .expect("numeric child index");
+    let acks_path = PathBuf::from(std::env::var_os(WRITER_ACKS).expect("acks file"));
+    let acks = block_on(async move {
+        let store = Arc::new(open(Path::new(&home)));
+        let tasks: Vec<_> = (0..TASKS_PER_CHILD)
+            .map(|t| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut acks = Vec::new();
+                    for n in (t..APPENDS_PER_CHILD).step_by(TASKS_PER_CHILD) {
+                        let event = new_event(json!({ "child": index, "n": n }));
+                        let id = event.event_id;
+                        let r = store
+                            .append(vec![event], ExpectedVersion::Any)
+                            .await
+                            .unwrap_or_else(|e| panic!("child {index}: append {n}: {e}"));
+                        assert_eq!((r.last_seq, r.deduplicated), (r.first_seq, false));
+                        acks.push((r.first_seq, id));
+                    }
+                    acks
+                })
+            })
+            .collect();
+        let mut acks = Vec::with_capacity(APPENDS_PER_CHILD);
+        for task in tasks {
+            acks.extend(task.await.expect("append task"));
+        }
+        acks
+    });
+    let text: String = acks
+        .iter()
+        .map(|(seq, id)| format!("{seq} {id}\n"))
+        .collect();
+    std::fs::write(&acks_path, text).expect("write the acks file");
+}
+
+#[test]
+fn two_processes_appending_ten_thousand_events_each_build_one_gapless_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    // Created beforehand: creating a home from several processes at once is
+    // a separate test (several_openers_of_a_fresh_home_at_once_all_succeed).
+    drop(open(&home));
+    let children: Vec<_> = (0..2)
+        .map(|k| {
+            let acks = dir.path().join(format!("acks-{k}.txt"));
+            let log_path = dir.path().join(format!("child-{k}.log"));
+            let out = std::fs::File::create(&log_path).expect("child log");
+            let err = out.try_clone().expect("child log");
+            let index = k.to_string();
+            let child = spawn_role(
+                WRITER_ROLE,
+                &[
+                    (WRITER_HOME, home.as_os_str()),
+                    (WRITER_INDEX, index.as_ref()),
+                    (WRITER_ACKS, acks.as_os_str()),
+                ],
+                Stdio::from(out),
+                Stdio::from(err),
+            );
+            (child, acks, log_path)
+        })
+        .collect();
+    let mut ack_files = Vec::new();
+    for (k, (mut child, acks, log_path)) in children.into_iter().enumerate() {
+        let status = child.wait().expect("wait for the child");
+        assert!(
+            status.success(),
+            "child {k} failed ({status}):\n{}",
+            text_of(&log_path)
+        );
+        ack_files.push(acks);
+    }
+
+    let total = 2 * APPENDS_PER_CHILD;
+    let total_u64 = u64::try_from(total).expect("small");
+    let store = open(&home);
+    let report = store.verify().expect("the shared chain verifies");
+    assert_eq!(report.events, total_u64);
+    assert_eq!(report.recorded_head, Some(report.head));
+
+    let records = log(&store);
+    assert_eq!(seqs(&records), (1..=total_u64).collect::<Vec<_>>());
+    let by_seq: HashMap<u64, Uuid> = records.iter().map(|e| (e.seq, e.event_id)).collect();
+    let distinct: HashSet<Uuid> = by_seq.values().copied().collect();
+    assert_eq!(distinct.len(), total, "an event id is stored twice");
+
+    // Every acknowledged event is where its receipt said, once.
+    let mut acked = HashSet::new();
+    for (k, path) in ack_files.iter().enumerate() {
+        let text = text_of(path);
+        let mut lines = 0;
+        for line in text.lines() {
+            let (seq, id) = line.split_once(' ').expect("<seq> <id>");
+            let seq: u64 = seq.parse().expect("seq");
+            let id: Uuid = id.parse().expect("event id");
+            assert_eq!(by_seq.get(&seq), Some(&id), "child {k}'s ack at seq {seq}");
+            assert!(acked.insert(id), "event {id} acknowledged twice");
+            lines += 1;
+        }
+        assert_eq!(lines, APPENDS_PER_CHILD, "child {k} acknowledged too few");
+    }
+    assert_eq!(acked, distinct);
+
+    // Each child's elements, by their metadata: every n once per child.
+    let mut per_child = [HashSet::new(), HashSet::new()];
+    for record in &records {
+        let el = element_of(record);
+        let child = el.metadata.get("child").and_then(|v| v.as_u64());
+        let n = el.metadata.get("n").and_then(|v| v.as_u64());
+        let (Some(child), Some(n)) = (child, n) else {
+            panic!("unexpected metadata {:?}", el.metadata);
+        };
+        let slot = usize::try_from(child).expect("child index");
+        assert!(per_child[slot].insert(n), "child {child} n {n} twice");
+    }
+    assert!(per_child.iter().all(|s| s.len() == APPENDS_PER_CHILD));
+
+    let (state, folded) = store.replay(true).expect("replay");
+    assert_eq!(folded, total_u64);
+    assert_eq!(state.elements().len(), total);
+    let diff = block_on(replay_vs_projection(&store));
+    assert!(diff.is_empty(), "projection differs from replay: {diff:?}");
+}
+
+// ---------------------------------------------------------------------------
+// SIGKILL in the middle of appends
+// ---------------------------------------------------------------------------
+
+const CRASH_ROLE: &str = "child_process_role_appends_until_killed";
+const CRASH_HOME: &str = "LION_TEST_CRASH_HOME";
+const CRASH_TASKS: usize = 16;
+const CRASH_ITERATIONS: usize = 50;
+const MAX_ACKS_BEFORE_KILL: usize = 300;
+
+/// Child of [`acknowledged_appends_survive_sigkill_and_the_chain_still_verifies`]:
+/// appends forever from several tasks, printing `ack <seq> <event id>` (and
+/// flushing) once each append is acknowledged.
+#[test]
+fn child_process_role_appends_until_killed() {
+    let Some(home) = std::env::var_os(CRASH_HOME) else {
+        return; // not a child: nothing to do
+    };
+    block_on(async move {
+        let store = Arc::new(open(Path::new(&home)));
+        let tasks: Vec<_> = (0..CRASH_TASKS)
+            .map(|t| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for n in 0u64.. {
+                        let event = new_event(json!({ "task": t, "n": n }));
+                        let id = event.event_id;
+                        match store.append(vec![event], ExpectedVersion::Any).await {
+                            Ok(r) => {
+                                let mut out = std::io::stdout().lock();
+                                let printed = writeln!(out, "ack {} {id}", r.first_seq)
+                                    .and_then(|()| out.flush());
+                                if let Err(e) = printed {
+                                    eprintln!("cannot print an ack: {e}");
+                                    std::process::exit(4);
+                                }
+                            }
+                            Err(e) => {
+                                eprintln!("append failed: {e}");
+                                std::process::exit(3);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("append task");
+        }
+    });
+}
+
+#[test]
+fn acknowledged_appends_survive_sigkill_and_the_chain_still_verifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let mut acked: Vec<(u64, Uuid)> = Vec::new();
+    for iteration in 0..CRASH_ITERATIONS {
+        let target = rand::random_range(1..=MAX_ACKS_BEFORE_KILL);
+        let err_path = dir.path().join(format!("child-{iteration}.stderr"));
+        let err = std::fs::File::create(&err_path).expect("stderr file");
+        let mut child = spawn_role(
+            CRASH_ROLE,
+            &[(CRASH_HOME, home.as_os_str())],
+            Stdio::piped(),
+            Stdio::from(err),
+        );
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut got = 0;
+        while got < target {
+            let Some(line) = lines.next() else {
+                let status = child.wait().expect("wait");
+                panic!(
+                    "iteration {iteration}: child exited ({status}) after {got} of {target} acks:\n{}",
+                    text_of(&err_path)
+                );
+            };
+            let line = line.expect("read the child's stdout");
+            let Some(ack) = line.strip_prefix("ack ") else {
+                continue; // the test harness's own lines
+            };
+            let (seq, id) = ack.split_once(' ').expect("ack <seq> <id>");
+            acked.push((
+                seq.parse().expect("acked seq"),
+                id.parse().expect("acked event id"),
+            ));
+            got += 1;
+        }
+        child.kill().expect("SIGKILL the child");
+        let status = child.wait().expect("wait for the killed child");
+        assert!(!status.success(), "the child must die by the kill");
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
+        }
+        drop(lines);
+
+        let store = open(&home);
+        let report = store.verify().unwrap_or_else(|e| {
+            panic!("iteration {iteration}: the log fails verification after SIGKILL: {e}")
+        });
+        let mut by_seq = HashMap::new();
+        store
+            .scan(1, |e| {
+                by_seq.insert(e.seq, e.event_id);
+                true
+            })
+            .expect("scan");
+        assert_eq!(by_seq.len() as u64, report.events);
+        for (seq, id) in &acked {
+            assert_eq!(
+                by_seq.get(seq),
+                Some(id),
+                "iteration {iteration}: acknowledged event {id} is not at seq {seq}"
+            );
+        }
+    }
+
+    let store = open(&home);
+    let report = store.verify().expect("verify");
+    let diff = block_on(replay_vs_projection(&store));
+    assert!(diff.is_empty(), "projection differs from replay: {diff:?}");
+    eprintln!(
+        "crash test: {CRASH_ITERATIONS} SIGKILLs, {} acknowledged appends all present; the log holds {} events",
+        acked.len(),
+        report.events
+    );
+}
