@@ -102,6 +102,8 @@ pub struct AppendRow {
     pub events_per_commit: f64,
     /// Acknowledgement latency of one append.
     pub ack: Latency,
+    /// CPU time the whole process used per durable event (all threads).
+    pub cpu_us_per_event: Option<f64>,
 }
 
 /// Everything one run measured.
@@ -299,6 +301,7 @@ async fn group_commit(home: &Path, n: usize, duration: Duration) -> Result<Appen
         store.commit_stats().commits.load(Ordering::Relaxed),
         store.commit_stats().events.load(Ordering::Relaxed),
     );
+    let cpu_before = process_cpu_secs();
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..n)
@@ -327,6 +330,9 @@ async fn group_commit(home: &Path, n: usize, duration: Duration) -> Result<Appen
         latencies.extend(l);
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = process_cpu_secs()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let commits = store.commit_stats().commits.load(Ordering::Relaxed) - stats_before.0;
     let events = store.commit_stats().events.load(Ordering::Relaxed) - stats_before.1;
     drop(store);
@@ -336,9 +342,22 @@ async fn group_commit(home: &Path, n: usize, duration: Duration) -> Result<Appen
         events_per_sec: latencies.len() as f64 / secs,
         commits_per_sec: commits as f64 / secs,
         events_per_commit: events as f64 / commits.max(1) as f64,
+        cpu_us_per_event: cpu.map(|c| c * 1e6 / events.max(1) as f64),
         ack: Latency::of(latencies),
     })
 }
+
+/// CPU time (user + system) this process has used, from `/proc/self/stat`.
+fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / CLOCK_TICKS_PER_SEC)
+}
+
+/// `sysconf(_SC_CLK_TCK)` on Linux, fixed at 100 by its ABI.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 /// Creates a store holding `events` element events (reused if already there).
 async fn fill(home: &Path, events: u64) -> Result<(), StoreError> {

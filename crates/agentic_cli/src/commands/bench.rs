@@ -82,6 +82,7 @@ fn json(r: &BenchReport) -> serde_json::Value {
             "events_per_commit": a.events_per_commit,
             "ack_p50_ms": a.ack.p50_ms,
             "ack_p99_ms": a.ack.p99_ms,
+            "cpu_us_per_event": a.cpu_us_per_event,
         })).collect::<Vec<_>>(),
         "replay_events": r.replay_events,
         "raw_scan_per_sec": r.raw_scan_per_sec,
@@ -132,6 +133,7 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
         "events/commit",
         "ack p50",
         "ack p99",
+        "CPU/event",
         "vs same-run baseline",
         "target",
     ]);
@@ -143,6 +145,7 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
         "-".into(),
         ms(r.fsync.p50_ms),
         ms(r.fsync.p99_ms),
+        "-".into(),
         "baseline (flush latency)".into(),
         String::new(),
     ]);
@@ -151,6 +154,7 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
         rate(r.raw_sqlite_events_per_sec),
         rate(r.raw_sqlite_commits_per_sec),
         "100".into(),
+        "-".into(),
         "-".into(),
         "-".into(),
         "baseline (throughput)".into(),
@@ -175,6 +179,8 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
             format!("{:.1}", a.events_per_commit),
             ms(a.ack.p50_ms),
             ms(a.ack.p99_ms),
+            a.cpu_us_per_event
+                .map_or("-".into(), |us| format!("{us:.1} µs")),
             format!(
                 "{:.2}x raw sqlite; ack p50 {:.1}x fsync",
                 a.events_per_sec / r.raw_sqlite_events_per_sec,
@@ -192,12 +198,14 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
         "-".into(),
         "-".into(),
         "-".into(),
+        "-".into(),
         "baseline (read)".into(),
         String::new(),
     ]);
     t.add_row([
         format!("replay {n} events: decode + fold"),
         rate(r.replay_per_sec),
+        "-".into(),
         "-".into(),
         "-".into(),
         "-".into(),

@@ -5,10 +5,12 @@
 //! ([`writer`]); reads use a small pool of reader connections, which WAL lets
 //! run beside the writer. Several processes may open the same home at once.
 
+mod checkpoint;
 mod head_file;
 mod schema;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -92,7 +94,8 @@ pub struct SqliteStore {
     requests: Option<mpsc::Sender<Request>>,
     head_rx: watch::Receiver<ChainHead>,
     readers: Arc<Readers>,
-    /// The writer, then the HEAD recorder: joined in this order on drop.
+    /// The writer, the checkpointer, the HEAD recorder: joined in this order
+    /// on drop (each stops when the one before it has).
     threads: Vec<JoinHandle<()>>,
     stats: Arc<CommitCounters>,
 }
@@ -134,6 +137,16 @@ impl SqliteStore {
             Ok(conn)
         })?;
         let head = writer::read_head(&conn).map_err(|e| db.err(e))?;
+        let (checkpoints, checkpointer) = checkpoint::spawn(&db)?;
+        let mut conn = conn;
+        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
+            if pages >= checkpoint::CHECKPOINT_PAGES {
+                // A stopped checkpointer only means the WAL grows until close.
+                let _ = checkpoints.send(pages);
+            }
+            Ok(())
+        }))
+        .map_err(|e| db.err(e))?;
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(options.writer_queue.max(1));
         let (head_recorder, recorder) = head_file::spawn_recorder(head_file)?;
@@ -144,6 +157,8 @@ impl SqliteStore {
             head_tx,
             max_events_per_commit: options.max_events_per_commit.max(1),
             stats: Arc::default(),
+            streams: HashMap::new(),
+            last_head: None,
         };
         let stats = writer.stats.clone();
         let handle = std::thread::Builder::new()
@@ -159,7 +174,7 @@ impl SqliteStore {
                 db,
                 pool: Mutex::new(Vec::new()),
             }),
-            threads: vec![handle, recorder],
+            threads: vec![handle, checkpointer, recorder],
             stats,
         })
     }

@@ -1,11 +1,14 @@
 //! The group-commit writer: one thread per process owns the write connection
 //! and commits, in one transaction (one fsync), every append that arrived
-//! while the previous commit was being made durable.
+//! while the previous commit was being made durable — writing each request
+//! into the open transaction as it arrives.
 //!
 //! A request that is refused (wrong expected version, refused event) does
 //! not fail its group: refusals found before the request wrote anything just
 //! skip it; one found part-way (rare: a duplicate event id or element) rolls
-//! the transaction back and the group is written again without it. Several processes may append to the same
+//! the transaction back and the group is written again without it.
+//!
+//! Several processes may append to the same
 //! home: each commit takes SQLite's write lock (`BEGIN IMMEDIATE`, waiting up
 //! to the busy timeout) and reads the chain head inside the transaction, so
 //! processes take turns and the chain never forks.
@@ -13,11 +16,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use agentic_core::chain::seal;
 use agentic_core::{
-    AppendReceipt, ApplyError, ChainHead, ExpectedVersion, Hash, PendingEvent, StoreError,
-    SystemEvent,
+    AppendReceipt, ApplyError, ChainHead, EventEnvelope, ExpectedVersion, Hash, PendingEvent,
+    StoreError, SystemEvent,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -57,6 +61,12 @@ pub(crate) struct Writer {
     pub max_events_per_commit: usize,
     /// Counters of what this writer committed.
     pub stats: Arc<CommitCounters>,
+    /// Known stream versions. Exact while no other process has written since
+    /// this writer's last commit (checked at the start of each transaction).
+    pub streams: HashMap<String, u64>,
+    /// The head this writer last committed, to tell whether another process
+    /// wrote since.
+    pub last_head: Option<ChainHead>,
 }
 
 /// Running totals of one writer's commits, readable while it runs.
@@ -70,54 +80,48 @@ pub struct CommitCounters {
 
 type Reply = oneshot::Sender<Result<AppendReceipt, StoreError>>;
 
+/// Most stream versions the writer remembers; past this the cache starts over.
+const STREAM_CACHE_MAX: usize = 65_536;
+
+/// The previous group must have had this many requests for the writer to
+/// linger for more (fewer means light load: commit at once).
+const LINGER_MIN_GROUP: usize = 8;
+/// Longest the writer lingers for appenders before committing.
+const LINGER_MAX: Duration = Duration::from_millis(1);
+/// Lingering stops when no request arrived for this long.
+const LINGER_IDLE: Duration = Duration::from_micros(150);
+/// How long the writer sleeps between looks at the queue while lingering.
+const LINGER_POLL: Duration = Duration::from_micros(30);
+
 impl Writer {
     /// Serves requests until every sender is dropped.
     pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut last_group = 0;
         while let Some(first) = rx.blocking_recv() {
-            let mut group = Vec::new();
-            let mut events = 0;
-            let mut next = Some(first);
-            while let Some(request) = next.take() {
-                match request {
-                    Request::Append {
-                        events: batch,
-                        expected,
-                        reply,
-                    } => {
-                        events += batch.len();
-                        group.push((batch, expected, reply));
-                    }
-                    Request::Synchronous(reply) => {
-                        let level = self
-                            .conn
-                            .query_row("PRAGMA synchronous", [], |r| r.get(0))
-                            .map_err(|e| self.db.err(e));
-                        let _ = reply.send(level);
-                    }
-                }
-                if events < self.max_events_per_commit {
-                    next = rx.try_recv().ok();
+            let mut requests = Vec::new();
+            match first {
+                Request::Append {
+                    events,
+                    expected,
+                    reply,
+                } => requests.push(Pending::new(events, expected, reply)),
+                Request::Synchronous(reply) => {
+                    let _ = reply.send(synchronous(&self.conn, &self.db));
+                    continue;
                 }
             }
-            if !group.is_empty() {
-                self.commit_group(group);
-            }
+            let gathering = Gathering::new(last_group);
+            let result = self.write(&mut rx, &mut requests, gathering);
+            last_group = requests.len();
+            self.finish(requests, result);
         }
     }
 
-    fn commit_group(&mut self, group: Vec<(Vec<PendingEvent>, ExpectedVersion, Reply)>) {
-        let span = debug_span!("commit", requests = group.len());
+    /// Answers a group's requests once its transaction is over.
+    fn finish(&mut self, requests: Vec<Pending>, result: Result<ChainHead, StoreError>) {
+        let span = debug_span!("commit", requests = requests.len());
         let _enter = span.enter();
-        let mut requests: Vec<Pending> = group
-            .into_iter()
-            .map(|(events, expected, reply)| Pending {
-                events,
-                expected,
-                reply,
-                outcome: None,
-            })
-            .collect();
-        match self.write(&mut requests) {
+        match result {
             Ok(head) => {
                 let before = self.head_tx.borrow().seq;
                 let written: u64 = requests
@@ -149,50 +153,177 @@ impl Writer {
         }
     }
 
-    /// Writes a group in one transaction and returns the new head. Each
-    /// request's outcome is left in it; an error fails the whole group.
-    fn write(&mut self, requests: &mut [Pending]) -> Result<ChainHead, StoreError> {
+    /// Writes one group in one transaction and returns the new head; each
+    /// request's outcome is left in it, and an error fails the whole group.
+    ///
+    /// Requests are written as they arrive, so the transaction fills while
+    /// the appenders released by the previous commit are still coming back,
+    /// and is committed once the queue goes quiet (see [`Gathering`]).
+    fn write(
+        &mut self,
+        rx: &mut mpsc::Receiver<Request>,
+        requests: &mut Vec<Pending>,
+        gathering: Gathering,
+    ) -> Result<ChainHead, StoreError> {
+        let result = self.try_write(rx, requests, gathering);
+        match result {
+            Ok(head) => self.last_head = Some(head),
+            Err(_) => self.forget_streams(),
+        }
+        result
+    }
+
+    /// Drops the stream-version cache (after a rollback, or when unsure).
+    fn forget_streams(&mut self) {
+        self.streams.clear();
+        self.last_head = None;
+    }
+
+    fn try_write(
+        &mut self,
+        rx: &mut mpsc::Receiver<Request>,
+        requests: &mut Vec<Pending>,
+        mut gathering: Gathering,
+    ) -> Result<ChainHead, StoreError> {
         let db = self.db.clone();
+        let max_events = self.max_events_per_commit;
         loop {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| db.err(e))?;
+            let head = read_head(&tx).map_err(|e| db.err(e))?;
+            if self.last_head != Some(head) || self.streams.len() > STREAM_CACHE_MAX {
+                self.streams.clear(); // another process wrote, or the cache is full
+            }
             let mut group = Group {
-                head: read_head(&tx).map_err(|e| db.err(e))?,
-                streams: HashMap::new(),
+                head,
+                streams: &mut self.streams,
                 recorded_at: now_micros(),
                 tx: &tx,
                 db: &db,
             };
+            let mut written = 0;
+            let mut events = 0;
             let mut rewrite = false;
-            for request in requests.iter_mut() {
-                if matches!(request.outcome, Some(Err(_))) {
-                    continue; // refused in an earlier attempt
-                }
-                match group.append(&mut request.events, request.expected) {
-                    Ok(receipt) => request.outcome = Some(Ok(receipt)),
-                    Err(Refusal::Before(e)) => request.outcome = Some(Err(e)),
-                    Err(Refusal::PartWay(e)) => {
-                        request.outcome = Some(Err(e));
-                        rewrite = true;
-                        break;
+            'gather: loop {
+                while let Some(request) = requests.get_mut(written) {
+                    written += 1;
+                    if matches!(request.outcome, Some(Err(_))) {
+                        continue; // refused in an earlier attempt
                     }
-                    Err(Refusal::Fatal(e)) => return Err(e),
+                    events += request.events.len();
+                    match group.append(&mut request.events, request.expected) {
+                        Ok(receipt) => request.outcome = Some(Ok(receipt)),
+                        Err(Refusal::Before(e)) => request.outcome = Some(Err(e)),
+                        Err(Refusal::PartWay(e)) => {
+                            request.outcome = Some(Err(e));
+                            rewrite = true;
+                            break 'gather;
+                        }
+                        Err(Refusal::Fatal(e)) => return Err(e),
+                    }
+                }
+                if events >= max_events {
+                    break;
+                }
+                match gathering.next(rx, requests.len()) {
+                    Some(Request::Append {
+                        events,
+                        expected,
+                        reply,
+                    }) => requests.push(Pending::new(events, expected, reply)),
+                    Some(Request::Synchronous(reply)) => {
+                        let _ = reply.send(synchronous(&tx, &db));
+                    }
+                    None => break,
                 }
             }
+            let head = group.head;
             if rewrite {
-                drop(tx); // rolls back
+                // Roll back and write the group again without the refused
+                // request; gather no more.
+                drop(tx);
+                self.forget_streams();
                 for r in requests.iter_mut() {
                     if matches!(r.outcome, Some(Ok(_))) {
                         r.outcome = None;
                     }
                 }
+                gathering = Gathering::closed();
                 continue;
             }
-            let head = group.head;
             tx.commit().map_err(|e| db.err(e))?;
             return Ok(head);
+        }
+    }
+}
+
+/// `PRAGMA synchronous` of the write connection (2 = FULL).
+fn synchronous(conn: &Connection, db: &DbFile) -> Result<i64, StoreError> {
+    conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .map_err(|e| db.err(e))
+}
+
+/// Decides when a group stops taking requests.
+///
+/// It takes every request already queued. When the previous group was large,
+/// it also lingers briefly for the appenders that group's commit released
+/// (like PostgreSQL's `commit_delay`): they are busy making their next
+/// request, and without the wait most of them would miss this commit and
+/// wait a whole flush for the next. It stops as soon as as many requests as
+/// last time have arrived, after [`LINGER_IDLE`] without a new one, or after
+/// [`LINGER_MAX`]; under light load it does not wait at all.
+struct Gathering {
+    /// False once the group must take no more requests.
+    open: bool,
+    linger: bool,
+    last_group: usize,
+    start: Instant,
+    idle_since: Instant,
+}
+
+impl Gathering {
+    fn new(last_group: usize) -> Self {
+        let now = Instant::now();
+        Self {
+            open: true,
+            linger: last_group >= LINGER_MIN_GROUP,
+            last_group,
+            start: now,
+            idle_since: now,
+        }
+    }
+
+    /// Takes nothing more.
+    fn closed() -> Self {
+        Self {
+            open: false,
+            ..Self::new(0)
+        }
+    }
+
+    /// The next request for this group, or `None` when the group is complete.
+    fn next(&mut self, rx: &mut mpsc::Receiver<Request>, gathered: usize) -> Option<Request> {
+        if !self.open {
+            return None;
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(request) => {
+                    self.idle_since = Instant::now();
+                    return Some(request);
+                }
+                Err(mpsc::error::TryRecvError::Empty)
+                    if self.linger
+                        && gathered < self.last_group
+                        && self.idle_since.elapsed() < LINGER_IDLE
+                        && self.start.elapsed() < LINGER_MAX =>
+                {
+                    std::thread::park_timeout(LINGER_POLL);
+                }
+                Err(_) => return None,
+            }
         }
     }
 }
@@ -203,6 +334,17 @@ struct Pending {
     expected: ExpectedVersion,
     reply: Reply,
     outcome: Option<Result<AppendReceipt, StoreError>>,
+}
+
+impl Pending {
+    fn new(events: Vec<PendingEvent>, expected: ExpectedVersion, reply: Reply) -> Self {
+        Self {
+            events,
+            expected,
+            reply,
+            outcome: None,
+        }
+    }
 }
 
 /// Why a request was not appended.
@@ -239,7 +381,7 @@ impl Refusal {
 /// One transaction's view: the chain head and stream versions as it goes.
 struct Group<'a> {
     head: ChainHead,
-    streams: HashMap<String, u64>,
+    streams: &'a mut HashMap<String, u64>,
     recorded_at: DateTime<Utc>,
     tx: &'a Transaction<'a>,
     db: &'a DbFile,
@@ -289,10 +431,16 @@ impl Group<'_> {
         })
     }
 
+    /// The stream's current version (0 = no stream), from the cache or the log.
     fn stream_version(&mut self, stream: &str) -> Result<u64, StoreError> {
-        if let Some(v) = self.streams.get(stream) {
-            return Ok(*v);
+        match self.streams.get(stream) {
+            Some(v) => Ok(*v),
+            None => self.read_stream_version(stream),
         }
+    }
+
+    /// The stream's current version read from the log, remembered in the cache.
+    fn read_stream_version(&mut self, stream: &str) -> Result<u64, StoreError> {
         let v: Option<i64> = self
             .tx
             .prepare_cached(
@@ -340,49 +488,65 @@ impl Group<'_> {
     }
 
     /// Seals one event into the chain and writes it with its projection.
+    ///
+    /// A stream the cache does not know is first tried at version 1, which
+    /// is right for every new stream (most of them: one per element) and
+    /// saves a lookup; if the stream exists, its unique index refuses the row
+    /// and the version is read from the log. A wrong guess can only be too
+    /// low (versions are gapless), so it can never be stored.
     fn insert(&mut self, event: &mut PendingEvent) -> Result<(), InsertError> {
         let record = &mut event.record;
-        let version = self.stream_version(&record.stream)? + 1;
-        record.stream_version = version;
-        record.recorded_at = self.recorded_at;
-        let head = seal(&self.head, record);
-        let inserted = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO events (seq, event_id, stream, stream_version, recorded_at, \
-                 correlation_id, causation_id, schema_version, payload, prev_hash, hash) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    record.seq as i64,
-                    record.event_id.as_bytes(),
-                    record.stream,
-                    record.stream_version as i64,
-                    record.recorded_at.timestamp_micros(),
-                    record.correlation_id.as_bytes(),
-                    record.causation_id.as_ref().map(Uuid::as_bytes),
-                    record.schema_version,
-                    record.payload,
-                    record.prev_hash.0,
-                    record.hash.0,
-                ])
-            });
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e, "events.event_id") => {
-                return Err(InsertError::DuplicateEventId);
+        let mut version = self.streams.get(&record.stream).map_or(1, |v| v + 1);
+        let mut looked_up = false;
+        let head = loop {
+            record.stream_version = version;
+            record.recorded_at = self.recorded_at;
+            let head = seal(&self.head, record);
+            match insert_record(self.tx, record) {
+                Ok(()) => break head,
+                Err(e) if is_unique_violation(&e, "events.event_id") => {
+                    return Err(InsertError::DuplicateEventId);
+                }
+                Err(e) if !looked_up && is_unique_violation(&e, "events.stream") => {
+                    looked_up = true;
+                    version = self.read_stream_version(&record.stream)? + 1;
+                }
+                Err(e) => return Err(InsertError::Store(self.db.err(e))),
             }
-            Err(e) => return Err(InsertError::Store(self.db.err(e))),
-        }
+        };
         project(self.tx, head.seq, &event.event).map_err(|e| match e {
             ProjectError::Refused(a) => InsertError::Store(StoreError::Rejected(a)),
             ProjectError::Sql(e) => InsertError::Store(self.db.err(e)),
         })?;
-        self.streams.insert(event.record.stream.clone(), version);
+        if let Some(v) = self.streams.get_mut(&event.record.stream) {
+            *v = version;
+        }
         self.head = head;
         Ok(())
     }
+}
+
+/// Writes one sealed record into `events`.
+fn insert_record(tx: &Transaction<'_>, record: &EventEnvelope) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO events (seq, event_id, stream, stream_version, recorded_at, \
+         correlation_id, causation_id, schema_version, payload, prev_hash, hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        record.seq as i64,
+        record.event_id.as_bytes(),
+        record.stream,
+        record.stream_version as i64,
+        record.recorded_at.timestamp_micros(),
+        record.correlation_id.as_bytes(),
+        record.causation_id.as_ref().map(Uuid::as_bytes),
+        record.schema_version,
+        record.payload,
+        record.prev_hash.0,
+        record.hash.0,
+    ])
+    .map(|_| ())
 }
 
 enum InsertError {

@@ -1,0 +1,62 @@
+//! Background WAL checkpoints, off the commit path.
+//!
+//! SQLite normally checkpoints inside the commit that pushes the WAL past
+//! 1000 pages: that commit then copies the WAL into the database and makes
+//! two more fsyncs, and every append waiting on it waits for them too. The
+//! writer connection instead reports the WAL's size after each commit (its
+//! WAL hook, which also turns SQLite's automatic checkpoints off), and this
+//! thread runs `PASSIVE` checkpoints on its own connection, beside the writer.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use agentic_core::StoreError;
+use rusqlite::Connection;
+use tracing::{debug, warn};
+
+use super::schema::{self, DbFile};
+
+/// WAL size (pages) at which a checkpoint is started: SQLite's own default.
+pub const CHECKPOINT_PAGES: i32 = 1000;
+
+/// WAL size (pages, ~256 MiB) past which passive checkpoints, which never
+/// wait, are replaced by one that waits for the writer's lock and restarts
+/// the WAL, so that sustained load cannot grow it without bound.
+const RESTART_PAGES: i64 = 65_536;
+
+/// Starts the checkpointer of `db`. The returned sender is for the writer's
+/// WAL hook: it sends the WAL's size in pages when a checkpoint is due. The
+/// thread stops when every sender is dropped.
+pub fn spawn(db: &DbFile) -> Result<(mpsc::Sender<i32>, JoinHandle<()>), StoreError> {
+    let conn = schema::connect(db)?;
+    let db = db.clone();
+    let (tx, rx) = mpsc::channel::<i32>();
+    let handle = std::thread::Builder::new()
+        .name("lion-checkpointer".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                while rx.try_recv().is_ok() {} // one checkpoint covers them all
+                if let Err(e) = checkpoint(&conn) {
+                    warn!(error = %db.err(e), "WAL checkpoint failed; the WAL keeps growing");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Backend(format!("cannot start the checkpointer: {e}")))?;
+    Ok((tx, handle))
+}
+
+fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    let (busy, log, done) = run(conn, "PASSIVE")?;
+    debug!(busy, log, done, "passive WAL checkpoint");
+    if log >= RESTART_PAGES && done < log {
+        let (busy, log, done) = run(conn, "RESTART")?;
+        debug!(busy, log, done, "restarting WAL checkpoint");
+    }
+    Ok(())
+}
+
+fn run(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+}
