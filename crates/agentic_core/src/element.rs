@@ -89,8 +89,7 @@ impl From<&Map<String, Value>> for Metadata {
     fn from(map: &Map<String, Value>) -> Self {
         // A map of JSON values always serialises, and `Map` keeps keys sorted,
         // so the text is canonical.
-        let text = serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned());
-        Metadata(RawValue::from_string(text).unwrap_or_else(|_| empty_object()))
+        Metadata(serde_json::value::to_raw_value(map).unwrap_or_else(|_| empty_object()))
     }
 }
 

@@ -16,6 +16,9 @@ use uuid::Uuid;
 use crate::chain::Hash;
 use crate::element::ElementData;
 
+/// Bytes reserved up front for an encoded event: most fit, saving regrowth.
+const ENCODE_CAPACITY: usize = 256;
+
 /// Schema version written with every newly encoded event.
 pub const EVENT_SCHEMA_VERSION: u16 = 1;
 
@@ -48,7 +51,9 @@ impl SystemEvent {
 
     /// Encodes the event as JSON at the current [`EVENT_SCHEMA_VERSION`].
     pub fn encode(&self) -> Result<Vec<u8>, EventError> {
-        serde_json::to_vec(self).map_err(|e| EventError::Encode(e.to_string()))
+        let mut out = Vec::with_capacity(ENCODE_CAPACITY);
+        serde_json::to_writer(&mut out, self).map_err(|e| EventError::Encode(e.to_string()))?;
+        Ok(out)
     }
 
     /// Decodes a payload written at `schema_version`, upcasting older versions.

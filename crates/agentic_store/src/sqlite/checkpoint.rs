@@ -16,22 +16,42 @@ use tracing::{debug, warn};
 
 use super::schema::{self, DbFile};
 
-/// WAL size (pages) at which a checkpoint is started: SQLite's own default.
-pub const CHECKPOINT_PAGES: i32 = 1000;
+/// WAL growth (pages) between checkpoints: SQLite's own default.
+const CHECKPOINT_PAGES: i32 = 1000;
 
 /// WAL size (pages, ~256 MiB) past which passive checkpoints, which never
 /// wait, are replaced by one that waits for the writer's lock and restarts
 /// the WAL, so that sustained load cannot grow it without bound.
 const RESTART_PAGES: i64 = 65_536;
 
-/// Starts the checkpointer of `db`. The returned sender is for the writer's
-/// WAL hook: it sends the WAL's size in pages when a checkpoint is due. The
-/// thread stops when every sender is dropped.
-pub fn spawn(db: &DbFile) -> Result<(mpsc::Sender<i32>, JoinHandle<()>), StoreError> {
+/// Starts the checkpointer of `db` and hooks it to the writer's connection
+/// `writer`, whose automatic checkpoints this turns off. The thread stops
+/// when `writer` is closed.
+pub fn start(writer: &mut Connection, db: &DbFile) -> Result<JoinHandle<()>, StoreError> {
     let conn = schema::connect(db)?;
+    let (tx, rx) = mpsc::channel::<()>();
+    // Ask for a checkpoint each time the WAL has grown by CHECKPOINT_PAGES:
+    // while the writer keeps appending, the WAL cannot restart, and asking
+    // after every commit would keep the checkpointer copying a few pages at a
+    // time. A smaller size than last time means the WAL restarted.
+    let mut next_at = CHECKPOINT_PAGES;
+    let mut last = 0;
+    writer
+        .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
+            if pages < last {
+                next_at = CHECKPOINT_PAGES;
+            }
+            last = pages;
+            if pages >= next_at {
+                next_at = pages + CHECKPOINT_PAGES;
+                // A stopped checkpointer only means the WAL grows until close.
+                let _ = tx.send(());
+            }
+            Ok(())
+        }))
+        .map_err(|e| db.err(e))?;
     let db = db.clone();
-    let (tx, rx) = mpsc::channel::<i32>();
-    let handle = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("lion-checkpointer".into())
         .spawn(move || {
             while rx.recv().is_ok() {
@@ -41,8 +61,7 @@ pub fn spawn(db: &DbFile) -> Result<(mpsc::Sender<i32>, JoinHandle<()>), StoreEr
                 }
             }
         })
-        .map_err(|e| StoreError::Backend(format!("cannot start the checkpointer: {e}")))?;
-    Ok((tx, handle))
+        .map_err(|e| StoreError::Backend(format!("cannot start the checkpointer: {e}")))
 }
 
 fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {

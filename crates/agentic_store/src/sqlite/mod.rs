@@ -137,16 +137,8 @@ impl SqliteStore {
             Ok(conn)
         })?;
         let head = writer::read_head(&conn).map_err(|e| db.err(e))?;
-        let (checkpoints, checkpointer) = checkpoint::spawn(&db)?;
         let mut conn = conn;
-        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
-            if pages >= checkpoint::CHECKPOINT_PAGES {
-                // A stopped checkpointer only means the WAL grows until close.
-                let _ = checkpoints.send(pages);
-            }
-            Ok(())
-        }))
-        .map_err(|e| db.err(e))?;
+        let checkpointer = checkpoint::start(&mut conn, &db)?;
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(options.writer_queue.max(1));
         let (head_recorder, recorder) = head_file::spawn_recorder(head_file)?;
