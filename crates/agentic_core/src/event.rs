@@ -185,6 +185,13 @@ pub struct EventEnvelope {
 }
 
 impl EventEnvelope {
+    /// The current time at the precision `recorded_at` is stored and hashed
+    /// with (microseconds), so a record reads back exactly as it was hashed.
+    pub fn now() -> DateTime<Utc> {
+        let now = Utc::now();
+        DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+    }
+
     /// Decodes the payload into a [`SystemEvent`].
     pub fn decode(&self) -> Result<SystemEvent, EventError> {
         SystemEvent::decode(self.schema_version, &self.payload)

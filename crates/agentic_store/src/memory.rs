@@ -137,11 +137,6 @@ impl Inner {
     }
 }
 
-/// The current time, truncated to the microseconds the hash covers.
-pub(crate) fn now_micros() -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap_or_default()
-}
-
 #[async_trait]
 impl EventStore for MemoryStore {
     async fn append(
@@ -151,7 +146,7 @@ impl EventStore for MemoryStore {
     ) -> Result<AppendReceipt, StoreError> {
         let (receipt, head) = {
             let mut inner = self.lock();
-            let receipt = inner.append(events, expected, now_micros())?;
+            let receipt = inner.append(events, expected, EventEnvelope::now())?;
             (receipt, inner.head())
         };
         self.head.send_replace(head);

@@ -30,7 +30,6 @@ use tracing::debug_span;
 use uuid::Uuid;
 
 use super::schema::DbFile;
-use crate::memory::now_micros;
 
 /// A message to the writer thread.
 pub(crate) enum Request {
@@ -199,7 +198,7 @@ impl Writer {
             let mut group = Group {
                 head,
                 streams: &mut self.streams,
-                recorded_at: now_micros(),
+                recorded_at: EventEnvelope::now(),
                 tx: &tx,
                 db: &db,
             };
