@@ -24,12 +24,32 @@ const CHECKPOINT_PAGES: i32 = 1000;
 /// the WAL, so that sustained load cannot grow it without bound.
 const RESTART_PAGES: i64 = 65_536;
 
+/// A running checkpointer: it stops once both its handle and the writer
+/// connection it is hooked to are gone.
+pub struct Checkpointer {
+    keep_alive: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Stops the thread and waits for it. Call it only after the writer's
+    /// connection is closed: the last connection to close is the one that
+    /// checkpoints and removes the WAL, and two closing at once may each
+    /// leave that to the other.
+    pub fn stop(&mut self) {
+        self.keep_alive.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Starts the checkpointer of `db` and hooks it to the writer's connection
-/// `writer`, whose automatic checkpoints this turns off. The thread stops
-/// when `writer` is closed.
-pub fn start(writer: &mut Connection, db: &DbFile) -> Result<JoinHandle<()>, StoreError> {
+/// `writer`, whose automatic checkpoints this turns off.
+pub fn start(writer: &mut Connection, db: &DbFile) -> Result<Checkpointer, StoreError> {
     let conn = schema::connect(db)?;
     let (tx, rx) = mpsc::channel::<()>();
+    let keep_alive = tx.clone();
     // Ask for a checkpoint each time the WAL has grown by CHECKPOINT_PAGES:
     // while the writer keeps appending, the WAL cannot restart, and asking
     // after every commit would keep the checkpointer copying a few pages at a
@@ -51,7 +71,7 @@ pub fn start(writer: &mut Connection, db: &DbFile) -> Result<JoinHandle<()>, Sto
         }))
         .map_err(|e| db.err(e))?;
     let db = db.clone();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("lion-checkpointer".into())
         .spawn(move || {
             while rx.recv().is_ok() {
@@ -61,7 +81,11 @@ pub fn start(writer: &mut Connection, db: &DbFile) -> Result<JoinHandle<()>, Sto
                 }
             }
         })
-        .map_err(|e| StoreError::Backend(format!("cannot start the checkpointer: {e}")))
+        .map_err(|e| StoreError::Backend(format!("cannot start the checkpointer: {e}")))?;
+    Ok(Checkpointer {
+        keep_alive: Some(keep_alive),
+        thread: Some(thread),
+    })
 }
 
 fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {

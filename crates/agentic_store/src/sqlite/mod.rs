@@ -94,9 +94,12 @@ pub struct SqliteStore {
     requests: Option<mpsc::Sender<Request>>,
     head_rx: watch::Receiver<ChainHead>,
     readers: Arc<Readers>,
-    /// The writer, the checkpointer, the HEAD recorder: joined in this order
-    /// on drop (each stops when the one before it has).
-    threads: Vec<JoinHandle<()>>,
+    /// The writer thread, joined first on drop.
+    writer: Option<JoinHandle<()>>,
+    /// The checkpointer, stopped once the writer's connection is closed.
+    checkpointer: checkpoint::Checkpointer,
+    /// The HEAD recorder, which stops once the writer has.
+    recorder: Option<JoinHandle<()>>,
     stats: Arc<CommitCounters>,
 }
 
@@ -166,7 +169,9 @@ impl SqliteStore {
                 db,
                 pool: Mutex::new(Vec::new()),
             }),
-            threads: vec![handle, checkpointer, recorder],
+            writer: Some(handle),
+            checkpointer,
+            recorder: Some(recorder),
             stats,
         })
     }
@@ -416,8 +421,12 @@ impl Drop for SqliteStore {
         // Closing the queue lets the writer finish what it has, then stop;
         // that closes the recorder's queue, which records the last head.
         self.requests.take();
-        for handle in self.threads.drain(..) {
-            let _ = handle.join();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        self.checkpointer.stop();
+        if let Some(recorder) = self.recorder.take() {
+            let _ = recorder.join();
         }
     }
 }

@@ -87,15 +87,25 @@ pub fn check_file(path: &Path) -> Result<(), StoreError> {
         header[28], header[29], header[30], header[31],
     ]));
     // The page count is valid only when the change counter matches
-    // "version-valid-for" (bytes 24 and 92 of the header).
+    // "version-valid-for" (bytes 24 and 92 of the header). And while a WAL
+    // file has content, a shorter file is no proof of damage: a checkpoint
+    // (perhaps in another process, perhaps interrupted by a crash and redone
+    // at the next open) writes the header page before the pages after it.
     let valid = header[24..28] == header[92..96];
-    if valid && pages * page_size > len {
+    if valid && pages * page_size > len && !wal_has_content(path) {
         return Err(corrupt(format!(
             "file is truncated: its header counts {pages} pages of {page_size} bytes, \
              but it holds {len} bytes"
         )));
     }
     Ok(())
+}
+
+/// Whether the database's WAL file exists and is not empty.
+fn wal_has_content(db: &Path) -> bool {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    fs::metadata(wal).is_ok_and(|m| m.len() > 0)
 }
 
 /// Opens a connection with the settings every store connection runs with:

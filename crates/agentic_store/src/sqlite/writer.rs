@@ -24,7 +24,9 @@ use agentic_core::{
     StoreError, SystemEvent,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{
+    CachedStatement, Connection, OptionalExtension, Transaction, TransactionBehavior, params,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug_span;
 use uuid::Uuid;
@@ -134,9 +136,13 @@ impl Writer {
                     .sum();
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats.events.fetch_add(written, Ordering::Relaxed);
+                // Answer everyone first; free the requests after, while the
+                // appenders are already making their next ones.
+                let mut spent = Vec::with_capacity(requests.len());
                 for r in requests {
                     let outcome = r.outcome.unwrap_or(Err(StoreError::Closed));
                     let _ = r.reply.send(outcome);
+                    spent.push(r.events);
                 }
                 if head.seq > before {
                     self.head_tx.send_replace(head);
@@ -196,6 +202,7 @@ impl Writer {
                 self.streams.clear(); // another process wrote, or the cache is full
             }
             let mut group = Group {
+                statements: Statements::prepare(&tx).map_err(|e| db.err(e))?,
                 head,
                 streams: &mut self.streams,
                 recorded_at: EventEnvelope::now(),
@@ -239,6 +246,7 @@ impl Writer {
                 }
             }
             let head = group.head;
+            drop(group); // releases the statements, which borrow the transaction
             if rewrite {
                 // Roll back and write the group again without the refused
                 // request; gather no more.
@@ -379,6 +387,8 @@ impl Refusal {
 
 /// One transaction's view: the chain head and stream versions as it goes.
 struct Group<'a> {
+    /// The group's write statements, prepared once per transaction.
+    statements: Statements<'a>,
     head: ChainHead,
     streams: &'a mut HashMap<String, u64>,
     recorded_at: DateTime<Utc>,
@@ -501,7 +511,7 @@ impl Group<'_> {
             record.stream_version = version;
             record.recorded_at = self.recorded_at;
             let head = seal(&self.head, record);
-            match insert_record(self.tx, record) {
+            match insert_record(&mut self.statements.insert_event, record) {
                 Ok(()) => break head,
                 Err(e) if is_unique_violation(&e, "events.event_id") => {
                     return Err(InsertError::DuplicateEventId);
@@ -513,7 +523,7 @@ impl Group<'_> {
                 Err(e) => return Err(InsertError::Store(self.db.err(e))),
             }
         };
-        project(self.tx, head.seq, &event.event).map_err(|e| match e {
+        project(&mut self.statements, head.seq, &event.event).map_err(|e| match e {
             ProjectError::Refused(a) => InsertError::Store(StoreError::Rejected(a)),
             ProjectError::Sql(e) => InsertError::Store(self.db.err(e)),
         })?;
@@ -525,14 +535,31 @@ impl Group<'_> {
     }
 }
 
+/// The statements a group runs for every event.
+struct Statements<'a> {
+    insert_event: CachedStatement<'a>,
+    insert_element: CachedStatement<'a>,
+}
+
+impl<'a> Statements<'a> {
+    fn prepare(tx: &'a Transaction<'a>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            insert_event: tx.prepare_cached(
+                "INSERT INTO events (seq, event_id, stream, stream_version, recorded_at, \
+                 correlation_id, causation_id, schema_version, payload, prev_hash, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?,
+            insert_element: tx.prepare_cached(
+                "INSERT INTO elements (seq, id, created_at, metadata, content) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?,
+        })
+    }
+}
+
 /// Writes one sealed record into `events`.
-fn insert_record(tx: &Transaction<'_>, record: &EventEnvelope) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO events (seq, event_id, stream, stream_version, recorded_at, \
-         correlation_id, causation_id, schema_version, payload, prev_hash, hash) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?
-    .execute(params![
+fn insert_record(stmt: &mut CachedStatement<'_>, record: &EventEnvelope) -> rusqlite::Result<()> {
+    stmt.execute(params![
         record.seq as i64,
         record.event_id.as_bytes(),
         record.stream,
@@ -565,15 +592,16 @@ enum ProjectError {
 }
 
 /// Updates the projection tables for one event, in the append's transaction.
-fn project(tx: &Transaction<'_>, seq: u64, event: &SystemEvent) -> Result<(), ProjectError> {
+fn project(
+    statements: &mut Statements<'_>,
+    seq: u64,
+    event: &SystemEvent,
+) -> Result<(), ProjectError> {
     match event {
         SystemEvent::ElementCreated { element } => {
-            tx.prepare_cached(
-                "INSERT INTO elements (seq, id, created_at, metadata, content) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
+            statements
+                .insert_element
+                .execute(params![
                     seq as i64,
                     element.id.as_bytes(),
                     element
@@ -582,14 +610,13 @@ fn project(tx: &Transaction<'_>, seq: u64, event: &SystemEvent) -> Result<(), Pr
                     element.metadata.as_str(),
                     element.content,
                 ])
-            })
-            .map_err(|e| {
-                if is_unique_violation(&e, "elements.id") {
-                    ProjectError::Refused(ApplyError::DuplicateElement(element.id))
-                } else {
-                    ProjectError::Sql(e)
-                }
-            })?;
+                .map_err(|e| {
+                    if is_unique_violation(&e, "elements.id") {
+                        ProjectError::Refused(ApplyError::DuplicateElement(element.id))
+                    } else {
+                        ProjectError::Sql(e)
+                    }
+                })?;
         }
     }
     Ok(())
