@@ -112,6 +112,53 @@ fn verdict(ok: bool, evidence: Option<&str>) -> String {
     }
 }
 
+/// One line of the table; every field is a column, so no row can be short.
+#[derive(Default)]
+struct Line {
+    measurement: String,
+    events_per_sec: String,
+    commits_per_sec: String,
+    events_per_commit: String,
+    ack_p50: String,
+    ack_p99: String,
+    cpu: String,
+    versus: String,
+    target: String,
+}
+
+impl Line {
+    const HEADER: [&'static str; 9] = [
+        "measurement",
+        "events/s",
+        "commits/s",
+        "events/commit",
+        "ack p50",
+        "ack p99",
+        "CPU/event",
+        "vs same-run baseline",
+        "target",
+    ];
+
+    fn cells(self) -> [String; 9] {
+        let dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
+        [
+            self.measurement,
+            dash(self.events_per_sec),
+            dash(self.commits_per_sec),
+            dash(self.events_per_commit),
+            dash(self.ack_p50),
+            dash(self.ack_p99),
+            dash(self.cpu),
+            self.versus,
+            self.target,
+        ]
+    }
+}
+
+fn ms(x: f64) -> String {
+    format!("{x:.2} ms")
+}
+
 fn print_table(r: &BenchReport, config: &BenchConfig) {
     let slow = r.slow_flush();
     println!(
@@ -126,40 +173,24 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
              slow-flush case, so this run is no evidence for them."
         );
     }
-    let mut t = output::table([
-        "measurement",
-        "events/s",
-        "commits/s",
-        "events/commit",
-        "ack p50",
-        "ack p99",
-        "CPU/event",
-        "vs same-run baseline",
-        "target",
-    ]);
-    let ms = |x: f64| format!("{x:.2} ms");
-    t.add_row([
-        "raw fdatasync, 4 KiB write".to_string(),
-        "-".into(),
-        rate(1e3 / r.fsync.p50_ms.max(1e-6)),
-        "-".into(),
-        ms(r.fsync.p50_ms),
-        ms(r.fsync.p99_ms),
-        "-".into(),
-        "baseline (flush latency)".into(),
-        String::new(),
-    ]);
-    t.add_row([
-        "raw rusqlite, batches of 100, sync=FULL".to_string(),
-        rate(r.raw_sqlite_events_per_sec),
-        rate(r.raw_sqlite_commits_per_sec),
-        "100".into(),
-        "-".into(),
-        "-".into(),
-        "-".into(),
-        "baseline (throughput)".into(),
-        String::new(),
-    ]);
+    let mut lines = vec![
+        Line {
+            measurement: "raw fdatasync, 4 KiB write".into(),
+            commits_per_sec: rate(1e3 / r.fsync.p50_ms.max(1e-6)),
+            ack_p50: ms(r.fsync.p50_ms),
+            ack_p99: ms(r.fsync.p99_ms),
+            versus: "baseline (flush latency)".into(),
+            ..Line::default()
+        },
+        Line {
+            measurement: "raw rusqlite, batches of 100, sync=FULL".into(),
+            events_per_sec: rate(r.raw_sqlite_events_per_sec),
+            commits_per_sec: rate(r.raw_sqlite_commits_per_sec),
+            events_per_commit: "100".into(),
+            versus: "baseline (throughput)".into(),
+            ..Line::default()
+        },
+    ];
     for a in &r.appends {
         let target = if a.appenders == 256 {
             let ok = a.events_per_sec >= TARGET_EVENTS_PER_SEC
@@ -172,69 +203,62 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
         } else {
             String::new()
         };
-        t.add_row([
-            format!("lion group commit, {} appender(s)", a.appenders),
-            rate(a.events_per_sec),
-            rate(a.commits_per_sec),
-            format!("{:.1}", a.events_per_commit),
-            ms(a.ack.p50_ms),
-            ms(a.ack.p99_ms),
-            a.cpu_us_per_event
-                .map_or("-".into(), |us| format!("{us:.1} µs")),
-            format!(
+        lines.push(Line {
+            measurement: format!("lion group commit, {} appender(s)", a.appenders),
+            events_per_sec: rate(a.events_per_sec),
+            commits_per_sec: rate(a.commits_per_sec),
+            events_per_commit: format!("{:.1}", a.events_per_commit),
+            ack_p50: ms(a.ack.p50_ms),
+            ack_p99: ms(a.ack.p99_ms),
+            cpu: a
+                .cpu_us_per_event
+                .map_or_else(String::new, |us| format!("{us:.1} µs")),
+            versus: format!(
                 "{:.2}x raw sqlite; ack p50 {:.1}x fsync",
                 a.events_per_sec / r.raw_sqlite_events_per_sec,
                 a.ack.p50_ms / r.fsync.p50_ms.max(1e-6)
             ),
             target,
-        ]);
+        });
     }
     let n = r.replay_events;
     let small = (n < 1_000_000).then_some("log under 1M events");
-    t.add_row([
-        format!("raw rusqlite scan, {n} rows"),
-        rate(r.raw_scan_per_sec),
-        "-".into(),
-        "-".into(),
-        "-".into(),
-        "-".into(),
-        "-".into(),
-        "baseline (read)".into(),
-        String::new(),
-    ]);
-    t.add_row([
-        format!("replay {n} events: decode + fold"),
-        rate(r.replay_per_sec),
-        "-".into(),
-        "-".into(),
-        "-".into(),
-        "-".into(),
-        "-".into(),
-        format!("{:.2}x raw scan", r.replay_per_sec / r.raw_scan_per_sec),
-        format!(
+    lines.push(Line {
+        measurement: format!("raw rusqlite scan, {n} rows"),
+        events_per_sec: rate(r.raw_scan_per_sec),
+        versus: "baseline (read)".into(),
+        ..Line::default()
+    });
+    lines.push(Line {
+        measurement: format!("replay {n} events: decode + fold"),
+        events_per_sec: rate(r.replay_per_sec),
+        versus: format!("{:.2}x raw scan", r.replay_per_sec / r.raw_scan_per_sec),
+        target: format!(
             "≥1M ev/s: {}",
             verdict(r.replay_per_sec >= TARGET_REPLAY_PER_SEC, small)
         ),
-    ]);
-    t.add_row([
-        format!("replay {n} events + hash chain"),
-        rate(r.replay_verified_per_sec),
-        "-".into(),
-        "-".into(),
-        "-".into(),
-        "-".into(),
-        format!(
+        ..Line::default()
+    });
+    lines.push(Line {
+        measurement: format!("replay {n} events + hash chain"),
+        events_per_sec: rate(r.replay_verified_per_sec),
+        versus: format!(
             "{:.2}x raw scan",
             r.replay_verified_per_sec / r.raw_scan_per_sec
         ),
-        format!(
+        target: format!(
             "≥500k ev/s: {}",
             verdict(
                 r.replay_verified_per_sec >= TARGET_REPLAY_VERIFIED_PER_SEC,
                 small
             )
         ),
-    ]);
+        ..Line::default()
+    });
+    let mut t = output::table(Line::HEADER);
+    for line in lines {
+        t.add_row(line.cells());
+    }
     println!("{t}");
     match r.peak_rss_mib {
         Some(mib) => println!("peak memory (VmHWM): {mib:.1} MiB"),
