@@ -11,10 +11,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::chain::Hash;
 use crate::element::ElementData;
+use crate::task::{TaskChange, TaskSpec};
 
 /// Bytes reserved up front for an encoded event: most fit, saving regrowth.
 const ENCODE_CAPACITY: usize = 256;
@@ -31,6 +33,67 @@ pub enum SystemEvent {
         /// The element, as created.
         element: ElementData,
     },
+    /// A task was submitted to the orchestrator.
+    TaskSubmitted {
+        /// The new task's id.
+        task_id: Uuid,
+        /// What it asks for.
+        spec: TaskSpec,
+    },
+    /// An attempt of a task started.
+    TaskStarted {
+        /// The task.
+        task_id: Uuid,
+        /// 1-based attempt number.
+        attempt: u32,
+    },
+    /// A running attempt reported progress.
+    TaskProgress {
+        /// The task.
+        task_id: Uuid,
+        /// 1-based attempt number.
+        attempt: u32,
+        /// Whatever the handler reported.
+        progress: Value,
+    },
+    /// An attempt finished with an output: the task is done.
+    TaskCompleted {
+        /// The task.
+        task_id: Uuid,
+        /// 1-based attempt number.
+        attempt: u32,
+        /// The handler's output.
+        output: Value,
+    },
+    /// An attempt failed.
+    TaskFailed {
+        /// The task.
+        task_id: Uuid,
+        /// 1-based attempt number.
+        attempt: u32,
+        /// What went wrong.
+        error: String,
+        /// True when no retry follows.
+        #[serde(rename = "final")]
+        is_final: bool,
+    },
+    /// An attempt ran out of time.
+    TaskTimedOut {
+        /// The task.
+        task_id: Uuid,
+        /// 1-based attempt number.
+        attempt: u32,
+        /// True when no retry follows.
+        #[serde(rename = "final")]
+        is_final: bool,
+    },
+    /// The task was cancelled.
+    TaskCancelled {
+        /// The task.
+        task_id: Uuid,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl SystemEvent {
@@ -38,7 +101,77 @@ impl SystemEvent {
     pub fn kind(&self) -> &'static str {
         match self {
             SystemEvent::ElementCreated { .. } => "element_created",
+            SystemEvent::TaskSubmitted { .. } => "task_submitted",
+            SystemEvent::TaskStarted { .. } => "task_started",
+            SystemEvent::TaskProgress { .. } => "task_progress",
+            SystemEvent::TaskCompleted { .. } => "task_completed",
+            SystemEvent::TaskFailed { .. } => "task_failed",
+            SystemEvent::TaskTimedOut { .. } => "task_timed_out",
+            SystemEvent::TaskCancelled { .. } => "task_cancelled",
         }
+    }
+
+    /// For an event about an existing task: the task and the change it makes.
+    pub fn task_change(&self) -> Option<(Uuid, TaskChange)> {
+        let change = match self {
+            SystemEvent::ElementCreated { .. } | SystemEvent::TaskSubmitted { .. } => return None,
+            SystemEvent::TaskStarted { task_id, attempt } => {
+                (*task_id, TaskChange::Started { attempt: *attempt })
+            }
+            SystemEvent::TaskProgress {
+                task_id,
+                attempt,
+                progress,
+            } => (
+                *task_id,
+                TaskChange::Progress {
+                    attempt: *attempt,
+                    progress: progress.clone(),
+                },
+            ),
+            SystemEvent::TaskCompleted {
+                task_id,
+                attempt,
+                output,
+            } => (
+                *task_id,
+                TaskChange::Completed {
+                    attempt: *attempt,
+                    output: output.clone(),
+                },
+            ),
+            SystemEvent::TaskFailed {
+                task_id,
+                attempt,
+                error,
+                is_final,
+            } => (
+                *task_id,
+                TaskChange::Failed {
+                    attempt: *attempt,
+                    error: error.clone(),
+                    is_final: *is_final,
+                },
+            ),
+            SystemEvent::TaskTimedOut {
+                task_id,
+                attempt,
+                is_final,
+            } => (
+                *task_id,
+                TaskChange::TimedOut {
+                    attempt: *attempt,
+                    is_final: *is_final,
+                },
+            ),
+            SystemEvent::TaskCancelled { task_id, reason } => (
+                *task_id,
+                TaskChange::Cancelled {
+                    reason: reason.clone(),
+                },
+            ),
+        };
+        Some(change)
     }
 
     /// The stream this event belongs to when the caller names none: one stream
@@ -46,6 +179,11 @@ impl SystemEvent {
     pub fn default_stream(&self) -> String {
         match self {
             SystemEvent::ElementCreated { element } => format!("element:{}", element.id),
+            SystemEvent::TaskSubmitted { task_id, .. } => format!("task:{task_id}"),
+            other => match other.task_change() {
+                Some((task_id, _)) => format!("task:{task_id}"),
+                None => "system".to_owned(),
+            },
         }
     }
 
@@ -231,10 +369,36 @@ mod tests {
         let bytes = e.encode().expect("encode");
         let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         assert!(v.get("element_created").is_some(), "{v}");
-        let SystemEvent::ElementCreated { element: back } =
-            SystemEvent::decode(EVENT_SCHEMA_VERSION, &bytes).expect("decode");
-        let SystemEvent::ElementCreated { element: orig } = e;
-        assert!(orig.same_content(&back));
+        let decoded = SystemEvent::decode(EVENT_SCHEMA_VERSION, &bytes).expect("decode");
+        match (e, decoded) {
+            (
+                SystemEvent::ElementCreated { element: orig },
+                SystemEvent::ElementCreated { element: back },
+            ) => assert!(orig.same_content(&back)),
+            other => panic!("decoded into another event: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn task_events_name_their_task_and_stream() {
+        let task_id = Uuid::now_v7();
+        let started = SystemEvent::TaskStarted {
+            task_id,
+            attempt: 1,
+        };
+        assert_eq!(started.kind(), "task_started");
+        assert_eq!(started.default_stream(), format!("task:{task_id}"));
+        assert_eq!(
+            started.task_change(),
+            Some((task_id, TaskChange::Started { attempt: 1 }))
+        );
+        let bytes = started.encode().expect("encode");
+        let text = String::from_utf8(bytes.clone()).expect("utf8");
+        assert_eq!(
+            text,
+            format!(r#"{{"task_started":{{"task_id":"{task_id}","attempt":1}}}}"#)
+        );
+        assert!(SystemEvent::decode(EVENT_SCHEMA_VERSION, &bytes).is_ok());
     }
 
     #[test]

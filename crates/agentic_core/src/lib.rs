@@ -12,6 +12,8 @@
 //! - [`chain`] — the SHA-256 hash chain that makes the log tamper-evident, and
 //!   its verifier.
 //! - [`state`] — [`State`], the pure reducer: replay is a fold of the log.
+//! - [`task`] — [`TaskSpec`] and [`TaskRecord`]: tasks as data, and the
+//!   rules their events follow.
 //! - [`store`] — the [`EventStore`] port that event-store adapters implement,
 //!   and [`Subscription`], which follows a store's new events.
 
@@ -22,6 +24,7 @@ pub mod pile;
 pub mod progression;
 pub mod state;
 pub mod store;
+pub mod task;
 
 pub use chain::{ChainError, ChainHead, ChainVerifier, Hash};
 pub use element::{Element, ElementData, Metadata};
@@ -30,3 +33,4 @@ pub use pile::{Pile, PileError};
 pub use progression::{Progression, ProgressionError};
 pub use state::{ApplyError, State};
 pub use store::{AppendReceipt, EventStore, ExpectedVersion, StoreError, Subscription};
+pub use task::{Durability, RetryPolicy, TaskChange, TaskRecord, TaskSpec, TaskStatus};

@@ -5,17 +5,24 @@
 //! transaction as the append) so commands never re-fold the log; `lion replay`
 //! folds it afresh and compares with [`State::diff`].
 
+use std::collections::HashMap;
+
 use indexmap::IndexMap;
 use uuid::Uuid;
 
 use crate::element::ElementData;
 use crate::event::SystemEvent;
+use crate::task::{TaskRecord, TaskRuleError};
 
 /// The state the log describes: a pure function of the events applied.
 #[derive(Debug, Clone, Default)]
 pub struct State {
     /// Every element ever created, in creation order.
     elements: IndexMap<Uuid, ElementData>,
+    /// Every task ever submitted (durably or async), in submission order.
+    tasks: IndexMap<Uuid, TaskRecord>,
+    /// Task ids by idempotency key.
+    task_keys: HashMap<String, Uuid>,
 }
 
 /// Why an event cannot be applied to the current state.
@@ -24,6 +31,23 @@ pub enum ApplyError {
     /// An element with this id already exists.
     #[error("element {0} already exists")]
     DuplicateElement(Uuid),
+    /// A task with this id already exists.
+    #[error("task {0} already exists")]
+    DuplicateTask(Uuid),
+    /// Another task was submitted with this idempotency key.
+    #[error("idempotency key {key:?} already names task {task}")]
+    DuplicateIdempotencyKey {
+        /// The key.
+        key: String,
+        /// The task it names.
+        task: Uuid,
+    },
+    /// The event is about a task that was never submitted.
+    #[error("no task {0}")]
+    UnknownTask(Uuid),
+    /// The event breaks the task's rules.
+    #[error(transparent)]
+    Task(#[from] TaskRuleError),
 }
 
 impl State {
@@ -37,6 +61,7 @@ impl State {
     pub fn with_capacity(elements: usize) -> Self {
         Self {
             elements: IndexMap::with_capacity(elements),
+            ..Self::default()
         }
     }
 
@@ -62,8 +87,42 @@ impl State {
                     slot.insert(element);
                 }
             },
+            SystemEvent::TaskSubmitted { task_id, spec } => {
+                self.check_submission(task_id, spec.idempotency_key.as_deref())?;
+                if let Some(parent) = spec.parent.and_then(|p| self.tasks.get_mut(&p)) {
+                    parent.children.push(task_id);
+                }
+                if let Some(key) = &spec.idempotency_key {
+                    self.task_keys.insert(key.clone(), task_id);
+                }
+                self.tasks
+                    .insert(task_id, TaskRecord::submitted(task_id, spec));
+            }
+            other => {
+                if let Some((task_id, change)) = other.task_change() {
+                    let task = self
+                        .tasks
+                        .get_mut(&task_id)
+                        .ok_or(ApplyError::UnknownTask(task_id))?;
+                    task.apply(&change)?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Refuses a second task with the same id or idempotency key.
+    fn check_submission(&self, task_id: Uuid, key: Option<&str>) -> Result<(), ApplyError> {
+        if self.tasks.contains_key(&task_id) {
+            return Err(ApplyError::DuplicateTask(task_id));
+        }
+        match key.and_then(|k| self.task_keys.get(k).map(|t| (k, *t))) {
+            Some((key, task)) => Err(ApplyError::DuplicateIdempotencyKey {
+                key: key.to_owned(),
+                task,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Checks that `event` could be applied, without applying it.
@@ -73,6 +132,19 @@ impl State {
                 Err(ApplyError::DuplicateElement(element.id))
             }
             SystemEvent::ElementCreated { .. } => Ok(()),
+            SystemEvent::TaskSubmitted { task_id, spec } => {
+                self.check_submission(*task_id, spec.idempotency_key.as_deref())
+            }
+            other => match other.task_change() {
+                Some((task_id, change)) => {
+                    let task = self
+                        .tasks
+                        .get(&task_id)
+                        .ok_or(ApplyError::UnknownTask(task_id))?;
+                    Ok(task.check(&change)?)
+                }
+                None => Ok(()),
+            },
         }
     }
 
@@ -84,6 +156,30 @@ impl State {
     /// The element with this id, if any.
     pub fn element(&self, id: Uuid) -> Option<&ElementData> {
         self.elements.get(&id)
+    }
+
+    /// Every task, in submission order.
+    pub fn tasks(&self) -> impl ExactSizeIterator<Item = &TaskRecord> {
+        self.tasks.values()
+    }
+
+    /// The task with this id, if any.
+    pub fn task(&self, id: Uuid) -> Option<&TaskRecord> {
+        self.tasks.get(&id)
+    }
+
+    /// The task an idempotency key names, if any.
+    pub fn task_by_key(&self, key: &str) -> Option<&TaskRecord> {
+        self.task_keys.get(key).and_then(|id| self.tasks.get(id))
+    }
+
+    /// Adds a task read from a projection (used by stores to load their
+    /// projected state; not a way to change state outside the log).
+    pub fn load_task(&mut self, task: TaskRecord) {
+        if let Some(key) = &task.spec.idempotency_key {
+            self.task_keys.insert(key.clone(), task.id);
+        }
+        self.tasks.insert(task.id, task);
     }
 
     /// Adds an element read from a projection (used by stores to load their
@@ -113,6 +209,21 @@ impl State {
         for id in other.elements.keys() {
             if !self.elements.contains_key(id) {
                 out.push(format!("element {id} unexpected"));
+            }
+        }
+        for (i, (id, mine)) in self.tasks.iter().enumerate() {
+            match other.tasks.get_full(id) {
+                None => out.push(format!("task {id} missing")),
+                Some((j, _, _)) if j != i => {
+                    out.push(format!("task {id} at position {j} instead of {i}"));
+                }
+                Some((_, _, theirs)) if theirs != mine => out.push(format!("task {id} differs")),
+                Some(_) => {}
+            }
+        }
+        for id in other.tasks.keys() {
+            if !self.tasks.contains_key(id) {
+                out.push(format!("task {id} unexpected"));
             }
         }
         out

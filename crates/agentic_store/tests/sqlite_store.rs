@@ -1059,3 +1059,196 @@ fn acknowledged_appends_survive_sigkill_and_the_chain_still_verifies() {
         report.events
     );
 }
+
+/// Task events: the projection follows the reducer's rules, and replay agrees.
+mod task_projection {
+    use super::*;
+    use agentic_core::task::TaskRuleError;
+    use agentic_core::{ApplyError, StoreError, SystemEvent, TaskSpec, TaskStatus};
+
+    fn event(e: SystemEvent) -> NewEvent {
+        NewEvent::new(e, Uuid::now_v7())
+    }
+
+    async fn append(store: &SqliteStore, e: SystemEvent) -> Result<u64, StoreError> {
+        store
+            .append(vec![event(e)], ExpectedVersion::Any)
+            .await
+            .map(|r| r.first_seq)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_life_is_projected_and_replays_to_the_same_state() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(home.path(), SqliteOptions::default()).expect("open");
+        let parent = Uuid::now_v7();
+        let child = Uuid::now_v7();
+        let mut spec = TaskSpec::new("fanout", json!({"n": 1}));
+        spec.idempotency_key = Some("k1".into());
+        append(
+            &store,
+            SystemEvent::TaskSubmitted {
+                task_id: parent,
+                spec,
+            },
+        )
+        .await
+        .expect("submit");
+        let mut child_spec = TaskSpec::new("echo", json!("hi"));
+        child_spec.parent = Some(parent);
+        append(
+            &store,
+            SystemEvent::TaskSubmitted {
+                task_id: child,
+                spec: child_spec,
+            },
+        )
+        .await
+        .expect("submit child");
+        append(
+            &store,
+            SystemEvent::TaskStarted {
+                task_id: parent,
+                attempt: 1,
+            },
+        )
+        .await
+        .expect("start");
+        append(
+            &store,
+            SystemEvent::TaskFailed {
+                task_id: parent,
+                attempt: 1,
+                error: "boom".into(),
+                is_final: false,
+            },
+        )
+        .await
+        .expect("fail");
+        append(
+            &store,
+            SystemEvent::TaskStarted {
+                task_id: parent,
+                attempt: 2,
+            },
+        )
+        .await
+        .expect("retry");
+        append(
+            &store,
+            SystemEvent::TaskCompleted {
+                task_id: parent,
+                attempt: 2,
+                output: json!(42),
+            },
+        )
+        .await
+        .expect("complete");
+        append(
+            &store,
+            SystemEvent::TaskCancelled {
+                task_id: child,
+                reason: "parent done".into(),
+            },
+        )
+        .await
+        .expect("cancel child");
+
+        let projected = store.projected_state().await.expect("projection");
+        let p = projected.task(parent).expect("parent projected");
+        assert_eq!(p.status, TaskStatus::Completed);
+        assert_eq!(p.attempts, 2);
+        assert_eq!(p.output, Some(json!(42)));
+        assert_eq!(p.children, vec![child]);
+        assert_eq!(projected.task_by_key("k1").map(|t| t.id), Some(parent));
+        assert_eq!(
+            projected.task(child).map(|t| t.status),
+            Some(TaskStatus::Cancelled)
+        );
+        assert!(replay_vs_projection(&store).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_breaking_a_task_rules_are_refused_and_write_nothing() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(home.path(), SqliteOptions::default()).expect("open");
+        let task = Uuid::now_v7();
+        let mut spec = TaskSpec::new("echo", json!(1));
+        spec.idempotency_key = Some("once".into());
+        append(
+            &store,
+            SystemEvent::TaskSubmitted {
+                task_id: task,
+                spec: spec.clone(),
+            },
+        )
+        .await
+        .expect("submit");
+        let again = append(
+            &store,
+            SystemEvent::TaskSubmitted {
+                task_id: Uuid::now_v7(),
+                spec,
+            },
+        )
+        .await;
+        assert_eq!(
+            again,
+            Err(StoreError::Rejected(ApplyError::DuplicateIdempotencyKey {
+                key: "once".into(),
+                task
+            }))
+        );
+        let unknown = Uuid::now_v7();
+        assert_eq!(
+            append(
+                &store,
+                SystemEvent::TaskStarted {
+                    task_id: unknown,
+                    attempt: 1
+                }
+            )
+            .await,
+            Err(StoreError::Rejected(ApplyError::UnknownTask(unknown)))
+        );
+        append(
+            &store,
+            SystemEvent::TaskStarted {
+                task_id: task,
+                attempt: 1,
+            },
+        )
+        .await
+        .expect("start");
+        append(
+            &store,
+            SystemEvent::TaskCompleted {
+                task_id: task,
+                attempt: 1,
+                output: json!(1),
+            },
+        )
+        .await
+        .expect("complete");
+        let head = store.head().await.expect("head");
+        assert_eq!(
+            append(
+                &store,
+                SystemEvent::TaskStarted {
+                    task_id: task,
+                    attempt: 2
+                }
+            )
+            .await,
+            Err(StoreError::Rejected(ApplyError::Task(
+                TaskRuleError::Ended(task)
+            )))
+        );
+        assert_eq!(
+            store.head().await.expect("head"),
+            head,
+            "a refused event wrote nothing"
+        );
+        assert!(replay_vs_projection(&store).await.is_empty());
+    }
+}

@@ -387,11 +387,14 @@ impl Readers {
     }
 
     /// The `elements` projection, as a [`State`].
-    fn elements(&self) -> Result<State, StoreError> {
+    /// The projections (elements and tasks), as a [`State`], read in one
+    /// transaction so they agree with each other.
+    fn projected_state(&self) -> Result<State, StoreError> {
         let mut bad = None;
         let state = self.with(|conn| {
+            let tx = conn.unchecked_transaction()?;
             let mut state = State::new();
-            let mut stmt = conn.prepare_cached(
+            let mut stmt = tx.prepare_cached(
                 "SELECT id, created_at, metadata, content FROM elements ORDER BY seq",
             )?;
             let mut rows = stmt.query([])?;
@@ -399,8 +402,20 @@ impl Readers {
                 match element(row) {
                     Ok(e) => state.load_element(e),
                     Err(reason) => {
-                        bad = Some(reason);
-                        break;
+                        bad = Some(format!("elements projection: {reason}"));
+                        return Ok(state);
+                    }
+                }
+            }
+            let mut stmt = tx.prepare_cached("SELECT record FROM tasks ORDER BY seq")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let text = row.get_ref(0)?.as_str()?;
+                match serde_json::from_str(text) {
+                    Ok(task) => state.load_task(task),
+                    Err(e) => {
+                        bad = Some(format!("tasks projection: {e}"));
+                        return Ok(state);
                     }
                 }
             }
@@ -409,7 +424,7 @@ impl Readers {
         match bad {
             Some(reason) => Err(StoreError::Corrupt {
                 path: self.db.path.display().to_string(),
-                reason: format!("elements projection: {reason}"),
+                reason,
             }),
             None => Ok(state),
         }
@@ -650,7 +665,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn projected_state(&self) -> Result<State, StoreError> {
-        self.read(Readers::elements).await
+        self.read(Readers::projected_state).await
     }
 
     fn subscribe(self: Arc<Self>, from: u64) -> Subscription {

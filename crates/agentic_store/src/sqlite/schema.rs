@@ -16,9 +16,20 @@ use super::head_file::io_error;
 /// `PRAGMA application_id` of a lion store: "lion" in ASCII.
 pub const APPLICATION_ID: i32 = 0x6C69_6F6E;
 
-/// Version of the table layout below (`PRAGMA user_version`). Bump it with a
-/// migration step in [`initialise`] when the layout changes.
-pub const SCHEMA_VERSION: i32 = 1;
+/// Version of the table layout (`PRAGMA user_version`): [`SCHEMA`] is
+/// version 1, and [`MIGRATIONS`]`[i]` takes version `i + 1` to `i + 2`.
+pub const SCHEMA_VERSION: i32 = 1 + MIGRATIONS.len() as i32;
+
+/// Steps from each schema version to the next, applied in order on open.
+const MIGRATIONS: &[&str] = &[
+    // 1 → 2: the projection of task events.
+    "CREATE TABLE tasks (
+        seq             INTEGER PRIMARY KEY, -- the submitting event: submission order
+        id              BLOB    NOT NULL UNIQUE,
+        idempotency_key TEXT    UNIQUE,
+        record          TEXT    NOT NULL     -- the TaskRecord, JSON
+    );",
+];
 
 /// The table layout. `events` is append-only (triggers refuse UPDATE and
 /// DELETE); `elements` is the projection of element events, written in the
@@ -163,9 +174,9 @@ pub fn initialise(conn: &mut Connection, db: &DbFile) -> Result<(), StoreError> 
             tx.execute_batch(SCHEMA).map_err(|e| db.err(e))?;
             tx.pragma_update(None, "application_id", APPLICATION_ID)
                 .map_err(|e| db.err(e))?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(|e| db.err(e))?;
+            migrate(&tx, db, 1)?;
         }
+        (APPLICATION_ID, v) if (1..SCHEMA_VERSION).contains(&v) => migrate(&tx, db, v)?,
         (APPLICATION_ID, v) if v > SCHEMA_VERSION => {
             return Err(not_a_store(format!(
                 "it was written by a newer lion (schema {v}; this lion knows up to {SCHEMA_VERSION})"
@@ -184,6 +195,15 @@ pub fn initialise(conn: &mut Connection, db: &DbFile) -> Result<(), StoreError> 
         }
     }
     tx.commit().map_err(|e| db.err(e))
+}
+
+/// Applies the migrations from schema `from` to [`SCHEMA_VERSION`].
+fn migrate(tx: &Connection, db: &DbFile, from: i32) -> Result<(), StoreError> {
+    for step in &MIGRATIONS[(from - 1) as usize..] {
+        tx.execute_batch(step).map_err(|e| db.err(e))?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(|e| db.err(e))
 }
 
 fn ids(conn: &Connection, db: &DbFile) -> Result<(i32, i32), StoreError> {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use agentic_core::chain::seal;
 use agentic_core::{
     AppendReceipt, ApplyError, ChainHead, EventEnvelope, ExpectedVersion, Hash, PendingEvent,
-    StoreError, SystemEvent,
+    StoreError, SystemEvent, TaskRecord,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{
@@ -523,7 +523,7 @@ impl Group<'_> {
                 Err(e) => return Err(InsertError::Store(self.db.err(e))),
             }
         };
-        project(&mut self.statements, head.seq, &event.event).map_err(|e| match e {
+        project(&mut self.statements, self.tx, head.seq, &event.event).map_err(|e| match e {
             ProjectError::Refused(a) => InsertError::Store(StoreError::Rejected(a)),
             ProjectError::Sql(e) => InsertError::Store(self.db.err(e)),
         })?;
@@ -594,6 +594,7 @@ enum ProjectError {
 /// Updates the projection tables for one event, in the append's transaction.
 fn project(
     statements: &mut Statements<'_>,
+    tx: &Transaction<'_>,
     seq: u64,
     event: &SystemEvent,
 ) -> Result<(), ProjectError> {
@@ -618,13 +619,104 @@ fn project(
                     }
                 })?;
         }
+        SystemEvent::TaskSubmitted { task_id, spec } => {
+            let record = TaskRecord::submitted(*task_id, spec.clone());
+            let inserted = tx.execute(
+                "INSERT INTO tasks (seq, id, idempotency_key, record) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    seq as i64,
+                    task_id.as_bytes(),
+                    spec.idempotency_key,
+                    task_json(&record)?
+                ],
+            );
+            match inserted {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e, "tasks.id") => {
+                    return Err(ProjectError::Refused(ApplyError::DuplicateTask(*task_id)));
+                }
+                Err(e) if is_unique_violation(&e, "tasks.idempotency_key") => {
+                    let key = spec.idempotency_key.clone().unwrap_or_default();
+                    let task = tx
+                        .query_row(
+                            "SELECT id FROM tasks WHERE idempotency_key = ?1",
+                            [&key],
+                            |r| r.get::<_, Vec<u8>>(0),
+                        )
+                        .map_err(ProjectError::Sql)?;
+                    let task = Uuid::from_slice(&task).unwrap_or_default();
+                    return Err(ProjectError::Refused(ApplyError::DuplicateIdempotencyKey {
+                        key,
+                        task,
+                    }));
+                }
+                Err(e) => return Err(ProjectError::Sql(e)),
+            }
+            if let Some(parent) = spec.parent
+                && let Some(mut record) = load_task(tx, parent)?
+            {
+                record.children.push(*task_id);
+                store_task(tx, &record)?;
+            }
+        }
+        other => {
+            if let Some((task_id, change)) = other.task_change() {
+                let mut record = load_task(tx, task_id)?
+                    .ok_or(ProjectError::Refused(ApplyError::UnknownTask(task_id)))?;
+                record
+                    .apply(&change)
+                    .map_err(|e| ProjectError::Refused(ApplyError::Task(e)))?;
+                store_task(tx, &record)?;
+            }
+        }
     }
     Ok(())
 }
 
+fn task_json(record: &TaskRecord) -> Result<String, ProjectError> {
+    serde_json::to_string(record)
+        .map_err(|e| ProjectError::Sql(rusqlite::Error::ToSqlConversionFailure(e.into())))
+}
+
+/// The projected record of a task, if it exists.
+fn load_task(tx: &Transaction<'_>, id: Uuid) -> Result<Option<TaskRecord>, ProjectError> {
+    let text: Option<String> = tx
+        .prepare_cached("SELECT record FROM tasks WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id.as_bytes()], |r| r.get(0)).optional())
+        .map_err(ProjectError::Sql)?;
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| {
+            ProjectError::Sql(rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                e.into(),
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// Writes back a task's projected record.
+fn store_task(tx: &Transaction<'_>, record: &TaskRecord) -> Result<(), ProjectError> {
+    let json = task_json(record)?;
+    tx.prepare_cached("UPDATE tasks SET record = ?2 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![record.id.as_bytes(), json]))
+        .map(|_| ())
+        .map_err(ProjectError::Sql)
+}
+
+/// Whether `e` is a UNIQUE violation on an index covering `column`
+/// (SQLite says "UNIQUE constraint failed: table.a, table.b").
 fn is_unique_violation(e: &rusqlite::Error, column: &str) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, Some(msg))
-        if f.code == rusqlite::ErrorCode::ConstraintViolation && msg.contains(column))
+    match e {
+        rusqlite::Error::SqliteFailure(f, Some(msg))
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            msg.split_once("failed: ")
+                .is_some_and(|(_, cols)| cols.split(", ").any(|c| c == column))
+        }
+        _ => false,
+    }
 }
 
 /// The newest record's (seq, hash), read inside the caller's transaction.

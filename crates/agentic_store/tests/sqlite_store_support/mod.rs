@@ -57,6 +57,10 @@ pub fn log(store: &SqliteStore) -> Vec<EventEnvelope> {
 pub fn element_of(record: &EventEnvelope) -> ElementData {
     match record.decode().expect("decode a stored payload") {
         SystemEvent::ElementCreated { element } => element,
+        other => panic!(
+            "seq {} is not an element_created event: {other:?}",
+            record.seq
+        ),
     }
 }
 
