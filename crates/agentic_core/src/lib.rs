@@ -11,6 +11,8 @@
 //!   stored event travels in.
 //! - [`chain`] — the SHA-256 hash chain that makes the log tamper-evident, and
 //!   its verifier.
+//! - [`orchestrator`] — [`Orchestrator`]: runs tasks concurrently through
+//!   handlers, with limits, timeouts, retries and cancellation, as events.
 //! - [`state`] — [`State`], the pure reducer: replay is a fold of the log.
 //! - [`task`] — [`TaskSpec`] and [`TaskRecord`]: tasks as data, and the
 //!   rules their events follow.
@@ -20,6 +22,7 @@
 pub mod chain;
 pub mod element;
 pub mod event;
+pub mod orchestrator;
 pub mod pile;
 pub mod progression;
 pub mod state;
@@ -29,6 +32,10 @@ pub mod task;
 pub use chain::{ChainError, ChainHead, ChainVerifier, Hash};
 pub use element::{Element, ElementData, Metadata};
 pub use event::{EventEnvelope, EventError, NewEvent, PendingEvent, SystemEvent};
+pub use orchestrator::{
+    LiveEvent, Orchestrator, OrchestratorConfig, OrchestratorError, TaskContext, TaskError,
+    TaskHandle, TaskHandler, TaskOutcome,
+};
 pub use pile::{Pile, PileError};
 pub use progression::{Progression, ProgressionError};
 pub use state::{ApplyError, State};

@@ -1,0 +1,738 @@
+//! The orchestrator: runs tasks concurrently and records their lives as
+//! events.
+//!
+//! An event loop takes commands (submit, cancel) from a bounded queue. Each
+//! submitted task gets a runner that records `TaskSubmitted`, waits for a
+//! slot under the concurrency limit, and runs attempts of its handler, each
+//! under the task's timeout and cancellation, recording `TaskStarted`,
+//! `TaskProgress`, and how the attempt ended; failed and timed-out attempts
+//! are retried with exponential backoff and jitter. Cancelling a task
+//! cancels every task it started, transitively.
+//!
+//! Delivery is honest: an idempotency key deduplicates submission (the same
+//! key is one task); execution is at-least-once (a handler killed part-way
+//! may run again, so each attempt gets the task id and its attempt number);
+//! and the log's rules make sure a task whose end was recorded never starts
+//! again.
+//!
+//! Back-pressure: at most `max_concurrency` attempts run at once, and at most
+//! `max_pending` tasks are admitted but unfinished; `submit` waits for room
+//! beyond that, so a flood slows submitters instead of growing memory.
+
+mod builtin;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use builtin::builtin_handlers;
+
+use crate::event::{NewEvent, SystemEvent};
+use crate::state::ApplyError;
+use crate::store::{EventStore, ExpectedVersion, StoreError};
+use crate::task::{Durability, TaskSpec};
+
+/// Limits of an [`Orchestrator`].
+#[derive(Debug, Clone, Copy)]
+pub struct OrchestratorConfig {
+    /// Attempts that may run at the same time.
+    pub max_concurrency: usize,
+    /// Tasks admitted but not finished; `submit` waits beyond this.
+    pub max_pending: usize,
+    /// Live events buffered per subscriber before a slow one misses some.
+    pub live_buffer: usize,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 64,
+            max_pending: 10_000,
+            live_buffer: 4096,
+        }
+    }
+}
+
+/// Why a handler's attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TaskError(pub String);
+
+impl TaskError {
+    /// A failure with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// The work behind a task: plugins and LLM agents implement this later.
+#[async_trait]
+pub trait TaskHandler: Send + Sync + 'static {
+    /// Runs one attempt. `ctx` says which task and attempt this is, reports
+    /// progress, starts child tasks and tells when the task is cancelled.
+    async fn run(&self, ctx: TaskContext, input: Value) -> Result<Value, TaskError>;
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskOutcome {
+    /// It produced an output.
+    Completed(Value),
+    /// Its last attempt failed.
+    Failed(String),
+    /// Its last attempt ran out of time.
+    TimedOut,
+    /// It was cancelled.
+    Cancelled(String),
+}
+
+/// An event as it happens: committed ones carry their sequence number.
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    /// Sequence number in the log, for events already committed.
+    pub seq: Option<u64>,
+    /// The event.
+    pub event: SystemEvent,
+}
+
+/// Errors of the orchestrator's commands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrchestratorError {
+    /// No handler has this name.
+    #[error("unknown handler {0:?}")]
+    UnknownHandler(String),
+    /// No task has this id here.
+    #[error("no task {0} is running here")]
+    UnknownTask(Uuid),
+    /// Another process already submitted a task with this idempotency key.
+    #[error("the idempotency key already names task {0}")]
+    AlreadySubmitted(Uuid),
+    /// The event store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The orchestrator has shut down.
+    #[error("the orchestrator has shut down")]
+    ShutDown,
+}
+
+/// A submitted task: its id, and its outcome once it ends.
+#[derive(Debug, Clone)]
+pub struct TaskHandle {
+    /// The task's id.
+    pub id: Uuid,
+    outcome: watch::Receiver<Option<TaskOutcome>>,
+}
+
+impl TaskHandle {
+    /// Waits for the task to end.
+    pub async fn outcome(mut self) -> Result<TaskOutcome, OrchestratorError> {
+        let seen = self
+            .outcome
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| OrchestratorError::ShutDown)?;
+        seen.clone().ok_or(OrchestratorError::ShutDown)
+    }
+}
+
+/// What a handler's attempt knows and can do.
+#[derive(Clone)]
+pub struct TaskContext {
+    /// The task.
+    pub task_id: Uuid,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    cancel: CancellationToken,
+    recorder: Arc<Recorder>,
+    orchestrator: Orchestrator,
+    /// This attempt's slot under the concurrency limit, given up while the
+    /// attempt waits for its children (or a parent waiting on children that
+    /// need slots could deadlock the limit).
+    slot: Arc<tokio::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+}
+
+impl TaskContext {
+    /// Resolves when the task is cancelled.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// Whether the task has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Reports progress: recorded with async durability (delivered at once).
+    pub async fn progress(&self, progress: Value) -> Result<(), OrchestratorError> {
+        let event = SystemEvent::TaskProgress {
+            task_id: self.task_id,
+            attempt: self.attempt,
+            progress,
+        };
+        self.recorder.record_async(event).await
+    }
+
+    /// Starts a child task: cancelling this task cancels it too.
+    pub async fn spawn_child(&self, mut spec: TaskSpec) -> Result<TaskHandle, OrchestratorError> {
+        spec.parent = Some(self.task_id);
+        self.orchestrator
+            .submit_under(spec, Some(self.cancel.child_token()))
+            .await
+    }
+
+    /// Waits for tasks (typically this one's children) to end, giving up this
+    /// attempt's concurrency slot meanwhile and taking one again after.
+    pub async fn join(
+        &self,
+        handles: Vec<TaskHandle>,
+    ) -> Result<Vec<TaskOutcome>, OrchestratorError> {
+        let mut slot = self.slot.lock().await;
+        slot.take();
+        let mut outcomes = Vec::with_capacity(handles.len());
+        for handle in handles {
+            outcomes.push(handle.outcome().await?);
+        }
+        *slot = Some(
+            self.orchestrator
+                .inner
+                .concurrency
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| OrchestratorError::ShutDown)?,
+        );
+        Ok(outcomes)
+    }
+}
+
+/// Runs tasks; cheap to clone (every clone drives the same orchestrator).
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn EventStore>,
+    handlers: HashMap<String, Arc<dyn TaskHandler>>,
+    concurrency: Arc<Semaphore>,
+    admission: Arc<Semaphore>,
+    commands: mpsc::Sender<Command>,
+    live: broadcast::Sender<LiveEvent>,
+    correlation_id: Uuid,
+}
+
+/// Commands the event loop serves one at a time.
+enum Command {
+    Submit {
+        spec: TaskSpec,
+        cancel: Option<CancellationToken>,
+        admitted: Option<OwnedSemaphorePermit>,
+        reply: oneshot::Sender<Result<TaskHandle, OrchestratorError>>,
+    },
+    Cancel {
+        id: Uuid,
+        reason: String,
+        reply: oneshot::Sender<Result<(), OrchestratorError>>,
+    },
+    Ended {
+        id: Uuid,
+    },
+}
+
+/// Submission-queue length: commands are served quickly, this only absorbs bursts.
+const COMMAND_QUEUE: usize = 1024;
+
+impl Orchestrator {
+    /// Starts an orchestrator recording to `store` and running `handlers`.
+    /// Every event it records carries `correlation_id`.
+    pub fn start(
+        store: Arc<dyn EventStore>,
+        handlers: HashMap<String, Arc<dyn TaskHandler>>,
+        config: OrchestratorConfig,
+        correlation_id: Uuid,
+    ) -> Self {
+        let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+        let orchestrator = Orchestrator {
+            inner: Arc::new(Inner {
+                store,
+                handlers,
+                concurrency: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+                admission: Arc::new(Semaphore::new(config.max_pending.max(1))),
+                commands,
+                live: broadcast::channel(config.live_buffer.max(1)).0,
+                correlation_id,
+            }),
+        };
+        tokio::spawn(EventLoop::new(Arc::downgrade(&orchestrator.inner)).run(rx));
+        orchestrator
+    }
+
+    /// Submits a task; waits while `max_pending` tasks are unfinished. With
+    /// an idempotency key already used here, returns that task instead.
+    pub async fn submit(&self, spec: TaskSpec) -> Result<TaskHandle, OrchestratorError> {
+        self.submit_under(spec, None).await
+    }
+
+    async fn submit_under(
+        &self,
+        spec: TaskSpec,
+        cancel: Option<CancellationToken>,
+    ) -> Result<TaskHandle, OrchestratorError> {
+        if !self.inner.handlers.contains_key(&spec.handler) {
+            return Err(OrchestratorError::UnknownHandler(spec.handler));
+        }
+        // Children are admitted through their parent (bounded by it), so a
+        // full orchestrator cannot deadlock parents waiting on children.
+        let admitted = if cancel.is_some() {
+            None
+        } else {
+            Some(
+                self.inner
+                    .admission
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| OrchestratorError::ShutDown)?,
+            )
+        };
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Submit {
+            spec,
+            cancel,
+            admitted,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| OrchestratorError::ShutDown)?
+    }
+
+    /// Cancels a running task and, through it, every task it started.
+    pub async fn cancel(&self, id: Uuid, reason: &str) -> Result<(), OrchestratorError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Cancel {
+            id,
+            reason: reason.to_owned(),
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| OrchestratorError::ShutDown)?
+    }
+
+    /// Follows events as they happen (a slow subscriber may miss some).
+    pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
+        self.inner.live.subscribe()
+    }
+
+    async fn send(&self, command: Command) -> Result<(), OrchestratorError> {
+        self.inner
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| OrchestratorError::ShutDown)
+    }
+}
+
+/// A task known to the event loop.
+struct Entry {
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+}
+
+/// The loop's own state: tasks in flight and the idempotency keys used here.
+struct EventLoop {
+    inner: std::sync::Weak<Inner>,
+    running: HashMap<Uuid, Entry>,
+    keys: HashMap<String, (Uuid, watch::Receiver<Option<TaskOutcome>>)>,
+}
+
+impl EventLoop {
+    fn new(inner: std::sync::Weak<Inner>) -> Self {
+        Self {
+            inner,
+            running: HashMap::new(),
+            keys: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(command) = rx.recv().await {
+            let Some(inner) = self.inner.upgrade() else {
+                return;
+            };
+            match command {
+                Command::Submit {
+                    spec,
+                    cancel,
+                    admitted,
+                    reply,
+                } => self.submit(&inner, spec, cancel, admitted, reply),
+                Command::Cancel { id, reason, reply } => {
+                    let result = match self.running.get(&id) {
+                        Some(entry) => {
+                            entry
+                                .reason
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .get_or_insert(reason);
+                            entry.cancel.cancel();
+                            Ok(())
+                        }
+                        None => Err(OrchestratorError::UnknownTask(id)),
+                    };
+                    let _ = reply.send(result);
+                }
+                Command::Ended { id } => {
+                    self.running.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn submit(
+        &mut self,
+        inner: &Arc<Inner>,
+        spec: TaskSpec,
+        cancel: Option<CancellationToken>,
+        admitted: Option<OwnedSemaphorePermit>,
+        reply: oneshot::Sender<Result<TaskHandle, OrchestratorError>>,
+    ) {
+        if let Some((id, outcome)) = spec.idempotency_key.as_ref().and_then(|k| self.keys.get(k)) {
+            let _ = reply.send(Ok(TaskHandle {
+                id: *id,
+                outcome: outcome.clone(),
+            }));
+            return;
+        }
+        let id = Uuid::now_v7();
+        let (done, outcome) = watch::channel(None);
+        let cancel = cancel.unwrap_or_default();
+        let reason = Arc::new(Mutex::new(None));
+        if let Some(key) = &spec.idempotency_key {
+            self.keys.insert(key.clone(), (id, outcome.clone()));
+        }
+        self.running.insert(
+            id,
+            Entry {
+                cancel: cancel.clone(),
+                reason: reason.clone(),
+            },
+        );
+        let runner = Runner {
+            orchestrator: Orchestrator {
+                inner: inner.clone(),
+            },
+            id,
+            spec,
+            cancel,
+            reason,
+            recorder: Arc::new(Recorder::new(inner.clone(), id)),
+            done,
+            _admitted: admitted,
+        };
+        tokio::spawn(runner.run(reply, TaskHandle { id, outcome }));
+    }
+}
+
+/// Records a task's events with its durability, in order.
+struct Recorder {
+    inner: Arc<Inner>,
+    task_id: Uuid,
+    durability: Mutex<Durability>,
+    /// The last async append still in flight: each waits for the one before,
+    /// so the log keeps the task's events in order.
+    pending: tokio::sync::Mutex<Option<JoinHandle<Result<(), StoreError>>>>,
+}
+
+impl Recorder {
+    fn new(inner: Arc<Inner>, task_id: Uuid) -> Self {
+        Self {
+            inner,
+            task_id,
+            durability: Mutex::new(Durability::Durable),
+            pending: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn durability(&self) -> Durability {
+        *self
+            .durability
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records with the task's own durability.
+    async fn record(&self, event: SystemEvent) -> Result<(), OrchestratorError> {
+        match self.durability() {
+            Durability::Durable => self.record_durable(event).await,
+            Durability::Async => self.record_async(event).await,
+            Durability::Ephemeral => {
+                self.publish(None, event);
+                Ok(())
+            }
+        }
+    }
+
+    /// Appends and waits for the commit, then publishes.
+    async fn record_durable(&self, event: SystemEvent) -> Result<(), OrchestratorError> {
+        self.flush().await?;
+        let receipt = self
+            .inner
+            .store
+            .append(vec![self.new_event(&event)], ExpectedVersion::Any)
+            .await?;
+        self.publish(Some(receipt.last_seq), event);
+        Ok(())
+    }
+
+    /// Publishes at once; the append follows in the background, in order.
+    async fn record_async(&self, event: SystemEvent) -> Result<(), OrchestratorError> {
+        if self.durability() == Durability::Ephemeral {
+            self.publish(None, event);
+            return Ok(());
+        }
+        let new = self.new_event(&event);
+        self.publish(None, event);
+        let store = self.inner.store.clone();
+        let mut pending = self.pending.lock().await;
+        let before = pending.take();
+        *pending = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                before
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("append task failed: {e}")))??;
+            }
+            store
+                .append(vec![new], ExpectedVersion::Any)
+                .await
+                .map(|_| ())
+        }));
+        Ok(())
+    }
+
+    /// Waits for every background append of this task.
+    async fn flush(&self) -> Result<(), OrchestratorError> {
+        let last = self.pending.lock().await.take();
+        if let Some(last) = last {
+            last.await
+                .map_err(|e| StoreError::Backend(format!("append task failed: {e}")))??;
+        }
+        Ok(())
+    }
+
+    fn new_event(&self, event: &SystemEvent) -> NewEvent {
+        let mut new = NewEvent::new(event.clone(), self.inner.correlation_id);
+        new.causation_id = Some(self.task_id);
+        new
+    }
+
+    fn publish(&self, seq: Option<u64>, event: SystemEvent) {
+        // No subscriber is fine.
+        let _ = self.inner.live.send(LiveEvent { seq, event });
+    }
+}
+
+/// Drives one task from submission to its end.
+struct Runner {
+    orchestrator: Orchestrator,
+    id: Uuid,
+    spec: TaskSpec,
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+    recorder: Arc<Recorder>,
+    done: watch::Sender<Option<TaskOutcome>>,
+    /// Held until the task ends: counts against `max_pending`.
+    _admitted: Option<OwnedSemaphorePermit>,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Completed(Value),
+    Failed(String),
+    TimedOut,
+    Cancelled,
+}
+
+impl Runner {
+    /// Records the submission, answers the submitter, then runs the task.
+    async fn run(
+        self,
+        reply: oneshot::Sender<Result<TaskHandle, OrchestratorError>>,
+        handle: TaskHandle,
+    ) {
+        let submitted = SystemEvent::TaskSubmitted {
+            task_id: self.id,
+            spec: self.spec.clone(),
+        };
+        *self
+            .recorder
+            .durability
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = self.spec.durability;
+        let recorded = match self.recorder.record(submitted).await {
+            Err(OrchestratorError::Store(StoreError::Rejected(
+                ApplyError::DuplicateIdempotencyKey { task, .. },
+            ))) => Err(OrchestratorError::AlreadySubmitted(task)),
+            other => other,
+        };
+        if let Err(e) = recorded {
+            let _ = reply.send(Err(e.clone()));
+            self.finish(TaskOutcome::Failed(e.to_string())).await;
+            return;
+        }
+        let _ = reply.send(Ok(handle));
+        let outcome = match self.drive().await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(task = %self.id, error = %e, "task could not be recorded");
+                TaskOutcome::Failed(format!("cannot record the task: {e}"))
+            }
+        };
+        self.finish(outcome).await;
+    }
+
+    /// Reports the end, once every event of the task is recorded.
+    async fn finish(&self, outcome: TaskOutcome) {
+        if let Err(e) = self.recorder.flush().await {
+            tracing::error!(task = %self.id, error = %e, "task events could not be recorded");
+        }
+        self.done.send_replace(Some(outcome));
+        let _ = self
+            .orchestrator
+            .inner
+            .commands
+            .send(Command::Ended { id: self.id })
+            .await;
+    }
+
+    /// Runs attempts until the task ends.
+    async fn drive(&self) -> Result<TaskOutcome, OrchestratorError> {
+        let handler = self
+            .orchestrator
+            .inner
+            .handlers
+            .get(&self.spec.handler)
+            .cloned()
+            .ok_or_else(|| OrchestratorError::UnknownHandler(self.spec.handler.clone()))?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let slot = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return self.cancelled().await,
+                slot = self.orchestrator.inner.concurrency.clone().acquire_owned() => {
+                    slot.map_err(|_| OrchestratorError::ShutDown)?
+                }
+            };
+            self.recorder
+                .record(SystemEvent::TaskStarted {
+                    task_id: self.id,
+                    attempt,
+                })
+                .await?;
+            let slot = Arc::new(tokio::sync::Mutex::new(Some(slot)));
+            let ended = self.attempt(&handler, attempt, slot.clone()).await;
+            drop(slot);
+            let retry = self.spec.retry.allows_retry_after(attempt);
+            match ended {
+                Attempt::Completed(output) => {
+                    self.recorder
+                        .record(SystemEvent::TaskCompleted {
+                            task_id: self.id,
+                            attempt,
+                            output: output.clone(),
+                        })
+                        .await?;
+                    return Ok(TaskOutcome::Completed(output));
+                }
+                Attempt::Cancelled => return self.cancelled().await,
+                Attempt::Failed(error) => {
+                    self.recorder
+                        .record(SystemEvent::TaskFailed {
+                            task_id: self.id,
+                            attempt,
+                            error: error.clone(),
+                            is_final: !retry,
+                        })
+                        .await?;
+                    if !retry {
+                        return Ok(TaskOutcome::Failed(error));
+                    }
+                }
+                Attempt::TimedOut => {
+                    self.recorder
+                        .record(SystemEvent::TaskTimedOut {
+                            task_id: self.id,
+                            attempt,
+                            is_final: !retry,
+                        })
+                        .await?;
+                    if !retry {
+                        return Ok(TaskOutcome::TimedOut);
+                    }
+                }
+            }
+            let delay = self.spec.retry.delay_after(attempt, rand::random::<f64>());
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return self.cancelled().await,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Runs one attempt under the task's timeout and cancellation.
+    async fn attempt(
+        &self,
+        handler: &Arc<dyn TaskHandler>,
+        attempt: u32,
+        slot: Arc<tokio::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+    ) -> Attempt {
+        let ctx = TaskContext {
+            task_id: self.id,
+            attempt,
+            cancel: self.cancel.clone(),
+            recorder: self.recorder.clone(),
+            orchestrator: self.orchestrator.clone(),
+            slot,
+        };
+        let work = handler.run(ctx, self.spec.input.clone());
+        let limit = self.spec.timeout_ms.map(Duration::from_millis);
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Attempt::Cancelled,
+            result = async {
+                match limit {
+                    Some(limit) => tokio::time::timeout(limit, work).await.ok(),
+                    None => Some(work.await),
+                }
+            } => match result {
+                Some(Ok(output)) => Attempt::Completed(output),
+                Some(Err(e)) => Attempt::Failed(e.0),
+                None => Attempt::TimedOut,
+            },
+        }
+    }
+
+    async fn cancelled(&self) -> Result<TaskOutcome, OrchestratorError> {
+        let reason = self
+            .reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| "parent task cancelled".to_owned());
+        self.recorder
+            .record(SystemEvent::TaskCancelled {
+                task_id: self.id,
+                reason: reason.clone(),
+            })
+            .await?;
+        Ok(TaskOutcome::Cancelled(reason))
+    }
+}

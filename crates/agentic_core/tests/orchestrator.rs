@@ -1,0 +1,378 @@
+//! The orchestrator's promises, on the in-memory store with paused time (no
+//! real sleeps): concurrency, limits, timeouts, retries with backoff,
+//! cancellation of task trees, idempotency, back-pressure, durability modes,
+//! and a log that replays to the live state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentic_core::orchestrator::builtin_handlers;
+use agentic_core::{
+    Durability, EventStore, LiveEvent, Orchestrator, OrchestratorConfig, RetryPolicy, State,
+    SystemEvent, TaskOutcome, TaskSpec, TaskStatus,
+};
+use agentic_store::MemoryStore;
+use serde_json::json;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+fn start(config: OrchestratorConfig) -> (Arc<MemoryStore>, Orchestrator) {
+    let store = Arc::new(MemoryStore::new());
+    let orchestrator =
+        Orchestrator::start(store.clone(), builtin_handlers(), config, Uuid::now_v7());
+    (store, orchestrator)
+}
+
+fn spec(handler: &str, input: serde_json::Value) -> TaskSpec {
+    TaskSpec::new(handler, input)
+}
+
+/// Folds the whole log afresh.
+async fn replayed(store: &MemoryStore) -> State {
+    let mut state = State::new();
+    for e in store.read_from(1, usize::MAX).await.expect("read") {
+        state.apply(&e.decode().expect("decode")).expect("apply");
+    }
+    state
+}
+
+async fn events_of(store: &MemoryStore, task: Uuid) -> Vec<String> {
+    store
+        .read_from(1, usize::MAX)
+        .await
+        .expect("read")
+        .into_iter()
+        .filter(|e| e.stream == format!("task:{task}"))
+        .map(|e| e.decode().expect("decode").kind().to_owned())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_tasks_submitted_concurrently_all_complete_once() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let submitters: Vec<_> = (0..200)
+        .map(|i| {
+            let orch = orch.clone();
+            tokio::spawn(async move {
+                let handle = orch.submit(spec("echo", json!(i))).await.expect("submit");
+                (i, handle.outcome().await.expect("outcome"))
+            })
+        })
+        .collect();
+    for s in submitters {
+        let (i, outcome) = s.await.expect("join");
+        assert_eq!(outcome, TaskOutcome::Completed(json!(i)));
+    }
+    let state = store.projected_state().await.expect("state");
+    assert_eq!(state.tasks().len(), 200);
+    for task in state.tasks() {
+        assert_eq!(task.status, TaskStatus::Completed);
+        assert_eq!(task.attempts, 1, "task {} ran more than once", task.id);
+    }
+    assert!(replayed(&store).await.diff(&state).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_attempt_is_retried_then_the_task_times_out() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let mut s = spec("sleep", json!({"ms": 10_000}));
+    s.timeout_ms = Some(100);
+    s.retry = RetryPolicy {
+        max_retries: 1,
+        base_delay_ms: 10,
+        max_delay_ms: 10,
+    };
+    let handle = orch.submit(s).await.expect("submit");
+    let id = handle.id;
+    assert_eq!(
+        handle.outcome().await.expect("outcome"),
+        TaskOutcome::TimedOut
+    );
+    assert_eq!(
+        events_of(&store, id).await,
+        [
+            "task_submitted",
+            "task_started",
+            "task_timed_out",
+            "task_started",
+            "task_timed_out"
+        ]
+    );
+    let state = store.projected_state().await.expect("state");
+    assert_eq!(
+        state.task(id).map(|t| (t.status, t.attempts)),
+        Some((TaskStatus::TimedOut, 2))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_attempts_are_retried_with_exponential_backoff_and_jitter() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let mut s = spec("fail", json!({"times": 2, "message": "flaky"}));
+    s.retry = RetryPolicy {
+        max_retries: 3,
+        base_delay_ms: 1_000,
+        max_delay_ms: 60_000,
+    };
+    let began = Instant::now();
+    let handle = orch.submit(s).await.expect("submit");
+    let id = handle.id;
+    let outcome = handle.outcome().await.expect("outcome");
+    let waited = began.elapsed();
+    assert_eq!(
+        outcome,
+        TaskOutcome::Completed(json!({"times": 2, "message": "flaky"}))
+    );
+    // Delays of 1 s and 2 s, each scaled into [50%, 100%] by jitter.
+    assert!(waited >= Duration::from_millis(1_500), "{waited:?}");
+    assert!(waited <= Duration::from_millis(3_100), "{waited:?}");
+    let task = store
+        .projected_state()
+        .await
+        .expect("state")
+        .task(id)
+        .cloned()
+        .expect("task");
+    assert_eq!((task.status, task.attempts), (TaskStatus::Completed, 3));
+    assert_eq!(
+        events_of(&store, id).await,
+        [
+            "task_submitted",
+            "task_started",
+            "task_failed",
+            "task_started",
+            "task_failed",
+            "task_started",
+            "task_completed"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_that_keeps_failing_fails_for_good_after_its_retries() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let mut s = spec("fail", json!({"message": "always"}));
+    s.retry.max_retries = 2;
+    let handle = orch.submit(s).await.expect("submit");
+    let id = handle.id;
+    assert_eq!(
+        handle.outcome().await.expect("outcome"),
+        TaskOutcome::Failed("always".into())
+    );
+    let task = store
+        .projected_state()
+        .await
+        .expect("state")
+        .task(id)
+        .cloned()
+        .expect("task");
+    assert_eq!((task.status, task.attempts), (TaskStatus::Failed, 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_fanout_cancels_every_child() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let mut live = orch.subscribe();
+    let parent = orch
+        .submit(spec(
+            "fanout",
+            json!({"n": 3, "handler": "sleep", "input": {"ms": 60_000}}),
+        ))
+        .await
+        .expect("submit");
+    // Wait until all three children are running.
+    let mut started_children = 0;
+    while started_children < 3 {
+        let LiveEvent { event, .. } = live.recv().await.expect("live event");
+        if let SystemEvent::TaskStarted { task_id, .. } = event
+            && task_id != parent.id
+        {
+            started_children += 1;
+        }
+    }
+    orch.cancel(parent.id, "operator said stop")
+        .await
+        .expect("cancel");
+    assert_eq!(
+        parent.clone().outcome().await.expect("outcome"),
+        TaskOutcome::Cancelled("operator said stop".into())
+    );
+    let state = store.projected_state().await.expect("state");
+    let record = state.task(parent.id).cloned().expect("parent");
+    assert_eq!(record.children.len(), 3);
+    for child in &record.children {
+        let child = state.task(*child).expect("child");
+        assert_eq!(child.status, TaskStatus::Cancelled, "child {}", child.id);
+    }
+    assert!(replayed(&store).await.diff(&state).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_idempotency_key_is_one_task() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let mut s = spec("echo", json!("once"));
+    s.idempotency_key = Some("order-42".into());
+    let a = orch.submit(s.clone()).await.expect("first");
+    let b = orch.submit(s).await.expect("second");
+    assert_eq!(a.id, b.id);
+    assert_eq!(
+        a.outcome().await.expect("a"),
+        TaskOutcome::Completed(json!("once"))
+    );
+    assert_eq!(
+        b.outcome().await.expect("b"),
+        TaskOutcome::Completed(json!("once"))
+    );
+    let state = store.projected_state().await.expect("state");
+    assert_eq!(state.tasks().len(), 1);
+    assert_eq!(state.tasks().next().map(|t| t.attempts), Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_orchestrator_slows_submitters_instead_of_dropping_or_growing() {
+    let (store, orch) = start(OrchestratorConfig {
+        max_pending: 2,
+        ..OrchestratorConfig::default()
+    });
+    let first = orch
+        .submit(spec("sleep", json!({"ms": 1_000})))
+        .await
+        .expect("1");
+    let _second = orch
+        .submit(spec("sleep", json!({"ms": 1_000})))
+        .await
+        .expect("2");
+    // A third must wait until one of the two ends.
+    let third = tokio::time::timeout(
+        Duration::from_millis(500),
+        orch.submit(spec("echo", json!(3))),
+    )
+    .await;
+    assert!(
+        third.is_err(),
+        "the third submission got in while two were pending"
+    );
+    assert!(matches!(
+        first.outcome().await,
+        Ok(TaskOutcome::Completed(_))
+    ));
+    let third = orch
+        .submit(spec("echo", json!(3)))
+        .await
+        .expect("3 after room");
+    assert_eq!(
+        third.outcome().await.expect("3"),
+        TaskOutcome::Completed(json!(3))
+    );
+    assert_eq!(
+        store.projected_state().await.expect("state").tasks().len(),
+        3
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_more_attempts_run_at_once_than_the_concurrency_limit() {
+    let (_store, orch) = start(OrchestratorConfig {
+        max_concurrency: 2,
+        ..OrchestratorConfig::default()
+    });
+    let began = Instant::now();
+    let handles = futures_join(
+        &orch,
+        (0..6).map(|_| spec("sleep", json!({"ms": 100}))).collect(),
+    )
+    .await;
+    for h in handles {
+        assert!(matches!(h.outcome().await, Ok(TaskOutcome::Completed(_))));
+    }
+    // Six 100 ms tasks, two at a time: three rounds.
+    let took = began.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_millis(400), "{took:?}");
+}
+
+async fn futures_join(orch: &Orchestrator, specs: Vec<TaskSpec>) -> Vec<agentic_core::TaskHandle> {
+    let mut handles = Vec::new();
+    for s in specs {
+        handles.push(orch.submit(s).await.expect("submit"));
+    }
+    handles
+}
+
+#[tokio::test(start_paused = true)]
+async fn ephemeral_tasks_are_never_logged_and_async_ones_are() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let mut eph = spec("echo", json!("e"));
+    eph.durability = Durability::Ephemeral;
+    let mut asy = spec("echo", json!("a"));
+    asy.durability = Durability::Async;
+    let mut live = orch.subscribe();
+    let e = orch.submit(eph).await.expect("ephemeral");
+    assert_eq!(
+        e.clone().outcome().await.expect("e"),
+        TaskOutcome::Completed(json!("e"))
+    );
+    let a = orch.submit(asy).await.expect("async");
+    assert_eq!(
+        a.clone().outcome().await.expect("a"),
+        TaskOutcome::Completed(json!("a"))
+    );
+    let state = store.projected_state().await.expect("state");
+    assert!(
+        state.task(e.id).is_none(),
+        "an ephemeral task reached the log"
+    );
+    assert_eq!(
+        state.task(a.id).map(|t| t.status),
+        Some(TaskStatus::Completed)
+    );
+    // Both were seen live, the ephemeral one without a sequence number.
+    let mut seen_ephemeral = false;
+    while let Ok(LiveEvent { seq, event }) = live.try_recv() {
+        if let SystemEvent::TaskCompleted { task_id, .. } = event
+            && task_id == e.id
+        {
+            assert_eq!(seq, None);
+            seen_ephemeral = true;
+        }
+    }
+    assert!(seen_ephemeral);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_handler_is_refused_before_anything_is_logged() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let err = orch
+        .submit(spec("no-such-handler", json!(null)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "unknown handler \"no-such-handler\"");
+    assert_eq!(store.head().await.expect("head").seq, 0);
+    assert!(orch.cancel(Uuid::now_v7(), "x").await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn progress_is_recorded_and_events_carry_correlation_and_causation() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let handle = orch
+        .submit(spec("sleep", json!({"ms": 100})))
+        .await
+        .expect("submit");
+    let id = handle.id;
+    handle.outcome().await.expect("outcome");
+    assert_eq!(
+        events_of(&store, id).await,
+        [
+            "task_submitted",
+            "task_started",
+            "task_progress",
+            "task_completed"
+        ]
+    );
+    let log = store.read_from(1, usize::MAX).await.expect("read");
+    let correlation = log[0].correlation_id;
+    for e in &log {
+        assert_eq!(e.correlation_id, correlation);
+        assert_eq!(e.causation_id, Some(id));
+    }
+}
