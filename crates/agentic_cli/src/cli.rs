@@ -52,6 +52,14 @@ pub enum Command {
     #[command(name = "list-elements")]
     ListElements,
 
+    /// Submit, list, show and cancel tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+
+    /// Submit a task (same as `task submit`).
+    #[command(name = "submit-task")]
+    SubmitTask(SubmitTask),
+
     /// Read, follow and verify the event log.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -87,6 +95,63 @@ pub struct CreateElement {
     /// Optional text content.
     #[arg(long, value_name = "TEXT")]
     pub content: Option<String>,
+}
+
+/// `lion task …`
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Submit a task.
+    Submit(SubmitTask),
+    /// List every task of this home, in submission order.
+    List,
+    /// Show one task.
+    Show {
+        /// The task's id.
+        id: String,
+    },
+    /// Cancel a task that has not started running.
+    Cancel {
+        /// The task's id.
+        id: String,
+    },
+}
+
+/// How a task's events are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    /// Delivered after each event is committed.
+    Durable,
+    /// Delivered at once, committed by the next group commit.
+    Async,
+    /// Delivered at once, never logged.
+    Ephemeral,
+}
+
+/// Arguments of `task submit`.
+#[derive(Debug, Args)]
+pub struct SubmitTask {
+    /// The handler that runs the task (built in: echo, sleep, fail, fanout).
+    #[arg(long, value_name = "NAME")]
+    pub handler: String,
+    /// Input handed to the handler, as JSON.
+    #[arg(long, value_name = "JSON", default_value = "null")]
+    pub input: String,
+    /// Time limit of one attempt, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub timeout: Option<u64>,
+    /// Attempts after the first when one fails or times out.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
+    /// Submitting the same key again yields the same task.
+    #[arg(long, value_name = "K")]
+    pub idempotency_key: Option<String>,
+    /// How the task's events are delivered.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Durable)]
+    pub durability: DurabilityArg,
+    /// Run the task in this process, print its progress and result, and exit
+    /// with its success.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// `lion events …`

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
-use cli::{BenchCommand, Cli, Command, ElementCommand, EventsCommand, LogFormat};
+use cli::{BenchCommand, Cli, Command, ElementCommand, EventsCommand, LogFormat, TaskCommand};
 use commands::Ctx;
 
 /// Exit code of a failed command.
@@ -119,6 +119,16 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Command::Events(EventsCommand::Verify) => commands::events::verify(&*open()?, ctx),
             Command::Replay => commands::replay::run(&*open()?, ctx).await,
+            Command::Task(TaskCommand::Submit(args)) | Command::SubmitTask(args) => {
+                commands::task::submit(open, ctx, &args).await
+            }
+            Command::Task(TaskCommand::List) => commands::task::list(&*open()?, ctx).await,
+            Command::Task(TaskCommand::Show { id }) => {
+                commands::task::show(&*open()?, ctx, &id).await
+            }
+            Command::Task(TaskCommand::Cancel { id }) => {
+                commands::task::cancel(&*open()?, ctx, &id).await
+            }
             Command::Bench(BenchCommand::Store {
                 quick,
                 dir,

@@ -1000,3 +1000,160 @@ mod help {
         );
     }
 }
+
+/// `lion task …`: tasks run in the invoking process with `--wait`.
+mod tasks {
+    use super::*;
+
+    fn submit(home: &Path, args: &[&str]) -> Run {
+        let mut all = vec!["task", "submit", "--json", "--wait"];
+        all.extend_from_slice(args);
+        lion_run(home, &all)
+    }
+
+    #[test]
+    fn a_task_runs_with_wait_and_its_result_is_printed_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let out = submit(&home, &["--handler", "echo", "--input", r#"{"x":1}"#])
+            .success()
+            .json();
+        assert_eq!(out["status"], "completed");
+        assert_eq!(out["output"], json!({"x": 1}));
+        let id = out["task_id"].as_str().expect("id").to_owned();
+
+        let shown = lion_run(&home, &["task", "show", &id, "--json"])
+            .success()
+            .json();
+        assert_eq!(shown["status"], "completed");
+        assert_eq!(shown["attempts"], 1);
+        let listed = lion_run(&home, &["task", "list", "--json"])
+            .success()
+            .json();
+        assert_eq!(listed.as_array().map(Vec::len), Some(1));
+        lion_run(&home, &["events", "verify"]).success();
+        lion_run(&home, &["replay"]).success();
+    }
+
+    #[test]
+    fn the_seed_alias_fanout_and_retries_work_and_failures_exit_non_zero() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let out = lion_run(
+            &home,
+            &[
+                "submit-task",
+                "--json",
+                "--wait",
+                "--handler",
+                "fanout",
+                "--input",
+                r#"{"n":3,"handler":"echo","input":"hi"}"#,
+            ],
+        )
+        .success()
+        .json();
+        assert_eq!(out["output"], json!(["hi", "hi", "hi"]));
+
+        let retried = submit(
+            &home,
+            &[
+                "--handler",
+                "fail",
+                "--input",
+                r#"{"times":1}"#,
+                "--retries",
+                "2",
+            ],
+        )
+        .success()
+        .json();
+        assert_eq!(retried["status"], "completed");
+
+        let failed = submit(&home, &["--handler", "fail"]);
+        let line = failed.error_line(1);
+        assert!(line.contains("failed on purpose"), "{line}");
+        assert_eq!(failed.json()["status"], "failed");
+
+        let timed_out = submit(
+            &home,
+            &[
+                "--handler",
+                "sleep",
+                "--input",
+                r#"{"ms":60000}"#,
+                "--timeout",
+                "50",
+            ],
+        );
+        assert!(timed_out.error_line(1).contains("timed out"));
+
+        // 1 fanout + 3 children + 1 retried + 1 failed + 1 timed out.
+        let listed = lion_run(&home, &["task", "list", "--json"])
+            .success()
+            .json();
+        assert_eq!(listed.as_array().map(Vec::len), Some(7));
+        lion_run(&home, &["replay"]).success();
+    }
+
+    #[test]
+    fn the_same_idempotency_key_runs_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let args = [
+            "--handler",
+            "echo",
+            "--input",
+            "1",
+            "--idempotency-key",
+            "k",
+        ];
+        let first = submit(&home, &args).success().json();
+        assert_eq!(first["status"], "completed");
+        // A second process with the same key gets the same task and result.
+        let second = submit(&home, &args).success().json();
+        assert_eq!(second["task_id"], first["task_id"]);
+        assert_eq!(second["output"], json!(1));
+        let listed = lion_run(&home, &["task", "list", "--json"])
+            .success()
+            .json();
+        assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn bad_task_input_is_refused_with_one_line_and_nothing_logged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        fill(&home, 1);
+        let before = snapshot(&home);
+        for (args, expected) in [
+            (
+                &["task", "submit", "--wait", "--handler", "nope"][..],
+                "unknown handler",
+            ),
+            (
+                &[
+                    "task",
+                    "submit",
+                    "--wait",
+                    "--handler",
+                    "echo",
+                    "--input",
+                    "{bad",
+                ],
+                "--input is not valid JSON",
+            ),
+            (&["task", "submit", "--handler", "echo"], "not built yet"),
+            (
+                &["task", "cancel", "01a21224-9e21-75ec-a96f-3a8f035192cb"],
+                "no task",
+            ),
+            (&["task", "show", "not-a-uuid"], "is not a task id"),
+        ] {
+            let out = lion_run(&home, args);
+            let line = out.error_line(1);
+            assert!(line.contains(expected), "{args:?}: {line}");
+            assert_unchanged(&home, &before);
+        }
+    }
+}

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod element;
 pub mod events;
 pub mod replay;
+pub mod task;
 
 use uuid::Uuid;
 

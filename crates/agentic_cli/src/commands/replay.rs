@@ -26,15 +26,20 @@ pub async fn run(store: &SqliteStore, ctx: Ctx) -> Result<()> {
             "events": events,
             "elements": folded.elements().len(),
             "projected_elements": projected.elements().len(),
+            "tasks": folded.tasks().len(),
+            "projected_tasks": projected.tasks().len(),
             "differences": diff,
             "seconds": elapsed.as_secs_f64(),
         }))?;
     } else {
         println!(
-            "replayed {events} event(s) in {:.3} s: {} element(s) folded, {} in the projection",
+            "replayed {events} event(s) in {:.3} s: {} element(s) and {} task(s) folded; \
+             the projections hold {} and {}",
             elapsed.as_secs_f64(),
             folded.elements().len(),
-            projected.elements().len()
+            folded.tasks().len(),
+            projected.elements().len(),
+            projected.tasks().len()
         );
         for d in diff.iter().take(SHOWN_DIFFERENCES) {
             println!("  difference: {d}");
