@@ -201,4 +201,14 @@ pub enum BenchCommand {
         #[arg(long, value_name = "N,N,…", value_delimiter = ',')]
         appenders: Vec<usize>,
     },
+    /// Task throughput through the orchestrator (ephemeral and durable),
+    /// beside raw tokio channel baselines.
+    Runtime {
+        /// A short run that only checks every path works (figures mean little).
+        #[arg(long)]
+        quick: bool,
+        /// Scratch directory for the durable store [default: a new temp dir].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }

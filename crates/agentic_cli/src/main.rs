@@ -145,6 +145,9 @@ async fn run(cli: Cli) -> Result<()> {
                 };
                 commands::bench::store(ctx, opts).await
             }
+            Command::Bench(BenchCommand::Runtime { quick, dir }) => {
+                commands::bench_runtime::run(ctx, quick, dir).await
+            }
         }
     }
     .instrument(span)

@@ -925,6 +925,24 @@ mod bench {
             "bench opened a home it does not need"
         );
     }
+
+    #[test]
+    fn bench_runtime_quick_prints_baselines_and_task_rows() {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let out = run(lion()
+            .args(["bench", "runtime", "--quick", "--dir"])
+            .arg(scratch.path().join("store")))
+        .success();
+        for row in [
+            "raw tokio mpsc",
+            "raw oneshot",
+            "tasks, ephemeral",
+            "tasks, durable",
+            "not built yet",
+        ] {
+            assert!(out.stdout.contains(row), "no {row:?} row: {out:?}");
+        }
+    }
 }
 
 mod help {
