@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::agent::AgentId;
 use crate::chain::Hash;
 use crate::element::ElementData;
 use crate::task::{TaskChange, TaskSpec};
@@ -94,6 +95,13 @@ pub enum SystemEvent {
         /// Why.
         reason: String,
     },
+    /// An agent recorded an event of its own state (replayed on restart).
+    AgentRecorded {
+        /// The agent.
+        agent: AgentId,
+        /// The agent's event, in its own format.
+        data: Value,
+    },
 }
 
 impl SystemEvent {
@@ -108,13 +116,16 @@ impl SystemEvent {
             SystemEvent::TaskFailed { .. } => "task_failed",
             SystemEvent::TaskTimedOut { .. } => "task_timed_out",
             SystemEvent::TaskCancelled { .. } => "task_cancelled",
+            SystemEvent::AgentRecorded { .. } => "agent_recorded",
         }
     }
 
     /// For an event about an existing task: the task and the change it makes.
     pub fn task_change(&self) -> Option<(Uuid, TaskChange)> {
         let change = match self {
-            SystemEvent::ElementCreated { .. } | SystemEvent::TaskSubmitted { .. } => return None,
+            SystemEvent::ElementCreated { .. }
+            | SystemEvent::TaskSubmitted { .. }
+            | SystemEvent::AgentRecorded { .. } => return None,
             SystemEvent::TaskStarted { task_id, attempt } => {
                 (*task_id, TaskChange::Started { attempt: *attempt })
             }
@@ -180,6 +191,7 @@ impl SystemEvent {
         match self {
             SystemEvent::ElementCreated { element } => format!("element:{}", element.id),
             SystemEvent::TaskSubmitted { task_id, .. } => format!("task:{task_id}"),
+            SystemEvent::AgentRecorded { agent, .. } => agent.stream(),
             other => match other.task_change() {
                 Some((task_id, _)) => format!("task:{task_id}"),
                 None => "system".to_owned(),

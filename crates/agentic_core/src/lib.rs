@@ -4,6 +4,8 @@
 //!
 //! Modules, one job each:
 //!
+//! - [`agent`] — the agent runtime: supervised actors with mailboxes,
+//!   `send`/`ask`, topics, and state rebuilt from their events.
 //! - [`element`] — [`ElementData`], the identity every lion object shares.
 //! - [`progression`] — [`Progression`], an ordered list of ids.
 //! - [`pile`] — [`Pile`], a thread-safe, insertion-ordered collection keyed by id.
@@ -19,6 +21,7 @@
 //! - [`store`] — the [`EventStore`] port that event-store adapters implement,
 //!   and [`Subscription`], which follows a store's new events.
 
+pub mod agent;
 pub mod chain;
 pub mod element;
 pub mod event;
@@ -29,6 +32,10 @@ pub mod state;
 pub mod store;
 pub mod task;
 
+pub use agent::{
+    Agent, AgentContext, AgentError, AgentId, AgentRef, Reply, RestartLimit, RestartPolicy,
+    Runtime, RuntimeError, SpawnOptions,
+};
 pub use chain::{ChainError, ChainHead, ChainVerifier, Hash};
 pub use element::{Element, ElementData, Metadata};
 pub use event::{EventEnvelope, EventError, NewEvent, PendingEvent, SystemEvent};

@@ -165,6 +165,15 @@ pub trait EventStore: Send + Sync + 'static {
     /// Reads up to `limit` events with `seq >= from`, in order.
     async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError>;
 
+    /// Reads up to `limit` events of `stream` with `stream_version >= from`,
+    /// in stream order.
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, StoreError>;
+
     /// The newest committed record.
     async fn head(&self) -> Result<ChainHead, StoreError>;
 

@@ -159,6 +159,22 @@ impl EventStore for MemoryStore {
         Ok(inner.log.iter().skip(start).take(limit).cloned().collect())
     }
 
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .log
+            .iter()
+            .filter(|e| e.stream == stream && e.stream_version >= from)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
     async fn head(&self) -> Result<ChainHead, StoreError> {
         Ok(self.lock().head())
     }

@@ -387,6 +387,38 @@ impl Readers {
     }
 
     /// The `elements` projection, as a [`State`].
+    /// Up to `limit` events of one stream from `from` on (by stream version).
+    fn stream(
+        &self,
+        stream: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let mut bad = None;
+        let out = self.with(|conn| {
+            let mut stmt = conn.prepare_cached(SELECT_STREAM)?;
+            let mut rows = stmt.query(rusqlite::params![stream, from as i64, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                match envelope(row) {
+                    Ok(e) => out.push(e),
+                    Err(reason) => {
+                        bad = Some(reason);
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })?;
+        match bad {
+            Some(reason) => Err(StoreError::Corrupt {
+                path: self.db.path.display().to_string(),
+                reason,
+            }),
+            None => Ok(out),
+        }
+    }
+
     /// The projections (elements and tasks), as a [`State`], read in one
     /// transaction so they agree with each other.
     fn projected_state(&self) -> Result<State, StoreError> {
@@ -551,7 +583,12 @@ const SELECT_EVENTS: &str = "SELECT seq, event_id, stream, stream_version, recor
     correlation_id, causation_id, schema_version, payload, prev_hash, hash \
     FROM events WHERE seq >= ?1 ORDER BY seq";
 
-/// Reads a row of [`SELECT_EVENTS`]; a malformed column is named in the error.
+const SELECT_STREAM: &str = "SELECT seq, event_id, stream, stream_version, recorded_at, \
+    correlation_id, causation_id, schema_version, payload, prev_hash, hash \
+    FROM events WHERE stream = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3";
+
+/// Reads a row of [`SELECT_EVENTS`] or [`SELECT_STREAM`]; a malformed column
+/// is named in the error.
 fn envelope(row: &Row<'_>) -> Result<EventEnvelope, String> {
     let seq: i64 = row.get(0).map_err(|e| e.to_string())?;
     let bad = |what: &str| format!("record at seq {seq}: malformed {what}");
@@ -650,6 +687,16 @@ impl EventStore for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let stream = stream.to_owned();
+        self.read(move |r| r.stream(&stream, from, limit)).await
     }
 
     async fn head(&self) -> Result<ChainHead, StoreError> {

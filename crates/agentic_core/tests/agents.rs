@@ -1,0 +1,263 @@
+//! The agent runtime's promises: messages only, `send` and `ask` with
+//! timeouts, topics, and supervision that restarts a failed agent (within
+//! its limit) with its state rebuilt from the events it recorded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentic_core::{
+    Agent, AgentContext, AgentError, AgentId, AgentRef, Durability, EventStore, Reply,
+    RestartLimit, RestartPolicy, Runtime, RuntimeError, SpawnOptions,
+};
+use agentic_store::MemoryStore;
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A counter whose every change is a recorded event.
+struct Counter {
+    total: i64,
+}
+
+enum CounterMsg {
+    Add(i64),
+    Get(Reply<i64>),
+    /// Fails the agent (returns an error).
+    Fail,
+    /// Panics inside the handler.
+    Panic,
+    /// Ends the agent normally.
+    Finish,
+    /// Never answers (to test ask timeouts).
+    Ignore(Reply<i64>),
+    /// A message from a topic.
+    Topic(Value),
+}
+
+#[async_trait]
+impl Agent for Counter {
+    type Msg = CounterMsg;
+
+    async fn start(ctx: &AgentContext) -> Result<Self, AgentError> {
+        let total = ctx
+            .history()
+            .await?
+            .iter()
+            .filter_map(|e| e.get("add").and_then(Value::as_i64))
+            .sum();
+        Ok(Counter { total })
+    }
+
+    async fn handle(&mut self, ctx: &AgentContext, msg: CounterMsg) -> Result<(), AgentError> {
+        match msg {
+            CounterMsg::Add(n) => {
+                ctx.record(json!({ "add": n }), Durability::Durable).await?;
+                self.total += n;
+            }
+            CounterMsg::Get(reply) => {
+                let _ = reply.send(self.total);
+            }
+            CounterMsg::Fail => return Err(AgentError::new("asked to fail")),
+            CounterMsg::Panic => panic!("asked to panic"),
+            CounterMsg::Finish => ctx.finish(),
+            CounterMsg::Ignore(reply) => std::mem::forget(reply),
+            CounterMsg::Topic(v) => {
+                let n = v.as_i64().unwrap_or(0);
+                ctx.record(json!({ "add": n }), Durability::Durable).await?;
+                self.total += n;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn runtime() -> (Arc<MemoryStore>, Runtime) {
+    let store = Arc::new(MemoryStore::new());
+    let dyn_store: Arc<dyn EventStore> = store.clone();
+    (store, Runtime::new(Some(dyn_store), Uuid::now_v7()))
+}
+
+async fn total(agent: &AgentRef<Counter>) -> Result<i64, RuntimeError> {
+    agent.ask(CounterMsg::Get, Duration::from_secs(5)).await
+}
+
+#[tokio::test]
+async fn send_and_ask_reach_the_agent_in_order() {
+    let (_store, rt) = runtime();
+    let counter = rt
+        .spawn::<Counter>(AgentId::new("counter", "a"), SpawnOptions::default())
+        .expect("spawn");
+    for n in [1, 2, 3] {
+        counter.send(CounterMsg::Add(n)).await.expect("send");
+    }
+    assert_eq!(total(&counter).await, Ok(6));
+    assert_eq!(counter.id().to_string(), "counter/a");
+    let found = rt
+        .get::<Counter>(&AgentId::new("counter", "a"))
+        .expect("registered");
+    assert_eq!(total(&found).await, Ok(6));
+    assert!(matches!(
+        rt.spawn::<Counter>(AgentId::new("counter", "a"), SpawnOptions::default()),
+        Err(RuntimeError::AlreadyRunning(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_ask_times_out() {
+    let (_store, rt) = runtime();
+    let counter = rt
+        .spawn::<Counter>(AgentId::new("counter", "t"), SpawnOptions::default())
+        .expect("spawn");
+    let err = counter
+        .ask(CounterMsg::Ignore, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RuntimeError::Timeout(AgentId::new("counter", "t"), Duration::from_millis(200))
+    );
+}
+
+#[tokio::test]
+async fn a_failed_agent_restarts_with_its_state_rebuilt_from_its_events() {
+    let (store, rt) = runtime();
+    let counter = rt
+        .spawn::<Counter>(AgentId::new("counter", "r"), SpawnOptions::default())
+        .expect("spawn");
+    counter.send(CounterMsg::Add(10)).await.expect("send");
+    counter.send(CounterMsg::Fail).await.expect("send");
+    // The mailbox survives the restart: this is handled by the new instance.
+    counter.send(CounterMsg::Add(5)).await.expect("send");
+    counter.send(CounterMsg::Panic).await.expect("send");
+    assert_eq!(
+        total(&counter).await,
+        Ok(15),
+        "state rebuilt after both failures"
+    );
+    // The log holds exactly the recorded changes, on the agent's stream.
+    let stream = store
+        .read_stream("agent:counter/r", 1, 100)
+        .await
+        .expect("stream");
+    assert_eq!(stream.len(), 2);
+}
+
+#[tokio::test]
+async fn an_agent_that_keeps_failing_is_stopped_at_its_restart_limit() {
+    let (_store, rt) = runtime();
+    let options = SpawnOptions {
+        limit: RestartLimit {
+            max_restarts: 2,
+            window: Duration::from_secs(60),
+        },
+        ..SpawnOptions::default()
+    };
+    let counter = rt
+        .spawn::<Counter>(AgentId::new("counter", "l"), options)
+        .expect("spawn");
+    for _ in 0..3 {
+        counter.send(CounterMsg::Fail).await.expect("send");
+    }
+    counter.stopped().await;
+    assert!(matches!(
+        counter.send(CounterMsg::Add(1)).await,
+        Err(RuntimeError::NotRunning(_))
+    ));
+    assert!(rt.get::<Counter>(&AgentId::new("counter", "l")).is_none());
+}
+
+#[tokio::test]
+async fn restart_policies_decide_what_a_failure_or_a_normal_end_means() {
+    let (_store, rt) = runtime();
+    let never = rt
+        .spawn::<Counter>(
+            AgentId::new("counter", "never"),
+            SpawnOptions {
+                restart: RestartPolicy::Never,
+                ..SpawnOptions::default()
+            },
+        )
+        .expect("spawn");
+    never.send(CounterMsg::Fail).await.expect("send");
+    never.stopped().await;
+
+    let transient = rt
+        .spawn::<Counter>(
+            AgentId::new("counter", "transient"),
+            SpawnOptions::default(),
+        )
+        .expect("spawn");
+    transient.send(CounterMsg::Finish).await.expect("send");
+    transient.stopped().await;
+
+    let permanent = rt
+        .spawn::<Counter>(
+            AgentId::new("counter", "permanent"),
+            SpawnOptions {
+                restart: RestartPolicy::Permanent,
+                ..SpawnOptions::default()
+            },
+        )
+        .expect("spawn");
+    permanent.send(CounterMsg::Add(2)).await.expect("send");
+    permanent.send(CounterMsg::Finish).await.expect("send");
+    assert_eq!(
+        total(&permanent).await,
+        Ok(2),
+        "restarted after a normal end"
+    );
+}
+
+#[tokio::test]
+async fn stop_lets_queued_messages_through_then_closes_the_mailbox() {
+    let (_store, rt) = runtime();
+    let counter = rt
+        .spawn::<Counter>(AgentId::new("counter", "s"), SpawnOptions::default())
+        .expect("spawn");
+    counter.send(CounterMsg::Add(1)).await.expect("send");
+    counter.stop().await.expect("stop");
+    counter.stopped().await;
+    assert!(matches!(
+        counter.send(CounterMsg::Add(1)).await,
+        Err(RuntimeError::NotRunning(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_topic_reaches_every_subscriber() {
+    let (_store, rt) = runtime();
+    let mut counters = Vec::new();
+    for key in ["x", "y"] {
+        let agent = rt
+            .spawn::<Counter>(AgentId::new("counter", key), SpawnOptions::default())
+            .expect("spawn");
+        rt.subscribe(&agent, "ticks", CounterMsg::Topic);
+        counters.push(agent);
+    }
+    rt.publish("ticks", json!(4)).await;
+    rt.publish("ticks", json!(3)).await;
+    rt.publish("nobody-listens", json!(100)).await;
+    for c in &counters {
+        assert_eq!(total(c).await, Ok(7));
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_agents_run_side_by_side() {
+    let rt = Runtime::new(None, Uuid::now_v7());
+    let agents: Vec<_> = (0..1000)
+        .map(|i| {
+            rt.spawn::<Counter>(
+                AgentId::new("counter", i.to_string()),
+                SpawnOptions::default(),
+            )
+            .expect("spawn")
+        })
+        .collect();
+    for (i, a) in agents.iter().enumerate() {
+        a.send(CounterMsg::Add(i as i64)).await.expect("send");
+    }
+    for (i, a) in agents.iter().enumerate() {
+        assert_eq!(total(a).await, Ok(i as i64));
+    }
+}
