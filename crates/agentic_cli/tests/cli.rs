@@ -938,7 +938,9 @@ mod bench {
             "raw oneshot",
             "tasks, ephemeral",
             "tasks, durable",
-            "not built yet",
+            "agent send",
+            "agent ask",
+            "idle agents",
         ] {
             assert!(out.stdout.contains(row), "no {row:?} row: {out:?}");
         }
