@@ -37,7 +37,7 @@ pub use builtin::builtin_handlers;
 use crate::event::{NewEvent, SystemEvent};
 use crate::state::ApplyError;
 use crate::store::{EventStore, ExpectedVersion, StoreError};
-use crate::task::{Durability, TaskSpec};
+use crate::task::{Durability, TaskRecord, TaskRuleError, TaskSpec, TaskStatus};
 
 /// Limits of an [`Orchestrator`].
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +111,12 @@ pub enum OrchestratorError {
     /// No task has this id here.
     #[error("no task {0} is running here")]
     UnknownTask(Uuid),
+    /// The task has ended: it never runs again.
+    #[error("task {0} has already ended")]
+    Ended(Uuid),
+    /// The task already runs here.
+    #[error("task {0} already runs here")]
+    AlreadyRunning(Uuid),
     /// Another process already submitted a task with this idempotency key.
     #[error("the idempotency key already names task {0}")]
     AlreadySubmitted(Uuid),
@@ -234,16 +240,33 @@ enum Command {
         spec: TaskSpec,
         cancel: Option<CancellationToken>,
         admitted: Option<OwnedSemaphorePermit>,
+        adopt: Option<Adopted>,
         reply: oneshot::Sender<Result<TaskHandle, OrchestratorError>>,
     },
     Cancel {
         id: Uuid,
         reason: String,
+        /// The cancellation is already in the log (another process wrote it).
+        recorded: bool,
         reply: oneshot::Sender<Result<(), OrchestratorError>>,
     },
     Ended {
         id: Uuid,
     },
+    IsRunning {
+        id: Uuid,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// A task already in the log that this orchestrator takes over.
+#[derive(Debug, Clone, Copy)]
+struct Adopted {
+    id: Uuid,
+    /// Attempts started before.
+    attempts: u32,
+    /// An attempt was running when its process stopped.
+    interrupted: bool,
 }
 
 /// Submission-queue length: commands are served quickly, this only absorbs bursts.
@@ -307,6 +330,42 @@ impl Orchestrator {
             spec,
             cancel,
             admitted,
+            adopt: None,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| OrchestratorError::ShutDown)?
+    }
+
+    /// Takes over a task the log holds but no process runs: one submitted
+    /// elsewhere (pending), or one whose process stopped while it ran
+    /// (running). An interrupted attempt is recorded as failed, then the
+    /// task is retried or fails for good, by its policy. Ended tasks are
+    /// refused: a task whose end was recorded never runs again.
+    pub async fn adopt(&self, task: &TaskRecord) -> Result<TaskHandle, OrchestratorError> {
+        if task.status.is_final() {
+            return Err(OrchestratorError::Ended(task.id));
+        }
+        if !self.inner.handlers.contains_key(&task.spec.handler) {
+            return Err(OrchestratorError::UnknownHandler(task.spec.handler.clone()));
+        }
+        let admitted = self
+            .inner
+            .admission
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| OrchestratorError::ShutDown)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Submit {
+            spec: task.spec.clone(),
+            cancel: None,
+            admitted: Some(admitted),
+            adopt: Some(Adopted {
+                id: task.id,
+                attempts: task.attempts,
+                interrupted: task.status == TaskStatus::Running,
+            }),
             reply,
         })
         .await?;
@@ -315,14 +374,40 @@ impl Orchestrator {
 
     /// Cancels a running task and, through it, every task it started.
     pub async fn cancel(&self, id: Uuid, reason: &str) -> Result<(), OrchestratorError> {
+        self.cancel_as(id, reason, false).await
+    }
+
+    /// Stops running a task whose cancellation another process already
+    /// recorded in the log; the tasks it started are cancelled as usual.
+    pub async fn cancel_recorded(&self, id: Uuid) -> Result<(), OrchestratorError> {
+        self.cancel_as(id, "cancelled by another process", true)
+            .await
+    }
+
+    async fn cancel_as(
+        &self,
+        id: Uuid,
+        reason: &str,
+        recorded: bool,
+    ) -> Result<(), OrchestratorError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Cancel {
             id,
             reason: reason.to_owned(),
+            recorded,
             reply,
         })
         .await?;
         answer.await.map_err(|_| OrchestratorError::ShutDown)?
+    }
+
+    /// Whether a task runs here now.
+    pub async fn is_running(&self, id: Uuid) -> bool {
+        let (reply, answer) = oneshot::channel();
+        if self.send(Command::IsRunning { id, reply }).await.is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
     }
 
     /// Follows events as they happen (a slow subscriber may miss some).
@@ -342,7 +427,14 @@ impl Orchestrator {
 /// A task known to the event loop.
 struct Entry {
     cancel: CancellationToken,
-    reason: Arc<Mutex<Option<String>>>,
+    reason: Arc<Mutex<Option<Cancellation>>>,
+}
+
+/// Why a task was cancelled, and whether that is already in the log.
+#[derive(Debug, Clone)]
+struct Cancellation {
+    reason: String,
+    recorded: bool,
 }
 
 /// The loop's own state: tasks in flight and the idempotency keys used here.
@@ -371,16 +463,22 @@ impl EventLoop {
                     spec,
                     cancel,
                     admitted,
+                    adopt,
                     reply,
-                } => self.submit(&inner, spec, cancel, admitted, reply),
-                Command::Cancel { id, reason, reply } => {
+                } => self.submit(&inner, spec, cancel, admitted, adopt, reply),
+                Command::Cancel {
+                    id,
+                    reason,
+                    recorded,
+                    reply,
+                } => {
                     let result = match self.running.get(&id) {
                         Some(entry) => {
                             entry
                                 .reason
                                 .lock()
                                 .unwrap_or_else(PoisonError::into_inner)
-                                .get_or_insert(reason);
+                                .get_or_insert(Cancellation { reason, recorded });
                             entry.cancel.cancel();
                             Ok(())
                         }
@@ -390,6 +488,9 @@ impl EventLoop {
                 }
                 Command::Ended { id } => {
                     self.running.remove(&id);
+                }
+                Command::IsRunning { id, reply } => {
+                    let _ = reply.send(self.running.contains_key(&id));
                 }
             }
         }
@@ -401,6 +502,7 @@ impl EventLoop {
         spec: TaskSpec,
         cancel: Option<CancellationToken>,
         admitted: Option<OwnedSemaphorePermit>,
+        adopt: Option<Adopted>,
         reply: oneshot::Sender<Result<TaskHandle, OrchestratorError>>,
     ) {
         if let Some((id, outcome)) = spec.idempotency_key.as_ref().and_then(|k| self.keys.get(k)) {
@@ -410,7 +512,13 @@ impl EventLoop {
             }));
             return;
         }
-        let id = Uuid::now_v7();
+        if let Some(adopted) = adopt
+            && self.running.contains_key(&adopted.id)
+        {
+            let _ = reply.send(Err(OrchestratorError::AlreadyRunning(adopted.id)));
+            return;
+        }
+        let id = adopt.map_or_else(Uuid::now_v7, |a| a.id);
         let (done, outcome) = watch::channel(None);
         let cancel = cancel.unwrap_or_default();
         let reason = Arc::new(Mutex::new(None));
@@ -434,6 +542,7 @@ impl EventLoop {
             reason,
             recorder: Arc::new(Recorder::new(inner.clone(), id)),
             done,
+            adopted: adopt,
             _admitted: admitted,
         };
         tokio::spawn(runner.run(reply, TaskHandle { id, outcome }));
@@ -544,9 +653,11 @@ struct Runner {
     id: Uuid,
     spec: TaskSpec,
     cancel: CancellationToken,
-    reason: Arc<Mutex<Option<String>>>,
+    reason: Arc<Mutex<Option<Cancellation>>>,
     recorder: Arc<Recorder>,
     done: watch::Sender<Option<TaskOutcome>>,
+    /// Set when the task was taken over from the log rather than submitted.
+    adopted: Option<Adopted>,
     /// Held until the task ends: counts against `max_pending`.
     _admitted: Option<OwnedSemaphorePermit>,
 }
@@ -566,20 +677,24 @@ impl Runner {
         reply: oneshot::Sender<Result<TaskHandle, OrchestratorError>>,
         handle: TaskHandle,
     ) {
-        let submitted = SystemEvent::TaskSubmitted {
-            task_id: self.id,
-            spec: self.spec.clone(),
-        };
         *self
             .recorder
             .durability
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = self.spec.durability;
-        let recorded = match self.recorder.record(submitted).await {
-            Err(OrchestratorError::Store(StoreError::Rejected(
-                ApplyError::DuplicateIdempotencyKey { task, .. },
-            ))) => Err(OrchestratorError::AlreadySubmitted(task)),
-            other => other,
+        let recorded = if self.adopted.is_some() {
+            Ok(()) // already in the log
+        } else {
+            let submitted = SystemEvent::TaskSubmitted {
+                task_id: self.id,
+                spec: self.spec.clone(),
+            };
+            match self.recorder.record(submitted).await {
+                Err(OrchestratorError::Store(StoreError::Rejected(
+                    ApplyError::DuplicateIdempotencyKey { task, .. },
+                ))) => Err(OrchestratorError::AlreadySubmitted(task)),
+                other => other,
+            }
         };
         if let Err(e) = recorded {
             let _ = reply.send(Err(e.clone()));
@@ -589,6 +704,10 @@ impl Runner {
         let _ = reply.send(Ok(handle));
         let outcome = match self.drive().await {
             Ok(outcome) => outcome,
+            // Another process recorded the task's end (a cancellation).
+            Err(OrchestratorError::Store(StoreError::Rejected(ApplyError::Task(
+                TaskRuleError::Ended(_),
+            )))) => TaskOutcome::Cancelled("ended by another process".into()),
             Err(e) => {
                 tracing::error!(task = %self.id, error = %e, "task could not be recorded");
                 TaskOutcome::Failed(format!("cannot record the task: {e}"))
@@ -620,9 +739,31 @@ impl Runner {
             .get(&self.spec.handler)
             .cloned()
             .ok_or_else(|| OrchestratorError::UnknownHandler(self.spec.handler.clone()))?;
-        let mut attempt = 0;
+        let mut attempt = self.adopted.map_or(0, |a| a.attempts);
+        if let Some(a) = self.adopted
+            && a.interrupted
+        {
+            // The attempt that was running when its process stopped.
+            let retry = self.spec.retry.allows_retry_after(attempt);
+            let error = "interrupted: its process stopped while it ran".to_owned();
+            self.recorder
+                .record(SystemEvent::TaskFailed {
+                    task_id: self.id,
+                    attempt,
+                    error: error.clone(),
+                    is_final: !retry,
+                })
+                .await?;
+            if !retry {
+                return Ok(TaskOutcome::Failed(error));
+            }
+            self.back_off(attempt).await?;
+        }
         loop {
             attempt += 1;
+            if self.cancel.is_cancelled() {
+                return self.cancelled().await;
+            }
             let slot = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return self.cancelled().await,
@@ -678,13 +819,20 @@ impl Runner {
                     }
                 }
             }
-            let delay = self.spec.retry.delay_after(attempt, rand::random::<f64>());
-            tokio::select! {
-                biased;
-                () = self.cancel.cancelled() => return self.cancelled().await,
-                () = tokio::time::sleep(delay) => {}
-            }
+            self.back_off(attempt).await?;
         }
+    }
+
+    /// Waits before the attempt after `attempt` (returns early on cancellation,
+    /// which the next attempt then records).
+    async fn back_off(&self, attempt: u32) -> Result<(), OrchestratorError> {
+        let delay = self.spec.retry.delay_after(attempt, rand::random::<f64>());
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+        Ok(())
     }
 
     /// Runs one attempt under the task's timeout and cancellation.
@@ -721,18 +869,23 @@ impl Runner {
     }
 
     async fn cancelled(&self) -> Result<TaskOutcome, OrchestratorError> {
-        let reason = self
+        let cancellation = self
             .reason
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-            .unwrap_or_else(|| "parent task cancelled".to_owned());
-        self.recorder
-            .record(SystemEvent::TaskCancelled {
-                task_id: self.id,
-                reason: reason.clone(),
-            })
-            .await?;
-        Ok(TaskOutcome::Cancelled(reason))
+            .unwrap_or(Cancellation {
+                reason: "parent task cancelled".to_owned(),
+                recorded: false,
+            });
+        if !cancellation.recorded {
+            self.recorder
+                .record(SystemEvent::TaskCancelled {
+                    task_id: self.id,
+                    reason: cancellation.reason.clone(),
+                })
+                .await?;
+        }
+        Ok(TaskOutcome::Cancelled(cancellation.reason))
     }
 }

@@ -376,3 +376,151 @@ async fn progress_is_recorded_and_events_carry_correlation_and_causation() {
         assert_eq!(e.causation_id, Some(id));
     }
 }
+
+/// Appends events as another process would.
+async fn append(store: &MemoryStore, events: Vec<SystemEvent>) {
+    let events = events
+        .into_iter()
+        .map(|e| agentic_core::NewEvent::new(e, Uuid::now_v7()))
+        .collect();
+    store
+        .append(events, agentic_core::ExpectedVersion::Any)
+        .await
+        .expect("append");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_submitted_elsewhere_is_adopted_and_run() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let id = Uuid::now_v7();
+    append(
+        &store,
+        vec![SystemEvent::TaskSubmitted {
+            task_id: id,
+            spec: spec("echo", json!("from afar")),
+        }],
+    )
+    .await;
+    let record = store
+        .projected_state()
+        .await
+        .expect("state")
+        .task(id)
+        .cloned()
+        .expect("task");
+    let handle = orch.adopt(&record).await.expect("adopt");
+    assert_eq!(handle.id, id);
+    assert_eq!(
+        handle.outcome().await.expect("outcome"),
+        TaskOutcome::Completed(json!("from afar"))
+    );
+    assert_eq!(
+        events_of(&store, id).await,
+        ["task_submitted", "task_started", "task_completed"]
+    );
+    let ended = store
+        .projected_state()
+        .await
+        .expect("state")
+        .task(id)
+        .cloned()
+        .expect("task");
+    assert!(orch.adopt(&ended).await.is_err(), "an ended task ran again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_attempt_is_recorded_then_retried_or_failed_by_policy() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let retried = Uuid::now_v7();
+    let failed = Uuid::now_v7();
+    let mut with_retry = spec("echo", json!(1));
+    with_retry.retry.max_retries = 1;
+    append(
+        &store,
+        vec![
+            SystemEvent::TaskSubmitted {
+                task_id: retried,
+                spec: with_retry,
+            },
+            SystemEvent::TaskStarted {
+                task_id: retried,
+                attempt: 1,
+            },
+            SystemEvent::TaskSubmitted {
+                task_id: failed,
+                spec: spec("echo", json!(2)),
+            },
+            SystemEvent::TaskStarted {
+                task_id: failed,
+                attempt: 1,
+            },
+        ],
+    )
+    .await;
+    let state = store.projected_state().await.expect("state");
+    let a = orch
+        .adopt(state.task(retried).expect("retried"))
+        .await
+        .expect("adopt");
+    let b = orch
+        .adopt(state.task(failed).expect("failed"))
+        .await
+        .expect("adopt");
+    assert_eq!(
+        a.outcome().await.expect("a"),
+        TaskOutcome::Completed(json!(1))
+    );
+    assert!(
+        matches!(b.outcome().await.expect("b"), TaskOutcome::Failed(e) if e.starts_with("interrupted"))
+    );
+    assert_eq!(
+        events_of(&store, retried).await,
+        [
+            "task_submitted",
+            "task_started",
+            "task_failed",
+            "task_started",
+            "task_completed"
+        ]
+    );
+    assert_eq!(
+        events_of(&store, failed).await,
+        ["task_submitted", "task_started", "task_failed"]
+    );
+    let state = store.projected_state().await.expect("state");
+    assert_eq!(state.task(retried).map(|t| t.attempts), Some(2));
+    assert!(replayed(&store).await.diff(&state).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancellation_recorded_by_another_process_stops_the_task_here() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let mut live = orch.subscribe();
+    let handle = orch
+        .submit(spec("sleep", json!({"ms": 60_000})))
+        .await
+        .expect("submit");
+    while !matches!(
+        live.recv().await.expect("live").event,
+        SystemEvent::TaskStarted { .. }
+    ) {}
+    append(
+        &store,
+        vec![SystemEvent::TaskCancelled {
+            task_id: handle.id,
+            reason: "from the CLI".into(),
+        }],
+    )
+    .await;
+    assert!(orch.is_running(handle.id).await);
+    orch.cancel_recorded(handle.id).await.expect("cancel");
+    assert!(matches!(
+        handle.clone().outcome().await.expect("outcome"),
+        TaskOutcome::Cancelled(_)
+    ));
+    // The cancellation is in the log once.
+    assert_eq!(
+        events_of(&store, handle.id).await,
+        ["task_submitted", "task_started", "task_cancelled"]
+    );
+}
