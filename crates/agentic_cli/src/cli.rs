@@ -67,6 +67,14 @@ pub enum Command {
     /// Fold the whole log afresh and compare the result with the stored projections.
     Replay,
 
+    /// Run the kernel in the foreground: recover unfinished tasks, then run
+    /// what other `lion` invocations submit, until SIGINT/SIGTERM.
+    Run {
+        /// Attempts that may run at the same time.
+        #[arg(long, default_value_t = 64, value_name = "N")]
+        concurrency: usize,
+    },
+
     /// Measure lion's performance against same-run baselines.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -109,7 +117,7 @@ pub enum TaskCommand {
         /// The task's id.
         id: String,
     },
-    /// Cancel a task that has not started running.
+    /// Cancel a task (a running kernel stops it; tasks it started are cancelled too).
     Cancel {
         /// The task's id.
         id: String,
@@ -148,8 +156,8 @@ pub struct SubmitTask {
     /// How the task's events are delivered.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Durable)]
     pub durability: DurabilityArg,
-    /// Run the task in this process, print its progress and result, and exit
-    /// with its success.
+    /// Wait for the task to end, print its progress and result, and exit
+    /// with its success (it runs in this process when no kernel is running).
     #[arg(long)]
     pub wait: bool,
 }

@@ -3,12 +3,14 @@
 //!
 //! - [`cli`] — commands, flags and aliases (clap).
 //! - [`home`] — which home to use, and opening its store.
+//! - [`lease`] — the kernel's lease on a home (`lion run`).
 //! - [`commands`] — one module per command group.
 //! - [`output`] — tables for people, JSON for programs.
 
 mod cli;
 mod commands;
 mod home;
+mod lease;
 mod output;
 
 use std::io::IsTerminal;
@@ -120,8 +122,9 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Events(EventsCommand::Verify) => commands::events::verify(&*open()?, ctx),
             Command::Replay => commands::replay::run(&*open()?, ctx).await,
             Command::Task(TaskCommand::Submit(args)) | Command::SubmitTask(args) => {
-                commands::task::submit(open, ctx, &args).await
+                commands::task::submit(&home, open, ctx, &args).await
             }
+            Command::Run { concurrency } => commands::run::run(&home, open, ctx, concurrency).await,
             Command::Task(TaskCommand::List) => commands::task::list(&*open()?, ctx).await,
             Command::Task(TaskCommand::Show { id }) => {
                 commands::task::show(&*open()?, ctx, &id).await

@@ -1163,7 +1163,17 @@ mod tasks {
                 ],
                 "--input is not valid JSON",
             ),
-            (&["task", "submit", "--handler", "echo"], "not built yet"),
+            (
+                &[
+                    "task",
+                    "submit",
+                    "--handler",
+                    "echo",
+                    "--durability",
+                    "ephemeral",
+                ],
+                "ephemeral task is never logged",
+            ),
             (
                 &["task", "cancel", "01a21224-9e21-75ec-a96f-3a8f035192cb"],
                 "no task",
@@ -1175,5 +1185,233 @@ mod tasks {
             assert!(line.contains(expected), "{args:?}: {line}");
             assert_unchanged(&home, &before);
         }
+    }
+}
+
+/// `lion run`: the kernel in the background, work from other processes,
+/// its lease, clean shutdown, and recovery after `kill -9`.
+mod kernel {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Stdio};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Only a guard against a hanging run, not a performance threshold.
+    const HANG_GUARD: Duration = Duration::from_secs(120);
+
+    /// A background `lion` process whose stderr (or stdout) lines arrive on a channel.
+    struct Background {
+        child: Child,
+        lines: mpsc::Receiver<String>,
+    }
+
+    impl Drop for Background {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Background {
+        fn start(home: &Path, args: &[&str], read_stdout: bool) -> Self {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lion"));
+            cmd.arg("--home")
+                .arg(home)
+                .args(args)
+                .env_remove("RUST_LOG")
+                .env_remove("LION_HOME")
+                .stdin(Stdio::null());
+            if read_stdout {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+            } else {
+                cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+            }
+            let mut child = cmd.spawn().expect("start lion");
+            let (tx, lines) = mpsc::channel();
+            let pipe: Box<dyn std::io::Read + Send> = if read_stdout {
+                Box::new(child.stdout.take().expect("stdout"))
+            } else {
+                Box::new(child.stderr.take().expect("stderr"))
+            };
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+            Self { child, lines }
+        }
+
+        /// Waits for a line containing `text`; returns every line read.
+        fn wait_for(&self, text: &str) -> Vec<String> {
+            let mut seen = Vec::new();
+            loop {
+                match self.lines.recv_timeout(HANG_GUARD) {
+                    Ok(line) => {
+                        let found = line.contains(text);
+                        seen.push(line);
+                        if found {
+                            return seen;
+                        }
+                    }
+                    Err(e) => panic!("no line with {text:?} ({e}); got {seen:?}"),
+                }
+            }
+        }
+    }
+
+    fn start_kernel(home: &Path) -> Background {
+        let kernel = Background::start(home, &["run"], false);
+        kernel.wait_for("lion kernel running");
+        kernel
+    }
+
+    /// Waits until the log holds `n` `task_started` events.
+    fn wait_for_started(home: &Path, n: usize) {
+        let tail = Background::start(home, &["--json", "events", "tail", "--from", "1"], true);
+        for _ in 0..n {
+            tail.wait_for("task_started");
+        }
+    }
+
+    fn stop(mut kernel: Background, signal: &str) -> std::process::ExitStatus {
+        let pid = kernel.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        kernel.child.wait().expect("wait for the kernel")
+    }
+
+    #[test]
+    fn a_kernel_runs_work_from_other_processes_holds_its_lease_and_stops_cleanly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let kernel = start_kernel(&home);
+
+        let second = lion_run(&home, &["run"]);
+        let line = second.error_line(1);
+        assert!(line.contains("another lion kernel"), "{line}");
+
+        let done = lion_run(
+            &home,
+            &[
+                "task",
+                "submit",
+                "--json",
+                "--wait",
+                "--handler",
+                "echo",
+                "--input",
+                "7",
+            ],
+        )
+        .success()
+        .json();
+        assert_eq!(done["output"], json!(7));
+        let fanout = lion_run(
+            &home,
+            &[
+                "submit-task",
+                "--json",
+                "--wait",
+                "--handler",
+                "fanout",
+                "--input",
+                r#"{"n":3,"handler":"echo","input":"x"}"#,
+            ],
+        )
+        .success()
+        .json();
+        assert_eq!(fanout["output"], json!(["x", "x", "x"]));
+        let queued = lion_run(
+            &home,
+            &[
+                "task",
+                "submit",
+                "--handler",
+                "sleep",
+                "--input",
+                r#"{"ms":60000}"#,
+            ],
+        )
+        .success();
+        let id = queued.stdout.trim().to_owned();
+        wait_for_started(&home, 6); // echo, fanout and its 3 children, sleep
+        lion_run(&home, &["task", "cancel", &id]).success();
+
+        let status = stop(kernel, "-TERM");
+        assert!(status.success(), "kernel exited with {status}");
+        let shown = lion_run(&home, &["task", "show", &id, "--json"])
+            .success()
+            .json();
+        assert_eq!(shown["status"], "cancelled");
+        lion_run(&home, &["events", "verify"]).success();
+        lion_run(&home, &["replay"]).success();
+        // The lease is free again.
+        let kernel = start_kernel(&home);
+        assert!(stop(kernel, "-INT").success());
+    }
+
+    #[test]
+    fn after_kill_9_the_next_kernel_retries_or_fails_every_interrupted_task() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let kernel = start_kernel(&home);
+        let submit = |args: &[&str]| {
+            let mut all = vec![
+                "task",
+                "submit",
+                "--handler",
+                "sleep",
+                "--input",
+                r#"{"ms":60000}"#,
+            ];
+            all.extend_from_slice(args);
+            lion_run(&home, &all).success().stdout.trim().to_owned()
+        };
+        let retried = submit(&["--retries", "1", "--timeout", "1500"]);
+        let failed = submit(&[]);
+        wait_for_started(&home, 2);
+        let status = stop(kernel, "-KILL");
+        assert!(!status.success());
+        for id in [&retried, &failed] {
+            let shown = lion_run(&home, &["task", "show", id, "--json"])
+                .success()
+                .json();
+            assert_eq!(shown["status"], "running", "{id} before recovery");
+        }
+
+        let kernel = start_kernel(&home);
+        // The retried task's new attempt times out (1.5 s) and it ends.
+        let wait = Background::start(&home, &["--json", "events", "tail", "--from", "1"], true);
+        let lines = wait.wait_for("task_timed_out");
+        drop(wait);
+        assert!(!lines.is_empty());
+        assert!(stop(kernel, "-TERM").success());
+
+        let retried = lion_run(&home, &["task", "show", &retried, "--json"])
+            .success()
+            .json();
+        assert_eq!(retried["attempts"], 2, "{retried}");
+        assert_eq!(retried["status"], "timed_out", "{retried}");
+        let failed = lion_run(&home, &["task", "show", &failed, "--json"])
+            .success()
+            .json();
+        assert_eq!(failed["status"], "failed", "{failed}");
+        assert_eq!(failed["attempts"], 1);
+        assert!(
+            failed["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("interrupted")),
+            "{failed}"
+        );
+        lion_run(&home, &["events", "verify"]).success();
+        lion_run(&home, &["replay"]).success();
     }
 }

@@ -13,6 +13,8 @@
 //!   stored event travels in.
 //! - [`chain`] — the SHA-256 hash chain that makes the log tamper-evident, and
 //!   its verifier.
+//! - [`kernel`] — the long-running kernel's loop: recovery, then following
+//!   the log for work other processes submit.
 //! - [`orchestrator`] — [`Orchestrator`]: runs tasks concurrently through
 //!   handlers, with limits, timeouts, retries and cancellation, as events.
 //! - [`state`] — [`State`], the pure reducer: replay is a fold of the log.
@@ -25,6 +27,7 @@ pub mod agent;
 pub mod chain;
 pub mod element;
 pub mod event;
+pub mod kernel;
 pub mod orchestrator;
 pub mod pile;
 pub mod progression;

@@ -229,6 +229,8 @@ struct Inner {
     handlers: HashMap<String, Arc<dyn TaskHandler>>,
     concurrency: Arc<Semaphore>,
     admission: Arc<Semaphore>,
+    /// The admission semaphore's size.
+    max_pending: usize,
     commands: mpsc::Sender<Command>,
     live: broadcast::Sender<LiveEvent>,
     correlation_id: Uuid,
@@ -288,6 +290,7 @@ impl Orchestrator {
                 handlers,
                 concurrency: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
                 admission: Arc::new(Semaphore::new(config.max_pending.max(1))),
+                max_pending: config.max_pending.max(1),
                 commands,
                 live: broadcast::channel(config.live_buffer.max(1)).0,
                 correlation_id,
@@ -408,6 +411,15 @@ impl Orchestrator {
             return false;
         }
         answer.await.unwrap_or(false)
+    }
+
+    /// Resolves once every admitted task has ended (children end with their
+    /// parents). Tasks submitted meanwhile are waited for too.
+    pub async fn drained(&self) {
+        let all = u32::try_from(self.inner.max_pending).unwrap_or(u32::MAX);
+        if let Ok(permits) = self.inner.admission.acquire_many(all).await {
+            drop(permits);
+        }
     }
 
     /// Follows events as they happen (a slow subscriber may miss some).

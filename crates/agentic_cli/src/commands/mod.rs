@@ -6,6 +6,7 @@ pub mod bench_runtime;
 pub mod element;
 pub mod events;
 pub mod replay;
+pub mod run;
 pub mod task;
 
 use uuid::Uuid;

@@ -1,10 +1,12 @@
 //! `lion task submit|list|show|cancel` (and the seed's `submit-task`).
 //!
-//! With `--wait`, a task runs in this process on an orchestrator of its own:
-//! one-shot use needs no daemon. Handing tasks to a long-running kernel
-//! (`lion run`) is not built yet, and the commands that would need it say so.
+//! A submitted task goes into the log, where a running kernel (`lion run`)
+//! picks it up; `--wait` follows it there to its end. With `--wait` and no
+//! kernel running, the task runs in this process on an orchestrator of its
+//! own, so one-shot use needs no daemon.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::sync::Arc;
 
 use agentic_core::orchestrator::builtin_handlers;
@@ -19,10 +21,12 @@ use uuid::Uuid;
 
 use super::Ctx;
 use crate::cli::{DurabilityArg, SubmitTask};
+use crate::lease;
 use crate::output;
 
 /// Submits a task and, with `--wait`, runs it here until it ends.
 pub async fn submit(
+    home: &Path,
     open: impl FnOnce() -> Result<Arc<SqliteStore>>,
     ctx: Ctx,
     args: &SubmitTask,
@@ -36,12 +40,6 @@ pub async fn submit(
             "unknown handler {:?} (the handlers are: {})",
             args.handler,
             names.join(", ")
-        );
-    }
-    if !args.wait {
-        bail!(
-            "`task submit` without --wait hands the task to a running kernel (`lion run`), \
-             which is not built yet; add --wait to run the task in this process"
         );
     }
     let spec = TaskSpec {
@@ -73,6 +71,92 @@ pub async fn submit(
             ),
         };
     }
+    let kernel = lease::held(home);
+    match (args.wait, kernel) {
+        (_, _) if spec.durability == Durability::Ephemeral && !args.wait => bail!(
+            "an ephemeral task is never logged, so no kernel can see it: add --wait to run it here"
+        ),
+        (false, _) => queue(&store, ctx, spec, kernel).await,
+        (true, true) if spec.durability != Durability::Ephemeral => follow(&store, ctx, spec).await,
+        (true, _) => run_here(store, ctx, spec).await,
+    }
+}
+
+/// Appends the task for a kernel to run; prints its id.
+async fn queue(store: &SqliteStore, ctx: Ctx, spec: TaskSpec, kernel: bool) -> Result<()> {
+    let id = Uuid::now_v7();
+    let seq = append_submission(store, ctx, id, spec).await?;
+    if !kernel {
+        eprintln!("note: no kernel is running on this home; the task runs when `lion run` starts");
+    }
+    if ctx.json {
+        output::json(&json!({"task_id": id, "status": "submitted", "seq": seq}))
+    } else {
+        println!("{id}");
+        Ok(())
+    }
+}
+
+async fn append_submission(store: &SqliteStore, ctx: Ctx, id: Uuid, spec: TaskSpec) -> Result<u64> {
+    let event = SystemEvent::TaskSubmitted { task_id: id, spec };
+    let receipt = store
+        .append(
+            vec![NewEvent::new(event, ctx.correlation_id)],
+            ExpectedVersion::Any,
+        )
+        .await?;
+    tracing::info!(task = %id, seq = receipt.first_seq, "task submitted to the kernel");
+    Ok(receipt.first_seq)
+}
+
+/// Submits the task to the running kernel and follows the log to its end.
+async fn follow(store: &Arc<SqliteStore>, ctx: Ctx, spec: TaskSpec) -> Result<()> {
+    let id = Uuid::now_v7();
+    let seq = append_submission(store, ctx, id, spec).await?;
+    let show_progress = std::io::stdout().is_terminal() && !ctx.json;
+    let mut log = store.clone().subscribe(seq);
+    loop {
+        let event = tokio::select! {
+            event = log.next() => event?,
+            _ = tokio::signal::ctrl_c() => {
+                cancel_in_log(store, ctx, id, "interrupted (Ctrl-C)").await?;
+                continue;
+            }
+        };
+        let Ok(event) = event.decode() else { continue };
+        let Some((task_id, _)) = event.task_change() else {
+            continue;
+        };
+        if task_id != id {
+            continue;
+        }
+        if show_progress {
+            eprintln!(
+                "{}",
+                describe(&LiveEvent {
+                    seq: None,
+                    event: event.clone()
+                })
+            );
+        }
+        let outcome = match event {
+            SystemEvent::TaskCompleted { output, .. } => TaskOutcome::Completed(output),
+            SystemEvent::TaskFailed {
+                error,
+                is_final: true,
+                ..
+            } => TaskOutcome::Failed(error),
+            SystemEvent::TaskTimedOut { is_final: true, .. } => TaskOutcome::TimedOut,
+            SystemEvent::TaskCancelled { reason, .. } => TaskOutcome::Cancelled(reason),
+            _ => continue,
+        };
+        return report(ctx, id, &outcome);
+    }
+}
+
+/// Runs the task in this process (no kernel is running, or it is ephemeral).
+async fn run_here(store: Arc<SqliteStore>, ctx: Ctx, spec: TaskSpec) -> Result<()> {
+    let handlers = builtin_handlers();
     let store: Arc<dyn EventStore> = store;
     let orchestrator = Orchestrator::start(
         store,
@@ -212,6 +296,22 @@ fn status_name(status: TaskStatus) -> &'static str {
     }
 }
 
+/// Records a task's cancellation; a kernel running it stops it (and the
+/// tasks it started) when it sees the event.
+async fn cancel_in_log(store: &SqliteStore, ctx: Ctx, id: Uuid, reason: &str) -> Result<u64> {
+    let event = SystemEvent::TaskCancelled {
+        task_id: id,
+        reason: reason.into(),
+    };
+    let receipt = store
+        .append(
+            vec![NewEvent::new(event, ctx.correlation_id)],
+            ExpectedVersion::Any,
+        )
+        .await?;
+    Ok(receipt.first_seq)
+}
+
 fn parse_id(id: &str) -> Result<Uuid> {
     id.parse()
         .with_context(|| format!("{id:?} is not a task id (a UUID)"))
@@ -238,28 +338,12 @@ pub async fn cancel(store: &SqliteStore, ctx: Ctx, id: &str) -> Result<()> {
     let Some(task) = state.task(id) else {
         bail!("no task {id} in this home");
     };
-    match task.status {
-        status if status.is_final() => {
-            bail!("task {id} has already ended ({})", status_name(status))
-        }
-        TaskStatus::Running => bail!(
-            "task {id} is running in another process; cancelling it there needs the kernel \
-             (`lion run`), which is not built yet"
-        ),
-        _ => {}
+    if task.status.is_final() {
+        bail!("task {id} has already ended ({})", status_name(task.status));
     }
-    let event = SystemEvent::TaskCancelled {
-        task_id: id,
-        reason: "cancelled with `lion task cancel`".into(),
-    };
-    let receipt = store
-        .append(
-            vec![NewEvent::new(event, ctx.correlation_id)],
-            ExpectedVersion::Any,
-        )
-        .await?;
+    let seq = cancel_in_log(store, ctx, id, "cancelled with `lion task cancel`").await?;
     if ctx.json {
-        output::json(&json!({"task_id": id, "status": "cancelled", "seq": receipt.first_seq}))
+        output::json(&json!({"task_id": id, "status": "cancelled", "seq": seq}))
     } else {
         println!("task {id} cancelled");
         Ok(())

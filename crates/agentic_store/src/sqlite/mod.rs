@@ -47,6 +47,7 @@ const HOME_FILES: &[&str] = &[
     "lion.db-wal",
     "lion.db-shm",
     "lion.db-journal",
+    "kernel.lock",
 ];
 
 /// How often a waiting subscriber re-reads the log for commits made by other

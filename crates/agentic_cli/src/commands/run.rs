@@ -1,0 +1,80 @@
+//! `lion run`: the kernel in the foreground, holding the home's lease.
+//!
+//! The first SIGINT/SIGTERM stops it taking work and waits for the tasks it
+//! runs to end; a second one stops it at once (unfinished tasks resume at the
+//! next start).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use agentic_core::kernel;
+use agentic_core::orchestrator::builtin_handlers;
+use agentic_core::{EventStore, Orchestrator, OrchestratorConfig};
+use agentic_store::SqliteStore;
+use anyhow::Result;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use super::Ctx;
+use crate::lease;
+
+/// Runs the kernel until interrupted.
+pub async fn run(
+    home: &Path,
+    open: impl FnOnce() -> Result<Arc<SqliteStore>>,
+    ctx: Ctx,
+    concurrency: usize,
+) -> Result<()> {
+    let store = open()?;
+    let _lease = lease::acquire(home)?;
+    let signals = count_signals()?;
+    let orchestrator = Orchestrator::start(
+        store.clone(),
+        builtin_handlers(),
+        OrchestratorConfig {
+            max_concurrency: concurrency.max(1),
+            ..OrchestratorConfig::default()
+        },
+        ctx.correlation_id,
+    );
+    eprintln!(
+        "lion kernel running on {} (pid {}); Ctrl-C or SIGTERM stops it",
+        home.display(),
+        std::process::id()
+    );
+    let store: Arc<dyn EventStore> = store;
+    let report = kernel::serve(
+        store,
+        orchestrator,
+        wait_for(signals.clone(), 1),
+        wait_for(signals, 2),
+    )
+    .await?;
+    eprintln!(
+        "lion kernel stopped: {} task(s) recovered at start, {} taken from other processes",
+        report.recovered, report.adopted
+    );
+    Ok(())
+}
+
+/// Counts SIGINT and SIGTERM as they arrive.
+fn count_signals() -> Result<watch::Receiver<u32>> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let (tx, rx) = watch::channel(0u32);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            tx.send_modify(|n| *n += 1);
+            eprintln!("lion kernel: stopping (send the signal again to stop at once)");
+        }
+    });
+    Ok(rx)
+}
+
+async fn wait_for(mut signals: watch::Receiver<u32>, n: u32) {
+    let _ = signals.wait_for(|count| *count >= n).await;
+}

@@ -1,0 +1,99 @@
+//! The long-running kernel's loop: recover the tasks the log says are
+//! unfinished, then follow the log and run what other processes submit.
+//!
+//! The log is the bus: another `lion` process submits a task by appending
+//! `TaskSubmitted`, and cancels one by appending `TaskCancelled`; the kernel
+//! sees both as it follows the log. Tasks interrupted by a crash are found
+//! at start (their last attempt is recorded as failed, then retried or failed
+//! by policy; see [`Orchestrator::adopt`]).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::event::SystemEvent;
+use crate::orchestrator::{Orchestrator, OrchestratorError};
+use crate::store::{EventStore, StoreError};
+use crate::task::TaskRecord;
+
+/// What a kernel run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelReport {
+    /// Unfinished tasks found in the log at start and taken over.
+    pub recovered: usize,
+    /// Tasks submitted by other processes while it ran.
+    pub adopted: usize,
+}
+
+/// Runs the kernel until `shutdown` resolves, then stops taking work and
+/// waits for the tasks it runs to end (`drain` resolving early stops the
+/// wait: unfinished tasks are recovered by the next kernel).
+pub async fn serve(
+    store: Arc<dyn EventStore>,
+    orchestrator: Orchestrator,
+    shutdown: impl Future<Output = ()>,
+    drain: impl Future<Output = ()>,
+) -> Result<KernelReport, StoreError> {
+    let mut report = KernelReport::default();
+    let state = store.projected_state().await?;
+    let start = store.head().await?.seq + 1;
+    for task in state.tasks().filter(|t| !t.status.is_final()) {
+        if take_over(&orchestrator, task).await {
+            report.recovered += 1;
+        }
+    }
+    tracing::info!(recovered = report.recovered, "kernel ready");
+    let mut log = store.subscribe(start);
+    tokio::pin!(shutdown);
+    tokio::pin!(drain);
+    let mut stopping = false;
+    let drained = orchestrator.drained();
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            () = &mut shutdown, if !stopping => {
+                tracing::info!("kernel stopping: no new work; waiting for running tasks");
+                stopping = true;
+                // Only now: `drained` must count the tasks taken so far.
+                drained.set(orchestrator.drained());
+            }
+            () = &mut drained, if stopping => break,
+            () = &mut drain, if stopping => {
+                tracing::warn!("stopped without waiting; unfinished tasks resume at the next start");
+                break;
+            }
+            event = log.next() => {
+                let event = event?;
+                match event.decode() {
+                    // While stopping, new work is left for the next kernel.
+                    Ok(SystemEvent::TaskSubmitted { task_id, spec }) if !stopping => {
+                        if !orchestrator.is_running(task_id).await {
+                            let task = TaskRecord::submitted(task_id, spec);
+                            if take_over(&orchestrator, &task).await {
+                                report.adopted += 1;
+                            }
+                        }
+                    }
+                    // Cancellations still reach the tasks that run here.
+                    Ok(SystemEvent::TaskCancelled { task_id, .. }) => {
+                        let _ = orchestrator.cancel_recorded(task_id).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(seq = event.seq, error = %e, "undecodable event skipped"),
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Adopts a task, logging (not failing on) tasks that cannot run here.
+async fn take_over(orchestrator: &Orchestrator, task: &TaskRecord) -> bool {
+    match orchestrator.adopt(task).await {
+        Ok(_) => true,
+        Err(OrchestratorError::AlreadyRunning(_) | OrchestratorError::Ended(_)) => false,
+        Err(e) => {
+            tracing::warn!(task = %task.id, error = %e, "task cannot run here");
+            false
+        }
+    }
+}
