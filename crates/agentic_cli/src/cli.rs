@@ -182,6 +182,11 @@ pub enum EventsCommand {
         /// Stop after this many events.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
+        /// Follow the running kernel's live stream instead of the log: every
+        /// event as it happens, uncommitted ones (progress, async, ephemeral)
+        /// included, with `seq` null until committed.
+        #[arg(long, conflicts_with = "from")]
+        live: bool,
     },
     /// Recompute the hash chain and check it against HEAD; exit non-zero on
     /// the first bad record.

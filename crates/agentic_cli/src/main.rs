@@ -4,6 +4,7 @@
 //! - [`cli`] — commands, flags and aliases (clap).
 //! - [`home`] — which home to use, and opening its store.
 //! - [`lease`] — the kernel's lease on a home (`lion run`).
+//! - [`live`] — live events from a running kernel, over a socket in the home.
 //! - [`commands`] — one module per command group.
 //! - [`output`] — tables for people, JSON for programs.
 
@@ -11,6 +12,7 @@ mod cli;
 mod commands;
 mod home;
 mod lease;
+mod live;
 mod output;
 
 use std::io::IsTerminal;
@@ -116,7 +118,10 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Events(EventsCommand::List { from, limit }) => {
                 commands::events::list(&*open()?, ctx, from, limit).await
             }
-            Command::Events(EventsCommand::Tail { from, count }) => {
+            Command::Events(EventsCommand::Tail {
+                live: true, count, ..
+            }) => commands::events::tail_live(&home, ctx, count).await,
+            Command::Events(EventsCommand::Tail { from, count, .. }) => {
                 commands::events::tail(open()?, ctx, from, count).await
             }
             Command::Events(EventsCommand::Verify) => commands::events::verify(&*open()?, ctx),

@@ -1235,14 +1235,27 @@ mod kernel {
             } else {
                 Box::new(child.stderr.take().expect("stderr"))
             };
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            });
+            forward(pipe, tx);
+            Self { child, lines }
+        }
+
+        /// Both streams on one channel (to see a progress line on stderr
+        /// before the events on stdout).
+        fn start_both(home: &Path, args: &[&str]) -> Self {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lion"))
+                .arg("--home")
+                .arg(home)
+                .args(args)
+                .env_remove("RUST_LOG")
+                .env_remove("LION_HOME")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start lion");
+            let (tx, lines) = mpsc::channel();
+            forward(Box::new(child.stdout.take().expect("stdout")), tx.clone());
+            forward(Box::new(child.stderr.take().expect("stderr")), tx);
             Self { child, lines }
         }
 
@@ -1262,6 +1275,57 @@ mod kernel {
                 }
             }
         }
+    }
+
+    fn forward(pipe: Box<dyn std::io::Read + Send>, tx: mpsc::Sender<String>) {
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn the_live_stream_shows_events_before_they_are_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let no_kernel = lion_run(&home, &["events", "tail", "--live"]);
+        assert!(no_kernel.error_line(1).contains("no kernel is running"));
+        let kernel = start_kernel(&home);
+        let live = Background::start_both(&home, &["--json", "events", "tail", "--live"]);
+        live.wait_for("following the live events");
+        lion_run(
+            &home,
+            &[
+                "task",
+                "submit",
+                "--wait",
+                "--handler",
+                "sleep",
+                "--input",
+                r#"{"ms":20}"#,
+            ],
+        )
+        .success();
+        let lines = live.wait_for("task_completed");
+        let progress = lines
+            .iter()
+            .find(|l| l.contains("task_progress"))
+            .expect("progress was streamed");
+        let progress: Value = serde_json::from_str(progress).expect("json line");
+        assert_eq!(
+            progress["seq"],
+            Value::Null,
+            "progress streams before its commit"
+        );
+        assert!(stop(kernel, "-TERM").success());
+        assert!(
+            !home.join("kernel.sock").exists(),
+            "the socket outlived the kernel"
+        );
     }
 
     fn start_kernel(home: &Path) -> Background {

@@ -4,13 +4,15 @@ use std::sync::Arc;
 
 use agentic_core::{EventEnvelope, EventStore, StoreError};
 use agentic_store::SqliteStore;
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Result, bail};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::Ctx;
 use crate::IntegrityFailure;
-use crate::output;
+use crate::{live, output};
 
 /// Events read per round trip when listing.
 const PAGE: usize = 1000;
@@ -106,6 +108,42 @@ pub async fn tail(
         tokio::select! {
             event = sub.next() => {
                 print_line(ctx, &event?)?;
+                shown += 1;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    Ok(())
+}
+
+/// Follows the running kernel's live stream until interrupted (or `count`
+/// events were shown).
+pub async fn tail_live(home: &Path, ctx: Ctx, count: Option<u64>) -> Result<()> {
+    let Some(mut stream) = live::connect(home).await else {
+        bail!(
+            "no kernel is running on {} (start one with `lion run`)",
+            home.display()
+        );
+    };
+    eprintln!(
+        "following the live events of the kernel on {}",
+        home.display()
+    );
+    let mut shown = 0u64;
+    while count.is_none_or(|c| shown < c) {
+        tokio::select! {
+            line = stream.next() => {
+                let Some(line) = line else { break };
+                if let Some(missed) = line.missed {
+                    eprintln!("warning: missed {missed} live event(s): this reader was too slow");
+                }
+                let Some(event) = line.event else { continue };
+                if ctx.json {
+                    output::json(&serde_json::json!({"seq": line.seq, "event": event}))?;
+                } else {
+                    let seq = line.seq.map_or_else(|| "-".to_owned(), |s| s.to_string());
+                    println!("{seq:>6}  {:<16} {}", event.kind(), event.default_stream());
+                }
                 shown += 1;
             }
             _ = tokio::signal::ctrl_c() => break,

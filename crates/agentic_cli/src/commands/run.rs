@@ -16,7 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use super::Ctx;
-use crate::lease;
+use crate::{lease, live};
 
 /// Runs the kernel until interrupted.
 pub async fn run(
@@ -37,6 +37,7 @@ pub async fn run(
         },
         ctx.correlation_id,
     );
+    let _live = live::serve(home, &orchestrator)?;
     eprintln!(
         "lion kernel running on {} (pid {}); Ctrl-C or SIGTERM stops it",
         home.display(),

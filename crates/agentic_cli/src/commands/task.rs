@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 use super::Ctx;
 use crate::cli::{DurabilityArg, SubmitTask};
-use crate::lease;
 use crate::output;
+use crate::{lease, live};
 
 /// Submits a task and, with `--wait`, runs it here until it ends.
 pub async fn submit(
@@ -77,7 +77,9 @@ pub async fn submit(
             "an ephemeral task is never logged, so no kernel can see it: add --wait to run it here"
         ),
         (false, _) => queue(&store, ctx, spec, kernel).await,
-        (true, true) if spec.durability != Durability::Ephemeral => follow(&store, ctx, spec).await,
+        (true, true) if spec.durability != Durability::Ephemeral => {
+            follow(home, &store, ctx, spec).await
+        }
         (true, _) => run_here(store, ctx, spec).await,
     }
 }
@@ -109,15 +111,33 @@ async fn append_submission(store: &SqliteStore, ctx: Ctx, id: Uuid, spec: TaskSp
     Ok(receipt.first_seq)
 }
 
-/// Submits the task to the running kernel and follows the log to its end.
-async fn follow(store: &Arc<SqliteStore>, ctx: Ctx, spec: TaskSpec) -> Result<()> {
+/// Submits the task to the running kernel and follows the log to its end;
+/// progress comes from the kernel's live stream as it happens.
+async fn follow(home: &Path, store: &Arc<SqliteStore>, ctx: Ctx, spec: TaskSpec) -> Result<()> {
     let id = Uuid::now_v7();
-    let seq = append_submission(store, ctx, id, spec).await?;
     let show_progress = std::io::stdout().is_terminal() && !ctx.json;
+    let mut live = match show_progress {
+        true => live::connect(home).await,
+        false => None,
+    };
+    let seq = append_submission(store, ctx, id, spec).await?;
     let mut log = store.clone().subscribe(seq);
     loop {
         let event = tokio::select! {
             event = log.next() => event?,
+            line = async { live.as_mut()?.next().await }, if live.is_some() => {
+                match line {
+                    Some(line) => {
+                        if let Some(event) = line.event
+                            && event.task_change().is_some_and(|(t, _)| t == id)
+                        {
+                            eprintln!("{}", describe(&LiveEvent { seq: line.seq, event }));
+                        }
+                    }
+                    None => live = None,
+                }
+                continue;
+            }
             _ = tokio::signal::ctrl_c() => {
                 cancel_in_log(store, ctx, id, "interrupted (Ctrl-C)").await?;
                 continue;

@@ -48,6 +48,7 @@ const HOME_FILES: &[&str] = &[
     "lion.db-shm",
     "lion.db-journal",
     "kernel.lock",
+    "kernel.sock",
 ];
 
 /// How often a waiting subscriber re-reads the log for commits made by other
