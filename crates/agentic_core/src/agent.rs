@@ -95,6 +95,9 @@ pub enum RuntimeError {
     /// The agent dropped the reply without answering (it failed meanwhile).
     #[error("agent {0} dropped the request without answering")]
     NoAnswer(AgentId),
+    /// A durable message could not be logged, so it was not delivered.
+    #[error("message to agent {0} not logged, so not delivered: {1}")]
+    NotLogged(AgentId, String),
 }
 
 /// Whether a supervisor starts an agent again.
@@ -176,6 +179,9 @@ enum Mail<M> {
 pub struct AgentRef<A: Agent> {
     id: Arc<AgentId>,
     tx: mpsc::Sender<Mail<A::Msg>>,
+    /// Where logged messages go (the runtime's store).
+    store: Option<Arc<dyn EventStore>>,
+    correlation_id: uuid::Uuid,
 }
 
 impl<A: Agent> Clone for AgentRef<A> {
@@ -183,6 +189,8 @@ impl<A: Agent> Clone for AgentRef<A> {
         Self {
             id: self.id.clone(),
             tx: self.tx.clone(),
+            store: self.store.clone(),
+            correlation_id: self.correlation_id,
         }
     }
 }
@@ -199,6 +207,47 @@ impl<A: Agent> AgentRef<A> {
             .send(Mail::Msg(msg))
             .await
             .map_err(|_| RuntimeError::NotRunning((*self.id).clone()))
+    }
+
+    /// Sends a message with a durability: `Durable` logs `record` (an
+    /// `AgentMessaged` event) and delivers once it is committed; `Async`
+    /// delivers at once and commits by the next group commit; `Ephemeral`
+    /// is [`AgentRef::send`]. Without a store nothing is logged.
+    pub async fn send_logged(
+        &self,
+        msg: A::Msg,
+        record: Value,
+        durability: Durability,
+    ) -> Result<(), RuntimeError> {
+        let Some(store) = self.store.clone() else {
+            return self.send(msg).await;
+        };
+        let event = NewEvent::new(
+            SystemEvent::AgentMessaged {
+                to: (*self.id).clone(),
+                message: record,
+            },
+            self.correlation_id,
+        );
+        match durability {
+            Durability::Durable => {
+                store
+                    .append(vec![event], ExpectedVersion::Any)
+                    .await
+                    .map_err(|e| RuntimeError::NotLogged((*self.id).clone(), e.to_string()))?;
+                self.send(msg).await
+            }
+            Durability::Async => {
+                self.send(msg).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = store.append(vec![event], ExpectedVersion::Any).await {
+                        tracing::error!(error = %e, "an async agent message was not logged");
+                    }
+                });
+                Ok(())
+            }
+            Durability::Ephemeral => self.send(msg).await,
+        }
     }
 
     /// Sends a request built around a reply channel and waits for the answer.
@@ -391,6 +440,8 @@ impl Runtime {
         let agent = AgentRef {
             id: Arc::new(id.clone()),
             tx,
+            store: self.inner.store.clone(),
+            correlation_id: self.inner.correlation_id,
         };
         agents.insert(id, Box::new(agent.clone()));
         drop(agents);

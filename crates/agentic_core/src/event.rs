@@ -95,6 +95,13 @@ pub enum SystemEvent {
         /// Why.
         reason: String,
     },
+    /// A message to an agent was logged (durable or async delivery).
+    AgentMessaged {
+        /// The recipient.
+        to: AgentId,
+        /// What the sender logged about the message.
+        message: Value,
+    },
     /// An agent recorded an event of its own state (replayed on restart).
     AgentRecorded {
         /// The agent.
@@ -116,6 +123,7 @@ impl SystemEvent {
             SystemEvent::TaskFailed { .. } => "task_failed",
             SystemEvent::TaskTimedOut { .. } => "task_timed_out",
             SystemEvent::TaskCancelled { .. } => "task_cancelled",
+            SystemEvent::AgentMessaged { .. } => "agent_messaged",
             SystemEvent::AgentRecorded { .. } => "agent_recorded",
         }
     }
@@ -125,6 +133,7 @@ impl SystemEvent {
         let change = match self {
             SystemEvent::ElementCreated { .. }
             | SystemEvent::TaskSubmitted { .. }
+            | SystemEvent::AgentMessaged { .. }
             | SystemEvent::AgentRecorded { .. } => return None,
             SystemEvent::TaskStarted { task_id, attempt } => {
                 (*task_id, TaskChange::Started { attempt: *attempt })
@@ -192,6 +201,7 @@ impl SystemEvent {
             SystemEvent::ElementCreated { element } => format!("element:{}", element.id),
             SystemEvent::TaskSubmitted { task_id, .. } => format!("task:{task_id}"),
             SystemEvent::AgentRecorded { agent, .. } => agent.stream(),
+            SystemEvent::AgentMessaged { to, .. } => format!("{}:inbox", to.stream()),
             other => match other.task_change() {
                 Some((task_id, _)) => format!("task:{task_id}"),
                 None => "system".to_owned(),

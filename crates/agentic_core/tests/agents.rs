@@ -261,3 +261,46 @@ async fn a_thousand_agents_run_side_by_side() {
         assert_eq!(total(a).await, Ok(i as i64));
     }
 }
+
+#[tokio::test]
+async fn messages_are_logged_by_their_durability_and_ephemeral_ones_never() {
+    let (store, rt) = runtime();
+    let counter = rt
+        .spawn::<Counter>(AgentId::new("counter", "m"), SpawnOptions::default())
+        .expect("spawn");
+    counter
+        .send_logged(CounterMsg::Add(1), json!({"add": 1}), Durability::Durable)
+        .await
+        .expect("durable");
+    // A durable message is in the log before the agent can have handled it.
+    let inbox = "agent:counter/m:inbox";
+    assert_eq!(
+        store.read_stream(inbox, 1, 10).await.expect("inbox").len(),
+        1
+    );
+    counter
+        .send_logged(CounterMsg::Add(2), json!({"add": 2}), Durability::Async)
+        .await
+        .expect("async");
+    counter
+        .send_logged(CounterMsg::Add(4), json!({"add": 4}), Durability::Ephemeral)
+        .await
+        .expect("ephemeral");
+    assert_eq!(total(&counter).await, Ok(7));
+    // The async append lands in the background; wait for the log to hold it.
+    store.wait_for_events(2).await.expect("wait");
+    let mut logged = store.read_stream(inbox, 1, 10).await.expect("inbox");
+    while logged.len() < 2 {
+        let head = store.head().await.expect("head").seq;
+        store.wait_for_events(head).await.expect("wait");
+        logged = store.read_stream(inbox, 1, 10).await.expect("inbox");
+    }
+    let messages: Vec<Value> = logged
+        .iter()
+        .map(|e| match e.decode().expect("decode") {
+            agentic_core::SystemEvent::AgentMessaged { message, .. } => message,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(messages, vec![json!({"add": 1}), json!({"add": 2})]);
+}
