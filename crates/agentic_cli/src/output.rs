@@ -26,3 +26,14 @@ pub fn clip(text: &str, max: usize) -> String {
         format!("{cut}…")
     }
 }
+
+/// A rate for a table cell: `12.3k`, `4.56M`, `789`.
+pub fn rate(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e4 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}

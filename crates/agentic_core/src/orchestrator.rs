@@ -756,18 +756,9 @@ impl Runner {
             && a.interrupted
         {
             // The attempt that was running when its process stopped.
-            let retry = self.spec.retry.allows_retry_after(attempt);
             let error = "interrupted: its process stopped while it ran".to_owned();
-            self.recorder
-                .record(SystemEvent::TaskFailed {
-                    task_id: self.id,
-                    attempt,
-                    error: error.clone(),
-                    is_final: !retry,
-                })
-                .await?;
-            if !retry {
-                return Ok(TaskOutcome::Failed(error));
+            if let Some(ended) = self.failed(attempt, error).await? {
+                return Ok(ended);
             }
             self.back_off(attempt).await?;
         }
@@ -806,16 +797,8 @@ impl Runner {
                 }
                 Attempt::Cancelled => return self.cancelled().await,
                 Attempt::Failed(error) => {
-                    self.recorder
-                        .record(SystemEvent::TaskFailed {
-                            task_id: self.id,
-                            attempt,
-                            error: error.clone(),
-                            is_final: !retry,
-                        })
-                        .await?;
-                    if !retry {
-                        return Ok(TaskOutcome::Failed(error));
+                    if let Some(ended) = self.failed(attempt, error).await? {
+                        return Ok(ended);
                     }
                 }
                 Attempt::TimedOut => {
@@ -833,6 +816,24 @@ impl Runner {
             }
             self.back_off(attempt).await?;
         }
+    }
+
+    /// Records a failed attempt; returns the task's end if no retry follows.
+    async fn failed(
+        &self,
+        attempt: u32,
+        error: String,
+    ) -> Result<Option<TaskOutcome>, OrchestratorError> {
+        let retry = self.spec.retry.allows_retry_after(attempt);
+        self.recorder
+            .record(SystemEvent::TaskFailed {
+                task_id: self.id,
+                attempt,
+                error: error.clone(),
+                is_final: !retry,
+            })
+            .await?;
+        Ok((!retry).then_some(TaskOutcome::Failed(error)))
     }
 
     /// Waits before the attempt after `attempt` (returns early on cancellation,

@@ -422,8 +422,15 @@ fn raw_scan(path: &Path) -> Result<f64, StoreError> {
 
 /// Peak resident set size of this process, from `/proc/self/status`.
 pub fn peak_rss_mib() -> Option<f64> {
+    proc_status_kib("VmHWM").map(|kib| kib as f64 / 1024.0)
+}
+
+/// A memory figure of this process from `/proc/self/status` (e.g. `VmRSS`), in KiB.
+pub fn proc_status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    let line = status.lines().find(|l| {
+        l.strip_prefix(field)
+            .is_some_and(|rest| rest.starts_with(':'))
+    })?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

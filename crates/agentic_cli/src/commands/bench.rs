@@ -92,16 +92,6 @@ fn json(r: &BenchReport) -> serde_json::Value {
     })
 }
 
-fn rate(x: f64) -> String {
-    if x >= 1e6 {
-        format!("{:.2}M", x / 1e6)
-    } else if x >= 1e4 {
-        format!("{:.1}k", x / 1e3)
-    } else {
-        format!("{x:.0}")
-    }
-}
-
 /// A target's verdict; `evidence` is `None` when the run counts, else why not.
 fn verdict(ok: bool, evidence: Option<&str>) -> String {
     match (ok, evidence) {
@@ -176,7 +166,7 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
     let mut lines = vec![
         Line {
             measurement: "raw fdatasync, 4 KiB write".into(),
-            commits_per_sec: rate(1e3 / r.fsync.p50_ms.max(1e-6)),
+            commits_per_sec: output::rate(1e3 / r.fsync.p50_ms.max(1e-6)),
             ack_p50: ms(r.fsync.p50_ms),
             ack_p99: ms(r.fsync.p99_ms),
             versus: "baseline (flush latency)".into(),
@@ -184,8 +174,8 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
         },
         Line {
             measurement: "raw rusqlite, batches of 100, sync=FULL".into(),
-            events_per_sec: rate(r.raw_sqlite_events_per_sec),
-            commits_per_sec: rate(r.raw_sqlite_commits_per_sec),
+            events_per_sec: output::rate(r.raw_sqlite_events_per_sec),
+            commits_per_sec: output::rate(r.raw_sqlite_commits_per_sec),
             events_per_commit: "100".into(),
             versus: "baseline (throughput)".into(),
             ..Line::default()
@@ -205,8 +195,8 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
         };
         lines.push(Line {
             measurement: format!("lion group commit, {} appender(s)", a.appenders),
-            events_per_sec: rate(a.events_per_sec),
-            commits_per_sec: rate(a.commits_per_sec),
+            events_per_sec: output::rate(a.events_per_sec),
+            commits_per_sec: output::rate(a.commits_per_sec),
             events_per_commit: format!("{:.1}", a.events_per_commit),
             ack_p50: ms(a.ack.p50_ms),
             ack_p99: ms(a.ack.p99_ms),
@@ -225,13 +215,13 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
     let small = (n < 1_000_000).then_some("log under 1M events");
     lines.push(Line {
         measurement: format!("raw rusqlite scan, {n} rows"),
-        events_per_sec: rate(r.raw_scan_per_sec),
+        events_per_sec: output::rate(r.raw_scan_per_sec),
         versus: "baseline (read)".into(),
         ..Line::default()
     });
     lines.push(Line {
         measurement: format!("replay {n} events: decode + fold"),
-        events_per_sec: rate(r.replay_per_sec),
+        events_per_sec: output::rate(r.replay_per_sec),
         versus: format!("{:.2}x raw scan", r.replay_per_sec / r.raw_scan_per_sec),
         target: format!(
             "≥1M ev/s: {}",
@@ -241,7 +231,7 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
     });
     lines.push(Line {
         measurement: format!("replay {n} events + hash chain"),
-        events_per_sec: rate(r.replay_verified_per_sec),
+        events_per_sec: output::rate(r.replay_verified_per_sec),
         versus: format!(
             "{:.2}x raw scan",
             r.replay_verified_per_sec / r.raw_scan_per_sec

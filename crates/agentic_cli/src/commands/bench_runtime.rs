@@ -234,20 +234,12 @@ impl IdleTasks {
 
 /// Resident memory of this process (VmRSS), in bytes.
 fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    agentic_store::bench::proc_status_kib("VmRSS").map(|kib| kib * 1024)
 }
 
-fn rate(x: f64) -> String {
-    if x >= 1e6 {
-        format!("{:.2}M/s", x / 1e6)
-    } else if x >= 1e4 {
-        format!("{:.1}k/s", x / 1e3)
-    } else {
-        format!("{x:.0}/s")
-    }
+/// A rate with its unit, for the table.
+fn per_sec(x: f64) -> String {
+    format!("{}/s", output::rate(x))
 }
 
 /// Runs the runtime benchmark and prints its table (or JSON).
@@ -304,13 +296,13 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
     let mut t = output::table(["measurement", "rate", "vs same-run baseline", "target"]);
     t.add_row([
         "raw tokio mpsc, bounded 1024".to_string(),
-        rate(channel),
+        per_sec(channel),
         "baseline (messages)".into(),
         String::new(),
     ]);
     t.add_row([
         "raw oneshot round trip".to_string(),
-        rate(ask),
+        per_sec(ask),
         "baseline (ask)".into(),
         String::new(),
     ]);
@@ -325,7 +317,7 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
     };
     t.add_row([
         "agent send (ephemeral), 1 sender → 1 agent".to_string(),
-        rate(send),
+        per_sec(send),
         format!("{:.2}x raw channel", send / channel),
         format!(
             "≥2M/s and within 3x of raw: {}",
@@ -334,7 +326,7 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
     ]);
     t.add_row([
         "agent ask round trip".to_string(),
-        rate(asked),
+        per_sec(asked),
         format!("{:.2}x raw round trip", asked / ask),
         format!("≥1M/s: {}", verdict(asked >= 1e6)),
     ]);
@@ -355,13 +347,13 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
     ]);
     t.add_row([
         "no-op tasks, ephemeral, 16 submitters".to_string(),
-        rate(ephemeral),
+        per_sec(ephemeral),
         format!("{:.3}x raw round trips/s", ephemeral / ask),
         String::new(),
     ]);
     t.add_row([
         "no-op tasks, durable, 256 submitters".to_string(),
-        rate(durable),
+        per_sec(durable),
         format!("{:.3}x raw round trips/s", durable / ask),
         format!(
             "≥5k tasks/s: {}",
