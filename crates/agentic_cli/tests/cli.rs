@@ -1328,6 +1328,30 @@ mod kernel {
         );
     }
 
+    #[test]
+    fn a_waiting_submitter_is_told_when_the_kernel_goes_away() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let kernel = start_kernel(&home);
+        let mut waiting = Background::start_both(
+            &home,
+            &[
+                "task",
+                "submit",
+                "--wait",
+                "--handler",
+                "sleep",
+                "--input",
+                r#"{"ms":60000}"#,
+            ],
+        );
+        wait_for_started(&home, 1);
+        assert!(!stop(kernel, "-KILL").success());
+        waiting.wait_for("the kernel stopped before task");
+        let status = waiting.child.wait().expect("wait for the submitter");
+        assert_eq!(status.code(), Some(1));
+    }
+
     fn start_kernel(home: &Path) -> Background {
         let kernel = Background::start(home, &["run"], false);
         kernel.wait_for("lion kernel running");

@@ -111,6 +111,9 @@ async fn append_submission(store: &SqliteStore, ctx: Ctx, id: Uuid, spec: TaskSp
     Ok(receipt.first_seq)
 }
 
+/// How often a waiting `task submit` checks that the kernel still runs.
+const KERNEL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Submits the task to the running kernel and follows the log to its end;
 /// progress comes from the kernel's live stream as it happens.
 async fn follow(home: &Path, store: &Arc<SqliteStore>, ctx: Ctx, spec: TaskSpec) -> Result<()> {
@@ -122,9 +125,19 @@ async fn follow(home: &Path, store: &Arc<SqliteStore>, ctx: Ctx, spec: TaskSpec)
     };
     let seq = append_submission(store, ctx, id, spec).await?;
     let mut log = store.clone().subscribe(seq);
+    let mut kernel_check = tokio::time::interval(KERNEL_CHECK);
     loop {
         let event = tokio::select! {
             event = log.next() => event?,
+            _ = kernel_check.tick() => {
+                if !lease::held(home) {
+                    bail!(
+                        "the kernel stopped before task {id} ended; it resumes when `lion run` \
+                         starts again (follow it with `lion task show {id}`)"
+                    );
+                }
+                continue;
+            }
             line = async { live.as_mut()?.next().await }, if live.is_some() => {
                 match line {
                     Some(line) => {
