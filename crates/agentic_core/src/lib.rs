@@ -7,6 +7,7 @@
 //! - [`agent`] — the agent runtime: supervised actors with mailboxes,
 //!   `send`/`ask`, topics, and state rebuilt from their events.
 //! - [`element`] — [`ElementData`], the identity every lion object shares.
+//! - [`plugin`] — plugins as data: the manifest and the operator's grant.
 //! - [`progression`] — [`Progression`], an ordered list of ids.
 //! - [`pile`] — [`Pile`], a thread-safe, insertion-ordered collection keyed by id.
 //! - [`event`] — [`SystemEvent`], its versioned encoding and the envelope a
@@ -30,6 +31,7 @@ pub mod event;
 pub mod kernel;
 pub mod orchestrator;
 pub mod pile;
+pub mod plugin;
 pub mod progression;
 pub mod state;
 pub mod store;

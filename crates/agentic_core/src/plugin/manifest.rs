@@ -1,0 +1,405 @@
+//! The plugin manifest (TOML): identity, the component and its hash, the
+//! permissions asked for, limits, and each function's JSON Schemas; and the
+//! operator's [`Grant`], which may only narrow what the manifest asks for.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A plugin's manifest, as written by its author.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginManifest {
+    /// Unique name: lowercase letters, digits, `-` and `_`, at most 64.
+    pub name: String,
+    /// The plugin's version.
+    pub version: String,
+    /// What it does, in a sentence.
+    pub description: String,
+    /// The WebAssembly component.
+    pub component: ComponentRef,
+    /// What it asks to be allowed.
+    #[serde(default)]
+    pub permissions: Permissions,
+    /// Resource limits of one call.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Its functions, by name.
+    pub functions: BTreeMap<String, FunctionSpec>,
+}
+
+/// Where the component is and what it must hash to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentRef {
+    /// Path of the `.wasm` component, relative to the manifest.
+    pub path: PathBuf,
+    /// Its SHA-256, 64 lowercase hex digits.
+    pub sha256: String,
+}
+
+/// Permissions a manifest asks for (or a grant gives).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Permissions {
+    /// Host directories, each mounted at a guest path.
+    #[serde(default)]
+    pub dirs: Vec<DirPermission>,
+    /// Hosts it may reach over HTTP (exact names, optionally `:port`).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Environment variables it may read.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Host interfaces it may import.
+    #[serde(default)]
+    pub interfaces: Vec<HostInterface>,
+}
+
+/// One directory a plugin may see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirPermission {
+    /// The directory on the host.
+    pub path: PathBuf,
+    /// Where the plugin sees it.
+    pub guest: String,
+    /// Read-only or read-write.
+    pub mode: DirAccess,
+}
+
+/// Access to a granted directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DirAccess {
+    /// Read files and list directories.
+    ReadOnly,
+    /// Also create, write and delete.
+    ReadWrite,
+}
+
+/// Host interfaces a plugin may import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostInterface {
+    /// Structured logging.
+    Log,
+    /// A key-value store of its own, persisted through the event log.
+    Kv,
+    /// Emitting custom events.
+    Events,
+    /// Outbound HTTP to the granted hosts.
+    Http,
+}
+
+/// Limits of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Linear memory, in MiB.
+    pub memory_mib: u32,
+    /// Wall-clock time, in milliseconds.
+    pub timeout_ms: u64,
+    /// A deterministic instruction budget, if wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// Largest output (JSON bytes).
+    pub max_output_bytes: u64,
+    /// Calls that may run at once.
+    pub max_concurrency: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_mib: 64,
+            timeout_ms: 5_000,
+            fuel: None,
+            max_output_bytes: 1 << 20,
+            max_concurrency: 8,
+        }
+    }
+}
+
+/// One function: its JSON Schemas, checked on every call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    /// What it does.
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of its input.
+    pub input_schema: Value,
+    /// JSON Schema of its output.
+    pub output_schema: Value,
+}
+
+/// What the operator granted a plugin at install: a subset of what its
+/// manifest asks for.
+pub type Grant = Permissions;
+
+/// Why a manifest or a grant is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// Not valid TOML, or not a manifest (missing or unknown field…).
+    #[error("invalid manifest: {0}")]
+    Parse(String),
+    /// A field's value is not acceptable.
+    #[error("invalid manifest: {field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The grant gives something the manifest did not ask for.
+    #[error("the grant gives {0}, which the manifest does not ask for")]
+    NotRequested(String),
+}
+
+impl PluginManifest {
+    /// Parses and checks a manifest.
+    pub fn parse(text: &str) -> Result<Self, ManifestError> {
+        let manifest: Self =
+            toml::from_str(text).map_err(|e| ManifestError::Parse(one_line(&e, text)))?;
+        manifest.check()?;
+        Ok(manifest)
+    }
+
+    /// Checks the values serde cannot.
+    fn check(&self) -> Result<(), ManifestError> {
+        let invalid = |field: &str, reason: &str| ManifestError::Invalid {
+            field: field.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(invalid(
+                "name",
+                "use 1 to 64 lowercase letters, digits, '-' or '_'",
+            ));
+        }
+        if self.version.trim().is_empty() {
+            return Err(invalid("version", "must not be empty"));
+        }
+        let hash = &self.component.sha256;
+        if hash.len() != 64
+            || !hash
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(invalid(
+                "component.sha256",
+                "must be 64 lowercase hex digits",
+            ));
+        }
+        if self.functions.is_empty() {
+            return Err(invalid("functions", "a plugin needs at least one function"));
+        }
+        for (name, f) in &self.functions {
+            for (which, schema) in [
+                ("input_schema", &f.input_schema),
+                ("output_schema", &f.output_schema),
+            ] {
+                if !schema.is_object() && !schema.is_boolean() {
+                    return Err(invalid(
+                        &format!("functions.{name}.{which}"),
+                        "must be a JSON Schema (a table or a boolean)",
+                    ));
+                }
+            }
+        }
+        if self.limits.memory_mib == 0
+            || self.limits.timeout_ms == 0
+            || self.limits.max_concurrency == 0
+        {
+            return Err(invalid(
+                "limits",
+                "memory_mib, timeout_ms and max_concurrency must be above 0",
+            ));
+        }
+        for d in &self.permissions.dirs {
+            if !d.guest.starts_with('/') {
+                return Err(invalid(
+                    "permissions.dirs.guest",
+                    "must be an absolute guest path",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `grant` gives nothing the manifest does not ask for
+    /// (read-write where only read-only was asked is more, too).
+    pub fn check_grant(&self, grant: &Grant) -> Result<(), ManifestError> {
+        let asked = &self.permissions;
+        for d in &grant.dirs {
+            let covered = asked
+                .dirs
+                .iter()
+                .any(|a| a.path == d.path && a.guest == d.guest && d.mode <= a.mode);
+            if !covered {
+                return Err(ManifestError::NotRequested(format!(
+                    "directory {} as {} ({:?})",
+                    d.path.display(),
+                    d.guest,
+                    d.mode
+                )));
+            }
+        }
+        if let Some(h) = grant.hosts.iter().find(|h| !asked.hosts.contains(h)) {
+            return Err(ManifestError::NotRequested(format!("host {h}")));
+        }
+        if let Some(v) = grant.env.iter().find(|v| !asked.env.contains(v)) {
+            return Err(ManifestError::NotRequested(format!(
+                "environment variable {v}"
+            )));
+        }
+        if let Some(i) = grant
+            .interfaces
+            .iter()
+            .find(|i| !asked.interfaces.contains(i))
+        {
+            return Err(ManifestError::NotRequested(format!("host interface {i:?}")));
+        }
+        Ok(())
+    }
+}
+
+/// A TOML error as one line, with the line and column it points at.
+fn one_line(e: &toml::de::Error, text: &str) -> String {
+    let message = e.message().lines().next().unwrap_or("invalid TOML").trim();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, str::len) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO: &str = r#"
+name = "hello_world"
+version = "0.1.0"
+description = "Greets people"
+
+[component]
+path = "hello_world.wasm"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+
+[permissions]
+interfaces = ["log"]
+hosts = ["api.example.com:443"]
+dirs = [{ path = "./data", guest = "/data", mode = "read-only" }]
+
+[limits]
+memory_mib = 16
+timeout_ms = 1000
+max_output_bytes = 65536
+max_concurrency = 4
+
+[functions.greet]
+description = "Says hello"
+input_schema = { type = "object", required = ["name"], properties = { name = { type = "string" } } }
+output_schema = { type = "object" }
+"#;
+
+    #[test]
+    fn a_complete_manifest_parses() {
+        let m = PluginManifest::parse(HELLO).expect("parse");
+        assert_eq!(m.name, "hello_world");
+        assert_eq!(m.permissions.interfaces, vec![HostInterface::Log]);
+        assert_eq!(m.permissions.dirs[0].mode, DirAccess::ReadOnly);
+        assert_eq!(m.limits.memory_mib, 16);
+        assert!(m.functions["greet"].input_schema["required"].is_array());
+    }
+
+    #[test]
+    fn missing_and_unknown_fields_are_one_line_errors_naming_the_place() {
+        let missing = HELLO.replace("version = \"0.1.0\"\n", "");
+        let err = PluginManifest::parse(&missing).unwrap_err().to_string();
+        assert!(err.contains("missing field `version`"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+
+        let unknown = HELLO.replace("[limits]", "[limits]\ncpu_cores = 4");
+        let err = PluginManifest::parse(&unknown).unwrap_err().to_string();
+        assert!(err.contains("unknown field `cpu_cores`"), "{err}");
+        assert!(err.contains("line "), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+
+        let not_toml = PluginManifest::parse("name = ").unwrap_err().to_string();
+        assert!(
+            not_toml.starts_with("invalid manifest: line 1"),
+            "{not_toml}"
+        );
+    }
+
+    #[test]
+    fn values_serde_cannot_check_are_checked() {
+        for (from, to, field) in [
+            ("name = \"hello_world\"", "name = \"Hello World\"", "name"),
+            ("sha256 = \"0000", "sha256 = \"zz00", "component.sha256"),
+            ("memory_mib = 16", "memory_mib = 0", "limits"),
+            (
+                "guest = \"/data\"",
+                "guest = \"data\"",
+                "permissions.dirs.guest",
+            ),
+            (
+                "output_schema = { type = \"object\" }",
+                "output_schema = 3",
+                "functions.greet.output_schema",
+            ),
+        ] {
+            let text = HELLO.replace(from, to);
+            let err = PluginManifest::parse(&text).unwrap_err();
+            assert!(
+                matches!(&err, ManifestError::Invalid { field: f, .. } if f == field),
+                "{from} -> {to}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_grant_may_narrow_but_never_widen_the_request() {
+        let m = PluginManifest::parse(HELLO).expect("parse");
+        m.check_grant(&Grant::default())
+            .expect("granting nothing is fine");
+        m.check_grant(&m.permissions)
+            .expect("granting everything asked is fine");
+
+        let mut wider = m.permissions.clone();
+        wider.dirs[0].mode = DirAccess::ReadWrite;
+        assert!(
+            matches!(m.check_grant(&wider), Err(ManifestError::NotRequested(w)) if w.contains("directory"))
+        );
+
+        let mut host = Grant::default();
+        host.hosts.push("evil.example.com".into());
+        assert_eq!(
+            m.check_grant(&host),
+            Err(ManifestError::NotRequested("host evil.example.com".into()))
+        );
+
+        let mut iface = Grant::default();
+        iface.interfaces.push(HostInterface::Http);
+        assert!(m.check_grant(&iface).is_err());
+
+        let mut env = Grant::default();
+        env.env.push("HOME".into());
+        assert!(m.check_grant(&env).is_err());
+    }
+}
