@@ -60,6 +60,10 @@ pub enum Command {
     #[command(name = "submit-task")]
     SubmitTask(SubmitTask),
 
+    /// Install, list, inspect, call and remove WebAssembly plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+
     /// Read, follow and verify the event log.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -124,6 +128,48 @@ pub enum TaskCommand {
     },
 }
 
+/// `lion plugin …`
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Install a plugin from its manifest, granting some or all of what it
+    /// asks for (deny by default: nothing is granted without a flag).
+    Install {
+        /// The plugin's manifest (TOML).
+        manifest: PathBuf,
+        /// Grant one permission the manifest asks for: interface:NAME
+        /// (log, kv, events, http), host:HOST[:PORT], env:NAME,
+        /// dir:GUEST or dir:GUEST:ro. Repeat for more.
+        #[arg(long, value_name = "KIND:VALUE")]
+        grant: Vec<String>,
+        /// Grant everything the manifest asks for (with a warning).
+        #[arg(long, conflicts_with = "grant")]
+        grant_all: bool,
+    },
+    /// List installed plugins.
+    List,
+    /// Show a plugin: its functions, permissions asked and granted, limits
+    /// and call counts.
+    Info {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Call a plugin function and print its JSON output.
+    Call {
+        /// The plugin's name.
+        name: String,
+        /// The function.
+        function: String,
+        /// Its input, as JSON.
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        input: String,
+    },
+    /// Remove a plugin and its key-value data.
+    Remove {
+        /// The plugin's name.
+        name: String,
+    },
+}
+
 /// How a task's events are delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DurabilityArg {
@@ -139,8 +185,19 @@ pub enum DurabilityArg {
 #[derive(Debug, Args)]
 pub struct SubmitTask {
     /// The handler that runs the task (built in: echo, sleep, fail, fanout).
-    #[arg(long, value_name = "NAME")]
-    pub handler: String,
+    #[arg(long, value_name = "NAME", required_unless_present = "plugin")]
+    pub handler: Option<String>,
+    /// Run a plugin function instead of a handler (with --function).
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with = "handler",
+        requires = "function"
+    )]
+    pub plugin: Option<String>,
+    /// The plugin function to run.
+    #[arg(long, value_name = "F", requires = "plugin")]
+    pub function: Option<String>,
     /// Input handed to the handler, as JSON.
     #[arg(long, value_name = "JSON", default_value = "null")]
     pub input: String,

@@ -27,7 +27,10 @@ use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
-use cli::{BenchCommand, Cli, Command, ElementCommand, EventsCommand, LogFormat, TaskCommand};
+use cli::{
+    BenchCommand, Cli, Command, ElementCommand, EventsCommand, LogFormat, PluginCommand,
+    TaskCommand,
+};
 use commands::Ctx;
 
 /// Exit code of a failed command.
@@ -125,6 +128,25 @@ async fn run(cli: Cli) -> Result<()> {
                 commands::events::tail(open()?, ctx, from, count).await
             }
             Command::Events(EventsCommand::Verify) => commands::events::verify(&*open()?, ctx),
+            Command::Plugin(PluginCommand::Install {
+                manifest,
+                grant,
+                grant_all,
+            }) => {
+                commands::plugin::install(&home, open()?, ctx, &manifest, &grant, grant_all).await
+            }
+            Command::Plugin(PluginCommand::List) => commands::plugin::list(&*open()?, ctx).await,
+            Command::Plugin(PluginCommand::Info { name }) => {
+                commands::plugin::info(&*open()?, ctx, &name).await
+            }
+            Command::Plugin(PluginCommand::Call {
+                name,
+                function,
+                input,
+            }) => commands::plugin::call(&home, open()?, ctx, &name, &function, &input).await,
+            Command::Plugin(PluginCommand::Remove { name }) => {
+                commands::plugin::remove(&home, open()?, ctx, &name).await
+            }
             Command::Replay => commands::replay::run(&*open()?, ctx).await,
             Command::Task(TaskCommand::Submit(args)) | Command::SubmitTask(args) => {
                 commands::task::submit(&home, open, ctx, &args).await

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::agent::AgentId;
 use crate::chain::Hash;
 use crate::element::ElementData;
+use crate::plugin::{Artifact, CallFailure, InstalledPlugin};
 use crate::task::{TaskChange, TaskSpec};
 
 /// Bytes reserved up front for an encoded event: most fit, saving regrowth.
@@ -109,6 +110,99 @@ pub enum SystemEvent {
         /// The agent's event, in its own format.
         data: Value,
     },
+    /// A plugin was installed with what the operator granted it.
+    PluginInstalled {
+        /// The manifest, the grant and the sandbox (boxed: it is large).
+        plugin: Box<InstalledPlugin>,
+    },
+    /// A plugin was compiled, or loaded from its checked cached artifact.
+    PluginLoaded {
+        /// The plugin.
+        name: String,
+        /// The artifact that was loaded.
+        artifact: Artifact,
+        /// True when it came from the cache rather than the compiler.
+        cached: bool,
+        /// How long compiling or loading took, in microseconds.
+        micros: u64,
+    },
+    /// A call of a plugin function started.
+    PluginInvoked {
+        /// The plugin.
+        name: String,
+        /// The call.
+        call_id: Uuid,
+        /// The function called.
+        function: String,
+    },
+    /// A plugin call returned its output.
+    PluginSucceeded {
+        /// The plugin.
+        name: String,
+        /// The call.
+        call_id: Uuid,
+        /// The output, valid against the function's output schema.
+        output: Value,
+        /// How long the call took, in microseconds.
+        micros: u64,
+    },
+    /// A plugin call failed.
+    PluginFailed {
+        /// The plugin.
+        name: String,
+        /// The call.
+        call_id: Uuid,
+        /// Why.
+        failure: CallFailure,
+        /// How long the call took, in microseconds.
+        micros: u64,
+    },
+    /// A plugin asked for something it was not granted, and was refused.
+    PluginPermissionDenied {
+        /// The plugin.
+        name: String,
+        /// The call that asked, if any.
+        call_id: Option<Uuid>,
+        /// What it asked for (`tcp connect 127.0.0.1:80`, `interface kv`...).
+        asked: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A plugin was quarantined after repeated failures: calls are refused.
+    PluginQuarantined {
+        /// The plugin.
+        name: String,
+        /// Failures in a row that led to it.
+        failures: u32,
+        /// The last failure.
+        reason: String,
+    },
+    /// A plugin was removed, with its key-value data.
+    PluginRemoved {
+        /// The plugin.
+        name: String,
+    },
+    /// A plugin call wrote a key of its key-value store (committed with the
+    /// call's result).
+    PluginKvSet {
+        /// The plugin.
+        name: String,
+        /// The key.
+        key: String,
+        /// The new value; `None` deletes the key.
+        value: Option<String>,
+    },
+    /// A plugin emitted a custom event (committed with the call's result).
+    PluginEmitted {
+        /// The plugin.
+        name: String,
+        /// The call that emitted it.
+        call_id: Uuid,
+        /// The plugin's name for the event.
+        kind: String,
+        /// Its JSON data.
+        data: Value,
+    },
 }
 
 impl SystemEvent {
@@ -125,6 +219,33 @@ impl SystemEvent {
             SystemEvent::TaskCancelled { .. } => "task_cancelled",
             SystemEvent::AgentMessaged { .. } => "agent_messaged",
             SystemEvent::AgentRecorded { .. } => "agent_recorded",
+            SystemEvent::PluginInstalled { .. } => "plugin_installed",
+            SystemEvent::PluginLoaded { .. } => "plugin_loaded",
+            SystemEvent::PluginInvoked { .. } => "plugin_invoked",
+            SystemEvent::PluginSucceeded { .. } => "plugin_succeeded",
+            SystemEvent::PluginFailed { .. } => "plugin_failed",
+            SystemEvent::PluginPermissionDenied { .. } => "plugin_permission_denied",
+            SystemEvent::PluginQuarantined { .. } => "plugin_quarantined",
+            SystemEvent::PluginRemoved { .. } => "plugin_removed",
+            SystemEvent::PluginKvSet { .. } => "plugin_kv_set",
+            SystemEvent::PluginEmitted { .. } => "plugin_emitted",
+        }
+    }
+
+    /// For an event about a plugin: the plugin's name.
+    pub fn plugin_name(&self) -> Option<&str> {
+        match self {
+            SystemEvent::PluginInstalled { plugin } => Some(plugin.name()),
+            SystemEvent::PluginLoaded { name, .. }
+            | SystemEvent::PluginInvoked { name, .. }
+            | SystemEvent::PluginSucceeded { name, .. }
+            | SystemEvent::PluginFailed { name, .. }
+            | SystemEvent::PluginPermissionDenied { name, .. }
+            | SystemEvent::PluginQuarantined { name, .. }
+            | SystemEvent::PluginRemoved { name }
+            | SystemEvent::PluginKvSet { name, .. }
+            | SystemEvent::PluginEmitted { name, .. } => Some(name),
+            _ => None,
         }
     }
 
@@ -134,7 +255,17 @@ impl SystemEvent {
             SystemEvent::ElementCreated { .. }
             | SystemEvent::TaskSubmitted { .. }
             | SystemEvent::AgentMessaged { .. }
-            | SystemEvent::AgentRecorded { .. } => return None,
+            | SystemEvent::AgentRecorded { .. }
+            | SystemEvent::PluginInstalled { .. }
+            | SystemEvent::PluginLoaded { .. }
+            | SystemEvent::PluginInvoked { .. }
+            | SystemEvent::PluginSucceeded { .. }
+            | SystemEvent::PluginFailed { .. }
+            | SystemEvent::PluginPermissionDenied { .. }
+            | SystemEvent::PluginQuarantined { .. }
+            | SystemEvent::PluginRemoved { .. }
+            | SystemEvent::PluginKvSet { .. }
+            | SystemEvent::PluginEmitted { .. } => return None,
             SystemEvent::TaskStarted { task_id, attempt } => {
                 (*task_id, TaskChange::Started { attempt: *attempt })
             }
@@ -202,6 +333,9 @@ impl SystemEvent {
             SystemEvent::TaskSubmitted { task_id, .. } => format!("task:{task_id}"),
             SystemEvent::AgentRecorded { agent, .. } => agent.stream(),
             SystemEvent::AgentMessaged { to, .. } => format!("{}:inbox", to.stream()),
+            other if other.plugin_name().is_some() => {
+                format!("plugin:{}", other.plugin_name().unwrap_or_default())
+            }
             other => match other.task_change() {
                 Some((task_id, _)) => format!("task:{task_id}"),
                 None => "system".to_owned(),

@@ -5,13 +5,15 @@
 //! `TaskSubmitted`, and cancels one by appending `TaskCancelled`; the kernel
 //! sees both as it follows the log. Tasks interrupted by a crash are found
 //! at start (their last attempt is recorded as failed, then retried or failed
-//! by policy; see [`Orchestrator::adopt`]).
+//! by policy; see [`Orchestrator::adopt`]). Plugin events recorded elsewhere
+//! reach the kernel's plugin manager, so it reloads what changed.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use crate::event::SystemEvent;
 use crate::orchestrator::{Orchestrator, OrchestratorError};
+use crate::plugin::PluginManager;
 use crate::store::{EventStore, StoreError};
 use crate::task::TaskRecord;
 
@@ -30,6 +32,7 @@ pub struct KernelReport {
 pub async fn serve(
     store: Arc<dyn EventStore>,
     orchestrator: Orchestrator,
+    plugins: Option<PluginManager>,
     shutdown: impl Future<Output = ()>,
     drain: impl Future<Output = ()>,
 ) -> Result<KernelReport, StoreError> {
@@ -76,6 +79,12 @@ pub async fn serve(
                     // Cancellations still reach the tasks that run here.
                     Ok(SystemEvent::TaskCancelled { task_id, .. }) => {
                         let _ = orchestrator.cancel_recorded(task_id).await;
+                    }
+                    // Plugins installed, removed or quarantined elsewhere.
+                    Ok(other) if other.plugin_name().is_some() => {
+                        if let Some(plugins) = &plugins {
+                            plugins.observe(&other).await;
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(seq = event.seq, error = %e, "undecodable event skipped"),

@@ -1,13 +1,22 @@
-//! Plugins as data: the manifest a plugin ships with, and the grant an
-//! operator gives it. Deny by default: a plugin gets only what its manifest
-//! asks for and the operator granted — never more than it asked for.
-//!
-//! (The wasmtime sandbox, the plugin manager and `lion plugin` build on
-//! these; see `docs/wasmtime-48-notes.md`.)
+//! Plugins: the manifest a plugin ships with and the operator's grant (deny
+//! by default: a plugin gets only what its manifest asks for and the operator
+//! granted), the records the log keeps of installed plugins, the [`Sandbox`]
+//! port that sandbox adapters implement, and the [`PluginManager`] that
+//! installs, loads, calls, quarantines and removes plugins as events.
 
+mod manager;
 mod manifest;
+mod record;
+mod sandbox;
+mod task;
 
+pub use manager::{CallOptions, DEFAULT_QUARANTINE_AFTER, PluginError, PluginManager};
 pub use manifest::{
     ComponentRef, DirAccess, DirPermission, FunctionSpec, Grant, HostInterface, Limits,
     ManifestError, Permissions, PluginManifest,
 };
+pub use record::{Artifact, CallFailure, FailureKind, InstalledPlugin, PluginRecord, PluginStatus};
+pub use sandbox::{
+    CallContext, Compiled, HttpAccess, LoadedPlugin, Sandbox, SandboxError, VerifiedArtifact,
+};
+pub use task::{PLUGIN_HANDLER, PluginTask};

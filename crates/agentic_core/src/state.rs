@@ -5,13 +5,14 @@
 //! transaction as the append) so commands never re-fold the log; `lion replay`
 //! folds it afresh and compares with [`State::diff`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use indexmap::IndexMap;
 use uuid::Uuid;
 
 use crate::element::ElementData;
 use crate::event::SystemEvent;
+use crate::plugin::PluginRecord;
 use crate::task::{TaskRecord, TaskRuleError};
 
 /// The state the log describes: a pure function of the events applied.
@@ -23,6 +24,10 @@ pub struct State {
     tasks: IndexMap<Uuid, TaskRecord>,
     /// Task ids by idempotency key.
     task_keys: HashMap<String, Uuid>,
+    /// Installed plugins, in installation order.
+    plugins: IndexMap<String, PluginRecord>,
+    /// Each plugin's key-value store.
+    plugin_kv: HashMap<String, BTreeMap<String, String>>,
 }
 
 /// Why an event cannot be applied to the current state.
@@ -48,6 +53,12 @@ pub enum ApplyError {
     /// The event breaks the task's rules.
     #[error(transparent)]
     Task(#[from] TaskRuleError),
+    /// A plugin with this name is already installed.
+    #[error("plugin {0} is already installed")]
+    DuplicatePlugin(String),
+    /// The event is about a plugin that is not installed.
+    #[error("no plugin {0} is installed")]
+    UnknownPlugin(String),
 }
 
 impl State {
@@ -98,6 +109,44 @@ impl State {
                 self.tasks
                     .insert(task_id, TaskRecord::submitted(task_id, spec));
             }
+            SystemEvent::PluginInstalled { plugin } => {
+                let name = plugin.name().to_owned();
+                if self.plugins.contains_key(&name) {
+                    return Err(ApplyError::DuplicatePlugin(name));
+                }
+                self.plugins.insert(name, PluginRecord::installed(*plugin));
+            }
+            SystemEvent::PluginRemoved { name } => {
+                if self.plugins.shift_remove(&name).is_none() {
+                    return Err(ApplyError::UnknownPlugin(name));
+                }
+                self.plugin_kv.remove(&name);
+            }
+            SystemEvent::PluginKvSet { name, key, value } => {
+                if !self.plugins.contains_key(&name) {
+                    return Err(ApplyError::UnknownPlugin(name));
+                }
+                let kv = self.plugin_kv.entry(name.clone()).or_default();
+                match value {
+                    Some(value) => {
+                        kv.insert(key, value);
+                    }
+                    None => {
+                        kv.remove(&key);
+                        if kv.is_empty() {
+                            self.plugin_kv.remove(&name);
+                        }
+                    }
+                }
+            }
+            other if other.plugin_name().is_some() => {
+                let name = other.plugin_name().unwrap_or_default();
+                let record = self
+                    .plugins
+                    .get_mut(name)
+                    .ok_or_else(|| ApplyError::UnknownPlugin(name.to_owned()))?;
+                record.apply(&other);
+            }
             other => {
                 if let Some((task_id, change)) = other.task_change() {
                     let task = self
@@ -135,6 +184,17 @@ impl State {
             SystemEvent::TaskSubmitted { task_id, spec } => {
                 self.check_submission(*task_id, spec.idempotency_key.as_deref())
             }
+            SystemEvent::PluginInstalled { plugin } if self.plugins.contains_key(plugin.name()) => {
+                Err(ApplyError::DuplicatePlugin(plugin.name().to_owned()))
+            }
+            SystemEvent::PluginInstalled { .. } => Ok(()),
+            other if other.plugin_name().is_some() => {
+                let name = other.plugin_name().unwrap_or_default();
+                match self.plugins.contains_key(name) {
+                    true => Ok(()),
+                    false => Err(ApplyError::UnknownPlugin(name.to_owned())),
+                }
+            }
             other => match other.task_change() {
                 Some((task_id, change)) => {
                     let task = self
@@ -171,6 +231,32 @@ impl State {
     /// The task an idempotency key names, if any.
     pub fn task_by_key(&self, key: &str) -> Option<&TaskRecord> {
         self.task_keys.get(key).and_then(|id| self.tasks.get(id))
+    }
+
+    /// Every installed plugin, in installation order.
+    pub fn plugins(&self) -> impl ExactSizeIterator<Item = &PluginRecord> {
+        self.plugins.values()
+    }
+
+    /// The installed plugin with this name, if any.
+    pub fn plugin(&self, name: &str) -> Option<&PluginRecord> {
+        self.plugins.get(name)
+    }
+
+    /// A plugin's key-value store (empty when it has none).
+    pub fn plugin_kv(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        self.plugin_kv.get(name)
+    }
+
+    /// Adds a plugin and its key-value store read from a projection (used
+    /// by stores to load their projected state; not a way to change state
+    /// outside the log).
+    pub fn load_plugin(&mut self, record: PluginRecord, kv: BTreeMap<String, String>) {
+        let name = record.name().to_owned();
+        if !kv.is_empty() {
+            self.plugin_kv.insert(name.clone(), kv);
+        }
+        self.plugins.insert(name, record);
     }
 
     /// Adds a task read from a projection (used by stores to load their
@@ -224,6 +310,26 @@ impl State {
         for id in other.tasks.keys() {
             if !self.tasks.contains_key(id) {
                 out.push(format!("task {id} unexpected"));
+            }
+        }
+        for (i, (name, mine)) in self.plugins.iter().enumerate() {
+            match other.plugins.get_full(name) {
+                None => out.push(format!("plugin {name} missing")),
+                Some((j, _, _)) if j != i => {
+                    out.push(format!("plugin {name} at position {j} instead of {i}"));
+                }
+                Some((_, _, theirs)) if theirs != mine => {
+                    out.push(format!("plugin {name} differs"));
+                }
+                Some(_) => {}
+            }
+            if self.plugin_kv.get(name) != other.plugin_kv.get(name) {
+                out.push(format!("plugin {name}'s key-value store differs"));
+            }
+        }
+        for name in other.plugins.keys() {
+            if !self.plugins.contains_key(name) {
+                out.push(format!("plugin {name} unexpected"));
             }
         }
         out

@@ -1,26 +1,35 @@
-//! lion's WebAssembly sandbox: plugins are components of the
-//! `lion:plugin/plugin` world (`wit/plugin.wit`), run under wasmtime with WASI
-//! preview 2 and nothing granted by default.
+//! lion's WebAssembly sandbox: the wasmtime adapter of the kernel's
+//! [`Sandbox`] port. Plugins are components of the `lion:plugin/plugin`
+//! world (`wit/plugin.wit`), run under wasmtime 48 with WASI preview 2 and
+//! nothing granted by default.
 //!
-//! A plugin is compiled once ([`WasmSandbox::load`]) into a pre-instantiated
-//! component; every call gets a fresh store (no state leaks between calls)
-//! with a memory limit and an epoch deadline for its timeout, on the pooling
-//! allocator. See `docs/wasmtime-48-notes.md` for the API facts this rests on.
+//! - [`WasmSandbox`] owns the engine (epoch interruption, fuel, the pooling
+//!   allocator) and the epoch ticker; it compiles components and loads
+//!   compiled artifacts the plugin manager has checked.
+//! - `call` runs one call: a fresh store from the pre-instantiated
+//!   component, WASI with only the granted directories, environment and
+//!   socket addresses, memory and table limits, an epoch deadline and a
+//!   tokio timeout, capped stdout/stderr.
+//! - `host` implements the host interfaces (logging, key-value, events,
+//!   HTTP), each checked against the grant through the call's context.
 //!
-//! This is the first slice of the plugin system: manifests, grants (preopens,
-//! network, environment), the output cap, compiled-code caching and the
-//! plugin manager come with the rest of it.
+//! See `docs/wasmtime-48-notes.md` for the API facts this rests on.
 
+mod call;
+mod host;
+
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, Trap,
+use agentic_core::plugin::{
+    Compiled, HostInterface, LoadedPlugin, Sandbox, SandboxError, VerifiedArtifact,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use call::{CallState, WasmPlugin};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -31,74 +40,22 @@ mod bindings {
     });
 }
 
-use bindings::{Plugin, PluginPre};
-
 /// How often the epoch advances: the granularity of call timeouts.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Why a call or a load failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SandboxError {
-    /// The bytes are not a valid component of the plugin world.
-    #[error("invalid plugin component: {0}")]
-    InvalidComponent(String),
-    /// The call ran past its time limit.
-    #[error("the call ran past its {0:?} limit")]
-    Timeout(Duration),
-    /// The plugin trapped (panic, stack overflow, out-of-bounds access…).
-    #[error("the plugin trapped: {0}")]
-    Trap(String),
-    /// The plugin answered with an error.
-    #[error("the plugin refused: {0}")]
-    Refused(String),
-    /// The host failed around the call.
-    #[error("sandbox error: {0}")]
-    Host(String),
-}
+/// The largest linear memory any plugin may have, whatever its manifest
+/// says (each pooled memory slot reserves this much address space).
+pub const MAX_MEMORY_BYTES: usize = 256 << 20;
 
-/// Limits of one call.
-#[derive(Debug, Clone, Copy)]
-pub struct CallLimits {
-    /// Linear memory, in bytes.
-    pub memory_bytes: usize,
-    /// Wall-clock time.
-    pub timeout: Duration,
-}
+/// The prefix of lion's own host interfaces in a component's imports.
+const LION_IMPORT_PREFIX: &str = "lion:plugin/";
 
-/// What a store holds for one call.
-struct CallState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limits: StoreLimits,
-    logs: Vec<(u8, String)>,
-}
-
-impl WasiView for CallState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-/// Log lines a call may write before it is stopped.
-const MAX_LOG_LINES: usize = 1000;
-
-impl bindings::lion::plugin::host_log::Host for CallState {
-    async fn log(&mut self, level: u8, message: String) -> wasmtime::Result<()> {
-        if self.logs.len() >= MAX_LOG_LINES {
-            wasmtime::bail!("the plugin logged more than {MAX_LOG_LINES} lines");
-        }
-        self.logs.push((level, message));
-        Ok(())
-    }
-}
-
-/// The engine and the epoch ticker shared by every plugin.
+/// The wasmtime engine and epoch ticker shared by every plugin.
 pub struct WasmSandbox {
     engine: Engine,
     linker: Linker<CallState>,
+    http: reqwest::Client,
+    artifact_key: String,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -109,8 +66,9 @@ impl Drop for WasmSandbox {
 }
 
 impl WasmSandbox {
-    /// An engine with epoch interruption and the pooling allocator, and a
-    /// linker offering WASI p2 (nothing granted) and the host interfaces.
+    /// An engine with epoch interruption, fuel and the pooling allocator,
+    /// and a linker offering WASI p2 (nothing granted) and lion's host
+    /// interfaces.
     pub fn new() -> Result<Self, SandboxError> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(256)
@@ -118,17 +76,26 @@ impl WasmSandbox {
             .total_memories(512)
             .total_tables(512)
             .total_stacks(256)
-            .max_memory_size(256 << 20);
+            .table_elements(20_000)
+            .max_memory_size(MAX_MEMORY_BYTES);
         let mut config = Config::new();
         config
             .epoch_interruption(true)
+            .consume_fuel(true)
             .max_wasm_stack(512 * 1024)
             .memory_reservation(1 << 30)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(host)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(host)?;
-        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(host)?;
+        bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(host)?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| SandboxError::Host(format!("HTTP client: {e}")))?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let artifact_key = format!("wasmtime-48-{:016x}", hasher.finish());
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let stop = stop_ticker.clone();
         let weak = engine.weak();
@@ -147,87 +114,78 @@ impl WasmSandbox {
         Ok(Self {
             engine,
             linker,
+            http,
+            artifact_key,
             stop_ticker,
         })
     }
 
-    /// Compiles a component and pre-instantiates it against the linker.
-    pub fn load(&self, component: &[u8]) -> Result<LoadedPlugin, SandboxError> {
-        let compiled = Component::new(&self.engine, component)
-            .map_err(|e| SandboxError::InvalidComponent(format!("{e:#}")))?;
+    /// Pre-instantiates a compiled component against the linker.
+    fn prepare(&self, component: &Component) -> Result<Arc<dyn LoadedPlugin>, SandboxError> {
         let pre = self
             .linker
-            .instantiate_pre(&compiled)
-            .and_then(PluginPre::new)
+            .instantiate_pre(component)
+            .and_then(bindings::PluginPre::new)
             .map_err(|e| SandboxError::InvalidComponent(format!("{e:#}")))?;
-        Ok(LoadedPlugin {
-            engine: self.engine.clone(),
+        Ok(Arc::new(WasmPlugin::new(
+            self.engine.clone(),
             pre,
-        })
+            self.http.clone(),
+        )))
     }
 }
 
-/// A compiled plugin, ready to be called.
-pub struct LoadedPlugin {
-    engine: Engine,
-    pre: PluginPre<CallState>,
-}
+impl Sandbox for WasmSandbox {
+    fn kind(&self) -> &'static str {
+        "wasm"
+    }
 
-/// What a call returned, with what the plugin logged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallOutput {
-    /// The plugin's JSON output.
-    pub output: String,
-    /// Lines it logged, with their levels.
-    pub logs: Vec<(u8, String)>,
-}
+    fn artifact_key(&self) -> &str {
+        &self.artifact_key
+    }
 
-impl LoadedPlugin {
-    /// Calls `function` with JSON `input` in a fresh store under `limits`.
-    pub async fn invoke(
-        &self,
-        function: &str,
-        input: &str,
-        limits: CallLimits,
-    ) -> Result<CallOutput, SandboxError> {
-        let state = CallState {
-            wasi: WasiCtxBuilder::new().build(),
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .build(),
-            logs: Vec::new(),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
-        let ticks =
-            u64::try_from(limits.timeout.as_millis() / EPOCH_TICK.as_millis()).unwrap_or(u64::MAX);
-        store.set_epoch_deadline(ticks.max(1));
-        let result = async {
-            let plugin = self.pre.instantiate_async(&mut store).await?;
-            plugin.call_invoke(&mut store, function, input).await
+    fn compile(&self, component: &[u8]) -> Result<Compiled, SandboxError> {
+        let compiled = Component::new(&self.engine, component)
+            .map_err(|e| SandboxError::InvalidComponent(one_line(&e)))?;
+        // Refuse anything that is not a component of the plugin world now,
+        // rather than at its first call.
+        self.prepare(&compiled)?;
+        let mut imports = Vec::new();
+        for (name, _) in compiled.component_type().imports(&self.engine) {
+            let Some(rest) = name.strip_prefix(LION_IMPORT_PREFIX) else {
+                continue;
+            };
+            let interface = rest.split('@').next().unwrap_or_default();
+            let interface = match interface {
+                "logging" => HostInterface::Log,
+                other => HostInterface::from_name(other).ok_or_else(|| {
+                    SandboxError::InvalidComponent(format!("unknown lion interface {name}"))
+                })?,
+            };
+            imports.push(interface);
         }
-        .await;
-        match result {
-            Ok(Ok(output)) => Ok(CallOutput {
-                output,
-                logs: std::mem::take(&mut store.data_mut().logs),
-            }),
-            Ok(Err(refusal)) => Err(SandboxError::Refused(refusal)),
-            Err(e) => Err(classify(&e, limits.timeout)),
-        }
+        let artifact = compiled.serialize().map_err(host)?;
+        Ok(Compiled { artifact, imports })
+    }
+
+    fn load(&self, artifact: &VerifiedArtifact) -> Result<Arc<dyn LoadedPlugin>, SandboxError> {
+        // SAFETY: deserializing runs native code compiled from the bytes.
+        // `VerifiedArtifact` only holds bytes this sandbox's `compile` just
+        // produced, or bytes whose SHA-256 matched the hash recorded in the
+        // tamper-evident log when `compile` produced them; wasmtime also
+        // checks that they were compiled by this engine version and config.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(&self.engine, artifact.bytes()) }
+            .map_err(|e| SandboxError::InvalidComponent(one_line(&e)))?;
+        self.prepare(&component)
     }
 }
 
-/// Names a failed call: a timeout, a trap, or a host error.
-fn classify(e: &wasmtime::Error, timeout: Duration) -> SandboxError {
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => SandboxError::Timeout(timeout),
-        Some(trap) => SandboxError::Trap(trap.to_string()),
-        None => SandboxError::Host(format!("{e:#}")),
-    }
+/// A wasmtime error in one line.
+fn one_line(e: &wasmtime::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
 }
 
 fn host(e: wasmtime::Error) -> SandboxError {
-    SandboxError::Host(format!("{e:#}"))
+    SandboxError::Host(one_line(&e))
 }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_runtime;
 pub mod element;
 pub mod events;
+pub mod plugin;
 pub mod replay;
 pub mod run;
 pub mod task;

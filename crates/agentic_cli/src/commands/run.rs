@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use agentic_core::kernel;
 use agentic_core::orchestrator::builtin_handlers;
-use agentic_core::{EventStore, Orchestrator, OrchestratorConfig};
+use agentic_core::plugin::{PLUGIN_HANDLER, PluginTask};
+use agentic_core::{Durability, EventStore, Orchestrator, OrchestratorConfig};
 use agentic_store::SqliteStore;
 use anyhow::Result;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use super::Ctx;
+use super::{Ctx, plugin};
 use crate::{lease, live};
 
 /// Runs the kernel until interrupted.
@@ -28,9 +29,15 @@ pub async fn run(
     let store = open()?;
     let _lease = lease::acquire(home)?;
     let signals = count_signals()?;
+    let plugins = plugin::manager(home, store.clone(), ctx, Durability::Durable)?;
+    let mut handlers = builtin_handlers();
+    handlers.insert(
+        PLUGIN_HANDLER.into(),
+        Arc::new(PluginTask::new(plugins.clone())),
+    );
     let orchestrator = Orchestrator::start(
         store.clone(),
-        builtin_handlers(),
+        handlers,
         OrchestratorConfig {
             max_concurrency: concurrency.max(1),
             ..OrchestratorConfig::default()
@@ -47,6 +54,7 @@ pub async fn run(
     let report = kernel::serve(
         store,
         orchestrator,
+        Some(plugins),
         wait_for(signals.clone(), 1),
         wait_for(signals, 2),
     )

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use agentic_core::orchestrator::builtin_handlers;
+use agentic_core::plugin::{PLUGIN_HANDLER, PluginError, PluginTask};
 use agentic_core::{
     Durability, EventStore, ExpectedVersion, LiveEvent, NewEvent, Orchestrator, OrchestratorConfig,
     RetryPolicy, SystemEvent, TaskOutcome, TaskRecord, TaskSpec, TaskStatus,
@@ -19,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::Ctx;
+use super::{Ctx, plugin};
 use crate::cli::{DurabilityArg, SubmitTask};
 use crate::output;
 use crate::{lease, live};
@@ -32,16 +33,38 @@ pub async fn submit(
     args: &SubmitTask,
 ) -> Result<()> {
     let input: Value = serde_json::from_str(&args.input).context("--input is not valid JSON")?;
-    let handlers = builtin_handlers();
-    if !handlers.contains_key(&args.handler) {
-        let mut names: Vec<&str> = handlers.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        bail!(
-            "unknown handler {:?} (the handlers are: {})",
-            args.handler,
-            names.join(", ")
-        );
-    }
+    let store = open()?;
+    let (handler, input) = match (&args.plugin, &args.function, &args.handler) {
+        (Some(plugin), Some(function), _) => {
+            let state = store.projected_state().await?;
+            let record = state
+                .plugin(plugin)
+                .ok_or_else(|| PluginError::NotInstalled(plugin.clone()))?;
+            let functions = &record.installed.manifest.functions;
+            if !functions.contains_key(function) {
+                let names: Vec<&str> = functions.keys().map(String::as_str).collect();
+                bail!(
+                    "plugin {plugin} has no function {function:?} (its functions are: {})",
+                    names.join(", ")
+                );
+            }
+            let input = json!({"plugin": plugin, "function": function, "input": input});
+            (PLUGIN_HANDLER.to_owned(), input)
+        }
+        (_, _, Some(handler)) => {
+            let handlers = builtin_handlers();
+            if !handlers.contains_key(handler) {
+                let mut names: Vec<&str> = handlers.keys().map(String::as_str).collect();
+                names.sort_unstable();
+                bail!(
+                    "unknown handler {handler:?} (the handlers are: {}; plugins run with --plugin)",
+                    names.join(", ")
+                );
+            }
+            (handler.clone(), input)
+        }
+        _ => bail!("name a --handler, or a --plugin and its --function"),
+    };
     let spec = TaskSpec {
         timeout_ms: args.timeout,
         retry: RetryPolicy {
@@ -54,9 +77,8 @@ pub async fn submit(
             DurabilityArg::Async => Durability::Async,
             DurabilityArg::Ephemeral => Durability::Ephemeral,
         },
-        ..TaskSpec::new(args.handler.clone(), input)
+        ..TaskSpec::new(handler, input)
     };
-    let store = open()?;
     // The same key is one task: report the one already recorded.
     if let Some(key) = &spec.idempotency_key
         && let Some(task) = store.projected_state().await?.task_by_key(key).cloned()
@@ -80,7 +102,7 @@ pub async fn submit(
         (true, true) if spec.durability != Durability::Ephemeral => {
             follow(home, &store, ctx, spec).await
         }
-        (true, _) => run_here(store, ctx, spec).await,
+        (true, _) => run_here(home, store, ctx, spec).await,
     }
 }
 
@@ -188,8 +210,12 @@ async fn follow(home: &Path, store: &Arc<SqliteStore>, ctx: Ctx, spec: TaskSpec)
 }
 
 /// Runs the task in this process (no kernel is running, or it is ephemeral).
-async fn run_here(store: Arc<SqliteStore>, ctx: Ctx, spec: TaskSpec) -> Result<()> {
-    let handlers = builtin_handlers();
+async fn run_here(home: &Path, store: Arc<SqliteStore>, ctx: Ctx, spec: TaskSpec) -> Result<()> {
+    let mut handlers = builtin_handlers();
+    if spec.handler == PLUGIN_HANDLER {
+        let manager = plugin::manager(home, store.clone(), ctx, Durability::Durable)?;
+        handlers.insert(PLUGIN_HANDLER.into(), Arc::new(PluginTask::new(manager)));
+    }
     let store: Arc<dyn EventStore> = store;
     let orchestrator = Orchestrator::start(
         store,

@@ -94,9 +94,29 @@ pub enum HostInterface {
     Http,
 }
 
-/// Limits of one call.
+impl HostInterface {
+    /// Every host interface.
+    pub const ALL: [HostInterface; 4] = [Self::Log, Self::Kv, Self::Events, Self::Http];
+
+    /// The name used in manifests and grants (`log`, `kv`, `events`, `http`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Log => "log",
+            Self::Kv => "kv",
+            Self::Events => "events",
+            Self::Http => "http",
+        }
+    }
+
+    /// The interface named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|i| i.as_str() == name)
+    }
+}
+
+/// Limits of one call; a field left out takes its default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Linear memory, in MiB.
     pub memory_mib: u32,
@@ -105,8 +125,11 @@ pub struct Limits {
     /// A deterministic instruction budget, if wanted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel: Option<u64>,
-    /// Largest output (JSON bytes).
+    /// Largest output (JSON bytes); also caps what the plugin logs and
+    /// writes to stdout/stderr in one call.
     pub max_output_bytes: u64,
+    /// Largest input (JSON bytes), refused before the plugin runs.
+    pub max_input_bytes: u64,
     /// Calls that may run at once.
     pub max_concurrency: u32,
 }
@@ -118,6 +141,7 @@ impl Default for Limits {
             timeout_ms: 5_000,
             fuel: None,
             max_output_bytes: 1 << 20,
+            max_input_bytes: 1 << 20,
             max_concurrency: 8,
         }
     }
@@ -154,6 +178,9 @@ pub enum ManifestError {
         /// What is wrong.
         reason: String,
     },
+    /// A `--grant` flag could not be read.
+    #[error("invalid grant {0}")]
+    BadGrant(String),
     /// The grant gives something the manifest did not ask for.
     #[error("the grant gives {0}, which the manifest does not ask for")]
     NotRequested(String),
@@ -214,6 +241,12 @@ impl PluginManifest {
                         "must be a JSON Schema (a table or a boolean)",
                     ));
                 }
+                if let Err(e) = jsonschema::validator_for(schema) {
+                    return Err(invalid(
+                        &format!("functions.{name}.{which}"),
+                        &format!("not a valid JSON Schema: {e}"),
+                    ));
+                }
             }
         }
         if self.limits.memory_mib == 0
@@ -267,9 +300,64 @@ impl PluginManifest {
             .iter()
             .find(|i| !asked.interfaces.contains(i))
         {
-            return Err(ManifestError::NotRequested(format!("host interface {i:?}")));
+            return Err(ManifestError::NotRequested(format!(
+                "host interface {}",
+                i.as_str()
+            )));
         }
         Ok(())
+    }
+}
+
+impl PluginManifest {
+    /// The grant that `flags` describe, each `KIND:VALUE`:
+    /// `interface:NAME`, `host:HOST[:PORT]`, `env:NAME`, `dir:GUEST` (with
+    /// the mode asked for) or `dir:GUEST:ro` (read-only where read-write was
+    /// asked). Refuses anything the manifest does not ask for.
+    pub fn grant_from(&self, flags: &[String]) -> Result<Grant, ManifestError> {
+        let mut grant = Grant::default();
+        for flag in flags {
+            let bad = || {
+                ManifestError::BadGrant(format!(
+                    "{flag:?}: use interface:NAME, host:HOST[:PORT], env:NAME or dir:GUEST[:ro]"
+                ))
+            };
+            let (kind, value) = flag.split_once(':').ok_or_else(bad)?;
+            match kind {
+                "interface" => {
+                    let interface = HostInterface::from_name(value).ok_or_else(|| {
+                        ManifestError::BadGrant(format!(
+                            "{flag:?}: no host interface {value:?} (log, kv, events or http)"
+                        ))
+                    })?;
+                    if !grant.interfaces.contains(&interface) {
+                        grant.interfaces.push(interface);
+                    }
+                }
+                "host" if !value.is_empty() => grant.hosts.push(value.to_owned()),
+                "env" if !value.is_empty() => grant.env.push(value.to_owned()),
+                "dir" => {
+                    let (guest, read_only) = match value.strip_suffix(":ro") {
+                        Some(guest) => (guest, true),
+                        None => (value, false),
+                    };
+                    let asked = self
+                        .permissions
+                        .dirs
+                        .iter()
+                        .find(|d| d.guest == guest)
+                        .ok_or_else(|| ManifestError::NotRequested(format!("directory {guest}")))?;
+                    let mut dir = asked.clone();
+                    if read_only {
+                        dir.mode = DirAccess::ReadOnly;
+                    }
+                    grant.dirs.push(dir);
+                }
+                _ => return Err(bad()),
+            }
+        }
+        self.check_grant(&grant)?;
+        Ok(grant)
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod checkpoint;
 mod head_file;
+mod plugin_projection;
 mod schema;
 mod writer;
 
@@ -49,6 +50,7 @@ const HOME_FILES: &[&str] = &[
     "lion.db-journal",
     "kernel.lock",
     "kernel.sock",
+    "plugins",
 ];
 
 /// How often a waiting subscriber re-reads the log for commits made by other
@@ -421,7 +423,7 @@ impl Readers {
         }
     }
 
-    /// The projections (elements and tasks), as a [`State`], read in one
+    /// The projections (elements, tasks and plugins), as a [`State`], read in one
     /// transaction so they agree with each other.
     fn projected_state(&self) -> Result<State, StoreError> {
         let mut bad = None;
@@ -452,6 +454,9 @@ impl Readers {
                         return Ok(state);
                     }
                 }
+            }
+            if let Err(reason) = plugin_projection::load(&tx, &mut state) {
+                bad = Some(format!("plugins projection: {reason}"));
             }
             Ok(state)
         })?;

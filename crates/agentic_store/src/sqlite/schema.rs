@@ -29,6 +29,24 @@ const MIGRATIONS: &[&str] = &[
         idempotency_key TEXT    UNIQUE,
         record          TEXT    NOT NULL     -- the TaskRecord, JSON
     );",
+    // 2 → 3: the projection of plugin events.
+    "CREATE TABLE plugins (
+        name                 TEXT    PRIMARY KEY,
+        seq                  INTEGER NOT NULL UNIQUE, -- the installing event: install order
+        installed            TEXT    NOT NULL,        -- the InstalledPlugin, JSON
+        status               TEXT    NOT NULL,        -- active | quarantined
+        calls                INTEGER NOT NULL,
+        succeeded            INTEGER NOT NULL,
+        failed               INTEGER NOT NULL,
+        consecutive_failures INTEGER NOT NULL,
+        artifacts            TEXT    NOT NULL         -- artifact key -> sha256, JSON
+    );
+    CREATE TABLE plugin_kv (
+        plugin TEXT NOT NULL,
+        key    TEXT NOT NULL,
+        value  TEXT NOT NULL,
+        PRIMARY KEY (plugin, key)
+    ) WITHOUT ROWID;",
 ];
 
 /// The table layout. `events` is append-only (triggers refuse UPDATE and

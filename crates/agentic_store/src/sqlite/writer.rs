@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug_span;
 use uuid::Uuid;
 
+use super::plugin_projection;
 use super::schema::DbFile;
 
 /// A message to the writer thread.
@@ -586,8 +587,11 @@ impl From<StoreError> for InsertError {
     }
 }
 
-enum ProjectError {
+/// Why an event could not be projected: refused by the rules, or SQL.
+pub(super) enum ProjectError {
+    /// The event breaks the reducer's rules.
     Refused(ApplyError),
+    /// SQLite failed.
     Sql(rusqlite::Error),
 }
 
@@ -659,6 +663,7 @@ fn project(
                 store_task(tx, &record)?;
             }
         }
+        other if other.plugin_name().is_some() => plugin_projection::project(tx, seq, other)?,
         other => {
             if let Some((task_id, change)) = other.task_change() {
                 let mut record = load_task(tx, task_id)?
@@ -707,7 +712,7 @@ fn store_task(tx: &Transaction<'_>, record: &TaskRecord) -> Result<(), ProjectEr
 
 /// Whether `e` is a UNIQUE violation on an index covering `column`
 /// (SQLite says "UNIQUE constraint failed: table.a, table.b").
-fn is_unique_violation(e: &rusqlite::Error, column: &str) -> bool {
+pub(super) fn is_unique_violation(e: &rusqlite::Error, column: &str) -> bool {
     match e {
         rusqlite::Error::SqliteFailure(f, Some(msg))
             if f.code == rusqlite::ErrorCode::ConstraintViolation =>

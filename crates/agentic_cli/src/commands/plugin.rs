@@ -1,0 +1,250 @@
+//! `lion plugin install|list|info|call|remove`: WebAssembly plugins in the
+//! home, through the kernel's plugin manager and the wasmtime sandbox.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agentic_core::plugin::{
+    CallOptions, DirAccess, Grant, PluginError, PluginManager, PluginRecord, PluginStatus,
+};
+use agentic_core::{Durability, EventStore};
+use agentic_store::SqliteStore;
+use agentic_wasm::WasmSandbox;
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use super::Ctx;
+use crate::output;
+
+/// Where a home keeps its plugins' files.
+pub fn plugins_dir(home: &Path) -> PathBuf {
+    home.join("plugins")
+}
+
+/// A plugin manager over `store`, with the wasmtime sandbox.
+pub fn manager(
+    home: &Path,
+    store: Arc<SqliteStore>,
+    ctx: Ctx,
+    durability: Durability,
+) -> Result<PluginManager> {
+    let sandbox = WasmSandbox::new().context("cannot start the WebAssembly sandbox")?;
+    let store: Arc<dyn EventStore> = store;
+    Ok(PluginManager::new(
+        store,
+        Arc::new(sandbox),
+        plugins_dir(home),
+        ctx.correlation_id,
+        durability,
+    ))
+}
+
+/// `lion plugin install MANIFEST [--grant KIND:VALUE ...] [--grant-all]`.
+pub async fn install(
+    home: &Path,
+    store: Arc<SqliteStore>,
+    ctx: Ctx,
+    manifest: &Path,
+    grants: &[String],
+    grant_all: bool,
+) -> Result<()> {
+    let manifest = PluginManager::read_manifest(manifest)?;
+    let grant = if grant_all {
+        eprintln!(
+            "warning: --grant-all gives {} everything its manifest asks for: {}",
+            manifest.name,
+            describe_permissions(&manifest.permissions)
+        );
+        manifest.permissions.clone()
+    } else {
+        manifest.grant_from(grants)?
+    };
+    let manager = manager(home, store, ctx, Durability::Durable)?;
+    let record = manager.install(manifest, grant).await?;
+    if ctx.json {
+        return output::json(&record);
+    }
+    let m = &record.installed.manifest;
+    println!(
+        "installed {} {} ({})",
+        m.name,
+        m.version,
+        &m.component.sha256[..12]
+    );
+    println!("  asked:   {}", describe_permissions(&m.permissions));
+    println!(
+        "  granted: {}",
+        describe_permissions(&record.installed.grant)
+    );
+    let refused = refused(&m.permissions, &record.installed.grant);
+    if !refused.is_empty() {
+        println!("  not granted (calls that need it are denied): {refused}");
+    }
+    Ok(())
+}
+
+/// `lion plugin list`.
+pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
+    let state = store.projected_state().await?;
+    if ctx.json {
+        let plugins: Vec<&PluginRecord> = state.plugins().collect();
+        return output::json(&plugins);
+    }
+    if state.plugins().len() == 0 {
+        println!("no plugins installed (lion plugin install MANIFEST)");
+        return Ok(());
+    }
+    let mut table = output::table(["name", "version", "status", "calls", "failed", "granted"]);
+    for p in state.plugins() {
+        let m = &p.installed.manifest;
+        table.add_row(vec![
+            m.name.clone(),
+            m.version.clone(),
+            status_name(p.status).to_owned(),
+            p.calls.to_string(),
+            p.failed.to_string(),
+            output::clip(&describe_permissions(&p.installed.grant), 60),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+/// `lion plugin info NAME`.
+pub async fn info(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
+    let state = store.projected_state().await?;
+    let Some(p) = state.plugin(name) else {
+        bail!(PluginError::NotInstalled(name.to_owned()));
+    };
+    let kv_keys = state.plugin_kv(name).map_or(0, |kv| kv.len());
+    if ctx.json {
+        return output::json(&json!({ "plugin": p, "kv_keys": kv_keys }));
+    }
+    let m = &p.installed.manifest;
+    println!("{} {} — {}", m.name, m.version, m.description);
+    println!("status:     {}", status_name(p.status));
+    println!(
+        "component:  sha256 {} ({} sandbox)",
+        m.component.sha256, p.installed.sandbox
+    );
+    println!("asked:      {}", describe_permissions(&m.permissions));
+    println!("granted:    {}", describe_permissions(&p.installed.grant));
+    let l = &m.limits;
+    println!(
+        "limits:     {} MiB memory, {} ms, {} output bytes, {} input bytes, {} at once{}",
+        l.memory_mib,
+        l.timeout_ms,
+        l.max_output_bytes,
+        l.max_input_bytes,
+        l.max_concurrency,
+        l.fuel.map(|f| format!(", {f} fuel")).unwrap_or_default()
+    );
+    println!(
+        "calls:      {} ({} succeeded, {} failed, {} failures in a row)",
+        p.calls, p.succeeded, p.failed, p.consecutive_failures
+    );
+    println!("kv keys:    {kv_keys}");
+    println!("functions:");
+    for (name, f) in &m.functions {
+        println!("  {name}: {}", f.description);
+        println!("    input:  {}", f.input_schema);
+        println!("    output: {}", f.output_schema);
+    }
+    Ok(())
+}
+
+/// `lion plugin call NAME FUNCTION --input JSON`: prints the output JSON.
+pub async fn call(
+    home: &Path,
+    store: Arc<SqliteStore>,
+    ctx: Ctx,
+    name: &str,
+    function: &str,
+    input: &str,
+) -> Result<()> {
+    let manager = manager(home, store, ctx, Durability::Durable)?;
+    let output: Value = manager
+        .call(name, function, input, CallOptions::default())
+        .await?;
+    println!("{output}");
+    Ok(())
+}
+
+/// `lion plugin remove NAME`.
+pub async fn remove(home: &Path, store: Arc<SqliteStore>, ctx: Ctx, name: &str) -> Result<()> {
+    let manager = manager(home, store, ctx, Durability::Durable)?;
+    manager.remove(name).await?;
+    if ctx.json {
+        return output::json(&json!({ "removed": name }));
+    }
+    println!("removed {name}");
+    Ok(())
+}
+
+fn status_name(status: PluginStatus) -> &'static str {
+    match status {
+        PluginStatus::Active => "active",
+        PluginStatus::Quarantined => "quarantined",
+    }
+}
+
+/// Permissions in one line: `interfaces log, kv; hosts a.com; dirs /data (ro)`.
+fn describe_permissions(p: &Grant) -> String {
+    let mut parts = Vec::new();
+    if !p.interfaces.is_empty() {
+        let names: Vec<&str> = p.interfaces.iter().map(|i| i.as_str()).collect();
+        parts.push(format!("interfaces {}", names.join(", ")));
+    }
+    if !p.hosts.is_empty() {
+        parts.push(format!("hosts {}", p.hosts.join(", ")));
+    }
+    if !p.env.is_empty() {
+        parts.push(format!("env {}", p.env.join(", ")));
+    }
+    if !p.dirs.is_empty() {
+        let dirs: Vec<String> = p
+            .dirs
+            .iter()
+            .map(|d| {
+                let mode = match d.mode {
+                    DirAccess::ReadOnly => "ro",
+                    DirAccess::ReadWrite => "rw",
+                };
+                format!("{} = {} ({mode})", d.guest, d.path.display())
+            })
+            .collect();
+        parts.push(format!("dirs {}", dirs.join(", ")));
+    }
+    if parts.is_empty() {
+        "nothing".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// What the manifest asks for that the grant does not give, as `--grant`
+/// values.
+fn refused(asked: &Grant, granted: &Grant) -> String {
+    let mut out = Vec::new();
+    for i in &asked.interfaces {
+        if !granted.interfaces.contains(i) {
+            out.push(format!("interface:{}", i.as_str()));
+        }
+    }
+    for h in &asked.hosts {
+        if !granted.hosts.contains(h) {
+            out.push(format!("host:{h}"));
+        }
+    }
+    for e in &asked.env {
+        if !granted.env.contains(e) {
+            out.push(format!("env:{e}"));
+        }
+    }
+    for d in &asked.dirs {
+        if !granted.dirs.iter().any(|g| g.guest == d.guest) {
+            out.push(format!("dir:{}", d.guest));
+        }
+    }
+    out.join(" ")
+}

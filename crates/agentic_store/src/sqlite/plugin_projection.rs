@@ -1,0 +1,204 @@
+//! The projection of plugin events: the `plugins` table (one row per
+//! installed plugin, counters as columns so a call's events are cheap
+//! updates) and `plugin_kv` (each plugin's key-value store), written in the
+//! append's transaction, and read back into a [`State`].
+
+use std::collections::BTreeMap;
+
+use agentic_core::plugin::{InstalledPlugin, PluginRecord, PluginStatus};
+use agentic_core::{ApplyError, State, SystemEvent};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::writer::{ProjectError, is_unique_violation};
+
+/// Updates the plugin tables for one plugin event.
+pub(super) fn project(
+    tx: &Transaction<'_>,
+    seq: u64,
+    event: &SystemEvent,
+) -> Result<(), ProjectError> {
+    let unknown = |name: &str| ProjectError::Refused(ApplyError::UnknownPlugin(name.to_owned()));
+    match event {
+        SystemEvent::PluginInstalled { plugin } => {
+            let installed = to_json(plugin)?;
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO plugins (name, seq, installed, status, calls, succeeded, \
+                     failed, consecutive_failures, artifacts) \
+                     VALUES (?1, ?2, ?3, 'active', 0, 0, 0, 0, '{}')",
+                )
+                .and_then(|mut s| s.execute(params![plugin.name(), seq as i64, installed]));
+            match inserted {
+                Ok(_) => Ok(()),
+                Err(e) if is_unique_violation(&e, "plugins.name") => Err(ProjectError::Refused(
+                    ApplyError::DuplicatePlugin(plugin.name().to_owned()),
+                )),
+                Err(e) => Err(ProjectError::Sql(e)),
+            }
+        }
+        SystemEvent::PluginRemoved { name } => {
+            let removed = execute(tx, "DELETE FROM plugins WHERE name = ?1", params![name])?;
+            if removed == 0 {
+                return Err(unknown(name));
+            }
+            execute(tx, "DELETE FROM plugin_kv WHERE plugin = ?1", params![name]).map(|_| ())
+        }
+        SystemEvent::PluginKvSet { name, key, value } => {
+            require(tx, name)?;
+            match value {
+                Some(value) => execute(
+                    tx,
+                    "INSERT INTO plugin_kv (plugin, key, value) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value",
+                    params![name, key, value],
+                ),
+                None => execute(
+                    tx,
+                    "DELETE FROM plugin_kv WHERE plugin = ?1 AND key = ?2",
+                    params![name, key],
+                ),
+            }
+            .map(|_| ())
+        }
+        SystemEvent::PluginLoaded { name, artifact, .. } => {
+            let current: Option<String> = tx
+                .prepare_cached("SELECT artifacts FROM plugins WHERE name = ?1")
+                .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
+                .map_err(ProjectError::Sql)?;
+            let current = current.ok_or_else(|| unknown(name))?;
+            let mut artifacts: BTreeMap<String, String> =
+                serde_json::from_str(&current).map_err(|e| ProjectError::Sql(from_json(e)))?;
+            artifacts.insert(artifact.key.clone(), artifact.sha256.clone());
+            update(
+                tx,
+                name,
+                "UPDATE plugins SET artifacts = ?2 WHERE name = ?1",
+                params![name, to_json(&artifacts)?],
+            )
+        }
+        SystemEvent::PluginInvoked { name, .. } => update(
+            tx,
+            name,
+            "UPDATE plugins SET calls = calls + 1 WHERE name = ?1",
+            params![name],
+        ),
+        SystemEvent::PluginSucceeded { name, .. } => update(
+            tx,
+            name,
+            "UPDATE plugins SET succeeded = succeeded + 1, consecutive_failures = 0 \
+             WHERE name = ?1",
+            params![name],
+        ),
+        SystemEvent::PluginFailed { name, failure, .. } => update(
+            tx,
+            name,
+            "UPDATE plugins SET failed = failed + 1, \
+             consecutive_failures = consecutive_failures + ?2 WHERE name = ?1",
+            params![name, i64::from(failure.kind.counts_towards_quarantine())],
+        ),
+        SystemEvent::PluginQuarantined { name, .. } => update(
+            tx,
+            name,
+            "UPDATE plugins SET status = 'quarantined' WHERE name = ?1",
+            params![name],
+        ),
+        SystemEvent::PluginPermissionDenied { name, .. }
+        | SystemEvent::PluginEmitted { name, .. } => require(tx, name),
+        _ => Ok(()),
+    }
+}
+
+/// Loads every plugin and its key-value store into `state`, in
+/// installation order.
+pub(super) fn load(tx: &Transaction<'_>, state: &mut State) -> Result<(), String> {
+    let mut kv: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut stmt = tx
+        .prepare_cached("SELECT plugin, key, value FROM plugin_kv")
+        .map_err(|e| e.to_string())?;
+    let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
+    while let Some(row) = rows.next().map_err(|e| e.to_string())? {
+        let get = |i| row.get::<_, String>(i).map_err(|e| e.to_string());
+        kv.entry(get(0)?).or_default().insert(get(1)?, get(2)?);
+    }
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT name, installed, status, calls, succeeded, failed, consecutive_failures, \
+             artifacts FROM plugins ORDER BY seq",
+        )
+        .map_err(|e| e.to_string())?;
+    let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
+    while let Some(row) = rows.next().map_err(|e| e.to_string())? {
+        let text = |i| row.get::<_, String>(i).map_err(|e| e.to_string());
+        let int = |i| row.get::<_, i64>(i).map_err(|e| e.to_string());
+        let name = text(0)?;
+        let installed: InstalledPlugin =
+            serde_json::from_str(&text(1)?).map_err(|e| format!("plugin {name}: {e}"))?;
+        let status = match text(2)?.as_str() {
+            "active" => PluginStatus::Active,
+            "quarantined" => PluginStatus::Quarantined,
+            other => return Err(format!("plugin {name}: unknown status {other:?}")),
+        };
+        let record = PluginRecord {
+            installed,
+            status,
+            calls: int(3)? as u64,
+            succeeded: int(4)? as u64,
+            failed: int(5)? as u64,
+            consecutive_failures: int(6)? as u32,
+            artifacts: serde_json::from_str(&text(7)?)
+                .map_err(|e| format!("plugin {name}: {e}"))?,
+        };
+        state.load_plugin(record, kv.remove(&name).unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Refuses an event about a plugin that is not installed.
+fn require(tx: &Transaction<'_>, name: &str) -> Result<(), ProjectError> {
+    let found = tx
+        .prepare_cached("SELECT 1 FROM plugins WHERE name = ?1")
+        .and_then(|mut s| s.exists([name]))
+        .map_err(ProjectError::Sql)?;
+    if found {
+        Ok(())
+    } else {
+        Err(ProjectError::Refused(ApplyError::UnknownPlugin(
+            name.to_owned(),
+        )))
+    }
+}
+
+/// Runs an update of one plugin's row, refusing when it is not installed.
+fn update(
+    tx: &Transaction<'_>,
+    name: &str,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<(), ProjectError> {
+    match execute(tx, sql, params)? {
+        0 => Err(ProjectError::Refused(ApplyError::UnknownPlugin(
+            name.to_owned(),
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn execute(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<usize, ProjectError> {
+    tx.prepare_cached(sql)
+        .and_then(|mut s| s.execute(params))
+        .map_err(ProjectError::Sql)
+}
+
+fn from_json(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+}
+
+/// A value as JSON text for a column.
+fn to_json(value: &impl serde::Serialize) -> Result<String, ProjectError> {
+    serde_json::to_string(value)
+        .map_err(|e| ProjectError::Sql(rusqlite::Error::ToSqlConversionFailure(e.into())))
+}

@@ -1,0 +1,295 @@
+//! One plugin call: a fresh store from the pre-instantiated component, WASI
+//! with only what was granted, memory/table/fuel limits, an epoch deadline
+//! plus a tokio timeout (for a guest blocked in a host call), capped
+//! stdout/stderr, and the failure named precisely.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentic_core::plugin::{CallContext, CallFailure, DirAccess, FailureKind, LoadedPlugin};
+use async_trait::async_trait;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::bindings::PluginPre;
+use crate::{EPOCH_TICK, MAX_MEMORY_BYTES};
+
+/// Table elements a plugin may have in any one table.
+const MAX_TABLE_ELEMENTS: usize = 10_000;
+
+/// What a store holds for one call.
+pub(crate) struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    /// The call's view of the host: grant checks, key-value, events.
+    pub(crate) ctx: Arc<CallContext>,
+    /// The HTTP client for the `http` interface.
+    pub(crate) http: reqwest::Client,
+    /// When the call must be over.
+    pub(crate) deadline: Instant,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Memory and table limits that record which limit a call hit, so the
+/// failure says "memory limit" rather than the trap the guest died of.
+struct Limiter {
+    memory_bytes: usize,
+    ctx: Arc<CallContext>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.ctx.hit_limit(CallFailure::new(
+                FailureKind::MemoryLimit,
+                format!(
+                    "linear memory would grow to {desired} bytes, over the {} byte limit",
+                    self.memory_bytes
+                ),
+            ));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            self.ctx.hit_limit(CallFailure::new(
+                FailureKind::MemoryLimit,
+                format!(
+                    "a table would grow to {desired} elements, over the {MAX_TABLE_ELEMENTS} limit"
+                ),
+            ));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+/// A compiled plugin, pre-instantiated, ready for calls.
+pub(crate) struct WasmPlugin {
+    engine: Engine,
+    pre: PluginPre<CallState>,
+    http: reqwest::Client,
+}
+
+impl WasmPlugin {
+    pub(crate) fn new(engine: Engine, pre: PluginPre<CallState>, http: reqwest::Client) -> Self {
+        Self { engine, pre, http }
+    }
+
+    /// The WASI context of one call: the granted directories and
+    /// environment variables, sockets only to granted IP hosts (each
+    /// refusal recorded), no name lookups, capped stdout and stderr.
+    fn wasi(
+        ctx: &Arc<CallContext>,
+        stdout: &MemoryOutputPipe,
+        stderr: &MemoryOutputPipe,
+    ) -> Result<WasiCtx, CallFailure> {
+        let mut builder = WasiCtxBuilder::new();
+        builder.stdout(stdout.clone()).stderr(stderr.clone());
+        for dir in &ctx.grant().dirs {
+            let perms = match dir.mode {
+                DirAccess::ReadOnly => FsPerms::ReadOnly,
+                DirAccess::ReadWrite => FsPerms::ReadWrite,
+            };
+            builder
+                .preopened_dir(&dir.path, &dir.guest, perms)
+                .map_err(|e| {
+                    CallFailure::new(
+                        FailureKind::Host,
+                        format!(
+                            "cannot open granted directory {}: {e:#}",
+                            dir.path.display()
+                        ),
+                    )
+                })?;
+        }
+        for name in &ctx.grant().env {
+            if let Ok(value) = std::env::var(name) {
+                builder.env(name, value);
+            }
+        }
+        let check = ctx.clone();
+        builder.allow_ip_name_lookup(false).socket_addr_check(
+            move |addr: SocketAddr, usage: SocketAddrUse| {
+                let allowed = match usage {
+                    // Binding a local wildcard address reaches no one (and
+                    // connect and send bind implicitly).
+                    SocketAddrUse::TcpBind | SocketAddrUse::UdpBind
+                        if addr.ip().is_unspecified() =>
+                    {
+                        true
+                    }
+                    SocketAddrUse::TcpConnect => check.socket_allowed(addr, "tcp connect"),
+                    SocketAddrUse::UdpSend => check.socket_allowed(addr, "udp send"),
+                    SocketAddrUse::UdpReceive => check.socket_allowed(addr, "udp receive"),
+                    // A plugin is not a server.
+                    other => {
+                        check.deny(format!("{other:?} {addr}"), "plugins may not listen");
+                        false
+                    }
+                };
+                Box::pin(async move { allowed })
+            },
+        );
+        Ok(builder.build())
+    }
+
+    /// Runs the call in `store` (instantiation included: a start function
+    /// runs under the same deadline).
+    async fn run(
+        &self,
+        store: &mut Store<CallState>,
+        function: &str,
+        input: &str,
+    ) -> wasmtime::Result<Result<String, String>> {
+        let plugin = self.pre.instantiate_async(&mut *store).await?;
+        plugin.call_invoke(&mut *store, function, input).await
+    }
+}
+
+#[async_trait]
+impl LoadedPlugin for WasmPlugin {
+    async fn call(
+        &self,
+        function: &str,
+        input: &str,
+        ctx: Arc<CallContext>,
+    ) -> Result<String, CallFailure> {
+        let limits = *ctx.limits();
+        let timeout = Duration::from_millis(limits.timeout_ms);
+        let cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
+        let stdout = MemoryOutputPipe::new(cap);
+        let stderr = MemoryOutputPipe::new(cap);
+        let state = CallState {
+            wasi: Self::wasi(&ctx, &stdout, &stderr)?,
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_bytes: (limits.memory_mib as usize)
+                    .saturating_mul(1 << 20)
+                    .min(MAX_MEMORY_BYTES),
+                ctx: ctx.clone(),
+            },
+            ctx: ctx.clone(),
+            http: self.http.clone(),
+            deadline: Instant::now() + timeout,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let fuel = limits.fuel.unwrap_or(u64::MAX);
+        store
+            .set_fuel(fuel)
+            .map_err(|e| CallFailure::new(FailureKind::Host, format!("{e:#}")))?;
+        let ticks = u64::try_from(timeout.as_millis() / EPOCH_TICK.as_millis()).unwrap_or(u64::MAX);
+        store.set_epoch_deadline(ticks.max(1));
+        let result = tokio::time::timeout(timeout, self.run(&mut store, function, input)).await;
+        match result {
+            Ok(Ok(Ok(output))) => match ctx.limit_hit() {
+                Some(failure) => Err(failure),
+                None => Ok(output),
+            },
+            Ok(Ok(Err(refusal))) => Err(ctx
+                .limit_hit()
+                .unwrap_or_else(|| CallFailure::new(FailureKind::Refused, refusal))),
+            Ok(Err(e)) => Err(ctx.limit_hit().unwrap_or_else(|| {
+                if stdout.contents().len() >= cap || stderr.contents().len() >= cap {
+                    CallFailure::new(
+                        FailureKind::OutputLimit,
+                        format!("the plugin wrote more than its {cap} byte output limit"),
+                    )
+                } else {
+                    classify(&e, timeout, &stderr)
+                }
+            })),
+            Err(_elapsed) => Err(ctx.limit_hit().unwrap_or_else(|| {
+                CallFailure::new(
+                    FailureKind::Timeout,
+                    format!(
+                        "the call ran past its {} ms limit (in a host call)",
+                        limits.timeout_ms
+                    ),
+                )
+            })),
+        }
+    }
+}
+
+/// Names a failed call: a timeout, fuel, a trap with its code, or a failure
+/// around the call. A trap's message carries the last line the plugin wrote
+/// to stderr (a Rust panic's message).
+fn classify(e: &wasmtime::Error, timeout: Duration, stderr: &MemoryOutputPipe) -> CallFailure {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallFailure::new(
+            FailureKind::Timeout,
+            format!("the call ran past its {} ms limit", timeout.as_millis()),
+        ),
+        Some(Trap::OutOfFuel) => {
+            CallFailure::new(FailureKind::FuelExhausted, "the call used up its fuel")
+        }
+        Some(trap) => {
+            let said = String::from_utf8_lossy(&stderr.contents()).to_string();
+            let last = said.lines().rev().find(|l| !l.trim().is_empty());
+            let message = match last {
+                Some(line) => format!("{trap}; the plugin said: {}", line.trim()),
+                None => trap.to_string(),
+            };
+            CallFailure::trap(trap_code(trap), message)
+        }
+        None => CallFailure::new(FailureKind::Host, format!("{e:#}").replace('\n', " ")),
+    }
+}
+
+/// A trap's code in snake case (`StackOverflow` → `stack_overflow`).
+fn trap_code(trap: &Trap) -> String {
+    let mut code = String::new();
+    for (i, c) in format!("{trap:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                code.push('_');
+            }
+            code.push(c.to_ascii_lowercase());
+        } else {
+            code.push(c);
+        }
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trap_codes_are_snake_case() {
+        assert_eq!(trap_code(&Trap::StackOverflow), "stack_overflow");
+        assert_eq!(
+            trap_code(&Trap::UnreachableCodeReached),
+            "unreachable_code_reached"
+        );
+        assert_eq!(trap_code(&Trap::MemoryOutOfBounds), "memory_out_of_bounds");
+    }
+}
