@@ -133,6 +133,9 @@ impl WasmPlugin {
                 builder.env(name, value);
             }
         }
+        // TCP and UDP are on, but every address goes through the check below;
+        // name lookups stay off (a host name reaches the network through the
+        // `http` interface, where the host resolves it).
         let check = ctx.clone();
         builder.allow_ip_name_lookup(false).socket_addr_check(
             move |addr: SocketAddr, usage: SocketAddrUse| {

@@ -1,32 +1,27 @@
 //! lion's example plugin: `greet` answers `{"name":"Ada"}` with
-//! `{"greeting":"Hello, Ada!"}`.
+//! `{"greeting":"Hello, Ada!"}` and logs `greeting Ada`.
 
-wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
+use agentic_pdk::log;
+use serde::{Deserialize, Serialize};
 
-use lion::plugin::host_log;
-use serde_json::{Value, json};
-
-struct HelloWorld;
-
-impl Guest for HelloWorld {
-    fn describe() -> String {
-        json!({"name": "hello_world", "functions": ["greet"]}).to_string()
-    }
-
-    fn invoke(function: String, input: String) -> Result<String, String> {
-        match function.as_str() {
-            "greet" => {
-                let input: Value = serde_json::from_str(&input).map_err(|e| e.to_string())?;
-                let name = input
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .ok_or("greet needs {\"name\": <string>}")?;
-                host_log::log(2, &format!("greeting {name}"));
-                Ok(json!({"greeting": format!("Hello, {name}!")}).to_string())
-            }
-            other => Err(format!("unknown function {other:?}")),
-        }
-    }
+/// The input of `greet`.
+#[derive(Deserialize)]
+struct Person {
+    name: String,
 }
 
-export!(HelloWorld);
+/// The output of `greet`.
+#[derive(Serialize)]
+struct Greeting {
+    greeting: String,
+}
+
+/// Greets `person` by name.
+fn greet(person: Person) -> Result<Greeting, String> {
+    log::info(&format!("greeting {}", person.name));
+    Ok(Greeting {
+        greeting: format!("Hello, {}!", person.name),
+    })
+}
+
+agentic_pdk::plugin!(greet);

@@ -50,7 +50,9 @@ pub fn component(name: &str) -> PathBuf {
 /// SHA-256 of a file, in hex.
 pub fn sha256_file(path: &Path) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(std::fs::read(path).expect("read component")))
+    hex::encode(sha2::Sha256::digest(
+        std::fs::read(path).expect("read component"),
+    ))
 }
 
 /// A home with a store and a plugin manager.
@@ -81,7 +83,11 @@ impl Home {
     }
 
     /// Installs the plugin `manifest` describes with `grants` (`--grant` values).
-    pub async fn install(&self, manifest: &Path, grants: &[&str]) -> Result<PluginRecord, PluginError> {
+    pub async fn install(
+        &self,
+        manifest: &Path,
+        grants: &[&str],
+    ) -> Result<PluginRecord, PluginError> {
         let m = PluginManager::read_manifest(manifest)?;
         let grants: Vec<String> = grants.iter().map(|g| (*g).to_owned()).collect();
         let grant = m.grant_from(&grants)?;
@@ -89,7 +95,12 @@ impl Home {
     }
 
     /// Calls a function with JSON input.
-    pub async fn call(&self, plugin: &str, function: &str, input: Value) -> Result<Value, PluginError> {
+    pub async fn call(
+        &self,
+        plugin: &str,
+        function: &str,
+        input: Value,
+    ) -> Result<Value, PluginError> {
         self.manager
             .call(plugin, function, &input.to_string(), CallOptions::default())
             .await
@@ -170,16 +181,36 @@ pub fn expect_kind(result: Result<Value, PluginError>, kind: FailureKind) -> Cal
 
 /// The functions of the abuse plugin, each with permissive schemas.
 pub const ABUSE_FUNCTIONS: &[&str] = &[
-    "spin", "grow", "recurse", "output", "log_flood", "trap", "panic", "read_file", "write_file",
-    "list_dir", "tcp_connect", "udp_send", "dns", "http_get", "kv_set", "kv_get", "emit", "env",
-    "counter", "echo",
+    "spin",
+    "grow",
+    "recurse",
+    "output",
+    "log_flood",
+    "trap",
+    "panic",
+    "read_file",
+    "write_file",
+    "list_dir",
+    "tcp_connect",
+    "udp_send",
+    "dns",
+    "http_get",
+    "kv_set",
+    "kv_get",
+    "emit",
+    "env",
+    "counter",
+    "echo",
 ];
 
-/// Writes a manifest for the abuse plugin into `dir` with the given
-/// `[permissions]` and `[limits]` bodies; returns its path.
+/// Writes a manifest for the abuse plugin into `dir`: it asks for every
+/// host interface, plus the `[permissions]` lines given (hosts, env,
+/// dirs), with the given `[limits]` body; returns its path.
 pub fn abuse_manifest(dir: &Path, permissions: &str, limits: &str) -> PathBuf {
     let wasm = component("abuse");
-    write_manifest(dir, "abuse", &wasm, permissions, limits, ABUSE_FUNCTIONS)
+    let permissions =
+        format!("interfaces = [\"log\", \"kv\", \"events\", \"http\"]\n{permissions}");
+    write_manifest(dir, "abuse", &wasm, &permissions, limits, ABUSE_FUNCTIONS)
 }
 
 /// Writes a manifest for `component` named `name` with functions taking
@@ -247,7 +278,9 @@ pub struct Listener {
 impl Listener {
     /// Starts a listener.
     pub async fn start(silent: bool) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
