@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agentic_core::plugin::{CallContext, CallFailure, DirAccess, FailureKind, LoadedPlugin};
 use async_trait::async_trait;
@@ -30,8 +30,6 @@ pub(crate) struct CallState {
     pub(crate) ctx: Arc<CallContext>,
     /// The HTTP client for the `http` interface.
     pub(crate) http: reqwest::Client,
-    /// When the call must be over.
-    pub(crate) deadline: Instant,
 }
 
 impl WasiView for CallState {
@@ -137,8 +135,11 @@ impl WasmPlugin {
         // name lookups stay off (a host name reaches the network through the
         // `http` interface, where the host resolves it).
         let check = ctx.clone();
-        builder.allow_ip_name_lookup(false).socket_addr_check(
-            move |addr: SocketAddr, usage: SocketAddrUse| {
+        builder
+            .allow_tcp(true)
+            .allow_udp(true)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(move |addr: SocketAddr, usage: SocketAddrUse| {
                 let allowed = match usage {
                     // Binding a local wildcard address reaches no one (and
                     // connect and send bind implicitly).
@@ -157,8 +158,7 @@ impl WasmPlugin {
                     }
                 };
                 Box::pin(async move { allowed })
-            },
-        );
+            });
         Ok(builder.build())
     }
 
@@ -199,7 +199,6 @@ impl LoadedPlugin for WasmPlugin {
             },
             ctx: ctx.clone(),
             http: self.http.clone(),
-            deadline: Instant::now() + timeout,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -254,11 +253,20 @@ fn classify(e: &wasmtime::Error, timeout: Duration, stderr: &MemoryOutputPipe) -
             CallFailure::new(FailureKind::FuelExhausted, "the call used up its fuel")
         }
         Some(trap) => {
+            // What the plugin wrote to stderr before dying (a Rust panic's
+            // "panicked at …" and its message), without rustc's hint.
             let said = String::from_utf8_lossy(&stderr.contents()).to_string();
-            let last = said.lines().rev().find(|l| !l.trim().is_empty());
-            let message = match last {
-                Some(line) => format!("{trap}; the plugin said: {}", line.trim()),
-                None => trap.to_string(),
+            let said: Vec<&str> = said
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("note: run with"))
+                .collect();
+            let said = said.join(" ");
+            let message = if said.is_empty() {
+                trap.to_string()
+            } else {
+                let said: String = said.chars().take(500).collect();
+                format!("{trap}; the plugin said: {said}")
             };
             CallFailure::trap(trap_code(trap), message)
         }

@@ -3,8 +3,6 @@
 //! calling an interface that was not granted ends the call as
 //! `permission_denied`, with the denial in the log.
 
-use std::time::Instant;
-
 use agentic_core::plugin::HostInterface;
 use wasmtime::format_err;
 
@@ -90,8 +88,9 @@ impl http::Host for CallState {
             Err(refused) => return Ok(Err(refused)),
         };
         let cap = self.ctx.limits().max_output_bytes;
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        Ok(fetch(&self.http, request, &access.url, remaining, cap).await)
+        // No timeout of its own: the call's timeout bounds the request, and
+        // names the failure.
+        Ok(fetch(&self.http, request, &access.url, cap).await)
     }
 }
 
@@ -101,12 +100,11 @@ async fn fetch(
     client: &reqwest::Client,
     request: http::Request,
     url: &str,
-    timeout: std::time::Duration,
     cap: u64,
 ) -> Result<http::Response, String> {
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
         .map_err(|_| format!("bad HTTP method {:?}", request.method))?;
-    let mut builder = client.request(method, url).timeout(timeout);
+    let mut builder = client.request(method, url);
     for (name, value) in &request.headers {
         builder = builder.header(name, value);
     }
