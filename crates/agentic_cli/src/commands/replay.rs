@@ -28,18 +28,22 @@ pub async fn run(store: &SqliteStore, ctx: Ctx) -> Result<()> {
             "projected_elements": projected.elements().len(),
             "tasks": folded.tasks().len(),
             "projected_tasks": projected.tasks().len(),
+            "plugins": folded.plugins().len(),
+            "projected_plugins": projected.plugins().len(),
             "differences": diff,
             "seconds": elapsed.as_secs_f64(),
         }))?;
     } else {
         println!(
-            "replayed {events} event(s) in {:.3} s: {} element(s) and {} task(s) folded; \
-             the projections hold {} and {}",
+            "replayed {events} event(s) in {:.3} s: {} element(s), {} task(s) and {} plugin(s) \
+             folded; the projections hold {}, {} and {}",
             elapsed.as_secs_f64(),
             folded.elements().len(),
             folded.tasks().len(),
+            folded.plugins().len(),
             projected.elements().len(),
-            projected.tasks().len()
+            projected.tasks().len(),
+            projected.plugins().len()
         );
         for d in diff.iter().take(SHOWN_DIFFERENCES) {
             println!("  difference: {d}");
