@@ -5,18 +5,22 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentic_core::plugin::{CallContext, CallFailure, DirAccess, FailureKind, LoadedPlugin};
 use async_trait::async_trait;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, ResourceLimiter, Store, Trap};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::PluginPre;
-use crate::{EPOCH_TICK, MAX_MEMORY_BYTES};
+use crate::MAX_MEMORY_BYTES;
+
+/// How much later than the deadline the tokio timeout ends a call blocked in
+/// a host call (wasm code is interrupted at the deadline itself).
+const HOST_CALL_GRACE: Duration = Duration::from_millis(5);
 
 /// Table elements a plugin may have in any one table.
 const MAX_TABLE_ELEMENTS: usize = 10_000;
@@ -206,9 +210,24 @@ impl LoadedPlugin for WasmPlugin {
         store
             .set_fuel(fuel)
             .map_err(|e| CallFailure::new(FailureKind::Host, format!("{e:#}")))?;
-        let ticks = u64::try_from(timeout.as_millis() / EPOCH_TICK.as_millis()).unwrap_or(u64::MAX);
-        store.set_epoch_deadline(ticks.max(1));
-        let result = tokio::time::timeout(timeout, self.run(&mut store, function, input)).await;
+        // Running wasm yields to the async runtime at every epoch tick (so a
+        // spinning plugin does not hold a worker thread) and is interrupted
+        // at the deadline. A guest blocked in a host call is not running
+        // wasm: the tokio timeout, a little later, ends that.
+        let deadline = Instant::now() + timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        let result = tokio::time::timeout(
+            timeout + HOST_CALL_GRACE,
+            self.run(&mut store, function, input),
+        )
+        .await;
         match result {
             Ok(Ok(Ok(output))) => match ctx.limit_hit() {
                 Some(failure) => Err(failure),
