@@ -117,7 +117,7 @@ struct Inner {
     sandbox: Arc<dyn Sandbox>,
     dir: PathBuf,
     correlation_id: Uuid,
-    quarantine_after: u32,
+    quarantine_after: AtomicU32,
     recorder: Recorder,
     /// Loaded plugins by name; loading holds the lock (loads are rare).
     loaded: tokio::sync::Mutex<HashMap<String, Arc<Entry>>>,
@@ -164,22 +164,28 @@ impl PluginManager {
                 sandbox,
                 dir: dir.into(),
                 correlation_id,
-                quarantine_after: DEFAULT_QUARANTINE_AFTER,
+                quarantine_after: AtomicU32::new(DEFAULT_QUARANTINE_AFTER),
                 loaded: tokio::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
 
-    /// Sets how many failures in a row quarantine a plugin.
-    pub fn with_quarantine_after(mut self, failures: u32) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.quarantine_after = failures.max(1);
-        }
-        self
+    /// Sets how many failures in a row quarantine a plugin (at least 1).
+    pub fn set_quarantine_after(&self, failures: u32) {
+        self.inner
+            .quarantine_after
+            .store(failures.max(1), Ordering::Relaxed);
     }
 
-    /// Reads a manifest and the grant `flags` describe (`--grant` values),
-    /// or everything the manifest asks for when `grant_all`.
+    /// Drops a loaded plugin from memory; its next call loads it again
+    /// (from the cache). Returns whether it was loaded.
+    pub async fn unload(&self, name: &str) -> bool {
+        self.inner.loaded.lock().await.remove(name).is_some()
+    }
+
+    /// Reads a manifest file: the component path and directory paths are
+    /// made absolute against the manifest's directory (directories must
+    /// exist).
     pub fn read_manifest(path: &Path) -> Result<PluginManifest, PluginError> {
         let text = std::fs::read_to_string(path).map_err(|e| PluginError::io(path, e))?;
         let mut manifest = PluginManifest::parse(&text).map_err(|e| match e {
@@ -303,7 +309,7 @@ impl PluginManager {
             }
             other => other?,
         }
-        self.inner.loaded.lock().await.remove(name);
+        self.unload(name).await;
         if !shared {
             // Content-addressed files; a failure to delete leaves only garbage.
             let _ = std::fs::remove_file(self.component_path(&sha));
@@ -406,7 +412,7 @@ impl PluginManager {
                 });
                 if failure.kind.counts_towards_quarantine() {
                     let failures = entry.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-                    if failures >= self.inner.quarantine_after
+                    if failures >= self.inner.quarantine_after.load(Ordering::Relaxed)
                         && !entry.quarantined.swap(true, Ordering::AcqRel)
                     {
                         events.push(SystemEvent::PluginQuarantined {
@@ -552,7 +558,7 @@ impl PluginManager {
             | SystemEvent::PluginRemoved { .. }
             | SystemEvent::PluginQuarantined { .. } => {
                 if let Some(name) = event.plugin_name() {
-                    self.inner.loaded.lock().await.remove(name);
+                    self.unload(name).await;
                 }
             }
             SystemEvent::PluginKvSet { name, key, value } => {
