@@ -281,4 +281,20 @@ pub enum BenchCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// WebAssembly plugins: compile time, cached load, and per-call latency
+    /// and calls/s of hello_world through the plugin manager, beside the
+    /// raw wasmtime call.
+    Plugins {
+        /// A short run that only checks every path works (figures mean little).
+        #[arg(long)]
+        quick: bool,
+        /// Where to create the scratch home, on the disk to measure (it is
+        /// removed afterwards) [default: the system temp dir].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The built hello_world plugin: its plugin.toml and component
+        /// [default: plugins/dist/hello_world, made by scripts/build-plugins].
+        #[arg(long, value_name = "DIR")]
+        plugin: Option<PathBuf>,
+    },
 }

@@ -15,8 +15,8 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::bindings::PluginPre;
 use crate::MAX_MEMORY_BYTES;
+use crate::bindings::PluginPre;
 
 /// How much later than the deadline the tokio timeout ends a call blocked in
 /// a host call (wasm code is interrupted at the deadline itself).

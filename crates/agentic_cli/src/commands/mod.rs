@@ -2,6 +2,7 @@
 //! store, and prints its result.
 
 pub mod bench;
+pub mod bench_plugins;
 pub mod bench_runtime;
 pub mod element;
 pub mod events;

@@ -2,6 +2,9 @@
 //! temporary home, reading what it printed, and reaching into the home's
 //! files the way a tamperer (or a broken disk) would.
 
+// Each test binary uses its own share of these helpers.
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
