@@ -14,6 +14,8 @@
 //!   stored event travels in.
 //! - [`chain`] — the SHA-256 hash chain that makes the log tamper-evident, and
 //!   its verifier.
+//! - [`llm`] — the [`LlmProvider`](llm::LlmProvider) port: chat completions
+//!   streamed chunk by chunk.
 //! - [`kernel`] — the long-running kernel's loop: recovery, then following
 //!   the log for work other processes submit.
 //! - [`orchestrator`] — [`Orchestrator`]: runs tasks concurrently through
@@ -29,6 +31,7 @@ pub mod chain;
 pub mod element;
 pub mod event;
 pub mod kernel;
+pub mod llm;
 pub mod orchestrator;
 pub mod pile;
 pub mod plugin;
