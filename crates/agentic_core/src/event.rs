@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::agent::AgentId;
 use crate::chain::Hash;
 use crate::element::ElementData;
+use crate::llm::{ChatMessage, Usage};
 use crate::plugin::{Artifact, CallFailure, InstalledPlugin};
 use crate::task::{TaskChange, TaskSpec};
 
@@ -192,6 +193,42 @@ pub enum SystemEvent {
         /// The new value; `None` deletes the key.
         value: Option<String>,
     },
+    /// Text an LLM streamed for an agent. Live subscribers get one of these
+    /// per chunk, uncommitted; the log gets them coalesced (by size or time).
+    LlmDelta {
+        /// The agent.
+        agent: String,
+        /// The completion.
+        run_id: Uuid,
+        /// The text.
+        text: String,
+    },
+    /// An LLM completion for an agent finished: the whole message.
+    LlmFinished {
+        /// The agent.
+        agent: String,
+        /// The completion.
+        run_id: Uuid,
+        /// The assistant's message, tool calls included.
+        message: ChatMessage,
+        /// Tokens used.
+        usage: Usage,
+        /// Why it ended (`stop`, `length`, `tool_calls`...).
+        finish_reason: Option<String>,
+    },
+    /// An LLM completion for an agent was stopped before it finished.
+    LlmStopped {
+        /// The agent.
+        agent: String,
+        /// The completion.
+        run_id: Uuid,
+        /// Why: the token budget, a cancellation, or the provider's error.
+        reason: String,
+        /// The text streamed before it stopped.
+        partial: String,
+        /// Tokens counted when it stopped.
+        tokens: u64,
+    },
     /// A plugin emitted a custom event (committed with the call's result).
     PluginEmitted {
         /// The plugin.
@@ -229,6 +266,9 @@ impl SystemEvent {
             SystemEvent::PluginRemoved { .. } => "plugin_removed",
             SystemEvent::PluginKvSet { .. } => "plugin_kv_set",
             SystemEvent::PluginEmitted { .. } => "plugin_emitted",
+            SystemEvent::LlmDelta { .. } => "llm_delta",
+            SystemEvent::LlmFinished { .. } => "llm_finished",
+            SystemEvent::LlmStopped { .. } => "llm_stopped",
         }
     }
 
@@ -265,7 +305,10 @@ impl SystemEvent {
             | SystemEvent::PluginQuarantined { .. }
             | SystemEvent::PluginRemoved { .. }
             | SystemEvent::PluginKvSet { .. }
-            | SystemEvent::PluginEmitted { .. } => return None,
+            | SystemEvent::PluginEmitted { .. }
+            | SystemEvent::LlmDelta { .. }
+            | SystemEvent::LlmFinished { .. }
+            | SystemEvent::LlmStopped { .. } => return None,
             SystemEvent::TaskStarted { task_id, attempt } => {
                 (*task_id, TaskChange::Started { attempt: *attempt })
             }
@@ -336,6 +379,9 @@ impl SystemEvent {
             other if other.plugin_name().is_some() => {
                 format!("plugin:{}", other.plugin_name().unwrap_or_default())
             }
+            SystemEvent::LlmDelta { agent, .. }
+            | SystemEvent::LlmFinished { agent, .. }
+            | SystemEvent::LlmStopped { agent, .. } => format!("agent:{agent}:llm"),
             other => match other.task_change() {
                 Some((task_id, _)) => format!("task:{task_id}"),
                 None => "system".to_owned(),

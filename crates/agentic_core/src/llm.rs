@@ -3,7 +3,12 @@
 //! embedded local model) live outside the kernel, in `agentic_llm`.
 //!
 //! A stream is a [`ChatStream`]: chunks arrive the moment the provider sends
-//! them; dropping the stream cancels the request.
+//! them; dropping the stream cancels the request. [`Relay`] carries one to
+//! live subscribers and, coalesced, into the log.
+
+mod relay;
+
+pub use relay::{Relay, RelayOptions, RelayOutcome, StopReason};
 
 use std::fmt;
 use std::time::Duration;
