@@ -60,6 +60,10 @@ pub enum Command {
     #[command(name = "submit-task")]
     SubmitTask(SubmitTask),
 
+    /// Spawn, list, message and stop LLM agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+
     /// Install, list, inspect, call and remove WebAssembly plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -125,6 +129,47 @@ pub enum TaskCommand {
     Cancel {
         /// The task's id.
         id: String,
+    },
+}
+
+/// `lion agent …`
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Spawn an LLM agent (its memory lives in the log).
+    Spawn {
+        /// The agent's name.
+        name: String,
+        /// The provider's base URL [default: $LION_LLM_BASE_URL, else the
+        /// home's config.toml].
+        #[arg(long, value_name = "URL")]
+        base_url: Option<String>,
+        /// The model [default: $LION_LLM_MODEL, else the home's config.toml].
+        #[arg(long, value_name = "M")]
+        model: Option<String>,
+        /// The system prompt.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        system: String,
+        /// A plugin function the agent may call (PLUGIN.FUNCTION).
+        #[arg(long, value_name = "PLUGIN.FUNCTION")]
+        tool: Vec<String>,
+        /// Most tokens one answer may generate.
+        #[arg(long, value_name = "N")]
+        budget_tokens: Option<u64>,
+    },
+    /// List agents.
+    List,
+    /// Send an agent a message; its answer streams to the terminal as it
+    /// arrives.
+    Send {
+        /// The agent's name.
+        name: String,
+        /// The message.
+        text: String,
+    },
+    /// Stop an agent: it takes no more messages.
+    Stop {
+        /// The agent's name.
+        name: String,
     },
 }
 

@@ -28,8 +28,8 @@ use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
 use cli::{
-    BenchCommand, Cli, Command, ElementCommand, EventsCommand, LogFormat, PluginCommand,
-    TaskCommand,
+    AgentCommand, BenchCommand, Cli, Command, ElementCommand, EventsCommand, LogFormat,
+    PluginCommand, TaskCommand,
 };
 use commands::Ctx;
 
@@ -128,6 +128,29 @@ async fn run(cli: Cli) -> Result<()> {
                 commands::events::tail(open()?, ctx, from, count).await
             }
             Command::Events(EventsCommand::Verify) => commands::events::verify(&*open()?, ctx),
+            Command::Agent(AgentCommand::Spawn {
+                name,
+                base_url,
+                model,
+                system,
+                tool,
+                budget_tokens,
+            }) => {
+                let spec = agentic_core::llm::AgentSpec {
+                    model,
+                    base_url,
+                    system,
+                    budget_tokens,
+                };
+                commands::agent::spawn(&*open()?, ctx, &name, spec, &tool).await
+            }
+            Command::Agent(AgentCommand::List) => commands::agent::list(&*open()?, ctx).await,
+            Command::Agent(AgentCommand::Send { name, text }) => {
+                commands::agent::send(&home, open()?, ctx, &name, &text).await
+            }
+            Command::Agent(AgentCommand::Stop { name }) => {
+                commands::agent::stop(&*open()?, ctx, &name).await
+            }
             Command::Plugin(PluginCommand::Install {
                 manifest,
                 grant,

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::agent::AgentId;
 use crate::chain::Hash;
 use crate::element::ElementData;
-use crate::llm::{ChatMessage, Usage};
+use crate::llm::{AgentSpec, ChatMessage, Usage};
 use crate::plugin::{Artifact, CallFailure, InstalledPlugin};
 use crate::task::{TaskChange, TaskSpec};
 
@@ -193,6 +193,27 @@ pub enum SystemEvent {
         /// The new value; `None` deletes the key.
         value: Option<String>,
     },
+    /// An LLM agent was spawned (or spawned again after being stopped).
+    AgentSpawned {
+        /// Its name.
+        name: String,
+        /// How.
+        spec: AgentSpec,
+    },
+    /// A message was sent to an LLM agent: a run starts.
+    AgentPrompted {
+        /// The agent.
+        name: String,
+        /// The run (the completion that answers it).
+        run_id: Uuid,
+        /// The message.
+        message: ChatMessage,
+    },
+    /// An LLM agent was stopped: it takes no more messages.
+    AgentStopped {
+        /// The agent.
+        name: String,
+    },
     /// Text an LLM streamed for an agent. Live subscribers get one of these
     /// per chunk, uncommitted; the log gets them coalesced (by size or time).
     LlmDelta {
@@ -266,6 +287,9 @@ impl SystemEvent {
             SystemEvent::PluginRemoved { .. } => "plugin_removed",
             SystemEvent::PluginKvSet { .. } => "plugin_kv_set",
             SystemEvent::PluginEmitted { .. } => "plugin_emitted",
+            SystemEvent::AgentSpawned { .. } => "agent_spawned",
+            SystemEvent::AgentPrompted { .. } => "agent_prompted",
+            SystemEvent::AgentStopped { .. } => "agent_stopped",
             SystemEvent::LlmDelta { .. } => "llm_delta",
             SystemEvent::LlmFinished { .. } => "llm_finished",
             SystemEvent::LlmStopped { .. } => "llm_stopped",
@@ -306,6 +330,9 @@ impl SystemEvent {
             | SystemEvent::PluginRemoved { .. }
             | SystemEvent::PluginKvSet { .. }
             | SystemEvent::PluginEmitted { .. }
+            | SystemEvent::AgentSpawned { .. }
+            | SystemEvent::AgentPrompted { .. }
+            | SystemEvent::AgentStopped { .. }
             | SystemEvent::LlmDelta { .. }
             | SystemEvent::LlmFinished { .. }
             | SystemEvent::LlmStopped { .. } => return None,
@@ -379,9 +406,12 @@ impl SystemEvent {
             other if other.plugin_name().is_some() => {
                 format!("plugin:{}", other.plugin_name().unwrap_or_default())
             }
-            SystemEvent::LlmDelta { agent, .. }
-            | SystemEvent::LlmFinished { agent, .. }
-            | SystemEvent::LlmStopped { agent, .. } => format!("agent:{agent}:llm"),
+            SystemEvent::LlmDelta { agent: name, .. }
+            | SystemEvent::LlmFinished { agent: name, .. }
+            | SystemEvent::LlmStopped { agent: name, .. }
+            | SystemEvent::AgentSpawned { name, .. }
+            | SystemEvent::AgentPrompted { name, .. }
+            | SystemEvent::AgentStopped { name } => format!("agent:{name}:llm"),
             other => match other.task_change() {
                 Some((task_id, _)) => format!("task:{task_id}"),
                 None => "system".to_owned(),

@@ -6,8 +6,10 @@
 //! them; dropping the stream cancels the request. [`Relay`] carries one to
 //! live subscribers and, coalesced, into the log.
 
+mod agents;
 mod relay;
 
+pub use agents::{AgentRecord, AgentSpec, AgentStatus};
 pub use relay::{Relay, RelayOptions, RelayOutcome, StopReason};
 
 use std::fmt;

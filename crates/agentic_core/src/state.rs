@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::element::ElementData;
 use crate::event::SystemEvent;
+use crate::llm::{AgentRecord, AgentStatus};
 use crate::plugin::PluginRecord;
 use crate::task::{TaskRecord, TaskRuleError};
 
@@ -28,6 +29,8 @@ pub struct State {
     plugins: IndexMap<String, PluginRecord>,
     /// Each plugin's key-value store.
     plugin_kv: HashMap<String, BTreeMap<String, String>>,
+    /// LLM agents, in the order they were first spawned.
+    agents: IndexMap<String, AgentRecord>,
 }
 
 /// Why an event cannot be applied to the current state.
@@ -59,6 +62,15 @@ pub enum ApplyError {
     /// The event is about a plugin that is not installed.
     #[error("no plugin {0} is installed")]
     UnknownPlugin(String),
+    /// An active agent has this name already.
+    #[error("agent {0} exists already (stop it first to spawn it anew)")]
+    DuplicateAgent(String),
+    /// No agent has this name.
+    #[error("no agent {0}")]
+    UnknownAgent(String),
+    /// The agent is stopped.
+    #[error("agent {0} is stopped")]
+    AgentStopped(String),
 }
 
 impl State {
@@ -139,6 +151,41 @@ impl State {
                     }
                 }
             }
+            SystemEvent::AgentSpawned { name, spec } => {
+                if self
+                    .agents
+                    .get(&name)
+                    .is_some_and(|a| a.status == AgentStatus::Active)
+                {
+                    return Err(ApplyError::DuplicateAgent(name));
+                }
+                let record = AgentRecord::spawned(&name, spec);
+                match self.agents.get_mut(&name) {
+                    // Spawned again after a stop: a fresh memory.
+                    Some(existing) => *existing = record,
+                    None => {
+                        self.agents.insert(name, record);
+                    }
+                }
+            }
+            SystemEvent::AgentPrompted { name, message, .. } => {
+                let agent = self.active_agent(&name)?;
+                agent.messages.push(message);
+            }
+            SystemEvent::AgentStopped { name } => {
+                self.active_agent(&name)?.status = AgentStatus::Stopped;
+            }
+            SystemEvent::LlmFinished {
+                agent,
+                message,
+                usage,
+                ..
+            } => {
+                // Completions relayed for no recorded agent change nothing.
+                if let Some(record) = self.agents.get_mut(&agent) {
+                    record.answered(&message, &usage);
+                }
+            }
             other if other.plugin_name().is_some() => {
                 let name = other.plugin_name().unwrap_or_default();
                 let record = self
@@ -188,6 +235,9 @@ impl State {
                 Err(ApplyError::DuplicatePlugin(plugin.name().to_owned()))
             }
             SystemEvent::PluginInstalled { .. } => Ok(()),
+            SystemEvent::AgentSpawned { .. }
+            | SystemEvent::AgentPrompted { .. }
+            | SystemEvent::AgentStopped { .. } => self.check_agent_event(event),
             other if other.plugin_name().is_some() => {
                 let name = other.plugin_name().unwrap_or_default();
                 match self.plugins.contains_key(name) {
@@ -231,6 +281,51 @@ impl State {
     /// The task an idempotency key names, if any.
     pub fn task_by_key(&self, key: &str) -> Option<&TaskRecord> {
         self.task_keys.get(key).and_then(|id| self.tasks.get(id))
+    }
+
+    /// Refuses an agent event that breaks the rules: a second active agent
+    /// of a name, a message to or a stop of an unknown or stopped agent.
+    fn check_agent_event(&self, event: &SystemEvent) -> Result<(), ApplyError> {
+        let status = |name: &str| self.agents.get(name).map(|a| a.status);
+        match event {
+            SystemEvent::AgentSpawned { name, .. } => match status(name) {
+                Some(AgentStatus::Active) => Err(ApplyError::DuplicateAgent(name.clone())),
+                _ => Ok(()),
+            },
+            SystemEvent::AgentPrompted { name, .. } | SystemEvent::AgentStopped { name } => {
+                match status(name) {
+                    Some(AgentStatus::Active) => Ok(()),
+                    Some(AgentStatus::Stopped) => Err(ApplyError::AgentStopped(name.clone())),
+                    None => Err(ApplyError::UnknownAgent(name.clone())),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The active agent `name`, to change.
+    fn active_agent(&mut self, name: &str) -> Result<&mut AgentRecord, ApplyError> {
+        match self.agents.get_mut(name) {
+            Some(agent) if agent.status == AgentStatus::Active => Ok(agent),
+            Some(_) => Err(ApplyError::AgentStopped(name.to_owned())),
+            None => Err(ApplyError::UnknownAgent(name.to_owned())),
+        }
+    }
+
+    /// Every LLM agent, in the order they were first spawned.
+    pub fn agents(&self) -> impl ExactSizeIterator<Item = &AgentRecord> {
+        self.agents.values()
+    }
+
+    /// The agent `name`, if any.
+    pub fn agent(&self, name: &str) -> Option<&AgentRecord> {
+        self.agents.get(name)
+    }
+
+    /// Adds an agent read from a projection (used by stores to load their
+    /// projected state; not a way to change state outside the log).
+    pub fn load_agent(&mut self, record: AgentRecord) {
+        self.agents.insert(record.name.clone(), record);
     }
 
     /// Every installed plugin, in installation order.
@@ -330,6 +425,21 @@ impl State {
         for name in other.plugins.keys() {
             if !self.plugins.contains_key(name) {
                 out.push(format!("plugin {name} unexpected"));
+            }
+        }
+        for (i, (name, mine)) in self.agents.iter().enumerate() {
+            match other.agents.get_full(name) {
+                None => out.push(format!("agent {name} missing")),
+                Some((j, _, _)) if j != i => {
+                    out.push(format!("agent {name} at position {j} instead of {i}"));
+                }
+                Some((_, _, theirs)) if theirs != mine => out.push(format!("agent {name} differs")),
+                Some(_) => {}
+            }
+        }
+        for name in other.agents.keys() {
+            if !self.agents.contains_key(name) {
+                out.push(format!("agent {name} unexpected"));
             }
         }
         out

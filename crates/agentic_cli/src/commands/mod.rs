@@ -1,6 +1,7 @@
 //! One module per command group; each takes parsed arguments and an open
 //! store, and prints its result.
 
+pub mod agent;
 pub mod bench;
 pub mod bench_plugins;
 pub mod bench_runtime;

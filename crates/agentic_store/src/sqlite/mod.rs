@@ -5,6 +5,7 @@
 //! ([`writer`]); reads use a small pool of reader connections, which WAL lets
 //! run beside the writer. Several processes may open the same home at once.
 
+mod agent_projection;
 mod checkpoint;
 mod head_file;
 mod plugin_projection;
@@ -51,6 +52,7 @@ const HOME_FILES: &[&str] = &[
     "kernel.lock",
     "kernel.sock",
     "plugins",
+    "config.toml",
 ];
 
 /// How often a waiting subscriber re-reads the log for commits made by other
@@ -423,7 +425,7 @@ impl Readers {
         }
     }
 
-    /// The projections (elements, tasks and plugins), as a [`State`], read in one
+    /// The projections (elements, tasks, plugins and agents), as a [`State`], read in one
     /// transaction so they agree with each other.
     fn projected_state(&self) -> Result<State, StoreError> {
         let mut bad = None;
@@ -457,6 +459,9 @@ impl Readers {
             }
             if let Err(reason) = plugin_projection::load(&tx, &mut state) {
                 bad = Some(format!("plugins projection: {reason}"));
+            }
+            if let Err(reason) = agent_projection::load(&tx, &mut state) {
+                bad = Some(format!("agents projection: {reason}"));
             }
             Ok(state)
         })?;

@@ -47,6 +47,12 @@ const MIGRATIONS: &[&str] = &[
         value  TEXT NOT NULL,
         PRIMARY KEY (plugin, key)
     ) WITHOUT ROWID;",
+    // 3 → 4: the projection of LLM agent events.
+    "CREATE TABLE agents (
+        name   TEXT    PRIMARY KEY,
+        seq    INTEGER NOT NULL,  -- the first spawning event: spawn order
+        record TEXT    NOT NULL   -- the AgentRecord, JSON
+    );",
 ];
 
 /// The table layout. `events` is append-only (triggers refuse UPDATE and

@@ -31,8 +31,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug_span;
 use uuid::Uuid;
 
-use super::plugin_projection;
 use super::schema::DbFile;
+use super::{agent_projection, plugin_projection};
 
 /// A message to the writer thread.
 pub(crate) enum Request {
@@ -664,6 +664,10 @@ fn project(
             }
         }
         other if other.plugin_name().is_some() => plugin_projection::project(tx, seq, other)?,
+        other if agent_projection::agent_of(other).is_some() => {
+            let name = agent_projection::agent_of(other).unwrap_or_default();
+            agent_projection::project(tx, seq, name, other)?;
+        }
         other => {
             if let Some((task_id, change)) = other.task_change() {
                 let mut record = load_task(tx, task_id)?
