@@ -46,16 +46,15 @@ pub async fn spawn(
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == ':') {
         bail!("an agent name must be non-empty, without spaces or ':'");
     }
-    let event = SystemEvent::AgentSpawned {
-        name: name.to_owned(),
-        spec,
-    };
-    store
-        .append(
-            vec![NewEvent::new(event, ctx.correlation_id)],
-            ExpectedVersion::Any,
-        )
-        .await?;
+    record(
+        store,
+        ctx,
+        SystemEvent::AgentSpawned {
+            name: name.to_owned(),
+            spec,
+        },
+    )
+    .await?;
     if ctx.json {
         return output::json(&json!({ "spawned": name }));
     }
@@ -96,15 +95,14 @@ pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
 
 /// `lion agent stop`.
 pub async fn stop(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
-    let event = SystemEvent::AgentStopped {
-        name: name.to_owned(),
-    };
-    store
-        .append(
-            vec![NewEvent::new(event, ctx.correlation_id)],
-            ExpectedVersion::Any,
-        )
-        .await?;
+    record(
+        store,
+        ctx,
+        SystemEvent::AgentStopped {
+            name: name.to_owned(),
+        },
+    )
+    .await?;
     if ctx.json {
         return output::json(&json!({ "stopped": name }));
     }
@@ -147,17 +145,16 @@ pub async fn send(
     // model) leave the log untouched.
     let stream = provider.stream(request).await?;
     let run_id = Uuid::now_v7();
-    let prompted = SystemEvent::AgentPrompted {
-        name: name.to_owned(),
-        run_id,
-        message: user,
-    };
-    store
-        .append(
-            vec![NewEvent::new(prompted, ctx.correlation_id)],
-            ExpectedVersion::Any,
-        )
-        .await?;
+    record(
+        &store,
+        ctx,
+        SystemEvent::AgentPrompted {
+            name: name.to_owned(),
+            run_id,
+            message: user,
+        },
+    )
+    .await?;
     let (live, mut watch) = broadcast::channel::<LiveEvent>(1024);
     let printer = (!ctx.json).then(|| {
         tokio::spawn(async move {
@@ -204,6 +201,17 @@ pub async fn send(
             bail!("agent {name} stopped: {reason}")
         }
     }
+}
+
+/// Appends one event of this invocation and waits for its commit.
+async fn record(store: &SqliteStore, ctx: Ctx, event: SystemEvent) -> Result<()> {
+    store
+        .append(
+            vec![NewEvent::new(event, ctx.correlation_id)],
+            ExpectedVersion::Any,
+        )
+        .await?;
+    Ok(())
 }
 
 /// The provider an agent uses, resolved.
