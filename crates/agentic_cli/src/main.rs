@@ -141,8 +141,9 @@ async fn run(cli: Cli) -> Result<()> {
                     base_url,
                     system,
                     budget_tokens,
+                    tools: tool,
                 };
-                commands::agent::spawn(&*open()?, ctx, &name, spec, &tool).await
+                commands::agent::spawn(&*open()?, ctx, &name, spec).await
             }
             Command::Agent(AgentCommand::List) => commands::agent::list(&*open()?, ctx).await,
             Command::Agent(AgentCommand::Send { name, text }) => {

@@ -14,16 +14,48 @@ use tokio::net::TcpListener;
 
 const SENTINEL_KEY: &str = "sk-sentinel-0d6f1c";
 
+/// An SSE body streaming `chunks` of text, then stop, usage and `[DONE]`.
+fn text_body(chunks: &[&str]) -> String {
+    let mut out = String::new();
+    for c in chunks {
+        let delta = serde_json::json!({"choices":[{"index":0,"delta":{"content":c}}]});
+        out.push_str(&format!("data: {delta}\n\n"));
+    }
+    out.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
+    out.push_str(
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3}}\n\n",
+    );
+    out.push_str("data: [DONE]\n\n");
+    out
+}
+
+/// An SSE body in which the model calls tool `name` with `arguments`.
+fn tool_call_body(name: &str, arguments: &str) -> String {
+    let call = serde_json::json!({"choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[
+        {"index":0,"id":"call_1","type":"function","function":{"name":name,"arguments":arguments}}]}}]});
+    format!(
+        "data: {call}\n\ndata: {{\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"tool_calls\"}}]}}\n\ndata: [DONE]\n\n"
+    )
+}
+
 /// A test server answering every request with the same SSE stream of
 /// `chunks`; returns its base URL and the request bodies it saw.
 async fn server(chunks: &'static [&'static str]) -> (String, Arc<Mutex<Vec<String>>>) {
+    scripted(vec![text_body(chunks)]).await
+}
+
+/// A test server answering request i with `bodies[i]` (the last one again
+/// once they run out).
+async fn scripted(bodies: Vec<String>) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let requests = seen.clone();
+    let bodies = Arc::new(bodies);
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             let requests = requests.clone();
+            let bodies = bodies.clone();
             tokio::spawn(async move {
                 let mut data = Vec::new();
                 let mut buf = [0u8; 8192];
@@ -49,16 +81,11 @@ async fn server(chunks: &'static [&'static str]) -> (String, Arc<Mutex<Vec<Strin
                         }
                     }
                 }
-                let mut out = String::from(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+                let index = requests.lock().unwrap().len() - 1;
+                let body = &bodies[index.min(bodies.len() - 1)];
+                let out = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{body}"
                 );
-                for c in chunks {
-                    let delta = serde_json::json!({"choices":[{"index":0,"delta":{"content":c}}]});
-                    out.push_str(&format!("data: {delta}\n\n"));
-                }
-                out.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
-                out.push_str("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3}}\n\n");
-                out.push_str("data: [DONE]\n\n");
                 let _ = socket.write_all(out.as_bytes()).await;
             });
         }
@@ -213,7 +240,10 @@ async fn bad_agent_input_is_a_clear_error() {
         &home,
         &["agent", "spawn", "calc", "--tool", "calculator.eval"],
     );
-    assert!(run.error_line(1).contains("not built yet"), "{run:?}");
+    assert_eq!(
+        run.error_line(1),
+        "error: tool calculator.eval: no plugin calculator is installed"
+    );
     lion_run(&home, &["agent", "stop", "ada"]).success();
     let run = lion_run(&home, &["agent", "send", "ada", "hi"]);
     assert_eq!(run.error_line(1), "error: agent ada is stopped");
@@ -233,4 +263,107 @@ async fn bad_agent_input_is_a_clear_error() {
         "{run:?}"
     );
     assert_eq!(events(&home).len(), before);
+}
+
+/// Builds the example plugins once per test binary; the manifest of `name`.
+fn manifest(name: &str) -> String {
+    static DIST: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dist = DIST.get_or_init(|| {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let status = std::process::Command::new(repo.join("scripts/build-plugins"))
+            .status()
+            .expect("run scripts/build-plugins");
+        assert!(status.success(), "building the plugins failed");
+        repo.join("plugins/dist")
+    });
+    dist.join(name).join("plugin.toml").display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_calls_a_granted_plugin_and_is_refused_an_ungranted_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let calculator = tokio::task::spawn_blocking(|| manifest("calculator"))
+        .await
+        .expect("build");
+    lion_run(&home, &["plugin", "install", &calculator]).success();
+    lion_run(
+        &home,
+        &["plugin", "install", &manifest("hello_world"), "--grant-all"],
+    )
+    .success();
+    lion_run(
+        &home,
+        &["agent", "spawn", "calc", "--tool", "calculator.eval"],
+    )
+    .success();
+
+    let (url, requests) = scripted(vec![
+        tool_call_body("calculator__eval", r#"{"expression":"2 * (3 + 4)"}"#),
+        text_body(&["It is ", "14."]),
+    ])
+    .await;
+    let run = lion_llm(&home, &url, &["agent", "send", "calc", "What is 2*(3+4)?"])
+        .await
+        .success();
+    assert_eq!(run.stdout, "It is 14.\n");
+    assert!(run.stderr.contains("[tool calculator__eval"), "{run:?}");
+    let bodies = requests.lock().unwrap().clone();
+    assert!(
+        bodies[0].contains(r#""name":"calculator__eval""#),
+        "the tool is described: {}",
+        bodies[0]
+    );
+    assert!(
+        bodies[1].contains(r#""tool_call_id":"call_1""#),
+        "{}",
+        bodies[1]
+    );
+    assert!(
+        bodies[1].contains(r#"{\"value\":14}"#),
+        "the output goes back: {}",
+        bodies[1]
+    );
+    let kinds: Vec<String> = events(&home)
+        .iter()
+        .filter_map(|e| {
+            e["event"]
+                .as_object()
+                .and_then(|o| o.keys().next().cloned())
+        })
+        .collect();
+    assert!(kinds.contains(&"agent_tool_result".to_owned()));
+    assert!(kinds.contains(&"plugin_succeeded".to_owned()));
+
+    // The model asks for a plugin the agent was not granted: refused, unrun.
+    let (url, requests) = scripted(vec![
+        tool_call_body("hello_world__greet", r#"{"name":"Ada"}"#),
+        text_body(&["Sorry."]),
+    ])
+    .await;
+    lion_llm(&home, &url, &["agent", "send", "calc", "Greet Ada"])
+        .await
+        .success();
+    let bodies = requests.lock().unwrap().clone();
+    assert!(
+        bodies[1].contains("the tool hello_world__greet is not granted to this agent"),
+        "{}",
+        bodies[1]
+    );
+    let greeted = events(&home)
+        .iter()
+        .any(|e| e["event"]["plugin_invoked"]["name"] == "hello_world");
+    assert!(!greeted, "an ungranted tool must not run");
+    let refusal = events(&home)
+        .into_iter()
+        .filter_map(|e| e["event"].get("agent_tool_result").cloned())
+        .next_back()
+        .expect("the refusal is recorded");
+    assert!(
+        refusal["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not granted")
+    );
+    lion_run(&home, &["replay"]).success();
 }

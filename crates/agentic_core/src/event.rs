@@ -209,6 +209,16 @@ pub enum SystemEvent {
         /// The message.
         message: ChatMessage,
     },
+    /// A tool call of an agent's model was answered: the plugin's output,
+    /// its failure, or the refusal of a tool the agent was not granted.
+    AgentToolResult {
+        /// The agent.
+        name: String,
+        /// The run.
+        run_id: Uuid,
+        /// The answer, as a `tool` message naming the call.
+        message: ChatMessage,
+    },
     /// An LLM agent was stopped: it takes no more messages.
     AgentStopped {
         /// The agent.
@@ -290,6 +300,7 @@ impl SystemEvent {
             SystemEvent::AgentSpawned { .. } => "agent_spawned",
             SystemEvent::AgentPrompted { .. } => "agent_prompted",
             SystemEvent::AgentStopped { .. } => "agent_stopped",
+            SystemEvent::AgentToolResult { .. } => "agent_tool_result",
             SystemEvent::LlmDelta { .. } => "llm_delta",
             SystemEvent::LlmFinished { .. } => "llm_finished",
             SystemEvent::LlmStopped { .. } => "llm_stopped",
@@ -333,6 +344,7 @@ impl SystemEvent {
             | SystemEvent::AgentSpawned { .. }
             | SystemEvent::AgentPrompted { .. }
             | SystemEvent::AgentStopped { .. }
+            | SystemEvent::AgentToolResult { .. }
             | SystemEvent::LlmDelta { .. }
             | SystemEvent::LlmFinished { .. }
             | SystemEvent::LlmStopped { .. } => return None,
@@ -411,6 +423,7 @@ impl SystemEvent {
             | SystemEvent::LlmStopped { agent: name, .. }
             | SystemEvent::AgentSpawned { name, .. }
             | SystemEvent::AgentPrompted { name, .. }
+            | SystemEvent::AgentToolResult { name, .. }
             | SystemEvent::AgentStopped { name } => format!("agent:{name}:llm"),
             other => match other.task_change() {
                 Some((task_id, _)) => format!("task:{task_id}"),

@@ -168,7 +168,8 @@ impl State {
                     }
                 }
             }
-            SystemEvent::AgentPrompted { name, message, .. } => {
+            SystemEvent::AgentPrompted { name, message, .. }
+            | SystemEvent::AgentToolResult { name, message, .. } => {
                 let agent = self.active_agent(&name)?;
                 agent.messages.push(message);
             }
@@ -237,6 +238,7 @@ impl State {
             SystemEvent::PluginInstalled { .. } => Ok(()),
             SystemEvent::AgentSpawned { .. }
             | SystemEvent::AgentPrompted { .. }
+            | SystemEvent::AgentToolResult { .. }
             | SystemEvent::AgentStopped { .. } => self.check_agent_event(event),
             other if other.plugin_name().is_some() => {
                 let name = other.plugin_name().unwrap_or_default();
@@ -292,13 +294,13 @@ impl State {
                 Some(AgentStatus::Active) => Err(ApplyError::DuplicateAgent(name.clone())),
                 _ => Ok(()),
             },
-            SystemEvent::AgentPrompted { name, .. } | SystemEvent::AgentStopped { name } => {
-                match status(name) {
-                    Some(AgentStatus::Active) => Ok(()),
-                    Some(AgentStatus::Stopped) => Err(ApplyError::AgentStopped(name.clone())),
-                    None => Err(ApplyError::UnknownAgent(name.clone())),
-                }
-            }
+            SystemEvent::AgentPrompted { name, .. }
+            | SystemEvent::AgentToolResult { name, .. }
+            | SystemEvent::AgentStopped { name } => match status(name) {
+                Some(AgentStatus::Active) => Ok(()),
+                Some(AgentStatus::Stopped) => Err(ApplyError::AgentStopped(name.clone())),
+                None => Err(ApplyError::UnknownAgent(name.clone())),
+            },
             _ => Ok(()),
         }
     }

@@ -5,17 +5,24 @@
 //! sends it, and the log records the prompt, the text (coalesced) and the
 //! finished message. The provider comes from the agent's spawn flags, else
 //! `LION_LLM_BASE_URL` / `LION_LLM_MODEL`, else the home's `config.toml`;
-//! the API key only from `LION_LLM_API_KEY` (it is never stored).
+//! the API key only from `LION_LLM_API_KEY` (it is never stored). Tools are
+//! plugin functions granted at spawn (`--tool PLUGIN.FUNCTION`), described
+//! to the model by their input schemas and run in the plugin sandbox.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use agentic_core::llm::{
     AgentSpec, AgentStatus, ChatMessage, ChatRequest, LlmProvider, Relay, RelayOptions,
-    RelayOutcome, Role,
+    RelayOutcome, Role, ToolCall, ToolSpec,
 };
-use agentic_core::{EventStore, ExpectedVersion, LiveEvent, NewEvent, SystemEvent};
+use agentic_core::plugin::{CallOptions, PluginManager};
+use agentic_core::{
+    Durability, EventStore, ExpectedVersion, LiveEvent, NewEvent, State, SystemEvent,
+};
 use agentic_llm::{ApiKey, OpenAiConfig, OpenAiProvider};
 use agentic_store::SqliteStore;
 use anyhow::{Context, Result, anyhow, bail};
@@ -25,7 +32,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::Ctx;
+use super::{Ctx, plugin};
 use crate::output;
 
 const BASE_URL_ENV: &str = "LION_LLM_BASE_URL";
@@ -33,16 +40,8 @@ const MODEL_ENV: &str = "LION_LLM_MODEL";
 const API_KEY_ENV: &str = "LION_LLM_API_KEY";
 
 /// `lion agent spawn`.
-pub async fn spawn(
-    store: &SqliteStore,
-    ctx: Ctx,
-    name: &str,
-    spec: AgentSpec,
-    tools: &[String],
-) -> Result<()> {
-    if !tools.is_empty() {
-        bail!("tools for agents are not built yet (issue 5): spawn without --tool");
-    }
+pub async fn spawn(store: &SqliteStore, ctx: Ctx, name: &str, spec: AgentSpec) -> Result<()> {
+    Tools::granted(&store.projected_state().await?, &spec.tools)?;
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == ':') {
         bail!("an agent name must be non-empty, without spaces or ':'");
     }
@@ -110,7 +109,11 @@ pub async fn stop(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `lion agent send`: runs the agent here, streaming its answer.
+/// Rounds of tool calls one message may lead to.
+const MAX_TOOL_ROUNDS: usize = 8;
+
+/// `lion agent send`: runs the agent here, streaming its answer; tool calls
+/// run the granted plugin functions and go back to the model.
 pub async fn send(
     home: &Path,
     store: Arc<SqliteStore>,
@@ -126,6 +129,16 @@ pub async fn send(
         bail!("agent {name} is stopped");
     }
     let settings = Settings::resolve(home, &agent.spec)?;
+    let tools = Tools::granted(&state, &agent.spec.tools)?;
+    let plugins = match tools.specs.is_empty() {
+        true => None,
+        false => Some(plugin::manager(
+            home,
+            store.clone(),
+            ctx,
+            Durability::Durable,
+        )?),
+    };
     let provider = OpenAiProvider::new(OpenAiConfig {
         base_url: settings.base_url,
         api_key: settings.api_key,
@@ -134,16 +147,16 @@ pub async fn send(
     let user = ChatMessage::new(Role::User, text);
     let mut messages = agent.prompt();
     messages.push(user.clone());
-    let request = ChatRequest {
-        model: settings.model,
-        messages,
-        tools: Vec::new(),
+    let request = |messages: &[ChatMessage]| ChatRequest {
+        model: settings.model.clone(),
+        messages: messages.to_vec(),
+        tools: tools.specs.clone(),
         temperature: None,
         max_tokens: None,
     };
     // Errors before the first chunk (unreachable, refused key, unknown
     // model) leave the log untouched.
-    let stream = provider.stream(request).await?;
+    let mut stream = provider.stream(request(&messages)).await?;
     let run_id = Uuid::now_v7();
     record(
         &store,
@@ -167,12 +180,8 @@ pub async fn send(
             }
         })
     });
-    let dyn_store: Arc<dyn EventStore> = store;
+    let dyn_store: Arc<dyn EventStore> = store.clone();
     let relay = Relay::new(dyn_store, live, ctx.correlation_id);
-    let options = RelayOptions {
-        budget_tokens: agent.spec.budget_tokens,
-        ..RelayOptions::default()
-    };
     let cancel = CancellationToken::new();
     let interrupt = cancel.clone();
     tokio::spawn(async move {
@@ -180,25 +189,140 @@ pub async fn send(
             interrupt.cancel();
         }
     });
-    let outcome = relay.relay(name, run_id, stream, options, cancel).await;
+    let mut used = 0u64;
+    let mut rounds = 0;
+    let result = loop {
+        // The budget is the run's: what earlier rounds used counts.
+        let options = RelayOptions {
+            budget_tokens: agent.spec.budget_tokens.map(|b| b.saturating_sub(used)),
+            ..RelayOptions::default()
+        };
+        let outcome = relay
+            .relay(name, run_id, stream, options, cancel.clone())
+            .await?;
+        let (message, usage) = match outcome {
+            RelayOutcome::Finished { message, usage, .. } => (message, usage),
+            RelayOutcome::Stopped { reason, .. } => {
+                break Err(anyhow!("agent {name} stopped: {reason}"));
+            }
+        };
+        used += usage.completion_tokens;
+        if message.tool_calls.is_empty() {
+            break Ok((message, usage));
+        }
+        rounds += 1;
+        if rounds > MAX_TOOL_ROUNDS {
+            break Err(anyhow!(
+                "agent {name} stopped: the model still called tools after {MAX_TOOL_ROUNDS} rounds"
+            ));
+        }
+        let calls = message.tool_calls.clone();
+        messages.push(message);
+        for call in calls {
+            let content = tools.run(plugins.as_ref(), &call, ctx, run_id).await;
+            if !ctx.json {
+                eprintln!("[tool {} {} -> {}]", call.name, call.arguments, content);
+            }
+            let answer = ChatMessage {
+                role: Role::Tool,
+                content,
+                tool_calls: Vec::new(),
+                tool_call_id: Some(call.id),
+            };
+            record(
+                &store,
+                ctx,
+                SystemEvent::AgentToolResult {
+                    name: name.to_owned(),
+                    run_id,
+                    message: answer.clone(),
+                },
+            )
+            .await?;
+            messages.push(answer);
+        }
+        stream = provider.stream(request(&messages)).await?;
+    };
     drop(relay);
     if let Some(printer) = printer {
         let _ = printer.await;
         println!();
     }
-    match outcome? {
-        RelayOutcome::Finished { message, usage, .. } => {
-            if ctx.json {
-                output::json(&json!({
-                    "run_id": run_id,
-                    "content": message.content,
-                    "usage": usage,
-                }))?;
-            }
-            Ok(())
+    let (message, usage) = result?;
+    if ctx.json {
+        output::json(&json!({
+            "run_id": run_id,
+            "content": message.content,
+            "usage": usage,
+        }))?;
+    }
+    Ok(())
+}
+
+/// The plugin functions an agent may call, as the model sees them.
+struct Tools {
+    /// What the model is told.
+    specs: Vec<ToolSpec>,
+    /// The model's name of each tool → (plugin, function).
+    by_name: HashMap<String, (String, String)>,
+}
+
+impl Tools {
+    /// The tools `granted` names (`PLUGIN.FUNCTION`), each described by its
+    /// plugin's manifest; an unknown plugin or function is an error.
+    fn granted(state: &State, granted: &[String]) -> Result<Self> {
+        let mut specs = Vec::new();
+        let mut by_name = HashMap::new();
+        for tool in granted {
+            let (plugin, function) = tool
+                .split_once('.')
+                .ok_or_else(|| anyhow!("a tool is PLUGIN.FUNCTION, got {tool:?}"))?;
+            let record = state
+                .plugin(plugin)
+                .ok_or_else(|| anyhow!("tool {tool}: no plugin {plugin} is installed"))?;
+            let spec = record
+                .installed
+                .manifest
+                .functions
+                .get(function)
+                .ok_or_else(|| {
+                    anyhow!("tool {tool}: plugin {plugin} has no function {function:?}")
+                })?;
+            // Function names the protocol accepts: letters, digits, _ and -.
+            let name = format!("{plugin}__{function}");
+            specs.push(ToolSpec {
+                name: name.clone(),
+                description: spec.description.clone(),
+                parameters: spec.input_schema.clone(),
+            });
+            by_name.insert(name, (plugin.to_owned(), function.to_owned()));
         }
-        RelayOutcome::Stopped { reason, .. } => {
-            bail!("agent {name} stopped: {reason}")
+        Ok(Self { specs, by_name })
+    }
+
+    /// Runs one tool call; what goes back to the model: the output JSON,
+    /// or an error saying why (a tool not granted is refused unrun).
+    async fn run(
+        &self,
+        plugins: Option<&PluginManager>,
+        call: &ToolCall,
+        ctx: Ctx,
+        run_id: Uuid,
+    ) -> String {
+        let (Some((plugin, function)), Some(manager)) = (self.by_name.get(&call.name), plugins)
+        else {
+            return format!("error: the tool {} is not granted to this agent", call.name);
+        };
+        let options = CallOptions {
+            correlation_id: Some(ctx.correlation_id),
+            causation_id: Some(run_id),
+        };
+        match manager
+            .call(plugin, function, &call.arguments, options)
+            .await
+        {
+            Ok(output) => output.to_string(),
+            Err(e) => format!("error: {e}"),
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct AgentSpec {
     /// Most tokens one run may generate.
     #[serde(default)]
     pub budget_tokens: Option<u64>,
+    /// Plugin functions the agent may call, as `PLUGIN.FUNCTION`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
 }
 
 /// Whether an agent takes messages.

@@ -14,6 +14,7 @@ pub(super) fn agent_of(event: &SystemEvent) -> Option<&str> {
     match event {
         SystemEvent::AgentSpawned { name, .. }
         | SystemEvent::AgentPrompted { name, .. }
+        | SystemEvent::AgentToolResult { name, .. }
         | SystemEvent::AgentStopped { name } => Some(name),
         SystemEvent::LlmFinished { agent, .. } => Some(agent),
         _ => None,
