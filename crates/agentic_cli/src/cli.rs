@@ -326,6 +326,16 @@ pub enum BenchCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Streamed LLM chunks: what the kernel adds per chunk (provider to live
+    /// subscriber) and chunks/s with 10 agents, beside the raw provider.
+    Llm {
+        /// A short run that only checks every path works (figures mean little).
+        #[arg(long)]
+        quick: bool,
+        /// Directory in which a scratch store is made [default: the temp dir].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// WebAssembly plugins: compile time, cached load, and per-call latency
     /// and calls/s of hello_world through the plugin manager, beside the
     /// raw wasmtime call.

@@ -199,6 +199,9 @@ async fn run(cli: Cli) -> Result<()> {
                 };
                 commands::bench::store(ctx, opts).await
             }
+            Command::Bench(BenchCommand::Llm { quick, dir }) => {
+                commands::bench_llm::run(ctx, quick, dir).await
+            }
             Command::Bench(BenchCommand::Runtime { quick, dir }) => {
                 commands::bench_runtime::run(ctx, quick, dir).await
             }

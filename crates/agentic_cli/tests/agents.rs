@@ -367,3 +367,12 @@ async fn the_model_calls_a_granted_plugin_and_is_refused_an_ungranted_one() {
     );
     lion_run(&home, &["replay"]).success();
 }
+
+#[test]
+fn bench_llm_quick_runs_every_path() {
+    let run = run(lion().args(["bench", "llm", "--quick", "--json"])).success();
+    let out = run.json();
+    assert_eq!(out["verdict"], "no evidence (quick run)");
+    assert_eq!(out["relayed_chunks"], 50 + 10 * 200, "{run:?}");
+    assert!(out["logged_events"].as_u64().unwrap_or(0) > 0);
+}

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_llm;
 pub mod bench_plugins;
 pub mod bench_runtime;
 pub mod element;
