@@ -4,13 +4,16 @@
 //!
 //! A stream is a [`ChatStream`]: chunks arrive the moment the provider sends
 //! them; dropping the stream cancels the request. [`Relay`] carries one to
-//! live subscribers and, coalesced, into the log.
+//! live subscribers and, coalesced, into the log; [`AgentRunner`] runs an
+//! agent's turn (memory from the log, tools through the plugin manager).
 
 mod agents;
 mod relay;
+mod runner;
 
 pub use agents::{AgentRecord, AgentSpec, AgentStatus};
 pub use relay::{Relay, RelayOptions, RelayOutcome, StopReason};
+pub use runner::{AgentRunner, MAX_TOOL_ROUNDS, RunError, RunOutcome, Tools};
 
 use std::fmt;
 use std::time::Duration;

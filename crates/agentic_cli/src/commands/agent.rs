@@ -13,16 +13,8 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use std::collections::HashMap;
-
-use agentic_core::llm::{
-    AgentSpec, AgentStatus, ChatMessage, ChatRequest, LlmProvider, Relay, RelayOptions,
-    RelayOutcome, Role, ToolCall, ToolSpec,
-};
-use agentic_core::plugin::{CallOptions, PluginManager};
-use agentic_core::{
-    Durability, EventStore, ExpectedVersion, LiveEvent, NewEvent, State, SystemEvent,
-};
+use agentic_core::llm::{AgentRunner, AgentSpec, AgentStatus, RunError, Tools};
+use agentic_core::{Durability, EventStore, ExpectedVersion, LiveEvent, NewEvent, SystemEvent};
 use agentic_llm::{ApiKey, OpenAiConfig, OpenAiProvider};
 use agentic_store::SqliteStore;
 use anyhow::{Context, Result, anyhow, bail};
@@ -30,7 +22,6 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::{Ctx, plugin};
 use crate::output;
@@ -41,7 +32,7 @@ const API_KEY_ENV: &str = "LION_LLM_API_KEY";
 
 /// `lion agent spawn`.
 pub async fn spawn(store: &SqliteStore, ctx: Ctx, name: &str, spec: AgentSpec) -> Result<()> {
-    Tools::granted(&store.projected_state().await?, &spec.tools)?;
+    Tools::granted(&store.projected_state().await?, &spec.tools).map_err(|e| anyhow!(e))?;
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == ':') {
         bail!("an agent name must be non-empty, without spaces or ':'");
     }
@@ -109,11 +100,8 @@ pub async fn stop(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Rounds of tool calls one message may lead to.
-const MAX_TOOL_ROUNDS: usize = 8;
-
-/// `lion agent send`: runs the agent here, streaming its answer; tool calls
-/// run the granted plugin functions and go back to the model.
+/// `lion agent send`: runs the agent here, streaming its answer to stdout
+/// (and its tool calls to stderr) as it happens.
 pub async fn send(
     home: &Path,
     store: Arc<SqliteStore>,
@@ -124,13 +112,12 @@ pub async fn send(
     let state = store.projected_state().await?;
     let agent = state
         .agent(name)
-        .ok_or_else(|| anyhow!("no agent {name} (lion agent spawn {name})"))?;
+        .ok_or_else(|| RunError::UnknownAgent(name.to_owned()))?;
     if agent.status == AgentStatus::Stopped {
-        bail!("agent {name} is stopped");
+        return Err(RunError::Stopped(name.to_owned()).into());
     }
     let settings = Settings::resolve(home, &agent.spec)?;
-    let tools = Tools::granted(&state, &agent.spec.tools)?;
-    let plugins = match tools.specs.is_empty() {
+    let plugins = match agent.spec.tools.is_empty() {
         true => None,
         false => Some(plugin::manager(
             home,
@@ -144,44 +131,40 @@ pub async fn send(
         api_key: settings.api_key,
         max_retries: 2,
     })?;
-    let user = ChatMessage::new(Role::User, text);
-    let mut messages = agent.prompt();
-    messages.push(user.clone());
-    let request = |messages: &[ChatMessage]| ChatRequest {
-        model: settings.model.clone(),
-        messages: messages.to_vec(),
-        tools: tools.specs.clone(),
-        temperature: None,
-        max_tokens: None,
-    };
-    // Errors before the first chunk (unreachable, refused key, unknown
-    // model) leave the log untouched.
-    let mut stream = provider.stream(request(&messages)).await?;
-    let run_id = Uuid::now_v7();
-    record(
-        &store,
-        ctx,
-        SystemEvent::AgentPrompted {
-            name: name.to_owned(),
-            run_id,
-            message: user,
-        },
-    )
-    .await?;
     let (live, mut watch) = broadcast::channel::<LiveEvent>(1024);
     let printer = (!ctx.json).then(|| {
         tokio::spawn(async move {
             let mut stdout = std::io::stdout();
+            let mut printed = false;
             while let Ok(event) = watch.recv().await {
-                if let SystemEvent::LlmDelta { text, .. } = event.event {
-                    let _ = stdout.write_all(text.as_bytes());
-                    let _ = stdout.flush();
+                match event.event {
+                    SystemEvent::LlmDelta { text, .. } => {
+                        printed = true;
+                        let _ = stdout.write_all(text.as_bytes());
+                        let _ = stdout.flush();
+                    }
+                    SystemEvent::LlmFinished { message, .. } => {
+                        for call in message.tool_calls {
+                            eprintln!("[tool {} {}]", call.name, call.arguments);
+                        }
+                    }
+                    SystemEvent::AgentToolResult { message, .. } => {
+                        eprintln!("[tool result {}]", message.content);
+                    }
+                    _ => {}
                 }
             }
+            printed
         })
     });
-    let dyn_store: Arc<dyn EventStore> = store.clone();
-    let relay = Relay::new(dyn_store, live, ctx.correlation_id);
+    let dyn_store: Arc<dyn EventStore> = store;
+    let runner = AgentRunner::new(
+        dyn_store,
+        Arc::new(provider),
+        plugins,
+        live,
+        ctx.correlation_id,
+    );
     let cancel = CancellationToken::new();
     let interrupt = cancel.clone();
     tokio::spawn(async move {
@@ -189,142 +172,23 @@ pub async fn send(
             interrupt.cancel();
         }
     });
-    let mut used = 0u64;
-    let mut rounds = 0;
-    let result = loop {
-        // The budget is the run's: what earlier rounds used counts.
-        let options = RelayOptions {
-            budget_tokens: agent.spec.budget_tokens.map(|b| b.saturating_sub(used)),
-            ..RelayOptions::default()
-        };
-        let outcome = relay
-            .relay(name, run_id, stream, options, cancel.clone())
-            .await?;
-        let (message, usage) = match outcome {
-            RelayOutcome::Finished { message, usage, .. } => (message, usage),
-            RelayOutcome::Stopped { reason, .. } => {
-                break Err(anyhow!("agent {name} stopped: {reason}"));
-            }
-        };
-        used += usage.completion_tokens;
-        if message.tool_calls.is_empty() {
-            break Ok((message, usage));
-        }
-        rounds += 1;
-        if rounds > MAX_TOOL_ROUNDS {
-            break Err(anyhow!(
-                "agent {name} stopped: the model still called tools after {MAX_TOOL_ROUNDS} rounds"
-            ));
-        }
-        let calls = message.tool_calls.clone();
-        messages.push(message);
-        for call in calls {
-            let content = tools.run(plugins.as_ref(), &call, ctx, run_id).await;
-            if !ctx.json {
-                eprintln!("[tool {} {} -> {}]", call.name, call.arguments, content);
-            }
-            let answer = ChatMessage {
-                role: Role::Tool,
-                content,
-                tool_calls: Vec::new(),
-                tool_call_id: Some(call.id),
-            };
-            record(
-                &store,
-                ctx,
-                SystemEvent::AgentToolResult {
-                    name: name.to_owned(),
-                    run_id,
-                    message: answer.clone(),
-                },
-            )
-            .await?;
-            messages.push(answer);
-        }
-        stream = provider.stream(request(&messages)).await?;
-    };
-    drop(relay);
-    if let Some(printer) = printer {
-        let _ = printer.await;
+    let result = runner.send(name, text, &settings.model, cancel).await;
+    drop(runner);
+    // End the streamed answer's line.
+    if let Some(printer) = printer
+        && printer.await.unwrap_or(false)
+    {
         println!();
     }
-    let (message, usage) = result?;
+    let outcome = result?;
     if ctx.json {
         output::json(&json!({
-            "run_id": run_id,
-            "content": message.content,
-            "usage": usage,
+            "run_id": outcome.run_id,
+            "content": outcome.message.content,
+            "usage": outcome.usage,
         }))?;
     }
     Ok(())
-}
-
-/// The plugin functions an agent may call, as the model sees them.
-struct Tools {
-    /// What the model is told.
-    specs: Vec<ToolSpec>,
-    /// The model's name of each tool → (plugin, function).
-    by_name: HashMap<String, (String, String)>,
-}
-
-impl Tools {
-    /// The tools `granted` names (`PLUGIN.FUNCTION`), each described by its
-    /// plugin's manifest; an unknown plugin or function is an error.
-    fn granted(state: &State, granted: &[String]) -> Result<Self> {
-        let mut specs = Vec::new();
-        let mut by_name = HashMap::new();
-        for tool in granted {
-            let (plugin, function) = tool
-                .split_once('.')
-                .ok_or_else(|| anyhow!("a tool is PLUGIN.FUNCTION, got {tool:?}"))?;
-            let record = state
-                .plugin(plugin)
-                .ok_or_else(|| anyhow!("tool {tool}: no plugin {plugin} is installed"))?;
-            let spec = record
-                .installed
-                .manifest
-                .functions
-                .get(function)
-                .ok_or_else(|| {
-                    anyhow!("tool {tool}: plugin {plugin} has no function {function:?}")
-                })?;
-            // Function names the protocol accepts: letters, digits, _ and -.
-            let name = format!("{plugin}__{function}");
-            specs.push(ToolSpec {
-                name: name.clone(),
-                description: spec.description.clone(),
-                parameters: spec.input_schema.clone(),
-            });
-            by_name.insert(name, (plugin.to_owned(), function.to_owned()));
-        }
-        Ok(Self { specs, by_name })
-    }
-
-    /// Runs one tool call; what goes back to the model: the output JSON,
-    /// or an error saying why (a tool not granted is refused unrun).
-    async fn run(
-        &self,
-        plugins: Option<&PluginManager>,
-        call: &ToolCall,
-        ctx: Ctx,
-        run_id: Uuid,
-    ) -> String {
-        let (Some((plugin, function)), Some(manager)) = (self.by_name.get(&call.name), plugins)
-        else {
-            return format!("error: the tool {} is not granted to this agent", call.name);
-        };
-        let options = CallOptions {
-            correlation_id: Some(ctx.correlation_id),
-            causation_id: Some(run_id),
-        };
-        match manager
-            .call(plugin, function, &call.arguments, options)
-            .await
-        {
-            Ok(output) => output.to_string(),
-            Err(e) => format!("error: {e}"),
-        }
-    }
 }
 
 /// Appends one event of this invocation and waits for its commit.

@@ -1,0 +1,287 @@
+//! [`AgentRunner`]: one run of an LLM agent — a message in, the answer out.
+//! The agent's memory comes from the log; the answer streams through the
+//! [`Relay`]; tool calls run the agent's granted plugin functions through
+//! the [`PluginManager`] and go back to the model, round after round; the
+//! token budget covers the whole run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{
+    AgentStatus, ChatMessage, ChatRequest, LlmError, LlmProvider, Relay, RelayOptions,
+    RelayOutcome, Role, StopReason, ToolCall, ToolSpec, Usage,
+};
+use crate::event::{NewEvent, SystemEvent};
+use crate::orchestrator::LiveEvent;
+use crate::plugin::{CallOptions, PluginManager};
+use crate::state::State;
+use crate::store::{EventStore, ExpectedVersion, StoreError};
+
+/// Rounds of tool calls one message may lead to.
+pub const MAX_TOOL_ROUNDS: usize = 8;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No agent has this name.
+    #[error("no agent {0} (lion agent spawn {0})")]
+    UnknownAgent(String),
+    /// The agent is stopped.
+    #[error("agent {0} is stopped")]
+    Stopped(String),
+    /// A tool the agent was spawned with is not (or no longer) available.
+    #[error("{0}")]
+    Tool(String),
+    /// The provider failed before streaming.
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    /// The run was stopped (budget, cancellation, provider error mid-stream,
+    /// too many tool rounds); what streamed is in the log.
+    #[error("agent {agent} stopped: {reason}")]
+    Halted {
+        /// The agent.
+        agent: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How a run ended well.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// The run's id (on its events).
+    pub run_id: Uuid,
+    /// The final answer.
+    pub message: ChatMessage,
+    /// Tokens the run's completions used.
+    pub usage: Usage,
+}
+
+/// Runs LLM agents whose memory is the log.
+#[derive(Clone)]
+pub struct AgentRunner {
+    store: Arc<dyn EventStore>,
+    provider: Arc<dyn LlmProvider>,
+    plugins: Option<PluginManager>,
+    live: broadcast::Sender<LiveEvent>,
+    correlation_id: Uuid,
+}
+
+impl AgentRunner {
+    /// A runner recording into `store`, asking `provider`, running tools
+    /// through `plugins` (agents with tools need it), publishing every
+    /// event as it happens on `live`.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        provider: Arc<dyn LlmProvider>,
+        plugins: Option<PluginManager>,
+        live: broadcast::Sender<LiveEvent>,
+        correlation_id: Uuid,
+    ) -> Self {
+        Self {
+            store,
+            provider,
+            plugins,
+            live,
+            correlation_id,
+        }
+    }
+
+    /// Sends `text` to agent `name` (answering with `model`) and runs it
+    /// until it answers without calling tools, or is stopped. Nothing is
+    /// recorded when the provider fails before its first chunk.
+    pub async fn send(
+        &self,
+        name: &str,
+        text: &str,
+        model: &str,
+        cancel: CancellationToken,
+    ) -> Result<RunOutcome, RunError> {
+        let state = self.store.projected_state().await?;
+        let agent = state
+            .agent(name)
+            .ok_or_else(|| RunError::UnknownAgent(name.to_owned()))?;
+        if agent.status == AgentStatus::Stopped {
+            return Err(RunError::Stopped(name.to_owned()));
+        }
+        let tools = Tools::granted(&state, &agent.spec.tools).map_err(RunError::Tool)?;
+        let user = ChatMessage::new(Role::User, text);
+        let mut messages = agent.prompt();
+        messages.push(user.clone());
+        let request = |messages: &[ChatMessage]| ChatRequest {
+            model: model.to_owned(),
+            messages: messages.to_vec(),
+            tools: tools.specs.clone(),
+            temperature: None,
+            max_tokens: None,
+        };
+        let mut stream = self.provider.stream(request(&messages)).await?;
+        let run_id = Uuid::now_v7();
+        self.record(SystemEvent::AgentPrompted {
+            name: name.to_owned(),
+            run_id,
+            message: user,
+        })
+        .await?;
+        let relay = Relay::new(self.store.clone(), self.live.clone(), self.correlation_id);
+        let halted = |reason: String| RunError::Halted {
+            agent: name.to_owned(),
+            reason,
+        };
+        let mut total = Usage::default();
+        let mut rounds = 0;
+        loop {
+            let used = total.completion_tokens;
+            let options = RelayOptions {
+                budget_tokens: agent.spec.budget_tokens.map(|b| b.saturating_sub(used)),
+                ..RelayOptions::default()
+            };
+            let outcome = relay
+                .relay(name, run_id, stream, options, cancel.clone())
+                .await?;
+            let (message, usage) = match outcome {
+                RelayOutcome::Finished { message, usage, .. } => (message, usage),
+                RelayOutcome::Stopped { reason, .. } => {
+                    let reason = match (reason, agent.spec.budget_tokens) {
+                        // Say the run's figures, not this round's.
+                        (StopReason::Budget { used: round, .. }, Some(budget)) => {
+                            StopReason::Budget {
+                                used: used + round,
+                                budget,
+                            }
+                        }
+                        (other, _) => other,
+                    };
+                    return Err(halted(reason.to_string()));
+                }
+            };
+            total.prompt_tokens += usage.prompt_tokens;
+            total.completion_tokens += usage.completion_tokens;
+            if message.tool_calls.is_empty() {
+                return Ok(RunOutcome {
+                    run_id,
+                    message,
+                    usage: total,
+                });
+            }
+            rounds += 1;
+            if rounds > MAX_TOOL_ROUNDS {
+                return Err(halted(format!(
+                    "the model still called tools after {MAX_TOOL_ROUNDS} rounds"
+                )));
+            }
+            let calls = message.tool_calls.clone();
+            messages.push(message);
+            for call in calls {
+                let content = tools
+                    .run(self.plugins.as_ref(), &call, self.correlation_id, run_id)
+                    .await;
+                let answer = ChatMessage {
+                    role: Role::Tool,
+                    content,
+                    tool_calls: Vec::new(),
+                    tool_call_id: Some(call.id),
+                };
+                self.record(SystemEvent::AgentToolResult {
+                    name: name.to_owned(),
+                    run_id,
+                    message: answer.clone(),
+                })
+                .await?;
+                messages.push(answer);
+            }
+            stream = self.provider.stream(request(&messages)).await?;
+        }
+    }
+
+    /// Appends one event, waits for its commit, and publishes it.
+    async fn record(&self, event: SystemEvent) -> Result<(), StoreError> {
+        let receipt = self
+            .store
+            .append(
+                vec![NewEvent::new(event.clone(), self.correlation_id)],
+                ExpectedVersion::Any,
+            )
+            .await?;
+        let _ = self.live.send(LiveEvent {
+            seq: Some(receipt.last_seq),
+            event,
+        });
+        Ok(())
+    }
+}
+
+/// The plugin functions an agent may call, as the model sees them.
+pub struct Tools {
+    /// What the model is told.
+    pub specs: Vec<ToolSpec>,
+    /// The model's name of each tool → (plugin, function).
+    by_name: HashMap<String, (String, String)>,
+}
+
+impl Tools {
+    /// The tools `granted` names (`PLUGIN.FUNCTION`), each described by its
+    /// plugin's manifest; an unknown plugin or function is an error.
+    pub fn granted(state: &State, granted: &[String]) -> Result<Self, String> {
+        let mut specs = Vec::new();
+        let mut by_name = HashMap::new();
+        for tool in granted {
+            let (plugin, function) = tool
+                .split_once('.')
+                .ok_or_else(|| format!("a tool is PLUGIN.FUNCTION, got {tool:?}"))?;
+            let record = state
+                .plugin(plugin)
+                .ok_or_else(|| format!("tool {tool}: no plugin {plugin} is installed"))?;
+            let spec = record
+                .installed
+                .manifest
+                .functions
+                .get(function)
+                .ok_or_else(|| {
+                    format!("tool {tool}: plugin {plugin} has no function {function:?}")
+                })?;
+            // Function names the protocol accepts: letters, digits, _ and -.
+            let name = format!("{plugin}__{function}");
+            specs.push(ToolSpec {
+                name: name.clone(),
+                description: spec.description.clone(),
+                parameters: spec.input_schema.clone(),
+            });
+            by_name.insert(name, (plugin.to_owned(), function.to_owned()));
+        }
+        Ok(Self { specs, by_name })
+    }
+
+    /// Runs one tool call; what goes back to the model: the output JSON,
+    /// or an error saying why (a tool not granted is refused unrun).
+    async fn run(
+        &self,
+        plugins: Option<&PluginManager>,
+        call: &ToolCall,
+        correlation_id: Uuid,
+        run_id: Uuid,
+    ) -> String {
+        let (Some((plugin, function)), Some(manager)) = (self.by_name.get(&call.name), plugins)
+        else {
+            return format!("error: the tool {} is not granted to this agent", call.name);
+        };
+        let options = CallOptions {
+            correlation_id: Some(correlation_id),
+            causation_id: Some(run_id),
+        };
+        match manager
+            .call(plugin, function, &call.arguments, options)
+            .await
+        {
+            Ok(output) => output.to_string(),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+}
