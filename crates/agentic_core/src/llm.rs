@@ -8,6 +8,7 @@
 //! agent's turn (memory from the log, tools through the plugin manager).
 
 mod agents;
+pub mod patterns;
 mod relay;
 mod runner;
 

@@ -36,6 +36,9 @@ pub enum RunError {
     /// A tool the agent was spawned with is not (or no longer) available.
     #[error("{0}")]
     Tool(String),
+    /// The request cannot be run as asked.
+    #[error("{0}")]
+    Invalid(String),
     /// The provider failed before streaming.
     #[error(transparent)]
     Llm(#[from] LlmError),
