@@ -60,6 +60,15 @@ pub enum Command {
     #[command(name = "submit-task")]
     SubmitTask(SubmitTask),
 
+    /// A multi-agent scenario on the configured model: two agents streaming
+    /// at once, a plugin tool, a token budget, then the log and a replay check.
+    Demo {
+        /// The calculator plugin's manifest, if it is not installed
+        /// [default: plugins/dist/calculator/plugin.toml].
+        #[arg(long, value_name = "MANIFEST")]
+        calculator: Option<PathBuf>,
+    },
+
     /// Spawn, list, message and stop LLM agents.
     #[command(subcommand)]
     Agent(AgentCommand),

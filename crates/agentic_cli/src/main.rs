@@ -145,6 +145,9 @@ async fn run(cli: Cli) -> Result<()> {
                 };
                 commands::agent::spawn(&*open()?, ctx, &name, spec).await
             }
+            Command::Demo { calculator } => {
+                commands::demo::run(&home, open()?, ctx, calculator).await
+            }
             Command::Agent(AgentCommand::List) => commands::agent::list(&*open()?, ctx).await,
             Command::Agent(AgentCommand::Send { name, text }) => {
                 commands::agent::send(&home, open()?, ctx, &name, &text).await

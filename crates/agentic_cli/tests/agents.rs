@@ -47,15 +47,23 @@ async fn server(chunks: &'static [&'static str]) -> (String, Arc<Mutex<Vec<Strin
 /// A test server answering request i with `bodies[i]` (the last one again
 /// once they run out).
 async fn scripted(bodies: Vec<String>) -> (String, Arc<Mutex<Vec<String>>>) {
+    responding(move |index, _| bodies[index.min(bodies.len() - 1)].clone()).await
+}
+
+/// A test server answering each request (its index, its text) with the
+/// SSE body `respond` gives.
+async fn responding(
+    respond: impl Fn(usize, &str) -> String + Send + Sync + 'static,
+) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let requests = seen.clone();
-    let bodies = Arc::new(bodies);
+    let respond = Arc::new(respond);
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             let requests = requests.clone();
-            let bodies = bodies.clone();
+            let respond = respond.clone();
             tokio::spawn(async move {
                 let mut data = Vec::new();
                 let mut buf = [0u8; 8192];
@@ -81,8 +89,11 @@ async fn scripted(bodies: Vec<String>) -> (String, Arc<Mutex<Vec<String>>>) {
                         }
                     }
                 }
-                let index = requests.lock().unwrap().len() - 1;
-                let body = &bodies[index.min(bodies.len() - 1)];
+                let (index, request) = {
+                    let seen = requests.lock().unwrap();
+                    (seen.len() - 1, seen[seen.len() - 1].clone())
+                };
+                let body = respond(index, &request);
                 let out = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{body}"
                 );
@@ -375,4 +386,49 @@ fn bench_llm_quick_runs_every_path() {
     assert_eq!(out["verdict"], "no evidence (quick run)");
     assert_eq!(out["relayed_chunks"], 50 + 10 * 200, "{run:?}");
     assert!(out["logged_events"].as_u64().unwrap_or(0) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_two_streaming_agents_a_tool_and_a_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let calculator = tokio::task::spawn_blocking(|| manifest("calculator"))
+        .await
+        .expect("build");
+    let run = lion_run(&home, &["demo"]);
+    assert!(
+        run.error_line(1).contains("no LLM provider is configured"),
+        "{run:?}"
+    );
+
+    let (url, _) = responding(|_, request| {
+        if request.contains("tool_call_id") {
+            text_body(&["It is ", "391."])
+        } else if request.contains("calculator__eval") {
+            tool_call_body("calculator__eval", r#"{"expression":"17 * 23"}"#)
+        } else if request.contains("Count from 1 to 100") {
+            let numbers: Vec<String> = (1..=20).map(|n| format!("{n}\n")).collect();
+            let parts: Vec<&str> = numbers.iter().map(String::as_str).collect();
+            text_body(&parts)
+        } else {
+            text_body(&["A lion ", "sleeps."])
+        }
+    })
+    .await;
+    let run = lion_llm(&home, &url, &["demo", "--calculator", &calculator])
+        .await
+        .success();
+    for expected in [
+        "== two agents streaming at once",
+        "poet (2 chunks streamed",
+        "critic (2 chunks streamed",
+        "calc: It is 391.",
+        "the model called calculator.eval itself",
+        "rambler was stopped: token budget exceeded (9 tokens, budget 8)",
+        "agent_tool_result",
+        "plugin_succeeded",
+        "the projections match",
+    ] {
+        assert!(run.stdout.contains(expected), "{expected}: {run:?}");
+    }
 }

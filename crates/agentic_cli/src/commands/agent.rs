@@ -203,10 +203,13 @@ async fn record(store: &SqliteStore, ctx: Ctx, event: SystemEvent) -> Result<()>
 }
 
 /// The provider an agent uses, resolved.
-struct Settings {
-    base_url: String,
-    model: String,
-    api_key: Option<ApiKey>,
+pub(crate) struct Settings {
+    /// Base URL of the OpenAI-compatible server.
+    pub(crate) base_url: String,
+    /// The model.
+    pub(crate) model: String,
+    /// The API key, from the environment.
+    pub(crate) api_key: Option<ApiKey>,
 }
 
 /// `[llm]` of the home's `config.toml`.
@@ -226,7 +229,7 @@ struct LlmSection {
 
 impl Settings {
     /// Spawn flags, then the environment, then the home's config file.
-    fn resolve(home: &Path, spec: &AgentSpec) -> Result<Self> {
+    pub(crate) fn resolve(home: &Path, spec: &AgentSpec) -> Result<Self> {
         let path = home.join("config.toml");
         let file = match std::fs::read_to_string(&path) {
             Ok(text) => toml::from_str::<ConfigFile>(&text).map_err(|e| {

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_llm;
 pub mod bench_plugins;
 pub mod bench_runtime;
+pub mod demo;
 pub mod element;
 pub mod events;
 pub mod plugin;

@@ -8,7 +8,7 @@ use super::{ChatMessage, Role, Usage};
 
 /// How an LLM agent was spawned. No secret is kept here: API keys come from
 /// the environment at each use.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentSpec {
     /// The model, when chosen at spawn (else the configured default).
     #[serde(default)]
