@@ -13,7 +13,7 @@ mod relay;
 mod runner;
 
 pub use agents::{AgentRecord, AgentSpec, AgentStatus};
-pub use relay::{Relay, RelayOptions, RelayOutcome, StopReason};
+pub use relay::{Relay, RelayOptions, RelayOutcome, StopReason, TokenBudget};
 pub use runner::{AgentRunner, MAX_TOOL_ROUNDS, RunError, RunOutcome, Tools};
 
 use std::fmt;

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
@@ -19,8 +20,38 @@ use crate::event::{NewEvent, SystemEvent};
 use crate::orchestrator::LiveEvent;
 use crate::store::{EventStore, ExpectedVersion, StoreError};
 
+/// Tokens shared by every completion of one run: a top-level request and
+/// everything that shares its correlation id (all the agents a pattern
+/// starts). Each completion charges the tokens it generates as they stream.
+#[derive(Debug)]
+pub struct TokenBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl TokenBudget {
+    /// A budget of `limit` tokens for a run.
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// Tokens charged so far.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Charges `tokens`; the total when that goes past the limit.
+    fn charge(&self, tokens: u64) -> Result<(), u64> {
+        let used = self.used.fetch_add(tokens, Ordering::Relaxed) + tokens;
+        if used > self.limit { Err(used) } else { Ok(()) }
+    }
+}
+
 /// How a completion is relayed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RelayOptions {
     /// Coalesced text is logged once it reaches this many bytes…
     pub coalesce_bytes: usize,
@@ -28,6 +59,8 @@ pub struct RelayOptions {
     pub coalesce_interval: Duration,
     /// Most tokens the completion may generate; it is stopped past this.
     pub budget_tokens: Option<u64>,
+    /// The run's budget, shared with every other completion of the run.
+    pub run_budget: Option<Arc<TokenBudget>>,
 }
 
 impl Default for RelayOptions {
@@ -36,6 +69,7 @@ impl Default for RelayOptions {
             coalesce_bytes: 1024,
             coalesce_interval: Duration::from_millis(100),
             budget_tokens: None,
+            run_budget: None,
         }
     }
 }
@@ -50,6 +84,14 @@ pub enum StopReason {
         /// The budget.
         budget: u64,
     },
+    /// The run, all its agents together, generated more tokens than the
+    /// run's budget.
+    RunBudget {
+        /// Tokens the run had used when this completion was stopped.
+        used: u64,
+        /// The run's budget.
+        budget: u64,
+    },
     /// It was cancelled.
     Cancelled,
     /// The provider failed mid-stream.
@@ -62,6 +104,10 @@ impl std::fmt::Display for StopReason {
             Self::Budget { used, budget } => {
                 write!(f, "token budget exceeded ({used} tokens, budget {budget})")
             }
+            Self::RunBudget { used, budget } => write!(
+                f,
+                "the run's token budget exceeded ({used} tokens, budget {budget})"
+            ),
             Self::Cancelled => f.write_str("cancelled"),
             Self::Failed(e) => write!(f, "{e}"),
         }
@@ -131,6 +177,7 @@ impl Relay {
         let mut flush_at: Option<Instant> = None;
         let mut calls: BTreeMap<u32, ToolCall> = BTreeMap::new();
         let mut counted = 0u64;
+        let mut charged = 0u64;
         let mut usage: Option<Usage> = None;
         let mut finish_reason = None;
         let delta = |text: String| SystemEvent::LlmDelta {
@@ -188,6 +235,18 @@ impl Relay {
                 },
             }
             let used = usage.map_or(counted, |u| u.completion_tokens.max(counted));
+            if let Some(run) = &options.run_budget
+                && used > charged
+            {
+                let result = run.charge(used - charged);
+                charged = used;
+                if let Err(total) = result {
+                    break Some(StopReason::RunBudget {
+                        used: total,
+                        budget: run.limit,
+                    });
+                }
+            }
             if let Some(budget) = options.budget_tokens
                 && used > budget
             {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     AgentStatus, ChatMessage, ChatRequest, LlmError, LlmProvider, Relay, RelayOptions,
-    RelayOutcome, Role, StopReason, ToolCall, ToolSpec, Usage,
+    RelayOutcome, Role, StopReason, TokenBudget, ToolCall, ToolSpec, Usage,
 };
 use crate::event::{NewEvent, SystemEvent};
 use crate::orchestrator::LiveEvent;
@@ -75,9 +75,17 @@ pub struct AgentRunner {
     plugins: Option<PluginManager>,
     live: broadcast::Sender<LiveEvent>,
     correlation_id: Uuid,
+    run_budget: Option<Arc<TokenBudget>>,
 }
 
 impl AgentRunner {
+    /// This runner with a token budget shared by every send of it and of
+    /// its clones: one run, however many agents it involves.
+    pub fn with_run_budget(mut self, tokens: u64) -> Self {
+        self.run_budget = Some(TokenBudget::new(tokens));
+        self
+    }
+
     /// A runner recording into `store`, asking `provider`, running tools
     /// through `plugins` (agents with tools need it), publishing every
     /// event as it happens on `live`.
@@ -94,6 +102,7 @@ impl AgentRunner {
             plugins,
             live,
             correlation_id,
+            run_budget: None,
         }
     }
 
@@ -144,6 +153,7 @@ impl AgentRunner {
             let used = total.completion_tokens;
             let options = RelayOptions {
                 budget_tokens: agent.spec.budget_tokens.map(|b| b.saturating_sub(used)),
+                run_budget: self.run_budget.clone(),
                 ..RelayOptions::default()
             };
             let outcome = relay
