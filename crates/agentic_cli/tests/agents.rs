@@ -165,14 +165,7 @@ async fn an_agent_streams_its_answer_and_remembers_across_processes() {
         .json();
     assert_eq!(listed[0]["messages"].as_array().map(Vec::len), Some(4));
     assert_eq!(listed[0]["usage"]["completion_tokens"], 6);
-    let kinds: Vec<String> = events(&home)
-        .iter()
-        .filter_map(|e| {
-            e["event"]
-                .as_object()
-                .and_then(|o| o.keys().next().cloned())
-        })
-        .collect();
+    let kinds = event_kinds(&home);
     assert!(kinds.contains(&"agent_prompted".to_owned()), "{kinds:?}");
     assert!(kinds.contains(&"llm_delta".to_owned()), "{kinds:?}");
     assert!(kinds.contains(&"llm_finished".to_owned()), "{kinds:?}");
@@ -276,18 +269,13 @@ async fn bad_agent_input_is_a_clear_error() {
     assert_eq!(events(&home).len(), before);
 }
 
-/// Builds the example plugins once per test binary; the manifest of `name`.
+/// The staged manifest of example plugin `name`, as a string argument.
 fn manifest(name: &str) -> String {
-    static DIST: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    let dist = DIST.get_or_init(|| {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let status = std::process::Command::new(repo.join("scripts/build-plugins"))
-            .status()
-            .expect("run scripts/build-plugins");
-        assert!(status.success(), "building the plugins failed");
-        repo.join("plugins/dist")
-    });
-    dist.join(name).join("plugin.toml").display().to_string()
+    plugin_dist()
+        .join(name)
+        .join("plugin.toml")
+        .display()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,14 +323,7 @@ async fn the_model_calls_a_granted_plugin_and_is_refused_an_ungranted_one() {
         "the output goes back: {}",
         bodies[1]
     );
-    let kinds: Vec<String> = events(&home)
-        .iter()
-        .filter_map(|e| {
-            e["event"]
-                .as_object()
-                .and_then(|o| o.keys().next().cloned())
-        })
-        .collect();
+    let kinds = event_kinds(&home);
     assert!(kinds.contains(&"agent_tool_result".to_owned()));
     assert!(kinds.contains(&"plugin_succeeded".to_owned()));
 

@@ -5,27 +5,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::PathBuf;
 
 use support::{lion, run};
 
-/// The repository root.
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Builds the example plugins once (`scripts/build-plugins`); returns
-/// hello_world's staged directory.
-fn hello_world() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let status = std::process::Command::new(repo().join("scripts/build-plugins"))
-            .status()
-            .expect("run scripts/build-plugins");
-        assert!(status.success(), "building the plugins failed");
-        repo().join("plugins/dist/hello_world")
-    })
+/// hello_world's staged directory (the plugins are built once).
+fn hello_world() -> PathBuf {
+    support::plugin_dist().join("hello_world")
 }
 
 #[test]

@@ -6,40 +6,17 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 use support::*;
 
-/// Builds the plugins once per test binary; returns the manifest of `name`.
+/// The staged manifest of example plugin `name`.
 fn manifest(name: &str) -> PathBuf {
-    static DIST: OnceLock<PathBuf> = OnceLock::new();
-    let dist = DIST.get_or_init(|| {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let status = std::process::Command::new(repo.join("scripts/build-plugins"))
-            .status()
-            .expect("run scripts/build-plugins");
-        assert!(status.success(), "building the plugins failed");
-        repo.join("plugins/dist")
-    });
-    dist.join(name).join("plugin.toml")
+    plugin_dist().join(name).join("plugin.toml")
 }
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
-}
-
-/// The kinds of the events in the log, in order.
-fn kinds(home: &Path) -> Vec<String> {
-    events(home)
-        .iter()
-        .map(|e| {
-            e["event"]
-                .as_object()
-                .and_then(|o| o.keys().next().cloned())
-                .expect("event kind")
-        })
-        .collect()
 }
 
 #[test]
@@ -102,7 +79,7 @@ fn install_call_list_info_and_remove_through_the_cli() {
     }
 
     assert_eq!(
-        kinds(&home),
+        event_kinds(&home),
         [
             "plugin_installed",
             "plugin_loaded",
@@ -313,7 +290,7 @@ fn a_plugin_that_keeps_trapping_is_quarantined() {
         .success()
         .json();
     assert_eq!(listed[0]["status"], "quarantined");
-    assert!(kinds(&home).iter().any(|k| k == "plugin_quarantined"));
+    assert!(event_kinds(&home).iter().any(|k| k == "plugin_quarantined"));
 }
 
 #[test]

@@ -250,3 +250,31 @@ pub fn assert_unchanged(dir: &Path, before: &BTreeMap<String, Vec<u8>>) {
         );
     }
 }
+
+/// Builds the example plugins once per test binary (`scripts/build-plugins`);
+/// returns `plugins/dist`, where each is staged with its manifest.
+pub fn plugin_dist() -> &'static Path {
+    static DIST: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIST.get_or_init(|| {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let status = std::process::Command::new(repo.join("scripts/build-plugins"))
+            .status()
+            .expect("run scripts/build-plugins");
+        assert!(status.success(), "building the plugins failed");
+        repo.join("plugins/dist")
+    })
+}
+
+/// The kinds of the events in a home's log, in order.
+#[track_caller]
+pub fn event_kinds(home: &Path) -> Vec<String> {
+    events(home)
+        .iter()
+        .map(|e| {
+            e["event"]
+                .as_object()
+                .and_then(|o| o.keys().next().cloned())
+                .expect("event kind")
+        })
+        .collect()
+}
