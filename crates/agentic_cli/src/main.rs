@@ -7,6 +7,7 @@
 //! - [`live`] — live events from a running kernel, over a socket in the home.
 //! - [`commands`] — one module per command group.
 //! - [`output`] — tables for people, JSON for programs.
+//! - [`providers`] — which LLM provider an agent runs on.
 
 mod cli;
 mod commands;
@@ -14,6 +15,7 @@ mod home;
 mod lease;
 mod live;
 mod output;
+mod providers;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -104,6 +104,45 @@ async fn responding(
     (url, seen)
 }
 
+/// A test server that streams `first` to each request only once
+/// `together` requests have arrived, then holds back `rest` until the test
+/// adds a permit to the semaphore it returns (one per request).
+async fn gated(
+    together: usize,
+    first: String,
+    rest: String,
+) -> (String, Arc<tokio::sync::Semaphore>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let (arrived, _) = tokio::sync::watch::channel(0usize);
+    let gate = release.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (first, rest, gate) = (first.clone(), rest.clone(), gate.clone());
+            let (arrived, mut seen) = (arrived.clone(), arrived.subscribe());
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 8192];
+                while !String::from_utf8_lossy(&data).contains("\"messages\"") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => data.extend_from_slice(&buf[..n]),
+                    }
+                }
+                arrived.send_modify(|n| *n += 1);
+                let _ = seen.wait_for(|n| *n >= together).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+                let _ = socket.write_all(format!("{head}{first}").as_bytes()).await;
+                let _ = socket.flush().await;
+                gate.acquire().await.expect("gate").forget();
+                let _ = socket.write_all(rest.as_bytes()).await;
+            });
+        }
+    });
+    (url, release)
+}
+
 /// `lion` with the provider pointed at `url` and the sentinel API key.
 async fn lion_llm(home: &Path, url: &str, args: &[&str]) -> Run {
     let mut cmd = lion_at(home);
@@ -412,4 +451,186 @@ async fn the_demo_runs_two_streaming_agents_a_tool_and_a_budget() {
     ] {
         assert!(run.stdout.contains(expected), "{expected}: {run:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_kernel_runs_agents_concurrently_and_streams_them_to_other_processes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    // Both answers start only once both requests arrived (the kernel runs
+    // the two agents at once), and end only after another process has seen
+    // their first chunk (the kernel streams, it does not buffer).
+    let body = text_body(&["Hel", "lo"]);
+    let split = body
+        .find("data: ")
+        .and_then(|i| body[i + 6..].find("data: ").map(|j| i + 6 + j));
+    let (first, rest) = body.split_at(split.expect("two events"));
+    let (url, release) = gated(2, first.to_owned(), rest.to_owned()).await;
+    for name in ["ada", "bob"] {
+        lion_llm(&home, &url, &["agent", "spawn", name])
+            .await
+            .success();
+    }
+    let kernel = Kernel::start(
+        &home,
+        &[
+            ("LION_LLM_BASE_URL", url.as_str()),
+            ("LION_LLM_MODEL", "test-model"),
+            ("LION_LLM_API_KEY", SENTINEL_KEY),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    let (mut watcher, mut watched) = tail_live(&home);
+    // The senders have no provider configured: the kernel's is used.
+    let sends: Vec<_> = ["ada", "bob"]
+        .into_iter()
+        .map(|name| {
+            let mut cmd = lion_at(&home);
+            cmd.args(["agent", "send", name, "Hi"])
+                .env_remove("LION_LLM_BASE_URL");
+            tokio::task::spawn_blocking(move || run(&mut cmd))
+        })
+        .collect();
+    let mut first_chunks = std::collections::BTreeSet::new();
+    while first_chunks.len() < 2 {
+        let line = watched.recv().await.expect("the watcher ended early");
+        let line: serde_json::Value = serde_json::from_str(&line).expect("json line");
+        if let Some(delta) = line["event"].get("llm_delta") {
+            assert_eq!(delta["text"], "Hel");
+            first_chunks.insert(delta["agent"].as_str().expect("agent").to_owned());
+        }
+    }
+    release.add_permits(2);
+    for send in sends {
+        let run = send.await.expect("join").success();
+        assert_eq!(run.stdout, "Hello\n");
+    }
+    let _ = watcher.kill();
+    let kinds = event_kinds(&home);
+    let completed = kinds.iter().filter(|k| *k == "task_completed").count();
+    assert_eq!(completed, 2, "{kinds:?}");
+    let listed = lion_run(&home, &["agent", "list", "--json"])
+        .success()
+        .json();
+    for agent in listed.as_array().expect("agents") {
+        assert_eq!(
+            agent["messages"].as_array().map(Vec::len),
+            Some(2),
+            "{agent}"
+        );
+    }
+    lion_run(&home, &["replay"]).success();
+    assert!(
+        !contains(&home_bytes(&home), SENTINEL_KEY),
+        "the key stays out of the store"
+    );
+    assert!(
+        !kernel.stderr().contains(SENTINEL_KEY),
+        "and out of the kernel's logs"
+    );
+    assert!(
+        kernel.stderr().contains("DEBUG"),
+        "the kernel logged at debug"
+    );
+}
+
+/// `lion events tail --live --json` in the background, once connected; its
+/// stdout lines arrive on the receiver.
+fn tail_live(
+    home: &Path,
+) -> (
+    std::process::Child,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lion"))
+        .arg("--home")
+        .arg(home)
+        .args(["events", "tail", "--live", "--json"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the watcher");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let said = stderr
+        .next()
+        .expect("the watcher says it follows")
+        .expect("read");
+    assert!(said.contains("following the live events"), "{said}");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Whether `needle` occurs in `bytes`.
+fn contains(bytes: &[u8], needle: &str) -> bool {
+    bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_environment_value_never_reaches_the_store_or_logs() {
+    const SECRET: &str = "env-sentinel-7f3a9c";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let dist = tokio::task::spawn_blocking(|| plugin_dist().join("abuse"))
+        .await
+        .expect("build");
+    // The abuse plugin, asking to read one environment variable.
+    let manifest = std::fs::read_to_string(dist.join("plugin.toml"))
+        .expect("manifest")
+        .replace("abuse.wasm", &dist.join("abuse.wasm").display().to_string())
+        .replace(
+            "interfaces = [",
+            "env = [\"LION_SECRET_TOKEN\"]\ninterfaces = [",
+        );
+    let path = dir.path().join("abuse.toml");
+    std::fs::write(&path, manifest).expect("write manifest");
+    lion_run(
+        &home,
+        &[
+            "plugin",
+            "install",
+            &path.display().to_string(),
+            "--grant-all",
+        ],
+    )
+    .success();
+    lion_run(&home, &["agent", "spawn", "probe", "--tool", "abuse.env"]).success();
+    // The sandbox gets the value; the model asks for another variable, so
+    // the plugin's output (recorded, as every output is) does not hold it.
+    let (url, requests) = scripted(vec![
+        tool_call_body("abuse__env", r#"{"name":"HOME"}"#),
+        text_body(&["Done."]),
+    ])
+    .await;
+    let mut cmd = lion_at(&home);
+    cmd.env("LION_LLM_BASE_URL", &url)
+        .env("LION_LLM_MODEL", "test-model")
+        .env("LION_SECRET_TOKEN", SECRET)
+        .env("RUST_LOG", "trace")
+        .args(["agent", "send", "probe", "Read it"]);
+    let run = tokio::task::spawn_blocking(move || run(&mut cmd))
+        .await
+        .expect("join")
+        .success();
+    let bodies = requests.lock().unwrap().clone();
+    assert!(
+        bodies[1].contains(r#"{\"value\":null}"#),
+        "ungranted HOME is unset: {}",
+        bodies[1]
+    );
+    assert!(event_kinds(&home).contains(&"plugin_succeeded".to_owned()));
+    // Lion wrote the granted value nowhere: not the log, the projections
+    // or its trace logs.
+    assert!(run.stderr.contains("TRACE"), "traced: {run:?}");
+    assert!(!run.stderr.contains(SECRET), "not in the logs");
+    assert!(!contains(&home_bytes(&home), SECRET), "not in the store");
 }

@@ -357,55 +357,13 @@ fn tasks_run_plugin_functions() {
     assert_eq!(run.error_line(1), "error: no plugin nobody is installed");
 }
 
-/// A `lion run` kernel in the background, killed on drop.
-struct Kernel(std::process::Child);
-
-impl Drop for Kernel {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Kernel {
-    /// Starts `lion run` and waits until it says it is running.
-    fn start(home: &Path) -> Self {
-        use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lion"))
-            .arg("--home")
-            .arg(home)
-            .arg("run")
-            .env_remove("RUST_LOG")
-            .env_remove("LION_HOME")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start lion run");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            let line = lines
-                .next()
-                .expect("the kernel stopped before saying it runs")
-                .expect("read stderr");
-            if line.contains("lion kernel running") {
-                break;
-            }
-        }
-        // Keep draining stderr so the kernel never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self(child)
-    }
-}
-
 #[test]
 fn a_running_kernel_runs_plugin_tasks_and_sees_plugins_reinstalled() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("home");
     let hello = manifest("hello_world");
     lion_run(&home, &["plugin", "list"]).success();
-    let _kernel = Kernel::start(&home);
+    let _kernel = Kernel::start(&home, &[]);
     let greet = [
         "task",
         "submit",

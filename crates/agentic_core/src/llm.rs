@@ -5,16 +5,19 @@
 //! A stream is a [`ChatStream`]: chunks arrive the moment the provider sends
 //! them; dropping the stream cancels the request. [`Relay`] carries one to
 //! live subscribers and, coalesced, into the log; [`AgentRunner`] runs an
-//! agent's turn (memory from the log, tools through the plugin manager).
+//! agent's turn (memory from the log, tools through the plugin manager);
+//! [`AgentTask`] lets a running kernel run agents for other processes.
 
 mod agents;
 pub mod patterns;
 mod relay;
 mod runner;
+mod task;
 
 pub use agents::{AgentRecord, AgentSpec, AgentStatus};
 pub use relay::{Relay, RelayOptions, RelayOutcome, StopReason, TokenBudget};
 pub use runner::{AgentRunner, MAX_TOOL_ROUNDS, RunError, RunOutcome, Tools};
+pub use task::{AGENT_HANDLER, AgentTask, ProviderResolver, ResolvedProvider};
 
 use std::fmt;
 use std::time::Duration;
@@ -141,8 +144,9 @@ pub enum ChatChunk {
 /// Why a completion failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LlmError {
-    /// No provider is configured.
-    #[error("no LLM provider is configured: {0}")]
+    /// No provider is configured, or its configuration is invalid (the
+    /// message says which, and how to fix it).
+    #[error("{0}")]
     NotConfigured(String),
     /// The provider could not be reached.
     #[error("cannot reach the LLM provider at {url}: {message}")]

@@ -175,6 +175,17 @@ impl TaskContext {
         self.cancel.is_cancelled()
     }
 
+    /// A token cancelled when the task is, for work the handler hands on.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.cancel.child_token()
+    }
+
+    /// The orchestrator's live stream, for handlers that publish events as
+    /// they happen (an agent's streamed chunks) next to the task's own.
+    pub fn live(&self) -> broadcast::Sender<LiveEvent> {
+        self.orchestrator.inner.live.clone()
+    }
+
     /// Reports progress: recorded with async durability (delivered at once).
     pub async fn progress(&self, progress: Value) -> Result<(), OrchestratorError> {
         let event = SystemEvent::TaskProgress {

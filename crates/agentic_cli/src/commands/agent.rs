@@ -1,34 +1,37 @@
 //! `lion agent spawn|list|send|stop`: LLM agents whose memory is the log.
 //!
-//! `send` runs the agent in this process: its memory is rebuilt from the
-//! log, the answer streams to the terminal chunk by chunk as the provider
-//! sends it, and the log records the prompt, the text (coalesced) and the
-//! finished message. The provider comes from the agent's spawn flags, else
-//! `LION_LLM_BASE_URL` / `LION_LLM_MODEL`, else the home's `config.toml`;
-//! the API key only from `LION_LLM_API_KEY` (it is never stored). Tools are
-//! plugin functions granted at spawn (`--tool PLUGIN.FUNCTION`), described
-//! to the model by their input schemas and run in the plugin sandbox.
+//! `send` streams the answer to the terminal chunk by chunk as the provider
+//! sends it; the log records the prompt, the text (coalesced) and the
+//! finished message. With a kernel running (`lion run`) the kernel runs the
+//! agent as a task and streams it on its live socket, so other processes
+//! (`lion events tail --live`) watch it too; otherwise it runs in this
+//! process, its memory rebuilt from the log. The provider is resolved by
+//! [`providers`](crate::providers). Tools are plugin functions granted at
+//! spawn (`--tool PLUGIN.FUNCTION`), described to the model by their input
+//! schemas and run in the plugin sandbox.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use agentic_core::llm::{AgentRunner, AgentSpec, AgentStatus, RunError, Tools};
-use agentic_core::{Durability, EventStore, ExpectedVersion, LiveEvent, NewEvent, SystemEvent};
-use agentic_llm::{ApiKey, OpenAiConfig, OpenAiProvider};
+use agentic_core::llm::{
+    AGENT_HANDLER, AgentRunner, AgentSpec, AgentStatus, ProviderResolver, RunError, Tools,
+};
+use agentic_core::{
+    Durability, EventStore, ExpectedVersion, LiveEvent, NewEvent, SystemEvent, TaskSpec,
+};
 use agentic_store::SqliteStore;
-use anyhow::{Context, Result, anyhow, bail};
-use serde::Deserialize;
+use anyhow::{Result, anyhow, bail};
 use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-use super::{Ctx, plugin};
-use crate::output;
-
-const BASE_URL_ENV: &str = "LION_LLM_BASE_URL";
-const MODEL_ENV: &str = "LION_LLM_MODEL";
-const API_KEY_ENV: &str = "LION_LLM_API_KEY";
+use super::{Ctx, plugin, task};
+use crate::live::{self, LiveClient};
+use crate::providers::HomeProviders;
+use crate::{lease, output};
 
 /// `lion agent spawn`.
 pub async fn spawn(store: &SqliteStore, ctx: Ctx, name: &str, spec: AgentSpec) -> Result<()> {
@@ -100,8 +103,10 @@ pub async fn stop(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `lion agent send`: runs the agent here, streaming its answer to stdout
-/// (and its tool calls to stderr) as it happens.
+/// `lion agent send`: streams the agent's answer to stdout (and its tool
+/// calls to stderr) as it happens. With a kernel running on the home, the
+/// kernel runs the agent (as a task) and the chunks come from its live
+/// stream; otherwise the agent runs in this process.
 pub async fn send(
     home: &Path,
     store: Arc<SqliteStore>,
@@ -116,7 +121,12 @@ pub async fn send(
     if agent.status == AgentStatus::Stopped {
         return Err(RunError::Stopped(name.to_owned()).into());
     }
-    let settings = Settings::resolve(home, &agent.spec)?;
+    if lease::held(home)
+        && let Some(stream) = live::connect(home).await
+    {
+        return send_through_kernel(home, &store, ctx, name, text, stream).await;
+    }
+    let resolved = HomeProviders::new(home).resolve(&agent.spec)?;
     let plugins = match agent.spec.tools.is_empty() {
         true => None,
         false => Some(plugin::manager(
@@ -126,41 +136,20 @@ pub async fn send(
             Durability::Durable,
         )?),
     };
-    let provider = OpenAiProvider::new(OpenAiConfig {
-        base_url: settings.base_url,
-        api_key: settings.api_key,
-        max_retries: 2,
-    })?;
     let (live, mut watch) = broadcast::channel::<LiveEvent>(1024);
     let printer = (!ctx.json).then(|| {
         tokio::spawn(async move {
-            let mut stdout = std::io::stdout();
-            let mut printed = false;
+            let mut printer = Printer::default();
             while let Ok(event) = watch.recv().await {
-                match event.event {
-                    SystemEvent::LlmDelta { text, .. } => {
-                        printed = true;
-                        let _ = stdout.write_all(text.as_bytes());
-                        let _ = stdout.flush();
-                    }
-                    SystemEvent::LlmFinished { message, .. } => {
-                        for call in message.tool_calls {
-                            eprintln!("[tool {} {}]", call.name, call.arguments);
-                        }
-                    }
-                    SystemEvent::AgentToolResult { message, .. } => {
-                        eprintln!("[tool result {}]", message.content);
-                    }
-                    _ => {}
-                }
+                printer.show(&event.event, None);
             }
-            printed
+            printer
         })
     });
     let dyn_store: Arc<dyn EventStore> = store;
     let runner = AgentRunner::new(
         dyn_store,
-        Arc::new(provider),
+        resolved.provider,
         plugins,
         live,
         ctx.correlation_id,
@@ -172,13 +161,10 @@ pub async fn send(
             interrupt.cancel();
         }
     });
-    let result = runner.send(name, text, &settings.model, cancel).await;
+    let result = runner.send(name, text, &resolved.model, cancel).await;
     drop(runner);
-    // End the streamed answer's line.
-    if let Some(printer) = printer
-        && printer.await.unwrap_or(false)
-    {
-        println!();
+    if let Some(printer) = printer {
+        printer.await?.finish();
     }
     let outcome = result?;
     if ctx.json {
@@ -191,6 +177,116 @@ pub async fn send(
     Ok(())
 }
 
+/// How often a send through the kernel checks that the kernel still runs.
+const KERNEL_CHECK: Duration = Duration::from_secs(1);
+
+/// Has the running kernel run the agent: submits an `agent` task and
+/// prints the run's chunks from the kernel's live stream (already
+/// connected, so none is missed) until the task ends.
+async fn send_through_kernel(
+    home: &Path,
+    store: &SqliteStore,
+    ctx: Ctx,
+    name: &str,
+    text: &str,
+    mut stream: LiveClient,
+) -> Result<()> {
+    let id = Uuid::now_v7();
+    let spec = TaskSpec::new(AGENT_HANDLER, json!({"agent": name, "text": text}));
+    task::append_submission(store, ctx, id, spec).await?;
+    let mut printer = Printer::default();
+    let mut kernel_check = tokio::time::interval(KERNEL_CHECK);
+    let ended = loop {
+        tokio::select! {
+            line = stream.next() => {
+                let Some(line) = line else {
+                    bail!("the kernel stopped during the run (see `lion task show {id}`)");
+                };
+                if let Some(missed) = line.missed {
+                    eprintln!("warning: missed {missed} live event(s): this reader was too slow");
+                }
+                let Some(event) = line.event else { continue };
+                if !ctx.json {
+                    printer.show(&event, Some(id));
+                }
+                match event {
+                    SystemEvent::TaskCompleted { task_id, output, .. } if task_id == id => {
+                        break Ok(output);
+                    }
+                    SystemEvent::TaskFailed { task_id, error, is_final: true, .. } if task_id == id => {
+                        break Err(error);
+                    }
+                    SystemEvent::TaskTimedOut { task_id, is_final: true, .. } if task_id == id => {
+                        break Err("the run timed out".to_owned());
+                    }
+                    SystemEvent::TaskCancelled { task_id, reason } if task_id == id => {
+                        break Err(format!("cancelled: {reason}"));
+                    }
+                    _ => {}
+                }
+            }
+            _ = kernel_check.tick() => {
+                if !lease::held(home) {
+                    bail!("the kernel stopped during the run (see `lion task show {id}`)");
+                }
+            }
+            _ = tokio::signal::ctrl_c() => {
+                task::cancel_in_log(store, ctx, id, "interrupted (Ctrl-C)").await?;
+                printer.finish();
+                bail!("cancelled: the kernel stops the run");
+            }
+        }
+    };
+    printer.finish();
+    let output = ended.map_err(|e| anyhow!(e))?;
+    if ctx.json {
+        output::json(&output)?;
+    }
+    Ok(())
+}
+
+/// Prints a run as it streams: its text to stdout, its tool calls and
+/// their results to stderr.
+#[derive(Default)]
+struct Printer {
+    printed: bool,
+}
+
+impl Printer {
+    /// Shows `event` if it belongs to the run `run` (any run if `None`).
+    fn show(&mut self, event: &SystemEvent, run: Option<Uuid>) {
+        let ours = |r: &Uuid| run.is_none_or(|run| run == *r);
+        match event {
+            SystemEvent::LlmDelta { text, run_id, .. } if ours(run_id) => {
+                self.printed = true;
+                let mut stdout = std::io::stdout();
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
+            }
+            SystemEvent::LlmFinished {
+                message, run_id, ..
+            } if ours(run_id) => {
+                for call in &message.tool_calls {
+                    eprintln!("[tool {} {}]", call.name, call.arguments);
+                }
+            }
+            SystemEvent::AgentToolResult {
+                message, run_id, ..
+            } if ours(run_id) => {
+                eprintln!("[tool result {}]", message.content);
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends the streamed answer's line.
+    fn finish(&self) {
+        if self.printed {
+            println!();
+        }
+    }
+}
+
 /// Appends one event of this invocation and waits for its commit.
 async fn record(store: &SqliteStore, ctx: Ctx, event: SystemEvent) -> Result<()> {
     store
@@ -200,79 +296,4 @@ async fn record(store: &SqliteStore, ctx: Ctx, event: SystemEvent) -> Result<()>
         )
         .await?;
     Ok(())
-}
-
-/// The provider an agent uses, resolved.
-pub(crate) struct Settings {
-    /// Base URL of the OpenAI-compatible server.
-    pub(crate) base_url: String,
-    /// The model.
-    pub(crate) model: String,
-    /// The API key, from the environment.
-    pub(crate) api_key: Option<ApiKey>,
-}
-
-/// `[llm]` of the home's `config.toml`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    #[serde(default)]
-    llm: LlmSection,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LlmSection {
-    base_url: Option<String>,
-    model: Option<String>,
-}
-
-impl Settings {
-    /// Spawn flags, then the environment, then the home's config file.
-    pub(crate) fn resolve(home: &Path, spec: &AgentSpec) -> Result<Self> {
-        let path = home.join("config.toml");
-        let file = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str::<ConfigFile>(&text).map_err(|e| {
-                anyhow!(
-                    "{}: {}",
-                    path.display(),
-                    e.message().lines().next().unwrap_or("invalid TOML")
-                )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ConfigFile::default(),
-            Err(e) => return Err(e).with_context(|| path.display().to_string()),
-        };
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let base_url = spec
-            .base_url
-            .clone()
-            .or_else(|| env(BASE_URL_ENV))
-            .or(file.llm.base_url)
-            .ok_or_else(|| {
-                anyhow!(
-                    "no LLM provider is configured: set {BASE_URL_ENV} (for example \
-                     http://localhost:11434/v1 for Ollama or http://localhost:8080/v1 for \
-                     llama.cpp's server), put base_url under [llm] in {}, or spawn the agent \
-                     with --base-url (the embedded local model is not built yet)",
-                    path.display()
-                )
-            })?;
-        let model = spec
-            .model
-            .clone()
-            .or_else(|| env(MODEL_ENV))
-            .or(file.llm.model)
-            .ok_or_else(|| {
-                anyhow!(
-                    "no model is configured: set {MODEL_ENV}, put model under [llm] in {}, \
-                     or spawn the agent with --model",
-                    path.display()
-                )
-            })?;
-        Ok(Self {
-            base_url,
-            model,
-            api_key: env(API_KEY_ENV).map(ApiKey::new),
-        })
-    }
 }

@@ -9,18 +9,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use agentic_core::llm::{AgentRunner, AgentSpec, RunError, RunOutcome};
+use agentic_core::llm::{AgentRunner, AgentSpec, ProviderResolver, RunError, RunOutcome};
 use agentic_core::plugin::CallOptions;
 use agentic_core::{Durability, EventStore, ExpectedVersion, LiveEvent, NewEvent, SystemEvent};
-use agentic_llm::{OpenAiConfig, OpenAiProvider};
 use agentic_store::SqliteStore;
 use anyhow::{Result, bail};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::agent::Settings;
 use super::{Ctx, plugin};
+use crate::providers::HomeProviders;
 
 /// `lion demo`.
 pub async fn run(
@@ -29,7 +28,7 @@ pub async fn run(
     ctx: Ctx,
     calculator: Option<PathBuf>,
 ) -> Result<()> {
-    let settings = Settings::resolve(home, &AgentSpec::default())?;
+    let resolved = HomeProviders::new(home).resolve(&AgentSpec::default())?;
     let start_seq = store.head().await?.seq;
     let manager = plugin::manager(home, store.clone(), ctx, Durability::Durable)?;
     if store
@@ -85,15 +84,11 @@ pub async fn run(
     println!(
         "spawned 4 agents ({}) on {} with model {}",
         name("*"),
-        settings.base_url,
-        settings.model
+        resolved.location,
+        resolved.model
     );
 
-    let provider = Arc::new(OpenAiProvider::new(OpenAiConfig {
-        base_url: settings.base_url.clone(),
-        api_key: settings.api_key.clone(),
-        max_retries: 2,
-    })?);
+    let provider = resolved.provider;
     let (live, _) = broadcast::channel::<LiveEvent>(4096);
     let dyn_store: Arc<dyn EventStore> = store.clone();
     let runner = AgentRunner::new(
@@ -103,7 +98,7 @@ pub async fn run(
         live.clone(),
         ctx.correlation_id,
     );
-    let model = settings.model.clone();
+    let model = resolved.model;
     let cancel = CancellationToken::new();
 
     println!("\n== two agents streaming at once");

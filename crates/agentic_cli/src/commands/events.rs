@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use agentic_core::{EventEnvelope, EventStore, StoreError};
+use agentic_core::{EventEnvelope, EventStore, StoreError, SystemEvent};
 use agentic_store::SqliteStore;
 use std::path::Path;
 
@@ -142,7 +142,12 @@ pub async fn tail_live(home: &Path, ctx: Ctx, count: Option<u64>) -> Result<()> 
                     output::json(&serde_json::json!({"seq": line.seq, "event": event}))?;
                 } else {
                     let seq = line.seq.map_or_else(|| "-".to_owned(), |s| s.to_string());
-                    println!("{seq:>6}  {:<16} {}", event.kind(), event.default_stream());
+                    println!(
+                        "{seq:>6}  {:<16} {}  {}",
+                        event.kind(),
+                        event.default_stream(),
+                        live_summary(&event)
+                    );
                 }
                 shown += 1;
             }
@@ -150,6 +155,22 @@ pub async fn tail_live(home: &Path, ctx: Ctx, count: Option<u64>) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// One line about a live event: a streamed chunk's text as it is (quoted),
+/// else the payload, clipped.
+fn live_summary(event: &SystemEvent) -> String {
+    match event {
+        SystemEvent::LlmDelta { text, .. } => format!("{text:?}"),
+        other => match serde_json::to_value(other) {
+            Ok(Value::Object(map)) => map
+                .into_iter()
+                .next()
+                .map(|(_, body)| output::clip(&body.to_string(), 60))
+                .unwrap_or_default(),
+            _ => String::new(),
+        },
+    }
 }
 
 /// Verifies the whole chain and the recorded head.

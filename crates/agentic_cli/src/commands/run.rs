@@ -1,4 +1,6 @@
-//! `lion run`: the kernel in the foreground, holding the home's lease.
+//! `lion run`: the kernel in the foreground, holding the home's lease. It
+//! runs the tasks other processes submit — plugin calls, and agents
+//! (`lion agent send`), whose chunks it streams on its live socket.
 //!
 //! The first SIGINT/SIGTERM stops it taking work and waits for the tasks it
 //! runs to end; a second one stops it at once (unfinished tasks resume at the
@@ -8,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use agentic_core::kernel;
+use agentic_core::llm::{AGENT_HANDLER, AgentTask};
 use agentic_core::orchestrator::builtin_handlers;
 use agentic_core::plugin::{PLUGIN_HANDLER, PluginTask};
 use agentic_core::{Durability, EventStore, Orchestrator, OrchestratorConfig};
@@ -17,6 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use super::{Ctx, plugin};
+use crate::providers::HomeProviders;
 use crate::{lease, live};
 
 /// Runs the kernel until interrupted.
@@ -34,6 +38,14 @@ pub async fn run(
     handlers.insert(
         PLUGIN_HANDLER.into(),
         Arc::new(PluginTask::new(plugins.clone())),
+    );
+    handlers.insert(
+        AGENT_HANDLER.into(),
+        Arc::new(AgentTask::new(
+            store.clone(),
+            Some(plugins.clone()),
+            Arc::new(HomeProviders::new(home)),
+        )),
     );
     let orchestrator = Orchestrator::start(
         store.clone(),

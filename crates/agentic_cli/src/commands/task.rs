@@ -121,7 +121,13 @@ async fn queue(store: &SqliteStore, ctx: Ctx, spec: TaskSpec, kernel: bool) -> R
     }
 }
 
-async fn append_submission(store: &SqliteStore, ctx: Ctx, id: Uuid, spec: TaskSpec) -> Result<u64> {
+/// Appends a task's submission; the sequence number it got.
+pub(crate) async fn append_submission(
+    store: &SqliteStore,
+    ctx: Ctx,
+    id: Uuid,
+    spec: TaskSpec,
+) -> Result<u64> {
     let event = SystemEvent::TaskSubmitted { task_id: id, spec };
     let receipt = store
         .append(
@@ -357,7 +363,12 @@ fn status_name(status: TaskStatus) -> &'static str {
 
 /// Records a task's cancellation; a kernel running it stops it (and the
 /// tasks it started) when it sees the event.
-async fn cancel_in_log(store: &SqliteStore, ctx: Ctx, id: Uuid, reason: &str) -> Result<u64> {
+pub(crate) async fn cancel_in_log(
+    store: &SqliteStore,
+    ctx: Ctx,
+    id: Uuid,
+    reason: &str,
+) -> Result<u64> {
     let event = SystemEvent::TaskCancelled {
         task_id: id,
         reason: reason.into(),

@@ -278,3 +278,62 @@ pub fn event_kinds(home: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// A `lion run` kernel in the background, killed on drop; what it logs is
+/// kept.
+pub struct Kernel {
+    child: std::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Kernel {
+    /// Starts `lion run` with `envs` set and waits until it says it is
+    /// running.
+    pub fn start(home: &Path, envs: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lion"))
+            .arg("--home")
+            .arg(home)
+            .arg("run")
+            .env_remove("RUST_LOG")
+            .env_remove("LION_HOME")
+            .envs(envs.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start lion run");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        loop {
+            let line = lines
+                .next()
+                .expect("the kernel stopped before saying it runs")
+                .expect("read stderr");
+            stderr.lock().unwrap().push_str(&format!("{line}\n"));
+            if line.contains("lion kernel running") {
+                break;
+            }
+        }
+        // Keep draining stderr so the kernel never blocks on a full pipe.
+        let kept = stderr.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        Self { child, stderr }
+    }
+
+    /// What the kernel has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}

@@ -116,6 +116,21 @@ impl AgentRunner {
         model: &str,
         cancel: CancellationToken,
     ) -> Result<RunOutcome, RunError> {
+        self.send_as(Uuid::now_v7(), name, text, model, cancel)
+            .await
+    }
+
+    /// [`send`](Self::send) under a run id chosen by the caller (a kernel
+    /// running the agent as a task uses the task's id, so whoever submitted
+    /// it can pick its chunks out of the live stream).
+    pub async fn send_as(
+        &self,
+        run_id: Uuid,
+        name: &str,
+        text: &str,
+        model: &str,
+        cancel: CancellationToken,
+    ) -> Result<RunOutcome, RunError> {
         let state = self.store.projected_state().await?;
         let agent = state
             .agent(name)
@@ -135,7 +150,6 @@ impl AgentRunner {
             max_tokens: None,
         };
         let mut stream = self.provider.stream(request(&messages)).await?;
-        let run_id = Uuid::now_v7();
         self.record(SystemEvent::AgentPrompted {
             name: name.to_owned(),
             run_id,
