@@ -194,6 +194,10 @@ pub enum LlmError {
     /// A chunk could not be understood.
     #[error("the LLM provider sent a malformed chunk: {0}")]
     Malformed(String),
+    /// The embedded local model could not run the request (a prompt longer
+    /// than its context, a template it cannot render, an inference failure).
+    #[error("the local model: {0}")]
+    Local(String),
 }
 
 /// A streamed completion: chunks arrive as the provider sends them, then

@@ -4,8 +4,12 @@
 //! - [`openai`] — the OpenAI-compatible chat-completions protocol with SSE
 //!   streaming (OpenAI, Ollama, vLLM, llama.cpp's server, LM Studio).
 //! - [`sse`] — the server-sent-events parser it reads streams with.
+//! - [`local`] — the embedded local model: a GGUF chat model run in-process
+//!   on the CPU, and the per-user cache it is pulled into.
 
+pub mod local;
 pub mod openai;
 pub mod sse;
 
+pub use local::{LocalConfig, LocalProvider};
 pub use openai::{ApiKey, OpenAiConfig, OpenAiProvider};

@@ -1,0 +1,245 @@
+//! The embedded local model: a GGUF chat model of the llama architecture,
+//! run in-process on the CPU with candle, behind the same
+//! [`LlmProvider`] port as the remote providers.
+//!
+//! - [`pull`] — the catalog, the per-user model cache and `model pull`.
+//! - [`model`] — loading a GGUF file (checks, weights, metadata).
+//! - [`tokenizer`] — byte-level BPE from the file's own vocabulary.
+//! - [`template`] — the file's own Jinja chat template.
+//! - [`worker`] — the one inference thread that runs every generation.
+//! - [`bench`] — tokens/s, time to first token and memory.
+//!
+//! [`LocalProvider`] ties them together: it renders the request's messages
+//! with the chat template, tokenizes them, and hands the generation to its
+//! worker, which streams text chunk by chunk as tokens are generated, then
+//! the usage, then `Finished("stop" | "length")`. Dropping the stream
+//! cancels the generation between two tokens.
+//!
+//! Tools: small local models cannot call tools, so `request.tools` is
+//! ignored and no tool-call chunks are ever sent. The request's `model` is
+//! ignored too: the provider runs the one model it was loaded with.
+
+pub mod bench;
+mod error;
+pub mod model;
+pub mod pull;
+pub mod template;
+pub mod tokenizer;
+pub mod worker;
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::path::Path;
+use std::sync::Arc;
+
+use agentic_core::llm::{ChatMessage, ChatRequest, ChatStream, LlmError, LlmProvider};
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+pub use error::LocalError;
+pub use model::{LoadOptions, LocalModel, ModelInfo};
+pub use pull::{
+    CATALOG, CatalogEntry, DEFAULT_MODEL, ModelCache, ModelSpec, PullProgress, PullStage,
+    catalog_entry, parse_spec,
+};
+pub use tokenizer::{GgufTokenizer, StreamDecoder};
+pub use worker::{FinishReason, GenerationHandle, GenerationOptions, GenerationOutcome};
+
+use template::ChatTemplate;
+use worker::{Job, WorkerModel};
+
+/// Settings of a [`LocalProvider`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LocalConfig {
+    /// How to load the model.
+    pub load: LoadOptions,
+    /// Most tokens per answer when the request does not say.
+    pub default_max_tokens: u32,
+    /// The temperature when the request does not say; `None` is greedy.
+    pub default_temperature: Option<f64>,
+    /// Nucleus-sampling threshold used when the temperature is above zero.
+    pub top_p: f64,
+    /// The sampler's seed for every request; `None` draws a fresh seed per
+    /// request. (Greedy decoding, temperature 0 or unset, needs none.)
+    pub seed: Option<u64>,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self {
+            load: LoadOptions::default(),
+            // Long enough for a paragraph of chat, short enough that a small
+            // model rambling on costs seconds, not minutes.
+            default_max_tokens: 512,
+            // Greedy: the same prompt gives the same answer.
+            default_temperature: None,
+            // The usual nucleus for chat models.
+            top_p: 0.95,
+            seed: None,
+        }
+    }
+}
+
+/// The embedded local model as an [`LlmProvider`]. Cheap to clone: clones
+/// share the model and its one inference worker.
+#[derive(Clone, Debug)]
+pub struct LocalProvider {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    info: ModelInfo,
+    tokenizer: GgufTokenizer,
+    template: ChatTemplate,
+    config: LocalConfig,
+    stop_ids: Vec<u32>,
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl LocalProvider {
+    /// Loads the GGUF model at `path` and starts its inference worker.
+    pub fn load(path: &Path, config: LocalConfig) -> Result<Self, LocalError> {
+        let model = LocalModel::load(path, config.load)?;
+        Self::from_model(model, config)
+    }
+
+    /// A provider for a loaded model; starts its inference worker.
+    pub fn from_model(model: LocalModel, config: LocalConfig) -> Result<Self, LocalError> {
+        let LocalModel {
+            weights,
+            tokenizer,
+            template,
+            stop_ids,
+            info,
+        } = model;
+        let (jobs, receiver) = mpsc::unbounded_channel();
+        worker::spawn(
+            WorkerModel {
+                weights,
+                token_bytes: tokenizer.token_bytes().to_vec(),
+                stop_ids: stop_ids.clone(),
+                context_length: info.context_length,
+            },
+            receiver,
+        )
+        .map_err(|e| LocalError::Inference(format!("cannot start the inference worker: {e}")))?;
+        tracing::info!(
+            model = %info.path.display(),
+            quantization = %info.quantization,
+            requantized = info.requantized,
+            compute_threads = compute_threads(),
+            "local model loaded"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                info,
+                tokenizer,
+                template,
+                config,
+                stop_ids,
+                jobs,
+            }),
+        })
+    }
+
+    /// What model this is.
+    pub fn info(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &GgufTokenizer {
+        &self.inner.tokenizer
+    }
+
+    /// The model's chat template.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.inner.template
+    }
+
+    /// The tokens that end the assistant's turn (EOS and the template's
+    /// end-of-turn tokens).
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.inner.stop_ids
+    }
+
+    /// The prompt's token ids for `messages`: rendered with the chat
+    /// template (opening the assistant's turn), then tokenized.
+    pub fn prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, LocalError> {
+        let prompt = self.inner.template.render(messages, true)?;
+        self.inner.tokenizer.encode(&prompt)
+    }
+
+    /// The generation options for `request` under this provider's settings.
+    pub fn options_for(&self, request: &ChatRequest) -> GenerationOptions {
+        let config = &self.inner.config;
+        GenerationOptions {
+            max_tokens: request.max_tokens.unwrap_or(config.default_max_tokens),
+            temperature: request
+                .temperature
+                .map(f64::from)
+                .or(config.default_temperature),
+            top_p: Some(config.top_p),
+            seed: config
+                .seed
+                .unwrap_or_else(|| RandomState::new().hash_one(std::time::SystemTime::now())),
+            ignore_stop: false,
+        }
+    }
+
+    /// Starts generating an answer to `messages`.
+    pub fn generate(
+        &self,
+        messages: &[ChatMessage],
+        options: GenerationOptions,
+    ) -> Result<(ChatStream, GenerationHandle), LocalError> {
+        let prompt = self.prompt_ids(messages)?;
+        self.generate_from_ids(prompt, options)
+    }
+
+    /// Starts generating a continuation of the token ids `prompt`.
+    pub fn generate_from_ids(
+        &self,
+        prompt: Vec<u32>,
+        options: GenerationOptions,
+    ) -> Result<(ChatStream, GenerationHandle), LocalError> {
+        let limit = self.inner.info.context_length;
+        if prompt.is_empty() {
+            return Err(LocalError::Template("the prompt is empty".into()));
+        }
+        if prompt.len() >= limit {
+            return Err(LocalError::PromptTooLong {
+                tokens: prompt.len(),
+                limit,
+            });
+        }
+        let (tx, stream) = ChatStream::channel();
+        let (job, handle) = Job::new(prompt, options, tx);
+        self.inner
+            .jobs
+            .send(job)
+            .map_err(|_| LocalError::WorkerStopped)?;
+        Ok((stream, handle))
+    }
+}
+
+/// How many compute threads candle uses (its pool, sized by
+/// `RAYON_NUM_THREADS`, else the number of physical cores). Setting that
+/// variable above the number of cores collapses throughput: keep it unset.
+pub fn compute_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+#[async_trait]
+impl LlmProvider for LocalProvider {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LlmError> {
+        let options = self.options_for(&request);
+        let (stream, _handle) = self.generate(&request.messages, options)?;
+        Ok(stream)
+    }
+}
