@@ -73,6 +73,10 @@ pub enum Command {
     #[command(subcommand)]
     Agent(AgentCommand),
 
+    /// Get and list embedded local models (GGUF files run in-process).
+    #[command(subcommand)]
+    Model(ModelCommand),
+
     /// Install, list, inspect, call and remove WebAssembly plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -152,7 +156,10 @@ pub enum AgentCommand {
         /// home's config.toml].
         #[arg(long, value_name = "URL")]
         base_url: Option<String>,
-        /// The model [default: $LION_LLM_MODEL, else the home's config.toml].
+        /// The model: a server's model name, or `local:NAME` /
+        /// `local:/path/file.gguf` for an embedded local model [default:
+        /// $LION_LLM_MODEL, else the home's config.toml, else
+        /// local:smollm2-135m when no server is configured].
         #[arg(long, value_name = "M")]
         model: Option<String>,
         /// The system prompt.
@@ -180,6 +187,19 @@ pub enum AgentCommand {
         /// The agent's name.
         name: String,
     },
+}
+
+/// `lion model …`
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Fetch a catalog model into the per-user cache (checked by sha256).
+    Pull {
+        /// The model's catalog name.
+        #[arg(default_value = agentic_llm::local::DEFAULT_MODEL)]
+        name: String,
+    },
+    /// List the catalog's models and whether each is in the cache.
+    List,
 }
 
 /// `lion plugin …`
@@ -307,6 +327,19 @@ pub enum EventsCommand {
 /// `lion bench …`
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// The embedded local model: tokens/s, first token, memory, against a
+    /// bare candle loop on the same weights.
+    Model {
+        /// A short run that only checks every path works (figures mean little).
+        #[arg(long)]
+        quick: bool,
+        /// The model (`local:NAME` or `local:/path/file.gguf`).
+        #[arg(long, value_name = "M", default_value = "local:smollm2-135m")]
+        model: String,
+        /// Tokens per generation [default: 128, 16 with --quick].
+        #[arg(long, value_name = "N")]
+        tokens: Option<u32>,
+    },
     /// Durable append throughput and latency, replay speed, with raw baselines.
     Store {
         /// A short run that only checks every path works (figures mean little).

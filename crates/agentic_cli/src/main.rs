@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use cli::{
     AgentCommand, BenchCommand, Cli, Command, ElementCommand, EventsCommand, LogFormat,
-    PluginCommand, TaskCommand,
+    ModelCommand, PluginCommand, TaskCommand,
 };
 use commands::Ctx;
 
@@ -145,7 +145,7 @@ async fn run(cli: Cli) -> Result<()> {
                     budget_tokens,
                     tools: tool,
                 };
-                commands::agent::spawn(&*open()?, ctx, &name, spec).await
+                commands::agent::spawn(&home, &*open()?, ctx, &name, spec).await
             }
             Command::Demo { calculator } => {
                 commands::demo::run(&home, open()?, ctx, calculator).await
@@ -157,6 +157,8 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Agent(AgentCommand::Stop { name }) => {
                 commands::agent::stop(&*open()?, ctx, &name).await
             }
+            Command::Model(ModelCommand::Pull { name }) => commands::model::pull(ctx, &name),
+            Command::Model(ModelCommand::List) => commands::model::list(ctx),
             Command::Plugin(PluginCommand::Install {
                 manifest,
                 grant,
@@ -204,6 +206,11 @@ async fn run(cli: Cli) -> Result<()> {
                 };
                 commands::bench::store(ctx, opts).await
             }
+            Command::Bench(BenchCommand::Model {
+                quick,
+                model,
+                tokens,
+            }) => commands::bench_model::run(ctx, quick, &model, tokens).await,
             Command::Bench(BenchCommand::Llm { quick, dir }) => {
                 commands::bench_llm::run(ctx, quick, dir).await
             }

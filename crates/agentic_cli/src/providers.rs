@@ -1,20 +1,35 @@
-//! Which LLM provider an agent runs on: its spawn flags, then the
-//! environment (`LION_LLM_BASE_URL`, `LION_LLM_MODEL`), then the home's
-//! `config.toml` (`[llm] base_url`, `model`). The API key comes only from
-//! `LION_LLM_API_KEY` and is never stored. A running kernel resolves with
-//! its own environment, inline sends with the sender's.
+//! Which LLM provider an agent runs on. The model and the server come from
+//! its spawn flags, then the environment (`LION_LLM_MODEL`,
+//! `LION_LLM_BASE_URL`), then the home's `config.toml` (`[llm] model`,
+//! `base_url`). A model `local:NAME` or `local:/path/file.gguf` runs
+//! in-process on the embedded local model; with neither a server nor a
+//! model configured, agents run on the catalog's default local model
+//! (pulled on first use). The API key comes only from `LION_LLM_API_KEY`
+//! and is never stored. A running kernel resolves with its own environment,
+//! inline sends with the sender's.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use agentic_core::llm::{AgentSpec, LlmError, ProviderResolver, ResolvedProvider};
+use agentic_llm::local::pull::SPEC_PREFIX;
+use agentic_llm::local::{
+    DEFAULT_MODEL, LocalConfig, LocalProvider, ModelCache, ModelSpec, parse_spec,
+};
 use agentic_llm::{ApiKey, OpenAiConfig, OpenAiProvider};
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
+
+use crate::commands::model;
 
 const BASE_URL_ENV: &str = "LION_LLM_BASE_URL";
 const MODEL_ENV: &str = "LION_LLM_MODEL";
 const API_KEY_ENV: &str = "LION_LLM_API_KEY";
+/// The local model's sampling seed, for repeatable answers.
+const SEED_ENV: &str = "LION_LLM_SEED";
+/// The local model's temperature when a request names none.
+const LOCAL_TEMPERATURE: f64 = 0.7;
 
 /// Resolves agents' providers from a home's settings.
 pub struct HomeProviders {
@@ -28,33 +43,117 @@ impl HomeProviders {
             home: home.to_owned(),
         }
     }
+
+    /// Where an agent spawned with `spec` would run, for people; an error
+    /// if its settings cannot work (a `local:` model that cannot be found).
+    pub fn describe(&self, spec: &AgentSpec) -> Result<String> {
+        Ok(match Settings::resolve(&self.home, spec)? {
+            Settings::Server {
+                base_url, model, ..
+            } => format!("model {model} at {base_url}"),
+            Settings::Local { model } => {
+                if let ModelSpec::File(path) = parse_spec(&model)?
+                    && !path.is_file()
+                {
+                    bail!("no model file {}", path.display());
+                }
+                format!("the embedded local model {model}")
+            }
+        })
+    }
+
+    /// The provider and model for an agent spawned with `spec`.
+    fn choose(&self, spec: &AgentSpec) -> Result<ResolvedProvider> {
+        match Settings::resolve(&self.home, spec)? {
+            Settings::Server {
+                base_url,
+                model,
+                api_key,
+            } => {
+                let provider = OpenAiProvider::new(OpenAiConfig {
+                    base_url: base_url.clone(),
+                    api_key,
+                    max_retries: 2,
+                })?;
+                Ok(ResolvedProvider {
+                    provider: Arc::new(provider),
+                    model,
+                    location: base_url,
+                })
+            }
+            Settings::Local { model } => {
+                let provider = local_provider(&model)?;
+                Ok(ResolvedProvider {
+                    location: provider.info().path.display().to_string(),
+                    provider: Arc::new(provider),
+                    model,
+                })
+            }
+        }
+    }
 }
 
 impl ProviderResolver for HomeProviders {
     fn resolve(&self, spec: &AgentSpec) -> Result<ResolvedProvider, LlmError> {
-        let settings = Settings::resolve(&self.home, spec)
-            .map_err(|e| LlmError::NotConfigured(format!("{e:#}")))?;
-        let provider = OpenAiProvider::new(OpenAiConfig {
-            base_url: settings.base_url.clone(),
-            api_key: settings.api_key,
-            max_retries: 2,
-        })?;
-        Ok(ResolvedProvider {
-            provider: Arc::new(provider),
-            model: settings.model,
-            location: settings.base_url,
-        })
+        self.choose(spec)
+            .map_err(|e| LlmError::NotConfigured(format!("{e:#}")))
     }
 }
 
-/// The provider an agent uses, resolved.
-struct Settings {
-    /// Base URL of the OpenAI-compatible server.
-    base_url: String,
-    /// The model.
-    model: String,
-    /// The API key, from the environment.
-    api_key: Option<ApiKey>,
+/// The local models this process has loaded, by file: one model, and one
+/// inference worker, however many agents use it.
+static LOADED: Mutex<Option<HashMap<PathBuf, LocalProvider>>> = Mutex::new(None);
+
+/// The local provider for `model` (`local:NAME` or `local:/path.gguf`),
+/// pulling a catalog model the cache does not have yet (and saying so).
+fn local_provider(model: &str) -> Result<LocalProvider> {
+    let cache = ModelCache::from_env()?;
+    let path = match parse_spec(model)? {
+        ModelSpec::Catalog(entry) => match cache.cached(entry) {
+            Some(path) => path,
+            None => {
+                eprintln!(
+                    "lion: the local model {} is not in the cache yet; pulling it once",
+                    entry.name
+                );
+                model::pull_entry(&cache, entry)?
+            }
+        },
+        ModelSpec::File(path) => path,
+    };
+    let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
+    let loaded = loaded.get_or_insert_with(HashMap::new);
+    if let Some(provider) = loaded.get(&path) {
+        return Ok(provider.clone());
+    }
+    let config = LocalConfig {
+        // Sampling keeps a small model from looping on one phrase, as greedy
+        // decoding tends to; a seed makes it repeatable.
+        default_temperature: Some(LOCAL_TEMPERATURE),
+        seed: match std::env::var(SEED_ENV) {
+            Ok(seed) => Some(
+                seed.parse()
+                    .with_context(|| format!("{SEED_ENV} must be a whole number, got {seed:?}"))?,
+            ),
+            Err(_) => None,
+        },
+        ..LocalConfig::default()
+    };
+    let provider = LocalProvider::load(&path, config)?;
+    loaded.insert(path, provider.clone());
+    Ok(provider)
+}
+
+/// Where an agent's answers come from, resolved.
+enum Settings {
+    /// An OpenAI-compatible server.
+    Server {
+        base_url: String,
+        model: String,
+        api_key: Option<ApiKey>,
+    },
+    /// The embedded local model (`local:…`).
+    Local { model: String },
 }
 
 /// `[llm]` of the home's `config.toml`.
@@ -73,7 +172,8 @@ struct LlmSection {
 }
 
 impl Settings {
-    /// Spawn flags, then the environment, then the home's config file.
+    /// Spawn flags, then the environment, then the home's config file, then
+    /// the default local model.
     fn resolve(home: &Path, spec: &AgentSpec) -> Result<Self> {
         let path = home.join("config.toml");
         let file = match std::fs::read_to_string(&path) {
@@ -92,32 +192,34 @@ impl Settings {
             .base_url
             .clone()
             .or_else(|| env(BASE_URL_ENV))
-            .or(file.llm.base_url)
-            .ok_or_else(|| {
-                anyhow!(
-                    "no LLM provider is configured: set {BASE_URL_ENV} (for example \
-                     http://localhost:11434/v1 for Ollama or http://localhost:8080/v1 for \
-                     llama.cpp's server), put base_url under [llm] in {}, or spawn the agent \
-                     with --base-url (the embedded local model is not built yet)",
-                    path.display()
-                )
-            })?;
+            .or(file.llm.base_url);
         let model = spec
             .model
             .clone()
             .or_else(|| env(MODEL_ENV))
-            .or(file.llm.model)
-            .ok_or_else(|| {
-                anyhow!(
-                    "no model is configured: set {MODEL_ENV}, put model under [llm] in {}, \
-                     or spawn the agent with --model",
-                    path.display()
-                )
-            })?;
-        Ok(Self {
-            base_url,
-            model,
-            api_key: env(API_KEY_ENV).map(ApiKey::new),
-        })
+            .or(file.llm.model);
+        match (base_url, model) {
+            (_, Some(model)) if model.starts_with(SPEC_PREFIX) => Ok(Self::Local { model }),
+            (Some(base_url), Some(model)) => Ok(Self::Server {
+                base_url,
+                model,
+                api_key: env(API_KEY_ENV).map(ApiKey::new),
+            }),
+            (Some(_), None) => bail!(
+                "no model is configured for the LLM server: set {MODEL_ENV}, put model under \
+                 [llm] in {}, or spawn the agent with --model",
+                path.display()
+            ),
+            (None, Some(model)) => bail!(
+                "model {model:?} needs an LLM server, and none is configured: set \
+                 {BASE_URL_ENV} (for example http://localhost:11434/v1 for Ollama or \
+                 http://localhost:8080/v1 for llama.cpp's server), put base_url under [llm] in \
+                 {}, or use an embedded local model (--model local:{DEFAULT_MODEL})",
+                path.display()
+            ),
+            (None, None) => Ok(Self::Local {
+                model: format!("{SPEC_PREFIX}{DEFAULT_MODEL}"),
+            }),
+        }
     }
 }

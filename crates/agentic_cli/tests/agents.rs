@@ -264,9 +264,13 @@ async fn bad_agent_input_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("home");
     lion_run(&home, &["agent", "spawn", "ada"]).success();
-    let run = lion_run(&home, &["agent", "send", "ada", "hi"]);
+    // A server model with no server (with neither, the local model runs).
+    let run = run(lion_at(&home)
+        .env("LION_LLM_MODEL", "gpt-4o")
+        .args(["agent", "send", "ada", "hi"]));
     assert!(
-        run.error_line(1).contains("no LLM provider is configured"),
+        run.error_line(1)
+            .contains("model \"gpt-4o\" needs an LLM server, and none is configured"),
         "{run:?}"
     );
     let run = lion_run(&home, &["agent", "send", "bob", "hi"]);
@@ -415,9 +419,10 @@ async fn the_demo_runs_two_streaming_agents_a_tool_and_a_budget() {
     let calculator = tokio::task::spawn_blocking(|| manifest("calculator"))
         .await
         .expect("build");
-    let run = lion_run(&home, &["demo"]);
+    let run = run(lion_at(&home).env("LION_LLM_MODEL", "gpt-4o").arg("demo"));
     assert!(
-        run.error_line(1).contains("no LLM provider is configured"),
+        run.error_line(1)
+            .contains("needs an LLM server, and none is configured"),
         "{run:?}"
     );
 

@@ -34,11 +34,18 @@ use crate::providers::HomeProviders;
 use crate::{lease, output};
 
 /// `lion agent spawn`.
-pub async fn spawn(store: &SqliteStore, ctx: Ctx, name: &str, spec: AgentSpec) -> Result<()> {
+pub async fn spawn(
+    home: &Path,
+    store: &SqliteStore,
+    ctx: Ctx,
+    name: &str,
+    spec: AgentSpec,
+) -> Result<()> {
     Tools::granted(&store.projected_state().await?, &spec.tools).map_err(|e| anyhow!(e))?;
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == ':') {
         bail!("an agent name must be non-empty, without spaces or ':'");
     }
+    let runs_on = HomeProviders::new(home).describe(&spec)?;
     record(
         store,
         ctx,
@@ -49,9 +56,9 @@ pub async fn spawn(store: &SqliteStore, ctx: Ctx, name: &str, spec: AgentSpec) -
     )
     .await?;
     if ctx.json {
-        return output::json(&json!({ "spawned": name }));
+        return output::json(&json!({ "spawned": name, "runs_on": runs_on }));
     }
-    println!("spawned {name}");
+    println!("spawned {name} (runs on {runs_on})");
     Ok(())
 }
 

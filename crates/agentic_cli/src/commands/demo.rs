@@ -71,8 +71,8 @@ pub async fn run(
                 .await
         }
     };
-    spawn("poet", "You write one short sentence.", 96, vec![]).await?;
-    spawn("critic", "You answer in one short sentence.", 96, vec![]).await?;
+    spawn("poet", "You write one short sentence.", 160, vec![]).await?;
+    spawn("critic", "You answer in one short sentence.", 160, vec![]).await?;
     spawn(
         "calc",
         "Use the calculator tool for arithmetic.",
@@ -112,13 +112,15 @@ pub async fn run(
                 let agent = agent.clone();
                 tokio::spawn(async move {
                     let (mut first, mut last, mut chunks) = (None, None, 0u32);
+                    let mut streamed = String::new();
                     while let Ok(e) = watch.recv().await {
                         match e.event {
-                            SystemEvent::LlmDelta { agent: a, .. } if a == agent => {
+                            SystemEvent::LlmDelta { agent: a, text, .. } if a == agent => {
                                 let t = began.elapsed().as_secs_f64();
                                 first.get_or_insert(t);
                                 last = Some(t);
                                 chunks += 1;
+                                streamed.push_str(&text);
                             }
                             SystemEvent::LlmFinished { agent: a, .. }
                             | SystemEvent::LlmStopped { agent: a, .. }
@@ -129,12 +131,13 @@ pub async fn run(
                             _ => {}
                         }
                     }
-                    (first.unwrap_or(0.0), last.unwrap_or(0.0), chunks)
+                    let timing = (first.unwrap_or(0.0), last.unwrap_or(0.0), chunks);
+                    (timing, streamed)
                 })
             };
             let outcome = runner.send(&agent, text, &model, cancel).await;
-            let timing = watcher.await.unwrap_or((0.0, 0.0, 0));
-            (outcome, timing)
+            let (timing, streamed) = watcher.await.unwrap_or_default();
+            (answer(outcome, streamed), timing)
         }
     };
     let (poet, critic) = tokio::join!(
@@ -144,8 +147,8 @@ pub async fn run(
             "In one sentence, what makes a sentence good?"
         )
     );
-    for (who, (outcome, (first, last, chunks))) in [("poet", poet), ("critic", critic)] {
-        let text = answer(outcome)?;
+    for (who, (text, (first, last, chunks))) in [("poet", poet), ("critic", critic)] {
+        let text = text?;
         println!(
             "{who} ({chunks} chunks streamed from {first:.2} s to {last:.2} s): {}",
             text.trim()
@@ -154,11 +157,8 @@ pub async fn run(
 
     println!("\n== a plugin tool");
     let before = store.head().await?.seq;
-    let calc = answer(
-        runner
-            .send(&name("calc"), "What is 17 * 23?", &model, cancel.clone())
-            .await,
-    )?;
+    let (calc, _) = timed(name("calc"), "What is 17 * 23?").await;
+    let calc = calc?;
     let called = store
         .read_from(before + 1, usize::MAX)
         .await?
@@ -230,17 +230,24 @@ pub async fn run(
     Ok(())
 }
 
-/// An answer's text, or the run's error.
-fn answer(outcome: Result<RunOutcome, RunError>) -> Result<String> {
-    Ok(outcome?.message.content)
+/// An answer's text; for a run its budget stopped, what it streamed and
+/// why it stopped; else the run's error.
+fn answer(outcome: Result<RunOutcome, RunError>, streamed: String) -> Result<String> {
+    match outcome {
+        Ok(outcome) => Ok(outcome.message.content),
+        Err(RunError::Halted { reason, .. }) => {
+            Ok(format!("{} [stopped: {reason}]", streamed.trim()))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// The longest run of arithmetic in `text` holding a digit and an operator.
+/// The first run of arithmetic in `text` holding a digit and an operator
+/// (an answer usually restates the question before anything else).
 fn expression(text: &str) -> Option<String> {
     let is_math = |c: char| c.is_ascii_digit() || " +-*/().".contains(c);
     text.split(|c: char| !is_math(c))
-        .map(str::trim)
-        .filter(|s| s.chars().any(|c| c.is_ascii_digit()) && s.contains(['+', '-', '*', '/']))
-        .max_by_key(|s| s.len())
+        .map(|s| s.trim().trim_end_matches('.').trim_end())
+        .find(|s| s.chars().any(|c| c.is_ascii_digit()) && s.contains(['+', '-', '*', '/']))
         .map(str::to_owned)
 }

@@ -4,11 +4,13 @@
 pub mod agent;
 pub mod bench;
 pub mod bench_llm;
+pub mod bench_model;
 pub mod bench_plugins;
 pub mod bench_runtime;
 pub mod demo;
 pub mod element;
 pub mod events;
+pub mod model;
 pub mod plugin;
 pub mod replay;
 pub mod run;

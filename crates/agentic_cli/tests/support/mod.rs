@@ -17,7 +17,15 @@ use uuid::Uuid;
 
 /// Environment variables `lion` reads; removed from every run so the
 /// developer's own environment cannot leak into a test.
-const LION_ENV: &[&str] = &["LION_HOME", "LION_BUSY_TIMEOUT_MS", "RUST_LOG", "NO_COLOR"];
+const LION_ENV: &[&str] = &[
+    "LION_HOME",
+    "LION_BUSY_TIMEOUT_MS",
+    "LION_LLM_BASE_URL",
+    "LION_LLM_MODEL",
+    "LION_LLM_API_KEY",
+    "RUST_LOG",
+    "NO_COLOR",
+];
 
 /// `lion` with a clean environment and no home chosen.
 pub fn lion() -> Command {
