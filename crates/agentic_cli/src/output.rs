@@ -11,6 +11,18 @@ pub fn table<const N: usize>(headers: [&str; N]) -> Table {
     t
 }
 
+/// The table a benchmark prints: each measurement beside the baseline
+/// measured in the same run, its target and the verdict.
+pub fn bench_table() -> Table {
+    table([
+        "measurement",
+        "figure",
+        "same-run baseline",
+        "target",
+        "verdict",
+    ])
+}
+
 /// Prints `value` as one line of JSON.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);

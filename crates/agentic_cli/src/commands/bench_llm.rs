@@ -265,13 +265,7 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
         }));
     }
     let us = |x: f64| format!("{x:.1} µs");
-    let mut table = output::table([
-        "measurement",
-        "figure",
-        "same-run baseline",
-        "target",
-        "verdict",
-    ]);
+    let mut table = output::bench_table();
     for (what, kernel, raw) in [
         ("1 paced stream", &kern1, &raw1),
         ("10 streams flat out", &kern10, &raw10),

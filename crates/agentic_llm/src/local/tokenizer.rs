@@ -317,28 +317,27 @@ fn unicode_to_byte() -> HashMap<char, u8> {
 
 /// A string metadata entry.
 pub(crate) fn metadata_str<'a>(content: &'a Content, key: &str) -> Result<&'a str, LocalError> {
-    content
-        .metadata
-        .get(key)
-        .ok_or_else(|| LocalError::Metadata {
-            key: key.to_owned(),
-            reason: "missing".into(),
-        })?
+    metadata(content, key)?
         .to_string()
         .map(String::as_str)
         .map_err(|e| metadata_error(key, e))
 }
 
 fn metadata_array<'a>(content: &'a Content, key: &str) -> Result<&'a Vec<Value>, LocalError> {
+    metadata(content, key)?
+        .to_vec()
+        .map_err(|e| metadata_error(key, e))
+}
+
+/// A metadata entry, or an error saying it is missing.
+fn metadata<'a>(content: &'a Content, key: &str) -> Result<&'a Value, LocalError> {
     content
         .metadata
         .get(key)
         .ok_or_else(|| LocalError::Metadata {
             key: key.to_owned(),
             reason: "missing".into(),
-        })?
-        .to_vec()
-        .map_err(|e| metadata_error(key, e))
+        })
 }
 
 fn metadata_error(key: &str, e: candle_core::Error) -> LocalError {
