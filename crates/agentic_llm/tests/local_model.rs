@@ -6,8 +6,8 @@
 //! `~/.cache/lion/models`): pulled once with the machine's `pip`, then
 //! reused by every run. If it cannot be had the tests fail; they never
 //! skip. All model tests share one loaded provider — one inference worker —
-//! so even run in parallel they never oversubscribe the cores; run them
-//! with `--test-threads=1` anyway so timings are not shared.
+//! so they never oversubscribe the cores, and the tests that generate take
+//! turns (a lock), so none waits on another's tokens.
 
 use std::fs;
 use std::io::Write;
@@ -71,6 +71,10 @@ fn provider() -> &'static (LocalProvider, std::time::Duration) {
         (provider, started.elapsed())
     })
 }
+
+/// Held by each test that generates, so generations never overlap across
+/// tests (each would slow the others, and `cargo test` runs tests at once).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn local() -> &'static LocalProvider {
     &provider().0
@@ -155,6 +159,7 @@ fn the_chat_template_renders_the_reference_prompt() {
 
 #[tokio::test]
 async fn greedy_generation_reproduces_llama_cpp() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let reference = &fixture()["greedy"];
     let expected = ids(&reference["generated_ids"]);
     assert_eq!(expected.len(), 21);
@@ -176,6 +181,7 @@ async fn greedy_generation_reproduces_llama_cpp() {
 
 #[tokio::test]
 async fn the_provider_streams_text_then_usage_then_finished() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let reference = &fixture()["greedy"];
     assert_eq!(local().name(), "local");
     let request = ChatRequest {
@@ -242,6 +248,7 @@ async fn sampled_text(seed: u64) -> String {
 
 #[tokio::test]
 async fn the_same_seed_gives_the_same_text() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let first = sampled_text(7).await;
     assert!(!first.is_empty());
     assert_eq!(sampled_text(7).await, first, "same seed, same text");
@@ -257,6 +264,7 @@ async fn the_same_seed_gives_the_same_text() {
 
 #[tokio::test]
 async fn the_first_token_reaches_the_reader_before_generation_ends() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let reference = &fixture()["greedy"];
     let (mut stream, mut handle) = local()
         .generate_from_ids(ids(&reference["prompt_ids"]), greedy(40))
@@ -281,6 +289,7 @@ async fn the_first_token_reaches_the_reader_before_generation_ends() {
 
 #[tokio::test]
 async fn dropping_the_stream_on_the_first_token_cancels() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let reference = &fixture()["greedy"];
     let (mut stream, mut handle) = local()
         .generate_from_ids(ids(&reference["prompt_ids"]), greedy(40))
@@ -298,6 +307,7 @@ async fn dropping_the_stream_on_the_first_token_cancels() {
 
 #[tokio::test]
 async fn two_generations_run_concurrently_on_one_worker() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let reference = &fixture()["greedy"];
     let other = [ChatMessage::new(
         Role::User,
@@ -337,6 +347,7 @@ async fn two_generations_run_concurrently_on_one_worker() {
 
 #[tokio::test]
 async fn the_benchmark_measures_both_paths() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (provider, load) = provider();
     let report = bench::measure(provider, *load, 16).await.unwrap();
     assert_eq!(report.generated_tokens, 16);
