@@ -152,6 +152,11 @@ pub enum AgentCommand {
     Spawn {
         /// The agent's name.
         name: String,
+        /// Where the model runs: `local` (in this process, --model names a
+        /// catalog model or a GGUF file) or `openai` (an OpenAI-compatible
+        /// server) [default: a server if one is configured, else local].
+        #[arg(long, value_name = "P", value_parser = ["local", "openai"])]
+        provider: Option<String>,
         /// The provider's base URL [default: $LION_LLM_BASE_URL, else the
         /// home's config.toml].
         #[arg(long, value_name = "URL")]
@@ -337,7 +342,7 @@ pub enum BenchCommand {
         #[arg(long, value_name = "M", default_value = "local:smollm2-135m")]
         model: String,
         /// Tokens per generation [default: 128, 16 with --quick].
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=2048))]
         tokens: Option<u32>,
     },
     /// Durable append throughput and latency, replay speed, with raw baselines.

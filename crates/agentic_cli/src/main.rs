@@ -132,12 +132,14 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Events(EventsCommand::Verify) => commands::events::verify(&*open()?, ctx),
             Command::Agent(AgentCommand::Spawn {
                 name,
+                provider,
                 base_url,
                 model,
                 system,
                 tool,
                 budget_tokens,
             }) => {
+                let model = commands::agent::model_for(provider.as_deref(), model, &base_url)?;
                 let spec = agentic_core::llm::AgentSpec {
                     model,
                     base_url,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use agentic_core::llm::{AgentSpec, LlmError, ProviderResolver, ResolvedProvider};
 use agentic_llm::local::pull::SPEC_PREFIX;
 use agentic_llm::local::{
-    DEFAULT_MODEL, LocalConfig, LocalProvider, ModelCache, ModelSpec, parse_spec,
+    DEFAULT_MODEL, LocalConfig, LocalError, LocalProvider, ModelSpec, parse_spec,
 };
 use agentic_llm::{ApiKey, OpenAiConfig, OpenAiProvider};
 use anyhow::{Context, Result, anyhow, bail};
@@ -47,11 +47,11 @@ impl HomeProviders {
     /// Where an agent spawned with `spec` would run, for people; an error
     /// if its settings cannot work (a `local:` model that cannot be found).
     pub fn describe(&self, spec: &AgentSpec) -> Result<String> {
-        Ok(match Settings::resolve(&self.home, spec)? {
-            Settings::Server {
+        Ok(match Settings::resolve(&self.home, spec) {
+            Ok(Settings::Server {
                 base_url, model, ..
-            } => format!("model {model} at {base_url}"),
-            Settings::Local { model } => {
+            }) => format!("model {model} at {base_url}"),
+            Ok(Settings::Local { model }) => {
                 if let ModelSpec::File(path) = parse_spec(&model)?
                     && !path.is_file()
                 {
@@ -59,6 +59,8 @@ impl HomeProviders {
                 }
                 format!("the embedded local model {model}")
             }
+            // A kernel may run it with settings this process lacks.
+            Err(e) => format!("nothing here yet: {e:#}"),
         })
     }
 
@@ -96,7 +98,10 @@ impl HomeProviders {
 impl ProviderResolver for HomeProviders {
     fn resolve(&self, spec: &AgentSpec) -> Result<ResolvedProvider, LlmError> {
         self.choose(spec)
-            .map_err(|e| LlmError::NotConfigured(format!("{e:#}")))
+            .map_err(|e| match e.downcast_ref::<LocalError>() {
+                Some(local) => LlmError::Local(local.to_string()),
+                None => LlmError::NotConfigured(format!("{e:#}")),
+            })
     }
 }
 
@@ -107,20 +112,7 @@ static LOADED: Mutex<Option<HashMap<PathBuf, LocalProvider>>> = Mutex::new(None)
 /// The local provider for `model` (`local:NAME` or `local:/path.gguf`),
 /// pulling a catalog model the cache does not have yet (and saying so).
 fn local_provider(model: &str) -> Result<LocalProvider> {
-    let cache = ModelCache::from_env()?;
-    let path = match parse_spec(model)? {
-        ModelSpec::Catalog(entry) => match cache.cached(entry) {
-            Some(path) => path,
-            None => {
-                eprintln!(
-                    "lion: the local model {} is not in the cache yet; pulling it once",
-                    entry.name
-                );
-                model::pull_entry(&cache, entry)?
-            }
-        },
-        ModelSpec::File(path) => path,
-    };
+    let path = model::file(model)?;
     let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
     let loaded = loaded.get_or_insert_with(HashMap::new);
     if let Some(provider) = loaded.get(&path) {

@@ -106,10 +106,11 @@ fn the_demo_runs_on_the_local_model() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("home");
     let calculator = plugin_dist().join("calculator/plugin.toml");
-    let demo = lion_run(
-        &home,
-        &["demo", "--calculator", &calculator.display().to_string()],
-    )
+    let demo = run(lion_at(&home).env("LION_LLM_SEED", "3").args([
+        "demo",
+        "--calculator",
+        &calculator.display().to_string(),
+    ]))
     .success();
     for expected in [
         "with model local:smollm2-135m",
@@ -133,6 +134,47 @@ fn bad_local_models_are_clear_errors() {
     let spec = format!("local:{}", missing.display());
     let run = lion_run(&home, &["agent", "spawn", "x", "--model", &spec]);
     assert!(run.error_line(1).contains("no model file"), "{run:?}");
+
+    let spawned = lion_run(
+        &home,
+        &[
+            "agent",
+            "spawn",
+            "p",
+            "--provider",
+            "local",
+            "--model",
+            "smollm2-135m",
+        ],
+    )
+    .success();
+    assert!(spawned.stdout.contains("local:smollm2-135m"), "{spawned:?}");
+    let run = lion_run(
+        &home,
+        &[
+            "agent",
+            "spawn",
+            "q",
+            "--provider",
+            "openai",
+            "--model",
+            "local:smollm2-135m",
+        ],
+    );
+    assert!(run.error_line(1).contains("is a local model"), "{run:?}");
+    let run = lion_run(
+        &home,
+        &[
+            "agent",
+            "spawn",
+            "q",
+            "--provider",
+            "local",
+            "--base-url",
+            "http://x/v1",
+        ],
+    );
+    assert!(run.error_line(1).contains("takes no --base-url"), "{run:?}");
 
     // Not a GGUF file: spawned (the file exists), refused when it loads.
     let fake = dir.path().join("fake.gguf");

@@ -19,8 +19,11 @@ use agentic_core::llm::{
     AGENT_HANDLER, AgentRunner, AgentSpec, AgentStatus, ProviderResolver, RunError, Tools,
 };
 use agentic_core::{
-    Durability, EventStore, ExpectedVersion, LiveEvent, NewEvent, SystemEvent, TaskSpec,
+    Durability, EventStore, ExpectedVersion, LiveEvent, NewEvent, SystemEvent, TaskOutcome,
+    TaskSpec,
 };
+use agentic_llm::local::pull::SPEC_PREFIX;
+use agentic_llm::local::{ModelSpec, parse_spec};
 use agentic_store::SqliteStore;
 use anyhow::{Result, anyhow, bail};
 use serde_json::json;
@@ -45,6 +48,18 @@ pub async fn spawn(
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == ':') {
         bail!("an agent name must be non-empty, without spaces or ':'");
     }
+    let mut spec = spec;
+    // A model file is kept by absolute path: a kernel or a later send may
+    // run in another directory.
+    if let Some(model) = &spec.model
+        && let Ok(ModelSpec::File(path)) = parse_spec(model)
+        && path.is_relative()
+    {
+        spec.model = Some(format!(
+            "{SPEC_PREFIX}{}",
+            std::path::absolute(&path)?.display()
+        ));
+    }
     let runs_on = HomeProviders::new(home).describe(&spec)?;
     record(
         store,
@@ -60,6 +75,36 @@ pub async fn spawn(
     }
     println!("spawned {name} (runs on {runs_on})");
     Ok(())
+}
+
+/// The model to record for `--provider P [--model M]`: `local` makes it a
+/// `local:` spec (the default local model without `--model`); `openai`
+/// wants a server's model, not a local one.
+pub fn model_for(
+    provider: Option<&str>,
+    model: Option<String>,
+    base_url: &Option<String>,
+) -> Result<Option<String>> {
+    let local = model.as_deref().is_some_and(|m| m.starts_with(SPEC_PREFIX));
+    match provider {
+        Some("local") if base_url.is_some() => {
+            bail!("--provider local runs the model in-process: it takes no --base-url")
+        }
+        Some("local") if local => Ok(model),
+        Some("local") => Ok(Some(format!(
+            "{SPEC_PREFIX}{}",
+            model
+                .as_deref()
+                .unwrap_or(agentic_llm::local::DEFAULT_MODEL)
+        ))),
+        Some("openai") if local => {
+            bail!(
+                "--provider openai asks a server; {} is a local model",
+                model.unwrap_or_default()
+            )
+        }
+        _ => Ok(model),
+    }
 }
 
 /// `lion agent list`.
@@ -233,6 +278,17 @@ async fn send_through_kernel(
                 }
             }
             _ = kernel_check.tick() => {
+                // The end may have been among events this reader missed.
+                if let Some(task) = store.projected_state().await?.task(id)
+                    && let Some(outcome) = task::recorded_outcome(task)
+                {
+                    break match outcome {
+                        TaskOutcome::Completed(output) => Ok(output),
+                        TaskOutcome::Failed(error) => Err(error),
+                        TaskOutcome::TimedOut => Err("the run timed out".to_owned()),
+                        TaskOutcome::Cancelled(reason) => Err(format!("cancelled: {reason}")),
+                    };
+                }
                 if !lease::held(home) {
                     bail!("the kernel stopped during the run (see `lion task show {id}`)");
                 }

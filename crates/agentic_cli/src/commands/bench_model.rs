@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use agentic_llm::local::{LocalModel, LocalProvider, ModelCache, bench};
+use agentic_llm::local::{LocalModel, LocalProvider, bench};
 use anyhow::Result;
 
-use super::Ctx;
+use super::{Ctx, model};
 use crate::output;
 
 /// Target: generated tokens per second through the provider.
@@ -20,10 +20,7 @@ const TARGET_FIRST_TOKEN: Duration = Duration::from_millis(400);
 /// `lion bench model`.
 pub async fn run(ctx: Ctx, quick: bool, spec: &str, tokens: Option<u32>) -> Result<()> {
     let tokens = tokens.unwrap_or(if quick { 16 } else { 128 });
-    let cache = ModelCache::from_env()?;
-    let path = cache.resolve(spec, true, &mut |_| {
-        eprintln!("bench: pulling {spec} into {}", cache.root().display());
-    })?;
+    let path = model::file(spec)?;
     eprintln!(
         "bench: loading {}, then {tokens} tokens on each path…",
         path.display()
@@ -123,7 +120,7 @@ pub async fn run(ctx: Ctx, quick: bool, spec: &str, tokens: Option<u32>) -> Resu
     );
     println!("{table}");
     println!(
-        "for scale: llama.cpp (build 0c1e570, 2 threads, idle) on the same file and machine kind: 118 tokens/s generated, a 42-token prompt in ~136 ms (docs/local-model.md)"
+        "for scale, measured separately, not in this run: llama.cpp (build 0c1e570, 2 threads) on the same file and machine kind generated 118 tokens/s and read a 42-token prompt in ~136 ms (docs/local-model.md)"
     );
     Ok(())
 }

@@ -6,18 +6,37 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use agentic_llm::local::{CatalogEntry, ModelCache, PullProgress, PullStage, catalog_entry};
+use agentic_llm::local::{
+    CatalogEntry, ModelCache, ModelSpec, PullProgress, PullStage, catalog_entry, parse_spec,
+};
 use anyhow::{Result, anyhow};
 use serde_json::json;
 
 use super::Ctx;
 use crate::output;
 
-/// `lion model pull NAME`.
+/// `lion model pull NAME`: fetches the model unless the cache has it
+/// intact (its sha256 is checked again); a damaged copy is replaced.
 pub fn pull(ctx: Ctx, name: &str) -> Result<()> {
     let entry = entry(name)?;
     let cache = ModelCache::from_env()?;
-    let path = pull_entry(&cache, entry)?;
+    let path = match cache.verified(entry) {
+        Ok(Some(path)) => {
+            eprintln!(
+                "{}: already in the cache, sha256 {} checked",
+                entry.name, entry.sha256
+            );
+            path
+        }
+        Ok(None) => pull_entry(&cache, entry)?,
+        Err(e) => {
+            eprintln!(
+                "{}: the cached copy is damaged ({e}); pulling it again",
+                entry.name
+            );
+            pull_entry(&cache, entry)?
+        }
+    };
     if ctx.json {
         return output::json(&json!({"name": entry.name, "path": path, "sha256": entry.sha256}));
     }
@@ -39,6 +58,27 @@ pub(crate) fn pull_entry(cache: &ModelCache, entry: &CatalogEntry) -> Result<Pat
     let path = cache.pull(entry, &mut show)?;
     eprintln!("{}: sha256 {} checked", entry.name, entry.sha256);
     Ok(path)
+}
+
+/// The file a local model spec names (`local:NAME`, pulled into the cache
+/// the first time, saying so; or `local:/path/file.gguf`).
+pub(crate) fn file(spec: &str) -> Result<PathBuf> {
+    match parse_spec(spec)? {
+        ModelSpec::File(path) => Ok(path),
+        ModelSpec::Catalog(entry) => {
+            let cache = ModelCache::from_env()?;
+            match cache.cached(entry) {
+                Some(path) => Ok(path),
+                None => {
+                    eprintln!(
+                        "lion: the local model {} is not in the cache yet; pulling it once",
+                        entry.name
+                    );
+                    pull_entry(&cache, entry)
+                }
+            }
+        }
+    }
 }
 
 /// `lion model list`.

@@ -293,7 +293,7 @@ fn describe(e: &LiveEvent) -> String {
 }
 
 /// How a recorded task ended, if it has.
-fn recorded_outcome(task: &TaskRecord) -> Option<TaskOutcome> {
+pub(crate) fn recorded_outcome(task: &TaskRecord) -> Option<TaskOutcome> {
     let error = || task.error.clone().unwrap_or_default();
     Some(match task.status {
         TaskStatus::Completed => TaskOutcome::Completed(task.output.clone().unwrap_or(Value::Null)),

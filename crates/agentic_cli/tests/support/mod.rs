@@ -27,6 +27,20 @@ const LION_ENV: &[&str] = &[
     "NO_COLOR",
 ];
 
+/// Removes the variables `lion` reads from a command's environment.
+trait ClearLion {
+    fn env_clear_lion(&mut self) -> &mut Self;
+}
+
+impl ClearLion for std::process::Command {
+    fn env_clear_lion(&mut self) -> &mut Self {
+        for var in LION_ENV {
+            self.env_remove(var);
+        }
+        self
+    }
+}
+
 /// `lion` with a clean environment and no home chosen.
 pub fn lion() -> Command {
     let mut cmd = cargo_bin_cmd!("lion");
@@ -310,8 +324,7 @@ impl Kernel {
             .arg("--home")
             .arg(home)
             .arg("run")
-            .env_remove("RUST_LOG")
-            .env_remove("LION_HOME")
+            .env_clear_lion()
             .envs(envs.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

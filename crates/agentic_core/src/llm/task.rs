@@ -32,7 +32,9 @@ pub struct ResolvedProvider {
 /// process's configuration): the part of running an agent that belongs to
 /// the process, not to the kernel.
 pub trait ProviderResolver: Send + Sync + 'static {
-    /// The provider and model for an agent spawned with `spec`.
+    /// The provider and model for an agent spawned with `spec`. It may
+    /// block (fetch or load a model): callers on a runtime use a blocking
+    /// thread.
     fn resolve(&self, spec: &AgentSpec) -> Result<ResolvedProvider, LlmError>;
 }
 
@@ -79,7 +81,12 @@ impl TaskHandler for AgentTask {
             .agent(&message.agent)
             .map(|a| a.spec.clone())
             .ok_or_else(|| fail(&format!("no agent {}", message.agent)))?;
-        let resolved = self.providers.resolve(&spec).map_err(|e| fail(&e))?;
+        // Resolving may pull and load a model: not on the runtime's threads.
+        let providers = self.providers.clone();
+        let resolved = tokio::task::spawn_blocking(move || providers.resolve(&spec))
+            .await
+            .map_err(|e| fail(&e))?
+            .map_err(|e| fail(&e))?;
         // The run is the task: its events share the task's id as their
         // correlation, and its chunks carry it as their run id.
         let runner = AgentRunner::new(

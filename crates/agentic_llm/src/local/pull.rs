@@ -189,6 +189,27 @@ impl ModelCache {
         path.is_file().then_some(path)
     }
 
+    /// `entry`'s cached file if it is there and its sha256 still matches
+    /// the catalog's (a damaged file is an error naming both hashes).
+    pub fn verified(&self, entry: &CatalogEntry) -> Result<Option<PathBuf>, LocalError> {
+        let Some(path) = self.cached(entry) else {
+            return Ok(None);
+        };
+        let mut file = File::open(&path).map_err(|e| LocalError::io("cannot read", &path, e))?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher)
+            .map_err(|e| LocalError::io("cannot read", &path, e))?;
+        let actual = hex::encode(hasher.finalize());
+        if actual != entry.sha256 {
+            return Err(LocalError::ChecksumMismatch {
+                file: path.display().to_string(),
+                expected: entry.sha256.to_owned(),
+                actual,
+            });
+        }
+        Ok(Some(path))
+    }
+
     /// Every catalog model, with its cached file if it has been pulled.
     pub fn list(&self) -> Vec<CachedModel> {
         CATALOG
