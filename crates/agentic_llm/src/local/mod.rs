@@ -45,7 +45,7 @@ pub use pull::{
 pub use tokenizer::{GgufTokenizer, StreamDecoder};
 pub use worker::{FinishReason, GenerationHandle, GenerationOptions, GenerationOutcome};
 
-use template::ChatTemplate;
+use template::{ChatTemplate, PromptPart};
 use worker::{Job, WorkerModel};
 
 /// Settings of a [`LocalProvider`].
@@ -165,10 +165,19 @@ impl LocalProvider {
     }
 
     /// The prompt's token ids for `messages`: rendered with the chat
-    /// template (opening the assistant's turn), then tokenized.
+    /// template (opening the assistant's turn), then tokenized — the
+    /// template's markup with its control tokens, each message's content as
+    /// plain text, so no message can forge a turn.
     pub fn prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, LocalError> {
-        let prompt = self.inner.template.render(messages, true)?;
-        self.inner.tokenizer.encode(&prompt)
+        let tokenizer = &self.inner.tokenizer;
+        let mut ids = Vec::new();
+        for part in self.inner.template.render_parts(messages, true)? {
+            ids.extend(match part {
+                PromptPart::Markup(text) => tokenizer.encode(&text)?,
+                PromptPart::Content(text) => tokenizer.encode_plain(&text)?,
+            });
+        }
+        Ok(ids)
     }
 
     /// The generation options for `request` under this provider's settings.

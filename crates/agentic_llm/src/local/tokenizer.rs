@@ -37,6 +37,8 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 /// A model's tokenizer: text to token ids and back.
 pub struct GgufTokenizer {
     inner: Tokenizer,
+    /// The same tokenizer reading control-token text as plain text.
+    plain: Tokenizer,
     /// The raw bytes each token stands for; empty for control tokens.
     token_bytes: Vec<Vec<u8>>,
     tokens: Vec<String>,
@@ -160,10 +162,13 @@ impl GgufTokenizer {
                 .and_then(|v| v.to_u32().ok())
                 .filter(|&id| (id as usize) < tokens.len())
         };
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
         Ok(Self {
             bos: id_of("tokenizer.ggml.bos_token_id"),
             eos: id_of("tokenizer.ggml.eos_token_id"),
             inner,
+            plain,
             token_bytes,
             tokens,
             control,
@@ -174,6 +179,15 @@ impl GgufTokenizer {
     /// `<|im_start|>`) become their single ids; no BOS is added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, LocalError> {
         self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| LocalError::Tokenizer(format!("cannot encode: {e}")))
+    }
+
+    /// The token ids of `text` read as plain text: control-token spellings
+    /// in it (a message quoting `<|im_start|>`) stay ordinary text.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, LocalError> {
+        self.plain
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| LocalError::Tokenizer(format!("cannot encode: {e}")))
