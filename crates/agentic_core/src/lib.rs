@@ -56,3 +56,17 @@ pub use progression::{Progression, ProgressionError};
 pub use state::{ApplyError, State};
 pub use store::{AppendReceipt, EventStore, ExpectedVersion, StoreError, Subscription};
 pub use task::{Durability, RetryPolicy, TaskChange, TaskRecord, TaskSpec, TaskStatus};
+
+/// An error with its causes, in one line (`error: cause: root cause`): for
+/// messages made from foreign errors (an HTTP client's, say) whose useful
+/// part is in their sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use agentic_core::error_chain;
 use agentic_core::llm::{
     ChatChunk, ChatMessage, ChatRequest, ChatStream, ChunkSender, LlmError, LlmProvider, Role,
     Usage,
@@ -330,18 +331,6 @@ async fn status_error(response: reqwest::Response) -> LlmError {
         500..=599 => LlmError::Server { status, message },
         _ => LlmError::Refused { status, message },
     }
-}
-
-/// An error with its causes, in one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]

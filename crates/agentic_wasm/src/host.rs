@@ -3,6 +3,7 @@
 //! calling an interface that was not granted ends the call as
 //! `permission_denied`, with the denial in the log.
 
+use agentic_core::error_chain;
 use agentic_core::plugin::HostInterface;
 use wasmtime::format_err;
 
@@ -144,16 +145,4 @@ async fn fetch(
         headers,
         body,
     })
-}
-
-/// An error with its causes, in one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
