@@ -32,6 +32,20 @@ fn fixture() -> Fixture {
     }
 }
 
+/// Relays `stream` as agent ada's, with the default options, uncancelled.
+async fn relay_default(relay: &Relay, stream: ChatStream) -> RelayOutcome {
+    relay
+        .relay(
+            "ada",
+            Uuid::now_v7(),
+            stream,
+            RelayOptions::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("relay")
+}
+
 async fn logged(store: &MemoryStore) -> Vec<SystemEvent> {
     store
         .read_from(1, usize::MAX)
@@ -168,17 +182,7 @@ async fn tool_call_parts_are_assembled() {
         .expect("send");
     }
     drop(tx);
-    let outcome = f
-        .relay
-        .relay(
-            "ada",
-            Uuid::now_v7(),
-            stream,
-            RelayOptions::default(),
-            CancellationToken::new(),
-        )
-        .await
-        .expect("relay");
+    let outcome = relay_default(&f.relay, stream).await;
     let RelayOutcome::Finished { message, .. } = outcome else {
         panic!("finished")
     };
@@ -265,17 +269,7 @@ async fn cancellation_and_provider_errors_stop_with_what_arrived() {
     tx.send(Err(LlmError::StreamBroken("connection reset".into())))
         .await
         .expect("send");
-    let outcome = f
-        .relay
-        .relay(
-            "ada",
-            Uuid::now_v7(),
-            stream,
-            RelayOptions::default(),
-            CancellationToken::new(),
-        )
-        .await
-        .expect("relay");
+    let outcome = relay_default(&f.relay, stream).await;
     assert!(matches!(
         outcome,
         RelayOutcome::Stopped { reason: StopReason::Failed(LlmError::StreamBroken(_)), ref partial, .. }
