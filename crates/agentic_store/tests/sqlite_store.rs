@@ -422,6 +422,84 @@ fn a_refused_batch_does_not_fail_the_unrelated_appends_committed_with_it() {
     });
 }
 
+/// One group mixing what the writer batches (element creations) with what
+/// it writes a row at a time (a task submission, with its projection), and
+/// two element creations on one new custom stream, whose second event the
+/// batched path guesses wrong: the group is rewritten row by row and every
+/// event lands, at the right stream versions.
+#[test]
+fn a_group_mixing_batched_and_row_by_row_requests_stores_them_all() {
+    use agentic_core::{SystemEvent, TaskSpec};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let custom = |el| NewEvent {
+        stream: "custom:pair".into(),
+        ..created(el)
+    };
+    let task = NewEvent::new(
+        SystemEvent::TaskSubmitted {
+            task_id: Uuid::now_v7(),
+            spec: TaskSpec::new("echo", json!(1)),
+        },
+        Uuid::now_v7(),
+    );
+    let mut batches: Vec<Vec<NewEvent>> = (0..40)
+        .map(|i| vec![new_event(json!({ "i": i }))])
+        .collect();
+    batches.insert(7, vec![task]);
+    batches.insert(
+        20,
+        vec![
+            custom(element(json!({ "pair": 1 }), "a")),
+            custom(element(json!({ "pair": 2 }), "b")),
+        ],
+    );
+    let results = append_in_at_most_two_groups(dir.path(), &store, batches);
+    for (i, result) in results.iter().enumerate() {
+        assert!(result.is_ok(), "append {i}: {result:?}");
+    }
+    let records = log(&store);
+    assert_eq!(seqs(&records), (1..=43).collect::<Vec<_>>());
+    let pair: Vec<u64> = records
+        .iter()
+        .filter(|e| e.stream == "custom:pair")
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(pair, vec![1, 2]);
+    assert_eq!(store.verify().expect("verify").events, 43);
+    block_on(async {
+        let state = store.projected_state().await.expect("state");
+        assert_eq!(state.elements().len(), 42);
+        assert_eq!(state.tasks().len(), 1);
+        assert!(replay_vs_projection(&store).await.is_empty());
+    });
+}
+
+/// A batch of a size that is not a power of two is written in statements of
+/// 32, 16 … 1 rows; every event keeps its place in the chain.
+#[tokio::test]
+async fn a_large_batch_is_stored_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    append_singles(&store, 1).await;
+    let batch: Vec<_> = (0..75).map(|i| new_event(json!({ "i": i }))).collect();
+    let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+    let receipt = store
+        .append(batch, ExpectedVersion::Any)
+        .await
+        .expect("append");
+    assert_eq!((receipt.first_seq, receipt.last_seq), (2, 76));
+    let records = log(&store);
+    assert_eq!(
+        records[1..].iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        ids
+    );
+    assert_eq!(store.verify().expect("verify").events, 76);
+    let state = store.projected_state().await.expect("state");
+    assert_eq!(state.elements().len(), 76);
+    assert!(replay_vs_projection(&store).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_on_another_store_instance_sees_events_appended_by_the_first() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -147,6 +147,7 @@ impl SqliteStore {
         })?;
         let head = writer::read_head(&conn).map_err(|e| db.err(e))?;
         let mut conn = conn;
+        conn.set_prepared_statement_cache_capacity(writer::STATEMENT_CACHE);
         let checkpointer = checkpoint::start(&mut conn, &db)?;
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(options.writer_queue.max(1));
@@ -681,10 +682,13 @@ impl EventStore for SqliteStore {
                 events,
                 expected,
                 reply,
+                runtime: tokio::runtime::Handle::try_current().ok(),
             })
             .await
             .map_err(|_| StoreError::Closed)?;
-        receipt.await.map_err(|_| StoreError::Closed)?
+        let (outcome, spent) = receipt.await.map_err(|_| StoreError::Closed)?;
+        drop(spent); // freed here, by the appender that allocated it
+        outcome
     }
 
     async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
