@@ -335,7 +335,8 @@ async fn measure(
     };
 
     eprintln!("bench: installing into a scratch home…");
-    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(home, SqliteOptions::default())?);
+    let sqlite = Arc::new(SqliteStore::open(home, SqliteOptions::default())?);
+    let store: Arc<dyn EventStore> = sqlite.clone();
     let manager = PluginManager::new(
         store,
         sandbox.clone(),
@@ -425,8 +426,7 @@ async fn measure(
         });
     }
     manager.flush().await?;
-
-    Ok(Report {
+    let report = Report {
         plugin: name,
         max_concurrency: record.installed.manifest.limits.max_concurrency,
         component_bytes,
@@ -440,8 +440,23 @@ async fn measure(
         raw: raw_latency,
         manager: manager_latency,
         throughput,
-    })
+    };
+    // Close the scratch store before its home is deleted: the manager's
+    // background appender holds it until it sees the manager gone.
+    drop((raw, managed, manager));
+    for _ in 0..CLOSE_YIELDS {
+        if Arc::strong_count(&sqlite) == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    drop(sqlite);
+    Ok(report)
 }
+
+/// Turns of the runtime the bench gives the plugin manager's background
+/// appender to let go of the scratch store (it needs one or two).
+const CLOSE_YIELDS: usize = 10_000;
 
 /// Whether the managed call's median meets its targets.
 fn call_ok(r: &Report) -> bool {
