@@ -70,6 +70,7 @@ pub async fn store(ctx: Ctx, opts: StoreBench) -> Result<()> {
 
 fn json(r: &BenchReport) -> serde_json::Value {
     serde_json::json!({
+        "flush_emulation": flush_emulation(),
         "fsync_p50_ms": r.fsync.p50_ms,
         "fsync_p99_ms": r.fsync.p99_ms,
         "slow_flush": r.slow_flush(),
@@ -149,6 +150,14 @@ fn ms(x: f64) -> String {
     format!("{x:.2} ms")
 }
 
+/// Set by `scripts/bench-slow-flush`: how the slow flush is emulated.
+const EMULATION_ENV: &str = "LION_BENCH_FLUSH_EMULATION";
+
+/// How this run's slow flush is emulated, if it is (see [`EMULATION_ENV`]).
+fn flush_emulation() -> Option<String> {
+    std::env::var(EMULATION_ENV).ok().filter(|s| !s.is_empty())
+}
+
 fn print_table(r: &BenchReport, config: &BenchConfig) {
     let slow = r.slow_flush();
     println!(
@@ -157,6 +166,11 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
         r.fsync.p50_ms,
         config.dir.display()
     );
+    if let Some(how) = flush_emulation() {
+        println!(
+            "note: the slow flush is EMULATED: {how}; every row, baselines included, ran under it."
+        );
+    }
     if !slow {
         println!(
             "note: flushes took under 1 ms in this run; the durable-append targets are for the \
