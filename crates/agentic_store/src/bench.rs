@@ -3,6 +3,10 @@
 //! the same-run baselines every figure is compared with — raw `fdatasync`,
 //! raw rusqlite batched inserts and a raw rusqlite scan of the same rows.
 //!
+//! The largest level runs twice: on the caller's runtime, and with the
+//! writer pinned to a CPU of its own and the appenders on a runtime pinned to
+//! the other CPUs ([`Placement::OwnCore`]).
+//!
 //! Figures on a shared virtual disk swing from run to run (the flush time
 //! flips between ~0.1 ms and ~4 ms), so each row carries its ratio to a
 //! baseline measured in the same run, and the report says which flush regime
@@ -20,6 +24,7 @@ use rusqlite::{Connection, params};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::cpu::CorePlan;
 use crate::sqlite::{SqliteOptions, SqliteStore};
 
 /// What to run.
@@ -37,6 +42,9 @@ pub struct BenchConfig {
     pub fsync_samples: usize,
     /// Events inserted by the raw rusqlite baseline (batches of 100).
     pub baseline_events: u64,
+    /// Also measure the largest level with the writer on a core of its own
+    /// and the appenders' runtime on the other cores (see [`crate::cpu`]).
+    pub own_core: bool,
 }
 
 impl BenchConfig {
@@ -49,6 +57,7 @@ impl BenchConfig {
             replay_events: 1_000_000,
             fsync_samples: 200,
             baseline_events: 100_000,
+            own_core: true,
         }
     }
 
@@ -61,6 +70,7 @@ impl BenchConfig {
             replay_events: 5_000,
             fsync_samples: 20,
             baseline_events: 2_000,
+            own_core: true,
         }
     }
 }
@@ -89,11 +99,23 @@ impl Latency {
     }
 }
 
+/// Where a group-commit measurement ran its writer and appenders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Wherever the scheduler puts them, appenders on the caller's runtime.
+    Shared,
+    /// The writer pinned to a CPU of its own, the appenders on a runtime of
+    /// one worker per other CPU, pinned to those.
+    OwnCore(CorePlan),
+}
+
 /// One concurrency level of the group-commit measurement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppendRow {
     /// Concurrent single-event appenders.
     pub appenders: usize,
+    /// Where the writer and the appenders ran.
+    pub placement: Placement,
     /// Durable (acknowledged) events per second.
     pub events_per_sec: f64,
     /// Transactions (fsyncs) per second.
@@ -115,8 +137,11 @@ pub struct BenchReport {
     pub raw_sqlite_events_per_sec: f64,
     /// Raw rusqlite inserts: commits/s.
     pub raw_sqlite_commits_per_sec: f64,
-    /// lion's group commit, per concurrency level.
+    /// lion's group commit, per concurrency level (then the largest level
+    /// with the writer on its own core, if measured).
     pub appends: Vec<AppendRow>,
+    /// Why the own-core measurement was not made, if it was asked for.
+    pub own_core_skipped: Option<String>,
     /// Events in the replayed log.
     pub replay_events: u64,
     /// Raw rusqlite scan of the same rows (no decoding): rows/s.
@@ -153,14 +178,23 @@ pub async fn run(
     let mut appends = Vec::new();
     for &n in &config.appenders {
         progress(&format!("group commit, {n} concurrent appender(s)"));
-        appends.push(
-            group_commit(
-                &config.dir.join(format!("appenders-{n}")),
-                n,
-                config.duration,
-            )
-            .await?,
-        );
+        let home = config.dir.join(format!("appenders-{n}"));
+        appends.push(group_commit(&home, n, config.duration, None).await?);
+    }
+    let mut own_core_skipped = None;
+    let largest = config.appenders.iter().copied().max();
+    if let (true, Some(n)) = (config.own_core, largest) {
+        match CorePlan::here() {
+            Some(plan) => {
+                progress(&format!(
+                    "group commit, {n} appender(s), writer on CPU {} of its own",
+                    plan.writer
+                ));
+                let home = config.dir.join(format!("appenders-{n}-own-core"));
+                appends.push(own_core(home, n, config.duration, plan).await?);
+            }
+            None => own_core_skipped = Some("this process may use only one CPU".into()),
+        }
     }
 
     progress(&format!("building a {}-event log", config.replay_events));
@@ -197,6 +231,7 @@ pub async fn run(
         raw_sqlite_events_per_sec,
         raw_sqlite_commits_per_sec,
         appends,
+        own_core_skipped,
         replay_events: config.replay_events,
         raw_scan_per_sec,
         replay_per_sec,
@@ -293,10 +328,48 @@ fn remove_db(path: &Path) {
     }
 }
 
-/// `n` tasks each appending one event at a time for `duration`.
-async fn group_commit(home: &Path, n: usize, duration: Duration) -> Result<AppendRow, StoreError> {
+/// [`group_commit`] with the writer pinned to `plan.writer` and the
+/// appenders on a runtime of their own, one worker pinned to each other CPU.
+async fn own_core(
+    home: PathBuf,
+    n: usize,
+    duration: Duration,
+    plan: CorePlan,
+) -> Result<AppendRow, StoreError> {
+    let backend = |e: std::io::Error| StoreError::Backend(format!("cannot start a runtime: {e}"));
+    tokio::task::spawn_blocking(move || {
+        let workers = plan.workers.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.len())
+            .on_thread_start(move || {
+                // Only a measurement: an unpinned worker is a slower one.
+                let _ = crate::cpu::pin_current_thread(&workers);
+            })
+            .enable_all()
+            .build()
+            .map_err(backend)?;
+        let mut row = runtime.block_on(group_commit(&home, n, duration, Some(plan.writer)))?;
+        row.placement = Placement::OwnCore(plan);
+        Ok(row)
+    })
+    .await
+    .map_err(|e| StoreError::Backend(format!("own-core measurement failed: {e}")))?
+}
+
+/// `n` tasks each appending one event at a time for `duration`, the store's
+/// writer pinned to `writer_cpu` if given.
+async fn group_commit(
+    home: &Path,
+    n: usize,
+    duration: Duration,
+    writer_cpu: Option<usize>,
+) -> Result<AppendRow, StoreError> {
     let _ = std::fs::remove_dir_all(home);
-    let store = Arc::new(SqliteStore::open(home, SqliteOptions::default())?);
+    let options = SqliteOptions {
+        writer_cpu,
+        ..SqliteOptions::default()
+    };
+    let store = Arc::new(SqliteStore::open(home, options)?);
     let stats_before = (
         store.commit_stats().commits.load(Ordering::Relaxed),
         store.commit_stats().events.load(Ordering::Relaxed),
@@ -339,6 +412,7 @@ async fn group_commit(home: &Path, n: usize, duration: Duration) -> Result<Appen
     let _ = std::fs::remove_dir_all(home);
     Ok(AppendRow {
         appenders: n,
+        placement: Placement::Shared,
         events_per_sec: latencies.len() as f64 / secs,
         commits_per_sec: commits as f64 / secs,
         events_per_commit: events as f64 / commits.max(1) as f64,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agentic_store::bench::{self, BenchConfig, BenchReport};
+use agentic_store::bench::{self, BenchConfig, BenchReport, Placement};
 use anyhow::Result;
 
 use super::Ctx;
@@ -78,6 +78,7 @@ fn json(r: &BenchReport) -> serde_json::Value {
         "raw_sqlite_commits_per_sec": r.raw_sqlite_commits_per_sec,
         "appends": r.appends.iter().map(|a| serde_json::json!({
             "appenders": a.appenders,
+            "placement": placement(&a.placement),
             "events_per_sec": a.events_per_sec,
             "commits_per_sec": a.commits_per_sec,
             "events_per_commit": a.events_per_commit,
@@ -85,12 +86,29 @@ fn json(r: &BenchReport) -> serde_json::Value {
             "ack_p99_ms": a.ack.p99_ms,
             "cpu_us_per_event": a.cpu_us_per_event,
         })).collect::<Vec<_>>(),
+        "own_core_skipped": r.own_core_skipped,
         "replay_events": r.replay_events,
         "raw_scan_per_sec": r.raw_scan_per_sec,
         "replay_per_sec": r.replay_per_sec,
         "replay_verified_per_sec": r.replay_verified_per_sec,
         "peak_rss_mib": r.peak_rss_mib,
     })
+}
+
+/// Where a measurement ran its writer and appenders, in words.
+fn placement(p: &Placement) -> String {
+    match p {
+        Placement::Shared => "shared CPUs".into(),
+        Placement::OwnCore(plan) => format!(
+            "writer pinned to CPU {}, appenders' runtime on CPU {}",
+            plan.writer,
+            plan.workers
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
 }
 
 /// A target's verdict; `evidence` is `None` when the run counts, else why not.
@@ -207,8 +225,16 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
         } else {
             String::new()
         };
+        let measurement = match &a.placement {
+            Placement::Shared => format!("lion group commit, {} appender(s)", a.appenders),
+            Placement::OwnCore(_) => format!(
+                "lion group commit, {} appender(s), {}",
+                a.appenders,
+                placement(&a.placement)
+            ),
+        };
         lines.push(Line {
-            measurement: format!("lion group commit, {} appender(s)", a.appenders),
+            measurement,
             events_per_sec: output::rate(a.events_per_sec),
             commits_per_sec: output::rate(a.commits_per_sec),
             events_per_commit: format!("{:.1}", a.events_per_commit),
@@ -264,6 +290,9 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
         t.add_row(line.cells());
     }
     println!("{t}");
+    if let Some(why) = &r.own_core_skipped {
+        println!("note: no measurement with the writer on a core of its own: {why}.");
+    }
     match r.peak_rss_mib {
         Some(mib) => println!("peak memory (VmHWM): {mib:.1} MiB"),
         None => println!("peak memory: unknown (no /proc/self/status)"),

@@ -1,4 +1,4 @@
-//! Background WAL checkpoints, off the commit path.
+//! Background WAL checkpoints, off the commit path, and WAL recycling.
 //!
 //! SQLite normally checkpoints inside the commit that pushes the WAL past
 //! 1000 pages: that commit then copies the WAL into the database and makes
@@ -6,8 +6,21 @@
 //! writer connection instead reports the WAL's size after each commit (its
 //! WAL hook, which also turns SQLite's automatic checkpoints off), and this
 //! thread runs `PASSIVE` checkpoints on its own connection, beside the writer.
+//!
+//! Those checkpoints alone never let the WAL restart under sustained load:
+//! the writer keeps adding frames while they copy, so they never catch up,
+//! and every commit extends the WAL file. A flush that extends a file also
+//! commits the filesystem's journal (the file's new size and blocks), which
+//! on this machine's ext4 makes it cost about twice the flush of an overwrite
+//! (see `docs/event-log.md`). So once the WAL is
+//! [`SqliteOptions::wal_recycle_pages`](super::SqliteOptions) long and the
+//! checkpointer has copied nearly all of it, the writer copies the few frames
+//! added since itself, between two commits ([`Recycler`]): the next commit
+//! starts the WAL over, and the ones after it overwrite blocks the file
+//! already has.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use agentic_core::StoreError;
@@ -19,9 +32,19 @@ use super::schema::{self, DbFile};
 /// WAL growth (pages) between checkpoints: SQLite's own default.
 const CHECKPOINT_PAGES: i32 = 1000;
 
+/// Most WAL pages left for the writer to copy when it recycles the WAL: the
+/// checkpointer copies again first while more are left (up to
+/// [`CATCH_UP_PASSES`] times), since the writer's copy holds up appends.
+const RECYCLE_REMAINDER: i64 = 256;
+
+/// Most extra checkpoints the checkpointer runs to bring the remainder under
+/// [`RECYCLE_REMAINDER`] before leaving the rest to the writer anyway.
+const CATCH_UP_PASSES: usize = 3;
+
 /// WAL size (pages, ~256 MiB) past which passive checkpoints, which never
 /// wait, are replaced by one that waits for the writer's lock and restarts
-/// the WAL, so that sustained load cannot grow it without bound.
+/// the WAL, so that sustained load cannot grow it without bound (when
+/// recycling keeps failing, e.g. because a reader holds on to the WAL).
 const RESTART_PAGES: i64 = 65_536;
 
 /// A running checkpointer: it stops once both its handle and the writer
@@ -44,16 +67,48 @@ impl Checkpointer {
     }
 }
 
+/// The writer's side of WAL recycling: armed by the checkpointer when it has
+/// copied nearly all of a long WAL, taken by the writer between commits.
+pub struct Recycler {
+    armed: Arc<AtomicBool>,
+}
+
+impl Recycler {
+    /// If the checkpointer armed it, copies the WAL frames it left on
+    /// `writer` (the writer's own connection, so none are added meanwhile),
+    /// which lets the next commit restart the WAL.
+    ///
+    /// A checkpoint that cannot finish (the checkpointer has started another
+    /// one, or a reader still uses the WAL) is only a missed chance: the WAL
+    /// grows on until the next.
+    pub fn recycle(&self, writer: &Connection, db: &DbFile) {
+        if !self.armed.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        match run(writer, "PASSIVE") {
+            Ok((busy, log, done)) => debug!(busy, log, done, "WAL recycling checkpoint"),
+            Err(e) => warn!(error = %db.err(e), "WAL checkpoint failed; the WAL keeps growing"),
+        }
+    }
+}
+
 /// Starts the checkpointer of `db` and hooks it to the writer's connection
-/// `writer`, whose automatic checkpoints this turns off.
-pub fn start(writer: &mut Connection, db: &DbFile) -> Result<Checkpointer, StoreError> {
+/// `writer`, whose automatic checkpoints this turns off; the [`Recycler`]
+/// for WALs of `recycle_pages` or more goes to the writer.
+pub fn start(
+    writer: &mut Connection,
+    db: &DbFile,
+    recycle_pages: u32,
+) -> Result<(Checkpointer, Recycler), StoreError> {
     let conn = schema::connect(db)?;
     let (tx, rx) = mpsc::channel::<()>();
     let keep_alive = tx.clone();
+    // The WAL's size after the writer's newest commit.
+    let wal_pages = Arc::new(AtomicI64::new(0));
+    let hook_pages = wal_pages.clone();
     // Ask for a checkpoint each time the WAL has grown by CHECKPOINT_PAGES:
-    // while the writer keeps appending, the WAL cannot restart, and asking
-    // after every commit would keep the checkpointer copying a few pages at a
-    // time. A smaller size than last time means the WAL restarted.
+    // asking after every commit would keep the checkpointer copying a few
+    // pages at a time. A smaller size than last time means the WAL restarted.
     let mut next_at = CHECKPOINT_PAGES;
     let mut last = 0;
     writer
@@ -62,6 +117,7 @@ pub fn start(writer: &mut Connection, db: &DbFile) -> Result<Checkpointer, Store
                 next_at = CHECKPOINT_PAGES;
             }
             last = pages;
+            hook_pages.store(i64::from(pages), Ordering::Relaxed);
             if pages >= next_at {
                 next_at = pages + CHECKPOINT_PAGES;
                 // A stopped checkpointer only means the WAL grows until close.
@@ -71,35 +127,146 @@ pub fn start(writer: &mut Connection, db: &DbFile) -> Result<Checkpointer, Store
         }))
         .map_err(|e| db.err(e))?;
     let db = db.clone();
+    let armed = Arc::new(AtomicBool::new(false));
+    let recycler = Recycler {
+        armed: armed.clone(),
+    };
+    let recycle_pages = i64::from(recycle_pages.max(1));
     let thread = std::thread::Builder::new()
         .name("lion-checkpointer".into())
         .spawn(move || {
             while rx.recv().is_ok() {
                 while rx.try_recv().is_ok() {} // one checkpoint covers them all
-                if let Err(e) = checkpoint(&conn) {
-                    warn!(error = %db.err(e), "WAL checkpoint failed; the WAL keeps growing");
+                for pass in 0..=CATCH_UP_PASSES {
+                    match checkpoint(&conn) {
+                        Ok(Some(copied)) if copied >= recycle_pages => {
+                            let left = wal_pages.load(Ordering::Relaxed) - copied;
+                            if left <= RECYCLE_REMAINDER || pass == CATCH_UP_PASSES {
+                                armed.store(true, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                        Ok(_) => break,
+                        Err(e) => {
+                            warn!(error = %db.err(e), "WAL checkpoint failed; the WAL keeps growing");
+                            break;
+                        }
+                    }
                 }
             }
         })
         .map_err(|e| StoreError::Backend(format!("cannot start the checkpointer: {e}")))?;
-    Ok(Checkpointer {
+    let checkpointer = Checkpointer {
         keep_alive: Some(keep_alive),
         thread: Some(thread),
-    })
+    };
+    Ok((checkpointer, recycler))
 }
 
-fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+/// Runs one checkpoint; returns the WAL pages it saw when it copied them all.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     let (busy, log, done) = run(conn, "PASSIVE")?;
     debug!(busy, log, done, "passive WAL checkpoint");
     if log >= RESTART_PAGES && done < log {
         let (busy, log, done) = run(conn, "RESTART")?;
         debug!(busy, log, done, "restarting WAL checkpoint");
+        return Ok(None);
     }
-    Ok(())
+    Ok((busy == 0 && done == log).then_some(done))
 }
 
+/// Runs `PRAGMA wal_checkpoint(mode)`: (busy, WAL pages, pages copied).
 fn run(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)> {
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The WAL header's checkpoint sequence number, raised by SQLite each
+    /// time the WAL starts over from its first frame.
+    fn restarts(wal: &std::path::Path) -> u32 {
+        let bytes = std::fs::read(wal).expect("read the WAL");
+        u32::from_be_bytes(bytes[12..16].try_into().expect("a WAL header"))
+    }
+
+    /// A writer connection on a fresh WAL database with a table `t`.
+    fn writer(dir: &std::path::Path) -> (Connection, DbFile) {
+        let db = DbFile {
+            path: dir.join("test.db"),
+            busy_timeout: std::time::Duration::from_secs(5),
+        };
+        let conn = schema::connect(&db).expect("connect");
+        conn.execute_batch("CREATE TABLE t (x BLOB)")
+            .expect("create");
+        (conn, db)
+    }
+
+    fn commit(conn: &Connection) {
+        conn.execute("INSERT INTO t VALUES (zeroblob(8000))", [])
+            .expect("insert");
+    }
+
+    #[test]
+    fn an_armed_recycler_lets_the_next_commit_start_the_wal_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (conn, db) = writer(dir.path());
+        let wal = dir.path().join("test.db-wal");
+        commit(&conn);
+        // Frames the checkpointer has not copied: commits only extend the WAL.
+        let before = restarts(&wal);
+        commit(&conn);
+        assert_eq!(restarts(&wal), before, "a commit restarted an uncopied WAL");
+
+        let recycler = Recycler {
+            armed: Arc::new(AtomicBool::new(false)),
+        };
+        recycler.recycle(&conn, &db);
+        commit(&conn);
+        assert_eq!(restarts(&wal), before, "an unarmed recycler checkpointed");
+
+        recycler.armed.store(true, Ordering::Relaxed);
+        recycler.recycle(&conn, &db);
+        assert!(
+            !recycler.armed.load(Ordering::Relaxed),
+            "the recycler stays armed"
+        );
+        commit(&conn);
+        assert_eq!(restarts(&wal), before + 1, "the WAL did not start over");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 4);
+    }
+
+    #[test]
+    fn the_checkpointer_arms_the_recycler_once_it_copied_a_long_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut conn, db) = writer(dir.path());
+        let (mut checkpointer, recycler) = start(&mut conn, &db, 1).expect("start");
+        // Past CHECKPOINT_PAGES of WAL, the hook asks for a checkpoint.
+        for _ in 0..CHECKPOINT_PAGES / 2 + 1 {
+            commit(&conn);
+        }
+        // Wait for the checkpointer's work: stopping it joins its thread
+        // once the writer connection (the hook's sender) is gone.
+        let wal = dir.path().join("test.db-wal");
+        let before = restarts(&wal);
+        let conn = {
+            let keep = schema::connect(&db).expect("connect"); // keeps the WAL
+            drop(conn);
+            checkpointer.stop();
+            keep
+        };
+        assert!(
+            recycler.armed.load(Ordering::Relaxed),
+            "the recycler was not armed"
+        );
+        recycler.recycle(&conn, &db);
+        commit(&conn);
+        assert!(restarts(&wal) > before, "the WAL did not start over");
+    }
 }

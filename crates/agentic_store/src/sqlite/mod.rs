@@ -70,6 +70,14 @@ pub struct SqliteOptions {
     /// Append requests that may wait for the writer before appenders are
     /// slowed down (backpressure).
     pub writer_queue: usize,
+    /// A CPU to pin the group-commit writer thread to (see [`crate::cpu`]);
+    /// `None` lets it run anywhere.
+    pub writer_cpu: Option<usize>,
+    /// WAL length (pages of 4 KiB) from which the writer starts the WAL over
+    /// once it is copied into the database, so commits overwrite WAL blocks
+    /// instead of growing the file (see the `checkpoint` module). Bounds the
+    /// WAL to about this size plus one checkpoint's worth of appends.
+    pub wal_recycle_pages: u32,
 }
 
 impl Default for SqliteOptions {
@@ -78,6 +86,8 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             max_events_per_commit: 8192,
             writer_queue: 4096,
+            writer_cpu: None,
+            wal_recycle_pages: 4096,
         }
     }
 }
@@ -148,7 +158,8 @@ impl SqliteStore {
         let head = writer::read_head(&conn).map_err(|e| db.err(e))?;
         let mut conn = conn;
         conn.set_prepared_statement_cache_capacity(writer::STATEMENT_CACHE);
-        let checkpointer = checkpoint::start(&mut conn, &db)?;
+        let (checkpointer, recycler) =
+            checkpoint::start(&mut conn, &db, options.wal_recycle_pages)?;
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(options.writer_queue.max(1));
         let (head_recorder, recorder) = head_file::spawn_recorder(head_file)?;
@@ -156,6 +167,7 @@ impl SqliteStore {
             conn,
             db: db.clone(),
             head_recorder,
+            recycler,
             head_tx,
             max_events_per_commit: options.max_events_per_commit.max(1),
             stats: Arc::default(),
@@ -163,9 +175,17 @@ impl SqliteStore {
             last_head: None,
         };
         let stats = writer.stats.clone();
+        let writer_cpu = options.writer_cpu;
         let handle = std::thread::Builder::new()
             .name("lion-store-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                if let Some(cpu) = writer_cpu
+                    && let Err(e) = crate::cpu::pin_current_thread(&[cpu])
+                {
+                    tracing::warn!(cpu, error = %e, "cannot pin the store writer to its CPU");
+                }
+                writer.run(rx)
+            })
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             home: home.to_path_buf(),

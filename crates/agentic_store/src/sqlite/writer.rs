@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug_span;
 use uuid::Uuid;
 
+use super::checkpoint::Recycler;
 use super::schema::DbFile;
 use super::{agent_projection, plugin_projection};
 
@@ -70,6 +71,9 @@ pub(crate) struct Writer {
     pub db: DbFile,
     /// Records each committed head in the home's `HEAD` file.
     pub head_recorder: std::sync::mpsc::Sender<ChainHead>,
+    /// Restarts the WAL from the writer's side once the checkpointer has
+    /// copied most of it (see [`Recycler`]).
+    pub recycler: Recycler,
     /// Publishes the newest committed head to waiting readers in this process.
     pub head_tx: watch::Sender<ChainHead>,
     /// Most events committed in one transaction; the rest wait for the next.
@@ -130,6 +134,7 @@ impl Writer {
             let result = self.write(&mut rx, &mut requests, gathering);
             last_group = requests.len();
             self.finish(requests, result);
+            self.recycler.recycle(&self.conn, &self.db);
         }
     }
 
@@ -166,7 +171,19 @@ impl Writer {
                         .collect(),
                 );
                 match runtime {
-                    Some(rt) => drop(rt.spawn(async move { drop(batch) })),
+                    Some(rt) => {
+                        // One task per worker: each wakes its share of the
+                        // appenders on its own queue, and no worker keeps
+                        // waking another to steal from it.
+                        let workers = rt.metrics().num_workers().max(1);
+                        let mut batch = batch;
+                        let per = batch.0.len().div_ceil(workers);
+                        while batch.0.len() > per {
+                            let rest = AckBatch(batch.0.split_off(per));
+                            drop(rt.spawn(async move { drop(rest) }));
+                        }
+                        drop(rt.spawn(async move { drop(batch) }));
+                    }
                     None => drop(batch),
                 }
                 if head.seq > before {
