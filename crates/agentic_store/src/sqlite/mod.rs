@@ -290,16 +290,25 @@ impl SqliteStore {
         let mut state = State::with_capacity(usize::try_from(length).unwrap_or(0));
         let mut count = 0u64;
         let readers = &self.readers;
+        let mut fold = |item: Replayed| {
+            count += 1;
+            let (seq, event) = item.decode();
+            apply(&mut state, seq, event?)
+        };
         if verify_chain {
-            // Reader: rows, chain checks, decoding. Folder: apply. (Records
-            // are freed on the thread that allocated them: handing them over
-            // to be freed on the other costs more than decoding them here.)
+            // Reader: rows and chain checks. Folder: apply. Decoding goes to
+            // whichever of the two is free (see `pipeline`): the reader's
+            // hashing leaves it the busier.
             pipeline(
                 |emit| {
                     let mut verifier = ChainVerifier::new();
                     let mut broken = None;
                     readers.scan(1, |e| match verifier.check(&e) {
-                        Ok(()) => emit((e.seq, decode(e.seq, e.schema_version, &e.payload))),
+                        Ok(()) => emit(Replayed::Encoded {
+                            seq: e.seq,
+                            version: e.schema_version,
+                            payload: e.payload,
+                        }),
                         Err(err) => {
                             broken = Some(err);
                             false
@@ -307,13 +316,13 @@ impl SqliteStore {
                     })?;
                     broken.map_or(Ok(()), |e| Err(e.into()))
                 },
-                |(seq, event)| {
-                    count += 1;
-                    apply(&mut state, seq, event?)
-                },
+                Replayed::decode_here,
+                &mut fold,
             )?;
         } else {
-            // Reader: rows and decoding. Folder: apply.
+            // Reader: rows and decoding, straight from SQLite's buffer (a
+            // copy for the folder to decode cost more than it saved).
+            // Folder: apply.
             pipeline(
                 |emit| {
                     readers.with(|conn| {
@@ -325,17 +334,15 @@ impl SqliteStore {
                             let seq = row.get::<_, i64>(0)? as u64;
                             let version: u16 = row.get(1)?;
                             let payload = row.get_ref(2)?.as_blob()?;
-                            if !emit((seq, decode(seq, version, payload))) {
+                            if !emit(Replayed::Decoded(seq, decode(seq, version, payload))) {
                                 break;
                             }
                         }
                         Ok(())
                     })
                 },
-                |(seq, event)| {
-                    count += 1;
-                    apply(&mut state, seq, event?)
-                },
+                Replayed::decode_here,
+                &mut fold,
             )?;
         }
         Ok((state, count))
@@ -517,24 +524,36 @@ const REPLAY_BATCH: usize = 1024;
 /// Runs `produce` on a second thread and `consume` on this one, passing items
 /// in batches, so the two stages of replay overlap on two cores. `produce`
 /// gets an `emit` function that returns false once the consumer has stopped.
+/// When the consumer is behind (its queue is full), the producer calls
+/// `ripen` on each item of the batch it was about to send, doing work the
+/// consumer would otherwise do, instead of waiting idle.
 /// The consumer's error wins: it is always about an earlier item.
 fn pipeline<T: Send>(
     produce: impl FnOnce(&mut dyn FnMut(T) -> bool) -> Result<(), StoreError> + Send,
+    ripen: impl Fn(&mut T) + Send,
     mut consume: impl FnMut(T) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
+    use std::sync::mpsc::TrySendError;
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<T>>(4);
         let producer = scope.spawn(move || {
+            let send = |mut batch: Vec<T>| match tx.try_send(batch) {
+                Ok(()) => true,
+                Err(TrySendError::Full(returned)) => {
+                    batch = returned;
+                    batch.iter_mut().for_each(&ripen);
+                    tx.send(batch).is_ok()
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            };
             let mut batch = Vec::with_capacity(REPLAY_BATCH);
             let result = produce(&mut |item| {
                 batch.push(item);
                 batch.len() < REPLAY_BATCH
-                    || tx
-                        .send(std::mem::replace(
-                            &mut batch,
-                            Vec::with_capacity(REPLAY_BATCH),
-                        ))
-                        .is_ok()
+                    || send(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(REPLAY_BATCH),
+                    ))
             });
             if !batch.is_empty() {
                 let _ = tx.send(batch);
@@ -556,6 +575,45 @@ fn pipeline<T: Send>(
             .unwrap_or_else(|_| Err(StoreError::Backend("the replay reader panicked".into())));
         consumed.and(produced)
     })
+}
+
+/// A record on its way from replay's reader to its folder: still encoded,
+/// or already decoded by the reader while the folder was behind.
+enum Replayed {
+    /// The stored payload, not decoded yet.
+    Encoded {
+        seq: u64,
+        version: u16,
+        payload: Vec<u8>,
+    },
+    /// The decoded event (or why it could not be decoded).
+    Decoded(u64, Result<SystemEvent, StoreError>),
+}
+
+impl Replayed {
+    /// Decodes the payload in place, on the calling thread.
+    fn decode_here(&mut self) {
+        if let Replayed::Encoded {
+            seq,
+            version,
+            payload,
+        } = self
+        {
+            *self = Replayed::Decoded(*seq, decode(*seq, *version, payload));
+        }
+    }
+
+    /// The record's seq and its event, decoding it if still encoded.
+    fn decode(self) -> (u64, Result<SystemEvent, StoreError>) {
+        match self {
+            Replayed::Encoded {
+                seq,
+                version,
+                payload,
+            } => (seq, decode(seq, version, &payload)),
+            Replayed::Decoded(seq, event) => (seq, event),
+        }
+    }
 }
 
 /// Decodes the payload of the record at `seq`.
@@ -753,5 +811,73 @@ impl EventStore for SqliteStore {
 
     fn subscribe(self: Arc<Self>, from: u64) -> Subscription {
         Subscription::new(self, from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Items as the pipeline's stages see them: `true` once ripened.
+    type Item = (usize, bool);
+
+    #[test]
+    fn a_pipeline_keeps_order_and_ripens_batches_when_its_consumer_is_behind() {
+        const ITEMS: usize = 20 * REPLAY_BATCH + 7;
+        let (seen, ripened) = (Mutex::new(Vec::new()), Mutex::new(0));
+        // The consumer holds the first item until the producer has had to
+        // ripen a batch (its queue of four batches was full).
+        let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
+        let first_tx = Mutex::new(Some(first_tx));
+        pipeline(
+            |emit| {
+                for i in 0..ITEMS {
+                    if !emit((i, false)) {
+                        break;
+                    }
+                }
+                Ok(())
+            },
+            |item: &mut Item| {
+                item.1 = true;
+                if let Some(tx) = first_tx.lock().expect("lock").take() {
+                    let _ = tx.send(());
+                }
+            },
+            |item: Item| {
+                if item.0 == 0 {
+                    first_rx.recv().expect("a ripened batch");
+                }
+                *ripened.lock().expect("lock") += usize::from(item.1);
+                seen.lock().expect("lock").push(item.0);
+                Ok(())
+            },
+        )
+        .expect("pipeline");
+        let seen = seen.into_inner().expect("lock");
+        assert_eq!(seen, (0..ITEMS).collect::<Vec<_>>());
+        assert!(ripened.into_inner().expect("lock") >= REPLAY_BATCH);
+    }
+
+    #[test]
+    fn a_consumer_error_stops_the_pipeline_and_is_returned() {
+        let result = pipeline(
+            |emit| {
+                let mut i = 0;
+                while emit(i) {
+                    i += 1;
+                }
+                Ok(())
+            },
+            |_: &mut usize| {},
+            |i: usize| {
+                if i == 3 * REPLAY_BATCH {
+                    Err(StoreError::Backend("stop".into()))
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        assert!(matches!(result, Err(StoreError::Backend(m)) if m == "stop"));
     }
 }
