@@ -23,6 +23,7 @@ pub struct ElementData {
     /// Unique id (UUID v7, so ids sort by creation time).
     pub id: Uuid,
     /// When the element was created, in UTC.
+    #[serde(deserialize_with = "rfc3339_utc")]
     pub created_at: DateTime<Utc>,
     /// Free-form JSON object describing the element.
     #[serde(default)]
@@ -50,6 +51,29 @@ impl ElementData {
             && self.metadata == other.metadata
             && self.content == other.content
     }
+}
+
+/// Reads an RFC 3339 time with chrono's strict RFC 3339 parser, several
+/// times cheaper than the general one its `Deserialize` uses (replay reads
+/// one per element). What the strict parser refuses goes to the general one,
+/// so the times accepted, and the errors, are unchanged.
+fn rfc3339_utc<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    struct Rfc3339;
+    impl serde::de::Visitor<'_> for Rfc3339 {
+        type Value = DateTime<Utc>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an RFC 3339 date and time")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            DateTime::parse_from_rfc3339(s)
+                .or_else(|_| s.parse::<DateTime<chrono::FixedOffset>>())
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(E::custom)
+        }
+    }
+    d.deserialize_str(Rfc3339)
 }
 
 /// An element's metadata: a JSON object kept as its compact, canonical text
@@ -213,5 +237,35 @@ mod tests {
         let e: ElementData = serde_json::from_str(text).expect("deserialize");
         assert!(e.metadata.is_empty());
         assert!(e.content.is_none());
+    }
+
+    #[test]
+    fn creation_times_read_as_chrono_reads_them() {
+        let element = |time: &str| {
+            format!(r#"{{"id":"0190f5c2-0000-7000-8000-000000000000","created_at":"{time}"}}"#)
+        };
+        for time in [
+            "2026-01-01T00:00:00Z",
+            "2026-12-02T01:27:04.123456789Z",
+            "2026-12-02T01:27:04.5+02:00",
+            "2026-12-02t01:27:04z",
+            "2026-12-02 01:27:04+00:00", // refused by the strict parser
+            "2026-12-02T01:27:04 +00:00",
+        ] {
+            let ours = serde_json::from_str::<ElementData>(&element(time)).map(|e| e.created_at);
+            let chrono = serde_json::from_str::<DateTime<Utc>>(&format!("\"{time}\""));
+            assert_eq!(ours.ok(), chrono.ok(), "{time}");
+        }
+        for bad in ["yesterday", "2026-13-01T00:00:00Z", ""] {
+            assert!(
+                serde_json::from_str::<ElementData>(&element(bad)).is_err(),
+                "{bad}"
+            );
+        }
+        let from_value: ElementData =
+            serde_json::from_value(json!({"id": "0190f5c2-0000-7000-8000-000000000000",
+                "created_at": "2026-01-01T00:00:00Z"}))
+            .expect("from a Value");
+        assert_eq!(from_value.created_at.timestamp(), 1_767_225_600);
     }
 }
