@@ -187,6 +187,15 @@ impl ChainError {
     }
 }
 
+/// Checks that a record's stored hash is the hash of its contents.
+pub fn check_seal(e: &EventEnvelope) -> Result<(), ChainError> {
+    if record_hash(e) == e.hash {
+        Ok(())
+    } else {
+        Err(ChainError::HashMismatch { seq: e.seq })
+    }
+}
+
 /// Checks records one by one, in order, against the chain rules.
 ///
 /// Feed every record from seq 1 to [`ChainVerifier::check`], then call
@@ -218,6 +227,23 @@ impl ChainVerifier {
 
     /// Checks the next record: its position, its link and its own hash.
     pub fn check(&mut self, e: &EventEnvelope) -> Result<(), ChainError> {
+        self.check_position(e)?;
+        check_seal(e)?;
+        self.advance(e);
+        Ok(())
+    }
+
+    /// Checks the next record's position and link only, taking its stored
+    /// hash on trust: its seal must then be checked with [`check_seal`] (on
+    /// any thread, in any order) before the log counts as verified.
+    pub fn check_link(&mut self, e: &EventEnvelope) -> Result<(), ChainError> {
+        self.check_position(e)?;
+        self.advance(e);
+        Ok(())
+    }
+
+    /// The record follows the last one checked, and links to its hash.
+    fn check_position(&self, e: &EventEnvelope) -> Result<(), ChainError> {
         let expected = self.head.seq + 1;
         if e.seq != expected {
             return Err(ChainError::Gap {
@@ -228,9 +254,11 @@ impl ChainVerifier {
         if e.prev_hash != self.head.hash {
             return Err(ChainError::BrokenLink { seq: e.seq });
         }
-        if record_hash(e) != e.hash {
-            return Err(ChainError::HashMismatch { seq: e.seq });
-        }
+        Ok(())
+    }
+
+    /// Makes `e` the newest record checked.
+    fn advance(&mut self, e: &EventEnvelope) {
         if let Some((seq, slot)) = &mut self.watch
             && *seq == e.seq
         {
@@ -240,7 +268,6 @@ impl ChainVerifier {
             seq: e.seq,
             hash: e.hash,
         };
-        Ok(())
     }
 
     /// The head of the records checked so far.
@@ -339,6 +366,31 @@ mod tests {
             seq: e.seq,
             hash: e.hash,
         })
+    }
+
+    #[test]
+    fn link_and_seal_checks_split_what_check_does() {
+        let mut log = chain(5);
+        log[2].payload = b"{\"n\":99}".to_vec(); // its hash no longer matches
+        let mut linked = ChainVerifier::new();
+        for e in &log {
+            linked.check_link(e).expect("links are intact");
+        }
+        assert_eq!(linked.head(), head_of(&log));
+        let seals: Vec<_> = log.iter().map(check_seal).collect();
+        assert_eq!(seals[2], Err(ChainError::HashMismatch { seq: 3 }));
+        assert_eq!(seals.iter().filter(|r| r.is_ok()).count(), 4);
+        assert_eq!(verify(&log, None), Err(ChainError::HashMismatch { seq: 3 }));
+        log.swap(1, 3);
+        let mut v = ChainVerifier::new();
+        let first_bad = log.iter().find_map(|e| v.check_link(e).err());
+        assert_eq!(
+            first_bad,
+            Some(ChainError::Gap {
+                expected: 2,
+                found: 4
+            })
+        );
     }
 
     #[test]

@@ -296,19 +296,15 @@ impl SqliteStore {
             apply(&mut state, seq, event?)
         };
         if verify_chain {
-            // Reader: rows and chain checks. Folder: apply. Decoding goes to
-            // whichever of the two is free (see `pipeline`): the reader's
-            // hashing leaves it the busier.
+            // Reader: rows, their order and links. Folder: apply. Each
+            // record's hash check and decoding go to whichever of the two is
+            // free (see `pipeline`); errors still come out in log order.
             pipeline(
                 |emit| {
                     let mut verifier = ChainVerifier::new();
                     let mut broken = None;
-                    readers.scan(1, |e| match verifier.check(&e) {
-                        Ok(()) => emit(Replayed::Encoded {
-                            seq: e.seq,
-                            version: e.schema_version,
-                            payload: e.payload,
-                        }),
+                    readers.scan(1, |e| match verifier.check_link(&e) {
+                        Ok(()) => emit(Replayed::Unsealed(e)),
                         Err(err) => {
                             broken = Some(err);
                             false
@@ -577,43 +573,37 @@ fn pipeline<T: Send>(
     })
 }
 
-/// A record on its way from replay's reader to its folder: still encoded,
-/// or already decoded by the reader while the folder was behind.
+/// A record on its way from replay's reader to its folder: its position
+/// and link checked, its own hash not yet, and still encoded; or already
+/// checked and decoded by the reader while the folder was behind.
 enum Replayed {
-    /// The stored payload, not decoded yet.
-    Encoded {
-        seq: u64,
-        version: u16,
-        payload: Vec<u8>,
-    },
-    /// The decoded event (or why it could not be decoded).
+    /// The stored record, linked into the chain but its hash not checked.
+    Unsealed(EventEnvelope),
+    /// The decoded event (or why the record is refused).
     Decoded(u64, Result<SystemEvent, StoreError>),
 }
 
 impl Replayed {
-    /// Decodes the payload in place, on the calling thread.
+    /// Checks the record's hash and decodes it, in place, on this thread.
     fn decode_here(&mut self) {
-        if let Replayed::Encoded {
-            seq,
-            version,
-            payload,
-        } = self
-        {
-            *self = Replayed::Decoded(*seq, decode(*seq, *version, payload));
+        if let Replayed::Unsealed(e) = self {
+            *self = Replayed::Decoded(e.seq, unseal(e));
         }
     }
 
-    /// The record's seq and its event, decoding it if still encoded.
+    /// The record's seq and its event, checking and decoding it if need be.
     fn decode(self) -> (u64, Result<SystemEvent, StoreError>) {
         match self {
-            Replayed::Encoded {
-                seq,
-                version,
-                payload,
-            } => (seq, decode(seq, version, &payload)),
+            Replayed::Unsealed(e) => (e.seq, unseal(&e)),
             Replayed::Decoded(seq, event) => (seq, event),
         }
     }
+}
+
+/// Checks a linked record's own hash, then decodes its payload.
+fn unseal(e: &EventEnvelope) -> Result<SystemEvent, StoreError> {
+    agentic_core::chain::check_seal(e)?;
+    decode(e.seq, e.schema_version, &e.payload)
 }
 
 /// Decodes the payload of the record at `seq`.
