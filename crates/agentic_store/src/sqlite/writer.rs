@@ -170,22 +170,7 @@ impl Writer {
                         })
                         .collect(),
                 );
-                match runtime {
-                    Some(rt) => {
-                        // One task per worker: each wakes its share of the
-                        // appenders on its own queue, and no worker keeps
-                        // waking another to steal from it.
-                        let workers = rt.metrics().num_workers().max(1);
-                        let mut batch = batch;
-                        let per = batch.0.len().div_ceil(workers);
-                        while batch.0.len() > per {
-                            let rest = AckBatch(batch.0.split_off(per));
-                            drop(rt.spawn(async move { drop(rest) }));
-                        }
-                        drop(rt.spawn(async move { drop(batch) }));
-                    }
-                    None => drop(batch),
-                }
+                batch.send_from(runtime);
                 if head.seq > before {
                     self.head_tx.send_replace(head);
                     // The recorder outlives the writer; if it died, HEAD lags.
@@ -443,6 +428,24 @@ impl Pending {
 /// wake-up) instead of by 256 cross-thread wake-ups from the writer. If that
 /// task never runs (its runtime shut down), dropping it still sends them.
 struct AckBatch(Vec<(Reply, Result<AppendReceipt, StoreError>, Vec<PendingEvent>)>);
+
+impl AckBatch {
+    /// Sends the acknowledgements from tasks on `runtime`, one per worker:
+    /// each wakes its share of the appenders on its own queue, and no worker
+    /// keeps waking another to steal from it. Without a runtime, sends them
+    /// from this thread.
+    fn send_from(mut self, runtime: Option<tokio::runtime::Handle>) {
+        let Some(rt) = runtime else {
+            return; // dropping the batch sends it
+        };
+        let per = self.0.len().div_ceil(rt.metrics().num_workers().max(1));
+        while self.0.len() > per {
+            let rest = AckBatch(self.0.split_off(per));
+            drop(rt.spawn(async move { drop(rest) }));
+        }
+        drop(rt.spawn(async move { drop(self) }));
+    }
+}
 
 impl Drop for AckBatch {
     fn drop(&mut self) {
