@@ -87,7 +87,7 @@ impl Default for SqliteOptions {
             max_events_per_commit: 8192,
             writer_queue: 4096,
             writer_cpu: None,
-            wal_recycle_pages: 4096,
+            wal_recycle_pages: 16_384,
         }
     }
 }
