@@ -477,7 +477,8 @@ pub enum EventError {
 pub struct NewEvent {
     /// Unique id; appending the same id again is idempotent.
     pub event_id: Uuid,
-    /// The stream (entity) the event belongs to.
+    /// The stream (entity) the event belongs to. An element's creation is
+    /// refused on any stream but its default, `element:<id>`.
     pub stream: String,
     /// Id shared by every event caused by one request.
     pub correlation_id: Uuid,

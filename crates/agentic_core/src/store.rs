@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::chain::{ChainError, ChainHead};
-use crate::event::{EventEnvelope, EventError, NewEvent};
+use crate::event::{EventEnvelope, EventError, NewEvent, SystemEvent};
 use crate::state::{ApplyError, State};
 
 /// Optimistic-concurrency expectation on the stream a batch appends to.
@@ -229,6 +229,10 @@ impl Subscription {
 }
 
 /// Checks a batch's shape and returns the stream an expectation applies to.
+///
+/// An element's creation must be on the element's own stream
+/// (`element:<id>`, its default): being that stream's first event is what
+/// makes a second creation of the same element detectable.
 pub fn batch_stream(events: &[NewEvent], expected: ExpectedVersion) -> Result<&str, StoreError> {
     let first = events
         .first()
@@ -238,12 +242,56 @@ pub fn batch_stream(events: &[NewEvent], expected: ExpectedVersion) -> Result<&s
             "an expected version needs every event on one stream",
         ));
     }
+    if events.iter().any(|e| !on_own_stream(e)) {
+        return Err(StoreError::InvalidBatch(
+            "an element's creation belongs on its own stream, element:<id>",
+        ));
+    }
     Ok(&first.stream)
+}
+
+/// False for an element's creation on any stream but `element:<its id>`.
+fn on_own_stream(event: &NewEvent) -> bool {
+    match &event.event {
+        SystemEvent::ElementCreated { element } => {
+            let mut id = Uuid::encode_buffer();
+            event.stream.strip_prefix("element:")
+                == Some(element.id.hyphenated().encode_lower(&mut id))
+        }
+        _ => true,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_element_is_created_only_on_its_own_stream() {
+        let element = crate::ElementData::new(serde_json::Map::new(), None);
+        let id = element.id;
+        let mut event = NewEvent::new(SystemEvent::ElementCreated { element }, Uuid::now_v7());
+        assert_eq!(event.stream, format!("element:{id}"));
+        assert!(batch_stream(std::slice::from_ref(&event), ExpectedVersion::Any).is_ok());
+        for other in [
+            "elements".to_owned(),
+            format!("element:{}", Uuid::now_v7()),
+            format!("element:{}", id.simple()),
+            format!("element:{}", id.braced()),
+            format!("element:{id}").to_uppercase(),
+            format!("x-element:{id}"),
+        ] {
+            event.stream = other;
+            assert_eq!(
+                batch_stream(std::slice::from_ref(&event), ExpectedVersion::Any),
+                Err(StoreError::InvalidBatch(
+                    "an element's creation belongs on its own stream, element:<id>"
+                )),
+                "{}",
+                event.stream
+            );
+        }
+    }
 
     #[test]
     fn expectations() {

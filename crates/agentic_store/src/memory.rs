@@ -275,7 +275,10 @@ mod tests {
             .append(vec![e], ExpectedVersion::NoStream)
             .await
             .expect("first");
-        let mut again = created();
+        // Another event on the same stream (an element is created only on its own).
+        let agent = agentic_core::AgentId::new("test", "notes");
+        let data = serde_json::Value::Null;
+        let mut again = NewEvent::new(SystemEvent::AgentRecorded { agent, data }, Uuid::now_v7());
         again.stream = stream.clone();
         let err = store
             .append(vec![again.clone()], ExpectedVersion::NoStream)

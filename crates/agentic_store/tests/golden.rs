@@ -50,4 +50,21 @@ async fn golden_v1_home_opens_verifies_and_replays() {
         "{:?}",
         replayed.diff(&expected)
     );
+    drop(store);
+
+    // The migrations ran: the schema is the newest, and `elements` was
+    // rebuilt without the index on `id` that schema 1 gave it.
+    let db = rusqlite::Connection::open(home.path().join("lion.db")).expect("open lion.db");
+    let version: i32 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
+    assert_eq!(version, agentic_store::sqlite::SCHEMA_VERSION);
+    let indexes: i64 = db
+        .query_row(
+            "SELECT count(*) FROM pragma_index_list('elements')",
+            [],
+            |r| r.get(0),
+        )
+        .expect("index list");
+    assert_eq!(indexes, 0);
 }

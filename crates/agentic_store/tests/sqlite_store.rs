@@ -36,8 +36,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use sqlite_store_support::{
-    block_on, created, element, element_of, log, new_event, open, raw_db, raw_db_without_triggers,
-    replay_vs_projection, spawn_role, text_of,
+    block_on, created, element, element_of, log, new_event, on_stream, open, raw_db,
+    raw_db_without_triggers, replay_vs_projection, spawn_role, text_of,
 };
 
 /// A failure guard for waits that should end at once; never a timing assertion.
@@ -245,11 +245,7 @@ async fn a_batch_that_is_only_partly_stored_is_refused_and_writes_nothing() {
 async fn expected_versions_are_enforced_per_stream() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
-    let on = |stream: &str| {
-        let mut e = new_event(json!({ "stream": stream }));
-        e.stream = stream.to_owned();
-        e
-    };
+    let on = |stream: &str| on_stream(stream, json!({ "stream": stream }));
     let wrong = |expected, actual| {
         Err(StoreError::WrongExpectedVersion {
             stream: "orders".into(),
@@ -373,6 +369,47 @@ async fn a_batch_creating_one_element_twice_is_refused_whole() {
     assert!(replay_vs_projection(&store).await.is_empty());
 }
 
+/// An element's creation is refused on any stream but its own, and a second
+/// creation of it is refused on its own stream even when the writer already
+/// knows that stream's version (so takes the row-at-a-time path); a retry of
+/// the first creation is still answered with its original position.
+#[tokio::test]
+async fn an_element_is_created_once_and_only_on_its_own_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let mut elsewhere = new_event(json!({ "elsewhere": true }));
+    elsewhere.stream = "notes".into();
+    assert!(matches!(
+        store.append(vec![elsewhere], ExpectedVersion::Any).await,
+        Err(StoreError::InvalidBatch(_))
+    ));
+
+    let once = element(json!({ "once": true }), "x");
+    let first = created(once.clone());
+    // An expectation makes the writer read (and remember) the stream's version.
+    let receipt = store
+        .append(vec![first.clone()], ExpectedVersion::NoStream)
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .append(vec![created(once.clone())], ExpectedVersion::Any)
+            .await,
+        Err(StoreError::Rejected(ApplyError::DuplicateElement(once.id)))
+    );
+    let retried = store
+        .append(vec![first], ExpectedVersion::Any)
+        .await
+        .expect("retry");
+    assert_eq!(
+        (retried.first_seq, retried.deduplicated),
+        (receipt.first_seq, true)
+    );
+
+    assert_eq!(seqs(&log(&store)), vec![1]);
+    assert!(replay_vs_projection(&store).await.is_empty());
+}
+
 #[test]
 fn a_refused_batch_does_not_fail_the_unrelated_appends_committed_with_it() {
     const APPENDS: usize = 50;
@@ -424,19 +461,15 @@ fn a_refused_batch_does_not_fail_the_unrelated_appends_committed_with_it() {
 }
 
 /// One group mixing what the writer batches (element creations) with what
-/// it writes a row at a time (a task submission, with its projection), and
-/// two element creations on one new custom stream, whose second event the
-/// batched path guesses wrong: the group is rewritten row by row and every
-/// event lands, at the right stream versions.
+/// it writes a row at a time (a task submission, with its projection, and
+/// two events on a stream it does not know yet): every event lands, in
+/// order, at the right stream versions.
 #[test]
 fn a_group_mixing_batched_and_row_by_row_requests_stores_them_all() {
     use agentic_core::{SystemEvent, TaskSpec};
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
-    let custom = |el| NewEvent {
-        stream: "custom:pair".into(),
-        ..created(el)
-    };
+    let custom = |pair| on_stream("custom:pair", json!({ "pair": pair }));
     let task = NewEvent::new(
         SystemEvent::TaskSubmitted {
             task_id: Uuid::now_v7(),
@@ -448,13 +481,7 @@ fn a_group_mixing_batched_and_row_by_row_requests_stores_them_all() {
         .map(|i| vec![new_event(json!({ "i": i }))])
         .collect();
     batches.insert(7, vec![task]);
-    batches.insert(
-        20,
-        vec![
-            custom(element(json!({ "pair": 1 }), "a")),
-            custom(element(json!({ "pair": 2 }), "b")),
-        ],
-    );
+    batches.insert(20, vec![custom(1), custom(2)]);
     let results = append_in_at_most_two_groups(dir.path(), &store, batches);
     for (i, result) in results.iter().enumerate() {
         assert!(result.is_ok(), "append {i}: {result:?}");
@@ -470,7 +497,7 @@ fn a_group_mixing_batched_and_row_by_row_requests_stores_them_all() {
     assert_eq!(store.verify().expect("verify").events, 43);
     block_on(async {
         let state = store.projected_state().await.expect("state");
-        assert_eq!(state.elements().len(), 42);
+        assert_eq!(state.elements().len(), 40);
         assert_eq!(state.tasks().len(), 1);
         assert!(replay_vs_projection(&store).await.is_empty());
     });

@@ -53,6 +53,21 @@ const MIGRATIONS: &[&str] = &[
         seq    INTEGER NOT NULL,  -- the first spawning event: spawn order
         record TEXT    NOT NULL   -- the AgentRecord, JSON
     );",
+    // 4 → 5: `elements` without a unique index on `id`. An element's
+    // creation is always the first event of its own stream, so the unique
+    // index on (stream, stream_version) already refuses a second one, and
+    // every append paid for a fifth B-tree.
+    "CREATE TABLE elements_v5 (
+        seq        INTEGER PRIMARY KEY, -- the creating event: creation order
+        id         BLOB    NOT NULL,
+        created_at TEXT    NOT NULL,    -- RFC 3339, exact
+        metadata   TEXT    NOT NULL,    -- JSON object
+        content    TEXT
+    );
+    INSERT INTO elements_v5 (seq, id, created_at, metadata, content)
+        SELECT seq, id, created_at, metadata, content FROM elements;
+    DROP TABLE elements;
+    ALTER TABLE elements_v5 RENAME TO elements;",
 ];
 
 /// The table layout. `events` is append-only (triggers refuse UPDATE and

@@ -505,19 +505,20 @@ struct Group<'a> {
 
 impl Group<'_> {
     /// Whether `request` can take the batched path: no expectation to check,
-    /// and every event either an element's creation (whose stream, unless
-    /// already known, is guessed new) or projection-free on a known stream.
-    /// Everything else takes the row-at-a-time path of [`Group::append`].
+    /// and every event either an element's creation on a stream not known
+    /// to exist (guessed new) or projection-free on a known stream.
+    /// Everything else takes the row-at-a-time path of [`Group::append`],
+    /// which also refuses the creation of an element whose stream exists.
     fn can_batch(&self, request: &Pending) -> bool {
         request.expected == ExpectedVersion::Any
-            && request
-                .events
-                .iter()
-                .all(|e| match projection_of(&e.event) {
-                    Projection::Element(_) => true,
-                    Projection::None => self.streams.contains_key(&e.record.stream),
+            && request.events.iter().all(|e| {
+                let known = self.streams.contains_key(&e.record.stream);
+                match projection_of(&e.event) {
+                    Projection::Element(_) => !known,
+                    Projection::None => known,
                     Projection::Other => false,
-                })
+                }
+            })
     }
 
     /// Seals a batchable request's events into the chain and buffers them
@@ -625,6 +626,7 @@ impl Group<'_> {
                         Err(e) => Err(Refusal::of(e, wrote)),
                     };
                 }
+                Err(InsertError::Refused(e)) => return Err(Refusal::of(e, wrote)),
                 Err(InsertError::Store(e)) => return Err(Refusal::of(e, true)),
             }
         }
@@ -656,6 +658,14 @@ impl Group<'_> {
         let v = v.map_or(0, |v| v as u64);
         self.streams.insert(stream.to_owned(), v);
         Ok(v)
+    }
+
+    /// Whether an event with this id is stored.
+    fn is_stored(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.tx
+            .prepare_cached("SELECT seq FROM events WHERE event_id = ?1")
+            .and_then(|mut s| s.exists([id.as_bytes()]))
+            .map_err(|e| self.db.err(e))
     }
 
     /// The receipt for a batch stored before, `None` if none of it is stored,
@@ -698,11 +708,23 @@ impl Group<'_> {
     /// saves a lookup; if the stream exists, its unique index refuses the row
     /// and the version is read from the log. A wrong guess can only be too
     /// low (versions are gapless), so it can never be stored.
+    ///
+    /// An element's creation must be the first event of its stream (see
+    /// [`agentic_core::store::batch_stream`]): if the stream already exists,
+    /// so does the element, and the event is refused before it writes
+    /// anything, unless it is that very event, stored before (a retry).
     fn insert(&mut self, event: &mut PendingEvent) -> Result<(), InsertError> {
         let record = &mut event.record;
         let mut version = self.streams.get(&record.stream).map_or(1, |v| v + 1);
         let mut looked_up = false;
         let head = loop {
+            if let (SystemEvent::ElementCreated { element }, 2..) = (&event.event, version) {
+                if self.is_stored(record.event_id)? {
+                    return Err(InsertError::DuplicateEventId);
+                }
+                let duplicate = ApplyError::DuplicateElement(element.id);
+                return Err(InsertError::Refused(StoreError::Rejected(duplicate)));
+            }
             record.stream_version = version;
             record.recorded_at = self.recorded_at;
             let head = seal(&self.head, record);
@@ -942,7 +964,11 @@ fn projection_of(event: &SystemEvent) -> Projection<'_> {
 }
 
 enum InsertError {
+    /// The event's id is already stored.
     DuplicateEventId,
+    /// Refused before the event wrote anything.
+    Refused(StoreError),
+    /// Refused or failed after the event's row was written.
     Store(StoreError),
 }
 
@@ -973,13 +999,7 @@ fn project(
             let stmt = &mut statements.insert_element;
             bind_element(stmt, 0, seq, element)
                 .and_then(|()| stmt.raw_execute())
-                .map_err(|e| {
-                    if is_unique_violation(&e, "elements.id") {
-                        ProjectError::Refused(ApplyError::DuplicateElement(element.id))
-                    } else {
-                        ProjectError::Sql(e)
-                    }
-                })?;
+                .map_err(ProjectError::Sql)?;
             return Ok(());
         }
         Projection::Other => {}

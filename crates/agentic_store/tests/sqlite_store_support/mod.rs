@@ -1,4 +1,4 @@
-//! Helpers shared by the SQLite store tests: building element events, opening
+//! Helpers shared by the SQLite store tests: building events, opening
 //! a store, reading its whole log, tampering with `lion.db` behind the
 //! store's back, and re-executing this test binary as a child process.
 
@@ -7,7 +7,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use agentic_core::{ElementData, EventEnvelope, EventStore, NewEvent, State, SystemEvent};
+use agentic_core::{AgentId, ElementData, EventEnvelope, EventStore, NewEvent, State, SystemEvent};
 use agentic_store::{SqliteOptions, SqliteStore};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -33,6 +33,14 @@ pub fn created(element: ElementData) -> NewEvent {
 /// An event creating a fresh element with this metadata.
 pub fn new_event(metadata: Value) -> NewEvent {
     created(element(metadata, "content"))
+}
+
+/// An event no projection reflects (an agent's own record) on `stream`.
+pub fn on_stream(stream: &str, data: Value) -> NewEvent {
+    let agent = AgentId::new("test", "notes");
+    let mut event = NewEvent::new(SystemEvent::AgentRecorded { agent, data }, Uuid::now_v7());
+    event.stream = stream.to_owned();
+    event
 }
 
 /// Opens (or creates) the store of `home` with the default options.
