@@ -660,14 +660,6 @@ impl Group<'_> {
         Ok(v)
     }
 
-    /// Whether an event with this id is stored.
-    fn is_stored(&self, id: Uuid) -> Result<bool, StoreError> {
-        self.tx
-            .prepare_cached("SELECT seq FROM events WHERE event_id = ?1")
-            .and_then(|mut s| s.exists([id.as_bytes()]))
-            .map_err(|e| self.db.err(e))
-    }
-
     /// The receipt for a batch stored before, `None` if none of it is stored,
     /// and an error if only part of it is.
     fn already_stored(&self, ids: &[Uuid]) -> Result<Option<AppendReceipt>, StoreError> {
@@ -719,7 +711,8 @@ impl Group<'_> {
         let mut looked_up = false;
         let head = loop {
             if let (SystemEvent::ElementCreated { element }, 2..) = (&event.event, version) {
-                if self.is_stored(record.event_id)? {
+                let id = std::slice::from_ref(&record.event_id);
+                if self.already_stored(id)?.is_some() {
                     return Err(InsertError::DuplicateEventId);
                 }
                 let duplicate = ApplyError::DuplicateElement(element.id);
