@@ -43,6 +43,44 @@ async fn hello_world_greets_ada_and_every_step_is_an_event() {
     );
 }
 
+/// Regression: `lion bench plugins` deleted its scratch home while the
+/// manager's background appender still held the store, and the home was
+/// sometimes left behind. Closing the last handle waits for that appender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_last_manager_handle_appends_what_was_recorded_and_lets_go_of_the_store() {
+    let dir = tempfile::tempdir().expect("temp home");
+    let (store, manager) = support::open(dir.path(), agentic_core::Durability::Async);
+    let m = PluginManager::read_manifest(&manifest("hello_world")).expect("manifest");
+    let grant = m.grant_from(&["interface:log".to_owned()]).expect("grant");
+    manager.install(m, grant).await.expect("install");
+    let greet = |manager: PluginManager, name: &str| {
+        let input = json!({ "name": name }).to_string();
+        async move {
+            let options = agentic_core::plugin::CallOptions::default();
+            let out = manager.call("hello_world", "greet", &input, options).await;
+            out.expect("greet");
+            manager
+        }
+    };
+    // Closing a handle that is not the last leaves the manager working.
+    greet(manager.clone(), "Ada").await.close().await;
+    let manager = greet(manager, "Grace").await;
+    manager.close().await;
+    assert_eq!(
+        Arc::strong_count(&store),
+        1,
+        "the appender still holds the store"
+    );
+    let succeeded = store
+        .read_from(1, usize::MAX)
+        .await
+        .expect("read log")
+        .iter()
+        .filter(|e| e.decode().expect("decode").kind() == "plugin_succeeded")
+        .count();
+    assert_eq!(succeeded, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_loads_the_checked_cache_and_a_tampered_cache_is_recompiled() {
     let home = Home::new();

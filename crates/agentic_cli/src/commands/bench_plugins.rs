@@ -442,21 +442,12 @@ async fn measure(
         throughput,
     };
     // Close the scratch store before its home is deleted: the manager's
-    // background appender holds it until it sees the manager gone.
-    drop((raw, managed, manager));
-    for _ in 0..CLOSE_YIELDS {
-        if Arc::strong_count(&sqlite) == 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    // background appender holds it until the manager is closed.
+    drop((raw, managed));
+    manager.close().await;
     drop(sqlite);
     Ok(report)
 }
-
-/// Turns of the runtime the bench gives the plugin manager's background
-/// appender to let go of the scratch store (it needs one or two).
-const CLOSE_YIELDS: usize = 10_000;
 
 /// Whether the managed call's median meets its targets.
 fn call_ok(r: &Report) -> bool {

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::manifest::{Grant, HostInterface, ManifestError, PluginManifest};
@@ -582,6 +583,15 @@ impl PluginManager {
         self.inner.recorder.flush().await
     }
 
+    /// Drops this handle; if it was the manager's last, also waits until the
+    /// background appender has appended what was recorded and let go of the
+    /// store, so the caller may close the store (and delete its home) next.
+    pub async fn close(self) {
+        if let Some(inner) = Arc::into_inner(self.inner) {
+            inner.recorder.close().await;
+        }
+    }
+
     /// Appends `events` and waits for the commit, whatever the durability.
     async fn append_now(
         &self,
@@ -774,6 +784,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
 struct Recorder {
     store: Arc<dyn EventStore>,
     queue: Option<mpsc::Sender<Queued>>,
+    /// The background appender, which holds the store until `queue` closes.
+    appender: Option<JoinHandle<()>>,
 }
 
 enum Queued {
@@ -783,15 +795,28 @@ enum Queued {
 
 impl Recorder {
     fn new(store: Arc<dyn EventStore>, durability: Durability) -> Self {
-        let queue = match durability {
-            Durability::Durable => None,
+        let (queue, appender) = match durability {
+            Durability::Durable => (None, None),
             Durability::Async | Durability::Ephemeral => {
                 let (tx, rx) = mpsc::channel(ASYNC_QUEUE);
-                tokio::spawn(Self::append_queued(store.clone(), rx));
-                Some(tx)
+                let appender = tokio::spawn(Self::append_queued(store.clone(), rx));
+                (Some(tx), Some(appender))
             }
         };
-        Self { store, queue }
+        Self {
+            store,
+            queue,
+            appender,
+        }
+    }
+
+    /// Closes the queue and waits for the background appender to append
+    /// what is in it and stop.
+    async fn close(self) {
+        drop(self.queue);
+        if let Some(appender) = self.appender {
+            let _ = appender.await;
+        }
     }
 
     async fn record(&self, events: Vec<NewEvent>) -> Result<(), StoreError> {
