@@ -78,3 +78,46 @@ fn golden_v1_replays_to_the_recorded_state() {
     );
     assert_eq!(elements[3].content.as_deref(), Some(""));
 }
+
+const GOLDEN_V2: &str = include_str!("fixtures/golden_v2.jsonl");
+
+/// The golden log written before issue 14: an element, a task, two plugins
+/// (one granted a directory, one with key-value data) and an agent with a
+/// two-turn conversation.
+fn golden_v2() -> Vec<EventEnvelope> {
+    GOLDEN_V2
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("golden record parses"))
+        .collect()
+}
+
+#[test]
+fn golden_v2_hash_chain_verifies_and_replays() {
+    let log = golden_v2();
+    assert_eq!(log.len(), 28);
+    let mut verifier = ChainVerifier::watching(28);
+    for record in &log {
+        verifier.check(record).expect("golden record verifies");
+    }
+    let head = ChainHead {
+        seq: 28,
+        hash: log[27].hash,
+    };
+    assert_eq!(verifier.finish(Some(head)), Ok(head));
+    assert_eq!(
+        head.hash.to_hex(),
+        "8bde918df32079947ca7268a8f560cb8e336295cd468f50fb12ab86b2d7ae61a"
+    );
+
+    let mut state = State::new();
+    for record in &log {
+        let event = record.decode().expect("golden payload decodes");
+        state.apply(&event).expect("golden event applies");
+    }
+    assert_eq!(state.elements().count(), 1);
+    assert_eq!(state.tasks().count(), 1);
+    let plugins: Vec<_> = state.plugins().map(|p| p.name().to_owned()).collect();
+    assert_eq!(plugins, ["dir_reader", "kv_counter"]);
+    let kv = state.plugin_kv("kv_counter").expect("kv_counter's kv");
+    assert_eq!(kv.get("visits").map(String::as_str), Some("2"));
+}

@@ -68,3 +68,41 @@ async fn golden_v1_home_opens_verifies_and_replays() {
         .expect("index list");
     assert_eq!(indexes, 0);
 }
+
+/// The golden home written before issue 14 (`fixtures/golden_v2`: plugins,
+/// key-value data and an agent conversation) opens, verifies and replays to
+/// the state its JSONL log folds to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_v2_home_opens_verifies_and_replays() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden_v2");
+    for file in ["lion.db", "HEAD"] {
+        std::fs::copy(from.join(file), home.path().join(file)).expect("copy golden fixture");
+    }
+    let store = SqliteStore::open(home.path(), SqliteOptions::default()).expect("open golden");
+    let report = store.verify().expect("golden log verifies");
+    assert_eq!(report.events, 28);
+    assert_eq!(report.recorded_head, Some(report.head));
+
+    let (replayed, events) = store.replay(true).expect("golden log replays");
+    assert_eq!(events, 28);
+    let projected = store.projected_state().await.expect("projections");
+    assert!(
+        replayed.diff(&projected).is_empty(),
+        "{:?}",
+        replayed.diff(&projected)
+    );
+    let mut expected = State::new();
+    let text = include_str!("../../agentic_core/tests/fixtures/golden_v2.jsonl");
+    for line in text.lines() {
+        let record: agentic_core::EventEnvelope = serde_json::from_str(line).expect("parse");
+        expected
+            .apply(&record.decode().expect("decode"))
+            .expect("apply");
+    }
+    assert!(
+        replayed.diff(&expected).is_empty(),
+        "{:?}",
+        replayed.diff(&expected)
+    );
+}
