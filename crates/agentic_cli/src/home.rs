@@ -20,6 +20,9 @@ pub fn resolve(home: Option<&Path>) -> PathBuf {
 
 /// Opens (creating on first use) the store of `home`.
 pub fn open(home: &Path) -> Result<SqliteStore> {
+    if home.exists() && !home.is_dir() {
+        anyhow::bail!("the home {} is not a directory", home.display());
+    }
     let mut options = SqliteOptions::default();
     if let Ok(ms) = std::env::var(BUSY_TIMEOUT_ENV) {
         let ms: u64 = ms.parse().map_err(|_| {

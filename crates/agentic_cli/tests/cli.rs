@@ -1503,3 +1503,69 @@ mod kernel {
         lion_run(&home, &["replay"]).success();
     }
 }
+
+/// Regression (issue 14): `lion events list --json | head` panicked on the
+/// closed pipe.
+#[test]
+fn a_reader_that_leaves_early_ends_the_output_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    // Far more than a pipe holds: 200 child tasks, three events each.
+    lion_run(
+        &home,
+        &[
+            "task",
+            "submit",
+            "--handler",
+            "fanout",
+            "--input",
+            r#"{"n":200}"#,
+            "--wait",
+        ],
+    )
+    .success();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lion"))
+        .arg("--home")
+        .arg(&home)
+        .args(["events", "list", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Read one line, then close the pipe as `head -1` does.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("first line");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc_sigpipe()),
+        "{:?}",
+        out.status
+    );
+}
+
+/// SIGPIPE's number on Linux.
+fn libc_sigpipe() -> i32 {
+    13
+}
+
+/// Regression (issue 14): `--home` naming a file said `File exists (os
+/// error 17)`.
+#[test]
+fn a_home_that_is_a_file_is_named_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("not-a-home");
+    std::fs::write(&file, "x").expect("write");
+    let run = lion_run(&file, &["element", "list"]);
+    assert_eq!(
+        run.error_line(1),
+        format!("error: the home {} is not a directory", file.display())
+    );
+    assert_eq!(std::fs::read(&file).expect("read"), b"x");
+}
