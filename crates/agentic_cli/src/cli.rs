@@ -216,13 +216,28 @@ pub enum PluginCommand {
         /// The plugin's manifest (TOML).
         manifest: PathBuf,
         /// Grant one permission the manifest asks for: interface:NAME
-        /// (log, kv, events, http), host:HOST[:PORT], env:NAME,
-        /// dir:GUEST or dir:GUEST:ro. Repeat for more.
+        /// (log, kv, events, http), host:HOST[:PORT], env:NAME, or
+        /// dir:GUEST[=HOST][:ro] (the host directory that backs the guest
+        /// path: it must be named unless the manifest's own path for it is
+        /// inside the manifest's folder; :ro narrows to read-only). Repeat
+        /// for more.
         #[arg(long, value_name = "KIND:VALUE")]
         grant: Vec<String>,
-        /// Grant everything the manifest asks for (with a warning).
+        /// Grant everything the manifest asks for (with a warning), except
+        /// directories outside the manifest's folder, which must be named.
         #[arg(long, conflicts_with = "grant")]
         grant_all: bool,
+    },
+    /// Replace what an installed plugin is granted (the whole grant, as
+    /// install's --grant flags; directories' host paths named:
+    /// dir:GUEST=HOST[:ro]). Its key-value data stays.
+    Grant {
+        /// The plugin's name.
+        name: String,
+        /// One permission its manifest asks for, as at install. None
+        /// grants nothing.
+        #[arg(long, value_name = "KIND:VALUE")]
+        grant: Vec<String>,
     },
     /// List installed plugins.
     List,

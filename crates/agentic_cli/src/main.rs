@@ -7,6 +7,7 @@
 //! - [`live`] — live events from a running kernel, over a socket in the home.
 //! - [`commands`] — one module per command group.
 //! - [`output`] — tables for people, JSON for programs.
+//! - [`platform`] — the CPU check and SIGPIPE, before anything runs.
 //! - [`providers`] — which LLM provider an agent runs on.
 
 mod cli;
@@ -15,6 +16,7 @@ mod home;
 mod lease;
 mod live;
 mod output;
+mod platform;
 mod providers;
 
 use std::io::IsTerminal;
@@ -53,6 +55,11 @@ impl std::fmt::Display for IntegrityFailure {
 impl std::error::Error for IntegrityFailure {}
 
 fn main() -> ExitCode {
+    if let Err(message) = platform::cpu_check() {
+        eprintln!("error: {message}");
+        return ExitCode::from(EXIT_ERROR);
+    }
+    platform::default_sigpipe();
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -167,6 +174,9 @@ async fn run(cli: Cli) -> Result<()> {
                 grant_all,
             }) => {
                 commands::plugin::install(&home, open()?, ctx, &manifest, &grant, grant_all).await
+            }
+            Command::Plugin(PluginCommand::Grant { name, grant }) => {
+                commands::plugin::grant(&home, open()?, ctx, &name, &grant).await
             }
             Command::Plugin(PluginCommand::List) => commands::plugin::list(&*open()?, ctx).await,
             Command::Plugin(PluginCommand::Info { name }) => {

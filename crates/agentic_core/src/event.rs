@@ -18,7 +18,7 @@ use crate::agent::AgentId;
 use crate::chain::Hash;
 use crate::element::ElementData;
 use crate::llm::{AgentSpec, ChatMessage, Usage};
-use crate::plugin::{Artifact, CallFailure, InstalledPlugin};
+use crate::plugin::{Artifact, CallFailure, Grant, InstalledPlugin};
 use crate::task::{TaskChange, TaskSpec};
 
 /// Bytes reserved up front for an encoded event: most fit, saving regrowth.
@@ -192,6 +192,20 @@ pub enum SystemEvent {
         key: String,
         /// The new value; `None` deletes the key.
         value: Option<String>,
+        /// The install the call ran on ([`InstalledPlugin::install_id`]): a
+        /// write of a call that outlived its install (the plugin was
+        /// removed and installed again meanwhile) changes nothing. `None`
+        /// in logs written before installs had ids.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        install_id: Option<Uuid>,
+    },
+    /// The operator changed what an installed plugin is granted (`lion
+    /// plugin grant`), naming every granted directory's host path.
+    PluginGranted {
+        /// The plugin.
+        name: String,
+        /// The whole new grant (a subset of what its manifest asks for).
+        grant: Grant,
     },
     /// An LLM agent was spawned (or spawned again after being stopped).
     AgentSpawned {
@@ -296,6 +310,7 @@ impl SystemEvent {
             SystemEvent::PluginQuarantined { .. } => "plugin_quarantined",
             SystemEvent::PluginRemoved { .. } => "plugin_removed",
             SystemEvent::PluginKvSet { .. } => "plugin_kv_set",
+            SystemEvent::PluginGranted { .. } => "plugin_granted",
             SystemEvent::PluginEmitted { .. } => "plugin_emitted",
             SystemEvent::AgentSpawned { .. } => "agent_spawned",
             SystemEvent::AgentPrompted { .. } => "agent_prompted",
@@ -319,6 +334,7 @@ impl SystemEvent {
             | SystemEvent::PluginQuarantined { name, .. }
             | SystemEvent::PluginRemoved { name }
             | SystemEvent::PluginKvSet { name, .. }
+            | SystemEvent::PluginGranted { name, .. }
             | SystemEvent::PluginEmitted { name, .. } => Some(name),
             _ => None,
         }
@@ -340,6 +356,7 @@ impl SystemEvent {
             | SystemEvent::PluginQuarantined { .. }
             | SystemEvent::PluginRemoved { .. }
             | SystemEvent::PluginKvSet { .. }
+            | SystemEvent::PluginGranted { .. }
             | SystemEvent::PluginEmitted { .. }
             | SystemEvent::AgentSpawned { .. }
             | SystemEvent::AgentPrompted { .. }

@@ -37,6 +37,10 @@ pub async fn serve(
     drain: impl Future<Output = ()>,
 ) -> Result<KernelReport, StoreError> {
     let mut report = KernelReport::default();
+    if let Some(plugins) = &plugins {
+        // Every event from `start` on reaches `observe` below.
+        plugins.follow_log();
+    }
     let state = store.projected_state().await?;
     let start = store.head().await?.seq + 1;
     for task in state.tasks().filter(|t| !t.status.is_final()) {
@@ -83,7 +87,7 @@ pub async fn serve(
                     // Plugins installed, removed or quarantined elsewhere.
                     Ok(other) if other.plugin_name().is_some() => {
                         if let Some(plugins) = &plugins {
-                            plugins.observe(&other).await;
+                            plugins.observe(&event, &other).await;
                         }
                     }
                     Ok(_) => {}

@@ -54,7 +54,9 @@ pub use orchestrator::{
 pub use pile::{Pile, PileError};
 pub use progression::{Progression, ProgressionError};
 pub use state::{ApplyError, State};
-pub use store::{AppendReceipt, EventStore, ExpectedVersion, StoreError, Subscription};
+pub use store::{
+    AppendReceipt, EventStore, ExpectedVersion, PluginSnapshot, StoreError, Subscription,
+};
 pub use task::{Durability, RetryPolicy, TaskChange, TaskRecord, TaskSpec, TaskStatus};
 
 /// An error with its causes, in one line (`error: cause: root cause`): for

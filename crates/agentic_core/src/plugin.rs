@@ -4,12 +4,18 @@
 //! port that sandbox adapters implement, and the [`PluginManager`] that
 //! installs, loads, calls, quarantines and removes plugins as events.
 
+mod cache;
+mod files;
+mod kv;
+mod loaded;
 mod manager;
 mod manifest;
 mod record;
+mod recorder;
 mod sandbox;
 mod task;
 
+pub use files::{MAX_COMPONENT_BYTES, MAX_MANIFEST_BYTES};
 pub use manager::{CallOptions, DEFAULT_QUARANTINE_AFTER, PluginError, PluginManager};
 pub use manifest::{
     ComponentRef, DirAccess, DirPermission, FunctionSpec, Grant, HostInterface, Limits,

@@ -134,9 +134,20 @@ impl State {
                 }
                 self.plugin_kv.remove(&name);
             }
-            SystemEvent::PluginKvSet { name, key, value } => {
-                if !self.plugins.contains_key(&name) {
-                    return Err(ApplyError::UnknownPlugin(name));
+            SystemEvent::PluginKvSet {
+                name,
+                key,
+                value,
+                install_id,
+            } => {
+                let record = self
+                    .plugins
+                    .get(&name)
+                    .ok_or_else(|| ApplyError::UnknownPlugin(name.clone()))?;
+                if install_id.is_some() && install_id != record.installed.install_id {
+                    // A call of an earlier install of this name: recorded,
+                    // but its write does not reach the install of today.
+                    return Ok(());
                 }
                 let kv = self.plugin_kv.entry(name.clone()).or_default();
                 match value {

@@ -13,7 +13,7 @@
 //! - an event the [`State`] reducer would refuse is refused, so the log always
 //!   folds cleanly, and projections are updated in the same transaction.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::chain::{ChainError, ChainHead};
 use crate::event::{EventEnvelope, EventError, NewEvent, SystemEvent};
+use crate::plugin::PluginRecord;
 use crate::state::{ApplyError, State};
 
 /// Optimistic-concurrency expectation on the stream a batch appends to.
@@ -149,6 +150,19 @@ impl From<ChainError> for StoreError {
     }
 }
 
+/// An installed plugin read from the projections: its record and its
+/// key-value data, as of one position of the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginSnapshot {
+    /// What was installed and granted, and what its calls did.
+    pub record: PluginRecord,
+    /// Its key-value data.
+    pub kv: BTreeMap<String, String>,
+    /// The sequence number of the last event the read reflects: every
+    /// event up to it is in, none after it.
+    pub as_of: u64,
+}
+
 /// The durable event log (port). See the module docs for the contract.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -183,6 +197,11 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The state as kept by the store's projections (not re-folded).
     async fn projected_state(&self) -> Result<State, StoreError>;
+
+    /// One installed plugin and its key-value data as the projections hold
+    /// them, read together with the log position they reflect; `None` when
+    /// no plugin of that name is installed.
+    async fn plugin(&self, name: &str) -> Result<Option<PluginSnapshot>, StoreError>;
 
     /// Follows the log from `from` on: every stored event, then new ones as
     /// they are committed.

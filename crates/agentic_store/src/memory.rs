@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use agentic_core::chain::seal;
 use agentic_core::store::batch_stream;
 use agentic_core::{
-    AppendReceipt, ChainHead, EventEnvelope, EventStore, ExpectedVersion, NewEvent, State,
-    StoreError, Subscription,
+    AppendReceipt, ChainHead, EventEnvelope, EventStore, ExpectedVersion, NewEvent, PluginSnapshot,
+    State, StoreError, Subscription,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -189,6 +189,15 @@ impl EventStore for MemoryStore {
 
     async fn projected_state(&self) -> Result<State, StoreError> {
         Ok(self.lock().state.clone())
+    }
+
+    async fn plugin(&self, name: &str) -> Result<Option<PluginSnapshot>, StoreError> {
+        let inner = self.lock();
+        Ok(inner.state.plugin(name).map(|record| PluginSnapshot {
+            record: record.clone(),
+            kv: inner.state.plugin_kv(name).cloned().unwrap_or_default(),
+            as_of: inner.head().seq,
+        }))
     }
 
     fn subscribe(self: Arc<Self>, from: u64) -> Subscription {

@@ -311,6 +311,12 @@ fn granted_tree() -> tempfile::TempDir {
     root
 }
 
+/// The grant of `/data` backed by `root/granted`, named (it lies outside the
+/// manifest's folder), with `suffix` (`""` or `":ro"`).
+fn named_data(root: &Path, suffix: &str) -> String {
+    format!("dir:/data={}{suffix}", root.join("granted").display())
+}
+
 fn dir_permission(root: &Path, mode: &str) -> String {
     format!(
         "[[permissions.dirs]]\npath = {:?}\nguest = \"/data\"\nmode = \"{mode}\"",
@@ -324,7 +330,7 @@ async fn reading_outside_the_granted_directory_is_refused() {
     let (home, _s) = abuse_home(
         &dir_permission(tree.path(), "read-only"),
         "",
-        &["dir:/data"],
+        &[&named_data(tree.path(), "")],
     )
     .await;
     let secret = tree.path().join("secret.txt").display().to_string();
@@ -368,7 +374,7 @@ async fn writing_to_a_read_only_grant_is_refused() {
     let (ro, _s) = abuse_home(
         &dir_permission(tree.path(), "read-write"),
         "",
-        &["dir:/data:ro"],
+        &[&named_data(tree.path(), ":ro")],
     )
     .await;
     let f = expect_kind(
@@ -381,7 +387,7 @@ async fn writing_to_a_read_only_grant_is_refused() {
     let (rw, _s2) = abuse_home(
         &dir_permission(tree.path(), "read-write"),
         "",
-        &["dir:/data"],
+        &[&named_data(tree.path(), "")],
     )
     .await;
     beside_hello(&rw, "write_file", input)

@@ -1,5 +1,5 @@
-//! `lion plugin install|list|info|call|remove`: WebAssembly plugins in the
-//! home, through the kernel's plugin manager and the wasmtime sandbox.
+//! `lion plugin install|grant|list|info|call|remove`: WebAssembly plugins in
+//! the home, through the kernel's plugin manager and the wasmtime sandbox.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,12 +50,13 @@ pub async fn install(
 ) -> Result<()> {
     let manifest = PluginManager::read_manifest(manifest)?;
     let grant = if grant_all {
+        let grant = manifest.grant_everything()?;
         eprintln!(
             "warning: --grant-all gives {} everything its manifest asks for: {}",
             manifest.name,
-            describe_permissions(&manifest.permissions)
+            describe_permissions(&grant)
         );
-        manifest.permissions.clone()
+        grant
     } else {
         manifest.grant_from(grants)?
     };
@@ -77,6 +78,39 @@ pub async fn install(
         describe_permissions(&record.installed.grant)
     );
     let refused = refused(&m.permissions, &record.installed.grant);
+    if !refused.is_empty() {
+        println!("  not granted (calls that need it are denied): {refused}");
+    }
+    Ok(())
+}
+
+/// `lion plugin grant NAME [--grant KIND:VALUE ...]`: the plugin's whole
+/// new grant, checked against its recorded manifest.
+pub async fn grant(
+    home: &Path,
+    store: Arc<SqliteStore>,
+    ctx: Ctx,
+    name: &str,
+    flags: &[String],
+) -> Result<()> {
+    let Some(snapshot) = store.plugin(name).await? else {
+        bail!(PluginError::NotInstalled(name.to_owned()));
+    };
+    // The recorded manifest has no folder: every directory must be named.
+    let grant = snapshot.record.installed.manifest.grant_from(flags)?;
+    let manager = manager(home, store, ctx, Durability::Durable)?;
+    let record = manager.grant(name, grant).await?;
+    if ctx.json {
+        return output::json(&record);
+    }
+    println!(
+        "granted {name}: {}",
+        describe_permissions(&record.installed.grant)
+    );
+    let refused = refused(
+        &record.installed.manifest.permissions,
+        &record.installed.grant,
+    );
     if !refused.is_empty() {
         println!("  not granted (calls that need it are denied): {refused}");
     }
@@ -163,9 +197,15 @@ pub async fn call(
     input: &str,
 ) -> Result<()> {
     let manager = manager(home, store, ctx, Durability::Durable)?;
-    let output: Value = manager
-        .call(name, function, input, CallOptions::default())
-        .await?;
+    let output = tokio::select! {
+        output = manager.call(name, function, input, CallOptions::default()) => Some(output?),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    let Some(output): Option<Value> = output else {
+        // Dropping the call records it as cancelled; wait for that.
+        manager.flush().await?;
+        bail!("interrupted: the call of {name}.{function} was cancelled and recorded as such");
+    };
     println!("{output}");
     Ok(())
 }

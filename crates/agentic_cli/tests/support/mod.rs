@@ -28,7 +28,8 @@ const LION_ENV: &[&str] = &[
 ];
 
 /// Removes the variables `lion` reads from a command's environment.
-trait ClearLion {
+pub trait ClearLion {
+    /// This command, without them.
     fn env_clear_lion(&mut self) -> &mut Self;
 }
 

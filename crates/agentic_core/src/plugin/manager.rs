@@ -1,42 +1,38 @@
 //! [`PluginManager`]: installs plugins into a home, loads them (compiled
-//! once, cached on disk by hash and checked before loading), calls them with
-//! JSON Schema validation, concurrency limits and quarantine, and removes
-//! them — every step an event in the log.
+//! once, cached on disk by hash and checked before loading; see
+//! [`cache`](super::cache)), calls them through the pipeline of
+//! [`loaded`](super::loaded), quarantines those that keep failing, changes
+//! their grants and removes them — every step an event in the log, appended
+//! by a [`Recorder`](super::recorder::Recorder).
 //!
-//! Files, under the manager's directory: `components/<sha256>.wasm` (the
-//! installed component, named by its hash, so editing the original changes
-//! nothing) and `compiled/<artifact key>/<sha256>.bin` (compiled code; its
-//! hash is in the log's `plugin_loaded` event and is checked before use).
+//! Loading one plugin (a compile can take a second) never holds up calls to
+//! the others: each name has its own load slot.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use serde_json::Value;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use super::manifest::{Grant, HostInterface, ManifestError, PluginManifest};
-use super::record::{
-    Artifact, CallFailure, FailureKind, InstalledPlugin, PluginRecord, PluginStatus,
-};
-use super::sandbox::{
-    CallContext, Effects, LoadedPlugin, Sandbox, SandboxError, VerifiedArtifact, sha256_hex,
-};
-use crate::event::{NewEvent, SystemEvent};
+use super::cache::PluginFiles;
+use super::files::{MAX_COMPONENT_BYTES, MAX_MANIFEST_BYTES, read_regular};
+use super::loaded::{CallResult, Entry};
+use super::manifest::{DirAccess, Grant, ManifestError, PluginManifest};
+use super::record::{Artifact, CallFailure, FailureKind, InstalledPlugin, PluginRecord};
+use super::recorder::Recorder;
+use super::sandbox::{Effects, SandboxError, sha256_hex};
+use crate::event::{EventEnvelope, NewEvent, SystemEvent};
 use crate::state::ApplyError;
-use crate::store::{EventStore, ExpectedVersion, StoreError};
+use crate::store::{EventStore, ExpectedVersion, PluginSnapshot, StoreError};
 use crate::task::Durability;
 
 /// Failures in a row (of the kinds that count) before a plugin is
 /// quarantined.
 pub const DEFAULT_QUARANTINE_AFTER: u32 = 5;
-
-/// Events queued for the background appender before callers wait.
-const ASYNC_QUEUE: usize = 1024;
 
 /// Why a plugin operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -84,13 +80,23 @@ pub enum PluginError {
         /// Why the call failed.
         failure: CallFailure,
     },
+    /// The plugin's grant cannot be used as recorded (a directory grant
+    /// the operator never named, or a granted directory that moved).
+    #[error("plugin {name}: {reason}")]
+    GrantRefused {
+        /// The plugin.
+        name: String,
+        /// What is wrong, and how to fix it.
+        reason: String,
+    },
     /// The event store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 impl PluginError {
-    fn io(path: &Path, e: impl std::fmt::Display) -> Self {
+    /// A failure to read or write `path`.
+    pub(crate) fn io(path: &Path, e: impl std::fmt::Display) -> Self {
         Self::Io {
             path: path.display().to_string(),
             message: e.to_string(),
@@ -113,37 +119,28 @@ pub struct PluginManager {
     inner: Arc<Inner>,
 }
 
+/// A plugin's load slot: filled once by the first call that needs it,
+/// while calls to other plugins go on.
+type Slot = Arc<OnceCell<Arc<Entry>>>;
+
 struct Inner {
     store: Arc<dyn EventStore>,
-    sandbox: Arc<dyn Sandbox>,
-    dir: PathBuf,
+    files: PluginFiles,
     correlation_id: Uuid,
     quarantine_after: AtomicU32,
     recorder: Recorder,
-    /// Loaded plugins by name; loading holds the lock (loads are rare).
-    loaded: tokio::sync::Mutex<HashMap<String, Arc<Entry>>>,
-}
-
-/// A loaded plugin, ready for calls.
-struct Entry {
-    name: String,
-    grant: Arc<Grant>,
-    limits: super::manifest::Limits,
-    plugin: Arc<dyn LoadedPlugin>,
-    functions: HashMap<String, Schemas>,
-    permits: Semaphore,
-    /// Held through each call of a plugin granted `kv`, so a call's reads
-    /// and writes are not interleaved with another call's.
-    kv_turn: Option<tokio::sync::Mutex<()>>,
-    kv: Mutex<Arc<BTreeMap<String, String>>>,
-    consecutive_failures: AtomicU32,
-    quarantined: AtomicBool,
-}
-
-/// A function's compiled input and output schemas.
-struct Schemas {
-    input: jsonschema::Validator,
-    output: jsonschema::Validator,
+    /// Set when the caller passes every event of the log to
+    /// [`PluginManager::observe`] (the kernel does): the key-value writes of
+    /// this process then wait for the log to show them.
+    follows_log: AtomicBool,
+    /// Loaded plugins by name (the lock is held only to find a slot).
+    loaded: Mutex<HashMap<String, Slot>>,
+    /// Outcomes of calls dropped before they ended (cancelled), waiting to
+    /// be recorded.
+    unfinished: Mutex<Vec<NewEvent>>,
+    /// Held while outcomes taken from `unfinished` are recorded, so a flush
+    /// waits for a recording under way.
+    recording_unfinished: tokio::sync::Mutex<()>,
 }
 
 impl PluginManager {
@@ -153,8 +150,8 @@ impl PluginManager {
     /// `Ephemeral` is treated as `Async`: plugin calls are always logged).
     pub fn new(
         store: Arc<dyn EventStore>,
-        sandbox: Arc<dyn Sandbox>,
-        dir: impl Into<PathBuf>,
+        sandbox: Arc<dyn super::sandbox::Sandbox>,
+        dir: impl Into<std::path::PathBuf>,
         correlation_id: Uuid,
         durability: Durability,
     ) -> Self {
@@ -162,11 +159,13 @@ impl PluginManager {
             inner: Arc::new(Inner {
                 recorder: Recorder::new(store.clone(), durability),
                 store,
-                sandbox,
-                dir: dir.into(),
+                files: PluginFiles::new(dir.into(), sandbox),
                 correlation_id,
                 quarantine_after: AtomicU32::new(DEFAULT_QUARANTINE_AFTER),
-                loaded: tokio::sync::Mutex::new(HashMap::new()),
+                follows_log: AtomicBool::new(false),
+                loaded: Mutex::new(HashMap::new()),
+                unfinished: Mutex::new(Vec::new()),
+                recording_unfinished: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -178,29 +177,47 @@ impl PluginManager {
             .store(failures.max(1), Ordering::Relaxed);
     }
 
+    /// Says that from now on the caller passes every event appended to the
+    /// log, this manager's own included, to [`observe`](Self::observe), as
+    /// the kernel does: key-value writes made elsewhere then reach loaded
+    /// plugins, and this manager's own are not taken back when the log shows
+    /// them late.
+    pub fn follow_log(&self) {
+        self.inner.follows_log.store(true, Ordering::Release);
+    }
+
     /// Drops a loaded plugin from memory; its next call loads it again
     /// (from the cache). Returns whether it was loaded.
     pub async fn unload(&self, name: &str) -> bool {
-        self.inner.loaded.lock().await.remove(name).is_some()
+        self.lock_loaded()
+            .remove(name)
+            .is_some_and(|slot| slot.initialized())
     }
 
-    /// Reads a manifest file: the component path and directory paths are
-    /// made absolute against the manifest's directory (directories must
-    /// exist).
+    /// Reads a manifest file (a regular file of at most
+    /// [`MAX_MANIFEST_BYTES`]): the component path and directory paths are
+    /// made absolute against the manifest's folder, directories with their
+    /// symbolic links resolved where they exist, and the folder is kept for
+    /// the grant ([`PluginManifest::grant_from`]).
     pub fn read_manifest(path: &Path) -> Result<PluginManifest, PluginError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PluginError::io(path, e))?;
+        let bytes = read_regular(path, MAX_MANIFEST_BYTES)?;
+        let text = String::from_utf8(bytes).map_err(|_| PluginError::io(path, "not UTF-8"))?;
         let mut manifest = PluginManifest::parse(&text).map_err(|e| match e {
             ManifestError::Parse(m) => ManifestError::Parse(format!("{}: {m}", path.display())),
             other => other,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let base = if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base
+        };
         manifest.component.path = base.join(&manifest.component.path);
         for dir in &mut manifest.permissions.dirs {
             let joined = base.join(&dir.path);
-            dir.path = joined
-                .canonicalize()
-                .map_err(|e| PluginError::io(&joined, e))?;
+            dir.path = joined.canonicalize().unwrap_or(joined);
         }
+        manifest.folder = Some(base.canonicalize().map_err(|e| PluginError::io(base, e))?);
         Ok(manifest)
     }
 
@@ -215,7 +232,7 @@ impl PluginManager {
     ) -> Result<PluginRecord, PluginError> {
         manifest.check_grant(&grant)?;
         let path = manifest.component.path.clone();
-        let bytes = std::fs::read(&path).map_err(|e| PluginError::io(&path, e))?;
+        let bytes = read_regular(&path, MAX_COMPONENT_BYTES)?;
         let actual = sha256_hex(&bytes);
         if actual != manifest.component.sha256 {
             return Err(PluginError::HashMismatch {
@@ -224,15 +241,14 @@ impl PluginManager {
                 actual,
             });
         }
-        let state = self.inner.store.projected_state().await?;
-        if state.plugin(&manifest.name).is_some() {
+        if self.inner.store.plugin(&manifest.name).await?.is_some() {
             return Err(PluginError::AlreadyInstalled(manifest.name));
         }
         let name = manifest.name.clone();
         let started = Instant::now();
-        let sandbox = self.inner.sandbox.clone();
+        let files = self.inner.files.clone();
         let compiled =
-            tokio::task::spawn_blocking(move || sandbox.compile(&bytes).map(|c| (c, bytes)))
+            tokio::task::spawn_blocking(move || files.compile(&bytes).map(|c| (c, bytes)))
                 .await
                 .map_err(|e| StoreError::Backend(format!("compile task failed: {e}")))?
                 .map_err(|source| PluginError::Sandbox {
@@ -255,13 +271,14 @@ impl PluginManager {
         }
         let micros = elapsed_micros(started);
         let sha = manifest.component.sha256.clone();
-        write_atomic(&self.component_path(&sha), &bytes)?;
-        let artifact = VerifiedArtifact::compiled(compiled.artifact);
-        write_atomic(&self.artifact_path(&sha), artifact.bytes())?;
+        let artifact = self.inner.files.keep(&sha, &bytes, compiled.artifact)?;
+        let sandbox = self.inner.files.sandbox();
         let installed = InstalledPlugin {
             manifest,
             grant,
-            sandbox: self.inner.sandbox.kind().to_owned(),
+            sandbox: sandbox.kind().to_owned(),
+            install_id: Some(Uuid::now_v7()),
+            dirs_named: true,
         };
         let events = vec![
             SystemEvent::PluginInstalled {
@@ -270,7 +287,7 @@ impl PluginManager {
             SystemEvent::PluginLoaded {
                 name: name.clone(),
                 artifact: Artifact {
-                    key: self.inner.sandbox.artifact_key().to_owned(),
+                    key: sandbox.artifact_key().to_owned(),
                     sha256: artifact.sha256().to_owned(),
                 },
                 cached: false,
@@ -281,12 +298,40 @@ impl PluginManager {
         for event in &events[1..] {
             record.apply(event);
         }
-        match self.append_now(events, None).await {
+        match self.append_now(events).await {
             Err(StoreError::Rejected(ApplyError::DuplicatePlugin(n))) => {
                 Err(PluginError::AlreadyInstalled(n))
             }
             other => other.map(|()| record).map_err(Into::into),
         }
+    }
+
+    /// Replaces what plugin `name` is granted with `grant` (checked against
+    /// its recorded manifest; directories' host paths named by the
+    /// operator) and records `plugin_granted`; the next call loads the
+    /// plugin with it.
+    pub async fn grant(&self, name: &str, grant: Grant) -> Result<PluginRecord, PluginError> {
+        let snapshot = self
+            .inner
+            .store
+            .plugin(name)
+            .await?
+            .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
+        snapshot.record.installed.manifest.check_grant(&grant)?;
+        let event = SystemEvent::PluginGranted {
+            name: name.to_owned(),
+            grant,
+        };
+        let mut record = snapshot.record;
+        record.apply(&event);
+        match self.append_now(vec![event]).await {
+            Err(StoreError::Rejected(ApplyError::UnknownPlugin(n))) => {
+                return Err(PluginError::NotInstalled(n));
+            }
+            other => other?,
+        }
+        self.unload(name).await;
+        Ok(record)
     }
 
     /// Removes a plugin (and its key-value data) and deletes its files when
@@ -304,7 +349,7 @@ impl PluginManager {
         let event = SystemEvent::PluginRemoved {
             name: name.to_owned(),
         };
-        match self.append_now(vec![event], None).await {
+        match self.append_now(vec![event]).await {
             Err(StoreError::Rejected(ApplyError::UnknownPlugin(n))) => {
                 return Err(PluginError::NotInstalled(n));
             }
@@ -312,16 +357,16 @@ impl PluginManager {
         }
         self.unload(name).await;
         if !shared {
-            // Content-addressed files; a failure to delete leaves only garbage.
-            let _ = std::fs::remove_file(self.component_path(&sha));
-            let _ = std::fs::remove_file(self.artifact_path(&sha));
+            self.inner.files.forget(&sha);
         }
         Ok(())
     }
 
     /// Calls `function` of plugin `name` with JSON `input`: validates the
     /// input, runs the call in the sandbox under the plugin's grant and
-    /// limits, validates the output, and records the call's events.
+    /// limits, validates the output, and records the call's events. A call
+    /// dropped before it ends (cancelled) is recorded as failed with kind
+    /// `cancelled`.
     pub async fn call(
         &self,
         name: &str,
@@ -350,9 +395,18 @@ impl PluginManager {
             options,
         )
         .await?;
-        let (outcome, effects) = run(&entry, call_id, function, input).await;
-        self.finish(&entry, call_id, outcome, effects, started, options)
-            .await
+        let mut unfinished = Unfinished {
+            manager: self,
+            name,
+            call_id,
+            options,
+            started,
+            armed: true,
+        };
+        let followed = self.inner.follows_log.load(Ordering::Acquire);
+        let result = entry.run(call_id, function, input, followed).await;
+        unfinished.armed = false;
+        self.finish(&entry, call_id, result, started, options).await
     }
 
     /// Records the outcome of a call — denials, then on success its
@@ -362,244 +416,268 @@ impl PluginManager {
         &self,
         entry: &Entry,
         call_id: Uuid,
-        outcome: Result<Value, CallFailure>,
-        effects: Effects,
+        result: CallResult,
         started: Instant,
         options: CallOptions,
     ) -> Result<Value, PluginError> {
+        let CallResult {
+            turn,
+            outcome,
+            effects,
+            kv_event_ids,
+        } = result;
+        let Effects {
+            denials,
+            kv_writes,
+            emitted,
+            ..
+        } = effects;
         let name = entry.name.clone();
         let micros = elapsed_micros(started);
         let mut events = Vec::new();
-        for (asked, reason) in effects.denials {
-            events.push(SystemEvent::PluginPermissionDenied {
-                name: name.clone(),
-                call_id: Some(call_id),
-                asked,
-                reason,
-            });
+        for (asked, reason) in denials {
+            events.push(self.new_event(
+                SystemEvent::PluginPermissionDenied {
+                    name: name.clone(),
+                    call_id: Some(call_id),
+                    asked,
+                    reason,
+                },
+                options,
+            ));
         }
         let result = match outcome {
             Ok(output) => {
-                for (key, value) in effects.kv_writes {
-                    events.push(SystemEvent::PluginKvSet {
-                        name: name.clone(),
-                        key,
-                        value,
-                    });
+                for (id, (key, value)) in kv_event_ids.into_iter().zip(kv_writes) {
+                    let mut event = self.new_event(
+                        SystemEvent::PluginKvSet {
+                            name: name.clone(),
+                            key,
+                            value,
+                            install_id: entry.install_id,
+                        },
+                        options,
+                    );
+                    event.event_id = id;
+                    events.push(event);
                 }
-                for (kind, data) in effects.emitted {
-                    events.push(SystemEvent::PluginEmitted {
+                for (kind, data) in emitted {
+                    events.push(self.new_event(
+                        SystemEvent::PluginEmitted {
+                            name: name.clone(),
+                            call_id,
+                            kind,
+                            data,
+                        },
+                        options,
+                    ));
+                }
+                events.push(self.new_event(
+                    SystemEvent::PluginSucceeded {
                         name: name.clone(),
                         call_id,
-                        kind,
-                        data,
-                    });
-                }
-                events.push(SystemEvent::PluginSucceeded {
-                    name: name.clone(),
-                    call_id,
-                    output: output.clone(),
-                    micros,
-                });
+                        output: output.clone(),
+                        micros,
+                    },
+                    options,
+                ));
                 entry.consecutive_failures.store(0, Ordering::Release);
                 Ok(output)
             }
             Err(failure) => {
-                events.push(SystemEvent::PluginFailed {
-                    name: name.clone(),
-                    call_id,
-                    failure: failure.clone(),
-                    micros,
-                });
+                events.push(self.new_event(
+                    SystemEvent::PluginFailed {
+                        name: name.clone(),
+                        call_id,
+                        failure: failure.clone(),
+                        micros,
+                    },
+                    options,
+                ));
                 if failure.kind.counts_towards_quarantine() {
                     let failures = entry.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
                     if failures >= self.inner.quarantine_after.load(Ordering::Relaxed)
                         && !entry.quarantined.swap(true, Ordering::AcqRel)
                     {
-                        events.push(SystemEvent::PluginQuarantined {
-                            name: name.clone(),
-                            failures,
-                            reason: failure.to_string(),
-                        });
+                        events.push(self.new_event(
+                            SystemEvent::PluginQuarantined {
+                                name: name.clone(),
+                                failures,
+                                reason: failure.to_string(),
+                            },
+                            options,
+                        ));
                     }
                 }
                 Err(PluginError::Call { name, failure })
             }
         };
-        self.record(events, options).await?;
+        self.inner.recorder.record(events).await?;
+        // Only now may the next call of a kv plugin run: its writes follow
+        // these in the log.
+        drop(turn);
         result
     }
 
-    /// The loaded plugin `name`, loading it first if needed.
+    /// The loaded plugin `name`, loading it first if needed. Only the slot
+    /// lookup holds the manager's lock; the load itself (maybe a compile)
+    /// holds up only calls to the same plugin.
     async fn entry(&self, name: &str) -> Result<Arc<Entry>, PluginError> {
-        let mut loaded = self.inner.loaded.lock().await;
-        if let Some(entry) = loaded.get(name) {
-            return Ok(entry.clone());
-        }
-        let state = self.inner.store.projected_state().await?;
-        let record = state
-            .plugin(name)
-            .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?
+        let slot = self
+            .lock_loaded()
+            .entry(name.to_owned())
+            .or_default()
             .clone();
-        let kv = state.plugin_kv(name).cloned().unwrap_or_default();
-        let entry = Arc::new(self.load(record, kv).await?);
-        loaded.insert(name.to_owned(), entry.clone());
-        Ok(entry)
+        let loaded = slot
+            .get_or_try_init(|| async {
+                // Whatever this process recorded is in the log before the
+                // plugin is read back from it.
+                self.flush().await?;
+                let snapshot = self
+                    .inner
+                    .store
+                    .plugin(name)
+                    .await?
+                    .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
+                self.load(snapshot).await.map(Arc::new)
+            })
+            .await
+            .cloned();
+        if loaded.is_err() {
+            // Forget the empty slot, unless it was replaced meanwhile.
+            let mut map = self.lock_loaded();
+            if map.get(name).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                map.remove(name);
+            }
+        }
+        loaded
     }
 
-    /// Loads a plugin: its cached artifact when its hash checks out,
-    /// otherwise compiles the installed component (and caches the result).
-    async fn load(
-        &self,
-        record: PluginRecord,
-        kv: BTreeMap<String, String>,
-    ) -> Result<Entry, PluginError> {
+    /// Loads a plugin: checks its grant can be used as recorded, then loads
+    /// its cached artifact when its hash checks out, otherwise compiles the
+    /// installed component (and caches the result); records
+    /// `plugin_loaded`.
+    async fn load(&self, snapshot: PluginSnapshot) -> Result<Entry, PluginError> {
+        let record = &snapshot.record;
         let name = record.name().to_owned();
+        if let Err((asked, reason)) = usable_dirs(&record.installed) {
+            self.record(
+                vec![SystemEvent::PluginPermissionDenied {
+                    name: name.clone(),
+                    call_id: None,
+                    asked,
+                    reason: reason.clone(),
+                }],
+                CallOptions::default(),
+            )
+            .await?;
+            return Err(PluginError::GrantRefused { name, reason });
+        }
         let sha = record.installed.sha256().to_owned();
-        let key = self.inner.sandbox.artifact_key().to_owned();
-        let started = Instant::now();
-        let sandbox = self.inner.sandbox.clone();
-        let artifact_path = self.artifact_path(&sha);
-        let component_path = self.component_path(&sha);
+        let key = self.inner.files.sandbox().artifact_key().to_owned();
         let expected = record.artifacts.get(&key).cloned();
-        let sandbox_error = |source| PluginError::Sandbox {
-            name: name.clone(),
-            source,
-        };
-        let (plugin, artifact, cached) = tokio::task::spawn_blocking(move || {
-            if let Some(expected) = expected
-                && let Ok(bytes) = std::fs::read(&artifact_path)
-            {
-                match VerifiedArtifact::check(bytes, &expected) {
-                    Some(artifact) => {
-                        let plugin = sandbox.load(&artifact)?;
-                        return Ok::<_, SandboxError>((plugin, artifact.sha256().to_owned(), true));
-                    }
-                    None => tracing::warn!(
-                        path = %artifact_path.display(),
-                        "cached compiled plugin does not match its recorded hash; recompiling"
-                    ),
-                }
-            }
-            let bytes = std::fs::read(&component_path)
-                .map_err(|e| SandboxError::Host(format!("{}: {e}", component_path.display())))?;
-            if sha256_hex(&bytes) != sha {
-                return Err(SandboxError::InvalidComponent(format!(
-                    "{} no longer has sha256 {sha}",
-                    component_path.display()
-                )));
-            }
-            let compiled = sandbox.compile(&bytes)?;
-            let artifact = VerifiedArtifact::compiled(compiled.artifact);
-            write_atomic(&artifact_path, artifact.bytes())
-                .map_err(|e| SandboxError::Host(e.to_string()))?;
-            let plugin = sandbox.load(&artifact)?;
-            Ok((plugin, artifact.sha256().to_owned(), false))
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("load task failed: {e}")))?
-        .map_err(sandbox_error)?;
+        let started = Instant::now();
+        let files = self.inner.files.clone();
+        let loaded = tokio::task::spawn_blocking(move || files.load(&sha, expected.as_deref()))
+            .await
+            .map_err(|e| StoreError::Backend(format!("load task failed: {e}")))?
+            .map_err(|source| PluginError::Sandbox {
+                name: name.clone(),
+                source,
+            })?;
         self.record(
             vec![SystemEvent::PluginLoaded {
-                name: name.clone(),
+                name,
                 artifact: Artifact {
                     key,
-                    sha256: artifact,
+                    sha256: loaded.artifact_sha256,
                 },
-                cached,
+                cached: loaded.cached,
                 micros: elapsed_micros(started),
             }],
             CallOptions::default(),
         )
         .await?;
-        let manifest = &record.installed.manifest;
-        let mut functions = HashMap::new();
-        for (function, spec) in &manifest.functions {
-            let compile = |schema: &Value| {
-                jsonschema::validator_for(schema).map_err(|e| {
-                    PluginError::Manifest(ManifestError::Invalid {
-                        field: format!("functions.{function}"),
-                        reason: e.to_string(),
-                    })
-                })
-            };
-            functions.insert(
-                function.clone(),
-                Schemas {
-                    input: compile(&spec.input_schema)?,
-                    output: compile(&spec.output_schema)?,
-                },
-            );
-        }
-        let grant = &record.installed.grant;
-        Ok(Entry {
-            name,
-            limits: manifest.limits,
-            functions,
-            permits: Semaphore::new(manifest.limits.max_concurrency as usize),
-            kv_turn: grant
-                .interfaces
-                .contains(&HostInterface::Kv)
-                .then(|| tokio::sync::Mutex::new(())),
-            grant: Arc::new(grant.clone()),
-            plugin,
-            kv: Mutex::new(Arc::new(kv)),
-            consecutive_failures: AtomicU32::new(record.consecutive_failures),
-            quarantined: AtomicBool::new(record.status == PluginStatus::Quarantined),
-        })
+        Entry::new(snapshot, loaded.plugin)
     }
 
-    /// Takes note of an event another process recorded (the kernel calls
-    /// this for every event it follows): an installed, removed or
-    /// quarantined plugin is reloaded on its next call, and key-value
-    /// writes reach the loaded snapshot.
-    pub async fn observe(&self, event: &SystemEvent) {
+    /// Takes note of an event of the log (the kernel passes every event it
+    /// follows, after [`follow_log`](Self::follow_log)): a plugin
+    /// installed, granted, removed or quarantined is reloaded on its next
+    /// call, and key-value writes reach its loaded view.
+    pub async fn observe(&self, record: &EventEnvelope, event: &SystemEvent) {
         match event {
             SystemEvent::PluginInstalled { .. }
+            | SystemEvent::PluginGranted { .. }
             | SystemEvent::PluginRemoved { .. }
             | SystemEvent::PluginQuarantined { .. } => {
                 if let Some(name) = event.plugin_name() {
                     self.unload(name).await;
                 }
             }
-            SystemEvent::PluginKvSet { name, key, value } => {
-                if let Some(entry) = self.inner.loaded.lock().await.get(name) {
-                    let mut kv = entry.kv.lock().unwrap_or_else(PoisonError::into_inner);
-                    let mut next = (**kv).clone();
-                    match value {
-                        Some(v) => next.insert(key.clone(), v.clone()),
-                        None => next.remove(key),
-                    };
-                    *kv = Arc::new(next);
+            SystemEvent::PluginKvSet {
+                name,
+                key,
+                value,
+                install_id,
+            } => {
+                let slot = self.lock_loaded().get(name).cloned();
+                if let Some(entry) = slot.as_ref().and_then(|s| s.get())
+                    && (install_id.is_none() || *install_id == entry.install_id)
+                {
+                    entry
+                        .kv
+                        .observe(record.seq, record.event_id, (key.clone(), value.clone()));
                 }
             }
             _ => {}
         }
     }
 
-    /// Waits until every event recorded so far is committed; the first
-    /// background append error, if any.
+    /// Waits until every event recorded so far is committed (the outcomes
+    /// of cancelled calls included); the first background append error, if
+    /// any.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.record_unfinished().await?;
         self.inner.recorder.flush().await
     }
 
-    /// Drops this handle; if it was the manager's last, also waits until the
-    /// background appender has appended what was recorded and let go of the
-    /// store, so the caller may close the store (and delete its home) next.
+    /// Drops this handle; if it was the manager's last, also records the
+    /// outcomes of cancelled calls and waits until the background appender
+    /// has appended what was recorded and let go of the store, so the
+    /// caller may close the store (and delete its home) next.
     pub async fn close(self) {
+        if let Err(e) = self.record_unfinished().await {
+            tracing::error!(error = %e, "recording cancelled plugin calls failed");
+        }
         if let Some(inner) = Arc::into_inner(self.inner) {
             inner.recorder.close().await;
         }
     }
 
+    /// Records the outcomes of calls dropped before they ended.
+    async fn record_unfinished(&self) -> Result<(), StoreError> {
+        let _recording = self.inner.recording_unfinished.lock().await;
+        let events = std::mem::take(
+            &mut *self
+                .inner
+                .unfinished
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.inner.recorder.record(events).await
+    }
+
     /// Appends `events` and waits for the commit, whatever the durability.
-    async fn append_now(
-        &self,
-        events: Vec<SystemEvent>,
-        options: Option<CallOptions>,
-    ) -> Result<(), StoreError> {
+    async fn append_now(&self, events: Vec<SystemEvent>) -> Result<(), StoreError> {
         self.flush().await?;
-        let events = self.new_events(events, options.unwrap_or_default());
+        let events = events
+            .into_iter()
+            .map(|e| self.new_event(e, CallOptions::default()))
+            .collect();
         self.inner
             .store
             .append(events, ExpectedVersion::Any)
@@ -613,272 +691,150 @@ impl PluginManager {
         events: Vec<SystemEvent>,
         options: CallOptions,
     ) -> Result<(), StoreError> {
-        let events = self.new_events(events, options);
+        let events = events
+            .into_iter()
+            .map(|e| self.new_event(e, options))
+            .collect();
         self.inner.recorder.record(events).await
     }
 
-    fn new_events(&self, events: Vec<SystemEvent>, options: CallOptions) -> Vec<NewEvent> {
+    fn new_event(&self, event: SystemEvent, options: CallOptions) -> NewEvent {
         let correlation = options.correlation_id.unwrap_or(self.inner.correlation_id);
-        events
-            .into_iter()
-            .map(|event| {
-                let mut new = NewEvent::new(event, correlation);
-                new.causation_id = options.causation_id;
-                new
-            })
-            .collect()
+        let mut new = NewEvent::new(event, correlation);
+        new.causation_id = options.causation_id;
+        new
     }
 
-    fn component_path(&self, sha: &str) -> PathBuf {
+    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         self.inner
-            .dir
-            .join("components")
-            .join(format!("{sha}.wasm"))
-    }
-
-    fn artifact_path(&self, sha: &str) -> PathBuf {
-        self.inner
-            .dir
-            .join("compiled")
-            .join(self.inner.sandbox.artifact_key())
-            .join(format!("{sha}.bin"))
+            .loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Validates the input, waits for a turn, runs the call and checks its
-/// output; on success the call's key-value writes reach the entry's
-/// snapshot before its turn ends. Returns the outcome and the call's
-/// effects (which the caller records).
-async fn run(
-    entry: &Entry,
+/// A call in flight: if it is dropped before it ends (its task cancelled,
+/// its caller interrupted), its outcome is recorded as `cancelled`, so no
+/// `plugin_invoked` is left without one.
+struct Unfinished<'a> {
+    manager: &'a PluginManager,
+    name: &'a str,
     call_id: Uuid,
-    function: &str,
-    input: &str,
-) -> (Result<Value, CallFailure>, Effects) {
-    let invalid = |m: String| CallFailure::new(FailureKind::InvalidInput, m);
-    let Some(schemas) = entry.functions.get(function) else {
-        let failure = invalid(format!("the plugin has no function {function:?}"));
-        return (Err(failure), Effects::default());
-    };
-    if input.len() as u64 > entry.limits.max_input_bytes {
-        let failure = invalid(format!(
-            "the input is {} bytes, over the {} byte limit",
-            input.len(),
-            entry.limits.max_input_bytes
-        ));
-        return (Err(failure), Effects::default());
-    }
-    let value = match serde_json::from_str::<Value>(input) {
-        Ok(value) => value,
-        Err(e) => {
-            let failure = invalid(format!("the input is not JSON: {e}"));
-            return (Err(failure), Effects::default());
-        }
-    };
-    if let Some(e) = schemas.input.iter_errors(&value).next() {
-        let failure = invalid(format!("the input breaks the schema: {}", describe(&e)));
-        return (Err(failure), Effects::default());
-    }
-    let Ok(_permit) = entry.permits.acquire().await else {
-        let failure = CallFailure::new(FailureKind::Host, "the plugin was unloaded");
-        return (Err(failure), Effects::default());
-    };
-    let _kv_turn = match &entry.kv_turn {
-        Some(turn) => Some(turn.lock().await),
-        None => None,
-    };
-    // Taken inside the turn, so it holds the previous call's writes.
-    let snapshot = entry
-        .kv
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let ctx = Arc::new(CallContext::new(
-        &entry.name,
-        call_id,
-        entry.grant.clone(),
-        entry.limits,
-        snapshot,
-    ));
-    let outcome = entry
-        .plugin
-        .call(function, input, ctx.clone())
-        .await
-        .and_then(|output| check_output(entry, schemas, &output))
-        .and_then(|value| match ctx.limit_hit() {
-            Some(failure) => Err(failure),
-            None => Ok(value),
-        });
-    let effects = ctx.take_effects();
-    if outcome.is_ok() && !effects.kv_writes.is_empty() {
-        let mut kv = entry.kv.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = (**kv).clone();
-        for (key, value) in &effects.kv_writes {
-            match value {
-                Some(v) => next.insert(key.clone(), v.clone()),
-                None => next.remove(key),
-            };
-        }
-        *kv = Arc::new(next);
-    }
-    (outcome, effects)
+    options: CallOptions,
+    started: Instant,
+    armed: bool,
 }
 
-/// Checks an output's size, that it is JSON, and its schema.
-fn check_output(entry: &Entry, schemas: &Schemas, output: &str) -> Result<Value, CallFailure> {
-    if output.len() as u64 > entry.limits.max_output_bytes {
-        return Err(CallFailure::new(
-            FailureKind::OutputLimit,
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let event = self.manager.new_event(
+            SystemEvent::PluginFailed {
+                name: self.name.to_owned(),
+                call_id: self.call_id,
+                failure: CallFailure::new(
+                    FailureKind::Cancelled,
+                    "the call was cancelled before it ended",
+                ),
+                micros: elapsed_micros(self.started),
+            },
+            self.options,
+        );
+        self.manager
+            .inner
+            .unfinished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(event);
+        // Recorded soon by a task of its own, or by the next flush or close.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let manager = self.manager.clone();
+            runtime.spawn(async move {
+                if let Err(e) = manager.record_unfinished().await {
+                    tracing::error!(error = %e, "recording a cancelled plugin call failed");
+                }
+            });
+        }
+    }
+}
+
+/// Checks that a plugin's directory grants can be used as recorded: their
+/// host paths named by the operator (installs recorded before lion asked
+/// for that must be re-granted), and each still the directory it was,
+/// symbolic links resolved. On refusal: what was asked, and why.
+fn usable_dirs(installed: &InstalledPlugin) -> Result<(), (String, String)> {
+    let dirs = &installed.grant.dirs;
+    let describe = |d: &super::manifest::DirPermission| {
+        format!("directory {} = {}", d.guest, d.path.display())
+    };
+    if !dirs.is_empty() && !installed.dirs_named {
+        let asked: Vec<String> = dirs.iter().map(describe).collect();
+        return Err((
+            asked.join(", "),
             format!(
-                "the output is {} bytes, over the {} byte limit",
-                output.len(),
-                entry.limits.max_output_bytes
+                "its directory grant ({}) was recorded before lion asked operators to name \
+                 granted host paths; check the paths and re-grant them: {}",
+                asked.join(", "),
+                regrant_command(installed)
             ),
         ));
     }
-    let bad = |m: String| CallFailure::new(FailureKind::InvalidOutput, m);
-    let value: Value =
-        serde_json::from_str(output).map_err(|e| bad(format!("the output is not JSON: {e}")))?;
-    if let Some(e) = schemas.output.iter_errors(&value).next() {
-        return Err(bad(format!(
-            "the output breaks the schema: {}",
-            describe(&e)
-        )));
+    for d in dirs {
+        match d.path.canonicalize() {
+            Ok(now) if now == d.path && now.is_dir() => {}
+            Ok(now) => {
+                return Err((
+                    describe(d),
+                    format!(
+                        "the granted directory {} now resolves to {}; re-grant it: {}",
+                        d.path.display(),
+                        now.display(),
+                        regrant_command(installed)
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err((
+                    describe(d),
+                    format!("the granted directory {}: {e}", d.path.display()),
+                ));
+            }
+        }
     }
-    Ok(value)
+    Ok(())
 }
 
-/// A schema violation in one line: where, and what.
-fn describe(e: &jsonschema::ValidationError<'_>) -> String {
-    let at = e.instance_path().to_string();
-    if at.is_empty() {
-        e.to_string()
-    } else {
-        format!("at {at}: {e}")
+/// The `lion plugin grant` command that grants a plugin what it holds now,
+/// each directory's host path named.
+fn regrant_command(installed: &InstalledPlugin) -> String {
+    let grant = &installed.grant;
+    let mut command = format!("lion plugin grant {}", installed.name());
+    for d in &grant.dirs {
+        let ro = if d.mode == DirAccess::ReadOnly {
+            ":ro"
+        } else {
+            ""
+        };
+        command.push_str(&format!(
+            " --grant dir:{}={}{ro}",
+            d.guest,
+            d.path.display()
+        ));
     }
+    for i in &grant.interfaces {
+        command.push_str(&format!(" --grant interface:{}", i.as_str()));
+    }
+    for h in &grant.hosts {
+        command.push_str(&format!(" --grant host:{h}"));
+    }
+    for v in &grant.env {
+        command.push_str(&format!(" --grant env:{v}"));
+    }
+    command
 }
 
 fn elapsed_micros(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so a
-/// reader never sees half a file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| PluginError::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        Uuid::new_v4().simple()
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| PluginError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        PluginError::io(path, e)
-    })
-}
-
-/// Appends events with a durability: at once, or through one background
-/// appender that batches whatever is queued into each append, in order.
-struct Recorder {
-    store: Arc<dyn EventStore>,
-    queue: Option<mpsc::Sender<Queued>>,
-    /// The background appender, which holds the store until `queue` closes.
-    appender: Option<JoinHandle<()>>,
-}
-
-enum Queued {
-    Events(Vec<NewEvent>),
-    Flush(oneshot::Sender<Result<(), StoreError>>),
-}
-
-impl Recorder {
-    fn new(store: Arc<dyn EventStore>, durability: Durability) -> Self {
-        let (queue, appender) = match durability {
-            Durability::Durable => (None, None),
-            Durability::Async | Durability::Ephemeral => {
-                let (tx, rx) = mpsc::channel(ASYNC_QUEUE);
-                let appender = tokio::spawn(Self::append_queued(store.clone(), rx));
-                (Some(tx), Some(appender))
-            }
-        };
-        Self {
-            store,
-            queue,
-            appender,
-        }
-    }
-
-    /// Closes the queue and waits for the background appender to append
-    /// what is in it and stop.
-    async fn close(self) {
-        drop(self.queue);
-        if let Some(appender) = self.appender {
-            let _ = appender.await;
-        }
-    }
-
-    async fn record(&self, events: Vec<NewEvent>) -> Result<(), StoreError> {
-        match &self.queue {
-            None => self
-                .store
-                .append(events, ExpectedVersion::Any)
-                .await
-                .map(|_| ()),
-            Some(queue) => queue
-                .send(Queued::Events(events))
-                .await
-                .map_err(|_| StoreError::Backend("the plugin event appender stopped".into())),
-        }
-    }
-
-    async fn flush(&self) -> Result<(), StoreError> {
-        let Some(queue) = &self.queue else {
-            return Ok(());
-        };
-        let (tx, rx) = oneshot::channel();
-        queue
-            .send(Queued::Flush(tx))
-            .await
-            .map_err(|_| StoreError::Backend("the plugin event appender stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Backend("the plugin event appender stopped".into()))?
-    }
-
-    /// The background appender: appends everything queued since its last
-    /// append in one batch; remembers the first error for the next flush.
-    async fn append_queued(store: Arc<dyn EventStore>, mut rx: mpsc::Receiver<Queued>) {
-        let mut failed: Option<StoreError> = None;
-        let mut batch = Vec::new();
-        let mut flushes = Vec::new();
-        while let Some(first) = rx.recv().await {
-            let mut next = Some(first);
-            while let Some(item) = next.take().or_else(|| rx.try_recv().ok()) {
-                match item {
-                    Queued::Events(events) => batch.extend(events),
-                    Queued::Flush(reply) => flushes.push(reply),
-                }
-                if batch.len() >= ASYNC_QUEUE {
-                    break;
-                }
-            }
-            if !batch.is_empty()
-                && let Err(e) = store
-                    .append(std::mem::take(&mut batch), ExpectedVersion::Any)
-                    .await
-            {
-                tracing::error!(error = %e, "appending plugin events failed");
-                failed.get_or_insert(e);
-            }
-            for reply in flushes.drain(..) {
-                let _ = reply.send(match &failed {
-                    Some(e) => Err(StoreError::Backend(format!(
-                        "a background append of plugin events failed: {e}"
-                    ))),
-                    None => Ok(()),
-                });
-            }
-        }
-    }
 }

@@ -3,7 +3,7 @@
 //! operator's [`Grant`], which may only narrow what the manifest asks for.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -28,6 +28,12 @@ pub struct PluginManifest {
     pub limits: Limits,
     /// Its functions, by name.
     pub functions: BTreeMap<String, FunctionSpec>,
+    /// The folder the manifest was read from, with symbolic links resolved
+    /// (set by `PluginManager::read_manifest`; not part of the file and not
+    /// recorded). A directory the manifest asks for inside it may be granted
+    /// as `dir:GUEST`; one outside needs the operator to name its host path.
+    #[serde(skip)]
+    pub folder: Option<PathBuf>,
 }
 
 /// Where the component is and what it must hash to.
@@ -184,6 +190,22 @@ pub enum ManifestError {
     /// The grant gives something the manifest did not ask for.
     #[error("the grant gives {0}, which the manifest does not ask for")]
     NotRequested(String),
+    /// A directory is granted without the operator naming its host path,
+    /// and the path is not inside the manifest's folder.
+    #[error(
+        "directory {guest} is {host} on this machine, outside the manifest's folder: \
+         grant it by naming that path, --grant dir:{guest}={host}{ro}",
+        host = .host.display(),
+        ro = if *.read_only { ":ro" } else { "" }
+    )]
+    HostPathNotNamed {
+        /// Where the plugin sees the directory.
+        guest: String,
+        /// The host path the manifest names, symbolic links resolved.
+        host: PathBuf,
+        /// Whether the grant asked for read-only access.
+        read_only: bool,
+    },
 }
 
 impl PluginManifest {
@@ -201,8 +223,8 @@ impl PluginManifest {
             field: field.to_owned(),
             reason: reason.to_owned(),
         };
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 64
+        let name_ok = self.name.len() <= 64
+            && self.name.starts_with(|c: char| c.is_ascii_lowercase())
             && self
                 .name
                 .bytes()
@@ -210,7 +232,7 @@ impl PluginManifest {
         if !name_ok {
             return Err(invalid(
                 "name",
-                "use 1 to 64 lowercase letters, digits, '-' or '_'",
+                "use 1 to 64 lowercase letters, digits, '-' or '_', starting with a letter",
             ));
         }
         if self.version.trim().is_empty() {
@@ -274,11 +296,13 @@ impl PluginManifest {
     pub fn check_grant(&self, grant: &Grant) -> Result<(), ManifestError> {
         let asked = &self.permissions;
         for d in &grant.dirs {
+            // The host path is the operator's to choose; the guest path and
+            // the access must be asked for.
             let covered = asked
                 .dirs
                 .iter()
-                .any(|a| a.path == d.path && a.guest == d.guest && d.mode <= a.mode);
-            if !covered {
+                .any(|a| a.guest == d.guest && d.mode <= a.mode);
+            if !covered || !d.path.is_absolute() {
                 return Err(ManifestError::NotRequested(format!(
                     "directory {} as {} ({:?})",
                     d.path.display(),
@@ -311,15 +335,19 @@ impl PluginManifest {
 
 impl PluginManifest {
     /// The grant that `flags` describe, each `KIND:VALUE`:
-    /// `interface:NAME`, `host:HOST[:PORT]`, `env:NAME`, `dir:GUEST` (with
-    /// the mode asked for) or `dir:GUEST:ro` (read-only where read-write was
-    /// asked). Refuses anything the manifest does not ask for.
+    /// `interface:NAME`, `host:HOST[:PORT]`, `env:NAME`, or
+    /// `dir:GUEST[=HOST][:ro]` — the directory the manifest asks to see at
+    /// `GUEST`, backed by the host directory `HOST` (which the operator must
+    /// name unless the manifest's own path for it lies inside the manifest's
+    /// folder), read-only with `:ro` even where read-write was asked.
+    /// Refuses anything the manifest does not ask for.
     pub fn grant_from(&self, flags: &[String]) -> Result<Grant, ManifestError> {
         let mut grant = Grant::default();
         for flag in flags {
             let bad = || {
                 ManifestError::BadGrant(format!(
-                    "{flag:?}: use interface:NAME, host:HOST[:PORT], env:NAME or dir:GUEST[:ro]"
+                    "{flag:?}: use interface:NAME, host:HOST[:PORT], env:NAME or \
+                     dir:GUEST[=HOST][:ro]"
                 ))
             };
             let (kind, value) = flag.split_once(':').ok_or_else(bad)?;
@@ -337,27 +365,93 @@ impl PluginManifest {
                 "host" if !value.is_empty() => grant.hosts.push(value.to_owned()),
                 "env" if !value.is_empty() => grant.env.push(value.to_owned()),
                 "dir" => {
-                    let (guest, read_only) = match value.strip_suffix(":ro") {
-                        Some(guest) => (guest, true),
+                    let (value, read_only) = match value.strip_suffix(":ro") {
+                        Some(rest) => (rest, true),
                         None => (value, false),
                     };
-                    let asked = self
-                        .permissions
+                    let (guest, host) = match value.split_once('=') {
+                        Some((guest, host)) if !host.is_empty() => (guest, Some(host)),
+                        Some(_) => return Err(bad()),
+                        None => (value, None),
+                    };
+                    grant
                         .dirs
-                        .iter()
-                        .find(|d| d.guest == guest)
-                        .ok_or_else(|| ManifestError::NotRequested(format!("directory {guest}")))?;
-                    let mut dir = asked.clone();
-                    if read_only {
-                        dir.mode = DirAccess::ReadOnly;
-                    }
-                    grant.dirs.push(dir);
+                        .push(self.dir_grant(guest, host.map(Path::new), read_only)?);
                 }
                 _ => return Err(bad()),
             }
         }
         self.check_grant(&grant)?;
         Ok(grant)
+    }
+
+    /// Everything the manifest asks for (`--grant-all`), except that a
+    /// directory outside the manifest's folder is still refused until the
+    /// operator names its host path.
+    pub fn grant_everything(&self) -> Result<Grant, ManifestError> {
+        let mut grant = self.permissions.clone();
+        grant.dirs = self
+            .permissions
+            .dirs
+            .iter()
+            .map(|d| self.dir_grant(&d.guest, None, d.mode == DirAccess::ReadOnly))
+            .collect::<Result<_, _>>()?;
+        Ok(grant)
+    }
+
+    /// The grant of the directory asked for at `guest`: backed by `host`
+    /// when the operator named it, else by the manifest's path if that lies
+    /// inside the manifest's folder. Paths are compared with symbolic links
+    /// resolved, so neither `..` nor a link leaves the folder unnoticed.
+    fn dir_grant(
+        &self,
+        guest: &str,
+        host: Option<&Path>,
+        read_only: bool,
+    ) -> Result<DirPermission, ManifestError> {
+        let asked = self
+            .permissions
+            .dirs
+            .iter()
+            .find(|d| d.guest == guest)
+            .ok_or_else(|| ManifestError::NotRequested(format!("directory {guest}")))?;
+        let path = match host {
+            Some(host) => {
+                let resolved = host.canonicalize().map_err(|e| {
+                    ManifestError::BadGrant(format!("dir:{guest}={}: {e}", host.display()))
+                })?;
+                if !resolved.is_dir() {
+                    return Err(ManifestError::BadGrant(format!(
+                        "dir:{guest}={}: not a directory",
+                        host.display()
+                    )));
+                }
+                resolved
+            }
+            None => {
+                let resolved = asked.path.canonicalize().ok().filter(|p| p.is_dir());
+                let folder = self.folder.as_deref().and_then(|f| f.canonicalize().ok());
+                match (resolved, folder) {
+                    (Some(path), Some(folder)) if path.starts_with(&folder) => path,
+                    (resolved, _) => {
+                        return Err(ManifestError::HostPathNotNamed {
+                            guest: guest.to_owned(),
+                            host: resolved.unwrap_or_else(|| asked.path.clone()),
+                            read_only,
+                        });
+                    }
+                }
+            }
+        };
+        Ok(DirPermission {
+            path,
+            guest: guest.to_owned(),
+            mode: if read_only {
+                DirAccess::ReadOnly
+            } else {
+                asked.mode
+            },
+        })
     }
 }
 
@@ -439,6 +533,9 @@ output_schema = { type = "object" }
     fn values_serde_cannot_check_are_checked() {
         for (from, to, field) in [
             ("name = \"hello_world\"", "name = \"Hello World\"", "name"),
+            ("name = \"hello_world\"", "name = \"--help\"", "name"),
+            ("name = \"hello_world\"", "name = \"1st\"", "name"),
+            ("name = \"hello_world\"", "name = \"\"", "name"),
             ("sha256 = \"0000", "sha256 = \"zz00", "component.sha256"),
             ("memory_mib = 16", "memory_mib = 0", "limits"),
             (
@@ -463,11 +560,15 @@ output_schema = { type = "object" }
 
     #[test]
     fn a_grant_may_narrow_but_never_widen_the_request() {
-        let m = PluginManifest::parse(HELLO).expect("parse");
+        let mut m = PluginManifest::parse(HELLO).expect("parse");
+        m.permissions.dirs[0].path = PathBuf::from("/srv/data");
         m.check_grant(&Grant::default())
             .expect("granting nothing is fine");
         m.check_grant(&m.permissions)
             .expect("granting everything asked is fine");
+        let mut relative = m.permissions.clone();
+        relative.dirs[0].path = PathBuf::from("data");
+        assert!(m.check_grant(&relative).is_err(), "a host path is absolute");
 
         let mut wider = m.permissions.clone();
         wider.dirs[0].mode = DirAccess::ReadWrite;
@@ -489,5 +590,67 @@ output_schema = { type = "object" }
         let mut env = Grant::default();
         env.env.push("HOME".into());
         assert!(m.check_grant(&env).is_err());
+    }
+
+    /// A folder holding a manifest asking for `/data` at `path` (relative
+    /// to the folder), with `inside/` a real directory in it, `outside/` a
+    /// directory beside it and `link` a symbolic link to `/`.
+    fn manifest_asking_for(path: &str) -> (tempfile::TempDir, PluginManifest) {
+        let root = tempfile::tempdir().expect("tempdir");
+        let folder = root.path().join("plugin");
+        std::fs::create_dir_all(folder.join("inside")).expect("mkdir");
+        std::fs::create_dir_all(root.path().join("outside")).expect("mkdir");
+        std::os::unix::fs::symlink("/", folder.join("link")).expect("symlink");
+        let mut m = PluginManifest::parse(HELLO).expect("parse");
+        m.folder = Some(folder.canonicalize().expect("folder"));
+        let joined = folder.join(path);
+        m.permissions.dirs[0].path = joined.canonicalize().unwrap_or(joined);
+        (root, m)
+    }
+
+    #[test]
+    fn a_directory_outside_the_manifests_folder_needs_its_host_path_named() {
+        let (_root, m) = manifest_asking_for("inside");
+        let grant = m
+            .grant_from(&["dir:/data".into()])
+            .expect("inside the folder");
+        assert!(grant.dirs[0].path.ends_with("plugin/inside"), "{grant:?}");
+        assert_eq!(grant.dirs[0].mode, DirAccess::ReadOnly);
+        m.grant_everything().expect("--grant-all covers it");
+
+        for escape in ["link", "..", "../outside", "/", "../../.."] {
+            let (root, m) = manifest_asking_for(escape);
+            let err = m.grant_from(&["dir:/data".into()]).unwrap_err();
+            assert!(
+                matches!(&err, ManifestError::HostPathNotNamed { guest, .. } if guest == "/data"),
+                "{escape}: {err}"
+            );
+            let message = err.to_string();
+            assert!(message.contains("--grant dir:/data="), "{message}");
+            assert!(m.grant_everything().is_err(), "{escape}: --grant-all");
+
+            // Named, it is granted: that path, resolved.
+            let outside = root.path().join("outside");
+            let flag = format!("dir:/data={}:ro", outside.display());
+            let grant = m.grant_from(&[flag]).expect("named");
+            assert_eq!(grant.dirs[0].path, outside.canonicalize().expect("outside"));
+            assert_eq!(grant.dirs[0].mode, DirAccess::ReadOnly);
+        }
+
+        // Naming a path that is not a directory is refused.
+        let (root, m) = manifest_asking_for("inside");
+        let missing = format!("dir:/data={}", root.path().join("nope").display());
+        assert!(matches!(
+            m.grant_from(&[missing]),
+            Err(ManifestError::BadGrant(_))
+        ));
+        assert!(matches!(
+            m.grant_from(&["dir:/other=/tmp".into()]),
+            Err(ManifestError::NotRequested(_))
+        ));
+        assert!(matches!(
+            m.grant_from(&["dir:/data=".into()]),
+            Err(ManifestError::BadGrant(_))
+        ));
     }
 }

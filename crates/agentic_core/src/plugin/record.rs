@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use super::manifest::{Grant, PluginManifest};
 
@@ -19,6 +20,17 @@ pub struct InstalledPlugin {
     pub grant: Grant,
     /// The sandbox that runs it (`wasm`).
     pub sandbox: String,
+    /// This install's id: a key-value write recorded for another install
+    /// of the same name (a call that outlived a remove and reinstall)
+    /// changes nothing. `None` for installs recorded before ids existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_id: Option<Uuid>,
+    /// Whether the operator saw and named the host path of every granted
+    /// directory (installs and grants recorded since lion checks this).
+    /// Directory grants of a plugin installed before are refused at load
+    /// until `lion plugin grant` names their host paths again.
+    #[serde(default)]
+    pub dirs_named: bool,
 }
 
 impl InstalledPlugin {
@@ -30,6 +42,13 @@ impl InstalledPlugin {
     /// Its component's SHA-256.
     pub fn sha256(&self) -> &str {
         &self.manifest.component.sha256
+    }
+
+    /// Takes `grant` as the plugin's whole grant, its directories' host
+    /// paths named by the operator (what a `plugin_granted` event does).
+    pub fn regrant(&mut self, grant: Grant) {
+        self.grant = grant;
+        self.dirs_named = true;
     }
 }
 
@@ -121,6 +140,9 @@ pub enum FailureKind {
     LoadFailed,
     /// The host failed around the call.
     Host,
+    /// The call was dropped before it ended (its task was cancelled, or
+    /// its caller interrupted).
+    Cancelled,
 }
 
 impl FailureKind {
@@ -139,6 +161,7 @@ impl FailureKind {
             Self::Quarantined => "quarantined",
             Self::LoadFailed => "load_failed",
             Self::Host => "host",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -148,7 +171,7 @@ impl FailureKind {
     pub fn counts_towards_quarantine(self) -> bool {
         !matches!(
             self,
-            Self::InvalidInput | Self::Refused | Self::Quarantined | Self::Host
+            Self::InvalidInput | Self::Refused | Self::Quarantined | Self::Host | Self::Cancelled
         )
     }
 }
@@ -206,8 +229,9 @@ impl std::error::Error for CallFailure {}
 
 impl PluginRecord {
     /// Applies an event about this (installed) plugin that changes its
-    /// record: loads, call outcomes and quarantine. Installing, removing and
-    /// key-value writes are kept by the state around the record.
+    /// record: loads, call outcomes, quarantine and a new grant. Installing,
+    /// removing and key-value writes are kept by the state around the
+    /// record.
     pub fn apply(&mut self, event: &crate::event::SystemEvent) {
         use crate::event::SystemEvent as E;
         match event {
@@ -227,6 +251,7 @@ impl PluginRecord {
                 }
             }
             E::PluginQuarantined { .. } => self.status = PluginStatus::Quarantined,
+            E::PluginGranted { grant, .. } => self.installed.regrant(grant.clone()),
             _ => {}
         }
     }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use agentic_core::store::batch_stream;
 use agentic_core::{
     AppendReceipt, ChainHead, ChainVerifier, ElementData, EventEnvelope, EventStore,
-    ExpectedVersion, Hash, NewEvent, State, StoreError, Subscription, SystemEvent,
+    ExpectedVersion, Hash, NewEvent, PluginSnapshot, State, StoreError, Subscription, SystemEvent,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -499,6 +499,33 @@ impl Readers {
     }
 }
 
+impl Readers {
+    /// One plugin, its key-value store and the log position they reflect,
+    /// read in one transaction.
+    fn plugin(&self, name: &str) -> Result<Option<PluginSnapshot>, StoreError> {
+        let mut bad = None;
+        let found = self.with(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let as_of: i64 =
+                tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+            match plugin_projection::load_one(&tx, name, as_of as u64) {
+                Ok(found) => Ok(found),
+                Err(reason) => {
+                    bad = Some(format!("plugins projection: {reason}"));
+                    Ok(None)
+                }
+            }
+        })?;
+        match bad {
+            Some(reason) => Err(StoreError::Corrupt {
+                path: self.db.path.display().to_string(),
+                reason,
+            }),
+            None => Ok(found),
+        }
+    }
+}
+
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         // Closing the queue lets the writer finish what it has, then stop;
@@ -797,6 +824,11 @@ impl EventStore for SqliteStore {
 
     async fn projected_state(&self) -> Result<State, StoreError> {
         self.read(Readers::projected_state).await
+    }
+
+    async fn plugin(&self, name: &str) -> Result<Option<PluginSnapshot>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |r| r.plugin(&name)).await
     }
 
     fn subscribe(self: Arc<Self>, from: u64) -> Subscription {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use agentic_core::plugin::{InstalledPlugin, PluginRecord, PluginStatus};
-use agentic_core::{ApplyError, State, SystemEvent};
+use agentic_core::{ApplyError, PluginSnapshot, State, SystemEvent};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::writer::{ProjectError, is_unique_violation};
@@ -24,10 +24,17 @@ pub(super) fn project(
             let inserted = tx
                 .prepare_cached(
                     "INSERT INTO plugins (name, seq, installed, status, calls, succeeded, \
-                     failed, consecutive_failures, artifacts) \
-                     VALUES (?1, ?2, ?3, 'active', 0, 0, 0, 0, '{}')",
+                     failed, consecutive_failures, artifacts, install_id) \
+                     VALUES (?1, ?2, ?3, 'active', 0, 0, 0, 0, '{}', ?4)",
                 )
-                .and_then(|mut s| s.execute(params![plugin.name(), seq as i64, installed]));
+                .and_then(|mut s| {
+                    s.execute(params![
+                        plugin.name(),
+                        seq as i64,
+                        installed,
+                        plugin.install_id.map(|id| id.to_string())
+                    ])
+                });
             match inserted {
                 Ok(_) => Ok(()),
                 Err(e) if is_unique_violation(&e, "plugins.name") => Err(ProjectError::Refused(
@@ -43,8 +50,23 @@ pub(super) fn project(
             }
             execute(tx, "DELETE FROM plugin_kv WHERE plugin = ?1", params![name]).map(|_| ())
         }
-        SystemEvent::PluginKvSet { name, key, value } => {
-            require(tx, name)?;
+        SystemEvent::PluginKvSet {
+            name,
+            key,
+            value,
+            install_id,
+        } => {
+            let current: Option<Option<String>> = tx
+                .prepare_cached("SELECT install_id FROM plugins WHERE name = ?1")
+                .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
+                .map_err(ProjectError::Sql)?;
+            let current = current.ok_or_else(|| unknown(name))?;
+            if let Some(id) = install_id
+                && current.as_deref() != Some(id.to_string().as_str())
+            {
+                // A call of an earlier install of this name (see the reducer).
+                return Ok(());
+            }
             match value {
                 Some(value) => execute(
                     tx,
@@ -102,11 +124,31 @@ pub(super) fn project(
             "UPDATE plugins SET status = 'quarantined' WHERE name = ?1",
             params![name],
         ),
+        SystemEvent::PluginGranted { name, grant } => {
+            let current: Option<String> = tx
+                .prepare_cached("SELECT installed FROM plugins WHERE name = ?1")
+                .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
+                .map_err(ProjectError::Sql)?;
+            let current = current.ok_or_else(|| unknown(name))?;
+            let mut installed: InstalledPlugin =
+                serde_json::from_str(&current).map_err(|e| ProjectError::Sql(from_json(e)))?;
+            installed.regrant(grant.clone());
+            update(
+                tx,
+                name,
+                "UPDATE plugins SET installed = ?2 WHERE name = ?1",
+                params![name, to_json(&installed)?],
+            )
+        }
         SystemEvent::PluginPermissionDenied { name, .. }
         | SystemEvent::PluginEmitted { name, .. } => require(tx, name),
         _ => Ok(()),
     }
 }
+
+/// The columns [`record`] reads, in its order.
+const RECORD_COLUMNS: &str =
+    "name, installed, status, calls, succeeded, failed, consecutive_failures, artifacts";
 
 /// Loads every plugin and its key-value store into `state`, in
 /// installation order.
@@ -121,36 +163,69 @@ pub(super) fn load(tx: &Transaction<'_>, state: &mut State) -> Result<(), String
         kv.entry(get(0)?).or_default().insert(get(1)?, get(2)?);
     }
     let mut stmt = tx
-        .prepare_cached(
-            "SELECT name, installed, status, calls, succeeded, failed, consecutive_failures, \
-             artifacts FROM plugins ORDER BY seq",
-        )
+        .prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM plugins ORDER BY seq"
+        ))
         .map_err(|e| e.to_string())?;
     let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
     while let Some(row) = rows.next().map_err(|e| e.to_string())? {
-        let text = |i| row.get::<_, String>(i).map_err(|e| e.to_string());
-        let int = |i| row.get::<_, i64>(i).map_err(|e| e.to_string());
-        let name = text(0)?;
-        let installed: InstalledPlugin =
-            serde_json::from_str(&text(1)?).map_err(|e| format!("plugin {name}: {e}"))?;
-        let status = match text(2)?.as_str() {
-            "active" => PluginStatus::Active,
-            "quarantined" => PluginStatus::Quarantined,
-            other => return Err(format!("plugin {name}: unknown status {other:?}")),
-        };
-        let record = PluginRecord {
-            installed,
-            status,
-            calls: int(3)? as u64,
-            succeeded: int(4)? as u64,
-            failed: int(5)? as u64,
-            consecutive_failures: int(6)? as u32,
-            artifacts: serde_json::from_str(&text(7)?)
-                .map_err(|e| format!("plugin {name}: {e}"))?,
-        };
-        state.load_plugin(record, kv.remove(&name).unwrap_or_default());
+        let record = record(row)?;
+        let kv = kv.remove(record.name()).unwrap_or_default();
+        state.load_plugin(record, kv);
     }
     Ok(())
+}
+
+/// One plugin and its key-value store, if it is installed, read in the
+/// transaction whose last event is `as_of`.
+pub(super) fn load_one(
+    tx: &Transaction<'_>,
+    name: &str,
+    as_of: u64,
+) -> Result<Option<PluginSnapshot>, String> {
+    let mut stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM plugins WHERE name = ?1"
+        ))
+        .map_err(|e| e.to_string())?;
+    let mut rows = stmt.query([name]).map_err(|e| e.to_string())?;
+    let Some(row) = rows.next().map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let record = record(row)?;
+    let mut kv = BTreeMap::new();
+    let mut stmt = tx
+        .prepare_cached("SELECT key, value FROM plugin_kv WHERE plugin = ?1")
+        .map_err(|e| e.to_string())?;
+    let mut rows = stmt.query([name]).map_err(|e| e.to_string())?;
+    while let Some(row) = rows.next().map_err(|e| e.to_string())? {
+        let get = |i| row.get::<_, String>(i).map_err(|e| e.to_string());
+        kv.insert(get(0)?, get(1)?);
+    }
+    Ok(Some(PluginSnapshot { record, kv, as_of }))
+}
+
+/// A plugin's record from a row of [`RECORD_COLUMNS`].
+fn record(row: &rusqlite::Row<'_>) -> Result<PluginRecord, String> {
+    let text = |i| row.get::<_, String>(i).map_err(|e| e.to_string());
+    let int = |i| row.get::<_, i64>(i).map_err(|e| e.to_string());
+    let name = text(0)?;
+    let installed: InstalledPlugin =
+        serde_json::from_str(&text(1)?).map_err(|e| format!("plugin {name}: {e}"))?;
+    let status = match text(2)?.as_str() {
+        "active" => PluginStatus::Active,
+        "quarantined" => PluginStatus::Quarantined,
+        other => return Err(format!("plugin {name}: unknown status {other:?}")),
+    };
+    Ok(PluginRecord {
+        installed,
+        status,
+        calls: int(3)? as u64,
+        succeeded: int(4)? as u64,
+        failed: int(5)? as u64,
+        consecutive_failures: int(6)? as u32,
+        artifacts: serde_json::from_str(&text(7)?).map_err(|e| format!("plugin {name}: {e}"))?,
+    })
 }
 
 /// Refuses an event about a plugin that is not installed.

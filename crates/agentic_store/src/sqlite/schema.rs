@@ -68,6 +68,10 @@ const MIGRATIONS: &[&str] = &[
         SELECT seq, id, created_at, metadata, content FROM elements;
     DROP TABLE elements;
     ALTER TABLE elements_v5 RENAME TO elements;",
+    // 5 → 6: each install's id beside its row, so a key-value write of a
+    // call that outlived its install is told apart without parsing the
+    // install's JSON (installs recorded before ids existed have none).
+    "ALTER TABLE plugins ADD COLUMN install_id TEXT;",
 ];
 
 /// The table layout. `events` is append-only (triggers refuse UPDATE and
