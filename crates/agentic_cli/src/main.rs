@@ -136,7 +136,9 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Events(EventsCommand::Tail { from, count, .. }) => {
                 commands::events::tail(open()?, ctx, from, count).await
             }
-            Command::Events(EventsCommand::Verify) => commands::events::verify(&*open()?, ctx),
+            Command::Events(EventsCommand::Verify) => {
+                commands::events::verify(&home::open_read_only(&home)?, ctx)
+            }
             Command::Agent(AgentCommand::Spawn {
                 name,
                 provider,
@@ -190,7 +192,7 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Plugin(PluginCommand::Remove { name }) => {
                 commands::plugin::remove(&home, open()?, ctx, &name).await
             }
-            Command::Replay => commands::replay::run(&*open()?, ctx).await,
+            Command::Replay => commands::replay::run(&home::open_read_only(&home)?, ctx).await,
             Command::Task(TaskCommand::Submit(args)) | Command::SubmitTask(args) => {
                 commands::task::submit(&home, open, ctx, &args).await
             }

@@ -837,6 +837,12 @@ async fn every_connection_runs_with_synchronous_full() {
 // Tamper detection
 // ---------------------------------------------------------------------------
 
+/// Opens a home to check it, as `lion events verify` does: read-only.
+fn open_read_only(home: &Path) -> SqliteStore {
+    SqliteStore::open_read_only(home, SqliteOptions::default())
+        .unwrap_or_else(|e| panic!("cannot open {} read-only: {e}", home.display()))
+}
+
 fn chain_error(store: &SqliteStore) -> ChainError {
     match store.verify() {
         Err(StoreError::Chain(e)) => e,
@@ -876,7 +882,7 @@ fn an_edited_payload_is_reported_as_a_hash_mismatch_at_its_seq() {
     assert_eq!(changed, 1);
     drop(conn);
 
-    let store = open(&home);
+    let store = open_read_only(&home);
     assert_eq!(chain_error(&store), ChainError::HashMismatch { seq: 5 });
     assert!(matches!(
         store.replay(true),
@@ -894,7 +900,7 @@ fn a_deleted_middle_record_is_reported_as_a_gap() {
     assert_eq!(deleted, 1);
     drop(conn);
 
-    let store = open(&home);
+    let store = open_read_only(&home);
     assert_eq!(
         chain_error(&store),
         ChainError::Gap {
@@ -914,7 +920,7 @@ fn deleting_the_newest_records_is_reported_as_truncation_thanks_to_head() {
     assert_eq!(deleted, 3);
     drop(conn);
 
-    let store = open(&home);
+    let store = open_read_only(&home);
     assert_eq!(
         chain_error(&store),
         ChainError::Truncated {
@@ -922,6 +928,26 @@ fn deleting_the_newest_records_is_reported_as_truncation_thanks_to_head() {
             head_seq: 10
         }
     );
+    assert!(matches!(
+        store.replay(true),
+        Err(StoreError::Chain(ChainError::Truncated {
+            log_ends_at: 7,
+            head_seq: 10
+        }))
+    ));
+    drop(store);
+    // Opening it to write is refused, before anything is written.
+    let before = std::fs::read(home.join("lion.db")).expect("read lion.db");
+    match SqliteStore::open(&home, SqliteOptions::default()) {
+        Err(StoreError::Corrupt { path, reason }) => {
+            assert!(path.ends_with("lion.db"), "{path}");
+            assert!(reason.contains("ends at seq 7"), "{reason}");
+            assert!(reason.contains("records seq 10"), "{reason}");
+        }
+        Err(e) => panic!("expected the store to be refused as damaged, got {e}"),
+        Ok(_) => panic!("a store missing its newest events opened for writing"),
+    }
+    assert_eq!(std::fs::read(home.join("lion.db")).expect("read"), before);
 }
 
 #[test]
@@ -936,7 +962,7 @@ fn swapped_records_are_reported_at_the_lower_seq() {
     .expect("swap seqs 3 and 7");
     drop(conn);
 
-    let store = open(&home);
+    let store = open_read_only(&home);
     let err = chain_error(&store);
     assert_eq!(err.seq(), 3, "{err}");
 }
@@ -951,11 +977,126 @@ fn an_edited_projection_verifies_but_differs_from_a_replay() {
     assert_eq!(changed, 1);
     drop(conn);
 
-    let store = open(&home);
+    let store = open_read_only(&home);
     assert_eq!(store.verify().expect("the log itself is intact").events, 10);
     let diff = block_on(replay_vs_projection(&store));
     let forged = element_of(&records[3]).id;
     assert_eq!(diff, vec![format!("element {forged} differs")]);
+}
+
+// ---------------------------------------------------------------------------
+// Damage found by an open store, and HEAD writes that fail
+// ---------------------------------------------------------------------------
+
+/// Known bug (fixed): `read_head` turned a malformed stored hash into zeros,
+/// and the next append chained onto them.
+#[test]
+fn a_malformed_newest_hash_is_an_error_naming_the_database_not_zeros() {
+    let (_dir, home, _) = closed_home_with(3);
+    block_on(async {
+        let store = open(&home);
+        let conn = raw_db_without_triggers(&home);
+        conn.execute("UPDATE events SET hash = x'0102' WHERE seq = 3", [])
+            .expect("break the newest hash");
+        drop(conn);
+
+        match store.head().await {
+            Err(StoreError::Corrupt { path, reason }) => {
+                assert!(path.ends_with("lion.db"), "{path}");
+                assert!(reason.contains("(seq 3) is 2 bytes, not 32"), "{reason}");
+            }
+            other => panic!("expected the head to be refused as damaged, got {other:?}"),
+        }
+        let appended = store
+            .append(vec![new_event(json!({ "n": 4 }))], ExpectedVersion::Any)
+            .await;
+        assert!(
+            matches!(appended, Err(StoreError::Corrupt { .. })),
+            "{appended:?}"
+        );
+    });
+}
+
+/// Known bug (fixed): a `HEAD` that is not a head was overwritten by the
+/// next head recorded.
+#[test]
+fn a_head_garbled_while_the_store_is_open_is_never_overwritten() {
+    let (_dir, home, _) = closed_home_with(2);
+    block_on(async {
+        let head_path = home.join(agentic_store::sqlite::HEAD_FILE);
+        let store = open(&home);
+        std::fs::write(&head_path, "garbage\n").expect("garble HEAD");
+        store
+            .append(vec![new_event(json!({ "n": 3 }))], ExpectedVersion::Any)
+            .await
+            .expect("the commit stands");
+        drop(store); // records the newest head, or fails to
+
+        assert_eq!(text_of(&head_path), "garbage\n");
+        match SqliteStore::open(&home, SqliteOptions::default()) {
+            Err(StoreError::Corrupt { path, .. }) => assert!(path.ends_with("HEAD"), "{path}"),
+            Err(e) => panic!("expected HEAD to be refused as damaged, got {e}"),
+            Ok(_) => panic!("a garbled HEAD was accepted"),
+        }
+    });
+}
+
+/// When `HEAD` cannot be written (here a directory squats the name of the
+/// file it is written to before the rename, as running out of descriptors
+/// or disk space would fail it), the commit stands, the failure is reported,
+/// `HEAD` lags but says nothing false, and the head is recorded once writing
+/// works again.
+#[test]
+fn a_failed_head_write_keeps_the_commit_reports_the_failure_and_is_retried() {
+    let (_dir, home, records) = closed_home_with(2);
+    block_on(async {
+        let store = open(&home);
+        let obstacle = home.join(format!("HEAD.tmp.{}", std::process::id()));
+        std::fs::create_dir(&obstacle).expect("squat the temporary file's name");
+
+        let receipt = store
+            .append(vec![new_event(json!({ "n": 3 }))], ExpectedVersion::Any)
+            .await
+            .expect("the commit stands");
+        assert_eq!(receipt.last_seq, 3);
+        let err = store.record_head().expect_err("recording HEAD must fail");
+        assert!(
+            matches!(&err, StoreError::Io { path, .. } if path.contains("HEAD.tmp")),
+            "{err}"
+        );
+        assert_eq!(store.head_recording_failure(), Some(err));
+        let lagging = Some(ChainHead {
+            seq: 2,
+            hash: records[1].hash,
+        });
+        assert_eq!(store.recorded_head().expect("read HEAD"), lagging);
+
+        std::fs::remove_dir(&obstacle).expect("remove the obstacle");
+        store
+            .record_head()
+            .expect("recorded once writing works again");
+        assert_eq!(store.head_recording_failure(), None);
+        let head = store.head().await.expect("head");
+        assert_eq!(store.recorded_head().expect("read HEAD"), Some(head));
+
+        // A failure at close leaves HEAD lagging, and the home usable.
+        std::fs::create_dir(&obstacle).expect("squat again");
+        store
+            .append(vec![new_event(json!({ "n": 4 }))], ExpectedVersion::Any)
+            .await
+            .expect("the commit stands");
+        drop(store);
+        std::fs::remove_dir(&obstacle).expect("remove the obstacle");
+        let leftovers: Vec<_> = std::fs::read_dir(&home)
+            .expect("list the home")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("HEAD.tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let store = open(&home);
+        let report = store.verify().expect("a lagging HEAD verifies");
+        assert_eq!((report.events, report.recorded_head), (4, Some(head)));
+    });
 }
 
 // ---------------------------------------------------------------------------

@@ -4,6 +4,13 @@
 //! Appends go through one group-commit writer thread per process
 //! ([`writer`]); reads use a small pool of reader connections, which WAL lets
 //! run beside the writer. Several processes may open the same home at once.
+//!
+//! Opening checks, once, that the home has not lost its log: a missing or
+//! empty `lion.db` is a new log only in a home that holds no trace of an
+//! earlier one, and `HEAD` must not record more (or other) events than the
+//! log holds. A damaged home is refused before anything is written to it
+//! ([`StoreError::Corrupt`]). [`SqliteStore::open_read_only`] opens a home
+//! for checking it (verify, replay) without changing any of its files.
 
 mod agent_projection;
 mod checkpoint;
@@ -13,6 +20,7 @@ mod schema;
 mod writer;
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -25,13 +33,15 @@ use agentic_core::{
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use rusqlite::OptionalExtension;
 use rusqlite::{Connection, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 pub use head_file::HeadFile;
-use schema::DbFile;
+use head_file::{RecorderStatus, Recording};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+use schema::{DbFile, Layout, ReadOnly};
 pub use writer::CommitCounters;
 use writer::{Request, Writer};
 
@@ -54,6 +64,20 @@ const HOME_FILES: &[&str] = &[
     "plugins",
     "config.toml",
 ];
+
+/// Files a home holds only once it has had a log (besides a `HEAD.tmp.*`
+/// file and a WAL with content): one of them beside a missing or empty
+/// `lion.db` means the log was lost, not that the home is new. Not in the
+/// list: `HEAD.lock` (created before the database), `config.toml` (an
+/// operator may write it first), and an empty WAL or its index (what a
+/// creation interrupted by a crash leaves).
+const HISTORY_FILES: &[&str] = &[HEAD_FILE, "kernel.lock", "kernel.sock", "plugins"];
+
+/// Schema versions that added the task, plugin and agent projections (see
+/// the migrations in `schema`).
+const TASKS_SINCE: i32 = 2;
+const PLUGINS_SINCE: i32 = 3;
+const AGENTS_SINCE: i32 = 4;
 
 /// How often a waiting subscriber re-reads the log for commits made by other
 /// processes (commits of this process wake it at once).
@@ -107,62 +131,107 @@ pub struct VerifyReport {
 pub struct SqliteStore {
     home: PathBuf,
     head_path: PathBuf,
+    /// The writer's queue; `None` on a store opened read-only.
     requests: Option<mpsc::Sender<Request>>,
     head_rx: watch::Receiver<ChainHead>,
+    /// Keeps `head_rx` open on a read-only store, which has no writer.
+    _head_tx: Option<watch::Sender<ChainHead>>,
     readers: Arc<Readers>,
+    /// A shared lock on `HEAD.lock`, held while a read-only store reads
+    /// `lion.db` as an immutable file, so that no writer opens the home
+    /// meanwhile (see [`ReadOnly::Immutable`]). Declared after `readers`,
+    /// so it is released after their connections are closed.
+    _snapshot_lock: Option<File>,
     /// The writer thread, joined first on drop.
     writer: Option<JoinHandle<()>>,
     /// The checkpointer, stopped once the writer's connection is closed.
-    checkpointer: checkpoint::Checkpointer,
-    /// The HEAD recorder, which stops once the writer has.
+    checkpointer: Option<checkpoint::Checkpointer>,
+    /// The HEAD recorder, which stops once the writer and this store have
+    /// let go of its queue.
     recorder: Option<JoinHandle<()>>,
+    /// This store's way to the recorder, for [`SqliteStore::record_head`].
+    to_recorder: Option<std::sync::mpsc::Sender<Recording>>,
+    /// What the HEAD recorder could not record.
+    recorder_status: Option<Arc<RecorderStatus>>,
     stats: Arc<CommitCounters>,
 }
 
 /// The pool of reader connections, shared with blocking read tasks.
 struct Readers {
     db: DbFile,
+    /// How new connections are opened.
+    access: Access,
+    /// Schema version of the database: older than [`SCHEMA_VERSION`] only
+    /// on a store opened read-only, which migrates nothing.
+    version: i32,
     pool: Mutex<Vec<Connection>>,
+}
+
+/// How a store's reader connections reach the database.
+#[derive(Debug, Clone, Copy)]
+enum Access {
+    /// Ordinary connections, beside this process's writer.
+    ReadWrite,
+    /// Read-only connections that change no file (see [`ReadOnly`]).
+    ReadOnly(ReadOnly),
+    /// The home has no database yet: an empty store in memory, so that
+    /// reading it creates nothing.
+    Empty,
+}
+
+/// What a home's `lion.db` is, before SQLite opens it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DbState {
+    /// There is no database, or an empty file with no WAL content: opening
+    /// it starts a new log.
+    New,
+    /// There is a database (perhaps still all in its WAL).
+    Present,
 }
 
 impl SqliteStore {
     /// Opens the store in `home`, creating the directory and an empty store if
     /// there is none. Refuses, without changing anything, a directory that
-    /// holds other files, a database of another application or a damaged one.
+    /// holds other files, a database of another application or a damaged one
+    /// — including a home that lost its log: a missing or empty database
+    /// beside traces of an earlier one, or a log that `HEAD` says is missing
+    /// committed events or was rewritten. Those checks run here, once; they
+    /// cost appends nothing.
     pub fn open(home: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
         let db = DbFile {
             path: home.join(DB_FILE),
             busy_timeout: options.busy_timeout,
         };
         let head_path = home.join(HEAD_FILE);
-        let recognise = || -> Result<(), StoreError> {
-            prepare_home(home, &db.path, &head_path)?;
-            if db.path.exists() {
-                schema::check_file(&db.path)?;
-            }
-            Ok(())
-        };
         // First without creating anything (not even the lock file), so that
-        // what is not a lion home is left exactly as it was.
-        recognise()?;
+        // what is not a lion home, or one that lost its log, is left exactly
+        // as it was.
+        recognise(home, &db.path, true)?;
         let head_file = HeadFile::open(head_path.clone())?;
         // Openers take turns: SQLite refuses at once (without waiting for the
         // busy timeout) to switch a database to WAL while another connection
         // is creating it.
-        let conn = head_file.exclusive(|| {
-            recognise()?;
+        let (conn, head) = head_file.exclusive(|| {
+            if recognise(home, &db.path, true)? == DbState::Present {
+                check_before_writing(home, &db, &head_path)?;
+            }
             let mut conn = schema::connect(&db)?;
-            schema::initialise(&mut conn, &db)?;
-            Ok(conn)
+            schema::initialise(&mut conn, &db, || refuse_if_history(home, &db.path))?;
+            let head = check_recorded_head(&conn, &db, &head_path)?;
+            Ok((conn, head))
         })?;
-        let head = writer::read_head(&conn).map_err(|e| db.err(e))?;
         let mut conn = conn;
         conn.set_prepared_statement_cache_capacity(writer::STATEMENT_CACHE);
         let (checkpointer, recycler) =
             checkpoint::start(&mut conn, &db, options.wal_recycle_pages)?;
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(options.writer_queue.max(1));
-        let (head_recorder, recorder) = head_file::spawn_recorder(head_file)?;
+        let head_file::Recorder {
+            queue: head_recorder,
+            status: recorder_status,
+            thread: recorder,
+        } = head_file::spawn_recorder(head_file)?;
+        let to_recorder = Some(head_recorder.clone());
         let writer = Writer {
             conn,
             db: db.clone(),
@@ -192,15 +261,103 @@ impl SqliteStore {
             head_path,
             requests: Some(tx),
             head_rx,
+            _head_tx: None,
             readers: Arc::new(Readers {
                 db,
+                access: Access::ReadWrite,
+                version: SCHEMA_VERSION,
                 pool: Mutex::new(Vec::new()),
             }),
+            _snapshot_lock: None,
             writer: Some(handle),
-            checkpointer,
+            checkpointer: Some(checkpointer),
             recorder: Some(recorder),
+            to_recorder,
+            recorder_status: Some(recorder_status),
             stats,
         })
+    }
+
+    /// Opens the store in `home` for reading only — for checks (verify,
+    /// replay) that must not change what they check: no file of the home is
+    /// created, written, truncated or removed, not even SQLite's `-wal` and
+    /// `-shm` (see [`ReadOnly`]), and nothing is migrated. A home with no
+    /// database reads as an empty log; appends fail.
+    ///
+    /// Refuses what [`SqliteStore::open`] refuses before it writes (a
+    /// directory that is not a home, a file that is not a lion store, a
+    /// truncated file, a missing or empty database beside traces of a log);
+    /// the log's consistency with `HEAD` is left to [`SqliteStore::verify`]
+    /// and [`SqliteStore::replay`], which report it in detail.
+    pub fn open_read_only(home: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        let db = DbFile {
+            path: home.join(DB_FILE),
+            busy_timeout: options.busy_timeout,
+        };
+        let head_path = home.join(HEAD_FILE);
+        // Taken before looking at the WAL, so no writer can open the home
+        // (and start one) between that look and the end of the reading.
+        let lock = shared_home_lock(home)?;
+        let state = recognise(home, &db.path, false)?;
+        let mut access = Access::Empty;
+        let mut version = SCHEMA_VERSION;
+        let mut pool = Vec::new();
+        if state == DbState::Present {
+            match read_only_connection(&db)? {
+                (_, _, Layout::Empty) => refuse_if_history(home, &db.path)?,
+                (how, conn, Layout::Lion(v)) => {
+                    access = Access::ReadOnly(how);
+                    version = v;
+                    pool.push(conn);
+                }
+            }
+        }
+        let keep_lock = matches!(access, Access::ReadOnly(ReadOnly::Immutable));
+        let readers = Readers {
+            db,
+            access,
+            version,
+            pool: Mutex::new(pool),
+        };
+        let head = readers.with_head()?;
+        let (head_tx, head_rx) = watch::channel(head);
+        Ok(Self {
+            home: home.to_path_buf(),
+            head_path,
+            requests: None,
+            head_rx,
+            _head_tx: Some(head_tx),
+            readers: Arc::new(readers),
+            _snapshot_lock: lock.filter(|_| keep_lock),
+            writer: None,
+            checkpointer: None,
+            recorder: None,
+            to_recorder: None,
+            recorder_status: None,
+            stats: Arc::default(),
+        })
+    }
+
+    /// Records the newest head this store committed in `HEAD` now, instead
+    /// of within the recorder's interval, and says whether `HEAD` records it
+    /// (or a newer one). Blocks until the recorder has tried; on a read-only
+    /// store there is nothing to record.
+    pub fn record_head(&self) -> Result<(), StoreError> {
+        let Some(to_recorder) = &self.to_recorder else {
+            return Ok(());
+        };
+        let (reply, answer) = std::sync::mpsc::channel();
+        to_recorder
+            .send(Recording::Flush(reply))
+            .map_err(|_| StoreError::Closed)?;
+        answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Why the newest committed head is not recorded in `HEAD`, if this
+    /// store failed to record it (`None` once a later attempt succeeded, and
+    /// on a read-only store). The commits themselves stand: `HEAD` only lags.
+    pub fn head_recording_failure(&self) -> Option<StoreError> {
+        self.recorder_status.as_ref().and_then(|s| s.failure())
     }
 
     /// The home directory this store lives in.
@@ -285,8 +442,19 @@ impl SqliteStore {
     ///
     /// Reading runs on a second thread, overlapping with folding on the
     /// calling one; it reads the whole log.
+    ///
+    /// With `verify_chain`, the log is also checked against the head
+    /// recorded in `HEAD` (as [`SqliteStore::verify`] does), so a log cut
+    /// short does not replay as if it were whole.
     pub fn replay(&self, verify_chain: bool) -> Result<(State, u64), StoreError> {
-        let length = self.readers.with(writer::read_head)?.seq;
+        // HEAD first: it never leads the log, so the log read after it is
+        // at least as long.
+        let recorded = if verify_chain {
+            self.recorded_head()?
+        } else {
+            None
+        };
+        let length = self.readers.with_head()?.seq;
         let mut state = State::with_capacity(usize::try_from(length).unwrap_or(0));
         let mut count = 0u64;
         let readers = &self.readers;
@@ -301,7 +469,7 @@ impl SqliteStore {
             // free (see `pipeline`); errors still come out in log order.
             pipeline(
                 |emit| {
-                    let mut verifier = ChainVerifier::new();
+                    let mut verifier = ChainVerifier::watching(recorded.map_or(0, |h| h.seq));
                     let mut broken = None;
                     readers.scan(1, |e| match verifier.check_link(&e) {
                         Ok(()) => emit(Replayed::Unsealed(e)),
@@ -310,7 +478,10 @@ impl SqliteStore {
                             false
                         }
                     })?;
-                    broken.map_or(Ok(()), |e| Err(e.into()))
+                    match broken {
+                        Some(e) => Err(e.into()),
+                        None => verifier.finish(recorded).map(|_| ()).map_err(Into::into),
+                    }
                 },
                 Replayed::decode_here,
                 &mut fold,
@@ -351,7 +522,12 @@ impl SqliteStore {
     }
 
     fn sender(&self) -> Result<&mpsc::Sender<Request>, StoreError> {
-        self.requests.as_ref().ok_or(StoreError::Closed)
+        self.requests.as_ref().ok_or_else(|| {
+            StoreError::Backend(format!(
+                "the store of {} is open for reading only",
+                self.home.display()
+            ))
+        })
     }
 
     /// Runs a read on a blocking thread, off the async runtime.
@@ -376,7 +552,7 @@ impl Readers {
             .pop();
         let conn = match pooled {
             Some(c) => c,
-            None => schema::connect(&self.db)?,
+            None => self.connect()?,
         };
         let result = f(&conn).map_err(|e| self.db.err(e));
         self.pool
@@ -384,6 +560,20 @@ impl Readers {
             .unwrap_or_else(PoisonError::into_inner)
             .push(conn);
         result
+    }
+
+    /// A new connection, as this store's access allows.
+    fn connect(&self) -> Result<Connection, StoreError> {
+        match self.access {
+            Access::ReadWrite => schema::connect(&self.db),
+            Access::ReadOnly(how) => schema::connect_read_only(&self.db, how),
+            Access::Empty => schema::empty_in_memory(&self.db),
+        }
+    }
+
+    /// The newest record's (seq, hash).
+    fn with_head(&self) -> Result<ChainHead, StoreError> {
+        self.with(|conn| Ok(writer::read_head(conn, &self.db)))?
     }
 
     /// Calls `f` with every record from seq `from` on, until it returns false.
@@ -469,6 +659,11 @@ impl Readers {
                     }
                 }
             }
+            // A store opened read-only is not migrated: a projection its
+            // schema does not have yet is empty (its lion wrote no such event).
+            if self.version < TASKS_SINCE {
+                return Ok(state);
+            }
             let mut stmt = tx.prepare_cached("SELECT record FROM tasks ORDER BY seq")?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
@@ -481,8 +676,14 @@ impl Readers {
                     }
                 }
             }
+            if self.version < PLUGINS_SINCE {
+                return Ok(state);
+            }
             if let Err(reason) = plugin_projection::load(&tx, &mut state) {
                 bad = Some(format!("plugins projection: {reason}"));
+            }
+            if self.version < AGENTS_SINCE {
+                return Ok(state);
             }
             if let Err(reason) = agent_projection::load(&tx, &mut state) {
                 bad = Some(format!("agents projection: {reason}"));
@@ -534,7 +735,10 @@ impl Drop for SqliteStore {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
-        self.checkpointer.stop();
+        if let Some(checkpointer) = &mut self.checkpointer {
+            checkpointer.stop();
+        }
+        self.to_recorder.take();
         if let Some(recorder) = self.recorder.take() {
             let _ = recorder.join();
         }
@@ -649,42 +853,246 @@ fn apply(state: &mut State, seq: u64, event: SystemEvent) -> Result<(), StoreErr
     })
 }
 
-/// Creates the home if needed and refuses directories that are not homes.
-fn prepare_home(home: &Path, db: &Path, head: &Path) -> Result<(), StoreError> {
+/// Looks at a home before SQLite opens its database: creates the directory
+/// if `create` (else a missing one is a new home), refuses a directory that is
+/// not a lion home, a home that lost its log (a missing or empty database
+/// beside traces of one) and a database file that is not SQLite or is cut
+/// short. Changes nothing else.
+fn recognise(home: &Path, db: &Path, create: bool) -> Result<DbState, StoreError> {
     let io = |p: &Path, e: std::io::Error| StoreError::Io {
         path: p.display().to_string(),
         message: e.to_string(),
     };
-    std::fs::create_dir_all(home).map_err(|e| io(home, e))?;
-    if db.exists() {
-        return Ok(());
+    if create {
+        std::fs::create_dir_all(home).map_err(|e| io(home, e))?;
+    } else if !home.exists() {
+        return Ok(DbState::New);
     }
-    if let Some(recorded) = head_file::read(head)? {
-        return Err(StoreError::Corrupt {
-            path: db.display().to_string(),
-            reason: format!(
-                "the database is missing, but HEAD records {} events: the log was deleted",
-                recorded.seq
-            ),
-        });
-    }
-    let entries = std::fs::read_dir(home).map_err(|e| io(home, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| io(home, e))?;
-        let name = entry.file_name();
-        let ours = HOME_FILES.iter().any(|f| name == *f)
-            || name.to_string_lossy().starts_with(head_file::TMP_PREFIX);
-        if !ours {
-            return Err(StoreError::NotAStore {
-                path: home.display().to_string(),
-                reason: format!(
-                    "the directory holds other files (e.g. {}) and no {DB_FILE}",
-                    name.to_string_lossy()
-                ),
-            });
+    let len = match std::fs::metadata(db) {
+        Ok(meta) => Some(meta.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(db, e)),
+    };
+    match len {
+        Some(0) if !schema::wal_has_content(db) => {
+            refuse_if_history(home, db)?;
+            Ok(DbState::New)
+        }
+        Some(_) => {
+            schema::check_file(db)?;
+            Ok(DbState::Present)
+        }
+        None => {
+            refuse_if_history(home, db)?;
+            let entries = std::fs::read_dir(home).map_err(|e| io(home, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| io(home, e))?;
+                let name = entry.file_name();
+                let ours = HOME_FILES.iter().any(|f| name == *f)
+                    || name.to_string_lossy().starts_with(head_file::TMP_PREFIX);
+                if !ours {
+                    return Err(StoreError::NotAStore {
+                        path: home.display().to_string(),
+                        reason: format!(
+                            "the directory holds other files (e.g. {}) and no {DB_FILE}",
+                            name.to_string_lossy()
+                        ),
+                    });
+                }
+            }
+            Ok(DbState::New)
         }
     }
-    Ok(())
+}
+
+/// Refuses to start a new log in `home` (its database `db` is missing or
+/// holds nothing) if the home holds a trace of an earlier one: `HEAD`, a
+/// WAL with content, or one of [`HISTORY_FILES`]. Only a new home starts a
+/// new log; anything else lost its log, and writing a new one would hide it.
+fn refuse_if_history(home: &Path, db: &Path) -> Result<(), StoreError> {
+    let (what, how) = match std::fs::metadata(db) {
+        Ok(meta) if meta.len() == 0 => ("is empty (0 bytes)", "truncated"),
+        Ok(_) => ("holds no log (no tables)", "replaced"),
+        Err(_) => ("is missing", "deleted"),
+    };
+    let lost = |reason: String| StoreError::Corrupt {
+        path: db.display().to_string(),
+        reason: format!("{reason}; restore the home from a backup"),
+    };
+    let head = home.join(HEAD_FILE);
+    if let Some(recorded) = head_file::read(&head)? {
+        return Err(lost(format!(
+            "the database {what}, but {} records {} events: the log was {how}",
+            head.display(),
+            recorded.seq
+        )));
+    }
+    let wal = schema::sibling(db, "-wal");
+    let mut trace = schema::wal_has_content(db).then_some(wal);
+    if trace.is_none() && home.is_dir() {
+        let entries = std::fs::read_dir(home).map_err(|e| head_file::io_error(home, &e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| head_file::io_error(home, &e))?;
+            let name = entry.file_name();
+            if HISTORY_FILES.iter().any(|f| name == *f)
+                || name.to_string_lossy().starts_with(head_file::TMP_PREFIX)
+            {
+                trace = Some(entry.path());
+                break;
+            }
+        }
+    }
+    match trace {
+        Some(path) => Err(lost(format!(
+            "the database {what}, but the home holds {}, left by an earlier lion: \
+             its log was {how}",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Checks the log against the head recorded in `HEAD` and returns the log's
+/// head: a log that ends before `HEAD` lost committed events (a truncated or
+/// replaced database, a WAL deleted after a crash), and one whose record at
+/// `HEAD`'s position has another hash was rewritten. Either is refused, so
+/// that nothing is appended to it. One indexed read; run once, at open.
+fn check_recorded_head(
+    conn: &Connection,
+    db: &DbFile,
+    head_path: &Path,
+) -> Result<ChainHead, StoreError> {
+    // HEAD first: it never leads the log, so the log read after it is at
+    // least as long, whatever other processes commit meanwhile.
+    let recorded = head_file::read(head_path)?;
+    let head = writer::read_head(conn, db)?;
+    let Some(recorded) = recorded else {
+        return Ok(head);
+    };
+    let damaged = |reason: String| StoreError::Corrupt {
+        path: db.path.display().to_string(),
+        reason,
+    };
+    if recorded.seq > head.seq {
+        return Err(damaged(format!(
+            "its log ends at seq {}, but {} records seq {}: committed events are missing \
+             (the database was truncated or replaced, or its -wal deleted after a crash); \
+             restore the home from a backup",
+            head.seq,
+            head_path.display(),
+            recorded.seq
+        )));
+    }
+    let stored: Option<Hash> = if recorded.seq == 0 {
+        Some(Hash::GENESIS)
+    } else {
+        conn.prepare_cached("SELECT hash FROM events WHERE seq = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row([recorded.seq as i64], |r| {
+                    Ok(r.get_ref(0)?
+                        .as_blob()
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .map(Hash))
+                })
+                .optional()
+            })
+            .map_err(|e| db.err(e))?
+            .flatten()
+    };
+    if stored != Some(recorded.hash) {
+        return Err(damaged(format!(
+            "its record at seq {} is not the one {} records: the log was rewritten; \
+             restore the home from a backup",
+            recorded.seq,
+            head_path.display()
+        )));
+    }
+    Ok(head)
+}
+
+/// Runs the checks of a present database ([`check_recorded_head`], and
+/// [`refuse_if_history`] for one with no tables) on a read-only connection,
+/// before the writable one opens it: closing that one (the last connection)
+/// would copy the WAL into `lion.db` and remove it, changing a home that is
+/// about to be refused. The caller holds `HEAD.lock`, so no writer opens the
+/// home meanwhile. When the database cannot be read without changing a file
+/// (a WAL with content but no index), the checks are left to the writable
+/// connection, after SQLite's recovery of that WAL (which loses nothing).
+fn check_before_writing(home: &Path, db: &DbFile, head_path: &Path) -> Result<(), StoreError> {
+    match read_only_connection(db) {
+        Ok((_, _, Layout::Empty)) => refuse_if_history(home, &db.path),
+        Ok((_, conn, Layout::Lion(_))) => check_recorded_head(&conn, db, head_path).map(|_| ()),
+        Err(StoreError::Io { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Times a read-only open looks again when the WAL and its index change
+/// under it: a store closing elsewhere removes both (the index first) within
+/// microseconds, and no store can open meanwhile (the caller holds
+/// `HEAD.lock`), so the files settle at once; a state that lasts (a WAL
+/// without its index) is reported.
+const READ_ONLY_ATTEMPTS: usize = 5;
+/// Pause between those looks.
+const READ_ONLY_PAUSE: Duration = Duration::from_millis(2);
+
+/// Opens a read-only connection that changes no file (see [`ReadOnly`]),
+/// chosen by the files present, and reads the database's layout through it.
+fn read_only_connection(db: &DbFile) -> Result<(ReadOnly, Connection, Layout), StoreError> {
+    let mut attempt = 1;
+    loop {
+        let opened = read_only_mode(&db.path).and_then(|how| {
+            let conn = schema::connect_read_only(db, how)?;
+            let layout = schema::layout(&conn, db)?;
+            Ok((how, conn, layout))
+        });
+        match opened {
+            Err(StoreError::Io { .. }) if attempt < READ_ONLY_ATTEMPTS => {
+                attempt += 1;
+                std::thread::sleep(READ_ONLY_PAUSE);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A shared lock on the home's `HEAD.lock`, which openers take exclusively:
+/// held, it keeps writers from opening the home. `None` if there is no lock
+/// file (it is not created: a read-only open creates nothing).
+fn shared_home_lock(home: &Path) -> Result<Option<File>, StoreError> {
+    let path = home.join(HEAD_FILE).with_extension("lock");
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(head_file::io_error(&path, &e)),
+    };
+    file.lock_shared()
+        .map_err(|e| head_file::io_error(&path, &e))?;
+    Ok(Some(file))
+}
+
+/// How a read-only store reads a present database (see [`ReadOnly`]).
+fn read_only_mode(db: &Path) -> Result<ReadOnly, StoreError> {
+    let wal = schema::sibling(db, "-wal");
+    let shm = schema::sibling(db, "-shm");
+    let wal_len = std::fs::metadata(&wal).map(|m| m.len()).ok();
+    match (wal_len, shm.exists()) {
+        // No WAL, or an empty one without its index: nobody has the
+        // database open, and `lion.db` holds the whole log.
+        (None, _) | (Some(0), false) => Ok(ReadOnly::Immutable),
+        (Some(_), true) => Ok(ReadOnly::Wal),
+        (Some(_), false) => Err(StoreError::Io {
+            path: shm.display().to_string(),
+            message: format!(
+                "missing, while {} holds commits not yet copied into {DB_FILE}: reading them \
+                 read-only would have to create it; open the home once with another lion \
+                 command (e.g. `lion events list --limit 1`), which recovers the WAL, then \
+                 check again",
+                wal.display()
+            ),
+        }),
+    }
 }
 
 const SELECT_EVENTS: &str = "SELECT seq, event_id, stream, stream_version, recorded_at, \
@@ -811,7 +1219,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn head(&self) -> Result<ChainHead, StoreError> {
-        self.read(|r| r.with(writer::read_head)).await
+        self.read(Readers::with_head).await
     }
 
     async fn wait_for_events(&self, seq: u64) -> Result<(), StoreError> {

@@ -1,6 +1,7 @@
 //! Opening a home's `lion.db`: recognising (or creating) a lion store,
 //! refusing anything else without touching it, and the connection settings
-//! every connection runs with.
+//! every connection runs with — including the read-only ones, which change
+//! no file of the home (see [`ReadOnly`]).
 
 use std::fs;
 use std::io::Read;
@@ -155,11 +156,77 @@ pub fn check_file(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Path of a file SQLite keeps beside the database: `suffix` is `-wal` or `-shm`.
+pub fn sibling(db: &Path, suffix: &str) -> PathBuf {
+    let mut path = db.as_os_str().to_owned();
+    path.push(suffix);
+    PathBuf::from(path)
+}
+
 /// Whether the database's WAL file exists and is not empty.
-fn wal_has_content(db: &Path) -> bool {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    fs::metadata(wal).is_ok_and(|m| m.len() > 0)
+pub fn wal_has_content(db: &Path) -> bool {
+    fs::metadata(sibling(db, "-wal")).is_ok_and(|m| m.len() > 0)
+}
+
+/// How a read-only connection reads the database without writing, creating
+/// or truncating any file of the home. (A plain read-only SQLite connection
+/// creates `-wal` and `-shm` files when they are missing, writes its read
+/// marks into `-shm`, and leaves both behind.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOnly {
+    /// There is no WAL with content: `lion.db` alone holds the whole log.
+    /// It is read as an immutable file (`immutable=1`): no SQLite lock, no
+    /// `-wal` or `-shm` opened or created. SQLite's locks do not protect
+    /// such a reader, so the caller keeps writers from opening the home
+    /// meanwhile (a shared lock on `HEAD.lock`, which openers take
+    /// exclusively); with no WAL, no writer has it open.
+    Immutable,
+    /// A WAL and its index exist (a store is open, or one crashed): read
+    /// them through SQLite's read-only WAL support, with the index opened
+    /// read-only (`readonly_shm=1`), so neither file is written.
+    Wal,
+}
+
+/// Opens a read-only connection to the database (see [`ReadOnly`]).
+pub fn connect_read_only(db: &DbFile, how: ReadOnly) -> Result<Connection, StoreError> {
+    let query = match how {
+        ReadOnly::Immutable => "mode=ro&immutable=1",
+        ReadOnly::Wal => "mode=ro&readonly_shm=1",
+    };
+    let absolute = std::path::absolute(&db.path).map_err(|e| io_error(&db.path, &e))?;
+    let uri = format!("file:{}?{query}", uri_path(&absolute));
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(uri, flags).map_err(|e| db.err(e))?;
+    conn.busy_timeout(db.busy_timeout).map_err(|e| db.err(e))?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(|e| db.err(e))?;
+    Ok(conn)
+}
+
+/// A path as the path of an SQLite `file:` URI: every byte but unreserved
+/// ASCII and `/` percent-encoded (SQLite decodes `%HH` in the path).
+fn uri_path(path: &Path) -> String {
+    use std::fmt::Write as _;
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// A connection to an empty store in memory: what a home with no database
+/// yet reads as, without creating one.
+pub fn empty_in_memory(db: &DbFile) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open_in_memory().map_err(|e| db.err(e))?;
+    initialise(&mut conn, db, || Ok(()))?;
+    Ok(conn)
 }
 
 /// Opens a connection with the settings every store connection runs with:
@@ -191,10 +258,51 @@ pub fn connect(db: &DbFile) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Makes sure the database is a lion store at [`SCHEMA_VERSION`], creating
-/// the tables in a new, empty database. Anything else is refused unchanged.
-pub fn initialise(conn: &mut Connection, db: &DbFile) -> Result<(), StoreError> {
+/// What a database holds, as far as lion is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Nothing at all: no tables, no application id (a new database).
+    Empty,
+    /// A lion store at this schema version (at most [`SCHEMA_VERSION`]).
+    Lion(i32),
+}
+
+/// Reads what the database holds; refuses, naming why, a database of
+/// another application, of a newer lion, or of an unknown schema version.
+pub fn layout(conn: &Connection, db: &DbFile) -> Result<Layout, StoreError> {
     let path = db.path.as_path();
+    let (app_id, version) = ids(conn, db)?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(|e| db.err(e))?;
+    let not_a_store = |reason: String| StoreError::NotAStore {
+        path: path.display().to_string(),
+        reason,
+    };
+    match (app_id, version) {
+        (0, 0) if tables == 0 => Ok(Layout::Empty),
+        (APPLICATION_ID, v) if (1..=SCHEMA_VERSION).contains(&v) => Ok(Layout::Lion(v)),
+        (APPLICATION_ID, v) if v > SCHEMA_VERSION => Err(not_a_store(format!(
+            "it was written by a newer lion (schema {v}; this lion knows up to {SCHEMA_VERSION})"
+        ))),
+        (APPLICATION_ID, v) => Err(StoreError::Corrupt {
+            path: path.display().to_string(),
+            reason: format!("unknown schema version {v}"),
+        }),
+        _ => Err(not_a_store(
+            "it is an SQLite database of another application".into(),
+        )),
+    }
+}
+
+/// Makes sure the database is a lion store at [`SCHEMA_VERSION`], creating
+/// the tables in a new, empty database — once `may_start_log` agrees that a
+/// new log may be started there. Anything else is refused unchanged.
+pub fn initialise(
+    conn: &mut Connection,
+    db: &DbFile,
+    may_start_log: impl FnOnce() -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let (app_id, version) = ids(conn, db)?;
     if app_id == APPLICATION_ID && version == SCHEMA_VERSION {
         return Ok(());
@@ -203,39 +311,16 @@ pub fn initialise(conn: &mut Connection, db: &DbFile) -> Result<(), StoreError> 
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(|e| db.err(e))?;
     // Read again under the write lock: another process may have just created it.
-    let (app_id, version) = ids(&tx, db)?;
-    let tables: i64 = tx
-        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
-        .map_err(|e| db.err(e))?;
-    let not_a_store = |reason: String| StoreError::NotAStore {
-        path: path.display().to_string(),
-        reason,
-    };
-    match (app_id, version) {
-        (APPLICATION_ID, SCHEMA_VERSION) => {}
-        (0, 0) if tables == 0 => {
+    match layout(&tx, db)? {
+        Layout::Empty => {
+            may_start_log()?;
             tx.execute_batch(SCHEMA).map_err(|e| db.err(e))?;
             tx.pragma_update(None, "application_id", APPLICATION_ID)
                 .map_err(|e| db.err(e))?;
             migrate(&tx, db, 1)?;
         }
-        (APPLICATION_ID, v) if (1..SCHEMA_VERSION).contains(&v) => migrate(&tx, db, v)?,
-        (APPLICATION_ID, v) if v > SCHEMA_VERSION => {
-            return Err(not_a_store(format!(
-                "it was written by a newer lion (schema {v}; this lion knows up to {SCHEMA_VERSION})"
-            )));
-        }
-        (APPLICATION_ID, v) => {
-            return Err(StoreError::Corrupt {
-                path: path.display().to_string(),
-                reason: format!("unknown schema version {v}"),
-            });
-        }
-        _ => {
-            return Err(not_a_store(
-                "it is an SQLite database of another application".into(),
-            ));
-        }
+        Layout::Lion(v) if v < SCHEMA_VERSION => migrate(&tx, db, v)?,
+        Layout::Lion(_) => {}
     }
     tx.commit().map_err(|e| db.err(e))
 }

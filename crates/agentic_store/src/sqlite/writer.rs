@@ -42,6 +42,7 @@ use tracing::debug_span;
 use uuid::Uuid;
 
 use super::checkpoint::Recycler;
+use super::head_file::Recording;
 use super::schema::DbFile;
 use super::{agent_projection, plugin_projection};
 
@@ -70,7 +71,7 @@ pub(crate) struct Writer {
     /// The database file, for error messages.
     pub db: DbFile,
     /// Records each committed head in the home's `HEAD` file.
-    pub head_recorder: std::sync::mpsc::Sender<ChainHead>,
+    pub head_recorder: std::sync::mpsc::Sender<Recording>,
     /// Restarts the WAL from the writer's side once the checkpointer has
     /// copied most of it (see [`Recycler`]).
     pub recycler: Recycler,
@@ -170,12 +171,14 @@ impl Writer {
                         })
                         .collect(),
                 );
-                batch.send_from(runtime);
+                // The head goes to the recorder before the acknowledgements,
+                // so that a flush asked for after one finds it there.
                 if head.seq > before {
                     self.head_tx.send_replace(head);
                     // The recorder outlives the writer; if it died, HEAD lags.
-                    let _ = self.head_recorder.send(head);
+                    let _ = self.head_recorder.send(Recording::Head(head));
                 }
+                batch.send_from(runtime);
             }
             Err(e) => {
                 for r in requests {
@@ -226,7 +229,7 @@ impl Writer {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| db.err(e))?;
-            let head = read_head(&tx).map_err(|e| db.err(e))?;
+            let head = read_head(&tx, &db)?;
             if self.last_head != Some(head) || self.streams.len() > STREAM_CACHE_MAX {
                 self.streams.clear(); // another process wrote, or the cache is full
             }
@@ -1104,18 +1107,48 @@ pub(super) fn is_unique_violation(e: &rusqlite::Error, column: &str) -> bool {
 }
 
 /// The newest record's (seq, hash), read inside the caller's transaction.
-pub(crate) fn read_head(conn: &Connection) -> rusqlite::Result<ChainHead> {
-    conn.prepare_cached("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| {
-            let seq: i64 = r.get(0)?;
-            let hash: Vec<u8> = r.get(1)?;
-            Ok(ChainHead {
-                seq: seq as u64,
-                hash: Hash(hash.try_into().unwrap_or([0; 32])),
+/// A stored hash that is not 32 bytes, or a position below 1, is damage: an
+/// error naming the database, never a made-up head.
+pub(crate) fn read_head(conn: &Connection, db: &DbFile) -> Result<ChainHead, StoreError> {
+    let newest = conn
+        .prepare_cached("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut stmt| {
+            stmt.query_row([], |r| {
+                let seq: i64 = r.get(0)?;
+                let hash = r.get_ref(1)?.as_blob().map(<[u8]>::to_vec);
+                Ok((seq, hash))
             })
+            .optional()
         })
-        .optional()
-        .map(Option::unwrap_or_default)
+        .map_err(|e| db.err(e))?;
+    let Some((seq, hash)) = newest else {
+        return Ok(ChainHead::EMPTY);
+    };
+    let corrupt = |reason: String| StoreError::Corrupt {
+        path: db.path.display().to_string(),
+        reason,
+    };
+    let seq = u64::try_from(seq)
+        .ok()
+        .filter(|s| *s >= 1)
+        .ok_or_else(|| corrupt(format!("the newest record has position {seq}, below 1")))?;
+    let hash: [u8; 32] = match hash {
+        Ok(bytes) => bytes.try_into().map_err(|b: Vec<u8>| {
+            corrupt(format!(
+                "the hash of the newest record (seq {seq}) is {} bytes, not 32",
+                b.len()
+            ))
+        })?,
+        Err(_) => {
+            return Err(corrupt(format!(
+                "the hash of the newest record (seq {seq}) is not a blob"
+            )));
+        }
+    };
+    Ok(ChainHead {
+        seq,
+        hash: Hash(hash),
+    })
 }
 
 #[cfg(test)]
