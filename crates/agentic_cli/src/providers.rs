@@ -7,16 +7,29 @@
 //! (pulled on first use). The API key comes only from `LION_LLM_API_KEY`
 //! and is never stored. A running kernel resolves with its own environment,
 //! inline sends with the sender's.
+//!
+//! The key belongs to the server the operator configured beside it
+//! (`LION_LLM_BASE_URL`, else `[llm] base_url`): it is sent only to that
+//! server (compared as parsed URLs: scheme, host, port, path prefix). An
+//! agent whose recorded `--base-url` names another server runs without the
+//! key, with a warning saying why, so that whoever can append an
+//! `agent_spawned` event cannot send the key elsewhere; a server that needs
+//! a key then refuses with 401, while a keyless one (a local Ollama beside
+//! a hosted default) still works. The timeouts of the requests to a server
+//! come from `[llm]` too (`connect_timeout_secs`, `response_timeout_secs`,
+//! `idle_timeout_secs`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use agentic_core::llm::{AgentSpec, LlmError, ProviderResolver, ResolvedProvider};
 use agentic_llm::local::pull::SPEC_PREFIX;
 use agentic_llm::local::{
     DEFAULT_MODEL, LocalConfig, LocalError, LocalProvider, ModelSpec, parse_spec,
 };
+use agentic_llm::openai::same_server;
 use agentic_llm::{ApiKey, OpenAiConfig, OpenAiProvider};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
@@ -49,8 +62,13 @@ impl HomeProviders {
     pub fn describe(&self, spec: &AgentSpec) -> Result<String> {
         Ok(match Settings::resolve(&self.home, spec) {
             Ok(Settings::Server {
-                base_url, model, ..
-            }) => format!("model {model} at {base_url}"),
+                config,
+                model,
+                withheld,
+            }) => match withheld {
+                Some(why) => format!("model {model} at {}; {why}", config.base_url),
+                None => format!("model {model} at {}", config.base_url),
+            },
             Ok(Settings::Local { model }) => {
                 if let ModelSpec::File(path) = parse_spec(&model)?
                     && !path.is_file()
@@ -68,19 +86,19 @@ impl HomeProviders {
     fn choose(&self, spec: &AgentSpec) -> Result<ResolvedProvider> {
         match Settings::resolve(&self.home, spec)? {
             Settings::Server {
-                base_url,
+                config,
                 model,
-                api_key,
+                withheld,
             } => {
-                let provider = OpenAiProvider::new(OpenAiConfig {
-                    base_url: base_url.clone(),
-                    api_key,
-                    max_retries: 2,
-                })?;
+                if let Some(why) = withheld {
+                    tracing::warn!("{why}");
+                }
+                let location = config.base_url.clone();
+                let provider = OpenAiProvider::new(config)?;
                 Ok(ResolvedProvider {
                     provider: Arc::new(provider),
                     model,
-                    location: base_url,
+                    location,
                 })
             }
             Settings::Local { model } => {
@@ -140,9 +158,11 @@ fn local_provider(model: &str) -> Result<LocalProvider> {
 enum Settings {
     /// An OpenAI-compatible server.
     Server {
-        base_url: String,
+        /// Where, with the key if it belongs there, and the timeouts.
+        config: OpenAiConfig,
         model: String,
-        api_key: Option<ApiKey>,
+        /// Why the configured key is not sent to this server, if it is not.
+        withheld: Option<String>,
     },
     /// The embedded local model (`local:…`).
     Local { model: String },
@@ -161,6 +181,78 @@ struct ConfigFile {
 struct LlmSection {
     base_url: Option<String>,
     model: Option<String>,
+    /// [`OpenAiConfig::connect_timeout`], in seconds.
+    connect_timeout_secs: Option<u64>,
+    /// [`OpenAiConfig::response_timeout`], in seconds.
+    response_timeout_secs: Option<u64>,
+    /// [`OpenAiConfig::idle_timeout`], in seconds.
+    idle_timeout_secs: Option<u64>,
+}
+
+impl LlmSection {
+    /// A server's settings: `base_url` with `api_key` and these timeouts.
+    fn server(
+        &self,
+        base_url: String,
+        api_key: Option<ApiKey>,
+        path: &Path,
+    ) -> Result<OpenAiConfig> {
+        let mut config = OpenAiConfig {
+            api_key,
+            ..OpenAiConfig::new(base_url)
+        };
+        for (key, value, field) in [
+            (
+                "connect_timeout_secs",
+                self.connect_timeout_secs,
+                &mut config.connect_timeout,
+            ),
+            (
+                "response_timeout_secs",
+                self.response_timeout_secs,
+                &mut config.response_timeout,
+            ),
+            (
+                "idle_timeout_secs",
+                self.idle_timeout_secs,
+                &mut config.idle_timeout,
+            ),
+        ] {
+            match value {
+                Some(0) => bail!("{}: [llm] {key} must be at least 1", path.display()),
+                Some(secs) => *field = Duration::from_secs(secs),
+                None => {}
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// The API key for `base_url`: the configured key if `base_url` is the
+/// server configured with it (`configured`), else none and why.
+fn key_for(
+    key: Option<ApiKey>,
+    configured: Option<&str>,
+    base_url: &str,
+) -> (Option<ApiKey>, Option<String>) {
+    match (key, configured) {
+        (None, _) => (None, None),
+        (Some(key), Some(server)) if same_server(server, base_url) => (Some(key), None),
+        (Some(_), Some(server)) => (
+            None,
+            Some(format!(
+                "{API_KEY_ENV} is not sent to {base_url}: it is only sent to {server}, the server \
+                 configured with it"
+            )),
+        ),
+        (Some(_), None) => (
+            None,
+            Some(format!(
+                "{API_KEY_ENV} is not sent to {base_url}: it is only sent to the server configured \
+                 with it ({BASE_URL_ENV} or base_url under [llm]), and none is"
+            )),
+        ),
+    }
 }
 
 impl Settings {
@@ -180,23 +272,28 @@ impl Settings {
             Err(e) => return Err(e).with_context(|| path.display().to_string()),
         };
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let base_url = spec
-            .base_url
-            .clone()
-            .or_else(|| env(BASE_URL_ENV))
-            .or(file.llm.base_url);
+        // The server the operator configured, which the API key belongs to.
+        let configured = env(BASE_URL_ENV).or(file.llm.base_url.clone());
+        let base_url = spec.base_url.clone().or(configured.clone());
         let model = spec
             .model
             .clone()
             .or_else(|| env(MODEL_ENV))
-            .or(file.llm.model);
+            .or(file.llm.model.clone());
         match (base_url, model) {
             (_, Some(model)) if model.starts_with(SPEC_PREFIX) => Ok(Self::Local { model }),
-            (Some(base_url), Some(model)) => Ok(Self::Server {
-                base_url,
-                model,
-                api_key: env(API_KEY_ENV).map(ApiKey::new),
-            }),
+            (Some(base_url), Some(model)) => {
+                let (api_key, withheld) = key_for(
+                    env(API_KEY_ENV).map(ApiKey::new),
+                    configured.as_deref(),
+                    &base_url,
+                );
+                Ok(Self::Server {
+                    config: file.llm.server(base_url, api_key, &path)?,
+                    model,
+                    withheld,
+                })
+            }
             (Some(_), None) => bail!(
                 "no model is configured for the LLM server: set {MODEL_ENV}, put model under \
                  [llm] in {}, or spawn the agent with --model",

@@ -3,7 +3,8 @@
 //!
 //! - [`openai`] — the OpenAI-compatible chat-completions protocol with SSE
 //!   streaming (OpenAI, Ollama, vLLM, llama.cpp's server, LM Studio).
-//! - [`sse`] — the server-sent-events parser it reads streams with.
+//! - [`sse`] — the server-sent-events reader it reads streams with, bounded
+//!   per event.
 //! - [`local`] — the embedded local model: a GGUF chat model run in-process
 //!   on the CPU, and the per-user cache it is pulled into.
 

@@ -1,9 +1,22 @@
 //! The OpenAI-compatible chat-completions protocol with SSE streaming, as
 //! OpenAI, Ollama, vLLM, llama.cpp's server and LM Studio speak it.
 //!
-//! Errors before the stream starts are retried where that is safe (a refused
-//! connection, 429 with its `retry-after`, 5xx); nothing is retried once a
-//! chunk has been delivered, since the caller has already seen it.
+//! Every wait is bounded ([`OpenAiConfig`]): the connection
+//! ([`DEFAULT_CONNECT_TIMEOUT`]), the status and headers after the request
+//! was sent ([`DEFAULT_RESPONSE_TIMEOUT`]) and the silence between two reads
+//! of the stream ([`DEFAULT_IDLE_TIMEOUT`]); and every read: one SSE event
+//! ([`MAX_EVENT_BYTES`](crate::sse::MAX_EVENT_BYTES)), the body of an error
+//! answer ([`MAX_ERROR_BODY`]). Dropping the future of
+//! [`LlmProvider::stream`] (while connecting or waiting for the headers) or
+//! the stream it returned (while the body is read) closes the connection.
+//!
+//! A request is retried only where that is safe: when it provably never
+//! reached the server (the connection could not be made: refused, no such
+//! host, connect timeout), and when the server answered 429 or 503 (it
+//! says it did not take the request: rate limited, overloaded or still
+//! loading the model). A request that may have reached the server (the
+//! connection broke after it was sent, no answer in time, any other status)
+//! is not sent again, and nothing is retried once the stream has started.
 
 use std::fmt;
 use std::time::Duration;
@@ -14,14 +27,33 @@ use agentic_core::llm::{
     Usage,
 };
 use async_trait::async_trait;
+use reqwest::Url;
 use serde_json::{Value, json};
 
-use crate::sse::SseParser;
+use crate::sse::SseReader;
 
 /// Longest `retry-after` honoured; a provider asking for more fails the call.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// First backoff after a failed attempt; doubled each time.
 const BASE_BACKOFF: Duration = Duration::from_millis(200);
+/// Most bytes of an error answer's body read for its message: a provider's
+/// error is a line or a small JSON object; the rest is never read (a server
+/// answering 401 with 200 MB must not cost 200 MB).
+pub const MAX_ERROR_BODY: usize = 64 << 10;
+/// Default [`OpenAiConfig::connect_timeout`]: a server that is up accepts
+/// a connection in milliseconds, a remote one with TLS in well under a
+/// second; ten seconds leaves room for a slow network.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`OpenAiConfig::response_timeout`]: streaming servers send their
+/// headers at once, but some (Ollama) first load the model, which can take
+/// a minute from a slow disk.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default [`OpenAiConfig::idle_timeout`]: a streaming server sends a chunk
+/// per token, but a long prompt on a CPU can take minutes of prefill before
+/// the first one; two minutes of silence means it is stuck.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default [`OpenAiConfig::max_retries`].
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
 
 /// An API key. It is sent only as the `Authorization` header (marked
 /// sensitive) and prints as `***` everywhere else.
@@ -41,15 +73,61 @@ impl fmt::Debug for ApiKey {
     }
 }
 
-/// Where the provider is and how to talk to it.
+/// Whether `requested` is the server `configured` names, or a path under
+/// it: both parse as URLs with the same scheme, host and port (the scheme's
+/// default port when none is written), and `configured`'s path is a prefix
+/// of `requested`'s, segment by segment (`/v1` covers `/v1/` and `/v1/x`,
+/// not `/v10`). Anything that does not parse is not the same server. An API
+/// key configured for one server is only sent where this holds.
+pub fn same_server(configured: &str, requested: &str) -> bool {
+    let (Ok(configured), Ok(requested)) = (Url::parse(configured), Url::parse(requested)) else {
+        return false;
+    };
+    let segments = |url: &Url| -> Vec<String> {
+        url.path_segments()
+            .map(|s| s.filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let (prefix, path) = (segments(&configured), segments(&requested));
+    configured.scheme() == requested.scheme()
+        && configured.host().is_some()
+        && configured.host() == requested.host()
+        && configured.port_or_known_default() == requested.port_or_known_default()
+        && path.starts_with(&prefix)
+}
+
+/// Where the provider is, how to talk to it, and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct OpenAiConfig {
     /// Base URL, up to and including the API version (`http://host:8080/v1`).
     pub base_url: String,
     /// API key, if the server wants one.
     pub api_key: Option<ApiKey>,
-    /// Retries of a request that failed before streaming started.
+    /// Retries of a request that is safe to send again (see the module's
+    /// doc).
     pub max_retries: u32,
+    /// Longest wait for the connection (TCP and TLS) to be made.
+    pub connect_timeout: Duration,
+    /// Longest wait, from the start of the request (connecting included),
+    /// for the response's status and headers.
+    pub response_timeout: Duration,
+    /// Longest wait for the next bytes of a response's body.
+    pub idle_timeout: Duration,
+}
+
+impl OpenAiConfig {
+    /// The server at `base_url`, with no key and the default retries and
+    /// timeouts.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            api_key: None,
+            max_retries: DEFAULT_MAX_RETRIES,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// A provider speaking the OpenAI-compatible protocol.
@@ -59,11 +137,18 @@ pub struct OpenAiProvider {
     config: OpenAiConfig,
 }
 
+/// How an attempt failed: worth another try (after the wait, if any), or
+/// not.
+enum Failure {
+    Retry(LlmError, Option<Duration>),
+    Final(LlmError),
+}
+
 impl OpenAiProvider {
     /// A provider for `config`.
     pub fn new(config: OpenAiConfig) -> Result<Self, LlmError> {
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(config.connect_timeout)
             .build()
             .map_err(|e| LlmError::Unreachable {
                 url: config.base_url.clone(),
@@ -85,43 +170,85 @@ impl OpenAiProvider {
         let url = self.url();
         let mut attempt = 0;
         loop {
-            let mut request = self
-                .client
-                .post(&url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(reqwest::header::ACCEPT, "text/event-stream")
-                .body(body.to_vec());
-            if let Some(key) = &self.config.api_key {
-                request = request.bearer_auth(&key.0);
-            }
-            let failure = match request.send().await {
-                Ok(response) if response.status().is_success() => return Ok(response),
-                Ok(response) => status_error(response).await,
-                Err(e) => LlmError::Unreachable {
-                    url: url.clone(),
-                    message: error_chain(&e),
-                },
+            let failure = match self.attempt(&url, body).await {
+                Ok(response) => return Ok(response),
+                Err(failure) => failure,
             };
-            let wait = match &failure {
-                LlmError::Unreachable { .. } | LlmError::Server { .. } => {
-                    Some(BASE_BACKOFF * 2u32.saturating_pow(attempt))
-                }
-                LlmError::RateLimited { retry_after, .. } => match retry_after {
-                    Some(after) if *after > MAX_RETRY_AFTER => None,
-                    Some(after) => Some(*after),
-                    None => Some(BASE_BACKOFF * 2u32.saturating_pow(attempt)),
-                },
-                _ => None,
+            let (failure, wait) = match failure {
+                Failure::Final(e) => return Err(e),
+                Failure::Retry(e, wait) => (e, wait),
             };
-            match wait {
-                Some(wait) if attempt < self.config.max_retries => {
-                    tracing::warn!(attempt = attempt + 1, error = %failure, ?wait, "LLM request failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                _ => return Err(failure),
+            let wait = wait.unwrap_or(BASE_BACKOFF * 2u32.saturating_pow(attempt));
+            if attempt >= self.config.max_retries || wait > MAX_RETRY_AFTER {
+                return Err(failure);
             }
+            tracing::warn!(attempt = attempt + 1, error = %failure, ?wait, "LLM request failed; retrying");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
         }
+    }
+
+    /// One attempt: the `200 OK` response, or how it failed.
+    async fn attempt(&self, url: &str, body: &[u8]) -> Result<reqwest::Response, Failure> {
+        let mut request = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .body(body.to_vec());
+        if let Some(key) = &self.config.api_key {
+            request = request.bearer_auth(&key.0);
+        }
+        let timeout = self.config.response_timeout;
+        let response = match tokio::time::timeout(timeout, request.send()).await {
+            Ok(Ok(response)) => response,
+            // The connection was never made: nothing reached the server.
+            Ok(Err(e)) if e.is_connect() => {
+                let message = if e.is_timeout() {
+                    format!(
+                        "no connection within {:?} (the connect timeout)",
+                        self.config.connect_timeout
+                    )
+                } else {
+                    error_chain(&e)
+                };
+                return Err(Failure::Retry(
+                    LlmError::Unreachable {
+                        url: url.to_owned(),
+                        message,
+                    },
+                    None,
+                ));
+            }
+            // The request may have reached the server: never sent twice.
+            Ok(Err(e)) => {
+                return Err(Failure::Final(LlmError::Unreachable {
+                    url: url.to_owned(),
+                    message: format!(
+                        "{} (not retried: the request may have been sent)",
+                        error_chain(&e)
+                    ),
+                }));
+            }
+            Err(_) => {
+                return Err(Failure::Final(LlmError::Unreachable {
+                    url: url.to_owned(),
+                    message: format!(
+                        "no response within {timeout:?} of sending the request (the response timeout)"
+                    ),
+                }));
+            }
+        };
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let (error, retry_after) = status_error(response, self.config.idle_timeout).await;
+        Err(match &error {
+            LlmError::RateLimited { .. } | LlmError::Server { status: 503, .. } => {
+                Failure::Retry(error, retry_after)
+            }
+            _ => Failure::Final(error),
+        })
     }
 }
 
@@ -136,25 +263,26 @@ impl LlmProvider for OpenAiProvider {
             .map_err(|e| LlmError::Malformed(format!("cannot encode the request: {e}")))?;
         let response = self.send(&body).await?;
         let (tx, stream) = ChatStream::channel();
-        tokio::spawn(pump(response, tx));
+        tokio::spawn(pump(response, tx, self.config.idle_timeout));
         Ok(stream)
     }
 }
 
 /// Reads the SSE body and forwards each chunk as soon as it is parsed;
-/// stops (dropping the connection) when the reader drops the stream.
-async fn pump(mut response: reqwest::Response, tx: ChunkSender) {
-    let mut parser = SseParser::default();
+/// stops (dropping the connection) when the reader drops the stream, when
+/// no bytes came for `idle`, or when an event passes the size limit.
+async fn pump(mut response: reqwest::Response, tx: ChunkSender, idle: Duration) {
+    let mut reader = SseReader::default();
     let mut finished = false;
     loop {
         let read = tokio::select! {
-            read = response.chunk() => read,
+            read = tokio::time::timeout(idle, response.chunk()) => read,
             () = tx.closed() => return,
         };
         let bytes = match read {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) if finished && parser.pending().iter().all(u8::is_ascii_whitespace) => return,
-            Ok(None) => {
+            Ok(Ok(Some(bytes))) => bytes,
+            Ok(Ok(None)) if finished && !reader.mid_event() => return,
+            Ok(Ok(None)) => {
                 let _ = tx
                     .send(Err(LlmError::StreamBroken(
                         "the connection closed before the stream was finished".into(),
@@ -162,12 +290,27 @@ async fn pump(mut response: reqwest::Response, tx: ChunkSender) {
                     .await;
                 return;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 let _ = tx.send(Err(LlmError::StreamBroken(error_chain(&e)))).await;
                 return;
             }
+            Err(_) => {
+                let _ = tx
+                    .send(Err(LlmError::StreamBroken(format!(
+                        "no data from the provider for {idle:?} (the idle timeout)"
+                    ))))
+                    .await;
+                return;
+            }
         };
-        for data in parser.feed(&bytes) {
+        let events = match reader.feed(&bytes) {
+            Ok(events) => events,
+            Err(e) => {
+                let _ = tx.send(Err(LlmError::Malformed(e.to_string()))).await;
+                return;
+            }
+        };
+        for data in events {
             if data.trim() == "[DONE]" {
                 return;
             }
@@ -302,8 +445,13 @@ fn message_json(m: &ChatMessage) -> Value {
     v
 }
 
-/// The error a non-200 response stands for, with the provider's message.
-async fn status_error(response: reqwest::Response) -> LlmError {
+/// The error a non-200 response stands for, with the provider's message
+/// (from at most [`MAX_ERROR_BODY`] bytes of its body, read for at most
+/// `idle`), and the wait its `retry-after` asks for.
+async fn status_error(
+    mut response: reqwest::Response,
+    idle: Duration,
+) -> (LlmError, Option<Duration>) {
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -311,7 +459,24 @@ async fn status_error(response: reqwest::Response) -> LlmError {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let text = response.text().await.unwrap_or_default();
+    let mut body = Vec::new();
+    // What has come by then is the message, however slowly it drips.
+    let _ = tokio::time::timeout(idle, async {
+        while body.len() < MAX_ERROR_BODY {
+            match response.chunk().await {
+                Ok(Some(bytes)) => {
+                    let room = MAX_ERROR_BODY - body.len();
+                    body.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
+                _ => break,
+            }
+        }
+    })
+    .await;
+    // The rest of the body is never read: dropping the response closes the
+    // connection.
+    drop(response);
+    let text = String::from_utf8_lossy(&body);
     let message = serde_json::from_str::<Value>(&text)
         .ok()
         .and_then(|v| {
@@ -322,7 +487,7 @@ async fn status_error(response: reqwest::Response) -> LlmError {
         })
         .unwrap_or_else(|| text.chars().take(300).collect::<String>())
         .replace('\n', " ");
-    match status {
+    let error = match status {
         401 | 403 => LlmError::Unauthorized { status, message },
         429 => LlmError::RateLimited {
             retry_after,
@@ -330,7 +495,8 @@ async fn status_error(response: reqwest::Response) -> LlmError {
         },
         500..=599 => LlmError::Server { status, message },
         _ => LlmError::Refused { status, message },
-    }
+    };
+    (error, retry_after)
 }
 
 #[cfg(test)]
@@ -366,12 +532,80 @@ mod tests {
     }
 
     #[test]
+    fn a_key_goes_only_to_the_server_it_was_configured_for() {
+        let configured = "https://api.example.com/v1";
+        for same in [
+            "https://api.example.com/v1",
+            "https://API.example.com:443/v1/",
+            "https://api.example.com/v1/sub",
+        ] {
+            assert!(same_server(configured, same), "{same}");
+        }
+        for other in [
+            "http://api.example.com/v1",
+            "https://api.example.com:8443/v1",
+            "https://api.example.com.evil.test/v1",
+            "https://evil.test/v1",
+            "https://api.example.com/v10",
+            "https://api.example.com/",
+            "https://user@evil.test/v1",
+            "not a url",
+        ] {
+            assert!(!same_server(configured, other), "{other}");
+        }
+        assert!(same_server(
+            "http://127.0.0.1:8080/",
+            "http://127.0.0.1:8080/v1"
+        ));
+        assert!(!same_server(
+            "http://127.0.0.1:8080/v1",
+            "http://localhost:8080/v1"
+        ));
+    }
+
+    /// The retry rule rests on what reqwest says of real failures: a
+    /// refused connection is a connect error (retried), a connection that
+    /// breaks after the request was written is not (never sent twice).
+    #[tokio::test]
+    async fn only_a_connection_never_made_is_retried() {
+        use tokio::io::AsyncReadExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed = listener.local_addr().unwrap();
+        drop(listener);
+        let provider =
+            OpenAiProvider::new(OpenAiConfig::new(format!("http://{closed}/v1"))).unwrap();
+        let url = provider.url();
+        assert!(matches!(
+            provider.attempt(&url, b"{}").await,
+            Err(Failure::Retry(LlmError::Unreachable { .. }, None))
+        ));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            // Read the request, then close without answering.
+            let _ = socket.read(&mut buf).await;
+        });
+        let provider = OpenAiProvider::new(OpenAiConfig::new(format!("http://{addr}/v1"))).unwrap();
+        let url = provider.url();
+        match provider.attempt(&url, b"{}").await {
+            Err(Failure::Final(LlmError::Unreachable { message, .. })) => {
+                assert!(message.contains("not retried"), "{message}");
+            }
+            Err(Failure::Final(e) | Failure::Retry(e, _)) => panic!("{e}"),
+            Ok(_) => panic!("a closed connection answered"),
+        }
+    }
+
+    #[test]
     fn an_api_key_never_prints() {
         let key = ApiKey::new("sk-sentinel");
         let config = OpenAiConfig {
-            base_url: "http://x".into(),
             api_key: Some(key),
-            max_retries: 0,
+            ..OpenAiConfig::new("http://x")
         };
         assert!(!format!("{config:?}").contains("sentinel"));
     }

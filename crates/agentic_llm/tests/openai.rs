@@ -109,9 +109,9 @@ impl Server {
 
     fn provider(&self, retries: u32) -> OpenAiProvider {
         OpenAiProvider::new(OpenAiConfig {
-            base_url: self.url.clone(),
             api_key: Some(ApiKey::new("sk-test-sentinel")),
             max_retries: retries,
+            ..OpenAiConfig::new(self.url.clone())
         })
         .expect("provider")
     }
@@ -371,7 +371,7 @@ async fn error_statuses_are_named_with_the_providers_message() {
 }
 
 #[tokio::test]
-async fn rate_limits_and_server_errors_are_retried_before_the_stream_starts() {
+async fn rate_limits_and_unavailable_servers_are_retried_before_the_stream_starts() {
     let ok = Script::sse(vec![Step::Write(
         [text("fine"), finish("stop"), done()].concat(),
     )]);
@@ -389,12 +389,28 @@ async fn rate_limits_and_server_errors_are_retried_before_the_stream_starts() {
     assert_eq!(items[0], Ok(ChatChunk::Text("fine".into())));
     assert_eq!(server.requests.lock().unwrap().len(), 3);
 
+    let unavailable = Server::start(vec![
+        Script::status("503 Service Unavailable", "", "loading"),
+        Script::status("503 Service Unavailable", "", "loading"),
+    ])
+    .await;
+    let err = unavailable.provider(1).stream(request()).await.unwrap_err();
+    assert_eq!(
+        err,
+        LlmError::Server {
+            status: 503,
+            message: "loading".into()
+        }
+    );
+    assert_eq!(unavailable.requests.lock().unwrap().len(), 2);
+
+    // A 500 may have come after the server did the work: not sent again.
     let failing = Server::start(vec![
         Script::status("500 Internal Server Error", "", "boom"),
         Script::status("500 Internal Server Error", "", "boom"),
     ])
     .await;
-    let err = failing.provider(1).stream(request()).await.unwrap_err();
+    let err = failing.provider(3).stream(request()).await.unwrap_err();
     assert_eq!(
         err,
         LlmError::Server {
@@ -402,6 +418,7 @@ async fn rate_limits_and_server_errors_are_retried_before_the_stream_starts() {
             message: "boom".into()
         }
     );
+    assert_eq!(failing.requests.lock().unwrap().len(), 1);
     let limited = Server::start(vec![Script::status(
         "429 Too Many Requests",
         "retry-after: 3600\r\n",
@@ -418,9 +435,8 @@ async fn an_unreachable_provider_is_named() {
     let addr = listener.local_addr().expect("addr");
     drop(listener);
     let provider = OpenAiProvider::new(OpenAiConfig {
-        base_url: format!("http://{addr}/v1"),
-        api_key: None,
         max_retries: 0,
+        ..OpenAiConfig::new(format!("http://{addr}/v1"))
     })
     .expect("provider");
     let err = provider.stream(request()).await.unwrap_err();

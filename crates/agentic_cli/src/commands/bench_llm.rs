@@ -195,9 +195,8 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
     // a queue; throughput on streams sent as fast as the server can.
     let connect = |url: String| {
         OpenAiProvider::new(OpenAiConfig {
-            base_url: url,
-            api_key: None,
             max_retries: 0,
+            ..OpenAiConfig::new(url)
         })
         .map(Arc::new)
     };

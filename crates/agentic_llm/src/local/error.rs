@@ -77,6 +77,16 @@ pub enum LocalError {
     /// Running the model failed.
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The inference worker already runs the most generations it takes at
+    /// once ([`MAX_GENERATIONS`](super::MAX_GENERATIONS)).
+    #[error(
+        "the local model is already running {limit} generations, the most it takes at once; \
+         try again when one has finished"
+    )]
+    Busy {
+        /// The limit.
+        limit: usize,
+    },
     /// The inference worker has stopped.
     #[error("the local inference worker has stopped")]
     WorkerStopped,
@@ -113,6 +123,18 @@ pub enum LocalError {
         requirement: String,
         /// Why, with the tool's own message.
         reason: String,
+    },
+    /// The model file in the package is larger than the catalog says it is.
+    #[error(
+        "{file} in the package {found}, more than the {expected} bytes the catalog expects: refused"
+    )]
+    TooLarge {
+        /// The file's name.
+        file: String,
+        /// The catalog's size.
+        expected: u64,
+        /// What was found (`declares N bytes`, `holds more`).
+        found: String,
     },
     /// The downloaded file is not the file the catalog names.
     #[error("checksum mismatch for {file}: expected sha256 {expected}, got {actual}")]

@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use agentic_core::llm::{ChatMessage, ChatRequest, ChatStream, LlmError, LlmProvider};
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 pub use error::LocalError;
 pub use model::{LoadOptions, LocalModel, ModelInfo};
@@ -47,6 +47,16 @@ pub use worker::{FinishReason, GenerationHandle, GenerationOptions, GenerationOu
 
 use template::{ChatTemplate, PromptPart};
 use worker::{Job, WorkerModel};
+
+/// Most generations the inference worker takes at once, running or about
+/// to start. They take turns token by token, so more at once only makes
+/// each slower (eight at once already share two cores' 80 tokens/s), and
+/// each holds a KV cache of its own: for SmolLM2-135M, 30 layers x K and V
+/// x 192 floats, 45 KiB a token, up to 180 MiB at the 4096-token context,
+/// so eight cost at most 1.4 GiB. Past it [`LocalProvider::generate`] is
+/// refused ([`LocalError::Busy`]) and [`LlmProvider::stream`] waits for a
+/// generation to end (dropping its future gives up the wait).
+pub const MAX_GENERATIONS: usize = 8;
 
 /// Settings of a [`LocalProvider`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -94,7 +104,10 @@ struct Inner {
     template: ChatTemplate,
     config: LocalConfig,
     stop_ids: Vec<u32>,
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::Sender<Job>,
+    /// One permit per generation the worker may take ([`MAX_GENERATIONS`]);
+    /// a job holds its permit until it has ended.
+    slots: Arc<Semaphore>,
 }
 
 impl LocalProvider {
@@ -113,7 +126,8 @@ impl LocalProvider {
             stop_ids,
             info,
         } = model;
-        let (jobs, receiver) = mpsc::unbounded_channel();
+        // Every job in the channel holds a slot, so it never holds more.
+        let (jobs, receiver) = mpsc::channel(MAX_GENERATIONS);
         worker::spawn(
             WorkerModel {
                 weights,
@@ -139,6 +153,7 @@ impl LocalProvider {
                 config,
                 stop_ids,
                 jobs,
+                slots: Arc::new(Semaphore::new(MAX_GENERATIONS)),
             }),
         })
     }
@@ -197,7 +212,8 @@ impl LocalProvider {
         }
     }
 
-    /// Starts generating an answer to `messages`.
+    /// Starts generating an answer to `messages`; refused with
+    /// [`LocalError::Busy`] while [`MAX_GENERATIONS`] are under way.
     pub fn generate(
         &self,
         messages: &[ChatMessage],
@@ -207,12 +223,27 @@ impl LocalProvider {
         self.generate_from_ids(prompt, options)
     }
 
-    /// Starts generating a continuation of the token ids `prompt`.
+    /// Starts generating a continuation of the token ids `prompt`; refused
+    /// with [`LocalError::Busy`] while [`MAX_GENERATIONS`] are under way.
     pub fn generate_from_ids(
         &self,
         prompt: Vec<u32>,
         options: GenerationOptions,
     ) -> Result<(ChatStream, GenerationHandle), LocalError> {
+        self.check_prompt(&prompt)?;
+        let slot = self
+            .inner
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| LocalError::Busy {
+                limit: MAX_GENERATIONS,
+            })?;
+        self.start(prompt, options, slot)
+    }
+
+    /// A prompt the model can take: not empty, shorter than its context.
+    fn check_prompt(&self, prompt: &[u32]) -> Result<(), LocalError> {
         let limit = self.inner.info.context_length;
         if prompt.is_empty() {
             return Err(LocalError::Template("the prompt is empty".into()));
@@ -223,12 +254,26 @@ impl LocalProvider {
                 limit,
             });
         }
+        Ok(())
+    }
+
+    /// Hands a generation that holds `slot` to the worker.
+    fn start(
+        &self,
+        prompt: Vec<u32>,
+        options: GenerationOptions,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<(ChatStream, GenerationHandle), LocalError> {
         let (tx, stream) = ChatStream::channel();
-        let (job, handle) = Job::new(prompt, options, tx);
-        self.inner
-            .jobs
-            .send(job)
-            .map_err(|_| LocalError::WorkerStopped)?;
+        let (job, handle) = Job::new(prompt, options, tx, slot);
+        self.inner.jobs.try_send(job).map_err(|e| match e {
+            // Cannot happen while every queued job holds a slot; refuse
+            // rather than wait if it ever does.
+            mpsc::error::TrySendError::Full(_) => LocalError::Busy {
+                limit: MAX_GENERATIONS,
+            },
+            mpsc::error::TrySendError::Closed(_) => LocalError::WorkerStopped,
+        })?;
         Ok((stream, handle))
     }
 }
@@ -246,9 +291,19 @@ impl LlmProvider for LocalProvider {
         "local"
     }
 
+    /// Waits for a slot while [`MAX_GENERATIONS`] are under way.
     async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LlmError> {
         let options = self.options_for(&request);
-        let (stream, _handle) = self.generate(&request.messages, options)?;
+        let prompt = self.prompt_ids(&request.messages)?;
+        self.check_prompt(&prompt)?;
+        let slot = self
+            .inner
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| LocalError::WorkerStopped)?;
+        let (stream, _handle) = self.start(prompt, options, slot)?;
         Ok(stream)
     }
 }

