@@ -478,25 +478,24 @@ impl Runtime {
             .get(topic)
             .cloned()
             .unwrap_or_default();
-        let mut gone = false;
+        let mut gone = Vec::new();
         for s in &subscribers {
-            gone |= !s(message.clone()).await;
+            if !s(message.clone()).await {
+                gone.push(s.clone());
+            }
         }
-        if gone {
-            // Forget subscribers whose agents stopped.
+        if !gone.is_empty() {
+            // Forget the subscribers whose agents stopped, and only those.
             let mut topics = self
                 .inner
                 .topics
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if let Some(list) = topics.get_mut(topic) {
-                let mut alive = Vec::with_capacity(list.len());
-                for s in list.drain(..) {
-                    if !subscribers.iter().any(|d| Arc::ptr_eq(d, &s)) {
-                        alive.push(s);
-                    }
+                list.retain(|s| !gone.iter().any(|g| Arc::ptr_eq(g, s)));
+                if list.is_empty() {
+                    topics.remove(topic);
                 }
-                list.extend(alive);
             }
         }
     }

@@ -242,6 +242,30 @@ async fn a_topic_reaches_every_subscriber() {
     }
 }
 
+/// Regression (issue 14): one stopped subscriber used to unsubscribe every
+/// subscriber of its topic.
+#[tokio::test]
+async fn a_stopped_subscriber_leaves_the_others_subscribed() {
+    let (_store, rt) = runtime();
+    let mut counters = Vec::new();
+    for key in ["gone", "stays"] {
+        let agent = rt
+            .spawn::<Counter>(AgentId::new("counter", key), SpawnOptions::default())
+            .expect("spawn");
+        rt.subscribe(&agent, "ticks", CounterMsg::Topic);
+        counters.push(agent);
+    }
+    let (gone, stays) = (&counters[0], &counters[1]);
+    gone.stop().await.expect("stop");
+    gone.stopped().await;
+    // The first publish finds the stopped one and forgets it...
+    rt.publish("ticks", json!(4)).await;
+    // ...and the next ones still reach the other.
+    rt.publish("ticks", json!(3)).await;
+    rt.publish("ticks", json!(2)).await;
+    assert_eq!(total(stays).await, Ok(9));
+}
+
 #[tokio::test]
 async fn a_thousand_agents_run_side_by_side() {
     let rt = Runtime::new(None, Uuid::now_v7());
