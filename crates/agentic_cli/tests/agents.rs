@@ -639,3 +639,98 @@ async fn a_granted_environment_value_never_reaches_the_store_or_logs() {
     assert!(!run.stderr.contains(SECRET), "not in the logs");
     assert!(!contains(&home_bytes(&home), SECRET), "not in the store");
 }
+
+/// Installs a copy of example plugin hello_world named `name` whose one
+/// function is `function`.
+fn install_hello_as(home: &Path, dir: &Path, name: &str, function: &str) {
+    let dist = plugin_dist().join("hello_world");
+    let manifest = std::fs::read_to_string(dist.join("plugin.toml"))
+        .expect("manifest")
+        .replace("name = \"hello_world\"", &format!("name = \"{name}\""))
+        .replace(
+            "hello_world.wasm",
+            &dist.join("hello_world.wasm").display().to_string(),
+        )
+        .replace("[functions.greet]", &format!("[functions.\"{function}\"]"));
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, manifest).expect("write manifest");
+    lion_run(home, &["plugin", "install", &path.display().to_string()]).success();
+}
+
+/// Regression (issue 14): tool names could collide after mangling (`a` +
+/// `_b` and `a_` + `b` were both `a___b`), and a long plugin name made a
+/// name the protocol refuses (at most 64 of `[a-zA-Z0-9_-]`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_names_are_distinct_and_within_the_protocols_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    tokio::task::spawn_blocking(plugin_dist)
+        .await
+        .expect("build");
+    let long = "p".repeat(64);
+    install_hello_as(&home, dir.path(), "a", "_b");
+    install_hello_as(&home, dir.path(), "a_", "b");
+    install_hello_as(&home, dir.path(), &long, "greet");
+    let tools = [
+        "a._b".to_owned(),
+        "a_.b".to_owned(),
+        format!("{long}.greet"),
+    ];
+    let mut args = vec!["agent", "spawn", "t"];
+    for tool in &tools {
+        args.extend(["--tool", tool.as_str()]);
+    }
+    lion_run(&home, &args).success();
+
+    // The model calls the second tool by the name it was given.
+    let (url, requests) = responding(|index, request| {
+        let body: serde_json::Value =
+            serde_json::from_str(&request[request.find("\r\n\r\n").expect("body") + 4..])
+                .expect("json body");
+        match index {
+            0 => tool_call_body(
+                body["tools"][1]["function"]["name"].as_str().expect("name"),
+                r#"{"name":"Ada"}"#,
+            ),
+            _ => text_body(&["Done."]),
+        }
+    })
+    .await;
+    lion_llm(&home, &url, &["agent", "send", "t", "Greet Ada"])
+        .await
+        .success();
+    let first = requests.lock().unwrap()[0].clone();
+    let body: serde_json::Value =
+        serde_json::from_str(&first[first.find("\r\n\r\n").expect("body") + 4..]).expect("json");
+    let names: Vec<String> = body["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["function"]["name"].as_str().expect("name").to_owned())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+    assert_eq!(distinct.len(), 3, "every tool has its own name: {names:?}");
+    for name in &names {
+        assert!(
+            (1..=64).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+            "{name} is not a name the protocol accepts"
+        );
+    }
+    assert_eq!(names[0], "a___b", "a plain pair keeps its readable name");
+    // The call reached the plugin its name stands for.
+    let invoked: Vec<(String, String)> = events(&home)
+        .into_iter()
+        .filter_map(|e| {
+            let i = e["event"].get("plugin_invoked")?.clone();
+            Some((
+                i["name"].as_str()?.to_owned(),
+                i["function"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    assert_eq!(invoked, [("a_".to_owned(), "b".to_owned())]);
+}

@@ -16,7 +16,9 @@ mod task;
 
 pub use agents::{AgentRecord, AgentSpec, AgentStatus};
 pub use relay::{Relay, RelayOptions, RelayOutcome, StopReason, TokenBudget};
-pub use runner::{AgentRunner, MAX_TOOL_ROUNDS, RunError, RunOutcome, Tools};
+pub use runner::{
+    AgentRunner, MAX_TOOL_NAME, MAX_TOOL_ROUNDS, RunError, RunOutcome, Tools, tool_name,
+};
 pub use task::{AGENT_HANDLER, AgentTask, ProviderResolver, ResolvedProvider};
 
 use std::fmt;
