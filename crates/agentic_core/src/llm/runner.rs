@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    AgentStatus, ChatMessage, ChatRequest, LlmError, LlmProvider, Relay, RelayOptions,
-    RelayOutcome, Role, StopReason, TokenBudget, ToolCall, ToolSpec, Usage,
+    AgentStatus, BYTES_PER_TOKEN, ChatMessage, ChatRequest, LlmError, LlmProvider, Relay,
+    RelayOptions, RelayOutcome, Role, StopReason, TokenBudget, ToolCall, ToolSpec, Usage,
 };
 use crate::event::{NewEvent, SystemEvent};
 use crate::orchestrator::LiveEvent;
@@ -162,13 +162,19 @@ impl AgentRunner {
             agent: name.to_owned(),
             reason,
         };
+        // Every agent is bounded, those spawned before there were defaults
+        // too: their spec says nothing, which means the defaults.
+        let budget = agent.spec.token_budget();
         let mut total = Usage::default();
+        // Tokens the run's completions counted (the larger of the
+        // provider's figure and the estimate): what the budget is charged.
+        let mut used = 0u64;
         let mut rounds = 0;
         loop {
-            let used = total.completion_tokens;
             let options = RelayOptions {
-                budget_tokens: agent.spec.budget_tokens.map(|b| b.saturating_sub(used)),
+                budget_tokens: Some(budget.saturating_sub(used)),
                 run_budget: self.run_budget.clone(),
+                max_answer_bytes: agent.spec.answer_bytes(),
                 ..RelayOptions::default()
             };
             let outcome = relay
@@ -177,19 +183,18 @@ impl AgentRunner {
             let (message, usage) = match outcome {
                 RelayOutcome::Finished { message, usage, .. } => (message, usage),
                 RelayOutcome::Stopped { reason, .. } => {
-                    let reason = match (reason, agent.spec.budget_tokens) {
+                    let reason = match reason {
                         // Say the run's figures, not this round's.
-                        (StopReason::Budget { used: round, .. }, Some(budget)) => {
-                            StopReason::Budget {
-                                used: used + round,
-                                budget,
-                            }
-                        }
-                        (other, _) => other,
+                        StopReason::Budget { used: round, .. } => StopReason::Budget {
+                            used: used + round,
+                            budget,
+                        },
+                        other => other,
                     };
                     return Err(halted(reason.to_string()));
                 }
             };
+            used += usage.completion_tokens.max(estimated(&message));
             total.prompt_tokens += usage.prompt_tokens;
             total.completion_tokens += usage.completion_tokens;
             if message.tool_calls.is_empty() {
@@ -244,6 +249,19 @@ impl AgentRunner {
         });
         Ok(())
     }
+}
+
+/// The tokens a finished answer counts as when the provider reported fewer:
+/// the relay's estimate from its size (a provider must not stretch a
+/// budget by under-reporting).
+fn estimated(message: &ChatMessage) -> u64 {
+    let bytes = message.content.len()
+        + message
+            .tool_calls
+            .iter()
+            .map(|c| c.name.len() + c.arguments.len())
+            .sum::<usize>();
+    (bytes as u64).div_ceil(BYTES_PER_TOKEN)
 }
 
 /// The longest tool name the OpenAI chat protocol accepts: a function
