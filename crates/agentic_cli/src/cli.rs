@@ -173,9 +173,14 @@ pub enum AgentCommand {
         /// A plugin function the agent may call (PLUGIN.FUNCTION).
         #[arg(long, value_name = "PLUGIN.FUNCTION")]
         tool: Vec<String>,
-        /// Most tokens one answer may generate.
+        /// Most tokens one message may make the model generate, tool rounds
+        /// included [default: 4096, DEFAULT_BUDGET_TOKENS].
         #[arg(long, value_name = "N")]
         budget_tokens: Option<u64>,
+        /// Most bytes of text and tool-call arguments one answer may stream
+        /// [default: 1048576 (1 MiB), DEFAULT_ANSWER_BYTES; at most 64 MiB].
+        #[arg(long, value_name = "BYTES")]
+        max_answer_bytes: Option<u64>,
     },
     /// List agents.
     List,

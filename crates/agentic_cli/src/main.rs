@@ -147,6 +147,7 @@ async fn run(cli: Cli) -> Result<()> {
                 system,
                 tool,
                 budget_tokens,
+                max_answer_bytes,
             }) => {
                 let model = commands::agent::model_for(provider.as_deref(), model, &base_url)?;
                 let spec = agentic_core::llm::AgentSpec {
@@ -154,6 +155,7 @@ async fn run(cli: Cli) -> Result<()> {
                     base_url,
                     system,
                     budget_tokens,
+                    max_answer_bytes,
                     tools: tool,
                 };
                 commands::agent::spawn(&home, &*open()?, ctx, &name, spec).await

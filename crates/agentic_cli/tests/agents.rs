@@ -1,7 +1,8 @@
 //! `lion agent …` through the real binary, against a local
 //! OpenAI-compatible test server: streamed answers, memory across
-//! processes, budgets, bad input, and an API key that never reaches the
-//! store or the logs.
+//! processes, budgets (a default for every agent) and the answer's size
+//! bound, tool names the protocol accepts, bad input, and an API key that
+//! never reaches the store or the logs.
 
 mod support;
 
@@ -156,6 +157,18 @@ async fn lion_llm(home: &Path, url: &str, args: &[&str]) -> Run {
         .expect("join")
 }
 
+/// `lion` with the provider pointed at `url`, logging nothing but errors
+/// (so an error is the one line on stderr).
+async fn lion_llm_quiet(home: &Path, url: &str, args: &[&str]) -> Run {
+    let mut cmd = lion_at(home);
+    cmd.env("LION_LLM_BASE_URL", url)
+        .env("LION_LLM_MODEL", "test-model")
+        .args(args);
+    tokio::task::spawn_blocking(move || run(&mut cmd))
+        .await
+        .expect("join")
+}
+
 /// Every byte of every file in the home.
 fn home_bytes(home: &Path) -> Vec<u8> {
     let mut out = Vec::new();
@@ -245,18 +258,183 @@ async fn a_budget_stops_the_answer_as_it_streams() {
         .await
         .expect("join");
     assert_eq!(run.code, Some(1), "{run:?}");
+    // "three " (6 bytes) counts as 2 tokens: 4 in all, and only what fits
+    // the budget is shown and kept.
     assert!(
         run.stderr
-            .contains("token budget exceeded (3 tokens, budget 2)"),
+            .contains("token budget exceeded (4 tokens, budget 2)"),
         "{run:?}"
     );
-    assert_eq!(run.stdout, "one two three \n");
+    assert_eq!(run.stdout, "one two \n");
     let stopped = events(&home)
         .into_iter()
         .filter_map(|e| e["event"].get("llm_stopped").cloned())
         .next()
         .expect("llm_stopped");
-    assert_eq!(stopped["partial"], "one two three ");
+    assert_eq!(stopped["partial"], "one two ");
+}
+
+/// An SSE body streaming `chunks` chunks of `size` bytes each, then the end.
+fn flood_body(chunks: usize, size: usize) -> String {
+    let text = "word ".repeat(size / 5);
+    let delta = serde_json::json!({"choices":[{"index":0,"delta":{"content":text}}]});
+    let mut out = format!("data: {delta}\n\n").repeat(chunks);
+    out.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
+    out.push_str("data: [DONE]\n\n");
+    out
+}
+
+/// The bytes of text the log holds for the agent's answers: every
+/// `llm_delta`, and each `llm_stopped`'s partial.
+fn logged_answer_bytes(home: &Path) -> (usize, usize) {
+    let events = events(home);
+    let deltas = events
+        .iter()
+        .filter_map(|e| e["event"]["llm_delta"]["text"].as_str())
+        .map(str::len)
+        .sum();
+    let partial = events
+        .iter()
+        .filter_map(|e| e["event"]["llm_stopped"]["partial"].as_str())
+        .map(str::len)
+        .sum();
+    (deltas, partial)
+}
+
+/// Regression (issue 14): with no budget an endless stream wrote 4.9 GB of
+/// log in 35 s. Every agent now has a budget (shown at spawn and in the
+/// list), the default when none was given, and tokens are counted from the
+/// bytes that stream: this server would stream 1 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_a_budget_stops_at_the_default_one() {
+    let (url, _) = scripted(vec![flood_body(4096, 256)]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let spawned = lion_llm(&home, &url, &["agent", "spawn", "ada"])
+        .await
+        .success();
+    assert!(
+        spawned
+            .stdout
+            .contains("budget 4096 tokens (default), answers up to 1048576 bytes (default)"),
+        "{spawned:?}"
+    );
+    let listed = lion_run(&home, &["agent", "list"]).success();
+    assert!(
+        listed.stdout.contains("4096 tokens (default)"),
+        "{listed:?}"
+    );
+    let listed = lion_run(&home, &["agent", "list", "--json"])
+        .success()
+        .json();
+    assert_eq!(listed[0]["budget_tokens"], 4096);
+    assert_eq!(listed[0]["max_answer_bytes"], 1 << 20);
+    assert_eq!(listed[0]["spec"]["budget_tokens"], serde_json::Value::Null);
+
+    let run = lion_llm_quiet(&home, &url, &["agent", "send", "ada", "Talk."]).await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.error_line(1).contains("token budget exceeded (")
+            && run.error_line(1).ends_with("budget 4096)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.len() <= 4096 * 4 + 1,
+        "{} bytes shown",
+        run.stdout.len()
+    );
+    let (deltas, partial) = logged_answer_bytes(&home);
+    assert!(
+        deltas <= 4096 * 4 && partial <= 4096 * 4,
+        "{deltas} / {partial} bytes logged"
+    );
+    lion_run(&home, &["replay"]).success();
+}
+
+/// Regression (issue 14): the budget counted chunks, so an answer of
+/// 101 KB in one chunk passed a 100-token budget. And past the budget, a
+/// bound on one answer's bytes stops a stream too (raised budgets, huge
+/// chunks), recorded like a budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_chunk_passes_neither_a_small_budget_nor_the_answer_bound() {
+    let (url, _) = scripted(vec![flood_body(1, 101 * 1024)]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    lion_llm(
+        &home,
+        &url,
+        &["agent", "spawn", "small", "--budget-tokens", "100"],
+    )
+    .await
+    .success();
+    let run = lion_llm_quiet(&home, &url, &["agent", "send", "small", "Talk."]).await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.error_line(1).contains("token budget exceeded (")
+            && run.error_line(1).ends_with("budget 100)"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.len() <= 401, "{} bytes shown", run.stdout.len());
+
+    lion_llm(
+        &home,
+        &url,
+        &[
+            "agent",
+            "spawn",
+            "bounded",
+            "--budget-tokens",
+            "1000000",
+            "--max-answer-bytes",
+            "2000",
+        ],
+    )
+    .await
+    .success();
+    let run = lion_llm_quiet(&home, &url, &["agent", "send", "bounded", "Talk."]).await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert_eq!(
+        run.error_line(1),
+        "error: agent bounded stopped: answer too long: more than 2000 bytes of text and tool-call arguments"
+    );
+    assert_eq!(run.stdout.len(), 2001, "cut at the bound");
+    let stopped: Vec<String> = events(&home)
+        .into_iter()
+        .filter_map(|e| {
+            e["event"]["llm_stopped"]["reason"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(stopped.len(), 2, "both stops recorded: {stopped:?}");
+    let (deltas, partial) = logged_answer_bytes(&home);
+    assert!(
+        deltas <= 2400 && partial <= 2400,
+        "{deltas} / {partial} bytes logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_out_of_range_are_refused_at_spawn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    lion_run(&home, &["agent", "spawn", "ok"]).success();
+    let before = events(&home).len();
+    let run = lion_run(&home, &["agent", "spawn", "x", "--budget-tokens", "0"]);
+    assert_eq!(
+        run.error_line(1),
+        "error: --budget-tokens must be at least 1"
+    );
+    for bad in ["0", "67108865"] {
+        let run = lion_run(&home, &["agent", "spawn", "x", "--max-answer-bytes", bad]);
+        assert_eq!(
+            run.error_line(1),
+            format!("error: --max-answer-bytes must be 1 to 67108864 (64 MiB), got {bad}")
+        );
+    }
+    assert_eq!(events(&home).len(), before, "nothing recorded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,4 +816,99 @@ async fn a_granted_environment_value_never_reaches_the_store_or_logs() {
     assert!(run.stderr.contains("TRACE"), "traced: {run:?}");
     assert!(!run.stderr.contains(SECRET), "not in the logs");
     assert!(!contains(&home_bytes(&home), SECRET), "not in the store");
+}
+
+/// Installs a copy of example plugin hello_world named `name` whose one
+/// function is `function`.
+fn install_hello_as(home: &Path, dir: &Path, name: &str, function: &str) {
+    let dist = plugin_dist().join("hello_world");
+    let manifest = std::fs::read_to_string(dist.join("plugin.toml"))
+        .expect("manifest")
+        .replace("name = \"hello_world\"", &format!("name = \"{name}\""))
+        .replace(
+            "hello_world.wasm",
+            &dist.join("hello_world.wasm").display().to_string(),
+        )
+        .replace("[functions.greet]", &format!("[functions.\"{function}\"]"));
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, manifest).expect("write manifest");
+    lion_run(home, &["plugin", "install", &path.display().to_string()]).success();
+}
+
+/// Regression (issue 14): tool names could collide after mangling (`a` +
+/// `_b` and `a_` + `b` were both `a___b`), and a long plugin name made a
+/// name the protocol refuses (at most 64 of `[a-zA-Z0-9_-]`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_names_are_distinct_and_within_the_protocols_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    tokio::task::spawn_blocking(plugin_dist)
+        .await
+        .expect("build");
+    let long = "p".repeat(64);
+    install_hello_as(&home, dir.path(), "a", "_b");
+    install_hello_as(&home, dir.path(), "a_", "b");
+    install_hello_as(&home, dir.path(), &long, "greet");
+    let tools = [
+        "a._b".to_owned(),
+        "a_.b".to_owned(),
+        format!("{long}.greet"),
+    ];
+    let mut args = vec!["agent", "spawn", "t"];
+    for tool in &tools {
+        args.extend(["--tool", tool.as_str()]);
+    }
+    lion_run(&home, &args).success();
+
+    // The model calls the second tool by the name it was given.
+    let (url, requests) = responding(|index, request| {
+        let body: serde_json::Value =
+            serde_json::from_str(&request[request.find("\r\n\r\n").expect("body") + 4..])
+                .expect("json body");
+        match index {
+            0 => tool_call_body(
+                body["tools"][1]["function"]["name"].as_str().expect("name"),
+                r#"{"name":"Ada"}"#,
+            ),
+            _ => text_body(&["Done."]),
+        }
+    })
+    .await;
+    lion_llm(&home, &url, &["agent", "send", "t", "Greet Ada"])
+        .await
+        .success();
+    let first = requests.lock().unwrap()[0].clone();
+    let body: serde_json::Value =
+        serde_json::from_str(&first[first.find("\r\n\r\n").expect("body") + 4..]).expect("json");
+    let names: Vec<String> = body["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .map(|t| t["function"]["name"].as_str().expect("name").to_owned())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+    assert_eq!(distinct.len(), 3, "every tool has its own name: {names:?}");
+    for name in &names {
+        assert!(
+            (1..=64).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+            "{name} is not a name the protocol accepts"
+        );
+    }
+    assert_eq!(names[0], "a___b", "a plain pair keeps its readable name");
+    // The call reached the plugin its name stands for.
+    let invoked: Vec<(String, String)> = events(&home)
+        .into_iter()
+        .filter_map(|e| {
+            let i = e["event"].get("plugin_invoked")?.clone();
+            Some((
+                i["name"].as_str()?.to_owned(),
+                i["function"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    assert_eq!(invoked, [("a_".to_owned(), "b".to_owned())]);
 }

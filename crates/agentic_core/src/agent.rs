@@ -11,6 +11,13 @@
 //! agent that failed (its `start` or `handle` returned an error, or
 //! panicked) or stopped itself is started again, and a [`RestartLimit`]
 //! stops one that keeps failing. Its mailbox survives restarts.
+//!
+//! Recording: every event a runtime logs (an agent's recorded state, a
+//! logged message) goes through one appender per runtime, in the order it
+//! was recorded, over a bounded queue ([`RUNTIME_APPEND_QUEUE`]): an async
+//! event never overtakes an earlier one of its stream, a durable one is
+//! committed after every event recorded before it, and a flood of async
+//! events slows the agents recording them instead of growing memory.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
@@ -18,7 +25,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -169,6 +176,81 @@ pub trait Agent: Sized + Send + 'static {
 /// The reply half of an [`AgentRef::ask`]: put it in the message.
 pub type Reply<T> = oneshot::Sender<T>;
 
+/// Events a runtime may have waiting for its appender. Past this, recording
+/// (and sending a logged message) waits for the store: a flood of async
+/// events slows the agents making them instead of growing memory. The
+/// appender commits up to this many at once.
+pub const RUNTIME_APPEND_QUEUE: usize = 1024;
+
+/// One event for a runtime's appender, and who waits for its commit.
+struct Append {
+    event: NewEvent,
+    /// Set for a durable event: told once the event is committed.
+    committed: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// Where a runtime's events go: one appender task per runtime (started on
+/// first use), fed in order through a bounded queue; cheap to clone.
+#[derive(Clone)]
+struct Log {
+    store: Arc<dyn EventStore>,
+    queue: Arc<OnceLock<mpsc::Sender<Append>>>,
+}
+
+impl Log {
+    fn new(store: Arc<dyn EventStore>) -> Self {
+        Self {
+            store,
+            queue: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Queues `event` behind every event recorded before it, waiting while
+    /// the queue is full; a durable event also waits for its commit.
+    async fn append(&self, event: NewEvent, durability: Durability) -> Result<(), StoreError> {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(RUNTIME_APPEND_QUEUE);
+            tokio::spawn(append_in_order(self.store.clone(), rx));
+            tx
+        });
+        let (committed, commit) = match durability {
+            Durability::Durable => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            Durability::Async | Durability::Ephemeral => (None, None),
+        };
+        queue
+            .send(Append { event, committed })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match commit {
+            Some(commit) => commit.await.map_err(|_| StoreError::Closed)?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A runtime's appender: appends what is queued, in order, as many events
+/// per commit as are waiting; it ends when every handle to the queue is
+/// gone and the queue is empty.
+async fn append_in_order(store: Arc<dyn EventStore>, mut queue: mpsc::Receiver<Append>) {
+    let mut waiting = Vec::new();
+    while queue.recv_many(&mut waiting, RUNTIME_APPEND_QUEUE).await > 0 {
+        let (events, committed): (Vec<_>, Vec<_>) =
+            waiting.drain(..).map(|a| (a.event, a.committed)).unzip();
+        let result = store.append(events, ExpectedVersion::Any).await.map(|_| ());
+        if let Err(e) = &result
+            && committed.iter().any(Option::is_none)
+        {
+            tracing::error!(error = %e, "agents' async events were not recorded");
+        }
+        for tell in committed.into_iter().flatten() {
+            let _ = tell.send(result.clone());
+        }
+    }
+}
+
 /// A message or a command in a mailbox.
 enum Mail<M> {
     Msg(M),
@@ -179,8 +261,8 @@ enum Mail<M> {
 pub struct AgentRef<A: Agent> {
     id: Arc<AgentId>,
     tx: mpsc::Sender<Mail<A::Msg>>,
-    /// Where logged messages go (the runtime's store).
-    store: Option<Arc<dyn EventStore>>,
+    /// Where logged messages go (the runtime's log).
+    log: Option<Log>,
     correlation_id: uuid::Uuid,
 }
 
@@ -189,7 +271,7 @@ impl<A: Agent> Clone for AgentRef<A> {
         Self {
             id: self.id.clone(),
             tx: self.tx.clone(),
-            store: self.store.clone(),
+            log: self.log.clone(),
             correlation_id: self.correlation_id,
         }
     }
@@ -211,7 +293,8 @@ impl<A: Agent> AgentRef<A> {
 
     /// Sends a message with a durability: `Durable` logs `record` (an
     /// `AgentMessaged` event) and delivers once it is committed; `Async`
-    /// delivers at once and commits by the next group commit; `Ephemeral`
+    /// queues it for the runtime's appender (waiting only while that queue
+    /// is full), delivers, and it commits with the next batch; `Ephemeral`
     /// is [`AgentRef::send`]. Without a store nothing is logged.
     pub async fn send_logged(
         &self,
@@ -219,7 +302,7 @@ impl<A: Agent> AgentRef<A> {
         record: Value,
         durability: Durability,
     ) -> Result<(), RuntimeError> {
-        let Some(store) = self.store.clone() else {
+        let Some(log) = &self.log else {
             return self.send(msg).await;
         };
         let event = NewEvent::new(
@@ -230,21 +313,11 @@ impl<A: Agent> AgentRef<A> {
             self.correlation_id,
         );
         match durability {
-            Durability::Durable => {
-                store
-                    .append(vec![event], ExpectedVersion::Any)
+            Durability::Durable | Durability::Async => {
+                log.append(event, durability)
                     .await
                     .map_err(|e| RuntimeError::NotLogged((*self.id).clone(), e.to_string()))?;
                 self.send(msg).await
-            }
-            Durability::Async => {
-                self.send(msg).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = store.append(vec![event], ExpectedVersion::Any).await {
-                        tracing::error!(error = %e, "an async agent message was not logged");
-                    }
-                });
-                Ok(())
             }
             Durability::Ephemeral => self.send(msg).await,
         }
@@ -334,11 +407,13 @@ impl AgentContext {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Records an event of this agent's state: durable waits for the
-    /// commit, async returns at once, ephemeral records nothing (and so must
-    /// not carry state a restart needs).
+    /// Records an event of this agent's state, after every event recorded
+    /// before it: durable waits for the commit, async returns once the
+    /// event is queued (at once, unless [`RUNTIME_APPEND_QUEUE`] events are
+    /// waiting), ephemeral records nothing (and so must not carry state a
+    /// restart needs).
     pub async fn record(&self, data: Value, durability: Durability) -> Result<(), AgentError> {
-        let Some(store) = self.runtime.inner.store.clone() else {
+        let Some(log) = &self.runtime.inner.log else {
             return Ok(());
         };
         let event = NewEvent {
@@ -352,16 +427,7 @@ impl AgentContext {
             )
         };
         match durability {
-            Durability::Durable => {
-                store.append(vec![event], ExpectedVersion::Any).await?;
-            }
-            Durability::Async => {
-                tokio::spawn(async move {
-                    if let Err(e) = store.append(vec![event], ExpectedVersion::Any).await {
-                        tracing::error!(error = %e, "an agent's async event was not recorded");
-                    }
-                });
-            }
+            Durability::Durable | Durability::Async => log.append(event, durability).await?,
             Durability::Ephemeral => {}
         }
         Ok(())
@@ -400,6 +466,8 @@ pub struct Runtime {
 
 struct RuntimeInner {
     store: Option<Arc<dyn EventStore>>,
+    /// Where its events go, in order (none without a store).
+    log: Option<Log>,
     correlation_id: uuid::Uuid,
     agents: Mutex<HashMap<AgentId, Box<dyn Any + Send + Sync>>>,
     topics: Mutex<HashMap<String, Vec<Subscriber>>>,
@@ -410,6 +478,7 @@ impl Runtime {
     pub fn new(store: Option<Arc<dyn EventStore>>, correlation_id: uuid::Uuid) -> Self {
         Self {
             inner: Arc::new(RuntimeInner {
+                log: store.clone().map(Log::new),
                 store,
                 correlation_id,
                 agents: Mutex::new(HashMap::new()),
@@ -440,7 +509,7 @@ impl Runtime {
         let agent = AgentRef {
             id: Arc::new(id.clone()),
             tx,
-            store: self.inner.store.clone(),
+            log: self.inner.log.clone(),
             correlation_id: self.inner.correlation_id,
         };
         agents.insert(id, Box::new(agent.clone()));
@@ -478,25 +547,24 @@ impl Runtime {
             .get(topic)
             .cloned()
             .unwrap_or_default();
-        let mut gone = false;
+        let mut gone = Vec::new();
         for s in &subscribers {
-            gone |= !s(message.clone()).await;
+            if !s(message.clone()).await {
+                gone.push(s.clone());
+            }
         }
-        if gone {
-            // Forget subscribers whose agents stopped.
+        if !gone.is_empty() {
+            // Forget the subscribers whose agents stopped, and only those.
             let mut topics = self
                 .inner
                 .topics
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if let Some(list) = topics.get_mut(topic) {
-                let mut alive = Vec::with_capacity(list.len());
-                for s in list.drain(..) {
-                    if !subscribers.iter().any(|d| Arc::ptr_eq(d, &s)) {
-                        alive.push(s);
-                    }
+                list.retain(|s| !gone.iter().any(|g| Arc::ptr_eq(g, s)));
+                if list.is_empty() {
+                    topics.remove(topic);
                 }
-                list.extend(alive);
             }
         }
     }

@@ -14,9 +14,16 @@ mod relay;
 mod runner;
 mod task;
 
-pub use agents::{AgentRecord, AgentSpec, AgentStatus};
-pub use relay::{Relay, RelayOptions, RelayOutcome, StopReason, TokenBudget};
-pub use runner::{AgentRunner, MAX_TOOL_ROUNDS, RunError, RunOutcome, Tools};
+pub use agents::{
+    AgentRecord, AgentSpec, AgentStatus, DEFAULT_ANSWER_BYTES, DEFAULT_BUDGET_TOKENS,
+    MAX_ANSWER_BYTES,
+};
+pub use relay::{
+    BYTES_PER_TOKEN, RELAY_APPEND_QUEUE, Relay, RelayOptions, RelayOutcome, StopReason, TokenBudget,
+};
+pub use runner::{
+    AgentRunner, MAX_TOOL_NAME, MAX_TOOL_ROUNDS, RunError, RunOutcome, Tools, tool_name,
+};
 pub use task::{AGENT_HANDLER, AgentTask, ProviderResolver, ResolvedProvider};
 
 use std::fmt;

@@ -15,13 +15,24 @@
 //! and the log's rules make sure a task whose end was recorded never starts
 //! again.
 //!
+//! Idempotency has two layers. The log is the durable one: its projection
+//! refuses a second submission of a key, and a keyed task (durable or async)
+//! runs only once its submission is committed. The event loop's map of keys
+//! is the fast one, and bounded: it keeps the keys of tasks that run here
+//! and of the last [`OrchestratorConfig::finished_keys`] that ended here, so
+//! a prompt retry gets the task's handle; an older key is refused by the log
+//! ([`OrchestratorError::AlreadySubmitted`]), never run twice. (Ephemeral
+//! tasks are never logged: their keys hold only within that window.)
+//!
 //! Back-pressure: at most `max_concurrency` attempts run at once, and at most
 //! `max_pending` tasks are admitted but unfinished; `submit` waits for room
-//! beyond that, so a flood slows submitters instead of growing memory.
+//! beyond that, so a flood slows submitters instead of growing memory. A
+//! task's async events wait in order for the store, at most
+//! [`TASK_ASYNC_APPENDS`] of them: past that its handler waits.
 
 mod builtin;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -48,7 +59,21 @@ pub struct OrchestratorConfig {
     pub max_pending: usize,
     /// Live events buffered per subscriber before a slow one misses some.
     pub live_buffer: usize,
+    /// Idempotency keys of ended tasks kept in memory; older ones are
+    /// answered by the log's projection.
+    pub finished_keys: usize,
 }
+
+/// Idempotency keys of ended tasks an orchestrator remembers by default:
+/// enough for a client's prompt retries to get the task's handle and
+/// outcome at once; an older key costs a refusal from the log instead. A
+/// key with its handle is about 200 bytes, so this is under 1 MiB.
+pub const FINISHED_KEYS: usize = 4096;
+
+/// Async events of one task that may wait for the store: past this its
+/// handler's next progress report (or event) waits, so a handler reporting
+/// in a tight loop against a slow store cannot grow memory.
+pub const TASK_ASYNC_APPENDS: usize = 256;
 
 impl Default for OrchestratorConfig {
     fn default() -> Self {
@@ -56,6 +81,7 @@ impl Default for OrchestratorConfig {
             max_concurrency: 64,
             max_pending: 10_000,
             live_buffer: 4096,
+            finished_keys: FINISHED_KEYS,
         }
     }
 }
@@ -307,12 +333,17 @@ impl Orchestrator {
                 correlation_id,
             }),
         };
-        tokio::spawn(EventLoop::new(Arc::downgrade(&orchestrator.inner)).run(rx));
+        tokio::spawn(
+            EventLoop::new(Arc::downgrade(&orchestrator.inner), config.finished_keys).run(rx),
+        );
         orchestrator
     }
 
     /// Submits a task; waits while `max_pending` tasks are unfinished. With
-    /// an idempotency key already used here, returns that task instead.
+    /// an idempotency key of a task running here or among the last
+    /// `finished_keys` that ended here, returns that task instead; with one
+    /// the log already holds (used earlier, or by another process), fails
+    /// with [`OrchestratorError::AlreadySubmitted`] naming its task.
     pub async fn submit(&self, spec: TaskSpec) -> Result<TaskHandle, OrchestratorError> {
         self.submit_under(spec, None).await
     }
@@ -451,6 +482,8 @@ impl Orchestrator {
 struct Entry {
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<Cancellation>>>,
+    /// Its idempotency key, remembered a while after it ends.
+    key: Option<String>,
 }
 
 /// Why a task was cancelled, and whether that is already in the log.
@@ -460,19 +493,41 @@ struct Cancellation {
     recorded: bool,
 }
 
-/// The loop's own state: tasks in flight and the idempotency keys used here.
+/// The loop's own state: tasks in flight and the idempotency keys used here
+/// (those of running tasks, and of the last `finished_keys` that ended).
 struct EventLoop {
     inner: std::sync::Weak<Inner>,
     running: HashMap<Uuid, Entry>,
     keys: HashMap<String, (Uuid, watch::Receiver<Option<TaskOutcome>>)>,
+    /// Keys of ended tasks, oldest first: the first to be forgotten.
+    finished: VecDeque<String>,
+    /// How many of those to keep.
+    finished_keys: usize,
 }
 
 impl EventLoop {
-    fn new(inner: std::sync::Weak<Inner>) -> Self {
+    fn new(inner: std::sync::Weak<Inner>, finished_keys: usize) -> Self {
         Self {
             inner,
             running: HashMap::new(),
             keys: HashMap::new(),
+            finished: VecDeque::new(),
+            finished_keys,
+        }
+    }
+
+    /// Forgets a task that ended; its key is kept among the last ended.
+    fn ended(&mut self, id: Uuid) {
+        let Some(key) = self.running.remove(&id).and_then(|e| e.key) else {
+            return;
+        };
+        self.finished.push_back(key);
+        while self.finished.len() > self.finished_keys {
+            if let Some(old) = self.finished.pop_front() {
+                // The log still knows it: a later submission of it is
+                // refused there, never run.
+                self.keys.remove(&old);
+            }
         }
     }
 
@@ -509,9 +564,7 @@ impl EventLoop {
                     };
                     let _ = reply.send(result);
                 }
-                Command::Ended { id } => {
-                    self.running.remove(&id);
-                }
+                Command::Ended { id } => self.ended(id),
                 Command::IsRunning { id, reply } => {
                     let _ = reply.send(self.running.contains_key(&id));
                 }
@@ -553,6 +606,7 @@ impl EventLoop {
             Entry {
                 cancel: cancel.clone(),
                 reason: reason.clone(),
+                key: spec.idempotency_key.clone(),
             },
         );
         let runner = Runner {
@@ -580,6 +634,9 @@ struct Recorder {
     /// The last async append still in flight: each waits for the one before,
     /// so the log keeps the task's events in order.
     pending: tokio::sync::Mutex<Option<JoinHandle<Result<(), StoreError>>>>,
+    /// One permit per async append in flight: at most
+    /// [`TASK_ASYNC_APPENDS`] wait for the store.
+    in_flight: Arc<Semaphore>,
 }
 
 impl Recorder {
@@ -589,6 +646,7 @@ impl Recorder {
             task_id,
             durability: Mutex::new(Durability::Durable),
             pending: tokio::sync::Mutex::new(None),
+            in_flight: Arc::new(Semaphore::new(TASK_ASYNC_APPENDS)),
         }
     }
 
@@ -632,9 +690,17 @@ impl Recorder {
         let new = self.new_event(&event);
         self.publish(None, event);
         let store = self.inner.store.clone();
+        // Waits while TASK_ASYNC_APPENDS of this task's events wait already.
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| OrchestratorError::ShutDown)?;
         let mut pending = self.pending.lock().await;
         let before = pending.take();
         *pending = Some(tokio::spawn(async move {
+            let _permit = permit;
             if let Some(before) = before {
                 before
                     .await
@@ -712,7 +778,13 @@ impl Runner {
                 task_id: self.id,
                 spec: self.spec.clone(),
             };
-            match self.recorder.record(submitted).await {
+            let recorded = match (&self.spec.idempotency_key, self.spec.durability) {
+                // The log checks a key before the task may run: a keyed
+                // async task waits for its submission's commit.
+                (Some(_), Durability::Async) => self.recorder.record_durable(submitted).await,
+                _ => self.recorder.record(submitted).await,
+            };
+            match recorded {
                 Err(OrchestratorError::Store(StoreError::Rejected(
                     ApplyError::DuplicateIdempotencyKey { task, .. },
                 ))) => Err(OrchestratorError::AlreadySubmitted(task)),
@@ -744,13 +816,15 @@ impl Runner {
         if let Err(e) = self.recorder.flush().await {
             tracing::error!(task = %self.id, error = %e, "task events could not be recorded");
         }
-        self.done.send_replace(Some(outcome));
+        // The event loop hears of the end before anyone can see it, so a
+        // command sent after seeing it finds the task ended.
         let _ = self
             .orchestrator
             .inner
             .commands
             .send(Command::Ended { id: self.id })
             .await;
+        self.done.send_replace(Some(outcome));
     }
 
     /// Runs attempts until the task ends.

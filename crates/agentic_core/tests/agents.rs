@@ -1,10 +1,15 @@
 //! The agent runtime's promises: messages only, `send` and `ask` with
 //! timeouts, topics, and supervision that restarts a failed agent (within
-//! its limit) with its state rebuilt from the events it recorded.
+//! its limit) with its state rebuilt from the events it recorded; recorded
+//! events keep their order and wait for a slow store in a bounded queue.
+
+mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use agentic_core::agent::RUNTIME_APPEND_QUEUE;
 use agentic_core::{
     Agent, AgentContext, AgentError, AgentId, AgentRef, Durability, EventStore, Reply,
     RestartLimit, RestartPolicy, Runtime, RuntimeError, SpawnOptions,
@@ -12,6 +17,7 @@ use agentic_core::{
 use agentic_store::MemoryStore;
 use async_trait::async_trait;
 use serde_json::{Value, json};
+use support::GatedStore;
 use uuid::Uuid;
 
 /// A counter whose every change is a recorded event.
@@ -242,6 +248,30 @@ async fn a_topic_reaches_every_subscriber() {
     }
 }
 
+/// Regression (issue 14): one stopped subscriber used to unsubscribe every
+/// subscriber of its topic.
+#[tokio::test]
+async fn a_stopped_subscriber_leaves_the_others_subscribed() {
+    let (_store, rt) = runtime();
+    let mut counters = Vec::new();
+    for key in ["gone", "stays"] {
+        let agent = rt
+            .spawn::<Counter>(AgentId::new("counter", key), SpawnOptions::default())
+            .expect("spawn");
+        rt.subscribe(&agent, "ticks", CounterMsg::Topic);
+        counters.push(agent);
+    }
+    let (gone, stays) = (&counters[0], &counters[1]);
+    gone.stop().await.expect("stop");
+    gone.stopped().await;
+    // The first publish finds the stopped one and forgets it...
+    rt.publish("ticks", json!(4)).await;
+    // ...and the next ones still reach the other.
+    rt.publish("ticks", json!(3)).await;
+    rt.publish("ticks", json!(2)).await;
+    assert_eq!(total(stays).await, Ok(9));
+}
+
 #[tokio::test]
 async fn a_thousand_agents_run_side_by_side() {
     let rt = Runtime::new(None, Uuid::now_v7());
@@ -303,4 +333,121 @@ async fn messages_are_logged_by_their_durability_and_ephemeral_ones_never() {
         })
         .collect();
     assert_eq!(messages, vec![json!({"add": 1}), json!({"add": 2})]);
+}
+
+/// Records what it is told to, with the durability it is told.
+struct Journal;
+
+enum JournalMsg {
+    /// Records `{"n": N}` async.
+    Async(i64),
+    /// Records `{"n": N}` durably, then answers.
+    Durable(i64, Reply<()>),
+    /// Records `{"n": 0..N}` async, counting each record made.
+    Many(i64, Arc<AtomicUsize>),
+}
+
+#[async_trait]
+impl Agent for Journal {
+    type Msg = JournalMsg;
+
+    async fn start(_ctx: &AgentContext) -> Result<Self, AgentError> {
+        Ok(Journal)
+    }
+
+    async fn handle(&mut self, ctx: &AgentContext, msg: JournalMsg) -> Result<(), AgentError> {
+        match msg {
+            JournalMsg::Async(n) => ctx.record(json!({ "n": n }), Durability::Async).await?,
+            JournalMsg::Durable(n, reply) => {
+                ctx.record(json!({ "n": n }), Durability::Durable).await?;
+                let _ = reply.send(());
+            }
+            JournalMsg::Many(count, made) => {
+                for n in 0..count {
+                    ctx.record(json!({ "n": n }), Durability::Async).await?;
+                    made.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `n` of every event the journal recorded, in stream order.
+async fn journal(store: &dyn EventStore, id: &AgentId) -> Vec<i64> {
+    store
+        .read_stream(&id.stream(), 1, usize::MAX)
+        .await
+        .expect("read")
+        .iter()
+        .filter_map(|e| match e.decode().expect("decode") {
+            agentic_core::SystemEvent::AgentRecorded { data, .. } => data["n"].as_i64(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Regression (issue 14): each async event was appended by a detached task
+/// of its own, so a later durable event (or another async one) could reach
+/// the log first. Now a durable event is committed after every event
+/// recorded before it, in order.
+#[tokio::test]
+async fn recorded_events_reach_the_log_in_the_order_they_were_recorded() {
+    let (store, rt) = runtime();
+    let id = AgentId::new("journal", "order");
+    let agent = rt
+        .spawn::<Journal>(id.clone(), SpawnOptions::default())
+        .expect("spawn");
+    for n in 0..50 {
+        agent.send(JournalMsg::Async(n)).await.expect("send");
+    }
+    agent
+        .ask(
+            |reply| JournalMsg::Durable(50, reply),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("durable");
+    let expected: Vec<i64> = (0..=50).collect();
+    assert_eq!(journal(&*store, &id).await, expected);
+}
+
+/// Regression (issue 14): async events waited for a slow store without
+/// bound (a detached task each). With the store stuck, an agent recording
+/// in a loop waits once the runtime's queue is full; when the store moves,
+/// everything is logged, in order.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_store_makes_a_recording_agent_wait_instead_of_growing_memory() {
+    let store = GatedStore::closed();
+    let dyn_store: Arc<dyn EventStore> = store.clone();
+    let rt = Runtime::new(Some(dyn_store), Uuid::now_v7());
+    let id = AgentId::new("journal", "flood");
+    let agent = rt
+        .spawn::<Journal>(id.clone(), SpawnOptions::default())
+        .expect("spawn");
+    let made = Arc::new(AtomicUsize::new(0));
+    let count = 3 * RUNTIME_APPEND_QUEUE;
+    agent
+        .send(JournalMsg::Many(count as i64, made.clone()))
+        .await
+        .expect("send");
+    // The paused clock moves only once every task is idle: the agent is
+    // waiting for room in the queue, or has finished.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let so_far = made.load(Ordering::SeqCst);
+    // At most a full queue plus the batch the appender holds.
+    assert!(
+        so_far <= 2 * RUNTIME_APPEND_QUEUE,
+        "{so_far} of {count} records made while the store was stuck"
+    );
+    store.open();
+    agent
+        .ask(
+            |reply| JournalMsg::Durable(count as i64, reply),
+            Duration::from_secs(3600),
+        )
+        .await
+        .expect("durable");
+    let expected: Vec<i64> = (0..count as i64).chain([count as i64]).collect();
+    assert_eq!(journal(store.memory(), &id).await, expected);
 }

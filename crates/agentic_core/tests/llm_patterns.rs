@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use agentic_core::llm::patterns::{Participant, fan_out, forward, round_robin};
 use agentic_core::llm::{
-    AgentRunner, AgentSpec, ChatChunk, ChatRequest, ChatStream, LlmError, LlmProvider, Role,
-    RunError,
+    AgentRunner, AgentSpec, ChatChunk, ChatRequest, ChatStream, DEFAULT_BUDGET_TOKENS, LlmError,
+    LlmProvider, Role, RunError,
 };
 use agentic_core::{EventStore, ExpectedVersion, NewEvent, State, SystemEvent};
 use agentic_store::MemoryStore;
@@ -100,6 +100,7 @@ async fn fixture(agents: &[(&str, &str)]) -> Fixture {
             base_url: None,
             system: (*system).to_owned(),
             budget_tokens: None,
+            max_answer_bytes: None,
             tools: Vec::new(),
         };
         let event = SystemEvent::AgentSpawned {
@@ -294,4 +295,89 @@ async fn a_run_budget_is_shared_by_every_agent_of_the_run() {
     )
     .await
     .expect("within budget");
+}
+
+/// Streams 1 KiB chunks until it has sent `chunks` of them (or its stream
+/// is dropped); counts what it sent.
+struct Flood {
+    chunks: usize,
+    sent: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait]
+impl LlmProvider for Flood {
+    fn name(&self) -> &str {
+        "flood"
+    }
+
+    async fn stream(&self, _request: ChatRequest) -> Result<ChatStream, LlmError> {
+        let (tx, stream) = ChatStream::channel();
+        let (chunks, sent) = (self.chunks, self.sent.clone());
+        tokio::spawn(async move {
+            let chunk = "flood ".repeat(1024 / 6);
+            for _ in 0..chunks {
+                if tx.send(Ok(ChatChunk::Text(chunk.clone()))).await.is_err() {
+                    return;
+                }
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let _ = tx.send(Ok(ChatChunk::Finished(Some("stop".into())))).await;
+        });
+        Ok(stream)
+    }
+}
+
+/// Regression (issue 14): an agent spawned without a budget (every agent
+/// recorded before there was a default, too) had none, and a model that
+/// streams without end filled the log. It now runs under
+/// `DEFAULT_BUDGET_TOKENS`, counted from the bytes that stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_spawned_without_a_budget_runs_under_the_default() {
+    let f = fixture(&[("old", "anything")]).await;
+    let spec = f
+        .store
+        .projected_state()
+        .await
+        .expect("state")
+        .agent("old")
+        .map(|a| a.spec.clone())
+        .expect("agent");
+    assert_eq!(spec.budget_tokens, None, "recorded with no budget");
+    // Far more than the default budget's worth: 4 MiB.
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flood = Flood {
+        chunks: 4096,
+        sent: sent.clone(),
+    };
+    let (live, _) = broadcast::channel(1024);
+    let dyn_store: Arc<dyn EventStore> = f.store.clone();
+    let runner = AgentRunner::new(dyn_store, Arc::new(flood), None, live, Uuid::now_v7());
+    let err = runner
+        .send("old", "go on", "m", CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RunError::Halted { reason, .. }
+            if reason.starts_with("token budget exceeded") && reason.ends_with(&format!("budget {DEFAULT_BUDGET_TOKENS})"))),
+        "{err}"
+    );
+    let logged: usize = f
+        .store
+        .read_from(1, usize::MAX)
+        .await
+        .expect("read")
+        .iter()
+        .map(|e| match e.decode().expect("decode") {
+            SystemEvent::LlmDelta { text, .. } => text.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(
+        logged as u64 <= DEFAULT_BUDGET_TOKENS * agentic_core::llm::BYTES_PER_TOKEN,
+        "{logged} bytes logged"
+    );
+    assert!(
+        sent.load(std::sync::atomic::Ordering::SeqCst) < 4096,
+        "the stream was dropped"
+    );
 }

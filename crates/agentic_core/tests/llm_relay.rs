@@ -1,19 +1,26 @@
 //! The LLM relay on the in-memory store with paused time: chunks reach live
 //! subscribers at once while the log gets them coalesced, tool calls are
-//! assembled, budgets stop the stream as it flows, and cancellation and
-//! provider errors stop it with what had arrived.
+//! assembled, budgets and the answer's size bound stop the stream as it
+//! flows (counting tokens, not chunks), a slow store neither stalls the live
+//! stream nor grows a queue, and cancellation and provider errors stop it
+//! with what had arrived.
+
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentic_core::llm::{
-    ChatChunk, ChatStream, LlmError, Relay, RelayOptions, RelayOutcome, StopReason, Usage,
+    ChatChunk, ChatStream, DEFAULT_ANSWER_BYTES, LlmError, RELAY_APPEND_QUEUE, Relay, RelayOptions,
+    RelayOutcome, StopReason, Usage,
 };
 use agentic_core::{EventStore, LiveEvent, SystemEvent};
 use agentic_store::MemoryStore;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use support::GatedStore;
 
 struct Fixture {
     store: Arc<MemoryStore>,
@@ -216,11 +223,13 @@ async fn a_budget_stops_the_stream_while_it_flows() {
         tx.send(text(t)).await.expect("send");
     }
     let outcome = task.await.expect("join").expect("relay");
+    // The fourth chunk is counted, and refused: nothing past the budget is
+    // published or logged.
     assert_eq!(
         outcome,
         RelayOutcome::Stopped {
             reason: StopReason::Budget { used: 4, budget: 3 },
-            partial: "abcd".into(),
+            partial: "abc".into(),
             tokens: 4
         }
     );
@@ -232,7 +241,242 @@ async fn a_budget_stops_the_stream_while_it_flows() {
     assert!(matches!(
         events.last(),
         Some(SystemEvent::LlmStopped { reason, partial, .. })
-            if reason.contains("token budget exceeded") && partial == "abcd"
+            if reason.contains("token budget exceeded") && partial == "abc"
+    ));
+}
+
+/// What the live subscriber got so far: the text of every delta.
+fn live_text(live: &mut broadcast::Receiver<LiveEvent>) -> String {
+    let mut out = String::new();
+    while let Ok(e) = live.try_recv() {
+        if let SystemEvent::LlmDelta { text, .. } = e.event {
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// The text of every delta in the log, joined, and how many deltas.
+fn logged_text(events: &[SystemEvent]) -> (String, usize) {
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            SystemEvent::LlmDelta { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    (deltas.concat(), deltas.len())
+}
+
+/// Regression (issue 14): the budget counted chunks, so one chunk of 101 KB
+/// passed a 100-token budget. Tokens are estimated from the bytes that
+/// streamed, and what lies past the budget goes nowhere.
+#[tokio::test(start_paused = true)]
+async fn a_huge_chunk_does_not_pass_a_small_budget() {
+    let mut f = fixture();
+    let (tx, stream) = ChatStream::channel();
+    let huge = "word ".repeat(101 * 1024 / 5);
+    tx.send(text(&huge)).await.expect("send");
+    tx.send(Ok(ChatChunk::Finished(Some("stop".into()))))
+        .await
+        .expect("send");
+    drop(tx);
+    let options = RelayOptions {
+        budget_tokens: Some(100),
+        ..RelayOptions::default()
+    };
+    let outcome = f
+        .relay
+        .relay(
+            "ada",
+            Uuid::now_v7(),
+            stream,
+            options,
+            CancellationToken::new(),
+        )
+        .await
+        .expect("relay");
+    let RelayOutcome::Stopped {
+        reason: StopReason::Budget { used, budget: 100 },
+        partial,
+        tokens,
+    } = outcome
+    else {
+        panic!("a 101 KB answer must not pass a 100-token budget: {outcome:?}");
+    };
+    assert_eq!(used, tokens);
+    assert!(used >= huge.len() as u64 / 4, "counted by size: {used}");
+    assert!(
+        partial.len() <= 400,
+        "only the budget's worth: {}",
+        partial.len()
+    );
+    assert_eq!(live_text(&mut f.live), partial, "nothing more went live");
+    let (logged, _) = logged_text(&logged(&f.store).await);
+    assert_eq!(logged, partial, "nor into the log");
+}
+
+/// Regression (issue 14): with no budget, an endless stream wrote 4.9 GB of
+/// log. Every completion has a size bound, even without a budget: the
+/// provider here would stream four times past it.
+#[tokio::test(start_paused = true)]
+async fn an_endless_stream_stops_at_the_answer_bound() {
+    let f = fixture();
+    let (tx, stream) = ChatStream::channel();
+    let chunk = "x".repeat(1000);
+    let chunks = 4 * DEFAULT_ANSWER_BYTES as usize / chunk.len();
+    let provider = tokio::spawn(async move {
+        let mut sent = 0;
+        while sent < chunks && tx.send(Ok(ChatChunk::Text(chunk.clone()))).await.is_ok() {
+            sent += 1;
+        }
+        sent
+    });
+    let relay = f.relay.clone();
+    let outcome = tokio::spawn(async move { relay_default(&relay, stream).await })
+        .await
+        .expect("join");
+    let RelayOutcome::Stopped {
+        reason: StopReason::AnswerTooLong { limit },
+        partial,
+        ..
+    } = outcome
+    else {
+        panic!("the stream must stop at the bound: {outcome:?}");
+    };
+    assert_eq!(limit, DEFAULT_ANSWER_BYTES);
+    assert_eq!(
+        partial.len() as u64,
+        DEFAULT_ANSWER_BYTES,
+        "cut at the bound"
+    );
+    let sent = provider.await.expect("provider");
+    assert!(
+        sent < chunks,
+        "the provider's stream was dropped ({sent} sent)"
+    );
+    let events = logged(&f.store).await;
+    let (logged, _) = logged_text(&events);
+    assert_eq!(logged.len() as u64, DEFAULT_ANSWER_BYTES);
+    assert!(matches!(
+        events.last(),
+        Some(SystemEvent::LlmStopped { reason, .. }) if reason.starts_with("answer too long")
+    ));
+}
+
+/// The size bound cuts a chunk on a character boundary, and counts tool
+/// calls' arguments too: a call cut short is not kept.
+#[tokio::test(start_paused = true)]
+async fn the_answer_bound_counts_tool_call_arguments_and_cuts_on_a_character() {
+    let f = fixture();
+    let options = RelayOptions {
+        max_answer_bytes: 1001,
+        ..RelayOptions::default()
+    };
+    let (tx, stream) = ChatStream::channel();
+    tx.send(text(&"\u{e9}".repeat(600))).await.expect("send");
+    drop(tx);
+    let outcome = f
+        .relay
+        .relay(
+            "ada",
+            Uuid::now_v7(),
+            stream,
+            options.clone(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("relay");
+    assert!(
+        matches!(&outcome, RelayOutcome::Stopped { reason: StopReason::AnswerTooLong { limit: 1001 }, partial, .. }
+            if *partial == "\u{e9}".repeat(500)),
+        "{outcome:?}"
+    );
+
+    let (tx, stream) = ChatStream::channel();
+    tx.send(Ok(ChatChunk::ToolCallDelta {
+        index: 0,
+        id: Some("call_1".into()),
+        name: Some("calculator__eval".into()),
+        arguments: format!("{{\"expression\":\"{}\"}}", "1+".repeat(1000)),
+    }))
+    .await
+    .expect("send");
+    drop(tx);
+    let outcome = f
+        .relay
+        .relay(
+            "ada",
+            Uuid::now_v7(),
+            stream,
+            options,
+            CancellationToken::new(),
+        )
+        .await
+        .expect("relay");
+    assert!(
+        matches!(
+            outcome,
+            RelayOutcome::Stopped {
+                reason: StopReason::AnswerTooLong { .. },
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+}
+
+/// Regression (issue 14): the relay's appender queue was unbounded. With
+/// the store stuck, every chunk still goes live at once, the relay
+/// coalesces into fewer, larger deltas instead of queueing one event per
+/// chunk, and once the store moves every byte and the end are logged.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_store_neither_stalls_the_live_stream_nor_grows_a_queue() {
+    let store = GatedStore::closed();
+    let (live_tx, mut live) = broadcast::channel(16);
+    let dyn_store: Arc<dyn EventStore> = store.clone();
+    let relay = Relay::new(dyn_store, live_tx, Uuid::now_v7());
+    let (tx, stream) = ChatStream::channel();
+    let options = RelayOptions {
+        // One event per chunk, if the relay could queue them.
+        coalesce_bytes: 1,
+        ..RelayOptions::default()
+    };
+    let task = tokio::spawn(async move {
+        relay
+            .relay(
+                "ada",
+                Uuid::now_v7(),
+                stream,
+                options,
+                CancellationToken::new(),
+            )
+            .await
+    });
+    const CHUNKS: usize = 2000;
+    for i in 0..CHUNKS {
+        let t = format!("{} ", i % 10);
+        tx.send(text(&t)).await.expect("send");
+        let e = live.recv().await.expect("live while the store is stuck");
+        assert!(matches!(e.event, SystemEvent::LlmDelta { text, .. } if text == t));
+    }
+    assert!(store.events().await.is_empty(), "the store is stuck");
+    drop(tx);
+    store.open();
+    let outcome = task.await.expect("join").expect("relay");
+    let RelayOutcome::Finished { message, .. } = outcome else {
+        panic!("finished: {outcome:?}");
+    };
+    let events = store.events().await;
+    let (logged, deltas) = logged_text(&events);
+    assert_eq!(logged, message.content, "every byte logged, in order");
+    assert!(
+        deltas <= 2 * RELAY_APPEND_QUEUE + 1,
+        "{deltas} deltas for {CHUNKS} chunks: the relay must coalesce, not queue"
+    );
+    assert!(matches!(
+        events.last(),
+        Some(SystemEvent::LlmFinished { .. })
     ));
 }
 

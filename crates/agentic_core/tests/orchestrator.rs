@@ -3,16 +3,24 @@
 //! cancellation of task trees, idempotency, back-pressure, durability modes,
 //! and a log that replays to the live state.
 
+mod support;
+
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use agentic_core::orchestrator::TASK_ASYNC_APPENDS;
 use agentic_core::orchestrator::builtin_handlers;
 use agentic_core::{
-    Durability, EventStore, LiveEvent, Orchestrator, OrchestratorConfig, RetryPolicy, State,
-    SystemEvent, TaskOutcome, TaskSpec, TaskStatus,
+    Durability, EventStore, LiveEvent, Orchestrator, OrchestratorConfig, OrchestratorError,
+    RetryPolicy, State, SystemEvent, TaskContext, TaskError, TaskHandler, TaskOutcome, TaskSpec,
+    TaskStatus,
 };
 use agentic_store::MemoryStore;
-use serde_json::json;
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use support::GatedStore;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -226,6 +234,149 @@ async fn the_same_idempotency_key_is_one_task() {
     let state = store.projected_state().await.expect("state");
     assert_eq!(state.tasks().len(), 1);
     assert_eq!(state.tasks().next().map(|t| t.attempts), Some(1));
+}
+
+/// Counts its runs; `{"reports": N}` reports progress N times first.
+#[derive(Default)]
+struct Counted {
+    runs: AtomicUsize,
+    reports: AtomicUsize,
+}
+
+#[async_trait]
+impl TaskHandler for Counted {
+    async fn run(&self, ctx: TaskContext, input: Value) -> Result<Value, TaskError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        for i in 0..input["reports"].as_u64().unwrap_or(0) {
+            ctx.progress(json!(i))
+                .await
+                .map_err(|e| TaskError::new(e.to_string()))?;
+            self.reports.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(input)
+    }
+}
+
+/// An orchestrator on `store` whose only handler is `counted`.
+fn counting(
+    store: Arc<dyn EventStore>,
+    config: OrchestratorConfig,
+) -> (Arc<Counted>, Orchestrator) {
+    let counted = Arc::new(Counted::default());
+    let mut handlers: HashMap<String, Arc<dyn TaskHandler>> = HashMap::new();
+    handlers.insert("counted".into(), counted.clone());
+    let orch = Orchestrator::start(store, handlers, config, Uuid::now_v7());
+    (counted, orch)
+}
+
+fn keyed(key: &str, durability: Durability) -> TaskSpec {
+    let mut s = spec("counted", json!({}));
+    s.idempotency_key = Some(key.into());
+    s.durability = durability;
+    s
+}
+
+/// Regression (issue 14): the idempotency map was never pruned. It keeps
+/// the keys of the last `finished_keys` ended tasks; an older key is
+/// refused by the log's projection, and its task never runs again, async
+/// or durable.
+#[tokio::test(start_paused = true)]
+async fn old_idempotency_keys_are_forgotten_here_and_still_refused_by_the_log() {
+    for durability in [Durability::Durable, Durability::Async] {
+        let store = Arc::new(MemoryStore::new());
+        let config = OrchestratorConfig {
+            finished_keys: 2,
+            ..OrchestratorConfig::default()
+        };
+        let (counted, orch) = counting(store.clone(), config);
+        let mut ids = Vec::new();
+        for key in ["k0", "k1", "k2"] {
+            let handle = orch.submit(keyed(key, durability)).await.expect("submit");
+            ids.push(handle.id);
+            handle.outcome().await.expect("outcome");
+        }
+        // k1 and k2 are remembered: the same task, at once.
+        let again = orch.submit(keyed("k2", durability)).await.expect("k2");
+        assert_eq!(again.id, ids[2]);
+        assert_eq!(
+            again.outcome().await.expect("outcome"),
+            TaskOutcome::Completed(json!({}))
+        );
+        // k0 is forgotten here; the log refuses it.
+        let err = orch.submit(keyed("k0", durability)).await.unwrap_err();
+        assert_eq!(
+            err,
+            OrchestratorError::AlreadySubmitted(ids[0]),
+            "{durability:?}"
+        );
+        assert_eq!(counted.runs.load(Ordering::SeqCst), 3, "{durability:?}");
+        assert_eq!(
+            store.projected_state().await.expect("state").tasks().len(),
+            3
+        );
+    }
+}
+
+/// Regression (issue 14, found beside the unpruned map): a keyed async
+/// task's submission was appended in the background while it ran, so a key
+/// the log already held (another process's, or one forgotten here) ran its
+/// task again.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_async_task_never_runs_twice_across_orchestrators() {
+    let store = Arc::new(MemoryStore::new());
+    let (first, a) = counting(store.clone(), OrchestratorConfig::default());
+    let handle = a
+        .submit(keyed("order-7", Durability::Async))
+        .await
+        .expect("submit");
+    let id = handle.id;
+    handle.outcome().await.expect("outcome");
+    // Another process (its own orchestrator, its own memory) retries.
+    let (second, b) = counting(store.clone(), OrchestratorConfig::default());
+    let err = b
+        .submit(keyed("order-7", Durability::Async))
+        .await
+        .unwrap_err();
+    assert_eq!(err, OrchestratorError::AlreadySubmitted(id));
+    assert_eq!(first.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(second.runs.load(Ordering::SeqCst), 0, "ran twice");
+}
+
+/// Regression (issue 14): a task's async events each waited for the store
+/// on a task of their own, as many as the handler made. With the store
+/// stuck, a handler reporting in a loop now waits once
+/// `TASK_ASYNC_APPENDS` of its events are waiting; when the store moves,
+/// every report is logged, in order.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_store_makes_a_chatty_handler_wait_instead_of_growing_memory() {
+    let store = GatedStore::closed();
+    let (counted, orch) = counting(store.clone(), OrchestratorConfig::default());
+    let reports = 3 * TASK_ASYNC_APPENDS;
+    let mut task = spec("counted", json!({ "reports": reports }));
+    task.durability = Durability::Async;
+    let handle = orch.submit(task).await.expect("submit");
+    // The paused clock moves only once every task is idle: the handler is
+    // waiting for the store, or has finished.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let made = counted.reports.load(Ordering::SeqCst);
+    assert!(
+        made <= TASK_ASYNC_APPENDS,
+        "{made} of {reports} reports made while the store was stuck"
+    );
+    store.open();
+    handle.outcome().await.expect("outcome");
+    assert_eq!(counted.reports.load(Ordering::SeqCst), reports);
+    let progress: Vec<Value> = store
+        .events()
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            SystemEvent::TaskProgress { progress, .. } => Some(progress),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<Value> = (0..reports).map(|i| json!(i)).collect();
+    assert_eq!(progress, expected);
 }
 
 #[tokio::test(start_paused = true)]

@@ -48,6 +48,7 @@ pub async fn spawn(
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == ':') {
         bail!("an agent name must be non-empty, without spaces or ':'");
     }
+    spec.check_limits().map_err(|e| anyhow!(e))?;
     let mut spec = spec;
     // A model file is kept by absolute path: a kernel or a later send may
     // run in another directory.
@@ -61,6 +62,10 @@ pub async fn spawn(
         ));
     }
     let runs_on = HomeProviders::new(home).describe(&spec)?;
+    let limits = Limits::of(&spec);
+    // The spec keeps only the limits given here: an agent spawned without
+    // them gets the defaults of the lion that runs it, as agents recorded
+    // before there were defaults do.
     record(
         store,
         ctx,
@@ -71,10 +76,58 @@ pub async fn spawn(
     )
     .await?;
     if ctx.json {
-        return output::json(&json!({ "spawned": name, "runs_on": runs_on }));
+        return output::json(&json!({
+            "spawned": name,
+            "runs_on": runs_on,
+            "budget_tokens": limits.budget_tokens,
+            "max_answer_bytes": limits.max_answer_bytes,
+        }));
     }
-    println!("spawned {name} (runs on {runs_on})");
+    println!(
+        "spawned {name} (runs on {runs_on}; budget {}, answers up to {})",
+        limits.budget(),
+        limits.answer()
+    );
     Ok(())
+}
+
+/// The limits an agent runs under, and whether each is the default.
+struct Limits {
+    budget_tokens: u64,
+    budget_default: bool,
+    max_answer_bytes: u64,
+    answer_default: bool,
+}
+
+impl Limits {
+    fn of(spec: &AgentSpec) -> Self {
+        Self {
+            budget_tokens: spec.token_budget(),
+            budget_default: spec.budget_tokens.is_none(),
+            max_answer_bytes: spec.answer_bytes(),
+            answer_default: spec.max_answer_bytes.is_none(),
+        }
+    }
+
+    /// `4096 tokens (default)`.
+    fn budget(&self) -> String {
+        let default = if self.budget_default {
+            " (default)"
+        } else {
+            ""
+        };
+        format!("{} tokens{default}", self.budget_tokens)
+    }
+
+    /// `1048576 bytes (default)`.
+    fn answer(&self) -> String {
+        let default = if self.answer_default {
+            " (default)"
+        } else {
+            ""
+        };
+        format!("{} bytes{default}", self.max_answer_bytes)
+    }
 }
 
 /// The model to record for `--provider P [--model M]`: `local` makes it a
@@ -111,14 +164,31 @@ pub fn model_for(
 pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
     let state = store.projected_state().await?;
     if ctx.json {
-        let agents: Vec<_> = state.agents().collect();
+        // Each record, with the limits it runs under (its spec keeps only
+        // those given at spawn).
+        let mut agents = Vec::with_capacity(state.agents().len());
+        for a in state.agents() {
+            let limits = Limits::of(&a.spec);
+            let mut value = serde_json::to_value(a)?;
+            value["budget_tokens"] = json!(limits.budget_tokens);
+            value["max_answer_bytes"] = json!(limits.max_answer_bytes);
+            agents.push(value);
+        }
         return output::json(&agents);
     }
     if state.agents().len() == 0 {
         println!("no agents (lion agent spawn NAME)");
         return Ok(());
     }
-    let mut table = output::table(["name", "status", "model", "messages", "tokens", "budget"]);
+    let mut table = output::table([
+        "name",
+        "status",
+        "model",
+        "messages",
+        "tokens",
+        "budget",
+        "answer bound",
+    ]);
     for a in state.agents() {
         table.add_row(vec![
             a.name.clone(),
@@ -129,9 +199,8 @@ pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
             a.spec.model.clone().unwrap_or_else(|| "(default)".into()),
             a.messages.len().to_string(),
             (a.usage.prompt_tokens + a.usage.completion_tokens).to_string(),
-            a.spec
-                .budget_tokens
-                .map_or_else(|| "-".into(), |b| b.to_string()),
+            Limits::of(&a.spec).budget(),
+            Limits::of(&a.spec).answer(),
         ]);
     }
     println!("{table}");

@@ -59,6 +59,7 @@ pub async fn run(
                 base_url: None,
                 system: system.to_owned(),
                 budget_tokens: Some(budget),
+                max_answer_bytes: None,
                 tools,
             },
         };

@@ -1,10 +1,36 @@
 //! LLM agents as data: what `lion agent spawn` records ([`AgentSpec`]) and
 //! what the log says of an agent since ([`AgentRecord`]: its status, its
 //! conversation memory and the tokens it used).
+//!
+//! Every agent is bounded: a token budget per message ([`AgentSpec::token_budget`],
+//! [`DEFAULT_BUDGET_TOKENS`] unless spawned with another) and a size bound on
+//! each answer ([`AgentSpec::answer_bytes`], [`DEFAULT_ANSWER_BYTES`]). Agents
+//! recorded before these defaults existed get them when they run: their
+//! spec says nothing, and nothing means the default.
 
 use serde::{Deserialize, Serialize};
 
 use super::{ChatMessage, Role, Usage};
+
+/// Tokens one message to an agent may make the model generate, tool rounds
+/// included, when the agent was spawned without `--budget-tokens`. About
+/// 16 KB of text: room for a long chat answer, and a stop for a model (or a
+/// server) that streams without end, whose every chunk is published and
+/// logged.
+pub const DEFAULT_BUDGET_TOKENS: u64 = 4096;
+
+/// Bytes of text and tool-call arguments one completion may stream when the
+/// agent was spawned without `--max-answer-bytes`: 1 MiB, far past what
+/// [`DEFAULT_BUDGET_TOKENS`] lets through, so it binds only under a large
+/// budget or a provider whose chunks are huge. Past it the stream is
+/// stopped, as by a budget, and that is recorded.
+pub const DEFAULT_ANSWER_BYTES: u64 = 1 << 20;
+
+/// The largest answer bound an agent may be given: an answer is held in
+/// memory while it streams and logged twice (its coalesced deltas, then the
+/// whole message), so the bound must stay a small part of the host's memory
+/// and disk.
+pub const MAX_ANSWER_BYTES: u64 = 64 << 20;
 
 /// How an LLM agent was spawned. No secret is kept here: API keys come from
 /// the environment at each use.
@@ -19,12 +45,48 @@ pub struct AgentSpec {
     /// The system prompt.
     #[serde(default)]
     pub system: String,
-    /// Most tokens one run may generate.
+    /// Most tokens one run may generate; none: [`DEFAULT_BUDGET_TOKENS`]
+    /// (see [`AgentSpec::token_budget`]).
     #[serde(default)]
     pub budget_tokens: Option<u64>,
+    /// Most bytes of text and tool-call arguments one completion may
+    /// stream; none: [`DEFAULT_ANSWER_BYTES`] (see [`AgentSpec::answer_bytes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_answer_bytes: Option<u64>,
     /// Plugin functions the agent may call, as `PLUGIN.FUNCTION`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<String>,
+}
+
+impl AgentSpec {
+    /// The token budget of one message: the one chosen at spawn, else
+    /// [`DEFAULT_BUDGET_TOKENS`] (agents spawned before there was a default
+    /// get it too).
+    pub fn token_budget(&self) -> u64 {
+        self.budget_tokens.unwrap_or(DEFAULT_BUDGET_TOKENS)
+    }
+
+    /// The size bound of one answer, in bytes: the one chosen at spawn
+    /// (at most [`MAX_ANSWER_BYTES`]), else [`DEFAULT_ANSWER_BYTES`].
+    pub fn answer_bytes(&self) -> u64 {
+        self.max_answer_bytes
+            .map_or(DEFAULT_ANSWER_BYTES, |b| b.min(MAX_ANSWER_BYTES))
+    }
+
+    /// Checks the limits chosen at spawn: a budget of at least one token,
+    /// an answer bound of 1 byte to [`MAX_ANSWER_BYTES`]. The error names
+    /// the flag to fix.
+    pub fn check_limits(&self) -> Result<(), String> {
+        if self.budget_tokens == Some(0) {
+            return Err("--budget-tokens must be at least 1".into());
+        }
+        match self.max_answer_bytes {
+            Some(b) if b == 0 || b > MAX_ANSWER_BYTES => Err(format!(
+                "--max-answer-bytes must be 1 to {MAX_ANSWER_BYTES} (64 MiB), got {b}"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Whether an agent takes messages.

@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    AgentStatus, ChatMessage, ChatRequest, LlmError, LlmProvider, Relay, RelayOptions,
-    RelayOutcome, Role, StopReason, TokenBudget, ToolCall, ToolSpec, Usage,
+    AgentStatus, BYTES_PER_TOKEN, ChatMessage, ChatRequest, LlmError, LlmProvider, Relay,
+    RelayOptions, RelayOutcome, Role, StopReason, TokenBudget, ToolCall, ToolSpec, Usage,
 };
 use crate::event::{NewEvent, SystemEvent};
 use crate::orchestrator::LiveEvent;
@@ -161,13 +162,19 @@ impl AgentRunner {
             agent: name.to_owned(),
             reason,
         };
+        // Every agent is bounded, those spawned before there were defaults
+        // too: their spec says nothing, which means the defaults.
+        let budget = agent.spec.token_budget();
         let mut total = Usage::default();
+        // Tokens the run's completions counted (the larger of the
+        // provider's figure and the estimate): what the budget is charged.
+        let mut used = 0u64;
         let mut rounds = 0;
         loop {
-            let used = total.completion_tokens;
             let options = RelayOptions {
-                budget_tokens: agent.spec.budget_tokens.map(|b| b.saturating_sub(used)),
+                budget_tokens: Some(budget.saturating_sub(used)),
                 run_budget: self.run_budget.clone(),
+                max_answer_bytes: agent.spec.answer_bytes(),
                 ..RelayOptions::default()
             };
             let outcome = relay
@@ -176,19 +183,18 @@ impl AgentRunner {
             let (message, usage) = match outcome {
                 RelayOutcome::Finished { message, usage, .. } => (message, usage),
                 RelayOutcome::Stopped { reason, .. } => {
-                    let reason = match (reason, agent.spec.budget_tokens) {
+                    let reason = match reason {
                         // Say the run's figures, not this round's.
-                        (StopReason::Budget { used: round, .. }, Some(budget)) => {
-                            StopReason::Budget {
-                                used: used + round,
-                                budget,
-                            }
-                        }
-                        (other, _) => other,
+                        StopReason::Budget { used: round, .. } => StopReason::Budget {
+                            used: used + round,
+                            budget,
+                        },
+                        other => other,
                     };
                     return Err(halted(reason.to_string()));
                 }
             };
+            used += usage.completion_tokens.max(estimated(&message));
             total.prompt_tokens += usage.prompt_tokens;
             total.completion_tokens += usage.completion_tokens;
             if message.tool_calls.is_empty() {
@@ -245,6 +251,57 @@ impl AgentRunner {
     }
 }
 
+/// The tokens a finished answer counts as when the provider reported fewer:
+/// the relay's estimate from its size (a provider must not stretch a
+/// budget by under-reporting).
+fn estimated(message: &ChatMessage) -> u64 {
+    let bytes = message.content.len()
+        + message
+            .tool_calls
+            .iter()
+            .map(|c| c.name.len() + c.arguments.len())
+            .sum::<usize>();
+    (bytes as u64).div_ceil(BYTES_PER_TOKEN)
+}
+
+/// The longest tool name the OpenAI chat protocol accepts: a function
+/// name must match `^[a-zA-Z0-9_-]{1,64}$`.
+pub const MAX_TOOL_NAME: usize = 64;
+
+/// Hex digits of the SHA-256 that ends a tool name that cannot be written
+/// out: 64 bits, so two tools of one agent meet by chance about once in
+/// 2^32 agents with 2^16 tools each; [`Tools::granted`] refuses it then.
+const TOOL_NAME_HASH_HEX: usize = 16;
+
+/// The name the model calls plugin function `plugin`.`function` by.
+///
+/// `PLUGIN__FUNCTION` when that is a valid name and reads back one way
+/// only: within [`MAX_TOOL_NAME`] characters of `[a-zA-Z0-9_-]`, and with
+/// the first `__` the separator (the plugin name neither contains `__`
+/// nor ends with `_`, so `a` + `_b` and `a_` + `b` cannot both be
+/// `a___b`). Any other pair gets the readable part with its other
+/// characters replaced by `_`, cut short, then `-` and a hash of the exact
+/// pair: distinct pairs get distinct names but for a hash collision, which
+/// [`Tools::granted`] refuses.
+pub fn tool_name(plugin: &str, function: &str) -> String {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let plain = format!("{plugin}__{function}");
+    let unambiguous = !plugin.is_empty() && !plugin.contains("__") && !plugin.ends_with('_');
+    if unambiguous && plain.len() <= MAX_TOOL_NAME && plain.chars().all(allowed) {
+        return plain;
+    }
+    // A plugin name holds no `.` (`PLUGIN.FUNCTION` splits at the first),
+    // so this names the pair exactly.
+    let digest = Sha256::digest(format!("{plugin}.{function}").as_bytes());
+    let hash = &hex::encode(digest)[..TOOL_NAME_HASH_HEX];
+    let readable: String = plain
+        .chars()
+        .map(|c| if allowed(c) { c } else { '_' })
+        .take(MAX_TOOL_NAME - TOOL_NAME_HASH_HEX - 1)
+        .collect();
+    format!("{readable}-{hash}")
+}
+
 /// The plugin functions an agent may call, as the model sees them.
 pub struct Tools {
     /// What the model is told.
@@ -255,7 +312,9 @@ pub struct Tools {
 
 impl Tools {
     /// The tools `granted` names (`PLUGIN.FUNCTION`), each described by its
-    /// plugin's manifest; an unknown plugin or function is an error.
+    /// plugin's manifest and named by [`tool_name`]; an unknown plugin or
+    /// function is an error, and so are two tools the model would call by
+    /// one name.
     pub fn granted(state: &State, granted: &[String]) -> Result<Self, String> {
         let mut specs = Vec::new();
         let mut by_name = HashMap::new();
@@ -274,8 +333,17 @@ impl Tools {
                 .ok_or_else(|| {
                     format!("tool {tool}: plugin {plugin} has no function {function:?}")
                 })?;
-            // Function names the protocol accepts: letters, digits, _ and -.
-            let name = format!("{plugin}__{function}");
+            let name = tool_name(plugin, function);
+            match by_name.get(&name) {
+                // The same tool granted twice is one tool.
+                Some((p, f)) if p == plugin && f == function => continue,
+                Some((p, f)) => {
+                    return Err(format!(
+                        "tools {p}.{f} and {tool} would both be called {name} by the model: grant only one of them"
+                    ));
+                }
+                None => {}
+            }
             specs.push(ToolSpec {
                 name: name.clone(),
                 description: spec.description.clone(),
@@ -310,5 +378,57 @@ impl Tools {
             Ok(output) => output.to_string(),
             Err(e) => format!("error: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `^[a-zA-Z0-9_-]{1,64}$`, OpenAI's rule for a function's name.
+    fn valid(name: &str) -> bool {
+        (1..=MAX_TOOL_NAME).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    }
+
+    #[test]
+    fn plain_pairs_keep_their_readable_names() {
+        assert_eq!(tool_name("calculator", "eval"), "calculator__eval");
+        assert_eq!(tool_name("hello_world", "greet"), "hello_world__greet");
+        assert_eq!(tool_name("a", "_b"), "a___b");
+    }
+
+    /// Regression (issue 14): `a` + `_b` and `a_` + `b` were both `a___b`.
+    #[test]
+    fn pairs_that_would_read_alike_get_distinct_names() {
+        let pairs = [
+            ("a", "_b"),
+            ("a_", "b"),
+            ("a__b", "c"),
+            ("a", "b__c"),
+            ("a", "b c"),
+            ("a", "b_c"),
+            ("a", "b.c"),
+            ("a", "b\u{e9}"),
+            ("a", "b\u{e8}"),
+        ];
+        let names: std::collections::BTreeSet<String> =
+            pairs.iter().map(|(p, f)| tool_name(p, f)).collect();
+        assert_eq!(names.len(), pairs.len(), "{names:?}");
+        assert!(names.iter().all(|n| valid(n)), "{names:?}");
+    }
+
+    /// Regression (issue 14): a 64-character plugin name made a tool name
+    /// the protocol refuses.
+    #[test]
+    fn long_names_are_cut_to_the_protocol_limit_and_stay_distinct() {
+        let plugin = "p".repeat(64);
+        let a = tool_name(&plugin, &"f".repeat(200));
+        let b = tool_name(&plugin, &format!("{}g", "f".repeat(199)));
+        assert!(valid(&a) && valid(&b), "{a} {b}");
+        assert_ne!(a, b);
+        assert!(a.starts_with("pppp"), "still readable: {a}");
     }
 }

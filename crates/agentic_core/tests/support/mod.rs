@@ -1,0 +1,107 @@
+//! Test support shared by the kernel's integration tests: [`GatedStore`],
+//! an in-memory store whose appends wait at a gate the test opens, to play
+//! a slow (or stuck) disk without sleeping.
+
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use agentic_core::{
+    AppendReceipt, ChainHead, EventEnvelope, EventStore, ExpectedVersion, NewEvent, State,
+    StoreError, Subscription,
+};
+use agentic_store::MemoryStore;
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+/// A [`MemoryStore`] whose appends wait while its gate is closed.
+pub struct GatedStore {
+    inner: Arc<MemoryStore>,
+    open: watch::Sender<bool>,
+    /// Append calls that reached the store (waiting or done).
+    calls: watch::Sender<usize>,
+}
+
+impl GatedStore {
+    /// A store with its gate closed: appends wait until [`open`](Self::open).
+    pub fn closed() -> Arc<Self> {
+        Arc::new(Self {
+            inner: Arc::new(MemoryStore::new()),
+            open: watch::channel(false).0,
+            calls: watch::channel(0).0,
+        })
+    }
+
+    /// Lets every waiting and later append through.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// The store behind the gate.
+    pub fn memory(&self) -> &MemoryStore {
+        &self.inner
+    }
+
+    /// Resolves once `n` append calls have reached the store.
+    pub async fn calls_reached(&self, n: usize) {
+        let mut calls = self.calls.subscribe();
+        calls.wait_for(|c| *c >= n).await.expect("calls");
+    }
+
+    /// Every stored event, decoded, in log order.
+    pub async fn events(&self) -> Vec<agentic_core::SystemEvent> {
+        self.inner
+            .read_from(1, usize::MAX)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.decode().expect("decode"))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl EventStore for GatedStore {
+    async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+    ) -> Result<AppendReceipt, StoreError> {
+        self.calls.send_modify(|c| *c += 1);
+        let mut open = self.open.subscribe();
+        open.wait_for(|o| *o)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        self.inner.append(events, expected).await
+    }
+
+    async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.inner.read_from(from, limit).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.inner.read_stream(stream, from, limit).await
+    }
+
+    async fn head(&self) -> Result<ChainHead, StoreError> {
+        self.inner.head().await
+    }
+
+    async fn wait_for_events(&self, seq: u64) -> Result<(), StoreError> {
+        self.inner.wait_for_events(seq).await
+    }
+
+    async fn projected_state(&self) -> Result<State, StoreError> {
+        self.inner.projected_state().await
+    }
+
+    fn subscribe(self: Arc<Self>, from: u64) -> Subscription {
+        Subscription::new(self, from)
+    }
+}
