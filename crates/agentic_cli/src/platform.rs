@@ -10,9 +10,16 @@
 // asks CPUID for every feature of the level (and XGETBV for the operating
 // system's support of AVX state) and, if one is missing, writes one line to
 // stderr and exits with status 1.
+//
+// SAFETY: the routine runs once, from the loader, before any Rust code: it
+// saves the one callee-saved register it uses (rbx, for CPUID), touches no
+// memory but its own read-only message, and either returns or ends the
+// process with exit_group.
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_feature = "avx2"))]
-std::arch::global_asm!(
-    r#"
+#[allow(unsafe_code)]
+mod cpu_check {
+    std::arch::global_asm!(
+        r#"
     .section .init_array,"aw"
     .p2align 3
     .quad 2f
@@ -59,21 +66,24 @@ std::arch::global_asm!(
     // write(2, message, length), then exit_group(1).
     mov eax, 1
     mov edi, 2
-    lea rsi, [rip + 4f]
-    mov edx, 5f - 4f
+    lea rsi, [rip + {message}]
+    mov edx, {length}
     syscall
     mov eax, 231
     mov edi, 1
     syscall
     ud2
+"#,
+        message = sym MESSAGE,
+        length = const MESSAGE.len(),
+    );
 
-    .section .rodata
-4:
-    .ascii "error: this lion was built for x86-64-v3 CPUs (AVX2, FMA, BMI1/2, F16C, LZCNT, MOVBE) and this CPU lacks some of them: rebuild without target-cpu=x86-64-v3 in .cargo/config.toml\n"
-5:
-    .text
-"#
-);
+    /// What the check writes before it exits.
+    static MESSAGE: [u8; 178] =
+        *b"error: this lion was built for x86-64-v3 CPUs (AVX2, FMA, BMI1/2, \
+        F16C, LZCNT, MOVBE) and this CPU lacks some of them: rebuild without \
+        target-cpu=x86-64-v3 in .cargo/config.toml\n";
+}
 
 /// Lets a closed stdout end the process quietly, as it ends `cat` (`lion
 /// events list | head`): Rust ignores SIGPIPE, so every print after the

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use agentic_core::{
-    AppendReceipt, ChainHead, EventEnvelope, EventStore, ExpectedVersion, NewEvent,
-    PluginSnapshot, State, StoreError, Subscription,
+    AppendReceipt, ChainHead, EventEnvelope, EventStore, ExpectedVersion, NewEvent, PluginSnapshot,
+    State, StoreError, Subscription,
 };
 use agentic_store::MemoryStore;
 use async_trait::async_trait;
