@@ -7,7 +7,7 @@
 //! - [`live`] — live events from a running kernel, over a socket in the home.
 //! - [`commands`] — one module per command group.
 //! - [`output`] — tables for people, JSON for programs.
-//! - [`platform`] — the CPU check and SIGPIPE, before anything runs.
+//! - [`platform`] — the CPU check (before any Rust code runs) and SIGPIPE.
 //! - [`providers`] — which LLM provider an agent runs on.
 
 mod cli;
@@ -55,10 +55,6 @@ impl std::fmt::Display for IntegrityFailure {
 impl std::error::Error for IntegrityFailure {}
 
 fn main() -> ExitCode {
-    if let Err(message) = platform::cpu_check() {
-        eprintln!("error: {message}");
-        return ExitCode::from(EXIT_ERROR);
-    }
     platform::default_sigpipe();
     let cli = Cli::parse();
     init_tracing(cli.log_format);

@@ -1,49 +1,89 @@
 //! What `lion` checks and sets about the machine before anything else runs:
 //! the CPU level the binary was built for, and how a closed stdout ends it.
 
-/// The CPU features of x86-64-v3, the level `.cargo/config.toml` builds
-/// for (`target-cpu=x86-64-v3`): any of them may be used anywhere in the
-/// binary, so a CPU without one dies with SIGILL unless lion stops first.
-#[cfg(target_arch = "x86_64")]
-const X86_64_V3: [&str; 9] = [
-    "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave",
-];
+// The build targets x86-64-v3 (`target-cpu=x86-64-v3` in
+// `.cargo/config.toml`): the compiler may use AVX, AVX2, FMA, BMI and
+// friends anywhere, even to copy a small array, so a CPU without them dies
+// with SIGILL in whatever Rust code runs first — a check written in Rust
+// would itself be compiled for the level it checks. So the check is
+// assembly, run by the loader from `.init_array` (at priority 101, before
+// every constructor without one) before any Rust code: it
+// asks CPUID for every feature of the level (and XGETBV for the operating
+// system's support of AVX state) and, if one is missing, writes one line to
+// stderr and exits with status 1.
+//
+// SAFETY: the routine runs once, from the loader, before any Rust code: it
+// saves the one callee-saved register it uses (rbx, for CPUID), touches no
+// memory but its own read-only message, and either returns or ends the
+// process with exit_group.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_feature = "avx2"))]
+#[allow(unsafe_code)]
+mod cpu_check {
+    std::arch::global_asm!(
+        r#"
+    .section .init_array.00101,"aw"
+    .p2align 3
+    .quad 2f
 
-/// The x86-64-v3 features `has` says the CPU lacks, in order.
-#[cfg(target_arch = "x86_64")]
-fn missing_v3(has: impl Fn(&str) -> bool) -> Vec<&'static str> {
-    X86_64_V3.into_iter().filter(|f| !has(f)).collect()
-}
+    .text
+    .p2align 4
+2:
+    push rbx
+    // Basic leaf 7 must exist.
+    xor eax, eax
+    xor ecx, ecx
+    cpuid
+    cmp eax, 7
+    jb 3f
+    // Leaf 1, ECX: FMA (12), MOVBE (22), XSAVE (26), OSXSAVE (27), AVX (28), F16C (29).
+    mov eax, 1
+    xor ecx, ecx
+    cpuid
+    and ecx, 0x3C401000
+    cmp ecx, 0x3C401000
+    jne 3f
+    // The OS saves SSE and AVX state (XCR0 bits 1 and 2).
+    xor ecx, ecx
+    xgetbv
+    and eax, 6
+    cmp eax, 6
+    jne 3f
+    // Leaf 7, EBX: BMI1 (3), AVX2 (5), BMI2 (8).
+    mov eax, 7
+    xor ecx, ecx
+    cpuid
+    and ebx, 0x128
+    cmp ebx, 0x128
+    jne 3f
+    // Leaf 0x80000001, ECX: LZCNT (5).
+    mov eax, 0x80000001
+    xor ecx, ecx
+    cpuid
+    test ecx, 0x20
+    jz 3f
+    pop rbx
+    ret
+3:
+    // write(2, message, length), then exit_group(1).
+    mov eax, 1
+    mov edi, 2
+    lea rsi, [rip + {message}]
+    mov edx, {length}
+    syscall
+    mov eax, 231
+    mov edi, 1
+    syscall
+    ud2
+"#,
+        message = sym MESSAGE,
+        length = const MESSAGE.len(),
+    );
 
-/// Whether this CPU runs the instructions the binary was built with; if
-/// not, the one-line message saying so.
-pub fn cpu_check() -> Result<(), String> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // Only when built for the level (not every build is).
-        if cfg!(target_feature = "avx2") {
-            let missing = missing_v3(|f| match f {
-                "avx" => std::arch::is_x86_feature_detected!("avx"),
-                "avx2" => std::arch::is_x86_feature_detected!("avx2"),
-                "bmi1" => std::arch::is_x86_feature_detected!("bmi1"),
-                "bmi2" => std::arch::is_x86_feature_detected!("bmi2"),
-                "f16c" => std::arch::is_x86_feature_detected!("f16c"),
-                "fma" => std::arch::is_x86_feature_detected!("fma"),
-                "lzcnt" => std::arch::is_x86_feature_detected!("lzcnt"),
-                "movbe" => std::arch::is_x86_feature_detected!("movbe"),
-                "xsave" => std::arch::is_x86_feature_detected!("xsave"),
-                _ => false,
-            });
-            if !missing.is_empty() {
-                return Err(format!(
-                    "this lion was built for x86-64-v3 CPUs, and this CPU lacks {}: rebuild \
-                     without `target-cpu=x86-64-v3` in .cargo/config.toml",
-                    missing.join(", ")
-                ));
-            }
-        }
-    }
-    Ok(())
+    /// What the check writes before it exits.
+    static MESSAGE: [u8; 178] =
+        *b"error: this lion was built for x86-64-v3 CPUs (AVX2, FMA, BMI1/2, \
+        F16C, LZCNT, MOVBE) and this CPU lacks some of them: rebuild without \
+        target-cpu=x86-64-v3 in .cargo/config.toml\n";
 }
 
 /// Lets a closed stdout end the process quietly, as it ends `cat` (`lion
@@ -57,20 +97,5 @@ pub fn default_sigpipe() {
     // restoring a signal's default disposition touches no Rust state.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn a_cpu_without_avx2_or_fma_is_named_before_anything_runs() {
-        use super::missing_v3;
-        assert!(missing_v3(|_| true).is_empty());
-        assert_eq!(
-            missing_v3(|f| f != "avx2" && f != "fma"),
-            vec!["avx2", "fma"]
-        );
-        assert_eq!(missing_v3(|_| false).len(), 9);
     }
 }

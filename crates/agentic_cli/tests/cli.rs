@@ -1569,3 +1569,35 @@ fn a_home_that_is_a_file_is_named_as_such() {
     );
     assert_eq!(std::fs::read(&file).expect("read"), b"x");
 }
+
+/// Regression (issue 14): the build targets x86-64-v3, and on a CPU without
+/// AVX2 or FMA lion died of SIGILL. Run under QEMU's user-mode emulation of
+/// such a CPU (scripts/check installs `qemu-user`), it must say so in one
+/// line and exit 1; the same binary on an emulated CPU that has them runs.
+#[test]
+fn a_cpu_without_the_builds_features_is_named_in_one_line() {
+    let qemu = "qemu-x86_64";
+    let found = std::process::Command::new(qemu).arg("--version").output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "{qemu} is missing: install Debian's qemu-user (scripts/check does)"
+    );
+    let lion = env!("CARGO_BIN_EXE_lion");
+    let old = std::process::Command::new(qemu)
+        .args(["-cpu", "Nehalem", lion, "--version"])
+        .output()
+        .expect("run under qemu");
+    let stderr = String::from_utf8_lossy(&old.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(old.status.code(), Some(1), "{stderr}");
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("x86-64-v3"), "{stderr}");
+    assert!(old.stdout.is_empty());
+
+    let new = std::process::Command::new(qemu)
+        .args(["-cpu", "max", lion, "--version"])
+        .output()
+        .expect("run under qemu");
+    assert!(new.status.success(), "{new:?}");
+    assert!(String::from_utf8_lossy(&new.stdout).starts_with("lion "));
+}

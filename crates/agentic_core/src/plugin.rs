@@ -23,6 +23,6 @@ pub use manifest::{
 };
 pub use record::{Artifact, CallFailure, FailureKind, InstalledPlugin, PluginRecord, PluginStatus};
 pub use sandbox::{
-    CallContext, Compiled, HttpAccess, LoadedPlugin, Sandbox, SandboxError, VerifiedArtifact,
+    CallContext, Compiled, LoadedPlugin, Sandbox, SandboxError, VerifiedArtifact, is_global,
 };
 pub use task::{PLUGIN_HANDLER, PluginTask};

@@ -11,12 +11,12 @@ use agentic_core::plugin::{CallContext, CallFailure, DirAccess, FailureKind, Loa
 use async_trait::async_trait;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::sockets::SocketAddrUse;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::MAX_MEMORY_BYTES;
 use crate::bindings::PluginPre;
+use crate::bounds::{CappedPipe, handle_limit, is_table_full};
 
 /// How much later than the deadline the tokio timeout ends a call blocked in
 /// a host call (wasm code is interrupted at the deadline itself).
@@ -28,12 +28,12 @@ const MAX_TABLE_ELEMENTS: usize = 10_000;
 /// What a store holds for one call.
 pub(crate) struct CallState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    /// Every handle the guest holds (files, sockets, streams...), at most
+    /// `max_open_handles` at once.
+    pub(crate) table: ResourceTable,
     limiter: Limiter,
     /// The call's view of the host: grant checks, key-value, events.
     pub(crate) ctx: Arc<CallContext>,
-    /// The HTTP client for the `http` interface.
-    pub(crate) http: reqwest::Client,
 }
 
 impl WasiView for CallState {
@@ -95,12 +95,11 @@ impl ResourceLimiter for Limiter {
 pub(crate) struct WasmPlugin {
     engine: Engine,
     pre: PluginPre<CallState>,
-    http: reqwest::Client,
 }
 
 impl WasmPlugin {
-    pub(crate) fn new(engine: Engine, pre: PluginPre<CallState>, http: reqwest::Client) -> Self {
-        Self { engine, pre, http }
+    pub(crate) fn new(engine: Engine, pre: PluginPre<CallState>) -> Self {
+        Self { engine, pre }
     }
 
     /// The WASI context of one call: the granted directories and
@@ -108,8 +107,8 @@ impl WasmPlugin {
     /// refusal recorded), no name lookups, capped stdout and stderr.
     fn wasi(
         ctx: &Arc<CallContext>,
-        stdout: &MemoryOutputPipe,
-        stderr: &MemoryOutputPipe,
+        stdout: &CappedPipe,
+        stderr: &CappedPipe,
     ) -> Result<WasiCtx, CallFailure> {
         let mut builder = WasiCtxBuilder::new();
         builder.stdout(stdout.clone()).stderr(stderr.clone());
@@ -190,11 +189,13 @@ impl LoadedPlugin for WasmPlugin {
         let limits = *ctx.limits();
         let timeout = Duration::from_millis(limits.timeout_ms);
         let cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
-        let stdout = MemoryOutputPipe::new(cap);
-        let stderr = MemoryOutputPipe::new(cap);
+        let stdout = CappedPipe::new(cap, ctx.clone(), "stdout");
+        let stderr = CappedPipe::new(cap, ctx.clone(), "stderr");
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.max_open_handles as usize);
         let state = CallState {
             wasi: Self::wasi(&ctx, &stdout, &stderr)?,
-            table: ResourceTable::new(),
+            table,
             limiter: Limiter {
                 memory_bytes: (limits.memory_mib as usize)
                     .saturating_mul(1 << 20)
@@ -202,7 +203,6 @@ impl LoadedPlugin for WasmPlugin {
                 ctx: ctx.clone(),
             },
             ctx: ctx.clone(),
-            http: self.http.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -237,11 +237,8 @@ impl LoadedPlugin for WasmPlugin {
                 .limit_hit()
                 .unwrap_or_else(|| CallFailure::new(FailureKind::Refused, refusal))),
             Ok(Err(e)) => Err(ctx.limit_hit().unwrap_or_else(|| {
-                if stdout.contents().len() >= cap || stderr.contents().len() >= cap {
-                    CallFailure::new(
-                        FailureKind::OutputLimit,
-                        format!("the plugin wrote more than its {cap} byte output limit"),
-                    )
+                if is_table_full(&e) {
+                    handle_limit(limits.max_open_handles)
                 } else {
                     classify(&e, timeout, &stderr)
                 }
@@ -259,10 +256,17 @@ impl LoadedPlugin for WasmPlugin {
     }
 }
 
-/// Names a failed call: a timeout, fuel, a trap with its code, or a failure
+/// Names a failed call: a timeout, fuel, a trap with its code, an exit
+/// (a trap with code `exit`: the plugin gave up its call), or a failure
 /// around the call. A trap's message carries the last line the plugin wrote
 /// to stderr (a Rust panic's message).
-fn classify(e: &wasmtime::Error, timeout: Duration, stderr: &MemoryOutputPipe) -> CallFailure {
+fn classify(e: &wasmtime::Error, timeout: Duration, stderr: &CappedPipe) -> CallFailure {
+    if let Some(I32Exit(status)) = e.downcast_ref::<I32Exit>() {
+        return CallFailure::trap(
+            "exit",
+            format!("the plugin called exit with status {status} instead of returning"),
+        );
+    }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallFailure::new(
             FailureKind::Timeout,

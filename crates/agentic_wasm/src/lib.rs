@@ -9,13 +9,17 @@
 //! - `call` runs one call: a fresh store from the pre-instantiated
 //!   component, WASI with only the granted directories, environment and
 //!   socket addresses, memory and table limits, an epoch deadline and a
-//!   tokio timeout, capped stdout/stderr.
+//!   tokio timeout, capped stdout/stderr, a cap on open handles.
+//! - `bounds` adds what WASI does not bound by itself: stdout/stderr past
+//!   the cap end the call, writes into granted directories are charged to
+//!   a quota, a full handle table is an error for the guest.
 //! - `host` implements the host interfaces (logging, key-value, events,
 //!   HTTP), each checked against the grant through the call's context.
 //!
 //! See `docs/wasmtime-48-notes.md` for the API facts this rests on.
 
 pub mod baseline;
+mod bounds;
 mod call;
 mod host;
 
@@ -59,7 +63,6 @@ const LION_IMPORT_PREFIX: &str = "lion:plugin/";
 pub struct WasmSandbox {
     engine: Engine,
     linker: Linker<CallState>,
-    http: reqwest::Client,
     artifact_key: String,
     stop_ticker: Arc<AtomicBool>,
 }
@@ -101,11 +104,8 @@ impl WasmSandbox {
         let engine = Engine::new(&config).map_err(host)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(host)?;
+        bounds::add_write_quota(&mut linker).map_err(host)?;
         bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(host)?;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| SandboxError::Host(format!("HTTP client: {e}")))?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let artifact_key = format!("wasmtime-48-{:016x}", hasher.finish());
@@ -127,7 +127,6 @@ impl WasmSandbox {
         Ok(Self {
             engine,
             linker,
-            http,
             artifact_key,
             stop_ticker,
         })
@@ -140,11 +139,7 @@ impl WasmSandbox {
             .instantiate_pre(component)
             .and_then(bindings::PluginPre::new)
             .map_err(|e| SandboxError::InvalidComponent(format!("{e:#}")))?;
-        Ok(Arc::new(WasmPlugin::new(
-            self.engine.clone(),
-            pre,
-            self.http.clone(),
-        )))
+        Ok(Arc::new(WasmPlugin::new(self.engine.clone(), pre)))
     }
 }
 

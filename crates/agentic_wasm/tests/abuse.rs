@@ -9,41 +9,9 @@ mod support;
 use std::path::Path;
 
 use agentic_core::EventStore;
-use agentic_core::plugin::{CallFailure, FailureKind, PluginError};
-use serde_json::{Value, json};
-use support::{Home, Listener, expect_kind, manifest};
-
-/// A home with `hello_world` and the abuse plugin installed; the abuse
-/// manifest asks for every interface plus `permissions`, under `limits`,
-/// and gets `grants`.
-async fn abuse_home(permissions: &str, limits: &str, grants: &[&str]) -> (Home, tempfile::TempDir) {
-    let home = Home::new();
-    home.install(&manifest("hello_world"), &["interface:log"])
-        .await
-        .expect("install hello_world");
-    let scratch = tempfile::tempdir().expect("scratch");
-    let m = support::abuse_manifest(scratch.path(), permissions, limits);
-    home.install(&m, grants).await.expect("install abuse");
-    (home, scratch)
-}
-
-/// Runs an abuse call beside a `hello_world` greeting, which must succeed.
-async fn beside_hello(home: &Home, function: &str, input: Value) -> Result<Value, PluginError> {
-    let (abuse, hello) = tokio::join!(
-        home.call("abuse", function, input),
-        home.call("hello_world", "greet", json!({"name": "Ada"}))
-    );
-    assert_eq!(
-        hello.expect("the bystander call"),
-        json!({"greeting": "Hello, Ada!"})
-    );
-    abuse
-}
-
-/// Asserts the failure the log recorded for the last failed call.
-async fn logged(home: &Home, expected: &CallFailure) {
-    assert_eq!(&home.last_failure().await, expected);
-}
+use agentic_core::plugin::{FailureKind, PluginError};
+use serde_json::json;
+use support::{Home, Listener, abuse_home, beside_hello, expect_kind, logged, manifest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_in_a_call_times_out() {
@@ -478,10 +446,16 @@ async fn dns_through_wasi_is_refused_and_names_resolve_only_through_http() {
     let listener = Listener::start(false).await;
     let port = listener.addr.port();
     let host = format!("localhost:{port}");
+    // localhost resolves to a loopback address, which must be granted too.
+    let address = format!("127.0.0.1:{port}");
     let (home, _s) = abuse_home(
-        &format!("hosts = [{host:?}]"),
+        &format!("hosts = [{host:?}, {address:?}]"),
         "",
-        &["interface:http", &format!("host:{host}")],
+        &[
+            "interface:http",
+            &format!("host:{host}"),
+            &format!("host:{address}"),
+        ],
     )
     .await;
     let f = expect_kind(

@@ -3,6 +3,11 @@
 //! logs, trap, panic, touch files, sockets, DNS, the environment, host
 //! interfaces) so the host's abuse tests can check what it allows.
 //!
+//! The flooding functions (`emit_flood`, `kv_fill`, `open_files`,
+//! `write_bytes`, `stdout_flood`) go on past the host's refusals, as a
+//! careless plugin would, and can loop afterwards (`"spin": true`) to stay
+//! running until their timeout.
+//!
 //! Functions that reach the OS return its errors as `Err("<what> <target>:
 //! <error>")`, e.g. `tcp connect 127.0.0.1:9: Connection refused (os error
 //! 14)`; they never panic on them. Running out of memory in `grow` and the
@@ -199,6 +204,24 @@ fn http_get(Url { url }: Url) -> Result<Value, String> {
     Ok(json!({ "status": response.status, "body": response.text() }))
 }
 
+/// The input of `http_fetch`.
+#[derive(Deserialize)]
+struct Fetch {
+    url: String,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+}
+
+/// GET `url` through the host with `headers`: `{"status":..,"body":..}`.
+fn http_fetch(Fetch { url, headers }: Fetch) -> Result<Value, String> {
+    let mut request = http::Request::get(url.as_str());
+    for (name, value) in headers {
+        request = request.with_header(name, value);
+    }
+    let response = http::fetch(&request).map_err(|e| format!("http get {url}: {e}"))?;
+    Ok(json!({ "status": response.status, "body": response.text() }))
+}
+
 /// The input of `kv_set` and `kv_get`.
 #[derive(Deserialize)]
 struct KeyValue {
@@ -241,6 +264,168 @@ fn env(Name { name }: Name) -> Result<Value, String> {
     }
 }
 
+/// After some of the flooding functions: whether to loop forever once the
+/// flood is done, so the call stays running until its timeout (a test can
+/// then do something else while it runs).
+#[derive(Deserialize, Default)]
+struct Then {
+    #[serde(default)]
+    spin: bool,
+}
+
+impl Then {
+    /// Loops forever if asked to.
+    fn finish(&self) {
+        if self.spin {
+            let _ = spin(NoInput);
+        }
+    }
+}
+
+/// The input of `emit_flood`.
+#[derive(Deserialize)]
+struct EmitFlood {
+    events: u64,
+    bytes: usize,
+    #[serde(flatten)]
+    then: Then,
+}
+
+/// Emits `events` events whose data is a string of `bytes` bytes, going on
+/// whatever the host answers: `{"emitted":n,"refused":m}`.
+fn emit_flood(input: EmitFlood) -> Result<Value, String> {
+    let data = Value::String("x".repeat(input.bytes));
+    let (mut emitted, mut refused) = (0u64, 0u64);
+    for _ in 0..input.events {
+        match events::emit("flood", &data) {
+            Ok(()) => emitted += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    input.then.finish();
+    Ok(json!({ "emitted": emitted, "refused": refused }))
+}
+
+/// The input of `kv_fill`.
+#[derive(Deserialize)]
+struct KvFill {
+    keys: u64,
+    value_bytes: usize,
+    #[serde(default)]
+    prefix: String,
+    #[serde(flatten)]
+    then: Then,
+}
+
+/// Sets `keys` keys (`<prefix><i>`) to values of `value_bytes` bytes,
+/// going on whatever the host answers: `{"set":n,"refused":m}`.
+fn kv_fill(input: KvFill) -> Result<Value, String> {
+    let value = "v".repeat(input.value_bytes);
+    let (mut set, mut refused) = (0u64, 0u64);
+    for i in 0..input.keys {
+        match kv::set(&format!("{}{i}", input.prefix), &value) {
+            Ok(()) => set += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    input.then.finish();
+    Ok(json!({ "set": set, "refused": refused }))
+}
+
+/// The input of `open_files`.
+#[derive(Deserialize)]
+struct OpenFiles {
+    path: String,
+    count: u64,
+    #[serde(flatten)]
+    then: Then,
+}
+
+/// Opens the file at `path` `count` times and keeps every handle:
+/// `{"opened":n,"error":first error or null}`.
+fn open_files(input: OpenFiles) -> Result<Value, String> {
+    let mut held = Vec::new();
+    let mut error = None;
+    for _ in 0..input.count {
+        match std::fs::File::open(&input.path) {
+            Ok(file) => held.push(file),
+            Err(e) => {
+                error = Some(format!("open {}: {e}", input.path));
+                break;
+            }
+        }
+    }
+    input.then.finish();
+    Ok(json!({ "opened": held.len(), "error": error }))
+}
+
+/// The input of `write_bytes`.
+#[derive(Deserialize)]
+struct WriteBytes {
+    path: String,
+    bytes: u64,
+    #[serde(flatten)]
+    then: Then,
+}
+
+/// Writes `bytes` bytes to a new file at `path`, 64 KiB at a time:
+/// `{"written":n,"error":first error or null}`.
+fn write_bytes(input: WriteBytes) -> Result<Value, String> {
+    let chunk = vec![b'w'; 64 << 10];
+    let mut written = 0u64;
+    let mut error = None;
+    match std::fs::File::create(&input.path) {
+        Ok(mut file) => {
+            while written < input.bytes {
+                let n = chunk.len().min((input.bytes - written) as usize);
+                if let Err(e) = file.write_all(&chunk[..n]) {
+                    error = Some(format!("write {}: {e}", input.path));
+                    break;
+                }
+                written += n as u64;
+            }
+        }
+        Err(e) => error = Some(format!("create {}: {e}", input.path)),
+    }
+    input.then.finish();
+    Ok(json!({ "written": written, "error": error }))
+}
+
+/// The input of `stdout_flood`.
+#[derive(Deserialize)]
+struct StdoutFlood {
+    bytes: u64,
+    #[serde(flatten)]
+    then: Then,
+}
+
+/// Writes `bytes` bytes to stdout, 4 KiB at a time, ignoring every error:
+/// `{"bytes":n}`.
+fn stdout_flood(input: StdoutFlood) -> Result<Value, String> {
+    let chunk = vec![b'o'; 4096];
+    let mut stdout = std::io::stdout();
+    let mut left = input.bytes;
+    while left > 0 {
+        let n = chunk.len().min(left as usize);
+        let _ = stdout.write_all(&chunk[..n]);
+        left -= n as u64;
+    }
+    let _ = stdout.flush();
+    input.then.finish();
+    Ok(json!({ "bytes": input.bytes }))
+}
+
+/// The input of `exit`.
+#[derive(Deserialize)]
+struct Exit {
+    code: i32,
+}
+
+/// Calls WASI `exit` with `code` instead of returning.
+fn exit(Exit { code }: Exit) -> Result<(), String> {
+    std::process::exit(code)
+}
+
 /// Calls so far in this instance.
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
@@ -270,10 +455,17 @@ agentic_pdk::plugin!(
     udp_send,
     dns,
     http_get,
+    http_fetch,
     kv_set,
     kv_get,
     emit,
     env,
     counter,
     echo,
+    emit_flood,
+    kv_fill,
+    open_files,
+    write_bytes,
+    stdout_flood,
+    exit,
 );

@@ -320,11 +320,18 @@ impl Kernel {
     /// Starts `lion run` with `envs` set and waits until it says it is
     /// running.
     pub fn start(home: &Path, envs: &[(&str, &str)]) -> Self {
+        Self::start_with(home, envs, &[])
+    }
+
+    /// Starts `lion run ARGS...` with `envs` set and waits until it says it
+    /// is running.
+    pub fn start_with(home: &Path, envs: &[(&str, &str)], args: &[&str]) -> Self {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lion"))
             .arg("--home")
             .arg(home)
             .arg("run")
+            .args(args)
             .env_clear_lion()
             .envs(envs.iter().copied())
             .stdin(std::process::Stdio::null())

@@ -138,6 +138,24 @@ pub struct Limits {
     pub max_input_bytes: u64,
     /// Calls that may run at once.
     pub max_concurrency: u32,
+    /// Largest data of one emitted event (JSON bytes): every event is
+    /// stored in the log and read back by every process.
+    pub max_emit_bytes: u64,
+    /// Most bytes (kinds and data) one call may emit in all.
+    pub max_emit_total_bytes: u64,
+    /// Largest total size of the plugin's key-value store (keys plus
+    /// values), across calls: the store is held in memory by every process
+    /// that loads the plugin and replayed from the log.
+    pub max_kv_total_bytes: u64,
+    /// Most keys the plugin's key-value store may hold, across calls.
+    pub max_kv_keys: u64,
+    /// Most handles (files and directories, sockets, streams) a call may
+    /// hold open at once: each file or socket is a descriptor of the host
+    /// process, which every plugin and the log share.
+    pub max_open_handles: u32,
+    /// Most bytes one call may write into its read-write directories (each
+    /// file or directory it creates counts as one 4 KiB block).
+    pub max_write_bytes: u64,
 }
 
 impl Default for Limits {
@@ -149,6 +167,16 @@ impl Default for Limits {
             max_output_bytes: 1 << 20,
             max_input_bytes: 1 << 20,
             max_concurrency: 8,
+            // An event as large as a big output; 16 of them per call at most.
+            max_emit_bytes: 64 << 10,
+            max_emit_total_bytes: 1 << 20,
+            // Held in memory by each process and copied on each write.
+            max_kv_total_bytes: 8 << 20,
+            max_kv_keys: 10_000,
+            // One plugin at its default concurrency then holds at most 512
+            // descriptors, half the 1024 a process gets by default.
+            max_open_handles: 64,
+            max_write_bytes: 16 << 20,
         }
     }
 }

@@ -126,11 +126,24 @@ pub enum FailureKind {
     OutputLimit,
     /// Linear memory or a table would have grown past the limit.
     MemoryLimit,
+    /// The call emitted an event larger than the limit, or more events or
+    /// bytes in all than one call may.
+    EmitLimit,
+    /// A key-value write would take the plugin's store past its total size
+    /// or key count, or a key, a value or the call's writes past their caps.
+    KvLimit,
+    /// The call held more handles (files, sockets, streams) open at once
+    /// than its limit.
+    HandleLimit,
+    /// The call wrote more bytes into its granted directories than its
+    /// limit.
+    WriteLimit,
     /// The call ran past its wall-clock limit.
     Timeout,
     /// The call used up its fuel.
     FuelExhausted,
-    /// The plugin trapped (stack overflow, `unreachable`, panic...).
+    /// The plugin trapped (stack overflow, `unreachable`, panic...) or
+    /// exited (code `exit`).
     Trap,
     /// The plugin used something it was not granted.
     PermissionDenied,
@@ -154,6 +167,10 @@ impl FailureKind {
             Self::InvalidOutput => "invalid_output",
             Self::OutputLimit => "output_limit",
             Self::MemoryLimit => "memory_limit",
+            Self::EmitLimit => "emit_limit",
+            Self::KvLimit => "kv_limit",
+            Self::HandleLimit => "handle_limit",
+            Self::WriteLimit => "write_limit",
             Self::Timeout => "timeout",
             Self::FuelExhausted => "fuel_exhausted",
             Self::Trap => "trap",

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use agentic_core::{
-    AppendReceipt, ChainHead, EventEnvelope, EventStore, ExpectedVersion, NewEvent, State,
-    StoreError, Subscription,
+    AppendReceipt, ChainHead, EventEnvelope, EventStore, ExpectedVersion, NewEvent, PluginSnapshot,
+    State, StoreError, Subscription,
 };
 use agentic_store::MemoryStore;
 use async_trait::async_trait;
@@ -99,6 +99,10 @@ impl EventStore for GatedStore {
 
     async fn projected_state(&self) -> Result<State, StoreError> {
         self.inner.projected_state().await
+    }
+
+    async fn plugin(&self, name: &str) -> Result<Option<PluginSnapshot>, StoreError> {
+        self.inner.plugin(name).await
     }
 
     fn subscribe(self: Arc<Self>, from: u64) -> Subscription {

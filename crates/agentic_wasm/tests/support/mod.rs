@@ -195,13 +195,56 @@ pub const ABUSE_FUNCTIONS: &[&str] = &[
     "udp_send",
     "dns",
     "http_get",
+    "http_fetch",
     "kv_set",
     "kv_get",
     "emit",
     "env",
     "counter",
     "echo",
+    "emit_flood",
+    "kv_fill",
+    "open_files",
+    "write_bytes",
+    "stdout_flood",
+    "exit",
 ];
+
+/// A home with `hello_world` and the abuse plugin installed; the abuse
+/// manifest asks for every interface plus `permissions`, under `limits`,
+/// and gets `grants`.
+pub async fn abuse_home(
+    permissions: &str,
+    limits: &str,
+    grants: &[&str],
+) -> (Home, tempfile::TempDir) {
+    let home = Home::new();
+    home.install(&manifest("hello_world"), &["interface:log"])
+        .await
+        .expect("install hello_world");
+    let scratch = tempfile::tempdir().expect("scratch");
+    let m = abuse_manifest(scratch.path(), permissions, limits);
+    home.install(&m, grants).await.expect("install abuse");
+    (home, scratch)
+}
+
+/// Runs an abuse call beside a `hello_world` greeting, which must succeed.
+pub async fn beside_hello(home: &Home, function: &str, input: Value) -> Result<Value, PluginError> {
+    let (abuse, hello) = tokio::join!(
+        home.call("abuse", function, input),
+        home.call("hello_world", "greet", serde_json::json!({"name": "Ada"}))
+    );
+    assert_eq!(
+        hello.expect("the bystander call"),
+        serde_json::json!({"greeting": "Hello, Ada!"})
+    );
+    abuse
+}
+
+/// Asserts the failure the log recorded for the last failed call.
+pub async fn logged(home: &Home, expected: &CallFailure) {
+    assert_eq!(&home.last_failure().await, expected);
+}
 
 /// Writes a manifest for the abuse plugin into `dir`: it asks for every
 /// host interface, plus the `[permissions]` lines given (hosts, env,
