@@ -446,7 +446,7 @@ fn walk<R: Read + Seek>(reader: &mut R) -> Result<(), Refusal> {
         let dtype = ggml_type(type_number).ok_or(Refusal::UnsupportedType(type_number))?;
         let offset = w.u64(&name)?;
         let block = dtype.block_size() as u64;
-        if elements % block != 0 {
+        if !elements.is_multiple_of(block) {
             return refuse(format!(
                 "tensor {name} has {elements} elements, not a whole number of {dtype:?} blocks of {block}"
             ));
