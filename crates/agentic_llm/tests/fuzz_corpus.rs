@@ -285,3 +285,27 @@ fn gguf_lengths_of_two_to_the_sixty_are_refused_in_one_line() {
         assert!(!e.contains('\n'), "{what}: {e}");
     }
 }
+
+/// Found by the `gguf` fuzz target (fuzz/artifacts/gguf/
+/// newline-in-key-splits-refusal): a metadata key is the file's text, and
+/// one holding a newline split the refusal naming it over two lines (lion
+/// prints a refusal as one line). Keys, tensor names, the architecture and
+/// the tokenizer kinds are now escaped in refusals.
+#[test]
+fn gguf_key_with_a_newline_is_refused_in_one_line() {
+    let crash = replay::fuzz_dir().join("artifacts/gguf/newline-in-key-splits-refusal");
+    replay::run_file(&crash, gguf::run).expect("the gguf body passes the fuzzer's input");
+
+    let mut unknown_type = gguf_header(3, 1);
+    gguf_key(&mut unknown_type, "evil\nkey", 0x6d20_6f7b);
+    let mut architecture = gguf_header(3, 1);
+    gguf_key(&mut architecture, "general.architecture", 8);
+    let arch = "llama\r\nforged line";
+    architecture.extend_from_slice(&(arch.len() as u64).to_le_bytes());
+    architecture.extend_from_slice(arch.as_bytes());
+    for (what, bytes) in [("key", unknown_type), ("architecture", architecture)] {
+        replay::run_file_bytes(&bytes, gguf::run).expect("the gguf body passes");
+        let e = load(&bytes).to_string();
+        assert!(!e.contains('\n') && !e.contains('\r'), "{what}: {e:?}");
+    }
+}

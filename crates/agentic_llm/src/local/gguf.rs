@@ -390,7 +390,9 @@ fn walk<R: Read + Seek>(reader: &mut R) -> Result<(), Refusal> {
     let mut alignment = candle_core::quantized::gguf_file::DEFAULT_ALIGNMENT;
     for _ in 0..entries {
         let key = w.string(MAX_KEY_BYTES, "a metadata key")?;
-        let key_text = String::from_utf8_lossy(&key);
+        // Quoted and escaped: a key is the file's text, and a refusal must
+        // stay one line whatever it holds.
+        let key_text = format!("{:?}", String::from_utf8_lossy(&key));
         let type_number = w.u32(&key_text)?;
         let Some(value_type) = ValueType::from_u32(type_number) else {
             return refuse(format!("{key_text} has unknown value type {type_number}"));
@@ -425,7 +427,8 @@ fn walk<R: Read + Seek>(reader: &mut R) -> Result<(), Refusal> {
     let mut extents = Vec::with_capacity(tensors as usize);
     for _ in 0..tensors {
         let name = w.string(MAX_TENSOR_NAME_BYTES, "a tensor name")?;
-        let name = String::from_utf8_lossy(&name).into_owned();
+        // Quoted and escaped, as keys are.
+        let name = format!("{:?}", String::from_utf8_lossy(&name));
         let rank = w.u32(&name)?;
         if rank > MAX_TENSOR_DIMS {
             return refuse(format!(

@@ -176,7 +176,10 @@ impl Header {
         let content = gguf::read(reader, path)?;
         let architecture = metadata_str(&content, "general.architecture")?.to_owned();
         if architecture != ARCHITECTURE {
-            return Err(LocalError::UnsupportedArchitecture(architecture));
+            // Escaped: the file's text, in a one-line refusal.
+            return Err(LocalError::UnsupportedArchitecture(
+                architecture.escape_debug().to_string(),
+            ));
         }
         let tokenizer = GgufTokenizer::from_gguf(&content)?;
         let source = metadata_str(&content, "tokenizer.chat_template")?;

@@ -63,7 +63,10 @@ impl GgufTokenizer {
     pub fn from_gguf(content: &Content) -> Result<Self, LocalError> {
         let kind = metadata_str(content, "tokenizer.ggml.model")?;
         if kind != "gpt2" {
-            return Err(LocalError::UnsupportedTokenizer(kind.to_owned()));
+            // Escaped: the file's text, in a one-line refusal.
+            return Err(LocalError::UnsupportedTokenizer(
+                kind.escape_debug().to_string(),
+            ));
         }
         let pre = content
             .metadata
@@ -306,7 +309,11 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, LocalError> {
             ByteLevel::new(false, false, false).into(),
         ])
         .into(),
-        other => return Err(LocalError::UnsupportedPreTokenizer(other.to_owned())),
+        other => {
+            return Err(LocalError::UnsupportedPreTokenizer(
+                other.escape_debug().to_string(),
+            ));
+        }
     })
 }
 
