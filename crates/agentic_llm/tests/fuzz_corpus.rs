@@ -309,3 +309,31 @@ fn gguf_key_with_a_newline_is_refused_in_one_line() {
         assert!(!e.contains('\n') && !e.contains('\r'), "{what}: {e:?}");
     }
 }
+
+/// Found by the `gguf` fuzz target (fuzz/artifacts/gguf/
+/// empty-tensor-misaligned-slice): candle views a tensor's data as blocks
+/// through a raw slice, and an empty tensor's data (an empty allocation at
+/// address 1) made it a misaligned slice — a panic in debug builds,
+/// undefined behaviour in release. Tensors without elements are refused.
+#[test]
+fn gguf_empty_tensor_is_refused_before_candle_views_its_data() {
+    let crash = replay::fuzz_dir().join("artifacts/gguf/empty-tensor-misaligned-slice");
+    replay::run_file(&crash, gguf::run).expect("the gguf body passes the fuzzer's input");
+
+    // One F32 tensor of shape [0], no metadata.
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&1u64.to_le_bytes());
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    let name = "token_embd.weight";
+    bytes.extend_from_slice(&(name.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(name.as_bytes());
+    bytes.extend_from_slice(&1u32.to_le_bytes()); // rank
+    bytes.extend_from_slice(&0u64.to_le_bytes()); // dimension
+    bytes.extend_from_slice(&0u32.to_le_bytes()); // F32
+    bytes.extend_from_slice(&0u64.to_le_bytes()); // offset
+    bytes.resize(64, 0);
+    replay::run_file_bytes(&bytes, gguf::run).expect("the gguf body passes");
+    let e = load(&bytes).to_string();
+    assert!(e.contains("has no elements"), "{e}");
+}

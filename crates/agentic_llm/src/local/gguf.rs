@@ -13,8 +13,9 @@
 //! [`MAX_STRING_BYTES`], arrays nested at most [`MAX_ARRAY_DEPTH`], at most
 //! [`MAX_METADATA_VALUES`] values in all); `general.alignment` a power of
 //! two; each tensor's name (at most [`MAX_TENSOR_NAME_BYTES`]), rank (at
-//! most [`MAX_TENSOR_DIMS`]), type (one candle runs), element count (no
-//! overflow, a whole number of blocks) and data (inside the file). Every
+//! most [`MAX_TENSOR_DIMS`]), type (one candle runs), element count (at
+//! least one, no overflow, a whole number of blocks) and data (inside the
+//! file). Every
 //! length is also checked against the bytes actually left in the file
 //! before it is skipped.
 
@@ -444,6 +445,13 @@ fn walk<R: Read + Seek>(reader: &mut R) -> Result<(), Refusal> {
                 ));
             };
             elements = product;
+        }
+        // candle views an empty tensor's data (an empty allocation, whose
+        // address is 1) as blocks aligned to 2 or 4 bytes: a misaligned
+        // slice, which panics (or is undefined behaviour without debug
+        // assertions). No real model holds an empty tensor.
+        if elements == 0 {
+            return refuse(format!("tensor {name} has no elements"));
         }
         let type_number = w.u32(&name)?;
         let dtype = ggml_type(type_number).ok_or(Refusal::UnsupportedType(type_number))?;
