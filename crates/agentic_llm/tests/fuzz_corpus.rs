@@ -337,3 +337,41 @@ fn gguf_empty_tensor_is_refused_before_candle_views_its_data() {
     let e = load(&bytes).to_string();
     assert!(e.contains("has no elements"), "{e}");
 }
+
+/// Found by the `gguf` fuzz target (fuzz/artifacts/gguf/
+/// backtrace-in-metadata-error), which runs with `RUST_BACKTRACE` set:
+/// candle then appends a backtrace, over many lines, to its errors, and a
+/// refusal quoting one (here a token type that is not an i32) spread over
+/// a screen. Candle's errors are now quoted without it. candle decides
+/// once per process whether to capture backtraces, from the environment,
+/// which a test cannot safely change for itself: the check runs in a
+/// child process of this test binary with `RUST_BACKTRACE=1`.
+#[test]
+fn gguf_refusals_are_one_line_with_backtraces_on() {
+    let output = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            "--ignored",
+            "gguf_crash_inputs_pass_with_backtraces",
+        ])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The crash inputs through the gguf body and `LocalModel::load`, each
+/// refusal one line; run with `RUST_BACKTRACE=1` by the test above.
+#[test]
+#[ignore = "run with RUST_BACKTRACE=1 by gguf_refusals_are_one_line_with_backtraces_on"]
+fn gguf_crash_inputs_pass_with_backtraces() {
+    let crash = replay::fuzz_dir().join("artifacts/gguf/backtrace-in-metadata-error");
+    replay::run_file(&crash, gguf::run).expect("the gguf body passes the fuzzer's input");
+    let e = load(&std::fs::read(&crash).expect("the crash input")).to_string();
+    assert!(!e.contains('\n'), "{e}");
+}

@@ -159,6 +159,16 @@ impl LocalError {
     }
 }
 
+/// A candle error as one line: its message without the backtrace candle
+/// appends (over many lines) when `RUST_BACKTRACE` is set.
+pub(crate) fn candle_message(e: &candle_core::Error) -> String {
+    let mut e = e;
+    while let candle_core::Error::WithBacktrace { inner, .. } = e {
+        e = inner;
+    }
+    e.to_string().lines().next().unwrap_or_default().to_owned()
+}
+
 impl From<LocalError> for LlmError {
     fn from(e: LocalError) -> Self {
         LlmError::Local(e.to_string())

@@ -26,6 +26,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Content;
 
 use super::LocalError;
+use super::error::candle_message;
 
 /// Longest metadata key: the GGUF specification's limit (2^16 - 1 bytes).
 pub const MAX_KEY_BYTES: u64 = u16::MAX as u64;
@@ -333,7 +334,7 @@ pub fn read<R: Read + Seek>(reader: &mut R, path: &Path) -> Result<Content, Loca
         .seek(SeekFrom::Start(start))
         .map_err(|e| LocalError::io("cannot read", path, e))?;
     Content::read(reader).map_err(|e| {
-        let message = e.to_string();
+        let message = candle_message(&e);
         // candle reports a tensor type it does not know as
         // "unknown dtype for tensor N", N being the GGML type number.
         match message.strip_prefix("unknown dtype for tensor ") {

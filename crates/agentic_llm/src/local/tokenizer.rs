@@ -24,6 +24,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
 use super::LocalError;
+use super::error::candle_message;
 
 /// GGUF token type of a control token (dropped when decoding).
 const TOKEN_TYPE_CONTROL: i32 = 3;
@@ -364,7 +365,7 @@ fn metadata<'a>(content: &'a Content, key: &str) -> Result<&'a Value, LocalError
 fn metadata_error(key: &str, e: candle_core::Error) -> LocalError {
     LocalError::Metadata {
         key: key.to_owned(),
-        reason: e.to_string(),
+        reason: candle_message(&e),
     }
 }
 
