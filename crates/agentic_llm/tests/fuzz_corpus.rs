@@ -375,3 +375,17 @@ fn gguf_crash_inputs_pass_with_backtraces() {
     let e = load(&std::fs::read(&crash).expect("the crash input")).to_string();
     assert!(!e.contains('\n'), "{e}");
 }
+
+/// Found by the `gguf` fuzz target (fuzz/artifacts/gguf/
+/// newline-in-token-splits-refusal): the tokenizer library's error quotes
+/// a merge's token, the file's text, and one holding a newline split the
+/// refusal over two lines. Tokenizer and template errors that quote the
+/// file are now escaped.
+#[test]
+fn gguf_token_with_a_newline_is_refused_in_one_line() {
+    let crash = replay::fuzz_dir().join("artifacts/gguf/newline-in-token-splits-refusal");
+    replay::run_file(&crash, gguf::run).expect("the gguf body passes the fuzzer's input");
+    let e = load(&std::fs::read(&crash).expect("the crash input")).to_string();
+    assert!(e.contains("cannot build the BPE model"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+}

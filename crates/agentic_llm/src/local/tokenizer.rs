@@ -24,7 +24,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
 use super::LocalError;
-use super::error::candle_message;
+use super::error::{candle_message, escaped};
 
 /// GGUF token type of a control token (dropped when decoding).
 const TOKEN_TYPE_CONTROL: i32 = 3;
@@ -118,7 +118,9 @@ impl GgufTokenizer {
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
-            .map_err(|e| LocalError::Tokenizer(format!("cannot build the BPE model: {e}")))?;
+            .map_err(|e| {
+                LocalError::Tokenizer(format!("cannot build the BPE model: {}", escaped(e)))
+            })?;
         let mut inner = Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(pre_tokenizer));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
@@ -133,8 +135,9 @@ impl GgufTokenizer {
                     AddedToken::from(tok.clone(), kind == TOKEN_TYPE_CONTROL).normalized(false)
                 })
         };
-        let added_error =
-            |e: tokenizers::Error| LocalError::Tokenizer(format!("cannot add special tokens: {e}"));
+        let added_error = |e: tokenizers::Error| {
+            LocalError::Tokenizer(format!("cannot add special tokens: {}", escaped(e)))
+        };
         inner
             .add_special_tokens(added(TOKEN_TYPE_CONTROL))
             .map_err(added_error)?;
