@@ -3,6 +3,7 @@
 //! plus a tokio timeout (for a guest blocked in a host call), capped
 //! stdout/stderr, and the failure named precisely.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +17,9 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::MAX_MEMORY_BYTES;
 use crate::bindings::PluginPre;
-use crate::bounds::{CappedPipe, handle_limit, is_table_full};
+use crate::bounds::{CappedPipe, DirQuota, handle_limit, is_table_full};
+use crate::descriptors::{DescriptorBudget, HOST_CALL_DESCRIPTORS};
+use crate::disk::DirLedgers;
 
 /// How much later than the deadline the tokio timeout ends a call blocked in
 /// a host call (wasm code is interrupted at the deadline itself).
@@ -34,6 +37,12 @@ pub(crate) struct CallState {
     limiter: Limiter,
     /// The call's view of the host: grant checks, key-value, events.
     pub(crate) ctx: Arc<CallContext>,
+    /// Each granted directory, in the grant's (and the preopens') order:
+    /// its quota when read-write, `None` when read-only.
+    pub(crate) dirs: Vec<Option<DirQuota>>,
+    /// The granted directory (an index into `dirs`) of every descriptor
+    /// the guest was handed, by its handle.
+    pub(crate) descriptors: HashMap<u32, usize>,
 }
 
 impl WasiView for CallState {
@@ -95,11 +104,41 @@ impl ResourceLimiter for Limiter {
 pub(crate) struct WasmPlugin {
     engine: Engine,
     pre: PluginPre<CallState>,
+    /// What each read-write directory holds, shared by every plugin of the
+    /// sandbox.
+    ledgers: Arc<DirLedgers>,
 }
 
 impl WasmPlugin {
-    pub(crate) fn new(engine: Engine, pre: PluginPre<CallState>) -> Self {
-        Self { engine, pre }
+    pub(crate) fn new(engine: Engine, pre: PluginPre<CallState>, ledgers: Arc<DirLedgers>) -> Self {
+        Self {
+            engine,
+            pre,
+            ledgers,
+        }
+    }
+
+    /// The quota of each granted directory (measuring each read-write one
+    /// the first time a call is granted it in this process).
+    async fn dir_quotas(&self, ctx: &CallContext) -> Vec<Option<DirQuota>> {
+        let mut dirs = Vec::with_capacity(ctx.grant().dirs.len());
+        for dir in &ctx.grant().dirs {
+            dirs.push(match dir.mode {
+                DirAccess::ReadOnly => None,
+                DirAccess::ReadWrite => {
+                    // Two grants naming one directory differently share it.
+                    let path =
+                        std::fs::canonicalize(&dir.path).unwrap_or_else(|_| dir.path.clone());
+                    let ledger = self.ledgers.get(&path);
+                    ledger.measure().await;
+                    Some(DirQuota {
+                        guest: dir.guest.as_str().into(),
+                        ledger,
+                    })
+                }
+            });
+        }
+        dirs
     }
 
     /// The WASI context of one call: the granted directories and
@@ -188,6 +227,22 @@ impl LoadedPlugin for WasmPlugin {
     ) -> Result<String, CallFailure> {
         let limits = *ctx.limits();
         let timeout = Duration::from_millis(limits.timeout_ms);
+        // Every descriptor the call may hold, reserved before it runs (and
+        // given back after its store is dropped, at the end of this
+        // function: `store` is declared after it).
+        let dir_count = u32::try_from(ctx.grant().dirs.len()).unwrap_or(u32::MAX);
+        let _descriptors = DescriptorBudget::process()
+            .reserve(
+                ctx.plugin(),
+                limits
+                    .max_open_handles
+                    .saturating_add(dir_count)
+                    .saturating_add(HOST_CALL_DESCRIPTORS),
+                "its max_open_handles, one per granted directory and one connection",
+                timeout,
+            )
+            .await?;
+        let dirs = self.dir_quotas(&ctx).await;
         let cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
         let stdout = CappedPipe::new(cap, ctx.clone(), "stdout");
         let stderr = CappedPipe::new(cap, ctx.clone(), "stderr");
@@ -203,6 +258,8 @@ impl LoadedPlugin for WasmPlugin {
                 ctx: ctx.clone(),
             },
             ctx: ctx.clone(),
+            dirs,
+            descriptors: HashMap::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
