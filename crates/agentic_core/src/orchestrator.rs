@@ -21,8 +21,13 @@
 //! is the fast one, and bounded: it keeps the keys of tasks that run here
 //! and of the last [`OrchestratorConfig::finished_keys`] that ended here, so
 //! a prompt retry gets the task's handle; an older key is refused by the log
-//! ([`OrchestratorError::AlreadySubmitted`]), never run twice. (Ephemeral
-//! tasks are never logged: their keys hold only within that window.)
+//! ([`OrchestratorError::AlreadySubmitted`]), never run twice. A key enters
+//! the map only with a submission the log took: a duplicate sent while the
+//! first submission of its key is being recorded gets that submission's
+//! answer, and a submission the log refused (the key names another task)
+//! or could not store (a store error) leaves no key behind, so a retry
+//! meets the log's answer or makes a fresh attempt. (Ephemeral tasks are
+//! never logged: their keys hold only within that window.)
 //!
 //! Back-pressure: at most `max_concurrency` attempts run at once, and at most
 //! `max_pending` tasks are admitted but unfinished; `submit` waits for room
@@ -289,6 +294,11 @@ enum Command {
         recorded: bool,
         reply: oneshot::Sender<Result<(), OrchestratorError>>,
     },
+    /// A keyed task's submission was recorded, or could not be.
+    Recorded {
+        id: Uuid,
+        result: Result<(), OrchestratorError>,
+    },
     Ended {
         id: Uuid,
     },
@@ -341,9 +351,10 @@ impl Orchestrator {
 
     /// Submits a task; waits while `max_pending` tasks are unfinished. With
     /// an idempotency key of a task running here or among the last
-    /// `finished_keys` that ended here, returns that task instead; with one
-    /// the log already holds (used earlier, or by another process), fails
-    /// with [`OrchestratorError::AlreadySubmitted`] naming its task.
+    /// `finished_keys` that ended here, returns that task instead (once its
+    /// submission is recorded: if that fails, so does this); with one the
+    /// log already holds (used earlier, or by another process), fails with
+    /// [`OrchestratorError::AlreadySubmitted`] naming its task.
     pub async fn submit(&self, spec: TaskSpec) -> Result<TaskHandle, OrchestratorError> {
         self.submit_under(spec, None).await
     }
@@ -482,8 +493,33 @@ impl Orchestrator {
 struct Entry {
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<Cancellation>>>,
-    /// Its idempotency key, remembered a while after it ends.
+    /// Its idempotency key, remembered a while after it ends (dropped if
+    /// its submission was never recorded).
     key: Option<String>,
+    /// Duplicate submissions of its key that arrived while its submission
+    /// was being recorded: they get the same answer.
+    waiting: Vec<Reply>,
+}
+
+/// Where a submission's answer goes.
+type Reply = oneshot::Sender<Result<TaskHandle, OrchestratorError>>;
+
+/// The task an idempotency key names here.
+struct Keyed {
+    id: Uuid,
+    outcome: watch::Receiver<Option<TaskOutcome>>,
+    /// Whether the task's submission is in the log (or, for an ephemeral
+    /// task, was published); until then duplicates wait for its answer.
+    recorded: bool,
+}
+
+impl Keyed {
+    fn handle(&self) -> TaskHandle {
+        TaskHandle {
+            id: self.id,
+            outcome: self.outcome.clone(),
+        }
+    }
 }
 
 /// Why a task was cancelled, and whether that is already in the log.
@@ -498,9 +534,10 @@ struct Cancellation {
 struct EventLoop {
     inner: std::sync::Weak<Inner>,
     running: HashMap<Uuid, Entry>,
-    keys: HashMap<String, (Uuid, watch::Receiver<Option<TaskOutcome>>)>,
-    /// Keys of ended tasks, oldest first: the first to be forgotten.
-    finished: VecDeque<String>,
+    keys: HashMap<String, Keyed>,
+    /// Keys of ended tasks with their tasks, oldest first: the first to be
+    /// forgotten.
+    finished: VecDeque<(String, Uuid)>,
     /// How many of those to keep.
     finished_keys: usize,
 }
@@ -521,13 +558,59 @@ impl EventLoop {
         let Some(key) = self.running.remove(&id).and_then(|e| e.key) else {
             return;
         };
-        self.finished.push_back(key);
+        self.finished.push_back((key, id));
         while self.finished.len() > self.finished_keys {
-            if let Some(old) = self.finished.pop_front() {
+            if let Some((old, task)) = self.finished.pop_front() {
                 // The log still knows it: a later submission of it is
                 // refused there, never run.
-                self.keys.remove(&old);
+                self.forget_key(&old, task);
             }
+        }
+    }
+
+    /// Drops `key` if it still names `task`.
+    fn forget_key(&mut self, key: &str, task: Uuid) {
+        if self.keys.get(key).is_some_and(|k| k.id == task) {
+            self.keys.remove(key);
+        }
+    }
+
+    /// A keyed task's submission was recorded (its key now stands for it)
+    /// or was not (its key is dropped: a retry meets the log's answer, or
+    /// makes a fresh attempt); duplicates that waited get the same answer.
+    fn recorded(&mut self, id: Uuid, result: Result<(), OrchestratorError>) {
+        let Some(entry) = self.running.get_mut(&id) else {
+            return;
+        };
+        let waiting = std::mem::take(&mut entry.waiting);
+        let key = if result.is_ok() {
+            entry.key.clone()
+        } else {
+            entry.key.take()
+        };
+        let Some(key) = key else {
+            return;
+        };
+        let handle = self
+            .keys
+            .get(&key)
+            .filter(|k| k.id == id)
+            .map(|k| k.handle());
+        match &result {
+            Ok(()) => {
+                if let Some(known) = self.keys.get_mut(&key) {
+                    known.recorded = true;
+                }
+            }
+            Err(_) => self.forget_key(&key, id),
+        }
+        for reply in waiting {
+            let answer = match (&result, &handle) {
+                (Ok(()), Some(handle)) => Ok(handle.clone()),
+                (Ok(()), None) => Err(OrchestratorError::ShutDown),
+                (Err(e), _) => Err(e.clone()),
+            };
+            let _ = reply.send(answer);
         }
     }
 
@@ -564,6 +647,7 @@ impl EventLoop {
                     };
                     let _ = reply.send(result);
                 }
+                Command::Recorded { id, result } => self.recorded(id, result),
                 Command::Ended { id } => self.ended(id),
                 Command::IsRunning { id, reply } => {
                     let _ = reply.send(self.running.contains_key(&id));
@@ -579,27 +663,49 @@ impl EventLoop {
         cancel: Option<CancellationToken>,
         admitted: Option<OwnedSemaphorePermit>,
         adopt: Option<Adopted>,
-        reply: oneshot::Sender<Result<TaskHandle, OrchestratorError>>,
+        reply: Reply,
     ) {
-        if let Some((id, outcome)) = spec.idempotency_key.as_ref().and_then(|k| self.keys.get(k)) {
-            let _ = reply.send(Ok(TaskHandle {
-                id: *id,
-                outcome: outcome.clone(),
-            }));
-            return;
-        }
-        if let Some(adopted) = adopt
-            && self.running.contains_key(&adopted.id)
-        {
-            let _ = reply.send(Err(OrchestratorError::AlreadyRunning(adopted.id)));
-            return;
+        let known = spec.idempotency_key.as_ref().and_then(|k| self.keys.get(k));
+        match (adopt, known) {
+            (Some(adopted), _) if self.running.contains_key(&adopted.id) => {
+                let _ = reply.send(Err(OrchestratorError::AlreadyRunning(adopted.id)));
+                return;
+            }
+            // The log's task under this key ended here.
+            (Some(adopted), Some(known)) if known.id == adopted.id => {
+                let _ = reply.send(Err(OrchestratorError::Ended(adopted.id)));
+                return;
+            }
+            // The log holds the adopted task under its key: it takes the
+            // key over from any submission of it being recorded here (that
+            // one's is refused by the log).
+            (Some(_), _) => {}
+            (None, Some(known)) => {
+                let handle = known.handle();
+                match self.running.get_mut(&known.id) {
+                    Some(entry) if !known.recorded => entry.waiting.push(reply),
+                    _ => {
+                        let _ = reply.send(Ok(handle));
+                    }
+                }
+                return;
+            }
+            (None, None) => {}
         }
         let id = adopt.map_or_else(Uuid::now_v7, |a| a.id);
         let (done, outcome) = watch::channel(None);
         let cancel = cancel.unwrap_or_default();
         let reason = Arc::new(Mutex::new(None));
         if let Some(key) = &spec.idempotency_key {
-            self.keys.insert(key.clone(), (id, outcome.clone()));
+            self.keys.insert(
+                key.clone(),
+                Keyed {
+                    id,
+                    outcome: outcome.clone(),
+                    // An adopted task's submission is in the log already.
+                    recorded: adopt.is_some(),
+                },
+            );
         }
         self.running.insert(
             id,
@@ -607,6 +713,7 @@ impl EventLoop {
                 cancel: cancel.clone(),
                 reason: reason.clone(),
                 key: spec.idempotency_key.clone(),
+                waiting: Vec::new(),
             },
         );
         let runner = Runner {
@@ -784,12 +891,26 @@ impl Runner {
                 (Some(_), Durability::Async) => self.recorder.record_durable(submitted).await,
                 _ => self.recorder.record(submitted).await,
             };
-            match recorded {
+            let recorded = match recorded {
                 Err(OrchestratorError::Store(StoreError::Rejected(
                     ApplyError::DuplicateIdempotencyKey { task, .. },
                 ))) => Err(OrchestratorError::AlreadySubmitted(task)),
                 other => other,
+            };
+            if self.spec.idempotency_key.is_some() {
+                // Before anyone hears the answer, so a retry sent after it
+                // finds the key standing for this task, or gone.
+                let _ = self
+                    .orchestrator
+                    .inner
+                    .commands
+                    .send(Command::Recorded {
+                        id: self.id,
+                        result: recorded.clone(),
+                    })
+                    .await;
             }
+            recorded
         };
         if let Err(e) = recorded {
             let _ = reply.send(Err(e.clone()));
