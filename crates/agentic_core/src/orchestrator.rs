@@ -29,6 +29,11 @@
 //! meets the log's answer or makes a fresh attempt. (Ephemeral tasks are
 //! never logged: their keys hold only within that window.)
 //!
+//! Stopping: a process that must stop now calls [`Orchestrator::interrupt`],
+//! which records each running attempt as interrupted, as the next process
+//! records one a crash interrupted (see [`Orchestrator::adopt`]), and waits
+//! for every task to let go, so nothing is left half-recorded.
+//!
 //! Back-pressure: at most `max_concurrency` attempts run at once, and at most
 //! `max_pending` tasks are admitted but unfinished; `submit` waits for room
 //! beyond that, so a flood slows submitters instead of growing memory. A
@@ -302,6 +307,10 @@ enum Command {
     Ended {
         id: Uuid,
     },
+    /// Stop every task at once; reply when none runs.
+    Interrupt {
+        reply: oneshot::Sender<()>,
+    },
     IsRunning {
         id: Uuid,
         reply: oneshot::Sender<bool>,
@@ -320,6 +329,9 @@ struct Adopted {
 
 /// Submission-queue length: commands are served quickly, this only absorbs bursts.
 const COMMAND_QUEUE: usize = 1024;
+
+/// The error recorded for an attempt whose process stopped while it ran.
+const INTERRUPTED: &str = "interrupted: its process stopped while it ran";
 
 impl Orchestrator {
     /// Starts an orchestrator recording to `store` and running `handlers`.
@@ -457,6 +469,22 @@ impl Orchestrator {
         answer.await.map_err(|_| OrchestratorError::ShutDown)?
     }
 
+    /// Stops every task running here at once, for a process that must stop
+    /// now; resolves once none runs. A running attempt is recorded as
+    /// interrupted: failed, as the next process records an attempt a crash
+    /// interrupted, so a task its policy lets retry is left pending for the
+    /// next process and any other fails for good. Tasks waiting for a slot
+    /// or a retry are left as the log has them, for the next process;
+    /// cancellations already asked for are recorded as such. Submissions
+    /// are refused from then on ([`OrchestratorError::ShutDown`]); the
+    /// handles of tasks left unended say the same.
+    pub async fn interrupt(&self) {
+        let (reply, stopped) = oneshot::channel();
+        if self.send(Command::Interrupt { reply }).await.is_ok() {
+            let _ = stopped.await;
+        }
+    }
+
     /// Whether a task runs here now.
     pub async fn is_running(&self, id: Uuid) -> bool {
         let (reply, answer) = oneshot::channel();
@@ -492,7 +520,7 @@ impl Orchestrator {
 /// A task known to the event loop.
 struct Entry {
     cancel: CancellationToken,
-    reason: Arc<Mutex<Option<Cancellation>>>,
+    reason: Arc<Mutex<Option<Stop>>>,
     /// Its idempotency key, remembered a while after it ends (dropped if
     /// its submission was never recorded).
     key: Option<String>,
@@ -522,11 +550,14 @@ impl Keyed {
     }
 }
 
-/// Why a task was cancelled, and whether that is already in the log.
+/// Why a task's token was cancelled.
 #[derive(Debug, Clone)]
-struct Cancellation {
-    reason: String,
-    recorded: bool,
+enum Stop {
+    /// The task is cancelled: its end is recorded, unless `recorded` (the
+    /// log has it already).
+    Cancelled { reason: String, recorded: bool },
+    /// Its orchestrator stops at once ([`Orchestrator::interrupt`]).
+    Interrupted,
 }
 
 /// The loop's own state: tasks in flight and the idempotency keys used here
@@ -540,6 +571,10 @@ struct EventLoop {
     finished: VecDeque<(String, Uuid)>,
     /// How many of those to keep.
     finished_keys: usize,
+    /// Set by [`Command::Interrupt`]: no task is taken any more.
+    interrupted: bool,
+    /// Interrupters waiting for the last task to end.
+    idle: Vec<oneshot::Sender<()>>,
 }
 
 impl EventLoop {
@@ -550,12 +585,20 @@ impl EventLoop {
             keys: HashMap::new(),
             finished: VecDeque::new(),
             finished_keys,
+            interrupted: false,
+            idle: Vec::new(),
         }
     }
 
     /// Forgets a task that ended; its key is kept among the last ended.
     fn ended(&mut self, id: Uuid) {
-        let Some(key) = self.running.remove(&id).and_then(|e| e.key) else {
+        let key = self.running.remove(&id).and_then(|e| e.key);
+        if self.running.is_empty() {
+            for reply in self.idle.drain(..) {
+                let _ = reply.send(());
+            }
+        }
+        let Some(key) = key else {
             return;
         };
         self.finished.push_back((key, id));
@@ -639,7 +682,7 @@ impl EventLoop {
                                 .reason
                                 .lock()
                                 .unwrap_or_else(PoisonError::into_inner)
-                                .get_or_insert(Cancellation { reason, recorded });
+                                .get_or_insert(Stop::Cancelled { reason, recorded });
                             entry.cancel.cancel();
                             Ok(())
                         }
@@ -649,10 +692,33 @@ impl EventLoop {
                 }
                 Command::Recorded { id, result } => self.recorded(id, result),
                 Command::Ended { id } => self.ended(id),
+                Command::Interrupt { reply } => self.interrupt(reply),
                 Command::IsRunning { id, reply } => {
                     let _ = reply.send(self.running.contains_key(&id));
                 }
             }
+        }
+    }
+
+    /// Stops every task at once (see [`Orchestrator::interrupt`]).
+    fn interrupt(&mut self, reply: oneshot::Sender<()>) {
+        self.interrupted = true;
+        // Every reason first: a parent's token cancels its children's, and
+        // a child must not take that for its parent's cancellation.
+        for entry in self.running.values() {
+            entry
+                .reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(Stop::Interrupted);
+        }
+        for entry in self.running.values() {
+            entry.cancel.cancel();
+        }
+        if self.running.is_empty() {
+            let _ = reply.send(());
+        } else {
+            self.idle.push(reply);
         }
     }
 
@@ -665,6 +731,10 @@ impl EventLoop {
         adopt: Option<Adopted>,
         reply: Reply,
     ) {
+        if self.interrupted {
+            let _ = reply.send(Err(OrchestratorError::ShutDown));
+            return;
+        }
         let known = spec.idempotency_key.as_ref().and_then(|k| self.keys.get(k));
         match (adopt, known) {
             (Some(adopted), _) if self.running.contains_key(&adopted.id) => {
@@ -849,7 +919,7 @@ struct Runner {
     id: Uuid,
     spec: TaskSpec,
     cancel: CancellationToken,
-    reason: Arc<Mutex<Option<Cancellation>>>,
+    reason: Arc<Mutex<Option<Stop>>>,
     recorder: Arc<Recorder>,
     done: watch::Sender<Option<TaskOutcome>>,
     /// Set when the task was taken over from the log rather than submitted.
@@ -914,7 +984,7 @@ impl Runner {
         };
         if let Err(e) = recorded {
             let _ = reply.send(Err(e.clone()));
-            self.finish(TaskOutcome::Failed(e.to_string())).await;
+            self.finish(Some(TaskOutcome::Failed(e.to_string()))).await;
             return;
         }
         let _ = reply.send(Ok(handle));
@@ -923,17 +993,18 @@ impl Runner {
             // Another process recorded the task's end (a cancellation).
             Err(OrchestratorError::Store(StoreError::Rejected(ApplyError::Task(
                 TaskRuleError::Ended(_),
-            )))) => TaskOutcome::Cancelled("ended by another process".into()),
+            )))) => Some(TaskOutcome::Cancelled("ended by another process".into())),
             Err(e) => {
                 tracing::error!(task = %self.id, error = %e, "task could not be recorded");
-                TaskOutcome::Failed(format!("cannot record the task: {e}"))
+                Some(TaskOutcome::Failed(format!("cannot record the task: {e}")))
             }
         };
         self.finish(outcome).await;
     }
 
-    /// Reports the end, once every event of the task is recorded.
-    async fn finish(&self, outcome: TaskOutcome) {
+    /// Reports the end (`None`: the task stops here unended, left to the
+    /// next process), once every event of the task is recorded.
+    async fn finish(&self, outcome: Option<TaskOutcome>) {
         if let Err(e) = self.recorder.flush().await {
             tracing::error!(task = %self.id, error = %e, "task events could not be recorded");
         }
@@ -945,11 +1016,16 @@ impl Runner {
             .commands
             .send(Command::Ended { id: self.id })
             .await;
-        self.done.send_replace(Some(outcome));
+        // Unended, the handle's sender is dropped with the runner: its
+        // holders hear that the orchestrator shut down.
+        if let Some(outcome) = outcome {
+            self.done.send_replace(Some(outcome));
+        }
     }
 
-    /// Runs attempts until the task ends.
-    async fn drive(&self) -> Result<TaskOutcome, OrchestratorError> {
+    /// Runs attempts until the task ends, or stops here unended (`None`)
+    /// when the orchestrator is interrupted.
+    async fn drive(&self) -> Result<Option<TaskOutcome>, OrchestratorError> {
         let handler = self
             .orchestrator
             .inner
@@ -962,9 +1038,8 @@ impl Runner {
             && a.interrupted
         {
             // The attempt that was running when its process stopped.
-            let error = "interrupted: its process stopped while it ran".to_owned();
-            if let Some(ended) = self.failed(attempt, error).await? {
-                return Ok(ended);
+            if let Some(ended) = self.failed(attempt, INTERRUPTED.to_owned()).await? {
+                return Ok(Some(ended));
             }
             self.back_off(attempt).await?;
         }
@@ -999,12 +1074,17 @@ impl Runner {
                             output: output.clone(),
                         })
                         .await?;
-                    return Ok(TaskOutcome::Completed(output));
+                    return Ok(Some(TaskOutcome::Completed(output)));
+                }
+                // Its process stops now: recorded as a crash would be,
+                // retried (by the next process) or failed by policy.
+                Attempt::Cancelled if self.interrupted() => {
+                    return self.failed(attempt, INTERRUPTED.to_owned()).await;
                 }
                 Attempt::Cancelled => return self.cancelled().await,
                 Attempt::Failed(error) => {
                     if let Some(ended) = self.failed(attempt, error).await? {
-                        return Ok(ended);
+                        return Ok(Some(ended));
                     }
                 }
                 Attempt::TimedOut => {
@@ -1016,7 +1096,7 @@ impl Runner {
                         })
                         .await?;
                     if !retry {
-                        return Ok(TaskOutcome::TimedOut);
+                        return Ok(Some(TaskOutcome::TimedOut));
                     }
                 }
             }
@@ -1081,30 +1161,44 @@ impl Runner {
                 }
             } => match result {
                 Some(Ok(output)) => Attempt::Completed(output),
+                // Cancelled (on another thread) while the handler ran: it
+                // saw that first and gave up, so the attempt was cancelled.
+                Some(Err(_)) if self.cancel.is_cancelled() => Attempt::Cancelled,
                 Some(Err(e)) => Attempt::Failed(e.0),
                 None => Attempt::TimedOut,
             },
         }
     }
 
-    async fn cancelled(&self) -> Result<TaskOutcome, OrchestratorError> {
-        let cancellation = self
+    /// Whether the task's token was cancelled by [`Orchestrator::interrupt`].
+    fn interrupted(&self) -> bool {
+        matches!(
+            *self.reason.lock().unwrap_or_else(PoisonError::into_inner),
+            Some(Stop::Interrupted)
+        )
+    }
+
+    /// Ends the task cancelled, outside an attempt; interrupted, it stops
+    /// unended, as the log has it (pending), for the next process.
+    async fn cancelled(&self) -> Result<Option<TaskOutcome>, OrchestratorError> {
+        let stop = self
             .reason
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .unwrap_or(Cancellation {
-                reason: "parent task cancelled".to_owned(),
-                recorded: false,
-            });
-        if !cancellation.recorded {
+            .clone();
+        let (reason, recorded) = match stop {
+            Some(Stop::Interrupted) => return Ok(None),
+            Some(Stop::Cancelled { reason, recorded }) => (reason, recorded),
+            None => ("parent task cancelled".to_owned(), false),
+        };
+        if !recorded {
             self.recorder
                 .record(SystemEvent::TaskCancelled {
                     task_id: self.id,
-                    reason: cancellation.reason.clone(),
+                    reason: reason.clone(),
                 })
                 .await?;
         }
-        Ok(TaskOutcome::Cancelled(cancellation.reason))
+        Ok(Some(TaskOutcome::Cancelled(reason)))
     }
 }
