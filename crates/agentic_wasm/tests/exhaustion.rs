@@ -141,13 +141,18 @@ fn dir_permission(root: &std::path::Path, mode: &str) -> String {
     )
 }
 
+/// The operator's grant of `granted/` as `/data`, naming its host path.
+fn dir_grant(root: &std::path::Path, suffix: &str) -> String {
+    format!("dir:/data={}{suffix}", root.join("granted").display())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opening_files_without_end_hits_the_handle_limit() {
     let tree = data_dir();
     let (home, _s) = abuse_home(
         &dir_permission(tree.path(), "read-only"),
         "max_open_handles = 32",
-        &["dir:/data"],
+        &[&dir_grant(tree.path(), ":ro")],
     )
     .await;
     // Before the bound: 10 000 descriptors of the host process.
@@ -178,7 +183,7 @@ async fn writing_past_the_quota_fails_and_stops_at_the_quota() {
     let (home, _s) = abuse_home(
         &dir_permission(tree.path(), "read-write"),
         "max_write_bytes = 1048576",
-        &["dir:/data"],
+        &[&dir_grant(tree.path(), "")],
     )
     .await;
     let big = tree.path().join("granted/big.bin");
