@@ -785,6 +785,106 @@ async fn an_interrupted_attempt_is_recorded_then_retried_or_failed_by_policy() {
     assert!(replayed(&store).await.diff(&state).is_empty());
 }
 
+/// Regression (issue 14 review): a process told to stop at once dropped
+/// its running tasks unrecorded. `interrupt` now records each running
+/// attempt as a crash would be seen by the next process (failed
+/// "interrupted", retried by policy), children included (as interrupted,
+/// not as cancelled by their parent), leaves a task waiting for a slot as
+/// the log has it, refuses new work, and the next orchestrator finishes
+/// what is left.
+#[tokio::test(start_paused = true)]
+async fn interrupting_records_running_attempts_as_a_crash_would_be() {
+    let (store, orch) = start(OrchestratorConfig {
+        max_concurrency: 3,
+        ..OrchestratorConfig::default()
+    });
+    let mut live = orch.subscribe();
+    let long = json!({"ms": 60_000});
+    let failed = orch.submit(spec("sleep", long.clone())).await.expect("a");
+    let mut with_retry = spec("sleep", long.clone());
+    with_retry.retry = RetryPolicy {
+        max_retries: 1,
+        base_delay_ms: 10,
+        max_delay_ms: 10,
+    };
+    let retried = orch.submit(with_retry).await.expect("b");
+    let parent = orch
+        .submit(spec(
+            "fanout",
+            json!({"n": 1, "handler": "sleep", "input": long}),
+        ))
+        .await
+        .expect("parent");
+    // The three, and the parent's child (in the slot its parent gave up).
+    let mut started = 0;
+    while started < 4 {
+        if let SystemEvent::TaskStarted { .. } = live.recv().await.expect("live").event {
+            started += 1;
+        }
+    }
+    let waiting = orch.submit(spec("sleep", long.clone())).await.expect("d");
+    let (failed_id, retried_id, parent_id, waiting_id) =
+        (failed.id, retried.id, parent.id, waiting.id);
+
+    orch.interrupt().await;
+
+    let interrupted = |outcome: TaskOutcome| matches!(&outcome, TaskOutcome::Failed(e) if e.starts_with("interrupted"));
+    assert!(interrupted(failed.outcome().await.expect("a")));
+    assert!(interrupted(parent.outcome().await.expect("parent")));
+    // Unended here: the next process's.
+    assert_eq!(retried.outcome().await, Err(OrchestratorError::ShutDown));
+    assert_eq!(waiting.outcome().await, Err(OrchestratorError::ShutDown));
+    assert!(matches!(
+        orch.submit(spec("echo", json!(1))).await,
+        Err(OrchestratorError::ShutDown)
+    ));
+
+    let state = store.projected_state().await.expect("state");
+    let child = state.task(parent_id).expect("parent").children[0];
+    for id in [failed_id, parent_id, child] {
+        let task = state.task(id).expect("task");
+        assert_eq!(task.status, TaskStatus::Failed, "{id}");
+        assert!(
+            task.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("interrupted")),
+            "{task:?}"
+        );
+        assert_eq!(
+            events_of(&store, id).await,
+            ["task_submitted", "task_started", "task_failed"]
+        );
+    }
+    assert_eq!(
+        events_of(&store, retried_id).await,
+        ["task_submitted", "task_started", "task_failed"]
+    );
+    assert_eq!(events_of(&store, waiting_id).await, ["task_submitted"]);
+    for id in [retried_id, waiting_id] {
+        assert_eq!(state.task(id).map(|t| t.status), Some(TaskStatus::Pending));
+    }
+    assert!(replayed(&store).await.diff(&state).is_empty());
+
+    // The next process runs what is left: the retry, and the waiting task.
+    drop(orch);
+    let next = Orchestrator::start(
+        store.clone(),
+        builtin_handlers(),
+        OrchestratorConfig::default(),
+        Uuid::now_v7(),
+    );
+    for id in [retried_id, waiting_id] {
+        let task = state.task(id).expect("task");
+        let handle = next.adopt(task).await.expect("adopt");
+        assert_eq!(
+            handle.outcome().await.expect("outcome"),
+            TaskOutcome::Completed(json!({"slept_ms": 60_000}))
+        );
+    }
+    let state = store.projected_state().await.expect("state");
+    assert_eq!(state.task(retried_id).map(|t| t.attempts), Some(2));
+    assert_eq!(state.task(waiting_id).map(|t| t.attempts), Some(1));
+}
 #[tokio::test(start_paused = true)]
 async fn a_cancellation_recorded_by_another_process_stops_the_task_here() {
     let (store, orch) = start(OrchestratorConfig::default());
