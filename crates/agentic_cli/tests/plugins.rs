@@ -446,17 +446,17 @@ fn a_kernel_never_takes_a_plugins_kv_back() {
     )
     .success();
     assert_eq!(run.stdout.trim(), r#"{"value":300}"#, "{run:?}");
-    let once_more =
-        json!({"plugin": "kv_counter", "function": "increment", "input": {"key": "c"}}).to_string();
     let run = lion_run(
         &home,
         &[
             "task",
             "submit",
-            "--handler",
-            "plugin",
+            "--plugin",
+            "kv_counter",
+            "--function",
+            "increment",
             "--input",
-            &once_more,
+            r#"{"key":"c"}"#,
             "--wait",
             "--json",
         ],
@@ -735,8 +735,11 @@ fn an_interrupted_call_is_recorded_as_cancelled() {
         .spawn()
         .expect("spawn");
     // Wait for the call to be under way: its plugin_invoked is in the log.
+    let mut child = child;
     while !event_kinds(&home).iter().any(|k| k == "plugin_invoked") {
-        std::thread::yield_now();
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("lion plugin call ended before its call was recorded: {status}");
+        }
     }
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -767,4 +770,37 @@ fn set_toml_line(text: &str, key: &str, value: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Regression (issue 14 review): a directory inside the manifest's folder
+/// could hold the lion home itself (`lion plugin install ./plugin.toml`
+/// run in the plugin's folder, home `./.lion`), giving the plugin the log.
+#[test]
+fn no_grant_may_hold_or_lie_in_the_home() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir_reader_with(dir.path(), |data| {
+        std::fs::create_dir_all(data).expect("mkdir")
+    });
+    let folder = manifest.parent().expect("folder");
+    let text = std::fs::read_to_string(&manifest).expect("read manifest");
+    std::fs::write(&manifest, text.replace("path = \"data\"", "path = \".\"")).expect("write");
+    let home = folder.join(".lion");
+    lion_run(&home, &["plugin", "list"]).success();
+    let before = event_kinds(&home);
+    let run = lion_run(
+        &home,
+        &["plugin", "install", path(&manifest), "--grant", "dir:/data"],
+    );
+    assert!(run.error_line(1).contains("may not see the log"), "{run:?}");
+    // Named, a directory inside the home is refused too.
+    let inside = format!("dir:/data={}", home.display());
+    let run = lion_run(
+        &home,
+        &["plugin", "install", path(&manifest), "--grant", &inside],
+    );
+    assert!(
+        run.error_line(1).contains("lies inside the lion home"),
+        "{run:?}"
+    );
+    assert_eq!(event_kinds(&home), before, "nothing was recorded");
 }

@@ -126,6 +126,11 @@ pub enum SystemEvent {
         cached: bool,
         /// How long compiling or loading took, in microseconds.
         micros: u64,
+        /// The install it is about ([`InstalledPlugin::install_id`]): an
+        /// event of an earlier install of this name changes nothing. `None`
+        /// in logs written before installs had ids.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        install_id: Option<Uuid>,
     },
     /// A call of a plugin function started.
     PluginInvoked {
@@ -135,6 +140,11 @@ pub enum SystemEvent {
         call_id: Uuid,
         /// The function called.
         function: String,
+        /// The install it is about ([`InstalledPlugin::install_id`]): an
+        /// event of an earlier install of this name changes nothing. `None`
+        /// in logs written before installs had ids.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        install_id: Option<Uuid>,
     },
     /// A plugin call returned its output.
     PluginSucceeded {
@@ -146,6 +156,11 @@ pub enum SystemEvent {
         output: Value,
         /// How long the call took, in microseconds.
         micros: u64,
+        /// The install it is about ([`InstalledPlugin::install_id`]): an
+        /// event of an earlier install of this name changes nothing. `None`
+        /// in logs written before installs had ids.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        install_id: Option<Uuid>,
     },
     /// A plugin call failed.
     PluginFailed {
@@ -157,6 +172,11 @@ pub enum SystemEvent {
         failure: CallFailure,
         /// How long the call took, in microseconds.
         micros: u64,
+        /// The install it is about ([`InstalledPlugin::install_id`]): an
+        /// event of an earlier install of this name changes nothing. `None`
+        /// in logs written before installs had ids.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        install_id: Option<Uuid>,
     },
     /// A plugin asked for something it was not granted, and was refused.
     PluginPermissionDenied {
@@ -168,6 +188,11 @@ pub enum SystemEvent {
         asked: String,
         /// Why it was refused.
         reason: String,
+        /// The install it is about ([`InstalledPlugin::install_id`]): an
+        /// event of an earlier install of this name changes nothing. `None`
+        /// in logs written before installs had ids.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        install_id: Option<Uuid>,
     },
     /// A plugin was quarantined after repeated failures: calls are refused.
     PluginQuarantined {
@@ -177,6 +202,11 @@ pub enum SystemEvent {
         failures: u32,
         /// The last failure.
         reason: String,
+        /// The install it is about ([`InstalledPlugin::install_id`]): an
+        /// event of an earlier install of this name changes nothing. `None`
+        /// in logs written before installs had ids.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        install_id: Option<Uuid>,
     },
     /// A plugin was removed, with its key-value data.
     PluginRemoved {
@@ -206,6 +236,10 @@ pub enum SystemEvent {
         name: String,
         /// The whole new grant (a subset of what its manifest asks for).
         grant: Grant,
+        /// The install it is for ([`InstalledPlugin::install_id`]): a grant
+        /// meant for an earlier install of this name is refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        install_id: Option<Uuid>,
     },
     /// An LLM agent was spawned (or spawned again after being stopped).
     AgentSpawned {
@@ -284,6 +318,11 @@ pub enum SystemEvent {
         kind: String,
         /// Its JSON data.
         data: Value,
+        /// The install it is about ([`InstalledPlugin::install_id`]): an
+        /// event of an earlier install of this name changes nothing. `None`
+        /// in logs written before installs had ids.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        install_id: Option<Uuid>,
     },
 }
 
@@ -336,6 +375,24 @@ impl SystemEvent {
             | SystemEvent::PluginKvSet { name, .. }
             | SystemEvent::PluginGranted { name, .. }
             | SystemEvent::PluginEmitted { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// The install a plugin event is about, for the events that name one
+    /// (calls, loads, key-value writes, grants); `None` for every other
+    /// event and in logs written before installs had ids.
+    pub fn plugin_install_id(&self) -> Option<Uuid> {
+        match self {
+            SystemEvent::PluginLoaded { install_id, .. }
+            | SystemEvent::PluginInvoked { install_id, .. }
+            | SystemEvent::PluginSucceeded { install_id, .. }
+            | SystemEvent::PluginFailed { install_id, .. }
+            | SystemEvent::PluginPermissionDenied { install_id, .. }
+            | SystemEvent::PluginQuarantined { install_id, .. }
+            | SystemEvent::PluginKvSet { install_id, .. }
+            | SystemEvent::PluginEmitted { install_id, .. }
+            | SystemEvent::PluginGranted { install_id, .. } => *install_id,
             _ => None,
         }
     }

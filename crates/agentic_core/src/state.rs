@@ -62,6 +62,17 @@ pub enum ApplyError {
     /// The event is about a plugin that is not installed.
     #[error("no plugin {0} is installed")]
     UnknownPlugin(String),
+    /// A grant meant for an install of the plugin that is gone.
+    #[error("plugin {0} was removed or installed again since; grant it again")]
+    StaleGrant(String),
+    /// A grant gives what the plugin's manifest does not ask for.
+    #[error("plugin {name}: {reason}")]
+    InvalidGrant {
+        /// The plugin.
+        name: String,
+        /// What is wrong with the grant.
+        reason: String,
+    },
     /// An active agent has this name already.
     #[error("agent {0} exists already (stop it first to spawn it anew)")]
     DuplicateAgent(String),
@@ -134,34 +145,6 @@ impl State {
                 }
                 self.plugin_kv.remove(&name);
             }
-            SystemEvent::PluginKvSet {
-                name,
-                key,
-                value,
-                install_id,
-            } => {
-                let record = self
-                    .plugins
-                    .get(&name)
-                    .ok_or_else(|| ApplyError::UnknownPlugin(name.clone()))?;
-                if install_id.is_some() && install_id != record.installed.install_id {
-                    // A call of an earlier install of this name: recorded,
-                    // but its write does not reach the install of today.
-                    return Ok(());
-                }
-                let kv = self.plugin_kv.entry(name.clone()).or_default();
-                match value {
-                    Some(value) => {
-                        kv.insert(key, value);
-                    }
-                    None => {
-                        kv.remove(&key);
-                        if kv.is_empty() {
-                            self.plugin_kv.remove(&name);
-                        }
-                    }
-                }
-            }
             SystemEvent::AgentSpawned { name, spec } => {
                 if self
                     .agents
@@ -199,12 +182,9 @@ impl State {
                 }
             }
             other if other.plugin_name().is_some() => {
-                let name = other.plugin_name().unwrap_or_default();
-                let record = self
-                    .plugins
-                    .get_mut(name)
-                    .ok_or_else(|| ApplyError::UnknownPlugin(name.to_owned()))?;
-                record.apply(&other);
+                if self.plugin_event_applies(&other)? {
+                    self.apply_plugin_event(other);
+                }
             }
             other => {
                 if let Some((task_id, change)) = other.task_change() {
@@ -251,13 +231,7 @@ impl State {
             | SystemEvent::AgentPrompted { .. }
             | SystemEvent::AgentToolResult { .. }
             | SystemEvent::AgentStopped { .. } => self.check_agent_event(event),
-            other if other.plugin_name().is_some() => {
-                let name = other.plugin_name().unwrap_or_default();
-                match self.plugins.contains_key(name) {
-                    true => Ok(()),
-                    false => Err(ApplyError::UnknownPlugin(name.to_owned())),
-                }
-            }
+            other if other.plugin_name().is_some() => self.plugin_event_applies(other).map(|_| ()),
             other => match other.task_change() {
                 Some((task_id, change)) => {
                     let task = self
@@ -317,6 +291,71 @@ impl State {
     }
 
     /// The active agent `name`, to change.
+    /// Whether a plugin event (other than an install or a removal) changes
+    /// the state: an event naming the install of today does; one naming an
+    /// earlier install of the name, or a plugin removed since, is recorded
+    /// for the audit but changes nothing; a grant meant for another
+    /// install, or giving what the manifest does not ask for, is refused.
+    /// Events without an install id (logs written before installs had ids)
+    /// need the plugin installed, as they always did.
+    fn plugin_event_applies(&self, event: &SystemEvent) -> Result<bool, ApplyError> {
+        let name = event.plugin_name().unwrap_or_default();
+        let record = self.plugins.get(name);
+        if let SystemEvent::PluginGranted {
+            grant, install_id, ..
+        } = event
+        {
+            let record = record.ok_or_else(|| ApplyError::UnknownPlugin(name.to_owned()))?;
+            if *install_id != record.installed.install_id {
+                return Err(ApplyError::StaleGrant(name.to_owned()));
+            }
+            record
+                .installed
+                .manifest
+                .check_grant(grant)
+                .map_err(|e| ApplyError::InvalidGrant {
+                    name: name.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            return Ok(true);
+        }
+        match (record, event.plugin_install_id()) {
+            (Some(record), id) => Ok(record.installed.install_id == id),
+            (None, Some(_)) => Ok(false),
+            (None, None) => Err(ApplyError::UnknownPlugin(name.to_owned())),
+        }
+    }
+
+    /// Applies a plugin event [`plugin_event_applies`](Self::plugin_event_applies)
+    /// accepted: a key-value write to the plugin's data, anything else to
+    /// its record.
+    fn apply_plugin_event(&mut self, event: SystemEvent) {
+        match event {
+            SystemEvent::PluginKvSet {
+                name, key, value, ..
+            } => {
+                let kv = self.plugin_kv.entry(name.clone()).or_default();
+                match value {
+                    Some(value) => {
+                        kv.insert(key, value);
+                    }
+                    None => {
+                        kv.remove(&key);
+                        if kv.is_empty() {
+                            self.plugin_kv.remove(&name);
+                        }
+                    }
+                }
+            }
+            other => {
+                let name = other.plugin_name().unwrap_or_default();
+                if let Some(record) = self.plugins.get_mut(name) {
+                    record.apply(&other);
+                }
+            }
+        }
+    }
+
     fn active_agent(&mut self, name: &str) -> Result<&mut AgentRecord, ApplyError> {
         match self.agents.get_mut(name) {
             Some(agent) if agent.status == AgentStatus::Active => Ok(agent),

@@ -92,6 +92,9 @@ impl LoadedPlugin for TestPlugin {
         input: &str,
         ctx: Arc<CallContext>,
     ) -> Result<String, CallFailure> {
+        if function == "read" {
+            return Ok(json!({"k": ctx.kv_get("k")}).to_string());
+        }
         let input: serde_json::Value = serde_json::from_str(input).expect("input");
         let value = input["v"].as_str().unwrap_or("x");
         ctx.kv_set("k", value)
@@ -175,6 +178,7 @@ fn manifest(dir: &Path, name: &str) -> PluginManifest {
         limits: Default::default(),
         functions: BTreeMap::from([
             ("write".into(), function.clone()),
+            ("read".into(), function.clone()),
             ("wait".into(), function),
         ]),
         folder: None,
@@ -369,5 +373,140 @@ async fn a_call_dropped_before_it_ends_is_recorded_as_cancelled() {
         let state = folded(&s.store).await;
         assert_eq!(state.plugin_kv("p"), None, "{kind}");
         assert_eq!(state.plugin("p").expect("p").consecutive_failures, 0);
+    }
+}
+
+/// A store that, at the `armed`-th read of a plugin from now, lets
+/// another "process" write the plugin's key `k` right after the read (so
+/// the read misses it), hands the write's record to the test, and waits for
+/// the test to say it passed it on before answering.
+struct RacingStore {
+    inner: Arc<dyn EventStore>,
+    armed: std::sync::atomic::AtomicU32,
+    install_id: Mutex<Option<Uuid>>,
+    written: mpsc::UnboundedSender<agentic_core::EventEnvelope>,
+    observed: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl EventStore for RacingStore {
+    async fn append(
+        &self,
+        events: Vec<agentic_core::NewEvent>,
+        expected: agentic_core::ExpectedVersion,
+    ) -> Result<agentic_core::AppendReceipt, agentic_core::StoreError> {
+        self.inner.append(events, expected).await
+    }
+
+    async fn read_from(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<agentic_core::EventEnvelope>, agentic_core::StoreError> {
+        self.inner.read_from(from, limit).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<agentic_core::EventEnvelope>, agentic_core::StoreError> {
+        self.inner.read_stream(stream, from, limit).await
+    }
+
+    async fn head(&self) -> Result<agentic_core::ChainHead, agentic_core::StoreError> {
+        self.inner.head().await
+    }
+
+    async fn wait_for_events(&self, seq: u64) -> Result<(), agentic_core::StoreError> {
+        self.inner.wait_for_events(seq).await
+    }
+
+    async fn projected_state(&self) -> Result<State, agentic_core::StoreError> {
+        self.inner.projected_state().await
+    }
+
+    async fn plugin(
+        &self,
+        name: &str,
+    ) -> Result<Option<agentic_core::PluginSnapshot>, agentic_core::StoreError> {
+        let read = self.inner.plugin(name).await?;
+        let countdown = self.armed.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |n| n.checked_sub(1),
+        );
+        if countdown == Ok(1) {
+            let write = SystemEvent::PluginKvSet {
+                name: name.to_owned(),
+                key: "k".into(),
+                value: Some("theirs".into()),
+                install_id: *self.install_id.lock().unwrap(),
+            };
+            let receipt = self
+                .inner
+                .append(
+                    vec![agentic_core::NewEvent::new(write, Uuid::now_v7())],
+                    agentic_core::ExpectedVersion::Any,
+                )
+                .await?;
+            let record = self.inner.read_from(receipt.last_seq, 1).await?.remove(0);
+            let _ = self.written.send(record);
+            self.observed.notified().await;
+        }
+        Ok(read)
+    }
+
+    fn subscribe(self: Arc<Self>, from: u64) -> agentic_core::Subscription {
+        agentic_core::Subscription::new(self, from)
+    }
+}
+
+/// Regression (issue 14 review): a kernel dropped the key-value writes the
+/// log showed while a plugin was loading, so a write another process
+/// committed just after the load's read was lost to the loaded plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_seen_in_the_log_while_the_plugin_loads_reaches_it() {
+    for (kind, inner, dir) in stores() {
+        let (written_tx, mut written) = mpsc::unbounded_channel();
+        let observed = Arc::new(tokio::sync::Notify::new());
+        let store = Arc::new(RacingStore {
+            inner,
+            armed: 0.into(),
+            install_id: Mutex::new(None),
+            written: written_tx,
+            observed: observed.clone(),
+        });
+        let s = setup(store.clone(), dir);
+        let record = s
+            .manager
+            .install(manifest(s.dir.path(), "p"), kv_grant())
+            .await
+            .expect("install");
+        *store.install_id.lock().unwrap() = record.installed.install_id;
+        s.manager.follow_log();
+        // The load reads the plugin twice (its record, then, after the
+        // compile, its data): the race is at the second.
+        store.armed.store(2, std::sync::atomic::Ordering::Release);
+        let manager = s.manager.clone();
+        let first = tokio::spawn(async move {
+            manager
+                .call("p", "read", "{}", CallOptions::default())
+                .await
+        });
+        // The other process's write, passed on as the kernel would, while
+        // the plugin is still loading (the store holds its answer back).
+        let record = written.recv().await.expect("the racing write");
+        let event = record.decode().expect("decode");
+        s.manager.observe(&record, &event).await;
+        observed.notify_one();
+        first.await.expect("join").expect("the first call");
+        let kv = s
+            .manager
+            .call("p", "read", "{}", CallOptions::default())
+            .await
+            .expect("read");
+        assert_eq!(kv["k"], "theirs", "{kind}");
     }
 }

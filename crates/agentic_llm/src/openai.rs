@@ -149,6 +149,8 @@ impl OpenAiProvider {
     pub fn new(config: OpenAiConfig) -> Result<Self, LlmError> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
+            // A redirect would send the prompt to a server nobody configured.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| LlmError::Unreachable {
                 url: config.base_url.clone(),

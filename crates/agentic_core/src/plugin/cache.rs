@@ -38,6 +38,11 @@ impl PluginFiles {
         Self { dir, sandbox }
     }
 
+    /// The directory the files are under.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// The sandbox.
     pub fn sandbox(&self) -> &Arc<dyn Sandbox> {
         &self.sandbox

@@ -77,6 +77,17 @@ impl KvView {
         inner.rebuild();
     }
 
+    /// Drops pending writes that were never recorded (their append
+    /// failed): the log will not show them.
+    pub(super) fn forget(&self, ids: &[Uuid]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.pending.retain(|(id, _)| !ids.contains(id));
+        inner.rebuild();
+    }
+
     /// Takes note of a key-value write the log holds at `seq`, recorded as
     /// the event `event_id` — by this process (then no longer pending) or
     /// by another one. Writes at or before the position the view was read
@@ -169,6 +180,18 @@ mod tests {
         assert_eq!(value(&view, "c").as_deref(), Some("2"));
         view.observe(21, Uuid::now_v7(), (String::from("c"), None));
         assert_eq!(value(&view, "c"), None);
+    }
+
+    #[test]
+    fn writes_that_were_never_recorded_are_forgotten() {
+        let view = KvView::new(BTreeMap::new(), 0);
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        view.wrote(vec![(a, set("c", "1"))], true);
+        view.wrote(vec![(b, set("c", "2"))], true);
+        view.forget(&[b]);
+        assert_eq!(value(&view, "c").as_deref(), Some("1"));
+        view.observe(3, a, set("c", "1"));
+        assert!(view.lock().pending.is_empty());
     }
 
     #[test]

@@ -12,10 +12,10 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::kv::KvView;
+use super::kv::{KvView, KvWrite};
 use super::manager::PluginError;
 use super::manifest::{Grant, HostInterface, Limits, ManifestError};
-use super::record::{CallFailure, FailureKind, PluginStatus};
+use super::record::{CallFailure, FailureKind, InstalledPlugin, PluginStatus};
 use super::sandbox::{CallContext, Effects, LoadedPlugin};
 use crate::store::PluginSnapshot;
 
@@ -30,6 +30,8 @@ pub(super) struct Entry {
     pub name: String,
     /// The install it was loaded from.
     pub install_id: Option<Uuid>,
+    /// What was installed and granted.
+    pub installed: InstalledPlugin,
     grant: Arc<Grant>,
     limits: Limits,
     plugin: Arc<dyn LoadedPlugin>,
@@ -38,7 +40,7 @@ pub(super) struct Entry {
     /// Held through each call of a plugin granted `kv` until its events are
     /// recorded, so a call's reads and writes are not interleaved with
     /// another call's, and its writes reach the log in the order calls
-    /// made them.
+    /// made them. One per plugin name, shared by every load of it.
     kv_turn: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Its key-value data as calls read it.
     pub kv: KvView,
@@ -54,8 +56,9 @@ struct Schemas {
     output: jsonschema::Validator,
 }
 
-/// What one call did: its outcome, its effects (to record), and the ids
-/// of the `plugin_kv_set` events its writes must be recorded as.
+/// What one call did: its outcome, its effects (to record), and its
+/// key-value writes, each with the id of the `plugin_kv_set` event it must
+/// be recorded as.
 pub(super) struct CallResult {
     /// The call's key-value turn: the caller records the call's events
     /// before letting it go.
@@ -64,16 +67,19 @@ pub(super) struct CallResult {
     pub outcome: Result<Value, CallFailure>,
     /// Denials, key-value writes and emitted events.
     pub effects: Effects,
-    /// One event id per key-value write, in order (empty on failure).
-    pub kv_event_ids: Vec<Uuid>,
+    /// The key-value writes, in order, each with its event id (none on
+    /// failure). They reach the view once recorded.
+    pub kv_writes: Vec<(Uuid, KvWrite)>,
 }
 
 impl Entry {
-    /// The entry for `snapshot`'s plugin, loaded as `plugin`: compiles each
-    /// function's schemas.
+    /// The entry for `snapshot`'s plugin, loaded as `plugin`, taking turns
+    /// at key-value calls with `kv_turn` (shared by every load of the name):
+    /// compiles each function's schemas.
     pub fn new(
         snapshot: PluginSnapshot,
         plugin: Arc<dyn LoadedPlugin>,
+        kv_turn: Arc<tokio::sync::Mutex<()>>,
     ) -> Result<Self, PluginError> {
         let record = snapshot.record;
         let manifest = &record.installed.manifest;
@@ -99,13 +105,14 @@ impl Entry {
         Ok(Self {
             name: record.name().to_owned(),
             install_id: record.installed.install_id,
+            installed: record.installed.clone(),
             limits: manifest.limits,
             functions,
             permits: Semaphore::new(manifest.limits.max_concurrency as usize),
             kv_turn: grant
                 .interfaces
                 .contains(&HostInterface::Kv)
-                .then(|| Arc::new(tokio::sync::Mutex::new(()))),
+                .then_some(kv_turn),
             grant: Arc::new(grant.clone()),
             plugin,
             kv: KvView::new(snapshot.kv, snapshot.as_of),
@@ -115,20 +122,15 @@ impl Entry {
     }
 
     /// Validates the input, waits for a turn, runs the call and checks its
-    /// output; on success the call's key-value writes reach the view before
-    /// its turn ends (pending until the log shows them, when `followed`).
-    pub async fn run(
-        &self,
-        call_id: Uuid,
-        function: &str,
-        input: &str,
-        followed: bool,
-    ) -> CallResult {
+    /// output. The result holds the call's turn: the caller records the
+    /// call, then gives its key-value writes to the view, then lets the turn
+    /// go.
+    pub async fn run(&self, call_id: Uuid, function: &str, input: &str) -> CallResult {
         let failed = |failure| CallResult {
             turn: None,
             outcome: Err(failure),
             effects: Effects::default(),
-            kv_event_ids: Vec::new(),
+            kv_writes: Vec::new(),
         };
         let invalid = |m: String| CallFailure::new(FailureKind::InvalidInput, m);
         let Some(schemas) = self.functions.get(function) else {
@@ -178,22 +180,20 @@ impl Entry {
                 Some(failure) => Err(failure),
                 None => Ok(value),
             });
-        let effects = ctx.take_effects();
-        let mut kv_event_ids = Vec::new();
-        if outcome.is_ok() && !effects.kv_writes.is_empty() {
-            let writes: Vec<_> = effects
-                .kv_writes
-                .iter()
-                .map(|(key, value)| (Uuid::now_v7(), (key.clone(), value.clone())))
-                .collect();
-            kv_event_ids = writes.iter().map(|(id, _)| *id).collect();
-            self.kv.wrote(writes, followed);
-        }
+        let mut effects = ctx.take_effects();
+        let kv_writes = if outcome.is_ok() {
+            std::mem::take(&mut effects.kv_writes)
+                .into_iter()
+                .map(|write| (Uuid::now_v7(), write))
+                .collect()
+        } else {
+            Vec::new()
+        };
         CallResult {
             turn,
             outcome,
             effects,
-            kv_event_ids,
+            kv_writes,
         }
     }
 

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::cache::PluginFiles;
 use super::files::{MAX_COMPONENT_BYTES, MAX_MANIFEST_BYTES, read_regular};
+use super::kv::KvWrite;
 use super::loaded::{CallResult, Entry};
 use super::manifest::{DirAccess, Grant, ManifestError, PluginManifest};
 use super::record::{Artifact, CallFailure, FailureKind, InstalledPlugin, PluginRecord};
@@ -27,7 +28,7 @@ use super::recorder::Recorder;
 use super::sandbox::{Effects, SandboxError, sha256_hex};
 use crate::event::{EventEnvelope, NewEvent, SystemEvent};
 use crate::state::ApplyError;
-use crate::store::{EventStore, ExpectedVersion, PluginSnapshot, StoreError};
+use crate::store::{EventStore, ExpectedVersion, StoreError};
 use crate::task::Durability;
 
 /// Failures in a row (of the kinds that count) before a plugin is
@@ -121,7 +122,31 @@ pub struct PluginManager {
 
 /// A plugin's load slot: filled once by the first call that needs it,
 /// while calls to other plugins go on.
-type Slot = Arc<OnceCell<Arc<Entry>>>;
+#[derive(Default)]
+struct Slot {
+    entry: OnceCell<Arc<Entry>>,
+    /// Key-value writes the log showed while the slot was loading (kept to
+    /// be given to the entry once loaded), or the loaded entry.
+    observed: Mutex<Observed>,
+}
+
+/// What a load slot does with key-value writes seen in the log.
+enum Observed {
+    /// Keeps them for the entry being loaded.
+    Loading(Vec<ObservedWrite>),
+    /// Gives them to the loaded entry.
+    Ready(Arc<Entry>),
+}
+
+impl Default for Observed {
+    fn default() -> Self {
+        Self::Loading(Vec::new())
+    }
+}
+
+/// A key-value write as the log showed it: position, event id, the write,
+/// and the install it was for.
+type ObservedWrite = (u64, Uuid, KvWrite, Option<Uuid>);
 
 struct Inner {
     store: Arc<dyn EventStore>,
@@ -134,7 +159,11 @@ struct Inner {
     /// this process then wait for the log to show them.
     follows_log: AtomicBool,
     /// Loaded plugins by name (the lock is held only to find a slot).
-    loaded: Mutex<HashMap<String, Slot>>,
+    loaded: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Each plugin's key-value turn, by name: shared by every load of it,
+    /// so calls of an entry being replaced and of its successor still take
+    /// turns.
+    kv_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Outcomes of calls dropped before they ended (cancelled), waiting to
     /// be recorded.
     unfinished: Mutex<Vec<NewEvent>>,
@@ -164,6 +193,7 @@ impl PluginManager {
                 quarantine_after: AtomicU32::new(DEFAULT_QUARANTINE_AFTER),
                 follows_log: AtomicBool::new(false),
                 loaded: Mutex::new(HashMap::new()),
+                kv_turns: Mutex::new(HashMap::new()),
                 unfinished: Mutex::new(Vec::new()),
                 recording_unfinished: tokio::sync::Mutex::new(()),
             }),
@@ -191,7 +221,7 @@ impl PluginManager {
     pub async fn unload(&self, name: &str) -> bool {
         self.lock_loaded()
             .remove(name)
-            .is_some_and(|slot| slot.initialized())
+            .is_some_and(|slot| slot.entry.initialized())
     }
 
     /// Reads a manifest file (a regular file of at most
@@ -231,6 +261,7 @@ impl PluginManager {
         grant: Grant,
     ) -> Result<PluginRecord, PluginError> {
         manifest.check_grant(&grant)?;
+        self.check_dirs_keep_out_of_home(&manifest.name, &grant)?;
         let path = manifest.component.path.clone();
         let bytes = read_regular(&path, MAX_COMPONENT_BYTES)?;
         let actual = sha256_hex(&bytes);
@@ -292,6 +323,7 @@ impl PluginManager {
                 },
                 cached: false,
                 micros,
+                install_id: installed.install_id,
             },
         ];
         let mut record = PluginRecord::installed(installed);
@@ -318,15 +350,23 @@ impl PluginManager {
             .await?
             .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
         snapshot.record.installed.manifest.check_grant(&grant)?;
+        self.check_dirs_keep_out_of_home(name, &grant)?;
         let event = SystemEvent::PluginGranted {
             name: name.to_owned(),
             grant,
+            install_id: snapshot.record.installed.install_id,
         };
         let mut record = snapshot.record;
         record.apply(&event);
         match self.append_now(vec![event]).await {
             Err(StoreError::Rejected(ApplyError::UnknownPlugin(n))) => {
                 return Err(PluginError::NotInstalled(n));
+            }
+            Err(StoreError::Rejected(e @ ApplyError::StaleGrant(_))) => {
+                return Err(PluginError::GrantRefused {
+                    name: name.to_owned(),
+                    reason: e.to_string(),
+                });
             }
             other => other?,
         }
@@ -366,7 +406,8 @@ impl PluginManager {
     /// input, runs the call in the sandbox under the plugin's grant and
     /// limits, validates the output, and records the call's events. A call
     /// dropped before it ends (cancelled) is recorded as failed with kind
-    /// `cancelled`.
+    /// `cancelled`; once it has ended, its outcome is recorded whatever
+    /// happens to the caller.
     pub async fn call(
         &self,
         name: &str,
@@ -375,6 +416,7 @@ impl PluginManager {
         options: CallOptions,
     ) -> Result<Value, PluginError> {
         let entry = self.entry(name).await?;
+        let install_id = entry.install_id;
         if entry.quarantined.load(Ordering::Acquire) {
             return Err(PluginError::Call {
                 name: name.to_owned(),
@@ -384,34 +426,48 @@ impl PluginManager {
                 ),
             });
         }
+        // Directories are opened by path at each call: each must still be
+        // the one granted.
+        self.refuse_unusable_dirs(&entry.installed).await?;
         let call_id = Uuid::now_v7();
         let started = Instant::now();
-        self.record(
-            vec![SystemEvent::PluginInvoked {
-                name: name.to_owned(),
-                call_id,
-                function: function.to_owned(),
-            }],
-            options,
-        )
-        .await?;
         let mut unfinished = Unfinished {
             manager: self,
             name,
             call_id,
+            install_id,
             options,
             started,
             armed: true,
         };
-        let followed = self.inner.follows_log.load(Ordering::Acquire);
-        let result = entry.run(call_id, function, input, followed).await;
+        let invoked = SystemEvent::PluginInvoked {
+            name: name.to_owned(),
+            call_id,
+            function: function.to_owned(),
+            install_id,
+        };
+        if let Err(e) = self.record(vec![invoked], options).await {
+            unfinished.armed = false;
+            return Err(e.into());
+        }
+        let result = entry.run(call_id, function, input).await;
         unfinished.armed = false;
-        self.finish(&entry, call_id, result, started, options).await
+        // Recorded by a task of its own, so a caller gone now (a cancelled
+        // task) cannot cut the recording short.
+        let manager = self.clone();
+        tokio::spawn(async move {
+            manager
+                .finish(&entry, call_id, result, started, options)
+                .await
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("recording a plugin call failed: {e}")))?
     }
 
     /// Records the outcome of a call — denials, then on success its
     /// key-value writes, emitted events and output, on failure why (and a
-    /// quarantine when earned) — and returns it.
+    /// quarantine when earned) — gives its key-value writes to the view
+    /// once recorded, lets its turn go, and returns the outcome.
     async fn finish(
         &self,
         entry: &Entry,
@@ -424,15 +480,13 @@ impl PluginManager {
             turn,
             outcome,
             effects,
-            kv_event_ids,
+            kv_writes,
         } = result;
         let Effects {
-            denials,
-            kv_writes,
-            emitted,
-            ..
+            denials, emitted, ..
         } = effects;
         let name = entry.name.clone();
+        let install_id = entry.install_id;
         let micros = elapsed_micros(started);
         let mut events = Vec::new();
         for (asked, reason) in denials {
@@ -442,23 +496,24 @@ impl PluginManager {
                     call_id: Some(call_id),
                     asked,
                     reason,
+                    install_id,
                 },
                 options,
             ));
         }
         let result = match outcome {
             Ok(output) => {
-                for (id, (key, value)) in kv_event_ids.into_iter().zip(kv_writes) {
+                for (id, (key, value)) in &kv_writes {
                     let mut event = self.new_event(
                         SystemEvent::PluginKvSet {
                             name: name.clone(),
-                            key,
-                            value,
-                            install_id: entry.install_id,
+                            key: key.clone(),
+                            value: value.clone(),
+                            install_id,
                         },
                         options,
                     );
-                    event.event_id = id;
+                    event.event_id = *id;
                     events.push(event);
                 }
                 for (kind, data) in emitted {
@@ -468,6 +523,7 @@ impl PluginManager {
                             call_id,
                             kind,
                             data,
+                            install_id,
                         },
                         options,
                     ));
@@ -478,6 +534,7 @@ impl PluginManager {
                         call_id,
                         output: output.clone(),
                         micros,
+                        install_id,
                     },
                     options,
                 ));
@@ -491,6 +548,7 @@ impl PluginManager {
                         call_id,
                         failure: failure.clone(),
                         micros,
+                        install_id,
                     },
                     options,
                 ));
@@ -504,6 +562,7 @@ impl PluginManager {
                                 name: name.clone(),
                                 failures,
                                 reason: failure.to_string(),
+                                install_id,
                             },
                             options,
                         ));
@@ -512,10 +571,23 @@ impl PluginManager {
                 Err(PluginError::Call { name, failure })
             }
         };
-        self.inner.recorder.record(events).await?;
-        // Only now may the next call of a kv plugin run: its writes follow
-        // these in the log.
+        // The next call reads these writes. A process that follows the log
+        // expects them back from it, so it marks them pending before they
+        // can show there; one that does not folds them in once recorded.
+        let followed = self.inner.follows_log.load(Ordering::Acquire);
+        let ids: Vec<Uuid> = kv_writes.iter().map(|(id, _)| *id).collect();
+        if followed {
+            entry.kv.wrote(kv_writes.clone(), true);
+        }
+        let recorded = self.inner.recorder.record(events).await;
+        match &recorded {
+            Ok(()) if !followed => entry.kv.wrote(kv_writes, false),
+            Ok(()) => {}
+            Err(_) if followed => entry.kv.forget(&ids),
+            Err(_) => {}
+        }
         drop(turn);
+        recorded?;
         result
     }
 
@@ -529,18 +601,8 @@ impl PluginManager {
             .or_default()
             .clone();
         let loaded = slot
-            .get_or_try_init(|| async {
-                // Whatever this process recorded is in the log before the
-                // plugin is read back from it.
-                self.flush().await?;
-                let snapshot = self
-                    .inner
-                    .store
-                    .plugin(name)
-                    .await?
-                    .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
-                self.load(snapshot).await.map(Arc::new)
-            })
+            .entry
+            .get_or_try_init(|| self.load(name, &slot))
             .await
             .cloned();
         if loaded.is_err() {
@@ -553,25 +615,22 @@ impl PluginManager {
         loaded
     }
 
-    /// Loads a plugin: checks its grant can be used as recorded, then loads
-    /// its cached artifact when its hash checks out, otherwise compiles the
-    /// installed component (and caches the result); records
-    /// `plugin_loaded`.
-    async fn load(&self, snapshot: PluginSnapshot) -> Result<Entry, PluginError> {
+    /// Loads plugin `name` into `slot`: compiles it or loads its cached
+    /// artifact (recording `plugin_loaded`), then reads its record and
+    /// key-value data from the log — after this process's own events are
+    /// in, and with no call of the plugin under way — and gives the entry
+    /// the writes the log showed while it loaded.
+    async fn load(&self, name: &str, slot: &Slot) -> Result<Arc<Entry>, PluginError> {
+        let found = self.inner.store.plugin(name).await?;
+        let snapshot = found.ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
         let record = &snapshot.record;
-        let name = record.name().to_owned();
-        if let Err((asked, reason)) = usable_dirs(&record.installed) {
-            self.record(
-                vec![SystemEvent::PluginPermissionDenied {
-                    name: name.clone(),
-                    call_id: None,
-                    asked,
-                    reason: reason.clone(),
-                }],
-                CallOptions::default(),
-            )
-            .await?;
-            return Err(PluginError::GrantRefused { name, reason });
+        if let Err((asked, reason)) = usable_dirs(&record.installed, self.home()) {
+            self.record_denial(&record.installed, asked, reason.clone())
+                .await?;
+            return Err(PluginError::GrantRefused {
+                name: name.to_owned(),
+                reason,
+            });
         }
         let sha = record.installed.sha256().to_owned();
         let key = self.inner.files.sandbox().artifact_key().to_owned();
@@ -582,23 +641,108 @@ impl PluginManager {
             .await
             .map_err(|e| StoreError::Backend(format!("load task failed: {e}")))?
             .map_err(|source| PluginError::Sandbox {
-                name: name.clone(),
+                name: name.to_owned(),
                 source,
             })?;
         self.record(
             vec![SystemEvent::PluginLoaded {
-                name,
+                name: name.to_owned(),
                 artifact: Artifact {
                     key,
                     sha256: loaded.artifact_sha256,
                 },
                 cached: loaded.cached,
                 micros: elapsed_micros(started),
+                install_id: record.installed.install_id,
             }],
             CallOptions::default(),
         )
         .await?;
-        Entry::new(snapshot, loaded.plugin)
+        // The data a call reads is read last: wait for calls of an entry
+        // this one replaces to be recorded, and for what this process
+        // recorded to be in the log.
+        let turn = self.kv_turn(name);
+        let _turn = turn.clone().lock_owned().await;
+        self.flush().await?;
+        let found = self.inner.store.plugin(name).await?;
+        let snapshot = found.ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
+        let entry = Arc::new(Entry::new(snapshot, loaded.plugin, turn)?);
+        let mut observed = slot.observed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Observed::Loading(writes) = &mut *observed {
+            for (seq, id, write, install_id) in writes.drain(..) {
+                if install_id.is_none() || install_id == entry.install_id {
+                    entry.kv.observe(seq, id, write);
+                }
+            }
+        }
+        *observed = Observed::Ready(entry.clone());
+        Ok(entry)
+    }
+
+    /// Refuses a call whose plugin's directories are no longer usable as
+    /// granted, recording the denial.
+    async fn refuse_unusable_dirs(&self, installed: &InstalledPlugin) -> Result<(), PluginError> {
+        match usable_dirs(installed, self.home()) {
+            Ok(()) => Ok(()),
+            Err((asked, reason)) => {
+                self.record_denial(installed, asked, reason.clone()).await?;
+                Err(PluginError::GrantRefused {
+                    name: installed.name().to_owned(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Records that `installed` was refused `asked`, for `reason`, outside
+    /// any call.
+    async fn record_denial(
+        &self,
+        installed: &InstalledPlugin,
+        asked: String,
+        reason: String,
+    ) -> Result<(), StoreError> {
+        self.record(
+            vec![SystemEvent::PluginPermissionDenied {
+                name: installed.name().to_owned(),
+                call_id: None,
+                asked,
+                reason,
+                install_id: installed.install_id,
+            }],
+            CallOptions::default(),
+        )
+        .await
+    }
+
+    /// Refuses a grant of a directory that holds the home, or lies in it:
+    /// a plugin must never see or change the log it is recorded in.
+    fn check_dirs_keep_out_of_home(&self, name: &str, grant: &Grant) -> Result<(), PluginError> {
+        for d in &grant.dirs {
+            if let Some(reason) = overlaps_home(&d.path, self.home()) {
+                return Err(PluginError::GrantRefused {
+                    name: name.to_owned(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The lion home this manager's files are in (the folder above them).
+    fn home(&self) -> Option<&Path> {
+        self.inner.files.dir().parent()
+    }
+
+    /// Plugin `name`'s key-value turn, shared by every load of it.
+    fn kv_turn(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner
+            .kv_turns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Takes note of an event of the log (the kernel passes every event it
@@ -621,13 +765,20 @@ impl PluginManager {
                 value,
                 install_id,
             } => {
-                let slot = self.lock_loaded().get(name).cloned();
-                if let Some(entry) = slot.as_ref().and_then(|s| s.get())
-                    && (install_id.is_none() || *install_id == entry.install_id)
-                {
-                    entry
-                        .kv
-                        .observe(record.seq, record.event_id, (key.clone(), value.clone()));
+                let Some(slot) = self.lock_loaded().get(name).cloned() else {
+                    return;
+                };
+                let write = (key.clone(), value.clone());
+                let mut observed = slot.observed.lock().unwrap_or_else(PoisonError::into_inner);
+                match &mut *observed {
+                    Observed::Loading(writes) => {
+                        writes.push((record.seq, record.event_id, write, *install_id));
+                    }
+                    Observed::Ready(entry) => {
+                        if install_id.is_none() || *install_id == entry.install_id {
+                            entry.kv.observe(record.seq, record.event_id, write);
+                        }
+                    }
                 }
             }
             _ => {}
@@ -705,7 +856,7 @@ impl PluginManager {
         new
     }
 
-    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
         self.inner
             .loaded
             .lock()
@@ -720,6 +871,7 @@ struct Unfinished<'a> {
     manager: &'a PluginManager,
     name: &'a str,
     call_id: Uuid,
+    install_id: Option<Uuid>,
     options: CallOptions,
     started: Instant,
     armed: bool,
@@ -739,6 +891,7 @@ impl Drop for Unfinished<'_> {
                     "the call was cancelled before it ended",
                 ),
                 micros: elapsed_micros(self.started),
+                install_id: self.install_id,
             },
             self.options,
         );
@@ -764,7 +917,7 @@ impl Drop for Unfinished<'_> {
 /// host paths named by the operator (installs recorded before lion asked
 /// for that must be re-granted), and each still the directory it was,
 /// symbolic links resolved. On refusal: what was asked, and why.
-fn usable_dirs(installed: &InstalledPlugin) -> Result<(), (String, String)> {
+fn usable_dirs(installed: &InstalledPlugin, home: Option<&Path>) -> Result<(), (String, String)> {
     let dirs = &installed.grant.dirs;
     let describe = |d: &super::manifest::DirPermission| {
         format!("directory {} = {}", d.guest, d.path.display())
@@ -782,6 +935,9 @@ fn usable_dirs(installed: &InstalledPlugin) -> Result<(), (String, String)> {
         ));
     }
     for d in dirs {
+        if let Some(reason) = overlaps_home(&d.path, home) {
+            return Err((describe(d), reason));
+        }
         match d.path.canonicalize() {
             Ok(now) if now == d.path && now.is_dir() => {}
             Ok(now) => {
@@ -804,6 +960,26 @@ fn usable_dirs(installed: &InstalledPlugin) -> Result<(), (String, String)> {
         }
     }
     Ok(())
+}
+
+/// Why granting `dir` would expose the lion `home` (the directory holds
+/// the home or lies inside it), if it would.
+fn overlaps_home(dir: &Path, home: Option<&Path>) -> Option<String> {
+    let home = home?.canonicalize().ok()?;
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    (home.starts_with(&dir) || dir.starts_with(&home)).then(|| {
+        format!(
+            "the directory {} {} the lion home {}: a plugin may not see the log it is \
+             recorded in",
+            dir.display(),
+            if dir.starts_with(&home) {
+                "lies inside"
+            } else {
+                "holds"
+            },
+            home.display()
+        )
+    })
 }
 
 /// The `lion plugin grant` command that grants a plugin what it holds now,

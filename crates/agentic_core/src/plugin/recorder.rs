@@ -89,32 +89,39 @@ impl Recorder {
     }
 
     /// The background appender: appends everything queued since its last
-    /// append in one batch; remembers the first error for the next flush.
+    /// append in one batch. If the store refuses the batch, each record
+    /// call's events are appended on their own, so one refused call (a
+    /// plugin removed meanwhile) loses no other call's events. A failure is
+    /// logged, and reported to the flushes waiting in that round (or the
+    /// next flush), once.
     async fn append_queued(store: Arc<dyn EventStore>, mut rx: mpsc::Receiver<Queued>) {
         let mut failed: Option<StoreError> = None;
-        let mut batch = Vec::new();
+        let mut items: Vec<Vec<NewEvent>> = Vec::new();
         let mut flushes = Vec::new();
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
+            let mut queued = 0;
             while let Some(item) = next.take().or_else(|| rx.try_recv().ok()) {
                 match item {
-                    Queued::Events(events) => batch.extend(events),
+                    Queued::Events(events) => {
+                        queued += events.len();
+                        items.push(events);
+                    }
                     Queued::Flush(reply) => flushes.push(reply),
                 }
-                if batch.len() >= ASYNC_QUEUE {
+                if queued >= ASYNC_QUEUE {
                     break;
                 }
             }
-            if !batch.is_empty()
-                && let Err(e) = store
-                    .append(std::mem::take(&mut batch), ExpectedVersion::Any)
-                    .await
-            {
-                tracing::error!(error = %e, "appending plugin events failed");
+            if let Err(e) = Self::append_items(&store, std::mem::take(&mut items)).await {
                 failed.get_or_insert(e);
             }
+            if flushes.is_empty() {
+                continue;
+            }
+            let outcome = failed.take();
             for reply in flushes.drain(..) {
-                let _ = reply.send(match &failed {
+                let _ = reply.send(match &outcome {
                     Some(e) => Err(StoreError::Backend(format!(
                         "a background append of plugin events failed: {e}"
                     ))),
@@ -122,5 +129,35 @@ impl Recorder {
                 });
             }
         }
+    }
+
+    /// Appends the events of several record calls: together, or, if the
+    /// store refuses them together, each call's on its own. The first
+    /// failure, if any.
+    async fn append_items(
+        store: &Arc<dyn EventStore>,
+        mut items: Vec<Vec<NewEvent>>,
+    ) -> Result<(), StoreError> {
+        if items.len() > 1 {
+            let all: Vec<NewEvent> = items.iter().flatten().cloned().collect();
+            match store.append(all, ExpectedVersion::Any).await {
+                Ok(_) => return Ok(()),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "a batch of plugin events was refused; appending each call's on its own"
+                ),
+            }
+        }
+        let mut first = None;
+        for events in items.drain(..) {
+            if events.is_empty() {
+                continue;
+            }
+            if let Err(e) = store.append(events, ExpectedVersion::Any).await {
+                tracing::error!(error = %e, "appending plugin events failed");
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 }

@@ -50,38 +50,23 @@ pub(super) fn project(
             }
             execute(tx, "DELETE FROM plugin_kv WHERE plugin = ?1", params![name]).map(|_| ())
         }
+        other if !applies(tx, other)? => Ok(()),
         SystemEvent::PluginKvSet {
-            name,
-            key,
-            value,
-            install_id,
-        } => {
-            let current: Option<Option<String>> = tx
-                .prepare_cached("SELECT install_id FROM plugins WHERE name = ?1")
-                .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
-                .map_err(ProjectError::Sql)?;
-            let current = current.ok_or_else(|| unknown(name))?;
-            if let Some(id) = install_id
-                && current.as_deref() != Some(id.to_string().as_str())
-            {
-                // A call of an earlier install of this name (see the reducer).
-                return Ok(());
-            }
-            match value {
-                Some(value) => execute(
-                    tx,
-                    "INSERT INTO plugin_kv (plugin, key, value) VALUES (?1, ?2, ?3) \
+            name, key, value, ..
+        } => match value {
+            Some(value) => execute(
+                tx,
+                "INSERT INTO plugin_kv (plugin, key, value) VALUES (?1, ?2, ?3) \
                      ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value",
-                    params![name, key, value],
-                ),
-                None => execute(
-                    tx,
-                    "DELETE FROM plugin_kv WHERE plugin = ?1 AND key = ?2",
-                    params![name, key],
-                ),
-            }
-            .map(|_| ())
+                params![name, key, value],
+            ),
+            None => execute(
+                tx,
+                "DELETE FROM plugin_kv WHERE plugin = ?1 AND key = ?2",
+                params![name, key],
+            ),
         }
+        .map(|_| ()),
         SystemEvent::PluginLoaded { name, artifact, .. } => {
             let current: Option<String> = tx
                 .prepare_cached("SELECT artifacts FROM plugins WHERE name = ?1")
@@ -124,7 +109,7 @@ pub(super) fn project(
             "UPDATE plugins SET status = 'quarantined' WHERE name = ?1",
             params![name],
         ),
-        SystemEvent::PluginGranted { name, grant } => {
+        SystemEvent::PluginGranted { name, grant, .. } => {
             let current: Option<String> = tx
                 .prepare_cached("SELECT installed FROM plugins WHERE name = ?1")
                 .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
@@ -132,6 +117,12 @@ pub(super) fn project(
             let current = current.ok_or_else(|| unknown(name))?;
             let mut installed: InstalledPlugin =
                 serde_json::from_str(&current).map_err(|e| ProjectError::Sql(from_json(e)))?;
+            installed.manifest.check_grant(grant).map_err(|e| {
+                ProjectError::Refused(ApplyError::InvalidGrant {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                })
+            })?;
             installed.regrant(grant.clone());
             update(
                 tx,
@@ -143,6 +134,32 @@ pub(super) fn project(
         SystemEvent::PluginPermissionDenied { name, .. }
         | SystemEvent::PluginEmitted { name, .. } => require(tx, name),
         _ => Ok(()),
+    }
+}
+
+/// Whether a plugin event (not an install or a removal) changes the
+/// projection, by the reducer's rule (`State::plugin_event_applies`): one
+/// naming the install of today does; one naming an earlier install, or a
+/// plugin removed since, changes nothing; a grant for another install is
+/// refused, as is an event without an install id about a plugin that is
+/// not installed.
+fn applies(tx: &Transaction<'_>, event: &SystemEvent) -> Result<bool, ProjectError> {
+    let name = event.plugin_name().unwrap_or_default();
+    let current: Option<Option<String>> = tx
+        .prepare_cached("SELECT install_id FROM plugins WHERE name = ?1")
+        .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
+        .map_err(ProjectError::Sql)?;
+    let id = event.plugin_install_id().map(|id| id.to_string());
+    match current {
+        None if id.is_none() || matches!(event, SystemEvent::PluginGranted { .. }) => Err(
+            ProjectError::Refused(ApplyError::UnknownPlugin(name.to_owned())),
+        ),
+        None => Ok(false),
+        Some(current) if current == id => Ok(true),
+        Some(_) if matches!(event, SystemEvent::PluginGranted { .. }) => Err(
+            ProjectError::Refused(ApplyError::StaleGrant(name.to_owned())),
+        ),
+        Some(_) => Ok(false),
     }
 }
 
