@@ -101,9 +101,9 @@ async fn flood() {
     while (open_descriptors() as u64) < before as u64 + running * OPENED {
         tokio::task::yield_now().await;
     }
-    // The host can still open files: as many as plugins may not hold,
-    // less what it held before the flood and a margin.
-    let host_may_open = (LIMIT - u64::from(budget)) as usize - before - 16;
+    // The host can still open files: the half of the limit plugins may
+    // not hold, less what it held before the flood and a margin.
+    let host_may_open = (LIMIT / 2) as usize - before - 16;
     let held: Vec<std::fs::File> = (0..host_may_open)
         .map(|i| {
             std::fs::File::open(granted.join("inside.txt"))

@@ -220,12 +220,12 @@ async fn writing_past_the_quota_fails_and_stops_at_the_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_together_may_not_fill_a_directory_past_its_limit() {
-    // Each call may write 1 MiB; the directory may hold 3 MiB, of which
+    // Each call may write 1 MiB; the directory may hold 2.5 MB, of which
     // it already holds inside.txt (one 4 KiB entry and 6 bytes).
     let tree = data_dir();
     let (home, _s) = abuse_home(
         &dir_permission(tree.path(), "read-write"),
-        "max_write_bytes = 1048576\nmax_dir_bytes = 3145728",
+        "max_write_bytes = 1048576\nmax_dir_bytes = 2500000",
         &[&dir_grant(tree.path(), "")],
     )
     .await;
@@ -253,7 +253,7 @@ async fn calls_together_may_not_fill_a_directory_past_its_limit() {
         FailureKind::WriteLimit,
     );
     assert!(
-        f.message.contains("3145728 byte limit") && f.message.contains("max_dir_bytes"),
+        f.message.contains("2500000 byte limit") && f.message.contains("max_dir_bytes"),
         "{f}"
     );
     logged(&home, &f).await;
@@ -263,7 +263,7 @@ async fn calls_together_may_not_fill_a_directory_past_its_limit() {
     written += third;
     // inside.txt, three created files, what they hold: within the limit.
     assert!(
-        4 * 4096 + 6 + written <= 3_145_728,
+        4 * 4096 + 6 + written <= 2_500_000,
         "no byte past the directory's limit reaches the disk: {written}"
     );
     assert!(third < 1_000_000, "the third call was cut short: {third}");
