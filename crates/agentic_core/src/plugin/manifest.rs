@@ -199,10 +199,10 @@ pub const LIMIT_CEILINGS: Limits = Limits {
     // Every slot of the sandbox's memory pool reserves this much address
     // space (agentic_wasm's MAX_MEMORY_BYTES is this).
     memory_mib: 256,
-    // Five minutes: a running call holds a pooled instance, a concurrency
+    // Ten minutes: a running call holds a pooled instance, a concurrency
     // permit, its share of the descriptor budget and, for a kv plugin, the
     // plugin's turn; longer work belongs in several calls.
-    timeout_ms: 300_000,
+    timeout_ms: 600_000,
     fuel: None,
     // The output is stored in the log, which every process reads back;
     // stdout and stderr are each held in memory up to this, and so is an
