@@ -214,3 +214,53 @@ fn raise_soft_limit() -> u64 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A budget of `n` descriptors of its own (the process's is shared by
+    /// every test of the binary).
+    fn budget(n: u32) -> &'static DescriptorBudget {
+        Box::leak(Box::new(DescriptorBudget {
+            permits: Arc::new(Semaphore::new(n as usize)),
+            usage: watch::Sender::new(DescriptorUse {
+                limit: u64::from(n) * PLUGINS_SHARE_DIVISOR,
+                budget: n,
+                reserved: 0,
+                waiting: 0,
+            }),
+        }))
+    }
+
+    #[tokio::test]
+    async fn reservations_share_the_budget_and_fail_clearly_past_it() {
+        let b = budget(10);
+        let too_many = b
+            .reserve("big", 11, "its handles", Duration::ZERO)
+            .await
+            .err()
+            .expect("more than the budget");
+        assert_eq!(too_many.kind, FailureKind::Host);
+        assert!(too_many.message.contains("more than the 10"), "{too_many}");
+        let held = b
+            .reserve("first", 8, "its handles", Duration::ZERO)
+            .await
+            .expect("room");
+        assert_eq!(b.usage.borrow().reserved, 8);
+        // No room and no time to wait: refused, naming the budget.
+        let full = b
+            .reserve("second", 3, "its handles", Duration::ZERO)
+            .await
+            .err()
+            .expect("no room");
+        assert!(full.message.contains("no room for the 3"), "{full}");
+        assert_eq!(b.usage.borrow().waiting, 0, "no longer waiting");
+        drop(held);
+        assert_eq!(b.usage.borrow().reserved, 0, "given back");
+        let _held = b
+            .reserve("second", 3, "its handles", Duration::ZERO)
+            .await
+            .expect("room again");
+    }
+}
