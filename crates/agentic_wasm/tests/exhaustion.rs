@@ -10,7 +10,10 @@
 //! (`a_memory_grow_bomb_hits_the_memory_limit`,
 //! `an_infinite_loop_in_a_call_times_out`, `a_huge_output_hits_the_output_limit`...);
 //! `crates/agentic_cli/tests/exhaustion.rs` runs every bound through the
-//! `lion` binary beside a concurrent task.
+//! `lion` binary beside a concurrent task. Two cases change the process
+//! and have a binary each: `descriptors.rs` (the process's descriptor
+//! budget, under a lowered limit) and `proxy_env.rs` (proxy variables set
+//! in the environment).
 
 mod support;
 
