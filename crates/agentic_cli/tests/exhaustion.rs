@@ -24,10 +24,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use serde_json::{Value, json};
 use support::*;
 
-/// The abuse plugin's limits here: small enough to reach quickly, a
-/// timeout long enough for a good task to run beside a spinning one.
+/// The abuse plugin's limits here: small enough to reach quickly, and a
+/// timeout (the bound `spin` hits, which no gate can hold) far longer than
+/// a good task takes to run beside a spinning one, even on a loaded host.
 const LIMITS: &str = "memory_mib = 32
-timeout_ms = 8000
+timeout_ms = 30000
 max_output_bytes = 65536
 max_concurrency = 4
 max_emit_bytes = 4096
@@ -153,14 +154,19 @@ impl Gate {
         held.1.notify_all();
     }
 
-    /// Answers every held request, and forgets the bad task.
+    /// Answers every held request.
     fn release(&self) {
         let mut held = self.held.0.lock().expect("gate");
         for mut socket in held.sockets.drain(..) {
             let _ = socket
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
         }
-        held.bad_done = false;
+    }
+
+    /// Forgets the last bad task, before the next one starts (its thread
+    /// has been joined, so it cannot mark itself done after this).
+    fn arm(&self) {
+        self.held.0.lock().expect("gate").bad_done = false;
     }
 }
 
@@ -178,6 +184,7 @@ fn head_seq(home: &Path) -> u64 {
 /// must succeed while the bad call is still in flight (checked in the
 /// log); then releases the gate and returns the bad task's run.
 fn bad_beside_good(home: &Path, gate: &Gate, function: &str, input: Value) -> Run {
+    gate.arm();
     let from = head_seq(home) + 1;
     let holds = input.get("hold").is_some();
     let mut tail = Command::new(env!("CARGO_BIN_EXE_lion"))

@@ -8,7 +8,7 @@
 //! raised to its hard limit, and plugins together may then hold at most a
 //! share of it ([`PLUGINS_SHARE_DIVISOR`]: half). Before a call runs it
 //! reserves every descriptor it may hold (its `max_open_handles`, one per
-//! granted directory, one for an HTTP connection); when the budget has no
+//! granted directory, two for an HTTP connection); when the budget has no
 //! room it waits, first come first served, at most its own timeout, and
 //! then fails as `host`, saying why.
 //!
@@ -37,8 +37,9 @@ const UNLIMITED_TARGET: u64 = 1 << 20;
 /// Descriptors a call may hold outside its handle table: the connection
 /// of an HTTP request through the `http` interface (the guest waits for
 /// each request, so there is one at a time; its name lookup ends before
-/// it connects).
-pub(crate) const HOST_CALL_DESCRIPTORS: u32 = 1;
+/// it connects), and a second socket while it connects, which happy
+/// eyeballs opens when a name resolves to both IPv6 and IPv4 addresses.
+pub(crate) const HOST_CALL_DESCRIPTORS: u32 = 2;
 
 /// How the plugins' descriptor budget is used, for monitoring (and the
 /// tests that flood it).

@@ -4,27 +4,31 @@
 //!
 //! Each granted read-write directory has a [`DirLedger`] per sandbox (one
 //! per process in practice), keyed by its host path, so plugins granted
-//! the same directory share it. It is measured once, when a plugin granted
-//! it is first called: a walk that counts every entry as
-//! [`CREATED_ENTRY_BYTES`] plus a regular file's length, follows no
-//! symbolic link, and stops at [`MAX_MEASURED_ENTRIES`] (a directory with
-//! more is not measured, and writes into it are refused, saying so). From
-//! then on every byte a call writes into it (and every entry it creates) is
-//! added to the ledger before it reaches the disk; past the plugin's
-//! `max_dir_bytes` the write fails and the call ends as `write_limit`.
+//! the same directory share it. It is measured when a plugin granted it is
+//! first called: a walk that counts every entry as [`CREATED_ENTRY_BYTES`]
+//! plus a regular file's length, follows no symbolic link, and stops at
+//! [`MAX_MEASURED_ENTRIES`] (a directory with more is not measured, and
+//! writes into it are refused, saying so). From then on every byte a call
+//! writes into it (and every entry it opens to create) is added to the
+//! ledger before it reaches the disk; past the plugin's `max_dir_bytes`
+//! the write fails and the call ends as `write_limit`.
+//!
+//! Charges over-count: an overwrite is charged as new bytes, opening an
+//! existing file with `create` as a new entry, and a deleted file is not
+//! credited. So a call that starts while no call writes into the directory
+//! and finds the ledger past half its limit measures it again (then the
+//! disk is what the calls left): a plugin that rewrites its state file
+//! runs for ever, one that keeps what it writes is stopped at its limit.
 //!
 //! What it does not see: other processes (or anything else on the host)
-//! writing into the directory at the same time; files deleted or shrunk,
-//! which are not credited back until the next process measures again; an
-//! overwrite, charged as new bytes.
+//! writing into the directory at the same time.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use agentic_core::plugin::{CallFailure, FailureKind};
-use tokio::sync::OnceCell;
 
 use crate::bounds::CREATED_ENTRY_BYTES;
 
@@ -50,8 +54,10 @@ impl DirLedgers {
             .or_insert_with(|| {
                 Arc::new(DirLedger {
                     path: path.to_owned(),
-                    measured: OnceCell::new(),
+                    measured: tokio::sync::Mutex::new(None),
+                    known: Mutex::new(None),
                     bytes: AtomicU64::new(0),
+                    writers: AtomicU32::new(0),
                 })
             })
             .clone()
@@ -70,41 +76,69 @@ pub(crate) enum Measured {
 /// One read-write directory: what it holds, as this process knows it.
 pub(crate) struct DirLedger {
     path: PathBuf,
-    measured: OnceCell<Measured>,
+    /// The last walk's result, locked while a call starts writing (so a
+    /// walk never runs while a call may write).
+    measured: tokio::sync::Mutex<Option<Measured>>,
+    /// The last walk's result, for charges (which cannot wait).
+    known: Mutex<Option<Measured>>,
     /// What it held when measured, plus what calls wrote since.
     bytes: AtomicU64,
+    /// Calls that may write into it now.
+    writers: AtomicU32,
+}
+
+/// A call's right to write into a directory: while it is held the
+/// directory is not measured again.
+pub(crate) struct Writing(Arc<DirLedger>);
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.0.writers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl DirLedger {
-    /// Measures the directory unless it was measured already (concurrent
-    /// first calls wait for the one walk).
-    pub(crate) async fn measure(&self) {
-        self.measured
-            .get_or_init(|| async {
-                let path = self.path.clone();
-                let measured =
-                    tokio::task::spawn_blocking(move || measure(&path, MAX_MEASURED_ENTRIES))
-                        .await
-                        // A walk that panicked measured nothing: refuse writes.
-                        .unwrap_or(Measured::TooManyEntries);
-                if let Measured::Bytes(bytes) = measured {
-                    self.bytes.store(bytes, Ordering::SeqCst);
-                    tracing::debug!(
-                        path = %self.path.display(),
-                        bytes,
-                        "measured a read-write plugin directory"
-                    );
-                }
-                measured
-            })
-            .await;
+    /// Starts a call that may write into the directory under `limit`
+    /// (`max_dir_bytes`): measures it first if it never was, or if no call
+    /// writes into it now and the ledger is past half of `limit` (charges
+    /// over-count; see the module documentation). Concurrent starts wait
+    /// for the one walk.
+    pub(crate) async fn start_writing(self: &Arc<Self>, limit: u64) -> Writing {
+        let mut measured = self.measured.lock().await;
+        let quiet = self.writers.load(Ordering::SeqCst) == 0;
+        let remeasure = match *measured {
+            None => true,
+            Some(Measured::Bytes(_)) => quiet && self.bytes.load(Ordering::SeqCst) > limit / 2,
+            // Each walk of such a directory costs the full entry limit.
+            Some(Measured::TooManyEntries) => false,
+        };
+        if remeasure {
+            let path = self.path.clone();
+            let now = tokio::task::spawn_blocking(move || measure(&path, MAX_MEASURED_ENTRIES))
+                .await
+                // A walk that panicked measured nothing: refuse writes.
+                .unwrap_or(Measured::TooManyEntries);
+            if let Measured::Bytes(bytes) = now {
+                self.bytes.store(bytes, Ordering::SeqCst);
+                tracing::debug!(
+                    path = %self.path.display(),
+                    bytes,
+                    "measured a read-write plugin directory"
+                );
+            }
+            *measured = Some(now);
+            *self.known.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
+        }
+        self.writers.fetch_add(1, Ordering::SeqCst);
+        Writing(self.clone())
     }
 
     /// Adds `bytes` written into the directory (seen by the plugin at
     /// `guest`); refused, nothing added, past `limit` (`max_dir_bytes`).
     pub(crate) fn charge(&self, bytes: u64, limit: u64, guest: &str) -> Result<(), CallFailure> {
         let path = self.path.display();
-        match self.measured.get() {
+        let known = *self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        match known {
             Some(Measured::Bytes(_)) => {}
             Some(Measured::TooManyEntries) => {
                 return Err(CallFailure::new(
@@ -198,7 +232,7 @@ mod tests {
         let ledgers = DirLedgers::default();
         let ledger = ledgers.get(root.path());
         assert!(ledger.charge(1, 10_000, "/data").is_err(), "not measured");
-        ledger.measure().await;
+        let writing = ledger.start_writing(10_000).await;
         // Holds 4096 + 904 = 5000.
         ledger.charge(4000, 10_000, "/data").expect("9000");
         let refused = ledger.charge(1001, 10_000, "/data").unwrap_err();
@@ -210,5 +244,26 @@ mod tests {
             .expect("exactly the limit");
         // The same path, the same ledger.
         assert!(ledgers.get(root.path()).charge(1, 10_000, "/x").is_err());
+        drop(writing);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_ledger_past_half_its_limit_is_measured_again() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let ledger = DirLedgers::default().get(root.path());
+        let limit = 100_000;
+        // Writes over-counted (an overwrite, say): 60 000 charged, nothing
+        // on the disk.
+        let first = ledger.start_writing(limit).await;
+        ledger.charge(60_000, limit, "/data").expect("under");
+        // While a call writes, another start measures nothing.
+        let second = ledger.start_writing(limit).await;
+        assert!(ledger.charge(50_000, limit, "/data").is_err());
+        drop((first, second));
+        // Quiet and past half: measured again, the disk holds nothing.
+        let _third = ledger.start_writing(limit).await;
+        ledger
+            .charge(90_000, limit, "/data")
+            .expect("measured again");
     }
 }

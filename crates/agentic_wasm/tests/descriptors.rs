@@ -1,31 +1,91 @@
 //! The process's descriptor budget for plugins: a flood of concurrent
 //! calls, each holding as many files open as its manifest allows, leaves
-//! the host able to open files, and a good call succeeds after it. The
+//! the host able to open files, the calls that had to wait for room run
+//! in their turn, and a good call succeeds after them. The
 //! test lowers this process's descriptor limit, so it has a binary of its
 //! own, and sets it before the sandbox is made (which raises the soft
 //! limit and sizes the budget once per process).
 
 mod support;
 
-use agentic_core::plugin::FailureKind;
 use agentic_wasm::descriptors::{PLUGINS_SHARE_DIVISOR, plugin_descriptors};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use serde_json::json;
+use std::sync::Arc;
 use support::{abuse_home, failure};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
 
 /// The descriptor limit the test gives the process (soft and hard).
 const LIMIT: u64 = 512;
 
 /// Each flood call's `max_open_handles`: it reserves this, one for its
-/// directory and one for a connection.
+/// directory and two for a connection.
 const HANDLES: u64 = 100;
 
 /// Files each flood call opens (its table also holds its directory and
-/// stdio streams) before it spins until its timeout.
+/// stdio streams) before it waits at the test's gate.
 const OPENED: u64 = 90;
 
 /// Flood calls at once: together they would hold far more than `LIMIT`.
 const FLOOD: usize = 8;
+
+/// An HTTP listener that holds every request until released, then
+/// answers each at once: a flood call holds its files while it waits.
+struct Gate {
+    /// The listener's address, as `host:port`.
+    address: String,
+    /// Requests held so far.
+    held: watch::Receiver<usize>,
+    /// Answers the held requests, and every later one at once.
+    release: Arc<Notify>,
+}
+
+impl Gate {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("addr").to_string();
+        let (count, held) = watch::channel(0);
+        let release = Arc::new(Notify::new());
+        let released = release.clone();
+        tokio::spawn(async move {
+            let mut waiting = Vec::new();
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((socket, _)) = accepted else { return };
+                        if open {
+                            waiting.push(socket);
+                            count.send_modify(|n| *n += 1);
+                        } else {
+                            answer(socket).await;
+                        }
+                    }
+                    () = released.notified(), if open => {
+                        open = false;
+                        for socket in waiting.drain(..) {
+                            answer(socket).await;
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            address,
+            held,
+            release,
+        }
+    }
+}
+
+/// Answers a held request with a short 200.
+async fn answer(mut socket: TcpStream) {
+    let _ = socket
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+        .await;
+}
 
 /// Descriptors in use by this process.
 fn open_descriptors() -> usize {
@@ -58,13 +118,21 @@ async fn flood() {
     let granted = tree.path().join("granted");
     std::fs::create_dir(&granted).expect("mkdir");
     std::fs::write(granted.join("inside.txt"), "inside").expect("write");
+    let mut gate = Gate::start().await;
+    let address = gate.address.clone();
     let (home, _s) = abuse_home(
         &format!(
-            "[[permissions.dirs]]\npath = {:?}\nguest = \"/data\"\nmode = \"read-only\"",
+            "hosts = [{address:?}]\n[[permissions.dirs]]\npath = {:?}\nguest = \"/data\"\nmode = \"read-only\"",
             granted.display().to_string()
         ),
-        &format!("max_open_handles = {HANDLES}\nmax_concurrency = 16\ntimeout_ms = 1000"),
-        &[&format!("dir:/data={}:ro", granted.display())],
+        // A timeout no flood call reaches: they wait at the gate, and for
+        // room, only until the test lets them go on.
+        &format!("max_open_handles = {HANDLES}\nmax_concurrency = 16\ntimeout_ms = 600000"),
+        &[
+            &format!("dir:/data={}:ro", granted.display()),
+            "interface:http",
+            &format!("host:{address}"),
+        ],
     )
     .await;
     // The sandbox raised the soft limit to the hard one, and gave plugins
@@ -78,8 +146,12 @@ async fn flood() {
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..FLOOD {
         let manager = home.manager.clone();
+        let input = json!({
+            "path": "/data/inside.txt",
+            "count": OPENED,
+            "hold": format!("http://{address}/"),
+        });
         calls.spawn(async move {
-            let input = json!({"path": "/data/inside.txt", "count": OPENED, "spin": true});
             manager
                 .call(
                     "abuse",
@@ -91,19 +163,27 @@ async fn flood() {
         });
     }
     // The budget is full and calls wait for room.
-    let reserve = u32::try_from(HANDLES + 2).expect("small");
+    let reserve = u32::try_from(HANDLES + 3).expect("small");
     usage
         .wait_for(|u| u.reserved + reserve > budget && u.waiting > 0)
         .await
         .expect("the budget's watch");
-    // The running calls hold their files (they open them first thing).
-    let running = u64::from(usage.borrow().reserved) / (HANDLES + 2);
-    while (open_descriptors() as u64) < before as u64 + running * OPENED {
-        tokio::task::yield_now().await;
-    }
+    // Every running call holds its files: it opened them, then asked the
+    // gate, which holds it.
+    let running = usize::try_from(usage.borrow().reserved / reserve).expect("small");
+    assert!(running > 0, "some calls run");
+    gate.held
+        .wait_for(|held| *held >= running)
+        .await
+        .expect("the gate");
+    assert!(
+        open_descriptors() >= before + running * OPENED as usize,
+        "the running calls hold their files"
+    );
     // The host can still open files: the half of the limit plugins may
-    // not hold, less what it held before the flood and a margin.
-    let host_may_open = (LIMIT / 2) as usize - before - 16;
+    // not hold, less what it held before the flood and a margin (the
+    // gate's side of each held connection among it).
+    let host_may_open = (LIMIT / 2) as usize - before - running - 16;
     let held: Vec<std::fs::File> = (0..host_may_open)
         .map(|i| {
             std::fs::File::open(granted.join("inside.txt"))
@@ -111,14 +191,13 @@ async fn flood() {
         })
         .collect();
     drop(held);
-    // Every flood call ended at its timeout or found no room: none failed
-    // for want of a descriptor.
+    gate.release.notify_one();
+    // Every flood call ran in its turn and opened all its files: none
+    // failed for want of a descriptor.
     while let Some(result) = calls.join_next().await {
-        let f = failure(result.expect("join").expect_err("the flood fails"));
-        match f.kind {
-            FailureKind::Timeout => {}
-            FailureKind::Host => assert!(f.message.contains("no room for the"), "{f}"),
-            other => panic!("{other:?}: {f}"),
+        match result.expect("join") {
+            Ok(out) => assert_eq!(out["opened"], OPENED, "{out}"),
+            Err(e) => panic!("a flood call failed: {}", failure(e)),
         }
     }
     assert_eq!(usage.borrow().reserved, 0, "every reservation given back");
