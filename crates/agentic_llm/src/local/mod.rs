@@ -4,6 +4,7 @@
 //!
 //! - [`pull`] — the catalog, the per-user model cache and `model pull`.
 //! - [`model`] — loading a GGUF file (checks, weights, metadata).
+//! - [`gguf`] — the bounded check of a GGUF header run before candle reads it.
 //! - [`tokenizer`] — byte-level BPE from the file's own vocabulary.
 //! - [`template`] — the file's own Jinja chat template.
 //! - [`worker`] — the one inference thread that runs every generation.
@@ -21,6 +22,7 @@
 
 pub mod bench;
 mod error;
+pub mod gguf;
 pub mod model;
 pub mod pull;
 pub mod template;

@@ -19,9 +19,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
 
-use super::LocalError;
 use super::template::ChatTemplate;
 use super::tokenizer::{GgufTokenizer, metadata_str};
+use super::{LocalError, gguf};
 
 /// The architecture this provider runs.
 const ARCHITECTURE: &str = "llama";
@@ -107,72 +107,13 @@ impl LocalModel {
             });
         }
         let mut reader = BufReader::new(file);
-        let not_gguf = |reason: String| LocalError::NotGguf {
-            path: path.to_owned(),
-            reason,
-        };
-        let mut magic = [0u8; 4];
-        match reader.read_exact(&mut magic) {
-            Ok(()) if &magic == b"GGUF" => {}
-            Ok(()) => return Err(not_gguf("it does not start with the GGUF magic".into())),
-            Err(_) => return Err(not_gguf("it is shorter than a GGUF header".into())),
-        }
-        reader
-            .rewind()
-            .map_err(|e| LocalError::io("cannot read", path, e))?;
-        let content = Content::read(&mut reader).map_err(|e| {
-            let message = e.to_string();
-            // candle reports a tensor type it does not know as
-            // "unknown dtype for tensor N", N being the GGML type number.
-            match message.strip_prefix("unknown dtype for tensor ") {
-                Some(number) => {
-                    LocalError::UnsupportedQuantization(format!("GGML type {}", number.trim()))
-                }
-                None => not_gguf(message),
-            }
-        })?;
-
-        let architecture = metadata_str(&content, "general.architecture")?.to_owned();
-        if architecture != ARCHITECTURE {
-            return Err(LocalError::UnsupportedArchitecture(architecture));
-        }
-        let tokenizer = GgufTokenizer::from_gguf(&content)?;
-        let source = metadata_str(&content, "tokenizer.chat_template")?;
-        let text_of = |id: Option<u32>| {
-            id.and_then(|id| tokenizer.token(id))
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let template = ChatTemplate::new(
-            source,
-            text_of(tokenizer.bos_id()),
-            text_of(tokenizer.eos_id()),
-        )?;
-        let stop_ids = stop_ids(&content, &tokenizer, source);
-
-        let model_context = content
-            .metadata
-            .get("llama.context_length")
-            .and_then(|v| v.to_u32().ok())
-            .map_or(MAX_SEQ_LEN, |n| n as usize);
-        let info = ModelInfo {
-            path: path.to_owned(),
-            name: content
-                .metadata
-                .get("general.name")
-                .and_then(|v| v.to_string().ok())
-                .cloned(),
-            architecture,
-            context_length: model_context.min(MAX_SEQ_LEN),
-            vocab_size: tokenizer.vocab_size(),
-            quantization: quantization_summary(&content),
-            requantized: false,
-            parameters: content
-                .tensor_infos
-                .values()
-                .map(|t| t.shape.elem_count() as u64)
-                .sum(),
-        };
+        let Header {
+            content,
+            tokenizer,
+            template,
+            stop_ids,
+            info,
+        } = Header::read(&mut reader, path)?;
 
         let device = Device::Cpu;
         let (weights, requantized) = if options.requantize_q8 {
@@ -214,6 +155,83 @@ impl LocalModel {
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
     }
+}
+
+/// What a GGUF file's header says, read and checked: everything a model
+/// is but its weights.
+struct Header {
+    content: Content,
+    tokenizer: GgufTokenizer,
+    template: ChatTemplate,
+    stop_ids: Vec<u32>,
+    info: ModelInfo,
+}
+
+impl Header {
+    /// Reads the header and metadata of the GGUF file `reader` holds (from
+    /// its start), after the bounded check of [`gguf::check`]: the
+    /// architecture, the tokenizer, the chat template, the stop tokens and
+    /// what the model is. `path` names the file in errors.
+    fn read<R: Read + Seek>(reader: &mut R, path: &Path) -> Result<Self, LocalError> {
+        let content = gguf::read(reader, path)?;
+        let architecture = metadata_str(&content, "general.architecture")?.to_owned();
+        if architecture != ARCHITECTURE {
+            return Err(LocalError::UnsupportedArchitecture(architecture));
+        }
+        let tokenizer = GgufTokenizer::from_gguf(&content)?;
+        let source = metadata_str(&content, "tokenizer.chat_template")?;
+        let text_of = |id: Option<u32>| {
+            id.and_then(|id| tokenizer.token(id))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let template = ChatTemplate::new(
+            source,
+            text_of(tokenizer.bos_id()),
+            text_of(tokenizer.eos_id()),
+        )?;
+        let stop_ids = stop_ids(&content, &tokenizer, source);
+
+        let model_context = content
+            .metadata
+            .get("llama.context_length")
+            .and_then(|v| v.to_u32().ok())
+            .map_or(MAX_SEQ_LEN, |n| n as usize);
+        let info = ModelInfo {
+            path: path.to_owned(),
+            name: content
+                .metadata
+                .get("general.name")
+                .and_then(|v| v.to_string().ok())
+                .cloned(),
+            architecture,
+            context_length: model_context.min(MAX_SEQ_LEN),
+            vocab_size: tokenizer.vocab_size(),
+            quantization: quantization_summary(&content),
+            requantized: false,
+            parameters: content
+                .tensor_infos
+                .values()
+                .map(|t| t.shape.elem_count() as u64)
+                .sum(),
+        };
+        Ok(Self {
+            content,
+            tokenizer,
+            template,
+            stop_ids,
+            info,
+        })
+    }
+}
+
+/// Reads what the GGUF model in `reader` is without loading its weights:
+/// every check [`LocalModel::load`] makes of the header and metadata (the
+/// bounded check of [`gguf::check`], candle's reader, the architecture,
+/// the tokenizer, the chat template), with the same errors. `path` names
+/// the file in errors. (The fuzz target `gguf` runs files through this.)
+pub fn inspect<R: Read + Seek>(reader: &mut R, path: &Path) -> Result<ModelInfo, LocalError> {
+    Header::read(reader, path).map(|header| header.info)
 }
 
 /// Control tokens that end generation wherever they appear in a
