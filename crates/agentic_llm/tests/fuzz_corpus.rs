@@ -285,3 +285,107 @@ fn gguf_lengths_of_two_to_the_sixty_are_refused_in_one_line() {
         assert!(!e.contains('\n'), "{what}: {e}");
     }
 }
+
+/// Found by the `gguf` fuzz target (fuzz/artifacts/gguf/
+/// newline-in-key-splits-refusal): a metadata key is the file's text, and
+/// one holding a newline split the refusal naming it over two lines (lion
+/// prints a refusal as one line). Keys, tensor names, the architecture and
+/// the tokenizer kinds are now escaped in refusals.
+#[test]
+fn gguf_key_with_a_newline_is_refused_in_one_line() {
+    let crash = replay::fuzz_dir().join("artifacts/gguf/newline-in-key-splits-refusal");
+    replay::run_file(&crash, gguf::run).expect("the gguf body passes the fuzzer's input");
+
+    let mut unknown_type = gguf_header(3, 1);
+    gguf_key(&mut unknown_type, "evil\nkey", 0x6d20_6f7b);
+    let mut architecture = gguf_header(3, 1);
+    gguf_key(&mut architecture, "general.architecture", 8);
+    let arch = "llama\r\nforged line";
+    architecture.extend_from_slice(&(arch.len() as u64).to_le_bytes());
+    architecture.extend_from_slice(arch.as_bytes());
+    for (what, bytes) in [("key", unknown_type), ("architecture", architecture)] {
+        replay::run_file_bytes(&bytes, gguf::run).expect("the gguf body passes");
+        let e = load(&bytes).to_string();
+        assert!(!e.contains('\n') && !e.contains('\r'), "{what}: {e:?}");
+    }
+}
+
+/// Found by the `gguf` fuzz target (fuzz/artifacts/gguf/
+/// empty-tensor-misaligned-slice): candle views a tensor's data as blocks
+/// through a raw slice, and an empty tensor's data (an empty allocation at
+/// address 1) made it a misaligned slice — a panic in debug builds,
+/// undefined behaviour in release. Tensors without elements are refused.
+#[test]
+fn gguf_empty_tensor_is_refused_before_candle_views_its_data() {
+    let crash = replay::fuzz_dir().join("artifacts/gguf/empty-tensor-misaligned-slice");
+    replay::run_file(&crash, gguf::run).expect("the gguf body passes the fuzzer's input");
+
+    // One F32 tensor of shape [0], no metadata.
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&1u64.to_le_bytes());
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    let name = "token_embd.weight";
+    bytes.extend_from_slice(&(name.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(name.as_bytes());
+    bytes.extend_from_slice(&1u32.to_le_bytes()); // rank
+    bytes.extend_from_slice(&0u64.to_le_bytes()); // dimension
+    bytes.extend_from_slice(&0u32.to_le_bytes()); // F32
+    bytes.extend_from_slice(&0u64.to_le_bytes()); // offset
+    bytes.resize(64, 0);
+    replay::run_file_bytes(&bytes, gguf::run).expect("the gguf body passes");
+    let e = load(&bytes).to_string();
+    assert!(e.contains("has no elements"), "{e}");
+}
+
+/// Found by the `gguf` fuzz target (fuzz/artifacts/gguf/
+/// backtrace-in-metadata-error), which runs with `RUST_BACKTRACE` set:
+/// candle then appends a backtrace, over many lines, to its errors, and a
+/// refusal quoting one (here a token type that is not an i32) spread over
+/// a screen. Candle's errors are now quoted without it. candle decides
+/// once per process whether to capture backtraces, from the environment,
+/// which a test cannot safely change for itself: the check runs in a
+/// child process of this test binary with `RUST_BACKTRACE=1`.
+#[test]
+fn gguf_refusals_are_one_line_with_backtraces_on() {
+    let output = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            "--ignored",
+            "gguf_crash_inputs_pass_with_backtraces",
+        ])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The crash inputs through the gguf body and `LocalModel::load`, each
+/// refusal one line; run with `RUST_BACKTRACE=1` by the test above.
+#[test]
+#[ignore = "run with RUST_BACKTRACE=1 by gguf_refusals_are_one_line_with_backtraces_on"]
+fn gguf_crash_inputs_pass_with_backtraces() {
+    let crash = replay::fuzz_dir().join("artifacts/gguf/backtrace-in-metadata-error");
+    replay::run_file(&crash, gguf::run).expect("the gguf body passes the fuzzer's input");
+    let e = load(&std::fs::read(&crash).expect("the crash input")).to_string();
+    assert!(!e.contains('\n'), "{e}");
+}
+
+/// Found by the `gguf` fuzz target (fuzz/artifacts/gguf/
+/// newline-in-token-splits-refusal): the tokenizer library's error quotes
+/// a merge's token, the file's text, and one holding a newline split the
+/// refusal over two lines. Tokenizer and template errors that quote the
+/// file are now escaped.
+#[test]
+fn gguf_token_with_a_newline_is_refused_in_one_line() {
+    let crash = replay::fuzz_dir().join("artifacts/gguf/newline-in-token-splits-refusal");
+    replay::run_file(&crash, gguf::run).expect("the gguf body passes the fuzzer's input");
+    let e = load(&std::fs::read(&crash).expect("the crash input")).to_string();
+    assert!(e.contains("cannot build the BPE model"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+}

@@ -159,6 +159,22 @@ impl LocalError {
     }
 }
 
+/// An error that may quote the model file's own text (a token, a template
+/// line), escaped so that a refusal stays one line whatever the file holds.
+pub(crate) fn escaped(e: impl std::fmt::Display) -> String {
+    e.to_string().escape_debug().to_string()
+}
+
+/// A candle error as one line: its message without the backtrace candle
+/// appends (over many lines) when `RUST_BACKTRACE` is set.
+pub(crate) fn candle_message(e: &candle_core::Error) -> String {
+    let mut e = e;
+    while let candle_core::Error::WithBacktrace { inner, .. } = e {
+        e = inner;
+    }
+    e.to_string().lines().next().unwrap_or_default().to_owned()
+}
+
 impl From<LocalError> for LlmError {
     fn from(e: LocalError) -> Self {
         LlmError::Local(e.to_string())

@@ -13,8 +13,9 @@
 //! [`MAX_STRING_BYTES`], arrays nested at most [`MAX_ARRAY_DEPTH`], at most
 //! [`MAX_METADATA_VALUES`] values in all); `general.alignment` a power of
 //! two; each tensor's name (at most [`MAX_TENSOR_NAME_BYTES`]), rank (at
-//! most [`MAX_TENSOR_DIMS`]), type (one candle runs), element count (no
-//! overflow, a whole number of blocks) and data (inside the file). Every
+//! most [`MAX_TENSOR_DIMS`]), type (one candle runs), element count (at
+//! least one, no overflow, a whole number of blocks) and data (inside the
+//! file). Every
 //! length is also checked against the bytes actually left in the file
 //! before it is skipped.
 
@@ -25,6 +26,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Content;
 
 use super::LocalError;
+use super::error::candle_message;
 
 /// Longest metadata key: the GGUF specification's limit (2^16 - 1 bytes).
 pub const MAX_KEY_BYTES: u64 = u16::MAX as u64;
@@ -332,7 +334,7 @@ pub fn read<R: Read + Seek>(reader: &mut R, path: &Path) -> Result<Content, Loca
         .seek(SeekFrom::Start(start))
         .map_err(|e| LocalError::io("cannot read", path, e))?;
     Content::read(reader).map_err(|e| {
-        let message = e.to_string();
+        let message = candle_message(&e);
         // candle reports a tensor type it does not know as
         // "unknown dtype for tensor N", N being the GGML type number.
         match message.strip_prefix("unknown dtype for tensor ") {
@@ -390,7 +392,9 @@ fn walk<R: Read + Seek>(reader: &mut R) -> Result<(), Refusal> {
     let mut alignment = candle_core::quantized::gguf_file::DEFAULT_ALIGNMENT;
     for _ in 0..entries {
         let key = w.string(MAX_KEY_BYTES, "a metadata key")?;
-        let key_text = String::from_utf8_lossy(&key);
+        // Quoted and escaped: a key is the file's text, and a refusal must
+        // stay one line whatever it holds.
+        let key_text = format!("{:?}", String::from_utf8_lossy(&key));
         let type_number = w.u32(&key_text)?;
         let Some(value_type) = ValueType::from_u32(type_number) else {
             return refuse(format!("{key_text} has unknown value type {type_number}"));
@@ -425,7 +429,8 @@ fn walk<R: Read + Seek>(reader: &mut R) -> Result<(), Refusal> {
     let mut extents = Vec::with_capacity(tensors as usize);
     for _ in 0..tensors {
         let name = w.string(MAX_TENSOR_NAME_BYTES, "a tensor name")?;
-        let name = String::from_utf8_lossy(&name).into_owned();
+        // Quoted and escaped, as keys are.
+        let name = format!("{:?}", String::from_utf8_lossy(&name));
         let rank = w.u32(&name)?;
         if rank > MAX_TENSOR_DIMS {
             return refuse(format!(
@@ -441,6 +446,13 @@ fn walk<R: Read + Seek>(reader: &mut R) -> Result<(), Refusal> {
                 ));
             };
             elements = product;
+        }
+        // candle views an empty tensor's data (an empty allocation, whose
+        // address is 1) as blocks aligned to 2 or 4 bytes: a misaligned
+        // slice, which panics (or is undefined behaviour without debug
+        // assertions). No real model holds an empty tensor.
+        if elements == 0 {
+            return refuse(format!("tensor {name} has no elements"));
         }
         let type_number = w.u32(&name)?;
         let dtype = ggml_type(type_number).ok_or(Refusal::UnsupportedType(type_number))?;

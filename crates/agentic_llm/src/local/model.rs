@@ -19,6 +19,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
 
+use super::error::candle_message;
 use super::template::ChatTemplate;
 use super::tokenizer::{GgufTokenizer, metadata_str};
 use super::{LocalError, gguf};
@@ -120,7 +121,7 @@ impl LocalModel {
             load_requantized(content, &mut reader, &device)?
         } else {
             let weights = ModelWeights::from_gguf(content, &mut reader, &device)
-                .map_err(|e| LocalError::Weights(e.to_string()))?;
+                .map_err(|e| LocalError::Weights(candle_message(&e)))?;
             (weights, false)
         };
         warm_up(&weights, tokenizer.eos_id().unwrap_or(0))?;
@@ -176,7 +177,10 @@ impl Header {
         let content = gguf::read(reader, path)?;
         let architecture = metadata_str(&content, "general.architecture")?.to_owned();
         if architecture != ARCHITECTURE {
-            return Err(LocalError::UnsupportedArchitecture(architecture));
+            // Escaped: the file's text, in a one-line refusal.
+            return Err(LocalError::UnsupportedArchitecture(
+                architecture.escape_debug().to_string(),
+            ));
         }
         let tokenizer = GgufTokenizer::from_gguf(&content)?;
         let source = metadata_str(&content, "tokenizer.chat_template")?;
@@ -322,7 +326,7 @@ fn load_requantized<R: Read + Seek>(
     reader: &mut R,
     device: &Device,
 ) -> Result<(ModelWeights, bool), LocalError> {
-    let weights_error = |e: candle_core::Error| LocalError::Weights(e.to_string());
+    let weights_error = |e: candle_core::Error| LocalError::Weights(candle_message(&e));
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     let mut tensors: Vec<(&str, QTensor)> = Vec::with_capacity(names.len());

@@ -10,6 +10,7 @@ use minijinja::syntax::SyntaxConfig;
 use minijinja::{Environment, Error, ErrorKind, Value, context};
 
 use super::LocalError;
+use super::error::escaped;
 
 /// The template's name inside its environment.
 const NAME: &str = "chat";
@@ -66,7 +67,7 @@ impl ChatTemplate {
             },
         );
         env.add_template_owned(NAME, source.to_owned())
-            .map_err(|e| LocalError::Template(format!("cannot compile: {e}")))?;
+            .map_err(|e| LocalError::Template(format!("cannot compile: {}", escaped(e))))?;
         Ok(Self {
             env,
             bos_token: bos_token.into(),

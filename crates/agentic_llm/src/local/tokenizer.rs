@@ -24,6 +24,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
 use super::LocalError;
+use super::error::{candle_message, escaped};
 
 /// GGUF token type of a control token (dropped when decoding).
 const TOKEN_TYPE_CONTROL: i32 = 3;
@@ -63,7 +64,10 @@ impl GgufTokenizer {
     pub fn from_gguf(content: &Content) -> Result<Self, LocalError> {
         let kind = metadata_str(content, "tokenizer.ggml.model")?;
         if kind != "gpt2" {
-            return Err(LocalError::UnsupportedTokenizer(kind.to_owned()));
+            // Escaped: the file's text, in a one-line refusal.
+            return Err(LocalError::UnsupportedTokenizer(
+                kind.escape_debug().to_string(),
+            ));
         }
         let pre = content
             .metadata
@@ -114,7 +118,9 @@ impl GgufTokenizer {
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
-            .map_err(|e| LocalError::Tokenizer(format!("cannot build the BPE model: {e}")))?;
+            .map_err(|e| {
+                LocalError::Tokenizer(format!("cannot build the BPE model: {}", escaped(e)))
+            })?;
         let mut inner = Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(pre_tokenizer));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
@@ -129,8 +135,9 @@ impl GgufTokenizer {
                     AddedToken::from(tok.clone(), kind == TOKEN_TYPE_CONTROL).normalized(false)
                 })
         };
-        let added_error =
-            |e: tokenizers::Error| LocalError::Tokenizer(format!("cannot add special tokens: {e}"));
+        let added_error = |e: tokenizers::Error| {
+            LocalError::Tokenizer(format!("cannot add special tokens: {}", escaped(e)))
+        };
         inner
             .add_special_tokens(added(TOKEN_TYPE_CONTROL))
             .map_err(added_error)?;
@@ -306,7 +313,11 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, LocalError> {
             ByteLevel::new(false, false, false).into(),
         ])
         .into(),
-        other => return Err(LocalError::UnsupportedPreTokenizer(other.to_owned())),
+        other => {
+            return Err(LocalError::UnsupportedPreTokenizer(
+                other.escape_debug().to_string(),
+            ));
+        }
     })
 }
 
@@ -357,7 +368,7 @@ fn metadata<'a>(content: &'a Content, key: &str) -> Result<&'a Value, LocalError
 fn metadata_error(key: &str, e: candle_core::Error) -> LocalError {
     LocalError::Metadata {
         key: key.to_owned(),
-        reason: e.to_string(),
+        reason: candle_message(&e),
     }
 }
 
