@@ -6,8 +6,9 @@
 // friends anywhere, even to copy a small array, so a CPU without them dies
 // with SIGILL in whatever Rust code runs first — a check written in Rust
 // would itself be compiled for the level it checks. So the check is
-// assembly, run by the loader from `.init_array` (at priority 101, before
-// every constructor without one) before any Rust code: it
+// assembly, run by the loader from `.preinit_array`, which runs before
+// every `.init_array` entry (std's own argument set-up among them) and so
+// before any Rust code: it
 // asks CPUID for every feature of the level (and XGETBV for the operating
 // system's support of AVX state) and, if one is missing, writes one line to
 // stderr and exits with status 1.
@@ -21,7 +22,7 @@
 mod cpu_check {
     std::arch::global_asm!(
         r#"
-    .section .init_array.00101,"aw"
+    .section .preinit_array,"aw"
     .p2align 3
     .quad 2f
 

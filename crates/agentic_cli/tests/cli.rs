@@ -1502,6 +1502,120 @@ mod kernel {
         lion_run(&home, &["events", "verify"]).success();
         lion_run(&home, &["replay"]).success();
     }
+
+    /// Regression (issue 14 review): after a second signal `lion run`
+    /// returned while its tasks still ran; the runtime dropped them, the
+    /// cancelled plugin call's outcome was never recorded (its guard
+    /// spawned onto a runtime shutting down) and the task stayed `running`.
+    /// A forced stop now interrupts every running task, records that as
+    /// the orchestrator does after a crash (the attempt failed
+    /// "interrupted", retried by the next kernel if its policy allows),
+    /// and closes the plugin manager, so every `plugin_invoked` has its
+    /// outcome.
+    #[test]
+    fn a_forced_stop_records_every_call_and_task_it_interrupts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let manifest = long_spinning_abuse(dir.path());
+        lion_run(
+            &home,
+            &["plugin", "install", &manifest, "--grant", "interface:log"],
+        )
+        .success();
+        let mut kernel = start_kernel(&home);
+        let submit = |args: &[&str]| {
+            let mut all = vec![
+                "task",
+                "submit",
+                "--plugin",
+                "abuse",
+                "--function",
+                "spin",
+                "--input",
+                "{}",
+            ];
+            all.extend_from_slice(args);
+            lion_run(&home, &all).success().stdout.trim().to_owned()
+        };
+        let failed = submit(&[]);
+        let retried = submit(&["--retries", "1"]);
+        // Both calls are under way: their plugin_invoked are in the log.
+        let tail = Background::start(&home, &["--json", "events", "tail", "--from", "1"], true);
+        tail.wait_for("plugin_invoked");
+        tail.wait_for("plugin_invoked");
+        drop(tail);
+
+        signal(&kernel, "-INT");
+        kernel.wait_for("send the signal again");
+        signal(&kernel, "-INT");
+        let status = kernel.child.wait().expect("wait for the kernel");
+        assert!(status.success(), "kernel exited with {status}");
+
+        let events = events(&home);
+        let of = |kind: &str| -> Vec<&Value> {
+            events.iter().filter_map(|e| e["event"].get(kind)).collect()
+        };
+        let invoked = of("plugin_invoked");
+        assert_eq!(invoked.len(), 2, "{events:?}");
+        for call in invoked {
+            let outcome = of("plugin_failed")
+                .into_iter()
+                .chain(of("plugin_succeeded"))
+                .find(|o| o["call_id"] == call["call_id"]);
+            let outcome = outcome.unwrap_or_else(|| panic!("no outcome for {call}"));
+            assert_eq!(outcome["failure"]["kind"], "cancelled", "{outcome}");
+        }
+        // No retry left: failed for good. A retry left: the next kernel's.
+        for (id, status) in [(&failed, "failed"), (&retried, "pending")] {
+            let shown = lion_run(&home, &["task", "show", id, "--json"])
+                .success()
+                .json();
+            assert_eq!(shown["status"], status, "{shown}");
+            assert_eq!(shown["attempts"], 1, "{shown}");
+            assert!(
+                shown["error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("interrupted")),
+                "{shown}"
+            );
+        }
+        lion_run(&home, &["events", "verify"]).success();
+        lion_run(&home, &["replay"]).success();
+    }
+
+    /// Sends `signal` to a background process.
+    fn signal(process: &Background, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &process.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+    }
+
+    /// A copy of the abuse plugin in `dir` whose calls may run ten minutes
+    /// (its `spin` runs until interrupted); returns its manifest's path.
+    fn long_spinning_abuse(dir: &Path) -> String {
+        let folder = dir.join("abuse");
+        std::fs::create_dir_all(&folder).expect("mkdir");
+        for entry in std::fs::read_dir(plugin_dist().join("abuse")).expect("dist") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), folder.join(entry.file_name())).expect("copy");
+        }
+        let manifest = folder.join("plugin.toml");
+        let text = std::fs::read_to_string(&manifest).expect("manifest");
+        let text: Vec<String> = text
+            .lines()
+            .map(|line| {
+                if line.starts_with("timeout_ms ") {
+                    "timeout_ms = 600000".to_owned()
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&manifest, text.join("\n")).expect("write manifest");
+        manifest.to_str().expect("UTF-8 path").to_owned()
+    }
 }
 
 /// Regression (issue 14): `lion events list --json | head` panicked on the

@@ -7,9 +7,16 @@
 //! at start (their last attempt is recorded as failed, then retried or failed
 //! by policy; see [`Orchestrator::adopt`]). Plugin events recorded elsewhere
 //! reach the kernel's plugin manager, so it reloads what changed.
+//!
+//! However it stops, nothing it runs is left half-recorded: a kernel that
+//! stops at once (or on a store error) interrupts its tasks, which records
+//! each running attempt as interrupted (see [`Orchestrator::interrupt`]),
+//! and every stop closes the plugin manager, which records the outcome of
+//! each plugin call a stopped task dropped.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::event::SystemEvent;
 use crate::orchestrator::{Orchestrator, OrchestratorError};
@@ -26,9 +33,27 @@ pub struct KernelReport {
     pub adopted: usize,
 }
 
+/// How long a kernel that stops waits for its interrupted tasks to record
+/// that, and then for its plugin manager to record the outcomes of the
+/// calls they dropped. Both are a few appends (the tasks are cancelled, not
+/// awaited), so this is only reached with a stuck store, which must not
+/// hold a kernel its operator told to stop at once.
+pub const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// How the kernel's loop ended.
+enum Ended {
+    /// Every task it ran ended.
+    Drained,
+    /// It was told to stop at once.
+    Forced,
+}
+
 /// Runs the kernel until `shutdown` resolves, then stops taking work and
-/// waits for the tasks it runs to end (`drain` resolving early stops the
-/// wait: unfinished tasks are recovered by the next kernel).
+/// waits for the tasks it runs to end. `drain` resolving early stops the
+/// wait: the tasks still running are interrupted (each running attempt is
+/// recorded as interrupted: the next kernel retries it if its policy
+/// allows, as after a crash). Either way the plugin manager is closed
+/// before this returns, so the outcome of every plugin call is recorded.
 pub async fn serve(
     store: Arc<dyn EventStore>,
     orchestrator: Orchestrator,
@@ -37,19 +62,65 @@ pub async fn serve(
     drain: impl Future<Output = ()>,
 ) -> Result<KernelReport, StoreError> {
     let mut report = KernelReport::default();
-    if let Some(plugins) = &plugins {
+    let ended = follow(
+        &store,
+        &orchestrator,
+        plugins.as_ref(),
+        shutdown,
+        drain,
+        &mut report,
+    )
+    .await;
+    if !matches!(ended, Ok(Ended::Drained)) {
+        // Stopping now (or the log failed): nothing may be left running
+        // when the runtime goes, or its recording is lost.
+        if tokio::time::timeout(STOP_WAIT, orchestrator.interrupt())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                wait = ?STOP_WAIT,
+                "interrupted tasks could not record that in time; the next kernel will"
+            );
+        }
+    }
+    drop(orchestrator);
+    if let Some(plugins) = plugins
+        && tokio::time::timeout(STOP_WAIT, plugins.close())
+            .await
+            .is_err()
+    {
+        tracing::error!(
+            wait = ?STOP_WAIT,
+            "the outcomes of cancelled plugin calls could not be recorded in time"
+        );
+    }
+    ended.map(|_| report)
+}
+
+/// Recovers, then follows the log until told to stop and the tasks drain,
+/// or to stop at once.
+async fn follow(
+    store: &Arc<dyn EventStore>,
+    orchestrator: &Orchestrator,
+    plugins: Option<&PluginManager>,
+    shutdown: impl Future<Output = ()>,
+    drain: impl Future<Output = ()>,
+    report: &mut KernelReport,
+) -> Result<Ended, StoreError> {
+    if let Some(plugins) = plugins {
         // Every event from `start` on reaches `observe` below.
         plugins.follow_log();
     }
     let state = store.projected_state().await?;
     let start = store.head().await?.seq + 1;
     for task in state.tasks().filter(|t| !t.status.is_final()) {
-        if take_over(&orchestrator, task).await {
+        if take_over(orchestrator, task).await {
             report.recovered += 1;
         }
     }
     tracing::info!(recovered = report.recovered, "kernel ready");
-    let mut log = store.subscribe(start);
+    let mut log = store.clone().subscribe(start);
     tokio::pin!(shutdown);
     tokio::pin!(drain);
     let mut stopping = false;
@@ -63,10 +134,13 @@ pub async fn serve(
                 // Only now: `drained` must count the tasks taken so far.
                 drained.set(orchestrator.drained());
             }
-            () = &mut drained, if stopping => break,
+            () = &mut drained, if stopping => return Ok(Ended::Drained),
             () = &mut drain, if stopping => {
-                tracing::warn!("stopped without waiting; unfinished tasks resume at the next start");
-                break;
+                tracing::warn!(
+                    "stopping at once: running attempts are recorded as interrupted; \
+                     unfinished tasks resume at the next start"
+                );
+                return Ok(Ended::Forced);
             }
             event = log.next() => {
                 let event = event?;
@@ -75,7 +149,7 @@ pub async fn serve(
                     Ok(SystemEvent::TaskSubmitted { task_id, spec }) if !stopping => {
                         if !orchestrator.is_running(task_id).await {
                             let task = TaskRecord::submitted(task_id, spec);
-                            if take_over(&orchestrator, &task).await {
+                            if take_over(orchestrator, &task).await {
                                 report.adopted += 1;
                             }
                         }
@@ -86,7 +160,7 @@ pub async fn serve(
                     }
                     // Plugins installed, removed or quarantined elsewhere.
                     Ok(other) if other.plugin_name().is_some() => {
-                        if let Some(plugins) = &plugins {
+                        if let Some(plugins) = plugins {
                             plugins.observe(&event, &other).await;
                         }
                     }
@@ -96,7 +170,6 @@ pub async fn serve(
             }
         }
     }
-    Ok(report)
 }
 
 /// Adopts a task, logging (not failing on) tasks that cannot run here.

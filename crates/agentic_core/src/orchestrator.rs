@@ -21,8 +21,18 @@
 //! is the fast one, and bounded: it keeps the keys of tasks that run here
 //! and of the last [`OrchestratorConfig::finished_keys`] that ended here, so
 //! a prompt retry gets the task's handle; an older key is refused by the log
-//! ([`OrchestratorError::AlreadySubmitted`]), never run twice. (Ephemeral
-//! tasks are never logged: their keys hold only within that window.)
+//! ([`OrchestratorError::AlreadySubmitted`]), never run twice. A key enters
+//! the map only with a submission the log took: a duplicate sent while the
+//! first submission of its key is being recorded gets that submission's
+//! answer, and a submission the log refused (the key names another task)
+//! or could not store (a store error) leaves no key behind, so a retry
+//! meets the log's answer or makes a fresh attempt. (Ephemeral tasks are
+//! never logged: their keys hold only within that window.)
+//!
+//! Stopping: a process that must stop now calls [`Orchestrator::interrupt`],
+//! which records each running attempt as interrupted, as the next process
+//! records one a crash interrupted (see [`Orchestrator::adopt`]), and waits
+//! for every task to let go, so nothing is left half-recorded.
 //!
 //! Back-pressure: at most `max_concurrency` attempts run at once, and at most
 //! `max_pending` tasks are admitted but unfinished; `submit` waits for room
@@ -289,8 +299,17 @@ enum Command {
         recorded: bool,
         reply: oneshot::Sender<Result<(), OrchestratorError>>,
     },
+    /// A keyed task's submission was recorded, or could not be.
+    Recorded {
+        id: Uuid,
+        result: Result<(), OrchestratorError>,
+    },
     Ended {
         id: Uuid,
+    },
+    /// Stop every task at once; reply when none runs.
+    Interrupt {
+        reply: oneshot::Sender<()>,
     },
     IsRunning {
         id: Uuid,
@@ -310,6 +329,9 @@ struct Adopted {
 
 /// Submission-queue length: commands are served quickly, this only absorbs bursts.
 const COMMAND_QUEUE: usize = 1024;
+
+/// The error recorded for an attempt whose process stopped while it ran.
+const INTERRUPTED: &str = "interrupted: its process stopped while it ran";
 
 impl Orchestrator {
     /// Starts an orchestrator recording to `store` and running `handlers`.
@@ -341,9 +363,10 @@ impl Orchestrator {
 
     /// Submits a task; waits while `max_pending` tasks are unfinished. With
     /// an idempotency key of a task running here or among the last
-    /// `finished_keys` that ended here, returns that task instead; with one
-    /// the log already holds (used earlier, or by another process), fails
-    /// with [`OrchestratorError::AlreadySubmitted`] naming its task.
+    /// `finished_keys` that ended here, returns that task instead (once its
+    /// submission is recorded: if that fails, so does this); with one the
+    /// log already holds (used earlier, or by another process), fails with
+    /// [`OrchestratorError::AlreadySubmitted`] naming its task.
     pub async fn submit(&self, spec: TaskSpec) -> Result<TaskHandle, OrchestratorError> {
         self.submit_under(spec, None).await
     }
@@ -446,6 +469,22 @@ impl Orchestrator {
         answer.await.map_err(|_| OrchestratorError::ShutDown)?
     }
 
+    /// Stops every task running here at once, for a process that must stop
+    /// now; resolves once none runs. A running attempt is recorded as
+    /// interrupted: failed, as the next process records an attempt a crash
+    /// interrupted, so a task its policy lets retry is left pending for the
+    /// next process and any other fails for good. Tasks waiting for a slot
+    /// or a retry are left as the log has them, for the next process;
+    /// cancellations already asked for are recorded as such. Submissions
+    /// are refused from then on ([`OrchestratorError::ShutDown`]); the
+    /// handles of tasks left unended say the same.
+    pub async fn interrupt(&self) {
+        let (reply, stopped) = oneshot::channel();
+        if self.send(Command::Interrupt { reply }).await.is_ok() {
+            let _ = stopped.await;
+        }
+    }
+
     /// Whether a task runs here now.
     pub async fn is_running(&self, id: Uuid) -> bool {
         let (reply, answer) = oneshot::channel();
@@ -481,16 +520,44 @@ impl Orchestrator {
 /// A task known to the event loop.
 struct Entry {
     cancel: CancellationToken,
-    reason: Arc<Mutex<Option<Cancellation>>>,
-    /// Its idempotency key, remembered a while after it ends.
+    reason: Arc<Mutex<Option<Stop>>>,
+    /// Its idempotency key, remembered a while after it ends (dropped if
+    /// its submission was never recorded).
     key: Option<String>,
+    /// Duplicate submissions of its key that arrived while its submission
+    /// was being recorded: they get the same answer.
+    waiting: Vec<Reply>,
 }
 
-/// Why a task was cancelled, and whether that is already in the log.
-#[derive(Debug, Clone)]
-struct Cancellation {
-    reason: String,
+/// Where a submission's answer goes.
+type Reply = oneshot::Sender<Result<TaskHandle, OrchestratorError>>;
+
+/// The task an idempotency key names here.
+struct Keyed {
+    id: Uuid,
+    outcome: watch::Receiver<Option<TaskOutcome>>,
+    /// Whether the task's submission is in the log (or, for an ephemeral
+    /// task, was published); until then duplicates wait for its answer.
     recorded: bool,
+}
+
+impl Keyed {
+    fn handle(&self) -> TaskHandle {
+        TaskHandle {
+            id: self.id,
+            outcome: self.outcome.clone(),
+        }
+    }
+}
+
+/// Why a task's token was cancelled.
+#[derive(Debug, Clone)]
+enum Stop {
+    /// The task is cancelled: its end is recorded, unless `recorded` (the
+    /// log has it already).
+    Cancelled { reason: String, recorded: bool },
+    /// Its orchestrator stops at once ([`Orchestrator::interrupt`]).
+    Interrupted,
 }
 
 /// The loop's own state: tasks in flight and the idempotency keys used here
@@ -498,11 +565,16 @@ struct Cancellation {
 struct EventLoop {
     inner: std::sync::Weak<Inner>,
     running: HashMap<Uuid, Entry>,
-    keys: HashMap<String, (Uuid, watch::Receiver<Option<TaskOutcome>>)>,
-    /// Keys of ended tasks, oldest first: the first to be forgotten.
-    finished: VecDeque<String>,
+    keys: HashMap<String, Keyed>,
+    /// Keys of ended tasks with their tasks, oldest first: the first to be
+    /// forgotten.
+    finished: VecDeque<(String, Uuid)>,
     /// How many of those to keep.
     finished_keys: usize,
+    /// Set by [`Command::Interrupt`]: no task is taken any more.
+    interrupted: bool,
+    /// Interrupters waiting for the last task to end.
+    idle: Vec<oneshot::Sender<()>>,
 }
 
 impl EventLoop {
@@ -513,21 +585,75 @@ impl EventLoop {
             keys: HashMap::new(),
             finished: VecDeque::new(),
             finished_keys,
+            interrupted: false,
+            idle: Vec::new(),
         }
     }
 
     /// Forgets a task that ended; its key is kept among the last ended.
     fn ended(&mut self, id: Uuid) {
-        let Some(key) = self.running.remove(&id).and_then(|e| e.key) else {
+        let key = self.running.remove(&id).and_then(|e| e.key);
+        if self.running.is_empty() {
+            for reply in self.idle.drain(..) {
+                let _ = reply.send(());
+            }
+        }
+        let Some(key) = key else {
             return;
         };
-        self.finished.push_back(key);
+        self.finished.push_back((key, id));
         while self.finished.len() > self.finished_keys {
-            if let Some(old) = self.finished.pop_front() {
+            if let Some((old, task)) = self.finished.pop_front() {
                 // The log still knows it: a later submission of it is
                 // refused there, never run.
-                self.keys.remove(&old);
+                self.forget_key(&old, task);
             }
+        }
+    }
+
+    /// Drops `key` if it still names `task`.
+    fn forget_key(&mut self, key: &str, task: Uuid) {
+        if self.keys.get(key).is_some_and(|k| k.id == task) {
+            self.keys.remove(key);
+        }
+    }
+
+    /// A keyed task's submission was recorded (its key now stands for it)
+    /// or was not (its key is dropped: a retry meets the log's answer, or
+    /// makes a fresh attempt); duplicates that waited get the same answer.
+    fn recorded(&mut self, id: Uuid, result: Result<(), OrchestratorError>) {
+        let Some(entry) = self.running.get_mut(&id) else {
+            return;
+        };
+        let waiting = std::mem::take(&mut entry.waiting);
+        let key = if result.is_ok() {
+            entry.key.clone()
+        } else {
+            entry.key.take()
+        };
+        let Some(key) = key else {
+            return;
+        };
+        let handle = self
+            .keys
+            .get(&key)
+            .filter(|k| k.id == id)
+            .map(|k| k.handle());
+        match &result {
+            Ok(()) => {
+                if let Some(known) = self.keys.get_mut(&key) {
+                    known.recorded = true;
+                }
+            }
+            Err(_) => self.forget_key(&key, id),
+        }
+        for reply in waiting {
+            let answer = match (&result, &handle) {
+                (Ok(()), Some(handle)) => Ok(handle.clone()),
+                (Ok(()), None) => Err(OrchestratorError::ShutDown),
+                (Err(e), _) => Err(e.clone()),
+            };
+            let _ = reply.send(answer);
         }
     }
 
@@ -556,7 +682,7 @@ impl EventLoop {
                                 .reason
                                 .lock()
                                 .unwrap_or_else(PoisonError::into_inner)
-                                .get_or_insert(Cancellation { reason, recorded });
+                                .get_or_insert(Stop::Cancelled { reason, recorded });
                             entry.cancel.cancel();
                             Ok(())
                         }
@@ -564,11 +690,35 @@ impl EventLoop {
                     };
                     let _ = reply.send(result);
                 }
+                Command::Recorded { id, result } => self.recorded(id, result),
                 Command::Ended { id } => self.ended(id),
+                Command::Interrupt { reply } => self.interrupt(reply),
                 Command::IsRunning { id, reply } => {
                     let _ = reply.send(self.running.contains_key(&id));
                 }
             }
+        }
+    }
+
+    /// Stops every task at once (see [`Orchestrator::interrupt`]).
+    fn interrupt(&mut self, reply: oneshot::Sender<()>) {
+        self.interrupted = true;
+        // Every reason first: a parent's token cancels its children's, and
+        // a child must not take that for its parent's cancellation.
+        for entry in self.running.values() {
+            entry
+                .reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(Stop::Interrupted);
+        }
+        for entry in self.running.values() {
+            entry.cancel.cancel();
+        }
+        if self.running.is_empty() {
+            let _ = reply.send(());
+        } else {
+            self.idle.push(reply);
         }
     }
 
@@ -579,27 +729,53 @@ impl EventLoop {
         cancel: Option<CancellationToken>,
         admitted: Option<OwnedSemaphorePermit>,
         adopt: Option<Adopted>,
-        reply: oneshot::Sender<Result<TaskHandle, OrchestratorError>>,
+        reply: Reply,
     ) {
-        if let Some((id, outcome)) = spec.idempotency_key.as_ref().and_then(|k| self.keys.get(k)) {
-            let _ = reply.send(Ok(TaskHandle {
-                id: *id,
-                outcome: outcome.clone(),
-            }));
+        if self.interrupted {
+            let _ = reply.send(Err(OrchestratorError::ShutDown));
             return;
         }
-        if let Some(adopted) = adopt
-            && self.running.contains_key(&adopted.id)
-        {
-            let _ = reply.send(Err(OrchestratorError::AlreadyRunning(adopted.id)));
-            return;
+        let known = spec.idempotency_key.as_ref().and_then(|k| self.keys.get(k));
+        match (adopt, known) {
+            (Some(adopted), _) if self.running.contains_key(&adopted.id) => {
+                let _ = reply.send(Err(OrchestratorError::AlreadyRunning(adopted.id)));
+                return;
+            }
+            // The log's task under this key ended here.
+            (Some(adopted), Some(known)) if known.id == adopted.id => {
+                let _ = reply.send(Err(OrchestratorError::Ended(adopted.id)));
+                return;
+            }
+            // The log holds the adopted task under its key: it takes the
+            // key over from any submission of it being recorded here (that
+            // one's is refused by the log).
+            (Some(_), _) => {}
+            (None, Some(known)) => {
+                let handle = known.handle();
+                match self.running.get_mut(&known.id) {
+                    Some(entry) if !known.recorded => entry.waiting.push(reply),
+                    _ => {
+                        let _ = reply.send(Ok(handle));
+                    }
+                }
+                return;
+            }
+            (None, None) => {}
         }
         let id = adopt.map_or_else(Uuid::now_v7, |a| a.id);
         let (done, outcome) = watch::channel(None);
         let cancel = cancel.unwrap_or_default();
         let reason = Arc::new(Mutex::new(None));
         if let Some(key) = &spec.idempotency_key {
-            self.keys.insert(key.clone(), (id, outcome.clone()));
+            self.keys.insert(
+                key.clone(),
+                Keyed {
+                    id,
+                    outcome: outcome.clone(),
+                    // An adopted task's submission is in the log already.
+                    recorded: adopt.is_some(),
+                },
+            );
         }
         self.running.insert(
             id,
@@ -607,6 +783,7 @@ impl EventLoop {
                 cancel: cancel.clone(),
                 reason: reason.clone(),
                 key: spec.idempotency_key.clone(),
+                waiting: Vec::new(),
             },
         );
         let runner = Runner {
@@ -742,7 +919,7 @@ struct Runner {
     id: Uuid,
     spec: TaskSpec,
     cancel: CancellationToken,
-    reason: Arc<Mutex<Option<Cancellation>>>,
+    reason: Arc<Mutex<Option<Stop>>>,
     recorder: Arc<Recorder>,
     done: watch::Sender<Option<TaskOutcome>>,
     /// Set when the task was taken over from the log rather than submitted.
@@ -784,16 +961,30 @@ impl Runner {
                 (Some(_), Durability::Async) => self.recorder.record_durable(submitted).await,
                 _ => self.recorder.record(submitted).await,
             };
-            match recorded {
+            let recorded = match recorded {
                 Err(OrchestratorError::Store(StoreError::Rejected(
                     ApplyError::DuplicateIdempotencyKey { task, .. },
                 ))) => Err(OrchestratorError::AlreadySubmitted(task)),
                 other => other,
+            };
+            if self.spec.idempotency_key.is_some() {
+                // Before anyone hears the answer, so a retry sent after it
+                // finds the key standing for this task, or gone.
+                let _ = self
+                    .orchestrator
+                    .inner
+                    .commands
+                    .send(Command::Recorded {
+                        id: self.id,
+                        result: recorded.clone(),
+                    })
+                    .await;
             }
+            recorded
         };
         if let Err(e) = recorded {
             let _ = reply.send(Err(e.clone()));
-            self.finish(TaskOutcome::Failed(e.to_string())).await;
+            self.finish(Some(TaskOutcome::Failed(e.to_string()))).await;
             return;
         }
         let _ = reply.send(Ok(handle));
@@ -802,17 +993,18 @@ impl Runner {
             // Another process recorded the task's end (a cancellation).
             Err(OrchestratorError::Store(StoreError::Rejected(ApplyError::Task(
                 TaskRuleError::Ended(_),
-            )))) => TaskOutcome::Cancelled("ended by another process".into()),
+            )))) => Some(TaskOutcome::Cancelled("ended by another process".into())),
             Err(e) => {
                 tracing::error!(task = %self.id, error = %e, "task could not be recorded");
-                TaskOutcome::Failed(format!("cannot record the task: {e}"))
+                Some(TaskOutcome::Failed(format!("cannot record the task: {e}")))
             }
         };
         self.finish(outcome).await;
     }
 
-    /// Reports the end, once every event of the task is recorded.
-    async fn finish(&self, outcome: TaskOutcome) {
+    /// Reports the end (`None`: the task stops here unended, left to the
+    /// next process), once every event of the task is recorded.
+    async fn finish(&self, outcome: Option<TaskOutcome>) {
         if let Err(e) = self.recorder.flush().await {
             tracing::error!(task = %self.id, error = %e, "task events could not be recorded");
         }
@@ -824,11 +1016,16 @@ impl Runner {
             .commands
             .send(Command::Ended { id: self.id })
             .await;
-        self.done.send_replace(Some(outcome));
+        // Unended, the handle's sender is dropped with the runner: its
+        // holders hear that the orchestrator shut down.
+        if let Some(outcome) = outcome {
+            self.done.send_replace(Some(outcome));
+        }
     }
 
-    /// Runs attempts until the task ends.
-    async fn drive(&self) -> Result<TaskOutcome, OrchestratorError> {
+    /// Runs attempts until the task ends, or stops here unended (`None`)
+    /// when the orchestrator is interrupted.
+    async fn drive(&self) -> Result<Option<TaskOutcome>, OrchestratorError> {
         let handler = self
             .orchestrator
             .inner
@@ -841,9 +1038,8 @@ impl Runner {
             && a.interrupted
         {
             // The attempt that was running when its process stopped.
-            let error = "interrupted: its process stopped while it ran".to_owned();
-            if let Some(ended) = self.failed(attempt, error).await? {
-                return Ok(ended);
+            if let Some(ended) = self.failed(attempt, INTERRUPTED.to_owned()).await? {
+                return Ok(Some(ended));
             }
             self.back_off(attempt).await?;
         }
@@ -878,12 +1074,17 @@ impl Runner {
                             output: output.clone(),
                         })
                         .await?;
-                    return Ok(TaskOutcome::Completed(output));
+                    return Ok(Some(TaskOutcome::Completed(output)));
+                }
+                // Its process stops now: recorded as a crash would be,
+                // retried (by the next process) or failed by policy.
+                Attempt::Cancelled if self.interrupted() => {
+                    return self.failed(attempt, INTERRUPTED.to_owned()).await;
                 }
                 Attempt::Cancelled => return self.cancelled().await,
                 Attempt::Failed(error) => {
                     if let Some(ended) = self.failed(attempt, error).await? {
-                        return Ok(ended);
+                        return Ok(Some(ended));
                     }
                 }
                 Attempt::TimedOut => {
@@ -895,7 +1096,7 @@ impl Runner {
                         })
                         .await?;
                     if !retry {
-                        return Ok(TaskOutcome::TimedOut);
+                        return Ok(Some(TaskOutcome::TimedOut));
                     }
                 }
             }
@@ -960,30 +1161,44 @@ impl Runner {
                 }
             } => match result {
                 Some(Ok(output)) => Attempt::Completed(output),
+                // Cancelled (on another thread) while the handler ran: it
+                // saw that first and gave up, so the attempt was cancelled.
+                Some(Err(_)) if self.cancel.is_cancelled() => Attempt::Cancelled,
                 Some(Err(e)) => Attempt::Failed(e.0),
                 None => Attempt::TimedOut,
             },
         }
     }
 
-    async fn cancelled(&self) -> Result<TaskOutcome, OrchestratorError> {
-        let cancellation = self
+    /// Whether the task's token was cancelled by [`Orchestrator::interrupt`].
+    fn interrupted(&self) -> bool {
+        matches!(
+            *self.reason.lock().unwrap_or_else(PoisonError::into_inner),
+            Some(Stop::Interrupted)
+        )
+    }
+
+    /// Ends the task cancelled, outside an attempt; interrupted, it stops
+    /// unended, as the log has it (pending), for the next process.
+    async fn cancelled(&self) -> Result<Option<TaskOutcome>, OrchestratorError> {
+        let stop = self
             .reason
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .unwrap_or(Cancellation {
-                reason: "parent task cancelled".to_owned(),
-                recorded: false,
-            });
-        if !cancellation.recorded {
+            .clone();
+        let (reason, recorded) = match stop {
+            Some(Stop::Interrupted) => return Ok(None),
+            Some(Stop::Cancelled { reason, recorded }) => (reason, recorded),
+            None => ("parent task cancelled".to_owned(), false),
+        };
+        if !recorded {
             self.recorder
                 .record(SystemEvent::TaskCancelled {
                     task_id: self.id,
-                    reason: cancellation.reason.clone(),
+                    reason: reason.clone(),
                 })
                 .await?;
         }
-        Ok(TaskOutcome::Cancelled(cancellation.reason))
+        Ok(Some(TaskOutcome::Cancelled(reason)))
     }
 }

@@ -18,8 +18,8 @@ mod task;
 pub use files::{MAX_COMPONENT_BYTES, MAX_MANIFEST_BYTES};
 pub use manager::{CallOptions, DEFAULT_QUARANTINE_AFTER, PluginError, PluginManager};
 pub use manifest::{
-    ComponentRef, DirAccess, DirPermission, FunctionSpec, Grant, HostInterface, Limits,
-    ManifestError, Permissions, PluginManifest,
+    ComponentRef, DirAccess, DirPermission, FunctionSpec, Grant, HostInterface, LIMIT_CEILINGS,
+    Limits, ManifestError, Permissions, PluginManifest,
 };
 pub use record::{Artifact, CallFailure, FailureKind, InstalledPlugin, PluginRecord, PluginStatus};
 pub use sandbox::{

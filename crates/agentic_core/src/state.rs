@@ -290,7 +290,6 @@ impl State {
         }
     }
 
-    /// The active agent `name`, to change.
     /// Whether a plugin event (other than an install or a removal) changes
     /// the state: an event naming the install of today does; one naming an
     /// earlier install of the name, or a plugin removed since, is recorded
@@ -356,6 +355,7 @@ impl State {
         }
     }
 
+    /// The active agent `name`, to change.
     fn active_agent(&mut self, name: &str) -> Result<&mut AgentRecord, ApplyError> {
         match self.agents.get_mut(name) {
             Some(agent) if agent.status == AgentStatus::Active => Ok(agent),

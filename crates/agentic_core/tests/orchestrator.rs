@@ -342,6 +342,148 @@ async fn a_keyed_async_task_never_runs_twice_across_orchestrators() {
     assert_eq!(second.runs.load(Ordering::SeqCst), 0, "ran twice");
 }
 
+/// Regression (issue 14 review): a keyed submission the log refused kept
+/// its key here, mapped to a task id the log never held, so a retry got
+/// `Ok` with a handle whose outcome was a made-up failure. A refused key
+/// now names the task the log has under it, every time.
+#[tokio::test(start_paused = true)]
+async fn a_key_the_log_refuses_keeps_naming_the_logged_task() {
+    for durability in [Durability::Durable, Durability::Async] {
+        let store = Arc::new(MemoryStore::new());
+        let (first, a) = counting(store.clone(), OrchestratorConfig::default());
+        let handle = a.submit(keyed("order-9", durability)).await.expect("a");
+        let id = handle.id;
+        handle.outcome().await.expect("outcome");
+        // Another process retries the key, then retries again.
+        let (second, b) = counting(store.clone(), OrchestratorConfig::default());
+        for retry in 0..2 {
+            let refused = b.submit(keyed("order-9", durability)).await;
+            assert_eq!(
+                refused.map(|h| h.id),
+                Err(OrchestratorError::AlreadySubmitted(id)),
+                "{durability:?}, retry {retry}"
+            );
+        }
+        assert_eq!(first.runs.load(Ordering::SeqCst), 1);
+        assert_eq!(second.runs.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            store.projected_state().await.expect("state").tasks().len(),
+            1
+        );
+    }
+}
+
+/// Regression (issue 14 review): a keyed submission whose append failed
+/// kept its key here, so every retry got `Ok` with a handle to a task the
+/// log never held, failed with the old store error, instead of a fresh
+/// attempt at submitting it.
+#[tokio::test(start_paused = true)]
+async fn a_key_whose_submission_could_not_be_stored_can_be_submitted_again() {
+    for durability in [Durability::Durable, Durability::Async] {
+        let store = GatedStore::open_now();
+        let (counted, orch) = counting(store.clone(), OrchestratorConfig::default());
+        store.fail_next(1);
+        let failed = orch.submit(keyed("order-10", durability)).await;
+        assert!(
+            matches!(failed, Err(OrchestratorError::Store(_))),
+            "{durability:?}: {:?}",
+            failed.map(|h| h.id)
+        );
+        assert_eq!(counted.runs.load(Ordering::SeqCst), 0);
+        // The retry is a fresh submission: stored, run, and the key's task.
+        let retried = orch
+            .submit(keyed("order-10", durability))
+            .await
+            .expect("retry");
+        let id = retried.id;
+        assert_eq!(
+            retried.outcome().await.expect("outcome"),
+            TaskOutcome::Completed(json!({})),
+            "{durability:?}"
+        );
+        let state = store.memory().projected_state().await.expect("state");
+        assert_eq!(
+            state.task(id).map(|t| t.status),
+            Some(TaskStatus::Completed),
+            "{durability:?}"
+        );
+        assert_eq!(state.tasks().len(), 1);
+        assert_eq!(counted.runs.load(Ordering::SeqCst), 1);
+        let again = orch.submit(keyed("order-10", durability)).await;
+        assert_eq!(again.map(|h| h.id), Ok(id), "{durability:?}");
+    }
+}
+
+/// Polls `future` once, so a submission reaches the event loop's queue,
+/// and hands it back to be awaited later.
+async fn poll_once<F: std::future::Future + Unpin>(mut future: F) -> F {
+    tokio::select! {
+        biased;
+        _ = &mut future => panic!("resolved on its first poll"),
+        () = std::future::ready(()) => {}
+    }
+    future
+}
+
+/// Regression (issue 14 review), the same defect seen by a duplicate sent
+/// while the first submission of its key waits for the store: it was
+/// answered at once with the first one's handle, which then failed with a
+/// made-up error when the log refused the key (or the append failed). A
+/// duplicate now gets the answer the first submission gets.
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_sent_while_its_key_is_being_stored_gets_the_same_answer() {
+    let store = GatedStore::open_now();
+    let (_, a) = counting(store.clone(), OrchestratorConfig::default());
+    let handle = a.submit(keyed("k", Durability::Durable)).await.expect("a");
+    let logged = handle.id;
+    handle.outcome().await.expect("outcome");
+    let (second, b) = counting(store.clone(), OrchestratorConfig::default());
+    // The store refuses the key: both get the logged task's id.
+    store.close();
+    let reached = store.calls() + 1;
+    let first = tokio::spawn({
+        let b = b.clone();
+        async move { b.submit(keyed("k", Durability::Durable)).await }
+    });
+    store.calls_reached(reached).await;
+    let duplicate = poll_once(Box::pin(b.submit(keyed("k", Durability::Durable)))).await;
+    // The loop serves commands in order: once this returns, it has seen
+    // the duplicate.
+    assert!(!b.is_running(Uuid::nil()).await);
+    store.open();
+    assert_eq!(
+        first.await.expect("join").map(|h| h.id),
+        Err(OrchestratorError::AlreadySubmitted(logged))
+    );
+    assert_eq!(
+        duplicate.await.map(|h| h.id),
+        Err(OrchestratorError::AlreadySubmitted(logged))
+    );
+    // The append fails: both get the store's error, and the key is free.
+    store.close();
+    store.fail_next(1);
+    let reached = store.calls() + 1;
+    let first = tokio::spawn({
+        let b = b.clone();
+        async move { b.submit(keyed("fresh", Durability::Durable)).await }
+    });
+    store.calls_reached(reached).await;
+    let duplicate = poll_once(Box::pin(b.submit(keyed("fresh", Durability::Durable)))).await;
+    assert!(!b.is_running(Uuid::nil()).await);
+    store.open();
+    assert!(matches!(
+        first.await.expect("join"),
+        Err(OrchestratorError::Store(_))
+    ));
+    assert!(matches!(duplicate.await, Err(OrchestratorError::Store(_))));
+    let fresh = b
+        .submit(keyed("fresh", Durability::Durable))
+        .await
+        .expect("retry");
+    fresh.outcome().await.expect("outcome");
+    assert_eq!(second.runs.load(Ordering::SeqCst), 1);
+}
+
 /// Regression (issue 14): a task's async events each waited for the store
 /// on a task of their own, as many as the handler made. With the store
 /// stuck, a handler reporting in a loop now waits once
@@ -643,6 +785,106 @@ async fn an_interrupted_attempt_is_recorded_then_retried_or_failed_by_policy() {
     assert!(replayed(&store).await.diff(&state).is_empty());
 }
 
+/// Regression (issue 14 review): a process told to stop at once dropped
+/// its running tasks unrecorded. `interrupt` now records each running
+/// attempt as a crash would be seen by the next process (failed
+/// "interrupted", retried by policy), children included (as interrupted,
+/// not as cancelled by their parent), leaves a task waiting for a slot as
+/// the log has it, refuses new work, and the next orchestrator finishes
+/// what is left.
+#[tokio::test(start_paused = true)]
+async fn interrupting_records_running_attempts_as_a_crash_would_be() {
+    let (store, orch) = start(OrchestratorConfig {
+        max_concurrency: 3,
+        ..OrchestratorConfig::default()
+    });
+    let mut live = orch.subscribe();
+    let long = json!({"ms": 60_000});
+    let failed = orch.submit(spec("sleep", long.clone())).await.expect("a");
+    let mut with_retry = spec("sleep", long.clone());
+    with_retry.retry = RetryPolicy {
+        max_retries: 1,
+        base_delay_ms: 10,
+        max_delay_ms: 10,
+    };
+    let retried = orch.submit(with_retry).await.expect("b");
+    let parent = orch
+        .submit(spec(
+            "fanout",
+            json!({"n": 1, "handler": "sleep", "input": long}),
+        ))
+        .await
+        .expect("parent");
+    // The three, and the parent's child (in the slot its parent gave up).
+    let mut started = 0;
+    while started < 4 {
+        if let SystemEvent::TaskStarted { .. } = live.recv().await.expect("live").event {
+            started += 1;
+        }
+    }
+    let waiting = orch.submit(spec("sleep", long.clone())).await.expect("d");
+    let (failed_id, retried_id, parent_id, waiting_id) =
+        (failed.id, retried.id, parent.id, waiting.id);
+
+    orch.interrupt().await;
+
+    let interrupted = |outcome: TaskOutcome| matches!(&outcome, TaskOutcome::Failed(e) if e.starts_with("interrupted"));
+    assert!(interrupted(failed.outcome().await.expect("a")));
+    assert!(interrupted(parent.outcome().await.expect("parent")));
+    // Unended here: the next process's.
+    assert_eq!(retried.outcome().await, Err(OrchestratorError::ShutDown));
+    assert_eq!(waiting.outcome().await, Err(OrchestratorError::ShutDown));
+    assert!(matches!(
+        orch.submit(spec("echo", json!(1))).await,
+        Err(OrchestratorError::ShutDown)
+    ));
+
+    let state = store.projected_state().await.expect("state");
+    let child = state.task(parent_id).expect("parent").children[0];
+    for id in [failed_id, parent_id, child] {
+        let task = state.task(id).expect("task");
+        assert_eq!(task.status, TaskStatus::Failed, "{id}");
+        assert!(
+            task.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("interrupted")),
+            "{task:?}"
+        );
+        assert_eq!(
+            events_of(&store, id).await,
+            ["task_submitted", "task_started", "task_failed"]
+        );
+    }
+    assert_eq!(
+        events_of(&store, retried_id).await,
+        ["task_submitted", "task_started", "task_failed"]
+    );
+    assert_eq!(events_of(&store, waiting_id).await, ["task_submitted"]);
+    for id in [retried_id, waiting_id] {
+        assert_eq!(state.task(id).map(|t| t.status), Some(TaskStatus::Pending));
+    }
+    assert!(replayed(&store).await.diff(&state).is_empty());
+
+    // The next process runs what is left: the retry, and the waiting task.
+    drop(orch);
+    let next = Orchestrator::start(
+        store.clone(),
+        builtin_handlers(),
+        OrchestratorConfig::default(),
+        Uuid::now_v7(),
+    );
+    for id in [retried_id, waiting_id] {
+        let task = state.task(id).expect("task");
+        let handle = next.adopt(task).await.expect("adopt");
+        assert_eq!(
+            handle.outcome().await.expect("outcome"),
+            TaskOutcome::Completed(json!({"slept_ms": 60_000}))
+        );
+    }
+    let state = store.projected_state().await.expect("state");
+    assert_eq!(state.task(retried_id).map(|t| t.attempts), Some(2));
+    assert_eq!(state.task(waiting_id).map(|t| t.attempts), Some(1));
+}
 #[tokio::test(start_paused = true)]
 async fn a_cancellation_recorded_by_another_process_stops_the_task_here() {
     let (store, orch) = start(OrchestratorConfig::default());

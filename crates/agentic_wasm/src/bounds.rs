@@ -1,17 +1,21 @@
 //! The bounds WASI does not enforce by itself, added around it: stdout and
 //! stderr that end the call as `output_limit` once the guest writes past
 //! the cap (even when it ignores the write error), a quota on the bytes a
-//! call writes into its read-write directories, and an error (not a crash
-//! of the host) when a call holds too many handles open.
+//! call writes into its read-write directories and on what each of those
+//! directories holds across calls, and an error (not a crash of the host)
+//! when a call holds too many handles open.
 //!
 //! Writes are counted by redefining, in the linker, the few
 //! `wasi:filesystem/types` functions that write or create (`open-at` with
 //! `create`, `write`, `write-via-stream`, `append-via-stream`, `set-size`,
 //! `create-directory-at`, `symlink-at`, `link-at`): each charges the call's
-//! [`CallContext::count_write`] and then runs wasmtime-wasi's own
-//! implementation. A stream returned for writing is wrapped in place in the
-//! resource table, so every byte written through it (`write`, `splice`,
-//! `write-zeroes`) is charged.
+//! [`CallContext::count_write`] and the directory's ledger
+//! ([`crate::disk`]), then runs wasmtime-wasi's own implementation. A
+//! stream returned for writing is wrapped in place in the resource table,
+//! so every byte written through it (`write`, `splice`, `write-zeroes`) is
+//! charged. To know which granted directory a descriptor is in,
+//! `wasi:filesystem/preopens.get-directories` and `open-at` are redefined
+//! too: each descriptor they hand out is noted with its directory.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,6 +28,7 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource, ResourceTableError};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::filesystem::WasiFilesystemView;
+use wasmtime_wasi::p2::bindings::filesystem::preopens;
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     Descriptor, DescriptorFlags, ErrorCode, Filesize, HostDescriptor, OpenFlags, PathFlags,
 };
@@ -33,10 +38,14 @@ use wasmtime_wasi::p2::{
 };
 
 use crate::call::CallState;
+use crate::disk::DirLedger;
 
 /// The `wasi:filesystem/types` instance wasmtime-wasi 48 defines (its WIT
 /// version); the functions below replace some of its functions.
 const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// Its `wasi:filesystem/preopens` instance.
+const FILESYSTEM_PREOPENS: &str = "wasi:filesystem/preopens@0.2.12";
 
 /// What creating a file, a directory or a link counts against the write
 /// quota: one block of the usual 4 KiB, about what the entry costs the
@@ -82,10 +91,65 @@ fn to_guest<T>(result: FsResult<T>, ctx: &CallContext) -> wasmtime::Result<Resul
     }
 }
 
-/// Charges `bytes` to the call's write quota; the guest's error when over.
-fn charge(ctx: &CallContext, bytes: u64) -> Result<(), ErrorCode> {
-    ctx.count_write(bytes).map_err(|_| ErrorCode::Quota)
+/// A read-write granted directory as a call sees it: where the guest
+/// sees it, and its ledger.
+#[derive(Clone)]
+pub(crate) struct DirQuota {
+    /// The guest path, for messages.
+    pub(crate) guest: Arc<str>,
+    /// What the directory holds, across calls.
+    pub(crate) ledger: Arc<DirLedger>,
 }
+
+impl DirQuota {
+    /// Adds `bytes` to the directory's ledger; past `max_dir_bytes` the
+    /// call ends as `write_limit` and the guest gets `quota`.
+    fn charge(&self, ctx: &CallContext, bytes: u64) -> Result<(), CallFailure> {
+        let charged = self
+            .ledger
+            .charge(bytes, ctx.limits().max_dir_bytes, &self.guest);
+        if let Err(failure) = &charged {
+            ctx.hit_limit(failure.clone());
+        }
+        charged
+    }
+}
+
+impl CallState {
+    /// The read-write directory the descriptor `fd` is in (`None` for a
+    /// read-only one, where WASI refuses every write itself).
+    fn quota_of(&self, fd: &Resource<Descriptor>) -> Result<Option<DirQuota>, ErrorCode> {
+        match self.descriptors.get(&fd.rep()) {
+            Some(&dir) => Ok(self.dirs.get(dir).cloned().flatten()),
+            None => {
+                // Every descriptor comes from `get-directories` or
+                // `open-at`, which note it; refuse rather than guess.
+                self.ctx.hit_limit(CallFailure::new(
+                    FailureKind::WriteLimit,
+                    "a write through a descriptor of no known granted directory was refused",
+                ));
+                Err(ErrorCode::Quota)
+            }
+        }
+    }
+
+    /// Charges `bytes` written through `fd` to the call's write quota and
+    /// to its directory's ledger; the guest's error when over either.
+    fn charge(&self, fd: &Resource<Descriptor>, bytes: u64) -> Result<(), ErrorCode> {
+        let quota = self.quota_of(fd)?;
+        self.ctx.count_write(bytes).map_err(|_| ErrorCode::Quota)?;
+        if let Some(quota) = quota {
+            quota
+                .charge(&self.ctx, bytes)
+                .map_err(|_| ErrorCode::Quota)?;
+        }
+        Ok(())
+    }
+}
+
+/// What `get-directories` answers: each granted directory's descriptor
+/// and guest path.
+type Preopens = Vec<(Resource<Descriptor>, String)>;
 
 /// A borrow of the same descriptor (a handle is consumed by each call).
 fn again(fd: &Resource<Descriptor>) -> Resource<Descriptor> {
@@ -99,6 +163,19 @@ type Fut<'a, R> =
 /// charge the call's write quota first (see the module documentation).
 pub(crate) fn add_write_quota(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
+    let mut preopens = linker.instance(FILESYSTEM_PREOPENS)?;
+    preopens.func_wrap(
+        "get-directories",
+        |mut store: StoreContextMut<'_, CallState>, (): ()| -> wasmtime::Result<(Preopens,)> {
+            let state = store.data_mut();
+            let dirs = preopens::Host::get_directories(&mut state.filesystem())?;
+            // In the order they were granted (and preopened).
+            for (i, (fd, _guest)) in dirs.iter().enumerate() {
+                state.descriptors.insert(fd.rep(), i);
+            }
+            Ok((dirs,))
+        },
+    )?;
     let mut fs = linker.instance(FILESYSTEM_TYPES)?;
     fs.func_wrap_async(
         "[method]descriptor.open-at",
@@ -115,10 +192,11 @@ pub(crate) fn add_write_quota(linker: &mut Linker<CallState>) -> wasmtime::Resul
                 let state = store.data_mut();
                 let ctx = state.ctx.clone();
                 if oflags.contains(OpenFlags::CREATE)
-                    && let Err(code) = charge(&ctx, CREATED_ENTRY_BYTES)
+                    && let Err(code) = state.charge(&fd, CREATED_ENTRY_BYTES)
                 {
                     return Ok((Err(code),));
                 }
+                let dir = state.descriptors.get(&fd.rep()).copied();
                 let opened = HostDescriptor::open_at(
                     &mut state.filesystem(),
                     fd,
@@ -128,7 +206,11 @@ pub(crate) fn add_write_quota(linker: &mut Linker<CallState>) -> wasmtime::Resul
                     flags,
                 )
                 .await;
-                Ok((to_guest(opened, &ctx)?,))
+                let opened = to_guest(opened, &ctx)?;
+                if let (Ok(new), Some(dir)) = (&opened, dir) {
+                    state.descriptors.insert(new.rep(), dir);
+                }
+                Ok((opened,))
             })
         },
     )?;
@@ -140,7 +222,7 @@ pub(crate) fn add_write_quota(linker: &mut Linker<CallState>) -> wasmtime::Resul
             Box::new(async move {
                 let state = store.data_mut();
                 let ctx = state.ctx.clone();
-                if let Err(code) = charge(&ctx, buffer.len() as u64) {
+                if let Err(code) = state.charge(&fd, buffer.len() as u64) {
                     return Ok((Err(code),));
                 }
                 let written =
@@ -156,8 +238,12 @@ pub(crate) fn add_write_quota(linker: &mut Linker<CallState>) -> wasmtime::Resul
          -> Fut<'_, Resource<DynOutputStream>> {
             Box::new(async move {
                 let state = store.data_mut();
+                let quota = match state.quota_of(&fd) {
+                    Ok(quota) => quota,
+                    Err(code) => return Ok((Err(code),)),
+                };
                 let stream = HostDescriptor::write_via_stream(&mut state.filesystem(), fd, offset);
-                Ok((counted(state, stream)?,))
+                Ok((counted(state, stream, quota)?,))
             })
         },
     )?;
@@ -168,8 +254,12 @@ pub(crate) fn add_write_quota(linker: &mut Linker<CallState>) -> wasmtime::Resul
          -> Fut<'_, Resource<DynOutputStream>> {
             Box::new(async move {
                 let state = store.data_mut();
+                let quota = match state.quota_of(&fd) {
+                    Ok(quota) => quota,
+                    Err(code) => return Ok((Err(code),)),
+                };
                 let stream = HostDescriptor::append_via_stream(&mut state.filesystem(), fd);
-                Ok((counted(state, stream)?,))
+                Ok((counted(state, stream, quota)?,))
             })
         },
     )?;
@@ -188,7 +278,7 @@ pub(crate) fn add_write_quota(linker: &mut Linker<CallState>) -> wasmtime::Resul
                     Ok(stat) => stat.size,
                     Err(code) => return Ok((Err(code),)),
                 };
-                if let Err(code) = charge(&ctx, size.saturating_sub(current)) {
+                if let Err(code) = state.charge(&fd, size.saturating_sub(current)) {
                     return Ok((Err(code),));
                 }
                 let resized = HostDescriptor::set_size(&mut state.filesystem(), fd, size).await;
@@ -204,7 +294,7 @@ pub(crate) fn add_write_quota(linker: &mut Linker<CallState>) -> wasmtime::Resul
             Box::new(async move {
                 let state = store.data_mut();
                 let ctx = state.ctx.clone();
-                if let Err(code) = charge(&ctx, CREATED_ENTRY_BYTES) {
+                if let Err(code) = state.charge(&fd, CREATED_ENTRY_BYTES) {
                     return Ok((Err(code),));
                 }
                 let created =
@@ -221,7 +311,7 @@ pub(crate) fn add_write_quota(linker: &mut Linker<CallState>) -> wasmtime::Resul
             Box::new(async move {
                 let state = store.data_mut();
                 let ctx = state.ctx.clone();
-                if let Err(code) = charge(&ctx, CREATED_ENTRY_BYTES) {
+                if let Err(code) = state.charge(&fd, CREATED_ENTRY_BYTES) {
                     return Ok((Err(code),));
                 }
                 let linked =
@@ -245,7 +335,7 @@ pub(crate) fn add_write_quota(linker: &mut Linker<CallState>) -> wasmtime::Resul
             Box::new(async move {
                 let state = store.data_mut();
                 let ctx = state.ctx.clone();
-                if let Err(code) = charge(&ctx, CREATED_ENTRY_BYTES) {
+                if let Err(code) = state.charge(&fd, CREATED_ENTRY_BYTES) {
                     return Ok((Err(code),));
                 }
                 let linked = HostDescriptor::link_at(
@@ -265,10 +355,12 @@ pub(crate) fn add_write_quota(linker: &mut Linker<CallState>) -> wasmtime::Resul
     Ok(())
 }
 
-/// Wraps a stream opened for writing a file so its bytes are charged.
+/// Wraps a stream opened for writing a file (in the directory of `quota`,
+/// when read-write) so its bytes are charged.
 fn counted(
     state: &mut CallState,
     opened: FsResult<Resource<DynOutputStream>>,
+    quota: Option<DirQuota>,
 ) -> wasmtime::Result<Result<Resource<DynOutputStream>, ErrorCode>> {
     let ctx = state.ctx.clone();
     let stream = match to_guest(opened, &ctx)? {
@@ -277,25 +369,33 @@ fn counted(
     };
     let slot = state.table.get_mut(&stream)?;
     let inner = std::mem::replace(slot, Box::new(SinkOutputStream));
-    *slot = Box::new(CountedWrite { inner, ctx });
+    *slot = Box::new(CountedWrite { inner, ctx, quota });
     Ok(Ok(stream))
 }
 
 /// A file's output stream whose bytes count against the call's write
-/// quota; past it, the write fails (`quota`) and the call ends as
-/// `write_limit`.
+/// quota and its directory's ledger; past either, the write fails
+/// (`quota`) and the call ends as `write_limit`.
 struct CountedWrite {
     inner: DynOutputStream,
     ctx: Arc<CallContext>,
+    quota: Option<DirQuota>,
 }
 
 impl CountedWrite {
     fn charge(&self, bytes: usize) -> StreamResult<()> {
-        self.ctx.count_write(bytes as u64).map_err(|failure| {
-            StreamError::LastOperationFailed(
-                std::io::Error::new(std::io::ErrorKind::QuotaExceeded, failure.message).into(),
-            )
-        })
+        let bytes = bytes as u64;
+        self.ctx
+            .count_write(bytes)
+            .and_then(|()| match &self.quota {
+                Some(quota) => quota.charge(&self.ctx, bytes),
+                None => Ok(()),
+            })
+            .map_err(|failure| {
+                StreamError::LastOperationFailed(
+                    std::io::Error::new(std::io::ErrorKind::QuotaExceeded, failure.message).into(),
+                )
+            })
     }
 }
 

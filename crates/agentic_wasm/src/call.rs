@@ -3,7 +3,9 @@
 //! plus a tokio timeout (for a guest blocked in a host call), capped
 //! stdout/stderr, and the failure named precisely.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,9 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::MAX_MEMORY_BYTES;
 use crate::bindings::PluginPre;
-use crate::bounds::{CappedPipe, handle_limit, is_table_full};
+use crate::bounds::{CappedPipe, DirQuota, handle_limit, is_table_full};
+use crate::descriptors::{DescriptorBudget, HOST_CALL_DESCRIPTORS};
+use crate::disk::{DirLedgers, Writing};
 
 /// How much later than the deadline the tokio timeout ends a call blocked in
 /// a host call (wasm code is interrupted at the deadline itself).
@@ -34,6 +38,12 @@ pub(crate) struct CallState {
     limiter: Limiter,
     /// The call's view of the host: grant checks, key-value, events.
     pub(crate) ctx: Arc<CallContext>,
+    /// Each granted directory, in the grant's (and the preopens') order:
+    /// its quota when read-write, `None` when read-only.
+    pub(crate) dirs: Vec<Option<DirQuota>>,
+    /// The granted directory (an index into `dirs`) of every descriptor
+    /// the guest was handed, by its handle.
+    pub(crate) descriptors: HashMap<u32, usize>,
 }
 
 impl WasiView for CallState {
@@ -95,11 +105,42 @@ impl ResourceLimiter for Limiter {
 pub(crate) struct WasmPlugin {
     engine: Engine,
     pre: PluginPre<CallState>,
+    /// What each read-write directory holds, shared by every plugin of the
+    /// sandbox.
+    ledgers: Arc<DirLedgers>,
 }
 
 impl WasmPlugin {
-    pub(crate) fn new(engine: Engine, pre: PluginPre<CallState>) -> Self {
-        Self { engine, pre }
+    pub(crate) fn new(engine: Engine, pre: PluginPre<CallState>, ledgers: Arc<DirLedgers>) -> Self {
+        Self {
+            engine,
+            pre,
+            ledgers,
+        }
+    }
+
+    /// The quota of each granted directory, and the call's right to write
+    /// into each read-write one (measuring it when its ledger asks).
+    async fn dir_quotas(&self, ctx: &CallContext) -> (Vec<Option<DirQuota>>, Vec<Writing>) {
+        let mut dirs = Vec::with_capacity(ctx.grant().dirs.len());
+        let mut writing = Vec::new();
+        for dir in &ctx.grant().dirs {
+            dirs.push(match dir.mode {
+                DirAccess::ReadOnly => None,
+                DirAccess::ReadWrite => {
+                    // Two grants naming one directory differently share it.
+                    let path =
+                        std::fs::canonicalize(&dir.path).unwrap_or_else(|_| dir.path.clone());
+                    let ledger = self.ledgers.get(&path);
+                    writing.push(ledger.start_writing(ctx.limits().max_dir_bytes).await);
+                    Some(DirQuota {
+                        guest: dir.guest.as_str().into(),
+                        ledger,
+                    })
+                }
+            });
+        }
+        (dirs, writing)
     }
 
     /// The WASI context of one call: the granted directories and
@@ -117,8 +158,13 @@ impl WasmPlugin {
                 DirAccess::ReadOnly => FsPerms::ReadOnly,
                 DirAccess::ReadWrite => FsPerms::ReadWrite,
             };
+            let opened = open_granted_dir(ctx, &dir.path)?;
             builder
-                .preopened_dir(&dir.path, &dir.guest, perms)
+                .preopened_dir(
+                    format!("/proc/self/fd/{}", opened.as_raw_fd()),
+                    &dir.guest,
+                    perms,
+                )
                 .map_err(|e| {
                     CallFailure::new(
                         FailureKind::Host,
@@ -188,6 +234,36 @@ impl LoadedPlugin for WasmPlugin {
     ) -> Result<String, CallFailure> {
         let limits = *ctx.limits();
         let timeout = Duration::from_millis(limits.timeout_ms);
+        // One wall clock for all of the call: waiting for descriptors,
+        // measuring its directories and running.
+        let deadline = Instant::now() + timeout;
+        // Every descriptor the call may hold, reserved before it runs (and
+        // given back after its store is dropped, at the end of this
+        // function: `store` is declared after it).
+        let dir_count = u32::try_from(ctx.grant().dirs.len()).unwrap_or(u32::MAX);
+        let _descriptors = DescriptorBudget::process()
+            .reserve(
+                ctx.plugin(),
+                limits
+                    .max_open_handles
+                    .saturating_add(dir_count)
+                    .saturating_add(HOST_CALL_DESCRIPTORS),
+                "its max_open_handles, one per granted directory and two for a connection",
+                timeout,
+            )
+            .await?;
+        let (dirs, _writing) = tokio::time::timeout_at(deadline.into(), self.dir_quotas(&ctx))
+            .await
+            .map_err(|_| {
+                CallFailure::new(
+                    FailureKind::Timeout,
+                    format!(
+                        "the call's {} ms limit passed before it ran (waiting for descriptors \
+                         and measuring its directories)",
+                        timeout.as_millis()
+                    ),
+                )
+            })?;
         let cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
         let stdout = CappedPipe::new(cap, ctx.clone(), "stdout");
         let stderr = CappedPipe::new(cap, ctx.clone(), "stderr");
@@ -203,6 +279,8 @@ impl LoadedPlugin for WasmPlugin {
                 ctx: ctx.clone(),
             },
             ctx: ctx.clone(),
+            dirs,
+            descriptors: HashMap::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -214,7 +292,6 @@ impl LoadedPlugin for WasmPlugin {
         // spinning plugin does not hold a worker thread) and is interrupted
         // at the deadline. A guest blocked in a host call is not running
         // wasm: the tokio timeout, a little later, ends that.
-        let deadline = Instant::now() + timeout;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             Ok(if Instant::now() >= deadline {
@@ -223,8 +300,8 @@ impl LoadedPlugin for WasmPlugin {
                 UpdateDeadline::Yield(1)
             })
         });
-        let result = tokio::time::timeout(
-            timeout + HOST_CALL_GRACE,
+        let result = tokio::time::timeout_at(
+            (deadline + HOST_CALL_GRACE).into(),
             self.run(&mut store, function, input),
         )
         .await;
@@ -311,6 +388,40 @@ fn trap_code(trap: &Trap) -> String {
         }
     }
     code
+}
+
+/// Opens a granted directory by its recorded (canonical) host path without
+/// following a symbolic link anywhere in it. The grant was checked by that
+/// path (outside the home, what the operator named), but a plugin with a
+/// read-write grant holding another granted path could swap that path for
+/// a link between the check and this open; then the link is refused here,
+/// recorded as a denial, and the directory is preopened through the very
+/// descriptor opened (`/proc/self/fd/N`), so what was checked is what the
+/// plugin gets.
+fn open_granted_dir(ctx: &CallContext, path: &std::path::Path) -> Result<OwnedFd, CallFailure> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    rustix::fs::openat2(
+        rustix::fs::CWD,
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| {
+        let asked = format!("directory {}", path.display());
+        let reason = if e == rustix::io::Errno::LOOP {
+            "its path now holds a symbolic link (changed since it was granted)".to_owned()
+        } else {
+            format!("it cannot be opened: {e}")
+        };
+        let failure = CallFailure::new(
+            FailureKind::PermissionDenied,
+            format!("the granted {asked}: {reason}; check it and re-grant it"),
+        );
+        ctx.deny(asked, reason);
+        ctx.hit_limit(failure.clone());
+        failure
+    })
 }
 
 #[cfg(test)]

@@ -13,6 +13,10 @@
 //! - `bounds` adds what WASI does not bound by itself: stdout/stderr past
 //!   the cap end the call, writes into granted directories are charged to
 //!   a quota, a full handle table is an error for the guest.
+//! - [`descriptors`] is the process's budget of descriptors for plugins
+//!   (the soft `RLIMIT_NOFILE` raised to the hard limit, half of it for
+//!   plugins); `disk` keeps what each read-write directory holds across
+//!   calls (`max_dir_bytes`).
 //! - `host` implements the host interfaces (logging, key-value, events,
 //!   HTTP), each checked against the grant through the call's context.
 //!
@@ -21,6 +25,8 @@
 pub mod baseline;
 mod bounds;
 mod call;
+pub mod descriptors;
+mod disk;
 mod host;
 
 use std::hash::{Hash, Hasher};
@@ -35,6 +41,8 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use call::{CallState, WasmPlugin};
+use descriptors::DescriptorBudget;
+use disk::DirLedgers;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -65,6 +73,8 @@ pub struct WasmSandbox {
     linker: Linker<CallState>,
     artifact_key: String,
     stop_ticker: Arc<AtomicBool>,
+    /// What each read-write directory granted to a plugin holds.
+    ledgers: Arc<DirLedgers>,
 }
 
 impl Drop for WasmSandbox {
@@ -78,6 +88,8 @@ impl WasmSandbox {
     /// and a linker offering WASI p2 (nothing granted) and lion's host
     /// interfaces.
     pub fn new() -> Result<Self, SandboxError> {
+        // Raise the descriptor limit now, before the process opens much.
+        DescriptorBudget::process();
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(256)
             .total_core_instances(1024)
@@ -129,6 +141,7 @@ impl WasmSandbox {
             linker,
             artifact_key,
             stop_ticker,
+            ledgers: Arc::default(),
         })
     }
 
@@ -139,7 +152,11 @@ impl WasmSandbox {
             .instantiate_pre(component)
             .and_then(bindings::PluginPre::new)
             .map_err(|e| SandboxError::InvalidComponent(format!("{e:#}")))?;
-        Ok(Arc::new(WasmPlugin::new(self.engine.clone(), pre)))
+        Ok(Arc::new(WasmPlugin::new(
+            self.engine.clone(),
+            pre,
+            self.ledgers.clone(),
+        )))
     }
 }
 

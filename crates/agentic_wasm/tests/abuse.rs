@@ -645,3 +645,74 @@ async fn concurrent_calls_share_no_state() {
         assert_eq!(out, json!({"count": 1}), "every call gets a fresh instance");
     }
 }
+
+/// The sandbox opens a granted directory by the path the grant was checked
+/// by, following no symbolic link: a plugin able to swap a granted path for
+/// a link (through a read-write grant holding it) between the manager's
+/// check and the call's start gets a recorded denial, not the link's
+/// target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_path_swapped_for_a_link_is_refused_when_the_call_opens_it() {
+    use agentic_core::plugin::{
+        CallContext, DirAccess, DirPermission, Permissions, Sandbox, VerifiedArtifact,
+    };
+    use std::sync::Arc;
+
+    let sandbox = agentic_wasm::WasmSandbox::new().expect("sandbox");
+    let wasm = std::fs::read(support::component("abuse")).expect("the abuse component");
+    let compiled = sandbox.compile(&wasm).expect("compile");
+    let plugin = sandbox
+        .load(&VerifiedArtifact::compiled(compiled.artifact))
+        .expect("load");
+    let root = tempfile::tempdir().expect("root");
+    let outside = root.path().join("outside");
+    std::fs::create_dir(&outside).expect("outside");
+    std::fs::write(outside.join("secret.txt"), "secret").expect("secret");
+    let granted = root.path().join("granted");
+    let grant_of = |path: &Path| {
+        Arc::new(Permissions {
+            dirs: vec![DirPermission {
+                path: path.to_owned(),
+                guest: "/data".into(),
+                mode: DirAccess::ReadOnly,
+            }],
+            ..Permissions::default()
+        })
+    };
+    let list = |grant| {
+        let ctx = Arc::new(CallContext::new(
+            "abuse",
+            uuid::Uuid::now_v7(),
+            grant,
+            Default::default(),
+            Default::default(),
+        ));
+        let plugin = plugin.clone();
+        async move {
+            let out = plugin
+                .call("list_dir", r#"{"path":"/data"}"#, ctx.clone())
+                .await;
+            (out, ctx)
+        }
+    };
+    // Control: the directory itself.
+    std::fs::create_dir(&granted).expect("granted");
+    let (out, _) = list(grant_of(&granted)).await;
+    assert_eq!(out.expect("a real directory"), r#"{"entries":[]}"#);
+    // Swapped for a link to a directory the operator never granted.
+    std::fs::remove_dir(&granted).expect("rmdir");
+    std::os::unix::fs::symlink(&outside, &granted).expect("symlink");
+    let (out, ctx) = list(grant_of(&granted)).await;
+    let f = out.expect_err("the link is refused");
+    assert_eq!(f.kind, FailureKind::PermissionDenied, "{f}");
+    assert!(f.message.contains("symbolic link"), "{f}");
+    assert_eq!(ctx.limit_hit(), Some(f));
+    // A link higher up the path is refused as well.
+    let deeper = root.path().join("via");
+    std::os::unix::fs::symlink(root.path(), &deeper).expect("symlink");
+    let (out, _) = list(grant_of(&deeper.join("outside"))).await;
+    assert_eq!(
+        out.expect_err("a link in the path").kind,
+        FailureKind::PermissionDenied
+    );
+}

@@ -10,7 +10,10 @@
 //! (`a_memory_grow_bomb_hits_the_memory_limit`,
 //! `an_infinite_loop_in_a_call_times_out`, `a_huge_output_hits_the_output_limit`...);
 //! `crates/agentic_cli/tests/exhaustion.rs` runs every bound through the
-//! `lion` binary beside a concurrent task.
+//! `lion` binary beside a concurrent task. Two cases change the process
+//! and have a binary each: `descriptors.rs` (the process's descriptor
+//! budget, under a lowered limit) and `proxy_env.rs` (proxy variables set
+//! in the environment).
 
 mod support;
 
@@ -219,6 +222,57 @@ async fn writing_past_the_quota_fails_and_stops_at_the_quota() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_together_may_not_fill_a_directory_past_its_limit() {
+    // Each call may write 1 MiB; the directory may hold 2.5 MB, of which
+    // it already holds inside.txt (one 4 KiB entry and 6 bytes).
+    let tree = data_dir();
+    let (home, _s) = abuse_home(
+        &dir_permission(tree.path(), "read-write"),
+        "max_write_bytes = 1048576\nmax_dir_bytes = 2500000",
+        &[&dir_grant(tree.path(), "")],
+    )
+    .await;
+    let mut written = 0;
+    for i in 0..2 {
+        let out = beside_hello(
+            &home,
+            "write_bytes",
+            json!({"path": format!("/data/{i}.bin"), "bytes": 1_000_000}),
+        )
+        .await
+        .expect("control: each call within both limits");
+        assert_eq!(out["written"], 1_000_000);
+        written += 1_000_000;
+    }
+    // Before the bound: every call wrote its quota, and N calls filled the
+    // disk with N quotas.
+    let f = expect_kind(
+        beside_hello(
+            &home,
+            "write_bytes",
+            json!({"path": "/data/2.bin", "bytes": 1_000_000}),
+        )
+        .await,
+        FailureKind::WriteLimit,
+    );
+    assert!(
+        f.message.contains("2500000 byte limit") && f.message.contains("max_dir_bytes"),
+        "{f}"
+    );
+    logged(&home, &f).await;
+    let third = std::fs::metadata(tree.path().join("granted/2.bin"))
+        .expect("the third file")
+        .len();
+    written += third;
+    // inside.txt, three created files, what they hold: within the limit.
+    assert!(
+        4 * 4096 + 6 + written <= 2_500_000,
+        "no byte past the directory's limit reaches the disk: {written}"
+    );
+    assert!(third < 1_000_000, "the third call was cut short: {third}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdout_past_the_cap_fails_as_output_limit_even_when_ignored() {
     let (home, _s) = abuse_home("", "max_output_bytes = 65536", &[]).await;
     let f = expect_kind(
@@ -369,36 +423,4 @@ async fn a_plugin_may_not_set_the_host_header() {
     .await
     .expect("control: an ordinary header");
     assert_eq!(out["status"], 200);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_ignore_the_proxy_environment() {
-    let proxy = Listener::start(false).await;
-    let target = Listener::start(false).await;
-    // SAFETY: edition 2024 makes set_var unsafe because other threads may
-    // read the environment at the same time; the variables set here are
-    // read only by HTTP clients, which must ignore them anyway.
-    #[allow(unsafe_code)]
-    unsafe {
-        for var in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
-            std::env::set_var(var, format!("http://{}", proxy.addr));
-        }
-    }
-    let address = target.addr.to_string();
-    let (home, _s) = abuse_home(
-        &format!("hosts = [{address:?}]"),
-        "",
-        &["interface:http", &format!("host:{address}")],
-    )
-    .await;
-    let out = beside_hello(
-        &home,
-        "http_get",
-        json!({"url": format!("http://{address}/")}),
-    )
-    .await
-    .expect("a granted host");
-    assert_eq!(out["status"], 200);
-    assert_eq!(target.accepted(), 1);
-    assert_eq!(proxy.accepted(), 0, "no request may go through a proxy");
 }

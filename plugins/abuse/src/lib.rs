@@ -34,14 +34,24 @@ fn spin(_: NoInput) -> Result<(), String> {
 #[derive(Deserialize)]
 struct Mib {
     mib: usize,
+    #[serde(flatten)]
+    then: Then,
 }
 
 /// Allocates `mib` MiB and writes to every page of it. An allocation the
-/// memory limit refuses aborts, which traps.
-fn grow(Mib { mib }: Mib) -> Result<Value, String> {
+/// memory limit refuses aborts, which traps; with `hold`, a refused
+/// allocation waits on it instead and then fails.
+fn grow(Mib { mib, then }: Mib) -> Result<Value, String> {
     let bytes = mib
         .checked_mul(1 << 20)
         .ok_or_else(|| format!("grow {mib} MiB: more than the address space"))?;
+    if then.hold.is_some() {
+        let mut reserve: Vec<u8> = Vec::new();
+        if let Err(e) = reserve.try_reserve_exact(bytes) {
+            then.finish();
+            return Err(format!("grow {mib} MiB: {e}"));
+        }
+    }
     let mut block = vec![0u8; bytes];
     for page in block.chunks_mut(4096) {
         page[0] = 1;
@@ -78,11 +88,15 @@ fn descend(depth: u64) -> u64 {
 #[derive(Deserialize)]
 struct Bytes {
     bytes: usize,
+    #[serde(flatten)]
+    then: Then,
 }
 
-/// Answers `{"data":"xxx..."}` of at least `bytes` bytes.
-fn output(Bytes { bytes }: Bytes) -> Result<Value, String> {
-    Ok(json!({ "data": "x".repeat(bytes) }))
+/// Answers `{"data":"xxx..."}` of at least `bytes` bytes (after `hold`).
+fn output(Bytes { bytes, then }: Bytes) -> Result<Value, String> {
+    let data = "x".repeat(bytes);
+    then.finish();
+    Ok(json!({ "data": data }))
 }
 
 /// The input of `log_flood`.
@@ -196,11 +210,16 @@ fn dns(Name { name }: Name) -> Result<Value, String> {
 #[derive(Deserialize)]
 struct Url {
     url: String,
+    #[serde(flatten)]
+    then: Then,
 }
 
-/// Fetches `url` through the host: `{"status":..,"body":..}`.
-fn http_get(Url { url }: Url) -> Result<Value, String> {
-    let response = http::get(&url).map_err(|e| format!("http get {url}: {e}"))?;
+/// Fetches `url` through the host: `{"status":..,"body":..}` (after
+/// `hold`, whatever the answer).
+fn http_get(Url { url, then }: Url) -> Result<Value, String> {
+    let response = http::get(&url);
+    then.finish();
+    let response = response.map_err(|e| format!("http get {url}: {e}"))?;
     Ok(json!({ "status": response.status, "body": response.text() }))
 }
 
@@ -264,18 +283,25 @@ fn env(Name { name }: Name) -> Result<Value, String> {
     }
 }
 
-/// After some of the flooding functions: whether to loop forever once the
-/// flood is done, so the call stays running until its timeout (a test can
-/// then do something else while it runs).
+/// After some of the flooding functions: what to do once the flood is
+/// done, so the call stays running while a test does something else.
 #[derive(Deserialize, Default)]
 struct Then {
+    /// A URL to GET (through the `http` interface) and wait for: the test
+    /// answers it when it wants the call to go on.
+    #[serde(default)]
+    hold: Option<String>,
+    /// Loop forever (until the call's timeout).
     #[serde(default)]
     spin: bool,
 }
 
 impl Then {
-    /// Loops forever if asked to.
+    /// Waits on the hold URL, then loops forever, as asked.
     fn finish(&self) {
+        if let Some(url) = &self.hold {
+            let _ = http::get(url);
+        }
         if self.spin {
             let _ = spin(NoInput);
         }

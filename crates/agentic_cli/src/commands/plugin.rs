@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use agentic_core::plugin::{
-    CallOptions, DirAccess, Grant, PluginError, PluginManager, PluginRecord, PluginStatus,
+    CallOptions, DirAccess, Grant, Limits, PluginError, PluginManager, PluginRecord, PluginStatus,
 };
 use agentic_core::{Durability, EventStore};
 use agentic_store::SqliteStore;
@@ -81,7 +81,32 @@ pub async fn install(
     if !refused.is_empty() {
         println!("  not granted (calls that need it are denied): {refused}");
     }
+    println!("  limits:  {}", describe_limits(&m.limits));
     Ok(())
+}
+
+/// Every limit a plugin's calls run under, by its manifest name (the
+/// operator sees what a plugin may use); a value recorded above lion's
+/// ceiling (before there were ceilings) says the ceiling it runs at.
+fn describe_limits(limits: &Limits) -> String {
+    let capped = limits.capped();
+    let mut parts: Vec<String> = limits
+        .fields()
+        .into_iter()
+        .zip(capped.fields())
+        .map(|((name, value), (_, runs_at))| {
+            if value == runs_at {
+                format!("{name}={value}")
+            } else {
+                format!("{name}={value} (runs at the ceiling {runs_at})")
+            }
+        })
+        .collect();
+    parts.push(match limits.fuel {
+        Some(fuel) => format!("fuel={fuel}"),
+        None => "fuel=unlimited".to_owned(),
+    });
+    parts.join(" ")
 }
 
 /// `lion plugin grant NAME [--grant KIND:VALUE ...]`: the plugin's whole
@@ -163,16 +188,7 @@ pub async fn info(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
     );
     println!("asked:      {}", describe_permissions(&m.permissions));
     println!("granted:    {}", describe_permissions(&p.installed.grant));
-    let l = &m.limits;
-    println!(
-        "limits:     {} MiB memory, {} ms, {} output bytes, {} input bytes, {} at once{}",
-        l.memory_mib,
-        l.timeout_ms,
-        l.max_output_bytes,
-        l.max_input_bytes,
-        l.max_concurrency,
-        l.fuel.map(|f| format!(", {f} fuel")).unwrap_or_default()
-    );
+    println!("limits:     {}", describe_limits(&m.limits));
     println!(
         "calls:      {} ({} succeeded, {} failed, {} failures in a row)",
         p.calls, p.succeeded, p.failed, p.consecutive_failures

@@ -3,8 +3,10 @@
 //! (`lion agent send`), whose chunks it streams on its live socket.
 //!
 //! The first SIGINT/SIGTERM stops it taking work and waits for the tasks it
-//! runs to end; a second one stops it at once (unfinished tasks resume at the
-//! next start).
+//! runs to end; a second one stops it at once: each running attempt is
+//! recorded as interrupted, as after a crash (a task with a retry left
+//! resumes at the next start, any other fails), and each plugin call those
+//! attempts drop is recorded as cancelled, before it exits.
 
 use std::path::Path;
 use std::sync::Arc;

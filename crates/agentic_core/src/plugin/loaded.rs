@@ -102,13 +102,16 @@ impl Entry {
             );
         }
         let grant = &record.installed.grant;
+        // A record made before the ceilings existed (or appended by hand)
+        // runs at them, whatever it says.
+        let limits = manifest.limits.capped();
         Ok(Self {
             name: record.name().to_owned(),
             install_id: record.installed.install_id,
             installed: record.installed.clone(),
-            limits: manifest.limits,
+            limits,
             functions,
-            permits: Semaphore::new(manifest.limits.max_concurrency as usize),
+            permits: Semaphore::new(limits.max_concurrency as usize),
             kv_turn: grant
                 .interfaces
                 .contains(&HostInterface::Kv)

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 use tokio::sync::OnceCell;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::cache::PluginFiles;
@@ -170,6 +171,10 @@ struct Inner {
     /// Held while outcomes taken from `unfinished` are recorded, so a flush
     /// waits for a recording under way.
     recording_unfinished: tokio::sync::Mutex<()>,
+    /// The tasks recording calls' outcomes apart from their callers:
+    /// [`PluginManager::close`] waits for them, so a stopping process does
+    /// not drop one halfway through its append.
+    recording: TaskTracker,
 }
 
 impl PluginManager {
@@ -196,6 +201,7 @@ impl PluginManager {
                 kv_turns: Mutex::new(HashMap::new()),
                 unfinished: Mutex::new(Vec::new()),
                 recording_unfinished: tokio::sync::Mutex::new(()),
+                recording: TaskTracker::new(),
             }),
         }
     }
@@ -455,13 +461,15 @@ impl PluginManager {
         // Recorded by a task of its own, so a caller gone now (a cancelled
         // task) cannot cut the recording short.
         let manager = self.clone();
-        tokio::spawn(async move {
-            manager
-                .finish(&entry, call_id, result, started, options)
-                .await
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("recording a plugin call failed: {e}")))?
+        self.inner
+            .recording
+            .spawn(async move {
+                manager
+                    .finish(&entry, call_id, result, started, options)
+                    .await
+            })
+            .await
+            .map_err(|e| StoreError::Backend(format!("recording a plugin call failed: {e}")))?
     }
 
     /// Records the outcome of a call — denials, then on success its
@@ -793,16 +801,27 @@ impl PluginManager {
         self.inner.recorder.flush().await
     }
 
-    /// Drops this handle; if it was the manager's last, also records the
-    /// outcomes of cancelled calls and waits until the background appender
-    /// has appended what was recorded and let go of the store, so the
-    /// caller may close the store (and delete its home) next.
+    /// Drops this handle after recording what the manager's calls left to
+    /// record: it waits for the tasks recording calls' outcomes, records
+    /// the outcomes of cancelled calls and waits until what was recorded is
+    /// appended. If this was the manager's last handle, the background
+    /// appender also lets go of the store, so the caller may close the store
+    /// (and delete its home) next.
     pub async fn close(self) {
+        // Later calls (through other handles) still record theirs: closing
+        // the tracker only lets `wait` end once the tasks of now are done.
+        self.inner.recording.close();
+        self.inner.recording.wait().await;
         if let Err(e) = self.record_unfinished().await {
             tracing::error!(error = %e, "recording cancelled plugin calls failed");
         }
-        if let Some(inner) = Arc::into_inner(self.inner) {
-            inner.recorder.close().await;
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner.recorder.close().await,
+            Err(inner) => {
+                if let Err(e) = inner.recorder.flush().await {
+                    tracing::error!(error = %e, "recording plugin calls failed");
+                }
+            }
         }
     }
 
@@ -904,11 +923,14 @@ impl Drop for Unfinished<'_> {
         // Recorded soon by a task of its own, or by the next flush or close.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let manager = self.manager.clone();
-            runtime.spawn(async move {
-                if let Err(e) = manager.record_unfinished().await {
-                    tracing::error!(error = %e, "recording a cancelled plugin call failed");
-                }
-            });
+            self.manager.inner.recording.spawn_on(
+                async move {
+                    if let Err(e) = manager.record_unfinished().await {
+                        tracing::error!(error = %e, "recording a cancelled plugin call failed");
+                    }
+                },
+                &runtime,
+            );
         }
     }
 }
@@ -965,7 +987,19 @@ fn usable_dirs(installed: &InstalledPlugin, home: Option<&Path>) -> Result<(), (
 /// Why granting `dir` would expose the lion `home` (the directory holds
 /// the home or lies inside it), if it would.
 fn overlaps_home(dir: &Path, home: Option<&Path>) -> Option<String> {
-    let home = home?.canonicalize().ok()?;
+    let home = home?;
+    let home = match home.canonicalize() {
+        Ok(home) => home,
+        // Fail closed: a grant is refused when the home it must keep out
+        // of cannot be found.
+        Err(e) => {
+            return Some(format!(
+                "the lion home {} cannot be resolved ({e}), so no directory can be checked \
+                 against it",
+                home.display()
+            ));
+        }
+    };
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     (home.starts_with(&dir) || dir.starts_with(&home)).then(|| {
         format!(

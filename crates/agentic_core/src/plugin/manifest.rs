@@ -120,7 +120,8 @@ impl HostInterface {
     }
 }
 
-/// Limits of one call; a field left out takes its default.
+/// Limits of one call; a field left out takes its default. Each is at
+/// most its [`LIMIT_CEILINGS`] value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -156,6 +157,10 @@ pub struct Limits {
     /// Most bytes one call may write into its read-write directories (each
     /// file or directory it creates counts as one 4 KiB block).
     pub max_write_bytes: u64,
+    /// Most bytes each read-write directory may hold, across calls: what
+    /// it held when the plugin was first called in the process (measured)
+    /// plus what calls wrote since (each created entry counts 4 KiB).
+    pub max_dir_bytes: u64,
 }
 
 impl Default for Limits {
@@ -177,6 +182,105 @@ impl Default for Limits {
             // descriptors, half the 1024 a process gets by default.
             max_open_handles: 64,
             max_write_bytes: 16 << 20,
+            // Sixteen calls' worth of writes at the default quota.
+            max_dir_bytes: 256 << 20,
+        }
+    }
+}
+
+/// The most a manifest may set each limit to. A manifest is its author's:
+/// without these, a hostile one could ask for the whole host (events of a
+/// terabyte, a key-value store the size of memory) and the defaults would
+/// protect nothing. A manifest above any of them is refused when it is
+/// read ([`PluginManifest::parse`]); a plugin recorded with a larger value
+/// before the ceilings existed runs at the ceiling ([`Limits::capped`]).
+/// `fuel` has none: the timeout bounds a call whatever its fuel.
+pub const LIMIT_CEILINGS: Limits = Limits {
+    // Every slot of the sandbox's memory pool reserves this much address
+    // space (agentic_wasm's MAX_MEMORY_BYTES is this).
+    memory_mib: 256,
+    // Ten minutes: a running call holds a pooled instance, a concurrency
+    // permit, its share of the descriptor budget and, for a kv plugin, the
+    // plugin's turn; longer work belongs in several calls.
+    timeout_ms: 600_000,
+    fuel: None,
+    // The output is stored in the log, which every process reads back;
+    // stdout and stderr are each held in memory up to this, and so is an
+    // HTTP response body.
+    max_output_bytes: 16 << 20,
+    // The input is parsed and schema-checked in memory and stored in the
+    // log with the call.
+    max_input_bytes: 16 << 20,
+    // A quarter of the 256 component instances the process's pool holds
+    // for every plugin together.
+    max_concurrency: 64,
+    // One event is one row of the log, read back by every process (the
+    // attack this stops: 100 events of 20 MB in one call).
+    max_emit_bytes: 1 << 20,
+    // A call's events are held in memory until they are committed, in one
+    // transaction, with its result.
+    max_emit_total_bytes: 16 << 20,
+    // The store is held in memory by every process that loads the plugin
+    // and rebuilt from the log at each start.
+    max_kv_total_bytes: 64 << 20,
+    // Each key is an entry of that in-memory map (and at most 256 bytes).
+    max_kv_keys: 100_000,
+    // A call reserves this many of the process's plugin descriptors before
+    // it runs; a process gets 1024 by default on many systems.
+    max_open_handles: 256,
+    // Bytes that reach the disk the log lives on, in one call.
+    max_write_bytes: 1 << 30,
+    // What one granted directory may hold; a plugin that must keep more
+    // needs a filesystem of its own (and this constant raised).
+    max_dir_bytes: 16 << 30,
+};
+
+impl Limits {
+    /// Every limit but `fuel`, by its manifest name, with its value.
+    pub fn fields(&self) -> [(&'static str, u64); 12] {
+        [
+            ("memory_mib", u64::from(self.memory_mib)),
+            ("timeout_ms", self.timeout_ms),
+            ("max_output_bytes", self.max_output_bytes),
+            ("max_input_bytes", self.max_input_bytes),
+            ("max_concurrency", u64::from(self.max_concurrency)),
+            ("max_emit_bytes", self.max_emit_bytes),
+            ("max_emit_total_bytes", self.max_emit_total_bytes),
+            ("max_kv_total_bytes", self.max_kv_total_bytes),
+            ("max_kv_keys", self.max_kv_keys),
+            ("max_open_handles", u64::from(self.max_open_handles)),
+            ("max_write_bytes", self.max_write_bytes),
+            ("max_dir_bytes", self.max_dir_bytes),
+        ]
+    }
+
+    /// The first limit above its ceiling: its name, value and ceiling.
+    pub fn above_ceiling(&self) -> Option<(&'static str, u64, u64)> {
+        self.fields()
+            .into_iter()
+            .zip(LIMIT_CEILINGS.fields())
+            .find(|((_, value), (_, ceiling))| value > ceiling)
+            .map(|((name, value), (_, ceiling))| (name, value, ceiling))
+    }
+
+    /// These limits with each one lowered to its ceiling: what a call runs
+    /// under, whatever was recorded.
+    pub fn capped(self) -> Self {
+        let c = LIMIT_CEILINGS;
+        Self {
+            memory_mib: self.memory_mib.min(c.memory_mib),
+            timeout_ms: self.timeout_ms.min(c.timeout_ms),
+            fuel: self.fuel,
+            max_output_bytes: self.max_output_bytes.min(c.max_output_bytes),
+            max_input_bytes: self.max_input_bytes.min(c.max_input_bytes),
+            max_concurrency: self.max_concurrency.min(c.max_concurrency),
+            max_emit_bytes: self.max_emit_bytes.min(c.max_emit_bytes),
+            max_emit_total_bytes: self.max_emit_total_bytes.min(c.max_emit_total_bytes),
+            max_kv_total_bytes: self.max_kv_total_bytes.min(c.max_kv_total_bytes),
+            max_kv_keys: self.max_kv_keys.min(c.max_kv_keys),
+            max_open_handles: self.max_open_handles.min(c.max_open_handles),
+            max_write_bytes: self.max_write_bytes.min(c.max_write_bytes),
+            max_dir_bytes: self.max_dir_bytes.min(c.max_dir_bytes),
         }
     }
 }
@@ -306,6 +410,12 @@ impl PluginManifest {
             return Err(invalid(
                 "limits",
                 "memory_mib, timeout_ms and max_concurrency must be above 0",
+            ));
+        }
+        if let Some((name, value, ceiling)) = self.limits.above_ceiling() {
+            return Err(invalid(
+                &format!("limits.{name}"),
+                &format!("{value} is above lion's ceiling of {ceiling} (LIMIT_CEILINGS)"),
             ));
         }
         for d in &self.permissions.dirs {
@@ -584,6 +694,80 @@ output_schema = { type = "object" }
                 "{from} -> {to}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn every_limit_above_its_ceiling_is_refused_naming_field_value_and_ceiling() {
+        assert_eq!(
+            Limits::default().above_ceiling(),
+            None,
+            "the defaults are within the ceilings"
+        );
+        for (name, ceiling) in LIMIT_CEILINGS.fields() {
+            // At the ceiling: accepted.
+            let at = HELLO.replace("[limits]", &format!("[limits]\n{name} = {ceiling}"));
+            let at = remove_duplicate_limit(&at, name);
+            let m = PluginManifest::parse(&at).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(m.limits.fields().contains(&(name, ceiling)), "{name}");
+            // One above: refused, in one line naming all three.
+            let above = at.replace(
+                &format!("{name} = {ceiling}"),
+                &format!("{name} = {}", ceiling + 1),
+            );
+            let err = PluginManifest::parse(&above).unwrap_err();
+            assert!(
+                matches!(&err, ManifestError::Invalid { field, .. } if *field == format!("limits.{name}")),
+                "{name}: {err}"
+            );
+            let message = err.to_string();
+            assert_eq!(message.lines().count(), 1, "{message}");
+            assert!(
+                message.contains(&(ceiling + 1).to_string())
+                    && message.contains(&format!("ceiling of {ceiling}")),
+                "{message}"
+            );
+        }
+        // The attack the ceilings stop: a terabyte per event.
+        let err = PluginManifest::parse(
+            &HELLO.replace("[limits]", "[limits]\nmax_emit_bytes = 1000000000000"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "invalid manifest: limits.max_emit_bytes: 1000000000000 is above lion's ceiling \
+             of 1048576 (LIMIT_CEILINGS)"
+        );
+    }
+
+    /// `text` with only the first `name = ...` line of its `[limits]`.
+    fn remove_duplicate_limit(text: &str, name: &str) -> String {
+        let mut seen = false;
+        text.lines()
+            .filter(|line| {
+                if !line.starts_with(&format!("{name} = ")) {
+                    return true;
+                }
+                let keep = !seen;
+                seen = true;
+                keep
+            })
+            .map(|line| format!("{line}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn capped_limits_run_at_the_ceiling() {
+        let huge = Limits {
+            max_emit_bytes: 1 << 40,
+            memory_mib: 4096,
+            ..Limits::default()
+        };
+        let capped = huge.capped();
+        assert_eq!(capped.max_emit_bytes, LIMIT_CEILINGS.max_emit_bytes);
+        assert_eq!(capped.memory_mib, LIMIT_CEILINGS.memory_mib);
+        assert_eq!(capped.above_ceiling(), None);
+        assert_eq!(Limits::default().capped(), Limits::default());
     }
 
     #[test]

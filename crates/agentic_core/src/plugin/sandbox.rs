@@ -161,7 +161,9 @@ struct KvUsage {
 }
 
 impl CallContext {
-    /// A context for call `call_id` of `plugin`.
+    /// A context for call `call_id` of `plugin`, under `limits` lowered to
+    /// their ceilings (a plugin recorded before the ceilings existed may
+    /// hold larger values).
     pub fn new(
         plugin: &str,
         call_id: Uuid,
@@ -173,7 +175,7 @@ impl CallContext {
             plugin: plugin.to_owned(),
             call_id,
             grant,
-            limits,
+            limits: limits.capped(),
             kv,
             effects: Mutex::new(Effects::default()),
         }

@@ -1,6 +1,7 @@
 //! Test support shared by the kernel's integration tests: [`GatedStore`],
 //! an in-memory store whose appends wait at a gate the test opens, to play
-//! a slow (or stuck) disk without sleeping.
+//! a slow (or stuck) disk without sleeping, and that can fail an append
+//! on request, to play a failing one.
 
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
@@ -21,6 +22,8 @@ pub struct GatedStore {
     open: watch::Sender<bool>,
     /// Append calls that reached the store (waiting or done).
     calls: watch::Sender<usize>,
+    /// Appends still to fail (after passing the gate) before any succeeds.
+    failures: std::sync::atomic::AtomicUsize,
 }
 
 impl GatedStore {
@@ -30,7 +33,26 @@ impl GatedStore {
             inner: Arc::new(MemoryStore::new()),
             open: watch::channel(false).0,
             calls: watch::channel(0).0,
+            failures: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// A store with its gate open: appends go through at once.
+    pub fn open_now() -> Arc<Self> {
+        let store = Self::closed();
+        store.open();
+        store
+    }
+
+    /// Closes the gate: later appends wait until [`open`](Self::open).
+    pub fn close(&self) {
+        self.open.send_replace(false);
+    }
+
+    /// Makes the next `n` appends through the gate fail (a disk error)
+    /// without storing anything.
+    pub fn fail_next(&self, n: usize) {
+        self.failures.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Lets every waiting and later append through.
@@ -41,6 +63,11 @@ impl GatedStore {
     /// The store behind the gate.
     pub fn memory(&self) -> &MemoryStore {
         &self.inner
+    }
+
+    /// Append calls that have reached the store so far.
+    pub fn calls(&self) -> usize {
+        *self.calls.borrow()
     }
 
     /// Resolves once `n` append calls have reached the store.
@@ -73,6 +100,16 @@ impl EventStore for GatedStore {
         open.wait_for(|o| *o)
             .await
             .map_err(|_| StoreError::Closed)?;
+        let failing = self.failures.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        );
+        if failing.is_ok() {
+            return Err(StoreError::Backend(
+                "disk I/O error (played by the test)".into(),
+            ));
+        }
         self.inner.append(events, expected).await
     }
 

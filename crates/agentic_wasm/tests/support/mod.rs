@@ -310,6 +310,14 @@ pub fn wat_component(wat: &str) -> Vec<u8> {
         .expect("encode component")
 }
 
+/// A non-blocking TCP listener on 127.0.0.1, bound without a runtime (a
+/// test may bind before it starts any thread).
+pub fn bind() -> std::net::TcpListener {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
+    listener
+}
+
 /// A TCP listener on 127.0.0.1 that counts connections and answers each
 /// with a small HTTP response (or never answers, when `silent`).
 pub struct Listener {
@@ -321,9 +329,12 @@ pub struct Listener {
 impl Listener {
     /// Starts a listener.
     pub async fn start(silent: bool) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        Self::serve(bind(), silent)
+    }
+
+    /// Serves on `listener` (from [`bind`]); within a tokio runtime.
+    pub fn serve(listener: std::net::TcpListener, silent: bool) -> Self {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("into tokio");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
