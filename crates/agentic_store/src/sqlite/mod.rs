@@ -875,7 +875,9 @@ fn recognise(home: &Path, db: &Path, create: bool) -> Result<DbState, StoreError
     };
     match len {
         Some(0) if !schema::wal_has_content(db) => {
-            refuse_if_history(home, db)?;
+            if let Err(lost) = refuse_if_history(home, db) {
+                return look_again(home, db, create, lost);
+            }
             Ok(DbState::New)
         }
         Some(_) => {
@@ -883,7 +885,9 @@ fn recognise(home: &Path, db: &Path, create: bool) -> Result<DbState, StoreError
             Ok(DbState::Present)
         }
         None => {
-            refuse_if_history(home, db)?;
+            if let Err(lost) = refuse_if_history(home, db) {
+                return look_again(home, db, create, lost);
+            }
             let entries = std::fs::read_dir(home).map_err(|e| io(home, e))?;
             for entry in entries {
                 let entry = entry.map_err(|e| io(home, e))?;
@@ -902,6 +906,31 @@ fn recognise(home: &Path, db: &Path, create: bool) -> Result<DbState, StoreError
             }
             Ok(DbState::New)
         }
+    }
+}
+
+/// Decides whether a home that looked like it lost its log (`lost`) did, or
+/// whether another opener created the log between the look at the database
+/// and the look for traces: an opener that is not holding `HEAD.lock` (the
+/// first look, which creates nothing, is made without it) can see the
+/// database still missing and then the `HEAD` written after that opener's
+/// first commit. The log has content once a trace exists, so it is looked
+/// for again: the WAL first, then the database, since a checkpoint copies the
+/// WAL into the database before it empties the WAL.
+fn look_again(
+    home: &Path,
+    db: &Path,
+    create: bool,
+    lost: StoreError,
+) -> Result<DbState, StoreError> {
+    let wal = schema::wal_has_content(db);
+    // A database that is still missing is refused whatever the WAL holds
+    // (and so `recognise` below cannot come back here).
+    let appeared = std::fs::metadata(db).is_ok_and(|m| wal || m.len() > 0);
+    if appeared {
+        recognise(home, db, create)
+    } else {
+        Err(lost)
     }
 }
 
