@@ -182,8 +182,20 @@ pub enum AgentCommand {
         #[arg(long, value_name = "BYTES")]
         max_answer_bytes: Option<u64>,
     },
-    /// List agents.
+    /// List agents (each with the size of its conversation).
     List,
+    /// Show an agent and a page of its conversation.
+    Show {
+        /// The agent's name.
+        name: String,
+        /// Start after this many messages (the `more:` line of a previous
+        /// page gives it).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        after: u64,
+        /// Most messages to show.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: usize,
+    },
     /// Send an agent a message; its answer streams to the terminal as it
     /// arrives.
     Send {

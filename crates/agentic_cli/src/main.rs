@@ -23,7 +23,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use agentic_core::StoreError;
+use agentic_core::{Cursor, StoreError};
 use agentic_store::SqliteStore;
 use anyhow::Result;
 use clap::Parser;
@@ -160,6 +160,9 @@ async fn run(cli: Cli) -> Result<()> {
                 commands::demo::run(&home, open()?, ctx, calculator).await
             }
             Command::Agent(AgentCommand::List) => commands::agent::list(&*open()?, ctx).await,
+            Command::Agent(AgentCommand::Show { name, after, limit }) => {
+                commands::agent::show(&*open()?, ctx, &name, Cursor(after), limit).await
+            }
             Command::Agent(AgentCommand::Send { name, text }) => {
                 commands::agent::send(&home, open()?, ctx, &name, &text).await
             }

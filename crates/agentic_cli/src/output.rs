@@ -1,7 +1,30 @@
 //! Output helpers: readable tables for people, JSON for programs.
 
+use std::future::Future;
+
+use agentic_core::{Cursor, Page, StoreError};
 use comfy_table::{Table, presets};
 use serde::Serialize;
+
+/// Items read per page when a command lists a whole list.
+pub const LIST_PAGE: usize = 512;
+
+/// Every item of a paged list, read page by page with `read`.
+pub async fn every<T, F>(mut read: impl FnMut(Cursor) -> F) -> Result<Vec<T>, StoreError>
+where
+    F: Future<Output = Result<Page<T>, StoreError>>,
+{
+    let mut all = Vec::new();
+    let mut after = Cursor::START;
+    loop {
+        let page = read(after).await?;
+        all.extend(page.items);
+        match page.next {
+            Some(next) => after = next,
+            None => return Ok(all),
+        }
+    }
+}
 
 /// A table with the given column headers, in lion's plain style.
 pub fn table<const N: usize>(headers: [&str; N]) -> Table {

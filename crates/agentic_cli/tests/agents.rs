@@ -215,8 +215,37 @@ async fn an_agent_streams_its_answer_and_remembers_across_processes() {
     let listed = lion_run(&home, &["agent", "list", "--json"])
         .success()
         .json();
-    assert_eq!(listed[0]["messages"].as_array().map(Vec::len), Some(4));
+    assert_eq!(listed[0]["message_count"], 4);
+    assert_eq!(listed[0]["messages"].as_array().map(Vec::len), Some(0));
     assert_eq!(listed[0]["usage"]["completion_tokens"], 6);
+    // The conversation, a page at a time.
+    let page = lion_run(&home, &["agent", "show", "ada", "--limit", "3", "--json"])
+        .success()
+        .json();
+    let contents = |page: &serde_json::Value| -> Vec<String> {
+        page["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(contents(&page), ["Hi there", "Hello, Ada", "Again"]);
+    assert_eq!(
+        (page["message_count"].clone(), page["next"].clone()),
+        (4.into(), 3.into())
+    );
+    let rest = lion_run(&home, &["agent", "show", "ada", "--after", "3", "--json"])
+        .success()
+        .json();
+    assert_eq!(contents(&rest).len(), 1);
+    assert_eq!(rest["next"], serde_json::Value::Null);
+    let shown = lion_run(&home, &["agent", "show", "ada", "--limit", "1"]).success();
+    assert!(
+        shown.stdout.contains("#1 user: Hi there")
+            && shown.stdout.contains("more: lion agent show ada --after 1"),
+        "{shown:?}"
+    );
     let kinds = event_kinds(&home);
     assert!(kinds.contains(&"agent_prompted".to_owned()), "{kinds:?}");
     assert!(kinds.contains(&"llm_delta".to_owned()), "{kinds:?}");
@@ -696,11 +725,7 @@ async fn a_running_kernel_runs_agents_concurrently_and_streams_them_to_other_pro
         .success()
         .json();
     for agent in listed.as_array().expect("agents") {
-        assert_eq!(
-            agent["messages"].as_array().map(Vec::len),
-            Some(2),
-            "{agent}"
-        );
+        assert_eq!(agent["message_count"], 2, "{agent}");
     }
     lion_run(&home, &["replay"]).success();
     assert!(

@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::event::SystemEvent;
 use crate::orchestrator::{Orchestrator, OrchestratorError};
 use crate::plugin::PluginManager;
-use crate::store::{EventStore, StoreError};
+use crate::store::{Cursor, EventStore, StoreError, TaskFilter};
 use crate::task::TaskRecord;
 
 /// What a kernel run did.
@@ -98,6 +98,11 @@ pub async fn serve(
     ended.map(|_| report)
 }
 
+/// Unfinished tasks read per page while a kernel starts: enough that a
+/// page is one round trip for most homes, few enough that a backlog of
+/// tasks is never held in memory at once.
+const RECOVERY_PAGE: usize = 256;
+
 /// Recovers, then follows the log until told to stop and the tasks drain,
 /// or to stop at once.
 async fn follow(
@@ -112,11 +117,24 @@ async fn follow(
         // Every event from `start` on reaches `observe` below.
         plugins.follow_log();
     }
-    let state = store.projected_state().await?;
     let start = store.head().await?.seq + 1;
-    for task in state.tasks().filter(|t| !t.status.is_final()) {
-        if take_over(orchestrator, task).await {
-            report.recovered += 1;
+    // Only the unfinished tasks are read, a page at a time: a start costs
+    // what is left to do, not the length of the log. A task submitted after
+    // `start` is seen by both this walk and the log below; adopting it twice
+    // is refused by the orchestrator, which runs a task once.
+    let mut after = Cursor::START;
+    loop {
+        let page = store
+            .tasks(TaskFilter::Unfinished, after, RECOVERY_PAGE)
+            .await?;
+        for task in &page.items {
+            if take_over(orchestrator, task).await {
+                report.recovered += 1;
+            }
+        }
+        match page.next {
+            Some(next) => after = next,
+            None => break,
         }
     }
     tracing::info!(recovered = report.recovered, "kernel ready");

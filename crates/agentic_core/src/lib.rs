@@ -55,7 +55,8 @@ pub use pile::{Pile, PileError};
 pub use progression::{Progression, ProgressionError};
 pub use state::{ApplyError, State};
 pub use store::{
-    AppendReceipt, EventStore, ExpectedVersion, PluginSnapshot, StoreError, Subscription,
+    AgentView, AppendReceipt, Cursor, EventStore, ExpectedVersion, Page, PluginSnapshot,
+    StoreError, Subscription, TaskFilter,
 };
 pub use task::{Durability, RetryPolicy, TaskChange, TaskRecord, TaskSpec, TaskStatus};
 

@@ -5,6 +5,10 @@
 //! another, and a call dropped before it ends is recorded as cancelled.
 //! Each runs on the in-memory and the SQLite store.
 
+#[path = "support/delegate.rs"]
+#[macro_use]
+mod delegate;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -388,8 +392,8 @@ struct RacingStore {
     observed: Arc<tokio::sync::Notify>,
 }
 
-#[async_trait]
-impl EventStore for RacingStore {
+event_store_wrapper!(RacingStore {
+
     async fn append(
         &self,
         events: Vec<agentic_core::NewEvent>,
@@ -461,7 +465,7 @@ impl EventStore for RacingStore {
     fn subscribe(self: Arc<Self>, from: u64) -> agentic_core::Subscription {
         agentic_core::Subscription::new(self, from)
     }
-}
+});
 
 /// Regression (issue 14 review): a kernel dropped the key-value writes the
 /// log showed while a plugin was loading, so a write another process

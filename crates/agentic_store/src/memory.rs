@@ -6,10 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use agentic_core::chain::seal;
+use agentic_core::llm::AgentRecord;
+use agentic_core::plugin::PluginRecord;
 use agentic_core::store::batch_stream;
 use agentic_core::{
-    AppendReceipt, ChainHead, EventEnvelope, EventStore, ExpectedVersion, NewEvent, PluginSnapshot,
-    State, StoreError, Subscription,
+    AgentView, AppendReceipt, ChainHead, Cursor, ElementData, EventEnvelope, EventStore,
+    ExpectedVersion, NewEvent, Page, PluginSnapshot, State, StoreError, Subscription, TaskFilter,
+    TaskRecord,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -191,6 +194,65 @@ impl EventStore for MemoryStore {
         Ok(self.lock().state.clone())
     }
 
+    async fn element(&self, id: Uuid) -> Result<Option<ElementData>, StoreError> {
+        Ok(self.lock().state.element(id).cloned())
+    }
+
+    async fn elements(&self, after: Cursor, limit: usize) -> Result<Page<ElementData>, StoreError> {
+        Ok(page(self.lock().state.elements(), after, limit, |_| true))
+    }
+
+    async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self.lock().state.task(id).cloned())
+    }
+
+    async fn task_by_key(&self, key: &str) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self.lock().state.task_by_key(key).cloned())
+    }
+
+    async fn tasks(
+        &self,
+        filter: TaskFilter,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Page<TaskRecord>, StoreError> {
+        let wanted = |t: &TaskRecord| match filter {
+            TaskFilter::All => true,
+            TaskFilter::Unfinished => !t.status.is_final(),
+        };
+        Ok(page(self.lock().state.tasks(), after, limit, wanted))
+    }
+
+    async fn agent(
+        &self,
+        name: &str,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Option<AgentView>, StoreError> {
+        Ok(self
+            .lock()
+            .state
+            .agent(name)
+            .map(|a| agent_view(a, after, limit)))
+    }
+
+    async fn agents(&self, after: Cursor, limit: usize) -> Result<Page<AgentView>, StoreError> {
+        let inner = self.lock();
+        let listed = page(inner.state.agents(), after, limit, |_| true);
+        Ok(Page {
+            items: listed
+                .items
+                .iter()
+                .map(|a| agent_view(a, Cursor::START, 0))
+                .collect(),
+            next: listed.next,
+        })
+    }
+
+    async fn plugins(&self, after: Cursor, limit: usize) -> Result<Page<PluginRecord>, StoreError> {
+        Ok(page(self.lock().state.plugins(), after, limit, |_| true))
+    }
+
     async fn plugin(&self, name: &str) -> Result<Option<PluginSnapshot>, StoreError> {
         let inner = self.lock();
         Ok(inner.state.plugin(name).map(|record| PluginSnapshot {
@@ -202,6 +264,44 @@ impl EventStore for MemoryStore {
 
     fn subscribe(self: Arc<Self>, from: u64) -> Subscription {
         Subscription::new(self, from)
+    }
+}
+
+/// A page of the items of `list` that `wanted` keeps, after position
+/// `after`: here a position is an index into the whole list plus one.
+fn page<'a, T: Clone + 'a>(
+    list: impl Iterator<Item = &'a T>,
+    after: Cursor,
+    limit: usize,
+    wanted: impl Fn(&T) -> bool,
+) -> Page<T> {
+    let limit = limit.max(1);
+    let rows = list
+        .enumerate()
+        .skip(usize::try_from(after.0).unwrap_or(usize::MAX))
+        .filter(|(_, item)| wanted(item))
+        .take(limit + 1)
+        .map(|(i, item)| (i as u64 + 1, item.clone()))
+        .collect();
+    Page::from_rows(rows, limit)
+}
+
+/// `agent` with the messages after the first `after`, at most `limit`.
+fn agent_view(agent: &AgentRecord, after: Cursor, limit: usize) -> AgentView {
+    let count = agent.messages.len();
+    let start = usize::try_from(after.0).unwrap_or(usize::MAX).min(count);
+    let end = start.saturating_add(limit).min(count);
+    let record = AgentRecord {
+        name: agent.name.clone(),
+        spec: agent.spec.clone(),
+        status: agent.status,
+        messages: agent.messages[start..end].to_vec(),
+        usage: agent.usage,
+    };
+    AgentView {
+        record,
+        message_count: count as u64,
+        next: (end < count).then_some(Cursor(end as u64)),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use agentic_core::{EventStore, State};
+use agentic_core::{Cursor, EventStore, State, TaskFilter};
 use agentic_store::{SqliteOptions, SqliteStore};
 
 fn copy_golden(to: &Path) {
@@ -104,5 +104,52 @@ async fn golden_v2_home_opens_verifies_and_replays() {
         replayed.diff(&expected).is_empty(),
         "{:?}",
         replayed.diff(&expected)
+    );
+
+    // The point and paged reads, on the migrated projections, agree with
+    // the fold: each agent's conversation (moved out of its JSON into rows),
+    // each task, element and plugin.
+    for agent in expected.agents() {
+        let view = store
+            .agent(&agent.name, Cursor::START, usize::MAX)
+            .await
+            .expect("agent")
+            .expect("the agent is there");
+        assert_eq!(&view.record, agent);
+        assert_eq!(view.message_count, agent.messages.len() as u64);
+        let page = store
+            .agent(&agent.name, Cursor(1), 1)
+            .await
+            .expect("agent page")
+            .expect("the agent is there");
+        assert_eq!(page.record.messages, agent.messages[1..2]);
+    }
+    assert!(expected.agents().any(|a| a.messages.len() >= 2));
+    for task in expected.tasks() {
+        assert_eq!(
+            store.task(task.id).await.expect("task").as_ref(),
+            Some(task)
+        );
+    }
+    let unfinished = store
+        .tasks(TaskFilter::Unfinished, Cursor::START, 100)
+        .await
+        .expect("unfinished tasks");
+    let want: Vec<_> = expected
+        .tasks()
+        .filter(|t| !t.status.is_final())
+        .cloned()
+        .collect();
+    assert_eq!(unfinished.items, want);
+    for element in expected.elements() {
+        assert_eq!(
+            store.element(element.id).await.expect("element").as_ref(),
+            Some(element)
+        );
+    }
+    let plugins = store.plugins(Cursor::START, 100).await.expect("plugins");
+    assert_eq!(
+        plugins.items,
+        expected.plugins().cloned().collect::<Vec<_>>()
     );
 }

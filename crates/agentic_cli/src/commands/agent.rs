@@ -19,14 +19,14 @@ use agentic_core::llm::{
     AGENT_HANDLER, AgentRunner, AgentSpec, AgentStatus, ProviderResolver, RunError, Tools,
 };
 use agentic_core::{
-    Durability, EventStore, ExpectedVersion, LiveEvent, NewEvent, SystemEvent, TaskOutcome,
-    TaskSpec,
+    AgentView, Cursor, Durability, EventStore, ExpectedVersion, LiveEvent, NewEvent, SystemEvent,
+    TaskOutcome, TaskSpec,
 };
 use agentic_llm::local::pull::SPEC_PREFIX;
 use agentic_llm::local::{ModelSpec, parse_spec};
 use agentic_store::SqliteStore;
 use anyhow::{Result, anyhow, bail};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -44,7 +44,8 @@ pub async fn spawn(
     name: &str,
     spec: AgentSpec,
 ) -> Result<()> {
-    Tools::granted(&store.projected_state().await?, &spec.tools).map_err(|e| anyhow!(e))?;
+    let plugins = Tools::plugins(store, &spec.tools).await?;
+    Tools::granted(&plugins, &spec.tools).map_err(|e| anyhow!(e))?;
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == ':') {
         bail!("an agent name must be non-empty, without spaces or ':'");
     }
@@ -162,21 +163,13 @@ pub fn model_for(
 
 /// `lion agent list`.
 pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
-    let state = store.projected_state().await?;
+    let listed: Vec<AgentView> =
+        output::every(|after| store.agents(after, output::LIST_PAGE)).await?;
     if ctx.json {
-        // Each record, with the limits it runs under (its spec keeps only
-        // those given at spawn).
-        let mut agents = Vec::with_capacity(state.agents().len());
-        for a in state.agents() {
-            let limits = Limits::of(&a.spec);
-            let mut value = serde_json::to_value(a)?;
-            value["budget_tokens"] = json!(limits.budget_tokens);
-            value["max_answer_bytes"] = json!(limits.max_answer_bytes);
-            agents.push(value);
-        }
+        let agents = listed.iter().map(agent_json).collect::<Result<Vec<_>>>()?;
         return output::json(&agents);
     }
-    if state.agents().len() == 0 {
+    if listed.is_empty() {
         println!("no agents (lion agent spawn NAME)");
         return Ok(());
     }
@@ -189,7 +182,8 @@ pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
         "budget",
         "answer bound",
     ]);
-    for a in state.agents() {
+    for view in &listed {
+        let a = &view.record;
         table.add_row(vec![
             a.name.clone(),
             match a.status {
@@ -197,13 +191,83 @@ pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
                 AgentStatus::Stopped => "stopped".to_owned(),
             },
             a.spec.model.clone().unwrap_or_else(|| "(default)".into()),
-            a.messages.len().to_string(),
+            view.message_count.to_string(),
             (a.usage.prompt_tokens + a.usage.completion_tokens).to_string(),
             Limits::of(&a.spec).budget(),
             Limits::of(&a.spec).answer(),
         ]);
     }
     println!("{table}");
+    Ok(())
+}
+
+/// An agent as JSON: its record (with the page of messages it was read
+/// with), the size of its whole conversation, where the next page of it
+/// starts, and the limits it runs under (its spec keeps only those given at
+/// spawn).
+fn agent_json(view: &AgentView) -> Result<Value> {
+    let limits = Limits::of(&view.record.spec);
+    let mut value = serde_json::to_value(&view.record)?;
+    value["message_count"] = json!(view.message_count);
+    value["next"] = json!(view.next);
+    value["budget_tokens"] = json!(limits.budget_tokens);
+    value["max_answer_bytes"] = json!(limits.max_answer_bytes);
+    Ok(value)
+}
+
+/// `lion agent show`: an agent and a page of its conversation.
+pub async fn show(
+    store: &SqliteStore,
+    ctx: Ctx,
+    name: &str,
+    after: Cursor,
+    limit: usize,
+) -> Result<()> {
+    let view = store
+        .agent(name, after, limit)
+        .await?
+        .ok_or_else(|| RunError::UnknownAgent(name.to_owned()))?;
+    if ctx.json {
+        return output::json(&agent_json(&view)?);
+    }
+    let a = &view.record;
+    let limits = Limits::of(&a.spec);
+    println!("name:     {}", a.name);
+    println!(
+        "status:   {}",
+        match a.status {
+            AgentStatus::Active => "active",
+            AgentStatus::Stopped => "stopped",
+        }
+    );
+    println!(
+        "model:    {}",
+        a.spec.model.as_deref().unwrap_or("(default)")
+    );
+    println!(
+        "tokens:   {} (budget {}, answers up to {})",
+        a.usage.prompt_tokens + a.usage.completion_tokens,
+        limits.budget(),
+        limits.answer()
+    );
+    let first = after.0.min(view.message_count);
+    println!(
+        "messages: {} (shown: {} from #{})",
+        view.message_count,
+        a.messages.len(),
+        first + 1
+    );
+    for (i, m) in a.messages.iter().enumerate() {
+        println!(
+            "  #{} {}: {}",
+            first + 1 + i as u64,
+            serde_json::to_value(m.role)?.as_str().unwrap_or("?"),
+            output::clip(&m.content, 200)
+        );
+    }
+    if let Some(next) = view.next {
+        println!("more: lion agent show {name} --after {next}");
+    }
     Ok(())
 }
 
@@ -235,10 +299,11 @@ pub async fn send(
     name: &str,
     text: &str,
 ) -> Result<()> {
-    let state = store.projected_state().await?;
-    let agent = state
-        .agent(name)
-        .ok_or_else(|| RunError::UnknownAgent(name.to_owned()))?;
+    let agent = store
+        .agent(name, Cursor::START, 0)
+        .await?
+        .ok_or_else(|| RunError::UnknownAgent(name.to_owned()))?
+        .record;
     if agent.status == AgentStatus::Stopped {
         return Err(RunError::Stopped(name.to_owned()).into());
     }
@@ -348,8 +413,8 @@ async fn send_through_kernel(
             }
             _ = kernel_check.tick() => {
                 // The end may have been among events this reader missed.
-                if let Some(task) = store.projected_state().await?.task(id)
-                    && let Some(outcome) = task::recorded_outcome(task)
+                if let Some(task) = store.task(id).await?
+                    && let Some(outcome) = task::recorded_outcome(&task)
                 {
                     break match outcome {
                         TaskOutcome::Completed(output) => Ok(output),

@@ -31,12 +31,7 @@ pub async fn run(
     let resolved = HomeProviders::new(home).resolve(&AgentSpec::default())?;
     let start_seq = store.head().await?.seq;
     let manager = plugin::manager(home, store.clone(), ctx, Durability::Durable)?;
-    if store
-        .projected_state()
-        .await?
-        .plugin("calculator")
-        .is_none()
-    {
+    if store.plugin("calculator").await?.is_none() {
         let path =
             calculator.unwrap_or_else(|| PathBuf::from("plugins/dist/calculator/plugin.toml"));
         if !path.exists() {

@@ -55,13 +55,13 @@ fn parse_metadata(text: &str) -> Result<Map<String, Value>> {
 
 /// Lists every element, in creation order, from the projection.
 pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
-    let state = store.projected_state().await?;
+    let all: Vec<ElementData> =
+        output::every(|after| store.elements(after, output::LIST_PAGE)).await?;
     if ctx.json {
-        let all: Vec<&ElementData> = state.elements().collect();
         return output::json(&all);
     }
     let mut t = output::table(["id", "created", "metadata", "content"]);
-    for e in state.elements() {
+    for e in &all {
         t.add_row([
             e.id.to_string(),
             e.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
@@ -70,7 +70,7 @@ pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
         ]);
     }
     println!("{t}");
-    println!("{} element(s)", state.elements().len());
+    println!("{} element(s)", all.len());
     Ok(())
 }
 
@@ -79,12 +79,11 @@ pub async fn show(store: &SqliteStore, ctx: Ctx, id: &str) -> Result<()> {
     let id: Uuid = id
         .parse()
         .with_context(|| format!("{id:?} is not an element id (a UUID)"))?;
-    let state = store.projected_state().await?;
-    let Some(e) = state.element(id) else {
+    let Some(e) = store.element(id).await? else {
         bail!("no element {id} in this home");
     };
     if ctx.json {
-        return output::json(e);
+        return output::json(&e);
     }
     println!("id:         {}", e.id);
     println!("created_at: {}", e.created_at.to_rfc3339());

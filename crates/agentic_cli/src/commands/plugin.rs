@@ -144,17 +144,17 @@ pub async fn grant(
 
 /// `lion plugin list`.
 pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
-    let state = store.projected_state().await?;
+    let plugins: Vec<PluginRecord> =
+        output::every(|after| store.plugins(after, output::LIST_PAGE)).await?;
     if ctx.json {
-        let plugins: Vec<&PluginRecord> = state.plugins().collect();
         return output::json(&plugins);
     }
-    if state.plugins().len() == 0 {
+    if plugins.is_empty() {
         println!("no plugins installed (lion plugin install MANIFEST)");
         return Ok(());
     }
     let mut table = output::table(["name", "version", "status", "calls", "failed", "granted"]);
-    for p in state.plugins() {
+    for p in &plugins {
         let m = &p.installed.manifest;
         table.add_row(vec![
             m.name.clone(),
@@ -171,11 +171,10 @@ pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
 
 /// `lion plugin info NAME`.
 pub async fn info(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
-    let state = store.projected_state().await?;
-    let Some(p) = state.plugin(name) else {
+    let Some(snapshot) = store.plugin(name).await? else {
         bail!(PluginError::NotInstalled(name.to_owned()));
     };
-    let kv_keys = state.plugin_kv(name).map_or(0, |kv| kv.len());
+    let (p, kv_keys) = (&snapshot.record, snapshot.kv.len());
     if ctx.json {
         return output::json(&json!({ "plugin": p, "kv_keys": kv_keys }));
     }

@@ -13,7 +13,7 @@ use agentic_core::orchestrator::builtin_handlers;
 use agentic_core::plugin::{PLUGIN_HANDLER, PluginError, PluginTask};
 use agentic_core::{
     Durability, EventStore, ExpectedVersion, LiveEvent, NewEvent, Orchestrator, OrchestratorConfig,
-    RetryPolicy, SystemEvent, TaskOutcome, TaskRecord, TaskSpec, TaskStatus,
+    RetryPolicy, SystemEvent, TaskFilter, TaskOutcome, TaskRecord, TaskSpec, TaskStatus,
 };
 use agentic_store::SqliteStore;
 use anyhow::{Context, Result, bail};
@@ -36,10 +36,11 @@ pub async fn submit(
     let store = open()?;
     let (handler, input) = match (&args.plugin, &args.function, &args.handler) {
         (Some(plugin), Some(function), _) => {
-            let state = store.projected_state().await?;
-            let record = state
+            let record = store
                 .plugin(plugin)
-                .ok_or_else(|| PluginError::NotInstalled(plugin.clone()))?;
+                .await?
+                .ok_or_else(|| PluginError::NotInstalled(plugin.clone()))?
+                .record;
             let functions = &record.installed.manifest.functions;
             if !functions.contains_key(function) {
                 let names: Vec<&str> = functions.keys().map(String::as_str).collect();
@@ -81,7 +82,7 @@ pub async fn submit(
     };
     // The same key is one task: report the one already recorded.
     if let Some(key) = &spec.idempotency_key
-        && let Some(task) = store.projected_state().await?.task_by_key(key).cloned()
+        && let Some(task) = store.task_by_key(key).await?
     {
         tracing::info!(task = %task.id, "idempotency key already used");
         return match recorded_outcome(&task) {
@@ -325,13 +326,13 @@ fn report(ctx: Ctx, id: Uuid, outcome: &TaskOutcome) -> Result<()> {
 
 /// Lists every task of this home, in submission order.
 pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
-    let state = store.projected_state().await?;
+    let all: Vec<TaskRecord> =
+        output::every(|after| store.tasks(TaskFilter::All, after, output::LIST_PAGE)).await?;
     if ctx.json {
-        let all: Vec<&TaskRecord> = state.tasks().collect();
         return output::json(&all);
     }
     let mut t = output::table(["id", "handler", "status", "attempts", "result"]);
-    for task in state.tasks() {
+    for task in &all {
         let result = match (&task.output, &task.error) {
             (Some(v), _) => v.to_string(),
             (None, Some(e)) => e.clone(),
@@ -346,7 +347,7 @@ pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
         ]);
     }
     println!("{t}");
-    println!("{} task(s)", state.tasks().len());
+    println!("{} task(s)", all.len());
     Ok(())
 }
 
@@ -390,22 +391,20 @@ fn parse_id(id: &str) -> Result<Uuid> {
 /// Shows one task in full.
 pub async fn show(store: &SqliteStore, ctx: Ctx, id: &str) -> Result<()> {
     let id = parse_id(id)?;
-    let state = store.projected_state().await?;
-    let Some(task) = state.task(id) else {
+    let Some(task) = store.task(id).await? else {
         bail!("no task {id} in this home");
     };
     if ctx.json {
-        return output::json(task);
+        return output::json(&task);
     }
-    println!("{}", serde_json::to_string_pretty(task)?);
+    println!("{}", serde_json::to_string_pretty(&task)?);
     Ok(())
 }
 
 /// Cancels a task that is not running anywhere yet.
 pub async fn cancel(store: &SqliteStore, ctx: Ctx, id: &str) -> Result<()> {
     let id = parse_id(id)?;
-    let state = store.projected_state().await?;
-    let Some(task) = state.task(id) else {
+    let Some(task) = store.task(id).await? else {
         bail!("no task {id} in this home");
     };
     if task.status.is_final() {

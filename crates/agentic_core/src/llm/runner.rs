@@ -18,9 +18,8 @@ use super::{
 };
 use crate::event::{NewEvent, SystemEvent};
 use crate::orchestrator::LiveEvent;
-use crate::plugin::{CallOptions, PluginManager};
-use crate::state::State;
-use crate::store::{EventStore, ExpectedVersion, StoreError};
+use crate::plugin::{CallOptions, PluginManager, PluginRecord};
+use crate::store::{Cursor, EventStore, ExpectedVersion, StoreError};
 
 /// Rounds of tool calls one message may lead to.
 pub const MAX_TOOL_ROUNDS: usize = 8;
@@ -132,14 +131,18 @@ impl AgentRunner {
         model: &str,
         cancel: CancellationToken,
     ) -> Result<RunOutcome, RunError> {
-        let state = self.store.projected_state().await?;
-        let agent = state
-            .agent(name)
-            .ok_or_else(|| RunError::UnknownAgent(name.to_owned()))?;
+        // The whole conversation: the model is sent all of it.
+        let agent = self
+            .store
+            .agent(name, Cursor::START, usize::MAX)
+            .await?
+            .ok_or_else(|| RunError::UnknownAgent(name.to_owned()))?
+            .record;
         if agent.status == AgentStatus::Stopped {
             return Err(RunError::Stopped(name.to_owned()));
         }
-        let tools = Tools::granted(&state, &agent.spec.tools).map_err(RunError::Tool)?;
+        let plugins = Tools::plugins(self.store.as_ref(), &agent.spec.tools).await?;
+        let tools = Tools::granted(&plugins, &agent.spec.tools).map_err(RunError::Tool)?;
         let user = ChatMessage::new(Role::User, text);
         let mut messages = agent.prompt();
         messages.push(user.clone());
@@ -311,19 +314,43 @@ pub struct Tools {
 }
 
 impl Tools {
+    /// The installed plugins that the tools `granted` names (`PLUGIN.FUNCTION`)
+    /// belong to, read one by one; a name that is not installed is left out
+    /// (for [`Tools::granted`] to refuse).
+    pub async fn plugins(
+        store: &dyn EventStore,
+        granted: &[String],
+    ) -> Result<HashMap<String, PluginRecord>, StoreError> {
+        let mut plugins = HashMap::new();
+        for tool in granted {
+            let Some((plugin, _)) = tool.split_once('.') else {
+                continue;
+            };
+            if !plugins.contains_key(plugin)
+                && let Some(snapshot) = store.plugin(plugin).await?
+            {
+                plugins.insert(plugin.to_owned(), snapshot.record);
+            }
+        }
+        Ok(plugins)
+    }
+
     /// The tools `granted` names (`PLUGIN.FUNCTION`), each described by its
     /// plugin's manifest and named by [`tool_name`]; an unknown plugin or
     /// function is an error, and so are two tools the model would call by
     /// one name.
-    pub fn granted(state: &State, granted: &[String]) -> Result<Self, String> {
+    pub fn granted(
+        plugins: &HashMap<String, PluginRecord>,
+        granted: &[String],
+    ) -> Result<Self, String> {
         let mut specs = Vec::new();
         let mut by_name = HashMap::new();
         for tool in granted {
             let (plugin, function) = tool
                 .split_once('.')
                 .ok_or_else(|| format!("a tool is PLUGIN.FUNCTION, got {tool:?}"))?;
-            let record = state
-                .plugin(plugin)
+            let record = plugins
+                .get(plugin)
                 .ok_or_else(|| format!("tool {tool}: no plugin {plugin} is installed"))?;
             let spec = record
                 .installed

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::{AgentRunner, AgentSpec, LlmError, LlmProvider};
 use crate::orchestrator::{TaskContext, TaskError, TaskHandler};
 use crate::plugin::PluginManager;
-use crate::store::EventStore;
+use crate::store::{Cursor, EventStore};
 
 /// The name agent tasks are submitted under.
 pub const AGENT_HANDLER: &str = "agent";
@@ -76,10 +76,12 @@ impl TaskHandler for AgentTask {
             TaskError::new(format!("an agent task needs {{\"agent\", \"text\"}}: {e}"))
         })?;
         let fail = |e: &dyn std::fmt::Display| TaskError::new(e.to_string());
-        let state = self.store.projected_state().await.map_err(|e| fail(&e))?;
-        let spec = state
-            .agent(&message.agent)
-            .map(|a| a.spec.clone())
+        let spec = self
+            .store
+            .agent(&message.agent, Cursor::START, 0)
+            .await
+            .map_err(|e| fail(&e))?
+            .map(|a| a.record.spec)
             .ok_or_else(|| fail(&format!("no agent {}", message.agent)))?;
         // Resolving may pull and load a model: not on the runtime's threads.
         let providers = self.providers.clone();

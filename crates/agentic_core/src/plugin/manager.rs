@@ -29,8 +29,11 @@ use super::recorder::Recorder;
 use super::sandbox::{Effects, SandboxError, sha256_hex};
 use crate::event::{EventEnvelope, NewEvent, SystemEvent};
 use crate::state::ApplyError;
-use crate::store::{EventStore, ExpectedVersion, StoreError};
+use crate::store::{Cursor, EventStore, ExpectedVersion, StoreError};
 use crate::task::Durability;
+
+/// Installed plugins read per page when looking through all of them.
+const PLUGIN_PAGE: usize = 256;
 
 /// Failures in a row (of the kinds that count) before a plugin is
 /// quarantined.
@@ -384,14 +387,15 @@ impl PluginManager {
     /// no other installed plugin shares them.
     pub async fn remove(&self, name: &str) -> Result<(), PluginError> {
         self.flush().await?;
-        let state = self.inner.store.projected_state().await?;
-        let record = state
+        let record = self
+            .inner
+            .store
             .plugin(name)
-            .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
+            .await?
+            .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?
+            .record;
         let sha = record.installed.sha256().to_owned();
-        let shared = state
-            .plugins()
-            .any(|p| p.name() != name && p.installed.sha256() == sha);
+        let shared = self.shares_files(name, &sha).await?;
         let event = SystemEvent::PluginRemoved {
             name: name.to_owned(),
         };
@@ -406,6 +410,26 @@ impl PluginManager {
             self.inner.files.forget(&sha);
         }
         Ok(())
+    }
+
+    /// Whether an installed plugin other than `name` uses the files of
+    /// component `sha` (installs are few: they are read a page at a time).
+    async fn shares_files(&self, name: &str, sha: &str) -> Result<bool, StoreError> {
+        let mut after = Cursor::START;
+        loop {
+            let page = self.inner.store.plugins(after, PLUGIN_PAGE).await?;
+            if page
+                .items
+                .iter()
+                .any(|p| p.name() != name && p.installed.sha256() == sha)
+            {
+                return Ok(true);
+            }
+            match page.next {
+                Some(next) => after = next,
+                None => return Ok(false),
+            }
+        }
     }
 
     /// Calls `function` of plugin `name` with JSON `input`: validates the

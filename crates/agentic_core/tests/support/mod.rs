@@ -6,6 +6,9 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+#[macro_use]
+mod delegate;
+
 use std::sync::Arc;
 
 use agentic_core::{
@@ -13,7 +16,6 @@ use agentic_core::{
     State, StoreError, Subscription,
 };
 use agentic_store::MemoryStore;
-use async_trait::async_trait;
 use tokio::sync::watch;
 
 /// A [`MemoryStore`] whose appends wait while its gate is closed.
@@ -88,8 +90,8 @@ impl GatedStore {
     }
 }
 
-#[async_trait]
-impl EventStore for GatedStore {
+event_store_wrapper!(GatedStore {
+
     async fn append(
         &self,
         events: Vec<NewEvent>,
@@ -145,4 +147,4 @@ impl EventStore for GatedStore {
     fn subscribe(self: Arc<Self>, from: u64) -> Subscription {
         Subscription::new(self, from)
     }
-}
+});

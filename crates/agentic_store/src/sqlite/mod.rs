@@ -16,7 +16,9 @@ mod agent_projection;
 mod checkpoint;
 mod head_file;
 mod plugin_projection;
+mod reads;
 mod schema;
+mod task_projection;
 mod writer;
 
 use std::collections::HashMap;
@@ -26,20 +28,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use agentic_core::plugin::PluginRecord;
 use agentic_core::store::batch_stream;
 use agentic_core::{
-    AppendReceipt, ChainHead, ChainVerifier, ElementData, EventEnvelope, EventStore,
-    ExpectedVersion, Hash, NewEvent, PluginSnapshot, State, StoreError, Subscription, SystemEvent,
+    AgentView, AppendReceipt, ChainHead, ChainVerifier, Cursor, ElementData, EventEnvelope,
+    EventStore, ExpectedVersion, Hash, NewEvent, Page, PluginSnapshot, State, StoreError,
+    Subscription, SystemEvent, TaskFilter, TaskRecord,
 };
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+
+use rusqlite::Connection;
 use rusqlite::OptionalExtension;
-use rusqlite::{Connection, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 pub use head_file::HeadFile;
 use head_file::{RecorderStatus, Recording};
+use reads::{Access, Readers};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 use schema::{DbFile, Layout, ReadOnly};
 pub use writer::CommitCounters;
@@ -72,12 +77,6 @@ const HOME_FILES: &[&str] = &[
 /// operator may write it first), and an empty WAL or its index (what a
 /// creation interrupted by a crash leaves).
 const HISTORY_FILES: &[&str] = &[HEAD_FILE, "kernel.lock", "kernel.sock", "plugins"];
-
-/// Schema versions that added the task, plugin and agent projections (see
-/// the migrations in `schema`).
-const TASKS_SINCE: i32 = 2;
-const PLUGINS_SINCE: i32 = 3;
-const AGENTS_SINCE: i32 = 4;
 
 /// How often a waiting subscriber re-reads the log for commits made by other
 /// processes (commits of this process wake it at once).
@@ -154,29 +153,6 @@ pub struct SqliteStore {
     /// What the HEAD recorder could not record.
     recorder_status: Option<Arc<RecorderStatus>>,
     stats: Arc<CommitCounters>,
-}
-
-/// The pool of reader connections, shared with blocking read tasks.
-struct Readers {
-    db: DbFile,
-    /// How new connections are opened.
-    access: Access,
-    /// Schema version of the database: older than [`SCHEMA_VERSION`] only
-    /// on a store opened read-only, which migrates nothing.
-    version: i32,
-    pool: Mutex<Vec<Connection>>,
-}
-
-/// How a store's reader connections reach the database.
-#[derive(Debug, Clone, Copy)]
-enum Access {
-    /// Ordinary connections, beside this process's writer.
-    ReadWrite,
-    /// Read-only connections that change no file (see [`ReadOnly`]).
-    ReadOnly(ReadOnly),
-    /// The home has no database yet: an empty store in memory, so that
-    /// reading it creates nothing.
-    Empty,
 }
 
 /// What a home's `lion.db` is, before SQLite opens it.
@@ -539,191 +515,6 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || f(&readers))
             .await
             .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
-    }
-}
-
-impl Readers {
-    /// Runs `f` with a pooled reader connection on the calling thread.
-    fn with<R>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R, StoreError> {
-        let pooled = self
-            .pool
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => self.connect()?,
-        };
-        let result = f(&conn).map_err(|e| self.db.err(e));
-        self.pool
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(conn);
-        result
-    }
-
-    /// A new connection, as this store's access allows.
-    fn connect(&self) -> Result<Connection, StoreError> {
-        match self.access {
-            Access::ReadWrite => schema::connect(&self.db),
-            Access::ReadOnly(how) => schema::connect_read_only(&self.db, how),
-            Access::Empty => schema::empty_in_memory(&self.db),
-        }
-    }
-
-    /// The newest record's (seq, hash).
-    fn with_head(&self) -> Result<ChainHead, StoreError> {
-        self.with(|conn| Ok(writer::read_head(conn, &self.db)))?
-    }
-
-    /// Calls `f` with every record from seq `from` on, until it returns false.
-    fn scan(&self, from: u64, mut f: impl FnMut(EventEnvelope) -> bool) -> Result<(), StoreError> {
-        let mut decode_error = None;
-        self.with(|conn| {
-            let mut stmt = conn.prepare_cached(SELECT_EVENTS)?;
-            let mut rows = stmt.query([from as i64])?;
-            while let Some(row) = rows.next()? {
-                match envelope(row) {
-                    Ok(e) => {
-                        if !f(e) {
-                            break;
-                        }
-                    }
-                    Err(reason) => {
-                        decode_error = Some(reason);
-                        break;
-                    }
-                }
-            }
-            Ok(())
-        })?;
-        match decode_error {
-            Some(reason) => Err(StoreError::Corrupt {
-                path: self.db.path.display().to_string(),
-                reason,
-            }),
-            None => Ok(()),
-        }
-    }
-
-    /// The `elements` projection, as a [`State`].
-    /// Up to `limit` events of one stream from `from` on (by stream version).
-    fn stream(
-        &self,
-        stream: &str,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        let mut bad = None;
-        let out = self.with(|conn| {
-            let mut stmt = conn.prepare_cached(SELECT_STREAM)?;
-            let mut rows = stmt.query(rusqlite::params![stream, from as i64, limit as i64])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                match envelope(row) {
-                    Ok(e) => out.push(e),
-                    Err(reason) => {
-                        bad = Some(reason);
-                        break;
-                    }
-                }
-            }
-            Ok(out)
-        })?;
-        match bad {
-            Some(reason) => Err(StoreError::Corrupt {
-                path: self.db.path.display().to_string(),
-                reason,
-            }),
-            None => Ok(out),
-        }
-    }
-
-    /// The projections (elements, tasks, plugins and agents), as a [`State`], read in one
-    /// transaction so they agree with each other.
-    fn projected_state(&self) -> Result<State, StoreError> {
-        let mut bad = None;
-        let state = self.with(|conn| {
-            let tx = conn.unchecked_transaction()?;
-            let mut state = State::new();
-            let mut stmt = tx.prepare_cached(
-                "SELECT id, created_at, metadata, content FROM elements ORDER BY seq",
-            )?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                match element(row) {
-                    Ok(e) => state.load_element(e),
-                    Err(reason) => {
-                        bad = Some(format!("elements projection: {reason}"));
-                        return Ok(state);
-                    }
-                }
-            }
-            // A store opened read-only is not migrated: a projection its
-            // schema does not have yet is empty (its lion wrote no such event).
-            if self.version < TASKS_SINCE {
-                return Ok(state);
-            }
-            let mut stmt = tx.prepare_cached("SELECT record FROM tasks ORDER BY seq")?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let text = row.get_ref(0)?.as_str()?;
-                match serde_json::from_str(text) {
-                    Ok(task) => state.load_task(task),
-                    Err(e) => {
-                        bad = Some(format!("tasks projection: {e}"));
-                        return Ok(state);
-                    }
-                }
-            }
-            if self.version < PLUGINS_SINCE {
-                return Ok(state);
-            }
-            if let Err(reason) = plugin_projection::load(&tx, &mut state) {
-                bad = Some(format!("plugins projection: {reason}"));
-            }
-            if self.version < AGENTS_SINCE {
-                return Ok(state);
-            }
-            if let Err(reason) = agent_projection::load(&tx, &mut state) {
-                bad = Some(format!("agents projection: {reason}"));
-            }
-            Ok(state)
-        })?;
-        match bad {
-            Some(reason) => Err(StoreError::Corrupt {
-                path: self.db.path.display().to_string(),
-                reason,
-            }),
-            None => Ok(state),
-        }
-    }
-}
-
-impl Readers {
-    /// One plugin, its key-value store and the log position they reflect,
-    /// read in one transaction.
-    fn plugin(&self, name: &str) -> Result<Option<PluginSnapshot>, StoreError> {
-        let mut bad = None;
-        let found = self.with(|conn| {
-            let tx = conn.unchecked_transaction()?;
-            let as_of: i64 =
-                tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
-            match plugin_projection::load_one(&tx, name, as_of as u64) {
-                Ok(found) => Ok(found),
-                Err(reason) => {
-                    bad = Some(format!("plugins projection: {reason}"));
-                    Ok(None)
-                }
-            }
-        })?;
-        match bad {
-            Some(reason) => Err(StoreError::Corrupt {
-                path: self.db.path.display().to_string(),
-                reason,
-            }),
-            None => Ok(found),
-        }
     }
 }
 
@@ -1124,74 +915,6 @@ fn read_only_mode(db: &Path) -> Result<ReadOnly, StoreError> {
     }
 }
 
-const SELECT_EVENTS: &str = "SELECT seq, event_id, stream, stream_version, recorded_at, \
-    correlation_id, causation_id, schema_version, payload, prev_hash, hash \
-    FROM events WHERE seq >= ?1 ORDER BY seq";
-
-const SELECT_STREAM: &str = "SELECT seq, event_id, stream, stream_version, recorded_at, \
-    correlation_id, causation_id, schema_version, payload, prev_hash, hash \
-    FROM events WHERE stream = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3";
-
-/// Reads a row of [`SELECT_EVENTS`] or [`SELECT_STREAM`]; a malformed column
-/// is named in the error.
-fn envelope(row: &Row<'_>) -> Result<EventEnvelope, String> {
-    let seq: i64 = row.get(0).map_err(|e| e.to_string())?;
-    let bad = |what: &str| format!("record at seq {seq}: malformed {what}");
-    let uuid = |i: usize, what: &str| -> Result<Uuid, String> {
-        let b = row.get_ref(i).map_err(|_| bad(what))?;
-        Uuid::from_slice(b.as_blob().map_err(|_| bad(what))?).map_err(|_| bad(what))
-    };
-    let hash = |i: usize, what: &str| -> Result<Hash, String> {
-        let b = row.get_ref(i).map_err(|_| bad(what))?;
-        let bytes: [u8; 32] = b
-            .as_blob()
-            .map_err(|_| bad(what))?
-            .try_into()
-            .map_err(|_| bad(what))?;
-        Ok(Hash(bytes))
-    };
-    let causation_id = match row.get_ref(6).map_err(|_| bad("causation_id"))? {
-        rusqlite::types::ValueRef::Null => None,
-        _ => Some(uuid(6, "causation_id")?),
-    };
-    let micros: i64 = row.get(4).map_err(|_| bad("recorded_at"))?;
-    Ok(EventEnvelope {
-        seq: seq as u64,
-        event_id: uuid(1, "event_id")?,
-        stream: row.get(2).map_err(|_| bad("stream"))?,
-        stream_version: row.get::<_, i64>(3).map_err(|_| bad("stream_version"))? as u64,
-        recorded_at: DateTime::<Utc>::from_timestamp_micros(micros)
-            .ok_or_else(|| bad("recorded_at"))?,
-        correlation_id: uuid(5, "correlation_id")?,
-        causation_id,
-        schema_version: row.get(7).map_err(|_| bad("schema_version"))?,
-        payload: row.get(8).map_err(|_| bad("payload"))?,
-        prev_hash: hash(9, "prev_hash")?,
-        hash: hash(10, "hash")?,
-    })
-}
-
-/// Reads a row of the `elements` projection.
-fn element(row: &Row<'_>) -> Result<ElementData, String> {
-    let id = row
-        .get_ref(0)
-        .ok()
-        .and_then(|v| v.as_blob().ok())
-        .and_then(|b| Uuid::from_slice(b).ok())
-        .ok_or("malformed id")?;
-    let created_at: String = row.get(1).map_err(|e| e.to_string())?;
-    let metadata: String = row.get(2).map_err(|e| e.to_string())?;
-    Ok(ElementData {
-        id,
-        created_at: DateTime::parse_from_rfc3339(&created_at)
-            .map_err(|e| format!("element {id}: created_at: {e}"))?
-            .with_timezone(&Utc),
-        metadata: serde_json::from_str(&metadata)
-            .map_err(|e| format!("element {id}: metadata: {e}"))?,
-        content: row.get(3).map_err(|e| e.to_string())?,
-    })
-}
-
 #[async_trait]
 impl EventStore for SqliteStore {
     #[tracing::instrument(name = "append", skip_all, fields(
@@ -1263,9 +986,53 @@ impl EventStore for SqliteStore {
         self.read(Readers::projected_state).await
     }
 
+    async fn element(&self, id: Uuid) -> Result<Option<ElementData>, StoreError> {
+        self.read(move |r| r.element(id)).await
+    }
+
+    async fn elements(&self, after: Cursor, limit: usize) -> Result<Page<ElementData>, StoreError> {
+        self.read(move |r| r.elements(after, limit)).await
+    }
+
+    async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        self.read(move |r| r.task(id)).await
+    }
+
+    async fn task_by_key(&self, key: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |r| r.task_by_key(&key)).await
+    }
+
+    async fn tasks(
+        &self,
+        filter: TaskFilter,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Page<TaskRecord>, StoreError> {
+        self.read(move |r| r.tasks(filter, after, limit)).await
+    }
+
+    async fn agent(
+        &self,
+        name: &str,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Option<AgentView>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |r| r.agent(&name, after, limit)).await
+    }
+
+    async fn agents(&self, after: Cursor, limit: usize) -> Result<Page<AgentView>, StoreError> {
+        self.read(move |r| r.agents(after, limit)).await
+    }
+
     async fn plugin(&self, name: &str) -> Result<Option<PluginSnapshot>, StoreError> {
         let name = name.to_owned();
         self.read(move |r| r.plugin(&name)).await
+    }
+
+    async fn plugins(&self, after: Cursor, limit: usize) -> Result<Page<PluginRecord>, StoreError> {
+        self.read(move |r| r.plugins(after, limit)).await
     }
 
     fn subscribe(self: Arc<Self>, from: u64) -> Subscription {

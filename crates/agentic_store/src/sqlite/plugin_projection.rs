@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use agentic_core::plugin::{InstalledPlugin, PluginRecord, PluginStatus};
-use agentic_core::{ApplyError, PluginSnapshot, State, SystemEvent};
+use agentic_core::{ApplyError, Cursor, Page, PluginSnapshot, State, SystemEvent};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::writer::{ProjectError, is_unique_violation};
@@ -191,6 +191,35 @@ pub(super) fn load(tx: &Transaction<'_>, state: &mut State) -> Result<(), String
         state.load_plugin(record, kv);
     }
     Ok(())
+}
+
+/// A page of installed plugins in installation order.
+pub(super) fn page(
+    conn: &rusqlite::Connection,
+    after: Cursor,
+    limit: usize,
+) -> rusqlite::Result<Page<PluginRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RECORD_COLUMNS}, seq FROM plugins WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(
+        params![after.0 as i64, super::reads::rows_for(limit)],
+        |row| {
+            let seq: i64 = row.get(8)?;
+            let record = record(row).map_err(|reason| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    reason.into(),
+                )
+            })?;
+            Ok((seq as u64, record))
+        },
+    )?;
+    Ok(Page::from_rows(
+        rows.collect::<rusqlite::Result<_>>()?,
+        limit.max(1),
+    ))
 }
 
 /// One plugin and its key-value store, if it is installed, read in the

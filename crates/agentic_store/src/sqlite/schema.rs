@@ -73,6 +73,27 @@ const MIGRATIONS: &[&str] = &[
     // call that outlived its install is told apart without parsing the
     // install's JSON (installs recorded before ids existed have none).
     "ALTER TABLE plugins ADD COLUMN install_id TEXT;",
+    // 6 → 7: reads that do not grow with the log. Unfinished tasks are
+    // found through a partial index (a starting kernel takes them over);
+    // agents are paged in spawn order; an agent's conversation is rows,
+    // appended one per message instead of the whole conversation being
+    // rewritten into the agent's JSON on every answer.
+    "ALTER TABLE tasks ADD COLUMN unfinished INTEGER NOT NULL DEFAULT 0;
+    UPDATE tasks SET unfinished = json_extract(record, '$.status') IN ('pending', 'running');
+    CREATE INDEX tasks_unfinished ON tasks(seq) WHERE unfinished = 1;
+    CREATE TABLE agent_messages (
+        agent   TEXT    NOT NULL,
+        n       INTEGER NOT NULL, -- 0-based place in the conversation
+        message TEXT    NOT NULL, -- the ChatMessage, JSON
+        PRIMARY KEY (agent, n)
+    ) WITHOUT ROWID;
+    INSERT INTO agent_messages (agent, n, message)
+        SELECT agents.name, m.key, m.value
+        FROM agents, json_each(agents.record, '$.messages') AS m;
+    ALTER TABLE agents ADD COLUMN messages INTEGER NOT NULL DEFAULT 0;
+    UPDATE agents SET messages = json_array_length(record, '$.messages'),
+                      record = json_set(record, '$.messages', json('[]'));
+    CREATE INDEX agents_by_seq ON agents(seq);",
 ];
 
 /// The table layout. `events` is append-only (triggers refuse UPDATE and

@@ -31,12 +31,10 @@ use std::time::{Duration, Instant};
 use agentic_core::chain::seal;
 use agentic_core::{
     AppendReceipt, ApplyError, ChainHead, ElementData, EventEnvelope, ExpectedVersion, Hash,
-    PendingEvent, StoreError, SystemEvent, TaskRecord,
+    PendingEvent, StoreError, SystemEvent,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{
-    CachedStatement, Connection, OptionalExtension, Transaction, TransactionBehavior, params,
-};
+use rusqlite::{CachedStatement, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug_span;
 use uuid::Uuid;
@@ -44,7 +42,7 @@ use uuid::Uuid;
 use super::checkpoint::Recycler;
 use super::head_file::Recording;
 use super::schema::DbFile;
-use super::{agent_projection, plugin_projection};
+use super::{agent_projection, plugin_projection, task_projection};
 
 /// A message to the writer thread.
 pub(crate) enum Request {
@@ -947,11 +945,10 @@ enum Projection<'e> {
 fn projection_of(event: &SystemEvent) -> Projection<'_> {
     match event {
         SystemEvent::ElementCreated { element } => Projection::Element(element),
-        SystemEvent::TaskSubmitted { .. } => Projection::Other,
         other
-            if other.plugin_name().is_some()
-                || agent_projection::agent_of(other).is_some()
-                || other.task_change().is_some() =>
+            if task_projection::applies(other)
+                || other.plugin_name().is_some()
+                || agent_projection::agent_of(other).is_some() =>
         {
             Projection::Other
         }
@@ -1001,95 +998,15 @@ fn project(
         Projection::Other => {}
     }
     match event {
-        SystemEvent::TaskSubmitted { task_id, spec } => {
-            let record = TaskRecord::submitted(*task_id, spec.clone());
-            let inserted = tx.execute(
-                "INSERT INTO tasks (seq, id, idempotency_key, record) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    seq as i64,
-                    task_id.as_bytes(),
-                    spec.idempotency_key,
-                    task_json(&record)?
-                ],
-            );
-            match inserted {
-                Ok(_) => {}
-                Err(e) if is_unique_violation(&e, "tasks.id") => {
-                    return Err(ProjectError::Refused(ApplyError::DuplicateTask(*task_id)));
-                }
-                Err(e) if is_unique_violation(&e, "tasks.idempotency_key") => {
-                    let key = spec.idempotency_key.clone().unwrap_or_default();
-                    let task = tx
-                        .query_row(
-                            "SELECT id FROM tasks WHERE idempotency_key = ?1",
-                            [&key],
-                            |r| r.get::<_, Vec<u8>>(0),
-                        )
-                        .map_err(ProjectError::Sql)?;
-                    let task = Uuid::from_slice(&task).unwrap_or_default();
-                    return Err(ProjectError::Refused(ApplyError::DuplicateIdempotencyKey {
-                        key,
-                        task,
-                    }));
-                }
-                Err(e) => return Err(ProjectError::Sql(e)),
-            }
-            if let Some(parent) = spec.parent
-                && let Some(mut record) = load_task(tx, parent)?
-            {
-                record.children.push(*task_id);
-                store_task(tx, &record)?;
-            }
-        }
+        other if task_projection::applies(other) => task_projection::project(tx, seq, other)?,
         other if other.plugin_name().is_some() => plugin_projection::project(tx, seq, other)?,
-        other if agent_projection::agent_of(other).is_some() => {
-            let name = agent_projection::agent_of(other).unwrap_or_default();
-            agent_projection::project(tx, seq, name, other)?;
-        }
         other => {
-            if let Some((task_id, change)) = other.task_change() {
-                let mut record = load_task(tx, task_id)?
-                    .ok_or(ProjectError::Refused(ApplyError::UnknownTask(task_id)))?;
-                record
-                    .apply(&change)
-                    .map_err(|e| ProjectError::Refused(ApplyError::Task(e)))?;
-                store_task(tx, &record)?;
+            if let Some(name) = agent_projection::agent_of(other) {
+                agent_projection::project(tx, seq, name, other)?;
             }
         }
     }
     Ok(())
-}
-
-fn task_json(record: &TaskRecord) -> Result<String, ProjectError> {
-    serde_json::to_string(record)
-        .map_err(|e| ProjectError::Sql(rusqlite::Error::ToSqlConversionFailure(e.into())))
-}
-
-/// The projected record of a task, if it exists.
-fn load_task(tx: &Transaction<'_>, id: Uuid) -> Result<Option<TaskRecord>, ProjectError> {
-    let text: Option<String> = tx
-        .prepare_cached("SELECT record FROM tasks WHERE id = ?1")
-        .and_then(|mut s| s.query_row([id.as_bytes()], |r| r.get(0)).optional())
-        .map_err(ProjectError::Sql)?;
-    text.map(|t| {
-        serde_json::from_str(&t).map_err(|e| {
-            ProjectError::Sql(rusqlite::Error::FromSqlConversionFailure(
-                0,
-                rusqlite::types::Type::Text,
-                e.into(),
-            ))
-        })
-    })
-    .transpose()
-}
-
-/// Writes back a task's projected record.
-fn store_task(tx: &Transaction<'_>, record: &TaskRecord) -> Result<(), ProjectError> {
-    let json = task_json(record)?;
-    tx.prepare_cached("UPDATE tasks SET record = ?2 WHERE id = ?1")
-        .and_then(|mut s| s.execute(params![record.id.as_bytes(), json]))
-        .map(|_| ())
-        .map_err(ProjectError::Sql)
 }
 
 /// Whether `e` is a UNIQUE violation on an index covering `column`

@@ -11,7 +11,13 @@
 //! - appending an event id that is already stored is idempotent: the original
 //!   positions are returned and nothing is written twice;
 //! - an event the [`State`] reducer would refuse is refused, so the log always
-//!   folds cleanly, and projections are updated in the same transaction.
+//!   folds cleanly, and projections are updated in the same transaction;
+//! - reads of the projections are point reads (one element, task, agent or
+//!   plugin) and pages of lists ([`page`]): what they cost depends on what
+//!   they return, not on the length of the log. Only replay's comparison
+//!   loads the whole state ([`EventStore::projected_state`]).
+
+pub mod page;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -20,9 +26,12 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::chain::{ChainError, ChainHead};
+use crate::element::ElementData;
 use crate::event::{EventEnvelope, EventError, NewEvent, SystemEvent};
 use crate::plugin::PluginRecord;
 use crate::state::{ApplyError, State};
+use crate::task::TaskRecord;
+pub use page::{AgentView, Cursor, Page, TaskFilter};
 
 /// Optimistic-concurrency expectation on the stream a batch appends to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -195,13 +204,56 @@ pub trait EventStore: Send + Sync + 'static {
     /// callers re-read).
     async fn wait_for_events(&self, seq: u64) -> Result<(), StoreError>;
 
-    /// The state as kept by the store's projections (not re-folded).
+    /// The whole state as kept by the store's projections (not re-folded),
+    /// for `lion replay` to compare with a fold of the log. It grows with
+    /// the home: everything else reads with the point and paged reads below.
     async fn projected_state(&self) -> Result<State, StoreError>;
+
+    /// The element with this id, if any.
+    async fn element(&self, id: Uuid) -> Result<Option<ElementData>, StoreError>;
+
+    /// A page of elements in creation order, from `after` on; at most
+    /// `limit` (at least 1) of them.
+    async fn elements(&self, after: Cursor, limit: usize) -> Result<Page<ElementData>, StoreError>;
+
+    /// The task with this id, if any.
+    async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// The task an idempotency key names, if any.
+    async fn task_by_key(&self, key: &str) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// A page of the tasks `filter` selects, in submission order, from
+    /// `after` on; at most `limit` (at least 1) of them.
+    async fn tasks(
+        &self,
+        filter: TaskFilter,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Page<TaskRecord>, StoreError>;
+
+    /// The agent `name` with a page of its conversation: the messages after
+    /// the first `after` ones, at most `limit` of them (0 for none); `None`
+    /// when no agent has that name. Record and messages are read together.
+    async fn agent(
+        &self,
+        name: &str,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Option<AgentView>, StoreError>;
+
+    /// A page of agents in the order they were first spawned, from `after`
+    /// on, at most `limit` (at least 1); each without its messages (their
+    /// count is given).
+    async fn agents(&self, after: Cursor, limit: usize) -> Result<Page<AgentView>, StoreError>;
 
     /// One installed plugin and its key-value data as the projections hold
     /// them, read together with the log position they reflect; `None` when
     /// no plugin of that name is installed.
     async fn plugin(&self, name: &str) -> Result<Option<PluginSnapshot>, StoreError>;
+
+    /// A page of installed plugins in installation order, from `after` on;
+    /// at most `limit` (at least 1) of them.
+    async fn plugins(&self, after: Cursor, limit: usize) -> Result<Page<PluginRecord>, StoreError>;
 
     /// Follows the log from `from` on: every stored event, then new ones as
     /// they are committed.
