@@ -785,7 +785,7 @@ fn check_recorded_head(
     // HEAD first: it never leads the log, so the log read after it is at
     // least as long, whatever other processes commit meanwhile.
     let recorded = head_file::read(head_path)?;
-    let head = writer::read_head(conn, db)?;
+    let head = reads::read_head(conn, db)?;
     let Some(recorded) = recorded else {
         return Ok(head);
     };

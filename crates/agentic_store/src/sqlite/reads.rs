@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
 use super::schema::{self, DbFile, ReadOnly};
-use super::{agent_projection, plugin_projection, task_projection, writer};
+use super::{agent_projection, plugin_projection, task_projection};
 
 /// Schema versions that added the task, plugin and agent projections (see
 /// the migrations in `schema`).
@@ -85,7 +85,7 @@ impl Readers {
 
     /// The newest record's (seq, hash).
     pub(super) fn with_head(&self) -> Result<ChainHead, StoreError> {
-        self.with(|conn| Ok(writer::read_head(conn, &self.db)))?
+        self.with(|conn| Ok(read_head(conn, &self.db)))?
     }
 
     /// Calls `f` with every record from seq `from` on, until it returns false.
@@ -238,6 +238,51 @@ impl Readers {
             None => Ok(found),
         }
     }
+}
+
+/// The newest record's (seq, hash), read inside the caller's transaction.
+/// A stored hash that is not 32 bytes, or a position below 1, is damage: an
+/// error naming the database, never a made-up head.
+pub(crate) fn read_head(conn: &Connection, db: &DbFile) -> Result<ChainHead, StoreError> {
+    let newest = conn
+        .prepare_cached("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut stmt| {
+            stmt.query_row([], |r| {
+                let seq: i64 = r.get(0)?;
+                let hash = r.get_ref(1)?.as_blob().map(<[u8]>::to_vec);
+                Ok((seq, hash))
+            })
+            .optional()
+        })
+        .map_err(|e| db.err(e))?;
+    let Some((seq, hash)) = newest else {
+        return Ok(ChainHead::EMPTY);
+    };
+    let corrupt = |reason: String| StoreError::Corrupt {
+        path: db.path.display().to_string(),
+        reason,
+    };
+    let seq = u64::try_from(seq)
+        .ok()
+        .filter(|s| *s >= 1)
+        .ok_or_else(|| corrupt(format!("the newest record has position {seq}, below 1")))?;
+    let hash: [u8; 32] = match hash {
+        Ok(bytes) => bytes.try_into().map_err(|b: Vec<u8>| {
+            corrupt(format!(
+                "the hash of the newest record (seq {seq}) is {} bytes, not 32",
+                b.len()
+            ))
+        })?,
+        Err(_) => {
+            return Err(corrupt(format!(
+                "the hash of the newest record (seq {seq}) is not a blob"
+            )));
+        }
+    };
+    Ok(ChainHead {
+        seq,
+        hash: Hash(hash),
+    })
 }
 
 /// The rows a page of `limit` items reads: one more than it keeps, to tell
