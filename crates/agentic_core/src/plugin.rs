@@ -5,6 +5,7 @@
 //! installs, loads, calls, quarantines and removes plugins as events.
 
 mod cache;
+mod error;
 mod files;
 mod kv;
 mod loaded;
@@ -15,8 +16,9 @@ mod recorder;
 mod sandbox;
 mod task;
 
+pub use error::PluginError;
 pub use files::{MAX_COMPONENT_BYTES, MAX_MANIFEST_BYTES};
-pub use manager::{CallOptions, DEFAULT_QUARANTINE_AFTER, PluginError, PluginManager};
+pub use manager::{CallOptions, DEFAULT_QUARANTINE_AFTER, PluginManager};
 pub use manifest::{
     ComponentRef, DirAccess, DirPermission, FunctionSpec, Grant, HostInterface, LIMIT_CEILINGS,
     Limits, ManifestError, Permissions, PluginManifest,

@@ -11,8 +11,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::error::PluginError;
 use super::files::{MAX_COMPONENT_BYTES, read_regular, write_atomic};
-use super::manager::PluginError;
 use super::sandbox::{Compiled, LoadedPlugin, Sandbox, SandboxError, VerifiedArtifact, sha256_hex};
 
 /// A loaded plugin and where its code came from.

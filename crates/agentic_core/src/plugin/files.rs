@@ -9,7 +9,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use super::manager::PluginError;
+use super::error::PluginError;
 
 /// Largest manifest read: a manifest is a page of TOML and schemas.
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;

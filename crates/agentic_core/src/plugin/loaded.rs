@@ -12,8 +12,8 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+use super::error::PluginError;
 use super::kv::{KvView, KvWrite};
-use super::manager::PluginError;
 use super::manifest::{Grant, HostInterface, Limits, ManifestError};
 use super::record::{CallFailure, FailureKind, InstalledPlugin, PluginStatus};
 use super::sandbox::{CallContext, Effects, LoadedPlugin};

@@ -1,0 +1,247 @@
+//! The handles callers hold: [`Orchestrator`], whose methods send commands
+//! to the event loop and wait for its answers, and [`TaskHandle`], a
+//! submitted task's id and outcome.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::event_loop::{Adopted, Command, EventLoop};
+use super::{LiveEvent, OrchestratorConfig, OrchestratorError, TaskHandler, TaskOutcome};
+use crate::store::EventStore;
+use crate::task::{TaskRecord, TaskSpec, TaskStatus};
+
+/// A submitted task: its id, and its outcome once it ends.
+#[derive(Debug, Clone)]
+pub struct TaskHandle {
+    /// The task's id.
+    pub id: Uuid,
+    pub(super) outcome: watch::Receiver<Option<TaskOutcome>>,
+}
+
+impl TaskHandle {
+    /// Waits for the task to end.
+    pub async fn outcome(mut self) -> Result<TaskOutcome, OrchestratorError> {
+        let seen = self
+            .outcome
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| OrchestratorError::ShutDown)?;
+        seen.clone().ok_or(OrchestratorError::ShutDown)
+    }
+}
+
+/// Runs tasks; cheap to clone (every clone drives the same orchestrator).
+#[derive(Clone)]
+pub struct Orchestrator {
+    pub(super) inner: Arc<Inner>,
+}
+
+/// What every clone of an [`Orchestrator`] shares.
+pub(super) struct Inner {
+    pub(super) store: Arc<dyn EventStore>,
+    pub(super) handlers: HashMap<String, Arc<dyn TaskHandler>>,
+    pub(super) concurrency: Arc<Semaphore>,
+    admission: Arc<Semaphore>,
+    /// The admission semaphore's size.
+    max_pending: usize,
+    pub(super) commands: mpsc::Sender<Command>,
+    pub(super) live: broadcast::Sender<LiveEvent>,
+    pub(super) correlation_id: Uuid,
+}
+
+/// Submission-queue length: commands are served quickly, this only absorbs bursts.
+const COMMAND_QUEUE: usize = 1024;
+
+impl Orchestrator {
+    /// Starts an orchestrator recording to `store` and running `handlers`.
+    /// Every event it records carries `correlation_id`.
+    pub fn start(
+        store: Arc<dyn EventStore>,
+        handlers: HashMap<String, Arc<dyn TaskHandler>>,
+        config: OrchestratorConfig,
+        correlation_id: Uuid,
+    ) -> Self {
+        let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+        let orchestrator = Orchestrator {
+            inner: Arc::new(Inner {
+                store,
+                handlers,
+                concurrency: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+                admission: Arc::new(Semaphore::new(config.max_pending.max(1))),
+                max_pending: config.max_pending.max(1),
+                commands,
+                live: broadcast::channel(config.live_buffer.max(1)).0,
+                correlation_id,
+            }),
+        };
+        tokio::spawn(
+            EventLoop::new(Arc::downgrade(&orchestrator.inner), config.finished_keys).run(rx),
+        );
+        orchestrator
+    }
+
+    /// Submits a task; waits while `max_pending` tasks are unfinished. With
+    /// an idempotency key of a task running here or among the last
+    /// `finished_keys` that ended here, returns that task instead (once its
+    /// submission is recorded: if that fails, so does this); with one the
+    /// log already holds (used earlier, or by another process), fails with
+    /// [`OrchestratorError::AlreadySubmitted`] naming its task.
+    pub async fn submit(&self, spec: TaskSpec) -> Result<TaskHandle, OrchestratorError> {
+        self.submit_under(spec, None).await
+    }
+
+    /// Submits a task; with `cancel` (its parent's token's child) it is a child
+    /// task, admitted through its parent.
+    pub(super) async fn submit_under(
+        &self,
+        spec: TaskSpec,
+        cancel: Option<CancellationToken>,
+    ) -> Result<TaskHandle, OrchestratorError> {
+        if !self.inner.handlers.contains_key(&spec.handler) {
+            return Err(OrchestratorError::UnknownHandler(spec.handler));
+        }
+        // Children are admitted through their parent (bounded by it), so a
+        // full orchestrator cannot deadlock parents waiting on children.
+        let admitted = if cancel.is_some() {
+            None
+        } else {
+            Some(self.admit().await?)
+        };
+        self.ask(|reply| Command::Submit {
+            spec,
+            cancel,
+            admitted,
+            adopt: None,
+            reply,
+        })
+        .await
+    }
+
+    /// Takes over a task the log holds but no process runs: one submitted
+    /// elsewhere (pending), or one whose process stopped while it ran
+    /// (running). An interrupted attempt is recorded as failed, then the
+    /// task is retried or fails for good, by its policy. Ended tasks are
+    /// refused: a task whose end was recorded never runs again.
+    pub async fn adopt(&self, task: &TaskRecord) -> Result<TaskHandle, OrchestratorError> {
+        if task.status.is_final() {
+            return Err(OrchestratorError::Ended(task.id));
+        }
+        if !self.inner.handlers.contains_key(&task.spec.handler) {
+            return Err(OrchestratorError::UnknownHandler(task.spec.handler.clone()));
+        }
+        let admitted = self.admit().await?;
+        self.ask(|reply| Command::Submit {
+            spec: task.spec.clone(),
+            cancel: None,
+            admitted: Some(admitted),
+            adopt: Some(Adopted {
+                id: task.id,
+                attempts: task.attempts,
+                interrupted: task.status == TaskStatus::Running,
+            }),
+            reply,
+        })
+        .await
+    }
+
+    /// Cancels a running task and, through it, every task it started.
+    pub async fn cancel(&self, id: Uuid, reason: &str) -> Result<(), OrchestratorError> {
+        self.cancel_as(id, reason, false).await
+    }
+
+    /// Stops running a task whose cancellation another process already
+    /// recorded in the log; the tasks it started are cancelled as usual.
+    pub async fn cancel_recorded(&self, id: Uuid) -> Result<(), OrchestratorError> {
+        self.cancel_as(id, "cancelled by another process", true)
+            .await
+    }
+
+    /// Cancels a task for `reason`; `recorded`: the log has the cancellation.
+    async fn cancel_as(
+        &self,
+        id: Uuid,
+        reason: &str,
+        recorded: bool,
+    ) -> Result<(), OrchestratorError> {
+        self.ask(|reply| Command::Cancel {
+            id,
+            reason: reason.to_owned(),
+            recorded,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops every task running here at once, for a process that must stop
+    /// now; resolves once none runs. A running attempt is recorded as
+    /// interrupted: failed, as the next process records an attempt a crash
+    /// interrupted, so a task its policy lets retry is left pending for the
+    /// next process and any other fails for good. Tasks waiting for a slot
+    /// or a retry are left as the log has them, for the next process;
+    /// cancellations already asked for are recorded as such. Submissions
+    /// are refused from then on ([`OrchestratorError::ShutDown`]); the
+    /// handles of tasks left unended say the same.
+    pub async fn interrupt(&self) {
+        let (reply, stopped) = oneshot::channel();
+        if self.send(Command::Interrupt { reply }).await.is_ok() {
+            let _ = stopped.await;
+        }
+    }
+
+    /// Whether a task runs here now.
+    pub async fn is_running(&self, id: Uuid) -> bool {
+        let (reply, answer) = oneshot::channel();
+        if self.send(Command::IsRunning { id, reply }).await.is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+
+    /// Resolves once every admitted task has ended (children end with their
+    /// parents). Tasks submitted meanwhile are waited for too.
+    pub async fn drained(&self) {
+        let all = u32::try_from(self.inner.max_pending).unwrap_or(u32::MAX);
+        if let Ok(permits) = self.inner.admission.acquire_many(all).await {
+            drop(permits);
+        }
+    }
+
+    /// Follows events as they happen (a slow subscriber may miss some).
+    pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
+        self.inner.live.subscribe()
+    }
+
+    /// A place under `max_pending`: waits while the orchestrator is full.
+    async fn admit(&self) -> Result<OwnedSemaphorePermit, OrchestratorError> {
+        self.inner
+            .admission
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| OrchestratorError::ShutDown)
+    }
+
+    /// Sends the event loop the command `command` makes with a reply
+    /// channel, and waits for its answer.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, OrchestratorError>>) -> Command,
+    ) -> Result<T, OrchestratorError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(command(reply)).await?;
+        answer.await.map_err(|_| OrchestratorError::ShutDown)?
+    }
+
+    /// Queues a command for the event loop.
+    async fn send(&self, command: Command) -> Result<(), OrchestratorError> {
+        self.inner
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| OrchestratorError::ShutDown)
+    }
+}

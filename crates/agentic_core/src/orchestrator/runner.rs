@@ -1,0 +1,295 @@
+//! One task's life: the runner records its submission, answers the
+//! submitter, then runs attempts of its handler, each under the task's
+//! timeout and cancellation, retrying failed and timed-out ones by the
+//! task's policy, and reports how the task ended. An adopted task starts by
+//! recording the attempt its process's crash interrupted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
+use uuid::Uuid;
+
+use super::cancellation::{Cancellation, Stop};
+use super::event_loop::{Adopted, Command};
+use super::recorder::Recorder;
+use super::{Orchestrator, OrchestratorError, TaskContext, TaskHandle, TaskHandler, TaskOutcome};
+use crate::event::SystemEvent;
+use crate::state::ApplyError;
+use crate::store::StoreError;
+use crate::task::{Durability, TaskRuleError, TaskSpec};
+
+/// The error recorded for an attempt whose process stopped while it ran.
+const INTERRUPTED: &str = "interrupted: its process stopped while it ran";
+
+/// Drives one task from submission to its end.
+pub(super) struct Runner {
+    pub(super) orchestrator: Orchestrator,
+    pub(super) id: Uuid,
+    pub(super) spec: TaskSpec,
+    pub(super) cancel: Cancellation,
+    pub(super) recorder: Arc<Recorder>,
+    pub(super) done: watch::Sender<Option<TaskOutcome>>,
+    /// Set when the task was taken over from the log rather than submitted.
+    pub(super) adopted: Option<Adopted>,
+    /// Held until the task ends: counts against `max_pending`.
+    pub(super) _admitted: Option<OwnedSemaphorePermit>,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Completed(Value),
+    Failed(String),
+    TimedOut,
+    Cancelled,
+}
+
+impl Runner {
+    /// Records the submission, answers the submitter, then runs the task.
+    pub(super) async fn run(
+        self,
+        reply: oneshot::Sender<Result<TaskHandle, OrchestratorError>>,
+        handle: TaskHandle,
+    ) {
+        let recorded = if self.adopted.is_some() {
+            Ok(()) // already in the log
+        } else {
+            let submitted = SystemEvent::TaskSubmitted {
+                task_id: self.id,
+                spec: self.spec.clone(),
+            };
+            let recorded = match (&self.spec.idempotency_key, self.spec.durability) {
+                // The log checks a key before the task may run: a keyed
+                // async task waits for its submission's commit.
+                (Some(_), Durability::Async) => self.recorder.record_durable(submitted).await,
+                _ => self.recorder.record(submitted).await,
+            };
+            let recorded = match recorded {
+                Err(OrchestratorError::Store(StoreError::Rejected(
+                    ApplyError::DuplicateIdempotencyKey { task, .. },
+                ))) => Err(OrchestratorError::AlreadySubmitted(task)),
+                other => other,
+            };
+            if self.spec.idempotency_key.is_some() {
+                // Before anyone hears the answer, so a retry sent after it
+                // finds the key standing for this task, or gone.
+                let _ = self
+                    .orchestrator
+                    .inner
+                    .commands
+                    .send(Command::Recorded {
+                        id: self.id,
+                        result: recorded.clone(),
+                    })
+                    .await;
+            }
+            recorded
+        };
+        if let Err(e) = recorded {
+            let _ = reply.send(Err(e.clone()));
+            self.finish(Some(TaskOutcome::Failed(e.to_string()))).await;
+            return;
+        }
+        let _ = reply.send(Ok(handle));
+        let outcome = match self.drive().await {
+            Ok(outcome) => outcome,
+            // Another process recorded the task's end (a cancellation).
+            Err(OrchestratorError::Store(StoreError::Rejected(ApplyError::Task(
+                TaskRuleError::Ended(_),
+            )))) => Some(TaskOutcome::Cancelled("ended by another process".into())),
+            Err(e) => {
+                tracing::error!(task = %self.id, error = %e, "task could not be recorded");
+                Some(TaskOutcome::Failed(format!("cannot record the task: {e}")))
+            }
+        };
+        self.finish(outcome).await;
+    }
+
+    /// Reports the end (`None`: the task stops here unended, left to the
+    /// next process), once every event of the task is recorded.
+    async fn finish(&self, outcome: Option<TaskOutcome>) {
+        if let Err(e) = self.recorder.flush().await {
+            tracing::error!(task = %self.id, error = %e, "task events could not be recorded");
+        }
+        // The event loop hears of the end before anyone can see it, so a
+        // command sent after seeing it finds the task ended.
+        let _ = self
+            .orchestrator
+            .inner
+            .commands
+            .send(Command::Ended { id: self.id })
+            .await;
+        // Unended, the handle's sender is dropped with the runner: its
+        // holders hear that the orchestrator shut down.
+        if let Some(outcome) = outcome {
+            self.done.send_replace(Some(outcome));
+        }
+    }
+
+    /// Runs attempts until the task ends, or stops here unended (`None`)
+    /// when the orchestrator is interrupted.
+    async fn drive(&self) -> Result<Option<TaskOutcome>, OrchestratorError> {
+        let handler = self
+            .orchestrator
+            .inner
+            .handlers
+            .get(&self.spec.handler)
+            .cloned()
+            .ok_or_else(|| OrchestratorError::UnknownHandler(self.spec.handler.clone()))?;
+        let mut attempt = self.adopted.map_or(0, |a| a.attempts);
+        if let Some(a) = self.adopted
+            && a.interrupted
+        {
+            // The attempt that was running when its process stopped.
+            if let Some(ended) = self.failed(attempt, INTERRUPTED.to_owned()).await? {
+                return Ok(Some(ended));
+            }
+            self.back_off(attempt).await?;
+        }
+        loop {
+            attempt += 1;
+            if self.cancel.token.is_cancelled() {
+                return self.cancelled().await;
+            }
+            let slot = tokio::select! {
+                biased;
+                () = self.cancel.token.cancelled() => return self.cancelled().await,
+                slot = self.orchestrator.inner.concurrency.clone().acquire_owned() => {
+                    slot.map_err(|_| OrchestratorError::ShutDown)?
+                }
+            };
+            self.recorder
+                .record(SystemEvent::TaskStarted {
+                    task_id: self.id,
+                    attempt,
+                })
+                .await?;
+            let slot = Arc::new(tokio::sync::Mutex::new(Some(slot)));
+            let ended = self.attempt(&handler, attempt, slot.clone()).await;
+            drop(slot);
+            let retry = self.spec.retry.allows_retry_after(attempt);
+            match ended {
+                Attempt::Completed(output) => {
+                    self.recorder
+                        .record(SystemEvent::TaskCompleted {
+                            task_id: self.id,
+                            attempt,
+                            output: output.clone(),
+                        })
+                        .await?;
+                    return Ok(Some(TaskOutcome::Completed(output)));
+                }
+                // Its process stops now: recorded as a crash would be,
+                // retried (by the next process) or failed by policy.
+                Attempt::Cancelled if self.cancel.interrupted() => {
+                    return self.failed(attempt, INTERRUPTED.to_owned()).await;
+                }
+                Attempt::Cancelled => return self.cancelled().await,
+                Attempt::Failed(error) => {
+                    if let Some(ended) = self.failed(attempt, error).await? {
+                        return Ok(Some(ended));
+                    }
+                }
+                Attempt::TimedOut => {
+                    self.recorder
+                        .record(SystemEvent::TaskTimedOut {
+                            task_id: self.id,
+                            attempt,
+                            is_final: !retry,
+                        })
+                        .await?;
+                    if !retry {
+                        return Ok(Some(TaskOutcome::TimedOut));
+                    }
+                }
+            }
+            self.back_off(attempt).await?;
+        }
+    }
+
+    /// Records a failed attempt; returns the task's end if no retry follows.
+    async fn failed(
+        &self,
+        attempt: u32,
+        error: String,
+    ) -> Result<Option<TaskOutcome>, OrchestratorError> {
+        let retry = self.spec.retry.allows_retry_after(attempt);
+        self.recorder
+            .record(SystemEvent::TaskFailed {
+                task_id: self.id,
+                attempt,
+                error: error.clone(),
+                is_final: !retry,
+            })
+            .await?;
+        Ok((!retry).then_some(TaskOutcome::Failed(error)))
+    }
+
+    /// Waits before the attempt after `attempt` (returns early on cancellation,
+    /// which the next attempt then records).
+    async fn back_off(&self, attempt: u32) -> Result<(), OrchestratorError> {
+        let delay = self.spec.retry.delay_after(attempt, rand::random::<f64>());
+        tokio::select! {
+            biased;
+            () = self.cancel.token.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+        Ok(())
+    }
+
+    /// Runs one attempt under the task's timeout and cancellation.
+    async fn attempt(
+        &self,
+        handler: &Arc<dyn TaskHandler>,
+        attempt: u32,
+        slot: Arc<tokio::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+    ) -> Attempt {
+        let ctx = TaskContext {
+            task_id: self.id,
+            attempt,
+            cancel: self.cancel.token.clone(),
+            recorder: self.recorder.clone(),
+            orchestrator: self.orchestrator.clone(),
+            slot,
+        };
+        let work = handler.run(ctx, self.spec.input.clone());
+        let limit = self.spec.timeout_ms.map(Duration::from_millis);
+        tokio::select! {
+            biased;
+            () = self.cancel.token.cancelled() => Attempt::Cancelled,
+            result = async {
+                match limit {
+                    Some(limit) => tokio::time::timeout(limit, work).await.ok(),
+                    None => Some(work.await),
+                }
+            } => match result {
+                Some(Ok(output)) => Attempt::Completed(output),
+                // Cancelled (on another thread) while the handler ran: it
+                // saw that first and gave up, so the attempt was cancelled.
+                Some(Err(_)) if self.cancel.token.is_cancelled() => Attempt::Cancelled,
+                Some(Err(e)) => Attempt::Failed(e.0),
+                None => Attempt::TimedOut,
+            },
+        }
+    }
+
+    /// Ends the task cancelled, outside an attempt; interrupted, it stops
+    /// unended, as the log has it (pending), for the next process.
+    async fn cancelled(&self) -> Result<Option<TaskOutcome>, OrchestratorError> {
+        let (reason, recorded) = match self.cancel.reason() {
+            Some(Stop::Interrupted) => return Ok(None),
+            Some(Stop::Cancelled { reason, recorded }) => (reason, recorded),
+            None => ("parent task cancelled".to_owned(), false),
+        };
+        if !recorded {
+            self.recorder
+                .record(SystemEvent::TaskCancelled {
+                    task_id: self.id,
+                    reason: reason.clone(),
+                })
+                .await?;
+        }
+        Ok(Some(TaskOutcome::Cancelled(reason)))
+    }
+}
