@@ -192,9 +192,10 @@ pub enum AgentCommand {
         /// page gives it).
         #[arg(long, value_name = "N", default_value_t = 0)]
         after: u64,
-        /// Most messages to show.
-        #[arg(long, value_name = "N", default_value_t = 50)]
-        limit: usize,
+        /// Most messages to show (at least 1).
+        #[arg(long, value_name = "N", default_value_t = 50,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
     },
     /// Send an agent a message; its answer streams to the terminal as it
     /// arrives.

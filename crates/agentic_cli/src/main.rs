@@ -161,7 +161,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Command::Agent(AgentCommand::List) => commands::agent::list(&*open()?, ctx).await,
             Command::Agent(AgentCommand::Show { name, after, limit }) => {
-                commands::agent::show(&*open()?, ctx, &name, Cursor(after), limit).await
+                commands::agent::show(&*open()?, ctx, &name, Cursor(after), limit as usize).await
             }
             Command::Agent(AgentCommand::Send { name, text }) => {
                 commands::agent::send(&home, open()?, ctx, &name, &text).await

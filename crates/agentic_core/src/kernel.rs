@@ -18,6 +18,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use uuid::Uuid;
+
 use crate::event::SystemEvent;
 use crate::orchestrator::{Orchestrator, OrchestratorError};
 use crate::plugin::PluginManager;
@@ -120,15 +122,16 @@ async fn follow(
     let start = store.head().await?.seq + 1;
     // Only the unfinished tasks are read, a page at a time: a start costs
     // what is left to do, not the length of the log. A task submitted after
-    // `start` is seen by both this walk and the log below; adopting it twice
-    // is refused by the orchestrator, which runs a task once.
+    // `start` is seen by both this walk and the log below, and a page may be
+    // stale by the time its last task is reached: `take_over` reads each
+    // task again and leaves alone one that has ended meanwhile.
     let mut after = Cursor::START;
     loop {
         let page = store
             .tasks(TaskFilter::Unfinished, after, RECOVERY_PAGE)
             .await?;
         for task in &page.items {
-            if take_over(orchestrator, task).await {
+            if take_over(store.as_ref(), orchestrator, task.id).await? {
                 report.recovered += 1;
             }
         }
@@ -164,12 +167,11 @@ async fn follow(
                 let event = event?;
                 match event.decode() {
                     // While stopping, new work is left for the next kernel.
-                    Ok(SystemEvent::TaskSubmitted { task_id, spec }) if !stopping => {
-                        if !orchestrator.is_running(task_id).await {
-                            let task = TaskRecord::submitted(task_id, spec);
-                            if take_over(orchestrator, &task).await {
-                                report.adopted += 1;
-                            }
+                    Ok(SystemEvent::TaskSubmitted { task_id, .. }) if !stopping => {
+                        if !orchestrator.is_running(task_id).await
+                            && take_over(store.as_ref(), orchestrator, task_id).await?
+                        {
+                            report.adopted += 1;
                         }
                     }
                     // Cancellations still reach the tasks that run here.
@@ -190,8 +192,25 @@ async fn follow(
     }
 }
 
+/// Takes over task `id` as the log has it now: one that ended since it
+/// was listed or submitted (it ran here, or in another process) is not run
+/// again. Whether it was taken.
+async fn take_over(
+    store: &dyn EventStore,
+    orchestrator: &Orchestrator,
+    id: Uuid,
+) -> Result<bool, StoreError> {
+    let Some(task) = store.task(id).await? else {
+        return Ok(false);
+    };
+    if task.status.is_final() {
+        return Ok(false);
+    }
+    Ok(adopt(orchestrator, &task).await)
+}
+
 /// Adopts a task, logging (not failing on) tasks that cannot run here.
-async fn take_over(orchestrator: &Orchestrator, task: &TaskRecord) -> bool {
+async fn adopt(orchestrator: &Orchestrator, task: &TaskRecord) -> bool {
     match orchestrator.adopt(task).await {
         Ok(_) => true,
         Err(OrchestratorError::AlreadyRunning(_) | OrchestratorError::Ended(_)) => false,

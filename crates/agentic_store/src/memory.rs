@@ -11,8 +11,8 @@ use agentic_core::plugin::PluginRecord;
 use agentic_core::store::batch_stream;
 use agentic_core::{
     AgentView, AppendReceipt, ChainHead, Cursor, ElementData, EventEnvelope, EventStore,
-    ExpectedVersion, NewEvent, Page, PluginSnapshot, State, StoreError, Subscription, TaskFilter,
-    TaskRecord,
+    ExpectedVersion, NewEvent, Page, PluginSnapshot, State, StoreError, Subscription, SystemEvent,
+    TaskFilter, TaskRecord,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -31,6 +31,9 @@ struct Inner {
     state: State,
     seq_by_event_id: HashMap<Uuid, u64>,
     stream_versions: HashMap<String, u64>,
+    /// Each installed plugin's place in the list: the seq of its install,
+    /// which (unlike its index) stays put when an earlier plugin is removed.
+    plugin_positions: HashMap<String, u64>,
 }
 
 impl Default for MemoryStore {
@@ -125,6 +128,10 @@ impl Inner {
                 self.state.apply(&pending.event)?;
             }
             seal(&self.head(), &mut pending.record);
+            if let SystemEvent::PluginInstalled { plugin } = &pending.event {
+                self.plugin_positions
+                    .insert(plugin.name().to_owned(), pending.record.seq);
+            }
             self.seq_by_event_id
                 .insert(pending.record.event_id, pending.record.seq);
             self.log.push(pending.record);
@@ -250,7 +257,22 @@ impl EventStore for MemoryStore {
     }
 
     async fn plugins(&self, after: Cursor, limit: usize) -> Result<Page<PluginRecord>, StoreError> {
-        Ok(page(self.lock().state.plugins(), after, limit, |_| true))
+        let inner = self.lock();
+        let limit = limit.max(1);
+        let rows = inner
+            .state
+            .plugins()
+            .map(|p| {
+                (
+                    inner.plugin_positions.get(p.name()).copied().unwrap_or(0),
+                    p,
+                )
+            })
+            .filter(|(position, _)| *position > after.0)
+            .take(limit.saturating_add(1))
+            .map(|(position, p)| (position, p.clone()))
+            .collect();
+        Ok(Page::from_rows(rows, limit))
     }
 
     async fn plugin(&self, name: &str) -> Result<Option<PluginSnapshot>, StoreError> {
@@ -280,7 +302,7 @@ fn page<'a, T: Clone + 'a>(
         .enumerate()
         .skip(usize::try_from(after.0).unwrap_or(usize::MAX))
         .filter(|(_, item)| wanted(item))
-        .take(limit + 1)
+        .take(limit.saturating_add(1))
         .map(|(i, item)| (i as u64 + 1, item.clone()))
         .collect();
     Page::from_rows(rows, limit)

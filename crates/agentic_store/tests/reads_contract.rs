@@ -128,6 +128,11 @@ async fn elements_are_read_by_id_and_in_pages(subject: Subject) {
         let all = every(limit, |after| store.elements(after, limit)).await;
         assert_eq!(all, want, "pages of {limit}");
     }
+    let everything = store
+        .elements(Cursor::START, usize::MAX)
+        .await
+        .expect("all");
+    assert_eq!((everything.items, everything.next), (want.clone(), None));
     // A limit of 0 reads as 1: a page always makes progress.
     let page = store.elements(Cursor::START, 0).await.expect("page");
     assert_eq!(page.items.len(), 1);
@@ -431,4 +436,24 @@ async fn plugins_are_read_in_pages(subject: Subject) {
             .expect("installed");
         assert_eq!(&snapshot.record, plugin);
     }
+    let everything = store.plugins(Cursor::START, usize::MAX).await.expect("all");
+    assert_eq!((everything.items.len(), everything.next), (5, None));
+
+    // A cursor stays put when a plugin before it is removed.
+    let first = store.plugins(Cursor::START, 2).await.expect("first page");
+    record(
+        store,
+        &mut state,
+        vec![SystemEvent::PluginRemoved { name: "p1".into() }],
+    )
+    .await;
+    let rest = every(10, |after| store.plugins(first.next.unwrap_or(after), 10)).await;
+    let names = |plugins: &[agentic_core::plugin::PluginRecord]| {
+        plugins
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&first.items), ["p1", "p3"]);
+    assert_eq!(names(&rest), ["p4", "p5", "p2"]);
 }

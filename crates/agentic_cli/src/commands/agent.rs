@@ -166,7 +166,16 @@ pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
     let listed: Vec<AgentView> =
         output::every(|after| store.agents(after, output::LIST_PAGE)).await?;
     if ctx.json {
-        let agents = listed.iter().map(agent_json).collect::<Result<Vec<_>>>()?;
+        // Conversations are not listed (`lion agent show` pages one).
+        let mut agents = Vec::with_capacity(listed.len());
+        for view in &listed {
+            let mut value = agent_json(view)?;
+            if let Some(fields) = value.as_object_mut() {
+                fields.remove("messages");
+                fields.remove("next");
+            }
+            agents.push(value);
+        }
         return output::json(&agents);
     }
     if listed.is_empty() {

@@ -102,7 +102,7 @@ pub(super) fn view(
             "SELECT message FROM agent_messages WHERE agent = ?1 AND n >= ?2 ORDER BY n LIMIT ?3",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(params![name, after.0 as i64, limit], |r| {
+        let rows = stmt.query_map(params![name, super::reads::position(after), limit], |r| {
             from_json::<ChatMessage>(r.get_ref(0)?.as_str()?)
         })?;
         record.messages = rows.collect::<rusqlite::Result<_>>()?;
@@ -126,7 +126,7 @@ pub(super) fn page(
         "SELECT seq, record, messages FROM agents WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
     let rows = stmt.query_map(
-        params![after.0 as i64, super::reads::rows_for(limit)],
+        params![super::reads::position(after), super::reads::rows_for(limit)],
         |r| {
             let seq: i64 = r.get(0)?;
             let count = r.get::<_, i64>(2)? as u64;

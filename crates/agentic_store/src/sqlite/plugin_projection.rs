@@ -203,7 +203,7 @@ pub(super) fn page(
         "SELECT {RECORD_COLUMNS}, seq FROM plugins WHERE seq > ?1 ORDER BY seq LIMIT ?2"
     ))?;
     let rows = stmt.query_map(
-        params![after.0 as i64, super::reads::rows_for(limit)],
+        params![super::reads::position(after), super::reads::rows_for(limit)],
         |row| {
             let seq: i64 = row.get(8)?;
             let record = record(row).map_err(|reason| {

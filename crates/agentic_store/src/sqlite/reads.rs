@@ -285,6 +285,12 @@ pub(crate) fn read_head(conn: &Connection, db: &DbFile) -> Result<ChainHead, Sto
     })
 }
 
+/// A cursor as the `seq` (or message number) it stands for in SQL: one past
+/// the largest SQLite integer reads as the largest, after every row.
+pub(super) fn position(after: Cursor) -> i64 {
+    i64::try_from(after.0).unwrap_or(i64::MAX)
+}
+
 /// The rows a page of `limit` items reads: one more than it keeps, to tell
 /// whether the list goes on.
 pub(super) fn rows_for(limit: usize) -> i64 {
@@ -304,7 +310,7 @@ impl Readers {
         if self.version < READS_SINCE {
             return Err(StoreError::Backend(format!(
                 "{}: the store's schema is version {}, older than this lion reads; \
-                 open the home with a command that writes (e.g. `lion status`) to migrate it",
+                 any command but `verify` and `replay` migrates it (e.g. `lion task list`)",
                 self.db.path.display(),
                 self.version
             )));
@@ -334,7 +340,19 @@ impl Readers {
                  WHERE v.stream = ?1 AND v.stream_version = 1",
             )?
             .query_row([&stream], |row| element(row).map_err(corrupt))
-            .optional()
+            .optional()?
+            .map_or_else(
+                // Homes written before schema 5 may hold elements created
+                // on other streams: looked for by id (a scan, on a miss only).
+                || {
+                    conn.prepare_cached(
+                        "SELECT id, created_at, metadata, content FROM elements WHERE id = ?1",
+                    )?
+                    .query_row([id.as_bytes()], |row| element(row).map_err(corrupt))
+                    .optional()
+                },
+                |found| Ok(Some(found)),
+            )
         })
     }
 
@@ -350,7 +368,7 @@ impl Readers {
                  WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?;
             let rows =
-                stmt.query_map(rusqlite::params![after.0 as i64, rows_for(limit)], |row| {
+                stmt.query_map(rusqlite::params![position(after), rows_for(limit)], |row| {
                     let seq: i64 = row.get(4)?;
                     Ok((seq as u64, element(row).map_err(corrupt)?))
                 })?;

@@ -149,7 +149,7 @@ pub(super) fn page(
     };
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(
-        params![after.0 as i64, super::reads::rows_for(limit)],
+        params![super::reads::position(after), super::reads::rows_for(limit)],
         |r| {
             let seq: i64 = r.get(0)?;
             Ok((seq as u64, record(r.get_ref(1)?.as_str()?)?))
