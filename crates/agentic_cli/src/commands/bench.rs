@@ -268,7 +268,7 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
                 .cpu_us_per_event
                 .map_or_else(String::new, |us| format!("{us:.1} µs")),
             versus: format!(
-                "{:.2}x raw at {} rows/commit (same), {:.2}x raw at {}; ack p50 {:.1}x fsync",
+                "{:.2}x raw at the same {} rows/commit, {:.2}x raw at {} rows/commit; ack p50 {:.1}x fsync",
                 a.events_per_sec / same.events_per_sec.max(1e-9),
                 same.rows_per_commit,
                 a.events_per_sec / r.raw_batches_of_100.events_per_sec.max(1e-9),
