@@ -267,6 +267,9 @@ struct Report {
     big: BuiltHome,
     /// Whether the big home was kept from an earlier run.
     big_reused: bool,
+    /// Events in each home (empty, big) when the commands ran: as built,
+    /// plus this run's turn agents (and earlier runs' on a kept home).
+    events_now: [u64; 2],
     rows: Vec<Row>,
 }
 
@@ -339,7 +342,8 @@ async fn measure(
     // The random end of a v7 id (its start is the time, to the millisecond).
     let tag = &Uuid::now_v7().simple().to_string()[20..];
     let turn_agents: Vec<String> = (0..runs).map(|r| format!("turn-{tag}-{r}")).collect();
-    for name in ["empty-home", "big-home"] {
+    let mut events_now = [0; 2];
+    for (h, name) in ["empty-home", "big-home"].into_iter().enumerate() {
         let store = Arc::new(SqliteStore::open(
             &dir.join(name),
             SqliteOptions::default(),
@@ -351,6 +355,7 @@ async fn measure(
         for batch in events.chunks(FILL_BATCH) {
             store.append(batch.to_vec(), ExpectedVersion::Any).await?;
         }
+        events_now[h] = store.head().await?.seq;
     }
 
     let url = scripted_server().await?;
@@ -397,6 +402,7 @@ async fn measure(
         empty,
         big,
         big_reused,
+        events_now,
         rows,
     })
 }
@@ -1230,9 +1236,10 @@ fn mib(kib: u64) -> f64 {
 }
 
 fn json_report(r: &Report) -> Value {
-    let home = |b: &BuiltHome| {
+    let home = |b: &BuiltHome, now: u64| {
         json!({
-            "events": b.events,
+            "events": now,
+            "events_built": b.events,
             "shape": b.shape,
             "build_secs": b.build_secs,
             "fill_secs": b.fill_secs,
@@ -1244,8 +1251,8 @@ fn json_report(r: &Report) -> Value {
         "runs": r.runs,
         "target_time_ratio": TARGET_TIME_RATIO,
         "target_rss_ratio": TARGET_RSS_RATIO,
-        "empty_home": home(&r.empty),
-        "big_home": home(&r.big),
+        "empty_home": home(&r.empty, r.events_now[0]),
+        "big_home": home(&r.big, r.events_now[1]),
         "big_home_reused": r.big_reused,
         "operations": r.rows.iter().map(|row| json!({
             "operation": row.operation,
@@ -1262,16 +1269,16 @@ fn json_report(r: &Report) -> Value {
 }
 
 fn print_table(r: &Report, dir: &Path, temporary: bool) {
-    let events = |b: &BuiltHome| output::rate(b.events as f64);
     println!(
         "lion bench scale — each command as a fresh lion process, median of {} run(s) per home; \
          targets: time ≤{TARGET_TIME_RATIO}x and peak RSS ≤{TARGET_RSS_RATIO}x the empty home's",
         r.runs
     );
     println!(
-        "empty home: {} events; big home: {} events ({}), {}",
-        r.empty.events,
-        r.big.events,
+        "empty home: {} events (one element, task and plugin; a 200-message agent per run); big \
+         home: {} events ({}), {}",
+        r.events_now[0],
+        r.events_now[1],
         describe(&r.big.shape),
         if r.big_reused {
             format!(
@@ -1293,7 +1300,7 @@ fn print_table(r: &Report, dir: &Path, temporary: bool) {
             )
         }
     );
-    let big = format!("{}-event home", events(&r.big));
+    let big = format!("{}-event home", output::rate(r.events_now[1] as f64));
     let mut t = output::table([
         "operation",
         "empty home",
