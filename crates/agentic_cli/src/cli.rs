@@ -432,4 +432,26 @@ pub enum BenchCommand {
         #[arg(long, value_name = "DIR")]
         plugin: Option<PathBuf>,
     },
+    /// Commands on a home of about a million events beside the same
+    /// commands on an almost empty home, each a fresh `lion` process: time
+    /// and peak RSS, against targets (exits 1 if a full run misses one).
+    Scale {
+        /// Homes of about 20k events: checks every path works (figures mean little).
+        #[arg(long)]
+        quick: bool,
+        /// Where to build the homes, removed afterwards [default: the system temp dir].
+        #[arg(long, value_name = "DIR", conflicts_with = "keep")]
+        dir: Option<PathBuf>,
+        /// Build the homes in DIR and keep them; a later run with the same
+        /// --keep reuses them (building the big one takes minutes).
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+        /// Runs of each command on each home; the median counts [default: 5, 2 with --quick].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        runs: Option<u32>,
+        /// The built hello_world plugin: its plugin.toml and component
+        /// [default: plugins/dist/hello_world, made by scripts/build-plugins].
+        #[arg(long, value_name = "DIR")]
+        plugin: Option<PathBuf>,
+    },
 }

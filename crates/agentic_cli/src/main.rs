@@ -235,6 +235,22 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Bench(BenchCommand::Plugins { quick, dir, plugin }) => {
                 commands::bench_plugins::run(ctx, quick, dir, plugin).await
             }
+            Command::Bench(BenchCommand::Scale {
+                quick,
+                dir,
+                keep,
+                runs,
+                plugin,
+            }) => {
+                let opts = commands::bench_scale::ScaleBench {
+                    quick,
+                    dir,
+                    keep,
+                    runs: runs.map(|n| n as usize),
+                    plugin,
+                };
+                commands::bench_scale::run(ctx, opts).await
+            }
         }
     }
     .instrument(span)

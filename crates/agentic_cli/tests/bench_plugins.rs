@@ -31,9 +31,13 @@ fn bench_plugins_quick_prints_every_row_beside_its_raw_baseline() {
         "cached load",
         "SHA-256 check",
         "raw wasmtime call, sequential: p50",
-        "manager call (async events), sequential: p50",
+        "manager call, async recording (events committed later, not waited for), sequential: p50",
+        "raw fdatasync of a 4 KiB write: p50",
+        "manager call, durable recording (events committed before it returns, as `lion plugin call`), sequential: p50",
+        "manager call, durable recording, sequential: p99",
         "raw wasmtime calls/s, 16 callers",
-        "manager calls/s, 16 callers",
+        "manager calls/s, async recording, 16 callers",
+        "manager calls/s, durable recording, 16 callers",
     ] {
         assert!(out.stdout.contains(row), "no {row:?} row: {out:?}");
     }
@@ -69,6 +73,9 @@ fn bench_plugins_quick_json_has_every_figure() {
         "raw_call_p99_us",
         "manager_call_p50_us",
         "manager_call_p99_us",
+        "fsync_p50_us",
+        "durable_call_p50_us",
+        "durable_call_p99_us",
     ] {
         let figure = report[key].as_f64().unwrap_or_default();
         assert!(figure > 0.0, "{key} is {figure}: {report}");
@@ -76,7 +83,11 @@ fn bench_plugins_quick_json_has_every_figure() {
     let throughput = report["throughput"].as_array().expect("throughput rows");
     assert_eq!(throughput.len(), 2, "{report}");
     for row in throughput {
-        for key in ["raw_calls_per_sec", "manager_calls_per_sec"] {
+        for key in [
+            "raw_calls_per_sec",
+            "manager_calls_per_sec",
+            "durable_calls_per_sec",
+        ] {
             let rate = row[key].as_f64().unwrap_or_default();
             assert!(rate > 0.0, "{key} is {rate}: {report}");
         }

@@ -916,7 +916,13 @@ mod bench {
             .args(["bench", "store", "--quick", "--dir"])
             .arg(scratch.path()))
         .success();
-        for row in ["raw fdatasync", "raw rusqlite", "group commit", "replay"] {
+        for row in [
+            "raw fdatasync",
+            "raw rusqlite, batches of 100 rows",
+            "row(s) per commit (lion's mean group below)",
+            "group commit",
+            "replay",
+        ] {
             assert!(out.stdout.contains(row), "no {row:?} row: {out:?}");
         }
         assert!(out.stdout.contains("measurement"), "{out:?}");
@@ -924,6 +930,42 @@ mod bench {
             !cwd.path().join(".lion").exists(),
             "bench opened a home it does not need"
         );
+    }
+
+    /// Each group-commit level has a raw baseline committing as many rows
+    /// per transaction as its groups did, and the own-core level really ran
+    /// with the writer pinned (the benchmark pins it from outside the store).
+    #[test]
+    fn bench_store_quick_matches_each_level_with_raw_inserts_of_its_group_size() {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let out = run(lion()
+            .args(["--json", "bench", "store", "--quick", "--dir"])
+            .arg(scratch.path()))
+        .success();
+        let report = out.json();
+        let appends = report["appends"].as_array().expect("appends");
+        assert!(!appends.is_empty(), "{report}");
+        for a in appends {
+            let group = a["events_per_commit"].as_f64().expect("events/commit");
+            let raw = &a["raw_same_batch"];
+            assert_eq!(
+                raw["rows_per_commit"].as_u64(),
+                Some((group.round() as u64).max(1)),
+                "{a}"
+            );
+            assert!(raw["events_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{a}");
+        }
+        assert_eq!(report["raw_sqlite_rows_per_commit"], 100, "{report}");
+        let pinned = appends.iter().any(|a| {
+            a["placement"]
+                .as_str()
+                .unwrap_or("")
+                .contains("writer pinned to CPU")
+        });
+        match report["own_core_skipped"].as_str() {
+            None => assert!(pinned, "no own-core row: {report}"),
+            Some(why) => assert!(why.contains("only one CPU"), "skipped: {why}"),
+        }
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! The store benchmark behind `lion bench store`: group-commit throughput and
 //! acknowledgement latency at several concurrency levels, replay speed, and
 //! the same-run baselines every figure is compared with — raw `fdatasync`,
-//! raw rusqlite batched inserts and a raw rusqlite scan of the same rows.
+//! raw rusqlite inserts in batches of 100, raw rusqlite inserts committing as
+//! many rows per transaction as the store's groups did at each level (so a
+//! level whose groups were small is not compared with big batches only), and
+//! a raw rusqlite scan of the same rows.
 //!
 //! The largest level runs twice: on the caller's runtime, and with the
 //! writer pinned to a CPU of its own and the appenders on a runtime pinned to
-//! the other CPUs ([`Placement::OwnCore`]).
+//! the other CPUs ([`Placement::OwnCore`]). The store has no option for that:
+//! the benchmark finds the writer thread of the store it opened and pins it
+//! itself (see `cpu`).
 //!
 //! Figures on a shared virtual disk swing from run to run (the flush time
 //! flips between ~0.1 ms and ~4 ms), so each row carries its ratio to a
@@ -24,8 +29,11 @@ use rusqlite::{Connection, params};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::cpu::CorePlan;
 use crate::sqlite::{SqliteOptions, SqliteStore};
+
+mod cpu;
+
+pub use cpu::CorePlan;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -40,10 +48,10 @@ pub struct BenchConfig {
     pub replay_events: u64,
     /// Flushes timed for the raw `fdatasync` baseline.
     pub fsync_samples: usize,
-    /// Events inserted by the raw rusqlite baseline (batches of 100).
+    /// Events inserted by the raw rusqlite baseline in batches of 100.
     pub baseline_events: u64,
     /// Also measure the largest level with the writer on a core of its own
-    /// and the appenders' runtime on the other cores (see [`crate::cpu`]).
+    /// and the appenders' runtime on the other cores (see [`CorePlan`]).
     pub own_core: bool,
 }
 
@@ -109,6 +117,17 @@ pub enum Placement {
     OwnCore(CorePlan),
 }
 
+/// A raw rusqlite insert baseline: plain rows, WAL, `synchronous=FULL`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawInserts {
+    /// Rows committed per transaction.
+    pub rows_per_commit: u64,
+    /// Rows per second.
+    pub events_per_sec: f64,
+    /// Transactions (fsyncs) per second.
+    pub commits_per_sec: f64,
+}
+
 /// One concurrency level of the group-commit measurement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppendRow {
@@ -126,6 +145,10 @@ pub struct AppendRow {
     pub ack: Latency,
     /// CPU time the whole process used per durable event (all threads).
     pub cpu_us_per_event: Option<f64>,
+    /// Raw rusqlite inserts measured right after this level, committing as
+    /// many rows per transaction as this level's groups did on average
+    /// (rounded, at least 1), for as long.
+    pub raw_same_batch: RawInserts,
 }
 
 /// Everything one run measured.
@@ -133,10 +156,8 @@ pub struct AppendRow {
 pub struct BenchReport {
     /// Raw `fdatasync` of a 4 KiB write: latency.
     pub fsync: Latency,
-    /// Raw rusqlite inserts in batches of 100 (`synchronous=FULL`): events/s.
-    pub raw_sqlite_events_per_sec: f64,
-    /// Raw rusqlite inserts: commits/s.
-    pub raw_sqlite_commits_per_sec: f64,
+    /// Raw rusqlite inserts in batches of 100 (`synchronous=FULL`).
+    pub raw_batches_of_100: RawInserts,
     /// lion's group commit, per concurrency level (then the largest level
     /// with the writer on its own core, if measured).
     pub appends: Vec<AppendRow>,
@@ -171,15 +192,25 @@ pub async fn run(
     progress("raw fdatasync");
     let fsync = fsync_latency(&config.dir.join("fsync.probe"), config.fsync_samples)?;
 
-    progress("raw rusqlite batched inserts");
-    let (raw_sqlite_events_per_sec, raw_sqlite_commits_per_sec) =
-        raw_sqlite_inserts(&config.dir.join("raw.db"), config.baseline_events)?;
+    progress("raw rusqlite inserts, batches of 100");
+    let raw_db = config.dir.join("raw.db");
+    let raw_batches_of_100 =
+        raw_sqlite_inserts(&raw_db, RAW_BATCH, RawLimit::Rows(config.baseline_events))?;
 
     let mut appends = Vec::new();
     for &n in &config.appenders {
         progress(&format!("group commit, {n} concurrent appender(s)"));
         let home = config.dir.join(format!("appenders-{n}"));
-        appends.push(group_commit(&home, n, config.duration, None).await?);
+        let _ = std::fs::remove_dir_all(&home);
+        let store = SqliteStore::open(&home, SqliteOptions::default())?;
+        let row = group_commit(store, n, config.duration).await;
+        let _ = std::fs::remove_dir_all(&home);
+        appends.push(same_batch_baseline(
+            row?,
+            &raw_db,
+            config.duration,
+            &mut progress,
+        )?);
     }
     let mut own_core_skipped = None;
     let largest = config.appenders.iter().copied().max();
@@ -191,7 +222,17 @@ pub async fn run(
                     plan.writer
                 ));
                 let home = config.dir.join(format!("appenders-{n}-own-core"));
-                appends.push(own_core(home, n, config.duration, plan).await?);
+                let row = own_core(home.clone(), n, config.duration, plan).await;
+                let _ = std::fs::remove_dir_all(&home);
+                match row? {
+                    Ok(row) => appends.push(same_batch_baseline(
+                        row,
+                        &raw_db,
+                        config.duration,
+                        &mut progress,
+                    )?),
+                    Err(why) => own_core_skipped = Some(why),
+                }
             }
             None => own_core_skipped = Some("this process may use only one CPU".into()),
         }
@@ -228,8 +269,7 @@ pub async fn run(
     }
     Ok(BenchReport {
         fsync,
-        raw_sqlite_events_per_sec,
-        raw_sqlite_commits_per_sec,
+        raw_batches_of_100,
         appends,
         own_core_skipped,
         replay_events: config.replay_events,
@@ -267,7 +307,10 @@ fn bench_event(i: u64) -> NewEvent {
     NewEvent::new(SystemEvent::ElementCreated { element }, Uuid::now_v7())
 }
 
-fn fsync_latency(path: &Path, samples: usize) -> Result<Latency, StoreError> {
+/// Raw `fdatasync` latency: `samples` times, a 4 KiB write to `path` then
+/// `fdatasync`, each timed (the file is removed afterwards). The floor of
+/// any durable commit on this disk, for other benchmarks' same-run rows too.
+pub fn fsync_latency(path: &Path, samples: usize) -> Result<Latency, StoreError> {
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -287,9 +330,44 @@ fn fsync_latency(path: &Path, samples: usize) -> Result<Latency, StoreError> {
     Ok(Latency::of(times))
 }
 
-/// The baseline: plain rusqlite, WAL, `synchronous=FULL`, batches of 100 rows
-/// shaped like lion's events (same payload size), no chain, no projections.
-fn raw_sqlite_inserts(path: &Path, events: u64) -> Result<(f64, f64), StoreError> {
+/// Rows per transaction of the big-batch raw baseline.
+const RAW_BATCH: u64 = 100;
+
+/// How long a raw insert baseline runs.
+#[derive(Debug, Clone, Copy)]
+enum RawLimit {
+    /// Until this many rows are in (rounded up to whole transactions).
+    Rows(u64),
+    /// Until this much time has passed (whole transactions).
+    Time(Duration),
+}
+
+/// `row` with its same-batch raw baseline measured: raw inserts committing
+/// the level's mean group size per transaction, for the level's duration.
+fn same_batch_baseline(
+    mut row: AppendRow,
+    raw_db: &Path,
+    duration: Duration,
+    progress: &mut impl FnMut(&str),
+) -> Result<AppendRow, StoreError> {
+    let rows = (row.events_per_commit.round() as u64).max(1);
+    progress(&format!(
+        "raw rusqlite inserts, {rows} row(s) per commit (as the store's groups at {} appender(s))",
+        row.appenders
+    ));
+    row.raw_same_batch = raw_sqlite_inserts(raw_db, rows, RawLimit::Time(duration))?;
+    Ok(row)
+}
+
+/// The baseline: plain rusqlite, WAL, `synchronous=FULL`, `rows_per_commit`
+/// rows per transaction shaped like lion's events (same payload size), no
+/// chain, no projections.
+fn raw_sqlite_inserts(
+    path: &Path,
+    rows_per_commit: u64,
+    limit: RawLimit,
+) -> Result<RawInserts, StoreError> {
+    let rows_per_commit = rows_per_commit.max(1);
     remove_db(path);
     let mut conn = Connection::open(path).map_err(sql)?;
     conn.execute_batch(
@@ -301,13 +379,17 @@ fn raw_sqlite_inserts(path: &Path, events: u64) -> Result<(f64, f64), StoreError
     let start = Instant::now();
     let mut commits = 0u64;
     let mut seq = 0i64;
-    while (seq as u64) < events {
+    let more = |seq: i64| match limit {
+        RawLimit::Rows(n) => (seq as u64) < n,
+        RawLimit::Time(d) => start.elapsed() < d,
+    };
+    while more(seq) {
         let tx = conn.transaction().map_err(sql)?;
         {
             let mut stmt = tx
                 .prepare_cached("INSERT INTO events (seq, event_id, payload) VALUES (?1, ?2, ?3)")
                 .map_err(sql)?;
-            for _ in 0..100 {
+            for _ in 0..rows_per_commit {
                 seq += 1;
                 stmt.execute(params![seq, Uuid::now_v7().as_bytes(), payload])
                     .map_err(sql)?;
@@ -319,7 +401,11 @@ fn raw_sqlite_inserts(path: &Path, events: u64) -> Result<(f64, f64), StoreError
     let secs = start.elapsed().as_secs_f64();
     drop(conn);
     remove_db(path);
-    Ok((seq as f64 / secs, commits as f64 / secs))
+    Ok(RawInserts {
+        rows_per_commit,
+        events_per_sec: seq as f64 / secs,
+        commits_per_sec: commits as f64 / secs,
+    })
 }
 
 fn remove_db(path: &Path) {
@@ -328,14 +414,16 @@ fn remove_db(path: &Path) {
     }
 }
 
-/// [`group_commit`] with the writer pinned to `plan.writer` and the
-/// appenders on a runtime of their own, one worker pinned to each other CPU.
+/// [`group_commit`] on a fresh store in `home` whose writer thread this
+/// benchmark pins to `plan.writer`, the appenders on a runtime of their own,
+/// one worker pinned to each other CPU. `Ok(Err(why))` when the writer
+/// cannot be pinned: the row would not be what it says, so it is skipped.
 async fn own_core(
     home: PathBuf,
     n: usize,
     duration: Duration,
     plan: CorePlan,
-) -> Result<AppendRow, StoreError> {
+) -> Result<Result<AppendRow, String>, StoreError> {
     let backend = |e: std::io::Error| StoreError::Backend(format!("cannot start a runtime: {e}"));
     tokio::task::spawn_blocking(move || {
         let workers = plan.workers.clone();
@@ -343,33 +431,50 @@ async fn own_core(
             .worker_threads(workers.len())
             .on_thread_start(move || {
                 // Only a measurement: an unpinned worker is a slower one.
-                let _ = crate::cpu::pin_current_thread(&workers);
+                let _ = cpu::pin_thread(None, &workers);
             })
             .enable_all()
             .build()
             .map_err(backend)?;
-        let mut row = runtime.block_on(group_commit(&home, n, duration, Some(plan.writer)))?;
+        let _ = std::fs::remove_dir_all(&home);
+        let before = cpu::writer_threads().map_err(|e| io(Path::new("/proc/self/task"), &e))?;
+        let store = SqliteStore::open(&home, SqliteOptions::default())?;
+        // A thread takes its name once it runs: after one commit, it has.
+        runtime.block_on(store.append(vec![bench_event(0)], ExpectedVersion::Any))?;
+        if let Err(why) = pin_writer(&before, plan.writer) {
+            return Ok(Err(why));
+        }
+        let mut row = runtime.block_on(group_commit(store, n, duration))?;
         row.placement = Placement::OwnCore(plan);
-        Ok(row)
+        Ok(Ok(row))
     })
     .await
     .map_err(|e| StoreError::Backend(format!("own-core measurement failed: {e}")))?
 }
 
-/// `n` tasks each appending one event at a time for `duration`, the store's
-/// writer pinned to `writer_cpu` if given.
+/// Pins the writer thread of the store opened since `before` was listed to
+/// `cpu`, and checks that it runs there alone; why not, if it cannot.
+fn pin_writer(before: &std::collections::BTreeSet<i32>, cpu: usize) -> Result<(), String> {
+    let writer = cpu::new_writer_thread(before)
+        .map_err(|e| format!("cannot find the store's writer thread: {e}"))?;
+    cpu::pin_thread(Some(writer), &[cpu])
+        .map_err(|e| format!("cannot pin the store's writer thread to CPU {cpu}: {e}"))?;
+    match cpu::allowed_for(Some(writer)) {
+        Ok(cpus) if cpus == [cpu] => Ok(()),
+        Ok(cpus) => Err(format!(
+            "the store's writer thread runs on CPUs {cpus:?} after pinning it to CPU {cpu}"
+        )),
+        Err(e) => Err(format!("cannot read the writer thread's CPUs: {e}")),
+    }
+}
+
+/// `n` tasks each appending one event at a time to `store` for `duration`.
 async fn group_commit(
-    home: &Path,
+    store: SqliteStore,
     n: usize,
     duration: Duration,
-    writer_cpu: Option<usize>,
 ) -> Result<AppendRow, StoreError> {
-    let _ = std::fs::remove_dir_all(home);
-    let options = SqliteOptions {
-        writer_cpu,
-        ..SqliteOptions::default()
-    };
-    let store = Arc::new(SqliteStore::open(home, options)?);
+    let store = Arc::new(store);
     let stats_before = (
         store.commit_stats().commits.load(Ordering::Relaxed),
         store.commit_stats().events.load(Ordering::Relaxed),
@@ -409,7 +514,6 @@ async fn group_commit(
     let commits = store.commit_stats().commits.load(Ordering::Relaxed) - stats_before.0;
     let events = store.commit_stats().events.load(Ordering::Relaxed) - stats_before.1;
     drop(store);
-    let _ = std::fs::remove_dir_all(home);
     Ok(AppendRow {
         appenders: n,
         placement: Placement::Shared,
@@ -418,6 +522,12 @@ async fn group_commit(
         events_per_commit: events as f64 / commits.max(1) as f64,
         cpu_us_per_event: cpu.map(|c| c * 1e6 / events.max(1) as f64),
         ack: Latency::of(latencies),
+        // Measured by the caller, once the store is closed.
+        raw_same_batch: RawInserts {
+            rows_per_commit: 0,
+            events_per_sec: 0.0,
+            commits_per_sec: 0.0,
+        },
     })
 }
 

@@ -6,12 +6,12 @@
 //!   `synchronous=FULL`, one group-commit writer per process, projections
 //!   updated in the append's transaction, and the `HEAD` file that lets
 //!   verification detect a truncated log.
-//! - [`cpu`] — the CPU split that gives the group-commit writer a core of its own.
 //! - [`bench`] — the store benchmark behind `lion bench store`, with its
-//!   same-run baselines (raw SQLite inserts, raw `fdatasync`).
+//!   same-run baselines (raw SQLite inserts, raw `fdatasync`). It pins
+//!   threads to CPUs itself, from outside the store: the store has no knob
+//!   that exists only for a benchmark.
 
 pub mod bench;
-pub mod cpu;
 pub mod memory;
 pub mod sqlite;
 

@@ -12,7 +12,11 @@
 //!   latency of sequential calls, and calls/s with 2 and 16 concurrent
 //!   callers, the final flush included (against the raw wasmtime path of
 //!   [`agentic_wasm::baseline`]: the same engine, component, WASI context,
-//!   limits and deadline, without the manager).
+//!   limits and deadline, without the manager);
+//! - the same calls with durable recording, as `lion plugin call` makes
+//!   them: each call returns once its events are committed, so its latency
+//!   is set by the disk's flush, shown beside a raw `fdatasync` measured in
+//!   the same run.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use agentic_core::plugin::{CallOptions, PluginManager, PluginManifest, Sandbox, VerifiedArtifact};
 use agentic_core::{Durability, EventStore};
+use agentic_store::bench::fsync_latency;
 use agentic_store::{SqliteOptions, SqliteStore};
 use agentic_wasm::WasmSandbox;
 use agentic_wasm::baseline::RawPlugin;
@@ -55,8 +60,13 @@ struct Plan {
     loads: usize,
     /// Calls before measuring, on each path.
     warmup: usize,
-    /// Sequential calls measured, on each path.
+    /// Sequential calls measured, on each path with asynchronous recording.
     calls: usize,
+    /// Sequential calls measured with durable recording (each waits for a
+    /// flush, so fewer).
+    durable_calls: usize,
+    /// Flushes timed for the raw `fdatasync` baseline.
+    fsync_samples: usize,
     /// How long each calls/s measurement runs.
     duration: Duration,
 }
@@ -70,6 +80,8 @@ impl Plan {
                 loads: 3,
                 warmup: 10,
                 calls: 200,
+                durable_calls: 30,
+                fsync_samples: 20,
                 duration: Duration::from_millis(200),
             }
         } else {
@@ -79,6 +91,8 @@ impl Plan {
                 loads: 30,
                 warmup: 500,
                 calls: 10_000,
+                durable_calls: 1_000,
+                fsync_samples: 200,
                 duration: Duration::from_secs(3),
             }
         }
@@ -113,11 +127,12 @@ fn median(samples: Vec<Duration>) -> Duration {
     Latency::of(samples).p50
 }
 
-/// Calls/s with some concurrent callers, on both paths.
+/// Calls/s with some concurrent callers, on every path.
 struct Throughput {
     tasks: usize,
     raw: f64,
     manager: f64,
+    durable: f64,
 }
 
 /// Everything measured.
@@ -134,6 +149,10 @@ struct Report {
     load_prepare: Duration,
     raw: Latency,
     manager: Latency,
+    /// Raw `fdatasync` of a 4 KiB write, this run.
+    fsync: Latency,
+    /// The manager with durable recording (as `lion plugin call`).
+    durable: Latency,
     throughput: Vec<Throughput>,
 }
 
@@ -282,7 +301,12 @@ pub async fn run(
     std::fs::create_dir_all(&home)
         .with_context(|| format!("cannot create the scratch home {}", home.display()))?;
     let plan = Plan::new(quick);
-    let result = measure(&plan, &home, manifest, component, ctx.correlation_id).await;
+    eprintln!("bench: raw fdatasync, {} times…", plan.fsync_samples);
+    let fsync = fsync_latency(&home.join("fsync.probe"), plan.fsync_samples);
+    let result = match fsync {
+        Ok(fsync) => measure(&plan, &home, manifest, component, ctx.correlation_id, fsync).await,
+        Err(e) => Err(e.into()),
+    };
     let _ = std::fs::remove_dir_all(&home);
     let report = result?;
     let logging = tracing::enabled!(target: "agentic_wasm::host", tracing::Level::INFO);
@@ -306,6 +330,7 @@ async fn measure(
     manifest: PluginManifest,
     component: Vec<u8>,
     correlation_id: Uuid,
+    fsync: agentic_store::bench::Latency,
 ) -> Result<Report> {
     eprintln!("bench: starting the sandbox…");
     let started = Instant::now();
@@ -409,12 +434,36 @@ async fn measure(
         manager: manager.clone(),
         name: name.as_str().into(),
     };
+    // What `lion plugin call` uses: every call's events committed before
+    // the call returns.
+    let durable_manager = PluginManager::new(
+        sqlite.clone(),
+        sandbox.clone(),
+        plugins_dir(home),
+        correlation_id,
+        Durability::Durable,
+    );
+    let durable = Caller::Manager {
+        manager: durable_manager.clone(),
+        name: name.as_str().into(),
+    };
     raw.check().await?;
     managed.check().await?;
+    durable.check().await?;
 
     eprintln!("bench: {} sequential calls on each path…", plan.calls);
     let raw_latency = sequential(raw.clone(), plan.warmup, plan.calls).await?;
     let manager_latency = sequential(managed.clone(), plan.warmup, plan.calls).await?;
+    eprintln!(
+        "bench: {} sequential calls with durable recording…",
+        plan.durable_calls
+    );
+    let durable_latency = sequential(
+        durable.clone(),
+        plan.warmup.min(plan.durable_calls),
+        plan.durable_calls,
+    )
+    .await?;
 
     let mut throughput = Vec::new();
     for tasks in CONCURRENCY {
@@ -423,6 +472,7 @@ async fn measure(
             tasks,
             raw: concurrent(raw.clone(), tasks, plan.duration).await?,
             manager: concurrent(managed.clone(), tasks, plan.duration).await?,
+            durable: concurrent(durable.clone(), tasks, plan.duration).await?,
         });
     }
     manager.flush().await?;
@@ -439,12 +489,18 @@ async fn measure(
         load_prepare: part(3),
         raw: raw_latency,
         manager: manager_latency,
+        fsync: Latency {
+            p50: Duration::from_secs_f64(fsync.p50_ms / 1e3),
+            p99: Duration::from_secs_f64(fsync.p99_ms / 1e3),
+        },
+        durable: durable_latency,
         throughput,
     };
     // Close the scratch store before its home is deleted: the manager's
     // background appender holds it until the manager is closed.
-    drop((raw, managed));
+    drop((raw, managed, durable));
     manager.close().await;
+    durable_manager.close().await;
     drop(sqlite);
     Ok(report)
 }
@@ -517,11 +573,18 @@ fn json_report(r: &Report, plan: &Plan, logging: bool) -> Value {
         "raw_call_p99_us": micros(r.raw.p99),
         "manager_call_p50_us": micros(r.manager.p50),
         "manager_call_p99_us": micros(r.manager.p99),
+        "fsync_samples": plan.fsync_samples,
+        "fsync_p50_us": micros(r.fsync.p50),
+        "fsync_p99_us": micros(r.fsync.p99),
+        "durable_sequential_calls": plan.durable_calls,
+        "durable_call_p50_us": micros(r.durable.p50),
+        "durable_call_p99_us": micros(r.durable.p99),
         "max_concurrency": r.max_concurrency,
         "throughput": r.throughput.iter().map(|t| json!({
             "tasks": t.tasks,
             "raw_calls_per_sec": t.raw,
             "manager_calls_per_sec": t.manager,
+            "durable_calls_per_sec": t.durable,
         })).collect::<Vec<_>>(),
         "plugin_info_logs": logging,
         "manager_call_target_met": call_ok(r),
@@ -623,7 +686,8 @@ fn print_table(r: &Report, plan: &Plan, home: &Path) {
         empty(),
     ]);
     row([
-        "manager call (async events), sequential: p50".into(),
+        "manager call, async recording (events committed later, not waited for), sequential: p50"
+            .into(),
         time(r.manager.p50),
         format!("raw p50 {}", time(r.raw.p50)),
         ratio(r.manager.p50.as_secs_f64(), r.raw.p50.as_secs_f64()),
@@ -631,13 +695,45 @@ fn print_table(r: &Report, plan: &Plan, home: &Path) {
         verdict(call_ok(r)).into(),
     ]);
     row([
-        "manager call (async events), sequential: p99".into(),
+        "manager call, async recording, sequential: p99".into(),
         time(r.manager.p99),
         format!("raw p99 {}", time(r.raw.p99)),
         ratio(r.manager.p99.as_secs_f64(), r.raw.p99.as_secs_f64()),
         empty(),
         empty(),
     ]);
+    for (what, figure) in [("p50", r.fsync.p50), ("p99", r.fsync.p99)] {
+        row([
+            format!("raw fdatasync of a 4 KiB write: {what}"),
+            time(figure),
+            "baseline (flush latency)".into(),
+            empty(),
+            empty(),
+            empty(),
+        ]);
+    }
+    for (what, figure, flush) in [
+        (
+            "manager call, durable recording (events committed before it returns, as \
+             `lion plugin call`), sequential: p50",
+            r.durable.p50,
+            r.fsync.p50,
+        ),
+        (
+            "manager call, durable recording, sequential: p99",
+            r.durable.p99,
+            r.fsync.p99,
+        ),
+    ] {
+        row([
+            what.into(),
+            time(figure),
+            format!("fdatasync {}", time(flush)),
+            ratio(figure.as_secs_f64(), flush.as_secs_f64()),
+            empty(),
+            empty(),
+        ]);
+    }
     for th in &r.throughput {
         row([
             format!("raw wasmtime calls/s, {} callers", th.tasks),
@@ -648,10 +744,21 @@ fn print_table(r: &Report, plan: &Plan, home: &Path) {
             empty(),
         ]);
         row([
-            format!("manager calls/s, {} callers, flush included", th.tasks),
+            format!(
+                "manager calls/s, async recording, {} callers, final flush included",
+                th.tasks
+            ),
             per_sec(th.manager),
             format!("raw {}", per_sec(th.raw)),
             ratio(th.manager, th.raw),
+            empty(),
+            empty(),
+        ]);
+        row([
+            format!("manager calls/s, durable recording, {} callers", th.tasks),
+            per_sec(th.durable),
+            format!("raw {}", per_sec(th.raw)),
+            ratio(th.durable, th.raw),
             empty(),
             empty(),
         ]);

@@ -7,6 +7,7 @@ pub mod bench_llm;
 pub mod bench_model;
 pub mod bench_plugins;
 pub mod bench_runtime;
+pub mod bench_scale;
 pub mod demo;
 pub mod element;
 pub mod events;

@@ -93,9 +93,6 @@ pub struct SqliteOptions {
     /// Append requests that may wait for the writer before appenders are
     /// slowed down (backpressure).
     pub writer_queue: usize,
-    /// A CPU to pin the group-commit writer thread to (see [`crate::cpu`]);
-    /// `None` lets it run anywhere.
-    pub writer_cpu: Option<usize>,
     /// WAL length (pages of 4 KiB) from which the writer starts the WAL over
     /// once it is copied into the database, so commits overwrite WAL blocks
     /// instead of growing the file (see the `checkpoint` module). Bounds the
@@ -109,7 +106,6 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             max_events_per_commit: 8192,
             writer_queue: 4096,
-            writer_cpu: None,
             wal_recycle_pages: 16_384,
         }
     }
@@ -220,17 +216,9 @@ impl SqliteStore {
             last_head: None,
         };
         let stats = writer.stats.clone();
-        let writer_cpu = options.writer_cpu;
         let handle = std::thread::Builder::new()
             .name("lion-store-writer".into())
-            .spawn(move || {
-                if let Some(cpu) = writer_cpu
-                    && let Err(e) = crate::cpu::pin_current_thread(&[cpu])
-                {
-                    tracing::warn!(cpu, error = %e, "cannot pin the store writer to its CPU");
-                }
-                writer.run(rx)
-            })
+            .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             home: home.to_path_buf(),
