@@ -107,12 +107,24 @@ pub enum ElementCommand {
     /// Create an element and print its id.
     Create(CreateElement),
     /// List every element of this home, in creation order.
-    List,
+    List(Paging),
     /// Show one element.
     Show {
         /// The element's id.
         id: String,
     },
+}
+
+/// Which part of a list to show: everything by default, or one page.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct Paging {
+    /// Start after this position (the `more:` line of a previous page, or
+    /// the `next` of its JSON, gives it).
+    #[arg(long, value_name = "CURSOR")]
+    pub after: Option<u64>,
+    /// Show one page of at most N items, and where the next one starts.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
 }
 
 /// Arguments of `element create`.
@@ -132,7 +144,7 @@ pub enum TaskCommand {
     /// Submit a task.
     Submit(SubmitTask),
     /// List every task of this home, in submission order.
-    List,
+    List(Paging),
     /// Show one task.
     Show {
         /// The task's id.
@@ -183,7 +195,7 @@ pub enum AgentCommand {
         max_answer_bytes: Option<u64>,
     },
     /// List agents (each with the size of its conversation).
-    List,
+    List(Paging),
     /// Show an agent and a page of its conversation.
     Show {
         /// The agent's name.
@@ -258,7 +270,7 @@ pub enum PluginCommand {
         grant: Vec<String>,
     },
     /// List installed plugins.
-    List,
+    List(Paging),
     /// Show a plugin: its functions, permissions asked and granted, limits
     /// and call counts.
     Info {

@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use cli::{
     AgentCommand, BenchCommand, Cli, Command, ElementCommand, EventsCommand, LogFormat,
-    ModelCommand, PluginCommand, TaskCommand,
+    ModelCommand, Paging, PluginCommand, TaskCommand,
 };
 use commands::Ctx;
 
@@ -117,8 +117,11 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Element(ElementCommand::Create(args)) | Command::CreateElement(args) => {
                 commands::element::create(open, ctx, &args).await
             }
-            Command::Element(ElementCommand::List) | Command::ListElements => {
-                commands::element::list(&*open()?, ctx).await
+            Command::Element(ElementCommand::List(paging)) => {
+                commands::element::list(&*open()?, ctx, paging).await
+            }
+            Command::ListElements => {
+                commands::element::list(&*open()?, ctx, Paging::default()).await
             }
             Command::Element(ElementCommand::Show { id }) => {
                 commands::element::show(&*open()?, ctx, &id).await
@@ -159,7 +162,9 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Demo { calculator } => {
                 commands::demo::run(&home, open()?, ctx, calculator).await
             }
-            Command::Agent(AgentCommand::List) => commands::agent::list(&*open()?, ctx).await,
+            Command::Agent(AgentCommand::List(paging)) => {
+                commands::agent::list(&*open()?, ctx, paging).await
+            }
             Command::Agent(AgentCommand::Show { name, after, limit }) => {
                 commands::agent::show(&*open()?, ctx, &name, Cursor(after), limit as usize).await
             }
@@ -181,7 +186,9 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Plugin(PluginCommand::Grant { name, grant }) => {
                 commands::plugin::grant(&home, open()?, ctx, &name, &grant).await
             }
-            Command::Plugin(PluginCommand::List) => commands::plugin::list(&*open()?, ctx).await,
+            Command::Plugin(PluginCommand::List(paging)) => {
+                commands::plugin::list(&*open()?, ctx, paging).await
+            }
             Command::Plugin(PluginCommand::Info { name }) => {
                 commands::plugin::info(&*open()?, ctx, &name).await
             }
@@ -198,7 +205,9 @@ async fn run(cli: Cli) -> Result<()> {
                 commands::task::submit(&home, open, ctx, &args).await
             }
             Command::Run { concurrency } => commands::run::run(&home, open, ctx, concurrency).await,
-            Command::Task(TaskCommand::List) => commands::task::list(&*open()?, ctx).await,
+            Command::Task(TaskCommand::List(paging)) => {
+                commands::task::list(&*open()?, ctx, paging).await
+            }
             Command::Task(TaskCommand::Show { id }) => {
                 commands::task::show(&*open()?, ctx, &id).await
             }

@@ -3,25 +3,94 @@
 use std::future::Future;
 
 use agentic_core::{Cursor, Page, StoreError};
+
+use crate::cli::Paging;
 use comfy_table::{Table, presets};
 use serde::Serialize;
 
 /// Items read per page when a command lists a whole list.
 pub const LIST_PAGE: usize = 512;
 
-/// Every item of a paged list, read page by page with `read`.
-pub async fn every<T, F>(mut read: impl FnMut(Cursor) -> F) -> Result<Vec<T>, StoreError>
+/// The part of a list `paging` asks for, read with `read(after, limit)`:
+/// every item from its start (or from `--after`), or one page of `--limit`
+/// items with where the next page starts.
+pub async fn listed<T, F>(
+    paging: Paging,
+    mut read: impl FnMut(Cursor, usize) -> F,
+) -> Result<Listed<T>, StoreError>
 where
     F: Future<Output = Result<Page<T>, StoreError>>,
 {
-    let mut all = Vec::new();
-    let mut after = Cursor::START;
-    loop {
-        let page = read(after).await?;
-        all.extend(page.items);
-        match page.next {
-            Some(next) => after = next,
-            None => return Ok(all),
+    let after = paging.after.map_or(Cursor::START, Cursor);
+    match paging.limit {
+        Some(limit) => {
+            let page = read(after, limit as usize).await?;
+            Ok(Listed {
+                items: page.items,
+                paged: true,
+                next: page.next,
+            })
+        }
+        None => {
+            let mut items = Vec::new();
+            let mut after = after;
+            loop {
+                let page = read(after, LIST_PAGE).await?;
+                items.extend(page.items);
+                match page.next {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+            Ok(Listed {
+                items,
+                paged: false,
+                next: None,
+            })
+        }
+    }
+}
+
+/// What a list command shows.
+pub struct Listed<T> {
+    /// The items, in the list's order.
+    pub items: Vec<T>,
+    /// Whether one page was asked for (`--limit`).
+    pub paged: bool,
+    /// Where the next page starts, if the list goes on after this page.
+    pub next: Option<Cursor>,
+}
+
+impl<T: Serialize> Listed<T> {
+    /// Prints the items as JSON: an array, or for a page, the page's items
+    /// and where the next page starts (`{"items": […], "next": N}`).
+    pub fn json(&self) -> anyhow::Result<()> {
+        self.json_with(|item| Ok(serde_json::to_value(item)?))
+    }
+}
+
+impl<T> Listed<T> {
+    /// [`Listed::json`] with each item made into JSON by `value`.
+    pub fn json_with(
+        &self,
+        value: impl Fn(&T) -> anyhow::Result<serde_json::Value>,
+    ) -> anyhow::Result<()> {
+        let items = self
+            .items
+            .iter()
+            .map(value)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if self.paged {
+            json(&serde_json::json!({ "items": items, "next": self.next }))
+        } else {
+            json(&items)
+        }
+    }
+
+    /// For people: the line saying how to see the next page, if there is one.
+    pub fn more(&self, command: &str) {
+        if let Some(next) = self.next {
+            println!("more: {command} --after {next}");
         }
     }
 }

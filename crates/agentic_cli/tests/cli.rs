@@ -91,6 +91,47 @@ mod elements {
     }
 
     #[test]
+    fn lists_page_with_limit_and_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let made: Vec<String> = fill(&home, 5).iter().map(uuid::Uuid::to_string).collect();
+
+        // Following `next` from page to page gives every element once, in order.
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut args = vec!["element", "list", "--limit", "2", "--json"];
+            if let Some(cursor) = &after {
+                args.extend(["--after", cursor.as_str()]);
+            }
+            let page = lion_run(&home, &args).success().json();
+            let items = page["items"].as_array().expect("items");
+            assert!(items.len() <= 2, "{page}");
+            seen.extend(ids(items));
+            match &page["next"] {
+                Value::Null => break,
+                next => after = Some(next.to_string()),
+            }
+        }
+        assert_eq!(seen, made);
+
+        let table = lion_run(&home, &["element", "list", "--limit", "3"]).success();
+        assert!(table.stdout.contains("3 element(s)"), "{table:?}");
+        assert!(
+            table
+                .stdout
+                .contains("more: lion element list --limit N --after "),
+            "{table:?}"
+        );
+        let last = lion_run(&home, &["task", "list", "--limit", "3", "--json"])
+            .success()
+            .json();
+        assert_eq!(last, json!({"items": [], "next": null}));
+        let refused = lion_run(&home, &["element", "list", "--limit", "0"]);
+        assert_eq!(refused.code, Some(2), "{refused:?}");
+    }
+
+    #[test]
     fn element_create_list_and_show_are_the_grouped_forms_of_the_same_commands() {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join("home");

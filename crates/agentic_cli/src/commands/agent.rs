@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{Ctx, plugin, task};
+use crate::cli::Paging;
 use crate::live::{self, LiveClient};
 use crate::providers::HomeProviders;
 use crate::{lease, output};
@@ -162,23 +163,20 @@ pub fn model_for(
 }
 
 /// `lion agent list`.
-pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
-    let listed: Vec<AgentView> =
-        output::every(|after| store.agents(after, output::LIST_PAGE)).await?;
+pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
+    let listed = output::listed(paging, |after, limit| store.agents(after, limit)).await?;
     if ctx.json {
         // Conversations are not listed (`lion agent show` pages one).
-        let mut agents = Vec::with_capacity(listed.len());
-        for view in &listed {
+        return listed.json_with(|view| {
             let mut value = agent_json(view)?;
             if let Some(fields) = value.as_object_mut() {
                 fields.remove("messages");
                 fields.remove("next");
             }
-            agents.push(value);
-        }
-        return output::json(&agents);
+            Ok(value)
+        });
     }
-    if listed.is_empty() {
+    if listed.items.is_empty() && !listed.paged {
         println!("no agents (lion agent spawn NAME)");
         return Ok(());
     }
@@ -191,7 +189,7 @@ pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
         "budget",
         "answer bound",
     ]);
-    for view in &listed {
+    for view in &listed.items {
         let a = &view.record;
         table.add_row(vec![
             a.name.clone(),
@@ -207,6 +205,7 @@ pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
         ]);
     }
     println!("{table}");
+    listed.more("lion agent list --limit N");
     Ok(())
 }
 

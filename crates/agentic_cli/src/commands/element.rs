@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::Ctx;
-use crate::cli::CreateElement;
+use crate::cli::{CreateElement, Paging};
 use crate::output;
 
 /// Creates an element from the command's metadata and content; prints its id.
@@ -53,15 +53,14 @@ fn parse_metadata(text: &str) -> Result<Map<String, Value>> {
     }
 }
 
-/// Lists every element, in creation order, from the projection.
-pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
-    let all: Vec<ElementData> =
-        output::every(|after| store.elements(after, output::LIST_PAGE)).await?;
+/// Lists the elements (all, or the page `paging` asks for), in creation order.
+pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
+    let listed = output::listed(paging, |after, limit| store.elements(after, limit)).await?;
     if ctx.json {
-        return output::json(&all);
+        return listed.json();
     }
     let mut t = output::table(["id", "created", "metadata", "content"]);
-    for e in &all {
+    for e in &listed.items {
         t.add_row([
             e.id.to_string(),
             e.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
@@ -70,7 +69,8 @@ pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
         ]);
     }
     println!("{t}");
-    println!("{} element(s)", all.len());
+    println!("{} element(s)", listed.items.len());
+    listed.more("lion element list --limit N");
     Ok(())
 }
 

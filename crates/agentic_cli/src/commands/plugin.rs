@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use agentic_core::plugin::{
-    CallOptions, DirAccess, Grant, Limits, PluginError, PluginManager, PluginRecord, PluginStatus,
+    CallOptions, DirAccess, Grant, Limits, PluginError, PluginManager, PluginStatus,
 };
 use agentic_core::{Durability, EventStore};
 use agentic_store::SqliteStore;
@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::Ctx;
+use crate::cli::Paging;
 use crate::output;
 
 /// Where a home keeps its plugins' files.
@@ -143,18 +144,18 @@ pub async fn grant(
 }
 
 /// `lion plugin list`.
-pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
-    let plugins: Vec<PluginRecord> =
-        output::every(|after| store.plugins(after, output::LIST_PAGE)).await?;
+pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
+    let listed = output::listed(paging, |after, limit| store.plugins(after, limit)).await?;
     if ctx.json {
-        return output::json(&plugins);
+        return listed.json();
     }
-    if plugins.is_empty() {
+    let plugins = &listed.items;
+    if plugins.is_empty() && !listed.paged {
         println!("no plugins installed (lion plugin install MANIFEST)");
         return Ok(());
     }
     let mut table = output::table(["name", "version", "status", "calls", "failed", "granted"]);
-    for p in &plugins {
+    for p in plugins {
         let m = &p.installed.manifest;
         table.add_row(vec![
             m.name.clone(),
@@ -166,6 +167,7 @@ pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
         ]);
     }
     println!("{table}");
+    listed.more("lion plugin list --limit N");
     Ok(())
 }
 

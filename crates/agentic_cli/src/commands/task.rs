@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{Ctx, plugin};
-use crate::cli::{DurabilityArg, SubmitTask};
+use crate::cli::{DurabilityArg, Paging, SubmitTask};
 use crate::output;
 use crate::{lease, live};
 
@@ -324,15 +324,18 @@ fn report(ctx: Ctx, id: Uuid, outcome: &TaskOutcome) -> Result<()> {
     }
 }
 
-/// Lists every task of this home, in submission order.
-pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
-    let all: Vec<TaskRecord> =
-        output::every(|after| store.tasks(TaskFilter::All, after, output::LIST_PAGE)).await?;
+/// Lists this home's tasks (all, or the page `paging` asks for), in
+/// submission order.
+pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
+    let listed = output::listed(paging, |after, limit| {
+        store.tasks(TaskFilter::All, after, limit)
+    })
+    .await?;
     if ctx.json {
-        return output::json(&all);
+        return listed.json();
     }
     let mut t = output::table(["id", "handler", "status", "attempts", "result"]);
-    for task in &all {
+    for task in &listed.items {
         let result = match (&task.output, &task.error) {
             (Some(v), _) => v.to_string(),
             (None, Some(e)) => e.clone(),
@@ -347,7 +350,8 @@ pub async fn list(store: &SqliteStore, ctx: Ctx) -> Result<()> {
         ]);
     }
     println!("{t}");
-    println!("{} task(s)", all.len());
+    println!("{} task(s)", listed.items.len());
+    listed.more("lion task list --limit N");
     Ok(())
 }
 
