@@ -28,6 +28,7 @@ where
             Ok(Listed {
                 items: page.items,
                 paged: true,
+                limit,
                 next: page.next,
             })
         }
@@ -45,6 +46,7 @@ where
             Ok(Listed {
                 items,
                 paged: false,
+                limit: 0,
                 next: None,
             })
         }
@@ -57,6 +59,8 @@ pub struct Listed<T> {
     pub items: Vec<T>,
     /// Whether one page was asked for (`--limit`).
     pub paged: bool,
+    /// The page's `--limit` (0 when the whole list was asked for).
+    pub limit: u32,
     /// Where the next page starts, if the list goes on after this page.
     pub next: Option<Cursor>,
 }
@@ -87,10 +91,11 @@ impl<T> Listed<T> {
         }
     }
 
-    /// For people: the line saying how to see the next page, if there is one.
+    /// For people: the line saying how to see the next page of `command`
+    /// (e.g. `lion task list`), if there is one.
     pub fn more(&self, command: &str) {
         if let Some(next) = self.next {
-            println!("more: {command} --after {next}");
+            println!("more: {command} --limit {} --after {next}", self.limit);
         }
     }
 }

@@ -247,7 +247,9 @@ async fn an_agent_streams_its_answer_and_remembers_across_processes() {
     let shown = lion_run(&home, &["agent", "show", "ada", "--limit", "1"]).success();
     assert!(
         shown.stdout.contains("#1 user: Hi there")
-            && shown.stdout.contains("more: lion agent show ada --after 1"),
+            && shown
+                .stdout
+                .contains("more: lion agent show ada --limit 1 --after 1"),
         "{shown:?}"
     );
     let kinds = event_kinds(&home);

@@ -120,7 +120,7 @@ mod elements {
         assert!(
             table
                 .stdout
-                .contains("more: lion element list --limit N --after "),
+                .contains("more: lion element list --limit 3 --after 3"),
             "{table:?}"
         );
         let last = lion_run(&home, &["task", "list", "--limit", "3", "--json"])

@@ -205,7 +205,7 @@ pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
         ]);
     }
     println!("{table}");
-    listed.more("lion agent list --limit N");
+    listed.more("lion agent list");
     Ok(())
 }
 
@@ -274,7 +274,7 @@ pub async fn show(
         );
     }
     if let Some(next) = view.next {
-        println!("more: lion agent show {name} --after {next}");
+        println!("more: lion agent show {name} --limit {limit} --after {next}");
     }
     Ok(())
 }

@@ -70,7 +70,7 @@ pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
     }
     println!("{t}");
     println!("{} element(s)", listed.items.len());
-    listed.more("lion element list --limit N");
+    listed.more("lion element list");
     Ok(())
 }
 

@@ -167,7 +167,7 @@ pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
         ]);
     }
     println!("{table}");
-    listed.more("lion plugin list --limit N");
+    listed.more("lion plugin list");
     Ok(())
 }
 

@@ -351,7 +351,7 @@ pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
     }
     println!("{t}");
     println!("{} task(s)", listed.items.len());
-    listed.more("lion task list --limit N");
+    listed.more("lion task list");
     Ok(())
 }
 
