@@ -168,10 +168,15 @@ async fn follow(
                 match event.decode() {
                     // While stopping, new work is left for the next kernel.
                     Ok(SystemEvent::TaskSubmitted { task_id, .. }) if !stopping => {
-                        if !orchestrator.is_running(task_id).await
-                            && take_over(store.as_ref(), orchestrator, task_id).await?
-                        {
-                            report.adopted += 1;
+                        if !orchestrator.is_running(task_id).await {
+                            match take_over(store.as_ref(), orchestrator, task_id).await {
+                                Ok(true) => report.adopted += 1,
+                                Ok(false) => {}
+                                // One task that cannot be read stops no kernel.
+                                Err(e) => tracing::warn!(
+                                    task = %task_id, error = %e, "task cannot be read; not taken"
+                                ),
+                            }
                         }
                     }
                     // Cancellations still reach the tasks that run here.

@@ -1569,3 +1569,35 @@ mod task_projection {
         assert!(replay_vs_projection(&store).await.is_empty());
     }
 }
+
+/// An element a pre-schema-5 lion created off its own stream (as schema 7's
+/// migration lists them in `elements_off_stream`) is still found by id.
+#[test]
+fn an_element_created_off_its_own_stream_is_found_by_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    block_on(store.append(vec![on_stream("legacy", json!({}))], ExpectedVersion::Any))
+        .expect("append");
+    drop(store);
+    // What an old writer left: an element row for the event at seq 1.
+    let id = Uuid::now_v7();
+    let db = raw_db(dir.path());
+    db.execute(
+        "INSERT INTO elements (seq, id, created_at, metadata, content) \
+         VALUES (1, ?1, '2024-01-01T00:00:00Z', '{}', 'old')",
+        [id.as_bytes()],
+    )
+    .expect("old element row");
+    db.execute(
+        "INSERT INTO elements_off_stream (id, seq) VALUES (?1, 1)",
+        [id.as_bytes()],
+    )
+    .expect("listed off stream");
+    drop(db);
+    let store = open(dir.path());
+    let found = block_on(store.element(id))
+        .expect("read")
+        .expect("found by id");
+    assert_eq!(found.content.as_deref(), Some("old"));
+    assert_eq!(block_on(store.element(Uuid::now_v7())).expect("read"), None);
+}

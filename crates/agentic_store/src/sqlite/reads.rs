@@ -343,10 +343,12 @@ impl Readers {
             .optional()?
             .map_or_else(
                 // Homes written before schema 5 may hold elements created
-                // on other streams: looked for by id (a scan, on a miss only).
+                // on other streams: those are listed by id.
                 || {
                     conn.prepare_cached(
-                        "SELECT id, created_at, metadata, content FROM elements WHERE id = ?1",
+                        "SELECT e.id, e.created_at, e.metadata, e.content \
+                         FROM elements_off_stream o JOIN elements e ON e.seq = o.seq \
+                         WHERE o.id = ?1",
                     )?
                     .query_row([id.as_bytes()], |row| element(row).map_err(corrupt))
                     .optional()

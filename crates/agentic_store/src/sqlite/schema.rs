@@ -93,7 +93,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE agents ADD COLUMN messages INTEGER NOT NULL DEFAULT 0;
     UPDATE agents SET messages = json_array_length(record, '$.messages'),
                       record = json_set(record, '$.messages', json('[]'));
-    CREATE INDEX agents_by_seq ON agents(seq);",
+    CREATE INDEX agents_by_seq ON agents(seq);
+    -- Elements created off their own stream (`element:<id>`), which logs
+    -- written before schema 5 may hold: `element(id)` finds the others
+    -- through their stream's first event, these by id. None are added
+    -- since (the writer refuses such a creation).
+    CREATE TABLE elements_off_stream (
+        id  BLOB    PRIMARY KEY,
+        seq INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO elements_off_stream (id, seq)
+        SELECT e.id, e.seq FROM elements e JOIN events v ON v.seq = e.seq
+        WHERE v.stream_version != 1 OR v.stream != 'element:' || (
+            SELECT substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-' || substr(h, 13, 4)
+                   || '-' || substr(h, 17, 4) || '-' || substr(h, 21, 12)
+            FROM (SELECT lower(hex(e.id)) AS h));",
 ];
 
 /// The table layout. `events` is append-only (triggers refuse UPDATE and
