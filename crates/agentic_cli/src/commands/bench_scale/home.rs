@@ -157,13 +157,13 @@ impl PluginSource {
     }
 }
 
-/// The home `name` in `dir`: reused when its marker says it has `shape`,
-/// else built afresh. Whether it was reused.
+/// The home `name` in `dir`: reused (if `reuse`) when its marker says it
+/// has `shape`, else built afresh. Whether it was reused.
 pub(super) async fn home(
     exe: &Path,
     dir: &Path,
     name: &str,
-    shape: Shape,
+    (shape, reuse): (Shape, bool),
     plugins: &[String],
     source: &PluginSource,
 ) -> Result<(BuiltHome, bool)> {
@@ -173,6 +173,7 @@ pub(super) async fn home(
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
     if let Some(built) = &recorded
+        && reuse
         && built.version == LAYOUT_VERSION
         && built.shape == shape
         && built.plugin == plugins[plugins.len() / 2]

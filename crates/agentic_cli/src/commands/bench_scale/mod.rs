@@ -217,7 +217,7 @@ impl Row {
 struct Sample {
     /// From its `exec` to its exit (or, for `lion run`, to its ready line).
     wall: Duration,
-    /// Its peak resident set, in KiB (`ru_maxrss`).
+    /// Its peak resident set, in KiB (`VmHWM` as it exits; see `trace`).
     rss_kib: u64,
 }
 
@@ -243,16 +243,18 @@ async fn measure(
     for name in ["empty-home", "big-home"] {
         refuse_foreign(dir, name)?;
     }
+    // The empty home is built afresh every run (a second): each run adds
+    // agents and tasks to the homes, and a reused baseline would grow.
     let (empty, _) = home(
         &exe,
         dir,
         "empty-home",
-        EMPTY,
+        (EMPTY, false),
         std::slice::from_ref(&measured_plugin),
         &source,
     )
     .await?;
-    let (big, big_reused) = home(&exe, dir, "big-home", big_shape, &names, &source).await?;
+    let (big, big_reused) = home(&exe, dir, "big-home", (big_shape, true), &names, &source).await?;
 
     // Each run's agent turn goes to an agent of its own with exactly 200
     // messages, in both homes, so no run sees a longer conversation.

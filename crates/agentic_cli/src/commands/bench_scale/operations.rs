@@ -143,7 +143,6 @@ impl Operation {
         });
         let traced = follow(pid, move || drop(done));
         let late = watchdog.join().unwrap_or(false);
-        let traced = traced?;
         let stdout = out.join().unwrap_or_default();
         let (said, ready) = err.join().unwrap_or_default();
         if late {
@@ -152,6 +151,7 @@ impl Operation {
                 said.join(" / ")
             );
         }
+        let traced = traced?;
         if !traced.status.success() {
             bail!("lion {}: {}", traced.status, said.join(" / "));
         }

@@ -57,6 +57,25 @@ pub(super) fn trace_me(cmd: &mut Command) {
 /// its exit stop (then calls `at_exit`), passes every signal on, and reaps it.
 pub(super) fn follow(pid: u32, at_exit: impl FnOnce()) -> Result<Traced> {
     let pid = libc::pid_t::try_from(pid)?;
+    let mut reaped = false;
+    let traced = follow_stops(pid, at_exit, &mut reaped);
+    if traced.is_err() && !reaped {
+        // A child left stopped (or, before its options were set, running
+        // untraced) must not outlive its measurement: a `lion run` would
+        // keep holding the home's lease.
+        let _ = signal(pid as u32, libc::SIGKILL);
+        while let Ok(status) = wait_pid(pid) {
+            if !libc::WIFSTOPPED(status) {
+                break;
+            }
+            let _ = ptrace(libc::PTRACE_CONT, pid, 0);
+        }
+    }
+    traced
+}
+
+/// [`follow`]'s loop; `reaped` says whether the child was reaped.
+fn follow_stops(pid: libc::pid_t, at_exit: impl FnOnce(), reaped: &mut bool) -> Result<Traced> {
     let mut exec = None;
     let mut peak = None;
     let mut at_exit = Some(at_exit);
@@ -64,6 +83,7 @@ pub(super) fn follow(pid: u32, at_exit: impl FnOnce()) -> Result<Traced> {
         let status = wait_pid(pid)?;
         let now = Instant::now();
         if !libc::WIFSTOPPED(status) {
+            *reaped = true;
             if let Some(f) = at_exit.take() {
                 f();
             }
