@@ -122,26 +122,16 @@ pub(super) fn page(
     after: Cursor,
     limit: usize,
 ) -> rusqlite::Result<Page<AgentView>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, record, messages FROM agents WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(
-        params![super::reads::position(after), super::reads::rows_for(limit)],
-        |r| {
-            let seq: i64 = r.get(0)?;
-            let count = r.get::<_, i64>(2)? as u64;
-            let view = AgentView {
-                record: from_json(r.get_ref(1)?.as_str()?)?,
-                message_count: count,
-                next: (count > 0).then_some(Cursor::START),
-            };
-            Ok((seq as u64, view))
-        },
-    )?;
-    Ok(Page::from_rows(
-        rows.collect::<rusqlite::Result<_>>()?,
-        limit.max(1),
-    ))
+    let sql = "SELECT seq, record, messages FROM agents WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+    super::reads::page(conn, sql, after, limit, |r| {
+        let count = r.get::<_, i64>(2)? as u64;
+        let view = AgentView {
+            record: from_json(r.get_ref(1)?.as_str()?)?,
+            message_count: count,
+            next: (count > 0).then_some(Cursor::START),
+        };
+        Ok((r.get(0)?, view))
+    })
 }
 
 /// Loads every agent and its whole conversation into `state`, in the order

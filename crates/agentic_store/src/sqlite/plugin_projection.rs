@@ -199,27 +199,11 @@ pub(super) fn page(
     after: Cursor,
     limit: usize,
 ) -> rusqlite::Result<Page<PluginRecord>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {RECORD_COLUMNS}, seq FROM plugins WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-    ))?;
-    let rows = stmt.query_map(
-        params![super::reads::position(after), super::reads::rows_for(limit)],
-        |row| {
-            let seq: i64 = row.get(8)?;
-            let record = record(row).map_err(|reason| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    0,
-                    rusqlite::types::Type::Text,
-                    reason.into(),
-                )
-            })?;
-            Ok((seq as u64, record))
-        },
-    )?;
-    Ok(Page::from_rows(
-        rows.collect::<rusqlite::Result<_>>()?,
-        limit.max(1),
-    ))
+    let sql =
+        format!("SELECT {RECORD_COLUMNS}, seq FROM plugins WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+    super::reads::page(conn, &sql, after, limit, |row| {
+        Ok((row.get(8)?, record(row).map_err(super::reads::corrupt)?))
+    })
 }
 
 /// One plugin and its key-value store, if it is installed, read in the

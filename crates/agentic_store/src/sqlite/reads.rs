@@ -291,6 +291,26 @@ pub(super) fn position(after: Cursor) -> i64 {
     i64::try_from(after.0).unwrap_or(i64::MAX)
 }
 
+/// A page of a list, read with `sql`: its `?1` is the cursor's position and
+/// its `?2` how many rows to read, and `row` turns each row into the item's
+/// position (its creating event's seq) and the item.
+pub(super) fn page<T>(
+    conn: &Connection,
+    sql: &str,
+    after: Cursor,
+    limit: usize,
+    mut row: impl FnMut(&Row<'_>) -> rusqlite::Result<(i64, T)>,
+) -> rusqlite::Result<Page<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(rusqlite::params![position(after), rows_for(limit)], |r| {
+        row(r).map(|(seq, item)| (seq as u64, item))
+    })?;
+    Ok(Page::from_rows(
+        rows.collect::<rusqlite::Result<_>>()?,
+        limit.max(1),
+    ))
+}
+
 /// The rows a page of `limit` items reads: one more than it keeps, to tell
 /// whether the list goes on.
 pub(super) fn rows_for(limit: usize) -> i64 {
@@ -365,19 +385,14 @@ impl Readers {
         limit: usize,
     ) -> Result<Page<ElementData>, StoreError> {
         self.projection("elements", |conn| {
-            let mut stmt = conn.prepare_cached(
+            page(
+                conn,
                 "SELECT id, created_at, metadata, content, seq FROM elements \
                  WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )?;
-            let rows =
-                stmt.query_map(rusqlite::params![position(after), rows_for(limit)], |row| {
-                    let seq: i64 = row.get(4)?;
-                    Ok((seq as u64, element(row).map_err(corrupt)?))
-                })?;
-            Ok(Page::from_rows(
-                rows.collect::<rusqlite::Result<_>>()?,
-                limit.max(1),
-            ))
+                after,
+                limit,
+                |row| Ok((row.get(4)?, element(row).map_err(corrupt)?)),
+            )
         })
     }
 
@@ -438,7 +453,7 @@ impl Readers {
 
 /// A projection row that cannot be decoded, as the error SQLite's row
 /// mapping carries.
-fn corrupt(reason: String) -> rusqlite::Error {
+pub(super) fn corrupt(reason: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, reason.into())
 }
 

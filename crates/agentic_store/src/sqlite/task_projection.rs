@@ -147,18 +147,9 @@ pub(super) fn page(
             "SELECT seq, record FROM tasks WHERE unfinished = 1 AND seq > ?1 ORDER BY seq LIMIT ?2"
         }
     };
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(
-        params![super::reads::position(after), super::reads::rows_for(limit)],
-        |r| {
-            let seq: i64 = r.get(0)?;
-            Ok((seq as u64, record(r.get_ref(1)?.as_str()?)?))
-        },
-    )?;
-    Ok(Page::from_rows(
-        rows.collect::<rusqlite::Result<_>>()?,
-        limit.max(1),
-    ))
+    super::reads::page(conn, sql, after, limit, |r| {
+        Ok((r.get(0)?, record(r.get_ref(1)?.as_str()?)?))
+    })
 }
 
 /// Loads every task into `state`, in submission order (for replay's
