@@ -82,12 +82,20 @@ async fn record(store: &dyn EventStore, state: &mut State, events: Vec<SystemEve
 }
 
 /// Every item of a list, read `limit` at a time, checking each page's size.
-async fn every<T, F>(limit: usize, mut read: impl FnMut(Cursor) -> F) -> Vec<T>
+async fn every<T, F>(limit: usize, read: impl FnMut(Cursor) -> F) -> Vec<T>
+where
+    F: std::future::Future<Output = Result<Page<T>, StoreError>>,
+{
+    every_after(Cursor::START, limit, read).await
+}
+
+/// [`every`] from `start` on.
+async fn every_after<T, F>(start: Cursor, limit: usize, mut read: impl FnMut(Cursor) -> F) -> Vec<T>
 where
     F: std::future::Future<Output = Result<Page<T>, StoreError>>,
 {
     let mut all = Vec::new();
-    let mut after = Cursor::START;
+    let mut after = start;
     loop {
         let page = read(after).await.expect("page");
         assert!(page.items.len() <= limit, "a page holds at most its limit");
@@ -242,8 +250,9 @@ async fn tasks_are_read_by_id_by_key_and_unfinished(subject: Subject) {
         ],
     )
     .await;
-    let rest = every(10, |after| {
-        store.tasks(TaskFilter::Unfinished, first.next.unwrap_or(after), 10)
+    let start = first.next.expect("more unfinished tasks");
+    let rest = every_after(start, 1, |after| {
+        store.tasks(TaskFilter::Unfinished, after, 1)
     })
     .await;
     let ids_of =
@@ -447,7 +456,8 @@ async fn plugins_are_read_in_pages(subject: Subject) {
         vec![SystemEvent::PluginRemoved { name: "p1".into() }],
     )
     .await;
-    let rest = every(10, |after| store.plugins(first.next.unwrap_or(after), 10)).await;
+    let start = first.next.expect("more plugins");
+    let rest = every_after(start, 1, |after| store.plugins(after, 1)).await;
     let names = |plugins: &[agentic_core::plugin::PluginRecord]| {
         plugins
             .iter()
