@@ -1,7 +1,8 @@
 //! Plugins: the manifest a plugin ships with and the operator's grant (deny
 //! by default: a plugin gets only what its manifest asks for and the operator
 //! granted), the records the log keeps of installed plugins, the [`Sandbox`]
-//! port that sandbox adapters implement, and the [`PluginManager`] that
+//! and [`ServerSandbox`] ports that sandbox adapters implement (a
+//! WebAssembly component, fresh per call; a warm server process), and the [`PluginManager`] that
 //! installs, loads, calls, quarantines and removes plugins as events.
 
 mod cache;
@@ -14,6 +15,7 @@ mod manifest;
 mod record;
 mod recorder;
 mod sandbox;
+mod server;
 mod task;
 
 pub use error::PluginError;
@@ -26,5 +28,9 @@ pub use manifest::{
 pub use record::{Artifact, CallFailure, FailureKind, InstalledPlugin, PluginRecord, PluginStatus};
 pub use sandbox::{
     CallContext, Compiled, LoadedPlugin, Sandbox, SandboxError, VerifiedArtifact, is_global,
+};
+pub use server::{
+    Discovered, Discovery, PROCESS_KIND, SERVER_LIMIT_CEILINGS, ServerLaunch, ServerLimits,
+    ServerProtocol, ServerSandbox, ServerSpec, Started, WASM_KIND,
 };
 pub use task::{PLUGIN_HANDLER, PluginTask};

@@ -166,15 +166,17 @@ fn manifest(dir: &Path, name: &str) -> PluginManifest {
         description: String::new(),
         input_schema: schema.clone(),
         output_schema: schema,
+        tool: None,
     };
     PluginManifest {
         name: name.to_owned(),
         version: "1".into(),
         description: "test".into(),
-        component: ComponentRef {
+        component: Some(ComponentRef {
             path,
             sha256: hex::encode(Sha256::digest(name.as_bytes())),
-        },
+        }),
+        server: None,
         permissions: Permissions {
             interfaces: vec![HostInterface::Kv],
             ..Permissions::default()

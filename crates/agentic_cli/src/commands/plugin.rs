@@ -71,7 +71,7 @@ pub async fn install(
         "installed {} {} ({})",
         m.name,
         m.version,
-        &m.component.sha256[..12]
+        short_hash(record.installed.sha256())
     );
     println!("  asked:   {}", describe_permissions(&m.permissions));
     println!(
@@ -183,10 +183,25 @@ pub async fn info(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
     let m = &p.installed.manifest;
     println!("{} {} — {}", m.name, m.version, m.description);
     println!("status:     {}", status_name(p.status));
-    println!(
-        "component:  sha256 {} ({} sandbox)",
-        m.component.sha256, p.installed.sandbox
-    );
+    match &m.server {
+        Some(server) => {
+            println!(
+                "server:     {} {} ({} sandbox; a warm process that keeps state between calls)",
+                server.command.display(),
+                server.args.join(" "),
+                p.installed.sandbox
+            );
+            if let Some(package) = &server.package {
+                println!("package:    {package}");
+            }
+            println!("tree:       sha256 {}", p.installed.sha256());
+        }
+        None => println!(
+            "component:  sha256 {} ({} sandbox)",
+            p.installed.sha256(),
+            p.installed.sandbox
+        ),
+    }
     println!("asked:      {}", describe_permissions(&m.permissions));
     println!("granted:    {}", describe_permissions(&p.installed.grant));
     println!("limits:     {}", describe_limits(&m.limits));
@@ -236,6 +251,11 @@ pub async fn remove(home: &Path, store: Arc<SqliteStore>, ctx: Ctx, name: &str) 
     }
     println!("removed {name}");
     Ok(())
+}
+
+/// The first 12 digits of a hash (all of a shorter one).
+fn short_hash(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
 }
 
 fn status_name(status: PluginStatus) -> &'static str {

@@ -62,6 +62,15 @@ pub enum PluginError {
         /// What is wrong, and how to fix it.
         reason: String,
     },
+    /// The plugin runs as a server, and this process has no server sandbox
+    /// (or the sandbox cannot run here: the reason names what is missing).
+    #[error("plugin {name}: {reason}")]
+    NoServerSandbox {
+        /// The plugin.
+        name: String,
+        /// Why no server can be started.
+        reason: String,
+    },
     /// The event store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

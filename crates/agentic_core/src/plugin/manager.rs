@@ -8,7 +8,8 @@
 //! This file holds the manager and how it records its events; its jobs are
 //! in rooms of their own: `install` (install, grant, remove), `loading`
 //! (each plugin loaded once on its first call, and the log's events
-//! reaching loaded plugins), `call` (the call pipeline, its outcome and
+//! reaching loaded plugins), `server` (server plugins: discovered at
+//! install, started warm at load), `call` (the call pipeline, its outcome and
 //! quarantine) and `dirs` (directory grants kept usable and out of the
 //! home).
 
@@ -16,6 +17,7 @@ mod call;
 mod dirs;
 mod install;
 mod loading;
+mod server;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -29,6 +31,7 @@ pub use call::CallOptions;
 
 use super::cache::PluginFiles;
 use super::recorder::Recorder;
+use super::server::ServerSandbox;
 use crate::event::{NewEvent, SystemEvent};
 use crate::store::{EventStore, ExpectedVersion, StoreError};
 use crate::task::Durability;
@@ -67,6 +70,9 @@ struct Inner {
     /// Held while outcomes taken from `unfinished` are recorded, so a flush
     /// waits for a recording under way.
     recording_unfinished: tokio::sync::Mutex<()>,
+    /// The sandbox that runs server plugins, once the caller gave one
+    /// ([`PluginManager::run_servers_with`]).
+    servers: std::sync::OnceLock<Arc<dyn ServerSandbox>>,
     /// The tasks recording calls' outcomes apart from their callers:
     /// [`PluginManager::close`] waits for them, so a stopping process does
     /// not drop one halfway through its append.
@@ -97,9 +103,16 @@ impl PluginManager {
                 kv_turns: Mutex::new(HashMap::new()),
                 unfinished: Mutex::new(Vec::new()),
                 recording_unfinished: tokio::sync::Mutex::new(()),
+                servers: std::sync::OnceLock::new(),
                 recording: TaskTracker::new(),
             }),
         }
+    }
+
+    /// Runs server plugins with `sandbox` (without one, installing or
+    /// calling a server plugin is refused). The first sandbox given stays.
+    pub fn run_servers_with(&self, sandbox: Arc<dyn ServerSandbox>) {
+        let _ = self.inner.servers.set(sandbox);
     }
 
     /// Sets how many failures in a row quarantine a plugin (at least 1).

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::server::ServerSpec;
+
 /// A plugin's manifest, as written by its author.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,15 +20,22 @@ pub struct PluginManifest {
     pub version: String,
     /// What it does, in a sentence.
     pub description: String,
-    /// The WebAssembly component.
-    pub component: ComponentRef,
+    /// The WebAssembly component (a WebAssembly plugin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<ComponentRef>,
+    /// The server to start (a server plugin: a subprocess under OS
+    /// isolation). A manifest has a component or a server, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerSpec>,
     /// What it asks to be allowed.
     #[serde(default)]
     pub permissions: Permissions,
     /// Resource limits of one call.
     #[serde(default)]
     pub limits: Limits,
-    /// Its functions, by name.
+    /// Its functions, by name. A server's are discovered at install, not
+    /// declared.
+    #[serde(default)]
     pub functions: BTreeMap<String, FunctionSpec>,
     /// The folder the manifest was read from, with symbolic links resolved
     /// (set by `PluginManager::read_manifest`; not part of the file and not
@@ -296,6 +305,10 @@ pub struct FunctionSpec {
     pub input_schema: Value,
     /// JSON Schema of its output.
     pub output_schema: Value,
+    /// A server's own name for the function (an MCP tool name), where it
+    /// differs from lion's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
 }
 
 /// What the operator granted a plugin at install: a subset of what its
@@ -370,19 +383,53 @@ impl PluginManifest {
         if self.version.trim().is_empty() {
             return Err(invalid("version", "must not be empty"));
         }
-        let hash = &self.component.sha256;
-        if hash.len() != 64
-            || !hash
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(invalid(
-                "component.sha256",
-                "must be 64 lowercase hex digits",
-            ));
-        }
-        if self.functions.is_empty() {
-            return Err(invalid("functions", "a plugin needs at least one function"));
+        match (&self.component, &self.server) {
+            (Some(component), None) => {
+                if !is_sha256_hex(&component.sha256) {
+                    return Err(invalid(
+                        "component.sha256",
+                        "must be 64 lowercase hex digits",
+                    ));
+                }
+                if self.functions.is_empty() {
+                    return Err(invalid("functions", "a plugin needs at least one function"));
+                }
+            }
+            (None, Some(server)) => {
+                if !self.functions.is_empty() {
+                    return Err(invalid(
+                        "functions",
+                        "a server's functions are the tools it lists at install: leave them out",
+                    ));
+                }
+                if server.command.as_os_str().is_empty() {
+                    return Err(invalid("server.command", "must not be empty"));
+                }
+                if let Some((name, value, ceiling)) = server.limits.out_of_range() {
+                    return Err(invalid(
+                        &format!("server.limits.{name}"),
+                        &format!("{value} is not within 1 to {ceiling} (SERVER_LIMIT_CEILINGS)"),
+                    ));
+                }
+                if server.tree_sha256.is_some() || server.package.is_some() {
+                    return Err(invalid(
+                        "server",
+                        "tree_sha256 and package are recorded by lion, not written in a manifest",
+                    ));
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "component",
+                    "a plugin has a [component] or a [server], not both",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "component",
+                    "a plugin needs a [component] (WebAssembly) or a [server] (a program to run)",
+                ));
+            }
         }
         for (name, f) in &self.functions {
             for (which, schema) in [
@@ -593,6 +640,14 @@ impl PluginManifest {
     }
 }
 
+/// Whether `hash` is 64 lowercase hex digits.
+fn is_sha256_hex(hash: &str) -> bool {
+    hash.len() == 64
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// A TOML error as one line, with the line and column it points at.
 fn one_line(e: &toml::de::Error, text: &str) -> String {
     let message = e.message().lines().next().unwrap_or("invalid TOML").trim();
@@ -610,6 +665,7 @@ fn one_line(e: &toml::de::Error, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::server::{ServerLimits, ServerProtocol};
 
     const HELLO: &str = r#"
 name = "hello_world"
@@ -636,6 +692,65 @@ description = "Says hello"
 input_schema = { type = "object", required = ["name"], properties = { name = { type = "string" } } }
 output_schema = { type = "object" }
 "#;
+
+    const SERVER: &str = r#"
+name = "time"
+version = "1"
+description = "Tells the time"
+
+[server]
+command = "python3"
+args = ["-m", "mcp_server_time"]
+read_only = ["/usr/lib/python3"]
+
+[server.limits]
+memory_mib = 512
+"#;
+
+    #[test]
+    fn a_server_manifest_parses_without_functions() {
+        let m = PluginManifest::parse(SERVER).expect("parse");
+        let server = m.server.expect("a server");
+        assert!(m.component.is_none() && m.functions.is_empty());
+        assert_eq!(server.protocol, ServerProtocol::McpStdio);
+        assert_eq!(server.root, PathBuf::from("."));
+        assert_eq!(server.limits.memory_mib, 512);
+        assert_eq!(server.limits.processes, ServerLimits::default().processes);
+    }
+
+    #[test]
+    fn a_manifest_has_a_component_or_a_server_and_a_server_declares_no_functions() {
+        let component =
+            "[component]\npath = \"x.wasm\"\nsha256 = \"".to_owned() + &"0".repeat(64) + "\"\n";
+        let both = SERVER.replace("[server]\n", &(component + "[server]\n"));
+        let neither = HELLO.replace("[component]", "[other]");
+        let functions =
+            SERVER.to_owned() + "[functions.f]\ninput_schema = {}\noutput_schema = {}\n";
+        let recorded = SERVER.replace("[server.limits]", "tree_sha256 = \"ab\"\n[server.limits]");
+        let zero = SERVER.replace("memory_mib = 512", "processes = 0");
+        let huge = SERVER.replace("memory_mib = 512", "memory_mib = 99999999");
+        for (text, says) in [
+            (both.as_str(), "not both"),
+            (neither.as_str(), "unknown field"),
+            (functions.as_str(), "tools it lists at install"),
+            (recorded.as_str(), "recorded by lion"),
+            (
+                zero.as_str(),
+                "server.limits.processes: 0 is not within 1 to 1024",
+            ),
+            (huge.as_str(), "server.limits.memory_mib"),
+        ] {
+            let e = PluginManifest::parse(text).expect_err(says).to_string();
+            assert!(e.contains(says), "{e:?} should say {says:?}");
+            assert!(!e.contains('\n'), "one line: {e:?}");
+        }
+        let none = HELLO.split("[component]").next().expect("head").to_owned()
+            + "[functions.f]\ninput_schema = {}\noutput_schema = {}\n";
+        let e = PluginManifest::parse(&none)
+            .expect_err("neither")
+            .to_string();
+        assert!(e.contains("needs a [component]"), "{e}");
+    }
 
     #[test]
     fn a_complete_manifest_parses() {

@@ -18,7 +18,7 @@ pub struct InstalledPlugin {
     pub manifest: PluginManifest,
     /// What the operator granted (a subset of what the manifest asks for).
     pub grant: Grant,
-    /// The sandbox that runs it (`wasm`).
+    /// The sandbox kind that runs it (`wasm` or `process`).
     pub sandbox: String,
     /// This install's id: a key-value write recorded for another install
     /// of the same name (a call that outlived a remove and reinstall)
@@ -39,9 +39,20 @@ impl InstalledPlugin {
         &self.manifest.name
     }
 
-    /// Its component's SHA-256.
+    /// Its component's SHA-256, or for a server the tree hash of its files
+    /// (empty if none was recorded).
     pub fn sha256(&self) -> &str {
-        &self.manifest.component.sha256
+        match (&self.manifest.component, &self.manifest.server) {
+            (Some(component), _) => &component.sha256,
+            (None, Some(server)) => server.tree_sha256.as_deref().unwrap_or(""),
+            (None, None) => "",
+        }
+    }
+
+    /// Whether it runs as a server (a warm subprocess), not a WebAssembly
+    /// component.
+    pub fn is_server(&self) -> bool {
+        self.manifest.server.is_some()
     }
 
     /// Takes `grant` as the plugin's whole grant, its directories' host

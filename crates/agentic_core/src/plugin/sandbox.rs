@@ -90,7 +90,11 @@ pub trait Sandbox: Send + Sync + 'static {
     fn load(&self, artifact: &VerifiedArtifact) -> Result<Arc<dyn LoadedPlugin>, SandboxError>;
 }
 
-/// A loaded plugin. Every call runs in a fresh instance.
+/// A loaded plugin. A WebAssembly plugin runs every call in a fresh
+/// instance, so nothing one call leaves reaches the next; a server plugin
+/// is one warm process serving call after call, which **keeps state between
+/// calls** (and between callers) until it is stopped. Dropping the last
+/// handle stops it.
 #[async_trait]
 pub trait LoadedPlugin: Send + Sync {
     /// Calls `function` with JSON `input` under the context's grant and

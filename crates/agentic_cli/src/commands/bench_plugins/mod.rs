@@ -71,10 +71,13 @@ pub async fn run(
             manifest.name
         );
     }
-    let component = std::fs::read(&manifest.component.path).with_context(|| {
+    let Some(component_ref) = &manifest.component else {
+        bail!("plugin {} is not a WebAssembly plugin", manifest.name);
+    };
+    let component = std::fs::read(&component_ref.path).with_context(|| {
         format!(
             "cannot read the component {} (run scripts/build-plugins)",
-            manifest.component.path.display()
+            component_ref.path.display()
         )
     })?;
     let home = dir

@@ -167,10 +167,13 @@ fn read_plugin(plugin_dir: &Path) -> Result<String> {
             parsed.name
         );
     }
-    if !parsed.component.path.is_file() {
+    let Some(component) = &parsed.component else {
+        bail!("plugin {} is not a WebAssembly plugin", parsed.name);
+    };
+    if !component.path.is_file() {
         bail!(
             "no component {} (run scripts/build-plugins)",
-            parsed.component.path.display()
+            component.path.display()
         );
     }
     Ok(std::fs::read_to_string(&manifest)?)

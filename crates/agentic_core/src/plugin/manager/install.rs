@@ -14,6 +14,7 @@ use crate::plugin::files::{MAX_COMPONENT_BYTES, MAX_MANIFEST_BYTES, read_regular
 use crate::plugin::manifest::{Grant, ManifestError, PluginManifest};
 use crate::plugin::record::{Artifact, InstalledPlugin, PluginRecord};
 use crate::plugin::sandbox::{SandboxError, sha256_hex};
+use crate::plugin::server::ServerSpec;
 use crate::state::ApplyError;
 use crate::store::{Cursor, StoreError};
 
@@ -39,7 +40,12 @@ impl PluginManager {
         } else {
             base
         };
-        manifest.component.path = base.join(&manifest.component.path);
+        if let Some(component) = &mut manifest.component {
+            component.path = base.join(&component.path);
+        }
+        if let Some(server) = &mut manifest.server {
+            resolve_server_paths(server, base, path)?;
+        }
         for dir in &mut manifest.permissions.dirs {
             let joined = base.join(&dir.path);
             dir.path = joined.canonicalize().unwrap_or(joined);
@@ -59,13 +65,16 @@ impl PluginManager {
     ) -> Result<PluginRecord, PluginError> {
         manifest.check_grant(&grant)?;
         self.check_dirs_keep_out_of_home(&manifest.name, &grant)?;
-        let path = manifest.component.path.clone();
+        let Some(component) = manifest.component.clone() else {
+            return self.install_server(manifest, grant).await;
+        };
+        let path = component.path.clone();
         let bytes = read_regular(&path, MAX_COMPONENT_BYTES)?;
         let actual = sha256_hex(&bytes);
-        if actual != manifest.component.sha256 {
+        if actual != component.sha256 {
             return Err(PluginError::HashMismatch {
                 path: path.display().to_string(),
-                expected: manifest.component.sha256.clone(),
+                expected: component.sha256.clone(),
                 actual,
             });
         }
@@ -98,7 +107,7 @@ impl PluginManager {
             });
         }
         let micros = elapsed_micros(started);
-        let sha = manifest.component.sha256.clone();
+        let sha = component.sha256;
         let artifact = self.inner.files.keep(&sha, &bytes, compiled.artifact)?;
         let sandbox = self.inner.files.sandbox();
         let installed = InstalledPlugin {
@@ -194,7 +203,7 @@ impl PluginManager {
             other => other?,
         }
         self.unload(name).await;
-        if !shared {
+        if !shared && !record.installed.is_server() {
             self.inner.files.forget(&sha);
         }
         Ok(())
@@ -219,4 +228,50 @@ impl PluginManager {
             }
         }
     }
+}
+
+/// Makes a server's paths absolute against the manifest's folder `base`:
+/// its root and read-only paths (symbolic links resolved), and its command
+/// (a bare name is looked up on `PATH`; the real file is recorded, so a
+/// shim or a link later changed is not what runs).
+fn resolve_server_paths(
+    server: &mut ServerSpec,
+    base: &Path,
+    manifest: &Path,
+) -> Result<(), PluginError> {
+    let resolve = |path: &Path| {
+        let joined = base.join(path);
+        joined
+            .canonicalize()
+            .map_err(|e| PluginError::io(&joined, e))
+    };
+    server.root = resolve(&server.root)?;
+    server.read_only = server
+        .read_only
+        .iter()
+        .map(|p| resolve(p))
+        .collect::<Result<_, _>>()?;
+    let command = server.command.clone();
+    let found = if command.components().count() > 1 || command.is_absolute() {
+        Some(base.join(&command))
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(&command))
+                .find(|candidate| candidate.is_file())
+        })
+    };
+    let found = found.ok_or_else(|| {
+        PluginError::io(
+            manifest,
+            format!(
+                "server.command {} is not an executable on PATH (is its runtime installed?)",
+                command.display()
+            ),
+        )
+    })?;
+    server.command = found.canonicalize().map_err(|e| {
+        PluginError::io(manifest, format!("server.command {}: {e}", found.display()))
+    })?;
+    Ok(())
 }

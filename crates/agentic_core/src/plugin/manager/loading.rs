@@ -5,7 +5,7 @@
 //! next call, and key-value writes reach its view, those seen while it
 //! loaded included.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -15,10 +15,11 @@ use uuid::Uuid;
 use super::dirs::usable_dirs;
 use super::{CallOptions, PluginManager, elapsed_micros};
 use crate::event::{EventEnvelope, SystemEvent};
+use crate::plugin::LoadedPlugin;
 use crate::plugin::PluginError;
 use crate::plugin::kv::KvWrite;
 use crate::plugin::loaded::Entry;
-use crate::plugin::record::Artifact;
+use crate::plugin::record::{Artifact, InstalledPlugin};
 use crate::store::StoreError;
 
 /// A plugin's load slot: filled once by the first call that needs it,
@@ -99,9 +100,45 @@ impl PluginManager {
                 reason,
             });
         }
-        let sha = record.installed.sha256().to_owned();
+        let plugin = if record.installed.is_server() {
+            self.start_server(&record.installed).await?
+        } else {
+            self.load_component(name, &record.installed, &record.artifacts)
+                .await?
+        };
+        // The data a call reads is read last: wait for calls of an entry
+        // this one replaces to be recorded, and for what this process
+        // recorded to be in the log.
+        let turn = self.kv_turn(name);
+        let _turn = turn.clone().lock_owned().await;
+        self.flush().await?;
+        let found = self.inner.store.plugin(name).await?;
+        let snapshot = found.ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
+        let entry = Arc::new(Entry::new(snapshot, plugin, turn)?);
+        let mut observed = slot.observed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Observed::Loading(writes) = &mut *observed {
+            for (seq, id, write, install_id) in writes.drain(..) {
+                if install_id.is_none() || install_id == entry.install_id {
+                    entry.kv.observe(seq, id, write);
+                }
+            }
+        }
+        *observed = Observed::Ready(entry.clone());
+        Ok(entry)
+    }
+
+    /// Loads WebAssembly plugin `installed`: its cached artifact when that
+    /// matches the hash the log recorded (`artifacts`), else a fresh
+    /// compile; records `plugin_loaded`.
+    async fn load_component(
+        &self,
+        name: &str,
+        installed: &InstalledPlugin,
+        artifacts: &BTreeMap<String, String>,
+    ) -> Result<Arc<dyn LoadedPlugin>, PluginError> {
+        let sha = installed.sha256().to_owned();
         let key = self.inner.files.sandbox().artifact_key().to_owned();
-        let expected = record.artifacts.get(&key).cloned();
+        let expected = artifacts.get(&key).cloned();
         let started = Instant::now();
         let files = self.inner.files.clone();
         let loaded = tokio::task::spawn_blocking(move || files.load(&sha, expected.as_deref()))
@@ -120,30 +157,12 @@ impl PluginManager {
                 },
                 cached: loaded.cached,
                 micros: elapsed_micros(started),
-                install_id: record.installed.install_id,
+                install_id: installed.install_id,
             }],
             CallOptions::default(),
         )
         .await?;
-        // The data a call reads is read last: wait for calls of an entry
-        // this one replaces to be recorded, and for what this process
-        // recorded to be in the log.
-        let turn = self.kv_turn(name);
-        let _turn = turn.clone().lock_owned().await;
-        self.flush().await?;
-        let found = self.inner.store.plugin(name).await?;
-        let snapshot = found.ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
-        let entry = Arc::new(Entry::new(snapshot, loaded.plugin, turn)?);
-        let mut observed = slot.observed.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Observed::Loading(writes) = &mut *observed {
-            for (seq, id, write, install_id) in writes.drain(..) {
-                if install_id.is_none() || install_id == entry.install_id {
-                    entry.kv.observe(seq, id, write);
-                }
-            }
-        }
-        *observed = Observed::Ready(entry.clone());
-        Ok(entry)
+        Ok(loaded.plugin)
     }
 
     /// Plugin `name`'s key-value turn, shared by every load of it.

@@ -1,0 +1,184 @@
+//! Server plugins in the manager: installing one (the server is started
+//! once in its sandbox to list the functions it offers, which are recorded
+//! with it) and starting it warm for calls (functions it offers that the
+//! operator did not approve are refused, each refusal an event).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use super::{CallOptions, PluginManager, elapsed_micros};
+use crate::event::SystemEvent;
+use crate::plugin::PluginError;
+use crate::plugin::manifest::{Grant, PluginManifest};
+use crate::plugin::record::{Artifact, InstalledPlugin, PluginRecord};
+use crate::plugin::sandbox::LoadedPlugin;
+use crate::plugin::server::{PROCESS_KIND, ServerLaunch, ServerSandbox};
+use crate::state::ApplyError;
+use crate::store::StoreError;
+
+impl PluginManager {
+    /// The server sandbox, or why server plugin `name` cannot run.
+    fn servers(&self, name: &str) -> Result<&Arc<dyn ServerSandbox>, PluginError> {
+        self.inner
+            .servers
+            .get()
+            .ok_or_else(|| PluginError::NoServerSandbox {
+                name: name.to_owned(),
+                reason: "it runs as a server, and this process has no server sandbox".into(),
+            })
+    }
+
+    /// Where server plugin `name` keeps its scratch files (its private
+    /// `/tmp`), under the manager's directory.
+    fn scratch(&self, name: &str) -> PathBuf {
+        self.inner.files.dir().join("scratch").join(name)
+    }
+
+    /// What a server sandbox needs to start `installed`, with lion's values
+    /// of the granted environment variables.
+    fn launch(&self, installed: &InstalledPlugin) -> Result<ServerLaunch, PluginError> {
+        let manifest = &installed.manifest;
+        let spec = manifest
+            .server
+            .clone()
+            .ok_or_else(|| PluginError::NoServerSandbox {
+                name: manifest.name.clone(),
+                reason: "its record has no server to start".into(),
+            })?;
+        let env = installed
+            .grant
+            .env
+            .iter()
+            .filter_map(|name| std::env::var(name).ok().map(|v| (name.clone(), v)))
+            .collect();
+        Ok(ServerLaunch {
+            name: manifest.name.clone(),
+            spec,
+            grant: installed.grant.clone(),
+            env,
+            call_limits: manifest.limits,
+            approved: manifest.functions.clone(),
+            scratch: self.scratch(&manifest.name),
+        })
+    }
+
+    /// Installs server plugin `manifest` with `grant`: starts it once in
+    /// its sandbox under that grant, records the functions it offers (and
+    /// its files' tree hash) with `plugin_installed`.
+    pub(super) async fn install_server(
+        &self,
+        mut manifest: PluginManifest,
+        grant: Grant,
+    ) -> Result<PluginRecord, PluginError> {
+        let name = manifest.name.clone();
+        let servers = self.servers(&name)?.clone();
+        check_dirs_seen_in_place(&name, &grant)?;
+        if self.inner.store.plugin(&name).await?.is_some() {
+            return Err(PluginError::AlreadyInstalled(name));
+        }
+        let mut installed = InstalledPlugin {
+            manifest: manifest.clone(),
+            grant,
+            sandbox: servers.kind().to_owned(),
+            install_id: Some(Uuid::now_v7()),
+            dirs_named: true,
+        };
+        let launch = self.launch(&installed)?;
+        let discovery = servers
+            .discover(&launch)
+            .await
+            .map_err(|source| PluginError::Sandbox {
+                name: name.clone(),
+                source,
+            })?;
+        if discovery.functions.is_empty() {
+            return Err(PluginError::NoServerSandbox {
+                name,
+                reason: "the server lists no tools".into(),
+            });
+        }
+        for found in discovery.functions {
+            manifest.functions.insert(found.function, found.spec);
+        }
+        if let Some(server) = &mut manifest.server {
+            server.tree_sha256 = Some(discovery.tree_sha256);
+        }
+        installed.manifest = manifest;
+        let event = SystemEvent::PluginInstalled {
+            plugin: Box::new(installed.clone()),
+        };
+        match self.append_now(vec![event]).await {
+            Err(StoreError::Rejected(ApplyError::DuplicatePlugin(n))) => {
+                Err(PluginError::AlreadyInstalled(n))
+            }
+            other => other
+                .map(|()| PluginRecord::installed(installed))
+                .map_err(Into::into),
+        }
+    }
+
+    /// Starts server plugin `installed` warm for calls: records
+    /// `plugin_loaded` (the artifact is its files' tree hash) and a denial
+    /// for each function it offers that the operator did not approve.
+    pub(super) async fn start_server(
+        &self,
+        installed: &InstalledPlugin,
+    ) -> Result<Arc<dyn LoadedPlugin>, PluginError> {
+        let name = installed.name().to_owned();
+        let servers = self.servers(&name)?.clone();
+        let launch = self.launch(installed)?;
+        let started_at = Instant::now();
+        let started = servers
+            .start(&launch)
+            .await
+            .map_err(|source| PluginError::Sandbox {
+                name: name.clone(),
+                source,
+            })?;
+        let mut events = vec![SystemEvent::PluginLoaded {
+            name: name.clone(),
+            artifact: Artifact {
+                key: PROCESS_KIND.to_owned(),
+                sha256: installed.sha256().to_owned(),
+            },
+            cached: false,
+            micros: elapsed_micros(started_at),
+            install_id: installed.install_id,
+        }];
+        for (function, why) in started.unapproved {
+            events.push(SystemEvent::PluginPermissionDenied {
+                name: name.clone(),
+                call_id: None,
+                asked: format!("tool {function}"),
+                reason: format!("{why}; not callable until the operator approves it"),
+                install_id: installed.install_id,
+            });
+        }
+        self.record(events, CallOptions::default()).await?;
+        Ok(started.plugin)
+    }
+}
+
+/// Checks that each granted directory is seen by the server at its own
+/// path: a server runs on the host's filesystem (what it may reach is cut
+/// down by the OS, not remapped), so `dir:GUEST=HOST` must have GUEST and
+/// HOST the same.
+fn check_dirs_seen_in_place(name: &str, grant: &Grant) -> Result<(), PluginError> {
+    for d in &grant.dirs {
+        if d.path != std::path::Path::new(&d.guest) {
+            return Err(PluginError::GrantRefused {
+                name: name.to_owned(),
+                reason: format!(
+                    "a server sees a granted directory at its own path: directory {} is {} on \
+                     this machine; ask for it as {0} in the manifest",
+                    d.guest,
+                    d.path.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
