@@ -8,7 +8,7 @@
 //! 2. `unshare` user, mount, pid, ipc, uts and network namespaces; write
 //!    `setgroups`=deny, then the uid and gid maps (inside 0 → lion's euid);
 //!    set `RLIMIT_NPROC` (counted per user namespace, so it counts the jail
-//!    alone and holds even when lion is root);
+//!    alone; it does not bind root, see the crate docs);
 //! 3. make `/` private and bind-mount the private tmp directory at `/tmp`;
 //! 4. `fork`: the parent half becomes the *intermediate* (closes every
 //!    descriptor, dies with lion, waits for pid 1 and relays its status);

@@ -37,6 +37,15 @@ pub enum JailError {
     /// The seccomp policy does not compile.
     #[error("seccomp policy: {0}")]
     Policy(String),
+    /// lion runs as root and no pids cgroup could be made: `RLIMIT_NPROC`
+    /// does not bind root (measured: not even inside the jail's user
+    /// namespace, where root stays uid 0 of the host), so a fork bomb could
+    /// not be contained. Nothing was started.
+    #[error(
+        "refusing to run the program: lion runs as root and no pids cgroup could be made under \
+         /sys/fs/cgroup/pids/lion, and RLIMIT_NPROC does not limit root"
+    )]
+    NoProcessLimit,
     /// Preparing or starting the process failed (the errno of the failed
     /// step: a namespace, a mount, Landlock, seccomp or the exec itself).
     #[error("starting the jailed program failed: {0}")]
@@ -266,6 +275,10 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
     let filters = cached_filters()?;
     let limits = spec.limits;
     let cgroups = Cgroups::make(limits.memory_bytes, limits.processes);
+    let (euid, egid) = child::effective_ids();
+    if euid == 0 && cgroups.pids.is_none() {
+        return Err(JailError::NoProcessLimit);
+    }
 
     let mut rw: Vec<&Path> = spec.read_write.iter().map(|p| p.as_path()).collect();
     rw.push(&spec.private_tmp);
@@ -298,7 +311,6 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
         limits.processes + 1,
         limits.processes + 1,
     );
-    let (euid, egid) = child::effective_ids();
     let (alive_read, alive_write) = child::pipe()?;
     let plan = Plan {
         cgroup_procs: cgroups.procs_files()?.into_iter().map(Into::into).collect(),

@@ -47,8 +47,11 @@
 //! - System calls: `policy/seccomp.json` — an allow-list, `ENOSYS` for what
 //!   runtimes only probe, and the process killed for anything else.
 //! - Limits: see [`JailLimits`]; cgroups when lion may make them, rlimits
-//!   always (`RLIMIT_NPROC` set inside the new user namespace, where it is
-//!   counted for the jail alone and holds even when lion runs as root).
+//!   always. `RLIMIT_NPROC` is set inside the new user namespace, where it
+//!   counts the jail's processes alone; it holds for an unprivileged lion but
+//!   NOT for root (measured: root inside the jail is still uid 0 of the host,
+//!   which the kernel exempts). So as root a pids cgroup is required: without
+//!   one [`spawn()`] refuses ([`JailError::NoProcessLimit`]).
 //! - Environment: only [`JailSpec::env`]; descriptors: only 0, 1 and 2.
 
 mod cgroup;

@@ -120,3 +120,36 @@ fn check_refusal(filter: BpfProgram, names: &str) {
         "the program ran although the jail was refused"
     );
 }
+
+/// As root, the process limit needs a pids cgroup (`RLIMIT_NPROC` does not
+/// bind root): when none can be made (here `mkdir` fails under the test's
+/// filter, as on a read-only cgroup mount) the jail is refused.
+#[test]
+fn refused_as_root_when_no_pids_cgroup_can_be_made() {
+    if !std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+    {
+        return; // Only root takes this path; as nobody RLIMIT_NPROC holds.
+    }
+    let rules = [libc::SYS_mkdir, libc::SYS_mkdirat]
+        .into_iter()
+        .map(|s| (s, vec![]))
+        .collect();
+    let filter: BpfProgram = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        ARCH,
+    )
+    .unwrap()
+    .try_into()
+    .unwrap();
+    let s = scratch();
+    let marker = s.path().join("rw/marker");
+    std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(s.path().join("tmp")).unwrap();
+    let out = jail_run(Some(filter), &touching(&marker, &s.path().join("tmp")));
+    assert_refused(&out, "no pids cgroup");
+    assert!(!marker.exists(), "the program ran without a process limit");
+}
