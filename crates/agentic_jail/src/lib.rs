@@ -3,3 +3,65 @@
 //! namespaces, with the filesystem denied by default (Landlock), a seccomp
 //! allow-list kept as data, and limits that hold whether lion runs as root
 //! or not. Where a needed feature is missing it refuses to start, naming it.
+//!
+//! # Map of the modules
+//!
+//! - [`spec`] — what to run and what it may touch: [`JailSpec`], [`JailLimits`].
+//! - [`support`] — the probe: [`support()`] says what the kernel offers or,
+//!   in one line, what is missing ([`Missing`]).
+//! - `policy` — the seccomp policy (`policy/seccomp.json`, seccompiler's JSON
+//!   format) compiled to BPF in the parent.
+//! - `rules` — the Landlock ruleset, created in the parent with the granted
+//!   paths opened there.
+//! - `cgroup` — a cgroup (v1 `memory` and `pids`) per jailed process when one
+//!   can be made; else the rlimits carry the limits.
+//! - `child` — the only module with `unsafe`: what runs between `fork` and
+//!   `exec` (namespaces, id maps, mounts, the pid-1 fork, Landlock, seccomp).
+//! - [`jailed`] — [`spawn()`], the running [`Jailed`] process and its
+//!   [`ExitReport`].
+//!
+//! # How a jailed process is laid out
+//!
+//! ```text
+//! lion ── intermediate (new user/mnt/net/ipc/uts ns, closes every fd, waits)
+//!              └── program = pid 1 of a new pid namespace
+//!                      └── everything it starts
+//! ```
+//! The intermediate and the program both carry `PR_SET_PDEATHSIG(SIGKILL)`:
+//! lion dying kills the intermediate, the intermediate dying kills pid 1, and
+//! pid 1 dying makes the kernel kill the whole namespace. [`Jailed::kill`]
+//! kills the intermediate. The intermediate relays pid 1's status: the same
+//! exit code, or the same signal raised on itself (one translation: a
+//! `SIGKILL` that came when the CPU-time limit was used up is relayed as
+//! `SIGXCPU`, because pid 1 of a namespace ignores the soft `SIGXCPU`).
+//!
+//! # What is enforced
+//!
+//! - Filesystem: a Landlock ruleset handling every filesystem right of the
+//!   kernel's best ABI; read+execute beneath [`JailSpec::read_only`], all
+//!   rights beneath [`JailSpec::read_write`] and the private `/tmp`. Reads
+//!   outside are denied too. A kernel without Landlock is refused.
+//! - Network: an empty network namespace (no interface up), Landlock's TCP
+//!   bind/connect rights denied (ABI 4+), abstract unix sockets and signals
+//!   scoped to the jail (ABI 6+).
+//! - System calls: `policy/seccomp.json` — an allow-list, `ENOSYS` for what
+//!   runtimes only probe, and the process killed for anything else.
+//! - Limits: see [`JailLimits`]; cgroups when lion may make them, rlimits
+//!   always. `RLIMIT_NPROC` is set inside the new user namespace, where it
+//!   counts the jail's processes alone; it holds for an unprivileged lion but
+//!   NOT for root (measured: root inside the jail is still uid 0 of the host,
+//!   which the kernel exempts). So as root a pids cgroup is required: without
+//!   one [`spawn()`] refuses ([`JailError::NoProcessLimit`]).
+//! - Environment: only [`JailSpec::env`]; descriptors: only 0, 1 and 2.
+
+mod cgroup;
+mod child;
+pub mod jailed;
+mod policy;
+mod rules;
+pub mod spec;
+pub mod support;
+
+pub use jailed::{ExitCause, ExitReport, JailError, Jailed, spawn};
+pub use spec::{JailLimits, JailSpec, JailStdio};
+pub use support::{Missing, MissingFeature, Support, support};

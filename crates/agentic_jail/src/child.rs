@@ -1,0 +1,432 @@
+//! What runs between `fork` and `exec` — the only module of this crate with
+//! `unsafe`. Everything the child needs (strings, descriptors, compiled BPF)
+//! is prepared in the parent as a [`Plan`]; after the fork only raw system
+//! calls run, no allocation, no locks (async-signal-safe).
+//!
+//! In the forked child (`pre_exec`), in this order:
+//! 1. join the cgroups (descriptors opened by the parent), set the rlimits;
+//! 2. `unshare` user, mount, pid, ipc, uts and network namespaces; write
+//!    `setgroups`=deny, then the uid and gid maps (inside 0 → lion's euid);
+//!    set `RLIMIT_NPROC` (counted per user namespace, so it counts the jail
+//!    alone; it does not bind root, see the crate docs);
+//! 3. make `/` private and bind-mount the private tmp directory at `/tmp`;
+//! 4. `fork`: the parent half becomes the *intermediate* (closes every
+//!    descriptor, dies with lion, waits for pid 1 and relays its status);
+//!    the child half is pid 1 of the new pid namespace and goes on:
+//! 5. dies with the intermediate (`PR_SET_PDEATHSIG`, checked against a race),
+//!    `chdir`s, marks every descriptor above 2 close-on-exec,
+//!    `PR_SET_NO_NEW_PRIVS`, `landlock_restrict_self`, the two seccomp
+//!    filters — and returns, so the standard library `exec`s the program.
+//!
+//! An error in any step before `exec` travels to `spawn` as an errno through
+//! the standard library's close-on-exec error pipe (the intermediate closes
+//! its copy; pid 1 holds it until its `exec`).
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use seccompiler::BpfProgram;
+
+use crate::policy::Filters;
+use crate::spec::{JailSpec, JailStdio};
+
+/// Every namespace a jail gets.
+const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWNET;
+/// `landlock_create_ruleset` flag asking for the ABI version.
+const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+/// `seccomp` operation: is this action available?
+const SECCOMP_GET_ACTION_AVAIL: libc::c_uint = 2;
+/// `SECCOMP_RET_KILL_PROCESS` (Linux 4.14), the action the allow-list uses.
+const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+/// `close_range` flag: mark close-on-exec instead of closing (Linux 5.11).
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+/// Exit code of the intermediate when it cannot wait for pid 1 (never a
+/// status of the program's own: it would be relayed as is otherwise).
+const INTERMEDIATE_FAILED: libc::c_int = 125;
+
+/// One resource limit to set in the child.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limit {
+    resource: libc::__rlimit_resource_t,
+    value: libc::rlimit,
+}
+
+impl Limit {
+    /// `soft`/`hard`, each capped at the current hard limit (an unprivileged
+    /// process can only lower it).
+    pub fn new(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> Self {
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: getrlimit writes into the valid `current` it is given.
+        if unsafe { libc::getrlimit(resource, &mut current) } != 0 {
+            current.rlim_max = libc::RLIM_INFINITY;
+        }
+        let cap = |v: u64| v.min(current.rlim_max);
+        Self {
+            resource,
+            value: libc::rlimit {
+                rlim_cur: cap(soft),
+                rlim_max: cap(hard),
+            },
+        }
+    }
+}
+
+/// Everything the child needs, prepared before the fork.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// `cgroup.procs` of each cgroup made for this process.
+    pub cgroup_procs: Vec<OwnedFd>,
+    /// Limits set before the user namespace is made.
+    pub limits: Vec<Limit>,
+    /// `RLIMIT_NPROC`, set inside the new user namespace.
+    pub nproc: Limit,
+    /// `0 <euid> 1`.
+    pub uid_map: Vec<u8>,
+    /// `0 <egid> 1`.
+    pub gid_map: Vec<u8>,
+    /// Host path of the private tmp directory.
+    pub private_tmp: CString,
+    /// Working directory inside the jail.
+    pub cwd: CString,
+    /// The Landlock ruleset.
+    pub landlock: OwnedFd,
+    /// The compiled seccomp filters.
+    pub filters: Filters,
+    /// Held by the intermediate; pid 1 sees it hang up if the intermediate
+    /// died before pid 1 could ask to die with it.
+    pub alive_read: OwnedFd,
+    /// See `alive_read`.
+    pub alive_write: OwnedFd,
+    /// lion's pid: the intermediate checks it is still its parent.
+    pub lion_pid: libc::pid_t,
+    /// CPU seconds after which a `SIGKILL` of pid 1 is relayed as `SIGXCPU`.
+    pub cpu_seconds: u64,
+}
+
+/// Path as a C string (a path with a NUL byte cannot be passed to the kernel).
+pub(crate) fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("path contains a NUL byte: {}", path.display()),
+        )
+    })
+}
+
+/// A close-on-exec pipe `(read, write)`.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two descriptors into the valid array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe {
+        (
+            std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+            std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// lion's effective uid and gid (to map root inside the jail to them).
+pub(crate) fn effective_ids() -> (u32, u32) {
+    // SAFETY: geteuid/getegid cannot fail and touch no memory.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// The `tokio` command that starts `spec` jailed according to `plan`.
+pub(crate) fn command(spec: &JailSpec, plan: Plan) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .kill_on_drop(true);
+    match spec.stdio {
+        JailStdio::Piped => {
+            cmd.stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+        }
+        JailStdio::Inherit => {
+            cmd.stdin(std::process::Stdio::inherit())
+                .stdout(std::process::Stdio::inherit())
+                .stderr(std::process::Stdio::inherit());
+        }
+    }
+    // SAFETY: the closure only makes raw system calls on data prepared in
+    // `plan` (no allocation, no locks), which is async-signal-safe as
+    // `pre_exec` requires; see `in_child`.
+    unsafe {
+        cmd.pre_exec(move || in_child(&plan));
+    }
+    cmd
+}
+
+/// `Err(last errno)` when `rc` is negative.
+fn check(rc: libc::c_long) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Writes `data` to the file at `path` (open, one write, close).
+///
+/// SAFETY (for callers): `path` is a valid C string; only raw syscalls.
+fn write_file(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    check(fd as libc::c_long)?;
+    write_fd(fd, data).inspect_err(|_| {
+        // SAFETY: `fd` was opened above and is closed once.
+        unsafe { libc::close(fd) };
+    })?;
+    // SAFETY: as above.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+fn write_fd(fd: RawFd, data: &[u8]) -> io::Result<()> {
+    // SAFETY: `data` is a valid buffer of `data.len()` bytes.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    check(n as libc::c_long)?;
+    if n as usize != data.len() {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
+}
+
+fn set_limit(l: &Limit) -> io::Result<()> {
+    // SAFETY: `l.value` is a valid rlimit.
+    check(unsafe { libc::setrlimit(l.resource, &l.value) } as libc::c_long)
+}
+
+fn install_filter(prog: &BpfProgram) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as libc::c_ushort,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: the kernel copies the program from the valid `fprog`, whose
+    // filter points at `prog`, alive for the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    })
+}
+
+/// The `pre_exec` body (see the module docs for the steps).
+fn in_child(p: &Plan) -> io::Result<()> {
+    for fd in &p.cgroup_procs {
+        // "0" = the writing process (cgroup v1 `cgroup.procs`).
+        write_fd(fd.as_raw_fd(), b"0")?;
+    }
+    for l in &p.limits {
+        set_limit(l)?;
+    }
+    // SAFETY: unshare takes flags only.
+    check(unsafe { libc::unshare(NAMESPACES) } as libc::c_long)?;
+    write_file(c"/proc/self/setgroups", b"deny")?;
+    write_file(c"/proc/self/uid_map", &p.uid_map)?;
+    write_file(c"/proc/self/gid_map", &p.gid_map)?;
+    set_limit(&p.nproc)?;
+    // SAFETY: valid C strings or nulls, as mount(2) takes them.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    } as libc::c_long)?;
+    // SAFETY: as above.
+    check(unsafe {
+        libc::mount(
+            p.private_tmp.as_ptr(),
+            c"/tmp".as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        )
+    } as libc::c_long)?;
+    // SAFETY: this process is single-threaded (a fresh fork); both halves
+    // only make raw system calls until exec or _exit.
+    let pid = unsafe { libc::fork() };
+    check(pid as libc::c_long)?;
+    if pid > 0 {
+        intermediate(p, pid);
+    }
+    pid_one(p)
+}
+
+/// The intermediate: never returns.
+fn intermediate(p: &Plan, child: libc::pid_t) -> ! {
+    // SAFETY: raw system calls on valid arguments; ends in _exit or a fatal
+    // signal, never returns into the standard library's child code.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if libc::getppid() != p.lion_pid {
+            // lion died before the line above: take pid 1 down and go.
+            libc::kill(child, libc::SIGKILL);
+            libc::_exit(INTERMEDIATE_FAILED);
+        }
+        // Hold nothing of lion's: not the stdio pipes (so EOF comes when the
+        // jail is gone), not `spawn`'s error pipe. Keep only `alive_write`.
+        let keep = p.alive_write.as_raw_fd() as libc::c_uint;
+        if keep > 0 {
+            libc::syscall(libc::SYS_close_range, 0, keep - 1, 0);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
+        let mut status: libc::c_int = 0;
+        let mut usage: libc::rusage = std::mem::zeroed();
+        loop {
+            let r = libc::wait4(child, &mut status, 0, &mut usage);
+            if r == child {
+                break;
+            }
+            if r < 0 && *libc::__errno_location() != libc::EINTR {
+                libc::_exit(INTERMEDIATE_FAILED);
+            }
+        }
+        if libc::WIFEXITED(status) {
+            libc::_exit(libc::WEXITSTATUS(status));
+        }
+        let mut sig = libc::WTERMSIG(status);
+        let cpu = (usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) as u64;
+        if sig == libc::SIGKILL && cpu >= p.cpu_seconds {
+            // The hard RLIMIT_CPU kill (pid 1 ignores the soft SIGXCPU).
+            sig = libc::SIGXCPU;
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::kill(libc::getpid(), sig);
+        libc::_exit(128 + sig);
+    }
+}
+
+/// Pid 1 of the new pid namespace: restrict itself, then return to `exec`.
+fn pid_one(p: &Plan) -> io::Result<()> {
+    // SAFETY: raw system calls on descriptors and strings owned by `p`.
+    unsafe {
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as libc::c_long)?;
+        // If the intermediate died before the line above, its end of the
+        // pipe is closed: the read end reports a hang-up.
+        libc::close(p.alive_write.as_raw_fd());
+        let mut pfd = libc::pollfd {
+            fd: p.alive_read.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        check(libc::poll(&mut pfd, 1, 0) as libc::c_long)?;
+        if pfd.revents & libc::POLLHUP != 0 {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        check(libc::chdir(p.cwd.as_ptr()) as libc::c_long)?;
+        check(libc::syscall(
+            libc::SYS_close_range,
+            3,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        ))?;
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;
+        check(libc::syscall(
+            libc::SYS_landlock_restrict_self,
+            p.landlock.as_raw_fd(),
+            0,
+        ))?;
+    }
+    install_filter(&p.filters.probe_enosys)?;
+    install_filter(&p.filters.allowlist)
+}
+
+/// The kernel's Landlock ABI version.
+pub(crate) fn landlock_abi() -> io::Result<i32> {
+    // SAFETY: with a null attribute and size 0 the call only reports the ABI.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    check(rc)?;
+    Ok(rc as i32)
+}
+
+/// Can this process install a seccomp filter that kills the process?
+pub(crate) fn probe_seccomp() -> io::Result<()> {
+    let action = SECCOMP_RET_KILL_PROCESS;
+    // SAFETY: the kernel reads one u32 from the valid `action`.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        )
+    })
+}
+
+/// In a throwaway child: unshare every namespace a jail uses and write the
+/// id maps, as `spawn` will. `Err` carries the errno the child got.
+pub(crate) fn probe_namespaces() -> io::Result<()> {
+    let (euid, egid) = effective_ids();
+    let uid_map = format!("0 {euid} 1");
+    let gid_map = format!("0 {egid} 1");
+    // SAFETY: the child only makes raw system calls on data prepared above
+    // and ends in _exit; the parent waits for it.
+    unsafe {
+        let pid = libc::fork();
+        check(pid as libc::c_long)?;
+        if pid == 0 {
+            let step = || -> io::Result<()> {
+                check(libc::unshare(NAMESPACES) as libc::c_long)?;
+                write_file(c"/proc/self/setgroups", b"deny")?;
+                write_file(c"/proc/self/uid_map", uid_map.as_bytes())?;
+                write_file(c"/proc/self/gid_map", gid_map.as_bytes())
+            };
+            let code = match step() {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(libc::EINVAL) & 0xff,
+            };
+            libc::_exit(code);
+        }
+        let mut status = 0;
+        while libc::waitpid(pid, &mut status, 0) < 0 {
+            if *libc::__errno_location() != libc::EINTR {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+            (true, 0) => Ok(()),
+            (true, errno) => Err(io::Error::from_raw_os_error(errno)),
+            _ => Err(io::Error::other(format!(
+                "probe child killed by signal {}",
+                libc::WTERMSIG(status)
+            ))),
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Starting a jailed program ([`spawn`]), the running process ([`Jailed`])
+//! and how it ended ([`ExitReport`]).
+//!
+//! The fork happens on one long-lived thread of this crate ("spawner"):
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, so
+//! forking from a short-lived thread (e.g. tokio's blocking pool) would kill
+//! the jail when that thread retires. The spawner lives as long as lion.
+
+use std::fmt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+use serde::Serialize;
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+
+use crate::cgroup::{Cgroups, Counters};
+use crate::child::{self, Limit, Plan};
+use crate::policy::{self, Filters};
+use crate::rules::{self, RulesError};
+use crate::spec::JailSpec;
+use crate::support::{Missing, Support, support};
+
+/// Why a jailed program could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    /// The OS lacks something a jail needs; nothing was started.
+    #[error("{0}")]
+    Unsupported(#[from] Missing),
+    /// The spec is not usable (one line naming the problem).
+    #[error("invalid jail spec: {0}")]
+    InvalidSpec(String),
+    /// The Landlock ruleset could not be built.
+    #[error(transparent)]
+    Landlock(#[from] RulesError),
+    /// The seccomp policy does not compile.
+    #[error("seccomp policy: {0}")]
+    Policy(String),
+    /// lion runs as root and no pids cgroup could be made: `RLIMIT_NPROC`
+    /// does not bind root (measured: not even inside the jail's user
+    /// namespace, where root stays uid 0 of the host), so a fork bomb could
+    /// not be contained. Nothing was started.
+    #[error(
+        "refusing to run the program: lion runs as root and no pids cgroup could be made under \
+         /sys/fs/cgroup/pids/lion, and RLIMIT_NPROC does not limit root"
+    )]
+    NoProcessLimit,
+    /// Preparing or starting the process failed (the errno of the failed
+    /// step: a namespace, a mount, Landlock, seccomp or the exec itself).
+    #[error("starting the jailed program failed: {0}")]
+    Start(#[from] std::io::Error),
+}
+
+/// Why the jailed program died, when it is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitCause {
+    /// lion killed it ([`Jailed::kill`], a timeout, an unload, a drop).
+    Killed,
+    /// Seccomp killed it for a forbidden system call (`SIGSYS`).
+    Seccomp,
+    /// The memory cgroup's OOM killer killed it.
+    MemoryLimit,
+    /// It used up its CPU seconds (`SIGXCPU`, or the hard limit's `SIGKILL`).
+    CpuLimit,
+    /// It wrote past its file size limit (`SIGXFSZ`).
+    FileSizeLimit,
+    /// It failed after forks were refused at its process limit.
+    ProcessLimit,
+}
+
+impl fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Killed => "killed by lion",
+            Self::Seccomp => "killed by seccomp for a forbidden system call",
+            Self::MemoryLimit => "killed at its memory limit",
+            Self::CpuLimit => "killed at its CPU time limit",
+            Self::FileSizeLimit => "killed at its file size limit",
+            Self::ProcessLimit => "failed at its process limit",
+        })
+    }
+}
+
+/// How a jailed program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ExitReport {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// Why, when known.
+    pub cause: Option<ExitCause>,
+    /// The memory cgroup's limit was hit at least once (allocations failed
+    /// or reclaim ran), even if the program survived. Always false without
+    /// a memory cgroup (then the limit is `RLIMIT_AS`: allocations fail with
+    /// `ENOMEM` and the program decides what to do).
+    pub memory_limit_hit: bool,
+    /// Forks were refused at `pids.max`. Always false without a pids cgroup
+    /// (`RLIMIT_NPROC` refusals are not counted anywhere lion can read).
+    pub process_limit_hit: bool,
+}
+
+impl ExitReport {
+    fn new(status: std::process::ExitStatus, killed: bool, c: Counters) -> Self {
+        let code = status.code();
+        let signal = status.signal();
+        let cause = if killed && signal == Some(libc::SIGKILL) {
+            Some(ExitCause::Killed)
+        } else {
+            match signal {
+                Some(libc::SIGSYS) => Some(ExitCause::Seccomp),
+                Some(libc::SIGXCPU) => Some(ExitCause::CpuLimit),
+                Some(libc::SIGXFSZ) => Some(ExitCause::FileSizeLimit),
+                Some(libc::SIGKILL) if c.oom_kills > 0 => Some(ExitCause::MemoryLimit),
+                _ if code != Some(0) && c.pids_max_hits > 0 => Some(ExitCause::ProcessLimit),
+                _ => None,
+            }
+        };
+        Self {
+            code,
+            signal,
+            cause,
+            memory_limit_hit: c.memory_failcnt > 0 || c.oom_kills > 0,
+            process_limit_hit: c.pids_max_hits > 0,
+        }
+    }
+}
+
+impl fmt::Display for ExitReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal) {
+            (Some(code), _) => write!(f, "exited with code {code}")?,
+            (None, Some(sig)) => write!(f, "ended by signal {sig}")?,
+            (None, None) => f.write_str("ended")?,
+        }
+        if let Some(cause) = self.cause {
+            write!(f, " ({cause})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A running jailed program. Dropping it kills the jail.
+#[derive(Debug)]
+pub struct Jailed {
+    /// The program's standard input (with [`crate::JailStdio::Piped`]).
+    pub stdin: Option<ChildStdin>,
+    /// The program's standard output (with [`crate::JailStdio::Piped`]).
+    pub stdout: Option<ChildStdout>,
+    /// The program's standard error (with [`crate::JailStdio::Piped`]).
+    pub stderr: Option<ChildStderr>,
+    child: Child,
+    cgroups: Cgroups,
+    killed: bool,
+}
+
+impl Jailed {
+    /// The host pid of the intermediate process (not of the program: that
+    /// is pid 1 of its own namespace). `None` once it has been reaped.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills the jail: the intermediate gets `SIGKILL`, pid 1 dies with it,
+    /// and the kernel kills everything else in the pid namespace.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.killed = true;
+        self.child.start_kill()
+    }
+
+    /// Waits for the jail to end, reads why, and removes its cgroups.
+    pub async fn wait(&mut self) -> Result<ExitReport, JailError> {
+        let status = self.child.wait().await?;
+        let counters = self.cgroups.counters();
+        self.cgroups.remove();
+        Ok(ExitReport::new(status, self.killed, counters))
+    }
+}
+
+/// How far below the soft CPU limit the hard one is: the soft limit sends
+/// `SIGXCPU` (which a program may catch, and which pid 1 of a namespace
+/// ignores), the hard one `SIGKILL` one second later.
+const CPU_HARD_MARGIN_SECONDS: u64 = 1;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The spawner thread's queue (see the module docs).
+fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("lion-jail-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("the jail spawner thread starts");
+        Mutex::new(tx)
+    })
+}
+
+fn cached_support() -> Result<Support, Missing> {
+    static SUPPORT: OnceLock<Result<Support, Missing>> = OnceLock::new();
+    SUPPORT.get_or_init(support).clone()
+}
+
+fn cached_filters() -> Result<Filters, JailError> {
+    static FILTERS: OnceLock<Result<Filters, String>> = OnceLock::new();
+    FILTERS
+        .get_or_init(policy::compile)
+        .clone()
+        .map_err(JailError::Policy)
+}
+
+fn beneath_any(path: &Path, roots: &[&Path]) -> bool {
+    roots.iter().any(|r| path.starts_with(r))
+}
+
+fn validate(spec: &JailSpec) -> Result<(), JailError> {
+    let bad = |m: String| Err(JailError::InvalidSpec(m));
+    if !spec.program.is_absolute() {
+        return bad(format!(
+            "program {} is not an absolute path",
+            spec.program.display()
+        ));
+    }
+    if !spec.cwd.is_absolute() {
+        return bad(format!(
+            "cwd {} is not an absolute path",
+            spec.cwd.display()
+        ));
+    }
+    if !spec.private_tmp.is_dir() {
+        return bad(format!(
+            "private tmp {} is not a directory",
+            spec.private_tmp.display()
+        ));
+    }
+    let mut granted: Vec<&Path> = spec.read_only.iter().map(|p| p.as_path()).collect();
+    granted.extend(spec.read_write.iter().map(|p| p.as_path()));
+    granted.push(Path::new("/tmp"));
+    if !beneath_any(&spec.cwd, &granted) {
+        return bad(format!(
+            "cwd {} is not beneath a granted path",
+            spec.cwd.display()
+        ));
+    }
+    if !beneath_any(&spec.program, &granted) {
+        return bad(format!(
+            "program {} is not beneath a granted path",
+            spec.program.display()
+        ));
+    }
+    let l = &spec.limits;
+    if l.memory_bytes == 0
+        || l.processes == 0
+        || l.cpu_seconds == 0
+        || l.open_files == 0
+        || l.file_size_bytes == 0
+    {
+        return bad("every limit must be above zero".into());
+    }
+    Ok(())
+}
+
+/// Starts `spec`'s program in a jail. Refuses (naming what is missing) when
+/// the OS cannot jail it; never starts it unsandboxed.
+pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
+    let support = cached_support()?;
+    validate(spec)?;
+    let filters = cached_filters()?;
+    let limits = spec.limits;
+    let cgroups = Cgroups::make(limits.memory_bytes, limits.processes);
+    let (euid, egid) = child::effective_ids();
+    if euid == 0 && cgroups.pids.is_none() {
+        return Err(JailError::NoProcessLimit);
+    }
+
+    let mut rw: Vec<&Path> = spec.read_write.iter().map(|p| p.as_path()).collect();
+    rw.push(&spec.private_tmp);
+    let landlock = rules::build(support.landlock_abi, &spec.read_only, &rw)?;
+
+    let mut rlimits = vec![
+        Limit::new(libc::RLIMIT_CORE, 0, 0),
+        Limit::new(
+            libc::RLIMIT_CPU,
+            limits.cpu_seconds,
+            limits.cpu_seconds + CPU_HARD_MARGIN_SECONDS,
+        ),
+        Limit::new(libc::RLIMIT_NOFILE, limits.open_files, limits.open_files),
+        Limit::new(
+            libc::RLIMIT_FSIZE,
+            limits.file_size_bytes,
+            limits.file_size_bytes,
+        ),
+    ];
+    if cgroups.memory.is_none() {
+        rlimits.push(Limit::new(
+            libc::RLIMIT_AS,
+            limits.memory_bytes,
+            limits.memory_bytes,
+        ));
+    }
+    // +1: the intermediate is counted in the jail's user namespace too.
+    let nproc = Limit::new(
+        libc::RLIMIT_NPROC,
+        limits.processes + 1,
+        limits.processes + 1,
+    );
+    let (alive_read, alive_write) = child::pipe()?;
+    let plan = Plan {
+        cgroup_procs: cgroups.procs_files()?.into_iter().map(Into::into).collect(),
+        limits: rlimits,
+        nproc,
+        uid_map: format!("0 {euid} 1").into_bytes(),
+        gid_map: format!("0 {egid} 1").into_bytes(),
+        private_tmp: child::c_path(&spec.private_tmp)?,
+        cwd: child::c_path(&spec.cwd)?,
+        landlock,
+        filters,
+        alive_read,
+        alive_write,
+        lion_pid: std::process::id() as libc::pid_t,
+        cpu_seconds: limits.cpu_seconds,
+    };
+    let mut cmd = child::command(spec, plan);
+    let handle = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let spawned = {
+            let _runtime = handle.enter();
+            cmd.spawn()
+        };
+        // The plan's descriptors (ruleset, pipe ends, cgroup files) close here.
+        drop(cmd);
+        let _ = tx.send(spawned);
+    });
+    spawner()
+        .lock()
+        .map_err(|_| JailError::Start(std::io::Error::other("the jail spawner thread died")))?
+        .send(job)
+        .map_err(|_| JailError::Start(std::io::Error::other("the jail spawner thread died")))?;
+    let mut child = rx
+        .await
+        .map_err(|_| JailError::Start(std::io::Error::other("the jail spawner thread died")))??;
+    Ok(Jailed {
+        stdin: child.stdin.take(),
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+        child,
+        cgroups,
+        killed: false,
+    })
+}

@@ -1,0 +1,90 @@
+//! What to run in a jail and what it may touch: the program, its whole
+//! environment, the paths granted read-only and read-write, the host
+//! directory that becomes its private `/tmp`, and its limits.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// Default address-space/memory limit: 1 GiB. Node 20 reserves virtual memory
+/// up front and dies at start under 512 MiB of address space (measured; it
+/// starts at 768 MiB), so the default leaves room above that.
+pub const DEFAULT_MEMORY_BYTES: u64 = 1024 * 1024 * 1024;
+/// Default process (and thread) count: 128. Node starts ~11 threads and a
+/// server may run a few helpers; a fork bomb stops here.
+pub const DEFAULT_PROCESSES: u64 = 128;
+/// Default CPU seconds for the jailed process's whole life: 600. A warm server
+/// accumulates CPU time across calls, so this bounds runaway spinning, not a
+/// single call (calls have their own wall-clock timeout in the caller).
+pub const DEFAULT_CPU_SECONDS: u64 = 600;
+/// Default open descriptors: 256, enough for a runtime with its pipes and a
+/// few files, low enough that fd exhaustion stays inside the jail.
+pub const DEFAULT_OPEN_FILES: u64 = 256;
+/// Default largest file the process may write: 64 MiB, so one write cannot
+/// fill a granted disk.
+pub const DEFAULT_FILE_SIZE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Limits of one jailed process and everything it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JailLimits {
+    /// Memory in bytes: a cgroup `memory.limit_in_bytes` when lion may make
+    /// the cgroup, else `RLIMIT_AS` (address space, which is larger than
+    /// what is used: Node needs at least 768 MiB of it).
+    pub memory_bytes: u64,
+    /// Processes and threads: cgroup `pids.max` when possible, and always
+    /// `RLIMIT_NPROC` set inside the jail's user namespace.
+    pub processes: u64,
+    /// CPU seconds (`RLIMIT_CPU`), per process of the jail.
+    pub cpu_seconds: u64,
+    /// Open descriptors per process (`RLIMIT_NOFILE`).
+    pub open_files: u64,
+    /// Largest file size in bytes a process may write (`RLIMIT_FSIZE`).
+    pub file_size_bytes: u64,
+}
+
+impl Default for JailLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            processes: DEFAULT_PROCESSES,
+            cpu_seconds: DEFAULT_CPU_SECONDS,
+            open_files: DEFAULT_OPEN_FILES,
+            file_size_bytes: DEFAULT_FILE_SIZE_BYTES,
+        }
+    }
+}
+
+/// Where the jailed program's standard streams go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JailStdio {
+    /// Pipes to lion ([`crate::Jailed`]'s `stdin`/`stdout`/`stderr`).
+    #[default]
+    Piped,
+    /// The caller's own 0, 1 and 2 (for a command-line runner).
+    Inherit,
+}
+
+/// Everything needed to start one jailed program. Paths are taken as given:
+/// the caller resolves them (absolute, no surprises from `PATH`).
+#[derive(Debug, Clone)]
+pub struct JailSpec {
+    /// Absolute path of the executable; it must lie beneath a granted path.
+    pub program: PathBuf,
+    /// Arguments after `argv[0]` (which is the program path).
+    pub args: Vec<OsString>,
+    /// The WHOLE environment: nothing of lion's environment is inherited.
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory; it must lie beneath a granted path (or be `/tmp`).
+    pub cwd: PathBuf,
+    /// Granted read and execute (the interpreter, system libraries, the
+    /// plugin's own installed folder).
+    pub read_only: Vec<PathBuf>,
+    /// Granted every filesystem right (operator-granted directories).
+    pub read_write: Vec<PathBuf>,
+    /// A host directory lion made for this process; bind-mounted at `/tmp`
+    /// inside the jail and granted read-write.
+    pub private_tmp: PathBuf,
+    /// Memory, processes, CPU, descriptors, file size.
+    pub limits: JailLimits,
+    /// Standard streams.
+    pub stdio: JailStdio,
+}

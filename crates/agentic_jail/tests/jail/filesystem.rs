@@ -1,0 +1,137 @@
+//! Filesystem denied by default: reads and writes outside the grants fail
+//! with `EACCES` (Landlock), `..` and symlinks do not escape, `/tmp` is the
+//! private directory; the same actions inside a grant succeed.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::{plain_python, python, run, scratch};
+
+/// Python printing, for each path, `ok:<content>` or `errno:<n>`.
+fn read_each(paths: &[&std::path::Path]) -> String {
+    let list: Vec<String> = paths
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    format!(
+        "for p in [{}]:\n\
+         \x20   try:\n\
+         \x20       print('ok:' + open(p).read().strip())\n\
+         \x20   except OSError as e:\n\
+         \x20       print('errno:%d' % e.errno)\n",
+        list.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn reading_a_world_readable_file_outside_the_grant_fails_inside_works() {
+    let s = scratch();
+    let granted = s.path().join("granted");
+    let outside = s.path().join("outside");
+    std::fs::create_dir_all(&granted).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(granted.join("in.txt"), "inside").unwrap();
+    std::fs::write(outside.join("secret.txt"), "secret").unwrap();
+    std::fs::set_permissions(
+        outside.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let code = read_each(&[&granted.join("in.txt"), &outside.join("secret.txt")]);
+
+    // Control: outside a jail both files are readable.
+    assert_eq!(plain_python(&code), "ok:inside\nok:secret\n");
+
+    let mut spec = python(s.path(), &code);
+    spec.read_write.push(granted.clone());
+    let r = run(&spec).await;
+    assert_eq!(r.stdout, "ok:inside\nerrno:13\n", "{}", r.stderr);
+    assert_eq!(r.report.code, Some(0));
+}
+
+#[tokio::test]
+async fn read_only_grants_allow_reading_not_writing_and_writes_outside_fail() {
+    let s = scratch();
+    let ro = s.path().join("ro");
+    let rw = s.path().join("rw");
+    let outside = s.path().join("outside");
+    for d in [&ro, &rw, &outside] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(ro.join("r.txt"), "readable").unwrap();
+    let code = format!(
+        "print(open({ro:?}).read())\n\
+         for p in [{rw:?}, {ro_w:?}, {out:?}]:\n\
+         \x20   try:\n\
+         \x20       open(p, 'w').write('x'); print('wrote')\n\
+         \x20   except OSError as e:\n\
+         \x20       print('errno:%d' % e.errno)\n",
+        ro = ro.join("r.txt").display().to_string(),
+        rw = rw.join("w.txt").display().to_string(),
+        ro_w = ro.join("w.txt").display().to_string(),
+        out = outside.join("w.txt").display().to_string(),
+    );
+    let mut spec = python(s.path(), &code);
+    spec.read_only.push(ro.clone());
+    spec.read_write.push(rw.clone());
+    let r = run(&spec).await;
+    assert_eq!(
+        r.stdout, "readable\nwrote\nerrno:13\nerrno:13\n",
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read_to_string(rw.join("w.txt")).unwrap(), "x");
+    assert!(!ro.join("w.txt").exists() && !outside.join("w.txt").exists());
+}
+
+#[tokio::test]
+async fn dotdot_and_symlink_escapes_fail_while_a_symlink_within_the_grant_works() {
+    let s = scratch();
+    let granted = s.path().join("granted");
+    let outside = s.path().join("outside");
+    std::fs::create_dir_all(&granted).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.txt"), "secret").unwrap();
+    std::fs::write(granted.join("mine.txt"), "mine").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), granted.join("escape")).unwrap();
+    std::os::unix::fs::symlink(granted.join("mine.txt"), granted.join("inner")).unwrap();
+    let dotdot = granted.join("../outside/secret.txt");
+    let code = read_each(&[&granted.join("inner"), &dotdot, &granted.join("escape")]);
+
+    assert_eq!(plain_python(&code), "ok:mine\nok:secret\nok:secret\n");
+
+    let mut spec = python(s.path(), &code);
+    spec.read_write.push(granted.clone());
+    let r = run(&spec).await;
+    assert_eq!(r.stdout, "ok:mine\nerrno:13\nerrno:13\n", "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn tmp_is_the_private_directory_not_the_hosts() {
+    let s = scratch();
+    // A file in the host's real /tmp, which the jail must not see.
+    let host_tmp_file = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+    let name = host_tmp_file
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let code = format!(
+        "import os\n\
+         print(os.path.exists('/tmp/{name}'))\n\
+         open('/tmp/made-inside', 'w').write('hello')\n\
+         print(sorted(os.listdir('/tmp')))\n"
+    );
+    // Control: outside the jail the host file is there.
+    assert!(plain_python(&code).starts_with("True\n"));
+    std::fs::remove_file("/tmp/made-inside").ok();
+
+    let spec = python(s.path(), &code);
+    let r = run(&spec).await;
+    assert_eq!(r.stdout, "False\n['made-inside']\n", "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(spec.private_tmp.join("made-inside")).unwrap(),
+        "hello"
+    );
+}

@@ -1,0 +1,157 @@
+//! Everything the jailed program starts dies with it: a double-forked daemon
+//! is gone after a kill, after pid 1 exits, and after lion itself dies. The
+//! daemon keeps the jail's stdout open, so end-of-file on that pipe is the
+//! proof that every holder is gone (no sleeps, no polling). Also: the
+//! environment is only what was given, and no descriptor above 2 leaks in.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use agentic_jail::{ExitCause, spawn};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+use crate::{JAIL_RUN, PYTHON, jail_run_args, python, run, scratch, spec};
+
+/// Upper bound on waiting for end-of-file: not a timing assertion, only a
+/// guard so a surviving daemon fails the test instead of hanging it.
+const EOF_GUARD: Duration = Duration::from_secs(60);
+
+/// Double-forks a daemon that keeps stdout open and sleeps, prints `ready`,
+/// then (when `wait` is true) blocks forever.
+fn daemon(wait: bool) -> String {
+    format!(
+        "import os, sys, time\n\
+         if os.fork() == 0:\n\
+         \x20   os.setsid()\n\
+         \x20   if os.fork() == 0:\n\
+         \x20       time.sleep(100000)\n\
+         \x20   os._exit(0)\n\
+         os.wait()\n\
+         print('ready', flush=True)\n\
+         if {wait}:\n\
+         \x20   time.sleep(100000)\n",
+        wait = if wait { "True" } else { "False" }
+    )
+}
+
+#[tokio::test]
+async fn a_double_forked_daemon_is_gone_after_kill() {
+    let s = scratch();
+    let mut jailed = spawn(&python(s.path(), &daemon(true))).await.unwrap();
+    let mut out = tokio::io::BufReader::new(jailed.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "ready\n");
+    jailed.kill().unwrap();
+    let mut rest = String::new();
+    tokio::time::timeout(EOF_GUARD, out.read_to_string(&mut rest))
+        .await
+        .expect("stdout reached end-of-file: every process of the jail is gone")
+        .unwrap();
+    let report = jailed.wait().await.unwrap();
+    assert_eq!(report.cause, Some(ExitCause::Killed));
+}
+
+#[tokio::test]
+async fn a_double_forked_daemon_is_gone_when_pid_one_exits() {
+    let s = scratch();
+    let mut jailed = spawn(&python(s.path(), &daemon(false))).await.unwrap();
+    let mut out = jailed.stdout.take().unwrap();
+    let mut all = String::new();
+    tokio::time::timeout(EOF_GUARD, out.read_to_string(&mut all))
+        .await
+        .expect("the daemon died with pid 1")
+        .unwrap();
+    assert_eq!(all, "ready\n");
+    let report = jailed.wait().await.unwrap();
+    assert_eq!(report.code, Some(0));
+}
+
+#[test]
+fn the_jail_dies_when_lion_dies() {
+    let s = scratch();
+    let tmp = s.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut args = jail_run_args(&tmp);
+    args.extend(["--".into(), PYTHON.into(), "-c".into(), daemon(true)]);
+    // jail-run plays lion: the jailed program inherits its stdout.
+    let mut lion = Command::new(JAIL_RUN)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(lion.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    lion.kill().unwrap();
+    lion.wait().unwrap();
+    // End-of-file: the intermediate, pid 1 and the daemon all died.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = tx.send(out.read_to_end(&mut rest).map(|_| rest));
+    });
+    let rest = rx
+        .recv_timeout(EOF_GUARD)
+        .expect("the jail outlived lion")
+        .unwrap();
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn the_environment_is_only_what_was_given() {
+    // Control: this test process has an environment of its own to leak.
+    assert!(std::env::var_os("PATH").is_some());
+    let s = scratch();
+    let mut spec = spec(s.path(), "/usr/bin/env", &[]);
+    spec.env = vec![
+        ("ONLY".into(), "this".into()),
+        ("AND".into(), "that".into()),
+    ];
+    let r = run(&spec).await;
+    let mut lines: Vec<&str> = r.stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["AND=that", "ONLY=this"], "{r:?}");
+}
+
+/// Python listing its open descriptors from 3 up.
+const OPEN_FDS: &str = "import os\n\
+    fds = []\n\
+    for fd in range(3, 1024):\n\
+    \x20   try:\n\
+    \x20       os.fstat(fd); fds.append(fd)\n\
+    \x20   except OSError:\n\
+    \x20       pass\n\
+    print(fds)\n";
+
+#[test]
+fn no_descriptor_above_two_is_inherited() {
+    let s = scratch();
+    let tmp = s.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    // A shell opens fds 7 and 8 without close-on-exec, then runs `cmd`.
+    let with_leaks = |cmd: Vec<String>| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("exec 7</dev/null 8>/dev/null; exec \"$@\"")
+            .arg("sh")
+            .args(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Control: a plain program sees them (and whatever else the test
+    // harness leaves open, e.g. a jobserver's descriptors).
+    let plain = with_leaks(vec![PYTHON.into(), "-c".into(), OPEN_FDS.into()]);
+    assert!(plain.starts_with("[7, 8"), "{plain}");
+
+    let mut cmd = vec![JAIL_RUN.to_owned()];
+    cmd.extend(jail_run_args(&tmp));
+    cmd.extend(["--".into(), PYTHON.into(), "-c".into(), OPEN_FDS.into()]);
+    assert_eq!(with_leaks(cmd), "[]\n");
+}

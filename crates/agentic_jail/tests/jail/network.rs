@@ -1,0 +1,103 @@
+//! Network off: a loopback TCP or UDP listener the test opened sees nothing
+//! from inside the jail, and an abstract unix socket opened outside is out of
+//! reach; the same connections made outside a jail arrive (the controls).
+
+use std::io::ErrorKind;
+use std::net::{TcpListener, UdpSocket};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener};
+
+use crate::{plain_python, python, run, scratch};
+
+/// `ENETUNREACH` (empty network namespace) or `EACCES` (Landlock's TCP
+/// connect right): either proves the connection never left the jail.
+const REFUSED: [&str; 2] = ["errno:101\n", "errno:13\n"];
+
+fn connect_code(port: u16) -> String {
+    format!(
+        "import socket\n\
+         try:\n\
+         \x20   socket.create_connection(('127.0.0.1', {port}), timeout=5); print('connected')\n\
+         except OSError as e:\n\
+         \x20   print('errno:%d' % e.errno)\n"
+    )
+}
+
+#[tokio::test]
+async fn tcp_to_a_loopback_listener_outside_never_arrives() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let s = scratch();
+
+    let r = run(&python(s.path(), &connect_code(port))).await;
+    assert!(REFUSED.contains(&r.stdout.as_str()), "{r:?}");
+    let none = listener.accept().map(|_| ()).unwrap_err();
+    assert_eq!(
+        none.kind(),
+        ErrorKind::WouldBlock,
+        "the listener saw a connection"
+    );
+
+    // Control: the same program outside a jail reaches the listener.
+    assert_eq!(plain_python(&connect_code(port)), "connected\n");
+    assert!(listener.accept().is_ok());
+}
+
+#[tokio::test]
+async fn udp_to_a_loopback_socket_outside_never_arrives() {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let code = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         try:\n\
+         \x20   s.sendto(b'ping', ('127.0.0.1', {port})); print('sent')\n\
+         except OSError as e:\n\
+         \x20   print('errno:%d' % e.errno)\n"
+    );
+    let s = scratch();
+    let r = run(&python(s.path(), &code)).await;
+    // No interface is up in the jail's namespace: nothing routes to 127.0.0.1.
+    assert_eq!(r.stdout, "errno:101\n", "{r:?}");
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        sock.recv(&mut buf).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+
+    assert_eq!(plain_python(&code), "sent\n");
+    assert_eq!(sock.recv(&mut buf).unwrap(), 4);
+}
+
+#[tokio::test]
+async fn an_abstract_unix_socket_opened_outside_is_unreachable() {
+    let name = format!("lion-jail-test-{}", std::process::id());
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let listener = UnixListener::bind_addr(&addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let code = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         try:\n\
+         \x20   s.connect('\\0{name}'); print('connected')\n\
+         except OSError as e:\n\
+         \x20   print('errno:%d' % e.errno)\n"
+    );
+    let s = scratch();
+    let r = run(&python(s.path(), &code)).await;
+    // ECONNREFUSED (another network namespace's abstract names) or EPERM
+    // (Landlock's abstract-socket scope).
+    assert!(
+        ["errno:111\n", "errno:1\n"].contains(&r.stdout.as_str()),
+        "{r:?}"
+    );
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+
+    assert_eq!(plain_python(&code), "connected\n");
+    assert!(listener.accept().is_ok());
+}
