@@ -1,5 +1,5 @@
 //! MCP tool servers as lion plugins: the subprocess adapter of the
-//! kernel's `Sandbox` port. A server is started in `agentic_jail`, spoken
+//! kernel's `ServerSandbox` port. A server is started in `agentic_jail`, spoken
 //! to over stdio with `rmcp` (the official Rust MCP SDK), and each of its
 //! tools becomes a plugin function.
 //!
@@ -8,12 +8,22 @@
 //!   refused;
 //! - [`names`]: MCP tool names ↔ lion function names, recorded in a table;
 //! - [`output`]: a tool result → lion output JSON, `isError` → a typed
-//!   error, and a tool's schemas as the function's.
+//!   error, and a tool's schemas as the function's;
+//! - [`registry`]: installing servers from npm and PyPI, pinned, and the
+//!   tree hash of an installed server, checked before each start;
+//! - [`sandbox`]: [`ProcessSandbox`], the adapter of the kernel's
+//!   `ServerSandbox` port; `launch` builds a server's jail and session,
+//!   `warm` keeps one server running for calls.
 
+mod launch;
 pub mod names;
 pub mod output;
+pub mod registry;
+mod sandbox;
 pub mod session;
+mod warm;
 
 pub use names::{NameError, NameTable};
 pub use output::{FunctionSchemas, ToolError, function_schemas, tool_output};
+pub use sandbox::ProcessSandbox;
 pub use session::{McpSession, Refusal, ServerIdentity, SessionConfig, SessionError};
