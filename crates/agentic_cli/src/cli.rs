@@ -240,11 +240,18 @@ pub enum ModelCommand {
 /// `lion plugin …`
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// Install a plugin from its manifest, granting some or all of what it
-    /// asks for (deny by default: nothing is granted without a flag).
+    /// Install a plugin from its manifest, or an MCP server from a registry
+    /// (npm:NAME@VERSION, pypi:NAME==VERSION, exact versions), granting
+    /// some or all of what it asks for (deny by default: nothing is
+    /// granted without a flag).
     Install {
-        /// The plugin's manifest (TOML).
-        manifest: PathBuf,
+        /// The plugin's manifest (TOML), or npm:NAME@VERSION or
+        /// pypi:NAME==VERSION.
+        source: String,
+        /// The plugin's name (a registry package only; default: the
+        /// package's name without its scope).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
         /// Grant one permission the manifest asks for: interface:NAME
         /// (log, kv, events, http), host:HOST[:PORT], env:NAME, or
         /// dir:GUEST[=HOST][:ro] (the host directory that backs the guest
@@ -257,6 +264,10 @@ pub enum PluginCommand {
         /// directories outside the manifest's folder, which must be named.
         #[arg(long, conflicts_with = "grant")]
         grant_all: bool,
+        /// Arguments for a registry package's server, after `--` (e.g. the
+        /// directories server-filesystem serves).
+        #[arg(last = true, value_name = "ARG")]
+        args: Vec<String>,
     },
     /// Replace what an installed plugin is granted (the whole grant, as
     /// install's --grant flags; directories' host paths named:

@@ -177,11 +177,38 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Model(ModelCommand::Pull { name }) => commands::model::pull(ctx, &name),
             Command::Model(ModelCommand::List) => commands::model::list(ctx),
             Command::Plugin(PluginCommand::Install {
-                manifest,
+                source,
+                name,
                 grant,
                 grant_all,
+                args,
             }) => {
-                commands::plugin::install(&home, open()?, ctx, &manifest, &grant, grant_all).await
+                if commands::plugin_package::is_package(&source) {
+                    if grant_all {
+                        anyhow::bail!(
+                            "--grant-all needs a manifest: a package asks for nothing, grant with --grant"
+                        );
+                    }
+                    commands::plugin_package::install(
+                        &home,
+                        open()?,
+                        ctx,
+                        &source,
+                        name.as_deref(),
+                        &grant,
+                        &args,
+                    )
+                    .await
+                } else {
+                    if name.is_some() || !args.is_empty() {
+                        anyhow::bail!(
+                            "--name and server arguments are for registry packages; a manifest names its plugin and its arguments"
+                        );
+                    }
+                    let manifest = std::path::Path::new(&source);
+                    commands::plugin::install(&home, open()?, ctx, manifest, &grant, grant_all)
+                        .await
+                }
             }
             Command::Plugin(PluginCommand::Grant { name, grant }) => {
                 commands::plugin::grant(&home, open()?, ctx, &name, &grant).await

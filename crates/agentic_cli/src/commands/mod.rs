@@ -13,6 +13,7 @@ pub mod element;
 pub mod events;
 pub mod model;
 pub mod plugin;
+pub mod plugin_package;
 pub mod replay;
 pub mod run;
 pub mod task;

@@ -1,12 +1,14 @@
-//! `lion plugin install|grant|list|info|call|remove`: WebAssembly plugins in
-//! the home, through the kernel's plugin manager and the wasmtime sandbox.
+//! `lion plugin install|grant|list|info|call|remove`: plugins in the home
+//! (WebAssembly components under wasmtime, MCP servers under OS
+//! isolation), through the kernel's plugin manager.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use agentic_core::plugin::{
-    CallOptions, DirAccess, Grant, Limits, PluginError, PluginManager, PluginStatus,
+    CallOptions, DirAccess, Grant, Limits, PluginError, PluginManager, PluginRecord, PluginStatus,
 };
+use agentic_mcp::ProcessSandbox;
 use agentic_core::{Durability, EventStore};
 use agentic_store::SqliteStore;
 use agentic_wasm::WasmSandbox;
@@ -22,7 +24,8 @@ pub fn plugins_dir(home: &Path) -> PathBuf {
     home.join("plugins")
 }
 
-/// A plugin manager over `store`, with the wasmtime sandbox.
+/// A plugin manager over `store`, with the wasmtime sandbox for
+/// WebAssembly plugins and the subprocess sandbox for server plugins.
 pub fn manager(
     home: &Path,
     store: Arc<SqliteStore>,
@@ -31,13 +34,15 @@ pub fn manager(
 ) -> Result<PluginManager> {
     let sandbox = WasmSandbox::new().context("cannot start the WebAssembly sandbox")?;
     let store: Arc<dyn EventStore> = store;
-    Ok(PluginManager::new(
+    let manager = PluginManager::new(
         store,
         Arc::new(sandbox),
         plugins_dir(home),
         ctx.correlation_id,
         durability,
-    ))
+    );
+    manager.run_servers_with(Arc::new(ProcessSandbox::new()));
+    Ok(manager)
 }
 
 /// `lion plugin install MANIFEST [--grant KIND:VALUE ...] [--grant-all]`.
@@ -63,8 +68,14 @@ pub async fn install(
     };
     let manager = manager(home, store, ctx, Durability::Durable)?;
     let record = manager.install(manifest, grant).await?;
+    print_installed(ctx, &record)
+}
+
+/// What `install` prints: the record as JSON, or what was installed,
+/// asked for, granted and refused, and its limits.
+pub fn print_installed(ctx: Ctx, record: &PluginRecord) -> Result<()> {
     if ctx.json {
-        return output::json(&record);
+        return output::json(record);
     }
     let m = &record.installed.manifest;
     println!(
@@ -83,6 +94,15 @@ pub async fn install(
         println!("  not granted (calls that need it are denied): {refused}");
     }
     println!("  limits:  {}", describe_limits(&m.limits));
+    if let Some(server) = &m.server {
+        println!(
+            "  server:  {} {} (a warm process: it keeps state between calls)",
+            server.command.display(),
+            server.args.join(" ")
+        );
+        let names: Vec<&str> = m.functions.keys().map(String::as_str).collect();
+        println!("  tools:   {}", names.join(", "));
+    }
     Ok(())
 }
 
@@ -244,8 +264,21 @@ pub async fn call(
 
 /// `lion plugin remove NAME`.
 pub async fn remove(home: &Path, store: Arc<SqliteStore>, ctx: Ctx, name: &str) -> Result<()> {
+    let package = store
+        .plugin(name)
+        .await?
+        .and_then(|s| s.record.installed.manifest.server)
+        .filter(|server| server.package.is_some())
+        .map(|server| server.root);
     let manager = manager(home, store, ctx, Durability::Durable)?;
     manager.remove(name).await?;
+    // A package's files are the home's own (installed for this plugin).
+    if let Some(root) = package
+        && root.starts_with(super::plugin_package::packages_dir(home))
+        && let Err(e) = std::fs::remove_dir_all(&root)
+    {
+        eprintln!("warning: cannot delete {}: {e}", root.display());
+    }
     if ctx.json {
         return output::json(&json!({ "removed": name }));
     }

@@ -1,0 +1,242 @@
+//! [`WarmServer`]: one server plugin loaded for calls — one jailed process
+//! serving call after call (it keeps state between them), started again
+//! on the next call after it died, stopped when idle or when the plugin is
+//! unloaded (dropped). How it ended names each failed call: seccomp, a
+//! limit, a timeout, a crash, with the tail of its stderr.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use agentic_core::plugin::{
+    CallContext, CallFailure, FailureKind, LoadedPlugin, ServerLaunch,
+};
+use agentic_jail::ExitCause;
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::launch::Running;
+use crate::output::{ToolError, tool_output};
+use crate::session::SessionError;
+
+/// What lion calls a function of the server: the MCP tool's exact name,
+/// and whether it declares an output schema (then its structured content
+/// is the output).
+#[derive(Debug, Clone)]
+pub struct Callable {
+    /// The tool's MCP name.
+    pub tool: String,
+    /// Whether it declares an `outputSchema`.
+    pub structured: bool,
+}
+
+/// A server plugin loaded for calls.
+pub struct WarmServer {
+    launch: ServerLaunch,
+    /// The approved functions the server offers, by lion's name.
+    callable: HashMap<String, Callable>,
+    /// The running server, if any (started on the first call after none).
+    running: tokio::sync::Mutex<Option<Arc<Running>>>,
+    /// When the last call started or ended, to stop the server when idle.
+    last_used: Arc<Mutex<Instant>>,
+    /// Calls under way: a server is not idle while one runs.
+    in_flight: AtomicUsize,
+}
+
+impl WarmServer {
+    /// A warm server for `launch`, already `running`, offering `callable`.
+    pub fn new(
+        launch: ServerLaunch,
+        callable: HashMap<String, Callable>,
+        running: Running,
+    ) -> Arc<Self> {
+        let server = Arc::new(Self {
+            launch,
+            callable,
+            running: tokio::sync::Mutex::new(Some(Arc::new(running))),
+            last_used: Arc::new(Mutex::new(Instant::now())),
+            in_flight: AtomicUsize::new(0),
+        });
+        tokio::spawn(stop_when_idle(Arc::downgrade(&server)));
+        server
+    }
+
+    /// The running server, started first if it is not running.
+    async fn running(&self) -> Result<Arc<Running>, CallFailure> {
+        let mut slot = self.running.lock().await;
+        if let Some(running) = &*slot
+            && !running.session.is_closed()
+        {
+            return Ok(running.clone());
+        }
+        if let Some(dead) = slot.take() {
+            dead.stop().await;
+        }
+        let running = Arc::new(Running::start(&self.launch).await.map_err(|e| {
+            CallFailure::new(
+                FailureKind::LoadFailed,
+                format!("the server could not be started again: {e}"),
+            )
+        })?);
+        *slot = Some(running.clone());
+        Ok(running)
+    }
+
+    /// Forgets `running` if it is still the current server, and stops it.
+    async fn drop_running(&self, running: &Arc<Running>) {
+        let mut slot = self.running.lock().await;
+        if slot.as_ref().is_some_and(|r| Arc::ptr_eq(r, running)) {
+            slot.take();
+        }
+        drop(slot);
+        running.stop().await;
+    }
+
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+}
+
+#[async_trait]
+impl LoadedPlugin for WarmServer {
+    async fn call(
+        &self,
+        function: &str,
+        input: &str,
+        ctx: Arc<CallContext>,
+    ) -> Result<String, CallFailure> {
+        let Some(callable) = self.callable.get(function) else {
+            let failure = CallFailure::new(
+                FailureKind::PermissionDenied,
+                format!(
+                    "the server's tool {function} is not approved (it is new or changed since \
+                     install)"
+                ),
+            );
+            ctx.deny(format!("tool {function}"), "not approved");
+            return Err(failure);
+        };
+        let arguments: Value = serde_json::from_str(input)
+            .map_err(|e| CallFailure::new(FailureKind::InvalidInput, e.to_string()))?;
+        let limits = ctx.limits();
+        let deadline = Duration::from_millis(limits.timeout_ms);
+        self.touch();
+        let in_flight = InFlight::enter(&self.in_flight);
+        let running = self.running().await?;
+        let result = running
+            .session
+            .call_tool(&callable.tool, arguments, deadline)
+            .await;
+        drop(in_flight);
+        self.touch();
+        let result = match result {
+            Ok(result) => result,
+            Err(SessionError::Timeout { .. }) => {
+                // A server that missed its deadline may be wedged, and
+                // everything it started is killed with it.
+                self.drop_running(&running).await;
+                return Err(CallFailure::new(
+                    FailureKind::Timeout,
+                    format!(
+                        "the tool did not answer within {} ms; the server was stopped",
+                        limits.timeout_ms
+                    ),
+                ));
+            }
+            Err(e) => return Err(self.died(&running, &e).await),
+        };
+        let max = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
+        match tool_output(result, callable.structured, max) {
+            Ok(output) => Ok(output.to_string()),
+            Err(ToolError::Reported { text, .. }) => {
+                Err(CallFailure::new(FailureKind::Refused, text))
+            }
+            Err(e @ ToolError::TooLarge { .. }) => {
+                Err(CallFailure::new(FailureKind::OutputLimit, e.to_string()))
+            }
+            Err(e) => Err(CallFailure::new(FailureKind::InvalidOutput, e.to_string())),
+        }
+    }
+}
+
+impl WarmServer {
+    /// The failure of a call whose session broke (`error`): how the server
+    /// ended (seccomp, a limit, a crash) with its stderr's tail. The server
+    /// is stopped; the next call starts it again.
+    async fn died(&self, running: &Arc<Running>, error: &SessionError) -> CallFailure {
+        let report = if running.session.is_closed() {
+            running.ended().await
+        } else {
+            None
+        };
+        if report.is_none() {
+            self.drop_running(running).await;
+        } else {
+            let mut slot = self.running.lock().await;
+            if slot.as_ref().is_some_and(|r| Arc::ptr_eq(r, running)) {
+                slot.take();
+            }
+        }
+        let stderr = running.stderr_tail();
+        let (kind, trap) = match report.and_then(|r| r.cause) {
+            Some(ExitCause::Seccomp) => (FailureKind::PermissionDenied, Some("seccomp")),
+            Some(ExitCause::MemoryLimit) => (FailureKind::MemoryLimit, None),
+            Some(ExitCause::CpuLimit) => (FailureKind::Timeout, Some("cpu_limit")),
+            Some(ExitCause::FileSizeLimit) => (FailureKind::WriteLimit, None),
+            Some(ExitCause::ProcessLimit) => (FailureKind::Trap, Some("process_limit")),
+            Some(ExitCause::Killed) | None => (FailureKind::Trap, Some("server_exited")),
+        };
+        let mut message = match report {
+            Some(report) => format!("the server {report}: {error}"),
+            None => format!("the server broke the session: {error}; it was stopped"),
+        };
+        if !stderr.is_empty() {
+            message.push_str(&format!("; its stderr ends: {stderr}"));
+        }
+        let mut failure = CallFailure::new(kind, message);
+        failure.trap = trap.map(str::to_owned);
+        failure
+    }
+}
+
+/// One call under way, counted until it ends or is dropped (cancelled).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Stops `server`'s process after `idle_stop_secs` without a call (the
+/// next call starts it again); ends when the server is dropped.
+async fn stop_when_idle(server: std::sync::Weak<WarmServer>) {
+    loop {
+        let (idle, last) = match server.upgrade() {
+            Some(s) => (
+                Duration::from_secs(u64::from(s.launch.spec.limits.idle_stop_secs)),
+                *s.last_used.lock().unwrap_or_else(PoisonError::into_inner),
+            ),
+            None => return,
+        };
+        tokio::time::sleep_until((last + idle).into()).await;
+        let Some(s) = server.upgrade() else { return };
+        let last_now = *s.last_used.lock().unwrap_or_else(PoisonError::into_inner);
+        if last_now.elapsed() >= idle && s.in_flight.load(Ordering::Acquire) == 0 {
+            let running = s.running.lock().await.take();
+            if let Some(running) = running {
+                tracing::info!(plugin = %s.launch.name, "stopping an idle server");
+                running.stop().await;
+            }
+            *s.last_used.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        }
+    }
+}
