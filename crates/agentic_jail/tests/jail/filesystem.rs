@@ -135,3 +135,18 @@ async fn tmp_is_the_private_directory_not_the_hosts() {
         "hello"
     );
 }
+
+#[tokio::test]
+async fn lions_own_proc_entries_are_unreadable() {
+    let environ = format!("/proc/{}/environ", std::process::id());
+    let code = format!(
+        "try:\n\
+         \x20   open({environ:?}, 'rb').read(); print('read')\n\
+         except OSError as e:\n\
+         \x20   print('errno:%d' % e.errno)\n"
+    );
+    assert_eq!(plain_python(&code), "read\n");
+    let s = scratch();
+    let r = run(&python(s.path(), &code)).await;
+    assert_eq!(r.stdout, "errno:13\n", "{r:?}");
+}

@@ -5,6 +5,7 @@
 //! environment is only what was given, and no descriptor above 2 leaks in.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -154,4 +155,31 @@ fn no_descriptor_above_two_is_inherited() {
     cmd.extend(jail_run_args(&tmp));
     cmd.extend(["--".into(), PYTHON.into(), "-c".into(), OPEN_FDS.into()]);
     assert_eq!(with_leaks(cmd), "[]\n");
+}
+
+#[tokio::test]
+async fn signals_do_not_leave_the_jail() {
+    // A process outside the jail that must survive.
+    let mut outsider = Command::new("sleep").arg("1000").spawn().unwrap();
+    let pid = outsider.id();
+    let code = format!(
+        "import os, signal\n\
+         for target in ({pid}, -1):\n\
+         \x20   try:\n\
+         \x20       os.kill(target, signal.SIGKILL); print('sent')\n\
+         \x20   except OSError as e:\n\
+         \x20       print('errno:%d' % e.errno)\n"
+    );
+    let s = scratch();
+    let r = run(&python(s.path(), &code)).await;
+    // The outsider's pid does not exist in the jail's pid namespace (ESRCH);
+    // kill(-1) finds nothing but pid 1 itself, which it skips (ESRCH).
+    assert_eq!(r.stdout, "errno:3\nerrno:3\n", "{r:?}");
+    assert!(
+        outsider.try_wait().unwrap().is_none(),
+        "the outsider was killed"
+    );
+    // Control: the same signal from outside the jail does kill it.
+    assert_eq!(crate::plain_python(&code.replace(", -1", ",")), "sent\n");
+    assert!(outsider.wait().unwrap().signal() == Some(libc::SIGKILL));
 }
