@@ -257,6 +257,7 @@ fn validate(spec: &JailSpec) -> Result<(), JailError> {
     }
     let l = &spec.limits;
     if l.memory_bytes == 0
+        || l.address_space_bytes == 0
         || l.processes == 0
         || l.cpu_seconds == 0
         || l.open_files == 0
@@ -301,8 +302,8 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
     if cgroups.memory.is_none() {
         rlimits.push(Limit::new(
             libc::RLIMIT_AS,
-            limits.memory_bytes,
-            limits.memory_bytes,
+            limits.address_space_bytes,
+            limits.address_space_bytes,
         ));
     }
     // +1: the intermediate is counted in the jail's user namespace too.

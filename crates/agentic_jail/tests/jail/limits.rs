@@ -128,8 +128,10 @@ fn memory_bomb_is_stopped_as_nobody() {
     std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let run_with = |mib: u64| {
         let mut args = jail_run_args(&tmp);
+        // As nobody no memory cgroup can be made: the fallback limit is the
+        // address space.
         args.extend([
-            "--memory".into(),
+            "--address-space".into(),
             MEMORY.to_string(),
             "--".into(),
             crate::PYTHON.into(),
