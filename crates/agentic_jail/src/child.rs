@@ -54,6 +54,105 @@ const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 /// status of the program's own: it would be relayed as is otherwise).
 const INTERMEDIATE_FAILED: libc::c_int = 125;
 
+/// The jail's host name (its own uts namespace): the host's name does not leak.
+pub(crate) const HOSTNAME: &str = "lion-jail";
+
+/// A step of the child's setup. A failed step's number travels with the
+/// errno to `spawn` (bits 16 and up of the error code the standard library
+/// passes back), so the error names the step; a plain errno is `exec`'s own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub(crate) enum Step {
+    /// Joining the cgroups.
+    Cgroup = 1,
+    /// Setting an rlimit.
+    Rlimit,
+    /// `unshare` of the namespaces.
+    Unshare,
+    /// Writing `setgroups` and the uid/gid maps.
+    IdMaps,
+    /// Setting the host name.
+    Hostname,
+    /// Making `/` a private mount.
+    MountPrivate,
+    /// Bind-mounting the private tmp at `/tmp`.
+    MountTmp,
+    /// Forking pid 1.
+    Fork,
+    /// Tying pid 1's life to the intermediate.
+    DeathSignal,
+    /// Changing to the working directory.
+    Chdir,
+    /// Marking inherited descriptors close-on-exec.
+    CloseDescriptors,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    NoNewPrivs,
+    /// `landlock_restrict_self`.
+    Landlock,
+    /// Installing the seccomp filters.
+    Seccomp,
+}
+
+/// Bit offset of the step number in an error code.
+const STEP_SHIFT: i32 = 16;
+
+impl Step {
+    const ALL: [Step; 14] = [
+        Step::Cgroup,
+        Step::Rlimit,
+        Step::Unshare,
+        Step::IdMaps,
+        Step::Hostname,
+        Step::MountPrivate,
+        Step::MountTmp,
+        Step::Fork,
+        Step::DeathSignal,
+        Step::Chdir,
+        Step::CloseDescriptors,
+        Step::NoNewPrivs,
+        Step::Landlock,
+        Step::Seccomp,
+    ];
+
+    /// What the step does, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::Cgroup => "joining the jail's cgroups",
+            Step::Rlimit => "setting a resource limit",
+            Step::Unshare => "creating the namespaces",
+            Step::IdMaps => "writing the uid/gid maps",
+            Step::Hostname => "setting the jail's host name",
+            Step::MountPrivate => "making the mounts private",
+            Step::MountTmp => "mounting the private /tmp",
+            Step::Fork => "forking pid 1",
+            Step::DeathSignal => "tying pid 1 to the intermediate",
+            Step::Chdir => "changing to the working directory",
+            Step::CloseDescriptors => "closing inherited descriptors",
+            Step::NoNewPrivs => "setting no_new_privs",
+            Step::Landlock => "applying the Landlock ruleset",
+            Step::Seccomp => "installing the seccomp filters",
+        }
+    }
+
+    /// Splits an error code from the child into its step and errno.
+    pub fn split(code: i32) -> (Option<Step>, i32) {
+        let step = code >> STEP_SHIFT;
+        let found = Step::ALL.into_iter().find(|s| *s as i32 == step);
+        match found {
+            Some(s) => (Some(s), code & ((1 << STEP_SHIFT) - 1)),
+            None => (None, code),
+        }
+    }
+}
+
+/// Tags an error with the step that failed (no allocation).
+fn at(step: Step) -> impl Fn(io::Error) -> io::Error {
+    move |e| {
+        let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
+        io::Error::from_raw_os_error(((step as i32) << STEP_SHIFT) | errno)
+    }
+}
+
 /// One resource limit to set in the child.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limit {
@@ -237,17 +336,20 @@ fn install_filter(prog: &BpfProgram) -> io::Result<()> {
 fn in_child(p: &Plan) -> io::Result<()> {
     for fd in &p.cgroup_procs {
         // "0" = the writing process (cgroup v1 `cgroup.procs`).
-        write_fd(fd.as_raw_fd(), b"0")?;
+        write_fd(fd.as_raw_fd(), b"0").map_err(at(Step::Cgroup))?;
     }
     for l in &p.limits {
-        set_limit(l)?;
+        set_limit(l).map_err(at(Step::Rlimit))?;
     }
     // SAFETY: unshare takes flags only.
-    check(unsafe { libc::unshare(NAMESPACES) } as libc::c_long)?;
-    write_file(c"/proc/self/setgroups", b"deny")?;
-    write_file(c"/proc/self/uid_map", &p.uid_map)?;
-    write_file(c"/proc/self/gid_map", &p.gid_map)?;
-    set_limit(&p.nproc)?;
+    check(unsafe { libc::unshare(NAMESPACES) } as libc::c_long).map_err(at(Step::Unshare))?;
+    write_file(c"/proc/self/setgroups", b"deny").map_err(at(Step::IdMaps))?;
+    write_file(c"/proc/self/uid_map", &p.uid_map).map_err(at(Step::IdMaps))?;
+    write_file(c"/proc/self/gid_map", &p.gid_map).map_err(at(Step::IdMaps))?;
+    set_limit(&p.nproc).map_err(at(Step::Rlimit))?;
+    // SAFETY: a valid buffer and its length.
+    check(unsafe { libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len()) } as libc::c_long)
+        .map_err(at(Step::Hostname))?;
     // SAFETY: valid C strings or nulls, as mount(2) takes them.
     check(unsafe {
         libc::mount(
@@ -257,7 +359,8 @@ fn in_child(p: &Plan) -> io::Result<()> {
             libc::MS_REC | libc::MS_PRIVATE,
             std::ptr::null(),
         )
-    } as libc::c_long)?;
+    } as libc::c_long)
+    .map_err(at(Step::MountPrivate))?;
     // SAFETY: as above.
     check(unsafe {
         libc::mount(
@@ -267,11 +370,12 @@ fn in_child(p: &Plan) -> io::Result<()> {
             libc::MS_BIND | libc::MS_REC,
             std::ptr::null(),
         )
-    } as libc::c_long)?;
+    } as libc::c_long)
+    .map_err(at(Step::MountTmp))?;
     // SAFETY: this process is single-threaded (a fresh fork); both halves
     // only make raw system calls until exec or _exit.
     let pid = unsafe { libc::fork() };
-    check(pid as libc::c_long)?;
+    check(pid as libc::c_long).map_err(at(Step::Fork))?;
     if pid > 0 {
         intermediate(p, pid);
     }
@@ -330,7 +434,8 @@ fn intermediate(p: &Plan, child: libc::pid_t) -> ! {
 fn pid_one(p: &Plan) -> io::Result<()> {
     // SAFETY: raw system calls on descriptors and strings owned by `p`.
     unsafe {
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as libc::c_long)?;
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as libc::c_long)
+            .map_err(at(Step::DeathSignal))?;
         // If the intermediate died before the line above, its end of the
         // pipe is closed: the read end reports a hang-up.
         libc::close(p.alive_write.as_raw_fd());
@@ -339,26 +444,31 @@ fn pid_one(p: &Plan) -> io::Result<()> {
             events: libc::POLLIN,
             revents: 0,
         };
-        check(libc::poll(&mut pfd, 1, 0) as libc::c_long)?;
+        check(libc::poll(&mut pfd, 1, 0) as libc::c_long).map_err(at(Step::DeathSignal))?;
         if pfd.revents & libc::POLLHUP != 0 {
-            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            return Err(at(Step::DeathSignal)(io::Error::from_raw_os_error(
+                libc::ESRCH,
+            )));
         }
-        check(libc::chdir(p.cwd.as_ptr()) as libc::c_long)?;
+        check(libc::chdir(p.cwd.as_ptr()) as libc::c_long).map_err(at(Step::Chdir))?;
         check(libc::syscall(
             libc::SYS_close_range,
             3,
             libc::c_uint::MAX,
             CLOSE_RANGE_CLOEXEC,
-        ))?;
-        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;
+        ))
+        .map_err(at(Step::CloseDescriptors))?;
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)
+            .map_err(at(Step::NoNewPrivs))?;
         check(libc::syscall(
             libc::SYS_landlock_restrict_self,
             p.landlock.as_raw_fd(),
             0,
-        ))?;
+        ))
+        .map_err(at(Step::Landlock))?;
     }
-    install_filter(&p.filters.probe_enosys)?;
-    install_filter(&p.filters.allowlist)
+    install_filter(&p.filters.probe_enosys).map_err(at(Step::Seccomp))?;
+    install_filter(&p.filters.allowlist).map_err(at(Step::Seccomp))
 }
 
 /// The kernel's Landlock ABI version.

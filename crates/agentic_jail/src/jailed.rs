@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 
 use crate::cgroup::{Cgroups, Counters};
-use crate::child::{self, Limit, Plan};
+use crate::child::{self, Limit, Plan, Step};
 use crate::policy::{self, Filters};
 use crate::rules::{self, RulesError};
 use crate::spec::JailSpec;
@@ -46,8 +46,24 @@ pub enum JailError {
          /sys/fs/cgroup/pids/lion, and RLIMIT_NPROC does not limit root"
     )]
     NoProcessLimit,
-    /// Preparing or starting the process failed (the errno of the failed
-    /// step: a namespace, a mount, Landlock, seccomp or the exec itself).
+    /// A step of the jail's setup failed in the child; nothing ran.
+    #[error("jail setup failed while {step}: {source}")]
+    Setup {
+        /// What the failed step was doing.
+        step: &'static str,
+        /// The errno it got.
+        source: std::io::Error,
+    },
+    /// The program could not be executed (missing, not executable, or not
+    /// beneath a read-only grant).
+    #[error("cannot execute {program}: {source}")]
+    Exec {
+        /// The program.
+        program: String,
+        /// The errno `execve` got.
+        source: std::io::Error,
+    },
+    /// Preparing the process in lion failed.
     #[error("starting the jailed program failed: {0}")]
     Start(#[from] std::io::Error),
 }
@@ -234,9 +250,14 @@ fn validate(spec: &JailSpec) -> Result<(), JailError> {
             spec.cwd.display()
         ));
     }
-    if !spec.private_tmp.is_dir() {
+    for p in spec.read_only.iter().chain(&spec.read_write) {
+        if !p.is_absolute() {
+            return bad(format!("granted path {} is not absolute", p.display()));
+        }
+    }
+    if !spec.private_tmp.is_absolute() || !spec.private_tmp.is_dir() {
         return bad(format!(
-            "private tmp {} is not a directory",
+            "private tmp {} is not an absolute path to a directory",
             spec.private_tmp.display()
         ));
     }
@@ -347,7 +368,18 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
         .map_err(|_| JailError::Start(std::io::Error::other("the jail spawner thread died")))?;
     let mut child = rx
         .await
-        .map_err(|_| JailError::Start(std::io::Error::other("the jail spawner thread died")))??;
+        .map_err(|_| JailError::Start(std::io::Error::other("the jail spawner thread died")))?
+        .map_err(|e| match e.raw_os_error().map(Step::split) {
+            Some((Some(step), errno)) => JailError::Setup {
+                step: step.describe(),
+                source: std::io::Error::from_raw_os_error(errno),
+            },
+            Some((None, _)) => JailError::Exec {
+                program: spec.program.display().to_string(),
+                source: e,
+            },
+            None => JailError::Start(e),
+        })?;
     Ok(Jailed {
         stdin: child.stdin.take(),
         stdout: child.stdout.take(),

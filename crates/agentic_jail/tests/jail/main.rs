@@ -4,6 +4,7 @@
 //! outside the jail, succeeds). Cases that must hold for an unprivileged
 //! lion run the crate's `jail-run` binary under `setpriv` as `nobody`.
 
+mod errors;
 mod fail_closed;
 mod filesystem;
 mod lifecycle;
