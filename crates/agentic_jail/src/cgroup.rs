@@ -5,12 +5,16 @@
 //! outside. After exit the counters tell why it died (OOM kills, refused
 //! forks) and the directories are removed.
 //!
+//! A lion killed outright leaves its cgroups behind; the next lion removes
+//! those of dead pids at its first jail.
+//!
 //! Where no cgroup can be made the limits fall back to rlimits (see
 //! [`crate::JailLimits`]); that is decided per controller.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Where cgroup v1 controllers are mounted.
@@ -22,6 +26,29 @@ const LION_DIR: &str = "lion";
 const RMDIR_ATTEMPTS: usize = 100;
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// Removes the cgroups a dead lion left behind (a lion killed with `SIGKILL`
+/// cannot clean up): `<pid>-<n>` directories whose pid no longer runs. A
+/// directory still holding tasks is not removable and stays. Runs once per
+/// process, at its first jail.
+fn sweep_dead(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = fs::remove_dir(entry.path());
+        }
+    }
+}
 
 /// One controller's directory for one jailed process.
 #[derive(Debug)]
@@ -42,6 +69,13 @@ impl Group {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(_) => return None,
+        }
+        static SWEPT: OnceLock<()> = OnceLock::new();
+        if controller == "pids" {
+            SWEPT.get_or_init(|| {
+                sweep_dead(&parent);
+                sweep_dead(&Path::new(CGROUP_ROOT).join("memory").join(LION_DIR));
+            });
         }
         let dir = parent.join(name);
         fs::create_dir(&dir).ok()?;

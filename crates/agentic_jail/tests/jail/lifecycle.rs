@@ -101,6 +101,17 @@ fn the_jail_dies_when_lion_dies() {
         .expect("the jail outlived lion")
         .unwrap();
     assert!(rest.is_empty());
+
+    // The dead lion's cgroups (as root) are removed by the next lion's
+    // first jail.
+    let left = std::path::PathBuf::from(format!("/sys/fs/cgroup/pids/lion/{}-0", lion.id()));
+    if left.exists() {
+        let mut args = jail_run_args(&tmp);
+        args.extend(["--".into(), "/bin/true".into()]);
+        let status = Command::new(JAIL_RUN).args(&args).status().unwrap();
+        assert!(status.success());
+        assert!(!left.exists(), "{} was left behind", left.display());
+    }
 }
 
 #[tokio::test]
