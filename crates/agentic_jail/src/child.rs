@@ -14,8 +14,9 @@
 //!    descriptor, dies with lion, waits for pid 1 and relays its status);
 //!    the child half is pid 1 of the new pid namespace and goes on:
 //! 5. dies with the intermediate (`PR_SET_PDEATHSIG`, checked against a race),
-//!    `chdir`s, marks every descriptor above 2 close-on-exec,
-//!    `PR_SET_NO_NEW_PRIVS`, `landlock_restrict_self`, the two seccomp
+//!    `chdir`s, marks every descriptor above 2 close-on-exec, empties its
+//!    capability bounding and ambient sets (root inside the jail starts with
+//!    no capability), `PR_SET_NO_NEW_PRIVS`, `landlock_restrict_self`, the two seccomp
 //!    filters — and returns, so the standard library `exec`s the program.
 //!
 //! An error in any step before `exec` travels to `spawn` as an errno through
@@ -50,6 +51,9 @@ const SECCOMP_GET_ACTION_AVAIL: libc::c_uint = 2;
 const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
 /// `close_range` flag: mark close-on-exec instead of closing (Linux 5.11).
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+/// Capability numbers tried when emptying the bounding set (the kernel's
+/// capability sets are 64 bits wide; numbers past its last one are EINVAL).
+const CAPABILITY_SLOTS: libc::c_ulong = 64;
 /// Exit code of the intermediate when it cannot wait for pid 1 (never a
 /// status of the program's own: it would be relayed as is otherwise).
 const INTERMEDIATE_FAILED: libc::c_int = 125;
@@ -85,6 +89,8 @@ pub(crate) enum Step {
     Chdir,
     /// Marking inherited descriptors close-on-exec.
     CloseDescriptors,
+    /// Dropping the capability bounding and ambient sets.
+    Capabilities,
     /// `PR_SET_NO_NEW_PRIVS`.
     NoNewPrivs,
     /// `landlock_restrict_self`.
@@ -97,7 +103,7 @@ pub(crate) enum Step {
 const STEP_SHIFT: i32 = 16;
 
 impl Step {
-    const ALL: [Step; 14] = [
+    const ALL: [Step; 15] = [
         Step::Cgroup,
         Step::Rlimit,
         Step::Unshare,
@@ -109,6 +115,7 @@ impl Step {
         Step::DeathSignal,
         Step::Chdir,
         Step::CloseDescriptors,
+        Step::Capabilities,
         Step::NoNewPrivs,
         Step::Landlock,
         Step::Seccomp,
@@ -128,6 +135,7 @@ impl Step {
             Step::DeathSignal => "tying pid 1 to the intermediate",
             Step::Chdir => "changing to the working directory",
             Step::CloseDescriptors => "closing inherited descriptors",
+            Step::Capabilities => "dropping capabilities",
             Step::NoNewPrivs => "setting no_new_privs",
             Step::Landlock => "applying the Landlock ruleset",
             Step::Seccomp => "installing the seccomp filters",
@@ -458,6 +466,25 @@ fn pid_one(p: &Plan) -> io::Result<()> {
             CLOSE_RANGE_CLOEXEC,
         ))
         .map_err(at(Step::CloseDescriptors))?;
+        // Root inside the jail's user namespace would get every capability
+        // over the jail's namespaces at exec (raw sockets, ioctls on its
+        // interfaces…): empty the bounding and ambient sets so the program
+        // starts with none. EINVAL past the kernel's last capability.
+        for cap in 0..CAPABILITY_SLOTS {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                && *libc::__errno_location() != libc::EINVAL
+            {
+                return Err(at(Step::Capabilities)(io::Error::last_os_error()));
+            }
+        }
+        check(libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        ) as libc::c_long)
+        .map_err(at(Step::Capabilities))?;
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)
             .map_err(at(Step::NoNewPrivs))?;
         check(libc::syscall(

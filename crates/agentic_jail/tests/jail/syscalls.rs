@@ -115,3 +115,21 @@ fn node_and_python_work_as_nobody_with_default_limits() {
         assert_eq!(r.report["code"], 0);
     }
 }
+
+/// Root inside the jail holds no capability: a raw socket (CAP_NET_RAW,
+/// allowed by seccomp) is refused. Control: lion's own user (root in these
+/// tests) opens one outside the jail.
+#[tokio::test]
+async fn root_inside_the_jail_has_no_capabilities() {
+    let code = "import socket\n\
+                try:\n\
+                \x20   socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print('raw')\n\
+                except OSError as e:\n\
+                \x20   print('errno:%d' % e.errno)\n";
+    let s = scratch();
+    let r = run(&python(s.path(), code)).await;
+    assert_eq!(r.stdout, "errno:1\n", "{r:?}");
+    if plain_python("import os; print(os.geteuid())") == "0\n" {
+        assert_eq!(plain_python(code), "raw\n");
+    }
+}
