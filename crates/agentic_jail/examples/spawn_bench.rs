@@ -35,6 +35,8 @@ async fn main() {
             .collect(),
         read_write: Vec::new(),
         private_tmp: tmp.clone(),
+        listeners: Vec::new(),
+        file_mounts: Vec::new(),
         limits: JailLimits::default(),
         stdio: JailStdio::Piped,
     };

@@ -9,7 +9,10 @@
 //!    `setgroups`=deny, then the uid and gid maps (inside 0 → lion's euid);
 //!    set `RLIMIT_NPROC` (counted per user namespace, so it counts the jail
 //!    alone; it does not bind root, see the crate docs);
-//! 3. make `/` private and bind-mount the private tmp directory at `/tmp`;
+//! 3. make `/` private and bind-mount the private tmp directory at `/tmp`
+//!    and the granted files; when lion asked for listeners, bring `lo` up,
+//!    bind and listen on each address and send the sockets to lion
+//!    (`SCM_RIGHTS`);
 //! 4. `fork`: the parent half becomes the *intermediate* (closes every
 //!    descriptor, dies with lion, waits for pid 1 and relays its status);
 //!    the child half is pid 1 of the new pid namespace and goes on:
@@ -54,6 +57,11 @@ const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 /// Capability numbers tried when emptying the bounding set (the kernel's
 /// capability sets are 64 bits wide; numbers past its last one are EINVAL).
 const CAPABILITY_SLOTS: libc::c_ulong = 64;
+/// Backlog of lion's listeners inside the jail.
+const LISTEN_BACKLOG: libc::c_int = 64;
+/// 8-byte words of control buffer for one `SCM_RIGHTS` descriptor
+/// (`CMSG_SPACE(4)` is 24 on 64-bit Linux), aligned for `cmsghdr`.
+const CMSG_WORDS: usize = 4;
 /// Exit code of the intermediate when it cannot wait for pid 1 (never a
 /// status of the program's own: it would be relayed as is otherwise).
 const INTERMEDIATE_FAILED: libc::c_int = 125;
@@ -81,6 +89,10 @@ pub(crate) enum Step {
     MountPrivate,
     /// Bind-mounting the private tmp at `/tmp`.
     MountTmp,
+    /// Bind-mounting a granted file.
+    MountFile,
+    /// Bringing `lo` up and making lion's listeners.
+    Listeners,
     /// Forking pid 1.
     Fork,
     /// Tying pid 1's life to the intermediate.
@@ -103,7 +115,7 @@ pub(crate) enum Step {
 const STEP_SHIFT: i32 = 16;
 
 impl Step {
-    const ALL: [Step; 15] = [
+    const ALL: [Step; 17] = [
         Step::Cgroup,
         Step::Rlimit,
         Step::Unshare,
@@ -111,6 +123,8 @@ impl Step {
         Step::Hostname,
         Step::MountPrivate,
         Step::MountTmp,
+        Step::MountFile,
+        Step::Listeners,
         Step::Fork,
         Step::DeathSignal,
         Step::Chdir,
@@ -131,6 +145,8 @@ impl Step {
             Step::Hostname => "setting the jail's host name",
             Step::MountPrivate => "making the mounts private",
             Step::MountTmp => "mounting the private /tmp",
+            Step::MountFile => "bind-mounting a granted file",
+            Step::Listeners => "making lion's listeners in the jail's network",
             Step::Fork => "forking pid 1",
             Step::DeathSignal => "tying pid 1 to the intermediate",
             Step::Chdir => "changing to the working directory",
@@ -192,7 +208,6 @@ impl Limit {
 }
 
 /// Everything the child needs, prepared before the fork.
-#[derive(Debug)]
 pub(crate) struct Plan {
     /// `cgroup.procs` of each cgroup made for this process.
     pub cgroup_procs: Vec<OwnedFd>,
@@ -221,6 +236,12 @@ pub(crate) struct Plan {
     pub lion_pid: libc::pid_t,
     /// CPU seconds after which a `SIGKILL` of pid 1 is relayed as `SIGXCPU`.
     pub cpu_seconds: u64,
+    /// `(host file, path inside)` to bind-mount.
+    pub file_mounts: Vec<(CString, CString)>,
+    /// Loopback addresses to listen on inside the namespace.
+    pub listeners: Vec<libc::sockaddr_in>,
+    /// The child's end of the socketpair the listeners travel over.
+    pub listener_channel: Option<OwnedFd>,
 }
 
 /// Path as a C string (a path with a NUL byte cannot be passed to the kernel).
@@ -380,6 +401,22 @@ fn in_child(p: &Plan) -> io::Result<()> {
         )
     } as libc::c_long)
     .map_err(at(Step::MountTmp))?;
+    for (source, target) in &p.file_mounts {
+        // SAFETY: valid C strings or nulls, as mount(2) takes them.
+        check(unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        } as libc::c_long)
+        .map_err(at(Step::MountFile))?;
+    }
+    if let Some(channel) = &p.listener_channel {
+        make_listeners(&p.listeners, channel.as_raw_fd()).map_err(at(Step::Listeners))?;
+    }
     // SAFETY: this process is single-threaded (a fresh fork); both halves
     // only make raw system calls until exec or _exit.
     let pid = unsafe { libc::fork() };
@@ -388,6 +425,144 @@ fn in_child(p: &Plan) -> io::Result<()> {
         intermediate(p, pid);
     }
     pid_one(p)
+}
+
+/// Brings `lo` up in the new network namespace, then for each address binds
+/// and listens on a TCP socket and sends it to lion over `channel`
+/// (`SCM_RIGHTS`). Runs before pid 1 exists and before Landlock, holding the
+/// jail's user namespace capabilities; only raw system calls on the stack.
+fn make_listeners(addrs: &[libc::sockaddr_in], channel: RawFd) -> io::Result<()> {
+    // SAFETY: raw system calls on stack structures sized for them; every
+    // descriptor opened here is closed here.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        check(s as libc::c_long)?;
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        let up = libc::ioctl(s, libc::SIOCSIFFLAGS, &req);
+        libc::close(s);
+        check(up as libc::c_long)?;
+        for addr in addrs {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            check(fd as libc::c_long)?;
+            let sent = listen_and_send(fd, addr, channel);
+            libc::close(fd);
+            sent?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds `fd` to `addr`, listens, and sends it over `channel`.
+///
+/// SAFETY (for callers): `fd` and `channel` are open descriptors.
+unsafe fn listen_and_send(fd: RawFd, addr: &libc::sockaddr_in, channel: RawFd) -> io::Result<()> {
+    // SAFETY: `addr` is a valid sockaddr_in of the given length; the
+    // message structures live on this stack frame for the sendmsg call.
+    unsafe {
+        check(libc::bind(
+            fd,
+            (addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) as libc::c_long)?;
+        check(libc::listen(fd, LISTEN_BACKLOG) as libc::c_long)?;
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut space = [0u64; CMSG_WORDS];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        check(libc::sendmsg(channel, &msg, 0) as libc::c_long)?;
+    }
+    Ok(())
+}
+
+/// Receives `count` listeners the child sent over `channel` (they were all
+/// sent before `exec`, so before `spawn` returned: no waiting).
+pub(crate) fn receive_listeners(
+    channel: &OwnedFd,
+    count: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut space = [0u64; CMSG_WORDS];
+        // SAFETY: the message structures live on this stack frame for the
+        // recvmsg call; the received descriptor is checked to be one before
+        // it is owned.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = space.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&space);
+            let n = libc::recvmsg(
+                channel.as_raw_fd(),
+                &mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            );
+            check(n as libc::c_long)?;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            if cmsg.is_null()
+                || (*cmsg).cmsg_level != libc::SOL_SOCKET
+                || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+            {
+                return Err(io::Error::other("the jail sent no listener"));
+            }
+            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+            out.push(std::os::fd::FromRawFd::from_raw_fd(fd));
+        }
+    }
+    Ok(out)
+}
+
+/// A `SOCK_SEQPACKET` unix socketpair `(lion's end, child's end)`.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: socketpair writes two descriptors into the valid array.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } as libc::c_long)?;
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe {
+        (
+            std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+            std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// `sockaddr_in` for an IPv4 socket address.
+pub(crate) fn sockaddr(addr: std::net::SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
 }
 
 /// The intermediate: never returns.

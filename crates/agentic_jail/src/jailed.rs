@@ -167,6 +167,10 @@ pub struct Jailed {
     pub stdout: Option<ChildStdout>,
     /// The program's standard error (with [`crate::JailStdio::Piped`]).
     pub stderr: Option<ChildStderr>,
+    /// lion's listeners inside the jail's network namespace, in the order of
+    /// [`JailSpec::listeners`]: accept on them to forward a granted
+    /// `host:PORT` (they are blocking; `set_nonblocking` for async use).
+    pub listeners: Vec<std::net::TcpListener>,
     child: Child,
     cgroups: Cgroups,
     killed: bool,
@@ -255,6 +259,27 @@ fn validate(spec: &JailSpec) -> Result<(), JailError> {
             return bad(format!("granted path {} is not absolute", p.display()));
         }
     }
+    for (source, target) in &spec.file_mounts {
+        if !source.is_absolute() || !source.is_file() {
+            return bad(format!(
+                "mounted file {} is not an absolute path to a file",
+                source.display()
+            ));
+        }
+        if !target.is_absolute() || !target.is_file() {
+            return bad(format!(
+                "mount target {} is not an absolute path to an existing file",
+                target.display()
+            ));
+        }
+    }
+    for addr in &spec.listeners {
+        if !addr.ip().is_loopback() || addr.port() == 0 {
+            return bad(format!(
+                "listener {addr} is not a loopback address with a port"
+            ));
+        }
+    }
     if !spec.private_tmp.is_absolute() || !spec.private_tmp.is_dir() {
         return bad(format!(
             "private tmp {} is not an absolute path to a directory",
@@ -304,7 +329,15 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
 
     let mut rw: Vec<&Path> = spec.read_write.iter().map(|p| p.as_path()).collect();
     rw.push(&spec.private_tmp);
-    let landlock = rules::build(support.landlock_abi, &spec.read_only, &rw)?;
+    let mut read_only = spec.read_only.clone();
+    read_only.extend(spec.file_mounts.iter().map(|(source, _)| source.clone()));
+    let ports: Vec<u16> = spec.listeners.iter().map(|a| a.port()).collect();
+    let landlock = rules::build(support.landlock_abi, &read_only, &rw, &ports)?;
+    let channel = if spec.listeners.is_empty() {
+        None
+    } else {
+        Some(child::socketpair()?)
+    };
 
     let mut rlimits = vec![
         Limit::new(libc::RLIMIT_CORE, 0, 0),
@@ -348,7 +381,24 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
         alive_write,
         lion_pid: std::process::id() as libc::pid_t,
         cpu_seconds: limits.cpu_seconds,
+        file_mounts: spec
+            .file_mounts
+            .iter()
+            .map(|(source, target)| Ok((child::c_path(source)?, child::c_path(target)?)))
+            .collect::<std::io::Result<_>>()?,
+        listeners: spec
+            .listeners
+            .iter()
+            .copied()
+            .map(child::sockaddr)
+            .collect(),
+        listener_channel: channel
+            .as_ref()
+            .map(|(_, theirs)| theirs.try_clone())
+            .transpose()?,
     };
+    // The child's end lives in the plan only: it closes with the command.
+    let channel = channel.map(|(ours, _)| ours);
     let mut cmd = child::command(spec, plan);
     let handle = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -380,7 +430,12 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
             },
             None => JailError::Start(e),
         })?;
+    let listeners = match &channel {
+        Some(ours) => child::receive_listeners(ours, spec.listeners.len())?,
+        None => Vec::new(),
+    };
     Ok(Jailed {
+        listeners,
         stdin: child.stdin.take(),
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),

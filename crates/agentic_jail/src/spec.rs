@@ -3,6 +3,7 @@
 //! directory that becomes its private `/tmp`, and its limits.
 
 use std::ffi::OsString;
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 
 /// Default memory (cgroup) limit: 1 GiB of resident memory, ample for a
@@ -93,6 +94,16 @@ pub struct JailSpec {
     /// A host directory lion made for this process; bind-mounted at `/tmp`
     /// inside the jail and granted read-write.
     pub private_tmp: PathBuf,
+    /// Loopback TCP listeners made inside the jail's network namespace and
+    /// handed to lion ([`crate::Jailed::listeners`], same order): the only
+    /// TCP the program may connect to (Landlock allows connect to these ports
+    /// only), so lion can forward a granted `host:PORT` after its own checks.
+    /// Empty: the namespace has no interface up at all.
+    pub listeners: Vec<SocketAddrV4>,
+    /// Host files bind-mounted over existing paths inside the jail, and
+    /// granted read-only (e.g. a hosts file lion wrote mapping a granted
+    /// host name to a listener's address, over `/etc/hosts`).
+    pub file_mounts: Vec<(PathBuf, PathBuf)>,
     /// Memory, processes, CPU, descriptors, file size.
     pub limits: JailLimits,
     /// Standard streams.

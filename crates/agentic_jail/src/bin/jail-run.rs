@@ -43,6 +43,8 @@ fn parse(mut args: impl Iterator<Item = OsString>) -> Result<JailSpec, String> {
         read_only: Vec::new(),
         read_write: Vec::new(),
         private_tmp: PathBuf::new(),
+        listeners: Vec::new(),
+        file_mounts: Vec::new(),
         limits: JailLimits::default(),
         stdio: JailStdio::Inherit,
     };

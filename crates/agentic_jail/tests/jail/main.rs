@@ -62,6 +62,8 @@ pub fn spec(scratch: &Path, program: &str, args: &[&str]) -> JailSpec {
         read_only: runtime_paths(),
         read_write: Vec::new(),
         private_tmp,
+        listeners: Vec::new(),
+        file_mounts: Vec::new(),
         limits: JailLimits::default(),
         stdio: JailStdio::Piped,
     }

@@ -101,3 +101,53 @@ async fn an_abstract_unix_socket_opened_outside_is_unreachable() {
     assert_eq!(plain_python(&code), "connected\n");
     assert!(listener.accept().is_ok());
 }
+
+/// The building block of a `host:PORT` grant: a listener lion holds inside
+/// the jail's namespace, the granted name mapped to it by a hosts file lion
+/// wrote. The program reaches lion's listener by name; another port on the
+/// same address is refused (Landlock), and other names do not resolve.
+#[tokio::test]
+async fn a_granted_port_reaches_lions_listener_and_nothing_else() {
+    let s = scratch();
+    let hosts = s.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.1 upstream.test\n").unwrap();
+    let nsswitch = s.path().join("nsswitch.conf");
+    std::fs::write(&nsswitch, "hosts: files\n").unwrap();
+    let code = "import socket\n\
+                c = socket.create_connection(('upstream.test', 8443), timeout=30)\n\
+                c.sendall(b'ping'); print(c.recv(4).decode(), flush=True)\n\
+                try:\n\
+                \x20   socket.create_connection(('upstream.test', 8444), timeout=5); print('connected')\n\
+                except OSError as e:\n\
+                \x20   print('errno:%d' % e.errno)\n\
+                try:\n\
+                \x20   socket.getaddrinfo('example.com', 80); print('resolved')\n\
+                except OSError:\n\
+                \x20   print('no name')\n";
+    let mut spec = python(s.path(), code);
+    spec.listeners = vec!["127.0.0.1:8443".parse().unwrap()];
+    spec.file_mounts = vec![
+        (hosts, "/etc/hosts".into()),
+        (nsswitch, "/etc/nsswitch.conf".into()),
+    ];
+    let mut jailed = agentic_jail::spawn(&spec).await.unwrap();
+    assert_eq!(jailed.listeners.len(), 1);
+    let listener = jailed.listeners.pop().unwrap();
+    // lion's side of the forward: here it answers itself.
+    let lion = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).unwrap();
+        conn.write_all(b"pong").unwrap();
+        buf
+    });
+    let mut out = jailed.stdout.take().unwrap();
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut out, &mut stdout)
+        .await
+        .unwrap();
+    let report = jailed.wait().await.unwrap();
+    assert_eq!(&lion.join().unwrap(), b"ping");
+    assert_eq!(stdout, "pong\nerrno:13\nno name\n", "{report}");
+}
