@@ -158,7 +158,10 @@ impl fmt::Display for ExitReport {
     }
 }
 
-/// A running jailed program. Dropping it kills the jail.
+/// A running jailed program. Dropping it kills the jail, but only
+/// [`Jailed::wait`] removes its cgroups (they need the processes gone): a
+/// jail dropped unwaited leaves them until this lion exits and the next
+/// lion's first jail sweeps them. Kill, then wait.
 #[derive(Debug)]
 pub struct Jailed {
     /// The program's standard input (with [`crate::JailStdio::Piped`]).
@@ -411,15 +414,14 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
         drop(cmd);
         let _ = tx.send(spawned);
     });
+    let spawner_died = || JailError::Start(std::io::Error::other("the jail spawner thread died"));
     spawner()
         .lock()
-        .map_err(|_| JailError::Start(std::io::Error::other("the jail spawner thread died")))?
+        .map_err(|_| spawner_died())?
         .send(job)
-        .map_err(|_| JailError::Start(std::io::Error::other("the jail spawner thread died")))?;
-    let mut child = rx
-        .await
-        .map_err(|_| JailError::Start(std::io::Error::other("the jail spawner thread died")))?
-        .map_err(|e| match e.raw_os_error().map(Step::split) {
+        .map_err(|_| spawner_died())?;
+    let mut child = rx.await.map_err(|_| spawner_died())?.map_err(|e| {
+        match e.raw_os_error().map(Step::split) {
             Some((Some(step), errno)) => JailError::Setup {
                 step: step.describe(),
                 source: std::io::Error::from_raw_os_error(errno),
@@ -429,7 +431,8 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
                 source: e,
             },
             None => JailError::Start(e),
-        })?;
+        }
+    })?;
     let listeners = match &channel {
         Some(ours) => child::receive_listeners(ours, spec.listeners.len())?,
         None => Vec::new(),
