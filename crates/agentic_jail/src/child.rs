@@ -9,8 +9,11 @@
 //!    `setgroups`=deny, then the uid and gid maps (inside 0 → lion's euid);
 //!    set `RLIMIT_NPROC` (counted per user namespace, so it counts the jail
 //!    alone; it does not bind root, see the crate docs);
-//! 3. make `/` private and bind-mount the private tmp directory at `/tmp`
-//!    and the granted files; when lion asked for listeners, bring `lo` up,
+//! 3. make `/` private, bind-mount each read-write grant onto itself, the
+//!    private tmp directory at `/tmp` and the granted files; make every
+//!    mount read-only but the read-write grants and `/tmp` (Landlock does not
+//!    govern chmod, chown, utimes or extended attributes: a read-only mount
+//!    does, with `EROFS`); when lion asked for listeners, bring `lo` up,
 //!    bind and listen on each address and send the sockets to lion
 //!    (`SCM_RIGHTS`);
 //! 4. `fork`: the parent half becomes the *intermediate* (closes every
@@ -91,6 +94,8 @@ pub(crate) enum Step {
     MountTmp,
     /// Bind-mounting a granted file.
     MountFile,
+    /// Making the mounts read-only but for the read-write grants.
+    ReadOnly,
     /// Bringing `lo` up and making lion's listeners.
     Listeners,
     /// Forking pid 1.
@@ -115,7 +120,7 @@ pub(crate) enum Step {
 const STEP_SHIFT: i32 = 16;
 
 impl Step {
-    const ALL: [Step; 17] = [
+    const ALL: [Step; 18] = [
         Step::Cgroup,
         Step::Rlimit,
         Step::Unshare,
@@ -124,6 +129,7 @@ impl Step {
         Step::MountPrivate,
         Step::MountTmp,
         Step::MountFile,
+        Step::ReadOnly,
         Step::Listeners,
         Step::Fork,
         Step::DeathSignal,
@@ -146,6 +152,7 @@ impl Step {
             Step::MountPrivate => "making the mounts private",
             Step::MountTmp => "mounting the private /tmp",
             Step::MountFile => "bind-mounting a granted file",
+            Step::ReadOnly => "making the mounts read-only but for the read-write grants",
             Step::Listeners => "making lion's listeners in the jail's network",
             Step::Fork => "forking pid 1",
             Step::DeathSignal => "tying pid 1 to the intermediate",
@@ -238,6 +245,9 @@ pub(crate) struct Plan {
     pub cpu_seconds: u64,
     /// `(host file, path inside)` to bind-mount.
     pub file_mounts: Vec<(CString, CString)>,
+    /// Read-write grants: bind-mounted onto themselves so they stay writable
+    /// when every other mount is made read-only.
+    pub writable: Vec<CString>,
     /// Loopback addresses to listen on inside the namespace.
     pub listeners: Vec<libc::sockaddr_in>,
     /// The child's end of the socketpair the listeners travel over.
@@ -390,6 +400,19 @@ fn in_child(p: &Plan) -> io::Result<()> {
         )
     } as libc::c_long)
     .map_err(at(Step::MountPrivate))?;
+    for path in &p.writable {
+        // SAFETY: as above.
+        check(unsafe {
+            libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+        } as libc::c_long)
+        .map_err(at(Step::ReadOnly))?;
+    }
     // SAFETY: as above.
     check(unsafe {
         libc::mount(
@@ -414,6 +437,13 @@ fn in_child(p: &Plan) -> io::Result<()> {
         } as libc::c_long)
         .map_err(at(Step::MountFile))?;
     }
+    // Landlock does not govern chmod, chown, utimes or xattrs: make every
+    // mount read-only, then the read-write grants and /tmp writable again.
+    set_read_only(c"/", true, libc::AT_RECURSIVE).map_err(at(Step::ReadOnly))?;
+    for path in &p.writable {
+        set_read_only(path, false, 0).map_err(at(Step::ReadOnly))?;
+    }
+    set_read_only(c"/tmp", false, 0).map_err(at(Step::ReadOnly))?;
     if let Some(channel) = &p.listener_channel {
         make_listeners(&p.listeners, channel.as_raw_fd()).map_err(at(Step::Listeners))?;
     }
@@ -425,6 +455,40 @@ fn in_child(p: &Plan) -> io::Result<()> {
         intermediate(p, pid);
     }
     pid_one(p)
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `MOUNT_ATTR_RDONLY`.
+const MOUNT_ATTR_RDONLY: u64 = 1;
+
+/// Sets (or clears) read-only on the mount at `path` (`flags` may hold
+/// `AT_RECURSIVE`). Linux 5.12.
+fn set_read_only(path: &std::ffi::CStr, read_only: bool, flags: libc::c_int) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: if read_only { 0 } else { MOUNT_ATTR_RDONLY },
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a valid C string and a valid mount_attr of the size passed.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
 }
 
 /// Brings `lo` up in the new network namespace, then for each address binds

@@ -389,6 +389,11 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
             .iter()
             .map(|(source, target)| Ok((child::c_path(source)?, child::c_path(target)?)))
             .collect::<std::io::Result<_>>()?,
+        writable: spec
+            .read_write
+            .iter()
+            .map(|p| child::c_path(p))
+            .collect::<std::io::Result<_>>()?,
         listeners: spec
             .listeners
             .iter()

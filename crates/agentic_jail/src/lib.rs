@@ -40,7 +40,11 @@
 //! - Filesystem: a Landlock ruleset handling every filesystem right of the
 //!   kernel's best ABI; read+execute beneath [`JailSpec::read_only`], all
 //!   rights beneath [`JailSpec::read_write`] and the private `/tmp`. Reads
-//!   outside are denied too. A kernel without Landlock is refused.
+//!   outside are denied too. A kernel without Landlock is refused. Landlock
+//!   does not govern chmod, chown, utimes or extended attributes, so every
+//!   mount of the jail's mount namespace is read-only but the read-write
+//!   grants and `/tmp` (`EROFS`). Grants must not lie under the host's
+//!   `/tmp`, which the private one hides.
 //! - Network: an empty network namespace (no interface up), Landlock's TCP
 //!   bind/connect rights denied (ABI 4+), abstract unix sockets and signals
 //!   scoped to the jail (ABI 6+).

@@ -74,8 +74,10 @@ async fn read_only_grants_allow_reading_not_writing_and_writes_outside_fail() {
     spec.read_only.push(ro.clone());
     spec.read_write.push(rw.clone());
     let r = run(&spec).await;
+    // EROFS: outside the read-write grants every mount is read-only, which
+    // answers before Landlock's write rules would (EACCES).
     assert_eq!(
-        r.stdout, "readable\nwrote\nerrno:13\nerrno:13\n",
+        r.stdout, "readable\nwrote\nerrno:30\nerrno:30\n",
         "{}",
         r.stderr
     );
@@ -149,4 +151,47 @@ async fn lions_own_proc_entries_are_unreadable() {
     let s = scratch();
     let r = run(&python(s.path(), &code)).await;
     assert_eq!(r.stdout, "errno:13\n", "{r:?}");
+}
+
+/// Landlock does not govern chmod, chown, utimes or extended attributes; the
+/// jail's read-only mounts do. Outside the read-write grants (and in a
+/// read-only grant) each fails with `EROFS`; inside a read-write grant each
+/// works (the control).
+#[tokio::test]
+async fn metadata_changes_outside_the_read_write_grants_fail() {
+    let s = scratch();
+    let rw = s.path().join("rw");
+    let ro = s.path().join("ro");
+    let outside = s.path().join("outside");
+    for d in [&rw, &ro, &outside] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("f"), "x").unwrap();
+        std::fs::set_permissions(d.join("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let code = format!(
+        "import os\n\
+         for d in [{rw:?}, {ro:?}, {out:?}]:\n\
+         \x20   f = d + '/f'\n\
+         \x20   res = []\n\
+         \x20   for op in (lambda: os.chmod(f, 0o666), lambda: os.utime(f, (0, 0)),\n\
+         \x20              lambda: os.chown(f, 0, 0), lambda: os.setxattr(f, 'user.k', b'v')):\n\
+         \x20       try:\n\
+         \x20           op(); res.append('ok')\n\
+         \x20       except OSError as e:\n\
+         \x20           res.append(str(e.errno))\n\
+         \x20   print(' '.join(res))\n",
+        rw = rw.display().to_string(),
+        ro = ro.display().to_string(),
+        out = outside.display().to_string(),
+    );
+    let mut spec = python(s.path(), &code);
+    spec.read_write.push(rw.clone());
+    spec.read_only.push(ro.clone());
+    let r = run(&spec).await;
+    assert_eq!(r.stdout, "ok ok ok ok\n30 30 30 30\n30 30 30 30\n", "{r:?}");
+    let mode =
+        |d: &std::path::Path| std::fs::metadata(d.join("f")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&rw), 0o666);
+    assert_eq!(mode(&ro), 0o600);
+    assert_eq!(mode(&outside), 0o600);
 }
