@@ -734,6 +734,7 @@ fn pid_one(p: &Plan) -> io::Result<()> {
         .map_err(at(Step::Landlock))?;
     }
     install_filter(&p.filters.probe_enosys).map_err(at(Step::Seccomp))?;
+    install_filter(&p.filters.socket_families).map_err(at(Step::Seccomp))?;
     install_filter(&p.filters.allowlist).map_err(at(Step::Seccomp))
 }
 

@@ -5,7 +5,10 @@
 //! - `allowlist`: kill the process for any syscall not listed; allow the
 //!   listed ones (what Node 20 and Python 3.11 need, plus the probed ones);
 //! - `probe_enosys`: allow everything except what runtimes only probe
-//!   (`io_uring_*`, `clone3`, `pidfd_*`…), answered `ENOSYS` so they fall back.
+//!   (`io_uring_*`, `clone3`, `pidfd_*`…), answered `ENOSYS` so they fall back;
+//! - `socket_families`: `EAFNOSUPPORT` for sockets of any family but IPv4,
+//!   IPv6 and netlink (unix sockets would reach socket files outside the
+//!   grants, which Landlock ABI 7 does not govern; vsock is not namespaced).
 
 use seccompiler::{BpfProgram, TargetArch};
 
@@ -15,6 +18,8 @@ pub(crate) const POLICY_JSON: &str = include_str!("../policy/seccomp.json");
 pub(crate) const ALLOWLIST: &str = "allowlist";
 /// Name of the allow-by-default `ENOSYS` filter in the policy.
 pub(crate) const PROBE_ENOSYS: &str = "probe_enosys";
+/// Name of the allow-by-default socket-family filter in the policy.
+pub(crate) const SOCKET_FAMILIES: &str = "socket_families";
 
 #[cfg(target_arch = "x86_64")]
 const ARCH: TargetArch = TargetArch::x86_64;
@@ -26,7 +31,9 @@ const ARCH: TargetArch = TargetArch::aarch64;
 pub(crate) struct Filters {
     /// Installed first: `ENOSYS` for probed syscalls.
     pub probe_enosys: BpfProgram,
-    /// Installed second: the allow-list, kill for the rest.
+    /// Installed second: `EAFNOSUPPORT` for unwanted socket families.
+    pub socket_families: BpfProgram,
+    /// Installed last: the allow-list, kill for the rest.
     pub allowlist: BpfProgram,
 }
 
@@ -40,8 +47,15 @@ pub(crate) fn compile() -> Result<Filters, String> {
     };
     let allowlist = take(ALLOWLIST)?;
     let probe_enosys = take(PROBE_ENOSYS)?;
+    let socket_families = take(SOCKET_FAMILIES)?;
+    if let Some(extra) = map.keys().next() {
+        return Err(format!(
+            "policy/seccomp.json has a filter {extra} lion does not install"
+        ));
+    }
     Ok(Filters {
         probe_enosys,
+        socket_families,
         allowlist,
     })
 }
@@ -53,7 +67,9 @@ mod tests {
     #[test]
     fn policy_compiles_to_two_filters() {
         let f = compile().expect("policy compiles");
-        assert!(!f.allowlist.is_empty() && !f.probe_enosys.is_empty());
+        assert!(
+            !f.allowlist.is_empty() && !f.probe_enosys.is_empty() && !f.socket_families.is_empty()
+        );
     }
 
     /// A syscall answered ENOSYS must also be allowed by the allow-list, or
@@ -70,7 +86,10 @@ mod tests {
                 .collect()
         };
         let allowed = names(ALLOWLIST);
-        for s in names(PROBE_ENOSYS) {
+        for s in names(PROBE_ENOSYS)
+            .into_iter()
+            .chain(names(SOCKET_FAMILIES))
+        {
             assert!(
                 allowed.contains(&s),
                 "{s} is ENOSYS but not in the allow-list"
