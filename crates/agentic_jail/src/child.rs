@@ -20,7 +20,7 @@
 //!    descriptor, dies with lion, waits for pid 1 and relays its status);
 //!    the child half is pid 1 of the new pid namespace and goes on:
 //! 5. dies with the intermediate (`PR_SET_PDEATHSIG`, checked against a race),
-//!    `chdir`s, marks every descriptor above 2 close-on-exec, empties its
+//!    starts a session (no controlling terminal), `chdir`s, marks every descriptor above 2 close-on-exec, empties its
 //!    capability bounding and ambient sets (root inside the jail starts with
 //!    no capability), `PR_SET_NO_NEW_PRIVS`, `landlock_restrict_self`, the two seccomp
 //!    filters — and returns, so the standard library `exec`s the program.
@@ -102,6 +102,8 @@ pub(crate) enum Step {
     Fork,
     /// Tying pid 1's life to the intermediate.
     DeathSignal,
+    /// Starting a session without a controlling terminal.
+    Session,
     /// Changing to the working directory.
     Chdir,
     /// Marking inherited descriptors close-on-exec.
@@ -120,7 +122,7 @@ pub(crate) enum Step {
 const STEP_SHIFT: i32 = 16;
 
 impl Step {
-    const ALL: [Step; 18] = [
+    const ALL: [Step; 19] = [
         Step::Cgroup,
         Step::Rlimit,
         Step::Unshare,
@@ -133,6 +135,7 @@ impl Step {
         Step::Listeners,
         Step::Fork,
         Step::DeathSignal,
+        Step::Session,
         Step::Chdir,
         Step::CloseDescriptors,
         Step::Capabilities,
@@ -156,6 +159,7 @@ impl Step {
             Step::Listeners => "making lion's listeners in the jail's network",
             Step::Fork => "forking pid 1",
             Step::DeathSignal => "tying pid 1 to the intermediate",
+            Step::Session => "starting a session of its own",
             Step::Chdir => "changing to the working directory",
             Step::CloseDescriptors => "closing inherited descriptors",
             Step::Capabilities => "dropping capabilities",
@@ -697,6 +701,9 @@ fn pid_one(p: &Plan) -> io::Result<()> {
                 libc::ESRCH,
             )));
         }
+        // A session of its own: no controlling terminal of lion's to push
+        // input into (TIOCSTI) when the streams are inherited.
+        check(libc::setsid() as libc::c_long).map_err(at(Step::Session))?;
         check(libc::chdir(p.cwd.as_ptr()) as libc::c_long).map_err(at(Step::Chdir))?;
         check(libc::syscall(
             libc::SYS_close_range,

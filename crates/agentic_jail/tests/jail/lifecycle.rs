@@ -194,3 +194,12 @@ async fn signals_do_not_leave_the_jail() {
     assert_eq!(crate::plain_python(&code.replace(", -1", ",")), "sent\n");
     assert!(outsider.wait().unwrap().signal() == Some(libc::SIGKILL));
 }
+
+#[tokio::test]
+async fn the_program_leads_its_own_session_without_a_terminal() {
+    let code = "import os; print(os.getsid(0) == os.getpid(), os.getpid())";
+    let s = scratch();
+    let r = run(&python(s.path(), code)).await;
+    // pid 1 of its namespace, leader of its own session.
+    assert_eq!(r.stdout, "True 1\n", "{r:?}");
+}
