@@ -57,6 +57,30 @@
 //!   which the kernel exempts). So as root a pids cgroup is required: without
 //!   one [`spawn()`] refuses ([`JailError::NoProcessLimit`]).
 //! - Environment: only [`JailSpec::env`]; descriptors: only 0, 1 and 2.
+//! - Privilege: root inside the jail is lion's uid outside, with no
+//!   capability (bounding and ambient sets emptied), `no_new_privs` (setuid
+//!   bits and file capabilities do nothing), its own session and host name.
+//!
+//! # What it does not cover (known, on purpose or not yet)
+//!
+//! - Metadata: Landlock does not govern path lookup, so `stat` of a path
+//!   outside the grants works (existence, size, times leak; contents do not).
+//! - `/proc` is the host's and is not granted (lion's entries are
+//!   unreadable); no fresh procfs is mounted, so `/proc/self` does not work
+//!   inside. `/dev/shm` is not granted: POSIX semaphores (Python's
+//!   `multiprocessing` locks) fail with `EACCES`.
+//! - Grants under the host's `/tmp` are hidden by the private `/tmp`.
+//! - Without a memory cgroup the limit is address space (`RLIMIT_AS`), not
+//!   resident memory; CPU seconds are per process, not per jail.
+//! - UDP and ICMP inside the jail's namespace are not filtered by Landlock;
+//!   with no interface up (or only `lo` with lion's listeners) they reach
+//!   nothing outside.
+//! - A [`Jailed`] dropped without [`Jailed::wait`] leaves its cgroups until
+//!   the next lion sweeps them.
+//! - Forwarding a granted `host:PORT`: this crate makes the listeners inside
+//!   the namespace ([`JailSpec::listeners`]) and mounts a hosts file
+//!   ([`JailSpec::file_mounts`]); resolving the real address, checking it and
+//!   copying bytes is the caller's.
 
 mod cgroup;
 mod child;

@@ -25,6 +25,8 @@ pub(crate) const SOCKET_FAMILIES: &str = "socket_families";
 const ARCH: TargetArch = TargetArch::x86_64;
 #[cfg(target_arch = "aarch64")]
 const ARCH: TargetArch = TargetArch::aarch64;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("agentic_jail's seccomp policy is written for x86_64 and aarch64 only");
 
 /// The two compiled filters, in the order they are installed.
 #[derive(Debug, Clone)]
