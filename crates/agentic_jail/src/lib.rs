@@ -7,7 +7,7 @@
 //! # Map of the modules
 //!
 //! - [`spec`] — what to run and what it may touch: [`JailSpec`], [`JailLimits`].
-//! - [`support`] — the probe: [`support()`] says what the kernel offers or,
+//! - [`support`](mod@support) — the probe: [`support()`](fn@support) says what the kernel offers or,
 //!   in one line, what is missing ([`Missing`]).
 //! - `policy` — the seccomp policy (`policy/seccomp.json`, seccompiler's JSON
 //!   format) compiled to BPF in the parent.
@@ -17,7 +17,7 @@
 //!   can be made; else the rlimits carry the limits.
 //! - `child` — the only module with `unsafe`: what runs between `fork` and
 //!   `exec` (namespaces, id maps, mounts, the pid-1 fork, Landlock, seccomp).
-//! - [`jailed`] — [`spawn()`], the running [`Jailed`] process and its
+//! - [`jailed`] — [`spawn()`](fn@spawn), the running [`Jailed`] process and its
 //!   [`ExitReport`].
 //!
 //! # How a jailed process is laid out
@@ -55,7 +55,7 @@
 //!   counts the jail's processes alone; it holds for an unprivileged lion but
 //!   NOT for root (measured: root inside the jail is still uid 0 of the host,
 //!   which the kernel exempts). So as root a pids cgroup is required: without
-//!   one [`spawn()`] refuses ([`JailError::NoProcessLimit`]).
+//!   one [`spawn()`](fn@spawn) refuses ([`JailError::NoProcessLimit`]).
 //! - Environment: only [`JailSpec::env`]; descriptors: only 0, 1 and 2.
 //! - Privilege: root inside the jail is lion's uid outside, with no
 //!   capability (bounding and ambient sets emptied), `no_new_privs` (setuid
