@@ -20,7 +20,8 @@
 //!    descriptor, dies with lion, waits for pid 1 and relays its status);
 //!    the child half is pid 1 of the new pid namespace and goes on:
 //! 5. dies with the intermediate (`PR_SET_PDEATHSIG`, checked against a race),
-//!    starts a session (no controlling terminal), `chdir`s, marks every descriptor above 2 close-on-exec, empties its
+//!    starts a session (no controlling terminal), mounts a procfs of its own
+//!    pid namespace at `/proc` granted read-only (best effort), `chdir`s, marks every descriptor above 2 close-on-exec, empties its
 //!    capability bounding and ambient sets (root inside the jail starts with
 //!    no capability), `PR_SET_NO_NEW_PRIVS`, `landlock_restrict_self`, the two seccomp
 //!    filters — and returns, so the standard library `exec`s the program.
@@ -104,6 +105,8 @@ pub(crate) enum Step {
     DeathSignal,
     /// Starting a session without a controlling terminal.
     Session,
+    /// Granting the jail's own `/proc` read-only.
+    Proc,
     /// Changing to the working directory.
     Chdir,
     /// Marking inherited descriptors close-on-exec.
@@ -122,7 +125,7 @@ pub(crate) enum Step {
 const STEP_SHIFT: i32 = 16;
 
 impl Step {
-    const ALL: [Step; 19] = [
+    const ALL: [Step; 20] = [
         Step::Cgroup,
         Step::Rlimit,
         Step::Unshare,
@@ -136,6 +139,7 @@ impl Step {
         Step::Fork,
         Step::DeathSignal,
         Step::Session,
+        Step::Proc,
         Step::Chdir,
         Step::CloseDescriptors,
         Step::Capabilities,
@@ -160,6 +164,7 @@ impl Step {
             Step::Fork => "forking pid 1",
             Step::DeathSignal => "tying pid 1 to the intermediate",
             Step::Session => "starting a session of its own",
+            Step::Proc => "granting the jail's own /proc",
             Step::Chdir => "changing to the working directory",
             Step::CloseDescriptors => "closing inherited descriptors",
             Step::Capabilities => "dropping capabilities",
@@ -470,6 +475,58 @@ struct MountAttr {
     userns_fd: u64,
 }
 
+/// `struct landlock_path_beneath_attr` (packed, as the kernel has it).
+#[repr(C, packed)]
+struct PathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// `LANDLOCK_RULE_PATH_BENEATH`.
+const LANDLOCK_RULE_PATH_BENEATH: libc::c_uint = 1;
+/// `LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR`.
+const LANDLOCK_READ_FILE_AND_DIR: u64 = (1 << 2) | (1 << 3);
+
+/// Mounts a procfs of the jail's own pid namespace at `/proc` (read-only, no
+/// exec/suid/dev) and adds a read rule for it to the Landlock ruleset, so
+/// `/proc/self` works and only the jail's processes are visible. Best
+/// effort: where the kernel refuses the mount (a container that masks parts
+/// of the host's `/proc`), `/proc` stays the host's and stays denied.
+fn mount_proc(ruleset: RawFd) -> io::Result<()> {
+    // SAFETY: valid C strings; a packed attribute struct of the kernel's
+    // layout; the O_PATH descriptor is closed here.
+    unsafe {
+        let mounted = libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+            std::ptr::null(),
+        );
+        if mounted != 0 {
+            return Ok(());
+        }
+        let fd = libc::open(
+            c"/proc".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        check(fd as libc::c_long)?;
+        let attr = PathBeneathAttr {
+            allowed_access: LANDLOCK_READ_FILE_AND_DIR,
+            parent_fd: fd,
+        };
+        let added = libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset,
+            LANDLOCK_RULE_PATH_BENEATH,
+            &attr as *const PathBeneathAttr,
+            0,
+        );
+        libc::close(fd);
+        check(added)
+    }
+}
+
 /// `MOUNT_ATTR_RDONLY`.
 const MOUNT_ATTR_RDONLY: u64 = 1;
 
@@ -704,6 +761,7 @@ fn pid_one(p: &Plan) -> io::Result<()> {
         // A session of its own: no controlling terminal of lion's to push
         // input into (TIOCSTI) when the streams are inherited.
         check(libc::setsid() as libc::c_long).map_err(at(Step::Session))?;
+        mount_proc(p.landlock.as_raw_fd()).map_err(at(Step::Proc))?;
         check(libc::chdir(p.cwd.as_ptr()) as libc::c_long).map_err(at(Step::Chdir))?;
         check(libc::syscall(
             libc::SYS_close_range,

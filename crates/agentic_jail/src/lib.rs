@@ -65,9 +65,11 @@
 //!
 //! - Metadata: Landlock does not govern path lookup, so `stat` of a path
 //!   outside the grants works (existence, size, times leak; contents do not).
-//! - `/proc` is the host's and is not granted (lion's entries are
-//!   unreadable); no fresh procfs is mounted, so `/proc/self` does not work
-//!   inside. `/dev/shm` is not granted: POSIX semaphores (Python's
+//! - `/proc` is a read-only procfs of the jail's own pid namespace (lion's
+//!   processes are not in it); it shows host-wide figures such as
+//!   `/proc/cpuinfo` and `/proc/meminfo`. Where the kernel refuses that
+//!   mount (a container masking the host's `/proc`) `/proc` stays the
+//!   host's, denied. `/dev/shm` is not granted: POSIX semaphores (Python's
 //!   `multiprocessing` locks) fail with `EACCES`.
 //! - Grants under the host's `/tmp` are hidden by the private `/tmp`.
 //! - Without a memory cgroup the limit is address space (`RLIMIT_AS`), not

@@ -138,19 +138,32 @@ async fn tmp_is_the_private_directory_not_the_hosts() {
     );
 }
 
+/// `/proc` inside is a procfs of the jail's own pid namespace, read-only:
+/// lion's entries do not exist there, the program's own do (`/proc/self`
+/// works, Node's `process.memoryUsage()` needs it), writes fail.
 #[tokio::test]
-async fn lions_own_proc_entries_are_unreadable() {
+async fn proc_shows_the_jail_only() {
     let environ = format!("/proc/{}/environ", std::process::id());
     let code = format!(
-        "try:\n\
+        "import os\n\
+         try:\n\
          \x20   open({environ:?}, 'rb').read(); print('read')\n\
+         except OSError as e:\n\
+         \x20   print('errno:%d' % e.errno)\n\
+         print(open('/proc/self/stat').read().split()[0])\n\
+         print(all(int(p) < 100 for p in os.listdir('/proc') if p.isdigit()))\n\
+         try:\n\
+         \x20   open('/proc/self/comm', 'w').write('x'); print('wrote')\n\
          except OSError as e:\n\
          \x20   print('errno:%d' % e.errno)\n"
     );
-    assert_eq!(plain_python(&code), "read\n");
+    // Control: outside the jail lion's environ is readable.
+    assert!(plain_python(&code).starts_with("read\n"));
     let s = scratch();
     let r = run(&python(s.path(), &code)).await;
-    assert_eq!(r.stdout, "errno:13\n", "{r:?}");
+    // ENOENT: lion's pid does not exist in the jail's pid namespace; pid 1
+    // is the program; every pid is the jail's; /proc is read-only.
+    assert_eq!(r.stdout, "errno:2\n1\nTrue\nerrno:30\n", "{r:?}");
 }
 
 /// Landlock does not govern chmod, chown, utimes or extended attributes; the
