@@ -19,12 +19,14 @@
 //! 4. `fork`: the parent half becomes the *intermediate* (closes every
 //!    descriptor, dies with lion, waits for pid 1 and relays its status);
 //!    the child half is pid 1 of the new pid namespace and goes on:
-//! 5. dies with the intermediate (`PR_SET_PDEATHSIG`, checked against a race),
-//!    starts a session (no controlling terminal), mounts a procfs of its own
-//!    pid namespace at `/proc` granted read-only (best effort), `chdir`s, marks every descriptor above 2 close-on-exec, empties its
+//! 5. dies with the intermediate (`PR_SET_PDEATHSIG`, checked against a
+//!    race), starts a session (no controlling terminal), mounts a procfs of
+//!    its own pid namespace at `/proc` granted read-only (best effort),
+//!    `chdir`s, marks every descriptor above 2 close-on-exec, empties its
 //!    capability bounding and ambient sets (root inside the jail starts with
-//!    no capability), `PR_SET_NO_NEW_PRIVS`, `landlock_restrict_self`, the two seccomp
-//!    filters — and returns, so the standard library `exec`s the program.
+//!    no capability), sets `PR_SET_NO_NEW_PRIVS`, `landlock_restrict_self`,
+//!    installs the three seccomp filters — and returns, so the standard
+//!    library `exec`s the program.
 //!
 //! An error in any step before `exec` travels to `spawn` as an errno through
 //! the standard library's close-on-exec error pipe (the intermediate closes

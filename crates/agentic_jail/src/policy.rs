@@ -1,5 +1,5 @@
 //! The seccomp policy: `policy/seccomp.json` (seccompiler's JSON format, a
-//! comment on each unusual syscall) compiled to BPF in the parent. Two
+//! comment on each unusual syscall) compiled to BPF in the parent. Three
 //! filters are installed; the kernel applies the strictest answer:
 //!
 //! - `allowlist`: kill the process for any syscall not listed; allow the
@@ -28,7 +28,7 @@ const ARCH: TargetArch = TargetArch::aarch64;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!("agentic_jail's seccomp policy is written for x86_64 and aarch64 only");
 
-/// The two compiled filters, in the order they are installed.
+/// The three compiled filters, in the order they are installed.
 #[derive(Debug, Clone)]
 pub(crate) struct Filters {
     /// Installed first: `ENOSYS` for probed syscalls.
@@ -67,7 +67,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn policy_compiles_to_two_filters() {
+    fn policy_compiles_to_three_filters() {
         let f = compile().expect("policy compiles");
         assert!(
             !f.allowlist.is_empty() && !f.probe_enosys.is_empty() && !f.socket_families.is_empty()
