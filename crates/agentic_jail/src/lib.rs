@@ -79,10 +79,29 @@
 //!   nothing outside.
 //! - A [`Jailed`] dropped without [`Jailed::wait`] leaves its cgroups until
 //!   the next lion sweeps them.
-//! - Forwarding a granted `host:PORT`: this crate makes the listeners inside
-//!   the namespace ([`JailSpec::listeners`]) and mounts a hosts file
-//!   ([`JailSpec::file_mounts`]); resolving the real address, checking it and
-//!   copying bytes is the caller's.
+//! - Forwarding a granted `host:PORT`: this crate gives the pieces (below);
+//!   resolving, checking and copying bytes is the caller's.
+//!
+//! # Forwarding a `host:HOST:PORT` grant (design; the forwarding is the caller's)
+//!
+//! 1. Per grant, the caller picks a loopback address inside the jail
+//!    (`127.0.0.2`, `127.0.0.3`…, one per granted host) and puts
+//!    `addr:PORT` in [`JailSpec::listeners`]; it writes a hosts file mapping
+//!    `HOST` to that address and an `nsswitch.conf` saying `hosts: files`,
+//!    and mounts both over `/etc` via [`JailSpec::file_mounts`]. No resolver
+//!    is reachable, so no other name resolves.
+//! 2. The jail (before pid 1 exists, with the user namespace's capabilities)
+//!    brings `lo` up, binds and listens on each address, and sends the
+//!    sockets to lion over a socketpair (`SCM_RIGHTS`): lion holds listening
+//!    sockets that live in the jail's network namespace
+//!    ([`Jailed::listeners`]). Landlock allows TCP connect to those ports
+//!    only (and no bind), so nothing else is reachable even inside.
+//! 3. For each accepted connection lion resolves `HOST` itself, checks the
+//!    answer against its policy (e.g. no private or loopback ranges unless
+//!    granted), connects from its own namespace to the checked address (not
+//!    the name again), copies both ways (`copy_bidirectional`), and records
+//!    the connection, or the refusal, as an event. UDP and DNS are not
+//!    forwarded.
 
 mod cgroup;
 mod child;
