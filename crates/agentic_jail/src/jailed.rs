@@ -318,7 +318,10 @@ fn validate(spec: &JailSpec) -> Result<(), JailError> {
 }
 
 /// Starts `spec`'s program in a jail. Refuses (naming what is missing) when
-/// the OS cannot jail it; never starts it unsandboxed.
+/// the OS cannot jail it; never starts it unsandboxed. Returns once the
+/// program was exec'd (or failed to be). Does about a millisecond of
+/// blocking work on the calling task (the first call also probes
+/// [`support()`](fn@crate::support)), and the fork itself on the spawner thread.
 pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
     let support = cached_support()?;
     validate(spec)?;

@@ -203,3 +203,29 @@ async fn the_program_leads_its_own_session_without_a_terminal() {
     // pid 1 of its namespace, leader of its own session.
     assert_eq!(r.stdout, "True 1\n", "{r:?}");
 }
+
+/// Jails started at the same time each get their own namespaces, cgroups
+/// and private /tmp, and all finish (the spawner thread serialises only the
+/// forks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_jails_are_independent() {
+    const JAILS: usize = 8;
+    let s = scratch();
+    let mut tasks = Vec::new();
+    for i in 0..JAILS {
+        let dir = s.path().join(format!("j{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        tasks.push(tokio::spawn(async move {
+            let code = format!(
+                "import os\n\
+                 open('/tmp/mine', 'w').write('{i}')\n\
+                 print(os.getpid(), os.listdir('/tmp'), open('/tmp/mine').read())\n"
+            );
+            run(&python(&dir, &code)).await
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let r = task.await.unwrap();
+        assert_eq!(r.stdout, format!("1 ['mine'] {i}\n"), "{r:?}");
+    }
+}
