@@ -5,6 +5,10 @@
 //! outside. After exit the counters tell why it died (OOM kills, refused
 //! forks) and the directories are removed.
 //!
+//! A lion killed outright leaves its cgroups behind; the next lion removes
+//! those of dead pids at its first jail. A cgroup still busy when its jail
+//! ended (the kernel releasing the last task) is retried at the next jail.
+//!
 //! Where no cgroup can be made the limits fall back to rlimits (see
 //! [`crate::JailLimits`]); that is decided per controller.
 
@@ -12,6 +16,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// Where cgroup v1 controllers are mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -22,6 +27,29 @@ const LION_DIR: &str = "lion";
 const RMDIR_ATTEMPTS: usize = 100;
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// Removes the cgroups a dead lion left behind (a lion killed with `SIGKILL`
+/// cannot clean up): `<pid>-<n>` directories whose pid no longer runs. A
+/// directory still holding tasks is not removable and stays. Runs once per
+/// process, at its first jail.
+fn sweep_dead(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = fs::remove_dir(entry.path());
+        }
+    }
+}
 
 /// One controller's directory for one jailed process.
 #[derive(Debug)]
@@ -42,6 +70,13 @@ impl Group {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(_) => return None,
+        }
+        static SWEPT: OnceLock<()> = OnceLock::new();
+        if controller == "pids" {
+            SWEPT.get_or_init(|| {
+                sweep_dead(&parent);
+                sweep_dead(&Path::new(CGROUP_ROOT).join("memory").join(LION_DIR));
+            });
         }
         let dir = parent.join(name);
         fs::create_dir(&dir).ok()?;
@@ -82,15 +117,43 @@ impl Group {
     }
 
     fn remove(&self) {
-        for _ in 0..RMDIR_ATTEMPTS {
-            match fs::remove_dir(&self.dir) {
-                Ok(()) => return,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-                Err(_) => std::thread::yield_now(),
+        if !remove_dir(&self.dir) {
+            // Still busy (the kernel releasing the last task): retried at
+            // the next jail this lion makes.
+            if let Ok(mut pending) = PENDING.lock() {
+                pending.push(self.dir.clone());
             }
         }
-        tracing::warn!(dir = %self.dir.display(), "cgroup of a jailed process could not be removed");
     }
+}
+
+/// Removes an emptied cgroup directory, retrying briefly; true when gone.
+fn remove_dir(dir: &Path) -> bool {
+    for _ in 0..RMDIR_ATTEMPTS {
+        match fs::remove_dir(dir) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+            Err(_) => std::thread::yield_now(),
+        }
+    }
+    false
+}
+
+/// Cgroups of this lion that were still busy when their jail ended.
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Retries the removal of [`PENDING`] cgroups; warns about any still busy.
+fn retry_pending() {
+    let Ok(mut pending) = PENDING.lock() else {
+        return;
+    };
+    pending.retain(|dir| {
+        let busy = !remove_dir(dir);
+        if busy {
+            tracing::warn!(dir = %dir.display(), "cgroup of an ended jail is still busy");
+        }
+        busy
+    });
 }
 
 /// What the cgroups saw, read after the jailed process exited.
@@ -114,6 +177,7 @@ pub(crate) struct Cgroups {
 impl Cgroups {
     /// Makes and configures what lion may make; the rest is `None`.
     pub fn make(memory_bytes: u64, processes: u64) -> Self {
+        retry_pending();
         let name = format!(
             "{}-{}",
             std::process::id(),

@@ -9,14 +9,24 @@
 //!    `setgroups`=deny, then the uid and gid maps (inside 0 → lion's euid);
 //!    set `RLIMIT_NPROC` (counted per user namespace, so it counts the jail
 //!    alone; it does not bind root, see the crate docs);
-//! 3. make `/` private and bind-mount the private tmp directory at `/tmp`;
+//! 3. make `/` private, bind-mount each read-write grant onto itself, the
+//!    private tmp directory at `/tmp` and the granted files; make every
+//!    mount read-only but the read-write grants and `/tmp` (Landlock does not
+//!    govern chmod, chown, utimes or extended attributes: a read-only mount
+//!    does, with `EROFS`); when lion asked for listeners, bring `lo` up,
+//!    bind and listen on each address and send the sockets to lion
+//!    (`SCM_RIGHTS`);
 //! 4. `fork`: the parent half becomes the *intermediate* (closes every
 //!    descriptor, dies with lion, waits for pid 1 and relays its status);
 //!    the child half is pid 1 of the new pid namespace and goes on:
-//! 5. dies with the intermediate (`PR_SET_PDEATHSIG`, checked against a race),
-//!    `chdir`s, marks every descriptor above 2 close-on-exec,
-//!    `PR_SET_NO_NEW_PRIVS`, `landlock_restrict_self`, the two seccomp
-//!    filters — and returns, so the standard library `exec`s the program.
+//! 5. dies with the intermediate (`PR_SET_PDEATHSIG`, checked against a
+//!    race), starts a session (no controlling terminal), mounts a procfs of
+//!    its own pid namespace at `/proc` granted read-only (best effort),
+//!    `chdir`s, marks every descriptor above 2 close-on-exec, empties its
+//!    capability bounding and ambient sets (root inside the jail starts with
+//!    no capability), sets `PR_SET_NO_NEW_PRIVS`, `landlock_restrict_self`,
+//!    installs the three seccomp filters — and returns, so the standard
+//!    library `exec`s the program.
 //!
 //! An error in any step before `exec` travels to `spawn` as an errno through
 //! the standard library's close-on-exec error pipe (the intermediate closes
@@ -50,9 +60,140 @@ const SECCOMP_GET_ACTION_AVAIL: libc::c_uint = 2;
 const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
 /// `close_range` flag: mark close-on-exec instead of closing (Linux 5.11).
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+/// Capability numbers tried when emptying the bounding set (the kernel's
+/// capability sets are 64 bits wide; numbers past its last one are EINVAL).
+const CAPABILITY_SLOTS: libc::c_ulong = 64;
+/// Backlog of lion's listeners inside the jail.
+const LISTEN_BACKLOG: libc::c_int = 64;
+/// 8-byte words of control buffer for one `SCM_RIGHTS` descriptor
+/// (`CMSG_SPACE(4)` is 24 on 64-bit Linux), aligned for `cmsghdr`.
+const CMSG_WORDS: usize = 4;
 /// Exit code of the intermediate when it cannot wait for pid 1 (never a
 /// status of the program's own: it would be relayed as is otherwise).
 const INTERMEDIATE_FAILED: libc::c_int = 125;
+
+/// The jail's host name (its own uts namespace): the host's name does not leak.
+pub(crate) const HOSTNAME: &str = "lion-jail";
+
+/// A step of the child's setup. A failed step's number travels with the
+/// errno to `spawn` (bits 16 and up of the error code the standard library
+/// passes back), so the error names the step; a plain errno is `exec`'s own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub(crate) enum Step {
+    /// Joining the cgroups.
+    Cgroup = 1,
+    /// Setting an rlimit.
+    Rlimit,
+    /// `unshare` of the namespaces.
+    Unshare,
+    /// Writing `setgroups` and the uid/gid maps.
+    IdMaps,
+    /// Setting the host name.
+    Hostname,
+    /// Making `/` a private mount.
+    MountPrivate,
+    /// Bind-mounting the private tmp at `/tmp`.
+    MountTmp,
+    /// Bind-mounting a granted file.
+    MountFile,
+    /// Making the mounts read-only but for the read-write grants.
+    ReadOnly,
+    /// Bringing `lo` up and making lion's listeners.
+    Listeners,
+    /// Forking pid 1.
+    Fork,
+    /// Tying pid 1's life to the intermediate.
+    DeathSignal,
+    /// Starting a session without a controlling terminal.
+    Session,
+    /// Granting the jail's own `/proc` read-only.
+    Proc,
+    /// Changing to the working directory.
+    Chdir,
+    /// Marking inherited descriptors close-on-exec.
+    CloseDescriptors,
+    /// Dropping the capability bounding and ambient sets.
+    Capabilities,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    NoNewPrivs,
+    /// `landlock_restrict_self`.
+    Landlock,
+    /// Installing the seccomp filters.
+    Seccomp,
+}
+
+/// Bit offset of the step number in an error code.
+const STEP_SHIFT: i32 = 16;
+
+impl Step {
+    const ALL: [Step; 20] = [
+        Step::Cgroup,
+        Step::Rlimit,
+        Step::Unshare,
+        Step::IdMaps,
+        Step::Hostname,
+        Step::MountPrivate,
+        Step::MountTmp,
+        Step::MountFile,
+        Step::ReadOnly,
+        Step::Listeners,
+        Step::Fork,
+        Step::DeathSignal,
+        Step::Session,
+        Step::Proc,
+        Step::Chdir,
+        Step::CloseDescriptors,
+        Step::Capabilities,
+        Step::NoNewPrivs,
+        Step::Landlock,
+        Step::Seccomp,
+    ];
+
+    /// What the step does, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::Cgroup => "joining the jail's cgroups",
+            Step::Rlimit => "setting a resource limit",
+            Step::Unshare => "creating the namespaces",
+            Step::IdMaps => "writing the uid/gid maps",
+            Step::Hostname => "setting the jail's host name",
+            Step::MountPrivate => "making the mounts private",
+            Step::MountTmp => "mounting the private /tmp",
+            Step::MountFile => "bind-mounting a granted file",
+            Step::ReadOnly => "making the mounts read-only but for the read-write grants",
+            Step::Listeners => "making lion's listeners in the jail's network",
+            Step::Fork => "forking pid 1",
+            Step::DeathSignal => "tying pid 1 to the intermediate",
+            Step::Session => "starting a session of its own",
+            Step::Proc => "granting the jail's own /proc",
+            Step::Chdir => "changing to the working directory",
+            Step::CloseDescriptors => "closing inherited descriptors",
+            Step::Capabilities => "dropping capabilities",
+            Step::NoNewPrivs => "setting no_new_privs",
+            Step::Landlock => "applying the Landlock ruleset",
+            Step::Seccomp => "installing the seccomp filters",
+        }
+    }
+
+    /// Splits an error code from the child into its step and errno.
+    pub fn split(code: i32) -> (Option<Step>, i32) {
+        let step = code >> STEP_SHIFT;
+        let found = Step::ALL.into_iter().find(|s| *s as i32 == step);
+        match found {
+            Some(s) => (Some(s), code & ((1 << STEP_SHIFT) - 1)),
+            None => (None, code),
+        }
+    }
+}
+
+/// Tags an error with the step that failed (no allocation).
+fn at(step: Step) -> impl Fn(io::Error) -> io::Error {
+    move |e| {
+        let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
+        io::Error::from_raw_os_error(((step as i32) << STEP_SHIFT) | errno)
+    }
+}
 
 /// One resource limit to set in the child.
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +226,6 @@ impl Limit {
 }
 
 /// Everything the child needs, prepared before the fork.
-#[derive(Debug)]
 pub(crate) struct Plan {
     /// `cgroup.procs` of each cgroup made for this process.
     pub cgroup_procs: Vec<OwnedFd>,
@@ -114,6 +254,15 @@ pub(crate) struct Plan {
     pub lion_pid: libc::pid_t,
     /// CPU seconds after which a `SIGKILL` of pid 1 is relayed as `SIGXCPU`.
     pub cpu_seconds: u64,
+    /// `(host file, path inside)` to bind-mount.
+    pub file_mounts: Vec<(CString, CString)>,
+    /// Read-write grants: bind-mounted onto themselves so they stay writable
+    /// when every other mount is made read-only.
+    pub writable: Vec<CString>,
+    /// Loopback addresses to listen on inside the namespace.
+    pub listeners: Vec<libc::sockaddr_in>,
+    /// The child's end of the socketpair the listeners travel over.
+    pub listener_channel: Option<OwnedFd>,
 }
 
 /// Path as a C string (a path with a NUL byte cannot be passed to the kernel).
@@ -237,17 +386,20 @@ fn install_filter(prog: &BpfProgram) -> io::Result<()> {
 fn in_child(p: &Plan) -> io::Result<()> {
     for fd in &p.cgroup_procs {
         // "0" = the writing process (cgroup v1 `cgroup.procs`).
-        write_fd(fd.as_raw_fd(), b"0")?;
+        write_fd(fd.as_raw_fd(), b"0").map_err(at(Step::Cgroup))?;
     }
     for l in &p.limits {
-        set_limit(l)?;
+        set_limit(l).map_err(at(Step::Rlimit))?;
     }
     // SAFETY: unshare takes flags only.
-    check(unsafe { libc::unshare(NAMESPACES) } as libc::c_long)?;
-    write_file(c"/proc/self/setgroups", b"deny")?;
-    write_file(c"/proc/self/uid_map", &p.uid_map)?;
-    write_file(c"/proc/self/gid_map", &p.gid_map)?;
-    set_limit(&p.nproc)?;
+    check(unsafe { libc::unshare(NAMESPACES) } as libc::c_long).map_err(at(Step::Unshare))?;
+    write_file(c"/proc/self/setgroups", b"deny").map_err(at(Step::IdMaps))?;
+    write_file(c"/proc/self/uid_map", &p.uid_map).map_err(at(Step::IdMaps))?;
+    write_file(c"/proc/self/gid_map", &p.gid_map).map_err(at(Step::IdMaps))?;
+    set_limit(&p.nproc).map_err(at(Step::Rlimit))?;
+    // SAFETY: a valid buffer and its length.
+    check(unsafe { libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len()) } as libc::c_long)
+        .map_err(at(Step::Hostname))?;
     // SAFETY: valid C strings or nulls, as mount(2) takes them.
     check(unsafe {
         libc::mount(
@@ -257,7 +409,21 @@ fn in_child(p: &Plan) -> io::Result<()> {
             libc::MS_REC | libc::MS_PRIVATE,
             std::ptr::null(),
         )
-    } as libc::c_long)?;
+    } as libc::c_long)
+    .map_err(at(Step::MountPrivate))?;
+    for path in &p.writable {
+        // SAFETY: as above.
+        check(unsafe {
+            libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+        } as libc::c_long)
+        .map_err(at(Step::ReadOnly))?;
+    }
     // SAFETY: as above.
     check(unsafe {
         libc::mount(
@@ -267,15 +433,263 @@ fn in_child(p: &Plan) -> io::Result<()> {
             libc::MS_BIND | libc::MS_REC,
             std::ptr::null(),
         )
-    } as libc::c_long)?;
+    } as libc::c_long)
+    .map_err(at(Step::MountTmp))?;
+    for (source, target) in &p.file_mounts {
+        // SAFETY: valid C strings or nulls, as mount(2) takes them.
+        check(unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        } as libc::c_long)
+        .map_err(at(Step::MountFile))?;
+    }
+    // Landlock does not govern chmod, chown, utimes or xattrs: make every
+    // mount read-only, then the read-write grants and /tmp writable again.
+    set_read_only(c"/", true, libc::AT_RECURSIVE).map_err(at(Step::ReadOnly))?;
+    for path in &p.writable {
+        set_read_only(path, false, 0).map_err(at(Step::ReadOnly))?;
+    }
+    set_read_only(c"/tmp", false, 0).map_err(at(Step::ReadOnly))?;
+    if let Some(channel) = &p.listener_channel {
+        make_listeners(&p.listeners, channel.as_raw_fd()).map_err(at(Step::Listeners))?;
+    }
     // SAFETY: this process is single-threaded (a fresh fork); both halves
     // only make raw system calls until exec or _exit.
     let pid = unsafe { libc::fork() };
-    check(pid as libc::c_long)?;
+    check(pid as libc::c_long).map_err(at(Step::Fork))?;
     if pid > 0 {
         intermediate(p, pid);
     }
     pid_one(p)
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `struct landlock_path_beneath_attr` (packed, as the kernel has it).
+#[repr(C, packed)]
+struct PathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// `LANDLOCK_RULE_PATH_BENEATH`.
+const LANDLOCK_RULE_PATH_BENEATH: libc::c_uint = 1;
+/// `LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR`.
+const LANDLOCK_READ_FILE_AND_DIR: u64 = (1 << 2) | (1 << 3);
+
+/// Mounts a procfs of the jail's own pid namespace at `/proc` (read-only, no
+/// exec/suid/dev) and adds a read rule for it to the Landlock ruleset, so
+/// `/proc/self` works and only the jail's processes are visible. Best
+/// effort: where the kernel refuses the mount (a container that masks parts
+/// of the host's `/proc`), `/proc` stays the host's and stays denied.
+fn mount_proc(ruleset: RawFd) -> io::Result<()> {
+    // SAFETY: valid C strings; a packed attribute struct of the kernel's
+    // layout; the O_PATH descriptor is closed here.
+    unsafe {
+        let mounted = libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+            std::ptr::null(),
+        );
+        if mounted != 0 {
+            return Ok(());
+        }
+        let fd = libc::open(
+            c"/proc".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        check(fd as libc::c_long)?;
+        let attr = PathBeneathAttr {
+            allowed_access: LANDLOCK_READ_FILE_AND_DIR,
+            parent_fd: fd,
+        };
+        let added = libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset,
+            LANDLOCK_RULE_PATH_BENEATH,
+            &attr as *const PathBeneathAttr,
+            0,
+        );
+        libc::close(fd);
+        check(added)
+    }
+}
+
+/// `MOUNT_ATTR_RDONLY`.
+const MOUNT_ATTR_RDONLY: u64 = 1;
+
+/// Sets (or clears) read-only on the mount at `path` (`flags` may hold
+/// `AT_RECURSIVE`). Linux 5.12.
+fn set_read_only(path: &std::ffi::CStr, read_only: bool, flags: libc::c_int) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: if read_only { 0 } else { MOUNT_ATTR_RDONLY },
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a valid C string and a valid mount_attr of the size passed.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+}
+
+/// Brings `lo` up in the new network namespace, then for each address binds
+/// and listens on a TCP socket and sends it to lion over `channel`
+/// (`SCM_RIGHTS`). Runs before pid 1 exists and before Landlock, holding the
+/// jail's user namespace capabilities; only raw system calls on the stack.
+fn make_listeners(addrs: &[libc::sockaddr_in], channel: RawFd) -> io::Result<()> {
+    // SAFETY: raw system calls on stack structures sized for them; every
+    // descriptor opened here is closed here.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        check(s as libc::c_long)?;
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        let up = libc::ioctl(s, libc::SIOCSIFFLAGS, &req);
+        libc::close(s);
+        check(up as libc::c_long)?;
+        for addr in addrs {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            check(fd as libc::c_long)?;
+            let sent = listen_and_send(fd, addr, channel);
+            libc::close(fd);
+            sent?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds `fd` to `addr`, listens, and sends it over `channel`.
+///
+/// SAFETY (for callers): `fd` and `channel` are open descriptors.
+unsafe fn listen_and_send(fd: RawFd, addr: &libc::sockaddr_in, channel: RawFd) -> io::Result<()> {
+    // SAFETY: `addr` is a valid sockaddr_in of the given length; the
+    // message structures live on this stack frame for the sendmsg call.
+    unsafe {
+        check(libc::bind(
+            fd,
+            (addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) as libc::c_long)?;
+        check(libc::listen(fd, LISTEN_BACKLOG) as libc::c_long)?;
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut space = [0u64; CMSG_WORDS];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        check(libc::sendmsg(channel, &msg, 0) as libc::c_long)?;
+    }
+    Ok(())
+}
+
+/// Receives `count` listeners the child sent over `channel` (they were all
+/// sent before `exec`, so before `spawn` returned: no waiting).
+pub(crate) fn receive_listeners(
+    channel: &OwnedFd,
+    count: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut space = [0u64; CMSG_WORDS];
+        // SAFETY: the message structures live on this stack frame for the
+        // recvmsg call; the received descriptor is checked to be one before
+        // it is owned.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = space.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&space);
+            let n = libc::recvmsg(
+                channel.as_raw_fd(),
+                &mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            );
+            check(n as libc::c_long)?;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            if cmsg.is_null()
+                || (*cmsg).cmsg_level != libc::SOL_SOCKET
+                || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+            {
+                return Err(io::Error::other("the jail sent no listener"));
+            }
+            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+            out.push(std::os::fd::FromRawFd::from_raw_fd(fd));
+        }
+    }
+    Ok(out)
+}
+
+/// A `SOCK_SEQPACKET` unix socketpair `(lion's end, child's end)`.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: socketpair writes two descriptors into the valid array.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } as libc::c_long)?;
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe {
+        (
+            std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+            std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// `sockaddr_in` for an IPv4 socket address.
+pub(crate) fn sockaddr(addr: std::net::SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
 }
 
 /// The intermediate: never returns.
@@ -330,7 +744,8 @@ fn intermediate(p: &Plan, child: libc::pid_t) -> ! {
 fn pid_one(p: &Plan) -> io::Result<()> {
     // SAFETY: raw system calls on descriptors and strings owned by `p`.
     unsafe {
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as libc::c_long)?;
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as libc::c_long)
+            .map_err(at(Step::DeathSignal))?;
         // If the intermediate died before the line above, its end of the
         // pipe is closed: the read end reports a hang-up.
         libc::close(p.alive_write.as_raw_fd());
@@ -339,26 +754,55 @@ fn pid_one(p: &Plan) -> io::Result<()> {
             events: libc::POLLIN,
             revents: 0,
         };
-        check(libc::poll(&mut pfd, 1, 0) as libc::c_long)?;
+        check(libc::poll(&mut pfd, 1, 0) as libc::c_long).map_err(at(Step::DeathSignal))?;
         if pfd.revents & libc::POLLHUP != 0 {
-            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            return Err(at(Step::DeathSignal)(io::Error::from_raw_os_error(
+                libc::ESRCH,
+            )));
         }
-        check(libc::chdir(p.cwd.as_ptr()) as libc::c_long)?;
+        // A session of its own: no controlling terminal of lion's to push
+        // input into (TIOCSTI) when the streams are inherited.
+        check(libc::setsid() as libc::c_long).map_err(at(Step::Session))?;
+        mount_proc(p.landlock.as_raw_fd()).map_err(at(Step::Proc))?;
+        check(libc::chdir(p.cwd.as_ptr()) as libc::c_long).map_err(at(Step::Chdir))?;
         check(libc::syscall(
             libc::SYS_close_range,
             3,
             libc::c_uint::MAX,
             CLOSE_RANGE_CLOEXEC,
-        ))?;
-        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;
+        ))
+        .map_err(at(Step::CloseDescriptors))?;
+        // Root inside the jail's user namespace would get every capability
+        // over the jail's namespaces at exec (raw sockets, ioctls on its
+        // interfaces…): empty the bounding and ambient sets so the program
+        // starts with none. EINVAL past the kernel's last capability.
+        for cap in 0..CAPABILITY_SLOTS {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                && *libc::__errno_location() != libc::EINVAL
+            {
+                return Err(at(Step::Capabilities)(io::Error::last_os_error()));
+            }
+        }
+        check(libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        ) as libc::c_long)
+        .map_err(at(Step::Capabilities))?;
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)
+            .map_err(at(Step::NoNewPrivs))?;
         check(libc::syscall(
             libc::SYS_landlock_restrict_self,
             p.landlock.as_raw_fd(),
             0,
-        ))?;
+        ))
+        .map_err(at(Step::Landlock))?;
     }
-    install_filter(&p.filters.probe_enosys)?;
-    install_filter(&p.filters.allowlist)
+    install_filter(&p.filters.probe_enosys).map_err(at(Step::Seccomp))?;
+    install_filter(&p.filters.socket_families).map_err(at(Step::Seccomp))?;
+    install_filter(&p.filters.allowlist).map_err(at(Step::Seccomp))
 }
 
 /// The kernel's Landlock ABI version.

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 
 use crate::cgroup::{Cgroups, Counters};
-use crate::child::{self, Limit, Plan};
+use crate::child::{self, Limit, Plan, Step};
 use crate::policy::{self, Filters};
 use crate::rules::{self, RulesError};
 use crate::spec::JailSpec;
@@ -46,8 +46,24 @@ pub enum JailError {
          /sys/fs/cgroup/pids/lion, and RLIMIT_NPROC does not limit root"
     )]
     NoProcessLimit,
-    /// Preparing or starting the process failed (the errno of the failed
-    /// step: a namespace, a mount, Landlock, seccomp or the exec itself).
+    /// A step of the jail's setup failed in the child; nothing ran.
+    #[error("jail setup failed while {step}: {source}")]
+    Setup {
+        /// What the failed step was doing.
+        step: &'static str,
+        /// The errno it got.
+        source: std::io::Error,
+    },
+    /// The program could not be executed (missing, not executable, or not
+    /// beneath a read-only grant).
+    #[error("cannot execute {program}: {source}")]
+    Exec {
+        /// The program.
+        program: String,
+        /// The errno `execve` got.
+        source: std::io::Error,
+    },
+    /// Preparing the process in lion failed.
     #[error("starting the jailed program failed: {0}")]
     Start(#[from] std::io::Error),
 }
@@ -142,7 +158,10 @@ impl fmt::Display for ExitReport {
     }
 }
 
-/// A running jailed program. Dropping it kills the jail.
+/// A running jailed program. Dropping it kills the jail, but only
+/// [`Jailed::wait`] removes its cgroups (they need the processes gone): a
+/// jail dropped unwaited leaves them until this lion exits and the next
+/// lion's first jail sweeps them. Kill, then wait.
 #[derive(Debug)]
 pub struct Jailed {
     /// The program's standard input (with [`crate::JailStdio::Piped`]).
@@ -151,6 +170,10 @@ pub struct Jailed {
     pub stdout: Option<ChildStdout>,
     /// The program's standard error (with [`crate::JailStdio::Piped`]).
     pub stderr: Option<ChildStderr>,
+    /// lion's listeners inside the jail's network namespace, in the order of
+    /// [`JailSpec::listeners`]: accept on them to forward a granted
+    /// `host:PORT` (they are blocking; `set_nonblocking` for async use).
+    pub listeners: Vec<std::net::TcpListener>,
     child: Child,
     cgroups: Cgroups,
     killed: bool,
@@ -234,9 +257,35 @@ fn validate(spec: &JailSpec) -> Result<(), JailError> {
             spec.cwd.display()
         ));
     }
-    if !spec.private_tmp.is_dir() {
+    for p in spec.read_only.iter().chain(&spec.read_write) {
+        if !p.is_absolute() {
+            return bad(format!("granted path {} is not absolute", p.display()));
+        }
+    }
+    for (source, target) in &spec.file_mounts {
+        if !source.is_absolute() || !source.is_file() {
+            return bad(format!(
+                "mounted file {} is not an absolute path to a file",
+                source.display()
+            ));
+        }
+        if !target.is_absolute() || !target.is_file() {
+            return bad(format!(
+                "mount target {} is not an absolute path to an existing file",
+                target.display()
+            ));
+        }
+    }
+    for addr in &spec.listeners {
+        if !addr.ip().is_loopback() || addr.port() == 0 {
+            return bad(format!(
+                "listener {addr} is not a loopback address with a port"
+            ));
+        }
+    }
+    if !spec.private_tmp.is_absolute() || !spec.private_tmp.is_dir() {
         return bad(format!(
-            "private tmp {} is not a directory",
+            "private tmp {} is not an absolute path to a directory",
             spec.private_tmp.display()
         ));
     }
@@ -257,6 +306,7 @@ fn validate(spec: &JailSpec) -> Result<(), JailError> {
     }
     let l = &spec.limits;
     if l.memory_bytes == 0
+        || l.address_space_bytes == 0
         || l.processes == 0
         || l.cpu_seconds == 0
         || l.open_files == 0
@@ -268,7 +318,10 @@ fn validate(spec: &JailSpec) -> Result<(), JailError> {
 }
 
 /// Starts `spec`'s program in a jail. Refuses (naming what is missing) when
-/// the OS cannot jail it; never starts it unsandboxed.
+/// the OS cannot jail it; never starts it unsandboxed. Returns once the
+/// program was exec'd (or failed to be). Does about a millisecond of
+/// blocking work on the calling task (the first call also probes
+/// [`support()`](fn@crate::support)), and the fork itself on the spawner thread.
 pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
     let support = cached_support()?;
     validate(spec)?;
@@ -282,7 +335,15 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
 
     let mut rw: Vec<&Path> = spec.read_write.iter().map(|p| p.as_path()).collect();
     rw.push(&spec.private_tmp);
-    let landlock = rules::build(support.landlock_abi, &spec.read_only, &rw)?;
+    let mut read_only = spec.read_only.clone();
+    read_only.extend(spec.file_mounts.iter().map(|(source, _)| source.clone()));
+    let ports: Vec<u16> = spec.listeners.iter().map(|a| a.port()).collect();
+    let landlock = rules::build(support.landlock_abi, &read_only, &rw, &ports)?;
+    let channel = if spec.listeners.is_empty() {
+        None
+    } else {
+        Some(child::socketpair()?)
+    };
 
     let mut rlimits = vec![
         Limit::new(libc::RLIMIT_CORE, 0, 0),
@@ -301,8 +362,8 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
     if cgroups.memory.is_none() {
         rlimits.push(Limit::new(
             libc::RLIMIT_AS,
-            limits.memory_bytes,
-            limits.memory_bytes,
+            limits.address_space_bytes,
+            limits.address_space_bytes,
         ));
     }
     // +1: the intermediate is counted in the jail's user namespace too.
@@ -326,7 +387,29 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
         alive_write,
         lion_pid: std::process::id() as libc::pid_t,
         cpu_seconds: limits.cpu_seconds,
+        file_mounts: spec
+            .file_mounts
+            .iter()
+            .map(|(source, target)| Ok((child::c_path(source)?, child::c_path(target)?)))
+            .collect::<std::io::Result<_>>()?,
+        writable: spec
+            .read_write
+            .iter()
+            .map(|p| child::c_path(p))
+            .collect::<std::io::Result<_>>()?,
+        listeners: spec
+            .listeners
+            .iter()
+            .copied()
+            .map(child::sockaddr)
+            .collect(),
+        listener_channel: channel
+            .as_ref()
+            .map(|(_, theirs)| theirs.try_clone())
+            .transpose()?,
     };
+    // The child's end lives in the plan only: it closes with the command.
+    let channel = channel.map(|(ours, _)| ours);
     let mut cmd = child::command(spec, plan);
     let handle = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -339,15 +422,31 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
         drop(cmd);
         let _ = tx.send(spawned);
     });
+    let spawner_died = || JailError::Start(std::io::Error::other("the jail spawner thread died"));
     spawner()
         .lock()
-        .map_err(|_| JailError::Start(std::io::Error::other("the jail spawner thread died")))?
+        .map_err(|_| spawner_died())?
         .send(job)
-        .map_err(|_| JailError::Start(std::io::Error::other("the jail spawner thread died")))?;
-    let mut child = rx
-        .await
-        .map_err(|_| JailError::Start(std::io::Error::other("the jail spawner thread died")))??;
+        .map_err(|_| spawner_died())?;
+    let mut child = rx.await.map_err(|_| spawner_died())?.map_err(|e| {
+        match e.raw_os_error().map(Step::split) {
+            Some((Some(step), errno)) => JailError::Setup {
+                step: step.describe(),
+                source: std::io::Error::from_raw_os_error(errno),
+            },
+            Some((None, _)) => JailError::Exec {
+                program: spec.program.display().to_string(),
+                source: e,
+            },
+            None => JailError::Start(e),
+        }
+    })?;
+    let listeners = match &channel {
+        Some(ours) => child::receive_listeners(ours, spec.listeners.len())?,
+        None => Vec::new(),
+    };
     Ok(Jailed {
+        listeners,
         stdin: child.stdin.take(),
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),

@@ -1,7 +1,7 @@
 //! The Landlock ruleset of a jail, created in the parent: it handles every
 //! filesystem right of the kernel's Landlock ABI (so anything not granted is
-//! denied, reads and execution included), TCP bind/connect (ABI 4+, none
-//! granted) and the abstract-unix-socket and signal scopes (ABI 6+). The
+//! denied, reads and execution included), TCP bind/connect (ABI 4+; connect
+//! granted only to the ports of lion's own listeners in the jail) and the abstract-unix-socket and signal scopes (ABI 6+). The
 //! granted paths are opened here; the child only calls
 //! `landlock_restrict_self` on the returned descriptor.
 //!
@@ -12,8 +12,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd,
-    Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath,
+    PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
 };
 
 /// Character devices every program may read and write: they hold no data of
@@ -40,6 +40,10 @@ pub enum RulesError {
     /// The kernel refused the ruleset or a rule.
     #[error("Landlock ruleset: {0}")]
     Ruleset(#[from] landlock::RulesetError),
+    /// Listeners were asked for but the kernel's Landlock has no network
+    /// rights (ABI < 4).
+    #[error("Landlock ABI 4 (network rights) is needed to grant TCP ports")]
+    NoNetworkRights,
     /// The kernel did not hand back a ruleset descriptor.
     #[error("Landlock ruleset: the kernel returned no ruleset descriptor")]
     NoDescriptor,
@@ -50,6 +54,7 @@ pub(crate) fn build(
     kernel_abi: i32,
     read_only: &[PathBuf],
     read_write: &[&Path],
+    connect_ports: &[u16],
 ) -> Result<OwnedFd, RulesError> {
     let abi = ABI::from(kernel_abi);
     let mut ruleset = Ruleset::default()
@@ -71,6 +76,15 @@ pub(crate) fn build(
     }
     for path in read_write {
         created = created.add_rule(rule(path, all, abi)?)?;
+    }
+    if abi >= ABI::V4 {
+        for port in connect_ports {
+            created = created.add_rule(NetPort::new(*port, AccessNet::ConnectTcp))?;
+        }
+    } else if !connect_ports.is_empty() {
+        // Without Landlock's network rights the empty namespace still holds,
+        // but the ports could not be singled out: refuse rather than widen.
+        return Err(RulesError::NoNetworkRights);
     }
     let device_rights = AccessFs::ReadFile | AccessFs::WriteFile;
     for dev in HARMLESS_DEVICES {

@@ -3,12 +3,17 @@
 //! directory that becomes its private `/tmp`, and its limits.
 
 use std::ffi::OsString;
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 
-/// Default address-space/memory limit: 1 GiB. Node 20 reserves virtual memory
-/// up front and dies at start under 512 MiB of address space (measured; it
-/// starts at 768 MiB), so the default leaves room above that.
+/// Default memory (cgroup) limit: 1 GiB of resident memory, ample for a
+/// Node or Python tool server.
 pub const DEFAULT_MEMORY_BYTES: u64 = 1024 * 1024 * 1024;
+/// Default address space when no memory cgroup can be made (`RLIMIT_AS`):
+/// 4 GiB. Address space is not memory: Node 20 starts at 768 MiB but each
+/// worker thread reserves another code range; measured, the Node test
+/// program (one worker, child processes) dies at 1 GiB and runs at 2 GiB.
+pub const DEFAULT_ADDRESS_SPACE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// Default process (and thread) count: 128. Node starts ~11 threads and a
 /// server may run a few helpers; a fork bomb stops here.
 pub const DEFAULT_PROCESSES: u64 = 128;
@@ -26,10 +31,15 @@ pub const DEFAULT_FILE_SIZE_BYTES: u64 = 64 * 1024 * 1024;
 /// Limits of one jailed process and everything it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JailLimits {
-    /// Memory in bytes: a cgroup `memory.limit_in_bytes` when lion may make
-    /// the cgroup, else `RLIMIT_AS` (address space, which is larger than
-    /// what is used: Node needs at least 768 MiB of it).
+    /// Memory in bytes, as a memory cgroup's `memory.limit_in_bytes`
+    /// (resident memory, OOM-killed above it). Only when lion may make the
+    /// cgroup (as root here); else see `address_space_bytes`.
     pub memory_bytes: u64,
+    /// Address space in bytes (`RLIMIT_AS`), set only when no memory cgroup
+    /// could be made: the unprivileged fallback. Allocations past it fail
+    /// with `ENOMEM` inside the program. Larger than `memory_bytes` because
+    /// runtimes reserve far more address space than they use.
+    pub address_space_bytes: u64,
     /// Processes and threads: cgroup `pids.max` when possible, and always
     /// `RLIMIT_NPROC` set inside the jail's user namespace.
     pub processes: u64,
@@ -45,6 +55,7 @@ impl Default for JailLimits {
     fn default() -> Self {
         Self {
             memory_bytes: DEFAULT_MEMORY_BYTES,
+            address_space_bytes: DEFAULT_ADDRESS_SPACE_BYTES,
             processes: DEFAULT_PROCESSES,
             cpu_seconds: DEFAULT_CPU_SECONDS,
             open_files: DEFAULT_OPEN_FILES,
@@ -83,6 +94,16 @@ pub struct JailSpec {
     /// A host directory lion made for this process; bind-mounted at `/tmp`
     /// inside the jail and granted read-write.
     pub private_tmp: PathBuf,
+    /// Loopback TCP listeners made inside the jail's network namespace and
+    /// handed to lion ([`crate::Jailed::listeners`], same order): the only
+    /// TCP the program may connect to (Landlock allows connect to these ports
+    /// only), so lion can forward a granted `host:PORT` after its own checks.
+    /// Empty: the namespace has no interface up at all.
+    pub listeners: Vec<SocketAddrV4>,
+    /// Host files bind-mounted over existing paths inside the jail, and
+    /// granted read-only (e.g. a hosts file lion wrote mapping a granted
+    /// host name to a listener's address, over `/etc/hosts`).
+    pub file_mounts: Vec<(PathBuf, PathBuf)>,
     /// Memory, processes, CPU, descriptors, file size.
     pub limits: JailLimits,
     /// Standard streams.

@@ -7,7 +7,8 @@
 //! ```text
 //! jail-run --support
 //! jail-run [--ro PATH]... [--rw PATH]... --tmp DIR [--cwd DIR] [--env K=V]...
-//!          [--memory BYTES] [--processes N] [--cpu SECONDS] -- PROGRAM [ARG]...
+//!          [--memory BYTES] [--address-space BYTES] [--processes N] [--cpu SECONDS]
+//!          -- PROGRAM [ARG]...
 //! ```
 //! Exit status: the program's code, 128+signal when a signal ended it, 2 for
 //! bad usage or a refusal (one line on standard error).
@@ -42,6 +43,8 @@ fn parse(mut args: impl Iterator<Item = OsString>) -> Result<JailSpec, String> {
         read_only: Vec::new(),
         read_write: Vec::new(),
         private_tmp: PathBuf::new(),
+        listeners: Vec::new(),
+        file_mounts: Vec::new(),
         limits: JailLimits::default(),
         stdio: JailStdio::Inherit,
     };
@@ -64,6 +67,9 @@ fn parse(mut args: impl Iterator<Item = OsString>) -> Result<JailSpec, String> {
                 spec.env.push((k.into(), v.into()));
             }
             Some("--memory") => spec.limits.memory_bytes = number(args.next(), "--memory")?,
+            Some("--address-space") => {
+                spec.limits.address_space_bytes = number(args.next(), "--address-space")?
+            }
             Some("--processes") => spec.limits.processes = number(args.next(), "--processes")?,
             Some("--cpu") => spec.limits.cpu_seconds = number(args.next(), "--cpu")?,
             Some("--") => {

@@ -5,6 +5,7 @@
 //! environment is only what was given, and no descriptor above 2 leaks in.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -100,6 +101,17 @@ fn the_jail_dies_when_lion_dies() {
         .expect("the jail outlived lion")
         .unwrap();
     assert!(rest.is_empty());
+
+    // The dead lion's cgroups (as root) are removed by the next lion's
+    // first jail.
+    let left = std::path::PathBuf::from(format!("/sys/fs/cgroup/pids/lion/{}-0", lion.id()));
+    if left.exists() {
+        let mut args = jail_run_args(&tmp);
+        args.extend(["--".into(), "/bin/true".into()]);
+        let status = Command::new(JAIL_RUN).args(&args).status().unwrap();
+        assert!(status.success());
+        assert!(!left.exists(), "{} was left behind", left.display());
+    }
 }
 
 #[tokio::test]
@@ -154,4 +166,66 @@ fn no_descriptor_above_two_is_inherited() {
     cmd.extend(jail_run_args(&tmp));
     cmd.extend(["--".into(), PYTHON.into(), "-c".into(), OPEN_FDS.into()]);
     assert_eq!(with_leaks(cmd), "[]\n");
+}
+
+#[tokio::test]
+async fn signals_do_not_leave_the_jail() {
+    // A process outside the jail that must survive.
+    let mut outsider = Command::new("sleep").arg("1000").spawn().unwrap();
+    let pid = outsider.id();
+    let code = format!(
+        "import os, signal\n\
+         for target in ({pid}, -1):\n\
+         \x20   try:\n\
+         \x20       os.kill(target, signal.SIGKILL); print('sent')\n\
+         \x20   except OSError as e:\n\
+         \x20       print('errno:%d' % e.errno)\n"
+    );
+    let s = scratch();
+    let r = run(&python(s.path(), &code)).await;
+    // The outsider's pid does not exist in the jail's pid namespace (ESRCH);
+    // kill(-1) finds nothing but pid 1 itself, which it skips (ESRCH).
+    assert_eq!(r.stdout, "errno:3\nerrno:3\n", "{r:?}");
+    assert!(
+        outsider.try_wait().unwrap().is_none(),
+        "the outsider was killed"
+    );
+    // Control: the same signal from outside the jail does kill it.
+    assert_eq!(crate::plain_python(&code.replace(", -1", ",")), "sent\n");
+    assert!(outsider.wait().unwrap().signal() == Some(libc::SIGKILL));
+}
+
+#[tokio::test]
+async fn the_program_leads_its_own_session_without_a_terminal() {
+    let code = "import os; print(os.getsid(0) == os.getpid(), os.getpid())";
+    let s = scratch();
+    let r = run(&python(s.path(), code)).await;
+    // pid 1 of its namespace, leader of its own session.
+    assert_eq!(r.stdout, "True 1\n", "{r:?}");
+}
+
+/// Jails started at the same time each get their own namespaces, cgroups
+/// and private /tmp, and all finish (the spawner thread serialises only the
+/// forks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_jails_are_independent() {
+    const JAILS: usize = 8;
+    let s = scratch();
+    let mut tasks = Vec::new();
+    for i in 0..JAILS {
+        let dir = s.path().join(format!("j{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        tasks.push(tokio::spawn(async move {
+            let code = format!(
+                "import os\n\
+                 open('/tmp/mine', 'w').write('{i}')\n\
+                 print(os.getpid(), os.listdir('/tmp'), open('/tmp/mine').read())\n"
+            );
+            run(&python(&dir, &code)).await
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let r = task.await.unwrap();
+        assert_eq!(r.stdout, format!("1 ['mine'] {i}\n"), "{r:?}");
+    }
 }

@@ -128,8 +128,10 @@ fn memory_bomb_is_stopped_as_nobody() {
     std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let run_with = |mib: u64| {
         let mut args = jail_run_args(&tmp);
+        // As nobody no memory cgroup can be made: the fallback limit is the
+        // address space.
         args.extend([
-            "--memory".into(),
+            "--address-space".into(),
             MEMORY.to_string(),
             "--".into(),
             crate::PYTHON.into(),
@@ -190,4 +192,34 @@ fn running_as_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn descriptors_stop_at_the_open_files_limit() {
+    let code = "import os\n\
+                fds = []\n\
+                try:\n\
+                \x20   for i in range(10000):\n\
+                \x20       fds.append(os.open('/dev/null', os.O_RDONLY))\n\
+                \x20   print('opened', len(fds))\n\
+                except OSError as e:\n\
+                \x20   print('errno:%d after %d' % (e.errno, len(fds)))\n";
+    let s = scratch();
+    let mut spec = python(s.path(), code);
+    spec.limits.open_files = 64;
+    let r = run(&spec).await;
+    // EMFILE once descriptors 0..63 are used; the first opens (the control)
+    // worked.
+    let (errno, count) = r
+        .stdout
+        .trim()
+        .strip_prefix("errno:")
+        .and_then(|rest| rest.split_once(" after "))
+        .unwrap_or_else(|| panic!("{r:?}"));
+    assert_eq!(errno, "24");
+    let count: u64 = count.parse().unwrap();
+    assert!(
+        (32..64).contains(&count),
+        "{count} descriptors under a limit of 64"
+    );
 }

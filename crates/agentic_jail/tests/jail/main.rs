@@ -4,6 +4,7 @@
 //! outside the jail, succeeds). Cases that must hold for an unprivileged
 //! lion run the crate's `jail-run` binary under `setpriv` as `nobody`.
 
+mod errors;
 mod fail_closed;
 mod filesystem;
 mod lifecycle;
@@ -61,6 +62,8 @@ pub fn spec(scratch: &Path, program: &str, args: &[&str]) -> JailSpec {
         read_only: runtime_paths(),
         read_write: Vec::new(),
         private_tmp,
+        listeners: Vec::new(),
+        file_mounts: Vec::new(),
         limits: JailLimits::default(),
         stdio: JailStdio::Piped,
     }

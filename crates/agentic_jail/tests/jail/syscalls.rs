@@ -91,3 +91,45 @@ async fn probed_syscalls_answer_enosys() {
         assert_ne!(plain_python(&syscall_code(nr, args)), "38\n", "{name}");
     }
 }
+
+/// As an unprivileged lion no cgroup can be made: Node and Python must still
+/// start and work under the fallback limits' defaults (address space).
+#[test]
+fn node_and_python_work_as_nobody_with_default_limits() {
+    let s = scratch();
+    let tmp = s.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let node = which("node");
+    for (program, script, expect) in [
+        (node.as_str(), "work.js", "node ok\n"),
+        (crate::PYTHON, "work.py", "python ok\n"),
+    ] {
+        let mut args = crate::jail_run_args(&tmp);
+        let progs = progs().display().to_string();
+        let script = progs.clone() + "/" + script;
+        args.extend(["--ro".into(), progs, "--".into(), program.into(), script]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = crate::jail_run_as_nobody(&args);
+        assert_eq!(r.stdout, expect, "{}", r.stderr);
+        assert_eq!(r.report["code"], 0);
+    }
+}
+
+/// Root inside the jail holds no capability: a raw socket (CAP_NET_RAW,
+/// allowed by seccomp) is refused. Control: lion's own user (root in these
+/// tests) opens one outside the jail.
+#[tokio::test]
+async fn root_inside_the_jail_has_no_capabilities() {
+    let code = "import socket\n\
+                try:\n\
+                \x20   socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print('raw')\n\
+                except OSError as e:\n\
+                \x20   print('errno:%d' % e.errno)\n";
+    let s = scratch();
+    let r = run(&python(s.path(), code)).await;
+    assert_eq!(r.stdout, "errno:1\n", "{r:?}");
+    if plain_python("import os; print(os.geteuid())") == "0\n" {
+        assert_eq!(plain_python(code), "raw\n");
+    }
+}

@@ -15,6 +15,8 @@ fs.rmSync(d, { recursive: true });
 assert.strictEqual(crypto.createHash('sha256').update('x').digest('hex').length, 64);
 assert.strictEqual(zlib.gunzipSync(zlib.gzipSync('abc')).toString(), 'abc');
 assert.strictEqual(cp.spawnSync('/bin/sh', ['-c', 'echo hi']).stdout.toString(), 'hi\n');
+assert.ok(process.memoryUsage().rss > 0); // reads /proc/self
+assert.ok(os.totalmem() > 0 && os.loadavg().length === 3);
 
 const steps = [];
 const w = new Worker('require("worker_threads").parentPort.postMessage(41 + 1)', { eval: true });
