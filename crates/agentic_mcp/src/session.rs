@@ -52,7 +52,7 @@ use rmcp::model::{
     ElicitRequestParams, ElicitResult, ErrorCode, ErrorData, Implementation, ListRootsResult,
     PaginatedRequestParams, ProtocolVersion, RootsCapabilities, Tool,
 };
-use rmcp::service::{RequestContext, RoleClient, RunningService, ServiceError};
+use rmcp::service::{ClientCacheConfig, RequestContext, RoleClient, RunningService, ServiceError};
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::{ClientHandler, ServiceExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -497,6 +497,14 @@ impl McpSession {
             }
             Ok(Ok(service)) => service,
         };
+        // rmcp caches list results for as long as the server's `ttlMs`
+        // says, and by default serves a stale one when a re-fetch fails.
+        // lion lists to learn what a server offers now (a changed tool must
+        // be seen, a failure reported), so every listing goes to the server.
+        service
+            .peer()
+            .set_response_cache_config(ClientCacheConfig::disabled())
+            .await;
         let info = service.peer().peer_info();
         let identity = match info.as_deref() {
             Some(info) => ServerIdentity {
@@ -535,7 +543,8 @@ impl McpSession {
 
     /// Every tool the server offers, following `nextCursor` over at most
     /// [`MAX_TOOL_PAGES`] pages and [`MAX_TOOLS`] tools, each page within the
-    /// list deadline. A repeated cursor counts as a page like any other.
+    /// list deadline. A repeated cursor counts as a page like any other. Every
+    /// call asks the server afresh (rmcp's response cache is off).
     pub async fn list_tools(&self) -> Result<Vec<Tool>, SessionError> {
         let mut tools = Vec::new();
         let mut cursor = None;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use agentic_mcp::names::NameTable;
 use agentic_mcp::output::{self, ToolError};
 use agentic_mcp::session::{
-    DEFAULT_MAX_MESSAGE_BYTES, MAX_TOOL_PAGES, McpSession, SessionConfig, SessionError,
+    DEFAULT_MAX_MESSAGE_BYTES, MAX_TOOL_PAGES, MAX_TOOLS, McpSession, SessionConfig, SessionError,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
@@ -357,6 +357,59 @@ async fn endless_tool_pages_are_cut_at_the_page_cap() {
 }
 
 #[tokio::test]
+async fn every_listing_asks_the_server_even_when_it_says_cache_me() {
+    let session = connected(|mut peer| {
+        tokio::spawn(async move {
+            peer.initialize().await;
+            // A list the server says is fresh for an hour, then a longer
+            // one, then a failure.
+            let req = peer.recv().await;
+            peer.send(json!({"jsonrpc": "2.0", "id": req["id"], "result": {
+                "tools": [tool("a")], "ttlMs": 3_600_000, "cacheScope": "public"
+            }}))
+            .await;
+            let req = peer.recv().await;
+            assert_eq!(req["method"], "tools/list");
+            peer.send(json!({"jsonrpc": "2.0", "id": req["id"], "result": {
+                "tools": [tool("a"), tool("b")], "ttlMs": 3_600_000
+            }}))
+            .await;
+            let req = peer.recv().await;
+            peer.send(json!({"jsonrpc": "2.0", "id": req["id"], "error": {
+                "code": -32603, "message": "tools are gone"
+            }}))
+            .await;
+            std::future::pending::<()>().await;
+        })
+    })
+    .await;
+    assert_eq!(session.list_tools().await.unwrap().len(), 1);
+    assert_eq!(session.list_tools().await.unwrap().len(), 2);
+    let err = session.list_tools().await.unwrap_err();
+    assert!(
+        matches!(&err, SessionError::Server { code: -32603, message, .. } if message == "tools are gone"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn more_tools_than_the_cap_are_refused() {
+    let session = connected(|mut peer| {
+        tokio::spawn(async move {
+            peer.initialize().await;
+            let req = peer.recv().await;
+            let tools: Vec<Value> = (0..=MAX_TOOLS).map(|i| tool(&format!("t{i}"))).collect();
+            peer.send(json!({"jsonrpc": "2.0", "id": req["id"], "result": {"tools": tools}}))
+                .await;
+            std::future::pending::<()>().await;
+        })
+    })
+    .await;
+    let err = session.list_tools().await.unwrap_err();
+    assert!(matches!(err, SessionError::TooManyTools), "{err}");
+}
+
+#[tokio::test]
 async fn arguments_must_be_an_object() {
     let session = connected(|mut peer| {
         tokio::spawn(async move {
@@ -462,7 +515,7 @@ fn time_python() -> &'static Path {
 /// A server process and the session over its pipes.
 struct Running {
     session: McpSession,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
 }
 
 async fn start(mut cmd: tokio::process::Command, cfg: SessionConfig) -> Running {
@@ -476,10 +529,7 @@ async fn start(mut cmd: tokio::process::Command, cfg: SessionConfig) -> Running 
     let session = McpSession::connect(stdout, stdin, cfg)
         .await
         .expect("initialize");
-    Running {
-        session,
-        _child: child,
-    }
+    Running { session, child }
 }
 
 async fn everything(roots: Vec<PathBuf>) -> Running {
@@ -669,4 +719,18 @@ async fn time_server_lists_and_tells_the_time() {
     let rendered = out.to_string();
     assert!(rendered.contains("Europe/Paris"), "{rendered}");
     assert!(rendered.contains("datetime"), "{rendered}");
+}
+
+#[tokio::test]
+async fn closing_the_session_lets_the_server_exit() {
+    let s = everything(vec![]).await;
+    let Running { session, mut child } = s;
+    session.close().await;
+    // A stdio server exits when its stdin closes; if close left it open,
+    // this wait would run into the generous deadline.
+    let status = tokio::time::timeout(GENEROUS, child.wait())
+        .await
+        .expect("the server exits once the session is closed")
+        .unwrap();
+    assert!(status.code().is_some(), "{status:?}");
 }
