@@ -9,7 +9,7 @@
 //!   run under one ([`SessionConfig`], [`McpSession::call_tool`]); a server
 //!   that never answers gives a typed error naming the deadline. A call that
 //!   runs out is cancelled on the wire (`notifications/cancelled`);
-//! - **bounded input**: the server's stdout goes through a [`LineGuard`]
+//! - **bounded input**: the server's stdout goes through a line guard
 //!   that ends the session the moment a message passes
 //!   [`SessionConfig::max_message_bytes`] without a newline (rmcp's own
 //!   transport would drop such a line and carry on, and only after reading
@@ -85,7 +85,15 @@ pub const MAX_TOOL_PAGES: usize = 64;
 /// later ones are counted, not kept, so a server cannot grow the list.
 pub const MAX_KEPT_REFUSALS: usize = 64;
 
-/// Bytes read from the server's stdout at a time by the [`LineGuard`].
+/// The most bytes of the server's name or version kept: they end up in
+/// events and listings, and a name is a line, not a document.
+pub const MAX_SERVER_NAME_BYTES: usize = 256;
+
+/// The most bytes of the server's `instructions` kept (untrusted text an
+/// operator may want to read, not a place to park megabytes).
+pub const MAX_INSTRUCTIONS_BYTES: usize = 8 << 10;
+
+/// Bytes read from the server's stdout at a time by the line guard.
 const READ_CHUNK: usize = 64 << 10;
 
 /// What the session needs from lion.
@@ -184,6 +192,11 @@ pub enum SessionError {
     /// Tool arguments must be a JSON object (or null for none).
     #[error("tool arguments must be a JSON object, not {0}")]
     ArgumentsNotObject(&'static str),
+    /// The server answered `initialize` with a revision lion cannot speak.
+    #[error(
+        "the MCP server answered with protocol revision {0:?}, which lion does not speak (it speaks 2024-11-05 to 2025-11-25)"
+    )]
+    UnsupportedProtocol(String),
     /// A root is not an absolute path that makes a `file://` URI.
     #[error("root {0:?} is not an absolute directory path")]
     InvalidRoot(PathBuf),
@@ -192,13 +205,15 @@ pub enum SessionError {
 /// Who the server says it is, and what was negotiated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerIdentity {
-    /// `serverInfo.name`, empty when the server gave none.
+    /// `serverInfo.name` (cut at [`MAX_SERVER_NAME_BYTES`]), empty when the
+    /// server gave none.
     pub name: String,
-    /// `serverInfo.version`, empty when the server gave none.
+    /// `serverInfo.version` (cut likewise), empty when the server gave none.
     pub version: String,
     /// The protocol revision the server answered `initialize` with.
     pub protocol_version: String,
-    /// The server's `instructions`, if any (untrusted text).
+    /// The server's `instructions`, if any (untrusted text, cut at
+    /// [`MAX_INSTRUCTIONS_BYTES`]).
     pub instructions: Option<String>,
 }
 
@@ -209,7 +224,7 @@ pub struct Refusal {
     pub method: String,
 }
 
-/// What the server did wrong on the wire, as the [`LineGuard`] saw it.
+/// What the server did wrong on the wire, as the line guard saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum StreamFault {
     TooLarge { limit: usize },
@@ -233,7 +248,7 @@ fn record_fault(slot: &FaultSlot, fault: StreamFault) -> io::Error {
 /// session ends) at the first that is not. It buffers at most one line of
 /// the limit plus one read chunk; a line over the limit is refused as soon
 /// as the limit is passed, without reading the rest.
-pub struct LineGuard<R> {
+struct LineGuard<R> {
     inner: R,
     limit: usize,
     /// The current line, not yet checked.
@@ -507,20 +522,30 @@ impl McpSession {
             .await;
         let info = service.peer().peer_info();
         let identity = match info.as_deref() {
-            Some(info) => ServerIdentity {
-                name: info
-                    .server_info
-                    .as_ref()
-                    .map(|s| s.name.clone())
-                    .unwrap_or_default(),
-                version: info
-                    .server_info
-                    .as_ref()
-                    .map(|s| s.version.clone())
-                    .unwrap_or_default(),
-                protocol_version: info.protocol_version.to_string(),
-                instructions: info.instructions.clone(),
-            },
+            Some(info) => {
+                let version = &info.protocol_version;
+                if !version.has_initialize() || !ProtocolVersion::KNOWN_VERSIONS.contains(version) {
+                    let version = cut(version.as_str(), MAX_SERVER_NAME_BYTES).to_owned();
+                    let mut service = service;
+                    let _ = service.close().await;
+                    return Err(SessionError::UnsupportedProtocol(version));
+                }
+                let field = |f: fn(&Implementation) -> &str| {
+                    info.server_info
+                        .as_ref()
+                        .map(|s| cut(f(s), MAX_SERVER_NAME_BYTES).to_owned())
+                        .unwrap_or_default()
+                };
+                ServerIdentity {
+                    name: field(|s| &s.name),
+                    version: field(|s| &s.version),
+                    protocol_version: version.to_string(),
+                    instructions: info
+                        .instructions
+                        .as_deref()
+                        .map(|i| cut(i, MAX_INSTRUCTIONS_BYTES).to_owned()),
+                }
+            }
             None => {
                 return Err(SessionError::Initialize(
                     "rmcp kept no server information".to_owned(),
@@ -669,6 +694,18 @@ fn fault_of(slot: &FaultSlot) -> Option<SessionError> {
             detail: detail.clone(),
         },
     })
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {

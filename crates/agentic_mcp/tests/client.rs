@@ -11,7 +11,8 @@ use std::time::Duration;
 use agentic_mcp::names::NameTable;
 use agentic_mcp::output::{self, ToolError};
 use agentic_mcp::session::{
-    DEFAULT_MAX_MESSAGE_BYTES, MAX_TOOL_PAGES, MAX_TOOLS, McpSession, SessionConfig, SessionError,
+    DEFAULT_MAX_MESSAGE_BYTES, MAX_INSTRUCTIONS_BYTES, MAX_SERVER_NAME_BYTES, MAX_TOOL_PAGES,
+    MAX_TOOLS, McpSession, SessionConfig, SessionError,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
@@ -410,6 +411,92 @@ async fn more_tools_than_the_cap_are_refused() {
 }
 
 #[tokio::test]
+async fn a_call_past_its_deadline_is_cancelled_on_the_wire() {
+    let (r, w, mut peer) = pipe(64 << 10);
+    let cancelled = tokio::spawn(async move {
+        peer.initialize().await;
+        let call = peer.recv().await;
+        assert_eq!(call["method"], "tools/call");
+        // Never answers; the next thing the client says is the cancel.
+        let next = peer.recv().await;
+        (call["id"].clone(), next)
+    });
+    let session = McpSession::connect(r, w, config()).await.unwrap();
+    let deadline = Duration::from_millis(200);
+    let err = session
+        .call_tool("slow", json!({}), deadline)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SessionError::Timeout { deadline: d, method } if *d == deadline && method == "tools/call slow"),
+        "{err}"
+    );
+    let (id, next) = cancelled.await.unwrap();
+    assert_eq!(next["method"], "notifications/cancelled", "{next}");
+    assert_eq!(next["params"]["requestId"], id, "{next}");
+}
+
+#[tokio::test]
+async fn a_server_gone_before_answering_initialize_is_a_typed_error() {
+    let (r, w, mut peer) = pipe(64 << 10);
+    let _task = tokio::spawn(async move {
+        peer.recv().await;
+        drop(peer);
+    });
+    let err = McpSession::connect(r, w, config()).await.unwrap_err();
+    assert!(matches!(err, SessionError::ServerGone), "{err}");
+}
+
+#[tokio::test]
+async fn an_unknown_protocol_revision_is_refused() {
+    let (r, w, mut peer) = pipe(64 << 10);
+    let _task = tokio::spawn(async move {
+        let req = peer.recv().await;
+        peer.send(json!({"jsonrpc": "2.0", "id": req["id"], "result": {
+            "protocolVersion": "1999-01-01",
+            "capabilities": {},
+            "serverInfo": {"name": "old", "version": "1"}
+        }}))
+        .await;
+        std::future::pending::<()>().await;
+    });
+    let err = McpSession::connect(r, w, config()).await.unwrap_err();
+    assert!(
+        matches!(&err, SessionError::UnsupportedProtocol(v) if v == "1999-01-01"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_servers_self_description_is_cut_to_size() {
+    let (r, w, mut peer) = pipe(64 << 10);
+    let _task = tokio::spawn(async move {
+        let req = peer.recv().await;
+        peer.send(json!({"jsonrpc": "2.0", "id": req["id"], "result": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "n".repeat(100_000), "version": "é".repeat(1000)},
+            "instructions": "i".repeat(1 << 20)
+        }}))
+        .await;
+        peer.recv().await;
+        std::future::pending::<()>().await;
+    });
+    let session = McpSession::connect(r, w, config()).await.unwrap();
+    let server = session.server();
+    assert_eq!(server.protocol_version, "2025-06-18");
+    assert_eq!(server.name.len(), MAX_SERVER_NAME_BYTES);
+    assert!(
+        server.version.len() <= MAX_SERVER_NAME_BYTES
+            && server.version.len() >= MAX_SERVER_NAME_BYTES - 1
+    );
+    assert_eq!(
+        server.instructions.as_deref().map(str::len),
+        Some(MAX_INSTRUCTIONS_BYTES)
+    );
+}
+
+#[tokio::test]
 async fn arguments_must_be_an_object() {
     let session = connected(|mut peer| {
         tokio::spawn(async move {
@@ -620,6 +707,17 @@ async fn everything_echo_structured_content_and_is_error() {
     let validator = jsonschema::validator_for(&schema).unwrap();
     assert!(validator.is_valid(&out), "{out} against {schema}");
     assert!(out["temperature"].is_number(), "{out}");
+
+    // A tool it does not have: this server answers with isError too.
+    let result = s
+        .session
+        .call_tool("no-such-tool", json!({}), GENEROUS)
+        .await
+        .unwrap();
+    match output::tool_output(result, false, output::DEFAULT_MAX_OUTPUT_BYTES) {
+        Err(ToolError::Reported { text, .. }) => assert!(text.contains("not found"), "{text}"),
+        other => panic!("expected a reported tool error, got {other:?}"),
+    }
 
     // Arguments its schema refuses: the server answers with isError.
     let result = s
