@@ -12,11 +12,14 @@
 //! - **bounded input**: the server's stdout goes through a line guard
 //!   that ends the session the moment a message passes
 //!   [`SessionConfig::max_message_bytes`] without a newline (rmcp's own
-//!   transport would drop such a line and carry on, and only after reading
-//!   it all), or a line is not a JSON object (rmcp ignores unparsable lines,
-//!   which would leave a call waiting for its deadline). The session then
-//!   ends with [`SessionError::MessageTooLarge`] or
-//!   [`SessionError::Malformed`];
+//!   transport would drop such a line and carry on, after reading all of
+//!   it), or a line is not a JSON-RPC 2.0 envelope: a JSON object with
+//!   `"jsonrpc": "2.0"` (rmcp skips unparsable lines, which would leave a
+//!   call waiting for its deadline). The session then ends with
+//!   [`SessionError::MessageTooLarge`] or [`SessionError::Malformed`]. A
+//!   well-formed envelope whose content rmcp cannot read is rmcp's: a
+//!   request is answered with Invalid Request, a response fails its call
+//!   ([`SessionError::Protocol`]) or leaves it to its deadline;
 //! - **the server going away** (its stdout closed) fails pending and later
 //!   requests with [`SessionError::ServerGone`], never a hang;
 //! - **capabilities**: lion offers `roots` (the directories the operator
@@ -305,23 +308,37 @@ fn take(
     Ok(())
 }
 
-/// A line is a JSON object (after an optional BOM and `\r`), or blank.
+/// The one member every JSON-RPC 2.0 message carries; the rest of the
+/// message is rmcp's to read (skipped here without being built).
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    jsonrpc: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// A line is a JSON-RPC 2.0 envelope (a JSON object with `"jsonrpc":
+/// "2.0"`, after an optional BOM and `\r`), or blank. What is inside the
+/// envelope is rmcp's to judge: it answers a request it cannot read with
+/// Invalid Request, and a response it cannot read leaves its call to run
+/// into the call's deadline.
 fn check_line(line: &[u8]) -> Result<(), StreamFault> {
     let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Some(first) = line.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(());
     };
+    let malformed = |detail: String| StreamFault::Malformed { detail };
     if *first != b'{' {
-        return Err(StreamFault::Malformed {
-            detail: "a line that is not a JSON object".to_owned(),
-        });
+        return Err(malformed("a line that is not a JSON object".to_owned()));
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(line)
-        .map(|_| ())
-        .map_err(|e| StreamFault::Malformed {
-            detail: format!("invalid JSON: {e}"),
-        })
+    let envelope: Envelope<'_> =
+        serde_json::from_slice(line).map_err(|e| malformed(format!("invalid JSON: {e}")))?;
+    if envelope.jsonrpc.as_deref() != Some("2.0") {
+        return Err(malformed(
+            "a JSON object without \"jsonrpc\": \"2.0\"".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for LineGuard<R> {
@@ -735,21 +752,24 @@ mod tests {
 
     #[tokio::test]
     async fn whole_json_lines_pass_through() {
-        let input = b"{\"a\":1}\n\r\n{\"b\":[2]}\r\n{\"partial\"";
+        let input = b"{\"jsonrpc\":\"2.0\",\"a\":1}\n\r\n\xEF\xBB\xBF{\"b\":[2],\"jsonrpc\":\"2.0\"}\r\n{\"partial\"";
         let (out, fault) = read_all(input, 64).await;
         assert_eq!(fault, None);
-        assert_eq!(out, b"{\"a\":1}\n\r\n{\"b\":[2]}\r\n");
+        assert_eq!(
+            out,
+            b"{\"jsonrpc\":\"2.0\",\"a\":1}\n\r\n\xEF\xBB\xBF{\"b\":[2],\"jsonrpc\":\"2.0\"}\r\n"
+        );
     }
 
     #[tokio::test]
     async fn a_line_over_the_limit_fails_the_stream() {
-        let mut input = b"{\"ok\":1}\n".to_vec();
+        let mut input = b"{\"jsonrpc\":\"2.0\"}\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', 100));
         let (out, fault) = read_all(&input, 50).await;
-        assert_eq!(out, b"{\"ok\":1}\n");
+        assert_eq!(out, b"{\"jsonrpc\":\"2.0\"}\n");
         assert_eq!(fault, Some(StreamFault::TooLarge { limit: 50 }));
         // Exactly at the limit passes.
-        let line = format!("{{\"k\":\"{}\"}}\n", "y".repeat(42));
+        let line = format!("{{\"jsonrpc\":\"2.0\",\"k\":\"{}\"}}\n", "y".repeat(26));
         let (out, fault) = read_all(line.as_bytes(), 50).await;
         assert_eq!(fault, None, "{} bytes", line.len() - 1);
         assert_eq!(out, line.as_bytes());
@@ -757,7 +777,15 @@ mod tests {
 
     #[tokio::test]
     async fn non_json_and_non_object_lines_fail_the_stream() {
-        for bad in [&b"hello\n"[..], b"{\"a\":\n", b"[1,2]\n", b"42\n"] {
+        for bad in [
+            &b"hello\n"[..],
+            b"{\"a\":\n",
+            b"[1,2]\n",
+            b"42\n",
+            b"{\"a\":1}\n",
+            b"{\"jsonrpc\":\"1.0\",\"id\":1}\n",
+            b"{\"jsonrpc\":\"2.0\"} trailing\n",
+        ] {
             let (out, fault) = read_all(bad, 64).await;
             assert!(out.is_empty());
             assert!(

@@ -139,7 +139,11 @@ async fn a_malformed_line_ends_the_handshake_with_a_typed_error() {
 
 #[tokio::test]
 async fn malformed_json_mid_call_ends_the_session() {
-    for bad in [&b"{\"jsonrpc\":\"2.0\",\"id\":\n"[..], b"[1,2,3]\n"] {
+    for bad in [
+        &b"{\"jsonrpc\":\"2.0\",\"id\":\n"[..],
+        b"[1,2,3]\n",
+        b"{\"hello\":1}\n",
+    ] {
         let session = connected(|mut peer| {
             tokio::spawn(async move {
                 peer.initialize().await;
@@ -494,6 +498,25 @@ async fn the_servers_self_description_is_cut_to_size() {
         server.instructions.as_deref().map(str::len),
         Some(MAX_INSTRUCTIONS_BYTES)
     );
+}
+
+#[tokio::test]
+async fn a_call_answered_with_the_wrong_shape_is_a_protocol_error() {
+    let session = connected(|mut peer| {
+        tokio::spawn(async move {
+            peer.initialize().await;
+            let call = peer.recv().await;
+            peer.send(json!({"jsonrpc": "2.0", "id": call["id"], "result": {"tools": []}}))
+                .await;
+            std::future::pending::<()>().await;
+        })
+    })
+    .await;
+    let err = session
+        .call_tool("t", json!({}), GENEROUS)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SessionError::Protocol { .. }), "{err}");
 }
 
 #[tokio::test]
