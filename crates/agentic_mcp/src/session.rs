@@ -106,7 +106,9 @@ pub struct SessionConfig {
     pub client_name: String,
     /// The version lion introduces itself by.
     pub client_version: String,
-    /// The directories offered as roots (`roots/list`); absolute paths.
+    /// The directories offered as roots (`roots/list`): absolute paths as
+    /// the *server* sees them (inside its sandbox, where a grant may be
+    /// mounted elsewhere than on the host).
     pub roots: Vec<PathBuf>,
     /// How long the server may take to answer `initialize`.
     pub initialize_deadline: Duration,

@@ -520,6 +520,22 @@ async fn a_call_answered_with_the_wrong_shape_is_a_protocol_error() {
 }
 
 #[tokio::test]
+async fn a_relative_root_is_refused_before_talking_to_the_server() {
+    let (r, w, mut peer) = pipe(64 << 10);
+    let cfg = SessionConfig {
+        roots: vec![PathBuf::from("relative/dir")],
+        ..config()
+    };
+    let err = McpSession::connect(r, w, cfg).await.unwrap_err();
+    assert!(
+        matches!(&err, SessionError::InvalidRoot(p) if p == Path::new("relative/dir")),
+        "{err}"
+    );
+    // Nothing was sent: the client side is gone without a line.
+    assert!(peer.lines.next_line().await.unwrap().is_none());
+}
+
+#[tokio::test]
 async fn arguments_must_be_an_object() {
     let session = connected(|mut peer| {
         tokio::spawn(async move {
