@@ -583,16 +583,20 @@ fn run(cmd: &mut std::process::Command) {
 }
 
 /// Installs into `name` under [`servers_dir`] once: into a fresh
-/// `name.partial`, renamed when complete, so an interrupted install is
-/// never taken for a cached one.
+/// `name.partial-PID`, renamed when complete, so an interrupted install is
+/// never taken for a cached one and two test processes installing at once
+/// do not mix their files (the second rename loses and its copy is removed).
 fn installed(name: &str, install: impl FnOnce(&Path)) -> PathBuf {
     let dir = servers_dir().join(name);
     if !dir.exists() {
-        let partial = servers_dir().join(format!("{name}.partial"));
+        let partial = servers_dir().join(format!("{name}.partial-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(&partial).unwrap();
         install(&partial);
-        std::fs::rename(&partial, &dir).unwrap();
+        if std::fs::rename(&partial, &dir).is_err() {
+            assert!(dir.exists(), "could not move {partial:?} to {dir:?}");
+            let _ = std::fs::remove_dir_all(&partial);
+        }
     }
     dir
 }
