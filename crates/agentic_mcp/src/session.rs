@@ -9,14 +9,17 @@
 //!   run under one ([`SessionConfig`], [`McpSession::call_tool`]); a server
 //!   that never answers gives a typed error naming the deadline. A call that
 //!   runs out is cancelled on the wire (`notifications/cancelled`);
-//! - **bounded input**: the server's stdout goes through a [`LineGuard`]
+//! - **bounded input**: the server's stdout goes through a line guard
 //!   that ends the session the moment a message passes
 //!   [`SessionConfig::max_message_bytes`] without a newline (rmcp's own
-//!   transport would drop such a line and carry on, and only after reading
-//!   it all), or a line is not a JSON object (rmcp ignores unparsable lines,
-//!   which would leave a call waiting for its deadline). The session then
-//!   ends with [`SessionError::MessageTooLarge`] or
-//!   [`SessionError::Malformed`];
+//!   transport would drop such a line and carry on, after reading all of
+//!   it), or a line is not a JSON-RPC 2.0 envelope: a JSON object with
+//!   `"jsonrpc": "2.0"` (rmcp skips unparsable lines, which would leave a
+//!   call waiting for its deadline). The session then ends with
+//!   [`SessionError::MessageTooLarge`] or [`SessionError::Malformed`]. A
+//!   well-formed envelope whose content rmcp cannot read is rmcp's: a
+//!   request is answered with Invalid Request, a response fails its call
+//!   ([`SessionError::Protocol`]) or leaves it to its deadline;
 //! - **the server going away** (its stdout closed) fails pending and later
 //!   requests with [`SessionError::ServerGone`], never a hang;
 //! - **capabilities**: lion offers `roots` (the directories the operator
@@ -52,7 +55,7 @@ use rmcp::model::{
     ElicitRequestParams, ElicitResult, ErrorCode, ErrorData, Implementation, ListRootsResult,
     PaginatedRequestParams, ProtocolVersion, RootsCapabilities, Tool,
 };
-use rmcp::service::{RequestContext, RoleClient, RunningService, ServiceError};
+use rmcp::service::{ClientCacheConfig, RequestContext, RoleClient, RunningService, ServiceError};
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::{ClientHandler, ServiceExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -85,7 +88,15 @@ pub const MAX_TOOL_PAGES: usize = 64;
 /// later ones are counted, not kept, so a server cannot grow the list.
 pub const MAX_KEPT_REFUSALS: usize = 64;
 
-/// Bytes read from the server's stdout at a time by the [`LineGuard`].
+/// The most bytes of the server's name or version kept: they end up in
+/// events and listings, and a name is a line, not a document.
+pub const MAX_SERVER_NAME_BYTES: usize = 256;
+
+/// The most bytes of the server's `instructions` kept (untrusted text an
+/// operator may want to read, not a place to park megabytes).
+pub const MAX_INSTRUCTIONS_BYTES: usize = 8 << 10;
+
+/// Bytes read from the server's stdout at a time by the line guard.
 const READ_CHUNK: usize = 64 << 10;
 
 /// What the session needs from lion.
@@ -95,7 +106,9 @@ pub struct SessionConfig {
     pub client_name: String,
     /// The version lion introduces itself by.
     pub client_version: String,
-    /// The directories offered as roots (`roots/list`); absolute paths.
+    /// The directories offered as roots (`roots/list`): absolute paths as
+    /// the *server* sees them (inside its sandbox, where a grant may be
+    /// mounted elsewhere than on the host).
     pub roots: Vec<PathBuf>,
     /// How long the server may take to answer `initialize`.
     pub initialize_deadline: Duration,
@@ -184,6 +197,11 @@ pub enum SessionError {
     /// Tool arguments must be a JSON object (or null for none).
     #[error("tool arguments must be a JSON object, not {0}")]
     ArgumentsNotObject(&'static str),
+    /// The server answered `initialize` with a revision lion cannot speak.
+    #[error(
+        "the MCP server answered with protocol revision {0:?}, which lion does not speak (it speaks 2024-11-05 to 2025-11-25)"
+    )]
+    UnsupportedProtocol(String),
     /// A root is not an absolute path that makes a `file://` URI.
     #[error("root {0:?} is not an absolute directory path")]
     InvalidRoot(PathBuf),
@@ -192,13 +210,15 @@ pub enum SessionError {
 /// Who the server says it is, and what was negotiated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerIdentity {
-    /// `serverInfo.name`, empty when the server gave none.
+    /// `serverInfo.name` (cut at [`MAX_SERVER_NAME_BYTES`]), empty when the
+    /// server gave none.
     pub name: String,
-    /// `serverInfo.version`, empty when the server gave none.
+    /// `serverInfo.version` (cut likewise), empty when the server gave none.
     pub version: String,
     /// The protocol revision the server answered `initialize` with.
     pub protocol_version: String,
-    /// The server's `instructions`, if any (untrusted text).
+    /// The server's `instructions`, if any (untrusted text, cut at
+    /// [`MAX_INSTRUCTIONS_BYTES`]).
     pub instructions: Option<String>,
 }
 
@@ -209,7 +229,7 @@ pub struct Refusal {
     pub method: String,
 }
 
-/// What the server did wrong on the wire, as the [`LineGuard`] saw it.
+/// What the server did wrong on the wire, as the line guard saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum StreamFault {
     TooLarge { limit: usize },
@@ -233,7 +253,7 @@ fn record_fault(slot: &FaultSlot, fault: StreamFault) -> io::Error {
 /// session ends) at the first that is not. It buffers at most one line of
 /// the limit plus one read chunk; a line over the limit is refused as soon
 /// as the limit is passed, without reading the rest.
-pub struct LineGuard<R> {
+struct LineGuard<R> {
     inner: R,
     limit: usize,
     /// The current line, not yet checked.
@@ -290,23 +310,37 @@ fn take(
     Ok(())
 }
 
-/// A line is a JSON object (after an optional BOM and `\r`), or blank.
+/// The one member every JSON-RPC 2.0 message carries; the rest of the
+/// message is rmcp's to read (skipped here without being built).
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    jsonrpc: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// A line is a JSON-RPC 2.0 envelope (a JSON object with `"jsonrpc":
+/// "2.0"`, after an optional BOM and `\r`), or blank. What is inside the
+/// envelope is rmcp's to judge: it answers a request it cannot read with
+/// Invalid Request, and a response it cannot read leaves its call to run
+/// into the call's deadline.
 fn check_line(line: &[u8]) -> Result<(), StreamFault> {
     let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Some(first) = line.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(());
     };
+    let malformed = |detail: String| StreamFault::Malformed { detail };
     if *first != b'{' {
-        return Err(StreamFault::Malformed {
-            detail: "a line that is not a JSON object".to_owned(),
-        });
+        return Err(malformed("a line that is not a JSON object".to_owned()));
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(line)
-        .map(|_| ())
-        .map_err(|e| StreamFault::Malformed {
-            detail: format!("invalid JSON: {e}"),
-        })
+    let envelope: Envelope<'_> =
+        serde_json::from_slice(line).map_err(|e| malformed(format!("invalid JSON: {e}")))?;
+    if envelope.jsonrpc.as_deref() != Some("2.0") {
+        return Err(malformed(
+            "a JSON object without \"jsonrpc\": \"2.0\"".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for LineGuard<R> {
@@ -497,22 +531,40 @@ impl McpSession {
             }
             Ok(Ok(service)) => service,
         };
+        // rmcp caches list results for as long as the server's `ttlMs`
+        // says, and by default serves a stale one when a re-fetch fails.
+        // lion lists to learn what a server offers now (a changed tool must
+        // be seen, a failure reported), so every listing goes to the server.
+        service
+            .peer()
+            .set_response_cache_config(ClientCacheConfig::disabled())
+            .await;
         let info = service.peer().peer_info();
         let identity = match info.as_deref() {
-            Some(info) => ServerIdentity {
-                name: info
-                    .server_info
-                    .as_ref()
-                    .map(|s| s.name.clone())
-                    .unwrap_or_default(),
-                version: info
-                    .server_info
-                    .as_ref()
-                    .map(|s| s.version.clone())
-                    .unwrap_or_default(),
-                protocol_version: info.protocol_version.to_string(),
-                instructions: info.instructions.clone(),
-            },
+            Some(info) => {
+                let version = &info.protocol_version;
+                if !version.has_initialize() || !ProtocolVersion::KNOWN_VERSIONS.contains(version) {
+                    let version = cut(version.as_str(), MAX_SERVER_NAME_BYTES).to_owned();
+                    let mut service = service;
+                    let _ = service.close().await;
+                    return Err(SessionError::UnsupportedProtocol(version));
+                }
+                let field = |f: fn(&Implementation) -> &str| {
+                    info.server_info
+                        .as_ref()
+                        .map(|s| cut(f(s), MAX_SERVER_NAME_BYTES).to_owned())
+                        .unwrap_or_default()
+                };
+                ServerIdentity {
+                    name: field(|s| &s.name),
+                    version: field(|s| &s.version),
+                    protocol_version: version.to_string(),
+                    instructions: info
+                        .instructions
+                        .as_deref()
+                        .map(|i| cut(i, MAX_INSTRUCTIONS_BYTES).to_owned()),
+                }
+            }
             None => {
                 return Err(SessionError::Initialize(
                     "rmcp kept no server information".to_owned(),
@@ -535,7 +587,8 @@ impl McpSession {
 
     /// Every tool the server offers, following `nextCursor` over at most
     /// [`MAX_TOOL_PAGES`] pages and [`MAX_TOOLS`] tools, each page within the
-    /// list deadline. A repeated cursor counts as a page like any other.
+    /// list deadline. A repeated cursor counts as a page like any other. Every
+    /// call asks the server afresh (rmcp's response cache is off).
     pub async fn list_tools(&self) -> Result<Vec<Tool>, SessionError> {
         let mut tools = Vec::new();
         let mut cursor = None;
@@ -662,6 +715,18 @@ fn fault_of(slot: &FaultSlot) -> Option<SessionError> {
     })
 }
 
+/// `s` cut to at most `max` bytes on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
@@ -689,21 +754,24 @@ mod tests {
 
     #[tokio::test]
     async fn whole_json_lines_pass_through() {
-        let input = b"{\"a\":1}\n\r\n{\"b\":[2]}\r\n{\"partial\"";
+        let input = b"{\"jsonrpc\":\"2.0\",\"a\":1}\n\r\n\xEF\xBB\xBF{\"b\":[2],\"jsonrpc\":\"2.0\"}\r\n{\"partial\"";
         let (out, fault) = read_all(input, 64).await;
         assert_eq!(fault, None);
-        assert_eq!(out, b"{\"a\":1}\n\r\n{\"b\":[2]}\r\n");
+        assert_eq!(
+            out,
+            b"{\"jsonrpc\":\"2.0\",\"a\":1}\n\r\n\xEF\xBB\xBF{\"b\":[2],\"jsonrpc\":\"2.0\"}\r\n"
+        );
     }
 
     #[tokio::test]
     async fn a_line_over_the_limit_fails_the_stream() {
-        let mut input = b"{\"ok\":1}\n".to_vec();
+        let mut input = b"{\"jsonrpc\":\"2.0\"}\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', 100));
         let (out, fault) = read_all(&input, 50).await;
-        assert_eq!(out, b"{\"ok\":1}\n");
+        assert_eq!(out, b"{\"jsonrpc\":\"2.0\"}\n");
         assert_eq!(fault, Some(StreamFault::TooLarge { limit: 50 }));
         // Exactly at the limit passes.
-        let line = format!("{{\"k\":\"{}\"}}\n", "y".repeat(42));
+        let line = format!("{{\"jsonrpc\":\"2.0\",\"k\":\"{}\"}}\n", "y".repeat(26));
         let (out, fault) = read_all(line.as_bytes(), 50).await;
         assert_eq!(fault, None, "{} bytes", line.len() - 1);
         assert_eq!(out, line.as_bytes());
@@ -711,7 +779,15 @@ mod tests {
 
     #[tokio::test]
     async fn non_json_and_non_object_lines_fail_the_stream() {
-        for bad in [&b"hello\n"[..], b"{\"a\":\n", b"[1,2]\n", b"42\n"] {
+        for bad in [
+            &b"hello\n"[..],
+            b"{\"a\":\n",
+            b"[1,2]\n",
+            b"42\n",
+            b"{\"a\":1}\n",
+            b"{\"jsonrpc\":\"1.0\",\"id\":1}\n",
+            b"{\"jsonrpc\":\"2.0\"} trailing\n",
+        ] {
             let (out, fault) = read_all(bad, 64).await;
             assert!(out.is_empty());
             assert!(
