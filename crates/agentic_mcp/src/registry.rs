@@ -45,6 +45,7 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use spec::{PackageSpec, SpecError};
@@ -421,24 +422,39 @@ struct TempSibling {
 
 impl TempSibling {
     fn create(parent: &Path, name: &OsStr) -> Result<Self, InstallError> {
-        let mut tmp_name = OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".installing-{}", std::process::id()));
-        let path = parent.join(tmp_name);
-        // A leftover of this same process id (an earlier crash) is ours to clear.
-        if path.symlink_metadata().is_ok() {
-            std::fs::remove_dir_all(&path).map_err(io_error("removing stale", &path))?;
+        // Unique per process and per install, so two installs never share one.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let mut tmp_name = OsString::from(".");
+            tmp_name.push(name);
+            tmp_name.push(format!(
+                ".installing-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let path = parent.join(tmp_name);
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(Self { path, armed: true }),
+                // A leftover of a crashed install with the same pid: pick another name.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_error("creating", &path)(e)),
+            }
         }
-        std::fs::create_dir(&path).map_err(io_error("creating", &path))?;
-        Ok(Self { path, armed: true })
     }
 
     fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Renames into place, refusing (atomically) to replace anything that
+    /// appeared at `dest` meanwhile.
     fn rename_to(mut self, dest: &Path) -> Result<(), InstallError> {
-        std::fs::rename(&self.path, dest).map_err(io_error("renaming into place", dest))?;
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        match renameat_with(CWD, &self.path, CWD, dest, RenameFlags::NOREPLACE) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => return Err(InstallError::DestExists(dest.to_owned())),
+            Err(e) => return Err(io_error("renaming into place", dest)(e.into())),
+        }
         self.armed = false;
         Ok(())
     }
@@ -455,6 +471,35 @@ impl Drop for TempSibling {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rename_never_replaces_a_folder_that_appeared_meanwhile() {
+        let parent = tempfile::tempdir().unwrap();
+        let dest = parent.path().join("pkg");
+        let tmp = TempSibling::create(parent.path(), OsStr::new("pkg")).unwrap();
+        std::fs::write(tmp.path().join("new"), b"new").unwrap();
+        let second = TempSibling::create(parent.path(), OsStr::new("pkg")).unwrap();
+        assert_ne!(
+            tmp.path(),
+            second.path(),
+            "two installs never share a temp folder"
+        );
+        drop(second);
+        // An empty folder appears at the destination (a plain rename(2) would replace it).
+        std::fs::create_dir(&dest).unwrap();
+        let e = tmp.rename_to(&dest).unwrap_err();
+        assert!(matches!(e, InstallError::DestExists(_)), "{e}");
+        let left: Vec<_> = std::fs::read_dir(parent.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![OsString::from("pkg")],
+            "the temp folder is removed, the destination untouched"
+        );
+        assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+    }
 
     #[test]
     fn tail_keeps_the_last_lines_on_one_line() {

@@ -104,6 +104,18 @@ async fn npm_server_filesystem_installs_pinned_runs_and_is_verified() {
     let locked = &lock["packages"]["node_modules/@modelcontextprotocol/server-filesystem"];
     assert_eq!(locked["version"], "2026.8.31");
     assert!(locked["integrity"].as_str().unwrap().starts_with("sha512-"));
+    // Every package in the tree is locked by version and integrity hash.
+    let packages = lock["packages"].as_object().unwrap();
+    assert!(packages.len() > 10, "{}", packages.len());
+    for (path, p) in packages.iter().filter(|(path, _)| !path.is_empty()) {
+        assert!(
+            p["version"].is_string()
+                && p["integrity"]
+                    .as_str()
+                    .is_some_and(|i| i.starts_with("sha")),
+            "{path}: {p}"
+        );
+    }
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dest.join("package.json")).unwrap()).unwrap();
     assert_eq!(
