@@ -620,10 +620,27 @@ def case_malformed(p, req_id):
 
 def case_exit(p, _id):
     """Exits the whole server mid-call with `code` (default 3), answering
-    nothing. lion: the call fails (server died), the warm server restarts or
-    is quarantined. Params: code."""
-    sys.stdout.flush()
+    nothing, after writing `message` (if given) to stderr. lion: the call
+    fails (server died) with the stderr kept in the failure; the warm server
+    restarts or is quarantined. Params: code, message."""
+    if "message" in p:
+        sys.stderr.write(str(p["message"]) + "\n")
+        sys.stderr.flush()
     os._exit(int(p.get("code", 3)))
+
+
+def case_stderr_flood(p, _id):
+    """Writes `bytes` bytes (default 1 MB) of text to stderr, then answers.
+    lion: keeps only a capped tail of it. Params: bytes."""
+    total = int(p.get("bytes", 1_000_000))
+    line = "E" * 1023 + "\n"
+    sent = 0
+    while sent < total:
+        chunk = line[: total - sent]
+        sys.stderr.write(chunk)
+        sent += len(chunk)
+    sys.stderr.flush()
+    return {"ok": True, "stderr_bytes": sent}
 
 
 def case_env(p, _id):
@@ -699,6 +716,7 @@ CASES = {
     "unshare": case_unshare,
     "mount": case_mount,
     "stdout_flood": case_stdout_flood,
+    "stderr_flood": case_stderr_flood,
     "huge_line": case_huge_line,
     "malformed": case_malformed,
     "exit": case_exit,

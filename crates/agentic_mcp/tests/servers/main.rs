@@ -40,6 +40,7 @@ const EXPECTED_CASES: &[&str] = &[
     "unshare",
     "mount",
     "stdout_flood",
+    "stderr_flood",
     "huge_line",
     "malformed",
     "exit",
@@ -77,7 +78,7 @@ impl Server {
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -556,10 +557,32 @@ async fn protocol_breaking_cases_break_it() {
     s.call_start(8, "good", json!({"text": "ok"})).await;
     assert_eq!(s.message().await["id"], 8);
 
-    // Exit mid-call: no answer, the exit code asked for.
-    s.call_start(9, "abuse", json!({"case": "exit", "code": 7}))
+    s.call_start(9, "abuse", json!({"case": "stderr_flood", "bytes": 3000}))
         .await;
+    assert_eq!(
+        s.message().await["result"]["structuredContent"]["stderr_bytes"],
+        3000
+    );
+
+    // Exit mid-call: no answer, the exit code asked for, the last words on stderr.
+    s.call_start(
+        10,
+        "abuse",
+        json!({"case": "exit", "code": 7, "message": "dying now"}),
+    )
+    .await;
     assert!(s.line().await.is_none());
+    let mut stderr = String::new();
+    s.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert_eq!(stderr.len(), 3000 + "dying now\n".len(), "{stderr}");
+    // 3000 bytes end mid-line; the message follows them.
+    assert!(stderr.ends_with("EEEdying now\n"), "{stderr}");
     assert_eq!(s.child.wait().await.unwrap().code(), Some(7));
 }
 
