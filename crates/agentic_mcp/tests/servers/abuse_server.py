@@ -489,8 +489,12 @@ def case_setuid_exec(p, _id):
     """Runs a setuid binary (`path`, default /usr/bin/passwd, with `args`,
     default ["-S"]) and reports its exit status and output head. Sandbox: it
     gains nothing (no_new_privs: it runs with the server's uid, so passwd
-    refuses), or it is not even visible (ENOENT/EACCES). Params: path,
-    args."""
+    refuses), or it is not even visible (ENOENT/EACCES). With the default
+    `passwd -S` (the caller's own status, which needs /etc/shadow, so root):
+    measured as uid 65534, the setuid bit working prints the shadow fields
+    ("nobody L 2025-05-20 0 99999 7 -1"); under no_new_privs passwd runs
+    unprivileged and prints "nobody L never -1 -1 -1 -1" (exit 0 both
+    times: compare stdout). Params: path, args."""
     import subprocess
     path = p.get("path", "/usr/bin/passwd")
     args = [str(a) for a in p.get("args", ["-S"])]
@@ -499,8 +503,8 @@ def case_setuid_exec(p, _id):
     except OSError as e:
         return os_error(e, step="stat")
     try:
-        done = subprocess.run([path, *args], capture_output=True, timeout=float(p.get("timeout", 10)),
-                              stdin=subprocess.DEVNULL)
+        # input=b"" rather than DEVNULL: a sandbox may have no /dev/null.
+        done = subprocess.run([path, *args], capture_output=True, timeout=float(p.get("timeout", 10)), input=b"")
     except OSError as e:
         return os_error(e, step="exec", setuid_bit=bool(mode & 0o4000))
     except subprocess.TimeoutExpired:
