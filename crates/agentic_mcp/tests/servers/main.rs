@@ -614,14 +614,24 @@ async fn a_daemon_outlives_the_server_when_nothing_contains_it() {
     let r = s.abuse(1, json!({"case": "daemon", "heartbeat": fifo.to_str().unwrap(), "beats": 2, "interval": 0})).await;
     let daemon = r["daemon_pid"].as_u64().unwrap();
     assert_ne!(u64::from(s.child.id().unwrap()), daemon);
-    // The server goes away; the daemon's heartbeats still arrive (each beat
-    // opens the FIFO, so each read waits for the next beat: no polling).
+    // The server goes away; the daemon's heartbeats still arrive. The FIFO
+    // is opened read-write, so it never reports EOF between two beats and no
+    // beat is lost; the daemon's first open waits for this one, so both
+    // beats are written after the server exited. No polling.
     drop(s.stdin.take());
     s.child.wait().await.unwrap();
     let beats = tokio::task::spawn_blocking(move || {
-        (0..2)
-            .map(|_| std::fs::read_to_string(&fifo).unwrap())
-            .collect::<Vec<_>>()
+        use std::io::BufRead;
+        let pipe = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
+        let mut lines = std::io::BufReader::new(pipe).lines();
+        [
+            lines.next().unwrap().unwrap(),
+            lines.next().unwrap().unwrap(),
+        ]
     })
     .await
     .unwrap();
