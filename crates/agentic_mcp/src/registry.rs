@@ -27,7 +27,8 @@
 //! The layout of an installed folder `DEST`:
 //!
 //! ```text
-//! DEST/lion-install.json   the install record (InstalledPackage + manifest), not hashed
+//! DEST/lion-package.json   how to run it (command, args, paths): hashed with the tree
+//! DEST/lion-tree.json      the tree's manifest (per-entry digests), the only name not hashed
 //! npm:  DEST/package.json, DEST/package-lock.json, DEST/node_modules/…
 //! pypi: DEST/requirements.lock, DEST/pip-report.json, DEST/venv/…
 //! ```
@@ -45,14 +46,20 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use spec::{PackageSpec, SpecError};
 pub use tree::{Change, TreeError, TreeManifest, tree_hash};
 
-/// The install record's file name inside the installed folder; the only
-/// top-level name the tree hash leaves out.
-pub const RECORD_FILE: &str = "lion-install.json";
+/// The manifest's file name inside the installed folder: the per-entry
+/// digests that let [`verify`] name the first changed path. The only
+/// top-level name the tree hash leaves out (its own digest is the tree hash,
+/// so it cannot be edited to match a tampered tree).
+pub const MANIFEST_FILE: &str = "lion-tree.json";
+/// How to run the server (the [`InstalledPackage`] without its hash), kept
+/// INSIDE the hashed tree: what [`verify`] returns cannot be edited either.
+pub const PACKAGE_FILE: &str = "lion-package.json";
 /// How long one npm or pip step may run: a cold install of a real server
 /// takes seconds; a hung registry connection must not hang `lion plugin
 /// install` forever.
@@ -107,15 +114,9 @@ pub struct InstalledPackage {
     /// The lock file recorded at install (`package-lock.json` or
     /// `requirements.lock`).
     pub lock_file: PathBuf,
-    /// The tree hash of `dir` (without [`RECORD_FILE`]), lowercase hex.
+    /// The tree hash of `dir` (everything but [`MANIFEST_FILE`], including
+    /// [`PACKAGE_FILE`]), lowercase hex.
     pub tree_hash: String,
-}
-
-/// The record written to `DEST/lion-install.json`.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct InstallRecord {
-    package: InstalledPackage,
-    manifest: TreeManifest,
 }
 
 /// Why an install or a load failed. Each message is one line.
@@ -178,11 +179,11 @@ pub enum InstallError {
     /// The tree could not be hashed, or changed since install.
     #[error(transparent)]
     Tree(#[from] TreeError),
-    /// The install record is missing, unreadable or does not match the
-    /// recorded tree hash.
+    /// The manifest or package file is missing, unreadable or does not
+    /// match the tree hash recorded at install.
     #[error("install record {path}: {why}")]
     Record {
-        /// The record's path.
+        /// The file's path.
         path: PathBuf,
         /// What is wrong with it.
         why: String,
@@ -198,8 +199,8 @@ pub(crate) fn io_error(
 }
 
 /// Installs `spec` into `dest_dir`, which must not exist yet (its parent
-/// must). On success the folder holds the package, its lock and
-/// [`RECORD_FILE`]; on failure nothing is left at `dest_dir` and the
+/// must). On success the folder holds the package, its lock,
+/// [`PACKAGE_FILE`] and [`MANIFEST_FILE`]; on failure nothing is left at `dest_dir` and the
 /// temporary sibling is removed.
 pub async fn install(
     spec: &PackageSpec,
@@ -236,56 +237,93 @@ pub async fn install(
             pypi::install(spec, name, version, tmp.path(), &dest, &env).await?
         }
     };
+    let package_path = tmp.path().join(PACKAGE_FILE);
+    write_json(&package_path, &package)?;
     let tmp_path = tmp.path().to_owned();
-    let (package, manifest) = tokio::task::spawn_blocking(move || -> Result<_, InstallError> {
-        let manifest = TreeManifest::scan(&tmp_path, &[RECORD_FILE])?;
-        let package = InstalledPackage {
-            tree_hash: manifest.digest(),
-            ..package
-        };
-        Ok((package, manifest))
-    })
-    .await
-    .map_err(|e| InstallError::Io {
-        what: "hashing",
-        path: dest.clone(),
-        source: io::Error::other(e),
-    })??;
-    let record = InstallRecord { package, manifest };
-    let record_path = tmp.path().join(RECORD_FILE);
-    let json = serde_json::to_vec(&record)
-        .map_err(|e| io_error("writing", &record_path)(io::Error::other(e)))?;
-    std::fs::write(&record_path, json).map_err(io_error("writing", &record_path))?;
+    let manifest =
+        tokio::task::spawn_blocking(move || TreeManifest::scan(&tmp_path, &[MANIFEST_FILE]))
+            .await
+            .map_err(|e| InstallError::Io {
+                what: "hashing",
+                path: dest.clone(),
+                source: io::Error::other(e),
+            })??;
+    write_json(&tmp.path().join(MANIFEST_FILE), &manifest)?;
     tmp.rename_to(&dest)?;
-    Ok(record.package)
+    Ok(InstalledPackage {
+        tree_hash: manifest.digest(),
+        ..package
+    })
 }
 
-/// Re-checks an installed folder at load: reads its record, checks that the
-/// record's manifest digests to `expected_tree_hash` (the hash lion recorded
-/// at install), then re-hashes the folder against it. Returns the recorded
-/// package; a change names the first differing path.
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), InstallError> {
+    let json =
+        serde_json::to_vec(value).map_err(|e| io_error("writing", path)(io::Error::other(e)))?;
+    std::fs::write(path, json).map_err(io_error("writing", path))
+}
+
+fn record_error(path: &Path, why: impl std::fmt::Display) -> InstallError {
+    InstallError::Record {
+        path: path.to_owned(),
+        why: why.to_string(),
+    }
+}
+
+/// Re-checks an installed folder at load, against `expected_tree_hash` (the
+/// hash lion recorded at install, from its own log): the folder's manifest
+/// must digest to it, then the folder is re-hashed against the manifest (a
+/// difference names the first changed path), then the package file (part of
+/// the tree) is read and checked against its manifest digest. Returns the
+/// package as installed. Synchronous: it reads every file of the tree
+/// (tens of milliseconds for a real server).
 pub fn verify(dest_dir: &Path, expected_tree_hash: &str) -> Result<InstalledPackage, InstallError> {
-    let path = dest_dir.join(RECORD_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| InstallError::Record {
-        path: path.clone(),
-        why: e.to_string(),
-    })?;
-    let record: InstallRecord =
-        serde_json::from_slice(&bytes).map_err(|e| InstallError::Record {
-            path: path.clone(),
-            why: e.to_string(),
-        })?;
-    let recorded = record.manifest.digest();
-    if recorded != expected_tree_hash || record.package.tree_hash != expected_tree_hash {
-        return Err(InstallError::Record {
-            path,
-            why: format!(
+    let dest_dir = &absolute(dest_dir)?;
+    let manifest_path = dest_dir.join(MANIFEST_FILE);
+    let bytes = std::fs::read(&manifest_path).map_err(|e| record_error(&manifest_path, e))?;
+    let manifest: TreeManifest =
+        serde_json::from_slice(&bytes).map_err(|e| record_error(&manifest_path, e))?;
+    let recorded = manifest.digest();
+    if recorded != expected_tree_hash {
+        return Err(record_error(
+            &manifest_path,
+            format_args!(
                 "tree hash {recorded} is not the one recorded at install ({expected_tree_hash})"
             ),
-        });
+        ));
     }
-    record.manifest.verify(dest_dir, &[RECORD_FILE])?;
-    Ok(record.package)
+    manifest.verify(dest_dir, &[MANIFEST_FILE])?;
+    // Read the package file once and check those very bytes (the tree could
+    // change between the walk and this read).
+    let package_path = dest_dir.join(PACKAGE_FILE);
+    let bytes = std::fs::read(&package_path).map_err(|e| record_error(&package_path, e))?;
+    let listed = manifest
+        .entries
+        .iter()
+        .find(|e| e.path == PACKAGE_FILE)
+        .map(|e| &e.kind);
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    if !matches!(listed, Some(tree::EntryKind::File { sha256, .. }) if *sha256 == digest) {
+        return Err(record_error(
+            &package_path,
+            "not the package file hashed at install",
+        ));
+    }
+    let package: InstalledPackage =
+        serde_json::from_slice(&bytes).map_err(|e| record_error(&package_path, e))?;
+    if package.dir != *dest_dir {
+        return Err(record_error(
+            &package_path,
+            format_args!(
+                "installed at {}, found at {}: reinstall after moving",
+                package.dir.display(),
+                dest_dir.display()
+            ),
+        ));
+    }
+    Ok(InstalledPackage {
+        tree_hash: recorded,
+        ..package
+    })
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, InstallError> {
@@ -421,24 +459,39 @@ struct TempSibling {
 
 impl TempSibling {
     fn create(parent: &Path, name: &OsStr) -> Result<Self, InstallError> {
-        let mut tmp_name = OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".installing-{}", std::process::id()));
-        let path = parent.join(tmp_name);
-        // A leftover of this same process id (an earlier crash) is ours to clear.
-        if path.symlink_metadata().is_ok() {
-            std::fs::remove_dir_all(&path).map_err(io_error("removing stale", &path))?;
+        // Unique per process and per install, so two installs never share one.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let mut tmp_name = OsString::from(".");
+            tmp_name.push(name);
+            tmp_name.push(format!(
+                ".installing-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let path = parent.join(tmp_name);
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(Self { path, armed: true }),
+                // A leftover of a crashed install with the same pid: pick another name.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_error("creating", &path)(e)),
+            }
         }
-        std::fs::create_dir(&path).map_err(io_error("creating", &path))?;
-        Ok(Self { path, armed: true })
     }
 
     fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Renames into place, refusing (atomically) to replace anything that
+    /// appeared at `dest` meanwhile.
     fn rename_to(mut self, dest: &Path) -> Result<(), InstallError> {
-        std::fs::rename(&self.path, dest).map_err(io_error("renaming into place", dest))?;
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        match renameat_with(CWD, &self.path, CWD, dest, RenameFlags::NOREPLACE) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => return Err(InstallError::DestExists(dest.to_owned())),
+            Err(e) => return Err(io_error("renaming into place", dest)(e.into())),
+        }
         self.armed = false;
         Ok(())
     }
@@ -455,6 +508,35 @@ impl Drop for TempSibling {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rename_never_replaces_a_folder_that_appeared_meanwhile() {
+        let parent = tempfile::tempdir().unwrap();
+        let dest = parent.path().join("pkg");
+        let tmp = TempSibling::create(parent.path(), OsStr::new("pkg")).unwrap();
+        std::fs::write(tmp.path().join("new"), b"new").unwrap();
+        let second = TempSibling::create(parent.path(), OsStr::new("pkg")).unwrap();
+        assert_ne!(
+            tmp.path(),
+            second.path(),
+            "two installs never share a temp folder"
+        );
+        drop(second);
+        // An empty folder appears at the destination (a plain rename(2) would replace it).
+        std::fs::create_dir(&dest).unwrap();
+        let e = tmp.rename_to(&dest).unwrap_err();
+        assert!(matches!(e, InstallError::DestExists(_)), "{e}");
+        let left: Vec<_> = std::fs::read_dir(parent.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![OsString::from("pkg")],
+            "the temp folder is removed, the destination untouched"
+        );
+        assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+    }
 
     #[test]
     fn tail_keeps_the_last_lines_on_one_line() {

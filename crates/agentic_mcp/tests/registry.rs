@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Instant;
 
 use agentic_mcp::registry::{
-    self, Change, InstallError, InstallOptions, PackageSpec, RECORD_FILE, TreeError,
+    self, Change, InstallError, InstallOptions, MANIFEST_FILE, PACKAGE_FILE, PackageSpec, TreeError,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -104,6 +104,18 @@ async fn npm_server_filesystem_installs_pinned_runs_and_is_verified() {
     let locked = &lock["packages"]["node_modules/@modelcontextprotocol/server-filesystem"];
     assert_eq!(locked["version"], "2026.8.31");
     assert!(locked["integrity"].as_str().unwrap().starts_with("sha512-"));
+    // Every package in the tree is locked by version and integrity hash.
+    let packages = lock["packages"].as_object().unwrap();
+    assert!(packages.len() > 10, "{}", packages.len());
+    for (path, p) in packages.iter().filter(|(path, _)| !path.is_empty()) {
+        assert!(
+            p["version"].is_string()
+                && p["integrity"]
+                    .as_str()
+                    .is_some_and(|i| i.starts_with("sha")),
+            "{path}: {p}"
+        );
+    }
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dest.join("package.json")).unwrap()).unwrap();
     assert_eq!(
@@ -120,14 +132,16 @@ async fn npm_server_filesystem_installs_pinned_runs_and_is_verified() {
 
     // The tree hash is stable, and running the server changed nothing in it.
     assert_eq!(
-        registry::tree_hash(&dest, &[RECORD_FILE]).unwrap(),
+        registry::tree_hash(&dest, &[MANIFEST_FILE]).unwrap(),
         pkg.tree_hash
     );
     assert_eq!(
-        registry::tree_hash(&dest, &[RECORD_FILE]).unwrap(),
+        registry::tree_hash(&dest, &[MANIFEST_FILE]).unwrap(),
         pkg.tree_hash
     );
+    let started = Instant::now();
     assert_eq!(registry::verify(&dest, &pkg.tree_hash).unwrap(), pkg);
+    eprintln!("verify of {FILESYSTEM}: {:?}", started.elapsed());
 
     // One changed byte, an added file, a removed file, a changed symlink: each named.
     let index = "node_modules/@modelcontextprotocol/server-filesystem/dist/index.js";
@@ -174,15 +188,38 @@ async fn npm_server_filesystem_installs_pinned_runs_and_is_verified() {
     // A hash other than the one recorded at install is refused before any walk.
     let e = registry::verify(&dest, &"0".repeat(64)).unwrap_err();
     assert!(matches!(e, InstallError::Record { .. }), "{e}");
-    // So is a record edited to match a tampered tree.
-    let record = dest.join(RECORD_FILE);
-    let text = std::fs::read_to_string(&record).unwrap();
-    std::fs::write(&record, text.replacen("\"exec\":false", "\"exec\":true", 1)).unwrap();
+    // So is a manifest edited to match a tampered tree.
+    let manifest = dest.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replacen("\"exec\":false", "\"exec\":true", 1),
+    )
+    .unwrap();
     let e = registry::verify(&dest, &pkg.tree_hash).unwrap_err();
     assert!(
         e.to_string().contains("not the one recorded at install"),
         "{e}"
     );
+    std::fs::write(&manifest, text).unwrap();
+
+    // How to run it is part of the tree: a changed command is caught.
+    let package_file = dest.join(PACKAGE_FILE);
+    let text = std::fs::read_to_string(&package_file).unwrap();
+    let node = pkg.command.to_str().unwrap();
+    std::fs::write(&package_file, text.replace(node, "/bin/sh")).unwrap();
+    assert_eq!(
+        changed(&dest, &pkg.tree_hash),
+        (PACKAGE_FILE.to_owned(), Change::Contents)
+    );
+    std::fs::write(&package_file, text).unwrap();
+    registry::verify(&dest, &pkg.tree_hash).unwrap();
+
+    // A moved install is refused (its paths point at the old place).
+    let moved = home.path().join("moved");
+    std::fs::rename(&dest, &moved).unwrap();
+    let e = registry::verify(&moved, &pkg.tree_hash).unwrap_err();
+    assert!(e.to_string().contains("reinstall after moving"), "{e}");
 }
 
 #[tokio::test]
@@ -264,10 +301,12 @@ async fn pypi_mcp_server_time_installs_hashed_wheels_into_its_own_venv() {
 
     // Stable hash; running it wrote nothing into the tree (-B: no bytecode).
     assert_eq!(
-        registry::tree_hash(&dest, &[RECORD_FILE]).unwrap(),
+        registry::tree_hash(&dest, &[MANIFEST_FILE]).unwrap(),
         pkg.tree_hash
     );
+    let started = Instant::now();
     assert_eq!(registry::verify(&dest, &pkg.tree_hash).unwrap(), pkg);
+    eprintln!("verify of {TIME}: {:?}", started.elapsed());
 
     // Tampering with the server's code is caught and named.
     let site = std::fs::read_dir(dest.join("venv/lib"))
