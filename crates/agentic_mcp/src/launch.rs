@@ -31,6 +31,8 @@ const SYSTEM_READ_ONLY: &[&str] = &[
     "/etc/ld.so.cache",
     "/etc/localtime",
     "/usr/share/zoneinfo",
+    // Certificate stores: Node reads them at start.
+    "/etc/ssl",
 ];
 
 /// The environment every server gets besides its granted variables: where
@@ -83,12 +85,15 @@ pub fn jail_spec(launch: &ServerLaunch, tmp: &Path) -> JailSpec {
         private_tmp: tmp.to_owned(),
         limits: JailLimits {
             memory_bytes: u64::from(limits.memory_mib) << 20,
+            address_space_bytes: agentic_jail::spec::DEFAULT_ADDRESS_SPACE_BYTES,
             processes: u64::from(limits.processes),
             cpu_seconds: u64::from(limits.cpu_seconds),
             open_files: u64::from(limits.open_files),
             file_size_bytes: u64::from(limits.file_size_mib) << 20,
         },
         stdio: JailStdio::Piped,
+        listeners: Vec::new(),
+        file_mounts: Vec::new(),
     }
 }
 

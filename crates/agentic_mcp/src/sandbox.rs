@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
 use agentic_core::plugin::{
-    Discovered, Discovery, FunctionSpec, PROCESS_KIND, SandboxError, ServerLaunch,
-    ServerSandbox, Started,
+    Discovered, Discovery, FunctionSpec, PROCESS_KIND, SandboxError, ServerLaunch, ServerSandbox,
+    Started,
 };
 use async_trait::async_trait;
 use rmcp::model::Tool;
@@ -18,12 +18,12 @@ use rmcp::model::Tool;
 use crate::launch::Running;
 use crate::names::{NameTable, candidate};
 use crate::output::function_schemas;
-use crate::registry::{RECORD_FILE, tree_hash, verify};
+use crate::registry::{MANIFEST_FILE, tree_hash, verify};
 use crate::warm::{Callable, WarmServer};
 
-/// Files of a server's root left out of its tree hash: lion's own record
-/// of a registry install, written after the tree was hashed.
-const TREE_EXCLUDE: &[&str] = &[RECORD_FILE];
+/// Files of a server's root left out of its tree hash: the per-file
+/// digests of a registry install (its own digest is the tree hash).
+const TREE_EXCLUDE: &[&str] = &[MANIFEST_FILE];
 
 /// Runs server plugins as jailed subprocesses speaking MCP over stdio.
 /// Refuses to start any where the jail cannot be built (fail closed: the
@@ -95,7 +95,7 @@ impl ServerSandbox for ProcessSandbox {
         let recorded = launch.spec.tree_sha256.as_deref().unwrap_or_default();
         if actual != recorded {
             let root = &launch.spec.root;
-            if root.join(RECORD_FILE).is_file()
+            if root.join(MANIFEST_FILE).is_file()
                 && let Err(e) = verify(root, recorded)
             {
                 return Err(SandboxError::InvalidComponent(format!(

@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use agentic_core::plugin::{
-    CallContext, CallFailure, FailureKind, LoadedPlugin, ServerLaunch,
-};
+use agentic_core::plugin::{CallContext, CallFailure, FailureKind, LoadedPlugin, ServerLaunch};
 use agentic_jail::ExitCause;
 use async_trait::async_trait;
 use serde_json::Value;
@@ -94,7 +92,10 @@ impl WarmServer {
     }
 
     fn touch(&self) {
-        *self.last_used.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        *self
+            .last_used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
     }
 }
 

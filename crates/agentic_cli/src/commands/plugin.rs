@@ -8,8 +8,8 @@ use std::sync::Arc;
 use agentic_core::plugin::{
     CallOptions, DirAccess, Grant, Limits, PluginError, PluginManager, PluginRecord, PluginStatus,
 };
-use agentic_mcp::ProcessSandbox;
 use agentic_core::{Durability, EventStore};
+use agentic_mcp::ProcessSandbox;
 use agentic_store::SqliteStore;
 use agentic_wasm::WasmSandbox;
 use anyhow::{Context, Result, bail};

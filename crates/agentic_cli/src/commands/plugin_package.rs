@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use agentic_core::{Durability, EventStore};
 use agentic_core::plugin::{
     DirAccess, DirPermission, Grant, Limits, PluginManifest, ServerLimits, ServerProtocol,
     ServerSpec,
 };
+use agentic_core::{Durability, EventStore};
 use agentic_mcp::registry::{self, InstallOptions, PackageSpec};
 use agentic_store::SqliteStore;
 use anyhow::{Context, Result, bail};

@@ -138,6 +138,15 @@ pub(super) async fn install(
         read_only.push(info.platstdlib);
     }
     read_only.extend(info.libpython);
+    // The interpreter answered from the temporary folder: its paths inside
+    // it are the destination's once the folder is renamed there.
+    let read_only = read_only
+        .into_iter()
+        .map(|p| match p.strip_prefix(tmp) {
+            Ok(rest) => dest.join(rest),
+            Err(_) => p,
+        })
+        .collect();
     Ok(InstalledPackage {
         spec: spec.clone(),
         dir: dest.to_owned(),
