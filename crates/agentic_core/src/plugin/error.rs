@@ -32,12 +32,13 @@ pub enum PluginError {
         actual: String,
     },
     /// The component could not be compiled or loaded.
-    #[error("plugin {name}: {source}")]
+    #[error("plugin {name}: {error}")]
     Sandbox {
         /// The plugin.
         name: String,
-        /// What the sandbox said.
-        source: SandboxError,
+        /// What the sandbox said (in the message, so not also its source:
+        /// a chain would print it twice).
+        error: SandboxError,
     },
     /// A plugin with this name is installed already.
     #[error("plugin {0} is already installed (remove it first)")]

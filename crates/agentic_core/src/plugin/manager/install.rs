@@ -90,7 +90,7 @@ impl PluginManager {
                 .map_err(|e| StoreError::Backend(format!("compile task failed: {e}")))?
                 .map_err(|source| PluginError::Sandbox {
                     name: name.clone(),
-                    source,
+                    error: source,
                 })?;
         let (compiled, bytes) = compiled;
         if let Some(i) = compiled
@@ -100,7 +100,7 @@ impl PluginManager {
         {
             return Err(PluginError::Sandbox {
                 name,
-                source: SandboxError::InvalidComponent(format!(
+                error: SandboxError::InvalidComponent(format!(
                     "it imports the {} interface, which its manifest does not ask for",
                     i.as_str()
                 )),

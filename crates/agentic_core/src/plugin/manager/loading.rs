@@ -146,7 +146,7 @@ impl PluginManager {
             .map_err(|e| StoreError::Backend(format!("load task failed: {e}")))?
             .map_err(|source| PluginError::Sandbox {
                 name: name.to_owned(),
-                source,
+                error: source,
             })?;
         self.record(
             vec![SystemEvent::PluginLoaded {

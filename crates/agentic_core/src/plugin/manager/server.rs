@@ -92,7 +92,7 @@ impl PluginManager {
             .await
             .map_err(|source| PluginError::Sandbox {
                 name: name.clone(),
-                source,
+                error: source,
             })?;
         if discovery.functions.is_empty() {
             return Err(PluginError::NoServerSandbox {
@@ -136,7 +136,7 @@ impl PluginManager {
             .await
             .map_err(|source| PluginError::Sandbox {
                 name: name.clone(),
-                source,
+                error: source,
             })?;
         let mut events = vec![SystemEvent::PluginLoaded {
             name: name.clone(),
