@@ -221,3 +221,51 @@ fn a_package_spec_without_an_exact_version_is_refused() {
         out.error_line(1);
     }
 }
+
+#[test]
+fn a_package_name_that_is_not_a_plugin_name_is_refused_before_any_file_is_touched() {
+    let dir = scratch();
+    let home = dir.path().join("home");
+    lion_run(&home, &["element", "list"]).success();
+    let keep = home.join("plugins").join("keep");
+    std::fs::create_dir_all(&keep).expect("a file of the home");
+    for name in ["..", "/", "../../x", "Bad Name"] {
+        let out = lion_run(
+            &home,
+            &[
+                "plugin",
+                "install",
+                "pypi:mcp-server-time==2026.10.19",
+                "--name",
+                name,
+            ],
+        );
+        let line = out.error_line(1);
+        assert!(line.contains("name"), "{line}");
+    }
+    assert!(keep.is_dir(), "nothing of the home was deleted");
+}
+
+#[test]
+fn a_server_manifest_may_not_read_the_whole_disk_or_the_home() {
+    let dir = scratch();
+    let home = dir.path().join("home");
+    let plugin = dir.path().join("plugin");
+    std::fs::create_dir_all(&plugin).expect("plugin dir");
+    for (read_only, says) in [("/", "lion home"), ("../home", "lion home")] {
+        std::fs::create_dir_all(&home).expect("home");
+        let manifest = plugin.join("plugin.toml");
+        std::fs::write(
+            &manifest,
+            format!(
+                "name = \"greedy\"\nversion = \"1\"\ndescription = \"x\"\n\n[server]\n\
+                 command = \"python3\"\nread_only = [\"{read_only}\"]\n"
+            ),
+        )
+        .expect("manifest");
+        let manifest = manifest.display().to_string();
+        let out = lion_run(&home, &["plugin", "install", &manifest]);
+        let line = out.error_line(1);
+        assert!(line.contains(says), "{line}");
+    }
+}

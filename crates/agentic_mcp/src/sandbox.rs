@@ -91,23 +91,7 @@ impl ServerSandbox for ProcessSandbox {
 
     async fn start(&self, launch: &ServerLaunch) -> Result<Started, SandboxError> {
         self.ready()?;
-        let actual = hash_root(launch).await?;
-        let recorded = launch.spec.tree_sha256.as_deref().unwrap_or_default();
-        if actual != recorded {
-            let root = &launch.spec.root;
-            if root.join(MANIFEST_FILE).is_file()
-                && let Err(e) = verify(root, recorded)
-            {
-                return Err(SandboxError::InvalidComponent(format!(
-                    "refusing to start a server whose files changed since install: {e}"
-                )));
-            }
-            return Err(SandboxError::InvalidComponent(format!(
-                "the server's files in {} changed since install (tree sha256 {actual}, \
-                 recorded {recorded}); reinstall it to run it",
-                launch.spec.root.display()
-            )));
-        }
+        check_tree(launch).await?;
         let running = Running::start(launch).await?;
         let tools = match running.session.list_tools().await {
             Ok(tools) => tools,
@@ -122,6 +106,30 @@ impl ServerSandbox for ProcessSandbox {
             unapproved,
         })
     }
+}
+
+/// Checks the server's files against the tree hash recorded at install;
+/// a change is refused, naming the first changed path where the install
+/// kept per-file digests.
+pub(crate) async fn check_tree(launch: &ServerLaunch) -> Result<(), SandboxError> {
+    let actual = hash_root(launch).await?;
+    let recorded = launch.spec.tree_sha256.as_deref().unwrap_or_default();
+    if actual != recorded {
+        let root = &launch.spec.root;
+        if root.join(MANIFEST_FILE).is_file()
+            && let Err(e) = verify(root, recorded)
+        {
+            return Err(SandboxError::InvalidComponent(format!(
+                "refusing to start a server whose files changed since install: {e}"
+            )));
+        }
+        return Err(SandboxError::InvalidComponent(format!(
+            "the server's files in {} changed since install (tree sha256 {actual}, \
+                 recorded {recorded}); reinstall it to run it",
+            launch.spec.root.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The tree hash of the server's root folder (on a blocking thread: it

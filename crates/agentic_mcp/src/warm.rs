@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::launch::Running;
 use crate::output::{ToolError, tool_output};
+use crate::sandbox::check_tree;
 use crate::session::SessionError;
 
 /// What lion calls a function of the server: the MCP tool's exact name,
@@ -71,6 +72,14 @@ impl WarmServer {
         if let Some(dead) = slot.take() {
             dead.stop().await;
         }
+        // A start again checks the files as the first did: what runs is
+        // what was installed.
+        check_tree(&self.launch).await.map_err(|e| {
+            CallFailure::new(
+                FailureKind::LoadFailed,
+                format!("the server was not started again: {e}"),
+            )
+        })?;
         let running = Arc::new(Running::start(&self.launch).await.map_err(|e| {
             CallFailure::new(
                 FailureKind::LoadFailed,
@@ -144,6 +153,14 @@ impl LoadedPlugin for WarmServer {
                         limits.timeout_ms
                     ),
                 ));
+            }
+            // The server answered with a JSON-RPC error: it is alive, and
+            // the call was refused (bad arguments, unknown tool...).
+            Err(SessionError::Server { message, .. }) => {
+                return Err(CallFailure::new(FailureKind::Refused, message));
+            }
+            Err(e @ SessionError::ArgumentsNotObject(_)) => {
+                return Err(CallFailure::new(FailureKind::InvalidInput, e.to_string()));
             }
             Err(e) => return Err(self.died(&running, &e).await),
         };
@@ -228,11 +245,30 @@ async fn stop_when_idle(server: std::sync::Weak<WarmServer>) {
             ),
             None => return,
         };
-        tokio::time::sleep_until((last + idle).into()).await;
+        let busy = server
+            .upgrade()
+            .is_some_and(|s| s.in_flight.load(Ordering::Acquire) > 0);
+        // While a call runs, look again a whole idle period later (not at
+        // once: that would spin).
+        let wake = if busy {
+            Instant::now() + idle
+        } else {
+            last + idle
+        };
+        tokio::time::sleep_until(wake.into()).await;
         let Some(s) = server.upgrade() else { return };
         let last_now = *s.last_used.lock().unwrap_or_else(PoisonError::into_inner);
         if last_now.elapsed() >= idle && s.in_flight.load(Ordering::Acquire) == 0 {
-            let running = s.running.lock().await.take();
+            let mut slot = s.running.lock().await;
+            // Looked at again under the lock a call takes to get the server.
+            let last_now = *s.last_used.lock().unwrap_or_else(PoisonError::into_inner);
+            let running = if last_now.elapsed() >= idle && s.in_flight.load(Ordering::Acquire) == 0
+            {
+                slot.take()
+            } else {
+                None
+            };
+            drop(slot);
             if let Some(running) = running {
                 tracing::info!(plugin = %s.launch.name, "stopping an idle server");
                 running.stop().await;

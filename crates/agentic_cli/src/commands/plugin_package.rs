@@ -45,6 +45,8 @@ pub async fn install(
         Some(name) => name.to_owned(),
         None => default_name(&spec),
     };
+    // The name becomes a folder of the home: checked before any file is touched.
+    PluginManifest::check_name(&name)?;
     let grant = grant_from(flags)?;
     if store.plugin(&name).await?.is_some() {
         bail!("plugin {name} is already installed (remove it first, or pick --name)");

@@ -362,24 +362,31 @@ impl PluginManifest {
         Ok(manifest)
     }
 
+    /// Checks a plugin name: 1 to 64 lowercase letters, digits, `-` or `_`,
+    /// starting with a letter (so it is also a safe file name).
+    pub fn check_name(name: &str) -> Result<(), ManifestError> {
+        let name_ok = name.len() <= 64
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if name_ok {
+            return Ok(());
+        }
+        Err(ManifestError::Invalid {
+            field: "name".to_owned(),
+            reason: "use 1 to 64 lowercase letters, digits, '-' or '_', starting with a letter"
+                .to_owned(),
+        })
+    }
+
     /// Checks the values serde cannot.
     fn check(&self) -> Result<(), ManifestError> {
         let invalid = |field: &str, reason: &str| ManifestError::Invalid {
             field: field.to_owned(),
             reason: reason.to_owned(),
         };
-        let name_ok = self.name.len() <= 64
-            && self.name.starts_with(|c: char| c.is_ascii_lowercase())
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !name_ok {
-            return Err(invalid(
-                "name",
-                "use 1 to 64 lowercase letters, digits, '-' or '_', starting with a letter",
-            ));
-        }
+        Self::check_name(&self.name)?;
         if self.version.trim().is_empty() {
             return Err(invalid("version", "must not be empty"));
         }

@@ -157,6 +157,9 @@ impl PluginManager {
             .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
         snapshot.record.installed.manifest.check_grant(&grant)?;
         self.check_dirs_keep_out_of_home(name, &grant)?;
+        if snapshot.record.installed.is_server() {
+            super::server::check_server_grant(name, &grant)?;
+        }
         let event = SystemEvent::PluginGranted {
             name: name.to_owned(),
             grant,

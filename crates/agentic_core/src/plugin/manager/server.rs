@@ -75,7 +75,10 @@ impl PluginManager {
     ) -> Result<PluginRecord, PluginError> {
         let name = manifest.name.clone();
         let servers = self.servers(&name)?.clone();
-        check_dirs_seen_in_place(&name, &grant)?;
+        check_server_grant(&name, &grant)?;
+        if let Some(server) = &manifest.server {
+            self.check_server_paths(&name, server, &grant)?;
+        }
         if self.inner.store.plugin(&name).await?.is_some() {
             return Err(PluginError::AlreadyInstalled(name));
         }
@@ -130,6 +133,8 @@ impl PluginManager {
         let name = installed.name().to_owned();
         let servers = self.servers(&name)?.clone();
         let launch = self.launch(installed)?;
+        check_server_grant(&name, &installed.grant)?;
+        self.check_server_paths(&name, &launch.spec, &installed.grant)?;
         let started_at = Instant::now();
         let started = servers
             .start(&launch)
@@ -160,6 +165,83 @@ impl PluginManager {
         self.record(events, CallOptions::default()).await?;
         Ok(started.plugin)
     }
+}
+
+impl PluginManager {
+    /// Checks the paths a server may read besides its grant (its root and
+    /// runtime paths, chosen by its manifest's author): none may be or hold
+    /// `/` or the lion home, none may lie inside the home but the server's
+    /// own package folder, and no read-write grant may overlap its root (a
+    /// server must not rewrite the code the next start runs).
+    fn check_server_paths(
+        &self,
+        name: &str,
+        server: &crate::plugin::server::ServerSpec,
+        grant: &Grant,
+    ) -> Result<(), PluginError> {
+        let refuse = |reason: String| PluginError::GrantRefused {
+            name: name.to_owned(),
+            reason,
+        };
+        let home = self
+            .home()
+            .and_then(|h| h.canonicalize().ok())
+            .ok_or_else(|| refuse("the lion home cannot be resolved".into()))?;
+        let own = self
+            .inner
+            .files
+            .dir()
+            .join("packages")
+            .join(name)
+            .canonicalize()
+            .ok();
+        for path in std::iter::once(&server.root).chain(&server.read_only) {
+            let path = path.canonicalize().unwrap_or_else(|_| path.clone());
+            let inside_own = own.as_ref().is_some_and(|own| path.starts_with(own));
+            if home.starts_with(&path) || (path.starts_with(&home) && !inside_own) {
+                return Err(refuse(format!(
+                    "its manifest asks to read {}, which is or holds the lion home {} (or /): a \
+                     server may not see the log it is recorded in",
+                    path.display(),
+                    home.display()
+                )));
+            }
+        }
+        for d in &grant.dirs {
+            let overlaps = d.path.starts_with(&server.root) || server.root.starts_with(&d.path);
+            if d.mode == crate::plugin::manifest::DirAccess::ReadWrite && overlaps {
+                return Err(refuse(format!(
+                    "directory {} is granted read-write and overlaps the server's own files in {}: \
+                     a server may not rewrite the code it is started from",
+                    d.path.display(),
+                    server.root.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks what a server's grant may hold today: directories seen at their
+/// own paths, environment variables; not host interfaces (a server does not
+/// import lion's) and not hosts (network forwarding for servers is not
+/// built yet: their network is off).
+pub(super) fn check_server_grant(name: &str, grant: &Grant) -> Result<(), PluginError> {
+    let refuse = |reason: &str| PluginError::GrantRefused {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if !grant.hosts.is_empty() {
+        return Err(refuse(
+            "host grants for server plugins are not built yet (a server's network is off)",
+        ));
+    }
+    if !grant.interfaces.is_empty() {
+        return Err(refuse(
+            "a server plugin imports no lion host interface: grant directories and env only",
+        ));
+    }
+    check_dirs_seen_in_place(name, grant)
 }
 
 /// Checks that each granted directory is seen by the server at its own
