@@ -139,7 +139,7 @@ impl Running {
                 Err(e) => {
                     let _ = jailed.kill();
                     let report = jailed.wait().await.ok();
-                    return Err(SandboxError::InvalidComponent(failed_start(
+                    return Err(SandboxError::Server(failed_start(
                         &e.to_string(),
                         report,
                         &tail,

@@ -68,9 +68,9 @@ impl ServerSandbox for ProcessSandbox {
         let running = Running::start(launch).await?;
         let tools = running.session.list_tools().await;
         running.stop().await;
-        let tools = tools.map_err(|e| SandboxError::InvalidComponent(e.to_string()))?;
+        let tools = tools.map_err(|e| SandboxError::Server(e.to_string()))?;
         let table = NameTable::build(tools.iter().map(|t| t.name.as_ref()))
-            .map_err(|e| SandboxError::InvalidComponent(e.to_string()))?;
+            .map_err(|e| SandboxError::Server(e.to_string()))?;
         let functions = tools
             .iter()
             .map(|tool| {
@@ -97,7 +97,7 @@ impl ServerSandbox for ProcessSandbox {
             Ok(tools) => tools,
             Err(e) => {
                 running.stop().await;
-                return Err(SandboxError::InvalidComponent(e.to_string()));
+                return Err(SandboxError::Server(e.to_string()));
             }
         };
         let (callable, unapproved) = compare(&launch.approved, &tools);
@@ -119,11 +119,11 @@ pub(crate) async fn check_tree(launch: &ServerLaunch) -> Result<(), SandboxError
         if root.join(MANIFEST_FILE).is_file()
             && let Err(e) = verify(root, recorded)
         {
-            return Err(SandboxError::InvalidComponent(format!(
+            return Err(SandboxError::Server(format!(
                 "refusing to start a server whose files changed since install: {e}"
             )));
         }
-        return Err(SandboxError::InvalidComponent(format!(
+        return Err(SandboxError::Server(format!(
             "the server's files in {} changed since install (tree sha256 {actual}, \
                  recorded {recorded}); reinstall it to run it",
             launch.spec.root.display()
@@ -139,7 +139,7 @@ async fn hash_root(launch: &ServerLaunch) -> Result<String, SandboxError> {
     tokio::task::spawn_blocking(move || tree_hash(&root, TREE_EXCLUDE))
         .await
         .map_err(|e| SandboxError::Host(format!("hashing the server's files failed: {e}")))?
-        .map_err(|e| SandboxError::InvalidComponent(e.to_string()))
+        .map_err(|e| SandboxError::Server(e.to_string()))
 }
 
 /// The function lion makes of `tool`, named `function`.

@@ -22,6 +22,10 @@ pub enum SandboxError {
     /// The bytes are not a valid plugin component.
     #[error("invalid plugin component: {0}")]
     InvalidComponent(String),
+    /// A server plugin could not be started or listed, or its files
+    /// changed since install (the message says which).
+    #[error("{0}")]
+    Server(String),
     /// The host failed (out of resources, I/O...).
     #[error("sandbox error: {0}")]
     Host(String),
