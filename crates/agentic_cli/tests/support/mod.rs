@@ -361,6 +361,11 @@ impl Kernel {
         Self { child, stderr }
     }
 
+    /// The kernel's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the kernel has written to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
