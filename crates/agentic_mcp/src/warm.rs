@@ -179,35 +179,44 @@ impl LoadedPlugin for WarmServer {
 }
 
 impl WarmServer {
-    /// The failure of a call whose session broke (`error`): how the server
-    /// ended (seccomp, a limit, a crash) with its stderr's tail. The server
-    /// is stopped; the next call starts it again.
+    /// The failure of a call whose session broke (`error`). A server whose
+    /// output closed is on its way out: how it ended (seccomp, a limit, an
+    /// exit code) is waited for and named, with its stderr's tail. A server
+    /// that broke the protocol while alive (a line over the cap, a line
+    /// that is not JSON-RPC) is stopped by lion, and the failure says what
+    /// it sent. Either way the next call starts it again.
     async fn died(&self, running: &Arc<Running>, error: &SessionError) -> CallFailure {
-        let report = if running.session.is_closed() {
+        let gone = matches!(error, SessionError::ServerGone);
+        let report = if gone {
             running.ended().await
         } else {
-            None
+            running.stop().await
         };
-        if report.is_none() {
-            self.drop_running(running).await;
-        } else {
+        {
             let mut slot = self.running.lock().await;
             if slot.as_ref().is_some_and(|r| Arc::ptr_eq(r, running)) {
                 slot.take();
             }
         }
         let stderr = running.stderr_tail();
-        let (kind, trap) = match report.and_then(|r| r.cause) {
-            Some(ExitCause::Seccomp) => (FailureKind::PermissionDenied, Some("seccomp")),
-            Some(ExitCause::MemoryLimit) => (FailureKind::MemoryLimit, None),
-            Some(ExitCause::CpuLimit) => (FailureKind::Timeout, Some("cpu_limit")),
-            Some(ExitCause::FileSizeLimit) => (FailureKind::WriteLimit, None),
-            Some(ExitCause::ProcessLimit) => (FailureKind::Trap, Some("process_limit")),
-            Some(ExitCause::Killed) | None => (FailureKind::Trap, Some("server_exited")),
+        let (kind, trap) = match error {
+            SessionError::MessageTooLarge { .. } => (FailureKind::OutputLimit, None),
+            SessionError::Malformed { .. } | SessionError::Protocol { .. } => {
+                (FailureKind::InvalidOutput, None)
+            }
+            _ => match report.and_then(|r| r.cause) {
+                Some(ExitCause::Seccomp) => (FailureKind::PermissionDenied, Some("seccomp")),
+                Some(ExitCause::MemoryLimit) => (FailureKind::MemoryLimit, None),
+                Some(ExitCause::CpuLimit) => (FailureKind::Timeout, Some("cpu_limit")),
+                Some(ExitCause::FileSizeLimit) => (FailureKind::WriteLimit, None),
+                Some(ExitCause::ProcessLimit) => (FailureKind::Trap, Some("process_limit")),
+                Some(ExitCause::Killed) | None => (FailureKind::Trap, Some("server_exited")),
+            },
         };
         let mut message = match report {
-            Some(report) => format!("the server {report}: {error}"),
-            None => format!("the server broke the session: {error}; it was stopped"),
+            Some(report) if gone => format!("the server {report}: {error}"),
+            _ if gone => format!("the server broke the session: {error}; it was stopped"),
+            _ => format!("{error}; lion stopped the server"),
         };
         if !stderr.is_empty() {
             message.push_str(&format!("; its stderr ends: {stderr}"));
