@@ -196,9 +196,13 @@ fn failed_start(error: &str, report: Option<ExitReport>, tail: &Mutex<VecDeque<u
 }
 
 /// A new, empty private `/tmp` for one start of a server, under `scratch`
-/// (earlier starts' files are deleted: nothing carries over).
+/// (earlier starts' files are deleted: nothing carries over), as an
+/// absolute path: the jail takes no relative one, and a home given as a
+/// relative path (the default `.lion`) makes `scratch` relative.
 fn fresh_tmp(scratch: &Path) -> Result<PathBuf, SandboxError> {
     let tmp = scratch.join("tmp");
+    let io = |e: std::io::Error| SandboxError::Host(format!("{}: {e}", tmp.display()));
+    let tmp = std::path::absolute(&tmp).map_err(io)?;
     let io = |e: std::io::Error| SandboxError::Host(format!("{}: {e}", tmp.display()));
     match std::fs::remove_dir_all(&tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
