@@ -196,16 +196,13 @@ impl Lab {
 
     /// Runs `lion ARGS` to completion.
     fn lion(&self, args: &[&str]) -> Run {
-        self.command()
-            .args(args)
-            .output()
-            .expect("run lion")
-            .into()
+        self.command().args(args).output().expect("run lion").into()
     }
 
-    /// Writes plugin `name`'s manifest (and its copy of the server) and
-    /// installs it with the granted directory (and the secret, if asked).
-    fn try_install(&self, name: &str, p: &Plugin<'_>) -> Run {
+    /// Writes plugin `name`'s manifest and its copy of the server in a
+    /// folder of its own; returns the `lion` arguments installing it with
+    /// the granted directory (and the secret, if asked).
+    fn write_plugin(&self, name: &str, p: &Plugin<'_>) -> Vec<String> {
         let folder = self.dir.join("plugins").join(name);
         std::fs::create_dir_all(&folder).expect("plugin folder");
         let server = folder.join("abuse_server.py");
@@ -231,14 +228,24 @@ impl Lab {
         let toml = folder.join("plugin.toml");
         std::fs::write(&toml, manifest).expect("manifest");
         self.give_away(&folder);
-        let dir_grant = format!("dir:{g}={g}");
-        let env_grant = format!("env:{SECRET_VAR}");
-        let toml = toml.display().to_string();
-        let mut install = vec!["plugin", "install", &toml, "--grant", &dir_grant];
+        let mut install = vec![
+            "plugin".to_owned(),
+            "install".to_owned(),
+            toml.display().to_string(),
+            "--grant".to_owned(),
+            format!("dir:{g}={g}"),
+        ];
         if p.secret {
-            install.extend(["--grant", &env_grant]);
+            install.extend(["--grant".to_owned(), format!("env:{SECRET_VAR}")]);
         }
-        self.lion(&install)
+        install
+    }
+
+    /// Writes and installs plugin `name` (see [`Lab::write_plugin`]).
+    fn try_install(&self, name: &str, p: &Plugin<'_>) -> Run {
+        let args = self.write_plugin(name, p);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.lion(&args)
     }
 
     /// Installs plugin `name` (see [`Lab::try_install`]), asserting it
@@ -346,7 +353,10 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn refused(report: &Value, errnos: &[&str]) {
     assert_eq!(report["ok"], false, "{report}");
     let errno = report["errno"].as_str().unwrap_or_default();
-    assert!(errnos.contains(&errno), "errno {errno} not in {errnos:?}: {report}");
+    assert!(
+        errnos.contains(&errno),
+        "errno {errno} not in {errnos:?}: {report}"
+    );
 }
 
 /// Asserts `failure` has `kind` and `trap` and its message says each of
@@ -380,9 +390,7 @@ fn processes_tagged(tag: &str) -> Vec<u32> {
             continue;
         };
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
-            && cmdline
-                .split(|b| *b == 0)
-                .any(|arg| arg == tag.as_bytes())
+            && cmdline.split(|b| *b == 0).any(|arg| arg == tag.as_bytes())
         {
             found.push(pid);
         }
@@ -430,12 +438,18 @@ impl Drop for Target {
 // ------------------------------------------------------------- limits
 
 fn fork_bomb_stops_at_the_process_limit(lab: &Lab) {
-    lab.install("forkbomb", &Plugin {
-        server_limits: "processes = 24",
-        ..Plugin::default()
-    });
+    lab.install(
+        "forkbomb",
+        &Plugin {
+            server_limits: "processes = 24",
+            ..Plugin::default()
+        },
+    );
     // Control: a few forks under the limit work.
-    let r = lab.abuse("forkbomb", json!({"case": "fork_bomb", "max": 4, "hold": 30}));
+    let r = lab.abuse(
+        "forkbomb",
+        json!({"case": "fork_bomb", "max": 4, "hold": 30}),
+    );
     assert_eq!((&r["ok"], &r["forked"]), (&json!(true), &json!(4)), "{r}");
     let r = lab.abuse("forkbomb", json!({"case": "fork_bomb", "hold": 30}));
     refused(&r, &["EAGAIN"]);
@@ -459,15 +473,22 @@ fn a_memory_bomb_is_killed_at_the_memory_cgroup_limit_as_root() {
     if !is_root() {
         return; // No cgroup without root: the unprivileged case covers it.
     }
-    lab.install("memory", &Plugin {
-        server_limits: "memory_mib = 128",
-        ..Plugin::default()
-    });
+    lab.install(
+        "memory",
+        &Plugin {
+            server_limits: "memory_mib = 128",
+            ..Plugin::default()
+        },
+    );
     let r = lab.abuse(
         "memory",
         json!({"case": "memory_bomb", "chunk_mb": 8, "max_mb": 32}),
     );
-    assert_eq!((&r["ok"], &r["allocated_mb"]), (&json!(true), &json!(32)), "{r}");
+    assert_eq!(
+        (&r["ok"], &r["allocated_mb"]),
+        (&json!(true), &json!(32)),
+        "{r}"
+    );
     let line = lab.abuse_fails("memory", json!({"case": "memory_bomb", "chunk_mb": 8}));
     assert!(line.contains("memory limit"), "{line}");
     failed(
@@ -482,15 +503,30 @@ fn a_memory_bomb_is_killed_at_the_memory_cgroup_limit_as_root() {
 #[test]
 fn a_memory_bomb_is_stopped_by_the_address_space_limit_as_an_unprivileged_user() {
     let lab = nobody_lab();
-    lab.install("memory", &Plugin::default());
+    // Touching 4 GiB takes a few seconds: more than the default timeout.
+    lab.install(
+        "memory",
+        &Plugin {
+            call_limits: "timeout_ms = 120000",
+            ..Plugin::default()
+        },
+    );
     let r = lab.abuse(
         "memory",
         json!({"case": "memory_bomb", "chunk_mb": 8, "max_mb": 32}),
     );
-    assert_eq!((&r["ok"], &r["allocated_mb"]), (&json!(true), &json!(32)), "{r}");
+    assert_eq!(
+        (&r["ok"], &r["allocated_mb"]),
+        (&json!(true), &json!(32)),
+        "{r}"
+    );
     // No cgroup can be made: RLIMIT_AS (4 GiB) makes allocations fail.
     let r = lab.abuse("memory", json!({"case": "memory_bomb", "chunk_mb": 64}));
-    assert_eq!((&r["ok"], &r["error"]), (&json!(false), &json!("MemoryError")), "{r}");
+    assert_eq!(
+        (&r["ok"], &r["error"]),
+        (&json!(false), &json!("MemoryError")),
+        "{r}"
+    );
     let got = r["allocated_mb"].as_u64().unwrap();
     assert!(got > 32 && got < 4096, "{r}");
     assert!(lab.failures("memory").is_empty());
@@ -499,10 +535,13 @@ fn a_memory_bomb_is_stopped_by_the_address_space_limit_as_an_unprivileged_user()
 #[test]
 fn a_cpu_spin_runs_into_the_call_timeout_while_another_plugins_call_answers() {
     let lab = lab();
-    lab.install("spin", &Plugin {
-        call_limits: "timeout_ms = 8000",
-        ..Plugin::default()
-    });
+    lab.install(
+        "spin",
+        &Plugin {
+            call_limits: "timeout_ms = 8000",
+            ..Plugin::default()
+        },
+    );
     let r = lab.abuse("spin", json!({"case": "cpu_spin", "seconds": 0.1}));
     assert_eq!(r["ok"], true, "{r}");
     let mut bad = lab
@@ -534,10 +573,15 @@ fn a_cpu_spin_runs_into_the_call_timeout_while_another_plugins_call_answers() {
 #[test]
 fn a_cpu_spin_is_killed_at_the_cpu_time_limit() {
     let lab = lab();
-    lab.install("cpu", &Plugin {
-        server_limits: "cpu_seconds = 1",
-        ..Plugin::default()
-    });
+    // The call's own timeout is far away: the CPU limit acts first.
+    lab.install(
+        "cpu",
+        &Plugin {
+            server_limits: "cpu_seconds = 1",
+            call_limits: "timeout_ms = 120000",
+            ..Plugin::default()
+        },
+    );
     let r = lab.abuse("cpu", json!({"case": "cpu_spin", "seconds": 0.1}));
     assert_eq!(r["ok"], true, "{r}");
     lab.abuse_fails("cpu", json!({"case": "cpu_spin"}));
@@ -553,13 +597,23 @@ fn a_cpu_spin_is_killed_at_the_cpu_time_limit() {
 #[test]
 fn filling_a_granted_disk_stops_at_the_file_size_limit() {
     let lab = lab();
-    lab.install("disk", &Plugin {
-        server_limits: "file_size_mib = 4",
-        ..Plugin::default()
-    });
+    lab.install(
+        "disk",
+        &Plugin {
+            server_limits: "file_size_mib = 4",
+            ..Plugin::default()
+        },
+    );
     let dir = lab.path(&lab.granted);
-    let r = lab.abuse("disk", json!({"case": "fill_disk", "path": dir, "max_mb": 2}));
-    assert_eq!((&r["ok"], &r["written_bytes"]), (&json!(true), &json!(2 << 20)), "{r}");
+    let r = lab.abuse(
+        "disk",
+        json!({"case": "fill_disk", "path": dir, "max_mb": 2}),
+    );
+    assert_eq!(
+        (&r["ok"], &r["written_bytes"]),
+        (&json!(true), &json!(2 << 20)),
+        "{r}"
+    );
     // Python ignores SIGXFSZ: the write past the limit fails with EFBIG.
     let r = lab.abuse("disk", json!({"case": "fill_disk", "path": dir}));
     refused(&r, &["EFBIG"]);
@@ -603,7 +657,10 @@ fn the_lion_home_database_is_not_readable() {
     assert!(header.starts_with(b"SQLite format 3\0"));
     let r = lab.abuse("abuse", json!({"case": "read", "path": lab.path(&db)}));
     refused(&r, &["EACCES"]);
-    let r = lab.abuse("abuse", json!({"case": "list_dir", "path": lab.path(&lab.home)}));
+    let r = lab.abuse(
+        "abuse",
+        json!({"case": "list_dir", "path": lab.path(&lab.home)}),
+    );
     refused(&r, &["EACCES"]);
 }
 
@@ -628,11 +685,13 @@ fn another_lions_environment_in_proc_is_not_readable() {
     let me = lab.abuse("abuse", json!({"case": "identity"}));
     assert_eq!(me["pid"], 1, "{me}");
     let r = lab.abuse("abuse", json!({"case": "read", "path": "/proc/1/environ"}));
-    let host_init = std::fs::read("/proc/1/environ").expect("host init's environ");
-    assert!(
-        r["ok"] == false || r["sha256"] != sha256_hex(&host_init),
-        "{r}"
-    );
+    if r["ok"] == true {
+        // What it read is not the host init's environment (where the host
+        // lets the test read that).
+        if let Ok(host_init) = std::fs::read("/proc/1/environ") {
+            assert_ne!(r["sha256"], sha256_hex(&host_init), "{r}");
+        }
+    }
     drop(kernel);
 }
 
@@ -663,11 +722,20 @@ fn a_write_outside_the_grant_is_refused() {
 #[test]
 fn a_directory_outside_the_grant_cannot_be_listed() {
     let lab = lab();
-    let r = lab.abuse("abuse", json!({"case": "list_dir", "path": lab.path(&lab.outside)}));
+    let r = lab.abuse(
+        "abuse",
+        json!({"case": "list_dir", "path": lab.path(&lab.outside)}),
+    );
     refused(&r, &["EACCES"]);
-    let r = lab.abuse("abuse", json!({"case": "list_dir", "path": lab.path(&lab.granted)}));
+    let r = lab.abuse(
+        "abuse",
+        json!({"case": "list_dir", "path": lab.path(&lab.granted)}),
+    );
     assert!(
-        r["names"].as_array().unwrap().contains(&json!("inside.txt")),
+        r["names"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("inside.txt")),
         "{r}"
     );
 }
@@ -733,7 +801,8 @@ fn tcp_to_a_loopback_listener_reaches_nothing() {
         "abuse",
         json!({"case": "tcp_connect", "host": "127.0.0.1", "port": port, "data": "x", "timeout": 5}),
     );
-    refused(&r, &["ENETUNREACH", "EACCES", "ECONNREFUSED"]);
+    // Landlock denies TCP connect (the namespace has no interface up).
+    refused(&r, &["EACCES"]);
     assert_eq!(
         listener.accept().map(|_| ()).unwrap_err().kind(),
         ErrorKind::WouldBlock,
@@ -754,7 +823,7 @@ fn udp_to_a_loopback_socket_reaches_nothing() {
         "abuse",
         json!({"case": "udp_send", "host": "127.0.0.1", "port": port, "data": "from the jail"}),
     );
-    refused(&r, &["ENETUNREACH", "EACCES"]);
+    refused(&r, &["ENETUNREACH"]);
     let mut buf = [0u8; 64];
     assert_eq!(
         socket.recv(&mut buf).unwrap_err().kind(),
@@ -780,10 +849,22 @@ fn no_name_resolves() {
     let lab = lab();
     // Control: the host resolves localhost.
     use std::net::ToSocketAddrs;
-    assert!(("localhost", 80).to_socket_addrs().unwrap().next().is_some());
+    assert!(
+        ("localhost", 80)
+            .to_socket_addrs()
+            .unwrap()
+            .next()
+            .is_some()
+    );
     for name in ["localhost", "example.com"] {
         let r = lab.abuse("abuse", json!({"case": "dns", "name": name}));
         assert_eq!(r["ok"], false, "{name}: {r}");
+        assert!(
+            r["gai_error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("EAI_")),
+            "{r}"
+        );
     }
 }
 
@@ -795,9 +876,12 @@ fn an_abstract_unix_socket_opened_outside_is_unreachable() {
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
     let listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
     listener.set_nonblocking(true).unwrap();
-    let r = lab.abuse("abuse", json!({"case": "abstract_unix", "name": name, "data": "x"}));
+    let r = lab.abuse(
+        "abuse",
+        json!({"case": "abstract_unix", "name": name, "data": "x"}),
+    );
     // AF_UNIX sockets are refused by the seccomp policy.
-    refused(&r, &["EAFNOSUPPORT", "ECONNREFUSED", "EPERM"]);
+    refused(&r, &["EAFNOSUPPORT"]);
     assert_eq!(
         listener.accept().map(|_| ()).unwrap_err().kind(),
         ErrorKind::WouldBlock,
@@ -898,7 +982,10 @@ fn a_setuid_binary_gives_no_privilege() {
     assert_eq!(r["setuid_bit"], true, "{r}");
     assert_eq!(r["returncode"], 0, "{r}");
     let stdout = r["stdout"].as_str().unwrap();
-    assert!(stdout.starts_with("uid=") && !stdout.contains("euid="), "{r}");
+    assert!(
+        stdout.starts_with("uid=") && !stdout.contains("euid="),
+        "{r}"
+    );
 }
 
 // ---------------------------------------------------------- processes
@@ -907,11 +994,14 @@ fn a_setuid_binary_gives_no_privilege() {
 fn a_daemon_dies_with_its_server_and_the_server_with_its_lion() {
     let lab = lab();
     let tag = format!("--tag=lion-abuse-{}", uuid::Uuid::new_v4());
-    lab.install("daemon", &Plugin {
-        args: &[tag.as_str()],
-        call_limits: "timeout_ms = 600000",
-        ..Plugin::default()
-    });
+    lab.install(
+        "daemon",
+        &Plugin {
+            args: &[tag.as_str()],
+            call_limits: "timeout_ms = 600000",
+            ..Plugin::default()
+        },
+    );
     // Control: a server in the middle of a call is seen on the host by its
     // tag; lion killed, it is gone.
     let mut waiting = lab
@@ -945,17 +1035,15 @@ fn a_daemon_dies_with_its_server_and_the_server_with_its_lion() {
 /// `kind` and a message saying each of `says`, and the next call works.
 fn breaks_the_session(plugin: &str, input: Value, kind: &str, says: &[&str]) {
     let lab = lab();
-    lab.install(plugin, &Plugin {
-        call_limits: "timeout_ms = 10000",
-        ..Plugin::default()
-    });
+    lab.install(
+        plugin,
+        &Plugin {
+            call_limits: "timeout_ms = 10000",
+            ..Plugin::default()
+        },
+    );
     lab.abuse_fails(plugin, input);
-    let failure = lab.only_failure(plugin);
-    assert_eq!(failure["kind"], kind, "{failure}");
-    let message = failure["message"].as_str().unwrap();
-    for s in says {
-        assert!(message.contains(s), "{s:?} not in {message:?}");
-    }
+    failed(&lab.only_failure(plugin), kind, None, says);
     lab.good(plugin);
 }
 
@@ -965,7 +1053,10 @@ fn a_stdout_flood_ends_the_session() {
         "flood",
         json!({"case": "stdout_flood", "bytes": 10_000_000}),
         "invalid_output",
-        &["not a JSON object"],
+        &[
+            "a line that is not a JSON object",
+            "lion stopped the server",
+        ],
     );
 }
 
@@ -975,7 +1066,7 @@ fn a_100_mb_json_rpc_line_is_refused_at_the_line_cap() {
         "hugeline",
         json!({"case": "huge_line", "mb": 100}),
         "output_limit",
-        &["over 16777216 bytes"],
+        &["a message over 16777216 bytes", "lion stopped the server"],
     );
 }
 
@@ -985,17 +1076,30 @@ fn truncated_json_rpc_ends_the_session() {
         "truncated",
         json!({"case": "malformed", "kind": "truncated"}),
         "invalid_output",
-        &["invalid JSON"],
+        &["invalid JSON", "lion stopped the server"],
     );
 }
 
 #[test]
-fn a_line_that_is_not_json_ends_the_session() {
+fn a_line_of_invalid_utf8_ends_the_session() {
     breaks_the_session(
-        "notjson",
+        "binary",
         json!({"case": "malformed", "kind": "binary"}),
         "invalid_output",
-        &["malformed"],
+        &["malformed message", "lion stopped the server"],
+    );
+}
+
+#[test]
+fn a_line_of_text_ends_the_session() {
+    breaks_the_session(
+        "notjson",
+        json!({"case": "malformed", "kind": "not_json"}),
+        "invalid_output",
+        &[
+            "a line that is not a JSON object",
+            "lion stopped the server",
+        ],
     );
 }
 
@@ -1005,7 +1109,7 @@ fn a_wrong_json_rpc_version_ends_the_session() {
         "version",
         json!({"case": "malformed", "kind": "wrong_version"}),
         "invalid_output",
-        &["\"jsonrpc\": \"2.0\""],
+        &["without \"jsonrpc\": \"2.0\"", "lion stopped the server"],
     );
 }
 
@@ -1022,11 +1126,14 @@ fn an_answer_to_a_request_never_asked_is_not_taken_as_the_result() {
 #[test]
 fn a_server_that_never_answers_initialize_is_not_installed() {
     let lab = lab();
-    let run = lab.try_install("mute", &Plugin {
-        args: &["--never-initialize"],
-        server_limits: "start_timeout_ms = 2000",
-        ..Plugin::default()
-    });
+    let run = lab.try_install(
+        "mute",
+        &Plugin {
+            args: &["--never-initialize"],
+            server_limits: "start_timeout_ms = 2000",
+            ..Plugin::default()
+        },
+    );
     let line = run.error_line(1);
     assert!(
         line.contains("did not answer initialize") && line.contains("2s"),
@@ -1060,11 +1167,17 @@ fn a_server_exiting_mid_call_is_recorded_with_its_last_words() {
 fn a_stderr_flood_is_kept_as_a_capped_tail() {
     let lab = lab();
     lab.install("stderr", &Plugin::default());
-    let r = lab.abuse("stderr", json!({"case": "stderr_flood", "bytes": 1_000_000}));
+    let r = lab.abuse(
+        "stderr",
+        json!({"case": "stderr_flood", "bytes": 1_000_000}),
+    );
     assert_eq!(r["stderr_bytes"], 1_000_000, "{r}");
     // The last words of a dying server are kept, the flood before is cut.
     let message = "E".repeat(20_000) + " last words";
-    lab.abuse_fails("stderr", json!({"case": "exit", "code": 1, "message": message}));
+    lab.abuse_fails(
+        "stderr",
+        json!({"case": "exit", "code": 1, "message": message}),
+    );
     let failure = lab.only_failure("stderr");
     let text = failure["message"].as_str().unwrap();
     assert!(text.ends_with("last words"), "{text}");
@@ -1076,10 +1189,13 @@ fn a_stderr_flood_is_kept_as_a_capped_tail() {
 #[test]
 fn a_granted_secret_reaches_the_server_but_not_the_log() {
     let lab = lab();
-    lab.install("secret", &Plugin {
-        secret: true,
-        ..Plugin::default()
-    });
+    lab.install(
+        "secret",
+        &Plugin {
+            secret: true,
+            ..Plugin::default()
+        },
+    );
     let r = lab.abuse("secret", json!({"case": "env", "sha256_of": SECRET_VAR}));
     let hash = sha256_hex(SECRET.as_bytes());
     assert_eq!(r["sha256"], hash, "the server got the secret: {r}");
@@ -1150,7 +1266,7 @@ fn fails_closed(plugin: &str, filter: seccompiler::BpfProgram, names: &str) {
     let marker = lab.granted.join(format!("{plugin}-ran"));
     let input = json!({"case": "write", "path": lab.path(&marker)}).to_string();
     let run = lion_filtered(
-        &lab,
+        lab,
         &filter,
         &["plugin", "call", plugin, "abuse", "--input", &input],
     );
@@ -1158,22 +1274,13 @@ fn fails_closed(plugin: &str, filter: seccompiler::BpfProgram, names: &str) {
     assert!(line.contains(names), "{line}");
     assert!(!marker.exists(), "the server ran");
     // Install is refused alike, and nothing is installed.
-    let folder = lab.dir.join("plugins").join(plugin);
-    let toml = folder.join("plugin.toml");
-    let text = std::fs::read_to_string(&toml)
-        .unwrap()
-        .replace(&format!("name = \"{plugin}\""), &format!("name = \"{plugin}-again\""));
-    let again = folder.join("again.toml");
-    std::fs::write(&again, text).unwrap();
-    let g = lab.path(&lab.granted);
-    let run = lion_filtered(
-        &lab,
-        &filter,
-        &["plugin", "install", &lab.path(&again), "--grant", &format!("dir:{g}={g}")],
-    );
+    let again = format!("{plugin}-again");
+    let args = lab.write_plugin(&again, &Plugin::default());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = lion_filtered(lab, &filter, &args);
     let line = run.error_line(1);
     assert!(line.contains(names), "{line}");
-    assert_eq!(lab.lion(&["plugin", "info", &format!("{plugin}-again")]).code, Some(1));
+    assert_eq!(lab.lion(&["plugin", "info", &again]).code, Some(1));
     // Control: without the filter the call runs.
     let r = lab.abuse(plugin, json!({"case": "write", "path": lab.path(&marker)}));
     assert_eq!(r["ok"], true, "{r}");
@@ -1195,5 +1302,28 @@ fn without_landlock_lion_refuses_to_run_the_server() {
         "no-landlock",
         failing(libc::SYS_landlock_create_ruleset, libc::ENOSYS),
         "Landlock",
+    );
+}
+
+// ---------------------------------------------------------------- homes
+
+#[test]
+fn a_home_given_as_a_relative_path_runs_servers() {
+    let lab = lab();
+    let run: Run = Command::new(LION)
+        .current_dir(&lab.dir)
+        .args([
+            "--home", "home", "plugin", "call", "abuse", "good", "--input",
+        ])
+        .arg(json!({"text": "relative"}).to_string())
+        .env_clear_lion()
+        .output()
+        .expect("run lion")
+        .into();
+    let run = run.success();
+    assert_eq!(
+        run.json()["structuredContent"]["echo"],
+        "relative",
+        "{run:?}"
     );
 }
