@@ -117,11 +117,14 @@ impl LoadedPlugin for WarmServer {
         ctx: Arc<CallContext>,
     ) -> Result<String, CallFailure> {
         let Some(callable) = self.callable.get(function) else {
+            // Refused, not denied: the operator has yet to approve it, and
+            // calls of it do not count towards quarantine.
             let failure = CallFailure::new(
-                FailureKind::PermissionDenied,
+                FailureKind::Refused,
                 format!(
-                    "the server's tool {function} is not approved (it is new or changed since \
-                     install)"
+                    "the server does not offer {function} as approved (it changed, or is \
+                     new or gone, since the approval; `lion plugin approve {}` shows what)",
+                    self.launch.name
                 ),
             );
             ctx.deny(format!("tool {function}"), "not approved");

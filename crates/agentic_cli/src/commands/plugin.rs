@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use agentic_core::plugin::PLUGIN_HANDLER;
 use agentic_core::plugin::{
     CallOptions, DirAccess, Grant, Limits, PluginError, PluginManager, PluginRecord, PluginStatus,
 };
-use agentic_core::{Durability, EventStore};
+use agentic_core::{Durability, EventStore, TaskOutcome, TaskSpec};
 use agentic_mcp::ProcessSandbox;
 use agentic_store::SqliteStore;
 use agentic_wasm::WasmSandbox;
@@ -17,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::Ctx;
 use crate::cli::Paging;
-use crate::output;
+use crate::{lease, output};
 
 /// Where a home keeps its plugins' files.
 pub fn plugins_dir(home: &Path) -> PathBuf {
@@ -240,6 +241,9 @@ pub async fn info(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
 }
 
 /// `lion plugin call NAME FUNCTION --input JSON`: prints the output JSON.
+/// A server plugin is called through the kernel when one runs on the home
+/// (its one warm server: a server keeps state, so two processes must not
+/// each run a copy); anything else is called here.
 pub async fn call(
     home: &Path,
     store: Arc<SqliteStore>,
@@ -248,6 +252,13 @@ pub async fn call(
     function: &str,
     input: &str,
 ) -> Result<()> {
+    let is_server = store
+        .plugin(name)
+        .await?
+        .is_some_and(|s| s.record.installed.is_server());
+    if is_server && lease::held(home) {
+        return call_through_kernel(home, &store, ctx, name, function, input).await;
+    }
     let manager = manager(home, store, ctx, Durability::Durable)?;
     let output = tokio::select! {
         output = manager.call(name, function, input, CallOptions::default()) => Some(output?),
@@ -259,6 +270,78 @@ pub async fn call(
         bail!("interrupted: the call of {name}.{function} was cancelled and recorded as such");
     };
     println!("{output}");
+    Ok(())
+}
+
+/// Has the kernel running on `home` make the call, as a `plugin` task:
+/// prints its output, or fails with the call's error.
+async fn call_through_kernel(
+    home: &Path,
+    store: &Arc<SqliteStore>,
+    ctx: Ctx,
+    name: &str,
+    function: &str,
+    input: &str,
+) -> Result<()> {
+    let input: Value = serde_json::from_str(input).context("--input is not valid JSON")?;
+    let spec = TaskSpec::new(
+        PLUGIN_HANDLER,
+        json!({"plugin": name, "function": function, "input": input}),
+    );
+    tracing::info!(
+        plugin = name,
+        function,
+        "calling through the running kernel"
+    );
+    let (id, outcome) = super::task::run_by_kernel(home, store, ctx, spec, false).await?;
+    match outcome {
+        TaskOutcome::Completed(output) => {
+            println!("{output}");
+            Ok(())
+        }
+        TaskOutcome::Failed(error) => bail!("{error}"),
+        TaskOutcome::TimedOut => bail!("the call of {name}.{function} timed out (task {id})"),
+        TaskOutcome::Cancelled(reason) => {
+            bail!("the call of {name}.{function} was cancelled: {reason}")
+        }
+    }
+}
+
+/// `lion plugin approve NAME [FUNCTION...]`: prints what became callable.
+pub async fn approve(
+    home: &Path,
+    store: Arc<SqliteStore>,
+    ctx: Ctx,
+    name: &str,
+    functions: &[String],
+) -> Result<()> {
+    let manager = manager(home, store, ctx, Durability::Durable)?;
+    let approval = manager.approve(name, functions).await?;
+    if ctx.json {
+        return output::json(&json!({
+            "plugin": name,
+            "added": approval.added,
+            "changed": approval.changed,
+            "removed": approval.removed,
+        }));
+    }
+    if approval.is_empty() {
+        println!("{name}: nothing to approve (the server offers what was approved)");
+        return Ok(());
+    }
+    let functions = &approval.record.installed.manifest.functions;
+    for (what, names) in [
+        ("approved new", &approval.added),
+        ("approved changed", &approval.changed),
+    ] {
+        for f in names {
+            let description = functions.get(f).map_or("", |s| s.description.as_str());
+            println!("{what} {name}.{f}: {description}");
+        }
+    }
+    for f in &approval.removed {
+        println!("forgot {name}.{f}: the server no longer offers it");
+    }
     Ok(())
 }
 
