@@ -371,13 +371,14 @@ fn failed(failure: &Value, kind: &str, trap: Option<&str>, says: &[&str]) {
     }
 }
 
-/// Waits (bounded) until `done` holds.
+/// Waits until `done` holds, looking again every few milliseconds; fails
+/// past [`WAIT`].
 #[track_caller]
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !done() {
         assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -1027,6 +1028,68 @@ fn a_daemon_dies_with_its_server_and_the_server_with_its_lion() {
     assert!(r["daemon_pid"].as_u64().unwrap() > 1, "{r}");
     // The call ended and its lion exited: nothing of the jail is left.
     wait_until("the daemon is gone", || processes_tagged(&tag).is_empty());
+}
+
+#[test]
+fn through_one_kernel_good_calls_answer_while_a_bad_one_spins() {
+    let lab = Lab::new("kernel", false);
+    lab.install(
+        "spinner",
+        &Plugin {
+            call_limits: "timeout_ms = 8000",
+            ..Plugin::default()
+        },
+    );
+    lab.install("other", &Plugin::default());
+    let kernel = Kernel::start(&lab.home, &[]);
+    let server = || {
+        lab.abuse("spinner", json!({"case": "identity"}))["ns_pid"]
+            .as_str()
+            .expect("a pid namespace")
+            .to_owned()
+    };
+    let first = server();
+    let mut bad = lab
+        .command()
+        .args(["plugin", "call", "spinner", "abuse", "--input"])
+        .arg(json!({"case": "cpu_spin"}).to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the spinning call");
+    // While it spins: the same warm server answers a good call, and so
+    // does another plugin's.
+    lab.good("spinner");
+    assert_eq!(server(), first, "the kernel's one warm server");
+    lab.good("other");
+    assert!(
+        bad.try_wait().expect("try_wait").is_none(),
+        "the spinning call was still running during the good ones"
+    );
+    let bad: Run = bad.wait_with_output().expect("wait").into();
+    assert!(bad.error_line(1).contains("8000 ms"), "{bad:?}");
+    failed(
+        &lab.only_failure("spinner"),
+        "timeout",
+        None,
+        &["did not answer within 8000 ms"],
+    );
+    // The timeout stopped that server; the next call has a new one.
+    assert_ne!(server(), first);
+    let tasks = lab.lion(&["task", "list", "--json"]).success().json();
+    let handlers: Vec<&Value> = tasks
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|t| &t["spec"]["handler"])
+        .collect();
+    // Six calls: three identities, two good calls, the spin.
+    assert_eq!(
+        handlers,
+        vec!["plugin"; 6],
+        "the calls were the kernel's tasks; kernel: {}",
+        kernel.stderr()
+    );
 }
 
 // ------------------------------------------------------------ protocol
