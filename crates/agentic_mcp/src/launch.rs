@@ -105,6 +105,9 @@ pub struct Running {
     jailed: tokio::sync::Mutex<Jailed>,
     /// The last [`STDERR_TAIL_BYTES`] of its stderr.
     stderr: Arc<Mutex<VecDeque<u8>>>,
+    /// The granted variables, whose values are redacted from the stderr
+    /// lion quotes.
+    env: Vec<(String, String)>,
 }
 
 impl Running {
@@ -142,19 +145,21 @@ impl Running {
                     return Err(SandboxError::Server(failed_start(
                         &e.to_string(),
                         report,
-                        &tail,
+                        &tail_text(&tail, &launch.env),
                     )));
                 }
             },
             jailed: tokio::sync::Mutex::new(jailed),
             stderr: tail,
+            env: launch.env.clone(),
         };
         Ok(running)
     }
 
-    /// The last bytes the server wrote to stderr, as text.
+    /// The last bytes the server wrote to stderr, as one line of text,
+    /// granted variables' values redacted.
     pub fn stderr_tail(&self) -> String {
-        tail_text(&self.stderr)
+        tail_text(&self.stderr, &self.env)
     }
 
     /// Kills the jail (everything in it) and says how it ended.
@@ -183,12 +188,11 @@ impl Running {
 const REAP_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a server did not start, with how it ended and its stderr's tail.
-fn failed_start(error: &str, report: Option<ExitReport>, tail: &Mutex<VecDeque<u8>>) -> String {
+fn failed_start(error: &str, report: Option<ExitReport>, stderr: &str) -> String {
     let mut message = format!("the server did not start: {error}");
     if let Some(report) = report {
         message.push_str(&format!("; it {report}"));
     }
-    let stderr = tail_text(tail);
     if !stderr.is_empty() {
         message.push_str(&format!("; its stderr ends: {stderr}"));
     }
@@ -226,12 +230,67 @@ async fn keep_tail(mut stderr: tokio::process::ChildStderr, tail: Arc<Mutex<VecD
     }
 }
 
-/// The kept stderr as one line of text.
-fn tail_text(tail: &Mutex<VecDeque<u8>>) -> String {
-    let tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
-    let bytes: Vec<u8> = tail.iter().copied().collect();
-    String::from_utf8_lossy(&bytes)
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+/// Granted values shorter than this are not redacted from a server's
+/// stderr: they are flags and counts (`1`, `true`, `debug`), and redacting
+/// them would garble the text without protecting anything.
+pub const MIN_REDACTED_BYTES: usize = 6;
+
+/// The kept stderr as one line of text, with each granted variable's value
+/// (of at least [`MIN_REDACTED_BYTES`]) replaced by `[NAME redacted]`: the
+/// tail is recorded in the log, and a server's traceback may show a secret
+/// it was given. A full tail (its start was likely cut) begins at its first
+/// whole line, so no value is quoted by its end alone (unless the tail is
+/// one line).
+fn tail_text(tail: &Mutex<VecDeque<u8>>, env: &[(String, String)]) -> String {
+    let mut bytes: Vec<u8> = {
+        let tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+        tail.iter().copied().collect()
+    };
+    if bytes.len() >= STDERR_TAIL_BYTES
+        && let Some(newline) = bytes.iter().position(|b| *b == b'\n')
+        && newline + 1 < bytes.len()
+    {
+        bytes.drain(..=newline);
+    }
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    for (name, value) in env {
+        if value.len() >= MIN_REDACTED_BYTES {
+            text = text.replace(value.as_str(), &format!("[{name} redacted]"));
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail(bytes: &[u8]) -> Mutex<VecDeque<u8>> {
+        Mutex::new(bytes.iter().copied().collect())
+    }
+
+    #[test]
+    fn granted_values_are_redacted_from_the_quoted_stderr() {
+        let env = vec![
+            ("API_KEY".to_owned(), "sk-123456789".to_owned()),
+            ("DEBUG".to_owned(), "1".to_owned()),
+        ];
+        let text = tail_text(&tail(b"Traceback:\n  key=sk-123456789 level 1\n"), &env);
+        assert_eq!(text, "Traceback: key=[API_KEY redacted] level 1");
+    }
+
+    #[test]
+    fn a_full_tail_starts_at_its_first_whole_line() {
+        let env = vec![("API_KEY".to_owned(), "sk-123456789".to_owned())];
+        let mut bytes = b"456789 cut secret\n".to_vec();
+        bytes.resize(STDERR_TAIL_BYTES - 5, b'x');
+        bytes.extend(b"\nend\n");
+        let text = tail_text(&tail(&bytes), &env);
+        assert!(!text.contains("456789"), "{text}");
+        assert!(text.ends_with("xxx end"), "{text}");
+        // One long line is kept whole.
+        let mut one = vec![b'E'; STDERR_TAIL_BYTES - 6];
+        one.extend(b" last\n");
+        assert!(tail_text(&tail(&one), &env).ends_with("E last"));
+    }
 }

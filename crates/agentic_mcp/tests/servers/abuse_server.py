@@ -628,12 +628,16 @@ def case_malformed(p, req_id):
 
 def case_exit(p, _id):
     """Exits the whole server mid-call with `code` (default 3), answering
-    nothing, after writing `message` (if given) to stderr. lion: the call
-    fails (server died) with the stderr kept in the failure; the warm server
-    restarts or is quarantined. Params: code, message."""
+    nothing, after writing `message` (if given) to stderr, and the value of
+    the environment variable `env_to_stderr` (if given: a traceback that
+    shows a secret). lion: the call fails (server died) with the stderr kept
+    in the failure, granted values redacted; the warm server restarts or is
+    quarantined. Params: code, message, env_to_stderr."""
     if "message" in p:
         sys.stderr.write(str(p["message"]) + "\n")
-        sys.stderr.flush()
+    if "env_to_stderr" in p:
+        sys.stderr.write(f"the value is {os.environ.get(str(p['env_to_stderr']))} here\n")
+    sys.stderr.flush()
     os._exit(int(p.get("code", 3)))
 
 
