@@ -1269,6 +1269,21 @@ fn a_granted_secret_reaches_the_server_but_not_the_log() {
     let r = lab.abuse("abuse", json!({"case": "env", "sha256_of": SECRET_VAR}));
     assert_eq!(r["sha256"], Value::Null, "{r}");
 
+    // A server showing it on stderr as it dies: lion quotes the stderr in
+    // the failure it records, with the granted value redacted.
+    lab.abuse_fails(
+        "secret",
+        json!({"case": "exit", "code": 1, "env_to_stderr": SECRET_VAR}),
+    );
+    failed(
+        &lab.only_failure("secret"),
+        "trap",
+        Some("server_exited"),
+        &[&format!(
+            "its stderr ends: the value is [{SECRET_VAR} redacted] here"
+        )],
+    );
+
     let events = lab.lion(&["events", "list", "--json"]).success().stdout;
     // Control: the output holding the hash is in the log.
     assert!(events.contains(&hash), "the output is recorded");
