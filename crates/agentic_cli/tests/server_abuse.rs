@@ -338,10 +338,26 @@ fn lab() -> &'static Lab {
     })
 }
 
-/// The lab of the unprivileged runs.
+/// The lab of the unprivileged runs. Its user cannot make a cgroup (the
+/// cgroup folders are not writable to it), so only rlimits can hold there.
 fn nobody_lab() -> &'static Lab {
     static LAB: OnceLock<Lab> = OnceLock::new();
-    LAB.get_or_init(|| Lab::new("nobody", true))
+    LAB.get_or_init(|| {
+        let lab = Lab::new("nobody", true);
+        for controller in ["pids", "memory"] {
+            let dir = format!("/sys/fs/cgroup/{controller}");
+            let mut test = if lab.as_nobody {
+                let mut c = Command::new("setpriv");
+                c.args(setpriv_args()).arg("test");
+                c
+            } else {
+                Command::new("test")
+            };
+            let writable = test.args(["-w", &dir]).status().expect("test -w");
+            assert!(!writable.success(), "{dir} is writable to the lab's user");
+        }
+        lab
+    })
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -539,7 +555,7 @@ fn a_cpu_spin_runs_into_the_call_timeout_while_another_plugins_call_answers() {
     lab.install(
         "spin",
         &Plugin {
-            call_limits: "timeout_ms = 8000",
+            call_limits: "timeout_ms = 15000",
             ..Plugin::default()
         },
     );
@@ -561,12 +577,12 @@ fn a_cpu_spin_runs_into_the_call_timeout_while_another_plugins_call_answers() {
     );
     let bad: Run = bad.wait_with_output().expect("wait").into();
     let line = bad.error_line(1);
-    assert!(line.contains("8000 ms"), "{line}");
+    assert!(line.contains("15000 ms"), "{line}");
     failed(
         &lab.only_failure("spin"),
         "timeout",
         None,
-        &["did not answer within 8000 ms", "stopped"],
+        &["did not answer within 15000 ms", "stopped"],
     );
     lab.good("spin");
 }
@@ -1036,12 +1052,21 @@ fn through_one_kernel_good_calls_answer_while_a_bad_one_spins() {
     lab.install(
         "spinner",
         &Plugin {
-            call_limits: "timeout_ms = 8000",
+            call_limits: "timeout_ms = 20000",
             ..Plugin::default()
         },
     );
     lab.install("other", &Plugin::default());
-    let kernel = Kernel::start(&lab.home, &[]);
+    let sentinel = "LION_ABUSE_KERNEL_SENTINEL=in-the-kernels-environ";
+    let (k, v) = sentinel.split_once('=').unwrap();
+    let kernel = Kernel::start(&lab.home, &[(k, v)]);
+    // The kernel runs the server: its own lion's environment, which the
+    // host reads, is not in the server's /proc.
+    let environ = format!("/proc/{}/environ", kernel.id());
+    let seen = std::fs::read(&environ).expect("the host reads it");
+    assert!(seen.split(|b| *b == 0).any(|kv| kv == sentinel.as_bytes()));
+    let r = lab.abuse("other", json!({"case": "read", "path": environ}));
+    refused(&r, &["ENOENT", "EACCES"]);
     let server = || {
         lab.abuse("spinner", json!({"case": "identity"}))["ns_pid"]
             .as_str()
@@ -1067,12 +1092,12 @@ fn through_one_kernel_good_calls_answer_while_a_bad_one_spins() {
         "the spinning call was still running during the good ones"
     );
     let bad: Run = bad.wait_with_output().expect("wait").into();
-    assert!(bad.error_line(1).contains("8000 ms"), "{bad:?}");
+    assert!(bad.error_line(1).contains("20000 ms"), "{bad:?}");
     failed(
         &lab.only_failure("spinner"),
         "timeout",
         None,
-        &["did not answer within 8000 ms"],
+        &["did not answer within 20000 ms"],
     );
     // The timeout stopped that server; the next call has a new one.
     assert_ne!(server(), first);
@@ -1083,10 +1108,10 @@ fn through_one_kernel_good_calls_answer_while_a_bad_one_spins() {
         .iter()
         .map(|t| &t["spec"]["handler"])
         .collect();
-    // Six calls: three identities, two good calls, the spin.
+    // Seven calls: the read, three identities, two good calls, the spin.
     assert_eq!(
         handlers,
-        vec!["plugin"; 6],
+        vec!["plugin"; 7],
         "the calls were the kernel's tasks; kernel: {}",
         kernel.stderr()
     );
