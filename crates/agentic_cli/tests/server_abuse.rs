@@ -54,15 +54,16 @@ const WAIT: Duration = Duration::from_secs(30);
 
 // ------------------------------------------------------------- the lab
 
-/// The real Python interpreter and its install prefix, as `user` sees it
-/// (python3 on PATH may be a shim needing its own environment; the server
-/// runs with a cleared one). An unprivileged user may not reach root's
-/// (pyenv under `/root`): it gets the system's.
+/// A Python interpreter: the real executable and its install prefix.
 struct Python {
     exe: String,
     prefix: String,
 }
 
+/// The real interpreter as the lab's user finds it (python3 on PATH may be
+/// a shim needing its own environment; the server runs with a cleared
+/// one). An unprivileged user may not reach root's (pyenv under `/root`):
+/// it looks on the system's PATH.
 fn python(unprivileged: bool) -> Python {
     let script = "import os, sys; print(os.path.realpath(sys.executable)); print(sys.base_prefix)";
     let out = if unprivileged && is_root() {
