@@ -482,7 +482,15 @@ fn a_server_that_keeps_dying_is_quarantined() {
 fn with_a_kernel_running_calls_share_its_one_warm_server_which_restarts_after_a_crash() {
     let dir = scratch();
     let home = dir.path().join("home");
-    let manifest = abuse_manifest(dir.path(), "warm", &["--armed".into()], &[], "");
+    // A marker in its command line, to find its processes.
+    let marker = format!("--tools-from={}", dir.path().join("warm-marker").display());
+    let manifest = abuse_manifest(
+        dir.path(),
+        "warm",
+        &["--armed".into(), marker.clone()],
+        &[],
+        "",
+    );
     lion_run(&home, &["plugin", "install", &manifest]).success();
     let kernel = support::Kernel::start(&home, &[]);
     let identity = || {
@@ -533,6 +541,32 @@ fn with_a_kernel_running_calls_share_its_one_warm_server_which_restarts_after_a_
         .map(|t| &t["spec"]["handler"])
         .collect();
     assert_eq!(handlers, vec!["plugin"; 4], "kernel: {}", kernel.stderr());
+
+    // Removed: the kernel stops its server, and everything in it.
+    assert!(running_with(&marker) > 0, "the server runs in the kernel");
+    lion_run(&home, &["plugin", "remove", "warm"]).success();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while running_with(&marker) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed plugin's server still runs"
+        );
+    }
+}
+
+/// How many processes run with `marker` in their command line.
+fn running_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            String::from_utf8_lossy(cmdline)
+                .split('\0')
+                .any(|arg| arg == marker)
+        })
+        .count()
 }
 
 #[test]

@@ -274,6 +274,21 @@ impl WarmServer {
     }
 }
 
+/// An unloaded server (the plugin was removed, regranted, approved or
+/// quarantined, or its manager dropped) is stopped and reaped, its cgroups
+/// removed, rather than only killed when its handle goes.
+impl Drop for WarmServer {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.get_mut().take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                running.stop().await;
+            });
+        }
+    }
+}
+
 /// One call under way, counted until it ends or is dropped (cancelled).
 struct InFlight<'a>(&'a AtomicUsize);
 
