@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use agentic_core::plugin::PLUGIN_HANDLER;
 use agentic_core::plugin::{
-    CallOptions, DirAccess, Grant, Limits, PluginError, PluginManager, PluginRecord, PluginStatus,
+    CallOptions, DirAccess, Grant, PluginError, PluginManager, PluginManifest, PluginRecord,
+    PluginStatus,
 };
 use agentic_core::{Durability, EventStore, TaskOutcome, TaskSpec};
 use agentic_mcp::ProcessSandbox;
@@ -94,7 +95,7 @@ pub fn print_installed(ctx: Ctx, record: &PluginRecord) -> Result<()> {
     if !refused.is_empty() {
         println!("  not granted (calls that need it are denied): {refused}");
     }
-    println!("  limits:  {}", describe_limits(&m.limits));
+    println!("  limits:  {}", describe_limits(m));
     if let Some(server) = &m.server {
         println!(
             "  server:  {} {} (a warm process: it keeps state between calls)",
@@ -110,12 +111,18 @@ pub fn print_installed(ctx: Ctx, record: &PluginRecord) -> Result<()> {
 /// Every limit a plugin's calls run under, by its manifest name (the
 /// operator sees what a plugin may use); a value recorded above lion's
 /// ceiling (before there were ceilings) says the ceiling it runs at.
-fn describe_limits(limits: &Limits) -> String {
+/// A server's process is limited by its own limits, and its calls only by
+/// the call limits lion itself enforces (the others are WebAssembly's).
+fn describe_limits(manifest: &PluginManifest) -> String {
+    let limits = &manifest.limits;
     let capped = limits.capped();
+    let server = manifest.server.as_ref();
+    let applies = |name: &str| server.is_none() || SERVER_CALL_LIMITS.contains(&name);
     let mut parts: Vec<String> = limits
         .fields()
         .into_iter()
         .zip(capped.fields())
+        .filter(|((name, _), _)| applies(name))
         .map(|((name, value), (_, runs_at))| {
             if value == runs_at {
                 format!("{name}={value}")
@@ -124,12 +131,30 @@ fn describe_limits(limits: &Limits) -> String {
             }
         })
         .collect();
-    parts.push(match limits.fuel {
-        Some(fuel) => format!("fuel={fuel}"),
-        None => "fuel=unlimited".to_owned(),
-    });
+    match server {
+        Some(server) => parts.extend(
+            server
+                .limits
+                .fields()
+                .into_iter()
+                .map(|(name, value)| format!("{name}={value}")),
+        ),
+        None => parts.push(match limits.fuel {
+            Some(fuel) => format!("fuel={fuel}"),
+            None => "fuel=unlimited".to_owned(),
+        }),
+    }
     parts.join(" ")
 }
+
+/// The call limits a server plugin's calls run under; its process has its
+/// own (memory, processes, CPU...).
+const SERVER_CALL_LIMITS: &[&str] = &[
+    "timeout_ms",
+    "max_input_bytes",
+    "max_output_bytes",
+    "max_concurrency",
+];
 
 /// `lion plugin grant NAME [--grant KIND:VALUE ...]`: the plugin's whole
 /// new grant, checked against its recorded manifest.
@@ -225,7 +250,7 @@ pub async fn info(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
     }
     println!("asked:      {}", describe_permissions(&m.permissions));
     println!("granted:    {}", describe_permissions(&p.installed.grant));
-    println!("limits:     {}", describe_limits(&m.limits));
+    println!("limits:     {}", describe_limits(m));
     println!(
         "calls:      {} ({} succeeded, {} failed, {} failures in a row)",
         p.calls, p.succeeded, p.failed, p.consecutive_failures
