@@ -981,21 +981,29 @@ fn a_setuid_binary_gives_no_privilege() {
         return; // The test needs root to make a setuid-root binary.
     }
     lab.install("setuid", &Plugin::default());
-    // A setuid-root copy of `id` in the granted directory.
-    let id = lab.granted.join("setuid-id");
-    std::fs::copy("/usr/bin/id", &id).unwrap();
-    std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    // A setuid-root copy of `id` in the granted directory, deleted when the
+    // test ends however it ends.
+    struct Removed(PathBuf);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let id = Removed(lab.granted.join("setuid-id"));
+    let id = &id.0;
+    std::fs::copy("/usr/bin/id", id).unwrap();
+    std::fs::set_permissions(id, std::fs::Permissions::from_mode(0o4755)).unwrap();
     // Control: outside the jail, the unprivileged user gains euid 0.
     let out = Command::new("setpriv")
         .args(setpriv_args())
-        .arg(&id)
+        .arg(id)
         .output()
         .unwrap();
     let outside = String::from_utf8_lossy(&out.stdout);
     assert!(outside.contains("euid=0"), "{outside}");
     let r = lab.abuse(
         "setuid",
-        json!({"case": "setuid_exec", "path": lab.path(&id), "args": []}),
+        json!({"case": "setuid_exec", "path": lab.path(id), "args": []}),
     );
     assert_eq!(r["setuid_bit"], true, "{r}");
     assert_eq!(r["returncode"], 0, "{r}");
