@@ -103,14 +103,20 @@ impl PluginManager {
             dirs_named: true,
         };
         let launch = self.launch(&installed)?;
-        let discovery = servers
-            .discover(&launch)
-            .await
-            .map_err(|source| PluginError::Sandbox {
-                name: name.clone(),
-                error: source,
-            })?;
+        // A server that is not installed keeps no scratch files (its
+        // private /tmp of the discovery start).
+        let discovery = match servers.discover(&launch).await {
+            Ok(discovery) => discovery,
+            Err(source) => {
+                self.forget_scratch(&name);
+                return Err(PluginError::Sandbox {
+                    name: name.clone(),
+                    error: source,
+                });
+            }
+        };
         if discovery.functions.is_empty() {
+            self.forget_scratch(&name);
             return Err(PluginError::NoServerSandbox {
                 name,
                 reason: "the server lists no tools".into(),
