@@ -1238,6 +1238,8 @@ fn a_server_that_never_answers_initialize_is_not_installed() {
     );
     let info = lab.lion(&["plugin", "info", "mute"]);
     assert_eq!(info.code, Some(1), "{info:?}");
+    let scratch = lab.home.join("plugins/scratch/mute");
+    assert!(!scratch.exists(), "its private /tmp is left behind");
     // Control: the same server, answering, installed (the shared `abuse`).
     lab.good("abuse");
 }
