@@ -1,7 +1,8 @@
 //! From a plugin's recorded server to a running, jailed MCP session: the
 //! [`JailSpec`] lion builds from a [`ServerLaunch`] (what the server may
-//! read, write and use), and [`Running`], the jailed process with its
-//! session and the tail of its stderr.
+//! read, write, use and reach), and [`Running`], the jailed process with its
+//! session, lion's forwarding of its granted hosts and the tail of its
+//! stderr.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -13,6 +14,7 @@ use agentic_core::plugin::{DirAccess, SandboxError, ServerLaunch};
 use agentic_jail::{ExitReport, JailLimits, JailSpec, JailStdio, Jailed};
 use tokio::io::AsyncReadExt;
 
+use crate::forward::{CallIds, Forwarding, NetworkPlan};
 use crate::session::{McpSession, SessionConfig};
 
 /// Bytes of a server's stderr kept (its last ones) to quote when it fails:
@@ -49,6 +51,7 @@ const BASE_ENV: &[(&str, &str)] = &[
 /// folder and runtime paths read-only, the granted directories (read-only
 /// or read-write as granted), a private `/tmp` in `launch.scratch`, an
 /// environment of [`BASE_ENV`] and the granted variables, and its limits.
+/// Its network is off: [`NetworkPlan::apply`] adds the granted hosts.
 pub fn jail_spec(launch: &ServerLaunch, tmp: &Path) -> JailSpec {
     let spec = &launch.spec;
     let mut read_only: Vec<PathBuf> = vec![spec.root.clone(), spec.command.clone()];
@@ -103,20 +106,42 @@ pub struct Running {
     pub session: McpSession,
     /// The jailed process (dropping it kills the jail).
     jailed: tokio::sync::Mutex<Jailed>,
+    /// lion's side of the server's granted hosts (dropping it ends every
+    /// forward).
+    forwarding: Forwarding,
     /// The last [`STDERR_TAIL_BYTES`] of its stderr.
     stderr: Arc<Mutex<VecDeque<u8>>>,
 }
 
 impl Running {
     /// Starts `launch`'s server in its jail (a fresh private `/tmp` under
-    /// `launch.scratch`) and connects, offering the granted directories as
-    /// its roots.
-    pub async fn start(launch: &ServerLaunch) -> Result<Self, SandboxError> {
+    /// `launch.scratch`), forwarding its granted hosts for as long as it
+    /// runs, and connects, offering the granted directories as its roots.
+    /// A refused forward is reported with the id of the one call in
+    /// `calls`, if exactly one is under way.
+    pub async fn start(launch: &ServerLaunch, calls: CallIds) -> Result<Self, SandboxError> {
         let tmp = fresh_tmp(&launch.scratch)?;
-        let spec = jail_spec(launch, &tmp);
+        let network = NetworkPlan::of(&launch.grant)?;
+        let mut spec = jail_spec(launch, &tmp);
+        network.apply(&mut spec, &launch.scratch.join("net"))?;
         let mut jailed = agentic_jail::spawn(&spec)
             .await
             .map_err(|e| SandboxError::Host(e.to_string()))?;
+        let listeners = std::mem::take(&mut jailed.listeners);
+        let forwarding = match Forwarding::start(
+            &launch.grant,
+            launch.denials.clone(),
+            &network,
+            listeners,
+            calls,
+        ) {
+            Ok(forwarding) => forwarding,
+            Err(e) => {
+                let _ = jailed.kill();
+                let _ = jailed.wait().await;
+                return Err(e);
+            }
+        };
         let (Some(stdin), Some(stdout), Some(stderr)) = (
             jailed.stdin.take(),
             jailed.stdout.take(),
@@ -147,6 +172,7 @@ impl Running {
                 }
             },
             jailed: tokio::sync::Mutex::new(jailed),
+            forwarding,
             stderr: tail,
         };
         Ok(running)
@@ -157,8 +183,10 @@ impl Running {
         tail_text(&self.stderr)
     }
 
-    /// Kills the jail (everything in it) and says how it ended.
+    /// Kills the jail (everything in it), ends its forwards and says how
+    /// it ended.
     pub async fn stop(&self) -> Option<ExitReport> {
+        self.forwarding.stop();
         let mut jailed = self.jailed.lock().await;
         let _ = jailed.kill();
         jailed.wait().await.ok()

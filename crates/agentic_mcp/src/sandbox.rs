@@ -15,6 +15,7 @@ use agentic_core::plugin::{
 use async_trait::async_trait;
 use rmcp::model::Tool;
 
+use crate::forward::CallIds;
 use crate::launch::Running;
 use crate::names::{NameTable, candidate};
 use crate::output::function_schemas;
@@ -65,7 +66,7 @@ impl ServerSandbox for ProcessSandbox {
     async fn discover(&self, launch: &ServerLaunch) -> Result<Discovery, SandboxError> {
         self.ready()?;
         let tree_sha256 = hash_root(launch).await?;
-        let running = Running::start(launch).await?;
+        let running = Running::start(launch, CallIds::default()).await?;
         let tools = running.session.list_tools().await;
         running.stop().await;
         let tools = tools.map_err(|e| SandboxError::Server(e.to_string()))?;
@@ -92,7 +93,8 @@ impl ServerSandbox for ProcessSandbox {
     async fn start(&self, launch: &ServerLaunch) -> Result<Started, SandboxError> {
         self.ready()?;
         check_tree(launch).await?;
-        let running = Running::start(launch).await?;
+        let calls = CallIds::default();
+        let running = Running::start(launch, calls.clone()).await?;
         let tools = match running.session.list_tools().await {
             Ok(tools) => tools,
             Err(e) => {
@@ -102,7 +104,7 @@ impl ServerSandbox for ProcessSandbox {
         };
         let (callable, unapproved) = compare(&launch.approved, &tools);
         Ok(Started {
-            plugin: WarmServer::new(launch.clone(), callable, running),
+            plugin: WarmServer::new(launch.clone(), callable, running, calls),
             unapproved,
         })
     }

@@ -14,6 +14,7 @@ use agentic_jail::ExitCause;
 use async_trait::async_trait;
 use serde_json::Value;
 
+use crate::forward::CallIds;
 use crate::launch::Running;
 use crate::output::{ToolError, tool_output};
 use crate::sandbox::check_tree;
@@ -41,14 +42,19 @@ pub struct WarmServer {
     last_used: Arc<Mutex<Instant>>,
     /// Calls under way: a server is not idle while one runs.
     in_flight: AtomicUsize,
+    /// The ids of the calls under way, to name the call a refused forward
+    /// happened in.
+    calls: CallIds,
 }
 
 impl WarmServer {
-    /// A warm server for `launch`, already `running`, offering `callable`.
+    /// A warm server for `launch`, already `running` (started with
+    /// `calls`), offering `callable`.
     pub fn new(
         launch: ServerLaunch,
         callable: HashMap<String, Callable>,
         running: Running,
+        calls: CallIds,
     ) -> Arc<Self> {
         let server = Arc::new(Self {
             launch,
@@ -56,6 +62,7 @@ impl WarmServer {
             running: tokio::sync::Mutex::new(Some(Arc::new(running))),
             last_used: Arc::new(Mutex::new(Instant::now())),
             in_flight: AtomicUsize::new(0),
+            calls,
         });
         tokio::spawn(stop_when_idle(Arc::downgrade(&server)));
         server
@@ -80,7 +87,7 @@ impl WarmServer {
                 format!("the server was not started again: {e}"),
             )
         })?;
-        let running = Arc::new(Running::start(&self.launch).await.map_err(|e| {
+        let running = Arc::new(Running::start(&self.launch, self.calls.clone()).await.map_err(|e| {
             CallFailure::new(
                 FailureKind::LoadFailed,
                 format!("the server could not be started again: {e}"),
@@ -133,11 +140,13 @@ impl LoadedPlugin for WarmServer {
         let deadline = Duration::from_millis(limits.timeout_ms);
         self.touch();
         let in_flight = InFlight::enter(&self.in_flight);
+        let call = self.calls.enter(ctx.call_id());
         let running = self.running().await?;
         let result = running
             .session
             .call_tool(&callable.tool, arguments, deadline)
             .await;
+        drop(call);
         drop(in_flight);
         self.touch();
         let result = match result {

@@ -9,7 +9,7 @@ use agentic_core::plugin::{
     CallOptions, DirAccess, Grant, Limits, PluginError, PluginManager, PluginRecord, PluginStatus,
 };
 use agentic_core::{Durability, EventStore};
-use agentic_mcp::ProcessSandbox;
+use agentic_mcp::{NetworkPlan, ProcessSandbox};
 use agentic_store::SqliteStore;
 use agentic_wasm::WasmSandbox;
 use anyhow::{Context, Result, bail};
@@ -100,6 +100,7 @@ pub fn print_installed(ctx: Ctx, record: &PluginRecord) -> Result<()> {
             server.command.display(),
             server.args.join(" ")
         );
+        println!("  network: {}", describe_network(&record.installed.grant));
         let names: Vec<&str> = m.functions.keys().map(String::as_str).collect();
         println!("  tools:   {}", names.join(", "));
     }
@@ -214,6 +215,7 @@ pub async fn info(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
             if let Some(package) = &server.package {
                 println!("package:    {package}");
             }
+            println!("network:    {}", describe_network(&p.installed.grant));
             println!("tree:       sha256 {}", p.installed.sha256());
         }
         None => println!(
@@ -250,14 +252,19 @@ pub async fn call(
 ) -> Result<()> {
     let manager = manager(home, store, ctx, Durability::Durable)?;
     let output = tokio::select! {
-        output = manager.call(name, function, input, CallOptions::default()) => Some(output?),
+        output = manager.call(name, function, input, CallOptions::default()) => Some(output),
         _ = tokio::signal::ctrl_c() => None,
     };
-    let Some(output): Option<Value> = output else {
+    let Some(output) = output else {
         // Dropping the call records it as cancelled; wait for that.
         manager.flush().await?;
         bail!("interrupted: the call of {name}.{function} was cancelled and recorded as such");
     };
+    // What a server's sandbox refused during the call (a connection lion
+    // would not forward) is recorded in tasks of the manager's own: wait
+    // for them before this process ends.
+    manager.close().await;
+    let output: Value = output?;
     println!("{output}");
     Ok(())
 }
@@ -329,6 +336,27 @@ fn describe_permissions(p: &Grant) -> String {
         "nothing".to_owned()
     } else {
         parts.join("; ")
+    }
+}
+
+/// What a server plugin's network is, in one line: off, or each granted
+/// host with the address the server reaches it at inside its jail.
+fn describe_network(grant: &Grant) -> String {
+    match NetworkPlan::of(grant) {
+        Ok(plan) if plan.is_empty() => "off (no host granted)".to_owned(),
+        Ok(plan) => {
+            let hosts: Vec<String> = plan
+                .forwards()
+                .iter()
+                .map(|f| format!("{} (at {} inside)", f.host, f.inside))
+                .collect();
+            format!(
+                "{}; each connection forwarded by lion after it checks the addresses, nothing \
+                 else reachable",
+                hosts.join(", ")
+            )
+        }
+        Err(e) => format!("refused: {e}"),
     }
 }
 

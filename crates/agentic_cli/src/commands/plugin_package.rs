@@ -141,11 +141,10 @@ fn grant_from(flags: &[String]) -> Result<Grant> {
                 });
             }
             "env" if !value.is_empty() => grant.env.push(value.to_owned()),
-            "host" => bail!(
-                "invalid grant {flag:?}: network grants for server plugins are not built yet \
-                 (their network is off)"
-            ),
-            _ => bail!("invalid grant {flag:?}: use dir:PATH[:ro] or env:NAME"),
+            // Checked as a server's host grant by the manager (a port is
+            // required; a name, or a loopback address).
+            "host" if !value.is_empty() => grant.hosts.push(value.to_owned()),
+            _ => bail!("invalid grant {flag:?}: use dir:PATH[:ro], env:NAME or host:HOST:PORT"),
         }
     }
     Ok(grant)

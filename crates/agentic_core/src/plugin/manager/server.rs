@@ -4,7 +4,7 @@
 //! operator did not approve are refused, each refusal an event).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use uuid::Uuid;
@@ -15,7 +15,9 @@ use crate::plugin::PluginError;
 use crate::plugin::manifest::{Grant, PluginManifest};
 use crate::plugin::record::{Artifact, InstalledPlugin, PluginRecord};
 use crate::plugin::sandbox::LoadedPlugin;
-use crate::plugin::server::{PROCESS_KIND, ServerLaunch, ServerSandbox};
+use crate::plugin::server::{
+    MAX_SERVER_HOSTS, PROCESS_KIND, ServerDenials, ServerHost, ServerLaunch, ServerSandbox,
+};
 use crate::state::ApplyError;
 use crate::store::StoreError;
 
@@ -62,6 +64,11 @@ impl PluginManager {
             call_limits: manifest.limits,
             approved: manifest.functions.clone(),
             scratch: self.scratch(&manifest.name),
+            denials: Arc::new(RecordDenials {
+                manager: Arc::downgrade(&self.inner),
+                name: manifest.name.clone(),
+                install_id: installed.install_id,
+            }),
         })
     }
 
@@ -167,6 +174,47 @@ impl PluginManager {
     }
 }
 
+/// The manager's [`ServerDenials`]: each refusal a server sandbox reports
+/// is recorded as `plugin_permission_denied` of that plugin's install, in a
+/// task of its own (the sandbox reports from its own tasks and does not
+/// wait), which [`PluginManager::close`] waits for. It holds the manager
+/// weakly: a loaded server must not keep its manager alive.
+#[derive(Debug)]
+struct RecordDenials {
+    manager: Weak<super::Inner>,
+    name: String,
+    install_id: Option<Uuid>,
+}
+
+impl ServerDenials for RecordDenials {
+    fn denied(&self, call_id: Option<Uuid>, asked: String, reason: String) {
+        let Some(inner) = self.manager.upgrade() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(plugin = %self.name, %asked, %reason, "a denial outside a runtime was not recorded");
+            return;
+        };
+        let manager = PluginManager { inner };
+        let event = SystemEvent::PluginPermissionDenied {
+            name: self.name.clone(),
+            call_id,
+            asked,
+            reason,
+            install_id: self.install_id,
+        };
+        let tracker = manager.inner.recording.clone();
+        tracker.spawn_on(
+            async move {
+                if let Err(e) = manager.record(vec![event], CallOptions::default()).await {
+                    tracing::error!(error = %e, "recording a server's denial failed");
+                }
+            },
+            &runtime,
+        );
+    }
+}
+
 impl PluginManager {
     /// Checks the paths a server may read besides its grant (its root and
     /// runtime paths, chosen by its manifest's author): none may be or hold
@@ -222,23 +270,30 @@ impl PluginManager {
     }
 }
 
-/// Checks what a server's grant may hold today: directories seen at their
-/// own paths, environment variables; not host interfaces (a server does not
-/// import lion's) and not hosts (network forwarding for servers is not
-/// built yet: their network is off).
+/// Checks what a server's grant may hold: directories seen at their own
+/// paths, environment variables, and hosts each with a port (a name, or a
+/// loopback IPv4 address: see [`ServerHost::parse`]), at most
+/// [`MAX_SERVER_HOSTS`]; not host interfaces (a server does not import
+/// lion's).
 pub(super) fn check_server_grant(name: &str, grant: &Grant) -> Result<(), PluginError> {
-    let refuse = |reason: &str| PluginError::GrantRefused {
+    let refuse = |reason: String| PluginError::GrantRefused {
         name: name.to_owned(),
-        reason: reason.to_owned(),
+        reason,
     };
-    if !grant.hosts.is_empty() {
-        return Err(refuse(
-            "host grants for server plugins are not built yet (a server's network is off)",
-        ));
+    for host in &grant.hosts {
+        ServerHost::parse(host).map_err(refuse)?;
+    }
+    if grant.hosts.len() > MAX_SERVER_HOSTS {
+        return Err(refuse(format!(
+            "{} hosts granted: a server plugin may be granted at most {MAX_SERVER_HOSTS}",
+            grant.hosts.len()
+        )));
     }
     if !grant.interfaces.is_empty() {
         return Err(refuse(
-            "a server plugin imports no lion host interface: grant directories and env only",
+            "a server plugin imports no lion host interface: grant directories, hosts and env \
+             only"
+                .to_owned(),
         ));
     }
     check_dirs_seen_in_place(name, grant)
@@ -263,4 +318,58 @@ fn check_dirs_seen_in_place(name: &str, grant: &Grant) -> Result<(), PluginError
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::manifest::{DirAccess, DirPermission, HostInterface};
+
+    fn hosts(hosts: &[&str]) -> Grant {
+        Grant {
+            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            ..Grant::default()
+        }
+    }
+
+    fn refused(grant: &Grant) -> String {
+        match check_server_grant("s", grant) {
+            Err(PluginError::GrantRefused { reason, .. }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_may_be_granted_names_and_loopback_addresses_with_ports() {
+        check_server_grant("s", &hosts(&["api.example.com:443", "127.0.0.1:8080"])).unwrap();
+        check_server_grant("s", &Grant::default()).unwrap();
+    }
+
+    #[test]
+    fn a_server_host_grant_without_a_port_or_off_loopback_is_refused() {
+        assert!(refused(&hosts(&["example.com"])).contains("needs a port"));
+        assert!(refused(&hosts(&["[::1]:80"])).contains("IPv6"));
+        assert!(refused(&hosts(&["10.1.2.3:5432"])).contains("loopback"));
+        let many: Vec<String> = (0..=MAX_SERVER_HOSTS).map(|i| format!("h{i}.test:1")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(refused(&hosts(&many)).contains("at most"));
+    }
+
+    #[test]
+    fn a_server_imports_no_interface_and_sees_directories_in_place() {
+        let grant = Grant {
+            interfaces: vec![HostInterface::Http],
+            ..Grant::default()
+        };
+        assert!(refused(&grant).contains("interface"));
+        let grant = Grant {
+            dirs: vec![DirPermission {
+                path: "/data/x".into(),
+                guest: "/x".into(),
+                mode: DirAccess::ReadOnly,
+            }],
+            ..Grant::default()
+        };
+        assert!(refused(&grant).contains("own path"));
+    }
 }
