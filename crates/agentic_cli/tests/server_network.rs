@@ -95,7 +95,14 @@ fn install(home: &Path, manifest: &Path, grants: &[String]) -> support::Run {
 fn abuse(home: &Path, input: Value) -> Value {
     let out = lion_run(
         home,
-        &["plugin", "call", "net", "abuse", "--input", &input.to_string()],
+        &[
+            "plugin",
+            "call",
+            "net",
+            "abuse",
+            "--input",
+            &input.to_string(),
+        ],
     )
     .success();
     let output: Value = serde_json::from_str(out.stdout.trim()).expect("JSON output");
@@ -182,14 +189,15 @@ fn a_granted_loopback_port_is_reached_and_nothing_else_is() {
     let manifest = abuse_plugin(dir.path(), std::slice::from_ref(&granted));
     let installed = install(&home, &manifest, std::slice::from_ref(&granted)).success();
     assert!(
-        installed.stdout.contains(&format!(
-            "network: {granted} (at {granted} inside)"
-        )),
+        installed
+            .stdout
+            .contains(&format!("network: {granted} (at {granted} inside)")),
         "{installed:?}"
     );
     let info = lion_run(&home, &["plugin", "info", "net"]).success();
     assert!(
-        info.stdout.contains(&format!("network:    {granted} (at {granted} inside)")),
+        info.stdout
+            .contains(&format!("network:    {granted} (at {granted} inside)")),
         "{info:?}"
     );
 
@@ -246,10 +254,7 @@ fn a_granted_loopback_port_is_reached_and_nothing_else_is() {
     // readable.
     let report = abuse(&home, json!({"case": "dns", "name": "example.com"}));
     assert_eq!(report["ok"], false, "{report}");
-    let report = abuse(
-        &home,
-        json!({"case": "read", "path": "/etc/resolv.conf"}),
-    );
+    let report = abuse(&home, json!({"case": "read", "path": "/etc/resolv.conf"}));
     assert_eq!(report["ok"], false, "{report}");
     assert_eq!(report["errno"], "EACCES", "{report}");
     let report = abuse(&home, json!({"case": "read", "path": "/etc/hosts"}));

@@ -36,9 +36,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use agentic_core::plugin::{
-    Grant, SandboxError, ServerDenials, ServerHost, reachable_addresses,
-};
+use agentic_core::plugin::{Grant, SandboxError, ServerDenials, ServerHost, reachable_addresses};
 use agentic_jail::JailSpec;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -163,9 +161,8 @@ impl NetworkPlan {
         if self.is_empty() {
             return Ok(());
         }
-        let io = |path: &Path, e: std::io::Error| {
-            SandboxError::Host(format!("{}: {e}", path.display()))
-        };
+        let io =
+            |path: &Path, e: std::io::Error| SandboxError::Host(format!("{}: {e}", path.display()));
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         let mut mounts: Vec<(PathBuf, PathBuf)> = Vec::new();
         for (name, text, required) in [
@@ -667,14 +664,20 @@ mod tests {
             seen[0].1,
             format!("tcp connect localhost:{port} (127.0.0.1)")
         );
-        assert!(seen[0].2.contains("no global or granted address"), "{seen:?}");
+        assert!(
+            seen[0].2.contains("no global or granted address"),
+            "{seen:?}"
+        );
         assert_eq!(accepted.load(Ordering::SeqCst), 0, "lion never connected");
 
         // Control: with the address granted too, both reach the upstream.
         let address = format!("127.0.0.1:{port}");
         let (_f, addrs) = forwarding(&[&name_only, &address], &denials, CallIds::default());
         assert_eq!(exchange(addrs[0], b"by name").await.unwrap(), b"by name");
-        assert_eq!(exchange(addrs[1], b"by address").await.unwrap(), b"by address");
+        assert_eq!(
+            exchange(addrs[1], b"by address").await.unwrap(),
+            b"by address"
+        );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(denials.seen.lock().unwrap().len(), 1);
     }

@@ -87,12 +87,16 @@ impl WarmServer {
                 format!("the server was not started again: {e}"),
             )
         })?;
-        let running = Arc::new(Running::start(&self.launch, self.calls.clone()).await.map_err(|e| {
-            CallFailure::new(
-                FailureKind::LoadFailed,
-                format!("the server could not be started again: {e}"),
-            )
-        })?);
+        let running = Arc::new(
+            Running::start(&self.launch, self.calls.clone())
+                .await
+                .map_err(|e| {
+                    CallFailure::new(
+                        FailureKind::LoadFailed,
+                        format!("the server could not be started again: {e}"),
+                    )
+                })?,
+        );
         *slot = Some(running.clone());
         Ok(running)
     }

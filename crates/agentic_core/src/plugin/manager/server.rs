@@ -350,7 +350,9 @@ mod tests {
         assert!(refused(&hosts(&["example.com"])).contains("needs a port"));
         assert!(refused(&hosts(&["[::1]:80"])).contains("IPv6"));
         assert!(refused(&hosts(&["10.1.2.3:5432"])).contains("loopback"));
-        let many: Vec<String> = (0..=MAX_SERVER_HOSTS).map(|i| format!("h{i}.test:1")).collect();
+        let many: Vec<String> = (0..=MAX_SERVER_HOSTS)
+            .map(|i| format!("h{i}.test:1"))
+            .collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         assert!(refused(&hosts(&many)).contains("at most"));
     }
