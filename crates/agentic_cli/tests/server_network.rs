@@ -372,4 +372,19 @@ fn a_host_grant_a_server_cannot_be_given_is_refused_at_install_and_regrant() {
             .contains("network:    localhost:9 (at 127.0.0.2:9 inside)"),
         "the grant is unchanged: {info:?}"
     );
+
+    // A package's grant is checked before anything is downloaded.
+    let out = lion_run(
+        &home,
+        &[
+            "plugin",
+            "install",
+            "pypi:mcp-server-time==2026.10.19",
+            "--grant",
+            "host:pypi.org",
+        ],
+    );
+    let line = out.error_line(1);
+    assert!(line.contains("needs a port"), "{line}");
+    assert!(!home.join("plugins/packages/mcp-server-time").exists());
 }
