@@ -257,8 +257,17 @@ fn a_granted_loopback_port_is_reached_and_nothing_else_is() {
     let report = abuse(&home, json!({"case": "read", "path": "/etc/resolv.conf"}));
     assert_eq!(report["ok"], false, "{report}");
     assert_eq!(report["errno"], "EACCES", "{report}");
-    let report = abuse(&home, json!({"case": "read", "path": "/etc/hosts"}));
-    assert_eq!(report["ok"], true, "{report}");
+    // What the server reads instead: lion's hosts file, and an NSS
+    // configuration that asks that file only.
+    for (path, text) in [
+        ("/etc/hosts", "127.0.0.1 localhost\n"),
+        ("/etc/nsswitch.conf", "hosts: files\n"),
+    ] {
+        let report = abuse(&home, json!({"case": "read", "path": path}));
+        assert_eq!(report["ok"], true, "{report}");
+        // The report gives a size, never contents: the host's files differ.
+        assert_eq!(report["bytes"], text.len(), "{path}: {report}");
+    }
 
     assert_eq!(echo.connections(), 1, "only the granted connection arrived");
     assert!(denials(&home).is_empty(), "lion refused nothing it saw");
