@@ -281,6 +281,16 @@ pub enum PluginCommand {
         #[arg(long, value_name = "KIND:VALUE")]
         grant: Vec<String>,
     },
+    /// Approve what a server plugin offers now: tools added, or whose
+    /// description or schemas changed, since install or the last approval
+    /// (refused until approved). Starts the server once to list them.
+    Approve {
+        /// The plugin's name.
+        name: String,
+        /// Only these functions (lion's names); none approves every
+        /// difference and forgets tools the server no longer offers.
+        functions: Vec<String>,
+    },
     /// List installed plugins.
     List(Paging),
     /// Show a plugin: its functions, permissions asked and granted, limits

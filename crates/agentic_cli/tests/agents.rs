@@ -943,3 +943,54 @@ async fn tool_names_are_distinct_and_within_the_protocols_limits() {
         .collect();
     assert_eq!(invoked, [("a_".to_owned(), "b".to_owned())]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_calls_a_tool_of_a_real_mcp_server_run_in_the_sandbox() {
+    // Outside /tmp: a server's private /tmp hides the host's.
+    let dir = tempfile::Builder::new()
+        .prefix("agents-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tempdir");
+    let home = dir.path().join("home");
+    lion_run(
+        &home,
+        &[
+            "plugin",
+            "install",
+            "npm:@modelcontextprotocol/server-everything@2026.8.31",
+            "--name",
+            "everything",
+        ],
+    )
+    .success();
+    lion_run(
+        &home,
+        &["agent", "spawn", "adder", "--tool", "everything.get-sum"],
+    )
+    .success();
+    let (url, requests) = scripted(vec![
+        tool_call_body("everything__get-sum", r#"{"a":2,"b":40}"#),
+        text_body(&["It is ", "42."]),
+    ])
+    .await;
+    let run = lion_llm(&home, &url, &["agent", "send", "adder", "Add 2 and 40"])
+        .await
+        .success();
+    assert_eq!(run.stdout, "It is 42.\n");
+    let bodies = requests.lock().unwrap().clone();
+    assert!(
+        bodies[0].contains(r#""name":"everything__get-sum""#),
+        "the MCP tool is described to the model: {}",
+        bodies[0]
+    );
+    assert!(
+        bodies[1].contains("The sum of 2 and 40 is 42."),
+        "the server's answer goes back to the model: {}",
+        bodies[1]
+    );
+    let succeeded = events(&home)
+        .iter()
+        .any(|e| e["event"]["plugin_succeeded"]["name"] == "everything");
+    assert!(succeeded, "the call is recorded as the plugin's");
+    lion_run(&home, &["replay"]).success();
+}

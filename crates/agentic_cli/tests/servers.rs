@@ -131,7 +131,10 @@ fn a_filesystem_server_given_slash_reaches_only_its_granted_directory() {
     std::fs::create_dir_all(&outside).expect("outside dir");
     std::fs::write(granted.join("a.txt"), "inside").expect("write");
     std::fs::write(outside.join("s.txt"), "secret").expect("write");
+    let read_only = dir.path().join("read-only");
+    std::fs::create_dir_all(&read_only).expect("read-only dir");
     let grant = format!("dir:{}", granted.display());
+    let grant_ro = format!("dir:{}:ro", read_only.display());
     lion_run(
         &home,
         &[
@@ -142,6 +145,8 @@ fn a_filesystem_server_given_slash_reaches_only_its_granted_directory() {
             "fs",
             "--grant",
             &grant,
+            "--grant",
+            &grant_ro,
             "--",
             "/",
         ],
@@ -183,6 +188,16 @@ fn a_filesystem_server_given_slash_reaches_only_its_granted_directory() {
     );
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(!outside.join("c.txt").exists());
+
+    // The server lets itself write in every directory lion offers as a
+    // root; the OS refuses the one granted read-only.
+    let out = call(
+        "write_file",
+        serde_json::json!({"path": path(&read_only.join("d.txt")), "content": "x"}).to_string(),
+    );
+    let line = out.error_line(1);
+    assert!(line.contains("EROFS"), "refused by the OS: {line}");
+    assert!(!read_only.join("d.txt").exists());
 }
 
 #[test]
@@ -268,4 +283,248 @@ fn a_server_manifest_may_not_read_the_whole_disk_or_the_home() {
         let line = out.error_line(1);
         assert!(line.contains(says), "{line}");
     }
+}
+
+/// The abuse test server of the MCP adapter's tests: harmless unless armed.
+const ABUSE_SERVER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../agentic_mcp/tests/servers/abuse_server.py"
+);
+
+/// Python's real interpreter and the prefix its standard library is under.
+fn python() -> (String, String) {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(os.path.realpath(sys.executable)); print(sys.base_prefix)",
+        ])
+        .output()
+        .expect("python3 is on PATH");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let mut lines = text.lines().map(str::to_owned);
+    (lines.next().expect("path"), lines.next().expect("prefix"))
+}
+
+/// Writes a manifest for the abuse server (named `name`, with `args` after
+/// the script) in `dir/name`, asking for `dirs` read-only; its path.
+fn abuse_manifest(dir: &Path, name: &str, args: &[String], dirs: &[&Path]) -> String {
+    let (python, prefix) = python();
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).expect("plugin folder");
+    let server = Path::new(ABUSE_SERVER)
+        .canonicalize()
+        .expect("the abuse server");
+    let mut all_args = vec![server.display().to_string()];
+    all_args.extend(args.iter().cloned());
+    let mut toml = format!(
+        "name = {name:?}\nversion = \"1\"\ndescription = \"the abuse test server\"\n\n\
+         [server]\ncommand = {python:?}\nargs = {all_args:?}\nroot = {root:?}\n\
+         read_only = [{prefix:?}]\n",
+        root = server.parent().expect("its folder").display().to_string(),
+    );
+    for d in dirs {
+        let d = d.display().to_string();
+        toml.push_str(&format!(
+            "\n[[permissions.dirs]]\npath = {d:?}\nguest = {d:?}\nmode = \"read-only\"\n"
+        ));
+    }
+    let manifest = folder.join("plugin.toml");
+    std::fs::write(&manifest, toml).expect("manifest");
+    manifest.display().to_string()
+}
+
+/// The status of plugin `name` as `lion plugin info` shows it.
+fn status(home: &Path, name: &str) -> String {
+    let info = lion_run(home, &["plugin", "info", name, "--json"])
+        .success()
+        .json();
+    info["plugin"]["status"]
+        .as_str()
+        .expect("a status")
+        .to_owned()
+}
+
+#[test]
+fn a_tool_the_server_offers_later_is_refused_until_the_operator_approves_it() {
+    let dir = scratch();
+    let home = dir.path().join("home");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let tools = data.join("tools.json");
+    std::fs::write(&tools, "[]").expect("tools");
+    let manifest = abuse_manifest(
+        dir.path(),
+        "abuse",
+        &[format!("--tools-from={}", tools.display())],
+        &[&data],
+    );
+    let grant = format!("dir:{}:ro", data.display());
+    lion_run(&home, &["plugin", "install", &manifest, "--grant", &grant]).success();
+    let call = |function: &str| {
+        lion_run(
+            &home,
+            &[
+                "plugin",
+                "call",
+                "abuse",
+                function,
+                "--input",
+                r#"{"text":"hi"}"#,
+            ],
+        )
+    };
+
+    // A new tool: not callable, the approved ones still are.
+    std::fs::write(&tools, r#"[{"name": "extra"}]"#).expect("tools");
+    for _ in 0..6 {
+        let refused = call("extra");
+        let line = refused.error_line(1);
+        assert!(line.contains("lion plugin approve abuse"), "{line}");
+    }
+    assert!(call("good").success().stdout.contains("hi"));
+    // Refusals the operator must lift do not count towards quarantine.
+    assert_eq!(status(&home, "abuse"), "active");
+    let denied: Vec<String> = support::events(&home)
+        .iter()
+        .map(|e| e["payload"].as_str().unwrap_or_default().to_owned())
+        .filter(|p| p.contains("plugin_permission_denied"))
+        .collect();
+    assert!(
+        denied
+            .iter()
+            .any(|p| p.contains("tool extra") && p.contains("new tool")),
+        "{denied:?}"
+    );
+
+    let approved = lion_run(&home, &["plugin", "approve", "abuse"]).success();
+    assert!(
+        approved.stdout.contains("approved new abuse.extra"),
+        "{approved:?}"
+    );
+    assert!(call("extra").success().stdout.contains("hi"));
+
+    // A changed description is a change to approve, by name.
+    std::fs::write(
+        &tools,
+        r#"[{"name": "extra", "description": "Now says more."}]"#,
+    )
+    .expect("tools");
+    call("extra").error_line(1);
+    let out = lion_run(&home, &["plugin", "approve", "abuse", "nope"]);
+    assert!(out.error_line(1).contains("nope"), "{out:?}");
+    let approved = lion_run(&home, &["plugin", "approve", "abuse", "extra"]).success();
+    assert!(
+        approved
+            .stdout
+            .contains("approved changed abuse.extra: Now says more."),
+        "{approved:?}"
+    );
+    assert!(call("extra").success().stdout.contains("hi"));
+
+    // Gone from the server: forgotten; then nothing is left to approve.
+    std::fs::write(&tools, "[]").expect("tools");
+    let approved = lion_run(&home, &["plugin", "approve", "abuse", "--json"])
+        .success()
+        .json();
+    assert_eq!(approved["removed"], serde_json::json!(["extra"]));
+    let again = lion_run(&home, &["plugin", "approve", "abuse"]).success();
+    assert!(again.stdout.contains("nothing to approve"), "{again:?}");
+    assert!(event_kinds(&home).iter().any(|k| k == "plugin_approved"));
+}
+
+#[test]
+fn a_server_that_keeps_dying_is_quarantined() {
+    let dir = scratch();
+    let home = dir.path().join("home");
+    let manifest = abuse_manifest(dir.path(), "dies", &["--armed".into()], &[]);
+    lion_run(&home, &["plugin", "install", &manifest]).success();
+    for _ in 0..5 {
+        let out = lion_run(
+            &home,
+            &[
+                "plugin",
+                "call",
+                "dies",
+                "abuse",
+                "--input",
+                r#"{"case":"exit","code":7,"message":"goodbye from the server"}"#,
+            ],
+        );
+        let line = out.error_line(1);
+        assert!(
+            line.contains("exited") && line.contains("goodbye from the server"),
+            "the failure names how it ended and keeps its stderr: {line}"
+        );
+    }
+    assert_eq!(status(&home, "dies"), "quarantined");
+    let out = lion_run(
+        &home,
+        &[
+            "plugin",
+            "call",
+            "dies",
+            "good",
+            "--input",
+            r#"{"text":"x"}"#,
+        ],
+    );
+    assert!(out.error_line(1).contains("quarantined"), "{out:?}");
+    assert!(event_kinds(&home).iter().any(|k| k == "plugin_quarantined"));
+}
+
+#[test]
+fn with_a_kernel_running_calls_share_its_one_warm_server_which_restarts_after_a_crash() {
+    let dir = scratch();
+    let home = dir.path().join("home");
+    let manifest = abuse_manifest(dir.path(), "warm", &["--armed".into()], &[]);
+    lion_run(&home, &["plugin", "install", &manifest]).success();
+    let kernel = support::Kernel::start(&home, &[]);
+    let identity = || {
+        let out = lion_run(
+            &home,
+            &[
+                "plugin",
+                "call",
+                "warm",
+                "abuse",
+                "--input",
+                r#"{"case":"identity"}"#,
+            ],
+        )
+        .success();
+        let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
+        v["structuredContent"]["ns_pid"]
+            .as_str()
+            .expect("a pid namespace")
+            .to_owned()
+    };
+    // Two processes' calls reach one server: the same pid namespace.
+    let first = identity();
+    assert_eq!(identity(), first, "one warm server in the kernel");
+    let crashed = lion_run(
+        &home,
+        &[
+            "plugin",
+            "call",
+            "warm",
+            "abuse",
+            "--input",
+            r#"{"case":"exit","code":9}"#,
+        ],
+    );
+    let line = crashed.error_line(1);
+    assert!(line.contains("exited with code 9"), "{line}");
+    let restarted = identity();
+    assert_ne!(restarted, first, "a new server after the crash");
+    // The calls were the kernel's tasks.
+    let tasks = lion_run(&home, &["task", "list", "--json"])
+        .success()
+        .json();
+    let handlers: Vec<&serde_json::Value> = tasks
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|t| &t["spec"]["handler"])
+        .collect();
+    assert_eq!(handlers, vec!["plugin"; 4], "kernel: {}", kernel.stderr());
 }

@@ -9,6 +9,8 @@
 //! teach [`SystemEvent::decode`] to upcast the older versions: the golden log
 //! in `tests/fixtures/` must keep replaying.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -18,7 +20,7 @@ use crate::agent::AgentId;
 use crate::chain::Hash;
 use crate::element::ElementData;
 use crate::llm::{AgentSpec, ChatMessage, Usage};
-use crate::plugin::{Artifact, CallFailure, Grant, InstalledPlugin};
+use crate::plugin::{Artifact, CallFailure, FunctionSpec, Grant, InstalledPlugin};
 use crate::task::{TaskChange, TaskSpec};
 
 /// Bytes reserved up front for an encoded event: most fit, saving regrowth.
@@ -241,6 +243,18 @@ pub enum SystemEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         install_id: Option<Uuid>,
     },
+    /// The operator approved what a server plugin offers now (`lion plugin
+    /// approve`): new tools, or tools whose description or schemas changed
+    /// since they were approved, become callable.
+    PluginApproved {
+        /// The plugin.
+        name: String,
+        /// Every function it may now call, by lion's name (the whole set).
+        functions: BTreeMap<String, FunctionSpec>,
+        /// The install it is for: an approval meant for an earlier install
+        /// of this name is refused.
+        install_id: Option<Uuid>,
+    },
     /// An LLM agent was spawned (or spawned again after being stopped).
     AgentSpawned {
         /// Its name.
@@ -350,6 +364,7 @@ impl SystemEvent {
             SystemEvent::PluginRemoved { .. } => "plugin_removed",
             SystemEvent::PluginKvSet { .. } => "plugin_kv_set",
             SystemEvent::PluginGranted { .. } => "plugin_granted",
+            SystemEvent::PluginApproved { .. } => "plugin_approved",
             SystemEvent::PluginEmitted { .. } => "plugin_emitted",
             SystemEvent::AgentSpawned { .. } => "agent_spawned",
             SystemEvent::AgentPrompted { .. } => "agent_prompted",
@@ -374,6 +389,7 @@ impl SystemEvent {
             | SystemEvent::PluginRemoved { name }
             | SystemEvent::PluginKvSet { name, .. }
             | SystemEvent::PluginGranted { name, .. }
+            | SystemEvent::PluginApproved { name, .. }
             | SystemEvent::PluginEmitted { name, .. } => Some(name),
             _ => None,
         }
@@ -392,7 +408,8 @@ impl SystemEvent {
             | SystemEvent::PluginQuarantined { install_id, .. }
             | SystemEvent::PluginKvSet { install_id, .. }
             | SystemEvent::PluginEmitted { install_id, .. }
-            | SystemEvent::PluginGranted { install_id, .. } => *install_id,
+            | SystemEvent::PluginGranted { install_id, .. }
+            | SystemEvent::PluginApproved { install_id, .. } => *install_id,
             _ => None,
         }
     }
@@ -414,6 +431,7 @@ impl SystemEvent {
             | SystemEvent::PluginRemoved { .. }
             | SystemEvent::PluginKvSet { .. }
             | SystemEvent::PluginGranted { .. }
+            | SystemEvent::PluginApproved { .. }
             | SystemEvent::PluginEmitted { .. }
             | SystemEvent::AgentSpawned { .. }
             | SystemEvent::AgentPrompted { .. }

@@ -20,7 +20,7 @@ mod task;
 
 pub use error::PluginError;
 pub use files::{MAX_COMPONENT_BYTES, MAX_MANIFEST_BYTES};
-pub use manager::{CallOptions, DEFAULT_QUARANTINE_AFTER, PluginManager};
+pub use manager::{Approval, CallOptions, DEFAULT_QUARANTINE_AFTER, PluginManager};
 pub use manifest::{
     ComponentRef, DirAccess, DirPermission, FunctionSpec, Grant, HostInterface, LIMIT_CEILINGS,
     Limits, ManifestError, Permissions, PluginManifest,

@@ -318,6 +318,13 @@ impl State {
                 })?;
             return Ok(true);
         }
+        if let SystemEvent::PluginApproved { install_id, .. } = event {
+            let record = record.ok_or_else(|| ApplyError::UnknownPlugin(name.to_owned()))?;
+            if *install_id != record.installed.install_id {
+                return Err(ApplyError::StaleGrant(name.to_owned()));
+            }
+            return Ok(true);
+        }
         match (record, event.plugin_install_id()) {
             (Some(record), id) => Ok(record.installed.install_id == id),
             (None, Some(_)) => Ok(false),

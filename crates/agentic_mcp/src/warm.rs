@@ -128,11 +128,14 @@ impl LoadedPlugin for WarmServer {
         ctx: Arc<CallContext>,
     ) -> Result<String, CallFailure> {
         let Some(callable) = self.callable.get(function) else {
+            // Refused, not denied: the operator has yet to approve it, and
+            // calls of it do not count towards quarantine.
             let failure = CallFailure::new(
-                FailureKind::PermissionDenied,
+                FailureKind::Refused,
                 format!(
-                    "the server's tool {function} is not approved (it is new or changed since \
-                     install)"
+                    "the server does not offer {function} as approved (it changed, or is \
+                     new or gone, since the approval; `lion plugin approve {}` shows what)",
+                    self.launch.name
                 ),
             );
             ctx.deny(format!("tool {function}"), "not approved");
@@ -196,7 +199,9 @@ impl WarmServer {
     /// ended (seccomp, a limit, a crash) with its stderr's tail. The server
     /// is stopped; the next call starts it again.
     async fn died(&self, running: &Arc<Running>, error: &SessionError) -> CallFailure {
-        let report = if running.session.is_closed() {
+        // Its output closed: it is exiting (or has), so wait for how it
+        // ended; anything else may leave it running, and it is killed.
+        let report = if matches!(error, SessionError::ServerGone) || running.session.is_closed() {
             running.ended().await
         } else {
             None

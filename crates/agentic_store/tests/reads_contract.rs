@@ -65,6 +65,7 @@ on_both_stores!(
     an_agent_is_read_with_a_page_of_its_conversation,
     a_respawned_agent_starts_a_new_conversation,
     plugins_are_read_in_pages,
+    an_approval_replaces_the_functions_of_the_current_install_only,
 );
 
 /// Appends `events` one by one, folding them into `state` too.
@@ -466,4 +467,64 @@ async fn plugins_are_read_in_pages(subject: Subject) {
     };
     assert_eq!(names(&first.items), ["p1", "p3"]);
     assert_eq!(names(&rest), ["p4", "p5", "p2"]);
+}
+
+async fn an_approval_replaces_the_functions_of_the_current_install_only(subject: Subject) {
+    let store = subject.store.as_ref();
+    let mut state = State::new();
+    let first = installed("srv");
+    let stale_id = first.install_id;
+    record(
+        store,
+        &mut state,
+        vec![
+            SystemEvent::PluginInstalled {
+                plugin: Box::new(first),
+            },
+            SystemEvent::PluginRemoved { name: "srv".into() },
+            SystemEvent::PluginInstalled {
+                plugin: Box::new(installed("srv")),
+            },
+        ],
+    )
+    .await;
+    let current = store.plugin("srv").await.expect("read").expect("installed");
+    let mut functions = current.record.installed.manifest.functions.clone();
+    let mut added = functions["run"].clone();
+    added.description = "Added later".into();
+    added.tool = Some("added.tool".into());
+    functions.insert("added_tool".into(), added);
+    record(
+        store,
+        &mut state,
+        vec![SystemEvent::PluginApproved {
+            name: "srv".into(),
+            functions: functions.clone(),
+            install_id: current.record.installed.install_id,
+        }],
+    )
+    .await;
+    let approved = store.plugin("srv").await.expect("read").expect("installed");
+    assert_eq!(approved.record.installed.manifest.functions, functions);
+    assert_eq!(
+        Some(&approved.record),
+        state.plugins().find(|p| p.name() == "srv")
+    );
+
+    // An approval meant for the earlier install is refused by both.
+    let stale = SystemEvent::PluginApproved {
+        name: "srv".into(),
+        functions: Default::default(),
+        install_id: stale_id,
+    };
+    assert!(state.clone().apply(&stale).is_err());
+    let refused = store
+        .append(
+            vec![NewEvent::new(stale, Uuid::now_v7())],
+            ExpectedVersion::Any,
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let after = store.plugin("srv").await.expect("read").expect("installed");
+    assert_eq!(after.record.installed.manifest.functions, functions);
 }

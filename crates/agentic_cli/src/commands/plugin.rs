@@ -5,10 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use agentic_core::plugin::PLUGIN_HANDLER;
 use agentic_core::plugin::{
-    CallOptions, DirAccess, Grant, Limits, PluginError, PluginManager, PluginRecord, PluginStatus,
+    CallOptions, DirAccess, Grant, PluginError, PluginManager, PluginManifest, PluginRecord,
+    PluginStatus,
 };
-use agentic_core::{Durability, EventStore};
+use agentic_core::{Durability, EventStore, TaskOutcome, TaskSpec};
 use agentic_mcp::{NetworkPlan, ProcessSandbox};
 use agentic_store::SqliteStore;
 use agentic_wasm::WasmSandbox;
@@ -17,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::Ctx;
 use crate::cli::Paging;
-use crate::output;
+use crate::{lease, output};
 
 /// Where a home keeps its plugins' files.
 pub fn plugins_dir(home: &Path) -> PathBuf {
@@ -93,7 +95,7 @@ pub fn print_installed(ctx: Ctx, record: &PluginRecord) -> Result<()> {
     if !refused.is_empty() {
         println!("  not granted (calls that need it are denied): {refused}");
     }
-    println!("  limits:  {}", describe_limits(&m.limits));
+    println!("  limits:  {}", describe_limits(m));
     if let Some(server) = &m.server {
         println!(
             "  server:  {} {} (a warm process: it keeps state between calls)",
@@ -110,12 +112,18 @@ pub fn print_installed(ctx: Ctx, record: &PluginRecord) -> Result<()> {
 /// Every limit a plugin's calls run under, by its manifest name (the
 /// operator sees what a plugin may use); a value recorded above lion's
 /// ceiling (before there were ceilings) says the ceiling it runs at.
-fn describe_limits(limits: &Limits) -> String {
+/// A server's process is limited by its own limits, and its calls only by
+/// the call limits lion itself enforces (the others are WebAssembly's).
+fn describe_limits(manifest: &PluginManifest) -> String {
+    let limits = &manifest.limits;
     let capped = limits.capped();
+    let server = manifest.server.as_ref();
+    let applies = |name: &str| server.is_none() || SERVER_CALL_LIMITS.contains(&name);
     let mut parts: Vec<String> = limits
         .fields()
         .into_iter()
         .zip(capped.fields())
+        .filter(|((name, _), _)| applies(name))
         .map(|((name, value), (_, runs_at))| {
             if value == runs_at {
                 format!("{name}={value}")
@@ -124,12 +132,30 @@ fn describe_limits(limits: &Limits) -> String {
             }
         })
         .collect();
-    parts.push(match limits.fuel {
-        Some(fuel) => format!("fuel={fuel}"),
-        None => "fuel=unlimited".to_owned(),
-    });
+    match server {
+        Some(server) => parts.extend(
+            server
+                .limits
+                .fields()
+                .into_iter()
+                .map(|(name, value)| format!("{name}={value}")),
+        ),
+        None => parts.push(match limits.fuel {
+            Some(fuel) => format!("fuel={fuel}"),
+            None => "fuel=unlimited".to_owned(),
+        }),
+    }
     parts.join(" ")
 }
+
+/// The call limits a server plugin's calls run under; its process has its
+/// own (memory, processes, CPU...).
+const SERVER_CALL_LIMITS: &[&str] = &[
+    "timeout_ms",
+    "max_input_bytes",
+    "max_output_bytes",
+    "max_concurrency",
+];
 
 /// `lion plugin grant NAME [--grant KIND:VALUE ...]`: the plugin's whole
 /// new grant, checked against its recorded manifest.
@@ -226,7 +252,7 @@ pub async fn info(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
     }
     println!("asked:      {}", describe_permissions(&m.permissions));
     println!("granted:    {}", describe_permissions(&p.installed.grant));
-    println!("limits:     {}", describe_limits(&m.limits));
+    println!("limits:     {}", describe_limits(m));
     println!(
         "calls:      {} ({} succeeded, {} failed, {} failures in a row)",
         p.calls, p.succeeded, p.failed, p.consecutive_failures
@@ -242,6 +268,9 @@ pub async fn info(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
 }
 
 /// `lion plugin call NAME FUNCTION --input JSON`: prints the output JSON.
+/// A server plugin is called through the kernel when one runs on the home
+/// (its one warm server: a server keeps state, so two processes must not
+/// each run a copy); anything else is called here.
 pub async fn call(
     home: &Path,
     store: Arc<SqliteStore>,
@@ -250,6 +279,13 @@ pub async fn call(
     function: &str,
     input: &str,
 ) -> Result<()> {
+    let is_server = store
+        .plugin(name)
+        .await?
+        .is_some_and(|s| s.record.installed.is_server());
+    if is_server && lease::held(home) {
+        return call_through_kernel(home, &store, ctx, name, function, input).await;
+    }
     let manager = manager(home, store, ctx, Durability::Durable)?;
     let output = tokio::select! {
         output = manager.call(name, function, input, CallOptions::default()) => Some(output),
@@ -266,6 +302,78 @@ pub async fn call(
     manager.close().await;
     let output: Value = output?;
     println!("{output}");
+    Ok(())
+}
+
+/// Has the kernel running on `home` make the call, as a `plugin` task:
+/// prints its output, or fails with the call's error.
+async fn call_through_kernel(
+    home: &Path,
+    store: &Arc<SqliteStore>,
+    ctx: Ctx,
+    name: &str,
+    function: &str,
+    input: &str,
+) -> Result<()> {
+    let input: Value = serde_json::from_str(input).context("--input is not valid JSON")?;
+    let spec = TaskSpec::new(
+        PLUGIN_HANDLER,
+        json!({"plugin": name, "function": function, "input": input}),
+    );
+    tracing::info!(
+        plugin = name,
+        function,
+        "calling through the running kernel"
+    );
+    let (id, outcome) = super::task::run_by_kernel(home, store, ctx, spec, false).await?;
+    match outcome {
+        TaskOutcome::Completed(output) => {
+            println!("{output}");
+            Ok(())
+        }
+        TaskOutcome::Failed(error) => bail!("{error}"),
+        TaskOutcome::TimedOut => bail!("the call of {name}.{function} timed out (task {id})"),
+        TaskOutcome::Cancelled(reason) => {
+            bail!("the call of {name}.{function} was cancelled: {reason}")
+        }
+    }
+}
+
+/// `lion plugin approve NAME [FUNCTION...]`: prints what became callable.
+pub async fn approve(
+    home: &Path,
+    store: Arc<SqliteStore>,
+    ctx: Ctx,
+    name: &str,
+    functions: &[String],
+) -> Result<()> {
+    let manager = manager(home, store, ctx, Durability::Durable)?;
+    let approval = manager.approve(name, functions).await?;
+    if ctx.json {
+        return output::json(&json!({
+            "plugin": name,
+            "added": approval.added,
+            "changed": approval.changed,
+            "removed": approval.removed,
+        }));
+    }
+    if approval.is_empty() {
+        println!("{name}: nothing to approve (the server offers what was approved)");
+        return Ok(());
+    }
+    let functions = &approval.record.installed.manifest.functions;
+    for (what, names) in [
+        ("approved new", &approval.added),
+        ("approved changed", &approval.changed),
+    ] {
+        for f in names {
+            let description = functions.get(f).map_or("", |s| s.description.as_str());
+            println!("{what} {name}.{f}: {description}");
+        }
+    }
+    for f in &approval.removed {
+        println!("forgot {name}.{f}: the server no longer offers it");
+    }
     Ok(())
 }
 

@@ -146,8 +146,24 @@ const KERNEL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// Submits the task to the running kernel and follows the log to its end;
 /// progress comes from the kernel's live stream as it happens.
 async fn follow(home: &Path, store: &Arc<SqliteStore>, ctx: Ctx, spec: TaskSpec) -> Result<()> {
-    let id = Uuid::now_v7();
     let show_progress = std::io::stdout().is_terminal() && !ctx.json;
+    let (id, outcome) = run_by_kernel(home, store, ctx, spec, show_progress).await?;
+    report(ctx, id, &outcome)
+}
+
+/// Submits `spec` to the kernel running on `home` and waits for the task
+/// to end (following the log from its submission), its id and how it
+/// ended; with `show_progress`, each of its changes goes to stderr as the
+/// kernel's live stream shows it. Ctrl-C records its cancellation, which
+/// the kernel applies.
+pub(crate) async fn run_by_kernel(
+    home: &Path,
+    store: &Arc<SqliteStore>,
+    ctx: Ctx,
+    spec: TaskSpec,
+    show_progress: bool,
+) -> Result<(Uuid, TaskOutcome)> {
+    let id = Uuid::now_v7();
     let mut live = match show_progress {
         true => live::connect(home).await,
         false => None,
@@ -212,7 +228,7 @@ async fn follow(home: &Path, store: &Arc<SqliteStore>, ctx: Ctx, spec: TaskSpec)
             SystemEvent::TaskCancelled { reason, .. } => TaskOutcome::Cancelled(reason),
             _ => continue,
         };
-        return report(ctx, id, &outcome);
+        return Ok((id, outcome));
     }
 }
 

@@ -137,7 +137,15 @@ impl Entry {
         };
         let invalid = |m: String| CallFailure::new(FailureKind::InvalidInput, m);
         let Some(schemas) = self.functions.get(function) else {
-            return failed(invalid(format!("the plugin has no function {function:?}")));
+            let mut message = format!("the plugin has no function {function:?}");
+            if self.installed.is_server() {
+                message.push_str(&format!(
+                    " approved (a tool its server offers since is callable once approved: `lion \
+                     plugin approve {}`)",
+                    self.installed.name()
+                ));
+            }
+            return failed(invalid(message));
         };
         if input.len() as u64 > self.limits.max_input_bytes {
             return failed(invalid(format!(

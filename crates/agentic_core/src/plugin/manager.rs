@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use call::CallOptions;
+pub use server::Approval;
 
 use super::cache::PluginFiles;
 use super::recorder::Recorder;

@@ -607,6 +607,12 @@ impl PluginManifest {
             .iter()
             .find(|d| d.guest == guest)
             .ok_or_else(|| ManifestError::NotRequested(format!("directory {guest}")))?;
+        // A server sees a directory at its own path: `dir:/PATH` names the
+        // host path already.
+        let host = host.or_else(|| {
+            let guest = Path::new(guest);
+            (self.server.is_some() && guest.is_absolute()).then_some(guest)
+        });
         let path = match host {
             Some(host) => {
                 let resolved = host.canonicalize().map_err(|e| {

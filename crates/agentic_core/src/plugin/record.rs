@@ -280,6 +280,9 @@ impl PluginRecord {
             }
             E::PluginQuarantined { .. } => self.status = PluginStatus::Quarantined,
             E::PluginGranted { grant, .. } => self.installed.regrant(grant.clone()),
+            E::PluginApproved { functions, .. } => {
+                self.installed.manifest.functions = functions.clone();
+            }
             _ => {}
         }
     }

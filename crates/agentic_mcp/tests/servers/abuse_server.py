@@ -55,6 +55,10 @@ SERVER_INFO = {"name": "lion-abuse-server", "version": "1.0.0"}
 
 ARMED = "--armed" in sys.argv[1:]
 NEVER_INITIALIZE = "--never-initialize" in sys.argv[1:]
+# `--tools-from=PATH`: a JSON list of extra echo tools ({"name", and
+# optionally "description"}), read at each listing, so a test can change
+# what the server offers after install.
+TOOLS_FROM = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--tools-from=")), None)
 
 # ---------------------------------------------------------------- transport
 
@@ -749,6 +753,20 @@ TOOLS = [
 ]
 
 
+def extra_tools() -> list:
+    """The extra echo tools the `--tools-from` file lists now (none without
+    the flag, or when the file cannot be read)."""
+    if TOOLS_FROM is None:
+        return []
+    try:
+        with open(TOOLS_FROM, encoding="utf-8") as f:
+            listed = json.load(f)
+    except (OSError, ValueError):
+        return []
+    return [{"name": t["name"], "description": t.get("description", "Echoes its text."),
+             "inputSchema": TOOLS[0]["inputSchema"]} for t in listed]
+
+
 # ---------------------------------------------------------------- dispatch
 
 def run_call(req_id, params: dict) -> None:
@@ -756,7 +774,7 @@ def run_call(req_id, params: dict) -> None:
     name = params.get("name")
     args = params.get("arguments") or {}
     try:
-        if name == "good":
+        if name == "good" or name in {t["name"] for t in extra_tools()}:
             text = str(args.get("text", ""))
             tool_result(req_id, {"ok": True, "echo": text})
         elif name == "abuse":
@@ -797,7 +815,7 @@ def handle(msg: dict) -> None:
     elif method == "ping":
         reply(req_id, {})
     elif method == "tools/list":
-        reply(req_id, {"tools": TOOLS})
+        reply(req_id, {"tools": TOOLS + extra_tools()})
     elif method == "tools/call":
         threading.Thread(target=run_call, args=(req_id, msg.get("params") or {}), daemon=True).start()
     elif req_id is not None:

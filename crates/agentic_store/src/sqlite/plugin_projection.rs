@@ -110,13 +110,7 @@ pub(super) fn project(
             params![name],
         ),
         SystemEvent::PluginGranted { name, grant, .. } => {
-            let current: Option<String> = tx
-                .prepare_cached("SELECT installed FROM plugins WHERE name = ?1")
-                .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
-                .map_err(ProjectError::Sql)?;
-            let current = current.ok_or_else(|| unknown(name))?;
-            let mut installed: InstalledPlugin =
-                serde_json::from_str(&current).map_err(|e| ProjectError::Sql(from_json(e)))?;
+            let mut installed = installed(tx, name)?;
             installed.manifest.check_grant(grant).map_err(|e| {
                 ProjectError::Refused(ApplyError::InvalidGrant {
                     name: name.clone(),
@@ -124,6 +118,18 @@ pub(super) fn project(
                 })
             })?;
             installed.regrant(grant.clone());
+            update(
+                tx,
+                name,
+                "UPDATE plugins SET installed = ?2 WHERE name = ?1",
+                params![name, to_json(&installed)?],
+            )
+        }
+        SystemEvent::PluginApproved {
+            name, functions, ..
+        } => {
+            let mut installed = installed(tx, name)?;
+            installed.manifest.functions = functions.clone();
             update(
                 tx,
                 name,
@@ -151,16 +157,35 @@ fn applies(tx: &Transaction<'_>, event: &SystemEvent) -> Result<bool, ProjectErr
         .map_err(ProjectError::Sql)?;
     let id = event.plugin_install_id().map(|id| id.to_string());
     match current {
-        None if id.is_none() || matches!(event, SystemEvent::PluginGranted { .. }) => Err(
-            ProjectError::Refused(ApplyError::UnknownPlugin(name.to_owned())),
-        ),
+        None if id.is_none() || is_grant_or_approval(event) => Err(ProjectError::Refused(
+            ApplyError::UnknownPlugin(name.to_owned()),
+        )),
         None => Ok(false),
         Some(current) if current == id => Ok(true),
-        Some(_) if matches!(event, SystemEvent::PluginGranted { .. }) => Err(
-            ProjectError::Refused(ApplyError::StaleGrant(name.to_owned())),
-        ),
+        Some(_) if is_grant_or_approval(event) => Err(ProjectError::Refused(
+            ApplyError::StaleGrant(name.to_owned()),
+        )),
         Some(_) => Ok(false),
     }
+}
+
+/// Grants and approvals must name the plugin's current install.
+fn is_grant_or_approval(event: &SystemEvent) -> bool {
+    matches!(
+        event,
+        SystemEvent::PluginGranted { .. } | SystemEvent::PluginApproved { .. }
+    )
+}
+
+/// The recorded install of plugin `name`.
+fn installed(tx: &Transaction<'_>, name: &str) -> Result<InstalledPlugin, ProjectError> {
+    let current: Option<String> = tx
+        .prepare_cached("SELECT installed FROM plugins WHERE name = ?1")
+        .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
+        .map_err(ProjectError::Sql)?;
+    let current =
+        current.ok_or_else(|| ProjectError::Refused(ApplyError::UnknownPlugin(name.to_owned())))?;
+    serde_json::from_str(&current).map_err(|e| ProjectError::Sql(from_json(e)))
 }
 
 /// The columns [`record`] reads, in its order.

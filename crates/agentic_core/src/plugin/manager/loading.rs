@@ -184,6 +184,7 @@ impl PluginManager {
         match event {
             SystemEvent::PluginInstalled { .. }
             | SystemEvent::PluginGranted { .. }
+            | SystemEvent::PluginApproved { .. }
             | SystemEvent::PluginRemoved { .. }
             | SystemEvent::PluginQuarantined { .. } => {
                 if let Some(name) = event.plugin_name() {

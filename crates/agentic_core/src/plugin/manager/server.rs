@@ -3,6 +3,7 @@
 //! with it) and starting it warm for calls (functions it offers that the
 //! operator did not approve are refused, each refusal an event).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
@@ -12,9 +13,9 @@ use uuid::Uuid;
 use super::{CallOptions, PluginManager, elapsed_micros};
 use crate::event::SystemEvent;
 use crate::plugin::PluginError;
-use crate::plugin::manifest::{Grant, PluginManifest};
+use crate::plugin::manifest::{FunctionSpec, Grant, PluginManifest};
 use crate::plugin::record::{Artifact, InstalledPlugin, PluginRecord};
-use crate::plugin::sandbox::LoadedPlugin;
+use crate::plugin::sandbox::{LoadedPlugin, SandboxError};
 use crate::plugin::server::{
     MAX_SERVER_HOSTS, PROCESS_KIND, ServerDenials, ServerHost, ServerLaunch, ServerSandbox,
 };
@@ -215,7 +216,153 @@ impl ServerDenials for RecordDenials {
     }
 }
 
+/// What `approve` found and did: the functions that became callable (new
+/// tools, and tools whose description or schemas changed), and those the
+/// server no longer offers (dropped from the record when all was approved).
+#[derive(Debug, Clone)]
+pub struct Approval {
+    /// The plugin's record after the approval.
+    pub record: PluginRecord,
+    /// New functions approved, by lion's name.
+    pub added: Vec<String>,
+    /// Changed functions approved.
+    pub changed: Vec<String>,
+    /// Functions the server stopped offering.
+    pub removed: Vec<String>,
+}
+
+impl Approval {
+    /// Whether anything was approved.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
 impl PluginManager {
+    /// Approves what server plugin `name` offers now: starts it once in its
+    /// sandbox (its files must be those installed), lists its tools, and
+    /// records `plugin_approved` with the new function set, so the next
+    /// start serves them. `only` limits the approval to those functions
+    /// (new or changed); empty approves every difference, and drops the
+    /// functions it no longer offers. Nothing differing records nothing.
+    pub async fn approve(&self, name: &str, only: &[String]) -> Result<Approval, PluginError> {
+        let snapshot = self
+            .inner
+            .store
+            .plugin(name)
+            .await?
+            .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
+        let installed = &snapshot.record.installed;
+        if !installed.is_server() {
+            return Err(PluginError::GrantRefused {
+                name: name.to_owned(),
+                reason: "only a server plugin's tools are approved; a WebAssembly plugin's \
+                         functions are fixed by its component"
+                    .into(),
+            });
+        }
+        let servers = self.servers(name)?.clone();
+        let mut launch = self.launch(installed)?;
+        launch.approved.clear();
+        let discovery = servers
+            .discover(&launch)
+            .await
+            .map_err(|error| PluginError::Sandbox {
+                name: name.to_owned(),
+                error,
+            })?;
+        if discovery.tree_sha256 != installed.sha256() {
+            return Err(PluginError::Sandbox {
+                name: name.to_owned(),
+                error: SandboxError::Server(format!(
+                    "the server's files changed since install (tree sha256 {}, recorded {}): \
+                     reinstall it instead",
+                    discovery.tree_sha256,
+                    installed.sha256()
+                )),
+            });
+        }
+        let current = &installed.manifest.functions;
+        let tool_of = |function: &str, spec: &FunctionSpec| {
+            spec.tool.clone().unwrap_or_else(|| function.to_owned())
+        };
+        let by_tool: BTreeMap<String, &String> = current
+            .iter()
+            .map(|(function, spec)| (tool_of(function, spec), function))
+            .collect();
+        let mut approved = current.clone();
+        let (mut added, mut changed) = (Vec::new(), Vec::new());
+        let mut offered = Vec::new();
+        for found in discovery.functions {
+            let tool = tool_of(&found.function, &found.spec);
+            let function = by_tool
+                .get(&tool)
+                .map_or(found.function.clone(), |f| (*f).clone());
+            offered.push(function.clone());
+            let mut spec = found.spec;
+            spec.tool = (tool != function).then_some(tool);
+            if approved.get(&function) == Some(&spec)
+                || (!only.is_empty() && !only.contains(&function))
+            {
+                continue;
+            }
+            match approved.insert(function.clone(), spec) {
+                Some(_) => changed.push(function),
+                None => added.push(function),
+            }
+        }
+        if let Some(unknown) = only
+            .iter()
+            .find(|f| !added.contains(f) && !changed.contains(f))
+        {
+            return Err(PluginError::GrantRefused {
+                name: name.to_owned(),
+                reason: format!(
+                    "{unknown} awaits no approval: the server offers it unchanged, or not at all"
+                ),
+            });
+        }
+        let mut removed = Vec::new();
+        if only.is_empty() {
+            approved.retain(|function, _| {
+                let keep = offered.contains(function);
+                if !keep {
+                    removed.push(function.clone());
+                }
+                keep
+            });
+        }
+        let mut approval = Approval {
+            record: snapshot.record.clone(),
+            added,
+            changed,
+            removed,
+        };
+        if approval.is_empty() {
+            return Ok(approval);
+        }
+        let event = SystemEvent::PluginApproved {
+            name: name.to_owned(),
+            functions: approved,
+            install_id: installed.install_id,
+        };
+        approval.record.apply(&event);
+        match self.append_now(vec![event]).await {
+            Err(StoreError::Rejected(ApplyError::UnknownPlugin(n))) => {
+                return Err(PluginError::NotInstalled(n));
+            }
+            Err(StoreError::Rejected(e @ ApplyError::StaleGrant(_))) => {
+                return Err(PluginError::GrantRefused {
+                    name: name.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+            other => other?,
+        }
+        self.unload(name).await;
+        Ok(approval)
+    }
+
     /// Checks the paths a server may read besides its grant (its root and
     /// runtime paths, chosen by its manifest's author): none may be or hold
     /// `/` or the lion home, none may lie inside the home but the server's
