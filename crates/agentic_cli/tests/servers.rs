@@ -7,7 +7,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use support::{event_kinds, lion, lion_run, run};
+use support::{ClearLion, event_kinds, lion, lion_run, run};
 
 /// A scratch directory outside `/tmp`.
 fn scratch() -> tempfile::TempDir {
@@ -117,8 +117,11 @@ fn a_pypi_server_installs_answers_refuses_and_is_not_started_once_its_files_chan
         "{line}"
     );
 
+    let scratch = home.join("plugins").join("scratch").join("time");
+    assert!(scratch.is_dir(), "its private /tmp was made");
     lion_run(&home, &["plugin", "remove", "time"]).success();
     assert!(!tree.exists(), "a package's files go with its plugin");
+    assert!(!scratch.exists(), "and its private /tmp");
 }
 
 #[test]
@@ -306,8 +309,9 @@ fn python() -> (String, String) {
 }
 
 /// Writes a manifest for the abuse server (named `name`, with `args` after
-/// the script) in `dir/name`, asking for `dirs` read-only; its path.
-fn abuse_manifest(dir: &Path, name: &str, args: &[String], dirs: &[&Path]) -> String {
+/// the script) in `dir/name`, asking for `dirs` read-only, with `extra`
+/// TOML at its end; its path.
+fn abuse_manifest(dir: &Path, name: &str, args: &[String], dirs: &[&Path], extra: &str) -> String {
     let (python, prefix) = python();
     let folder = dir.join(name);
     std::fs::create_dir_all(&folder).expect("plugin folder");
@@ -328,6 +332,7 @@ fn abuse_manifest(dir: &Path, name: &str, args: &[String], dirs: &[&Path]) -> St
             "\n[[permissions.dirs]]\npath = {d:?}\nguest = {d:?}\nmode = \"read-only\"\n"
         ));
     }
+    toml.push_str(extra);
     let manifest = folder.join("plugin.toml");
     std::fs::write(&manifest, toml).expect("manifest");
     manifest.display().to_string()
@@ -357,6 +362,7 @@ fn a_tool_the_server_offers_later_is_refused_until_the_operator_approves_it() {
         "abuse",
         &[format!("--tools-from={}", tools.display())],
         &[&data],
+        "",
     );
     let grant = format!("dir:{}:ro", data.display());
     lion_run(&home, &["plugin", "install", &manifest, "--grant", &grant]).success();
@@ -436,7 +442,7 @@ fn a_tool_the_server_offers_later_is_refused_until_the_operator_approves_it() {
 fn a_server_that_keeps_dying_is_quarantined() {
     let dir = scratch();
     let home = dir.path().join("home");
-    let manifest = abuse_manifest(dir.path(), "dies", &["--armed".into()], &[]);
+    let manifest = abuse_manifest(dir.path(), "dies", &["--armed".into()], &[], "");
     lion_run(&home, &["plugin", "install", &manifest]).success();
     for _ in 0..5 {
         let out = lion_run(
@@ -476,7 +482,15 @@ fn a_server_that_keeps_dying_is_quarantined() {
 fn with_a_kernel_running_calls_share_its_one_warm_server_which_restarts_after_a_crash() {
     let dir = scratch();
     let home = dir.path().join("home");
-    let manifest = abuse_manifest(dir.path(), "warm", &["--armed".into()], &[]);
+    // A marker in its command line, to find its processes.
+    let marker = format!("--tools-from={}", dir.path().join("warm-marker").display());
+    let manifest = abuse_manifest(
+        dir.path(),
+        "warm",
+        &["--armed".into(), marker.clone()],
+        &[],
+        "",
+    );
     lion_run(&home, &["plugin", "install", &manifest]).success();
     let kernel = support::Kernel::start(&home, &[]);
     let identity = || {
@@ -527,4 +541,101 @@ fn with_a_kernel_running_calls_share_its_one_warm_server_which_restarts_after_a_
         .map(|t| &t["spec"]["handler"])
         .collect();
     assert_eq!(handlers, vec!["plugin"; 4], "kernel: {}", kernel.stderr());
+
+    // Removed: the kernel stops its server, and everything in it.
+    assert!(running_with(&marker) > 0, "the server runs in the kernel");
+    lion_run(&home, &["plugin", "remove", "warm"]).success();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while running_with(&marker) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed plugin's server still runs"
+        );
+    }
+}
+
+/// How many processes run with `marker` in their command line.
+fn running_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            String::from_utf8_lossy(cmdline)
+                .split('\0')
+                .any(|arg| arg == marker)
+        })
+        .count()
+}
+
+#[test]
+fn a_call_that_times_out_stops_the_server_and_the_call_it_shared_it_with_is_told_why() {
+    let dir = scratch();
+    let home = dir.path().join("home");
+    let manifest = abuse_manifest(
+        dir.path(),
+        "slow",
+        &["--armed".into()],
+        &[],
+        "\n[limits]\ntimeout_ms = 2000\n",
+    );
+    lion_run(&home, &["plugin", "install", &manifest]).success();
+    let _kernel = support::Kernel::start(&home, &[]);
+    let sleep = r#"{"case":"sleep","seconds":60}"#;
+    let start_call = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lion"))
+            .env_clear_lion()
+            .arg("--home")
+            .arg(&home)
+            .args(["plugin", "call", "slow", "abuse", "--input", sleep])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start a call")
+    };
+    let invoked = || {
+        event_kinds(&home)
+            .iter()
+            .filter(|k| *k == "plugin_invoked")
+            .count()
+    };
+    // The first call runs before the second starts, so it times out first.
+    let first = start_call();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while invoked() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first call never ran"
+        );
+    }
+    let second = start_call();
+    let first = first.wait_with_output().expect("first call");
+    let second = second.wait_with_output().expect("second call");
+    let first_err = String::from_utf8_lossy(&first.stderr);
+    let second_err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        first_err.contains("did not answer within 2000 ms"),
+        "{first_err}"
+    );
+    assert!(
+        second_err.contains("cancelled")
+            && second_err.contains("another call it was serving timed out"),
+        "{second_err}"
+    );
+    // The next call gets a new server.
+    let good = lion_run(
+        &home,
+        &[
+            "plugin",
+            "call",
+            "slow",
+            "good",
+            "--input",
+            r#"{"text":"after"}"#,
+        ],
+    )
+    .success();
+    assert!(good.stdout.contains("after"), "{good:?}");
+    assert_eq!(status(&home, "slow"), "active");
 }

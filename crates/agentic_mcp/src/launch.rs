@@ -111,6 +111,8 @@ pub struct Running {
     forwarding: Forwarding,
     /// The last [`STDERR_TAIL_BYTES`] of its stderr.
     stderr: Arc<Mutex<VecDeque<u8>>>,
+    /// Why lion stopped it while it served calls, if it did.
+    stopped: Mutex<Option<String>>,
 }
 
 impl Running {
@@ -174,8 +176,26 @@ impl Running {
             jailed: tokio::sync::Mutex::new(jailed),
             forwarding,
             stderr: tail,
+            stopped: Mutex::new(None),
         };
         Ok(running)
+    }
+
+    /// Notes why lion is about to stop the server (the first reason
+    /// stays), for the other calls it serves.
+    pub fn stopping_because(&self, why: &str) {
+        self.stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(|| why.to_owned());
+    }
+
+    /// Why lion stopped the server, if it did.
+    pub fn stopped_because(&self) -> Option<String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The last bytes the server wrote to stderr, as text.

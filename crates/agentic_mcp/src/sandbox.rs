@@ -158,7 +158,7 @@ fn spec_of(tool: &Tool, function: &str) -> FunctionSpec {
 /// What the server offers now against what was approved: the approved
 /// functions it still offers unchanged (callable), and the others it
 /// offers, each with why it is not callable.
-fn compare(
+pub(crate) fn compare(
     approved: &BTreeMap<String, FunctionSpec>,
     tools: &[Tool],
 ) -> (HashMap<String, Callable>, Vec<(String, String)>) {

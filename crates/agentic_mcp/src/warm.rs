@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::forward::CallIds;
 use crate::launch::Running;
 use crate::output::{ToolError, tool_output};
-use crate::sandbox::check_tree;
+use crate::sandbox::{check_tree, compare};
 use crate::session::SessionError;
 
 /// What lion calls a function of the server: the MCP tool's exact name,
@@ -34,8 +34,9 @@ pub struct Callable {
 /// A server plugin loaded for calls.
 pub struct WarmServer {
     launch: ServerLaunch,
-    /// The approved functions the server offers, by lion's name.
-    callable: HashMap<String, Callable>,
+    /// The approved functions the running server offers, by lion's name
+    /// (listed again at each start: a server may change what it offers).
+    callable: Mutex<HashMap<String, Callable>>,
     /// The running server, if any (started on the first call after none).
     running: tokio::sync::Mutex<Option<Arc<Running>>>,
     /// When the last call started or ended, to stop the server when idle.
@@ -58,7 +59,7 @@ impl WarmServer {
     ) -> Arc<Self> {
         let server = Arc::new(Self {
             launch,
-            callable,
+            callable: Mutex::new(callable),
             running: tokio::sync::Mutex::new(Some(Arc::new(running))),
             last_used: Arc::new(Mutex::new(Instant::now())),
             in_flight: AtomicUsize::new(0),
@@ -68,8 +69,10 @@ impl WarmServer {
         server
     }
 
-    /// The running server, started first if it is not running.
-    async fn running(&self) -> Result<Arc<Running>, CallFailure> {
+    /// The running server, started first if it is not running (then what
+    /// it offers is listed again: tools it offers unapproved now are
+    /// denials of `ctx`'s call, and not callable).
+    async fn running(&self, ctx: &CallContext) -> Result<Arc<Running>, CallFailure> {
         let mut slot = self.running.lock().await;
         if let Some(running) = &*slot
             && !running.session.is_closed()
@@ -97,12 +100,32 @@ impl WarmServer {
                     )
                 })?,
         );
+        let tools = match running.session.list_tools().await {
+            Ok(tools) => tools,
+            Err(e) => {
+                running.stop().await;
+                return Err(CallFailure::new(
+                    FailureKind::LoadFailed,
+                    format!("the server started again did not list its tools: {e}"),
+                ));
+            }
+        };
+        let (callable, unapproved) = compare(&self.launch.approved, &tools);
+        for (function, why) in unapproved {
+            ctx.deny(
+                format!("tool {function}"),
+                format!("{why}; not callable until the operator approves it"),
+            );
+        }
+        *self.callable.lock().unwrap_or_else(PoisonError::into_inner) = callable;
         *slot = Some(running.clone());
         Ok(running)
     }
 
-    /// Forgets `running` if it is still the current server, and stops it.
-    async fn drop_running(&self, running: &Arc<Running>) {
+    /// Forgets `running` if it is still the current server, and stops it,
+    /// saying `why` to the other calls it was serving.
+    async fn drop_running(&self, running: &Arc<Running>, why: &str) {
+        running.stopping_because(why);
         let mut slot = self.running.lock().await;
         if slot.as_ref().is_some_and(|r| Arc::ptr_eq(r, running)) {
             slot.take();
@@ -127,7 +150,34 @@ impl LoadedPlugin for WarmServer {
         input: &str,
         ctx: Arc<CallContext>,
     ) -> Result<String, CallFailure> {
-        let Some(callable) = self.callable.get(function) else {
+        let arguments: Value = serde_json::from_str(input)
+            .map_err(|e| CallFailure::new(FailureKind::InvalidInput, e.to_string()))?;
+        let limits = ctx.limits();
+        let timeout = Duration::from_millis(limits.timeout_ms);
+        // The deadline counts from the call's start, a restart included.
+        let deadline = Instant::now() + timeout;
+        self.touch();
+        let in_flight = InFlight::enter(&self.in_flight);
+        let call = self.calls.enter(ctx.call_id());
+        let running = match tokio::time::timeout_at(deadline.into(), self.running(&ctx)).await {
+            Ok(running) => running?,
+            Err(_) => {
+                return Err(CallFailure::new(
+                    FailureKind::Timeout,
+                    format!(
+                        "the server was not ready within the call's {} ms",
+                        limits.timeout_ms
+                    ),
+                ));
+            }
+        };
+        let callable = self
+            .callable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(function)
+            .cloned();
+        let Some(callable) = callable else {
             // Refused, not denied: the operator has yet to approve it, and
             // calls of it do not count towards quarantine.
             let failure = CallFailure::new(
@@ -141,17 +191,10 @@ impl LoadedPlugin for WarmServer {
             ctx.deny(format!("tool {function}"), "not approved");
             return Err(failure);
         };
-        let arguments: Value = serde_json::from_str(input)
-            .map_err(|e| CallFailure::new(FailureKind::InvalidInput, e.to_string()))?;
-        let limits = ctx.limits();
-        let deadline = Duration::from_millis(limits.timeout_ms);
-        self.touch();
-        let in_flight = InFlight::enter(&self.in_flight);
-        let call = self.calls.enter(ctx.call_id());
-        let running = self.running().await?;
+        let left = deadline.saturating_duration_since(Instant::now());
         let result = running
             .session
-            .call_tool(&callable.tool, arguments, deadline)
+            .call_tool(&callable.tool, arguments, left)
             .await;
         drop(call);
         drop(in_flight);
@@ -161,7 +204,8 @@ impl LoadedPlugin for WarmServer {
             Err(SessionError::Timeout { .. }) => {
                 // A server that missed its deadline may be wedged, and
                 // everything it started is killed with it.
-                self.drop_running(&running).await;
+                self.drop_running(&running, "another call it was serving timed out")
+                    .await;
                 return Err(CallFailure::new(
                     FailureKind::Timeout,
                     format!(
@@ -199,6 +243,13 @@ impl WarmServer {
     /// ended (seccomp, a limit, a crash) with its stderr's tail. The server
     /// is stopped; the next call starts it again.
     async fn died(&self, running: &Arc<Running>, error: &SessionError) -> CallFailure {
+        // lion stopped it for another call's sake: not this call's fault.
+        if let Some(why) = running.stopped_because() {
+            return CallFailure::new(
+                FailureKind::Cancelled,
+                format!("the server was stopped while serving this call: {why}"),
+            );
+        }
         // Its output closed: it is exiting (or has), so wait for how it
         // ended; anything else may leave it running, and it is killed.
         let report = if matches!(error, SessionError::ServerGone) || running.session.is_closed() {
@@ -207,7 +258,7 @@ impl WarmServer {
             None
         };
         if report.is_none() {
-            self.drop_running(running).await;
+            self.drop_running(running, "it broke the session").await;
         } else {
             let mut slot = self.running.lock().await;
             if slot.as_ref().is_some_and(|r| Arc::ptr_eq(r, running)) {
@@ -233,6 +284,21 @@ impl WarmServer {
         let mut failure = CallFailure::new(kind, message);
         failure.trap = trap.map(str::to_owned);
         failure
+    }
+}
+
+/// An unloaded server (the plugin was removed, regranted, approved or
+/// quarantined, or its manager dropped) is stopped and reaped, its cgroups
+/// removed, rather than only killed when its handle goes.
+impl Drop for WarmServer {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.get_mut().take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                running.stop().await;
+            });
+        }
     }
 }
 

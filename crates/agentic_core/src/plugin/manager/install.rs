@@ -206,7 +206,9 @@ impl PluginManager {
             other => other?,
         }
         self.unload(name).await;
-        if !shared && !record.installed.is_server() {
+        if record.installed.is_server() {
+            self.forget_scratch(name);
+        } else if !shared {
             self.inner.files.forget(&sha);
         }
         Ok(())

@@ -40,6 +40,18 @@ impl PluginManager {
         self.inner.files.dir().join("scratch").join(name)
     }
 
+    /// Deletes server plugin `name`'s scratch files (its private `/tmp`):
+    /// nothing of a removed server is left for the next install of the name.
+    pub(super) fn forget_scratch(&self, name: &str) {
+        let scratch = self.scratch(name);
+        match std::fs::remove_dir_all(&scratch) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(plugin = name, error = %e, "cannot delete {}", scratch.display());
+            }
+            _ => {}
+        }
+    }
+
     /// What a server sandbox needs to start `installed`, with lion's values
     /// of the granted environment variables.
     fn launch(&self, installed: &InstalledPlugin) -> Result<ServerLaunch, PluginError> {
