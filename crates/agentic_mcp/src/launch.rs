@@ -107,6 +107,9 @@ pub struct Running {
     stderr: Arc<Mutex<VecDeque<u8>>>,
     /// Why lion stopped it while it served calls, if it did.
     stopped: Mutex<Option<String>>,
+    /// Its private `/tmp`, deleted with it (declared last: dropped after
+    /// the jail is killed).
+    _tmp: tempfile::TempDir,
 }
 
 impl Running {
@@ -115,7 +118,7 @@ impl Running {
     /// its roots.
     pub async fn start(launch: &ServerLaunch) -> Result<Self, SandboxError> {
         let tmp = fresh_tmp(&launch.scratch)?;
-        let spec = jail_spec(launch, &tmp);
+        let spec = jail_spec(launch, tmp.path());
         let mut jailed = agentic_jail::spawn(&spec)
             .await
             .map_err(|e| SandboxError::Host(e.to_string()))?;
@@ -151,6 +154,7 @@ impl Running {
             jailed: tokio::sync::Mutex::new(jailed),
             stderr: tail,
             stopped: Mutex::new(None),
+            _tmp: tmp,
         };
         Ok(running)
     }
@@ -215,17 +219,17 @@ fn failed_start(error: &str, report: Option<ExitReport>, tail: &Mutex<VecDeque<u
     message
 }
 
-/// A new, empty private `/tmp` for one start of a server, under `scratch`
-/// (earlier starts' files are deleted: nothing carries over).
-fn fresh_tmp(scratch: &Path) -> Result<PathBuf, SandboxError> {
-    let tmp = scratch.join("tmp");
-    let io = |e: std::io::Error| SandboxError::Host(format!("{}: {e}", tmp.display()));
-    match std::fs::remove_dir_all(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
-        _ => {}
-    }
-    std::fs::create_dir_all(&tmp).map_err(io)?;
-    Ok(tmp)
+/// A new, empty private `/tmp` for one start of a server, under `scratch`:
+/// its own directory, so a second start (another process's, or a restart
+/// while the old one is still being stopped) never shares or wipes it. It
+/// is deleted when the start's [`Running`] is dropped.
+fn fresh_tmp(scratch: &Path) -> Result<tempfile::TempDir, SandboxError> {
+    let io = |e: std::io::Error| SandboxError::Host(format!("{}: {e}", scratch.display()));
+    std::fs::create_dir_all(scratch).map_err(io)?;
+    tempfile::Builder::new()
+        .prefix("tmp-")
+        .tempdir_in(scratch)
+        .map_err(io)
 }
 
 /// Reads `stderr` to its end, keeping its last [`STDERR_TAIL_BYTES`].
