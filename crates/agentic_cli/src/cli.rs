@@ -283,13 +283,18 @@ pub enum PluginCommand {
     },
     /// Approve what a server plugin offers now: tools added, or whose
     /// description or schemas changed, since install or the last approval
-    /// (refused until approved). Starts the server once to list them.
+    /// (refused until approved). Starts the server once to list them;
+    /// --dry-run shows what would be approved.
     Approve {
         /// The plugin's name.
         name: String,
         /// Only these functions (lion's names); none approves every
         /// difference and forgets tools the server no longer offers.
         functions: Vec<String>,
+        /// Show what would be approved (with the new schemas), record
+        /// nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List installed plugins.
     List(Paging),

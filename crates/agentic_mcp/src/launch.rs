@@ -113,6 +113,12 @@ pub struct Running {
     stderr: Arc<Mutex<VecDeque<u8>>>,
     /// Why lion stopped it while it served calls, if it did.
     stopped: Mutex<Option<String>>,
+    /// Its private `/tmp`, deleted with it (declared after the jail:
+    /// dropped after the jail is killed).
+    _tmp: tempfile::TempDir,
+    /// This start's hosts file and `nsswitch.conf` (when hosts are
+    /// granted), deleted with it, after the jail too.
+    _net: Option<tempfile::TempDir>,
 }
 
 impl Running {
@@ -124,8 +130,16 @@ impl Running {
     pub async fn start(launch: &ServerLaunch, calls: CallIds) -> Result<Self, SandboxError> {
         let tmp = fresh_tmp(&launch.scratch)?;
         let network = NetworkPlan::of(&launch.grant)?;
-        let mut spec = jail_spec(launch, &tmp);
-        network.apply(&mut spec, &launch.scratch.join("net"))?;
+        let mut spec = jail_spec(launch, tmp.path());
+        // The hosts file and nsswitch.conf of this start, in a directory of
+        // its own (not the server's writable /tmp), deleted with it.
+        let net = if network.is_empty() {
+            None
+        } else {
+            let dir = fresh_dir(&launch.scratch, "net-")?;
+            network.apply(&mut spec, dir.path())?;
+            Some(dir)
+        };
         let mut jailed = agentic_jail::spawn(&spec)
             .await
             .map_err(|e| SandboxError::Host(e.to_string()))?;
@@ -177,6 +191,8 @@ impl Running {
             forwarding,
             stderr: tail,
             stopped: Mutex::new(None),
+            _tmp: tmp,
+            _net: net,
         };
         Ok(running)
     }
@@ -243,17 +259,23 @@ fn failed_start(error: &str, report: Option<ExitReport>, tail: &Mutex<VecDeque<u
     message
 }
 
-/// A new, empty private `/tmp` for one start of a server, under `scratch`
-/// (earlier starts' files are deleted: nothing carries over).
-fn fresh_tmp(scratch: &Path) -> Result<PathBuf, SandboxError> {
-    let tmp = scratch.join("tmp");
-    let io = |e: std::io::Error| SandboxError::Host(format!("{}: {e}", tmp.display()));
-    match std::fs::remove_dir_all(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
-        _ => {}
-    }
-    std::fs::create_dir_all(&tmp).map_err(io)?;
-    Ok(tmp)
+/// A new, empty private `/tmp` for one start of a server, under `scratch`:
+/// its own directory, so a second start (another process's, or a restart
+/// while the old one is still being stopped) never shares or wipes it. It
+/// is deleted when the start's [`Running`] is dropped.
+fn fresh_tmp(scratch: &Path) -> Result<tempfile::TempDir, SandboxError> {
+    fresh_dir(scratch, "tmp-")
+}
+
+/// A new, empty directory under `scratch` for one start of a server (its
+/// name starting with `prefix`), deleted when dropped.
+fn fresh_dir(scratch: &Path, prefix: &str) -> Result<tempfile::TempDir, SandboxError> {
+    let io = |e: std::io::Error| SandboxError::Host(format!("{}: {e}", scratch.display()));
+    std::fs::create_dir_all(scratch).map_err(io)?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(scratch)
+        .map_err(io)
 }
 
 /// Reads `stderr` to its end, keeping its last [`STDERR_TAIL_BYTES`].

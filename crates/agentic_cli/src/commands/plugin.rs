@@ -339,19 +339,22 @@ async fn call_through_kernel(
     }
 }
 
-/// `lion plugin approve NAME [FUNCTION...]`: prints what became callable.
+/// `lion plugin approve NAME [FUNCTION...] [--dry-run]`: prints what
+/// became callable (or would, with the new schemas).
 pub async fn approve(
     home: &Path,
     store: Arc<SqliteStore>,
     ctx: Ctx,
     name: &str,
     functions: &[String],
+    dry_run: bool,
 ) -> Result<()> {
     let manager = manager(home, store, ctx, Durability::Durable)?;
-    let approval = manager.approve(name, functions).await?;
+    let approval = manager.approve(name, functions, dry_run).await?;
     if ctx.json {
         return output::json(&json!({
             "plugin": name,
+            "dry_run": dry_run,
             "added": approval.added,
             "changed": approval.changed,
             "removed": approval.removed,
@@ -361,18 +364,21 @@ pub async fn approve(
         println!("{name}: nothing to approve (the server offers what was approved)");
         return Ok(());
     }
+    let verb = if dry_run { "would approve" } else { "approved" };
     let functions = &approval.record.installed.manifest.functions;
-    for (what, names) in [
-        ("approved new", &approval.added),
-        ("approved changed", &approval.changed),
-    ] {
+    for (what, names) in [("new", &approval.added), ("changed", &approval.changed)] {
         for f in names {
             let description = functions.get(f).map_or("", |s| s.description.as_str());
-            println!("{what} {name}.{f}: {description}");
+            println!("{verb} {what} {name}.{f}: {description}");
+            if dry_run && let Some(spec) = functions.get(f) {
+                println!("    input:  {}", spec.input_schema);
+                println!("    output: {}", spec.output_schema);
+            }
         }
     }
+    let verb = if dry_run { "would forget" } else { "forgot" };
     for f in &approval.removed {
-        println!("forgot {name}.{f}: the server no longer offers it");
+        println!("{verb} {name}.{f}: the server no longer offers it");
     }
     Ok(())
 }

@@ -256,8 +256,15 @@ impl PluginManager {
     /// records `plugin_approved` with the new function set, so the next
     /// start serves them. `only` limits the approval to those functions
     /// (new or changed); empty approves every difference, and drops the
-    /// functions it no longer offers. Nothing differing records nothing.
-    pub async fn approve(&self, name: &str, only: &[String]) -> Result<Approval, PluginError> {
+    /// functions it no longer offers. Nothing differing records nothing;
+    /// with `dry_run`, nothing is recorded either: the approval says what
+    /// would be.
+    pub async fn approve(
+        &self,
+        name: &str,
+        only: &[String],
+        dry_run: bool,
+    ) -> Result<Approval, PluginError> {
         let snapshot = self
             .inner
             .store
@@ -266,7 +273,7 @@ impl PluginManager {
             .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
         let installed = &snapshot.record.installed;
         if !installed.is_server() {
-            return Err(PluginError::GrantRefused {
+            return Err(PluginError::ApprovalRefused {
                 name: name.to_owned(),
                 reason: "only a server plugin's tools are approved; a WebAssembly plugin's \
                          functions are fixed by its component"
@@ -274,8 +281,8 @@ impl PluginManager {
             });
         }
         let servers = self.servers(name)?.clone();
-        let mut launch = self.launch(installed)?;
-        launch.approved.clear();
+        // Discovery checks the recorded tree hash before it starts anything.
+        let launch = self.launch(installed)?;
         let discovery = servers
             .discover(&launch)
             .await
@@ -311,6 +318,19 @@ impl PluginManager {
                 .get(&tool)
                 .map_or(found.function.clone(), |f| (*f).clone());
             offered.push(function.clone());
+            if !by_tool.contains_key(&tool)
+                && let Some(taken) = current.get(&function)
+            {
+                return Err(PluginError::ApprovalRefused {
+                    name: name.to_owned(),
+                    reason: format!(
+                        "the server's new tool {tool:?} would take the name {function}, which is \
+                         approved for its tool {:?}; not approved (reinstall the plugin to name \
+                         its tools afresh)",
+                        tool_of(&function, taken)
+                    ),
+                });
+            }
             let mut spec = found.spec;
             spec.tool = (tool != function).then_some(tool);
             if approved.get(&function) == Some(&spec)
@@ -327,7 +347,7 @@ impl PluginManager {
             .iter()
             .find(|f| !added.contains(f) && !changed.contains(f))
         {
-            return Err(PluginError::GrantRefused {
+            return Err(PluginError::ApprovalRefused {
                 name: name.to_owned(),
                 reason: format!(
                     "{unknown} awaits no approval: the server offers it unchanged, or not at all"
@@ -359,14 +379,18 @@ impl PluginManager {
             install_id: installed.install_id,
         };
         approval.record.apply(&event);
+        if dry_run {
+            return Ok(approval);
+        }
         match self.append_now(vec![event]).await {
             Err(StoreError::Rejected(ApplyError::UnknownPlugin(n))) => {
                 return Err(PluginError::NotInstalled(n));
             }
-            Err(StoreError::Rejected(e @ ApplyError::StaleGrant(_))) => {
-                return Err(PluginError::GrantRefused {
+            Err(StoreError::Rejected(ApplyError::StaleApproval(_))) => {
+                return Err(PluginError::ApprovalRefused {
                     name: name.to_owned(),
-                    reason: e.to_string(),
+                    reason: "it was removed or installed again meanwhile; approve its tools again"
+                        .into(),
                 });
             }
             other => other?,
@@ -469,7 +493,7 @@ fn check_dirs_seen_in_place(name: &str, grant: &Grant) -> Result<(), PluginError
                 name: name.to_owned(),
                 reason: format!(
                     "a server sees a granted directory at its own path: directory {} is {} on \
-                     this machine; ask for it as {0} in the manifest",
+                     this machine; ask for it as {1} in the manifest",
                     d.guest,
                     d.path.display()
                 ),
