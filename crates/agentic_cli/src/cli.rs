@@ -253,11 +253,12 @@ pub enum PluginCommand {
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
         /// Grant one permission the manifest asks for: interface:NAME
-        /// (log, kv, events, http), host:HOST[:PORT], env:NAME, or
-        /// dir:GUEST[=HOST][:ro] (the host directory that backs the guest
-        /// path: it must be named unless the manifest's own path for it is
-        /// inside the manifest's folder; :ro narrows to read-only). Repeat
-        /// for more.
+        /// (log, kv, events, http), host:HOST[:PORT] (a server plugin:
+        /// host:NAME:PORT or host:127.0.0.1:PORT, the port required),
+        /// env:NAME, or dir:GUEST[=HOST][:ro] (the host directory that
+        /// backs the guest path: it must be named unless the manifest's own
+        /// path for it is inside the manifest's folder; :ro narrows to
+        /// read-only). Repeat for more.
         #[arg(long, value_name = "KIND:VALUE")]
         grant: Vec<String>,
         /// Grant everything the manifest asks for (with a warning), except
@@ -282,13 +283,18 @@ pub enum PluginCommand {
     },
     /// Approve what a server plugin offers now: tools added, or whose
     /// description or schemas changed, since install or the last approval
-    /// (refused until approved). Starts the server once to list them.
+    /// (refused until approved). Starts the server once to list them;
+    /// --dry-run shows what would be approved.
     Approve {
         /// The plugin's name.
         name: String,
         /// Only these functions (lion's names); none approves every
         /// difference and forgets tools the server no longer offers.
         functions: Vec<String>,
+        /// Show what would be approved (with the new schemas), record
+        /// nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List installed plugins.
     List(Paging),

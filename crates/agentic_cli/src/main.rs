@@ -217,8 +217,12 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Plugin(PluginCommand::Grant { name, grant }) => {
                 commands::plugin::grant(&home, open()?, ctx, &name, &grant).await
             }
-            Command::Plugin(PluginCommand::Approve { name, functions }) => {
-                commands::plugin::approve(&home, open()?, ctx, &name, &functions).await
+            Command::Plugin(PluginCommand::Approve {
+                name,
+                functions,
+                dry_run,
+            }) => {
+                commands::plugin::approve(&home, open()?, ctx, &name, &functions, dry_run).await
             }
             Command::Plugin(PluginCommand::List(paging)) => {
                 commands::plugin::list(&*open()?, ctx, paging).await

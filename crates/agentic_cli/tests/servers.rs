@@ -315,16 +315,14 @@ fn abuse_manifest(dir: &Path, name: &str, args: &[String], dirs: &[&Path], extra
     let (python, prefix) = python();
     let folder = dir.join(name);
     std::fs::create_dir_all(&folder).expect("plugin folder");
-    let server = Path::new(ABUSE_SERVER)
-        .canonicalize()
-        .expect("the abuse server");
+    // A copy of the server is the plugin's own folder (its tree).
+    let server = folder.join("abuse_server.py");
+    std::fs::copy(ABUSE_SERVER, &server).expect("copy the abuse server");
     let mut all_args = vec![server.display().to_string()];
     all_args.extend(args.iter().cloned());
     let mut toml = format!(
         "name = {name:?}\nversion = \"1\"\ndescription = \"the abuse test server\"\n\n\
-         [server]\ncommand = {python:?}\nargs = {all_args:?}\nroot = {root:?}\n\
-         read_only = [{prefix:?}]\n",
-        root = server.parent().expect("its folder").display().to_string(),
+         [server]\ncommand = {python:?}\nargs = {all_args:?}\nread_only = [{prefix:?}]\n",
     );
     for d in dirs {
         let d = d.display().to_string();
@@ -385,7 +383,10 @@ fn a_tool_the_server_offers_later_is_refused_until_the_operator_approves_it() {
     for _ in 0..6 {
         let refused = call("extra");
         let line = refused.error_line(1);
-        assert!(line.contains("lion plugin approve abuse"), "{line}");
+        assert!(
+            line.contains("lion plugin approve abuse --dry-run"),
+            "{line}"
+        );
     }
     assert!(call("good").success().stdout.contains("hi"));
     // Refusals the operator must lift do not count towards quarantine.
@@ -402,6 +403,12 @@ fn a_tool_the_server_offers_later_is_refused_until_the_operator_approves_it() {
         "{denied:?}"
     );
 
+    let shown = lion_run(&home, &["plugin", "approve", "abuse", "--dry-run"]).success();
+    assert!(
+        shown.stdout.contains("would approve new abuse.extra") && shown.stdout.contains("input:"),
+        "{shown:?}"
+    );
+    call("extra").error_line(1);
     let approved = lion_run(&home, &["plugin", "approve", "abuse"]).success();
     assert!(
         approved.stdout.contains("approved new abuse.extra"),
@@ -436,6 +443,34 @@ fn a_tool_the_server_offers_later_is_refused_until_the_operator_approves_it() {
     let again = lion_run(&home, &["plugin", "approve", "abuse"]).success();
     assert!(again.stdout.contains("nothing to approve"), "{again:?}");
     assert!(event_kinds(&home).iter().any(|k| k == "plugin_approved"));
+
+    // Changed code is not run to be approved: refused before any start.
+    let script = dir.path().join("abuse").join("abuse_server.py");
+    let mut code = std::fs::read_to_string(&script).expect("the copy");
+    code.push_str("\nopen(TOOLS_FROM + '.ran', 'w').close()\n");
+    std::fs::write(&script, code).expect("tamper");
+    let out = lion_run(&home, &["plugin", "approve", "abuse"]);
+    let line = out.error_line(1);
+    assert!(line.contains("changed since install"), "{line}");
+    assert!(
+        !data.join("tools.json.ran").exists(),
+        "the changed server never ran"
+    );
+}
+
+#[test]
+fn grant_all_does_not_give_a_server_a_directory_the_operator_did_not_name() {
+    let dir = scratch();
+    let home = dir.path().join("home");
+    let wanted = dir.path().join("wanted");
+    std::fs::create_dir_all(&wanted).expect("dir");
+    let manifest = abuse_manifest(dir.path(), "greedy", &[], &[&wanted], "");
+    let out = lion_run(&home, &["plugin", "install", &manifest, "--grant-all"]);
+    let line = out.error_line(1);
+    assert!(line.contains(&wanted.display().to_string()), "{line}");
+    // Named by the operator, it is granted.
+    let grant = format!("dir:{}:ro", wanted.display());
+    lion_run(&home, &["plugin", "install", &manifest, "--grant", &grant]).success();
 }
 
 #[test]
@@ -551,6 +586,7 @@ fn with_a_kernel_running_calls_share_its_one_warm_server_which_restarts_after_a_
             std::time::Instant::now() < deadline,
             "the removed plugin's server still runs"
         );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -578,7 +614,7 @@ fn a_call_that_times_out_stops_the_server_and_the_call_it_shared_it_with_is_told
         "slow",
         &["--armed".into()],
         &[],
-        "\n[limits]\ntimeout_ms = 2000\n",
+        "\n[limits]\ntimeout_ms = 5000\n",
     );
     lion_run(&home, &["plugin", "install", &manifest]).success();
     let _kernel = support::Kernel::start(&home, &[]);
@@ -608,6 +644,7 @@ fn a_call_that_times_out_stops_the_server_and_the_call_it_shared_it_with_is_told
             std::time::Instant::now() < deadline,
             "the first call never ran"
         );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let second = start_call();
     let first = first.wait_with_output().expect("first call");
@@ -615,7 +652,7 @@ fn a_call_that_times_out_stops_the_server_and_the_call_it_shared_it_with_is_told
     let first_err = String::from_utf8_lossy(&first.stderr);
     let second_err = String::from_utf8_lossy(&second.stderr);
     assert!(
-        first_err.contains("did not answer within 2000 ms"),
+        first_err.contains("did not answer within 5000 ms"),
         "{first_err}"
     );
     assert!(

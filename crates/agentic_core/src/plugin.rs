@@ -28,9 +28,11 @@ pub use manifest::{
 pub use record::{Artifact, CallFailure, FailureKind, InstalledPlugin, PluginRecord, PluginStatus};
 pub use sandbox::{
     CallContext, Compiled, LoadedPlugin, Sandbox, SandboxError, VerifiedArtifact, is_global,
+    reachable_addresses,
 };
 pub use server::{
-    Discovered, Discovery, PROCESS_KIND, SERVER_LIMIT_CEILINGS, ServerLaunch, ServerLimits,
-    ServerProtocol, ServerSandbox, ServerSpec, Started, WASM_KIND,
+    Discovered, Discovery, MAX_SERVER_HOSTS, NoDenials, PROCESS_KIND, SERVER_LIMIT_CEILINGS,
+    ServerDenials, ServerHost, ServerLaunch, ServerLimits, ServerProtocol, ServerSandbox,
+    ServerSpec, Started, WASM_KIND,
 };
 pub use task::{PLUGIN_HANDLER, PluginTask};

@@ -65,6 +65,13 @@ pub enum ApplyError {
     /// A grant meant for an install of the plugin that is gone.
     #[error("plugin {0} was removed or installed again since; grant it again")]
     StaleGrant(String),
+    /// An approval meant for an install of the plugin that is gone.
+    #[error("plugin {0} was removed or installed again since; approve its tools again")]
+    StaleApproval(String),
+    /// An approval of a plugin that is not a server (a WebAssembly
+    /// plugin's functions are its component's).
+    #[error("plugin {0} is not a server plugin: its functions are not approved")]
+    NotAServer(String),
     /// A grant gives what the plugin's manifest does not ask for.
     #[error("plugin {name}: {reason}")]
     InvalidGrant {
@@ -321,7 +328,10 @@ impl State {
         if let SystemEvent::PluginApproved { install_id, .. } = event {
             let record = record.ok_or_else(|| ApplyError::UnknownPlugin(name.to_owned()))?;
             if *install_id != record.installed.install_id {
-                return Err(ApplyError::StaleGrant(name.to_owned()));
+                return Err(ApplyError::StaleApproval(name.to_owned()));
+            }
+            if !record.installed.is_server() {
+                return Err(ApplyError::NotAServer(name.to_owned()));
             }
             return Ok(true);
         }

@@ -1,7 +1,8 @@
 //! From a plugin's recorded server to a running, jailed MCP session: the
 //! [`JailSpec`] lion builds from a [`ServerLaunch`] (what the server may
-//! read, write and use), and [`Running`], the jailed process with its
-//! session and the tail of its stderr.
+//! read, write, use and reach), and [`Running`], the jailed process with its
+//! session, lion's forwarding of its granted hosts and the tail of its
+//! stderr.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -13,6 +14,7 @@ use agentic_core::plugin::{DirAccess, SandboxError, ServerLaunch};
 use agentic_jail::{ExitReport, JailLimits, JailSpec, JailStdio, Jailed};
 use tokio::io::AsyncReadExt;
 
+use crate::forward::{CallIds, Forwarding, NetworkPlan};
 use crate::session::{McpSession, SessionConfig};
 
 /// Bytes of a server's stderr kept (its last ones) to quote when it fails:
@@ -49,6 +51,7 @@ const BASE_ENV: &[(&str, &str)] = &[
 /// folder and runtime paths read-only, the granted directories (read-only
 /// or read-write as granted), a private `/tmp` in `launch.scratch`, an
 /// environment of [`BASE_ENV`] and the granted variables, and its limits.
+/// Its network is off: [`NetworkPlan::apply`] adds the granted hosts.
 pub fn jail_spec(launch: &ServerLaunch, tmp: &Path) -> JailSpec {
     let spec = &launch.spec;
     let mut read_only: Vec<PathBuf> = vec![spec.root.clone(), spec.command.clone()];
@@ -103,6 +106,9 @@ pub struct Running {
     pub session: McpSession,
     /// The jailed process (dropping it kills the jail).
     jailed: tokio::sync::Mutex<Jailed>,
+    /// lion's side of the server's granted hosts (dropping it ends every
+    /// forward).
+    forwarding: Forwarding,
     /// The last [`STDERR_TAIL_BYTES`] of its stderr.
     stderr: Arc<Mutex<VecDeque<u8>>>,
     /// The granted variables, whose values are redacted from the stderr
@@ -110,18 +116,51 @@ pub struct Running {
     env: Vec<(String, String)>,
     /// Why lion stopped it while it served calls, if it did.
     stopped: Mutex<Option<String>>,
+    /// Its private `/tmp`, deleted with it (declared after the jail:
+    /// dropped after the jail is killed).
+    _tmp: tempfile::TempDir,
+    /// This start's hosts file and `nsswitch.conf` (when hosts are
+    /// granted), deleted with it, after the jail too.
+    _net: Option<tempfile::TempDir>,
 }
 
 impl Running {
     /// Starts `launch`'s server in its jail (a fresh private `/tmp` under
-    /// `launch.scratch`) and connects, offering the granted directories as
-    /// its roots.
-    pub async fn start(launch: &ServerLaunch) -> Result<Self, SandboxError> {
+    /// `launch.scratch`), forwarding its granted hosts for as long as it
+    /// runs, and connects, offering the granted directories as its roots.
+    /// A refused forward is reported with the id of the one call in
+    /// `calls`, if exactly one is under way.
+    pub async fn start(launch: &ServerLaunch, calls: CallIds) -> Result<Self, SandboxError> {
         let tmp = fresh_tmp(&launch.scratch)?;
-        let spec = jail_spec(launch, &tmp);
+        let network = NetworkPlan::of(&launch.grant)?;
+        let mut spec = jail_spec(launch, tmp.path());
+        // The hosts file and nsswitch.conf of this start, in a directory of
+        // its own (not the server's writable /tmp), deleted with it.
+        let net = if network.is_empty() {
+            None
+        } else {
+            let dir = fresh_dir(&launch.scratch, "net-")?;
+            network.apply(&mut spec, dir.path())?;
+            Some(dir)
+        };
         let mut jailed = agentic_jail::spawn(&spec)
             .await
             .map_err(|e| SandboxError::Host(e.to_string()))?;
+        let listeners = std::mem::take(&mut jailed.listeners);
+        let forwarding = match Forwarding::start(
+            &launch.grant,
+            launch.denials.clone(),
+            &network,
+            listeners,
+            calls,
+        ) {
+            Ok(forwarding) => forwarding,
+            Err(e) => {
+                let _ = jailed.kill();
+                let _ = jailed.wait().await;
+                return Err(e);
+            }
+        };
         let (Some(stdin), Some(stdout), Some(stderr)) = (
             jailed.stdin.take(),
             jailed.stdout.take(),
@@ -152,9 +191,12 @@ impl Running {
                 }
             },
             jailed: tokio::sync::Mutex::new(jailed),
+            forwarding,
             stderr: tail,
             env: launch.env.clone(),
             stopped: Mutex::new(None),
+            _tmp: tmp,
+            _net: net,
         };
         Ok(running)
     }
@@ -182,8 +224,10 @@ impl Running {
         tail_text(&self.stderr, &self.env)
     }
 
-    /// Kills the jail (everything in it) and says how it ended.
+    /// Kills the jail (everything in it), ends its forwards and says how
+    /// it ended.
     pub async fn stop(&self) -> Option<ExitReport> {
+        self.forwarding.stop();
         let mut jailed = self.jailed.lock().await;
         let _ = jailed.kill();
         jailed.wait().await.ok()
@@ -219,21 +263,26 @@ fn failed_start(error: &str, report: Option<ExitReport>, stderr: &str) -> String
     message
 }
 
-/// A new, empty private `/tmp` for one start of a server, under `scratch`
-/// (earlier starts' files are deleted: nothing carries over), as an
-/// absolute path: the jail takes no relative one, and a home given as a
+/// A new, empty private `/tmp` for one start of a server, under `scratch`:
+/// its own directory, so a second start (another process's, or a restart
+/// while the old one is still being stopped) never shares or wipes it. It
+/// is deleted when the start's [`Running`] is dropped.
+fn fresh_tmp(scratch: &Path) -> Result<tempfile::TempDir, SandboxError> {
+    fresh_dir(scratch, "tmp-")
+}
+
+/// A new, empty directory under `scratch` for one start of a server (its
+/// name starting with `prefix`), deleted when dropped. Its path is
+/// absolute: the jail takes no relative one, and a home given as a
 /// relative path (the default `.lion`) makes `scratch` relative.
-fn fresh_tmp(scratch: &Path) -> Result<PathBuf, SandboxError> {
-    let tmp = scratch.join("tmp");
-    let io = |e: std::io::Error| SandboxError::Host(format!("{}: {e}", tmp.display()));
-    let tmp = std::path::absolute(&tmp).map_err(io)?;
-    let io = |e: std::io::Error| SandboxError::Host(format!("{}: {e}", tmp.display()));
-    match std::fs::remove_dir_all(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
-        _ => {}
-    }
-    std::fs::create_dir_all(&tmp).map_err(io)?;
-    Ok(tmp)
+fn fresh_dir(scratch: &Path, prefix: &str) -> Result<tempfile::TempDir, SandboxError> {
+    let io = |e: std::io::Error| SandboxError::Host(format!("{}: {e}", scratch.display()));
+    let scratch = std::path::absolute(scratch).map_err(io)?;
+    std::fs::create_dir_all(&scratch).map_err(io)?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&scratch)
+        .map_err(io)
 }
 
 /// Reads `stderr` to its end, keeping its last [`STDERR_TAIL_BYTES`].

@@ -13,8 +13,12 @@
 //!   tree hash of an installed server, checked before each start;
 //! - [`sandbox`]: [`ProcessSandbox`], the adapter of the kernel's
 //!   `ServerSandbox` port; `launch` builds a server's jail and session,
-//!   `warm` keeps one server running for calls.
+//!   `warm` keeps one server running for calls;
+//! - [`forward`]: a server's `host:HOST:PORT` grants — a listener lion
+//!   holds in the jail's network namespace per host, the name mapped to it
+//!   inside, and each connection forwarded after lion's own checks.
 
+pub mod forward;
 mod launch;
 pub mod names;
 pub mod output;
@@ -23,6 +27,7 @@ mod sandbox;
 pub mod session;
 mod warm;
 
+pub use forward::{Forward, NetworkPlan};
 pub use names::{NameError, NameTable};
 pub use output::{FunctionSchemas, ToolError, function_schemas, tool_output};
 pub use sandbox::ProcessSandbox;

@@ -15,6 +15,7 @@ use agentic_core::plugin::{
 use async_trait::async_trait;
 use rmcp::model::Tool;
 
+use crate::forward::CallIds;
 use crate::launch::Running;
 use crate::names::{NameTable, candidate};
 use crate::output::function_schemas;
@@ -64,19 +65,20 @@ impl ServerSandbox for ProcessSandbox {
 
     async fn discover(&self, launch: &ServerLaunch) -> Result<Discovery, SandboxError> {
         self.ready()?;
+        // An installed server (its tree recorded) runs only as installed.
+        if launch.spec.tree_sha256.is_some() {
+            check_tree(launch).await?;
+        }
         let tree_sha256 = hash_root(launch).await?;
-        let running = Running::start(launch).await?;
+        let running = Running::start(launch, CallIds::default()).await?;
         let tools = running.session.list_tools().await;
         running.stop().await;
         let tools = tools.map_err(|e| SandboxError::Server(e.to_string()))?;
-        let table = NameTable::build(tools.iter().map(|t| t.name.as_ref()))
-            .map_err(|e| SandboxError::Server(e.to_string()))?;
+        let names = function_names(&tools)?;
         let functions = tools
             .iter()
             .map(|tool| {
-                let function = table
-                    .function_name(&tool.name)
-                    .map_or_else(|| candidate(&tool.name), str::to_owned);
+                let function = names[tool.name.as_ref()].clone();
                 Discovered {
                     spec: spec_of(tool, &function),
                     function,
@@ -92,7 +94,8 @@ impl ServerSandbox for ProcessSandbox {
     async fn start(&self, launch: &ServerLaunch) -> Result<Started, SandboxError> {
         self.ready()?;
         check_tree(launch).await?;
-        let running = Running::start(launch).await?;
+        let calls = CallIds::default();
+        let running = Running::start(launch, calls.clone()).await?;
         let tools = match running.session.list_tools().await {
             Ok(tools) => tools,
             Err(e) => {
@@ -100,9 +103,18 @@ impl ServerSandbox for ProcessSandbox {
                 return Err(SandboxError::Server(e.to_string()));
             }
         };
-        let (callable, unapproved) = compare(&launch.approved, &tools);
+        let Compared {
+            callable,
+            unapproved,
+        } = match compare(&launch.approved, &tools) {
+            Ok(compared) => compared,
+            Err(e) => {
+                running.stop().await;
+                return Err(e);
+            }
+        };
         Ok(Started {
-            plugin: WarmServer::new(launch.clone(), callable, running),
+            plugin: WarmServer::new(launch.clone(), callable, running, calls),
             unapproved,
         })
     }
@@ -159,7 +171,8 @@ fn spec_of(tool: &Tool, function: &str) -> FunctionSpec {
 pub(crate) fn compare(
     approved: &BTreeMap<String, FunctionSpec>,
     tools: &[Tool],
-) -> (HashMap<String, Callable>, Vec<(String, String)>) {
+) -> Result<Compared, SandboxError> {
+    let names = function_names(tools)?;
     let by_tool: HashMap<&str, (&String, &FunctionSpec)> = approved
         .iter()
         .map(|(function, spec)| (spec.tool.as_deref().unwrap_or(function), (function, spec)))
@@ -182,10 +195,38 @@ pub(crate) fn compare(
                 "its description or schemas changed since it was approved".to_owned(),
             )),
             None => unapproved.push((
-                candidate(&tool.name),
+                names[tool.name.as_ref()].clone(),
                 format!("the server offers a new tool {:?}", tool.name.as_ref()),
             )),
         }
     }
-    (callable, unapproved)
+    Ok(Compared {
+        callable,
+        unapproved,
+    })
+}
+
+/// What a server offers, against what was approved.
+pub(crate) struct Compared {
+    /// The approved functions it offers unchanged, by lion's name.
+    pub callable: HashMap<String, Callable>,
+    /// The others it offers, each with why it is not callable.
+    pub unapproved: Vec<(String, String)>,
+}
+
+/// lion's function name for each tool, by the tool's MCP name: decided for
+/// the whole list at once, as at install, so a tool awaiting approval is
+/// named as `lion plugin approve` will name it.
+fn function_names(tools: &[Tool]) -> Result<HashMap<String, String>, SandboxError> {
+    let table = NameTable::build(tools.iter().map(|t| t.name.as_ref()))
+        .map_err(|e| SandboxError::Server(e.to_string()))?;
+    Ok(tools
+        .iter()
+        .map(|tool| {
+            let function = table
+                .function_name(&tool.name)
+                .map_or_else(|| candidate(&tool.name), str::to_owned);
+            (tool.name.to_string(), function)
+        })
+        .collect())
 }

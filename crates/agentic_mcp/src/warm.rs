@@ -14,9 +14,10 @@ use agentic_jail::ExitCause;
 use async_trait::async_trait;
 use serde_json::Value;
 
+use crate::forward::CallIds;
 use crate::launch::Running;
 use crate::output::{ToolError, tool_output};
-use crate::sandbox::{check_tree, compare};
+use crate::sandbox::{Compared, check_tree, compare};
 use crate::session::SessionError;
 
 /// What lion calls a function of the server: the MCP tool's exact name,
@@ -42,14 +43,19 @@ pub struct WarmServer {
     last_used: Arc<Mutex<Instant>>,
     /// Calls under way: a server is not idle while one runs.
     in_flight: AtomicUsize,
+    /// The ids of the calls under way, to name the call a refused forward
+    /// happened in.
+    calls: CallIds,
 }
 
 impl WarmServer {
-    /// A warm server for `launch`, already `running`, offering `callable`.
+    /// A warm server for `launch`, already `running` (started with
+    /// `calls`), offering `callable`.
     pub fn new(
         launch: ServerLaunch,
         callable: HashMap<String, Callable>,
         running: Running,
+        calls: CallIds,
     ) -> Arc<Self> {
         let server = Arc::new(Self {
             launch,
@@ -57,6 +63,7 @@ impl WarmServer {
             running: tokio::sync::Mutex::new(Some(Arc::new(running))),
             last_used: Arc::new(Mutex::new(Instant::now())),
             in_flight: AtomicUsize::new(0),
+            calls,
         });
         tokio::spawn(stop_when_idle(Arc::downgrade(&server)));
         server
@@ -83,12 +90,16 @@ impl WarmServer {
                 format!("the server was not started again: {e}"),
             )
         })?;
-        let running = Arc::new(Running::start(&self.launch).await.map_err(|e| {
-            CallFailure::new(
-                FailureKind::LoadFailed,
-                format!("the server could not be started again: {e}"),
-            )
-        })?);
+        let running = Arc::new(
+            Running::start(&self.launch, self.calls.clone())
+                .await
+                .map_err(|e| {
+                    CallFailure::new(
+                        FailureKind::LoadFailed,
+                        format!("the server could not be started again: {e}"),
+                    )
+                })?,
+        );
         let tools = match running.session.list_tools().await {
             Ok(tools) => tools,
             Err(e) => {
@@ -99,7 +110,16 @@ impl WarmServer {
                 ));
             }
         };
-        let (callable, unapproved) = compare(&self.launch.approved, &tools);
+        let Compared {
+            callable,
+            unapproved,
+        } = match compare(&self.launch.approved, &tools) {
+            Ok(compared) => compared,
+            Err(e) => {
+                running.stop().await;
+                return Err(CallFailure::new(FailureKind::LoadFailed, e.to_string()));
+            }
+        };
         for (function, why) in unapproved {
             ctx.deny(
                 format!("tool {function}"),
@@ -142,23 +162,14 @@ impl LoadedPlugin for WarmServer {
         let arguments: Value = serde_json::from_str(input)
             .map_err(|e| CallFailure::new(FailureKind::InvalidInput, e.to_string()))?;
         let limits = ctx.limits();
-        let timeout = Duration::from_millis(limits.timeout_ms);
-        // The deadline counts from the call's start, a restart included.
-        let deadline = Instant::now() + timeout;
         self.touch();
         let in_flight = InFlight::enter(&self.in_flight);
-        let running = match tokio::time::timeout_at(deadline.into(), self.running(&ctx)).await {
-            Ok(running) => running?,
-            Err(_) => {
-                return Err(CallFailure::new(
-                    FailureKind::Timeout,
-                    format!(
-                        "the server was not ready within the call's {} ms",
-                        limits.timeout_ms
-                    ),
-                ));
-            }
-        };
+        let call = self.calls.enter(ctx.call_id());
+        // A (re)start is bounded by the server's own start_timeout_ms, and
+        // is not cut short by a call: the call's deadline counts from when
+        // its server is ready.
+        let running = self.running(&ctx).await?;
+        let timeout = Duration::from_millis(limits.timeout_ms);
         let callable = self
             .callable
             .lock()
@@ -172,18 +183,18 @@ impl LoadedPlugin for WarmServer {
                 FailureKind::Refused,
                 format!(
                     "the server does not offer {function} as approved (it changed, or is \
-                     new or gone, since the approval; `lion plugin approve {}` shows what)",
+                     new or gone, since the approval; `lion plugin approve {} --dry-run` shows what)",
                     self.launch.name
                 ),
             );
             ctx.deny(format!("tool {function}"), "not approved");
             return Err(failure);
         };
-        let left = deadline.saturating_duration_since(Instant::now());
         let result = running
             .session
-            .call_tool(&callable.tool, arguments, left)
+            .call_tool(&callable.tool, arguments, timeout)
             .await;
+        drop(call);
         drop(in_flight);
         self.touch();
         let result = match result {

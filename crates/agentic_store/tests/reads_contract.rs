@@ -469,10 +469,37 @@ async fn plugins_are_read_in_pages(subject: Subject) {
     assert_eq!(names(&rest), ["p4", "p5", "p2"]);
 }
 
+/// Server plugin `name` as installed: its discovered tools recorded.
+fn installed_server(name: &str) -> InstalledPlugin {
+    let mut manifest = PluginManifest::parse(&format!(
+        r#"
+name = "{name}"
+version = "0.1.0"
+description = "A server plugin of the contract suite"
+
+[server]
+command = "/usr/bin/env"
+"#
+    ))
+    .expect("manifest");
+    // The tools it listed at install, recorded as its functions.
+    manifest.functions = installed(name).manifest.functions;
+    if let Some(server) = &mut manifest.server {
+        server.tree_sha256 = Some("0".repeat(64));
+    }
+    InstalledPlugin {
+        manifest,
+        grant: Grant::default(),
+        sandbox: "process".into(),
+        install_id: Some(Uuid::now_v7()),
+        dirs_named: true,
+    }
+}
+
 async fn an_approval_replaces_the_functions_of_the_current_install_only(subject: Subject) {
     let store = subject.store.as_ref();
     let mut state = State::new();
-    let first = installed("srv");
+    let first = installed_server("srv");
     let stale_id = first.install_id;
     record(
         store,
@@ -483,7 +510,10 @@ async fn an_approval_replaces_the_functions_of_the_current_install_only(subject:
             },
             SystemEvent::PluginRemoved { name: "srv".into() },
             SystemEvent::PluginInstalled {
-                plugin: Box::new(installed("srv")),
+                plugin: Box::new(installed_server("srv")),
+            },
+            SystemEvent::PluginInstalled {
+                plugin: Box::new(installed("wasm")),
             },
         ],
     )
@@ -527,4 +557,24 @@ async fn an_approval_replaces_the_functions_of_the_current_install_only(subject:
     assert!(refused.is_err(), "{refused:?}");
     let after = store.plugin("srv").await.expect("read").expect("installed");
     assert_eq!(after.record.installed.manifest.functions, functions);
+
+    // A WebAssembly plugin's functions are its component's: refused by both.
+    let wasm = store
+        .plugin("wasm")
+        .await
+        .expect("read")
+        .expect("installed");
+    let approval = SystemEvent::PluginApproved {
+        name: "wasm".into(),
+        functions: Default::default(),
+        install_id: wasm.record.installed.install_id,
+    };
+    assert!(state.clone().apply(&approval).is_err());
+    let refused = store
+        .append(
+            vec![NewEvent::new(approval, Uuid::now_v7())],
+            ExpectedVersion::Any,
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
 }

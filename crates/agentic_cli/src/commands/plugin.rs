@@ -11,7 +11,7 @@ use agentic_core::plugin::{
     PluginStatus,
 };
 use agentic_core::{Durability, EventStore, TaskOutcome, TaskSpec};
-use agentic_mcp::ProcessSandbox;
+use agentic_mcp::{NetworkPlan, ProcessSandbox};
 use agentic_store::SqliteStore;
 use agentic_wasm::WasmSandbox;
 use anyhow::{Context, Result, bail};
@@ -102,6 +102,7 @@ pub fn print_installed(ctx: Ctx, record: &PluginRecord) -> Result<()> {
             server.command.display(),
             server.args.join(" ")
         );
+        println!("  network: {}", describe_network(&record.installed.grant));
         let names: Vec<&str> = m.functions.keys().map(String::as_str).collect();
         println!("  tools:   {}", names.join(", "));
     }
@@ -240,6 +241,7 @@ pub async fn info(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
             if let Some(package) = &server.package {
                 println!("package:    {package}");
             }
+            println!("network:    {}", describe_network(&p.installed.grant));
             println!("tree:       sha256 {}", p.installed.sha256());
         }
         None => println!(
@@ -286,14 +288,19 @@ pub async fn call(
     }
     let manager = manager(home, store, ctx, Durability::Durable)?;
     let output = tokio::select! {
-        output = manager.call(name, function, input, CallOptions::default()) => Some(output?),
+        output = manager.call(name, function, input, CallOptions::default()) => Some(output),
         _ = tokio::signal::ctrl_c() => None,
     };
-    let Some(output): Option<Value> = output else {
+    let Some(output) = output else {
         // Dropping the call records it as cancelled; wait for that.
         manager.flush().await?;
         bail!("interrupted: the call of {name}.{function} was cancelled and recorded as such");
     };
+    // What a server's sandbox refused during the call (a connection lion
+    // would not forward) is recorded in tasks of the manager's own: wait
+    // for them before this process ends.
+    manager.close().await;
+    let output: Value = output?;
     println!("{output}");
     Ok(())
 }
@@ -332,19 +339,22 @@ async fn call_through_kernel(
     }
 }
 
-/// `lion plugin approve NAME [FUNCTION...]`: prints what became callable.
+/// `lion plugin approve NAME [FUNCTION...] [--dry-run]`: prints what
+/// became callable (or would, with the new schemas).
 pub async fn approve(
     home: &Path,
     store: Arc<SqliteStore>,
     ctx: Ctx,
     name: &str,
     functions: &[String],
+    dry_run: bool,
 ) -> Result<()> {
     let manager = manager(home, store, ctx, Durability::Durable)?;
-    let approval = manager.approve(name, functions).await?;
+    let approval = manager.approve(name, functions, dry_run).await?;
     if ctx.json {
         return output::json(&json!({
             "plugin": name,
+            "dry_run": dry_run,
             "added": approval.added,
             "changed": approval.changed,
             "removed": approval.removed,
@@ -354,18 +364,21 @@ pub async fn approve(
         println!("{name}: nothing to approve (the server offers what was approved)");
         return Ok(());
     }
+    let verb = if dry_run { "would approve" } else { "approved" };
     let functions = &approval.record.installed.manifest.functions;
-    for (what, names) in [
-        ("approved new", &approval.added),
-        ("approved changed", &approval.changed),
-    ] {
+    for (what, names) in [("new", &approval.added), ("changed", &approval.changed)] {
         for f in names {
             let description = functions.get(f).map_or("", |s| s.description.as_str());
-            println!("{what} {name}.{f}: {description}");
+            println!("{verb} {what} {name}.{f}: {description}");
+            if dry_run && let Some(spec) = functions.get(f) {
+                println!("    input:  {}", spec.input_schema);
+                println!("    output: {}", spec.output_schema);
+            }
         }
     }
+    let verb = if dry_run { "would forget" } else { "forgot" };
     for f in &approval.removed {
-        println!("forgot {name}.{f}: the server no longer offers it");
+        println!("{verb} {name}.{f}: the server no longer offers it");
     }
     Ok(())
 }
@@ -437,6 +450,27 @@ fn describe_permissions(p: &Grant) -> String {
         "nothing".to_owned()
     } else {
         parts.join("; ")
+    }
+}
+
+/// What a server plugin's network is, in one line: off, or each granted
+/// host with the address the server reaches it at inside its jail.
+fn describe_network(grant: &Grant) -> String {
+    match NetworkPlan::of(grant) {
+        Ok(plan) if plan.is_empty() => "off (no host granted)".to_owned(),
+        Ok(plan) => {
+            let hosts: Vec<String> = plan
+                .forwards()
+                .iter()
+                .map(|f| format!("{} (at {} inside)", f.host, f.inside))
+                .collect();
+            format!(
+                "{}; each connection forwarded by lion after it checks the addresses, nothing \
+                 else reachable",
+                hosts.join(", ")
+            )
+        }
+        Err(e) => format!("refused: {e}"),
     }
 }
 

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use agentic_core::plugin::{
-    DirAccess, DirPermission, Grant, Limits, PluginManifest, ServerLimits, ServerProtocol,
-    ServerSpec,
+    DirAccess, DirPermission, Grant, Limits, PluginManifest, ServerHost, ServerLimits,
+    ServerProtocol, ServerSpec,
 };
 use agentic_core::{Durability, EventStore};
 use agentic_mcp::registry::{self, InstallOptions, PackageSpec};
 use agentic_store::SqliteStore;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 use super::Ctx;
 use super::plugin::{manager, plugins_dir, print_installed};
@@ -141,11 +141,13 @@ fn grant_from(flags: &[String]) -> Result<Grant> {
                 });
             }
             "env" if !value.is_empty() => grant.env.push(value.to_owned()),
-            "host" => bail!(
-                "invalid grant {flag:?}: network grants for server plugins are not built yet \
-                 (their network is off)"
-            ),
-            _ => bail!("invalid grant {flag:?}: use dir:PATH[:ro] or env:NAME"),
+            // A server's host grant (a port required; a name, or a loopback
+            // address), checked before anything is downloaded.
+            "host" => {
+                ServerHost::parse(value).map_err(|e| anyhow!("invalid grant {flag:?}: {e}"))?;
+                grant.hosts.push(value.to_owned());
+            }
+            _ => bail!("invalid grant {flag:?}: use dir:PATH[:ro], env:NAME or host:HOST:PORT"),
         }
     }
     Ok(grant)

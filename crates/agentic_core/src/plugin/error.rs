@@ -63,6 +63,15 @@ pub enum PluginError {
         /// What is wrong, and how to fix it.
         reason: String,
     },
+    /// An approval of a server plugin's tools cannot be made (not a server,
+    /// nothing of that name awaits approval, the install changed).
+    #[error("plugin {name}: {reason}")]
+    ApprovalRefused {
+        /// The plugin.
+        name: String,
+        /// What is wrong, and how to fix it.
+        reason: String,
+    },
     /// The plugin runs as a server, and this process has no server sandbox
     /// (or the sandbox cannot run here: the reason names what is missing).
     #[error("plugin {name}: {reason}")]

@@ -141,7 +141,7 @@ impl Entry {
             if self.installed.is_server() {
                 message.push_str(&format!(
                     " approved (a tool its server offers since is callable once approved: `lion \
-                     plugin approve {}`)",
+                     plugin approve {} --dry-run` shows it)",
                     self.installed.name()
                 ));
             }

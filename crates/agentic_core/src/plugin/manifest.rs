@@ -564,6 +564,11 @@ impl PluginManifest {
                     let (guest, host) = match value.split_once('=') {
                         Some((guest, host)) if !host.is_empty() => (guest, Some(host)),
                         Some(_) => return Err(bad()),
+                        // A server sees a directory at its own path: the
+                        // operator's `dir:/PATH` names the host path.
+                        None if self.server.is_some() && value.starts_with('/') => {
+                            (value, Some(value))
+                        }
                         None => (value, None),
                     };
                     grant
@@ -607,12 +612,6 @@ impl PluginManifest {
             .iter()
             .find(|d| d.guest == guest)
             .ok_or_else(|| ManifestError::NotRequested(format!("directory {guest}")))?;
-        // A server sees a directory at its own path: `dir:/PATH` names the
-        // host path already.
-        let host = host.or_else(|| {
-            let guest = Path::new(guest);
-            (self.server.is_some() && guest.is_absolute()).then_some(guest)
-        });
         let path = match host {
             Some(host) => {
                 let resolved = host.canonicalize().map_err(|e| {

@@ -515,11 +515,7 @@ impl CallContext {
         port: u16,
         resolved: &[SocketAddr],
     ) -> Result<Vec<SocketAddr>, String> {
-        let allowed: Vec<SocketAddr> = resolved
-            .iter()
-            .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
-            .filter(|a| is_global(a.ip()) || self.address_granted(a.ip(), port))
-            .collect();
+        let allowed = reachable_addresses(&self.grant, port, resolved);
         if !allowed.is_empty() {
             return Ok(allowed);
         }
@@ -539,23 +535,11 @@ impl CallContext {
         ))
     }
 
-    /// True when `ip` is a granted host written as an IP address, for any
-    /// port or for `port`.
-    fn address_granted(&self, ip: IpAddr, port: u16) -> bool {
-        self.grant.hosts.iter().any(|h| {
-            split_host_port(h, 0).is_some_and(|(gh, gp)| {
-                gh.parse::<IpAddr>()
-                    .is_ok_and(|g| g.to_canonical() == ip.to_canonical())
-                    && (gp == 0 || gp == port)
-            })
-        })
-    }
-
     /// Whether a socket may reach `addr` (`what` says how: `tcp connect`,
     /// `udp send`...). Only granted hosts written as IP addresses can be
     /// reached by sockets; everything else is recorded as denied.
     pub fn socket_allowed(&self, addr: SocketAddr, what: &str) -> bool {
-        let allowed = self.address_granted(addr.ip(), addr.port());
+        let allowed = address_granted(&self.grant, addr.ip(), addr.port());
         if !allowed {
             self.deny(format!("{what} {addr}"), "address not in the granted hosts");
         }
@@ -570,6 +554,32 @@ impl CallContext {
                 .is_some_and(|(gh, gp)| gh.eq_ignore_ascii_case(host) && (gp == 0 || gp == port))
         })
     }
+}
+
+/// Of the addresses a granted host name resolved to (for `port`), those a
+/// plugin may be connected to: every global address, and any other
+/// (loopback, private, link-local such as the cloud metadata address
+/// 169.254.169.254, unspecified...) only when that address itself is a
+/// granted host (for any port, or for `port`). The rule of both sandboxes:
+/// the WASM sandbox's HTTP requests and a server's forwarded connections.
+pub fn reachable_addresses(grant: &Grant, port: u16, resolved: &[SocketAddr]) -> Vec<SocketAddr> {
+    resolved
+        .iter()
+        .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+        .filter(|a| is_global(a.ip()) || address_granted(grant, a.ip(), port))
+        .collect()
+}
+
+/// True when `ip` is a granted host written as an IP address, for any port
+/// or for `port`.
+fn address_granted(grant: &Grant, ip: IpAddr, port: u16) -> bool {
+    grant.hosts.iter().any(|h| {
+        split_host_port(h, 0).is_some_and(|(gh, gp)| {
+            gh.parse::<IpAddr>()
+                .is_ok_and(|g| g.to_canonical() == ip.to_canonical())
+                && (gp == 0 || gp == port)
+        })
+    })
 }
 
 /// `host:port`, with an IPv6 host in brackets.

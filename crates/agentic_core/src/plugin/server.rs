@@ -12,11 +12,14 @@
 //! callable until the operator approves it.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use super::manifest::{FunctionSpec, Grant, Limits};
 use super::sandbox::{LoadedPlugin, SandboxError};
@@ -173,6 +176,150 @@ pub struct ServerLaunch {
     /// A directory of the home for this plugin's scratch files (its
     /// private `/tmp`), created by the manager.
     pub scratch: PathBuf,
+    /// Where the sandbox reports what it refused the server outside a
+    /// call's own checks (a connection it would not forward): the manager
+    /// records each as `plugin_permission_denied`.
+    pub denials: Arc<dyn ServerDenials>,
+}
+
+/// Where a server sandbox reports a refusal lion made on its own, apart
+/// from any call's pipeline (today: a connection to a granted host that
+/// lion would not forward, or could not). The manager records each as a
+/// `plugin_permission_denied` event.
+pub trait ServerDenials: fmt::Debug + Send + Sync + 'static {
+    /// Records that the server was refused `asked` (`tcp connect
+    /// example.com:443 (93.184.215.14)`) for `reason`; `call_id` is the
+    /// call it happened during when that is known (exactly one call was
+    /// under way), else `None`.
+    fn denied(&self, call_id: Option<Uuid>, asked: String, reason: String);
+}
+
+/// A [`ServerDenials`] that records nothing (a server started outside a
+/// manager, e.g. in a test of the sandbox alone).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoDenials;
+
+impl ServerDenials for NoDenials {
+    fn denied(&self, _call_id: Option<Uuid>, _asked: String, _reason: String) {}
+}
+
+/// The most hosts a server plugin may be granted: each is a listener lion
+/// holds and serves for as long as the server runs.
+pub const MAX_SERVER_HOSTS: usize = 64;
+
+/// A host a server plugin may reach, from a `host:HOST:PORT` grant: a
+/// name (resolved by lion at each connection, its addresses checked) or a
+/// loopback IPv4 address, and always a port. The server reaches it through
+/// a listener lion holds inside the server's network namespace; nothing
+/// else is reachable.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServerHost {
+    /// A host name (lowercase), mapped inside the jail to a loopback
+    /// address of its own.
+    Name {
+        /// The name.
+        name: String,
+        /// The port.
+        port: u16,
+    },
+    /// A loopback IPv4 address, seen inside the jail at that same address.
+    Loopback {
+        /// The address (in `127.0.0.0/8`).
+        ip: Ipv4Addr,
+        /// The port.
+        port: u16,
+    },
+}
+
+impl ServerHost {
+    /// Reads a host grant of a server plugin (`NAME:PORT` or
+    /// `127.x.y.z:PORT`), or says in one line why it cannot be one: a
+    /// port is required; an IPv6 address, or an IPv4 address outside
+    /// loopback, cannot be forwarded (the jail's namespace has only
+    /// loopback addresses); a name must be a plain DNS name.
+    pub fn parse(grant: &str) -> Result<Self, String> {
+        if grant.starts_with('[') || grant.matches(':').count() > 1 {
+            return Err(format!(
+                "host {grant}: IPv6 hosts cannot be granted to a server plugin (its network \
+                 namespace has IPv4 loopback only); grant a name, host:NAME:PORT"
+            ));
+        }
+        let Some((host, port)) = grant.rsplit_once(':') else {
+            return Err(format!(
+                "host {grant}: a server plugin's host grant needs a port, host:{grant}:PORT \
+                 (lion forwards exactly that port)"
+            ));
+        };
+        let port = match port.parse::<u16>() {
+            Ok(p) if p != 0 => p,
+            _ => {
+                return Err(format!(
+                    "host {grant}: the port must be a number from 1 to 65535"
+                ));
+            }
+        };
+        if let Ok(ip) = host.parse::<Ipv4Addr>() {
+            if !ip.is_loopback() {
+                return Err(format!(
+                    "host {grant}: a server plugin may be granted an IP address on loopback \
+                     (127.0.0.0/8) only, which it reaches at that address; grant a name \
+                     instead, which lion resolves and checks at each connection"
+                ));
+            }
+            return Ok(Self::Loopback { ip, port });
+        }
+        if !is_dns_name(host) {
+            return Err(format!(
+                "host {grant}: {host:?} is not a host name (letters, digits, '-' and '_' in \
+                 dot-separated labels) nor an IPv4 address"
+            ));
+        }
+        Ok(Self::Name {
+            name: host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::Name { port, .. } | Self::Loopback { port, .. } => *port,
+        }
+    }
+
+    /// The host: the name, or the address as text.
+    pub fn host(&self) -> String {
+        match self {
+            Self::Name { name, .. } => name.clone(),
+            Self::Loopback { ip, .. } => ip.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ServerHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host(), self.port())
+    }
+}
+
+/// True for a plain DNS name: at most 253 bytes of dot-separated labels of
+/// 1 to 63 letters, digits, `-` or `_`, not starting or ending with `-`,
+/// and not all digits (`127.1` or `2130706433` would be read as addresses
+/// by some resolvers). Nothing that could break a line of a hosts file.
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// A function a server offers, as discovered: lion's name for it and its
@@ -221,4 +368,52 @@ pub trait ServerSandbox: Send + Sync + 'static {
     /// recorded tree hash first; it is stopped when the returned plugin is
     /// dropped.
     async fn start(&self, launch: &ServerLaunch) -> Result<Started, SandboxError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_host_grant_is_a_name_or_a_loopback_address_with_a_port() {
+        assert_eq!(
+            ServerHost::parse("API.Example.com.:443"),
+            Ok(ServerHost::Name {
+                name: "api.example.com".into(),
+                port: 443
+            })
+        );
+        assert_eq!(
+            ServerHost::parse("127.0.0.1:8080"),
+            Ok(ServerHost::Loopback {
+                ip: Ipv4Addr::LOCALHOST,
+                port: 8080
+            })
+        );
+        assert_eq!(
+            ServerHost::parse("localhost:1").map(|h| h.to_string()),
+            Ok("localhost:1".into())
+        );
+        for (grant, says) in [
+            ("example.com", "needs a port"),
+            ("example.com:0", "port"),
+            ("example.com:70000", "port"),
+            ("example.com:http", "port"),
+            ("[::1]:80", "IPv6"),
+            ("::1:80", "IPv6"),
+            ("10.0.0.5:5432", "loopback"),
+            ("169.254.169.254:80", "loopback"),
+            ("0.0.0.0:80", "loopback"),
+            ("127.1:80", "not a host name"),
+            ("2130706433:80", "not a host name"),
+            ("a b:80", "not a host name"),
+            ("evil.com\n1.2.3.4 bank.com:80", "not a host name"),
+            ("-x.com:80", "not a host name"),
+            ("a..b:80", "not a host name"),
+            (":80", "not a host name"),
+        ] {
+            let error = ServerHost::parse(grant).unwrap_err();
+            assert!(error.contains(says), "{grant}: {error}");
+        }
+    }
 }

@@ -129,6 +129,9 @@ pub(super) fn project(
             name, functions, ..
         } => {
             let mut installed = installed(tx, name)?;
+            if !installed.is_server() {
+                return Err(ProjectError::Refused(ApplyError::NotAServer(name.clone())));
+            }
             installed.manifest.functions = functions.clone();
             update(
                 tx,
@@ -162,6 +165,9 @@ fn applies(tx: &Transaction<'_>, event: &SystemEvent) -> Result<bool, ProjectErr
         )),
         None => Ok(false),
         Some(current) if current == id => Ok(true),
+        Some(_) if matches!(event, SystemEvent::PluginApproved { .. }) => Err(
+            ProjectError::Refused(ApplyError::StaleApproval(name.to_owned())),
+        ),
         Some(_) if is_grant_or_approval(event) => Err(ProjectError::Refused(
             ApplyError::StaleGrant(name.to_owned()),
         )),

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use uuid::Uuid;
@@ -16,7 +16,9 @@ use crate::plugin::PluginError;
 use crate::plugin::manifest::{FunctionSpec, Grant, PluginManifest};
 use crate::plugin::record::{Artifact, InstalledPlugin, PluginRecord};
 use crate::plugin::sandbox::{LoadedPlugin, SandboxError};
-use crate::plugin::server::{PROCESS_KIND, ServerLaunch, ServerSandbox};
+use crate::plugin::server::{
+    MAX_SERVER_HOSTS, PROCESS_KIND, ServerDenials, ServerHost, ServerLaunch, ServerSandbox,
+};
 use crate::state::ApplyError;
 use crate::store::StoreError;
 
@@ -75,6 +77,11 @@ impl PluginManager {
             call_limits: manifest.limits,
             approved: manifest.functions.clone(),
             scratch: self.scratch(&manifest.name),
+            denials: Arc::new(RecordDenials {
+                manager: Arc::downgrade(&self.inner),
+                name: manifest.name.clone(),
+                install_id: installed.install_id,
+            }),
         })
     }
 
@@ -186,6 +193,47 @@ impl PluginManager {
     }
 }
 
+/// The manager's [`ServerDenials`]: each refusal a server sandbox reports
+/// is recorded as `plugin_permission_denied` of that plugin's install, in a
+/// task of its own (the sandbox reports from its own tasks and does not
+/// wait), which [`PluginManager::close`] waits for. It holds the manager
+/// weakly: a loaded server must not keep its manager alive.
+#[derive(Debug)]
+struct RecordDenials {
+    manager: Weak<super::Inner>,
+    name: String,
+    install_id: Option<Uuid>,
+}
+
+impl ServerDenials for RecordDenials {
+    fn denied(&self, call_id: Option<Uuid>, asked: String, reason: String) {
+        let Some(inner) = self.manager.upgrade() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(plugin = %self.name, %asked, %reason, "a denial outside a runtime was not recorded");
+            return;
+        };
+        let manager = PluginManager { inner };
+        let event = SystemEvent::PluginPermissionDenied {
+            name: self.name.clone(),
+            call_id,
+            asked,
+            reason,
+            install_id: self.install_id,
+        };
+        let tracker = manager.inner.recording.clone();
+        tracker.spawn_on(
+            async move {
+                if let Err(e) = manager.record(vec![event], CallOptions::default()).await {
+                    tracing::error!(error = %e, "recording a server's denial failed");
+                }
+            },
+            &runtime,
+        );
+    }
+}
+
 /// What `approve` found and did: the functions that became callable (new
 /// tools, and tools whose description or schemas changed), and those the
 /// server no longer offers (dropped from the record when all was approved).
@@ -214,8 +262,15 @@ impl PluginManager {
     /// records `plugin_approved` with the new function set, so the next
     /// start serves them. `only` limits the approval to those functions
     /// (new or changed); empty approves every difference, and drops the
-    /// functions it no longer offers. Nothing differing records nothing.
-    pub async fn approve(&self, name: &str, only: &[String]) -> Result<Approval, PluginError> {
+    /// functions it no longer offers. Nothing differing records nothing;
+    /// with `dry_run`, nothing is recorded either: the approval says what
+    /// would be.
+    pub async fn approve(
+        &self,
+        name: &str,
+        only: &[String],
+        dry_run: bool,
+    ) -> Result<Approval, PluginError> {
         let snapshot = self
             .inner
             .store
@@ -224,7 +279,7 @@ impl PluginManager {
             .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
         let installed = &snapshot.record.installed;
         if !installed.is_server() {
-            return Err(PluginError::GrantRefused {
+            return Err(PluginError::ApprovalRefused {
                 name: name.to_owned(),
                 reason: "only a server plugin's tools are approved; a WebAssembly plugin's \
                          functions are fixed by its component"
@@ -232,8 +287,8 @@ impl PluginManager {
             });
         }
         let servers = self.servers(name)?.clone();
-        let mut launch = self.launch(installed)?;
-        launch.approved.clear();
+        // Discovery checks the recorded tree hash before it starts anything.
+        let launch = self.launch(installed)?;
         let discovery = servers
             .discover(&launch)
             .await
@@ -269,6 +324,19 @@ impl PluginManager {
                 .get(&tool)
                 .map_or(found.function.clone(), |f| (*f).clone());
             offered.push(function.clone());
+            if !by_tool.contains_key(&tool)
+                && let Some(taken) = current.get(&function)
+            {
+                return Err(PluginError::ApprovalRefused {
+                    name: name.to_owned(),
+                    reason: format!(
+                        "the server's new tool {tool:?} would take the name {function}, which is \
+                         approved for its tool {:?}; not approved (reinstall the plugin to name \
+                         its tools afresh)",
+                        tool_of(&function, taken)
+                    ),
+                });
+            }
             let mut spec = found.spec;
             spec.tool = (tool != function).then_some(tool);
             if approved.get(&function) == Some(&spec)
@@ -285,7 +353,7 @@ impl PluginManager {
             .iter()
             .find(|f| !added.contains(f) && !changed.contains(f))
         {
-            return Err(PluginError::GrantRefused {
+            return Err(PluginError::ApprovalRefused {
                 name: name.to_owned(),
                 reason: format!(
                     "{unknown} awaits no approval: the server offers it unchanged, or not at all"
@@ -317,14 +385,18 @@ impl PluginManager {
             install_id: installed.install_id,
         };
         approval.record.apply(&event);
+        if dry_run {
+            return Ok(approval);
+        }
         match self.append_now(vec![event]).await {
             Err(StoreError::Rejected(ApplyError::UnknownPlugin(n))) => {
                 return Err(PluginError::NotInstalled(n));
             }
-            Err(StoreError::Rejected(e @ ApplyError::StaleGrant(_))) => {
-                return Err(PluginError::GrantRefused {
+            Err(StoreError::Rejected(ApplyError::StaleApproval(_))) => {
+                return Err(PluginError::ApprovalRefused {
                     name: name.to_owned(),
-                    reason: e.to_string(),
+                    reason: "it was removed or installed again meanwhile; approve its tools again"
+                        .into(),
                 });
             }
             other => other?,
@@ -387,23 +459,30 @@ impl PluginManager {
     }
 }
 
-/// Checks what a server's grant may hold today: directories seen at their
-/// own paths, environment variables; not host interfaces (a server does not
-/// import lion's) and not hosts (network forwarding for servers is not
-/// built yet: their network is off).
+/// Checks what a server's grant may hold: directories seen at their own
+/// paths, environment variables, and hosts each with a port (a name, or a
+/// loopback IPv4 address: see [`ServerHost::parse`]), at most
+/// [`MAX_SERVER_HOSTS`]; not host interfaces (a server does not import
+/// lion's).
 pub(super) fn check_server_grant(name: &str, grant: &Grant) -> Result<(), PluginError> {
-    let refuse = |reason: &str| PluginError::GrantRefused {
+    let refuse = |reason: String| PluginError::GrantRefused {
         name: name.to_owned(),
-        reason: reason.to_owned(),
+        reason,
     };
-    if !grant.hosts.is_empty() {
-        return Err(refuse(
-            "host grants for server plugins are not built yet (a server's network is off)",
-        ));
+    for host in &grant.hosts {
+        ServerHost::parse(host).map_err(refuse)?;
+    }
+    if grant.hosts.len() > MAX_SERVER_HOSTS {
+        return Err(refuse(format!(
+            "{} hosts granted: a server plugin may be granted at most {MAX_SERVER_HOSTS}",
+            grant.hosts.len()
+        )));
     }
     if !grant.interfaces.is_empty() {
         return Err(refuse(
-            "a server plugin imports no lion host interface: grant directories and env only",
+            "a server plugin imports no lion host interface: grant directories, hosts and env \
+             only"
+                .to_owned(),
         ));
     }
     check_dirs_seen_in_place(name, grant)
@@ -420,7 +499,7 @@ fn check_dirs_seen_in_place(name: &str, grant: &Grant) -> Result<(), PluginError
                 name: name.to_owned(),
                 reason: format!(
                     "a server sees a granted directory at its own path: directory {} is {} on \
-                     this machine; ask for it as {0} in the manifest",
+                     this machine; ask for it as {1} in the manifest",
                     d.guest,
                     d.path.display()
                 ),
@@ -428,4 +507,60 @@ fn check_dirs_seen_in_place(name: &str, grant: &Grant) -> Result<(), PluginError
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::manifest::{DirAccess, DirPermission, HostInterface};
+
+    fn hosts(hosts: &[&str]) -> Grant {
+        Grant {
+            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            ..Grant::default()
+        }
+    }
+
+    fn refused(grant: &Grant) -> String {
+        match check_server_grant("s", grant) {
+            Err(PluginError::GrantRefused { reason, .. }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_may_be_granted_names_and_loopback_addresses_with_ports() {
+        check_server_grant("s", &hosts(&["api.example.com:443", "127.0.0.1:8080"])).unwrap();
+        check_server_grant("s", &Grant::default()).unwrap();
+    }
+
+    #[test]
+    fn a_server_host_grant_without_a_port_or_off_loopback_is_refused() {
+        assert!(refused(&hosts(&["example.com"])).contains("needs a port"));
+        assert!(refused(&hosts(&["[::1]:80"])).contains("IPv6"));
+        assert!(refused(&hosts(&["10.1.2.3:5432"])).contains("loopback"));
+        let many: Vec<String> = (0..=MAX_SERVER_HOSTS)
+            .map(|i| format!("h{i}.test:1"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(refused(&hosts(&many)).contains("at most"));
+    }
+
+    #[test]
+    fn a_server_imports_no_interface_and_sees_directories_in_place() {
+        let grant = Grant {
+            interfaces: vec![HostInterface::Http],
+            ..Grant::default()
+        };
+        assert!(refused(&grant).contains("interface"));
+        let grant = Grant {
+            dirs: vec![DirPermission {
+                path: "/data/x".into(),
+                guest: "/x".into(),
+                mode: DirAccess::ReadOnly,
+            }],
+            ..Grant::default()
+        };
+        assert!(refused(&grant).contains("own path"));
+    }
 }
