@@ -958,6 +958,14 @@ fn mount_kills_the_server() {
 
 #[test]
 fn io_uring_answers_enosys() {
+    // Control: the host kernel has io_uring (so ENOSYS is the sandbox's).
+    let mut params = [0u8; 120]; // struct io_uring_params
+    // SAFETY: io_uring_setup(1, params) reads and writes only `params`,
+    // which outlives the call; the descriptor it returns is closed below.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr()) };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is the descriptor just returned, closed once.
+    unsafe { libc::close(fd as libc::c_int) };
     let r = lab().abuse("abuse", json!({"case": "io_uring"}));
     assert_eq!(r["syscall"], "io_uring_setup", "{r}");
     refused(&r, &["ENOSYS"]);
