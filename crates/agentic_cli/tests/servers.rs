@@ -155,6 +155,34 @@ fn a_filesystem_server_given_slash_reaches_only_its_granted_directory() {
         ],
     )
     .success();
+    // One warm server for every call (through the kernel), and the test
+    // waits until it has taken the roots lion offers: server-filesystem
+    // replaces the directories it was started with once it has asked for
+    // them, so its first calls may still see `/`.
+    let _kernel = support::Kernel::start(&home, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let listed = lion_run(
+            &home,
+            &[
+                "plugin",
+                "call",
+                "fs",
+                "list_allowed_directories",
+                "--input",
+                "{}",
+            ],
+        )
+        .success();
+        if listed.stdout.contains(&granted.display().to_string()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never took lion's roots: {listed:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let call = |function: &str, input: String| {
         lion_run(
             &home,
