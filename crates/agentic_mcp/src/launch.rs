@@ -88,7 +88,8 @@ pub fn jail_spec(launch: &ServerLaunch, tmp: &Path) -> JailSpec {
         private_tmp: tmp.to_owned(),
         limits: JailLimits {
             memory_bytes: u64::from(limits.memory_mib) << 20,
-            address_space_bytes: agentic_jail::spec::DEFAULT_ADDRESS_SPACE_BYTES,
+            address_space_bytes: (u64::from(limits.memory_mib) << 20)
+                .saturating_mul(ADDRESS_SPACE_PER_MEMORY),
             processes: u64::from(limits.processes),
             cpu_seconds: u64::from(limits.cpu_seconds),
             open_files: u64::from(limits.open_files),
@@ -99,6 +100,13 @@ pub fn jail_spec(launch: &ServerLaunch, tmp: &Path) -> JailSpec {
         file_mounts: Vec::new(),
     }
 }
+
+/// Where lion cannot make a memory cgroup (not root), a server's address
+/// space is limited instead, to this many times its `memory_mib`: runtimes
+/// reserve far more address space than they touch (Node 20 does not start
+/// under 768 MiB of it, nor with a worker thread under 2 GiB), so the
+/// default 1024 MiB gives 4 GiB.
+const ADDRESS_SPACE_PER_MEMORY: u64 = 4;
 
 /// A jailed server with its MCP session.
 pub struct Running {
