@@ -15,8 +15,8 @@
 //!   session, `tools/list` to compare with what was approved; then the
 //!   call), and against a start through the manager (what a call after an
 //!   unload pays: the sandbox's start, the `plugin_loaded` event committed,
-//!   the call recorded). The three are interleaved, one of each per round,
-//!   so drift hits all alike;
+//!   the call recorded). The three are interleaved, one of each per round
+//!   and each round beginning with the next, so drift hits all alike;
 //! - **warm calls**, sequential: the bare MCP call on the unsandboxed
 //!   session, the sandbox's call on its warm jailed server (the jail's and
 //!   the adapter's share: input parsed, output converted), and the call
@@ -246,26 +246,39 @@ pub(super) async fn measure_server(
             plan.cold_starts
         );
         let mut cold = [const { Vec::new() }; 3];
-        for _ in 0..plan.cold_starts {
-            let started = Instant::now();
-            let plain = Plain::start(&spec).await?;
-            bare_call(&plain.session, &arguments).await?;
-            cold[0].push(started.elapsed());
-            plain.stop().await;
-
-            let started = Instant::now();
-            let server = sandbox.start(&launch).await?;
-            sandbox_call(server.plugin.as_ref(), &launch).await?;
-            cold[1].push(started.elapsed());
-            // Dropping the warm server kills its jail.
-            drop(server);
-
-            // The warm server is dropped (its jail killed) before the clock
-            // starts; the next call loads it again.
-            managed.unload(&name).await;
-            let started = Instant::now();
-            managed_call(&managed, &name).await?;
-            cold[2].push(started.elapsed());
+        for round in 0..plan.cold_starts {
+            // Each round starts with another path, so that none always
+            // follows the same one.
+            for path in (0..3).map(|i| (round + i) % 3) {
+                let elapsed = match path {
+                    0 => {
+                        let started = Instant::now();
+                        let plain = Plain::start(&spec).await?;
+                        bare_call(&plain.session, &arguments).await?;
+                        let elapsed = started.elapsed();
+                        plain.stop().await;
+                        elapsed
+                    }
+                    1 => {
+                        let started = Instant::now();
+                        let server = sandbox.start(&launch).await?;
+                        sandbox_call(server.plugin.as_ref(), &launch).await?;
+                        let elapsed = started.elapsed();
+                        // Dropping the warm server kills its jail.
+                        drop(server);
+                        elapsed
+                    }
+                    _ => {
+                        // The warm server is dropped (its jail killed)
+                        // before the clock starts; the call loads it again.
+                        managed.unload(&name).await;
+                        let started = Instant::now();
+                        managed_call(&managed, &name).await?;
+                        started.elapsed()
+                    }
+                };
+                cold[path].push(elapsed);
+            }
         }
         let [cold_plain, cold_sandboxed, cold_manager] = cold.map(Latency::of);
 
