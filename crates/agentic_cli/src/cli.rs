@@ -455,9 +455,11 @@ pub enum BenchCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// WebAssembly plugins: compile time, cached load, and per-call latency
-    /// and calls/s of hello_world through the plugin manager, beside the
-    /// raw wasmtime call.
+    /// Plugins: a WebAssembly plugin's compile time, cached load, and
+    /// per-call latency and calls/s of hello_world through the plugin
+    /// manager, beside the raw wasmtime call; a server plugin's (the echo
+    /// MCP server's) cold start and warm calls in its jail, beside the same
+    /// server run unsandboxed.
     Plugins {
         /// A short run that only checks every path works (figures mean little).
         #[arg(long)]
@@ -470,6 +472,10 @@ pub enum BenchCommand {
         /// [default: plugins/dist/hello_world, made by scripts/build-plugins].
         #[arg(long, value_name = "DIR")]
         plugin: Option<PathBuf>,
+        /// The echo example server plugin: its plugin.toml and echo.py
+        /// [default: plugins/servers/echo].
+        #[arg(long, value_name = "DIR")]
+        server: Option<PathBuf>,
     },
     /// Commands on a home of about a million events beside the same
     /// commands on an almost empty home, each a fresh `lion` process: time

@@ -279,9 +279,12 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Bench(BenchCommand::Runtime { quick, dir }) => {
                 commands::bench_runtime::run(ctx, quick, dir).await
             }
-            Command::Bench(BenchCommand::Plugins { quick, dir, plugin }) => {
-                commands::bench_plugins::run(ctx, quick, dir, plugin).await
-            }
+            Command::Bench(BenchCommand::Plugins {
+                quick,
+                dir,
+                plugin,
+                server,
+            }) => commands::bench_plugins::run(ctx, quick, dir, plugin, server).await,
             Command::Bench(BenchCommand::Scale {
                 quick,
                 dir,

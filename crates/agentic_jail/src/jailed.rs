@@ -20,7 +20,7 @@ use crate::child::{self, Limit, Plan, Step};
 use crate::policy::{self, Filters};
 use crate::rules::{self, RulesError};
 use crate::spec::JailSpec;
-use crate::support::{Missing, Support, support};
+use crate::support::{Missing, support_once};
 
 /// Why a jailed program could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -226,11 +226,6 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
     })
 }
 
-fn cached_support() -> Result<Support, Missing> {
-    static SUPPORT: OnceLock<Result<Support, Missing>> = OnceLock::new();
-    SUPPORT.get_or_init(support).clone()
-}
-
 fn cached_filters() -> Result<Filters, JailError> {
     static FILTERS: OnceLock<Result<Filters, String>> = OnceLock::new();
     FILTERS
@@ -323,7 +318,7 @@ fn validate(spec: &JailSpec) -> Result<(), JailError> {
 /// blocking work on the calling task (the first call also probes
 /// [`support()`](fn@crate::support)), and the fork itself on the spawner thread.
 pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
-    let support = cached_support()?;
+    let support = support_once()?;
     validate(spec)?;
     let filters = cached_filters()?;
     let limits = spec.limits;

@@ -113,4 +113,4 @@ pub mod support;
 
 pub use jailed::{ExitCause, ExitReport, JailError, Jailed, spawn};
 pub use spec::{JailLimits, JailSpec, JailStdio};
-pub use support::{Missing, MissingFeature, Support, support};
+pub use support::{Missing, MissingFeature, Support, support, support_once};

@@ -59,6 +59,14 @@ impl fmt::Display for Missing {
 
 impl std::error::Error for Missing {}
 
+/// [`support()`], probed once per process: later calls answer what the
+/// first one found. It is the answer [`spawn`](crate::spawn) relies on, so
+/// a caller checking before it spawns costs no second probe.
+pub fn support_once() -> Result<Support, Missing> {
+    static SUPPORT: std::sync::OnceLock<Result<Support, Missing>> = std::sync::OnceLock::new();
+    SUPPORT.get_or_init(support).clone()
+}
+
 /// Probes user namespaces (an `unshare` of every namespace a jail uses, in a
 /// throwaway child), the Landlock ABI and seccomp. Costs one `fork`.
 pub fn support() -> Result<Support, Missing> {

@@ -46,7 +46,8 @@ impl ProcessSandbox {
     fn ready(&self) -> Result<(), SandboxError> {
         self.support
             .get_or_init(|| {
-                agentic_jail::support()
+                // The probe the jail's spawn relies on: one per process.
+                agentic_jail::support_once()
                     .map(|_| ())
                     .map_err(|missing| missing.to_string())
             })

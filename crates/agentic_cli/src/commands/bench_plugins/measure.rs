@@ -38,6 +38,13 @@ pub(super) struct Plan {
     pub(super) durable_calls: usize,
     /// Flushes timed for the raw `fdatasync` baseline.
     pub(super) fsync_samples: usize,
+    /// Cold starts of the server plugin, on each path.
+    pub(super) cold_starts: usize,
+    /// Sequential warm calls of the server plugin measured, on each path
+    /// with asynchronous recording.
+    pub(super) server_calls: usize,
+    /// Sequential warm calls of the server plugin with durable recording.
+    pub(super) server_durable_calls: usize,
     /// How long each calls/s measurement runs.
     pub(super) duration: Duration,
 }
@@ -53,6 +60,9 @@ impl Plan {
                 calls: 200,
                 durable_calls: 30,
                 fsync_samples: 20,
+                cold_starts: 3,
+                server_calls: 100,
+                server_durable_calls: 20,
                 duration: Duration::from_millis(200),
             }
         } else {
@@ -64,6 +74,9 @@ impl Plan {
                 calls: 10_000,
                 durable_calls: 1_000,
                 fsync_samples: 200,
+                cold_starts: 40,
+                server_calls: 3_000,
+                server_durable_calls: 300,
                 duration: Duration::from_secs(3),
             }
         }
@@ -78,7 +91,8 @@ pub(super) struct Latency {
 }
 
 impl Latency {
-    fn of(mut samples: Vec<Duration>) -> Self {
+    /// The median and 99th percentile of `samples`.
+    pub(super) fn of(mut samples: Vec<Duration>) -> Self {
         samples.sort_unstable();
         let at = |q: f64| {
             samples

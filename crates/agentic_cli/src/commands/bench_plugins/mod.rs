@@ -18,10 +18,24 @@
 //!   is set by the disk's flush, shown beside a raw `fdatasync` measured in
 //!   the same run.
 //!
+//! And what a server plugin costs (an MCP server as a jailed subprocess),
+//! measured on the echo example server (plugins/servers/echo, a
+//! stdlib-only Python server; `echo` with `{"text":"Ada"}`), each beside
+//! the same server run unsandboxed in the same run:
+//!
+//! - cold start to the first tool result, sandboxed (and through the
+//!   manager) against a plain spawn of the same command;
+//! - warm calls through the manager with asynchronous recording (and the
+//!   sandbox's call without the manager) against the bare MCP call on an
+//!   unsandboxed session;
+//! - warm calls with durable recording beside the same-run `fdatasync`.
+//!
 //! This file is the command, its targets and its table (or JSON);
-//! [`measure`](mod@measure) takes every measurement.
+//! [`measure`](mod@measure) takes the WebAssembly measurements and
+//! [`server`](mod@server) the server's.
 
 mod measure;
+mod server;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +46,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use self::measure::{Plan, Report, measure};
+use self::server::{ServerReport, measure_server, read_server_manifest};
 use super::Ctx;
 use crate::output;
 
@@ -42,11 +57,25 @@ const FUNCTION: &str = "greet";
 const INPUT: &str = r#"{"name":"Ada"}"#;
 const GREETING: &str = "Hello, Ada!";
 
+/// Where the echo example server lives, from the repository root.
+const DEFAULT_SERVER_DIR: &str = "plugins/servers/echo";
+/// The server's tool called (the function lion makes of it has its name),
+/// its input, and the text it must echo.
+const SERVER_FUNCTION: &str = "echo";
+const SERVER_INPUT: &str = r#"{"text":"Ada"}"#;
+const SERVER_TEXT: &str = "Ada";
+
 /// Targets: a managed call's median latency, absolute and against the raw
 /// wasmtime call, and loading a plugin from the cache.
 const TARGET_CALL_P50_MICROS: f64 = 50.0;
 const TARGET_CALL_VS_RAW: f64 = 2.0;
 const TARGET_CACHED_LOAD_MILLIS: f64 = 5.0;
+
+/// Targets of a server plugin: what the sandbox adds to a cold start (to
+/// the first tool result), and a warm call through the manager against the
+/// bare MCP call on an unsandboxed session (medians).
+const TARGET_COLD_START_ADDED_MILLIS: f64 = 5.0;
+const TARGET_WARM_CALL_VS_BARE: f64 = 1.2;
 
 /// Runs the plugin benchmark and prints its table (or JSON).
 pub async fn run(
@@ -54,6 +83,7 @@ pub async fn run(
     quick: bool,
     dir: Option<PathBuf>,
     plugin: Option<PathBuf>,
+    server: Option<PathBuf>,
 ) -> Result<()> {
     let plugin_dir = plugin.unwrap_or_else(|| PathBuf::from(DEFAULT_PLUGIN_DIR));
     let manifest_path = plugin_dir.join("plugin.toml");
@@ -80,6 +110,8 @@ pub async fn run(
             component_ref.path.display()
         )
     })?;
+    let server_manifest =
+        read_server_manifest(&server.unwrap_or_else(|| PathBuf::from(DEFAULT_SERVER_DIR)))?;
     let home = dir
         .unwrap_or_else(std::env::temp_dir)
         .join(format!("lion-bench-plugins-{}", std::process::id()));
@@ -93,13 +125,22 @@ pub async fn run(
         Ok(fsync) => measure(&plan, &home, manifest, component, ctx.correlation_id, fsync).await,
         Err(e) => Err(e.into()),
     };
+    let result = match result {
+        Ok(report) => measure_server(&plan, &home.join("server"), server_manifest, ctx)
+            .await
+            .map(|server| (report, server)),
+        Err(e) => Err(e),
+    };
     let _ = std::fs::remove_dir_all(&home);
-    let report = result?;
+    let (report, server) = result?;
     let logging = tracing::enabled!(target: "agentic_wasm::host", tracing::Level::INFO);
     if ctx.json {
-        return output::json(&json_report(&report, &plan, logging));
+        let mut json = json_report(&report, &plan, logging);
+        json["server"] = server_json(&server, &plan);
+        return output::json(&json);
     }
     print_table(&report, &plan, &home);
+    print_server_table(&server, &report, &plan);
     if logging {
         println!(
             "note: info logs are on (RUST_LOG): every call wrote the plugin's log line, and \
@@ -107,6 +148,17 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+/// A target's verdict cell: none on a quick run.
+fn verdict(plan: &Plan, ok: bool) -> &'static str {
+    if plan.quick {
+        "no evidence (quick run)"
+    } else if ok {
+        "PASS"
+    } else {
+        "FAIL"
+    }
 }
 
 /// Whether the managed call's median meets its targets.
@@ -205,15 +257,7 @@ fn print_table(r: &Report, plan: &Plan, home: &Path) {
         r.artifact_bytes.div_ceil(1024),
         home.display()
     );
-    let verdict = |ok: bool| {
-        if plan.quick {
-            "no evidence (quick run)"
-        } else if ok {
-            "PASS"
-        } else {
-            "FAIL"
-        }
-    };
+    let verdict = |ok: bool| verdict(plan, ok);
     let share = |part: Duration| {
         format!(
             "{:.0}%",
@@ -372,5 +416,192 @@ fn print_table(r: &Report, plan: &Plan, home: &Path) {
         "note: the manager runs at most {} calls of {} at once (its max_concurrency); the raw \
          path has no such limit",
         r.max_concurrency, r.plugin
+    );
+}
+
+/// What the sandbox adds to a cold start to the first tool result
+/// (medians).
+fn cold_added(s: &ServerReport) -> Duration {
+    s.cold_sandboxed.p50.saturating_sub(s.cold_plain.p50)
+}
+
+/// Whether the sandbox's cold start meets its target.
+fn cold_ok(s: &ServerReport) -> bool {
+    millis(s.cold_sandboxed.p50) - millis(s.cold_plain.p50) <= TARGET_COLD_START_ADDED_MILLIS
+}
+
+/// Whether a warm call through the manager meets its target.
+fn warm_ok(s: &ServerReport) -> bool {
+    s.warm_manager.p50.as_secs_f64() <= TARGET_WARM_CALL_VS_BARE * s.warm_plain.p50.as_secs_f64()
+}
+
+/// `a - b` in milliseconds, signed, as a table cell.
+fn added_millis(a: Duration, b: Duration) -> String {
+    format!("{:+.2} ms", millis(a) - millis(b))
+}
+
+fn server_json(s: &ServerReport, plan: &Plan) -> Value {
+    json!({
+        "plugin": s.plugin,
+        "command": s.command,
+        "function": SERVER_FUNCTION,
+        "input": SERVER_INPUT,
+        "cold_starts": plan.cold_starts,
+        "cold_start_unsandboxed_p50_ms": millis(s.cold_plain.p50),
+        "cold_start_unsandboxed_p99_ms": millis(s.cold_plain.p99),
+        "cold_start_sandboxed_p50_ms": millis(s.cold_sandboxed.p50),
+        "cold_start_sandboxed_p99_ms": millis(s.cold_sandboxed.p99),
+        "cold_start_manager_p50_ms": millis(s.cold_manager.p50),
+        "cold_start_manager_p99_ms": millis(s.cold_manager.p99),
+        "cold_start_sandbox_added_ms": millis(s.cold_sandboxed.p50) - millis(s.cold_plain.p50),
+        "cold_start_manager_added_ms": millis(s.cold_manager.p50) - millis(s.cold_plain.p50),
+        "sequential_calls": plan.server_calls,
+        "bare_call_p50_us": micros(s.warm_plain.p50),
+        "bare_call_p99_us": micros(s.warm_plain.p99),
+        "sandbox_call_p50_us": micros(s.warm_sandboxed.p50),
+        "sandbox_call_p99_us": micros(s.warm_sandboxed.p99),
+        "manager_call_p50_us": micros(s.warm_manager.p50),
+        "manager_call_p99_us": micros(s.warm_manager.p99),
+        "durable_sequential_calls": plan.server_durable_calls,
+        "durable_call_p50_us": micros(s.warm_durable.p50),
+        "durable_call_p99_us": micros(s.warm_durable.p99),
+        "cold_start_target_met": cold_ok(s),
+        "warm_call_target_met": warm_ok(s),
+    })
+}
+
+/// The server plugin's table; its durable rows sit beside the same-run
+/// `fdatasync` of the WebAssembly table (`r.fsync`).
+fn print_server_table(s: &ServerReport, r: &Report, plan: &Plan) {
+    println!();
+    println!(
+        "lion bench plugins — server plugin {}.{SERVER_FUNCTION} {SERVER_INPUT}: {} (an MCP \
+         server over stdio); each path starts the same command, arguments and working \
+         directory",
+        s.plugin,
+        s.command.display()
+    );
+    let mut t = output::table([
+        "measurement",
+        "figure",
+        "same-run baseline",
+        "added / ratio",
+        "target",
+        "verdict",
+    ]);
+    let mut row = |cells: [String; 6]| {
+        t.add_row(cells);
+    };
+    let empty = String::new;
+    let n = plan.cold_starts;
+    row([
+        format!(
+            "cold start to the first tool result, unsandboxed (spawn, initialize, call): p50 of {n}"
+        ),
+        time(s.cold_plain.p50),
+        "baseline (cold start)".into(),
+        empty(),
+        empty(),
+        empty(),
+    ]);
+    row([
+        format!(
+            "cold start to the first tool result, sandboxed (ProcessSandbox: files' hash check, \
+             jail, initialize, tools/list; same call): p50 of {n}"
+        ),
+        time(s.cold_sandboxed.p50),
+        format!("unsandboxed {}", time(s.cold_plain.p50)),
+        added_millis(s.cold_sandboxed.p50, s.cold_plain.p50),
+        format!("≤ +{TARGET_COLD_START_ADDED_MILLIS} ms"),
+        verdict(plan, cold_ok(s)).into(),
+    ]);
+    row([
+        format!(
+            "cold start through the manager (the sandbox's start, plugin_loaded committed, the \
+             call recorded): p50 of {n}"
+        ),
+        time(s.cold_manager.p50),
+        format!("unsandboxed {}", time(s.cold_plain.p50)),
+        added_millis(s.cold_manager.p50, s.cold_plain.p50),
+        empty(),
+        empty(),
+    ]);
+    for (what, figure) in [("p50", s.warm_plain.p50), ("p99", s.warm_plain.p99)] {
+        row([
+            format!("bare MCP call on an unsandboxed session, warm, sequential: {what}"),
+            time(figure),
+            "baseline (warm call)".into(),
+            empty(),
+            empty(),
+            empty(),
+        ]);
+    }
+    for (what, figure, bare) in [
+        ("p50", s.warm_sandboxed.p50, s.warm_plain.p50),
+        ("p99", s.warm_sandboxed.p99, s.warm_plain.p99),
+    ] {
+        row([
+            format!(
+                "sandbox call of its warm jailed server (input parsed, output converted; no \
+                 manager), sequential: {what}"
+            ),
+            time(figure),
+            format!("unsandboxed {}", time(bare)),
+            ratio(figure.as_secs_f64(), bare.as_secs_f64()),
+            empty(),
+            empty(),
+        ]);
+    }
+    row([
+        "manager call of a jailed server, async recording (events committed later, not waited \
+         for), warm, sequential: p50"
+            .into(),
+        time(s.warm_manager.p50),
+        format!("bare unsandboxed {}", time(s.warm_plain.p50)),
+        ratio(
+            s.warm_manager.p50.as_secs_f64(),
+            s.warm_plain.p50.as_secs_f64(),
+        ),
+        format!("≤ {TARGET_WARM_CALL_VS_BARE}x bare"),
+        verdict(plan, warm_ok(s)).into(),
+    ]);
+    row([
+        "manager call of a jailed server, async recording, warm, sequential: p99".into(),
+        time(s.warm_manager.p99),
+        format!("bare unsandboxed {}", time(s.warm_plain.p99)),
+        ratio(
+            s.warm_manager.p99.as_secs_f64(),
+            s.warm_plain.p99.as_secs_f64(),
+        ),
+        empty(),
+        empty(),
+    ]);
+    for (what, figure, flush) in [
+        (
+            "manager call of a jailed server, durable recording (as `lion plugin call`), warm, \
+             sequential: p50",
+            s.warm_durable.p50,
+            r.fsync.p50,
+        ),
+        (
+            "manager call of a jailed server, durable recording, warm, sequential: p99",
+            s.warm_durable.p99,
+            r.fsync.p99,
+        ),
+    ] {
+        row([
+            what.into(),
+            time(figure),
+            format!("fdatasync {}", time(flush)),
+            ratio(figure.as_secs_f64(), flush.as_secs_f64()),
+            empty(),
+            empty(),
+        ]);
+    }
+    println!("{t}");
+    println!(
+        "note: the sandbox adds {} to a cold start (p50); a start through the manager also \
+         reads the plugin's record and commits its plugin_loaded event before the call",
+        time(cold_added(s))
     );
 }
