@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use agentic_core::Durability;
 use agentic_core::plugin::{
-    CallContext, CallOptions, LoadedPlugin, PluginManager, PluginManifest, ServerLaunch,
+    CallContext, CallOptions, LoadedPlugin, NoDenials, PluginManager, PluginManifest, ServerLaunch,
     ServerSandbox, ServerSpec,
 };
 use agentic_mcp::{McpSession, ProcessSandbox, SessionConfig};
@@ -232,6 +232,8 @@ pub(super) async fn measure_server(
             call_limits: installed.manifest.limits,
             approved: installed.manifest.functions.clone(),
             scratch: home.join("bench-scratch"),
+            // echo is granted no host: nothing is forwarded, nothing denied.
+            denials: Arc::new(NoDenials),
         };
         let sandbox = ProcessSandbox::new();
         let arguments: Value = serde_json::from_str(SERVER_INPUT)?;
