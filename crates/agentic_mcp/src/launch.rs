@@ -124,6 +124,8 @@ pub struct Running {
     env: Vec<(String, String)>,
     /// Why lion stopped it while it served calls, if it did.
     stopped: Mutex<Option<String>>,
+    /// How it ended, once reaped (for every call that asks).
+    reaped: Mutex<Option<ExitReport>>,
     /// Its private `/tmp`, deleted with it (declared after the jail:
     /// dropped after the jail is killed).
     _tmp: tempfile::TempDir,
@@ -203,6 +205,7 @@ impl Running {
             stderr: tail,
             env: launch.env.clone(),
             stopped: Mutex::new(None),
+            reaped: Mutex::new(None),
             _tmp: tmp,
             _net: net,
         };
@@ -237,21 +240,43 @@ impl Running {
     pub async fn stop(&self) -> Option<ExitReport> {
         self.forwarding.stop();
         let mut jailed = self.jailed.lock().await;
+        if let Some(report) = self.reaped() {
+            return Some(report);
+        }
         let _ = jailed.kill();
-        jailed.wait().await.ok()
+        self.keep(jailed.wait().await.ok())
     }
 
     /// How the server ended, once it has: waits for the jail to be reaped
     /// (its session is gone, so it is exiting or has exited).
+    /// Every call it was serving asks; the first waits, the others get
+    /// the same report (its cgroups, read once, are gone after).
     pub async fn ended(&self) -> Option<ExitReport> {
         let mut jailed = self.jailed.lock().await;
-        match tokio::time::timeout(REAP_GRACE, jailed.wait()).await {
+        if let Some(report) = self.reaped() {
+            return Some(report);
+        }
+        let report = match tokio::time::timeout(REAP_GRACE, jailed.wait()).await {
             Ok(report) => report.ok(),
             Err(_) => {
                 let _ = jailed.kill();
                 jailed.wait().await.ok()
             }
+        };
+        self.keep(report)
+    }
+
+    /// How the jail ended, once it was reaped.
+    fn reaped(&self) -> Option<ExitReport> {
+        *self.reaped.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `report` for the next to ask, and returns it.
+    fn keep(&self, report: Option<ExitReport>) -> Option<ExitReport> {
+        if report.is_some() {
+            *self.reaped.lock().unwrap_or_else(PoisonError::into_inner) = report;
         }
+        report
     }
 }
 
