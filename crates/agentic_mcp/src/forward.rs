@@ -16,8 +16,10 @@
 //!    running server; for each connection it resolves the name itself,
 //!    keeps the addresses the WASM sandbox's HTTP rule allows
 //!    ([`reachable_addresses`]: global, or the address itself granted — a
-//!    name resolving to `127.0.0.1` or `169.254.169.254` is refused unless
-//!    that address is granted too), connects from its own namespace to a
+//!    name resolving to `127.0.0.1` is refused unless that address is
+//!    granted too; one resolving to a private or link-local address such
+//!    as `169.254.169.254` is always refused, as a server cannot be granted
+//!    it), connects from its own namespace to a
 //!    checked address (not the name again), and copies bytes both ways.
 //!    A refused or failed forward resets the server's connection and is
 //!    reported to the launch's [`ServerDenials`] (the manager records it as
@@ -51,6 +53,10 @@ pub const MAX_CONNECTIONS: usize = 32;
 pub const MAX_RECORDED_DENIALS: usize = 64;
 /// How long lion waits for a granted name to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Name lookups one server's connections may have under way at once: each
+/// runs on a blocking thread that a timeout does not stop, so a server
+/// looping connections to a slowly resolving name cannot pile them up.
+const MAX_LOOKUPS: usize = 4;
 /// How long lion waits for each address it connects to.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first address a granted name may get inside the jail
@@ -251,12 +257,14 @@ struct Shared {
     denials: Arc<dyn ServerDenials>,
     calls: CallIds,
     slots: Arc<Semaphore>,
+    lookups: Arc<Semaphore>,
     recorded: AtomicUsize,
 }
 
 impl Shared {
-    /// Reports a refusal (up to [`MAX_RECORDED_DENIALS`] per start).
-    fn deny(&self, asked: String, reason: String) {
+    /// Reports a refusal (up to [`MAX_RECORDED_DENIALS`] per start), of
+    /// the connection made during call `call` (see [`CallIds::only`]).
+    fn deny(&self, call: Option<Uuid>, asked: String, reason: String) {
         let n = self.recorded.fetch_add(1, Ordering::AcqRel) + 1;
         if n > MAX_RECORDED_DENIALS {
             return;
@@ -270,7 +278,7 @@ impl Shared {
             reason
         };
         tracing::info!(%asked, %reason, "a server's connection was not forwarded");
-        self.denials.denied(self.calls.only(), asked, reason);
+        self.denials.denied(call, asked, reason);
     }
 }
 
@@ -297,6 +305,7 @@ impl Forwarding {
             denials,
             calls,
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            lookups: Arc::new(Semaphore::new(MAX_LOOKUPS)),
             recorded: AtomicUsize::new(0),
         });
         let mut tasks = JoinSet::new();
@@ -329,17 +338,21 @@ async fn serve(listener: TcpListener, host: ServerHost, shared: Arc<Shared>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                // The call under way when the server connected (not when a
+                // refusal is recorded, maybe seconds later).
                 Ok((stream, _)) => match shared.slots.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let (host, shared) = (host.clone(), shared.clone());
+                        let call = shared.calls.only();
                         connections.spawn(async move {
-                            forward(stream, &host, &shared).await;
+                            forward(stream, &host, &shared, call).await;
                             drop(permit);
                         });
                     }
                     Err(_) => {
                         refuse(&stream);
                         shared.deny(
+                            shared.calls.only(),
                             format!("tcp connect {host}"),
                             format!(
                                 "the server already has {MAX_CONNECTIONS} forwarded connections \
@@ -364,39 +377,27 @@ async fn serve(listener: TcpListener, host: ServerHost, shared: Arc<Shared>) {
 /// it, checks the addresses, connects to the first checked one that
 /// answers and copies both ways until both sides are done. A refusal or a
 /// failure resets the server's connection and is reported.
-async fn forward(mut inside: TcpStream, host: &ServerHost, shared: &Shared) {
+async fn forward(mut inside: TcpStream, host: &ServerHost, shared: &Shared, call: Option<Uuid>) {
     let port = host.port();
+    // Recorded if the server is stopped (its forwarding aborted) before
+    // this connection was made or refused.
+    let mut pending = Pending {
+        shared,
+        call,
+        asked: format!("tcp connect {host}"),
+        armed: true,
+    };
     let resolved: Vec<SocketAddr> = match host {
         ServerHost::Loopback { ip, port } => vec![SocketAddr::from((*ip, *port))],
-        ServerHost::Name { name, port } => {
-            match tokio::time::timeout(
-                RESOLVE_TIMEOUT,
-                tokio::net::lookup_host((name.as_str(), *port)),
-            )
-            .await
-            {
-                Ok(Ok(addrs)) => addrs.collect(),
-                Ok(Err(e)) => {
-                    refuse(&inside);
-                    shared.deny(
-                        format!("tcp connect {host}"),
-                        format!("{name} does not resolve: {e}"),
-                    );
-                    return;
-                }
-                Err(_) => {
-                    refuse(&inside);
-                    shared.deny(
-                        format!("tcp connect {host}"),
-                        format!(
-                            "{name} did not resolve within {} s",
-                            RESOLVE_TIMEOUT.as_secs()
-                        ),
-                    );
-                    return;
-                }
+        ServerHost::Name { name, port } => match resolve(shared, name, *port).await {
+            Ok(addrs) => addrs,
+            Err(why) => {
+                pending.armed = false;
+                refuse(&inside);
+                shared.deny(call, format!("tcp connect {host}"), why);
+                return;
             }
-        }
+        },
     };
     let ips: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
     let asked = if ips.is_empty() {
@@ -404,10 +405,13 @@ async fn forward(mut inside: TcpStream, host: &ServerHost, shared: &Shared) {
     } else {
         format!("tcp connect {host} ({})", ips.join(", "))
     };
+    pending.asked.clone_from(&asked);
     let allowed = reachable_addresses(&shared.grant, port, &resolved);
     if allowed.is_empty() {
+        pending.armed = false;
         refuse(&inside);
         shared.deny(
+            call,
             asked,
             "resolves to no global or granted address (a loopback, private or link-local \
              address is reached only when that address is granted too)"
@@ -419,6 +423,7 @@ async fn forward(mut inside: TcpStream, host: &ServerHost, shared: &Shared) {
     for addr in allowed {
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(mut outside)) => {
+                pending.armed = false;
                 if let Err(e) = tokio::io::copy_bidirectional(&mut inside, &mut outside).await {
                     tracing::debug!(error = %e, %addr, "a forwarded connection ended in error");
                 }
@@ -431,11 +436,66 @@ async fn forward(mut inside: TcpStream, host: &ServerHost, shared: &Shared) {
             )),
         }
     }
+    pending.armed = false;
     refuse(&inside);
     shared.deny(
+        call,
         asked,
         format!("lion could not connect: {}", failures.join("; ")),
     );
+}
+
+/// Resolves granted `name` on a blocking thread of its own, at most
+/// [`MAX_LOOKUPS`] at once per server: the addresses, or why not.
+async fn resolve(shared: &Shared, name: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let late = || {
+        format!(
+            "{name} does not resolve (no answer within {} s)",
+            RESOLVE_TIMEOUT.as_secs()
+        )
+    };
+    let deadline = tokio::time::Instant::now() + RESOLVE_TIMEOUT;
+    let Ok(Ok(permit)) =
+        tokio::time::timeout_at(deadline, shared.lookups.clone().acquire_owned()).await
+    else {
+        return Err(late());
+    };
+    let target = format!("{name}:{port}");
+    // The permit goes with the lookup: a lookup that outlives its timeout
+    // still holds it until its thread is done.
+    let lookup = tokio::task::spawn_blocking(move || {
+        let found = std::net::ToSocketAddrs::to_socket_addrs(&target.as_str())
+            .map(Iterator::collect::<Vec<SocketAddr>>);
+        drop(permit);
+        found
+    });
+    match tokio::time::timeout_at(deadline, lookup).await {
+        Ok(Ok(Ok(addrs))) => Ok(addrs),
+        Ok(Ok(Err(e))) => Err(format!("{name} does not resolve: {e}")),
+        Ok(Err(e)) => Err(format!("{name} does not resolve: the lookup failed: {e}")),
+        Err(_) => Err(late()),
+    }
+}
+
+/// A connection being forwarded: until it is made or refused, its end
+/// (the server stopped, its forwarding aborted) is recorded as a refusal.
+struct Pending<'a> {
+    shared: &'a Shared,
+    call: Option<Uuid>,
+    asked: String,
+    armed: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.deny(
+                self.call,
+                std::mem::take(&mut self.asked),
+                "the server was stopped before lion had made the connection".to_owned(),
+            );
+        }
+    }
 }
 
 /// Makes the server's connection end with a reset when it is dropped, so
@@ -660,9 +720,12 @@ mod tests {
         assert!(refused.as_ref().map_or(true, Vec::is_empty), "{refused:?}");
         let seen = denials.wait_for(1).await;
         assert_eq!(seen[0].0, Some(call), "named by the only call under way");
-        assert_eq!(
-            seen[0].1,
-            format!("tcp connect localhost:{port} (127.0.0.1)")
+        // `localhost` may also resolve to ::1 where /etc/hosts says so.
+        let asked = &seen[0].1;
+        assert!(
+            asked.starts_with(&format!("tcp connect localhost:{port} ("))
+                && asked.contains("127.0.0.1"),
+            "{asked}"
         );
         assert!(
             seen[0].2.contains("no global or granted address"),
@@ -730,10 +793,11 @@ mod tests {
             denials: denials.clone(),
             calls: CallIds::default(),
             slots: Arc::new(Semaphore::new(1)),
+            lookups: Arc::new(Semaphore::new(1)),
             recorded: AtomicUsize::new(0),
         };
         for i in 0..MAX_RECORDED_DENIALS + 10 {
-            shared.deny(format!("tcp connect x:{i}"), "no".into());
+            shared.deny(None, format!("tcp connect x:{i}"), "no".into());
         }
         let seen = denials.seen.lock().unwrap();
         assert_eq!(seen.len(), MAX_RECORDED_DENIALS);

@@ -176,6 +176,8 @@ impl Running {
             jailed.stdout.take(),
             jailed.stderr.take(),
         ) else {
+            let _ = jailed.kill();
+            let _ = jailed.wait().await;
             return Err(SandboxError::Host("the jailed server has no pipes".into()));
         };
         let tail = Arc::new(Mutex::new(VecDeque::new()));
@@ -233,6 +235,12 @@ impl Running {
     /// granted variables' values redacted.
     pub fn stderr_tail(&self) -> String {
         tail_text(&self.stderr, &self.env)
+    }
+
+    /// `text` the server sent (an error message lion records) with the
+    /// granted variables' values redacted, as in its stderr tail.
+    pub fn redact(&self, text: &str) -> String {
+        redact(text, &self.env)
     }
 
     /// Kills the jail (everything in it), ends its forwards and says how
@@ -354,13 +362,20 @@ fn tail_text(tail: &Mutex<VecDeque<u8>>, env: &[(String, String)]) -> String {
     {
         bytes.drain(..=newline);
     }
-    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    let text = redact(&String::from_utf8_lossy(&bytes), env);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `text` with each granted variable's value (of at least
+/// [`MIN_REDACTED_BYTES`]) replaced by `[NAME redacted]`.
+fn redact(text: &str, env: &[(String, String)]) -> String {
+    let mut text = text.to_owned();
     for (name, value) in env {
         if value.len() >= MIN_REDACTED_BYTES {
             text = text.replace(value.as_str(), &format!("[{name} redacted]"));
         }
     }
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    text
 }
 
 #[cfg(test)]

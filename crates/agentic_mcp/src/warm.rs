@@ -215,7 +215,10 @@ impl LoadedPlugin for WarmServer {
             // The server answered with a JSON-RPC error: it is alive, and
             // the call was refused (bad arguments, unknown tool...).
             Err(SessionError::Server { message, .. }) => {
-                return Err(CallFailure::new(FailureKind::Refused, message));
+                return Err(CallFailure::new(
+                    FailureKind::Refused,
+                    running.redact(&message),
+                ));
             }
             Err(e @ SessionError::ArgumentsNotObject(_)) => {
                 return Err(CallFailure::new(FailureKind::InvalidInput, e.to_string()));
@@ -225,9 +228,10 @@ impl LoadedPlugin for WarmServer {
         let max = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
         match tool_output(result, callable.structured, max) {
             Ok(output) => Ok(output.to_string()),
-            Err(ToolError::Reported { text, .. }) => {
-                Err(CallFailure::new(FailureKind::Refused, text))
-            }
+            Err(ToolError::Reported { text, .. }) => Err(CallFailure::new(
+                FailureKind::Refused,
+                running.redact(&text),
+            )),
             Err(e @ ToolError::TooLarge { .. }) => {
                 Err(CallFailure::new(FailureKind::OutputLimit, e.to_string()))
             }

@@ -292,8 +292,10 @@ pub async fn call(
         _ = tokio::signal::ctrl_c() => None,
     };
     let Some(output) = output else {
-        // Dropping the call records it as cancelled; wait for that.
+        // Dropping the call records it as cancelled; wait for that (and for
+        // any refusal its server's forwarding recorded).
         manager.flush().await?;
+        manager.close().await;
         bail!("interrupted: the call of {name}.{function} was cancelled and recorded as such");
     };
     // What a server's sandbox refused during the call (a connection lion

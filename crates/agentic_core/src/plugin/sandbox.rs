@@ -642,7 +642,13 @@ pub fn is_global(ip: IpAddr) -> bool {
                 // 2001:db8::/32: documentation.
                 || (s[0] == 0x2001 && (s[1] < 0x200 || s[1] == 0xdb8))
                 // fec0::/10: site-local (deprecated).
-                || (s[0] & 0xffc0) == 0xfec0)
+                || (s[0] & 0xffc0) == 0xfec0
+                // 64:ff9b:1::/48: local-use NAT64, which may translate to
+                // any IPv4 address (private ones included), wherever its
+                // prefix length puts the embedded address.
+                || s[..3] == [0x64, 0xff9b, 1]
+                // 3fff::/20: documentation.
+                || (s[0] == 0x3fff && s[1] & 0xf000 == 0))
         }
     }
 }
@@ -790,6 +796,9 @@ mod tests {
             "64:ff9b::7f00:1",
             "2002:a9fe:a9fe::1",
             "100::1",
+            "64:ff9b:1:a9fe:a9fe::",
+            "64:ff9b:1::a9fe:a9fe",
+            "3fff::1",
         ] {
             assert!(!is_global(ip.parse().unwrap()), "{ip}");
         }

@@ -52,6 +52,13 @@ impl PluginManager {
         }
     }
 
+    /// Deletes server plugin `name`'s scratch folder if it is empty: after
+    /// a failed install, whose start's private `/tmp` deleted itself (a
+    /// recursive delete could take another process's live one).
+    fn forget_empty_scratch(&self, name: &str) {
+        let _ = std::fs::remove_dir(self.scratch(name));
+    }
+
     /// What a server sandbox needs to start `installed`, with lion's values
     /// of the granted environment variables.
     fn launch(&self, installed: &InstalledPlugin) -> Result<ServerLaunch, PluginError> {
@@ -115,7 +122,7 @@ impl PluginManager {
         let discovery = match servers.discover(&launch).await {
             Ok(discovery) => discovery,
             Err(source) => {
-                self.forget_scratch(&name);
+                self.forget_empty_scratch(&name);
                 return Err(PluginError::Sandbox {
                     name: name.clone(),
                     error: source,
@@ -123,7 +130,7 @@ impl PluginManager {
             }
         };
         if discovery.functions.is_empty() {
-            self.forget_scratch(&name);
+            self.forget_empty_scratch(&name);
             return Err(PluginError::NoServerSandbox {
                 name,
                 reason: "the server lists no tools".into(),
