@@ -571,7 +571,15 @@ fn a_cpu_spin_runs_into_the_call_timeout_while_another_plugins_call_answers() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the spinning call");
-    // The good call of another plugin, from another lion, while it spins.
+    // Its call is under way (the second one of spin)...
+    wait_until("the spinning call is invoked", || {
+        lab.events()
+            .iter()
+            .filter(|e| e["event"]["plugin_invoked"]["name"] == "spin")
+            .count()
+            == 2
+    });
+    // ...when the good call of another plugin, from another lion, runs.
     lab.good("abuse");
     assert!(
         bad.try_wait().expect("try_wait").is_none(),
@@ -1100,8 +1108,16 @@ fn through_one_kernel_good_calls_answer_while_a_bad_one_spins() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the spinning call");
-    // While it spins: the same warm server answers a good call, and so
-    // does another plugin's.
+    // Its call is under way (the spinner's second)...
+    wait_until("the spinning call is invoked", || {
+        lab.events()
+            .iter()
+            .filter(|e| e["event"]["plugin_invoked"]["name"] == "spinner")
+            .count()
+            == 2
+    });
+    // ...while the same warm server answers a good call, and so does
+    // another plugin's.
     lab.good("spinner");
     assert_eq!(server(), first, "the kernel's one warm server");
     lab.good("other");
