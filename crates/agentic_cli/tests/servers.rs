@@ -41,6 +41,13 @@ fn a_pypi_server_installs_answers_refuses_and_is_not_started_once_its_files_chan
         install.stdout.contains("get_current_time"),
         "the tools are listed at install: {install:?}"
     );
+    let listed = lion_run(&home, &["plugin", "list"]).success();
+    let row = listed
+        .stdout
+        .lines()
+        .find(|l| l.contains("time"))
+        .expect("listed");
+    assert!(row.contains("process") && row.contains("active"), "{row}");
     let info = lion_run(&home, &["plugin", "info", "time", "--json"])
         .success()
         .json();

@@ -201,12 +201,15 @@ pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
         println!("no plugins installed (lion plugin install MANIFEST)");
         return Ok(());
     }
-    let mut table = output::table(["name", "version", "status", "calls", "failed", "granted"]);
+    let mut table = output::table([
+        "name", "version", "sandbox", "status", "calls", "failed", "granted",
+    ]);
     for p in plugins {
         let m = &p.installed.manifest;
         table.add_row(vec![
             m.name.clone(),
             m.version.clone(),
+            p.installed.sandbox.clone(),
             status_name(p.status).to_owned(),
             p.calls.to_string(),
             p.failed.to_string(),
