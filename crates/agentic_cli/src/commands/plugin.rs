@@ -446,7 +446,12 @@ fn describe_permissions(p: &Grant) -> String {
                     DirAccess::ReadOnly => "ro",
                     DirAccess::ReadWrite => "rw",
                 };
-                format!("{} = {} ({mode})", d.guest, d.path.display())
+                // A server sees a directory at its own path: said once.
+                if d.path == Path::new(&d.guest) {
+                    format!("{} ({mode})", d.guest)
+                } else {
+                    format!("{} = {} ({mode})", d.guest, d.path.display())
+                }
             })
             .collect();
         parts.push(format!("dirs {}", dirs.join(", ")));
