@@ -31,10 +31,11 @@ pub use call::CallOptions;
 pub use server::Approval;
 
 use super::cache::PluginFiles;
+use super::error::PluginError;
 use super::recorder::Recorder;
 use super::server::ServerSandbox;
 use crate::event::{NewEvent, SystemEvent};
-use crate::store::{EventStore, ExpectedVersion, StoreError};
+use crate::store::{EventStore, ExpectedVersion, PluginSnapshot, StoreError};
 use crate::task::Durability;
 use loading::Slot;
 
@@ -198,6 +199,15 @@ impl PluginManager {
         let mut new = NewEvent::new(event, correlation);
         new.causation_id = options.causation_id;
         new
+    }
+
+    /// Plugin `name` as the store holds it, or that it is not installed.
+    pub(super) async fn recorded(&self, name: &str) -> Result<PluginSnapshot, PluginError> {
+        self.inner
+            .store
+            .plugin(name)
+            .await?
+            .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))
     }
 }
 

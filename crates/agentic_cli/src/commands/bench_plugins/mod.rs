@@ -193,6 +193,19 @@ fn time(d: Duration) -> String {
 }
 
 /// `a / b` as a ratio cell (`1/N` when it is small).
+/// A row of a durable call's `figure` beside the same run's raw
+/// fdatasync `flush` (no target: the ratio says what the disk costs).
+fn beside_fsync(what: &str, figure: Duration, flush: Duration) -> [String; 6] {
+    [
+        what.into(),
+        time(figure),
+        format!("fdatasync {}", time(flush)),
+        ratio(figure.as_secs_f64(), flush.as_secs_f64()),
+        String::new(),
+        String::new(),
+    ]
+}
+
 fn ratio(a: f64, b: f64) -> String {
     if b <= 0.0 || a <= 0.0 {
         "-".into()
@@ -373,14 +386,7 @@ fn print_table(r: &Report, plan: &Plan, home: &Path) {
             r.fsync.p99,
         ),
     ] {
-        row([
-            what.into(),
-            time(figure),
-            format!("fdatasync {}", time(flush)),
-            ratio(figure.as_secs_f64(), flush.as_secs_f64()),
-            empty(),
-            empty(),
-        ]);
+        row(beside_fsync(what, figure, flush));
     }
     for th in &r.throughput {
         row([
@@ -589,14 +595,7 @@ fn print_server_table(s: &ServerReport, r: &Report, plan: &Plan) {
             r.fsync.p99,
         ),
     ] {
-        row([
-            what.into(),
-            time(figure),
-            format!("fdatasync {}", time(flush)),
-            ratio(figure.as_secs_f64(), flush.as_secs_f64()),
-            empty(),
-            empty(),
-        ]);
+        row(beside_fsync(what, figure, flush));
     }
     println!("{t}");
     println!(

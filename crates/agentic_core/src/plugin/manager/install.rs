@@ -149,12 +149,7 @@ impl PluginManager {
     /// operator) and records `plugin_granted`; the next call loads the
     /// plugin with it.
     pub async fn grant(&self, name: &str, grant: Grant) -> Result<PluginRecord, PluginError> {
-        let snapshot = self
-            .inner
-            .store
-            .plugin(name)
-            .await?
-            .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
+        let snapshot = self.recorded(name).await?;
         snapshot.record.installed.manifest.check_grant(&grant)?;
         self.check_dirs_keep_out_of_home(name, &grant)?;
         if snapshot.record.installed.is_server() {
@@ -187,13 +182,7 @@ impl PluginManager {
     /// no other installed plugin shares them.
     pub async fn remove(&self, name: &str) -> Result<(), PluginError> {
         self.flush().await?;
-        let record = self
-            .inner
-            .store
-            .plugin(name)
-            .await?
-            .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?
-            .record;
+        let record = self.recorded(name).await?.record;
         let sha = record.installed.sha256().to_owned();
         let shared = self.shares_files(name, &sha).await?;
         let event = SystemEvent::PluginRemoved {

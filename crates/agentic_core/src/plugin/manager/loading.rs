@@ -89,8 +89,7 @@ impl PluginManager {
     /// in, and with no call of the plugin under way — and gives the entry
     /// the writes the log showed while it loaded.
     async fn load(&self, name: &str, slot: &Slot) -> Result<Arc<Entry>, PluginError> {
-        let found = self.inner.store.plugin(name).await?;
-        let snapshot = found.ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
+        let snapshot = self.recorded(name).await?;
         let record = &snapshot.record;
         if let Err((asked, reason)) = usable_dirs(&record.installed, self.home()) {
             self.record_denial(&record.installed, asked, reason.clone())
@@ -112,8 +111,7 @@ impl PluginManager {
         let turn = self.kv_turn(name);
         let _turn = turn.clone().lock_owned().await;
         self.flush().await?;
-        let found = self.inner.store.plugin(name).await?;
-        let snapshot = found.ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
+        let snapshot = self.recorded(name).await?;
         let entry = Arc::new(Entry::new(snapshot, plugin, turn)?);
         let mut observed = slot.observed.lock().unwrap_or_else(PoisonError::into_inner);
         if let Observed::Loading(writes) = &mut *observed {

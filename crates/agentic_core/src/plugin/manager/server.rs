@@ -278,12 +278,7 @@ impl PluginManager {
         only: &[String],
         dry_run: bool,
     ) -> Result<Approval, PluginError> {
-        let snapshot = self
-            .inner
-            .store
-            .plugin(name)
-            .await?
-            .ok_or_else(|| PluginError::NotInstalled(name.to_owned()))?;
+        let snapshot = self.recorded(name).await?;
         let installed = &snapshot.record.installed;
         if !installed.is_server() {
             return Err(PluginError::ApprovalRefused {
