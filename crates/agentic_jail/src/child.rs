@@ -227,8 +227,8 @@ impl Limit {
 
 /// Everything the child needs, prepared before the fork.
 pub(crate) struct Plan {
-    /// `cgroup.procs` of each cgroup made for this process.
-    pub cgroup_procs: Vec<OwnedFd>,
+    /// `tasks` of each cgroup made for this process.
+    pub cgroup_tasks: Vec<OwnedFd>,
     /// Limits set before the user namespace is made.
     pub limits: Vec<Limit>,
     /// `RLIMIT_NPROC`, set inside the new user namespace.
@@ -384,8 +384,9 @@ fn install_filter(prog: &BpfProgram) -> io::Result<()> {
 
 /// The `pre_exec` body (see the module docs for the steps).
 fn in_child(p: &Plan) -> io::Result<()> {
-    for fd in &p.cgroup_procs {
-        // "0" = the writing process (cgroup v1 `cgroup.procs`).
+    for fd in &p.cgroup_tasks {
+        // "0" = the writing thread, the child's only one: the process
+        // moves, and the kernel skips its global threadgroup lock.
         write_fd(fd.as_raw_fd(), b"0").map_err(at(Step::Cgroup))?;
     }
     for l in &p.limits {

@@ -369,7 +369,7 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
     );
     let (alive_read, alive_write) = child::pipe()?;
     let plan = Plan {
-        cgroup_procs: cgroups.procs_files()?.into_iter().map(Into::into).collect(),
+        cgroup_tasks: cgroups.tasks_files()?.into_iter().map(Into::into).collect(),
         limits: rlimits,
         nproc,
         uid_map: format!("0 {euid} 1").into_bytes(),
