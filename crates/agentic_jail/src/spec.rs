@@ -3,6 +3,7 @@
 //! directory that becomes its private `/tmp`, and its limits.
 
 use std::ffi::OsString;
+use std::fmt;
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
 
@@ -75,8 +76,10 @@ pub enum JailStdio {
 }
 
 /// Everything needed to start one jailed program. Paths are taken as given:
-/// the caller resolves them (absolute, no surprises from `PATH`).
-#[derive(Debug, Clone)]
+/// the caller resolves them (absolute, no surprises from `PATH`). Its
+/// `Debug` output names the environment's variables but never shows their
+/// values (granted secrets among them).
+#[derive(Clone)]
 pub struct JailSpec {
     /// Absolute path of the executable; it must lie beneath a granted path.
     pub program: PathBuf,
@@ -108,4 +111,52 @@ pub struct JailSpec {
     pub limits: JailLimits,
     /// Standard streams.
     pub stdio: JailStdio,
+}
+
+impl fmt::Debug for JailSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, _)| format!("{}=…", k.to_string_lossy()))
+            .collect();
+        f.debug_struct("JailSpec")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env", &env)
+            .field("cwd", &self.cwd)
+            .field("read_only", &self.read_only)
+            .field("read_write", &self.read_write)
+            .field("private_tmp", &self.private_tmp)
+            .field("listeners", &self.listeners)
+            .field("file_mounts", &self.file_mounts)
+            .field("limits", &self.limits)
+            .field("stdio", &self.stdio)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_debugs_its_variables_names_never_their_values() {
+        let spec = JailSpec {
+            program: "/usr/bin/python3".into(),
+            args: Vec::new(),
+            env: vec![("API_TOKEN".into(), "s3cr3t-value".into())],
+            cwd: "/tmp".into(),
+            read_only: Vec::new(),
+            read_write: Vec::new(),
+            private_tmp: "/var/tmp/x".into(),
+            listeners: Vec::new(),
+            file_mounts: Vec::new(),
+            limits: JailLimits::default(),
+            stdio: JailStdio::Piped,
+        };
+        let shown = format!("{spec:?}");
+        assert!(shown.contains("API_TOKEN"), "{shown}");
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+    }
 }

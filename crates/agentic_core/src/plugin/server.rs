@@ -155,8 +155,9 @@ impl ServerLimits {
     }
 }
 
-/// What a server sandbox needs to start a server plugin.
-#[derive(Debug, Clone)]
+/// What a server sandbox needs to start a server plugin. Its `Debug`
+/// output names the granted variables but never shows their values.
+#[derive(Clone)]
 pub struct ServerLaunch {
     /// The plugin's name.
     pub name: String,
@@ -180,6 +181,22 @@ pub struct ServerLaunch {
     /// call's own checks (a connection it would not forward): the manager
     /// records each as `plugin_permission_denied`.
     pub denials: Arc<dyn ServerDenials>,
+}
+
+impl fmt::Debug for ServerLaunch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env: Vec<String> = self.env.iter().map(|(k, _)| format!("{k}=…")).collect();
+        f.debug_struct("ServerLaunch")
+            .field("name", &self.name)
+            .field("spec", &self.spec)
+            .field("grant", &self.grant)
+            .field("env", &env)
+            .field("call_limits", &self.call_limits)
+            .field("approved", &self.approved)
+            .field("scratch", &self.scratch)
+            .field("denials", &self.denials)
+            .finish()
+    }
 }
 
 /// Where a server sandbox reports a refusal lion made on its own, apart
@@ -415,5 +432,31 @@ mod tests {
             let error = ServerHost::parse(grant).unwrap_err();
             assert!(error.contains(says), "{grant}: {error}");
         }
+    }
+
+    #[test]
+    fn a_launch_debugs_its_variables_names_never_their_values() {
+        let launch = ServerLaunch {
+            name: "notes".into(),
+            spec: ServerSpec {
+                command: "/usr/bin/python3".into(),
+                args: Vec::new(),
+                protocol: ServerProtocol::default(),
+                root: here(),
+                read_only: Vec::new(),
+                limits: ServerLimits::default(),
+                tree_sha256: None,
+                package: None,
+            },
+            grant: Grant::default(),
+            env: vec![("API_TOKEN".into(), "s3cr3t-value".into())],
+            call_limits: Limits::default(),
+            approved: BTreeMap::new(),
+            scratch: "/home/scratch".into(),
+            denials: Arc::new(NoDenials),
+        };
+        let shown = format!("{launch:?}");
+        assert!(shown.contains("API_TOKEN"), "{shown}");
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
     }
 }
