@@ -10,13 +10,15 @@
 //! (each plugin loaded once on its first call, and the log's events
 //! reaching loaded plugins), `server` (server plugins: discovered at
 //! install, started warm at load), `call` (the call pipeline, its outcome and
-//! quarantine) and `dirs` (directory grants kept usable and out of the
-//! home).
+//! quarantine, recorded to the end by a `run_to_end` future even when its
+//! caller is cancelled) and `dirs` (directory grants kept usable and out of
+//! the home).
 
 mod call;
 mod dirs;
 mod install;
 mod loading;
+mod run_to_end;
 mod server;
 
 use std::collections::HashMap;
@@ -75,9 +77,10 @@ struct Inner {
     /// The sandbox that runs server plugins, once the caller gave one
     /// ([`PluginManager::run_servers_with`]).
     servers: std::sync::OnceLock<Arc<dyn ServerSandbox>>,
-    /// The tasks recording calls' outcomes apart from their callers:
-    /// [`PluginManager::close`] waits for them, so a stopping process does
-    /// not drop one halfway through its append.
+    /// The tasks finishing the recording of calls whose callers went
+    /// before it ended (a call's outcome is recorded in its caller's task
+    /// until then): [`PluginManager::close`] waits for them, so a stopping
+    /// process does not drop one halfway through its append.
     recording: TaskTracker,
 }
 
@@ -142,9 +145,9 @@ impl PluginManager {
     }
 
     /// Drops this handle after recording what the manager's calls left to
-    /// record: it waits for the tasks recording calls' outcomes, records
-    /// the outcomes of cancelled calls and waits until what was recorded is
-    /// appended. If this was the manager's last handle, the background
+    /// record: it waits for the tasks finishing the recording of calls
+    /// whose callers went, records the outcomes of cancelled calls and
+    /// waits until what was recorded is appended. If this was the manager's last handle, the background
     /// appender also lets go of the store, so the caller may close the store
     /// (and delete its home) next.
     pub async fn close(self) {

@@ -2,8 +2,8 @@
 //! or unusable directories, record `plugin_invoked`, run the call through
 //! the loaded plugin's [`Entry`], then record its outcome — denials,
 //! key-value writes, emitted events, output or failure, and a quarantine
-//! when earned — on a task of its own. A call dropped before it ends is
-//! recorded as cancelled.
+//! when earned — to the end even if the caller goes. A call dropped before
+//! it ends is recorded as cancelled.
 
 use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
@@ -12,6 +12,7 @@ use std::time::Instant;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::run_to_end::RunToEnd;
 use super::{PluginManager, elapsed_micros};
 use crate::event::{NewEvent, SystemEvent};
 use crate::plugin::PluginError;
@@ -81,18 +82,19 @@ impl PluginManager {
         }
         let result = entry.run(call_id, function, input).await;
         unfinished.armed = false;
-        // Recorded by a task of its own, so a caller gone now (a cancelled
-        // task) cannot cut the recording short.
+        // Recorded in the caller's task; a caller gone now (a cancelled
+        // task) hands the rest to a task of its own, so it cannot cut the
+        // recording short.
         let manager = self.clone();
-        self.inner
-            .recording
-            .spawn(async move {
+        RunToEnd::new(
+            async move {
                 manager
                     .finish(&entry, call_id, result, started, options)
                     .await
-            })
-            .await
-            .map_err(|e| StoreError::Backend(format!("recording a plugin call failed: {e}")))?
+            },
+            self.inner.recording.clone(),
+        )
+        .await
     }
 
     /// Records the outcome of a call — denials, then on success its
