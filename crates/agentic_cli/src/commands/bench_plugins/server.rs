@@ -21,7 +21,8 @@
 //!   session, the sandbox's call on its warm jailed server (the jail's and
 //!   the adapter's share: input parsed, output converted), and the call
 //!   through the manager with asynchronous recording (schemas, limits,
-//!   events);
+//!   events); the three servers run at once and the paths take turns of
+//!   [`WARM_TURN`] calls, so drift hits all alike;
 //! - the manager's call with **durable** recording, as `lion plugin call`
 //!   makes it (beside the same-run `fdatasync`, in the table).
 
@@ -50,6 +51,9 @@ use crate::commands::plugin::manager;
 /// How long one call (or one start) may take before the bench gives up:
 /// far above anything measured, it only ends a stuck run.
 const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Warm calls made on one path before the next path's turn.
+const WARM_TURN: usize = 50;
 
 /// The unsandboxed server's environment: the variables the jail gives
 /// every server besides its granted ones (`HOME` and `TMPDIR` are the
@@ -191,6 +195,36 @@ where
     Ok(Latency::of(samples))
 }
 
+/// `warmup` untimed calls of each of three paths (`call(path)`), then
+/// `calls` timed ones of each, in turns of [`WARM_TURN`] sequential calls
+/// per path, each round of turns beginning with the next path: drift in the
+/// machine's speed hits all three alike, and each path's calls still follow
+/// their own (the manager's background appends overlap its next call, as
+/// they would in a run of calls).
+async fn in_turns<F, Fut>(warmup: usize, calls: usize, mut call: F) -> Result<[Latency; 3]>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    for path in 0..3 {
+        for _ in 0..warmup {
+            call(path).await?;
+        }
+    }
+    let mut samples = [const { Vec::new() }; 3];
+    for round in 0..calls.div_ceil(WARM_TURN) {
+        let turn = WARM_TURN.min(calls - round * WARM_TURN);
+        for path in (0..3).map(|i| (round + i) % 3) {
+            for _ in 0..turn {
+                let started = Instant::now();
+                call(path).await?;
+                samples[path].push(started.elapsed());
+            }
+        }
+    }
+    Ok(samples.map(Latency::of))
+}
+
 /// Installs the server of `manifest` into a scratch home in `home` and
 /// measures it.
 pub(super) async fn measure_server(
@@ -285,26 +319,32 @@ pub(super) async fn measure_server(
         let [cold_plain, cold_sandboxed, cold_manager] = cold.map(Latency::of);
 
         eprintln!(
-            "bench: {} warm calls of {name} on each path…",
+            "bench: {} warm calls of {name} on each path, in turns of {WARM_TURN}…",
             plan.server_calls
         );
         let plain = Plain::start(&spec).await?;
-        let warm_plain = warm(plan.warmup, plan.server_calls, || {
-            bare_call(&plain.session, &arguments)
-        })
+        let warm_calls = async {
+            let server = sandbox.start(&launch).await?;
+            let calls = |path: usize| {
+                let plain = &plain;
+                let server = &server;
+                let (arguments, launch, managed, name) = (&arguments, &launch, &managed, &name);
+                async move {
+                    match path {
+                        0 => bare_call(&plain.session, arguments).await,
+                        1 => sandbox_call(server.plugin.as_ref(), launch).await,
+                        _ => managed_call(managed, name).await,
+                    }
+                }
+            };
+            let warm = in_turns(plan.warmup, plan.server_calls, calls).await;
+            // Dropping the warm server kills its jail.
+            drop(server);
+            warm
+        }
         .await;
         plain.stop().await;
-        let server = sandbox.start(&launch).await?;
-        let warm_sandboxed = warm(plan.warmup, plan.server_calls, || {
-            sandbox_call(server.plugin.as_ref(), &launch)
-        })
-        .await;
-        drop(server);
-        managed.flush().await?;
-        let warm_manager = warm(plan.warmup, plan.server_calls, || {
-            managed_call(&managed, &name)
-        })
-        .await?;
+        let [warm_plain, warm_sandboxed, warm_manager] = warm_calls?;
         managed.flush().await?;
         eprintln!(
             "bench: {} warm calls of {name} with durable recording…",
@@ -322,8 +362,8 @@ pub(super) async fn measure_server(
             cold_plain,
             cold_sandboxed,
             cold_manager,
-            warm_plain: warm_plain?,
-            warm_sandboxed: warm_sandboxed?,
+            warm_plain,
+            warm_sandboxed,
             warm_manager,
             warm_durable,
         })
