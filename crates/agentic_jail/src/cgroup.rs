@@ -1,8 +1,8 @@
 //! A cgroup per jailed process (cgroup v1: `memory` and `pids` under
 //! `/sys/fs/cgroup/<controller>/lion/<pid>-<n>`), made when lion may make it
 //! (as root, typically). The child writes itself into each cgroup's `tasks`
-//! through descriptors opened here, before it forks pid 1, so nothing it
-//! starts is outside. `tasks` and not `cgroup.procs`: the child is one
+//! through descriptors opened here, before its `exec`, so nothing it starts
+//! is outside. `tasks` and not `cgroup.procs`: the child is one
 //! thread then, so moving the thread moves the process, and the kernel
 //! moves the writing thread itself without write-locking the global
 //! `cgroup_threadgroup_rwsem` — a lock that waits for an RCU grace period
@@ -200,9 +200,8 @@ impl Cgroups {
                 None
             }
         });
-        // +1: the intermediate process is in the cgroup too.
         let pids = Group::make("pids", &name).and_then(|g| {
-            if g.set("pids.max", processes + 1).is_ok() {
+            if g.set("pids.max", processes).is_ok() {
                 Some(g)
             } else {
                 g.remove();

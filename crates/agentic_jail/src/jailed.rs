@@ -1,19 +1,21 @@
 //! Starting a jailed program ([`spawn`]), the running process ([`Jailed`])
 //! and how it ended ([`ExitReport`]).
 //!
-//! The fork happens on one long-lived thread of this crate ("spawner"):
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, so
-//! forking from a short-lived thread (e.g. tokio's blocking pool) would kill
+//! The clone happens on one long-lived thread of this crate ("spawner"):
+//! `PR_SET_PDEATHSIG` fires when the *thread* that made the child exits, so
+//! cloning from a short-lived thread (e.g. tokio's blocking pool) would kill
 //! the jail when that thread retires. The spawner lives as long as lion.
 
 use std::fmt;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 
 use serde::Serialize;
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
 
 use crate::cgroup::{Cgroups, Counters};
 use crate::child::{self, Limit, Plan, Step};
@@ -158,6 +160,11 @@ impl fmt::Display for ExitReport {
     }
 }
 
+/// The program's standard input, as lion writes it.
+pub type JailStdin = pipe::Sender;
+/// The program's standard output or error, as lion reads it.
+pub type JailOutput = pipe::Receiver;
+
 /// A running jailed program. Dropping it kills the jail, but only
 /// [`Jailed::wait`] removes its cgroups (they need the processes gone): a
 /// jail dropped unwaited leaves them until this lion exits and the next
@@ -165,40 +172,102 @@ impl fmt::Display for ExitReport {
 #[derive(Debug)]
 pub struct Jailed {
     /// The program's standard input (with [`crate::JailStdio::Piped`]).
-    pub stdin: Option<ChildStdin>,
+    pub stdin: Option<JailStdin>,
     /// The program's standard output (with [`crate::JailStdio::Piped`]).
-    pub stdout: Option<ChildStdout>,
+    pub stdout: Option<JailOutput>,
     /// The program's standard error (with [`crate::JailStdio::Piped`]).
-    pub stderr: Option<ChildStderr>,
+    pub stderr: Option<JailOutput>,
     /// lion's listeners inside the jail's network namespace, in the order of
     /// [`JailSpec::listeners`]: accept on them to forward a granted
     /// `host:PORT` (they are blocking; `set_nonblocking` for async use).
     pub listeners: Vec<std::net::TcpListener>,
-    child: Child,
+    pid: u32,
+    /// Pid 1's pidfd, until it is reaped.
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    /// How it ended, once reaped.
+    ended: Option<child::Exited>,
+    /// Its CPU limit: a `SIGKILL` after this much CPU is the hard limit's.
+    cpu_seconds: u64,
     cgroups: Cgroups,
     killed: bool,
 }
 
 impl Jailed {
-    /// The host pid of the intermediate process (not of the program: that
-    /// is pid 1 of its own namespace). `None` once it has been reaped.
+    /// The host pid of the program (pid 1 of its own namespace). `None`
+    /// once it has been reaped.
     pub fn id(&self) -> Option<u32> {
-        self.child.id()
+        self.pidfd.as_ref().map(|_| self.pid)
     }
 
-    /// Kills the jail: the intermediate gets `SIGKILL`, pid 1 dies with it,
-    /// and the kernel kills everything else in the pid namespace.
+    /// Kills the jail: pid 1 gets `SIGKILL`, and the kernel kills everything
+    /// else in its pid namespace.
     pub fn kill(&mut self) -> std::io::Result<()> {
         self.killed = true;
-        self.child.start_kill()
+        match &self.pidfd {
+            Some(fd) => child::signal(fd.get_ref(), libc::SIGKILL),
+            None => Ok(()),
+        }
     }
 
     /// Waits for the jail to end, reads why, and removes its cgroups.
     pub async fn wait(&mut self) -> Result<ExitReport, JailError> {
-        let status = self.child.wait().await?;
+        if let Some(fd) = &self.pidfd {
+            let exited = loop {
+                let mut ready = fd.readable().await?;
+                match child::wait_exited(fd.get_ref(), libc::WNOHANG)? {
+                    Some(exited) => break exited,
+                    None => ready.clear_ready(),
+                }
+            };
+            self.pidfd = None;
+            self.ended = Some(exited);
+        }
+        let Some(exited) = &self.ended else {
+            return Err(JailError::Start(std::io::Error::other(
+                "the jail ended unobserved",
+            )));
+        };
+        let mut status = exited.status;
+        if libc::WIFSIGNALED(status)
+            && libc::WTERMSIG(status) == libc::SIGKILL
+            && exited.cpu_seconds >= self.cpu_seconds
+        {
+            // The hard RLIMIT_CPU kill (pid 1 ignores the soft SIGXCPU).
+            status = libc::SIGXCPU;
+        }
         let counters = self.cgroups.counters();
         self.cgroups.remove();
-        Ok(ExitReport::new(status, self.killed, counters))
+        Ok(ExitReport::new(
+            std::process::ExitStatus::from_raw(status),
+            self.killed,
+            counters,
+        ))
+    }
+}
+
+impl Drop for Jailed {
+    /// Kills a jail still running and reaps it (on a task of the runtime
+    /// when there is one, else here: it dies at once).
+    fn drop(&mut self) {
+        let Some(fd) = self.pidfd.take() else {
+            return;
+        };
+        let _ = child::signal(fd.get_ref(), libc::SIGKILL);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    while let Ok(mut ready) = fd.readable().await {
+                        match child::wait_exited(fd.get_ref(), libc::WNOHANG) {
+                            Ok(None) => ready.clear_ready(),
+                            _ => break,
+                        }
+                    }
+                });
+            }
+            Err(_) => {
+                let _ = child::wait_exited(fd.get_ref(), 0);
+            }
+        }
     }
 }
 
@@ -316,7 +385,7 @@ fn validate(spec: &JailSpec) -> Result<(), JailError> {
 /// the OS cannot jail it; never starts it unsandboxed. Returns once the
 /// program was exec'd (or failed to be). Does about a millisecond of
 /// blocking work on the calling task (the first call also probes
-/// [`support()`](fn@crate::support)), and the fork itself on the spawner thread.
+/// [`support()`](fn@crate::support)), and the clone itself on the spawner thread.
 pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
     let support = support_once()?;
     validate(spec)?;
@@ -361,12 +430,7 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
             limits.address_space_bytes,
         ));
     }
-    // +1: the intermediate is counted in the jail's user namespace too.
-    let nproc = Limit::new(
-        libc::RLIMIT_NPROC,
-        limits.processes + 1,
-        limits.processes + 1,
-    );
+    let nproc = Limit::new(libc::RLIMIT_NPROC, limits.processes, limits.processes);
     let (alive_read, alive_write) = child::pipe()?;
     let plan = Plan {
         cgroup_tasks: cgroups.tasks_files()?.into_iter().map(Into::into).collect(),
@@ -380,8 +444,6 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
         filters,
         alive_read,
         alive_write,
-        lion_pid: std::process::id() as libc::pid_t,
-        cpu_seconds: limits.cpu_seconds,
         file_mounts: spec
             .file_mounts
             .iter()
@@ -403,19 +465,18 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
             .map(|(_, theirs)| theirs.try_clone())
             .transpose()?,
     };
-    // The child's end lives in the plan only: it closes with the command.
+    // The child's end lives in the plan only: it closes with the plan.
     let channel = channel.map(|(ours, _)| ours);
-    let mut cmd = child::command(spec, plan);
-    let handle = tokio::runtime::Handle::current();
+    let exec = child::Exec::of(spec)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
-        let spawned = {
-            let _runtime = handle.enter();
-            cmd.spawn()
-        };
+        let started = child::start(&plan, &exec);
         // The plan's descriptors (ruleset, pipe ends, cgroup files) close here.
-        drop(cmd);
-        let _ = tx.send(spawned);
+        drop(plan);
+        if let Err(Ok(unwanted)) = tx.send(started) {
+            // `spawn` was dropped meanwhile: nobody will wait for this jail.
+            child::abandon(&unwanted.pidfd);
+        }
     });
     let spawner_died = || JailError::Start(std::io::Error::other("the jail spawner thread died"));
     spawner()
@@ -423,7 +484,7 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
         .map_err(|_| spawner_died())?
         .send(job)
         .map_err(|_| spawner_died())?;
-    let mut child = rx.await.map_err(|_| spawner_died())?.map_err(|e| {
+    let started = rx.await.map_err(|_| spawner_died())?.map_err(|e| {
         match e.raw_os_error().map(Step::split) {
             Some((Some(step), errno)) => JailError::Setup {
                 step: step.describe(),
@@ -436,17 +497,30 @@ pub async fn spawn(spec: &JailSpec) -> Result<Jailed, JailError> {
             None => JailError::Start(e),
         }
     })?;
-    let listeners = match &channel {
-        Some(ours) => child::receive_listeners(ours, spec.listeners.len())?,
-        None => Vec::new(),
-    };
-    Ok(Jailed {
-        listeners,
-        stdin: child.stdin.take(),
-        stdout: child.stdout.take(),
-        stderr: child.stderr.take(),
-        child,
+    let pidfd = child::watch(started.pidfd).map_err(|(pidfd, e)| {
+        child::abandon(&pidfd);
+        JailError::Start(e)
+    })?;
+    // From here a failure drops `jailed`, which kills and reaps the jail.
+    let mut jailed = Jailed {
+        listeners: Vec::new(),
+        stdin: None,
+        stdout: None,
+        stderr: None,
+        pid: started.pid as u32,
+        pidfd: Some(pidfd),
+        ended: None,
+        cpu_seconds: limits.cpu_seconds,
         cgroups,
         killed: false,
-    })
+    };
+    if let Some([stdin, stdout, stderr]) = started.stdio {
+        jailed.stdin = Some(pipe::Sender::from_owned_fd(stdin)?);
+        jailed.stdout = Some(pipe::Receiver::from_owned_fd(stdout)?);
+        jailed.stderr = Some(pipe::Receiver::from_owned_fd(stderr)?);
+    }
+    if let Some(ours) = &channel {
+        jailed.listeners = child::receive_listeners(ours, spec.listeners.len())?;
+    }
+    Ok(jailed)
 }

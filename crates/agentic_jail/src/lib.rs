@@ -15,25 +15,27 @@
 //!   paths opened there.
 //! - `cgroup` — a cgroup (v1 `memory` and `pids`) per jailed process when one
 //!   can be made; else the rlimits carry the limits.
-//! - `child` — the only module with `unsafe`: what runs between `fork` and
-//!   `exec` (namespaces, id maps, mounts, the pid-1 fork, Landlock, seccomp).
+//! - `child` — the only module with `unsafe`: the clone into the namespaces
+//!   and what runs before `exec` (id maps, mounts, Landlock, seccomp).
 //! - [`jailed`] — [`spawn()`](fn@spawn), the running [`Jailed`] process and its
 //!   [`ExitReport`].
 //!
 //! # How a jailed process is laid out
 //!
 //! ```text
-//! lion ── intermediate (new user/mnt/net/ipc/uts ns, closes every fd, waits)
-//!              └── program = pid 1 of a new pid namespace
-//!                      └── everything it starts
+//! lion (its spawner thread) ── program = pid 1 of new user, mount, pid,
+//!                                network, ipc and uts namespaces
+//!                                  └── everything it starts
 //! ```
-//! The intermediate and the program both carry `PR_SET_PDEATHSIG(SIGKILL)`:
-//! lion dying kills the intermediate, the intermediate dying kills pid 1, and
-//! pid 1 dying makes the kernel kill the whole namespace. [`Jailed::kill`]
-//! kills the intermediate. The intermediate relays pid 1's status: the same
-//! exit code, or the same signal raised on itself (one translation: a
-//! `SIGKILL` that came when the CPU-time limit was used up is relayed as
-//! `SIGXCPU`, because pid 1 of a namespace ignores the soft `SIGXCPU`).
+//! The program is lion's own child, made in its namespaces by one
+//! `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | …)` that borrows lion's
+//! memory until `exec` (no copy of lion's page tables: see `child`). It
+//! carries `PR_SET_PDEATHSIG(SIGKILL)`: lion dying kills pid 1, and pid 1
+//! dying makes the kernel kill the whole namespace. [`Jailed::kill`]
+//! signals pid 1 through its pidfd, and [`Jailed::wait`] reaps it there
+//! (one translation: a `SIGKILL` that came when the CPU-time limit was used
+//! up is reported as `SIGXCPU`, because pid 1 of a namespace ignores the
+//! soft `SIGXCPU`).
 //!
 //! # What is enforced
 //!
@@ -90,7 +92,7 @@
 //!    `HOST` to that address and an `nsswitch.conf` saying `hosts: files`,
 //!    and mounts both over `/etc` via [`JailSpec::file_mounts`]. No resolver
 //!    is reachable, so no other name resolves.
-//! 2. The jail (before pid 1 exists, with the user namespace's capabilities)
+//! 2. The jail (before its `exec`, with the user namespace's capabilities)
 //!    brings `lo` up, binds and listens on each address, and sends the
 //!    sockets to lion over a socketpair (`SCM_RIGHTS`): lion holds listening
 //!    sockets that live in the jail's network namespace
@@ -111,6 +113,6 @@ mod rules;
 pub mod spec;
 pub mod support;
 
-pub use jailed::{ExitCause, ExitReport, JailError, Jailed, spawn};
+pub use jailed::{ExitCause, ExitReport, JailError, JailOutput, JailStdin, Jailed, spawn};
 pub use spec::{JailLimits, JailSpec, JailStdio};
 pub use support::{Missing, MissingFeature, Support, support, support_once};

@@ -327,7 +327,7 @@ fn fresh_dir(scratch: &Path, prefix: &str) -> Result<tempfile::TempDir, SandboxE
 }
 
 /// Reads `stderr` to its end, keeping its last [`STDERR_TAIL_BYTES`].
-async fn keep_tail(mut stderr: tokio::process::ChildStderr, tail: Arc<Mutex<VecDeque<u8>>>) {
+async fn keep_tail(mut stderr: agentic_jail::JailOutput, tail: Arc<Mutex<VecDeque<u8>>>) {
     let mut buf = vec![0u8; 4096];
     while let Ok(n) = stderr.read(&mut buf).await {
         if n == 0 {

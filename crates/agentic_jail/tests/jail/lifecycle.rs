@@ -90,7 +90,7 @@ fn the_jail_dies_when_lion_dies() {
     assert_eq!(line, "ready\n");
     lion.kill().unwrap();
     lion.wait().unwrap();
-    // End-of-file: the intermediate, pid 1 and the daemon all died.
+    // End-of-file: pid 1 and the daemon both died.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut rest = Vec::new();
@@ -128,6 +128,21 @@ async fn the_environment_is_only_what_was_given() {
     let mut lines: Vec<&str> = r.stdout.lines().collect();
     lines.sort_unstable();
     assert_eq!(lines, ["AND=that", "ONLY=this"], "{r:?}");
+}
+
+#[tokio::test]
+async fn a_variable_given_twice_keeps_its_last_value_once() {
+    let s = scratch();
+    let mut spec = spec(s.path(), "/usr/bin/env", &[]);
+    spec.env = vec![
+        ("TWICE".into(), "first".into()),
+        ("OTHER".into(), "x".into()),
+        ("TWICE".into(), "last".into()),
+    ];
+    let r = run(&spec).await;
+    let mut lines: Vec<&str> = r.stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["OTHER=x", "TWICE=last"], "{r:?}");
 }
 
 /// Python listing its open descriptors from 3 up.
