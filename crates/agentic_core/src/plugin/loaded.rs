@@ -158,7 +158,7 @@ impl Entry {
             Ok(value) => value,
             Err(e) => return failed(invalid(format!("the input is not JSON: {e}"))),
         };
-        if let Some(e) = schemas.input.iter_errors(&value).next() {
+        if let Some(e) = schemas.input.validate(&value).err() {
             return failed(invalid(format!(
                 "the input breaks the schema: {}",
                 describe(&e)
@@ -223,7 +223,7 @@ impl Entry {
         let bad = |m: String| CallFailure::new(FailureKind::InvalidOutput, m);
         let value: Value = serde_json::from_str(output)
             .map_err(|e| bad(format!("the output is not JSON: {e}")))?;
-        if let Some(e) = schemas.output.iter_errors(&value).next() {
+        if let Some(e) = schemas.output.validate(&value).err() {
             return Err(bad(format!(
                 "the output breaks the schema: {}",
                 describe(&e)
