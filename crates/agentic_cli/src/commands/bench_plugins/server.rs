@@ -22,7 +22,9 @@
 //!   the adapter's share: input parsed, output converted), and the call
 //!   through the manager with asynchronous recording (schemas, limits,
 //!   events); the three servers run at once and the paths take turns of
-//!   [`WARM_TURN`] calls, so drift hits all alike;
+//!   [`WARM_TURN`] calls, so drift hits all alike, each turn ending with
+//!   the manager's appends flushed untimed, so they do not land on another
+//!   path's turn;
 //! - the manager's call with **durable** recording, as `lion plugin call`
 //!   makes it (beside the same-run `fdatasync`, in the table).
 
@@ -198,18 +200,28 @@ where
 /// `warmup` untimed calls of each of three paths (`call(path)`), then
 /// `calls` timed ones of each, in turns of [`WARM_TURN`] sequential calls
 /// per path, each round of turns beginning with the next path: drift in the
-/// machine's speed hits all three alike, and each path's calls still follow
-/// their own (the manager's background appends overlap its next call, as
-/// they would in a run of calls).
-async fn in_turns<F, Fut>(warmup: usize, calls: usize, mut call: F) -> Result<[Latency; 3]>
+/// machine's speed hits all three alike. Within a turn each path's calls
+/// follow their own (the manager's background appends overlap its next
+/// calls, as they would in a run of calls); after each turn `settle(path)`
+/// runs untimed (the manager's flush), so no path's leftover work lands on
+/// the next path's turn.
+async fn in_turns<F, Fut, S, SFut>(
+    warmup: usize,
+    calls: usize,
+    mut call: F,
+    mut settle: S,
+) -> Result<[Latency; 3]>
 where
     F: FnMut(usize) -> Fut,
     Fut: Future<Output = Result<()>>,
+    S: FnMut(usize) -> SFut,
+    SFut: Future<Output = Result<()>>,
 {
     for path in 0..3 {
         for _ in 0..warmup {
             call(path).await?;
         }
+        settle(path).await?;
     }
     let mut samples = [const { Vec::new() }; 3];
     for round in 0..calls.div_ceil(WARM_TURN) {
@@ -220,6 +232,7 @@ where
                 call(path).await?;
                 samples[path].push(started.elapsed());
             }
+            settle(path).await?;
         }
     }
     Ok(samples.map(Latency::of))
@@ -337,7 +350,16 @@ pub(super) async fn measure_server(
                     }
                 }
             };
-            let warm = in_turns(plan.warmup, plan.server_calls, calls).await;
+            let settle = |path: usize| {
+                let managed = &managed;
+                async move {
+                    if path == 2 {
+                        managed.flush().await?;
+                    }
+                    Ok(())
+                }
+            };
+            let warm = in_turns(plan.warmup, plan.server_calls, calls, settle).await;
             // Dropping the warm server kills its jail.
             drop(server);
             warm
