@@ -212,13 +212,7 @@ impl Jailed {
     /// Waits for the jail to end, reads why, and removes its cgroups.
     pub async fn wait(&mut self) -> Result<ExitReport, JailError> {
         if let Some(fd) = &self.pidfd {
-            let exited = loop {
-                let mut ready = fd.readable().await?;
-                match child::wait_exited(fd.get_ref(), libc::WNOHANG)? {
-                    Some(exited) => break exited,
-                    None => ready.clear_ready(),
-                }
-            };
+            let exited = reap(fd).await?;
             self.pidfd = None;
             self.ended = Some(exited);
         }
@@ -256,17 +250,24 @@ impl Drop for Jailed {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    while let Ok(mut ready) = fd.readable().await {
-                        match child::wait_exited(fd.get_ref(), libc::WNOHANG) {
-                            Ok(None) => ready.clear_ready(),
-                            _ => break,
-                        }
-                    }
+                    let _ = reap(&fd).await;
                 });
             }
             Err(_) => {
                 let _ = child::wait_exited(fd.get_ref(), 0);
             }
+        }
+    }
+}
+
+/// Waits for the process of `pidfd` to exit (its pidfd turns readable) and
+/// reaps it.
+async fn reap(pidfd: &AsyncFd<OwnedFd>) -> std::io::Result<child::Exited> {
+    loop {
+        let mut ready = pidfd.readable().await?;
+        match child::wait_exited(pidfd.get_ref(), libc::WNOHANG)? {
+            Some(exited) => return Ok(exited),
+            None => ready.clear_ready(),
         }
     }
 }
