@@ -96,9 +96,46 @@ pub enum Command {
         concurrency: usize,
     },
 
+    /// Run the kernel (as `lion run`) behind an HTTP API: REST, the log as
+    /// Server-Sent Events, and a browser sign-in page. Every API request
+    /// carries the home's token (`--print-token`).
+    Serve(ServeArgs),
+
     /// Measure lion's performance against same-run baselines.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// `lion serve`'s flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one (the ready line on
+    /// stdout names it).
+    #[arg(long, default_value = "127.0.0.1:4710", value_name = "IP:PORT")]
+    pub addr: std::net::SocketAddr,
+
+    /// Attempts that may run at the same time.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub concurrency: usize,
+
+    /// Another `Host` name (with its port) the server answers to, e.g. a
+    /// name in /etc/hosts; any other is refused (DNS rebinding).
+    #[arg(long = "allow-host", value_name = "HOST:PORT")]
+    pub allow_hosts: Vec<String>,
+
+    /// Listen on a non-loopback address without TLS: the token and every
+    /// answer then cross the network in clear text.
+    #[arg(long)]
+    pub insecure_no_tls: bool,
+
+    /// Print the home's API token (creating it on first use) and exit.
+    #[arg(long, conflicts_with = "rotate_token")]
+    pub print_token: bool,
+
+    /// Replace the home's API token with a new one, print it and exit; a
+    /// running server refuses the old token and its sessions from then on.
+    #[arg(long)]
+    pub rotate_token: bool,
 }
 
 /// `lion element …`

@@ -243,6 +243,7 @@ async fn run(cli: Cli) -> Result<()> {
                 commands::task::submit(&home, open, ctx, &args).await
             }
             Command::Run { concurrency } => commands::run::run(&home, open, ctx, concurrency).await,
+            Command::Serve(args) => commands::serve::serve(&home, open, ctx, &args).await,
             Command::Task(TaskCommand::List(paging)) => {
                 commands::task::list(&*open()?, ctx, paging).await
             }

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::event::SystemEvent;
@@ -51,7 +52,9 @@ enum Ended {
 }
 
 /// Runs the kernel until `shutdown` resolves, then stops taking work and
-/// waits for the tasks it runs to end. `drain` resolving early stops the
+/// waits for the tasks it runs to end. `ready` is set once the unfinished
+/// tasks the log holds are taken over (what a server waits for before it
+/// answers requests). `drain` resolving early stops the
 /// wait: the tasks still running are interrupted (each running attempt is
 /// recorded as interrupted: the next kernel retries it if its policy
 /// allows, as after a crash). Either way the plugin manager is closed
@@ -62,6 +65,7 @@ pub async fn serve(
     plugins: Option<PluginManager>,
     shutdown: impl Future<Output = ()>,
     drain: impl Future<Output = ()>,
+    ready: watch::Sender<bool>,
 ) -> Result<KernelReport, StoreError> {
     let mut report = KernelReport::default();
     let ended = follow(
@@ -70,6 +74,7 @@ pub async fn serve(
         plugins.as_ref(),
         shutdown,
         drain,
+        &ready,
         &mut report,
     )
     .await;
@@ -113,6 +118,7 @@ async fn follow(
     plugins: Option<&PluginManager>,
     shutdown: impl Future<Output = ()>,
     drain: impl Future<Output = ()>,
+    ready: &watch::Sender<bool>,
     report: &mut KernelReport,
 ) -> Result<Ended, StoreError> {
     if let Some(plugins) = plugins {
@@ -141,6 +147,7 @@ async fn follow(
         }
     }
     tracing::info!(recovered = report.recovered, "kernel ready");
+    ready.send_replace(true);
     let mut log = store.clone().subscribe(start);
     tokio::pin!(shutdown);
     tokio::pin!(drain);

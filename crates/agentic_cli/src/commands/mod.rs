@@ -16,6 +16,7 @@ pub mod plugin;
 pub mod plugin_package;
 pub mod replay;
 pub mod run;
+pub mod serve;
 pub mod task;
 
 use uuid::Uuid;

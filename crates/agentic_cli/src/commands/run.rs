@@ -11,10 +11,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use agentic_core::kernel;
+use agentic_core::kernel::{self, KernelReport};
 use agentic_core::llm::{AGENT_HANDLER, AgentTask};
 use agentic_core::orchestrator::builtin_handlers;
-use agentic_core::plugin::{PLUGIN_HANDLER, PluginTask};
+use agentic_core::plugin::{PLUGIN_HANDLER, PluginManager, PluginTask};
 use agentic_core::{Durability, EventStore, Orchestrator, OrchestratorConfig};
 use agentic_store::SqliteStore;
 use anyhow::Result;
@@ -35,6 +35,37 @@ pub async fn run(
     let store = open()?;
     let _lease = lease::acquire(home)?;
     let signals = count_signals()?;
+    let (plugins, orchestrator) = start(home, &store, ctx, concurrency)?;
+    let _live = live::serve(home, &orchestrator)?;
+    eprintln!(
+        "lion kernel running on {} (pid {}); Ctrl-C or SIGTERM stops it",
+        home.display(),
+        std::process::id()
+    );
+    let store: Arc<dyn EventStore> = store;
+    let report = kernel::serve(
+        store,
+        orchestrator,
+        Some(plugins),
+        wait_for(signals.clone(), 1),
+        wait_for(signals, 2),
+        watch::channel(false).0,
+    )
+    .await?;
+    stopped(report);
+    Ok(())
+}
+
+/// The kernel's working parts on `store`: the plugin manager (both
+/// sandboxes) and an orchestrator running plugin calls, agents and the
+/// built-in handlers, at most `concurrency` at a time. Call it only while
+/// holding the home's lease.
+pub fn start(
+    home: &Path,
+    store: &Arc<SqliteStore>,
+    ctx: Ctx,
+    concurrency: usize,
+) -> Result<(PluginManager, Orchestrator)> {
     let plugins = plugin::manager(home, store.clone(), ctx, Durability::Durable)?;
     let mut handlers = builtin_handlers();
     handlers.insert(
@@ -58,30 +89,19 @@ pub async fn run(
         },
         ctx.correlation_id,
     );
-    let _live = live::serve(home, &orchestrator)?;
-    eprintln!(
-        "lion kernel running on {} (pid {}); Ctrl-C or SIGTERM stops it",
-        home.display(),
-        std::process::id()
-    );
-    let store: Arc<dyn EventStore> = store;
-    let report = kernel::serve(
-        store,
-        orchestrator,
-        Some(plugins),
-        wait_for(signals.clone(), 1),
-        wait_for(signals, 2),
-    )
-    .await?;
+    Ok((plugins, orchestrator))
+}
+
+/// Says how a kernel run went.
+pub fn stopped(report: KernelReport) {
     eprintln!(
         "lion kernel stopped: {} task(s) recovered at start, {} taken from other processes",
         report.recovered, report.adopted
     );
-    Ok(())
 }
 
 /// Counts SIGINT and SIGTERM as they arrive.
-fn count_signals() -> Result<watch::Receiver<u32>> {
+pub fn count_signals() -> Result<watch::Receiver<u32>> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let (tx, rx) = watch::channel(0u32);
@@ -98,6 +118,7 @@ fn count_signals() -> Result<watch::Receiver<u32>> {
     Ok(rx)
 }
 
-async fn wait_for(mut signals: watch::Receiver<u32>, n: u32) {
+/// Resolves once `n` signals have arrived.
+pub async fn wait_for(mut signals: watch::Receiver<u32>, n: u32) {
     let _ = signals.wait_for(|count| *count >= n).await;
 }

@@ -1,0 +1,161 @@
+//! `lion serve`: the kernel, as `lion run` holds it, behind the HTTP API of
+//! [`agentic_http`].
+//!
+//! It takes the home's lease, binds the address, and answers 503 until the
+//! kernel has taken over the home's unfinished tasks; then it prints one
+//! ready line on stdout naming the address (`lion serve: listening on
+//! http://…`), which scripts wait on. The first SIGINT/SIGTERM stops it
+//! accepting connections, ends the event streams and lets requests and
+//! tasks in flight finish; a second one interrupts the tasks, each recorded
+//! as `lion run` records it.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentic_core::{EventStore, kernel};
+use agentic_http::{Access, Kernel, Token};
+use agentic_store::SqliteStore;
+use anyhow::{Context, Result, bail};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::Ctx;
+use super::run::{count_signals, start, stopped, wait_for};
+use crate::cli::ServeArgs;
+use crate::{lease, live};
+
+/// How long a stopping server waits for its connections to close after the
+/// kernel has stopped.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// `lion serve`.
+pub async fn serve(
+    home: &Path,
+    open: impl FnOnce() -> Result<Arc<SqliteStore>>,
+    ctx: Ctx,
+    args: &ServeArgs,
+) -> Result<()> {
+    if args.print_token {
+        println!("{}", Token::load_or_create(home)?.expose());
+        return Ok(());
+    }
+    if args.rotate_token {
+        let token = Token::rotate(home)?;
+        eprintln!(
+            "the API token of {} is replaced: the old one no longer works",
+            home.display()
+        );
+        println!("{}", token.expose());
+        return Ok(());
+    }
+    let loopback = args.addr.ip().is_loopback();
+    if !loopback && !args.insecure_no_tls {
+        bail!(
+            "{} is not a loopback address: lion serves other addresses only over TLS, which is not built yet; \
+             pass --insecure-no-tls to serve it in clear text anyway",
+            args.addr
+        );
+    }
+    let store = open()?;
+    let _lease = lease::acquire(home)?;
+    let signals = count_signals()?;
+    let listener = TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let local = listener.local_addr()?;
+    if !loopback {
+        eprintln!(
+            "warning: serving {local} without TLS (--insecure-no-tls): the token and every answer cross the network in clear text"
+        );
+    }
+    let access = Arc::new(Access::new(
+        home,
+        &allowed_hosts(local, &args.allow_hosts),
+        false,
+    )?);
+    let (plugins, orchestrator) = start(home, &store, ctx, args.concurrency)?;
+    let _live = live::serve(home, &orchestrator)?;
+    let (ready_tx, ready) = watch::channel(false);
+    let stopping = CancellationToken::new();
+    let router = agentic_http::router(
+        Kernel {
+            store: store.clone(),
+            orchestrator: orchestrator.clone(),
+            plugins: plugins.clone(),
+            correlation_id: ctx.correlation_id,
+        },
+        access,
+        ready.clone(),
+        stopping.clone(),
+    );
+    let http = tokio::spawn(agentic_http::serve(
+        listener,
+        router,
+        stopping.clone().cancelled_owned(),
+    ));
+    tokio::spawn(announce(local, ready, home.to_owned()));
+    // The first signal stops the HTTP side taking new requests, as it stops
+    // the kernel taking new work.
+    let first = {
+        let signals = signals.clone();
+        let stopping = stopping.clone();
+        async move {
+            wait_for(signals, 1).await;
+            stopping.cancel();
+        }
+    };
+    let store: Arc<dyn EventStore> = store;
+    let report = kernel::serve(
+        store,
+        orchestrator,
+        Some(plugins),
+        first,
+        wait_for(signals, 2),
+        ready_tx,
+    )
+    .await;
+    stopping.cancel();
+    match tokio::time::timeout(CLOSE_WAIT, http).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => eprintln!("warning: the HTTP server failed: {e}"),
+        Ok(Err(e)) => eprintln!("warning: the HTTP server failed: {e}"),
+        Err(_) => eprintln!("warning: connections still open after {CLOSE_WAIT:?}; closing them"),
+    }
+    stopped(report?);
+    Ok(())
+}
+
+/// The `Host` values the server answers to: its address and, on loopback,
+/// the loopback names with its port; plus the operator's.
+fn allowed_hosts(local: SocketAddr, extra: &[String]) -> Vec<String> {
+    let port = local.port();
+    let mut hosts = vec![local.to_string()];
+    if local.ip().is_loopback() {
+        hosts.extend([
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ]);
+    }
+    hosts.extend(extra.iter().cloned());
+    hosts
+}
+
+/// Prints the ready line once the kernel is ready.
+async fn announce(local: SocketAddr, mut ready: watch::Receiver<bool>, home: std::path::PathBuf) {
+    if ready.wait_for(|r| *r).await.is_err() {
+        return;
+    }
+    eprintln!(
+        "lion kernel running on {} (pid {}); token: `lion serve --print-token`; Ctrl-C or SIGTERM stops it",
+        home.display(),
+        std::process::id()
+    );
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "lion serve: listening on http://{local}");
+    let _ = stdout.flush();
+}

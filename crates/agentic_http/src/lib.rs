@@ -1,0 +1,105 @@
+//! lion's HTTP server adapter: what `lion serve` puts in front of a running
+//! kernel, so programs in any language reach it through protocols they
+//! already speak.
+//!
+//! Modules, one job each:
+//!
+//! - [`access`] — who may call: the home's bearer token, browser sessions
+//!   (an HttpOnly cookie and a CSRF token), and the `Host`/`Origin` checks
+//!   that stop DNS rebinding.
+//! - [`problem`] — errors as `application/problem+json`, with the status
+//!   each kind of failure deserves.
+//! - [`api`] — the REST API over the kernel: elements, tasks, agents,
+//!   plugins, events, health and version, with the CLI's semantics.
+//! - [`stream`] — the log as Server-Sent Events: every committed event from
+//!   a sequence number on (the SSE id is the sequence), then live.
+//! - [`openapi`] — the OpenAPI 3.1 document, derived from the handlers.
+//! - [`assets`] — the static pages a browser loads without a token.
+//!
+//! The binary (`agentic_cli`) picks the adapters, starts the kernel and
+//! hands its parts to [`router`] as a [`Kernel`]; [`serve`] runs the router
+//! on a listener until told to stop.
+
+pub mod access;
+pub mod api;
+pub mod assets;
+pub mod openapi;
+pub mod problem;
+pub mod stream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use agentic_core::plugin::PluginManager;
+use agentic_core::{EventStore, Orchestrator};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use access::{Access, AccessError, TOKEN_FILE, Token};
+pub use problem::Problem;
+
+/// The kernel's parts the server drives: the same ones `lion run` holds.
+#[derive(Clone)]
+pub struct Kernel {
+    /// The home's event log.
+    pub store: Arc<dyn EventStore>,
+    /// Runs submitted tasks (plugin calls and agent runs among them).
+    pub orchestrator: Orchestrator,
+    /// Loads and calls plugins.
+    pub plugins: PluginManager,
+    /// The id every event this server records without a request of its own
+    /// carries (the kernel's).
+    pub correlation_id: Uuid,
+}
+
+/// Everything a handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The kernel's parts.
+    pub kernel: Kernel,
+    /// The token and sessions requests are checked against.
+    pub access: Arc<Access>,
+    /// The log as a broadcast, for event streams.
+    pub log: stream::LogFeed,
+    /// Becomes true once the kernel has recovered its unfinished tasks;
+    /// until then API requests get 503.
+    pub ready: watch::Receiver<bool>,
+    /// The agents answering a request through this server.
+    pub runs: Arc<api::agents::Busy>,
+}
+
+/// The whole HTTP surface of `lion serve` for `kernel`: the API behind the
+/// access checks, the OpenAPI document and the static pages. Event streams
+/// end when `stopping` is cancelled (they would hold a graceful shutdown
+/// open for ever).
+pub fn router(
+    kernel: Kernel,
+    access: Arc<Access>,
+    ready: watch::Receiver<bool>,
+    stopping: CancellationToken,
+) -> Router {
+    let log = stream::LogFeed::start(kernel.store.clone(), kernel.orchestrator.clone(), stopping);
+    let state = AppState {
+        kernel,
+        access,
+        log,
+        ready,
+        runs: Arc::default(),
+    };
+    api::routes(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves; requests in
+/// flight then finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
