@@ -13,6 +13,7 @@
 //!   plugins, events, health and version, with the CLI's semantics.
 //! - [`stream`] — the log as Server-Sent Events: every committed event from
 //!   a sequence number on (the SSE id is the sequence), then live.
+//! - [`openai`] — agents behind the OpenAI chat protocol (`/v1`).
 //! - [`openapi`] — the OpenAPI 3.1 document, derived from the handlers.
 //! - [`assets`] — the static pages a browser loads without a token.
 //!
@@ -23,6 +24,7 @@
 pub mod access;
 pub mod api;
 pub mod assets;
+pub mod openai;
 pub mod openapi;
 pub mod problem;
 pub mod stream;

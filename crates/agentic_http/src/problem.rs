@@ -4,7 +4,7 @@
 
 use agentic_core::plugin::PluginError;
 use agentic_core::{OrchestratorError, StoreError};
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -98,6 +98,11 @@ impl IntoResponse for Problem {
             }
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // The rest of a refused body is never read: the connection
+            // cannot carry another request, and the client must know.
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::problem::Problem;
-use crate::{AppState, access, assets, openapi, stream};
+use crate::{AppState, access, assets, openai, openapi, stream};
 
 /// Largest request body accepted: plugin inputs and agent prompts fit with
 /// room to spare; anything bigger is refused with 413 before it is read.
@@ -68,6 +68,8 @@ pub fn routes(state: AppState) -> Router {
         .route("/events", get(events::list))
         .route("/events/verify", get(events::verify))
         .route("/events/stream", get(stream::events))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), access::guard))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -1,0 +1,576 @@
+//! `lion serve` through the real binary and a real HTTP client: the ready
+//! line, the token and who may use it (bearer, session cookie and CSRF,
+//! Host and Origin), the REST API with the CLI's semantics, problems for
+//! bad input, the log as Server-Sent Events with resumption, idle
+//! connections, and a graceful stop.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::serve::{Api, Server};
+use support::*;
+
+fn home() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+#[tokio::test]
+async fn serve_prints_a_ready_line_and_keeps_its_token_owner_only() {
+    let dir = home();
+    let server = Server::start(dir.path(), &[], &[]);
+    assert!(
+        server.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    let mode = std::fs::metadata(dir.path().join("serve.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let printed = run(lion_at(dir.path()).args(["serve", "--print-token"])).success();
+    assert_eq!(printed.stdout.trim(), server.token);
+    let health = server.api().get("/health").await;
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(health.json()["status"], "ok");
+    // The kernel's lease is held: a second kernel on the home refuses.
+    let second = run(lion_at(dir.path()).args(["serve", "--addr", "127.0.0.1:0"]));
+    let line = second.error_line(1);
+    assert!(line.contains("another lion kernel"), "{line}");
+    let run_too = run(lion_at(dir.path()).arg("run"));
+    assert!(run_too.error_line(1).contains("another lion kernel"));
+}
+
+#[test]
+fn a_public_address_without_tls_is_refused_unless_opted_out() {
+    let dir = home();
+    let refused = run(lion_at(dir.path()).args(["serve", "--addr", "0.0.0.0:0"]));
+    let line = refused.error_line(1);
+    assert!(
+        line.contains("not a loopback address") && line.contains("--insecure-no-tls"),
+        "{line}"
+    );
+    // Nothing was created: no store, no token.
+    assert!(!dir.path().join("serve.token").exists());
+}
+
+#[tokio::test]
+async fn every_api_request_needs_the_token() {
+    let dir = home();
+    let server = Server::start(dir.path(), &[], &[]);
+    let anonymous = Api {
+        token: None,
+        ..server.api()
+    };
+    let detail = anonymous.get("/elements").await.problem(401);
+    assert!(detail.contains("Bearer"), "{detail}");
+    let wrong = Api {
+        token: Some("lion_not-the-token".into()),
+        ..server.api()
+    };
+    wrong.get("/tasks").await.problem(401);
+    let malformed = anonymous
+        .send(
+            anonymous
+                .request(Method::GET, "/tasks")
+                .header("authorization", "Basic Zm9vOmJhcg=="),
+        )
+        .await;
+    malformed.problem(401);
+    assert_eq!(malformed.headers["www-authenticate"], "Bearer");
+    // The public pages need none.
+    for path in ["/", "/assets/sign-in.js", "/health", "/openapi.json"] {
+        let reply = anonymous.get(path).await;
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+    }
+    assert!(anonymous.get("/").await.text.contains("sign-in"));
+    // And nothing refused reached the log.
+    let events = server.api().get("/events").await.json();
+    assert_eq!(events["items"].as_array().unwrap().len(), 0, "{events}");
+}
+
+#[tokio::test]
+async fn foreign_hosts_and_origins_are_refused() {
+    let dir = home();
+    let server = Server::start(dir.path(), &[], &["--allow-host", "lion.internal:1"]);
+    let api = server.api();
+    // DNS rebinding: a name that resolves here, but is not this server.
+    let rebound = api
+        .send(
+            api.request(Method::GET, "/health")
+                .header("host", "evil.example:80"),
+        )
+        .await;
+    assert!(rebound.problem(403).contains("evil.example"));
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    let localhost = api
+        .send(
+            api.request(Method::GET, "/health")
+                .header("host", format!("localhost:{port}")),
+        )
+        .await;
+    assert_eq!(localhost.status, 200, "{localhost:?}");
+    let allowed = api
+        .send(
+            api.request(Method::GET, "/health")
+                .header("host", "lion.internal:1"),
+        )
+        .await;
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    // A page of another site, even with the token.
+    let cross = api
+        .send(
+            api.request(Method::POST, "/elements")
+                .header("origin", "https://evil.example")
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+        .await;
+    assert!(cross.problem(403).contains("Origin"));
+    let same = api
+        .send(
+            api.request(Method::POST, "/elements")
+                .header("origin", &server.url)
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+        .await;
+    assert_eq!(same.status, 201, "{same:?}");
+}
+
+#[tokio::test]
+async fn a_browser_session_needs_its_csrf_token_and_dies_with_rotation() {
+    let dir = home();
+    let server = Server::start(dir.path(), &[], &[]);
+    let browser = Api {
+        token: None,
+        ..server.api()
+    };
+    browser
+        .post("/auth/session", &json!({"token": "lion_wrong"}))
+        .await
+        .problem(401);
+    let signed_in = browser
+        .post("/auth/session", &json!({"token": server.token}))
+        .await;
+    assert_eq!(signed_in.status, 201, "{signed_in:?}");
+    let cookie = signed_in.headers["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let csrf = signed_in.json()["csrf_token"].as_str().unwrap().to_owned();
+    // Reading needs only the cookie.
+    let read = browser
+        .send(
+            browser
+                .request(Method::GET, "/elements")
+                .header("cookie", &session),
+        )
+        .await;
+    assert_eq!(read.status, 200, "{read:?}");
+    // Changing state needs the CSRF token too.
+    let forged = browser
+        .send(
+            browser
+                .request(Method::POST, "/elements")
+                .header("cookie", &session)
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+        .await;
+    assert!(forged.problem(403).contains("CSRF"));
+    let created = browser
+        .send(
+            browser
+                .request(Method::POST, "/elements")
+                .header("cookie", &session)
+                .header("x-csrf-token", &csrf)
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    // Rotation: the old token and its sessions stop working at once.
+    let rotated = run(lion_at(dir.path()).args(["serve", "--rotate-token"])).success();
+    let new_token = rotated.stdout.trim().to_owned();
+    assert_ne!(new_token, server.token);
+    server.api().get("/elements").await.problem(401);
+    browser
+        .send(
+            browser
+                .request(Method::GET, "/elements")
+                .header("cookie", &session),
+        )
+        .await
+        .problem(401);
+    let fresh = Api {
+        token: Some(new_token),
+        ..server.api()
+    };
+    assert_eq!(fresh.get("/elements").await.status, 200);
+}
+
+#[tokio::test]
+async fn elements_are_created_read_and_paged() {
+    let dir = home();
+    let server = Server::start(dir.path(), &[], &[]);
+    let api = server.api();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let created = api
+            .post("/elements", &json!({"metadata": {"n": i}, "content": "hi"}))
+            .await;
+        assert_eq!(created.status, 201, "{created:?}");
+        ids.push(created.json()["id"].as_str().unwrap().to_owned());
+    }
+    let one = api.get(&format!("/elements/{}", ids[1])).await.json();
+    assert_eq!(one["metadata"]["n"], 1);
+    assert_eq!(one["content"], "hi");
+    let first = api.get("/elements?limit=2").await.json();
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    let next = first["next"].as_u64().expect("a next page");
+    let second = api
+        .get(&format!("/elements?limit=2&after={next}"))
+        .await
+        .json();
+    assert_eq!(second["items"][0]["id"], ids[2].as_str());
+    assert!(second.get("next").is_none(), "{second}");
+    // The CLI sees what the API wrote.
+    let listed = run(lion_at(dir.path()).args(["element", "list", "--json"])).success();
+    assert_eq!(listed.json().as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_problems_and_change_nothing() {
+    let dir = home();
+    let server = Server::start(dir.path(), &[], &[]);
+    let api = server.api();
+    let head = || async { api.get("/health").await.json()["head_seq"].clone() };
+    let before = head().await;
+    let malformed = api
+        .send(
+            api.request(Method::POST, "/elements")
+                .header("content-type", "application/json")
+                .body("{not json"),
+        )
+        .await;
+    assert!(malformed.problem(400).to_lowercase().contains("json"));
+    let wrong_type = api.post("/elements", &json!({"metadata": [1, 2]})).await;
+    wrong_type.problem(422);
+    let unknown_field = api.post("/elements", &json!({"colour": "red"})).await;
+    assert!(unknown_field.problem(422).contains("colour"));
+    let no_type = api
+        .send(api.request(Method::POST, "/elements").body("{}"))
+        .await;
+    no_type.problem(415);
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let oversized = api.post("/elements", &json!({"content": huge})).await;
+    oversized.problem(413);
+    api.get("/elements/not-a-uuid").await.problem(400);
+    let missing = api
+        .get("/elements/01900000-0000-7000-8000-000000000000")
+        .await
+        .problem(404);
+    assert!(missing.contains("no element"));
+    api.get("/elements?limit=0").await.problem(400);
+    api.get("/elements?limit=x").await.problem(400);
+    api.get("/no/such/route").await.problem(404);
+    api.get("/tasks/01900000-0000-7000-8000-000000000000")
+        .await
+        .problem(404);
+    api.post("/tasks", &json!({"handler": "no-such-handler"}))
+        .await
+        .problem(422);
+    api.post("/tasks", &json!({"plugin": "nope", "function": "f"}))
+        .await
+        .problem(404);
+    assert_eq!(head().await, before, "a refused request changed the log");
+    assert_eq!(api.get("/health").await.status, 200);
+}
+
+#[tokio::test]
+async fn tasks_run_on_the_kernel_with_idempotency_cancel_and_wait() {
+    let dir = home();
+    let server = Server::start(dir.path(), &[], &[]);
+    let api = server.api();
+    let done = api
+        .post(
+            "/tasks",
+            &json!({"handler": "echo", "input": {"x": 1}, "wait": true}),
+        )
+        .await;
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(done.json()["status"], "completed");
+    assert_eq!(done.json()["output"], json!({"x": 1}));
+    // One key, one task.
+    let submit = json!({"handler": "echo", "input": {"y": 2}, "idempotency_key": "k-1"});
+    let first = api.post("/tasks", &submit).await;
+    assert_eq!(first.status, 202, "{first:?}");
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    let again = api.post("/tasks", &submit).await;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.json()["id"], id.as_str());
+    let other = api
+        .post(
+            "/tasks",
+            &json!({"handler": "echo", "input": {"y": 3}, "idempotency_key": "k-1"}),
+        )
+        .await;
+    assert!(other.problem(409).contains(&id));
+    let waited = api
+        .get(&format!("/tasks/{id}/wait?timeout_ms=10000"))
+        .await
+        .json();
+    assert_eq!(waited["status"], "completed", "{waited}");
+    // A long task, cancelled.
+    let sleeping = api
+        .post(
+            "/tasks",
+            &json!({"handler": "sleep", "input": {"ms": 60000}}),
+        )
+        .await;
+    assert_eq!(sleeping.status, 202, "{sleeping:?}");
+    let sleeper = sleeping.json()["id"].as_str().unwrap().to_owned();
+    let cancelled = api
+        .post(&format!("/tasks/{sleeper}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+    let ended = api
+        .get(&format!("/tasks/{sleeper}/wait?timeout_ms=10000"))
+        .await
+        .json();
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    api.post(&format!("/tasks/{sleeper}/cancel"), &json!({}))
+        .await
+        .problem(409);
+    let unfinished = api.get("/tasks?status=unfinished").await.json();
+    assert_eq!(unfinished["items"], json!([]), "{unfinished}");
+    let all = api.get("/tasks").await.json();
+    assert_eq!(all["items"].as_array().unwrap().len(), 3, "{all}");
+    api.post(
+        "/tasks",
+        &json!({"handler": "echo", "durability": "ephemeral"}),
+    )
+    .await
+    .problem(422);
+}
+
+#[tokio::test]
+async fn events_are_listed_with_filters_and_verified() {
+    let dir = home();
+    let server = Server::start(dir.path(), &[], &[]);
+    let api = server.api();
+    let element = api.post("/elements", &json!({})).await.json();
+    let task = api
+        .post(
+            "/tasks",
+            &json!({"handler": "echo", "input": 1, "wait": true}),
+        )
+        .await
+        .json();
+    let all = api.get("/events").await.json();
+    let items = all["items"].as_array().unwrap();
+    assert!(items.len() >= 4, "{all}");
+    assert_eq!(items[0]["seq"], 1);
+    assert_eq!(items[0]["type"], "element_created");
+    let completed = api.get("/events?type=task_completed").await.json();
+    assert_eq!(completed["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        completed["items"][0]["event"]["task_completed"]["task_id"],
+        task["id"]
+    );
+    let stream = format!("element:{}", element["id"].as_str().unwrap());
+    let by_stream = api.get(&format!("/events?stream={stream}")).await.json();
+    assert_eq!(by_stream["items"].as_array().unwrap().len(), 1);
+    let correlation = items[0]["correlation_id"].as_str().unwrap();
+    let by_request = api
+        .get(&format!("/events?correlation_id={correlation}"))
+        .await
+        .json();
+    assert_eq!(by_request["items"].as_array().unwrap().len(), 1);
+    let future = api.get("/events?since=2999-01-01T00:00:00Z").await.json();
+    assert_eq!(future["items"], json!([]));
+    let paged = api.get("/events?limit=1&from=2").await.json();
+    assert_eq!(paged["items"][0]["seq"], 2);
+    assert_eq!(paged["next"], 3);
+    api.get("/events?since=yesterday").await.problem(400);
+    let verified = api.get("/events/verify").await.json();
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["events"], verified["head_seq"]);
+}
+
+/// Reads Server-Sent Events from a response, one at a time.
+struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+/// One event: its fields.
+#[derive(Debug, Default)]
+struct Sse {
+    id: Option<String>,
+    event: Option<String>,
+    data: String,
+}
+
+impl SseReader {
+    async fn next(&mut self) -> Sse {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut sse = Sse::default();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        sse.id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        sse.event = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        sse.data.push_str(v.trim_start());
+                    }
+                }
+                if sse.data.is_empty() && sse.id.is_none() {
+                    continue; // a keep-alive comment
+                }
+                return sse;
+            }
+            let chunk = self
+                .response
+                .chunk()
+                .await
+                .expect("read the stream")
+                .expect("the stream ended");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    async fn committed(&mut self) -> (u64, Value) {
+        loop {
+            let sse = self.next().await;
+            if sse.event.is_none() {
+                let id: u64 = sse.id.expect("an id").parse().unwrap();
+                return (id, serde_json::from_str(&sse.data).unwrap());
+            }
+        }
+    }
+}
+
+async fn subscribe(api: &Api, path: &str, last_event_id: Option<u64>) -> SseReader {
+    let mut request = api.request(Method::GET, path);
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id.to_string());
+    }
+    let response = request.send().await.expect("subscribe");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream",
+        "{response:?}"
+    );
+    SseReader {
+        response,
+        buffer: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn the_event_stream_replays_then_follows_and_resumes_without_a_gap() {
+    let dir = home();
+    let server = Server::start(dir.path(), &[], &[]);
+    let api = server.api();
+    for _ in 0..3 {
+        api.post("/elements", &json!({})).await;
+    }
+    let mut stream = subscribe(&api, "/events/stream?from=2", None).await;
+    assert_eq!(stream.committed().await.0, 2);
+    assert_eq!(stream.committed().await.0, 3);
+    // Now live: what is committed next arrives.
+    let created = api
+        .post("/elements", &json!({"content": "live"}))
+        .await
+        .json();
+    let (seq, event) = stream.committed().await;
+    assert_eq!(seq, 4);
+    assert_eq!(
+        event["event"]["element_created"]["element"]["id"],
+        created["id"]
+    );
+    drop(stream);
+    // Committed while nobody watched; a client resuming after 4 gets 5 on.
+    api.post("/elements", &json!({})).await;
+    api.post("/elements", &json!({})).await;
+    let mut resumed = subscribe(&api, "/events/stream?from=1", Some(4)).await;
+    assert_eq!(resumed.committed().await.0, 5);
+    assert_eq!(resumed.committed().await.0, 6);
+    // Filters apply to the stream too.
+    let mut tasks = subscribe(&api, "/events/stream?type=task_completed", None).await;
+    api.post(
+        "/tasks",
+        &json!({"handler": "echo", "input": 7, "wait": true}),
+    )
+    .await;
+    let (_, event) = tasks.committed().await;
+    assert_eq!(event["type"], "task_completed");
+    assert_eq!(event["event"]["task_completed"]["output"], 7);
+}
+
+#[tokio::test]
+async fn a_thousand_idle_connections_do_not_stop_it_answering() {
+    let dir = home();
+    let server = Server::start(dir.path(), &[], &[]);
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(
+            tokio::net::TcpStream::connect(server.authority())
+                .await
+                .expect("connect"),
+        );
+    }
+    let api = server.api();
+    let created = api
+        .post("/elements", &json!({"content": "still here"}))
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(api.get("/health").await.status, 200);
+    drop(idle);
+    assert_eq!(api.get("/health").await.status, 200);
+}
+
+#[tokio::test]
+async fn sigterm_stops_it_cleanly() {
+    let dir = home();
+    let server = Server::start(dir.path(), &[], &[]);
+    let api = server.api();
+    // A stream is open: it must not hold the stop.
+    let _stream = subscribe(&api, "/events/stream", None).await;
+    api.post("/elements", &json!({})).await;
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(stderr.contains("lion kernel stopped"), "{stderr}");
+    // The home is intact and free for the next kernel.
+    let verified = run(lion_at(dir.path()).args(["events", "verify"])).success();
+    assert!(verified.stdout.starts_with("ok: 1 event"), "{verified:?}");
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_api() {
+    let dir = home();
+    let server = Server::start(dir.path(), &[], &[]);
+    let doc = server.api().get("/openapi.json").await.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/elements",
+        "/tasks/{id}/cancel",
+        "/events/stream",
+        "/agents/{name}/messages",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
