@@ -10,6 +10,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+pub mod provider;
+pub mod python;
 pub mod serve;
 
 use assert_cmd::Command;

@@ -1,0 +1,136 @@
+//! A scripted OpenAI-compatible provider: a local server answering chat
+//! completion requests with SSE bodies the test chose.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// An SSE body streaming `chunks` of text, then stop, usage and `[DONE]`.
+pub fn text_body(chunks: &[&str]) -> String {
+    let mut out = String::new();
+    for c in chunks {
+        let delta = serde_json::json!({"choices":[{"index":0,"delta":{"content":c}}]});
+        out.push_str(&format!("data: {delta}\n\n"));
+    }
+    out.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
+    out.push_str(
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3}}\n\n",
+    );
+    out.push_str("data: [DONE]\n\n");
+    out
+}
+
+/// An SSE body in which the model calls tool `name` with `arguments`.
+pub fn tool_call_body(name: &str, arguments: &str) -> String {
+    let call = serde_json::json!({"choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[
+        {"index":0,"id":"call_1","type":"function","function":{"name":name,"arguments":arguments}}]}}]});
+    format!(
+        "data: {call}\n\ndata: {{\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"tool_calls\"}}]}}\n\ndata: [DONE]\n\n"
+    )
+}
+
+/// A test server answering every request with the same SSE stream of
+/// `chunks`; returns its base URL and the request bodies it saw.
+pub async fn server(chunks: &'static [&'static str]) -> (String, Arc<Mutex<Vec<String>>>) {
+    scripted(vec![text_body(chunks)]).await
+}
+
+/// A test server answering request i with `bodies[i]` (the last one again
+/// once they run out).
+pub async fn scripted(bodies: Vec<String>) -> (String, Arc<Mutex<Vec<String>>>) {
+    responding(move |index, _| bodies[index.min(bodies.len() - 1)].clone()).await
+}
+
+/// A test server answering each request (its index, its text) with the
+/// SSE body `respond` gives.
+pub async fn responding(
+    respond: impl Fn(usize, &str) -> String + Send + Sync + 'static,
+) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let requests = seen.clone();
+    let respond = Arc::new(respond);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let requests = requests.clone();
+            let respond = respond.clone();
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 8192];
+                loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    data.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&data).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if data.len() >= end + 4 + length {
+                            requests.lock().unwrap().push(text);
+                            break;
+                        }
+                    }
+                }
+                let (index, request) = {
+                    let seen = requests.lock().unwrap();
+                    (seen.len() - 1, seen[seen.len() - 1].clone())
+                };
+                let body = respond(index, &request);
+                let out = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{body}"
+                );
+                let _ = socket.write_all(out.as_bytes()).await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// A test server that streams `first` (an SSE chunk of text) to each
+/// request and then holds the answer open, never finishing it; the
+/// returned receiver reports each request whose connection lion closed.
+pub async fn stalling(first: &'static str) -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    let (closed, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 8192];
+                while !String::from_utf8_lossy(&data).contains("\"messages\"") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => data.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let delta = serde_json::json!({"choices":[{"index":0,"delta":{"content":first}}]});
+                let out = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: {delta}\n\n"
+                );
+                if socket.write_all(out.as_bytes()).await.is_err() {
+                    return;
+                }
+                // Until lion hangs up.
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = closed.send(());
+            });
+        }
+    });
+    (url, rx)
+}
