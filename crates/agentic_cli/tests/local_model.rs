@@ -207,3 +207,84 @@ fn bench_model_quick_runs_every_path() {
     );
     assert_eq!(report["verdict"]["tokens_per_s"], "no evidence (quick run)");
 }
+
+/// The OpenAI-compatible server the provider tests need is `lion serve`
+/// itself: an agent on the embedded model, reached by lion's own
+/// OpenAI-compatible client and by the real `openai` Python package,
+/// streaming and not.
+#[test]
+fn lion_serve_answers_openai_clients_from_an_agent_on_the_local_model() {
+    use agentic_core::llm::{ChatChunk, ChatMessage, ChatRequest, LlmProvider, Role};
+    use agentic_llm::{ApiKey, OpenAiConfig, OpenAiProvider};
+    use support::python::run_script;
+    use support::serve::Server;
+
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[("LION_LLM_SEED", "7")], &[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let spawned = server
+            .api()
+            .post(
+                "/agents",
+                &serde_json::json!({"name": "tiny", "budget_tokens": 4096}),
+            )
+            .await;
+        assert_eq!(spawned.status, 201, "{spawned:?}");
+        let provider = OpenAiProvider::new(OpenAiConfig {
+            api_key: Some(ApiKey::new(server.token.clone())),
+            max_retries: 0,
+            ..OpenAiConfig::new(format!("{}/v1", server.url))
+        })
+        .expect("provider");
+        let request = ChatRequest {
+            model: "agent:tiny".into(),
+            messages: vec![ChatMessage::new(Role::User, "Say hello in three words.")],
+            tools: Vec::new(),
+            temperature: Some(0.0),
+            max_tokens: Some(24),
+        };
+        let mut stream = provider.stream(request).await.expect("stream");
+        let (mut text, mut chunks, mut finished) = (String::new(), 0, false);
+        while let Some(chunk) = stream.next().await {
+            match chunk.expect("chunk") {
+                ChatChunk::Text(t) => {
+                    chunks += 1;
+                    text.push_str(&t);
+                }
+                ChatChunk::Finished(_) => finished = true,
+                _ => {}
+            }
+        }
+        assert!(finished, "the stream must say it finished");
+        assert!(
+            chunks > 1,
+            "a model streams several chunks, got {chunks}: {text:?}"
+        );
+        assert!(!text.trim().is_empty());
+    });
+    let envs = [
+        ("LION_URL", server.url.as_str()),
+        ("LION_TOKEN", server.token.as_str()),
+        ("LION_MODEL", "agent:tiny"),
+    ];
+    let (ok, stdout, stderr) = run_script("openai_client.py", &["stream", "Name a color."], &envs);
+    assert!(ok, "{stderr}");
+    let streamed: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert!(
+        streamed["chunks"].as_array().unwrap().len() > 1,
+        "{streamed}"
+    );
+    assert_eq!(streamed["finish_reason"], "stop");
+    let (ok, stdout, stderr) =
+        run_script("openai_client.py", &["complete", "Name a fruit."], &envs);
+    assert!(ok, "{stderr}");
+    let complete: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert!(
+        !complete["content"].as_str().unwrap().trim().is_empty(),
+        "{complete}"
+    );
+    let tiny = runtime.block_on(server.api().get("/agents/tiny")).json();
+    assert_eq!(tiny["message_count"], 6, "{tiny}");
+}
