@@ -101,9 +101,37 @@ pub enum Command {
     /// carries the home's token (`--print-token`).
     Serve(ServeArgs),
 
+    /// Offer plugin functions to IDEs and other agents as MCP tools.
+    #[command(subcommand)]
+    Mcp(McpCommand),
+
     /// Measure lion's performance against same-run baselines.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// `lion mcp …`.
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Serve the exposed plugin functions as MCP tools over stdin and
+    /// stdout, for an IDE or an agent that starts lion itself. Each call
+    /// runs in lion's sandbox under the plugin's grant and is recorded.
+    Serve(McpExpose),
+}
+
+/// Which plugin functions are offered as MCP tools (none unless named).
+#[derive(Debug, Args)]
+pub struct McpExpose {
+    /// A plugin (all its functions) or one function to offer as MCP tools;
+    /// repeat for more. Nothing is offered unless named.
+    #[arg(long = "expose", value_name = "PLUGIN[.FUNCTION]")]
+    pub expose: Vec<String>,
+
+    /// Name MCP tools by their function's name alone rather than
+    /// PLUGIN.FUNCTION (a name two exposed functions share is offered by
+    /// neither).
+    #[arg(long)]
+    pub bare_names: bool,
 }
 
 /// `lion serve`'s flags.
@@ -136,6 +164,10 @@ pub struct ServeArgs {
     /// running server refuses the old token and its sessions from then on.
     #[arg(long)]
     pub rotate_token: bool,
+
+    /// The plugin functions `/mcp` offers.
+    #[command(flatten)]
+    pub mcp: McpExpose,
 }
 
 /// `lion element …`

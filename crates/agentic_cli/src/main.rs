@@ -32,7 +32,7 @@ use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
 use cli::{
-    AgentCommand, BenchCommand, Cli, Command, ElementCommand, EventsCommand, LogFormat,
+    AgentCommand, BenchCommand, Cli, Command, ElementCommand, EventsCommand, LogFormat, McpCommand,
     ModelCommand, Paging, PluginCommand, TaskCommand,
 };
 use commands::Ctx;
@@ -244,6 +244,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Command::Run { concurrency } => commands::run::run(&home, open, ctx, concurrency).await,
             Command::Serve(args) => commands::serve::serve(&home, open, ctx, &args).await,
+            Command::Mcp(McpCommand::Serve(args)) => {
+                commands::mcp::serve(&home, open, ctx, &args).await
+            }
             Command::Task(TaskCommand::List(paging)) => {
                 commands::task::list(&*open()?, ctx, paging).await
             }

@@ -14,6 +14,8 @@
 //! - [`stream`] — the log as Server-Sent Events: every committed event from
 //!   a sequence number on (the SSE id is the sequence), then live.
 //! - [`openai`] — agents behind the OpenAI chat protocol (`/v1`).
+//! - `/mcp` — the plugin functions the operator exposed, as MCP tools over
+//!   streamable HTTP ([`agentic_mcp::PluginTools`]).
 //! - [`openapi`] — the OpenAPI 3.1 document, derived from the handlers.
 //! - [`assets`] — the static pages a browser loads without a token.
 //!
@@ -34,7 +36,10 @@ use std::sync::Arc;
 
 use agentic_core::plugin::PluginManager;
 use agentic_core::{EventStore, Orchestrator};
+use agentic_mcp::{Exposure, PluginTools};
 use axum::Router;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +87,18 @@ pub fn router(
     access: Arc<Access>,
     ready: watch::Receiver<bool>,
     stopping: CancellationToken,
+    exposure: Exposure,
 ) -> Router {
+    let tools = PluginTools::new(kernel.store.clone(), kernel.plugins.clone(), exposure);
+    // Host and Origin are checked by the access guard in front of it, with
+    // the operator's names: the service's own (loopback-only) check is off.
+    let mcp = StreamableHttpService::new(
+        move || Ok(tools.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default()
+            .disable_allowed_hosts()
+            .with_cancellation_token(stopping.child_token()),
+    );
     let log = stream::LogFeed::start(kernel.store.clone(), kernel.orchestrator.clone(), stopping);
     let state = AppState {
         kernel,
@@ -91,7 +107,7 @@ pub fn router(
         ready,
         runs: Arc::default(),
     };
-    api::routes(state)
+    api::routes(state, mcp)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves; requests in

@@ -14,10 +14,13 @@
 //! - [`sandbox`]: [`ProcessSandbox`], the adapter of the kernel's
 //!   `ServerSandbox` port; `launch` builds a server's jail and session,
 //!   `warm` keeps one server running for calls;
+//! - [`expose`]: the other direction — lion's plugin functions offered as
+//!   MCP tools ([`PluginTools`]), to IDEs and other agents;
 //! - [`forward`]: a server's `host:HOST:PORT` grants — a listener lion
 //!   holds in the jail's network namespace per host, the name mapped to it
 //!   inside, and each connection forwarded after lion's own checks.
 
+pub mod expose;
 pub mod forward;
 mod launch;
 pub mod names;
@@ -27,6 +30,7 @@ mod sandbox;
 pub mod session;
 mod warm;
 
+pub use expose::{Exposure, ExposureError, Naming, PluginTools};
 pub use forward::{Forward, NetworkPlan};
 pub use names::{NameError, NameTable};
 pub use output::{FunctionSchemas, ToolError, function_schemas, tool_output};

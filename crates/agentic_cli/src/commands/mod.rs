@@ -11,6 +11,7 @@ pub mod bench_scale;
 pub mod demo;
 pub mod element;
 pub mod events;
+pub mod mcp;
 pub mod model;
 pub mod plugin;
 pub mod plugin_package;

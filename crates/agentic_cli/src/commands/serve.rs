@@ -91,6 +91,7 @@ pub async fn serve(
         access,
         ready.clone(),
         stopping.clone(),
+        super::mcp::exposure(&args.mcp)?,
     );
     let http = tokio::spawn(agentic_http::serve(
         listener,

@@ -28,6 +28,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::problem::Problem;
+
+/// The MCP endpoint's service.
+pub type McpService = rmcp::transport::streamable_http_server::StreamableHttpService<
+    agentic_mcp::PluginTools,
+    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+>;
 use crate::{AppState, access, assets, openai, openapi, stream};
 
 /// Largest request body accepted: plugin inputs and agent prompts fit with
@@ -40,8 +46,8 @@ pub const DEFAULT_PAGE: usize = 100;
 /// Most items a list request may ask for at once.
 pub const MAX_PAGE: usize = 1000;
 
-/// Every route, behind the access guard.
-pub fn routes(state: AppState) -> Router {
+/// Every route, `mcp` at `/mcp`, behind the access guard.
+pub fn routes(state: AppState, mcp: McpService) -> Router {
     Router::new()
         .route("/", get(assets::sign_in_page))
         .route("/assets/{file}", get(assets::asset))
@@ -70,6 +76,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/events/stream", get(stream::events))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route_service("/mcp", mcp)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), access::guard))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
