@@ -82,6 +82,14 @@ impl HomeProviders {
         })
     }
 
+    /// Where an agent spawned with `spec` runs when this process runs it:
+    /// as [`describe`](Self::describe), but settings this process cannot
+    /// resolve are an error (a server's kernel is this process).
+    pub fn runs_on(&self, spec: &AgentSpec) -> Result<String> {
+        Settings::resolve(&self.home, spec)?;
+        self.describe(spec)
+    }
+
     /// The provider and model for an agent spawned with `spec`.
     fn choose(&self, spec: &AgentSpec) -> Result<ResolvedProvider> {
         match Settings::resolve(&self.home, spec)? {

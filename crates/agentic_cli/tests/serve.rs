@@ -282,12 +282,19 @@ async fn bad_requests_get_clear_problems_and_change_nothing() {
     api.get("/tasks/01900000-0000-7000-8000-000000000000")
         .await
         .problem(404);
-    api.post("/tasks", &json!({"handler": "no-such-handler"}))
-        .await
-        .problem(422);
-    api.post("/tasks", &json!({"plugin": "nope", "function": "f"}))
-        .await
-        .problem(404);
+    assert!(
+        api.post("/tasks", &json!({"handler": "no-such-handler"}))
+            .await
+            .problem(404)
+            .contains("echo")
+    );
+    api.post(
+        "/tasks",
+        &json!({"handler": "plugin", "input": {"plugin": "nope", "function": "f"}}),
+    )
+    .await
+    .problem(404);
+    api.post("/tasks", &json!({"input": 1})).await.problem(422);
     assert_eq!(head().await, before, "a refused request changed the log");
     assert_eq!(api.get("/health").await.status, 200);
 }
@@ -351,12 +358,25 @@ async fn tasks_run_on_the_kernel_with_idempotency_cancel_and_wait() {
     assert_eq!(unfinished["items"], json!([]), "{unfinished}");
     let all = api.get("/tasks").await.json();
     assert_eq!(all["items"].as_array().unwrap().len(), 3, "{all}");
+    // Over HTTP a task is always logged: no ephemeral tasks.
     api.post(
         "/tasks",
         &json!({"handler": "echo", "durability": "ephemeral"}),
     )
     .await
     .problem(422);
+    // An async task can be read as soon as its submission is answered.
+    let quick = api
+        .post(
+            "/tasks",
+            &json!({"handler": "echo", "input": 5, "durability": "async"}),
+        )
+        .await
+        .json();
+    let read = api
+        .get(&format!("/tasks/{}", quick["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(read.status, 200, "{read:?}");
 }
 
 #[tokio::test]
@@ -573,4 +593,18 @@ async fn the_openapi_document_describes_the_api() {
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+    // The handlers are this server's; problems are problem+json.
+    let handlers = &doc["components"]["schemas"]["NewTask"]["properties"]["handler"]["enum"];
+    for handler in ["agent", "echo", "plugin"] {
+        assert!(
+            handlers.as_array().unwrap().contains(&json!(handler)),
+            "{handlers}"
+        );
+    }
+    let missing = &doc["paths"]["/elements/{id}"]["get"]["responses"]["404"]["content"];
+    assert!(
+        missing.get("application/problem+json").is_some(),
+        "{missing}"
+    );
+    assert_eq!(doc["paths"]["/health"]["get"]["security"], json!([{}]));
 }

@@ -89,7 +89,13 @@ async fn agents_are_spawned_listed_talked_to_and_stopped() {
         .problem(422);
     api.post("/agents", &json!({"name": "t", "tools": ["nope.f"]}))
         .await
-        .problem(422);
+        .problem(404);
+    api.post(
+        "/agents",
+        &json!({"name": "t", "model": "local:/etc/passwd"}),
+    )
+    .await
+    .problem(422);
     let answer = api
         .post("/agents/ada/messages", &json!({"text": "Hi"}))
         .await;

@@ -34,6 +34,7 @@ pub mod stream;
 use std::future::Future;
 use std::sync::Arc;
 
+use agentic_core::llm::AgentSpec;
 use agentic_core::plugin::PluginManager;
 use agentic_core::{EventStore, Orchestrator};
 use agentic_mcp::{Exposure, PluginTools};
@@ -60,7 +61,13 @@ pub struct Kernel {
     /// The id every event this server records without a request of its own
     /// carries (the kernel's).
     pub correlation_id: Uuid,
+    /// Where an agent with this spec would run, or why it cannot: the
+    /// binary knows the providers.
+    pub runs_on: RunsOn,
 }
+
+/// Where an agent would run (for people), or why it cannot.
+pub type RunsOn = Arc<dyn Fn(&AgentSpec) -> Result<String, String> + Send + Sync>;
 
 /// Everything a handler may need; cheap to clone.
 #[derive(Clone)]

@@ -92,7 +92,8 @@ impl From<Problem> for ApiError {
         let (kind, code) = match p.status {
             StatusCode::NOT_FOUND => ("invalid_request_error", Some("model_not_found")),
             StatusCode::CONFLICT => ("conflict_error", None),
-            StatusCode::UNPROCESSABLE_ENTITY => ("agent_error", None),
+            StatusCode::UNPROCESSABLE_ENTITY => ("invalid_request_error", None),
+            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => ("agent_error", None),
             StatusCode::SERVICE_UNAVAILABLE => ("server_error", None),
             s if s.is_server_error() => ("server_error", None),
             _ => ("invalid_request_error", None),
@@ -365,7 +366,8 @@ impl Chunks {
                             let chunk = self.chunk(json!({}), Some("stop"));
                             return Some(Event::default().data(chunk.to_string()));
                         }
-                        RunStep::Failed(error) => {
+                        RunStep::Failed(failure) => {
+                            let error = failure.message;
                             // OpenAI's streams report a failure as an
                             // error object, then end.
                             self.state = ChunkState::Ended;

@@ -43,6 +43,17 @@ const FEED_BUFFER: usize = 4096;
 /// Events read from the store per round trip while a client catches up.
 const CATCH_UP_BATCH: usize = 256;
 
+/// One Server-Sent Event, as the document describes a stream's items.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SseEvent {
+    /// Its name (absent for a committed event of the log).
+    pub event: Option<String>,
+    /// Its JSON payload, as text.
+    pub data: String,
+    /// Its id: the sequence number of a committed event.
+    pub id: Option<String>,
+}
+
 /// The server's one follower of the log, and what streams share.
 #[derive(Clone)]
 pub struct LogFeed {
@@ -103,7 +114,7 @@ impl LogFeed {
 /// Streams the log: committed events from `from` (or after
 /// `Last-Event-ID`) on, then live.
 #[utoipa::path(get, path = "/events/stream", tag = "events", params(EventQuery),
-    responses((status = 200, content_type = "text/event-stream",
+    responses((status = 200, content_type = "text/event-stream", body = SseEvent,
         description = "Committed events (id = sequence number), `live` events, `missed` notices"),
         (status = 429, body = Problem)))]
 pub async fn events(

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::Ctx;
 use super::run::{count_signals, start, stopped, wait_for};
 use crate::cli::ServeArgs;
+use crate::providers::HomeProviders;
 use crate::{lease, live};
 
 /// How long a stopping server waits for its connections to close after the
@@ -87,6 +88,10 @@ pub async fn serve(
             orchestrator: orchestrator.clone(),
             plugins: plugins.clone(),
             correlation_id: ctx.correlation_id,
+            runs_on: {
+                let providers = HomeProviders::new(home);
+                Arc::new(move |spec| providers.runs_on(spec).map_err(|e| format!("{e:#}")))
+            },
         },
         access,
         ready.clone(),

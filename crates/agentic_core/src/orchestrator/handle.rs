@@ -84,6 +84,13 @@ impl Orchestrator {
         orchestrator
     }
 
+    /// The names of the handlers this orchestrator runs, sorted.
+    pub fn handler_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.handlers.keys().cloned().collect();
+        names.sort_unstable();
+        names
+    }
+
     /// Submits a task; waits while `max_pending` tasks are unfinished. With
     /// an idempotency key of a task running here or among the last
     /// `finished_keys` that ended here, returns that task instead (once its

@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::{Body, Listed, Paging, Path, Query};
+use super::{Body, Listed, Paging, Path, Query, whole};
 use crate::AppState;
 use crate::problem::Problem;
 
@@ -36,27 +36,40 @@ use crate::problem::Problem;
 #[serde(deny_unknown_fields)]
 pub struct NewAgent {
     /// Its name: no spaces, no ':'.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s:\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub name: String,
-    /// The model: a server's model name, or `local:PATH|NAME` for the
-    /// embedded runtime; the home's default when absent.
+    /// The model: a server's model name, or `local:NAME` for the embedded
+    /// runtime; the home's default when absent. (The server an agent asks,
+    /// and model files by path, are the operator's choice: `lion agent
+    /// spawn` on the server's machine.)
     #[serde(default)]
+    #[schema(pattern = r"^(?!local:[^/]*/)[^\u0000-\u001f\u007f]*$")]
     pub model: Option<String>,
-    /// An OpenAI-compatible server to ask instead of the home's.
-    #[serde(default)]
-    pub base_url: Option<String>,
     /// Its system prompt.
     #[serde(default)]
     pub system: String,
     /// Plugin functions it may call, as `PLUGIN.FUNCTION`.
     #[serde(default)]
+    #[schema(value_type = Vec<ToolRef>)]
     pub tools: Vec<String>,
     /// Tokens it may use in all, prompts included.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::int64")]
+    #[schema(minimum = 1)]
     pub budget_tokens: Option<u64>,
     /// Longest answer, in bytes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::int64")]
+    #[schema(minimum = 1, maximum = 67108864)]
     pub max_answer_bytes: Option<u64>,
 }
+
+/// A plugin function an agent may call: `PLUGIN.FUNCTION`.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(pattern = r"^[^.]+\.[^.]+$")]
+pub struct ToolRef(pub String);
 
 /// An agent: its spec, status and usage (its conversation is paged with
 /// `GET /agents/{name}?after=&limit=`).
@@ -87,6 +100,9 @@ pub struct Agent {
     /// Where the next page of the conversation starts, if there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<u64>,
+    /// Where it runs (given when it is spawned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runs_on: Option<String>,
 }
 
 impl From<AgentView> for Agent {
@@ -108,6 +124,7 @@ impl From<AgentView> for Agent {
                 .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
                 .collect(),
             next: view.next.map(|c| c.0),
+            runs_on: None,
             name: a.name,
             model: a.spec.model,
             system: a.spec.system,
@@ -118,14 +135,15 @@ impl From<AgentView> for Agent {
 
 /// Spawns an agent.
 #[utoipa::path(post, path = "/agents", tag = "agents", request_body = NewAgent,
-    responses((status = 201, body = Agent), (status = 409, body = Problem),
-        (status = 422, body = Problem)))]
+    responses((status = 201, body = Agent),
+        (status = 404, body = Problem, description = "A tool's plugin or function is not installed"),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn spawn(
     State(state): State<AppState>,
     Body(new): Body<NewAgent>,
 ) -> Result<(StatusCode, Json<Agent>), Problem> {
     if new.name.is_empty()
-        || new.name.len() > 128
+        || new.name.chars().count() > 128
         || new
             .name
             .chars()
@@ -135,18 +153,37 @@ pub async fn spawn(
             "an agent name has 1 to 128 characters, without spaces or ':'",
         ));
     }
+    let model = new.model.as_deref().unwrap_or("");
+    if model.chars().any(|c| c.is_ascii_control()) {
+        return Err(Problem::unprocessable(
+            "a model name has no control characters",
+        ));
+    }
+    if model.starts_with("local:") && model.contains('/') {
+        return Err(Problem::unprocessable(
+            "a model file is chosen by path on the server's machine (lion agent spawn), not over HTTP",
+        ));
+    }
     let store = &state.kernel.store;
     let spec = AgentSpec {
         model: new.model,
-        base_url: new.base_url,
+        base_url: None,
         system: new.system,
         budget_tokens: new.budget_tokens,
         max_answer_bytes: new.max_answer_bytes,
         tools: new.tools,
     };
     spec.check_limits().map_err(Problem::unprocessable)?;
+    let runs_on = (state.kernel.runs_on)(&spec).map_err(Problem::unprocessable)?;
     let plugins = Tools::plugins(store.as_ref(), &spec.tools).await?;
-    Tools::granted(&plugins, &spec.tools).map_err(Problem::unprocessable)?;
+    // A tool naming what is not installed is a missing resource.
+    Tools::granted(&plugins, &spec.tools).map_err(|e| {
+        if e.contains("no plugin") || e.contains("has no function") {
+            Problem::not_found(e)
+        } else {
+            Problem::unprocessable(e)
+        }
+    })?;
     if let Some(view) = store.agent(&new.name, Cursor::START, 0).await?
         && view.record.status == AgentStatus::Active
     {
@@ -164,7 +201,9 @@ pub async fn spawn(
     )
     .await?;
     let view = read(&state, &new.name, Cursor::START, 0).await?;
-    Ok((StatusCode::CREATED, Json(view.into())))
+    let mut agent = Agent::from(view);
+    agent.runs_on = Some(runs_on);
+    Ok((StatusCode::CREATED, Json(agent)))
 }
 
 async fn record(state: &AppState, event: SystemEvent) -> Result<(), Problem> {
@@ -221,7 +260,8 @@ pub async fn list(
 /// Stops an agent: it takes no more messages.
 #[utoipa::path(post, path = "/agents/{name}/stop", tag = "agents",
     params(("name" = String, Path, description = "The agent's name")),
-    responses((status = 200, body = Agent), (status = 404, body = Problem)))]
+    responses((status = 200, body = Agent), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "Already stopped")))]
 pub async fn stop(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -236,6 +276,7 @@ pub async fn stop(
 #[serde(deny_unknown_fields)]
 pub struct Message {
     /// What to say.
+    #[schema(min_length = 1)]
     pub text: String,
     /// Stream the answer as Server-Sent Events (`delta`, `tool_call`,
     /// `tool_result`, then `done` or `error`).
@@ -276,9 +317,13 @@ impl From<Usage> for UsageView {
 #[utoipa::path(post, path = "/agents/{name}/messages", tag = "agents",
     params(("name" = String, Path, description = "The agent's name")),
     request_body = Message,
-    responses((status = 200, body = Answer, description = "The answer; with stream, text/event-stream"),
-        (status = 404, body = Problem), (status = 409, body = Problem),
-        (status = 422, body = Problem)))]
+    responses((status = 200, description = "The answer; with stream, as Server-Sent Events",
+            content((Answer = "application/json"), (crate::stream::SseEvent = "text/event-stream"))),
+        (status = 404, body = Problem),
+        (status = 409, body = Problem,
+            description = "Stopped, busy, out of budget, over its answer bound, or the run was cancelled"),
+        (status = 502, body = Problem, description = "The run failed"),
+        (status = 504, body = Problem, description = "The run timed out")))]
 pub async fn send(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -344,7 +389,36 @@ pub enum RunStep {
     /// The run ended with this answer.
     Done(Answer),
     /// The run failed, timed out or was cancelled.
-    Failed(String),
+    Failed(RunFailure),
+}
+
+/// Why a run gave no answer, and the status that says so: 409 when the
+/// agent stopped itself (its budget or answer bound reached) or the run was
+/// cancelled, 502 when its provider failed, 504 when it timed out, 503
+/// when the kernel is stopping.
+#[derive(Debug, Clone)]
+pub struct RunFailure {
+    /// The status a whole-answer request gets.
+    pub status: StatusCode,
+    /// What happened.
+    pub message: String,
+}
+
+impl RunFailure {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// The failure as a problem.
+    pub fn problem(&self) -> Problem {
+        Problem::new(
+            self.status,
+            format!("the agent's run failed: {}", self.message),
+        )
+    }
 }
 
 type Outcome = Pin<Box<dyn Future<Output = Result<TaskOutcome, OrchestratorError>> + Send>>;
@@ -355,6 +429,8 @@ type Outcome = Pin<Box<dyn Future<Output = Result<TaskOutcome, OrchestratorError
 pub struct AgentRun {
     /// The run's id (its task's).
     pub id: Uuid,
+    /// The agent.
+    agent: String,
     live: broadcast::Receiver<LiveEvent>,
     outcome: Outcome,
     orchestrator: Orchestrator,
@@ -374,7 +450,7 @@ impl AgentRun {
         if view.record.status == AgentStatus::Stopped {
             return Err(Problem::conflict(format!("agent {name} is stopped")));
         }
-        if text.trim().is_empty() {
+        if text.is_empty() {
             return Err(Problem::unprocessable("the message is empty"));
         }
         let busy = state.runs.claim(name).ok_or_else(|| {
@@ -389,6 +465,7 @@ impl AgentRun {
         let handle = orchestrator.submit(spec).await?;
         Ok(Self {
             id: handle.id,
+            agent: name.to_owned(),
             live,
             outcome: Box::pin(handle.outcome()),
             orchestrator,
@@ -481,24 +558,39 @@ impl AgentRun {
                     usage,
                 })
             }
-            Ok(TaskOutcome::Failed(e)) => RunStep::Failed(e),
-            Ok(TaskOutcome::TimedOut) => RunStep::Failed("the run timed out".into()),
-            Ok(TaskOutcome::Cancelled(reason)) => RunStep::Failed(format!("cancelled: {reason}")),
-            Err(e) => RunStep::Failed(e.to_string()),
+            // An agent that stopped itself (its budget, its answer bound,
+            // too many tool rounds: `RunError::Halted`) cannot answer in
+            // its state; any other failure is its provider's.
+            Ok(TaskOutcome::Failed(e))
+                if e.starts_with(&format!("agent {} stopped: ", self.agent)) =>
+            {
+                RunStep::Failed(RunFailure::new(StatusCode::CONFLICT, e))
+            }
+            Ok(TaskOutcome::Failed(e)) => {
+                RunStep::Failed(RunFailure::new(StatusCode::BAD_GATEWAY, e))
+            }
+            Ok(TaskOutcome::TimedOut) => RunStep::Failed(RunFailure::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the run timed out",
+            )),
+            Ok(TaskOutcome::Cancelled(reason)) => RunStep::Failed(RunFailure::new(
+                StatusCode::CONFLICT,
+                format!("cancelled: {reason}"),
+            )),
+            Err(e) => RunStep::Failed(RunFailure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            )),
         }
     }
 
-    /// Waits for the whole answer; a failed run is a problem (422 for the
-    /// agent's own failure: its budget, its provider, a cancellation).
+    /// Waits for the whole answer; a failed run is a problem (see
+    /// [`RunFailure`]).
     pub async fn answer(&mut self) -> Result<Answer, Problem> {
         while let Some(step) = self.next().await {
             match step {
                 RunStep::Done(answer) => return Ok(answer),
-                RunStep::Failed(e) => {
-                    return Err(Problem::unprocessable(format!(
-                        "the agent's run failed: {e}"
-                    )));
-                }
+                RunStep::Failed(failure) => return Err(failure.problem()),
                 _ => {}
             }
         }
@@ -524,7 +616,7 @@ impl AgentRun {
                     .event("missed")
                     .json_data(json!({"missed": n})),
                 RunStep::Done(answer) => Event::default().event("done").json_data(answer),
-                RunStep::Failed(error) => Event::default()
+                RunStep::Failed(RunFailure { message: error, .. }) => Event::default()
                     .event("error")
                     .json_data(json!({"error": error})),
             };

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{MAX_PAGE, Query};
+use super::{MAX_PAGE, Query, whole};
 use crate::AppState;
 use crate::problem::Problem;
 
@@ -27,8 +27,11 @@ pub const MAX_SCAN: usize = 10_000;
 #[into_params(parameter_in = Query)]
 pub struct EventQuery {
     /// First sequence number to read (1 by default).
+    #[serde(default, deserialize_with = "whole::int64")]
     pub from: Option<u64>,
     /// Most events to return (1 to 1000; 100 by default).
+    #[serde(default, deserialize_with = "whole::count")]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Only events of streams starting with this (e.g. `task:`, `agent:ada`).
     pub stream: Option<String>,

@@ -149,8 +149,11 @@ fn path_problem(rejection: PathRejection) -> Problem {
 pub struct Paging {
     /// Where the page starts: the `next` of the page before (absent for
     /// the first page).
+    #[serde(default, deserialize_with = "whole::int64")]
     pub after: Option<u64>,
     /// Items per page (1 to 1000; 100 by default).
+    #[serde(default, deserialize_with = "whole::count")]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -189,3 +192,97 @@ impl<T> Listed<T> {
 
 /// A JSON object, for the schema of free-form values.
 pub type Object = serde_json::Map<String, serde_json::Value>;
+
+/// Whole numbers as the document declares them (JSON Schema `integer`,
+/// format int64 or int32): `3` and `3.0` alike — both are integers to a
+/// JSON Schema validator — in a body or a query string, and never beyond
+/// the format's range, so what the document calls valid is accepted and
+/// what it calls invalid is refused.
+pub mod whole {
+    use serde::{Deserialize, Deserializer};
+
+    /// A number as it may arrive: JSON integer, JSON float, or query text.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+        Text(String),
+    }
+
+    /// The whole number in `0..=max`, if `number` is one.
+    fn whole(number: Number, max: u64) -> Option<u64> {
+        let value = match number {
+            Number::Unsigned(n) => n,
+            Number::Signed(n) => u64::try_from(n).ok()?,
+            Number::Float(f) if f.fract() == 0.0 && f >= 0.0 && f <= max as f64 => f as u64,
+            Number::Float(_) => return None,
+            Number::Text(text) => return whole(parse(&text)?, max),
+        };
+        (value <= max).then_some(value)
+    }
+
+    fn parse(text: &str) -> Option<Number> {
+        if let Ok(n) = text.parse::<u64>() {
+            Some(Number::Unsigned(n))
+        } else {
+            text.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(Number::Float)
+        }
+    }
+
+    fn optional<'de, D: Deserializer<'de>>(d: D, max: u64) -> Result<Option<u64>, D::Error> {
+        match Option::<Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(number) => whole(number, max).map(Some).ok_or_else(|| {
+                serde::de::Error::custom(format!("expected a whole number from 0 to {max}"))
+            }),
+        }
+    }
+
+    /// An optional int64 (0 to 2^63 - 1).
+    pub fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        optional(d, i64::MAX as u64)
+    }
+
+    /// An optional int32 (0 to 2^31 - 1).
+    pub fn int32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        Ok(optional(d, i32::MAX as u64)?.map(|n| n as u32))
+    }
+
+    /// An optional count (a page size: 0 to 2^31 - 1, the rest is checked
+    /// by the caller).
+    pub fn count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        Ok(optional(d, i32::MAX as u64)?.map(|n| n as usize))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[derive(Deserialize)]
+        struct Probe {
+            #[serde(default, deserialize_with = "int64")]
+            n: Option<u64>,
+        }
+
+        fn probe(json: &str) -> Option<Option<u64>> {
+            serde_json::from_str::<Probe>(json).ok().map(|p| p.n)
+        }
+
+        #[test]
+        fn integers_as_json_schema_counts_them() {
+            assert_eq!(probe(r#"{"n": 3}"#), Some(Some(3)));
+            assert_eq!(probe(r#"{"n": 3.0}"#), Some(Some(3)));
+            assert_eq!(probe(r#"{}"#), Some(None));
+            assert_eq!(probe(r#"{"n": null}"#), Some(None));
+            assert_eq!(probe(r#"{"n": 3.5}"#), None);
+            assert_eq!(probe(r#"{"n": -1}"#), None);
+            assert_eq!(probe(r#"{"n": 9223372036854775808}"#), None);
+            assert_eq!(probe(r#"{"n": "3"}"#), Some(Some(3)));
+        }
+    }
+}

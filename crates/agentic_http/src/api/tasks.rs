@@ -16,48 +16,54 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Body, Listed, Paging, Path, Query};
+use super::{Body, Listed, Paging, Path, Query, whole};
 use crate::AppState;
 use crate::problem::Problem;
 
-/// A task to submit: a built-in handler with its input, or a plugin's
-/// function with its input.
+/// A task to submit: the handler that runs it and its input. A plugin
+/// function runs as handler `plugin` with input `{"plugin", "function",
+/// "input"}`; an agent's message as handler `agent` with `{"agent",
+/// "text"}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
-    /// A built-in handler (`echo`, `sleep`, …); or give `plugin` and
-    /// `function`.
+    /// The handler (`GET /openapi.json` lists this server's).
+    pub handler: String,
+    /// The handler's input.
     #[serde(default)]
-    pub handler: Option<String>,
-    /// The plugin whose function the task calls.
-    #[serde(default)]
-    pub plugin: Option<String>,
-    /// The function of `plugin` to call.
-    #[serde(default)]
-    pub function: Option<String>,
-    /// The input (for a plugin, the function's input).
-    #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub input: Value,
     /// Time limit per attempt, in milliseconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::int64")]
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
-    /// Attempts after the first when one fails.
-    #[serde(default)]
+    /// Attempts after the first when one fails (at most 10).
+    #[serde(default, deserialize_with = "whole::int32")]
+    #[schema(maximum = 10)]
     pub retries: Option<u32>,
     /// Makes the submission safe to retry: one key, one task.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     pub idempotency_key: Option<String>,
-    /// How the task's events are recorded.
+    /// How the task's events are recorded. (Over HTTP a task is always
+    /// logged: ephemeral tasks, never logged, are for `lion task submit
+    /// --wait` in one process.)
     #[serde(default)]
     pub durability: DurabilityArg,
-    /// Answer only once the task has ended (needed for ephemeral tasks).
+    /// Answer once the task has ended, or after 30 s at most (then 202:
+    /// follow it with `GET /tasks/{id}/wait`).
     #[serde(default)]
     pub wait: bool,
 }
+
+/// Longest a submission waits for its task to end.
+const SUBMIT_WAIT: Duration = Duration::from_secs(30);
+
+/// Most retries a task submitted here may ask for.
+const MAX_RETRIES: u32 = 10;
 
 /// How a task's events are recorded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
@@ -68,8 +74,6 @@ pub enum DurabilityArg {
     Durable,
     /// Events committed in the background, in groups.
     Async,
-    /// Nothing logged: the task lives only as long as this request.
-    Ephemeral,
 }
 
 /// A task as the log has it.
@@ -80,7 +84,7 @@ pub struct Task {
     /// The handler that runs it.
     pub handler: String,
     /// Its input.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub input: Value,
     /// Where it is: pending, running, completed, failed, cancelled or
     /// timed_out.
@@ -89,7 +93,7 @@ pub struct Task {
     pub attempts: u32,
     /// The output, once completed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Value)]
     pub output: Option<Value>,
     /// The last error, if an attempt failed, timed out or was cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,36 +138,48 @@ pub fn status_name(status: TaskStatus) -> &'static str {
 }
 
 /// Turns a submission into a task spec, checking what can be checked
-/// before anything is recorded.
+/// before anything is recorded: the handler exists (404), the plugin and
+/// function a plugin task names exist (404), the key's length (422).
 async fn spec_of(state: &AppState, new: NewTask) -> Result<TaskSpec, Problem> {
-    let (handler, input) = match (new.plugin, new.function, new.handler) {
-        (Some(plugin), Some(function), None) => {
-            let record = state
-                .kernel
-                .store
-                .plugin(&plugin)
-                .await?
-                .ok_or_else(|| Problem::not_found(format!("no plugin {plugin} is installed")))?
-                .record;
-            if !record.installed.manifest.functions.contains_key(&function) {
-                return Err(Problem::unprocessable(format!(
-                    "plugin {plugin} has no function {function:?}"
-                )));
-            }
-            (
-                PLUGIN_HANDLER.to_owned(),
-                json!({"plugin": plugin, "function": function, "input": new.input}),
-            )
+    if !state
+        .kernel
+        .orchestrator
+        .handler_names()
+        .contains(&new.handler)
+    {
+        return Err(Problem::not_found(format!(
+            "no handler {:?} (the handlers are: {})",
+            new.handler,
+            state.kernel.orchestrator.handler_names().join(", ")
+        )));
+    }
+    if new.handler == PLUGIN_HANDLER
+        && let (Some(plugin), Some(function)) =
+            (new.input["plugin"].as_str(), new.input["function"].as_str())
+    {
+        let record = state
+            .kernel
+            .store
+            .plugin(plugin)
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no plugin {plugin} is installed")))?
+            .record;
+        if !record.installed.manifest.functions.contains_key(function) {
+            return Err(Problem::not_found(format!(
+                "plugin {plugin} has no function {function:?}"
+            )));
         }
-        (None, None, Some(handler)) => (handler, new.input),
-        _ => {
-            return Err(Problem::unprocessable(
-                "name a handler, or a plugin and its function (not both)",
-            ));
-        }
-    };
+    }
+    if new.timeout_ms == Some(0) {
+        return Err(Problem::unprocessable("timeout_ms is at least 1"));
+    }
+    if new.retries.is_some_and(|r| r > MAX_RETRIES) {
+        return Err(Problem::unprocessable(format!(
+            "retries is at most {MAX_RETRIES}"
+        )));
+    }
     if let Some(key) = &new.idempotency_key
-        && (key.is_empty() || key.len() > 256)
+        && (key.is_empty() || key.chars().count() > 256)
     {
         return Err(Problem::unprocessable(
             "an idempotency key has 1 to 256 characters",
@@ -179,9 +195,8 @@ async fn spec_of(state: &AppState, new: NewTask) -> Result<TaskSpec, Problem> {
         durability: match new.durability {
             DurabilityArg::Durable => Durability::Durable,
             DurabilityArg::Async => Durability::Async,
-            DurabilityArg::Ephemeral => Durability::Ephemeral,
         },
-        ..TaskSpec::new(handler, input)
+        ..TaskSpec::new(new.handler, new.input)
     })
 }
 
@@ -190,18 +205,14 @@ async fn spec_of(state: &AppState, new: NewTask) -> Result<TaskSpec, Problem> {
 #[utoipa::path(post, path = "/tasks", tag = "tasks", request_body = NewTask,
     responses((status = 202, body = Task, description = "Submitted"),
         (status = 200, body = Task, description = "Ended (wait), or the task its idempotency key already names"),
-        (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+        (status = 404, body = Problem, description = "No such handler, plugin or function"),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn submit(
     State(state): State<AppState>,
     Body(new): Body<NewTask>,
 ) -> Result<(StatusCode, Json<Task>), Problem> {
     let wait = new.wait;
     let spec = spec_of(&state, new).await?;
-    if spec.durability == Durability::Ephemeral && !wait {
-        return Err(Problem::unprocessable(
-            "an ephemeral task is never logged: submit it with \"wait\": true",
-        ));
-    }
     let store = &state.kernel.store;
     if let Some(key) = &spec.idempotency_key
         && let Some(task) = store.task_by_key(key).await?
@@ -220,6 +231,11 @@ pub async fn submit(
         Err(e) => return Err(e.into()),
     };
     let id = handle.id;
+    if spec.durability == Durability::Async {
+        // Its submission is appended in the background: answer once the
+        // log has it, so the id answered can be read at once.
+        logged(&state, id).await?;
+    }
     if !wait {
         let task = store
             .task(id)
@@ -227,14 +243,43 @@ pub async fn submit(
             .map_or_else(|| submitted(id, &spec), Task::from);
         return Ok((StatusCode::ACCEPTED, Json(task)));
     }
-    let outcome = handle.outcome().await?;
+    let Ok(outcome) = tokio::time::timeout(SUBMIT_WAIT, handle.outcome()).await else {
+        // Still running: the task as it is now, for the client to follow.
+        let task = store
+            .task(id)
+            .await?
+            .map_or_else(|| submitted(id, &spec), Task::from);
+        return Ok((StatusCode::ACCEPTED, Json(task)));
+    };
     let task = match store.task(id).await? {
         Some(task) if task.status.is_final() => task.into(),
         // Ephemeral (never logged) or async (not committed yet): the
         // outcome is the answer.
-        _ => ended(id, &spec, outcome),
+        _ => ended(id, &spec, outcome?),
     };
     Ok((StatusCode::OK, Json(task)))
+}
+
+/// How long a submission waits for an async task's submission to be
+/// committed before answering anyway.
+const LOGGED_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits (up to [`LOGGED_WAIT`]) until the log holds task `id`.
+async fn logged(state: &AppState, id: Uuid) -> Result<(), Problem> {
+    let store = &state.kernel.store;
+    let wait = async {
+        loop {
+            let head = store.head().await?.seq;
+            if store.task(id).await?.is_some() {
+                return Ok::<_, Problem>(());
+            }
+            store.wait_for_events(head).await?;
+        }
+    };
+    match tokio::time::timeout(LOGGED_WAIT, wait).await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
 }
 
 /// The task a repeated idempotency key names, if the request is the same
@@ -306,10 +351,14 @@ async fn read(state: &AppState, id: Uuid) -> Result<TaskRecord, Problem> {
 #[into_params(parameter_in = Query)]
 pub struct TaskQuery {
     /// Where the page starts: the `next` of the page before.
+    #[serde(default, deserialize_with = "whole::int64")]
     pub after: Option<u64>,
     /// Items per page (1 to 1000; 100 by default).
+    #[serde(default, deserialize_with = "whole::count")]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `unfinished` for only pending and running tasks.
+    #[param(inline)]
     pub status: Option<StatusFilter>,
 }
 
@@ -392,6 +441,7 @@ pub async fn cancel(
 #[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// Longest wait in milliseconds (at most 60000; 30000 by default).
+    #[serde(default, deserialize_with = "whole::int64")]
     pub timeout_ms: Option<u64>,
 }
 
