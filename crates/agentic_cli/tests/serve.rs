@@ -608,3 +608,61 @@ async fn the_openapi_document_describes_the_api() {
     );
     assert_eq!(doc["paths"]["/health"]["get"]["security"], json!([{}]));
 }
+
+#[tokio::test]
+async fn metrics_count_requests_commits_and_tasks() {
+    let dir = home();
+    let server = Server::start(dir.path(), &[], &[]);
+    let api = server.api();
+    api.post("/elements", &json!({})).await;
+    api.post(
+        "/tasks",
+        &json!({"handler": "echo", "input": 1, "wait": true}),
+    )
+    .await;
+    api.get("/elements/not-a-uuid").await;
+    Api {
+        token: None,
+        ..server.api()
+    }
+    .get("/metrics")
+    .await
+    .problem(401);
+    let scraped = api.get("/metrics").await;
+    assert_eq!(scraped.status, 200, "{scraped:?}");
+    assert!(
+        scraped
+            .content_type()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = scraped.text;
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no {line_start} in:\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value(r#"lion_http_requests_total{method="POST",route="/elements",status="201"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"lion_http_requests_total{method="GET",route="/elements/{id}",status="400"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"lion_http_requests_total{method="GET",route="/metrics",status="401"}"#),
+        1.0
+    );
+    assert!(
+        value(r#"lion_http_request_duration_seconds_count{method="POST",route="/tasks"}"#) >= 1.0
+    );
+    assert_eq!(value(r#"lion_tasks_ended_total{state="completed"}"#), 1.0);
+    assert_eq!(value(r#"lion_tasks{state="running"}"#), 0.0);
+    assert_eq!(value("lion_events_committed_total"), 4.0, "{text}");
+    assert!(value("lion_commit_groups_total") >= 1.0, "{text}");
+}

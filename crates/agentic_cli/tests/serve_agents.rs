@@ -130,6 +130,12 @@ async fn agents_are_spawned_listed_talked_to_and_stopped() {
     assert_eq!(ada["messages"][3]["content"], "Hello from ada.");
     let last_request = requests.lock().unwrap().last().cloned().unwrap();
     assert!(last_request.contains("Be brief."), "{last_request}");
+    // Two runs of 3 completion tokens each, as the provider reported them.
+    let metrics = api.get("/metrics").await.text;
+    assert!(
+        metrics.contains(r#"lion_llm_tokens_total{kind="completion"} 6"#),
+        "{metrics}"
+    );
     let listed = api.get("/agents").await.json();
     assert_eq!(listed["items"][0]["name"], "ada");
     assert_eq!(listed["items"][0]["messages"], json!([]));

@@ -145,6 +145,12 @@ async fn the_python_sdk_calls_an_exposed_plugin_over_http_with_the_token() {
         )
         .await;
     cross.problem(403);
+    // The calls are counted.
+    let metrics = api.get("/metrics").await.text;
+    assert!(
+        metrics.contains(r#"lion_plugin_calls_total{plugin="hello_world",outcome="succeeded"} 1"#),
+        "{metrics}"
+    );
 }
 
 /// The conformance suite, installed once per target directory.

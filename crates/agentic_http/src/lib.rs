@@ -18,6 +18,7 @@
 //!   streamable HTTP ([`agentic_mcp::PluginTools`]).
 //! - [`openapi`] — the OpenAPI 3.1 document, derived from the handlers.
 //! - [`assets`] — the static pages a browser loads without a token.
+//! - [`metrics`] — `/metrics`, in the Prometheus text format.
 //!
 //! The binary (`agentic_cli`) picks the adapters, starts the kernel and
 //! hands its parts to [`router`] as a [`Kernel`]; [`serve`] runs the router
@@ -26,6 +27,7 @@
 pub mod access;
 pub mod api;
 pub mod assets;
+pub mod metrics;
 pub mod openai;
 pub mod openapi;
 pub mod problem;
@@ -64,7 +66,12 @@ pub struct Kernel {
     /// Where an agent with this spec would run, or why it cannot: the
     /// binary knows the providers.
     pub runs_on: RunsOn,
+    /// The totals of the store's writer in this process, if it keeps them.
+    pub commits: Option<CommitsFn>,
 }
+
+/// (commit groups, events) a store's writer committed so far.
+pub type CommitsFn = Arc<dyn Fn() -> (u64, u64) + Send + Sync>;
 
 /// Where an agent would run (for people), or why it cannot.
 pub type RunsOn = Arc<dyn Fn(&AgentSpec) -> Result<String, String> + Send + Sync>;
@@ -83,6 +90,8 @@ pub struct AppState {
     pub ready: watch::Receiver<bool>,
     /// The agents answering a request through this server.
     pub runs: Arc<api::agents::Busy>,
+    /// What `/metrics` reports.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// The whole HTTP surface of `lion serve` for `kernel`: the API behind the
@@ -106,13 +115,20 @@ pub fn router(
             .disable_allowed_hosts()
             .with_cancellation_token(stopping.child_token()),
     );
-    let log = stream::LogFeed::start(kernel.store.clone(), kernel.orchestrator.clone(), stopping);
+    let metrics = Arc::new(metrics::Metrics::new(kernel.commits.clone()));
+    let log = stream::LogFeed::start(
+        kernel.store.clone(),
+        kernel.orchestrator.clone(),
+        metrics.clone(),
+        stopping,
+    );
     let state = AppState {
         kernel,
         access,
         log,
         ready,
         runs: Arc::default(),
+        metrics,
     };
     api::routes(state, mcp)
 }

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use agentic_core::{EventEnvelope, EventStore, LiveEvent, Orchestrator};
+use agentic_core::{EventEnvelope, EventStore, LiveEvent, Orchestrator, SystemEvent};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -25,12 +25,13 @@ use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
 use crate::api::Query;
 use crate::api::events::{self, EventFilter, EventQuery};
+use crate::metrics::Metrics;
 use crate::problem::Problem;
 
 /// Event streams open at once; one more is refused with 429.
@@ -60,6 +61,8 @@ pub struct LogFeed {
     store: Arc<dyn EventStore>,
     orchestrator: Orchestrator,
     committed: broadcast::Sender<Arc<EventEnvelope>>,
+    /// The last sequence number the feed has passed on.
+    seen: watch::Sender<u64>,
     streams: Arc<Semaphore>,
     stopping: CancellationToken,
 }
@@ -70,6 +73,7 @@ impl LogFeed {
     pub fn start(
         store: Arc<dyn EventStore>,
         orchestrator: Orchestrator,
+        metrics: Arc<Metrics>,
         stopping: CancellationToken,
     ) -> Self {
         let (committed, _) = broadcast::channel(FEED_BUFFER);
@@ -77,15 +81,43 @@ impl LogFeed {
             store,
             orchestrator,
             committed,
+            seen: watch::Sender::new(0),
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             stopping,
         };
-        tokio::spawn(feed.clone().follow());
+        tokio::spawn(feed.clone().follow(metrics.clone()));
+        tokio::spawn(feed.clone().count_chunks(metrics));
         feed
     }
 
+    /// Waits (up to `limit`) until the feed has passed on every event up
+    /// to `seq`.
+    pub async fn caught_up(&self, seq: u64, limit: std::time::Duration) {
+        let mut seen = self.seen.subscribe();
+        let _ = tokio::time::timeout(limit, seen.wait_for(|s| *s >= seq)).await;
+    }
+
+    /// Counts the answer chunks streamed live.
+    async fn count_chunks(self, metrics: Arc<Metrics>) {
+        let mut live = self.orchestrator.subscribe();
+        loop {
+            let event = tokio::select! {
+                () = self.stopping.cancelled() => return,
+                event = live.recv() => event,
+            };
+            match event {
+                Ok(LiveEvent {
+                    seq: None,
+                    event: SystemEvent::LlmDelta { .. },
+                }) => metrics.chunk_streamed(),
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
     /// Broadcasts each committed event, from the head at start on.
-    async fn follow(self) {
+    async fn follow(self, metrics: Arc<Metrics>) {
         let start = match self.store.head().await {
             Ok(head) => head.seq + 1,
             Err(e) => {
@@ -93,6 +125,7 @@ impl LogFeed {
                 return;
             }
         };
+        self.seen.send_replace(start - 1);
         let mut log = self.store.clone().subscribe(start);
         loop {
             let event = tokio::select! {
@@ -101,7 +134,12 @@ impl LogFeed {
             };
             match event {
                 // No receiver is fine: nobody is watching.
-                Ok(event) => drop(self.committed.send(Arc::new(event))),
+                Ok(event) => {
+                    metrics.committed(&event);
+                    let seq = event.seq;
+                    drop(self.committed.send(Arc::new(event)));
+                    self.seen.send_replace(seq);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "the event feed stopped reading the log");
                     return;

@@ -88,6 +88,16 @@ pub async fn serve(
             orchestrator: orchestrator.clone(),
             plugins: plugins.clone(),
             correlation_id: ctx.correlation_id,
+            commits: {
+                let store = store.clone();
+                Some(Arc::new(move || {
+                    let stats = store.commit_stats();
+                    (
+                        stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+                        stats.events.load(std::sync::atomic::Ordering::Relaxed),
+                    )
+                }))
+            },
             runs_on: {
                 let providers = HomeProviders::new(home);
                 Arc::new(move |spec| providers.runs_on(spec).map_err(|e| format!("{e:#}")))

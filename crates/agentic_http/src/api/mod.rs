@@ -34,7 +34,7 @@ pub type McpService = rmcp::transport::streamable_http_server::StreamableHttpSer
     agentic_mcp::PluginTools,
     rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
 >;
-use crate::{AppState, access, assets, openai, openapi, stream};
+use crate::{AppState, access, assets, metrics, openai, openapi, stream};
 
 /// Largest request body accepted: plugin inputs and agent prompts fit with
 /// room to spare; anything bigger is refused with 413 before it is read.
@@ -77,8 +77,13 @@ pub fn routes(state: AppState, mcp: McpService) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
         .route_service("/mcp", mcp)
+        .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), access::guard))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
