@@ -504,6 +504,18 @@ pub enum BenchCommand {
         #[arg(long, value_name = "N,N,…", value_delimiter = ',')]
         appenders: Vec<usize>,
     },
+    /// `lion serve` under load: GET an element and POST a task against
+    /// bare axum and in-process baselines, and the log streamed to 100 SSE
+    /// subscribers against a bare axum SSE endpoint.
+    Serve {
+        /// A short run that only checks every path works (figures mean little).
+        #[arg(long)]
+        quick: bool,
+        /// Where to create the scratch home, on the disk to measure (it is
+        /// removed afterwards) [default: the system temp dir].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Task throughput through the orchestrator (ephemeral and durable),
     /// beside raw tokio channel baselines.
     Runtime {

@@ -280,6 +280,9 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Bench(BenchCommand::Llm { quick, dir }) => {
                 commands::bench_llm::run(ctx, quick, dir).await
             }
+            Command::Bench(BenchCommand::Serve { quick, dir }) => {
+                commands::bench_serve::run(ctx, commands::bench_serve::ServeBench { quick, dir }).await
+            }
             Command::Bench(BenchCommand::Runtime { quick, dir }) => {
                 commands::bench_runtime::run(ctx, quick, dir).await
             }
