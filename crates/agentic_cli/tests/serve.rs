@@ -666,3 +666,32 @@ async fn metrics_count_requests_commits_and_tasks() {
     assert_eq!(value("lion_events_committed_total"), 4.0, "{text}");
     assert!(value("lion_commit_groups_total") >= 1.0, "{text}");
 }
+
+#[test]
+fn bench_serve_quick_runs_every_path() {
+    let dir = home();
+    let bench = run(lion().args([
+        "bench",
+        "serve",
+        "--quick",
+        "--json",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]))
+    .success();
+    let report = bench.json();
+    for path in [
+        "/get_element/lion/per_sec",
+        "/get_element/bare_axum/p99_us",
+        "/get_task_store_read/lion/p50_us",
+        "/post_task/lion/per_sec",
+        "/post_task/in_process/per_sec",
+        "/sse/lion/p99_us",
+        "/sse/bare_axum/p99_us",
+    ] {
+        let value = report.pointer(path).and_then(Value::as_f64);
+        assert!(value.is_some_and(|v| v > 0.0), "{path}: {report}");
+    }
+    // The scratch home is gone.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -41,6 +41,7 @@ use agentic_core::plugin::PluginManager;
 use agentic_core::{EventStore, Orchestrator};
 use agentic_mcp::{Exposure, PluginTools};
 use axum::Router;
+use axum::serve::ListenerExt;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio::net::TcpListener;
@@ -92,6 +93,8 @@ pub struct AppState {
     pub runs: Arc<api::agents::Busy>,
     /// What `/metrics` reports.
     pub metrics: Arc<metrics::Metrics>,
+    /// Elements answered recently (they never change).
+    pub elements: Arc<api::elements::ElementCache>,
 }
 
 /// The whole HTTP surface of `lion serve` for `kernel`: the API behind the
@@ -129,17 +132,24 @@ pub fn router(
         ready,
         runs: Arc::default(),
         metrics,
+        elements: Arc::default(),
     };
     api::routes(state, mcp)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves; requests in
-/// flight then finish.
+/// flight then finish. Connections send at once (`TCP_NODELAY`): a small
+/// event of a stream must not wait for the client's delayed ACK.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

@@ -141,10 +141,34 @@ async fn measure(ctx: Ctx, quick: bool, plan: &Plan, home_dir: &std::path::Path)
         token: None,
         status: 200,
     };
+    let task: Value = serde_json::from_slice(
+        &http
+            .post(format!("{}/tasks", lion.url))
+            .bearer_auth(&lion.token)
+            .header("content-type", "application/json")
+            .body(json!({"handler": "echo", "input": 1, "wait": true}).to_string())
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?,
+    )?;
+    let lion_task = Request {
+        body: None,
+        url: format!(
+            "{}/tasks/{}",
+            lion.url,
+            task["id"].as_str().context("no task id")?
+        ),
+        token: Some(lion.token.clone()),
+        status: 200,
+    };
     let (mut get_lion, mut get_bare) = (Latencies::default(), Latencies::default());
+    let mut get_task = Latencies::default();
     for _ in 0..ROUNDS {
         get_bare = get_bare.merge(hammer(bare_get.clone(), CLIENTS, plan.turn).await?);
         get_lion = get_lion.merge(hammer(lion_get.clone(), CLIENTS, plan.turn).await?);
+        get_task = get_task.merge(hammer(lion_task.clone(), CLIENTS, plan.turn).await?);
     }
 
     eprintln!("bench: POST a durable task…");
@@ -167,9 +191,16 @@ async fn measure(ctx: Ctx, quick: bool, plan: &Plan, home_dir: &std::path::Path)
     let sse_bare = sse_bare(&bare, &feed, &event_text, plan).await?;
     let sse_lion = sse_lion(&lion, plan).await?;
 
-    report(
-        ctx, quick, &get_lion, &get_bare, &post_lion, &post_here, &sse_lion, &sse_bare,
-    )
+    let runs = Runs {
+        get_lion,
+        get_bare,
+        get_task,
+        post_lion,
+        post_here,
+        sse_lion,
+        sse_bare,
+    };
+    report(ctx, quick, &runs)
 }
 
 /// `clients` loops submitting the same task in process, each answered
@@ -260,17 +291,27 @@ fn pacer() -> tokio::time::Interval {
     pace
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report(
-    ctx: Ctx,
-    quick: bool,
-    get_lion: &Latencies,
-    get_bare: &Latencies,
-    post_lion: &Latencies,
-    post_here: &Latencies,
-    sse_lion: &Latencies,
-    sse_bare: &Latencies,
-) -> Result<()> {
+/// What every measurement gave.
+struct Runs {
+    get_lion: Latencies,
+    get_bare: Latencies,
+    get_task: Latencies,
+    post_lion: Latencies,
+    post_here: Latencies,
+    sse_lion: Latencies,
+    sse_bare: Latencies,
+}
+
+fn report(ctx: Ctx, quick: bool, runs: &Runs) -> Result<()> {
+    let Runs {
+        get_lion,
+        get_bare,
+        get_task,
+        post_lion,
+        post_here,
+        sse_lion,
+        sse_bare,
+    } = runs;
     let get_ratio = get_lion.quantile(0.5) / get_bare.quantile(0.5).max(f64::MIN_POSITIVE);
     let get_rate_ratio = get_bare.rate() / get_lion.rate().max(f64::MIN_POSITIVE);
     let sse_ratio = sse_lion.quantile(0.99) / sse_bare.quantile(0.99).max(f64::MIN_POSITIVE);
@@ -281,6 +322,7 @@ fn report(
         return output::json(&json!({
             "get_element": {"lion": shape(get_lion), "bare_axum": shape(get_bare),
                             "p50_ratio": get_ratio, "rate_ratio": get_rate_ratio, "pass": get_ok},
+            "get_task_store_read": {"lion": shape(get_task)},
             "post_task": {"lion": shape(post_lion), "in_process": shape(post_here)},
             "sse": {"lion": shape(sse_lion), "bare_axum": shape(sse_bare),
                     "p99_ratio": sse_ratio, "pass": sse_ok},
@@ -324,6 +366,18 @@ fn report(
         p99,
         format!("{get_ratio:.2}x p50, {get_rate_ratio:.2}x fewer/s"),
         format!("within 2x: {}", verdict(get_ok)),
+    ]);
+    let [r, p50, p99] = row(get_task);
+    t.add_row([
+        "GET task: lion serve (a store read each time)".into(),
+        r,
+        p50,
+        p99,
+        format!(
+            "{:.2}x p50 of the bare element",
+            get_task.quantile(0.5) / get_bare.quantile(0.5).max(f64::MIN_POSITIVE)
+        ),
+        String::new(),
     ]);
     let [r, p50, p99] = row(post_here);
     t.add_row([
