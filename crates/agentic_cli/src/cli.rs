@@ -151,9 +151,18 @@ pub struct ServeArgs {
     #[arg(long = "allow-host", value_name = "HOST:PORT")]
     pub allow_hosts: Vec<String>,
 
+    /// The TLS certificate chain (PEM), with --tls-key: the server then
+    /// speaks HTTPS only. Needed for an address other than loopback.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Listen on a non-loopback address without TLS: the token and every
     /// answer then cross the network in clear text.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tls_cert")]
     pub insecure_no_tls: bool,
 
     /// Print the home's API token (creating it on first use) and exit.

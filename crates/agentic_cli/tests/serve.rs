@@ -695,3 +695,88 @@ fn bench_serve_quick_runs_every_path() {
     // The scratch home is gone.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// A self-signed certificate for localhost and 127.0.0.1, made by the
+/// `openssl` command: (certificate, key).
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (the TLS test makes its certificate with it)");
+    assert!(made.status.success(), "{made:?}");
+    (cert, key)
+}
+
+#[tokio::test]
+async fn tls_serves_https_only_with_secure_cookies() {
+    let dir = home();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(certs.path());
+    let server = Server::start(
+        dir.path(),
+        &[],
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+    let api = Api {
+        client: reqwest::Client::builder()
+            .add_root_certificate(root)
+            .build()
+            .unwrap(),
+        ..server.api()
+    };
+    assert_eq!(api.get("/health").await.status, 200);
+    let created = api.post("/elements", &json!({})).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let signed_in = Api {
+        token: None,
+        ..api.clone()
+    }
+    .post("/auth/session", &json!({"token": server.token}))
+    .await;
+    let cookie = signed_in.headers["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("Secure"), "{cookie}");
+    // Plain HTTP on the TLS port gets nothing.
+    let plain = reqwest::Client::new()
+        .get(server.url.replace("https://", "http://") + "/health")
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+    // A key that is not one is one line, before anything starts.
+    let bad = run(lion_at(dir.path()).args([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        cert.to_str().unwrap(),
+    ]));
+    let line = bad.error_line(1);
+    assert!(line.contains("cert.pem"), "{line}");
+}

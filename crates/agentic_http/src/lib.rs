@@ -18,6 +18,7 @@
 //!   streamable HTTP ([`agentic_mcp::PluginTools`]).
 //! - [`openapi`] — the OpenAPI 3.1 document, derived from the handlers.
 //! - [`assets`] — the static pages a browser loads without a token.
+//! - [`tls`] — TLS for addresses other than loopback.
 //! - [`metrics`] — `/metrics`, in the Prometheus text format.
 //!
 //! The binary (`agentic_cli`) picks the adapters, starts the kernel and
@@ -32,6 +33,7 @@ pub mod openai;
 pub mod openapi;
 pub mod problem;
 pub mod stream;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -150,6 +152,17 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// As [`serve`], over TLS.
+pub async fn serve_tls(
+    listener: tls::TlsListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

@@ -54,10 +54,14 @@ pub async fn serve(
         return Ok(());
     }
     let loopback = args.addr.ip().is_loopback();
-    if !loopback && !args.insecure_no_tls {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(agentic_http::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    if !loopback && tls.is_none() && !args.insecure_no_tls {
         bail!(
-            "{} is not a loopback address: lion serves other addresses only over TLS, which is not built yet; \
-             pass --insecure-no-tls to serve it in clear text anyway",
+            "{} is not a loopback address: serve it over TLS (--tls-cert and --tls-key), \
+             or pass --insecure-no-tls to serve it in clear text anyway",
             args.addr
         );
     }
@@ -68,7 +72,7 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let local = listener.local_addr()?;
-    if !loopback {
+    if !loopback && tls.is_none() {
         eprintln!(
             "warning: serving {local} without TLS (--insecure-no-tls): the token and every answer cross the network in clear text"
         );
@@ -76,7 +80,7 @@ pub async fn serve(
     let access = Arc::new(Access::new(
         home,
         &allowed_hosts(local, &args.allow_hosts),
-        false,
+        tls.is_some(),
     )?);
     let (plugins, orchestrator) = start(home, &store, ctx, args.concurrency)?;
     let _live = live::serve(home, &orchestrator)?;
@@ -108,12 +112,24 @@ pub async fn serve(
         stopping.clone(),
         super::mcp::exposure(&args.mcp)?,
     );
-    let http = tokio::spawn(agentic_http::serve(
-        listener,
-        router,
-        stopping.clone().cancelled_owned(),
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let http = match tls {
+        Some(acceptor) => tokio::spawn(agentic_http::serve_tls(
+            agentic_http::tls::TlsListener::new(listener, acceptor)?,
+            router,
+            stopping.clone().cancelled_owned(),
+        )),
+        None => tokio::spawn(agentic_http::serve(
+            listener,
+            router,
+            stopping.clone().cancelled_owned(),
+        )),
+    };
+    tokio::spawn(announce(
+        format!("{scheme}://{local}"),
+        ready,
+        home.to_owned(),
     ));
-    tokio::spawn(announce(local, ready, home.to_owned()));
     // The first signal stops the HTTP side taking new requests, as it stops
     // the kernel taking new work.
     let first = {
@@ -162,7 +178,7 @@ fn allowed_hosts(local: SocketAddr, extra: &[String]) -> Vec<String> {
 }
 
 /// Prints the ready line once the kernel is ready.
-async fn announce(local: SocketAddr, mut ready: watch::Receiver<bool>, home: std::path::PathBuf) {
+async fn announce(url: String, mut ready: watch::Receiver<bool>, home: std::path::PathBuf) {
     if ready.wait_for(|r| *r).await.is_err() {
         return;
     }
@@ -172,6 +188,6 @@ async fn announce(local: SocketAddr, mut ready: watch::Receiver<bool>, home: std
         std::process::id()
     );
     let mut stdout = std::io::stdout();
-    let _ = writeln!(stdout, "lion serve: listening on http://{local}");
+    let _ = writeln!(stdout, "lion serve: listening on {url}");
     let _ = stdout.flush();
 }
