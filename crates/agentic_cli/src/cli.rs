@@ -174,6 +174,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub rotate_token: bool,
 
+    /// A directory of plugin manifests the API may install from (`POST
+    /// /plugins`); without it, installing over HTTP is off.
+    #[arg(long, value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
+
     /// The plugin functions `/mcp` offers.
     #[command(flatten)]
     pub mcp: McpExpose,

@@ -278,3 +278,63 @@ fn the_mcp_conformance_suite_passes_against_mcp() {
         "{kinds:?}"
     );
 }
+
+#[tokio::test]
+async fn plugins_are_installed_only_from_the_plugin_directory_then_called() {
+    let dir = scratch();
+    let home = dir.path().join("home");
+    // Without a plugin directory, installing over HTTP is off.
+    let closed = Server::start(&home, &[], &[]);
+    let refused = closed
+        .api()
+        .post("/plugins", &json!({"manifest": "hello_world/plugin.toml"}))
+        .await;
+    assert!(refused.problem(403).contains("--plugin-dir"));
+    drop(closed);
+    let dist = plugin_dist();
+    let server = Server::start(&home, &[], &["--plugin-dir", dist.to_str().unwrap()]);
+    let api = server.api();
+    let install = json!({"manifest": "hello_world/plugin.toml", "grant": ["interface:log"]});
+    let installed = api.post("/plugins", &install).await;
+    assert_eq!(installed.status, 201, "{installed:?}");
+    assert_eq!(installed.json()["name"], "hello_world");
+    api.post("/plugins", &install).await.problem(409);
+    // Nothing outside the directory, however it is named.
+    let outside = api
+        .post(
+            "/plugins",
+            &json!({"manifest": "../servers/echo/plugin.toml"}),
+        )
+        .await;
+    assert!(outside.problem(403).contains("plugin directory"));
+    api.post("/plugins", &json!({"manifest": "/etc/passwd"}))
+        .await
+        .problem(403);
+    api.post("/plugins", &json!({"manifest": "nope/plugin.toml"}))
+        .await
+        .problem(404);
+    let listed = api.get("/plugins").await.json();
+    assert_eq!(listed["items"][0]["name"], "hello_world");
+    let info = api.get("/plugins/hello_world").await.json();
+    assert_eq!(info["kind"], "wasm");
+    assert!(
+        info["functions"]["greet"]["input_schema"].is_object(),
+        "{info}"
+    );
+    let called = api
+        .post("/plugins/hello_world/call/greet", &json!({"name": "Ada"}))
+        .await;
+    assert_eq!(called.status, 200, "{called:?}");
+    assert_eq!(called.json()["output"]["greeting"], "Hello, Ada!");
+    let bad = api
+        .post("/plugins/hello_world/call/greet", &json!({"nom": "Ada"}))
+        .await;
+    assert!(bad.problem(422).contains("schema"));
+    api.post("/plugins/hello_world/call/wave", &json!({}))
+        .await
+        .problem(404);
+    api.get("/plugins/nope").await.problem(404);
+    // Both calls are in the log.
+    let failed = api.get("/events?type=plugin_failed").await.json();
+    assert_eq!(failed["items"].as_array().unwrap().len(), 1, "{failed}");
+}

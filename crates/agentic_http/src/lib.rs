@@ -36,6 +36,7 @@ pub mod stream;
 pub mod tls;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentic_core::llm::AgentSpec;
@@ -71,6 +72,9 @@ pub struct Kernel {
     pub runs_on: RunsOn,
     /// The totals of the store's writer in this process, if it keeps them.
     pub commits: Option<CommitsFn>,
+    /// The directory whose plugin manifests may be installed over HTTP
+    /// (canonical); `None`: installing over HTTP is off.
+    pub plugin_dir: Option<PathBuf>,
 }
 
 /// (commit groups, events) a store's writer committed so far.

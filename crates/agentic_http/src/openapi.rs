@@ -31,7 +31,7 @@ use crate::{access, stream};
         elements::create, elements::show, elements::list,
         tasks::submit, tasks::show, tasks::list, tasks::cancel, tasks::wait,
         agents::spawn, agents::show, agents::list, agents::stop, agents::send,
-        plugins::list, plugins::info, plugins::call,
+        plugins::list, plugins::install, plugins::info, plugins::call,
         events::list, events::verify, stream::events,
     ),
     modifiers(&Shared),

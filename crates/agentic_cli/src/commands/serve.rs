@@ -65,6 +65,13 @@ pub async fn serve(
             args.addr
         );
     }
+    let plugin_dir = match &args.plugin_dir {
+        Some(dir) => Some(
+            dir.canonicalize()
+                .with_context(|| format!("the plugin directory {}", dir.display()))?,
+        ),
+        None => None,
+    };
     let store = open()?;
     let _lease = lease::acquire(home)?;
     let signals = count_signals()?;
@@ -92,6 +99,7 @@ pub async fn serve(
             orchestrator: orchestrator.clone(),
             plugins: plugins.clone(),
             correlation_id: ctx.correlation_id,
+            plugin_dir,
             commits: {
                 let store = store.clone();
                 Some(Arc::new(move || {

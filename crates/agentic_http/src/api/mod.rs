@@ -68,7 +68,7 @@ pub fn routes(state: AppState, mcp: McpService) -> Router {
         .route("/agents/{name}", get(agents::show))
         .route("/agents/{name}/stop", post(agents::stop))
         .route("/agents/{name}/messages", post(agents::send))
-        .route("/plugins", get(plugins::list))
+        .route("/plugins", get(plugins::list).post(plugins::install))
         .route("/plugins/{name}", get(plugins::info))
         .route("/plugins/{name}/call/{function}", post(plugins::call))
         .route("/events", get(events::list))

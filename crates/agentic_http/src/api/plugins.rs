@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use agentic_core::plugin::{CallOptions, PluginRecord, PluginStatus};
+use agentic_core::plugin::{CallOptions, PluginManager, PluginRecord, PluginStatus};
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
@@ -100,6 +100,64 @@ pub async fn list(
     let (after, limit) = paging.read()?;
     let page = state.kernel.store.plugins(after, limit).await?;
     Ok(Json(Listed::of(page, Plugin::from)))
+}
+
+/// A plugin to install from the operator's plugin directory.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPlugin {
+    /// Its manifest, relative to the directory `lion serve --plugin-dir`
+    /// names (e.g. `hello_world/plugin.toml`).
+    pub manifest: String,
+    /// What it is granted, as `lion plugin install --grant` takes it
+    /// (`interface:log`, `dir:NAME:ro`, `host:NAME:PORT`, …).
+    #[serde(default)]
+    pub grant: Vec<String>,
+}
+
+/// Installs a plugin whose manifest the operator put in the plugin
+/// directory (`lion serve --plugin-dir DIR`): nothing outside it can be
+/// installed over HTTP, and nothing at all without it (403).
+#[utoipa::path(post, path = "/plugins", tag = "plugins", request_body = NewPlugin,
+    responses((status = 201, body = Plugin),
+        (status = 403, body = Problem, description = "No plugin directory, or a manifest outside it"),
+        (status = 404, body = Problem, description = "No such manifest in the plugin directory"),
+        (status = 409, body = Problem, description = "Already installed"),
+        (status = 422, body = Problem, description = "The manifest, component or grant is refused")))]
+pub async fn install(
+    State(state): State<AppState>,
+    super::Body(new): super::Body<NewPlugin>,
+) -> Result<(axum::http::StatusCode, Json<Plugin>), Problem> {
+    let Some(dir) = &state.kernel.plugin_dir else {
+        return Err(Problem::forbidden(
+            "installing plugins over HTTP is off: start lion serve with --plugin-dir DIR",
+        ));
+    };
+    let manifest = confined(dir, &new.manifest)?;
+    let manifest = PluginManager::read_manifest(&manifest)?;
+    if let Some(component) = &manifest.component {
+        confined(dir, &component.path.to_string_lossy())?;
+    }
+    let grant = manifest
+        .grant_from(&new.grant)
+        .map_err(|e| Problem::unprocessable(e.to_string()))?;
+    let record = state.kernel.plugins.install(manifest, grant).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(record.into())))
+}
+
+/// `path` (relative to `dir`, or absolute) as a file inside `dir`, links
+/// resolved: 404 if there is none, 403 if it lies outside.
+fn confined(dir: &std::path::Path, path: &str) -> Result<std::path::PathBuf, Problem> {
+    let resolved = dir
+        .join(path)
+        .canonicalize()
+        .map_err(|_| Problem::not_found(format!("no file {path} in the plugin directory")))?;
+    if !resolved.starts_with(dir) || !resolved.is_file() {
+        return Err(Problem::forbidden(format!(
+            "{path} is not a file inside the plugin directory"
+        )));
+    }
+    Ok(resolved)
 }
 
 /// One installed plugin.

@@ -74,6 +74,7 @@ impl Lion {
                     providers.runs_on(spec).map_err(|e| format!("{e:#}"))
                 }),
                 commits: None,
+                plugin_dir: None,
             },
             access,
             ready.clone(),
