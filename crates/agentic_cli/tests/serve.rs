@@ -328,6 +328,17 @@ async fn tasks_run_on_the_kernel_with_idempotency_cancel_and_wait() {
         )
         .await;
     assert!(other.problem(409).contains(&id));
+    // Racing submissions of one key with different requests: never two
+    // answers claiming the task for different inputs.
+    for n in 0..10 {
+        let key = format!("race-{n}");
+        let a = json!({"handler": "echo", "input": "a", "idempotency_key": key});
+        let b = json!({"handler": "echo", "input": "b", "idempotency_key": key});
+        let (ra, rb) = tokio::join!(api.post("/tasks", &a), api.post("/tasks", &b));
+        let accepted = [&ra, &rb].iter().filter(|r| r.status < 300).count();
+        assert_eq!(accepted, 1, "{ra:?} {rb:?}");
+        assert!([&ra, &rb].iter().any(|r| r.status == 409), "{ra:?} {rb:?}");
+    }
     let waited = api
         .get(&format!("/tasks/{id}/wait?timeout_ms=10000"))
         .await
@@ -357,7 +368,7 @@ async fn tasks_run_on_the_kernel_with_idempotency_cancel_and_wait() {
     let unfinished = api.get("/tasks?status=unfinished").await.json();
     assert_eq!(unfinished["items"], json!([]), "{unfinished}");
     let all = api.get("/tasks").await.json();
-    assert_eq!(all["items"].as_array().unwrap().len(), 3, "{all}");
+    assert_eq!(all["items"].as_array().unwrap().len(), 13, "{all}");
     // Over HTTP a task is always logged: no ephemeral tasks.
     api.post(
         "/tasks",
@@ -621,6 +632,12 @@ async fn metrics_count_requests_commits_and_tasks() {
     )
     .await;
     api.get("/elements/not-a-uuid").await;
+    // An invented method is counted as `other`: clients cannot grow the
+    // label set.
+    let odd = api
+        .send(api.request(Method::from_bytes(b"X-ODD").unwrap(), "/health"))
+        .await;
+    assert_eq!(odd.status, 405, "{odd:?}");
     Api {
         token: None,
         ..server.api()
@@ -656,6 +673,10 @@ async fn metrics_count_requests_commits_and_tasks() {
     );
     assert_eq!(
         value(r#"lion_http_requests_total{method="GET",route="/metrics",status="401"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"lion_http_requests_total{method="other",route="/health",status="405"}"#),
         1.0
     );
     assert!(

@@ -268,7 +268,7 @@ async fn one_run_per_agent_and_a_client_that_leaves_cancels_its_run() {
         .recv()
         .await
         .expect("lion closed the provider's stream");
-    // And the agent is free again.
+    // The run is recorded as a cancelled agent task.
     let run_id = cancelled["event"]["task_cancelled"]["task_id"]
         .as_str()
         .unwrap();

@@ -299,6 +299,14 @@ async fn plugins_are_installed_only_from_the_plugin_directory_then_called() {
     assert_eq!(installed.status, 201, "{installed:?}");
     assert_eq!(installed.json()["name"], "hello_world");
     api.post("/plugins", &install).await.problem(409);
+    // A host path of the client's choosing is never granted over HTTP.
+    let escape = api
+        .post(
+            "/plugins",
+            &json!({"manifest": "dir_reader/plugin.toml", "grant": ["dir:/data=/etc:ro"]}),
+        )
+        .await;
+    assert!(escape.problem(403).contains("host path"));
     // Nothing outside the directory, however it is named.
     let outside = api
         .post(

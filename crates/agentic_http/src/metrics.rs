@@ -236,7 +236,7 @@ impl Metrics {
 
 /// The middleware counting and timing every request.
 pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -259,6 +259,22 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
 
 /// Longest a scrape waits for the event feed to count what is committed.
 const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A method as a label: the standard ones by name, any other as `other`,
+/// so a client inventing methods cannot grow the label set.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
 
 /// `GET /metrics`: every event committed before the scrape is counted.
 pub async fn scrape(State(state): State<AppState>) -> Result<Response, Problem> {

@@ -7,11 +7,15 @@
 //! `event: live`, without an id: they are for watching, and a slow client
 //! may miss some (it is told, as `event: missed`).
 //!
-//! Memory never grows with a slow or stalled client. One task follows the
-//! log for the whole server and broadcasts each committed event once
-//! ([`LogFeed`]); a client that falls behind that bounded broadcast reads
-//! what it missed from the store, a page at a time, and rejoins it. The
-//! number of open streams is bounded too ([`MAX_STREAMS`], then 429).
+//! Memory is bounded whatever the clients do. One task follows the log for
+//! the whole server and broadcasts each committed event once ([`LogFeed`])
+//! into a ring of [`FEED_BUFFER`] slots; an event over [`FEED_INLINE_MAX`]
+//! bytes travels as its sequence number only, for each reader to fetch, so
+//! the ring holds at most `FEED_BUFFER × FEED_INLINE_MAX` bytes of events
+//! (16 MiB) however slow its slowest reader. A client that falls behind the
+//! ring reads what it missed from the store, [`CATCH_UP_BATCH`] events at a
+//! time, and rejoins it. Open streams are bounded ([`MAX_STREAMS`], then
+//! 429).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -39,10 +43,35 @@ pub const MAX_STREAMS: usize = 1024;
 
 /// Committed events the broadcast holds for its slowest reader; one that
 /// falls further behind reads from the store instead.
-const FEED_BUFFER: usize = 4096;
+pub const FEED_BUFFER: usize = 1024;
+
+/// The largest event (payload bytes) the broadcast carries whole.
+pub const FEED_INLINE_MAX: usize = 16 * 1024;
 
 /// Events read from the store per round trip while a client catches up.
-const CATCH_UP_BATCH: usize = 256;
+pub const CATCH_UP_BATCH: usize = 64;
+
+/// How long the feed waits before following the log again after the
+/// store failed it.
+const FEED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One committed event as the feed passes it on.
+#[derive(Debug, Clone)]
+enum Fed {
+    /// A small event, whole.
+    Event(Arc<EventEnvelope>),
+    /// A large one, by sequence number: readers fetch it.
+    Large(u64),
+}
+
+impl Fed {
+    fn seq(&self) -> u64 {
+        match self {
+            Fed::Event(e) => e.seq,
+            Fed::Large(seq) => *seq,
+        }
+    }
+}
 
 /// One Server-Sent Event, as the document describes a stream's items.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -60,7 +89,7 @@ pub struct SseEvent {
 pub struct LogFeed {
     store: Arc<dyn EventStore>,
     orchestrator: Orchestrator,
-    committed: broadcast::Sender<Arc<EventEnvelope>>,
+    committed: broadcast::Sender<Fed>,
     /// The last sequence number the feed has passed on.
     seen: watch::Sender<u64>,
     streams: Arc<Semaphore>,
@@ -116,34 +145,52 @@ impl LogFeed {
         }
     }
 
-    /// Broadcasts each committed event, from the head at start on.
+    /// Broadcasts each committed event, from the head at start on; a store
+    /// error pauses it ([`FEED_RETRY`]), and it goes on where it was.
     async fn follow(self, metrics: Arc<Metrics>) {
-        let start = match self.store.head().await {
-            Ok(head) => head.seq + 1,
-            Err(e) => {
-                tracing::error!(error = %e, "the event feed cannot read the log's head");
-                return;
+        let mut next = loop {
+            match self.store.head().await {
+                Ok(head) => break head.seq + 1,
+                Err(e) => {
+                    tracing::error!(error = %e, "the event feed cannot read the log's head; retrying");
+                    tokio::select! {
+                        () = self.stopping.cancelled() => return,
+                        () = tokio::time::sleep(FEED_RETRY) => {}
+                    }
+                }
             }
         };
-        self.seen.send_replace(start - 1);
-        let mut log = self.store.clone().subscribe(start);
+        self.seen.send_replace(next - 1);
         loop {
-            let event = tokio::select! {
+            let mut log = self.store.clone().subscribe(next);
+            loop {
+                let event = tokio::select! {
+                    () = self.stopping.cancelled() => return,
+                    event = log.next() => event,
+                };
+                match event {
+                    // No receiver is fine: nobody is watching.
+                    Ok(event) => {
+                        metrics.committed(&event);
+                        let seq = event.seq;
+                        let fed = if event.payload.len() > FEED_INLINE_MAX {
+                            Fed::Large(seq)
+                        } else {
+                            Fed::Event(Arc::new(event))
+                        };
+                        drop(self.committed.send(fed));
+                        self.seen.send_replace(seq);
+                        next = seq + 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the event feed cannot read the log; retrying");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
                 () = self.stopping.cancelled() => return,
-                event = log.next() => event,
-            };
-            match event {
-                // No receiver is fine: nobody is watching.
-                Ok(event) => {
-                    metrics.committed(&event);
-                    let seq = event.seq;
-                    drop(self.committed.send(Arc::new(event)));
-                    self.seen.send_replace(seq);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "the event feed stopped reading the log");
-                    return;
-                }
+                () = tokio::time::sleep(FEED_RETRY) => {}
             }
         }
     }
@@ -176,7 +223,9 @@ pub async fn events(
         })
         .transpose()?;
     let from = match resume {
-        Some(seq) => seq + 1,
+        Some(seq) => seq
+            .checked_add(1)
+            .ok_or_else(|| Problem::bad_request("Last-Event-ID is past any sequence number"))?,
         None => query.from.unwrap_or(1).max(1),
     };
     let filter = EventFilter::of(&query);
@@ -205,7 +254,7 @@ pub async fn events(
 
 /// One client's position in the log.
 struct Reader {
-    committed: broadcast::Receiver<Arc<EventEnvelope>>,
+    committed: broadcast::Receiver<Fed>,
     live: Option<broadcast::Receiver<LiveEvent>>,
     store: Arc<dyn EventStore>,
     kind: Option<String>,
@@ -241,6 +290,9 @@ impl Reader {
     }
 
     async fn step(&mut self) -> Next {
+        if self.stopping.is_cancelled() {
+            return Next::End;
+        }
         if let Some(e) = self.ready.pop_front() {
             return self.committed_event(&e);
         }
@@ -261,10 +313,10 @@ impl Reader {
             biased;
             () = self.stopping.cancelled() => Next::End,
             e = self.committed.recv() => match e {
-                Ok(e) if e.seq < self.next => Next::Skip,
-                Ok(e) if e.seq == self.next => self.committed_event(&e),
-                // A gap (the feed was ahead when this client caught up):
-                // the store has it.
+                Ok(fed) if fed.seq() < self.next => Next::Skip,
+                Ok(Fed::Event(e)) if e.seq == self.next => self.committed_event(&e),
+                // A large event, or a gap (the feed was ahead when this
+                // client caught up): the store has it.
                 Ok(_) | Err(RecvError::Lagged(_)) => {
                     self.catching_up = true;
                     Next::Skip

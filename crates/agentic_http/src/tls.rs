@@ -3,7 +3,8 @@
 //!
 //! Handshakes run beside the accept loop, each in a task of its own with a
 //! deadline, so a client that connects and says nothing delays nobody; at
-//! most [`MAX_HANDSHAKES`] run at once, and finished connections wait in a
+//! most [`MAX_HANDSHAKES`] run at once (a connection beyond them is closed,
+//! never left to block the loop), and finished connections wait in a
 //! bounded queue for the server to take them.
 
 use std::net::SocketAddr;
@@ -20,10 +21,11 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 
 /// Longest a client may take to complete its handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Handshakes in progress at once; more connections wait to be accepted.
-pub const MAX_HANDSHAKES: usize = 256;
+/// Handshakes in progress at once; a connection beyond them is closed at
+/// once (accepting never stops, so idle sockets cannot lock clients out).
+pub const MAX_HANDSHAKES: usize = 1024;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +85,6 @@ impl TlsListener {
         let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
                 let (stream, peer) = match tcp.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -101,6 +100,10 @@ impl TlsListener {
                 if done.is_closed() {
                     return;
                 }
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many TLS handshakes at once: connection closed");
+                    continue;
+                };
                 let (acceptor, sender) = (acceptor.clone(), done.clone());
                 tokio::spawn(async move {
                     let _slot = slot;

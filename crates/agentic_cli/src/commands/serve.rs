@@ -28,6 +28,7 @@ use super::run::{count_signals, start, stopped, wait_for};
 use crate::cli::ServeArgs;
 use crate::providers::HomeProviders;
 use crate::{lease, live};
+use agentic_llm::local::{ModelSpec, parse_spec};
 
 /// How long a stopping server waits for its connections to close after the
 /// kernel has stopped.
@@ -112,7 +113,18 @@ pub async fn serve(
             },
             runs_on: {
                 let providers = HomeProviders::new(home);
-                Arc::new(move |spec| providers.runs_on(spec).map_err(|e| format!("{e:#}")))
+                Arc::new(move |spec| {
+                    // A model file on disk is the operator's choice (lion
+                    // agent spawn): a client names catalog models only.
+                    if let Some(model) = &spec.model
+                        && let Ok(ModelSpec::File(_)) = parse_spec(model)
+                    {
+                        return Err(format!(
+                            "{model} names a model file: over HTTP only catalog models (lion model list)"
+                        ));
+                    }
+                    providers.runs_on(spec).map_err(|e| format!("{e:#}"))
+                })
             },
         },
         access,
@@ -121,31 +133,50 @@ pub async fn serve(
         super::mcp::exposure(&args.mcp)?,
     );
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let http = match tls {
-        Some(acceptor) => tokio::spawn(agentic_http::serve_tls(
-            agentic_http::tls::TlsListener::new(listener, acceptor)?,
-            router,
-            stopping.clone().cancelled_owned(),
-        )),
-        None => tokio::spawn(agentic_http::serve(
-            listener,
-            router,
-            stopping.clone().cancelled_owned(),
-        )),
+    // Cancelled once the HTTP server has stopped (its connections closed).
+    let http_done = CancellationToken::new();
+    let http = {
+        let (stopping, done) = (stopping.clone(), http_done.clone());
+        let listener = match tls {
+            Some(acceptor) => Either::Tls(agentic_http::tls::TlsListener::new(listener, acceptor)?),
+            None => Either::Plain(listener),
+        };
+        tokio::spawn(async move {
+            let served = match listener {
+                Either::Tls(l) => {
+                    agentic_http::serve_tls(l, router, stopping.cancelled_owned()).await
+                }
+                Either::Plain(l) => {
+                    agentic_http::serve(l, router, stopping.cancelled_owned()).await
+                }
+            };
+            done.cancel();
+            served
+        })
     };
     tokio::spawn(announce(
         format!("{scheme}://{local}"),
         ready,
         home.to_owned(),
     ));
-    // The first signal stops the HTTP side taking new requests, as it stops
-    // the kernel taking new work.
+    // The first signal stops the HTTP side taking requests and ends the
+    // event streams; once the requests in flight have finished (at most
+    // CLOSE_WAIT), the kernel stops taking work and drains its tasks, and
+    // only then closes the plugin manager: no call a request made is left
+    // unrecorded.
     let first = {
-        let signals = signals.clone();
-        let stopping = stopping.clone();
+        let (signals, stopping, done) = (signals.clone(), stopping.clone(), http_done.clone());
         async move {
             wait_for(signals, 1).await;
             stopping.cancel();
+            if tokio::time::timeout(CLOSE_WAIT, done.cancelled())
+                .await
+                .is_err()
+            {
+                eprintln!(
+                    "warning: connections still open after {CLOSE_WAIT:?}; the kernel stops anyway"
+                );
+            }
         }
     };
     let store: Arc<dyn EventStore> = store;
@@ -167,6 +198,12 @@ pub async fn serve(
     }
     stopped(report?);
     Ok(())
+}
+
+/// The listener, plain or TLS.
+enum Either {
+    Plain(TcpListener),
+    Tls(agentic_http::tls::TlsListener),
 }
 
 /// The `Host` values the server answers to: its address and, on loopback,

@@ -20,6 +20,8 @@ pub struct Server {
     /// The home it serves.
     pub home: PathBuf,
     stderr: Arc<Mutex<String>>,
+    /// The thread copying its stderr: it ends with the pipe.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Server {
@@ -48,7 +50,7 @@ impl Server {
         let stderr = Arc::new(Mutex::new(String::new()));
         let kept = stderr.clone();
         let err = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 kept.lock().unwrap().push_str(&format!("{line}\n"));
             }
@@ -76,6 +78,7 @@ impl Server {
             token,
             home: home.to_owned(),
             stderr,
+            reader: Some(reader),
         }
     }
 
@@ -93,12 +96,9 @@ impl Server {
     pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
         signal(self.child.id(), libc::SIGTERM);
         let status = self.child.wait().expect("wait for lion serve");
-        // The stderr thread ends with the pipe.
-        for _ in 0..100 {
-            if self.stderr().contains("lion kernel stopped") {
-                break;
-            }
-            std::thread::yield_now();
+        // All of its stderr, once the pipe has closed.
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("stderr reader");
         }
         (status, self.stderr())
     }

@@ -117,8 +117,11 @@ impl Access {
     /// Access to a server on `home` (creating its token on first start),
     /// answering to `allowed_hosts` (host:port, any case).
     pub fn new(home: &Path, allowed_hosts: &[String], tls: bool) -> Result<Self, AccessError> {
-        let token = Token::load_or_create(home)?;
+        Token::load_or_create(home)?;
+        // The file's version first, then its token: a rotation between the
+        // two is seen at the first request, never missed.
         let stamp = Stamp::of(&token::path(home))?;
+        let token = Token::load(home)?;
         Ok(Self {
             home: home.to_owned(),
             allowed_hosts: allowed_hosts
@@ -155,9 +158,17 @@ impl Access {
     }
 
     /// Whether `host` (a `Host` header, or an `Origin`'s host and port)
-    /// names this server.
+    /// names this server. Browsers leave the scheme's default port out
+    /// (443 with TLS, 80 without): `name` is read as `name:443` (or `:80`).
     fn host_allowed(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
+        let mut host = host.to_ascii_lowercase();
+        let has_port = host
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+            && !host.ends_with(']');
+        if !has_port {
+            host.push_str(if self.tls { ":443" } else { ":80" });
+        }
         self.allowed_hosts.contains(&host)
     }
 }
@@ -393,6 +404,24 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(COOKIE, HeaderValue::from_static("lion_sessionx=abc"));
         assert_eq!(session_cookie(&headers), None);
+    }
+
+    #[test]
+    fn hosts_match_with_their_default_ports() {
+        let home = tempfile::tempdir().unwrap();
+        let hosts = [
+            "lion.example:443".to_owned(),
+            "127.0.0.1:4710".to_owned(),
+            "[::1]:4710".to_owned(),
+        ];
+        let tls = Access::new(home.path(), &hosts, true).unwrap();
+        assert!(tls.host_allowed("LION.example"));
+        assert!(tls.host_allowed("lion.example:443"));
+        assert!(!tls.host_allowed("lion.example:80"));
+        assert!(tls.host_allowed("127.0.0.1:4710"));
+        assert!(tls.host_allowed("[::1]:4710"));
+        assert!(!tls.host_allowed("[::1]"));
+        assert!(!tls.host_allowed("evil.example"));
     }
 
     #[test]

@@ -346,7 +346,7 @@ pub struct Busy {
 
 impl Busy {
     /// Marks `name` busy until the guard drops; `None` if it already is.
-    fn claim(self: &Arc<Self>, name: &str) -> Option<BusyGuard> {
+    pub fn claim(self: &Arc<Self>, name: &str) -> Option<BusyGuard> {
         let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
         names.insert(name.to_owned()).then(|| BusyGuard {
             busy: self.clone(),
@@ -357,7 +357,7 @@ impl Busy {
 
 /// Frees its agent when dropped.
 #[derive(Debug)]
-struct BusyGuard {
+pub struct BusyGuard {
     busy: Arc<Busy>,
     name: String,
 }
@@ -439,7 +439,11 @@ pub struct AgentRun {
     ended: bool,
     /// Text streamed so far, to send what a slow reader missed at the end.
     streamed: String,
-    _busy: BusyGuard,
+    /// Set once live events were missed: deltas stop, and the rest of the
+    /// answer comes whole at the end.
+    gap: bool,
+    /// Holds the agent until the run has ended (even after a drop).
+    busy: Option<BusyGuard>,
 }
 
 impl AgentRun {
@@ -472,7 +476,8 @@ impl AgentRun {
             queued: VecDeque::new(),
             ended: false,
             streamed: String::new(),
-            _busy: busy,
+            gap: false,
+            busy: Some(busy),
         })
     }
 
@@ -493,7 +498,10 @@ impl AgentRun {
                             return Some(step);
                         }
                     }
-                    Err(RecvError::Lagged(n)) => return Some(RunStep::Missed(n)),
+                    Err(RecvError::Lagged(n)) => {
+                        self.gap = true;
+                        return Some(RunStep::Missed(n));
+                    }
                     Err(RecvError::Closed) => {}
                 },
                 outcome = &mut self.outcome => {
@@ -515,18 +523,23 @@ impl AgentRun {
     /// The step a live event is, if it belongs to this run.
     fn step(&mut self, event: SystemEvent) -> Option<RunStep> {
         match event {
-            SystemEvent::LlmDelta { run_id, text, .. } if run_id == self.id => {
+            SystemEvent::LlmDelta { run_id, text, .. } if run_id == self.id && !self.gap => {
                 self.streamed.push_str(&text);
                 Some(RunStep::Delta(text))
             }
             SystemEvent::LlmFinished {
                 run_id, message, ..
             } if run_id == self.id => {
-                let call = message.tool_calls.into_iter().next()?;
-                Some(RunStep::ToolCall {
-                    name: call.name,
-                    arguments: call.arguments,
-                })
+                let mut calls = message
+                    .tool_calls
+                    .into_iter()
+                    .map(|call| RunStep::ToolCall {
+                        name: call.name,
+                        arguments: call.arguments,
+                    });
+                let first = calls.next()?;
+                self.queued.extend(calls);
+                Some(first)
             }
             SystemEvent::AgentToolResult {
                 run_id, message, ..
@@ -632,15 +645,22 @@ impl Drop for AgentRun {
         if self.ended {
             return;
         }
-        // The client went away mid-run: stop the run; the kernel records
-        // its cancellation.
+        // The client went away mid-run: stop the run (the kernel records
+        // its cancellation), and hold the agent until it has ended.
         let orchestrator = self.orchestrator.clone();
         let id = self.id;
+        let busy = self.busy.take();
+        let outcome = std::mem::replace(
+            &mut self.outcome,
+            Box::pin(std::future::ready(Err(OrchestratorError::ShutDown))),
+        );
         tracing::info!(run = %id, "client went away: cancelling the agent's run");
         tokio::spawn(async move {
             let _ = orchestrator
                 .cancel(id, "the HTTP client went away before the answer ended")
                 .await;
+            let _ = outcome.await;
+            drop(busy);
         });
     }
 }

@@ -138,9 +138,20 @@ pub async fn install(
     if let Some(component) = &manifest.component {
         confined(dir, &component.path.to_string_lossy())?;
     }
+    // A grant over HTTP names what the manifest asks for; a host path of
+    // its own choosing (`dir:GUEST=HOST`) is the operator's to give, on the
+    // command line.
+    if let Some(chosen) = new.grant.iter().find(|g| g.contains('=')) {
+        return Err(Problem::forbidden(format!(
+            "{chosen:?} chooses a host path: over HTTP a plugin gets only directories its manifest names inside the plugin directory"
+        )));
+    }
     let grant = manifest
         .grant_from(&new.grant)
         .map_err(|e| Problem::unprocessable(e.to_string()))?;
+    for granted in &grant.dirs {
+        confined_dir(dir, &granted.path)?;
+    }
     let record = state.kernel.plugins.install(manifest, grant).await?;
     Ok((axum::http::StatusCode::CREATED, Json(record.into())))
 }
@@ -158,6 +169,17 @@ fn confined(dir: &std::path::Path, path: &str) -> Result<std::path::PathBuf, Pro
         )));
     }
     Ok(resolved)
+}
+
+/// A granted directory that lies inside `dir`, links resolved; 403 if not.
+fn confined_dir(dir: &std::path::Path, path: &std::path::Path) -> Result<(), Problem> {
+    match path.canonicalize() {
+        Ok(resolved) if resolved.starts_with(dir) && resolved.is_dir() => Ok(()),
+        _ => Err(Problem::forbidden(format!(
+            "{} is not a directory inside the plugin directory: over HTTP only those are granted",
+            path.display()
+        ))),
+    }
 }
 
 /// One installed plugin.

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use agentic_core::llm::AGENT_HANDLER;
 use agentic_core::plugin::PLUGIN_HANDLER;
 use agentic_core::{
     Durability, OrchestratorError, RetryPolicy, TaskFilter, TaskOutcome, TaskRecord, TaskSpec,
@@ -213,6 +214,15 @@ pub async fn submit(
 ) -> Result<(StatusCode, Json<Task>), Problem> {
     let wait = new.wait;
     let spec = spec_of(&state, new).await?;
+    // One run per agent through this server, whichever way it is asked.
+    let agent_claim = match (spec.handler == AGENT_HANDLER, spec.input["agent"].as_str()) {
+        (true, Some(agent)) => Some(state.runs.claim(agent).ok_or_else(|| {
+            Problem::conflict(format!(
+                "agent {agent} is answering another request: one run per agent at a time"
+            ))
+        })?),
+        _ => None,
+    };
     let store = &state.kernel.store;
     if let Some(key) = &spec.idempotency_key
         && let Some(task) = store.task_by_key(key).await?
@@ -235,6 +245,24 @@ pub async fn submit(
         // Its submission is appended in the background: answer once the
         // log has it, so the id answered can be read at once.
         logged(&state, id).await?;
+    }
+    // Two submissions of one key racing past the check above get the same
+    // task from the orchestrator: the one whose request differs from the
+    // task's is told so.
+    if spec.idempotency_key.is_some()
+        && let Some(task) = store.task(id).await?
+    {
+        same_request(&spec, task)?;
+    }
+    // An agent's run started here holds the agent, as a message does.
+    if spec.handler == AGENT_HANDLER
+        && let Some(busy) = agent_claim
+    {
+        let outcome = handle.clone();
+        tokio::spawn(async move {
+            let _ = outcome.outcome().await;
+            drop(busy);
+        });
     }
     if !wait {
         let task = store
