@@ -11,12 +11,14 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentic_core::{EventStore, kernel};
+use agentic_core::plugin::PluginManager;
+use agentic_core::{EventStore, Orchestrator, kernel};
 use agentic_http::{Access, Kernel, Token};
+use agentic_llm::local::{ModelSpec, parse_spec};
 use agentic_store::SqliteStore;
 use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
@@ -28,7 +30,6 @@ use super::run::{count_signals, start, stopped, wait_for};
 use crate::cli::ServeArgs;
 use crate::providers::HomeProviders;
 use crate::{lease, live};
-use agentic_llm::local::{ModelSpec, parse_spec};
 
 /// How long a stopping server waits for its connections to close after the
 /// kernel has stopped.
@@ -95,38 +96,14 @@ pub async fn serve(
     let (ready_tx, ready) = watch::channel(false);
     let stopping = CancellationToken::new();
     let router = agentic_http::router(
-        Kernel {
-            store: store.clone(),
-            orchestrator: orchestrator.clone(),
-            plugins: plugins.clone(),
-            correlation_id: ctx.correlation_id,
+        http_kernel(
+            home,
+            &store,
+            orchestrator.clone(),
+            plugins.clone(),
+            ctx,
             plugin_dir,
-            commits: {
-                let store = store.clone();
-                Some(Arc::new(move || {
-                    let stats = store.commit_stats();
-                    (
-                        stats.commits.load(std::sync::atomic::Ordering::Relaxed),
-                        stats.events.load(std::sync::atomic::Ordering::Relaxed),
-                    )
-                }))
-            },
-            runs_on: {
-                let providers = HomeProviders::new(home);
-                Arc::new(move |spec| {
-                    // A model file on disk is the operator's choice (lion
-                    // agent spawn): a client names catalog models only.
-                    if let Some(model) = &spec.model
-                        && let Ok(ModelSpec::File(_)) = parse_spec(model)
-                    {
-                        return Err(format!(
-                            "{model} names a model file: over HTTP only catalog models (lion model list)"
-                        ));
-                    }
-                    providers.runs_on(spec).map_err(|e| format!("{e:#}"))
-                })
-            },
-        },
+        ),
         access,
         ready.clone(),
         stopping.clone(),
@@ -198,6 +175,46 @@ pub async fn serve(
     }
     stopped(report?);
     Ok(())
+}
+
+/// The kernel's parts as the HTTP server drives them: where agents run
+/// (catalog models only for a client: model files on disk are the
+/// operator's choice), the writer's totals for `/metrics`, and the plugin
+/// directory installs may come from.
+pub fn http_kernel(
+    home: &Path,
+    store: &Arc<SqliteStore>,
+    orchestrator: Orchestrator,
+    plugins: PluginManager,
+    ctx: Ctx,
+    plugin_dir: Option<PathBuf>,
+) -> Kernel {
+    let providers = HomeProviders::new(home);
+    let counters = store.clone();
+    Kernel {
+        store: store.clone(),
+        orchestrator,
+        plugins,
+        correlation_id: ctx.correlation_id,
+        plugin_dir,
+        commits: Some(Arc::new(move || {
+            let stats = counters.commit_stats();
+            (
+                stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+                stats.events.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })),
+        runs_on: Arc::new(move |spec| {
+            if let Some(model) = &spec.model
+                && let Ok(ModelSpec::File(_)) = parse_spec(model)
+            {
+                return Err(format!(
+                    "{model} names a model file: over HTTP only catalog models (lion model list)"
+                ));
+            }
+            providers.runs_on(spec).map_err(|e| format!("{e:#}"))
+        }),
+    }
 }
 
 /// The listener, plain or TLS.

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use agentic_core::{EventStore, Orchestrator, kernel};
-use agentic_http::{Access, Kernel};
+use agentic_http::Access;
 use agentic_mcp::Exposure;
 use agentic_store::SqliteStore;
 use anyhow::Result;
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commands::Ctx;
 use crate::commands::run::start;
-use crate::providers::HomeProviders;
+use crate::commands::serve::http_kernel;
 
 /// lion's stack, running until dropped.
 pub struct Lion {
@@ -63,19 +63,15 @@ impl Lion {
         let (plugins, orchestrator) = start(home, &store, ctx, 64)?;
         let (ready_tx, mut ready) = watch::channel(false);
         let stopping = CancellationToken::new();
-        let providers = HomeProviders::new(home);
         let router = agentic_http::router(
-            Kernel {
-                store: store.clone(),
-                orchestrator: orchestrator.clone(),
-                plugins: plugins.clone(),
-                correlation_id: ctx.correlation_id,
-                runs_on: Arc::new(move |spec| {
-                    providers.runs_on(spec).map_err(|e| format!("{e:#}"))
-                }),
-                commits: None,
-                plugin_dir: None,
-            },
+            http_kernel(
+                home,
+                &store,
+                orchestrator.clone(),
+                plugins.clone(),
+                ctx,
+                None,
+            ),
             access,
             ready.clone(),
             stopping.clone(),
