@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use support::provider::*;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 const SENTINEL_KEY: &str = "sk-sentinel-0d6f1c";
@@ -34,13 +34,8 @@ async fn gated(
             let (first, rest, gate) = (first.clone(), rest.clone(), gate.clone());
             let (arrived, mut seen) = (arrived.clone(), arrived.subscribe());
             tokio::spawn(async move {
-                let mut data = Vec::new();
-                let mut buf = [0u8; 8192];
-                while !String::from_utf8_lossy(&data).contains("\"messages\"") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => data.extend_from_slice(&buf[..n]),
-                    }
+                if !read_until_messages(&mut socket).await {
+                    return;
                 }
                 arrived.send_modify(|n| *n += 1);
                 let _ = seen.wait_for(|n| *n >= together).await;

@@ -96,6 +96,20 @@ pub async fn responding(
     (url, seen)
 }
 
+/// Reads a chat completion request from `socket` until its body has begun
+/// (`"messages"` seen); false if the client went away first.
+pub async fn read_until_messages(socket: &mut tokio::net::TcpStream) -> bool {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !String::from_utf8_lossy(&data).contains("\"messages\"") {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// A test server that streams `first` (an SSE chunk of text) to each
 /// request and then holds the answer open, never finishing it; the
 /// returned receiver reports each request whose connection lion closed.
@@ -107,13 +121,8 @@ pub async fn stalling(first: &'static str) -> (String, tokio::sync::mpsc::Unboun
         while let Ok((mut socket, _)) = listener.accept().await {
             let closed = closed.clone();
             tokio::spawn(async move {
-                let mut data = Vec::new();
-                let mut buf = [0u8; 8192];
-                while !String::from_utf8_lossy(&data).contains("\"messages\"") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => data.extend_from_slice(&buf[..n]),
-                    }
+                if !read_until_messages(&mut socket).await {
+                    return;
                 }
                 let delta = serde_json::json!({"choices":[{"index":0,"delta":{"content":first}}]});
                 let out = format!(
@@ -123,6 +132,7 @@ pub async fn stalling(first: &'static str) -> (String, tokio::sync::mpsc::Unboun
                     return;
                 }
                 // Until lion hangs up.
+                let mut buf = [0u8; 8192];
                 while let Ok(n) = socket.read(&mut buf).await {
                     if n == 0 {
                         break;
