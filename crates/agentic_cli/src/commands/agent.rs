@@ -334,8 +334,13 @@ pub async fn send(
     let printer = (!ctx.json).then(|| {
         tokio::spawn(async move {
             let mut printer = Printer::default();
-            while let Ok(event) = watch.recv().await {
-                printer.show(&event.event, None);
+            loop {
+                match watch.recv().await {
+                    Ok(event) => printer.show(&event.event, None),
+                    // What was missed comes whole at the end.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
             }
             printer
         })
@@ -357,10 +362,18 @@ pub async fn send(
     });
     let result = runner.send(name, text, &resolved.model, cancel).await;
     drop(runner);
-    if let Some(printer) = printer {
-        printer.await?.finish();
+    let printer = match printer {
+        Some(printer) => Some(printer.await?),
+        None => None,
+    };
+    let outcome = result.inspect_err(|_| {
+        if let Some(printer) = &printer {
+            printer.finish();
+        }
+    })?;
+    if let Some(mut printer) = printer {
+        printer.complete(&outcome.message.content);
     }
-    let outcome = result?;
     if ctx.json {
         output::json(&json!({
             "run_id": outcome.run_id,
@@ -392,6 +405,8 @@ async fn send_through_kernel(
     let mut kernel_check = tokio::time::interval(KERNEL_CHECK);
     let ended = loop {
         tokio::select! {
+            // Lines already read are shown before the store check below.
+            biased;
             line = stream.next() => {
                 let Some(line) = line else {
                     bail!("the kernel stopped during the run (see `lion task show {id}`)");
@@ -442,8 +457,14 @@ async fn send_through_kernel(
             }
         }
     };
-    printer.finish();
-    let output = ended.map_err(|e| anyhow!(e))?;
+    let output = ended.map_err(|e| {
+        printer.finish();
+        anyhow!(e)
+    })?;
+    if !ctx.json {
+        // The end may come from the store before the last chunks arrive.
+        printer.complete(output["content"].as_str().unwrap_or_default());
+    }
     if ctx.json {
         output::json(&output)?;
     }
@@ -454,7 +475,8 @@ async fn send_through_kernel(
 /// their results to stderr.
 #[derive(Default)]
 struct Printer {
-    printed: bool,
+    /// The answer's text printed so far.
+    streamed: String,
 }
 
 impl Printer {
@@ -463,7 +485,7 @@ impl Printer {
         let ours = |r: &Uuid| run.is_none_or(|run| run == *r);
         match event {
             SystemEvent::LlmDelta { text, run_id, .. } if ours(run_id) => {
-                self.printed = true;
+                self.streamed.push_str(text);
                 let mut stdout = std::io::stdout();
                 let _ = stdout.write_all(text.as_bytes());
                 let _ = stdout.flush();
@@ -486,9 +508,24 @@ impl Printer {
 
     /// Ends the streamed answer's line.
     fn finish(&self) {
-        if self.printed {
+        if !self.streamed.is_empty() {
             println!();
         }
+    }
+
+    /// Ends a completed run whose whole answer is `content`: prints what
+    /// of it did not stream (chunks missed or not yet arrived), then ends
+    /// the line.
+    fn complete(&mut self, content: &str) {
+        if let Some(rest) = content.strip_prefix(self.streamed.as_str()) {
+            print!("{rest}");
+        } else {
+            println!();
+            eprintln!("warning: the streamed answer had gaps; the whole answer follows");
+            print!("{content}");
+        }
+        self.streamed = content.to_owned();
+        self.finish();
     }
 }
 
