@@ -376,6 +376,18 @@ impl SystemEvent {
         }
     }
 
+    /// For an event that changes an LLM agent's record: the agent's name.
+    pub fn agent_name(&self) -> Option<&str> {
+        match self {
+            SystemEvent::AgentSpawned { name, .. }
+            | SystemEvent::AgentPrompted { name, .. }
+            | SystemEvent::AgentToolResult { name, .. }
+            | SystemEvent::AgentStopped { name } => Some(name),
+            SystemEvent::LlmFinished { agent, .. } => Some(agent),
+            _ => None,
+        }
+    }
+
     /// For an event about a plugin: the plugin's name.
     pub fn plugin_name(&self) -> Option<&str> {
         match self {

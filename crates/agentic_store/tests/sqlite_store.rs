@@ -1,10 +1,10 @@
 //! Integration tests of the SQLite event store ([`SqliteStore`]):
 //!
-//! - the adapter contract: idempotent appends, partial duplicates, expected
-//!   versions, refused batches (alone and inside a busy group commit),
-//!   subscriptions across store instances, reopening, the `HEAD` file,
-//!   per-store commit counters, several openers creating one fresh home, a
-//!   WAL that starts over under sustained appends;
+//! - what only this adapter does (the contract every adapter keeps is
+//!   `store_contract.rs`): retries and refusals inside one busy group
+//!   commit, reopening, the `HEAD` file, per-store commit counters, several
+//!   openers creating one fresh home, a WAL that starts over under
+//!   sustained appends;
 //! - durability settings: every connection runs with `synchronous=FULL`;
 //! - tamper detection: edited, deleted, truncated and swapped records, an
 //!   edited projection, and the append-only triggers;
@@ -25,7 +25,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Waker};
-use std::time::Duration;
 
 use agentic_core::{
     AppendReceipt, ApplyError, ChainError, ChainHead, EventEnvelope, EventStore, ExpectedVersion,
@@ -39,9 +38,6 @@ use sqlite_store_support::{
     block_on, created, element, element_of, log, new_event, on_stream, open, raw_db,
     raw_db_without_triggers, replay_vs_projection, spawn_role, text_of,
 };
-
-/// A failure guard for waits that should end at once; never a timing assertion.
-const GUARD: Duration = Duration::from_secs(20);
 
 /// Appends `n` single-event appends, one after the other, with content
 /// `payload-<i>` (i from 1); returns the log.
@@ -121,70 +117,6 @@ fn append_in_at_most_two_groups(
 // Adapter contract
 // ---------------------------------------------------------------------------
 
-#[tokio::test]
-async fn appending_the_same_event_ids_again_returns_the_original_positions_and_writes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
-    append_singles(&store, 2).await;
-
-    let batch: Vec<_> = (0..3).map(|i| new_event(json!({ "batch": i }))).collect();
-    let first = store
-        .append(batch.clone(), ExpectedVersion::Any)
-        .await
-        .expect("first append");
-    assert_eq!(
-        (first.first_seq, first.last_seq, first.deduplicated),
-        (3, 5, false)
-    );
-    let retry = store
-        .append(batch.clone(), ExpectedVersion::Any)
-        .await
-        .expect("retry");
-    assert_eq!(
-        (retry.first_seq, retry.last_seq, retry.deduplicated),
-        (3, 5, true)
-    );
-
-    // A retry is answered before its expectation is checked: the expectation
-    // held when the batch was first appended.
-    let single = new_event(json!({ "single": true }));
-    let stream = single.stream.clone();
-    let stored = store
-        .append(vec![single.clone()], ExpectedVersion::NoStream)
-        .await
-        .expect("single append");
-    let again = store
-        .append(vec![single.clone()], ExpectedVersion::NoStream)
-        .await
-        .expect("retry with an expectation that no longer holds");
-    assert_eq!((stored.first_seq, stored.deduplicated), (6, false));
-    assert_eq!(
-        (again.first_seq, again.last_seq, again.deduplicated),
-        (6, 6, true)
-    );
-    let again_any = store
-        .append(vec![single], ExpectedVersion::Any)
-        .await
-        .expect("retry without expectation");
-    assert_eq!((again_any.first_seq, again_any.deduplicated), (6, true));
-
-    let records = log(&store);
-    assert_eq!(seqs(&records), (1..=6).collect::<Vec<_>>());
-    assert_eq!(records.iter().filter(|e| e.stream == stream).count(), 1);
-    assert_eq!(store.head().await.expect("head").seq, 6);
-    assert_eq!(
-        store
-            .projected_state()
-            .await
-            .expect("state")
-            .elements()
-            .len(),
-        6
-    );
-    assert_eq!(store.commit_stats().events.load(Ordering::Relaxed), 6);
-    assert!(replay_vs_projection(&store).await.is_empty());
-}
-
 #[test]
 fn retries_of_one_batch_in_the_same_group_commit_store_it_once() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -200,214 +132,6 @@ fn retries_of_one_batch_in_the_same_group_commit_store_it_once() {
     assert_eq!(fresh, 1, "exactly one of the retries writes the batch");
     assert_eq!(seqs(&log(&store)), vec![1, 2, 3, 4]);
     assert_eq!(store.commit_stats().events.load(Ordering::Relaxed), 4);
-}
-
-#[tokio::test]
-async fn a_batch_that_is_only_partly_stored_is_refused_and_writes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
-    let old = new_event(json!({ "old": true }));
-    let fresh = new_event(json!({ "fresh": true }));
-    store
-        .append(vec![old.clone()], ExpectedVersion::Any)
-        .await
-        .expect("store the old event");
-    let before = log(&store);
-
-    // Stored event first: refused before anything is written.
-    assert_eq!(
-        store
-            .append(vec![old.clone(), fresh.clone()], ExpectedVersion::Any)
-            .await,
-        Err(StoreError::PartialDuplicate(old.event_id))
-    );
-    // Stored event last: the fresh one was written first, then rolled back.
-    assert_eq!(
-        store
-            .append(vec![fresh.clone(), old.clone()], ExpectedVersion::Any)
-            .await,
-        Err(StoreError::PartialDuplicate(old.event_id))
-    );
-
-    assert_eq!(log(&store), before);
-    let state = store.projected_state().await.expect("state");
-    assert_eq!(state.elements().len(), 1);
-    // The fresh event (and its element) can still be appended on its own.
-    let receipt = store
-        .append(vec![fresh], ExpectedVersion::Any)
-        .await
-        .expect("fresh alone");
-    assert_eq!((receipt.first_seq, receipt.deduplicated), (2, false));
-    assert!(replay_vs_projection(&store).await.is_empty());
-}
-
-#[tokio::test]
-async fn expected_versions_are_enforced_per_stream() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
-    let on = |stream: &str| on_stream(stream, json!({ "stream": stream }));
-    let wrong = |expected, actual| {
-        Err(StoreError::WrongExpectedVersion {
-            stream: "orders".into(),
-            expected,
-            actual,
-        })
-    };
-
-    let r = store
-        .append(vec![on("orders")], ExpectedVersion::NoStream)
-        .await;
-    assert_eq!(r.map(|r| r.first_seq), Ok(1));
-    assert_eq!(
-        store
-            .append(vec![on("orders")], ExpectedVersion::NoStream)
-            .await,
-        wrong(ExpectedVersion::NoStream, 1)
-    );
-    assert_eq!(
-        store
-            .append(vec![on("orders")], ExpectedVersion::Exact(0))
-            .await,
-        wrong(ExpectedVersion::Exact(0), 1)
-    );
-    let r = store
-        .append(vec![on("orders"), on("orders")], ExpectedVersion::Exact(1))
-        .await;
-    assert_eq!(r.map(|r| (r.first_seq, r.last_seq)), Ok((2, 3)));
-    assert_eq!(
-        store
-            .append(vec![on("orders")], ExpectedVersion::Exact(1))
-            .await,
-        wrong(ExpectedVersion::Exact(1), 3)
-    );
-    assert_eq!(
-        store
-            .append(vec![on("orders")], ExpectedVersion::Exact(4))
-            .await,
-        wrong(ExpectedVersion::Exact(4), 3)
-    );
-    let r = store
-        .append(vec![on("orders")], ExpectedVersion::Exact(3))
-        .await;
-    assert_eq!(r.map(|r| r.first_seq), Ok(4));
-    // Another stream has its own version.
-    let r = store
-        .append(vec![on("invoices")], ExpectedVersion::Exact(0))
-        .await;
-    assert_eq!(r.map(|r| r.first_seq), Ok(5));
-
-    // Malformed batches.
-    assert!(matches!(
-        store
-            .append(
-                vec![on("orders"), on("invoices")],
-                ExpectedVersion::Exact(4)
-            )
-            .await,
-        Err(StoreError::InvalidBatch(_))
-    ));
-    assert!(matches!(
-        store.append(Vec::new(), ExpectedVersion::Any).await,
-        Err(StoreError::InvalidBatch(_))
-    ));
-
-    let records = log(&store);
-    let versions: Vec<(&str, u64)> = records
-        .iter()
-        .map(|e| (e.stream.as_str(), e.stream_version))
-        .collect();
-    assert_eq!(
-        versions,
-        vec![
-            ("orders", 1),
-            ("orders", 2),
-            ("orders", 3),
-            ("orders", 4),
-            ("invoices", 1)
-        ]
-    );
-    store.verify().expect("verify");
-}
-
-#[tokio::test]
-async fn a_batch_creating_one_element_twice_is_refused_whole() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
-    let existing = element(json!({ "existing": true }), "x");
-    store
-        .append(vec![created(existing.clone())], ExpectedVersion::Any)
-        .await
-        .expect("create");
-    let before = log(&store);
-
-    let twice = element(json!({ "twice": true }), "y");
-    let bystander = element(json!({ "bystander": true }), "z");
-    let batch = vec![
-        created(bystander.clone()),
-        created(twice.clone()),
-        created(twice.clone()),
-    ];
-    assert_eq!(
-        store.append(batch, ExpectedVersion::Any).await,
-        Err(StoreError::Rejected(ApplyError::DuplicateElement(twice.id)))
-    );
-    // Creating an element that already exists is refused too.
-    assert_eq!(
-        store
-            .append(vec![created(existing.clone())], ExpectedVersion::Any)
-            .await,
-        Err(StoreError::Rejected(ApplyError::DuplicateElement(
-            existing.id
-        )))
-    );
-
-    assert_eq!(log(&store), before);
-    let state = store.projected_state().await.expect("state");
-    assert_eq!(state.elements().len(), 1);
-    assert!(state.element(bystander.id).is_none());
-    assert!(state.element(twice.id).is_none());
-    assert!(replay_vs_projection(&store).await.is_empty());
-}
-
-/// An element's creation is refused on any stream but its own, and a second
-/// creation of it is refused on its own stream even when the writer already
-/// knows that stream's version (so takes the row-at-a-time path); a retry of
-/// the first creation is still answered with its original position.
-#[tokio::test]
-async fn an_element_is_created_once_and_only_on_its_own_stream() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
-    let mut elsewhere = new_event(json!({ "elsewhere": true }));
-    elsewhere.stream = "notes".into();
-    assert!(matches!(
-        store.append(vec![elsewhere], ExpectedVersion::Any).await,
-        Err(StoreError::InvalidBatch(_))
-    ));
-
-    let once = element(json!({ "once": true }), "x");
-    let first = created(once.clone());
-    // An expectation makes the writer read (and remember) the stream's version.
-    let receipt = store
-        .append(vec![first.clone()], ExpectedVersion::NoStream)
-        .await
-        .expect("create");
-    assert_eq!(
-        store
-            .append(vec![created(once.clone())], ExpectedVersion::Any)
-            .await,
-        Err(StoreError::Rejected(ApplyError::DuplicateElement(once.id)))
-    );
-    let retried = store
-        .append(vec![first], ExpectedVersion::Any)
-        .await
-        .expect("retry");
-    assert_eq!(
-        (retried.first_seq, retried.deduplicated),
-        (receipt.first_seq, true)
-    );
-
-    assert_eq!(seqs(&log(&store)), vec![1]);
-    assert!(replay_vs_projection(&store).await.is_empty());
 }
 
 #[test]
@@ -501,82 +225,6 @@ fn a_group_mixing_batched_and_row_by_row_requests_stores_them_all() {
         assert_eq!(state.tasks().len(), 1);
         assert!(replay_vs_projection(&store).await.is_empty());
     });
-}
-
-/// A batch of a size that is not a power of two is written in statements of
-/// 32, 16 … 1 rows; every event keeps its place in the chain.
-#[tokio::test]
-async fn a_large_batch_is_stored_in_order() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path());
-    append_singles(&store, 1).await;
-    let batch: Vec<_> = (0..75).map(|i| new_event(json!({ "i": i }))).collect();
-    let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
-    let receipt = store
-        .append(batch, ExpectedVersion::Any)
-        .await
-        .expect("append");
-    assert_eq!((receipt.first_seq, receipt.last_seq), (2, 76));
-    let records = log(&store);
-    assert_eq!(
-        records[1..].iter().map(|e| e.event_id).collect::<Vec<_>>(),
-        ids
-    );
-    assert_eq!(store.verify().expect("verify").events, 76);
-    let state = store.projected_state().await.expect("state");
-    assert_eq!(state.elements().len(), 76);
-    assert!(replay_vs_projection(&store).await.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_on_another_store_instance_sees_events_appended_by_the_first() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let writer = open(dir.path());
-    // A second instance on the same home stands for another process: it
-    // learns of the writer's commits only through the database.
-    let follower = Arc::new(open(dir.path()));
-
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        let e = new_event(json!({ "before": i }));
-        ids.push(e.event_id);
-        writer
-            .append(vec![e], ExpectedVersion::Any)
-            .await
-            .expect("append");
-    }
-    let mut subscription = follower.clone().subscribe(1);
-    let mut seen = Vec::new();
-    for _ in 0..3 {
-        let e = tokio::time::timeout(GUARD, subscription.next())
-            .await
-            .expect("catch-up read never came")
-            .expect("subscription");
-        seen.push((e.seq, e.event_id));
-    }
-    // Now the subscriber is at the end of the log and has to wait.
-    let waiting = tokio::spawn(async move {
-        let mut got = Vec::new();
-        for _ in 0..3 {
-            let e = tokio::time::timeout(GUARD, subscription.next())
-                .await
-                .expect("the subscriber never saw the other instance's commit")
-                .expect("subscription");
-            got.push((e.seq, e.event_id));
-        }
-        got
-    });
-    for i in 0..3 {
-        let e = new_event(json!({ "after": i }));
-        ids.push(e.event_id);
-        writer
-            .append(vec![e], ExpectedVersion::Any)
-            .await
-            .expect("append");
-    }
-    seen.extend(waiting.await.expect("subscriber task"));
-    let expected: Vec<(u64, Uuid)> = (1..=6).zip(ids).collect();
-    assert_eq!(seen, expected);
 }
 
 #[tokio::test]

@@ -12,18 +12,6 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::writer::ProjectError;
 
-/// The agent an event is about, when it changes an agent's row.
-pub(super) fn agent_of(event: &SystemEvent) -> Option<&str> {
-    match event {
-        SystemEvent::AgentSpawned { name, .. }
-        | SystemEvent::AgentPrompted { name, .. }
-        | SystemEvent::AgentToolResult { name, .. }
-        | SystemEvent::AgentStopped { name } => Some(name),
-        SystemEvent::LlmFinished { agent, .. } => Some(agent),
-        _ => None,
-    }
-}
-
 /// Applies one agent event to the agent's row, appending the messages it
 /// adds to the conversation (a spawn after a stop starts a new one).
 pub(super) fn project(

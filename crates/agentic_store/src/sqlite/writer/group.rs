@@ -337,7 +337,7 @@ pub(super) fn projection_of(event: &SystemEvent) -> Projection<'_> {
         other
             if task_projection::applies(other)
                 || other.plugin_name().is_some()
-                || agent_projection::agent_of(other).is_some() =>
+                || other.agent_name().is_some() =>
         {
             Projection::Other
         }
@@ -390,7 +390,7 @@ pub(super) fn project(
         other if task_projection::applies(other) => task_projection::project(tx, seq, other)?,
         other if other.plugin_name().is_some() => plugin_projection::project(tx, seq, other)?,
         other => {
-            if let Some(name) = agent_projection::agent_of(other) {
+            if let Some(name) = other.agent_name() {
                 agent_projection::project(tx, seq, name, other)?;
             }
         }

@@ -1,0 +1,490 @@
+//! [`PostgresStore`]: the shared, durable [`EventStore`] — the log and its
+//! projections in a PostgreSQL database, so that kernels on several
+//! machines share one log.
+//!
+//! - [`schema`] creates and checks the tables (in the `lion` schema).
+//! - [`writer`] is each store's group-commit writer: one connection that
+//!   commits every append that arrived during the previous commit in one
+//!   transaction, holding the lock on the log's head row to commit, so
+//!   appends of all kernels are serialised in commit order and the chain
+//!   never forks. Sequence numbers are therefore gapless *and* in commit
+//!   order: a reader following the log never skips an event that committed
+//!   late, and never waits on a guess.
+//! - [`projection`] updates the projections in the append's transaction,
+//!   through the kernel's own reducer, loading only the rows a group touches.
+//! - [`reads`] are the point and paged reads, from a bounded pool.
+//! - [`notify`] wakes readers: each commit sends `NOTIFY lion_log`, and a
+//!   listening connection per store turns it into a wake-up. Notifications
+//!   only wake; readers always re-read the log.
+//!
+//! Every connection runs with a statement timeout and a lock timeout, so a
+//! stuck database gives a clear error instead of a hung kernel. When the
+//! database restarts, the writer reconnects and commits again what was not
+//! acknowledged: appends are idempotent by event id, so a commit whose
+//! acknowledgement was lost is found, not written twice.
+
+mod notify;
+mod projection;
+mod reads;
+mod schema;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentic_core::plugin::PluginRecord;
+use agentic_core::store::batch_stream;
+use agentic_core::{
+    AgentView, AppendReceipt, ChainHead, Cursor, ElementData, EventEnvelope, EventStore,
+    ExpectedVersion, NewEvent, Page, PluginSnapshot, State, StoreError, Subscription, TaskFilter,
+    TaskRecord,
+};
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+pub use schema::SCHEMA_VERSION;
+pub use writer::CommitCounters;
+use writer::{Request, Writer};
+
+/// Tuning of a [`PostgresStore`].
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Most connections the store's reads use at once (the writer and the
+    /// listener have one each besides).
+    pub pool_size: usize,
+    /// Longest any statement may run before the database cancels it.
+    pub statement_timeout: Duration,
+    /// Longest a statement waits for a lock (the log's head, held by
+    /// another kernel's commit) before failing.
+    pub lock_timeout: Duration,
+    /// Longest a connection attempt, or a wait for a pooled connection, may
+    /// take.
+    pub connect_timeout: Duration,
+    /// How long the writer keeps reconnecting and retrying a group while
+    /// the database is unreachable before failing its appends.
+    pub reconnect_for: Duration,
+    /// Most events committed in one transaction.
+    pub max_events_per_commit: usize,
+    /// Append requests that may wait for the writer before appenders are
+    /// slowed down (backpressure).
+    pub writer_queue: usize,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 8,
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_for: Duration::from_secs(30),
+            max_events_per_commit: 8192,
+            writer_queue: 4096,
+        }
+    }
+}
+
+/// An event store in a PostgreSQL database, shared by every kernel that
+/// opens the same database.
+pub struct PostgresStore {
+    /// Where the database is, for messages (no user name or password).
+    location: Arc<str>,
+    /// The store's id, made when its tables were created.
+    store_id: Uuid,
+    requests: mpsc::Sender<Request>,
+    /// The newest sequence number known to be committed (by any kernel).
+    committed: watch::Receiver<u64>,
+    pool: Pool,
+    stats: Arc<CommitCounters>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PostgresStore {
+    /// Opens the store in the database `url` names (`postgres://…`),
+    /// creating lion's tables in an empty database. Refuses a database
+    /// whose `lion` schema is not a lion store, or one of another layout
+    /// version. Must be called within a tokio runtime: the writer and the
+    /// listener run as tasks on it.
+    pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let config = connection_config(url, &options)?;
+        let location: Arc<str> = describe(&config).into();
+        let err = |e: PgError| e.into_store(&location);
+        let (mut setup, connection) = config.connect(NoTls).await.map_err(|e| err(e.into()))?;
+        let driver = tokio::spawn(connection);
+        let store_id = schema::initialise(&mut setup).await.map_err(err)?;
+        let head = reads::head(&setup).await.map_err(err)?;
+        drop(setup);
+        let _ = driver.await;
+        let pool = pool(&config, options.pool_size.max(1), &options)?;
+        let writer_pool = pool_of_one(&config, &options)?;
+        let (committed_tx, committed) = watch::channel(head.seq);
+        let committed_tx = Arc::new(committed_tx);
+        let listener = tokio::spawn(notify::listen(
+            config.clone(),
+            location.clone(),
+            committed_tx.clone(),
+        ));
+        let (requests, rx) = mpsc::channel(options.writer_queue.max(1));
+        let stats = Arc::new(CommitCounters::default());
+        let writer = Writer {
+            pool: writer_pool,
+            location: location.clone(),
+            committed: committed_tx,
+            max_events_per_commit: options.max_events_per_commit.max(1),
+            reconnect_for: options.reconnect_for,
+            stats: stats.clone(),
+        };
+        tokio::spawn(writer.run(rx));
+        Ok(Self {
+            location,
+            store_id,
+            requests,
+            committed,
+            pool,
+            stats,
+            listener,
+        })
+    }
+
+    /// Where the database is (`postgres://host:port/name`, without
+    /// credentials).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The store's id, made when its tables were created; the same for
+    /// every kernel on this database.
+    pub fn store_id(&self) -> Uuid {
+        self.store_id
+    }
+
+    /// What this store's writer has committed so far.
+    pub fn commit_stats(&self) -> &CommitCounters {
+        &self.stats
+    }
+
+    /// A connection from the read pool.
+    async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| PgError::from(e).into_store(&self.location))
+    }
+
+    /// Runs a read on a pooled connection, mapping its errors.
+    async fn read<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, PgError>,
+    ) -> Result<T, StoreError> {
+        let mut client = self.reader().await?;
+        f(&mut client)
+            .await
+            .map_err(|e| e.into_store(&self.location))
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        expected: ExpectedVersion,
+    ) -> Result<AppendReceipt, StoreError> {
+        batch_stream(&events, expected)?;
+        let events = events
+            .into_iter()
+            .map(NewEvent::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (reply, receipt) = oneshot::channel();
+        self.requests
+            .send(Request {
+                events,
+                expected,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        receipt.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.read(async |c| reads::events_from(c, from, limit).await)
+            .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.read(async |c| reads::stream(c, stream, from, limit).await)
+            .await
+    }
+
+    async fn head(&self) -> Result<ChainHead, StoreError> {
+        self.read(async |c| {
+            let client: &tokio_postgres::Client = c;
+            reads::head(client).await
+        })
+        .await
+    }
+
+    async fn wait_for_events(&self, seq: u64) -> Result<(), StoreError> {
+        let mut committed = self.committed.clone();
+        committed
+            .wait_for(|c| *c > seq)
+            .await
+            .map(|_| ())
+            .map_err(|_| StoreError::Closed)
+    }
+
+    async fn projected_state(&self) -> Result<State, StoreError> {
+        self.read(async |c| reads::projected_state(c).await).await
+    }
+
+    async fn element(&self, id: Uuid) -> Result<Option<ElementData>, StoreError> {
+        self.read(async |c| reads::element(c, id).await).await
+    }
+
+    async fn elements(&self, after: Cursor, limit: usize) -> Result<Page<ElementData>, StoreError> {
+        self.read(async |c| reads::elements(c, after, limit).await)
+            .await
+    }
+
+    async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        self.read(async |c| reads::task(c, id).await).await
+    }
+
+    async fn task_by_key(&self, key: &str) -> Result<Option<TaskRecord>, StoreError> {
+        self.read(async |c| reads::task_by_key(c, key).await).await
+    }
+
+    async fn tasks(
+        &self,
+        filter: TaskFilter,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Page<TaskRecord>, StoreError> {
+        self.read(async |c| reads::tasks(c, filter, after, limit).await)
+            .await
+    }
+
+    async fn agent(
+        &self,
+        name: &str,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Option<AgentView>, StoreError> {
+        self.read(async |c| reads::agent(c, name, after, limit).await)
+            .await
+    }
+
+    async fn agents(&self, after: Cursor, limit: usize) -> Result<Page<AgentView>, StoreError> {
+        self.read(async |c| reads::agents(c, after, limit).await)
+            .await
+    }
+
+    async fn plugin(&self, name: &str) -> Result<Option<PluginSnapshot>, StoreError> {
+        self.read(async |c| reads::plugin(c, name).await).await
+    }
+
+    async fn plugins(&self, after: Cursor, limit: usize) -> Result<Page<PluginRecord>, StoreError> {
+        self.read(async |c| reads::plugins(c, after, limit).await)
+            .await
+    }
+
+    fn subscribe(self: Arc<Self>, from: u64) -> Subscription {
+        Subscription::new(self, from)
+    }
+}
+
+/// The connection settings of `url`, with lion's timeouts and a name the
+/// database's activity views show.
+fn connection_config(
+    url: &str,
+    options: &PostgresOptions,
+) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::NotAStore {
+        path: redact(url),
+        reason: format!("not a PostgreSQL connection string: {e}"),
+    })?;
+    if config.get_application_name().is_none() {
+        config.application_name("lion");
+    }
+    let timeouts = format!(
+        "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+        options.statement_timeout.as_millis(),
+        options.lock_timeout.as_millis(),
+        options.statement_timeout.as_millis() * 2,
+    );
+    let combined = match config.get_options() {
+        Some(theirs) => format!("{theirs} {timeouts}"),
+        None => timeouts,
+    };
+    config.options(&combined);
+    config.connect_timeout(options.connect_timeout);
+    // A database that vanished (its machine gone) is noticed in seconds,
+    // not hours.
+    config.keepalives_idle(Duration::from_secs(10));
+    Ok(config)
+}
+
+/// A pool of up to `size` connections.
+fn pool(
+    config: &tokio_postgres::Config,
+    size: usize,
+    options: &PostgresOptions,
+) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(options.statement_timeout))
+        .create_timeout(Some(options.connect_timeout))
+        .build()
+        .map_err(|e| StoreError::Backend(format!("cannot make a connection pool: {e}")))
+}
+
+/// The writer's own connection, re-made by the pool when it breaks.
+fn pool_of_one(
+    config: &tokio_postgres::Config,
+    options: &PostgresOptions,
+) -> Result<Pool, StoreError> {
+    pool(config, 1, options)
+}
+
+/// `postgres://host:port/dbname`, naming where a config points without its
+/// credentials.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("");
+    format!("postgres://{host}:{port}/{db}")
+}
+
+/// A connection string with any password removed, for a message.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…{}", &url[..scheme], &url[at..])
+        }
+        _ => url
+            .split_whitespace()
+            .filter(|w| !w.starts_with("password"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// What went wrong talking to PostgreSQL, before it is named for the caller.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PgError {
+    /// The database or the connection to it failed.
+    #[error(transparent)]
+    Db(#[from] tokio_postgres::Error),
+    /// No pooled connection could be had.
+    #[error("{0}")]
+    Pool(String),
+    /// The database holds something that is not a lion store.
+    #[error("{0}")]
+    NotAStore(String),
+    /// A stored row could not be read back.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+impl From<deadpool_postgres::PoolError> for PgError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => PgError::Db(e),
+            other => PgError::Pool(other.to_string()),
+        }
+    }
+}
+
+impl PgError {
+    /// True when the connection, not the statement, failed: the database
+    /// restarted, went away, or could not be reached. Worth reconnecting.
+    pub(crate) fn is_connection(&self) -> bool {
+        match self {
+            PgError::Pool(_) => true,
+            PgError::Db(e) => {
+                let io = std::error::Error::source(e).is_some_and(|c| c.is::<std::io::Error>());
+                e.is_closed()
+                    || io
+                    || e.code().is_some_and(|code| {
+                        code.code().starts_with("08")
+                            || *code == SqlState::ADMIN_SHUTDOWN
+                            || *code == SqlState::CRASH_SHUTDOWN
+                            || *code == SqlState::CANNOT_CONNECT_NOW
+                    })
+            }
+            PgError::NotAStore(_) | PgError::Corrupt(_) => false,
+        }
+    }
+
+    /// The store error this is, naming the database at `location`.
+    pub(crate) fn into_store(self, location: &str) -> StoreError {
+        match self {
+            PgError::NotAStore(reason) => StoreError::NotAStore {
+                path: location.to_owned(),
+                reason,
+            },
+            PgError::Corrupt(reason) => StoreError::Corrupt {
+                path: location.to_owned(),
+                reason,
+            },
+            PgError::Pool(reason) => {
+                StoreError::Backend(format!("PostgreSQL at {location}: {reason}"))
+            }
+            PgError::Db(e) => match e.code() {
+                Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => {
+                    StoreError::Backend(format!(
+                        "PostgreSQL at {location}: gave up waiting for a lock past the lock timeout \
+                     (another kernel's commit holds the log's head)"
+                    ))
+                }
+                Some(code) if *code == SqlState::QUERY_CANCELED => StoreError::Backend(format!(
+                    "PostgreSQL at {location}: a statement ran past the statement timeout"
+                )),
+                _ => StoreError::Backend(format!("PostgreSQL at {location}: {}", message(&e))),
+            },
+        }
+    }
+}
+
+/// A tokio-postgres error as one line: the server's message when there is
+/// one, else the client's with its cause.
+fn message(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_owned();
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}

@@ -1,0 +1,496 @@
+//! The projections of a [`super::PostgresStore`], kept in the append's
+//! transaction: an [`Overlay`] loads the rows a group of events touches
+//! (its tasks, agents, plugins and key-value entries) into a small
+//! [`State`], the kernel's own reducer applies each event to it — so the
+//! rules cannot drift from [`State`]'s — and the changed rows are written
+//! back at the end, a few statements per group whatever its size.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use agentic_core::llm::AgentRecord;
+use agentic_core::plugin::PluginRecord;
+use agentic_core::{ApplyError, ElementData, State, SystemEvent, TaskRecord};
+use deadpool_postgres::Transaction;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::PgError;
+
+/// The projection rows one group touches, and what it changed.
+#[derive(Default)]
+pub(super) struct Overlay {
+    /// The touched rows, as the reducer sees them.
+    state: State,
+    /// Each task's submission seq (its place in the list).
+    task_seq: HashMap<Uuid, u64>,
+    /// Each agent's first spawn seq and how many messages its row has.
+    agent_rows: HashMap<String, (u64, u64)>,
+    /// Each plugin's install seq.
+    plugin_seq: HashMap<String, u64>,
+    /// Elements created, with their seqs.
+    elements: Vec<(u64, ElementData)>,
+    /// Tasks changed.
+    tasks: HashSet<Uuid>,
+    /// Agents changed, and those among them spawned (their conversation
+    /// starts over).
+    agents: HashSet<String>,
+    respawned: HashSet<String>,
+    /// Plugins changed, those removed at some point, and key-value entries
+    /// written.
+    plugins: HashSet<String>,
+    removed: HashSet<String>,
+    kv: HashSet<(String, String)>,
+}
+
+impl Overlay {
+    /// Loads the rows `events` touch.
+    pub async fn load<'e>(
+        tx: &Transaction<'_>,
+        events: impl Iterator<Item = &'e SystemEvent>,
+    ) -> Result<Self, PgError> {
+        let mut task_ids = Vec::new();
+        let mut keys = Vec::new();
+        let mut agents = Vec::new();
+        let mut plugins = Vec::new();
+        let (mut kv_plugins, mut kv_keys) = (Vec::new(), Vec::new());
+        for event in events {
+            if let SystemEvent::TaskSubmitted { task_id, spec } = event {
+                task_ids.push(*task_id);
+                task_ids.extend(spec.parent);
+                keys.extend(spec.idempotency_key.clone());
+            } else if let Some((task_id, _)) = event.task_change() {
+                task_ids.push(task_id);
+            }
+            if let Some(name) = event.agent_name() {
+                agents.push(name.to_owned());
+            }
+            if let Some(name) = event.plugin_name() {
+                plugins.push(name.to_owned());
+            }
+            if let SystemEvent::PluginKvSet { name, key, .. } = event {
+                kv_plugins.push(name.clone());
+                kv_keys.push(key.clone());
+            }
+        }
+        let (tasks, agents, plugins, kv) = tokio::try_join!(
+            load_tasks(tx, &task_ids, &keys),
+            load_agents(tx, &agents),
+            load_plugins(tx, &plugins),
+            load_kv(tx, &kv_plugins, &kv_keys),
+        )?;
+        let mut overlay = Overlay::default();
+        for (seq, task) in tasks {
+            overlay.task_seq.insert(task.id, seq);
+            overlay.state.load_task(task);
+        }
+        for (seq, count, record) in agents {
+            overlay.agent_rows.insert(record.name.clone(), (seq, count));
+            overlay.state.load_agent(record);
+        }
+        let mut kv_of: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+        for (plugin, key, value) in kv {
+            kv_of.entry(plugin).or_default().insert(key, value);
+        }
+        for (seq, record) in plugins {
+            let name = record.name().to_owned();
+            overlay.plugin_seq.insert(name.clone(), seq);
+            let kv = kv_of.remove(&name).unwrap_or_default();
+            overlay.state.load_plugin(record, kv);
+        }
+        Ok(overlay)
+    }
+
+    /// Applies one request's events (with their seqs), all or none.
+    pub fn apply(&mut self, events: &[(u64, &SystemEvent)]) -> Result<(), ApplyError> {
+        match events {
+            [(_, event)] => self.state.apply(event)?,
+            _ => {
+                let mut next = self.state.clone();
+                for (_, event) in events {
+                    next.apply(event)?;
+                }
+                self.state = next;
+            }
+        }
+        for (seq, event) in events {
+            self.note(*seq, event);
+        }
+        Ok(())
+    }
+
+    /// Records which rows an applied event changed.
+    fn note(&mut self, seq: u64, event: &SystemEvent) {
+        match event {
+            SystemEvent::ElementCreated { element } => self.elements.push((seq, element.clone())),
+            SystemEvent::TaskSubmitted { task_id, spec } => {
+                self.task_seq.insert(*task_id, seq);
+                self.tasks.insert(*task_id);
+                if let Some(parent) = spec.parent.filter(|p| self.state.task(*p).is_some()) {
+                    self.tasks.insert(parent);
+                }
+            }
+            other => {
+                if let Some((task_id, _)) = other.task_change() {
+                    self.tasks.insert(task_id);
+                }
+            }
+        }
+        if let Some(name) = event.agent_name() {
+            if let SystemEvent::AgentSpawned { .. } = event {
+                self.respawned.insert(name.to_owned());
+                self.agent_rows.entry(name.to_owned()).or_insert((seq, 0));
+            }
+            self.agents.insert(name.to_owned());
+        }
+        if let Some(name) = event.plugin_name() {
+            match event {
+                SystemEvent::PluginInstalled { .. } => {
+                    self.plugin_seq.insert(name.to_owned(), seq);
+                }
+                SystemEvent::PluginRemoved { .. } => {
+                    self.removed.insert(name.to_owned());
+                }
+                SystemEvent::PluginKvSet { key, .. } => {
+                    self.kv.insert((name.to_owned(), key.clone()));
+                }
+                _ => {}
+            }
+            self.plugins.insert(name.to_owned());
+        }
+    }
+
+    /// Writes back every row the group changed.
+    pub async fn write(&self, tx: &Transaction<'_>) -> Result<(), PgError> {
+        // Removals go first: a plugin removed and installed again within
+        // the group is a new row with no key-value data.
+        self.write_removals(tx).await?;
+        tokio::try_join!(
+            self.write_elements(tx),
+            self.write_tasks(tx),
+            self.write_agents(tx),
+            self.write_plugins(tx),
+        )?;
+        Ok(())
+    }
+
+    async fn write_elements(&self, tx: &Transaction<'_>) -> Result<(), PgError> {
+        if self.elements.is_empty() {
+            return Ok(());
+        }
+        let seq: Vec<i64> = self.elements.iter().map(|(s, _)| *s as i64).collect();
+        let id: Vec<Uuid> = self.elements.iter().map(|(_, e)| e.id).collect();
+        let record = self
+            .elements
+            .iter()
+            .map(|(_, e)| json(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO lion.elements (seq, id, record) \
+                 SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bytea[])",
+            )
+            .await?;
+        tx.execute(&stmt, &[&seq, &id, &record]).await?;
+        Ok(())
+    }
+
+    async fn write_tasks(&self, tx: &Transaction<'_>) -> Result<(), PgError> {
+        let tasks: Vec<&TaskRecord> = self
+            .tasks
+            .iter()
+            .filter_map(|id| self.state.task(*id))
+            .collect();
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let seq: Vec<i64> = tasks
+            .iter()
+            .map(|t| self.task_seq.get(&t.id).copied().unwrap_or_default() as i64)
+            .collect();
+        let id: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
+        let key: Vec<Option<&str>> = tasks
+            .iter()
+            .map(|t| t.spec.idempotency_key.as_deref())
+            .collect();
+        let unfinished: Vec<bool> = tasks.iter().map(|t| !t.status.is_final()).collect();
+        let record = tasks.iter().map(json).collect::<Result<Vec<_>, _>>()?;
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO lion.tasks (seq, id, idempotency_key, unfinished, record) \
+                 SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::boolean[], \
+                 $5::bytea[]) \
+                 ON CONFLICT (id) DO UPDATE \
+                 SET unfinished = excluded.unfinished, record = excluded.record",
+            )
+            .await?;
+        tx.execute(&stmt, &[&seq, &id, &key, &unfinished, &record])
+            .await?;
+        Ok(())
+    }
+
+    async fn write_agents(&self, tx: &Transaction<'_>) -> Result<(), PgError> {
+        let agents: Vec<&AgentRecord> = self
+            .agents
+            .iter()
+            .filter_map(|name| self.state.agent(name))
+            .collect();
+        if agents.is_empty() {
+            return Ok(());
+        }
+        let (mut names, mut seqs, mut counts, mut records) = (vec![], vec![], vec![], vec![]);
+        let (mut msg_agent, mut msg_n, mut msg_body) = (vec![], vec![], vec![]);
+        let mut restart = Vec::new();
+        for agent in agents {
+            let (seq, loaded) = self
+                .agent_rows
+                .get(&agent.name)
+                .copied()
+                .unwrap_or_default();
+            // After a spawn the record holds its whole conversation, which
+            // replaces the rows; otherwise it holds the messages added.
+            let first = if self.respawned.contains(&agent.name) {
+                restart.push(agent.name.as_str());
+                0
+            } else {
+                loaded
+            };
+            for (i, message) in agent.messages.iter().enumerate() {
+                msg_agent.push(agent.name.as_str());
+                msg_n.push((first + i as u64) as i64);
+                msg_body.push(json(message)?);
+            }
+            let without_messages = AgentRecord {
+                messages: Vec::new(),
+                ..agent.clone()
+            };
+            names.push(agent.name.as_str());
+            seqs.push(seq as i64);
+            counts.push((first + agent.messages.len() as u64) as i64);
+            records.push(json(&without_messages)?);
+        }
+        if !restart.is_empty() {
+            let stmt = tx
+                .prepare_cached("DELETE FROM lion.agent_messages WHERE agent = ANY($1)")
+                .await?;
+            tx.execute(&stmt, &[&restart]).await?;
+        }
+        let upsert = tx
+            .prepare_cached(
+                "INSERT INTO lion.agents (name, seq, messages, record) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[]) \
+                 ON CONFLICT (name) DO UPDATE \
+                 SET messages = excluded.messages, record = excluded.record",
+            )
+            .await?;
+        let messages = tx
+            .prepare_cached(
+                "INSERT INTO lion.agent_messages (agent, n, message) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])",
+            )
+            .await?;
+        tokio::try_join!(
+            async {
+                tx.execute(&upsert, &[&names, &seqs, &counts, &records])
+                    .await
+                    .map_err(PgError::from)
+            },
+            async {
+                if msg_agent.is_empty() {
+                    return Ok(0);
+                }
+                tx.execute(&messages, &[&msg_agent, &msg_n, &msg_body])
+                    .await
+                    .map_err(PgError::from)
+            },
+        )?;
+        Ok(())
+    }
+
+    async fn write_removals(&self, tx: &Transaction<'_>) -> Result<(), PgError> {
+        if self.removed.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = self.removed.iter().map(String::as_str).collect();
+        let plugins = tx
+            .prepare_cached("DELETE FROM lion.plugins WHERE name = ANY($1)")
+            .await?;
+        let kv = tx
+            .prepare_cached("DELETE FROM lion.plugin_kv WHERE plugin = ANY($1)")
+            .await?;
+        tokio::try_join!(async { tx.execute(&plugins, &[&names]).await }, async {
+            tx.execute(&kv, &[&names]).await
+        },)?;
+        Ok(())
+    }
+
+    async fn write_plugins(&self, tx: &Transaction<'_>) -> Result<(), PgError> {
+        let plugins: Vec<&PluginRecord> = self
+            .plugins
+            .iter()
+            .filter_map(|name| self.state.plugin(name))
+            .collect();
+        let (mut names, mut seqs, mut records) = (vec![], vec![], vec![]);
+        for plugin in plugins {
+            names.push(plugin.name());
+            seqs.push(
+                self.plugin_seq
+                    .get(plugin.name())
+                    .copied()
+                    .unwrap_or_default() as i64,
+            );
+            records.push(json(plugin)?);
+        }
+        let (mut set_plugin, mut set_key, mut set_value) = (vec![], vec![], vec![]);
+        let (mut del_plugin, mut del_key) = (vec![], vec![]);
+        for (plugin, key) in &self.kv {
+            if self.state.plugin(plugin).is_none() {
+                continue; // removed: its rows are gone
+            }
+            match self.state.plugin_kv(plugin).and_then(|kv| kv.get(key)) {
+                Some(value) => {
+                    set_plugin.push(plugin.as_str());
+                    set_key.push(key.as_str());
+                    set_value.push(value.as_str());
+                }
+                None => {
+                    del_plugin.push(plugin.as_str());
+                    del_key.push(key.as_str());
+                }
+            }
+        }
+        let upsert = tx
+            .prepare_cached(
+                "INSERT INTO lion.plugins (name, seq, record) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
+                 ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, record = excluded.record",
+            )
+            .await?;
+        let set = tx
+            .prepare_cached(
+                "INSERT INTO lion.plugin_kv (plugin, key, value) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) \
+                 ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value",
+            )
+            .await?;
+        let delete = tx
+            .prepare_cached(
+                "DELETE FROM lion.plugin_kv WHERE (plugin, key) IN \
+                 (SELECT * FROM unnest($1::text[], $2::text[]))",
+            )
+            .await?;
+        // The plugin rows first: key-value rows belong to them.
+        if !names.is_empty() {
+            tx.execute(&upsert, &[&names, &seqs, &records]).await?;
+        }
+        tokio::try_join!(
+            async {
+                if set_plugin.is_empty() {
+                    return Ok(0);
+                }
+                tx.execute(&set, &[&set_plugin, &set_key, &set_value]).await
+            },
+            async {
+                if del_plugin.is_empty() {
+                    return Ok(0);
+                }
+                tx.execute(&delete, &[&del_plugin, &del_key]).await
+            },
+        )?;
+        Ok(())
+    }
+}
+
+/// The tasks with these ids or idempotency keys, with their seqs.
+async fn load_tasks(
+    tx: &Transaction<'_>,
+    ids: &[Uuid],
+    keys: &[String],
+) -> Result<Vec<(u64, TaskRecord)>, PgError> {
+    if ids.is_empty() && keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "SELECT seq, record FROM lion.tasks \
+             WHERE id = ANY($1) OR idempotency_key = ANY($2)",
+        )
+        .await?;
+    let rows = tx.query(&stmt, &[&ids, &keys]).await?;
+    rows.iter()
+        .map(|r| Ok((r.get::<_, i64>(0) as u64, parse(r.get(1), "task")?)))
+        .collect()
+}
+
+/// The agents with these names: first spawn seq, message count, record.
+async fn load_agents(
+    tx: &Transaction<'_>,
+    names: &[String],
+) -> Result<Vec<(u64, u64, AgentRecord)>, PgError> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = tx
+        .prepare_cached("SELECT seq, messages, record FROM lion.agents WHERE name = ANY($1)")
+        .await?;
+    let rows = tx.query(&stmt, &[&names]).await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.get::<_, i64>(0) as u64,
+                r.get::<_, i64>(1) as u64,
+                parse(r.get(2), "agent")?,
+            ))
+        })
+        .collect()
+}
+
+/// The plugins with these names, with their install seqs.
+async fn load_plugins(
+    tx: &Transaction<'_>,
+    names: &[String],
+) -> Result<Vec<(u64, PluginRecord)>, PgError> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = tx
+        .prepare_cached("SELECT seq, record FROM lion.plugins WHERE name = ANY($1)")
+        .await?;
+    let rows = tx.query(&stmt, &[&names]).await?;
+    rows.iter()
+        .map(|r| Ok((r.get::<_, i64>(0) as u64, parse(r.get(1), "plugin")?)))
+        .collect()
+}
+
+/// The key-value entries at these (plugin, key) pairs that exist.
+async fn load_kv(
+    tx: &Transaction<'_>,
+    plugins: &[String],
+    keys: &[String],
+) -> Result<Vec<(String, String, String)>, PgError> {
+    if plugins.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "SELECT plugin, key, value FROM lion.plugin_kv WHERE (plugin, key) IN \
+             (SELECT * FROM unnest($1::text[], $2::text[]))",
+        )
+        .await?;
+    let rows = tx.query(&stmt, &[&plugins, &keys]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// A projection row's JSON.
+pub(super) fn json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, PgError> {
+    serde_json::to_vec(value).map_err(|e| PgError::Corrupt(format!("cannot encode a row: {e}")))
+}
+
+/// A projection row from its JSON.
+pub(super) fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, PgError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| PgError::Corrupt(format!("a stored {what} row does not parse: {e}")))
+}

@@ -1,0 +1,143 @@
+//! The store's tables in PostgreSQL, all in the `lion` schema (so a
+//! database shared with other applications keeps its names), created by the
+//! first opener and checked by every later one.
+//!
+//! `lion.events` holds each record exactly as hashed: the payload as
+//! `bytea`, never re-encoded (`jsonb` would reorder keys and break the
+//! chain), `recorded_at` as the microseconds the hash covers. A trigger
+//! refuses updates, deletes and truncation of it. `lion.store` is one row:
+//! the schema version, the store's id and the log's head — the row every
+//! append locks (`FOR UPDATE`) until it commits, which serialises appends
+//! across kernels in commit order (see the `writer` module).
+
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use super::PgError;
+
+/// The layout version this lion reads and writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Advisory lock key held while the schema is created: openers of a new
+/// database take turns (the number spells "lion" in ASCII).
+const CREATE_LOCK: i64 = 0x6c69_6f6e;
+
+/// The layout, created in one transaction.
+const LAYOUT: &str = "
+CREATE SCHEMA lion;
+CREATE TABLE lion.store (
+    id             integer PRIMARY KEY CHECK (id = 1),
+    schema_version integer NOT NULL,
+    store_id       uuid    NOT NULL,
+    head_seq       bigint  NOT NULL,
+    head_hash      bytea   NOT NULL
+);
+CREATE TABLE lion.events (
+    seq            bigint   PRIMARY KEY,
+    event_id       uuid     NOT NULL UNIQUE,
+    stream         text     NOT NULL,
+    stream_version bigint   NOT NULL,
+    recorded_at    bigint   NOT NULL, -- microseconds since the Unix epoch
+    correlation_id uuid     NOT NULL,
+    causation_id   uuid,
+    schema_version integer  NOT NULL,
+    payload        bytea    NOT NULL, -- byte for byte as hashed
+    prev_hash      bytea    NOT NULL,
+    hash           bytea    NOT NULL,
+    UNIQUE (stream, stream_version)
+);
+CREATE FUNCTION lion.refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the event log is append-only';
+END $$;
+CREATE TRIGGER events_are_append_only BEFORE UPDATE OR DELETE ON lion.events
+    FOR EACH ROW EXECUTE FUNCTION lion.refuse_change();
+CREATE TRIGGER events_are_never_truncated BEFORE TRUNCATE ON lion.events
+    FOR EACH STATEMENT EXECUTE FUNCTION lion.refuse_change();
+CREATE TABLE lion.elements (
+    seq    bigint PRIMARY KEY, -- the creating event: creation order
+    id     uuid   NOT NULL UNIQUE,
+    record bytea  NOT NULL     -- the ElementData, JSON
+);
+CREATE TABLE lion.tasks (
+    seq             bigint  PRIMARY KEY, -- the submitting event: submission order
+    id              uuid    NOT NULL UNIQUE,
+    idempotency_key text    UNIQUE,
+    unfinished      boolean NOT NULL,
+    record          bytea   NOT NULL     -- the TaskRecord, JSON
+);
+CREATE INDEX tasks_unfinished ON lion.tasks (seq) WHERE unfinished;
+CREATE TABLE lion.agents (
+    name     text   PRIMARY KEY,
+    seq      bigint NOT NULL, -- the first spawning event: spawn order
+    messages bigint NOT NULL, -- how many rows of agent_messages are its
+    record   bytea  NOT NULL  -- the AgentRecord without its messages, JSON
+);
+CREATE INDEX agents_by_seq ON lion.agents (seq);
+CREATE TABLE lion.agent_messages (
+    agent   text   NOT NULL,
+    n       bigint NOT NULL, -- 0-based place in the conversation
+    message bytea  NOT NULL, -- the ChatMessage, JSON
+    PRIMARY KEY (agent, n)
+);
+CREATE TABLE lion.plugins (
+    name   text   PRIMARY KEY,
+    seq    bigint NOT NULL UNIQUE, -- the installing event: install order
+    record bytea  NOT NULL         -- the PluginRecord, JSON
+);
+CREATE TABLE lion.plugin_kv (
+    plugin text NOT NULL,
+    key    text NOT NULL,
+    value  text NOT NULL,
+    PRIMARY KEY (plugin, key)
+);
+";
+
+/// Creates the layout in a database that has none, or checks the one it
+/// has; returns the store's id.
+pub(super) async fn initialise(client: &mut Client) -> Result<Uuid, PgError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CREATE_LOCK])
+        .await?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('lion.store') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        let taken: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'lion')",
+                &[],
+            )
+            .await?
+            .get(0);
+        if taken {
+            return Err(PgError::NotAStore(
+                "it has a schema named `lion` without lion's tables".into(),
+            ));
+        }
+        tx.batch_execute(LAYOUT).await?;
+        tx.execute(
+            "INSERT INTO lion.store (id, schema_version, store_id, head_seq, head_hash) \
+             VALUES (1, $1, $2, 0, $3)",
+            &[&SCHEMA_VERSION, &Uuid::now_v7(), &vec![0u8; 32]],
+        )
+        .await?;
+    }
+    let row = tx
+        .query_opt(
+            "SELECT schema_version, store_id FROM lion.store WHERE id = 1",
+            &[],
+        )
+        .await?
+        .ok_or_else(|| PgError::NotAStore("its `lion.store` table is empty".into()))?;
+    let version: i32 = row.get(0);
+    if version != SCHEMA_VERSION {
+        return Err(PgError::NotAStore(format!(
+            "its layout is version {version}; this lion reads version {SCHEMA_VERSION}"
+        )));
+    }
+    let id: Uuid = row.get(1);
+    tx.commit().await?;
+    Ok(id)
+}

@@ -1,0 +1,396 @@
+//! The group-commit writer of a [`super::PostgresStore`]: one task and one
+//! connection per store, committing in one transaction every append that
+//! arrived while the previous transaction was being committed.
+//!
+//! Each transaction first locks the log's head row (`lion.store`, `FOR
+//! UPDATE`) and holds it to commit. That serialises appends across every
+//! kernel on the database: the chain always links to the committed head,
+//! and sequence numbers are assigned in commit order — the next writer gets
+//! the lock only once the previous transaction is visible, so a reader
+//! never sees seq N+1 without seq N.
+//!
+//! Inside the lock, one round trip reads what the group needs (which of its
+//! event ids are stored, its streams' versions, the projection rows it
+//! touches); each request is then checked and applied in memory, and one
+//! more round trip writes the events, the projections and the new head.
+//! A refused request (wrong expected version, refused event, partial
+//! duplicate) is answered with its error and writes nothing; the rest of
+//! its group commits. A statement that fails for a reason the checks did
+//! not foresee fails the group, which is then committed request by request
+//! to find the one at fault.
+//!
+//! When the connection breaks (the database restarted or is unreachable),
+//! the group is retried on a new connection until `reconnect_for` has
+//! passed. Retrying is safe even when the commit went through and only its
+//! acknowledgement was lost: the retry finds the events stored (by id) and
+//! answers with their positions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use agentic_core::chain::{Hash, seal};
+use agentic_core::{
+    AppendReceipt, ApplyError, ChainHead, EventEnvelope, ExpectedVersion, PendingEvent, StoreError,
+    SystemEvent,
+};
+use deadpool_postgres::{Pool, Transaction};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use super::PgError;
+use super::projection::Overlay;
+
+/// An append waiting for the writer.
+pub(super) struct Request {
+    /// The encoded events, all-or-nothing.
+    pub events: Vec<PendingEvent>,
+    /// Expectation on the batch's stream.
+    pub expected: ExpectedVersion,
+    /// Where the outcome goes once committed.
+    pub reply: oneshot::Sender<Result<AppendReceipt, StoreError>>,
+}
+
+/// Running totals of one writer's commits, readable while it runs.
+#[derive(Debug, Default)]
+pub struct CommitCounters {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Events committed (idempotent retries not counted).
+    pub events: AtomicU64,
+}
+
+/// The writer task's state.
+pub(super) struct Writer {
+    /// Its connection (a pool of one, which re-makes a broken connection).
+    pub pool: Pool,
+    /// Where the database is, for messages.
+    pub location: Arc<str>,
+    /// Publishes the newest committed sequence number to this store's readers.
+    pub committed: Arc<watch::Sender<u64>>,
+    /// Most events committed in one transaction; the rest wait for the next.
+    pub max_events_per_commit: usize,
+    /// How long a group is retried while the database is unreachable.
+    pub reconnect_for: Duration,
+    /// What this writer committed.
+    pub stats: Arc<CommitCounters>,
+}
+
+/// Longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// One group's outcome: each request's answer and the head after it.
+type GroupOutcome = (Vec<Result<AppendReceipt, StoreError>>, ChainHead);
+
+impl Writer {
+    /// Serves requests until every sender is dropped.
+    pub async fn run(self, mut rx: mpsc::Receiver<Request>) {
+        while let Some(first) = rx.recv().await {
+            let mut size = first.events.len();
+            let mut group = vec![first];
+            while size < self.max_events_per_commit {
+                match rx.try_recv() {
+                    Ok(next) => {
+                        size += next.events.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let outcomes = self.commit(&group).await;
+            for (request, outcome) in group.into_iter().zip(outcomes) {
+                let _ = request.reply.send(outcome);
+            }
+        }
+    }
+
+    /// Commits a group, retrying across reconnections, and isolating the
+    /// request at fault when a statement fails.
+    async fn commit(&self, group: &[Request]) -> Vec<Result<AppendReceipt, StoreError>> {
+        let deadline = Instant::now() + self.reconnect_for;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.try_commit(group).await {
+                Ok((outcomes, head)) => {
+                    self.committed.send_if_modified(|seq| {
+                        let newer = head.seq > *seq;
+                        if newer {
+                            *seq = head.seq;
+                        }
+                        newer
+                    });
+                    return outcomes;
+                }
+                Err(e) if e.is_connection() && Instant::now() < deadline => {
+                    tracing::warn!(
+                        location = %self.location,
+                        error = %e,
+                        "the store's connection failed; reconnecting to commit again"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) if group.len() > 1 && !e.is_connection() => {
+                    let mut outcomes = Vec::with_capacity(group.len());
+                    for request in group {
+                        let alone = Box::pin(self.commit(std::slice::from_ref(request))).await;
+                        outcomes.extend(alone);
+                    }
+                    return outcomes;
+                }
+                Err(e) => {
+                    let error = e.into_store(&self.location);
+                    return group.iter().map(|_| Err(error.clone())).collect();
+                }
+            }
+        }
+    }
+
+    /// One attempt at committing a group in one transaction.
+    async fn try_commit(&self, group: &[Request]) -> Result<GroupOutcome, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let lock = tx
+            .prepare_cached("SELECT head_seq, head_hash FROM lion.store WHERE id = 1 FOR UPDATE")
+            .await?;
+        let row = tx.query_one(&lock, &[]).await?;
+        let mut head = head_of(row.get(0), row.get(1))?;
+        let events = || group.iter().flat_map(|r| &r.events);
+        let ids: Vec<Uuid> = events().map(|e| e.record.event_id).collect();
+        let mut streams: Vec<&str> = events().map(|e| e.record.stream.as_str()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let (mut stored, mut versions, mut overlay) = tokio::try_join!(
+            stored_ids(&tx, &ids),
+            stream_versions(&tx, &streams),
+            Overlay::load(&tx, events().map(|e| &e.event)),
+        )?;
+        let recorded_at = EventEnvelope::now();
+        let mut rows = Vec::new();
+        let mut outcomes = Vec::with_capacity(group.len());
+        for request in group {
+            let outcome = admit(
+                request,
+                &mut Admission {
+                    head: &mut head,
+                    stored: &mut stored,
+                    versions: &mut versions,
+                    overlay: &mut overlay,
+                    rows: &mut rows,
+                    recorded_at,
+                },
+            );
+            outcomes.push(outcome);
+        }
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok((outcomes, head));
+        }
+        let update = tx
+            .prepare_cached("UPDATE lion.store SET head_seq = $1, head_hash = $2 WHERE id = 1")
+            .await?;
+        let seq = i64::try_from(head.seq).unwrap_or(i64::MAX);
+        let hash = head.hash.0.to_vec();
+        let notify = tx
+            .prepare_cached("SELECT pg_notify('lion_log', $1)")
+            .await?;
+        let payload = head.seq.to_string();
+        tokio::try_join!(
+            insert_events(&tx, &rows),
+            overlay.write(&tx),
+            async {
+                tx.execute(&update, &[&seq, &hash])
+                    .await
+                    .map_err(PgError::from)
+            },
+            async {
+                tx.execute(&notify, &[&payload])
+                    .await
+                    .map_err(PgError::from)
+            },
+        )?;
+        tx.commit().await?;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .events
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        Ok((outcomes, head))
+    }
+}
+
+/// What checking and applying one request updates.
+struct Admission<'a> {
+    /// The chain's head, moved on by each admitted event.
+    head: &'a mut ChainHead,
+    /// Event ids stored (before or in this group), with their seqs.
+    stored: &'a mut HashMap<Uuid, u64>,
+    /// Stream versions, moved on by each admitted event.
+    versions: &'a mut HashMap<String, u64>,
+    /// The projection rows the group touches.
+    overlay: &'a mut Overlay,
+    /// The sealed records to write.
+    rows: &'a mut Vec<EventEnvelope>,
+    /// The group's commit time.
+    recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Checks one request against the log and the projections; if it is
+/// admitted, seals its events into the chain and applies them to the
+/// overlay. Refusals change nothing.
+fn admit(request: &Request, a: &mut Admission<'_>) -> Result<AppendReceipt, StoreError> {
+    let events = &request.events;
+    let seqs: Vec<Option<u64>> = events
+        .iter()
+        .map(|e| a.stored.get(&e.record.event_id).copied())
+        .collect();
+    if seqs.iter().all(Option::is_some) {
+        let seqs = seqs.into_iter().flatten();
+        let (first, last) = seqs.fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
+        return Ok(AppendReceipt {
+            first_seq: first,
+            last_seq: last,
+            deduplicated: true,
+        });
+    }
+    if let Some(stored) = events.iter().zip(&seqs).find(|(_, s)| s.is_some()) {
+        return Err(StoreError::PartialDuplicate(stored.0.record.event_id));
+    }
+    let mut ids: Vec<Uuid> = events.iter().map(|e| e.record.event_id).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        return Err(StoreError::InvalidBatch(
+            "an event id appears twice in the batch",
+        ));
+    }
+    let stream = &events[0].record.stream;
+    request
+        .expected
+        .check(stream, a.versions.get(stream).copied().unwrap_or(0))?;
+    // Positions first (refusing an element created twice), then the
+    // reducer's checks, then the seal: nothing is kept unless all pass.
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    let mut placed = Vec::with_capacity(events.len());
+    for (i, event) in events.iter().enumerate() {
+        let stream = event.record.stream.as_str();
+        let version = versions
+            .entry(stream)
+            .or_insert_with(|| a.versions.get(stream).copied().unwrap_or(0));
+        *version += 1;
+        if let (SystemEvent::ElementCreated { element }, 2..) = (&event.event, *version) {
+            return Err(StoreError::Rejected(ApplyError::DuplicateElement(
+                element.id,
+            )));
+        }
+        placed.push((a.head.seq + 1 + i as u64, *version));
+    }
+    let applied: Vec<(u64, &SystemEvent)> = events
+        .iter()
+        .zip(&placed)
+        .map(|(e, (seq, _))| (*seq, &e.event))
+        .collect();
+    a.overlay.apply(&applied)?;
+    for (event, (_, version)) in events.iter().zip(placed) {
+        let mut record = event.record.clone();
+        record.stream_version = version;
+        record.recorded_at = a.recorded_at;
+        *a.head = seal(a.head, &mut record);
+        a.stored.insert(record.event_id, record.seq);
+        a.versions.insert(record.stream.clone(), version);
+        a.rows.push(record);
+    }
+    Ok(AppendReceipt {
+        first_seq: a.head.seq + 1 - events.len() as u64,
+        last_seq: a.head.seq,
+        deduplicated: false,
+    })
+}
+
+/// The chain head from the head row's columns.
+pub(super) fn head_of(seq: i64, hash: Vec<u8>) -> Result<ChainHead, PgError> {
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| PgError::Corrupt("the log's head hash is not 32 bytes".into()))?;
+    Ok(ChainHead {
+        seq: u64::try_from(seq)
+            .map_err(|_| PgError::Corrupt("the log's head is at a negative seq".into()))?,
+        hash: Hash(hash),
+    })
+}
+
+/// Which of `ids` are stored, with their seqs.
+async fn stored_ids(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, u64>, PgError> {
+    let stmt = tx
+        .prepare_cached("SELECT event_id, seq FROM lion.events WHERE event_id = ANY($1)")
+        .await?;
+    let rows = tx.query(&stmt, &[&ids]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, Uuid>(0), r.get::<_, i64>(1) as u64))
+        .collect())
+}
+
+/// The current version of each of `streams` (absent: no such stream).
+async fn stream_versions(
+    tx: &Transaction<'_>,
+    streams: &[&str],
+) -> Result<HashMap<String, u64>, PgError> {
+    // One backward index probe per stream, not a scan of its events.
+    let stmt = tx
+        .prepare_cached(
+            "SELECT s, (SELECT e.stream_version FROM lion.events e WHERE e.stream = s \
+             ORDER BY e.stream_version DESC LIMIT 1) \
+             FROM unnest($1::text[]) AS s",
+        )
+        .await?;
+    let rows = tx.query(&stmt, &[&streams]).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((r.get::<_, String>(0), r.get::<_, Option<i64>>(1)? as u64)))
+        .collect())
+}
+
+/// Writes the sealed records, in one statement.
+async fn insert_events(tx: &Transaction<'_>, rows: &[EventEnvelope]) -> Result<(), PgError> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO lion.events (seq, event_id, stream, stream_version, recorded_at, \
+             correlation_id, causation_id, schema_version, payload, prev_hash, hash) \
+             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], \
+             $5::bigint[], $6::uuid[], $7::uuid[], $8::integer[], $9::bytea[], $10::bytea[], \
+             $11::bytea[])",
+        )
+        .await?;
+    let seq: Vec<i64> = rows.iter().map(|r| r.seq as i64).collect();
+    let event_id: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let stream: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
+    let version: Vec<i64> = rows.iter().map(|r| r.stream_version as i64).collect();
+    let at: Vec<i64> = rows
+        .iter()
+        .map(|r| r.recorded_at.timestamp_micros())
+        .collect();
+    let correlation: Vec<Uuid> = rows.iter().map(|r| r.correlation_id).collect();
+    let causation: Vec<Option<Uuid>> = rows.iter().map(|r| r.causation_id).collect();
+    let schema: Vec<i32> = rows.iter().map(|r| i32::from(r.schema_version)).collect();
+    let payload: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
+    let prev: Vec<&[u8]> = rows.iter().map(|r| r.prev_hash.0.as_slice()).collect();
+    let hash: Vec<&[u8]> = rows.iter().map(|r| r.hash.0.as_slice()).collect();
+    tx.execute(
+        &stmt,
+        &[
+            &seq,
+            &event_id,
+            &stream,
+            &version,
+            &at,
+            &correlation,
+            &causation,
+            &schema,
+            &payload,
+            &prev,
+            &hash,
+        ],
+    )
+    .await?;
+    Ok(())
+}
