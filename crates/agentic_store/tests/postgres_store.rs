@@ -1,0 +1,275 @@
+//! What only the PostgreSQL store shows (the contract every adapter keeps
+//! is `store_contract.rs`):
+//!
+//! - readers never skip: appenders on three store instances (three kernels,
+//!   as far as the database can tell) while a reader on a fourth follows
+//!   the log by sequence — it sees every acknowledged event exactly once,
+//!   in order, with no staleness timeout anywhere;
+//! - the database restarting under load (an immediate, crash-like stop):
+//!   appenders reconnect and retry, nothing acknowledged is lost, nothing
+//!   is stored twice, and the log verifies as one chain;
+//! - a dead database gives a clear error, not a hung caller;
+//! - a database that is not a lion store is refused.
+
+mod postgres_cluster;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentic_core::chain::ChainVerifier;
+use agentic_core::{ElementData, EventStore, ExpectedVersion, NewEvent, StoreError, SystemEvent};
+use agentic_store::{PostgresOptions, PostgresStore};
+use serde_json::json;
+use uuid::Uuid;
+
+/// A failure guard for waits that should end at once; never a timing assertion.
+const GUARD: Duration = Duration::from_secs(60);
+
+async fn open(url: &str) -> Arc<PostgresStore> {
+    Arc::new(
+        PostgresStore::open(url, PostgresOptions::default())
+            .await
+            .expect("open"),
+    )
+}
+
+fn new_event(appender: usize, n: usize) -> NewEvent {
+    let metadata = json!({ "appender": appender, "n": n });
+    let element = ElementData::new(metadata.as_object().cloned().unwrap_or_default(), None);
+    NewEvent::new(SystemEvent::ElementCreated { element }, Uuid::now_v7())
+}
+
+/// Checks the whole log's chain; returns its event ids in order.
+async fn verified_ids(store: &dyn EventStore) -> Vec<Uuid> {
+    let mut verifier = ChainVerifier::new();
+    let mut ids = Vec::new();
+    loop {
+        let batch = store
+            .read_from(ids.len() as u64 + 1, 2000)
+            .await
+            .expect("read");
+        if batch.is_empty() {
+            break;
+        }
+        for record in batch {
+            verifier.check(&record).expect("the chain verifies");
+            ids.push(record.event_id);
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_following_three_appending_kernels_sees_every_event_once_in_order() {
+    let url = postgres_cluster::cluster().database("never_skip").await;
+    let kernels = [open(&url).await, open(&url).await, open(&url).await];
+    let reader = open(&url).await;
+    const APPENDERS: usize = 48;
+    const EACH: usize = 50;
+    let total = (APPENDERS * EACH) as u64;
+    let follower = tokio::spawn(async move {
+        let mut subscription = reader.subscribe(1);
+        let mut seen = Vec::new();
+        while (seen.len() as u64) < total {
+            let event = tokio::time::timeout(GUARD, subscription.next())
+                .await
+                .expect("the reader waited for an event that never came")
+                .expect("subscription");
+            assert_eq!(event.seq, seen.len() as u64 + 1, "the reader skipped");
+            seen.push(event.event_id);
+        }
+        seen
+    });
+    let appenders: Vec<_> = (0..APPENDERS)
+        .map(|i| {
+            let store = kernels[i % 3].clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for n in 0..EACH {
+                    // Single events and small batches, as kernels append.
+                    let batch: Vec<NewEvent> =
+                        (0..1 + n % 3).map(|k| new_event(i, n * 10 + k)).collect();
+                    ids.extend(batch.iter().map(|e| e.event_id));
+                    store
+                        .append(batch, ExpectedVersion::Any)
+                        .await
+                        .expect("append");
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut acknowledged = HashSet::new();
+    for appender in appenders {
+        acknowledged.extend(appender.await.expect("join"));
+    }
+    // The follower stops at `total` events; the batches made more: it
+    // checks the first `total`, the log is checked whole below.
+    let seen = follower.await.expect("follower");
+    let log = verified_ids(kernels[0].as_ref()).await;
+    assert_eq!(&log[..seen.len()], &seen[..]);
+    assert_eq!(log.len(), acknowledged.len());
+    assert_eq!(log.iter().copied().collect::<HashSet<_>>(), acknowledged);
+    let commits: u64 = kernels
+        .iter()
+        .map(|k| {
+            k.commit_stats()
+                .commits
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert!(
+        commits < acknowledged.len() as u64,
+        "appends were grouped: {commits} commits for {} events",
+        acknowledged.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_restarting_under_load_loses_nothing_acknowledged() {
+    let cluster = postgres_cluster::cluster();
+    let url = cluster.database("restart").await;
+    let stores = [open(&url).await, open(&url).await];
+    // Appenders run until the restart is over and they have appended ten
+    // more each, so appends straddle the restart.
+    let (restarted_tx, restarted) = tokio::sync::watch::channel(false);
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let appenders: Vec<_> = (0..16)
+        .map(|i| {
+            let store = stores[i % 2].clone();
+            let started = started_tx.clone();
+            let restarted = restarted.clone();
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let mut after_restart = 0;
+                for n in 0.. {
+                    let event = new_event(i, n);
+                    let id = event.event_id;
+                    store
+                        .append(vec![event], ExpectedVersion::Any)
+                        .await
+                        .expect("an append across the restart");
+                    acknowledged.push(id);
+                    if n == 10 {
+                        let _ = started.send(());
+                    }
+                    if *restarted.borrow() {
+                        after_restart += 1;
+                        if after_restart == 10 {
+                            break;
+                        }
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    drop(started_tx);
+    for _ in 0..16 {
+        started.recv().await.expect("an appender started");
+    }
+    tokio::task::spawn_blocking(|| postgres_cluster::cluster().crash_and_restart())
+        .await
+        .expect("restart");
+    restarted_tx.send_replace(true);
+    let mut acknowledged = Vec::new();
+    for appender in appenders {
+        acknowledged.extend(
+            tokio::time::timeout(GUARD, appender)
+                .await
+                .expect("appender hung")
+                .expect("join"),
+        );
+    }
+    let log = verified_ids(stores[0].as_ref()).await;
+    assert_eq!(
+        log.len(),
+        acknowledged.len(),
+        "every acknowledged event once"
+    );
+    let log: HashSet<Uuid> = log.into_iter().collect();
+    assert!(acknowledged.iter().all(|id| log.contains(id)));
+    // Readers and waiters work again too.
+    let head = stores[1].head().await.expect("head after the restart");
+    assert_eq!(head.seq, acknowledged.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let url = format!("postgres://lion@127.0.0.1:{port}/nowhere");
+    let options = PostgresOptions {
+        connect_timeout: Duration::from_secs(2),
+        ..PostgresOptions::default()
+    };
+    let error = match PostgresStore::open(&url, options).await {
+        Ok(_) => panic!("opened a store where nothing listens"),
+        Err(e) => e,
+    };
+    let message = error.to_string();
+    assert!(matches!(error, StoreError::Backend(_)), "{error:?}");
+    assert!(
+        message.contains(&format!("127.0.0.1:{port}/nowhere")),
+        "{message}"
+    );
+    assert!(!message.contains('\n'), "one line: {message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_with_a_foreign_lion_schema_is_refused_untouched() {
+    let url = postgres_cluster::cluster().database("foreign").await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE SCHEMA lion; CREATE TABLE lion.mine (x int); INSERT INTO lion.mine VALUES (7);",
+        )
+        .await
+        .expect("a foreign schema");
+    let error = match PostgresStore::open(&url, PostgresOptions::default()).await {
+        Ok(_) => panic!("opened a foreign schema as a store"),
+        Err(e) => e,
+    };
+    assert!(matches!(error, StoreError::NotAStore { .. }), "{error:?}");
+    let kept: i32 = client
+        .query_one("SELECT x FROM lion.mine", &[])
+        .await
+        .expect("still there")
+        .get(0);
+    assert_eq!(kept, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_refuses_updates_deletes_and_truncation() {
+    let url = postgres_cluster::cluster().database("append_only").await;
+    let store = open(&url).await;
+    store
+        .append(vec![new_event(0, 0)], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    for statement in [
+        "UPDATE lion.events SET payload = '\\x00'",
+        "DELETE FROM lion.events",
+        "TRUNCATE lion.events",
+    ] {
+        let error = client.batch_execute(statement).await.expect_err(statement);
+        assert!(
+            error.to_string().contains("append-only")
+                || error
+                    .as_db_error()
+                    .is_some_and(|e| e.message().contains("append-only")),
+            "{statement}: {error}"
+        );
+    }
+    assert_eq!(verified_ids(store.as_ref()).await.len(), 1);
+}
