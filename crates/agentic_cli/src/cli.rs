@@ -15,6 +15,13 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR", env = "LION_HOME")]
     pub home: Option<PathBuf>,
 
+    /// Where the log is: a postgres:// URL puts it in a PostgreSQL database
+    /// that kernels on several machines share [default: $LION_STORE, else
+    /// `url` under [store] in the home's config.toml, else the home's own
+    /// SQLite store].
+    #[arg(long, global = true, value_name = "URL", env = "LION_STORE")]
+    pub store: Option<String>,
+
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,

@@ -1,8 +1,9 @@
 //! `lion`: the command-line interface of the lion kernel, and the one place
-//! that picks adapters (the SQLite store of a home directory).
+//! that picks adapters (the SQLite store of a home directory, or a shared
+//! PostgreSQL store).
 //!
 //! - [`cli`] — commands, flags and aliases (clap).
-//! - [`home`] — which home to use, and opening its store.
+//! - [`home`] — which home to use, where its log is, and opening it.
 //! - [`lease`] — the kernel's lease on a home (`lion run`).
 //! - [`live`] — live events from a running kernel, over a socket in the home.
 //! - [`commands`] — one module per command group.
@@ -23,8 +24,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use agentic_core::{Cursor, StoreError};
-use agentic_store::SqliteStore;
+use agentic_core::{Cursor, EventStore, StoreError};
 use anyhow::Result;
 use clap::Parser;
 use tracing::Instrument;
@@ -112,35 +112,38 @@ async fn run(cli: Cli) -> Result<()> {
     let span = tracing::info_span!("lion", correlation_id = %ctx.correlation_id);
     async move {
         let home = home::resolve(cli.home.as_deref());
-        let open = || -> Result<Arc<SqliteStore>> {
-            let store = home::open(&home)?;
-            tracing::debug!(home = %home.display(), "store open");
-            Ok(Arc::new(store))
+        let store_flag = cli.store.as_deref();
+        let at = || home::store_at(&home, store_flag);
+        let open = async || -> Result<Arc<dyn EventStore>> {
+            let at = at()?;
+            let store = home::open(&home, &at).await?;
+            tracing::debug!(home = %home.display(), store = ?at, "store open");
+            Ok(store)
         };
         match cli.command {
             Command::Element(ElementCommand::Create(args)) | Command::CreateElement(args) => {
                 commands::element::create(open, ctx, &args).await
             }
             Command::Element(ElementCommand::List(paging)) => {
-                commands::element::list(&*open()?, ctx, paging).await
+                commands::element::list(&*open().await?, ctx, paging).await
             }
             Command::ListElements => {
-                commands::element::list(&*open()?, ctx, Paging::default()).await
+                commands::element::list(&*open().await?, ctx, Paging::default()).await
             }
             Command::Element(ElementCommand::Show { id }) => {
-                commands::element::show(&*open()?, ctx, &id).await
+                commands::element::show(&*open().await?, ctx, &id).await
             }
             Command::Events(EventsCommand::List { from, limit }) => {
-                commands::events::list(&*open()?, ctx, from, limit).await
+                commands::events::list(&*open().await?, ctx, from, limit).await
             }
             Command::Events(EventsCommand::Tail {
                 live: true, count, ..
             }) => commands::events::tail_live(&home, ctx, count).await,
             Command::Events(EventsCommand::Tail { from, count, .. }) => {
-                commands::events::tail(open()?, ctx, from, count).await
+                commands::events::tail(open().await?, ctx, from, count).await
             }
             Command::Events(EventsCommand::Verify) => {
-                commands::events::verify(&home::open_read_only(&home)?, ctx)
+                commands::events::verify(&home::Checked::open(&home, &at()?).await?, ctx).await
             }
             Command::Agent(AgentCommand::Spawn {
                 name,
@@ -161,22 +164,22 @@ async fn run(cli: Cli) -> Result<()> {
                     max_answer_bytes,
                     tools: tool,
                 };
-                commands::agent::spawn(&home, &*open()?, ctx, &name, spec).await
+                commands::agent::spawn(&home, &*open().await?, ctx, &name, spec).await
             }
             Command::Demo { calculator } => {
-                commands::demo::run(&home, open()?, ctx, calculator).await
+                commands::demo::run(&home, open().await?, ctx, calculator).await
             }
             Command::Agent(AgentCommand::List(paging)) => {
-                commands::agent::list(&*open()?, ctx, paging).await
+                commands::agent::list(&*open().await?, ctx, paging).await
             }
             Command::Agent(AgentCommand::Show { name, after, limit }) => {
-                commands::agent::show(&*open()?, ctx, &name, Cursor(after), limit as usize).await
+                commands::agent::show(&*open().await?, ctx, &name, Cursor(after), limit as usize).await
             }
             Command::Agent(AgentCommand::Send { name, text }) => {
-                commands::agent::send(&home, open()?, ctx, &name, &text).await
+                commands::agent::send(&home, open().await?, ctx, &name, &text).await
             }
             Command::Agent(AgentCommand::Stop { name }) => {
-                commands::agent::stop(&*open()?, ctx, &name).await
+                commands::agent::stop(&*open().await?, ctx, &name).await
             }
             Command::Model(ModelCommand::Pull { name }) => commands::model::pull(ctx, &name),
             Command::Model(ModelCommand::List) => commands::model::list(ctx),
@@ -195,7 +198,7 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                     commands::plugin_package::install(
                         &home,
-                        open()?,
+                        open().await?,
                         ctx,
                         &source,
                         name.as_deref(),
@@ -210,35 +213,35 @@ async fn run(cli: Cli) -> Result<()> {
                         );
                     }
                     let manifest = std::path::Path::new(&source);
-                    commands::plugin::install(&home, open()?, ctx, manifest, &grant, grant_all)
+                    commands::plugin::install(&home, open().await?, ctx, manifest, &grant, grant_all)
                         .await
                 }
             }
             Command::Plugin(PluginCommand::Grant { name, grant }) => {
-                commands::plugin::grant(&home, open()?, ctx, &name, &grant).await
+                commands::plugin::grant(&home, open().await?, ctx, &name, &grant).await
             }
             Command::Plugin(PluginCommand::Approve {
                 name,
                 functions,
                 dry_run,
             }) => {
-                commands::plugin::approve(&home, open()?, ctx, &name, &functions, dry_run).await
+                commands::plugin::approve(&home, open().await?, ctx, &name, &functions, dry_run).await
             }
             Command::Plugin(PluginCommand::List(paging)) => {
-                commands::plugin::list(&*open()?, ctx, paging).await
+                commands::plugin::list(&*open().await?, ctx, paging).await
             }
             Command::Plugin(PluginCommand::Info { name }) => {
-                commands::plugin::info(&*open()?, ctx, &name).await
+                commands::plugin::info(&*open().await?, ctx, &name).await
             }
             Command::Plugin(PluginCommand::Call {
                 name,
                 function,
                 input,
-            }) => commands::plugin::call(&home, open()?, ctx, &name, &function, &input).await,
+            }) => commands::plugin::call(&home, open().await?, ctx, &name, &function, &input).await,
             Command::Plugin(PluginCommand::Remove { name }) => {
-                commands::plugin::remove(&home, open()?, ctx, &name).await
+                commands::plugin::remove(&home, open().await?, ctx, &name).await
             }
-            Command::Replay => commands::replay::run(&home::open_read_only(&home)?, ctx).await,
+            Command::Replay => commands::replay::run(&home::Checked::open(&home, &at()?).await?, ctx).await,
             Command::Task(TaskCommand::Submit(args)) | Command::SubmitTask(args) => {
                 commands::task::submit(&home, open, ctx, &args).await
             }
@@ -248,13 +251,13 @@ async fn run(cli: Cli) -> Result<()> {
                 commands::mcp::serve(&home, open, ctx, &args).await
             }
             Command::Task(TaskCommand::List(paging)) => {
-                commands::task::list(&*open()?, ctx, paging).await
+                commands::task::list(&*open().await?, ctx, paging).await
             }
             Command::Task(TaskCommand::Show { id }) => {
-                commands::task::show(&*open()?, ctx, &id).await
+                commands::task::show(&*open().await?, ctx, &id).await
             }
             Command::Task(TaskCommand::Cancel { id }) => {
-                commands::task::cancel(&*open()?, ctx, &id).await
+                commands::task::cancel(&*open().await?, ctx, &id).await
             }
             Command::Bench(BenchCommand::Store {
                 quick,

@@ -176,12 +176,16 @@ enum Settings {
     Local { model: String },
 }
 
-/// `[llm]` of the home's `config.toml`.
+/// The home's `config.toml`: `[llm]` here, `[store]` in `home`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     #[serde(default)]
     llm: LlmSection,
+    /// Read by `home` (where the log is); accepted here.
+    #[serde(default)]
+    #[allow(dead_code)]
+    store: crate::home::StoreSection,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -24,7 +24,6 @@ use agentic_core::{
 };
 use agentic_llm::local::pull::SPEC_PREFIX;
 use agentic_llm::local::{ModelSpec, parse_spec};
-use agentic_store::SqliteStore;
 use anyhow::{Result, anyhow, bail};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -40,7 +39,7 @@ use crate::{lease, output};
 /// `lion agent spawn`.
 pub async fn spawn(
     home: &Path,
-    store: &SqliteStore,
+    store: &dyn EventStore,
     ctx: Ctx,
     name: &str,
     spec: AgentSpec,
@@ -163,7 +162,7 @@ pub fn model_for(
 }
 
 /// `lion agent list`.
-pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
+pub async fn list(store: &dyn EventStore, ctx: Ctx, paging: Paging) -> Result<()> {
     let listed = output::listed(paging, |after, limit| store.agents(after, limit)).await?;
     if ctx.json {
         // Conversations are not listed (`lion agent show` pages one).
@@ -225,7 +224,7 @@ fn agent_json(view: &AgentView) -> Result<Value> {
 
 /// `lion agent show`: an agent and a page of its conversation.
 pub async fn show(
-    store: &SqliteStore,
+    store: &dyn EventStore,
     ctx: Ctx,
     name: &str,
     after: Cursor,
@@ -280,7 +279,7 @@ pub async fn show(
 }
 
 /// `lion agent stop`.
-pub async fn stop(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
+pub async fn stop(store: &dyn EventStore, ctx: Ctx, name: &str) -> Result<()> {
     record(
         store,
         ctx,
@@ -302,7 +301,7 @@ pub async fn stop(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
 /// stream; otherwise the agent runs in this process.
 pub async fn send(
     home: &Path,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn EventStore>,
     ctx: Ctx,
     name: &str,
     text: &str,
@@ -318,7 +317,7 @@ pub async fn send(
     if lease::held(home)
         && let Some(stream) = live::connect(home).await
     {
-        return send_through_kernel(home, &store, ctx, name, text, stream).await;
+        return send_through_kernel(home, store.as_ref(), ctx, name, text, stream).await;
     }
     let resolved = HomeProviders::new(home).resolve(&agent.spec)?;
     let plugins = match agent.spec.tools.is_empty() {
@@ -392,7 +391,7 @@ const KERNEL_CHECK: Duration = Duration::from_secs(1);
 /// connected, so none is missed) until the task ends.
 async fn send_through_kernel(
     home: &Path,
-    store: &SqliteStore,
+    store: &dyn EventStore,
     ctx: Ctx,
     name: &str,
     text: &str,
@@ -530,7 +529,7 @@ impl Printer {
 }
 
 /// Appends one event of this invocation and waits for its commit.
-async fn record(store: &SqliteStore, ctx: Ctx, event: SystemEvent) -> Result<()> {
+async fn record(store: &dyn EventStore, ctx: Ctx, event: SystemEvent) -> Result<()> {
     store
         .append(
             vec![NewEvent::new(event, ctx.correlation_id)],

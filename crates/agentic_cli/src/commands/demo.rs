@@ -12,7 +12,6 @@ use std::time::Instant;
 use agentic_core::llm::{AgentRunner, AgentSpec, ProviderResolver, RunError, RunOutcome};
 use agentic_core::plugin::CallOptions;
 use agentic_core::{Durability, EventStore, ExpectedVersion, LiveEvent, NewEvent, SystemEvent};
-use agentic_store::SqliteStore;
 use anyhow::{Result, bail};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +23,7 @@ use crate::providers::HomeProviders;
 /// `lion demo`.
 pub async fn run(
     home: &Path,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn EventStore>,
     ctx: Ctx,
     calculator: Option<PathBuf>,
 ) -> Result<()> {
@@ -214,7 +213,7 @@ pub async fn run(
     for (kind, n) in &kinds {
         println!("{n:>5}  {kind}");
     }
-    let (folded, events) = store.replay(true)?;
+    let (folded, events) = agentic_core::store::audit::replay(store.as_ref()).await?;
     let diff = folded.diff(&store.projected_state().await?);
     if !diff.is_empty() {
         bail!(crate::IntegrityFailure(format!(

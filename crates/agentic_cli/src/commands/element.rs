@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use agentic_core::{ElementData, EventStore, ExpectedVersion, NewEvent, SystemEvent};
-use agentic_store::SqliteStore;
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -15,12 +14,12 @@ use crate::output;
 /// Creates an element from the command's metadata and content; prints its id.
 /// The arguments are checked before the store is opened (and perhaps created).
 pub async fn create(
-    open: impl FnOnce() -> Result<Arc<SqliteStore>>,
+    open: impl AsyncFnOnce() -> Result<Arc<dyn EventStore>>,
     ctx: Ctx,
     args: &CreateElement,
 ) -> Result<()> {
     let metadata = parse_metadata(&args.metadata)?;
-    let store = open()?;
+    let store = open().await?;
     let element = ElementData::new(metadata, args.content.clone());
     let id = element.id;
     let event = NewEvent::new(SystemEvent::ElementCreated { element }, ctx.correlation_id);
@@ -54,7 +53,7 @@ fn parse_metadata(text: &str) -> Result<Map<String, Value>> {
 }
 
 /// Lists the elements (all, or the page `paging` asks for), in creation order.
-pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
+pub async fn list(store: &dyn EventStore, ctx: Ctx, paging: Paging) -> Result<()> {
     let listed = output::listed(paging, |after, limit| store.elements(after, limit)).await?;
     if ctx.json {
         return listed.json();
@@ -75,7 +74,7 @@ pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
 }
 
 /// Shows one element in full.
-pub async fn show(store: &SqliteStore, ctx: Ctx, id: &str) -> Result<()> {
+pub async fn show(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
     let id: Uuid = id
         .parse()
         .with_context(|| format!("{id:?} is not an element id (a UUID)"))?;

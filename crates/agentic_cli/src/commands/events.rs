@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use agentic_core::{EventEnvelope, EventStore, StoreError, SystemEvent};
-use agentic_store::SqliteStore;
 use std::path::Path;
 
 use anyhow::{Result, bail};
@@ -12,6 +11,7 @@ use serde_json::Value;
 
 use super::Ctx;
 use crate::IntegrityFailure;
+use crate::home::Checked;
 use crate::{live, output};
 
 /// Events read per round trip when listing.
@@ -59,7 +59,7 @@ fn print_line(ctx: Ctx, e: &EventEnvelope) -> Result<()> {
 }
 
 /// Lists stored events from `from` on.
-pub async fn list(store: &SqliteStore, ctx: Ctx, from: u64, limit: Option<usize>) -> Result<()> {
+pub async fn list(store: &dyn EventStore, ctx: Ctx, from: u64, limit: Option<usize>) -> Result<()> {
     let mut next = from.max(1);
     let mut left = limit.unwrap_or(usize::MAX);
     let mut table = output::table(["seq", "recorded (UTC)", "type", "stream", "hash"]);
@@ -93,7 +93,7 @@ pub async fn list(store: &SqliteStore, ctx: Ctx, from: u64, limit: Option<usize>
 
 /// Follows new events until interrupted (or `count` events were shown).
 pub async fn tail(
-    store: Arc<SqliteStore>,
+    store: Arc<dyn EventStore>,
     ctx: Ctx,
     from: Option<u64>,
     count: Option<u64>,
@@ -174,8 +174,8 @@ fn live_summary(event: &SystemEvent) -> String {
 }
 
 /// Verifies the whole chain and the recorded head.
-pub fn verify(store: &SqliteStore, ctx: Ctx) -> Result<()> {
-    match store.verify() {
+pub async fn verify(store: &Checked, ctx: Ctx) -> Result<()> {
+    match store.verify().await {
         Ok(report) => {
             if ctx.json {
                 return output::json(&serde_json::json!({

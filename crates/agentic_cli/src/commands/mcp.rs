@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use agentic_core::{Durability, EventStore};
 use agentic_mcp::{Exposure, Naming, PluginTools};
-use agentic_store::SqliteStore;
 use anyhow::{Context, Result};
 use rmcp::ServiceExt;
 
@@ -30,7 +29,7 @@ pub fn exposure(args: &McpExpose) -> Result<Exposure> {
 /// `lion mcp serve`.
 pub async fn serve(
     home: &Path,
-    open: impl FnOnce() -> Result<Arc<SqliteStore>>,
+    open: impl AsyncFnOnce() -> Result<Arc<dyn EventStore>>,
     ctx: Ctx,
     args: &McpExpose,
 ) -> Result<()> {
@@ -38,7 +37,7 @@ pub async fn serve(
     if exposure.is_empty() {
         eprintln!("note: nothing is exposed, so no tool is offered (--expose PLUGIN[.FUNCTION])");
     }
-    let store = open()?;
+    let store = open().await?;
     let plugins = plugin::manager(home, store.clone(), ctx, Durability::Durable)?;
     let store: Arc<dyn EventStore> = store;
     let tools = PluginTools::new(store, plugins.clone(), exposure);

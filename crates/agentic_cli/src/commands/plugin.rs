@@ -12,7 +12,6 @@ use agentic_core::plugin::{
 };
 use agentic_core::{Durability, EventStore, TaskOutcome, TaskSpec};
 use agentic_mcp::{NetworkPlan, ProcessSandbox};
-use agentic_store::SqliteStore;
 use agentic_wasm::WasmSandbox;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -30,7 +29,7 @@ pub fn plugins_dir(home: &Path) -> PathBuf {
 /// WebAssembly plugins and the subprocess sandbox for server plugins.
 pub fn manager(
     home: &Path,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn EventStore>,
     ctx: Ctx,
     durability: Durability,
 ) -> Result<PluginManager> {
@@ -50,7 +49,7 @@ pub fn manager(
 /// `lion plugin install MANIFEST [--grant KIND:VALUE ...] [--grant-all]`.
 pub async fn install(
     home: &Path,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn EventStore>,
     ctx: Ctx,
     manifest: &Path,
     grants: &[String],
@@ -161,7 +160,7 @@ const SERVER_CALL_LIMITS: &[&str] = &[
 /// new grant, checked against its recorded manifest.
 pub async fn grant(
     home: &Path,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn EventStore>,
     ctx: Ctx,
     name: &str,
     flags: &[String],
@@ -191,7 +190,7 @@ pub async fn grant(
 }
 
 /// `lion plugin list`.
-pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
+pub async fn list(store: &dyn EventStore, ctx: Ctx, paging: Paging) -> Result<()> {
     let listed = output::listed(paging, |after, limit| store.plugins(after, limit)).await?;
     if ctx.json {
         return listed.json();
@@ -222,7 +221,7 @@ pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
 }
 
 /// `lion plugin info NAME`.
-pub async fn info(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
+pub async fn info(store: &dyn EventStore, ctx: Ctx, name: &str) -> Result<()> {
     let Some(snapshot) = store.plugin(name).await? else {
         bail!(PluginError::NotInstalled(name.to_owned()));
     };
@@ -276,7 +275,7 @@ pub async fn info(store: &SqliteStore, ctx: Ctx, name: &str) -> Result<()> {
 /// each run a copy); anything else is called here.
 pub async fn call(
     home: &Path,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn EventStore>,
     ctx: Ctx,
     name: &str,
     function: &str,
@@ -314,7 +313,7 @@ pub async fn call(
 /// prints its output, or fails with the call's error.
 async fn call_through_kernel(
     home: &Path,
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn EventStore>,
     ctx: Ctx,
     name: &str,
     function: &str,
@@ -348,7 +347,7 @@ async fn call_through_kernel(
 /// became callable (or would, with the new schemas).
 pub async fn approve(
     home: &Path,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn EventStore>,
     ctx: Ctx,
     name: &str,
     functions: &[String],
@@ -389,7 +388,7 @@ pub async fn approve(
 }
 
 /// `lion plugin remove NAME`.
-pub async fn remove(home: &Path, store: Arc<SqliteStore>, ctx: Ctx, name: &str) -> Result<()> {
+pub async fn remove(home: &Path, store: Arc<dyn EventStore>, ctx: Ctx, name: &str) -> Result<()> {
     let package = store
         .plugin(name)
         .await?

@@ -13,7 +13,6 @@ use agentic_core::plugin::{
 };
 use agentic_core::{Durability, EventStore};
 use agentic_mcp::registry::{self, InstallOptions, PackageSpec};
-use agentic_store::SqliteStore;
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::Ctx;
@@ -33,7 +32,7 @@ pub fn is_package(source: &str) -> bool {
 /// without its scope), its server started with `args`, granted `flags`.
 pub async fn install(
     home: &Path,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn EventStore>,
     ctx: Ctx,
     source: &str,
     name: Option<&str>,

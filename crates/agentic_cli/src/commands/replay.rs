@@ -2,23 +2,22 @@
 
 use std::time::Instant;
 
-use agentic_core::EventStore;
-use agentic_store::SqliteStore;
 use anyhow::Result;
 
 use super::Ctx;
 use crate::IntegrityFailure;
+use crate::home::Checked;
 use crate::output;
 
 /// Differences listed before the rest are summarised as a count.
 const SHOWN_DIFFERENCES: usize = 20;
 
 /// Replays the log and compares the folded state with the stored projections.
-pub async fn run(store: &SqliteStore, ctx: Ctx) -> Result<()> {
+pub async fn run(store: &Checked, ctx: Ctx) -> Result<()> {
     let start = Instant::now();
-    let (folded, events) = store.replay(true)?;
+    let (folded, events) = store.replay().await?;
     let elapsed = start.elapsed();
-    let projected = store.projected_state().await?;
+    let projected = store.store().projected_state().await?;
     let diff = folded.diff(&projected);
     if ctx.json {
         output::json(&serde_json::json!({

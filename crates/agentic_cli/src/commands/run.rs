@@ -16,7 +16,6 @@ use agentic_core::llm::{AGENT_HANDLER, AgentTask};
 use agentic_core::orchestrator::builtin_handlers;
 use agentic_core::plugin::{PLUGIN_HANDLER, PluginManager, PluginTask};
 use agentic_core::{Durability, EventStore, Orchestrator, OrchestratorConfig};
-use agentic_store::SqliteStore;
 use anyhow::Result;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -28,11 +27,11 @@ use crate::{lease, live};
 /// Runs the kernel until interrupted.
 pub async fn run(
     home: &Path,
-    open: impl FnOnce() -> Result<Arc<SqliteStore>>,
+    open: impl AsyncFnOnce() -> Result<Arc<dyn EventStore>>,
     ctx: Ctx,
     concurrency: usize,
 ) -> Result<()> {
-    let store = open()?;
+    let store = open().await?;
     let _lease = lease::acquire(home)?;
     let signals = count_signals()?;
     let (plugins, orchestrator) = start(home, &store, ctx, concurrency)?;
@@ -62,7 +61,7 @@ pub async fn run(
 /// holding the home's lease.
 pub fn start(
     home: &Path,
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn EventStore>,
     ctx: Ctx,
     concurrency: usize,
 ) -> Result<(PluginManager, Orchestrator)> {

@@ -19,7 +19,6 @@ use agentic_core::plugin::PluginManager;
 use agentic_core::{EventStore, Orchestrator, kernel};
 use agentic_http::{Access, Kernel, Token};
 use agentic_llm::local::{ModelSpec, parse_spec};
-use agentic_store::SqliteStore;
 use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -38,7 +37,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// `lion serve`.
 pub async fn serve(
     home: &Path,
-    open: impl FnOnce() -> Result<Arc<SqliteStore>>,
+    open: impl AsyncFnOnce() -> Result<Arc<dyn EventStore>>,
     ctx: Ctx,
     args: &ServeArgs,
 ) -> Result<()> {
@@ -74,7 +73,7 @@ pub async fn serve(
         ),
         None => None,
     };
-    let store = open()?;
+    let store = open().await?;
     let _lease = lease::acquire(home)?;
     let signals = count_signals()?;
     let listener = TcpListener::bind(args.addr)
@@ -183,7 +182,7 @@ pub async fn serve(
 /// directory installs may come from.
 pub fn http_kernel(
     home: &Path,
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn EventStore>,
     orchestrator: Orchestrator,
     plugins: PluginManager,
     ctx: Ctx,
@@ -197,13 +196,15 @@ pub fn http_kernel(
         plugins,
         correlation_id: ctx.correlation_id,
         plugin_dir,
-        commits: Some(Arc::new(move || {
-            let stats = counters.commit_stats();
-            (
-                stats.commits.load(std::sync::atomic::Ordering::Relaxed),
-                stats.events.load(std::sync::atomic::Ordering::Relaxed),
-            )
-        })),
+        commits: store.commit_counters().is_some().then(|| {
+            Arc::new(move || {
+                let load =
+                    |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+                counters
+                    .commit_counters()
+                    .map_or((0, 0), |c| (load(&c.commits), load(&c.events)))
+            }) as _
+        }),
         runs_on: Arc::new(move |spec| {
             if let Some(model) = &spec.model
                 && let Ok(ModelSpec::File(_)) = parse_spec(model)

@@ -15,7 +15,6 @@ use agentic_core::{
     Durability, EventStore, ExpectedVersion, LiveEvent, NewEvent, Orchestrator, OrchestratorConfig,
     RetryPolicy, SystemEvent, TaskFilter, TaskOutcome, TaskRecord, TaskSpec, TaskStatus,
 };
-use agentic_store::SqliteStore;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -28,12 +27,12 @@ use crate::{lease, live};
 /// Submits a task and, with `--wait`, runs it here until it ends.
 pub async fn submit(
     home: &Path,
-    open: impl FnOnce() -> Result<Arc<SqliteStore>>,
+    open: impl AsyncFnOnce() -> Result<Arc<dyn EventStore>>,
     ctx: Ctx,
     args: &SubmitTask,
 ) -> Result<()> {
     let input: Value = serde_json::from_str(&args.input).context("--input is not valid JSON")?;
-    let store = open()?;
+    let store = open().await?;
     let (handler, input) = match (&args.plugin, &args.function, &args.handler) {
         (Some(plugin), Some(function), _) => {
             let record = store
@@ -99,7 +98,7 @@ pub async fn submit(
         (_, _) if spec.durability == Durability::Ephemeral && !args.wait => bail!(
             "an ephemeral task is never logged, so no kernel can see it: add --wait to run it here"
         ),
-        (false, _) => queue(&store, ctx, spec, kernel).await,
+        (false, _) => queue(store.as_ref(), ctx, spec, kernel).await,
         (true, true) if spec.durability != Durability::Ephemeral => {
             follow(home, &store, ctx, spec).await
         }
@@ -108,7 +107,7 @@ pub async fn submit(
 }
 
 /// Appends the task for a kernel to run; prints its id.
-async fn queue(store: &SqliteStore, ctx: Ctx, spec: TaskSpec, kernel: bool) -> Result<()> {
+async fn queue(store: &dyn EventStore, ctx: Ctx, spec: TaskSpec, kernel: bool) -> Result<()> {
     let id = Uuid::now_v7();
     let seq = append_submission(store, ctx, id, spec).await?;
     if !kernel {
@@ -124,7 +123,7 @@ async fn queue(store: &SqliteStore, ctx: Ctx, spec: TaskSpec, kernel: bool) -> R
 
 /// Appends a task's submission; the sequence number it got.
 pub(crate) async fn append_submission(
-    store: &SqliteStore,
+    store: &dyn EventStore,
     ctx: Ctx,
     id: Uuid,
     spec: TaskSpec,
@@ -145,7 +144,7 @@ const KERNEL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Submits the task to the running kernel and follows the log to its end;
 /// progress comes from the kernel's live stream as it happens.
-async fn follow(home: &Path, store: &Arc<SqliteStore>, ctx: Ctx, spec: TaskSpec) -> Result<()> {
+async fn follow(home: &Path, store: &Arc<dyn EventStore>, ctx: Ctx, spec: TaskSpec) -> Result<()> {
     let show_progress = std::io::stdout().is_terminal() && !ctx.json;
     let (id, outcome) = run_by_kernel(home, store, ctx, spec, show_progress).await?;
     report(ctx, id, &outcome)
@@ -158,7 +157,7 @@ async fn follow(home: &Path, store: &Arc<SqliteStore>, ctx: Ctx, spec: TaskSpec)
 /// the kernel applies.
 pub(crate) async fn run_by_kernel(
     home: &Path,
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn EventStore>,
     ctx: Ctx,
     spec: TaskSpec,
     show_progress: bool,
@@ -168,7 +167,7 @@ pub(crate) async fn run_by_kernel(
         true => live::connect(home).await,
         false => None,
     };
-    let seq = append_submission(store, ctx, id, spec).await?;
+    let seq = append_submission(store.as_ref(), ctx, id, spec).await?;
     let mut log = store.clone().subscribe(seq);
     let mut kernel_check = tokio::time::interval(KERNEL_CHECK);
     loop {
@@ -197,7 +196,7 @@ pub(crate) async fn run_by_kernel(
                 continue;
             }
             _ = tokio::signal::ctrl_c() => {
-                cancel_in_log(store, ctx, id, "interrupted (Ctrl-C)").await?;
+                cancel_in_log(store.as_ref(), ctx, id, "interrupted (Ctrl-C)").await?;
                 continue;
             }
         };
@@ -233,7 +232,7 @@ pub(crate) async fn run_by_kernel(
 }
 
 /// Runs the task in this process (no kernel is running, or it is ephemeral).
-async fn run_here(home: &Path, store: Arc<SqliteStore>, ctx: Ctx, spec: TaskSpec) -> Result<()> {
+async fn run_here(home: &Path, store: Arc<dyn EventStore>, ctx: Ctx, spec: TaskSpec) -> Result<()> {
     let mut handlers = builtin_handlers();
     if spec.handler == PLUGIN_HANDLER {
         let manager = plugin::manager(home, store.clone(), ctx, Durability::Durable)?;
@@ -342,7 +341,7 @@ fn report(ctx: Ctx, id: Uuid, outcome: &TaskOutcome) -> Result<()> {
 
 /// Lists this home's tasks (all, or the page `paging` asks for), in
 /// submission order.
-pub async fn list(store: &SqliteStore, ctx: Ctx, paging: Paging) -> Result<()> {
+pub async fn list(store: &dyn EventStore, ctx: Ctx, paging: Paging) -> Result<()> {
     let listed = output::listed(paging, |after, limit| {
         store.tasks(TaskFilter::All, after, limit)
     })
@@ -385,7 +384,7 @@ fn status_name(status: TaskStatus) -> &'static str {
 /// Records a task's cancellation; a kernel running it stops it (and the
 /// tasks it started) when it sees the event.
 pub(crate) async fn cancel_in_log(
-    store: &SqliteStore,
+    store: &dyn EventStore,
     ctx: Ctx,
     id: Uuid,
     reason: &str,
@@ -409,7 +408,7 @@ fn parse_id(id: &str) -> Result<Uuid> {
 }
 
 /// Shows one task in full.
-pub async fn show(store: &SqliteStore, ctx: Ctx, id: &str) -> Result<()> {
+pub async fn show(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
     let id = parse_id(id)?;
     let Some(task) = store.task(id).await? else {
         bail!("no task {id} in this home");
@@ -422,7 +421,7 @@ pub async fn show(store: &SqliteStore, ctx: Ctx, id: &str) -> Result<()> {
 }
 
 /// Cancels a task that is not running anywhere yet.
-pub async fn cancel(store: &SqliteStore, ctx: Ctx, id: &str) -> Result<()> {
+pub async fn cancel(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
     let id = parse_id(id)?;
     let Some(task) = store.task(id).await? else {
         bail!("no task {id} in this home");

@@ -17,10 +17,12 @@
 //!   they return, not on the length of the log. Only replay's comparison
 //!   loads the whole state ([`EventStore::projected_state`]).
 
+pub mod audit;
 pub mod page;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -159,6 +161,16 @@ impl From<ChainError> for StoreError {
     }
 }
 
+/// Running totals of what one store instance's writer committed, readable
+/// while it runs (for metrics and benchmarks).
+#[derive(Debug, Default)]
+pub struct CommitCounters {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Events committed (idempotent retries not counted).
+    pub events: AtomicU64,
+}
+
 /// An installed plugin read from the projections: its record and its
 /// key-value data, as of one position of the log.
 #[derive(Debug, Clone, PartialEq)]
@@ -258,6 +270,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// Follows the log from `from` on: every stored event, then new ones as
     /// they are committed.
     fn subscribe(self: Arc<Self>, from: u64) -> Subscription;
+
+    /// What this instance's writer committed, for stores that count it.
+    fn commit_counters(&self) -> Option<&CommitCounters> {
+        None
+    }
 }
 
 /// Events read per round trip while a subscription catches up.

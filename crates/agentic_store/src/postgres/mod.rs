@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentic_core::plugin::PluginRecord;
-use agentic_core::store::batch_stream;
+use agentic_core::store::{CommitCounters, audit, batch_stream};
 use agentic_core::{
     AgentView, AppendReceipt, ChainHead, Cursor, ElementData, EventEnvelope, EventStore,
     ExpectedVersion, NewEvent, Page, PluginSnapshot, State, StoreError, Subscription, TaskFilter,
@@ -47,7 +47,9 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 pub use schema::SCHEMA_VERSION;
-pub use writer::CommitCounters;
+
+use crate::VerifyReport;
+
 use writer::{Request, Writer};
 
 /// Tuning of a [`PostgresStore`].
@@ -171,6 +173,24 @@ impl PostgresStore {
     /// What this store's writer has committed so far.
     pub fn commit_stats(&self) -> &CommitCounters {
         &self.stats
+    }
+
+    /// Checks the whole log: every record's position, link and hash, and
+    /// that the head row (updated in each append's transaction) names a
+    /// record of it, so a log cut short is found.
+    pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let head = audit::scan(self, |_| Ok(())).await?;
+        Ok(VerifyReport {
+            events: head.seq,
+            head,
+            recorded_head: Some(head),
+        })
+    }
+
+    /// Folds the whole log into a fresh [`State`], checking the chain as
+    /// [`PostgresStore::verify`] does; returns it with the number of events.
+    pub async fn replay(&self) -> Result<(State, u64), StoreError> {
+        audit::replay(self).await
     }
 
     /// A connection from the read pool.
@@ -302,6 +322,10 @@ impl EventStore for PostgresStore {
     async fn plugins(&self, after: Cursor, limit: usize) -> Result<Page<PluginRecord>, StoreError> {
         self.read(async |c| reads::plugins(c, after, limit).await)
             .await
+    }
+
+    fn commit_counters(&self) -> Option<&CommitCounters> {
+        Some(&self.stats)
     }
 
     fn subscribe(self: Arc<Self>, from: u64) -> Subscription {

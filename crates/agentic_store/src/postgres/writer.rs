@@ -27,7 +27,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+use agentic_core::store::CommitCounters;
 use std::time::{Duration, Instant};
 
 use agentic_core::chain::{Hash, seal};
@@ -50,15 +52,6 @@ pub(super) struct Request {
     pub expected: ExpectedVersion,
     /// Where the outcome goes once committed.
     pub reply: oneshot::Sender<Result<AppendReceipt, StoreError>>,
-}
-
-/// Running totals of one writer's commits, readable while it runs.
-#[derive(Debug, Default)]
-pub struct CommitCounters {
-    /// Transactions committed.
-    pub commits: AtomicU64,
-    /// Events committed (idempotent retries not counted).
-    pub events: AtomicU64,
 }
 
 /// The writer task's state.

@@ -493,6 +493,10 @@ impl EventStore for SqliteStore {
         self.read(move |r| r.plugins(after, limit)).await
     }
 
+    fn commit_counters(&self) -> Option<&CommitCounters> {
+        Some(&self.stats)
+    }
+
     fn subscribe(self: Arc<Self>, from: u64) -> Subscription {
         Subscription::new(self, from)
     }

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agentic_core::{ElementData, EventStore, ExpectedVersion, NewEvent, SystemEvent, TaskSpec};
+use agentic_core::{ElementData, ExpectedVersion, NewEvent, SystemEvent, TaskSpec};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -85,7 +85,7 @@ pub async fn run(ctx: Ctx, opts: ServeBench) -> Result<()> {
 
 /// Runs every measurement on a scratch home at `home_dir` and reports.
 async fn measure(ctx: Ctx, quick: bool, plan: &Plan, home_dir: &std::path::Path) -> Result<()> {
-    let store = Arc::new(home::open(home_dir)?);
+    let store = home::open(home_dir, &home::StoreAt::Home).await?;
     eprintln!("bench: starting lion's stack and the bare baselines…");
     let lion = Lion::start(home_dir, store.clone(), ctx).await?;
     let http = reqwest::Client::new();

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use agentic_core::{EventStore, Orchestrator, kernel};
 use agentic_http::Access;
 use agentic_mcp::Exposure;
-use agentic_store::SqliteStore;
 use anyhow::Result;
 use axum::Router;
 use axum::response::sse::{Event, Sse};
@@ -33,7 +32,7 @@ pub struct Lion {
     /// The scratch home's token.
     pub token: String,
     /// The home's store, for appending outside HTTP.
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn EventStore>,
     /// The kernel's orchestrator, for the in-process baseline.
     pub orchestrator: Orchestrator,
     stopping: CancellationToken,
@@ -55,7 +54,7 @@ async fn listener() -> Result<(TcpListener, SocketAddr)> {
 impl Lion {
     /// Starts the kernel and the HTTP server on `home` (a scratch home), and
     /// waits until it is ready.
-    pub async fn start(home: &Path, store: Arc<SqliteStore>, ctx: Ctx) -> Result<Self> {
+    pub async fn start(home: &Path, store: Arc<dyn EventStore>, ctx: Ctx) -> Result<Self> {
         let (listener, addr) = listener().await?;
         let hosts = [addr.to_string()];
         let access = Arc::new(Access::new(home, &hosts, false)?);

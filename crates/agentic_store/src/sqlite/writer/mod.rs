@@ -30,7 +30,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+
+pub use agentic_core::store::CommitCounters;
 use std::time::{Duration, Instant};
 
 use agentic_core::{
@@ -94,15 +96,6 @@ pub(crate) struct Writer {
     /// The head this writer last committed, to tell whether another process
     /// wrote since.
     pub last_head: Option<ChainHead>,
-}
-
-/// Running totals of one writer's commits, readable while it runs.
-#[derive(Debug, Default)]
-pub struct CommitCounters {
-    /// Transactions committed.
-    pub commits: AtomicU64,
-    /// Events committed (idempotent retries not counted).
-    pub events: AtomicU64,
 }
 
 /// The channel an append's outcome goes back on, with its events.
