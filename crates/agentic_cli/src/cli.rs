@@ -63,6 +63,10 @@ pub enum Command {
     #[command(subcommand)]
     Task(TaskCommand),
 
+    /// The kernels sharing a store, their leases and their claims.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+
     /// Submit a task (same as `task submit`).
     #[command(name = "submit-task")]
     SubmitTask(SubmitTask),
@@ -101,6 +105,11 @@ pub enum Command {
         /// Attempts that may run at the same time.
         #[arg(long, default_value_t = 64, value_name = "N")]
         concurrency: usize,
+        /// With a shared store: how long this kernel stays alive without
+        /// renewing its lease; past it, other kernels take over its
+        /// attempts (and it stops if it wakes up).
+        #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+        lease_secs: u64,
     },
 
     /// Run the kernel (as `lion run`) behind an HTTP API: REST, the log as
@@ -226,6 +235,14 @@ pub struct CreateElement {
     /// Optional text content.
     #[arg(long, value_name = "TEXT")]
     pub content: Option<String>,
+}
+
+/// `lion kernel …`
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// List the kernels that joined the store: alive, expired or stopped,
+    /// with their machine, claims and last heartbeat.
+    List,
 }
 
 /// `lion task …`

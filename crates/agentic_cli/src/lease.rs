@@ -1,6 +1,8 @@
 //! The kernel's lease on a home: an exclusive lock on `kernel.lock`, held for
 //! the life of `lion run`. The operating system releases it when the process
 //! dies, even by SIGKILL, so a crashed kernel never blocks the next one.
+//! With a shared store, the kernels' leases live in the store instead
+//! ([`serving`] asks it).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -64,5 +66,15 @@ pub fn held(home: &Path) -> bool {
             false
         }
         Err(_) => true,
+    }
+}
+
+/// Whether a kernel serves the log of `home`: with a shared store, any
+/// live kernel on any machine (by the store's registry); else the kernel
+/// holding the home's lease.
+pub async fn serving(home: &Path, store: &dyn agentic_core::EventStore) -> Result<bool> {
+    match store.kernels() {
+        Some(registry) => Ok(!registry.alive().await?.is_empty()),
+        None => Ok(held(home)),
     }
 }

@@ -32,8 +32,8 @@ use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
 use cli::{
-    AgentCommand, BenchCommand, Cli, Command, ElementCommand, EventsCommand, LogFormat, McpCommand,
-    ModelCommand, Paging, PluginCommand, TaskCommand,
+    AgentCommand, BenchCommand, Cli, Command, ElementCommand, EventsCommand, KernelCommand,
+    LogFormat, McpCommand, ModelCommand, Paging, PluginCommand, TaskCommand,
 };
 use commands::Ctx;
 
@@ -245,10 +245,19 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Task(TaskCommand::Submit(args)) | Command::SubmitTask(args) => {
                 commands::task::submit(&home, open, ctx, &args).await
             }
-            Command::Run { concurrency } => commands::run::run(&home, open, ctx, concurrency).await,
+            Command::Run {
+                concurrency,
+                lease_secs,
+            } => {
+                let lease = std::time::Duration::from_secs(lease_secs);
+                commands::run::run(&home, open, ctx, concurrency, lease).await
+            }
             Command::Serve(args) => commands::serve::serve(&home, open, ctx, &args).await,
             Command::Mcp(McpCommand::Serve(args)) => {
                 commands::mcp::serve(&home, open, ctx, &args).await
+            }
+            Command::Kernel(KernelCommand::List) => {
+                commands::kernel::list(&home, &*open().await?, ctx).await
             }
             Command::Task(TaskCommand::List(paging)) => {
                 commands::task::list(&*open().await?, ctx, paging).await

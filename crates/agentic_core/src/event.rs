@@ -51,6 +51,10 @@ pub enum SystemEvent {
         task_id: Uuid,
         /// 1-based attempt number.
         attempt: u32,
+        /// The kernel that claimed the attempt, when several kernels share
+        /// the log (absent for a home's only kernel, and in older logs).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kernel: Option<Uuid>,
     },
     /// A running attempt reported progress.
     TaskProgress {
@@ -452,9 +456,17 @@ impl SystemEvent {
             | SystemEvent::LlmDelta { .. }
             | SystemEvent::LlmFinished { .. }
             | SystemEvent::LlmStopped { .. } => return None,
-            SystemEvent::TaskStarted { task_id, attempt } => {
-                (*task_id, TaskChange::Started { attempt: *attempt })
-            }
+            SystemEvent::TaskStarted {
+                task_id,
+                attempt,
+                kernel,
+            } => (
+                *task_id,
+                TaskChange::Started {
+                    attempt: *attempt,
+                    kernel: *kernel,
+                },
+            ),
             SystemEvent::TaskProgress {
                 task_id,
                 attempt,
@@ -735,12 +747,19 @@ mod tests {
         let started = SystemEvent::TaskStarted {
             task_id,
             attempt: 1,
+            kernel: None,
         };
         assert_eq!(started.kind(), "task_started");
         assert_eq!(started.default_stream(), format!("task:{task_id}"));
         assert_eq!(
             started.task_change(),
-            Some((task_id, TaskChange::Started { attempt: 1 }))
+            Some((
+                task_id,
+                TaskChange::Started {
+                    attempt: 1,
+                    kernel: None
+                }
+            ))
         );
         let bytes = started.encode().expect("encode");
         let text = String::from_utf8(bytes.clone()).expect("utf8");

@@ -8,6 +8,16 @@
 //! by policy; see [`Orchestrator::adopt`]). Plugin events recorded elsewhere
 //! reach the kernel's plugin manager, so it reloads what changed.
 //!
+//! Several kernels may share one log (a store with a [`KernelRegistry`]):
+//! each joins with a lease ([`Membership`]) that a task of its own renews.
+//! Every kernel sees every submission and races to claim its first attempt
+//! (the log accepts one `TaskStarted` per attempt); a task stays with the
+//! kernel that claimed it until it ends, unless that kernel's lease runs
+//! out: then another kernel records the claimed attempt as interrupted and
+//! retries it by its policy. A kernel whose lease ran out while it was
+//! paused finds out at its next renewal and stops at once; the log refuses
+//! any outcome it tries to record for an attempt it no longer owns.
+//!
 //! However it stops, nothing it runs is left half-recorded: a kernel that
 //! stops at once (or on a store error) interrupts its tasks, which records
 //! each running attempt as interrupted (see [`Orchestrator::interrupt`]),
@@ -24,8 +34,23 @@ use uuid::Uuid;
 use crate::event::SystemEvent;
 use crate::orchestrator::{Orchestrator, OrchestratorError};
 use crate::plugin::PluginManager;
+use crate::store::kernels::KernelJoin;
 use crate::store::{Cursor, EventStore, StoreError, TaskFilter};
-use crate::task::TaskRecord;
+use crate::task::{TaskRecord, TaskStatus};
+
+/// A kernel's membership among several sharing one log.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// Who it is, where it runs, and its lease.
+    pub join: KernelJoin,
+}
+
+/// How many lease renewals a kernel makes per lease.
+const RENEWALS_PER_LEASE: u32 = 4;
+
+/// Every this many renewals, a kernel looks for work of lost kernels even
+/// if it expired none itself (another kernel may have, and then died).
+const RESCAN_EVERY: u32 = 4;
 
 /// What a kernel run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,8 +91,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain: impl Future<Output = ()>,
     ready: watch::Sender<bool>,
+    membership: Option<Membership>,
 ) -> Result<KernelReport, StoreError> {
     let mut report = KernelReport::default();
+    let shared = match &membership {
+        Some(m) => Some(Shared::join(&store, m).await?),
+        None => None,
+    };
     let ended = follow(
         &store,
         &orchestrator,
@@ -76,6 +106,7 @@ pub async fn serve(
         drain,
         &ready,
         &mut report,
+        shared,
     )
     .await;
     if !matches!(ended, Ok(Ended::Drained)) {
@@ -92,6 +123,11 @@ pub async fn serve(
         }
     }
     drop(orchestrator);
+    if let (Some(m), Some(registry)) = (&membership, store.kernels())
+        && let Err(e) = registry.leave(m.join.id).await
+    {
+        tracing::warn!(error = %e, "could not record this kernel's stop; its lease runs out instead");
+    }
     if let Some(plugins) = plugins
         && tokio::time::timeout(STOP_WAIT, plugins.close())
             .await
@@ -120,6 +156,7 @@ async fn follow(
     drain: impl Future<Output = ()>,
     ready: &watch::Sender<bool>,
     report: &mut KernelReport,
+    mut shared: Option<Shared>,
 ) -> Result<Ended, StoreError> {
     if let Some(plugins) = plugins {
         // Every event from `start` on reaches `observe` below.
@@ -131,21 +168,7 @@ async fn follow(
     // `start` is seen by both this walk and the log below, and a page may be
     // stale by the time its last task is reached: `take_over` reads each
     // task again and leaves alone one that has ended meanwhile.
-    let mut after = Cursor::START;
-    loop {
-        let page = store
-            .tasks(TaskFilter::Unfinished, after, RECOVERY_PAGE)
-            .await?;
-        for task in &page.items {
-            if take_over(store.as_ref(), orchestrator, task.id).await? {
-                report.recovered += 1;
-            }
-        }
-        match page.next {
-            Some(next) => after = next,
-            None => break,
-        }
-    }
+    report.recovered += take_over_unfinished(store.as_ref(), orchestrator, true).await?;
     tracing::info!(recovered = report.recovered, "kernel ready");
     ready.send_replace(true);
     let mut log = store.clone().subscribe(start);
@@ -156,6 +179,22 @@ async fn follow(
     tokio::pin!(drained);
     loop {
         tokio::select! {
+            signal = async { shared.as_mut()?.signals.recv().await }, if shared.is_some() => {
+                match signal {
+                    Some(Signal::Rescan) if !stopping => {
+                        report.adopted +=
+                            take_over_unfinished(store.as_ref(), orchestrator, false).await?;
+                    }
+                    Some(Signal::Rescan) => {}
+                    Some(Signal::LeaseLost) | None => {
+                        return Err(StoreError::Backend(
+                            "this kernel's lease ran out (was it paused?): its attempts are \
+                             being taken over by other kernels, so it stops"
+                                .into(),
+                        ));
+                    }
+                }
+            }
             () = &mut shutdown, if !stopping => {
                 tracing::info!("kernel stopping: no new work; waiting for running tasks");
                 stopping = true;
@@ -204,9 +243,61 @@ async fn follow(
     }
 }
 
+/// Takes over every unfinished task this kernel may run, a page at a time
+/// (a start costs what is left to do, not the length of the log); returns
+/// how many it took. Alone on its log, a kernel takes them all; among
+/// several, only those no live kernel holds (see [`claimable`]), and
+/// `at_start` also those never started.
+async fn take_over_unfinished(
+    store: &dyn EventStore,
+    orchestrator: &Orchestrator,
+    at_start: bool,
+) -> Result<usize, StoreError> {
+    let alive = match store.kernels() {
+        Some(registry) => Some(registry.alive().await?),
+        None => None,
+    };
+    let mut taken = 0;
+    let mut after = Cursor::START;
+    loop {
+        let page = store
+            .tasks(TaskFilter::Unfinished, after, RECOVERY_PAGE)
+            .await?;
+        for task in &page.items {
+            let ours = match &alive {
+                None => true,
+                Some(alive) => claimable(task, alive, at_start),
+            };
+            if ours
+                && !orchestrator.is_running(task.id).await
+                && take_over(store, orchestrator, task.id).await?
+            {
+                taken += 1;
+            }
+        }
+        match page.next {
+            Some(next) => after = next,
+            None => return Ok(taken),
+        }
+    }
+}
+
+/// Whether a kernel among several may take `task`: no live kernel holds
+/// it. A task never started is everyone's (the first claim wins); one
+/// whose newest attempt a live kernel claimed is that kernel's, until it
+/// ends or that kernel's lease runs out. A claim naming no kernel (from
+/// when one kernel ran alone) is taken over only `at_start`.
+fn claimable(task: &TaskRecord, alive: &std::collections::HashSet<Uuid>, at_start: bool) -> bool {
+    match task.kernel {
+        Some(kernel) => !alive.contains(&kernel),
+        None => at_start || (task.attempts == 0 && task.status == TaskStatus::Pending),
+    }
+}
+
 /// Takes over task `id` as the log has it now: one that ended since it
 /// was listed or submitted (it ran here, or in another process) is not run
-/// again. Whether it was taken.
+/// again, and among several kernels one a live kernel holds is left to it.
+/// Whether it was taken.
 async fn take_over(
     store: &dyn EventStore,
     orchestrator: &Orchestrator,
@@ -218,7 +309,91 @@ async fn take_over(
     if task.status.is_final() {
         return Ok(false);
     }
+    if let (Some(registry), Some(kernel)) = (store.kernels(), task.kernel)
+        && registry.alive().await?.contains(&kernel)
+    {
+        return Ok(false);
+    }
     Ok(adopt(orchestrator, &task).await)
+}
+
+/// What the lease keeper tells the kernel's loop.
+enum Signal {
+    /// Kernels were found dead (or it is time to look again): take over
+    /// what they held.
+    Rescan,
+    /// This kernel's lease ran out: stop now.
+    LeaseLost,
+}
+
+/// A kernel's part in a shared log while it runs: the lease keeper's
+/// messages (the keeper stops when this is dropped).
+struct Shared {
+    signals: tokio::sync::mpsc::Receiver<Signal>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+impl Shared {
+    /// Joins the registry of `store` and starts keeping the lease.
+    async fn join(
+        store: &Arc<dyn EventStore>,
+        membership: &Membership,
+    ) -> Result<Self, StoreError> {
+        let registry = store.kernels().ok_or_else(|| {
+            StoreError::Backend("this store cannot be shared by several kernels".into())
+        })?;
+        registry.join(&membership.join).await?;
+        let (tx, signals) = tokio::sync::mpsc::channel(4);
+        let keeper = tokio::spawn(keep_lease(store.clone(), membership.join.clone(), tx));
+        Ok(Self { signals, keeper })
+    }
+}
+
+/// Renews the lease of kernel `me` several times per lease, expires
+/// kernels whose leases ran out, and tells the kernel's loop.
+async fn keep_lease(
+    store: Arc<dyn EventStore>,
+    me: KernelJoin,
+    signals: tokio::sync::mpsc::Sender<Signal>,
+) {
+    let Some(registry) = store.kernels() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(me.lease / RENEWALS_PER_LEASE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewals = 0u32;
+    loop {
+        tick.tick().await;
+        renewals = renewals.wrapping_add(1);
+        match registry.renew(me.id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(kernel = %me.id, "this kernel's lease ran out; stopping");
+                let _ = signals.send(Signal::LeaseLost).await;
+                return;
+            }
+            // The store is unreachable: keep trying. If the lease runs out
+            // meanwhile, the next renewal says so.
+            Err(e) => tracing::warn!(error = %e, "cannot renew this kernel's lease"),
+        }
+        let expired = registry.expire_overdue().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot look for kernels whose lease ran out");
+            Vec::new()
+        });
+        for kernel in &expired {
+            tracing::warn!(%kernel, "a kernel's lease ran out: taking over its attempts");
+        }
+        if !expired.is_empty() || renewals % RESCAN_EVERY == 0 {
+            // A full queue means a rescan is already pending.
+            let _ = signals.try_send(Signal::Rescan);
+        }
+    }
 }
 
 /// Adopts a task, logging (not failing on) tasks that cannot run here.

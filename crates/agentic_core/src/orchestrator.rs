@@ -74,6 +74,10 @@ pub struct OrchestratorConfig {
     /// Idempotency keys of ended tasks kept in memory; older ones are
     /// answered by the log's projection.
     pub finished_keys: usize,
+    /// This kernel's id when several kernels share the log: each attempt
+    /// it starts is claimed in the log under this id (`TaskStarted`), and an
+    /// attempt another kernel claimed first, or took over, is left to it.
+    pub kernel: Option<Uuid>,
 }
 
 /// Idempotency keys of ended tasks an orchestrator remembers by default:
@@ -89,6 +93,7 @@ impl Default for OrchestratorConfig {
             max_pending: 10_000,
             live_buffer: 4096,
             finished_keys: FINISHED_KEYS,
+            kernel: None,
         }
     }
 }

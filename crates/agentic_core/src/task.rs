@@ -150,6 +150,10 @@ pub struct TaskRecord {
     /// Tasks this one started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<Uuid>,
+    /// The kernel that claimed the newest attempt, when several kernels
+    /// share the log: the one whose lease its retries depend on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<Uuid>,
 }
 
 /// A task event's change to its task, as the reducer applies it.
@@ -160,6 +164,9 @@ pub enum TaskChange {
     Started {
         /// 1-based attempt number.
         attempt: u32,
+        /// The kernel that claimed the attempt, if the log names one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kernel: Option<Uuid>,
     },
     /// Attempt `attempt` reported progress (changes nothing but the log).
     Progress {
@@ -232,6 +239,7 @@ impl TaskRecord {
             output: None,
             error: None,
             children: Vec::new(),
+            kernel: None,
         }
     }
 
@@ -254,7 +262,7 @@ impl TaskRecord {
             }
         };
         match change {
-            TaskChange::Started { attempt } => {
+            TaskChange::Started { attempt, .. } => {
                 if *attempt != self.attempts + 1 {
                     return Err(TaskRuleError::AttemptOutOfOrder {
                         task: self.id,
@@ -276,9 +284,10 @@ impl TaskRecord {
     pub fn apply(&mut self, change: &TaskChange) -> Result<(), TaskRuleError> {
         self.check(change)?;
         match change {
-            TaskChange::Started { attempt } => {
+            TaskChange::Started { attempt, kernel } => {
                 self.attempts = *attempt;
                 self.status = TaskStatus::Running;
+                self.kernel = *kernel;
             }
             TaskChange::Progress { .. } => {}
             TaskChange::Completed { output, .. } => {
@@ -324,7 +333,11 @@ mod tests {
     #[test]
     fn a_task_runs_attempts_in_order_and_ends_once() {
         let mut t = record();
-        t.apply(&TaskChange::Started { attempt: 1 }).expect("start");
+        t.apply(&TaskChange::Started {
+            attempt: 1,
+            kernel: None,
+        })
+        .expect("start");
         t.apply(&TaskChange::Failed {
             attempt: 1,
             error: "boom".into(),
@@ -333,10 +346,17 @@ mod tests {
         .expect("fail");
         assert_eq!(t.status, TaskStatus::Pending);
         assert!(matches!(
-            t.check(&TaskChange::Started { attempt: 1 }),
+            t.check(&TaskChange::Started {
+                attempt: 1,
+                kernel: None
+            }),
             Err(TaskRuleError::AttemptOutOfOrder { .. })
         ));
-        t.apply(&TaskChange::Started { attempt: 2 }).expect("retry");
+        t.apply(&TaskChange::Started {
+            attempt: 2,
+            kernel: None,
+        })
+        .expect("retry");
         t.apply(&TaskChange::Completed {
             attempt: 2,
             output: json!(3),
@@ -344,7 +364,10 @@ mod tests {
         .expect("complete");
         assert_eq!(t.status, TaskStatus::Completed);
         assert_eq!(
-            t.check(&TaskChange::Started { attempt: 3 }),
+            t.check(&TaskChange::Started {
+                attempt: 3,
+                kernel: None
+            }),
             Err(TaskRuleError::Ended(t.id))
         );
         assert_eq!(

@@ -738,6 +738,7 @@ async fn an_interrupted_attempt_is_recorded_then_retried_or_failed_by_policy() {
             SystemEvent::TaskStarted {
                 task_id: retried,
                 attempt: 1,
+                kernel: None,
             },
             SystemEvent::TaskSubmitted {
                 task_id: failed,
@@ -746,6 +747,7 @@ async fn an_interrupted_attempt_is_recorded_then_retried_or_failed_by_policy() {
             SystemEvent::TaskStarted {
                 task_id: failed,
                 attempt: 1,
+                kernel: None,
             },
         ],
     )

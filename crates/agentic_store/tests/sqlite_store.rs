@@ -1075,6 +1075,7 @@ mod task_projection {
             SystemEvent::TaskStarted {
                 task_id: parent,
                 attempt: 1,
+                kernel: None,
             },
         )
         .await
@@ -1095,6 +1096,7 @@ mod task_projection {
             SystemEvent::TaskStarted {
                 task_id: parent,
                 attempt: 2,
+                kernel: None,
             },
         )
         .await
@@ -1170,7 +1172,8 @@ mod task_projection {
                 &store,
                 SystemEvent::TaskStarted {
                     task_id: unknown,
-                    attempt: 1
+                    attempt: 1,
+                    kernel: None
                 }
             )
             .await,
@@ -1181,6 +1184,7 @@ mod task_projection {
             SystemEvent::TaskStarted {
                 task_id: task,
                 attempt: 1,
+                kernel: None,
             },
         )
         .await
@@ -1201,7 +1205,8 @@ mod task_projection {
                 &store,
                 SystemEvent::TaskStarted {
                     task_id: task,
-                    attempt: 2
+                    attempt: 2,
+                    kernel: None
                 }
             )
             .await,

@@ -726,6 +726,7 @@ async fn tasks_are_read_by_id_by_key_and_unfinished(subject: Subject) {
         SystemEvent::TaskStarted {
             task_id: ids[1],
             attempt: 1,
+            kernel: None,
         },
         SystemEvent::TaskCompleted {
             task_id: ids[1],
@@ -736,9 +737,11 @@ async fn tasks_are_read_by_id_by_key_and_unfinished(subject: Subject) {
             task_id: ids[3],
             reason: "no longer wanted".into(),
         },
+        // Claimed by a kernel among several: the claim is projected too.
         SystemEvent::TaskStarted {
             task_id: ids[4],
             attempt: 1,
+            kernel: Some(Uuid::now_v7()),
         },
     ];
     record(store, &mut state, lives).await;

@@ -12,6 +12,7 @@ pub mod bench_serve;
 pub mod demo;
 pub mod element;
 pub mod events;
+pub mod kernel;
 pub mod mcp;
 pub mod model;
 pub mod plugin;

@@ -10,15 +10,18 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use agentic_core::kernel::{self, KernelReport};
+use agentic_core::kernel::{self, KernelReport, Membership};
 use agentic_core::llm::{AGENT_HANDLER, AgentTask};
 use agentic_core::orchestrator::builtin_handlers;
 use agentic_core::plugin::{PLUGIN_HANDLER, PluginManager, PluginTask};
+use agentic_core::store::kernels::KernelJoin;
 use agentic_core::{Durability, EventStore, Orchestrator, OrchestratorConfig};
 use anyhow::Result;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use super::{Ctx, plugin};
 use crate::providers::HomeProviders;
@@ -30,11 +33,13 @@ pub async fn run(
     open: impl AsyncFnOnce() -> Result<Arc<dyn EventStore>>,
     ctx: Ctx,
     concurrency: usize,
+    lease: Duration,
 ) -> Result<()> {
     let store = open().await?;
     let _lease = lease::acquire(home)?;
     let signals = count_signals()?;
-    let (plugins, orchestrator) = start(home, &store, ctx, concurrency)?;
+    let membership = membership(&store, lease);
+    let (plugins, orchestrator) = start(home, &store, ctx, concurrency, membership.as_ref())?;
     let _live = live::serve(home, &orchestrator)?;
     eprintln!(
         "lion kernel running on {} (pid {}); Ctrl-C or SIGTERM stops it",
@@ -49,21 +54,41 @@ pub async fn run(
         wait_for(signals.clone(), 1),
         wait_for(signals, 2),
         watch::channel(false).0,
+        membership,
     )
     .await?;
     stopped(report);
     Ok(())
 }
 
+/// This kernel's membership among the kernels sharing `store`, when the
+/// store can be shared (a new id, this machine and process, and `lease`).
+pub fn membership(store: &Arc<dyn EventStore>, lease: Duration) -> Option<Membership> {
+    store.kernels()?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    Some(Membership {
+        join: KernelJoin {
+            id: Uuid::now_v7(),
+            host,
+            pid: std::process::id(),
+            lease,
+        },
+    })
+}
+
 /// The kernel's working parts on `store`: the plugin manager (both
 /// sandboxes) and an orchestrator running plugin calls, agents and the
-/// built-in handlers, at most `concurrency` at a time. Call it only while
+/// built-in handlers, at most `concurrency` at a time, claiming attempts
+/// under `membership`'s id when the store is shared. Call it only while
 /// holding the home's lease.
 pub fn start(
     home: &Path,
     store: &Arc<dyn EventStore>,
     ctx: Ctx,
     concurrency: usize,
+    membership: Option<&Membership>,
 ) -> Result<(PluginManager, Orchestrator)> {
     let plugins = plugin::manager(home, store.clone(), ctx, Durability::Durable)?;
     let mut handlers = builtin_handlers();
@@ -84,6 +109,7 @@ pub fn start(
         handlers,
         OrchestratorConfig {
             max_concurrency: concurrency.max(1),
+            kernel: membership.map(|m| m.join.id),
             ..OrchestratorConfig::default()
         },
         ctx.correlation_id,

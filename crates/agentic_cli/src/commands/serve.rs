@@ -25,9 +25,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
-use super::run::{count_signals, start, stopped, wait_for};
+use super::run::{count_signals, membership, start, stopped, wait_for};
 use crate::cli::ServeArgs;
 use crate::providers::HomeProviders;
+
+/// The lease of `lion serve`'s kernel on a shared store.
+const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 use crate::{lease, live};
 
 /// How long a stopping server waits for its connections to close after the
@@ -90,7 +93,8 @@ pub async fn serve(
         &allowed_hosts(local, &args.allow_hosts),
         tls.is_some(),
     )?);
-    let (plugins, orchestrator) = start(home, &store, ctx, args.concurrency)?;
+    let membership = membership(&store, DEFAULT_LEASE);
+    let (plugins, orchestrator) = start(home, &store, ctx, args.concurrency, membership.as_ref())?;
     let _live = live::serve(home, &orchestrator)?;
     let (ready_tx, ready) = watch::channel(false);
     let stopping = CancellationToken::new();
@@ -163,6 +167,7 @@ pub async fn serve(
         first,
         wait_for(signals, 2),
         ready_tx,
+        membership,
     )
     .await;
     stopping.cancel();

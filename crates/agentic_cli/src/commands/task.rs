@@ -93,7 +93,7 @@ pub async fn submit(
             ),
         };
     }
-    let kernel = lease::held(home);
+    let kernel = lease::serving(home, store.as_ref()).await?;
     match (args.wait, kernel) {
         (_, _) if spec.durability == Durability::Ephemeral && !args.wait => bail!(
             "an ephemeral task is never logged, so no kernel can see it: add --wait to run it here"
@@ -174,7 +174,7 @@ pub(crate) async fn run_by_kernel(
         let event = tokio::select! {
             event = log.next() => event?,
             _ = kernel_check.tick() => {
-                if !lease::held(home) {
+                if !lease::serving(home, store.as_ref()).await? {
                     bail!(
                         "the kernel stopped before task {id} ended; it resumes when `lion run` \
                          starts again (follow it with `lion task show {id}`)"
@@ -275,9 +275,18 @@ fn describe(e: &LiveEvent) -> String {
         SystemEvent::TaskSubmitted { task_id, spec } => {
             format!("task …{} submitted ({})", short(task_id), spec.handler)
         }
-        SystemEvent::TaskStarted { task_id, attempt } => {
-            format!("task …{} attempt {attempt} started", short(task_id))
-        }
+        SystemEvent::TaskStarted {
+            task_id,
+            attempt,
+            kernel,
+        } => match kernel {
+            Some(kernel) => format!(
+                "task …{} attempt {attempt} started on kernel …{}",
+                short(task_id),
+                short(kernel)
+            ),
+            None => format!("task …{} attempt {attempt} started", short(task_id)),
+        },
         SystemEvent::TaskProgress {
             task_id, progress, ..
         } => format!("task …{} progress {progress}", short(task_id)),

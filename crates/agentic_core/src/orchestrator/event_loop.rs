@@ -62,6 +62,8 @@ pub(super) struct Adopted {
     pub(super) attempts: u32,
     /// An attempt was running when its process stopped.
     pub(super) interrupted: bool,
+    /// The kernel that claimed that attempt, if the log names one.
+    pub(super) kernel: Option<Uuid>,
 }
 
 /// Where a submission's answer goes.

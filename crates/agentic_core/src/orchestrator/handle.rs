@@ -51,6 +51,8 @@ pub(super) struct Inner {
     pub(super) commands: mpsc::Sender<Command>,
     pub(super) live: broadcast::Sender<LiveEvent>,
     pub(super) correlation_id: Uuid,
+    /// This kernel's id, when several kernels share the log.
+    pub(super) kernel: Option<Uuid>,
 }
 
 /// Submission-queue length: commands are served quickly, this only absorbs bursts.
@@ -76,6 +78,7 @@ impl Orchestrator {
                 commands,
                 live: broadcast::channel(config.live_buffer.max(1)).0,
                 correlation_id,
+                kernel: config.kernel,
             }),
         };
         tokio::spawn(
@@ -149,6 +152,7 @@ impl Orchestrator {
                 id: task.id,
                 attempts: task.attempts,
                 interrupted: task.status == TaskStatus::Running,
+                kernel: task.kernel,
             }),
             reply,
         })

@@ -18,7 +18,7 @@ use super::{Orchestrator, OrchestratorError, TaskContext, TaskHandle, TaskHandle
 use crate::event::SystemEvent;
 use crate::state::ApplyError;
 use crate::store::StoreError;
-use crate::task::{Durability, TaskRuleError, TaskSpec};
+use crate::task::{Durability, TaskRuleError, TaskSpec, TaskStatus};
 
 /// The error recorded for an attempt whose process stopped while it ran.
 const INTERRUPTED: &str = "interrupted: its process stopped while it ran";
@@ -94,6 +94,13 @@ impl Runner {
         let _ = reply.send(Ok(handle));
         let outcome = match self.drive().await {
             Ok(outcome) => outcome,
+            // Another kernel claimed the attempt, or took the task over:
+            // it is theirs to record. A task submitted here still answers
+            // its submitter, with the end the log records.
+            Err(e) if self.lost(&e) => match self.adopted {
+                Some(_) => None,
+                None => self.ended_elsewhere().await,
+            },
             // Another process recorded the task's end (a cancellation).
             Err(OrchestratorError::Store(StoreError::Rejected(ApplyError::Task(
                 TaskRuleError::Ended(_),
@@ -141,9 +148,23 @@ impl Runner {
         if let Some(a) = self.adopted
             && a.interrupted
         {
-            // The attempt that was running when its process stopped.
-            if let Some(ended) = self.failed(attempt, INTERRUPTED.to_owned()).await? {
-                return Ok(Some(ended));
+            // The attempt that was running when its process stopped (or
+            // its kernel's lease ran out).
+            let why = match a.kernel {
+                Some(kernel) if Some(kernel) != self.orchestrator.inner.kernel => {
+                    format!("interrupted: kernel {kernel} stopped renewing its lease while it ran")
+                }
+                _ => INTERRUPTED.to_owned(),
+            };
+            match self.failed(attempt, why).await {
+                Ok(Some(ended)) => return Ok(Some(ended)),
+                Ok(None) => {}
+                // Another kernel recorded the interruption first: the
+                // retry (if the policy allows one) is claimed as usual.
+                Err(OrchestratorError::Store(StoreError::Rejected(ApplyError::Task(
+                    TaskRuleError::NotRunning(_),
+                )))) if self.orchestrator.inner.kernel.is_some() => {}
+                Err(e) => return Err(e),
             }
             self.back_off(attempt).await?;
         }
@@ -159,12 +180,7 @@ impl Runner {
                     slot.map_err(|_| OrchestratorError::ShutDown)?
                 }
             };
-            self.recorder
-                .record(SystemEvent::TaskStarted {
-                    task_id: self.id,
-                    attempt,
-                })
-                .await?;
+            self.claim(attempt).await?;
             let slot = Arc::new(tokio::sync::Mutex::new(Some(slot)));
             let ended = self.attempt(&handler, attempt, slot.clone()).await;
             drop(slot);
@@ -205,6 +221,79 @@ impl Runner {
                 }
             }
             self.back_off(attempt).await?;
+        }
+    }
+
+    /// Records the start of `attempt`. With several kernels on the log this
+    /// is the attempt's claim: committed before the handler runs, and
+    /// refused by the log if another kernel claimed it first.
+    async fn claim(&self, attempt: u32) -> Result<(), OrchestratorError> {
+        let kernel = self.orchestrator.inner.kernel;
+        let started = SystemEvent::TaskStarted {
+            task_id: self.id,
+            attempt,
+            kernel,
+        };
+        match kernel {
+            Some(_) => self.recorder.record_durable(started).await,
+            None => self.recorder.record(started).await,
+        }
+    }
+
+    /// Whether `e` says the task is another kernel's now: the log refused
+    /// this kernel's claim or outcome because another attempt started, the
+    /// attempt was recorded as interrupted, or the task ended.
+    fn lost(&self, e: &OrchestratorError) -> bool {
+        self.orchestrator.inner.kernel.is_some()
+            && matches!(
+                e,
+                OrchestratorError::Store(StoreError::Rejected(ApplyError::Task(
+                    TaskRuleError::AttemptOutOfOrder { .. }
+                        | TaskRuleError::NotRunning(_)
+                        | TaskRuleError::Ended(_)
+                )))
+            )
+    }
+
+    /// Waits for the end another kernel records for this task (`None` if
+    /// this orchestrator is interrupted first). Cancelling it here records
+    /// the cancellation, which reaches the kernel that runs it.
+    async fn ended_elsewhere(&self) -> Option<TaskOutcome> {
+        let store = &self.orchestrator.inner.store;
+        let mut cancel_recorded = false;
+        loop {
+            let head = match store.head().await {
+                Ok(head) => head.seq,
+                Err(e) => return Some(TaskOutcome::Failed(format!("cannot read the task: {e}"))),
+            };
+            match store.task(self.id).await {
+                Ok(Some(task)) if task.status.is_final() => {
+                    return Some(match task.status {
+                        TaskStatus::Completed => {
+                            TaskOutcome::Completed(task.output.unwrap_or(Value::Null))
+                        }
+                        TaskStatus::TimedOut => TaskOutcome::TimedOut,
+                        TaskStatus::Cancelled => {
+                            TaskOutcome::Cancelled(task.error.unwrap_or_default())
+                        }
+                        _ => TaskOutcome::Failed(task.error.unwrap_or_default()),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => return Some(TaskOutcome::Failed(format!("cannot read the task: {e}"))),
+            }
+            tokio::select! {
+                () = self.cancel.token.cancelled(), if !cancel_recorded => {
+                    cancel_recorded = true;
+                    match self.cancelled().await {
+                        Ok(outcome) => return outcome,
+                        // It ended meanwhile: read that end.
+                        Err(e) if self.lost(&e) => {}
+                        Err(e) => return Some(TaskOutcome::Failed(e.to_string())),
+                    }
+                }
+                _ = store.wait_for_events(head) => {}
+            }
         }
     }
 

@@ -18,6 +18,7 @@
 //!   loads the whole state ([`EventStore::projected_state`]).
 
 pub mod audit;
+pub mod kernels;
 pub mod page;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -270,6 +271,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Follows the log from `from` on: every stored event, then new ones as
     /// they are committed.
     fn subscribe(self: Arc<Self>, from: u64) -> Subscription;
+
+    /// The registry of kernels sharing this log, for stores several
+    /// kernels can reach (`None`: one kernel per store, leased elsewhere).
+    fn kernels(&self) -> Option<&dyn kernels::KernelRegistry> {
+        None
+    }
 
     /// What this instance's writer committed, for stores that count it.
     fn commit_counters(&self) -> Option<&CommitCounters> {

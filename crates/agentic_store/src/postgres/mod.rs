@@ -13,6 +13,8 @@
 //! - [`projection`] updates the projections in the append's transaction,
 //!   through the kernel's own reducer, loading only the rows a group touches.
 //! - [`reads`] are the point and paged reads, from a bounded pool.
+//! - [`kernels`] is the registry of the kernels sharing the log: their
+//!   leases, by the database's clock.
 //! - [`notify`] wakes readers: each commit sends `NOTIFY lion_log`, and a
 //!   listening connection per store turns it into a wake-up. Notifications
 //!   only wake; readers always re-read the log.
@@ -23,6 +25,7 @@
 //! acknowledged: appends are idempotent by event id, so a commit whose
 //! acknowledgement was lost is found, not written twice.
 
+mod kernels;
 mod notify;
 mod projection;
 mod reads;
@@ -322,6 +325,10 @@ impl EventStore for PostgresStore {
     async fn plugins(&self, after: Cursor, limit: usize) -> Result<Page<PluginRecord>, StoreError> {
         self.read(async |c| reads::plugins(c, after, limit).await)
             .await
+    }
+
+    fn kernels(&self) -> Option<&dyn agentic_core::store::kernels::KernelRegistry> {
+        Some(self)
     }
 
     fn commit_counters(&self) -> Option<&CommitCounters> {

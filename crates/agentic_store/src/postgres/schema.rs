@@ -8,7 +8,9 @@
 //! refuses updates, deletes and truncation of it. `lion.store` is one row:
 //! the schema version, the store's id and the log's head — the row every
 //! append locks (`FOR UPDATE`) until it commits, which serialises appends
-//! across kernels in commit order (see the `writer` module).
+//! across kernels in commit order (see the `writer` module). `lion.kernels`
+//! holds the kernels sharing the log and their leases (the `kernels`
+//! module).
 
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -90,6 +92,15 @@ CREATE TABLE lion.plugin_kv (
     key    text NOT NULL,
     value  text NOT NULL,
     PRIMARY KEY (plugin, key)
+);
+CREATE TABLE lion.kernels (
+    id           uuid        PRIMARY KEY,
+    host         text        NOT NULL,
+    pid          integer     NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    heartbeat_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    lease_ms     bigint      NOT NULL,
+    state        text        NOT NULL DEFAULT 'alive' -- alive | expired | stopped
 );
 ";
 

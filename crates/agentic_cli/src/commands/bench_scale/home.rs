@@ -396,6 +396,7 @@ impl Fill {
                     new(SystemEvent::TaskStarted {
                         task_id,
                         attempt: 1,
+                        kernel: None,
                     }),
                     new(SystemEvent::TaskProgress {
                         task_id,

@@ -59,7 +59,7 @@ impl Lion {
         let hosts = [addr.to_string()];
         let access = Arc::new(Access::new(home, &hosts, false)?);
         let token = agentic_http::Token::load(home)?.expose().to_owned();
-        let (plugins, orchestrator) = start(home, &store, ctx, 64)?;
+        let (plugins, orchestrator) = start(home, &store, ctx, 64, None)?;
         let (ready_tx, mut ready) = watch::channel(false);
         let stopping = CancellationToken::new();
         let router = agentic_http::router(
@@ -92,6 +92,7 @@ impl Lion {
                 stop.cancelled_owned(),
                 kernel_stop.cancelled_owned(),
                 ready_tx,
+                None,
             )
             .await;
         });
