@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::event::SystemEvent;
-use crate::orchestrator::{Orchestrator, OrchestratorError};
+use crate::orchestrator::{Orchestrator, OrchestratorError, TaskOutcome};
 use crate::plugin::PluginManager;
 use crate::store::kernels::KernelJoin;
 use crate::store::{Cursor, EventStore, StoreError, TaskFilter};
@@ -44,6 +44,13 @@ pub struct Membership {
     /// Who it is, where it runs, and its lease.
     pub join: KernelJoin,
 }
+
+/// How long a kernel keeps trying to read a log it cannot reach before it
+/// stops with the error.
+const READ_OUTAGE: Duration = Duration::from_secs(60);
+
+/// The pause between those tries.
+const READ_PAUSE: Duration = Duration::from_millis(250);
 
 /// How many lease renewals a kernel makes per lease.
 const RENEWALS_PER_LEASE: u32 = 4;
@@ -104,8 +111,10 @@ pub async fn serve(
         plugins.as_ref(),
         shutdown,
         drain,
-        &ready,
-        &mut report,
+        Reporting {
+            ready: &ready,
+            report: &mut report,
+        },
         shared,
     )
     .await;
@@ -141,6 +150,13 @@ pub async fn serve(
     ended.map(|_| report)
 }
 
+/// What the kernel's loop tells its caller: when it is ready, and what it
+/// took.
+struct Reporting<'a> {
+    ready: &'a watch::Sender<bool>,
+    report: &'a mut KernelReport,
+}
+
 /// Unfinished tasks read per page while a kernel starts: enough that a
 /// page is one round trip for most homes, few enough that a backlog of
 /// tasks is never held in memory at once.
@@ -154,10 +170,10 @@ async fn follow(
     plugins: Option<&PluginManager>,
     shutdown: impl Future<Output = ()>,
     drain: impl Future<Output = ()>,
-    ready: &watch::Sender<bool>,
-    report: &mut KernelReport,
+    reporting: Reporting<'_>,
     mut shared: Option<Shared>,
 ) -> Result<Ended, StoreError> {
+    let Reporting { ready, report } = reporting;
     if let Some(plugins) = plugins {
         // Every event from `start` on reaches `observe` below.
         plugins.follow_log();
@@ -168,7 +184,8 @@ async fn follow(
     // `start` is seen by both this walk and the log below, and a page may be
     // stale by the time its last task is reached: `take_over` reads each
     // task again and leaves alone one that has ended meanwhile.
-    report.recovered += take_over_unfinished(store.as_ref(), orchestrator, true).await?;
+    let me = shared.as_ref().map(|s| s.id);
+    report.recovered += take_over_unfinished(store.as_ref(), orchestrator, me, true).await?;
     tracing::info!(recovered = report.recovered, "kernel ready");
     ready.send_replace(true);
     let mut log = store.clone().subscribe(start);
@@ -177,21 +194,20 @@ async fn follow(
     let mut stopping = false;
     let drained = orchestrator.drained();
     tokio::pin!(drained);
+    // Since when the log could not be read, if it cannot now.
+    let mut outage: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             signal = async { shared.as_mut()?.signals.recv().await }, if shared.is_some() => {
                 match signal {
                     Some(Signal::Rescan) if !stopping => {
                         report.adopted +=
-                            take_over_unfinished(store.as_ref(), orchestrator, false).await?;
+                            take_over_unfinished(store.as_ref(), orchestrator, me, false).await?;
                     }
                     Some(Signal::Rescan) => {}
                     Some(Signal::LeaseLost) | None => {
-                        return Err(StoreError::Backend(
-                            "this kernel's lease ran out (was it paused?): its attempts are \
-                             being taken over by other kernels, so it stops"
-                                .into(),
-                        ));
+                        let id = shared.as_ref().map(|s| s.id).unwrap_or_default();
+                        return Err(StoreError::LeaseLost(id));
                     }
                 }
             }
@@ -210,12 +226,30 @@ async fn follow(
                 return Ok(Ended::Forced);
             }
             event = log.next() => {
-                let event = event?;
+                let event = match event {
+                    Ok(event) => {
+                        outage = None;
+                        event
+                    }
+                    // The store is unreachable (restarting, say): read
+                    // again after a pause, for a while, from where the
+                    // log was left.
+                    Err(e @ (StoreError::Backend(_) | StoreError::Locked { .. })) => {
+                        let since = *outage.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() > READ_OUTAGE {
+                            return Err(e);
+                        }
+                        tracing::warn!(error = %e, "cannot read the log; trying again");
+                        tokio::time::sleep(READ_PAUSE).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 match event.decode() {
                     // While stopping, new work is left for the next kernel.
                     Ok(SystemEvent::TaskSubmitted { task_id, .. }) if !stopping => {
                         if !orchestrator.is_running(task_id).await {
-                            match take_over(store.as_ref(), orchestrator, task_id).await {
+                            match take_over(store.as_ref(), orchestrator, me, task_id).await {
                                 Ok(true) => report.adopted += 1,
                                 Ok(false) => {}
                                 // One task that cannot be read stops no kernel.
@@ -226,8 +260,20 @@ async fn follow(
                         }
                     }
                     // Cancellations still reach the tasks that run here.
-                    Ok(SystemEvent::TaskCancelled { task_id, .. }) => {
+                    Ok(SystemEvent::TaskCancelled { task_id, reason }) => {
                         let _ = orchestrator.cancel_recorded(task_id).await;
+                        orchestrator.observe_end(task_id, TaskOutcome::Cancelled(reason));
+                    }
+                    // Ends recorded by other kernels, for the tasks
+                    // submitted here that they ran.
+                    Ok(SystemEvent::TaskCompleted { task_id, output, .. }) => {
+                        orchestrator.observe_end(task_id, TaskOutcome::Completed(output));
+                    }
+                    Ok(SystemEvent::TaskFailed { task_id, error, is_final: true, .. }) => {
+                        orchestrator.observe_end(task_id, TaskOutcome::Failed(error));
+                    }
+                    Ok(SystemEvent::TaskTimedOut { task_id, is_final: true, .. }) => {
+                        orchestrator.observe_end(task_id, TaskOutcome::TimedOut);
                     }
                     // Plugins installed, removed or quarantined elsewhere.
                     Ok(other) if other.plugin_name().is_some() => {
@@ -246,15 +292,16 @@ async fn follow(
 /// Takes over every unfinished task this kernel may run, a page at a time
 /// (a start costs what is left to do, not the length of the log); returns
 /// how many it took. Alone on its log, a kernel takes them all; among
-/// several, only those no live kernel holds (see [`claimable`]), and
-/// `at_start` also those never started.
+/// several (`me` is its id), only those no live kernel holds (see
+/// [`claimable`]), and `at_start` also those never started.
 async fn take_over_unfinished(
     store: &dyn EventStore,
     orchestrator: &Orchestrator,
+    me: Option<Uuid>,
     at_start: bool,
 ) -> Result<usize, StoreError> {
     let alive = match store.kernels() {
-        Some(registry) => Some(registry.alive().await?),
+        Some(registry) => Some(holders(registry.alive().await?, me)),
         None => None,
     };
     let mut taken = 0;
@@ -270,7 +317,7 @@ async fn take_over_unfinished(
             };
             if ours
                 && !orchestrator.is_running(task.id).await
-                && take_over(store, orchestrator, task.id).await?
+                && take_over(store, orchestrator, me, task.id).await?
             {
                 taken += 1;
             }
@@ -294,13 +341,27 @@ fn claimable(task: &TaskRecord, alive: &std::collections::HashSet<Uuid>, at_star
     }
 }
 
+/// The live kernels whose claims hold: all but `me`, whose own claims on
+/// tasks it does not run (their runner could not record an outcome) are
+/// taken over like a dead kernel's, so none is stuck.
+fn holders(
+    mut alive: std::collections::HashSet<Uuid>,
+    me: Option<Uuid>,
+) -> std::collections::HashSet<Uuid> {
+    if let Some(me) = me {
+        alive.remove(&me);
+    }
+    alive
+}
+
 /// Takes over task `id` as the log has it now: one that ended since it
 /// was listed or submitted (it ran here, or in another process) is not run
-/// again, and among several kernels one a live kernel holds is left to it.
-/// Whether it was taken.
+/// again, and among several kernels one another live kernel holds is left
+/// to it. Whether it was taken.
 async fn take_over(
     store: &dyn EventStore,
     orchestrator: &Orchestrator,
+    me: Option<Uuid>,
     id: Uuid,
 ) -> Result<bool, StoreError> {
     let Some(task) = store.task(id).await? else {
@@ -310,7 +371,7 @@ async fn take_over(
         return Ok(false);
     }
     if let (Some(registry), Some(kernel)) = (store.kernels(), task.kernel)
-        && registry.alive().await?.contains(&kernel)
+        && holders(registry.alive().await?, me).contains(&kernel)
     {
         return Ok(false);
     }
@@ -329,6 +390,8 @@ enum Signal {
 /// A kernel's part in a shared log while it runs: the lease keeper's
 /// messages (the keeper stops when this is dropped).
 struct Shared {
+    /// The kernel's id.
+    id: Uuid,
     signals: tokio::sync::mpsc::Receiver<Signal>,
     keeper: tokio::task::JoinHandle<()>,
 }
@@ -351,7 +414,11 @@ impl Shared {
         registry.join(&membership.join).await?;
         let (tx, signals) = tokio::sync::mpsc::channel(4);
         let keeper = tokio::spawn(keep_lease(store.clone(), membership.join.clone(), tx));
-        Ok(Self { signals, keeper })
+        Ok(Self {
+            id: membership.join.id,
+            signals,
+            keeper,
+        })
     }
 }
 
@@ -389,7 +456,7 @@ async fn keep_lease(
         for kernel in &expired {
             tracing::warn!(%kernel, "a kernel's lease ran out: taking over its attempts");
         }
-        if !expired.is_empty() || renewals % RESCAN_EVERY == 0 {
+        if !expired.is_empty() || renewals.is_multiple_of(RESCAN_EVERY) {
             // A full queue means a rescan is already pending.
             let _ = signals.try_send(Signal::Rescan);
         }

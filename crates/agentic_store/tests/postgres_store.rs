@@ -128,7 +128,8 @@ async fn a_reader_following_three_appending_kernels_sees_every_event_once_in_ord
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_restarting_under_load_loses_nothing_acknowledged() {
-    let cluster = postgres_cluster::cluster();
+    // Its own cluster: the shared one serves the tests running beside it.
+    let cluster = Arc::new(postgres_cluster::private("restart"));
     let url = cluster.database("restart").await;
     let stores = [open(&url).await, open(&url).await];
     // Appenders run until the restart is over and they have appended ten
@@ -169,7 +170,8 @@ async fn the_database_restarting_under_load_loses_nothing_acknowledged() {
     for _ in 0..16 {
         started.recv().await.expect("an appender started");
     }
-    tokio::task::spawn_blocking(|| postgres_cluster::cluster().crash_and_restart())
+    let restarting = cluster.clone();
+    tokio::task::spawn_blocking(move || restarting.crash_and_restart())
         .await
         .expect("restart");
     restarted_tx.send_replace(true);

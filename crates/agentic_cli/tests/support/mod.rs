@@ -23,6 +23,7 @@ use uuid::Uuid;
 /// developer's own environment cannot leak into a test.
 const LION_ENV: &[&str] = &[
     "LION_HOME",
+    "LION_STORE",
     "LION_BUSY_TIMEOUT_MS",
     "LION_LLM_BASE_URL",
     "LION_LLM_MODEL",
@@ -368,6 +369,11 @@ impl Kernel {
     /// The kernel's process id.
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits for the kernel to exit by itself.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for the kernel")
     }
 
     /// What the kernel has written to stderr so far.

@@ -53,6 +53,28 @@ pub(super) struct Inner {
     pub(super) correlation_id: Uuid,
     /// This kernel's id, when several kernels share the log.
     pub(super) kernel: Option<Uuid>,
+    /// Tasks submitted here that another kernel runs, waiting for the end
+    /// it records (see [`Orchestrator::observe_end`]).
+    elsewhere: std::sync::Mutex<HashMap<Uuid, oneshot::Sender<TaskOutcome>>>,
+}
+
+impl Inner {
+    /// Registers (`Some`) or forgets (`None`) a task waiting for its end
+    /// to be recorded by another kernel.
+    pub(super) fn awaiting(&self, id: Uuid, end: Option<oneshot::Sender<TaskOutcome>>) {
+        let mut waiting = self
+            .elsewhere
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match end {
+            Some(end) => {
+                waiting.insert(id, end);
+            }
+            None => {
+                waiting.remove(&id);
+            }
+        }
+    }
 }
 
 /// Submission-queue length: commands are served quickly, this only absorbs bursts.
@@ -79,6 +101,7 @@ impl Orchestrator {
                 live: broadcast::channel(config.live_buffer.max(1)).0,
                 correlation_id,
                 kernel: config.kernel,
+                elsewhere: std::sync::Mutex::new(HashMap::new()),
             }),
         };
         tokio::spawn(
@@ -200,6 +223,21 @@ impl Orchestrator {
         let (reply, stopped) = oneshot::channel();
         if self.send(Command::Interrupt { reply }).await.is_ok() {
             let _ = stopped.await;
+        }
+    }
+
+    /// Tells a task submitted here, but run by another kernel sharing the
+    /// log, how it ended: the kernel's loop calls this for each end it sees
+    /// in the log (a no-op for every other task).
+    pub fn observe_end(&self, id: Uuid, outcome: TaskOutcome) {
+        let waiting = self
+            .inner
+            .elsewhere
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        if let Some(end) = waiting {
+            let _ = end.send(outcome);
         }
     }
 

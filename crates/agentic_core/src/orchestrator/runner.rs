@@ -45,6 +45,16 @@ enum Attempt {
     Cancelled,
 }
 
+/// A task's end as its record has it (the record must have ended).
+fn outcome_of(task: crate::task::TaskRecord) -> TaskOutcome {
+    match task.status {
+        TaskStatus::Completed => TaskOutcome::Completed(task.output.unwrap_or(Value::Null)),
+        TaskStatus::TimedOut => TaskOutcome::TimedOut,
+        TaskStatus::Cancelled => TaskOutcome::Cancelled(task.error.unwrap_or_default()),
+        _ => TaskOutcome::Failed(task.error.unwrap_or_default()),
+    }
+}
+
 impl Runner {
     /// Records the submission, answers the submitter, then runs the task.
     pub(super) async fn run(
@@ -256,43 +266,44 @@ impl Runner {
     }
 
     /// Waits for the end another kernel records for this task (`None` if
-    /// this orchestrator is interrupted first). Cancelling it here records
-    /// the cancellation, which reaches the kernel that runs it.
+    /// this orchestrator is interrupted first), as the kernel's loop sees
+    /// it in the log ([`Orchestrator::observe_end`]). Cancelling it here
+    /// records the cancellation, which reaches the kernel that runs it.
     async fn ended_elsewhere(&self) -> Option<TaskOutcome> {
-        let store = &self.orchestrator.inner.store;
+        let (tx, mut ended) = oneshot::channel();
+        self.orchestrator.inner.awaiting(self.id, Some(tx));
+        // It may have ended before this waited.
+        match self.orchestrator.inner.store.task(self.id).await {
+            Ok(Some(task)) if task.status.is_final() => {
+                self.orchestrator.inner.awaiting(self.id, None);
+                return Some(outcome_of(task));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.orchestrator.inner.awaiting(self.id, None);
+                return Some(TaskOutcome::Failed(format!("cannot read the task: {e}")));
+            }
+        }
         let mut cancel_recorded = false;
         loop {
-            let head = match store.head().await {
-                Ok(head) => head.seq,
-                Err(e) => return Some(TaskOutcome::Failed(format!("cannot read the task: {e}"))),
-            };
-            match store.task(self.id).await {
-                Ok(Some(task)) if task.status.is_final() => {
-                    return Some(match task.status {
-                        TaskStatus::Completed => {
-                            TaskOutcome::Completed(task.output.unwrap_or(Value::Null))
-                        }
-                        TaskStatus::TimedOut => TaskOutcome::TimedOut,
-                        TaskStatus::Cancelled => {
-                            TaskOutcome::Cancelled(task.error.unwrap_or_default())
-                        }
-                        _ => TaskOutcome::Failed(task.error.unwrap_or_default()),
-                    });
-                }
-                Ok(_) => {}
-                Err(e) => return Some(TaskOutcome::Failed(format!("cannot read the task: {e}"))),
-            }
             tokio::select! {
+                outcome = &mut ended => return outcome.ok(),
                 () = self.cancel.token.cancelled(), if !cancel_recorded => {
                     cancel_recorded = true;
+                    if self.cancel.interrupted() {
+                        self.orchestrator.inner.awaiting(self.id, None);
+                        return None;
+                    }
                     match self.cancelled().await {
-                        Ok(outcome) => return outcome,
-                        // It ended meanwhile: read that end.
+                        Ok(outcome) => {
+                            self.orchestrator.inner.awaiting(self.id, None);
+                            return outcome;
+                        }
+                        // It ended meanwhile: that end is on its way.
                         Err(e) if self.lost(&e) => {}
                         Err(e) => return Some(TaskOutcome::Failed(e.to_string())),
                     }
                 }
-                _ = store.wait_for_events(head) => {}
             }
         }
     }

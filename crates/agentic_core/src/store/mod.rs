@@ -145,6 +145,12 @@ pub enum StoreError {
     /// The store was closed.
     #[error("event store is closed")]
     Closed,
+    /// This kernel's lease on a shared store ran out (it was paused, or
+    /// cut off from the store, for longer than its lease).
+    #[error(
+        "kernel {0}'s lease ran out (was it paused?): other kernels take over its attempts, so it stops"
+    )]
+    LeaseLost(Uuid),
 }
 
 // The messages above already include their cause, so these are plain

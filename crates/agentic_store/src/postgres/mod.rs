@@ -69,8 +69,14 @@ pub struct PostgresOptions {
     /// Longest a connection attempt, or a wait for a pooled connection, may
     /// take.
     pub connect_timeout: Duration,
+    /// How long a connection may sit idle inside a transaction before the
+    /// database ends it: a kernel paused (or cut off) in the middle of a
+    /// commit holds the log's head lock, which stalls every other kernel's
+    /// appends until then. Keep it well under the kernels' lease.
+    pub idle_in_transaction: Duration,
     /// How long the writer keeps reconnecting and retrying a group while
-    /// the database is unreachable before failing its appends.
+    /// the database is unreachable (or the log's head is locked) before
+    /// failing its appends.
     pub reconnect_for: Duration,
     /// Most events committed in one transaction.
     pub max_events_per_commit: usize,
@@ -86,6 +92,7 @@ impl Default for PostgresOptions {
             statement_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            idle_in_transaction: Duration::from_secs(2),
             reconnect_for: Duration::from_secs(30),
             max_events_per_commit: 8192,
             writer_queue: 4096,
@@ -357,7 +364,7 @@ fn connection_config(
         "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
         options.statement_timeout.as_millis(),
         options.lock_timeout.as_millis(),
-        options.statement_timeout.as_millis() * 2,
+        options.idle_in_transaction.as_millis(),
     );
     let combined = match config.get_options() {
         Some(theirs) => format!("{theirs} {timeouts}"),
@@ -458,9 +465,11 @@ impl From<deadpool_postgres::PoolError> for PgError {
 }
 
 impl PgError {
-    /// True when the connection, not the statement, failed: the database
-    /// restarted, went away, or could not be reached. Worth reconnecting.
-    pub(crate) fn is_connection(&self) -> bool {
+    /// True when the failure passes: the connection failed (the database
+    /// restarted, went away, or could not be reached), or a lock was held
+    /// past the lock timeout (by a kernel that was paused mid-commit, until
+    /// the database ends its transaction). Worth trying again.
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             PgError::Pool(_) => true,
             PgError::Db(e) => {
@@ -469,6 +478,8 @@ impl PgError {
                     || io
                     || e.code().is_some_and(|code| {
                         code.code().starts_with("08")
+                            || *code == SqlState::LOCK_NOT_AVAILABLE
+                            || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
                             || *code == SqlState::ADMIN_SHUTDOWN
                             || *code == SqlState::CRASH_SHUTDOWN
                             || *code == SqlState::CANNOT_CONNECT_NOW

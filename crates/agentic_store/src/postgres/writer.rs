@@ -20,8 +20,10 @@
 //! to find the one at fault.
 //!
 //! When the connection breaks (the database restarted or is unreachable),
-//! the group is retried on a new connection until `reconnect_for` has
-//! passed. Retrying is safe even when the commit went through and only its
+//! or the head stays locked past the lock timeout (a kernel paused
+//! mid-commit holds it until the database ends its idle transaction), the
+//! group is retried, on a new connection if need be, until `reconnect_for`
+//! has passed. Retrying is safe even when the commit went through and only its
 //! acknowledgement was lost: the retry finds the events stored (by id) and
 //! answers with their positions.
 
@@ -115,16 +117,16 @@ impl Writer {
                     });
                     return outcomes;
                 }
-                Err(e) if e.is_connection() && Instant::now() < deadline => {
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
                     tracing::warn!(
                         location = %self.location,
                         error = %e,
-                        "the store's connection failed; reconnecting to commit again"
+                        "the commit failed for a passing reason; committing again"
                     );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                Err(e) if group.len() > 1 && !e.is_connection() => {
+                Err(e) if group.len() > 1 && !e.is_transient() => {
                     let mut outcomes = Vec::with_capacity(group.len());
                     for request in group {
                         let alone = Box::pin(self.commit(std::slice::from_ref(request))).await;

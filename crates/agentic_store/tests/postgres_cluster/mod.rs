@@ -1,4 +1,5 @@
-//! A throwaway PostgreSQL cluster for tests: one per test process, made
+//! A throwaway PostgreSQL cluster for tests: one shared per test process
+//! (and one of its own for a test that restarts it), made
 //! with `initdb` and started with `pg_ctl` on a free port, as the
 //! `postgres` user when the tests run as root (PostgreSQL refuses to run as
 //! root), stopped and removed when the process exits. Each test takes a
@@ -26,7 +27,8 @@ pub struct Cluster {
     bin: PathBuf,
     /// Its TCP port on 127.0.0.1.
     pub port: u16,
-    /// The write end of the watchdog's pipe, held until this process ends.
+    /// The write end of the watchdog's pipe, held until this cluster is
+    /// dropped or this process ends, whichever is first.
     _watchdog: Option<std::process::ChildStdin>,
 }
 
@@ -34,7 +36,13 @@ static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
 /// The process's cluster, started on first use.
 pub fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(Cluster::create)
+    CLUSTER.get_or_init(|| Cluster::create("shared"))
+}
+
+/// A cluster of one test's own, for a test that restarts it (the shared
+/// one serves tests running beside it); stopped and removed when dropped.
+pub fn private(name: &str) -> Cluster {
+    Cluster::create(name)
 }
 
 /// True when this process runs as root (so PostgreSQL runs as `postgres`).
@@ -102,8 +110,8 @@ fn free_port() -> u16 {
 
 impl Cluster {
     /// Makes and starts a cluster.
-    fn create() -> Cluster {
-        let dir = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
+    fn create(name: &str) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("{PREFIX}{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir(&dir).expect("cluster folder");
         if root() {

@@ -1,0 +1,393 @@
+//! Several kernels sharing one PostgreSQL store, as users run them: real
+//! `lion run --store postgres://…` processes on a throwaway cluster this
+//! test process starts.
+//!
+//! - three kernels run 10,000 tasks (with children and retries) while one
+//!   is killed with SIGKILL and another is paused with SIGSTOP past its
+//!   lease, then continued: every task ends, every attempt has exactly one
+//!   recorded outcome, the interrupted attempts are recorded and retried,
+//!   the paused kernel stops when it wakes, and the log verifies as one
+//!   chain whose projections match a replay;
+//! - the same with PostgreSQL itself restarting mid-run.
+
+mod support;
+
+#[path = "../../agentic_store/tests/postgres_cluster/mod.rs"]
+mod postgres_cluster;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentic_core::store::kernels::{KernelRegistry, KernelState};
+use agentic_core::{
+    EventStore, ExpectedVersion, NewEvent, RetryPolicy, SystemEvent, TaskFilter, TaskSpec,
+};
+use agentic_store::{PostgresOptions, PostgresStore};
+use serde_json::json;
+use support::{Kernel, lion_at, run};
+use uuid::Uuid;
+
+/// A failure guard for waits that should end; never a timing assertion.
+const GUARD: Duration = Duration::from_secs(600);
+
+/// The lease the kernels run with in these tests.
+const LEASE_SECS: &str = "2";
+
+/// Three homes (one per kernel, as on three machines) on one store.
+struct Cluster {
+    url: String,
+    store: Arc<PostgresStore>,
+    kernels: Vec<Kernel>,
+    _homes: Vec<tempfile::TempDir>,
+    /// The database's own cluster, for a test that restarts it (dropped
+    /// last, after the kernels).
+    database: Option<Arc<postgres_cluster::Cluster>>,
+}
+
+impl Cluster {
+    async fn start(test: &str, lease: &str, own: bool) -> Self {
+        let database = own.then(|| Arc::new(postgres_cluster::private(test)));
+        let url = match &database {
+            Some(cluster) => cluster.database(test).await,
+            None => postgres_cluster::cluster().database(test).await,
+        };
+        let store = Arc::new(
+            PostgresStore::open(&url, PostgresOptions::default())
+                .await
+                .expect("open the store"),
+        );
+        let homes: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("home")).collect();
+        let kernels = homes
+            .iter()
+            .map(|home| {
+                Kernel::start_with(
+                    home.path(),
+                    &[("LION_STORE", url.as_str())],
+                    &["--lease-secs", lease, "--concurrency", "32"],
+                )
+            })
+            .collect();
+        Self {
+            database,
+            url,
+            store,
+            _homes: homes,
+            kernels,
+        }
+    }
+
+    /// Submits `specs` as other processes do: by appending them.
+    async fn submit(&self, specs: Vec<TaskSpec>) {
+        for chunk in specs.chunks(500) {
+            let events = chunk
+                .iter()
+                .map(|spec| {
+                    NewEvent::new(
+                        SystemEvent::TaskSubmitted {
+                            task_id: Uuid::now_v7(),
+                            spec: spec.clone(),
+                        },
+                        Uuid::now_v7(),
+                    )
+                })
+                .collect();
+            self.store
+                .append(events, ExpectedVersion::Any)
+                .await
+                .expect("submit");
+        }
+    }
+
+    /// How many tasks have ended.
+    async fn ended(&self) -> usize {
+        let all = count(self.store.as_ref(), TaskFilter::All).await;
+        all - count(self.store.as_ref(), TaskFilter::Unfinished).await
+    }
+
+    /// Waits until at least `n` tasks have ended, woken by commits.
+    async fn wait_ended(&self, n: usize) {
+        tokio::time::timeout(GUARD, async {
+            loop {
+                let head = self.store.head().await.expect("head").seq;
+                if self.ended().await >= n {
+                    return;
+                }
+                self.store.wait_for_events(head).await.expect("wait");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("tasks never ended: {}", self.stderrs()));
+    }
+
+    /// Waits until no task is unfinished.
+    async fn wait_all_ended(&self) {
+        tokio::time::timeout(GUARD, async {
+            loop {
+                let head = self.store.head().await.expect("head").seq;
+                if count(self.store.as_ref(), TaskFilter::Unfinished).await == 0 {
+                    return;
+                }
+                self.store.wait_for_events(head).await.expect("wait");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("some tasks never ended: {}", self.stderrs()));
+    }
+
+    fn stderrs(&self) -> String {
+        self.kernels
+            .iter()
+            .map(Kernel::stderr)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+}
+
+/// Tasks `filter` selects.
+async fn count(store: &dyn EventStore, filter: TaskFilter) -> usize {
+    let mut n = 0;
+    let mut after = agentic_core::Cursor::START;
+    loop {
+        let page = store.tasks(filter, after, 5000).await.expect("tasks");
+        n += page.items.len();
+        match page.next {
+            Some(next) => after = next,
+            None => return n,
+        }
+    }
+}
+
+/// The test's mix: echoes, tasks that fail once and succeed on a retry,
+/// fan-outs with children, and sleeps with retries (in flight when a
+/// kernel is lost).
+fn mix(n: usize) -> Vec<TaskSpec> {
+    let retried = |handler: &str, input: serde_json::Value, retries: u32| TaskSpec {
+        retry: RetryPolicy {
+            max_retries: retries,
+            base_delay_ms: 10,
+            max_delay_ms: 50,
+        },
+        ..TaskSpec::new(handler, input)
+    };
+    (0..n)
+        .map(|i| match i % 20 {
+            0 | 1 => retried("fail", json!({ "times": 1 }), 2),
+            2 => retried("fanout", json!({ "n": 2, "input": { "child_of": i } }), 2),
+            3 => retried("sleep", json!({ "ms": 200 }), 3),
+            _ => TaskSpec::new("echo", json!({ "i": i })),
+        })
+        .collect()
+}
+
+/// What the log says about every attempt: per (task, attempt), how many
+/// claims and how many outcomes; plus the interrupted attempts and the
+/// starts of the attempts after them.
+#[derive(Default)]
+struct Attempts {
+    claims: HashMap<(Uuid, u32), usize>,
+    outcomes: HashMap<(Uuid, u32), usize>,
+    interrupted: Vec<(Uuid, u32, bool)>,
+}
+
+async fn attempts(store: &dyn EventStore) -> Attempts {
+    let mut a = Attempts::default();
+    let mut next = 1;
+    loop {
+        let page = store.read_from(next, 5000).await.expect("read");
+        let Some(last) = page.last() else { break };
+        next = last.seq + 1;
+        for record in page {
+            match record.decode().expect("decode") {
+                SystemEvent::TaskStarted {
+                    task_id, attempt, ..
+                } => *a.claims.entry((task_id, attempt)).or_default() += 1,
+                SystemEvent::TaskCompleted {
+                    task_id, attempt, ..
+                }
+                | SystemEvent::TaskTimedOut {
+                    task_id, attempt, ..
+                } => *a.outcomes.entry((task_id, attempt)).or_default() += 1,
+                SystemEvent::TaskFailed {
+                    task_id,
+                    attempt,
+                    error,
+                    is_final,
+                } => {
+                    *a.outcomes.entry((task_id, attempt)).or_default() += 1;
+                    if error.starts_with("interrupted") {
+                        a.interrupted.push((task_id, attempt, is_final));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    a
+}
+
+/// Checks the promises: every claimed attempt has exactly one outcome,
+/// every interrupted attempt that the policy retries was retried, and the
+/// log verifies with projections matching a replay (through the CLI).
+async fn check_the_log(cluster: &Cluster) -> Attempts {
+    let a = attempts(cluster.store.as_ref()).await;
+    for (attempt, claims) in &a.claims {
+        assert_eq!(*claims, 1, "attempt {attempt:?} claimed {claims} times");
+        assert_eq!(
+            a.outcomes.get(attempt),
+            Some(&1),
+            "attempt {attempt:?} has no single outcome"
+        );
+    }
+    for (attempt, outcomes) in &a.outcomes {
+        assert_eq!(*outcomes, 1, "attempt {attempt:?} has {outcomes} outcomes");
+        assert!(
+            a.claims.contains_key(attempt),
+            "attempt {attempt:?} ended without a claim"
+        );
+    }
+    for (task, attempt, is_final) in &a.interrupted {
+        if !is_final {
+            assert!(
+                a.claims.contains_key(&(*task, attempt + 1)),
+                "interrupted attempt {attempt} of {task} was not retried"
+            );
+        }
+    }
+    let home = tempfile::tempdir().expect("home");
+    for check in [["events", "verify"], ["replay", "--json"]] {
+        let mut cmd = lion_at(home.path());
+        cmd.env("LION_STORE", &cluster.url).args(check);
+        let out = run(&mut cmd).success();
+        assert!(out.stdout.contains("ok"), "{}", out.stdout);
+    }
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_kernels_run_ten_thousand_tasks_through_a_kill_and_a_pause() {
+    let mut cluster = Cluster::start("three_kernels", LEASE_SECS, false).await;
+    let specs = mix(10_000);
+    let (first, rest) = specs.split_at(3_000);
+    cluster.submit(first.to_vec()).await;
+    cluster.wait_ended(1_500).await;
+    // Kill one kernel mid-run: its claimed attempts are interrupted.
+    let killed = cluster.kernels.remove(2);
+    signal(killed.id(), "-KILL");
+    drop(killed);
+    cluster.submit(rest.to_vec()).await;
+    cluster.wait_ended(5_000).await;
+    // Pause another past its lease, then let it go on: it stops by itself.
+    let paused = cluster.kernels[1].id();
+    signal(paused, "-STOP");
+    // Work goes on meanwhile, so commits keep coming: look at the
+    // registry at each until the survivor has expired the paused kernel.
+    let expired = async {
+        loop {
+            let head = cluster.store.head().await.expect("head").seq;
+            let kernels = KernelRegistry::kernels(cluster.store.as_ref())
+                .await
+                .expect("kernels");
+            let expired = kernels
+                .iter()
+                .filter(|k| k.state == KernelState::Expired)
+                .count();
+            if expired >= 2 {
+                return;
+            }
+            cluster.store.wait_for_events(head).await.expect("wait");
+        }
+    };
+    tokio::time::timeout(GUARD, expired)
+        .await
+        .expect("the paused kernel never expired");
+    signal(paused, "-CONT");
+    let status = tokio::task::spawn_blocking({
+        let mut woken = cluster.kernels.remove(1);
+        move || (woken.wait(), woken.stderr())
+    })
+    .await
+    .expect("join");
+    assert!(
+        !status.0.success(),
+        "the woken kernel went on: {}",
+        status.1
+    );
+    assert!(status.1.contains("lease ran out"), "{}", status.1);
+    cluster.wait_all_ended().await;
+    let a = check_the_log(&cluster).await;
+    assert!(
+        !a.interrupted.is_empty(),
+        "no attempt was interrupted: the kill and pause tested nothing"
+    );
+    // Every task ended as it should: the failing ones on their retry.
+    let failed: Vec<_> = {
+        let mut failed = Vec::new();
+        let mut after = agentic_core::Cursor::START;
+        loop {
+            let page = cluster
+                .store
+                .tasks(TaskFilter::All, after, 5000)
+                .await
+                .expect("tasks");
+            failed.extend(
+                page.items
+                    .into_iter()
+                    .filter(|t| t.status != agentic_core::TaskStatus::Completed),
+            );
+            match page.next {
+                Some(next) => after = next,
+                None => break failed,
+            }
+        }
+    };
+    // Only a task with no retry left may end failed, and only because its
+    // kernel was lost (an echo, which has no retries, say).
+    for task in &failed {
+        let error = task.error.clone().unwrap_or_default();
+        assert!(
+            error.contains("interrupted"),
+            "task {} ended {:?}: {error}",
+            task.id,
+            task.status
+        );
+    }
+    let all = count(cluster.store.as_ref(), TaskFilter::All).await;
+    assert!(
+        all >= 10_000 + 1_000,
+        "{all} tasks: fan-outs' children are missing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_kernels_ride_out_a_database_restart() {
+    // Its own PostgreSQL: the shared one serves the tests beside it.
+    let cluster = Cluster::start("database_restart", "15", true).await;
+    let specs = mix(2_000);
+    cluster.submit(specs).await;
+    cluster.wait_ended(500).await;
+    let database = cluster.database.clone().expect("its own cluster");
+    tokio::task::spawn_blocking(move || database.crash_and_restart())
+        .await
+        .expect("restart");
+    cluster.wait_all_ended().await;
+    check_the_log(&cluster).await;
+    // Every kernel rode it out: none stopped with an error.
+    for kernel in &cluster.kernels {
+        let stderr = kernel.stderr();
+        assert!(
+            !stderr.lines().any(|l| l.starts_with("error:")),
+            "a kernel failed: {stderr}"
+        );
+    }
+}
+
+/// Sends a signal (`-KILL`, `-STOP`, `-CONT`) to a kernel, with kill(1).
+fn signal(pid: u32, which: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(which)
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {which} {pid}");
+}
