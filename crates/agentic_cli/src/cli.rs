@@ -524,7 +524,10 @@ pub enum BenchCommand {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=2048))]
         tokens: Option<u32>,
     },
-    /// Durable append throughput and latency, replay speed, with raw baselines.
+    /// Durable append throughput and latency, replay speed, with raw
+    /// baselines. With --store postgres://…: events/s through one kernel and
+    /// through three on scratch databases of that server (the role needs
+    /// CREATEDB), beside raw batched inserts of the same group sizes.
     Store {
         /// A short run that only checks every path works (figures mean little).
         #[arg(long)]

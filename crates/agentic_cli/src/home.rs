@@ -62,15 +62,19 @@ pub fn store_at(home: &Path, flag: Option<&str>) -> Result<StoreAt> {
     };
     match url {
         None => Ok(StoreAt::Home),
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Ok(StoreAt::Postgres(url))
-        }
-        Some(other) => bail!(
-            "the store must be a postgres:// URL (the home's own SQLite store is the default), \
-             got {:?}",
-            other.split('@').next_back().unwrap_or_default()
-        ),
+        Some(url) => Ok(StoreAt::Postgres(shared_url(&url)?)),
     }
+}
+
+/// `url` if it names a shared (PostgreSQL) store.
+pub fn shared_url(url: &str) -> Result<String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(url.to_owned());
+    }
+    bail!(
+        "the store must be a postgres:// URL (the home's own SQLite store is the default), got {:?}",
+        url.split('@').next_back().unwrap_or_default()
+    )
 }
 
 /// `[store] url` from the home's `config.toml`, if it has one.

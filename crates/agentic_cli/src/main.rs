@@ -270,6 +270,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Command::Bench(BenchCommand::Store {
                 quick,
+                seconds,
+                appenders,
+                ..
+            }) if store_flag.is_some() => {
+                let url = home::shared_url(store_flag.unwrap_or_default())?;
+                commands::bench_shared::store(ctx, &url, quick, seconds, appenders).await
+            }
+            Command::Bench(BenchCommand::Store {
+                quick,
                 dir,
                 replay_events,
                 seconds,

@@ -32,6 +32,7 @@ use uuid::Uuid;
 use crate::sqlite::{SqliteOptions, SqliteStore};
 
 mod cpu;
+pub mod postgres;
 
 pub use cpu::CorePlan;
 

@@ -9,6 +9,7 @@ pub mod bench_plugins;
 pub mod bench_runtime;
 pub mod bench_scale;
 pub mod bench_serve;
+pub mod bench_shared;
 pub mod demo;
 pub mod element;
 pub mod events;

@@ -5,7 +5,7 @@
 //! - [`schema`] creates and checks the tables (in the `lion` schema).
 //! - [`writer`] is each store's group-commit writer: one connection that
 //!   commits every append that arrived during the previous commit in one
-//!   transaction, holding the lock on the log's head row to commit, so
+//!   transaction, holding the log's head lock to commit, so
 //!   appends of all kernels are serialised in commit order and the chain
 //!   never forks. Sequence numbers are therefore gapless *and* in commit
 //!   order: a reader following the log never skips an event that committed

@@ -9,13 +9,58 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use agentic_core::llm::AgentRecord;
 use agentic_core::plugin::PluginRecord;
-use agentic_core::{ApplyError, ElementData, State, SystemEvent, TaskRecord};
-use deadpool_postgres::Transaction;
+use agentic_core::{ApplyError, State, SystemEvent, TaskRecord};
+use deadpool_postgres::ClientWrapper;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::PgError;
+
+// The statements of the projections, prepared once per connection.
+const INSERT_ELEMENTS: &str =
+    "INSERT INTO lion.elements (seq, id) SELECT * FROM unnest($1::bigint[], $2::uuid[])";
+
+const UPSERT_TASKS: &str = "INSERT INTO lion.tasks (seq, id, idempotency_key, unfinished, record) \
+                 SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::boolean[], \
+                 $5::bytea[]) \
+                 ON CONFLICT (id) DO UPDATE \
+                 SET unfinished = excluded.unfinished, record = excluded.record";
+
+const DELETE_MESSAGES: &str = "DELETE FROM lion.agent_messages WHERE agent = ANY($1)";
+
+const UPSERT_AGENTS: &str = "INSERT INTO lion.agents (name, seq, messages, record) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[]) \
+                 ON CONFLICT (name) DO UPDATE \
+                 SET messages = excluded.messages, record = excluded.record";
+
+const INSERT_MESSAGES: &str = "INSERT INTO lion.agent_messages (agent, n, message) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])";
+
+const DELETE_PLUGINS: &str = "DELETE FROM lion.plugins WHERE name = ANY($1)";
+
+const DELETE_PLUGIN_KV: &str = "DELETE FROM lion.plugin_kv WHERE plugin = ANY($1)";
+
+const UPSERT_PLUGINS: &str = "INSERT INTO lion.plugins (name, seq, record) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
+                 ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, record = excluded.record";
+
+const UPSERT_KV: &str = "INSERT INTO lion.plugin_kv (plugin, key, value) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) \
+                 ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value";
+
+const DELETE_KV: &str = "DELETE FROM lion.plugin_kv WHERE (plugin, key) IN \
+                 (SELECT * FROM unnest($1::text[], $2::text[]))";
+
+const LOAD_TASKS: &str = "SELECT seq, record FROM lion.tasks \
+             WHERE id = ANY($1) OR idempotency_key = ANY($2)";
+
+const LOAD_AGENTS: &str = "SELECT seq, messages, record FROM lion.agents WHERE name = ANY($1)";
+
+const LOAD_PLUGINS: &str = "SELECT seq, record FROM lion.plugins WHERE name = ANY($1)";
+
+const LOAD_KV: &str = "SELECT plugin, key, value FROM lion.plugin_kv WHERE (plugin, key) IN \
+             (SELECT * FROM unnest($1::text[], $2::text[]))";
 
 /// The projection rows one group touches, and what it changed.
 #[derive(Default)]
@@ -28,8 +73,9 @@ pub(super) struct Overlay {
     agent_rows: HashMap<String, (u64, u64)>,
     /// Each plugin's install seq.
     plugin_seq: HashMap<String, u64>,
-    /// Elements created, with their seqs.
-    elements: Vec<(u64, ElementData)>,
+    /// Elements created, with their seqs (the element itself is read from
+    /// its creating event: an element never changes).
+    elements: Vec<(u64, Uuid)>,
     /// Tasks changed.
     tasks: HashSet<Uuid>,
     /// Agents changed, and those among them spawned (their conversation
@@ -46,7 +92,7 @@ pub(super) struct Overlay {
 impl Overlay {
     /// Loads the rows `events` touch.
     pub async fn load<'e>(
-        tx: &Transaction<'_>,
+        client: &ClientWrapper,
         events: impl Iterator<Item = &'e SystemEvent>,
     ) -> Result<Self, PgError> {
         let mut task_ids = Vec::new();
@@ -74,10 +120,10 @@ impl Overlay {
             }
         }
         let (tasks, agents, plugins, kv) = tokio::try_join!(
-            load_tasks(tx, &task_ids, &keys),
-            load_agents(tx, &agents),
-            load_plugins(tx, &plugins),
-            load_kv(tx, &kv_plugins, &kv_keys),
+            load_tasks(client, &task_ids, &keys),
+            load_agents(client, &agents),
+            load_plugins(client, &plugins),
+            load_kv(client, &kv_plugins, &kv_keys),
         )?;
         let mut overlay = Overlay::default();
         for (seq, task) in tasks {
@@ -122,7 +168,7 @@ impl Overlay {
     /// Records which rows an applied event changed.
     fn note(&mut self, seq: u64, event: &SystemEvent) {
         match event {
-            SystemEvent::ElementCreated { element } => self.elements.push((seq, element.clone())),
+            SystemEvent::ElementCreated { element } => self.elements.push((seq, element.id)),
             SystemEvent::TaskSubmitted { task_id, spec } => {
                 self.task_seq.insert(*task_id, seq);
                 self.tasks.insert(*task_id);
@@ -160,42 +206,56 @@ impl Overlay {
         }
     }
 
+    /// Prepares (once per connection) every statement the projections use,
+    /// so that later ones are only sent, in order, never prepared part-way.
+    pub async fn prepare(client: &ClientWrapper) -> Result<(), PgError> {
+        for sql in [
+            INSERT_ELEMENTS,
+            UPSERT_TASKS,
+            DELETE_MESSAGES,
+            UPSERT_AGENTS,
+            INSERT_MESSAGES,
+            DELETE_PLUGINS,
+            DELETE_PLUGIN_KV,
+            UPSERT_PLUGINS,
+            UPSERT_KV,
+            DELETE_KV,
+            LOAD_TASKS,
+            LOAD_AGENTS,
+            LOAD_PLUGINS,
+            LOAD_KV,
+        ] {
+            client.prepare_cached(sql).await?;
+        }
+        Ok(())
+    }
+
     /// Writes back every row the group changed.
-    pub async fn write(&self, tx: &Transaction<'_>) -> Result<(), PgError> {
+    pub async fn write(&self, client: &ClientWrapper) -> Result<(), PgError> {
         // Removals go first: a plugin removed and installed again within
         // the group is a new row with no key-value data.
-        self.write_removals(tx).await?;
+        self.write_removals(client).await?;
         tokio::try_join!(
-            self.write_elements(tx),
-            self.write_tasks(tx),
-            self.write_agents(tx),
-            self.write_plugins(tx),
+            self.write_elements(client),
+            self.write_tasks(client),
+            self.write_agents(client),
+            self.write_plugins(client),
         )?;
         Ok(())
     }
 
-    async fn write_elements(&self, tx: &Transaction<'_>) -> Result<(), PgError> {
+    async fn write_elements(&self, client: &ClientWrapper) -> Result<(), PgError> {
         if self.elements.is_empty() {
             return Ok(());
         }
         let seq: Vec<i64> = self.elements.iter().map(|(s, _)| *s as i64).collect();
-        let id: Vec<Uuid> = self.elements.iter().map(|(_, e)| e.id).collect();
-        let record = self
-            .elements
-            .iter()
-            .map(|(_, e)| json(e))
-            .collect::<Result<Vec<_>, _>>()?;
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO lion.elements (seq, id, record) \
-                 SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bytea[])",
-            )
-            .await?;
-        tx.execute(&stmt, &[&seq, &id, &record]).await?;
+        let id: Vec<Uuid> = self.elements.iter().map(|(_, id)| *id).collect();
+        let stmt = client.prepare_cached(INSERT_ELEMENTS).await?;
+        client.execute(&stmt, &[&seq, &id]).await?;
         Ok(())
     }
 
-    async fn write_tasks(&self, tx: &Transaction<'_>) -> Result<(), PgError> {
+    async fn write_tasks(&self, client: &ClientWrapper) -> Result<(), PgError> {
         let tasks: Vec<&TaskRecord> = self
             .tasks
             .iter()
@@ -215,21 +275,14 @@ impl Overlay {
             .collect();
         let unfinished: Vec<bool> = tasks.iter().map(|t| !t.status.is_final()).collect();
         let record = tasks.iter().map(json).collect::<Result<Vec<_>, _>>()?;
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO lion.tasks (seq, id, idempotency_key, unfinished, record) \
-                 SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::boolean[], \
-                 $5::bytea[]) \
-                 ON CONFLICT (id) DO UPDATE \
-                 SET unfinished = excluded.unfinished, record = excluded.record",
-            )
-            .await?;
-        tx.execute(&stmt, &[&seq, &id, &key, &unfinished, &record])
+        let stmt = client.prepare_cached(UPSERT_TASKS).await?;
+        client
+            .execute(&stmt, &[&seq, &id, &key, &unfinished, &record])
             .await?;
         Ok(())
     }
 
-    async fn write_agents(&self, tx: &Transaction<'_>) -> Result<(), PgError> {
+    async fn write_agents(&self, client: &ClientWrapper) -> Result<(), PgError> {
         let agents: Vec<&AgentRecord> = self
             .agents
             .iter()
@@ -270,28 +323,15 @@ impl Overlay {
             records.push(json(&without_messages)?);
         }
         if !restart.is_empty() {
-            let stmt = tx
-                .prepare_cached("DELETE FROM lion.agent_messages WHERE agent = ANY($1)")
-                .await?;
-            tx.execute(&stmt, &[&restart]).await?;
+            let stmt = client.prepare_cached(DELETE_MESSAGES).await?;
+            client.execute(&stmt, &[&restart]).await?;
         }
-        let upsert = tx
-            .prepare_cached(
-                "INSERT INTO lion.agents (name, seq, messages, record) \
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[]) \
-                 ON CONFLICT (name) DO UPDATE \
-                 SET messages = excluded.messages, record = excluded.record",
-            )
-            .await?;
-        let messages = tx
-            .prepare_cached(
-                "INSERT INTO lion.agent_messages (agent, n, message) \
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])",
-            )
-            .await?;
+        let upsert = client.prepare_cached(UPSERT_AGENTS).await?;
+        let messages = client.prepare_cached(INSERT_MESSAGES).await?;
         tokio::try_join!(
             async {
-                tx.execute(&upsert, &[&names, &seqs, &counts, &records])
+                client
+                    .execute(&upsert, &[&names, &seqs, &counts, &records])
                     .await
                     .map_err(PgError::from)
             },
@@ -299,7 +339,8 @@ impl Overlay {
                 if msg_agent.is_empty() {
                     return Ok(0);
                 }
-                tx.execute(&messages, &[&msg_agent, &msg_n, &msg_body])
+                client
+                    .execute(&messages, &[&msg_agent, &msg_n, &msg_body])
                     .await
                     .map_err(PgError::from)
             },
@@ -307,24 +348,20 @@ impl Overlay {
         Ok(())
     }
 
-    async fn write_removals(&self, tx: &Transaction<'_>) -> Result<(), PgError> {
+    async fn write_removals(&self, client: &ClientWrapper) -> Result<(), PgError> {
         if self.removed.is_empty() {
             return Ok(());
         }
         let names: Vec<&str> = self.removed.iter().map(String::as_str).collect();
-        let plugins = tx
-            .prepare_cached("DELETE FROM lion.plugins WHERE name = ANY($1)")
-            .await?;
-        let kv = tx
-            .prepare_cached("DELETE FROM lion.plugin_kv WHERE plugin = ANY($1)")
-            .await?;
-        tokio::try_join!(async { tx.execute(&plugins, &[&names]).await }, async {
-            tx.execute(&kv, &[&names]).await
+        let plugins = client.prepare_cached(DELETE_PLUGINS).await?;
+        let kv = client.prepare_cached(DELETE_PLUGIN_KV).await?;
+        tokio::try_join!(async { client.execute(&plugins, &[&names]).await }, async {
+            client.execute(&kv, &[&names]).await
         },)?;
         Ok(())
     }
 
-    async fn write_plugins(&self, tx: &Transaction<'_>) -> Result<(), PgError> {
+    async fn write_plugins(&self, client: &ClientWrapper) -> Result<(), PgError> {
         let plugins: Vec<&PluginRecord> = self
             .plugins
             .iter()
@@ -359,42 +396,27 @@ impl Overlay {
                 }
             }
         }
-        let upsert = tx
-            .prepare_cached(
-                "INSERT INTO lion.plugins (name, seq, record) \
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) \
-                 ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, record = excluded.record",
-            )
-            .await?;
-        let set = tx
-            .prepare_cached(
-                "INSERT INTO lion.plugin_kv (plugin, key, value) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) \
-                 ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value",
-            )
-            .await?;
-        let delete = tx
-            .prepare_cached(
-                "DELETE FROM lion.plugin_kv WHERE (plugin, key) IN \
-                 (SELECT * FROM unnest($1::text[], $2::text[]))",
-            )
-            .await?;
+        let upsert = client.prepare_cached(UPSERT_PLUGINS).await?;
+        let set = client.prepare_cached(UPSERT_KV).await?;
+        let delete = client.prepare_cached(DELETE_KV).await?;
         // The plugin rows first: key-value rows belong to them.
         if !names.is_empty() {
-            tx.execute(&upsert, &[&names, &seqs, &records]).await?;
+            client.execute(&upsert, &[&names, &seqs, &records]).await?;
         }
         tokio::try_join!(
             async {
                 if set_plugin.is_empty() {
                     return Ok(0);
                 }
-                tx.execute(&set, &[&set_plugin, &set_key, &set_value]).await
+                client
+                    .execute(&set, &[&set_plugin, &set_key, &set_value])
+                    .await
             },
             async {
                 if del_plugin.is_empty() {
                     return Ok(0);
                 }
-                tx.execute(&delete, &[&del_plugin, &del_key]).await
+                client.execute(&delete, &[&del_plugin, &del_key]).await
             },
         )?;
         Ok(())
@@ -403,20 +425,15 @@ impl Overlay {
 
 /// The tasks with these ids or idempotency keys, with their seqs.
 async fn load_tasks(
-    tx: &Transaction<'_>,
+    client: &ClientWrapper,
     ids: &[Uuid],
     keys: &[String],
 ) -> Result<Vec<(u64, TaskRecord)>, PgError> {
     if ids.is_empty() && keys.is_empty() {
         return Ok(Vec::new());
     }
-    let stmt = tx
-        .prepare_cached(
-            "SELECT seq, record FROM lion.tasks \
-             WHERE id = ANY($1) OR idempotency_key = ANY($2)",
-        )
-        .await?;
-    let rows = tx.query(&stmt, &[&ids, &keys]).await?;
+    let stmt = client.prepare_cached(LOAD_TASKS).await?;
+    let rows = client.query(&stmt, &[&ids, &keys]).await?;
     rows.iter()
         .map(|r| Ok((r.get::<_, i64>(0) as u64, parse(r.get(1), "task")?)))
         .collect()
@@ -424,16 +441,14 @@ async fn load_tasks(
 
 /// The agents with these names: first spawn seq, message count, record.
 async fn load_agents(
-    tx: &Transaction<'_>,
+    client: &ClientWrapper,
     names: &[String],
 ) -> Result<Vec<(u64, u64, AgentRecord)>, PgError> {
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let stmt = tx
-        .prepare_cached("SELECT seq, messages, record FROM lion.agents WHERE name = ANY($1)")
-        .await?;
-    let rows = tx.query(&stmt, &[&names]).await?;
+    let stmt = client.prepare_cached(LOAD_AGENTS).await?;
+    let rows = client.query(&stmt, &[&names]).await?;
     rows.iter()
         .map(|r| {
             Ok((
@@ -447,16 +462,14 @@ async fn load_agents(
 
 /// The plugins with these names, with their install seqs.
 async fn load_plugins(
-    tx: &Transaction<'_>,
+    client: &ClientWrapper,
     names: &[String],
 ) -> Result<Vec<(u64, PluginRecord)>, PgError> {
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let stmt = tx
-        .prepare_cached("SELECT seq, record FROM lion.plugins WHERE name = ANY($1)")
-        .await?;
-    let rows = tx.query(&stmt, &[&names]).await?;
+    let stmt = client.prepare_cached(LOAD_PLUGINS).await?;
+    let rows = client.query(&stmt, &[&names]).await?;
     rows.iter()
         .map(|r| Ok((r.get::<_, i64>(0) as u64, parse(r.get(1), "plugin")?)))
         .collect()
@@ -464,20 +477,15 @@ async fn load_plugins(
 
 /// The key-value entries at these (plugin, key) pairs that exist.
 async fn load_kv(
-    tx: &Transaction<'_>,
+    client: &ClientWrapper,
     plugins: &[String],
     keys: &[String],
 ) -> Result<Vec<(String, String, String)>, PgError> {
     if plugins.is_empty() {
         return Ok(Vec::new());
     }
-    let stmt = tx
-        .prepare_cached(
-            "SELECT plugin, key, value FROM lion.plugin_kv WHERE (plugin, key) IN \
-             (SELECT * FROM unnest($1::text[], $2::text[]))",
-        )
-        .await?;
-    let rows = tx.query(&stmt, &[&plugins, &keys]).await?;
+    let stmt = client.prepare_cached(LOAD_KV).await?;
+    let rows = client.query(&stmt, &[&plugins, &keys]).await?;
     Ok(rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))

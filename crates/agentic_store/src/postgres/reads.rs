@@ -11,7 +11,7 @@ use agentic_core::llm::{AgentRecord, ChatMessage};
 use agentic_core::plugin::PluginRecord;
 use agentic_core::{
     AgentView, ChainHead, Cursor, ElementData, EventEnvelope, Page, PluginSnapshot, State,
-    TaskFilter, TaskRecord,
+    SystemEvent, TaskFilter, TaskRecord,
 };
 use chrono::DateTime;
 use deadpool_postgres::Object;
@@ -107,15 +107,18 @@ fn envelope(row: &Row) -> Result<EventEnvelope, PgError> {
     })
 }
 
-/// The element with this id.
+/// The element with this id, from the event that created it.
 pub(super) async fn element(client: &Object, id: Uuid) -> Result<Option<ElementData>, PgError> {
     let stmt = client
-        .prepare_cached("SELECT record FROM lion.elements WHERE id = $1")
+        .prepare_cached(
+            "SELECT e.seq, e.schema_version, e.payload FROM lion.elements el \
+             JOIN lion.events e ON e.seq = el.seq WHERE el.id = $1",
+        )
         .await?;
     client
         .query_opt(&stmt, &[&id])
         .await?
-        .map(|r| parse(r.get(0), "element"))
+        .map(|r| created(&r))
         .transpose()
 }
 
@@ -125,14 +128,39 @@ pub(super) async fn elements(
     after: Cursor,
     limit: usize,
 ) -> Result<Page<ElementData>, PgError> {
-    page(
-        client,
-        "SELECT seq, record FROM lion.elements WHERE seq > $1 ORDER BY seq LIMIT $2",
-        after,
-        limit,
-        "element",
-    )
-    .await
+    let limit = limit.max(1);
+    let stmt = client
+        .prepare_cached(
+            "SELECT e.seq, e.schema_version, e.payload FROM lion.elements el \
+             JOIN lion.events e ON e.seq = el.seq WHERE el.seq > $1 ORDER BY el.seq LIMIT $2",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[&position(after.0), &count(limit.saturating_add(1))],
+        )
+        .await?;
+    let rows = rows
+        .iter()
+        .map(|r| Ok((r.get::<_, i64>(0) as u64, created(r)?)))
+        .collect::<Result<Vec<_>, PgError>>()?;
+    Ok(Page::from_rows(rows, limit))
+}
+
+/// The element a row of (seq, schema version, payload) of its creating
+/// event creates.
+fn created(row: &Row) -> Result<ElementData, PgError> {
+    let seq: i64 = row.get(0);
+    let version = u16::try_from(row.get::<_, i32>(1)).unwrap_or(u16::MAX);
+    match SystemEvent::decode(version, row.get(2)) {
+        Ok(SystemEvent::ElementCreated { element }) => Ok(element),
+        Ok(other) => Err(PgError::Corrupt(format!(
+            "element row at seq {seq} names a {} event",
+            other.kind()
+        ))),
+        Err(e) => Err(PgError::Corrupt(format!("event {seq}: {e}"))),
+    }
 }
 
 /// The task with this id.
@@ -297,10 +325,14 @@ pub(super) async fn projected_state(client: &mut Object) -> Result<State, PgErro
     let tx = snapshot(client).await?;
     let mut state = State::new();
     for row in tx
-        .query("SELECT record FROM lion.elements ORDER BY seq", &[])
+        .query(
+            "SELECT e.seq, e.schema_version, e.payload FROM lion.elements el \
+             JOIN lion.events e ON e.seq = el.seq ORDER BY el.seq",
+            &[],
+        )
         .await?
     {
-        state.load_element(parse(row.get(0), "element")?);
+        state.load_element(created(&row)?);
     }
     for row in tx
         .query("SELECT record FROM lion.tasks ORDER BY seq", &[])

@@ -6,9 +6,10 @@
 //! `bytea`, never re-encoded (`jsonb` would reorder keys and break the
 //! chain), `recorded_at` as the microseconds the hash covers. A trigger
 //! refuses updates, deletes and truncation of it. `lion.store` is one row:
-//! the schema version, the store's id and the log's head — the row every
-//! append locks (`FOR UPDATE`) until it commits, which serialises appends
-//! across kernels in commit order (see the `writer` module). `lion.kernels`
+//! the schema version, the store's id and the log's head, which every
+//! append reads and moves while holding the head lock (an advisory lock),
+//! serialising appends across kernels in commit order (see the `writer`
+//! module). `lion.kernels`
 //! holds the kernels sharing the log and their leases (the `kernels`
 //! module).
 
@@ -57,9 +58,8 @@ CREATE TRIGGER events_are_append_only BEFORE UPDATE OR DELETE ON lion.events
 CREATE TRIGGER events_are_never_truncated BEFORE TRUNCATE ON lion.events
     FOR EACH STATEMENT EXECUTE FUNCTION lion.refuse_change();
 CREATE TABLE lion.elements (
-    seq    bigint PRIMARY KEY, -- the creating event: creation order
-    id     uuid   NOT NULL UNIQUE,
-    record bytea  NOT NULL     -- the ElementData, JSON
+    seq bigint PRIMARY KEY, -- the creating event, which holds the element
+    id  uuid   NOT NULL UNIQUE
 );
 CREATE TABLE lion.tasks (
     seq             bigint  PRIMARY KEY, -- the submitting event: submission order

@@ -2,8 +2,9 @@
 //! connection per store, committing in one transaction every append that
 //! arrived while the previous transaction was being committed.
 //!
-//! Each transaction first locks the log's head row (`lion.store`, `FOR
-//! UPDATE`) and holds it to commit. That serialises appends across every
+//! Each transaction first takes the log's head lock (a transaction-scoped
+//! advisory lock) and holds it to commit, then reads the head row
+//! (`lion.store`) in a statement of its own. That serialises appends across every
 //! kernel on the database: the chain always links to the committed head,
 //! and sequence numbers are assigned in commit order — the next writer gets
 //! the lock only once the previous transaction is visible, so a reader
@@ -39,8 +40,9 @@ use agentic_core::{
     AppendReceipt, ApplyError, ChainHead, EventEnvelope, ExpectedVersion, PendingEvent, StoreError,
     SystemEvent,
 };
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::{ClientWrapper, Pool};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::Statement;
 use uuid::Uuid;
 
 use super::PgError;
@@ -71,6 +73,12 @@ pub(super) struct Writer {
     /// What this writer committed.
     pub stats: Arc<CommitCounters>,
 }
+
+/// The advisory lock on the log's head every append holds to commit (the
+/// number spells "head" in ASCII). An advisory lock is taken without
+/// writing the row, and released, like a row lock, only once the commit
+/// is visible to every reader.
+const HEAD_LOCK: i64 = 0x6865_6164;
 
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -142,25 +150,77 @@ impl Writer {
         }
     }
 
-    /// One attempt at committing a group in one transaction.
+    /// One attempt at committing a group in one transaction, in two round
+    /// trips: `BEGIN`, the head's lock, the head and every read the group needs,
+    /// pipelined (the server runs them in order, so the reads see the log
+    /// as the lock holder); then every write and `COMMIT`, pipelined.
     async fn try_commit(&self, group: &[Request]) -> Result<GroupOutcome, PgError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let lock = tx
-            .prepare_cached("SELECT head_seq, head_hash FROM lion.store WHERE id = 1 FOR UPDATE")
+        let client = self.pool.get().await?;
+        // Every statement is prepared before any is pipelined: a statement
+        // prepared part-way would let a later one (COMMIT) overtake it.
+        let lock = client
+            .prepare_cached("SELECT pg_advisory_xact_lock($1)")
             .await?;
-        let row = tx.query_one(&lock, &[]).await?;
-        let mut head = head_of(row.get(0), row.get(1))?;
+        // A statement of its own, after the lock's: its snapshot is taken
+        // once the lock is held, so it sees the previous holder's commit.
+        let head = client
+            .prepare_cached("SELECT head_seq, head_hash FROM lion.store WHERE id = 1")
+            .await?;
+        let update = client
+            .prepare_cached("UPDATE lion.store SET head_seq = $1, head_hash = $2 WHERE id = 1")
+            .await?;
+        let notify = client
+            .prepare_cached("SELECT pg_notify('lion_log', $1)")
+            .await?;
+        prepare(&client).await?;
+        Overlay::prepare(&client).await?;
+        let statements = Statements {
+            lock,
+            head,
+            update,
+            notify,
+        };
+        let result = self.commit_on(&client, group, &statements).await;
+        if result.is_err() {
+            // Whatever the transaction's state, end it before the
+            // connection goes back to the pool (a broken one is dropped).
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        result
+    }
+
+    /// [`Writer::try_commit`] on a connection whose statements are prepared.
+    async fn commit_on(
+        &self,
+        client: &ClientWrapper,
+        group: &[Request],
+        statements: &Statements,
+    ) -> Result<GroupOutcome, PgError> {
+        let Statements {
+            lock,
+            head,
+            update,
+            notify,
+        } = statements;
         let events = || group.iter().flat_map(|r| &r.events);
         let ids: Vec<Uuid> = events().map(|e| e.record.event_id).collect();
         let mut streams: Vec<&str> = events().map(|e| e.record.stream.as_str()).collect();
         streams.sort_unstable();
         streams.dedup();
-        let (mut stored, mut versions, mut overlay) = tokio::try_join!(
-            stored_ids(&tx, &ids),
-            stream_versions(&tx, &streams),
-            Overlay::load(&tx, events().map(|e| &e.event)),
+        let (_, _, row, mut stored, mut versions, mut overlay) = tokio::try_join!(
+            async { client.batch_execute("BEGIN").await.map_err(PgError::from) },
+            async {
+                client
+                    .execute(lock, &[&HEAD_LOCK])
+                    .await
+                    .map_err(PgError::from)
+            },
+            async { client.query_one(head, &[]).await.map_err(PgError::from) },
+            stored_ids(client, &ids),
+            stream_versions(client, &streams),
+            Overlay::load(client, events().map(|e| &e.event)),
         )?;
+        let mut head = head_of(row.get(0), row.get(1))?;
         let recorded_at = EventEnvelope::now();
         let mut rows = Vec::new();
         let mut outcomes = Vec::with_capacity(group.len());
@@ -179,39 +239,49 @@ impl Writer {
             outcomes.push(outcome);
         }
         if rows.is_empty() {
-            tx.rollback().await?;
+            client.batch_execute("ROLLBACK").await?;
             return Ok((outcomes, head));
         }
-        let update = tx
-            .prepare_cached("UPDATE lion.store SET head_seq = $1, head_hash = $2 WHERE id = 1")
-            .await?;
         let seq = i64::try_from(head.seq).unwrap_or(i64::MAX);
         let hash = head.hash.0.to_vec();
-        let notify = tx
-            .prepare_cached("SELECT pg_notify('lion_log', $1)")
-            .await?;
         let payload = head.seq.to_string();
+        // If a write fails, the server answers the COMMIT behind it with a
+        // rollback; the write's error is what this returns.
         tokio::try_join!(
-            insert_events(&tx, &rows),
-            overlay.write(&tx),
+            insert_events(client, &rows),
+            overlay.write(client),
             async {
-                tx.execute(&update, &[&seq, &hash])
+                client
+                    .execute(update, &[&seq, &hash])
                     .await
                     .map_err(PgError::from)
             },
             async {
-                tx.execute(&notify, &[&payload])
+                client
+                    .execute(notify, &[&payload])
                     .await
                     .map_err(PgError::from)
             },
+            async { client.batch_execute("COMMIT").await.map_err(PgError::from) },
         )?;
-        tx.commit().await?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
             .events
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
         Ok((outcomes, head))
     }
+}
+
+/// The writer's statements on one connection.
+struct Statements {
+    /// Takes the log's head lock.
+    lock: Statement,
+    /// Reads the head.
+    head: Statement,
+    /// Moves the head.
+    update: Statement,
+    /// Wakes readers.
+    notify: Statement,
 }
 
 /// What checking and applying one request updates.
@@ -313,12 +383,32 @@ pub(super) fn head_of(seq: i64, hash: Vec<u8>) -> Result<ChainHead, PgError> {
     })
 }
 
+/// Which of a group's event ids are stored.
+const STORED_IDS: &str = "SELECT event_id, seq FROM lion.events WHERE event_id = ANY($1)";
+
+/// The current versions of a group's streams: one backward index probe
+/// per stream, not a scan of its events.
+const STREAM_VERSIONS: &str = "SELECT s, (SELECT e.stream_version FROM lion.events e \
+     WHERE e.stream = s ORDER BY e.stream_version DESC LIMIT 1) FROM unnest($1::text[]) AS s";
+
+/// A group's sealed records, in one statement.
+const INSERT_EVENTS: &str = "INSERT INTO lion.events (seq, event_id, stream, stream_version, \
+     recorded_at, correlation_id, causation_id, schema_version, payload, prev_hash, hash) \
+     SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::bigint[], \
+     $6::uuid[], $7::uuid[], $8::integer[], $9::bytea[], $10::bytea[], $11::bytea[])";
+
+/// Prepares (once per connection) the writer's own statements.
+async fn prepare(client: &ClientWrapper) -> Result<(), PgError> {
+    for sql in [STORED_IDS, STREAM_VERSIONS, INSERT_EVENTS] {
+        client.prepare_cached(sql).await?;
+    }
+    Ok(())
+}
+
 /// Which of `ids` are stored, with their seqs.
-async fn stored_ids(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, u64>, PgError> {
-    let stmt = tx
-        .prepare_cached("SELECT event_id, seq FROM lion.events WHERE event_id = ANY($1)")
-        .await?;
-    let rows = tx.query(&stmt, &[&ids]).await?;
+async fn stored_ids(client: &ClientWrapper, ids: &[Uuid]) -> Result<HashMap<Uuid, u64>, PgError> {
+    let stmt = client.prepare_cached(STORED_IDS).await?;
+    let rows = client.query(&stmt, &[&ids]).await?;
     Ok(rows
         .iter()
         .map(|r| (r.get::<_, Uuid>(0), r.get::<_, i64>(1) as u64))
@@ -327,18 +417,11 @@ async fn stored_ids(tx: &Transaction<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, 
 
 /// The current version of each of `streams` (absent: no such stream).
 async fn stream_versions(
-    tx: &Transaction<'_>,
+    client: &ClientWrapper,
     streams: &[&str],
 ) -> Result<HashMap<String, u64>, PgError> {
-    // One backward index probe per stream, not a scan of its events.
-    let stmt = tx
-        .prepare_cached(
-            "SELECT s, (SELECT e.stream_version FROM lion.events e WHERE e.stream = s \
-             ORDER BY e.stream_version DESC LIMIT 1) \
-             FROM unnest($1::text[]) AS s",
-        )
-        .await?;
-    let rows = tx.query(&stmt, &[&streams]).await?;
+    let stmt = client.prepare_cached(STREAM_VERSIONS).await?;
+    let rows = client.query(&stmt, &[&streams]).await?;
     Ok(rows
         .iter()
         .filter_map(|r| Some((r.get::<_, String>(0), r.get::<_, Option<i64>>(1)? as u64)))
@@ -346,16 +429,8 @@ async fn stream_versions(
 }
 
 /// Writes the sealed records, in one statement.
-async fn insert_events(tx: &Transaction<'_>, rows: &[EventEnvelope]) -> Result<(), PgError> {
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO lion.events (seq, event_id, stream, stream_version, recorded_at, \
-             correlation_id, causation_id, schema_version, payload, prev_hash, hash) \
-             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], \
-             $5::bigint[], $6::uuid[], $7::uuid[], $8::integer[], $9::bytea[], $10::bytea[], \
-             $11::bytea[])",
-        )
-        .await?;
+async fn insert_events(client: &ClientWrapper, rows: &[EventEnvelope]) -> Result<(), PgError> {
+    let stmt = client.prepare_cached(INSERT_EVENTS).await?;
     let seq: Vec<i64> = rows.iter().map(|r| r.seq as i64).collect();
     let event_id: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let stream: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
@@ -370,22 +445,23 @@ async fn insert_events(tx: &Transaction<'_>, rows: &[EventEnvelope]) -> Result<(
     let payload: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
     let prev: Vec<&[u8]> = rows.iter().map(|r| r.prev_hash.0.as_slice()).collect();
     let hash: Vec<&[u8]> = rows.iter().map(|r| r.hash.0.as_slice()).collect();
-    tx.execute(
-        &stmt,
-        &[
-            &seq,
-            &event_id,
-            &stream,
-            &version,
-            &at,
-            &correlation,
-            &causation,
-            &schema,
-            &payload,
-            &prev,
-            &hash,
-        ],
-    )
-    .await?;
+    client
+        .execute(
+            &stmt,
+            &[
+                &seq,
+                &event_id,
+                &stream,
+                &version,
+                &at,
+                &correlation,
+                &causation,
+                &schema,
+                &payload,
+                &prev,
+                &hash,
+            ],
+        )
+        .await?;
     Ok(())
 }

@@ -1,0 +1,101 @@
+//! `lion bench store --store postgres://…`: the shared store's durable
+//! events/s through one kernel and through three, each level beside raw
+//! batched inserts of the same group size with the same client, measured
+//! in the same run on the same server; and the targets.
+
+use std::time::Duration;
+
+use agentic_store::bench::postgres::{self, PgBenchConfig, PgLevel};
+use anyhow::Result;
+use serde_json::json;
+
+use super::Ctx;
+use crate::output;
+
+/// One kernel must reach at least this share of the raw inserts.
+const ONE_KERNEL_VS_RAW: f64 = 1.0 / 1.5;
+/// Three kernels together must reach at least this share of one.
+const THREE_VS_ONE: f64 = 0.8;
+
+/// Runs the PostgreSQL store bench on the server `url` names.
+pub async fn store(
+    ctx: Ctx,
+    url: &str,
+    quick: bool,
+    seconds: Option<f64>,
+    appenders: Vec<usize>,
+) -> Result<()> {
+    let config = PgBenchConfig {
+        url: url.to_owned(),
+        appenders: match (appenders.is_empty(), quick) {
+            (false, _) => appenders,
+            (true, true) => vec![1, 16],
+            (true, false) => vec![1, 16, 256],
+        },
+        duration: match (seconds, quick) {
+            (Some(s), _) => Duration::from_secs_f64(s),
+            (None, true) => Duration::from_millis(300),
+            (None, false) => Duration::from_secs(3),
+        },
+    };
+    let levels = postgres::run(&config, |step| eprintln!("bench: {step}…")).await?;
+    if ctx.json {
+        let rows: Vec<_> = levels
+            .iter()
+            .map(|l| {
+                json!({
+                    "appenders": l.appenders,
+                    "one_kernel_events_per_sec": l.one_kernel,
+                    "one_kernel_events_per_commit": l.one_kernel_group,
+                    "three_kernels_events_per_sec": l.three_kernels,
+                    "raw_events_per_sec": l.raw,
+                    "one_kernel_vs_raw": l.one_kernel / l.raw,
+                    "three_vs_one": l.three_kernels / l.one_kernel,
+                })
+            })
+            .collect();
+        return output::json(&json!({ "store": "postgres", "levels": rows }));
+    }
+    println!("lion bench store — PostgreSQL, scratch databases on the server of the URL given");
+    let mut table = output::bench_table();
+    for l in &levels {
+        add_rows(&mut table, l);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+/// A level's two rows: one kernel against the raw inserts, three against one.
+fn add_rows(table: &mut comfy_table::Table, l: &PgLevel) {
+    let one_vs_raw = l.one_kernel / l.raw;
+    table.add_row(vec![
+        format!("{} appender(s), one kernel", l.appenders),
+        format!(
+            "{} ev/s ({:.1}/commit)",
+            output::rate(l.one_kernel),
+            l.one_kernel_group
+        ),
+        format!(
+            "raw inserts, {:.0} rows/commit: {} ev/s ({one_vs_raw:.2}x)",
+            l.one_kernel_group.round().max(1.0),
+            output::rate(l.raw)
+        ),
+        "within 1.5x of raw".into(),
+        verdict(one_vs_raw >= ONE_KERNEL_VS_RAW),
+    ]);
+    let three_vs_one = l.three_kernels / l.one_kernel;
+    table.add_row(vec![
+        format!("{} appender(s), three kernels", l.appenders),
+        format!("{} ev/s", output::rate(l.three_kernels)),
+        format!(
+            "one kernel: {} ev/s ({three_vs_one:.2}x)",
+            output::rate(l.one_kernel)
+        ),
+        "≥ 0.8x of one".into(),
+        verdict(three_vs_one >= THREE_VS_ONE),
+    ]);
+}
+
+fn verdict(ok: bool) -> String {
+    if ok { "PASS" } else { "FAIL" }.into()
+}
