@@ -545,6 +545,17 @@ pub enum BenchCommand {
         #[arg(long, value_name = "N,N,…", value_delimiter = ',')]
         appenders: Vec<usize>,
     },
+    /// Work claiming on a shared store (needs --store postgres://…): tasks/s
+    /// completed by three kernels, beside a bare SKIP LOCKED queue table on
+    /// the same server (scratch databases; the role needs CREATEDB).
+    Claims {
+        /// A short run that only checks every path works (figures mean little).
+        #[arg(long)]
+        quick: bool,
+        /// Tasks each side runs [default: 10000; 500 with --quick].
+        #[arg(long, value_name = "N")]
+        tasks: Option<usize>,
+    },
     /// `lion serve` under load: GET an element and POST a task against
     /// bare axum and in-process baselines, and the log streamed to 100 SSE
     /// subscribers against a bare axum SSE endpoint.

@@ -293,6 +293,13 @@ async fn run(cli: Cli) -> Result<()> {
                 };
                 commands::bench::store(ctx, opts).await
             }
+            Command::Bench(BenchCommand::Claims { quick, tasks }) => {
+                let url = home::shared_url(store_flag.ok_or_else(|| {
+                    anyhow::anyhow!("bench claims measures a shared store: give --store postgres://…")
+                })?)?;
+                let tasks = tasks.unwrap_or(if quick { 500 } else { 10_000 });
+                commands::bench_shared::claims(ctx, &url, tasks).await
+            }
             Command::Bench(BenchCommand::Model {
                 quick,
                 model,

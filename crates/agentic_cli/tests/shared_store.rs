@@ -391,3 +391,43 @@ fn signal(pid: u32, which: &str) {
         .expect("kill");
     assert!(status.success(), "kill {which} {pid}");
 }
+
+/// Both shared-store benches run end to end on a real server (figures from
+/// a quick run mean little: only that every path works and the table
+/// carries its same-run baselines and verdicts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_store_benches_run_beside_their_baselines() {
+    let server = postgres_cluster::cluster().url("postgres");
+    let home = tempfile::tempdir().expect("home");
+    for (args, baseline) in [
+        (
+            vec!["bench", "store", "--quick", "--appenders", "1,4"],
+            "raw inserts",
+        ),
+        (
+            vec!["bench", "claims", "--quick", "--tasks", "200"],
+            "bare SKIP LOCKED queue",
+        ),
+    ] {
+        let mut cmd = lion_at(home.path());
+        cmd.arg("--store").arg(&server).args(&args);
+        let out = tokio::task::spawn_blocking(move || run(&mut cmd))
+            .await
+            .expect("join")
+            .success();
+        assert!(out.stdout.contains(baseline), "{}", out.stdout);
+        assert!(
+            out.stdout.contains("PASS") || out.stdout.contains("FAIL"),
+            "{}",
+            out.stdout
+        );
+    }
+    // Without a shared store, the claims bench says what it needs.
+    let mut cmd = lion_at(home.path());
+    cmd.args(["bench", "claims", "--quick"]);
+    let out = tokio::task::spawn_blocking(move || run(&mut cmd))
+        .await
+        .expect("join");
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("--store postgres://"), "{}", out.stderr);
+}

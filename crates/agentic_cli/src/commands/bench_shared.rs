@@ -1,7 +1,9 @@
 //! `lion bench store --store postgres://…`: the shared store's durable
 //! events/s through one kernel and through three, each level beside raw
 //! batched inserts of the same group size with the same client, measured
-//! in the same run on the same server; and the targets.
+//! in the same run on the same server; and `lion bench claims`: tasks/s
+//! completed by three kernels beside a bare `SKIP LOCKED` queue. Each with
+//! the targets.
 
 use std::time::Duration;
 
@@ -12,6 +14,8 @@ use serde_json::json;
 use super::Ctx;
 use crate::output;
 
+/// Three kernels must complete at least this share of the bare queue's tasks/s.
+const CLAIMS_VS_QUEUE: f64 = 0.5;
 /// One kernel must reach at least this share of the raw inserts.
 const ONE_KERNEL_VS_RAW: f64 = 1.0 / 1.5;
 /// Three kernels together must reach at least this share of one.
@@ -98,4 +102,37 @@ fn add_rows(table: &mut comfy_table::Table, l: &PgLevel) {
 
 fn verdict(ok: bool) -> String {
     if ok { "PASS" } else { "FAIL" }.into()
+}
+
+/// Runs the work-claiming bench on the server `url` names.
+pub async fn claims(ctx: Ctx, url: &str, tasks: usize) -> Result<()> {
+    let r = postgres::claims(url, tasks, |step| eprintln!("bench: {step}…")).await?;
+    let ratio = r.lion / r.queue;
+    if ctx.json {
+        return output::json(&json!({
+            "tasks": r.tasks,
+            "three_kernels_tasks_per_sec": r.lion,
+            "queue_tasks_per_sec": r.queue,
+            "queue_workers": r.queue_workers,
+            "ratio": ratio,
+        }));
+    }
+    println!(
+        "lion bench claims — PostgreSQL, {} echo tasks each side",
+        r.tasks
+    );
+    let mut table = output::bench_table();
+    table.add_row(vec![
+        "tasks completed, three kernels".into(),
+        format!("{} tasks/s", output::rate(r.lion)),
+        format!(
+            "bare SKIP LOCKED queue, {} workers: {} tasks/s ({ratio:.2}x)",
+            r.queue_workers,
+            output::rate(r.queue)
+        ),
+        "within 2x of the queue".into(),
+        verdict(ratio >= CLAIMS_VS_QUEUE),
+    ]);
+    println!("{table}");
+    Ok(())
 }

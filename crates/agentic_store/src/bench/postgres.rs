@@ -1,9 +1,10 @@
-//! The PostgreSQL half of `lion bench store --store postgres://…`: durable
+//! The PostgreSQL benches. `lion bench store --store postgres://…`: durable
 //! events/s through one [`PostgresStore`] (one kernel) and through three on
 //! the same database (three kernels taking turns on the log's head), at
 //! several concurrency levels, beside raw batched inserts of the same group
 //! sizes with the same client, measured in the same run on the same
-//! database.
+//! database. `lion bench claims --store postgres://…`: tasks/s completed by
+//! three kernels sharing a store, beside a bare `SKIP LOCKED` queue table.
 //!
 //! Every measurement runs in a database of its own, created on the server
 //! the URL names (the role needs `CREATEDB`) and dropped afterwards.
@@ -238,4 +239,201 @@ async fn raw_inserts(url: String, group: usize, duration: Duration) -> Result<f6
         tx.commit().await.map_err(|e| backend("commit", e))?;
     }
     Ok(next as f64 / started.elapsed().as_secs_f64())
+}
+
+/// What the work-claiming bench measured.
+#[derive(Debug, Clone)]
+pub struct ClaimsReport {
+    /// Tasks run by each side.
+    pub tasks: usize,
+    /// Tasks/s completed by three lion kernels sharing the store.
+    pub lion: f64,
+    /// Tasks/s completed by workers on a bare `SKIP LOCKED` queue table.
+    pub queue: f64,
+    /// The queue's workers (connections, each one task at a time).
+    pub queue_workers: usize,
+}
+
+/// Kernels in the claiming bench, and the attempts each runs at once.
+const CLAIM_KERNELS: usize = 3;
+const CLAIM_SLOTS: usize = 32;
+/// Workers per kernel on the bare queue (each a connection).
+const QUEUE_WORKERS_PER_KERNEL: usize = 8;
+
+/// Tasks/s completed across three kernels (in this process, each with its
+/// own store connections, claiming attempts in the log) beside a bare
+/// queue table drained by workers with `FOR UPDATE SKIP LOCKED`, each task
+/// one durable transaction: both on scratch databases of the same server.
+pub async fn claims(
+    url: &str,
+    tasks: usize,
+    progress: impl Fn(&str),
+) -> Result<ClaimsReport, StoreError> {
+    let server = Server::connect(url).await?;
+    progress(&format!("{tasks} tasks through a bare SKIP LOCKED queue"));
+    let workers = CLAIM_KERNELS * QUEUE_WORKERS_PER_KERNEL;
+    let queue = server
+        .scratch(|url| bare_queue(url, tasks, workers))
+        .await?;
+    progress(&format!("{tasks} tasks through three lion kernels"));
+    let lion = server.scratch(|url| three_kernels(url, tasks)).await?;
+    Ok(ClaimsReport {
+        tasks,
+        lion,
+        queue,
+        queue_workers: workers,
+    })
+}
+
+/// Tasks/s draining a queue table of `tasks` rows with `workers`
+/// connections, one task per transaction.
+async fn bare_queue(url: String, tasks: usize, workers: usize) -> Result<f64, StoreError> {
+    let (client, connection) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .map_err(|e| backend("connect", e))?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE q (id bigserial PRIMARY KEY, input bytea NOT NULL, \
+             done boolean NOT NULL DEFAULT false, output bytea); \
+             CREATE INDEX q_todo ON q (id) WHERE NOT done; \
+             INSERT INTO q (input) SELECT convert_to('{{\"i\":' || g || '}}', 'UTF8') \
+             FROM generate_series(1, {tasks}) g;"
+        ))
+        .await
+        .map_err(|e| backend("fill the queue", e))?;
+    let started = Instant::now();
+    let mut running = Vec::new();
+    for _ in 0..workers {
+        let url = url.clone();
+        running.push(tokio::spawn(async move {
+            let (mut client, connection) = tokio_postgres::connect(&url, NoTls)
+                .await
+                .map_err(|e| backend("connect", e))?;
+            tokio::spawn(connection);
+            let take = client
+                .prepare(
+                    "SELECT id, input FROM q WHERE NOT done ORDER BY id \
+                     LIMIT 1 FOR UPDATE SKIP LOCKED",
+                )
+                .await
+                .map_err(|e| backend("prepare", e))?;
+            let finish = client
+                .prepare("UPDATE q SET done = true, output = $2 WHERE id = $1")
+                .await
+                .map_err(|e| backend("prepare", e))?;
+            loop {
+                let tx = client
+                    .transaction()
+                    .await
+                    .map_err(|e| backend("begin", e))?;
+                let Some(row) = tx
+                    .query_opt(&take, &[])
+                    .await
+                    .map_err(|e| backend("take", e))?
+                else {
+                    return Ok::<(), StoreError>(());
+                };
+                let id: i64 = row.get(0);
+                let input: Vec<u8> = row.get(1);
+                tx.execute(&finish, &[&id, &input])
+                    .await
+                    .map_err(|e| backend("finish", e))?;
+                tx.commit().await.map_err(|e| backend("commit", e))?;
+            }
+        }));
+    }
+    for worker in running {
+        worker
+            .await
+            .map_err(|e| StoreError::Backend(format!("bench worker: {e}")))??;
+    }
+    Ok(tasks as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Tasks/s completed by three kernels sharing a store: echo tasks
+/// submitted in batches, from the first submission to the last end.
+async fn three_kernels(url: String, tasks: usize) -> Result<f64, StoreError> {
+    use agentic_core::kernel::{self, Membership};
+    use agentic_core::store::kernels::KernelJoin;
+    use agentic_core::{Orchestrator, OrchestratorConfig, TaskFilter, TaskSpec};
+
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut kernels = Vec::new();
+    let mut stores: Vec<Arc<dyn EventStore>> = Vec::new();
+    for _ in 0..CLAIM_KERNELS {
+        let store: Arc<dyn EventStore> =
+            Arc::new(PostgresStore::open(&url, PostgresOptions::default()).await?);
+        let join = KernelJoin {
+            id: Uuid::now_v7(),
+            host: "bench".into(),
+            pid: std::process::id(),
+            lease: Duration::from_secs(10),
+        };
+        let orchestrator = Orchestrator::start(
+            store.clone(),
+            agentic_core::orchestrator::builtin_handlers(),
+            OrchestratorConfig {
+                max_concurrency: CLAIM_SLOTS,
+                max_pending: tasks.max(1),
+                kernel: Some(join.id),
+                ..OrchestratorConfig::default()
+            },
+            Uuid::now_v7(),
+        );
+        let (ready, mut is_ready) = tokio::sync::watch::channel(false);
+        let mut stopped = stopping.clone();
+        let store_for_kernel = store.clone();
+        kernels.push(tokio::spawn(async move {
+            kernel::serve(
+                store_for_kernel,
+                orchestrator,
+                None,
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+                std::future::pending(),
+                ready,
+                Some(Membership { join }),
+            )
+            .await
+        }));
+        is_ready.wait_for(|r| *r).await.map_err(|_| {
+            StoreError::Backend("bench: a kernel stopped before it was ready".into())
+        })?;
+        stores.push(store);
+    }
+    let submitter = stores[0].clone();
+    let started = Instant::now();
+    for chunk in (0..tasks).collect::<Vec<_>>().chunks(500) {
+        let events = chunk
+            .iter()
+            .map(|i| {
+                NewEvent::new(
+                    SystemEvent::TaskSubmitted {
+                        task_id: Uuid::now_v7(),
+                        spec: TaskSpec::new("echo", serde_json::json!({ "i": i })),
+                    },
+                    Uuid::now_v7(),
+                )
+            })
+            .collect();
+        submitter.append(events, ExpectedVersion::Any).await?;
+    }
+    loop {
+        let head = submitter.head().await?.seq;
+        let left = submitter
+            .tasks(TaskFilter::Unfinished, agentic_core::Cursor::START, 1)
+            .await?;
+        if left.items.is_empty() {
+            break;
+        }
+        submitter.wait_for_events(head).await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.send_replace(true);
+    for k in kernels {
+        let _ = k.await;
+    }
+    Ok(tasks as f64 / elapsed)
 }
