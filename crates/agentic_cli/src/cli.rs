@@ -19,7 +19,13 @@ pub struct Cli {
     /// that kernels on several machines share [default: $LION_STORE, else
     /// `url` under [store] in the home's config.toml, else the home's own
     /// SQLite store].
-    #[arg(long, global = true, value_name = "URL", env = "LION_STORE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "LION_STORE",
+        hide_env_values = true
+    )]
     pub store: Option<String>,
 
     /// Print machine-readable JSON instead of tables.

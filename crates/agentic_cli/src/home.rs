@@ -29,12 +29,22 @@ pub fn resolve(home: Option<&Path>) -> PathBuf {
 }
 
 /// Where the log is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreAt {
     /// The SQLite store in the home directory.
     Home,
     /// A PostgreSQL database (its URL, as given).
     Postgres(String),
+}
+
+impl std::fmt::Debug for StoreAt {
+    /// Never shows the URL, which may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreAt::Home => f.write_str("Home"),
+            StoreAt::Postgres(_) => f.write_str("Postgres(…)"),
+        }
+    }
 }
 
 /// `[store]` of the home's `config.toml`.

@@ -435,18 +435,25 @@ async fn keep_lease(
     let mut tick = tokio::time::interval(me.lease / RENEWALS_PER_LEASE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renewals = 0u32;
+    // By this kernel's own clock: past a lease without a renewal, others
+    // may be taking over, so it stops even if the store cannot say so.
+    let mut renewed = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         renewals = renewals.wrapping_add(1);
         match registry.renew(me.id).await {
-            Ok(true) => {}
+            Ok(true) => renewed = tokio::time::Instant::now(),
             Ok(false) => {
                 tracing::error!(kernel = %me.id, "this kernel's lease ran out; stopping");
                 let _ = signals.send(Signal::LeaseLost).await;
                 return;
             }
-            // The store is unreachable: keep trying. If the lease runs out
-            // meanwhile, the next renewal says so.
+            Err(e) if renewed.elapsed() >= me.lease => {
+                tracing::error!(error = %e, "no lease renewal for a whole lease; stopping");
+                let _ = signals.send(Signal::LeaseLost).await;
+                return;
+            }
+            // The store is unreachable: keep trying, for up to a lease.
             Err(e) => tracing::warn!(error = %e, "cannot renew this kernel's lease"),
         }
         let expired = registry.expire_overdue().await.unwrap_or_else(|e| {

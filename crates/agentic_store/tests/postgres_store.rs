@@ -275,3 +275,62 @@ async fn the_log_refuses_updates_deletes_and_truncation() {
     }
     assert_eq!(verified_ids(store.as_ref()).await.len(), 1);
 }
+
+/// Regression (review): projection writes were sent after the COMMIT of
+/// their append (outside its transaction and the head lock), so two
+/// instances racing a respawn against prompts refused valid prompts and
+/// left an agent's message count wrong. Every write is in the append's
+/// transaction now: the projections match a replay, counts included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_respawns_and_prompts_keep_the_agent_projection_whole() {
+    use agentic_core::llm::{AgentSpec, ChatMessage, Role};
+    let url = postgres_cluster::cluster().database("agent_race").await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    let spawn = || {
+        NewEvent::new(
+            SystemEvent::AgentSpawned {
+                name: "ada".into(),
+                spec: AgentSpec::default(),
+            },
+            Uuid::now_v7(),
+        )
+    };
+    a.append(vec![spawn()], ExpectedVersion::Any)
+        .await
+        .expect("spawn");
+    let respawner = tokio::spawn(async move {
+        for _ in 0..150 {
+            let stop = NewEvent::new(
+                SystemEvent::AgentStopped { name: "ada".into() },
+                Uuid::now_v7(),
+            );
+            match a.append(vec![stop, spawn()], ExpectedVersion::Any).await {
+                Ok(_) | Err(StoreError::Rejected(_)) => {}
+                Err(e) => panic!("respawn: {e}"),
+            }
+        }
+        a
+    });
+    for i in 0..150 {
+        let prompt = NewEvent::new(
+            SystemEvent::AgentPrompted {
+                name: "ada".into(),
+                run_id: Uuid::now_v7(),
+                message: ChatMessage::new(Role::User, format!("prompt {i}")),
+            },
+            Uuid::now_v7(),
+        );
+        match b.append(vec![prompt], ExpectedVersion::Any).await {
+            Ok(_) | Err(StoreError::Rejected(_)) => {}
+            Err(e) => panic!("prompt {i}: {e}"),
+        }
+    }
+    let a = respawner.await.expect("respawner");
+    let (replayed, _) = a.replay().await.expect("replay");
+    let projected = a.projected_state().await.expect("projected state");
+    assert!(
+        replayed.diff(&projected).is_empty(),
+        "{:?}",
+        replayed.diff(&projected)
+    );
+}

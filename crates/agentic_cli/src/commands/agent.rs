@@ -474,8 +474,11 @@ async fn send_through_kernel(
 /// their results to stderr.
 #[derive(Default)]
 struct Printer {
-    /// The answer's text printed so far.
+    /// The answer's text printed so far (this round's: the answer is the
+    /// last round's text).
     streamed: String,
+    /// Whether an earlier round printed text (the line still needs ending).
+    printed_before: bool,
 }
 
 impl Printer {
@@ -495,6 +498,12 @@ impl Printer {
                 for call in &message.tool_calls {
                     eprintln!("[tool {} {}]", call.name, call.arguments);
                 }
+                // The answer is the last round's text: a round that called
+                // tools is done with.
+                if !message.tool_calls.is_empty() {
+                    self.printed_before |= !self.streamed.is_empty();
+                    self.streamed.clear();
+                }
             }
             SystemEvent::AgentToolResult {
                 message, run_id, ..
@@ -507,7 +516,7 @@ impl Printer {
 
     /// Ends the streamed answer's line.
     fn finish(&self) {
-        if !self.streamed.is_empty() {
+        if self.printed_before || !self.streamed.is_empty() {
             println!();
         }
     }

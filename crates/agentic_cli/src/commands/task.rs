@@ -102,6 +102,14 @@ pub async fn submit(
         (true, true) if spec.durability != Durability::Ephemeral => {
             follow(home, &store, ctx, spec).await
         }
+        // Run here, its attempt would claim no kernel's lease: a kernel
+        // starting meanwhile would take it over and run it again.
+        (true, false) if store.kernels().is_some() && spec.durability != Durability::Ephemeral => {
+            bail!(
+                "no kernel serves this shared store, and a task run here could be run again by \
+                 one that starts: start one (lion run --store …), or submit without --wait"
+            )
+        }
         (true, _) => run_here(home, store, ctx, spec).await,
     }
 }

@@ -109,7 +109,15 @@ impl Runner {
             // its submitter, with the end the log records.
             Err(e) if self.lost(&e) => match self.adopted {
                 Some(_) => None,
-                None => self.ended_elsewhere().await,
+                None => {
+                    // Forgotten here first: if the kernel that runs it
+                    // dies, this one takes it over like any other task.
+                    self.finish(None).await;
+                    if let Some(outcome) = self.ended_elsewhere().await {
+                        self.done.send_replace(Some(outcome));
+                    }
+                    return;
+                }
             },
             // Another process recorded the task's end (a cancellation).
             Err(OrchestratorError::Store(StoreError::Rejected(ApplyError::Task(
@@ -197,13 +205,12 @@ impl Runner {
             let retry = self.spec.retry.allows_retry_after(attempt);
             match ended {
                 Attempt::Completed(output) => {
-                    self.recorder
-                        .record(SystemEvent::TaskCompleted {
-                            task_id: self.id,
-                            attempt,
-                            output: output.clone(),
-                        })
-                        .await?;
+                    self.record_end(SystemEvent::TaskCompleted {
+                        task_id: self.id,
+                        attempt,
+                        output: output.clone(),
+                    })
+                    .await?;
                     return Ok(Some(TaskOutcome::Completed(output)));
                 }
                 // Its process stops now: recorded as a crash would be,
@@ -218,13 +225,12 @@ impl Runner {
                     }
                 }
                 Attempt::TimedOut => {
-                    self.recorder
-                        .record(SystemEvent::TaskTimedOut {
-                            task_id: self.id,
-                            attempt,
-                            is_final: !retry,
-                        })
-                        .await?;
+                    self.record_end(SystemEvent::TaskTimedOut {
+                        task_id: self.id,
+                        attempt,
+                        is_final: !retry,
+                    })
+                    .await?;
                     if !retry {
                         return Ok(Some(TaskOutcome::TimedOut));
                     }
@@ -247,6 +253,17 @@ impl Runner {
         match kernel {
             Some(_) => self.recorder.record_durable(started).await,
             None => self.recorder.record(started).await,
+        }
+    }
+
+    /// Records how an attempt (or the task) ended. With several kernels on
+    /// the log it is committed before anyone hears of it: the log may
+    /// refuse it (another kernel took the attempt over), and then no one
+    /// must have been told.
+    async fn record_end(&self, event: SystemEvent) -> Result<(), OrchestratorError> {
+        match self.orchestrator.inner.kernel {
+            Some(_) => self.recorder.record_durable(event).await,
+            None => self.recorder.record(event).await,
         }
     }
 
@@ -315,14 +332,13 @@ impl Runner {
         error: String,
     ) -> Result<Option<TaskOutcome>, OrchestratorError> {
         let retry = self.spec.retry.allows_retry_after(attempt);
-        self.recorder
-            .record(SystemEvent::TaskFailed {
-                task_id: self.id,
-                attempt,
-                error: error.clone(),
-                is_final: !retry,
-            })
-            .await?;
+        self.record_end(SystemEvent::TaskFailed {
+            task_id: self.id,
+            attempt,
+            error: error.clone(),
+            is_final: !retry,
+        })
+        .await?;
         Ok((!retry).then_some(TaskOutcome::Failed(error)))
     }
 
@@ -383,12 +399,11 @@ impl Runner {
             None => ("parent task cancelled".to_owned(), false),
         };
         if !recorded {
-            self.recorder
-                .record(SystemEvent::TaskCancelled {
-                    task_id: self.id,
-                    reason: reason.clone(),
-                })
-                .await?;
+            self.record_end(SystemEvent::TaskCancelled {
+                task_id: self.id,
+                reason: reason.clone(),
+            })
+            .await?;
         }
         Ok(Some(TaskOutcome::Cancelled(reason)))
     }

@@ -16,6 +16,12 @@ use super::{PgError, PostgresStore};
 /// The condition that a row's lease still holds.
 const HOLDS: &str = "clock_timestamp() - heartbeat_at <= lease_ms * interval '1 millisecond'";
 
+/// The condition a renewal needs: three quarters of the lease at most, so
+/// a renewal racing another kernel's look at the lease can never extend a
+/// lease that kernel already counted as run out.
+const RENEWABLE: &str =
+    "clock_timestamp() - heartbeat_at <= lease_ms * 0.75 * interval '1 millisecond'";
+
 /// Rows of kernels that stopped or expired this long ago are removed when
 /// another kernel joins.
 const KEEP_ENDED: &str = "interval '7 days'";
@@ -50,7 +56,7 @@ impl KernelRegistry for PostgresStore {
                 .execute(
                     &format!(
                         "UPDATE lion.kernels SET heartbeat_at = clock_timestamp() \
-                         WHERE id = $1 AND state = 'alive' AND {HOLDS}"
+                         WHERE id = $1 AND state = 'alive' AND {RENEWABLE}"
                     ),
                     &[&id],
                 )

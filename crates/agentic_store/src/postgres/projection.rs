@@ -13,6 +13,8 @@ use agentic_core::{ApplyError, State, SystemEvent, TaskRecord};
 use deadpool_postgres::ClientWrapper;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio_postgres::Statement;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::PgError;
@@ -230,32 +232,32 @@ impl Overlay {
         Ok(())
     }
 
-    /// Writes back every row the group changed.
-    pub async fn write(&self, client: &ClientWrapper) -> Result<(), PgError> {
-        // Removals go first: a plugin removed and installed again within
-        // the group is a new row with no key-value data.
-        self.write_removals(client).await?;
-        tokio::try_join!(
-            self.write_elements(client),
-            self.write_tasks(client),
-            self.write_agents(client),
-            self.write_plugins(client),
-        )?;
-        Ok(())
-    }
-
-    async fn write_elements(&self, client: &ClientWrapper) -> Result<(), PgError> {
-        if self.elements.is_empty() {
-            return Ok(());
+    /// Every row the group changed, as statements and their parameters,
+    /// ready to be sent (see [`Writes::send`]).
+    pub async fn writes(&self, client: &ClientWrapper) -> Result<Writes, PgError> {
+        let mut w = Writes::default();
+        // Removals first: a plugin removed and installed again within the
+        // group is a new row with no key-value data.
+        if !self.removed.is_empty() {
+            let names: Vec<String> = self.removed.iter().cloned().collect();
+            w.push(client, DELETE_PLUGINS, vec![Box::new(names.clone())])
+                .await?;
+            w.push(client, DELETE_PLUGIN_KV, vec![Box::new(names)])
+                .await?;
         }
-        let seq: Vec<i64> = self.elements.iter().map(|(s, _)| *s as i64).collect();
-        let id: Vec<Uuid> = self.elements.iter().map(|(_, id)| *id).collect();
-        let stmt = client.prepare_cached(INSERT_ELEMENTS).await?;
-        client.execute(&stmt, &[&seq, &id]).await?;
-        Ok(())
+        if !self.elements.is_empty() {
+            let seq: Vec<i64> = self.elements.iter().map(|(s, _)| *s as i64).collect();
+            let id: Vec<Uuid> = self.elements.iter().map(|(_, id)| *id).collect();
+            w.push(client, INSERT_ELEMENTS, vec![Box::new(seq), Box::new(id)])
+                .await?;
+        }
+        self.task_writes(client, &mut w).await?;
+        self.agent_writes(client, &mut w).await?;
+        self.plugin_writes(client, &mut w).await?;
+        Ok(w)
     }
 
-    async fn write_tasks(&self, client: &ClientWrapper) -> Result<(), PgError> {
+    async fn task_writes(&self, client: &ClientWrapper, w: &mut Writes) -> Result<(), PgError> {
         let tasks: Vec<&TaskRecord> = self
             .tasks
             .iter()
@@ -269,20 +271,30 @@ impl Overlay {
             .map(|t| self.task_seq.get(&t.id).copied().unwrap_or_default() as i64)
             .collect();
         let id: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
-        let key: Vec<Option<&str>> = tasks
+        let key: Vec<Option<String>> = tasks
             .iter()
-            .map(|t| t.spec.idempotency_key.as_deref())
+            .map(|t| t.spec.idempotency_key.clone())
             .collect();
         let unfinished: Vec<bool> = tasks.iter().map(|t| !t.status.is_final()).collect();
-        let record = tasks.iter().map(json).collect::<Result<Vec<_>, _>>()?;
-        let stmt = client.prepare_cached(UPSERT_TASKS).await?;
-        client
-            .execute(&stmt, &[&seq, &id, &key, &unfinished, &record])
-            .await?;
-        Ok(())
+        let record = tasks
+            .iter()
+            .map(json)
+            .collect::<Result<Vec<_>, _>>()?;
+        w.push(
+            client,
+            UPSERT_TASKS,
+            vec![
+                Box::new(seq),
+                Box::new(id),
+                Box::new(key),
+                Box::new(unfinished),
+                Box::new(record),
+            ],
+        )
+        .await
     }
 
-    async fn write_agents(&self, client: &ClientWrapper) -> Result<(), PgError> {
+    async fn agent_writes(&self, client: &ClientWrapper, w: &mut Writes) -> Result<(), PgError> {
         let agents: Vec<&AgentRecord> = self
             .agents
             .iter()
@@ -303,13 +315,13 @@ impl Overlay {
             // After a spawn the record holds its whole conversation, which
             // replaces the rows; otherwise it holds the messages added.
             let first = if self.respawned.contains(&agent.name) {
-                restart.push(agent.name.as_str());
+                restart.push(agent.name.clone());
                 0
             } else {
                 loaded
             };
             for (i, message) in agent.messages.iter().enumerate() {
-                msg_agent.push(agent.name.as_str());
+                msg_agent.push(agent.name.clone());
                 msg_n.push((first + i as u64) as i64);
                 msg_body.push(json(message)?);
             }
@@ -317,59 +329,45 @@ impl Overlay {
                 messages: Vec::new(),
                 ..agent.clone()
             };
-            names.push(agent.name.as_str());
+            names.push(agent.name.clone());
             seqs.push(seq as i64);
             counts.push((first + agent.messages.len() as u64) as i64);
             records.push(json(&without_messages)?);
         }
         if !restart.is_empty() {
-            let stmt = client.prepare_cached(DELETE_MESSAGES).await?;
-            client.execute(&stmt, &[&restart]).await?;
+            w.push(client, DELETE_MESSAGES, vec![Box::new(restart)])
+                .await?;
         }
-        let upsert = client.prepare_cached(UPSERT_AGENTS).await?;
-        let messages = client.prepare_cached(INSERT_MESSAGES).await?;
-        tokio::try_join!(
-            async {
-                client
-                    .execute(&upsert, &[&names, &seqs, &counts, &records])
-                    .await
-                    .map_err(PgError::from)
-            },
-            async {
-                if msg_agent.is_empty() {
-                    return Ok(0);
-                }
-                client
-                    .execute(&messages, &[&msg_agent, &msg_n, &msg_body])
-                    .await
-                    .map_err(PgError::from)
-            },
-        )?;
+        w.push(
+            client,
+            UPSERT_AGENTS,
+            vec![
+                Box::new(names),
+                Box::new(seqs),
+                Box::new(counts),
+                Box::new(records),
+            ],
+        )
+        .await?;
+        if !msg_agent.is_empty() {
+            w.push(
+                client,
+                INSERT_MESSAGES,
+                vec![Box::new(msg_agent), Box::new(msg_n), Box::new(msg_body)],
+            )
+            .await?;
+        }
         Ok(())
     }
 
-    async fn write_removals(&self, client: &ClientWrapper) -> Result<(), PgError> {
-        if self.removed.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<&str> = self.removed.iter().map(String::as_str).collect();
-        let plugins = client.prepare_cached(DELETE_PLUGINS).await?;
-        let kv = client.prepare_cached(DELETE_PLUGIN_KV).await?;
-        tokio::try_join!(async { client.execute(&plugins, &[&names]).await }, async {
-            client.execute(&kv, &[&names]).await
-        },)?;
-        Ok(())
-    }
-
-    async fn write_plugins(&self, client: &ClientWrapper) -> Result<(), PgError> {
-        let plugins: Vec<&PluginRecord> = self
+    async fn plugin_writes(&self, client: &ClientWrapper, w: &mut Writes) -> Result<(), PgError> {
+        let (mut names, mut seqs, mut records) = (vec![], vec![], vec![]);
+        for plugin in self
             .plugins
             .iter()
             .filter_map(|name| self.state.plugin(name))
-            .collect();
-        let (mut names, mut seqs, mut records) = (vec![], vec![], vec![]);
-        for plugin in plugins {
-            names.push(plugin.name());
+        {
+            names.push(plugin.name().to_owned());
             seqs.push(
                 self.plugin_seq
                     .get(plugin.name())
@@ -386,39 +384,79 @@ impl Overlay {
             }
             match self.state.plugin_kv(plugin).and_then(|kv| kv.get(key)) {
                 Some(value) => {
-                    set_plugin.push(plugin.as_str());
-                    set_key.push(key.as_str());
-                    set_value.push(value.as_str());
+                    set_plugin.push(plugin.clone());
+                    set_key.push(key.clone());
+                    set_value.push(value.clone());
                 }
                 None => {
-                    del_plugin.push(plugin.as_str());
-                    del_key.push(key.as_str());
+                    del_plugin.push(plugin.clone());
+                    del_key.push(key.clone());
                 }
             }
         }
-        let upsert = client.prepare_cached(UPSERT_PLUGINS).await?;
-        let set = client.prepare_cached(UPSERT_KV).await?;
-        let delete = client.prepare_cached(DELETE_KV).await?;
-        // The plugin rows first: key-value rows belong to them.
         if !names.is_empty() {
-            client.execute(&upsert, &[&names, &seqs, &records]).await?;
+            w.push(
+                client,
+                UPSERT_PLUGINS,
+                vec![Box::new(names), Box::new(seqs), Box::new(records)],
+            )
+            .await?;
         }
-        tokio::try_join!(
-            async {
-                if set_plugin.is_empty() {
-                    return Ok(0);
-                }
-                client
-                    .execute(&set, &[&set_plugin, &set_key, &set_value])
-                    .await
-            },
-            async {
-                if del_plugin.is_empty() {
-                    return Ok(0);
-                }
-                client.execute(&delete, &[&del_plugin, &del_key]).await
-            },
-        )?;
+        if !set_plugin.is_empty() {
+            w.push(
+                client,
+                UPSERT_KV,
+                vec![Box::new(set_plugin), Box::new(set_key), Box::new(set_value)],
+            )
+            .await?;
+        }
+        if !del_plugin.is_empty() {
+            w.push(
+                client,
+                DELETE_KV,
+                vec![Box::new(del_plugin), Box::new(del_key)],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A statement parameter this module owns.
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// A group's projection writes: statements, prepared, with their
+/// parameters, in the order they must run.
+#[derive(Default)]
+pub(super) struct Writes {
+    statements: Vec<(Statement, Vec<Param>)>,
+}
+
+impl Writes {
+    /// Adds a statement (prepared now, before anything is sent).
+    async fn push(
+        &mut self,
+        client: &ClientWrapper,
+        sql: &str,
+        params: Vec<Param>,
+    ) -> Result<(), PgError> {
+        let statement = client.prepare_cached(sql).await?;
+        self.statements.push((statement, params));
+        Ok(())
+    }
+
+    /// Sends every write, in order, all on the first poll: nothing between
+    /// them waits, so a statement sent after these (the `COMMIT`) cannot
+    /// overtake one of them.
+    pub async fn send(&self, client: &ClientWrapper) -> Result<(), PgError> {
+        let sends = self.statements.iter().map(|(statement, params)| {
+            let params: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            async move { client.execute(statement, &params).await }
+        });
+        futures_util::future::try_join_all(sends).await?;
         Ok(())
     }
 }

@@ -354,11 +354,19 @@ pub(super) async fn projected_state(client: &mut Object) -> Result<State, PgErro
             .push(parse(row.get(1), "agent message")?);
     }
     for row in tx
-        .query("SELECT record FROM lion.agents ORDER BY seq", &[])
+        .query("SELECT record, messages FROM lion.agents ORDER BY seq", &[])
         .await?
     {
         let mut record: AgentRecord = parse(row.get(0), "agent")?;
         record.messages = messages.remove(&record.name).unwrap_or_default();
+        let counted = row.get::<_, i64>(1);
+        if counted != record.messages.len() as i64 {
+            return Err(PgError::Corrupt(format!(
+                "agent {}: its row counts {counted} messages, {} are stored",
+                record.name,
+                record.messages.len()
+            )));
+        }
         state.load_agent(record);
     }
     let mut kv: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();

@@ -247,9 +247,13 @@ impl Writer {
         let payload = head.seq.to_string();
         // If a write fails, the server answers the COMMIT behind it with a
         // rollback; the write's error is what this returns.
+        // Everything is prepared before anything is sent, so the writes go
+        // out in this order, all at once, and the COMMIT last.
+        let writes = overlay.writes(client).await?;
+        let insert = client.prepare_cached(INSERT_EVENTS).await?;
         tokio::try_join!(
-            insert_events(client, &rows),
-            overlay.write(client),
+            insert_events(client, &insert, &rows),
+            writes.send(client),
             async {
                 client
                     .execute(update, &[&seq, &hash])
@@ -429,8 +433,11 @@ async fn stream_versions(
 }
 
 /// Writes the sealed records, in one statement.
-async fn insert_events(client: &ClientWrapper, rows: &[EventEnvelope]) -> Result<(), PgError> {
-    let stmt = client.prepare_cached(INSERT_EVENTS).await?;
+async fn insert_events(
+    client: &ClientWrapper,
+    stmt: &Statement,
+    rows: &[EventEnvelope],
+) -> Result<(), PgError> {
     let seq: Vec<i64> = rows.iter().map(|r| r.seq as i64).collect();
     let event_id: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let stream: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
@@ -447,7 +454,7 @@ async fn insert_events(client: &ClientWrapper, rows: &[EventEnvelope]) -> Result
     let hash: Vec<&[u8]> = rows.iter().map(|r| r.hash.0.as_slice()).collect();
     client
         .execute(
-            &stmt,
+            stmt,
             &[
                 &seq,
                 &event_id,
