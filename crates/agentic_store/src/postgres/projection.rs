@@ -276,10 +276,7 @@ impl Overlay {
             .map(|t| t.spec.idempotency_key.clone())
             .collect();
         let unfinished: Vec<bool> = tasks.iter().map(|t| !t.status.is_final()).collect();
-        let record = tasks
-            .iter()
-            .map(json)
-            .collect::<Result<Vec<_>, _>>()?;
+        let record = tasks.iter().map(json).collect::<Result<Vec<_>, _>>()?;
         w.push(
             client,
             UPSERT_TASKS,
