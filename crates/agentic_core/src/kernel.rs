@@ -438,17 +438,26 @@ async fn keep_lease(
     // By this kernel's own clock: past a lease without a renewal, others
     // may be taking over, so it stops even if the store cannot say so.
     let mut renewed = tokio::time::Instant::now();
+    // The store refuses renewals past three quarters of a lease: a renewal
+    // that has not succeeded by then never will.
+    let renewable = me.lease * 3 / 4;
     loop {
         tick.tick().await;
         renewals = renewals.wrapping_add(1);
-        match registry.renew(me.id).await {
-            Ok(true) => renewed = tokio::time::Instant::now(),
+        let sent = tokio::time::Instant::now();
+        let renewal = tokio::time::timeout_at(renewed + renewable, registry.renew(me.id)).await;
+        match renewal.unwrap_or_else(|_| {
+            Err(StoreError::Backend(
+                "the renewal did not finish within the lease".into(),
+            ))
+        }) {
+            Ok(true) => renewed = sent,
             Ok(false) => {
                 tracing::error!(kernel = %me.id, "this kernel's lease ran out; stopping");
                 let _ = signals.send(Signal::LeaseLost).await;
                 return;
             }
-            Err(e) if renewed.elapsed() >= me.lease => {
+            Err(e) if renewed.elapsed() >= renewable => {
                 tracing::error!(error = %e, "no lease renewal for a whole lease; stopping");
                 let _ = signals.send(Signal::LeaseLost).await;
                 return;

@@ -157,8 +157,11 @@ impl EventLoop {
                 let _ = reply.send(Err(OrchestratorError::AlreadyRunning(adopted.id)));
                 return;
             }
-            // The log's task under this key ended here.
-            (Some(adopted), Some(known)) if known.id == adopted.id => {
+            // The log's task under this key ended here (one that stopped
+            // here unended, left to another kernel, may be taken back).
+            (Some(adopted), Some(known))
+                if known.id == adopted.id && known.outcome.borrow().is_some() =>
+            {
                 let _ = reply.send(Err(OrchestratorError::Ended(adopted.id)));
                 return;
             }

@@ -251,8 +251,10 @@ impl Runner {
             kernel,
         };
         match kernel {
-            Some(_) => self.recorder.record_durable(started).await,
-            None => self.recorder.record(started).await,
+            Some(_) if self.spec.durability != Durability::Ephemeral => {
+                self.recorder.record_durable(started).await
+            }
+            _ => self.recorder.record(started).await,
         }
     }
 
@@ -262,8 +264,10 @@ impl Runner {
     /// must have been told.
     async fn record_end(&self, event: SystemEvent) -> Result<(), OrchestratorError> {
         match self.orchestrator.inner.kernel {
-            Some(_) => self.recorder.record_durable(event).await,
-            None => self.recorder.record(event).await,
+            Some(_) if self.spec.durability != Durability::Ephemeral => {
+                self.recorder.record_durable(event).await
+            }
+            _ => self.recorder.record(event).await,
         }
     }
 
@@ -282,10 +286,9 @@ impl Runner {
             )
     }
 
-    /// Waits for the end another kernel records for this task (`None` if
-    /// this orchestrator is interrupted first), as the kernel's loop sees
-    /// it in the log ([`Orchestrator::observe_end`]). Cancelling it here
-    /// records the cancellation, which reaches the kernel that runs it.
+    /// Waits for the end another kernel records for this task, as the
+    /// kernel's loop sees it in the log ([`Orchestrator::observe_end`]);
+    /// `None` if its token is cancelled first.
     async fn ended_elsewhere(&self) -> Option<TaskOutcome> {
         let (tx, mut ended) = oneshot::channel();
         self.orchestrator.inner.awaiting(self.id, Some(tx));
@@ -301,26 +304,15 @@ impl Runner {
                 return Some(TaskOutcome::Failed(format!("cannot read the task: {e}")));
             }
         }
-        let mut cancel_recorded = false;
-        loop {
-            tokio::select! {
-                outcome = &mut ended => return outcome.ok(),
-                () = self.cancel.token.cancelled(), if !cancel_recorded => {
-                    cancel_recorded = true;
-                    if self.cancel.interrupted() {
-                        self.orchestrator.inner.awaiting(self.id, None);
-                        return None;
-                    }
-                    match self.cancelled().await {
-                        Ok(outcome) => {
-                            self.orchestrator.inner.awaiting(self.id, None);
-                            return outcome;
-                        }
-                        // It ended meanwhile: that end is on its way.
-                        Err(e) if self.lost(&e) => {}
-                        Err(e) => return Some(TaskOutcome::Failed(e.to_string())),
-                    }
-                }
+        tokio::select! {
+            outcome = &mut ended => outcome.ok(),
+            // Interrupted, or its parent here was cancelled: this runner no
+            // longer counts as running here, so it cannot tell which, and it
+            // must not cancel what a healthy kernel runs. It stops waiting;
+            // a cancellation meant for the task goes through the log.
+            () = self.cancel.token.cancelled() => {
+                self.orchestrator.inner.awaiting(self.id, None);
+                None
             }
         }
     }

@@ -427,10 +427,12 @@ fn describe(config: &tokio_postgres::Config) -> String {
 /// What a connection string that did not parse can be called in a
 /// message: only its scheme (anything after it may be a password).
 fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, _)) => format!("{scheme}://…"),
-        None => "a connection string".to_owned(),
+    for scheme in ["postgresql://", "postgres://"] {
+        if url.starts_with(scheme) {
+            return format!("{scheme}…");
+        }
     }
+    "a connection string".to_owned()
 }
 
 /// What went wrong talking to PostgreSQL, before it is named for the caller.
