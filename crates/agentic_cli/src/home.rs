@@ -115,6 +115,12 @@ pub async fn open(home: &Path, at: &StoreAt) -> Result<Arc<dyn EventStore>> {
             Arc::new(SqliteStore::open(home, options()?)?)
         }
         StoreAt::Postgres(url) => {
+            // The home still holds what stays per machine (the kernel's
+            // lock, the live socket, plugin files), as the SQLite store's
+            // opening would have made it.
+            not_a_file(home)?;
+            std::fs::create_dir_all(home)
+                .with_context(|| format!("cannot create the home {}", home.display()))?;
             Arc::new(PostgresStore::open(url, PostgresOptions::default()).await?)
         }
     })

@@ -438,3 +438,25 @@ async fn the_shared_store_benches_run_beside_their_baselines() {
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("--store postgres://"), "{}", out.stderr);
 }
+
+/// Regression: with a shared store nothing made the home, so `lion run`
+/// on a new home failed at its lock file. The home is made as a SQLite
+/// store's opening makes it; the kernel joins and leaves the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_on_a_shared_store_makes_its_home_and_is_listed() {
+    let url = postgres_cluster::cluster().database("new_home").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let home = dir.path().join("new-home");
+    let kernel = Kernel::start_with(&home, &[("LION_STORE", url.as_str())], &[]);
+    assert!(home.is_dir());
+    let other = dir.path().join("other");
+    let mut cmd = lion_at(&other);
+    cmd.env("LION_STORE", &url)
+        .args(["--json", "kernel", "list"]);
+    let listed = tokio::task::spawn_blocking(move || run(&mut cmd).success().json())
+        .await
+        .expect("join");
+    assert_eq!(listed["shared"], true);
+    assert_eq!(listed["kernels"][0]["state"], "alive", "{listed}");
+    assert_eq!(listed["kernels"][0]["pid"], kernel.id(), "{listed}");
+}
