@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::chain::{ChainError, ChainHead};
 use crate::element::ElementData;
-use crate::event::{EventEnvelope, EventError, NewEvent, SystemEvent};
+use crate::event::{EventEnvelope, EventError, NewEvent, PendingEvent, SystemEvent};
 use crate::plugin::PluginRecord;
 use crate::state::{ApplyError, State};
 use crate::task::TaskRecord;
@@ -349,6 +349,20 @@ pub fn batch_stream(events: &[NewEvent], expected: ExpectedVersion) -> Result<&s
         ));
     }
     Ok(&first.stream)
+}
+
+/// Checks a batch's shape ([`batch_stream`]) and encodes its events for a
+/// writer to seal: what an adapter's `append` does before its writer sees
+/// the batch.
+pub fn encode_batch(
+    events: Vec<NewEvent>,
+    expected: ExpectedVersion,
+) -> Result<Vec<PendingEvent>, StoreError> {
+    batch_stream(&events, expected)?;
+    events
+        .into_iter()
+        .map(|e| e.encode().map_err(StoreError::from))
+        .collect()
 }
 
 /// False for an element's creation on any stream but `element:<its id>`.

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentic_core::plugin::PluginRecord;
-use agentic_core::store::{CommitCounters, audit, batch_stream};
+use agentic_core::store::{CommitCounters, audit, encode_batch};
 use agentic_core::{
     AgentView, AppendReceipt, ChainHead, Cursor, ElementData, EventEnvelope, EventStore,
     ExpectedVersion, NewEvent, Page, PluginSnapshot, State, StoreError, Subscription, TaskFilter,
@@ -230,11 +230,7 @@ impl EventStore for PostgresStore {
         events: Vec<NewEvent>,
         expected: ExpectedVersion,
     ) -> Result<AppendReceipt, StoreError> {
-        batch_stream(&events, expected)?;
-        let events = events
-            .into_iter()
-            .map(NewEvent::encode)
-            .collect::<Result<Vec<_>, _>>()?;
+        let events = encode_batch(events, expected)?;
         let (reply, receipt) = oneshot::channel();
         self.requests
             .send(Request {

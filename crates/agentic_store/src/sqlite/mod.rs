@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use agentic_core::plugin::PluginRecord;
-use agentic_core::store::batch_stream;
+use agentic_core::store::encode_batch;
 use agentic_core::{
     AgentView, AppendReceipt, ChainHead, Cursor, ElementData, EventEnvelope, EventStore,
     ExpectedVersion, NewEvent, Page, PluginSnapshot, State, StoreError, Subscription, TaskFilter,
@@ -384,11 +384,7 @@ impl EventStore for SqliteStore {
         events: Vec<NewEvent>,
         expected: ExpectedVersion,
     ) -> Result<AppendReceipt, StoreError> {
-        batch_stream(&events, expected)?;
-        let events = events
-            .into_iter()
-            .map(NewEvent::encode)
-            .collect::<Result<Vec<_>, _>>()?;
+        let events = encode_batch(events, expected)?;
         let (reply, receipt) = oneshot::channel();
         self.sender()?
             .send(Request::Append {
