@@ -73,6 +73,10 @@ pub enum Command {
     #[command(subcommand)]
     Kernel(KernelCommand),
 
+    /// Move a log between stores: a home's SQLite and PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCommand),
+
     /// Submit a task (same as `task submit`).
     #[command(name = "submit-task")]
     SubmitTask(SubmitTask),
@@ -249,6 +253,20 @@ pub enum KernelCommand {
     /// List the kernels that joined the store: alive, expired or stopped,
     /// with their machine, claims and last heartbeat.
     List,
+}
+
+/// `lion store …`
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy this store's log (the home's, or `--store`'s) into an empty
+    /// store, record for record, verifying the chain as it goes: a
+    /// `postgres://` URL, or the directory of a home whose SQLite store
+    /// takes it. A copy that stopped part-way is continued.
+    Copy {
+        /// Where the log goes: `postgres://…` or a home directory.
+        #[arg(long, value_name = "URL|HOME")]
+        to: String,
+    },
 }
 
 /// `lion task …`

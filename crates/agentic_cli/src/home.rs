@@ -110,10 +110,7 @@ fn configured_url(home: &Path) -> Result<Option<String>> {
 /// is written (exit code 3, see `main`).
 pub async fn open(home: &Path, at: &StoreAt) -> Result<Arc<dyn EventStore>> {
     Ok(match at {
-        StoreAt::Home => {
-            not_a_file(home)?;
-            Arc::new(SqliteStore::open(home, options()?)?)
-        }
+        StoreAt::Home => Arc::new(open_sqlite(home)?),
         StoreAt::Postgres(url) => {
             // The home still holds what stays per machine (the kernel's
             // lock, the live socket, plugin files), as the SQLite store's
@@ -124,6 +121,17 @@ pub async fn open(home: &Path, at: &StoreAt) -> Result<Arc<dyn EventStore>> {
             Arc::new(PostgresStore::open(url, PostgresOptions::default()).await?)
         }
     })
+}
+
+/// Opens (creating on first use) the SQLite store of the home at `path`.
+pub fn open_sqlite(path: &Path) -> Result<SqliteStore> {
+    not_a_file(path)?;
+    Ok(SqliteStore::open(path, options()?)?)
+}
+
+/// Opens (creating its tables on first use) the PostgreSQL store at `url`.
+pub async fn open_postgres(url: &str) -> Result<PostgresStore> {
+    Ok(PostgresStore::open(url, PostgresOptions::default()).await?)
 }
 
 /// A store opened for checking it (`events verify`, `replay`).

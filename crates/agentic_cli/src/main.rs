@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use cli::{
     AgentCommand, BenchCommand, Cli, Command, ElementCommand, EventsCommand, KernelCommand,
-    LogFormat, McpCommand, ModelCommand, Paging, PluginCommand, TaskCommand,
+    LogFormat, McpCommand, ModelCommand, Paging, PluginCommand, StoreCommand, TaskCommand,
 };
 use commands::Ctx;
 
@@ -255,6 +255,9 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Serve(args) => commands::serve::serve(&home, open, ctx, &args).await,
             Command::Mcp(McpCommand::Serve(args)) => {
                 commands::mcp::serve(&home, open, ctx, &args).await
+            }
+            Command::Store(StoreCommand::Copy { to }) => {
+                commands::store::copy(&home, &at()?, &to, ctx).await
             }
             Command::Kernel(KernelCommand::List) => {
                 commands::kernel::list(&home, &*open().await?, ctx).await

@@ -8,7 +8,8 @@
 //!   recorded outcome, the interrupted attempts are recorded and retried,
 //!   the paused kernel stops when it wakes, and the log verifies as one
 //!   chain whose projections match a replay;
-//! - the same with PostgreSQL itself restarting mid-run.
+//! - the same with PostgreSQL itself restarting mid-run;
+//! - a home's log moved to PostgreSQL and back (`lion store copy`), whole.
 
 mod support;
 
@@ -459,4 +460,104 @@ async fn a_kernel_on_a_shared_store_makes_its_home_and_is_listed() {
     assert_eq!(listed["shared"], true);
     assert_eq!(listed["kernels"][0]["state"], "alive", "{listed}");
     assert_eq!(listed["kernels"][0]["pid"], kernel.id(), "{listed}");
+}
+
+/// `lion --home <home> [--store <url>] <args…>`, run to completion off the
+/// async runtime.
+async fn lion(home: &std::path::Path, store: Option<&str>, args: &[&str]) -> support::Run {
+    let mut cmd = lion_at(home);
+    if let Some(url) = store {
+        cmd.args(["--store", url]);
+    }
+    cmd.args(args);
+    tokio::task::spawn_blocking(move || run(&mut cmd))
+        .await
+        .expect("join")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_moves_to_postgres_and_back_with_its_whole_history() {
+    let url = postgres_cluster::cluster().database("store_copy").await;
+    let url = url.as_str();
+    let dir = tempfile::tempdir().expect("dir");
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    for n in 0..3 {
+        let metadata = format!("{{\"n\":{n}}}");
+        lion(&a, None, &["element", "create", "--metadata", &metadata])
+            .await
+            .success();
+    }
+    for key in ["one", "two"] {
+        let args = ["task", "submit", "--handler", "echo", "--input", "{}"];
+        let mut args = args.to_vec();
+        args.extend(["--idempotency-key", key, "--wait"]);
+        lion(&a, None, &args).await.success();
+    }
+    let list = async |home: &std::path::Path, store: Option<&str>| {
+        lion(
+            home,
+            store,
+            &["--json", "events", "list", "--limit", "1000"],
+        )
+        .await
+        .success()
+        .json_lines()
+    };
+    let history = list(&a, None).await;
+
+    // To PostgreSQL: the same records, a verified chain, matching projections.
+    let copied = lion(&a, None, &["--json", "store", "copy", "--to", url])
+        .await
+        .success()
+        .json();
+    assert_eq!(copied["copied"], history.len(), "{copied}");
+    assert_eq!(copied["verified"], true);
+    assert_eq!(list(&a, Some(url)).await, history);
+    lion(&a, Some(url), &["events", "verify"]).await.success();
+    lion(&a, Some(url), &["replay"]).await.success();
+    let task = lion(&a, Some(url), &["--json", "task", "list"])
+        .await
+        .success()
+        .json();
+    assert_eq!(task.as_array().map(Vec::len), Some(2), "{task}");
+
+    // The log goes on in PostgreSQL, and comes back to a new home.
+    lion(&a, Some(url), &["element", "create"]).await.success();
+    let b_str = b.to_str().expect("utf-8 path");
+    let back = lion(&a, Some(url), &["--json", "store", "copy", "--to", b_str])
+        .await
+        .success()
+        .json();
+    assert_eq!(back["copied"], history.len() + 1, "{back}");
+    let moved = list(&b, None).await;
+    assert_eq!(moved[..history.len()], history[..]);
+    assert_eq!(moved.len(), history.len() + 1);
+    lion(&b, None, &["events", "verify"]).await.success();
+    lion(&b, None, &["replay"]).await.success();
+
+    // A copy that stopped part-way (or was outrun) is continued.
+    lion(&a, Some(url), &["element", "create"]).await.success();
+    let resumed = lion(&a, Some(url), &["--json", "store", "copy", "--to", b_str])
+        .await
+        .success()
+        .json();
+    assert_eq!(resumed["already_there"], history.len() + 1, "{resumed}");
+    assert_eq!(resumed["copied"], 1, "{resumed}");
+
+    // Nothing is overwritten: a longer log, another log, itself.
+    let longer = lion(&a, None, &["store", "copy", "--to", url]).await;
+    assert!(longer.error_line(1).contains("longer"), "{longer:?}");
+    lion(&c, None, &["element", "create"]).await.success();
+    let c_str = c.to_str().expect("utf-8 path");
+    let other = lion(&a, None, &["store", "copy", "--to", c_str]).await;
+    assert!(other.error_line(1).contains("different log"), "{other:?}");
+    assert_eq!(list(&c, None).await.len(), 1, "the other log is untouched");
+    let a_str = a.to_str().expect("utf-8 path");
+    let itself = lion(&a, None, &["store", "copy", "--to", a_str]).await;
+    assert!(itself.error_line(1).contains("same store"), "{itself:?}");
+    assert_eq!(list(&a, None).await, history);
 }

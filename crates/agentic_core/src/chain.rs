@@ -225,6 +225,12 @@ impl ChainVerifier {
         }
     }
 
+    /// A verifier starting after `head`: the first record it checks must
+    /// follow it (used to check records that continue a stored log).
+    pub fn after(head: ChainHead) -> Self {
+        Self { head, watch: None }
+    }
+
     /// Checks the next record: its position, its link and its own hash.
     pub fn check(&mut self, e: &EventEnvelope) -> Result<(), ChainError> {
         self.check_position(e)?;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use agentic_core::chain::seal;
 use agentic_core::llm::AgentRecord;
 use agentic_core::plugin::PluginRecord;
-use agentic_core::store::batch_stream;
+use agentic_core::store::{batch_stream, import};
 use agentic_core::{
     AgentView, AppendReceipt, ChainHead, Cursor, ElementData, EventEnvelope, EventStore,
     ExpectedVersion, NewEvent, Page, PluginSnapshot, State, StoreError, Subscription, SystemEvent,
@@ -147,8 +147,68 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// [`EventStore::import`]: checked in full on a copy of the state
+    /// before anything is kept.
+    fn import(&mut self, records: Vec<EventEnvelope>) -> Result<(), StoreError> {
+        if import::is_retry(&records, |id| self.seq_by_event_id.get(&id).copied()) {
+            return Ok(());
+        }
+        import::check_sealed(self.head(), &records)?;
+        let events: Vec<SystemEvent> = records
+            .iter()
+            .map(import::decode)
+            .collect::<Result<_, _>>()?;
+        let mut state = self.state.clone();
+        let mut versions: HashMap<&str, u64> = HashMap::new();
+        let mut ids = std::collections::HashSet::new();
+        for (record, event) in records.iter().zip(&events) {
+            let current = versions
+                .get(record.stream.as_str())
+                .or_else(|| self.stream_versions.get(&record.stream))
+                .copied()
+                .unwrap_or(0);
+            import::check_stream_version(record, event, current)?;
+            if self.seq_by_event_id.contains_key(&record.event_id) || !ids.insert(record.event_id) {
+                return Err(StoreError::Import {
+                    seq: record.seq,
+                    reason: format!("event id {} is already stored", record.event_id),
+                });
+            }
+            state.apply(event)?;
+            versions.insert(&record.stream, record.stream_version);
+        }
+        self.state = state;
+        for (record, event) in records.into_iter().zip(events) {
+            if let SystemEvent::PluginInstalled { plugin } = &event {
+                self.plugin_positions
+                    .insert(plugin.name().to_owned(), record.seq);
+            }
+            self.stream_versions
+                .insert(record.stream.clone(), record.stream_version);
+            self.seq_by_event_id.insert(record.event_id, record.seq);
+            self.log.push(record);
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl EventStore for MemoryStore {
+    async fn import(&self, records: Vec<EventEnvelope>) -> Result<ChainHead, StoreError> {
+        let last = records.last().map(|r| ChainHead {
+            seq: r.seq,
+            hash: r.hash,
+        });
+        let head = {
+            let mut inner = self.lock();
+            inner.import(records)?;
+            inner.head()
+        };
+        self.head.send_replace(head);
+        Ok(last.unwrap_or(head))
+    }
+
     async fn append(
         &self,
         events: Vec<NewEvent>,

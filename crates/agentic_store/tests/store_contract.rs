@@ -9,7 +9,10 @@
 //!   events through the kernel's reducer, and paging through a list gives
 //!   every item once, in order;
 //! - subscriptions: a follower on another instance of the store sees every
-//!   event once, in order, catching up and then live.
+//!   event once, in order, catching up and then live;
+//! - imports (`lion store copy`): another store's records kept verbatim,
+//!   the same chain and the same projections, and anything that does not
+//!   continue the log refused whole.
 //!
 //! The PostgreSQL subjects use a throwaway cluster this test process starts
 //! (see `postgres_cluster`), a fresh database per test.
@@ -143,6 +146,8 @@ on_every_store!(
     a_respawned_agent_starts_a_new_conversation,
     plugins_are_read_in_pages,
     an_approval_replaces_the_functions_of_the_current_install_only,
+    a_log_imported_from_another_store_is_the_same_chain_with_the_same_projections,
+    an_import_that_does_not_continue_the_log_is_refused_whole,
 );
 
 // ---------------------------------------------------------------------------
@@ -1137,4 +1142,137 @@ async fn an_approval_replaces_the_functions_of_the_current_install_only(subject:
         )
         .await;
     assert!(refused.is_err(), "{refused:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Imports
+// ---------------------------------------------------------------------------
+
+/// A log of every kind of event a projection reflects, sealed by an
+/// in-memory store: elements, tasks (with a key, children and an end),
+/// agents with conversations, a plugin, and a stream of several versions.
+async fn source_log() -> (MemoryStore, State) {
+    let source = MemoryStore::new();
+    let mut state = State::new();
+    let parent = Uuid::now_v7();
+    let child = Uuid::now_v7();
+    let mut keyed = TaskSpec::new("echo", json!({ "k": 1 }));
+    keyed.idempotency_key = Some("imported-key".into());
+    let mut child_spec = TaskSpec::new("echo", json!(2));
+    child_spec.parent = Some(parent);
+    let mut events = vec![
+        SystemEvent::ElementCreated {
+            element: element(json!({ "n": 1 })),
+        },
+        SystemEvent::TaskSubmitted {
+            task_id: parent,
+            spec: keyed,
+        },
+        SystemEvent::TaskSubmitted {
+            task_id: child,
+            spec: child_spec,
+        },
+        SystemEvent::TaskStarted {
+            task_id: parent,
+            attempt: 1,
+            kernel: Some(Uuid::now_v7()),
+        },
+        SystemEvent::TaskCompleted {
+            task_id: parent,
+            attempt: 1,
+            output: json!("done"),
+        },
+        spawn("ada", "Be brief."),
+        SystemEvent::PluginInstalled {
+            plugin: Box::new(installed("imported")),
+        },
+    ];
+    events.extend(conversation("ada", 3));
+    record(&source, &mut state, events).await;
+    for _ in 0..3 {
+        source
+            .append(vec![on_stream("notes")], ExpectedVersion::Any)
+            .await
+            .expect("append");
+    }
+    for n in 0..40 {
+        let event = SystemEvent::ElementCreated {
+            element: element(json!({ "n": n })),
+        };
+        record(&source, &mut state, vec![event]).await;
+    }
+    (source, state)
+}
+
+async fn a_log_imported_from_another_store_is_the_same_chain_with_the_same_projections(
+    subject: Subject,
+) {
+    let store = subject.store.as_ref();
+    let (source, state) = source_log().await;
+    let records = log(&source).await;
+    // In pieces of several sizes, as a copy reads pages.
+    let mut head = None;
+    for piece in [&records[..1], &records[1..10], &records[10..]] {
+        head = Some(store.import(piece.to_vec()).await.expect("import"));
+    }
+    assert_eq!(head, Some(source.head().await.expect("head")));
+    assert_eq!(log(store).await, records, "the same records, byte for byte");
+    assert!(replay_vs_projection(store).await.is_empty());
+    assert!(
+        state
+            .diff(&store.projected_state().await.expect("state"))
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .task_by_key("imported-key")
+            .await
+            .expect("read")
+            .map(|t| t.status.is_final()),
+        Some(true)
+    );
+    assert!(store.plugin("imported").await.expect("read").is_some());
+    // Imported again (a retry whose acknowledgement was lost): nothing
+    // is written twice.
+    let again = store.import(records[10..].to_vec()).await.expect("retry");
+    assert_eq!(Some(again), head);
+    assert_eq!(log(store).await.len(), records.len());
+    // The log goes on from the imported head; the streams' versions too.
+    store
+        .append(vec![on_stream("notes")], ExpectedVersion::Exact(3))
+        .await
+        .expect("an append after the import");
+    let after = log(store).await;
+    assert_eq!(after.len(), records.len() + 1);
+    assert_eq!(after.last().expect("last").stream_version, 4);
+}
+
+async fn an_import_that_does_not_continue_the_log_is_refused_whole(subject: Subject) {
+    let store = subject.store.as_ref();
+    let (source, _) = source_log().await;
+    let records = log(&source).await;
+    let refused = |e: StoreError, seq: u64| match e {
+        StoreError::Import { seq: at, .. } => assert_eq!(at, seq, "{e}"),
+        other => panic!("expected an import refusal at {seq}, got {other}"),
+    };
+    // A record missing from the middle.
+    let mut gapped = records[..5].to_vec();
+    gapped.remove(2);
+    refused(store.import(gapped).await.unwrap_err(), 4);
+    // A record changed after it was sealed.
+    let mut edited = records[..5].to_vec();
+    edited[3].payload.push(b' ');
+    refused(store.import(edited).await.unwrap_err(), 4);
+    // Nothing of either was kept.
+    assert_eq!(store.head().await.expect("head").seq, 0);
+    // A store with a log of its own takes no other log.
+    store
+        .append(
+            vec![new_event(json!({ "own": true }))],
+            ExpectedVersion::Any,
+        )
+        .await
+        .expect("append");
+    refused(store.import(records[..5].to_vec()).await.unwrap_err(), 1);
+    assert_eq!(log(store).await.len(), 1);
 }

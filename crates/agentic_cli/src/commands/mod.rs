@@ -21,6 +21,7 @@ pub mod plugin_package;
 pub mod replay;
 pub mod run;
 pub mod serve;
+pub mod store;
 pub mod task;
 
 use uuid::Uuid;

@@ -18,6 +18,7 @@
 //!   loads the whole state ([`EventStore::projected_state`]).
 
 pub mod audit;
+pub mod import;
 pub mod kernels;
 pub mod page;
 
@@ -145,6 +146,15 @@ pub enum StoreError {
     /// The store was closed.
     #[error("event store is closed")]
     Closed,
+    /// A record sealed by another store does not continue this log
+    /// ([`EventStore::import`]).
+    #[error("cannot import event {seq}: {reason}")]
+    Import {
+        /// The record's position.
+        seq: u64,
+        /// What does not fit.
+        reason: String,
+    },
     /// This kernel's lease on a shared store ran out (it was paused, or
     /// cut off from the store, for longer than its lease).
     #[error(
@@ -203,6 +213,14 @@ pub trait EventStore: Send + Sync + 'static {
         events: Vec<NewEvent>,
         expected: ExpectedVersion,
     ) -> Result<AppendReceipt, StoreError>;
+
+    /// Appends records sealed by another store (a copy of its log)
+    /// verbatim, all or nothing: each must continue this log (position,
+    /// link, hash: [`import::check_sealed`]), keep its stream's versions
+    /// gapless ([`import::check_stream_version`]) and pass the reducer's
+    /// rules; its id must not be stored. Projections are updated as for an
+    /// append. Returns the new head.
+    async fn import(&self, records: Vec<EventEnvelope>) -> Result<ChainHead, StoreError>;
 
     /// Reads up to `limit` events with `seq >= from`, in order.
     async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError>;

@@ -2,13 +2,20 @@
 //! an `inner` store, with the methods the wrapper writes itself and every
 //! projection read passed on unchanged.
 
-/// `impl EventStore for $wrapper { $items… }` plus the projection reads,
-/// passed on to `self.inner` (for wrappers that play with the log only).
+/// `impl EventStore for $wrapper { $items… }` plus imports and the
+/// projection reads, passed on to `self.inner` (for wrappers that play with the log only).
 macro_rules! event_store_wrapper {
     ($wrapper:ty { $($items:tt)* }) => {
         #[async_trait::async_trait]
         impl agentic_core::EventStore for $wrapper {
         $($items)*
+
+        async fn import(
+            &self,
+            records: Vec<agentic_core::EventEnvelope>,
+        ) -> Result<agentic_core::ChainHead, agentic_core::StoreError> {
+            self.inner.import(records).await
+        }
 
         async fn element(
             &self,

@@ -36,11 +36,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentic_core::plugin::PluginRecord;
-use agentic_core::store::{CommitCounters, audit, encode_batch};
+use agentic_core::store::{CommitCounters, audit, encode_batch, import};
 use agentic_core::{
     AgentView, AppendReceipt, ChainHead, Cursor, ElementData, EventEnvelope, EventStore,
-    ExpectedVersion, NewEvent, Page, PluginSnapshot, State, StoreError, Subscription, TaskFilter,
-    TaskRecord,
+    ExpectedVersion, NewEvent, Page, PendingEvent, PluginSnapshot, State, StoreError, Subscription,
+    TaskFilter, TaskRecord,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -236,11 +236,41 @@ impl EventStore for PostgresStore {
             .send(Request {
                 events,
                 expected,
+                sealed: false,
                 reply,
             })
             .await
             .map_err(|_| StoreError::Closed)?;
         receipt.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn import(&self, records: Vec<EventEnvelope>) -> Result<ChainHead, StoreError> {
+        let Some(last) = records.last() else {
+            return self.head().await;
+        };
+        let head = ChainHead {
+            seq: last.seq,
+            hash: last.hash,
+        };
+        let events = records
+            .into_iter()
+            .map(|record| {
+                let event = import::decode(&record)?;
+                Ok(PendingEvent { record, event })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let (reply, receipt) = oneshot::channel();
+        self.requests
+            .send(Request {
+                events,
+                expected: ExpectedVersion::Any,
+                sealed: true,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        receipt.await.map_err(|_| StoreError::Closed)??;
+        Ok(head)
     }
 
     async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {

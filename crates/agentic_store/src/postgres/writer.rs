@@ -36,6 +36,7 @@ use agentic_core::store::CommitCounters;
 use std::time::{Duration, Instant};
 
 use agentic_core::chain::{Hash, seal};
+use agentic_core::store::import;
 use agentic_core::{
     AppendReceipt, ApplyError, ChainHead, EventEnvelope, ExpectedVersion, PendingEvent, StoreError,
     SystemEvent,
@@ -54,6 +55,9 @@ pub(super) struct Request {
     pub events: Vec<PendingEvent>,
     /// Expectation on the batch's stream.
     pub expected: ExpectedVersion,
+    /// The records are sealed by another store (an import): they are
+    /// checked to continue the log and written verbatim, not sealed here.
+    pub sealed: bool,
     /// Where the outcome goes once committed.
     pub reply: oneshot::Sender<Result<AppendReceipt, StoreError>>,
 }
@@ -314,6 +318,18 @@ fn admit(request: &Request, a: &mut Admission<'_>) -> Result<AppendReceipt, Stor
         .map(|e| a.stored.get(&e.record.event_id).copied())
         .collect();
     if seqs.iter().all(Option::is_some) {
+        // An import retried after its acknowledgement was lost finds its
+        // records where it put them; anywhere else they are not its own.
+        if let Some((e, _)) = events
+            .iter()
+            .zip(&seqs)
+            .find(|(e, s)| request.sealed && **s != Some(e.record.seq))
+        {
+            return Err(StoreError::Import {
+                seq: e.record.seq,
+                reason: format!("event id {} is already stored", e.record.event_id),
+            });
+        }
         let seqs = seqs.into_iter().flatten();
         let (first, last) = seqs.fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
         return Ok(AppendReceipt {
@@ -323,7 +339,14 @@ fn admit(request: &Request, a: &mut Admission<'_>) -> Result<AppendReceipt, Stor
         });
     }
     if let Some(stored) = events.iter().zip(&seqs).find(|(_, s)| s.is_some()) {
-        return Err(StoreError::PartialDuplicate(stored.0.record.event_id));
+        let id = stored.0.record.event_id;
+        return Err(match request.sealed {
+            true => StoreError::Import {
+                seq: stored.0.record.seq,
+                reason: format!("event id {id} is already stored"),
+            },
+            false => StoreError::PartialDuplicate(id),
+        });
     }
     let mut ids: Vec<Uuid> = events.iter().map(|e| e.record.event_id).collect();
     ids.sort_unstable();
@@ -331,6 +354,9 @@ fn admit(request: &Request, a: &mut Admission<'_>) -> Result<AppendReceipt, Stor
         return Err(StoreError::InvalidBatch(
             "an event id appears twice in the batch",
         ));
+    }
+    if request.sealed {
+        return admit_sealed(events, a);
     }
     let stream = &events[0].record.stream;
     request
@@ -371,6 +397,43 @@ fn admit(request: &Request, a: &mut Admission<'_>) -> Result<AppendReceipt, Stor
     Ok(AppendReceipt {
         first_seq: a.head.seq + 1 - events.len() as u64,
         last_seq: a.head.seq,
+        deduplicated: false,
+    })
+}
+
+/// [`admit`] for records sealed by another store: each must continue the
+/// chain and its stream, and pass the reducer's rules; they are kept as
+/// they are.
+fn admit_sealed(
+    events: &[PendingEvent],
+    a: &mut Admission<'_>,
+) -> Result<AppendReceipt, StoreError> {
+    let head = import::check_sealed(*a.head, events.iter().map(|e| &e.record))?;
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    for e in events {
+        let stream = e.record.stream.as_str();
+        let current = versions
+            .get(stream)
+            .or_else(|| a.versions.get(stream))
+            .copied()
+            .unwrap_or(0);
+        import::check_stream_version(&e.record, &e.event, current)?;
+        versions.insert(stream, e.record.stream_version);
+    }
+    let applied: Vec<(u64, &SystemEvent)> =
+        events.iter().map(|e| (e.record.seq, &e.event)).collect();
+    a.overlay.apply(&applied)?;
+    let first_seq = a.head.seq + 1;
+    for e in events {
+        a.stored.insert(e.record.event_id, e.record.seq);
+        a.versions
+            .insert(e.record.stream.clone(), e.record.stream_version);
+        a.rows.push(e.record.clone());
+    }
+    *a.head = head;
+    Ok(AppendReceipt {
+        first_seq,
+        last_seq: head.seq,
         deduplicated: false,
     })
 }

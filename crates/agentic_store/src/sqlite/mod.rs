@@ -178,6 +178,7 @@ impl SqliteStore {
             stats: Arc::default(),
             streams: HashMap::new(),
             last_head: None,
+            deferred: Vec::new(),
         };
         let stats = writer.stats.clone();
         let handle = std::thread::Builder::new()
@@ -398,6 +399,15 @@ impl EventStore for SqliteStore {
         let (outcome, spent) = receipt.await.map_err(|_| StoreError::Closed)?;
         drop(spent); // freed here, by the appender that allocated it
         outcome
+    }
+
+    async fn import(&self, records: Vec<EventEnvelope>) -> Result<ChainHead, StoreError> {
+        let (reply, head) = oneshot::channel();
+        self.sender()?
+            .send(Request::Import { records, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        head.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {

@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug_span;
 
 mod group;
+mod import;
 mod rows;
 
 use group::{Group, Refusal};
@@ -71,7 +72,21 @@ pub(crate) enum Request {
     },
     /// Report the write connection's `PRAGMA synchronous` level.
     Synchronous(oneshot::Sender<Result<i64, StoreError>>),
+    /// Write records sealed by another store, verbatim.
+    Import {
+        /// The records, in order, continuing the log.
+        records: Vec<EventEnvelope>,
+        /// Where the new head goes once durable.
+        reply: oneshot::Sender<Result<ChainHead, StoreError>>,
+    },
 }
+
+/// An import that arrived while a group was being gathered: written once
+/// the group is committed.
+pub(crate) type DeferredImport = (
+    Vec<EventEnvelope>,
+    oneshot::Sender<Result<ChainHead, StoreError>>,
+);
 
 /// State owned by the writer thread.
 pub(crate) struct Writer {
@@ -96,6 +111,8 @@ pub(crate) struct Writer {
     /// The head this writer last committed, to tell whether another process
     /// wrote since.
     pub last_head: Option<ChainHead>,
+    /// Imports waiting for the group being written.
+    pub deferred: Vec<DeferredImport>,
 }
 
 /// The channel an append's outcome goes back on, with its events.
@@ -130,11 +147,19 @@ impl Writer {
                     let _ = reply.send(synchronous(&self.conn, &self.db));
                     continue;
                 }
+                Request::Import { records, reply } => {
+                    self.deferred.push((records, reply));
+                }
             }
-            let gathering = Gathering::new(last_group);
-            let result = self.write(&mut rx, &mut requests, gathering);
-            last_group = requests.len();
-            self.finish(requests, result);
+            if !requests.is_empty() {
+                let gathering = Gathering::new(last_group);
+                let result = self.write(&mut rx, &mut requests, gathering);
+                last_group = requests.len();
+                self.finish(requests, result);
+            }
+            for (records, reply) in std::mem::take(&mut self.deferred) {
+                let _ = reply.send(self.import(records));
+            }
             self.recycler.recycle(&self.conn, &self.db);
         }
     }
@@ -301,6 +326,10 @@ impl Writer {
                     }) => requests.push(Pending::new(events, expected, reply, runtime)),
                     Some(Request::Synchronous(reply)) => {
                         let _ = reply.send(synchronous(&tx, &db));
+                    }
+                    Some(Request::Import { records, reply }) => {
+                        self.deferred.push((records, reply));
+                        break;
                     }
                     None => break,
                 }
