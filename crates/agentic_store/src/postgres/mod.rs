@@ -138,7 +138,7 @@ impl PostgresStore {
         drop(setup);
         let _ = driver.await;
         let pool = pool(&config, options.pool_size.max(1), &options)?;
-        let writer_pool = pool_of_one(&config, &options)?;
+        let writer_pool = pool_of_one(&writer_config(&config), &options)?;
         let (committed_tx, committed) = watch::channel(head.seq);
         let committed_tx = Arc::new(committed_tx);
         let listener = tokio::spawn(notify::listen(
@@ -155,6 +155,7 @@ impl PostgresStore {
             max_events_per_commit: options.max_events_per_commit.max(1),
             reconnect_for: options.reconnect_for,
             stats: stats.clone(),
+            turns: Default::default(),
         };
         tokio::spawn(writer.run(rx));
         Ok(Self {
@@ -402,6 +403,20 @@ fn connection_config(
     // not hours.
     config.keepalives_idle(Duration::from_secs(10));
     Ok(config)
+}
+
+/// The writer's connection settings: every statement it runs inside the
+/// head lock is an index probe or an insert, and must stay one. Its
+/// statements are prepared once per connection, and PostgreSQL may settle
+/// on a generic plan while a new store's tables are nearly empty — a
+/// sequential scan, kept (until the tables are next analyzed) as they
+/// grow, with the head lock held. Turning sequential scans off for this
+/// connection keeps the probes on their indexes whatever the statistics say.
+fn writer_config(config: &tokio_postgres::Config) -> tokio_postgres::Config {
+    let mut config = config.clone();
+    let options = config.get_options().unwrap_or_default();
+    config.options(format!("{options} -c enable_seqscan=off"));
+    config
 }
 
 /// A pool of up to `size` connections.

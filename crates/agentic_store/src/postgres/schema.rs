@@ -7,7 +7,7 @@
 //! chain), `recorded_at` as the microseconds the hash covers. A trigger
 //! refuses updates, deletes and truncation of it. `lion.store` is one row:
 //! the schema version, the store's id and the log's head, which every
-//! append reads and moves while holding the head lock (an advisory lock),
+//! append reads and moves while holding the head lock (a row lock on it),
 //! serialising appends across kernels in commit order (see the `writer`
 //! module). `lion.kernels`
 //! holds the kernels sharing the log and their leases (the `kernels`

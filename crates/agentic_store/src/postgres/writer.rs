@@ -2,13 +2,13 @@
 //! connection per store, committing in one transaction every append that
 //! arrived while the previous transaction was being committed.
 //!
-//! Each transaction first takes the log's head lock (a transaction-scoped
-//! advisory lock) and holds it to commit, then reads the head row
-//! (`lion.store`) in a statement of its own. That serialises appends across every
-//! kernel on the database: the chain always links to the committed head,
-//! and sequence numbers are assigned in commit order — the next writer gets
-//! the lock only once the previous transaction is visible, so a reader
-//! never sees seq N+1 without seq N.
+//! Each transaction first reads the log's head row (`lion.store`) `FOR
+//! UPDATE`, which locks it to commit: a writer that finds it locked waits
+//! for the holder to commit, then reads the row the holder left. That
+//! serialises appends across every kernel on the database: the chain
+//! always links to the committed head, and sequence numbers are assigned
+//! in commit order — the next writer gets the lock only once the previous
+//! transaction is visible, so a reader never sees seq N+1 without seq N.
 //!
 //! Inside the lock, one round trip reads what the group needs (which of its
 //! event ids are stored, its streams' versions, the projection rows it
@@ -16,9 +16,15 @@
 //! more round trip writes the events, the projections and the new head.
 //! A refused request (wrong expected version, refused event, partial
 //! duplicate) is answered with its error and writes nothing; the rest of
-//! its group commits. A statement that fails for a reason the checks did
-//! not foresee fails the group, which is then committed request by request
-//! to find the one at fault.
+//! its group commits. An element's creation is guessed to open a new
+//! stream, whose version is not read; a statement that fails (a wrong
+//! guess, or a reason the checks did not foresee) fails the group, which
+//! is committed again reading every stream's version, then request by
+//! request to find the one at fault.
+//!
+//! While other kernels append too, a commit takes the head lock before it
+//! reads anything and adds to its group what arrived while it waited its
+//! turn (one more round trip, and much larger groups).
 //!
 //! When the connection breaks (the database restarted or is unreachable),
 //! or the head stays locked past the lock timeout (a kernel paused
@@ -76,13 +82,18 @@ pub(super) struct Writer {
     pub reconnect_for: Duration,
     /// What this writer committed.
     pub stats: Arc<CommitCounters>,
+    /// Whether other kernels take turns on the head with it.
+    pub turns: Turns,
 }
 
-/// The advisory lock on the log's head every append holds to commit (the
-/// number spells "head" in ASCII). An advisory lock is taken without
-/// writing the row, and released, like a row lock, only once the commit
-/// is visible to every reader.
-const HEAD_LOCK: i64 = 0x6865_6164;
+/// Reads the log's head and locks it until the transaction ends: a row
+/// lock is released only once the commit is visible to every reader, and
+/// a writer that waited for it reads the row as the holder committed it.
+const LOCK_HEAD: &str = "SELECT head_seq, head_hash FROM lion.store WHERE id = 1 FOR UPDATE";
+
+/// Moves the head and wakes the readers listening on every kernel.
+const MOVE_HEAD: &str = "WITH moved AS (UPDATE lion.store SET head_seq = $1, head_hash = $2 \
+     WHERE id = 1 RETURNING head_seq) SELECT pg_notify('lion_log', head_seq::text) FROM moved";
 
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -94,42 +105,82 @@ impl Writer {
     /// Serves requests until every sender is dropped.
     pub async fn run(self, mut rx: mpsc::Receiver<Request>) {
         while let Some(first) = rx.recv().await {
-            let mut size = first.events.len();
             let mut group = vec![first];
-            while size < self.max_events_per_commit {
-                match rx.try_recv() {
-                    Ok(next) => {
-                        size += next.events.len();
-                        group.push(next);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let outcomes = self.commit(&group).await;
+            self.gather(&mut rx, &mut group);
+            let outcomes = self.commit_gathering(&mut group, &mut rx).await;
             for (request, outcome) in group.into_iter().zip(outcomes) {
                 let _ = request.reply.send(outcome);
             }
         }
     }
 
-    /// Commits a group, retrying across reconnections, and isolating the
-    /// request at fault when a statement fails.
-    async fn commit(&self, group: &[Request]) -> Vec<Result<AppendReceipt, StoreError>> {
+    /// Adds the requests waiting in `rx` to `group`, up to the most events
+    /// a commit takes.
+    fn gather(&self, rx: &mut mpsc::Receiver<Request>, group: &mut Vec<Request>) {
+        let mut size: usize = group.iter().map(|r| r.events.len()).sum();
+        while size < self.max_events_per_commit {
+            match rx.try_recv() {
+                Ok(next) => {
+                    size += next.events.len();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Commits `group`. While other kernels are appending too, the first
+    /// attempt takes the head lock before it reads anything, and adds to
+    /// the group every request that arrived while it waited its turn: the
+    /// kernels then take turns with groups as large as their queues,
+    /// instead of with the groups they had when they started waiting.
+    async fn commit_gathering(
+        &self,
+        group: &mut Vec<Request>,
+        rx: &mut mpsc::Receiver<Request>,
+    ) -> Vec<Result<AppendReceipt, StoreError>> {
+        let gather = self.turns.others_append.load(Ordering::Relaxed);
+        let mut late = Vec::new();
+        let attempt = self
+            .try_commit(group, gather.then_some((rx, &mut late)), Probe::Guess)
+            .await;
+        group.append(&mut late);
+        match attempt {
+            Ok((outcomes, head)) => {
+                self.published(head);
+                outcomes
+            }
+            Err(e) => self.commit(group, e, Probe::Guess).await,
+        }
+    }
+
+    /// Tells this store's readers of a commit.
+    fn published(&self, head: ChainHead) {
+        self.committed.send_if_modified(|seq| {
+            let newer = head.seq > *seq;
+            if newer {
+                *seq = head.seq;
+            }
+            newer
+        });
+    }
+
+    /// Commits a group whose last attempt (probing as `probe` says) failed
+    /// with `error`: again after a passing failure, until `reconnect_for`
+    /// has passed; probing every stream after any other failure (a stream
+    /// guessed new may not have been); then request by request, to find the
+    /// one at fault.
+    async fn commit(
+        &self,
+        group: &[Request],
+        mut error: PgError,
+        mut probe: Probe,
+    ) -> Vec<Result<AppendReceipt, StoreError>> {
         let deadline = Instant::now() + self.reconnect_for;
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.try_commit(group).await {
-                Ok((outcomes, head)) => {
-                    self.committed.send_if_modified(|seq| {
-                        let newer = head.seq > *seq;
-                        if newer {
-                            *seq = head.seq;
-                        }
-                        newer
-                    });
-                    return outcomes;
-                }
-                Err(e) if e.is_transient() && Instant::now() < deadline => {
+            match error {
+                e if e.is_transient() && Instant::now() < deadline => {
                     tracing::warn!(
                         location = %self.location,
                         error = %e,
@@ -138,18 +189,33 @@ impl Writer {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                Err(e) if group.len() > 1 && !e.is_transient() => {
+                e if !e.is_transient() && probe == Probe::Guess => probe = Probe::Careful,
+                e if group.len() > 1 && !e.is_transient() => {
                     let mut outcomes = Vec::with_capacity(group.len());
                     for request in group {
-                        let alone = Box::pin(self.commit(std::slice::from_ref(request))).await;
-                        outcomes.extend(alone);
+                        let alone = std::slice::from_ref(request);
+                        let outcome = match self.try_commit(alone, None, Probe::Careful).await {
+                            Ok((outcome, head)) => {
+                                self.published(head);
+                                outcome
+                            }
+                            Err(e) => Box::pin(self.commit(alone, e, Probe::Careful)).await,
+                        };
+                        outcomes.extend(outcome);
                     }
                     return outcomes;
                 }
-                Err(e) => {
+                e => {
                     let error = e.into_store(&self.location);
                     return group.iter().map(|_| Err(error.clone())).collect();
                 }
+            }
+            match self.try_commit(group, None, probe).await {
+                Ok((outcomes, head)) => {
+                    self.published(head);
+                    return outcomes;
+                }
+                Err(e) => error = e,
             }
         }
     }
@@ -158,33 +224,27 @@ impl Writer {
     /// trips: `BEGIN`, the head's lock, the head and every read the group needs,
     /// pipelined (the server runs them in order, so the reads see the log
     /// as the lock holder); then every write and `COMMIT`, pipelined.
-    async fn try_commit(&self, group: &[Request]) -> Result<GroupOutcome, PgError> {
+    ///
+    /// With `late`, the lock and the head are a round trip of their own,
+    /// after which the requests waiting in the queue join the group (in the
+    /// vector given).
+    async fn try_commit(
+        &self,
+        group: &[Request],
+        late: Option<Late<'_>>,
+        probe: Probe,
+    ) -> Result<GroupOutcome, PgError> {
         let client = self.pool.get().await?;
         // Every statement is prepared before any is pipelined: a statement
         // prepared part-way would let a later one (COMMIT) overtake it.
-        let lock = client
-            .prepare_cached("SELECT pg_advisory_xact_lock($1)")
-            .await?;
-        // A statement of its own, after the lock's: its snapshot is taken
-        // once the lock is held, so it sees the previous holder's commit.
-        let head = client
-            .prepare_cached("SELECT head_seq, head_hash FROM lion.store WHERE id = 1")
-            .await?;
-        let update = client
-            .prepare_cached("UPDATE lion.store SET head_seq = $1, head_hash = $2 WHERE id = 1")
-            .await?;
-        let notify = client
-            .prepare_cached("SELECT pg_notify('lion_log', $1)")
-            .await?;
+        let head = client.prepare_cached(LOCK_HEAD).await?;
+        let move_head = client.prepare_cached(MOVE_HEAD).await?;
         prepare(&client).await?;
         Overlay::prepare(&client).await?;
-        let statements = Statements {
-            lock,
-            head,
-            update,
-            notify,
-        };
-        let result = self.commit_on(&client, group, &statements).await;
+        let statements = Statements { head, move_head };
+        let result = self
+            .commit_on(&client, group, late, probe, &statements)
+            .await;
         if result.is_err() {
             // Whatever the transaction's state, end it before the
             // connection goes back to the pool (a broken one is dropped).
@@ -198,37 +258,58 @@ impl Writer {
         &self,
         client: &ClientWrapper,
         group: &[Request],
+        late: Option<Late<'_>>,
+        probe: Probe,
         statements: &Statements,
     ) -> Result<GroupOutcome, PgError> {
-        let Statements {
-            lock,
-            head,
-            update,
-            notify,
-        } = statements;
+        let Statements { head, move_head } = statements;
+        // BEGIN, then the head, locked.
+        let start = || async {
+            let (_, row) = tokio::try_join!(
+                async { client.batch_execute("BEGIN").await.map_err(PgError::from) },
+                async { client.query_one(head, &[]).await.map_err(PgError::from) },
+            )?;
+            Ok::<_, PgError>(row)
+        };
+        let mut early = None;
+        let group: Vec<&Request> = match late {
+            Some((rx, late)) => {
+                early = Some(start().await?);
+                self.gather(rx, late);
+                group.iter().chain(late.iter()).collect()
+            }
+            None => group.iter().collect(),
+        };
         let events = || group.iter().flat_map(|r| &r.events);
         let ids: Vec<Uuid> = events().map(|e| e.record.event_id).collect();
-        let mut streams: Vec<&str> = events().map(|e| e.record.stream.as_str()).collect();
+        // An element's creation opens its stream: guessed new, its stream
+        // is not probed (if it exists, the log's unique index refuses the
+        // group, which is then committed again probing every stream).
+        let mut streams: Vec<&str> = events()
+            .filter(|e| {
+                probe == Probe::Careful || !matches!(e.event, SystemEvent::ElementCreated { .. })
+            })
+            .map(|e| e.record.stream.as_str())
+            .collect();
         streams.sort_unstable();
         streams.dedup();
-        let (_, _, row, mut stored, mut versions, mut overlay) = tokio::try_join!(
-            async { client.batch_execute("BEGIN").await.map_err(PgError::from) },
-            async {
-                client
-                    .execute(lock, &[&HEAD_LOCK])
-                    .await
-                    .map_err(PgError::from)
-            },
-            async { client.query_one(head, &[]).await.map_err(PgError::from) },
-            stored_ids(client, &ids),
-            stream_versions(client, &streams),
-            Overlay::load(client, events().map(|e| &e.event)),
-        )?;
+        let reads = async {
+            tokio::try_join!(
+                stored_ids(client, &ids),
+                stream_versions(client, &streams),
+                Overlay::load(client, events().map(|e| &e.event)),
+            )
+        };
+        let (row, (mut stored, mut versions, mut overlay)) = match early {
+            Some(row) => (row, reads.await?),
+            None => tokio::try_join!(start(), reads)?,
+        };
         let mut head = head_of(row.get(0), row.get(1))?;
+        self.turns.saw(head);
         let recorded_at = EventEnvelope::now();
         let mut rows = Vec::new();
         let mut outcomes = Vec::with_capacity(group.len());
-        for request in group {
+        for request in group.iter().copied() {
             let outcome = admit(
                 request,
                 &mut Admission {
@@ -248,7 +329,6 @@ impl Writer {
         }
         let seq = i64::try_from(head.seq).unwrap_or(i64::MAX);
         let hash = head.hash.0.to_vec();
-        let payload = head.seq.to_string();
         // If a write fails, the server answers the COMMIT behind it with a
         // rollback; the write's error is what this returns.
         // Everything is prepared before anything is sent, so the writes go
@@ -260,18 +340,13 @@ impl Writer {
             writes.send(client),
             async {
                 client
-                    .execute(update, &[&seq, &hash])
-                    .await
-                    .map_err(PgError::from)
-            },
-            async {
-                client
-                    .execute(notify, &[&payload])
+                    .execute(move_head, &[&seq, &hash])
                     .await
                     .map_err(PgError::from)
             },
             async { client.batch_execute("COMMIT").await.map_err(PgError::from) },
         )?;
+        self.turns.committed(head);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
             .events
@@ -280,16 +355,50 @@ impl Writer {
     }
 }
 
+/// Which streams' versions a commit reads before admitting its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// Every stream but those an element's creation opens, guessed new
+    /// (element ids are fresh; a retried creation is found by its event id).
+    Guess,
+    /// Every stream the group writes to.
+    Careful,
+}
+
+/// Where requests that arrive while a commit waits for the head lock go:
+/// the writer's queue, and the vector they join.
+type Late<'a> = (&'a mut mpsc::Receiver<Request>, &'a mut Vec<Request>);
+
+/// Whether other kernels append to the log too: the head a commit finds
+/// is not the one this writer's last commit left.
+#[derive(Debug, Default)]
+pub(super) struct Turns {
+    /// The head after this writer's last commit.
+    last: std::sync::Mutex<Option<ChainHead>>,
+    /// Another writer committed between this writer's last two commits.
+    others_append: std::sync::atomic::AtomicBool,
+}
+
+impl Turns {
+    /// Notes the head a commit found once it held the lock.
+    fn saw(&self, head: ChainHead) {
+        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        self.others_append
+            .store(last.is_some_and(|last| last != head), Ordering::Relaxed);
+    }
+
+    /// Notes the head this writer's commit left.
+    fn committed(&self, head: ChainHead) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(head);
+    }
+}
+
 /// The writer's statements on one connection.
 struct Statements {
-    /// Takes the log's head lock.
-    lock: Statement,
-    /// Reads the head.
+    /// Reads and locks the head ([`LOCK_HEAD`]).
     head: Statement,
-    /// Moves the head.
-    update: Statement,
-    /// Wakes readers.
-    notify: Statement,
+    /// Moves the head and wakes readers ([`MOVE_HEAD`]).
+    move_head: Statement,
 }
 
 /// What checking and applying one request updates.
@@ -487,6 +596,9 @@ async fn stream_versions(
     client: &ClientWrapper,
     streams: &[&str],
 ) -> Result<HashMap<String, u64>, PgError> {
+    if streams.is_empty() {
+        return Ok(HashMap::new());
+    }
     let stmt = client.prepare_cached(STREAM_VERSIONS).await?;
     let rows = client.query(&stmt, &[&streams]).await?;
     Ok(rows
