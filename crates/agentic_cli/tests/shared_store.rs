@@ -9,6 +9,8 @@
 //!   the paused kernel stops when it wakes, and the log verifies as one
 //!   chain whose projections match a replay;
 //! - the same with PostgreSQL itself restarting mid-run;
+//! - a cancelled task's children are cancelled on every kernel that runs
+//!   them;
 //! - a home's log moved to PostgreSQL and back (`lion store copy`), whole.
 
 mod support;
@@ -23,6 +25,7 @@ use std::time::Duration;
 use agentic_core::store::kernels::{KernelRegistry, KernelState};
 use agentic_core::{
     EventStore, ExpectedVersion, NewEvent, RetryPolicy, SystemEvent, TaskFilter, TaskSpec,
+    TaskStatus,
 };
 use agentic_store::{PostgresOptions, PostgresStore};
 use serde_json::json;
@@ -48,6 +51,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(test: &str, lease: &str, own: bool) -> Self {
+        Self::start_with(test, lease, own, "32").await
+    }
+
+    /// [`Cluster::start`] with `concurrency` attempts per kernel.
+    async fn start_with(test: &str, lease: &str, own: bool, concurrency: &str) -> Self {
         let database = own.then(|| Arc::new(postgres_cluster::private(test)));
         let url = match &database {
             Some(cluster) => cluster.database(test).await,
@@ -65,7 +73,7 @@ impl Cluster {
                 Kernel::start_with(
                     home.path(),
                     &[("LION_STORE", url.as_str())],
-                    &["--lease-secs", lease, "--concurrency", "32"],
+                    &["--lease-secs", lease, "--concurrency", concurrency],
                 )
             })
             .collect();
@@ -560,4 +568,76 @@ async fn a_home_moves_to_postgres_and_back_with_its_whole_history() {
     let itself = lion(&a, None, &["store", "copy", "--to", a_str]).await;
     assert!(itself.error_line(1).contains("same store"), "{itself:?}");
     assert_eq!(list(&a, None).await, history);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_task_cancels_its_children_on_every_kernel() {
+    // Four attempts per kernel: the parent's kernel can run only three of
+    // its nine children, so the others run elsewhere.
+    let cluster = Cluster::start_with("cancel_tree", "10", false, "4").await;
+    let parent = Uuid::now_v7();
+    let spec = TaskSpec::new(
+        "fanout",
+        json!({ "n": 9, "handler": "sleep", "input": { "ms": 60_000 } }),
+    );
+    cluster
+        .store
+        .append(
+            vec![NewEvent::new(
+                SystemEvent::TaskSubmitted {
+                    task_id: parent,
+                    spec,
+                },
+                Uuid::now_v7(),
+            )],
+            ExpectedVersion::Any,
+        )
+        .await
+        .expect("submit");
+    // Every child running, on more than one kernel.
+    let store = cluster.store.as_ref();
+    let children = tokio::time::timeout(GUARD, async {
+        loop {
+            let head = store.head().await.expect("head").seq;
+            let task = store.task(parent).await.expect("read").expect("parent");
+            let mut running = Vec::new();
+            for child in &task.children {
+                let record = store.task(*child).await.expect("read").expect("child");
+                if record.status == TaskStatus::Running {
+                    running.push(record);
+                }
+            }
+            if running.len() == 9 {
+                return running;
+            }
+            store.wait_for_events(head).await.expect("wait");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the children never all ran: {}", cluster.stderrs()));
+    let kernels: std::collections::HashSet<_> = children.iter().map(|c| c.kernel).collect();
+    assert!(
+        kernels.len() > 1,
+        "all children ran on one kernel: {kernels:?}"
+    );
+
+    let home = tempfile::tempdir().expect("home");
+    let id = parent.to_string();
+    lion(home.path(), Some(&cluster.url), &["task", "cancel", &id])
+        .await
+        .success();
+    cluster.wait_all_ended().await;
+    for child in children {
+        let record = store.task(child.id).await.expect("read").expect("child");
+        assert_eq!(
+            record.status,
+            TaskStatus::Cancelled,
+            "child {} (kernel {:?}) was not cancelled: {record:?}",
+            child.id,
+            child.kernel
+        );
+    }
+    for check in [&["events", "verify"][..], &["replay"][..]] {
+        lion(home.path(), Some(&cluster.url), check).await.success();
+    }
 }

@@ -31,11 +31,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::event::SystemEvent;
-use crate::orchestrator::{Orchestrator, OrchestratorError, TaskOutcome};
+use crate::event::{NewEvent, SystemEvent};
+use crate::orchestrator::{Orchestrator, OrchestratorError, PARENT_CANCELLED, TaskOutcome};
 use crate::plugin::PluginManager;
 use crate::store::kernels::KernelJoin;
-use crate::store::{Cursor, EventStore, StoreError, TaskFilter};
+use crate::store::{Cursor, EventStore, ExpectedVersion, StoreError, TaskFilter};
 use crate::task::{TaskRecord, TaskStatus};
 
 /// A kernel's membership among several sharing one log.
@@ -259,10 +259,19 @@ async fn follow(
                             }
                         }
                     }
-                    // Cancellations still reach the tasks that run here.
+                    // Cancellations still reach the tasks that run here,
+                    // and through the kernel that ran a task, its children
+                    // wherever they run.
                     Ok(SystemEvent::TaskCancelled { task_id, reason }) => {
                         let _ = orchestrator.cancel_recorded(task_id).await;
                         orchestrator.observe_end(task_id, TaskOutcome::Cancelled(reason));
+                        tokio::spawn(cancel_children(
+                            store.clone(),
+                            orchestrator.clone(),
+                            me,
+                            task_id,
+                            (event.correlation_id, event.event_id),
+                        ));
                     }
                     // Ends recorded by other kernels, for the tasks
                     // submitted here that they ran.
@@ -376,6 +385,55 @@ async fn take_over(
         return Ok(false);
     }
     Ok(adopt(orchestrator, &task).await)
+}
+
+/// Cancels the unfinished children of cancelled task `id`, if this kernel
+/// ran it (`me` is the kernel's id among several): those running here
+/// through the orchestrator (a child started here is cancelled by its
+/// parent's token already, and ends the same way), the others by recording
+/// their cancellation in the log for whichever kernel claims or runs them —
+/// which then does the same for their children, so a cancellation reaches
+/// the whole tree across kernels. `cause` is the cancellation's
+/// correlation and event ids.
+async fn cancel_children(
+    store: Arc<dyn EventStore>,
+    orchestrator: Orchestrator,
+    me: Option<Uuid>,
+    id: Uuid,
+    (correlation, cause): (Uuid, Uuid),
+) {
+    let task = match store.task(id).await {
+        Ok(Some(task)) if task.kernel == me => task,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(task = %id, error = %e, "cannot read a cancelled task's children");
+            return;
+        }
+    };
+    for child in task.children {
+        if orchestrator.is_running(child).await {
+            let _ = orchestrator.cancel(child, PARENT_CANCELLED).await;
+            continue;
+        }
+        match store.task(child).await {
+            Ok(Some(record)) if !record.status.is_final() => {}
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(task = %child, error = %e, "cannot read a child to cancel");
+                continue;
+            }
+        }
+        let event = SystemEvent::TaskCancelled {
+            task_id: child,
+            reason: PARENT_CANCELLED.into(),
+        };
+        let event = NewEvent::new(event, correlation).caused_by(cause);
+        match store.append(vec![event], ExpectedVersion::Any).await {
+            // Refused: it ended meanwhile.
+            Ok(_) | Err(StoreError::Rejected(_)) => {}
+            Err(e) => tracing::warn!(task = %child, error = %e, "cannot cancel a child"),
+        }
+    }
 }
 
 /// What the lease keeper tells the kernel's loop.

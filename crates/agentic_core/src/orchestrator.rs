@@ -55,6 +55,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use builtin::builtin_handlers;
+pub(crate) use cancellation::PARENT_CANCELLED;
 pub use handle::{Orchestrator, TaskHandle};
 pub use handler::{TaskContext, TaskError, TaskHandler};
 pub use recorder::TASK_ASYNC_APPENDS;

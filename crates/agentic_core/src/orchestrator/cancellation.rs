@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio_util::sync::CancellationToken;
 
+/// The reason recorded for a task cancelled through its parent.
+pub(crate) const PARENT_CANCELLED: &str = "parent task cancelled";
+
 /// Why a task's token was cancelled.
 #[derive(Debug, Clone)]
 pub(super) enum Stop {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 use uuid::Uuid;
 
-use super::cancellation::{Cancellation, Stop};
+use super::cancellation::{Cancellation, PARENT_CANCELLED, Stop};
 use super::event_loop::{Adopted, Command};
 use super::recorder::Recorder;
 use super::{Orchestrator, OrchestratorError, TaskContext, TaskHandle, TaskHandler, TaskOutcome};
@@ -388,7 +388,7 @@ impl Runner {
         let (reason, recorded) = match self.cancel.reason() {
             Some(Stop::Interrupted) => return Ok(None),
             Some(Stop::Cancelled { reason, recorded }) => (reason, recorded),
-            None => ("parent task cancelled".to_owned(), false),
+            None => (PARENT_CANCELLED.to_owned(), false),
         };
         if !recorded {
             self.record_end(SystemEvent::TaskCancelled {
