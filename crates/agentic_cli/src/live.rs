@@ -56,8 +56,12 @@ async fn stream_events(
 ) {
     loop {
         let line = match events.recv().await {
-            Ok(LiveEvent { seq, event }) => {
-                serde_json::json!({ "seq": seq, "event": event }).to_string()
+            Ok(LiveEvent { seq, event, kernel }) => {
+                let mut line = serde_json::json!({ "seq": seq, "event": event });
+                if let Some(kernel) = kernel {
+                    line["kernel"] = serde_json::json!(kernel);
+                }
+                line.to_string()
             }
             // A slow client misses events rather than slowing the kernel.
             Err(RecvError::Lagged(missed)) => serde_json::json!({ "missed": missed }).to_string(),

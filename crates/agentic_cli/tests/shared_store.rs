@@ -11,6 +11,10 @@
 //! - the same with PostgreSQL itself restarting mid-run;
 //! - a cancelled task's children are cancelled on every kernel that runs
 //!   them;
+//! - a kernel's live events (uncommitted progress) reach the subscribers of
+//!   another kernel;
+//! - a plugin installed on one machine runs on another (its component is
+//!   kept in the store by its hash);
 //! - a home's log moved to PostgreSQL and back (`lion store copy`), whole.
 
 mod support;
@@ -640,4 +644,94 @@ async fn cancelling_a_task_cancels_its_children_on_every_kernel() {
     for check in [&["events", "verify"][..], &["replay"][..]] {
         lion(home.path(), Some(&cluster.url), check).await.success();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_reach_the_subscribers_of_every_kernel() {
+    use tokio::io::AsyncBufReadExt;
+
+    let url = postgres_cluster::cluster().database("live_relay").await;
+    let store = PostgresStore::open(&url, PostgresOptions::default())
+        .await
+        .expect("open the store");
+    let (a, b) = (
+        tempfile::tempdir().expect("home"),
+        tempfile::tempdir().expect("home"),
+    );
+    let env = [("LION_STORE", url.as_str())];
+    let _first = Kernel::start_with(a.path(), &env, &[]);
+    // A task the first kernel runs: it reports progress (live, uncommitted
+    // until later) halfway through.
+    let task_id = Uuid::now_v7();
+    let spec = TaskSpec::new("sleep", json!({ "ms": 10_000 }));
+    let submitted = SystemEvent::TaskSubmitted { task_id, spec };
+    store
+        .append(
+            vec![NewEvent::new(submitted, Uuid::now_v7())],
+            ExpectedVersion::Any,
+        )
+        .await
+        .expect("submit");
+    let runner = tokio::time::timeout(GUARD, async {
+        loop {
+            let head = store.head().await.expect("head").seq;
+            let task = store.task(task_id).await.expect("read").expect("task");
+            if let Some(kernel) = task.kernel {
+                return kernel;
+            }
+            store.wait_for_events(head).await.expect("wait");
+        }
+    })
+    .await
+    .expect("the task never started");
+    // A second kernel, on another home (another machine), and a watcher of
+    // its live stream.
+    let _second = Kernel::start_with(b.path(), &env, &[]);
+    let socket = tokio::net::UnixStream::connect(b.path().join("kernel.sock"))
+        .await
+        .expect("connect to the second kernel's live stream");
+    let mut lines = tokio::io::BufReader::new(socket).lines();
+    let progress = tokio::time::timeout(GUARD, async {
+        loop {
+            let line = lines.next_line().await.expect("read").expect("a line");
+            let line: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+            if line["event"]["task_progress"]["task_id"] == json!(task_id) {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the progress never reached the second kernel's stream");
+    assert_eq!(progress["seq"], serde_json::Value::Null, "{progress}");
+    assert_eq!(progress["kernel"], json!(runner), "{progress}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_installed_on_one_machine_runs_on_another() {
+    let url = postgres_cluster::cluster().database("plugin_blobs").await;
+    let url = url.as_str();
+    let dir = tempfile::tempdir().expect("dir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let manifest = support::plugin_dist().join("calculator/plugin.toml");
+    let manifest = manifest.to_str().expect("utf-8 path");
+    lion(&a, Some(url), &["plugin", "install", manifest])
+        .await
+        .success();
+    // Another home (machine) has no file of it, and calls it.
+    let input = r#"{"a":2,"b":3}"#;
+    let call = [
+        "--json",
+        "plugin",
+        "call",
+        "calculator",
+        "add",
+        "--input",
+        input,
+    ];
+    let out = lion(&b, Some(url), &call).await.success().json();
+    assert_eq!(out["value"], 5.0, "{out}");
+    // The component it fetched is the one installed, by its hash.
+    let sha = "b9474a63d126b5fd00964bbca6ad87cbf2d5102375def968468e71ac55445bd4";
+    let kept = b.join("plugins/components").join(format!("{sha}.wasm"));
+    assert!(kept.is_file(), "no component at {}", kept.display());
 }

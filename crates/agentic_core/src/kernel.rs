@@ -16,13 +16,18 @@
 //! out: then another kernel records the claimed attempt as interrupted and
 //! retries it by its policy. A kernel whose lease ran out while it was
 //! paused finds out at its next renewal and stops at once; the log refuses
-//! any outcome it tries to record for an attempt it no longer owns.
+//! any outcome it tries to record for an attempt it no longer owns. Live
+//! events that are not in the log (yet) travel between the kernels through
+//! the store's relay ([`relay`]), so a subscriber of any kernel watches
+//! them all.
 //!
 //! However it stops, nothing it runs is left half-recorded: a kernel that
 //! stops at once (or on a store error) interrupts its tasks, which records
 //! each running attempt as interrupted (see [`Orchestrator::interrupt`]),
 //! and every stop closes the plugin manager, which records the outcome of
 //! each plugin call a stopped task dropped.
+
+mod relay;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -102,7 +107,7 @@ pub async fn serve(
 ) -> Result<KernelReport, StoreError> {
     let mut report = KernelReport::default();
     let shared = match &membership {
-        Some(m) => Some(Shared::join(&store, m).await?),
+        Some(m) => Some(Shared::join(&store, &orchestrator, m).await?),
         None => None,
     };
     let ended = follow(
@@ -446,24 +451,31 @@ enum Signal {
 }
 
 /// A kernel's part in a shared log while it runs: the lease keeper's
-/// messages (the keeper stops when this is dropped).
+/// messages, and the live relay (the keeper and the relay stop when this
+/// is dropped).
 struct Shared {
     /// The kernel's id.
     id: Uuid,
     signals: tokio::sync::mpsc::Receiver<Signal>,
     keeper: tokio::task::JoinHandle<()>,
+    relay: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
         self.keeper.abort();
+        for task in &self.relay {
+            task.abort();
+        }
     }
 }
 
 impl Shared {
-    /// Joins the registry of `store` and starts keeping the lease.
+    /// Joins the registry of `store`, starts keeping the lease, and relays
+    /// live events between `orchestrator` and the other kernels.
     async fn join(
         store: &Arc<dyn EventStore>,
+        orchestrator: &Orchestrator,
         membership: &Membership,
     ) -> Result<Self, StoreError> {
         let registry = store.kernels().ok_or_else(|| {
@@ -476,6 +488,7 @@ impl Shared {
             id: membership.join.id,
             signals,
             keeper,
+            relay: relay::start(store, orchestrator, membership.join.id),
         })
     }
 }

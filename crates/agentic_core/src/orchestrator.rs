@@ -119,6 +119,9 @@ pub struct LiveEvent {
     pub seq: Option<u64>,
     /// The event.
     pub event: SystemEvent,
+    /// The kernel it happened on, when another kernel sharing the store
+    /// relayed it; `None`: it happened here.
+    pub kernel: Option<Uuid>,
 }
 
 /// Errors of the orchestrator's commands.

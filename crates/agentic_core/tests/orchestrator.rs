@@ -621,7 +621,7 @@ async fn ephemeral_tasks_are_never_logged_and_async_ones_are() {
     );
     // Both were seen live, the ephemeral one without a sequence number.
     let mut seen_ephemeral = false;
-    while let Ok(LiveEvent { seq, event }) = live.try_recv() {
+    while let Ok(LiveEvent { seq, event, .. }) = live.try_recv() {
         if let SystemEvent::TaskCompleted { task_id, .. } = event
             && task_id == e.id
         {

@@ -138,6 +138,7 @@ impl LogFeed {
                 Ok(LiveEvent {
                     seq: None,
                     event: SystemEvent::LlmDelta { .. },
+                    kernel: None,
                 }) => metrics.chunk_streamed(),
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,
@@ -324,11 +325,18 @@ impl Reader {
                 Err(RecvError::Closed) => Next::End,
             },
             live = recv_live(&mut self.live) => match live {
-                Ok(LiveEvent { seq: None, event }) => {
+                Ok(LiveEvent {
+                    seq: None,
+                    event,
+                    kernel,
+                }) => {
                     if self.kind.as_deref().is_some_and(|k| k != event.kind()) {
                         return Next::Skip;
                     }
-                    let data = json!({"type": event.kind(), "event": event});
+                    let mut data = json!({"type": event.kind(), "event": event});
+                    if let Some(kernel) = kernel {
+                        data["kernel"] = json!(kernel);
+                    }
                     Next::Send(Event::default().event("live").data(data.to_string()))
                 }
                 // Committed ones come from the log, in order.

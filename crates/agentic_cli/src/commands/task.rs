@@ -196,7 +196,12 @@ pub(crate) async fn run_by_kernel(
                         if let Some(event) = line.event
                             && event.task_change().is_some_and(|(t, _)| t == id)
                         {
-                            eprintln!("{}", describe(&LiveEvent { seq: line.seq, event }));
+                            let live = LiveEvent {
+                                seq: line.seq,
+                                event,
+                                kernel: None,
+                            };
+                            eprintln!("{}", describe(&live));
                         }
                     }
                     None => live = None,
@@ -220,7 +225,8 @@ pub(crate) async fn run_by_kernel(
                 "{}",
                 describe(&LiveEvent {
                     seq: None,
-                    event: event.clone()
+                    event: event.clone(),
+                    kernel: None,
                 })
             );
         }

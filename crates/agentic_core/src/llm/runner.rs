@@ -249,6 +249,7 @@ impl AgentRunner {
         let _ = self.live.send(LiveEvent {
             seq: Some(receipt.last_seq),
             event,
+            kernel: None,
         });
         Ok(())
     }

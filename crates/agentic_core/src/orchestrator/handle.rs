@@ -259,6 +259,13 @@ impl Orchestrator {
         }
     }
 
+    /// Publishes to this orchestrator's subscribers a live event another
+    /// kernel sharing the store relayed.
+    pub fn relay_live(&self, event: LiveEvent) {
+        // No subscriber is fine.
+        let _ = self.inner.live.send(event);
+    }
+
     /// Follows events as they happen (a slow subscriber may miss some).
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
         self.inner.live.subscribe()

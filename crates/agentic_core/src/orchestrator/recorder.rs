@@ -123,6 +123,10 @@ impl Recorder {
     /// Sends the event to live subscribers.
     fn publish(&self, seq: Option<u64>, event: SystemEvent) {
         // No subscriber is fine.
-        let _ = self.inner.live.send(LiveEvent { seq, event });
+        let _ = self.inner.live.send(LiveEvent {
+            seq,
+            event,
+            kernel: None,
+        });
     }
 }

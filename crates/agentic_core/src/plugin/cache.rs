@@ -3,6 +3,9 @@
 //! plugin from them: the cached artifact when its hash matches the one the
 //! log recorded, else a fresh compile of the (re-checked) component.
 //!
+//! On a store several kernels share, components are also kept in the
+//! store by their hash ([`BlobStore`]): a home that lacks one fetches it.
+//!
 //! Layout, under the manager's directory: `components/<sha256>.wasm` (so
 //! editing the original after install changes nothing) and
 //! `compiled/<artifact key>/<sha256>.bin` (native code: its hash is in the
@@ -14,6 +17,8 @@ use std::sync::Arc;
 use super::error::PluginError;
 use super::files::{MAX_COMPONENT_BYTES, read_regular, write_atomic};
 use super::sandbox::{Compiled, LoadedPlugin, Sandbox, SandboxError, VerifiedArtifact, sha256_hex};
+use crate::store::StoreError;
+use crate::store::blobs::BlobStore;
 
 /// A loaded plugin and where its code came from.
 pub(super) struct Loaded {
@@ -79,6 +84,31 @@ impl PluginFiles {
         let artifact = VerifiedArtifact::compiled(artifact);
         write_atomic(&self.artifact_path(sha), artifact.bytes())?;
         Ok(artifact)
+    }
+
+    /// Brings component `sha` into the home from the store's `blobs` when
+    /// the home lacks it (it was installed on another machine sharing the
+    /// store), checked against `sha` before it is kept. A component in
+    /// neither place is left for [`PluginFiles::load`] to report.
+    pub async fn fetch(&self, sha: &str, blobs: &dyn BlobStore) -> Result<(), PluginError> {
+        let path = self.component_path(sha);
+        if path.exists() {
+            return Ok(());
+        }
+        let Some(bytes) = blobs.blob(sha).await? else {
+            return Ok(());
+        };
+        let actual = sha256_hex(&bytes);
+        if actual != sha {
+            return Err(PluginError::HashMismatch {
+                path: format!("the store's copy of component {sha}"),
+                expected: sha.to_owned(),
+                actual,
+            });
+        }
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| StoreError::Backend(format!("write task failed: {e}")))?
     }
 
     /// Deletes the files of component `sha` (content-addressed: a failure

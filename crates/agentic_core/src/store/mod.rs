@@ -18,8 +18,10 @@
 //!   loads the whole state ([`EventStore::projected_state`]).
 
 pub mod audit;
+pub mod blobs;
 pub mod import;
 pub mod kernels;
+pub mod live;
 pub mod page;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -299,6 +301,18 @@ pub trait EventStore: Send + Sync + 'static {
     /// The registry of kernels sharing this log, for stores several
     /// kernels can reach (`None`: one kernel per store, leased elsewhere).
     fn kernels(&self) -> Option<&dyn kernels::KernelRegistry> {
+        None
+    }
+
+    /// Content-addressed files kept in the store, for stores several
+    /// kernels share (`None`: each home keeps its own files).
+    fn blobs(&self) -> Option<&dyn blobs::BlobStore> {
+        None
+    }
+
+    /// The relay of live events between the kernels sharing this store
+    /// (`None`: one kernel per store, whose live events stay on it).
+    fn live_relay(&self) -> Option<&dyn live::LiveRelay> {
         None
     }
 

@@ -15,6 +15,7 @@
 //! - [`reads`] are the point and paged reads, from a bounded pool.
 //! - [`kernels`] is the registry of the kernels sharing the log: their
 //!   leases, by the database's clock.
+//! - [`blobs`] keeps plugin components by their hash, for every kernel.
 //! - [`notify`] wakes readers: each commit sends `NOTIFY lion_log`, and a
 //!   listening connection per store turns it into a wake-up. Notifications
 //!   only wake; readers always re-read the log.
@@ -25,6 +26,7 @@
 //! acknowledged: appends are idempotent by event id, so a commit whose
 //! acknowledgement was lost is found, not written twice.
 
+mod blobs;
 mod kernels;
 mod notify;
 mod projection;
@@ -36,15 +38,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentic_core::plugin::PluginRecord;
+use agentic_core::store::live::{LiveRelay, Relayed};
 use agentic_core::store::{CommitCounters, audit, encode_batch, import};
 use agentic_core::{
     AgentView, AppendReceipt, ChainHead, Cursor, ElementData, EventEnvelope, EventStore,
     ExpectedVersion, NewEvent, Page, PendingEvent, PluginSnapshot, State, StoreError, Subscription,
-    TaskFilter, TaskRecord,
+    SystemEvent, TaskFilter, TaskRecord,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
@@ -113,7 +116,13 @@ pub struct PostgresStore {
     pool: Pool,
     stats: Arc<CommitCounters>,
     listener: tokio::task::JoinHandle<()>,
+    /// Live events relayed by the kernels of this store.
+    live: broadcast::Sender<Relayed>,
 }
+
+/// Relayed live events a slow receiver may fall behind by before it
+/// misses some.
+const LIVE_BUFFER: usize = 1024;
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
@@ -141,10 +150,12 @@ impl PostgresStore {
         let writer_pool = pool_of_one(&writer_config(&config), &options)?;
         let (committed_tx, committed) = watch::channel(head.seq);
         let committed_tx = Arc::new(committed_tx);
+        let live = broadcast::channel(LIVE_BUFFER).0;
         let listener = tokio::spawn(notify::listen(
             config.clone(),
             location.clone(),
             committed_tx.clone(),
+            live.clone(),
         ));
         let (requests, rx) = mpsc::channel(options.writer_queue.max(1));
         let stats = Arc::new(CommitCounters::default());
@@ -166,6 +177,7 @@ impl PostgresStore {
             pool,
             stats,
             listener,
+            live,
         })
     }
 
@@ -365,6 +377,14 @@ impl EventStore for PostgresStore {
         Some(self)
     }
 
+    fn live_relay(&self) -> Option<&dyn LiveRelay> {
+        Some(self)
+    }
+
+    fn blobs(&self) -> Option<&dyn agentic_core::store::blobs::BlobStore> {
+        Some(self)
+    }
+
     fn commit_counters(&self) -> Option<&CommitCounters> {
         Some(&self.stats)
     }
@@ -376,6 +396,37 @@ impl EventStore for PostgresStore {
 
 /// The connection settings of `url`, with lion's timeouts and a name the
 /// database's activity views show.
+#[async_trait]
+impl LiveRelay for PostgresStore {
+    /// Sends the event with `NOTIFY lion_live`; one too large for a
+    /// notification is not relayed (it reaches other kernels through the
+    /// log once committed, if it is committed).
+    async fn send(&self, from: Uuid, event: &SystemEvent) -> Result<(), StoreError> {
+        let payload = serde_json::json!({ "kernel": from, "event": event }).to_string();
+        if payload.len() > notify::MAX_LIVE_PAYLOAD {
+            tracing::debug!(
+                kind = event.kind(),
+                bytes = payload.len(),
+                "live event too large to relay"
+            );
+            return Ok(());
+        }
+        self.read(async |c| {
+            let stmt = c.prepare_cached(RELAY_LIVE).await?;
+            c.execute(&stmt, &[&notify::LIVE_CHANNEL, &payload]).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn receive(&self) -> broadcast::Receiver<Relayed> {
+        self.live.subscribe()
+    }
+}
+
+/// Relays one live event.
+const RELAY_LIVE: &str = "SELECT pg_notify($1, $2)";
+
 fn connection_config(
     url: &str,
     options: &PostgresOptions,

@@ -11,7 +11,7 @@
 //! serialising appends across kernels in commit order (see the `writer`
 //! module). `lion.kernels`
 //! holds the kernels sharing the log and their leases (the `kernels`
-//! module).
+//! module); `lion.blobs` plugin components by their hash (`blobs`).
 
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -93,6 +93,10 @@ CREATE TABLE lion.plugin_kv (
     value  text NOT NULL,
     PRIMARY KEY (plugin, key)
 );
+CREATE TABLE lion.blobs (
+    sha256 text  PRIMARY KEY, -- lowercase hex of the bytes
+    bytes  bytea NOT NULL
+);
 CREATE TABLE lion.kernels (
     id           uuid        PRIMARY KEY,
     host         text        NOT NULL,
@@ -149,6 +153,11 @@ pub(super) async fn initialise(client: &mut Client) -> Result<Uuid, PgError> {
         )));
     }
     let id: Uuid = row.get(1);
+    // Added to layout 1 after its first stores were made.
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS lion.blobs (sha256 text PRIMARY KEY, bytes bytea NOT NULL)",
+    )
+    .await?;
     tx.commit().await?;
     Ok(id)
 }

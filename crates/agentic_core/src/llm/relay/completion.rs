@@ -114,6 +114,7 @@ impl<'a> Completion<'a> {
             let _ = self.relay.live.send(LiveEvent {
                 seq: None,
                 event: self.delta(text.clone()),
+                kernel: None,
             });
             self.text.push_str(&text);
             self.pending.push_str(&text);
@@ -212,6 +213,7 @@ impl<'a> Completion<'a> {
         let _ = self.relay.live.send(LiveEvent {
             seq: None,
             event: event.clone(),
+            kernel: None,
         });
         self.appender.send(self.relay.new_event(event)).await;
         self.appender.finish().await?;

@@ -109,6 +109,10 @@ impl PluginManager {
         let micros = elapsed_micros(started);
         let sha = component.sha256;
         let artifact = self.inner.files.keep(&sha, &bytes, compiled.artifact)?;
+        // Before the install is recorded: a kernel that sees it finds the code.
+        if let Some(blobs) = self.inner.store.blobs() {
+            blobs.put_blob(&sha, &bytes).await?;
+        }
         let sandbox = self.inner.files.sandbox();
         let installed = InstalledPlugin {
             manifest,

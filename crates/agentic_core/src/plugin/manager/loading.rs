@@ -135,6 +135,9 @@ impl PluginManager {
         artifacts: &BTreeMap<String, String>,
     ) -> Result<Arc<dyn LoadedPlugin>, PluginError> {
         let sha = installed.sha256().to_owned();
+        if let Some(blobs) = self.inner.store.blobs() {
+            self.inner.files.fetch(&sha, blobs).await?;
+        }
         let key = self.inner.files.sandbox().artifact_key().to_owned();
         let expected = artifacts.get(&key).cloned();
         let started = Instant::now();

@@ -1,0 +1,20 @@
+//! Content-addressed files kept in a store that several kernels share —
+//! the WebAssembly components of installed plugins — so that a kernel on
+//! any machine finds the code a plugin was installed with. A blob is named
+//! by the SHA-256 of its bytes (lowercase hex), which every reader checks
+//! before using it.
+
+use async_trait::async_trait;
+
+use super::StoreError;
+
+/// Files kept by their SHA-256.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Keeps `bytes` under `sha256` (their hash, which the caller has
+    /// checked); keeping the same blob again changes nothing.
+    async fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<(), StoreError>;
+
+    /// The bytes kept under `sha256`, if any (unchecked: check their hash).
+    async fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
+}
