@@ -16,11 +16,12 @@
 //! more round trip writes the events, the projections and the new head.
 //! A refused request (wrong expected version, refused event, partial
 //! duplicate) is answered with its error and writes nothing; the rest of
-//! its group commits. An element's creation is guessed to open a new
-//! stream, whose version is not read; a statement that fails (a wrong
-//! guess, or a reason the checks did not foresee) fails the group, which
-//! is committed again reading every stream's version, then request by
-//! request to find the one at fault.
+//! its group commits. Event ids are guessed unstored, and an element's
+//! creation to open a new stream, so neither is read; a statement that
+//! fails (a wrong guess — a retried append, an element created twice —
+//! or a reason the checks did not foresee) fails the group, which is
+//! committed again reading every event id and stream version, then request
+//! by request to find the one at fault.
 //!
 //! While other kernels append too, a commit takes the head lock before it
 //! reads anything and adds to its group what arrived while it waited its
@@ -281,7 +282,6 @@ impl Writer {
             None => group.iter().collect(),
         };
         let events = || group.iter().flat_map(|r| &r.events);
-        let ids: Vec<Uuid> = events().map(|e| e.record.event_id).collect();
         // An element's creation opens its stream: guessed new, its stream
         // is not probed (if it exists, the log's unique index refuses the
         // group, which is then committed again probing every stream).
@@ -293,6 +293,16 @@ impl Writer {
             .collect();
         streams.sort_unstable();
         streams.dedup();
+        // Event ids are fresh too, but for a retry: guessed unstored, they
+        // are not probed either (a stored one makes the log's unique index
+        // refuse the group, which is then committed again probing them) —
+        // but for an import's, whose retry is found before its chain is
+        // checked.
+        let ids: Vec<Uuid> = group
+            .iter()
+            .filter(|r| probe == Probe::Careful || r.sealed)
+            .flat_map(|r| r.events.iter().map(|e| e.record.event_id))
+            .collect();
         let reads = async {
             tokio::try_join!(
                 stored_ids(client, &ids),
@@ -359,9 +369,10 @@ impl Writer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Probe {
     /// Every stream but those an element's creation opens, guessed new
-    /// (element ids are fresh; a retried creation is found by its event id).
+    /// (element ids are fresh), and no event id, guessed unstored (event
+    /// ids are fresh, but for retries: found when the guess fails).
     Guess,
-    /// Every stream the group writes to.
+    /// Every stream the group writes to, and every event id.
     Careful,
 }
 
@@ -583,6 +594,9 @@ async fn prepare(client: &ClientWrapper) -> Result<(), PgError> {
 
 /// Which of `ids` are stored, with their seqs.
 async fn stored_ids(client: &ClientWrapper, ids: &[Uuid]) -> Result<HashMap<Uuid, u64>, PgError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
     let stmt = client.prepare_cached(STORED_IDS).await?;
     let rows = client.query(&stmt, &[&ids]).await?;
     Ok(rows
