@@ -134,10 +134,11 @@ pub async fn open_postgres(url: &str) -> Result<PostgresStore> {
     Ok(PostgresStore::open(url, PostgresOptions::default()).await?)
 }
 
-/// A store opened for checking it (`events verify`, `replay`).
+/// A store opened for checking it (`events verify`, `replay`, and both
+/// ends of `store copy`).
 pub enum Checked {
-    /// The home's SQLite store, opened read-only: no file of the home is
-    /// created or changed, whatever state it is in.
+    /// A home's SQLite store ([`Checked::open`] opens it read-only: no file
+    /// of the home is created or changed, whatever state it is in).
     Home(SqliteStore),
     /// A shared PostgreSQL store.
     Postgres(PostgresStore),

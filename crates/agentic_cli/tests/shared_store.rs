@@ -519,7 +519,23 @@ async fn a_home_moves_to_postgres_and_back_with_its_whole_history() {
         .success()
         .json_lines()
     };
+    let manifest = support::plugin_dist().join("calculator/plugin.toml");
+    let manifest = manifest.to_str().expect("utf-8 path");
+    lion(&a, None, &["plugin", "install", manifest])
+        .await
+        .success();
     let history = list(&a, None).await;
+
+    // Not while a kernel serves the destination (it would write to it).
+    let mut kernel = Kernel::start_with(&dir.path().join("k"), &[("LION_STORE", url)], &[]);
+    let served = lion(&a, None, &["store", "copy", "--to", url]).await;
+    assert!(
+        served.error_line(1).contains("kernel(s) serve"),
+        "{served:?}"
+    );
+    // Stopped cleanly, it leaves the registry.
+    signal(kernel.id(), "-TERM");
+    assert!(kernel.wait().success(), "{}", kernel.stderr());
 
     // To PostgreSQL: the same records, a verified chain, matching projections.
     let copied = lion(&a, None, &["--json", "store", "copy", "--to", url])
@@ -528,7 +544,23 @@ async fn a_home_moves_to_postgres_and_back_with_its_whole_history() {
         .json();
     assert_eq!(copied["copied"], history.len(), "{copied}");
     assert_eq!(copied["verified"], true);
+    assert_eq!(copied["plugin_components"], 1, "{copied}");
     assert_eq!(list(&a, Some(url)).await, history);
+    // The plugin runs from a home that never installed it.
+    let add = [
+        "--json",
+        "plugin",
+        "call",
+        "calculator",
+        "add",
+        "--input",
+        r#"{"a":1,"b":2}"#,
+    ];
+    let sum = lion(&dir.path().join("d"), Some(url), &add)
+        .await
+        .success()
+        .json();
+    assert_eq!(sum["value"], 3.0, "{sum}");
     lion(&a, Some(url), &["events", "verify"]).await.success();
     lion(&a, Some(url), &["replay"]).await.success();
     let task = lion(&a, Some(url), &["--json", "task", "list"])
@@ -544,10 +576,12 @@ async fn a_home_moves_to_postgres_and_back_with_its_whole_history() {
         .await
         .success()
         .json();
-    assert_eq!(back["copied"], history.len() + 1, "{back}");
+    let shared = list(&a, Some(url)).await.len();
+    assert_eq!(back["copied"], shared, "{back}");
+    assert_eq!(back["plugin_components"], 1, "{back}");
     let moved = list(&b, None).await;
     assert_eq!(moved[..history.len()], history[..]);
-    assert_eq!(moved.len(), history.len() + 1);
+    assert_eq!(moved.len(), shared);
     lion(&b, None, &["events", "verify"]).await.success();
     lion(&b, None, &["replay"]).await.success();
 
@@ -557,7 +591,7 @@ async fn a_home_moves_to_postgres_and_back_with_its_whole_history() {
         .await
         .success()
         .json();
-    assert_eq!(resumed["already_there"], history.len() + 1, "{resumed}");
+    assert_eq!(resumed["already_there"], shared, "{resumed}");
     assert_eq!(resumed["copied"], 1, "{resumed}");
 
     // Nothing is overwritten: a longer log, another log, itself.
@@ -572,6 +606,9 @@ async fn a_home_moves_to_postgres_and_back_with_its_whole_history() {
     let itself = lion(&a, None, &["store", "copy", "--to", a_str]).await;
     assert!(itself.error_line(1).contains("same store"), "{itself:?}");
     assert_eq!(list(&a, None).await, history);
+    // The home the log came back to runs the plugin from its own files.
+    let sum = lion(&b, None, &add).await.success().json();
+    assert_eq!(sum["value"], 3.0, "{sum}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,11 +696,22 @@ async fn live_events_reach_the_subscribers_of_every_kernel() {
         tempfile::tempdir().expect("home"),
     );
     let env = [("LION_STORE", url.as_str())];
-    let _first = Kernel::start_with(a.path(), &env, &[]);
-    // A task the first kernel runs: it reports progress (live, uncommitted
-    // until later) halfway through.
+    let _kernels = [
+        Kernel::start_with(a.path(), &env, &[]),
+        Kernel::start_with(b.path(), &env, &[]),
+    ];
+    // A watcher of each kernel's live stream (as on two machines).
+    let mut watchers = Vec::new();
+    for home in [a.path(), b.path()] {
+        let socket = tokio::net::UnixStream::connect(home.join("kernel.sock"))
+            .await
+            .expect("connect to a kernel's live stream");
+        watchers.push(tokio::io::BufReader::new(socket).lines());
+    }
+    // A task one of them runs: it reports progress (live, committed later)
+    // halfway through.
     let task_id = Uuid::now_v7();
-    let spec = TaskSpec::new("sleep", json!({ "ms": 10_000 }));
+    let spec = TaskSpec::new("sleep", json!({ "ms": 1_000 }));
     let submitted = SystemEvent::TaskSubmitted { task_id, spec };
     store
         .append(
@@ -672,38 +720,34 @@ async fn live_events_reach_the_subscribers_of_every_kernel() {
         )
         .await
         .expect("submit");
-    let runner = tokio::time::timeout(GUARD, async {
+    // The other kernel's watcher sees it, marked with the kernel it
+    // happened on (the runner's own stream does not mark its events).
+    let (mut second, mut first) = (watchers.pop().expect("b"), watchers.pop().expect("a"));
+    let relayed = tokio::time::timeout(GUARD, async {
         loop {
-            let head = store.head().await.expect("head").seq;
-            let task = store.task(task_id).await.expect("read").expect("task");
-            if let Some(kernel) = task.kernel {
-                return kernel;
-            }
-            store.wait_for_events(head).await.expect("wait");
-        }
-    })
-    .await
-    .expect("the task never started");
-    // A second kernel, on another home (another machine), and a watcher of
-    // its live stream.
-    let _second = Kernel::start_with(b.path(), &env, &[]);
-    let socket = tokio::net::UnixStream::connect(b.path().join("kernel.sock"))
-        .await
-        .expect("connect to the second kernel's live stream");
-    let mut lines = tokio::io::BufReader::new(socket).lines();
-    let progress = tokio::time::timeout(GUARD, async {
-        loop {
-            let line = lines.next_line().await.expect("read").expect("a line");
+            let line = tokio::select! {
+                line = first.next_line() => line,
+                line = second.next_line() => line,
+            };
+            let line = line.expect("read").expect("a line");
             let line: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-            if line["event"]["task_progress"]["task_id"] == json!(task_id) {
+            if line["event"]["task_progress"]["task_id"] == json!(task_id)
+                && !line["kernel"].is_null()
+            {
                 return line;
             }
         }
     })
     .await
-    .expect("the progress never reached the second kernel's stream");
-    assert_eq!(progress["seq"], serde_json::Value::Null, "{progress}");
-    assert_eq!(progress["kernel"], json!(runner), "{progress}");
+    .expect("the progress never reached the other kernel's stream");
+    assert_eq!(relayed["seq"], serde_json::Value::Null, "{relayed}");
+    let runner = store
+        .task(task_id)
+        .await
+        .expect("read")
+        .expect("task")
+        .kernel;
+    assert_eq!(relayed["kernel"], json!(runner), "{relayed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -731,7 +775,12 @@ async fn a_plugin_installed_on_one_machine_runs_on_another() {
     let out = lion(&b, Some(url), &call).await.success().json();
     assert_eq!(out["value"], 5.0, "{out}");
     // The component it fetched is the one installed, by its hash.
-    let sha = "b9474a63d126b5fd00964bbca6ad87cbf2d5102375def968468e71ac55445bd4";
+    let text = std::fs::read_to_string(manifest).expect("manifest");
+    let sha = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256 = "))
+        .expect("the manifest's sha256")
+        .trim_matches('"');
     let kept = b.join("plugins/components").join(format!("{sha}.wasm"));
     assert!(kept.is_file(), "no component at {}", kept.display());
 }

@@ -389,11 +389,31 @@ async fn take_over(
     {
         return Ok(false);
     }
+    // A child submitted as its parent was being cancelled (after the
+    // parent's kernel read its children) is cancelled, not run.
+    if let Some(parent) = task.spec.parent
+        && store
+            .task(parent)
+            .await?
+            .is_some_and(|p| p.status == TaskStatus::Cancelled)
+    {
+        let event = SystemEvent::TaskCancelled {
+            task_id: id,
+            reason: PARENT_CANCELLED.into(),
+        };
+        let event = NewEvent::new(event, Uuid::now_v7());
+        return match store.append(vec![event], ExpectedVersion::Any).await {
+            Ok(_) | Err(StoreError::Rejected(_)) => Ok(false),
+            Err(e) => Err(e),
+        };
+    }
     Ok(adopt(orchestrator, &task).await)
 }
 
 /// Cancels the unfinished children of cancelled task `id`, if this kernel
-/// ran it (`me` is the kernel's id among several): those running here
+/// ran it (`me` is the kernel's id among several) or no live kernel did
+/// (its kernel died: whoever sees the cancellation passes it on; the
+/// others' attempts are refused as the children end): those running here
 /// through the orchestrator (a child started here is cancelled by its
 /// parent's token already, and ends the same way), the others by recording
 /// their cancellation in the log for whichever kernel claims or runs them —
@@ -407,9 +427,20 @@ async fn cancel_children(
     id: Uuid,
     (correlation, cause): (Uuid, Uuid),
 ) {
-    let task = match store.task(id).await {
-        Ok(Some(task)) if task.kernel == me => task,
-        Ok(_) => return,
+    let read = async {
+        let Some(task) = store.task(id).await? else {
+            return Ok(None);
+        };
+        if let (Some(registry), Some(kernel)) = (store.kernels(), task.kernel)
+            && holders(registry.alive().await?, me).contains(&kernel)
+        {
+            return Ok(None); // its own kernel passes it on
+        }
+        Ok::<_, StoreError>(Some(task))
+    };
+    let task = match read.await {
+        Ok(Some(task)) => task,
+        Ok(None) => return,
         Err(e) => {
             tracing::warn!(task = %id, error = %e, "cannot read a cancelled task's children");
             return;

@@ -18,6 +18,7 @@ mod sandbox;
 mod server;
 mod task;
 
+pub use cache::{check_component, keep_component, kept_component};
 pub use error::PluginError;
 pub use files::{MAX_COMPONENT_BYTES, MAX_MANIFEST_BYTES};
 pub use manager::{Approval, CallOptions, DEFAULT_QUARANTINE_AFTER, PluginManager};

@@ -6,11 +6,13 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
 
+use agentic_core::plugin::{MAX_COMPONENT_BYTES, check_component, keep_component, kept_component};
 use agentic_core::store::import;
 use anyhow::{Result, bail};
 use serde_json::json;
 
 use super::Ctx;
+use super::plugin::plugins_dir as plugin_dir;
 use crate::home::{self, Checked, StoreAt};
 use crate::output;
 
@@ -32,6 +34,9 @@ pub async fn copy(home: &Path, at: &StoreAt, to: &str, ctx: Ctx) -> Result<()> {
     {
         bail!("the source and the destination are the same store");
     }
+    // A kernel serving the destination would append to it (claims of the
+    // tasks coming in) between the copy's transactions.
+    destination.refuse_kernels(&into).await?;
     let start = Instant::now();
     let tell = std::io::stderr().is_terminal() && !ctx.json;
     let mut shown = 0;
@@ -43,6 +48,7 @@ pub async fn copy(home: &Path, at: &StoreAt, to: &str, ctx: Ctx) -> Result<()> {
     })
     .await?;
     let verified = into.verify().await?;
+    let components = copy_components(home, &from, &destination, &into).await?;
     if verified.head != report.head {
         bail!(
             "the copy does not end where the source did: it verifies to seq {}, the source was at seq {}",
@@ -64,6 +70,8 @@ pub async fn copy(home: &Path, at: &StoreAt, to: &str, ctx: Ctx) -> Result<()> {
             "head": report.head,
             "verified": true,
             "source_newer_events": newer,
+            "plugin_components": components.copied,
+            "plugin_components_missing": components.missing,
             "to": destination.describe(&into),
             "seconds": seconds,
         }));
@@ -79,6 +87,14 @@ pub async fn copy(home: &Path, at: &StoreAt, to: &str, ctx: Ctx) -> Result<()> {
         report.head.seq,
         report.head.hash,
     );
+    if components.copied > 0 {
+        println!("copied {} plugin component(s)", components.copied);
+    }
+    for name in &components.missing {
+        println!(
+            "plugin {name}: its component is in neither the source home nor the source store; reinstall it (lion plugin remove, then install)"
+        );
+    }
     if newer > 0 {
         println!(
             "the source has {newer} newer event(s) (something appended during the copy): run the copy again to bring them over"
@@ -107,7 +123,8 @@ impl Destination {
         if to.contains("://") {
             return Ok(Destination::Postgres(home::shared_url(to)?));
         }
-        if to.is_empty() {
+        if to.is_empty() || to.contains('=') {
+            // Not a path: `host=… password=…` is a connection string.
             bail!("--to needs a postgres:// URL or a home directory");
         }
         Ok(Destination::Home(to.into()))
@@ -129,6 +146,21 @@ impl Destination {
         Ok(())
     }
 
+    /// Refuses a destination that a kernel serves.
+    async fn refuse_kernels(&self, into: &Checked) -> Result<()> {
+        let alive = match (self, into.store().kernels()) {
+            (Destination::Home(path), _) => crate::lease::held(path) as usize,
+            (Destination::Postgres(_), Some(registry)) => registry.alive().await?.len(),
+            (Destination::Postgres(_), None) => 0,
+        };
+        if alive > 0 {
+            bail!(
+                "{alive} kernel(s) serve the destination: stop them until the copy is done (they would write to it meanwhile)"
+            );
+        }
+        Ok(())
+    }
+
     async fn open(&self) -> Result<Checked> {
         Ok(match self {
             Destination::Postgres(url) => Checked::Postgres(home::open_postgres(url).await?),
@@ -142,6 +174,61 @@ impl Destination {
             (_, Checked::Postgres(store)) => store.location().to_owned(),
             (Destination::Home(path), _) => format!("the home {}", path.display()),
             (Destination::Postgres(_), Checked::Home(_)) => String::from("the store"),
+        }
+    }
+}
+
+/// What [`copy_components`] did.
+struct Components {
+    /// Components kept at the destination.
+    copied: usize,
+    /// Plugins whose component was found nowhere.
+    missing: Vec<String>,
+}
+
+/// Brings the components of the plugins installed in the copied log along:
+/// from the source home's files or the source store, into the destination
+/// store or the destination home's files (each checked against its hash).
+async fn copy_components(
+    home: &Path,
+    from: &Checked,
+    destination: &Destination,
+    into: &Checked,
+) -> Result<Components> {
+    let mut done = Components {
+        copied: 0,
+        missing: Vec::new(),
+    };
+    let mut after = agentic_core::Cursor::START;
+    loop {
+        let page = into.store().plugins(after, 256).await?;
+        for plugin in &page.items {
+            let installed = &plugin.installed;
+            if installed.is_server() {
+                continue; // its program is per machine
+            }
+            let sha = installed.sha256();
+            let bytes = match from.store().blobs() {
+                Some(blobs) => blobs.blob(sha, MAX_COMPONENT_BYTES).await?,
+                None => kept_component(&plugin_dir(home), sha)?,
+            };
+            let Some(bytes) = bytes else {
+                done.missing.push(installed.manifest.name.clone());
+                continue;
+            };
+            match (destination, into.store().blobs()) {
+                (_, Some(blobs)) => {
+                    check_component("the source's copy", sha, &bytes)?;
+                    blobs.put_blob(sha, &bytes).await?;
+                }
+                (Destination::Home(path), None) => keep_component(&plugin_dir(path), sha, &bytes)?,
+                (Destination::Postgres(_), None) => continue,
+            }
+            done.copied += 1;
+        }
+        match page.next {
+            Some(next) => after = next,
+            None => return Ok(done),
         }
     }
 }

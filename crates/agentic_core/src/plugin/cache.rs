@@ -11,7 +11,7 @@
 //! `compiled/<artifact key>/<sha256>.bin` (native code: its hash is in the
 //! log's `plugin_loaded` event and is checked before every load).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::PluginError;
@@ -28,6 +28,44 @@ pub(super) struct Loaded {
     pub artifact_sha256: String,
     /// True when the artifact came from the cache, not the compiler.
     pub cached: bool,
+}
+
+/// Where component `sha` is kept under the plugin directory `dir`.
+fn component_path(dir: &Path, sha: &str) -> PathBuf {
+    dir.join("components").join(format!("{sha}.wasm"))
+}
+
+/// The component with hash `sha` kept under the plugin directory `dir`
+/// (by an install or a fetch), checked against `sha`; `None` if it is not
+/// there.
+pub fn kept_component(dir: &Path, sha: &str) -> Result<Option<Vec<u8>>, PluginError> {
+    let path = component_path(dir, sha);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = read_regular(&path, MAX_COMPONENT_BYTES)?;
+    check_component(&path.display().to_string(), sha, &bytes)?;
+    Ok(Some(bytes))
+}
+
+/// Keeps component `bytes` under the plugin directory `dir` by their hash
+/// `sha`, which they must have (as an install keeps them).
+pub fn keep_component(dir: &Path, sha: &str, bytes: &[u8]) -> Result<(), PluginError> {
+    check_component("the component to keep", sha, bytes)?;
+    write_atomic(&component_path(dir, sha), bytes)
+}
+
+/// Refuses component `bytes` (from `what`) unless their SHA-256 is `sha`.
+pub fn check_component(what: &str, sha: &str, bytes: &[u8]) -> Result<(), PluginError> {
+    let actual = sha256_hex(bytes);
+    if actual != sha {
+        return Err(PluginError::HashMismatch {
+            path: what.to_owned(),
+            expected: sha.to_owned(),
+            actual,
+        });
+    }
+    Ok(())
 }
 
 /// A home's plugin files and the sandbox that compiles and loads them.
@@ -55,7 +93,7 @@ impl PluginFiles {
 
     /// Where the installed component with hash `sha` is kept.
     pub fn component_path(&self, sha: &str) -> PathBuf {
-        self.dir.join("components").join(format!("{sha}.wasm"))
+        component_path(&self.dir, sha)
     }
 
     /// Where the compiled artifact of component `sha` is cached.
@@ -88,24 +126,29 @@ impl PluginFiles {
 
     /// Brings component `sha` into the home from the store's `blobs` when
     /// the home lacks it (it was installed on another machine sharing the
-    /// store), checked against `sha` before it is kept. A component in
-    /// neither place is left for [`PluginFiles::load`] to report.
+    /// store), checked against `sha` before it is kept; or into the store
+    /// when only the home has it (installed before the store kept
+    /// components). A component in neither place is left for
+    /// [`PluginFiles::load`] to report.
     pub async fn fetch(&self, sha: &str, blobs: &dyn BlobStore) -> Result<(), PluginError> {
         let path = self.component_path(sha);
         if path.exists() {
+            if !blobs.has_blob(sha).await? {
+                let dir = self.dir.clone();
+                let sha_owned = sha.to_owned();
+                let kept = tokio::task::spawn_blocking(move || kept_component(&dir, &sha_owned))
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))??;
+                if let Some(bytes) = kept {
+                    blobs.put_blob(sha, &bytes).await?;
+                }
+            }
             return Ok(());
         }
-        let Some(bytes) = blobs.blob(sha).await? else {
+        let Some(bytes) = blobs.blob(sha, MAX_COMPONENT_BYTES).await? else {
             return Ok(());
         };
-        let actual = sha256_hex(&bytes);
-        if actual != sha {
-            return Err(PluginError::HashMismatch {
-                path: format!("the store's copy of component {sha}"),
-                expected: sha.to_owned(),
-                actual,
-            });
-        }
+        check_component(&format!("the store's copy of component {sha}"), sha, &bytes)?;
         tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
             .await
             .map_err(|e| StoreError::Backend(format!("write task failed: {e}")))?

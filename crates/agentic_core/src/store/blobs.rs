@@ -15,6 +15,10 @@ pub trait BlobStore: Send + Sync {
     /// checked); keeping the same blob again changes nothing.
     async fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<(), StoreError>;
 
-    /// The bytes kept under `sha256`, if any (unchecked: check their hash).
-    async fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Whether a blob is kept under `sha256`.
+    async fn has_blob(&self, sha256: &str) -> Result<bool, StoreError>;
+
+    /// The bytes kept under `sha256`, if any (unchecked: check their
+    /// hash); refused, without being read, if larger than `max_bytes`.
+    async fn blob(&self, sha256: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, StoreError>;
 }

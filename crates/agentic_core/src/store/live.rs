@@ -29,9 +29,10 @@ pub struct Relayed {
 /// Carries live events between the kernels of one store.
 #[async_trait]
 pub trait LiveRelay: Send + Sync {
-    /// Sends `event`, which happened on kernel `from`, to every kernel of
-    /// the store (`from` included: receivers skip their own).
-    async fn send(&self, from: Uuid, event: &SystemEvent) -> Result<(), StoreError>;
+    /// Sends `events`, which happened on kernel `from` in this order, to
+    /// every kernel of the store (`from` included: receivers skip their
+    /// own).
+    async fn send(&self, from: Uuid, events: &[SystemEvent]) -> Result<(), StoreError>;
 
     /// The events every kernel sends, from now on.
     fn receive(&self) -> broadcast::Receiver<Relayed>;

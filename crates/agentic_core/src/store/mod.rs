@@ -221,7 +221,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// link, hash: [`import::check_sealed`]), keep its stream's versions
     /// gapless ([`import::check_stream_version`]) and pass the reducer's
     /// rules; its id must not be stored. Projections are updated as for an
-    /// append. Returns the new head.
+    /// append. Records all stored already, each at its own position, are
+    /// a retry whose acknowledgement was lost: nothing is written, and the
+    /// answer is the head after the last of them. Returns the head after
+    /// the records.
     async fn import(&self, records: Vec<EventEnvelope>) -> Result<ChainHead, StoreError>;
 
     /// Reads up to `limit` events with `seq >= from`, in order.

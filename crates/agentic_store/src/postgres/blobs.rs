@@ -22,13 +22,40 @@ impl BlobStore for PostgresStore {
         .await
     }
 
-    async fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn has_blob(&self, sha256: &str) -> Result<bool, StoreError> {
         self.read(async |c| {
             let row = c
-                .query_opt("SELECT bytes FROM lion.blobs WHERE sha256 = $1", &[&sha256])
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM lion.blobs WHERE sha256 = $1)",
+                    &[&sha256],
+                )
                 .await?;
-            Ok(row.map(|r| r.get(0)))
+            Ok(row.get(0))
         })
         .await
+    }
+
+    async fn blob(&self, sha256: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let max = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        let row = self
+            .read(async |c| {
+                let row = c
+                    .query_opt(
+                        "SELECT octet_length(bytes), CASE WHEN octet_length(bytes) <= $2::bigint \
+                         THEN bytes END FROM lion.blobs WHERE sha256 = $1",
+                        &[&sha256, &max],
+                    )
+                    .await?;
+                Ok(row.map(|r| (r.get::<_, i32>(0), r.get::<_, Option<Vec<u8>>>(1))))
+            })
+            .await?;
+        match row {
+            None => Ok(None),
+            Some((_, Some(bytes))) => Ok(Some(bytes)),
+            Some((length, None)) => Err(StoreError::Corrupt {
+                path: format!("{} blob {sha256}", self.location()),
+                reason: format!("it holds {length} bytes, more than the {max_bytes} allowed"),
+            }),
+        }
     }
 }

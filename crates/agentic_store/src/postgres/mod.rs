@@ -118,6 +118,8 @@ pub struct PostgresStore {
     listener: tokio::task::JoinHandle<()>,
     /// Live events relayed by the kernels of this store.
     live: broadcast::Sender<Relayed>,
+    /// Signs the live events this store relays (see [`notify`]).
+    relay_key: ring::hmac::Key,
 }
 
 /// Relayed live events a slow receiver may fall behind by before it
@@ -142,7 +144,9 @@ impl PostgresStore {
         let err = |e: PgError| e.into_store(&location);
         let (mut setup, connection) = config.connect(NoTls).await.map_err(|e| err(e.into()))?;
         let driver = tokio::spawn(connection);
-        let store_id = schema::initialise(&mut setup).await.map_err(err)?;
+        let opened = schema::initialise(&mut setup).await.map_err(err)?;
+        let store_id = opened.store_id;
+        let relay_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &opened.relay_key);
         let head = reads::head(&setup).await.map_err(err)?;
         drop(setup);
         let _ = driver.await;
@@ -155,7 +159,7 @@ impl PostgresStore {
             config.clone(),
             location.clone(),
             committed_tx.clone(),
-            live.clone(),
+            (live.clone(), relay_key.clone()),
         ));
         let (requests, rx) = mpsc::channel(options.writer_queue.max(1));
         let stats = Arc::new(CommitCounters::default());
@@ -178,6 +182,7 @@ impl PostgresStore {
             stats,
             listener,
             live,
+            relay_key,
         })
     }
 
@@ -394,29 +399,22 @@ impl EventStore for PostgresStore {
     }
 }
 
-/// The connection settings of `url`, with lion's timeouts and a name the
-/// database's activity views show.
 #[async_trait]
 impl LiveRelay for PostgresStore {
-    /// Sends the event with `NOTIFY lion_live`; one too large for a
-    /// notification is not relayed (it reaches other kernels through the
-    /// log once committed, if it is committed).
-    async fn send(&self, from: Uuid, event: &SystemEvent) -> Result<(), StoreError> {
-        let payload = serde_json::json!({ "kernel": from, "event": event }).to_string();
-        if payload.len() > notify::MAX_LIVE_PAYLOAD {
-            tracing::debug!(
-                kind = event.kind(),
-                bytes = payload.len(),
-                "live event too large to relay"
-            );
-            return Ok(());
+    /// Sends the events with `NOTIFY lion_live`, as many to a notification
+    /// as fit, each notification signed ([`notify::sign`]); an event too
+    /// large for a notification on its own is not relayed (it reaches other
+    /// kernels through the log once committed, if it is committed).
+    async fn send(&self, from: Uuid, events: &[SystemEvent]) -> Result<(), StoreError> {
+        for payload in notify::payloads(&self.relay_key, from, events) {
+            self.read(async |c| {
+                let stmt = c.prepare_cached(RELAY_LIVE).await?;
+                c.execute(&stmt, &[&notify::LIVE_CHANNEL, &payload]).await?;
+                Ok(())
+            })
+            .await?;
         }
-        self.read(async |c| {
-            let stmt = c.prepare_cached(RELAY_LIVE).await?;
-            c.execute(&stmt, &[&notify::LIVE_CHANNEL, &payload]).await?;
-            Ok(())
-        })
-        .await
+        Ok(())
     }
 
     fn receive(&self) -> broadcast::Receiver<Relayed> {
@@ -424,9 +422,11 @@ impl LiveRelay for PostgresStore {
     }
 }
 
-/// Relays one live event.
+/// Relays one notification of live events.
 const RELAY_LIVE: &str = "SELECT pg_notify($1, $2)";
 
+/// The connection settings of `url`, with lion's timeouts and a name the
+/// database's activity views show.
 fn connection_config(
     url: &str,
     options: &PostgresOptions,

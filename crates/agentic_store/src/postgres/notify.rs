@@ -7,26 +7,106 @@
 //! The same connection listens on `lion_live`, where kernels relay their
 //! live events to each other ([`LiveRelay`](agentic_core::store::live::LiveRelay)):
 //! those are for watching, and one sent while it was disconnected is lost.
+//! PostgreSQL lets any role that can connect `NOTIFY` any channel, so each
+//! notification is signed (HMAC-SHA256 with a key in `lion.secrets`, which
+//! only roles that may read the store can read) and an unsigned or
+//! badly signed one is dropped: `<signature hex> <JSON>`, the JSON being
+//! `{"kernel": <id>, "events": [<event>…]}`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentic_core::SystemEvent;
 use agentic_core::store::live::Relayed;
 use futures_util::StreamExt;
+use ring::hmac;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
+use uuid::Uuid;
 
 use super::reads;
 
 /// The channel commits notify.
 pub(super) const CHANNEL: &str = "lion_log";
 
+/// Where relayed live events go, and the key their signatures are
+/// checked with.
+pub(super) type Live = (broadcast::Sender<Relayed>, hmac::Key);
+
 /// The channel kernels relay live events on.
 pub(super) const LIVE_CHANNEL: &str = "lion_live";
 
-/// Largest live event relayed (PostgreSQL refuses notification payloads
-/// of 8000 bytes or more).
-pub(super) const MAX_LIVE_PAYLOAD: usize = 7999;
+/// Largest notification payload PostgreSQL takes (it refuses 8000 bytes
+/// or more).
+const MAX_PAYLOAD: usize = 7999;
+
+/// The signed notifications carrying `events` of kernel `from`: as many
+/// events to each as fit; an event too large alone is left out.
+pub(super) fn payloads(key: &hmac::Key, from: Uuid, events: &[SystemEvent]) -> Vec<String> {
+    // The signature (64 hex digits and a space) and the JSON around the
+    // events take this much.
+    let frame = 65
+        + serde_json::json!({ "kernel": from, "events": [] })
+            .to_string()
+            .len();
+    let mut out = Vec::new();
+    let mut batch: Vec<String> = Vec::new();
+    let mut size = frame;
+    for event in events {
+        let Ok(json) = serde_json::to_string(event) else {
+            continue;
+        };
+        if frame + json.len() > MAX_PAYLOAD {
+            tracing::debug!(
+                kind = event.kind(),
+                bytes = json.len(),
+                "live event too large to relay"
+            );
+            continue;
+        }
+        if size + json.len() + 1 > MAX_PAYLOAD {
+            out.push(sign(key, from, &batch));
+            batch.clear();
+            size = frame;
+        }
+        size += json.len() + 1;
+        batch.push(json);
+    }
+    if !batch.is_empty() {
+        out.push(sign(key, from, &batch));
+    }
+    out
+}
+
+/// One signed notification of `events` (each already JSON).
+fn sign(key: &hmac::Key, from: Uuid, events: &[String]) -> String {
+    let body = format!(r#"{{"kernel":"{from}","events":[{}]}}"#, events.join(","));
+    let tag = hmac::sign(key, body.as_bytes());
+    format!("{} {body}", hex::encode(tag.as_ref()))
+}
+
+/// The events of a notification whose signature holds.
+fn verified(key: &hmac::Key, payload: &str) -> Option<Vec<Relayed>> {
+    let (tag, body) = payload.split_once(' ')?;
+    let tag = hex::decode(tag).ok()?;
+    hmac::verify(key, body.as_bytes(), &tag).ok()?;
+    #[derive(serde::Deserialize)]
+    struct Batch {
+        kernel: Uuid,
+        events: Vec<SystemEvent>,
+    }
+    let batch: Batch = serde_json::from_str(body).ok()?;
+    Some(
+        batch
+            .events
+            .into_iter()
+            .map(|event| Relayed {
+                kernel: batch.kernel,
+                event,
+            })
+            .collect(),
+    )
+}
 
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -37,7 +117,7 @@ pub(super) async fn listen(
     config: tokio_postgres::Config,
     location: Arc<str>,
     committed: Arc<watch::Sender<u64>>,
-    live: broadcast::Sender<Relayed>,
+    live: Live,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -55,7 +135,7 @@ pub(super) async fn listen(
 async fn listen_once(
     config: &tokio_postgres::Config,
     committed: &watch::Sender<u64>,
-    live: &broadcast::Sender<Relayed>,
+    live: &Live,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -65,10 +145,13 @@ async fn listen_once(
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(n)) if n.channel() == LIVE_CHANNEL => {
-                    match serde_json::from_str::<Relayed>(n.payload()) {
+                    let (relay, key) = &live;
+                    match verified(key, n.payload()) {
                         // No receiver is fine.
-                        Ok(relayed) => drop(live.send(relayed)),
-                        Err(e) => tracing::debug!(error = %e, "unreadable live event skipped"),
+                        Some(events) => events.into_iter().for_each(|r| drop(relay.send(r))),
+                        None => {
+                            tracing::warn!("a live event without a valid signature was dropped")
+                        }
                     }
                 }
                 Ok(AsyncMessage::Notification(n)) => {
@@ -105,4 +188,63 @@ fn publish(committed: &watch::Sender<u64>, seq: u64) {
         }
         newer
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentic_core::AgentId;
+
+    fn key(byte: u8) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &[byte; 32])
+    }
+
+    fn note(text: &str) -> SystemEvent {
+        SystemEvent::AgentRecorded {
+            agent: AgentId::new("test", "notes"),
+            data: serde_json::json!({ "text": text }),
+        }
+    }
+
+    #[test]
+    fn events_are_batched_under_the_payload_limit_and_verified() {
+        let from = Uuid::now_v7();
+        let events: Vec<SystemEvent> = (0..200).map(|i| note(&format!("chunk {i:0>60}"))).collect();
+        let payloads = payloads(&key(1), from, &events);
+        assert!(
+            payloads.len() > 1,
+            "200 chunks of ~100 bytes need several notifications"
+        );
+        let mut back = Vec::new();
+        for payload in &payloads {
+            assert!(payload.len() <= MAX_PAYLOAD, "{} bytes", payload.len());
+            back.extend(verified(&key(1), payload).expect("signed"));
+        }
+        assert_eq!(back.len(), 200);
+        assert!(back.iter().all(|r| r.kernel == from));
+        let texts: Vec<String> = back
+            .iter()
+            .map(|r| serde_json::to_string(&r.event).expect("json"))
+            .collect();
+        let sent: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(e).expect("json"))
+            .collect();
+        assert_eq!(texts, sent, "in order");
+    }
+
+    #[test]
+    fn a_forged_or_unsigned_notification_is_dropped_and_a_huge_event_left_out() {
+        let from = Uuid::now_v7();
+        let payload = payloads(&key(1), from, &[note("hi")]).remove(0);
+        assert!(verified(&key(2), &payload).is_none(), "another key");
+        let (_, body) = payload.split_once(' ').expect("signed");
+        assert!(verified(&key(1), body).is_none(), "unsigned");
+        let tampered = payload.replace("hi", "ho");
+        assert!(verified(&key(1), &tampered).is_none(), "tampered");
+        let huge = note(&"x".repeat(MAX_PAYLOAD));
+        let out = payloads(&key(1), from, &[huge, note("small")]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(verified(&key(1), &out[0]).expect("signed").len(), 1);
+    }
 }

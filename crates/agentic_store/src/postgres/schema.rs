@@ -11,7 +11,8 @@
 //! serialising appends across kernels in commit order (see the `writer`
 //! module). `lion.kernels`
 //! holds the kernels sharing the log and their leases (the `kernels`
-//! module); `lion.blobs` plugin components by their hash (`blobs`).
+//! module); `lion.blobs` plugin components by their hash (`blobs`);
+//! `lion.secrets` the key that signs live events relayed between kernels.
 
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -93,10 +94,6 @@ CREATE TABLE lion.plugin_kv (
     value  text NOT NULL,
     PRIMARY KEY (plugin, key)
 );
-CREATE TABLE lion.blobs (
-    sha256 text  PRIMARY KEY, -- lowercase hex of the bytes
-    bytes  bytea NOT NULL
-);
 CREATE TABLE lion.kernels (
     id           uuid        PRIMARY KEY,
     host         text        NOT NULL,
@@ -108,9 +105,34 @@ CREATE TABLE lion.kernels (
 );
 ";
 
+/// Tables added to layout 1 after its first stores were made, created
+/// where missing (only there: a role without CREATE rights still opens a
+/// store that has them).
+const ADDED: [(&str, &str); 2] = [
+    (
+        "lion.blobs",
+        // Files by the lowercase hex SHA-256 of their bytes.
+        "CREATE TABLE lion.blobs (sha256 text PRIMARY KEY, bytes bytea NOT NULL)",
+    ),
+    (
+        "lion.secrets",
+        // Keys the kernels share (the live relay's), readable by the roles
+        // that may read the log.
+        "CREATE TABLE lion.secrets (name text PRIMARY KEY, value bytea NOT NULL)",
+    ),
+];
+
+/// What opening a store learns.
+pub(super) struct Opened {
+    /// The store's id.
+    pub store_id: Uuid,
+    /// The key that signs live events relayed between its kernels.
+    pub relay_key: Vec<u8>,
+}
+
 /// Creates the layout in a database that has none, or checks the one it
-/// has; returns the store's id.
-pub(super) async fn initialise(client: &mut Client) -> Result<Uuid, PgError> {
+/// has; returns the store's id and shared keys.
+pub(super) async fn initialise(client: &mut Client) -> Result<Opened, PgError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CREATE_LOCK])
         .await?;
@@ -152,12 +174,34 @@ pub(super) async fn initialise(client: &mut Client) -> Result<Uuid, PgError> {
             "its layout is version {version}; this lion reads version {SCHEMA_VERSION}"
         )));
     }
-    let id: Uuid = row.get(1);
-    // Added to layout 1 after its first stores were made.
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS lion.blobs (sha256 text PRIMARY KEY, bytes bytea NOT NULL)",
-    )
-    .await?;
+    let store_id: Uuid = row.get(1);
+    for (table, create) in ADDED {
+        let exists: bool = tx
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await?
+            .get(0);
+        if !exists {
+            tx.batch_execute(create).await?;
+        }
+    }
+    const KEY: &str = "SELECT value FROM lion.secrets WHERE name = 'live_relay'";
+    let relay_key: Vec<u8> = match tx.query_opt(KEY, &[]).await? {
+        Some(row) => row.get(0),
+        None => {
+            let key: [u8; 32] = ring::rand::generate(&ring::rand::SystemRandom::new())
+                .map_err(|_| PgError::Pool("the system gave no randomness for a key".into()))?
+                .expose();
+            tx.execute(
+                "INSERT INTO lion.secrets (name, value) VALUES ('live_relay', $1)",
+                &[&key.as_slice()],
+            )
+            .await?;
+            key.to_vec()
+        }
+    };
     tx.commit().await?;
-    Ok(id)
+    Ok(Opened {
+        store_id,
+        relay_key,
+    })
 }

@@ -107,7 +107,7 @@ impl Writer {
     pub async fn run(self, mut rx: mpsc::Receiver<Request>) {
         while let Some(first) = rx.recv().await {
             let mut group = vec![first];
-            self.gather(&mut rx, &mut group);
+            self.gather(&mut rx, &mut group, 0);
             let outcomes = self.commit_gathering(&mut group, &mut rx).await;
             for (request, outcome) in group.into_iter().zip(outcomes) {
                 let _ = request.reply.send(outcome);
@@ -115,10 +115,10 @@ impl Writer {
         }
     }
 
-    /// Adds the requests waiting in `rx` to `group`, up to the most events
-    /// a commit takes.
-    fn gather(&self, rx: &mut mpsc::Receiver<Request>, group: &mut Vec<Request>) {
-        let mut size: usize = group.iter().map(|r| r.events.len()).sum();
+    /// Adds the requests waiting in `rx` to `group`, which joins a group of
+    /// `before` events, up to the most events a commit takes.
+    fn gather(&self, rx: &mut mpsc::Receiver<Request>, group: &mut Vec<Request>, before: usize) {
+        let mut size: usize = before + group.iter().map(|r| r.events.len()).sum::<usize>();
         while size < self.max_events_per_commit {
             match rx.try_recv() {
                 Ok(next) => {
@@ -267,7 +267,14 @@ impl Writer {
         // BEGIN, then the head, locked.
         let start = || async {
             let (_, row) = tokio::try_join!(
-                async { client.batch_execute("BEGIN").await.map_err(PgError::from) },
+                // Read committed whatever the database's default: each
+                // statement after the lock must see the holder's commit.
+                async {
+                    client
+                        .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                        .await
+                        .map_err(PgError::from)
+                },
                 async { client.query_one(head, &[]).await.map_err(PgError::from) },
             )?;
             Ok::<_, PgError>(row)
@@ -276,7 +283,8 @@ impl Writer {
         let group: Vec<&Request> = match late {
             Some((rx, late)) => {
                 early = Some(start().await?);
-                self.gather(rx, late);
+                let before = group.iter().map(|r| r.events.len()).sum();
+                self.gather(rx, late, before);
                 group.iter().chain(late.iter()).collect()
             }
             None => group.iter().collect(),
