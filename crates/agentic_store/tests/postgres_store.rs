@@ -334,3 +334,59 @@ async fn racing_respawns_and_prompts_keep_the_agent_projection_whole() {
         replayed.diff(&projected)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_used_and_the_server_verified_when_asked() {
+    let cluster = postgres_cluster::private("tls");
+    let ca = cluster.enable_tls().await;
+    let url = cluster.database("tls").await;
+    let verified = format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let store = PostgresStore::open(&verified, PostgresOptions::default())
+        .await
+        .expect("open over TLS");
+    let element = ElementData::new(serde_json::Map::new(), None);
+    store
+        .append(
+            vec![NewEvent::new(
+                SystemEvent::ElementCreated { element },
+                Uuid::now_v7(),
+            )],
+            ExpectedVersion::Any,
+        )
+        .await
+        .expect("append over TLS");
+    // The server says lion's connections are encrypted.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'lion'",
+            &[],
+        )
+        .await
+        .expect("ask the server");
+    let (encrypted, all): (i64, i64) = (row.get(0), row.get(1));
+    assert!(
+        all > 0 && encrypted == all,
+        "{encrypted} of {all} connections encrypted"
+    );
+    // Without the authority the certificate is refused, in one line.
+    let error = PostgresStore::open(
+        &format!("{url}?sslmode=require"),
+        PostgresOptions::default(),
+    )
+    .await
+    .err()
+    .expect("an unverifiable server is refused");
+    let message = error.to_string();
+    assert!(message.contains("certificate"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+    // Asked for, TLS is required: a server without it is refused.
+    let plain = postgres_cluster::cluster().database("tls_plain").await;
+    let with = format!("{plain}?sslmode=require&sslrootcert={}", ca.display());
+    let refused = PostgresStore::open(&with, PostgresOptions::default()).await;
+    assert!(refused.is_err(), "a server without TLS was taken");
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use agentic_core::{ElementData, EventStore, ExpectedVersion, NewEvent, StoreError, SystemEvent};
 use serde_json::{Map, Value};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::postgres::{PostgresOptions, PostgresStore};
@@ -86,10 +86,7 @@ struct Server {
 
 impl Server {
     async fn connect(url: &str) -> Result<Self, StoreError> {
-        let (admin, connection) = tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(|e| backend("connect", e))?;
-        tokio::spawn(connection);
+        let admin = client_of(url).await?;
         Ok(Self {
             url: url.to_owned(),
             admin,
@@ -134,6 +131,18 @@ fn url_of(url: &str, name: &str) -> String {
     } else {
         format!("{url} dbname={name}")
     }
+}
+
+/// One connection to the server `url` names (with its TLS settings, as the
+/// store connects).
+async fn client_of(url: &str) -> Result<Client, StoreError> {
+    let (config, tls) = crate::postgres::connection_settings(url)?;
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .map_err(|e| backend("connect", e))?;
+    tokio::spawn(connection);
+    Ok(client)
 }
 
 fn backend(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -200,10 +209,7 @@ async fn appending(
 /// another on one connection: rows shaped like the log's, with no chain,
 /// checks or projections.
 async fn raw_inserts(url: String, group: usize, duration: Duration) -> Result<f64, StoreError> {
-    let (mut client, connection) = tokio_postgres::connect(&url, NoTls)
-        .await
-        .map_err(|e| backend("connect", e))?;
-    tokio::spawn(connection);
+    let mut client = client_of(&url).await?;
     client
         .batch_execute(
             "CREATE TABLE raw (seq bigint PRIMARY KEY, event_id uuid NOT NULL UNIQUE, \
@@ -288,10 +294,7 @@ pub async fn claims(
 /// Tasks/s draining a queue table of `tasks` rows with `workers`
 /// connections, one task per transaction.
 async fn bare_queue(url: String, tasks: usize, workers: usize) -> Result<f64, StoreError> {
-    let (client, connection) = tokio_postgres::connect(&url, NoTls)
-        .await
-        .map_err(|e| backend("connect", e))?;
-    tokio::spawn(connection);
+    let client = client_of(&url).await?;
     client
         .batch_execute(&format!(
             "CREATE TABLE q (id bigserial PRIMARY KEY, input bytea NOT NULL, \
@@ -307,10 +310,7 @@ async fn bare_queue(url: String, tasks: usize, workers: usize) -> Result<f64, St
     for _ in 0..workers {
         let url = url.clone();
         running.push(tokio::spawn(async move {
-            let (mut client, connection) = tokio_postgres::connect(&url, NoTls)
-                .await
-                .map_err(|e| backend("connect", e))?;
-            tokio::spawn(connection);
+            let mut client = client_of(&url).await?;
             let take = client
                 .prepare(
                     "SELECT id, input FROM q WHERE NOT done ORDER BY id \

@@ -27,6 +27,7 @@
 //! acknowledgement was lost is found, not written twice.
 
 mod blobs;
+mod connect;
 mod kernels;
 mod notify;
 mod projection;
@@ -48,7 +49,6 @@ use agentic_core::{
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
@@ -139,10 +139,13 @@ impl PostgresStore {
     /// version. Must be called within a tokio runtime: the writer and the
     /// listener run as tasks on it.
     pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
-        let config = connection_config(url, &options)?;
+        let (config, tls) = connection_config(url, &options)?;
         let location: Arc<str> = describe(&config).into();
         let err = |e: PgError| e.into_store(&location);
-        let (mut setup, connection) = config.connect(NoTls).await.map_err(|e| err(e.into()))?;
+        let (mut setup, connection) = config
+            .connect(tls.clone())
+            .await
+            .map_err(|e| err(e.into()))?;
         let driver = tokio::spawn(connection);
         let opened = schema::initialise(&mut setup).await.map_err(err)?;
         let store_id = opened.store_id;
@@ -150,13 +153,13 @@ impl PostgresStore {
         let head = reads::head(&setup).await.map_err(err)?;
         drop(setup);
         let _ = driver.await;
-        let pool = pool(&config, options.pool_size.max(1), &options)?;
-        let writer_pool = pool_of_one(&writer_config(&config), &options)?;
+        let pool = pool(&config, &tls, options.pool_size.max(1), &options)?;
+        let writer_pool = pool_of_one(&writer_config(&config), &tls, &options)?;
         let (committed_tx, committed) = watch::channel(head.seq);
         let committed_tx = Arc::new(committed_tx);
         let live = broadcast::channel(LIVE_BUFFER).0;
         let listener = tokio::spawn(notify::listen(
-            config.clone(),
+            (config.clone(), tls),
             location.clone(),
             committed_tx.clone(),
             (live.clone(), relay_key.clone()),
@@ -430,11 +433,8 @@ const RELAY_LIVE: &str = "SELECT pg_notify($1, $2)";
 fn connection_config(
     url: &str,
     options: &PostgresOptions,
-) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::NotAStore {
-        path: redact(url),
-        reason: format!("not a PostgreSQL connection string: {e}"),
-    })?;
+) -> Result<(tokio_postgres::Config, connect::Tls), StoreError> {
+    let (mut config, tls) = connect::parse(url)?;
     if config.get_application_name().is_none() {
         config.application_name("lion");
     }
@@ -453,7 +453,15 @@ fn connection_config(
     // A database that vanished (its machine gone) is noticed in seconds,
     // not hours.
     config.keepalives_idle(Duration::from_secs(10));
-    Ok(config)
+    Ok((config, tls))
+}
+
+/// The connection settings and TLS of `url`, for connections of lion's
+/// own beside a store's (the benches' baselines).
+pub(crate) fn connection_settings(
+    url: &str,
+) -> Result<(tokio_postgres::Config, connect::Tls), StoreError> {
+    connect::parse(url)
 }
 
 /// The writer's connection settings: every statement it runs inside the
@@ -473,12 +481,13 @@ fn writer_config(config: &tokio_postgres::Config) -> tokio_postgres::Config {
 /// A pool of up to `size` connections.
 fn pool(
     config: &tokio_postgres::Config,
+    tls: &connect::Tls,
     size: usize,
     options: &PostgresOptions,
 ) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
         config.clone(),
-        NoTls,
+        tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -495,9 +504,10 @@ fn pool(
 /// The writer's own connection, re-made by the pool when it breaks.
 fn pool_of_one(
     config: &tokio_postgres::Config,
+    tls: &connect::Tls,
     options: &PostgresOptions,
 ) -> Result<Pool, StoreError> {
-    pool(config, 1, options)
+    pool(config, tls, 1, options)
 }
 
 /// `postgres://host:port/dbname`, naming where a config points without its
@@ -514,17 +524,6 @@ fn describe(config: &tokio_postgres::Config) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let db = config.get_dbname().unwrap_or("");
     format!("postgres://{host}:{port}/{db}")
-}
-
-/// What a connection string that did not parse can be called in a
-/// message: only its scheme (anything after it may be a password).
-fn redact(url: &str) -> String {
-    for scheme in ["postgresql://", "postgres://"] {
-        if url.starts_with(scheme) {
-            return format!("{scheme}…");
-        }
-    }
-    "a connection string".to_owned()
 }
 
 /// What went wrong talking to PostgreSQL, before it is named for the caller.

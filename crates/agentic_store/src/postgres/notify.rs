@@ -21,7 +21,7 @@ use agentic_core::store::live::Relayed;
 use futures_util::StreamExt;
 use ring::hmac;
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 use super::reads;
@@ -114,7 +114,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Listens until the store is dropped (which aborts this task), publishing
 /// each committed sequence number to `committed`.
 pub(super) async fn listen(
-    config: tokio_postgres::Config,
+    config: (tokio_postgres::Config, super::connect::Tls),
     location: Arc<str>,
     committed: Arc<watch::Sender<u64>>,
     live: Live,
@@ -133,11 +133,11 @@ pub(super) async fn listen(
 /// One connection's life: `LISTEN`, read the head, then forward
 /// notifications until the connection ends.
 async fn listen_once(
-    config: &tokio_postgres::Config,
+    (config, tls): &(tokio_postgres::Config, super::connect::Tls),
     committed: &watch::Sender<u64>,
     live: &Live,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls.clone()).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let live = live.clone();
     let driver = tokio::spawn(async move {

@@ -235,6 +235,117 @@ impl Cluster {
         self.url(&name)
     }
 
+    /// Turns TLS on (restarting the server): a certificate for 127.0.0.1
+    /// signed by a certificate authority of this cluster's own, made with
+    /// `openssl`; returns the authority's PEM file, for `sslrootcert`.
+    pub async fn enable_tls(&self) -> PathBuf {
+        let dir = self.root.join("tls");
+        std::fs::create_dir_all(&dir).expect("tls folder");
+        let openssl = |args: &[&str], what: &str| {
+            run(Command::new("openssl").current_dir(&dir).args(args), what);
+        };
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=lion test authority",
+            ],
+            "make a test certificate authority",
+        );
+        openssl(
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+            "make a server key",
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("extensions");
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+            ],
+            "sign the server certificate",
+        );
+        // The server reads its key only if its owner alone can.
+        for file in ["server.crt", "server.key"] {
+            let to = self.root.join("data").join(file);
+            std::fs::copy(dir.join(file), &to).expect("copy into the data folder");
+            if root() {
+                run(Command::new("chown").arg("postgres:").arg(&to), "chown");
+            }
+            run(Command::new("chmod").arg("600").arg(&to), "chmod");
+        }
+        let (client, connection) =
+            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test cluster");
+        let driver = tokio::spawn(connection);
+        for statement in [
+            "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
+            "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+            "ALTER SYSTEM SET ssl = on",
+        ] {
+            client.simple_query(statement).await.expect("turn TLS on");
+        }
+        drop(client);
+        let _ = driver.await;
+        // A restart, unlike a reload, has taken the settings when it returns
+        // (the server keeps no pipe of this process open, as in `try_start`).
+        let restarted = as_owner(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.root.join("data"))
+            .arg("-l")
+            .arg(self.root.join("log"))
+            .args(["-w", "-t", "60", "restart"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            restarted,
+            "PostgreSQL did not restart with TLS: {}",
+            self.log()
+        );
+        dir.join("ca.pem")
+    }
+
     /// Runs `pg_ctl` with `args` on the cluster.
     fn pg_ctl(&self, args: &[&str]) {
         run(
