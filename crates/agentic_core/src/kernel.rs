@@ -431,7 +431,11 @@ async fn cancel_children(
         let Some(task) = store.task(id).await? else {
             return Ok(None);
         };
-        if let (Some(registry), Some(kernel)) = (store.kernels(), task.kernel)
+        if task.children.is_empty() {
+            return Ok(None);
+        }
+        if task.kernel != me
+            && let (Some(registry), Some(kernel)) = (store.kernels(), task.kernel)
             && holders(registry.alive().await?, me).contains(&kernel)
         {
             return Ok(None); // its own kernel passes it on

@@ -146,6 +146,7 @@ on_every_store!(
     a_respawned_agent_starts_a_new_conversation,
     plugins_are_read_in_pages,
     an_approval_replaces_the_functions_of_the_current_install_only,
+    a_retried_append_that_the_rules_would_now_refuse_returns_its_positions,
     a_log_imported_from_another_store_is_the_same_chain_with_the_same_projections,
     an_import_that_does_not_continue_the_log_is_refused_whole,
 );
@@ -1275,4 +1276,47 @@ async fn an_import_that_does_not_continue_the_log_is_refused_whole(subject: Subj
         .expect("append");
     refused(store.import(records[..5].to_vec()).await.unwrap_err(), 1);
     assert_eq!(log(store).await.len(), 1);
+}
+
+/// A retry (its acknowledgement lost) of an append whose expectation or
+/// rules held when it was stored, and would not now: the original
+/// positions, nothing written.
+async fn a_retried_append_that_the_rules_would_now_refuse_returns_its_positions(subject: Subject) {
+    let store = subject.store.as_ref();
+    let task_id = Uuid::now_v7();
+    let submitted = NewEvent::new(
+        SystemEvent::TaskSubmitted {
+            task_id,
+            spec: TaskSpec::new("echo", json!(1)),
+        },
+        Uuid::now_v7(),
+    );
+    let first = store
+        .append(vec![submitted.clone()], ExpectedVersion::Any)
+        .await
+        .expect("submit");
+    // The same task submitted again would be refused; the same event is a retry.
+    let again = store
+        .append(vec![submitted], ExpectedVersion::Any)
+        .await
+        .expect("a retry of the submission");
+    assert_eq!(
+        (again.first_seq, again.deduplicated),
+        (first.first_seq, true)
+    );
+    // An expectation that held then, not now.
+    let note = on_stream("expect");
+    let stored = store
+        .append(vec![note.clone()], ExpectedVersion::NoStream)
+        .await
+        .expect("first on its stream");
+    let retried = store
+        .append(vec![note], ExpectedVersion::NoStream)
+        .await
+        .expect("a retry with its expectation");
+    assert_eq!(
+        (retried.first_seq, retried.deduplicated),
+        (stored.first_seq, true)
+    );
+    assert_eq!(log(store).await.len(), 2);
 }

@@ -35,8 +35,9 @@ pub async fn copy(home: &Path, at: &StoreAt, to: &str, ctx: Ctx) -> Result<()> {
         bail!("the source and the destination are the same store");
     }
     // A kernel serving the destination would append to it (claims of the
-    // tasks coming in) between the copy's transactions.
-    destination.refuse_kernels(&into).await?;
+    // tasks coming in) between the copy's transactions: none may, and none
+    // may start on a home destination while the copy holds its lease.
+    let lease = destination.refuse_kernels(&into).await?;
     let start = Instant::now();
     let tell = std::io::stderr().is_terminal() && !ctx.json;
     let mut shown = 0;
@@ -48,7 +49,6 @@ pub async fn copy(home: &Path, at: &StoreAt, to: &str, ctx: Ctx) -> Result<()> {
     })
     .await?;
     let verified = into.verify().await?;
-    let components = copy_components(home, &from, &destination, &into).await?;
     if verified.head != report.head {
         bail!(
             "the copy does not end where the source did: it verifies to seq {}, the source was at seq {}",
@@ -56,6 +56,12 @@ pub async fn copy(home: &Path, at: &StoreAt, to: &str, ctx: Ctx) -> Result<()> {
             report.head.seq
         );
     }
+    if lease.is_none() {
+        // No lease keeps kernels off a shared store: one that joined during
+        // the copy is named (its claims would have failed the copy before).
+        destination.refuse_kernels(&into).await?;
+    }
+    let components = copy_components(home, &from, &destination, &into).await?;
     let newer = from
         .store()
         .head()
@@ -100,6 +106,7 @@ pub async fn copy(home: &Path, at: &StoreAt, to: &str, ctx: Ctx) -> Result<()> {
             "the source has {newer} newer event(s) (something appended during the copy): run the copy again to bring them over"
         );
     }
+    drop(lease);
     match &destination {
         Destination::Postgres(_) => println!(
             "use it with --store URL, LION_STORE=URL, or url under [store] in {}",
@@ -146,19 +153,23 @@ impl Destination {
         Ok(())
     }
 
-    /// Refuses a destination that a kernel serves.
-    async fn refuse_kernels(&self, into: &Checked) -> Result<()> {
-        let alive = match (self, into.store().kernels()) {
-            (Destination::Home(path), _) => crate::lease::held(path) as usize,
-            (Destination::Postgres(_), Some(registry)) => registry.alive().await?.len(),
-            (Destination::Postgres(_), None) => 0,
+    /// Refuses a destination that a kernel serves; a home's lease is taken
+    /// (and kept while the lease lives), so that none starts meanwhile.
+    async fn refuse_kernels(&self, into: &Checked) -> Result<Option<crate::lease::Lease>> {
+        let (alive, lease) = match (self, into.store().kernels()) {
+            (Destination::Home(path), _) => match crate::lease::acquire(path) {
+                Ok(lease) => (0, Some(lease)),
+                Err(_) => (1, None),
+            },
+            (Destination::Postgres(_), Some(registry)) => (registry.alive().await?.len(), None),
+            (Destination::Postgres(_), None) => (0, None),
         };
         if alive > 0 {
             bail!(
                 "{alive} kernel(s) serve the destination: stop them until the copy is done (they would write to it meanwhile)"
             );
         }
-        Ok(())
+        Ok(lease)
     }
 
     async fn open(&self) -> Result<Checked> {
@@ -208,13 +219,28 @@ async fn copy_components(
                 continue; // its program is per machine
             }
             let sha = installed.sha256();
-            let bytes = match from.store().blobs() {
-                Some(blobs) => blobs.blob(sha, MAX_COMPONENT_BYTES).await?,
-                None => kept_component(&plugin_dir(home), sha)?,
+            let name = installed.manifest.name.clone();
+            let found = async {
+                let in_store = match from.store().blobs() {
+                    Some(blobs) => blobs.blob(sha, MAX_COMPONENT_BYTES).await?,
+                    None => None,
+                };
+                match in_store {
+                    Some(bytes) => Ok(Some(bytes)),
+                    None => kept_component(&plugin_dir(home), sha).map_err(anyhow::Error::from),
+                }
             };
-            let Some(bytes) = bytes else {
-                done.missing.push(installed.manifest.name.clone());
-                continue;
+            let bytes = match found.await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => {
+                    done.missing.push(name);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %name, error = %e, "a plugin component was not copied");
+                    done.missing.push(name);
+                    continue;
+                }
             };
             match (destination, into.store().blobs()) {
                 (_, Some(blobs)) => {

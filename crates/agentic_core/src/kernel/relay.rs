@@ -1,9 +1,9 @@
-//! Relaying live events between the kernels of a shared store: what this
+//! Relaying live events between the kernels of a shared store. What this
 //! kernel publishes uncommitted (answer chunks, progress, ephemeral
-//! events) goes out through the store's [`LiveRelay`](crate::store::live::LiveRelay), what queued during
-//! one send going out together in the next; what the others
-//! send comes in to this kernel's live subscribers, marked with the kernel
-//! it happened on. Both ways are for watching: a kernel that falls behind
+//! events) goes out through the store's
+//! [`LiveRelay`](crate::store::live::LiveRelay), what queued during one
+//! send going out together in the next. What the others send comes in to
+//! this kernel's live subscribers, marked with the kernel it happened on. Both ways are for watching: a kernel that falls behind
 //! skips events rather than slowing down.
 
 use std::sync::Arc;
@@ -57,7 +57,13 @@ async fn send(
                 Err(RecvError::Lagged(missed)) => {
                     tracing::debug!(missed, "live events not relayed: the relay fell behind");
                 }
-                Err(RecvError::Closed) => return,
+                Err(RecvError::Closed) => {
+                    // What was gathered still goes out.
+                    if !batch.is_empty() {
+                        let _ = relay.send(me, &batch).await;
+                    }
+                    return;
+                }
             }
             if batch.len() >= MAX_BATCH {
                 break;

@@ -133,15 +133,9 @@ impl PluginFiles {
     pub async fn fetch(&self, sha: &str, blobs: &dyn BlobStore) -> Result<(), PluginError> {
         let path = self.component_path(sha);
         if path.exists() {
-            if !blobs.has_blob(sha).await? {
-                let dir = self.dir.clone();
-                let sha_owned = sha.to_owned();
-                let kept = tokio::task::spawn_blocking(move || kept_component(&dir, &sha_owned))
-                    .await
-                    .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))??;
-                if let Some(bytes) = kept {
-                    blobs.put_blob(sha, &bytes).await?;
-                }
+            // Best effort: the home has what the load needs.
+            if let Err(e) = self.backfill(sha, blobs).await {
+                tracing::warn!(component = sha, error = %e, "the store could not be given a component");
             }
             return Ok(());
         }
@@ -152,6 +146,22 @@ impl PluginFiles {
         tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
             .await
             .map_err(|e| StoreError::Backend(format!("write task failed: {e}")))?
+    }
+
+    /// Keeps the home's component `sha` in the store's `blobs` if they lack it.
+    async fn backfill(&self, sha: &str, blobs: &dyn BlobStore) -> Result<(), PluginError> {
+        if blobs.has_blob(sha).await? {
+            return Ok(());
+        }
+        let dir = self.dir.clone();
+        let sha_owned = sha.to_owned();
+        let kept = tokio::task::spawn_blocking(move || kept_component(&dir, &sha_owned))
+            .await
+            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))??;
+        if let Some(bytes) = kept {
+            blobs.put_blob(sha, &bytes).await?;
+        }
+        Ok(())
     }
 
     /// Deletes the files of component `sha` (content-addressed: a failure

@@ -9,9 +9,12 @@
 //! - `sslmode=prefer`: TLS when the server offers it, verified;
 //! - `sslmode=require`, `verify-ca` or `verify-full`: TLS or no connection,
 //!   verified (lion never takes an unverified certificate);
-//! - `sslrootcert=PATH` (in a `postgres://` URL): the PEM file of the
-//!   certificate authorities to trust instead of the public web's (those
-//!   bundled with lion).
+//! - `sslrootcert=PATH`: the PEM file of the certificate authorities to
+//!   trust instead of the public web's (those bundled with lion).
+//!
+//! Both are read from the query of a `postgres://` URL, the rest of which is
+//! passed on byte for byte; a `key=value` string connects without TLS, and
+//! is refused if it names either.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,45 +46,48 @@ pub(crate) fn parse(url: &str) -> Result<(tokio_postgres::Config, Tls), StoreErr
 
 /// Takes out of `url` what tokio-postgres does not read as lion does:
 /// `sslmode` (its libpq values mapped; absent means disable) and
-/// `sslrootcert`.
+/// `sslrootcert`. Every other byte of the string is left as it was (it is
+/// cut where tokio-postgres's own parser cuts it: the query starts at the
+/// first `?` after the user part, which ends at the first `@`).
 fn lion_options(url: &str) -> Result<(String, SslMode, Option<PathBuf>), String> {
-    let scheme = ["postgres://", "postgresql://"]
+    let Some(scheme) = ["postgres://", "postgresql://"]
         .into_iter()
-        .find(|s| url.starts_with(s));
-    if scheme.is_none() {
-        // A key=value string: tokio-postgres reads its sslmode (disable,
-        // prefer or require); absent, it is disable here too.
-        if url.contains("sslrootcert") {
-            return Err("sslrootcert needs the postgres:// form of the connection string".into());
+        .find(|s| url.starts_with(s))
+    else {
+        // A key=value string: TLS needs the URL form, where lion reads it.
+        if url.contains("sslmode") || url.contains("sslrootcert") {
+            return Err("TLS settings (sslmode, sslrootcert) need the postgres:// form".into());
         }
-        let mode = mode_of_string(url).unwrap_or(SslMode::Disable);
-        return Ok((url.to_owned(), mode, None));
-    }
-    let mut parsed =
-        url::Url::parse(url).map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+        return Ok((url.to_owned(), SslMode::Disable, None));
+    };
+    let rest = &url[scheme.len()..];
+    let host_at = rest.find('@').map_or(0, |at| at + 1);
+    let Some(query_at) = rest[host_at..].find('?').map(|q| host_at + q) else {
+        return Ok((url.to_owned(), SslMode::Disable, None));
+    };
     let mut mode = SslMode::Disable;
     let mut root = None;
     let mut kept = Vec::new();
-    for (key, value) in parsed.query_pairs() {
-        match key.as_ref() {
-            "sslmode" => mode = ssl_mode(&value)?,
-            "sslrootcert" => root = Some(PathBuf::from(value.as_ref())),
-            _ => kept.push((key.into_owned(), value.into_owned())),
+    for pair in rest[query_at + 1..].split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decoded = || {
+            percent_encoding::percent_decode_str(value)
+                .decode_utf8()
+                .map(|v| v.into_owned())
+                .map_err(|_| format!("{key} is not UTF-8"))
+        };
+        match key {
+            "sslmode" => mode = ssl_mode(&decoded()?)?,
+            "sslrootcert" => root = Some(PathBuf::from(decoded()?)),
+            _ => kept.push(pair),
         }
     }
-    if kept.is_empty() {
-        parsed.set_query(None);
-    } else {
-        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    let mut out = format!("{scheme}{}", &rest[..query_at]);
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
     }
-    Ok((parsed.to_string(), mode, root))
-}
-
-/// The mode a key=value string names, when it names one lion maps.
-fn mode_of_string(text: &str) -> Option<SslMode> {
-    text.split_whitespace()
-        .find_map(|pair| pair.strip_prefix("sslmode="))
-        .and_then(|value| ssl_mode(value).ok())
+    Ok((out, mode, root))
 }
 
 /// libpq's `sslmode` values, as lion reads them.
@@ -118,11 +124,13 @@ fn tls(root: Option<&PathBuf>) -> Result<Tls, String> {
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // PostgreSQL 17 expects it (and requires it with sslnegotiation=direct).
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(MakeRustlsConnect::new(config))
 }
 
@@ -144,20 +152,40 @@ mod tests {
     #[test]
     fn tls_options_are_read_as_lion_reads_them() {
         let (rest, mode, root) = lion_options(
-            "postgres://u:p@db:5432/lion?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=x",
+            "postgres://u:p@db:5432/lion?sslmode=verify-full&sslrootcert=/etc/a%2Bb.pem&application_name=my%20app",
         )
         .unwrap();
         assert_eq!(mode, SslMode::Require);
-        assert_eq!(root, Some(PathBuf::from("/etc/ca.pem")));
-        assert_eq!(rest, "postgres://u:p@db:5432/lion?application_name=x");
+        assert_eq!(root, Some(PathBuf::from("/etc/a+b.pem")));
+        assert_eq!(
+            rest,
+            "postgres://u:p@db:5432/lion?application_name=my%20app"
+        );
         let (rest, mode, root) = lion_options("postgres://db/lion").unwrap();
         assert_eq!(
             (rest.as_str(), mode, root),
             ("postgres://db/lion", SslMode::Disable, None)
         );
         assert!(lion_options("postgres://db/lion?sslmode=sometimes").is_err());
-        let (_, mode, _) = lion_options("host=db sslmode=require").unwrap();
-        assert_eq!(mode, SslMode::Require);
-        assert!(lion_options("host=db sslrootcert=/x").is_err());
+        assert!(lion_options("host=db sslmode=require").is_err());
+        assert_eq!(lion_options("host=db user=u").unwrap().1, SslMode::Disable);
+    }
+
+    #[test]
+    fn everything_else_of_the_string_is_kept_as_it_was() {
+        for url in [
+            "postgres://user@/db?host=/var/run/postgresql",
+            "postgres://h1:5432,h2:5433/db?sslmode=require",
+            "postgres://u:pa/ss?w#rd@db/lion?options=-c%20search_path%3Dx&sslmode=prefer",
+            "postgresql://[::1]:5432/db?connect_timeout=3",
+        ] {
+            let (rest, _, _) = lion_options(url).unwrap();
+            let without = url
+                .replace("?sslmode=require", "")
+                .replace("&sslmode=prefer", "");
+            assert_eq!(rest, without, "{url}");
+            rest.parse::<tokio_postgres::Config>()
+                .unwrap_or_else(|e| panic!("{rest}: {e}"));
+        }
     }
 }

@@ -133,7 +133,13 @@ pub(super) struct Opened {
 /// Creates the layout in a database that has none, or checks the one it
 /// has; returns the store's id and shared keys.
 pub(super) async fn initialise(client: &mut Client) -> Result<Opened, PgError> {
-    let tx = client.transaction().await?;
+    // Read committed whatever the database's default: what the previous
+    // holder of the lock created must be seen after it.
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CREATE_LOCK])
         .await?;
     let exists: bool = tx

@@ -189,6 +189,8 @@ impl Writer {
                     );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    // It may have committed, and only its answer been lost.
+                    probe = Probe::Careful;
                 }
                 e if !e.is_transient() && probe == Probe::Guess => probe = Probe::Careful,
                 e if group.len() > 1 && !e.is_transient() => {
@@ -340,6 +342,9 @@ impl Writer {
                 },
             );
             outcomes.push(outcome);
+        }
+        if probe == Probe::Guess {
+            retries_found(client, &group, &mut outcomes).await?;
         }
         if rows.is_empty() {
             client.batch_execute("ROLLBACK").await?;
@@ -564,6 +569,51 @@ fn admit_sealed(
         last_seq: head.seq,
         deduplicated: false,
     })
+}
+
+/// Answers, as the log has them, the requests of a group admitted without
+/// reading its event ids ([`Probe::Guess`]) that were refused: a refused
+/// request may be the retry of one already stored (its expectation or the
+/// reducer's rules held when it was first appended, not now). Reads only
+/// when something was refused, inside the transaction (the head lock is
+/// held, so the answer stands).
+async fn retries_found(
+    client: &ClientWrapper,
+    group: &[&Request],
+    outcomes: &mut [Result<AppendReceipt, StoreError>],
+) -> Result<(), PgError> {
+    let refused: Vec<usize> = (0..group.len())
+        .filter(|&i| outcomes[i].is_err() && !group[i].sealed)
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = refused
+        .iter()
+        .flat_map(|&i| group[i].events.iter().map(|e| e.record.event_id))
+        .collect();
+    let found = stored_ids(client, &ids).await?;
+    for i in refused {
+        let seqs: Vec<Option<u64>> = group[i]
+            .events
+            .iter()
+            .map(|e| found.get(&e.record.event_id).copied())
+            .collect();
+        if seqs.iter().all(Option::is_some) {
+            let seqs = seqs.into_iter().flatten();
+            let (first, last) = seqs.fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
+            outcomes[i] = Ok(AppendReceipt {
+                first_seq: first,
+                last_seq: last,
+                deduplicated: true,
+            });
+        } else if let Some((event, _)) =
+            group[i].events.iter().zip(&seqs).find(|(_, s)| s.is_some())
+        {
+            outcomes[i] = Err(StoreError::PartialDuplicate(event.record.event_id));
+        }
+    }
+    Ok(())
 }
 
 /// The chain head from the head row's columns.
