@@ -86,13 +86,9 @@ impl Inner {
                 .map_or(events[i].event_id, |(e, _)| e.event_id);
             return Err(StoreError::PartialDuplicate(stored));
         }
-        let seqs = seqs.into_iter().flatten();
-        let (first, last) = seqs.fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
-        Ok(Some(AppendReceipt {
-            first_seq: first,
-            last_seq: last,
-            deduplicated: true,
-        }))
+        Ok(Some(AppendReceipt::already_stored(
+            seqs.into_iter().flatten(),
+        )))
     }
 
     fn append(

@@ -82,6 +82,20 @@ pub struct AppendReceipt {
     pub deduplicated: bool,
 }
 
+impl AppendReceipt {
+    /// The answer to a retry of a batch stored before, at `seqs`.
+    pub fn already_stored(seqs: impl IntoIterator<Item = u64>) -> Self {
+        let (first_seq, last_seq) = seqs
+            .into_iter()
+            .fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
+        Self {
+            first_seq,
+            last_seq,
+            deduplicated: true,
+        }
+    }
+}
+
 /// Errors from an event store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {

@@ -463,13 +463,7 @@ fn admit(request: &Request, a: &mut Admission<'_>) -> Result<AppendReceipt, Stor
                 reason: format!("event id {} is already stored", e.record.event_id),
             });
         }
-        let seqs = seqs.into_iter().flatten();
-        let (first, last) = seqs.fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
-        return Ok(AppendReceipt {
-            first_seq: first,
-            last_seq: last,
-            deduplicated: true,
-        });
+        return Ok(AppendReceipt::already_stored(seqs.into_iter().flatten()));
     }
     if let Some(stored) = events.iter().zip(&seqs).find(|(_, s)| s.is_some()) {
         let id = stored.0.record.event_id;
@@ -600,13 +594,7 @@ async fn retries_found(
             .map(|e| found.get(&e.record.event_id).copied())
             .collect();
         if seqs.iter().all(Option::is_some) {
-            let seqs = seqs.into_iter().flatten();
-            let (first, last) = seqs.fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
-            outcomes[i] = Ok(AppendReceipt {
-                first_seq: first,
-                last_seq: last,
-                deduplicated: true,
-            });
+            outcomes[i] = Ok(AppendReceipt::already_stored(seqs.into_iter().flatten()));
         } else if let Some((event, _)) =
             group[i].events.iter().zip(&seqs).find(|(_, s)| s.is_some())
         {

@@ -250,12 +250,7 @@ impl Group<'_> {
             (Some(stored), Some(_)) => Err(StoreError::PartialDuplicate(ids[stored])),
             (Some(_), None) => {
                 let seqs = seqs.into_iter().flatten().map(|s| s as u64);
-                let (lo, hi) = seqs.fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)));
-                Ok(Some(AppendReceipt {
-                    first_seq: lo,
-                    last_seq: hi,
-                    deduplicated: true,
-                }))
+                Ok(Some(AppendReceipt::already_stored(seqs)))
             }
         }
     }
