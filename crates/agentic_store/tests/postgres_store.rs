@@ -9,7 +9,8 @@
 //!   appenders reconnect and retry, nothing acknowledged is lost, nothing
 //!   is stored twice, and the log verifies as one chain;
 //! - a dead database gives a clear error, not a hung caller;
-//! - a database that is not a lion store is refused.
+//! - a database that is not a lion store is refused;
+//! - a store of the previous layout is moved to this one.
 
 mod postgres_cluster;
 
@@ -245,6 +246,57 @@ async fn a_database_with_a_foreign_lion_schema_is_refused_untouched() {
         .expect("still there")
         .get(0);
     assert_eq!(kept, 7);
+}
+
+/// A store made with layout 1 (elements in a table of their own) opens as
+/// layout 2: the table is gone, and its elements are found and listed
+/// from the log as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_1_store_is_moved_to_layout_2_keeping_its_elements() {
+    let url = postgres_cluster::cluster().database("layout_1").await;
+    let store = open(&url).await;
+    let event = new_event(0, 0);
+    let SystemEvent::ElementCreated { element } = &event.event else {
+        unreachable!()
+    };
+    let id = element.id;
+    store
+        .append(vec![event], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    drop(store);
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    // Layout 1, as its lion left it.
+    client
+        .batch_execute(
+            "DROP INDEX lion.events_element_creations; \
+             CREATE TABLE lion.elements (seq bigint PRIMARY KEY, id uuid NOT NULL UNIQUE); \
+             INSERT INTO lion.elements SELECT seq, substr(stream, 9)::uuid FROM lion.events; \
+             UPDATE lion.store SET schema_version = 1;",
+        )
+        .await
+        .expect("layout 1");
+    let store = open(&url).await;
+    assert_eq!(
+        store.element(id).await.expect("read").map(|e| e.id),
+        Some(id)
+    );
+    let page = store
+        .elements(agentic_core::Cursor::START, 10)
+        .await
+        .expect("list");
+    assert_eq!(page.items.iter().map(|e| e.id).collect::<Vec<_>>(), [id]);
+    let row = client
+        .query_one(
+            "SELECT schema_version, to_regclass('lion.elements') IS NULL FROM lion.store",
+            &[],
+        )
+        .await
+        .expect("layout");
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, bool>(1)), (2, true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

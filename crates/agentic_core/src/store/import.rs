@@ -44,7 +44,7 @@ pub fn decode(record: &EventEnvelope) -> Result<SystemEvent, StoreError> {
 
 /// Checks a record's stream version against its stream's version before it
 /// (`current`, 0 for a new stream): versions are gapless, and an element's
-/// creation opens its stream.
+/// creation opens its stream, which holds nothing else.
 pub fn check_stream_version(
     record: &EventEnvelope,
     event: &SystemEvent,
@@ -58,6 +58,14 @@ pub fn check_stream_version(
     } else if matches!(event, SystemEvent::ElementCreated { .. }) && current > 0 {
         format!(
             "it creates an element on stream {}, which exists",
+            record.stream
+        )
+    } else if !matches!(event, SystemEvent::ElementCreated { .. })
+        && record.stream.starts_with("element:")
+    {
+        format!(
+            "it is a {} event on stream {}, which holds only its element's creation",
+            event.kind(),
             record.stream
         )
     } else {

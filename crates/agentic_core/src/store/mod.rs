@@ -381,8 +381,9 @@ impl Subscription {
 /// Checks a batch's shape and returns the stream an expectation applies to.
 ///
 /// An element's creation must be on the element's own stream
-/// (`element:<id>`, its default): being that stream's first event is what
-/// makes a second creation of the same element detectable.
+/// (`element:<id>`, its default), which holds nothing else: being that
+/// stream's first event is what makes a second creation of the same element
+/// detectable, and what finds an element from its stream.
 pub fn batch_stream(events: &[NewEvent], expected: ExpectedVersion) -> Result<&str, StoreError> {
     let first = events
         .first()
@@ -395,6 +396,11 @@ pub fn batch_stream(events: &[NewEvent], expected: ExpectedVersion) -> Result<&s
     if events.iter().any(|e| !on_own_stream(e)) {
         return Err(StoreError::InvalidBatch(
             "an element's creation belongs on its own stream, element:<id>",
+        ));
+    }
+    if events.iter().any(intrudes) {
+        return Err(StoreError::InvalidBatch(
+            "an element's stream, element:<id>, holds only its creation",
         ));
     }
     Ok(&first.stream)
@@ -426,6 +432,13 @@ fn on_own_stream(event: &NewEvent) -> bool {
     }
 }
 
+/// True for an event other than an element's creation on an element's
+/// stream.
+fn intrudes(event: &NewEvent) -> bool {
+    !matches!(event.event, SystemEvent::ElementCreated { .. })
+        && event.stream.starts_with("element:")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,6 +468,27 @@ mod tests {
                 event.stream
             );
         }
+    }
+
+    #[test]
+    fn an_element_stream_holds_only_its_creation() {
+        let element = crate::ElementData::new(serde_json::Map::new(), None);
+        let id = element.id;
+        let mut event = NewEvent::new(
+            SystemEvent::TaskCancelled {
+                task_id: Uuid::now_v7(),
+                reason: "x".into(),
+            },
+            Uuid::now_v7(),
+        );
+        assert!(batch_stream(std::slice::from_ref(&event), ExpectedVersion::Any).is_ok());
+        event.stream = format!("element:{id}");
+        assert_eq!(
+            batch_stream(std::slice::from_ref(&event), ExpectedVersion::Any),
+            Err(StoreError::InvalidBatch(
+                "an element's stream, element:<id>, holds only its creation"
+            ))
+        );
     }
 
     #[test]

@@ -20,9 +20,7 @@ use uuid::Uuid;
 use super::PgError;
 
 // The statements of the projections, prepared once per connection.
-const INSERT_ELEMENTS: &str =
-    "INSERT INTO lion.elements (seq, id) SELECT * FROM unnest($1::bigint[], $2::uuid[])";
-
+// (Elements have none: each is read from its creating event.)
 const UPSERT_TASKS: &str = "INSERT INTO lion.tasks (seq, id, idempotency_key, unfinished, record) \
                  SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::boolean[], \
                  $5::bytea[]) \
@@ -75,9 +73,6 @@ pub(super) struct Overlay {
     agent_rows: HashMap<String, (u64, u64)>,
     /// Each plugin's install seq.
     plugin_seq: HashMap<String, u64>,
-    /// Elements created, with their seqs (the element itself is read from
-    /// its creating event: an element never changes).
-    elements: Vec<(u64, Uuid)>,
     /// Tasks changed.
     tasks: HashSet<Uuid>,
     /// Agents changed, and those among them spawned (their conversation
@@ -170,7 +165,6 @@ impl Overlay {
     /// Records which rows an applied event changed.
     fn note(&mut self, seq: u64, event: &SystemEvent) {
         match event {
-            SystemEvent::ElementCreated { element } => self.elements.push((seq, element.id)),
             SystemEvent::TaskSubmitted { task_id, spec } => {
                 self.task_seq.insert(*task_id, seq);
                 self.tasks.insert(*task_id);
@@ -212,7 +206,6 @@ impl Overlay {
     /// so that later ones are only sent, in order, never prepared part-way.
     pub async fn prepare(client: &ClientWrapper) -> Result<(), PgError> {
         for sql in [
-            INSERT_ELEMENTS,
             UPSERT_TASKS,
             DELETE_MESSAGES,
             UPSERT_AGENTS,
@@ -243,12 +236,6 @@ impl Overlay {
             w.push(client, DELETE_PLUGINS, vec![Box::new(names.clone())])
                 .await?;
             w.push(client, DELETE_PLUGIN_KV, vec![Box::new(names)])
-                .await?;
-        }
-        if !self.elements.is_empty() {
-            let seq: Vec<i64> = self.elements.iter().map(|(s, _)| *s as i64).collect();
-            let id: Vec<Uuid> = self.elements.iter().map(|(_, id)| *id).collect();
-            w.push(client, INSERT_ELEMENTS, vec![Box::new(seq), Box::new(id)])
                 .await?;
         }
         self.task_writes(client, &mut w).await?;

@@ -111,12 +111,12 @@ fn envelope(row: &Row) -> Result<EventEnvelope, PgError> {
 pub(super) async fn element(client: &Object, id: Uuid) -> Result<Option<ElementData>, PgError> {
     let stmt = client
         .prepare_cached(
-            "SELECT e.seq, e.schema_version, e.payload FROM lion.elements el \
-             JOIN lion.events e ON e.seq = el.seq WHERE el.id = $1",
+            "SELECT seq, schema_version, payload FROM lion.events \
+             WHERE stream = $1 AND stream_version = 1",
         )
         .await?;
     client
-        .query_opt(&stmt, &[&id])
+        .query_opt(&stmt, &[&format!("element:{id}")])
         .await?
         .map(|r| created(&r))
         .transpose()
@@ -131,8 +131,9 @@ pub(super) async fn elements(
     let limit = limit.max(1);
     let stmt = client
         .prepare_cached(
-            "SELECT e.seq, e.schema_version, e.payload FROM lion.elements el \
-             JOIN lion.events e ON e.seq = el.seq WHERE el.seq > $1 ORDER BY el.seq LIMIT $2",
+            "SELECT seq, schema_version, payload FROM lion.events \
+             WHERE stream_version = 1 AND stream LIKE 'element:%' AND seq > $1 \
+             ORDER BY seq LIMIT $2",
         )
         .await?;
     let rows = client
@@ -326,8 +327,8 @@ pub(super) async fn projected_state(client: &mut Object) -> Result<State, PgErro
     let mut state = State::new();
     for row in tx
         .query(
-            "SELECT e.seq, e.schema_version, e.payload FROM lion.elements el \
-             JOIN lion.events e ON e.seq = el.seq ORDER BY el.seq",
+            "SELECT seq, schema_version, payload FROM lion.events \
+             WHERE stream_version = 1 AND stream LIKE 'element:%' ORDER BY seq",
             &[],
         )
         .await?

@@ -20,7 +20,16 @@ use uuid::Uuid;
 use super::PgError;
 
 /// The layout version this lion reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
+
+/// Moves a layout-1 store to layout 2: elements are found from their
+/// creating events (an index on the log), not kept in a table.
+const LAYOUT_1_TO_2: &str = "
+CREATE INDEX events_element_creations ON lion.events (seq)
+    WHERE stream_version = 1 AND stream LIKE 'element:%';
+DROP TABLE lion.elements;
+UPDATE lion.store SET schema_version = 2 WHERE id = 1;
+";
 
 /// Advisory lock key held while the schema is created: openers of a new
 /// database take turns (the number spells "lion" in ASCII).
@@ -58,10 +67,11 @@ CREATE TRIGGER events_are_append_only BEFORE UPDATE OR DELETE ON lion.events
     FOR EACH ROW EXECUTE FUNCTION lion.refuse_change();
 CREATE TRIGGER events_are_never_truncated BEFORE TRUNCATE ON lion.events
     FOR EACH STATEMENT EXECUTE FUNCTION lion.refuse_change();
-CREATE TABLE lion.elements (
-    seq bigint PRIMARY KEY, -- the creating event, which holds the element
-    id  uuid   NOT NULL UNIQUE
-);
+-- Elements in creation order: each is the first event of its own stream
+-- (`element:<id>`, which holds nothing else), so an element is found by
+-- its stream and listed from this index, with no table of its own.
+CREATE INDEX events_element_creations ON lion.events (seq)
+    WHERE stream_version = 1 AND stream LIKE 'element:%';
 CREATE TABLE lion.tasks (
     seq             bigint  PRIMARY KEY, -- the submitting event: submission order
     id              uuid    NOT NULL UNIQUE,
@@ -174,7 +184,11 @@ pub(super) async fn initialise(client: &mut Client) -> Result<Opened, PgError> {
         )
         .await?
         .ok_or_else(|| PgError::NotAStore("its `lion.store` table is empty".into()))?;
-    let version: i32 = row.get(0);
+    let mut version: i32 = row.get(0);
+    if version == 1 {
+        tx.batch_execute(LAYOUT_1_TO_2).await?;
+        version = 2;
+    }
     if version != SCHEMA_VERSION {
         return Err(PgError::NotAStore(format!(
             "its layout is version {version}; this lion reads version {SCHEMA_VERSION}"
