@@ -10,6 +10,8 @@
 //!   is stored twice, and the log verifies as one chain;
 //! - a dead database gives a clear error, not a hung caller;
 //! - a database that is not a lion store is refused;
+//! - a kernel that guessed the head it last left commits on the head
+//!   another kernel moved meanwhile;
 //! - a store of the previous layout is moved to this one.
 
 mod postgres_cluster;
@@ -248,6 +250,60 @@ async fn a_database_with_a_foreign_lion_schema_is_refused_untouched() {
     assert_eq!(kept, 7);
 }
 
+/// An event on a stream of its own choosing, as the contract suite makes.
+fn on_stream(stream: &str) -> NewEvent {
+    let agent = agentic_core::AgentId::new("test", "notes");
+    let data = json!({ "stream": stream });
+    let mut event = NewEvent::new(SystemEvent::AgentRecorded { agent, data }, Uuid::now_v7());
+    event.stream = stream.to_owned();
+    event
+}
+
+/// A kernel that committed the head last admits its next group against
+/// that head without locking it first; when another kernel has moved it
+/// meanwhile, the commit is refused as it moves the head and is made again
+/// holding the lock. Expectations are judged on the log as it is, and the
+/// chain stays one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_whose_last_head_was_moved_by_another_commits_on_the_new_head() {
+    let url = postgres_cluster::cluster().database("moved_head").await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    let first = |r: Result<agentic_core::AppendReceipt, StoreError>| r.map(|r| r.first_seq);
+    let append = |store: &Arc<PostgresStore>, expected| {
+        let store = store.clone();
+        async move { first(store.append(vec![on_stream("orders")], expected).await) }
+    };
+    assert_eq!(append(&a, ExpectedVersion::NoStream).await, Ok(1));
+    assert_eq!(append(&a, ExpectedVersion::Exact(1)).await, Ok(2));
+    assert_eq!(append(&b, ExpectedVersion::Exact(2)).await, Ok(3));
+    // `a` last left the head at 2: its guess is wrong twice over.
+    assert_eq!(
+        append(&a, ExpectedVersion::Exact(2)).await,
+        Err(StoreError::WrongExpectedVersion {
+            stream: "orders".into(),
+            expected: ExpectedVersion::Exact(2),
+            actual: 3
+        })
+    );
+    assert_eq!(append(&a, ExpectedVersion::Exact(3)).await, Ok(4));
+    assert_eq!(append(&b, ExpectedVersion::Exact(4)).await, Ok(5));
+    let element = new_event(0, 0);
+    assert_eq!(
+        first(a.append(vec![element], ExpectedVersion::Any).await),
+        Ok(6)
+    );
+    assert_eq!(verified_ids(a.as_ref()).await.len(), 6);
+    let versions: Vec<u64> = a
+        .read_from(1, 10)
+        .await
+        .expect("read")
+        .iter()
+        .filter(|r| r.stream == "orders")
+        .map(|r| r.stream_version)
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+}
+
 /// A store made with layout 1 (elements in a table of their own) opens as
 /// layout 2: the table is gone, and its elements are found and listed
 /// from the log as before.
@@ -272,7 +328,7 @@ async fn a_layout_1_store_is_moved_to_layout_2_keeping_its_elements() {
     // Layout 1, as its lion left it.
     client
         .batch_execute(
-            "DROP INDEX lion.events_element_creations; \
+            "DROP INDEX lion.events_element_creations; DROP FUNCTION lion.move_head; \
              CREATE TABLE lion.elements (seq bigint PRIMARY KEY, id uuid NOT NULL UNIQUE); \
              INSERT INTO lion.elements SELECT seq, substr(stream, 9)::uuid FROM lion.events; \
              UPDATE lion.store SET schema_version = 1;",

@@ -552,6 +552,9 @@ impl From<deadpool_postgres::PoolError> for PgError {
     }
 }
 
+/// The SQLSTATE `lion.move_head` fails with when the head is elsewhere.
+const HEAD_MOVED: &str = "LN001";
+
 impl PgError {
     /// True when the failure passes: the connection failed (the database
     /// restarted, went away, or could not be reached), or a lock was held
@@ -575,6 +578,12 @@ impl PgError {
             }
             PgError::NotAStore(_) | PgError::Corrupt(_) => false,
         }
+    }
+
+    /// True when a writer found the log's head elsewhere than it expected
+    /// (`lion.move_head` refused to move it): another writer committed.
+    pub(crate) fn is_head_moved(&self) -> bool {
+        matches!(self, PgError::Db(e) if e.code().is_some_and(|c| c.code() == HEAD_MOVED))
     }
 
     /// The store error this is, naming the database at `location`.

@@ -22,8 +22,26 @@ use super::PgError;
 /// The layout version this lion reads and writes.
 pub const SCHEMA_VERSION: i32 = 2;
 
-/// Moves a layout-1 store to layout 2: elements are found from their
-/// creating events (an index on the log), not kept in a table.
+/// Moves the head from where a writer expects it, locking it until the
+/// transaction ends, and wakes the readers; fails with SQLSTATE `LN001`
+/// when the head is elsewhere (part of layout 2).
+const MOVE_HEAD_FUNCTION: &str = "
+CREATE FUNCTION lion.move_head(from_seq bigint, from_hash bytea, to_seq bigint, to_hash bytea)
+    RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE lion.store SET head_seq = to_seq, head_hash = to_hash
+        WHERE id = 1 AND head_seq = from_seq AND head_hash = from_hash;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the log''s head is no longer at seq %', from_seq
+            USING ERRCODE = 'LN001';
+    END IF;
+    PERFORM pg_notify('lion_log', to_seq::text);
+END $$;
+";
+
+/// Moves a layout-1 store to layout 2 (with [`MOVE_HEAD_FUNCTION`]):
+/// elements are found from their creating events (an index on the log),
+/// not kept in a table.
 const LAYOUT_1_TO_2: &str = "
 CREATE INDEX events_element_creations ON lion.events (seq)
     WHERE stream_version = 1 AND stream LIKE 'element:%';
@@ -170,6 +188,7 @@ pub(super) async fn initialise(client: &mut Client) -> Result<Opened, PgError> {
             ));
         }
         tx.batch_execute(LAYOUT).await?;
+        tx.batch_execute(MOVE_HEAD_FUNCTION).await?;
         tx.execute(
             "INSERT INTO lion.store (id, schema_version, store_id, head_seq, head_hash) \
              VALUES (1, $1, $2, 0, $3)",
@@ -187,6 +206,7 @@ pub(super) async fn initialise(client: &mut Client) -> Result<Opened, PgError> {
     let mut version: i32 = row.get(0);
     if version == 1 {
         tx.batch_execute(LAYOUT_1_TO_2).await?;
+        tx.batch_execute(MOVE_HEAD_FUNCTION).await?;
         version = 2;
     }
     if version != SCHEMA_VERSION {

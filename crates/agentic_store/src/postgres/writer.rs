@@ -96,6 +96,10 @@ const LOCK_HEAD: &str = "SELECT head_seq, head_hash FROM lion.store WHERE id = 1
 const MOVE_HEAD: &str = "WITH moved AS (UPDATE lion.store SET head_seq = $1, head_hash = $2 \
      WHERE id = 1 RETURNING head_seq) SELECT pg_notify('lion_log', head_seq::text) FROM moved";
 
+/// Moves the head from where the writer expects it (locking it), and wakes
+/// the readers; fails (see [`PgError::is_head_moved`]) when it is elsewhere.
+const MOVE_HEAD_FROM: &str = "SELECT lion.move_head($1, $2, $3, $4)";
+
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -142,9 +146,16 @@ impl Writer {
     ) -> Vec<Result<AppendReceipt, StoreError>> {
         let gather = self.turns.others_append.load(Ordering::Relaxed);
         let mut late = Vec::new();
-        let attempt = self
+        let mut attempt = self
             .try_commit(group, gather.then_some((rx, &mut late)), Probe::Guess)
             .await;
+        if attempt.as_ref().is_err_and(PgError::is_head_moved) {
+            // Another kernel appended since this writer's last commit.
+            self.turns.others_append.store(true, Ordering::Relaxed);
+            attempt = self
+                .try_commit(group, Some((rx, &mut late)), Probe::Guess)
+                .await;
+        }
         group.append(&mut late);
         match attempt {
             Ok((outcomes, head)) => {
@@ -242,9 +253,14 @@ impl Writer {
         // prepared part-way would let a later one (COMMIT) overtake it.
         let head = client.prepare_cached(LOCK_HEAD).await?;
         let move_head = client.prepare_cached(MOVE_HEAD).await?;
+        let move_head_from = client.prepare_cached(MOVE_HEAD_FROM).await?;
         prepare(&client).await?;
         Overlay::prepare(&client).await?;
-        let statements = Statements { head, move_head };
+        let statements = Statements {
+            head,
+            move_head,
+            move_head_from,
+        };
         let result = self
             .commit_on(&client, group, late, probe, &statements)
             .await;
@@ -265,7 +281,22 @@ impl Writer {
         probe: Probe,
         statements: &Statements,
     ) -> Result<GroupOutcome, PgError> {
-        let Statements { head, move_head } = statements;
+        let Statements {
+            head,
+            move_head,
+            move_head_from,
+        } = statements;
+        // A writer that committed the head last, as far as it knows, admits
+        // its group against that head with no lock and no transaction yet:
+        // the head is checked as it is moved, in the pipeline of the writes
+        // (one round trip for a group that reads nothing). If another
+        // writer moved it meanwhile, the commit fails and is made again
+        // holding the lock. The group's reads, if any, then see the log as
+        // the head it expects left it.
+        let guessed = match (&late, probe) {
+            (None, Probe::Guess) => self.turns.guess(),
+            _ => None,
+        };
         // BEGIN, then the head, locked.
         let start = || async {
             let (_, row) = tokio::try_join!(
@@ -279,7 +310,7 @@ impl Writer {
                 },
                 async { client.query_one(head, &[]).await.map_err(PgError::from) },
             )?;
-            Ok::<_, PgError>(row)
+            head_of(row.get(0), row.get(1))
         };
         let mut early = None;
         let group: Vec<&Request> = match late {
@@ -320,12 +351,14 @@ impl Writer {
                 Overlay::load(client, events().map(|e| &e.event)),
             )
         };
-        let (row, (mut stored, mut versions, mut overlay)) = match early {
-            Some(row) => (row, reads.await?),
-            None => tokio::try_join!(start(), reads)?,
+        let (found, (mut stored, mut versions, mut overlay)) = match (early, guessed) {
+            (Some(head), _) | (None, Some(head)) => (head, reads.await?),
+            (None, None) => tokio::try_join!(start(), reads)?,
         };
-        let mut head = head_of(row.get(0), row.get(1))?;
-        self.turns.saw(head);
+        if guessed.is_none() {
+            self.turns.saw(found);
+        }
+        let mut head = found;
         let recorded_at = EventEnvelope::now();
         let mut rows = Vec::new();
         let mut outcomes = Vec::with_capacity(group.len());
@@ -347,26 +380,55 @@ impl Writer {
             retries_found(client, &group, &mut outcomes).await?;
         }
         if rows.is_empty() {
-            client.batch_execute("ROLLBACK").await?;
+            if guessed.is_none() {
+                client.batch_execute("ROLLBACK").await?;
+            }
             return Ok((outcomes, head));
         }
         let seq = i64::try_from(head.seq).unwrap_or(i64::MAX);
         let hash = head.hash.0.to_vec();
+        let (from_seq, from_hash) = (
+            i64::try_from(found.seq).unwrap_or(i64::MAX),
+            found.hash.0.to_vec(),
+        );
         // If a write fails, the server answers the COMMIT behind it with a
         // rollback; the write's error is what this returns.
         // Everything is prepared before anything is sent, so the writes go
         // out in this order, all at once, and the COMMIT last.
         let writes = overlay.writes(client).await?;
         let insert = client.prepare_cached(INSERT_EVENTS).await?;
+        // With a guessed head, the transaction starts here, and moving the
+        // head from the guess (which locks it) comes first.
+        let begin_and_move = async {
+            if guessed.is_some() {
+                tokio::try_join!(
+                    async {
+                        client
+                            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                            .await
+                            .map_err(PgError::from)
+                    },
+                    async {
+                        client
+                            .execute(move_head_from, &[&from_seq, &from_hash, &seq, &hash])
+                            .await
+                            .map_err(PgError::from)
+                    },
+                )?;
+            }
+            Ok::<_, PgError>(())
+        };
+        let move_locked = async {
+            if guessed.is_none() {
+                client.execute(move_head, &[&seq, &hash]).await?;
+            }
+            Ok::<_, PgError>(())
+        };
         tokio::try_join!(
+            begin_and_move,
             insert_events(client, &insert, &rows),
             writes.send(client),
-            async {
-                client
-                    .execute(move_head, &[&seq, &hash])
-                    .await
-                    .map_err(PgError::from)
-            },
+            move_locked,
             async { client.batch_execute("COMMIT").await.map_err(PgError::from) },
         )?;
         self.turns.committed(head);
@@ -411,6 +473,15 @@ impl Turns {
             .store(last.is_some_and(|last| last != head), Ordering::Relaxed);
     }
 
+    /// The head to admit a group against without reading it: the one this
+    /// writer's last commit left, unless others append too.
+    fn guess(&self) -> Option<ChainHead> {
+        match self.others_append.load(Ordering::Relaxed) {
+            true => None,
+            false => *self.last.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
     /// Notes the head this writer's commit left.
     fn committed(&self, head: ChainHead) {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(head);
@@ -423,6 +494,8 @@ struct Statements {
     head: Statement,
     /// Moves the head and wakes readers ([`MOVE_HEAD`]).
     move_head: Statement,
+    /// Moves the head from where it is expected ([`MOVE_HEAD_FROM`]).
+    move_head_from: Statement,
 }
 
 /// What checking and applying one request updates.
