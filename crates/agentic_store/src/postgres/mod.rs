@@ -471,10 +471,14 @@ pub(crate) fn connection_settings(
 /// sequential scan, kept (until the tables are next analyzed) as they
 /// grow, with the head lock held. Turning sequential scans off for this
 /// connection keeps the probes on their indexes whatever the statistics say.
+/// Its transactions read committed whatever the database's default, the
+/// one-statement commits included (see the `writer` module).
 fn writer_config(config: &tokio_postgres::Config) -> tokio_postgres::Config {
     let mut config = config.clone();
     let options = config.get_options().unwrap_or_default();
-    config.options(format!("{options} -c enable_seqscan=off"));
+    config.options(format!(
+        "{options} -c enable_seqscan=off -c default_transaction_isolation=read\\ committed"
+    ));
     config
 }
 

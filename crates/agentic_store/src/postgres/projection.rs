@@ -429,6 +429,11 @@ impl Writes {
         Ok(())
     }
 
+    /// True when the group changed no projection row.
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+
     /// Sends every write, in order, all on the first poll: nothing between
     /// them waits, so a statement sent after these (the `COMMIT`) cannot
     /// overtake one of them.

@@ -23,6 +23,15 @@
 //! committed again reading every event id and stream version, then request
 //! by request to find the one at fault.
 //!
+//! A writer that committed the head last, as far as it knows (no other
+//! writer has moved it since), reads no head: it admits its group against
+//! the head it left and moves the head from there with `lion.move_head`,
+//! which locks the head row and fails (SQLSTATE `LN001`) when the head is
+//! elsewhere — the group is then committed again holding the lock, and the
+//! writer takes turns from then on. A group that changes no projection
+//! row (new elements) is then one statement, committed on its own: one
+//! round trip.
+//!
 //! While other kernels append too, a commit takes the head lock before it
 //! reads anything and adds to its group what arrived while it waited its
 //! turn (one more round trip, and much larger groups).
@@ -385,22 +394,24 @@ impl Writer {
             }
             return Ok((outcomes, head));
         }
-        let seq = i64::try_from(head.seq).unwrap_or(i64::MAX);
-        let hash = head.hash.0.to_vec();
-        let (from_seq, from_hash) = (
-            i64::try_from(found.seq).unwrap_or(i64::MAX),
-            found.hash.0.to_vec(),
-        );
         // If a write fails, the server answers the COMMIT behind it with a
         // rollback; the write's error is what this returns.
         // Everything is prepared before anything is sent, so the writes go
         // out in this order, all at once, and the COMMIT last.
         let writes = overlay.writes(client).await?;
-        let insert = client.prepare_cached(INSERT_EVENTS).await?;
-        // With a guessed head, the transaction starts here, and moving the
-        // head from the guess (which locks it) comes first.
-        let begin_and_move = async {
-            if guessed.is_some() {
+        match guessed {
+            // The events alone, with the head moved from the guess: one
+            // statement, committed on its own.
+            Some(from) if writes.is_empty() => {
+                let insert = client.prepare_cached(INSERT_EVENTS_MOVING_HEAD).await?;
+                insert_events(client, &insert, &rows, Some((from, head))).await?;
+            }
+            // The transaction starts with moving the head from the guess
+            // (which locks it).
+            Some(from) => {
+                let insert = client.prepare_cached(INSERT_EVENTS).await?;
+                let (from_seq, from_hash) = (position(from.seq), from.hash.0.to_vec());
+                let (seq, hash) = (position(head.seq), head.hash.0.to_vec());
                 tokio::try_join!(
                     async {
                         client
@@ -414,23 +425,28 @@ impl Writer {
                             .await
                             .map_err(PgError::from)
                     },
+                    insert_events(client, &insert, &rows, None),
+                    writes.send(client),
+                    async { client.batch_execute("COMMIT").await.map_err(PgError::from) },
                 )?;
             }
-            Ok::<_, PgError>(())
-        };
-        let move_locked = async {
-            if guessed.is_none() {
-                client.execute(move_head, &[&seq, &hash]).await?;
+            // The head is locked: the writes, its move, the COMMIT.
+            None => {
+                let insert = client.prepare_cached(INSERT_EVENTS).await?;
+                let (seq, hash) = (position(head.seq), head.hash.0.to_vec());
+                tokio::try_join!(
+                    insert_events(client, &insert, &rows, None),
+                    writes.send(client),
+                    async {
+                        client
+                            .execute(move_head, &[&seq, &hash])
+                            .await
+                            .map_err(PgError::from)
+                    },
+                    async { client.batch_execute("COMMIT").await.map_err(PgError::from) },
+                )?;
             }
-            Ok::<_, PgError>(())
-        };
-        tokio::try_join!(
-            begin_and_move,
-            insert_events(client, &insert, &rows),
-            writes.send(client),
-            move_locked,
-            async { client.batch_execute("COMMIT").await.map_err(PgError::from) },
-        )?;
+        }
         self.turns.committed(head);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -703,9 +719,24 @@ const INSERT_EVENTS: &str = "INSERT INTO lion.events (seq, event_id, stream, str
      SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::bigint[], \
      $6::uuid[], $7::uuid[], $8::integer[], $9::bytea[], $10::bytea[], $11::bytea[])";
 
+/// A group's sealed records and the head's move from where the writer
+/// expects it, in one statement (its own transaction): the head is moved
+/// (and locked) first, or the statement fails.
+const INSERT_EVENTS_MOVING_HEAD: &str = "WITH moved AS (SELECT lion.move_head($12, $13, $14, $15)) \
+     INSERT INTO lion.events (seq, event_id, stream, stream_version, \
+     recorded_at, correlation_id, causation_id, schema_version, payload, prev_hash, hash) \
+     SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::bigint[], \
+     $6::uuid[], $7::uuid[], $8::integer[], $9::bytea[], $10::bytea[], $11::bytea[]) \
+     WHERE EXISTS (SELECT FROM moved)";
+
 /// Prepares (once per connection) the writer's own statements.
 async fn prepare(client: &ClientWrapper) -> Result<(), PgError> {
-    for sql in [STORED_IDS, STREAM_VERSIONS, INSERT_EVENTS] {
+    for sql in [
+        STORED_IDS,
+        STREAM_VERSIONS,
+        INSERT_EVENTS,
+        INSERT_EVENTS_MOVING_HEAD,
+    ] {
         client.prepare_cached(sql).await?;
     }
     Ok(())
@@ -740,11 +771,13 @@ async fn stream_versions(
         .collect())
 }
 
-/// Writes the sealed records, in one statement.
+/// Writes the sealed records, in one statement ([`INSERT_EVENTS`]; or
+/// [`INSERT_EVENTS_MOVING_HEAD`] with the head's move from `.0` to `.1`).
 async fn insert_events(
     client: &ClientWrapper,
     stmt: &Statement,
     rows: &[EventEnvelope],
+    moving: Option<(ChainHead, ChainHead)>,
 ) -> Result<(), PgError> {
     let seq: Vec<i64> = rows.iter().map(|r| r.seq as i64).collect();
     let event_id: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
@@ -760,23 +793,36 @@ async fn insert_events(
     let payload: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
     let prev: Vec<&[u8]> = rows.iter().map(|r| r.prev_hash.0.as_slice()).collect();
     let hash: Vec<&[u8]> = rows.iter().map(|r| r.hash.0.as_slice()).collect();
-    client
-        .execute(
-            stmt,
-            &[
-                &seq,
-                &event_id,
-                &stream,
-                &version,
-                &at,
-                &correlation,
-                &causation,
-                &schema,
-                &payload,
-                &prev,
-                &hash,
-            ],
-        )
-        .await?;
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+        &seq,
+        &event_id,
+        &stream,
+        &version,
+        &at,
+        &correlation,
+        &causation,
+        &schema,
+        &payload,
+        &prev,
+        &hash,
+    ];
+    let heads = moving.map(|(from, to)| {
+        let column = |head: ChainHead| (position(head.seq), head.hash.0.to_vec());
+        (column(from), column(to))
+    });
+    if let Some(((from_seq, from_hash), (to_seq, to_hash))) = &heads {
+        params.extend([
+            from_seq as &(dyn tokio_postgres::types::ToSql + Sync),
+            from_hash,
+            to_seq,
+            to_hash,
+        ]);
+    }
+    client.execute(stmt, &params).await?;
     Ok(())
+}
+
+/// A seq as PostgreSQL's `bigint`.
+fn position(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
 }
