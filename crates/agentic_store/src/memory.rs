@@ -456,17 +456,18 @@ mod tests {
     #[tokio::test]
     async fn expected_versions_are_enforced_per_stream() {
         let store = MemoryStore::new();
-        let e = created();
-        let stream = e.stream.clone();
+        let note = || {
+            let agent = agentic_core::AgentId::new("test", "notes");
+            let data = serde_json::Value::Null;
+            let mut e = NewEvent::new(SystemEvent::AgentRecorded { agent, data }, Uuid::now_v7());
+            e.stream = "orders".into();
+            e
+        };
         store
-            .append(vec![e], ExpectedVersion::NoStream)
+            .append(vec![note()], ExpectedVersion::NoStream)
             .await
             .expect("first");
-        // Another event on the same stream (an element is created only on its own).
-        let agent = agentic_core::AgentId::new("test", "notes");
-        let data = serde_json::Value::Null;
-        let mut again = NewEvent::new(SystemEvent::AgentRecorded { agent, data }, Uuid::now_v7());
-        again.stream = stream.clone();
+        let again = note();
         let err = store
             .append(vec![again.clone()], ExpectedVersion::NoStream)
             .await;
