@@ -304,6 +304,78 @@ async fn a_kernel_whose_last_head_was_moved_by_another_commits_on_the_new_head()
     assert_eq!(versions, [1, 2, 3, 4, 5]);
 }
 
+/// Regression guard for groups admitted while the one before commits: among
+/// many appenders of new elements on one kernel, some send again a batch
+/// already acknowledged and some create an element another created, which
+/// fails the group they land in (and throws away what was admitted behind
+/// it). Every retry is answered with its first positions, every second
+/// creation refused, every other append stored once where its answer says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_second_creations_among_pipelined_groups_are_answered_right() {
+    let url = postgres_cluster::cluster().database("ahead").await;
+    let store = open(&url).await;
+    const APPENDERS: usize = 32;
+    const EACH: usize = 40;
+    let appenders: Vec<_> = (0..APPENDERS)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut stored = Vec::new();
+                let mut earlier: Option<(Vec<NewEvent>, u64)> = None;
+                for n in 0..EACH {
+                    match (n % 7, &earlier) {
+                        (3, Some((batch, first))) => {
+                            let again = store
+                                .append(batch.clone(), ExpectedVersion::Any)
+                                .await
+                                .expect("a retry is answered");
+                            assert_eq!(again.first_seq, *first, "a retry's positions");
+                            assert!(again.deduplicated);
+                        }
+                        (5, Some((batch, _))) => {
+                            // The same element, under a new event id.
+                            let SystemEvent::ElementCreated { element } = &batch[0].event else {
+                                unreachable!()
+                            };
+                            let twice = NewEvent::new(
+                                SystemEvent::ElementCreated {
+                                    element: element.clone(),
+                                },
+                                Uuid::now_v7(),
+                            );
+                            let refused = store.append(vec![twice], ExpectedVersion::Any).await;
+                            assert!(
+                                matches!(refused, Err(StoreError::Rejected(_))),
+                                "{refused:?}"
+                            );
+                        }
+                        _ => {
+                            let batch = vec![new_event(i, n)];
+                            let receipt = store
+                                .append(batch.clone(), ExpectedVersion::Any)
+                                .await
+                                .expect("append");
+                            assert!(!receipt.deduplicated);
+                            stored.push((batch[0].event_id, receipt.first_seq));
+                            earlier = Some((batch, receipt.first_seq));
+                        }
+                    }
+                }
+                stored
+            })
+        })
+        .collect();
+    let mut stored = Vec::new();
+    for appender in appenders {
+        stored.extend(appender.await.expect("join"));
+    }
+    let log = verified_ids(store.as_ref()).await;
+    assert_eq!(log.len(), stored.len(), "each append stored once");
+    for (id, seq) in stored {
+        assert_eq!(log[seq as usize - 1], id, "stored where its answer says");
+    }
+}
+
 /// A store made with layout 1 (elements in a table of their own) opens as
 /// layout 2: the table is gone, and its elements are found and listed
 /// from the log as before.

@@ -65,6 +65,8 @@ use uuid::Uuid;
 use super::PgError;
 use super::projection::Overlay;
 
+mod ahead;
+
 /// An append waiting for the writer.
 pub(super) struct Request {
     /// The encoded events, all-or-nothing.
@@ -118,9 +120,26 @@ type GroupOutcome = (Vec<Result<AppendReceipt, StoreError>>, ChainHead);
 impl Writer {
     /// Serves requests until every sender is dropped.
     pub async fn run(self, mut rx: mpsc::Receiver<Request>) {
-        while let Some(first) = rx.recv().await {
-            let mut group = vec![first];
+        // Requests handed back by a run of commits admitted ahead, to
+        // commit the usual way.
+        let mut carried = Vec::new();
+        loop {
+            let mut group = std::mem::take(&mut carried);
+            let fresh = group.is_empty();
+            if fresh {
+                match rx.recv().await {
+                    Some(first) => group.push(first),
+                    None => break,
+                }
+            }
             self.gather(&mut rx, &mut group, 0);
+            if let Some(head) = self.turns.guess()
+                && fresh
+                && group.iter().all(ahead::reads_nothing)
+            {
+                carried = self.commit_ahead(group, head, &mut rx).await;
+                continue;
+            }
             let outcomes = self.commit_gathering(&mut group, &mut rx).await;
             for (request, outcome) in group.into_iter().zip(outcomes) {
                 let _ = request.reply.send(outcome);
@@ -332,14 +351,19 @@ impl Writer {
             None => group.iter().collect(),
         };
         let events = || group.iter().flat_map(|r| &r.events);
-        // An element's creation opens its stream: guessed new, its stream
-        // is not probed (if it exists, the log's unique index refuses the
-        // group, which is then committed again probing every stream).
-        let mut streams: Vec<&str> = events()
-            .filter(|e| {
-                probe == Probe::Careful || !matches!(e.event, SystemEvent::ElementCreated { .. })
+        // An element's creation opens its stream: guessed new when its
+        // request expects nothing of it, its stream is not probed (if it
+        // exists, the log's unique index refuses the group, which is then
+        // committed again probing every stream).
+        let mut streams: Vec<&str> = group
+            .iter()
+            .flat_map(|r| r.events.iter().map(move |e| (r, e)))
+            .filter(|(r, e)| {
+                probe == Probe::Careful
+                    || r.expected != ExpectedVersion::Any
+                    || !matches!(e.event, SystemEvent::ElementCreated { .. })
             })
-            .map(|e| e.record.stream.as_str())
+            .map(|(_, e)| e.record.stream.as_str())
             .collect();
         streams.sort_unstable();
         streams.dedup();
