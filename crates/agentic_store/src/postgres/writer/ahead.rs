@@ -39,14 +39,16 @@ pub(super) fn reads_nothing(request: &Request) -> bool {
             .all(|e| matches!(e.event, SystemEvent::ElementCreated { .. }))
 }
 
-/// Requests admitted against the head a commit before them will leave.
-struct Admitted {
+/// Requests admitted against the head a commit before them will leave
+/// (or, sealed by the database, against none: their positions are then
+/// counted from 1, and moved once the database has numbered them).
+pub(super) struct Admitted {
     /// The requests, in the order they were admitted.
-    group: Vec<Request>,
+    pub(super) group: Vec<Request>,
     /// Each request's answer if the group commits.
-    outcomes: Vec<Result<AppendReceipt, StoreError>>,
+    pub(super) outcomes: Vec<Result<AppendReceipt, StoreError>>,
     /// The sealed records to write.
-    rows: Vec<EventEnvelope>,
+    pub(super) rows: Vec<EventEnvelope>,
     /// Event ids admitted, with their seqs (a request sent twice in one
     /// group is answered with the first's positions).
     stored: HashMap<uuid::Uuid, u64>,
@@ -62,7 +64,7 @@ struct Admitted {
 
 impl Admitted {
     /// Nothing yet, to commit on `from`.
-    fn on(from: ChainHead) -> Self {
+    pub(super) fn on(from: ChainHead) -> Self {
         Self {
             group: Vec::new(),
             outcomes: Vec::new(),
@@ -76,7 +78,7 @@ impl Admitted {
     }
 
     /// Admits `request` after those already admitted.
-    fn admit(&mut self, request: Request) {
+    pub(super) fn admit(&mut self, request: Request) {
         let outcome = admit(
             &request,
             &mut Admission {
