@@ -400,7 +400,7 @@ async fn a_layout_1_store_is_moved_to_layout_2_keeping_its_elements() {
     // Layout 1, as its lion left it.
     client
         .batch_execute(
-            "DROP INDEX lion.events_element_creations; DROP FUNCTION lion.move_head; DROP FUNCTION lion.append_sealed; \
+            "DROP INDEX lion.events_element_creations; DROP FUNCTION lion.move_head; \
              CREATE TABLE lion.elements (seq bigint PRIMARY KEY, id uuid NOT NULL UNIQUE); \
              INSERT INTO lion.elements SELECT seq, substr(stream, 9)::uuid FROM lion.events; \
              UPDATE lion.store SET schema_version = 1;",

@@ -22,19 +22,10 @@ use super::PgError;
 /// The layout version this lion reads and writes.
 pub const SCHEMA_VERSION: i32 = 2;
 
-/// The writers' functions (part of layout 2).
-///
-/// `lion.move_head` moves the head from where a writer expects it, locking
-/// it until the transaction ends, and wakes the readers; it fails with
-/// SQLSTATE `LN001` when the head is elsewhere.
-///
-/// `lion.append_sealed` appends records the writer has admitted but not
-/// numbered or linked: it locks the head, gives each record the next seq
-/// and links it (its hash: SHA-256 over the tag, the seq as 8 big-endian
-/// bytes, the previous hash and the record's other hashed bytes, which the
-/// writer sends), inserts them, moves the head and wakes the readers; it
-/// returns the first record's seq and the new head's hash.
-const FUNCTIONS: &str = "
+/// Moves the head from where a writer expects it, locking it until the
+/// transaction ends, and wakes the readers; fails with SQLSTATE `LN001`
+/// when the head is elsewhere (part of layout 2).
+const MOVE_HEAD_FUNCTION: &str = "
 CREATE FUNCTION lion.move_head(from_seq bigint, from_hash bytea, to_seq bigint, to_hash bytea)
     RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
@@ -46,38 +37,9 @@ BEGIN
     END IF;
     PERFORM pg_notify('lion_log', to_seq::text);
 END $$;
-CREATE FUNCTION lion.append_sealed(tag bytea, tails bytea[], event_ids uuid[], streams text[],
-    stream_versions bigint[], recorded_ats bigint[], correlation_ids uuid[],
-    causation_ids uuid[], schema_versions integer[], payloads bytea[],
-    OUT first_seq bigint, OUT last_hash bytea) LANGUAGE plpgsql AS $$
-DECLARE
-    n bigint;
-    link bytea;
-    tail bytea;
-    seqs bigint[] := '{}';
-    links bytea[] := '{}';
-    hashes bytea[] := '{}';
-BEGIN
-    SELECT s.head_seq, s.head_hash INTO n, link FROM lion.store s WHERE s.id = 1 FOR UPDATE;
-    first_seq := n + 1;
-    FOREACH tail IN ARRAY tails LOOP
-        n := n + 1;
-        seqs := seqs || n;
-        links := links || link;
-        link := sha256(tag || int8send(n) || link || tail);
-        hashes := hashes || link;
-    END LOOP;
-    INSERT INTO lion.events (seq, event_id, stream, stream_version, recorded_at,
-        correlation_id, causation_id, schema_version, payload, prev_hash, hash)
-    SELECT * FROM unnest(seqs, event_ids, streams, stream_versions, recorded_ats,
-        correlation_ids, causation_ids, schema_versions, payloads, links, hashes);
-    UPDATE lion.store SET head_seq = n, head_hash = link WHERE id = 1;
-    PERFORM pg_notify('lion_log', n::text);
-    last_hash := link;
-END $$;
 ";
 
-/// Moves a layout-1 store to layout 2 (with [`FUNCTIONS`]):
+/// Moves a layout-1 store to layout 2 (with [`MOVE_HEAD_FUNCTION`]):
 /// elements are found from their creating events (an index on the log),
 /// not kept in a table.
 const LAYOUT_1_TO_2: &str = "
@@ -226,7 +188,7 @@ pub(super) async fn initialise(client: &mut Client) -> Result<Opened, PgError> {
             ));
         }
         tx.batch_execute(LAYOUT).await?;
-        tx.batch_execute(FUNCTIONS).await?;
+        tx.batch_execute(MOVE_HEAD_FUNCTION).await?;
         tx.execute(
             "INSERT INTO lion.store (id, schema_version, store_id, head_seq, head_hash) \
              VALUES (1, $1, $2, 0, $3)",
@@ -244,7 +206,7 @@ pub(super) async fn initialise(client: &mut Client) -> Result<Opened, PgError> {
     let mut version: i32 = row.get(0);
     if version == 1 {
         tx.batch_execute(LAYOUT_1_TO_2).await?;
-        tx.batch_execute(FUNCTIONS).await?;
+        tx.batch_execute(MOVE_HEAD_FUNCTION).await?;
         version = 2;
     }
     if version != SCHEMA_VERSION {

@@ -66,7 +66,6 @@ use super::PgError;
 use super::projection::Overlay;
 
 mod ahead;
-mod server_sealed;
 
 /// An append waiting for the writer.
 pub(super) struct Request {
@@ -134,15 +133,12 @@ impl Writer {
                 }
             }
             self.gather(&mut rx, &mut group, 0);
-            if fresh && group.iter().all(ahead::reads_nothing) {
-                if let Some(head) = self.turns.guess() {
-                    carried = self.commit_ahead(group, head, &mut rx).await;
-                    continue;
-                }
-                if self.turns.others_append.load(Ordering::Relaxed) {
-                    carried = self.commit_server_sealed(group).await.unwrap_or_default();
-                    continue;
-                }
+            if let Some(head) = self.turns.guess()
+                && fresh
+                && group.iter().all(ahead::reads_nothing)
+            {
+                carried = self.commit_ahead(group, head, &mut rx).await;
+                continue;
             }
             let outcomes = self.commit_gathering(&mut group, &mut rx).await;
             for (request, outcome) in group.into_iter().zip(outcomes) {
@@ -524,15 +520,6 @@ impl Turns {
             true => None,
             false => *self.last.lock().unwrap_or_else(|e| e.into_inner()),
         }
-    }
-
-    /// Notes the head a commit sealed by the database left, having found
-    /// the head at seq `found`.
-    fn sealed(&self, found: u64, head: ChainHead) {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        self.others_append
-            .store(last.is_none_or(|last| last.seq != found), Ordering::Relaxed);
-        *last = Some(head);
     }
 
     /// Notes the head this writer's commit left.

@@ -39,16 +39,14 @@ pub(super) fn reads_nothing(request: &Request) -> bool {
             .all(|e| matches!(e.event, SystemEvent::ElementCreated { .. }))
 }
 
-/// Requests admitted against the head a commit before them will leave
-/// (or, sealed by the database, against none: their positions are then
-/// counted from 1, and moved once the database has numbered them).
-pub(super) struct Admitted {
+/// Requests admitted against the head a commit before them will leave.
+struct Admitted {
     /// The requests, in the order they were admitted.
-    pub(super) group: Vec<Request>,
+    group: Vec<Request>,
     /// Each request's answer if the group commits.
-    pub(super) outcomes: Vec<Result<AppendReceipt, StoreError>>,
+    outcomes: Vec<Result<AppendReceipt, StoreError>>,
     /// The sealed records to write.
-    pub(super) rows: Vec<EventEnvelope>,
+    rows: Vec<EventEnvelope>,
     /// Event ids admitted, with their seqs (a request sent twice in one
     /// group is answered with the first's positions).
     stored: HashMap<uuid::Uuid, u64>,
@@ -64,7 +62,7 @@ pub(super) struct Admitted {
 
 impl Admitted {
     /// Nothing yet, to commit on `from`.
-    pub(super) fn on(from: ChainHead) -> Self {
+    fn on(from: ChainHead) -> Self {
         Self {
             group: Vec::new(),
             outcomes: Vec::new(),
@@ -78,7 +76,7 @@ impl Admitted {
     }
 
     /// Admits `request` after those already admitted.
-    pub(super) fn admit(&mut self, request: Request) {
+    fn admit(&mut self, request: Request) {
         let outcome = admit(
             &request,
             &mut Admission {
