@@ -52,6 +52,7 @@ pub async fn store(
                     "one_kernel_events_per_sec": l.one_kernel,
                     "one_kernel_events_per_commit": l.one_kernel_group,
                     "three_kernels_events_per_sec": l.three_kernels,
+                    "three_kernels_events_per_commit": l.three_kernels_group,
                     "raw_events_per_sec": l.raw,
                     "one_kernel_vs_raw": l.one_kernel / l.raw,
                     "three_vs_one": l.three_kernels / l.one_kernel,
@@ -90,7 +91,11 @@ fn add_rows(table: &mut comfy_table::Table, l: &PgLevel) {
     let three_vs_one = l.three_kernels / l.one_kernel;
     table.add_row(vec![
         format!("{} appender(s), three kernels", l.appenders),
-        format!("{} ev/s", output::rate(l.three_kernels)),
+        format!(
+            "{} ev/s ({:.1}/commit)",
+            output::rate(l.three_kernels),
+            l.three_kernels_group
+        ),
         format!(
             "one kernel: {} ev/s ({three_vs_one:.2}x)",
             output::rate(l.one_kernel)

@@ -42,6 +42,8 @@ pub struct PgLevel {
     pub one_kernel_group: f64,
     /// Durable events/s through three kernels together.
     pub three_kernels: f64,
+    /// Their average events per commit.
+    pub three_kernels_group: f64,
     /// Raw batched inserts of `one_kernel_group` rows per transaction,
     /// events/s.
     pub raw: f64,
@@ -60,7 +62,7 @@ pub async fn run(
             .scratch(|url| appending(url, 1, appenders, config.duration))
             .await?;
         progress(&format!("{appenders} appender(s) through three kernels"));
-        let (three_kernels, _) = server
+        let (three_kernels, three_kernels_group) = server
             .scratch(|url| appending(url, 3, appenders, config.duration))
             .await?;
         progress(&format!("raw inserts of {group:.0} rows per commit"));
@@ -72,6 +74,7 @@ pub async fn run(
             one_kernel,
             one_kernel_group: group,
             three_kernels,
+            three_kernels_group,
             raw,
         });
     }
