@@ -427,6 +427,51 @@ async fn a_layout_1_store_is_moved_to_layout_2_keeping_its_elements() {
     assert_eq!((row.get::<_, i32>(0), row.get::<_, bool>(1)), (2, true));
 }
 
+/// A layout-1 store holding an element its table found but layout 2 would
+/// not (its creation off its own stream, as an old log's import could leave
+/// it) is refused with a message saying so, and left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_1_store_whose_elements_would_be_lost_is_refused_untouched() {
+    let url = postgres_cluster::cluster().database("layout_1_off").await;
+    let store = open(&url).await;
+    store
+        .append(vec![on_stream("misc")], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    drop(store);
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "DROP INDEX lion.events_element_creations; DROP FUNCTION lion.move_head; \
+             CREATE TABLE lion.elements (seq bigint PRIMARY KEY, id uuid NOT NULL UNIQUE); \
+             INSERT INTO lion.elements VALUES (1, gen_random_uuid()); \
+             UPDATE lion.store SET schema_version = 1;",
+        )
+        .await
+        .expect("layout 1");
+    let error = match PostgresStore::open(&url, PostgresOptions::default()).await {
+        Ok(_) => panic!("moved a store whose elements it would lose"),
+        Err(e) => e,
+    };
+    assert!(
+        error
+            .to_string()
+            .contains("not the first event of their own stream"),
+        "{error}"
+    );
+    let row = client
+        .query_one(
+            "SELECT schema_version, to_regclass('lion.elements') IS NOT NULL FROM lion.store",
+            &[],
+        )
+        .await
+        .expect("layout");
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, bool>(1)), (1, true));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_refuses_updates_deletes_and_truncation() {
     let url = postgres_cluster::cluster().database("append_only").await;

@@ -44,7 +44,8 @@ pub fn decode(record: &EventEnvelope) -> Result<SystemEvent, StoreError> {
 
 /// Checks a record's stream version against its stream's version before it
 /// (`current`, 0 for a new stream): versions are gapless, and an element's
-/// creation opens its stream, which holds nothing else.
+/// creation opens its own stream, which holds nothing else
+/// ([`super::element_stream_rule`]).
 pub fn check_stream_version(
     record: &EventEnvelope,
     event: &SystemEvent,
@@ -60,11 +61,9 @@ pub fn check_stream_version(
             "it creates an element on stream {}, which exists",
             record.stream
         )
-    } else if !matches!(event, SystemEvent::ElementCreated { .. })
-        && record.stream.starts_with("element:")
-    {
+    } else if let Some(rule) = super::element_stream_rule(&record.stream, event) {
         format!(
-            "it is a {} event on stream {}, which holds only its element's creation",
+            "it is a {} event on stream {}: {rule}",
             event.kind(),
             record.stream
         )
@@ -169,6 +168,34 @@ mod tests {
                 record
             })
             .collect()
+    }
+
+    #[test]
+    fn an_element_off_its_own_stream_or_an_intruder_on_one_is_refused() {
+        let element = ElementData::new(Map::new(), None);
+        let own = format!("element:{}", element.id);
+        let created = SystemEvent::ElementCreated { element };
+        let mut record = sealed(1).remove(0);
+        record.stream = own.clone();
+        assert!(check_stream_version(&record, &created, 0).is_ok());
+        for stream in ["notes".to_owned(), format!("element:{}", Uuid::now_v7())] {
+            record.stream = stream;
+            let refused = check_stream_version(&record, &created, 0).unwrap_err();
+            assert!(
+                refused.to_string().contains("belongs on its own stream"),
+                "{refused}"
+            );
+        }
+        record.stream = own;
+        let intruder = SystemEvent::TaskCancelled {
+            task_id: Uuid::now_v7(),
+            reason: "x".into(),
+        };
+        let refused = check_stream_version(&record, &intruder, 0).unwrap_err();
+        assert!(
+            refused.to_string().contains("holds only its creation"),
+            "{refused}"
+        );
     }
 
     #[test]

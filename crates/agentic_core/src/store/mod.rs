@@ -393,15 +393,11 @@ pub fn batch_stream(events: &[NewEvent], expected: ExpectedVersion) -> Result<&s
             "an expected version needs every event on one stream",
         ));
     }
-    if events.iter().any(|e| !on_own_stream(e)) {
-        return Err(StoreError::InvalidBatch(
-            "an element's creation belongs on its own stream, element:<id>",
-        ));
-    }
-    if events.iter().any(intrudes) {
-        return Err(StoreError::InvalidBatch(
-            "an element's stream, element:<id>, holds only its creation",
-        ));
+    if let Some(reason) = events
+        .iter()
+        .find_map(|e| element_stream_rule(&e.stream, &e.event))
+    {
+        return Err(StoreError::InvalidBatch(reason));
     }
     Ok(&first.stream)
 }
@@ -420,23 +416,21 @@ pub fn encode_batch(
         .collect()
 }
 
-/// False for an element's creation on any stream but `element:<its id>`.
-fn on_own_stream(event: &NewEvent) -> bool {
-    match &event.event {
+/// What an event on `stream` breaks of the element streams' rule, if
+/// anything: an element's creation belongs on its own stream,
+/// `element:<id>` (lowercase, hyphenated), which holds nothing else.
+/// Appends ([`batch_stream`]) and imports keep it.
+pub fn element_stream_rule(stream: &str, event: &SystemEvent) -> Option<&'static str> {
+    match event {
         SystemEvent::ElementCreated { element } => {
             let mut id = Uuid::encode_buffer();
-            event.stream.strip_prefix("element:")
-                == Some(element.id.hyphenated().encode_lower(&mut id))
+            (stream.strip_prefix("element:") != Some(element.id.hyphenated().encode_lower(&mut id)))
+                .then_some("an element's creation belongs on its own stream, element:<id>")
         }
-        _ => true,
+        _ => stream
+            .starts_with("element:")
+            .then_some("an element's stream, element:<id>, holds only its creation"),
     }
-}
-
-/// True for an event other than an element's creation on an element's
-/// stream.
-fn intrudes(event: &NewEvent) -> bool {
-    !matches!(event.event, SystemEvent::ElementCreated { .. })
-        && event.stream.starts_with("element:")
 }
 
 #[cfg(test)]

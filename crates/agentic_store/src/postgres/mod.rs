@@ -26,6 +26,15 @@
 //! acknowledged: appends are idempotent by event id, so a commit whose
 //! acknowledgement was lost is found, not written twice.
 
+/// The condition picking elements' creations out of `lion.events`, as
+/// its partial index `events_element_creations` states it: a query must
+/// state it word for word for the planner to use the index.
+macro_rules! element_creations {
+    () => {
+        "stream_version = 1 AND stream LIKE 'element:%'"
+    };
+}
+
 mod blobs;
 mod connect;
 mod kernels;
@@ -134,9 +143,9 @@ impl Drop for PostgresStore {
 
 impl PostgresStore {
     /// Opens the store in the database `url` names (`postgres://…`),
-    /// creating lion's tables in an empty database. Refuses a database
-    /// whose `lion` schema is not a lion store, or one of another layout
-    /// version. Must be called within a tokio runtime: the writer and the
+    /// creating lion's tables in an empty database, and moving a store of
+    /// the previous layout to this one. Refuses a database whose `lion`
+    /// schema is not a lion store, or one of another layout version. Must be called within a tokio runtime: the writer and the
     /// listener run as tasks on it.
     pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
         let (config, tls) = connection_config(url, &options)?;
@@ -464,8 +473,9 @@ pub(crate) fn connection_settings(
     connect::parse(url)
 }
 
-/// The writer's connection settings: every statement it runs inside the
-/// head lock is an index probe or an insert, and must stay one. Its
+/// The writer's connection settings: every statement it runs while it
+/// holds, or is about to take, the head lock is an index probe or an
+/// insert, and must stay one. Its
 /// statements are prepared once per connection, and PostgreSQL may settle
 /// on a generic plan while a new store's tables are nearly empty — a
 /// sequential scan, kept (until the tables are next analyzed) as they

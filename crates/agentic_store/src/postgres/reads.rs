@@ -130,11 +130,11 @@ pub(super) async fn elements(
 ) -> Result<Page<ElementData>, PgError> {
     let limit = limit.max(1);
     let stmt = client
-        .prepare_cached(
-            "SELECT seq, schema_version, payload FROM lion.events \
-             WHERE stream_version = 1 AND stream LIKE 'element:%' AND seq > $1 \
-             ORDER BY seq LIMIT $2",
-        )
+        .prepare_cached(concat!(
+            "SELECT seq, schema_version, payload FROM lion.events WHERE ",
+            element_creations!(),
+            " AND seq > $1 ORDER BY seq LIMIT $2"
+        ))
         .await?;
     let rows = client
         .query(
@@ -327,8 +327,11 @@ pub(super) async fn projected_state(client: &mut Object) -> Result<State, PgErro
     let mut state = State::new();
     for row in tx
         .query(
-            "SELECT seq, schema_version, payload FROM lion.events \
-             WHERE stream_version = 1 AND stream LIKE 'element:%' ORDER BY seq",
+            concat!(
+                "SELECT seq, schema_version, payload FROM lion.events WHERE ",
+                element_creations!(),
+                " ORDER BY seq"
+            ),
             &[],
         )
         .await?
@@ -426,7 +429,7 @@ async fn page<T: serde::de::DeserializeOwned>(
 }
 
 /// A position as PostgreSQL's `bigint`.
-fn position(n: u64) -> i64 {
+pub(super) fn position(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 

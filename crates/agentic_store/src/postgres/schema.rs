@@ -27,7 +27,7 @@ pub const SCHEMA_VERSION: i32 = 2;
 /// when the head is elsewhere (part of layout 2).
 const MOVE_HEAD_FUNCTION: &str = "
 CREATE FUNCTION lion.move_head(from_seq bigint, from_hash bytea, to_seq bigint, to_hash bytea)
-    RETURNS void LANGUAGE plpgsql AS $$
+    RETURNS void LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     UPDATE lion.store SET head_seq = to_seq, head_hash = to_hash
         WHERE id = 1 AND head_seq = from_seq AND head_hash = from_hash;
@@ -39,15 +39,34 @@ BEGIN
 END $$;
 ";
 
-/// Moves a layout-1 store to layout 2 (with [`MOVE_HEAD_FUNCTION`]):
+/// Elements in creation order: each is the first event of its own stream
+/// (`element:<id>`, which holds nothing else), so an element is found by
+/// its stream and listed from this index of the log, with no table of its
+/// own (part of layout 2).
+const ELEMENT_INDEX: &str = concat!(
+    "CREATE INDEX events_element_creations ON lion.events (seq) WHERE ",
+    element_creations!()
+);
+
+/// Moves a layout-1 store to layout 2 (with [`ELEMENT_INDEX`] and
+/// [`MOVE_HEAD_FUNCTION`]):
 /// elements are found from their creating events (an index on the log),
 /// not kept in a table.
 const LAYOUT_1_TO_2: &str = "
-CREATE INDEX events_element_creations ON lion.events (seq)
-    WHERE stream_version = 1 AND stream LIKE 'element:%';
 DROP TABLE lion.elements;
 UPDATE lion.store SET schema_version = 2 WHERE id = 1;
 ";
+
+/// How many of a layout-1 store's elements layout 2 would not find where
+/// its table had them, or would find where it had none: an element row
+/// whose event is not version 1 of the element's own stream, and the
+/// reverse (an import of an old log could make either).
+const ELEMENTS_UNMOVABLE: &str = "
+SELECT (SELECT count(*) FROM lion.elements el JOIN lion.events e ON e.seq = el.seq
+        WHERE e.stream <> 'element:' || el.id::text OR e.stream_version <> 1)
+     + (SELECT count(*) FROM lion.events e
+        WHERE e.stream_version = 1 AND e.stream LIKE 'element:%'
+        AND NOT EXISTS (SELECT FROM lion.elements el WHERE el.seq = e.seq))";
 
 /// Advisory lock key held while the schema is created: openers of a new
 /// database take turns (the number spells "lion" in ASCII).
@@ -85,11 +104,6 @@ CREATE TRIGGER events_are_append_only BEFORE UPDATE OR DELETE ON lion.events
     FOR EACH ROW EXECUTE FUNCTION lion.refuse_change();
 CREATE TRIGGER events_are_never_truncated BEFORE TRUNCATE ON lion.events
     FOR EACH STATEMENT EXECUTE FUNCTION lion.refuse_change();
--- Elements in creation order: each is the first event of its own stream
--- (`element:<id>`, which holds nothing else), so an element is found by
--- its stream and listed from this index, with no table of its own.
-CREATE INDEX events_element_creations ON lion.events (seq)
-    WHERE stream_version = 1 AND stream LIKE 'element:%';
 CREATE TABLE lion.tasks (
     seq             bigint  PRIMARY KEY, -- the submitting event: submission order
     id              uuid    NOT NULL UNIQUE,
@@ -158,6 +172,34 @@ pub(super) struct Opened {
     pub relay_key: Vec<u8>,
 }
 
+/// Moves a layout-1 store to layout 2 inside `tx`, after checking that the
+/// log's index finds its elements as its table did; refuses, untouched, a
+/// store it would not.
+async fn layout_1_to_2(tx: &tokio_postgres::Transaction<'_>) -> Result<(), PgError> {
+    // Indexing a long log takes as long as it takes.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
+    let unmovable: i64 = tx.query_one(ELEMENTS_UNMOVABLE, &[]).await?.get(0);
+    if unmovable > 0 {
+        return Err(PgError::NotAStore(format!(
+            "it has layout 1, and {unmovable} of its elements are not the first event of \
+             their own stream (element:<id>), which this lion needs to find them"
+        )));
+    }
+    let moved = async {
+        tx.batch_execute(ELEMENT_INDEX).await?;
+        tx.batch_execute(LAYOUT_1_TO_2).await?;
+        tx.batch_execute(MOVE_HEAD_FUNCTION).await
+    };
+    moved.await.map_err(|e| match e.code() {
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => PgError::NotAStore(
+            "it has layout 1, which this lion moves to layout 2 when a role that owns \
+             lion's tables opens it; this role does not"
+                .into(),
+        ),
+        _ => PgError::Db(e),
+    })
+}
+
 /// Creates the layout in a database that has none, or checks the one it
 /// has; returns the store's id and shared keys.
 pub(super) async fn initialise(client: &mut Client) -> Result<Opened, PgError> {
@@ -188,6 +230,7 @@ pub(super) async fn initialise(client: &mut Client) -> Result<Opened, PgError> {
             ));
         }
         tx.batch_execute(LAYOUT).await?;
+        tx.batch_execute(ELEMENT_INDEX).await?;
         tx.batch_execute(MOVE_HEAD_FUNCTION).await?;
         tx.execute(
             "INSERT INTO lion.store (id, schema_version, store_id, head_seq, head_hash) \
@@ -205,8 +248,7 @@ pub(super) async fn initialise(client: &mut Client) -> Result<Opened, PgError> {
         .ok_or_else(|| PgError::NotAStore("its `lion.store` table is empty".into()))?;
     let mut version: i32 = row.get(0);
     if version == 1 {
-        tx.batch_execute(LAYOUT_1_TO_2).await?;
-        tx.batch_execute(MOVE_HEAD_FUNCTION).await?;
+        layout_1_to_2(&tx).await?;
         version = 2;
     }
     if version != SCHEMA_VERSION {

@@ -2,39 +2,46 @@
 //! connection per store, committing in one transaction every append that
 //! arrived while the previous transaction was being committed.
 //!
-//! Each transaction first reads the log's head row (`lion.store`) `FOR
-//! UPDATE`, which locks it to commit: a writer that finds it locked waits
-//! for the holder to commit, then reads the row the holder left. That
-//! serialises appends across every kernel on the database: the chain
-//! always links to the committed head, and sequence numbers are assigned
-//! in commit order — the next writer gets the lock only once the previous
-//! transaction is visible, so a reader never sees seq N+1 without seq N.
+//! Every transaction locks the log's head row (`lion.store`) to commit,
+//! and moves it: a writer that finds it locked waits for the holder to
+//! commit, then sees the row the holder left. That serialises appends
+//! across every kernel on the database: the chain always links to the
+//! committed head, and sequence numbers are assigned in commit order — the
+//! next writer gets the lock only once the previous transaction is
+//! visible, so a reader never sees seq N+1 without seq N.
 //!
-//! Inside the lock, one round trip reads what the group needs (which of its
-//! event ids are stored, its streams' versions, the projection rows it
-//! touches); each request is then checked and applied in memory, and one
-//! more round trip writes the events, the projections and the new head.
-//! A refused request (wrong expected version, refused event, partial
-//! duplicate) is answered with its error and writes nothing; the rest of
-//! its group commits. Event ids are guessed unstored, and an element's
-//! creation to open a new stream, so neither is read; a statement that
-//! fails (a wrong guess — a retried append, an element created twice —
-//! or a reason the checks did not foresee) fails the group, which is
-//! committed again reading every event id and stream version, then request
-//! by request to find the one at fault.
+//! A group is admitted against a head: each request is checked and applied
+//! in memory against what the group needs to read (which of its event ids
+//! are stored, its streams' versions, the projection rows it touches), then
+//! the events, the projections and the head's move are written. A refused
+//! request (wrong expected version, refused event, partial duplicate) is
+//! answered with its error and writes nothing; the rest of its group
+//! commits. Event ids are guessed unstored, and an element's creation to
+//! open a new stream, so neither is read; a statement that fails (a wrong
+//! guess — a retried append, an element created twice — or a reason the
+//! checks did not foresee) fails the group, which is committed again
+//! reading every event id and stream version, then request by request to
+//! find the one at fault.
 //!
-//! A writer that committed the head last, as far as it knows (no other
-//! writer has moved it since), reads no head: it admits its group against
-//! the head it left and moves the head from there with `lion.move_head`,
-//! which locks the head row and fails (SQLSTATE `LN001`) when the head is
-//! elsewhere — the group is then committed again holding the lock, and the
-//! writer takes turns from then on. A group that changes no projection
-//! row (new elements) is then one statement, committed on its own: one
-//! round trip.
+//! Which head, three ways:
 //!
-//! While other kernels append too, a commit takes the head lock before it
-//! reads anything and adds to its group what arrived while it waited its
-//! turn (one more round trip, and much larger groups).
+//! - A writer that committed the head last, as far as it knows (no other
+//!   writer has moved it since), reads no head: it admits its group
+//!   against the head it left, reads what the group needs without a lock,
+//!   and moves the head from there with `lion.move_head`, which locks the
+//!   head row and fails (SQLSTATE `LN001`) when the head is elsewhere —
+//!   the group is then committed again holding the lock, and the writer
+//!   takes turns from then on. If the move passes, nothing was committed
+//!   since the writer's last commit, so its reads saw the log as the head
+//!   left it. A group that changes no projection row is one statement,
+//!   committed on its own (one round trip); groups of new elements are
+//!   admitted while the one before them commits (the `ahead` module).
+//! - While other kernels append too, a commit takes the head lock before
+//!   it reads anything (`SELECT … FOR UPDATE`, one round trip) and adds to
+//!   its group what arrived while it waited its turn; then reads, admits,
+//!   and writes with `COMMIT` in one more round trip.
+//! - After a failure, and for imports, the same under the lock, with
+//!   nothing guessed ([`Probe::Careful`]).
 //!
 //! When the connection breaks (the database restarted or is unreachable),
 //! or the head stays locked past the lock timeout (a kernel paused
@@ -64,6 +71,7 @@ use uuid::Uuid;
 
 use super::PgError;
 use super::projection::Overlay;
+use super::reads::position;
 
 mod ahead;
 
@@ -166,7 +174,9 @@ impl Writer {
     /// attempt takes the head lock before it reads anything, and adds to
     /// the group every request that arrived while it waited its turn: the
     /// kernels then take turns with groups as large as their queues,
-    /// instead of with the groups they had when they started waiting.
+    /// instead of with the groups they had when they started waiting. An
+    /// attempt on the head this writer left that finds another kernel moved
+    /// it is made again that way.
     async fn commit_gathering(
         &self,
         group: &mut Vec<Request>,
@@ -262,10 +272,12 @@ impl Writer {
         }
     }
 
-    /// One attempt at committing a group in one transaction, in two round
-    /// trips: `BEGIN`, the head's lock, the head and every read the group needs,
-    /// pipelined (the server runs them in order, so the reads see the log
-    /// as the lock holder); then every write and `COMMIT`, pipelined.
+    /// One attempt at committing a group in one transaction: against the
+    /// head this writer left, if it guesses (see the module's doc), moving
+    /// it from there with the writes; else in two round trips, `BEGIN`, the
+    /// head's lock, the head and every read the group needs, pipelined (the
+    /// server runs them in order, so the reads see the log as the lock
+    /// holder), then every write and `COMMIT`, pipelined.
     ///
     /// With `late`, the lock and the head are a round trip of their own,
     /// after which the requests waiting in the queue join the group (in the
@@ -321,8 +333,11 @@ impl Writer {
         // writer moved it meanwhile, the commit fails and is made again
         // holding the lock. The group's reads, if any, then see the log as
         // the head it expects left it.
+        // (Not for imports: a record refused as not continuing the guessed
+        // head would be refused with nothing written to find the guess
+        // wrong.)
         let guessed = match (&late, probe) {
-            (None, Probe::Guess) => self.turns.guess(),
+            (None, Probe::Guess) if !group.iter().any(|r| r.sealed) => self.turns.guess(),
             _ => None,
         };
         // BEGIN, then the head, locked.
@@ -501,7 +516,8 @@ type Late<'a> = (&'a mut mpsc::Receiver<Request>, &'a mut Vec<Request>);
 pub(super) struct Turns {
     /// The head after this writer's last commit.
     last: std::sync::Mutex<Option<ChainHead>>,
-    /// Another writer committed between this writer's last two commits.
+    /// Another writer committed between this writer's last two commits (or
+    /// moved the head this writer expected): take turns, locking first.
     others_append: std::sync::atomic::AtomicBool,
 }
 
@@ -682,8 +698,10 @@ fn admit_sealed(
 /// reading its event ids ([`Probe::Guess`]) that were refused: a refused
 /// request may be the retry of one already stored (its expectation or the
 /// reducer's rules held when it was first appended, not now). Reads only
-/// when something was refused, inside the transaction (the head lock is
-/// held, so the answer stands).
+/// when something was refused: inside the transaction when the head lock
+/// is held, so the answer stands; else before the head is moved from where
+/// the writer left it, so the answer stands if the move does (a stored
+/// event stays stored either way).
 async fn retries_found(
     client: &ClientWrapper,
     group: &[&Request],
@@ -746,7 +764,8 @@ const INSERT_EVENTS: &str = "INSERT INTO lion.events (seq, event_id, stream, str
 /// A group's sealed records and the head's move from where the writer
 /// expects it, in one statement (its own transaction): the head is moved
 /// (and locked) first, or the statement fails.
-const INSERT_EVENTS_MOVING_HEAD: &str = "WITH moved AS (SELECT lion.move_head($12, $13, $14, $15)) \
+const INSERT_EVENTS_MOVING_HEAD: &str = "WITH moved AS MATERIALIZED \
+     (SELECT lion.move_head($12, $13, $14, $15)) \
      INSERT INTO lion.events (seq, event_id, stream, stream_version, \
      recorded_at, correlation_id, causation_id, schema_version, payload, prev_hash, hash) \
      SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::bigint[], \
@@ -803,10 +822,10 @@ async fn insert_events(
     rows: &[EventEnvelope],
     moving: Option<(ChainHead, ChainHead)>,
 ) -> Result<(), PgError> {
-    let seq: Vec<i64> = rows.iter().map(|r| r.seq as i64).collect();
+    let seq: Vec<i64> = rows.iter().map(|r| position(r.seq)).collect();
     let event_id: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let stream: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
-    let version: Vec<i64> = rows.iter().map(|r| r.stream_version as i64).collect();
+    let version: Vec<i64> = rows.iter().map(|r| position(r.stream_version)).collect();
     let at: Vec<i64> = rows
         .iter()
         .map(|r| r.recorded_at.timestamp_micros())
@@ -844,9 +863,4 @@ async fn insert_events(
     }
     client.execute(stmt, &params).await?;
     Ok(())
-}
-
-/// A seq as PostgreSQL's `bigint`.
-fn position(seq: u64) -> i64 {
-    i64::try_from(seq).unwrap_or(i64::MAX)
 }
