@@ -223,7 +223,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// Appends a batch atomically, once `expected` holds for its stream.
     ///
     /// With an expectation other than [`ExpectedVersion::Any`], every event of
-    /// the batch must be on the same stream.
+    /// the batch must be on the same stream. An element's creation must be
+    /// on its own stream, `element:<id>`, which holds nothing else
+    /// ([`element_stream_rule`]).
     async fn append(
         &self,
         events: Vec<NewEvent>,
