@@ -459,7 +459,7 @@ async fn a_layout_1_store_whose_elements_would_be_lost_is_refused_untouched() {
     assert!(
         error
             .to_string()
-            .contains("not the first event of their own stream"),
+            .contains("the first event of its own stream"),
         "{error}"
     );
     let row = client

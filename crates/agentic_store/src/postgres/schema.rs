@@ -62,8 +62,8 @@ UPDATE lion.store SET schema_version = 2 WHERE id = 1;
 /// whose event is not version 1 of the element's own stream, and the
 /// reverse (an import of an old log could make either).
 const ELEMENTS_UNMOVABLE: &str = "
-SELECT (SELECT count(*) FROM lion.elements el JOIN lion.events e ON e.seq = el.seq
-        WHERE e.stream <> 'element:' || el.id::text OR e.stream_version <> 1)
+SELECT (SELECT count(*) FROM lion.elements el LEFT JOIN lion.events e ON e.seq = el.seq
+        WHERE e.seq IS NULL OR e.stream <> 'element:' || el.id::text OR e.stream_version <> 1)
      + (SELECT count(*) FROM lion.events e
         WHERE e.stream_version = 1 AND e.stream LIKE 'element:%'
         AND NOT EXISTS (SELECT FROM lion.elements el WHERE el.seq = e.seq))";
@@ -181,8 +181,9 @@ async fn layout_1_to_2(tx: &tokio_postgres::Transaction<'_>) -> Result<(), PgErr
     let unmovable: i64 = tx.query_one(ELEMENTS_UNMOVABLE, &[]).await?.get(0);
     if unmovable > 0 {
         return Err(PgError::NotAStore(format!(
-            "it has layout 1, and {unmovable} of its elements are not the first event of \
-             their own stream (element:<id>), which this lion needs to find them"
+            "it has layout 1, and {unmovable} of its elements (or events on element streams) \
+             break the rule this lion finds elements by: an element's creation is the first \
+             event of its own stream, element:<id>, and nothing else is"
         )));
     }
     let moved = async {
@@ -193,7 +194,7 @@ async fn layout_1_to_2(tx: &tokio_postgres::Transaction<'_>) -> Result<(), PgErr
     moved.await.map_err(|e| match e.code() {
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => PgError::NotAStore(
             "it has layout 1, which this lion moves to layout 2 when a role that owns \
-             lion's tables opens it; this role does not"
+             lion's tables (and may create in schema lion) opens it; this role may not"
                 .into(),
         ),
         _ => PgError::Db(e),

@@ -40,8 +40,9 @@
 //!   it reads anything (`SELECT … FOR UPDATE`, one round trip) and adds to
 //!   its group what arrived while it waited its turn; then reads, admits,
 //!   and writes with `COMMIT` in one more round trip.
-//! - After a failure, and for imports, the same under the lock, with
-//!   nothing guessed ([`Probe::Careful`]).
+//! - After a failure, the same under the lock, with nothing guessed
+//!   ([`Probe::Careful`]); imports always lock first, and read their event
+//!   ids (not the streams their element creations open, until a failure).
 //!
 //! When the connection breaks (the database restarted or is unreachable),
 //! or the head stays locked past the lock timeout (a kernel paused
@@ -129,23 +130,33 @@ impl Writer {
     /// Serves requests until every sender is dropped.
     pub async fn run(self, mut rx: mpsc::Receiver<Request>) {
         // Requests handed back by a run of commits admitted ahead, to
-        // commit the usual way.
-        let mut carried = Vec::new();
+        // commit the usual way, oldest first, a commit's worth at a time.
+        let mut carried: std::collections::VecDeque<Request> = Default::default();
         loop {
-            let mut group = std::mem::take(&mut carried);
-            let fresh = group.is_empty();
+            let fresh = carried.is_empty();
+            let mut group = Vec::new();
             if fresh {
                 match rx.recv().await {
                     Some(first) => group.push(first),
                     None => break,
                 }
             }
-            self.gather(&mut rx, &mut group, 0);
+            let mut size = 0;
+            while let Some(request) = carried.pop_front() {
+                size += request.events.len();
+                group.push(request);
+                if size >= self.max_events_per_commit {
+                    break;
+                }
+            }
+            if carried.is_empty() {
+                self.gather(&mut rx, &mut group, 0);
+            }
             if let Some(head) = self.turns.guess()
                 && fresh
                 && group.iter().all(ahead::reads_nothing)
             {
-                carried = self.commit_ahead(group, head, &mut rx).await;
+                carried = self.commit_ahead(group, head, &mut rx).await.into();
                 continue;
             }
             let outcomes = self.commit_gathering(&mut group, &mut rx).await;

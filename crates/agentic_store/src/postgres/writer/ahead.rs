@@ -43,14 +43,16 @@ pub(super) fn reads_nothing(request: &Request) -> bool {
 struct Admitted {
     /// The requests, in the order they were admitted.
     group: Vec<Request>,
+    /// How many events they hold.
+    events: usize,
     /// Each request's answer if the group commits.
     outcomes: Vec<Result<AppendReceipt, StoreError>>,
     /// The sealed records to write.
     rows: Vec<EventEnvelope>,
-    /// Event ids admitted, with their seqs (a request sent twice in one
-    /// group is answered with the first's positions).
+    /// Event ids admitted here or in the group before, with their seqs (a
+    /// request sent twice is answered with the first's positions).
     stored: HashMap<uuid::Uuid, u64>,
-    /// Streams opened, at version 1.
+    /// Streams opened here or in the group before, at version 1.
     versions: HashMap<String, u64>,
     /// The reducer's view of what the group created.
     overlay: Overlay,
@@ -58,6 +60,8 @@ struct Admitted {
     from: ChainHead,
     /// The head it leaves.
     to: ChainHead,
+    /// The group's commit time, as its records say.
+    recorded_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Admitted {
@@ -65,6 +69,7 @@ impl Admitted {
     fn on(from: ChainHead) -> Self {
         Self {
             group: Vec::new(),
+            events: 0,
             outcomes: Vec::new(),
             rows: Vec::new(),
             stored: HashMap::new(),
@@ -72,6 +77,23 @@ impl Admitted {
             overlay: Overlay::default(),
             from,
             to: from,
+            recorded_at: EventEnvelope::now(),
+        }
+    }
+
+    /// Nothing yet, to commit after `before`: what `before` writes counts
+    /// as stored (a retry of one of its requests is answered with its
+    /// positions, an element it creates is not created again), which holds
+    /// if `before` commits — and if it does not, neither does this.
+    fn after(before: &Admitted) -> Self {
+        Self {
+            stored: before.rows.iter().map(|r| (r.event_id, r.seq)).collect(),
+            versions: before
+                .rows
+                .iter()
+                .map(|r| (r.stream.clone(), r.stream_version))
+                .collect(),
+            ..Self::on(before.to)
         }
     }
 
@@ -85,16 +107,12 @@ impl Admitted {
                 versions: &mut self.versions,
                 overlay: &mut self.overlay,
                 rows: &mut self.rows,
-                recorded_at: EventEnvelope::now(),
+                recorded_at: self.recorded_at,
             },
         );
+        self.events += request.events.len();
         self.outcomes.push(outcome);
         self.group.push(request);
-    }
-
-    /// How many events the group holds.
-    fn events(&self) -> usize {
-        self.group.iter().map(|r| r.events.len()).sum()
     }
 }
 
@@ -125,7 +143,7 @@ impl Writer {
         }
         let mut left = Vec::new();
         loop {
-            let mut ahead = Admitted::on(current.to);
+            let mut ahead = Admitted::after(&current);
             let result = self
                 .commit_admitted(&client, &insert, &mut current, &mut ahead, &mut left, rx)
                 .await;
@@ -176,7 +194,12 @@ impl Writer {
                 &current.rows,
                 Some((current.from, current.to))
             ),
-            async { self.admit_queued(rx, ahead, left) },
+            async {
+                // Let the connection send the statement before the
+                // admitting takes this thread.
+                tokio::task::yield_now().await;
+                self.admit_queued(rx, ahead, left)
+            },
         );
         committed?;
         self.turns.committed(current.to);
@@ -197,7 +220,7 @@ impl Writer {
         ahead: &mut Admitted,
         left: &mut Vec<Request>,
     ) {
-        while left.is_empty() && ahead.events() < self.max_events_per_commit {
+        while left.is_empty() && ahead.events < self.max_events_per_commit {
             match rx.try_recv() {
                 Ok(request) if reads_nothing(&request) => ahead.admit(request),
                 Ok(request) => left.push(request),
