@@ -227,10 +227,7 @@ async fn an_unreachable_database_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_with_a_foreign_lion_schema_is_refused_untouched() {
     let url = postgres_cluster::cluster().database("foreign").await;
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
+    let client = admin(&url).await;
     client
         .batch_execute(
             "CREATE SCHEMA lion; CREATE TABLE lion.mine (x int); INSERT INTO lion.mine VALUES (7);",
@@ -248,6 +245,40 @@ async fn a_database_with_a_foreign_lion_schema_is_refused_untouched() {
         .expect("still there")
         .get(0);
     assert_eq!(kept, 7);
+}
+
+/// A plain connection to the database at `url`, beside the store's.
+async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// Turns a layout-2 store back into layout 1, as its lion left it, with
+/// the element rows `fill` (SQL) inserts.
+async fn as_layout_1(client: &tokio_postgres::Client, fill: &str) {
+    client
+        .batch_execute(&format!(
+            "DROP INDEX lion.events_element_creations; DROP FUNCTION lion.move_head; \
+             CREATE TABLE lion.elements (seq bigint PRIMARY KEY, id uuid NOT NULL UNIQUE); \
+             {fill}; UPDATE lion.store SET schema_version = 1;"
+        ))
+        .await
+        .expect("layout 1");
+}
+
+/// The store's layout version, and whether it has a `lion.elements` table.
+async fn layout(client: &tokio_postgres::Client) -> (i32, bool) {
+    let row = client
+        .query_one(
+            "SELECT schema_version, to_regclass('lion.elements') IS NOT NULL FROM lion.store",
+            &[],
+        )
+        .await
+        .expect("layout");
+    (row.get(0), row.get(1))
 }
 
 /// An event on a stream of its own choosing, as the contract suite makes.
@@ -393,20 +424,12 @@ async fn a_layout_1_store_is_moved_to_layout_2_keeping_its_elements() {
         .await
         .expect("append");
     drop(store);
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    // Layout 1, as its lion left it.
-    client
-        .batch_execute(
-            "DROP INDEX lion.events_element_creations; DROP FUNCTION lion.move_head; \
-             CREATE TABLE lion.elements (seq bigint PRIMARY KEY, id uuid NOT NULL UNIQUE); \
-             INSERT INTO lion.elements SELECT seq, substr(stream, 9)::uuid FROM lion.events; \
-             UPDATE lion.store SET schema_version = 1;",
-        )
-        .await
-        .expect("layout 1");
+    let client = admin(&url).await;
+    as_layout_1(
+        &client,
+        "INSERT INTO lion.elements SELECT seq, substr(stream, 9)::uuid FROM lion.events",
+    )
+    .await;
     let store = open(&url).await;
     assert_eq!(
         store.element(id).await.expect("read").map(|e| e.id),
@@ -417,14 +440,7 @@ async fn a_layout_1_store_is_moved_to_layout_2_keeping_its_elements() {
         .await
         .expect("list");
     assert_eq!(page.items.iter().map(|e| e.id).collect::<Vec<_>>(), [id]);
-    let row = client
-        .query_one(
-            "SELECT schema_version, to_regclass('lion.elements') IS NULL FROM lion.store",
-            &[],
-        )
-        .await
-        .expect("layout");
-    assert_eq!((row.get::<_, i32>(0), row.get::<_, bool>(1)), (2, true));
+    assert_eq!(layout(&client).await, (2, false));
 }
 
 /// A layout-1 store holding an element its table found but layout 2 would
@@ -439,19 +455,12 @@ async fn a_layout_1_store_whose_elements_would_be_lost_is_refused_untouched() {
         .await
         .expect("append");
     drop(store);
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
-        .batch_execute(
-            "DROP INDEX lion.events_element_creations; DROP FUNCTION lion.move_head; \
-             CREATE TABLE lion.elements (seq bigint PRIMARY KEY, id uuid NOT NULL UNIQUE); \
-             INSERT INTO lion.elements VALUES (1, gen_random_uuid()); \
-             UPDATE lion.store SET schema_version = 1;",
-        )
-        .await
-        .expect("layout 1");
+    let client = admin(&url).await;
+    as_layout_1(
+        &client,
+        "INSERT INTO lion.elements VALUES (1, gen_random_uuid())",
+    )
+    .await;
     let error = match PostgresStore::open(&url, PostgresOptions::default()).await {
         Ok(_) => panic!("moved a store whose elements it would lose"),
         Err(e) => e,
@@ -462,14 +471,7 @@ async fn a_layout_1_store_whose_elements_would_be_lost_is_refused_untouched() {
             .contains("the first event of its own stream"),
         "{error}"
     );
-    let row = client
-        .query_one(
-            "SELECT schema_version, to_regclass('lion.elements') IS NOT NULL FROM lion.store",
-            &[],
-        )
-        .await
-        .expect("layout");
-    assert_eq!((row.get::<_, i32>(0), row.get::<_, bool>(1)), (1, true));
+    assert_eq!(layout(&client).await, (1, true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,10 +482,7 @@ async fn the_log_refuses_updates_deletes_and_truncation() {
         .append(vec![new_event(0, 0)], ExpectedVersion::Any)
         .await
         .expect("append");
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
+    let client = admin(&url).await;
     for statement in [
         "UPDATE lion.events SET payload = '\\x00'",
         "DELETE FROM lion.events",
@@ -581,10 +580,7 @@ async fn tls_is_used_and_the_server_verified_when_asked() {
         .await
         .expect("append over TLS");
     // The server says lion's connections are encrypted.
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
+    let client = admin(&url).await;
     let row = client
         .query_one(
             "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s \
