@@ -62,11 +62,12 @@ struct StoreConfig {
     store: StoreSection,
 }
 
-/// Where the log of `home` is: `--store`/`LION_STORE` (clap fills both),
-/// else `[store] url` in the home's `config.toml`, else the home itself.
+/// Where the log of `home` is: `--store`/`LION_STORE` (clap fills both;
+/// empty is unset, as `LION_STORE=` says), else `[store] url` in the home's
+/// `config.toml`, else the home itself.
 pub fn store_at(home: &Path, flag: Option<&str>) -> Result<StoreAt> {
     not_a_file(home)?;
-    let url = match flag {
+    let url = match flag.filter(|url| !url.is_empty()) {
         Some(url) => Some(url.to_owned()),
         None => configured_url(home)?,
     };

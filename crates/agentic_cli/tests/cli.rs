@@ -1767,6 +1767,20 @@ fn a_home_that_is_a_file_is_named_as_such() {
     assert_eq!(std::fs::read(&file).expect("read"), b"x");
 }
 
+/// `LION_STORE=` (set, empty) clears the store as unset would: the home's
+/// own store, not an error about a URL.
+#[test]
+fn an_empty_lion_store_means_the_homes_own_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let created = run(lion_at(&home)
+        .env("LION_STORE", "")
+        .args(["element", "create"]));
+    let id = parse_id(&created);
+    let listed = lion_run(&home, &["element", "list"]);
+    assert!(listed.stdout.contains(&id.to_string()), "{listed:?}");
+}
+
 /// Regression (issue 14): the build targets x86-64-v3, and on a CPU without
 /// AVX2 or FMA lion died of SIGILL. Run under QEMU's user-mode emulation of
 /// such a CPU (scripts/check installs `qemu-user`), it must say so in one
