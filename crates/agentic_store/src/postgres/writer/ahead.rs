@@ -6,13 +6,19 @@
 //! writer left and committed in one statement that moves the head from
 //! there (see the `writer` module). While that statement is in flight the
 //! writer admits the requests already queued against the head it will
-//! leave, so the next group is sealed by the time the server answers, and
-//! its statement goes out at once. If a commit fails, nothing admitted
-//! ahead is kept: its requests, and the failed group's, are committed
-//! again the usual way (which finds retries, duplicates and a moved head).
+//! leave, and sends the next group's statement behind it at once, so the
+//! server runs one right after the other: two statements at most are in
+//! flight. The second moves the head only from where the first leaves it,
+//! so it commits only if the first did. If a commit fails, nothing
+//! admitted ahead is kept: its requests, and the failed group's, are
+//! committed again the usual way (which finds retries, duplicates and a
+//! moved head).
 
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use agentic_core::{
     AppendReceipt, ChainHead, EventEnvelope, ExpectedVersion, StoreError, SystemEvent,
@@ -47,8 +53,10 @@ struct Admitted {
     events: usize,
     /// Each request's answer if the group commits.
     outcomes: Vec<Result<AppendReceipt, StoreError>>,
-    /// The sealed records to write.
+    /// The sealed records to write, until they are sent.
     rows: Vec<EventEnvelope>,
+    /// The records sent to the server.
+    sent: Arc<Vec<EventEnvelope>>,
     /// Event ids admitted here or in the group before, with their seqs (a
     /// request sent twice is answered with the first's positions).
     stored: HashMap<uuid::Uuid, u64>,
@@ -72,6 +80,7 @@ impl Admitted {
             events: 0,
             outcomes: Vec::new(),
             rows: Vec::new(),
+            sent: Arc::default(),
             stored: HashMap::new(),
             versions: HashMap::new(),
             overlay: Overlay::default(),
@@ -81,15 +90,15 @@ impl Admitted {
         }
     }
 
-    /// Nothing yet, to commit after `before`: what `before` writes counts
+    /// Nothing yet, to commit after `before` (sent): what `before` writes counts
     /// as stored (a retry of one of its requests is answered with its
     /// positions, an element it creates is not created again), which holds
     /// if `before` commits — and if it does not, neither does this.
     fn after(before: &Admitted) -> Self {
         Self {
-            stored: before.rows.iter().map(|r| (r.event_id, r.seq)).collect(),
+            stored: before.sent.iter().map(|r| (r.event_id, r.seq)).collect(),
             versions: before
-                .rows
+                .sent
                 .iter()
                 .map(|r| (r.stream.clone(), r.stream_version))
                 .collect(),
@@ -119,9 +128,12 @@ impl Admitted {
 impl Writer {
     /// Commits `group` (whose requests read nothing) on `head`, the head
     /// this writer left, then the requests that read nothing queued behind
-    /// it, each group admitted while the one before it commits. Returns
-    /// the requests left to commit the usual way: the first that reads
-    /// something, or every request not yet committed once a commit failed.
+    /// it, each group admitted while the one before it commits, and sent
+    /// behind it at once: the server runs the two statements back to back,
+    /// and the second moves the head only from where the first leaves it,
+    /// so it commits only if the first did. Returns the requests left to
+    /// commit the usual way: the first that reads something, or every
+    /// request not yet committed once a commit failed.
     pub(super) async fn commit_ahead(
         &self,
         group: Vec<Request>,
@@ -142,73 +154,86 @@ impl Writer {
             current.admit(request);
         }
         let mut left = Vec::new();
+        let mut in_flight = match send(&client, &insert, &mut current).await {
+            Ok(statement) => statement,
+            Err(error) => return self.hand_back(&error, current, None, left),
+        };
         loop {
+            // Let the connection send the statement before the admitting
+            // takes this thread.
+            tokio::task::yield_now().await;
             let mut ahead = Admitted::after(&current);
-            let result = self
-                .commit_admitted(&client, &insert, &mut current, &mut ahead, &mut left, rx)
-                .await;
-            if let Err(error) = result {
-                if error.is_head_moved() {
-                    self.turns.others_append.store(true, Ordering::Relaxed);
+            self.admit_queued(rx, &mut ahead, &mut left);
+            // A group with a refusal reads before it is sent (its refused
+            // requests may be retries): it waits for the one in flight.
+            let pipelined = !ahead.group.is_empty() && ahead.outcomes.iter().all(Result::is_ok);
+            let mut next = None;
+            if pipelined {
+                match send(&client, &insert, &mut ahead).await {
+                    Ok(statement) => next = Some(statement),
+                    Err(error) => return self.hand_back(&error, current, Some(ahead), left),
                 }
-                let mut again = current.group;
-                again.append(&mut ahead.group);
-                again.append(&mut left);
-                return again;
             }
+            if let Err(error) = in_flight.await {
+                return self.hand_back(&error, current, Some(ahead), left);
+            }
+            self.committed_ahead(&current);
             for (request, outcome) in current.group.into_iter().zip(current.outcomes) {
                 let _ = request.reply.send(outcome);
             }
-            if left.is_empty() {
-                // What arrived while the last commit was in flight.
-                self.admit_queued(rx, &mut ahead, &mut left);
-            }
-            if ahead.group.is_empty() {
-                return left;
-            }
+            in_flight = match next {
+                Some(statement) => statement,
+                None => {
+                    if left.is_empty() {
+                        // What arrived while the last commit was in flight.
+                        self.admit_queued(rx, &mut ahead, &mut left);
+                    }
+                    if ahead.group.is_empty() {
+                        return left;
+                    }
+                    match send(&client, &insert, &mut ahead).await {
+                        Ok(statement) => statement,
+                        Err(error) => return self.hand_back(&error, ahead, None, left),
+                    }
+                }
+            };
             current = ahead;
         }
     }
 
-    /// Commits `current` in one statement, admitting into `ahead`, while it
-    /// is in flight, the queued requests that read nothing (the first that
-    /// reads something goes to `left`, and stops the admitting).
-    async fn commit_admitted(
+    /// The requests of a run of commits that failed with `error`, to
+    /// commit again the usual way: the failed group's, those admitted
+    /// behind it (whose statement, if sent, failed too: the head it moves
+    /// from was not reached), and those left.
+    fn hand_back(
         &self,
-        client: &ClientWrapper,
-        insert: &Statement,
-        current: &mut Admitted,
-        ahead: &mut Admitted,
-        left: &mut Vec<Request>,
-        rx: &mut mpsc::Receiver<Request>,
-    ) -> Result<(), PgError> {
-        let group: Vec<&Request> = current.group.iter().collect();
-        retries_found(client, &group, &mut current.outcomes).await?;
-        if current.rows.is_empty() {
-            return Ok(());
+        error: &PgError,
+        failed: Admitted,
+        behind: Option<Admitted>,
+        mut left: Vec<Request>,
+    ) -> Vec<Request> {
+        if error.is_head_moved() {
+            self.turns.others_append.store(true, Ordering::Relaxed);
         }
-        let (committed, ()) = tokio::join!(
-            insert_events(
-                client,
-                insert,
-                &current.rows,
-                Some((current.from, current.to))
-            ),
-            async {
-                // Let the connection send the statement before the
-                // admitting takes this thread.
-                tokio::task::yield_now().await;
-                self.admit_queued(rx, ahead, left)
-            },
-        );
-        committed?;
-        self.turns.committed(current.to);
+        let mut again = failed.group;
+        if let Some(mut behind) = behind {
+            again.append(&mut behind.group);
+        }
+        again.append(&mut left);
+        again
+    }
+
+    /// Notes a group committed ahead: the head it left, and its counts.
+    fn committed_ahead(&self, group: &Admitted) {
+        if group.sent.is_empty() {
+            return;
+        }
+        self.turns.committed(group.to);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
             .events
-            .fetch_add(current.rows.len() as u64, Ordering::Relaxed);
-        self.published(current.to);
-        Ok(())
+            .fetch_add(group.sent.len() as u64, Ordering::Relaxed);
+        self.published(group.to);
     }
 
     /// Admits into `ahead` the queued requests that read nothing, up to
@@ -228,4 +253,38 @@ impl Writer {
             }
         }
     }
+}
+
+/// A group's statement, sent: its outcome once the server answers.
+type InFlight<'a> = Pin<Box<dyn Future<Output = Result<(), PgError>> + Send + 'a>>;
+
+/// Sends `group`'s statement, moving the head from `group.from`, and
+/// returns it in flight (nothing to send for a group with no records to
+/// write). A group with refused requests first reads whether they are
+/// retries of stored ones ([`retries_found`]).
+async fn send<'a>(
+    client: &'a ClientWrapper,
+    insert: &'a Statement,
+    group: &mut Admitted,
+) -> Result<InFlight<'a>, PgError> {
+    let requests: Vec<&Request> = group.group.iter().collect();
+    retries_found(client, &requests, &mut group.outcomes).await?;
+    if group.rows.is_empty() {
+        return Ok(Box::pin(std::future::ready(Ok(()))));
+    }
+    let rows = Arc::new(std::mem::take(&mut group.rows));
+    group.sent = rows.clone();
+    let moving = Some((group.from, group.to));
+    let mut statement: InFlight<'a> =
+        Box::pin(async move { insert_events(client, insert, &rows, moving).await });
+    // Polled once, the statement goes to the connection to be sent; it
+    // cannot be answered yet.
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = statement.as_mut().poll(cx) {
+            statement = Box::pin(std::future::ready(result));
+        }
+        Poll::Ready(())
+    })
+    .await;
+    Ok(statement)
 }
