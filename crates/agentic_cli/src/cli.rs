@@ -106,6 +106,10 @@ pub enum Command {
     #[command(subcommand)]
     Events(EventsCommand),
 
+    /// Check workflow definitions (running them is not built yet).
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+
     /// Fold the whole log afresh and compare the result with the stored projections.
     Replay,
 
@@ -366,6 +370,17 @@ pub enum ModelCommand {
     },
     /// List the catalog's models and whether each is in the cache.
     List,
+}
+
+/// `lion workflow …`
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Read a workflow definition (TOML) and the sub-workflows it names,
+    /// check them, and print the steps in an order they can run.
+    Check {
+        /// The definition file.
+        file: PathBuf,
+    },
 }
 
 /// `lion plugin …`

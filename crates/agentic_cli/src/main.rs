@@ -34,6 +34,7 @@ use uuid::Uuid;
 use cli::{
     AgentCommand, BenchCommand, Cli, Command, ElementCommand, EventsCommand, KernelCommand,
     LogFormat, McpCommand, ModelCommand, Paging, PluginCommand, StoreCommand, TaskCommand,
+    WorkflowCommand,
 };
 use commands::Ctx;
 
@@ -183,6 +184,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Command::Model(ModelCommand::Pull { name }) => commands::model::pull(ctx, &name),
             Command::Model(ModelCommand::List) => commands::model::list(ctx),
+            Command::Workflow(WorkflowCommand::Check { file }) => {
+                commands::workflow::check(ctx, &file)
+            }
             Command::Plugin(PluginCommand::Install {
                 source,
                 name,

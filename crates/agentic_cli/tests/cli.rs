@@ -10,6 +10,7 @@
 //! - [`logging`] — diagnostic logs on stderr carry the correlation id.
 //! - [`bench`] — `bench store --quick` smoke test.
 //! - [`help`] — `--help` at every level.
+//! - [`workflows`] — checking workflow definitions.
 
 mod support;
 
@@ -1811,4 +1812,95 @@ fn a_cpu_without_the_builds_features_is_named_in_one_line() {
         .expect("run under qemu");
     assert!(new.status.success(), "{new:?}");
     assert!(String::from_utf8_lossy(&new.stdout).starts_with("lion "));
+}
+
+mod workflows {
+    use super::*;
+
+    /// The repository's example definitions.
+    fn example(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../workflows")
+            .join(name)
+    }
+
+    #[test]
+    fn the_example_checks_and_lists_its_steps_in_an_order_they_can_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let file = example("research.toml");
+        let out = lion_run(
+            &home,
+            &["--json", "workflow", "check", file.to_str().unwrap()],
+        );
+        let checked: Value = serde_json::from_str(&out.success().stdout).expect("json");
+        let order: Vec<&str> = checked["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "search", "read", "draft", "approve", "route", "publish", "shelve"
+            ]
+        );
+        assert_eq!(checked["files"], json!(["publish.toml", "research.toml"]));
+        assert_eq!(checked["steps"][5]["after"], json!(["draft", "route"]));
+        assert_eq!(checked["hash"].as_str().unwrap().len(), 64);
+        assert!(!home.exists(), "checking a file touched the home");
+
+        let table = lion_run(&home, &["workflow", "check", file.to_str().unwrap()]);
+        let text = table.success().stdout;
+        assert!(
+            text.starts_with("workflow research: 7 step(s), valid"),
+            "{text}"
+        );
+        assert!(text.contains("waits up to 2d, then rejected"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_definition_is_one_error_line_naming_the_step_and_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let folder = dir.path().join("flows");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::copy(example("publish.toml"), folder.join("publish.toml")).unwrap();
+        let original = std::fs::read_to_string(example("research.toml")).unwrap();
+        let cases = [
+            (
+                original.replace("then = \"publish\"", "then = \"pubish\""),
+                "workflow bad.toml: step `route`: field `branches`: there is no step `pubish`",
+            ),
+            (
+                original.replace("duration = \"1m\"", "duration = \"soon\""),
+                "workflow bad.toml: step `shelve`: field `duration`: `soon` is not a duration",
+            ),
+            (
+                original.replace("{{ item.url }}", "{{ item.url }"),
+                "workflow bad.toml: step `read`: field `each.prompt`: `Summarise {{ item.url } in three sentences.` is not a valid template",
+            ),
+            (
+                original.replace("after = []", "")
+                    + "[steps.loop]\nkind = \"timer\"\nduration = \"1s\"\nafter = [\"loop\"]\n",
+                "workflow bad.toml: step `loop`: runs after itself",
+            ),
+            (
+                original.replace("workflow = \"publish.toml\"", "workflow = \"gone.toml\""),
+                "workflow gone.toml: cannot read",
+            ),
+        ];
+        for (text, expected) in cases {
+            std::fs::write(folder.join("bad.toml"), &text).unwrap();
+            let path = folder.join("bad.toml");
+            let out = lion_run(&home, &["workflow", "check", path.to_str().unwrap()]);
+            let line = out.error_line(1).to_owned();
+            assert!(
+                line.starts_with(&format!("error: {expected}")),
+                "{line}\nwanted: {expected}"
+            );
+            assert!(out.stdout.is_empty(), "{out:?}");
+        }
+    }
 }

@@ -25,6 +25,8 @@
 //!   rules their events follow.
 //! - [`store`] — the [`EventStore`] port that event-store adapters implement,
 //!   and [`Subscription`], which follows a store's new events.
+//! - [`workflow`] — durable workflows: definitions checked into a DAG of
+//!   steps, and the templates that carry data between them.
 
 pub mod agent;
 pub mod chain;
@@ -39,6 +41,7 @@ pub mod progression;
 pub mod state;
 pub mod store;
 pub mod task;
+pub mod workflow;
 
 pub use agent::{
     Agent, AgentContext, AgentError, AgentId, AgentRef, Reply, RestartLimit, RestartPolicy,

@@ -23,6 +23,7 @@ pub mod run;
 pub mod serve;
 pub mod store;
 pub mod task;
+pub mod workflow;
 
 use uuid::Uuid;
 

@@ -1,0 +1,15 @@
+//! Durable workflows: multi-step work as a DAG of steps, each run as an
+//! orchestrator task or a wait recorded in the log.
+//!
+//! - [`definition`] — definitions as TOML files, checked into a DAG before
+//!   anything runs: kinds and fields, durations, JSON Schemas, templates,
+//!   dependencies and cycles, sub-workflows; one-line errors naming the
+//!   file, the step and the field.
+//! - [`template`] — the values that flow between steps: JSON whose strings
+//!   may be `minijinja` templates over the input and earlier outputs.
+
+pub mod definition;
+pub mod template;
+
+pub use definition::{Definition, DefinitionError, Step, StepKind};
+pub use template::{Template, TemplateError};
