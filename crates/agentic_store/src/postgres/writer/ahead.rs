@@ -171,7 +171,17 @@ impl Writer {
             if pipelined {
                 match send(&client, &insert, &mut ahead).await {
                     Ok(statement) => next = Some(statement),
-                    Err(error) => return self.hand_back(&error, current, Some(ahead), left),
+                    Err(error) => {
+                        // The group in flight is answered as it ends.
+                        if let Err(failed) = in_flight.await {
+                            return self.hand_back(&failed, current, Some(ahead), left);
+                        }
+                        self.committed_ahead(&current);
+                        for (request, outcome) in current.group.into_iter().zip(current.outcomes) {
+                            let _ = request.reply.send(outcome);
+                        }
+                        return self.hand_back(&error, ahead, None, left);
+                    }
                 }
             }
             if let Err(error) = in_flight.await {
