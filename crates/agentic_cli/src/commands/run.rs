@@ -41,11 +41,18 @@ pub async fn run(
     let membership = membership(&store, lease);
     let (plugins, orchestrator) = start(home, &store, ctx, concurrency, membership.as_ref())?;
     let _live = live::serve(home, &orchestrator)?;
-    eprintln!(
-        "lion kernel running on {} (pid {}); Ctrl-C or SIGTERM stops it",
-        home.display(),
-        std::process::id()
-    );
+    // "Running" once the kernel takes work: it has joined the kernels
+    // sharing the store, if any, and taken over its unfinished tasks.
+    let (ready, mut is_ready) = watch::channel(false);
+    let shown = home.display().to_string();
+    tokio::spawn(async move {
+        if is_ready.wait_for(|r| *r).await.is_ok() {
+            eprintln!(
+                "lion kernel running on {shown} (pid {}); Ctrl-C or SIGTERM stops it",
+                std::process::id()
+            );
+        }
+    });
     let store: Arc<dyn EventStore> = store;
     let report = kernel::serve(
         store,
@@ -53,7 +60,7 @@ pub async fn run(
         Some(plugins),
         wait_for(signals.clone(), 1),
         wait_for(signals, 2),
-        watch::channel(false).0,
+        ready,
         membership,
     )
     .await?;

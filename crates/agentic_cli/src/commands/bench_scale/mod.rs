@@ -69,8 +69,8 @@ const DEFAULT_RUNS: usize = 5;
 const QUICK_RUNS: usize = 2;
 
 /// What `lion run` logs once it takes work: its state is read and its
-/// unfinished tasks are taken over (`agentic_core::kernel`, at info level).
-/// Its "lion kernel running" line comes earlier, before that state is read.
+/// unfinished tasks are taken over (`agentic_core::kernel`, at info level;
+/// its "lion kernel running" line follows).
 const READY_LINE: &str = "kernel ready";
 
 /// The function called and its input.
