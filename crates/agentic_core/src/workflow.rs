@@ -5,10 +5,13 @@
 //!   anything runs: kinds and fields, durations, JSON Schemas, templates,
 //!   dependencies and cycles, sub-workflows; one-line errors naming the
 //!   file, the step and the field.
+//! - [`run`] — a run as a fold of its events, and what it does next, as more
+//!   events: pure, so a run resumed from its log decides as it would have.
 //! - [`template`] — the values that flow between steps: JSON whose strings
 //!   may be `minijinja` templates over the input and earlier outputs.
 
 pub mod definition;
+pub mod run;
 pub mod template;
 
 pub use definition::{Definition, DefinitionError, Step, StepKind};

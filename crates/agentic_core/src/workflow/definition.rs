@@ -33,14 +33,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::template::{Scope, Template};
+use super::template::{self, Scope, Template};
 
 /// Most steps one definition may have.
 pub const MAX_STEPS: usize = 1_000;
@@ -53,6 +54,10 @@ pub const DEFAULT_MAP_CONCURRENCY: u32 = 4;
 
 /// How deep sub-workflows may nest.
 pub const MAX_NESTING: usize = 8;
+
+/// The longest duration a definition may say: ten years (365-day), which a
+/// run's clock can always add.
+pub const MAX_DURATION: Duration = Duration::from_secs(3_650 * 86_400);
 
 /// Why a definition is refused: one line naming where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,15 +73,17 @@ pub struct DefinitionError {
 }
 
 impl fmt::Display for DefinitionError {
+    /// One line: what the file says (ids, paths) is escaped.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "workflow {}", self.file)?;
+        let mut line = format!("workflow {}", self.file);
         if let Some(step) = &self.step {
-            write!(f, ": step `{step}`")?;
+            line.push_str(&format!(": step `{step}`"));
         }
         if let Some(field) = &self.field {
-            write!(f, ": field `{field}`")?;
+            line.push_str(&format!(": field `{field}`"));
         }
-        write!(f, ": {}", self.reason)
+        line.push_str(&format!(": {}", self.reason));
+        f.write_str(&template::one_line(&line))
     }
 }
 
@@ -97,7 +104,7 @@ pub struct Definition {
     /// dependencies (file order where that leaves a choice).
     pub order: Vec<String>,
     /// Sub-workflows, by the path their steps name.
-    pub workflows: BTreeMap<String, Definition>,
+    pub workflows: BTreeMap<String, Arc<Definition>>,
     /// What it was read from.
     pub sources: Sources,
 }
@@ -217,7 +224,7 @@ pub struct Branch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnTimeout {
-    /// Rejected: the steps after it are skipped (the default).
+    /// Rejected (`approved = false`; the default).
     Reject,
     /// Approved.
     Approve,
@@ -225,8 +232,8 @@ pub enum OnTimeout {
     Fail,
 }
 
-/// The text of a definition and of every sub-workflow it uses, by path
-/// (the main file's path as given to [`Definition::load`] or `main`).
+/// The text of a definition and of every sub-workflow it uses (and only
+/// those), by path relative to the main file's folder.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sources {
     /// The main file's name.
@@ -271,14 +278,16 @@ impl Definition {
     pub fn from_sources(sources: Sources) -> Result<Self, DefinitionError> {
         let mut definitions = BTreeMap::new();
         build(&sources, &sources.main, &mut definitions, &mut Vec::new())?;
-        definitions
+        let main = definitions
             .remove(&sources.main)
             .ok_or_else(|| DefinitionError {
                 file: sources.main.clone(),
                 step: None,
                 field: None,
                 reason: "is not among the sources".into(),
-            })
+            })?;
+        drop(definitions);
+        Ok(Arc::try_unwrap(main).unwrap_or_else(|shared| (*shared).clone()))
     }
 
     /// Checks `input` against the input schema.
@@ -387,11 +396,10 @@ fn resolve(from: &str, sub: &str) -> Result<String, String> {
             _ => return Err(format!("{sub} is not a relative path")),
         }
     }
-    Ok(parts
-        .iter()
-        .collect::<PathBuf>()
-        .to_string_lossy()
-        .into_owned())
+    if parts.is_empty() || parts.last().is_some_and(|p| p == "..") {
+        return Err(format!("`{sub}` names no file"));
+    }
+    Ok(parts.join("/"))
 }
 
 /// Builds the definition of `name` from `sources`, and its sub-workflows
@@ -399,7 +407,7 @@ fn resolve(from: &str, sub: &str) -> Result<String, String> {
 fn build(
     sources: &Sources,
     name: &str,
-    built: &mut BTreeMap<String, Definition>,
+    built: &mut BTreeMap<String, Arc<Definition>>,
     stack: &mut Vec<String>,
 ) -> Result<(), DefinitionError> {
     if built.contains_key(name) {
@@ -416,13 +424,17 @@ fn build(
             file: name.to_owned(),
             step: None,
             field: Some("workflow".into()),
-            reason: "sub-workflows include each other".into(),
+            reason: match stack.len() > MAX_NESTING {
+                true => format!("sub-workflows nest deeper than {MAX_NESTING}"),
+                false => "sub-workflows include each other".into(),
+            },
         });
     }
     let raw = parse_raw(name, text)?;
     let mut definition = check(name, raw)?;
     stack.push(name.to_owned());
     let mut subs = BTreeMap::new();
+    let mut files = BTreeMap::from([(name.to_owned(), text.clone())]);
     for step in definition.steps.values() {
         for path in step.kind.workflow_paths() {
             let resolved = resolve(name, path).map_err(|reason| DefinitionError {
@@ -432,16 +444,18 @@ fn build(
                 reason,
             })?;
             build(sources, &resolved, built, stack)?;
-            subs.insert(path.to_owned(), built[&resolved].clone());
+            let sub = Arc::clone(&built[&resolved]);
+            files.extend(sub.sources.files.clone());
+            subs.insert(path.to_owned(), sub);
         }
     }
     stack.pop();
     definition.workflows = subs;
     definition.sources = Sources {
         main: name.to_owned(),
-        files: sources.files.clone(),
+        files,
     };
-    built.insert(name.to_owned(), definition);
+    built.insert(name.to_owned(), Arc::new(definition));
     Ok(())
 }
 
@@ -503,9 +517,15 @@ struct RawBranch {
 impl RawStep {
     /// The sub-workflow files this step names (itself or in its `each`).
     fn workflow_paths(&self) -> Vec<String> {
-        let mut paths: Vec<String> = self.workflow.iter().cloned().collect();
-        if let Some(each) = &self.each {
-            paths.extend(each.workflow.iter().cloned());
+        let of = |step: &RawStep| match step.kind.as_deref() {
+            Some("workflow") => step.workflow.clone(),
+            _ => None,
+        };
+        let mut paths: Vec<String> = of(self).into_iter().collect();
+        if self.kind.as_deref() == Some("map")
+            && let Some(each) = &self.each
+        {
+            paths.extend(of(each));
         }
         paths
     }
@@ -586,12 +606,12 @@ fn parse_raw(file: &str, text: &str) -> Result<RawDefinition, DefinitionError> {
         file: file.to_owned(),
         step: None,
         field: None,
-        reason: one_line(&e, text),
+        reason: toml_error(&e, text),
     })
 }
 
 /// A TOML error on one line, with where it is.
-fn one_line(e: &toml::de::Error, text: &str) -> String {
+fn toml_error(e: &toml::de::Error, text: &str) -> String {
     let message = e.message().lines().next().unwrap_or("invalid TOML").trim();
     match e.span() {
         Some(span) => {
@@ -750,6 +770,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .checked_add(Duration::from_millis(part))
             .ok_or_else(bad)?;
     }
+    if total > MAX_DURATION {
+        return Err(format!("`{text}` is longer than ten years (3650d)"));
+    }
     Ok(total)
 }
 
@@ -852,7 +875,13 @@ fn check_kind(
     let duration = |field: &'static str, value: &Option<String>| {
         value
             .as_deref()
-            .map(|v| parse_duration(v).map_err(|e| (Some(field), e)))
+            .map(|v| match parse_duration(v) {
+                Ok(d) if d.is_zero() && field == "timeout" => {
+                    Err((Some(field), "must be longer than zero".to_owned()))
+                }
+                Ok(d) => Ok(d),
+                Err(e) => Err((Some(field), e)),
+            })
             .transpose()
     };
     let work = |call: Call| -> Result<Work, FieldError> {
@@ -1412,6 +1441,75 @@ branches = [{ when = "{{ input.x }}", then = "nowhere" }]
         assert!(
             line.starts_with("workflow sub/publish.toml: cannot read"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn what_the_file_says_is_quoted_on_one_line() {
+        let line =
+            refused("name = \"w\"\n[steps.\"a\\nb\"]\nkind = \"timer\"\nduration = \"1s\"\n");
+        assert!(line.contains("step `a\\nb`"), "{line}");
+        let line = refused("name = \"w\"\n[steps.a]\nkind = \"lo\\nop\"\n");
+        assert!(line.contains("`lo\\nop` is not a kind"), "{line}");
+    }
+
+    #[test]
+    fn durations_are_bounded_and_timeouts_longer_than_zero() {
+        let line =
+            refused("name = \"w\"\n[steps.a]\nkind = \"timer\"\nduration = \"300000000d\"\n");
+        assert!(line.contains("longer than ten years"), "{line}");
+        let line = refused(
+            "name = \"w\"\n[steps.a]\nkind = \"approval\"\nprompt = \"ok?\"\ntimeout = \"0s\"\n",
+        );
+        assert!(
+            line.ends_with("field `timeout`: must be longer than zero"),
+            "{line}"
+        );
+        assert!(read("name = \"w\"\n[steps.a]\nkind = \"timer\"\nduration = \"0s\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_stray_workflow_field_is_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("main.toml");
+        std::fs::write(
+            &main,
+            "name = \"w\"\n[steps.a]\nkind = \"plugin\"\nplugin = \"p\"\nfunction = \"f\"\nworkflow = \"gone.toml\"\n",
+        )
+        .unwrap();
+        let line = Definition::load(&main).unwrap_err().to_string();
+        assert!(
+            line.ends_with("field `workflow`: does not apply to a plugin step"),
+            "{line}"
+        );
+        std::fs::write(
+            &main,
+            "name = \"w\"\n[steps.a]\nkind = \"workflow\"\nworkflow = \".\"\n",
+        )
+        .unwrap();
+        let line = Definition::load(&main).unwrap_err().to_string();
+        assert!(
+            line.ends_with("field `workflow`: `.` names no file"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_sub_workflow_keeps_only_the_files_it_uses() {
+        let definition = Definition::from_sources(Sources {
+            main: "main.toml".into(),
+            files: [
+                ("main.toml".to_owned(), EVERY_KIND.to_owned()),
+                ("publish.toml".to_owned(), PUBLISH.to_owned()),
+            ]
+            .into(),
+        })
+        .expect("valid");
+        let sub = &definition.workflows["publish.toml"];
+        assert_eq!(sub.sources.main, "publish.toml");
+        assert_eq!(
+            sub.sources.files.keys().collect::<Vec<_>>(),
+            ["publish.toml"]
         );
     }
 

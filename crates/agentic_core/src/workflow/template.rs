@@ -96,9 +96,13 @@ fn form(text: &str) -> Form<'_> {
         return Form::Plain;
     }
     let trimmed = text.trim();
+    // `{{-` and `-}}` (or `+`) only control whitespace around the tag.
+    let markers: &[char] = &['-', '+'];
     if let Some(inner) = trimmed
         .strip_prefix("{{")
+        .map(|rest| rest.strip_prefix(markers).unwrap_or(rest))
         .and_then(|rest| rest.strip_suffix("}}"))
+        .map(|rest| rest.strip_suffix(markers).unwrap_or(rest))
         && !inner.contains("{{")
         && !inner.contains("}}")
         && !inner.contains("{%")
@@ -153,7 +157,8 @@ fn check_string(
                 Scope::MapItem => "input, steps, item, index",
             };
             return Err(TemplateError(format!(
-                "`{text}` uses `{root}`, which is not there (a template may use {known})"
+                "`{}` uses `{root}`, which is not there (a template may use {known})",
+                shown(text)
             )));
         }
         if root == "steps" {
@@ -163,7 +168,8 @@ fn check_string(
                 }
                 _ => {
                     return Err(TemplateError(format!(
-                        "`{text}` uses `{name}`: read a step's output as steps.ID.output"
+                        "`{}` uses `{name}`: read a step's output as steps.ID.output",
+                        shown(text)
                     )));
                 }
             }
@@ -172,11 +178,41 @@ fn check_string(
     Ok(())
 }
 
+/// Most characters of a template a message quotes.
+const QUOTED: usize = 60;
+
+/// A template's text as a message quotes it: on one line, clipped.
+pub(crate) fn shown(text: &str) -> String {
+    let mut out: String = one_line(text).chars().take(QUOTED).collect();
+    if text.chars().count() > QUOTED {
+        out.push('…');
+    }
+    out
+}
+
+/// `text` with its line breaks and other control characters escaped.
+pub(crate) fn one_line(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 fn syntax(text: &str, e: &minijinja::Error) -> TemplateError {
     let detail = e
         .detail()
         .map_or_else(|| e.kind().to_string(), str::to_owned);
-    TemplateError(format!("`{text}` is not a valid template: {detail}"))
+    TemplateError(format!(
+        "`{}` is not a valid template: {}",
+        shown(text),
+        one_line(&detail)
+    ))
 }
 
 fn evaluate_value(value: &Value, context: &Value) -> Result<Value, TemplateError> {
@@ -203,7 +239,7 @@ fn evaluate_string(text: &str, context: &Value) -> Result<Value, TemplateError> 
         let detail = e
             .detail()
             .map_or_else(|| e.kind().to_string(), str::to_owned);
-        TemplateError(format!("`{text}` failed: {detail}"))
+        TemplateError(format!("`{}` failed: {}", shown(text), one_line(&detail)))
     };
     match form(text) {
         Form::Plain => Ok(Value::String(text.to_owned())),
@@ -214,11 +250,16 @@ fn evaluate_string(text: &str, context: &Value) -> Result<Value, TemplateError> 
                 .map_err(failed)?;
             if value.is_undefined() {
                 return Err(TemplateError(format!(
-                    "`{text}` is undefined: a key it reads is not there"
+                    "`{}` is undefined: a key it reads is not there",
+                    shown(text)
                 )));
             }
-            serde_json::to_value(&value)
-                .map_err(|e| TemplateError(format!("`{text}` gave a value that is not JSON: {e}")))
+            serde_json::to_value(&value).map_err(|e| {
+                TemplateError(format!(
+                    "`{}` gave a value that is not JSON: {e}",
+                    shown(text)
+                ))
+            })
         }
         Form::Rendered => environment()
             .render_str(text, &context)
@@ -307,5 +348,23 @@ mod tests {
         .unwrap();
         let err = template.evaluate(&json!({})).unwrap_err();
         assert!(err.0.contains("fuel"), "{err}");
+    }
+
+    #[test]
+    fn whitespace_markers_keep_one_expression_one_expression() {
+        let context = json!({"input": {"n": 5}});
+        for text in ["{{- input.n }}", "{{ input.n -}}", "{{+ input.n +}}"] {
+            let (template, _) = Template::parse(json!(text), Scope::Step).expect(text);
+            assert_eq!(template.evaluate(&context).unwrap(), json!(5), "{text}");
+        }
+    }
+
+    #[test]
+    fn errors_quote_a_long_or_multi_line_template_on_one_line() {
+        let text = format!("line one\n{{{{ inptu.x }}}}\n{}", "x".repeat(200));
+        let err = reads(json!(text), Scope::Step).unwrap_err();
+        assert!(!err.contains('\n'), "{err}");
+        assert!(err.contains("line one\\n"), "{err}");
+        assert!(err.contains('…'), "{err}");
     }
 }
