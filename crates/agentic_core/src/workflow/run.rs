@@ -18,6 +18,7 @@
 //! that was not requested), so whoever appends them can check them first.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -28,12 +29,26 @@ use super::definition::{
     Call, Definition, DefinitionError, OnTimeout, Sources, StepKind, check_against,
 };
 
+/// The version of the rules [`Run`] folds and decides by: recorded when a
+/// run starts, and raised when a change would make a run in flight decide
+/// differently (how definitions are read, dependencies inferred, steps
+/// ordered, templates evaluated).
+pub const ENGINE: u32 = 1;
+
+fn first_engine() -> u32 {
+    1
+}
+
 /// One event of a run, in the order the run's stream holds them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RunEvent {
     /// The run started: the definition's sources and the input, checked.
     Started {
+        /// The version of the rules that read the definition and decide
+        /// (a run continues only under the rules it started with).
+        #[serde(default = "first_engine")]
+        engine: u32,
         /// The definition's files, as they were when the run started.
         sources: Sources,
         /// The run's input.
@@ -168,6 +183,9 @@ pub enum RunError {
     /// The run has ended.
     #[error("the run has ended")]
     Ended,
+    /// The run started under rules this version does not have.
+    #[error("the run started under workflow engine {0}; this lion has engine {ENGINE}")]
+    Engine(u32),
 }
 
 /// Where a step is.
@@ -238,7 +256,7 @@ pub enum RunEnd {
 #[derive(Debug, Clone)]
 pub struct Run {
     /// The definition it runs (from the recorded sources).
-    pub definition: Definition,
+    pub definition: Arc<Definition>,
     /// Its input.
     pub input: Value,
     /// When it started.
@@ -270,6 +288,7 @@ impl Run {
             .check_input(&input)
             .map_err(|e| RunError::Input(e.to_string()))?;
         Ok(RunEvent::Started {
+            engine: ENGINE,
             sources: definition.sources.clone(),
             input,
             at,
@@ -279,10 +298,19 @@ impl Run {
     /// Folds a run's events.
     pub fn replay<'a>(events: impl IntoIterator<Item = &'a RunEvent>) -> Result<Run, RunError> {
         let mut events = events.into_iter();
-        let Some(RunEvent::Started { sources, input, at }) = events.next() else {
+        let Some(RunEvent::Started {
+            sources,
+            input,
+            at,
+            engine,
+        }) = events.next()
+        else {
             return Err(RunError::NotStarted);
         };
-        let definition = Definition::from_sources(sources.clone())?;
+        if *engine != ENGINE {
+            return Err(RunError::Engine(*engine));
+        }
+        let definition = Arc::new(Definition::from_sources(sources.clone())?);
         let steps = definition
             .order
             .iter()
@@ -301,55 +329,94 @@ impl Run {
         Ok(run)
     }
 
-    /// Applies one event, refusing one the state does not allow.
+    /// Applies one event, refusing one the state does not allow: each
+    /// event must fit its step's kind and state, items their map, and the
+    /// run's end its steps.
     pub fn apply(&mut self, event: &RunEvent) -> Result<(), RunError> {
         if self.end.is_some() {
             return Err(RunError::Ended);
         }
+        let definition = Arc::clone(&self.definition);
+        let kind_of_step = |step: &str| {
+            definition
+                .steps
+                .get(step)
+                .map(|s| &s.kind)
+                .ok_or_else(|| RunError::NoSuchStep(step.to_owned()))
+        };
         match event {
             RunEvent::Started { .. } => return Err(RunError::NotStarted),
-            RunEvent::Completed { output } => self.end = Some(RunEnd::Completed(output.clone())),
+            RunEvent::Completed { output } => {
+                if let Some((step, _)) = self.steps.iter().find(|(_, s)| !s.is_final()) {
+                    return Err(refused(step, "has not ended, and the run cannot before it"));
+                }
+                self.end = Some(RunEnd::Completed(output.clone()));
+            }
             RunEvent::Failed { error } => self.end = Some(RunEnd::Failed(error.clone())),
             RunEvent::Cancelled { by } => self.end = Some(RunEnd::Cancelled(by.clone())),
             RunEvent::StepScheduled {
                 step, item, task, ..
             } => {
-                let state = self.state_mut(step)?;
-                match (state, item) {
-                    (s @ StepState::Pending, None) => *s = StepState::Scheduled { task: *task },
-                    (StepState::Mapping { tasks, .. }, Some(i)) if *i < tasks.len() => {
-                        match &mut tasks[*i] {
-                            slot @ None => *slot = Some(*task),
-                            Some(_) => return Err(refused(step, "item scheduled twice")),
+                let kind = kind_of_step(step)?;
+                let after = &definition.steps[step].after;
+                if !after
+                    .iter()
+                    .all(|d| matches!(self.steps[d], StepState::Completed { .. }))
+                {
+                    return Err(refused(step, "runs after steps that have not completed"));
+                }
+                match (kind, item, self.state_mut(step)?) {
+                    (StepKind::Work(_), None, s @ StepState::Pending) => {
+                        *s = StepState::Scheduled { task: *task }
+                    }
+                    (
+                        StepKind::Map { concurrency, .. },
+                        Some(i),
+                        StepState::Mapping { tasks, outputs, .. },
+                    ) if *i < tasks.len() && tasks[*i].is_none() => {
+                        let running = running_items(tasks, outputs);
+                        if running >= *concurrency as usize {
+                            return Err(refused(step, "runs as many items as it may already"));
                         }
+                        tasks[*i] = Some(*task);
                     }
                     _ => return Err(refused(step, "cannot be scheduled now")),
                 }
             }
-            RunEvent::MapExpanded { step, items } => match self.state_mut(step)? {
-                s @ StepState::Pending => {
-                    *s = StepState::Mapping {
-                        tasks: vec![None; items.len()],
-                        outputs: vec![None; items.len()],
-                        items: items.clone(),
+            RunEvent::MapExpanded { step, items } => {
+                let kind = kind_of_step(step)?;
+                match (kind, self.state_mut(step)?) {
+                    (StepKind::Map { .. }, s @ StepState::Pending) => {
+                        *s = StepState::Mapping {
+                            tasks: vec![None; items.len()],
+                            outputs: vec![None; items.len()],
+                            items: items.clone(),
+                        }
                     }
+                    _ => return Err(refused(step, "cannot be expanded now")),
                 }
-                _ => return Err(refused(step, "expanded twice")),
-            },
+            }
             RunEvent::StepCompleted { step, item, output } => {
-                let state = self.state_mut(step)?;
-                match (state, item) {
-                    (s @ (StepState::Scheduled { .. } | StepState::Pending), None) => {
+                let kind = kind_of_step(step)?;
+                match (kind, item, self.state_mut(step)?) {
+                    (StepKind::Work(_), None, s @ StepState::Scheduled { .. })
+                    | (StepKind::Condition { .. }, None, s @ StepState::Pending) => {
                         *s = StepState::Completed {
                             output: output.clone(),
                         }
                     }
-                    (s @ StepState::Mapping { .. }, None) => {
+                    (StepKind::Map { .. }, None, s @ StepState::Mapping { .. }) => {
+                        let StepState::Mapping { outputs, .. } = &*s else {
+                            unreachable!()
+                        };
+                        if outputs.iter().any(Option::is_none) {
+                            return Err(refused(step, "has items not completed"));
+                        }
                         *s = StepState::Completed {
                             output: output.clone(),
                         }
                     }
-                    (StepState::Mapping { tasks, outputs, .. }, Some(i))
+                    (StepKind::Map { .. }, Some(i), StepState::Mapping { tasks, outputs, .. })
                         if *i < outputs.len() && tasks[*i].is_some() && outputs[*i].is_none() =>
                     {
                         outputs[*i] = Some(output.clone());
@@ -359,31 +426,38 @@ impl Run {
             }
             RunEvent::StepFailed { step, item, error } => {
                 let state = self.state_mut(step)?;
-                match (&*state, item) {
-                    (s, _) if s.is_final() => return Err(refused(step, "has already ended")),
-                    (StepState::Mapping { .. }, Some(_)) | (_, None) => {
-                        *state = StepState::Failed {
-                            error: match item {
-                                Some(i) => format!("item {i}: {error}"),
-                                None => error.clone(),
-                            },
-                        }
+                let fits = match (&*state, item) {
+                    (StepState::Mapping { outputs, .. }, Some(i)) => {
+                        *i < outputs.len() && outputs[*i].is_none()
                     }
-                    _ => return Err(refused(step, "has no items")),
+                    (s, None) => !s.is_final(),
+                    _ => false,
+                };
+                if !fits {
+                    return Err(refused(step, "cannot fail now"));
                 }
+                *state = StepState::Failed {
+                    error: match item {
+                        Some(i) => format!("item {i}: {error}"),
+                        None => error.clone(),
+                    },
+                };
             }
             RunEvent::StepSkipped { step, .. } => match self.state_mut(step)? {
                 s @ StepState::Pending => *s = StepState::Skipped,
-                _ => return Err(refused(step, "cannot be skipped once started")),
+                _ => return Err(refused(step, "cannot be skipped now")),
             },
-            RunEvent::ApprovalRequested { step, deadline, .. } => match self.state_mut(step)? {
-                s @ StepState::Pending => {
-                    *s = StepState::Asking {
-                        deadline: *deadline,
+            RunEvent::ApprovalRequested { step, deadline, .. } => {
+                let kind = kind_of_step(step)?;
+                match (kind, self.state_mut(step)?) {
+                    (StepKind::Approval { .. }, s @ StepState::Pending) => {
+                        *s = StepState::Asking {
+                            deadline: *deadline,
+                        }
                     }
+                    _ => return Err(refused(step, "cannot ask now")),
                 }
-                _ => return Err(refused(step, "asked twice")),
-            },
+            }
             RunEvent::ApprovalDecided {
                 step,
                 approved,
@@ -403,16 +477,24 @@ impl Run {
                 }
                 _ => return Err(refused(step, "is not waiting for a decision")),
             },
-            RunEvent::TimerSet { step, due } => match self.state_mut(step)? {
-                s @ StepState::Pending => *s = StepState::Waiting { due: *due },
-                _ => return Err(refused(step, "set twice")),
-            },
+            RunEvent::TimerSet { step, due } => {
+                let kind = kind_of_step(step)?;
+                match (kind, self.state_mut(step)?) {
+                    (StepKind::Timer { .. }, s @ StepState::Pending) => {
+                        *s = StepState::Waiting { due: *due }
+                    }
+                    _ => return Err(refused(step, "cannot be set now")),
+                }
+            }
             RunEvent::TimerFired { step, at } => match self.state_mut(step)? {
                 s @ StepState::Waiting { .. } => {
                     let StepState::Waiting { due } = *s else {
                         unreachable!()
                     };
-                    let late = (*at - due).num_milliseconds().max(0);
+                    if *at < due {
+                        return Err(refused(step, "cannot fire before it is due"));
+                    }
+                    let late = (*at - due).num_milliseconds();
                     *s = StepState::Completed {
                         output: json!({ "due": due, "fired_at": at, "late_ms": late }),
                     }
@@ -423,6 +505,26 @@ impl Run {
         Ok(())
     }
 
+    /// The tasks scheduled and not finished, as `(step, item, task)`: what
+    /// to cancel once the run has ended.
+    pub fn outstanding(&self) -> Vec<(String, Option<usize>, Uuid)> {
+        let mut out = Vec::new();
+        for (id, state) in &self.steps {
+            match state {
+                StepState::Scheduled { task } => out.push((id.clone(), None, *task)),
+                StepState::Mapping { tasks, outputs, .. } => {
+                    for (i, (task, output)) in tasks.iter().zip(outputs).enumerate() {
+                        if let (Some(task), None) = (task, output) {
+                            out.push((id.clone(), Some(i), *task));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     fn state_mut(&mut self, step: &str) -> Result<&mut StepState, RunError> {
         self.steps
             .get_mut(step)
@@ -431,57 +533,81 @@ impl Run {
 
     /// What the run does next, as events to record (none once it has
     /// ended, or while it waits for tasks, people or time). `task_id` makes
-    /// the id of each task scheduled.
+    /// the id of each task scheduled. Each event decided is applied to a
+    /// copy of the run before the next is decided, so one call never
+    /// decides a step twice and every event it returns fits.
     pub fn decide(&self, now: DateTime<Utc>, task_id: &mut impl FnMut() -> Uuid) -> Vec<RunEvent> {
-        if self.end.is_some() {
-            return Vec::new();
+        self.decide_on(now, task_id).0
+    }
+
+    /// [`Run::decide`], with the copy the events were applied to.
+    fn decide_on(
+        &self,
+        now: DateTime<Utc>,
+        task_id: &mut impl FnMut() -> Uuid,
+    ) -> (Vec<RunEvent>, Run) {
+        let mut next = self.clone();
+        let mut decided = Vec::new();
+        let mut take = |next: &mut Run, events: Vec<RunEvent>| {
+            for event in events {
+                match next.apply(&event) {
+                    Ok(()) => decided.push(event),
+                    Err(e) => {
+                        debug_assert!(false, "decided an event that does not fit: {e}");
+                        tracing::error!(error = %e, "a workflow run decided an event that does not fit");
+                    }
+                }
+            }
+        };
+        if next.end.is_some() {
+            return (decided, next);
         }
-        if let Some((step, StepState::Failed { error })) = self
+        if let Some((step, StepState::Failed { error })) = next
             .steps
             .iter()
             .find(|(_, s)| matches!(s, StepState::Failed { .. }))
         {
-            return vec![RunEvent::Failed {
+            let failed = RunEvent::Failed {
                 error: format!("step `{step}`: {error}"),
-            }];
+            };
+            take(&mut next, vec![failed]);
+            return (decided, next);
         }
-        if self.steps.values().all(StepState::is_final) {
-            return vec![self.finish()];
+        if next.steps.values().all(StepState::is_final) {
+            let end = next.finish();
+            take(&mut next, vec![end]);
+            return (decided, next);
         }
-        let mut decided = Vec::new();
         for id in &self.definition.order {
             let step = &self.definition.steps[id];
-            let state = &self.steps[id];
-            match state {
+            let events = match &next.steps[id] {
                 StepState::Pending => {
                     if let Some(skipped) = step
                         .after
                         .iter()
-                        .find(|d| self.steps[*d] == StepState::Skipped)
+                        .find(|d| next.steps[*d] == StepState::Skipped)
                     {
-                        decided.push(RunEvent::StepSkipped {
+                        vec![RunEvent::StepSkipped {
                             step: id.clone(),
                             because: format!("`{skipped}` was skipped"),
-                        });
-                        continue;
-                    }
-                    let ready = step
+                        }]
+                    } else if step
                         .after
                         .iter()
-                        .all(|d| matches!(self.steps[d], StepState::Completed { .. }));
-                    if ready {
-                        let context = self.context(Some(&step.after));
-                        decided.extend(self.begin(id, &step.kind, &context, now, task_id));
+                        .all(|d| matches!(next.steps[d], StepState::Completed { .. }))
+                    {
+                        let context = next.context(Some(&step.after));
+                        next.begin(id, &step.kind, &context, now, task_id)
+                    } else {
+                        Vec::new()
                     }
                 }
-                StepState::Mapping { tasks, outputs, .. } => {
-                    decided.extend(self.advance_map(id, &step.kind, tasks, outputs, task_id))
-                }
+                StepState::Mapping { .. } => next.advance_map(id, &step.kind, task_id),
                 StepState::Asking { deadline } if now >= *deadline => {
                     let StepKind::Approval { on_timeout, .. } = &step.kind else {
                         continue;
                     };
-                    decided.push(match on_timeout {
+                    vec![match on_timeout {
                         OnTimeout::Fail => RunEvent::StepFailed {
                             step: id.clone(),
                             item: None,
@@ -494,34 +620,37 @@ impl Run {
                             input: None,
                             at: now,
                         },
-                    });
+                    }]
                 }
-                StepState::Waiting { due } if now >= *due => decided.push(RunEvent::TimerFired {
+                StepState::Waiting { due } if now >= *due => vec![RunEvent::TimerFired {
                     step: id.clone(),
                     at: now,
-                }),
-                _ => {}
+                }],
+                _ => Vec::new(),
+            };
+            take(&mut next, events);
+            // A failure ends the run: nothing more is started.
+            if matches!(next.steps[id], StepState::Failed { .. }) {
+                break;
             }
         }
-        decided
+        (decided, next)
     }
 
     /// Decides, applies and decides again until the run waits: every event
-    /// decided, in order.
+    /// decided, in order. The run changes only by the events returned.
     pub fn settle(
         &mut self,
         now: DateTime<Utc>,
         task_id: &mut impl FnMut() -> Uuid,
-    ) -> Result<Vec<RunEvent>, RunError> {
+    ) -> Vec<RunEvent> {
         let mut all = Vec::new();
         loop {
-            let decided = self.decide(now, task_id);
+            let (decided, next) = self.decide_on(now, task_id);
             if decided.is_empty() {
-                return Ok(all);
+                return all;
             }
-            for event in &decided {
-                self.apply(event)?;
-            }
+            *self = next;
             all.extend(decided);
         }
     }
@@ -600,6 +729,7 @@ impl Run {
                     .map(|b| &b.then)
                     .chain(otherwise.iter())
                     .filter(|t| Some(*t) != chosen.as_ref())
+                    .filter(|t| self.steps.get(*t) == Some(&StepState::Pending))
                     .collect::<BTreeSet<_>>();
                 events.extend(targets.into_iter().map(|t| RunEvent::StepSkipped {
                     step: t.clone(),
@@ -616,13 +746,18 @@ impl Run {
         &self,
         id: &str,
         kind: &StepKind,
-        tasks: &[Option<Uuid>],
-        outputs: &[Option<Value>],
         task_id: &mut impl FnMut() -> Uuid,
     ) -> Vec<RunEvent> {
-        let StepKind::Map {
-            concurrency, each, ..
-        } = kind
+        let (
+            StepKind::Map {
+                concurrency, each, ..
+            },
+            StepState::Mapping {
+                items,
+                tasks,
+                outputs,
+            },
+        ) = (kind, &self.steps[id])
         else {
             return Vec::new();
         };
@@ -633,14 +768,7 @@ impl Run {
                 output: Value::Array(outputs.iter().flatten().cloned().collect()),
             }];
         }
-        let running = tasks
-            .iter()
-            .zip(outputs)
-            .filter(|(t, o)| t.is_some() && o.is_none())
-            .count();
-        let StepState::Mapping { items, .. } = &self.steps[id] else {
-            return Vec::new();
-        };
+        let running = running_items(tasks, outputs);
         let mut context = self.context(Some(&self.definition.steps[id].after));
         let mut events = Vec::new();
         let free = (*concurrency as usize).saturating_sub(running);
@@ -732,7 +860,9 @@ impl Run {
     }
 }
 
-/// What a work step's task is asked: the call with its templates evaluated.
+/// What a work step's task is asked, templates evaluated: the input of the
+/// task handler that runs it (a plugin call's `{plugin, function, input}`,
+/// an agent turn's `{agent, text}`).
 fn call_input(call: &Call, context: &Value) -> Result<Value, String> {
     Ok(match call {
         Call::Plugin {
@@ -746,7 +876,7 @@ fn call_input(call: &Call, context: &Value) -> Result<Value, String> {
         }),
         Call::Agent { agent, prompt } => json!({
             "agent": agent,
-            "prompt": text_of(prompt.evaluate(context).map_err(|e| e.0)?),
+            "text": text_of(prompt.evaluate(context).map_err(|e| e.0)?),
         }),
         Call::Workflow { path, input } => json!({
             "workflow": path,
@@ -784,6 +914,15 @@ fn kind_of(value: &Value) -> &'static str {
         Value::Array(_) => "a list",
         Value::Object(_) => "an object",
     }
+}
+
+/// Items of a map scheduled and not finished.
+fn running_items(tasks: &[Option<Uuid>], outputs: &[Option<Value>]) -> usize {
+    tasks
+        .iter()
+        .zip(outputs)
+        .filter(|(t, o)| t.is_some() && o.is_none())
+        .count()
 }
 
 fn refused(step: &str, reason: &str) -> RunError {
@@ -874,7 +1013,7 @@ after = ["publish"]
         if input.get("plugin") == Some(&json!("search")) {
             return json!(["a", "b", "c"]);
         }
-        if let Some(prompt) = input.get("prompt") {
+        if let Some(prompt) = input.get("text") {
             return json!(format!("draft of {}", prompt.as_str().unwrap()));
         }
         json!({ "did": input })
@@ -912,14 +1051,26 @@ after = ["publish"]
 
         fn settle(&mut self) {
             let mut n = self.next_task;
-            let decided = self
-                .run
-                .settle(self.now, &mut || {
-                    n += 1;
-                    Uuid::from_u128(n)
-                })
-                .expect("settles");
+            let decided = self.run.settle(self.now, &mut || {
+                n += 1;
+                Uuid::from_u128(n)
+            });
             self.next_task = n;
+            // Quiet: ended, or waiting for a task, a person or time.
+            let waiting = self.run.steps.values().any(|s| {
+                matches!(
+                    s,
+                    StepState::Scheduled { .. }
+                        | StepState::Mapping { .. }
+                        | StepState::Asking { .. }
+                        | StepState::Waiting { .. }
+                )
+            });
+            assert!(
+                self.run.end.is_some() || waiting,
+                "stuck: {:?}",
+                self.run.steps
+            );
             for event in decided {
                 if let RunEvent::StepScheduled { step, item, .. } = &event {
                     assert!(
@@ -932,7 +1083,13 @@ after = ["publish"]
         }
 
         fn crash(&mut self) {
-            self.run = Run::replay(&self.events).expect("replays");
+            let replayed = Run::replay(&self.events).expect("replays");
+            assert_eq!(
+                replayed.steps, self.run.steps,
+                "the log holds the run's state"
+            );
+            assert_eq!(replayed.end, self.run.end);
+            self.run = replayed;
         }
 
         /// Runs to the end; `choices` picks among what can happen next.
@@ -1218,5 +1375,209 @@ after = ["publish"]
             panic!("{:?}", drive.run.steps);
         };
         assert!(error.starts_with("step `b`:"), "{error}");
+    }
+
+    #[test]
+    fn a_step_skipped_for_one_reason_is_not_skipped_again_for_another() {
+        // `t` runs after `a` (skipped by `c1`) and is `c2`'s branch not
+        // taken: skipped once, whichever comes first.
+        for c2_after in ["[\"c1\"]", "[\"work\"]"] {
+            let def = definition(
+                &format!(
+                    "name = \"w\"\n\
+                     [steps.c1]\nkind = \"condition\"\nbranches = [{{ when = \"{{{{ input.x }}}}\", then = \"a\" }}]\n\
+                     [steps.a]\nkind = \"timer\"\nduration = \"1s\"\n\
+                     [steps.work]\nkind = \"plugin\"\nplugin = \"p\"\nfunction = \"f\"\n\
+                     [steps.c2]\nkind = \"condition\"\nafter = {c2_after}\n\
+                     branches = [{{ when = \"{{{{ input.y }}}}\", then = \"t\" }}]\notherwise = \"u\"\n\
+                     [steps.t]\nkind = \"timer\"\nduration = \"1s\"\nafter = [\"a\"]\n\
+                     [steps.u]\nkind = \"timer\"\nduration = \"1s\"\n"
+                ),
+                &[],
+            );
+            let mut drive = Drive::new(&def, json!({"x": false, "y": false}));
+            let end = drive.finish(true, &mut first);
+            assert!(matches!(end, RunEnd::Completed(_)), "{c2_after}: {end:?}");
+            assert_eq!(drive.run.steps["t"], StepState::Skipped);
+            let skips = drive
+                .events
+                .iter()
+                .filter(|e| matches!(e, RunEvent::StepSkipped { step, .. } if step == "t"))
+                .count();
+            assert_eq!(skips, 1, "{c2_after}");
+        }
+    }
+
+    #[test]
+    fn an_item_failing_ends_the_run_and_names_what_still_runs() {
+        let def = definition(FLOW, &[]);
+        let mut drive = Drive::new(&def, json!({"topic": "owls"}));
+        drive.settle();
+        drive.record(RunEvent::StepCompleted {
+            step: "search".into(),
+            item: None,
+            output: json!(["a", "b", "c"]),
+        });
+        drive.settle();
+        drive.record(RunEvent::StepFailed {
+            step: "read".into(),
+            item: Some(0),
+            error: "404".into(),
+        });
+        drive.settle();
+        let Some(RunEnd::Failed(error)) = &drive.run.end else {
+            panic!("{:?}", drive.run.end);
+        };
+        assert_eq!(error, "step `read`: item 0: 404");
+        let late = RunEvent::StepCompleted {
+            step: "read".into(),
+            item: Some(1),
+            output: json!("late"),
+        };
+        assert_eq!(drive.run.clone().apply(&late), Err(RunError::Ended));
+    }
+
+    #[test]
+    fn outstanding_names_the_tasks_still_running() {
+        let def = definition(FLOW, &[]);
+        let mut drive = Drive::new(&def, json!({"topic": "owls"}));
+        drive.settle();
+        drive.record(RunEvent::StepCompleted {
+            step: "search".into(),
+            item: None,
+            output: json!(["a", "b", "c"]),
+        });
+        drive.settle();
+        let running: Vec<_> = drive
+            .run
+            .outstanding()
+            .into_iter()
+            .map(|(step, item, _)| (step, item))
+            .collect();
+        assert_eq!(
+            running,
+            [("read".to_owned(), Some(0)), ("read".to_owned(), Some(1))]
+        );
+    }
+
+    #[test]
+    fn events_a_driver_must_not_record_are_refused() {
+        let def = definition(FLOW, &[]);
+        let mut drive = Drive::new(&def, json!({"topic": "owls"}));
+        drive.settle();
+        let at = t0();
+        let refusals = [
+            // Completing work that was never scheduled.
+            RunEvent::StepCompleted {
+                step: "draft".into(),
+                item: None,
+                output: json!(1),
+            },
+            // Scheduling a step whose dependencies have not completed.
+            RunEvent::StepScheduled {
+                step: "draft".into(),
+                item: None,
+                task: Uuid::nil(),
+                input: json!({}),
+            },
+            // The wrong kind of event for the step.
+            RunEvent::ApprovalRequested {
+                step: "search".into(),
+                prompt: String::new(),
+                deadline: at,
+            },
+            RunEvent::TimerSet {
+                step: "approve".into(),
+                due: at,
+            },
+            RunEvent::MapExpanded {
+                step: "draft".into(),
+                items: vec![],
+            },
+            // Items out of range or never expanded.
+            RunEvent::StepFailed {
+                step: "read".into(),
+                item: Some(99),
+                error: String::new(),
+            },
+            // The run ending while steps have not.
+            RunEvent::Completed { output: json!({}) },
+        ];
+        for event in refusals {
+            let result = drive.run.clone().apply(&event);
+            assert!(
+                matches!(result, Err(RunError::Refused { .. })),
+                "{event:?}: {result:?}"
+            );
+        }
+        drive.record(RunEvent::StepCompleted {
+            step: "search".into(),
+            item: None,
+            output: json!(["a", "b", "c"]),
+        });
+        drive.settle();
+        let refusals = [
+            // A third item while two run (concurrency 2).
+            RunEvent::StepScheduled {
+                step: "read".into(),
+                item: Some(2),
+                task: Uuid::nil(),
+                input: json!({}),
+            },
+            // The map's output before its items'.
+            RunEvent::StepCompleted {
+                step: "read".into(),
+                item: None,
+                output: json!([]),
+            },
+            // An item completed that was not scheduled.
+            RunEvent::StepCompleted {
+                step: "read".into(),
+                item: Some(2),
+                output: json!(1),
+            },
+        ];
+        for event in refusals {
+            let result = drive.run.clone().apply(&event);
+            assert!(
+                matches!(result, Err(RunError::Refused { .. })),
+                "{event:?}: {result:?}"
+            );
+        }
+        let timer = definition(
+            "name = \"t\"\n[steps.z]\nkind = \"timer\"\nduration = \"1h\"\n",
+            &[],
+        );
+        let mut drive = Drive::new(&timer, json!({}));
+        drive.settle();
+        let early = RunEvent::TimerFired {
+            step: "z".into(),
+            at,
+        };
+        assert!(matches!(
+            drive.run.clone().apply(&early),
+            Err(RunError::Refused { .. })
+        ));
+    }
+
+    #[test]
+    fn a_run_of_another_engine_is_not_continued() {
+        let def = definition(FLOW, &[]);
+        let RunEvent::Started {
+            sources, input, at, ..
+        } = Run::start(&def, json!({"topic": "x"}), t0()).unwrap()
+        else {
+            unreachable!()
+        };
+        let newer = RunEvent::Started {
+            engine: ENGINE + 1,
+            sources,
+            input,
+            at,
+        };
+        assert_eq!(
+            Run::replay([&newer]).err(),
+            Some(RunError::Engine(ENGINE + 1))
+        );
     }
 }
