@@ -25,6 +25,7 @@
 //!   rules their events follow.
 //! - [`store`] — the [`EventStore`] port that event-store adapters implement,
 //!   and [`Subscription`], which follows a store's new events.
+//! - [`toml_error`] — TOML parse errors told in one line, with their place.
 //! - [`workflow`] — durable workflows: definitions checked into a DAG of
 //!   steps, and the templates that carry data between them.
 
@@ -41,6 +42,7 @@ pub mod progression;
 pub mod state;
 pub mod store;
 pub mod task;
+pub mod toml_error;
 pub mod workflow;
 
 pub use agent::{

@@ -356,8 +356,8 @@ pub enum ManifestError {
 impl PluginManifest {
     /// Parses and checks a manifest.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
-        let manifest: Self =
-            toml::from_str(text).map_err(|e| ManifestError::Parse(one_line(&e, text)))?;
+        let manifest: Self = toml::from_str(text)
+            .map_err(|e| ManifestError::Parse(crate::toml_error::one_line(&e, text)))?;
         manifest.check()?;
         Ok(manifest)
     }
@@ -658,20 +658,6 @@ fn is_sha256_hex(hash: &str) -> bool {
         && hash
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// A TOML error as one line, with the line and column it points at.
-fn one_line(e: &toml::de::Error, text: &str) -> String {
-    let message = e.message().lines().next().unwrap_or("invalid TOML").trim();
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, str::len) + 1;
-            format!("line {line}, column {column}: {message}")
-        }
-        None => message.to_owned(),
-    }
 }
 
 #[cfg(test)]

@@ -606,22 +606,8 @@ fn parse_raw(file: &str, text: &str) -> Result<RawDefinition, DefinitionError> {
         file: file.to_owned(),
         step: None,
         field: None,
-        reason: toml_error(&e, text),
+        reason: crate::toml_error::one_line(&e, text),
     })
-}
-
-/// A TOML error on one line, with where it is.
-fn toml_error(e: &toml::de::Error, text: &str) -> String {
-    let message = e.message().lines().next().unwrap_or("invalid TOML").trim();
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, str::len) + 1;
-            format!("line {line}, column {column}: {message}")
-        }
-        None => message.to_owned(),
-    }
 }
 
 /// Whether `id` is a step id: `[a-z][a-z0-9_]*`, at most 64 bytes (a
