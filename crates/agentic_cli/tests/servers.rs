@@ -652,7 +652,7 @@ fn a_call_that_times_out_stops_the_server_and_the_call_it_shared_it_with_is_told
         "\n[limits]\ntimeout_ms = 5000\n",
     );
     lion_run(&home, &["plugin", "install", &manifest]).success();
-    let _kernel = support::Kernel::start(&home, &[]);
+    let kernel = support::Kernel::start(&home, &[]);
     let sleep = r#"{"case":"sleep","seconds":60}"#;
     let start_call = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_lion"))
@@ -688,12 +688,14 @@ fn a_call_that_times_out_stops_the_server_and_the_call_it_shared_it_with_is_told
     let second_err = String::from_utf8_lossy(&second.stderr);
     assert!(
         first_err.contains("did not answer within 5000 ms"),
-        "{first_err}"
+        "{first_err}\nthe kernel's stderr:\n{}",
+        kernel.stderr()
     );
     assert!(
         second_err.contains("cancelled")
             && second_err.contains("another call it was serving timed out"),
-        "{second_err}"
+        "{second_err}\nthe kernel's stderr:\n{}",
+        kernel.stderr()
     );
     // The next call gets a new server.
     let good = lion_run(
