@@ -315,7 +315,22 @@ pub struct Kernel {
 }
 
 impl Drop for Kernel {
+    /// Kills the kernel; when the test is failing, first says whether the
+    /// kernel was still running and what it wrote, so a failure that comes
+    /// from the kernel (it exited, it lost its lease) shows why.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let status = match self.child.try_wait() {
+                Ok(Some(status)) => format!("had exited ({status})"),
+                Ok(None) => "was still running".to_owned(),
+                Err(e) => format!("could not be asked ({e})"),
+            };
+            eprintln!(
+                "kernel pid {} {status}; its stderr:\n{}",
+                self.child.id(),
+                self.stderr()
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
