@@ -22,6 +22,7 @@ use crate::element::ElementData;
 use crate::llm::{AgentSpec, ChatMessage, Usage};
 use crate::plugin::{Artifact, CallFailure, FunctionSpec, Grant, InstalledPlugin};
 use crate::task::{TaskChange, TaskSpec};
+use crate::workflow::run::RunEvent;
 
 /// Bytes reserved up front for an encoded event: most fit, saving regrowth.
 const ENCODE_CAPACITY: usize = 256;
@@ -326,6 +327,14 @@ pub enum SystemEvent {
         /// Tokens counted when it stopped.
         tokens: u64,
     },
+    /// An event of a workflow run, on the run's stream `workflow:<run>`
+    /// (see [`crate::workflow::run`]).
+    WorkflowRecorded {
+        /// The run.
+        run: Uuid,
+        /// What happened to it (boxed: a run's start holds its definition).
+        event: Box<RunEvent>,
+    },
     /// A plugin emitted a custom event (committed with the call's result).
     PluginEmitted {
         /// The plugin.
@@ -377,6 +386,7 @@ impl SystemEvent {
             SystemEvent::LlmDelta { .. } => "llm_delta",
             SystemEvent::LlmFinished { .. } => "llm_finished",
             SystemEvent::LlmStopped { .. } => "llm_stopped",
+            SystemEvent::WorkflowRecorded { .. } => "workflow_recorded",
         }
     }
 
@@ -455,7 +465,8 @@ impl SystemEvent {
             | SystemEvent::AgentToolResult { .. }
             | SystemEvent::LlmDelta { .. }
             | SystemEvent::LlmFinished { .. }
-            | SystemEvent::LlmStopped { .. } => return None,
+            | SystemEvent::LlmStopped { .. }
+            | SystemEvent::WorkflowRecorded { .. } => return None,
             SystemEvent::TaskStarted {
                 task_id,
                 attempt,
@@ -531,6 +542,7 @@ impl SystemEvent {
             SystemEvent::TaskSubmitted { task_id, .. } => format!("task:{task_id}"),
             SystemEvent::AgentRecorded { agent, .. } => agent.stream(),
             SystemEvent::AgentMessaged { to, .. } => format!("{}:inbox", to.stream()),
+            SystemEvent::WorkflowRecorded { run, .. } => crate::workflow::run::stream(*run),
             other if other.plugin_name().is_some() => {
                 format!("plugin:{}", other.plugin_name().unwrap_or_default())
             }

@@ -15,6 +15,7 @@ use crate::event::SystemEvent;
 use crate::llm::{AgentRecord, AgentStatus};
 use crate::plugin::PluginRecord;
 use crate::task::{TaskRecord, TaskRuleError};
+use crate::workflow::{RunRecord, RunRecordError};
 
 /// The state the log describes: a pure function of the events applied.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +32,8 @@ pub struct State {
     plugin_kv: HashMap<String, BTreeMap<String, String>>,
     /// LLM agents, in the order they were first spawned.
     agents: IndexMap<String, AgentRecord>,
+    /// Workflow runs, in the order they started.
+    workflows: IndexMap<Uuid, RunRecord>,
 }
 
 /// Why an event cannot be applied to the current state.
@@ -89,6 +92,9 @@ pub enum ApplyError {
     /// The agent is stopped.
     #[error("agent {0} is stopped")]
     AgentStopped(String),
+    /// The event does not fit its workflow run.
+    #[error(transparent)]
+    Workflow(#[from] RunRecordError),
 }
 
 impl State {
@@ -188,6 +194,14 @@ impl State {
                     record.answered(&message, &usage);
                 }
             }
+            SystemEvent::WorkflowRecorded { run, event } => match self.workflows.get_mut(&run) {
+                Some(record) => record.apply(&event)?,
+                None => {
+                    let record =
+                        RunRecord::started(run, &event).ok_or(RunRecordError::Unknown(run))?;
+                    self.workflows.insert(run, record);
+                }
+            },
             other if other.plugin_name().is_some() => {
                 if self.plugin_event_applies(&other)? {
                     self.apply_plugin_event(other);
@@ -238,6 +252,11 @@ impl State {
             | SystemEvent::AgentPrompted { .. }
             | SystemEvent::AgentToolResult { .. }
             | SystemEvent::AgentStopped { .. } => self.check_agent_event(event),
+            SystemEvent::WorkflowRecorded { run, event } => match self.workflows.get(run) {
+                Some(record) => Ok(record.check(event)?),
+                None if RunRecord::started(*run, event).is_some() => Ok(()),
+                None => Err(RunRecordError::Unknown(*run).into()),
+            },
             other if other.plugin_name().is_some() => self.plugin_event_applies(other).map(|_| ()),
             other => match other.task_change() {
                 Some((task_id, change)) => {
@@ -432,6 +451,22 @@ impl State {
         self.tasks.insert(task.id, task);
     }
 
+    /// Every workflow run, in the order they started.
+    pub fn workflows(&self) -> impl ExactSizeIterator<Item = &RunRecord> {
+        self.workflows.values()
+    }
+
+    /// The workflow run with this id, if any.
+    pub fn workflow(&self, id: Uuid) -> Option<&RunRecord> {
+        self.workflows.get(&id)
+    }
+
+    /// Adds a workflow run read from a projection (used by stores to load
+    /// their projected state; not a way to change state outside the log).
+    pub fn load_workflow(&mut self, record: RunRecord) {
+        self.workflows.insert(record.id, record);
+    }
+
     /// Adds an element read from a projection (used by stores to load their
     /// projected state; not a way to change state outside the log).
     pub fn load_element(&mut self, element: ElementData) {
@@ -509,6 +544,23 @@ impl State {
         for name in other.agents.keys() {
             if !self.agents.contains_key(name) {
                 out.push(format!("agent {name} unexpected"));
+            }
+        }
+        for (i, (id, mine)) in self.workflows.iter().enumerate() {
+            match other.workflows.get_full(id) {
+                None => out.push(format!("workflow run {id} missing")),
+                Some((j, _, _)) if j != i => {
+                    out.push(format!("workflow run {id} at position {j} instead of {i}"));
+                }
+                Some((_, _, theirs)) if theirs != mine => {
+                    out.push(format!("workflow run {id} differs"));
+                }
+                Some(_) => {}
+            }
+        }
+        for id in other.workflows.keys() {
+            if !self.workflows.contains_key(id) {
+                out.push(format!("workflow run {id} unexpected"));
             }
         }
         out

@@ -7,12 +7,16 @@
 //!   file, the step and the field.
 //! - [`run`] — a run as a fold of its events, and what it does next, as more
 //!   events: pure, so a run resumed from its log decides as it would have.
+//! - [`record`] — what the log's projection keeps of each run: its name,
+//!   origin and whether it has ended.
 //! - [`template`] — the values that flow between steps: JSON whose strings
 //!   may be `minijinja` templates over the input and earlier outputs.
 
 pub mod definition;
+pub mod record;
 pub mod run;
 pub mod template;
 
 pub use definition::{Definition, DefinitionError, Step, StepKind};
+pub use record::{RunRecord, RunRecordError, RunStatus};
 pub use template::{Template, TemplateError};

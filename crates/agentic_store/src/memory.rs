@@ -9,6 +9,7 @@ use agentic_core::chain::seal;
 use agentic_core::llm::AgentRecord;
 use agentic_core::plugin::PluginRecord;
 use agentic_core::store::{batch_stream, import};
+use agentic_core::workflow::RunRecord;
 use agentic_core::{
     AgentView, AppendReceipt, ChainHead, Cursor, ElementData, EventEnvelope, EventStore,
     ExpectedVersion, NewEvent, Page, PluginSnapshot, State, StoreError, Subscription, SystemEvent,
@@ -97,7 +98,7 @@ impl Inner {
         expected: ExpectedVersion,
         now: DateTime<Utc>,
     ) -> Result<AppendReceipt, StoreError> {
-        let stream = batch_stream(&events, expected)?;
+        let stream = batch_stream(&events)?;
         if let Some(receipt) = self.already_stored(&events)? {
             return Ok(receipt);
         }
@@ -284,6 +285,23 @@ impl EventStore for MemoryStore {
             TaskFilter::Unfinished => !t.status.is_final(),
         };
         Ok(page(self.lock().state.tasks(), after, limit, wanted))
+    }
+
+    async fn workflow(&self, id: Uuid) -> Result<Option<RunRecord>, StoreError> {
+        Ok(self.lock().state.workflow(id).cloned())
+    }
+
+    async fn workflows(
+        &self,
+        filter: TaskFilter,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Page<RunRecord>, StoreError> {
+        let wanted = |r: &RunRecord| match filter {
+            TaskFilter::All => true,
+            TaskFilter::Unfinished => !r.status.is_final(),
+        };
+        Ok(page(self.lock().state.workflows(), after, limit, wanted))
     }
 
     async fn agent(

@@ -146,6 +146,7 @@ on_every_store!(
     a_respawned_agent_starts_a_new_conversation,
     plugins_are_read_in_pages,
     an_approval_replaces_the_functions_of_the_current_install_only,
+    workflow_runs_are_read_by_id_and_unfinished,
     a_retried_append_that_the_rules_would_now_refuse_returns_its_positions,
     a_log_imported_from_another_store_is_the_same_chain_with_the_same_projections,
     an_import_that_does_not_continue_the_log_is_refused_whole,
@@ -421,15 +422,29 @@ async fn expected_versions_are_enforced_per_stream(subject: Subject) {
         ),
         Ok(5)
     );
-    assert!(matches!(
-        store
-            .append(
-                vec![on("orders"), on("invoices")],
-                ExpectedVersion::Exact(4)
-            )
-            .await,
-        Err(StoreError::InvalidBatch(_))
-    ));
+    // A batch over several streams is checked on its first event's.
+    assert_eq!(
+        first(
+            store
+                .append(
+                    vec![on("orders"), on("invoices")],
+                    ExpectedVersion::Exact(3)
+                )
+                .await
+        ),
+        wrong(ExpectedVersion::Exact(3), 4)
+    );
+    assert_eq!(
+        first(
+            store
+                .append(
+                    vec![on("orders"), on("invoices")],
+                    ExpectedVersion::Exact(4)
+                )
+                .await
+        ),
+        Ok(6)
+    );
     assert!(matches!(
         store.append(Vec::new(), ExpectedVersion::Any).await,
         Err(StoreError::InvalidBatch(_))
@@ -445,6 +460,8 @@ async fn expected_versions_are_enforced_per_stream(subject: Subject) {
         ("orders", 3),
         ("orders", 4),
         ("invoices", 1),
+        ("orders", 5),
+        ("invoices", 2),
     ]
     .into_iter()
     .map(|(s, v)| (s.to_owned(), v))
@@ -1152,6 +1169,97 @@ async fn an_approval_replaces_the_functions_of_the_current_install_only(subject:
 /// A log of every kind of event a projection reflects, sealed by an
 /// in-memory store: elements, tasks (with a key, children and an end),
 /// agents with conversations, a plugin, and a stream of several versions.
+/// An event of workflow run `run`, from its JSON.
+fn run_event(run: Uuid, event: Value) -> SystemEvent {
+    SystemEvent::WorkflowRecorded {
+        run,
+        event: Box::new(serde_json::from_value(event).expect("a run event")),
+    }
+}
+
+/// The first event of a run of a definition named `name`.
+fn run_started(run: Uuid, name: &str) -> SystemEvent {
+    run_event(
+        run,
+        json!({
+            "type": "started", "engine": 1, "name": name,
+            "sources": {"main": "flow.toml", "files": {"flow.toml": "name = \"flow\""}},
+            "input": {"n": 1}, "at": "2026-12-05T08:00:00Z"
+        }),
+    )
+}
+
+async fn workflow_runs_are_read_by_id_and_unfinished(subject: Subject) {
+    let store = subject.store.as_ref();
+    let mut state = State::new();
+    let runs: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    for (i, run) in runs.iter().enumerate() {
+        record(
+            store,
+            &mut state,
+            vec![run_started(*run, &format!("flow{i}"))],
+        )
+        .await;
+    }
+    let timer = |run| {
+        run_event(
+            run,
+            json!({"type": "timer_set", "step": "a", "due": "2026-12-05T09:00:00Z"}),
+        )
+    };
+    record(
+        store,
+        &mut state,
+        vec![
+            timer(runs[0]),
+            run_event(
+                runs[1],
+                json!({"type": "completed", "output": {"ok": true}}),
+            ),
+            run_event(runs[3], json!({"type": "cancelled", "by": "me"})),
+        ],
+    )
+    .await;
+    // Refused whole: a second start, an event of a run that never started,
+    // one after the run ended; nothing is written.
+    let head = store.head().await.expect("head").seq;
+    for (event, reason) in [
+        (run_started(runs[0], "again"), "has started already"),
+        (timer(Uuid::now_v7()), "no workflow run"),
+        (timer(runs[1]), "has ended"),
+        (
+            run_event(runs[3], json!({"type": "failed", "error": "x"})),
+            "has ended",
+        ),
+    ] {
+        let refused = store
+            .append(
+                vec![NewEvent::new(event, Uuid::now_v7())],
+                ExpectedVersion::Any,
+            )
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&refused, StoreError::Rejected(ApplyError::Workflow(e)) if e.to_string().contains(reason)),
+            "{refused}"
+        );
+    }
+    assert_eq!(store.head().await.expect("head").seq, head);
+    let read = store.workflow(runs[1]).await.expect("read").expect("run 1");
+    assert_eq!(Some(&read), state.workflow(runs[1]));
+    assert_eq!(read.status, agentic_core::workflow::RunStatus::Completed);
+    assert_eq!(read.name, "flow1");
+    assert_eq!(store.workflow(Uuid::now_v7()).await.expect("read"), None);
+    let all = every(2, |after| store.workflows(TaskFilter::All, after, 2)).await;
+    assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), runs);
+    let unfinished = every(2, |after| store.workflows(TaskFilter::Unfinished, after, 2)).await;
+    assert_eq!(
+        unfinished.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![runs[0], runs[2], runs[4]]
+    );
+    assert_eq!(replay_vs_projection(store).await, Vec::<String>::new());
+}
+
 async fn source_log() -> (MemoryStore, State) {
     let source = MemoryStore::new();
     let mut state = State::new();
@@ -1188,6 +1296,9 @@ async fn source_log() -> (MemoryStore, State) {
             plugin: Box::new(installed("imported")),
         },
     ];
+    let run = Uuid::now_v7();
+    events.push(run_started(run, "imported"));
+    events.push(run_event(run, json!({"type": "failed", "error": "x"})));
     events.extend(conversation("ada", 3));
     record(&source, &mut state, events).await;
     for _ in 0..3 {

@@ -37,6 +37,7 @@ use crate::event::{EventEnvelope, EventError, NewEvent, PendingEvent, SystemEven
 use crate::plugin::PluginRecord;
 use crate::state::{ApplyError, State};
 use crate::task::TaskRecord;
+use crate::workflow::RunRecord;
 pub use page::{AgentView, Cursor, Page, TaskFilter};
 
 /// Optimistic-concurrency expectation on the stream a batch appends to.
@@ -222,8 +223,10 @@ pub struct PluginSnapshot {
 pub trait EventStore: Send + Sync + 'static {
     /// Appends a batch atomically, once `expected` holds for its stream.
     ///
-    /// With an expectation other than [`ExpectedVersion::Any`], every event of
-    /// the batch must be on the same stream. An element's creation must be
+    /// The expectation is checked on the stream of the batch's first event;
+    /// the others may be on other streams (a workflow run's decision and the
+    /// task it submits commit together, fenced by the run's stream). An
+    /// element's creation must be
     /// on its own stream, `element:<id>`, which holds nothing else
     /// ([`element_stream_rule`]).
     async fn append(
@@ -288,6 +291,18 @@ pub trait EventStore: Send + Sync + 'static {
         after: Cursor,
         limit: usize,
     ) -> Result<Page<TaskRecord>, StoreError>;
+
+    /// The workflow run with this id, as the projection keeps it, if any.
+    async fn workflow(&self, id: Uuid) -> Result<Option<RunRecord>, StoreError>;
+
+    /// A page of the workflow runs `filter` selects, in the order they
+    /// started, from `after` on; at most `limit` (at least 1) of them.
+    async fn workflows(
+        &self,
+        filter: TaskFilter,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Page<RunRecord>, StoreError>;
 
     /// The agent `name` with a page of its conversation: the messages after
     /// the first `after` ones, at most `limit` of them (0 for none); `None`
@@ -380,21 +395,17 @@ impl Subscription {
     }
 }
 
-/// Checks a batch's shape and returns the stream an expectation applies to.
+/// Checks a batch's shape and returns the stream an expectation applies to:
+/// its first event's.
 ///
 /// An element's creation must be on the element's own stream
 /// (`element:<id>`, its default), which holds nothing else: being that
 /// stream's first event is what makes a second creation of the same element
 /// detectable, and what finds an element from its stream.
-pub fn batch_stream(events: &[NewEvent], expected: ExpectedVersion) -> Result<&str, StoreError> {
+pub fn batch_stream(events: &[NewEvent]) -> Result<&str, StoreError> {
     let first = events
         .first()
         .ok_or(StoreError::InvalidBatch("no events"))?;
-    if expected != ExpectedVersion::Any && events.iter().any(|e| e.stream != first.stream) {
-        return Err(StoreError::InvalidBatch(
-            "an expected version needs every event on one stream",
-        ));
-    }
     if let Some(reason) = events
         .iter()
         .find_map(|e| element_stream_rule(&e.stream, &e.event))
@@ -407,11 +418,8 @@ pub fn batch_stream(events: &[NewEvent], expected: ExpectedVersion) -> Result<&s
 /// Checks a batch's shape ([`batch_stream`]) and encodes its events for a
 /// writer to seal: what an adapter's `append` does before its writer sees
 /// the batch.
-pub fn encode_batch(
-    events: Vec<NewEvent>,
-    expected: ExpectedVersion,
-) -> Result<Vec<PendingEvent>, StoreError> {
-    batch_stream(&events, expected)?;
+pub fn encode_batch(events: Vec<NewEvent>) -> Result<Vec<PendingEvent>, StoreError> {
+    batch_stream(&events)?;
     events
         .into_iter()
         .map(|e| e.encode().map_err(StoreError::from))
@@ -445,7 +453,7 @@ mod tests {
         let id = element.id;
         let mut event = NewEvent::new(SystemEvent::ElementCreated { element }, Uuid::now_v7());
         assert_eq!(event.stream, format!("element:{id}"));
-        assert!(batch_stream(std::slice::from_ref(&event), ExpectedVersion::Any).is_ok());
+        assert!(batch_stream(std::slice::from_ref(&event)).is_ok());
         for other in [
             "elements".to_owned(),
             format!("element:{}", Uuid::now_v7()),
@@ -456,7 +464,7 @@ mod tests {
         ] {
             event.stream = other;
             assert_eq!(
-                batch_stream(std::slice::from_ref(&event), ExpectedVersion::Any),
+                batch_stream(std::slice::from_ref(&event)),
                 Err(StoreError::InvalidBatch(
                     "an element's creation belongs on its own stream, element:<id>"
                 )),
@@ -477,10 +485,10 @@ mod tests {
             },
             Uuid::now_v7(),
         );
-        assert!(batch_stream(std::slice::from_ref(&event), ExpectedVersion::Any).is_ok());
+        assert!(batch_stream(std::slice::from_ref(&event)).is_ok());
         event.stream = format!("element:{id}");
         assert_eq!(
-            batch_stream(std::slice::from_ref(&event), ExpectedVersion::Any),
+            batch_stream(std::slice::from_ref(&event)),
             Err(StoreError::InvalidBatch(
                 "an element's stream, element:<id>, holds only its creation"
             ))

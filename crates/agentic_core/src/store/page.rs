@@ -61,13 +61,13 @@ impl<T> Page<T> {
     }
 }
 
-/// Which tasks a page of tasks holds.
+/// Which tasks (or workflow runs) a page holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TaskFilter {
-    /// Every task, in submission order.
+    /// Every one, in submission (start) order.
     #[default]
     All,
-    /// Only tasks that have not ended (pending or running): what a kernel
+    /// Only those that have not ended (pending or running): what a kernel
     /// takes over when it starts.
     Unfinished,
 }

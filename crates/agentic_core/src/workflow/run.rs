@@ -49,12 +49,17 @@ pub enum RunEvent {
         /// (a run continues only under the rules it started with).
         #[serde(default = "first_engine")]
         engine: u32,
+        /// The definition's name (the projection lists runs by it).
+        name: String,
         /// The definition's files, as they were when the run started.
         sources: Sources,
         /// The run's input.
         input: Value,
         /// When.
         at: DateTime<Utc>,
+        /// What started it, when another run did (a sub-workflow, a fork).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<RunOrigin>,
     },
     /// A step (or one item of a map) was given to a task.
     StepScheduled {
@@ -155,6 +160,35 @@ pub enum RunEvent {
         /// Who cancelled it.
         by: String,
     },
+}
+
+/// What started a run, when another run did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunOrigin {
+    /// A sub-workflow, started by a step of its parent run (its id is the
+    /// id the parent scheduled the step with).
+    Parent {
+        /// The parent run.
+        run: Uuid,
+        /// Its step.
+        step: String,
+        /// The map's item, for a sub-workflow run for each item.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<usize>,
+    },
+    /// A fork of another run, from one of its steps.
+    Fork {
+        /// The run forked.
+        run: Uuid,
+        /// The step it was forked from.
+        from: String,
+    },
+}
+
+/// The stream that holds run `run`'s events.
+pub fn stream(run: Uuid) -> String {
+    format!("workflow:{run}")
 }
 
 /// Why an event does not fit a run, or a run cannot be read.
@@ -265,6 +299,8 @@ pub struct Run {
     pub steps: BTreeMap<String, StepState>,
     /// How it ended, once it has.
     pub end: Option<RunEnd>,
+    /// What started it, when another run did.
+    pub origin: Option<RunOrigin>,
 }
 
 /// The idempotency key of a step's task (of one item, for a map): the same
@@ -283,15 +319,18 @@ impl Run {
         definition: &Definition,
         input: Value,
         at: DateTime<Utc>,
+        origin: Option<RunOrigin>,
     ) -> Result<RunEvent, RunError> {
         definition
             .check_input(&input)
             .map_err(|e| RunError::Input(e.to_string()))?;
         Ok(RunEvent::Started {
             engine: ENGINE,
+            name: definition.name.clone(),
             sources: definition.sources.clone(),
             input,
             at,
+            origin,
         })
     }
 
@@ -303,6 +342,8 @@ impl Run {
             input,
             at,
             engine,
+            origin,
+            ..
         }) = events.next()
         else {
             return Err(RunError::NotStarted);
@@ -322,6 +363,7 @@ impl Run {
             started_at: *at,
             steps,
             end: None,
+            origin: origin.clone(),
         };
         for event in events {
             run.apply(event)?;
@@ -1033,7 +1075,7 @@ after = ["publish"]
 
     impl Drive {
         fn new(def: &Definition, input: Value) -> Self {
-            let started = Run::start(def, input, t0()).expect("input");
+            let started = Run::start(def, input, t0(), None).expect("input");
             let run = Run::replay([&started]).expect("replay");
             Drive {
                 events: vec![started],
@@ -1320,7 +1362,7 @@ after = ["publish"]
             Run::replay(&drive.events[1..]).err(),
             Some(RunError::NotStarted)
         );
-        let bad_input = Run::start(&def, json!({}), t0()).unwrap_err();
+        let bad_input = Run::start(&def, json!({}), t0(), None).unwrap_err();
         assert!(
             bad_input.to_string().contains("does not match"),
             "{bad_input}"
@@ -1565,15 +1607,17 @@ after = ["publish"]
         let def = definition(FLOW, &[]);
         let RunEvent::Started {
             sources, input, at, ..
-        } = Run::start(&def, json!({"topic": "x"}), t0()).unwrap()
+        } = Run::start(&def, json!({"topic": "x"}), t0(), None).unwrap()
         else {
             unreachable!()
         };
         let newer = RunEvent::Started {
             engine: ENGINE + 1,
+            name: "flow".into(),
             sources,
             input,
             at,
+            origin: None,
         };
         assert_eq!(
             Run::replay([&newer]).err(),

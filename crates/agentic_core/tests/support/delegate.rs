@@ -55,6 +55,22 @@ macro_rules! event_store_wrapper {
             self.inner.tasks(filter, after, limit).await
         }
 
+        async fn workflow(
+            &self,
+            id: uuid::Uuid,
+        ) -> Result<Option<agentic_core::workflow::RunRecord>, agentic_core::StoreError> {
+            self.inner.workflow(id).await
+        }
+
+        async fn workflows(
+            &self,
+            filter: agentic_core::TaskFilter,
+            after: agentic_core::Cursor,
+            limit: usize,
+        ) -> Result<agentic_core::Page<agentic_core::workflow::RunRecord>, agentic_core::StoreError> {
+            self.inner.workflows(filter, after, limit).await
+        }
+
         async fn agent(
             &self,
             name: &str,

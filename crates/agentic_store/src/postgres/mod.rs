@@ -50,6 +50,7 @@ use std::time::Duration;
 use agentic_core::plugin::PluginRecord;
 use agentic_core::store::live::{LiveRelay, Relayed};
 use agentic_core::store::{CommitCounters, audit, encode_batch, import};
+use agentic_core::workflow::RunRecord;
 use agentic_core::{
     AgentView, AppendReceipt, ChainHead, Cursor, ElementData, EventEnvelope, EventStore,
     ExpectedVersion, NewEvent, Page, PendingEvent, PluginSnapshot, State, StoreError, Subscription,
@@ -260,7 +261,7 @@ impl EventStore for PostgresStore {
         events: Vec<NewEvent>,
         expected: ExpectedVersion,
     ) -> Result<AppendReceipt, StoreError> {
-        let events = encode_batch(events, expected)?;
+        let events = encode_batch(events)?;
         let (reply, receipt) = oneshot::channel();
         self.requests
             .send(Request {
@@ -363,6 +364,20 @@ impl EventStore for PostgresStore {
         limit: usize,
     ) -> Result<Page<TaskRecord>, StoreError> {
         self.read(async |c| reads::tasks(c, filter, after, limit).await)
+            .await
+    }
+
+    async fn workflow(&self, id: Uuid) -> Result<Option<RunRecord>, StoreError> {
+        self.read(async |c| reads::workflow(c, id).await).await
+    }
+
+    async fn workflows(
+        &self,
+        filter: TaskFilter,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Page<RunRecord>, StoreError> {
+        self.read(async |c| reads::workflows(c, filter, after, limit).await)
             .await
     }
 

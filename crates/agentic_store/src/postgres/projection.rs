@@ -1,6 +1,6 @@
 //! The projections of a [`super::PostgresStore`], kept in the append's
 //! transaction: an [`Overlay`] loads the rows a group of events touches
-//! (its tasks, agents, plugins and key-value entries) into a small
+//! (its tasks, agents, plugins, key-value entries and workflow runs) into a small
 //! [`State`], the kernel's own reducer applies each event to it — so the
 //! rules cannot drift from [`State`]'s — and the changed rows are written
 //! back at the end, a few statements per group whatever its size.
@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use agentic_core::llm::AgentRecord;
 use agentic_core::plugin::PluginRecord;
+use agentic_core::workflow::RunRecord;
+use agentic_core::workflow::run::RunEvent;
 use agentic_core::{ApplyError, State, SystemEvent, TaskRecord};
 use deadpool_postgres::ClientWrapper;
 use serde::Serialize;
@@ -55,6 +57,13 @@ const DELETE_KV: &str = "DELETE FROM lion.plugin_kv WHERE (plugin, key) IN \
 const LOAD_TASKS: &str = "SELECT seq, record FROM lion.tasks \
              WHERE id = ANY($1) OR idempotency_key = ANY($2)";
 
+const UPSERT_WORKFLOWS: &str = "INSERT INTO lion.workflows (seq, id, unfinished, record) \
+                 SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::boolean[], $4::bytea[]) \
+                 ON CONFLICT (id) DO UPDATE \
+                 SET unfinished = excluded.unfinished, record = excluded.record";
+
+const LOAD_WORKFLOWS: &str = "SELECT seq, record FROM lion.workflows WHERE id = ANY($1)";
+
 const LOAD_AGENTS: &str = "SELECT seq, messages, record FROM lion.agents WHERE name = ANY($1)";
 
 const LOAD_PLUGINS: &str = "SELECT seq, record FROM lion.plugins WHERE name = ANY($1)";
@@ -73,6 +82,10 @@ pub(super) struct Overlay {
     agent_rows: HashMap<String, (u64, u64)>,
     /// Each plugin's install seq.
     plugin_seq: HashMap<String, u64>,
+    /// Each workflow run's start seq.
+    workflow_seq: HashMap<Uuid, u64>,
+    /// Workflow runs started or ended (their rows change only then).
+    workflows: HashSet<Uuid>,
     /// Tasks changed.
     tasks: HashSet<Uuid>,
     /// Agents changed, and those among them spawned (their conversation
@@ -97,7 +110,11 @@ impl Overlay {
         let mut agents = Vec::new();
         let mut plugins = Vec::new();
         let (mut kv_plugins, mut kv_keys) = (Vec::new(), Vec::new());
+        let mut runs = Vec::new();
         for event in events {
+            if let SystemEvent::WorkflowRecorded { run, .. } = event {
+                runs.push(*run);
+            }
             if let SystemEvent::TaskSubmitted { task_id, spec } = event {
                 task_ids.push(*task_id);
                 task_ids.extend(spec.parent);
@@ -116,13 +133,18 @@ impl Overlay {
                 kv_keys.push(key.clone());
             }
         }
-        let (tasks, agents, plugins, kv) = tokio::try_join!(
+        let (tasks, agents, plugins, kv, runs) = tokio::try_join!(
             load_tasks(client, &task_ids, &keys),
             load_agents(client, &agents),
             load_plugins(client, &plugins),
             load_kv(client, &kv_plugins, &kv_keys),
+            load_workflows(client, &runs),
         )?;
         let mut overlay = Overlay::default();
+        for (seq, run) in runs {
+            overlay.workflow_seq.insert(run.id, seq);
+            overlay.state.load_workflow(run);
+        }
         for (seq, task) in tasks {
             overlay.task_seq.insert(task.id, seq);
             overlay.state.load_task(task);
@@ -164,6 +186,21 @@ impl Overlay {
 
     /// Records which rows an applied event changed.
     fn note(&mut self, seq: u64, event: &SystemEvent) {
+        if let SystemEvent::WorkflowRecorded { run, event } = event {
+            match **event {
+                RunEvent::Started { .. } => {
+                    self.workflow_seq.insert(*run, seq);
+                    self.workflows.insert(*run);
+                }
+                RunEvent::Completed { .. }
+                | RunEvent::Failed { .. }
+                | RunEvent::Cancelled { .. } => {
+                    self.workflows.insert(*run);
+                }
+                _ => {}
+            }
+            return;
+        }
         match event {
             SystemEvent::TaskSubmitted { task_id, spec } => {
                 self.task_seq.insert(*task_id, seq);
@@ -215,7 +252,9 @@ impl Overlay {
             UPSERT_PLUGINS,
             UPSERT_KV,
             DELETE_KV,
+            UPSERT_WORKFLOWS,
             LOAD_TASKS,
+            LOAD_WORKFLOWS,
             LOAD_AGENTS,
             LOAD_PLUGINS,
             LOAD_KV,
@@ -241,7 +280,37 @@ impl Overlay {
         self.task_writes(client, &mut w).await?;
         self.agent_writes(client, &mut w).await?;
         self.plugin_writes(client, &mut w).await?;
+        self.workflow_writes(client, &mut w).await?;
         Ok(w)
+    }
+
+    async fn workflow_writes(&self, client: &ClientWrapper, w: &mut Writes) -> Result<(), PgError> {
+        let runs: Vec<&RunRecord> = self
+            .workflows
+            .iter()
+            .filter_map(|id| self.state.workflow(*id))
+            .collect();
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let seq: Vec<i64> = runs
+            .iter()
+            .map(|r| self.workflow_seq.get(&r.id).copied().unwrap_or_default() as i64)
+            .collect();
+        let id: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
+        let unfinished: Vec<bool> = runs.iter().map(|r| !r.status.is_final()).collect();
+        let record = runs.iter().map(json).collect::<Result<Vec<_>, _>>()?;
+        w.push(
+            client,
+            UPSERT_WORKFLOWS,
+            vec![
+                Box::new(seq),
+                Box::new(id),
+                Box::new(unfinished),
+                Box::new(record),
+            ],
+        )
+        .await
     }
 
     async fn task_writes(&self, client: &ClientWrapper, w: &mut Writes) -> Result<(), PgError> {
@@ -463,6 +532,21 @@ async fn load_tasks(
     let rows = client.query(&stmt, &[&ids, &keys]).await?;
     rows.iter()
         .map(|r| Ok((r.get::<_, i64>(0) as u64, parse(r.get(1), "task")?)))
+        .collect()
+}
+
+/// The workflow runs with these ids, with their start seqs.
+async fn load_workflows(
+    client: &ClientWrapper,
+    ids: &[Uuid],
+) -> Result<Vec<(u64, RunRecord)>, PgError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = client.prepare_cached(LOAD_WORKFLOWS).await?;
+    let rows = client.query(&stmt, &[&ids]).await?;
+    rows.iter()
+        .map(|r| Ok((r.get::<_, i64>(0) as u64, parse(r.get(1), "workflow run")?)))
         .collect()
 }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use agentic_core::chain::Hash;
 use agentic_core::llm::{AgentRecord, ChatMessage};
 use agentic_core::plugin::PluginRecord;
+use agentic_core::workflow::RunRecord;
 use agentic_core::{
     AgentView, ChainHead, Cursor, ElementData, EventEnvelope, Page, PluginSnapshot, State,
     SystemEvent, TaskFilter, TaskRecord,
@@ -206,6 +207,37 @@ pub(super) async fn tasks(
     page(client, sql, after, limit, "task").await
 }
 
+/// The workflow run with this id.
+pub(super) async fn workflow(client: &Object, id: Uuid) -> Result<Option<RunRecord>, PgError> {
+    let stmt = client
+        .prepare_cached("SELECT record FROM lion.workflows WHERE id = $1")
+        .await?;
+    client
+        .query_opt(&stmt, &[&id])
+        .await?
+        .map(|r| parse(r.get(0), "workflow run"))
+        .transpose()
+}
+
+/// A page of the workflow runs `filter` selects, in start order.
+pub(super) async fn workflows(
+    client: &Object,
+    filter: TaskFilter,
+    after: Cursor,
+    limit: usize,
+) -> Result<Page<RunRecord>, PgError> {
+    let sql = match filter {
+        TaskFilter::All => {
+            "SELECT seq, record FROM lion.workflows WHERE seq > $1 ORDER BY seq LIMIT $2"
+        }
+        TaskFilter::Unfinished => {
+            "SELECT seq, record FROM lion.workflows WHERE unfinished AND seq > $1 \
+             ORDER BY seq LIMIT $2"
+        }
+    };
+    page(client, sql, after, limit, "workflow run").await
+}
+
 /// The agent `name` with a page of its conversation.
 pub(super) async fn agent(
     client: &mut Object,
@@ -343,6 +375,12 @@ pub(super) async fn projected_state(client: &mut Object) -> Result<State, PgErro
         .await?
     {
         state.load_task(parse(row.get(0), "task")?);
+    }
+    for row in tx
+        .query("SELECT record FROM lion.workflows ORDER BY seq", &[])
+        .await?
+    {
+        state.load_workflow(parse(row.get(0), "workflow run")?);
     }
     let mut messages: BTreeMap<String, Vec<ChatMessage>> = BTreeMap::new();
     for row in tx

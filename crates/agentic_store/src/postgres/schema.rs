@@ -12,6 +12,7 @@
 //! module). `lion.kernels`
 //! holds the kernels sharing the log and their leases (the `kernels`
 //! module); `lion.blobs` plugin components by their hash (`blobs`);
+//! `lion.workflows` the projection of workflow runs;
 //! `lion.secrets` the key that signs live events relayed between kernels.
 
 use tokio_postgres::Client;
@@ -150,7 +151,7 @@ CREATE TABLE lion.kernels (
 /// Tables added to layout 1 after its first stores were made, created
 /// where missing (only there: a role without CREATE rights still opens a
 /// store that has them).
-const ADDED: [(&str, &str); 2] = [
+const ADDED: [(&str, &str); 3] = [
     (
         "lion.blobs",
         // Files by the lowercase hex SHA-256 of their bytes.
@@ -161,6 +162,18 @@ const ADDED: [(&str, &str); 2] = [
         // Keys the kernels share (the live relay's), readable by the roles
         // that may read the log.
         "CREATE TABLE lion.secrets (name text PRIMARY KEY, value bytea NOT NULL)",
+    ),
+    (
+        "lion.workflows",
+        // Workflow runs in start order; the unfinished ones (what a
+        // starting kernel drives) through a partial index.
+        "CREATE TABLE lion.workflows (
+            seq        bigint  PRIMARY KEY, -- the starting event: start order
+            id         uuid    NOT NULL UNIQUE,
+            unfinished boolean NOT NULL,
+            record     bytea   NOT NULL     -- the RunRecord, JSON
+        );
+        CREATE INDEX workflows_unfinished ON lion.workflows (seq) WHERE unfinished",
     ),
 ];
 

@@ -24,6 +24,7 @@ mod recognise;
 mod replay;
 mod schema;
 mod task_projection;
+mod workflow_projection;
 mod writer;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ use std::time::Duration;
 
 use agentic_core::plugin::PluginRecord;
 use agentic_core::store::encode_batch;
+use agentic_core::workflow::RunRecord;
 use agentic_core::{
     AgentView, AppendReceipt, ChainHead, Cursor, ElementData, EventEnvelope, EventStore,
     ExpectedVersion, NewEvent, Page, PluginSnapshot, State, StoreError, Subscription, TaskFilter,
@@ -385,7 +387,7 @@ impl EventStore for SqliteStore {
         events: Vec<NewEvent>,
         expected: ExpectedVersion,
     ) -> Result<AppendReceipt, StoreError> {
-        let events = encode_batch(events, expected)?;
+        let events = encode_batch(events)?;
         let (reply, receipt) = oneshot::channel();
         self.sender()?
             .send(Request::Append {
@@ -474,6 +476,19 @@ impl EventStore for SqliteStore {
         limit: usize,
     ) -> Result<Page<TaskRecord>, StoreError> {
         self.read(move |r| r.tasks(filter, after, limit)).await
+    }
+
+    async fn workflow(&self, id: Uuid) -> Result<Option<RunRecord>, StoreError> {
+        self.read(move |r| r.workflow(id)).await
+    }
+
+    async fn workflows(
+        &self,
+        filter: TaskFilter,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Page<RunRecord>, StoreError> {
+        self.read(move |r| r.workflows(filter, after, limit)).await
     }
 
     async fn agent(

@@ -6,6 +6,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use agentic_core::plugin::PluginRecord;
+use agentic_core::workflow::RunRecord;
 use agentic_core::{
     AgentView, ChainHead, Cursor, ElementData, EventEnvelope, Hash, Page, PluginSnapshot, State,
     StoreError, TaskFilter, TaskRecord,
@@ -15,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
 use super::schema::{self, DbFile, ReadOnly};
-use super::{agent_projection, plugin_projection, task_projection};
+use super::{agent_projection, plugin_projection, task_projection, workflow_projection};
 
 /// Schema versions that added the task, plugin and agent projections (see
 /// the migrations in `schema`).
@@ -25,6 +26,8 @@ const AGENTS_SINCE: i32 = 4;
 /// The schema version that made agents' conversations rows and added the
 /// index of unfinished tasks: the point and paged reads need it.
 const READS_SINCE: i32 = 7;
+/// The schema version that added the projection of workflow runs.
+const WORKFLOWS_SINCE: i32 = 8;
 
 /// The pool of reader connections, shared with blocking read tasks.
 pub(super) struct Readers {
@@ -200,6 +203,11 @@ impl Readers {
             };
             if let Err(reason) = agents {
                 bad = Some(format!("agents projection: {reason}"));
+            }
+            if self.version >= WORKFLOWS_SINCE
+                && let Err(reason) = workflow_projection::load(&tx, &mut state)
+            {
+                bad = Some(format!("workflows projection: {reason}"));
             }
             Ok(state)
         })?;
@@ -415,6 +423,33 @@ impl Readers {
     ) -> Result<Page<TaskRecord>, StoreError> {
         self.projection("tasks", |conn| {
             task_projection::page(conn, filter, after, limit)
+        })
+    }
+
+    /// The workflow run with this id (none in a store older than the
+    /// projection, opened read-only: its lion recorded no run).
+    pub(super) fn workflow(&self, id: Uuid) -> Result<Option<RunRecord>, StoreError> {
+        if self.version < WORKFLOWS_SINCE {
+            return Ok(None);
+        }
+        self.projection("workflows", |conn| workflow_projection::get(conn, id))
+    }
+
+    /// A page of workflow runs in start order.
+    pub(super) fn workflows(
+        &self,
+        filter: TaskFilter,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Page<RunRecord>, StoreError> {
+        if self.version < WORKFLOWS_SINCE {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        self.projection("workflows", |conn| {
+            workflow_projection::page(conn, filter, after, limit)
         })
     }
 

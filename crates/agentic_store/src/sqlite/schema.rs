@@ -108,6 +108,15 @@ const MIGRATIONS: &[&str] = &[
             SELECT substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-' || substr(h, 13, 4)
                    || '-' || substr(h, 17, 4) || '-' || substr(h, 21, 12)
             FROM (SELECT lower(hex(e.id)) AS h));",
+    // 7 → 8: the projection of workflow runs; the unfinished ones (what a
+    // starting kernel drives) through a partial index.
+    "CREATE TABLE workflows (
+        seq        INTEGER PRIMARY KEY, -- the starting event: start order
+        id         BLOB    NOT NULL UNIQUE,
+        record     TEXT    NOT NULL,    -- the RunRecord, JSON
+        unfinished INTEGER NOT NULL
+    );
+    CREATE INDEX workflows_unfinished ON workflows(seq) WHERE unfinished = 1;",
 ];
 
 /// The table layout. `events` is append-only (triggers refuse UPDATE and

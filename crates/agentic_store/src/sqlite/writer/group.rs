@@ -15,7 +15,7 @@ use rusqlite::{OptionalExtension, Transaction};
 use uuid::Uuid;
 
 use super::super::schema::DbFile;
-use super::super::{agent_projection, plugin_projection, task_projection};
+use super::super::{agent_projection, plugin_projection, task_projection, workflow_projection};
 use super::Pending;
 use super::rows::{
     Batches, ELEMENT_COLUMNS, EVENT_COLUMNS, Statements, bind_element, bind_record,
@@ -321,7 +321,8 @@ pub(super) enum Projection<'e> {
     Element(&'e ElementData),
     /// Nothing.
     None,
-    /// Rows of the task, plugin or agent projections (see [`project`]).
+    /// Rows of the task, plugin, agent or workflow projections (see
+    /// [`project`]).
     Other,
 }
 
@@ -332,7 +333,8 @@ pub(super) fn projection_of(event: &SystemEvent) -> Projection<'_> {
         other
             if task_projection::applies(other)
                 || other.plugin_name().is_some()
-                || other.agent_name().is_some() =>
+                || other.agent_name().is_some()
+                || matches!(other, SystemEvent::WorkflowRecorded { .. }) =>
         {
             Projection::Other
         }
@@ -384,6 +386,9 @@ pub(super) fn project(
     match event {
         other if task_projection::applies(other) => task_projection::project(tx, seq, other)?,
         other if other.plugin_name().is_some() => plugin_projection::project(tx, seq, other)?,
+        SystemEvent::WorkflowRecorded { run, event } => {
+            workflow_projection::project(tx, seq, *run, event)?;
+        }
         other => {
             if let Some(name) = other.agent_name() {
                 agent_projection::project(tx, seq, name, other)?;
