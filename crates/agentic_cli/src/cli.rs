@@ -381,6 +381,71 @@ pub enum WorkflowCommand {
         /// The definition file.
         file: PathBuf,
     },
+    /// Start a run of a workflow (the kernel serving this home runs it; the
+    /// run keeps the definition as it is now, whatever happens to the file).
+    Run {
+        /// The definition file.
+        file: PathBuf,
+        /// The run's input, JSON [default: {}].
+        #[arg(long, value_name = "JSON")]
+        input: Option<String>,
+        /// Follow the run to its end and print its output.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List the runs, in the order they started.
+    List(Paging),
+    /// Show a run: each step's state, timing and output.
+    Status {
+        /// The run's id.
+        run: String,
+    },
+    /// Show every event of a run, in order.
+    History {
+        /// The run's id.
+        run: String,
+    },
+    /// Approve an approval step that waits (recorded with the OS user).
+    Approve {
+        /// The run's id.
+        run: String,
+        /// The approval step.
+        step: String,
+        /// What to add to the decision, JSON (the step's output carries it).
+        #[arg(long, value_name = "JSON")]
+        input: Option<String>,
+    },
+    /// Reject an approval step that waits (recorded with the OS user).
+    Reject {
+        /// The run's id.
+        run: String,
+        /// The approval step.
+        step: String,
+        /// What to add to the decision, JSON (the step's output carries it).
+        #[arg(long, value_name = "JSON")]
+        input: Option<String>,
+    },
+    /// Cancel a run, the step tasks it runs and its sub-workflow runs.
+    Cancel {
+        /// The run's id.
+        run: String,
+    },
+    /// Start a new run from a step of an old one: every step that is
+    /// neither STEP nor downstream of it keeps its recorded output (it does
+    /// not run again); the rest runs.
+    Fork {
+        /// The old run's id.
+        run: String,
+        /// The step to run again, with everything downstream of it.
+        #[arg(long, value_name = "STEP")]
+        from: String,
+        /// The new run's input, JSON [default: the old run's].
+        #[arg(long, value_name = "JSON")]
+        input: Option<String>,
+        /// Follow the new run to its end and print its output.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 /// `lion plugin …`

@@ -187,6 +187,39 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Workflow(WorkflowCommand::Check { file }) => {
                 commands::workflow::check(ctx, &file)
             }
+            Command::Workflow(WorkflowCommand::Run { file, input, wait }) => {
+                commands::workflow::runs::start(&home, open().await?, ctx, &file, input.as_deref(), wait)
+                    .await
+            }
+            Command::Workflow(WorkflowCommand::List(paging)) => {
+                commands::workflow::runs::list(&*open().await?, ctx, paging).await
+            }
+            Command::Workflow(WorkflowCommand::Status { run }) => {
+                commands::workflow::runs::status(&*open().await?, ctx, &run).await
+            }
+            Command::Workflow(WorkflowCommand::History { run }) => {
+                commands::workflow::runs::history(&*open().await?, ctx, &run).await
+            }
+            Command::Workflow(WorkflowCommand::Approve { run, step, input }) => {
+                commands::workflow::runs::decide(&*open().await?, ctx, &run, &step, true, input.as_deref())
+                    .await
+            }
+            Command::Workflow(WorkflowCommand::Reject { run, step, input }) => {
+                commands::workflow::runs::decide(&*open().await?, ctx, &run, &step, false, input.as_deref())
+                    .await
+            }
+            Command::Workflow(WorkflowCommand::Cancel { run }) => {
+                commands::workflow::runs::cancel(&*open().await?, ctx, &run).await
+            }
+            Command::Workflow(WorkflowCommand::Fork {
+                run,
+                from,
+                input,
+                wait,
+            }) => {
+                commands::workflow::runs::fork(&home, open().await?, ctx, &run, &from, input.as_deref(), wait)
+                    .await
+            }
             Command::Plugin(PluginCommand::Install {
                 source,
                 name,

@@ -21,6 +21,10 @@
 //! the store's relay ([`relay`]), so a subscriber of any kernel watches
 //! them all.
 //!
+//! Workflow runs are driven here too ([`workflows`]): the kernel holds
+//! every unfinished run and records what each does next as the log tells
+//! it what happened.
+//!
 //! However it stops, nothing it runs is left half-recorded: a kernel that
 //! stops at once (or on a store error) interrupts its tasks, which records
 //! each running attempt as interrupted (see [`Orchestrator::interrupt`]),
@@ -28,6 +32,7 @@
 //! each plugin call a stopped task dropped.
 
 mod relay;
+mod workflows;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -191,7 +196,10 @@ async fn follow(
     // task again and leaves alone one that has ended meanwhile.
     let me = shared.as_ref().map(|s| s.id);
     report.recovered += take_over_unfinished(store.as_ref(), orchestrator, me, true).await?;
-    tracing::info!(recovered = report.recovered, "kernel ready");
+    // Runs after tasks: a run's step tasks are running again by now.
+    let mut workflows = workflows::Driver::new(store.clone());
+    let runs = workflows.recover().await?;
+    tracing::info!(recovered = report.recovered, runs, "kernel ready");
     ready.send_replace(true);
     let mut log = store.clone().subscribe(start);
     tokio::pin!(shutdown);
@@ -202,7 +210,9 @@ async fn follow(
     // Since when the log could not be read, if it cannot now.
     let mut outage: Option<tokio::time::Instant> = None;
     loop {
+        let due = workflows.next_due();
         tokio::select! {
+            () = wake_at(due), if due.is_some() && !stopping => workflows.tick().await,
             signal = async { shared.as_mut()?.signals.recv().await }, if shared.is_some() => {
                 match signal {
                     Some(Signal::Rescan) if !stopping => {
@@ -250,7 +260,13 @@ async fn follow(
                     }
                     Err(e) => return Err(e),
                 };
-                match event.decode() {
+                let decoded = event.decode();
+                // While stopping, runs wait for the next kernel, which
+                // records what they missed.
+                if let (Ok(decoded), false) = (&decoded, stopping) {
+                    workflows.observe(&event, decoded).await;
+                }
+                match decoded {
                     // While stopping, new work is left for the next kernel.
                     Ok(SystemEvent::TaskSubmitted { task_id, .. }) if !stopping => {
                         if !orchestrator.is_running(task_id).await {
@@ -300,6 +316,17 @@ async fn follow(
                 }
             }
         }
+    }
+}
+
+/// Resolves at `due` (at once if it has passed; never without one).
+async fn wake_at(due: Option<chrono::DateTime<chrono::Utc>>) {
+    match due {
+        Some(due) => {
+            let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+            tokio::time::sleep(wait).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -841,7 +841,11 @@ fn check_kind(
         };
         return Err((Some(field), why));
     }
-    let scope = if nested { Scope::MapItem } else { Scope::Step };
+    let scope = match kind {
+        _ if nested => Scope::MapItem,
+        "plugin" | "agent" | "workflow" => Scope::Work,
+        _ => Scope::Step,
+    };
     let mut template =
         |field: &'static str, value: &Option<toml::Value>, default: Option<Value>| {
             let value = match (value, default) {

@@ -28,6 +28,7 @@ use uuid::Uuid;
 use super::definition::{
     Call, Definition, DefinitionError, OnTimeout, Sources, StepKind, check_against,
 };
+use super::template::KEY_ROOT;
 
 /// The version of the rules [`Run`] folds and decides by: recorded when a
 /// run starts, and raised when a change would make a run in flight decide
@@ -99,6 +100,16 @@ pub enum RunEvent {
         item: Option<usize>,
         /// Why.
         error: String,
+    },
+    /// A fork took a step's output from the run it was forked from: the
+    /// step is completed without running.
+    StepReused {
+        /// The step.
+        step: String,
+        /// Its output, as the other run recorded it.
+        output: Value,
+        /// The run it comes from.
+        from: Uuid,
     },
     /// A step will not run: a condition picked another branch, or a step it
     /// runs after was skipped.
@@ -289,6 +300,8 @@ pub enum RunEnd {
 /// A run: its definition, input, and where each step is.
 #[derive(Debug, Clone)]
 pub struct Run {
+    /// The run's id.
+    pub id: Uuid,
     /// The definition it runs (from the recorded sources).
     pub definition: Arc<Definition>,
     /// Its input.
@@ -334,8 +347,11 @@ impl Run {
         })
     }
 
-    /// Folds a run's events.
-    pub fn replay<'a>(events: impl IntoIterator<Item = &'a RunEvent>) -> Result<Run, RunError> {
+    /// Folds the events of run `id`.
+    pub fn replay<'a>(
+        id: Uuid,
+        events: impl IntoIterator<Item = &'a RunEvent>,
+    ) -> Result<Run, RunError> {
         let mut events = events.into_iter();
         let Some(RunEvent::Started {
             sources,
@@ -358,6 +374,7 @@ impl Run {
             .map(|id| (id.clone(), StepState::Pending))
             .collect();
         let mut run = Run {
+            id,
             definition,
             input: input.clone(),
             started_at: *at,
@@ -485,6 +502,14 @@ impl Run {
                     },
                 };
             }
+            RunEvent::StepReused { step, output, .. } => match self.state_mut(step)? {
+                s @ StepState::Pending => {
+                    *s = StepState::Completed {
+                        output: output.clone(),
+                    }
+                }
+                _ => return Err(refused(step, "cannot be reused now")),
+            },
             RunEvent::StepSkipped { step, .. } => match self.state_mut(step)? {
                 s @ StepState::Pending => *s = StepState::Skipped,
                 _ => return Err(refused(step, "cannot be skipped now")),
@@ -714,7 +739,7 @@ impl Run {
             }]
         };
         match kind {
-            StepKind::Work(work) => match call_input(&work.call, context) {
+            StepKind::Work(work) => match call_input(&work.call, &self.keyed(context, id, None)) {
                 Ok(input) => vec![RunEvent::StepScheduled {
                     step: id.to_owned(),
                     item: None,
@@ -822,6 +847,7 @@ impl Run {
         {
             context["item"] = items[i].clone();
             context["index"] = json!(i);
+            context[KEY_ROOT] = json!(idempotency_key(self.id, id, Some(i)));
             events.push(match call_input(&each.call, &context) {
                 Ok(input) => RunEvent::StepScheduled {
                     step: id.to_owned(),
@@ -881,6 +907,14 @@ impl Run {
             };
         }
         RunEvent::Completed { output }
+    }
+
+    /// `context` with the idempotency key of step `step` (item `item`), for
+    /// a work step's templates.
+    fn keyed(&self, context: &Value, step: &str, item: Option<usize>) -> Value {
+        let mut context = context.clone();
+        context[KEY_ROOT] = json!(idempotency_key(self.id, step, item));
+        context
     }
 
     /// What templates see: the input, and the output of each finished
@@ -1076,7 +1110,7 @@ after = ["publish"]
     impl Drive {
         fn new(def: &Definition, input: Value) -> Self {
             let started = Run::start(def, input, t0(), None).expect("input");
-            let run = Run::replay([&started]).expect("replay");
+            let run = Run::replay(Uuid::nil(), [&started]).expect("replay");
             Drive {
                 events: vec![started],
                 run,
@@ -1125,7 +1159,7 @@ after = ["publish"]
         }
 
         fn crash(&mut self) {
-            let replayed = Run::replay(&self.events).expect("replays");
+            let replayed = Run::replay(Uuid::nil(), &self.events).expect("replays");
             assert_eq!(
                 replayed.steps, self.run.steps,
                 "the log holds the run's state"
@@ -1359,7 +1393,7 @@ after = ["publish"]
             Err(RunError::NoSuchStep("nowhere".into()))
         );
         assert_eq!(
-            Run::replay(&drive.events[1..]).err(),
+            Run::replay(Uuid::nil(), &drive.events[1..]).err(),
             Some(RunError::NotStarted)
         );
         let bad_input = Run::start(&def, json!({}), t0(), None).unwrap_err();
@@ -1377,7 +1411,7 @@ after = ["publish"]
         let text = serde_json::to_string(&drive.events).unwrap();
         let back: Vec<RunEvent> = serde_json::from_str(&text).unwrap();
         assert_eq!(back, drive.events);
-        let again = Run::replay(&back).unwrap();
+        let again = Run::replay(Uuid::nil(), &back).unwrap();
         assert_eq!(again.end, drive.run.end);
     }
 
@@ -1620,7 +1654,7 @@ after = ["publish"]
             origin: None,
         };
         assert_eq!(
-            Run::replay([&newer]).err(),
+            Run::replay(Uuid::nil(), [&newer]).err(),
             Some(RunError::Engine(ENGINE + 1))
         );
     }

@@ -22,6 +22,11 @@ const ROOTS: [&str; 2] = ["input", "steps"];
 /// The names a map's step may also use: the item and its position.
 const MAP_ROOTS: [&str; 2] = ["item", "index"];
 
+/// The name a work step's templates may use for the step's idempotency
+/// key (the same each time the step runs again), so a plugin can make its
+/// side effect exactly-once.
+pub const KEY_ROOT: &str = "key";
+
 /// The most work one evaluation may do (minijinja's fuel: about one unit
 /// per instruction), so a template cannot loop a kernel's thread away.
 const FUEL: u64 = 1_000_000;
@@ -41,9 +46,12 @@ pub struct Template {
 /// Where a template is evaluated: a map's step may use `item` and `index`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// A step, the output, or a condition.
+    /// A wait, a condition, a map's list, or the output.
     Step,
-    /// The step a map runs for each item.
+    /// What a work step (a plugin call, an agent turn, a sub-workflow)
+    /// asks: it may also use `key`, the step's idempotency key.
+    Work,
+    /// The work a map runs for each item: also `key`, `item` and `index`.
     MapItem,
 }
 
@@ -149,12 +157,14 @@ fn check_string(
         let mut parts = name.split('.');
         let root = parts.next().unwrap_or_default();
         let allowed = ROOTS.contains(&root)
+            || (scope != Scope::Step && root == KEY_ROOT)
             || (scope == Scope::MapItem && MAP_ROOTS.contains(&root))
             || environment().globals().any(|(global, _)| global == root);
         if !allowed {
             let known = match scope {
                 Scope::Step => "input, steps",
-                Scope::MapItem => "input, steps, item, index",
+                Scope::Work => "input, steps, key",
+                Scope::MapItem => "input, steps, key, item, index",
             };
             return Err(TemplateError(format!(
                 "`{}` uses `{root}`, which is not there (a template may use {known})",

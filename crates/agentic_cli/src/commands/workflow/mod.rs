@@ -1,6 +1,9 @@
-//! `lion workflow check FILE`: reads a workflow definition and its
+//! `lion workflow …`: `check FILE` reads a workflow definition and its
 //! sub-workflows, checks them, and prints the steps in the order they can
-//! run. Running workflows is not built yet.
+//! run; the commands on runs (start, list, status, history, approve,
+//! reject, cancel, fork) are in [`runs`].
+
+pub mod runs;
 
 use std::path::Path;
 use std::time::Duration;
@@ -59,7 +62,7 @@ pub fn check(ctx: Ctx, file: &Path) -> Result<()> {
 }
 
 /// What a step does, in a few words.
-fn does(step: &Step) -> String {
+pub(crate) fn does(step: &Step) -> String {
     match &step.kind {
         StepKind::Work(work) => call(&work.call),
         StepKind::Approval {
@@ -100,7 +103,7 @@ fn call(call: &Call) -> String {
 }
 
 /// A duration in the largest whole units that say it exactly.
-fn span(d: Duration) -> String {
+pub(crate) fn span(d: Duration) -> String {
     let ms = d.as_millis();
     for (unit, size) in [
         ("d", 86_400_000),

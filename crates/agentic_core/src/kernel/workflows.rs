@@ -1,0 +1,392 @@
+//! The kernel's workflow driver: it holds every unfinished run, folded from
+//! its stream, and moves each one as the log tells it what happened — a
+//! step's task ended, a person decided, a sub-workflow run ended, a timer or
+//! a deadline came — by appending what the run decides next in one batch
+//! (see [`crate::workflow::log`]). Runs hold no task slot and no thread
+//! while they wait: a run is a few values in this driver's map.
+//!
+//! Every kernel sharing a log drives every run; the run stream's expected
+//! version lets one of them record each move, and the others read the run
+//! again. A kernel that starts takes the unfinished runs from the store's
+//! projection and records first what they missed while no kernel ran (the
+//! ends of their tasks, timers that came due: those fire then, and their
+//! events say how late).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::event::{EventEnvelope, SystemEvent};
+use crate::store::{Cursor, EventStore, ExpectedVersion, StoreError, TaskFilter};
+use crate::workflow::log::{self, Stored, WorkflowError};
+use crate::workflow::run::{Run, RunEnd, RunEvent, RunOrigin, StepState};
+
+/// Unfinished runs read per page while a kernel starts.
+const RECOVERY_PAGE: usize = 256;
+
+/// Times one move of a run is tried again after another writer moved it
+/// first, before it waits for the next event or tick.
+const CONFLICTS: usize = 8;
+
+/// One run's move: what it decided, and the batch recording it against
+/// the run stream's `version`.
+struct Move {
+    decision: log::Decision,
+    batch: Vec<crate::event::NewEvent>,
+    version: u64,
+}
+
+/// How long a run whose move failed on the store waits to try again.
+const RETRY_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+
+/// The runs a kernel drives.
+pub(super) struct Driver {
+    store: Arc<dyn EventStore>,
+    /// Unfinished runs, as their streams hold them.
+    runs: HashMap<Uuid, Stored>,
+    /// The run each outstanding task (or sub-workflow run) belongs to.
+    tasks: HashMap<Uuid, Uuid>,
+    /// Runs to move, with outcomes to report to them.
+    queue: VecDeque<(Uuid, Vec<RunEvent>)>,
+    /// Runs whose last move failed on the store, and when to try again.
+    retry: HashMap<Uuid, DateTime<Utc>>,
+}
+
+impl Driver {
+    /// A driver holding no run yet.
+    pub(super) fn new(store: Arc<dyn EventStore>) -> Self {
+        Self {
+            store,
+            runs: HashMap::new(),
+            tasks: HashMap::new(),
+            queue: VecDeque::new(),
+            retry: HashMap::new(),
+        }
+    }
+
+    /// Takes every unfinished run the store lists, records what each
+    /// missed, and moves it; how many it took. A run that cannot be read
+    /// is left (and logged): it stops no kernel.
+    pub(super) async fn recover(&mut self) -> Result<usize, StoreError> {
+        let mut after = Cursor::START;
+        let mut taken = 0;
+        loop {
+            let page = self
+                .store
+                .workflows(TaskFilter::Unfinished, after, RECOVERY_PAGE)
+                .await?;
+            for record in &page.items {
+                if self.take(record.id).await {
+                    taken += 1;
+                }
+            }
+            self.flush().await;
+            match page.next {
+                Some(next) => after = next,
+                None => return Ok(taken),
+            }
+        }
+    }
+
+    /// Reads run `id` from its stream and queues it with what it missed;
+    /// whether it is held.
+    async fn take(&mut self, id: Uuid) -> bool {
+        match self.read(id).await {
+            Ok((stored, missed)) => {
+                let ended = stored.run.end.is_some();
+                self.hold(stored);
+                if ended {
+                    self.finished(id);
+                } else {
+                    self.queue.push_back((id, missed));
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(run = %id, error = %e, "workflow run cannot be read; not driven");
+                false
+            }
+        }
+    }
+
+    /// Run `id` as its stream holds it, and the outcomes of its tasks it
+    /// has not recorded.
+    async fn read(&self, id: Uuid) -> Result<(Stored, Vec<RunEvent>), WorkflowError> {
+        let stored = log::load(self.store.as_ref(), id).await?;
+        let missed = log::missed(self.store.as_ref(), &stored.run).await?;
+        Ok((stored, missed))
+    }
+
+    /// Keeps `stored` and indexes its outstanding tasks.
+    fn hold(&mut self, stored: Stored) {
+        for (_, _, task) in stored.run.outstanding() {
+            self.tasks.insert(task, stored.run.id);
+        }
+        self.runs.insert(stored.run.id, stored);
+    }
+
+    /// Forgets ended run `id`, and reports its end to the run whose step
+    /// it ran, if any.
+    fn finished(&mut self, id: Uuid) {
+        let Some(stored) = self.runs.remove(&id) else {
+            return;
+        };
+        self.tasks.retain(|_, run| *run != id);
+        self.retry.remove(&id);
+        let Some(RunOrigin::Parent { run, step, item }) = &stored.run.origin else {
+            return;
+        };
+        let outcome = match &stored.run.end {
+            Some(RunEnd::Completed(output)) => RunEvent::StepCompleted {
+                step: step.clone(),
+                item: *item,
+                output: output.clone(),
+            },
+            Some(RunEnd::Failed(error)) => RunEvent::StepFailed {
+                step: step.clone(),
+                item: *item,
+                error: format!("sub-workflow run {id}: {error}"),
+            },
+            Some(RunEnd::Cancelled(by)) => RunEvent::StepFailed {
+                step: step.clone(),
+                item: *item,
+                error: format!("sub-workflow run {id} was cancelled by {by}"),
+            },
+            None => return,
+        };
+        if self.runs.contains_key(run) {
+            self.queue.push_back((*run, vec![outcome]));
+        }
+    }
+
+    /// Takes in one event of the log: a run's event recorded elsewhere, or
+    /// the end of a step's task.
+    pub(super) async fn observe(&mut self, record: &EventEnvelope, event: &SystemEvent) {
+        let outcome = |run: &Run, task: Uuid, done: Result<serde_json::Value, String>| {
+            let (step, item) = log::step_of(run, task)?;
+            Some(match done {
+                Ok(output) => RunEvent::StepCompleted { step, item, output },
+                Err(error) => RunEvent::StepFailed { step, item, error },
+            })
+        };
+        let (task, done) = match event {
+            SystemEvent::WorkflowRecorded { run, event } => {
+                self.observe_run(*run, record.stream_version, event).await;
+                self.flush().await;
+                return;
+            }
+            SystemEvent::TaskCompleted {
+                task_id, output, ..
+            } => (*task_id, Ok(output.clone())),
+            SystemEvent::TaskFailed {
+                task_id,
+                error,
+                is_final: true,
+                ..
+            } => (*task_id, Err(error.clone())),
+            SystemEvent::TaskTimedOut {
+                task_id,
+                is_final: true,
+                ..
+            } => (*task_id, Err("timed out".to_owned())),
+            SystemEvent::TaskCancelled { task_id, reason } => {
+                (*task_id, Err(format!("cancelled: {reason}")))
+            }
+            _ => return,
+        };
+        let Some(run) = self.tasks.get(&task).copied() else {
+            return;
+        };
+        if let Some(outcome) = self.runs.get(&run).and_then(|s| outcome(&s.run, task, done)) {
+            self.queue.push_back((run, vec![outcome]));
+            self.flush().await;
+        }
+    }
+
+    /// Takes in event number `version` of run `id`'s stream.
+    async fn observe_run(&mut self, id: Uuid, version: u64, event: &RunEvent) {
+        let Some(stored) = self.runs.get_mut(&id) else {
+            // A run this kernel does not hold: new (another process started
+            // it), or ended.
+            if version == 1 && self.take(id).await {
+                return;
+            }
+            return;
+        };
+        if version <= stored.version {
+            return; // recorded here, or seen already
+        }
+        if version > stored.version + 1 || stored.run.apply(event).is_err() {
+            // Missed some: read it again.
+            self.runs.remove(&id);
+            self.take(id).await;
+            return;
+        }
+        stored.version = version;
+        for (_, _, task) in stored.run.outstanding() {
+            self.tasks.insert(task, id);
+        }
+        if stored.run.end.is_some() {
+            self.finished(id);
+        } else if matches!(event, RunEvent::ApprovalDecided { .. }) {
+            // A person's decision: nobody else moves the run on.
+            self.queue.push_back((id, Vec::new()));
+        }
+    }
+
+    /// When a run next needs moving without any event: a timer or an
+    /// approval's deadline, or a retry after the store failed.
+    pub(super) fn next_due(&self) -> Option<DateTime<Utc>> {
+        let waits = self.runs.values().flat_map(|stored| {
+            stored.run.steps.values().filter_map(|state| match state {
+                StepState::Asking { deadline } => Some(*deadline),
+                StepState::Waiting { due } => Some(*due),
+                _ => None,
+            })
+        });
+        waits.chain(self.retry.values().copied()).min()
+    }
+
+    /// Moves every run that is due.
+    pub(super) async fn tick(&mut self) {
+        let now = Utc::now();
+        let due: Vec<Uuid> = self
+            .runs
+            .iter()
+            .filter(|(id, stored)| {
+                self.retry.get(id).is_some_and(|at| *at <= now)
+                    || stored.run.steps.values().any(|state| match state {
+                        StepState::Asking { deadline } => *deadline <= now,
+                        StepState::Waiting { due } => *due <= now,
+                        _ => false,
+                    })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.retry.remove(&id);
+            self.queue.push_back((id, Vec::new()));
+        }
+        self.flush().await;
+    }
+
+    /// Moves every queued run until none is left: in rounds, each run's
+    /// move appended at once with the others' (they share commits), every
+    /// run at most once a round.
+    async fn flush(&mut self) {
+        let mut conflicts: HashMap<Uuid, usize> = HashMap::new();
+        while !self.queue.is_empty() {
+            let mut round: Vec<(Uuid, Vec<RunEvent>)> = Vec::new();
+            for (id, pending) in std::mem::take(&mut self.queue) {
+                match round.iter_mut().find(|(r, _)| *r == id) {
+                    Some((_, all)) => all.extend(pending),
+                    None => round.push((id, pending)),
+                }
+            }
+            let mut moves = Vec::new();
+            for (id, pending) in round {
+                if let Some(prepared) = self.prepare(id, pending).await {
+                    moves.push(prepared);
+                }
+            }
+            let mut appends = tokio::task::JoinSet::new();
+            for (i, m) in moves.iter_mut().enumerate() {
+                let (store, batch) = (self.store.clone(), std::mem::take(&mut m.batch));
+                let expected = ExpectedVersion::Exact(m.version);
+                appends.spawn(async move { (i, store.append(batch, expected).await) });
+            }
+            let mut appended: Vec<Option<Result<_, StoreError>>> = moves.iter().map(|_| None).collect();
+            while let Some(done) = appends.join_next().await {
+                match done {
+                    Ok((i, result)) => appended[i] = Some(result),
+                    Err(e) => tracing::error!(error = %e, "a workflow append task failed"),
+                }
+            }
+            for (prepared, result) in moves.into_iter().zip(appended) {
+                let result = result.unwrap_or_else(|| {
+                    Err(StoreError::Backend("the append task failed".into()))
+                });
+                let id = prepared.decision.next.id;
+                match result {
+                    Ok(_) => self.moved(prepared),
+                    // Moved by another writer first (or a task it would
+                    // cancel ended meanwhile): read it again and decide
+                    // afresh, a few times in a row at most.
+                    Err(StoreError::WrongExpectedVersion { .. } | StoreError::Rejected(_)) => {
+                        let tries = conflicts.entry(id).or_default();
+                        *tries += 1;
+                        if *tries > CONFLICTS {
+                            self.failed(id, "moved by other writers every time; trying later");
+                            continue;
+                        }
+                        self.runs.remove(&id);
+                        self.take(id).await;
+                    }
+                    Err(e) => self.failed(id, &e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// What run `id` decides with `pending` reported to it, as the batch to
+    /// append; `None` when it decides nothing (or cannot now).
+    async fn prepare(&mut self, id: Uuid, pending: Vec<RunEvent>) -> Option<Move> {
+        let stored = self.runs.get(&id)?;
+        let decision = log::decide(&stored.run, pending, Utc::now());
+        if decision.events.is_empty() {
+            return None;
+        }
+        let version = stored.version;
+        let mut batch = decision.batch(id);
+        if decision.next.end.is_some() {
+            let reason = format!("workflow run {id} ended");
+            match log::cancellations(self.store.as_ref(), &decision.next, &reason, id).await {
+                Ok(cancellations) => batch.extend(cancellations),
+                Err(e) => {
+                    self.failed(id, &e.to_string());
+                    return None;
+                }
+            }
+        }
+        Some(Move {
+            decision,
+            batch,
+            version,
+        })
+    }
+
+    /// Takes in a move the store recorded: the run as it is now, and the
+    /// sub-workflow runs it started.
+    fn moved(&mut self, moved: Move) {
+        let Move {
+            decision, version, ..
+        } = moved;
+        let id = decision.next.id;
+        for (child, started) in decision.children {
+            match Run::replay(child, [&started]) {
+                Ok(run) => {
+                    self.hold(Stored { run, version: 1 });
+                    self.queue.push_back((child, Vec::new()));
+                }
+                Err(e) => tracing::error!(run = %child, error = %e,
+                    "a sub-workflow run started here cannot be read"),
+            }
+        }
+        let ended = decision.next.end.is_some();
+        self.hold(Stored {
+            run: decision.next,
+            version: version + decision.events.len() as u64,
+        });
+        if ended {
+            self.finished(id);
+        }
+    }
+
+    /// Notes that run `id` could not be moved now; it is tried again soon.
+    fn failed(&mut self, id: Uuid, error: &str) {
+        tracing::warn!(run = %id, error, "workflow run not moved; trying again");
+        self.retry.insert(id, Utc::now() + RETRY_AFTER);
+    }
+}

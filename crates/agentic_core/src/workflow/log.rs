@@ -1,0 +1,484 @@
+//! A run's events in the store: reading a run back from its stream, deciding
+//! what it does next as one batch to append (its events, the tasks its work
+//! steps become, the runs its sub-workflow steps start), and the
+//! cancellations a run's end makes. The kernel's driver and the CLI share
+//! these, so a run moves the same way whoever records its events.
+//!
+//! Every batch is appended with the run stream's expected version (checked
+//! on the batch's first event, a run event): two writers deciding for one
+//! run at once — two kernels, or a kernel and `lion workflow approve` — never
+//! both succeed; the one refused reads the run again and decides afresh.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::definition::{Call, StepKind, Work};
+use super::run::{Run, RunError, RunEvent, RunOrigin, StepState, idempotency_key, stream};
+use crate::event::{EventEnvelope, NewEvent, SystemEvent};
+use crate::llm::AGENT_HANDLER;
+use crate::plugin::PLUGIN_HANDLER;
+use crate::store::{EventStore, StoreError};
+use crate::task::{RetryPolicy, TaskSpec, TaskStatus};
+
+/// Events read per page of a run's stream.
+const PAGE: usize = 1_000;
+
+/// Why a run cannot be read or moved.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The run's events do not fold (or the event does not fit it).
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// No run has this id.
+    #[error("no workflow run {0}")]
+    NotFound(Uuid),
+    /// A stored event of the run does not decode.
+    #[error("workflow run {run}: event {seq} does not decode: {reason}")]
+    Undecodable {
+        /// The run.
+        run: Uuid,
+        /// The event's place in the log.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A run as its stream holds it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The run, folded.
+    pub run: Run,
+    /// Its stream's version: what the next batch expects.
+    pub version: u64,
+}
+
+/// Every event of run `id`, in order, with its record.
+pub async fn history(
+    store: &dyn EventStore,
+    id: Uuid,
+) -> Result<Vec<(EventEnvelope, RunEvent)>, WorkflowError> {
+    let stream = stream(id);
+    let mut out = Vec::new();
+    loop {
+        let page = store
+            .read_stream(&stream, out.len() as u64 + 1, PAGE)
+            .await?;
+        let full = page.len() == PAGE;
+        for record in page {
+            match record.decode() {
+                Ok(SystemEvent::WorkflowRecorded { event, .. }) => out.push((record, *event)),
+                Ok(other) => {
+                    return Err(WorkflowError::Undecodable {
+                        run: id,
+                        seq: record.seq,
+                        reason: format!("a {} event on the run's stream", other.kind()),
+                    });
+                }
+                Err(e) => {
+                    return Err(WorkflowError::Undecodable {
+                        run: id,
+                        seq: record.seq,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// Run `id` folded from its stream, or [`WorkflowError::NotFound`].
+pub async fn load(store: &dyn EventStore, id: Uuid) -> Result<Stored, WorkflowError> {
+    let events = history(store, id).await?;
+    if events.is_empty() {
+        return Err(WorkflowError::NotFound(id));
+    }
+    let run = Run::replay(id, events.iter().map(|(_, e)| e))?;
+    Ok(Stored {
+        run,
+        version: events.len() as u64,
+    })
+}
+
+/// What a run decided: the run after it, the run's events, and the first
+/// event of each sub-workflow run it starts (by the child's id).
+#[derive(Debug)]
+pub struct Decision {
+    /// The run with the events applied.
+    pub next: Run,
+    /// The run's new events, in order.
+    pub events: Vec<RunEvent>,
+    /// Sub-workflow runs started, with their first events.
+    pub children: Vec<(Uuid, RunEvent)>,
+}
+
+impl Decision {
+    /// The batch that records the decision: the run's events first (the
+    /// batch's expected version is the run stream's), then the tasks its
+    /// work steps become and the runs its sub-workflows start.
+    pub fn batch(&self, correlation: Uuid) -> Vec<NewEvent> {
+        let run = self.next.id;
+        let mut batch: Vec<NewEvent> = self
+            .events
+            .iter()
+            .map(|event| {
+                NewEvent::new(
+                    SystemEvent::WorkflowRecorded {
+                        run,
+                        event: Box::new(event.clone()),
+                    },
+                    correlation,
+                )
+            })
+            .collect();
+        for event in &self.events {
+            if let RunEvent::StepScheduled {
+                step,
+                item,
+                task,
+                input,
+            } = event
+                && let Some(spec) = task_spec(&self.next, step, *item, input)
+            {
+                let submitted = SystemEvent::TaskSubmitted {
+                    task_id: *task,
+                    spec,
+                };
+                batch.push(NewEvent::new(submitted, correlation).caused_by(run));
+            }
+        }
+        for (child, started) in &self.children {
+            let event = SystemEvent::WorkflowRecorded {
+                run: *child,
+                event: Box::new(started.clone()),
+            };
+            batch.push(NewEvent::new(event, correlation).caused_by(run));
+        }
+        batch
+    }
+}
+
+/// Applies `pending` (outcomes reported to the run; those that no longer
+/// fit are dropped) and settles the run: everything it does next, with the
+/// sub-workflow runs it starts. A sub-workflow whose input its definition
+/// refuses fails its step.
+pub fn decide(run: &Run, pending: Vec<RunEvent>, now: DateTime<Utc>) -> Decision {
+    let mut next = run.clone();
+    let mut events = Vec::new();
+    for event in pending {
+        if next.apply(&event).is_ok() {
+            events.push(event);
+        }
+    }
+    let mut children = Vec::new();
+    loop {
+        let decided = next.settle(now, &mut Uuid::now_v7);
+        if decided.is_empty() {
+            break;
+        }
+        let mut failed = Vec::new();
+        for event in &decided {
+            let RunEvent::StepScheduled {
+                step,
+                item,
+                task,
+                input,
+            } = event
+            else {
+                continue;
+            };
+            let Some(Call::Workflow { path, .. }) = work(&next, step).map(|w| &w.call) else {
+                continue;
+            };
+            let origin = RunOrigin::Parent {
+                run: next.id,
+                step: step.clone(),
+                item: *item,
+            };
+            let started = match next.definition.workflows.get(path) {
+                Some(definition) => {
+                    Run::start(definition, input["input"].clone(), now, Some(origin))
+                        .map_err(|e| format!("sub-workflow {path}: {e}"))
+                }
+                None => Err(format!("sub-workflow {path} is not in the run's sources")),
+            };
+            match started {
+                Ok(started) => children.push((*task, started)),
+                Err(error) => failed.push(RunEvent::StepFailed {
+                    step: step.clone(),
+                    item: *item,
+                    error,
+                }),
+            }
+        }
+        events.extend(decided);
+        for event in failed {
+            if next.apply(&event).is_ok() {
+                events.push(event);
+            }
+        }
+    }
+    Decision {
+        next,
+        events,
+        children,
+    }
+}
+
+/// The work step (or a map's work) `step` of `run`.
+fn work<'r>(run: &'r Run, step: &str) -> Option<&'r Work> {
+    match &run.definition.steps.get(step)?.kind {
+        StepKind::Work(work) => Some(work),
+        StepKind::Map { each, .. } => Some(each),
+        _ => None,
+    }
+}
+
+/// Whether step `step` of `run` runs sub-workflows (its "tasks" are runs).
+pub fn runs_workflows(run: &Run, step: &str) -> bool {
+    matches!(
+        work(run, step).map(|w| &w.call),
+        Some(Call::Workflow { .. })
+    )
+}
+
+/// The task that runs a plugin call or agent turn scheduled with `input`
+/// (`None` for a sub-workflow, which is a run, not a task): its handler,
+/// its timeout and attempts from the step, and the step's idempotency key.
+fn task_spec(run: &Run, step: &str, item: Option<usize>, input: &Value) -> Option<TaskSpec> {
+    let work = work(run, step)?;
+    let handler = match work.call {
+        Call::Plugin { .. } => PLUGIN_HANDLER,
+        Call::Agent { .. } => AGENT_HANDLER,
+        Call::Workflow { .. } => return None,
+    };
+    let mut spec = TaskSpec::new(handler, input.clone());
+    spec.timeout_ms = work
+        .timeout
+        .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+    spec.retry = RetryPolicy {
+        max_retries: work.attempts.unwrap_or(1).saturating_sub(1),
+        ..RetryPolicy::default()
+    };
+    spec.idempotency_key = Some(idempotency_key(run.id, step, item));
+    Some(spec)
+}
+
+/// The step (and item) of `run` that task (or sub-workflow run) `task`
+/// runs, while it is outstanding.
+pub fn step_of(run: &Run, task: Uuid) -> Option<(String, Option<usize>)> {
+    run.steps.iter().find_map(|(id, state)| match state {
+        StepState::Scheduled { task: t } if *t == task => Some((id.clone(), None)),
+        StepState::Mapping { tasks, outputs, .. } => tasks
+            .iter()
+            .zip(outputs)
+            .position(|(t, o)| *t == Some(task) && o.is_none())
+            .map(|i| (id.clone(), Some(i))),
+        _ => None,
+    })
+}
+
+/// How a step's task (or sub-workflow run) ended, as the run's event;
+/// `None` while it has not.
+pub async fn outcome(
+    store: &dyn EventStore,
+    run: &Run,
+    step: &str,
+    item: Option<usize>,
+    task: Uuid,
+) -> Result<Option<RunEvent>, WorkflowError> {
+    let (done, error) = if runs_workflows(run, step) {
+        match store.workflow(task).await? {
+            Some(child) if child.status.is_final() => {
+                let events = history(store, task).await?;
+                match events.last().map(|(_, e)| e) {
+                    Some(RunEvent::Completed { output }) => (Some(output.clone()), None),
+                    Some(RunEvent::Failed { error }) => (None, Some(error.clone())),
+                    Some(RunEvent::Cancelled { by }) => (None, Some(format!("cancelled by {by}"))),
+                    _ => return Ok(None),
+                }
+            }
+            _ => return Ok(None),
+        }
+    } else {
+        match store.task(task).await? {
+            Some(record) if record.status.is_final() => match record.status {
+                TaskStatus::Completed => (Some(record.output.unwrap_or(Value::Null)), None),
+                TaskStatus::TimedOut => (None, Some("timed out".to_owned())),
+                TaskStatus::Cancelled => (None, Some("cancelled".to_owned())),
+                _ => (
+                    None,
+                    Some(record.error.unwrap_or_else(|| "failed".to_owned())),
+                ),
+            },
+            _ => return Ok(None),
+        }
+    };
+    let step = step.to_owned();
+    Ok(Some(match (done, error) {
+        (Some(output), _) => RunEvent::StepCompleted { step, item, output },
+        (None, error) => RunEvent::StepFailed {
+            step,
+            item,
+            error: error.unwrap_or_default(),
+        },
+    }))
+}
+
+/// The outcomes of every outstanding step of `run` whose task (or
+/// sub-workflow run) has ended: what a run read back after a crash or a
+/// conflict has missed.
+pub async fn missed(store: &dyn EventStore, run: &Run) -> Result<Vec<RunEvent>, WorkflowError> {
+    let mut out = Vec::new();
+    for (step, item, task) in run.outstanding() {
+        if let Some(event) = outcome(store, run, &step, item, task).await? {
+            out.push(event);
+        }
+    }
+    Ok(out)
+}
+
+/// What ending `run` (already ended in `run.end`) cancels: each outstanding
+/// task not ended yet, and each sub-workflow run still running with
+/// everything it holds in turn — to append in the batch after the end (or
+/// with it), so nothing of an ended run runs on, whichever kernel holds it.
+pub async fn cancellations(
+    store: &dyn EventStore,
+    run: &Run,
+    reason: &str,
+    correlation: Uuid,
+) -> Result<Vec<NewEvent>, WorkflowError> {
+    let mut out = Vec::new();
+    let mut todo = vec![(run.clone(), run.id)];
+    // Each run at most once, whatever the records say.
+    let mut seen = BTreeMap::new();
+    while let Some((run, cause)) = todo.pop() {
+        if seen.insert(run.id, ()).is_some() {
+            continue;
+        }
+        for (step, _, task) in run.outstanding() {
+            if runs_workflows(&run, &step) {
+                let Ok(child) = load(store, task).await else {
+                    continue;
+                };
+                if child.run.end.is_some() {
+                    continue;
+                }
+                let cancelled = RunEvent::Cancelled {
+                    by: reason.to_owned(),
+                };
+                let mut ended = child.run.clone();
+                ended.apply(&cancelled)?;
+                out.push(
+                    NewEvent::new(
+                        SystemEvent::WorkflowRecorded {
+                            run: task,
+                            event: Box::new(cancelled),
+                        },
+                        correlation,
+                    )
+                    .caused_by(cause),
+                );
+                todo.push((ended, task));
+            } else if store
+                .task(task)
+                .await?
+                .is_some_and(|t| !t.status.is_final())
+            {
+                let event = SystemEvent::TaskCancelled {
+                    task_id: task,
+                    reason: reason.to_owned(),
+                };
+                out.push(NewEvent::new(event, correlation).caused_by(cause));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The JSON a run's status reads as: each step's state, for the CLI and the
+/// API.
+pub fn step_states(run: &Run) -> Value {
+    let steps: serde_json::Map<String, Value> = run
+        .definition
+        .order
+        .iter()
+        .map(|id| {
+            let state = match &run.steps[id] {
+                StepState::Pending => json!({"state": "pending"}),
+                StepState::Scheduled { task } => json!({"state": "running", "task": task}),
+                StepState::Mapping {
+                    items,
+                    tasks,
+                    outputs,
+                } => json!({
+                    "state": "running",
+                    "items": items.len(),
+                    "started": tasks.iter().flatten().count(),
+                    "done": outputs.iter().flatten().count(),
+                }),
+                StepState::Asking { deadline } => {
+                    json!({"state": "waiting for approval", "deadline": deadline})
+                }
+                StepState::Waiting { due } => json!({"state": "waiting", "due": due}),
+                StepState::Completed { output } => json!({"state": "completed", "output": output}),
+                StepState::Failed { error } => json!({"state": "failed", "error": error}),
+                StepState::Skipped => json!({"state": "skipped"}),
+            };
+            (id.clone(), state)
+        })
+        .collect();
+    Value::Object(steps)
+}
+
+/// The first events of a fork of `old` from step `from`: the new run's
+/// start (the same sources; `input`, or the old run's), then the recorded
+/// output of every step that is neither `from` nor downstream of it
+/// (skips kept as skips), so only `from` and what follows it run again.
+pub fn fork(
+    old: &Run,
+    from: &str,
+    input: Option<Value>,
+    now: DateTime<Utc>,
+) -> Result<Vec<RunEvent>, WorkflowError> {
+    let definition = &old.definition;
+    if !definition.steps.contains_key(from) {
+        return Err(RunError::NoSuchStep(from.to_owned()).into());
+    }
+    let mut again = std::collections::BTreeSet::new();
+    for id in &definition.order {
+        if id == from || definition.steps[id].after.iter().any(|d| again.contains(d)) {
+            again.insert(id.clone());
+        }
+    }
+    let origin = RunOrigin::Fork {
+        run: old.id,
+        from: from.to_owned(),
+    };
+    let input = input.unwrap_or_else(|| old.input.clone());
+    let mut events = vec![Run::start(definition, input, now, Some(origin))?];
+    for id in definition.order.iter().filter(|id| !again.contains(*id)) {
+        match &old.steps[id] {
+            StepState::Completed { output } => events.push(RunEvent::StepReused {
+                step: id.clone(),
+                output: output.clone(),
+                from: old.id,
+            }),
+            StepState::Skipped => events.push(RunEvent::StepSkipped {
+                step: id.clone(),
+                because: format!("skipped in run {}", old.id),
+            }),
+            _ => {}
+        }
+    }
+    Ok(events)
+}
