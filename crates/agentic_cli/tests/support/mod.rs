@@ -396,3 +396,57 @@ impl Kernel {
         self.stderr.lock().unwrap().clone()
     }
 }
+
+/// The abuse test server of the MCP adapter's tests: harmless unless armed.
+pub const ABUSE_SERVER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../agentic_mcp/tests/servers/abuse_server.py"
+);
+
+/// Python's real interpreter and the prefix its standard library is under.
+pub fn python() -> (String, String) {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(os.path.realpath(sys.executable)); print(sys.base_prefix)",
+        ])
+        .output()
+        .expect("python3 is on PATH");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let mut lines = text.lines().map(str::to_owned);
+    (lines.next().expect("path"), lines.next().expect("prefix"))
+}
+
+/// Writes a manifest for the abuse server (named `name`, with `args` after
+/// the script) in `dir/name`, asking for `dirs` read-only, with `extra`
+/// TOML at its end; its path.
+pub fn abuse_manifest(
+    dir: &Path,
+    name: &str,
+    args: &[String],
+    dirs: &[&Path],
+    extra: &str,
+) -> String {
+    let (python, prefix) = python();
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).expect("plugin folder");
+    // A copy of the server is the plugin's own folder (its tree).
+    let server = folder.join("abuse_server.py");
+    std::fs::copy(ABUSE_SERVER, &server).expect("copy the abuse server");
+    let mut all_args = vec![server.display().to_string()];
+    all_args.extend(args.iter().cloned());
+    let mut toml = format!(
+        "name = {name:?}\nversion = \"1\"\ndescription = \"the abuse test server\"\n\n\
+         [server]\ncommand = {python:?}\nargs = {all_args:?}\nread_only = [{prefix:?}]\n",
+    );
+    for d in dirs {
+        let d = d.display().to_string();
+        toml.push_str(&format!(
+            "\n[[permissions.dirs]]\npath = {d:?}\nguest = {d:?}\nmode = \"read-only\"\n"
+        ));
+    }
+    toml.push_str(extra);
+    let manifest = folder.join("plugin.toml");
+    std::fs::write(&manifest, toml).expect("manifest");
+    manifest.display().to_string()
+}

@@ -199,7 +199,11 @@ impl Driver {
         let Some(run) = self.tasks.get(&task).copied() else {
             return;
         };
-        if let Some(outcome) = self.runs.get(&run).and_then(|s| outcome(&s.run, task, done)) {
+        if let Some(outcome) = self
+            .runs
+            .get(&run)
+            .and_then(|s| outcome(&s.run, task, done))
+        {
             self.queue.push_back((run, vec![outcome]));
             self.flush().await;
         }
@@ -297,7 +301,8 @@ impl Driver {
                 let expected = ExpectedVersion::Exact(m.version);
                 appends.spawn(async move { (i, store.append(batch, expected).await) });
             }
-            let mut appended: Vec<Option<Result<_, StoreError>>> = moves.iter().map(|_| None).collect();
+            let mut appended: Vec<Option<Result<_, StoreError>>> =
+                moves.iter().map(|_| None).collect();
             while let Some(done) = appends.join_next().await {
                 match done {
                     Ok((i, result)) => appended[i] = Some(result),
@@ -305,9 +310,8 @@ impl Driver {
                 }
             }
             for (prepared, result) in moves.into_iter().zip(appended) {
-                let result = result.unwrap_or_else(|| {
-                    Err(StoreError::Backend("the append task failed".into()))
-                });
+                let result = result
+                    .unwrap_or_else(|| Err(StoreError::Backend("the append task failed".into())));
                 let id = prepared.decision.next.id;
                 match result {
                     Ok(_) => self.moved(prepared),

@@ -31,7 +31,9 @@ const KERNEL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// `--input` as JSON.
 fn parse_input(input: Option<&str>) -> Result<Option<Value>> {
     input
-        .map(|text| serde_json::from_str(text).map_err(|e| anyhow::anyhow!("--input is not JSON: {e}")))
+        .map(|text| {
+            serde_json::from_str(text).map_err(|e| anyhow::anyhow!("--input is not JSON: {e}"))
+        })
         .transpose()
 }
 
@@ -79,7 +81,14 @@ pub async fn start(
     let started = Run::start(&definition, input, Utc::now(), None)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let id = Uuid::now_v7();
-    let seq = record(store.as_ref(), ctx, id, vec![started], ExpectedVersion::NoStream).await?;
+    let seq = record(
+        store.as_ref(),
+        ctx,
+        id,
+        vec![started],
+        ExpectedVersion::NoStream,
+    )
+    .await?;
     announce(home, store, ctx, id, &definition.name, seq, wait).await
 }
 
@@ -197,9 +206,9 @@ fn progress_line(event: &RunEvent) -> Option<String> {
         RunEvent::StepCompleted { step, .. } => format!("  {step} completed"),
         RunEvent::StepFailed { step, error, .. } => format!("  {step} failed: {error}"),
         RunEvent::StepSkipped { step, because } => format!("  {step} skipped ({because})"),
-        RunEvent::ApprovalRequested { step, .. } => format!(
-            "  {step} waits for approval: `lion workflow approve RUN {step}` or `reject`"
-        ),
+        RunEvent::ApprovalRequested { step, .. } => {
+            format!("  {step} waits for approval: `lion workflow approve RUN {step}` or `reject`")
+        }
         RunEvent::ApprovalDecided {
             step, approved, by, ..
         } => format!(
@@ -363,9 +372,7 @@ pub async fn status(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
         let (word, detail) = match state {
             StepState::Pending => ("pending".to_owned(), String::new()),
             StepState::Scheduled { task } => ("running".to_owned(), format!("task {task}")),
-            StepState::Mapping {
-                items, outputs, ..
-            } => (
+            StepState::Mapping { items, outputs, .. } => (
                 format!(
                     "running {}/{} items",
                     outputs.iter().flatten().count(),
@@ -453,7 +460,10 @@ pub async fn history(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
         }
         table.add_row([
             record.seq.to_string(),
-            record.recorded_at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+            record
+                .recorded_at
+                .format("%Y-%m-%d %H:%M:%S%.3f")
+                .to_string(),
             kind,
             step_of(event).unwrap_or_default().to_owned(),
             output::clip(&body.to_string(), 60),
@@ -537,7 +547,9 @@ pub async fn decide(
     .await?;
     let word = if approved { "approved" } else { "rejected" };
     if ctx.json {
-        return output::json(&json!({"run": id, "step": step, "decision": word, "by": by, "seq": seq}));
+        return output::json(
+            &json!({"run": id, "step": step, "decision": word, "by": by, "seq": seq}),
+        );
     }
     println!("step {step} of workflow run {id} {word} by {by}");
     Ok(())
@@ -571,7 +583,9 @@ pub async fn cancel(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
     .await?;
     let stopped = stored.run.outstanding().len();
     if ctx.json {
-        return output::json(&json!({"run": id, "status": "cancelled", "by": by, "stopped": stopped}));
+        return output::json(
+            &json!({"run": id, "status": "cancelled", "by": by, "stopped": stopped}),
+        );
     }
     println!("workflow run {id} cancelled ({stopped} running step task(s) cancelled with it)");
     Ok(())
