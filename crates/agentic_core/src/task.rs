@@ -35,6 +35,11 @@ pub struct RetryPolicy {
     pub base_delay_ms: u64,
     /// Longest delay between attempts.
     pub max_delay_ms: u64,
+    /// An attempt that its process's crash or stop interrupted runs again
+    /// whatever `max_retries` allows: the task never fails because a kernel
+    /// died under it (a workflow's steps run at least once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry_interrupted: bool,
 }
 
 impl Default for RetryPolicy {
@@ -43,6 +48,7 @@ impl Default for RetryPolicy {
             max_retries: 0,
             base_delay_ms: 100,
             max_delay_ms: 30_000,
+            retry_interrupted: false,
         }
     }
 }
@@ -396,6 +402,7 @@ mod tests {
             max_retries: 5,
             base_delay_ms: 100,
             max_delay_ms: 1_000,
+            retry_interrupted: false,
         };
         assert_eq!(p.delay_after(1, 1.0), Duration::from_millis(100));
         assert_eq!(p.delay_after(2, 1.0), Duration::from_millis(200));

@@ -89,6 +89,7 @@ async fn a_timed_out_attempt_is_retried_then_the_task_times_out() {
         max_retries: 1,
         base_delay_ms: 10,
         max_delay_ms: 10,
+        retry_interrupted: false,
     };
     let handle = orch.submit(s).await.expect("submit");
     let id = handle.id;
@@ -121,6 +122,7 @@ async fn failed_attempts_are_retried_with_exponential_backoff_and_jitter() {
         max_retries: 3,
         base_delay_ms: 1_000,
         max_delay_ms: 60_000,
+        retry_interrupted: false,
     };
     let began = Instant::now();
     let handle = orch.submit(s).await.expect("submit");
@@ -726,8 +728,12 @@ async fn an_interrupted_attempt_is_recorded_then_retried_or_failed_by_policy() {
     let (store, orch) = start(OrchestratorConfig::default());
     let retried = Uuid::now_v7();
     let failed = Uuid::now_v7();
+    let again = Uuid::now_v7();
     let mut with_retry = spec("echo", json!(1));
     with_retry.retry.max_retries = 1;
+    // No retry for its failures, but one for an interruption.
+    let mut runs_again = spec("echo", json!(3));
+    runs_again.retry.retry_interrupted = true;
     append(
         &store,
         vec![
@@ -749,10 +755,27 @@ async fn an_interrupted_attempt_is_recorded_then_retried_or_failed_by_policy() {
                 attempt: 1,
                 kernel: None,
             },
+            SystemEvent::TaskSubmitted {
+                task_id: again,
+                spec: runs_again,
+            },
+            SystemEvent::TaskStarted {
+                task_id: again,
+                attempt: 1,
+                kernel: None,
+            },
         ],
     )
     .await;
     let state = store.projected_state().await.expect("state");
+    let c = orch
+        .adopt(state.task(again).expect("again"))
+        .await
+        .expect("adopt");
+    assert_eq!(
+        c.outcome().await.expect("c"),
+        TaskOutcome::Completed(json!(3))
+    );
     let a = orch
         .adopt(state.task(retried).expect("retried"))
         .await
@@ -808,6 +831,7 @@ async fn interrupting_records_running_attempts_as_a_crash_would_be() {
         max_retries: 1,
         base_delay_ms: 10,
         max_delay_ms: 10,
+        retry_interrupted: false,
     };
     let retried = orch.submit(with_retry).await.expect("b");
     let parent = orch

@@ -2,7 +2,9 @@
 //!
 //! `increment` `{"key":"visits"}` reads the counter, adds one, writes it back,
 //! emits a `counter_incremented` event and answers `{"key":"visits","value":N}`;
-//! `get` answers `{"value":N}` (`null` when unset); `reset` removes it.
+//! `get` answers `{"value":N}` (`null` when unset); `reset` removes it;
+//! `once` `{"key":K}` makes one side effect per idempotency key, however
+//! often it is asked (what a workflow step that may run again needs).
 
 use agentic_pdk::{events, kv, log};
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,16 @@ struct Value {
     value: Option<u64>,
 }
 
+/// The output of `once`: how many side effects the key has made (1: the
+/// effect runs once however often it is asked), and whether this call made
+/// it.
+#[derive(Serialize)]
+struct Once {
+    key: String,
+    effects: u64,
+    first: bool,
+}
+
 /// The output of `reset`.
 #[derive(Serialize)]
 struct Removed {
@@ -40,6 +52,29 @@ fn increment(Key { key }: Key) -> Result<Counter, String> {
     events::emit("counter_incremented", &counter)?;
     log::debug(&format!("{} is now {}", counter.key, counter.value));
     Ok(counter)
+}
+
+/// Makes one side effect per idempotency key: the first call with `key`
+/// counts it under `once:<key>` (and emits `effect_made`); a later call
+/// with the same key (a step run again after a crash) answers the same
+/// without making it again.
+fn once(Key { key }: Key) -> Result<Once, String> {
+    let slot = format!("once:{key}");
+    if let Some(effects) = read(&slot)? {
+        return Ok(Once {
+            key,
+            effects,
+            first: false,
+        });
+    }
+    kv::set(&slot, "1")?;
+    let made = Once {
+        key,
+        effects: 1,
+        first: true,
+    };
+    events::emit("effect_made", &made)?;
+    Ok(made)
 }
 
 /// The counter under `key`, if set.
@@ -64,4 +99,4 @@ fn read(key: &str) -> Result<Option<u64>, String> {
         .transpose()
 }
 
-agentic_pdk::plugin!(increment, get, reset);
+agentic_pdk::plugin!(increment, once, get, reset);

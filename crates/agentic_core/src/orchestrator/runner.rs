@@ -174,7 +174,7 @@ impl Runner {
                 }
                 _ => INTERRUPTED.to_owned(),
             };
-            match self.failed(attempt, why).await {
+            match self.failed(attempt, why, true).await {
                 Ok(Some(ended)) => return Ok(Some(ended)),
                 Ok(None) => {}
                 // Another kernel recorded the interruption first: the
@@ -216,11 +216,11 @@ impl Runner {
                 // Its process stops now: recorded as a crash would be,
                 // retried (by the next process) or failed by policy.
                 Attempt::Cancelled if self.cancel.interrupted() => {
-                    return self.failed(attempt, INTERRUPTED.to_owned()).await;
+                    return self.failed(attempt, INTERRUPTED.to_owned(), true).await;
                 }
                 Attempt::Cancelled => return self.cancelled().await,
                 Attempt::Failed(error) => {
-                    if let Some(ended) = self.failed(attempt, error).await? {
+                    if let Some(ended) = self.failed(attempt, error, false).await? {
                         return Ok(Some(ended));
                     }
                 }
@@ -317,13 +317,16 @@ impl Runner {
         }
     }
 
-    /// Records a failed attempt; returns the task's end if no retry follows.
+    /// Records a failed attempt (`interrupted`: its process stopped under
+    /// it); returns the task's end if no retry follows.
     async fn failed(
         &self,
         attempt: u32,
         error: String,
+        interrupted: bool,
     ) -> Result<Option<TaskOutcome>, OrchestratorError> {
-        let retry = self.spec.retry.allows_retry_after(attempt);
+        let retry = (interrupted && self.spec.retry.retry_interrupted)
+            || self.spec.retry.allows_retry_after(attempt);
         self.record_end(SystemEvent::TaskFailed {
             task_id: self.id,
             attempt,

@@ -267,6 +267,7 @@ fn task_spec(run: &Run, step: &str, item: Option<usize>, input: &Value) -> Optio
         .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
     spec.retry = RetryPolicy {
         max_retries: work.attempts.unwrap_or(1).saturating_sub(1),
+        retry_interrupted: true,
         ..RetryPolicy::default()
     };
     spec.idempotency_key = Some(idempotency_key(run.id, step, item));
