@@ -15,7 +15,9 @@
 //!   another kernel;
 //! - a plugin installed on one machine runs on another (its component is
 //!   kept in the store by its hash);
-//! - a home's log moved to PostgreSQL and back (`lion store copy`), whole.
+//! - a home's log moved to PostgreSQL and back (`lion store copy`), whole;
+//! - a workflow run goes on when one of its two kernels is killed: the
+//!   other finishes it, with an approval recorded from another machine.
 
 mod support;
 
@@ -180,6 +182,7 @@ fn mix(n: usize) -> Vec<TaskSpec> {
             max_retries: retries,
             base_delay_ms: 10,
             max_delay_ms: 50,
+            retry_interrupted: false,
         },
         ..TaskSpec::new(handler, input)
     };
@@ -783,4 +786,112 @@ async fn a_plugin_installed_on_one_machine_runs_on_another() {
         .trim_matches('"');
     let kept = b.join("plugins/components").join(format!("{sha}.wasm"));
     assert!(kept.is_file(), "no component at {}", kept.display());
+}
+
+/// The next event of workflow run `run` of type `kind` in `log`.
+async fn run_event(
+    log: &mut agentic_core::store::Subscription,
+    run: Uuid,
+    kind: &str,
+) -> agentic_core::workflow::run::RunEvent {
+    tokio::time::timeout(GUARD, async {
+        loop {
+            let record = log.next().await.expect("read the log");
+            if let Ok(SystemEvent::WorkflowRecorded { run: r, event }) = record.decode()
+                && r == run
+                && serde_json::to_value(&*event).expect("JSON")["type"] == kind
+            {
+                return *event;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("run {run} never recorded {kind}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_run_goes_on_when_one_of_two_kernels_is_killed() {
+    let url = postgres_cluster::cluster().database("workflow_kill").await;
+    let url = url.as_str();
+    let dir = tempfile::tempdir().expect("dir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let manifest = support::plugin_dist().join("kv_counter/plugin.toml");
+    lion(
+        &a,
+        Some(url),
+        &[
+            "plugin",
+            "install",
+            manifest.to_str().expect("utf-8"),
+            "--grant-all",
+        ],
+    )
+    .await
+    .success();
+    let effects: String = (1..=6)
+        .map(|i| format!("{{{{ steps.s{i}.output.effects }}}}"))
+        .collect();
+    let mut flow = format!("name = \"shared\"\n[output]\nvalue = \"{effects}\"\n");
+    for i in 1..=6 {
+        let after = match i {
+            1 => String::new(),
+            4 => "\"ask\"".to_owned(),
+            _ => format!("\"s{}\"", i - 1),
+        };
+        flow.push_str(&format!(
+            "[steps.s{i}]\nkind = \"plugin\"\nplugin = \"kv_counter\"\nfunction = \"once\"\n\
+             input = {{ key = \"{{{{ key }}}}\" }}\nafter = [{after}]\n"
+        ));
+    }
+    flow.push_str(
+        "[steps.ask]\nkind = \"approval\"\nprompt = \"on?\"\ntimeout = \"1h\"\nafter = [\"s3\"]\n",
+    );
+    let file = dir.path().join("shared.toml");
+    std::fs::write(&file, flow).expect("definition");
+    let env = [("LION_STORE", url)];
+    let args = ["--lease-secs", LEASE_SECS];
+    let first = Kernel::start_with(&a, &env, &args);
+    let second = Kernel::start_with(&b, &env, &args);
+    let store: Arc<dyn EventStore> = Arc::new(
+        PostgresStore::open(url, PostgresOptions::default())
+            .await
+            .expect("open the store"),
+    );
+    let mut log = store.clone().subscribe(1);
+    let started = lion(
+        &a,
+        Some(url),
+        &["workflow", "run", file.to_str().expect("utf-8"), "--json"],
+    )
+    .await
+    .success()
+    .json();
+    let run: Uuid = started["run"].as_str().expect("id").parse().expect("uuid");
+    // Mid-run: one kernel dies; the other goes on alone.
+    run_event(&mut log, run, "step_scheduled").await;
+    drop(first);
+    run_event(&mut log, run, "approval_requested").await;
+    lion(
+        &b,
+        Some(url),
+        &["workflow", "approve", &run.to_string(), "ask"],
+    )
+    .await
+    .success();
+    let agentic_core::workflow::run::RunEvent::Completed { output } =
+        run_event(&mut log, run, "completed").await
+    else {
+        unreachable!()
+    };
+    assert_eq!(output, json!("111111"), "{}", second.stderr());
+    let status = lion(
+        &b,
+        Some(url),
+        &["--json", "workflow", "status", &run.to_string()],
+    )
+    .await
+    .success()
+    .json();
+    assert_eq!(status["status"], "completed");
+    lion(&b, Some(url), &["events", "verify"]).await.success();
 }
