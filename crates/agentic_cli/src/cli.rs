@@ -682,6 +682,16 @@ pub enum BenchCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Workflow steps: what a no-op step of a 10-step chain costs beside the
+    /// same-run fdatasync, and steps/s of 100 runs at once beside one run's.
+    Workflow {
+        /// A short run that only checks every path works (figures mean little).
+        #[arg(long)]
+        quick: bool,
+        /// Scratch directory, on the disk to measure [default: a new temp dir].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Streamed LLM chunks: what the kernel adds per chunk (provider to live
     /// subscriber) and chunks/s with 10 agents, beside the raw provider.
     Llm {

@@ -354,6 +354,9 @@ async fn run(cli: Cli) -> Result<()> {
             Command::Bench(BenchCommand::Runtime { quick, dir }) => {
                 commands::bench_runtime::run(ctx, quick, dir).await
             }
+            Command::Bench(BenchCommand::Workflow { quick, dir }) => {
+                commands::bench_workflow::run(ctx, quick, dir).await
+            }
             Command::Bench(BenchCommand::Plugins {
                 quick,
                 dir,

@@ -7,6 +7,7 @@ pub mod bench_llm;
 pub mod bench_model;
 pub mod bench_plugins;
 pub mod bench_runtime;
+pub mod bench_workflow;
 pub mod bench_scale;
 pub mod bench_serve;
 pub mod bench_shared;

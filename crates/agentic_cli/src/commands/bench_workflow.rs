@@ -1,0 +1,291 @@
+//! `lion bench workflow`: what a workflow step costs and how runs share
+//! commits, in a kernel running in this process on a scratch SQLite home,
+//! beside the disk's raw `fdatasync` measured in the same run.
+//!
+//! The steps are no-op plugin steps: their task's handler answers at once,
+//! so a step's time is the workflow's own (deciding, recording the step and
+//! its task, the task's start and end, the step's output), not a plugin's.
+//! A step is timed from the commit that recorded the step before it (or
+//! the run's start) to the commit that recorded its output.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentic_core::kernel;
+use agentic_core::orchestrator::{TaskContext, TaskError, TaskHandler};
+use agentic_core::plugin::PLUGIN_HANDLER;
+use agentic_core::workflow::definition::Definition;
+use agentic_core::workflow::run::{Run, RunEvent};
+use agentic_core::{
+    EventStore, ExpectedVersion, NewEvent, Orchestrator, OrchestratorConfig, SystemEvent,
+};
+use agentic_store::bench::{Latency, fsync_latency};
+use agentic_store::{SqliteOptions, SqliteStore};
+use anyhow::{Result, bail};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::Ctx;
+use crate::output;
+
+/// Steps in the chain each run is.
+const CHAIN: usize = 10;
+
+/// Runs started at once for the throughput figure.
+const CONCURRENT: usize = 100;
+
+/// Target: a step costs at most this many same-run `fdatasync` medians.
+const TARGET_STEP_FSYNCS: f64 = 2.0;
+
+/// Target: concurrent runs make at least this many times a single run's
+/// steps per second (they share commits).
+const TARGET_SHARING: f64 = 20.0;
+
+/// A plugin step's handler that answers at once.
+struct NoOp;
+
+#[async_trait]
+impl TaskHandler for NoOp {
+    async fn run(&self, _ctx: TaskContext, _input: Value) -> Result<Value, TaskError> {
+        Ok(Value::Null)
+    }
+}
+
+/// A chain of [`CHAIN`] no-op plugin steps.
+fn chain() -> String {
+    let mut text = String::from("name = \"bench\"\n");
+    for i in 1..=CHAIN {
+        text.push_str(&format!(
+            "[steps.s{i:02}]\nkind = \"plugin\"\nplugin = \"noop\"\nfunction = \"noop\"\n"
+        ));
+        if i > 1 {
+            text.push_str(&format!("after = [\"s{:02}\"]\n", i - 1));
+        }
+    }
+    text
+}
+
+/// When each run started and its steps completed, by commit time, as the
+/// log says.
+#[derive(Default)]
+struct Timings {
+    started: HashMap<Uuid, DateTime<Utc>>,
+    steps: HashMap<Uuid, Vec<DateTime<Utc>>>,
+    ended: HashMap<Uuid, DateTime<Utc>>,
+}
+
+/// Follows the log from `from` until every run of `runs` has ended.
+async fn follow(
+    store: &Arc<dyn EventStore>,
+    from: u64,
+    runs: &[Uuid],
+    timings: &mut Timings,
+) -> Result<()> {
+    let mut log = store.clone().subscribe(from);
+    let mut left: std::collections::HashSet<Uuid> = runs.iter().copied().collect();
+    while !left.is_empty() {
+        let record = tokio::time::timeout(Duration::from_secs(120), log.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("runs stopped moving: {} left", left.len()))??;
+        let Ok(SystemEvent::WorkflowRecorded { run, event }) = record.decode() else {
+            continue;
+        };
+        let at = record.recorded_at;
+        match *event {
+            RunEvent::Started { .. } => {
+                timings.started.insert(run, at);
+            }
+            RunEvent::StepCompleted { .. } => timings.steps.entry(run).or_default().push(at),
+            RunEvent::Completed { .. } => {
+                timings.ended.insert(run, at);
+                left.remove(&run);
+            }
+            RunEvent::Failed { error } => bail!("a benchmark run failed: {error}"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Records the start of a run of `definition`; its id.
+async fn start(store: &dyn EventStore, definition: &Definition) -> Result<Uuid> {
+    let id = Uuid::now_v7();
+    let started = Run::start(definition, json!({}), Utc::now(), None)?;
+    let event = SystemEvent::WorkflowRecorded {
+        run: id,
+        event: Box::new(started),
+    };
+    store
+        .append(vec![NewEvent::new(event, id)], ExpectedVersion::NoStream)
+        .await?;
+    Ok(id)
+}
+
+/// Each step's time: from the commit before it to its output's.
+fn step_times(timings: &Timings, runs: &[Uuid]) -> Vec<Duration> {
+    let mut out = Vec::new();
+    for run in runs {
+        let (Some(start), Some(steps)) = (timings.started.get(run), timings.steps.get(run)) else {
+            continue;
+        };
+        let mut before = *start;
+        for at in steps {
+            out.push((*at - before).to_std().unwrap_or_default());
+            before = *at;
+        }
+    }
+    out
+}
+
+/// `lion bench workflow`.
+pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
+    let (dir, temporary) = match dir {
+        Some(d) => (d, false),
+        None => (
+            std::env::temp_dir().join(format!("lion-bench-workflow-{}", std::process::id())),
+            true,
+        ),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let measured = measure(&dir, quick).await;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let m = measured?;
+    let step_fsyncs = m.step.p50_ms / m.fsync.p50_ms.max(1e-6);
+    let sharing = m.concurrent_steps_per_sec / m.single_steps_per_sec.max(1e-9);
+    if ctx.json {
+        return output::json(&json!({
+            "fdatasync_p50_ms": m.fsync.p50_ms,
+            "fdatasync_p99_ms": m.fsync.p99_ms,
+            "step_p50_ms": m.step.p50_ms,
+            "step_p99_ms": m.step.p99_ms,
+            "step_p50_in_fdatasyncs": step_fsyncs,
+            "single_run_steps_per_sec": m.single_steps_per_sec,
+            "concurrent_runs": CONCURRENT,
+            "concurrent_steps_per_sec": m.concurrent_steps_per_sec,
+            "sharing": sharing,
+        }));
+    }
+    println!(
+        "lion bench workflow — {CHAIN}-step chains of no-op plugin steps, scratch {}",
+        dir.display()
+    );
+    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" }.to_owned();
+    let mut table = output::bench_table();
+    table.add_row([
+        "raw fdatasync, 4 KiB write".to_owned(),
+        format!("p50 {:.2} ms, p99 {:.2} ms", m.fsync.p50_ms, m.fsync.p99_ms),
+        "baseline".to_owned(),
+        String::new(),
+        String::new(),
+    ]);
+    table.add_row([
+        format!("step of a {CHAIN}-step chain, one run at a time"),
+        format!("p50 {:.2} ms, p99 {:.2} ms", m.step.p50_ms, m.step.p99_ms),
+        format!("{step_fsyncs:.2}x fdatasync p50"),
+        format!("≤ {TARGET_STEP_FSYNCS}x"),
+        verdict(step_fsyncs <= TARGET_STEP_FSYNCS),
+    ]);
+    table.add_row([
+        format!("steps/s, {CONCURRENT} runs at once"),
+        output::rate(m.concurrent_steps_per_sec),
+        format!(
+            "{sharing:.1}x one run's {} steps/s",
+            output::rate(m.single_steps_per_sec)
+        ),
+        format!("≥ {TARGET_SHARING}x"),
+        verdict(sharing >= TARGET_SHARING),
+    ]);
+    println!("{table}");
+    if quick {
+        println!("note: --quick checks the paths only; its figures mean little");
+    }
+    Ok(())
+}
+
+/// What the benchmark measured.
+struct Measured {
+    fsync: Latency,
+    step: Latency,
+    single_steps_per_sec: f64,
+    concurrent_steps_per_sec: f64,
+}
+
+async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
+    let (fsyncs, single_runs) = if quick { (20, 2) } else { (500, 30) };
+    eprintln!("bench: raw fdatasync, {fsyncs} times…");
+    let fsync = fsync_latency(&dir.join("fsync-probe"), fsyncs)?;
+    let file = dir.join("chain.toml");
+    std::fs::write(&file, chain())?;
+    let definition = Definition::load(&file)?;
+    let store: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(&dir.join("home"), SqliteOptions::default())?);
+    let mut handlers: HashMap<String, Arc<dyn TaskHandler>> = HashMap::new();
+    handlers.insert(PLUGIN_HANDLER.to_owned(), Arc::new(NoOp));
+    let orchestrator = Orchestrator::start(
+        store.clone(),
+        handlers,
+        OrchestratorConfig::default(),
+        Uuid::now_v7(),
+    );
+    let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let kernel = tokio::spawn(kernel::serve(
+        store.clone(),
+        orchestrator,
+        None,
+        async {
+            let _ = stopped.await;
+        },
+        std::future::pending(),
+        ready_tx,
+        None,
+    ));
+    ready.wait_for(|r| *r).await?;
+
+    eprintln!("bench: {single_runs} runs one at a time…");
+    let mut timings = Timings::default();
+    let mut singles = Vec::new();
+    for _ in 0..single_runs {
+        let from = store.head().await?.seq + 1;
+        let run = start(store.as_ref(), &definition).await?;
+        follow(&store, from, &[run], &mut timings).await?;
+        singles.push(run);
+    }
+    let step = Latency::of(step_times(&timings, &singles));
+    let run_secs: Vec<f64> = singles
+        .iter()
+        .filter_map(|r| Some((*timings.ended.get(r)? - *timings.started.get(r)?).as_seconds_f64()))
+        .collect();
+    let single_steps_per_sec =
+        CHAIN as f64 / (run_secs.iter().sum::<f64>() / run_secs.len().max(1) as f64);
+
+    eprintln!("bench: {CONCURRENT} runs at once…");
+    let from = store.head().await?.seq + 1;
+    let began = Instant::now();
+    let mut starts = tokio::task::JoinSet::new();
+    for _ in 0..CONCURRENT {
+        let (store, definition) = (store.clone(), definition.clone());
+        starts.spawn(async move { start(store.as_ref(), &definition).await });
+    }
+    let mut runs = Vec::new();
+    while let Some(run) = starts.join_next().await {
+        runs.push(run??);
+    }
+    follow(&store, from, &runs, &mut timings).await?;
+    let concurrent_steps_per_sec = (CONCURRENT * CHAIN) as f64 / began.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    kernel.await??;
+    Ok(Measured {
+        fsync,
+        step,
+        single_steps_per_sec,
+        concurrent_steps_per_sec,
+    })
+}
