@@ -197,7 +197,7 @@ async fn follow(
     let me = shared.as_ref().map(|s| s.id);
     report.recovered += take_over_unfinished(store.as_ref(), orchestrator, me, true).await?;
     // Runs after tasks: a run's step tasks are running again by now.
-    let mut workflows = workflows::Driver::new(store.clone());
+    let mut workflows = workflows::Driver::new(store.clone(), orchestrator.clone());
     let runs = workflows.recover().await?;
     tracing::info!(recovered = report.recovered, runs, "kernel ready");
     ready.send_replace(true);
@@ -213,6 +213,9 @@ async fn follow(
         let due = workflows.next_due();
         tokio::select! {
             () = wake_at(due), if due.is_some() && !stopping => workflows.tick().await,
+            done = workflows.appended(), if workflows.appending() && !stopping => {
+                workflows.take_in(done).await;
+            }
             signal = async { shared.as_mut()?.signals.recv().await }, if shared.is_some() => {
                 match signal {
                     Some(Signal::Rescan) if !stopping => {

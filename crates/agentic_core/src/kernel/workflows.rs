@@ -15,27 +15,33 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use tokio::task::JoinSet;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::event::{EventEnvelope, SystemEvent};
-use crate::store::{Cursor, EventStore, ExpectedVersion, StoreError, TaskFilter};
+use crate::orchestrator::Orchestrator;
+use crate::task::TaskRecord;
+use crate::store::{AppendReceipt, Cursor, EventStore, ExpectedVersion, StoreError, TaskFilter};
 use crate::workflow::log::{self, Stored, WorkflowError};
 use crate::workflow::run::{Run, RunEnd, RunEvent, RunOrigin, StepState};
 
 /// Unfinished runs read per page while a kernel starts.
 const RECOVERY_PAGE: usize = 256;
 
-/// Times one move of a run is tried again after another writer moved it
-/// first, before it waits for the next event or tick.
+/// Times in a row a run's move is tried again after another writer moved
+/// it first, before it waits for a tick.
 const CONFLICTS: usize = 8;
 
 /// One run's move: what it decided, and the batch recording it against
 /// the run stream's `version`.
-struct Move {
+pub(super) struct Move {
     decision: log::Decision,
     batch: Vec<crate::event::NewEvent>,
     version: u64,
+    /// The step tasks the batch submits, to run here once it is stored.
+    submitted: Vec<TaskRecord>,
 }
 
 /// How long a run whose move failed on the store waits to try again.
@@ -44,6 +50,8 @@ const RETRY_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 /// The runs a kernel drives.
 pub(super) struct Driver {
     store: Arc<dyn EventStore>,
+    /// Runs the step tasks this kernel's moves submit.
+    orchestrator: Orchestrator,
     /// Unfinished runs, as their streams hold them.
     runs: HashMap<Uuid, Stored>,
     /// The run each outstanding task (or sub-workflow run) belongs to.
@@ -52,17 +60,30 @@ pub(super) struct Driver {
     queue: VecDeque<(Uuid, Vec<RunEvent>)>,
     /// Runs whose last move failed on the store, and when to try again.
     retry: HashMap<Uuid, DateTime<Utc>>,
+    /// Moves being appended, and the run each one moves.
+    appends: JoinSet<(Move, Result<AppendReceipt, StoreError>)>,
+    in_flight: HashMap<tokio::task::Id, Uuid>,
+    /// Moves in a row another writer got in first, by run.
+    conflicts: HashMap<Uuid, usize>,
 }
+
+/// A move's answer, as its append task ends.
+pub(super) type Appended =
+    Result<(tokio::task::Id, (Move, Result<AppendReceipt, StoreError>)), tokio::task::JoinError>;
 
 impl Driver {
     /// A driver holding no run yet.
-    pub(super) fn new(store: Arc<dyn EventStore>) -> Self {
+    pub(super) fn new(store: Arc<dyn EventStore>, orchestrator: Orchestrator) -> Self {
         Self {
             store,
+            orchestrator,
             runs: HashMap::new(),
             tasks: HashMap::new(),
             queue: VecDeque::new(),
             retry: HashMap::new(),
+            appends: JoinSet::new(),
+            in_flight: HashMap::new(),
+            conflicts: HashMap::new(),
         }
     }
 
@@ -276,62 +297,93 @@ impl Driver {
         self.flush().await;
     }
 
-    /// Moves every queued run until none is left: in rounds, each run's
-    /// move appended at once with the others' (they share commits), every
-    /// run at most once a round.
+    /// Moves every queued run whose last move is not in flight: each move's
+    /// append is sent at once, beside the others' (they share commits),
+    /// and answered later through [`Driver::appended`]; a run's next events
+    /// wait for its move in flight.
     async fn flush(&mut self) {
-        let mut conflicts: HashMap<Uuid, usize> = HashMap::new();
-        while !self.queue.is_empty() {
-            let mut round: Vec<(Uuid, Vec<RunEvent>)> = Vec::new();
-            for (id, pending) in std::mem::take(&mut self.queue) {
-                match round.iter_mut().find(|(r, _)| *r == id) {
-                    Some((_, all)) => all.extend(pending),
-                    None => round.push((id, pending)),
-                }
+        let mut round: Vec<(Uuid, Vec<RunEvent>)> = Vec::new();
+        let mut waiting = VecDeque::new();
+        for (id, pending) in std::mem::take(&mut self.queue) {
+            if self.in_flight.values().any(|r| *r == id) {
+                waiting.push_back((id, pending));
+                continue;
             }
-            let mut moves = Vec::new();
-            for (id, pending) in round {
-                if let Some(prepared) = self.prepare(id, pending).await {
-                    moves.push(prepared);
-                }
-            }
-            let mut appends = tokio::task::JoinSet::new();
-            for (i, m) in moves.iter_mut().enumerate() {
-                let (store, batch) = (self.store.clone(), std::mem::take(&mut m.batch));
-                let expected = ExpectedVersion::Exact(m.version);
-                appends.spawn(async move { (i, store.append(batch, expected).await) });
-            }
-            let mut appended: Vec<Option<Result<_, StoreError>>> =
-                moves.iter().map(|_| None).collect();
-            while let Some(done) = appends.join_next().await {
-                match done {
-                    Ok((i, result)) => appended[i] = Some(result),
-                    Err(e) => tracing::error!(error = %e, "a workflow append task failed"),
-                }
-            }
-            for (prepared, result) in moves.into_iter().zip(appended) {
-                let result = result
-                    .unwrap_or_else(|| Err(StoreError::Backend("the append task failed".into())));
-                let id = prepared.decision.next.id;
-                match result {
-                    Ok(_) => self.moved(prepared),
-                    // Moved by another writer first (or a task it would
-                    // cancel ended meanwhile): read it again and decide
-                    // afresh, a few times in a row at most.
-                    Err(StoreError::WrongExpectedVersion { .. } | StoreError::Rejected(_)) => {
-                        let tries = conflicts.entry(id).or_default();
-                        *tries += 1;
-                        if *tries > CONFLICTS {
-                            self.failed(id, "moved by other writers every time; trying later");
-                            continue;
-                        }
-                        self.runs.remove(&id);
-                        self.take(id).await;
-                    }
-                    Err(e) => self.failed(id, &e.to_string()),
-                }
+            match round.iter_mut().find(|(r, _)| *r == id) {
+                Some((_, all)) => all.extend(pending),
+                None => round.push((id, pending)),
             }
         }
+        self.queue = waiting;
+        for (id, pending) in round {
+            let Some(mut prepared) = self.prepare(id, pending).await else {
+                continue;
+            };
+            let (store, batch) = (self.store.clone(), std::mem::take(&mut prepared.batch));
+            let expected = ExpectedVersion::Exact(prepared.version);
+            let task = self.appends.spawn(async move {
+                let result = store.append(batch, expected).await;
+                (prepared, result)
+            });
+            self.in_flight.insert(task.id(), id);
+        }
+    }
+
+    /// Whether a move is in flight.
+    pub(super) fn appending(&self) -> bool {
+        !self.appends.is_empty()
+    }
+
+    /// Waits for the next move in flight to be answered (never, with none).
+    pub(super) async fn appended(&mut self) -> Appended {
+        match self.appends.join_next_with_id().await {
+            Some(done) => done,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Takes in the answer to a move: the run as it is now, or read again
+    /// after another writer moved it first; then moves what waits.
+    pub(super) async fn take_in(&mut self, done: Appended) {
+        let (id, answer) = match done {
+            Ok((task, answer)) => (self.in_flight.remove(&task), Ok(answer)),
+            Err(e) => (self.in_flight.remove(&e.id()), Err(e)),
+        };
+        let Some(id) = id else {
+            return;
+        };
+        match answer {
+            Ok((mut prepared, Ok(_))) => {
+                self.conflicts.remove(&id);
+                let submitted = std::mem::take(&mut prepared.submitted);
+                self.moved(prepared);
+                // Run the new step tasks now, rather than when this
+                // kernel's loop reads their submission back from the log
+                // (it finds them running then).
+                for task in submitted {
+                    if let Err(e) = self.orchestrator.adopt(&task).await {
+                        tracing::debug!(task = %task.id, error = %e, "step task not started here");
+                    }
+                }
+            }
+            // Moved by another writer first (or a task it would cancel
+            // ended meanwhile): read it again and decide afresh, a few
+            // times in a row at most.
+            Ok((_, Err(StoreError::WrongExpectedVersion { .. } | StoreError::Rejected(_)))) => {
+                let tries = self.conflicts.entry(id).or_default();
+                *tries += 1;
+                if *tries > CONFLICTS {
+                    self.conflicts.remove(&id);
+                    self.failed(id, "moved by other writers every time; trying later");
+                } else {
+                    self.runs.remove(&id);
+                    self.take(id).await;
+                }
+            }
+            Ok((_, Err(e))) => self.failed(id, &e.to_string()),
+            Err(e) => self.failed(id, &format!("the append task failed: {e}")),
+        }
+        self.flush().await;
     }
 
     /// What run `id` decides with `pending` reported to it, as the batch to
@@ -354,10 +406,20 @@ impl Driver {
                 }
             }
         }
+        let submitted = batch
+            .iter()
+            .filter_map(|e| match &e.event {
+                SystemEvent::TaskSubmitted { task_id, spec } => {
+                    Some(TaskRecord::submitted(*task_id, spec.clone()))
+                }
+                _ => None,
+            })
+            .collect();
         Some(Move {
             decision,
             batch,
             version,
+            submitted,
         })
     }
 
