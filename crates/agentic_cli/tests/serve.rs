@@ -801,3 +801,87 @@ async fn tls_serves_https_only_with_secure_cookies() {
     let line = bad.error_line(1);
     assert!(line.contains("cert.pem"), "{line}");
 }
+
+/// Reads `stream` (of `workflow_recorded` events) until run `run` records
+/// an event of type `kind`; that event.
+async fn run_event(stream: &mut SseReader, run: &str, kind: &str) -> Value {
+    loop {
+        let (_, event) = stream.committed().await;
+        let recorded = &event["event"]["workflow_recorded"];
+        if recorded["run"] == run && recorded["event"]["type"] == kind {
+            return recorded["event"].clone();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_workflow_runs_over_the_api_and_goes_on_with_an_approval_given_there() {
+    let dir = home();
+    let server = Server::start(dir.path(), &[], &[]);
+    let api = server.api();
+    let flow = "name = \"api\"\n[output]\nvalue = \"{{ steps.ask.output.input.note }}\"\n\
+                [steps.ask]\nkind = \"approval\"\nprompt = \"ok?\"\ntimeout = \"1h\"\n";
+    let mut stream = subscribe(&api, "/events/stream?type=workflow_recorded", None).await;
+    let bad = api
+        .post(
+            "/workflows",
+            &json!({"main": "api.toml", "files": {"api.toml": "name = \"x\"\n[steps.a]\nkind = \"nope\"\n"}}),
+        )
+        .await;
+    assert!(bad.problem(422).contains("nope"), "{bad:?}");
+    let started = api
+        .post(
+            "/workflows",
+            &json!({"main": "api.toml", "files": {"api.toml": flow}}),
+        )
+        .await;
+    assert_eq!(started.status, 201, "{started:?}");
+    let run = started.json()["id"].as_str().expect("id").to_owned();
+    run_event(&mut stream, &run, "approval_requested").await;
+    let waiting = api.get(&format!("/workflows/{run}")).await.json();
+    assert_eq!(waiting["status"], "running");
+    assert_eq!(waiting["steps"]["ask"]["state"], "waiting for approval");
+    let wrong_step = api
+        .post(&format!("/workflows/{run}/steps/nope/approve"), &json!({}))
+        .await;
+    assert!(
+        wrong_step.problem(409).contains("no step"),
+        "{wrong_step:?}"
+    );
+    let missing = api
+        .get("/workflows/01234567-0123-7123-8123-0123456789ab")
+        .await;
+    missing.problem(404);
+    let approved = api
+        .post(
+            &format!("/workflows/{run}/steps/ask/approve"),
+            &json!({"input": {"note": "fine"}}),
+        )
+        .await;
+    assert_eq!(approved.status, 200, "{approved:?}");
+    let done = run_event(&mut stream, &run, "completed").await;
+    assert_eq!(done["output"], "fine");
+    let shown = api.get(&format!("/workflows/{run}")).await.json();
+    assert_eq!(shown["status"], "completed");
+    assert_eq!(shown["steps"]["ask"]["output"]["by"], "api token");
+    let history = api.get(&format!("/workflows/{run}/history")).await.json();
+    assert_eq!(history[0]["event"]["type"], "started");
+    let listed = api.get("/workflows").await.json();
+    assert_eq!(listed["items"][0]["id"], run.as_str());
+    api.post(&format!("/workflows/{run}/cancel"), &json!({}))
+        .await
+        .problem(409);
+    // A fork from the approval asks again; cancelling it ends it.
+    let forked = api
+        .post(&format!("/workflows/{run}/fork"), &json!({"from": "ask"}))
+        .await;
+    assert_eq!(forked.status, 201, "{forked:?}");
+    let fork = forked.json()["id"].as_str().expect("id").to_owned();
+    assert_eq!(forked.json()["origin"]["run"], run.as_str());
+    run_event(&mut stream, &fork, "approval_requested").await;
+    let cancelled = api
+        .post(&format!("/workflows/{fork}/cancel"), &json!({}))
+        .await
+        .json();
+    assert_eq!(cancelled["status"], "cancelled");
+}

@@ -17,7 +17,7 @@ use utoipa::openapi::{Content, RefOr, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi};
 
 use crate::AppState;
-use crate::api::{agents, elements, events, plugins, system, tasks};
+use crate::api::{agents, elements, events, plugins, system, tasks, workflows};
 use crate::problem::PROBLEM_JSON;
 use crate::{access, stream};
 
@@ -32,6 +32,8 @@ use crate::{access, stream};
         tasks::submit, tasks::show, tasks::list, tasks::cancel, tasks::wait,
         agents::spawn, agents::show, agents::list, agents::stop, agents::send,
         plugins::list, plugins::install, plugins::info, plugins::call,
+        workflows::start, workflows::list, workflows::show, workflows::history,
+        workflows::approve, workflows::reject, workflows::cancel, workflows::fork,
         events::list, events::verify, stream::events,
     ),
     modifiers(&Shared),

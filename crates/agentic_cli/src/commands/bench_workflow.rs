@@ -224,8 +224,10 @@ async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
     let file = dir.join("chain.toml");
     std::fs::write(&file, chain())?;
     let definition = Definition::load(&file)?;
-    let store: Arc<dyn EventStore> =
-        Arc::new(SqliteStore::open(&dir.join("home"), SqliteOptions::default())?);
+    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(
+        &dir.join("home"),
+        SqliteOptions::default(),
+    )?);
     let mut handlers: HashMap<String, Arc<dyn TaskHandler>> = HashMap::new();
     handlers.insert(PLUGIN_HANDLER.to_owned(), Arc::new(NoOp));
     let orchestrator = Orchestrator::start(

@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use crate::event::{EventEnvelope, SystemEvent};
 use crate::orchestrator::Orchestrator;
-use crate::task::TaskRecord;
 use crate::store::{AppendReceipt, Cursor, EventStore, ExpectedVersion, StoreError, TaskFilter};
+use crate::task::TaskRecord;
 use crate::workflow::log::{self, Stored, WorkflowError};
 use crate::workflow::run::{Run, RunEnd, RunEvent, RunOrigin, StepState};
 

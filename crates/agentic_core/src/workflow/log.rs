@@ -38,6 +38,13 @@ pub enum WorkflowError {
     /// No run has this id.
     #[error("no workflow run {0}")]
     NotFound(Uuid),
+    /// What was asked does not fit the run as it is now (it has ended, the
+    /// step does not wait for a decision).
+    #[error("{0}")]
+    Refused(String),
+    /// Others kept moving the run while this tried to record a move.
+    #[error("workflow run {0} kept changing while this was recorded; try again")]
+    Busy(Uuid),
     /// A stored event of the run does not decode.
     #[error("workflow run {run}: event {seq} does not decode: {reason}")]
     Undecodable {
@@ -482,4 +489,153 @@ pub fn fork(
         }
     }
     Ok(events)
+}
+
+/// Times a move is recorded again after a kernel moved the run between its
+/// read and its append.
+const MOVE_TRIES: usize = 20;
+
+/// Appends a move of run `stored` — its `events`, then `more` — against
+/// the run stream's version; the batch's first seq, or `None` when another
+/// writer moved the run first (read it again and decide afresh).
+async fn append_move(
+    store: &dyn EventStore,
+    correlation: Uuid,
+    stored: &Stored,
+    events: Vec<RunEvent>,
+    more: Vec<NewEvent>,
+) -> Result<Option<u64>, WorkflowError> {
+    let id = stored.run.id;
+    let mut batch: Vec<NewEvent> = events
+        .into_iter()
+        .map(|event| {
+            let event = SystemEvent::WorkflowRecorded {
+                run: id,
+                event: Box::new(event),
+            };
+            NewEvent::new(event, correlation)
+        })
+        .collect();
+    batch.extend(more);
+    match store
+        .append(batch, crate::store::ExpectedVersion::Exact(stored.version))
+        .await
+    {
+        Ok(receipt) => Ok(Some(receipt.first_seq)),
+        Err(StoreError::WrongExpectedVersion { .. } | StoreError::Rejected(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records a person's decision on approval step `step` of run `id` (see
+/// [`approval`]), reading the run again while others move it; the seq of
+/// the decision.
+pub async fn record_approval(
+    store: &dyn EventStore,
+    correlation: Uuid,
+    id: Uuid,
+    step: &str,
+    (approved, by, input): (bool, &str, Option<Value>),
+) -> Result<u64, WorkflowError> {
+    for _ in 0..MOVE_TRIES {
+        let stored = load(store, id).await?;
+        let decided = approval(&stored, step, approved, by, input.clone())?;
+        if let Some(seq) = append_move(store, correlation, &stored, vec![decided], vec![]).await? {
+            return Ok(seq);
+        }
+    }
+    Err(WorkflowError::Busy(id))
+}
+
+/// Cancels run `id` by `by` (see [`cancel`]), reading the run again while
+/// others move it; the run as it was just before.
+pub async fn record_cancel(
+    store: &dyn EventStore,
+    correlation: Uuid,
+    id: Uuid,
+    by: &str,
+) -> Result<Stored, WorkflowError> {
+    for _ in 0..MOVE_TRIES {
+        let stored = load(store, id).await?;
+        let (events, more) = cancel(store, &stored, by, correlation).await?;
+        if append_move(store, correlation, &stored, events, more)
+            .await?
+            .is_some()
+        {
+            return Ok(stored);
+        }
+    }
+    Err(WorkflowError::Busy(id))
+}
+
+/// A person's decision on approval step `step` of run `stored`, checked
+/// against the run as it is.
+pub fn approval(
+    stored: &Stored,
+    step: &str,
+    approved: bool,
+    by: &str,
+    input: Option<Value>,
+) -> Result<RunEvent, WorkflowError> {
+    let id = stored.run.id;
+    if let Some(end) = &stored.run.end {
+        return Err(WorkflowError::Refused(format!(
+            "workflow run {id} has ended ({})",
+            end_word(end)
+        )));
+    }
+    match stored.run.steps.get(step) {
+        None => {
+            return Err(WorkflowError::Refused(format!(
+                "workflow run {id} has no step {step:?}"
+            )));
+        }
+        Some(StepState::Asking { .. }) => {}
+        Some(_) => {
+            return Err(WorkflowError::Refused(format!(
+                "step {step} of workflow run {id} is not waiting for approval"
+            )));
+        }
+    }
+    let decided = RunEvent::ApprovalDecided {
+        step: step.to_owned(),
+        approved,
+        by: by.to_owned(),
+        input,
+        at: Utc::now(),
+    };
+    stored.run.clone().apply(&decided)?;
+    Ok(decided)
+}
+
+/// What cancelling run `stored` records: its end by `by`, and (to append
+/// with it) the cancellation of everything it still runs.
+pub async fn cancel(
+    store: &dyn EventStore,
+    stored: &Stored,
+    by: &str,
+    correlation: Uuid,
+) -> Result<(Vec<RunEvent>, Vec<NewEvent>), WorkflowError> {
+    let id = stored.run.id;
+    if let Some(end) = &stored.run.end {
+        return Err(WorkflowError::Refused(format!(
+            "workflow run {id} has already ended ({})",
+            end_word(end)
+        )));
+    }
+    let cancelled = RunEvent::Cancelled { by: by.to_owned() };
+    let mut ended = stored.run.clone();
+    ended.apply(&cancelled)?;
+    let reason = format!("workflow run {id} was cancelled by {by}");
+    let more = cancellations(store, &ended, &reason, correlation).await?;
+    Ok((vec![cancelled], more))
+}
+
+/// How a run ended, in a word.
+pub fn end_word(end: &super::run::RunEnd) -> &'static str {
+    match end {
+        super::run::RunEnd::Completed(_) => "completed",
+        super::run::RunEnd::Failed(_) => "failed",
+        super::run::RunEnd::Cancelled(_) => "cancelled",
+    }
 }

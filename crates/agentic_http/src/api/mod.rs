@@ -5,6 +5,8 @@
 //! - [`tasks`] — submit (with an idempotency key), get, list, cancel, wait.
 //! - [`agents`] — spawn, get, list, stop, send (streamed).
 //! - [`plugins`] — list, info, call.
+//! - [`workflows`] — start, list, show, history, approve, reject, cancel,
+//!   fork.
 //! - [`events`] — list with filters, verify the chain.
 //! - [`system`] — health and version.
 //!
@@ -18,6 +20,7 @@ pub mod events;
 pub mod plugins;
 pub mod system;
 pub mod tasks;
+pub mod workflows;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
@@ -71,6 +74,19 @@ pub fn routes(state: AppState, mcp: McpService) -> Router {
         .route("/plugins", get(plugins::list).post(plugins::install))
         .route("/plugins/{name}", get(plugins::info))
         .route("/plugins/{name}/call/{function}", post(plugins::call))
+        .route("/workflows", post(workflows::start).get(workflows::list))
+        .route("/workflows/{id}", get(workflows::show))
+        .route("/workflows/{id}/history", get(workflows::history))
+        .route(
+            "/workflows/{id}/steps/{step}/approve",
+            post(workflows::approve),
+        )
+        .route(
+            "/workflows/{id}/steps/{step}/reject",
+            post(workflows::reject),
+        )
+        .route("/workflows/{id}/cancel", post(workflows::cancel))
+        .route("/workflows/{id}/fork", post(workflows::fork))
         .route("/events", get(events::list))
         .route("/events/verify", get(events::verify))
         .route("/events/stream", get(stream::events))

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use agentic_core::workflow::definition::Definition;
 use agentic_core::workflow::log::{self, Stored, WorkflowError};
 use agentic_core::workflow::run::{Run, RunEnd, RunEvent, RunOrigin, StepState};
-use agentic_core::{EventStore, ExpectedVersion, NewEvent, StoreError, SystemEvent, TaskFilter};
+use agentic_core::{EventStore, ExpectedVersion, NewEvent, SystemEvent, TaskFilter};
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -20,10 +20,6 @@ use uuid::Uuid;
 use super::super::Ctx;
 use crate::cli::Paging;
 use crate::{lease, output};
-
-/// Times a command records its event again after a kernel moved the run
-/// between its read and its append.
-const CONFLICTS: usize = 20;
 
 /// How often a waiting command checks that a kernel still serves the home.
 const KERNEL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -476,42 +472,6 @@ pub async fn history(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Records what `decide` makes of run `id` as the log has it now (the run's
-/// events, then what else the batch holds), against the run stream's
-/// version, reading the run again when a kernel moved it meanwhile; the
-/// run as it was read last, and the seq of the batch.
-async fn record_move(
-    store: &dyn EventStore,
-    ctx: Ctx,
-    id: Uuid,
-    mut decide: impl AsyncFnMut(&Stored) -> Result<(Vec<RunEvent>, Vec<NewEvent>)>,
-) -> Result<(Stored, u64)> {
-    for _ in 0..CONFLICTS {
-        let stored = load(store, id).await?;
-        let (events, more) = decide(&stored).await?;
-        let mut batch: Vec<NewEvent> = events
-            .into_iter()
-            .map(|event| {
-                let event = SystemEvent::WorkflowRecorded {
-                    run: id,
-                    event: Box::new(event),
-                };
-                NewEvent::new(event, ctx.correlation_id)
-            })
-            .collect();
-        batch.extend(more);
-        match store
-            .append(batch, ExpectedVersion::Exact(stored.version))
-            .await
-        {
-            Ok(receipt) => return Ok((stored, receipt.first_seq)),
-            Err(StoreError::WrongExpectedVersion { .. } | StoreError::Rejected(_)) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    bail!("workflow run {id} kept changing while this was recorded; try again")
-}
-
 /// `lion workflow approve|reject RUN STEP`: records a person's decision on
 /// an approval step that waits.
 pub async fn decide(
@@ -525,26 +485,8 @@ pub async fn decide(
     let id = parse_run(id)?;
     let input = parse_input(input)?;
     let by = os_user();
-    let (_, seq) = record_move(store, ctx, id, async |stored: &Stored| {
-        let decided = RunEvent::ApprovalDecided {
-            step: step.to_owned(),
-            approved,
-            by: by.clone(),
-            input: input.clone(),
-            at: Utc::now(),
-        };
-        if let Some(end) = &stored.run.end {
-            bail!("workflow run {id} has ended ({})", end_word(end));
-        }
-        match stored.run.steps.get(step) {
-            None => bail!("workflow run {id} has no step {step:?}"),
-            Some(StepState::Asking { .. }) => {}
-            Some(_) => bail!("step {step} of workflow run {id} is not waiting for approval"),
-        }
-        stored.run.clone().apply(&decided)?;
-        Ok((vec![decided], Vec::new()))
-    })
-    .await?;
+    let seq =
+        log::record_approval(store, ctx.correlation_id, id, step, (approved, &by, input)).await?;
     let word = if approved { "approved" } else { "rejected" };
     if ctx.json {
         return output::json(
@@ -555,32 +497,12 @@ pub async fn decide(
     Ok(())
 }
 
-fn end_word(end: &RunEnd) -> &'static str {
-    match end {
-        RunEnd::Completed(_) => "completed",
-        RunEnd::Failed(_) => "failed",
-        RunEnd::Cancelled(_) => "cancelled",
-    }
-}
-
 /// `lion workflow cancel RUN`: ends the run, and with it every task it runs
 /// and every sub-workflow run it started.
 pub async fn cancel(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
     let id = parse_run(id)?;
     let by = os_user();
-    let correlation = ctx.correlation_id;
-    let (stored, _) = record_move(store, ctx, id, async |stored: &Stored| {
-        if let Some(end) = &stored.run.end {
-            bail!("workflow run {id} has already ended ({})", end_word(end));
-        }
-        let cancelled = RunEvent::Cancelled { by: by.clone() };
-        let mut ended = stored.run.clone();
-        ended.apply(&cancelled)?;
-        let reason = format!("workflow run {id} was cancelled by {by}");
-        let more = log::cancellations(store, &ended, &reason, correlation).await?;
-        Ok((vec![cancelled], more))
-    })
-    .await?;
+    let stored = log::record_cancel(store, ctx.correlation_id, id, &by).await?;
     let stopped = stored.run.outstanding().len();
     if ctx.json {
         return output::json(
