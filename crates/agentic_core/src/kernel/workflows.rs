@@ -34,6 +34,15 @@ const RECOVERY_PAGE: usize = 256;
 /// it first, before it waits for a tick.
 const CONFLICTS: usize = 8;
 
+/// What a run is told before it next moves.
+enum Note {
+    /// An event to record (an outcome the run missed, a sub-run's end).
+    Event(RunEvent),
+    /// A step's task ended (the step it ran is found when the run moves:
+    /// the move that scheduled it may still have been in flight).
+    TaskEnded(Uuid, Result<serde_json::Value, String>),
+}
+
 /// One run's move: what it decided, and the batch recording it against
 /// the run stream's `version`.
 pub(super) struct Move {
@@ -56,8 +65,11 @@ pub(super) struct Driver {
     runs: HashMap<Uuid, Stored>,
     /// The run each outstanding task (or sub-workflow run) belongs to.
     tasks: HashMap<Uuid, Uuid>,
-    /// Runs to move, with outcomes to report to them.
-    queue: VecDeque<(Uuid, Vec<RunEvent>)>,
+    /// Runs to move, with what to report to them.
+    queue: VecDeque<(Uuid, Vec<Note>)>,
+    /// The newest version of a run's stream seen in the log while a move
+    /// of it was in flight (another writer's event may be among them).
+    seen: HashMap<Uuid, u64>,
     /// Runs whose last move failed on the store, and when to try again.
     retry: HashMap<Uuid, DateTime<Utc>>,
     /// Moves being appended, and the run each one moves.
@@ -80,6 +92,7 @@ impl Driver {
             runs: HashMap::new(),
             tasks: HashMap::new(),
             queue: VecDeque::new(),
+            seen: HashMap::new(),
             retry: HashMap::new(),
             appends: JoinSet::new(),
             in_flight: HashMap::new(),
@@ -121,7 +134,8 @@ impl Driver {
                 if ended {
                     self.finished(id);
                 } else {
-                    self.queue.push_back((id, missed));
+                    self.queue
+                        .push_back((id, missed.into_iter().map(Note::Event).collect()));
                 }
                 true
             }
@@ -178,20 +192,13 @@ impl Driver {
             None => return,
         };
         if self.runs.contains_key(run) {
-            self.queue.push_back((*run, vec![outcome]));
+            self.queue.push_back((*run, vec![Note::Event(outcome)]));
         }
     }
 
     /// Takes in one event of the log: a run's event recorded elsewhere, or
     /// the end of a step's task.
     pub(super) async fn observe(&mut self, record: &EventEnvelope, event: &SystemEvent) {
-        let outcome = |run: &Run, task: Uuid, done: Result<serde_json::Value, String>| {
-            let (step, item) = log::step_of(run, task)?;
-            Some(match done {
-                Ok(output) => RunEvent::StepCompleted { step, item, output },
-                Err(error) => RunEvent::StepFailed { step, item, error },
-            })
-        };
         let (task, done) = match event {
             SystemEvent::WorkflowRecorded { run, event } => {
                 self.observe_run(*run, record.stream_version, event).await;
@@ -220,18 +227,20 @@ impl Driver {
         let Some(run) = self.tasks.get(&task).copied() else {
             return;
         };
-        if let Some(outcome) = self
-            .runs
-            .get(&run)
-            .and_then(|s| outcome(&s.run, task, done))
-        {
-            self.queue.push_back((run, vec![outcome]));
-            self.flush().await;
-        }
+        self.queue
+            .push_back((run, vec![Note::TaskEnded(task, done)]));
+        self.flush().await;
     }
 
     /// Takes in event number `version` of run `id`'s stream.
     async fn observe_run(&mut self, id: Uuid, version: u64, event: &RunEvent) {
+        if self.in_flight.values().any(|r| *r == id) {
+            // Its own move, or another writer's event: sorted out when the
+            // move is answered.
+            let seen = self.seen.entry(id).or_default();
+            *seen = (*seen).max(version);
+            return;
+        }
         let Some(stored) = self.runs.get_mut(&id) else {
             // A run this kernel does not hold: new (another process started
             // it), or ended.
@@ -302,7 +311,7 @@ impl Driver {
     /// and answered later through [`Driver::appended`]; a run's next events
     /// wait for its move in flight.
     async fn flush(&mut self) {
-        let mut round: Vec<(Uuid, Vec<RunEvent>)> = Vec::new();
+        let mut round: Vec<(Uuid, Vec<Note>)> = Vec::new();
         let mut waiting = VecDeque::new();
         for (id, pending) in std::mem::take(&mut self.queue) {
             if self.in_flight.values().any(|r| *r == id) {
@@ -357,6 +366,14 @@ impl Driver {
                 self.conflicts.remove(&id);
                 let submitted = std::mem::take(&mut prepared.submitted);
                 self.moved(prepared);
+                // Another writer's event came after this move: read it.
+                let held = self.runs.get(&id).map(|s| s.version);
+                if let (Some(seen), Some(held)) = (self.seen.remove(&id), held)
+                    && seen > held
+                {
+                    self.runs.remove(&id);
+                    self.take(id).await;
+                }
                 // Run the new step tasks now, rather than when this
                 // kernel's loop reads their submission back from the log
                 // (it finds them running then).
@@ -370,6 +387,7 @@ impl Driver {
             // ended meanwhile): read it again and decide afresh, a few
             // times in a row at most.
             Ok((_, Err(StoreError::WrongExpectedVersion { .. } | StoreError::Rejected(_)))) => {
+                self.seen.remove(&id);
                 let tries = self.conflicts.entry(id).or_default();
                 *tries += 1;
                 if *tries > CONFLICTS {
@@ -380,19 +398,43 @@ impl Driver {
                     self.take(id).await;
                 }
             }
-            Ok((_, Err(e))) => self.failed(id, &e.to_string()),
-            Err(e) => self.failed(id, &format!("the append task failed: {e}")),
+            Ok((_, Err(e))) => {
+                self.seen.remove(&id);
+                self.failed(id, &e.to_string());
+            }
+            Err(e) => {
+                self.seen.remove(&id);
+                self.failed(id, &format!("the append task failed: {e}"));
+            }
         }
         self.flush().await;
     }
 
-    /// What run `id` decides with `pending` reported to it, as the batch to
-    /// append; `None` when it decides nothing (or cannot now).
-    async fn prepare(&mut self, id: Uuid, pending: Vec<RunEvent>) -> Option<Move> {
+    /// What run `id` decides with `notes` reported to it, as the batch to
+    /// append; `None` when it decides nothing (or cannot now). The tasks it
+    /// schedules are known from now on, so their ends reach the run even
+    /// when they come before the move is answered.
+    async fn prepare(&mut self, id: Uuid, notes: Vec<Note>) -> Option<Move> {
         let stored = self.runs.get(&id)?;
+        let pending = notes
+            .into_iter()
+            .filter_map(|note| match note {
+                Note::Event(event) => Some(event),
+                Note::TaskEnded(task, done) => {
+                    let (step, item) = log::step_of(&stored.run, task)?;
+                    Some(match done {
+                        Ok(output) => RunEvent::StepCompleted { step, item, output },
+                        Err(error) => RunEvent::StepFailed { step, item, error },
+                    })
+                }
+            })
+            .collect();
         let decision = log::decide(&stored.run, pending, Utc::now());
         if decision.events.is_empty() {
             return None;
+        }
+        for (_, _, task) in decision.next.outstanding() {
+            self.tasks.insert(task, id);
         }
         let version = stored.version;
         let mut batch = decision.batch(id);
