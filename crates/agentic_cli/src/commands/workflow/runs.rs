@@ -226,6 +226,11 @@ fn report_end(ctx: Ctx, id: Uuid, end: &RunEnd) -> Result<()> {
     };
     if ctx.json {
         output::json(&json!({"run": id, "status": status, "output": output, "error": error}))?;
+    } else if let Some(Value::String(text)) = output {
+        print!("{text}");
+        if !text.ends_with('\n') {
+            println!();
+        }
     } else if let Some(output) = output {
         println!("{}", serde_json::to_string_pretty(output)?);
     }
