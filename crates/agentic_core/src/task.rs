@@ -36,8 +36,9 @@ pub struct RetryPolicy {
     /// Longest delay between attempts.
     pub max_delay_ms: u64,
     /// An attempt that its process's crash or stop interrupted runs again
-    /// whatever `max_retries` allows: the task never fails because a kernel
-    /// died under it (a workflow's steps run at least once).
+    /// whatever `max_retries` allows (up to [`MAX_INTERRUPTED_RETRIES`]
+    /// more attempts): a task does not fail because a kernel died under it
+    /// (a workflow's steps run at least once).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry_interrupted: bool,
 }
@@ -53,10 +54,24 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Attempts past `max_retries` that interruptions may add with
+/// [`RetryPolicy::retry_interrupted`]: a task whose attempts keep killing
+/// their process (running out of memory, say) fails after these instead of
+/// crash-looping its kernels.
+pub const MAX_INTERRUPTED_RETRIES: u32 = 16;
+
 impl RetryPolicy {
     /// Whether an attempt numbered `attempt` (1-based) that failed may be retried.
     pub fn allows_retry_after(&self, attempt: u32) -> bool {
         attempt <= self.max_retries
+    }
+
+    /// Whether an attempt numbered `attempt` that its process's stop
+    /// interrupted may be retried.
+    pub fn allows_retry_after_interruption(&self, attempt: u32) -> bool {
+        self.allows_retry_after(attempt)
+            || (self.retry_interrupted
+                && attempt <= self.max_retries.saturating_add(MAX_INTERRUPTED_RETRIES))
     }
 
     /// The delay before the attempt after `attempt`, given a jitter factor in

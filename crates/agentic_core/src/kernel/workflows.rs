@@ -124,6 +124,24 @@ impl Driver {
         }
     }
 
+    /// Reads held run `id` again (another writer moved it); if that fails,
+    /// keeps the copy it has and tries again soon.
+    async fn reread(&mut self, id: Uuid) {
+        match self.read(id).await {
+            Ok((stored, missed)) => {
+                let ended = stored.run.end.is_some();
+                self.hold(stored);
+                if ended {
+                    self.finished(id);
+                } else {
+                    self.queue
+                        .push_back((id, missed.into_iter().map(Note::Event).collect()));
+                }
+            }
+            Err(e) => self.failed(id, &format!("cannot read it again: {e}")),
+        }
+    }
+
     /// Reads run `id` from its stream and queues it with what it missed;
     /// whether it is held.
     async fn take(&mut self, id: Uuid) -> bool {
@@ -254,8 +272,7 @@ impl Driver {
         }
         if version > stored.version + 1 || stored.run.apply(event).is_err() {
             // Missed some: read it again.
-            self.runs.remove(&id);
-            self.take(id).await;
+            self.reread(id).await;
             return;
         }
         stored.version = version;
@@ -270,17 +287,35 @@ impl Driver {
         }
     }
 
-    /// When a run next needs moving without any event: a timer or an
-    /// approval's deadline, or a retry after the store failed.
-    pub(super) fn next_due(&self) -> Option<DateTime<Utc>> {
-        let waits = self.runs.values().flat_map(|stored| {
-            stored.run.steps.values().filter_map(|state| match state {
+    /// When run `id` next needs moving without any event: after a failed
+    /// move, when it is tried again; else a timer's or an approval's
+    /// deadline. Never while a move of it is in flight (its answer moves
+    /// it on).
+    fn due(&self, id: Uuid, stored: &Stored) -> Option<DateTime<Utc>> {
+        if self.in_flight.values().any(|r| *r == id) {
+            return None;
+        }
+        if let Some(at) = self.retry.get(&id) {
+            return Some(*at);
+        }
+        stored
+            .run
+            .steps
+            .values()
+            .filter_map(|state| match state {
                 StepState::Asking { deadline } => Some(*deadline),
                 StepState::Waiting { due } => Some(*due),
                 _ => None,
             })
-        });
-        waits.chain(self.retry.values().copied()).min()
+            .min()
+    }
+
+    /// When a run next needs moving without any event (see [`Driver::due`]).
+    pub(super) fn next_due(&self) -> Option<DateTime<Utc>> {
+        self.runs
+            .iter()
+            .filter_map(|(id, stored)| self.due(*id, stored))
+            .min()
     }
 
     /// Moves every run that is due.
@@ -289,14 +324,7 @@ impl Driver {
         let due: Vec<Uuid> = self
             .runs
             .iter()
-            .filter(|(id, stored)| {
-                self.retry.get(id).is_some_and(|at| *at <= now)
-                    || stored.run.steps.values().any(|state| match state {
-                        StepState::Asking { deadline } => *deadline <= now,
-                        StepState::Waiting { due } => *due <= now,
-                        _ => false,
-                    })
-            })
+            .filter(|(id, stored)| self.due(**id, stored).is_some_and(|at| at <= now))
             .map(|(id, _)| *id)
             .collect();
         for id in due {
@@ -371,8 +399,7 @@ impl Driver {
                 if let (Some(seen), Some(held)) = (self.seen.remove(&id), held)
                     && seen > held
                 {
-                    self.runs.remove(&id);
-                    self.take(id).await;
+                    self.reread(id).await;
                 }
                 // Run the new step tasks now, rather than when this
                 // kernel's loop reads their submission back from the log
@@ -394,8 +421,7 @@ impl Driver {
                     self.conflicts.remove(&id);
                     self.failed(id, "moved by other writers every time; trying later");
                 } else {
-                    self.runs.remove(&id);
-                    self.take(id).await;
+                    self.reread(id).await;
                 }
             }
             Ok((_, Err(e))) => {
@@ -448,10 +474,17 @@ impl Driver {
                 }
             }
         }
+        let cancelled: std::collections::HashSet<Uuid> = batch
+            .iter()
+            .filter_map(|e| match &e.event {
+                SystemEvent::TaskCancelled { task_id, .. } => Some(*task_id),
+                _ => None,
+            })
+            .collect();
         let submitted = batch
             .iter()
             .filter_map(|e| match &e.event {
-                SystemEvent::TaskSubmitted { task_id, spec } => {
+                SystemEvent::TaskSubmitted { task_id, spec } if !cancelled.contains(task_id) => {
                     Some(TaskRecord::submitted(*task_id, spec.clone()))
                 }
                 _ => None,
@@ -472,7 +505,14 @@ impl Driver {
             decision, version, ..
         } = moved;
         let id = decision.next.id;
-        for (child, started) in decision.children {
+        let ended = decision.next.end.is_some();
+        // Children started by a move that ended the run were cancelled in
+        // its batch; one held already has moved past its start.
+        let children = if ended { Vec::new() } else { decision.children };
+        for (child, started) in children {
+            if self.runs.contains_key(&child) {
+                continue;
+            }
             match Run::replay(child, [&started]) {
                 Ok(run) => {
                     self.hold(Stored { run, version: 1 });
@@ -482,10 +522,17 @@ impl Driver {
                     "a sub-workflow run started here cannot be read"),
             }
         }
-        let ended = decision.next.end.is_some();
+        let version = version + decision.events.len() as u64;
+        if self
+            .runs
+            .get(&id)
+            .is_some_and(|held| held.version >= version)
+        {
+            return; // read again since: that copy is newer
+        }
         self.hold(Stored {
             run: decision.next,
-            version: version + decision.events.len() as u64,
+            version,
         });
         if ended {
             self.finished(id);
@@ -495,6 +542,8 @@ impl Driver {
     /// Notes that run `id` could not be moved now; it is tried again soon.
     fn failed(&mut self, id: Uuid, error: &str) {
         tracing::warn!(run = %id, error, "workflow run not moved; trying again");
-        self.retry.insert(id, Utc::now() + RETRY_AFTER);
+        if self.runs.contains_key(&id) {
+            self.retry.insert(id, Utc::now() + RETRY_AFTER);
+        }
     }
 }

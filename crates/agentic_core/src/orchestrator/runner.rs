@@ -325,8 +325,10 @@ impl Runner {
         error: String,
         interrupted: bool,
     ) -> Result<Option<TaskOutcome>, OrchestratorError> {
-        let retry = (interrupted && self.spec.retry.retry_interrupted)
-            || self.spec.retry.allows_retry_after(attempt);
+        let retry = match interrupted {
+            true => self.spec.retry.allows_retry_after_interruption(attempt),
+            false => self.spec.retry.allows_retry_after(attempt),
+        };
         self.record_end(SystemEvent::TaskFailed {
             task_id: self.id,
             attempt,

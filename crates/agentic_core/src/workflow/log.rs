@@ -131,7 +131,9 @@ pub struct Decision {
 impl Decision {
     /// The batch that records the decision: the run's events first (the
     /// batch's expected version is the run stream's), then the tasks its
-    /// work steps become and the runs its sub-workflows start.
+    /// work steps become and the runs its sub-workflows start — and when
+    /// the decision ends the run, their cancellation right after them, so
+    /// nothing it started runs on.
     pub fn batch(&self, correlation: Uuid) -> Vec<NewEvent> {
         let run = self.next.id;
         let mut batch: Vec<NewEvent> = self
@@ -169,6 +171,27 @@ impl Decision {
                 event: Box::new(started.clone()),
             };
             batch.push(NewEvent::new(event, correlation).caused_by(run));
+        }
+        if self.next.end.is_some() {
+            let reason = format!("workflow run {run} ended");
+            let mut stops = Vec::new();
+            for event in &batch {
+                let stop = match &event.event {
+                    SystemEvent::TaskSubmitted { task_id, .. } => SystemEvent::TaskCancelled {
+                        task_id: *task_id,
+                        reason: reason.clone(),
+                    },
+                    SystemEvent::WorkflowRecorded { run: child, .. } if *child != run => {
+                        SystemEvent::WorkflowRecorded {
+                            run: *child,
+                            event: Box::new(RunEvent::Cancelled { by: reason.clone() }),
+                        }
+                    }
+                    _ => continue,
+                };
+                stops.push(NewEvent::new(stop, correlation).caused_by(run));
+            }
+            batch.extend(stops);
         }
         batch
     }
@@ -297,7 +320,7 @@ pub fn step_of(run: &Run, task: Uuid) -> Option<(String, Option<usize>)> {
 
 /// How a step's task (or sub-workflow run) ended, as the run's event;
 /// `None` while it has not.
-pub async fn outcome(
+async fn outcome(
     store: &dyn EventStore,
     run: &Run,
     step: &str,
@@ -413,8 +436,8 @@ pub async fn cancellations(
     Ok(out)
 }
 
-/// The JSON a run's status reads as: each step's state, for the CLI and the
-/// API.
+/// Each step's state as JSON, in an order the steps can run (what `lion
+/// workflow status --json` and the API show).
 pub fn step_states(run: &Run) -> Value {
     let steps: serde_json::Map<String, Value> = run
         .definition
@@ -637,5 +660,71 @@ pub fn end_word(end: &super::run::RunEnd) -> &'static str {
         super::run::RunEnd::Completed(_) => "completed",
         super::run::RunEnd::Failed(_) => "failed",
         super::run::RunEnd::Cancelled(_) => "cancelled",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::definition::{Definition, Sources};
+
+    fn run_of(text: &str) -> (Run, RunEvent) {
+        let sources = Sources {
+            main: "flow.toml".into(),
+            files: [
+                ("flow.toml".to_owned(), text.to_owned()),
+                (
+                    "sub.toml".to_owned(),
+                    "name = \"s\"\n[steps.t]\nkind = \"timer\"\nduration = \"1h\"\n".to_owned(),
+                ),
+            ]
+            .into(),
+        };
+        let definition = Definition::from_sources(sources).expect("a definition");
+        let started = Run::start(&definition, json!({}), Utc::now(), None).expect("input");
+        (
+            Run::replay(Uuid::now_v7(), [&started]).expect("replay"),
+            started,
+        )
+    }
+
+    #[test]
+    fn a_decision_that_fails_the_run_cancels_the_tasks_and_runs_it_starts() {
+        let (run, started) = run_of(
+            "name = \"f\"\n\
+             [steps.a]\nkind = \"plugin\"\nplugin = \"p\"\nfunction = \"f\"\n\
+             [steps.c]\nkind = \"workflow\"\nworkflow = \"sub.toml\"\n\
+             [steps.b]\nkind = \"plugin\"\nplugin = \"p\"\nfunction = \"f\"\n\
+             input = { x = \"{{ input.missing }}\" }\n",
+        );
+        let decision = decide(&run, Vec::new(), Utc::now());
+        assert!(matches!(
+            decision.next.end,
+            Some(super::super::run::RunEnd::Failed(_))
+        ));
+        let batch = decision.batch(Uuid::now_v7());
+        let kinds: Vec<&str> = batch.iter().map(|e| e.event.kind()).collect();
+        let submitted = kinds.iter().filter(|k| **k == "task_submitted").count();
+        let cancelled = kinds.iter().filter(|k| **k == "task_cancelled").count();
+        assert_eq!((submitted, cancelled), (1, 1), "{kinds:?}");
+        // The sub-workflow run it started is cancelled in the same batch.
+        let child_ends = batch
+            .iter()
+            .filter(|e| {
+                matches!(&e.event, SystemEvent::WorkflowRecorded { run: r, event }
+                    if *r != run.id && matches!(**event, RunEvent::Cancelled { .. }))
+            })
+            .count();
+        assert_eq!(child_ends, decision.children.len());
+        // Every event of the batch folds: the tasks end before they start.
+        let mut state = crate::State::new();
+        let start = SystemEvent::WorkflowRecorded {
+            run: run.id,
+            event: Box::new(started),
+        };
+        state.apply(&start).expect("the start");
+        for event in &batch {
+            state.apply(&event.event).expect("the batch folds");
+        }
     }
 }

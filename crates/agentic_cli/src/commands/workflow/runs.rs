@@ -76,6 +76,7 @@ pub async fn start(
     let input = parse_input(input)?.unwrap_or_else(|| json!({}));
     let started = Run::start(&definition, input, Utc::now(), None)
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    refuse_wait_without_kernel(home, store.as_ref(), wait).await?;
     let id = Uuid::now_v7();
     let seq = record(
         store.as_ref(),
@@ -88,6 +89,18 @@ pub async fn start(
     announce(home, store, ctx, id, &definition.name, seq, wait).await
 }
 
+/// With `wait`, refuses before anything is recorded when no kernel serves
+/// the home (a run started anyway would wait; the command could not).
+async fn refuse_wait_without_kernel(home: &Path, store: &dyn EventStore, wait: bool) -> Result<()> {
+    if wait && !lease::serving(home, store).await? {
+        bail!(
+            "no kernel serves this home, so --wait would wait forever; start one with `lion run` \
+             (nothing was recorded)"
+        );
+    }
+    Ok(())
+}
+
 /// Says where a new run is, and follows it with `wait`.
 async fn announce(
     home: &Path,
@@ -98,16 +111,10 @@ async fn announce(
     seq: u64,
     wait: bool,
 ) -> Result<()> {
-    let serving = lease::serving(home, store.as_ref()).await?;
     if wait {
-        if !serving {
-            bail!(
-                "no kernel serves this home: workflow run {id} is recorded and starts when \
-                 `lion run` does (follow it with `lion workflow status {id}`)"
-            );
-        }
         return follow(home, store, ctx, id, seq).await;
     }
+    let serving = lease::serving(home, store.as_ref()).await?;
     if ctx.json {
         return output::json(&json!({"run": id, "name": name, "status": "running"}));
     }
@@ -533,6 +540,7 @@ pub async fn fork(
     let old = load(store.as_ref(), parse_run(id)?).await?;
     let input = parse_input(input)?;
     let events = log::fork(&old.run, from, input, Utc::now())?;
+    refuse_wait_without_kernel(home, store.as_ref(), wait).await?;
     let reused = events
         .iter()
         .filter(|e| matches!(e, RunEvent::StepReused { .. }))
