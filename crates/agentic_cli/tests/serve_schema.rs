@@ -56,8 +56,11 @@ async fn schemathesis_finds_nothing_wrong_with_the_api() {
     )
     .expect("schemathesis config");
     let (url, token) = (server.url.clone(), server.token.clone());
+    let scratch = dir.path().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("timeout")
+            // Its cache goes to the scratch directory, not the checkout.
+            .current_dir(&scratch)
             .arg(CAP_SECS)
             .arg(schemathesis)
             .arg("--config-file")
