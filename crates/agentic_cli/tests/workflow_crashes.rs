@@ -13,12 +13,10 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
 
 use serde_json::Value;
-use support::{ClearLion, Kernel, lion_run, plugin_dist};
+use support::{Kernel, LogFollower, lion_run, plugin_dist};
 
 /// Kills wanted in all.
 const KILLS: usize = 50;
@@ -87,59 +85,6 @@ fn flow() -> String {
     text
 }
 
-/// The log as `lion events tail` follows it.
-struct Follower {
-    child: Child,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-}
-
-impl Follower {
-    fn new(home: &Path) -> Self {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lion"))
-            .env_clear_lion()
-            .arg("--home")
-            .arg(home)
-            .args(["events", "tail", "--from", "1", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start events tail");
-        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        Self { child, lines }
-    }
-
-    /// The next event: its kind (a workflow event's own type), its body
-    /// and its whole record.
-    fn next(&mut self) -> (String, Value, Value) {
-        let line = self
-            .lines
-            .next()
-            .expect("the log goes on")
-            .expect("read the log");
-        let record: Value = serde_json::from_str(&line).expect("JSON");
-        let (kind, body) = record["event"]
-            .as_object()
-            .and_then(|o| o.iter().next())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .expect("an event");
-        match kind.as_str() {
-            "workflow_recorded" => (
-                body["event"]["type"].as_str().expect("type").to_owned(),
-                body,
-                record,
-            ),
-            _ => (kind, body, record),
-        }
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts a run; its id. With no kernel running, it waits for one.
 fn start(home: &Path, file: &Path) -> String {
     let out = lion_run(
@@ -164,7 +109,7 @@ fn approve(home: &Path, run: &str) {
 
 /// Runs one run to its end under a kernel killed after each event of the
 /// next trigger kind; its output, and the kills it took.
-fn run_with_kills(home: &Path, file: &Path, log: &mut Follower, kills: &mut usize) -> Value {
+fn run_with_kills(home: &Path, file: &Path, log: &mut LogFollower, kills: &mut usize) -> Value {
     let run = start(home, file);
     let mut kernel = Some(Kernel::start(home, &[]));
     let mut slow_tasks = BTreeSet::new();
@@ -236,7 +181,7 @@ fn a_run_killed_fifty_times_ends_as_an_uninterrupted_run_and_makes_each_effect_o
     let file = dir.path().join("crashes.toml");
     std::fs::write(&file, flow()).expect("write the definition");
     lion_run(&home, &["workflow", "check", file.to_str().expect("UTF-8")]).success();
-    let mut log = Follower::new(&home);
+    let mut log = LogFollower::new(&home);
 
     // Uninterrupted, approved while the kernel runs.
     let reference = {

@@ -8,12 +8,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 
 use serde_json::{Value, json};
-use support::{ClearLion, Kernel, lion_run, plugin_dist};
+use support::{Kernel, LogFollower, lion_run, plugin_dist};
 
 /// A home with `kv_counter` installed (every permission it asks for).
 fn home_with_counter(dir: &Path) -> PathBuf {
@@ -38,55 +36,6 @@ fn write(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
         std::fs::write(dir.join(name), text).expect("write a definition");
     }
     dir.join(files[0].0)
-}
-
-/// The log as `lion events tail` follows it, from its first event.
-struct Follower {
-    child: Child,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-}
-
-impl Follower {
-    fn new(home: &Path) -> Self {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lion"))
-            .env_clear_lion()
-            .arg("--home")
-            .arg(home)
-            .args(["events", "tail", "--from", "1", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start events tail");
-        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        Self { child, lines }
-    }
-
-    /// Reads the log until an event of run `run` of type `kind` (and, with
-    /// `step`, about that step) appears; that event.
-    #[track_caller]
-    fn until(&mut self, run: &str, kind: &str, step: Option<&str>) -> Value {
-        for line in self.lines.by_ref() {
-            let line = line.expect("read the log");
-            let record: Value = serde_json::from_str(&line).expect("JSON");
-            let Some(recorded) = record["event"].get("workflow_recorded") else {
-                continue;
-            };
-            if recorded["run"] == run
-                && recorded["event"]["type"] == kind
-                && step.is_none_or(|s| recorded["event"]["step"] == s)
-            {
-                return recorded["event"].clone();
-            }
-        }
-        panic!("the log ended before run {run} recorded {kind}");
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts a run of `file` with `input`; its id.
@@ -200,7 +149,7 @@ fn every_step_kind_runs_and_an_approval_from_another_process_lets_the_run_contin
     let home = home_with_counter(dir.path());
     let file = write(dir.path(), &[("kinds.toml", KINDS), ("sub.toml", SUB)]);
     let _kernel = Kernel::start(&home, &[]);
-    let mut log = Follower::new(&home);
+    let mut log = LogFollower::new(&home);
     let run = start(&home, &file, r#"{"names": ["a", "b", "c"]}"#);
     let asked = log.until(&run, "approval_requested", Some("ask"));
     assert_eq!(asked["prompt"], "Counted 1; go on?");
@@ -281,7 +230,7 @@ on_timeout = "approve"
         )],
     );
     let _kernel = Kernel::start(&home, &[]);
-    let mut log = Follower::new(&home);
+    let mut log = LogFollower::new(&home);
     let run = start(&home, &file, "{}");
     let decided = log.until(&run, "approval_decided", Some("ask"));
     assert_eq!(decided["approved"], true);
@@ -338,7 +287,7 @@ workflow = "nap.toml"
         ],
     );
     let _kernel = Kernel::start(&home, &[]);
-    let mut log = Follower::new(&home);
+    let mut log = LogFollower::new(&home);
     let run = start(&home, &file, "{}");
     let scheduled = log.until(&run, "step_scheduled", Some("work"));
     let task = scheduled["task"].as_str().expect("task").to_owned();
@@ -376,7 +325,7 @@ fn a_run_keeps_the_definition_it_started_with_when_the_file_changes() {
     let first = "name = \"v\"\n[output]\nvalue = \"one\"\n[steps.ask]\nkind = \"approval\"\nprompt = \"ok?\"\ntimeout = \"1h\"\n";
     let file = write(dir.path(), &[("v.toml", first)]);
     let _kernel = Kernel::start(&home, &[]);
-    let mut log = Follower::new(&home);
+    let mut log = LogFollower::new(&home);
     let run = start(&home, &file, "{}");
     log.until(&run, "approval_requested", Some("ask"));
     std::fs::write(&file, "name = \"v\"\n[output]\nvalue = \"two\"\n[steps.other]\nkind = \"timer\"\nduration = \"1s\"\n")
@@ -414,7 +363,7 @@ fn a_fork_reuses_the_outputs_upstream_of_its_step_without_running_them_again() {
     let home = home_with_counter(dir.path());
     let file = write(dir.path(), &[("chain.toml", CHAIN)]);
     let _kernel = Kernel::start(&home, &[]);
-    let mut log = Follower::new(&home);
+    let mut log = LogFollower::new(&home);
     let run = start(&home, &file, "{}");
     log.until(&run, "completed", None);
     let forked = lion_run(

@@ -450,3 +450,74 @@ pub fn abuse_manifest(
     std::fs::write(&manifest, toml).expect("manifest");
     manifest.display().to_string()
 }
+
+/// The log as `lion events tail --from 1 --json` follows it, stopped on drop.
+pub struct LogFollower {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl LogFollower {
+    /// Follows the log of `home` from its first event.
+    pub fn new(home: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lion"))
+            .env_clear_lion()
+            .arg("--home")
+            .arg(home)
+            .args(["events", "tail", "--from", "1", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start events tail");
+        let stdout = child.stdout.take().expect("stdout");
+        Self {
+            child,
+            lines: std::io::BufReader::new(stdout).lines(),
+        }
+    }
+
+    /// The next event: its kind (a workflow event's own `type`), its body
+    /// (a workflow event's `{run, event}`), and its whole record.
+    #[track_caller]
+    pub fn next(&mut self) -> (String, Value, Value) {
+        let line = self
+            .lines
+            .next()
+            .expect("the log goes on")
+            .expect("read the log");
+        let record: Value = serde_json::from_str(&line).expect("JSON");
+        let (kind, body) = record["event"]
+            .as_object()
+            .and_then(|o| o.iter().next())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .expect("an event");
+        match kind.as_str() {
+            "workflow_recorded" => (
+                body["event"]["type"].as_str().expect("type").to_owned(),
+                body,
+                record,
+            ),
+            _ => (kind, body, record),
+        }
+    }
+
+    /// Reads on until run `run` records an event of type `kind` (about
+    /// step `step`, if given); that event.
+    #[track_caller]
+    pub fn until(&mut self, run: &str, kind: &str, step: Option<&str>) -> Value {
+        loop {
+            let (k, body, _) = self.next();
+            if k == kind && body["run"] == run && step.is_none_or(|s| body["event"]["step"] == s) {
+                return body["event"].clone();
+            }
+        }
+    }
+}
+
+impl Drop for LogFollower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -15,9 +15,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use tokio::task::JoinSet;
-
 use chrono::{DateTime, Utc};
+use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::event::{EventEnvelope, SystemEvent};
@@ -127,41 +126,36 @@ impl Driver {
     /// Reads held run `id` again (another writer moved it); if that fails,
     /// keeps the copy it has and tries again soon.
     async fn reread(&mut self, id: Uuid) {
-        match self.read(id).await {
-            Ok((stored, missed)) => {
-                let ended = stored.run.end.is_some();
-                self.hold(stored);
-                if ended {
-                    self.finished(id);
-                } else {
-                    self.queue
-                        .push_back((id, missed.into_iter().map(Note::Event).collect()));
-                }
-            }
-            Err(e) => self.failed(id, &format!("cannot read it again: {e}")),
+        if let Err(e) = self.load(id).await {
+            self.failed(id, &format!("cannot read it again: {e}"));
         }
     }
 
     /// Reads run `id` from its stream and queues it with what it missed;
     /// whether it is held.
     async fn take(&mut self, id: Uuid) -> bool {
-        match self.read(id).await {
-            Ok((stored, missed)) => {
-                let ended = stored.run.end.is_some();
-                self.hold(stored);
-                if ended {
-                    self.finished(id);
-                } else {
-                    self.queue
-                        .push_back((id, missed.into_iter().map(Note::Event).collect()));
-                }
-                true
-            }
+        match self.load(id).await {
+            Ok(()) => true,
             Err(e) => {
                 tracing::warn!(run = %id, error = %e, "workflow run cannot be read; not driven");
                 false
             }
         }
+    }
+
+    /// Holds run `id` as its stream has it, queued with the outcomes it
+    /// missed (or forgotten, if it has ended).
+    async fn load(&mut self, id: Uuid) -> Result<(), WorkflowError> {
+        let (stored, missed) = self.read(id).await?;
+        let ended = stored.run.end.is_some();
+        self.hold(stored);
+        if ended {
+            self.finished(id);
+        } else {
+            self.queue
+                .push_back((id, missed.into_iter().map(Note::Event).collect()));
+        }
+        Ok(())
     }
 
     /// Run `id` as its stream holds it, and the outcomes of its tasks it
