@@ -158,10 +158,19 @@ impl Driver {
         Ok(())
     }
 
-    /// Run `id` as its stream holds it, and the outcomes of its tasks it
-    /// has not recorded.
+    /// Run `id` as its stream holds it (the copy held brought up to date,
+    /// else read whole), and the outcomes of its tasks it has not recorded.
     async fn read(&self, id: Uuid) -> Result<(Stored, Vec<RunEvent>), WorkflowError> {
-        let stored = log::load(self.store.as_ref(), id).await?;
+        let store = self.store.as_ref();
+        let stored = match self.runs.get(&id) {
+            Some(held) => match log::catch_up(store, held).await {
+                Ok(stored) => stored,
+                // Its events do not fit the copy: read it whole.
+                Err(WorkflowError::Run(_)) => log::load(store, id).await?,
+                Err(e) => return Err(e),
+            },
+            None => log::load(store, id).await?,
+        };
         let missed = log::missed(self.store.as_ref(), &stored.run).await?;
         Ok((stored, missed))
     }

@@ -116,6 +116,42 @@ pub async fn load(store: &dyn EventStore, id: Uuid) -> Result<Stored, WorkflowEr
     })
 }
 
+/// `stored` brought up to date with the events its stream has after it
+/// (read from its version on, not from the start).
+pub async fn catch_up(store: &dyn EventStore, stored: &Stored) -> Result<Stored, WorkflowError> {
+    let id = stored.run.id;
+    let stream = stream(id);
+    let mut next = stored.clone();
+    loop {
+        let page = store.read_stream(&stream, next.version + 1, PAGE).await?;
+        let full = page.len() == PAGE;
+        for record in page {
+            let event = match record.decode() {
+                Ok(SystemEvent::WorkflowRecorded { event, .. }) => event,
+                Ok(other) => {
+                    return Err(WorkflowError::Undecodable {
+                        run: id,
+                        seq: record.seq,
+                        reason: format!("a {} event on the run's stream", other.kind()),
+                    });
+                }
+                Err(e) => {
+                    return Err(WorkflowError::Undecodable {
+                        run: id,
+                        seq: record.seq,
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            next.run.apply(&event)?;
+            next.version = record.stream_version;
+        }
+        if !full {
+            return Ok(next);
+        }
+    }
+}
+
 /// What a run decided: the run after it, the run's events, and the first
 /// event of each sub-workflow run it starts (by the child's id).
 #[derive(Debug)]
