@@ -213,9 +213,7 @@ async fn follow(
         let due = workflows.next_due();
         tokio::select! {
             () = wake_at(due), if due.is_some() && !stopping => workflows.tick().await,
-            done = workflows.appended(), if workflows.appending() && !stopping => {
-                workflows.take_in(done).await;
-            }
+            answer = workflows.answered(), if !stopping => workflows.take_answer(answer).await,
             signal = async { shared.as_mut()?.signals.recv().await }, if shared.is_some() => {
                 match signal {
                     Some(Signal::Rescan) if !stopping => {

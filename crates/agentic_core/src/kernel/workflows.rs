@@ -16,11 +16,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::event::{EventEnvelope, SystemEvent};
-use crate::orchestrator::Orchestrator;
+use crate::orchestrator::{Orchestrator, TaskOutcome};
 use crate::store::{AppendReceipt, Cursor, EventStore, ExpectedVersion, StoreError, TaskFilter};
 use crate::task::TaskRecord;
 use crate::workflow::log::{self, Stored, WorkflowError};
@@ -76,6 +77,22 @@ pub(super) struct Driver {
     in_flight: HashMap<tokio::task::Id, Uuid>,
     /// Moves in a row another writer got in first, by run.
     conflicts: HashMap<Uuid, usize>,
+    /// Ends of the step tasks started here, as their handles tell them.
+    ends: (
+        mpsc::UnboundedSender<TaskEnd>,
+        mpsc::UnboundedReceiver<TaskEnd>,
+    ),
+}
+
+/// A step task's id and how it ended.
+type TaskEnd = (Uuid, TaskOutcome);
+
+/// What moves runs on besides the log (see [`Driver::answered`]).
+pub(super) enum Answer {
+    /// A move's append was answered (boxed: it holds the move).
+    Appended(Box<Appended>),
+    /// A step task run here ended, its end committed.
+    Ended(TaskEnd),
 }
 
 /// A move's answer, as its append task ends.
@@ -96,6 +113,7 @@ impl Driver {
             appends: JoinSet::new(),
             in_flight: HashMap::new(),
             conflicts: HashMap::new(),
+            ends: mpsc::unbounded_channel(),
         }
     }
 
@@ -245,12 +263,31 @@ impl Driver {
             }
             _ => return,
         };
+        self.task_ended(task, done).await;
+    }
+
+    /// Takes in the end of a step's task (as the log shows it, or as the
+    /// orchestrator tells of one run here, once its end is committed).
+    async fn task_ended(&mut self, task: Uuid, done: Result<serde_json::Value, String>) {
         let Some(run) = self.tasks.get(&task).copied() else {
             return;
         };
         self.queue
             .push_back((run, vec![Note::TaskEnded(task, done)]));
         self.flush().await;
+    }
+
+    /// Takes in the end of a step task run here: its run moves on without
+    /// waiting to read the end back from the log (a second report of the
+    /// same end finds no step waiting for it).
+    async fn take_end(&mut self, (task, outcome): TaskEnd) {
+        let done = match outcome {
+            TaskOutcome::Completed(output) => Ok(output),
+            TaskOutcome::Failed(error) => Err(error),
+            TaskOutcome::TimedOut => Err("timed out".to_owned()),
+            TaskOutcome::Cancelled(reason) => Err(format!("cancelled: {reason}")),
+        };
+        self.task_ended(task, done).await;
     }
 
     /// Takes in event number `version` of run `id`'s stream.
@@ -369,22 +406,26 @@ impl Driver {
         }
     }
 
-    /// Whether a move is in flight.
-    pub(super) fn appending(&self) -> bool {
-        !self.appends.is_empty()
+    /// Waits for what moves runs on without the log: a move in flight
+    /// answered, or a step task run here ended.
+    pub(super) async fn answered(&mut self) -> Answer {
+        tokio::select! {
+            Some(done) = self.appends.join_next_with_id() => Answer::Appended(Box::new(done)),
+            Some(end) = self.ends.1.recv() => Answer::Ended(end),
+        }
     }
 
-    /// Waits for the next move in flight to be answered (never, with none).
-    pub(super) async fn appended(&mut self) -> Appended {
-        match self.appends.join_next_with_id().await {
-            Some(done) => done,
-            None => std::future::pending().await,
+    /// Takes in what [`Driver::answered`] returned.
+    pub(super) async fn take_answer(&mut self, answer: Answer) {
+        match answer {
+            Answer::Appended(done) => self.take_in(*done).await,
+            Answer::Ended(end) => self.take_end(end).await,
         }
     }
 
     /// Takes in the answer to a move: the run as it is now, or read again
     /// after another writer moved it first; then moves what waits.
-    pub(super) async fn take_in(&mut self, done: Appended) {
+    async fn take_in(&mut self, done: Appended) {
         let (id, answer) = match done {
             Ok((task, answer)) => (self.in_flight.remove(&task), Ok(answer)),
             Err(e) => (self.in_flight.remove(&e.id()), Err(e)),
@@ -408,8 +449,19 @@ impl Driver {
                 // kernel's loop reads their submission back from the log
                 // (it finds them running then).
                 for task in submitted {
-                    if let Err(e) = self.orchestrator.adopt(&task).await {
-                        tracing::debug!(task = %task.id, error = %e, "step task not started here");
+                    match self.orchestrator.adopt(&task).await {
+                        Ok(handle) => {
+                            let ends = self.ends.0.clone();
+                            tokio::spawn(async move {
+                                // The outcome comes once the end is committed.
+                                if let Ok(outcome) = handle.outcome().await {
+                                    let _ = ends.send((task.id, outcome));
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            tracing::debug!(task = %task.id, error = %e, "step task not started here");
+                        }
                     }
                 }
             }
