@@ -17,10 +17,9 @@ use agentic_core::kernel;
 use agentic_core::orchestrator::{TaskContext, TaskError, TaskHandler};
 use agentic_core::plugin::PLUGIN_HANDLER;
 use agentic_core::workflow::definition::Definition;
+use agentic_core::workflow::log;
 use agentic_core::workflow::run::{Run, RunEvent};
-use agentic_core::{
-    EventStore, ExpectedVersion, NewEvent, Orchestrator, OrchestratorConfig, SystemEvent,
-};
+use agentic_core::{EventStore, ExpectedVersion, Orchestrator, OrchestratorConfig, SystemEvent};
 use agentic_store::bench::{Latency, fsync_latency};
 use agentic_store::{SqliteOptions, SqliteStore};
 use anyhow::{Result, bail};
@@ -115,12 +114,8 @@ async fn follow(
 async fn start(store: &dyn EventStore, definition: &Definition) -> Result<Uuid> {
     let id = Uuid::now_v7();
     let started = Run::start(definition, json!({}), Utc::now(), None)?;
-    let event = SystemEvent::WorkflowRecorded {
-        run: id,
-        event: Box::new(started),
-    };
     store
-        .append(vec![NewEvent::new(event, id)], ExpectedVersion::NoStream)
+        .append(log::recorded(id, [started], id), ExpectedVersion::NoStream)
         .await?;
     Ok(id)
 }

@@ -66,6 +66,42 @@ pub struct Stored {
     pub version: u64,
 }
 
+/// The run event a record of run `id`'s stream holds.
+fn run_event(id: Uuid, record: &EventEnvelope) -> Result<RunEvent, WorkflowError> {
+    let undecodable = |reason| WorkflowError::Undecodable {
+        run: id,
+        seq: record.seq,
+        reason,
+    };
+    match record.decode() {
+        Ok(SystemEvent::WorkflowRecorded { event, .. }) => Ok(*event),
+        Ok(other) => Err(undecodable(format!(
+            "a {} event on the run's stream",
+            other.kind()
+        ))),
+        Err(e) => Err(undecodable(e.to_string())),
+    }
+}
+
+/// Run `id`'s `events` as events to append (on its stream), each carrying
+/// `correlation`.
+pub fn recorded(
+    id: Uuid,
+    events: impl IntoIterator<Item = RunEvent>,
+    correlation: Uuid,
+) -> Vec<NewEvent> {
+    events
+        .into_iter()
+        .map(|event| {
+            let event = SystemEvent::WorkflowRecorded {
+                run: id,
+                event: Box::new(event),
+            };
+            NewEvent::new(event, correlation)
+        })
+        .collect()
+}
+
 /// Every event of run `id`, in order, with its record.
 pub async fn history(
     store: &dyn EventStore,
@@ -79,23 +115,8 @@ pub async fn history(
             .await?;
         let full = page.len() == PAGE;
         for record in page {
-            match record.decode() {
-                Ok(SystemEvent::WorkflowRecorded { event, .. }) => out.push((record, *event)),
-                Ok(other) => {
-                    return Err(WorkflowError::Undecodable {
-                        run: id,
-                        seq: record.seq,
-                        reason: format!("a {} event on the run's stream", other.kind()),
-                    });
-                }
-                Err(e) => {
-                    return Err(WorkflowError::Undecodable {
-                        run: id,
-                        seq: record.seq,
-                        reason: e.to_string(),
-                    });
-                }
-            }
+            let event = run_event(id, &record)?;
+            out.push((record, event));
         }
         if !full {
             return Ok(out);
@@ -126,24 +147,7 @@ pub async fn catch_up(store: &dyn EventStore, stored: &Stored) -> Result<Stored,
         let page = store.read_stream(&stream, next.version + 1, PAGE).await?;
         let full = page.len() == PAGE;
         for record in page {
-            let event = match record.decode() {
-                Ok(SystemEvent::WorkflowRecorded { event, .. }) => event,
-                Ok(other) => {
-                    return Err(WorkflowError::Undecodable {
-                        run: id,
-                        seq: record.seq,
-                        reason: format!("a {} event on the run's stream", other.kind()),
-                    });
-                }
-                Err(e) => {
-                    return Err(WorkflowError::Undecodable {
-                        run: id,
-                        seq: record.seq,
-                        reason: e.to_string(),
-                    });
-                }
-            };
-            next.run.apply(&event)?;
+            next.run.apply(&run_event(id, &record)?)?;
             next.version = record.stream_version;
         }
         if !full {
@@ -172,19 +176,7 @@ impl Decision {
     /// nothing it started runs on.
     pub fn batch(&self, correlation: Uuid) -> Vec<NewEvent> {
         let run = self.next.id;
-        let mut batch: Vec<NewEvent> = self
-            .events
-            .iter()
-            .map(|event| {
-                NewEvent::new(
-                    SystemEvent::WorkflowRecorded {
-                        run,
-                        event: Box::new(event.clone()),
-                    },
-                    correlation,
-                )
-            })
-            .collect();
+        let mut batch = recorded(run, self.events.iter().cloned(), correlation);
         for event in &self.events {
             if let RunEvent::StepScheduled {
                 step,
@@ -564,17 +556,7 @@ async fn append_move(
     events: Vec<RunEvent>,
     more: Vec<NewEvent>,
 ) -> Result<Option<u64>, WorkflowError> {
-    let id = stored.run.id;
-    let mut batch: Vec<NewEvent> = events
-        .into_iter()
-        .map(|event| {
-            let event = SystemEvent::WorkflowRecorded {
-                run: id,
-                event: Box::new(event),
-            };
-            NewEvent::new(event, correlation)
-        })
-        .collect();
+    let mut batch = recorded(stored.run.id, events, correlation);
     batch.extend(more);
     match store
         .append(batch, crate::store::ExpectedVersion::Exact(stored.version))

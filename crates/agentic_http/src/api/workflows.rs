@@ -190,16 +190,7 @@ async fn read(state: &AppState, id: Uuid) -> Result<Stored, Problem> {
 /// Records the first events of a new run; the run.
 async fn begin(state: &AppState, events: Vec<RunEvent>) -> Result<Stored, Problem> {
     let id = Uuid::now_v7();
-    let batch = events
-        .into_iter()
-        .map(|event| {
-            let event = agentic_core::SystemEvent::WorkflowRecorded {
-                run: id,
-                event: Box::new(event),
-            };
-            agentic_core::NewEvent::new(event, id)
-        })
-        .collect();
+    let batch = log::recorded(id, events, id);
     state
         .kernel
         .store

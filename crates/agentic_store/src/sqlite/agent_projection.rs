@@ -10,6 +10,7 @@ use agentic_core::llm::{AgentRecord, ChatMessage};
 use agentic_core::{AgentView, Cursor, Page, State, SystemEvent};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::reads::{from_json, to_json};
 use super::writer::ProjectError;
 
 /// Applies one agent event to the agent's row, appending the messages it
@@ -157,14 +158,4 @@ pub(super) fn load_before_messages(conn: &Connection, state: &mut State) -> Resu
         state.load_agent(record);
     }
     Ok(())
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-    })
-}
-
-fn to_json(value: &impl serde::Serialize) -> rusqlite::Result<String> {
-    serde_json::to_string(value).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))
 }

@@ -559,3 +559,15 @@ pub(super) fn element(row: &Row<'_>) -> Result<ElementData, String> {
         content: row.get(3).map_err(|e| e.to_string())?,
     })
 }
+
+/// A projection row's value from its JSON text column.
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+/// A projection row's JSON text column.
+pub(super) fn to_json(value: &impl serde::Serialize) -> rusqlite::Result<String> {
+    serde_json::to_string(value).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))
+}

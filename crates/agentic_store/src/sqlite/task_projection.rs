@@ -7,6 +7,7 @@ use agentic_core::{ApplyError, Cursor, Page, State, SystemEvent, TaskFilter, Tas
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use uuid::Uuid;
 
+use super::reads::{from_json, to_json};
 use super::writer::{ProjectError, is_unique_violation};
 
 /// Whether `event` changes the `tasks` table.
@@ -32,7 +33,7 @@ pub(super) fn project(
                     seq as i64,
                     task_id.as_bytes(),
                     spec.idempotency_key,
-                    task_json(&record)?
+                    to_json(&record)?
                 ])
             });
         match inserted {
@@ -79,7 +80,7 @@ pub(super) fn project(
 
 /// Writes back a task's record.
 fn store(tx: &Transaction<'_>, record: &TaskRecord) -> Result<(), ProjectError> {
-    let json = task_json(record).map_err(ProjectError::Sql)?;
+    let json = to_json(record).map_err(ProjectError::Sql)?;
     tx.prepare_cached("UPDATE tasks SET record = ?2, unfinished = ?3 WHERE id = ?1")
         .and_then(|mut s| {
             s.execute(params![
@@ -92,15 +93,9 @@ fn store(tx: &Transaction<'_>, record: &TaskRecord) -> Result<(), ProjectError> 
         .map_err(ProjectError::Sql)
 }
 
-fn task_json(record: &TaskRecord) -> rusqlite::Result<String> {
-    serde_json::to_string(record).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))
-}
-
 /// A task's record from its JSON column.
 fn record(text: &str) -> rusqlite::Result<TaskRecord> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-    })
+    from_json(text)
 }
 
 /// The task with this id, if any.

@@ -10,6 +10,7 @@ use agentic_core::{ApplyError, Cursor, Page, State, TaskFilter};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use uuid::Uuid;
 
+use super::reads::{from_json, to_json};
 use super::writer::{ProjectError, is_unique_violation};
 
 /// Applies one event of run `run` to the `workflows` table.
@@ -54,24 +55,13 @@ pub(super) fn project(
         .map_err(ProjectError::Sql)
 }
 
-fn to_json(record: &RunRecord) -> rusqlite::Result<String> {
-    serde_json::to_string(record).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))
-}
-
-/// A run's record from its JSON column.
-fn from_json(text: &str) -> rusqlite::Result<RunRecord> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-    })
-}
-
 /// The run with this id, if any.
 pub(super) fn get(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<RunRecord>> {
     let text: Option<String> = conn
         .prepare_cached("SELECT record FROM workflows WHERE id = ?1")?
         .query_row([id.as_bytes()], |r| r.get(0))
         .optional()?;
-    text.as_deref().map(from_json).transpose()
+    text.as_deref().map(from_json::<RunRecord>).transpose()
 }
 
 /// A page of runs in start order (the unfinished ones through their
@@ -90,7 +80,7 @@ pub(super) fn page(
         }
     };
     super::reads::page(conn, sql, after, limit, |r| {
-        Ok((r.get(0)?, from_json(r.get_ref(1)?.as_str()?)?))
+        Ok((r.get(0)?, from_json::<RunRecord>(r.get_ref(1)?.as_str()?)?))
     })
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use agentic_core::workflow::definition::Definition;
 use agentic_core::workflow::log::{self, Stored, WorkflowError};
 use agentic_core::workflow::run::{Run, RunEnd, RunEvent, RunOrigin, StepState};
-use agentic_core::{EventStore, ExpectedVersion, NewEvent, SystemEvent, TaskFilter};
+use agentic_core::{EventStore, ExpectedVersion, SystemEvent, TaskFilter};
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -135,16 +135,7 @@ async fn record(
     events: Vec<RunEvent>,
     expected: ExpectedVersion,
 ) -> Result<u64> {
-    let batch = events
-        .into_iter()
-        .map(|event| {
-            let event = SystemEvent::WorkflowRecorded {
-                run: id,
-                event: Box::new(event),
-            };
-            NewEvent::new(event, ctx.correlation_id)
-        })
-        .collect();
+    let batch = log::recorded(id, events, ctx.correlation_id);
     Ok(store.append(batch, expected).await?.first_seq)
 }
 
