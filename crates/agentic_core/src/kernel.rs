@@ -195,7 +195,8 @@ async fn follow(
     // stale by the time its last task is reached: `take_over` reads each
     // task again and leaves alone one that has ended meanwhile.
     let me = shared.as_ref().map(|s| s.id);
-    report.recovered += take_over_unfinished(store.as_ref(), orchestrator, me, true).await?;
+    report.recovered +=
+        take_over_unfinished(store.as_ref(), orchestrator, me, true, |_| false).await?;
     // Runs after tasks: a run's step tasks are running again by now.
     let mut workflows = workflows::Driver::new(store.clone(), orchestrator.clone());
     let runs = workflows.recover().await?;
@@ -217,8 +218,10 @@ async fn follow(
             signal = async { shared.as_mut()?.signals.recv().await }, if shared.is_some() => {
                 match signal {
                     Some(Signal::Rescan) if !stopping => {
+                        let claims = |task| workflows.claims(task);
                         report.adopted +=
-                            take_over_unfinished(store.as_ref(), orchestrator, me, false).await?;
+                            take_over_unfinished(store.as_ref(), orchestrator, me, false, claims)
+                                .await?;
                     }
                     Some(Signal::Rescan) => {}
                     Some(Signal::LeaseLost) | None => {
@@ -230,6 +233,7 @@ async fn follow(
             () = &mut shutdown, if !stopping => {
                 tracing::info!("kernel stopping: no new work; waiting for running tasks");
                 stopping = true;
+                workflows.stop();
                 // Only now: `drained` must count the tasks taken so far.
                 drained.set(orchestrator.drained());
             }
@@ -269,8 +273,9 @@ async fn follow(
                 }
                 match decoded {
                     // While stopping, new work is left for the next kernel.
+                    // A step task a workflow move claimed here runs already.
                     Ok(SystemEvent::TaskSubmitted { task_id, .. }) if !stopping => {
-                        if !orchestrator.is_running(task_id).await {
+                        if !workflows.claims(task_id) && !orchestrator.is_running(task_id).await {
                             match take_over(store.as_ref(), orchestrator, me, task_id).await {
                                 Ok(true) => report.adopted += 1,
                                 Ok(false) => {}
@@ -335,12 +340,14 @@ async fn wake_at(due: Option<chrono::DateTime<chrono::Utc>>) {
 /// (a start costs what is left to do, not the length of the log); returns
 /// how many it took. Alone on its log, a kernel takes them all; among
 /// several (`me` is its id), only those no live kernel holds (see
-/// [`claimable`]), and `at_start` also those never started.
+/// [`claimable`]), and `at_start` also those never started. Tasks for which
+/// `claimed` holds are about to run here (a workflow move claimed them).
 async fn take_over_unfinished(
     store: &dyn EventStore,
     orchestrator: &Orchestrator,
     me: Option<Uuid>,
     at_start: bool,
+    claimed: impl Fn(Uuid) -> bool,
 ) -> Result<usize, StoreError> {
     let alive = match store.kernels() {
         Some(registry) => Some(holders(registry.alive().await?, me)),
@@ -358,6 +365,7 @@ async fn take_over_unfinished(
                 Some(alive) => claimable(task, alive, at_start),
             };
             if ours
+                && !claimed(task.id)
                 && !orchestrator.is_running(task.id).await
                 && take_over(store, orchestrator, me, task.id).await?
             {

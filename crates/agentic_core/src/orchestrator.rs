@@ -39,11 +39,14 @@
 //! - `cancellation` — a task's token and why it was cancelled;
 //! - `runner` — one task's life: its submission, attempts with retries and
 //!   timeouts, its end;
+//! - `ending` — a task's end handed to its submitter, to commit with what
+//!   it causes;
 //! - `recorder` — one task's events, in order, with its durability;
 //! - `builtin` — the handlers tests and demos use.
 
 mod builtin;
 mod cancellation;
+mod ending;
 mod event_loop;
 mod handle;
 mod handler;
@@ -56,6 +59,7 @@ use uuid::Uuid;
 
 pub use builtin::builtin_handlers;
 pub(crate) use cancellation::PARENT_CANCELLED;
+pub use ending::{EndSink, TaskEnding};
 pub use handle::{Orchestrator, TaskHandle};
 pub use handler::{TaskContext, TaskError, TaskHandler};
 pub use recorder::TASK_ASYNC_APPENDS;
@@ -139,6 +143,9 @@ pub enum OrchestratorError {
     /// The task already runs here.
     #[error("task {0} already runs here")]
     AlreadyRunning(Uuid),
+    /// A task handed over as claimed that the log does not show running.
+    #[error("task {0} is not claimed: its record shows no running attempt")]
+    NotClaimed(Uuid),
     /// Another process already submitted a task with this idempotency key.
     #[error("the idempotency key already names task {0}")]
     AlreadySubmitted(Uuid),

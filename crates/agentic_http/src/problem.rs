@@ -133,6 +133,7 @@ impl From<OrchestratorError> for Problem {
             OrchestratorError::UnknownTask(_) => Self::not_found(e.to_string()),
             OrchestratorError::Ended(_)
             | OrchestratorError::AlreadyRunning(_)
+            | OrchestratorError::NotClaimed(_)
             | OrchestratorError::AlreadySubmitted(_) => Self::conflict(e.to_string()),
             OrchestratorError::Store(store) => store.into(),
             OrchestratorError::ShutDown => Self::unavailable(e.to_string()),

@@ -5,6 +5,13 @@
 //! (see [`crate::workflow::log`]). Runs hold no task slot and no thread
 //! while they wait: a run is a few values in this driver's map.
 //!
+//! A work step costs one commit: the move that schedules its task also
+//! claims the task's first attempt for this kernel, and the task hands its
+//! end back here (a [`TaskEnding`]) to be committed in the run's next move,
+//! beside the step's output and what follows it. An end that cannot ride
+//! a move (the run's move is refused, the kernel is stopping) is recorded
+//! by the task alone, and reaches the run through the log as any other.
+//!
 //! Every kernel sharing a log drives every run; the run stream's expected
 //! version lets one of them record each move, and the others read the run
 //! again. A kernel that starts takes the unfinished runs from the store's
@@ -20,10 +27,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::event::{EventEnvelope, SystemEvent};
-use crate::orchestrator::{Orchestrator, TaskOutcome};
+use crate::event::{EventEnvelope, NewEvent, SystemEvent};
+use crate::orchestrator::{EndSink, Orchestrator, TaskEnding, TaskOutcome};
 use crate::store::{AppendReceipt, Cursor, EventStore, ExpectedVersion, StoreError, TaskFilter};
-use crate::task::TaskRecord;
+use crate::task::{TaskRecord, TaskStatus};
 use crate::workflow::log::{self, Stored, WorkflowError};
 use crate::workflow::run::{Run, RunEnd, RunEvent, RunOrigin, StepState};
 
@@ -41,6 +48,9 @@ enum Note {
     /// A step's task ended (the step it ran is found when the run moves:
     /// the move that scheduled it may still have been in flight).
     TaskEnded(Uuid, Result<serde_json::Value, String>),
+    /// A step task run here ended, its end not yet recorded: the move
+    /// records it.
+    Ending(TaskEnding),
 }
 
 /// One run's move: what it decided, and the batch recording it against
@@ -49,8 +59,11 @@ pub(super) struct Move {
     decision: log::Decision,
     batch: Vec<crate::event::NewEvent>,
     version: u64,
-    /// The step tasks the batch submits, to run here once it is stored.
+    /// The step tasks the batch submits, their first attempts claimed for
+    /// this kernel, to run here once it is stored.
     submitted: Vec<TaskRecord>,
+    /// The task ends the batch records, with their places in it.
+    endings: Vec<(TaskEnding, u64)>,
 }
 
 /// How long a run whose move failed on the store waits to try again.
@@ -82,6 +95,12 @@ pub(super) struct Driver {
         mpsc::UnboundedSender<TaskEnd>,
         mpsc::UnboundedReceiver<TaskEnd>,
     ),
+    /// Ends of the step tasks started here, waiting to be recorded with
+    /// their runs' next moves.
+    endings: (EndSink, mpsc::UnboundedReceiver<TaskEnding>),
+    /// Step tasks claimed for this kernel by moves not yet answered, by
+    /// run: the kernel's loop must not take them over as interrupted.
+    claimed: HashMap<Uuid, Uuid>,
 }
 
 /// A step task's id and how it ended.
@@ -93,6 +112,9 @@ pub(super) enum Answer {
     Appended(Box<Appended>),
     /// A step task run here ended, its end committed.
     Ended(TaskEnd),
+    /// A step task run here ended, its end to be recorded with its run's
+    /// next move.
+    Ending(TaskEnding),
 }
 
 /// A move's answer, as its append task ends.
@@ -114,6 +136,25 @@ impl Driver {
             in_flight: HashMap::new(),
             conflicts: HashMap::new(),
             ends: mpsc::unbounded_channel(),
+            endings: mpsc::unbounded_channel(),
+            claimed: HashMap::new(),
+        }
+    }
+
+    /// Whether task `task` was claimed for this kernel by a move not yet
+    /// answered (it is about to run here).
+    pub(super) fn claims(&self, task: Uuid) -> bool {
+        self.claimed.contains_key(&task)
+    }
+
+    /// Stops taking task ends to record: the kernel is stopping and moves
+    /// no run. Ends waiting, and any sent from now on, are declined: their
+    /// tasks record them alone.
+    pub(super) fn stop(&mut self) {
+        self.endings.1.close();
+        while self.endings.1.try_recv().is_ok() {}
+        for (_, notes) in &mut self.queue {
+            notes.retain(|note| !matches!(note, Note::Ending(_)));
         }
     }
 
@@ -238,32 +279,12 @@ impl Driver {
     /// Takes in one event of the log: a run's event recorded elsewhere, or
     /// the end of a step's task.
     pub(super) async fn observe(&mut self, record: &EventEnvelope, event: &SystemEvent) {
-        let (task, done) = match event {
-            SystemEvent::WorkflowRecorded { run, event } => {
-                self.observe_run(*run, record.stream_version, event).await;
-                self.flush().await;
-                return;
-            }
-            SystemEvent::TaskCompleted {
-                task_id, output, ..
-            } => (*task_id, Ok(output.clone())),
-            SystemEvent::TaskFailed {
-                task_id,
-                error,
-                is_final: true,
-                ..
-            } => (*task_id, Err(error.clone())),
-            SystemEvent::TaskTimedOut {
-                task_id,
-                is_final: true,
-                ..
-            } => (*task_id, Err("timed out".to_owned())),
-            SystemEvent::TaskCancelled { task_id, reason } => {
-                (*task_id, Err(format!("cancelled: {reason}")))
-            }
-            _ => return,
-        };
-        self.task_ended(task, done).await;
+        if let SystemEvent::WorkflowRecorded { run, event } = event {
+            self.observe_run(*run, record.stream_version, event).await;
+            self.flush().await;
+        } else if let Some((task, done)) = log::task_end(event) {
+            self.task_ended(task, done).await;
+        }
     }
 
     /// Takes in the end of a step's task (as the log shows it, or as the
@@ -274,6 +295,16 @@ impl Driver {
         };
         self.queue
             .push_back((run, vec![Note::TaskEnded(task, done)]));
+        self.flush().await;
+    }
+
+    /// Takes in the end of a step task run here, to record with its run's
+    /// next move (declined if the task belongs to no run held here).
+    async fn take_ending(&mut self, ending: TaskEnding) {
+        let Some(run) = self.tasks.get(&ending.task).copied() else {
+            return;
+        };
+        self.queue.push_back((run, vec![Note::Ending(ending)]));
         self.flush().await;
     }
 
@@ -397,9 +428,18 @@ impl Driver {
                 continue;
             };
             let (store, batch) = (self.store.clone(), std::mem::take(&mut prepared.batch));
+            let endings = std::mem::take(&mut prepared.endings);
             let expected = ExpectedVersion::Exact(prepared.version);
             let task = self.appends.spawn(async move {
                 let result = store.append(batch, expected).await;
+                // The tasks whose ends it records hear at once, whether or
+                // not this kernel's loop takes the answer in (stopping, it
+                // does not); refused, they record their ends alone.
+                if let Ok(receipt) = &result {
+                    for (ending, at) in endings {
+                        ending.recorded(receipt.first_seq + at);
+                    }
+                }
                 (prepared, result)
             });
             self.in_flight.insert(task.id(), id);
@@ -412,6 +452,7 @@ impl Driver {
         tokio::select! {
             Some(done) = self.appends.join_next_with_id() => Answer::Appended(Box::new(done)),
             Some(end) = self.ends.1.recv() => Answer::Ended(end),
+            Some(ending) = self.endings.1.recv() => Answer::Ending(ending),
         }
     }
 
@@ -420,6 +461,7 @@ impl Driver {
         match answer {
             Answer::Appended(done) => self.take_in(*done).await,
             Answer::Ended(end) => self.take_end(end).await,
+            Answer::Ending(ending) => self.take_ending(ending).await,
         }
     }
 
@@ -433,6 +475,10 @@ impl Driver {
         let Some(id) = id else {
             return;
         };
+        if !matches!(answer, Ok((_, Ok(_)))) {
+            // Nothing it claimed was stored.
+            self.claimed.retain(|_, run| *run != id);
+        }
         match answer {
             Ok((mut prepared, Ok(_))) => {
                 self.conflicts.remove(&id);
@@ -449,7 +495,12 @@ impl Driver {
                 // kernel's loop reads their submission back from the log
                 // (it finds them running then).
                 for task in submitted {
-                    match self.orchestrator.adopt(&task).await {
+                    let adopted = self
+                        .orchestrator
+                        .adopt_claimed(&task, self.endings.0.clone())
+                        .await;
+                    self.claimed.remove(&task.id);
+                    match adopted {
                         Ok(handle) => {
                             let ends = self.ends.0.clone();
                             tokio::spawn(async move {
@@ -497,21 +548,29 @@ impl Driver {
     /// when they come before the move is answered.
     async fn prepare(&mut self, id: Uuid, notes: Vec<Note>) -> Option<Move> {
         let stored = self.runs.get(&id)?;
+        let mut endings = Vec::new();
         let pending = notes
             .into_iter()
-            .filter_map(|note| match note {
-                Note::Event(event) => Some(event),
-                Note::TaskEnded(task, done) => {
-                    let (step, item) = log::step_of(&stored.run, task)?;
-                    Some(match done {
-                        Ok(output) => RunEvent::StepCompleted { step, item, output },
-                        Err(error) => RunEvent::StepFailed { step, item, error },
-                    })
-                }
+            .filter_map(|note| {
+                let (task, done) = match note {
+                    Note::Event(event) => return Some(event),
+                    Note::TaskEnded(task, done) => (task, done),
+                    Note::Ending(ending) => {
+                        let (task, done) = log::task_end(&ending.event)?;
+                        endings.push(ending);
+                        (task, done)
+                    }
+                };
+                let (step, item) = log::step_of(&stored.run, task)?;
+                Some(match done {
+                    Ok(output) => RunEvent::StepCompleted { step, item, output },
+                    Err(error) => RunEvent::StepFailed { step, item, error },
+                })
             })
             .collect();
         let decision = log::decide(&stored.run, pending, Utc::now());
         if decision.events.is_empty() {
+            // Nothing to ride: the tasks record their ends alone.
             return None;
         }
         for (_, _, task) in decision.next.outstanding() {
@@ -536,20 +595,48 @@ impl Driver {
                 _ => None,
             })
             .collect();
-        let submitted = batch
-            .iter()
-            .filter_map(|e| match &e.event {
+        // The ends it records come right after the run's own events (the
+        // first of which carries the batch's expected version).
+        let at = decision.events.len();
+        let endings: Vec<(TaskEnding, u64)> = endings.into_iter().zip(at as u64..).collect();
+        let rest = batch.split_off(at);
+        batch.extend(
+            endings
+                .iter()
+                .map(|(ending, _)| NewEvent::new(ending.event.clone(), id).caused_by(ending.task)),
+        );
+        // Each step task it submits is claimed for this kernel in the same
+        // batch: it runs here as soon as the batch is stored.
+        let kernel = self.orchestrator.kernel();
+        let mut submitted = Vec::new();
+        for event in rest {
+            let claim = match &event.event {
                 SystemEvent::TaskSubmitted { task_id, spec } if !cancelled.contains(task_id) => {
-                    Some(TaskRecord::submitted(*task_id, spec.clone()))
+                    let mut task = TaskRecord::submitted(*task_id, spec.clone());
+                    task.status = TaskStatus::Running;
+                    task.attempts = 1;
+                    task.kernel = kernel;
+                    self.claimed.insert(task.id, id);
+                    let started = SystemEvent::TaskStarted {
+                        task_id: task.id,
+                        attempt: 1,
+                        kernel,
+                    };
+                    let claim = NewEvent::new(started, id).caused_by(task.id);
+                    submitted.push(task);
+                    Some(claim)
                 }
                 _ => None,
-            })
-            .collect();
+            };
+            batch.push(event);
+            batch.extend(claim);
+        }
         Some(Move {
             decision,
             batch,
             version,
             submitted,
+            endings,
         })
     }
 

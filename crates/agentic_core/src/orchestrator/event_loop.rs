@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::cancellation::{Cancellation, Stop};
+use super::ending::EndSink;
 use super::handle::Inner;
 use super::idempotency::{IdempotencyKeys, Keyed};
 use super::recorder::Recorder;
@@ -55,7 +56,7 @@ pub(super) enum Command {
 }
 
 /// A task already in the log that this orchestrator takes over.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Adopted {
     pub(super) id: Uuid,
     /// Attempts started before.
@@ -64,6 +65,11 @@ pub(super) struct Adopted {
     pub(super) interrupted: bool,
     /// The kernel that claimed that attempt, if the log names one.
     pub(super) kernel: Option<Uuid>,
+    /// Its newest attempt was claimed for this process in the batch that
+    /// submitted it: it runs now, not as an interrupted one.
+    pub(super) claimed: bool,
+    /// Where its end goes to be recorded with what it causes, if anywhere.
+    pub(super) ends: Option<EndSink>,
 }
 
 /// Where a submission's answer goes.
@@ -152,7 +158,7 @@ impl EventLoop {
             return;
         }
         let known = spec.idempotency_key.as_ref().and_then(|k| self.keys.get(k));
-        match (adopt, known) {
+        match (&adopt, known) {
             (Some(adopted), _) if self.running.contains_key(&adopted.id) => {
                 let _ = reply.send(Err(OrchestratorError::AlreadyRunning(adopted.id)));
                 return;
@@ -181,7 +187,7 @@ impl EventLoop {
             }
             (None, None) => {}
         }
-        let id = adopt.map_or_else(Uuid::now_v7, |a| a.id);
+        let id = adopt.as_ref().map_or_else(Uuid::now_v7, |a| a.id);
         let (done, outcome) = watch::channel(None);
         let cancel = Cancellation::new(cancel.unwrap_or_default());
         if let Some(key) = &spec.idempotency_key {

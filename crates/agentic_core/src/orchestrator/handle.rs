@@ -9,6 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, wat
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::ending::EndSink;
 use super::event_loop::{Adopted, Command, EventLoop};
 use super::{LiveEvent, OrchestratorConfig, OrchestratorError, TaskHandler, TaskOutcome};
 use crate::store::EventStore;
@@ -176,10 +177,53 @@ impl Orchestrator {
                 attempts: task.attempts,
                 interrupted: task.status == TaskStatus::Running,
                 kernel: task.kernel,
+                claimed: false,
+                ends: None,
             }),
             reply,
         })
         .await
+    }
+
+    /// Runs a task whose newest attempt was claimed for this process in
+    /// the very batch that submitted it (its record says it is running
+    /// here): that attempt runs now, without a claim of its own. Its end
+    /// goes to `ends`, to be recorded with what it causes (see
+    /// [`super::TaskEnding`]); a later attempt, a retry, is claimed and
+    /// recorded as usual.
+    pub async fn adopt_claimed(
+        &self,
+        task: &TaskRecord,
+        ends: EndSink,
+    ) -> Result<TaskHandle, OrchestratorError> {
+        if task.status != TaskStatus::Running || task.attempts == 0 {
+            return Err(OrchestratorError::NotClaimed(task.id));
+        }
+        if !self.inner.handlers.contains_key(&task.spec.handler) {
+            return Err(OrchestratorError::UnknownHandler(task.spec.handler.clone()));
+        }
+        let admitted = self.admit().await?;
+        self.ask(|reply| Command::Submit {
+            spec: task.spec.clone(),
+            cancel: None,
+            admitted: Some(admitted),
+            adopt: Some(Adopted {
+                id: task.id,
+                attempts: task.attempts,
+                interrupted: false,
+                kernel: task.kernel,
+                claimed: true,
+                ends: Some(ends),
+            }),
+            reply,
+        })
+        .await
+    }
+
+    /// This kernel's id among several sharing the log (`None` alone): the
+    /// kernel its claims name.
+    pub fn kernel(&self) -> Option<Uuid> {
+        self.inner.kernel
     }
 
     /// Cancels a running task and, through it, every task it started.

@@ -121,7 +121,7 @@ impl Recorder {
     }
 
     /// Sends the event to live subscribers.
-    fn publish(&self, seq: Option<u64>, event: SystemEvent) {
+    pub(super) fn publish(&self, seq: Option<u64>, event: SystemEvent) {
         // No subscriber is fine.
         let _ = self.inner.live.send(LiveEvent {
             seq,

@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 use uuid::Uuid;
 
 use super::cancellation::{Cancellation, PARENT_CANCELLED, Stop};
+use super::ending::TaskEnding;
 use super::event_loop::{Adopted, Command};
 use super::recorder::Recorder;
 use super::{Orchestrator, OrchestratorError, TaskContext, TaskHandle, TaskHandler, TaskOutcome};
@@ -162,8 +163,13 @@ impl Runner {
             .get(&self.spec.handler)
             .cloned()
             .ok_or_else(|| OrchestratorError::UnknownHandler(self.spec.handler.clone()))?;
-        let mut attempt = self.adopted.map_or(0, |a| a.attempts);
-        if let Some(a) = self.adopted
+        let mut attempt = self.adopted.as_ref().map_or(0, |a| a.attempts);
+        // Claimed in the batch that submitted it: that attempt runs now.
+        let mut claimed = self.adopted.as_ref().is_some_and(|a| a.claimed);
+        if claimed {
+            attempt -= 1;
+        }
+        if let Some(a) = &self.adopted
             && a.interrupted
         {
             // The attempt that was running when its process stopped (or
@@ -198,14 +204,16 @@ impl Runner {
                     slot.map_err(|_| OrchestratorError::ShutDown)?
                 }
             };
-            self.claim(attempt).await?;
+            if !std::mem::take(&mut claimed) {
+                self.claim(attempt).await?;
+            }
             let slot = Arc::new(tokio::sync::Mutex::new(Some(slot)));
             let ended = self.attempt(&handler, attempt, slot.clone()).await;
             drop(slot);
             let retry = self.spec.retry.allows_retry_after(attempt);
             match ended {
                 Attempt::Completed(output) => {
-                    self.record_end(SystemEvent::TaskCompleted {
+                    self.record_final(SystemEvent::TaskCompleted {
                         task_id: self.id,
                         attempt,
                         output: output.clone(),
@@ -225,12 +233,15 @@ impl Runner {
                     }
                 }
                 Attempt::TimedOut => {
-                    self.record_end(SystemEvent::TaskTimedOut {
+                    let timed_out = SystemEvent::TaskTimedOut {
                         task_id: self.id,
                         attempt,
                         is_final: !retry,
-                    })
-                    .await?;
+                    };
+                    match retry {
+                        true => self.record_end(timed_out).await?,
+                        false => self.record_final(timed_out).await?,
+                    }
                     if !retry {
                         return Ok(Some(TaskOutcome::TimedOut));
                     }
@@ -269,6 +280,32 @@ impl Runner {
             }
             _ => self.recorder.record(event).await,
         }
+    }
+
+    /// Records the task's final event: handed to its submitter when it
+    /// takes ends (committed there with what the end causes, in one
+    /// batch), else — or if the submitter declines it — recorded alone.
+    async fn record_final(&self, event: SystemEvent) -> Result<(), OrchestratorError> {
+        let sink = self.adopted.as_ref().and_then(|a| a.ends.as_ref());
+        if let Some(sink) = sink
+            && self.spec.durability != Durability::Ephemeral
+            && !self.cancel.interrupted()
+        {
+            self.recorder.flush().await?;
+            let (reply, recorded) = oneshot::channel();
+            let ending = TaskEnding {
+                task: self.id,
+                event: event.clone(),
+                reply,
+            };
+            if sink.send(ending).is_ok()
+                && let Ok(seq) = recorded.await
+            {
+                self.recorder.publish(Some(seq), event);
+                return Ok(());
+            }
+        }
+        self.record_end(event).await
     }
 
     /// Whether `e` says the task is another kernel's now: the log refused
@@ -329,13 +366,16 @@ impl Runner {
             true => self.spec.retry.allows_retry_after_interruption(attempt),
             false => self.spec.retry.allows_retry_after(attempt),
         };
-        self.record_end(SystemEvent::TaskFailed {
+        let failed = SystemEvent::TaskFailed {
             task_id: self.id,
             attempt,
             error: error.clone(),
             is_final: !retry,
-        })
-        .await?;
+        };
+        match retry || interrupted {
+            true => self.record_end(failed).await?,
+            false => self.record_final(failed).await?,
+        }
         Ok((!retry).then_some(TaskOutcome::Failed(error)))
     }
 

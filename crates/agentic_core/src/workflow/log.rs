@@ -332,6 +332,31 @@ fn task_spec(run: &Run, step: &str, item: Option<usize>, input: &Value) -> Optio
     Some(spec)
 }
 
+/// The task a log event ends and how, as a step sees it: its output, or
+/// why it failed (`None` for any other event, a retried attempt's too).
+pub fn task_end(event: &SystemEvent) -> Option<(Uuid, Result<Value, String>)> {
+    Some(match event {
+        SystemEvent::TaskCompleted {
+            task_id, output, ..
+        } => (*task_id, Ok(output.clone())),
+        SystemEvent::TaskFailed {
+            task_id,
+            error,
+            is_final: true,
+            ..
+        } => (*task_id, Err(error.clone())),
+        SystemEvent::TaskTimedOut {
+            task_id,
+            is_final: true,
+            ..
+        } => (*task_id, Err("timed out".to_owned())),
+        SystemEvent::TaskCancelled { task_id, reason } => {
+            (*task_id, Err(format!("cancelled: {reason}")))
+        }
+        _ => return None,
+    })
+}
+
 /// The step (and item) of `run` that task (or sub-workflow run) `task`
 /// runs, while it is outstanding.
 pub fn step_of(run: &Run, task: Uuid) -> Option<(String, Option<usize>)> {
