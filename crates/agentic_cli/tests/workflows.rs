@@ -208,7 +208,59 @@ fn every_step_kind_runs_and_an_approval_from_another_process_lets_the_run_contin
     assert_eq!(sub["status"], "completed");
     let sub_id = sub["id"].as_str().expect("id");
     assert_eq!(counter(&home, &format!("workflow:{sub_id}:count")), 1);
+    a_step_is_one_commit(&home, &run, "count");
     log_verifies(&home);
+}
+
+/// The task of run `run`'s work step `step` was claimed in the move that
+/// scheduled it (one `task_started`, right after its submission), and its
+/// end was recorded in the move that recorded the step's output (right
+/// after the run's own events): one commit a step.
+fn a_step_is_one_commit(home: &Path, run: &str, step: &str) {
+    let events = lion_run(home, &["events", "list", "--json"])
+        .success()
+        .json_lines();
+    let kind = |e: &Value| {
+        e["event"]
+            .as_object()
+            .and_then(|o| o.keys().next().cloned())
+            .unwrap_or_default()
+    };
+    let run_stream = format!("workflow:{run}");
+    let at =
+        |want: &dyn Fn(&Value) -> bool| events.iter().position(want).expect("the event in the log");
+    let run_event = |e: &Value, kind: &str| {
+        let event = &e["event"]["workflow_recorded"]["event"];
+        e["stream"] == run_stream.as_str() && event["type"] == kind && event["step"] == step
+    };
+    let scheduled = at(&|e| run_event(e, "step_scheduled"));
+    let task = events[scheduled]["event"]["workflow_recorded"]["event"]["task"]
+        .as_str()
+        .expect("the step's task")
+        .to_owned();
+    let task_stream = format!("task:{task}");
+    let life: Vec<(usize, String)> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e["stream"] == task_stream.as_str())
+        .map(|(i, e)| (i, kind(e)))
+        .collect();
+    let kinds: Vec<&str> = life.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["task_submitted", "task_started", "task_completed"],
+        "{life:?}"
+    );
+    assert_eq!(life[1].0, life[0].0 + 1, "claimed in the scheduling move");
+    let completed = at(&|e| run_event(e, "step_completed"));
+    assert!(
+        life[2].0 > completed
+            && events[completed + 1..life[2].0]
+                .iter()
+                .all(|e| e["stream"] == run_stream.as_str()),
+        "the task's end at {} does not ride the move recording the step's output at {completed}",
+        life[2].0
+    );
 }
 
 #[test]

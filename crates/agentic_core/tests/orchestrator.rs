@@ -723,6 +723,146 @@ async fn a_task_submitted_elsewhere_is_adopted_and_run() {
     assert!(orch.adopt(&ended).await.is_err(), "an ended task ran again");
 }
 
+/// The next end a claimed task hands over (time is paused: no real wait).
+async fn next_ending(
+    endings: &mut tokio::sync::mpsc::UnboundedReceiver<agentic_core::orchestrator::TaskEnding>,
+) -> agentic_core::orchestrator::TaskEnding {
+    tokio::time::timeout(Duration::from_secs(60), endings.recv())
+        .await
+        .expect("the task handed over no end")
+        .expect("an ending")
+}
+
+/// Records `spec` as submitted with its first attempt claimed in the same
+/// batch, as a workflow move does; the task's record.
+async fn claimed(store: &MemoryStore, spec: TaskSpec) -> agentic_core::TaskRecord {
+    let id = Uuid::now_v7();
+    append(
+        store,
+        vec![
+            SystemEvent::TaskSubmitted { task_id: id, spec },
+            SystemEvent::TaskStarted {
+                task_id: id,
+                attempt: 1,
+                kernel: None,
+            },
+        ],
+    )
+    .await;
+    let state = store.projected_state().await.expect("state");
+    state.task(id).cloned().expect("task")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claimed_task_runs_at_once_and_hands_its_end_to_its_submitter() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let (sink, mut endings) = tokio::sync::mpsc::unbounded_channel();
+
+    // Taken: the submitter commits the end (here alone; a workflow driver
+    // commits it with the run's next move) and tells the task.
+    let task = claimed(&store, spec("echo", json!("claimed"))).await;
+    let handle = orch
+        .adopt_claimed(&task, sink.clone())
+        .await
+        .expect("adopt");
+    let ending = next_ending(&mut endings).await;
+    assert_eq!(ending.task, task.id);
+    assert!(
+        matches!(&ending.event, SystemEvent::TaskCompleted { attempt: 1, output, .. } if output == &json!("claimed")),
+        "{:?}",
+        ending.event
+    );
+    let events = vec![agentic_core::NewEvent::new(
+        ending.event.clone(),
+        Uuid::now_v7(),
+    )];
+    let receipt = store
+        .append(events, agentic_core::ExpectedVersion::Any)
+        .await
+        .expect("append");
+    ending.recorded(receipt.first_seq);
+    assert_eq!(
+        handle.outcome().await.expect("outcome"),
+        TaskOutcome::Completed(json!("claimed"))
+    );
+    assert_eq!(
+        events_of(&store, task.id).await,
+        ["task_submitted", "task_started", "task_completed"],
+        "the claimed attempt was claimed again, or its end recorded twice"
+    );
+
+    // Declined: the task records its end alone. A retry is claimed and
+    // recorded by the task itself; only the final end is handed over.
+    let mut failing = spec("fail", json!("no"));
+    failing.retry = RetryPolicy {
+        max_retries: 1,
+        ..RetryPolicy::default()
+    };
+    let task = claimed(&store, failing).await;
+    let handle = orch.adopt_claimed(&task, sink).await.expect("adopt");
+    let ending = next_ending(&mut endings).await;
+    assert!(
+        matches!(
+            ending.event,
+            SystemEvent::TaskFailed {
+                attempt: 2,
+                is_final: true,
+                ..
+            }
+        ),
+        "{:?}",
+        ending.event
+    );
+    drop(ending);
+    assert!(matches!(
+        handle.outcome().await.expect("outcome"),
+        TaskOutcome::Failed(_)
+    ));
+    assert_eq!(
+        events_of(&store, task.id).await,
+        [
+            "task_submitted",
+            "task_started",
+            "task_failed",
+            "task_started",
+            "task_failed"
+        ]
+    );
+    assert!(
+        replayed(&store)
+            .await
+            .diff(&store.projected_state().await.expect("state"))
+            .is_empty()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_not_running_in_the_log_is_not_taken_as_claimed() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let id = Uuid::now_v7();
+    append(
+        &store,
+        vec![SystemEvent::TaskSubmitted {
+            task_id: id,
+            spec: spec("echo", json!(1)),
+        }],
+    )
+    .await;
+    let pending = store
+        .projected_state()
+        .await
+        .expect("state")
+        .task(id)
+        .cloned()
+        .expect("task");
+    let (sink, _endings) = tokio::sync::mpsc::unbounded_channel();
+    assert_eq!(
+        orch.adopt_claimed(&pending, sink).await.err(),
+        Some(OrchestratorError::NotClaimed(id))
+    );
+    assert_eq!(events_of(&store, id).await, ["task_submitted"]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_interrupted_attempt_is_recorded_then_retried_or_failed_by_policy() {
     let (store, orch) = start(OrchestratorConfig::default());

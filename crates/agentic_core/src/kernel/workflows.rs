@@ -19,7 +19,7 @@
 //! ends of their tasks, timers that came due: those fire then, and their
 //! events say how late).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::event::{EventEnvelope, NewEvent, SystemEvent};
-use crate::orchestrator::{EndSink, Orchestrator, TaskEnding, TaskOutcome};
+use crate::orchestrator::{EndSink, Orchestrator, TaskEnding};
 use crate::store::{AppendReceipt, Cursor, EventStore, ExpectedVersion, StoreError, TaskFilter};
 use crate::task::{TaskRecord, TaskStatus};
 use crate::workflow::log::{self, Stored, WorkflowError};
@@ -88,13 +88,13 @@ pub(super) struct Driver {
     /// Moves being appended, and the run each one moves.
     appends: JoinSet<(Move, Result<AppendReceipt, StoreError>)>,
     in_flight: HashMap<tokio::task::Id, Uuid>,
+    /// The runs with a move in flight.
+    moving: HashSet<Uuid>,
+    /// The earliest timer or approval deadline of each held run that has
+    /// one.
+    deadlines: HashMap<Uuid, DateTime<Utc>>,
     /// Moves in a row another writer got in first, by run.
     conflicts: HashMap<Uuid, usize>,
-    /// Ends of the step tasks started here, as their handles tell them.
-    ends: (
-        mpsc::UnboundedSender<TaskEnd>,
-        mpsc::UnboundedReceiver<TaskEnd>,
-    ),
     /// Ends of the step tasks started here, waiting to be recorded with
     /// their runs' next moves.
     endings: (EndSink, mpsc::UnboundedReceiver<TaskEnding>),
@@ -103,15 +103,10 @@ pub(super) struct Driver {
     claimed: HashMap<Uuid, Uuid>,
 }
 
-/// A step task's id and how it ended.
-type TaskEnd = (Uuid, TaskOutcome);
-
 /// What moves runs on besides the log (see [`Driver::answered`]).
 pub(super) enum Answer {
     /// A move's append was answered (boxed: it holds the move).
     Appended(Box<Appended>),
-    /// A step task run here ended, its end committed.
-    Ended(TaskEnd),
     /// A step task run here ended, its end to be recorded with its run's
     /// next move.
     Ending(TaskEnding),
@@ -134,8 +129,9 @@ impl Driver {
             retry: HashMap::new(),
             appends: JoinSet::new(),
             in_flight: HashMap::new(),
+            moving: HashSet::new(),
+            deadlines: HashMap::new(),
             conflicts: HashMap::new(),
-            ends: mpsc::unbounded_channel(),
             endings: mpsc::unbounded_channel(),
             claimed: HashMap::new(),
         }
@@ -234,12 +230,36 @@ impl Driver {
         Ok((stored, missed))
     }
 
-    /// Keeps `stored` and indexes its outstanding tasks.
+    /// Keeps `stored` and indexes its outstanding tasks and its deadline.
     fn hold(&mut self, stored: Stored) {
+        let id = stored.run.id;
+        self.runs.insert(id, stored);
+        self.indexed(id);
+    }
+
+    /// Indexes held run `id`'s outstanding tasks and its next deadline, as
+    /// it holds them now.
+    fn indexed(&mut self, id: Uuid) {
+        let Some(stored) = self.runs.get(&id) else {
+            return;
+        };
         for (_, _, task) in stored.run.outstanding() {
-            self.tasks.insert(task, stored.run.id);
+            self.tasks.insert(task, id);
         }
-        self.runs.insert(stored.run.id, stored);
+        let deadline = stored
+            .run
+            .steps
+            .values()
+            .filter_map(|state| match state {
+                StepState::Asking { deadline } => Some(*deadline),
+                StepState::Waiting { due } => Some(*due),
+                _ => None,
+            })
+            .min();
+        match deadline {
+            Some(at) => self.deadlines.insert(id, at),
+            None => self.deadlines.remove(&id),
+        };
     }
 
     /// Forgets ended run `id`, and reports its end to the run whose step
@@ -250,6 +270,7 @@ impl Driver {
         };
         self.tasks.retain(|_, run| *run != id);
         self.retry.remove(&id);
+        self.deadlines.remove(&id);
         let Some(RunOrigin::Parent { run, step, item }) = &stored.run.origin else {
             return;
         };
@@ -287,8 +308,7 @@ impl Driver {
         }
     }
 
-    /// Takes in the end of a step's task (as the log shows it, or as the
-    /// orchestrator tells of one run here, once its end is committed).
+    /// Takes in the end of a step's task, as the log shows it.
     async fn task_ended(&mut self, task: Uuid, done: Result<serde_json::Value, String>) {
         let Some(run) = self.tasks.get(&task).copied() else {
             return;
@@ -308,22 +328,9 @@ impl Driver {
         self.flush().await;
     }
 
-    /// Takes in the end of a step task run here: its run moves on without
-    /// waiting to read the end back from the log (a second report of the
-    /// same end finds no step waiting for it).
-    async fn take_end(&mut self, (task, outcome): TaskEnd) {
-        let done = match outcome {
-            TaskOutcome::Completed(output) => Ok(output),
-            TaskOutcome::Failed(error) => Err(error),
-            TaskOutcome::TimedOut => Err("timed out".to_owned()),
-            TaskOutcome::Cancelled(reason) => Err(format!("cancelled: {reason}")),
-        };
-        self.task_ended(task, done).await;
-    }
-
     /// Takes in event number `version` of run `id`'s stream.
     async fn observe_run(&mut self, id: Uuid, version: u64, event: &RunEvent) {
-        if self.in_flight.values().any(|r| *r == id) {
+        if self.moving.contains(&id) {
             // Its own move, or another writer's event: sorted out when the
             // move is answered.
             let seen = self.seen.entry(id).or_default();
@@ -347,10 +354,9 @@ impl Driver {
             return;
         }
         stored.version = version;
-        for (_, _, task) in stored.run.outstanding() {
-            self.tasks.insert(task, id);
-        }
-        if stored.run.end.is_some() {
+        let ended = stored.run.end.is_some();
+        self.indexed(id);
+        if ended {
             self.finished(id);
         } else if matches!(event, RunEvent::ApprovalDecided { .. }) {
             // A person's decision: nobody else moves the run on.
@@ -362,41 +368,40 @@ impl Driver {
     /// move, when it is tried again; else a timer's or an approval's
     /// deadline. Never while a move of it is in flight (its answer moves
     /// it on).
-    fn due(&self, id: Uuid, stored: &Stored) -> Option<DateTime<Utc>> {
-        if self.in_flight.values().any(|r| *r == id) {
+    fn due(&self, id: Uuid) -> Option<DateTime<Utc>> {
+        if self.moving.contains(&id) {
             return None;
         }
-        if let Some(at) = self.retry.get(&id) {
-            return Some(*at);
-        }
-        stored
-            .run
-            .steps
-            .values()
-            .filter_map(|state| match state {
-                StepState::Asking { deadline } => Some(*deadline),
-                StepState::Waiting { due } => Some(*due),
-                _ => None,
-            })
-            .min()
+        self.retry
+            .get(&id)
+            .or_else(|| self.deadlines.get(&id))
+            .copied()
+    }
+
+    /// The runs that may come due without any event: those with a retry
+    /// or a deadline.
+    fn timed(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.retry
+            .keys()
+            .chain(
+                self.deadlines
+                    .keys()
+                    .filter(|id| !self.retry.contains_key(id)),
+            )
+            .copied()
     }
 
     /// When a run next needs moving without any event (see [`Driver::due`]).
     pub(super) fn next_due(&self) -> Option<DateTime<Utc>> {
-        self.runs
-            .iter()
-            .filter_map(|(id, stored)| self.due(*id, stored))
-            .min()
+        self.timed().filter_map(|id| self.due(id)).min()
     }
 
     /// Moves every run that is due.
     pub(super) async fn tick(&mut self) {
         let now = Utc::now();
         let due: Vec<Uuid> = self
-            .runs
-            .iter()
-            .filter(|(id, stored)| self.due(**id, stored).is_some_and(|at| at <= now))
-            .map(|(id, _)| *id)
+            .timed()
+            .filter(|id| self.due(*id).is_some_and(|at| at <= now))
             .collect();
         for id in due {
             self.retry.remove(&id);
@@ -407,19 +412,23 @@ impl Driver {
 
     /// Moves every queued run whose last move is not in flight: each move's
     /// append is sent at once, beside the others' (they share commits),
-    /// and answered later through [`Driver::appended`]; a run's next events
+    /// and answered later through [`Driver::answered`]; a run's next events
     /// wait for its move in flight.
     async fn flush(&mut self) {
         let mut round: Vec<(Uuid, Vec<Note>)> = Vec::new();
+        let mut places: HashMap<Uuid, usize> = HashMap::new();
         let mut waiting = VecDeque::new();
         for (id, pending) in std::mem::take(&mut self.queue) {
-            if self.in_flight.values().any(|r| *r == id) {
+            if self.moving.contains(&id) {
                 waiting.push_back((id, pending));
                 continue;
             }
-            match round.iter_mut().find(|(r, _)| *r == id) {
-                Some((_, all)) => all.extend(pending),
-                None => round.push((id, pending)),
+            match places.get(&id) {
+                Some(at) => round[*at].1.extend(pending),
+                None => {
+                    places.insert(id, round.len());
+                    round.push((id, pending));
+                }
             }
         }
         self.queue = waiting;
@@ -429,20 +438,31 @@ impl Driver {
             };
             let (store, batch) = (self.store.clone(), std::mem::take(&mut prepared.batch));
             let endings = std::mem::take(&mut prepared.endings);
+            let submitted = std::mem::take(&mut prepared.submitted);
+            let (orchestrator, sink) = (self.orchestrator.clone(), self.endings.0.clone());
             let expected = ExpectedVersion::Exact(prepared.version);
             let task = self.appends.spawn(async move {
                 let result = store.append(batch, expected).await;
-                // The tasks whose ends it records hear at once, whether or
-                // not this kernel's loop takes the answer in (stopping, it
-                // does not); refused, they record their ends alone.
-                if let Ok(receipt) = &result {
+                if result.is_ok() {
+                    // The tasks whose ends it records hear at once, whether
+                    // or not this kernel's loop takes the answer in
+                    // (stopping, it does not); refused, they record their
+                    // ends alone.
                     for (ending, at) in endings {
-                        ending.recorded(receipt.first_seq + at);
+                        ending.recorded(result.as_ref().map_or(0, |r| r.first_seq) + at);
+                    }
+                    // Its step tasks run at once, before the kernel's loop
+                    // reads their submission back from the log.
+                    for task in submitted {
+                        if let Err(e) = orchestrator.adopt_claimed(&task, sink.clone()).await {
+                            tracing::debug!(task = %task.id, error = %e, "step task not started here");
+                        }
                     }
                 }
                 (prepared, result)
             });
             self.in_flight.insert(task.id(), id);
+            self.moving.insert(id);
         }
     }
 
@@ -451,7 +471,6 @@ impl Driver {
     pub(super) async fn answered(&mut self) -> Answer {
         tokio::select! {
             Some(done) = self.appends.join_next_with_id() => Answer::Appended(Box::new(done)),
-            Some(end) = self.ends.1.recv() => Answer::Ended(end),
             Some(ending) = self.endings.1.recv() => Answer::Ending(ending),
         }
     }
@@ -460,7 +479,6 @@ impl Driver {
     pub(super) async fn take_answer(&mut self, answer: Answer) {
         match answer {
             Answer::Appended(done) => self.take_in(*done).await,
-            Answer::Ended(end) => self.take_end(end).await,
             Answer::Ending(ending) => self.take_ending(ending).await,
         }
     }
@@ -475,14 +493,13 @@ impl Driver {
         let Some(id) = id else {
             return;
         };
-        if !matches!(answer, Ok((_, Ok(_)))) {
-            // Nothing it claimed was stored.
-            self.claimed.retain(|_, run| *run != id);
-        }
+        self.moving.remove(&id);
+        // Stored, its step tasks run here by now; refused, it claimed
+        // nothing.
+        self.claimed.retain(|_, run| *run != id);
         match answer {
-            Ok((mut prepared, Ok(_))) => {
+            Ok((prepared, Ok(_))) => {
                 self.conflicts.remove(&id);
-                let submitted = std::mem::take(&mut prepared.submitted);
                 self.moved(prepared);
                 // Another writer's event came after this move: read it.
                 let held = self.runs.get(&id).map(|s| s.version);
@@ -490,30 +507,6 @@ impl Driver {
                     && seen > held
                 {
                     self.reread(id).await;
-                }
-                // Run the new step tasks now, rather than when this
-                // kernel's loop reads their submission back from the log
-                // (it finds them running then).
-                for task in submitted {
-                    let adopted = self
-                        .orchestrator
-                        .adopt_claimed(&task, self.endings.0.clone())
-                        .await;
-                    self.claimed.remove(&task.id);
-                    match adopted {
-                        Ok(handle) => {
-                            let ends = self.ends.0.clone();
-                            tokio::spawn(async move {
-                                // The outcome comes once the end is committed.
-                                if let Ok(outcome) = handle.outcome().await {
-                                    let _ = ends.send((task.id, outcome));
-                                }
-                            });
-                        }
-                        Err(e) => {
-                            tracing::debug!(task = %task.id, error = %e, "step task not started here");
-                        }
-                    }
                 }
             }
             // Moved by another writer first (or a task it would cancel
