@@ -11,7 +11,9 @@
 //! Several kernels may share one log (a store with a [`KernelRegistry`]):
 //! each joins with a lease ([`Membership`]) that a task of its own renews.
 //! Every kernel sees every submission and races to claim its first attempt
-//! (the log accepts one `TaskStarted` per attempt); a task stays with the
+//! (the log accepts one `TaskStarted` per attempt) — except a workflow step's
+//! task, whose first attempt the move that scheduled it claims for the
+//! kernel that made the move (see [`workflows`]); a task stays with the
 //! kernel that claimed it until it ends, unless that kernel's lease runs
 //! out: then another kernel records the claimed attempt as interrupted and
 //! retries it by its policy. A kernel whose lease ran out while it was

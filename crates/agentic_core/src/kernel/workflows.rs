@@ -98,9 +98,12 @@ pub(super) struct Driver {
     /// Ends of the step tasks started here, waiting to be recorded with
     /// their runs' next moves.
     endings: (EndSink, mpsc::UnboundedReceiver<TaskEnding>),
-    /// Step tasks claimed for this kernel by moves not yet answered, by
-    /// run: the kernel's loop must not take them over as interrupted.
+    /// Step tasks claimed for this kernel by moves, by run, until they run
+    /// here: the kernel's loop must not take them over as interrupted.
     claimed: HashMap<Uuid, Uuid>,
+    /// Step tasks being handed to the orchestrator, by stored move; each
+    /// answers with the tasks it handed over.
+    adoptions: JoinSet<Vec<Uuid>>,
 }
 
 /// What moves runs on besides the log (see [`Driver::answered`]).
@@ -110,6 +113,8 @@ pub(super) enum Answer {
     /// A step task run here ended, its end to be recorded with its run's
     /// next move.
     Ending(TaskEnding),
+    /// Step tasks claimed here were handed to the orchestrator.
+    Adopted(Vec<Uuid>),
 }
 
 /// A move's answer, as its append task ends.
@@ -134,11 +139,12 @@ impl Driver {
             conflicts: HashMap::new(),
             endings: mpsc::unbounded_channel(),
             claimed: HashMap::new(),
+            adoptions: JoinSet::new(),
         }
     }
 
-    /// Whether task `task` was claimed for this kernel by a move not yet
-    /// answered (it is about to run here).
+    /// Whether task `task` was claimed for this kernel by a move and is
+    /// about to run here.
     pub(super) fn claims(&self, task: Uuid) -> bool {
         self.claimed.contains_key(&task)
     }
@@ -147,6 +153,9 @@ impl Driver {
     /// no run. Ends waiting, and any sent from now on, are declined: their
     /// tasks record them alone.
     pub(super) fn stop(&mut self) {
+        // Step tasks not yet handed over stay claimed in the log, unrun:
+        // the next kernel records them interrupted and runs them again.
+        self.adoptions.abort_all();
         self.endings.1.close();
         while self.endings.1.try_recv().is_ok() {}
         for (_, notes) in &mut self.queue {
@@ -438,25 +447,15 @@ impl Driver {
             };
             let (store, batch) = (self.store.clone(), std::mem::take(&mut prepared.batch));
             let endings = std::mem::take(&mut prepared.endings);
-            let submitted = std::mem::take(&mut prepared.submitted);
-            let (orchestrator, sink) = (self.orchestrator.clone(), self.endings.0.clone());
             let expected = ExpectedVersion::Exact(prepared.version);
             let task = self.appends.spawn(async move {
                 let result = store.append(batch, expected).await;
-                if result.is_ok() {
-                    // The tasks whose ends it records hear at once, whether
-                    // or not this kernel's loop takes the answer in
-                    // (stopping, it does not); refused, they record their
-                    // ends alone.
+                // The tasks whose ends it records hear at once, whether or
+                // not this kernel's loop takes the answer in (stopping, it
+                // does not); refused, they record their ends alone.
+                if let Ok(receipt) = &result {
                     for (ending, at) in endings {
-                        ending.recorded(result.as_ref().map_or(0, |r| r.first_seq) + at);
-                    }
-                    // Its step tasks run at once, before the kernel's loop
-                    // reads their submission back from the log.
-                    for task in submitted {
-                        if let Err(e) = orchestrator.adopt_claimed(&task, sink.clone()).await {
-                            tracing::debug!(task = %task.id, error = %e, "step task not started here");
-                        }
+                        ending.recorded(receipt.first_seq + at);
                     }
                 }
                 (prepared, result)
@@ -472,6 +471,7 @@ impl Driver {
         tokio::select! {
             Some(done) = self.appends.join_next_with_id() => Answer::Appended(Box::new(done)),
             Some(ending) = self.endings.1.recv() => Answer::Ending(ending),
+            Some(Ok(tasks)) = self.adoptions.join_next() => Answer::Adopted(tasks),
         }
     }
 
@@ -480,6 +480,11 @@ impl Driver {
         match answer {
             Answer::Appended(done) => self.take_in(*done).await,
             Answer::Ending(ending) => self.take_ending(ending).await,
+            Answer::Adopted(tasks) => {
+                for task in tasks {
+                    self.claimed.remove(&task);
+                }
+            }
         }
     }
 
@@ -494,13 +499,31 @@ impl Driver {
             return;
         };
         self.moving.remove(&id);
-        // Stored, its step tasks run here by now; refused, it claimed
-        // nothing.
-        self.claimed.retain(|_, run| *run != id);
+        if !matches!(answer, Ok((_, Ok(_)))) {
+            // Refused: it claimed nothing.
+            self.claimed.retain(|_, run| *run != id);
+        }
         match answer {
-            Ok((prepared, Ok(_))) => {
+            Ok((mut prepared, Ok(_))) => {
                 self.conflicts.remove(&id);
+                let submitted = std::mem::take(&mut prepared.submitted);
                 self.moved(prepared);
+                // Its step tasks start now, beside this loop (an adoption
+                // may wait for room under the orchestrator's limit, and
+                // the tasks that hold it may wait for this run's next
+                // move); they stay claimed until they run here.
+                if !submitted.is_empty() {
+                    let (orchestrator, sink) = (self.orchestrator.clone(), self.endings.0.clone());
+                    self.adoptions.spawn(async move {
+                        for task in &submitted {
+                            if let Err(e) = orchestrator.adopt_claimed(task, sink.clone()).await {
+                                tracing::warn!(task = %task.id, error = %e,
+                                    "a step task claimed here cannot run here");
+                            }
+                        }
+                        submitted.into_iter().map(|t| t.id).collect()
+                    });
+                }
                 // Another writer's event came after this move: read it.
                 let held = self.runs.get(&id).map(|s| s.version);
                 if let (Some(seen), Some(held)) = (self.seen.remove(&id), held)
@@ -545,16 +568,18 @@ impl Driver {
         let pending = notes
             .into_iter()
             .filter_map(|note| {
-                let (task, done) = match note {
+                let (task, done, ending) = match note {
                     Note::Event(event) => return Some(event),
-                    Note::TaskEnded(task, done) => (task, done),
+                    Note::TaskEnded(task, done) => (task, done, None),
                     Note::Ending(ending) => {
                         let (task, done) = log::task_end(&ending.event)?;
-                        endings.push(ending);
-                        (task, done)
+                        (task, done, Some(ending))
                     }
                 };
+                // An end no step waits for does not ride the move (dropped:
+                // its task records it alone).
                 let (step, item) = log::step_of(&stored.run, task)?;
+                endings.extend(ending);
                 Some(match done {
                     Ok(output) => RunEvent::StepCompleted { step, item, output },
                     Err(error) => RunEvent::StepFailed { step, item, error },

@@ -1,7 +1,7 @@
 //! Task ends recorded by the submitter: a task adopted with an [`EndSink`]
 //! hands its final event to whoever submitted it (the workflow driver),
 //! which commits it in the same batch as what the end causes (the run's
-//! next move), so a step costs one commit instead of two. A submitter that
+//! next move), so the end costs no commit of its own. A submitter that
 //! cannot take the end now drops the [`TaskEnding`], and the task records
 //! its end alone, as any other task does.
 

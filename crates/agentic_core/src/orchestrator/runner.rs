@@ -168,6 +168,12 @@ impl Runner {
         let mut claimed = self.adopted.as_ref().is_some_and(|a| a.claimed);
         if claimed {
             attempt -= 1;
+            // Ended (cancelled) in the log between its claim and now: a
+            // cancellation recorded from here on reaches it as it runs.
+            match self.orchestrator.inner.store.task(self.id).await? {
+                Some(task) if task.status.is_final() => return Ok(Some(outcome_of(task))),
+                _ => {}
+            }
         }
         if let Some(a) = &self.adopted
             && a.interrupted
