@@ -52,7 +52,7 @@ pub const MAX_PAGE: usize = 1000;
 /// Every route, `mcp` at `/mcp`, behind the access guard.
 pub fn routes(state: AppState, mcp: McpService) -> Router {
     Router::new()
-        .route("/", get(assets::sign_in_page))
+        .route("/", get(assets::index))
         .route("/assets/{file}", get(assets::asset))
         .route("/openapi.json", get(openapi::document))
         .route(

@@ -1,0 +1,46 @@
+//! The dashboard in a real browser: `lion serve` on a fresh home, and
+//! `web/tests/dashboard.mjs` driving Debian's headless Chromium through
+//! playwright-core against it (sign-in, the live timeline, an event's
+//! JSON, the chain's verification, themes and a narrow screen). The
+//! screenshots go to `target/screenshots/`. `scripts/check` builds the page
+//! and installs Chromium first.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::serve::Server;
+
+#[test]
+fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    assert!(
+        root.join("web/dist/index.html").is_file(),
+        "the dashboard is not built: run scripts/build-web (scripts/check does)"
+    );
+    assert!(
+        Path::new("/usr/bin/chromium").is_file(),
+        "Chromium is not installed: run scripts/test-deps (scripts/check does)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[], &[]);
+    let shots = root.join("target/screenshots");
+    let output = Command::new("node")
+        .arg(root.join("web/tests/dashboard.mjs"))
+        .current_dir(root.join("web"))
+        .env("LION_URL", &server.url)
+        .env("LION_TOKEN", &server.token)
+        .env("SCREENSHOTS", &shots)
+        .output()
+        .expect("run node");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "the browser test failed:\n{said}");
+    for shot in ["sign-in", "timeline", "timeline-dark", "timeline-narrow"] {
+        assert!(shots.join(format!("{shot}.png")).is_file(), "no {shot}.png");
+    }
+}

@@ -1,0 +1,252 @@
+// The timeline: every event of the log, newest at the bottom, in a list
+// that renders only the rows in view (a million-event log scrolls like a
+// short one), fetched a page at a time by sequence number and kept live by
+// the server's event stream. A click (or Enter) opens an event's JSON.
+
+import { useCallback, useEffect, useMemo, useRef, useState } from "preact/hooks";
+import { get, type EventPage, type Health, type LogEvent } from "./api";
+import { html } from "./html";
+
+/** Height of one row, in CSS pixels: fixed, so streaming never shifts rows. */
+const ROW = 28;
+/** Events fetched per page. */
+const PAGE = 200;
+/** Tallest scroll area the page makes (browsers cap element heights). */
+const MAX_PX = 8_000_000;
+/** Rows rendered beyond the visible ones, above and below. */
+const OVERSCAN = 10;
+
+/** The page of sequence numbers `seq` falls in. */
+const pageOf = (seq: number) => Math.floor((seq - 1) / PAGE);
+
+/** A one-line summary of an event's payload. */
+function summary(e: LogEvent): string {
+  const body = (e.event as Record<string, unknown>)[e.type];
+  const text = JSON.stringify(body ?? e.event);
+  return text.length > 160 ? `${text.slice(0, 159)}…` : text;
+}
+
+/** `HH:MM:SS.mmm` of an RFC 3339 time, in UTC. */
+const clock = (at: string) => at.slice(11, 23);
+
+/** Where the rows in view start, and how far down they are drawn. */
+interface Window {
+  first: number;
+  top: number;
+}
+
+/** The timeline view; `onError` is told of failed requests (a
+ * `SignedOut` among them when the session ends). */
+export function Timeline({ onError }: { onError: (e: unknown) => void }) {
+  const [head, setHead] = useState(0);
+  const [pages, setPages] = useState(() => new Map<number, LogEvent[]>());
+  const [selected, setSelected] = useState<number | null>(null);
+  const [follow, setFollow] = useState(true);
+  const [scrollTop, setScrollTop] = useState(0);
+  const [height, setHeight] = useState(600);
+  const [verified, setVerified] = useState<string>("not checked");
+  const scroller = useRef<HTMLDivElement>(null);
+  const loading = useRef(new Set<number>());
+
+  // The log's head, then live events from just after it.
+  useEffect(() => {
+    let source: EventSource | null = null;
+    let closed = false;
+    get<Health>("/health")
+      .then((health) => {
+        if (closed) return;
+        setHead(health.head_seq);
+        source = new EventSource(`/events/stream?from=${health.head_seq + 1}`);
+        source.onmessage = (message) => {
+          const e = JSON.parse(message.data) as LogEvent;
+          if (typeof e.seq !== "number") return;
+          setPages((old) => {
+            const page = pageOf(e.seq);
+            const rows = old.get(page);
+            if (!rows) return old; // fetched when scrolled to
+            const next = new Map(old);
+            next.set(page, insert(rows, e));
+            return next;
+          });
+          setHead((h) => Math.max(h, e.seq));
+        };
+      })
+      .catch(onError);
+    return () => {
+      closed = true;
+      source?.close();
+    };
+  }, []);
+
+  // The size of the list's box.
+  useEffect(() => {
+    const box = scroller.current;
+    if (!box) return;
+    const observer = new ResizeObserver(() => setHeight(box.clientHeight));
+    observer.observe(box);
+    return () => observer.disconnect();
+  }, []);
+
+  const total = head;
+  const scale = Math.min(1, MAX_PX / Math.max(1, total * ROW));
+  const inner = Math.max(total * ROW * scale, 0);
+  const count = Math.ceil(height / ROW) + 1;
+
+  const view: Window = useMemo(() => {
+    if (scale === 1) {
+      const first = Math.floor(scrollTop / ROW);
+      return { first, top: first * ROW };
+    }
+    // Scaled: the rows in view are drawn where the scroll bar is.
+    const room = Math.max(1, inner - height);
+    const first = Math.round((scrollTop / room) * Math.max(0, total - count));
+    return { first, top: scrollTop };
+  }, [scrollTop, scale, inner, height, total, count]);
+
+  const from = Math.max(0, view.first - (scale === 1 ? OVERSCAN : 0));
+  const to = Math.min(total, view.first + count + OVERSCAN);
+
+  // Fetches the pages the rows in view need.
+  useEffect(() => {
+    if (total === 0) return;
+    for (let page = pageOf(from + 1); page <= pageOf(Math.max(to, 1)); page++) {
+      if (pages.has(page) || loading.current.has(page)) continue;
+      loading.current.add(page);
+      get<EventPage>(`/events?from=${page * PAGE + 1}&limit=${PAGE}`)
+        .then((got) => {
+          setPages((old) => {
+            const next = new Map(old);
+            let rows = got.items;
+            for (const live of old.get(page) ?? []) rows = insert(rows, live);
+            next.set(page, rows);
+            return next;
+          });
+        })
+        .catch(onError)
+        .finally(() => loading.current.delete(page));
+    }
+  }, [from, to, total, pages]);
+
+  // Following: the newest event stays in view as events arrive.
+  useEffect(() => {
+    const box = scroller.current;
+    if (follow && box) box.scrollTop = box.scrollHeight;
+  }, [follow, total, height]);
+
+  const onScroll = useCallback(() => {
+    const box = scroller.current;
+    if (!box) return;
+    setScrollTop(box.scrollTop);
+    setFollow(box.scrollTop + box.clientHeight >= box.scrollHeight - ROW);
+  }, []);
+
+  const event = (seq: number) => pages.get(pageOf(seq))?.find((e) => e.seq === seq);
+
+  // Keyboard: arrows, Page Up/Down, Home/End move the selection.
+  const onKey = (k: KeyboardEvent) => {
+    const step: Record<string, number> = {
+      ArrowDown: 1,
+      ArrowUp: -1,
+      j: 1,
+      k: -1,
+      PageDown: count - 1,
+      PageUp: -(count - 1),
+      Home: -total,
+      End: total,
+    };
+    if (!(k.key in step) || total === 0) return;
+    k.preventDefault();
+    const next = Math.min(total, Math.max(1, (selected ?? total) + step[k.key]));
+    setSelected(next);
+    const box = scroller.current;
+    if (box && scale === 1) {
+      const y = (next - 1) * ROW;
+      if (y < box.scrollTop) box.scrollTop = y;
+      else if (y + ROW > box.scrollTop + box.clientHeight) box.scrollTop = y + ROW - box.clientHeight;
+    } else if (box) {
+      box.scrollTop = ((next - 1) / Math.max(1, total - 1)) * (inner - height);
+    }
+  };
+
+  const verify = () => {
+    setVerified("checking…");
+    get<{ ok: boolean; events: number; first_bad_seq?: number; error?: string }>("/events/verify")
+      .then((v) =>
+        setVerified(v.ok ? `chain verified: ${v.events} events` : `chain broken at ${v.first_bad_seq}: ${v.error}`),
+      )
+      .catch((e) => {
+        setVerified("not checked");
+        onError(e);
+      });
+  };
+
+  const rows = [];
+  for (let i = from; i < to; i++) {
+    const seq = i + 1;
+    const e = event(seq);
+    const y = view.top + (i - view.first) * ROW;
+    rows.push(html`
+      <div
+        key=${seq}
+        role="row"
+        aria-selected=${selected === seq}
+        class=${`row${selected === seq ? " selected" : ""}`}
+        style=${{ transform: `translateY(${y}px)` }}
+        onClick=${() => setSelected(seq)}
+      >
+        <span class="seq">${seq}</span>
+        ${e
+          ? html`<span class="time">${clock(e.recorded_at)}</span>
+              <span class=${`type type-${e.type.split("_")[0]}`}>${e.type}</span>
+              <span class="stream">${e.stream}</span>
+              <span class="summary">${summary(e)}</span>`
+          : html`<span class="loading">…</span>`}
+      </div>
+    `);
+  }
+
+  const chosen = selected === null ? undefined : event(selected);
+  return html`
+    <section class="timeline" aria-label="Timeline">
+      <div class="toolbar">
+        <span data-testid="head">${total} events</span>
+        <label><input type="checkbox" checked=${follow} onChange=${(e: Event) => setFollow((e.target as HTMLInputElement).checked)} /> follow new events</label>
+        <button type="button" onClick=${verify}>Verify chain</button>
+        <span class="verified" role="status" data-testid="verified">${verified}</span>
+      </div>
+      <div class="split">
+        <div
+          class="scroller"
+          ref=${scroller}
+          tabIndex="0"
+          role="grid"
+          aria-label="Events, newest last"
+          aria-rowcount=${total}
+          onScroll=${onScroll}
+          onKeyDown=${onKey}
+        >
+          <div class="rows" style=${{ height: `${inner}px` }}>${rows}</div>
+        </div>
+        <aside class="detail" aria-label="Event">
+          ${chosen
+            ? html`<h2>#${chosen.seq} ${chosen.type}</h2>
+                <dl>
+                  <dt>stream</dt><dd>${chosen.stream} (version ${chosen.stream_version})</dd>
+                  <dt>recorded</dt><dd>${chosen.recorded_at}</dd>
+                  <dt>correlation</dt><dd>${chosen.correlation_id}</dd>
+                  <dt>caused by</dt><dd>${chosen.causation_id ?? "—"}</dd>
+                  <dt>hash</dt><dd class="hash">${chosen.hash}</dd>
+                </dl>
+                <pre data-testid="event-json">${JSON.stringify(chosen.event, null, 2)}</pre>`
+            : html`<p class="hint">Select an event (click, or arrows and Enter) to see it whole.</p>`}
+        </aside>
+      </div>
+    </section>
+  `;
+}
+
+/** `rows` with `e` in sequence order (replacing one of the same number). */
+function insert(rows: LogEvent[], e: LogEvent): LogEvent[] {
+  if (rows.some((r) => r.seq === e.seq)) return rows;
+  return [...rows, e].sort((a, b) => a.seq - b.seq);
+}

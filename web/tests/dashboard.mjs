@@ -1,0 +1,118 @@
+// Browser test of the dashboard, in Debian's headless Chromium driven by
+// playwright-core (no browser download). `crates/agentic_cli/tests/dashboard.rs`
+// starts `lion serve` on a fresh home and runs this with:
+//   LION_URL     the server's address
+//   LION_TOKEN   its API token
+//   SCREENSHOTS  the folder the screenshots go to
+// It does real work through the API (with the token, as any client) and
+// checks the page: a wrong or missing token shows the sign-in page and no
+// data; signed in, the timeline lists the log and a new event appears
+// without a reload; an event's JSON opens; the chain verifies. Exits
+// non-zero, naming the failed check, on the first failure.
+
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const url = process.env.LION_URL;
+const token = process.env.LION_TOKEN;
+const shots = process.env.SCREENSHOTS;
+if (!url || !token || !shots) {
+  console.error("dashboard.mjs: set LION_URL, LION_TOKEN and SCREENSHOTS");
+  process.exit(2);
+}
+mkdirSync(shots, { recursive: true });
+
+/** Calls the API with the token, as any client. */
+async function api(method, path, body) {
+  const response = await fetch(url + path, {
+    method,
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`);
+  return response.json();
+}
+
+function check(ok, what) {
+  if (!ok) throw new Error(`check failed: ${what}`);
+  console.log(`ok: ${what}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  headless: true,
+  // As root Chromium needs --no-sandbox; with no internet its background
+  // connections only fail, so they are off.
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  const dataRequests = [];
+  page.on("response", (r) => {
+    if (new URL(r.url()).pathname.startsWith("/events") && r.status() === 200) dataRequests.push(r.url());
+  });
+
+  // No token: the sign-in page, and no data.
+  await page.goto(url + "/");
+  await page.locator("#token").waitFor();
+  check((await page.locator(".row").count()) === 0, "without a token no event is shown");
+  await page.screenshot({ path: join(shots, "sign-in.png") });
+
+  // A wrong token: refused, still no data.
+  await page.fill("#token", "not-the-token");
+  await page.click("button[type=submit]");
+  await page.locator("#status", { hasText: "not this server's" }).waitFor();
+  check((await page.locator(".row").count()) === 0, "a wrong token shows no event");
+  check(dataRequests.length === 0, "no data was served before signing in");
+
+  // Real work before signing in: an element.
+  const first = await api("POST", "/elements", { metadata: { name: "before" }, content: "first" });
+
+  // The right token: the timeline.
+  await page.fill("#token", token);
+  await page.click("button[type=submit]");
+  await page.locator(".row .type", { hasText: "element_created" }).first().waitFor();
+  check(true, "signed in, the timeline lists the log");
+
+  // Live: a new element appears without a reload.
+  await api("POST", "/elements", { metadata: { name: "live" }, content: "second" });
+  await page.locator(".row .summary", { hasText: '"live"' }).waitFor();
+  check(true, "an element created through the API appears live");
+
+  // Its JSON opens on a click.
+  await page.locator(".row .summary", { hasText: '"live"' }).click();
+  await page.locator("[data-testid=event-json]", { hasText: '"live"' }).waitFor();
+  check(true, "a clicked event shows its JSON");
+
+  // Keyboard: the arrow moves the selection to the event before.
+  await page.locator(".scroller").focus();
+  await page.keyboard.press("ArrowUp");
+  await page.locator(".detail h2", { hasText: "element_created" }).waitFor();
+  check(true, "the arrow keys move through the events");
+
+  // The chain verifies.
+  await page.click("text=Verify chain");
+  await page.locator("[data-testid=verified]", { hasText: "chain verified" }).waitFor();
+  check(true, "the chain verifies from the page");
+  await page.screenshot({ path: join(shots, "timeline.png") });
+
+  // Dark, and narrow.
+  await page.click("button[aria-label^='Theme']");
+  await page.click("button[aria-label^='Theme']");
+  await page.screenshot({ path: join(shots, "timeline-dark.png") });
+  await page.setViewportSize({ width: 390, height: 800 });
+  await page.screenshot({ path: join(shots, "timeline-narrow.png") });
+  check(first.id !== undefined, "screenshots written");
+} finally {
+  await browser.close();
+}
