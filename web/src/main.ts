@@ -3,10 +3,13 @@
 // as any other client.
 
 import { render } from "preact";
-import { useState } from "preact/hooks";
-import { Problem, SignedOut, get, signIn } from "./api";
+import { useEffect, useState } from "preact/hooks";
+import { Problem, SignedOut, get, signIn, type Health } from "./api";
 import { html } from "./html";
+import { follow, stop } from "./live";
+import { Tasks } from "./tasks";
 import { Timeline } from "./timeline";
+import { Workflows } from "./workflows";
 import "./style.css";
 
 /** The sign-in form: nothing else shows until the token is accepted. */
@@ -36,6 +39,21 @@ function SignIn({ onSignedIn, why }: { onSignedIn: () => void; why: string }) {
   `;
 }
 
+/** The views, by the id their address carries (`#tasks`). */
+const VIEWS = [
+  ["timeline", "Timeline"],
+  ["tasks", "Tasks"],
+  ["workflows", "Workflows"],
+] as const;
+
+type View = (typeof VIEWS)[number][0];
+
+/** The view an address names (the timeline by default). */
+function viewOf(hash: string): View {
+  const id = hash.replace(/^#/, "");
+  return VIEWS.find(([v]) => v === id)?.[0] ?? "timeline";
+}
+
 /** Light, dark, or the system's. */
 type Theme = "system" | "light" | "dark";
 
@@ -50,6 +68,22 @@ function App() {
   const [why, setWhy] = useState("");
   const [error, setError] = useState("");
   const [theme, setTheme] = useState<Theme>((localStorage.getItem("lion.theme") as Theme) ?? "system");
+
+  const [view, setView] = useState(viewOf(location.hash));
+  useEffect(() => {
+    const onHash = () => setView(viewOf(location.hash));
+    window.addEventListener("hashchange", onHash);
+    return () => window.removeEventListener("hashchange", onHash);
+  }, []);
+
+  // Signed in: one live stream for every view, from the log's head on.
+  useEffect(() => {
+    if (!signedIn) return;
+    get<Health>("/health")
+      .then((health) => follow(health.head_seq))
+      .catch((e) => setError(String(e)));
+    return stop;
+  }, [signedIn]);
 
   // Whether the cookie this browser holds still opens a session.
   if (signedIn === null) {
@@ -79,7 +113,12 @@ function App() {
   return html`
     <header>
       <h1>lion</h1>
-      <nav aria-label="Views"><a href="#timeline" aria-current="page">Timeline</a></nav>
+      <nav aria-label="Views">
+        ${VIEWS.map(
+          ([id, name]) =>
+            html`<a key=${id} href=${`#${id}`} aria-current=${view === id ? "page" : undefined}>${name}</a>`,
+        )}
+      </nav>
       <button
         type="button"
         aria-label=${`Theme: ${theme}; switch`}
@@ -93,7 +132,11 @@ function App() {
       </button>
     </header>
     ${error && html`<p class="error" role="alert">${error} <button type="button" onClick=${() => setError("")}>dismiss</button></p>`}
-    <main><${Timeline} onError=${onError} /></main>
+    <main>
+      ${view === "timeline" && html`<${Timeline} onError=${onError} />`}
+      ${view === "tasks" && html`<${Tasks} onError=${onError} />`}
+      ${view === "workflows" && html`<${Workflows} onError=${onError} />`}
+    </main>
   `;
 }
 

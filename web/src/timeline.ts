@@ -6,6 +6,7 @@
 import { useCallback, useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { get, type EventPage, type Health, type LogEvent } from "./api";
 import { html } from "./html";
+import { onEvent } from "./live";
 
 /** Height of one row, in CSS pixels: fixed, so streaming never shifts rows. */
 const ROW = 28;
@@ -50,31 +51,26 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
 
   // The log's head, then live events from just after it.
   useEffect(() => {
-    let source: EventSource | null = null;
     let closed = false;
+    const stop = onEvent((e) => {
+      setPages((old) => {
+        const page = pageOf(e.seq);
+        const rows = old.get(page);
+        if (!rows) return old; // fetched when scrolled to
+        const next = new Map(old);
+        next.set(page, insert(rows, e));
+        return next;
+      });
+      setHead((h) => Math.max(h, e.seq));
+    });
     get<Health>("/health")
       .then((health) => {
-        if (closed) return;
-        setHead(health.head_seq);
-        source = new EventSource(`/events/stream?from=${health.head_seq + 1}`);
-        source.onmessage = (message) => {
-          const e = JSON.parse(message.data) as LogEvent;
-          if (typeof e.seq !== "number") return;
-          setPages((old) => {
-            const page = pageOf(e.seq);
-            const rows = old.get(page);
-            if (!rows) return old; // fetched when scrolled to
-            const next = new Map(old);
-            next.set(page, insert(rows, e));
-            return next;
-          });
-          setHead((h) => Math.max(h, e.seq));
-        };
+        if (!closed) setHead((h) => Math.max(h, health.head_seq));
       })
       .catch(onError);
     return () => {
       closed = true;
-      source?.close();
+      stop();
     };
   }, []);
 
@@ -110,7 +106,10 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
   useEffect(() => {
     if (total === 0) return;
     for (let page = pageOf(from + 1); page <= pageOf(Math.max(to, 1)); page++) {
-      if (pages.has(page) || loading.current.has(page)) continue;
+      // A page read before some of its events were committed is read again.
+      const first = page * PAGE + 1;
+      const want = Math.min(first + PAGE - 1, total) - first + 1;
+      if ((pages.get(page)?.length ?? -1) >= want || loading.current.has(page)) continue;
       loading.current.add(page);
       get<EventPage>(`/events?from=${page * PAGE + 1}&limit=${PAGE}`)
         .then((got) => {

@@ -7,7 +7,9 @@
 // It does real work through the API (with the token, as any client) and
 // checks the page: a wrong or missing token shows the sign-in page and no
 // data; signed in, the timeline lists the log and a new event appears
-// without a reload; an event's JSON opens; the chain verifies. Exits
+// without a reload; an event's JSON opens; the chain verifies; a task tree
+// cancelled from the page shows every child cancelled; an approval granted
+// in the page lets its workflow complete. Exits
 // non-zero, naming the failed check, on the first failure.
 
 import { mkdirSync } from "node:fs";
@@ -105,6 +107,47 @@ try {
   await page.locator("[data-testid=verified]", { hasText: "chain verified" }).waitFor();
   check(true, "the chain verifies from the page");
   await page.screenshot({ path: join(shots, "timeline.png") });
+
+  // Tasks: a tree cancelled from the page ends with every child cancelled.
+  const root = await api("POST", "/tasks", {
+    handler: "fanout",
+    input: { n: 3, handler: "sleep", input: { ms: 600000 } },
+  });
+  await page.click("nav >> text=Tasks");
+  const tree = page.locator(`li:has(> [data-task="${root.id}"])`);
+  await tree.locator("[data-task][data-status=running]").nth(3).waitFor();
+  check(true, "a task tree appears with its children running");
+  await page.click(`button[aria-label="Cancel task ${root.id}"]`);
+  await tree.locator("[data-task][data-status=cancelled]").nth(3).waitFor();
+  check(
+    (await tree.locator("[data-task]").count()) === 4 &&
+      (await tree.locator("[data-task][data-status=cancelled]").count()) === 4,
+    "a tree cancelled from the page shows every child cancelled",
+  );
+  await page.click(`[data-task="${root.id}"] button.link`);
+  await page.locator(".attempts tbody tr").first().waitFor();
+  await page.screenshot({ path: join(shots, "tasks.png") });
+
+  // Workflows: an approval granted in the page lets its run go on.
+  const flow = [
+    'name = "approve-me"',
+    "[steps.ask]",
+    'kind = "approval"',
+    'prompt = "Ship it?"',
+    'timeout = "1h"',
+    "[steps.then]",
+    'kind = "timer"',
+    'duration = "10ms"',
+    'after = ["ask"]',
+  ].join("\n");
+  const run = await api("POST", "/workflows", { main: "flow.toml", files: { "flow.toml": flow } });
+  await page.click("nav >> text=Workflows");
+  await page.click(`[data-run="${run.id}"]`);
+  await page.locator('button[aria-label="Approve ask"]').click();
+  await page.locator("[data-testid=run-status]", { hasText: "completed" }).waitFor();
+  check(true, "an approval granted in the page lets its workflow complete");
+  await page.screenshot({ path: join(shots, "workflows.png") });
+  await page.click("nav >> text=Timeline");
 
   // Dark, and narrow.
   await page.click("button[aria-label^='Theme']");

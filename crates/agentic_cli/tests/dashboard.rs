@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: `lion serve` on a fresh home, and
 //! `web/tests/dashboard.mjs` driving Debian's headless Chromium through
 //! playwright-core against it (sign-in, the live timeline, an event's
-//! JSON, the chain's verification, themes and a narrow screen). The
+//! JSON, the chain's verification, a task tree cancelled from the page, an
+//! approval granted there, themes and a narrow screen). The
 //! screenshots go to `target/screenshots/`. `scripts/check` builds the page
 //! and installs Chromium first.
 
@@ -40,7 +41,14 @@ fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(output.status.success(), "the browser test failed:\n{said}");
-    for shot in ["sign-in", "timeline", "timeline-dark", "timeline-narrow"] {
+    for shot in [
+        "sign-in",
+        "timeline",
+        "tasks",
+        "workflows",
+        "timeline-dark",
+        "timeline-narrow",
+    ] {
         assert!(shots.join(format!("{shot}.png")).is_file(), "no {shot}.png");
     }
 }

@@ -489,15 +489,16 @@ pub async fn cancellations(
     Ok(out)
 }
 
-/// Each step's state as JSON, in an order the steps can run (what `lion
-/// workflow status --json` and the API show).
+/// Each step's state as JSON, in an order the steps can run, with its kind
+/// and the steps it runs after (what `lion workflow status --json`, the API
+/// and the dashboard show).
 pub fn step_states(run: &Run) -> Value {
     let steps: serde_json::Map<String, Value> = run
         .definition
         .order
         .iter()
         .map(|id| {
-            let state = match &run.steps[id] {
+            let mut state = match &run.steps[id] {
                 StepState::Pending => json!({"state": "pending"}),
                 StepState::Scheduled { task } => json!({"state": "running", "task": task}),
                 StepState::Mapping {
@@ -518,6 +519,9 @@ pub fn step_states(run: &Run) -> Value {
                 StepState::Failed { error } => json!({"state": "failed", "error": error}),
                 StepState::Skipped => json!({"state": "skipped"}),
             };
+            let step = &run.definition.steps[id];
+            state["kind"] = json!(step.kind.name());
+            state["after"] = json!(step.after);
             (id.clone(), state)
         })
         .collect();

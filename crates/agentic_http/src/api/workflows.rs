@@ -113,8 +113,9 @@ pub struct RunView {
     /// Its input.
     #[schema(value_type = Object)]
     pub input: Value,
-    /// Each step's state (`state`, and its `output`, `error`, `task`,
-    /// `deadline` or `due` where it has one), in an order the steps can run.
+    /// Each step's state (`state`, `kind`, `after`: the steps it runs
+    /// after, and its `output`, `error`, `task`, `deadline` or `due` where
+    /// it has one), in an order the steps can run.
     #[schema(value_type = Object)]
     pub steps: Value,
     /// The run's output, once completed.

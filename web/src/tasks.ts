@@ -1,0 +1,160 @@
+// Tasks: each task tree (a task and the children it started) with states,
+// attempts and errors, kept live from the event stream; a task's attempts
+// with their times and failures; cancel from the page (the whole tree).
+
+import { useEffect, useState } from "preact/hooks";
+import { get, post, type EventPage, type LogEvent } from "./api";
+import { html } from "./html";
+import { onEvent } from "./live";
+
+/** A task as `/tasks` gives it. */
+export interface Task {
+  id: string;
+  handler: string;
+  status: string;
+  attempts: number;
+  output?: unknown;
+  error?: string;
+  parent?: string;
+  children: string[];
+}
+
+/** Tasks read per page. */
+const PAGE = 200;
+
+/** Whether a status is an end. */
+const ended = (status: string) => ["completed", "failed", "cancelled", "timed_out"].includes(status);
+
+/** A short form of an id: its last 12 characters. */
+export const short = (id: string) => id.slice(-12);
+
+/** The Tasks view. */
+export function Tasks({ onError }: { onError: (e: unknown) => void }) {
+  const [tasks, setTasks] = useState(() => new Map<string, Task>());
+  const [selected, setSelected] = useState<string | null>(null);
+
+  const keep = (task: Task) =>
+    setTasks((old) => {
+      const next = new Map(old);
+      next.set(task.id, task);
+      return next;
+    });
+
+  useEffect(() => {
+    get<{ items: Task[] }>(`/tasks?limit=${PAGE}`)
+      .then((page) => setTasks(new Map(page.items.map((t) => [t.id, t]))))
+      .catch(onError);
+    // A task's events change it: read it again (its parent too, when it
+    // is new: the parent lists its children).
+    return onEvent((e) => {
+      if (!e.stream.startsWith("task:")) return;
+      const id = e.stream.slice(5);
+      get<Task>(`/tasks/${id}`)
+        .then((task) => {
+          keep(task);
+          if (e.type === "task_submitted" && task.parent) {
+            get<Task>(`/tasks/${task.parent}`).then(keep).catch(onError);
+          }
+        })
+        .catch(onError);
+    });
+  }, []);
+
+  const roots = [...tasks.values()].filter((t) => !t.parent || !tasks.has(t.parent)).reverse();
+  const chosen = selected ? tasks.get(selected) : undefined;
+
+  const cancel = (id: string) => post(`/tasks/${id}/cancel`).catch(onError);
+
+  const node = (task: Task, depth: number): unknown => html`
+    <li key=${task.id} role="treeitem" aria-expanded=${task.children.length > 0 ? "true" : undefined}
+        aria-selected=${selected === task.id}>
+      <div class=${`task${selected === task.id ? " selected" : ""}`} data-task=${task.id}
+           data-status=${task.status} style=${{ paddingLeft: `${depth * 1.25 + 0.5}rem` }}>
+        <button type="button" class="link" onClick=${() => setSelected(task.id)}>${task.handler}</button>
+        <span class=${`status status-${task.status}`}>${task.status}</span>
+        <span class="muted">attempt ${task.attempts}</span>
+        <span class="muted">${short(task.id)}</span>
+        ${task.error && html`<span class="error-text">${task.error}</span>`}
+        ${!ended(task.status) &&
+        html`<button type="button" aria-label=${`Cancel task ${task.id}`} onClick=${() => cancel(task.id)}>cancel</button>`}
+      </div>
+      ${task.children.length > 0 &&
+      html`<ul role="group">
+        ${task.children.map((c) => {
+          const child = tasks.get(c);
+          return child ? node(child, depth + 1) : html`<li key=${c} class="muted">${short(c)} …</li>`;
+        })}
+      </ul>`}
+    </li>
+  `;
+
+  // Children not yet read: read them (a tree opened from the list).
+  useEffect(() => {
+    for (const task of tasks.values()) {
+      for (const child of task.children) {
+        if (!tasks.has(child)) get<Task>(`/tasks/${child}`).then(keep).catch(onError);
+      }
+    }
+  }, [tasks]);
+
+  return html`
+    <section class="tasks split" aria-label="Tasks">
+      <div class="list">
+        ${roots.length === 0 && html`<p class="hint">No task yet.</p>`}
+        <ul role="tree" aria-label="Task trees">${roots.map((t) => node(t, 0))}</ul>
+      </div>
+      <aside class="detail" aria-label="Task">
+        ${chosen ? html`<${TaskDetail} task=${chosen} onError=${onError} />` : html`<p class="hint">Select a task to see its attempts.</p>`}
+      </aside>
+    </section>
+  `;
+}
+
+/** One attempt of a task, from its events. */
+interface Attempt {
+  n: number;
+  started: string;
+  ended?: string;
+  how?: string;
+  error?: string;
+}
+
+/** A task's attempts, timings and failures, from its stream's events. */
+function TaskDetail({ task, onError }: { task: Task; onError: (e: unknown) => void }) {
+  const [events, setEvents] = useState<LogEvent[]>([]);
+  useEffect(() => {
+    get<EventPage>(`/events?stream=task:${task.id}&limit=1000`)
+      .then((page) => setEvents(page.items))
+      .catch(onError);
+  }, [task.id, task.status, task.attempts]);
+  const attempts: Attempt[] = [];
+  for (const e of events) {
+    const body = (e.event as Record<string, Record<string, unknown>>)[e.type] ?? {};
+    if (e.type === "task_started") attempts.push({ n: Number(body.attempt), started: e.recorded_at });
+    const last = attempts[attempts.length - 1];
+    if (!last || e.type === "task_started" || e.type === "task_progress") continue;
+    last.ended = e.recorded_at;
+    last.how = e.type.replace("task_", "");
+    if (typeof body.error === "string") last.error = body.error;
+  }
+  const took = (a: Attempt) =>
+    a.ended ? `${Math.max(0, Date.parse(a.ended) - Date.parse(a.started))} ms` : "running";
+  return html`
+    <h2>${task.handler} <span class=${`status status-${task.status}`}>${task.status}</span></h2>
+    <dl>
+      <dt>id</dt><dd>${task.id}</dd>
+      <dt>parent</dt><dd>${task.parent ?? "—"}</dd>
+      <dt>children</dt><dd>${task.children.length}</dd>
+    </dl>
+    <table class="attempts">
+      <thead><tr><th>attempt</th><th>started</th><th>took</th><th>ended</th><th>error</th></tr></thead>
+      <tbody>
+        ${attempts.map(
+          (a) => html`<tr key=${a.n}><td>${a.n}</td><td>${a.started.slice(11, 23)}</td><td>${took(a)}</td>
+            <td>${a.how ?? ""}</td><td class="error-text">${a.error ?? ""}</td></tr>`,
+        )}
+      </tbody>
+    </table>
+    ${task.output !== undefined && html`<pre>${JSON.stringify(task.output, null, 2)}</pre>`}
+  `;
+}

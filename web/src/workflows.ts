@@ -1,0 +1,206 @@
+// Workflows: each run's DAG with its steps' states, times and outputs,
+// approvals waiting for a person (approve or reject here), and where a
+// run came from (a fork, or the step of a parent run). Live from the
+// event stream.
+
+import { useEffect, useState } from "preact/hooks";
+import { get, post } from "./api";
+import { html } from "./html";
+import { onEvent } from "./live";
+import { short } from "./tasks";
+
+/** A run as `/workflows` lists it. */
+interface RunSummary {
+  id: string;
+  name: string;
+  status: string;
+  started_at: string;
+  origin?: Origin;
+}
+
+/** What started a run, when another run did. */
+interface Origin {
+  type: string;
+  run: string;
+  step?: string;
+  from?: string;
+}
+
+/** One step as `/workflows/{id}` shows it. */
+interface Step {
+  state: string;
+  kind: string;
+  after: string[];
+  output?: unknown;
+  error?: string;
+  deadline?: string;
+  due?: string;
+  items?: number;
+  done?: number;
+}
+
+/** A run as `/workflows/{id}` shows it. */
+interface RunView extends RunSummary {
+  steps: Record<string, Step>;
+  output?: unknown;
+  error?: string;
+}
+
+/** One event of a run's history. */
+interface HistoryEntry {
+  seq: number;
+  recorded_at: string;
+  event: { type: string; step?: string };
+}
+
+/** A step box's size and the gaps between boxes, in pixels. */
+const BOX = { w: 190, h: 74, gapX: 56, gapY: 14 };
+
+/** Where each step's box goes: its column is how deep it is in the DAG. */
+function layout(steps: Record<string, Step>) {
+  const depth = new Map<string, number>();
+  const of = (id: string, seen = new Set<string>()): number => {
+    if (depth.has(id)) return depth.get(id)!;
+    if (seen.has(id)) return 0;
+    seen.add(id);
+    const d = Math.max(-1, ...(steps[id]?.after ?? []).filter((a) => a in steps).map((a) => of(a, seen))) + 1;
+    depth.set(id, d);
+    return d;
+  };
+  const rows: number[] = [];
+  const at = new Map<string, { x: number; y: number }>();
+  for (const id of Object.keys(steps)) {
+    const d = of(id);
+    const row = rows[d] ?? 0;
+    rows[d] = row + 1;
+    at.set(id, { x: d * (BOX.w + BOX.gapX), y: row * (BOX.h + BOX.gapY) });
+  }
+  const width = Math.max(1, rows.length) * (BOX.w + BOX.gapX);
+  const height = Math.max(1, ...rows) * (BOX.h + BOX.gapY);
+  return { at, width, height };
+}
+
+/** The Workflows view. */
+export function Workflows({ onError }: { onError: (e: unknown) => void }) {
+  const [runs, setRuns] = useState<RunSummary[]>([]);
+  const [selected, setSelected] = useState<string | null>(null);
+  const [run, setRun] = useState<RunView | null>(null);
+  const [times, setTimes] = useState<Record<string, [string, string]>>({});
+  const [tick, setTick] = useState(0);
+
+  useEffect(() => {
+    get<{ items: RunSummary[] }>("/workflows?limit=200")
+      .then((page) => setRuns(page.items.reverse()))
+      .catch(onError);
+  }, [tick]);
+
+  useEffect(() => {
+    if (!selected) return;
+    get<RunView>(`/workflows/${selected}`).then(setRun).catch(onError);
+    get<HistoryEntry[]>(`/workflows/${selected}/history`)
+      .then((history) => {
+        const spans: Record<string, [string, string]> = {};
+        for (const h of history) {
+          const step = h.event.step;
+          if (!step) continue;
+          spans[step] = [spans[step]?.[0] ?? h.recorded_at, h.recorded_at];
+        }
+        setTimes(spans);
+      })
+      .catch(onError);
+  }, [selected, tick]);
+
+  // Any run's event: read the list (and the open run) again.
+  useEffect(() => onEvent((e) => e.type === "workflow_recorded" && setTick((t) => t + 1)), []);
+
+  const decide = (step: string, approve: boolean) =>
+    post(`/workflows/${run!.id}/steps/${encodeURIComponent(step)}/${approve ? "approve" : "reject"}`, {})
+      .then(() => setTick((t) => t + 1))
+      .catch(onError);
+
+  const waiting = runs.length;
+  return html`
+    <section class="workflows split" aria-label="Workflows">
+      <div class="list">
+        ${waiting === 0 && html`<p class="hint">No workflow run yet (<code>lion workflow run FILE</code>).</p>`}
+        <ul class="runs" aria-label="Runs">
+          ${runs.map(
+            (r) => html`<li key=${r.id}>
+              <button type="button" class=${`link${selected === r.id ? " selected" : ""}`} data-run=${r.id}
+                      onClick=${() => setSelected(r.id)}>
+                ${r.name}</button>
+              <span class=${`status status-${r.status}`}>${r.status}</span>
+              <span class="muted">${short(r.id)} · ${r.started_at.slice(11, 19)}</span>
+              ${r.origin && html`<span class="muted">${origin(r.origin)}</span>`}
+            </li>`,
+          )}
+        </ul>
+      </div>
+      <div class="detail run">
+        ${run ? html`<${Dag} run=${run} times=${times} decide=${decide} />` : html`<p class="hint">Select a run to see its steps.</p>`}
+      </div>
+    </section>
+  `;
+}
+
+/** Where a run came from, in words. */
+function origin(o: Origin): string {
+  return o.type === "fork" ? `forked from ${short(o.run)} at ${o.from}` : `step ${o.step} of ${short(o.run)}`;
+}
+
+/** The run's steps as a DAG: a box per step, columns by depth, an arrow
+ * from each step to those that run after it. */
+function Dag({
+  run,
+  times,
+  decide,
+}: {
+  run: RunView;
+  times: Record<string, [string, string]>;
+  decide: (step: string, approve: boolean) => void;
+}) {
+  const { at, width, height } = layout(run.steps);
+  const edges = [];
+  for (const [id, step] of Object.entries(run.steps)) {
+    const to = at.get(id)!;
+    for (const dep of step.after) {
+      const from = at.get(dep);
+      if (!from) continue;
+      const x1 = from.x + BOX.w;
+      const y1 = from.y + BOX.h / 2;
+      const x2 = to.x;
+      const y2 = to.y + BOX.h / 2;
+      const mid = (x1 + x2) / 2;
+      edges.push(html`<path key=${`${dep}-${id}`} d=${`M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`} />`);
+    }
+  }
+  const took = (id: string) => {
+    const span = times[id];
+    return span ? `${Math.max(0, Date.parse(span[1]) - Date.parse(span[0]))} ms` : "";
+  };
+  return html`
+    <h2>${run.name} <span class=${`status status-${run.status}`} data-testid="run-status">${run.status}</span></h2>
+    <p class="muted">${run.id}${run.origin ? ` · ${origin(run.origin)}` : ""}</p>
+    ${run.error && html`<p class="error-text">${run.error}</p>`}
+    <div class="dag" style=${{ width: `${width}px`, height: `${height}px` }}>
+      <svg width=${width} height=${height} aria-hidden="true">${edges}</svg>
+      ${Object.entries(run.steps).map(([id, step]) => {
+        const p = at.get(id)!;
+        return html`<div key=${id} class=${`step state-${step.state.replace(/ /g, "-")}`} data-step=${id}
+            style=${{ transform: `translate(${p.x}px, ${p.y}px)` }}>
+          <strong>${id}</strong> <span class="muted">${step.kind}</span>
+          <div>${step.state}${step.items !== undefined ? ` ${step.done}/${step.items}` : ""} <span class="muted">${took(id)}</span></div>
+          ${step.state === "waiting for approval" &&
+          html`<div class="decide">
+            <button type="button" aria-label=${`Approve ${id}`} onClick=${() => decide(id, true)}>approve</button>
+            <button type="button" aria-label=${`Reject ${id}`} onClick=${() => decide(id, false)}>reject</button>
+          </div>`}
+          ${step.error && html`<div class="error-text" title=${step.error}>${step.error}</div>`}
+          ${step.output !== undefined && step.state !== "waiting for approval" &&
+          html`<div class="muted output" title=${JSON.stringify(step.output)}>${JSON.stringify(step.output)}</div>`}
+        </div>`;
+      })}
+    </div>
+    ${run.output !== undefined && html`<h3>output</h3><pre>${JSON.stringify(run.output, null, 2)}</pre>`}
+  `;
+}
