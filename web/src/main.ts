@@ -7,6 +7,7 @@ import { useEffect, useState } from "preact/hooks";
 import { Problem, SignedOut, get, signIn, type Health } from "./api";
 import { html } from "./html";
 import { follow, stop } from "./live";
+import { Plugins } from "./plugins";
 import { Tasks } from "./tasks";
 import { Timeline } from "./timeline";
 import { Workflows } from "./workflows";
@@ -44,6 +45,7 @@ const VIEWS = [
   ["timeline", "Timeline"],
   ["tasks", "Tasks"],
   ["workflows", "Workflows"],
+  ["plugins", "Plugins"],
 ] as const;
 
 type View = (typeof VIEWS)[number][0];
@@ -136,6 +138,7 @@ function App() {
       ${view === "timeline" && html`<${Timeline} onError=${onError} />`}
       ${view === "tasks" && html`<${Tasks} onError=${onError} />`}
       ${view === "workflows" && html`<${Workflows} onError=${onError} />`}
+      ${view === "plugins" && html`<${Plugins} onError=${onError} />`}
     </main>
   `;
 }

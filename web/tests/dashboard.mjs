@@ -9,7 +9,8 @@
 // data; signed in, the timeline lists the log and a new event appears
 // without a reload; an event's JSON opens; the chain verifies; a task tree
 // cancelled from the page shows every child cancelled; an approval granted
-// in the page lets its workflow complete. Exits
+// in the page lets its workflow complete; a denied plugin call shows its
+// denial. Exits
 // non-zero, naming the failed check, on the first failure.
 
 import { mkdirSync } from "node:fs";
@@ -147,6 +148,23 @@ try {
   await page.locator("[data-testid=run-status]", { hasText: "completed" }).waitFor();
   check(true, "an approval granted in the page lets its workflow complete");
   await page.screenshot({ path: join(shots, "workflows.png") });
+  await page.click("nav >> text=Timeline");
+
+  // Plugins: a denied call shows its denial, with what was refused.
+  await api("POST", "/plugins", { manifest: "http_fetch/plugin.toml", grant: [] });
+  const denied = await fetch(url + "/plugins/http_fetch/call/get", {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: JSON.stringify({ url: "http://127.0.0.1:9/" }),
+  });
+  check(!denied.ok, "the plugin call without its grant is refused");
+  await page.click("nav >> text=Plugins");
+  await page.click('[data-plugin="http_fetch"]');
+  await page
+    .locator(".plugin-events li.denied", { hasText: "interface http" })
+    .waitFor();
+  check(true, "a denied plugin call shows its denial and what was refused");
+  await page.screenshot({ path: join(shots, "plugins.png") });
   await page.click("nav >> text=Timeline");
 
   // Dark, and narrow.

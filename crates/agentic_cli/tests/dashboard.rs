@@ -2,7 +2,7 @@
 //! `web/tests/dashboard.mjs` driving Debian's headless Chromium through
 //! playwright-core against it (sign-in, the live timeline, an event's
 //! JSON, the chain's verification, a task tree cancelled from the page, an
-//! approval granted there, themes and a narrow screen). The
+//! approval granted there, a plugin's denial, themes and a narrow screen). The
 //! screenshots go to `target/screenshots/`. `scripts/check` builds the page
 //! and installs Chromium first.
 
@@ -11,6 +11,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
+use support::plugin_dist;
 use support::serve::Server;
 
 #[test]
@@ -25,7 +26,8 @@ fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
         "Chromium is not installed: run scripts/test-deps (scripts/check does)"
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path(), &[], &[]);
+    let dist = plugin_dist().to_str().expect("a UTF-8 path");
+    let server = Server::start(dir.path(), &[], &["--plugin-dir", dist]);
     let shots = root.join("target/screenshots");
     let output = Command::new("node")
         .arg(root.join("web/tests/dashboard.mjs"))
@@ -46,6 +48,7 @@ fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
         "timeline",
         "tasks",
         "workflows",
+        "plugins",
         "timeline-dark",
         "timeline-narrow",
     ] {

@@ -35,6 +35,9 @@ pub struct Plugin {
     pub succeeded: u64,
     /// Calls that failed.
     pub failed: u64,
+    /// What its manifest asks for (interfaces, hosts, directories, env).
+    #[schema(value_type = Object)]
+    pub asked: Value,
     /// What the operator granted it.
     #[schema(value_type = Object)]
     pub grant: Value,
@@ -68,6 +71,7 @@ impl From<PluginRecord> for Plugin {
             calls: p.calls,
             succeeded: p.succeeded,
             failed: p.failed,
+            asked: serde_json::to_value(&m.permissions).unwrap_or(Value::Null),
             grant: serde_json::to_value(&p.installed.grant).unwrap_or(Value::Null),
             functions: m
                 .functions
