@@ -5,7 +5,17 @@ import type { LogEvent } from "./api";
 
 type Listener = (e: LogEvent) => void;
 
+/** An event as it happens, before (or without) its commit: streamed
+ * chunks of an agent's answer, a task's progress. */
+export interface LiveEvent {
+  type: string;
+  event: Record<string, Record<string, unknown>>;
+}
+
+type LiveListener = (e: LiveEvent) => void;
+
 const listeners = new Set<Listener>();
+const liveListeners = new Set<LiveListener>();
 let source: EventSource | null = null;
 
 /** Starts following the log after sequence number `head` (once). */
@@ -17,6 +27,17 @@ export function follow(head: number) {
     if (typeof e.seq !== "number") return;
     for (const listener of listeners) listener(e);
   };
+  source.addEventListener("live", (message) => {
+    const e = JSON.parse((message as MessageEvent).data) as LiveEvent;
+    for (const listener of liveListeners) listener(e);
+  });
+}
+
+/** Calls `listener` with each live event from now on; returns the call
+ * that stops it. */
+export function onLive(listener: LiveListener): () => void {
+  liveListeners.add(listener);
+  return () => liveListeners.delete(listener);
 }
 
 /** Calls `listener` with each committed event from now on; returns the

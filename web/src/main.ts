@@ -7,6 +7,7 @@ import { useEffect, useState } from "preact/hooks";
 import { Problem, SignedOut, get, signIn, type Health } from "./api";
 import { html } from "./html";
 import { follow, stop } from "./live";
+import { Agents } from "./agents";
 import { Plugins } from "./plugins";
 import { Tasks } from "./tasks";
 import { Timeline } from "./timeline";
@@ -45,6 +46,7 @@ const VIEWS = [
   ["timeline", "Timeline"],
   ["tasks", "Tasks"],
   ["workflows", "Workflows"],
+  ["agents", "Agents"],
   ["plugins", "Plugins"],
 ] as const;
 
@@ -138,6 +140,7 @@ function App() {
       ${view === "timeline" && html`<${Timeline} onError=${onError} />`}
       ${view === "tasks" && html`<${Tasks} onError=${onError} />`}
       ${view === "workflows" && html`<${Workflows} onError=${onError} />`}
+      ${view === "agents" && html`<${Agents} onError=${onError} />`}
       ${view === "plugins" && html`<${Plugins} onError=${onError} />`}
     </main>
   `;

@@ -4,13 +4,16 @@
 //   LION_URL     the server's address
 //   LION_TOKEN   its API token
 //   SCREENSHOTS  the folder the screenshots go to
+//   PROVIDER_CONTROL  the scripted LLM provider's address: GET /release
+//                sends the answer's next chunk
 // It does real work through the API (with the token, as any client) and
 // checks the page: a wrong or missing token shows the sign-in page and no
 // data; signed in, the timeline lists the log and a new event appears
 // without a reload; an event's JSON opens; the chain verifies; a task tree
 // cancelled from the page shows every child cancelled; an approval granted
 // in the page lets its workflow complete; a denied plugin call shows its
-// denial. Exits
+// denial; an agent's answer grows in the page while the model is still
+// generating it. Exits
 // non-zero, naming the failed check, on the first failure.
 
 import { mkdirSync } from "node:fs";
@@ -20,8 +23,9 @@ import { chromium } from "playwright-core";
 const url = process.env.LION_URL;
 const token = process.env.LION_TOKEN;
 const shots = process.env.SCREENSHOTS;
-if (!url || !token || !shots) {
-  console.error("dashboard.mjs: set LION_URL, LION_TOKEN and SCREENSHOTS");
+const control = process.env.PROVIDER_CONTROL;
+if (!url || !token || !shots || !control) {
+  console.error("dashboard.mjs: set LION_URL, LION_TOKEN, SCREENSHOTS and PROVIDER_CONTROL");
   process.exit(2);
 }
 mkdirSync(shots, { recursive: true });
@@ -165,6 +169,29 @@ try {
     .waitFor();
   check(true, "a denied plugin call shows its denial and what was refused");
   await page.screenshot({ path: join(shots, "plugins.png") });
+  await page.click("nav >> text=Timeline");
+
+  // Agents: the answer grows in the page while the model is generating it
+  // (the scripted provider sends its next chunk only when released).
+  await api("POST", "/agents", { name: "ada", system: "Be brief." });
+  await page.click("nav >> text=Agents");
+  await page.click('[data-agent="ada"]');
+  await page.locator("[data-testid=tokens]").waitFor();
+  const asked = api("POST", "/agents/ada/messages", { text: "Hi" });
+  const streaming = page.locator("[data-testid=streaming]");
+  await streaming.filter({ hasText: "Hello" }).waitFor();
+  check((await streaming.textContent()) === "Hello", "the first chunk shows while the model is still generating");
+  await fetch(control + "/release");
+  await streaming.filter({ hasText: "Hello there" }).waitFor();
+  check((await streaming.textContent()) === "Hello there", "the answer grows in the page as chunks arrive");
+  await page.screenshot({ path: join(shots, "agents-streaming.png") });
+  await fetch(control + "/release");
+  const answered = await asked;
+  check(answered.content === "Hello there, Ada.", "the agent answered");
+  await page.locator(".message.assistant:not(.streaming)", { hasText: "Hello there, Ada." }).waitFor();
+  await page.locator("[data-testid=tokens]", { hasText: "12 of" }).waitFor();
+  check(true, "the finished answer joins the conversation, with the tokens it used");
+  await page.screenshot({ path: join(shots, "agents.png") });
   await page.click("nav >> text=Timeline");
 
   // Dark, and narrow.

@@ -2,20 +2,21 @@
 //! `web/tests/dashboard.mjs` driving Debian's headless Chromium through
 //! playwright-core against it (sign-in, the live timeline, an event's
 //! JSON, the chain's verification, a task tree cancelled from the page, an
-//! approval granted there, a plugin's denial, themes and a narrow screen). The
+//! approval granted there, a plugin's denial, an agent's answer growing
+//! while a scripted model streams it, themes and a narrow screen). The
 //! screenshots go to `target/screenshots/`. `scripts/check` builds the page
 //! and installs Chromium first.
 
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use support::plugin_dist;
+use support::provider::gated;
 use support::serve::Server;
 
-#[test]
-fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     assert!(
         root.join("web/dist/index.html").is_file(),
@@ -27,15 +28,24 @@ fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let dist = plugin_dist().to_str().expect("a UTF-8 path");
-    let server = Server::start(dir.path(), &[], &["--plugin-dir", dist]);
+    // The agents' model: streams its answer a chunk at a time, each next
+    // chunk when the page's test says so.
+    let (llm, control) = gated(&["Hello", " there", ", Ada."]).await;
+    let envs = [
+        ("LION_LLM_BASE_URL", llm.as_str()),
+        ("LION_LLM_MODEL", "test-model"),
+    ];
+    let server = Server::start(dir.path(), &envs, &["--plugin-dir", dist]);
     let shots = root.join("target/screenshots");
-    let output = Command::new("node")
+    let output = tokio::process::Command::new("node")
         .arg(root.join("web/tests/dashboard.mjs"))
         .current_dir(root.join("web"))
         .env("LION_URL", &server.url)
         .env("LION_TOKEN", &server.token)
         .env("SCREENSHOTS", &shots)
+        .env("PROVIDER_CONTROL", &control)
         .output()
+        .await
         .expect("run node");
     let said = format!(
         "{}{}",
@@ -49,6 +59,8 @@ fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
         "tasks",
         "workflows",
         "plugins",
+        "agents-streaming",
+        "agents",
         "timeline-dark",
         "timeline-narrow",
     ] {

@@ -144,3 +144,68 @@ pub async fn stalling(first: &'static str) -> (String, tokio::sync::mpsc::Unboun
     });
     (url, rx)
 }
+
+/// A test server that streams `chunks` of text to each chat request one at
+/// a time: the first at once, each next one when something fetches
+/// `CONTROL/release` (the second URL returned), then stop and `[DONE]`. A
+/// test (or a browser test's script) sees an answer still being generated.
+pub async fn gated(chunks: &'static [&'static str]) -> (String, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let releases = Arc::new(tokio::sync::Semaphore::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let releases = releases.clone();
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 8192];
+                // The request line and headers first: a release has no body.
+                while !String::from_utf8_lossy(&data).contains("\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => data.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if String::from_utf8_lossy(&data).starts_with("GET /release") {
+                    releases.add_permits(1);
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    return;
+                }
+                while !String::from_utf8_lossy(&data).contains("\"messages\"") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => data.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for (i, chunk) in chunks.iter().enumerate() {
+                    if i > 0 {
+                        match releases.acquire().await {
+                            Ok(permit) => permit.forget(),
+                            Err(_) => return,
+                        }
+                    }
+                    let delta =
+                        serde_json::json!({"choices":[{"index":0,"delta":{"content":chunk}}]});
+                    if socket
+                        .write_all(format!("data: {delta}\n\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                let end = text_body(&[]);
+                let _ = socket.write_all(end.as_bytes()).await;
+            });
+        }
+    });
+    (format!("http://{addr}/v1"), format!("http://{addr}"))
+}

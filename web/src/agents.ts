@@ -1,0 +1,127 @@
+// Agents: each agent's conversation (prompts, answers, tool calls with
+// their results or refusals), its answer streaming in as the model
+// generates it, and the tokens it used against its budget.
+
+import { useEffect, useState } from "preact/hooks";
+import { get } from "./api";
+import { html } from "./html";
+import { onEvent, onLive } from "./live";
+
+/** An agent as `/agents` gives it. */
+interface Agent {
+  name: string;
+  status: string;
+  model?: string;
+  tools: string[];
+  budget_tokens: number;
+  tokens_used: number;
+  message_count: number;
+  messages: Message[];
+}
+
+/** One message of a conversation. */
+interface Message {
+  role: string;
+  content: string;
+  tool_calls?: { id: string; name: string; arguments: string }[];
+  tool_call_id?: string;
+}
+
+/** Messages of a conversation read at once. */
+const MESSAGES = 500;
+
+/** The Agents view. */
+export function Agents({ onError }: { onError: (e: unknown) => void }) {
+  const [agents, setAgents] = useState<Agent[]>([]);
+  const [selected, setSelected] = useState<string | null>(null);
+  const [tick, setTick] = useState(0);
+
+  useEffect(() => {
+    get<{ items: Agent[] }>("/agents?limit=200")
+      .then((page) => setAgents(page.items))
+      .catch(onError);
+  }, [tick]);
+  useEffect(
+    () => onEvent((e) => e.stream.startsWith("agent:") && e.type !== "llm_delta" && setTick((t) => t + 1)),
+    [],
+  );
+
+  return html`
+    <section class="agents split" aria-label="Agents">
+      <div class="list">
+        ${agents.length === 0 && html`<p class="hint">No agent yet (<code>lion agent spawn NAME</code>).</p>`}
+        <ul class="runs" aria-label="Agents">
+          ${agents.map(
+            (a) => html`<li key=${a.name}>
+              <button type="button" class=${`link${selected === a.name ? " selected" : ""}`} data-agent=${a.name}
+                      onClick=${() => setSelected(a.name)}>${a.name}</button>
+              <span class=${`status status-${a.status === "active" ? "running" : "cancelled"}`}>${a.status}</span>
+              <span class="muted">${a.tokens_used} / ${a.budget_tokens} tokens</span>
+            </li>`,
+          )}
+        </ul>
+      </div>
+      <div class="detail conversation">
+        ${selected
+          ? html`<${Conversation} name=${selected} tick=${tick} onError=${onError} />`
+          : html`<p class="hint">Select an agent to see its conversation.</p>`}
+      </div>
+    </section>
+  `;
+}
+
+/** One agent's conversation, with the answer being generated now. */
+function Conversation({ name, tick, onError }: { name: string; tick: number; onError: (e: unknown) => void }) {
+  const [agent, setAgent] = useState<Agent | null>(null);
+  const [streaming, setStreaming] = useState("");
+
+  useEffect(() => {
+    get<Agent>(`/agents/${encodeURIComponent(name)}?limit=${MESSAGES}`)
+      .then(setAgent)
+      .catch(onError);
+  }, [name, tick]);
+
+  // Chunks of the answer as the model streams them (not yet committed),
+  // until the finished (or stopped) answer is in the log.
+  useEffect(() => {
+    const stopLive = onLive((e) => {
+      const delta = e.event.llm_delta;
+      if (e.type === "llm_delta" && delta?.agent === name) setStreaming((s) => s + String(delta.text));
+    });
+    const stopLog = onEvent((e) => {
+      const body = (e.event as Record<string, Record<string, unknown>>)[e.type];
+      if ((e.type === "llm_finished" || e.type === "llm_stopped") && body?.agent === name) setStreaming("");
+    });
+    return () => {
+      stopLive();
+      stopLog();
+    };
+  }, [name]);
+
+  if (!agent) return html`<p class="hint">…</p>`;
+  const share = agent.budget_tokens > 0 ? Math.min(100, (100 * agent.tokens_used) / agent.budget_tokens) : 0;
+  return html`
+    <h2>${agent.name} <span class="muted">${agent.model ?? "default model"}</span></h2>
+    <p class="muted">tools: ${agent.tools.length ? agent.tools.join(", ") : "none"}</p>
+    <div class="budget" data-testid="tokens">
+      <span>${agent.tokens_used} of ${agent.budget_tokens} tokens</span>
+      <meter min="0" max="100" value=${share} aria-label="Tokens used of the budget"></meter>
+    </div>
+    <ol class="messages" aria-label="Conversation">
+      ${agent.messages.map(
+        (m, i) => html`<li key=${i} class=${`message ${m.role}`}>
+          <span class="role">${m.role}</span>
+          ${m.content && html`<div class="content">${m.content}</div>`}
+          ${(m.tool_calls ?? []).map(
+            (c) => html`<div key=${c.id} class="tool-call">calls <code>${c.name}</code> <code>${c.arguments}</code></div>`,
+          )}
+        </li>`,
+      )}
+      ${streaming &&
+      html`<li class="message assistant streaming" aria-live="polite">
+        <span class="role">assistant, writing…</span>
+        <div class="content" data-testid="streaming">${streaming}</div>
+      </li>`}
+    </ol>
+  `;
+}
