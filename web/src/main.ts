@@ -8,6 +8,8 @@ import { Problem, SignedOut, get, signIn, type Health } from "./api";
 import { html } from "./html";
 import { follow, stop } from "./live";
 import { Agents } from "./agents";
+import { Kernels } from "./kernels";
+import { Overview } from "./overview";
 import { Plugins } from "./plugins";
 import { Tasks } from "./tasks";
 import { Timeline } from "./timeline";
@@ -43,11 +45,13 @@ function SignIn({ onSignedIn, why }: { onSignedIn: () => void; why: string }) {
 
 /** The views, by the id their address carries (`#tasks`). */
 const VIEWS = [
+  ["overview", "Overview"],
   ["timeline", "Timeline"],
   ["tasks", "Tasks"],
   ["workflows", "Workflows"],
   ["agents", "Agents"],
   ["plugins", "Plugins"],
+  ["kernels", "Kernels"],
 ] as const;
 
 type View = (typeof VIEWS)[number][0];
@@ -137,11 +141,13 @@ function App() {
     </header>
     ${error && html`<p class="error" role="alert">${error} <button type="button" onClick=${() => setError("")}>dismiss</button></p>`}
     <main>
+      ${view === "overview" && html`<${Overview} />`}
       ${view === "timeline" && html`<${Timeline} onError=${onError} />`}
       ${view === "tasks" && html`<${Tasks} onError=${onError} />`}
       ${view === "workflows" && html`<${Workflows} onError=${onError} />`}
       ${view === "agents" && html`<${Agents} onError=${onError} />`}
       ${view === "plugins" && html`<${Plugins} onError=${onError} />`}
+      ${view === "kernels" && html`<${Kernels} onError=${onError} />`}
     </main>
   `;
 }

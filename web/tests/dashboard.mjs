@@ -194,6 +194,20 @@ try {
   await page.screenshot({ path: join(shots, "agents.png") });
   await page.click("nav >> text=Timeline");
 
+  // Overview: the last minute's events counted live; Kernels: this home's.
+  await page.click("nav >> text=Overview");
+  await page.locator("[data-testid=events-chart] polyline").waitFor();
+  const peak = await page.locator("[data-testid=events-chart] figcaption").first().textContent();
+  check(!/peak 0\)/.test(peak ?? ""), `the overview counted the events streamed (${peak})`);
+  await page.locator(".chart figcaption", { hasText: "tokens/s (peak 12)" }).waitFor();
+  check(true, "the overview counted the agent's tokens");
+  await page.screenshot({ path: join(shots, "overview.png") });
+  await page.click("nav >> text=Kernels");
+  await page.locator("[data-testid=kernels]", { hasText: "One kernel serves this store" }).waitFor();
+  check(true, "the kernels view says which kernel serves the store");
+  await page.screenshot({ path: join(shots, "kernels.png") });
+  await page.click("nav >> text=Timeline");
+
   // Dark, and narrow.
   await page.click("button[aria-label^='Theme']");
   await page.click("button[aria-label^='Theme']");

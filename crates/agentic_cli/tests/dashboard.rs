@@ -61,6 +61,8 @@ async fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
         "plugins",
         "agents-streaming",
         "agents",
+        "overview",
+        "kernels",
         "timeline-dark",
         "timeline-narrow",
     ] {

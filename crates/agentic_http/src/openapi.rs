@@ -26,7 +26,7 @@ use crate::{access, stream};
 #[openapi(
     info(title = "lion", description = "The lion kernel's HTTP API (`lion serve`)."),
     paths(
-        system::health, system::version,
+        system::health, system::version, system::kernels,
         access::sign_in, access::sign_out,
         elements::create, elements::show, elements::list,
         tasks::submit, tasks::show, tasks::list, tasks::cancel, tasks::wait,

@@ -1,21 +1,16 @@
 //! `lion kernel list`: the kernels sharing a store, their leases and the
 //! attempts they hold.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use agentic_core::store::kernels::KernelState;
-use agentic_core::{Cursor, EventStore, TaskFilter};
+use agentic_core::EventStore;
+use agentic_core::store::kernels::{self, KernelState};
 use anyhow::Result;
 use chrono::Utc;
 use serde_json::json;
-use uuid::Uuid;
 
 use super::Ctx;
 use crate::{lease, output};
-
-/// Unfinished tasks read per page while counting claims.
-const PAGE: usize = 1000;
 
 /// Lists the kernels of a shared store (newest first), or says whether a
 /// kernel runs on the home when the store is the home's own.
@@ -35,7 +30,7 @@ pub async fn list(home: &Path, store: &dyn EventStore, ctx: Ctx) -> Result<()> {
         return Ok(());
     };
     let kernels = registry.kernels().await?;
-    let claims = claims(store).await?;
+    let claims = kernels::claims(store).await?;
     if ctx.json {
         let items: Vec<_> = kernels
             .iter()
@@ -80,22 +75,4 @@ pub async fn list(home: &Path, store: &dyn EventStore, ctx: Ctx) -> Result<()> {
     }
     println!("{table}");
     Ok(())
-}
-
-/// How many unfinished tasks each kernel's claim holds.
-async fn claims(store: &dyn EventStore) -> Result<HashMap<Uuid, usize>> {
-    let mut counts = HashMap::new();
-    let mut after = Cursor::START;
-    loop {
-        let page = store.tasks(TaskFilter::Unfinished, after, PAGE).await?;
-        for task in &page.items {
-            if let Some(kernel) = task.kernel {
-                *counts.entry(kernel).or_default() += 1;
-            }
-        }
-        match page.next {
-            Some(next) => after = next,
-            None => return Ok(counts),
-        }
-    }
 }

@@ -85,3 +85,29 @@ pub trait KernelRegistry: Send + Sync {
     /// Every kernel the registry knows, newest first.
     async fn kernels(&self) -> Result<Vec<KernelInfo>, StoreError>;
 }
+
+/// Unfinished tasks read per page while counting claims.
+const CLAIMS_PAGE: usize = 1000;
+
+/// How many unfinished tasks each kernel's claim holds (the attempts it
+/// runs, or ran when its lease ran out), read a page at a time.
+pub async fn claims(
+    store: &dyn super::EventStore,
+) -> Result<std::collections::HashMap<Uuid, usize>, StoreError> {
+    let mut counts = std::collections::HashMap::new();
+    let mut after = super::Cursor::START;
+    loop {
+        let page = store
+            .tasks(super::TaskFilter::Unfinished, after, CLAIMS_PAGE)
+            .await?;
+        for task in &page.items {
+            if let Some(kernel) = task.kernel {
+                *counts.entry(kernel).or_default() += 1;
+            }
+        }
+        match page.next {
+            Some(next) => after = next,
+            None => return Ok(counts),
+        }
+    }
+}

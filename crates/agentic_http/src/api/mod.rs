@@ -61,6 +61,7 @@ pub fn routes(state: AppState, mcp: McpService) -> Router {
         )
         .route("/health", get(system::health))
         .route("/version", get(system::version))
+        .route("/kernels", get(system::kernels))
         .route("/elements", post(elements::create).get(elements::list))
         .route("/elements/{id}", get(elements::show))
         .route("/tasks", post(tasks::submit).get(tasks::list))

@@ -1,4 +1,4 @@
-//! `/health` and `/version`.
+//! `/health`, `/version` and `/kernels`.
 
 use axum::Json;
 use axum::extract::State;
@@ -46,4 +46,44 @@ pub async fn version() -> Json<Version> {
         name: "lion".into(),
         version: env!("CARGO_PKG_VERSION").into(),
     })
+}
+
+/// The kernels serving the store.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Kernels {
+    /// Whether several kernels may share the store (PostgreSQL); `false`:
+    /// the store is a home's own, served by this server's kernel alone.
+    pub shared: bool,
+    /// Each kernel that joined a shared store, newest first: its id, host,
+    /// pid, `started_at`, `heartbeat_at`, `lease_ms`, `state` (alive,
+    /// expired, stopped) and `claims` (unfinished tasks it holds).
+    #[schema(value_type = Vec<Object>)]
+    pub kernels: Vec<serde_json::Value>,
+}
+
+/// The kernels serving the store, their leases and the attempts they hold.
+#[utoipa::path(get, path = "/kernels", tag = "system", responses((status = 200, body = Kernels)))]
+pub async fn kernels(State(state): State<AppState>) -> Result<Json<Kernels>, Problem> {
+    let store = state.kernel.store.as_ref();
+    let Some(registry) = store.kernels() else {
+        return Ok(Json(Kernels {
+            shared: false,
+            kernels: Vec::new(),
+        }));
+    };
+    let claims = agentic_core::store::kernels::claims(store).await?;
+    let kernels = registry
+        .kernels()
+        .await?
+        .into_iter()
+        .map(|k| {
+            let mut value = serde_json::to_value(&k).unwrap_or_default();
+            value["claims"] = serde_json::json!(claims.get(&k.id).copied().unwrap_or(0));
+            value
+        })
+        .collect();
+    Ok(Json(Kernels {
+        shared: true,
+        kernels,
+    }))
 }
