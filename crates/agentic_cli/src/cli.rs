@@ -724,6 +724,23 @@ pub enum BenchCommand {
         #[arg(long, value_name = "DIR")]
         server: Option<PathBuf>,
     },
+    /// The dashboard's timeline in headless Chromium on a home of about a
+    /// million events beside an almost empty one: time to its first
+    /// rendered row, and frame times while it scrolls (run from the
+    /// checkout, after scripts/build-web; exits 1 if a full run misses the
+    /// target).
+    Dashboard {
+        /// Homes of about 20k events: checks every path works (figures mean little).
+        #[arg(long)]
+        quick: bool,
+        /// Where to build the homes, removed afterwards [default: the system temp dir].
+        #[arg(long, value_name = "DIR", conflicts_with = "keep")]
+        dir: Option<PathBuf>,
+        /// Build the homes in DIR and keep them; a later run (of this bench or
+        /// of lion bench scale) with the same --keep reuses the big one.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
     /// Commands on a home of about a million events beside the same
     /// commands on an almost empty home, each a fresh `lion` process: time
     /// and peak RSS, against targets (exits 1 if a full run misses one).

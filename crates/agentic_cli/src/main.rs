@@ -363,6 +363,10 @@ async fn run(cli: Cli) -> Result<()> {
                 plugin,
                 server,
             }) => commands::bench_plugins::run(ctx, quick, dir, plugin, server).await,
+            Command::Bench(BenchCommand::Dashboard { quick, dir, keep }) => {
+                let opts = commands::bench_dashboard::DashboardBench { quick, dir, keep };
+                commands::bench_dashboard::run(ctx, opts).await
+            }
             Command::Bench(BenchCommand::Scale {
                 quick,
                 dir,

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_dashboard;
 pub mod bench_llm;
 pub mod bench_model;
 pub mod bench_plugins;

@@ -91,11 +91,11 @@ impl Shape {
 
 /// A built home, as its marker file records it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct BuiltHome {
+pub(crate) struct BuiltHome {
     pub(super) version: u32,
     pub(super) shape: Shape,
     /// Events in the log once built.
-    pub(super) events: u64,
+    pub(crate) events: u64,
     /// Seconds the build took: installs, fill, replay check.
     pub(super) build_secs: f64,
     /// Of which the bulk fill.

@@ -151,7 +151,7 @@ pub async fn run(ctx: Ctx, opts: ScaleBench) -> Result<()> {
 }
 
 /// The hello_world manifest's text, after checking the plugin is built.
-fn read_plugin(plugin_dir: &Path) -> Result<String> {
+pub(crate) fn read_plugin(plugin_dir: &Path) -> Result<String> {
     let manifest = plugin_dir.join("plugin.toml");
     if !manifest.is_file() {
         bail!(
@@ -177,6 +177,57 @@ fn read_plugin(plugin_dir: &Path) -> Result<String> {
         );
     }
     Ok(std::fs::read_to_string(&manifest)?)
+}
+
+/// The two homes a run measures: the empty one and the big one.
+pub(crate) struct Homes {
+    /// The almost empty home, built afresh.
+    pub(crate) empty: BuiltHome,
+    /// The home of about a million events.
+    pub(crate) big: BuiltHome,
+    /// Whether the big home was kept from an earlier run.
+    pub(crate) big_reused: bool,
+}
+
+/// Builds in `dir` the empty home (afresh: each run adds to the homes, and
+/// a reused baseline would grow) and the big one (reused when `dir` holds
+/// one of the same shape), with hello_world from `plugin_dir` installed
+/// under each plugin name. Also what `lion bench dashboard` serves.
+pub(crate) async fn homes(
+    dir: &Path,
+    quick: bool,
+    plugin_dir: &Path,
+    manifest_text: &str,
+) -> Result<Homes> {
+    let exe = std::env::current_exe().context("cannot find the running lion binary")?;
+    let big_shape = if quick { QUICK_BIG } else { BIG };
+    let names = plugin_names(big_shape.plugins);
+    let measured_plugin = names[names.len() / 2].clone();
+    let plugin_dir = plugin_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", plugin_dir.display()))?;
+    let source = PluginSource {
+        dir: plugin_dir,
+        manifest: manifest_text.to_owned(),
+    };
+    for name in ["empty-home", "big-home"] {
+        refuse_foreign(dir, name)?;
+    }
+    let (empty, _) = home(
+        &exe,
+        dir,
+        "empty-home",
+        (EMPTY, false),
+        std::slice::from_ref(&measured_plugin),
+        &source,
+    )
+    .await?;
+    let (big, big_reused) = home(&exe, dir, "big-home", (big_shape, true), &names, &source).await?;
+    Ok(Homes {
+        empty,
+        big,
+        big_reused,
+    })
 }
 
 /// Everything one run measured.
@@ -233,31 +284,11 @@ async fn measure(
     manifest_text: &str,
 ) -> Result<Report> {
     let exe = std::env::current_exe().context("cannot find the running lion binary")?;
-    let big_shape = if quick { QUICK_BIG } else { BIG };
-    let names = plugin_names(big_shape.plugins);
-    let measured_plugin = names[names.len() / 2].clone();
-    let plugin_dir = plugin_dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", plugin_dir.display()))?;
-    let source = PluginSource {
-        dir: plugin_dir,
-        manifest: manifest_text.to_owned(),
-    };
-    for name in ["empty-home", "big-home"] {
-        refuse_foreign(dir, name)?;
-    }
-    // The empty home is built afresh every run (a second): each run adds
-    // agents and tasks to the homes, and a reused baseline would grow.
-    let (empty, _) = home(
-        &exe,
-        dir,
-        "empty-home",
-        (EMPTY, false),
-        std::slice::from_ref(&measured_plugin),
-        &source,
-    )
-    .await?;
-    let (big, big_reused) = home(&exe, dir, "big-home", (big_shape, true), &names, &source).await?;
+    let Homes {
+        empty,
+        big,
+        big_reused,
+    } = homes(dir, quick, plugin_dir, manifest_text).await?;
 
     // Each run's agent turn goes to an agent of its own with exactly 200
     // messages, in both homes, so no run sees a longer conversation.
