@@ -67,6 +67,8 @@ pub fn lion_at(home: &Path) -> Command {
 pub struct Run {
     /// Exit code (`None` if killed by a signal).
     pub code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
     /// Everything printed on stdout.
     pub stdout: String,
     /// Everything printed on stderr.
@@ -77,16 +79,23 @@ impl fmt::Debug for Run {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "exit code {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
+            "exit code {:?}{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code,
+            self.signal
+                .map(|s| format!(" (killed by signal {s})"))
+                .unwrap_or_default(),
+            self.stdout,
+            self.stderr
         )
     }
 }
 
 impl From<Output> for Run {
     fn from(o: Output) -> Self {
+        use std::os::unix::process::ExitStatusExt;
         Self {
             code: o.status.code(),
+            signal: o.status.signal(),
             stdout: String::from_utf8(o.stdout).expect("stdout is UTF-8"),
             stderr: String::from_utf8(o.stderr).expect("stderr is UTF-8"),
         }
