@@ -2,8 +2,9 @@
 // their results or refusals), its answer streaming in as the model
 // generates it, and the tokens it used against its budget.
 
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { get } from "./api";
+import { body } from "./format";
 import { html } from "./html";
 import { onEvent, onLive } from "./live";
 
@@ -63,7 +64,7 @@ export function Agents({ onError }: { onError: (e: unknown) => void }) {
       </div>
       <div class="detail conversation">
         ${selected
-          ? html`<${Conversation} name=${selected} tick=${tick} onError=${onError} />`
+          ? html`<${Conversation} key=${selected} name=${selected} tick=${tick} onError=${onError} />`
           : html`<p class="hint">Select an agent to see its conversation.</p>`}
       </div>
     </section>
@@ -73,7 +74,9 @@ export function Agents({ onError }: { onError: (e: unknown) => void }) {
 /** One agent's conversation, with the answer being generated now. */
 function Conversation({ name, tick, onError }: { name: string; tick: number; onError: (e: unknown) => void }) {
   const [agent, setAgent] = useState<Agent | null>(null);
-  const [streaming, setStreaming] = useState("");
+  // The text streamed so far of each answer not yet in the log, by run.
+  const [streaming, setStreaming] = useState<Record<string, string>>({});
+  const finished = useRef(new Set<string>());
 
   useEffect(() => {
     get<Agent>(`/agents/${encodeURIComponent(name)}?limit=${MESSAGES}`)
@@ -86,11 +89,22 @@ function Conversation({ name, tick, onError }: { name: string; tick: number; onE
   useEffect(() => {
     const stopLive = onLive((e) => {
       const delta = e.event.llm_delta;
-      if (e.type === "llm_delta" && delta?.agent === name) setStreaming((s) => s + String(delta.text));
+      if (e.type !== "llm_delta" || delta?.agent !== name) return;
+      const run = String(delta.run_id);
+      // A delta can arrive after its answer was committed: it is dropped.
+      if (finished.current.has(run)) return;
+      setStreaming((s) => ({ ...s, [run]: (s[run] ?? "") + String(delta.text) }));
     });
     const stopLog = onEvent((e) => {
-      const body = (e.event as Record<string, Record<string, unknown>>)[e.type];
-      if ((e.type === "llm_finished" || e.type === "llm_stopped") && body?.agent === name) setStreaming("");
+      const b = body(e);
+      if ((e.type === "llm_finished" || e.type === "llm_stopped") && b.agent === name) {
+        const run = String(b.run_id);
+        finished.current.add(run);
+        setStreaming((s) => {
+          const { [run]: _, ...rest } = s;
+          return rest;
+        });
+      }
     });
     return () => {
       stopLive();
@@ -117,11 +131,12 @@ function Conversation({ name, tick, onError }: { name: string; tick: number; onE
           )}
         </li>`,
       )}
-      ${streaming &&
-      html`<li class="message assistant streaming" aria-live="polite">
-        <span class="role">assistant, writing…</span>
-        <div class="content" data-testid="streaming">${streaming}</div>
-      </li>`}
+      ${Object.entries(streaming).map(
+        ([run, text]) => html`<li key=${run} class="message assistant streaming" aria-live="polite">
+          <span class="role">assistant, writing…</span>
+          <div class="content" data-testid="streaming">${text}</div>
+        </li>`,
+      )}
     </ol>
   `;
 }

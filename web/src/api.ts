@@ -14,6 +14,11 @@ async function answer<T>(response: Response): Promise<T> {
   if (response.status === 401) {
     throw new SignedOut("signed out");
   }
+  if (response.status === 403 && !sessionStorage.getItem(CSRF_KEY)) {
+    // A session opened in another tab: this one has no CSRF token to act
+    // with, and signing in here gives it one.
+    throw new SignedOut("sign in again to act from this tab");
+  }
   if (!response.ok) {
     let detail = `${response.status} ${response.statusText}`;
     try {
@@ -57,6 +62,9 @@ export async function signIn(token: string): Promise<void> {
   if (response.status === 401 || response.status === 403) {
     throw new Problem("that token is not this server's");
   }
+  if (response.status === 503) {
+    throw new Problem("the kernel is starting: try again in a moment");
+  }
   const session = await answer<{ csrf_token: string }>(response);
   sessionStorage.setItem(CSRF_KEY, session.csrf_token);
 }
@@ -75,7 +83,8 @@ export interface LogEvent {
   hash: string;
 }
 
-/** A page of `/events`. */
+/** A page of `/events` (`next`: a sequence number) or of
+ * `/streams/{stream}/events` (`next`: a stream version). */
 export interface EventPage {
   items: LogEvent[];
   next?: number;

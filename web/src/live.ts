@@ -16,6 +16,7 @@ type LiveListener = (e: LiveEvent) => void;
 
 const listeners = new Set<Listener>();
 const liveListeners = new Set<LiveListener>();
+const closedListeners = new Set<() => void>();
 let source: EventSource | null = null;
 
 /** Starts following the log after sequence number `head` (once). */
@@ -26,6 +27,14 @@ export function follow(head: number) {
     const e = JSON.parse(message.data) as LogEvent;
     if (typeof e.seq !== "number") return;
     for (const listener of listeners) listener(e);
+  };
+  // The browser reconnects by itself (resuming after the last event it
+  // got); a stream it gave up on (the session ended: 401) is told.
+  source.onerror = () => {
+    if (source?.readyState === EventSource.CLOSED) {
+      source = null;
+      for (const listener of closedListeners) listener();
+    }
   };
   source.addEventListener("live", (message) => {
     const e = JSON.parse((message as MessageEvent).data) as LiveEvent;
@@ -45,6 +54,13 @@ export function onLive(listener: LiveListener): () => void {
 export function onEvent(listener: Listener): () => void {
   listeners.add(listener);
   return () => listeners.delete(listener);
+}
+
+/** Calls `listener` when the stream stops for good; returns the call
+ * that stops it. */
+export function onClosed(listener: () => void): () => void {
+  closedListeners.add(listener);
+  return () => closedListeners.delete(listener);
 }
 
 /** Stops following (signed out). */

@@ -6,7 +6,7 @@ import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import { Problem, SignedOut, get, signIn, type Health } from "./api";
 import { html } from "./html";
-import { follow, stop } from "./live";
+import { follow, onClosed, stop } from "./live";
 import { Agents } from "./agents";
 import { Kernels } from "./kernels";
 import { Overview } from "./overview";
@@ -85,33 +85,50 @@ function App() {
   }, []);
 
   // Signed in: one live stream for every view, from the log's head on.
+  // A stream the browser gave up on (the session ended) sends the page
+  // back to the sign-in form, or says the updates stopped.
   useEffect(() => {
     if (!signedIn) return;
+    let stopped = false;
     get<Health>("/health")
-      .then((health) => follow(health.head_seq))
+      .then((health) => {
+        if (!stopped) follow(health.head_seq);
+      })
       .catch((e) => setError(String(e)));
-    return stop;
+    const unwatch = onClosed(() =>
+      get("/events?limit=1")
+        .then(() => setError("Live updates stopped: reload the page to resume them."))
+        .catch(onError),
+    );
+    return () => {
+      stopped = true;
+      unwatch();
+      stop();
+    };
   }, [signedIn]);
 
   // Whether the cookie this browser holds still opens a session.
-  if (signedIn === null) {
+  useEffect(() => {
+    if (signedIn !== null) return;
     get("/events?limit=1")
       .then(() => setSignedIn(true))
       .catch((e) => {
         setSignedIn(false);
         if (!(e instanceof SignedOut)) setWhy(String(e));
       });
+  }, [signedIn]);
+  if (signedIn === null) {
     return html`<p class="starting">…</p>`;
   }
 
-  const onError = (e: unknown) => {
+  function onError(e: unknown) {
     if (e instanceof SignedOut) {
-      setWhy("Your session ended: sign in again.");
+      setWhy(e.message === "signed out" ? "Your session ended: sign in again." : `${e.message}.`);
       setSignedIn(false);
     } else {
       setError(e instanceof Problem || e instanceof Error ? e.message : String(e));
     }
-  };
+  }
 
   if (!signedIn) {
     return html`<${SignIn} why=${why} onSignedIn=${() => setSignedIn(true)} />`;

@@ -3,6 +3,7 @@
 // they ended) and tokens per second — counted from the event stream.
 
 import { useEffect, useState } from "preact/hooks";
+import { body } from "./format";
 import { html } from "./html";
 import { onEvent } from "./live";
 
@@ -28,12 +29,12 @@ const redraws = new Set<() => void>();
 
 onEvent((e) => {
   current.events += 1;
-  const body = (e.event as Record<string, Record<string, unknown>>)[e.type] ?? {};
+  const b = body(e);
   if (e.type === "task_completed") current.completed += 1;
-  if ((e.type === "task_failed" || e.type === "task_timed_out") && body.is_final) current.failed += 1;
+  if ((e.type === "task_failed" || e.type === "task_timed_out") && b.final) current.failed += 1;
   if (e.type === "task_cancelled") current.cancelled += 1;
   if (e.type === "llm_finished") {
-    const usage = (body.usage ?? {}) as Record<string, number>;
+    const usage = (b.usage ?? {}) as Record<string, number>;
     current.tokens += (usage.prompt_tokens ?? 0) + (usage.completion_tokens ?? 0);
   }
 });

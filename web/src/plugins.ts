@@ -5,6 +5,7 @@
 
 import { useEffect, useState } from "preact/hooks";
 import { get, type EventPage, type LogEvent } from "./api";
+import { body, clock } from "./format";
 import { html } from "./html";
 import { onEvent } from "./live";
 
@@ -68,11 +69,10 @@ export function Plugins({ onError }: { onError: (e: unknown) => void }) {
 function PluginDetail({ plugin, tick, onError }: { plugin: Plugin; tick: number; onError: (e: unknown) => void }) {
   const [events, setEvents] = useState<LogEvent[]>([]);
   useEffect(() => {
-    get<EventPage>(`/events?stream=${encodeURIComponent(`plugin:${plugin.name}`)}&limit=1000`)
-      .then((page) => setEvents(page.items.slice(-SHOWN).reverse()))
+    get<EventPage>(`/streams/${encodeURIComponent(`plugin:${plugin.name}`)}/events?last=true&limit=${SHOWN}`)
+      .then((page) => setEvents(page.items.reverse()))
       .catch(onError);
   }, [plugin.name, tick]);
-  const body = (e: LogEvent) => (e.event as Record<string, Record<string, unknown>>)[e.type] ?? {};
   return html`
     <h2>${plugin.name} <span class="muted">${plugin.kind} ${plugin.version}</span></h2>
     <p>${plugin.description}</p>
@@ -87,7 +87,7 @@ function PluginDetail({ plugin, tick, onError }: { plugin: Plugin; tick: number;
         const denied = e.type === "plugin_permission_denied";
         return html`<li key=${e.seq} class=${denied ? "denied" : e.type === "plugin_failed" ? "failed" : ""}
                         data-type=${e.type}>
-          <span class="muted">#${e.seq} ${e.recorded_at.slice(11, 23)}</span>
+          <span class="muted">#${e.seq} ${clock(e.recorded_at)}</span>
           <strong>${e.type.replace("plugin_", "")}</strong>
           ${denied && html`<span>refused <code>${String(b.asked)}</code>: ${String(b.reason)}</span>`}
           ${e.type === "plugin_invoked" && html`<span>${String(b.function)}</span>`}

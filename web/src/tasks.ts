@@ -4,6 +4,7 @@
 
 import { useEffect, useState } from "preact/hooks";
 import { get, post, type EventPage, type LogEvent } from "./api";
+import { body, clock, short, took } from "./format";
 import { html } from "./html";
 import { onEvent } from "./live";
 
@@ -25,13 +26,11 @@ const PAGE = 200;
 /** Whether a status is an end. */
 const ended = (status: string) => ["completed", "failed", "cancelled", "timed_out"].includes(status);
 
-/** A short form of an id: its last 12 characters. */
-export const short = (id: string) => id.slice(-12);
-
 /** The Tasks view. */
 export function Tasks({ onError }: { onError: (e: unknown) => void }) {
   const [tasks, setTasks] = useState(() => new Map<string, Task>());
   const [selected, setSelected] = useState<string | null>(null);
+  const [reading] = useState(() => new Set<string>());
 
   const keep = (task: Task) =>
     setTasks((old) => {
@@ -88,11 +87,17 @@ export function Tasks({ onError }: { onError: (e: unknown) => void }) {
     </li>
   `;
 
-  // Children not yet read: read them (a tree opened from the list).
+  // Children not yet read: read them, once each (a tree opened from the
+  // list).
   useEffect(() => {
     for (const task of tasks.values()) {
       for (const child of task.children) {
-        if (!tasks.has(child)) get<Task>(`/tasks/${child}`).then(keep).catch(onError);
+        if (tasks.has(child) || reading.has(child)) continue;
+        reading.add(child);
+        get<Task>(`/tasks/${child}`)
+          .then(keep)
+          .catch(onError)
+          .finally(() => reading.delete(child));
       }
     }
   }, [tasks]);
@@ -123,22 +128,21 @@ interface Attempt {
 function TaskDetail({ task, onError }: { task: Task; onError: (e: unknown) => void }) {
   const [events, setEvents] = useState<LogEvent[]>([]);
   useEffect(() => {
-    get<EventPage>(`/events?stream=task:${task.id}&limit=1000`)
+    get<EventPage>(`/streams/task:${task.id}/events?limit=1000`)
       .then((page) => setEvents(page.items))
       .catch(onError);
   }, [task.id, task.status, task.attempts]);
   const attempts: Attempt[] = [];
   for (const e of events) {
-    const body = (e.event as Record<string, Record<string, unknown>>)[e.type] ?? {};
-    if (e.type === "task_started") attempts.push({ n: Number(body.attempt), started: e.recorded_at });
+    const b = body(e);
+    if (e.type === "task_started") attempts.push({ n: Number(b.attempt), started: e.recorded_at });
     const last = attempts[attempts.length - 1];
     if (!last || e.type === "task_started" || e.type === "task_progress") continue;
     last.ended = e.recorded_at;
     last.how = e.type.replace("task_", "");
-    if (typeof body.error === "string") last.error = body.error;
+    if (typeof b.error === "string") last.error = b.error;
   }
-  const took = (a: Attempt) =>
-    a.ended ? `${Math.max(0, Date.parse(a.ended) - Date.parse(a.started))} ms` : "running";
+  const duration = (a: Attempt) => (a.ended ? took(a.started, a.ended) : "running");
   return html`
     <h2>${task.handler} <span class=${`status status-${task.status}`}>${task.status}</span></h2>
     <dl>
@@ -150,7 +154,7 @@ function TaskDetail({ task, onError }: { task: Task; onError: (e: unknown) => vo
       <thead><tr><th>attempt</th><th>started</th><th>took</th><th>ended</th><th>error</th></tr></thead>
       <tbody>
         ${attempts.map(
-          (a) => html`<tr key=${a.n}><td>${a.n}</td><td>${a.started.slice(11, 23)}</td><td>${took(a)}</td>
+          (a) => html`<tr key=${a.n}><td>${a.n}</td><td>${clock(a.started)}</td><td>${duration(a)}</td>
             <td>${a.how ?? ""}</td><td class="error-text">${a.error ?? ""}</td></tr>`,
         )}
       </tbody>

@@ -5,6 +5,7 @@
 
 import { useCallback, useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { get, type EventPage, type Health, type LogEvent } from "./api";
+import { body, clock } from "./format";
 import { html } from "./html";
 import { onEvent } from "./live";
 
@@ -16,19 +17,25 @@ const PAGE = 200;
 const MAX_PX = 8_000_000;
 /** Rows rendered beyond the visible ones, above and below. */
 const OVERSCAN = 10;
+/** Pages kept in memory: those nearest the view (a page open all day on a
+ * busy log must not keep every event it saw). */
+const KEPT_PAGES = 40;
 
 /** The page of sequence numbers `seq` falls in. */
 const pageOf = (seq: number) => Math.floor((seq - 1) / PAGE);
 
 /** A one-line summary of an event's payload. */
 function summary(e: LogEvent): string {
-  const body = (e.event as Record<string, unknown>)[e.type];
-  const text = JSON.stringify(body ?? e.event);
+  const text = JSON.stringify(body(e));
   return text.length > 160 ? `${text.slice(0, 159)}…` : text;
 }
 
-/** `HH:MM:SS.mmm` of an RFC 3339 time, in UTC. */
-const clock = (at: string) => at.slice(11, 23);
+/** `pages` without those farthest from page `near`, past [`KEPT_PAGES`]. */
+function trimmed(pages: Map<number, LogEvent[]>, near: number): Map<number, LogEvent[]> {
+  if (pages.size <= KEPT_PAGES) return pages;
+  const keep = [...pages.keys()].sort((a, b) => Math.abs(a - near) - Math.abs(b - near)).slice(0, KEPT_PAGES);
+  return new Map(keep.map((k) => [k, pages.get(k)!]));
+}
 
 /** Where the rows in view start, and how far down they are drawn. */
 interface Window {
@@ -48,6 +55,9 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
   const [verified, setVerified] = useState<string>("not checked");
   const scroller = useRef<HTMLDivElement>(null);
   const loading = useRef(new Set<number>());
+  // Set while the page scrolls the list itself (following): that scroll
+  // is not the reader leaving the bottom.
+  const scrolling = useRef(false);
 
   // The log's head, then live events from just after it.
   useEffect(() => {
@@ -93,9 +103,11 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
       const first = Math.floor(scrollTop / ROW);
       return { first, top: first * ROW };
     }
-    // Scaled: the rows in view are drawn where the scroll bar is.
+    // Scaled: the rows in view are drawn where the scroll bar is; at the
+    // bottom, the newest row is the last one in view.
     const room = Math.max(1, inner - height);
-    const first = Math.round((scrollTop / room) * Math.max(0, total - count));
+    const shown = Math.floor(height / ROW);
+    const first = Math.round(Math.min(1, scrollTop / room) * Math.max(0, total - shown));
     return { first, top: scrollTop };
   }, [scrollTop, scale, inner, height, total, count]);
 
@@ -118,7 +130,7 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
             let rows = got.items;
             for (const live of old.get(page) ?? []) rows = insert(rows, live);
             next.set(page, rows);
-            return next;
+            return trimmed(next, page);
           });
         })
         .catch(onError)
@@ -129,13 +141,21 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
   // Following: the newest event stays in view as events arrive.
   useEffect(() => {
     const box = scroller.current;
-    if (follow && box) box.scrollTop = box.scrollHeight;
+    if (follow && box && box.scrollTop < box.scrollHeight - box.clientHeight) {
+      scrolling.current = true;
+      box.scrollTop = box.scrollHeight;
+    }
   }, [follow, total, height]);
 
   const onScroll = useCallback(() => {
     const box = scroller.current;
     if (!box) return;
     setScrollTop(box.scrollTop);
+    if (scrolling.current) {
+      // The page's own scroll to the bottom: still following.
+      scrolling.current = false;
+      return;
+    }
     setFollow(box.scrollTop + box.clientHeight >= box.scrollHeight - ROW);
   }, []);
 
@@ -237,7 +257,7 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
                   <dt>hash</dt><dd class="hash">${chosen.hash}</dd>
                 </dl>
                 <pre data-testid="event-json">${JSON.stringify(chosen.event, null, 2)}</pre>`
-            : html`<p class="hint">Select an event (click, or arrows and Enter) to see it whole.</p>`}
+            : html`<p class="hint">Select an event (click it, or move with the arrow keys) to see it whole.</p>`}
         </aside>
       </div>
     </section>

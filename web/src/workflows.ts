@@ -3,11 +3,11 @@
 // run came from (a fork, or the step of a parent run). Live from the
 // event stream.
 
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { get, post } from "./api";
+import { short, took } from "./format";
 import { html } from "./html";
 import { onEvent } from "./live";
-import { short } from "./tasks";
 
 /** A run as `/workflows` lists it. */
 interface RunSummary {
@@ -86,13 +86,16 @@ export function Workflows({ onError }: { onError: (e: unknown) => void }) {
   const [selected, setSelected] = useState<string | null>(null);
   const [run, setRun] = useState<RunView | null>(null);
   const [times, setTimes] = useState<Record<string, [string, string]>>({});
-  const [tick, setTick] = useState(0);
+  const [listed, setListed] = useState(0);
+  const [moved, setMoved] = useState(0);
+  const selectedRef = useRef(selected);
+  selectedRef.current = selected;
 
   useEffect(() => {
     get<{ items: RunSummary[] }>("/workflows?limit=200")
       .then((page) => setRuns(page.items.reverse()))
       .catch(onError);
-  }, [tick]);
+  }, [listed]);
 
   useEffect(() => {
     if (!selected) return;
@@ -108,14 +111,31 @@ export function Workflows({ onError }: { onError: (e: unknown) => void }) {
         setTimes(spans);
       })
       .catch(onError);
-  }, [selected, tick]);
+  }, [selected, moved]);
 
-  // Any run's event: read the list (and the open run) again.
-  useEffect(() => onEvent((e) => e.type === "workflow_recorded" && setTick((t) => t + 1)), []);
-
+  // A run's event: the open run is read again when it is that run's; the
+  // list, at most once a second, when a run starts or ends.
+  useEffect(() => {
+    let pending: ReturnType<typeof setTimeout> | null = null;
+    const stop = onEvent((e) => {
+      if (e.type !== "workflow_recorded") return;
+      if (e.stream === `workflow:${selectedRef.current}`) setMoved((m) => m + 1);
+      const type = (e.event as { workflow_recorded?: { event?: { type?: string } } }).workflow_recorded?.event?.type;
+      if (["started", "completed", "failed", "cancelled"].includes(type ?? "") && !pending) {
+        pending = setTimeout(() => {
+          pending = null;
+          setListed((l) => l + 1);
+        }, 1000);
+      }
+    });
+    return () => {
+      stop();
+      if (pending) clearTimeout(pending);
+    };
+  }, []);
   const decide = (step: string, approve: boolean) =>
     post(`/workflows/${run!.id}/steps/${encodeURIComponent(step)}/${approve ? "approve" : "reject"}`, {})
-      .then(() => setTick((t) => t + 1))
+      .then(() => setMoved((m) => m + 1))
       .catch(onError);
 
   const waiting = runs.length;
@@ -174,10 +194,7 @@ function Dag({
       edges.push(html`<path key=${`${dep}-${id}`} d=${`M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`} />`);
     }
   }
-  const took = (id: string) => {
-    const span = times[id];
-    return span ? `${Math.max(0, Date.parse(span[1]) - Date.parse(span[0]))} ms` : "";
-  };
+  const duration = (id: string) => (times[id] ? took(times[id][0], times[id][1]) : "");
   return html`
     <h2>${run.name} <span class=${`status status-${run.status}`} data-testid="run-status">${run.status}</span></h2>
     <p class="muted">${run.id}${run.origin ? ` · ${origin(run.origin)}` : ""}</p>
@@ -189,7 +206,7 @@ function Dag({
         return html`<div key=${id} class=${`step state-${step.state.replace(/ /g, "-")}`} data-step=${id}
             style=${{ transform: `translate(${p.x}px, ${p.y}px)` }}>
           <strong>${id}</strong> <span class="muted">${step.kind}</span>
-          <div>${step.state}${step.items !== undefined ? ` ${step.done}/${step.items}` : ""} <span class="muted">${took(id)}</span></div>
+          <div>${step.state}${step.items !== undefined ? ` ${step.done}/${step.items}` : ""} <span class="muted">${duration(id)}</span></div>
           ${step.state === "waiting for approval" &&
           html`<div class="decide">
             <button type="button" aria-label=${`Approve ${id}`} onClick=${() => decide(id, true)}>approve</button>

@@ -104,7 +104,7 @@ try {
   // Keyboard: the arrow moves the selection to the event before.
   await page.locator(".scroller").focus();
   await page.keyboard.press("ArrowUp");
-  await page.locator(".detail h2", { hasText: "element_created" }).waitFor();
+  await page.locator(".detail h2", { hasText: "#1 element_created" }).waitFor();
   check(true, "the arrow keys move through the events");
 
   // The chain verifies.
@@ -214,6 +214,17 @@ try {
   await page.screenshot({ path: join(shots, "timeline-dark.png") });
   await page.setViewportSize({ width: 390, height: 800 });
   await page.screenshot({ path: join(shots, "timeline-narrow.png") });
+  // Narrow: no view is wider than the screen.
+  for (const view of ["overview", "timeline", "tasks", "workflows", "agents", "plugins", "kernels"]) {
+    await page.goto(`${url}/#${view}`);
+    await page.locator("header nav").waitFor();
+    const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+    check(wide <= 390, `#${view} fits a 390 px screen (${wide} px)`);
+  }
+  await page.goto(`${url}/#workflows`);
+  await page.click(`[data-run="${run.id}"]`);
+  await page.locator("[data-testid=run-status]").waitFor();
+  await page.screenshot({ path: join(shots, "workflows-narrow.png") });
   check(first.id !== undefined, "screenshots written");
 } finally {
   await browser.close();

@@ -65,6 +65,7 @@ async fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
         "kernels",
         "timeline-dark",
         "timeline-narrow",
+        "workflows-narrow",
     ] {
         assert!(shots.join(format!("{shot}.png")).is_file(), "no {shot}.png");
     }

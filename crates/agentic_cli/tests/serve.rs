@@ -438,6 +438,43 @@ async fn events_are_listed_with_filters_and_verified() {
     let verified = api.get("/events/verify").await.json();
     assert_eq!(verified["ok"], true, "{verified}");
     assert_eq!(verified["events"], verified["head_seq"]);
+    // One stream through its index: whole, paged, and its newest.
+    let task_stream = format!("/streams/task:{}/events", task["id"].as_str().unwrap());
+    let kinds = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let whole = api.get(&task_stream).await.json();
+    assert_eq!(
+        kinds(&whole),
+        ["task_submitted", "task_started", "task_completed"]
+    );
+    assert_eq!(whole["next"], Value::Null);
+    let first = api.get(&format!("{task_stream}?limit=2")).await.json();
+    assert_eq!(kinds(&first), ["task_submitted", "task_started"]);
+    assert_eq!(first["next"], 3);
+    for (limit, newest) in [
+        (1, vec!["task_completed"]),
+        (2, vec!["task_started", "task_completed"]),
+    ] {
+        let last = api
+            .get(&format!("{task_stream}?last=true&limit={limit}"))
+            .await
+            .json();
+        assert_eq!(kinds(&last), newest);
+    }
+    let none = api
+        .get("/streams/task:nobody/events?last=true")
+        .await
+        .json();
+    assert_eq!(none["items"], json!([]));
+    api.get(&format!("{task_stream}?limit=0"))
+        .await
+        .problem(400);
 }
 
 /// Reads Server-Sent Events from a response, one at a time.

@@ -34,7 +34,7 @@ use crate::{access, stream};
         plugins::list, plugins::install, plugins::info, plugins::call,
         workflows::start, workflows::list, workflows::show, workflows::history,
         workflows::approve, workflows::reject, workflows::cancel, workflows::fork,
-        events::list, events::verify, stream::events,
+        events::list, events::verify, events::stream, stream::events,
     ),
     modifiers(&Shared),
     security(("bearer" = [])),

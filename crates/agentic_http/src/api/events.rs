@@ -1,5 +1,6 @@
 //! `/events`: read the log with filters, and verify its hash chain (as
-//! `lion events list|verify`). `/events/stream` follows it live (see
+//! `lion events list|verify`); `/streams/{stream}/events`: one stream's
+//! events through its index. `/events/stream` follows it live (see
 //! [`crate::stream`]).
 
 use agentic_core::{ChainVerifier, EventEnvelope};
@@ -269,4 +270,80 @@ mod tests {
         assert_eq!(kind_of(b"[1]"), None);
         assert_eq!(kind_of(b"\xff"), None);
     }
+}
+
+/// Which events of one stream to read.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// First stream version to read (1 by default).
+    #[serde(default, deserialize_with = "whole::int64")]
+    pub from: Option<u64>,
+    /// Most events to return (1 to 1000; 100 by default).
+    #[serde(default, deserialize_with = "whole::count")]
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// Read the stream's last `limit` events instead (its newest).
+    #[serde(default)]
+    pub last: bool,
+}
+
+/// The version of `stream`'s newest event (0 when it has none), found with
+/// a few point reads (doubling, then halving), not by reading the stream.
+async fn stream_head(store: &dyn agentic_core::EventStore, stream: &str) -> Result<u64, Problem> {
+    let has = |v: u64| async move {
+        Ok::<_, Problem>(!store.read_stream(stream, v, 1).await?.is_empty())
+    };
+    if !has(1).await? {
+        return Ok(0);
+    }
+    let mut low = 1;
+    let mut high = 2;
+    while has(high).await? {
+        low = high;
+        high = high.saturating_mul(2);
+    }
+    while high - low > 1 {
+        let mid = low + (high - low) / 2;
+        if has(mid).await? {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    Ok(low)
+}
+
+/// The events of one stream (`task:ID`, `plugin:NAME`, `agent:NAME:llm`,
+/// `workflow:ID`…) in stream order, by stream version — from `from`, or its
+/// last `limit` with `last=true` — through the stream's index, whatever
+/// the log's length.
+#[utoipa::path(get, path = "/streams/{stream}/events", tag = "events",
+    params(("stream" = String, Path, description = "The stream's exact name"), StreamQuery),
+    responses((status = 200, body = EventPage, description = "`next` is a stream version"),
+        (status = 400, body = Problem)))]
+pub async fn stream(
+    State(state): State<AppState>,
+    super::Path(stream): super::Path<String>,
+    Query(query): Query<StreamQuery>,
+) -> Result<Json<EventPage>, Problem> {
+    let limit = query.limit.unwrap_or(super::DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Problem::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}, got {limit}"
+        )));
+    }
+    let store = state.kernel.store.as_ref();
+    let from = match query.last {
+        true => (stream_head(store, &stream).await? + 1)
+            .saturating_sub(limit as u64)
+            .max(1),
+        false => query.from.unwrap_or(1).max(1),
+    };
+    let batch = store.read_stream(&stream, from, limit + 1).await?;
+    let next = (batch.len() > limit).then(|| batch[limit].stream_version);
+    Ok(Json(EventPage {
+        items: batch.iter().take(limit).map(Event::from).collect(),
+        next,
+    }))
 }

@@ -90,6 +90,7 @@ pub fn routes(state: AppState, mcp: McpService) -> Router {
         .route("/workflows/{id}/fork", post(workflows::fork))
         .route("/events", get(events::list))
         .route("/events/verify", get(events::verify))
+        .route("/streams/{stream}/events", get(events::stream))
         .route("/events/stream", get(stream::events))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
