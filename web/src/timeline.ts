@@ -5,9 +5,11 @@
 
 import { useCallback, useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { get, type EventPage, type Health, type LogEvent } from "./api";
+import { EventDetail } from "./event";
 import { body, clock } from "./format";
 import { html } from "./html";
 import { onEvent } from "./live";
+import { Matches, unfiltered, type Filters } from "./matches";
 
 /** Height of one row, in CSS pixels: fixed, so streaming never shifts rows. */
 const ROW = 28;
@@ -53,6 +55,9 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
   const [scrollTop, setScrollTop] = useState(0);
   const [height, setHeight] = useState(600);
   const [verified, setVerified] = useState<string>("not checked");
+  const noFilters: Filters = { type: "", stream: "", correlation_id: "", since: "", until: "" };
+  const [draft, setDraft] = useState<Filters>(noFilters);
+  const [filters, setFilters] = useState<Filters>(noFilters);
   const scroller = useRef<HTMLDivElement>(null);
   const loading = useRef(new Set<number>());
   // Set while the page scrolls the list itself (following): that scroll
@@ -224,7 +229,24 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
     `);
   }
 
-  const chosen = selected === null ? undefined : event(selected);
+  // Opens event `seq`, and brings it into view in the full timeline.
+  const open = (seq: number) => {
+    setSelected(seq);
+    const box = scroller.current;
+    if (!box || !unfiltered(filters)) return;
+    setFollow(false);
+    box.scrollTop =
+      scale === 1
+        ? Math.max(0, (seq - 1) * ROW - box.clientHeight / 2)
+        : ((seq - 1) / Math.max(1, total - 1)) * (inner - height);
+  };
+
+  const field = (key: keyof Filters, label: string, placeholder: string) => html`
+    <label>${label}
+      <input value=${draft[key]} placeholder=${placeholder} aria-label=${`Filter by ${label}`}
+             onInput=${(e: Event) => setDraft({ ...draft, [key]: (e.target as HTMLInputElement).value })} />
+    </label>`;
+
   return html`
     <section class="timeline" aria-label="Timeline">
       <div class="toolbar">
@@ -233,8 +255,27 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
         <button type="button" onClick=${verify}>Verify chain</button>
         <span class="verified" role="status" data-testid="verified">${verified}</span>
       </div>
+      <form class="filters" aria-label="Filters" onSubmit=${(e: Event) => {
+        e.preventDefault();
+        setFilters(draft);
+      }}>
+        ${field("type", "type", "task_failed")}
+        ${field("stream", "stream", "task:")}
+        ${field("correlation_id", "correlation", "id")}
+        ${field("since", "since", "2026-12-05T10:00:00Z")}
+        ${field("until", "until", "RFC 3339")}
+        <button type="submit">filter</button>
+        ${!unfiltered(filters) &&
+        html`<button type="button" onClick=${() => {
+          setDraft(noFilters);
+          setFilters(noFilters);
+        }}>clear</button>`}
+      </form>
       <div class="split">
+        ${!unfiltered(filters) &&
+        html`<${Matches} filters=${filters} selected=${selected} onSelect=${open} onError=${onError} />`}
         <div
+          hidden=${!unfiltered(filters)}
           class="scroller"
           ref=${scroller}
           tabIndex="0"
@@ -247,17 +288,9 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
           <div class="rows" style=${{ height: `${inner}px` }}>${rows}</div>
         </div>
         <aside class="detail" aria-label="Event">
-          ${chosen
-            ? html`<h2>#${chosen.seq} ${chosen.type}</h2>
-                <dl>
-                  <dt>stream</dt><dd>${chosen.stream} (version ${chosen.stream_version})</dd>
-                  <dt>recorded</dt><dd>${chosen.recorded_at}</dd>
-                  <dt>correlation</dt><dd>${chosen.correlation_id}</dd>
-                  <dt>caused by</dt><dd>${chosen.causation_id ?? "—"}</dd>
-                  <dt>hash</dt><dd class="hash">${chosen.hash}</dd>
-                </dl>
-                <pre data-testid="event-json">${JSON.stringify(chosen.event, null, 2)}</pre>`
-            : html`<p class="hint">Select an event (click it, or move with the arrow keys) to see it whole.</p>`}
+          ${selected !== null
+            ? html`<${EventDetail} seq=${selected} onSelect=${open} onError=${onError} />`
+            : html`<p class="hint">Select an event (click it, or move with the arrow keys) to see it whole, with its causes and effects.</p>`}
         </aside>
       </div>
     </section>

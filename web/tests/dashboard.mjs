@@ -171,6 +171,38 @@ try {
   await page.screenshot({ path: join(shots, "plugins.png") });
   await page.click("nav >> text=Timeline");
 
+  // Timeline filters (served by the read model) and an event's causes and
+  // effects: a workflow's step task was caused by its run.
+  const causing = [
+    'name = "causes"',
+    "[steps.call]",
+    'kind = "plugin"',
+    'plugin = "http_fetch"',
+    'function = "get"',
+    'input = { url = "http://127.0.0.1:9/" }',
+  ].join("\n");
+  const run2 = await api("POST", "/workflows", { main: "c.toml", files: { "c.toml": causing } });
+  await page.click("nav >> text=Timeline");
+  await page.fill('input[aria-label="Filter by correlation"]', run2.id);
+  await page.click("form.filters button[type=submit]");
+  const submitted = page.locator(".matches .row", { hasText: "task_submitted" });
+  await submitted.first().waitFor();
+  check(
+    (await page.locator(".matches .row").count()) >= 3 &&
+      (await page.locator(".matches .row .type").allTextContents()).every((t) =>
+        ["workflow_recorded", "task_submitted", "task_started", "task_failed", "task_completed"].includes(t),
+      ),
+    "filtered by correlation, the timeline lists that run's events only",
+  );
+  await submitted.first().click();
+  await page.locator("[data-testid=causes]", { hasText: "workflow_recorded" }).waitFor();
+  check(true, "a step task's submission shows the run that caused it");
+  await page.locator("[data-testid=causes] button").first().click();
+  await page.locator("[data-testid=effects]", { hasText: "task_submitted" }).waitFor();
+  check(true, "the run's start shows the step task among its effects");
+  await page.screenshot({ path: join(shots, "timeline-filtered.png") });
+  await page.click("form.filters >> text=clear");
+
   // Agents: the answer grows in the page while the model is generating it
   // (the scripted provider sends its next chunk only when released).
   await api("POST", "/agents", { name: "ada", system: "Be brief." });

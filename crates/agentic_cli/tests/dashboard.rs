@@ -59,6 +59,7 @@ async fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
         "tasks",
         "workflows",
         "plugins",
+        "timeline-filtered",
         "agents-streaming",
         "agents",
         "overview",

@@ -467,6 +467,53 @@ async fn events_are_listed_with_filters_and_verified() {
             .json();
         assert_eq!(kinds(&last), newest);
     }
+    // The timeline's read model: filters, newest first, paged by `before`
+    // (it follows the log a little behind: read until it has caught up).
+    let head = api.get("/health").await.json()["head_seq"]
+        .as_u64()
+        .unwrap();
+    let timeline = loop {
+        let page = api.get("/timeline?type=task_started").await.json();
+        if page["indexed"].as_u64().unwrap() >= head {
+            break page;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(kinds(&timeline), ["task_started"]);
+    let everything = api.get("/timeline?limit=2").await.json();
+    let seqs: Vec<u64> = everything["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [head, head - 1], "newest first");
+    let older = api
+        .get(&format!("/timeline?limit=2&before={}", everything["next"]))
+        .await
+        .json();
+    assert_eq!(older["items"][0]["seq"], head - 2);
+    let by_stream = api.get("/timeline?stream=element:").await.json();
+    assert_eq!(kinds(&by_stream), ["element_created"]);
+    api.get("/timeline?limit=0").await.problem(400);
+    // An event's causes and effects: a task's events name the task.
+    let started = timeline["items"][0]["seq"].as_u64().unwrap();
+    let related = api.get(&format!("/events/{started}/related")).await.json();
+    assert_eq!(related["event"]["seq"], started);
+    assert_eq!(
+        kinds(&json!({"items": related["causes"]})),
+        ["task_submitted"]
+    );
+    let submitted = related["causes"][0]["seq"].as_u64().unwrap();
+    let effects = api
+        .get(&format!("/events/{submitted}/related"))
+        .await
+        .json();
+    assert!(
+        kinds(&json!({"items": effects["effects"]})).contains(&"task_completed".to_owned()),
+        "{effects}"
+    );
+    api.get("/events/999999/related").await.problem(404);
     let none = api
         .get("/streams/task:nobody/events?last=true")
         .await

@@ -33,6 +33,7 @@ pub mod openai;
 pub mod openapi;
 pub mod problem;
 pub mod stream;
+pub mod timeline;
 pub mod tls;
 
 use std::future::Future;
@@ -75,6 +76,9 @@ pub struct Kernel {
     /// The directory whose plugin manifests may be installed over HTTP
     /// (canonical); `None`: installing over HTTP is off.
     pub plugin_dir: Option<PathBuf>,
+    /// Where the timeline's read model is kept (see [`timeline`]); `None`:
+    /// in memory, rebuilt at each start.
+    pub timeline_file: Option<PathBuf>,
 }
 
 /// (commit groups, events) a store's writer committed so far.
@@ -101,6 +105,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Elements answered recently (they never change).
     pub elements: Arc<api::elements::ElementCache>,
+    /// The timeline's read model (filters, causes and effects).
+    pub timeline: Arc<timeline::Timeline>,
 }
 
 /// The whole HTTP surface of `lion serve` for `kernel`: the API behind the
@@ -125,6 +131,12 @@ pub fn router(
             .with_cancellation_token(stopping.child_token()),
     );
     let metrics = Arc::new(metrics::Metrics::new(kernel.commits.clone()));
+    let timeline = open_timeline(kernel.timeline_file.as_deref());
+    tokio::spawn(
+        timeline
+            .clone()
+            .follow(kernel.store.clone(), stopping.child_token()),
+    );
     let log = stream::LogFeed::start(
         kernel.store.clone(),
         kernel.orchestrator.clone(),
@@ -139,8 +151,22 @@ pub fn router(
         runs: Arc::default(),
         metrics,
         elements: Arc::default(),
+        timeline,
     };
     api::routes(state, mcp)
+}
+
+/// The timeline's read model at `file`, or in memory if that cannot be
+/// opened (it is a cache: the server works without its file).
+fn open_timeline(file: Option<&std::path::Path>) -> Arc<timeline::Timeline> {
+    let opened = timeline::Timeline::open(file).or_else(|e| {
+        tracing::warn!(error = %e, "the timeline read model's file cannot be opened; kept in memory");
+        timeline::Timeline::open(None)
+    });
+    match opened {
+        Ok(t) => Arc::new(t),
+        Err(e) => panic!("an in-memory SQLite database cannot be opened: {e}"),
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves; requests in

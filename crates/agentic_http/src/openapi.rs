@@ -17,7 +17,7 @@ use utoipa::openapi::{Content, RefOr, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi};
 
 use crate::AppState;
-use crate::api::{agents, elements, events, plugins, system, tasks, workflows};
+use crate::api::{agents, elements, events, plugins, system, tasks, timeline, workflows};
 use crate::problem::PROBLEM_JSON;
 use crate::{access, stream};
 
@@ -35,6 +35,7 @@ use crate::{access, stream};
         workflows::start, workflows::list, workflows::show, workflows::history,
         workflows::approve, workflows::reject, workflows::cancel, workflows::fork,
         events::list, events::verify, events::stream, stream::events,
+        timeline::list, timeline::related,
     ),
     modifiers(&Shared),
     security(("bearer" = [])),

@@ -201,6 +201,7 @@ pub fn http_kernel(
         plugins,
         correlation_id: ctx.correlation_id,
         plugin_dir,
+        timeline_file: Some(agentic_http::timeline::file_in(home)),
         commits: store.commit_counters().is_some().then(|| {
             Arc::new(move || {
                 let load =

@@ -20,6 +20,7 @@ pub mod events;
 pub mod plugins;
 pub mod system;
 pub mod tasks;
+pub mod timeline;
 pub mod workflows;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -91,6 +92,8 @@ pub fn routes(state: AppState, mcp: McpService) -> Router {
         .route("/events", get(events::list))
         .route("/events/verify", get(events::verify))
         .route("/streams/{stream}/events", get(events::stream))
+        .route("/timeline", get(timeline::list))
+        .route("/events/{seq}/related", get(timeline::related))
         .route("/events/stream", get(stream::events))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))

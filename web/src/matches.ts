@@ -1,0 +1,126 @@
+// The timeline filtered: the events that match, newest first, read a page
+// at a time from `/timeline` (the timeline's read model) as the list is
+// scrolled to its end, and new matching events added as they stream in.
+
+import { useEffect, useRef, useState } from "preact/hooks";
+import { get, type Health, type LogEvent } from "./api";
+import { body, clock } from "./format";
+import { html } from "./html";
+import { onEvent } from "./live";
+
+/** The filters of the timeline, as `/timeline` takes them. */
+export interface Filters {
+  type: string;
+  stream: string;
+  correlation_id: string;
+  since: string;
+  until: string;
+}
+
+/** Whether no filter is set. */
+export const unfiltered = (f: Filters) => Object.values(f).every((v) => v.trim() === "");
+
+/** Events read per page. */
+const PAGE = 200;
+
+/** Whether event `e` passes `f` (for events that stream in). */
+function passes(e: LogEvent, f: Filters): boolean {
+  const at = Date.parse(e.recorded_at);
+  return (
+    (!f.type || e.type === f.type) &&
+    (!f.stream || e.stream.startsWith(f.stream)) &&
+    (!f.correlation_id || e.correlation_id === f.correlation_id) &&
+    (!f.since || at >= Date.parse(f.since)) &&
+    (!f.until || at < Date.parse(f.until))
+  );
+}
+
+/** The matching events; `onSelect` opens one. */
+export function Matches({
+  filters,
+  selected,
+  onSelect,
+  onError,
+}: {
+  filters: Filters;
+  selected: number | null;
+  onSelect: (seq: number) => void;
+  onError: (e: unknown) => void;
+}) {
+  const [items, setItems] = useState<LogEvent[]>([]);
+  const [next, setNext] = useState<number | null | undefined>(undefined);
+  const [indexed, setIndexed] = useState(0);
+  const loading = useRef(false);
+
+  const query = (before?: number) => {
+    const params = new URLSearchParams({ limit: String(PAGE) });
+    for (const [k, v] of Object.entries(filters)) if (v.trim()) params.set(k, v.trim());
+    if (before) params.set("before", String(before));
+    return `/timeline?${params}`;
+  };
+
+  const more = (before?: number) => {
+    if (loading.current) return Promise.resolve(0);
+    loading.current = true;
+    return get<{ items: LogEvent[]; next?: number; indexed: number }>(query(before))
+      .then((page) => {
+        setItems((old) => {
+          const merged = before ? [...old, ...page.items] : [...old, ...page.items];
+          const seen = new Set<number>();
+          return merged.filter((e) => !seen.has(e.seq) && seen.add(e.seq)).sort((a, b) => b.seq - a.seq);
+        });
+        setNext(page.next ?? null);
+        setIndexed(page.indexed);
+        return page.indexed;
+      })
+      .catch((e) => {
+        onError(e);
+        return 0;
+      })
+      .finally(() => (loading.current = false));
+  };
+
+  useEffect(() => {
+    setItems([]);
+    let closed = false;
+    // The read model follows the log a little behind: the first page is
+    // read again until it has caught up with the head the filter was set at.
+    const first = async () => {
+      const { head_seq } = await get<Health>("/health");
+      for (let tries = 0; tries < 20 && !closed; tries++) {
+        if ((await more()) >= head_seq) return;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    };
+    first().catch(onError);
+    const stop = onEvent((e) => {
+      if (passes(e, filters)) setItems((old) => (old.some((o) => o.seq === e.seq) ? old : [e, ...old]));
+    });
+    return () => {
+      closed = true;
+      stop();
+    };
+  }, [JSON.stringify(filters)]);
+
+  const onScroll = (s: Event) => {
+    const box = s.target as HTMLElement;
+    if (next && box.scrollTop + box.clientHeight >= box.scrollHeight - 200) more(next);
+  };
+
+  return html`
+    <div class="scroller matches" tabIndex="0" role="list" aria-label="Matching events, newest first" onScroll=${onScroll}>
+      <p class="muted" data-testid="matches">${items.length}${next ? "+" : ""} matching events (newest first; the index has read the log to #${indexed})</p>
+      ${items.map(
+        (e) => html`<div key=${e.seq} role="listitem" class=${`row static${selected === e.seq ? " selected" : ""}`}
+            onClick=${() => onSelect(e.seq)}>
+          <span class="seq">${e.seq}</span>
+          <span class="time">${clock(e.recorded_at)}</span>
+          <span class="type">${e.type}</span>
+          <span class="stream">${e.stream}</span>
+          <span class="summary">${JSON.stringify(body(e)).slice(0, 160)}</span>
+        </div>`,
+      )}
+      ${next && html`<button type="button" onClick=${() => more(next)}>older…</button>`}
+    </div>
+  `;
+}
