@@ -65,8 +65,7 @@ export function Tasks({ onError }: { onError: (e: unknown) => void }) {
   const cancel = (id: string) => post(`/tasks/${id}/cancel`).catch(onError);
 
   const node = (task: Task, depth: number): unknown => html`
-    <li key=${task.id} role="treeitem" aria-expanded=${task.children.length > 0 ? "true" : undefined}
-        aria-selected=${selected === task.id}>
+    <li key=${task.id} aria-current=${selected === task.id ? "true" : undefined}>
       <div class=${`task${selected === task.id ? " selected" : ""}`} data-task=${task.id}
            data-status=${task.status} style=${{ paddingLeft: `${depth * 1.25 + 0.5}rem` }}>
         <button type="button" class="link" onClick=${() => setSelected(task.id)}>${task.handler}</button>
@@ -78,7 +77,7 @@ export function Tasks({ onError }: { onError: (e: unknown) => void }) {
         html`<button type="button" aria-label=${`Cancel task ${task.id}`} onClick=${() => cancel(task.id)}>cancel</button>`}
       </div>
       ${task.children.length > 0 &&
-      html`<ul role="group">
+      html`<ul aria-label=${`Children of ${task.handler} ${short(task.id)}`}>
         ${task.children.map((c) => {
           const child = tasks.get(c);
           return child ? node(child, depth + 1) : html`<li key=${c} class="muted">${short(c)} …</li>`;
@@ -106,7 +105,7 @@ export function Tasks({ onError }: { onError: (e: unknown) => void }) {
     <section class="tasks split" aria-label="Tasks">
       <div class="list">
         ${roots.length === 0 && html`<p class="hint">No task yet.</p>`}
-        <ul role="tree" aria-label="Task trees">${roots.map((t) => node(t, 0))}</ul>
+        <ul aria-label="Task trees, newest first">${roots.map((t) => node(t, 0))}</ul>
       </div>
       <aside class="detail" aria-label="Task">
         ${chosen ? html`<${TaskDetail} task=${chosen} onError=${onError} />` : html`<p class="hint">Select a task to see its attempts.</p>`}

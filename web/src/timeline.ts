@@ -212,7 +212,8 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
     rows.push(html`
       <div
         key=${seq}
-        role="row"
+        id=${`event-${seq}`}
+        role="option"
         aria-selected=${selected === seq}
         class=${`row${selected === seq ? " selected" : ""}`}
         style=${{ transform: `translateY(${y}px)` }}
@@ -279,9 +280,9 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
           class="scroller"
           ref=${scroller}
           tabIndex="0"
-          role="grid"
+          role="listbox"
           aria-label="Events, newest last"
-          aria-rowcount=${total}
+          aria-activedescendant=${selected !== null && selected > from && selected <= to ? `event-${selected}` : undefined}
           onScroll=${onScroll}
           onKeyDown=${onKey}
         >
