@@ -37,6 +37,14 @@ export async function get<T>(path: string): Promise<T> {
   return answer<T>(await fetch(path, { credentials: "same-origin" }));
 }
 
+/** GETs `path` as text (`/metrics`). */
+export async function getText(path: string): Promise<string> {
+  const response = await fetch(path, { credentials: "same-origin" });
+  if (response.status === 401) throw new SignedOut("signed out");
+  if (!response.ok) throw new Problem(`${response.status} ${response.statusText}`);
+  return response.text();
+}
+
 /** POSTs `body` to `path`, with the session's CSRF token. */
 export async function post<T>(path: string, body: unknown = {}): Promise<T> {
   const response = await fetch(path, {

@@ -158,7 +158,7 @@ function App() {
     </header>
     ${error && html`<p class="error" role="alert">${error} <button type="button" onClick=${() => setError("")}>dismiss</button></p>`}
     <main>
-      ${view === "overview" && html`<${Overview} />`}
+      ${view === "overview" && html`<${Overview} onError=${onError} />`}
       ${view === "timeline" && html`<${Timeline} onError=${onError} />`}
       ${view === "tasks" && html`<${Tasks} onError=${onError} />`}
       ${view === "workflows" && html`<${Workflows} onError=${onError} />`}

@@ -1,8 +1,11 @@
 // Overview: how busy the kernel is, as small live charts of the last
 // minute — events committed per second, tasks ended per second (by how
-// they ended) and tokens per second — counted from the event stream.
+// they ended) and tokens per second, counted from the event stream — and
+// the tasks by state now (pending, running: `/metrics`' `lion_tasks`,
+// read every two seconds).
 
 import { useEffect, useState } from "preact/hooks";
+import { getText } from "./api";
 import { body } from "./format";
 import { html } from "./html";
 import { onEvent } from "./live";
@@ -45,14 +48,32 @@ setInterval(() => {
   for (const redraw of redraws) redraw();
 }, 1000);
 
+/** How often the tasks by state are read, in milliseconds. */
+const STATES_EVERY = 2000;
+
+/** The unfinished tasks by state in a `/metrics` text. */
+function unfinished(metrics: string): Record<string, number> {
+  const out: Record<string, number> = { pending: 0, running: 0 };
+  for (const m of metrics.matchAll(/^lion_tasks\{state="(\w+)"\} (\d+)/gm)) out[m[1]] = Number(m[2]);
+  return out;
+}
+
 /** The Overview view. */
-export function Overview() {
+export function Overview({ onError }: { onError: (e: unknown) => void }) {
   const [, setTick] = useState(0);
+  const [states, setStates] = useState<Record<string, number> | null>(null);
   useEffect(() => {
     const redraw = () => setTick((t) => t + 1);
     redraws.add(redraw);
+    const read = () =>
+      getText("/metrics")
+        .then((text) => setStates(unfinished(text)))
+        .catch(onError);
+    read();
+    const timer = setInterval(read, STATES_EVERY);
     return () => {
       redraws.delete(redraw);
+      clearInterval(timer);
     };
   }, []);
 
@@ -60,6 +81,16 @@ export function Overview() {
   const total = (key: keyof Second) => seconds.reduce((n, s) => n + s[key], 0);
   return html`
     <section class="page overview" aria-label="Overview">
+      <figure class="chart" data-testid="task-states">
+        <figcaption>tasks by state now</figcaption>
+        ${states
+          ? html`<dl class="states">
+              <dt>pending</dt><dd>${states.pending}</dd>
+              <dt>running</dt><dd>${states.running}</dd>
+              <dt>ended, last minute</dt><dd>${total("completed")} completed · ${total("failed")} failed · ${total("cancelled")} cancelled</dd>
+            </dl>`
+          : html`<p class="muted">…</p>`}
+      </figure>
       <${Chart} title="events/s" values=${seconds.map((s) => s.events)} now=${last.events} testid="events-chart" />
       <${Chart} title="tasks ended/s" values=${seconds.map((s) => s.completed + s.failed + s.cancelled)}
         now=${last.completed + last.failed + last.cancelled}

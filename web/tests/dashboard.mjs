@@ -233,6 +233,8 @@ try {
   check(!/peak 0\)/.test(peak ?? ""), `the overview counted the events streamed (${peak})`);
   await page.locator(".chart figcaption", { hasText: "tokens/s (peak 12)" }).waitFor();
   check(true, "the overview counted the agent's tokens");
+  await page.locator("[data-testid=task-states] dd", { hasText: /^\d+$/ }).first().waitFor();
+  check(true, "the overview shows the tasks by state");
   await page.screenshot({ path: join(shots, "overview.png") });
   await page.click("nav >> text=Kernels");
   await page.locator("[data-testid=kernels]", { hasText: "One kernel serves this store" }).waitFor();

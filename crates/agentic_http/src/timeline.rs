@@ -400,7 +400,10 @@ mod tests {
         };
         assert_eq!(timeline.matching(since, None, 10).await.unwrap(), [5, 4]);
         assert_eq!(timeline.caused_by(cause, 10).await.unwrap(), [3, 5]);
-        assert_eq!(timeline.by_event_id(Uuid::from_u128(4)).await.unwrap(), Some(4));
+        assert_eq!(
+            timeline.by_event_id(Uuid::from_u128(4)).await.unwrap(),
+            Some(4)
+        );
     }
 
     #[test]
