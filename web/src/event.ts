@@ -12,6 +12,7 @@ interface Related {
   event: LogEvent;
   causes: LogEvent[];
   effects: LogEvent[];
+  indexed: number;
 }
 
 /** The event numbered `seq`, whole; `onSelect` opens another one. */
@@ -26,8 +27,15 @@ export function EventDetail({
 }) {
   const [related, setRelated] = useState<Related | null>(null);
   useEffect(() => {
+    // A late answer for an event no longer shown is dropped.
+    let shown = true;
     setRelated(null);
-    get<Related>(`/events/${seq}/related`).then(setRelated).catch(onError);
+    get<Related>(`/events/${seq}/related`)
+      .then((r) => shown && setRelated(r))
+      .catch((e) => shown && onError(e));
+    return () => {
+      shown = false;
+    };
   }, [seq]);
   if (!related) return html`<p class="hint">…</p>`;
   const e = related.event;
@@ -51,7 +59,7 @@ export function EventDetail({
       : html`<ol class="related" data-testid="causes">${related.causes.map(link)}</ol>`}
     <h3>effects</h3>
     ${related.effects.length === 0
-      ? html`<p class="muted">none recorded</p>`
+      ? html`<p class="muted">none recorded (the index has read the log to #${related.indexed})</p>`
       : html`<ol class="related" data-testid="effects">${related.effects.map(link)}</ol>`}
   `;
 }

@@ -22,6 +22,9 @@ export const unfiltered = (f: Filters) => Object.values(f).every((v) => v.trim()
 
 /** Events read per page. */
 const PAGE = 200;
+/** Most matching events the list holds (it asks for no more pages past
+ * this; new ones still come in at the top, the oldest go). */
+const MOST = 5000;
 
 /** Whether event `e` passes `f` (for events that stream in). */
 function passes(e: LogEvent, f: Filters): boolean {
@@ -29,7 +32,7 @@ function passes(e: LogEvent, f: Filters): boolean {
   return (
     (!f.type || e.type === f.type) &&
     (!f.stream || e.stream.startsWith(f.stream)) &&
-    (!f.correlation_id || e.correlation_id === f.correlation_id) &&
+    (!f.correlation_id || e.correlation_id === f.correlation_id.trim().toLowerCase()) &&
     (!f.since || at >= Date.parse(f.since)) &&
     (!f.until || at < Date.parse(f.until))
   );
@@ -65,11 +68,14 @@ export function Matches({
     return get<{ items: LogEvent[]; next?: number; indexed: number }>(query(before))
       .then((page) => {
         setItems((old) => {
-          const merged = before ? [...old, ...page.items] : [...old, ...page.items];
           const seen = new Set<number>();
-          return merged.filter((e) => !seen.has(e.seq) && seen.add(e.seq)).sort((a, b) => b.seq - a.seq);
+          return [...old, ...page.items]
+            .filter((e) => !seen.has(e.seq) && seen.add(e.seq))
+            .sort((a, b) => b.seq - a.seq)
+            .slice(0, MOST);
         });
-        setNext(page.next ?? null);
+        // A first page read again keeps the paging already done.
+        if (before || next === undefined) setNext(page.next ?? null);
         setIndexed(page.indexed);
         return page.indexed;
       })
@@ -94,7 +100,8 @@ export function Matches({
     };
     first().catch(onError);
     const stop = onEvent((e) => {
-      if (passes(e, filters)) setItems((old) => (old.some((o) => o.seq === e.seq) ? old : [e, ...old]));
+      if (passes(e, filters))
+        setItems((old) => (old.some((o) => o.seq === e.seq) ? old : [e, ...old].slice(0, MOST)));
     });
     return () => {
       closed = true;
@@ -104,7 +111,7 @@ export function Matches({
 
   const onScroll = (s: Event) => {
     const box = s.target as HTMLElement;
-    if (next && box.scrollTop + box.clientHeight >= box.scrollHeight - 200) more(next);
+    if (next && items.length < MOST && box.scrollTop + box.clientHeight >= box.scrollHeight - 200) more(next);
   };
 
   return html`
@@ -120,7 +127,7 @@ export function Matches({
           <span class="summary">${JSON.stringify(body(e)).slice(0, 160)}</span>
         </div>`,
       )}
-      ${next && html`<button type="button" onClick=${() => more(next)}>older…</button>`}
+      ${next && items.length < MOST && html`<button type="button" onClick=${() => more(next)}>older…</button>`}
     </div>
   `;
 }

@@ -274,7 +274,8 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
       </form>
       <div class="split">
         ${!unfiltered(filters) &&
-        html`<${Matches} filters=${filters} selected=${selected} onSelect=${open} onError=${onError} />`}
+        html`<${Matches} key=${JSON.stringify(filters)} filters=${filters} selected=${selected}
+            onSelect=${open} onError=${onError} />`}
         <div
           hidden=${!unfiltered(filters)}
           class="scroller"

@@ -3,27 +3,32 @@
 //! indexed in a SQLite file of its own beside the log (`timeline.db` in the
 //! home), so the log's own appends carry no extra index. A task of the
 //! server follows the log and adds events in batches, a while behind the
-//! commit (`indexed` says how far it got); the file is only a cache: it is
-//! rebuilt from the log when it is missing, damaged, or from another log.
+//! commit (`indexed` says how far it got), and starts again after an error.
+//! The file is only a cache: it is rebuilt from the log when it cannot be
+//! read, or was built from another log (the event at `indexed` is not the
+//! one it read there).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use agentic_core::{EventEnvelope, EventStore};
 use chrono::{DateTime, Utc};
-use futures_util::FutureExt;
-use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params, params_from_iter};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::api::events::kind_of;
 
-/// Events written per transaction while catching up.
+/// Events read and written per transaction while catching up.
 const BATCH: usize = 5000;
 
+/// How long the follower waits after an error before it starts again.
+const RETRY: Duration = Duration::from_secs(1);
+
 /// Version of the file's layout: another one is rebuilt.
-const LAYOUT: i64 = 1;
+const LAYOUT: i64 = 2;
 
 /// Errors of the read model.
 #[derive(Debug, thiserror::Error)]
@@ -57,17 +62,30 @@ pub struct Timeline {
     indexed: AtomicU64,
 }
 
+/// Whether `e` says the file is not a database, or a damaged one.
+fn unreadable(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+    )
+}
+
 impl Timeline {
-    /// Opens (or makes) the read model at `path` (`None`: in memory).
+    /// Opens (or makes) the read model at `path` (`None`: in memory); a
+    /// file that is not a database, or a damaged one, is made afresh.
     pub fn open(path: Option<&Path>) -> Result<Self, TimelineError> {
         let conn = match path {
-            Some(path) => match Self::prepared(Connection::open(path)?) {
+            Some(path) => match Connection::open(path).and_then(Self::prepared) {
                 Ok(conn) => conn,
-                // Damaged or foreign: it is only a cache.
-                Err(_) => {
-                    let _ = std::fs::remove_file(path);
+                Err(e) if unreadable(&e) => {
+                    for suffix in ["", "-wal", "-shm"] {
+                        let mut file = path.as_os_str().to_owned();
+                        file.push(suffix);
+                        let _ = std::fs::remove_file(file);
+                    }
                     Self::prepared(Connection::open(path)?)?
                 }
+                Err(e) => return Err(e.into()),
             },
             None => Self::prepared(Connection::open_in_memory()?)?,
         };
@@ -87,7 +105,7 @@ impl Timeline {
         let layout: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if layout != LAYOUT {
             conn.execute_batch(
-                "DROP TABLE IF EXISTS ev; DROP TABLE IF EXISTS origin;
+                "DROP TABLE IF EXISTS ev; DROP TABLE IF EXISTS origin; DROP TABLE IF EXISTS last;
                  CREATE TABLE ev (
                      seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, stream TEXT NOT NULL,
                      correlation BLOB NOT NULL, causation BLOB, event_id BLOB NOT NULL,
@@ -98,7 +116,7 @@ impl Timeline {
                  CREATE INDEX ev_causation ON ev(causation) WHERE causation IS NOT NULL;
                  CREATE INDEX ev_event_id ON ev(event_id);
                  CREATE INDEX ev_at ON ev(at);
-                 CREATE TABLE origin (hash TEXT NOT NULL);",
+                 CREATE TABLE last (seq INTEGER NOT NULL, hash TEXT NOT NULL);",
             )?;
             conn.pragma_update(None, "user_version", LAYOUT)?;
         }
@@ -128,67 +146,91 @@ impl Timeline {
         .map_err(TimelineError::Sql)
     }
 
-    /// Follows the log until `stopping`: starts over if the file holds
-    /// another log (its first event differs, or it is ahead of the log),
-    /// then adds every event from where it stopped, in batches.
+    /// Follows the log until `stopping`; after an error (the log or the
+    /// file unreadable a while) it waits a moment and starts again from
+    /// where it got, checking first that the file still holds this log.
     pub async fn follow(self: Arc<Self>, store: Arc<dyn EventStore>, stopping: CancellationToken) {
-        if let Err(e) = self.check_origin(store.as_ref()).await {
-            tracing::warn!(error = %e, "the timeline read model cannot be checked; it is not kept");
-            return;
-        }
-        let mut log = store.subscribe(self.indexed() + 1);
         loop {
-            let first = tokio::select! {
+            let error = match self.check(store.as_ref()).await {
+                Ok(()) => match self.read_on(store.as_ref(), &stopping).await {
+                    Ok(()) => return,
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            tracing::warn!(error = %error, "the timeline read model stopped; starting again");
+            if let TimelineError::Sql(e) = &error
+                && unreadable(e)
+            {
+                let _ = self.emptied().await;
+            }
+            tokio::select! {
                 () = stopping.cancelled() => return,
-                next = log.next() => next,
-            };
-            let mut batch = match first {
-                Ok(e) => vec![e],
-                Err(e) => {
-                    tracing::warn!(error = %e, "the timeline read model stopped following the log");
-                    return;
-                }
-            };
-            while batch.len() < BATCH {
-                match log.next().now_or_never() {
-                    Some(Ok(e)) => batch.push(e),
-                    _ => break,
-                }
+                () = tokio::time::sleep(RETRY) => {}
             }
-            let last = batch.last().map_or(0, |e| e.seq);
-            let rows: Vec<Row> = batch.iter().map(Row::of).collect();
-            if let Err(e) = self.with(move |conn| write(conn, &rows)).await {
-                tracing::warn!(error = %e, "the timeline read model cannot be written; it stops");
-                return;
-            }
-            self.indexed.store(last, Ordering::Release);
         }
     }
 
-    /// Empties the file if it was built from another log.
-    async fn check_origin(self: &Arc<Self>, store: &dyn EventStore) -> Result<(), TimelineError> {
-        let head = store.head().await?.seq;
-        let first = store.read_from(1, 1).await?;
-        let origin = first.first().map(|e| e.hash.to_hex()).unwrap_or_default();
-        let indexed = self.indexed();
-        let emptied = self
-            .with(move |conn| {
-                let kept: Option<String> = conn
-                    .query_row("SELECT hash FROM origin", [], |r| r.get(0))
-                    .optional()?;
-                if kept.as_deref() == Some(origin.as_str()) && indexed <= head {
-                    return Ok(false);
+    /// Reads the log from where the file stopped, a batch per transaction,
+    /// waiting for new events at its end; returns when `stopping`.
+    async fn read_on(
+        self: &Arc<Self>,
+        store: &dyn EventStore,
+        stopping: &CancellationToken,
+    ) -> Result<(), TimelineError> {
+        loop {
+            let next = self.indexed() + 1;
+            let batch = tokio::select! {
+                () = stopping.cancelled() => return Ok(()),
+                batch = store.read_from(next, BATCH) => batch?,
+            };
+            let Some(last) = batch.last() else {
+                tokio::select! {
+                    () = stopping.cancelled() => return Ok(()),
+                    waited = store.wait_for_events(next - 1) => waited?,
                 }
-                conn.execute_batch("DELETE FROM ev; DELETE FROM origin;")?;
-                if !origin.is_empty() {
-                    conn.execute("INSERT INTO origin (hash) VALUES (?1)", [&origin])?;
-                }
-                Ok(true)
+                continue;
+            };
+            let (seq, hash) = (last.seq, last.hash.to_hex());
+            let rows: Vec<Row> = batch.iter().map(Row::of).collect();
+            self.with(move |conn| write(conn, &rows, seq, &hash))
+                .await?;
+            self.indexed.store(seq, Ordering::Release);
+        }
+    }
+
+    /// Empties the file if the log's event at `indexed` is not the one it
+    /// read there (another log, or this one replaced).
+    async fn check(self: &Arc<Self>, store: &dyn EventStore) -> Result<(), TimelineError> {
+        let kept = self
+            .with(|conn| {
+                conn.query_row("SELECT seq, hash FROM last", [], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()
             })
             .await?;
-        if emptied {
-            self.indexed.store(0, Ordering::Release);
+        let Some((seq, hash)) = kept else {
+            if self.indexed() > 0 {
+                self.emptied().await?;
+            }
+            return Ok(());
+        };
+        let now = store.read_from(seq as u64, 1).await?;
+        let same = now
+            .first()
+            .is_some_and(|e| e.seq == seq as u64 && e.hash.to_hex() == hash);
+        if !same || seq as u64 != self.indexed() {
+            self.emptied().await?;
         }
+        Ok(())
+    }
+
+    /// Empties the file: the log is read again from its start.
+    async fn emptied(self: &Arc<Self>) -> Result<(), TimelineError> {
+        self.with(|conn| conn.execute_batch("DELETE FROM ev; DELETE FROM last;"))
+            .await?;
+        self.indexed.store(0, Ordering::Release);
         Ok(())
     }
 
@@ -201,9 +243,36 @@ impl Timeline {
         limit: usize,
     ) -> Result<Vec<u64>, TimelineError> {
         self.with(move |conn| {
-            let mut sql = String::from("SELECT seq FROM ev WHERE seq < ?1");
-            let mut args: Vec<rusqlite::types::Value> =
-                vec![(before.unwrap_or(i64::MAX as u64).min(i64::MAX as u64) as i64).into()];
+            // Times become a range of sequence numbers first (through the
+            // time index), so a time filter never walks the whole table.
+            let bound = |t: DateTime<Utc>| -> Result<Option<i64>, rusqlite::Error> {
+                conn.query_row(
+                    "SELECT seq FROM ev WHERE at >= ?1 ORDER BY at LIMIT 1",
+                    [t.timestamp_micros()],
+                    |r| r.get(0),
+                )
+                .optional()
+            };
+            let mut low: i64 = 0;
+            let mut high: i64 = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+            if let Some(t) = filter.since {
+                match bound(t)? {
+                    Some(seq) => low = low.max(seq - 1),
+                    None => return Ok(Vec::new()),
+                }
+            }
+            if let Some(t) = filter.until
+                && let Some(seq) = bound(t)?
+            {
+                high = high.min(seq);
+            }
+            // Only a stream prefix to go by: its index, not the table.
+            let index = match (&filter.kind, &filter.correlation, &filter.stream) {
+                (None, None, Some(_)) => " INDEXED BY ev_stream",
+                _ => "",
+            };
+            let mut sql = format!("SELECT seq FROM ev{index} WHERE seq > ?1 AND seq < ?2");
+            let mut args: Vec<rusqlite::types::Value> = vec![low.into(), high.into()];
             let mut arg = |sql: &mut String, clause: &str, value: rusqlite::types::Value| {
                 args.push(value);
                 sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
@@ -260,22 +329,24 @@ impl Timeline {
     }
 
     /// The first event of the stream of entity `id` (`task:ID`,
-    /// `workflow:ID`, …): what a causation id naming an entity points at.
+    /// `workflow:ID`, `element:ID`): what a causation id naming an entity
+    /// points at.
     pub async fn entity_start(self: &Arc<Self>, id: Uuid) -> Result<Option<u64>, TimelineError> {
         self.with(move |conn| {
-            let mut found = None;
-            for stream in ["task", "workflow", "element"] {
-                let seq: Option<i64> = conn.query_row(
-                    "SELECT min(seq) FROM ev WHERE stream = ?1",
-                    [format!("{stream}:{id}")],
-                    |r| r.get(0),
-                )?;
-                if seq.is_some() {
-                    found = seq.map(|s| s as u64);
-                    break;
-                }
-            }
-            Ok(found)
+            let mut statement = conn.prepare_cached(
+                "SELECT seq FROM ev WHERE stream IN (?1, ?2, ?3) ORDER BY seq LIMIT 1",
+            )?;
+            statement
+                .query_row(
+                    params![
+                        format!("task:{id}"),
+                        format!("workflow:{id}"),
+                        format!("element:{id}")
+                    ],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .map(|s| s.map(|s| s as u64))
         })
         .await
     }
@@ -325,8 +396,9 @@ impl Row {
     }
 }
 
-/// Adds `rows` in one transaction.
-fn write(conn: &Connection, rows: &[Row]) -> Result<(), rusqlite::Error> {
+/// Adds `rows` in one transaction, with the last one's `seq` and `hash`
+/// (what [`Timeline::check`] compares with the log).
+fn write(conn: &Connection, rows: &[Row], seq: u64, hash: &str) -> Result<(), rusqlite::Error> {
     let tx = conn.unchecked_transaction()?;
     {
         let mut insert = tx.prepare_cached(
@@ -345,6 +417,11 @@ fn write(conn: &Connection, rows: &[Row]) -> Result<(), rusqlite::Error> {
             ])?;
         }
     }
+    tx.execute("DELETE FROM last", [])?;
+    tx.execute(
+        "INSERT INTO last (seq, hash) VALUES (?1, ?2)",
+        params![seq as i64, hash],
+    )?;
     tx.commit()
 }
 
@@ -380,7 +457,10 @@ mod tests {
             row(4, "task_submitted", "tasks:c", None),
             row(5, "task_submitted", "task:d", Some(cause)),
         ];
-        timeline.with(move |conn| write(conn, &rows)).await.unwrap();
+        timeline
+            .with(move |conn| write(conn, &rows, 5, "h"))
+            .await
+            .unwrap();
         let query = |kind: Option<&str>, stream: Option<&str>, before| {
             let filter = Filter {
                 kind: kind.map(str::to_owned),

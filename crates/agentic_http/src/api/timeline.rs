@@ -67,10 +67,38 @@ pub struct Related {
     /// The events it caused (those whose causation id is its id, or, for
     /// an entity's first event, the entity's), oldest first.
     pub effects: Vec<Event>,
+    /// How far the read model has read the log: later effects are not
+    /// listed yet.
+    pub indexed: u64,
 }
 
 fn problem(e: TimelineError) -> Problem {
     Problem::unavailable(e.to_string())
+}
+
+/// The events at `seqs` (ascending), read a run of nearby numbers at a
+/// time rather than one by one.
+async fn events_at(state: &AppState, seqs: &[u64]) -> Result<Vec<EventEnvelope>, Problem> {
+    /// Numbers this close share one read.
+    const NEAR: u64 = 64;
+    let mut out = Vec::with_capacity(seqs.len());
+    let mut i = 0;
+    while i < seqs.len() {
+        let start = seqs[i];
+        let mut j = i;
+        while j + 1 < seqs.len() && seqs[j + 1] - seqs[j] <= NEAR {
+            j += 1;
+        }
+        let span = (seqs[j] - start + 1) as usize;
+        let read = state.kernel.store.read_from(start, span).await?;
+        let wanted = &seqs[i..=j];
+        out.extend(
+            read.into_iter()
+                .filter(|e| wanted.binary_search(&e.seq).is_ok()),
+        );
+        i = j + 1;
+    }
+    Ok(out)
 }
 
 /// The event at `seq`, if the log has it.
@@ -113,12 +141,14 @@ pub async fn list(
         .await
         .map_err(problem)?;
     let next = (seqs.len() > limit).then(|| seqs[limit - 1]);
-    let mut items = Vec::with_capacity(limit);
-    for seq in seqs.into_iter().take(limit) {
-        if let Some(e) = at(&state, seq).await? {
-            items.push(Event::from(&e));
-        }
-    }
+    let mut wanted: Vec<u64> = seqs.into_iter().take(limit).collect();
+    wanted.sort_unstable();
+    let mut items: Vec<Event> = events_at(&state, &wanted)
+        .await?
+        .iter()
+        .map(Event::from)
+        .collect();
+    items.reverse();
     Ok(Json(TimelinePage {
         items,
         next,
@@ -174,15 +204,15 @@ pub async fn related(
         caused.truncate(RELATED);
     }
     caused.retain(|s| *s != seq);
-    let mut effects = Vec::new();
-    for seq in caused {
-        if let Some(e) = at(&state, seq).await? {
-            effects.push(Event::from(&e));
-        }
-    }
+    let effects = events_at(&state, &caused)
+        .await?
+        .iter()
+        .map(Event::from)
+        .collect();
     Ok(Json(Related {
         event: Event::from(&event),
         causes,
         effects,
+        indexed: timeline.indexed(),
     }))
 }
