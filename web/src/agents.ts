@@ -5,6 +5,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { get } from "./api";
 import { body } from "./format";
+import { idOf, newest } from "./newest";
 import { html } from "./html";
 import { onEvent, onLive } from "./live";
 
@@ -28,6 +29,9 @@ interface Message {
   tool_call_id?: string;
 }
 
+/** Agents listed (the newest). */
+const AGENTS = 100;
+
 /** Messages of a conversation read at once. */
 const MESSAGES = 500;
 
@@ -37,9 +41,13 @@ export function Agents({ onError }: { onError: (e: unknown) => void }) {
   const [selected, setSelected] = useState<string | null>(null);
   const [tick, setTick] = useState(0);
 
+  // The newest agents (by their first spawn), each read for its state.
   useEffect(() => {
-    get<{ items: Agent[] }>("/agents?limit=200")
-      .then((page) => setAgents(page.items))
+    newest("agent:", "agent_spawned", AGENTS)
+      .then(({ events }) =>
+        Promise.all(events.map((e) => get<Agent>(`/agents/${encodeURIComponent(idOf(e.stream))}?limit=1`))),
+      )
+      .then(setAgents)
       .catch(onError);
   }, [tick]);
   useEffect(

@@ -5,6 +5,7 @@
 import { useEffect, useState } from "preact/hooks";
 import { get, post, type EventPage, type LogEvent } from "./api";
 import { body, clock, short, took } from "./format";
+import { idOf, newest } from "./newest";
 import { html } from "./html";
 import { onEvent } from "./live";
 
@@ -20,8 +21,8 @@ export interface Task {
   children: string[];
 }
 
-/** Tasks read per page. */
-const PAGE = 200;
+/** Task trees read per page. */
+const PAGE = 50;
 
 /** Whether a status is an end. */
 const ended = (status: string) => ["completed", "failed", "cancelled", "timed_out"].includes(status);
@@ -39,10 +40,25 @@ export function Tasks({ onError }: { onError: (e: unknown) => void }) {
       return next;
     });
 
-  useEffect(() => {
-    get<{ items: Task[] }>(`/tasks?limit=${PAGE}`)
-      .then((page) => setTasks(new Map(page.items.map((t) => [t.id, t]))))
+  const [older, setOlder] = useState<number | undefined>(undefined);
+
+  // The newest task trees: the newest submissions without a parent.
+  const load = (before?: number) =>
+    newest("task:", "task_submitted", PAGE, before)
+      .then(async ({ events, next }) => {
+        setOlder(next);
+        const roots = events.filter((e) => !(body(e).spec as { parent?: string } | undefined)?.parent);
+        const read = await Promise.all(roots.map((e) => get<Task>(`/tasks/${idOf(e.stream)}`)));
+        setTasks((old) => {
+          const all = new Map(old);
+          for (const t of read) all.set(t.id, t);
+          return all;
+        });
+      })
       .catch(onError);
+
+  useEffect(() => {
+    load();
     // A task's events change it: read it again (its parent too, when it
     // is new: the parent lists its children).
     return onEvent((e) => {
@@ -59,7 +75,10 @@ export function Tasks({ onError }: { onError: (e: unknown) => void }) {
     });
   }, []);
 
-  const roots = [...tasks.values()].filter((t) => !t.parent || !tasks.has(t.parent)).reverse();
+  // Newest first (task ids are time-ordered).
+  const roots = [...tasks.values()]
+    .filter((t) => !t.parent || !tasks.has(t.parent))
+    .sort((a, b) => (a.id < b.id ? 1 : -1));
   const chosen = selected ? tasks.get(selected) : undefined;
 
   const cancel = (id: string) => post(`/tasks/${id}/cancel`).catch(onError);
@@ -106,6 +125,7 @@ export function Tasks({ onError }: { onError: (e: unknown) => void }) {
       <div class="list">
         ${roots.length === 0 && html`<p class="hint">No task yet.</p>`}
         <ul aria-label="Task trees, newest first">${roots.map((t) => node(t, 0))}</ul>
+        ${older && html`<button type="button" class="more" onClick=${() => load(older)}>older task trees…</button>`}
       </div>
       <aside class="detail" aria-label="Task">
         ${chosen ? html`<${TaskDetail} task=${chosen} onError=${onError} />` : html`<p class="hint">Select a task to see its attempts.</p>`}

@@ -6,6 +6,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { get, post } from "./api";
 import { short, took } from "./format";
+import { idOf, newest } from "./newest";
 import { html } from "./html";
 import { onEvent } from "./live";
 
@@ -53,6 +54,9 @@ interface HistoryEntry {
   event: { type: string; step?: string };
 }
 
+/** Runs listed (the newest). */
+const RUNS = 100;
+
 /** A step box's size and the gaps between boxes, in pixels. */
 const BOX = { w: 190, h: 74, gapX: 56, gapY: 14 };
 
@@ -91,9 +95,11 @@ export function Workflows({ onError }: { onError: (e: unknown) => void }) {
   const selectedRef = useRef(selected);
   selectedRef.current = selected;
 
+  // The newest runs (their starts, newest first), each read for its state.
   useEffect(() => {
-    get<{ items: RunSummary[] }>("/workflows?limit=200")
-      .then((page) => setRuns(page.items.reverse()))
+    newest("workflow:", null, RUNS)
+      .then(({ events }) => Promise.all(events.map((e) => get<RunSummary>(`/workflows/${idOf(e.stream)}`))))
+      .then(setRuns)
       .catch(onError);
   }, [listed]);
 

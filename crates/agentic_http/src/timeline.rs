@@ -28,7 +28,7 @@ const BATCH: usize = 5000;
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Version of the file's layout: another one is rebuilt.
-const LAYOUT: i64 = 2;
+const LAYOUT: i64 = 3;
 
 /// Errors of the read model.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +54,9 @@ pub struct Filter {
     pub since: Option<DateTime<Utc>>,
     /// Events recorded before this.
     pub until: Option<DateTime<Utc>>,
+    /// Only each stream's first event (a task's submission, a run's start,
+    /// an agent's spawn): the streams themselves, newest first.
+    pub first: bool,
 }
 
 /// The read model: its file and how far it has read the log.
@@ -109,13 +112,14 @@ impl Timeline {
                  CREATE TABLE ev (
                      seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, stream TEXT NOT NULL,
                      correlation BLOB NOT NULL, causation BLOB, event_id BLOB NOT NULL,
-                     at INTEGER NOT NULL);
+                     at INTEGER NOT NULL, first INTEGER NOT NULL);
                  CREATE INDEX ev_kind ON ev(kind, seq);
                  CREATE INDEX ev_stream ON ev(stream, seq);
                  CREATE INDEX ev_correlation ON ev(correlation, seq);
                  CREATE INDEX ev_causation ON ev(causation) WHERE causation IS NOT NULL;
                  CREATE INDEX ev_event_id ON ev(event_id);
                  CREATE INDEX ev_at ON ev(at);
+                 CREATE INDEX ev_firsts ON ev(stream, seq) WHERE first = 1;
                  CREATE TABLE last (seq INTEGER NOT NULL, hash TEXT NOT NULL);",
             )?;
             conn.pragma_update(None, "user_version", LAYOUT)?;
@@ -267,8 +271,14 @@ impl Timeline {
                 high = high.min(seq);
             }
             // Only a stream prefix to go by: its index, not the table.
-            let index = match (&filter.kind, &filter.correlation, &filter.stream) {
-                (None, None, Some(_)) => " INDEXED BY ev_stream",
+            let index = match (
+                &filter.kind,
+                &filter.correlation,
+                &filter.stream,
+                filter.first,
+            ) {
+                (None, None, Some(_), true) => " INDEXED BY ev_firsts",
+                (None, None, Some(_), false) => " INDEXED BY ev_stream",
                 _ => "",
             };
             let mut sql = format!("SELECT seq FROM ev{index} WHERE seq > ?1 AND seq < ?2");
@@ -277,6 +287,9 @@ impl Timeline {
                 args.push(value);
                 sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
             };
+            if filter.first {
+                sql.push_str(" AND first = 1");
+            }
             if let Some(kind) = filter.kind {
                 arg(&mut sql, " AND kind = ?", kind.into());
             }
@@ -380,6 +393,7 @@ struct Row {
     causation: Option<[u8; 16]>,
     event_id: [u8; 16],
     at: i64,
+    first: bool,
 }
 
 impl Row {
@@ -392,6 +406,7 @@ impl Row {
             causation: e.causation_id.map(|c| *c.as_bytes()),
             event_id: *e.event_id.as_bytes(),
             at: e.recorded_at.timestamp_micros(),
+            first: e.stream_version == 1,
         }
     }
 }
@@ -402,8 +417,9 @@ fn write(conn: &Connection, rows: &[Row], seq: u64, hash: &str) -> Result<(), ru
     let tx = conn.unchecked_transaction()?;
     {
         let mut insert = tx.prepare_cached(
-            "INSERT OR REPLACE INTO ev (seq, kind, stream, correlation, causation, event_id, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT OR REPLACE INTO ev
+                 (seq, kind, stream, correlation, causation, event_id, at, first)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         for r in rows {
             insert.execute(params![
@@ -413,7 +429,8 @@ fn write(conn: &Connection, rows: &[Row], seq: u64, hash: &str) -> Result<(), ru
                 r.correlation.as_slice(),
                 r.causation.as_ref().map(|c| c.as_slice()),
                 r.event_id.as_slice(),
-                r.at
+                r.at,
+                r.first
             ])?;
         }
     }
@@ -443,6 +460,7 @@ mod tests {
             causation: causation.map(|c| *c.as_bytes()),
             event_id: *Uuid::from_u128(seq as u128).as_bytes(),
             at: seq * 1_000_000,
+            first: !matches!(seq, 3),
         }
     }
 
@@ -473,6 +491,12 @@ mod tests {
         assert_eq!(query(Some("task_submitted"), None, None).await, [5, 4, 2]);
         assert_eq!(query(None, Some("task:"), None).await, [5, 3, 2]);
         assert_eq!(query(None, Some("task:"), Some(5)).await, [3, 2]);
+        let firsts = Filter {
+            stream: Some("task:".into()),
+            first: true,
+            ..Filter::default()
+        };
+        assert_eq!(timeline.matching(firsts, None, 10).await.unwrap(), [5, 2]);
         assert_eq!(query(None, None, None).await.len(), 5);
         let since = Filter {
             since: DateTime::from_timestamp(4, 0),

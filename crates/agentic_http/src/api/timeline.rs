@@ -34,6 +34,10 @@ pub struct TimelineQuery {
     pub since: Option<DateTime<Utc>>,
     /// Only events recorded before this time (RFC 3339).
     pub until: Option<DateTime<Utc>>,
+    /// Only each stream's first event (a task's submission, a run's start,
+    /// an agent's spawn): with `stream=task:`, the newest tasks first.
+    #[serde(default)]
+    pub first: bool,
     /// Only events before this sequence number (the previous page's `next`).
     #[serde(default, deserialize_with = "whole::int64")]
     pub before: Option<u64>,
@@ -133,6 +137,7 @@ pub async fn list(
         correlation: query.correlation_id,
         since: query.since,
         until: query.until,
+        first: query.first,
     };
     let indexed = state.timeline.indexed();
     let seqs = state
