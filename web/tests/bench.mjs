@@ -5,23 +5,11 @@
 // (a step per animation frame). Prints one JSON object: per home, the
 // first-render times and the frame times, in milliseconds.
 
-import { chromium } from "playwright-core";
+import { launch } from "./browser.mjs";
 
 const homes = JSON.parse(process.env.LION_HOMES ?? "[]");
 const runs = Number(process.env.RUNS ?? 5);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launch();
 const out = {};
 try {
   for (const home of homes) {

@@ -4,23 +4,24 @@
 //! admission limit is full; a step task cancelled before it was handed to
 //! the orchestrator never runs.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agentic_core::orchestrator::builtin_handlers;
-use agentic_core::workflow::definition::{Definition, Sources};
 use agentic_core::workflow::log;
-use agentic_core::workflow::run::{Run, RunEvent};
+use agentic_core::workflow::run::RunEvent;
 use agentic_core::{
-    EventStore, ExpectedVersion, Orchestrator, OrchestratorConfig, SystemEvent, TaskContext,
-    TaskError, TaskHandler, TaskSpec,
+    EventStore, Orchestrator, OrchestratorConfig, SystemEvent, TaskContext, TaskError, TaskHandler,
+    TaskSpec,
 };
 use agentic_store::MemoryStore;
 use async_trait::async_trait;
-use chrono::Utc;
 use serde_json::{Value, json};
+use support::start_run;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -91,22 +92,6 @@ async fn kernel(
     (store, orchestrator, calls, gate)
 }
 
-/// Starts a run of `text`; its id.
-async fn start(store: &dyn EventStore, text: &str) -> Uuid {
-    let sources = Sources {
-        main: "flow.toml".into(),
-        files: [("flow.toml".to_owned(), text.to_owned())].into(),
-    };
-    let definition = Definition::from_sources(sources).expect("a definition");
-    let started = Run::start(&definition, json!({}), Utc::now(), None).expect("input");
-    let id = Uuid::now_v7();
-    store
-        .append(log::recorded(id, [started], id), ExpectedVersion::NoStream)
-        .await
-        .expect("start");
-    id
-}
-
 /// Follows the log from its start until run `id` records an event `want`
 /// accepts (a stuck run fails the test after a minute, not a hang).
 async fn until(store: &Arc<dyn EventStore>, id: Uuid, want: impl Fn(&RunEvent) -> bool) {
@@ -128,7 +113,7 @@ async fn until(store: &Arc<dyn EventStore>, id: Uuid, want: impl Fn(&RunEvent) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_steps_finish_when_the_admission_limit_is_full() {
     let (store, _orchestrator, calls, _gate) = kernel(1).await;
-    let run = start(store.as_ref(), TWO).await;
+    let run = start_run(store.as_ref(), TWO).await;
     until(&store, run, |e| matches!(e, RunEvent::Completed { .. })).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -142,7 +127,7 @@ async fn a_step_task_cancelled_before_it_was_handed_over_never_runs() {
         .submit(TaskSpec::new("gate", Value::Null))
         .await
         .expect("submit");
-    let run = start(store.as_ref(), ONE).await;
+    let run = start_run(store.as_ref(), ONE).await;
     until(&store, run, |e| matches!(e, RunEvent::StepScheduled { .. })).await;
     log::record_cancel(store.as_ref(), Uuid::now_v7(), run, "the test")
         .await
@@ -151,7 +136,7 @@ async fn a_step_task_cancelled_before_it_was_handed_over_never_runs() {
     holder.outcome().await.expect("the holder ends");
     // A second run's step task queues for the place behind the first's:
     // once it has run, the first was handed over (and ended) before it.
-    let second = start(store.as_ref(), ONE).await;
+    let second = start_run(store.as_ref(), ONE).await;
     until(&store, second, |e| matches!(e, RunEvent::Completed { .. })).await;
     orchestrator.drained().await;
     assert_eq!(

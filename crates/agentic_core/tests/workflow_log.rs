@@ -3,36 +3,17 @@
 //! equals the run read whole, and a cancellation recorded with no kernel
 //! running ends the run and the step task it had started, once.
 
+mod support;
+
 use std::sync::Arc;
 
-use agentic_core::workflow::definition::{Definition, Sources};
 use agentic_core::workflow::log::{self, WorkflowError};
-use agentic_core::workflow::run::{Run, RunEnd, StepState};
-use agentic_core::{EventStore, ExpectedVersion, NewEvent, SystemEvent, TaskStatus};
+use agentic_core::workflow::run::{RunEnd, StepState};
+use agentic_core::{EventStore, ExpectedVersion, TaskStatus};
 use agentic_store::MemoryStore;
 use chrono::Utc;
-use serde_json::json;
+use support::start_run;
 use uuid::Uuid;
-
-/// Starts a run of `text` in `store`; its id.
-async fn start(store: &dyn EventStore, text: &str) -> Uuid {
-    let sources = Sources {
-        main: "flow.toml".into(),
-        files: [("flow.toml".to_owned(), text.to_owned())].into(),
-    };
-    let definition = Definition::from_sources(sources).expect("a definition");
-    let started = Run::start(&definition, json!({}), Utc::now(), None).expect("input");
-    let id = Uuid::now_v7();
-    let event = SystemEvent::WorkflowRecorded {
-        run: id,
-        event: Box::new(started),
-    };
-    store
-        .append(vec![NewEvent::new(event, id)], ExpectedVersion::NoStream)
-        .await
-        .expect("start");
-    id
-}
 
 /// Records what run `id` decides now, as the kernel's driver would.
 async fn move_on(store: &dyn EventStore, id: Uuid) {
@@ -47,7 +28,7 @@ async fn move_on(store: &dyn EventStore, id: Uuid) {
 #[tokio::test]
 async fn a_copy_caught_up_from_the_tail_is_the_run_read_whole() {
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
-    let id = start(
+    let id = start_run(
         store.as_ref(),
         "name = \"a\"\n[steps.ask]\nkind = \"approval\"\nprompt = \"ok?\"\ntimeout = \"1h\"\n",
     )
@@ -88,7 +69,7 @@ async fn a_copy_caught_up_from_the_tail_is_the_run_read_whole() {
 #[tokio::test]
 async fn a_cancellation_with_no_kernel_ends_the_run_and_its_step_task_once() {
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
-    let id = start(
+    let id = start_run(
         store.as_ref(),
         "name = \"c\"\n[steps.work]\nkind = \"plugin\"\nplugin = \"p\"\nfunction = \"f\"\n",
     )

@@ -164,25 +164,8 @@ impl Orchestrator {
         if task.status.is_final() {
             return Err(OrchestratorError::Ended(task.id));
         }
-        if !self.inner.handlers.contains_key(&task.spec.handler) {
-            return Err(OrchestratorError::UnknownHandler(task.spec.handler.clone()));
-        }
-        let admitted = self.admit().await?;
-        self.ask(|reply| Command::Submit {
-            spec: task.spec.clone(),
-            cancel: None,
-            admitted: Some(admitted),
-            adopt: Some(Adopted {
-                id: task.id,
-                attempts: task.attempts,
-                interrupted: task.status == TaskStatus::Running,
-                kernel: task.kernel,
-                claimed: false,
-                ends: None,
-            }),
-            reply,
-        })
-        .await
+        let interrupted = task.status == TaskStatus::Running;
+        self.take_over(task, interrupted, None).await
     }
 
     /// Runs a task whose newest attempt was claimed for this process in
@@ -199,6 +182,17 @@ impl Orchestrator {
         if task.status != TaskStatus::Running || task.attempts == 0 {
             return Err(OrchestratorError::NotClaimed(task.id));
         }
+        self.take_over(task, false, Some(ends)).await
+    }
+
+    /// Admits and starts `task` as the log has it: its attempt interrupted
+    /// (recorded so first), or claimed for this process when it has `ends`.
+    async fn take_over(
+        &self,
+        task: &TaskRecord,
+        interrupted: bool,
+        ends: Option<EndSink>,
+    ) -> Result<TaskHandle, OrchestratorError> {
         if !self.inner.handlers.contains_key(&task.spec.handler) {
             return Err(OrchestratorError::UnknownHandler(task.spec.handler.clone()));
         }
@@ -210,10 +204,10 @@ impl Orchestrator {
             adopt: Some(Adopted {
                 id: task.id,
                 attempts: task.attempts,
-                interrupted: false,
+                interrupted,
                 kernel: task.kernel,
-                claimed: true,
-                ends: Some(ends),
+                claimed: ends.is_some(),
+                ends,
             }),
             reply,
         })

@@ -1,7 +1,8 @@
 //! Test support shared by the kernel's integration tests: [`GatedStore`],
 //! an in-memory store whose appends wait at a gate the test opens, to play
 //! a slow (or stuck) disk without sleeping, and that can fail an append
-//! on request, to play a failing one.
+//! on request, to play a failing one; [`start_run`], a workflow run of a
+//! definition's text recorded in a store.
 
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
@@ -148,3 +149,30 @@ event_store_wrapper!(GatedStore {
         Subscription::new(self, from)
     }
 });
+
+/// Records the start of a run of the workflow definition `text` (one file,
+/// no input) in `store`; the run's id.
+pub async fn start_run(store: &dyn EventStore, text: &str) -> uuid::Uuid {
+    use agentic_core::workflow::definition::{Definition, Sources};
+    let sources = Sources {
+        main: "flow.toml".into(),
+        files: [("flow.toml".to_owned(), text.to_owned())].into(),
+    };
+    let definition = Definition::from_sources(sources).expect("a definition");
+    let started = agentic_core::workflow::run::Run::start(
+        &definition,
+        serde_json::json!({}),
+        chrono::Utc::now(),
+        None,
+    )
+    .expect("input");
+    let id = uuid::Uuid::now_v7();
+    store
+        .append(
+            agentic_core::workflow::log::recorded(id, [started], id),
+            ExpectedVersion::NoStream,
+        )
+        .await
+        .expect("start");
+    id
+}
