@@ -32,7 +32,7 @@ interface Message {
 /** Agents listed (the newest). */
 const AGENTS = 100;
 
-/** Messages of a conversation read at once. */
+/** Messages of a conversation shown: its last ones. */
 const MESSAGES = 500;
 
 /** The Agents view. */
@@ -86,8 +86,15 @@ function Conversation({ name, tick, onError }: { name: string; tick: number; onE
   const [streaming, setStreaming] = useState<Record<string, string>>({});
   const finished = useRef(new Set<string>());
 
+  // The conversation's last MESSAGES messages: its size first, then the
+  // page that ends with it.
   useEffect(() => {
-    get<Agent>(`/agents/${encodeURIComponent(name)}?limit=${MESSAGES}`)
+    const path = `/agents/${encodeURIComponent(name)}`;
+    get<Agent>(`${path}?limit=1`)
+      .then((a) => {
+        const after = Math.max(0, a.message_count - MESSAGES);
+        return get<Agent>(`${path}?limit=${MESSAGES}${after > 0 ? `&after=${after}` : ""}`);
+      })
       .then(setAgent)
       .catch(onError);
   }, [name, tick]);
