@@ -6,16 +6,19 @@
 //   SCREENSHOTS  the folder the screenshots go to
 //   PROVIDER_CONTROL  the scripted LLM provider's address: GET /release
 //                sends the answer's next chunk
-// It does real work through the API (with the token, as any client) and
-// checks the page: a wrong or missing token shows the sign-in page and no
-// data; signed in, the timeline lists the log and a new event appears
+//   LION_BIN, LION_HOME  the lion binary and the home it serves (the CLI
+//                works beside the server)
+// It does real work through the API (with the token, as any client) and the
+// CLI, and checks the page: a wrong or missing token shows the sign-in page
+// and no data; signed in, the timeline lists the log and new events appear
 // without a reload; an event's JSON opens; the chain verifies; a task tree
 // cancelled from the page shows every child cancelled; an approval granted
 // in the page lets its workflow complete; a denied plugin call shows its
 // denial; an agent's answer grows in the page while the model is still
-// generating it. Exits
-// non-zero, naming the failed check, on the first failure.
+// generating it. Exits non-zero, naming the failed check, on the first
+// failure.
 
+import { execFileSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { launch } from "./browser.mjs";
@@ -24,8 +27,10 @@ const url = process.env.LION_URL;
 const token = process.env.LION_TOKEN;
 const shots = process.env.SCREENSHOTS;
 const control = process.env.PROVIDER_CONTROL;
-if (!url || !token || !shots || !control) {
-  console.error("dashboard.mjs: set LION_URL, LION_TOKEN, SCREENSHOTS and PROVIDER_CONTROL");
+const lionBin = process.env.LION_BIN;
+const lionHome = process.env.LION_HOME;
+if (!url || !token || !shots || !control || !lionBin || !lionHome) {
+  console.error("dashboard.mjs: set LION_URL, LION_TOKEN, SCREENSHOTS, PROVIDER_CONTROL, LION_BIN and LION_HOME");
   process.exit(2);
 }
 mkdirSync(shots, { recursive: true });
@@ -81,6 +86,11 @@ try {
   await api("POST", "/elements", { metadata: { name: "live" }, content: "second" });
   await page.locator(".row .summary", { hasText: '"live"' }).waitFor();
   check(true, "an element created through the API appears live");
+
+  // And one created by another lion process, through the CLI.
+  execFileSync(lionBin, ["--home", lionHome, "element", "create", "--content", "from the CLI"]);
+  await page.locator(".row .summary", { hasText: "from the CLI" }).waitFor();
+  check(true, "an element created with the CLI beside the server appears live");
 
   // Its JSON opens on a click.
   await page.locator(".row .summary", { hasText: '"live"' }).click();

@@ -44,6 +44,8 @@ async fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
         .env("LION_TOKEN", &server.token)
         .env("SCREENSHOTS", &shots)
         .env("PROVIDER_CONTROL", &control)
+        .env("LION_BIN", env!("CARGO_BIN_EXE_lion"))
+        .env("LION_HOME", dir.path())
         .output()
         .await
         .expect("run node");
