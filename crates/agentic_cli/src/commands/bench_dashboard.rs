@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::Ctx;
-use super::bench_scale::{Homes, homes, read_plugin};
+use super::bench_scale::{Homes, bench_dir, homes, read_plugin};
 use crate::output;
 
 /// Target: the big home's first render at most this many times the empty one's.
@@ -118,20 +118,7 @@ pub async fn run(ctx: Ctx, opts: DashboardBench) -> Result<()> {
         bail!("the dashboard bench needs Debian's chromium (scripts/test-deps installs it)");
     }
     let manifest = read_plugin(Path::new("plugins/dist/hello_world"))?;
-    let (dir, temporary) = match (&opts.keep, &opts.dir) {
-        (Some(keep), _) => (keep.clone(), false),
-        (None, Some(d)) => (
-            d.join(format!("lion-bench-dashboard-{}", std::process::id())),
-            true,
-        ),
-        (None, None) => (
-            std::env::temp_dir().join(format!("lion-bench-dashboard-{}", std::process::id())),
-            true,
-        ),
-    };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create the bench directory {}", dir.display()))?;
-    let dir = dir.canonicalize()?;
+    let (dir, temporary) = bench_dir(opts.keep.as_deref(), opts.dir.as_deref(), "dashboard")?;
     let measured = measure(&dir, opts.quick, &manifest).await;
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);

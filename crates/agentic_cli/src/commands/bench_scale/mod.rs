@@ -106,22 +106,7 @@ pub async fn run(ctx: Ctx, opts: ScaleBench) -> Result<()> {
         .runs
         .unwrap_or(if opts.quick { QUICK_RUNS } else { DEFAULT_RUNS })
         .max(1);
-    let (dir, temporary) = match (&opts.keep, &opts.dir) {
-        (Some(keep), _) => (keep.clone(), false),
-        (None, Some(d)) => (
-            d.join(format!("lion-bench-scale-{}", std::process::id())),
-            true,
-        ),
-        (None, None) => (
-            std::env::temp_dir().join(format!("lion-bench-scale-{}", std::process::id())),
-            true,
-        ),
-    };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create the bench directory {}", dir.display()))?;
-    let dir = dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let (dir, temporary) = bench_dir(opts.keep.as_deref(), opts.dir.as_deref(), "scale")?;
     let result = measure(&dir, opts.quick, runs, &plugin_dir, &manifest_text).await;
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
@@ -177,6 +162,28 @@ pub(crate) fn read_plugin(plugin_dir: &Path) -> Result<String> {
         );
     }
     Ok(std::fs::read_to_string(&manifest)?)
+}
+
+/// Where a bench that builds homes works, made and resolved: `keep` (kept
+/// afterwards), else a new `lion-bench-NAME-PID` in `dir` or the temp dir
+/// (removed afterwards: the `bool`).
+pub(crate) fn bench_dir(
+    keep: Option<&Path>,
+    dir: Option<&Path>,
+    name: &str,
+) -> Result<(PathBuf, bool)> {
+    let scratch = format!("lion-bench-{name}-{}", std::process::id());
+    let (dir, temporary) = match (keep, dir) {
+        (Some(keep), _) => (keep.to_owned(), false),
+        (None, Some(d)) => (d.join(scratch), true),
+        (None, None) => (std::env::temp_dir().join(scratch), true),
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the bench directory {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    Ok((dir, temporary))
 }
 
 /// The two homes a run measures: the empty one and the big one.
