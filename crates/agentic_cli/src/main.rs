@@ -8,8 +8,28 @@
 //! - [`live`] — live events from a running kernel, over a socket in the home.
 //! - [`commands`] — one module per command group.
 //! - [`output`] — tables for people, JSON for programs.
-//! - [`platform`] — the CPU check (before any Rust code runs) and SIGPIPE.
+//! - [`platform`] — the CPU check (before any Rust code runs) and how a
+//!   closed stdout ends the process.
 //! - [`providers`] — which LLM provider an agent runs on.
+
+/// `outln!` for command output: a closed stdout (`lion events list |
+/// head`) ends the process as it ends `cat`, never a panic
+/// ([`output::write_stdout`]).
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for command output, flushed; see [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
 
 mod cli;
 mod commands;
@@ -56,7 +76,6 @@ impl std::fmt::Display for IntegrityFailure {
 impl std::error::Error for IntegrityFailure {}
 
 fn main() -> ExitCode {
-    platform::default_sigpipe();
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -95,7 +95,7 @@ impl<T> Listed<T> {
     /// (e.g. `lion task list`), if there is one.
     pub fn more(&self, command: &str) {
         if let Some(next) = self.next {
-            println!("more: {command} --limit {} --after {next}", self.limit);
+            outln!("more: {command} --limit {} --after {next}", self.limit);
         }
     }
 }
@@ -122,8 +122,30 @@ pub fn bench_table() -> Table {
 
 /// Prints `value` as one line of JSON.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(value)?);
+    outln!("{}", serde_json::to_string(value)?);
     Ok(())
+}
+
+/// Writes `text` to stdout and flushes it (what [`outln!`] and [`out!`]
+/// do): a closed stdout ends the process as it ends `cat`
+/// ([`platform::end_on_closed_stdout`]); any other failure to write (a full
+/// disk behind a redirect) ends it with a one-line error, status 1.
+///
+/// [`platform::end_on_closed_stdout`]: crate::platform::end_on_closed_stdout
+pub fn write_stdout(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(text).and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            crate::platform::end_on_closed_stdout()
+        }
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Shortens `text` to `max` characters for a table cell.

@@ -87,16 +87,22 @@ mod cpu_check {
         target-cpu=x86-64-v3 in .cargo/config.toml\n";
 }
 
-/// Lets a closed stdout end the process quietly, as it ends `cat` (`lion
-/// events list | head`): Rust ignores SIGPIPE, so every print after the
-/// reader left would panic instead (a kernel, `lion run`, whose stdout is
-/// closed ends either way; what it committed is recovered at its next
-/// start).
+/// Ends the process as `cat` ends when its reader left (`lion events list |
+/// head`): killed by SIGPIPE, so the shell sees status 141 and nothing is
+/// printed.
+///
+/// SIGPIPE stays ignored for the rest of the process's life (Rust's
+/// default): a kernel writes to sockets and to the pipes of MCP servers,
+/// and a peer that went away must be an error there, never the death of
+/// the kernel. Only a write to stdout that finds it closed comes here.
 #[allow(unsafe_code)]
-pub fn default_sigpipe() {
-    // SAFETY: called first thing in `main`, before any thread exists;
-    // restoring a signal's default disposition touches no Rust state.
+pub fn end_on_closed_stdout() -> ! {
+    // SAFETY: restoring a signal's default disposition and raising it
+    // touches no Rust state; the process ends at the raise.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
     }
+    // Not reached: SIGPIPE's default action ends the process.
+    std::process::exit(128 + libc::SIGPIPE)
 }

@@ -1753,6 +1753,30 @@ fn libc_sigpipe() -> i32 {
     13
 }
 
+/// Regression: `lion` set SIGPIPE to its default action for the whole
+/// process (so that `| head` ended it quietly), and a kernel whose write
+/// found a peer gone — a killed MCP server's stdin, a client's socket —
+/// died of it without a word. Only stdout ends the process that way now: a
+/// running kernel ignores SIGPIPE.
+#[test]
+fn a_kernel_ignores_sigpipe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let kernel = support::Kernel::start(&home, &[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", kernel.id()))
+        .expect("the kernel's /proc status");
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|mask| u64::from_str_radix(mask.trim(), 16).expect("a hex mask"))
+        .expect("a SigIgn line");
+    assert_ne!(
+        ignored & (1 << (libc_sigpipe() - 1)),
+        0,
+        "SIGPIPE is not ignored: SigIgn {ignored:#x}"
+    );
+}
+
 /// Regression (issue 14): `--home` naming a file said `File exists (os
 /// error 17)`.
 #[test]

@@ -10,7 +10,6 @@
 //! spawn (`--tool PLUGIN.FUNCTION`), described to the model by their input
 //! schemas and run in the plugin sandbox.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,7 +83,7 @@ pub async fn spawn(
             "max_answer_bytes": limits.max_answer_bytes,
         }));
     }
-    println!(
+    outln!(
         "spawned {name} (runs on {runs_on}; budget {}, answers up to {})",
         limits.budget(),
         limits.answer()
@@ -176,7 +175,7 @@ pub async fn list(store: &dyn EventStore, ctx: Ctx, paging: Paging) -> Result<()
         });
     }
     if listed.items.is_empty() && !listed.paged {
-        println!("no agents (lion agent spawn NAME)");
+        outln!("no agents (lion agent spawn NAME)");
         return Ok(());
     }
     let mut table = output::table([
@@ -203,7 +202,7 @@ pub async fn list(store: &dyn EventStore, ctx: Ctx, paging: Paging) -> Result<()
             Limits::of(&a.spec).answer(),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     listed.more("lion agent list");
     Ok(())
 }
@@ -239,33 +238,33 @@ pub async fn show(
     }
     let a = &view.record;
     let limits = Limits::of(&a.spec);
-    println!("name:     {}", a.name);
-    println!(
+    outln!("name:     {}", a.name);
+    outln!(
         "status:   {}",
         match a.status {
             AgentStatus::Active => "active",
             AgentStatus::Stopped => "stopped",
         }
     );
-    println!(
+    outln!(
         "model:    {}",
         a.spec.model.as_deref().unwrap_or("(default)")
     );
-    println!(
+    outln!(
         "tokens:   {} (budget {}, answers up to {})",
         a.usage.prompt_tokens + a.usage.completion_tokens,
         limits.budget(),
         limits.answer()
     );
     let first = after.0.min(view.message_count);
-    println!(
+    outln!(
         "messages: {} (shown: {} from #{})",
         view.message_count,
         a.messages.len(),
         first + 1
     );
     for (i, m) in a.messages.iter().enumerate() {
-        println!(
+        outln!(
             "  #{} {}: {}",
             first + 1 + i as u64,
             serde_json::to_value(m.role)?.as_str().unwrap_or("?"),
@@ -273,7 +272,7 @@ pub async fn show(
         );
     }
     if let Some(next) = view.next {
-        println!("more: lion agent show {name} --limit {limit} --after {next}");
+        outln!("more: lion agent show {name} --limit {limit} --after {next}");
     }
     Ok(())
 }
@@ -291,7 +290,7 @@ pub async fn stop(store: &dyn EventStore, ctx: Ctx, name: &str) -> Result<()> {
     if ctx.json {
         return output::json(&json!({ "stopped": name }));
     }
-    println!("stopped {name}");
+    outln!("stopped {name}");
     Ok(())
 }
 
@@ -488,9 +487,7 @@ impl Printer {
         match event {
             SystemEvent::LlmDelta { text, run_id, .. } if ours(run_id) => {
                 self.streamed.push_str(text);
-                let mut stdout = std::io::stdout();
-                let _ = stdout.write_all(text.as_bytes());
-                let _ = stdout.flush();
+                out!("{text}");
             }
             SystemEvent::LlmFinished {
                 message, run_id, ..
@@ -517,7 +514,7 @@ impl Printer {
     /// Ends the streamed answer's line.
     fn finish(&self) {
         if self.printed_before || !self.streamed.is_empty() {
-            println!();
+            outln!();
         }
     }
 
@@ -526,11 +523,11 @@ impl Printer {
     /// the line.
     fn complete(&mut self, content: &str) {
         if let Some(rest) = content.strip_prefix(self.streamed.as_str()) {
-            print!("{rest}");
+            out!("{rest}");
         } else {
-            println!();
+            outln!();
             eprintln!("warning: the streamed answer had gaps; the whole answer follows");
-            print!("{content}");
+            out!("{content}");
         }
         self.streamed = content.to_owned();
         self.finish();

@@ -187,19 +187,19 @@ fn flush_emulation() -> Option<String> {
 
 fn print_table(r: &BenchReport, config: &BenchConfig) {
     let slow = r.slow_flush();
-    println!(
+    outln!(
         "lion bench store — {} flush regime (fdatasync p50 {:.2} ms), scratch {}",
         if slow { "SLOW" } else { "fast" },
         r.fsync.p50_ms,
         config.dir.display()
     );
     if let Some(how) = flush_emulation() {
-        println!(
+        outln!(
             "note: the slow flush is EMULATED: {how}; every row, baselines included, ran under it."
         );
     }
     if !slow {
-        println!(
+        outln!(
             "note: flushes took under 1 ms in this run; the durable-append targets are for the \
              slow-flush case, so this run is no evidence for them."
         );
@@ -316,12 +316,12 @@ fn print_table(r: &BenchReport, config: &BenchConfig) {
     for line in lines {
         t.add_row(line.cells());
     }
-    println!("{t}");
+    outln!("{t}");
     if let Some(why) = &r.own_core_skipped {
-        println!("note: no measurement with the writer on a core of its own: {why}.");
+        outln!("note: no measurement with the writer on a core of its own: {why}.");
     }
     match r.peak_rss_mib {
-        Some(mib) => println!("peak memory (VmHWM): {mib:.1} MiB"),
-        None => println!("peak memory: unknown (no /proc/self/status)"),
+        Some(mib) => outln!("peak memory (VmHWM): {mib:.1} MiB"),
+        None => outln!("peak memory: unknown (no /proc/self/status)"),
     }
 }

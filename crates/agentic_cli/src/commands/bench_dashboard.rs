@@ -145,9 +145,10 @@ pub async fn run(ctx: Ctx, opts: DashboardBench) -> Result<()> {
             "pass": ok,
         }));
     }
-    println!(
+    outln!(
         "lion bench dashboard — the timeline in headless Chromium, homes of {} and {} events",
-        homes.empty.events, homes.big.events
+        homes.empty.events,
+        homes.big.events
     );
     let mut table = output::bench_table();
     table.add_row([
@@ -191,9 +192,9 @@ pub async fn run(ctx: Ctx, opts: DashboardBench) -> Result<()> {
             String::new(),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     if opts.quick {
-        println!("note: --quick builds small homes; its figures mean little");
+        outln!("note: --quick builds small homes; its figures mean little");
     } else if !ok {
         bail!("the timeline's first render on the big home misses its target");
     }

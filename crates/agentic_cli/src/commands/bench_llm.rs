@@ -300,11 +300,11 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
         String::new(),
         String::new(),
     ]);
-    println!(
+    outln!(
         "lion bench llm — OpenAI-compatible SSE from a local test server, relayed to a live subscriber with a SQLite store"
     );
-    println!("{table}");
-    println!(
+    outln!("{table}");
+    outln!(
         "note: live chunks never wait for a commit: appends run on their own task; the subscriber sees each chunk before it is logged"
     );
     Ok(())

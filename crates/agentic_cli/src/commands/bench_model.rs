@@ -107,7 +107,7 @@ pub async fn run(ctx: Ctx, quick: bool, spec: &str, tokens: Option<u32>) -> Resu
         String::new(),
         String::new(),
     ]);
-    println!(
+    outln!(
         "lion bench model — {} ({}{}), {} compute threads, {tokens} tokens per generation, greedy",
         info.name.as_deref().unwrap_or("GGUF model"),
         info.quantization,
@@ -118,8 +118,8 @@ pub async fn run(ctx: Ctx, quick: bool, spec: &str, tokens: Option<u32>) -> Resu
         },
         one.compute_threads
     );
-    println!("{table}");
-    println!(
+    outln!("{table}");
+    outln!(
         "for scale, measured separately, not in this run: llama.cpp (build 0c1e570, 2 threads) on the same file and machine kind generated 118 tokens/s and read a 42-token prompt in ~136 ms (docs/local-model.md)"
     );
     Ok(())

@@ -366,6 +366,6 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
             }
         ),
     ]);
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }

@@ -61,12 +61,12 @@ pub async fn store(
             .collect();
         return output::json(&json!({ "store": "postgres", "levels": rows }));
     }
-    println!("lion bench store — PostgreSQL, scratch databases on the server of the URL given");
+    outln!("lion bench store — PostgreSQL, scratch databases on the server of the URL given");
     let mut table = output::bench_table();
     for l in &levels {
         add_rows(&mut table, l);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(())
 }
 
@@ -122,7 +122,7 @@ pub async fn claims(ctx: Ctx, url: &str, tasks: usize) -> Result<()> {
             "ratio": ratio,
         }));
     }
-    println!(
+    outln!(
         "lion bench claims — PostgreSQL, {} echo tasks each side",
         r.tasks
     );
@@ -138,6 +138,6 @@ pub async fn claims(ctx: Ctx, url: &str, tasks: usize) -> Result<()> {
         "within 2x of the queue".into(),
         verdict(ratio >= CLAIMS_VS_QUEUE),
     ]);
-    println!("{table}");
+    outln!("{table}");
     Ok(())
 }

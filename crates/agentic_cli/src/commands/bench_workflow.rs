@@ -231,7 +231,7 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
             "sharing": sharing,
         }));
     }
-    println!(
+    outln!(
         "lion bench workflow — {CHAIN}-step chains of no-op plugin steps, scratch {}",
         dir.display()
     );
@@ -271,9 +271,9 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
         format!("≥ {TARGET_SHARING}x"),
         verdict(sharing >= TARGET_SHARING),
     ]);
-    println!("{table}");
+    outln!("{table}");
     if quick {
-        println!("note: --quick checks the paths only; its figures mean little");
+        outln!("note: --quick checks the paths only; its figures mean little");
     }
     Ok(())
 }

@@ -40,7 +40,7 @@ pub async fn run(
         }
         let manifest = agentic_core::plugin::PluginManager::read_manifest(&path)?;
         manager.install(manifest, Default::default()).await?;
-        println!("installed the calculator plugin (nothing granted: it needs nothing)");
+        outln!("installed the calculator plugin (nothing granted: it needs nothing)");
     }
     let tag = &Uuid::now_v7().simple().to_string()[20..];
     let name = |role: &str| format!("demo-{role}-{tag}");
@@ -76,7 +76,7 @@ pub async fn run(
     )
     .await?;
     spawn("rambler", "You are verbose.", 8, vec![]).await?;
-    println!(
+    outln!(
         "spawned 4 agents ({}) on {} with model {}",
         name("*"),
         resolved.location,
@@ -96,7 +96,7 @@ pub async fn run(
     let model = resolved.model;
     let cancel = CancellationToken::new();
 
-    println!("\n== two agents streaming at once");
+    outln!("\n== two agents streaming at once");
     let began = Instant::now();
     let timed = |agent: String, text: &'static str| {
         let (runner, model, cancel, live) =
@@ -144,13 +144,13 @@ pub async fn run(
     );
     for (who, (text, (first, last, chunks))) in [("poet", poet), ("critic", critic)] {
         let text = text?;
-        println!(
+        outln!(
             "{who} ({chunks} chunks streamed from {first:.2} s to {last:.2} s): {}",
             text.trim()
         );
     }
 
-    println!("\n== a plugin tool");
+    outln!("\n== a plugin tool");
     let before = store.head().await?.seq;
     let (calc, _) = timed(name("calc"), "What is 17 * 23?").await;
     let calc = calc?;
@@ -159,9 +159,9 @@ pub async fn run(
         .await?
         .iter()
         .any(|e| matches!(e.decode(), Ok(SystemEvent::AgentToolResult { .. })));
-    println!("calc: {}", calc.trim());
+    outln!("calc: {}", calc.trim());
     if called {
-        println!("the model called calculator.eval itself (see agent_tool_result in the log)");
+        outln!("the model called calculator.eval itself (see agent_tool_result in the log)");
     } else {
         match expression(&calc) {
             Some(expr) => {
@@ -171,7 +171,7 @@ pub async fn run(
                     causation_id: None,
                 };
                 let out = manager.call("calculator", "eval", &input, options).await;
-                println!(
+                outln!(
                     "the model did not call the tool, so the kernel ran calculator.eval on the expression in its answer ({expr}): {}",
                     match out {
                         Ok(v) => v.to_string(),
@@ -179,13 +179,13 @@ pub async fn run(
                     }
                 );
             }
-            None => println!(
+            None => outln!(
                 "the model neither called the tool nor wrote an arithmetic expression, so no tool step ran"
             ),
         }
     }
 
-    println!("\n== a token budget");
+    outln!("\n== a token budget");
     match runner
         .send(
             &name("rambler"),
@@ -195,15 +195,15 @@ pub async fn run(
         )
         .await
     {
-        Ok(outcome) => println!(
+        Ok(outcome) => outln!(
             "rambler finished within its 8-token budget: {}",
             outcome.message.content.trim()
         ),
-        Err(RunError::Halted { reason, .. }) => println!("rambler was stopped: {reason}"),
+        Err(RunError::Halted { reason, .. }) => outln!("rambler was stopped: {reason}"),
         Err(e) => return Err(e.into()),
     }
 
-    println!("\n== the log");
+    outln!("\n== the log");
     let mut kinds: BTreeMap<&'static str, usize> = BTreeMap::new();
     for e in store.read_from(start_seq + 1, usize::MAX).await? {
         if let Ok(event) = e.decode() {
@@ -211,7 +211,7 @@ pub async fn run(
         }
     }
     for (kind, n) in &kinds {
-        println!("{n:>5}  {kind}");
+        outln!("{n:>5}  {kind}");
     }
     let (folded, events) = agentic_core::store::audit::replay(store.as_ref()).await?;
     let diff = folded.diff(&store.projected_state().await?);
@@ -221,7 +221,7 @@ pub async fn run(
             diff.join("; ")
         )));
     }
-    println!("replay: {events} events folded afresh, hash chain verified; the projections match");
+    outln!("replay: {events} events folded afresh, hash chain verified; the projections match");
     Ok(())
 }
 

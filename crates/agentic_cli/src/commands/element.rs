@@ -28,7 +28,7 @@ pub async fn create(
     if ctx.json {
         output::json(&serde_json::json!({ "id": id, "seq": receipt.first_seq }))
     } else {
-        println!("{id}");
+        outln!("{id}");
         Ok(())
     }
 }
@@ -67,8 +67,8 @@ pub async fn list(store: &dyn EventStore, ctx: Ctx, paging: Paging) -> Result<()
             output::clip(e.content.as_deref().unwrap_or(""), 32),
         ]);
     }
-    println!("{t}");
-    println!("{} element(s)", listed.items.len());
+    outln!("{t}");
+    outln!("{} element(s)", listed.items.len());
     listed.more("lion element list");
     Ok(())
 }
@@ -84,14 +84,14 @@ pub async fn show(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
     if ctx.json {
         return output::json(&e);
     }
-    println!("id:         {}", e.id);
-    println!("created_at: {}", e.created_at.to_rfc3339());
-    println!(
+    outln!("id:         {}", e.id);
+    outln!("created_at: {}", e.created_at.to_rfc3339());
+    outln!(
         "metadata:   {}",
         serde_json::to_string_pretty(&e.metadata.to_map())?
     );
     if let Some(content) = &e.content {
-        println!("content:    {content}");
+        outln!("content:    {content}");
     }
     Ok(())
 }

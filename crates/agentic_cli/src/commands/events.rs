@@ -46,7 +46,7 @@ fn print_line(ctx: Ctx, e: &EventEnvelope) -> Result<()> {
         output::json(&view(e))
     } else {
         let (kind, summary) = describe(e);
-        println!(
+        outln!(
             "{:>6}  {}  {:<16} {}  {}",
             e.seq,
             e.recorded_at.format("%H:%M:%S%.3f"),
@@ -85,8 +85,8 @@ pub async fn list(store: &dyn EventStore, ctx: Ctx, from: u64, limit: Option<usi
         }
     }
     if !ctx.json {
-        println!("{table}");
-        println!("{shown} event(s)");
+        outln!("{table}");
+        outln!("{shown} event(s)");
     }
     Ok(())
 }
@@ -142,7 +142,7 @@ pub async fn tail_live(home: &Path, ctx: Ctx, count: Option<u64>) -> Result<()> 
                     output::json(&serde_json::json!({"seq": line.seq, "event": event}))?;
                 } else {
                     let seq = line.seq.map_or_else(|| "-".to_owned(), |s| s.to_string());
-                    println!(
+                    outln!(
                         "{seq:>6}  {:<16} {}  {}",
                         event.kind(),
                         event.default_stream(),
@@ -185,16 +185,16 @@ pub async fn verify(store: &Checked, ctx: Ctx) -> Result<()> {
                     "recorded_head": report.recorded_head,
                 }));
             }
-            println!(
+            outln!(
                 "ok: {} event(s), hash chain intact, head seq {} {}",
                 report.events,
                 report.head.seq,
                 &report.head.hash.to_hex()[..16]
             );
             match report.recorded_head {
-                Some(h) => println!("HEAD records seq {}: consistent with the log", h.seq),
+                Some(h) => outln!("HEAD records seq {}: consistent with the log", h.seq),
                 None if report.events > 0 => {
-                    println!(
+                    outln!(
                         "warning: no HEAD file, so truncation of the newest events cannot be checked"
                     );
                 }

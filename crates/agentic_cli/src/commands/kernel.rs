@@ -21,11 +21,11 @@ pub async fn list(home: &Path, store: &dyn EventStore, ctx: Ctx) -> Result<()> {
             return output::json(&json!({ "shared": false, "kernel_running": running }));
         }
         match running {
-            true => println!(
+            true => outln!(
                 "a kernel runs on {} (its only one: the store is the home's)",
                 home.display()
             ),
-            false => println!("no kernel runs on {} (lion run starts one)", home.display()),
+            false => outln!("no kernel runs on {} (lion run starts one)", home.display()),
         }
         return Ok(());
     };
@@ -43,7 +43,7 @@ pub async fn list(home: &Path, store: &dyn EventStore, ctx: Ctx) -> Result<()> {
         return output::json(&json!({ "shared": true, "kernels": items }));
     }
     if kernels.is_empty() {
-        println!("no kernel has joined this store (lion run --store URL starts one)");
+        outln!("no kernel has joined this store (lion run --store URL starts one)");
         return Ok(());
     }
     let mut table = output::table([
@@ -73,6 +73,6 @@ pub async fn list(home: &Path, store: &dyn EventStore, ctx: Ctx) -> Result<()> {
             format!("{:.1} s", k.lease_ms as f64 / 1000.0),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(())
 }

@@ -40,7 +40,7 @@ pub fn pull(ctx: Ctx, name: &str) -> Result<()> {
     if ctx.json {
         return output::json(&json!({"name": entry.name, "path": path, "sha256": entry.sha256}));
     }
-    println!("{}", path.display());
+    outln!("{}", path.display());
     Ok(())
 }
 
@@ -112,8 +112,8 @@ pub fn list(ctx: Ctx) -> Result<()> {
             m.entry.description.to_owned(),
         ]);
     }
-    println!("{table}");
-    println!("any other GGUF file: --model local:/path/file.gguf");
+    outln!("{table}");
+    outln!("any other GGUF file: --model local:/path/file.gguf");
     Ok(())
 }
 

@@ -79,31 +79,31 @@ pub fn print_installed(ctx: Ctx, record: &PluginRecord) -> Result<()> {
         return output::json(record);
     }
     let m = &record.installed.manifest;
-    println!(
+    outln!(
         "installed {} {} ({})",
         m.name,
         m.version,
         short_hash(record.installed.sha256())
     );
-    println!("  asked:   {}", describe_permissions(&m.permissions));
-    println!(
+    outln!("  asked:   {}", describe_permissions(&m.permissions));
+    outln!(
         "  granted: {}",
         describe_permissions(&record.installed.grant)
     );
     let refused = refused(&m.permissions, &record.installed.grant);
     if !refused.is_empty() {
-        println!("  not granted (calls that need it are denied): {refused}");
+        outln!("  not granted (calls that need it are denied): {refused}");
     }
-    println!("  limits:  {}", describe_limits(m));
+    outln!("  limits:  {}", describe_limits(m));
     if let Some(server) = &m.server {
-        println!(
+        outln!(
             "  server:  {} {} (a warm process: it keeps state between calls)",
             server.command.display(),
             server.args.join(" ")
         );
-        println!("  network: {}", describe_network(&record.installed.grant));
+        outln!("  network: {}", describe_network(&record.installed.grant));
         let names: Vec<&str> = m.functions.keys().map(String::as_str).collect();
-        println!("  tools:   {}", names.join(", "));
+        outln!("  tools:   {}", names.join(", "));
     }
     Ok(())
 }
@@ -175,7 +175,7 @@ pub async fn grant(
     if ctx.json {
         return output::json(&record);
     }
-    println!(
+    outln!(
         "granted {name}: {}",
         describe_permissions(&record.installed.grant)
     );
@@ -184,7 +184,7 @@ pub async fn grant(
         &record.installed.grant,
     );
     if !refused.is_empty() {
-        println!("  not granted (calls that need it are denied): {refused}");
+        outln!("  not granted (calls that need it are denied): {refused}");
     }
     Ok(())
 }
@@ -197,7 +197,7 @@ pub async fn list(store: &dyn EventStore, ctx: Ctx, paging: Paging) -> Result<()
     }
     let plugins = &listed.items;
     if plugins.is_empty() && !listed.paged {
-        println!("no plugins installed (lion plugin install MANIFEST)");
+        outln!("no plugins installed (lion plugin install MANIFEST)");
         return Ok(());
     }
     let mut table = output::table([
@@ -215,7 +215,7 @@ pub async fn list(store: &dyn EventStore, ctx: Ctx, paging: Paging) -> Result<()
             output::clip(&describe_permissions(&p.installed.grant), 60),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     listed.more("lion plugin list");
     Ok(())
 }
@@ -230,41 +230,44 @@ pub async fn info(store: &dyn EventStore, ctx: Ctx, name: &str) -> Result<()> {
         return output::json(&json!({ "plugin": p, "kv_keys": kv_keys }));
     }
     let m = &p.installed.manifest;
-    println!("{} {} — {}", m.name, m.version, m.description);
-    println!("status:     {}", status_name(p.status));
+    outln!("{} {} — {}", m.name, m.version, m.description);
+    outln!("status:     {}", status_name(p.status));
     match &m.server {
         Some(server) => {
-            println!(
+            outln!(
                 "server:     {} {} ({} sandbox; a warm process that keeps state between calls)",
                 server.command.display(),
                 server.args.join(" "),
                 p.installed.sandbox
             );
             if let Some(package) = &server.package {
-                println!("package:    {package}");
+                outln!("package:    {package}");
             }
-            println!("network:    {}", describe_network(&p.installed.grant));
-            println!("tree:       sha256 {}", p.installed.sha256());
+            outln!("network:    {}", describe_network(&p.installed.grant));
+            outln!("tree:       sha256 {}", p.installed.sha256());
         }
-        None => println!(
+        None => outln!(
             "component:  sha256 {} ({} sandbox)",
             p.installed.sha256(),
             p.installed.sandbox
         ),
     }
-    println!("asked:      {}", describe_permissions(&m.permissions));
-    println!("granted:    {}", describe_permissions(&p.installed.grant));
-    println!("limits:     {}", describe_limits(m));
-    println!(
+    outln!("asked:      {}", describe_permissions(&m.permissions));
+    outln!("granted:    {}", describe_permissions(&p.installed.grant));
+    outln!("limits:     {}", describe_limits(m));
+    outln!(
         "calls:      {} ({} succeeded, {} failed, {} failures in a row)",
-        p.calls, p.succeeded, p.failed, p.consecutive_failures
+        p.calls,
+        p.succeeded,
+        p.failed,
+        p.consecutive_failures
     );
-    println!("kv keys:    {kv_keys}");
-    println!("functions:");
+    outln!("kv keys:    {kv_keys}");
+    outln!("functions:");
     for (name, f) in &m.functions {
-        println!("  {name}: {}", f.description);
-        println!("    input:  {}", f.input_schema);
-        println!("    output: {}", f.output_schema);
+        outln!("  {name}: {}", f.description);
+        outln!("    input:  {}", f.input_schema);
+        outln!("    output: {}", f.output_schema);
     }
     Ok(())
 }
@@ -305,7 +308,7 @@ pub async fn call(
     // for them before this process ends.
     manager.close().await;
     let output: Value = output?;
-    println!("{output}");
+    outln!("{output}");
     Ok(())
 }
 
@@ -332,7 +335,7 @@ async fn call_through_kernel(
     let (id, outcome) = super::task::run_by_kernel(home, store, ctx, spec, false).await?;
     match outcome {
         TaskOutcome::Completed(output) => {
-            println!("{output}");
+            outln!("{output}");
             Ok(())
         }
         TaskOutcome::Failed(error) => bail!("{error}"),
@@ -365,7 +368,7 @@ pub async fn approve(
         }));
     }
     if approval.is_empty() {
-        println!("{name}: nothing to approve (the server offers what was approved)");
+        outln!("{name}: nothing to approve (the server offers what was approved)");
         return Ok(());
     }
     let verb = if dry_run { "would approve" } else { "approved" };
@@ -373,16 +376,16 @@ pub async fn approve(
     for (what, names) in [("new", &approval.added), ("changed", &approval.changed)] {
         for f in names {
             let description = functions.get(f).map_or("", |s| s.description.as_str());
-            println!("{verb} {what} {name}.{f}: {description}");
+            outln!("{verb} {what} {name}.{f}: {description}");
             if dry_run && let Some(spec) = functions.get(f) {
-                println!("    input:  {}", spec.input_schema);
-                println!("    output: {}", spec.output_schema);
+                outln!("    input:  {}", spec.input_schema);
+                outln!("    output: {}", spec.output_schema);
             }
         }
     }
     let verb = if dry_run { "would forget" } else { "forgot" };
     for f in &approval.removed {
-        println!("{verb} {name}.{f}: the server no longer offers it");
+        outln!("{verb} {name}.{f}: the server no longer offers it");
     }
     Ok(())
 }
@@ -407,7 +410,7 @@ pub async fn remove(home: &Path, store: Arc<dyn EventStore>, ctx: Ctx, name: &st
     if ctx.json {
         return output::json(&json!({ "removed": name }));
     }
-    println!("removed {name}");
+    outln!("removed {name}");
     Ok(())
 }
 

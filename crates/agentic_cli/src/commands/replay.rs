@@ -33,7 +33,7 @@ pub async fn run(store: &Checked, ctx: Ctx) -> Result<()> {
             "seconds": elapsed.as_secs_f64(),
         }))?;
     } else {
-        println!(
+        outln!(
             "replayed {events} event(s) in {:.3} s: {} element(s), {} task(s) and {} plugin(s) \
              folded; the projections hold {}, {} and {}",
             elapsed.as_secs_f64(),
@@ -45,13 +45,13 @@ pub async fn run(store: &Checked, ctx: Ctx) -> Result<()> {
             projected.plugins().len()
         );
         for d in diff.iter().take(SHOWN_DIFFERENCES) {
-            println!("  difference: {d}");
+            outln!("  difference: {d}");
         }
         if diff.len() > SHOWN_DIFFERENCES {
-            println!("  … and {} more", diff.len() - SHOWN_DIFFERENCES);
+            outln!("  … and {} more", diff.len() - SHOWN_DIFFERENCES);
         }
         if diff.is_empty() {
-            println!("ok: the projections match the log");
+            outln!("ok: the projections match the log");
         }
     }
     if diff.is_empty() {

@@ -45,7 +45,7 @@ pub async fn serve(
     args: &ServeArgs,
 ) -> Result<()> {
     if args.print_token {
-        println!("{}", Token::load_or_create(home)?.expose());
+        outln!("{}", Token::load_or_create(home)?.expose());
         return Ok(());
     }
     if args.rotate_token {
@@ -54,7 +54,7 @@ pub async fn serve(
             "the API token of {} is replaced: the old one no longer works",
             home.display()
         );
-        println!("{}", token.expose());
+        outln!("{}", token.expose());
         return Ok(());
     }
     let loopback = args.addr.ip().is_loopback();

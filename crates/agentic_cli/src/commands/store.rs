@@ -86,7 +86,7 @@ pub async fn copy(home: &Path, at: &StoreAt, to: &str, ctx: Ctx) -> Result<()> {
         0 => String::new(),
         n => format!(" after the {n} it already held"),
     };
-    println!(
+    outln!(
         "copied {} event(s){kept} into {} in {seconds:.1} s; the copy verifies as one chain up to seq {} ({})",
         report.copied,
         destination.describe(&into),
@@ -94,25 +94,25 @@ pub async fn copy(home: &Path, at: &StoreAt, to: &str, ctx: Ctx) -> Result<()> {
         report.head.hash,
     );
     if components.copied > 0 {
-        println!("copied {} plugin component(s)", components.copied);
+        outln!("copied {} plugin component(s)", components.copied);
     }
     for name in &components.missing {
-        println!(
+        outln!(
             "plugin {name}: its component is in neither the source home nor the source store; reinstall it (lion plugin remove, then install)"
         );
     }
     if newer > 0 {
-        println!(
+        outln!(
             "the source has {newer} newer event(s) (something appended during the copy): run the copy again to bring them over"
         );
     }
     drop(lease);
     match &destination {
-        Destination::Postgres(_) => println!(
+        Destination::Postgres(_) => outln!(
             "use it with --store URL, LION_STORE=URL, or url under [store] in {}",
             home.join("config.toml").display()
         ),
-        Destination::Home(path) => println!("use it with --home {}", path.display()),
+        Destination::Home(path) => outln!("use it with --home {}", path.display()),
     }
     Ok(())
 }

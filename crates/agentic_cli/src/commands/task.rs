@@ -124,7 +124,7 @@ async fn queue(store: &dyn EventStore, ctx: Ctx, spec: TaskSpec, kernel: bool) -
     if ctx.json {
         output::json(&json!({"task_id": id, "status": "submitted", "seq": seq}))
     } else {
-        println!("{id}");
+        outln!("{id}");
         Ok(())
     }
 }
@@ -354,7 +354,7 @@ fn report(ctx: Ctx, id: Uuid, outcome: &TaskOutcome) -> Result<()> {
     if ctx.json {
         output::json(&json!({"task_id": id, "status": status, "output": output, "error": error}))?;
     } else if let Some(v) = output {
-        println!("{}", serde_json::to_string_pretty(v)?);
+        outln!("{}", serde_json::to_string_pretty(v)?);
     }
     match error {
         None => Ok(()),
@@ -387,8 +387,8 @@ pub async fn list(store: &dyn EventStore, ctx: Ctx, paging: Paging) -> Result<()
             output::clip(&result, 40),
         ]);
     }
-    println!("{t}");
-    println!("{} task(s)", listed.items.len());
+    outln!("{t}");
+    outln!("{} task(s)", listed.items.len());
     listed.more("lion task list");
     Ok(())
 }
@@ -439,7 +439,7 @@ pub async fn show(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
     if ctx.json {
         return output::json(&task);
     }
-    println!("{}", serde_json::to_string_pretty(&task)?);
+    outln!("{}", serde_json::to_string_pretty(&task)?);
     Ok(())
 }
 
@@ -456,7 +456,7 @@ pub async fn cancel(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
     if ctx.json {
         output::json(&json!({"task_id": id, "status": "cancelled", "seq": seq}))
     } else {
-        println!("task {id} cancelled");
+        outln!("task {id} cancelled");
         Ok(())
     }
 }

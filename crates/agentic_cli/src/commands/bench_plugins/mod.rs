@@ -142,7 +142,7 @@ pub async fn run(
     print_table(&report, &plan, &home);
     print_server_table(&server, &report, &plan);
     if logging {
-        println!(
+        outln!(
             "note: info logs are on (RUST_LOG): every call wrote the plugin's log line, and \
              both paths paid for it"
         );
@@ -262,7 +262,7 @@ fn json_report(r: &Report, plan: &Plan, logging: bool) -> Value {
 }
 
 fn print_table(r: &Report, plan: &Plan, home: &Path) {
-    println!(
+    outln!(
         "lion bench plugins — {}.{FUNCTION} {INPUT}: component {} KiB, compiled {} KiB; \
          scratch home {}",
         r.plugin,
@@ -417,11 +417,12 @@ fn print_table(r: &Report, plan: &Plan, home: &Path) {
             empty(),
         ]);
     }
-    println!("{t}");
-    println!(
+    outln!("{t}");
+    outln!(
         "note: the manager runs at most {} calls of {} at once (its max_concurrency); the raw \
          path has no such limit",
-        r.max_concurrency, r.plugin
+        r.max_concurrency,
+        r.plugin
     );
 }
 
@@ -479,8 +480,8 @@ fn server_json(s: &ServerReport, plan: &Plan) -> Value {
 /// The server plugin's table; its durable rows sit beside the same-run
 /// `fdatasync` of the WebAssembly table (`r.fsync`).
 fn print_server_table(s: &ServerReport, r: &Report, plan: &Plan) {
-    println!();
-    println!(
+    outln!();
+    outln!(
         "lion bench plugins — server plugin {}.{SERVER_FUNCTION} {SERVER_INPUT}: {} (an MCP \
          server over stdio); each path starts the same command, arguments and working \
          directory",
@@ -597,8 +598,8 @@ fn print_server_table(s: &ServerReport, r: &Report, plan: &Plan) {
     ] {
         row(beside_fsync(what, figure, flush));
     }
-    println!("{t}");
-    println!(
+    outln!("{t}");
+    outln!(
         "note: the sandbox adds {} to a cold start (p50); a start through the manager also \
          reads the plugin's record and commits its plugin_loaded event before the call",
         time(cold_added(s))

@@ -429,12 +429,12 @@ fn json_report(r: &Report) -> Value {
 }
 
 fn print_table(r: &Report, dir: &Path, temporary: bool) {
-    println!(
+    outln!(
         "lion bench scale — each command as a fresh lion process, median of {} run(s) per home; \
          targets: time ≤{TARGET_TIME_RATIO}x and peak RSS ≤{TARGET_RSS_RATIO}x the empty home's",
         r.runs
     );
-    println!(
+    outln!(
         "empty home: {} events (one element, task and plugin; a 200-message agent per run); big \
          home: {} events ({}), {}",
         r.events_now[0],
@@ -497,8 +497,8 @@ fn print_table(r: &Report, dir: &Path, temporary: bool) {
             verdict,
         ]);
     }
-    println!("{t}");
-    println!(
+    outln!("{t}");
+    outln!(
         "note: times run from each process's exec to its exit — `run`'s to its {READY_LINE:?} \
          log line; peak RSS is the process's VmHWM as it exits (`run`'s covers its stop too)."
     );

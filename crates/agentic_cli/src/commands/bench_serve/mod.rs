@@ -418,8 +418,8 @@ fn report(ctx: Ctx, quick: bool, runs: &Runs) -> Result<()> {
         format!("{sse_ratio:.2}x p99"),
         format!("p99 within 2x: {}", verdict(sse_ok)),
     ]);
-    println!("{t}");
-    println!(
+    outln!("{t}");
+    outln!(
         "{CLIENTS} keep-alive clients per HTTP row, {ROUNDS} interleaved rounds; SSE: {EVENT_RATE} events/s; \
          client and server share this machine's cores: compare ratios, not absolutes"
     );

@@ -40,7 +40,7 @@ pub fn check(ctx: Ctx, file: &Path) -> Result<()> {
             "steps": steps,
         }));
     }
-    println!(
+    outln!(
         "workflow {}: {} step(s), valid (sources {})",
         definition.name,
         definition.steps.len(),
@@ -57,7 +57,7 @@ pub fn check(ctx: Ctx, file: &Path) -> Result<()> {
             after.join(", "),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(())
 }
 

@@ -118,11 +118,11 @@ async fn announce(
     if ctx.json {
         return output::json(&json!({"run": id, "name": name, "status": "running"}));
     }
-    println!("workflow run {id} ({name}) started");
+    outln!("workflow run {id} ({name}) started");
     if !serving {
-        println!("no kernel serves this home: it starts when `lion run` does");
+        outln!("no kernel serves this home: it starts when `lion run` does");
     }
-    println!("follow it with `lion workflow status {id}`");
+    outln!("follow it with `lion workflow status {id}`");
     Ok(())
 }
 
@@ -225,12 +225,12 @@ fn report_end(ctx: Ctx, id: Uuid, end: &RunEnd) -> Result<()> {
     if ctx.json {
         output::json(&json!({"run": id, "status": status, "output": output, "error": error}))?;
     } else if let Some(Value::String(text)) = output {
-        print!("{text}");
+        out!("{text}");
         if !text.ends_with('\n') {
-            println!();
+            outln!();
         }
     } else if let Some(output) = output {
-        println!("{}", serde_json::to_string_pretty(output)?);
+        outln!("{}", serde_json::to_string_pretty(output)?);
     }
     match error {
         None => Ok(()),
@@ -257,8 +257,8 @@ pub async fn list(store: &dyn EventStore, ctx: Ctx, paging: Paging) -> Result<()
             origin(run.origin.as_ref()),
         ]);
     }
-    println!("{table}");
-    println!("{} run(s)", listed.items.len());
+    outln!("{table}");
+    outln!("{} run(s)", listed.items.len());
     listed.more("lion workflow list");
     Ok(())
 }
@@ -354,7 +354,7 @@ pub async fn status(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
             "end": end,
         }));
     }
-    println!(
+    outln!(
         "workflow run {id} ({}): {}, started {}{}",
         run.definition.name,
         status_word(&run),
@@ -405,11 +405,11 @@ pub async fn status(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
             output::clip(&detail, 60),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     match &run.end {
-        Some(RunEnd::Completed(output)) => println!("output: {}", text(output)),
-        Some(RunEnd::Failed(error)) => println!("failed: {error}"),
-        Some(RunEnd::Cancelled(by)) => println!("cancelled by {by}"),
+        Some(RunEnd::Completed(output)) => outln!("output: {}", text(output)),
+        Some(RunEnd::Failed(error)) => outln!("failed: {error}"),
+        Some(RunEnd::Cancelled(by)) => outln!("cancelled by {by}"),
         None => {}
     }
     Ok(())
@@ -469,8 +469,8 @@ pub async fn history(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
         ]);
     }
     if !ctx.json {
-        println!("{table}");
-        println!("{} event(s)", events.len());
+        outln!("{table}");
+        outln!("{} event(s)", events.len());
     }
     Ok(())
 }
@@ -496,7 +496,7 @@ pub async fn decide(
             &json!({"run": id, "step": step, "decision": word, "by": by, "seq": seq}),
         );
     }
-    println!("step {step} of workflow run {id} {word} by {by}");
+    outln!("step {step} of workflow run {id} {word} by {by}");
     Ok(())
 }
 
@@ -512,7 +512,7 @@ pub async fn cancel(store: &dyn EventStore, ctx: Ctx, id: &str) -> Result<()> {
             &json!({"run": id, "status": "cancelled", "by": by, "stopped": stopped}),
         );
     }
-    println!("workflow run {id} cancelled ({stopped} running step task(s) cancelled with it)");
+    outln!("workflow run {id} cancelled ({stopped} running step task(s) cancelled with it)");
     Ok(())
 }
 
@@ -539,7 +539,7 @@ pub async fn fork(
     let new = Uuid::now_v7();
     let seq = record(store.as_ref(), ctx, new, events, ExpectedVersion::NoStream).await?;
     if !ctx.json && !wait {
-        println!(
+        outln!(
             "forked workflow run {} from step {from}: {reused} step output(s) reused",
             old.run.id
         );
