@@ -8,6 +8,7 @@ import { body } from "./format";
 import { idOf, newest } from "./newest";
 import { html } from "./html";
 import { onEvent, onLive } from "./live";
+import { rereader } from "./reread";
 
 /** An agent as `/agents` gives it. */
 interface Agent {
@@ -39,21 +40,54 @@ const MESSAGES = 500;
 export function Agents({ onError }: { onError: (e: unknown) => void }) {
   const [agents, setAgents] = useState<Agent[]>([]);
   const [selected, setSelected] = useState<string | null>(null);
-  const [tick, setTick] = useState(0);
+  // Bumped when the selected agent's conversation changed in the log.
+  const [moved, setMoved] = useState(0);
+  const selectedRef = useRef(selected);
+  selectedRef.current = selected;
 
-  // The newest agents (by their first spawn), each read for its state.
+  // An agent is read one request at a time, a few times a second at most
+  // (`?limit=1`: its state without its conversation); a new one goes
+  // first, the oldest past the list's length is let go.
+  const [reader] = useState(() =>
+    rereader((name) =>
+      get<Agent>(`/agents/${encodeURIComponent(name)}?limit=1`)
+        .then((agent) =>
+          setAgents((old) => {
+            const at = old.findIndex((a) => a.name === agent.name);
+            if (at >= 0) return old.map((a, i) => (i === at ? agent : a));
+            return [agent, ...old].slice(0, AGENTS);
+          }),
+        )
+        .catch(onError),
+    ),
+  );
+
+  // The newest agents (by their first spawn), each read for its state;
+  // one read live meanwhile is newer, and kept.
   useEffect(() => {
     newest("agent:", "agent_spawned", AGENTS)
       .then(({ events }) =>
         Promise.all(events.map((e) => get<Agent>(`/agents/${encodeURIComponent(idOf(e.stream))}?limit=1`))),
       )
-      .then(setAgents)
+      .then((read) =>
+        setAgents((old) => {
+          const live = new Map(old.map((a) => [a.name, a]));
+          const listed = new Set(read.map((a) => a.name));
+          return [...old.filter((a) => !listed.has(a.name)), ...read.map((a) => live.get(a.name) ?? a)];
+        }),
+      )
       .catch(onError);
-  }, [tick]);
-  useEffect(
-    () => onEvent((e) => e.stream.startsWith("agent:") && e.type !== "llm_delta" && setTick((t) => t + 1)),
-    [],
-  );
+    const unwatch = onEvent((e) => {
+      if (!e.stream.startsWith("agent:") || e.type === "llm_delta") return;
+      const name = idOf(e.stream);
+      reader.mark(name);
+      if (name === selectedRef.current) setMoved((m) => m + 1);
+    });
+    return () => {
+      unwatch();
+      reader.stop();
+    };
+  }, []);
 
   return html`
     <section class="agents split" aria-label="Agents">
@@ -72,7 +106,7 @@ export function Agents({ onError }: { onError: (e: unknown) => void }) {
       </div>
       <div class="detail conversation">
         ${selected
-          ? html`<${Conversation} key=${selected} name=${selected} tick=${tick} onError=${onError} />`
+          ? html`<${Conversation} key=${selected} name=${selected} moved=${moved} onError=${onError} />`
           : html`<p class="hint">Select an agent to see its conversation.</p>`}
       </div>
     </section>
@@ -80,24 +114,29 @@ export function Agents({ onError }: { onError: (e: unknown) => void }) {
 }
 
 /** One agent's conversation, with the answer being generated now. */
-function Conversation({ name, tick, onError }: { name: string; tick: number; onError: (e: unknown) => void }) {
+function Conversation({ name, moved, onError }: { name: string; moved: number; onError: (e: unknown) => void }) {
   const [agent, setAgent] = useState<Agent | null>(null);
   // The text streamed so far of each answer not yet in the log, by run.
   const [streaming, setStreaming] = useState<Record<string, string>>({});
   const finished = useRef(new Set<string>());
 
-  // The conversation's last MESSAGES messages: its size first, then the
-  // page that ends with it.
-  useEffect(() => {
-    const path = `/agents/${encodeURIComponent(name)}`;
-    get<Agent>(`${path}?limit=1`)
-      .then((a) => {
-        const after = Math.max(0, a.message_count - MESSAGES);
-        return get<Agent>(`${path}?limit=${MESSAGES}${after > 0 ? `&after=${after}` : ""}`);
-      })
-      .then(setAgent)
-      .catch(onError);
-  }, [name, tick]);
+  // The conversation's last MESSAGES messages (its size first, then the
+  // page that ends with it), read again as the log changes it: one read
+  // at a time, so a late answer never replaces a newer one.
+  const [reader] = useState(() =>
+    rereader(() => {
+      const path = `/agents/${encodeURIComponent(name)}`;
+      return get<Agent>(`${path}?limit=1`)
+        .then((a) => {
+          const after = Math.max(0, a.message_count - MESSAGES);
+          return get<Agent>(`${path}?limit=${MESSAGES}${after > 0 ? `&after=${after}` : ""}`);
+        })
+        .then(setAgent)
+        .catch(onError);
+    }),
+  );
+  useEffect(() => reader.mark(name), [moved]);
+  useEffect(() => reader.stop, []);
 
   // Chunks of the answer as the model streams them (not yet committed),
   // until the finished (or stopped) answer is in the log.

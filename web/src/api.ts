@@ -10,6 +10,19 @@ export class Problem extends Error {}
 
 const CSRF_KEY = "lion.csrf";
 
+/** The header that carries the CSRF token. */
+const CSRF_HEADER = "x-csrf-token";
+
+/** `fetch`, with a network failure (the server is down or unreachable)
+ * said in words rather than as the browser's "Failed to fetch". */
+async function reach(path: string, init: RequestInit): Promise<Response> {
+  try {
+    return await fetch(path, { credentials: "same-origin", ...init });
+  } catch {
+    throw new Problem(`cannot reach the lion server (${new URL(path, location.href).pathname})`);
+  }
+}
+
 async function answer<T>(response: Response): Promise<T> {
   if (response.status === 401) {
     throw new SignedOut("signed out");
@@ -27,6 +40,12 @@ async function answer<T>(response: Response): Promise<T> {
     } catch {
       // Not a problem document: the status says it.
     }
+    // This tab's CSRF token is an older session's (another tab signed in
+    // since): signing in here gives it the current one.
+    if (response.status === 403 && detail.includes(CSRF_HEADER)) {
+      sessionStorage.removeItem(CSRF_KEY);
+      throw new SignedOut("sign in again to act from this tab");
+    }
     throw new Problem(detail);
   }
   return (await response.json()) as T;
@@ -34,12 +53,12 @@ async function answer<T>(response: Response): Promise<T> {
 
 /** GETs `path` as JSON. */
 export async function get<T>(path: string): Promise<T> {
-  return answer<T>(await fetch(path, { credentials: "same-origin" }));
+  return answer<T>(await reach(path, {}));
 }
 
 /** GETs `path` as text (`/metrics`). */
 export async function getText(path: string): Promise<string> {
-  const response = await fetch(path, { credentials: "same-origin" });
+  const response = await reach(path, {});
   if (response.status === 401) throw new SignedOut("signed out");
   if (!response.ok) throw new Problem(`${response.status} ${response.statusText}`);
   return response.text();
@@ -47,12 +66,11 @@ export async function getText(path: string): Promise<string> {
 
 /** POSTs `body` to `path`, with the session's CSRF token. */
 export async function post<T>(path: string, body: unknown = {}): Promise<T> {
-  const response = await fetch(path, {
+  const response = await reach(path, {
     method: "POST",
-    credentials: "same-origin",
     headers: {
       "content-type": "application/json",
-      "x-csrf-token": sessionStorage.getItem(CSRF_KEY) ?? "",
+      [CSRF_HEADER]: sessionStorage.getItem(CSRF_KEY) ?? "",
     },
     body: JSON.stringify(body),
   });

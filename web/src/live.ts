@@ -17,7 +17,16 @@ type LiveListener = (e: LiveEvent) => void;
 const listeners = new Set<Listener>();
 const liveListeners = new Set<LiveListener>();
 const closedListeners = new Set<() => void>();
+const stateListeners = new Set<(state: LinkState) => void>();
 let source: EventSource | null = null;
+
+/** Whether the live stream is connected: "live", or "reconnecting" while
+ * the server cannot be reached (the browser keeps trying). */
+export type LinkState = "connecting" | "live" | "reconnecting";
+
+function tell(state: LinkState) {
+  for (const listener of stateListeners) listener(state);
+}
 
 /** Starts following the log after sequence number `head` (once). */
 export function follow(head: number) {
@@ -30,10 +39,13 @@ export function follow(head: number) {
   };
   // The browser reconnects by itself (resuming after the last event it
   // got); a stream it gave up on (the session ended: 401) is told.
+  source.onopen = () => tell("live");
   source.onerror = () => {
     if (source?.readyState === EventSource.CLOSED) {
       source = null;
       for (const listener of closedListeners) listener();
+    } else {
+      tell("reconnecting");
     }
   };
   source.addEventListener("live", (message) => {
@@ -61,6 +73,13 @@ export function onEvent(listener: Listener): () => void {
 export function onClosed(listener: () => void): () => void {
   closedListeners.add(listener);
   return () => closedListeners.delete(listener);
+}
+
+/** Calls `listener` when the stream connects or loses the server;
+ * returns the call that stops it. */
+export function onLinkState(listener: (state: LinkState) => void): () => void {
+  stateListeners.add(listener);
+  return () => stateListeners.delete(listener);
 }
 
 /** Stops following (signed out). */

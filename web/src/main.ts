@@ -3,10 +3,10 @@
 // as any other client.
 
 import { render } from "preact";
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { Problem, SignedOut, get, signIn, type Health } from "./api";
 import { html } from "./html";
-import { follow, onClosed, stop } from "./live";
+import { follow, onClosed, onLinkState, stop, type LinkState } from "./live";
 import { Agents } from "./agents";
 import { Kernels } from "./kernels";
 import { Overview } from "./overview";
@@ -75,6 +75,10 @@ function App() {
   const [signedIn, setSignedIn] = useState<boolean | null>(null);
   const [why, setWhy] = useState("");
   const [error, setError] = useState("");
+  const [link, setLink] = useState<LinkState>("connecting");
+  // Read by `onError`, which views keep from their first render.
+  const linkRef = useRef(link);
+  linkRef.current = link;
   const [theme, setTheme] = useState<Theme>((localStorage.getItem("lion.theme") as Theme) ?? "system");
 
   const [view, setView] = useState(viewOf(location.hash));
@@ -95,6 +99,7 @@ function App() {
         if (!stopped) follow(health.head_seq);
       })
       .catch((e) => setError(String(e)));
+    const unlink = onLinkState(setLink);
     const unwatch = onClosed(() =>
       get("/events?limit=1")
         .then(() => setError("Live updates stopped: reload the page to resume them."))
@@ -103,6 +108,7 @@ function App() {
     return () => {
       stopped = true;
       unwatch();
+      unlink();
       stop();
     };
   }, [signedIn]);
@@ -126,6 +132,9 @@ function App() {
       setWhy(e.message === "signed out" ? "Your session ended: sign in again." : `${e.message}.`);
       setSignedIn(false);
     } else {
+      // Reads that fail while the server is away say nothing new: the
+      // header says it is unreachable.
+      if (linkRef.current === "reconnecting") return;
       setError(e instanceof Problem || e instanceof Error ? e.message : String(e));
     }
   }
@@ -144,6 +153,9 @@ function App() {
             html`<a key=${id} href=${`#${id}`} aria-current=${view === id ? "page" : undefined}>${name}</a>`,
         )}
       </nav>
+      <span class="link-state" role="status" data-testid="link" data-state=${link}>
+        ${link === "live" ? "● live" : link === "reconnecting" ? "○ server unreachable, reconnecting…" : "○ connecting…"}
+      </span>
       <button
         type="button"
         aria-label=${`Theme: ${theme}; switch`}

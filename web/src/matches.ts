@@ -2,7 +2,7 @@
 // at a time from `/timeline` (the timeline's read model) as the list is
 // scrolled to its end, and new matching events added as they stream in.
 
-import { useEffect, useRef, useState } from "preact/hooks";
+import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
 import { get, type Health, type LogEvent } from "./api";
 import { body, clock } from "./format";
 import { html } from "./html";
@@ -20,6 +20,8 @@ export interface Filters {
 /** Whether no filter is set. */
 export const unfiltered = (f: Filters) => Object.values(f).every((v) => v.trim() === "");
 
+/** Height of one row, in CSS pixels (as the timeline's). */
+const ROW = 28;
 /** Events read per page. */
 const PAGE = 200;
 /** Most matching events the list holds (it asks for no more pages past
@@ -54,6 +56,10 @@ export function Matches({
   const [next, setNext] = useState<number | null | undefined>(undefined);
   const [indexed, setIndexed] = useState(0);
   const loading = useRef(false);
+  const box = useRef<HTMLDivElement>(null);
+  // Matches that streamed in above a reader scrolled down: the list moves
+  // down by as many rows, so the rows in view stay put.
+  const added = useRef(0);
 
   const query = (before?: number) => {
     const params = new URLSearchParams({ limit: String(PAGE) });
@@ -100,8 +106,12 @@ export function Matches({
     };
     first().catch(onError);
     const stop = onEvent((e) => {
-      if (passes(e, filters))
-        setItems((old) => (old.some((o) => o.seq === e.seq) ? old : [e, ...old].slice(0, MOST)));
+      if (!passes(e, filters)) return;
+      setItems((old) => {
+        if (old.some((o) => o.seq === e.seq)) return old;
+        if ((box.current?.scrollTop ?? 0) > 0) added.current++;
+        return [e, ...old].slice(0, MOST);
+      });
     });
     return () => {
       closed = true;
@@ -109,16 +119,43 @@ export function Matches({
     };
   }, [JSON.stringify(filters)]);
 
+  useLayoutEffect(() => {
+    if (added.current > 0 && box.current) box.current.scrollTop += added.current * ROW;
+    added.current = 0;
+  }, [items]);
+
+  // Keyboard: arrows (or j/k), Home and End open the next match.
+  const onKey = (k: KeyboardEvent) => {
+    if (items.length === 0) return;
+    const at = items.findIndex((e) => e.seq === selected);
+    const to: Record<string, number> = {
+      ArrowDown: at + 1,
+      j: at + 1,
+      ArrowUp: at - 1,
+      k: at - 1,
+      Home: 0,
+      End: items.length - 1,
+    };
+    if (!(k.key in to)) return;
+    k.preventDefault();
+    const next = items[Math.min(items.length - 1, Math.max(0, at < 0 ? 0 : to[k.key]))];
+    onSelect(next.seq);
+    document.getElementById(`match-${next.seq}`)?.scrollIntoView({ block: "nearest" });
+  };
+
   const onScroll = (s: Event) => {
     const box = s.target as HTMLElement;
     if (next && items.length < MOST && box.scrollTop + box.clientHeight >= box.scrollHeight - 200) more(next);
   };
 
   return html`
-    <div class="scroller matches" tabIndex="0" role="list" aria-label="Matching events, newest first" onScroll=${onScroll}>
+    <div class="scroller matches" tabIndex="0" role="listbox" aria-label="Matching events, newest first" ref=${box}
+         aria-activedescendant=${selected !== null && items.some((e) => e.seq === selected) ? `match-${selected}` : undefined}
+         onScroll=${onScroll} onKeyDown=${onKey}>
       <p class="muted" data-testid="matches">${items.length}${next ? "+" : ""} matching events (newest first; the index has read the log to #${indexed})</p>
       ${items.map(
-        (e) => html`<div key=${e.seq} role="listitem" class=${`row static${selected === e.seq ? " selected" : ""}`}
+        (e) => html`<div key=${e.seq} id=${`match-${e.seq}`} role="option" aria-selected=${selected === e.seq}
+            class=${`row static${selected === e.seq ? " selected" : ""}`}
             onClick=${() => onSelect(e.seq)}>
           <span class="seq">${e.seq}</span>
           <span class="time">${clock(e.recorded_at)}</span>

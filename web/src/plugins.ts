@@ -3,11 +3,12 @@
 // failures, denials and quarantine from its stream — a denial shown with
 // what was refused and why. Live from the event stream.
 
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { get, type EventPage, type LogEvent } from "./api";
 import { body, clock } from "./format";
 import { html } from "./html";
 import { onEvent } from "./live";
+import { rereader } from "./reread";
 
 /** A plugin as `/plugins` gives it. */
 interface Plugin {
@@ -30,14 +31,32 @@ const SHOWN = 200;
 export function Plugins({ onError }: { onError: (e: unknown) => void }) {
   const [plugins, setPlugins] = useState<Plugin[]>([]);
   const [selected, setSelected] = useState<string | null>(null);
-  const [tick, setTick] = useState(0);
+  // Bumped when the selected plugin's stream moved.
+  const [moved, setMoved] = useState(0);
+  const selectedRef = useRef(selected);
+  selectedRef.current = selected;
 
+  // The list, read again as plugins' events come: one read at a time, a
+  // few times a second at most.
+  const [reader] = useState(() =>
+    rereader(() =>
+      get<{ items: Plugin[] }>("/plugins?limit=200")
+        .then((page) => setPlugins(page.items))
+        .catch(onError),
+    ),
+  );
   useEffect(() => {
-    get<{ items: Plugin[] }>("/plugins?limit=200")
-      .then((page) => setPlugins(page.items))
-      .catch(onError);
-  }, [tick]);
-  useEffect(() => onEvent((e) => e.stream.startsWith("plugin:") && setTick((t) => t + 1)), []);
+    reader.mark("list");
+    const unwatch = onEvent((e) => {
+      if (!e.stream.startsWith("plugin:")) return;
+      reader.mark("list");
+      if (e.stream === `plugin:${selectedRef.current}`) setMoved((m) => m + 1);
+    });
+    return () => {
+      unwatch();
+      reader.stop();
+    };
+  }, []);
 
   const chosen = plugins.find((p) => p.name === selected);
   return html`
@@ -58,7 +77,7 @@ export function Plugins({ onError }: { onError: (e: unknown) => void }) {
       </div>
       <aside class="detail" aria-label="Plugin">
         ${chosen
-          ? html`<${PluginDetail} plugin=${chosen} tick=${tick} onError=${onError} />`
+          ? html`<${PluginDetail} key=${chosen.name} plugin=${chosen} moved=${moved} onError=${onError} />`
           : html`<p class="hint">Select a plugin to see its grants, calls and denials.</p>`}
       </aside>
     </section>
@@ -66,13 +85,19 @@ export function Plugins({ onError }: { onError: (e: unknown) => void }) {
 }
 
 /** A plugin's grants and its stream's events. */
-function PluginDetail({ plugin, tick, onError }: { plugin: Plugin; tick: number; onError: (e: unknown) => void }) {
+function PluginDetail({ plugin, moved, onError }: { plugin: Plugin; moved: number; onError: (e: unknown) => void }) {
   const [events, setEvents] = useState<LogEvent[]>([]);
-  useEffect(() => {
-    get<EventPage>(`/streams/${encodeURIComponent(`plugin:${plugin.name}`)}/events?last=true&limit=${SHOWN}`)
-      .then((page) => setEvents(page.items.reverse()))
-      .catch(onError);
-  }, [plugin.name, tick]);
+  // Its stream's newest events, read again as it moves (one read at a
+  // time: a late answer never replaces a newer one).
+  const [reader] = useState(() =>
+    rereader(() =>
+      get<EventPage>(`/streams/${encodeURIComponent(`plugin:${plugin.name}`)}/events?last=true&limit=${SHOWN}`)
+        .then((page) => setEvents(page.items.reverse()))
+        .catch(onError),
+    ),
+  );
+  useEffect(() => reader.mark(plugin.name), [moved]);
+  useEffect(() => reader.stop, []);
   return html`
     <h2>${plugin.name} <span class="muted">${plugin.kind} ${plugin.version}</span></h2>
     <p>${plugin.description}</p>

@@ -2,12 +2,13 @@
 // attempts and errors, kept live from the event stream; a task's attempts
 // with their times and failures; cancel from the page (the whole tree).
 
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { get, post, type EventPage, type LogEvent } from "./api";
 import { body, clock, short, took } from "./format";
 import { idOf, newest } from "./newest";
 import { html } from "./html";
 import { onEvent } from "./live";
+import { rereader } from "./reread";
 
 /** A task as `/tasks` gives it. */
 export interface Task {
@@ -27,53 +28,95 @@ const PAGE = 50;
 /** Whether a status is an end. */
 const ended = (status: string) => ["completed", "failed", "cancelled", "timed_out"].includes(status);
 
+/** Task trees kept from the live stream beyond those asked for: the
+ * oldest are let go (a page open all day must not keep every task). */
+const KEPT_TREES = 200;
+
 /** The Tasks view. */
 export function Tasks({ onError }: { onError: (e: unknown) => void }) {
   const [tasks, setTasks] = useState(() => new Map<string, Task>());
   const [selected, setSelected] = useState<string | null>(null);
-  const [reading] = useState(() => new Set<string>());
-
-  const keep = (task: Task) =>
-    setTasks((old) => {
-      const next = new Map(old);
-      next.set(task.id, task);
-      return next;
-    });
-
   const [older, setOlder] = useState<number | undefined>(undefined);
+  // Trees kept: the first page, and every older page asked for.
+  const [kept, setKept] = useState(KEPT_TREES);
+  // Every task the view reads or has read: its events have it read again
+  // (one asked for and not answered yet included, so no end is missed).
+  const wanted = useRef(new Set<string>());
+
+  // Tasks are read one request at a time each, a few times a second at
+  // most, however many events they have.
+  const [reader] = useState(() =>
+    rereader((id) =>
+      get<Task>(`/tasks/${id}`)
+        .then((task) =>
+          setTasks((old) => {
+            const next = new Map(old);
+            next.set(task.id, task);
+            return next;
+          }),
+        )
+        .catch(onError),
+    ),
+  );
+  const want = (id: string) => {
+    wanted.current.add(id);
+    reader.mark(id);
+  };
 
   // The newest task trees: the newest submissions without a parent.
   const load = (before?: number) =>
     newest("task:", "task_submitted", PAGE, before)
-      .then(async ({ events, next }) => {
+      .then(({ events, next }) => {
         setOlder(next);
-        const roots = events.filter((e) => !(body(e).spec as { parent?: string } | undefined)?.parent);
-        const read = await Promise.all(roots.map((e) => get<Task>(`/tasks/${idOf(e.stream)}`)));
-        setTasks((old) => {
-          const all = new Map(old);
-          for (const t of read) all.set(t.id, t);
-          return all;
-        });
+        if (before) setKept((k) => k + PAGE);
+        for (const e of events) {
+          if (!(body(e).spec as { parent?: string } | undefined)?.parent) want(idOf(e.stream));
+        }
       })
       .catch(onError);
 
   useEffect(() => {
     load();
-    // A task's events change it: read it again (its parent too, when it
-    // is new: the parent lists its children).
-    return onEvent((e) => {
+    // A task shown changes with its events; a new task without a parent
+    // is a new tree; a new child changes its parent's list of children.
+    const unwatch = onEvent((e) => {
       if (!e.stream.startsWith("task:")) return;
-      const id = e.stream.slice(5);
-      get<Task>(`/tasks/${id}`)
-        .then((task) => {
-          keep(task);
-          if (e.type === "task_submitted" && task.parent) {
-            get<Task>(`/tasks/${task.parent}`).then(keep).catch(onError);
-          }
-        })
-        .catch(onError);
+      const id = idOf(e.stream);
+      if (e.type === "task_submitted") {
+        const parent = (body(e).spec as { parent?: string } | undefined)?.parent;
+        if (!parent) want(id);
+        else if (wanted.current.has(parent)) {
+          want(parent);
+          want(id);
+        }
+      } else if (wanted.current.has(id)) {
+        want(id);
+      }
     });
+    return () => {
+      unwatch();
+      reader.stop();
+    };
   }, []);
+
+  // Children not yet read are read (a tree opened from the list); trees
+  // past the ones kept are let go, the oldest first.
+  useEffect(() => {
+    for (const task of tasks.values()) {
+      for (const child of task.children) if (!wanted.current.has(child)) want(child);
+    }
+    const trees = [...tasks.values()].filter((t) => !t.parent).sort((a, b) => (a.id < b.id ? 1 : -1));
+    if (trees.length > kept) {
+      const gone = new Set<string>();
+      const drop = (id: string) => {
+        gone.add(id);
+        for (const child of tasks.get(id)?.children ?? []) drop(child);
+      };
+      for (const tree of trees.slice(kept)) if (tree.id !== selected) drop(tree.id);
+      for (const id of gone) wanted.current.delete(id);
+      if (gone.size > 0) setTasks((old) => new Map([...old].filter(([id]) => !gone.has(id))));
+    }
+  }, [tasks, kept]);
 
   // Newest first (task ids are time-ordered).
   const roots = [...tasks.values()]
@@ -104,21 +147,6 @@ export function Tasks({ onError }: { onError: (e: unknown) => void }) {
       </ul>`}
     </li>
   `;
-
-  // Children not yet read: read them, once each (a tree opened from the
-  // list).
-  useEffect(() => {
-    for (const task of tasks.values()) {
-      for (const child of task.children) {
-        if (tasks.has(child) || reading.has(child)) continue;
-        reading.add(child);
-        get<Task>(`/tasks/${child}`)
-          .then(keep)
-          .catch(onError)
-          .finally(() => reading.delete(child));
-      }
-    }
-  }, [tasks]);
 
   return html`
     <section class="tasks split" aria-label="Tasks">

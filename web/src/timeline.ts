@@ -63,6 +63,10 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
   // Set while the page scrolls the list itself (following): that scroll
   // is not the reader leaving the bottom.
   const scrolling = useRef(false);
+  // Scaled (a long log): the row at the top of the view where the reader
+  // left it, and the scroll bar's place then.
+  const anchor = useRef<{ row: number; at: number } | null>(null);
+  const geometry = useRef({ span: 0, room: 1 });
 
   // The log's head, then live events from just after it.
   useEffect(() => {
@@ -103,18 +107,26 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
   const inner = Math.max(total * ROW * scale, 0);
   const count = Math.ceil(height / ROW) + 1;
 
+  const shown = Math.floor(height / ROW);
+  const span = Math.max(0, total - shown);
+  const room = Math.max(1, inner - height);
+  // Scaled, the rows in view follow the scroll bar by a ratio that events
+  // streaming in would change: a reader who is not following keeps the row
+  // they read (`anchor`: the row at the top, fractional, and where the
+  // scroll bar was), and scrolling moves on from it.
+  geometry.current = { span, room };
+  // Following, the newest row is at the bottom: no row to keep.
+  if (follow) anchor.current = null;
   const view: Window = useMemo(() => {
     if (scale === 1) {
       const first = Math.floor(scrollTop / ROW);
       return { first, top: first * ROW };
     }
-    // Scaled: the rows in view are drawn where the scroll bar is; at the
-    // bottom, the newest row is the last one in view.
-    const room = Math.max(1, inner - height);
-    const shown = Math.floor(height / ROW);
-    const first = Math.round(Math.min(1, scrollTop / room) * Math.max(0, total - shown));
-    return { first, top: scrollTop };
-  }, [scrollTop, scale, inner, height, total, count]);
+    // At the bottom (following), the newest row is the last one in view.
+    const exact = follow || !anchor.current ? Math.min(1, scrollTop / room) * span : anchor.current.row;
+    const first = Math.floor(exact);
+    return { first, top: scrollTop - (exact - first) * ROW };
+  }, [scrollTop, scale, room, span, follow]);
 
   const from = Math.max(0, view.first - (scale === 1 ? OVERSCAN : 0));
   const to = Math.min(total, view.first + count + OVERSCAN);
@@ -155,14 +167,34 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
   const onScroll = useCallback(() => {
     const box = scroller.current;
     if (!box) return;
+    // Scaled: the scroll moves the rows in view from where they were.
+    const { span, room } = geometry.current;
+    const was = anchor.current;
+    const moved = was ? was.row + ((box.scrollTop - was.at) / room) * span : (box.scrollTop / room) * span;
+    const row = box.scrollTop <= 0 ? 0 : Math.min(span, Math.max(0, moved));
+    anchor.current = { row, at: box.scrollTop };
     setScrollTop(box.scrollTop);
     if (scrolling.current) {
       // The page's own scroll to the bottom: still following.
       scrolling.current = false;
       return;
     }
-    setFollow(box.scrollTop + box.clientHeight >= box.scrollHeight - ROW);
+    const bottom = box.scrollTop + box.clientHeight >= box.scrollHeight - ROW;
+    if (bottom) anchor.current = null;
+    setFollow(bottom);
   }, []);
+
+  // Scaled: puts row `seq` in view (a key, a match opened) and anchors
+  // the view there.
+  const scrollTo = (seq: number) => {
+    const box = scroller.current;
+    if (!box) return;
+    const row = Math.min(span, Math.max(0, seq - 1 - Math.floor(shown / 2)));
+    const at = (row / Math.max(1, span)) * room;
+    anchor.current = { row, at };
+    box.scrollTop = at;
+    setScrollTop(at);
+  };
 
   const event = (seq: number) => pages.get(pageOf(seq))?.find((e) => e.seq === seq);
 
@@ -188,7 +220,9 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
       if (y < box.scrollTop) box.scrollTop = y;
       else if (y + ROW > box.scrollTop + box.clientHeight) box.scrollTop = y + ROW - box.clientHeight;
     } else if (box) {
-      box.scrollTop = ((next - 1) / Math.max(1, total - 1)) * (inner - height);
+      setFollow(false);
+      const top = Math.floor(anchor.current?.row ?? span);
+      if (next - 1 < top || next > top + shown) scrollTo(next);
     }
   };
 
@@ -236,10 +270,8 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
     const box = scroller.current;
     if (!box || !unfiltered(filters)) return;
     setFollow(false);
-    box.scrollTop =
-      scale === 1
-        ? Math.max(0, (seq - 1) * ROW - box.clientHeight / 2)
-        : ((seq - 1) / Math.max(1, total - 1)) * (inner - height);
+    if (scale === 1) box.scrollTop = Math.max(0, (seq - 1) * ROW - box.clientHeight / 2);
+    else scrollTo(seq);
   };
 
   const field = (key: keyof Filters, label: string, placeholder: string) => html`
@@ -252,7 +284,12 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
     <section class="timeline" aria-label="Timeline">
       <div class="toolbar">
         <span data-testid="head">${total} events</span>
-        <label><input type="checkbox" checked=${follow} onChange=${(e: Event) => setFollow((e.target as HTMLInputElement).checked)} /> follow new events</label>
+        <label><input type="checkbox" checked=${follow} onChange=${(e: Event) => {
+          const on = (e.target as HTMLInputElement).checked;
+          // Stopping: the rows in view stay as they are.
+          if (!on) anchor.current = { row: Math.min(1, scrollTop / room) * span, at: scrollTop };
+          setFollow(on);
+        }} /> follow new events</label>
         <button type="button" onClick=${verify}>Verify chain</button>
         <span class="verified" role="status" data-testid="verified">${verified}</span>
       </div>

@@ -9,6 +9,7 @@ import { short, took } from "./format";
 import { idOf, newest } from "./newest";
 import { html } from "./html";
 import { onEvent } from "./live";
+import { rereader } from "./reread";
 
 /** A run as `/workflows` lists it. */
 interface RunSummary {
@@ -84,28 +85,68 @@ function layout(steps: Record<string, Step>) {
   return { at, width, height };
 }
 
+/** The steps of `run` waiting for a person's decision. */
+const waitingSteps = (run: RunView) =>
+  Object.entries(run.steps)
+    .filter(([, step]) => step.state === "waiting for approval")
+    .map(([id]) => id);
+
 /** The Workflows view. */
 export function Workflows({ onError }: { onError: (e: unknown) => void }) {
-  const [runs, setRuns] = useState<RunSummary[]>([]);
+  const [runs, setRuns] = useState<RunView[]>([]);
   const [selected, setSelected] = useState<string | null>(null);
-  const [run, setRun] = useState<RunView | null>(null);
   const [times, setTimes] = useState<Record<string, [string, string]>>({});
-  const [listed, setListed] = useState(0);
   const [moved, setMoved] = useState(0);
   const selectedRef = useRef(selected);
   selectedRef.current = selected;
+  const run = runs.find((r) => r.id === selected) ?? null;
 
-  // The newest runs (their starts, newest first), each read for its state.
+  // A run is read one request at a time, a few times a second at most,
+  // however many events it records; a new one goes first, the oldest past
+  // the list's length is let go.
+  const [reader] = useState(() =>
+    rereader((id) =>
+      get<RunView>(`/workflows/${id}`)
+        .then((read) =>
+          setRuns((old) => {
+            const at = old.findIndex((r) => r.id === read.id);
+            if (at >= 0) return old.map((r, i) => (i === at ? read : r));
+            return [read, ...old].slice(0, RUNS);
+          }),
+        )
+        .catch(onError),
+    ),
+  );
+
+  // The newest runs (their starts, newest first), each read for its state
+  // (one read live meanwhile is newer, and kept); then every run's event
+  // has its run read again.
   useEffect(() => {
     newest("workflow:", null, RUNS)
-      .then(({ events }) => Promise.all(events.map((e) => get<RunSummary>(`/workflows/${idOf(e.stream)}`))))
-      .then(setRuns)
+      .then(({ events }) => Promise.all(events.map((e) => get<RunView>(`/workflows/${idOf(e.stream)}`))))
+      .then((read) =>
+        setRuns((old) => {
+          const live = new Map(old.map((r) => [r.id, r]));
+          const listed = new Set(read.map((r) => r.id));
+          return [...old.filter((r) => !listed.has(r.id)), ...read.map((r) => live.get(r.id) ?? r)];
+        }),
+      )
       .catch(onError);
-  }, [listed]);
+    const unwatch = onEvent((e) => {
+      if (e.type !== "workflow_recorded") return;
+      const id = idOf(e.stream);
+      reader.mark(id);
+      if (id === selectedRef.current) setMoved((m) => m + 1);
+    });
+    return () => {
+      unwatch();
+      reader.stop();
+    };
+  }, []);
 
+  // The open run's history, for its steps' timings.
   useEffect(() => {
     if (!selected) return;
-    get<RunView>(`/workflows/${selected}`).then(setRun).catch(onError);
     get<HistoryEntry[]>(`/workflows/${selected}/history`)
       .then((history) => {
         const spans: Record<string, [string, string]> = {};
@@ -119,51 +160,58 @@ export function Workflows({ onError }: { onError: (e: unknown) => void }) {
       .catch(onError);
   }, [selected, moved]);
 
-  // A run's event: the open run is read again when it is that run's; the
-  // list, at most once a second, when a run starts or ends.
-  useEffect(() => {
-    let pending: ReturnType<typeof setTimeout> | null = null;
-    const stop = onEvent((e) => {
-      if (e.type !== "workflow_recorded") return;
-      if (e.stream === `workflow:${selectedRef.current}`) setMoved((m) => m + 1);
-      const type = (e.event as { workflow_recorded?: { event?: { type?: string } } }).workflow_recorded?.event?.type;
-      if (["started", "completed", "failed", "cancelled"].includes(type ?? "") && !pending) {
-        pending = setTimeout(() => {
-          pending = null;
-          setListed((l) => l + 1);
-        }, 1000);
-      }
-    });
-    return () => {
-      stop();
-      if (pending) clearTimeout(pending);
-    };
-  }, []);
-  const decide = (step: string, approve: boolean) =>
-    post(`/workflows/${run!.id}/steps/${encodeURIComponent(step)}/${approve ? "approve" : "reject"}`, {})
-      .then(() => setMoved((m) => m + 1))
+  const decide = (id: string, step: string, approve: boolean) =>
+    post(`/workflows/${id}/steps/${encodeURIComponent(step)}/${approve ? "approve" : "reject"}`, {})
+      .then(() => reader.mark(id))
       .catch(onError);
 
-  const waiting = runs.length;
+  // Opens run `id` (read first when it is not listed: a fork's origin).
+  const select = (id: string) => {
+    setSelected(id);
+    if (!runs.some((r) => r.id === id)) reader.mark(id);
+  };
+
+  const asking = runs.flatMap((r) => waitingSteps(r).map((step) => [r, step] as const));
   return html`
     <section class="workflows split" aria-label="Workflows">
       <div class="list">
-        ${waiting === 0 && html`<p class="hint">No workflow run yet (<code>lion workflow run FILE</code>).</p>`}
+        ${asking.length > 0 &&
+        html`<h2>Waiting for a decision</h2>
+          <ul class="approvals" aria-label="Approvals waiting">
+            ${asking.map(
+              ([r, step]) => html`<li key=${`${r.id}/${step}`} data-approval=${`${r.id}/${step}`}>
+                <button type="button" class="link" onClick=${() => select(r.id)}>${r.name} ${short(r.id)}</button>
+                <span>step <strong>${step}</strong></span>
+                <button type="button" aria-label=${`Approve ${step} of ${r.name} ${short(r.id)}`}
+                        onClick=${() => decide(r.id, step, true)}>approve</button>
+                <button type="button" aria-label=${`Reject ${step} of ${r.name} ${short(r.id)}`}
+                        onClick=${() => decide(r.id, step, false)}>reject</button>
+              </li>`,
+            )}
+          </ul>`}
+        ${runs.length === 0 && html`<p class="hint">No workflow run yet (<code>lion workflow run FILE</code>).</p>`}
         <ul class="runs" aria-label="Runs">
           ${runs.map(
             (r) => html`<li key=${r.id}>
               <button type="button" class=${`link${selected === r.id ? " selected" : ""}`} data-run=${r.id}
-                      onClick=${() => setSelected(r.id)}>
+                      aria-label=${`Run ${r.name} ${short(r.id)}`} onClick=${() => select(r.id)}>
                 ${r.name}</button>
               <span class=${`status status-${r.status}`}>${r.status}</span>
+              ${waitingSteps(r).length > 0 && html`<span class="status status-waiting">waiting for approval</span>`}
               <span class="muted">${short(r.id)} · ${r.started_at.slice(11, 19)}</span>
-              ${r.origin && html`<span class="muted">${origin(r.origin)}</span>`}
+              ${r.origin &&
+              html`<button type="button" class="link muted" aria-label=${`Open run ${short(r.origin.run)}`}
+                           onClick=${() => select(r.origin!.run)}>${origin(r.origin)}</button>`}
             </li>`,
           )}
         </ul>
       </div>
       <div class="detail run">
-        ${run ? html`<${Dag} run=${run} times=${times} decide=${decide} />` : html`<p class="hint">Select a run to see its steps.</p>`}
+        ${run
+          ? html`<${Dag} run=${run} times=${times} decide=${(step: string, approve: boolean) => decide(run.id, step, approve)} />`
+          : selected
+            ? html`<p class="hint">…</p>`
+            : html`<p class="hint">Select a run to see its steps.</p>`}
       </div>
     </section>
   `;

@@ -2,10 +2,13 @@
 // it is given (LION_HOMES: a JSON list of {name, url, token}), the time to
 // the timeline's first rendered row (a fresh browser context each run,
 // signed in beforehand), and the frame times while the timeline scrolls
-// (a step per animation frame), once the timeline's read model has caught
-// up with the log. Prints one JSON object: per home, the first-render
-// times, the frame times and how long the read model took to catch up, in
-// milliseconds.
+// from the middle of the log at a fast wheel's pace (100 px a frame, 240
+// frames), once the timeline's read model has caught up with the log; and
+// whether the rows a reader scrolled back to stay put while 200 events
+// stream in. Prints one JSON object: per home, the first-render times, the
+// frame times, the frames that showed rows not yet loaded, the rows the
+// view moved by, and how long the read model took to catch up (times in
+// milliseconds).
 
 import { launch } from "./browser.mjs";
 
@@ -32,7 +35,8 @@ try {
   for (const home of homes) {
     const indexed_ms = caughtUp[home.name];
     const first = [];
-    let frames = [];
+    let frames = { times: [], unloaded: 0 };
+    let moved = null;
     for (let run = 0; run < runs; run++) {
       const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
       const signed = await context.request.post(`${home.url}/auth/session`, { data: { token: home.token } });
@@ -43,31 +47,79 @@ try {
       // Since the navigation started, by the page's own clock.
       first.push(await page.evaluate(() => performance.now()));
       if (run === runs - 1) {
-        // Scrolls from the top, a step per frame, for 240 frames.
-        frames = await page.evaluate(async () => {
-          const box = document.querySelector(".scroller");
-          box.scrollTop = 0;
-          const step = Math.max(1, Math.floor((box.scrollHeight - box.clientHeight) / 240));
-          const times = [];
-          let last = performance.now();
-          await new Promise((done) => {
-            const frame = (now) => {
-              times.push(now - last);
-              last = now;
-              box.scrollTop += step;
-              if (times.length < 240) requestAnimationFrame(frame);
-              else done();
-            };
-            requestAnimationFrame(frame);
-          });
-          return times.slice(1);
-        });
+        frames = await page.evaluate(scrollFrames);
+        moved = await rowsMoved(page, home);
       }
       await context.close();
     }
-    out[home.name] = { first_render_ms: first, frame_ms: frames, indexed_ms };
+    out[home.name] = {
+      first_render_ms: first,
+      frame_ms: frames.times,
+      unloaded_frames: frames.unloaded,
+      rows_moved: moved,
+      indexed_ms,
+    };
   }
 } finally {
   await browser.close();
 }
 console.log(JSON.stringify(out));
+
+/** In the page: from the middle of the log, 240 frames scrolling down 100
+ * px each; the time between frames, and how many showed a row in view not
+ * loaded yet ("…"). */
+async function scrollFrames() {
+  const box = document.querySelector(".scroller");
+  box.scrollTop = Math.floor((box.scrollHeight - box.clientHeight) / 2);
+  const times = [];
+  let unloaded = 0;
+  let last = performance.now();
+  await new Promise((done) => {
+    const frame = (now) => {
+      times.push(now - last);
+      last = now;
+      if (box.querySelector(".row .loading")) unloaded++;
+      box.scrollTop += 100;
+      if (times.length < 240) requestAnimationFrame(frame);
+      else done();
+    };
+    requestAnimationFrame(frame);
+  });
+  return { times: times.slice(1), unloaded };
+}
+
+/** The rows a reader scrolled back to (the middle of the log, not
+ * following) moved by while 200 events streamed in: the sequence number
+ * of the top row in view, after less before (0: they stayed put). `null`
+ * on a home too small to scroll. */
+async function rowsMoved(page, home) {
+  const topRow = () =>
+    page.evaluate(() => {
+      const box = document.querySelector(".scroller");
+      const top = box.getBoundingClientRect().top;
+      const rows = [...box.querySelectorAll(".row")]
+        .filter((r) => r.getBoundingClientRect().top >= top - 1 && !r.querySelector(".loading"))
+        .sort((a, b) => a.getBoundingClientRect().top - b.getBoundingClientRect().top);
+      return rows.length ? Number(rows[0].querySelector(".seq").textContent) : null;
+    });
+  const scrolls = await page.evaluate(() => {
+    const box = document.querySelector(".scroller");
+    box.scrollTop = Math.floor((box.scrollHeight - box.clientHeight) / 2);
+    return box.scrollHeight > box.clientHeight * 2;
+  });
+  if (!scrolls) return null;
+  await page.waitForFunction(() => !document.querySelector(".scroller .row .loading"));
+  const before = await topRow();
+  const head = Number((await page.locator("[data-testid=head]").textContent()).split(" ")[0]);
+  for (let i = 0; i < 200; i++) {
+    const created = await fetch(`${home.url}/elements`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${home.token}`, "content-type": "application/json" },
+      body: JSON.stringify({ metadata: { bench: "stream" }, content: String(i) }),
+    });
+    if (!created.ok) throw new Error(`${home.name}: POST /elements answered ${created.status}`);
+  }
+  await page.locator("[data-testid=head]", { hasText: `${head + 200} events` }).waitFor();
+  await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+  return (await topRow()) - before;
+}

@@ -8,6 +8,8 @@
 //                sends the answer's next chunk
 //   LION_BIN, LION_HOME  the lion binary and the home it serves (the CLI
 //                works beside the server)
+//   LION_SERVER_PID  the server's process, killed at the end (the page
+//                says the server is unreachable)
 // It does real work through the API (with the token, as any client) and the
 // CLI, and checks the page: a wrong or missing token shows the sign-in page
 // and no data; signed in, the timeline lists the log and new events appear
@@ -15,7 +17,9 @@
 // cancelled from the page shows every child cancelled; an approval granted
 // in the page lets its workflow complete; a denied plugin call shows its
 // denial; an agent's answer grows in the page while the model is still
-// generating it. Exits non-zero, naming the failed check, on the first
+// generating it; events streaming in shift nothing on the page; the
+// keyboard opens filtered matches; a dark theme and a narrow screen fit;
+// the server killed, the page says it is unreachable. Exits non-zero, naming the failed check, on the first
 // failure.
 
 import { execFileSync } from "node:child_process";
@@ -29,8 +33,11 @@ const shots = process.env.SCREENSHOTS;
 const control = process.env.PROVIDER_CONTROL;
 const lionBin = process.env.LION_BIN;
 const lionHome = process.env.LION_HOME;
-if (!url || !token || !shots || !control || !lionBin || !lionHome) {
-  console.error("dashboard.mjs: set LION_URL, LION_TOKEN, SCREENSHOTS, PROVIDER_CONTROL, LION_BIN and LION_HOME");
+const serverPid = Number(process.env.LION_SERVER_PID);
+if (!url || !token || !shots || !control || !lionBin || !lionHome || !serverPid) {
+  console.error(
+    "dashboard.mjs: set LION_URL, LION_TOKEN, SCREENSHOTS, PROVIDER_CONTROL, LION_BIN, LION_HOME and LION_SERVER_PID",
+  );
   process.exit(2);
 }
 mkdirSync(shots, { recursive: true });
@@ -55,10 +62,22 @@ const browser = await launch();
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
+  // Every answer with data: anything but the page itself, its assets and
+  // the sign-in exchange.
   const dataRequests = [];
   page.on("response", (r) => {
-    if (new URL(r.url()).pathname.startsWith("/events") && r.status() === 200) dataRequests.push(r.url());
+    const path = new URL(r.url()).pathname;
+    const asset = path === "/" || path === "/index.html" || path.startsWith("/assets/") || path === "/favicon.ico";
+    if (!asset && path !== "/auth/session" && r.status() === 200) dataRequests.push(path);
   });
+  // Layout shifts not caused by input (a row moving as events stream in).
+  await page.addInitScript(() => {
+    window.__shifts = [];
+    new PerformanceObserver((list) => {
+      for (const entry of list.getEntries()) if (!entry.hadRecentInput) window.__shifts.push(entry.value);
+    }).observe({ type: "layout-shift", buffered: true });
+  });
+  const shifted = () => page.evaluate(() => window.__shifts.reduce((a, b) => a + b, 0));
 
   // No token: the sign-in page, and no data.
   await page.goto(url + "/");
@@ -71,7 +90,7 @@ try {
   await page.click("button[type=submit]");
   await page.locator("#status", { hasText: "not this server's" }).waitFor();
   check((await page.locator(".row").count()) === 0, "a wrong token shows no event");
-  check(dataRequests.length === 0, "no data was served before signing in");
+  check(dataRequests.length === 0, `no data was served before signing in (${dataRequests.join(", ")})`);
 
   // Real work before signing in: an element.
   const first = await api("POST", "/elements", { metadata: { name: "before" }, content: "first" });
@@ -102,6 +121,14 @@ try {
   await page.keyboard.press("ArrowUp");
   await page.locator(".detail h2", { hasText: "#1 element_created" }).waitFor();
   check(true, "the arrow keys move through the events");
+
+  // Events streaming in shift nothing: the rows are fixed in height, the
+  // counts fixed in width.
+  const before = await shifted();
+  for (let i = 0; i < 20; i++) await api("POST", "/elements", { metadata: { name: `burst ${i}` }, content: "x" });
+  await page.locator(".row .summary", { hasText: '"burst 19"' }).waitFor();
+  const shift = (await shifted()) - before;
+  check(shift < 0.001, `20 events streaming in shift nothing on the timeline (layout shift ${shift.toFixed(4)})`);
 
   // The chain verifies.
   await page.click("text=Verify chain");
@@ -150,10 +177,32 @@ try {
   ].join("\n");
   const run = await api("POST", "/workflows", { main: "flow.toml", files: { "flow.toml": flow } });
   await page.click("nav >> text=Workflows");
+  // It waits, in the list of runs and among the decisions waiting.
+  await page.locator(`li:has(> [data-run="${run.id}"]) .status-waiting`).waitFor();
+  const approval = page.locator(`[data-approval="${run.id}/ask"]`);
+  await approval.waitFor();
+  check(true, "a run waiting for approval says so in the list, and its approval is listed");
+  await approval.locator(`button[aria-label^="Approve ask of"]`).click();
+  await approval.waitFor({ state: "detached" });
   await page.click(`[data-run="${run.id}"]`);
-  await page.locator('button[aria-label="Approve ask"]').click();
   await page.locator("[data-testid=run-status]", { hasText: "completed" }).waitFor();
   check(true, "an approval granted in the page lets its workflow complete");
+  // A fork says where it came from, and that run opens from it.
+  const fork = await api("POST", `/workflows/${run.id}/fork`, { from: "then" });
+  const forked = page.locator(`li:has(> [data-run="${fork.id}"])`);
+  await forked.locator(`[data-run="${fork.id}"]`).click();
+  const shownRun = page.locator(".detail.run > p.muted").first();
+  await page.waitForFunction(
+    (id) => document.querySelector(".detail.run > p.muted")?.textContent?.startsWith(id),
+    fork.id,
+  );
+  await forked.locator("button", { hasText: "forked from" }).click();
+  await page.waitForFunction(
+    (id) => document.querySelector(".detail.run > p.muted")?.textContent?.startsWith(id),
+    run.id,
+  );
+  check((await shownRun.textContent()).startsWith(run.id), "the origin opened");
+  check(true, "a fork shows its origin, which opens the run it came from");
   await page.screenshot({ path: join(shots, "workflows.png") });
   await page.click("nav >> text=Timeline");
 
@@ -203,6 +252,15 @@ try {
   await page.locator("[data-testid=causes] button").first().click();
   await page.locator("[data-testid=effects]", { hasText: "task_submitted" }).waitFor();
   check(true, "the run's start shows the step task among its effects");
+  // The keyboard moves through the matches (newest first).
+  await page.locator(".matches").focus();
+  await page.keyboard.press("Home");
+  const newestMatch = await page.locator(".matches .row .seq").first().textContent();
+  await page.locator(".detail h2", { hasText: `#${newestMatch} ` }).waitFor();
+  await page.keyboard.press("ArrowDown");
+  const secondMatch = await page.locator(".matches .row .seq").nth(1).textContent();
+  await page.locator(".detail h2", { hasText: `#${secondMatch} ` }).waitFor();
+  check(true, "the keyboard opens the filtered matches");
   await page.screenshot({ path: join(shots, "timeline-filtered.png") });
   await page.click("form.filters >> text=clear");
 
@@ -248,6 +306,11 @@ try {
   // Dark, and narrow.
   await page.click("button[aria-label^='Theme']");
   await page.click("button[aria-label^='Theme']");
+  check(
+    (await page.evaluate(() => document.documentElement.dataset.theme)) === "dark" &&
+      (await page.evaluate(() => getComputedStyle(document.body).backgroundColor)) !== "rgb(255, 255, 255)",
+    "the theme switches to dark",
+  );
   await page.screenshot({ path: join(shots, "timeline-dark.png") });
   await page.setViewportSize({ width: 390, height: 800 });
   await page.screenshot({ path: join(shots, "timeline-narrow.png") });
@@ -258,11 +321,28 @@ try {
     const wide = await page.evaluate(() => document.documentElement.scrollWidth);
     check(wide <= 390, `#${view} fits a 390 px screen (${wide} px)`);
   }
+  // Narrow, with the details open too.
   await page.goto(`${url}/#workflows`);
   await page.click(`[data-run="${run.id}"]`);
   await page.locator("[data-testid=run-status]").waitFor();
   await page.screenshot({ path: join(shots, "workflows-narrow.png") });
-  check(first.id !== undefined, "screenshots written");
+  let wide = await page.evaluate(() => document.documentElement.scrollWidth);
+  check(wide <= 390, `a run's steps fit a 390 px screen (${wide} px)`);
+  await page.goto(`${url}/#tasks`);
+  await page.click(`[data-task="${root.id}"] button.link`);
+  await page.locator(".attempts tbody tr").first().waitFor();
+  wide = await page.evaluate(() => document.documentElement.scrollWidth);
+  check(wide <= 390, `a task's attempts fit a 390 px screen (${wide} px)`);
+
+  // The server gone: the page says so (and keeps trying).
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.goto(`${url}/#timeline`);
+  await page.locator("[data-testid=link][data-state=live]").waitFor();
+  await page.locator(".row .type").last().waitFor();
+  process.kill(serverPid, "SIGKILL");
+  await page.locator("[data-testid=link][data-state=reconnecting]").waitFor();
+  check(true, "the server killed, the page says it is unreachable");
+  await page.screenshot({ path: join(shots, "unreachable.png") });
 } finally {
   await browser.close();
 }

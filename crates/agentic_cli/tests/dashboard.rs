@@ -3,7 +3,8 @@
 //! playwright-core against it (sign-in, the live timeline, an event's
 //! JSON, the chain's verification, a task tree cancelled from the page, an
 //! approval granted there, a plugin's denial, an agent's answer growing
-//! while a scripted model streams it, themes and a narrow screen). The
+//! while a scripted model streams it, themes and a narrow screen, the
+//! server gone). The
 //! screenshots go to `target/screenshots/`. `scripts/check` builds the page
 //! and installs Chromium first.
 
@@ -37,6 +38,8 @@ async fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
     ];
     let server = Server::start(dir.path(), &envs, &["--plugin-dir", dist]);
     let shots = root.join("target/screenshots");
+    // Only this run's screenshots count.
+    let _ = std::fs::remove_dir_all(&shots);
     let output = tokio::process::Command::new("node")
         .arg(root.join("web/tests/dashboard.mjs"))
         .current_dir(root.join("web"))
@@ -46,6 +49,7 @@ async fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
         .env("PROVIDER_CONTROL", &control)
         .env("LION_BIN", env!("CARGO_BIN_EXE_lion"))
         .env("LION_HOME", dir.path())
+        .env("LION_SERVER_PID", server.id().to_string())
         .output()
         .await
         .expect("run node");
@@ -69,6 +73,7 @@ async fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
         "timeline-dark",
         "timeline-narrow",
         "workflows-narrow",
+        "unreachable",
     ] {
         assert!(shots.join(format!("{shot}.png")).is_file(), "no {shot}.png");
     }

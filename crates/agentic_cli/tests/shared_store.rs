@@ -475,6 +475,25 @@ async fn a_kernel_on_a_shared_store_makes_its_home_and_is_listed() {
     assert_eq!(listed["shared"], true);
     assert_eq!(listed["kernels"][0]["state"], "alive", "{listed}");
     assert_eq!(listed["kernels"][0]["pid"], kernel.id(), "{listed}");
+
+    // The API (and so the dashboard's Kernels view) lists both kernels:
+    // the one of `lion run` and the server's own, with their heartbeats
+    // and claims.
+    let served = dir.path().join("served");
+    let server = support::serve::Server::start(&served, &[("LION_STORE", url.as_str())], &[]);
+    let kernels = server.api().get("/kernels").await.json();
+    assert_eq!(kernels["shared"], true, "{kernels}");
+    let listed = kernels["kernels"].as_array().expect("kernels");
+    let mut pids: Vec<u64> = listed.iter().filter_map(|k| k["pid"].as_u64()).collect();
+    pids.sort_unstable();
+    let mut expected = vec![u64::from(kernel.id()), u64::from(server.id())];
+    expected.sort_unstable();
+    assert_eq!(pids, expected, "{kernels}");
+    for k in listed {
+        assert_eq!(k["state"], "alive", "{k}");
+        assert!(k["heartbeat_at"].is_string(), "{k}");
+        assert_eq!(k["claims"], 0, "{k}");
+    }
 }
 
 /// `lion --home <home> [--store <url>] <args…>`, run to completion off the
