@@ -78,3 +78,37 @@ async fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
         assert!(shots.join(format!("{shot}.png")).is_file(), "no {shot}.png");
     }
 }
+
+/// `lion bench dashboard --quick` runs end to end from the checkout (its
+/// small homes, the browser bench) and prints its figures; the rows a
+/// scrolled-back reader sees stay put while events stream in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_bench_runs_end_to_end() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_lion"))
+        .current_dir(&root)
+        .args(["--json", "bench", "dashboard", "--quick", "--dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("run lion bench dashboard");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    for home in ["empty", "big"] {
+        assert!(
+            result["first_render_ms"][home].as_f64().unwrap_or(0.0) > 0.0,
+            "{result}"
+        );
+        assert!(
+            result["frame_ms"][home]["p50"].as_f64().unwrap_or(0.0) > 0.0,
+            "{result}"
+        );
+    }
+    assert!(
+        result["events"]["big"].as_u64().unwrap_or(0) > 10_000,
+        "{result}"
+    );
+    assert_eq!(result["rows_moved_while_streaming"], 0, "{result}");
+}
