@@ -334,8 +334,24 @@ try {
   wide = await page.evaluate(() => document.documentElement.scrollWidth);
   check(wide <= 390, `a task's attempts fit a 390 px screen (${wide} px)`);
 
-  // The server gone: the page says so (and keeps trying).
+  // Signed in again in another tab: this tab's CSRF token is the old
+  // session's, and acting from it asks to sign in again.
   await page.setViewportSize({ width: 1280, height: 800 });
+  const sleeper = await api("POST", "/tasks", { handler: "sleep", input: { ms: 600000 } });
+  await page.goto(`${url}/#tasks`);
+  const cancelSleeper = page.locator(`button[aria-label="Cancel task ${sleeper.id}"]`);
+  await cancelSleeper.waitFor();
+  const again = await context.request.post(`${url}/auth/session`, { data: { token } });
+  check(again.ok(), "signed in again beside the page (another tab)");
+  await cancelSleeper.click();
+  await page.locator("#status", { hasText: "sign in again to act from this tab" }).waitFor();
+  check(true, "signed in again in another tab, acting from this one asks to sign in again");
+  await page.fill("#token", token);
+  await page.click("button[type=submit]");
+  await page.locator("header nav").waitFor();
+  await api("POST", `/tasks/${sleeper.id}/cancel`);
+
+  // The server gone: the page says so (and keeps trying).
   await page.goto(`${url}/#timeline`);
   await page.locator("[data-testid=link][data-state=live]").waitFor();
   await page.locator(".row .type").last().waitFor();
