@@ -38,7 +38,12 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 /// The embedded dashboard file at `path`, if it was built.
 fn dashboard(path: &str) -> Option<&'static [u8]> {
-    DASHBOARD
+    find(DASHBOARD, path)
+}
+
+/// The file at `path` among `files`.
+fn find(files: &'static [(&'static str, &'static [u8])], path: &str) -> Option<&'static [u8]> {
+    files
         .iter()
         .find_map(|(name, bytes)| (*name == path).then_some(*bytes))
 }
@@ -59,7 +64,12 @@ fn content_type(path: &str) -> &'static str {
 
 /// `/`: the dashboard, or the sign-in page saying how to build it.
 pub async fn index() -> Response {
-    match dashboard("index.html") {
+    index_of(DASHBOARD)
+}
+
+/// The page at `/` when the dashboard's built files are `files`.
+fn index_of(files: &'static [(&'static str, &'static [u8])]) -> Response {
+    match find(files, "index.html") {
         Some(html) => page("text/html; charset=utf-8", FRESH, html),
         None => page("text/html; charset=utf-8", FRESH, SIGN_IN_HTML.as_bytes()),
     }
@@ -84,6 +94,23 @@ pub async fn asset(Path(file): Path<String>) -> Result<Response, Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The body of `response`.
+    async fn text(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        String::from_utf8(bytes.to_vec()).expect("UTF-8")
+    }
+
+    #[tokio::test]
+    async fn a_binary_built_without_the_dashboard_says_how_to_build_it() {
+        let page = text(index_of(&[])).await;
+        assert!(page.contains("scripts/build-web"), "{page}");
+        assert!(page.contains("token"), "{page}");
+        let built: &'static [(&str, &[u8])] = &[("index.html", b"<p>the dashboard</p>")];
+        assert_eq!(text(index_of(built)).await, "<p>the dashboard</p>");
+    }
 
     #[test]
     fn files_are_served_with_their_content_types() {
