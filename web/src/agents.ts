@@ -177,7 +177,7 @@ function Conversation({ name, moved, onError }: { name: string; moved: number; o
     </div>
     <ol class="messages" aria-label="Conversation">
       ${agent.messages.map(
-        (m, i) => html`<li key=${i} class=${`message ${m.role}`}>
+        (m, i) => html`<li key=${i} class=${`message ${m.role}${m.role === "tool" && m.content.startsWith("error:") ? " refused" : ""}`}>
           <span class="role">${m.role}</span>
           ${m.content && html`<div class="content">${m.content}</div>`}
           ${(m.tool_calls ?? []).map(

@@ -6,6 +6,8 @@
 //   SCREENSHOTS  the folder the screenshots go to
 //   PROVIDER_CONTROL  the scripted LLM provider's address: GET /release
 //                sends the answer's next chunk
+//   TOOL_PROMPT  a prompt the scripted model answers by calling the tool
+//                http_fetch__get (then, given its result, with text)
 //   LION_BIN, LION_HOME  the lion binary and the home it serves (the CLI
 //                works beside the server)
 //   LION_SERVER_PID  the server's process, killed at the end (the page
@@ -34,9 +36,10 @@ const control = process.env.PROVIDER_CONTROL;
 const lionBin = process.env.LION_BIN;
 const lionHome = process.env.LION_HOME;
 const serverPid = Number(process.env.LION_SERVER_PID);
-if (!url || !token || !shots || !control || !lionBin || !lionHome || !serverPid) {
+const toolPrompt = process.env.TOOL_PROMPT;
+if (!url || !token || !shots || !control || !lionBin || !lionHome || !serverPid || !toolPrompt) {
   console.error(
-    "dashboard.mjs: set LION_URL, LION_TOKEN, SCREENSHOTS, PROVIDER_CONTROL, LION_BIN, LION_HOME and LION_SERVER_PID",
+    "dashboard.mjs: set LION_URL, LION_TOKEN, SCREENSHOTS, PROVIDER_CONTROL, TOOL_PROMPT, LION_BIN, LION_HOME and LION_SERVER_PID",
   );
   process.exit(2);
 }
@@ -284,6 +287,15 @@ try {
   await page.locator(".message.assistant:not(.streaming)", { hasText: "Hello there, Ada." }).waitFor();
   await page.locator("[data-testid=tokens]", { hasText: "12 of" }).waitFor();
   check(true, "the finished answer joins the conversation, with the tokens it used");
+  // A tool call the agent was not granted: the call and its refusal show
+  // in the conversation.
+  await api("POST", "/agents", { name: "bea", system: "Use tools." });
+  const refused = await api("POST", "/agents/bea/messages", { text: toolPrompt });
+  check(refused.content === "The tool was refused.", "the agent answered after its tool call");
+  await page.click('[data-agent="bea"]');
+  await page.locator(".tool-call", { hasText: "http_fetch__get" }).waitFor();
+  await page.locator(".message.tool.refused", { hasText: "not granted" }).waitFor();
+  check(true, "an agent's tool call shows, with its refusal");
   await page.screenshot({ path: join(shots, "agents.png") });
   await page.click("nav >> text=Timeline");
 
@@ -292,7 +304,7 @@ try {
   await page.locator("[data-testid=events-chart] polyline").waitFor();
   const peak = await page.locator("[data-testid=events-chart] figcaption").first().textContent();
   check(!/peak 0\)/.test(peak ?? ""), `the overview counted the events streamed (${peak})`);
-  await page.locator(".chart figcaption", { hasText: "tokens/s (peak 12)" }).waitFor();
+  await page.locator(".chart figcaption", { hasText: /tokens\/s \(peak [1-9]\d*\)/ }).waitFor();
   check(true, "the overview counted the agent's tokens");
   await page.locator("[data-testid=task-states] dd", { hasText: /^\d+$/ }).first().waitFor();
   check(true, "the overview shows the tasks by state");

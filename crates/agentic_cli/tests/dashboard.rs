@@ -13,7 +13,7 @@ mod support;
 use std::path::Path;
 
 use support::plugin_dist;
-use support::provider::gated;
+use support::provider::{GATED_TOOL_PROMPT, gated};
 use support::serve::Server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,6 +47,7 @@ async fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
         .env("LION_TOKEN", &server.token)
         .env("SCREENSHOTS", &shots)
         .env("PROVIDER_CONTROL", &control)
+        .env("TOOL_PROMPT", GATED_TOOL_PROMPT)
         .env("LION_BIN", env!("CARGO_BIN_EXE_lion"))
         .env("LION_HOME", dir.path())
         .env("LION_SERVER_PID", server.id().to_string())

@@ -145,10 +145,16 @@ pub async fn stalling(first: &'static str) -> (String, tokio::sync::mpsc::Unboun
     (url, rx)
 }
 
+/// What a prompt to [`gated`]'s model says to have it call a tool.
+pub const GATED_TOOL_PROMPT: &str = "Fetch the page with your tool";
+
 /// A test server that streams `chunks` of text to each chat request one at
 /// a time: the first at once, each next one when something fetches
 /// `CONTROL/release` (the second URL returned), then stop and `[DONE]`. A
 /// test (or a browser test's script) sees an answer still being generated.
+/// A conversation whose prompt is [`GATED_TOOL_PROMPT`] is answered at
+/// once instead: a call of the tool `http_fetch__get`, then, once its
+/// result is sent back, "The tool was refused.".
 pub async fn gated(chunks: &'static [&'static str]) -> (String, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -175,14 +181,37 @@ pub async fn gated(chunks: &'static [&'static str]) -> (String, String) {
                         .await;
                     return;
                 }
-                while !String::from_utf8_lossy(&data).contains("\"messages\"") {
+                // The whole body (a chat request says its length).
+                let text = String::from_utf8_lossy(&data).to_string();
+                let header_end = text.find("\r\n\r\n").map_or(0, |i| i + 4);
+                let length = text[..header_end]
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                while data.len() < header_end + length {
                     match socket.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => data.extend_from_slice(&buf[..n]),
                     }
                 }
+                let body = String::from_utf8_lossy(&data[header_end..]).to_string();
                 let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
                 if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                // A prompt asking for a tool: the model calls one (ungated),
+                // and answers at once when the tool's result comes back.
+                if body.contains(GATED_TOOL_PROMPT) {
+                    let answer = if body.contains("\"role\":\"tool\"") {
+                        text_body(&["The tool was refused."])
+                    } else {
+                        tool_call_body("http_fetch__get", r#"{"url":"http://127.0.0.1:9/"}"#)
+                    };
+                    let _ = socket.write_all(answer.as_bytes()).await;
                     return;
                 }
                 for (i, chunk) in chunks.iter().enumerate() {
