@@ -79,9 +79,8 @@ export async function post<T>(path: string, body: unknown = {}): Promise<T> {
 
 /** Exchanges the server's token for a session cookie. */
 export async function signIn(token: string): Promise<void> {
-  const response = await fetch("/auth/session", {
+  const response = await reach("/auth/session", {
     method: "POST",
-    credentials: "same-origin",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ token }),
   });

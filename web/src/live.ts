@@ -20,9 +20,10 @@ const closedListeners = new Set<() => void>();
 const stateListeners = new Set<(state: LinkState) => void>();
 let source: EventSource | null = null;
 
-/** Whether the live stream is connected: "live", or "reconnecting" while
- * the server cannot be reached (the browser keeps trying). */
-export type LinkState = "connecting" | "live" | "reconnecting";
+/** Whether the live stream is connected: "live", "reconnecting" while
+ * the server cannot be reached (the browser keeps trying), or "closed"
+ * once the browser gave up on it. */
+export type LinkState = "connecting" | "live" | "reconnecting" | "closed";
 
 function tell(state: LinkState) {
   for (const listener of stateListeners) listener(state);
@@ -43,6 +44,7 @@ export function follow(head: number) {
   source.onerror = () => {
     if (source?.readyState === EventSource.CLOSED) {
       source = null;
+      tell("closed");
       for (const listener of closedListeners) listener();
     } else {
       tell("reconnecting");

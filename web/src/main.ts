@@ -99,7 +99,12 @@ function App() {
         if (!stopped) follow(health.head_seq);
       })
       .catch((e) => setError(String(e)));
-    const unlink = onLinkState(setLink);
+    // Back in touch: an error said while the server was unreachable is
+    // old news.
+    const unlink = onLinkState((state) => {
+      if (state === "live" && linkRef.current === "reconnecting") setError("");
+      setLink(state);
+    });
     const unwatch = onClosed(() =>
       get("/events?limit=1")
         .then(() => setError("Live updates stopped: reload the page to resume them."))
@@ -154,7 +159,7 @@ function App() {
         )}
       </nav>
       <span class="link-state" role="status" data-testid="link" data-state=${link}>
-        ${link === "live" ? "● live" : link === "reconnecting" ? "○ server unreachable, reconnecting…" : "○ connecting…"}
+        ${{ live: "● live", reconnecting: "○ server unreachable, reconnecting…", closed: "○ not live", connecting: "○ connecting…" }[link]}
       </span>
       <button
         type="button"

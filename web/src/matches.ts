@@ -138,7 +138,9 @@ export function Matches({
     };
     if (!(k.key in to)) return;
     k.preventDefault();
-    const next = items[Math.min(items.length - 1, Math.max(0, at < 0 ? 0 : to[k.key]))];
+    // Nothing opened yet: the keys start at the newest (End: the oldest).
+    const want = at < 0 ? (k.key === "End" ? items.length - 1 : 0) : to[k.key];
+    const next = items[Math.min(items.length - 1, Math.max(0, want))];
     onSelect(next.seq);
     document.getElementById(`match-${next.seq}`)?.scrollIntoView({ block: "nearest" });
   };
@@ -149,22 +151,24 @@ export function Matches({
   };
 
   return html`
-    <div class="scroller matches" tabIndex="0" role="listbox" aria-label="Matching events, newest first" ref=${box}
-         aria-activedescendant=${selected !== null && items.some((e) => e.seq === selected) ? `match-${selected}` : undefined}
-         onScroll=${onScroll} onKeyDown=${onKey}>
+    <div class="matches-pane">
       <p class="muted" data-testid="matches">${items.length}${next ? "+" : ""} matching events (newest first; the index has read the log to #${indexed})</p>
-      ${items.map(
-        (e) => html`<div key=${e.seq} id=${`match-${e.seq}`} role="option" aria-selected=${selected === e.seq}
-            class=${`row static${selected === e.seq ? " selected" : ""}`}
-            onClick=${() => onSelect(e.seq)}>
-          <span class="seq">${e.seq}</span>
-          <span class="time">${clock(e.recorded_at)}</span>
-          <span class="type">${e.type}</span>
-          <span class="stream">${e.stream}</span>
-          <span class="summary">${JSON.stringify(body(e)).slice(0, 160)}</span>
-        </div>`,
-      )}
-      ${next && items.length < MOST && html`<button type="button" onClick=${() => more(next)}>older…</button>`}
+      <div class="scroller matches" tabIndex="0" role="listbox" aria-label="Matching events, newest first" ref=${box}
+           aria-activedescendant=${selected !== null && items.some((e) => e.seq === selected) ? `match-${selected}` : undefined}
+           onScroll=${onScroll} onKeyDown=${onKey}>
+        ${items.map(
+          (e) => html`<div key=${e.seq} id=${`match-${e.seq}`} role="option" aria-selected=${selected === e.seq}
+              class=${`row static${selected === e.seq ? " selected" : ""}`}
+              onClick=${() => onSelect(e.seq)}>
+            <span class="seq">${e.seq}</span>
+            <span class="time">${clock(e.recorded_at)}</span>
+            <span class="type">${e.type}</span>
+            <span class="stream">${e.stream}</span>
+            <span class="summary">${JSON.stringify(body(e)).slice(0, 160)}</span>
+          </div>`,
+        )}
+      </div>
+      ${next && items.length < MOST && html`<button type="button" class="more" onClick=${() => more(next)}>older…</button>`}
     </div>
   `;
 }

@@ -48,13 +48,15 @@ export function Tasks({ onError }: { onError: (e: unknown) => void }) {
   const [reader] = useState(() =>
     rereader((id) =>
       get<Task>(`/tasks/${id}`)
-        .then((task) =>
+        .then((task) => {
+          // A tree let go while its read ran stays gone.
+          if (!wanted.current.has(task.id)) return;
           setTasks((old) => {
             const next = new Map(old);
             next.set(task.id, task);
             return next;
-          }),
-        )
+          });
+        })
         .catch(onError),
     ),
   );

@@ -168,11 +168,15 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
     const box = scroller.current;
     if (!box) return;
     // Scaled: the scroll moves the rows in view from where they were.
+    // From the anchor to either end of the scroll bar, the rows left that
+    // way: the bar's ends are still the log's ends.
     const { span, room } = geometry.current;
     const was = anchor.current;
-    const moved = was ? was.row + ((box.scrollTop - was.at) / room) * span : (box.scrollTop / room) * span;
-    const row = box.scrollTop <= 0 ? 0 : Math.min(span, Math.max(0, moved));
-    anchor.current = { row, at: box.scrollTop };
+    const at = box.scrollTop;
+    let row = (at / room) * span;
+    if (was && at >= was.at) row = was.row + (room > was.at ? ((at - was.at) / (room - was.at)) * (span - was.row) : 0);
+    else if (was) row = was.at > 0 ? (was.row * at) / was.at : 0;
+    anchor.current = { row: Math.min(span, Math.max(0, row)), at };
     setScrollTop(box.scrollTop);
     if (scrolling.current) {
       // The page's own scroll to the bottom: still following.
@@ -183,6 +187,14 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
     if (bottom) anchor.current = null;
     setFollow(bottom);
   }, []);
+
+  // Stops following: the rows in view stay as they are (scaled, anchored
+  // where they are now).
+  const stopFollowing = () => {
+    if (!follow) return;
+    if (!anchor.current) anchor.current = { row: Math.min(1, scrollTop / room) * span, at: scrollTop };
+    setFollow(false);
+  };
 
   // Scaled: puts row `seq` in view (a key, a match opened) and anchors
   // the view there.
@@ -220,7 +232,7 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
       if (y < box.scrollTop) box.scrollTop = y;
       else if (y + ROW > box.scrollTop + box.clientHeight) box.scrollTop = y + ROW - box.clientHeight;
     } else if (box) {
-      setFollow(false);
+      stopFollowing();
       const top = Math.floor(anchor.current?.row ?? span);
       if (next - 1 < top || next > top + shown) scrollTo(next);
     }
@@ -269,7 +281,7 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
     setSelected(seq);
     const box = scroller.current;
     if (!box || !unfiltered(filters)) return;
-    setFollow(false);
+    stopFollowing();
     if (scale === 1) box.scrollTop = Math.max(0, (seq - 1) * ROW - box.clientHeight / 2);
     else scrollTo(seq);
   };
@@ -285,10 +297,8 @@ export function Timeline({ onError }: { onError: (e: unknown) => void }) {
       <div class="toolbar">
         <span data-testid="head">${total} events</span>
         <label><input type="checkbox" checked=${follow} onChange=${(e: Event) => {
-          const on = (e.target as HTMLInputElement).checked;
-          // Stopping: the rows in view stay as they are.
-          if (!on) anchor.current = { row: Math.min(1, scrollTop / room) * span, at: scrollTop };
-          setFollow(on);
+          if ((e.target as HTMLInputElement).checked) setFollow(true);
+          else stopFollowing();
         }} /> follow new events</label>
         <button type="button" onClick=${verify}>Verify chain</button>
         <span class="verified" role="status" data-testid="verified">${verified}</span>

@@ -111,7 +111,9 @@ export function Workflows({ onError }: { onError: (e: unknown) => void }) {
           setRuns((old) => {
             const at = old.findIndex((r) => r.id === read.id);
             if (at >= 0) return old.map((r, i) => (i === at ? read : r));
-            return [read, ...old].slice(0, RUNS);
+            // The oldest go past the list's length, never the open run.
+            const kept = [read, ...old];
+            return kept.filter((r, i) => i < RUNS || r.id === selectedRef.current);
           }),
         )
         .catch(onError),
@@ -144,21 +146,32 @@ export function Workflows({ onError }: { onError: (e: unknown) => void }) {
     };
   }, []);
 
-  // The open run's history, for its steps' timings.
+  // The open run's history, for its steps' timings: read again as the
+  // run moves, one read at a time, and kept only while that run is open.
+  const [history] = useState(() =>
+    rereader((id) =>
+      get<HistoryEntry[]>(`/workflows/${id}/history`)
+        .then((entries) => {
+          if (id !== selectedRef.current) return;
+          const spans: Record<string, [string, string]> = {};
+          for (const h of entries) {
+            const step = h.event.step;
+            if (!step) continue;
+            spans[step] = [spans[step]?.[0] ?? h.recorded_at, h.recorded_at];
+          }
+          setTimes(spans);
+        })
+        .catch(onError),
+    ),
+  );
   useEffect(() => {
-    if (!selected) return;
-    get<HistoryEntry[]>(`/workflows/${selected}/history`)
-      .then((history) => {
-        const spans: Record<string, [string, string]> = {};
-        for (const h of history) {
-          const step = h.event.step;
-          if (!step) continue;
-          spans[step] = [spans[step]?.[0] ?? h.recorded_at, h.recorded_at];
-        }
-        setTimes(spans);
-      })
-      .catch(onError);
-  }, [selected, moved]);
+    setTimes({});
+    if (selected) history.mark(selected);
+  }, [selected]);
+  useEffect(() => {
+    if (selected && moved > 0) history.mark(selected);
+  }, [moved]);
+  useEffect(() => history.stop, []);
 
   const decide = (id: string, step: string, approve: boolean) =>
     post(`/workflows/${id}/steps/${encodeURIComponent(step)}/${approve ? "approve" : "reject"}`, {})

@@ -108,6 +108,8 @@ async function rowsMoved(page, home) {
     return box.scrollHeight > box.clientHeight * 2;
   });
   if (!scrolls) return null;
+  // The scroll's own render first, then its rows loaded.
+  await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
   await page.waitForFunction(() => !document.querySelector(".scroller .row .loading"));
   const before = await topRow();
   const head = Number((await page.locator("[data-testid=head]").textContent()).split(" ")[0]);

@@ -24,6 +24,16 @@ macro_rules! outln {
     };
 }
 
+/// `eprintln!` that never panics: a closed or broken stderr (`lion run
+/// 2>&1 | tee log`, the `tee` gone) loses the message, never the process —
+/// a kernel's note must not turn into a panic mid-shutdown.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// `print!` for command output, flushed; see [`outln!`].
 macro_rules! out {
     ($($arg:tt)*) => {
@@ -84,7 +94,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(EXIT_ERROR);
         }
     };
@@ -93,7 +103,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: the error and its causes, joined.
             let message = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {message}");
+            errln!("error: {message}");
             let integrity = e.downcast_ref::<IntegrityFailure>().is_some()
                 || matches!(
                     e.downcast_ref::<StoreError>(),

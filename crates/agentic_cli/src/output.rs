@@ -142,7 +142,7 @@ pub fn write_stdout(text: std::fmt::Arguments<'_>) {
             crate::platform::end_on_closed_stdout()
         }
         Err(e) => {
-            eprintln!("error: cannot write to stdout: {e}");
+            errln!("error: cannot write to stdout: {e}");
             std::process::exit(1);
         }
     }

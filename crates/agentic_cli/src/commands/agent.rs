@@ -410,7 +410,7 @@ async fn send_through_kernel(
                     bail!("the kernel stopped during the run (see `lion task show {id}`)");
                 };
                 if let Some(missed) = line.missed {
-                    eprintln!("warning: missed {missed} live event(s): this reader was too slow");
+                    errln!("warning: missed {missed} live event(s): this reader was too slow");
                 }
                 let Some(event) = line.event else { continue };
                 if !ctx.json {
@@ -493,7 +493,7 @@ impl Printer {
                 message, run_id, ..
             } if ours(run_id) => {
                 for call in &message.tool_calls {
-                    eprintln!("[tool {} {}]", call.name, call.arguments);
+                    errln!("[tool {} {}]", call.name, call.arguments);
                 }
                 // The answer is the last round's text: a round that called
                 // tools is done with.
@@ -505,7 +505,7 @@ impl Printer {
             SystemEvent::AgentToolResult {
                 message, run_id, ..
             } if ours(run_id) => {
-                eprintln!("[tool result {}]", message.content);
+                errln!("[tool result {}]", message.content);
             }
             _ => {}
         }
@@ -526,7 +526,7 @@ impl Printer {
             out!("{rest}");
         } else {
             outln!();
-            eprintln!("warning: the streamed answer had gaps; the whole answer follows");
+            errln!("warning: the streamed answer had gaps; the whole answer follows");
             out!("{content}");
         }
         self.streamed = content.to_owned();

@@ -59,7 +59,7 @@ pub async fn store(ctx: Ctx, opts: StoreBench) -> Result<()> {
     if let Some(s) = opts.seconds {
         config.duration = Duration::from_secs_f64(s);
     }
-    let result = bench::run(&config, |step| eprintln!("bench: {step}…")).await;
+    let result = bench::run(&config, |step| errln!("bench: {step}…")).await;
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     }

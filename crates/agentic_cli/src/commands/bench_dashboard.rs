@@ -224,14 +224,14 @@ pub async fn run(ctx: Ctx, opts: DashboardBench) -> Result<()> {
 async fn measure(dir: &Path, quick: bool, manifest: &str) -> Result<(Homes, Value)> {
     let plugin = Path::new("plugins/dist/hello_world");
     let homes = homes(dir, quick, plugin, manifest).await?;
-    eprintln!("bench: serving both homes…");
+    errln!("bench: serving both homes…");
     let empty = serve(&dir.join("empty-home"))?;
     let big = serve(&dir.join("big-home"))?;
     let list = json!([
         {"name": "empty", "url": empty.url, "token": empty.token},
         {"name": "big", "url": big.url, "token": big.token},
     ]);
-    eprintln!("bench: the timeline in headless Chromium, {RUNS} runs per home…");
+    errln!("bench: the timeline in headless Chromium, {RUNS} runs per home…");
     let output = tokio::process::Command::new("node")
         .arg("tests/bench.mjs")
         .current_dir("web")

@@ -210,7 +210,7 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
     let store = Arc::new(SqliteStore::open(&scratch, SqliteOptions::default())?);
     let dyn_store: Arc<dyn EventStore> = store.clone();
 
-    eprintln!(
+    errln!(
         "bench: latency over {paced_chunks} paced chunks, then throughput of 10 streams of {chunks} chunks, on each path…"
     );
     let (raw1, _) = {

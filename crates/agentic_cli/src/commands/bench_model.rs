@@ -21,7 +21,7 @@ const TARGET_FIRST_TOKEN: Duration = Duration::from_millis(400);
 pub async fn run(ctx: Ctx, quick: bool, spec: &str, tokens: Option<u32>) -> Result<()> {
     let tokens = tokens.unwrap_or(if quick { 16 } else { 128 });
     let path = model::file(spec)?;
-    eprintln!(
+    errln!(
         "bench: loading {}, then {tokens} tokens on each path…",
         path.display()
     );

@@ -256,21 +256,21 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
     } else {
         (5_000_000, Duration::from_secs(3))
     };
-    eprintln!("bench: raw channel and oneshot baselines…");
+    errln!("bench: raw channel and oneshot baselines…");
     // Measured from a runtime task, as the orchestrator's own loops run.
     let channel = tokio::spawn(raw_channel(messages)).await?;
     let ask = tokio::spawn(raw_ask(messages / 5)).await?;
-    eprintln!("bench: agents…");
+    errln!("bench: agents…");
     let agents_n = if quick { 10_000 } else { 100_000 };
     let send = tokio::spawn(agent_send(messages)).await??;
     let asked = tokio::spawn(agent_ask(messages / 5)).await??;
     let (raw_idle, idle_tasks) = tokio::spawn(raw_idle_tasks(agents_n)).await?;
     let (spawn_secs, per_agent) = tokio::spawn(agent_spawn(agents_n)).await??;
     idle_tasks.end().await;
-    eprintln!("bench: ephemeral tasks…");
+    errln!("bench: ephemeral tasks…");
     let memory: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
     let ephemeral = tasks(memory, Durability::Ephemeral, 16, duration).await?;
-    eprintln!("bench: durable tasks, 256 submitters…");
+    errln!("bench: durable tasks, 256 submitters…");
     let _ = std::fs::remove_dir_all(&dir);
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&dir, SqliteOptions::default())?);
     let durable = tasks(store.clone(), Durability::Durable, 256, duration).await;

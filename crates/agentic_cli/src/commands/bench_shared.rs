@@ -42,7 +42,7 @@ pub async fn store(
             (None, false) => Duration::from_secs(3),
         },
     };
-    let levels = postgres::run(&config, |step| eprintln!("bench: {step}…")).await?;
+    let levels = postgres::run(&config, |step| errln!("bench: {step}…")).await?;
     if ctx.json {
         let rows: Vec<_> = levels
             .iter()
@@ -111,7 +111,7 @@ fn verdict(ok: bool) -> String {
 
 /// Runs the work-claiming bench on the server `url` names.
 pub async fn claims(ctx: Ctx, url: &str, tasks: usize) -> Result<()> {
-    let r = postgres::claims(url, tasks, |step| eprintln!("bench: {step}…")).await?;
+    let r = postgres::claims(url, tasks, |step| errln!("bench: {step}…")).await?;
     let ratio = r.lion / r.queue;
     if ctx.json {
         return output::json(&json!({

@@ -289,7 +289,7 @@ struct Measured {
 
 async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
     let (fsyncs, single_runs) = if quick { (20, 2) } else { (500, 30) };
-    eprintln!("bench: raw fdatasync, {fsyncs} times…");
+    errln!("bench: raw fdatasync, {fsyncs} times…");
     let fsync = fsync_latency(&dir.join("fsync-probe"), fsyncs)?;
     let file = dir.join("chain.toml");
     std::fs::write(&file, chain())?;
@@ -321,7 +321,7 @@ async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
     ));
     ready.wait_for(|r| *r).await?;
 
-    eprintln!("bench: {single_runs} runs one at a time…");
+    errln!("bench: {single_runs} runs one at a time…");
     let mut timings = Timings::default();
     let mut singles = Vec::new();
     for _ in 0..single_runs {
@@ -338,7 +338,7 @@ async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
     let single_steps_per_sec =
         CHAIN as f64 / (run_secs.iter().sum::<f64>() / run_secs.len().max(1) as f64);
 
-    eprintln!("bench: {CONCURRENT} runs at once…");
+    errln!("bench: {CONCURRENT} runs at once…");
     let from = store.head().await?.seq + 1;
     let began = Instant::now();
     let mut starts = tokio::task::JoinSet::new();
@@ -354,7 +354,7 @@ async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
     let concurrent_steps_per_sec = (CONCURRENT * CHAIN) as f64 / began.elapsed().as_secs_f64();
     let _ = stop.send(());
     kernel.await??;
-    eprintln!("bench: a step's commit alone, {single_runs} runs' worth…");
+    errln!("bench: a step's commit alone, {single_runs} runs' worth…");
     let commit = step_commits(store.as_ref(), &definition, single_runs).await?;
     Ok(Measured {
         fsync,

@@ -125,7 +125,7 @@ pub async fn tail_live(home: &Path, ctx: Ctx, count: Option<u64>) -> Result<()> 
             home.display()
         );
     };
-    eprintln!(
+    errln!(
         "following the live events of the kernel on {}",
         home.display()
     );
@@ -135,7 +135,7 @@ pub async fn tail_live(home: &Path, ctx: Ctx, count: Option<u64>) -> Result<()> 
             line = stream.next() => {
                 let Some(line) = line else { break };
                 if let Some(missed) = line.missed {
-                    eprintln!("warning: missed {missed} live event(s): this reader was too slow");
+                    errln!("warning: missed {missed} live event(s): this reader was too slow");
                 }
                 let Some(event) = line.event else { continue };
                 if ctx.json {

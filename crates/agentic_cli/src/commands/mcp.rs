@@ -35,7 +35,7 @@ pub async fn serve(
 ) -> Result<()> {
     let exposure = exposure(args)?;
     if exposure.is_empty() {
-        eprintln!("note: nothing is exposed, so no tool is offered (--expose PLUGIN[.FUNCTION])");
+        errln!("note: nothing is exposed, so no tool is offered (--expose PLUGIN[.FUNCTION])");
     }
     let store = open().await?;
     let plugins = plugin::manager(home, store.clone(), ctx, Durability::Durable)?;

@@ -22,15 +22,16 @@ pub fn pull(ctx: Ctx, name: &str) -> Result<()> {
     let cache = ModelCache::from_env()?;
     let path = match cache.verified(entry) {
         Ok(Some(path)) => {
-            eprintln!(
+            errln!(
                 "{}: already in the cache, sha256 {} checked",
-                entry.name, entry.sha256
+                entry.name,
+                entry.sha256
             );
             path
         }
         Ok(None) => pull_entry(&cache, entry)?,
         Err(e) => {
-            eprintln!(
+            errln!(
                 "{}: the cached copy is damaged ({e}); pulling it again",
                 entry.name
             );
@@ -47,7 +48,7 @@ pub fn pull(ctx: Ctx, name: &str) -> Result<()> {
 /// Pulls `entry` into `cache` (again, even when it is there), showing
 /// progress on stderr.
 pub(crate) fn pull_entry(cache: &ModelCache, entry: &CatalogEntry) -> Result<PathBuf> {
-    eprintln!(
+    errln!(
         "pulling {} ({} MB, {}) into {}",
         entry.name,
         entry.size / 1_000_000,
@@ -56,7 +57,7 @@ pub(crate) fn pull_entry(cache: &ModelCache, entry: &CatalogEntry) -> Result<Pat
     );
     let mut show = progress_display();
     let path = cache.pull(entry, &mut show)?;
-    eprintln!("{}: sha256 {} checked", entry.name, entry.sha256);
+    errln!("{}: sha256 {} checked", entry.name, entry.sha256);
     Ok(path)
 }
 
@@ -70,7 +71,7 @@ pub(crate) fn file(spec: &str) -> Result<PathBuf> {
             match cache.cached(entry) {
                 Some(path) => Ok(path),
                 None => {
-                    eprintln!(
+                    errln!(
                         "lion: the local model {} is not in the cache yet; pulling it once",
                         entry.name
                     );

@@ -58,7 +58,7 @@ pub async fn install(
     let manifest = PluginManager::read_manifest(manifest)?;
     let grant = if grant_all {
         let grant = manifest.grant_everything()?;
-        eprintln!(
+        errln!(
             "warning: --grant-all gives {} everything its manifest asks for: {}",
             manifest.name,
             describe_permissions(&grant)
@@ -405,7 +405,7 @@ pub async fn remove(home: &Path, store: Arc<dyn EventStore>, ctx: Ctx, name: &st
         && root.starts_with(super::plugin_package::packages_dir(home))
         && let Err(e) = std::fs::remove_dir_all(&root)
     {
-        eprintln!("warning: cannot delete {}: {e}", root.display());
+        errln!("warning: cannot delete {}: {e}", root.display());
     }
     if ctx.json {
         return output::json(&json!({ "removed": name }));

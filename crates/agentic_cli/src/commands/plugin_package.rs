@@ -60,7 +60,7 @@ pub async fn install(
         std::fs::remove_dir_all(&dest)
             .with_context(|| format!("cannot clear {}", dest.display()))?;
     }
-    eprintln!("installing {spec} into {} …", dest.display());
+    errln!("installing {spec} into {} …", dest.display());
     let package = registry::install(&spec, &dest, &InstallOptions::default()).await?;
     let mut server_args = package.args.clone();
     server_args.extend(args.iter().cloned());

@@ -47,7 +47,7 @@ pub async fn run(
     let shown = home.display().to_string();
     tokio::spawn(async move {
         if is_ready.wait_for(|r| *r).await.is_ok() {
-            eprintln!(
+            errln!(
                 "lion kernel running on {shown} (pid {}); Ctrl-C or SIGTERM stops it",
                 std::process::id()
             );
@@ -126,9 +126,10 @@ pub fn start(
 
 /// Says how a kernel run went.
 pub fn stopped(report: KernelReport) {
-    eprintln!(
+    errln!(
         "lion kernel stopped: {} task(s) recovered at start, {} taken from other processes",
-        report.recovered, report.adopted
+        report.recovered,
+        report.adopted
     );
 }
 
@@ -144,7 +145,7 @@ pub fn count_signals() -> Result<watch::Receiver<u32>> {
                 _ = terminate.recv() => {}
             }
             tx.send_modify(|n| *n += 1);
-            eprintln!("lion kernel: stopping (send the signal again to stop at once)");
+            errln!("lion kernel: stopping (send the signal again to stop at once)");
         }
     });
     Ok(rx)

@@ -50,7 +50,7 @@ pub async fn serve(
     }
     if args.rotate_token {
         let token = Token::rotate(home)?;
-        eprintln!(
+        errln!(
             "the API token of {} is replaced: the old one no longer works",
             home.display()
         );
@@ -84,7 +84,7 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let local = listener.local_addr()?;
     if !loopback && tls.is_none() {
-        eprintln!(
+        errln!(
             "warning: serving {local} without TLS (--insecure-no-tls): the token and every answer cross the network in clear text"
         );
     }
@@ -153,7 +153,7 @@ pub async fn serve(
                 .await
                 .is_err()
             {
-                eprintln!(
+                errln!(
                     "warning: connections still open after {CLOSE_WAIT:?}; the kernel stops anyway"
                 );
             }
@@ -173,9 +173,9 @@ pub async fn serve(
     stopping.cancel();
     match tokio::time::timeout(CLOSE_WAIT, http).await {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => eprintln!("warning: the HTTP server failed: {e}"),
-        Ok(Err(e)) => eprintln!("warning: the HTTP server failed: {e}"),
-        Err(_) => eprintln!("warning: connections still open after {CLOSE_WAIT:?}; closing them"),
+        Ok(Ok(Err(e))) => errln!("warning: the HTTP server failed: {e}"),
+        Ok(Err(e)) => errln!("warning: the HTTP server failed: {e}"),
+        Err(_) => errln!("warning: connections still open after {CLOSE_WAIT:?}; closing them"),
     }
     stopped(report?);
     Ok(())
@@ -251,7 +251,7 @@ async fn announce(url: String, mut ready: watch::Receiver<bool>, home: std::path
     if ready.wait_for(|r| *r).await.is_err() {
         return;
     }
-    eprintln!(
+    errln!(
         "lion kernel running on {} (pid {}); token: `lion serve --print-token`; Ctrl-C or SIGTERM stops it",
         home.display(),
         std::process::id()

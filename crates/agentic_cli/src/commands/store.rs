@@ -44,7 +44,7 @@ pub async fn copy(home: &Path, at: &StoreAt, to: &str, ctx: Ctx) -> Result<()> {
     let report = import::copy(from.store(), into.store(), |read| {
         if tell && read >= shown + PROGRESS_EVERY {
             shown = read;
-            eprintln!("… {read} events read and copied");
+            errln!("… {read} events read and copied");
         }
     })
     .await?;

@@ -119,7 +119,7 @@ async fn queue(store: &dyn EventStore, ctx: Ctx, spec: TaskSpec, kernel: bool) -
     let id = Uuid::now_v7();
     let seq = append_submission(store, ctx, id, spec).await?;
     if !kernel {
-        eprintln!("note: no kernel is running on this home; the task runs when `lion run` starts");
+        errln!("note: no kernel is running on this home; the task runs when `lion run` starts");
     }
     if ctx.json {
         output::json(&json!({"task_id": id, "status": "submitted", "seq": seq}))
@@ -201,7 +201,7 @@ pub(crate) async fn run_by_kernel(
                                 event,
                                 kernel: None,
                             };
-                            eprintln!("{}", describe(&live));
+                            errln!("{}", describe(&live));
                         }
                     }
                     None => live = None,
@@ -221,7 +221,7 @@ pub(crate) async fn run_by_kernel(
             continue;
         }
         if show_progress {
-            eprintln!(
+            errln!(
                 "{}",
                 describe(&LiveEvent {
                     seq: None,
@@ -271,7 +271,7 @@ async fn run_here(home: &Path, store: Arc<dyn EventStore>, ctx: Ctx, spec: TaskS
             outcome = &mut outcome => break outcome?,
             event = live.recv() => {
                 if show_progress && let Ok(event) = event {
-                    eprintln!("{}", describe(&event));
+                    errln!("{}", describe(&event));
                 }
             }
             _ = tokio::signal::ctrl_c() => {

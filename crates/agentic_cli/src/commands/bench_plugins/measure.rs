@@ -259,12 +259,12 @@ pub(super) async fn measure(
     correlation_id: Uuid,
     fsync: agentic_store::bench::Latency,
 ) -> Result<Report> {
-    eprintln!("bench: starting the sandbox…");
+    errln!("bench: starting the sandbox…");
     let started = Instant::now();
     let sandbox = Arc::new(WasmSandbox::new().context("cannot start the WebAssembly sandbox")?);
     let sandbox_start = started.elapsed();
 
-    eprintln!(
+    errln!(
         "bench: compiling {} ({} KiB) {} time(s)…",
         manifest.name,
         component.len().div_ceil(1024),
@@ -286,7 +286,7 @@ pub(super) async fn measure(
         .await??
     };
 
-    eprintln!("bench: installing into a scratch home…");
+    errln!("bench: installing into a scratch home…");
     let sqlite = Arc::new(SqliteStore::open(home, SqliteOptions::default())?);
     let store: Arc<dyn EventStore> = sqlite.clone();
     let manager = PluginManager::new(
@@ -310,7 +310,7 @@ pub(super) async fn measure(
         .join(&key)
         .join(format!("{}.bin", record.installed.sha256()));
 
-    eprintln!(
+    errln!(
         "bench: loading from the on-disk cache {} times…",
         plan.loads
     );
@@ -378,10 +378,10 @@ pub(super) async fn measure(
     managed.check().await?;
     durable.check().await?;
 
-    eprintln!("bench: {} sequential calls on each path…", plan.calls);
+    errln!("bench: {} sequential calls on each path…", plan.calls);
     let raw_latency = sequential(raw.clone(), plan.warmup, plan.calls).await?;
     let manager_latency = sequential(managed.clone(), plan.warmup, plan.calls).await?;
-    eprintln!(
+    errln!(
         "bench: {} sequential calls with durable recording…",
         plan.durable_calls
     );
@@ -394,7 +394,7 @@ pub(super) async fn measure(
 
     let mut throughput = Vec::new();
     for tasks in CONCURRENCY {
-        eprintln!("bench: calls/s with {tasks} concurrent callers on each path…");
+        errln!("bench: calls/s with {tasks} concurrent callers on each path…");
         throughput.push(Throughput {
             tasks,
             raw: concurrent(raw.clone(), tasks, plan.duration).await?,

@@ -119,7 +119,7 @@ pub async fn run(
     std::fs::create_dir_all(&home)
         .with_context(|| format!("cannot create the scratch home {}", home.display()))?;
     let plan = Plan::new(quick);
-    eprintln!("bench: raw fdatasync, {} times…", plan.fsync_samples);
+    errln!("bench: raw fdatasync, {} times…", plan.fsync_samples);
     let fsync = fsync_latency(&home.join("fsync.probe"), plan.fsync_samples);
     let result = match fsync {
         Ok(fsync) => measure(&plan, &home, manifest, component, ctx.correlation_id, fsync).await,

@@ -246,7 +246,7 @@ pub(super) async fn measure_server(
     manifest: PluginManifest,
     ctx: Ctx,
 ) -> Result<ServerReport> {
-    eprintln!(
+    errln!(
         "bench: installing the {} server into a scratch home…",
         manifest.name
     );
@@ -289,7 +289,7 @@ pub(super) async fn measure_server(
         managed_call(&managed, &name).await?;
         managed_call(&durable, &name).await?;
 
-        eprintln!(
+        errln!(
             "bench: {} cold starts of {name} on each path (unsandboxed, sandboxed, through \
              the manager)…",
             plan.cold_starts
@@ -331,7 +331,7 @@ pub(super) async fn measure_server(
         }
         let [cold_plain, cold_sandboxed, cold_manager] = cold.map(Latency::of);
 
-        eprintln!(
+        errln!(
             "bench: {} warm calls of {name} on each path, in turns of {WARM_TURN}…",
             plan.server_calls
         );
@@ -368,7 +368,7 @@ pub(super) async fn measure_server(
         plain.stop().await;
         let [warm_plain, warm_sandboxed, warm_manager] = warm_calls?;
         managed.flush().await?;
-        eprintln!(
+        errln!(
             "bench: {} warm calls of {name} with durable recording…",
             plan.server_durable_calls
         );

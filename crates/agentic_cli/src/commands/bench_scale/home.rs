@@ -179,7 +179,7 @@ pub(super) async fn home(
         && built.plugin == plugins[plugins.len() / 2]
         && path.is_dir()
     {
-        eprintln!(
+        errln!(
             "bench: reusing {} ({} events, built by an earlier run)",
             path.display(),
             built.events
@@ -224,7 +224,7 @@ async fn build(
     source: &PluginSource,
 ) -> Result<BuiltHome> {
     let started = Instant::now();
-    eprintln!(
+    errln!(
         "bench: building {} — {} elements, {} tasks, {} agents of {} messages, {} plugins with \
          {} calls each…",
         path.display(),
@@ -274,7 +274,7 @@ async fn build(
         element: Uuid::now_v7(),
         task: Uuid::now_v7(),
     });
-    eprintln!(
+    errln!(
         "bench: appending {} events ({FILL_APPENDERS} concurrent appenders, {FILL_BATCH} per \
          append)…",
         shape.fill_events()
@@ -284,7 +284,7 @@ async fn build(
     let events = store.head().await?.seq;
     drop(store);
 
-    eprintln!("bench: checking {} with lion replay…", path.display());
+    errln!("bench: checking {} with lion replay…", path.display());
     let replay_started = Instant::now();
     let out = lion(exe, path)
         .arg("replay")
@@ -299,7 +299,7 @@ async fn build(
     }
     let replay_secs = replay_started.elapsed().as_secs_f64();
     let build_secs = started.elapsed().as_secs_f64();
-    eprintln!(
+    errln!(
         "bench: built {} in {build_secs:.1} s: {events} events (fill {fill_secs:.1} s, {}/s; \
          replay check {replay_secs:.1} s)",
         path.display(),

@@ -316,7 +316,7 @@ async fn measure(
         let mut samples: BTreeMap<(usize, usize), Vec<Sample>> = BTreeMap::new();
         let mut labels = Vec::new();
         for (r, agent) in turn_agents.iter().enumerate() {
-            eprintln!(
+            errln!(
                 "bench: run {} of {runs} of every command on both homes…",
                 r + 1
             );

@@ -86,7 +86,7 @@ pub async fn run(ctx: Ctx, opts: ServeBench) -> Result<()> {
 /// Runs every measurement on a scratch home at `home_dir` and reports.
 async fn measure(ctx: Ctx, quick: bool, plan: &Plan, home_dir: &std::path::Path) -> Result<()> {
     let store = home::open(home_dir, &home::StoreAt::Home).await?;
-    eprintln!("bench: starting lion's stack and the bare baselines…");
+    errln!("bench: starting lion's stack and the bare baselines…");
     let lion = Lion::start(home_dir, store.clone(), ctx).await?;
     let http = reqwest::Client::new();
     let created: Value = serde_json::from_slice(
@@ -128,7 +128,7 @@ async fn measure(ctx: Ctx, quick: bool, plan: &Plan, home_dir: &std::path::Path)
     let (feed, _) = broadcast::channel(4096);
     let bare = Bare::start(Bytes::from(body.to_vec()), feed.clone()).await?;
 
-    eprintln!("bench: GET an element…");
+    errln!("bench: GET an element…");
     let lion_get = Request {
         body: None,
         url: element_url,
@@ -171,7 +171,7 @@ async fn measure(ctx: Ctx, quick: bool, plan: &Plan, home_dir: &std::path::Path)
         get_task = get_task.merge(hammer(lion_task.clone(), CLIENTS, plan.turn).await?);
     }
 
-    eprintln!("bench: POST a durable task…");
+    errln!("bench: POST a durable task…");
     let lion_post = Request {
         body: Some(json!({"handler": "echo", "input": 1}).to_string()),
         url: format!("{}/tasks", lion.url),
@@ -184,9 +184,10 @@ async fn measure(ctx: Ctx, quick: bool, plan: &Plan, home_dir: &std::path::Path)
         post_lion = post_lion.merge(hammer(lion_post.clone(), CLIENTS, plan.turn).await?);
     }
 
-    eprintln!(
+    errln!(
         "bench: {} events to {} SSE subscribers…",
-        plan.events, plan.subscribers
+        plan.events,
+        plan.subscribers
     );
     let sse_bare = sse_bare(&bare, &feed, &event_text, plan).await?;
     let sse_lion = sse_lion(&lion, plan).await?;

@@ -171,7 +171,7 @@ async fn follow(
             continue;
         }
         if progress && let Some(line) = progress_line(&event) {
-            eprintln!("{line}");
+            errln!("{line}");
         }
         let end = match *event {
             RunEvent::Completed { output } => RunEnd::Completed(output),
