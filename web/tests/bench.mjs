@@ -56,7 +56,8 @@ try {
       first_render_ms: first,
       frame_ms: frames.times,
       unloaded_frames: frames.unloaded,
-      rows_moved: moved,
+      rows_moved: moved?.moved ?? null,
+      bottom_is_newest: moved?.bottomIsNewest ?? null,
       indexed_ms,
     };
   }
@@ -123,5 +124,22 @@ async function rowsMoved(page, home) {
   }
   await page.locator("[data-testid=head]", { hasText: `${head + 200} events` }).waitFor();
   await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
-  return (await topRow()) - before;
+  const moved = (await topRow()) - before;
+  // Then down to the bottom of the scroll bar: the newest event is the
+  // last row in view (nothing streamed in was skipped on the way).
+  await page.evaluate(() => {
+    const box = document.querySelector(".scroller");
+    box.scrollTop = box.scrollHeight;
+  });
+  await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+  await page.waitForFunction(() => !document.querySelector(".scroller .row .loading"));
+  const last = await page.evaluate(() => {
+    const box = document.querySelector(".scroller");
+    const bottom = box.getBoundingClientRect().bottom;
+    const seqs = [...box.querySelectorAll(".row")]
+      .filter((r) => r.getBoundingClientRect().bottom <= bottom + 1)
+      .map((r) => Number(r.querySelector(".seq").textContent));
+    return Math.max(...seqs);
+  });
+  return { moved, bottomIsNewest: last === head + 200 };
 }

@@ -119,4 +119,5 @@ async fn the_dashboard_bench_runs_end_to_end() {
         "{result}"
     );
     assert_eq!(result["rows_moved_while_streaming"], 0, "{result}");
+    assert_eq!(result["bottom_is_newest"], true, "{result}");
 }
