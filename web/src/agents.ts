@@ -5,7 +5,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { get } from "./api";
 import { body } from "./format";
-import { idOf, newest } from "./newest";
+import { idOf, newest, withFirstPage, withItem } from "./newest";
 import { html } from "./html";
 import { onEvent, onLive } from "./live";
 import { rereader } from "./reread";
@@ -52,11 +52,7 @@ export function Agents({ onError }: { onError: (e: unknown) => void }) {
     rereader((name) =>
       get<Agent>(`/agents/${encodeURIComponent(name)}?limit=1`)
         .then((agent) =>
-          setAgents((old) => {
-            const at = old.findIndex((a) => a.name === agent.name);
-            if (at >= 0) return old.map((a, i) => (i === at ? agent : a));
-            return [agent, ...old].slice(0, AGENTS);
-          }),
+          setAgents((old) => withItem(old, agent, (a) => a.name, AGENTS, selectedRef.current)),
         )
         .catch(onError),
     ),
@@ -70,11 +66,7 @@ export function Agents({ onError }: { onError: (e: unknown) => void }) {
         Promise.all(events.map((e) => get<Agent>(`/agents/${encodeURIComponent(idOf(e.stream))}?limit=1`))),
       )
       .then((read) =>
-        setAgents((old) => {
-          const live = new Map(old.map((a) => [a.name, a]));
-          const listed = new Set(read.map((a) => a.name));
-          return [...old.filter((a) => !listed.has(a.name)), ...read.map((a) => live.get(a.name) ?? a)];
-        }),
+        setAgents((old) => withFirstPage(old, read, (a) => a.name)),
       )
       .catch(onError);
     const unwatch = onEvent((e) => {

@@ -1,6 +1,7 @@
 // The newest entities of a kind (tasks, runs, agents), from the timeline's
 // read model: each stream's first event, newest first — the API's own
 // lists go oldest first, which on a long-lived home would show the oldest.
+// And how a list of the newest takes in its first page and live reads.
 
 import { get, type Health, type LogEvent } from "./api";
 
@@ -27,3 +28,20 @@ export async function newest(
 
 /** The id an entity's stream names (`task:ID` → ID, `agent:NAME:llm` → NAME). */
 export const idOf = (stream: string) => stream.split(":")[1] ?? "";
+
+/** A first page of `read` items (newest first) put into a list kept live
+ * meanwhile (`old`): an item already there was read since, so it is newer
+ * and kept; items only in `old` (new since) stay on top. */
+export function withFirstPage<T>(old: T[], read: T[], key: (item: T) => string): T[] {
+  const live = new Map(old.map((item) => [key(item), item]));
+  const listed = new Set(read.map(key));
+  return [...old.filter((item) => !listed.has(key(item))), ...read.map((item) => live.get(key(item)) ?? item)];
+}
+
+/** `list` with `item` in place of its older copy, or on top when new; the
+ * oldest go past `most` items, except the one whose key is `keep`. */
+export function withItem<T>(list: T[], item: T, key: (item: T) => string, most: number, keep?: string | null): T[] {
+  const at = list.findIndex((old) => key(old) === key(item));
+  if (at >= 0) return list.map((old, i) => (i === at ? item : old));
+  return [item, ...list].filter((old, i) => i < most || key(old) === keep);
+}

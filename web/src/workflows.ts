@@ -6,7 +6,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { get, post } from "./api";
 import { short, took } from "./format";
-import { idOf, newest } from "./newest";
+import { idOf, newest, withFirstPage, withItem } from "./newest";
 import { html } from "./html";
 import { onEvent } from "./live";
 import { rereader } from "./reread";
@@ -108,13 +108,8 @@ export function Workflows({ onError }: { onError: (e: unknown) => void }) {
     rereader((id) =>
       get<RunView>(`/workflows/${id}`)
         .then((read) =>
-          setRuns((old) => {
-            const at = old.findIndex((r) => r.id === read.id);
-            if (at >= 0) return old.map((r, i) => (i === at ? read : r));
-            // The oldest go past the list's length, never the open run.
-            const kept = [read, ...old];
-            return kept.filter((r, i) => i < RUNS || r.id === selectedRef.current);
-          }),
+          // The oldest go past the list's length, never the open run.
+          setRuns((old) => withItem(old, read, (r) => r.id, RUNS, selectedRef.current)),
         )
         .catch(onError),
     ),
@@ -127,11 +122,7 @@ export function Workflows({ onError }: { onError: (e: unknown) => void }) {
     newest("workflow:", null, RUNS)
       .then(({ events }) => Promise.all(events.map((e) => get<RunView>(`/workflows/${idOf(e.stream)}`))))
       .then((read) =>
-        setRuns((old) => {
-          const live = new Map(old.map((r) => [r.id, r]));
-          const listed = new Set(read.map((r) => r.id));
-          return [...old.filter((r) => !listed.has(r.id)), ...read.map((r) => live.get(r.id) ?? r)];
-        }),
+        setRuns((old) => withFirstPage(old, read, (r) => r.id)),
       )
       .catch(onError);
     const unwatch = onEvent((e) => {
