@@ -10,13 +10,34 @@
 
 mod support;
 
+#[path = "../../agentic_store/tests/postgres_cluster/mod.rs"]
+mod postgres_cluster;
+
 use std::path::Path;
 
-use support::plugin_dist;
 use support::provider::{GATED_TOOL_PROMPT, gated};
 use support::serve::Server;
+use support::{Kernel, lion_at, plugin_dist, run};
 
-/// One browser at a time: the two tests' waits need the machine's cores.
+/// The screenshots the main browser test writes to `target/screenshots/`.
+const SHOTS: [&str; 14] = [
+    "sign-in",
+    "timeline",
+    "tasks",
+    "workflows",
+    "plugins",
+    "timeline-filtered",
+    "agents-streaming",
+    "agents",
+    "overview",
+    "kernels",
+    "timeline-dark",
+    "timeline-narrow",
+    "workflows-narrow",
+    "unreachable",
+];
+
+/// One browser at a time: the tests' waits need the machine's cores.
 static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,7 +64,9 @@ async fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
     let server = Server::start(dir.path(), &envs, &["--plugin-dir", dist]);
     let shots = root.join("target/screenshots");
     // Only this run's screenshots count.
-    let _ = std::fs::remove_dir_all(&shots);
+    for shot in SHOTS {
+        let _ = std::fs::remove_file(shots.join(format!("{shot}.png")));
+    }
     let output = tokio::process::Command::new("node")
         .arg(root.join("web/tests/dashboard.mjs"))
         .current_dir(root.join("web"))
@@ -64,22 +87,7 @@ async fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(output.status.success(), "the browser test failed:\n{said}");
-    for shot in [
-        "sign-in",
-        "timeline",
-        "tasks",
-        "workflows",
-        "plugins",
-        "timeline-filtered",
-        "agents-streaming",
-        "agents",
-        "overview",
-        "kernels",
-        "timeline-dark",
-        "timeline-narrow",
-        "workflows-narrow",
-        "unreachable",
-    ] {
+    for shot in SHOTS {
         assert!(shots.join(format!("{shot}.png")).is_file(), "no {shot}.png");
     }
 }
@@ -120,4 +128,53 @@ async fn the_dashboard_bench_runs_end_to_end() {
     );
     assert_eq!(result["rows_moved_while_streaming"], 0, "{result}");
     assert_eq!(result["bottom_is_newest"], true, "{result}");
+}
+
+/// The Kernels view on a shared store: `lion serve` and a `lion run` kernel
+/// on one PostgreSQL database, an attempt running on one of them; the page
+/// lists both kernels, alive, their heartbeats renewed live and the one
+/// claim (`web/tests/kernels.mjs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernels_view_lists_the_kernels_of_a_shared_store() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let url = postgres_cluster::cluster()
+        .database("dashboard_kernels")
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = [("LION_STORE", url.as_str())];
+    let kernel = Kernel::start_with(&dir.path().join("kernel"), &store, &[]);
+    let server = Server::start(&dir.path().join("served"), &store, &[]);
+    // One attempt running, claimed by one of the two.
+    let mut submit = lion_at(&dir.path().join("client"));
+    submit.env("LION_STORE", &url).args([
+        "task",
+        "submit",
+        "--handler",
+        "sleep",
+        "--input",
+        r#"{"ms":600000}"#,
+    ]);
+    tokio::task::spawn_blocking(move || run(&mut submit).success())
+        .await
+        .expect("join");
+    let _browser = BROWSER.lock().await;
+    let shot = root.join("target/screenshots/kernels-shared.png");
+    let _ = std::fs::remove_file(&shot);
+    let output = tokio::process::Command::new("node")
+        .arg(root.join("web/tests/kernels.mjs"))
+        .current_dir(root.join("web"))
+        .env("LION_URL", &server.url)
+        .env("LION_TOKEN", &server.token)
+        .env("SCREENSHOTS", root.join("target/screenshots"))
+        .env("KERNEL_PIDS", format!("{},{}", kernel.id(), server.id()))
+        .output()
+        .await
+        .expect("run node");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "the browser test failed:\n{said}");
+    assert!(shot.is_file(), "no kernels-shared.png");
 }
