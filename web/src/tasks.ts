@@ -132,7 +132,8 @@ export function Tasks({ onError }: { onError: (e: unknown) => void }) {
     <li key=${task.id} aria-current=${selected === task.id ? "true" : undefined}>
       <div class=${`task${selected === task.id ? " selected" : ""}`} data-task=${task.id}
            data-status=${task.status} style=${{ paddingLeft: `${depth * 1.25 + 0.5}rem` }}>
-        <button type="button" class="link" onClick=${() => setSelected(task.id)}>${task.handler}</button>
+        <button type="button" class="link" aria-label=${`Open task ${task.handler} ${short(task.id)}`}
+                onClick=${() => setSelected(task.id)}>${task.handler}</button>
         <span class=${`status status-${task.status}`}>${task.status}</span>
         <span class="muted">attempt ${task.attempts}</span>
         <span class="muted">${short(task.id)}</span>

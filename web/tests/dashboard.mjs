@@ -332,6 +332,14 @@ try {
     await page.locator("header nav").waitFor();
     const wide = await page.evaluate(() => document.documentElement.scrollWidth);
     check(wide <= 390, `#${view} fits a 390 px screen (${wide} px)`);
+    // Every control has an accessible name: its label, its text or an
+    // aria-label.
+    const unnamed = await page.evaluate(() =>
+      [...document.querySelectorAll("button, input, select, a[href], [tabindex]")]
+        .filter((el) => !(el.getAttribute("aria-label") || el.textContent.trim() || el.labels?.length))
+        .map((el) => el.outerHTML.slice(0, 80)),
+    );
+    check(unnamed.length === 0, `#${view}: every control has a name (${unnamed.join(" ")})`);
   }
   // Narrow, with the details open too.
   await page.goto(`${url}/#workflows`);
