@@ -37,6 +37,29 @@ const SHOTS: [&str; 14] = [
     "unreachable",
 ];
 
+/// Runs `web/tests/SCRIPT` in node against `server` (`LION_URL`,
+/// `LION_TOKEN`, `SCREENSHOTS` = `target/screenshots`, and `envs`),
+/// failing the test with what it printed if it fails.
+async fn browser(script: &str, server: &Server, envs: &[(&str, &str)]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let output = tokio::process::Command::new("node")
+        .arg(root.join("web/tests").join(script))
+        .current_dir(root.join("web"))
+        .env("LION_URL", &server.url)
+        .env("LION_TOKEN", &server.token)
+        .env("SCREENSHOTS", root.join("target/screenshots"))
+        .envs(envs.iter().copied())
+        .output()
+        .await
+        .expect("run node");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{script} failed:\n{said}");
+}
+
 /// One browser at a time: the tests' waits need the machine's cores.
 static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -67,26 +90,21 @@ async fn the_dashboard_signs_in_and_shows_the_log_live_in_a_browser() {
     for shot in SHOTS {
         let _ = std::fs::remove_file(shots.join(format!("{shot}.png")));
     }
-    let output = tokio::process::Command::new("node")
-        .arg(root.join("web/tests/dashboard.mjs"))
-        .current_dir(root.join("web"))
-        .env("LION_URL", &server.url)
-        .env("LION_TOKEN", &server.token)
-        .env("SCREENSHOTS", &shots)
-        .env("PROVIDER_CONTROL", &control)
-        .env("TOOL_PROMPT", GATED_TOOL_PROMPT)
-        .env("LION_BIN", env!("CARGO_BIN_EXE_lion"))
-        .env("LION_HOME", dir.path())
-        .env("LION_SERVER_PID", server.id().to_string())
-        .output()
-        .await
-        .expect("run node");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "the browser test failed:\n{said}");
+    let control = control.as_str();
+    let home = dir.path().to_str().expect("a UTF-8 path");
+    let pid = server.id().to_string();
+    browser(
+        "dashboard.mjs",
+        &server,
+        &[
+            ("PROVIDER_CONTROL", control),
+            ("TOOL_PROMPT", GATED_TOOL_PROMPT),
+            ("LION_BIN", env!("CARGO_BIN_EXE_lion")),
+            ("LION_HOME", home),
+            ("LION_SERVER_PID", &pid),
+        ],
+    )
+    .await;
     for shot in SHOTS {
         assert!(shots.join(format!("{shot}.png")).is_file(), "no {shot}.png");
     }
@@ -160,21 +178,7 @@ async fn the_kernels_view_lists_the_kernels_of_a_shared_store() {
     let _browser = BROWSER.lock().await;
     let shot = root.join("target/screenshots/kernels-shared.png");
     let _ = std::fs::remove_file(&shot);
-    let output = tokio::process::Command::new("node")
-        .arg(root.join("web/tests/kernels.mjs"))
-        .current_dir(root.join("web"))
-        .env("LION_URL", &server.url)
-        .env("LION_TOKEN", &server.token)
-        .env("SCREENSHOTS", root.join("target/screenshots"))
-        .env("KERNEL_PIDS", format!("{},{}", kernel.id(), server.id()))
-        .output()
-        .await
-        .expect("run node");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "the browser test failed:\n{said}");
+    let pids = format!("{},{}", kernel.id(), server.id());
+    browser("kernels.mjs", &server, &[("KERNEL_PIDS", &pids)]).await;
     assert!(shot.is_file(), "no kernels-shared.png");
 }
