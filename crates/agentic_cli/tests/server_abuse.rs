@@ -1094,9 +1094,9 @@ fn through_one_kernel_good_calls_answer_while_a_bad_one_spins() {
     let r = lab.abuse("other", json!({"case": "read", "path": environ}));
     refused(&r, &["ENOENT", "EACCES"]);
     let server = || {
-        lab.abuse("spinner", json!({"case": "identity"}))["ns_pid"]
+        lab.abuse("spinner", json!({"case": "identity"}))["instance"]
             .as_str()
-            .expect("a pid namespace")
+            .expect("the server's instance token")
             .to_owned()
     };
     let first = server();

@@ -529,12 +529,12 @@ fn with_a_kernel_running_calls_share_its_one_warm_server_which_restarts_after_a_
         )
         .success();
         let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
-        v["structuredContent"]["ns_pid"]
+        v["structuredContent"]["instance"]
             .as_str()
-            .expect("a pid namespace")
+            .expect("the server's instance token")
             .to_owned()
     };
-    // Two processes' calls reach one server: the same pid namespace.
+    // Two processes' calls reach one server: the same instance.
     let first = identity();
     assert_eq!(identity(), first, "one warm server in the kernel");
     let crashed = lion_run(

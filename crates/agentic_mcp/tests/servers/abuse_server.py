@@ -63,6 +63,10 @@ TOOLS_FROM = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--t
 # ---------------------------------------------------------------- transport
 
 _out_lock = threading.Lock()
+
+# This server process, told apart from any other (a new process may get a
+# reused pid namespace inode number once the old namespace is freed).
+INSTANCE = os.urandom(8).hex()
 _pending = {}  # id of a request we sent -> [threading.Event, response]
 _pending_lock = threading.Lock()
 _next_id = [0]
@@ -686,10 +690,11 @@ def case_roots(p, _id):
 
 
 def case_identity(p, _id):
-    """Reports who and where the server runs: pid, ppid, uid/gid, cwd,
-    hostname, namespaces it can see. Sandbox: pid 1 or small pids in its own
-    pid namespace, another hostname/uts, its own ids."""
-    report = {"ok": True, "pid": os.getpid(), "ppid": os.getppid(), "uid": os.getuid(), "euid": os.geteuid(),
+    """Reports who and where the server runs: this process's instance token
+    (random, made at start: whether two calls reached one server), pid,
+    ppid, uid/gid, cwd, hostname, namespaces it can see. Sandbox: pid 1 or
+    small pids in its own pid namespace, another hostname/uts, its own ids."""
+    report = {"ok": True, "instance": INSTANCE, "pid": os.getpid(), "ppid": os.getppid(), "uid": os.getuid(), "euid": os.geteuid(),
               "gid": os.getgid(), "hostname": socket.gethostname()}
     try:
         report["cwd"] = os.getcwd()
