@@ -78,8 +78,11 @@ pub(super) struct Driver {
     runs: HashMap<Uuid, Stored>,
     /// The run each outstanding task (or sub-workflow run) belongs to.
     tasks: HashMap<Uuid, Uuid>,
-    /// Runs to move, with what to report to them.
-    queue: VecDeque<(Uuid, Vec<Note>)>,
+    /// Runs to move, with what to report to them when they next move.
+    pending: HashMap<Uuid, Vec<Note>>,
+    /// The runs of `pending` with no move in flight, in the order they
+    /// came (each once): what the next [`Driver::flush`] moves.
+    ready: VecDeque<Uuid>,
     /// The newest version of a run's stream seen in the log while a move
     /// of it was in flight (another writer's event may be among them).
     seen: HashMap<Uuid, u64>,
@@ -129,7 +132,8 @@ impl Driver {
             orchestrator,
             runs: HashMap::new(),
             tasks: HashMap::new(),
-            queue: VecDeque::new(),
+            pending: HashMap::new(),
+            ready: VecDeque::new(),
             seen: HashMap::new(),
             retry: HashMap::new(),
             appends: JoinSet::new(),
@@ -158,7 +162,7 @@ impl Driver {
         self.adoptions.abort_all();
         self.endings.1.close();
         while self.endings.1.try_recv().is_ok() {}
-        for (_, notes) in &mut self.queue {
+        for notes in self.pending.values_mut() {
             notes.retain(|note| !matches!(note, Note::Ending(_)));
         }
     }
@@ -216,8 +220,7 @@ impl Driver {
         if ended {
             self.finished(id);
         } else {
-            self.queue
-                .push_back((id, missed.into_iter().map(Note::Event).collect()));
+            self.enqueue(id, missed.into_iter().map(Note::Event).collect());
         }
         Ok(())
     }
@@ -302,7 +305,8 @@ impl Driver {
             None => return,
         };
         if self.runs.contains_key(run) {
-            self.queue.push_back((*run, vec![Note::Event(outcome)]));
+            let run = *run;
+            self.enqueue(run, vec![Note::Event(outcome)]);
         }
     }
 
@@ -322,8 +326,7 @@ impl Driver {
         let Some(run) = self.tasks.get(&task).copied() else {
             return;
         };
-        self.queue
-            .push_back((run, vec![Note::TaskEnded(task, done)]));
+        self.enqueue(run, vec![Note::TaskEnded(task, done)]);
         self.flush().await;
     }
 
@@ -333,7 +336,7 @@ impl Driver {
         let Some(run) = self.tasks.get(&ending.task).copied() else {
             return;
         };
-        self.queue.push_back((run, vec![Note::Ending(ending)]));
+        self.enqueue(run, vec![Note::Ending(ending)]);
         self.flush().await;
     }
 
@@ -369,7 +372,7 @@ impl Driver {
             self.finished(id);
         } else if matches!(event, RunEvent::ApprovalDecided { .. }) {
             // A person's decision: nobody else moves the run on.
-            self.queue.push_back((id, Vec::new()));
+            self.enqueue(id, Vec::new());
         }
     }
 
@@ -414,9 +417,23 @@ impl Driver {
             .collect();
         for id in due {
             self.retry.remove(&id);
-            self.queue.push_back((id, Vec::new()));
+            self.enqueue(id, Vec::new());
         }
         self.flush().await;
+    }
+
+    /// Queues run `id` to move, with `notes` to report to it; a run with a
+    /// move in flight keeps them until that move is answered.
+    fn enqueue(&mut self, id: Uuid, notes: Vec<Note>) {
+        match self.pending.entry(id) {
+            std::collections::hash_map::Entry::Occupied(mut held) => held.get_mut().extend(notes),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(notes);
+                if !self.moving.contains(&id) {
+                    self.ready.push_back(id);
+                }
+            }
+        }
     }
 
     /// Moves every queued run whose last move is not in flight: each move's
@@ -424,23 +441,10 @@ impl Driver {
     /// and answered later through [`Driver::answered`]; a run's next events
     /// wait for its move in flight.
     async fn flush(&mut self) {
-        let mut round: Vec<(Uuid, Vec<Note>)> = Vec::new();
-        let mut places: HashMap<Uuid, usize> = HashMap::new();
-        let mut waiting = VecDeque::new();
-        for (id, pending) in std::mem::take(&mut self.queue) {
-            if self.moving.contains(&id) {
-                waiting.push_back((id, pending));
-                continue;
-            }
-            match places.get(&id) {
-                Some(at) => round[*at].1.extend(pending),
-                None => {
-                    places.insert(id, round.len());
-                    round.push((id, pending));
-                }
-            }
-        }
-        self.queue = waiting;
+        let round: Vec<(Uuid, Vec<Note>)> = std::mem::take(&mut self.ready)
+            .into_iter()
+            .filter_map(|id| Some((id, self.pending.remove(&id)?)))
+            .collect();
         for (id, pending) in round {
             let Some(mut prepared) = self.prepare(id, pending).await else {
                 continue;
@@ -499,6 +503,10 @@ impl Driver {
             return;
         };
         self.moving.remove(&id);
+        if self.pending.contains_key(&id) {
+            // What came while the move was in flight moves it next.
+            self.ready.push_back(id);
+        }
         if !matches!(answer, Ok((_, Ok(_)))) {
             // Refused: it claimed nothing.
             self.claimed.retain(|_, run| *run != id);
@@ -676,7 +684,7 @@ impl Driver {
             match Run::replay(child, [&started]) {
                 Ok(run) => {
                     self.hold(Stored { run, version: 1 });
-                    self.queue.push_back((child, Vec::new()));
+                    self.enqueue(child, Vec::new());
                 }
                 Err(e) => tracing::error!(run = %child, error = %e,
                     "a sub-workflow run started here cannot be read"),
