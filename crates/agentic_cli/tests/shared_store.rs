@@ -227,11 +227,12 @@ async fn attempts(store: &dyn EventStore) -> Attempts {
                 SystemEvent::TaskFailed {
                     task_id,
                     attempt,
-                    error,
                     is_final,
+                    interrupted,
+                    ..
                 } => {
                     *a.outcomes.entry((task_id, attempt)).or_default() += 1;
-                    if error.starts_with("interrupted") {
+                    if interrupted {
                         a.interrupted.push((task_id, attempt, is_final));
                     }
                 }

@@ -86,6 +86,10 @@ pub enum SystemEvent {
         /// True when no retry follows.
         #[serde(rename = "final")]
         is_final: bool,
+        /// True when the attempt did not fail of itself: its process
+        /// stopped under it (a crash, a stop, a lost lease).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        interrupted: bool,
     },
     /// An attempt ran out of time.
     TaskTimedOut {
@@ -505,12 +509,14 @@ impl SystemEvent {
                 attempt,
                 error,
                 is_final,
+                interrupted,
             } => (
                 *task_id,
                 TaskChange::Failed {
                     attempt: *attempt,
                     error: error.clone(),
                     is_final: *is_final,
+                    interrupted: *interrupted,
                 },
             ),
             SystemEvent::TaskTimedOut {

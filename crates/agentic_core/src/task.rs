@@ -36,9 +36,10 @@ pub struct RetryPolicy {
     /// Longest delay between attempts.
     pub max_delay_ms: u64,
     /// An attempt that its process's crash or stop interrupted runs again
-    /// whatever `max_retries` allows (up to [`MAX_INTERRUPTED_RETRIES`]
-    /// more attempts): a task does not fail because a kernel died under it
-    /// (a workflow's steps run at least once).
+    /// and does not count against `max_retries` (up to
+    /// [`MAX_INTERRUPTED_RETRIES`] interruptions): a task does not fail, or
+    /// lose a try, because a kernel died under it (a workflow's steps run
+    /// at least once, and as often as their policy says).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry_interrupted: bool,
 }
@@ -54,24 +55,33 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Attempts past `max_retries` that interruptions may add with
-/// [`RetryPolicy::retry_interrupted`]: a task whose attempts keep killing
-/// their process (running out of memory, say) fails after these instead of
-/// crash-looping its kernels.
+/// Interruptions a task with [`RetryPolicy::retry_interrupted`] is run
+/// again after: a task whose attempts keep killing their process (running
+/// out of memory, say) fails after these instead of crash-looping its
+/// kernels.
 pub const MAX_INTERRUPTED_RETRIES: u32 = 16;
 
 impl RetryPolicy {
-    /// Whether an attempt numbered `attempt` (1-based) that failed may be retried.
-    pub fn allows_retry_after(&self, attempt: u32) -> bool {
-        attempt <= self.max_retries
+    /// Whether a task may run again after its attempt numbered `attempt`
+    /// (1-based) failed or timed out, `interrupted` of its attempts so far
+    /// having been interrupted (which, with `retry_interrupted`, do not
+    /// count against `max_retries`).
+    pub fn allows_retry_after(&self, attempt: u32, interrupted: u32) -> bool {
+        let counted = match self.retry_interrupted {
+            true => attempt.saturating_sub(interrupted),
+            false => attempt,
+        };
+        counted <= self.max_retries
     }
 
-    /// Whether an attempt numbered `attempt` that its process's stop
-    /// interrupted may be retried.
-    pub fn allows_retry_after_interruption(&self, attempt: u32) -> bool {
-        self.allows_retry_after(attempt)
-            || (self.retry_interrupted
-                && attempt <= self.max_retries.saturating_add(MAX_INTERRUPTED_RETRIES))
+    /// Whether a task may run again after its attempt numbered `attempt`
+    /// was interrupted by its process's stop, `interrupted` of its attempts
+    /// (this one included) having been.
+    pub fn allows_retry_after_interruption(&self, attempt: u32, interrupted: u32) -> bool {
+        match self.retry_interrupted {
+            true => interrupted <= MAX_INTERRUPTED_RETRIES,
+            false => self.allows_retry_after(attempt, 0),
+        }
     }
 
     /// The delay before the attempt after `attempt`, given a jitter factor in
@@ -162,6 +172,9 @@ pub struct TaskRecord {
     pub status: TaskStatus,
     /// Attempts started so far.
     pub attempts: u32,
+    /// How many of them were interrupted (their process stopped under them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interrupted: u32,
     /// The output, once completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
@@ -175,6 +188,11 @@ pub struct TaskRecord {
     /// share the log: the one whose lease its retries depend on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<Uuid>,
+}
+
+/// Whether a count is zero (left out of a serialised record).
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A task event's change to its task, as the reducer applies it.
@@ -212,6 +230,10 @@ pub enum TaskChange {
         /// True when the task will not be retried.
         #[serde(rename = "final")]
         is_final: bool,
+        /// True when the attempt did not fail of itself: its process
+        /// stopped under it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        interrupted: bool,
     },
     /// Attempt `attempt` ran out of time; `final` when no retry follows.
     TimedOut {
@@ -257,6 +279,7 @@ impl TaskRecord {
             spec,
             status: TaskStatus::Pending,
             attempts: 0,
+            interrupted: 0,
             output: None,
             error: None,
             children: Vec::new(),
@@ -316,8 +339,12 @@ impl TaskRecord {
                 self.output = Some(output.clone());
             }
             TaskChange::Failed {
-                error, is_final, ..
+                error,
+                is_final,
+                interrupted,
+                ..
             } => {
+                self.interrupted += u32::from(*interrupted);
                 self.error = Some(error.clone());
                 self.status = if *is_final {
                     TaskStatus::Failed
@@ -363,6 +390,7 @@ mod tests {
             attempt: 1,
             error: "boom".into(),
             is_final: false,
+            interrupted: false,
         })
         .expect("fail");
         assert_eq!(t.status, TaskStatus::Pending);
@@ -423,9 +451,56 @@ mod tests {
         assert_eq!(p.delay_after(2, 1.0), Duration::from_millis(200));
         assert_eq!(p.delay_after(3, 0.0), Duration::from_millis(200));
         assert_eq!(p.delay_after(10, 1.0), Duration::from_millis(1_000));
-        assert!(p.allows_retry_after(5));
-        assert!(!p.allows_retry_after(6));
+        assert!(p.allows_retry_after(5, 0));
+        assert!(!p.allows_retry_after(6, 0));
         assert_eq!(p.delay_after(40, 0.5), Duration::from_millis(750));
+    }
+
+    #[test]
+    fn interruptions_cost_a_try_only_without_retry_interrupted() {
+        let plain = RetryPolicy {
+            max_retries: 2,
+            ..RetryPolicy::default()
+        };
+        // Attempts 1 and 2 interrupted, 3 failed: three attempts, the
+        // policy's all.
+        assert!(plain.allows_retry_after_interruption(2, 2));
+        assert!(!plain.allows_retry_after(3, 2));
+        assert!(!plain.allows_retry_after_interruption(3, 3));
+        let steps = RetryPolicy {
+            retry_interrupted: true,
+            ..plain
+        };
+        // The same with interruptions not counted: two real tries left.
+        assert!(steps.allows_retry_after(3, 2));
+        assert!(steps.allows_retry_after(4, 2));
+        assert!(!steps.allows_retry_after(5, 2));
+        // Interruptions alone are bounded.
+        assert!(steps.allows_retry_after_interruption(40, MAX_INTERRUPTED_RETRIES));
+        assert!(!steps.allows_retry_after_interruption(40, MAX_INTERRUPTED_RETRIES + 1));
+    }
+
+    #[test]
+    fn a_record_counts_its_interrupted_attempts() {
+        let mut t = record();
+        for (attempt, interrupted) in [(1, true), (2, false)] {
+            t.apply(&TaskChange::Started {
+                attempt,
+                kernel: None,
+            })
+            .expect("start");
+            t.apply(&TaskChange::Failed {
+                attempt,
+                error: "x".into(),
+                is_final: false,
+                interrupted,
+            })
+            .expect("fail");
+        }
+        assert_eq!((t.attempts, t.interrupted), (2, 1));
+        // Left out of the record while zero, as records were before.
+        let fresh = serde_json::to_value(record()).expect("encode");
+        assert!(fresh.get("interrupted").is_none());
     }
 
     #[test]

@@ -950,6 +950,72 @@ async fn an_interrupted_attempt_is_recorded_then_retried_or_failed_by_policy() {
     assert!(replayed(&store).await.diff(&state).is_empty());
 }
 
+/// Regression: a workflow step's interruptions used up its retries (a
+/// step with one retry, interrupted twice, failed at its first real
+/// failure). With `retry_interrupted`, interrupted attempts do not count.
+#[tokio::test(start_paused = true)]
+async fn interrupted_attempts_do_not_use_up_the_retries_of_a_task_that_runs_again_after_them() {
+    let (store, orch) = start(OrchestratorConfig::default());
+    let id = Uuid::now_v7();
+    // Fails its first three attempts: two interrupted, then one real failure.
+    let mut step = spec("fail", json!({"times": 3, "message": "flaky"}));
+    step.retry.max_retries = 1;
+    step.retry.retry_interrupted = true;
+    let started = |attempt| SystemEvent::TaskStarted {
+        task_id: id,
+        attempt,
+        kernel: None,
+    };
+    append(
+        &store,
+        vec![
+            SystemEvent::TaskSubmitted {
+                task_id: id,
+                spec: step,
+            },
+            started(1),
+            SystemEvent::TaskFailed {
+                task_id: id,
+                attempt: 1,
+                error: "interrupted: its process stopped while it ran".into(),
+                is_final: false,
+                interrupted: true,
+            },
+            started(2),
+        ],
+    )
+    .await;
+    let state = store.projected_state().await.expect("state");
+    assert_eq!(state.task(id).map(|t| t.interrupted), Some(1));
+    let handle = orch
+        .adopt(state.task(id).expect("task"))
+        .await
+        .expect("adopt");
+    assert_eq!(
+        handle.outcome().await.expect("outcome"),
+        TaskOutcome::Completed(json!({"times": 3, "message": "flaky"}))
+    );
+    let state = store.projected_state().await.expect("state");
+    let task = state.task(id).expect("task");
+    assert_eq!((task.attempts, task.interrupted), (4, 2));
+    let failures: Vec<(u32, bool)> = store
+        .read_from(1, usize::MAX)
+        .await
+        .expect("read")
+        .into_iter()
+        .filter_map(|e| match e.decode().expect("decode") {
+            SystemEvent::TaskFailed {
+                attempt,
+                interrupted,
+                ..
+            } => Some((attempt, interrupted)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failures, [(1, true), (2, true), (3, false)]);
+    assert!(replayed(&store).await.diff(&state).is_empty());
+}
+
 /// Regression (issue 14 review): a process told to stop at once dropped
 /// its running tasks unrecorded. `interrupt` now records each running
 /// attempt as a crash would be seen by the next process (failed

@@ -1087,6 +1087,7 @@ mod task_projection {
                 attempt: 1,
                 error: "boom".into(),
                 is_final: false,
+                interrupted: false,
             },
         )
         .await

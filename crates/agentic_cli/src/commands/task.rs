@@ -310,6 +310,7 @@ fn describe(e: &LiveEvent) -> String {
             attempt,
             error,
             is_final,
+            ..
         } => format!(
             "task …{} attempt {attempt} failed: {error}{}",
             short(task_id),

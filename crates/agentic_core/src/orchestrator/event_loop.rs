@@ -61,6 +61,8 @@ pub(super) struct Adopted {
     pub(super) id: Uuid,
     /// Attempts started before.
     pub(super) attempts: u32,
+    /// How many of those were recorded as interrupted.
+    pub(super) interruptions: u32,
     /// An attempt was running when its process stopped.
     pub(super) interrupted: bool,
     /// The kernel that claimed that attempt, if the log names one.

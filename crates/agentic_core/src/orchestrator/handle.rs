@@ -204,6 +204,7 @@ impl Orchestrator {
             adopt: Some(Adopted {
                 id: task.id,
                 attempts: task.attempts,
+                interruptions: task.interrupted,
                 interrupted,
                 kernel: task.kernel,
                 claimed: ends.is_some(),

@@ -164,6 +164,8 @@ impl Runner {
             .cloned()
             .ok_or_else(|| OrchestratorError::UnknownHandler(self.spec.handler.clone()))?;
         let mut attempt = self.adopted.as_ref().map_or(0, |a| a.attempts);
+        // Attempts recorded as interrupted so far.
+        let mut interruptions = self.adopted.as_ref().map_or(0, |a| a.interruptions);
         // Claimed in the batch that submitted it: that attempt runs now.
         let mut claimed = self.adopted.as_ref().is_some_and(|a| a.claimed);
         if claimed {
@@ -186,9 +188,9 @@ impl Runner {
                 }
                 _ => INTERRUPTED.to_owned(),
             };
-            match self.failed(attempt, why, true).await {
+            match self.interrupted(attempt, why, interruptions + 1).await {
                 Ok(Some(ended)) => return Ok(Some(ended)),
-                Ok(None) => {}
+                Ok(None) => interruptions += 1,
                 // Another kernel recorded the interruption first: the
                 // retry (if the policy allows one) is claimed as usual.
                 Err(OrchestratorError::Store(StoreError::Rejected(ApplyError::Task(
@@ -216,7 +218,7 @@ impl Runner {
             let slot = Arc::new(tokio::sync::Mutex::new(Some(slot)));
             let ended = self.attempt(&handler, attempt, slot.clone()).await;
             drop(slot);
-            let retry = self.spec.retry.allows_retry_after(attempt);
+            let retry = self.spec.retry.allows_retry_after(attempt, interruptions);
             match ended {
                 Attempt::Completed(output) => {
                     self.record_final(SystemEvent::TaskCompleted {
@@ -230,11 +232,13 @@ impl Runner {
                 // Its process stops now: recorded as a crash would be,
                 // retried (by the next process) or failed by policy.
                 Attempt::Cancelled if self.cancel.interrupted() => {
-                    return self.failed(attempt, INTERRUPTED.to_owned(), true).await;
+                    let why = INTERRUPTED.to_owned();
+                    return self.interrupted(attempt, why, interruptions + 1).await;
                 }
                 Attempt::Cancelled => return self.cancelled().await,
                 Attempt::Failed(error) => {
-                    if let Some(ended) = self.failed(attempt, error, false).await? {
+                    let failed = self.failed_after(attempt, error, interruptions);
+                    if let Some(ended) = failed.await? {
                         return Ok(Some(ended));
                     }
                 }
@@ -360,23 +364,47 @@ impl Runner {
         }
     }
 
-    /// Records a failed attempt (`interrupted`: its process stopped under
-    /// it); returns the task's end if no retry follows.
-    async fn failed(
+    /// Records that `attempt` failed of itself, `interruptions` attempts
+    /// before it having been interrupted; returns the task's end if no
+    /// retry follows.
+    async fn failed_after(
         &self,
         attempt: u32,
         error: String,
+        interruptions: u32,
+    ) -> Result<Option<TaskOutcome>, OrchestratorError> {
+        let retry = self.spec.retry.allows_retry_after(attempt, interruptions);
+        self.record_failure(attempt, error, retry, false).await
+    }
+
+    /// Records that `attempt` was interrupted by its process's stop, the
+    /// task's `n`th interruption; returns the task's end if no retry
+    /// follows.
+    async fn interrupted(
+        &self,
+        attempt: u32,
+        error: String,
+        n: u32,
+    ) -> Result<Option<TaskOutcome>, OrchestratorError> {
+        let retry = self.spec.retry.allows_retry_after_interruption(attempt, n);
+        self.record_failure(attempt, error, retry, true).await
+    }
+
+    /// Records attempt `attempt`'s failure (final unless `retry`); returns
+    /// the task's end if no retry follows.
+    async fn record_failure(
+        &self,
+        attempt: u32,
+        error: String,
+        retry: bool,
         interrupted: bool,
     ) -> Result<Option<TaskOutcome>, OrchestratorError> {
-        let retry = match interrupted {
-            true => self.spec.retry.allows_retry_after_interruption(attempt),
-            false => self.spec.retry.allows_retry_after(attempt),
-        };
         let failed = SystemEvent::TaskFailed {
             task_id: self.id,
             attempt,
             error: error.clone(),
             is_final: !retry,
+            interrupted,
         };
         match retry || interrupted {
             true => self.record_end(failed).await?,

@@ -92,6 +92,8 @@ pub struct Task {
     pub status: String,
     /// Attempts started so far.
     pub attempts: u32,
+    /// How many of them were interrupted (their kernel stopped under them).
+    pub interrupted: u32,
     /// The output, once completed.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Value)]
@@ -117,6 +119,7 @@ impl From<TaskRecord> for Task {
             input: t.spec.input,
             status: status_name(t.status).to_owned(),
             attempts: t.attempts,
+            interrupted: t.interrupted,
             output: t.output,
             error: t.error,
             idempotency_key: t.spec.idempotency_key,
@@ -331,6 +334,7 @@ fn submitted(id: Uuid, spec: &TaskSpec) -> Task {
         input: spec.input.clone(),
         status: "pending".into(),
         attempts: 0,
+        interrupted: 0,
         output: None,
         error: None,
         idempotency_key: spec.idempotency_key.clone(),
