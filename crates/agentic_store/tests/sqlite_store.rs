@@ -325,6 +325,55 @@ async fn commit_stats_count_only_the_events_this_store_committed() {
     assert_eq!(counted(&mine), (2, 2), "(commits, events) of this writer");
 }
 
+/// What a follower takes from memory ([`EventStore::recent`]) is the log
+/// as stored, and never skips what another writer committed in between.
+#[tokio::test]
+async fn records_kept_in_memory_for_followers_are_the_stored_ones_and_skip_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mine = Arc::new(open(dir.path()));
+    // Another writer on the same home, as another process would be.
+    let theirs = open(dir.path());
+    let e = |i: i32| new_event(json!({ "i": i }));
+    let twice = e(2);
+    mine.append(vec![e(1), twice.clone()], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    // A retry of a stored batch writes nothing, and adds nothing in memory.
+    mine.append(vec![twice], ExpectedVersion::Any)
+        .await
+        .expect("retry");
+    // A refused batch neither.
+    let refused = mine
+        .append(vec![e(0)], ExpectedVersion::Exact(7))
+        .await
+        .expect_err("refused");
+    assert!(matches!(refused, StoreError::WrongExpectedVersion { .. }));
+    let first = log(&mine);
+    assert_eq!(first.len(), 2);
+    assert_eq!(mine.recent(1, 10), Some(first.clone()));
+    assert_eq!(mine.recent(2, 1), Some(first[1..].to_vec()));
+    theirs
+        .append(vec![e(3), e(4)], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    mine.append(vec![e(5)], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    let stored = log(&mine);
+    assert_eq!(stored.len(), 5);
+    let seqs = |r: Option<Vec<EventEnvelope>>| r.map(|r| r.iter().map(|e| e.seq).collect());
+    // This writer's run started over after the other's records.
+    assert_eq!(seqs(mine.recent(1, 10)), None::<Vec<u64>>);
+    assert_eq!(seqs(mine.recent(3, 10)), None::<Vec<u64>>, "the other's");
+    assert_eq!(mine.recent(5, 10), Some(stored[4..].to_vec()));
+    assert_eq!(theirs.recent(3, 10), Some(stored[2..4].to_vec()));
+    // A follower of this store sees every record once, in order.
+    let mut follower = mine.clone().subscribe(1);
+    for want in &stored {
+        assert_eq!(&follower.next().await.expect("next"), want);
+    }
+}
+
 /// The WAL header's checkpoint sequence number, which SQLite raises each
 /// time the WAL starts over from its first frame.
 fn wal_restarts(home: &Path) -> u32 {

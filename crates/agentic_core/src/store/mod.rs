@@ -249,6 +249,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// Reads up to `limit` events with `seq >= from`, in order.
     async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError>;
 
+    /// Up to `limit` events from `seq` `from` on that this instance
+    /// committed lately and still holds in memory, if it holds `from`: an
+    /// unbroken run, which may stop before the log's end (another process
+    /// may have written after it). A follower's fast path, taken before
+    /// [`EventStore::read_from`]; `None` sends it there.
+    fn recent(&self, from: u64, limit: usize) -> Option<Vec<EventEnvelope>> {
+        let _ = (from, limit);
+        None
+    }
+
     /// Reads up to `limit` events of `stream` with `stream_version >= from`,
     /// in stream order.
     async fn read_stream(
@@ -383,7 +393,10 @@ impl Subscription {
             if let Some(e) = self.buffer.pop_front() {
                 return Ok(e);
             }
-            let batch = self.store.read_from(self.next, SUBSCRIPTION_BATCH).await?;
+            let batch = match self.store.recent(self.next, SUBSCRIPTION_BATCH) {
+                Some(batch) => batch,
+                None => self.store.read_from(self.next, SUBSCRIPTION_BATCH).await?,
+            };
             match batch.last() {
                 Some(last) => {
                     self.next = last.seq + 1;

@@ -23,6 +23,7 @@ mod reads;
 mod recognise;
 mod replay;
 mod schema;
+mod tail;
 mod task_projection;
 mod workflow_projection;
 mod writer;
@@ -57,6 +58,7 @@ use recognise::{
 pub use replay::VerifyReport;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 use schema::{DbFile, Layout, ReadOnly};
+use tail::Tail;
 pub use writer::CommitCounters;
 use writer::{Request, Writer};
 
@@ -125,6 +127,8 @@ pub struct SqliteStore {
     /// What the HEAD recorder could not record.
     recorder_status: Option<Arc<RecorderStatus>>,
     stats: Arc<CommitCounters>,
+    /// The newest records this store's writer committed.
+    tail: Arc<Tail>,
 }
 
 impl SqliteStore {
@@ -181,8 +185,10 @@ impl SqliteStore {
             streams: HashMap::new(),
             last_head: None,
             deferred: Vec::new(),
+            tail: Arc::default(),
         };
         let stats = writer.stats.clone();
+        let tail = writer.tail.clone();
         let handle = std::thread::Builder::new()
             .name("lion-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -206,6 +212,7 @@ impl SqliteStore {
             to_recorder,
             recorder_status: Some(recorder_status),
             stats,
+            tail,
         })
     }
 
@@ -266,6 +273,7 @@ impl SqliteStore {
             to_recorder: None,
             recorder_status: None,
             stats: Arc::default(),
+            tail: Arc::default(),
         })
     }
 
@@ -424,6 +432,10 @@ impl EventStore for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    fn recent(&self, from: u64, limit: usize) -> Option<Vec<EventEnvelope>> {
+        self.tail.read(from, limit)
     }
 
     async fn read_stream(

@@ -55,6 +55,7 @@ use super::checkpoint::Recycler;
 use super::head_file::Recording;
 use super::reads::read_head;
 use super::schema::DbFile;
+use super::tail::Tail;
 
 /// A message to the writer thread.
 pub(crate) enum Request {
@@ -113,6 +114,8 @@ pub(crate) struct Writer {
     pub last_head: Option<ChainHead>,
     /// Imports waiting for the group being written.
     pub deferred: Vec<DeferredImport>,
+    /// Where each commit's records go for followers in this process.
+    pub tail: Arc<Tail>,
 }
 
 /// The channel an append's outcome goes back on, with its events.
@@ -196,6 +199,15 @@ impl Writer {
                         })
                         .collect(),
                 );
+                // The tail has the records before anyone hears of them.
+                self.tail
+                    .push(batch.0.iter().flat_map(|(_, outcome, events)| {
+                        let stored = matches!(outcome, Ok(r) if !r.deduplicated);
+                        events
+                            .iter()
+                            .filter(move |_| stored)
+                            .map(|e| e.record.clone())
+                    }));
                 // The head goes to the recorder before the acknowledgements,
                 // so that a flush asked for after one finds it there.
                 if head.seq > before {
