@@ -1029,6 +1029,38 @@ mod bench {
             assert!(out.stdout.contains(row), "no {row:?} row: {out:?}");
         }
     }
+
+    #[test]
+    fn bench_workflow_quick_measures_steps_and_shared_commits() {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let out = run(lion()
+            .args(["--json", "bench", "workflow", "--quick", "--dir"])
+            .arg(scratch.path().join("wf")))
+        .success();
+        let report: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+        for key in [
+            "fdatasync_p50_ms",
+            "step_commit_p50_ms",
+            "step_p50_ms",
+            "single_run_steps_per_sec",
+            "concurrent_steps_per_sec",
+        ] {
+            assert!(
+                report[key].as_f64().is_some_and(|v| v > 0.0),
+                "{key}: {report}"
+            );
+        }
+        // One run's step commits its five events (a run's start and end
+        // fewer); 100 runs at once share commits.
+        let single = report["single_run_events_per_commit"]
+            .as_f64()
+            .expect("single");
+        let shared = report["concurrent_events_per_commit"]
+            .as_f64()
+            .expect("shared");
+        assert!((3.0..=6.0).contains(&single), "{report}");
+        assert!(shared > single, "{report}");
+    }
 }
 
 mod help {

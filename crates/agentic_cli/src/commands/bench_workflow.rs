@@ -229,6 +229,8 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
             "concurrent_runs": CONCURRENT,
             "concurrent_steps_per_sec": m.concurrent_steps_per_sec,
             "sharing": sharing,
+            "single_run_events_per_commit": m.single_per_commit,
+            "concurrent_events_per_commit": m.concurrent_per_commit,
         }));
     }
     outln!(
@@ -271,6 +273,13 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
         format!("≥ {TARGET_SHARING}x"),
         verdict(sharing >= TARGET_SHARING),
     ]);
+    table.add_row([
+        format!("events per commit, {CONCURRENT} runs at once"),
+        format!("{:.1}", m.concurrent_per_commit),
+        format!("one run at a time: {:.1}", m.single_per_commit),
+        String::new(),
+        String::new(),
+    ]);
     outln!("{table}");
     if quick {
         outln!("note: --quick checks the paths only; its figures mean little");
@@ -285,6 +294,24 @@ struct Measured {
     step: Latency,
     single_steps_per_sec: f64,
     concurrent_steps_per_sec: f64,
+    /// Events per commit, one run at a time and 100 runs at once.
+    single_per_commit: f64,
+    concurrent_per_commit: f64,
+}
+
+/// The store writer's (commits, events) so far.
+fn counted(store: &dyn EventStore) -> (u64, u64) {
+    store.commit_counters().map_or((0, 0), |c| {
+        (
+            c.commits.load(std::sync::atomic::Ordering::Relaxed),
+            c.events.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    })
+}
+
+/// Events per commit between two [`counted`] readings.
+fn per_commit(before: (u64, u64), after: (u64, u64)) -> f64 {
+    (after.1 - before.1) as f64 / (after.0 - before.0).max(1) as f64
 }
 
 async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
@@ -324,12 +351,14 @@ async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
     errln!("bench: {single_runs} runs one at a time…");
     let mut timings = Timings::default();
     let mut singles = Vec::new();
+    let before_singles = counted(store.as_ref());
     for _ in 0..single_runs {
         let from = store.head().await?.seq + 1;
         let run = start(store.as_ref(), &definition).await?;
         follow(&store, from, &[run], &mut timings).await?;
         singles.push(run);
     }
+    let single_per_commit = per_commit(before_singles, counted(store.as_ref()));
     let step = Latency::of(step_times(&timings, &singles));
     let run_secs: Vec<f64> = singles
         .iter()
@@ -340,6 +369,7 @@ async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
 
     errln!("bench: {CONCURRENT} runs at once…");
     let from = store.head().await?.seq + 1;
+    let before_concurrent = counted(store.as_ref());
     let began = Instant::now();
     let mut starts = tokio::task::JoinSet::new();
     for _ in 0..CONCURRENT {
@@ -352,6 +382,7 @@ async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
     }
     follow(&store, from, &runs, &mut timings).await?;
     let concurrent_steps_per_sec = (CONCURRENT * CHAIN) as f64 / began.elapsed().as_secs_f64();
+    let concurrent_per_commit = per_commit(before_concurrent, counted(store.as_ref()));
     let _ = stop.send(());
     kernel.await??;
     errln!("bench: a step's commit alone, {single_runs} runs' worth…");
@@ -362,5 +393,7 @@ async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
         step,
         single_steps_per_sec,
         concurrent_steps_per_sec,
+        single_per_commit,
+        concurrent_per_commit,
     })
 }
