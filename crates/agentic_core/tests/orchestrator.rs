@@ -1016,6 +1016,66 @@ async fn interrupted_attempts_do_not_use_up_the_retries_of_a_task_that_runs_agai
     assert!(replayed(&store).await.diff(&state).is_empty());
 }
 
+/// Review regression: a kernel that took over an interrupted attempt whose
+/// interruption another kernel recorded first did not count it, so a
+/// later real failure used up one retry too many.
+#[tokio::test(start_paused = true)]
+async fn an_interruption_another_kernel_recorded_first_is_counted_all_the_same() {
+    let (me, dead) = (Uuid::now_v7(), Uuid::now_v7());
+    let (store, orch) = start(OrchestratorConfig {
+        kernel: Some(me),
+        ..OrchestratorConfig::default()
+    });
+    let id = Uuid::now_v7();
+    // Attempt 1 interrupted; attempt 2 fails for real; attempt 3 succeeds.
+    let mut step = spec("fail", json!({"times": 2, "message": "flaky"}));
+    step.retry.max_retries = 1;
+    step.retry.retry_interrupted = true;
+    append(
+        &store,
+        vec![
+            SystemEvent::TaskSubmitted {
+                task_id: id,
+                spec: step,
+            },
+            SystemEvent::TaskStarted {
+                task_id: id,
+                attempt: 1,
+                kernel: Some(dead),
+            },
+        ],
+    )
+    .await;
+    // This kernel read the task while its attempt was still running...
+    let stale = store
+        .projected_state()
+        .await
+        .expect("state")
+        .task(id)
+        .cloned()
+        .expect("task");
+    // ...and another kernel recorded the interruption before it could.
+    append(
+        &store,
+        vec![SystemEvent::TaskFailed {
+            task_id: id,
+            attempt: 1,
+            error: "interrupted: kernel stopped renewing its lease while it ran".into(),
+            is_final: false,
+            interrupted: true,
+        }],
+    )
+    .await;
+    let handle = orch.adopt(&stale).await.expect("adopt");
+    assert_eq!(
+        handle.outcome().await.expect("outcome"),
+        TaskOutcome::Completed(json!({"times": 2, "message": "flaky"}))
+    );
+    let state = store.projected_state().await.expect("state");
+    let task = state.task(id).expect("task");
+    assert_eq!((task.attempts, task.interrupted), (3, 1));
+}
+
 /// Regression (issue 14 review): a process told to stop at once dropped
 /// its running tasks unrecorded. `interrupt` now records each running
 /// attempt as a crash would be seen by the next process (failed

@@ -294,8 +294,9 @@ struct Measured {
     step: Latency,
     single_steps_per_sec: f64,
     concurrent_steps_per_sec: f64,
-    /// Events per commit, one run at a time and 100 runs at once.
+    /// Events per commit, one run at a time.
     single_per_commit: f64,
+    /// Events per commit, [`CONCURRENT`] runs at once.
     concurrent_per_commit: f64,
 }
 

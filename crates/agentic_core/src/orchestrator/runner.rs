@@ -191,11 +191,17 @@ impl Runner {
             match self.interrupted(attempt, why, interruptions + 1).await {
                 Ok(Some(ended)) => return Ok(Some(ended)),
                 Ok(None) => interruptions += 1,
-                // Another kernel recorded the interruption first: the
-                // retry (if the policy allows one) is claimed as usual.
+                // Another kernel recorded the interruption (or the old
+                // kernel its failure) first: the retry, if the policy
+                // allows one, is claimed as usual, counting the
+                // interruptions the log now holds.
                 Err(OrchestratorError::Store(StoreError::Rejected(ApplyError::Task(
                     TaskRuleError::NotRunning(_),
-                )))) if self.orchestrator.inner.kernel.is_some() => {}
+                )))) if self.orchestrator.inner.kernel.is_some() => {
+                    if let Some(task) = self.orchestrator.inner.store.task(self.id).await? {
+                        interruptions = task.interrupted;
+                    }
+                }
                 Err(e) => return Err(e),
             }
             self.back_off(attempt).await?;

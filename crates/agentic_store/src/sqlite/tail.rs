@@ -27,6 +27,7 @@ pub(crate) struct Tail {
     held: Mutex<Held>,
 }
 
+/// The records held and the bytes of their payloads.
 #[derive(Debug, Default)]
 struct Held {
     records: VecDeque<EventEnvelope>,
