@@ -1602,18 +1602,22 @@ mod kernel {
             .success()
             .json();
         assert_eq!(retried["attempts"], 2, "{retried}");
+        assert_eq!(retried["interrupted"], 1, "{retried}");
         assert_eq!(retried["status"], "timed_out", "{retried}");
         let failed = lion_run(&home, &["task", "show", &failed, "--json"])
             .success()
             .json();
         assert_eq!(failed["status"], "failed", "{failed}");
         assert_eq!(failed["attempts"], 1);
+        assert_eq!(failed["interrupted"], 1, "{failed}");
         assert!(
             failed["error"]
                 .as_str()
                 .is_some_and(|e| e.starts_with("interrupted")),
             "{failed}"
         );
+        let listed = lion_run(&home, &["task", "list"]).success().stdout;
+        assert!(listed.contains("2 (1 interrupted)"), "{listed}");
         lion_run(&home, &["events", "verify"]).success();
         lion_run(&home, &["replay"]).success();
     }

@@ -384,7 +384,10 @@ pub async fn list(store: &dyn EventStore, ctx: Ctx, paging: Paging) -> Result<()
             task.id.to_string(),
             task.spec.handler.clone(),
             status_name(task.status).to_owned(),
-            task.attempts.to_string(),
+            match task.interrupted {
+                0 => task.attempts.to_string(),
+                n => format!("{} ({n} interrupted)", task.attempts),
+            },
             output::clip(&result, 40),
         ]);
     }
