@@ -333,6 +333,9 @@ async fn records_kept_in_memory_for_followers_are_the_stored_ones_and_skip_nothi
     let mine = Arc::new(open(dir.path()));
     // Another writer on the same home, as another process would be.
     let theirs = open(dir.path());
+    // Records are kept once a follower has asked for them.
+    assert_eq!(mine.recent(1, 10), None);
+    assert_eq!(theirs.recent(1, 10), None);
     let e = |i: i32| new_event(json!({ "i": i }));
     let twice = e(2);
     mine.append(vec![e(1), twice.clone()], ExpectedVersion::Any)

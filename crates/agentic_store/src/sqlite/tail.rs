@@ -4,12 +4,15 @@
 //! rows again ([`agentic_core::EventStore::recent`]).
 //!
 //! The tail holds one unbroken run of sequence numbers, the newest this
-//! writer committed, records exactly as stored. When another process
+//! writer committed, records exactly as stored. It is filled only once a
+//! follower has asked for it: a process that nobody follows in (a CLI
+//! command appending, a benchmark) does not pay for copying its records. When another process
 //! commits between two of this writer's commits, the next commit does not
 //! continue the run: the tail starts over from it, and readers of what the
 //! other process wrote go to the database, as they must.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use agentic_core::EventEnvelope;
@@ -25,6 +28,8 @@ const MAX_BYTES: usize = 8 << 20;
 #[derive(Debug, Default)]
 pub(crate) struct Tail {
     held: Mutex<Held>,
+    /// Whether a follower has asked for records: until then none are kept.
+    wanted: AtomicBool,
 }
 
 /// The records held and the bytes of their payloads.
@@ -39,6 +44,9 @@ impl Tail {
     /// do not continue the held run (another process wrote in between)
     /// start it over.
     pub(crate) fn push(&self, committed: impl IntoIterator<Item = EventEnvelope>) {
+        if !self.wanted.load(Ordering::Relaxed) {
+            return;
+        }
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         for record in committed {
             if held
@@ -64,6 +72,7 @@ impl Tail {
     /// an unbroken run starting there (it may stop before the log's end,
     /// where another process wrote after this one).
     pub(crate) fn read(&self, from: u64, limit: usize) -> Option<Vec<EventEnvelope>> {
+        self.wanted.store(true, Ordering::Relaxed);
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let first = held.records.front()?.seq;
         let skip = usize::try_from(from.checked_sub(first)?).ok()?;
@@ -106,6 +115,15 @@ mod tests {
     }
 
     #[test]
+    fn keeps_nothing_until_a_follower_asks() {
+        let tail = Tail::default();
+        tail.push([record(1, 1)]);
+        assert_eq!(seqs(tail.read(1, 10)), None);
+        tail.push([record(2, 1)]);
+        assert_eq!(seqs(tail.read(2, 10)), Some(vec![2]));
+    }
+
+    #[test]
     fn reads_only_an_unbroken_run_it_holds() {
         let tail = Tail::default();
         assert_eq!(seqs(tail.read(1, 10)), None);
@@ -125,6 +143,7 @@ mod tests {
     #[test]
     fn keeps_the_newest_within_its_bounds() {
         let tail = Tail::default();
+        assert_eq!(seqs(tail.read(1, 1)), None);
         let n = MAX_RECORDS as u64 + 10;
         tail.push((1..=n).map(|s| record(s, 1)));
         assert_eq!(seqs(tail.read(10, 1)), None);
