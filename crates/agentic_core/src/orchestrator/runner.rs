@@ -198,8 +198,15 @@ impl Runner {
                 Err(OrchestratorError::Store(StoreError::Rejected(ApplyError::Task(
                     TaskRuleError::NotRunning(_),
                 )))) if self.orchestrator.inner.kernel.is_some() => {
-                    if let Some(task) = self.orchestrator.inner.store.task(self.id).await? {
-                        interruptions = task.interrupted;
+                    match self.orchestrator.inner.store.task(self.id).await {
+                        Ok(Some(task)) if task.status.is_final() => {
+                            return Ok(Some(outcome_of(task)));
+                        }
+                        Ok(Some(task)) => interruptions = task.interrupted,
+                        Ok(None) => {}
+                        // The claim that follows meets the log's answer.
+                        Err(e) => tracing::warn!(task = %self.id, error = %e,
+                            "cannot read the task again; its interruptions may be undercounted"),
                     }
                 }
                 Err(e) => return Err(e),

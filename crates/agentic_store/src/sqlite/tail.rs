@@ -6,7 +6,8 @@
 //! The tail holds one unbroken run of sequence numbers, the newest this
 //! writer committed, records exactly as stored. It is filled only once a
 //! follower has asked for it: a process that nobody follows in (a CLI
-//! command appending, a benchmark) does not pay for copying its records. When another process
+//! command appending, a benchmark) does not pay for copying its
+//! records. When another process
 //! commits between two of this writer's commits, the next commit does not
 //! continue the run: the tail starts over from it, and readers of what the
 //! other process wrote go to the database, as they must.
@@ -72,7 +73,9 @@ impl Tail {
     /// an unbroken run starting there (it may stop before the log's end,
     /// where another process wrote after this one).
     pub(crate) fn read(&self, from: u64, limit: usize) -> Option<Vec<EventEnvelope>> {
-        self.wanted.store(true, Ordering::Relaxed);
+        if !self.wanted.load(Ordering::Relaxed) {
+            self.wanted.store(true, Ordering::Relaxed);
+        }
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let first = held.records.front()?.seq;
         let skip = usize::try_from(from.checked_sub(first)?).ok()?;
