@@ -44,6 +44,13 @@ async fn replayed(store: &MemoryStore) -> State {
     state
 }
 
+/// A task's (attempts, interrupted attempts), as the projection has them.
+async fn attempts_of(store: &MemoryStore, task: Uuid) -> (u32, u32) {
+    let state = store.projected_state().await.expect("state");
+    let task = state.task(task).expect("task");
+    (task.attempts, task.interrupted)
+}
+
 async fn events_of(store: &MemoryStore, task: Uuid) -> Vec<String> {
     store
         .read_from(1, usize::MAX)
@@ -995,9 +1002,7 @@ async fn interrupted_attempts_do_not_use_up_the_retries_of_a_task_that_runs_agai
         handle.outcome().await.expect("outcome"),
         TaskOutcome::Completed(json!({"times": 3, "message": "flaky"}))
     );
-    let state = store.projected_state().await.expect("state");
-    let task = state.task(id).expect("task");
-    assert_eq!((task.attempts, task.interrupted), (4, 2));
+    assert_eq!(attempts_of(&store, id).await, (4, 2));
     let failures: Vec<(u32, bool)> = store
         .read_from(1, usize::MAX)
         .await
@@ -1013,6 +1018,7 @@ async fn interrupted_attempts_do_not_use_up_the_retries_of_a_task_that_runs_agai
         })
         .collect();
     assert_eq!(failures, [(1, true), (2, true), (3, false)]);
+    let state = store.projected_state().await.expect("state");
     assert!(replayed(&store).await.diff(&state).is_empty());
 }
 
@@ -1071,9 +1077,7 @@ async fn an_interruption_another_kernel_recorded_first_is_counted_all_the_same()
         handle.outcome().await.expect("outcome"),
         TaskOutcome::Completed(json!({"times": 2, "message": "flaky"}))
     );
-    let state = store.projected_state().await.expect("state");
-    let task = state.task(id).expect("task");
-    assert_eq!((task.attempts, task.interrupted), (3, 1));
+    assert_eq!(attempts_of(&store, id).await, (3, 1));
 }
 
 /// Regression (issue 14 review): a process told to stop at once dropped
