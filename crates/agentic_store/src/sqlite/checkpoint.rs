@@ -12,12 +12,19 @@
 //! and every commit extends the WAL file. A flush that extends a file also
 //! commits the filesystem's journal (the file's new size and blocks), which
 //! on this machine's ext4 makes it cost about twice the flush of an overwrite
-//! (see `docs/event-log.md`). So once the WAL is
-//! [`SqliteOptions::wal_recycle_pages`](super::SqliteOptions) long and the
+//! (see `docs/event-log.md`). So once the WAL is long enough and the
 //! checkpointer has copied nearly all of it, the writer copies the few frames
 //! added since itself, between two commits ([`Recycler`]): the next commit
 //! starts the WAL over, and the ones after it overwrite blocks the file
 //! already has.
+//!
+//! "Long enough" is about [`COMMITS_PER_CYCLE`] commits of the size commits
+//! have lately been, between [`MIN_RECYCLE_PAGES`] and
+//! [`SqliteOptions::wal_recycle_pages`](super::SqliteOptions): each restart
+//! pauses the writer for a checkpoint's flushes, so large commits want a
+//! long WAL that restarts rarely, while small ones (a workflow step, one
+//! appender at a time) would otherwise extend the file for thousands of
+//! commits before the first restart.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -31,6 +38,17 @@ use super::schema::{self, DbFile};
 
 /// WAL growth (pages) between checkpoints: SQLite's own default.
 const CHECKPOINT_PAGES: i32 = 1000;
+
+/// About how many commits the WAL holds before it is recycled: the writer's
+/// pause to recycle it comes at most this often.
+const COMMITS_PER_CYCLE: f64 = 256.0;
+
+/// Shortest WAL (pages) that is recycled: about one checkpoint's worth.
+const MIN_RECYCLE_PAGES: i64 = 1024;
+
+/// Weight of the newest commit in the running mean of WAL pages a commit
+/// adds.
+const COMMIT_SIZE_WEIGHT: f64 = 1.0 / 32.0;
 
 /// Most WAL pages left for the writer to copy when it recycles the WAL: the
 /// checkpointer copies again first while more are left (up to
@@ -94,7 +112,8 @@ impl Recycler {
 
 /// Starts the checkpointer of `db` and hooks it to the writer's connection
 /// `writer`, whose automatic checkpoints this turns off; the [`Recycler`]
-/// for WALs of `recycle_pages` or more goes to the writer.
+/// goes to the writer. WALs are recycled from about [`COMMITS_PER_CYCLE`]
+/// commits' worth of pages, and at the latest from `recycle_pages`.
 pub fn start(
     writer: &mut Connection,
     db: &DbFile,
@@ -111,11 +130,18 @@ pub fn start(
     // pages at a time. A smaller size than last time means the WAL restarted.
     let mut next_at = CHECKPOINT_PAGES;
     let mut last = 0;
+    let recycle_pages = i64::from(recycle_pages.max(1));
+    let recycle_at = Arc::new(AtomicI64::new(recycle_pages));
+    let mut cycle = CycleLength::new(recycle_pages);
+    let hook_recycle_at = recycle_at.clone();
     writer
         .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
             if pages < last {
                 next_at = CHECKPOINT_PAGES;
             }
+            // A smaller WAL than last time restarted: the commit wrote `pages`.
+            let added = if pages < last { pages } else { pages - last };
+            hook_recycle_at.store(cycle.after_commit(added), Ordering::Relaxed);
             last = pages;
             hook_pages.store(i64::from(pages), Ordering::Relaxed);
             if pages >= next_at {
@@ -131,7 +157,6 @@ pub fn start(
     let recycler = Recycler {
         armed: armed.clone(),
     };
-    let recycle_pages = i64::from(recycle_pages.max(1));
     let thread = std::thread::Builder::new()
         .name("lion-checkpointer".into())
         .spawn(move || {
@@ -139,7 +164,7 @@ pub fn start(
                 while rx.try_recv().is_ok() {} // one checkpoint covers them all
                 for pass in 0..=CATCH_UP_PASSES {
                     match checkpoint(&conn) {
-                        Ok(Some(copied)) if copied >= recycle_pages => {
+                        Ok(Some(copied)) if copied >= recycle_at.load(Ordering::Relaxed) => {
                             let left = wal_pages.load(Ordering::Relaxed) - copied;
                             if left <= RECYCLE_REMAINDER || pass == CATCH_UP_PASSES {
                                 armed.store(true, Ordering::Relaxed);
@@ -161,6 +186,33 @@ pub fn start(
         thread: Some(thread),
     };
     Ok((checkpointer, recycler))
+}
+
+/// The WAL length to recycle from, as commits come: [`COMMITS_PER_CYCLE`]
+/// times the running mean of the pages a commit adds, within
+/// [[`MIN_RECYCLE_PAGES`], the store's `wal_recycle_pages`].
+struct CycleLength {
+    /// Running mean of WAL pages per commit (`None` before the first).
+    mean: Option<f64>,
+    max: i64,
+}
+
+impl CycleLength {
+    fn new(max: i64) -> Self {
+        Self { mean: None, max }
+    }
+
+    /// Takes in a commit that added `pages` to the WAL; the length to
+    /// recycle from now.
+    fn after_commit(&mut self, pages: i32) -> i64 {
+        let pages = f64::from(pages.max(0));
+        let mean = match self.mean {
+            Some(mean) => mean + (pages - mean) * COMMIT_SIZE_WEIGHT,
+            None => pages,
+        };
+        self.mean = Some(mean);
+        ((mean * COMMITS_PER_CYCLE) as i64).clamp(MIN_RECYCLE_PAGES.min(self.max), self.max)
+    }
 }
 
 /// Runs one checkpoint; returns the WAL pages it saw when it copied them all.
@@ -208,6 +260,27 @@ mod tests {
     fn commit(conn: &Connection) {
         conn.execute("INSERT INTO t VALUES (zeroblob(8000))", [])
             .expect("insert");
+    }
+
+    #[test]
+    fn small_commits_recycle_a_shorter_wal_than_large_ones() {
+        let mut small = CycleLength::new(16_384);
+        let mut large = CycleLength::new(16_384);
+        let (mut at_small, mut at_large) = (0, 0);
+        for _ in 0..200 {
+            at_small = small.after_commit(8);
+            at_large = large.after_commit(100);
+        }
+        assert_eq!(at_small, 8 * 256, "small commits: 256 commits' worth");
+        assert_eq!(at_large, 16_384, "large commits: the store's longest WAL");
+        // Never shorter than a checkpoint's worth, nor longer than the most.
+        assert_eq!(CycleLength::new(16_384).after_commit(1), MIN_RECYCLE_PAGES);
+        assert_eq!(CycleLength::new(64).after_commit(1), 64);
+        // The mean follows a change of load within a few dozen commits.
+        for _ in 0..100 {
+            at_small = small.after_commit(100);
+        }
+        assert_eq!(at_small, 16_384, "the mean did not follow larger commits");
     }
 
     #[test]

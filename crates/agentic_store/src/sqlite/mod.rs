@@ -82,10 +82,11 @@ pub struct SqliteOptions {
     /// Append requests that may wait for the writer before appenders are
     /// slowed down (backpressure).
     pub writer_queue: usize,
-    /// WAL length (pages of 4 KiB) from which the writer starts the WAL over
-    /// once it is copied into the database, so commits overwrite WAL blocks
-    /// instead of growing the file (see the `checkpoint` module). Bounds the
-    /// WAL to about this size plus one checkpoint's worth of appends.
+    /// Longest WAL (pages of 4 KiB) before the writer starts it over once it
+    /// is copied into the database, so commits overwrite WAL blocks instead
+    /// of growing the file (see the `checkpoint` module). Small commits
+    /// start it over sooner, after about 256 of them. Bounds the WAL to
+    /// about this size plus one checkpoint's worth of appends.
     pub wal_recycle_pages: u32,
 }
 
