@@ -1040,6 +1040,7 @@ mod bench {
         let report: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
         for key in [
             "fdatasync_p50_ms",
+            "fdatasync_overwrite_p50_ms",
             "step_commit_p50_ms",
             "step_p50_ms",
             "single_run_steps_per_sec",

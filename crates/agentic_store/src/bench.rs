@@ -18,7 +18,7 @@
 //! the run was in.
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -320,6 +320,36 @@ pub fn fsync_latency(path: &Path, samples: usize) -> Result<Latency, StoreError>
         .open(path)
         .map_err(|e| io(path, &e))?;
     let block = [0x5a_u8; 4096];
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let start = Instant::now();
+        file.write_all(&block).map_err(|e| io(path, &e))?;
+        file.sync_data().map_err(|e| io(path, &e))?;
+        times.push(start.elapsed());
+    }
+    drop(file);
+    let _ = std::fs::remove_file(path);
+    Ok(Latency::of(times))
+}
+
+/// Raw `fdatasync` latency of overwrites: `samples` times, a 4 KiB write
+/// over a block the file already has (written and flushed beforehand),
+/// then `fdatasync`, each timed (the file is removed afterwards). What a
+/// flush costs when it need not record the file's growth, as with a WAL
+/// that has started over.
+pub fn fsync_overwrite_latency(path: &Path, samples: usize) -> Result<Latency, StoreError> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io(path, &e))?;
+    let block = [0x5a_u8; 4096];
+    for _ in 0..samples {
+        file.write_all(&block).map_err(|e| io(path, &e))?;
+    }
+    file.sync_all().map_err(|e| io(path, &e))?;
+    file.seek(SeekFrom::Start(0)).map_err(|e| io(path, &e))?;
     let mut times = Vec::with_capacity(samples);
     for _ in 0..samples {
         let start = Instant::now();
