@@ -292,7 +292,13 @@ async fn follow(
                     // and through the kernel that ran a task, its children
                     // wherever they run.
                     Ok(SystemEvent::TaskCancelled { task_id, reason }) => {
-                        let _ = orchestrator.cancel_recorded(task_id).await;
+                        if workflows.claims(task_id) {
+                            // Maybe not handed to the orchestrator yet.
+                            orchestrator.cancel_claimed(task_id, reason.clone()).await;
+                            workflows.cancelled_before_hand_over(task_id);
+                        } else {
+                            let _ = orchestrator.cancel_recorded(task_id).await;
+                        }
                         orchestrator.observe_end(task_id, TaskOutcome::Cancelled(reason));
                         tokio::spawn(cancel_children(
                             store.clone(),

@@ -104,6 +104,9 @@ pub(super) struct Driver {
     /// Step tasks claimed for this kernel by moves, by run, until they run
     /// here: the kernel's loop must not take them over as interrupted.
     claimed: HashMap<Uuid, Uuid>,
+    /// Claimed step tasks whose cancellation the orchestrator was told of
+    /// before they were handed over (see [`Orchestrator::cancel_claimed`]).
+    cancelled_early: HashSet<Uuid>,
     /// Step tasks being handed to the orchestrator, by stored move; each
     /// answers with the tasks it handed over.
     adoptions: JoinSet<Vec<Uuid>>,
@@ -143,6 +146,7 @@ impl Driver {
             conflicts: HashMap::new(),
             endings: mpsc::unbounded_channel(),
             claimed: HashMap::new(),
+            cancelled_early: HashSet::new(),
             adoptions: JoinSet::new(),
         }
     }
@@ -151,6 +155,12 @@ impl Driver {
     /// about to run here.
     pub(super) fn claims(&self, task: Uuid) -> bool {
         self.claimed.contains_key(&task)
+    }
+
+    /// Notes that the orchestrator was told of claimed task `task`'s
+    /// cancellation, so it is told again once the task is handed over.
+    pub(super) fn cancelled_before_hand_over(&mut self, task: Uuid) {
+        self.cancelled_early.insert(task);
     }
 
     /// Stops taking task ends to record: the kernel is stopping and moves
@@ -487,6 +497,9 @@ impl Driver {
             Answer::Adopted(tasks) => {
                 for task in tasks {
                     self.claimed.remove(&task);
+                    if self.cancelled_early.remove(&task) {
+                        self.orchestrator.handed_over(task).await;
+                    }
                 }
             }
         }

@@ -39,6 +39,12 @@ pub(super) enum Command {
         recorded: bool,
         reply: oneshot::Sender<Result<(), OrchestratorError>>,
     },
+    /// Cancel a task claimed here that the log records as cancelled:
+    /// running, it stops; not handed over yet, it starts cancelled.
+    CancelClaimed { id: Uuid, reason: String },
+    /// A claimed task was handed over (or could not be): a cancellation
+    /// kept for it is no longer needed.
+    HandedOver { id: Uuid },
     /// A keyed task's submission was recorded, or could not be.
     Recorded {
         id: Uuid,
@@ -93,6 +99,9 @@ pub(super) struct EventLoop {
     inner: Weak<Inner>,
     running: HashMap<Uuid, Entry>,
     keys: IdempotencyKeys,
+    /// Cancellations the log recorded for tasks claimed here before they
+    /// were handed over, by task: each starts cancelled.
+    cancelled_early: HashMap<Uuid, String>,
     /// Set by [`Command::Interrupt`]: no task is taken any more.
     interrupted: bool,
     /// Interrupters waiting for the last task to end.
@@ -107,6 +116,7 @@ impl EventLoop {
             inner,
             running: HashMap::new(),
             keys: IdempotencyKeys::new(finished_keys),
+            cancelled_early: HashMap::new(),
             interrupted: false,
             idle: Vec::new(),
         }
@@ -133,6 +143,14 @@ impl EventLoop {
                     reply,
                 } => {
                     let _ = reply.send(self.cancel(id, reason, recorded));
+                }
+                Command::CancelClaimed { id, reason } => {
+                    if self.cancel(id, reason.clone(), true).is_err() {
+                        self.cancelled_early.insert(id, reason);
+                    }
+                }
+                Command::HandedOver { id } => {
+                    self.cancelled_early.remove(&id);
                 }
                 Command::Recorded { id, result } => self.recorded(id, result),
                 Command::Ended { id } => self.ended(id),
@@ -192,6 +210,15 @@ impl EventLoop {
         let id = adopt.as_ref().map_or_else(Uuid::now_v7, |a| a.id);
         let (done, outcome) = watch::channel(None);
         let cancel = Cancellation::new(cancel.unwrap_or_default());
+        if let Some(reason) = adopt
+            .as_ref()
+            .and_then(|a| self.cancelled_early.remove(&a.id))
+        {
+            cancel.cancel(Stop::Cancelled {
+                reason,
+                recorded: true,
+            });
+        }
         if let Some(key) = &spec.idempotency_key {
             self.keys.insert(
                 key.clone(),

@@ -233,6 +233,24 @@ impl Orchestrator {
             .await
     }
 
+    /// Stops task `id`, claimed here by a workflow move, whose cancellation
+    /// the log records (for `reason`): running, it stops as with
+    /// [`Orchestrator::cancel_recorded`]; not yet handed over by
+    /// [`Orchestrator::adopt_claimed`], it starts cancelled, its handler
+    /// never called. Call [`Orchestrator::handed_over`] once the hand-over
+    /// is done, so nothing is kept for a task that never comes.
+    pub async fn cancel_claimed(&self, id: Uuid, reason: String) {
+        // Shut down, the orchestrator starts nothing more anyway.
+        let _ = self.send(Command::CancelClaimed { id, reason }).await;
+    }
+
+    /// Task `id`, claimed here, was handed over by
+    /// [`Orchestrator::adopt_claimed`] or could not be: forgets an early
+    /// cancellation [`Orchestrator::cancel_claimed`] kept for it.
+    pub async fn handed_over(&self, id: Uuid) {
+        let _ = self.send(Command::HandedOver { id }).await;
+    }
+
     /// Cancels a task for `reason`; `recorded`: the log has the cancellation.
     async fn cancel_as(
         &self,

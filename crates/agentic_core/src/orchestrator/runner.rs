@@ -166,16 +166,12 @@ impl Runner {
         let mut attempt = self.adopted.as_ref().map_or(0, |a| a.attempts);
         // Attempts recorded as interrupted so far.
         let mut interruptions = self.adopted.as_ref().map_or(0, |a| a.interruptions);
-        // Claimed in the batch that submitted it: that attempt runs now.
+        // Claimed in the batch that submitted it: that attempt runs now. A
+        // cancellation the log recorded before it was handed over has
+        // cancelled it already (see `Orchestrator::cancel_claimed`).
         let mut claimed = self.adopted.as_ref().is_some_and(|a| a.claimed);
         if claimed {
             attempt -= 1;
-            // Ended (cancelled) in the log between its claim and now: a
-            // cancellation recorded from here on reaches it as it runs.
-            match self.orchestrator.inner.store.task(self.id).await? {
-                Some(task) if task.status.is_final() => return Ok(Some(outcome_of(task))),
-                _ => {}
-            }
         }
         if let Some(a) = &self.adopted
             && a.interrupted
