@@ -141,10 +141,14 @@ pub fn start(
             }
             // A smaller WAL than last time restarted: the commit wrote `pages`.
             let added = if pages < last { pages } else { pages - last };
-            hook_recycle_at.store(cycle.after_commit(added), Ordering::Relaxed);
+            let recycle_at = cycle.after_commit(added);
+            hook_recycle_at.store(recycle_at, Ordering::Relaxed);
             last = pages;
             hook_pages.store(i64::from(pages), Ordering::Relaxed);
-            if pages >= next_at {
+            // Also once the WAL is long enough to recycle, not only at the
+            // next CHECKPOINT_PAGES, or it would run on to that.
+            let recycle_at = i32::try_from(recycle_at).unwrap_or(i32::MAX);
+            if pages >= next_at.min(recycle_at) {
                 next_at = pages + CHECKPOINT_PAGES;
                 // A stopped checkpointer only means the WAL grows until close.
                 let _ = tx.send(());
@@ -245,6 +249,13 @@ mod tests {
         u32::from_be_bytes(bytes[12..16].try_into().expect("a WAL header"))
     }
 
+    /// Frames in a WAL that has not started over: its length past the
+    /// header, in frames of a 4 KiB page and its 24-byte header.
+    fn wal_frames(wal: &std::path::Path) -> i64 {
+        let len = std::fs::metadata(wal).expect("the WAL").len();
+        i64::try_from(len.saturating_sub(32) / (4096 + 24)).expect("frames")
+    }
+
     /// A writer connection on a fresh WAL database with a table `t`.
     fn writer(dir: &std::path::Path) -> (Connection, DbFile) {
         let db = DbFile {
@@ -281,6 +292,31 @@ mod tests {
             at_small = small.after_commit(100);
         }
         assert_eq!(at_small, 16_384, "the mean did not follow larger commits");
+    }
+
+    #[test]
+    fn small_commits_arm_the_recycler_once_their_cycle_is_reached() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut conn, db) = writer(dir.path());
+        let (mut checkpointer, recycler) = start(&mut conn, &db, 16_384).expect("start");
+        // Commits of ~3 pages recycle from MIN_RECYCLE_PAGES (their 256
+        // commits' worth is less): a checkpoint is asked for there, not
+        // only at the next multiple of CHECKPOINT_PAGES.
+        let wal = dir.path().join("test.db-wal");
+        let mut pages = 0;
+        while pages < MIN_RECYCLE_PAGES + 10 {
+            commit(&conn);
+            pages = wal_frames(&wal);
+        }
+        assert!(pages < 2 * i64::from(CHECKPOINT_PAGES), "{pages}");
+        let keep = schema::connect(&db).expect("connect"); // keeps the WAL
+        drop(conn);
+        checkpointer.stop();
+        drop(keep);
+        assert!(
+            recycler.armed.load(Ordering::Relaxed),
+            "the recycler was not armed at {pages} WAL pages"
+        );
     }
 
     #[test]
