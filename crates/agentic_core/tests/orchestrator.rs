@@ -769,7 +769,7 @@ async fn a_claimed_task_runs_at_once_and_hands_its_end_to_its_submitter() {
     // commits it with the run's next move) and tells the task.
     let task = claimed(&store, spec("echo", json!("claimed"))).await;
     let handle = orch
-        .adopt_claimed(&task, sink.clone())
+        .adopt_claimed(&task, sink.clone(), std::time::Instant::now())
         .await
         .expect("adopt");
     let ending = next_ending(&mut endings).await;
@@ -806,7 +806,10 @@ async fn a_claimed_task_runs_at_once_and_hands_its_end_to_its_submitter() {
         ..RetryPolicy::default()
     };
     let task = claimed(&store, failing).await;
-    let handle = orch.adopt_claimed(&task, sink).await.expect("adopt");
+    let handle = orch
+        .adopt_claimed(&task, sink, std::time::Instant::now())
+        .await
+        .expect("adopt");
     let ending = next_ending(&mut endings).await;
     assert!(
         matches!(
@@ -843,6 +846,100 @@ async fn a_claimed_task_runs_at_once_and_hands_its_end_to_its_submitter() {
     );
 }
 
+/// A claimed task as its move stores it, and its cancellation recorded
+/// after: the orchestrator counting its handler's runs, the store, the task.
+async fn claimed_then_cancelled() -> (
+    Arc<Counted>,
+    Orchestrator,
+    Arc<MemoryStore>,
+    agentic_core::TaskRecord,
+) {
+    let store = Arc::new(MemoryStore::new());
+    let (counted, orch) = counting(store.clone(), OrchestratorConfig::default());
+    let task = claimed(&store, spec("counted", json!({}))).await;
+    append(
+        &store,
+        vec![SystemEvent::TaskCancelled {
+            task_id: task.id,
+            reason: "the test".into(),
+        }],
+    )
+    .await;
+    (counted, orch, store, task)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claimed_task_cancelled_before_its_hand_over_starts_cancelled() {
+    let (counted, orch, store, task) = claimed_then_cancelled().await;
+    // The kernel's loop read the cancellation before the hand-over; the
+    // task is handed over at once, so it does not read its record back.
+    orch.cancel_claimed(task.id, "the test".into()).await;
+    // Ends are declined (no receiver): a task that ran records its own.
+    let (sink, _) = tokio::sync::mpsc::unbounded_channel();
+    let handle = orch
+        .adopt_claimed(&task, sink, std::time::Instant::now())
+        .await
+        .expect("adopt");
+    assert_eq!(
+        handle.outcome().await.expect("outcome"),
+        TaskOutcome::Cancelled("the test".into())
+    );
+    assert_eq!(counted.runs.load(Ordering::SeqCst), 0, "its handler ran");
+    assert_eq!(
+        events_of(&store, task.id).await,
+        ["task_submitted", "task_started", "task_cancelled"],
+        "the cancellation was recorded again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claimed_task_handed_over_late_reads_that_it_was_cancelled() {
+    let (counted, orch, store, task) = claimed_then_cancelled().await;
+    // The kernel's loop has not read the cancellation; the hand-over comes
+    // a second after the claim was stored.
+    let stored = std::time::Instant::now()
+        .checked_sub(Duration::from_secs(1))
+        .expect("an instant a second ago");
+    let (sink, _) = tokio::sync::mpsc::unbounded_channel();
+    let handle = orch
+        .adopt_claimed(&task, sink, stored)
+        .await
+        .expect("adopt");
+    assert_eq!(
+        handle.outcome().await.expect("outcome"),
+        TaskOutcome::Cancelled("the test".into())
+    );
+    assert_eq!(counted.runs.load(Ordering::SeqCst), 0, "its handler ran");
+    assert_eq!(
+        events_of(&store, task.id).await,
+        ["task_submitted", "task_started", "task_cancelled"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_early_cancellation_is_forgotten_once_its_task_was_handed_over() {
+    let store = Arc::new(MemoryStore::new());
+    let (counted, orch) = counting(store.clone(), OrchestratorConfig::default());
+    let task = claimed(&store, spec("counted", json!({}))).await;
+    // Kept for a hand-over that failed elsewhere, then dropped: a later
+    // adoption of the same id runs as usual.
+    orch.cancel_claimed(task.id, "the test".into()).await;
+    orch.handed_over(task.id).await;
+    let (sink, mut endings) = tokio::sync::mpsc::unbounded_channel();
+    let handle = orch
+        .adopt_claimed(&task, sink, std::time::Instant::now())
+        .await
+        .expect("adopt");
+    let ending = next_ending(&mut endings).await;
+    assert!(matches!(ending.event, SystemEvent::TaskCompleted { .. }));
+    drop(ending); // declined: the task records its end alone
+    assert_eq!(
+        handle.outcome().await.expect("outcome"),
+        TaskOutcome::Completed(json!({}))
+    );
+    assert_eq!(counted.runs.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_task_not_running_in_the_log_is_not_taken_as_claimed() {
     let (store, orch) = start(OrchestratorConfig::default());
@@ -864,7 +961,9 @@ async fn a_task_not_running_in_the_log_is_not_taken_as_claimed() {
         .expect("task");
     let (sink, _endings) = tokio::sync::mpsc::unbounded_channel();
     assert_eq!(
-        orch.adopt_claimed(&pending, sink).await.err(),
+        orch.adopt_claimed(&pending, sink, std::time::Instant::now())
+            .await
+            .err(),
         Some(OrchestratorError::NotClaimed(id))
     );
     assert_eq!(events_of(&store, id).await, ["task_submitted"]);

@@ -64,6 +64,8 @@ pub(super) struct Move {
     submitted: Vec<TaskRecord>,
     /// The task ends the batch records, with their places in it.
     endings: Vec<(TaskEnding, u64)>,
+    /// When the batch was stored (until then, when it was made).
+    stored: std::time::Instant,
 }
 
 /// How long a run whose move failed on the store waits to try again.
@@ -158,7 +160,8 @@ impl Driver {
     }
 
     /// Notes that the orchestrator was told of claimed task `task`'s
-    /// cancellation, so it is told again once the task is handed over.
+    /// cancellation before its hand-over, so that it is told to forget it
+    /// once the hand-over is done.
     pub(super) fn cancelled_before_hand_over(&mut self, task: Uuid) {
         self.cancelled_early.insert(task);
     }
@@ -464,6 +467,7 @@ impl Driver {
             let expected = ExpectedVersion::Exact(prepared.version);
             let task = self.appends.spawn(async move {
                 let result = store.append(batch, expected).await;
+                prepared.stored = std::time::Instant::now();
                 // The tasks whose ends it records hear at once, whether or
                 // not this kernel's loop takes the answer in (stopping, it
                 // does not); refused, they record their ends alone.
@@ -527,7 +531,8 @@ impl Driver {
         match answer {
             Ok((mut prepared, Ok(_))) => {
                 self.conflicts.remove(&id);
-                let submitted = std::mem::take(&mut prepared.submitted);
+                let (submitted, stored) =
+                    (std::mem::take(&mut prepared.submitted), prepared.stored);
                 self.moved(prepared);
                 // Its step tasks start now, beside this loop (an adoption
                 // may wait for room under the orchestrator's limit, and
@@ -537,7 +542,9 @@ impl Driver {
                     let (orchestrator, sink) = (self.orchestrator.clone(), self.endings.0.clone());
                     self.adoptions.spawn(async move {
                         for task in &submitted {
-                            if let Err(e) = orchestrator.adopt_claimed(task, sink.clone()).await {
+                            if let Err(e) =
+                                orchestrator.adopt_claimed(task, sink.clone(), stored).await
+                            {
                                 tracing::warn!(task = %task.id, error = %e,
                                     "a step task claimed here cannot run here");
                             }
@@ -676,6 +683,7 @@ impl Driver {
             version,
             submitted,
             endings,
+            stored: std::time::Instant::now(),
         })
     }
 

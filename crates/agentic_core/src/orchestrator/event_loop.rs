@@ -76,6 +76,9 @@ pub(super) struct Adopted {
     /// Its newest attempt was claimed for this process in the batch that
     /// submitted it: it runs now, not as an interrupted one.
     pub(super) claimed: bool,
+    /// Time may have passed since that claim: the task reads its record
+    /// before it starts, in case the log ended it meanwhile.
+    pub(super) reread: bool,
     /// Where its end goes to be recorded with what it causes, if anywhere.
     pub(super) ends: Option<EndSink>,
 }

@@ -4,8 +4,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{
+    OwnedSemaphorePermit, Semaphore, TryAcquireError, broadcast, mpsc, oneshot, watch,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -14,6 +17,11 @@ use super::event_loop::{Adopted, Command, EventLoop};
 use super::{LiveEvent, OrchestratorConfig, OrchestratorError, TaskHandler, TaskOutcome};
 use crate::store::EventStore;
 use crate::task::{TaskRecord, TaskSpec, TaskStatus};
+
+/// How soon after the commit that claimed it a claimed task may be handed
+/// over and start without reading its record back (see
+/// [`Orchestrator::adopt_claimed`]).
+const FRESH_CLAIM: Duration = Duration::from_millis(10);
 
 /// A submitted task: its id, and its outcome once it ends.
 #[derive(Debug, Clone)]
@@ -169,34 +177,51 @@ impl Orchestrator {
     }
 
     /// Runs a task whose newest attempt was claimed for this process in
-    /// the very batch that submitted it (its record says it is running
-    /// here): that attempt runs now, without a claim of its own. Its end
-    /// goes to `ends`, to be recorded with what it causes (see
-    /// [`super::TaskEnding`]); a later attempt, a retry, is claimed and
-    /// recorded as usual.
+    /// the very batch that submitted it, stored at `stored` (its record
+    /// says it is running here): that attempt runs now, without a claim of
+    /// its own. Its end goes to `ends`, to be recorded with what it causes
+    /// (see [`super::TaskEnding`]); a later attempt, a retry, is claimed
+    /// and recorded as usual.
+    ///
+    /// A task that waited for room under the admission limit, or is handed
+    /// over more than 10 ms after `stored`, reads its record
+    /// before it starts, and ends as the log says if it was ended (say,
+    /// cancelled) meanwhile; one handed over at once does not, and a
+    /// cancellation the kernel's loop reads before then reaches it through
+    /// [`Orchestrator::cancel_claimed`].
     pub async fn adopt_claimed(
         &self,
         task: &TaskRecord,
         ends: EndSink,
+        stored: Instant,
     ) -> Result<TaskHandle, OrchestratorError> {
         if task.status != TaskStatus::Running || task.attempts == 0 {
             return Err(OrchestratorError::NotClaimed(task.id));
         }
-        self.take_over(task, false, Some(ends)).await
+        self.take_over(task, false, Some((ends, stored))).await
     }
 
     /// Admits and starts `task` as the log has it: its attempt interrupted
-    /// (recorded so first), or claimed for this process when it has `ends`.
+    /// (recorded so first), or claimed for this process when it has the
+    /// end sink and store time of its `claim`.
     async fn take_over(
         &self,
         task: &TaskRecord,
         interrupted: bool,
-        ends: Option<EndSink>,
+        claim: Option<(EndSink, Instant)>,
     ) -> Result<TaskHandle, OrchestratorError> {
         if !self.inner.handlers.contains_key(&task.spec.handler) {
             return Err(OrchestratorError::UnknownHandler(task.spec.handler.clone()));
         }
-        let admitted = self.admit().await?;
+        let (admitted, waited) = match self.inner.admission.clone().try_acquire_owned() {
+            Ok(admitted) => (admitted, false),
+            Err(TryAcquireError::NoPermits) => (self.admit().await?, true),
+            Err(TryAcquireError::Closed) => return Err(OrchestratorError::ShutDown),
+        };
+        let (ends, reread) = match claim {
+            Some((ends, stored)) => (Some(ends), waited || stored.elapsed() > FRESH_CLAIM),
+            None => (None, false),
+        };
         self.ask(|reply| Command::Submit {
             spec: task.spec.clone(),
             cancel: None,
@@ -208,6 +233,7 @@ impl Orchestrator {
                 interrupted,
                 kernel: task.kernel,
                 claimed: ends.is_some(),
+                reread,
                 ends,
             }),
             reply,
@@ -239,6 +265,11 @@ impl Orchestrator {
     /// [`Orchestrator::adopt_claimed`], it starts cancelled, its handler
     /// never called. Call [`Orchestrator::handed_over`] once the hand-over
     /// is done, so nothing is kept for a task that never comes.
+    ///
+    /// A cancellation the kernel's loop has not read by the hand-over is
+    /// not known here: a task handed over late reads its record instead
+    /// (see [`Orchestrator::adopt_claimed`]), and one handed over at once
+    /// may start and is stopped when the loop reads it.
     pub async fn cancel_claimed(&self, id: Uuid, reason: String) {
         // Shut down, the orchestrator starts nothing more anyway.
         let _ = self.send(Command::CancelClaimed { id, reason }).await;

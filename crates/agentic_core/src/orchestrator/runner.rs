@@ -167,11 +167,18 @@ impl Runner {
         // Attempts recorded as interrupted so far.
         let mut interruptions = self.adopted.as_ref().map_or(0, |a| a.interruptions);
         // Claimed in the batch that submitted it: that attempt runs now. A
-        // cancellation the log recorded before it was handed over has
-        // cancelled it already (see `Orchestrator::cancel_claimed`).
+        // cancellation the kernel's loop read before the hand-over has
+        // cancelled it already (see `Orchestrator::cancel_claimed`); handed
+        // over late, it reads whether the log ended it meanwhile.
         let mut claimed = self.adopted.as_ref().is_some_and(|a| a.claimed);
         if claimed {
             attempt -= 1;
+            if self.adopted.as_ref().is_some_and(|a| a.reread) {
+                match self.orchestrator.inner.store.task(self.id).await? {
+                    Some(task) if task.status.is_final() => return Ok(Some(outcome_of(task))),
+                    _ => {}
+                }
+            }
         }
         if let Some(a) = &self.adopted
             && a.interrupted
