@@ -1041,6 +1041,7 @@ mod bench {
         for key in [
             "fdatasync_p50_ms",
             "fdatasync_overwrite_p50_ms",
+            "step_p50_in_overwrite_fdatasyncs",
             "step_commit_p50_ms",
             "step_p50_ms",
             "single_run_steps_per_sec",

@@ -43,13 +43,17 @@ use crate::output;
 const CHAIN: usize = 10;
 
 /// Untimed runs, one at a time, before the timed ones: enough commits of a
-/// step's size for the store's WAL to start over (about 256 of them).
+/// step's size for the store's WAL to start over (about 260 of them; 40
+/// runs make about 440).
 const WARM_UP_RUNS: usize = 40;
 
 /// Runs started at once for the throughput figure.
 const CONCURRENT: usize = 100;
 
-/// Target: a step costs at most this many same-run `fdatasync` medians.
+/// Target: a step costs at most this many same-run `fdatasync` medians —
+/// of an overwrite, as the warmed-up WAL's commits are (judged against the
+/// flush that grows a file, the target would be easier than what is
+/// measured).
 const TARGET_STEP_FSYNCS: f64 = 2.0;
 
 /// Target: concurrent runs make at least this many times a single run's
@@ -224,7 +228,9 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
     }
     let m = measured?;
     let step_fsyncs = m.step.p50_ms / m.fsync.p50_ms.max(1e-6);
+    let step_overwrites = m.step.p50_ms / m.overwrite.p50_ms.max(1e-6);
     let commit_fsyncs = m.commit.p50_ms / m.fsync.p50_ms.max(1e-6);
+    let commit_overwrites = m.commit.p50_ms / m.overwrite.p50_ms.max(1e-6);
     let step_commits = m.step.p50_ms / m.commit.p50_ms.max(1e-6);
     let sharing = m.concurrent_steps_per_sec / m.single_steps_per_sec.max(1e-9);
     if ctx.json {
@@ -236,6 +242,7 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
             "step_p50_ms": m.step.p50_ms,
             "step_p99_ms": m.step.p99_ms,
             "step_p50_in_fdatasyncs": step_fsyncs,
+            "step_p50_in_overwrite_fdatasyncs": step_overwrites,
             "step_commit_p50_ms": m.commit.p50_ms,
             "step_commit_p99_ms": m.commit.p99_ms,
             "step_p50_in_step_commits": step_commits,
@@ -269,7 +276,7 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
             m.overwrite.p50_ms, m.overwrite.p99_ms
         ),
         format!(
-            "baseline; {:.2}x the write above",
+            "baseline (a warm WAL's case); {:.2}x the write above",
             m.overwrite.p50_ms / m.fsync.p50_ms.max(1e-6)
         ),
         String::new(),
@@ -281,16 +288,19 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
             "p50 {:.2} ms, p99 {:.2} ms",
             m.commit.p50_ms, m.commit.p99_ms
         ),
-        format!("baseline; {commit_fsyncs:.2}x fdatasync p50"),
+        format!("baseline; {commit_overwrites:.2}x overwrite, {commit_fsyncs:.2}x growing"),
         String::new(),
         String::new(),
     ]);
     table.add_row([
         format!("step of a {CHAIN}-step chain, one run at a time"),
         format!("p50 {:.2} ms, p99 {:.2} ms", m.step.p50_ms, m.step.p99_ms),
-        format!("{step_fsyncs:.2}x fdatasync p50, {step_commits:.2}x its commit alone"),
-        format!("≤ {TARGET_STEP_FSYNCS}x"),
-        verdict(step_fsyncs <= TARGET_STEP_FSYNCS),
+        format!(
+            "{step_overwrites:.2}x overwrite, {step_fsyncs:.2}x growing fdatasync p50; \
+             {step_commits:.2}x its commit alone"
+        ),
+        format!("≤ {TARGET_STEP_FSYNCS}x overwrite"),
+        verdict(step_overwrites <= TARGET_STEP_FSYNCS),
     ]);
     table.add_row([
         format!("steps/s, {CONCURRENT} runs at once"),
