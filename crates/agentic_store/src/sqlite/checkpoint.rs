@@ -125,31 +125,16 @@ pub fn start(
     // The WAL's size after the writer's newest commit.
     let wal_pages = Arc::new(AtomicI64::new(0));
     let hook_pages = wal_pages.clone();
-    // Ask for a checkpoint each time the WAL has grown by CHECKPOINT_PAGES:
-    // asking after every commit would keep the checkpointer copying a few
-    // pages at a time. A smaller size than last time means the WAL restarted.
-    let mut next_at = CHECKPOINT_PAGES;
-    let mut last = 0;
     let recycle_pages = i64::from(recycle_pages.max(1));
     let recycle_at = Arc::new(AtomicI64::new(recycle_pages));
-    let mut cycle = CycleLength::new(recycle_pages);
+    let mut asking = Asking::new(recycle_pages);
     let hook_recycle_at = recycle_at.clone();
     writer
         .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
-            if pages < last {
-                next_at = CHECKPOINT_PAGES;
-            }
-            // A smaller WAL than last time restarted: the commit wrote `pages`.
-            let added = if pages < last { pages } else { pages - last };
-            let recycle_at = cycle.after_commit(added);
-            hook_recycle_at.store(recycle_at, Ordering::Relaxed);
-            last = pages;
+            let ask = asking.after_commit(pages);
+            hook_recycle_at.store(asking.recycle_at(), Ordering::Relaxed);
             hook_pages.store(i64::from(pages), Ordering::Relaxed);
-            // Also once the WAL is long enough to recycle, not only at the
-            // next CHECKPOINT_PAGES, or it would run on to that.
-            let recycle_at = i32::try_from(recycle_at).unwrap_or(i32::MAX);
-            if pages >= next_at.min(recycle_at) {
-                next_at = pages + CHECKPOINT_PAGES;
+            if ask {
                 // A stopped checkpointer only means the WAL grows until close.
                 let _ = tx.send(());
             }
@@ -190,6 +175,64 @@ pub fn start(
         thread: Some(thread),
     };
     Ok((checkpointer, recycler))
+}
+
+/// When the writer's hook asks the checkpointer for a checkpoint: each time
+/// the WAL has grown by [`CHECKPOINT_PAGES`] (asking after every commit
+/// would keep it copying a few pages at a time), and once when the WAL
+/// reaches the length to recycle from (else it would run on to the next
+/// [`CHECKPOINT_PAGES`]).
+struct Asking {
+    next_at: i64,
+    /// The WAL's size after the previous commit; a smaller one means it
+    /// started over.
+    last: i64,
+    /// Asked already at this WAL's recycle length.
+    asked_to_recycle: bool,
+    cycle: CycleLength,
+    recycle_at: i64,
+}
+
+impl Asking {
+    fn new(recycle_pages: i64) -> Self {
+        Self {
+            next_at: i64::from(CHECKPOINT_PAGES),
+            last: 0,
+            asked_to_recycle: false,
+            cycle: CycleLength::new(recycle_pages),
+            recycle_at: recycle_pages,
+        }
+    }
+
+    /// Takes in a commit after which the WAL holds `pages`; whether to ask
+    /// for a checkpoint now.
+    fn after_commit(&mut self, pages: i32) -> bool {
+        let pages = i64::from(pages);
+        let added = if pages < self.last {
+            // Started over: this commit wrote all of it.
+            self.next_at = i64::from(CHECKPOINT_PAGES);
+            self.asked_to_recycle = false;
+            pages
+        } else {
+            pages - self.last
+        };
+        self.last = pages;
+        self.recycle_at = self
+            .cycle
+            .after_commit(i32::try_from(added).unwrap_or(i32::MAX));
+        let recycle = !self.asked_to_recycle && pages >= self.recycle_at;
+        if pages >= self.next_at || recycle {
+            self.next_at = pages + i64::from(CHECKPOINT_PAGES);
+            self.asked_to_recycle |= recycle;
+            return true;
+        }
+        false
+    }
+
+    /// The WAL length to recycle from, as of the newest commit.
+    fn recycle_at(&self) -> i64 {
+        self.recycle_at
+    }
 }
 
 /// The WAL length to recycle from, as commits come: [`COMMITS_PER_CYCLE`]
@@ -295,13 +338,38 @@ mod tests {
     }
 
     #[test]
+    fn checkpoints_are_asked_every_thousand_pages_and_once_at_the_recycle_length() {
+        let mut asking = Asking::new(16_384);
+        let asked: Vec<i32> = (1..=700)
+            .map(|commit| commit * 8) // 8 pages a commit: recycle from 2048
+            .filter(|&pages| asking.after_commit(pages))
+            .collect();
+        assert_eq!(asking.recycle_at(), 2048);
+        // Every 1000 pages, and at 2048 once (not after every commit past it).
+        assert_eq!(asked[..4], [1000, 2000, 2048, 3048], "{asked:?}");
+        assert!(
+            asked
+                .windows(2)
+                .all(|w| w[1] - w[0] >= 1000 || w[1] == 2048)
+        );
+        // The WAL starts over: asked again from the start, and at 2048 again.
+        assert!(!asking.after_commit(8));
+        let again: Vec<i32> = (2..=300)
+            .map(|commit| commit * 8)
+            .filter(|&pages| asking.after_commit(pages))
+            .collect();
+        assert_eq!(again, [1000, 2000, 2048]);
+    }
+
+    #[test]
     fn small_commits_arm_the_recycler_once_their_cycle_is_reached() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut conn, db) = writer(dir.path());
         let (mut checkpointer, recycler) = start(&mut conn, &db, 16_384).expect("start");
-        // Commits of ~3 pages recycle from MIN_RECYCLE_PAGES (their 256
+        // Commits of a few pages recycle from MIN_RECYCLE_PAGES (their 256
         // commits' worth is less): a checkpoint is asked for there, not
-        // only at the next multiple of CHECKPOINT_PAGES.
+        // only at the next multiple of CHECKPOINT_PAGES (the pure rule is
+        // tested above; this goes through SQLite's hook and the thread).
         let wal = dir.path().join("test.db-wal");
         let mut pages = 0;
         while pages < MIN_RECYCLE_PAGES + 10 {
@@ -356,7 +424,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut conn, db) = writer(dir.path());
         let (mut checkpointer, recycler) = start(&mut conn, &db, 1).expect("start");
-        // Past CHECKPOINT_PAGES of WAL, the hook asks for a checkpoint.
+        // Past the recycle length (one page here), the hook asks for a
+        // checkpoint, and again every CHECKPOINT_PAGES.
         for _ in 0..CHECKPOINT_PAGES / 2 + 1 {
             commit(&conn);
         }
