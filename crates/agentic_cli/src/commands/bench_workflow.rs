@@ -43,7 +43,7 @@ use crate::output;
 const CHAIN: usize = 10;
 
 /// Untimed runs, one at a time, before the timed ones: enough commits of a
-/// step's size for the store's WAL to start over (about 260 of them; 40
+/// step's size for the store's WAL to start over (about 256 of them; 40
 /// runs make about 440).
 const WARM_UP_RUNS: usize = 40;
 
@@ -263,7 +263,7 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
     let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" }.to_owned();
     let mut table = output::bench_table();
     table.add_row([
-        "raw fdatasync, 4 KiB write".to_owned(),
+        "raw fdatasync, 4 KiB write growing the file".to_owned(),
         format!("p50 {:.2} ms, p99 {:.2} ms", m.fsync.p50_ms, m.fsync.p99_ms),
         "baseline".to_owned(),
         String::new(),

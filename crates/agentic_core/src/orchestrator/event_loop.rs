@@ -76,9 +76,10 @@ pub(super) struct Adopted {
     /// Its newest attempt was claimed for this process in the batch that
     /// submitted it: it runs now, not as an interrupted one.
     pub(super) claimed: bool,
-    /// Time may have passed since that claim: the task reads its record
-    /// before it starts, in case the log ended it meanwhile.
-    pub(super) reread: bool,
+    /// When the batch holding that claim was stored.
+    pub(super) stored: Option<std::time::Instant>,
+    /// It waited for room under the admission limit before it came here.
+    pub(super) waited: bool,
     /// Where its end goes to be recorded with what it causes, if anywhere.
     pub(super) ends: Option<EndSink>,
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::{
     OwnedSemaphorePermit, Semaphore, TryAcquireError, broadcast, mpsc, oneshot, watch,
@@ -17,11 +17,6 @@ use super::event_loop::{Adopted, Command, EventLoop};
 use super::{LiveEvent, OrchestratorConfig, OrchestratorError, TaskHandler, TaskOutcome};
 use crate::store::EventStore;
 use crate::task::{TaskRecord, TaskSpec, TaskStatus};
-
-/// How soon after the commit that claimed it a claimed task may be handed
-/// over and start without reading its record back (see
-/// [`Orchestrator::adopt_claimed`]).
-const FRESH_CLAIM: Duration = Duration::from_millis(10);
 
 /// A submitted task: its id, and its outcome once it ends.
 #[derive(Debug, Clone)]
@@ -183,11 +178,11 @@ impl Orchestrator {
     /// (see [`super::TaskEnding`]); a later attempt, a retry, is claimed
     /// and recorded as usual.
     ///
-    /// A task that waited for room under the admission limit, or is handed
-    /// over more than 10 ms after `stored`, reads its record
-    /// before it starts, and ends as the log says if it was ended (say,
-    /// cancelled) meanwhile; one handed over at once does not, and a
-    /// cancellation the kernel's loop reads before then reaches it through
+    /// A task that waited for room under the admission limit, or starts
+    /// its handler more than 10 ms after `stored`, reads its record first,
+    /// and ends as the log says if it was ended (say, cancelled) meanwhile;
+    /// one that starts at once does not, and a cancellation the kernel's
+    /// loop reads before then reaches it through
     /// [`Orchestrator::cancel_claimed`].
     pub async fn adopt_claimed(
         &self,
@@ -218,9 +213,9 @@ impl Orchestrator {
             Err(TryAcquireError::NoPermits) => (self.admit().await?, true),
             Err(TryAcquireError::Closed) => return Err(OrchestratorError::ShutDown),
         };
-        let (ends, reread) = match claim {
-            Some((ends, stored)) => (Some(ends), waited || stored.elapsed() > FRESH_CLAIM),
-            None => (None, false),
+        let (ends, stored) = match claim {
+            Some((ends, stored)) => (Some(ends), Some(stored)),
+            None => (None, None),
         };
         self.ask(|reply| Command::Submit {
             spec: task.spec.clone(),
@@ -233,7 +228,8 @@ impl Orchestrator {
                 interrupted,
                 kernel: task.kernel,
                 claimed: ends.is_some(),
-                reread,
+                stored,
+                waited,
                 ends,
             }),
             reply,

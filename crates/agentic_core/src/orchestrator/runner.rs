@@ -21,6 +21,11 @@ use crate::state::ApplyError;
 use crate::store::StoreError;
 use crate::task::{Durability, TaskRuleError, TaskSpec, TaskStatus};
 
+/// How soon after the commit that claimed it, with its submission, a task's
+/// first attempt may start without reading its record back (see
+/// `Runner::ended_before_start`).
+const FRESH_CLAIM: Duration = Duration::from_millis(10);
+
 /// The error recorded for an attempt whose process stopped while it ran.
 const INTERRUPTED: &str = "interrupted: its process stopped while it ran";
 
@@ -168,17 +173,11 @@ impl Runner {
         let mut interruptions = self.adopted.as_ref().map_or(0, |a| a.interruptions);
         // Claimed in the batch that submitted it: that attempt runs now. A
         // cancellation the kernel's loop read before the hand-over has
-        // cancelled it already (see `Orchestrator::cancel_claimed`); handed
-        // over late, it reads whether the log ended it meanwhile.
+        // cancelled it already (see `Orchestrator::cancel_claimed`);
+        // starting late, it reads whether the log ended it meanwhile.
         let mut claimed = self.adopted.as_ref().is_some_and(|a| a.claimed);
         if claimed {
             attempt -= 1;
-            if self.adopted.as_ref().is_some_and(|a| a.reread) {
-                match self.orchestrator.inner.store.task(self.id).await? {
-                    Some(task) if task.status.is_final() => return Ok(Some(outcome_of(task))),
-                    _ => {}
-                }
-            }
         }
         if let Some(a) = &self.adopted
             && a.interrupted
@@ -230,6 +229,8 @@ impl Runner {
             };
             if !std::mem::take(&mut claimed) {
                 self.claim(attempt).await?;
+            } else if let Some(ended) = self.ended_before_start().await {
+                return Ok(Some(ended));
             }
             let slot = Arc::new(tokio::sync::Mutex::new(Some(slot)));
             let ended = self.attempt(&handler, attempt, slot.clone()).await;
@@ -274,6 +275,29 @@ impl Runner {
                 }
             }
             self.back_off(attempt).await?;
+        }
+    }
+
+    /// For the attempt claimed with the task's submission, about to run:
+    /// if it starts late — it waited for admission, or more than
+    /// [`FRESH_CLAIM`] has passed since its claim was stored — the task's
+    /// end, when the log ended it meanwhile (a cancellation the kernel's
+    /// loop has not read yet). A read that fails only warns: a
+    /// cancellation still reaches the task through the loop.
+    async fn ended_before_start(&self) -> Option<TaskOutcome> {
+        let adopted = self.adopted.as_ref()?;
+        let late = adopted.waited || adopted.stored.is_some_and(|at| at.elapsed() > FRESH_CLAIM);
+        if !late {
+            return None;
+        }
+        match self.orchestrator.inner.store.task(self.id).await {
+            Ok(Some(task)) if task.status.is_final() => Some(outcome_of(task)),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(task = %self.id, error = %e,
+                    "cannot read the claimed task before it starts; running it");
+                None
+            }
         }
     }
 
