@@ -868,28 +868,38 @@ async fn claimed_then_cancelled() -> (
     (counted, orch, store, task)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_claimed_task_cancelled_before_its_hand_over_starts_cancelled() {
-    let (counted, orch, store, task) = claimed_then_cancelled().await;
-    // The kernel's loop read the cancellation before the hand-over; the
-    // task is handed over at once, so it does not read its record back.
-    orch.cancel_claimed(task.id, "the test".into()).await;
-    // Ends are declined (no receiver): a task that ran records its own.
+/// Hands claimed `task`, whose claim was stored at `stored`, to `orch`, and
+/// checks it ends cancelled as the log says without its handler having run
+/// or its cancellation recorded again. Ends are declined (no receiver): a
+/// task that ran would record its own.
+async fn ends_cancelled_unrun(
+    counted: &Counted,
+    orch: &Orchestrator,
+    store: &MemoryStore,
+    task: &agentic_core::TaskRecord,
+    stored: std::time::Instant,
+) {
     let (sink, _) = tokio::sync::mpsc::unbounded_channel();
-    let handle = orch
-        .adopt_claimed(&task, sink, std::time::Instant::now())
-        .await
-        .expect("adopt");
+    let handle = orch.adopt_claimed(task, sink, stored).await.expect("adopt");
     assert_eq!(
         handle.outcome().await.expect("outcome"),
         TaskOutcome::Cancelled("the test".into())
     );
     assert_eq!(counted.runs.load(Ordering::SeqCst), 0, "its handler ran");
     assert_eq!(
-        events_of(&store, task.id).await,
+        events_of(store, task.id).await,
         ["task_submitted", "task_started", "task_cancelled"],
         "the cancellation was recorded again"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claimed_task_cancelled_before_its_hand_over_starts_cancelled() {
+    let (counted, orch, store, task) = claimed_then_cancelled().await;
+    // The kernel's loop read the cancellation before the hand-over; the
+    // task is handed over at once, so it does not read its record back.
+    orch.cancel_claimed(task.id, "the test".into()).await;
+    ends_cancelled_unrun(&counted, &orch, &store, &task, std::time::Instant::now()).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -900,20 +910,7 @@ async fn a_claimed_task_handed_over_late_reads_that_it_was_cancelled() {
     let stored = std::time::Instant::now()
         .checked_sub(Duration::from_secs(1))
         .expect("an instant a second ago");
-    let (sink, _) = tokio::sync::mpsc::unbounded_channel();
-    let handle = orch
-        .adopt_claimed(&task, sink, stored)
-        .await
-        .expect("adopt");
-    assert_eq!(
-        handle.outcome().await.expect("outcome"),
-        TaskOutcome::Cancelled("the test".into())
-    );
-    assert_eq!(counted.runs.load(Ordering::SeqCst), 0, "its handler ran");
-    assert_eq!(
-        events_of(&store, task.id).await,
-        ["task_submitted", "task_started", "task_cancelled"]
-    );
+    ends_cancelled_unrun(&counted, &orch, &store, &task, stored).await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -313,23 +313,7 @@ fn bench_event(i: u64) -> NewEvent {
 /// `fdatasync`, each timed (the file is removed afterwards). The floor of
 /// any durable commit on this disk, for other benchmarks' same-run rows too.
 pub fn fsync_latency(path: &Path, samples: usize) -> Result<Latency, StoreError> {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| io(path, &e))?;
-    let block = [0x5a_u8; 4096];
-    let mut times = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let start = Instant::now();
-        file.write_all(&block).map_err(|e| io(path, &e))?;
-        file.sync_data().map_err(|e| io(path, &e))?;
-        times.push(start.elapsed());
-    }
-    drop(file);
-    let _ = std::fs::remove_file(path);
-    Ok(Latency::of(times))
+    flush_latency(path, samples, false)
 }
 
 /// Raw `fdatasync` latency of overwrites: `samples` times, a 4 KiB write
@@ -338,6 +322,13 @@ pub fn fsync_latency(path: &Path, samples: usize) -> Result<Latency, StoreError>
 /// flush costs when it need not record the file's growth, as with a WAL
 /// that has started over.
 pub fn fsync_overwrite_latency(path: &Path, samples: usize) -> Result<Latency, StoreError> {
+    flush_latency(path, samples, true)
+}
+
+/// `samples` timed 4 KiB writes to a new file at `path`, each followed by
+/// `fdatasync`: growing the file, or over blocks written and flushed first
+/// (`overwrite`). The file is removed afterwards.
+fn flush_latency(path: &Path, samples: usize, overwrite: bool) -> Result<Latency, StoreError> {
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -345,11 +336,13 @@ pub fn fsync_overwrite_latency(path: &Path, samples: usize) -> Result<Latency, S
         .open(path)
         .map_err(|e| io(path, &e))?;
     let block = [0x5a_u8; 4096];
-    for _ in 0..samples {
-        file.write_all(&block).map_err(|e| io(path, &e))?;
+    if overwrite {
+        for _ in 0..samples {
+            file.write_all(&block).map_err(|e| io(path, &e))?;
+        }
+        file.sync_all().map_err(|e| io(path, &e))?;
+        file.seek(SeekFrom::Start(0)).map_err(|e| io(path, &e))?;
     }
-    file.sync_all().map_err(|e| io(path, &e))?;
-    file.seek(SeekFrom::Start(0)).map_err(|e| io(path, &e))?;
     let mut times = Vec::with_capacity(samples);
     for _ in 0..samples {
         let start = Instant::now();
