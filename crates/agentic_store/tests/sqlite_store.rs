@@ -25,6 +25,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Waker};
+use std::time::Duration;
 
 use agentic_core::{
     AppendReceipt, ApplyError, ChainError, ChainHead, EventEnvelope, EventStore, ExpectedVersion,
@@ -375,6 +376,53 @@ async fn records_kept_in_memory_for_followers_are_the_stored_ones_and_skip_nothi
     for want in &stored {
         assert_eq!(&follower.next().await.expect("next"), want);
     }
+}
+
+/// A follower caught up with what its own store committed waits without
+/// reading the log, yet still takes what another writer commits after
+/// that, alone or before this store's next commit.
+#[tokio::test]
+async fn a_follower_caught_up_from_memory_still_takes_another_writers_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mine = Arc::new(open(dir.path()));
+    let theirs = open(dir.path());
+    let e = |i: i32| new_event(json!({ "i": i }));
+    let mut follower = mine.clone().subscribe(1);
+    let next = async |follower: &mut agentic_core::store::Subscription| {
+        tokio::time::timeout(Duration::from_secs(30), follower.next())
+            .await
+            .expect("the follower took the record")
+            .expect("next")
+            .seq
+    };
+    mine.append(vec![e(1)], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    assert_eq!(next(&mut follower).await, 1);
+    mine.append(vec![e(2)], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    assert_eq!(
+        mine.recent(2, 10).map(|r| r.len()),
+        Some(1),
+        "kept in memory"
+    );
+    assert_eq!(next(&mut follower).await, 2);
+    // Caught up from memory; the other writer's record is only in the log.
+    theirs
+        .append(vec![e(3)], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    assert_eq!(next(&mut follower).await, 3);
+    theirs
+        .append(vec![e(4)], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    mine.append(vec![e(5)], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    assert_eq!(next(&mut follower).await, 4);
+    assert_eq!(next(&mut follower).await, 5);
 }
 
 /// The WAL header's checkpoint sequence number, which SQLite raises each

@@ -252,7 +252,8 @@ pub trait EventStore: Send + Sync + 'static {
     /// Up to `limit` events from `seq` `from` on that this instance
     /// committed lately and still holds in memory, if it holds `from`: an
     /// unbroken run, which may stop before the log's end (another process
-    /// may have written after it). A follower's fast path, taken before
+    /// may have written after it); none at all when `from` is just past
+    /// the newest it holds. A follower's fast path, taken before
     /// [`EventStore::read_from`]; `None` sends it there.
     fn recent(&self, from: u64, limit: usize) -> Option<Vec<EventEnvelope>> {
         let _ = (from, limit);
@@ -375,6 +376,12 @@ pub struct Subscription {
     store: Arc<dyn EventStore>,
     next: u64,
     buffer: VecDeque<EventEnvelope>,
+    /// The last events came from [`EventStore::recent`]: once they are
+    /// taken, the subscription waits without reading the store. What
+    /// another process commits after them is read once the wait ends
+    /// with nothing newer in memory, or when this instance's next commit
+    /// does not continue the run held there.
+    after_recent: bool,
 }
 
 impl Subscription {
@@ -384,6 +391,7 @@ impl Subscription {
             store,
             next: from.max(1),
             buffer: VecDeque::new(),
+            after_recent: false,
         }
     }
 
@@ -393,10 +401,14 @@ impl Subscription {
             if let Some(e) = self.buffer.pop_front() {
                 return Ok(e);
             }
-            let batch = match self.store.recent(self.next, SUBSCRIPTION_BATCH) {
-                Some(batch) => batch,
-                None => self.store.read_from(self.next, SUBSCRIPTION_BATCH).await?,
+            let (batch, in_memory) = match self.store.recent(self.next, SUBSCRIPTION_BATCH) {
+                Some(batch) if !batch.is_empty() || self.after_recent => (batch, true),
+                _ => (
+                    self.store.read_from(self.next, SUBSCRIPTION_BATCH).await?,
+                    false,
+                ),
             };
+            self.after_recent = in_memory && !batch.is_empty();
             match batch.last() {
                 Some(last) => {
                     self.next = last.seq + 1;

@@ -71,7 +71,9 @@ impl Tail {
 
     /// Up to `limit` records from seq `from` on, if the tail holds `from`:
     /// an unbroken run starting there (it may stop before the log's end,
-    /// where another process wrote after this one).
+    /// where another process wrote after this one). None at all when `from`
+    /// is just past the newest record it holds: the reader is caught up
+    /// with this writer's commits.
     pub(crate) fn read(&self, from: u64, limit: usize) -> Option<Vec<EventEnvelope>> {
         if !self.wanted.load(Ordering::Relaxed) {
             self.wanted.store(true, Ordering::Relaxed);
@@ -79,7 +81,7 @@ impl Tail {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let first = held.records.front()?.seq;
         let skip = usize::try_from(from.checked_sub(first)?).ok()?;
-        if skip >= held.records.len() {
+        if skip > held.records.len() {
             return None;
         }
         Some(
@@ -135,7 +137,8 @@ mod tests {
         assert_eq!(seqs(tail.read(4, 10)), None);
         assert_eq!(seqs(tail.read(5, 2)), Some(vec![5, 6]));
         assert_eq!(seqs(tail.read(7, 10)), Some(vec![7, 8, 9]));
-        assert_eq!(seqs(tail.read(10, 10)), None);
+        assert_eq!(seqs(tail.read(10, 10)), Some(vec![]), "caught up");
+        assert_eq!(seqs(tail.read(11, 10)), None);
         // Another process wrote 10 and 11: the run starts over at 12.
         tail.push([record(12, 1)]);
         assert_eq!(seqs(tail.read(9, 10)), None);
