@@ -1045,6 +1045,7 @@ mod bench {
             "step_commit_p50_ms",
             "step_p50_ms",
             "single_run_steps_per_sec",
+            "concurrent_rounds",
             "concurrent_steps_per_sec",
         ] {
             assert!(

@@ -380,7 +380,8 @@ async fn records_kept_in_memory_for_followers_are_the_stored_ones_and_skip_nothi
 
 /// A follower caught up with what its own store committed waits without
 /// reading the log, yet still takes what another writer commits after
-/// that, alone or before this store's next commit.
+/// that: alone (once its wait's poll ends), or before this store's next
+/// commit (which wakes it).
 #[tokio::test]
 async fn a_follower_caught_up_from_memory_still_takes_another_writers_commits() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -388,17 +389,10 @@ async fn a_follower_caught_up_from_memory_still_takes_another_writers_commits() 
     let theirs = open(dir.path());
     let e = |i: i32| new_event(json!({ "i": i }));
     let mut follower = mine.clone().subscribe(1);
-    let next = async |follower: &mut agentic_core::store::Subscription| {
-        tokio::time::timeout(Duration::from_secs(30), follower.next())
-            .await
-            .expect("the follower took the record")
-            .expect("next")
-            .seq
-    };
     mine.append(vec![e(1)], ExpectedVersion::Any)
         .await
         .expect("append");
-    assert_eq!(next(&mut follower).await, 1);
+    assert_eq!(next_seq(&mut follower).await, 1);
     mine.append(vec![e(2)], ExpectedVersion::Any)
         .await
         .expect("append");
@@ -407,22 +401,41 @@ async fn a_follower_caught_up_from_memory_still_takes_another_writers_commits() 
         Some(1),
         "kept in memory"
     );
-    assert_eq!(next(&mut follower).await, 2);
+    assert_eq!(next_seq(&mut follower).await, 2);
     // Caught up from memory; the other writer's record is only in the log.
     theirs
         .append(vec![e(3)], ExpectedVersion::Any)
         .await
         .expect("append");
-    assert_eq!(next(&mut follower).await, 3);
+    assert_eq!(next_seq(&mut follower).await, 3);
+    mine.append(vec![e(4)], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    assert_eq!(mine.recent(4, 10).map(|r| r.len()), Some(1));
+    assert_eq!(next_seq(&mut follower).await, 4, "from memory again");
+    // Caught up from memory and waiting: the other writer commits, then
+    // this store.
+    let waiting = tokio::spawn(async move {
+        let first = next_seq(&mut follower).await;
+        (first, next_seq(&mut follower).await)
+    });
     theirs
-        .append(vec![e(4)], ExpectedVersion::Any)
+        .append(vec![e(5)], ExpectedVersion::Any)
         .await
         .expect("append");
-    mine.append(vec![e(5)], ExpectedVersion::Any)
+    mine.append(vec![e(6)], ExpectedVersion::Any)
         .await
         .expect("append");
-    assert_eq!(next(&mut follower).await, 4);
-    assert_eq!(next(&mut follower).await, 5);
+    assert_eq!(waiting.await.expect("follower"), (5, 6));
+}
+
+/// The seq of the follower's next record, failing rather than hanging.
+async fn next_seq(follower: &mut agentic_core::store::Subscription) -> u64 {
+    tokio::time::timeout(Duration::from_secs(30), follower.next())
+        .await
+        .expect("the follower took the record")
+        .expect("next")
+        .seq
 }
 
 /// The WAL header's checkpoint sequence number, which SQLite raises each

@@ -252,6 +252,7 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
             "step_p50_in_step_commits": step_commits,
             "single_run_steps_per_sec": m.single_steps_per_sec,
             "concurrent_runs": CONCURRENT,
+            "concurrent_rounds": m.concurrent_rounds,
             "concurrent_steps_per_sec": m.concurrent_steps_per_sec,
             "sharing": sharing,
             "single_run_events_per_commit": m.single_per_commit,
@@ -338,6 +339,8 @@ struct Measured {
     commit: Latency,
     step: Latency,
     single_steps_per_sec: f64,
+    /// Rounds of [`CONCURRENT`] runs the next figure is taken over.
+    concurrent_rounds: usize,
     concurrent_steps_per_sec: f64,
     /// Events per commit, one run at a time.
     single_per_commit: f64,
@@ -422,7 +425,7 @@ async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
         CHAIN as f64 / (run_secs.iter().sum::<f64>() / run_secs.len().max(1) as f64);
 
     let rounds = if quick { 1 } else { CONCURRENT_ROUNDS };
-    errln!("bench: {CONCURRENT} runs at once, {rounds} times…");
+    errln!("bench: {CONCURRENT} runs at once, in {rounds} round(s)…");
     let before_concurrent = counted(store.as_ref());
     let began = Instant::now();
     for _ in 0..rounds {
@@ -453,6 +456,7 @@ async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
         commit,
         step,
         single_steps_per_sec,
+        concurrent_rounds: rounds,
         concurrent_steps_per_sec,
         single_per_commit,
         concurrent_per_commit,
