@@ -604,20 +604,16 @@ impl Run {
     /// copy of the run before the next is decided, so one call never
     /// decides a step twice and every event it returns fits.
     pub fn decide(&self, now: DateTime<Utc>, task_id: &mut impl FnMut() -> Uuid) -> Vec<RunEvent> {
-        self.decide_on(now, task_id).0
+        self.clone().advance(now, task_id)
     }
 
-    /// [`Run::decide`], with the copy the events were applied to.
-    fn decide_on(
-        &self,
-        now: DateTime<Utc>,
-        task_id: &mut impl FnMut() -> Uuid,
-    ) -> (Vec<RunEvent>, Run) {
-        let mut next = self.clone();
+    /// [`Run::decide`], applying each event decided to this run as it goes.
+    fn advance(&mut self, now: DateTime<Utc>, task_id: &mut impl FnMut() -> Uuid) -> Vec<RunEvent> {
+        let definition = self.definition.clone();
         let mut decided = Vec::new();
-        let mut take = |next: &mut Run, events: Vec<RunEvent>| {
+        let mut take = |run: &mut Run, events: Vec<RunEvent>| {
             for event in events {
-                match next.apply(&event) {
+                match run.apply(&event) {
                     Ok(()) => decided.push(event),
                     Err(e) => {
                         debug_assert!(false, "decided an event that does not fit: {e}");
@@ -626,10 +622,10 @@ impl Run {
                 }
             }
         };
-        if next.end.is_some() {
-            return (decided, next);
+        if self.end.is_some() {
+            return decided;
         }
-        if let Some((step, StepState::Failed { error })) = next
+        if let Some((step, StepState::Failed { error })) = self
             .steps
             .iter()
             .find(|(_, s)| matches!(s, StepState::Failed { .. }))
@@ -637,22 +633,22 @@ impl Run {
             let failed = RunEvent::Failed {
                 error: format!("step `{step}`: {error}"),
             };
-            take(&mut next, vec![failed]);
-            return (decided, next);
+            take(self, vec![failed]);
+            return decided;
         }
-        if next.steps.values().all(StepState::is_final) {
-            let end = next.finish();
-            take(&mut next, vec![end]);
-            return (decided, next);
+        if self.steps.values().all(StepState::is_final) {
+            let end = self.finish();
+            take(self, vec![end]);
+            return decided;
         }
-        for id in &self.definition.order {
-            let step = &self.definition.steps[id];
-            let events = match &next.steps[id] {
+        for id in &definition.order {
+            let step = &definition.steps[id];
+            let events = match &self.steps[id] {
                 StepState::Pending => {
                     if let Some(skipped) = step
                         .after
                         .iter()
-                        .find(|d| next.steps[*d] == StepState::Skipped)
+                        .find(|d| self.steps[*d] == StepState::Skipped)
                     {
                         vec![RunEvent::StepSkipped {
                             step: id.clone(),
@@ -661,15 +657,15 @@ impl Run {
                     } else if step
                         .after
                         .iter()
-                        .all(|d| matches!(next.steps[d], StepState::Completed { .. }))
+                        .all(|d| matches!(self.steps[d], StepState::Completed { .. }))
                     {
-                        let context = next.context(Some(&step.after));
-                        next.begin(id, &step.kind, &context, now, task_id)
+                        let context = self.context(Some(&step.after));
+                        self.begin(id, &step.kind, &context, now, task_id)
                     } else {
                         Vec::new()
                     }
                 }
-                StepState::Mapping { .. } => next.advance_map(id, &step.kind, task_id),
+                StepState::Mapping { .. } => self.advance_map(id, &step.kind, task_id),
                 StepState::Asking { deadline } if now >= *deadline => {
                     let StepKind::Approval { on_timeout, .. } = &step.kind else {
                         continue;
@@ -695,13 +691,13 @@ impl Run {
                 }],
                 _ => Vec::new(),
             };
-            take(&mut next, events);
+            take(self, events);
             // A failure ends the run: nothing more is started.
-            if matches!(next.steps[id], StepState::Failed { .. }) {
+            if matches!(self.steps[id], StepState::Failed { .. }) {
                 break;
             }
         }
-        (decided, next)
+        decided
     }
 
     /// Decides, applies and decides again until the run waits: every event
@@ -713,11 +709,10 @@ impl Run {
     ) -> Vec<RunEvent> {
         let mut all = Vec::new();
         loop {
-            let (decided, next) = self.decide_on(now, task_id);
+            let decided = self.advance(now, task_id);
             if decided.is_empty() {
                 return all;
             }
-            *self = next;
             all.extend(decided);
         }
     }
