@@ -607,9 +607,11 @@ impl Run {
         self.clone().advance(now, task_id)
     }
 
-    /// [`Run::decide`], applying each event decided to this run as it goes.
+    /// [`Run::decide`], applying each event decided to this run as it goes
+    /// (an event [`Run::apply`] refuses leaves the run as it was, so the
+    /// run changes only by the events returned).
     fn advance(&mut self, now: DateTime<Utc>, task_id: &mut impl FnMut() -> Uuid) -> Vec<RunEvent> {
-        let definition = self.definition.clone();
+        let definition = Arc::clone(&self.definition);
         let mut decided = Vec::new();
         let mut take = |run: &mut Run, events: Vec<RunEvent>| {
             for event in events {
