@@ -252,11 +252,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// Up to `limit` events from `seq` `from` on that this instance
     /// committed lately and still holds in memory, if it holds `from`: an
     /// unbroken run, which may stop before the log's end (another process
-    /// may have written after it); none at all when `from` is just past
+    /// may have written after it); an empty run when `from` is just past
     /// the newest it holds. A follower's fast path, taken before
     /// [`EventStore::read_from`]; `None` sends it there. After records
-    /// taken from here, a follower answered "none" waits without reading
-    /// the log, so a store that answers so must end
+    /// taken from here, a follower answered with an empty run waits
+    /// without reading the log, so a store that answers so must end
     /// [`EventStore::wait_for_events`] within a bounded time even when it
     /// commits nothing itself (another process's commits are read then).
     fn recent(&self, from: u64, limit: usize) -> Option<Vec<EventEnvelope>> {

@@ -71,9 +71,9 @@ impl Tail {
 
     /// Up to `limit` records from seq `from` on, if the tail holds `from`:
     /// an unbroken run starting there (it may stop before the log's end,
-    /// where another process wrote after this one). None at all when `from`
-    /// is just past the newest record it holds: the reader is caught up
-    /// with this writer's commits.
+    /// where another process wrote after this one). An empty run when
+    /// `from` is just past the newest record it holds: the reader is
+    /// caught up with this writer's commits.
     pub(crate) fn read(&self, from: u64, limit: usize) -> Option<Vec<EventEnvelope>> {
         if !self.wanted.load(Ordering::Relaxed) {
             self.wanted.store(true, Ordering::Relaxed);
