@@ -387,15 +387,10 @@ async fn a_follower_caught_up_from_memory_still_takes_another_writers_commits() 
     let dir = tempfile::tempdir().expect("tempdir");
     let mine = Arc::new(open(dir.path()));
     let theirs = open(dir.path());
-    let e = |i: i32| new_event(json!({ "i": i }));
     let mut follower = mine.clone().subscribe(1);
-    mine.append(vec![e(1)], ExpectedVersion::Any)
-        .await
-        .expect("append");
+    append_one(&mine, 1).await;
     assert_eq!(next_seq(&mut follower).await, 1);
-    mine.append(vec![e(2)], ExpectedVersion::Any)
-        .await
-        .expect("append");
+    append_one(&mine, 2).await;
     assert_eq!(
         mine.recent(2, 10).map(|r| r.len()),
         Some(1),
@@ -403,14 +398,9 @@ async fn a_follower_caught_up_from_memory_still_takes_another_writers_commits() 
     );
     assert_eq!(next_seq(&mut follower).await, 2);
     // Caught up from memory; the other writer's record is only in the log.
-    theirs
-        .append(vec![e(3)], ExpectedVersion::Any)
-        .await
-        .expect("append");
+    append_one(&theirs, 3).await;
     assert_eq!(next_seq(&mut follower).await, 3);
-    mine.append(vec![e(4)], ExpectedVersion::Any)
-        .await
-        .expect("append");
+    append_one(&mine, 4).await;
     assert_eq!(mine.recent(4, 10).map(|r| r.len()), Some(1));
     assert_eq!(next_seq(&mut follower).await, 4, "from memory again");
     // Caught up from memory and waiting: the other writer commits, then
@@ -419,14 +409,17 @@ async fn a_follower_caught_up_from_memory_still_takes_another_writers_commits() 
         let first = next_seq(&mut follower).await;
         (first, next_seq(&mut follower).await)
     });
-    theirs
-        .append(vec![e(5)], ExpectedVersion::Any)
-        .await
-        .expect("append");
-    mine.append(vec![e(6)], ExpectedVersion::Any)
-        .await
-        .expect("append");
+    append_one(&theirs, 5).await;
+    append_one(&mine, 6).await;
     assert_eq!(waiting.await.expect("follower"), (5, 6));
+}
+
+/// Appends one event numbered `i` to `store`.
+async fn append_one(store: &SqliteStore, i: i32) {
+    store
+        .append(vec![new_event(json!({ "i": i }))], ExpectedVersion::Any)
+        .await
+        .expect("append");
 }
 
 /// The seq of the follower's next record, failing rather than hanging.
