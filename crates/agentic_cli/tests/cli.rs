@@ -1047,6 +1047,8 @@ mod bench {
             "single_run_steps_per_sec",
             "concurrent_rounds",
             "concurrent_steps_per_sec",
+            "store_concurrent_steps_per_sec",
+            "concurrent_of_store",
         ] {
             assert!(
                 report[key].as_f64().is_some_and(|v| v > 0.0),

@@ -440,6 +440,14 @@ async fn the_shared_store_benches_run_beside_their_baselines() {
             .expect("join")
             .success();
         assert!(out.stdout.contains(baseline), "{}", out.stdout);
+        if args[1] == "store" {
+            // Three kernels beside raw writers taking turns as they do.
+            assert!(
+                out.stdout.contains("taking turns on a head row"),
+                "{}",
+                out.stdout
+            );
+        }
         assert!(
             out.stdout.contains("PASS") || out.stdout.contains("FAIL"),
             "{}",

@@ -2,8 +2,9 @@
 //! events/s through one [`PostgresStore`] (one kernel) and through three on
 //! the same database (three kernels taking turns on the log's head), at
 //! several concurrency levels, beside raw batched inserts of the same group
-//! sizes with the same client, measured in the same run on the same
-//! database. `lion bench claims --store postgres://…`: tasks/s completed by
+//! sizes with the same client — by one connection, and by three taking
+//! turns on a head row as the kernels do — measured in the same run on the
+//! same database. `lion bench claims --store postgres://…`: tasks/s completed by
 //! three kernels sharing a store, beside a bare `SKIP LOCKED` queue table.
 //!
 //! Every measurement runs in a database of its own, created on the server
@@ -47,6 +48,12 @@ pub struct PgLevel {
     /// Raw batched inserts of `one_kernel_group` rows per transaction,
     /// events/s.
     pub raw: f64,
+    /// Raw inserts of `three_kernels_group` rows per transaction by as many
+    /// connections as the three kernels had appending (three, unless fewer
+    /// appenders), taking turns on a head row, events/s: what the log's
+    /// serialisation allows those writers with these groups, with no lion
+    /// code.
+    pub raw_turns: f64,
 }
 
 /// Runs the bench, telling `progress` what it starts.
@@ -69,6 +76,15 @@ pub async fn run(
         let raw = server
             .scratch(|url| raw_inserts(url, group.round().max(1.0) as usize, config.duration))
             .await?;
+        // As many connections as kernels that had appenders.
+        let writers = appenders.min(3);
+        let three_group = three_kernels_group.round().max(1.0) as usize;
+        progress(&format!(
+            "raw inserts of {three_group} rows per commit by {writers} connection(s) taking turns"
+        ));
+        let raw_turns = server
+            .scratch(|url| raw_turns(url, writers, three_group, config.duration))
+            .await?;
         levels.push(PgLevel {
             appenders,
             one_kernel,
@@ -76,6 +92,7 @@ pub async fn run(
             three_kernels,
             three_kernels_group,
             raw,
+            raw_turns,
         });
     }
     Ok(levels)
@@ -208,6 +225,20 @@ async fn appending(
     ))
 }
 
+/// The raw baselines' log table: rows shaped like the log's, with no
+/// chain, checks or projections.
+const RAW_TABLE: &str = "CREATE TABLE raw (seq bigint PRIMARY KEY, event_id uuid NOT NULL UNIQUE, \
+     stream text NOT NULL, payload bytea NOT NULL, hash bytea NOT NULL, UNIQUE (stream, seq))";
+
+/// `group` rows shaped like the log's, from `next` on: their seqs, ids,
+/// streams, and the payload and hash every row shares.
+fn raw_rows(next: i64, group: usize) -> (Vec<i64>, Vec<Uuid>, Vec<String>) {
+    let seqs: Vec<i64> = (next..next + group as i64).collect();
+    let ids: Vec<Uuid> = seqs.iter().map(|_| Uuid::now_v7()).collect();
+    let streams = ids.iter().map(|id| format!("element:{id}")).collect();
+    (seqs, ids, streams)
+}
+
 /// Events/s inserting `group` rows per transaction, one transaction after
 /// another on one connection: rows shaped like the log's, with no chain,
 /// checks or projections, each group one statement committed on its own
@@ -215,11 +246,7 @@ async fn appending(
 async fn raw_inserts(url: String, group: usize, duration: Duration) -> Result<f64, StoreError> {
     let client = client_of(&url).await?;
     client
-        .batch_execute(
-            "CREATE TABLE raw (seq bigint PRIMARY KEY, event_id uuid NOT NULL UNIQUE, \
-             stream text NOT NULL, payload bytea NOT NULL, hash bytea NOT NULL, \
-             UNIQUE (stream, seq))",
-        )
+        .batch_execute(RAW_TABLE)
         .await
         .map_err(|e| backend("create the raw table", e))?;
     let insert = client
@@ -233,10 +260,8 @@ async fn raw_inserts(url: String, group: usize, duration: Duration) -> Result<f6
     let started = Instant::now();
     let mut next = 0i64;
     while started.elapsed() < duration {
-        let seqs: Vec<i64> = (next..next + group as i64).collect();
+        let (seqs, ids, streams) = raw_rows(next, group);
         next += group as i64;
-        let ids: Vec<Uuid> = seqs.iter().map(|_| Uuid::now_v7()).collect();
-        let streams: Vec<String> = ids.iter().map(|id| format!("element:{id}")).collect();
         let payloads: Vec<&[u8]> = seqs.iter().map(|_| payload.as_slice()).collect();
         let hashes: Vec<&[u8]> = seqs.iter().map(|_| &[7u8; 32][..]).collect();
         client
@@ -245,6 +270,69 @@ async fn raw_inserts(url: String, group: usize, duration: Duration) -> Result<f6
             .map_err(|e| backend("insert", e))?;
     }
     Ok(next as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Events/s of `writers` connections appending `group` rows per
+/// transaction, taking turns on a head row as lion's kernels do: each
+/// group is one statement that moves the head (waiting for the row lock
+/// while another connection's commit holds it) and inserts the rows after
+/// it, committed on its own. Rows as [`raw_inserts`] writes them.
+async fn raw_turns(
+    url: String,
+    writers: usize,
+    group: usize,
+    duration: Duration,
+) -> Result<f64, StoreError> {
+    let setup = client_of(&url).await?;
+    setup
+        .batch_execute(&format!(
+            "{RAW_TABLE}; CREATE TABLE head (id int PRIMARY KEY, seq bigint NOT NULL); \
+             INSERT INTO head VALUES (1, 0)"
+        ))
+        .await
+        .map_err(|e| backend("create the raw tables", e))?;
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut running = Vec::new();
+    for _ in 0..writers {
+        let url = url.clone();
+        running.push(tokio::spawn(async move {
+            let client = client_of(&url).await?;
+            let append = client
+                .prepare(
+                    "WITH h AS (UPDATE head SET seq = seq + $5 WHERE id = 1 \
+                     RETURNING seq - $5 AS base) \
+                     INSERT INTO raw SELECT h.base + u.o, u.id, u.stream, u.payload, u.hash \
+                     FROM h, unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[]) \
+                     WITH ORDINALITY AS u(id, stream, payload, hash, o)",
+                )
+                .await
+                .map_err(|e| backend("prepare", e))?;
+            let payload = event(0).event.encode()?;
+            let mut rows = 0u64;
+            while Instant::now() < deadline {
+                let (_, ids, streams) = raw_rows(0, group);
+                let payloads: Vec<&[u8]> = ids.iter().map(|_| payload.as_slice()).collect();
+                let hashes: Vec<&[u8]> = ids.iter().map(|_| &[7u8; 32][..]).collect();
+                client
+                    .execute(
+                        &append,
+                        &[&ids, &streams, &payloads, &hashes, &(group as i64)],
+                    )
+                    .await
+                    .map_err(|e| backend("append", e))?;
+                rows += group as u64;
+            }
+            Ok::<u64, StoreError>(rows)
+        }));
+    }
+    let mut rows = 0;
+    for writer in running {
+        rows += writer
+            .await
+            .map_err(|e| StoreError::Backend(format!("bench writer: {e}")))??;
+    }
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
 }
 
 /// What the work-claiming bench measured.
