@@ -1064,6 +1064,52 @@ mod bench {
             .expect("shared");
         assert!(single >= 1.0, "{report}");
         assert!(shared > single, "{report}");
+        // The run says which flush regime it measured, and is not emulated.
+        let slow = report["fdatasync_overwrite_p50_ms"].as_f64().expect("p50") >= 1.0;
+        assert_eq!(report["slow_flush"], json!(slow), "{report}");
+        assert_eq!(report["flush_emulation"], Value::Null, "{report}");
+    }
+
+    /// Under `scripts/bench-slow-flush`'s shim every flush takes at least
+    /// 4 ms: the workflow bench finds itself in the slow-flush regime and
+    /// says the flush is emulated.
+    #[test]
+    fn bench_workflow_under_the_slow_flush_shim_reports_the_slow_regime() {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let shim = scratch.path().join("slow_flush.so");
+        let source =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/slow-flush/slow_flush.c");
+        let built = std::process::Command::new("cc")
+            .args(["-O2", "-shared", "-fPIC", "-o"])
+            .arg(&shim)
+            .arg(&source)
+            .arg("-ldl")
+            .status()
+            .expect("cc");
+        assert!(built.success(), "cc {}", source.display());
+        let out = run(lion()
+            .env("LD_PRELOAD", &shim)
+            .env("LION_SLOW_FLUSH_US", "4000")
+            .env("LION_BENCH_FLUSH_EMULATION", "4 ms floor (test)")
+            .args(["--json", "bench", "workflow", "--quick", "--dir"])
+            .arg(scratch.path().join("wf")))
+        .success();
+        let report: Value = serde_json::from_str(&out.stdout).expect("JSON");
+        assert!(
+            report["fdatasync_overwrite_p50_ms"].as_f64().expect("p50") >= 4.0,
+            "{report}"
+        );
+        assert_eq!(report["slow_flush"], json!(true), "{report}");
+        assert_eq!(report["flush_emulation"], json!("4 ms floor (test)"));
+        let text = run(lion()
+            .env("LD_PRELOAD", &shim)
+            .env("LION_BENCH_FLUSH_EMULATION", "4 ms floor (test)")
+            .args(["bench", "workflow", "--quick", "--dir"])
+            .arg(scratch.path().join("wf2")))
+        .success()
+        .stdout;
+        assert!(text.contains("SLOW flush regime"), "{text}");
+        assert!(text.contains("EMULATED"), "{text}");
     }
 }
 

@@ -107,7 +107,18 @@ impl Latency {
             p99_ms: at(0.99),
         }
     }
+
+    /// Whether these are flushes of the disk's slow state (a median of
+    /// [`SLOW_FLUSH_MS`] or more), the case the speed targets are set for.
+    pub fn is_slow_flush(&self) -> bool {
+        self.p50_ms >= SLOW_FLUSH_MS
+    }
 }
+
+/// The shortest median flush of the disk's slow state, in milliseconds.
+/// This machine kind's flush flips between about 0.1 ms and 4 ms from run to
+/// run, and the targets are set for the slow case (`ARCHITECTURE.md`).
+pub const SLOW_FLUSH_MS: f64 = 1.0;
 
 /// Where a group-commit measurement ran its writer and appenders.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,9 +189,9 @@ pub struct BenchReport {
 }
 
 impl BenchReport {
-    /// Whether this run's flushes were slow (>= 1 ms), the case the targets are for.
+    /// Whether this run's flushes were slow, the case the targets are for.
     pub fn slow_flush(&self) -> bool {
-        self.fsync.p50_ms >= 1.0
+        self.fsync.is_slow_flush()
     }
 }
 

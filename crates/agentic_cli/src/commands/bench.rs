@@ -121,7 +121,7 @@ fn placement(p: &Placement) -> String {
 }
 
 /// A target's verdict; `evidence` is `None` when the run counts, else why not.
-fn verdict(ok: bool, evidence: Option<&str>) -> String {
+pub(crate) fn verdict(ok: bool, evidence: Option<&str>) -> String {
     match (ok, evidence) {
         (true, None) => "PASS".into(),
         (false, None) => "FAIL".into(),
@@ -181,7 +181,7 @@ fn ms(x: f64) -> String {
 const EMULATION_ENV: &str = "LION_BENCH_FLUSH_EMULATION";
 
 /// How this run's slow flush is emulated, if it is (see [`EMULATION_ENV`]).
-fn flush_emulation() -> Option<String> {
+pub(crate) fn flush_emulation() -> Option<String> {
     std::env::var(EMULATION_ENV).ok().filter(|s| !s.is_empty())
 }
 

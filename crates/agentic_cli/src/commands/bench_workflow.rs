@@ -29,7 +29,7 @@ use agentic_core::workflow::definition::Definition;
 use agentic_core::workflow::log;
 use agentic_core::workflow::run::{Run, RunEvent};
 use agentic_core::{EventStore, ExpectedVersion, Orchestrator, OrchestratorConfig, SystemEvent};
-use agentic_store::bench::{Latency, fsync_latency, fsync_overwrite_latency};
+use agentic_store::bench::{Latency, SLOW_FLUSH_MS, fsync_latency, fsync_overwrite_latency};
 use agentic_store::{SqliteOptions, SqliteStore};
 use anyhow::{Result, bail};
 use async_trait::async_trait;
@@ -273,8 +273,14 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
     // keeps of what the store allows.
     let store_sharing = m.store_concurrent_steps_per_sec / m.single_steps_per_sec.max(1e-9);
     let of_store = m.concurrent_steps_per_sec / m.store_concurrent_steps_per_sec.max(1e-9);
+    // The targets are for the disk's slow-flush state; a fast-flush run's
+    // verdicts are shown, but are no evidence either way.
+    let slow = m.overwrite.is_slow_flush();
+    let emulation = super::bench::flush_emulation();
     if ctx.json {
         return output::json(&json!({
+            "slow_flush": slow,
+            "flush_emulation": emulation,
             "fdatasync_p50_ms": m.fsync.p50_ms,
             "fdatasync_p99_ms": m.fsync.p99_ms,
             "fdatasync_overwrite_p50_ms": m.overwrite.p50_ms,
@@ -299,12 +305,27 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
         }));
     }
     outln!(
-        "lion bench workflow — {CHAIN}-step chains of no-op plugin steps, after {} \
-         untimed runs; scratch {}",
+        "lion bench workflow — {} flush regime (overwrite fdatasync p50 {:.2} ms); \
+         {CHAIN}-step chains of no-op plugin steps, after {} untimed runs; scratch {}",
+        if slow { "SLOW" } else { "fast" },
+        m.overwrite.p50_ms,
         if quick { 2 } else { WARM_UP_RUNS },
         dir.display()
     );
-    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" }.to_owned();
+    if let Some(how) = &emulation {
+        outln!(
+            "note: the slow flush is EMULATED: {how}; every row, baselines included, ran under it."
+        );
+    }
+    if !slow {
+        outln!(
+            "note: flushes took under {SLOW_FLUSH_MS} ms in this run; the targets are for the \
+             slow-flush case, so this run is no evidence for them (on a fast flush a step is \
+             mostly CPU, and 100 runs are bound by the store's ceiling below; see \
+             docs/workflows.md)."
+        );
+    }
+    let verdict = |ok: bool| super::bench::verdict(ok, (!slow).then_some("fast-flush run"));
     let mut table = output::bench_table();
     table.add_row([
         "raw fdatasync, 4 KiB write growing the file".to_owned(),
