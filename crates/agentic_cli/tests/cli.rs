@@ -1065,8 +1065,17 @@ mod bench {
         assert!(single >= 1.0, "{report}");
         assert!(shared > single, "{report}");
         // The run says which flush regime it measured, and is not emulated.
-        let slow = report["fdatasync_overwrite_p50_ms"].as_f64().expect("p50") >= 1.0;
-        assert_eq!(report["slow_flush"], json!(slow), "{report}");
+        let regime = report["flush_regime"].as_str().expect("regime");
+        assert!(["slow", "fast", "changed"].contains(&regime), "{report}");
+        assert_eq!(report["slow_flush"], json!(regime == "slow"), "{report}");
+        let probes = [
+            "fdatasync_overwrite_p50_ms",
+            "fdatasync_overwrite_after_p50_ms",
+        ]
+        .map(|k| report[k].as_f64().expect(k));
+        if probes.iter().all(|p| *p < 1.0) {
+            assert_eq!(regime, "fast", "{report}");
+        }
         assert_eq!(report["flush_emulation"], Value::Null, "{report}");
     }
 
@@ -1099,6 +1108,7 @@ mod bench {
             report["fdatasync_overwrite_p50_ms"].as_f64().expect("p50") >= 4.0,
             "{report}"
         );
+        assert_eq!(report["flush_regime"], json!("slow"), "{report}");
         assert_eq!(report["slow_flush"], json!(true), "{report}");
         assert_eq!(report["flush_emulation"], json!("4 ms floor (test)"));
         let text = run(lion()
@@ -1110,6 +1120,10 @@ mod bench {
         .stdout;
         assert!(text.contains("SLOW flush regime"), "{text}");
         assert!(text.contains("EMULATED"), "{text}");
+        // Its verdicts count: none says the run is no evidence.
+        assert!(!text.contains("fast-flush run"), "{text}");
+        assert!(!text.contains("no evidence"), "{text}");
+        assert!(!text.contains("changed state"), "{text}");
     }
 }
 

@@ -115,9 +115,10 @@ impl Latency {
     }
 }
 
-/// The shortest median flush of the disk's slow state, in milliseconds.
-/// This machine kind's flush flips between about 0.1 ms and 4 ms from run to
-/// run, and the targets are set for the slow case (`ARCHITECTURE.md`).
+/// The threshold between the disk's two flush states, in milliseconds: a
+/// median flush of this or more is the slow state. This machine kind's flush
+/// flips between about 0.1 ms and 4 ms from run to run, and the targets are
+/// set for the slow case (`ARCHITECTURE.md`).
 pub const SLOW_FLUSH_MS: f64 = 1.0;
 
 /// Where a group-commit measurement ran its writer and appenders.

@@ -174,8 +174,8 @@ async fn concurrent_step_commits(
 
 /// Appends one run's start and its [`CHAIN`] steps' batches as the kernel
 /// commits them (the step's output and the next step's scheduling, the
-/// task's end, the next task's submission and claim), one after another;
-/// the time each step's batch took.
+/// task's end, the next task's submission and claim; the last step's output
+/// with the run's end), one after another; the time each step's batch took.
 async fn chain_commits(store: &dyn EventStore, definition: &Definition) -> Result<Vec<Duration>> {
     let run = start(store, definition).await?;
     let scheduled = |step: usize, task: Uuid| RunEvent::StepScheduled {
@@ -218,6 +218,27 @@ async fn chain_commits(store: &dyn EventStore, definition: &Definition) -> Resul
         times.push(began.elapsed());
         task = next;
     }
+    // The last step's output, the run's end and the task's end.
+    let last = RunEvent::StepCompleted {
+        step: format!("s{CHAIN:02}"),
+        item: None,
+        output: Value::Null,
+    };
+    let ended = RunEvent::Completed {
+        output: Value::Null,
+    };
+    let mut batch = log::recorded(run, [last, ended], run);
+    batch.push(agentic_core::NewEvent::new(
+        SystemEvent::TaskCompleted {
+            task_id: task,
+            attempt: 1,
+            output: Value::Null,
+        },
+        run,
+    ));
+    let began = Instant::now();
+    store.append(batch, ExpectedVersion::Any).await?;
+    times.push(began.elapsed());
     Ok(times)
 }
 
@@ -275,16 +296,18 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
     let of_store = m.concurrent_steps_per_sec / m.store_concurrent_steps_per_sec.max(1e-9);
     // The targets are for the disk's slow-flush state; a fast-flush run's
     // verdicts are shown, but are no evidence either way.
-    let slow = m.overwrite.is_slow_flush();
+    let regime = Regime::of(&m);
     let emulation = super::bench::flush_emulation();
     if ctx.json {
         return output::json(&json!({
-            "slow_flush": slow,
+            "flush_regime": regime.name(),
+            "slow_flush": regime == Regime::Slow,
             "flush_emulation": emulation,
             "fdatasync_p50_ms": m.fsync.p50_ms,
             "fdatasync_p99_ms": m.fsync.p99_ms,
             "fdatasync_overwrite_p50_ms": m.overwrite.p50_ms,
             "fdatasync_overwrite_p99_ms": m.overwrite.p99_ms,
+            "fdatasync_overwrite_after_p50_ms": m.overwrite_after.p50_ms,
             "step_p50_ms": m.step.p50_ms,
             "step_p99_ms": m.step.p99_ms,
             "step_p50_in_fdatasyncs": step_fsyncs,
@@ -305,10 +328,13 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
         }));
     }
     outln!(
-        "lion bench workflow — {} flush regime (overwrite fdatasync p50 {:.2} ms); \
-         {CHAIN}-step chains of no-op plugin steps, after {} untimed runs; scratch {}",
-        if slow { "SLOW" } else { "fast" },
+        "lion bench workflow — {} flush regime (overwrite fdatasync p50 {:.2} ms before the \
+         runs, {:.2} ms after; growing {:.2} ms); {CHAIN}-step chains of no-op plugin steps, \
+         after {} untimed runs; scratch {}",
+        regime.name().to_uppercase(),
         m.overwrite.p50_ms,
+        m.overwrite_after.p50_ms,
+        m.fsync.p50_ms,
         if quick { 2 } else { WARM_UP_RUNS },
         dir.display()
     );
@@ -317,15 +343,21 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
             "note: the slow flush is EMULATED: {how}; every row, baselines included, ran under it."
         );
     }
-    if !slow {
-        outln!(
+    match regime {
+        Regime::Slow => {}
+        Regime::Fast => outln!(
             "note: flushes took under {SLOW_FLUSH_MS} ms in this run; the targets are for the \
              slow-flush case, so this run is no evidence for them (on a fast flush a step is \
-             mostly CPU, and 100 runs are bound by the store's ceiling below; see \
-             docs/workflows.md)."
-        );
+             mostly the kernel's CPU and hand-offs, and the store's own ceiling below is itself \
+             under 20x one run; see docs/workflows.md)."
+        ),
+        Regime::Changed => outln!(
+            "note: the disk's flush changed state during this run (the overwrite probes, a \
+             step's commit alone and a step do not all agree with one state): no evidence for \
+             the targets either way; run it again."
+        ),
     }
-    let verdict = |ok: bool| super::bench::verdict(ok, (!slow).then_some("fast-flush run"));
+    let verdict = |ok: bool| super::bench::verdict(ok, regime.why_no_evidence());
     let mut table = output::bench_table();
     table.add_row([
         "raw fdatasync, 4 KiB write growing the file".to_owned(),
@@ -371,8 +403,8 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
         format!("steps/s, {CONCURRENT} runs' commits alone at once, no kernel"),
         output::rate(m.store_concurrent_steps_per_sec),
         format!(
-            "baseline (the store's ceiling for these runs); {store_sharing:.1}x one run's \
-             steps/s"
+            "baseline (the store's ceiling for these runs); {store_sharing:.1}x the kernel's \
+             one-run steps/s"
         ),
         String::new(),
         String::new(),
@@ -401,11 +433,64 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// The disk's flush state while the bench ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Regime {
+    /// Slow throughout: the overwrite probes before and after the runs, a
+    /// step's commit alone and a step all took the slow state's time, and
+    /// neither a commit nor a step (each holds a flush) was faster than the
+    /// probes' flush (less 10% for jitter).
+    Slow,
+    /// Both overwrite probes fast.
+    Fast,
+    /// Neither: the disk changed state during the run.
+    Changed,
+}
+
+impl Regime {
+    /// The regime `m` was measured in.
+    fn of(m: &Measured) -> Self {
+        let probes = [m.overwrite, m.overwrite_after];
+        let flush = m.overwrite.p50_ms.min(m.overwrite_after.p50_ms);
+        let holds_a_flush = |l: &Latency| l.is_slow_flush() && l.p50_ms >= 0.9 * flush;
+        if probes.iter().all(Latency::is_slow_flush)
+            && holds_a_flush(&m.commit)
+            && holds_a_flush(&m.step)
+        {
+            Self::Slow
+        } else if probes.iter().all(|p| !p.is_slow_flush()) {
+            Self::Fast
+        } else {
+            Self::Changed
+        }
+    }
+
+    /// Its name, as the header and the JSON give it.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Slow => "slow",
+            Self::Fast => "fast",
+            Self::Changed => "changed",
+        }
+    }
+
+    /// Why a run in this regime is no evidence for the targets, if it is not.
+    fn why_no_evidence(self) -> Option<&'static str> {
+        match self {
+            Self::Slow => None,
+            Self::Fast => Some("fast-flush run"),
+            Self::Changed => Some("the flush changed state during the run"),
+        }
+    }
+}
+
 /// What the benchmark measured.
 struct Measured {
     fsync: Latency,
-    /// `fdatasync` of a block the file already has.
+    /// `fdatasync` of a block the file already has, before the runs.
     overwrite: Latency,
+    /// The same, after every run and commit measured.
+    overwrite_after: Latency,
     commit: Latency,
     step: Latency,
     single_steps_per_sec: f64,
@@ -528,9 +613,12 @@ async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
     errln!("bench: the same, {CONCURRENT} runs' worth at once, in {rounds} round(s)…");
     let store_concurrent_steps_per_sec =
         concurrent_step_commits(&home, &definition, rounds).await?;
+    errln!("bench: raw fdatasync again, overwriting, {fsyncs} times…");
+    let overwrite_after = fsync_overwrite_latency(&dir.join("fsync-probe"), fsyncs)?;
     Ok(Measured {
         fsync,
         overwrite,
+        overwrite_after,
         commit,
         step,
         single_steps_per_sec,
@@ -540,4 +628,48 @@ async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
         single_per_commit,
         concurrent_per_commit,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(p50_ms: f64) -> Latency {
+        Latency {
+            p50_ms,
+            p99_ms: p50_ms,
+        }
+    }
+
+    /// Measurements with these medians: the probes before and after, a
+    /// step's commit alone, a step.
+    fn measured(before: f64, after: f64, commit: f64, step: f64) -> Measured {
+        Measured {
+            fsync: ms(before),
+            overwrite: ms(before),
+            overwrite_after: ms(after),
+            commit: ms(commit),
+            step: ms(step),
+            single_steps_per_sec: 1.0,
+            concurrent_rounds: 1,
+            concurrent_steps_per_sec: 1.0,
+            store_concurrent_steps_per_sec: 1.0,
+            single_per_commit: 1.0,
+            concurrent_per_commit: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_run_is_slow_only_when_every_flush_it_holds_was() {
+        assert_eq!(Regime::of(&measured(4.1, 4.1, 4.3, 4.5)), Regime::Slow);
+        assert_eq!(Regime::of(&measured(0.1, 0.1, 0.3, 0.5)), Regime::Fast);
+        // The disk turned fast between the probes.
+        assert_eq!(Regime::of(&measured(4.1, 0.1, 0.3, 0.5)), Regime::Changed);
+        // Slow probes, but the commits were fast: they saw another state.
+        assert_eq!(Regime::of(&measured(3.1, 3.2, 0.4, 0.55)), Regime::Changed);
+        // A step cannot be faster than the flush it holds.
+        assert_eq!(Regime::of(&measured(4.0, 4.0, 4.2, 1.5)), Regime::Changed);
+        assert!(Regime::Changed.why_no_evidence().is_some());
+        assert_eq!(Regime::Slow.why_no_evidence(), None);
+    }
 }

@@ -30,6 +30,10 @@ const LION_ENV: &[&str] = &[
     "LION_LLM_API_KEY",
     "RUST_LOG",
     "NO_COLOR",
+    // scripts/bench-slow-flush's shim and what it tells the benches.
+    "LD_PRELOAD",
+    "LION_SLOW_FLUSH_US",
+    "LION_BENCH_FLUSH_EMULATION",
 ];
 
 /// Removes the variables `lion` reads from a command's environment.

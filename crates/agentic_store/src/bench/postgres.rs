@@ -48,11 +48,10 @@ pub struct PgLevel {
     /// Raw batched inserts of `one_kernel_group` rows per transaction,
     /// events/s.
     pub raw: f64,
-    /// Raw inserts of `three_kernels_group` rows per transaction by as many
-    /// connections as the three kernels had appending (three, unless fewer
-    /// appenders), taking turns on a head row, events/s: what the log's
-    /// serialisation allows those writers with these groups, with no lion
-    /// code.
+    /// Raw inserts by one connection per kernel that had appenders (three,
+    /// unless fewer appenders), each with as many rows a transaction as its
+    /// kernel had appenders, taking turns on a head row, events/s: what the
+    /// log's serialisation allows three writers with no lion code.
     pub raw_turns: f64,
 }
 
@@ -76,14 +75,15 @@ pub async fn run(
         let raw = server
             .scratch(|url| raw_inserts(url, group.round().max(1.0) as usize, config.duration))
             .await?;
-        // As many connections as kernels that had appenders.
-        let writers = appenders.min(3);
-        let three_group = three_kernels_group.round().max(1.0) as usize;
+        // One connection per kernel that had appenders, each with as many
+        // rows a turn as its kernel had appenders: the most a turn can hold.
+        let groups = turn_groups(appenders, 3);
         progress(&format!(
-            "raw inserts of {three_group} rows per commit by {writers} connection(s) taking turns"
+            "raw inserts by {} connection(s) taking turns, {groups:?} rows a turn",
+            groups.len()
         ));
         let raw_turns = server
-            .scratch(|url| raw_turns(url, writers, three_group, config.duration))
+            .scratch(|url| raw_turns(url, groups, config.duration))
             .await?;
         levels.push(PgLevel {
             appenders,
@@ -96,6 +96,15 @@ pub async fn run(
         });
     }
     Ok(levels)
+}
+
+/// How `appenders` split across `kernels` (as the bench splits them, one
+/// by one in turn): each kernel's count, for those that have any.
+fn turn_groups(appenders: usize, kernels: usize) -> Vec<usize> {
+    (0..kernels)
+        .map(|k| (k..appenders).step_by(kernels).count())
+        .filter(|&n| n > 0)
+        .collect()
 }
 
 /// The server the bench makes its databases on.
@@ -230,13 +239,12 @@ async fn appending(
 const RAW_TABLE: &str = "CREATE TABLE raw (seq bigint PRIMARY KEY, event_id uuid NOT NULL UNIQUE, \
      stream text NOT NULL, payload bytea NOT NULL, hash bytea NOT NULL, UNIQUE (stream, seq))";
 
-/// `group` rows shaped like the log's, from `next` on: their seqs, ids,
-/// streams, and the payload and hash every row shares.
-fn raw_rows(next: i64, group: usize) -> (Vec<i64>, Vec<Uuid>, Vec<String>) {
-    let seqs: Vec<i64> = (next..next + group as i64).collect();
-    let ids: Vec<Uuid> = seqs.iter().map(|_| Uuid::now_v7()).collect();
+/// `group` fresh event ids and their elements' streams, as the log's rows
+/// have them.
+fn raw_ids(group: usize) -> (Vec<Uuid>, Vec<String>) {
+    let ids: Vec<Uuid> = (0..group).map(|_| Uuid::now_v7()).collect();
     let streams = ids.iter().map(|id| format!("element:{id}")).collect();
-    (seqs, ids, streams)
+    (ids, streams)
 }
 
 /// Events/s inserting `group` rows per transaction, one transaction after
@@ -260,7 +268,8 @@ async fn raw_inserts(url: String, group: usize, duration: Duration) -> Result<f6
     let started = Instant::now();
     let mut next = 0i64;
     while started.elapsed() < duration {
-        let (seqs, ids, streams) = raw_rows(next, group);
+        let seqs: Vec<i64> = (next..next + group as i64).collect();
+        let (ids, streams) = raw_ids(group);
         next += group as i64;
         let payloads: Vec<&[u8]> = seqs.iter().map(|_| payload.as_slice()).collect();
         let hashes: Vec<&[u8]> = seqs.iter().map(|_| &[7u8; 32][..]).collect();
@@ -272,17 +281,12 @@ async fn raw_inserts(url: String, group: usize, duration: Duration) -> Result<f6
     Ok(next as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Events/s of `writers` connections appending `group` rows per
-/// transaction, taking turns on a head row as lion's kernels do: each
-/// group is one statement that moves the head (waiting for the row lock
-/// while another connection's commit holds it) and inserts the rows after
-/// it, committed on its own. Rows as [`raw_inserts`] writes them.
-async fn raw_turns(
-    url: String,
-    writers: usize,
-    group: usize,
-    duration: Duration,
-) -> Result<f64, StoreError> {
+/// Events/s of one connection per entry of `groups` appending that many
+/// rows per transaction, taking turns on a head row as lion's kernels do:
+/// each group is one statement that moves the head (waiting for the row
+/// lock while another connection's commit holds it) and inserts the rows
+/// after it, committed on its own. Rows as [`raw_inserts`] writes them.
+async fn raw_turns(url: String, groups: Vec<usize>, duration: Duration) -> Result<f64, StoreError> {
     let setup = client_of(&url).await?;
     setup
         .batch_execute(&format!(
@@ -291,37 +295,48 @@ async fn raw_turns(
         ))
         .await
         .map_err(|e| backend("create the raw tables", e))?;
-    let deadline = Instant::now() + duration;
+    // Every writer connects and prepares before the clock starts.
+    let mut writers = Vec::new();
+    for group in groups {
+        let client = client_of(&url).await?;
+        let append = client
+            .prepare(
+                "WITH h AS (UPDATE head SET seq = seq + $5 WHERE id = 1 \
+                 RETURNING seq - $5 AS base) \
+                 INSERT INTO raw SELECT h.base + u.o, u.id, u.stream, u.payload, u.hash \
+                 FROM h, unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[]) \
+                 WITH ORDINALITY AS u(id, stream, payload, hash, o)",
+            )
+            .await
+            .map_err(|e| backend("prepare", e))?;
+        writers.push((client, append, group));
+    }
+    let payload = event(0).event.encode()?;
     let started = Instant::now();
+    let deadline = started + duration;
     let mut running = Vec::new();
-    for _ in 0..writers {
-        let url = url.clone();
+    for (client, append, group) in writers {
+        let payload = payload.clone();
         running.push(tokio::spawn(async move {
-            let client = client_of(&url).await?;
-            let append = client
-                .prepare(
-                    "WITH h AS (UPDATE head SET seq = seq + $5 WHERE id = 1 \
-                     RETURNING seq - $5 AS base) \
-                     INSERT INTO raw SELECT h.base + u.o, u.id, u.stream, u.payload, u.hash \
-                     FROM h, unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[]) \
-                     WITH ORDINALITY AS u(id, stream, payload, hash, o)",
-                )
-                .await
-                .map_err(|e| backend("prepare", e))?;
-            let payload = event(0).event.encode()?;
             let mut rows = 0u64;
             while Instant::now() < deadline {
-                let (_, ids, streams) = raw_rows(0, group);
+                let (ids, streams) = raw_ids(group);
                 let payloads: Vec<&[u8]> = ids.iter().map(|_| payload.as_slice()).collect();
                 let hashes: Vec<&[u8]> = ids.iter().map(|_| &[7u8; 32][..]).collect();
-                client
+                let inserted = client
                     .execute(
                         &append,
                         &[&ids, &streams, &payloads, &hashes, &(group as i64)],
                     )
                     .await
                     .map_err(|e| backend("append", e))?;
-                rows += group as u64;
+                if inserted != group as u64 {
+                    return Err(backend(
+                        "append",
+                        format!("{inserted} rows inserted, not {group}"),
+                    ));
+                }
+                rows += inserted;
             }
             Ok::<u64, StoreError>(rows)
         }));
@@ -524,4 +539,17 @@ async fn three_kernels(url: String, tasks: usize) -> Result<f64, StoreError> {
         let _ = k.await;
     }
     Ok(tasks as f64 / elapsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::turn_groups;
+
+    #[test]
+    fn turns_hold_what_each_kernel_has_appending() {
+        assert_eq!(turn_groups(16, 3), vec![6, 5, 5]);
+        assert_eq!(turn_groups(256, 3), vec![86, 85, 85]);
+        assert_eq!(turn_groups(1, 3), vec![1]);
+        assert_eq!(turn_groups(4, 3), vec![2, 1, 1]);
+    }
 }
