@@ -117,8 +117,8 @@ impl Latency {
 
 /// The threshold between the disk's two flush states, in milliseconds: a
 /// median flush of this or more is the slow state. This machine kind's flush
-/// flips between about 0.1 ms and 4 ms from run to run, and the targets are
-/// set for the slow case (`ARCHITECTURE.md`).
+/// flips between about 0.1 ms and 4 ms from run to run, and the durable-write
+/// targets are set for the slow case.
 pub const SLOW_FLUSH_MS: f64 = 1.0;
 
 /// Where a group-commit measurement ran its writer and appenders.
