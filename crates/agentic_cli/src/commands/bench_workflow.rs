@@ -365,9 +365,9 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
             }
         ),
         Regime::Changed => outln!(
-            "note: the disk's flush changed state during this run (the overwrite probes, a \
-             step's commit alone and a step do not all agree with one state): no evidence for \
-             the targets either way; run it again."
+            "note: the disk's flush changed state during this run (the overwrite probes, the \
+             commits and the steps do not all agree with one state): no evidence for the \
+             targets either way; run it again."
         ),
     }
     let verdict = |ok: bool| super::bench::verdict(ok, regime.why_no_evidence());
