@@ -628,11 +628,10 @@ async fn measure(dir: &Path, quick: bool) -> Result<Measured> {
         }
         follow(&store, from, &runs, &mut timings).await?;
     }
-    let concurrent_steps_per_sec =
-        (rounds * CONCURRENT * CHAIN) as f64 / began.elapsed().as_secs_f64();
-    let concurrent_per_commit = per_commit(before_concurrent, counted(store.as_ref()));
-    let concurrent_commit_ms =
-        commit_ms(before_concurrent, counted(store.as_ref()), began.elapsed());
+    let (elapsed, after_concurrent) = (began.elapsed(), counted(store.as_ref()));
+    let concurrent_steps_per_sec = (rounds * CONCURRENT * CHAIN) as f64 / elapsed.as_secs_f64();
+    let concurrent_per_commit = per_commit(before_concurrent, after_concurrent);
+    let concurrent_commit_ms = commit_ms(before_concurrent, after_concurrent, elapsed);
     let _ = stop.send(());
     kernel.await??;
     drop(store);
