@@ -106,10 +106,12 @@ fn configured_url(home: &Path) -> Result<Option<String>> {
     Ok(config.store.url)
 }
 
-/// Opens (creating on first use) the log at `at`. A home that lost its
-/// log, or whose `HEAD` disagrees with it, is refused here, before anything
-/// is written (exit code 3, see `main`).
-pub async fn open(home: &Path, at: &StoreAt) -> Result<Arc<dyn EventStore>> {
+/// Opens (creating on first use) the log at `at`, for a kernel or for a
+/// command that shows what it reads (a shared store then answers a read
+/// only once what it saw is durable). A home that lost its log, or whose
+/// `HEAD` disagrees with it, is refused here, before anything is written
+/// (exit code 3, see `main`).
+pub async fn open(home: &Path, at: &StoreAt, kernel: bool) -> Result<Arc<dyn EventStore>> {
     Ok(match at {
         StoreAt::Home => Arc::new(open_sqlite(home)?),
         StoreAt::Postgres(url) => {
@@ -119,7 +121,11 @@ pub async fn open(home: &Path, at: &StoreAt) -> Result<Arc<dyn EventStore>> {
             not_a_file(home)?;
             std::fs::create_dir_all(home)
                 .with_context(|| format!("cannot create the home {}", home.display()))?;
-            Arc::new(PostgresStore::open(url, PostgresOptions::default()).await?)
+            let options = PostgresOptions {
+                settle_reads: !kernel,
+                ..PostgresOptions::default()
+            };
+            Arc::new(PostgresStore::open(url, options).await?)
         }
     })
 }

@@ -144,9 +144,11 @@ async fn run(cli: Cli) -> Result<()> {
         let home = home::resolve(cli.home.as_deref());
         let store_flag = cli.store.as_deref();
         let at = || home::store_at(&home, store_flag);
+        // A kernel acts on what it reads through appends; a command shows it.
+        let kernel = matches!(cli.command, Command::Run { .. } | Command::Serve(_));
         let open = async || -> Result<Arc<dyn EventStore>> {
             let at = at()?;
-            let store = home::open(&home, &at).await?;
+            let store = home::open(&home, &at, kernel).await?;
             tracing::debug!(home = %home.display(), store = ?at, "store open");
             Ok(store)
         };

@@ -12,7 +12,12 @@
 //! - a database that is not a lion store is refused;
 //! - a kernel that guessed the head it last left commits on the head
 //!   another kernel moved meanwhile;
-//! - a store of the previous layout is moved to this one.
+//! - stores of the previous layouts are moved to this one;
+//! - a kernel taking turns with another answers only once its turn is
+//!   durable; a turn not known durable is hidden from the log's readers,
+//!   and a command's read that saw it makes it durable first; a turn whose
+//!   writer died before its flush still reaches followers; retries and
+//!   refusals resting on a pending turn are answered once it is durable.
 
 mod postgres_cluster;
 
@@ -256,12 +261,13 @@ async fn admin(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// Turns a layout-2 store back into layout 1, as its lion left it, with
+/// Turns a layout-3 store back into layout 1, as its lion left it, with
 /// the element rows `fill` (SQL) inserts.
 async fn as_layout_1(client: &tokio_postgres::Client, fill: &str) {
     client
         .batch_execute(&format!(
             "DROP INDEX lion.events_element_creations; DROP FUNCTION lion.move_head; \
+             DROP TABLE lion.flushes; \
              CREATE TABLE lion.elements (seq bigint PRIMARY KEY, id uuid NOT NULL UNIQUE); \
              {fill}; UPDATE lion.store SET schema_version = 1;"
         ))
@@ -408,10 +414,10 @@ async fn retries_and_second_creations_among_pipelined_groups_are_answered_right(
 }
 
 /// A store made with layout 1 (elements in a table of their own) opens as
-/// layout 2: the table is gone, and its elements are found and listed
+/// layout 3: the table is gone, and its elements are found and listed
 /// from the log as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_layout_1_store_is_moved_to_layout_2_keeping_its_elements() {
+async fn a_layout_1_store_is_moved_to_layout_3_keeping_its_elements() {
     let url = postgres_cluster::cluster().database("layout_1").await;
     let store = open(&url).await;
     let event = new_event(0, 0);
@@ -440,7 +446,7 @@ async fn a_layout_1_store_is_moved_to_layout_2_keeping_its_elements() {
         .await
         .expect("list");
     assert_eq!(page.items.iter().map(|e| e.id).collect::<Vec<_>>(), [id]);
-    assert_eq!(layout(&client).await, (2, false));
+    assert_eq!(layout(&client).await, (3, false));
 }
 
 /// A layout-1 store holding an element its table found but layout 2 would
@@ -610,4 +616,305 @@ async fn tls_is_used_and_the_server_verified_when_asked() {
     let with = format!("{plain}?sslmode=require&sslrootcert={}", ca.display());
     let refused = PostgresStore::open(&with, PostgresOptions::default()).await;
     assert!(refused.is_err(), "a server without TLS was taken");
+}
+
+/// Opens a store as a kernel (`settle`: false) or a command does, whose
+/// watch for turns abandoned before their flush looks every `abandoned`.
+async fn open_with(url: &str, settle: bool, abandoned: Duration) -> Arc<PostgresStore> {
+    let options = PostgresOptions {
+        settle_reads: settle,
+        abandoned_after: abandoned,
+        ..PostgresOptions::default()
+    };
+    Arc::new(PostgresStore::open(url, options).await.expect("open"))
+}
+
+/// A log of three element creations, seqs 2 and 3 then marked as a writer
+/// leaves them when it dies after committing them without waiting for the
+/// flush, and before its own flush; returns the first record and the
+/// events appended.
+async fn with_a_pending_turn(url: &str) -> (agentic_core::EventEnvelope, Vec<NewEvent>) {
+    let writer = open(url).await;
+    let events: Vec<NewEvent> = (0..3).map(|n| new_event(0, n)).collect();
+    for event in &events {
+        writer
+            .append(vec![event.clone()], ExpectedVersion::Any)
+            .await
+            .expect("append");
+    }
+    let first = writer.read_from(1, 1).await.expect("read").remove(0);
+    drop(writer);
+    admin(url)
+        .await
+        .execute(
+            "INSERT INTO lion.flushes VALUES (gen_random_uuid(), 1, 3, 0)",
+            &[],
+        )
+        .await
+        .expect("pending turn");
+    (first, events)
+}
+
+/// The id of the element `event` creates.
+fn element_id(event: &NewEvent) -> Uuid {
+    match &event.event {
+        SystemEvent::ElementCreated { element } => element.id,
+        _ => unreachable!("an element's creation"),
+    }
+}
+
+/// The greatest head any flush recorded durable.
+async fn flushed(url: &str) -> i64 {
+    admin(url)
+        .await
+        .query_one("SELECT coalesce(max(flushed), 0) FROM lion.flushes", &[])
+        .await
+        .expect("flushed")
+        .get(0)
+}
+
+fn seqs(events: Vec<agentic_core::EventEnvelope>) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+/// A kernel that finds the head moved by another takes turns, committing
+/// without waiting for its flush while it holds the head lock, then
+/// flushing on its own: it answers only once that flush has committed. With
+/// its flush refused (a check on `lion.flushes`), its append fails and no
+/// reader sees the turn; once flushes pass again, the append sent again is
+/// found stored and answered, and every reader sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_taken_beside_another_kernel_is_answered_once_durable() {
+    let url = postgres_cluster::cluster().database("relaxed_turns").await;
+    let never = Duration::from_secs(3600);
+    let (a, b) = (open(&url).await, open(&url).await);
+    let reader = open_with(&url, true, never).await;
+    let client = admin(&url).await;
+    for (i, store) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let receipt = store
+            .append(vec![new_event(i, 0), new_event(i, 1)], ExpectedVersion::Any)
+            .await
+            .expect("append");
+        assert!(reader.head().await.expect("head").seq >= receipt.last_seq);
+    }
+    // `a` found the head moved by `b` on its second append: it takes turns,
+    // relaxed, from then on.
+    client
+        .batch_execute("ALTER TABLE lion.flushes ADD CONSTRAINT held CHECK (flushed < 9)")
+        .await
+        .expect("hold the flushes");
+    let third = vec![new_event(4, 0), new_event(4, 1)];
+    let refused = a.append(third.clone(), ExpectedVersion::Any).await;
+    assert!(refused.is_err(), "answered without its flush: {refused:?}");
+    let stored: i64 = client
+        .query_one("SELECT count(*) FROM lion.events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored, 10, "the turn itself committed");
+    assert_eq!(
+        reader.head().await.expect("head").seq,
+        8,
+        "but no reader sees it"
+    );
+    assert_eq!(
+        seqs(reader.read_from(9, 10).await.expect("read")),
+        [0u64; 0]
+    );
+    // Sent again while flushes are still refused: found stored, but not
+    // answered as stored, since it is not durable.
+    let again = a.append(third.clone(), ExpectedVersion::Any).await;
+    assert!(
+        again.is_err(),
+        "answered as stored without a flush: {again:?}"
+    );
+    client
+        .batch_execute("ALTER TABLE lion.flushes DROP CONSTRAINT held")
+        .await
+        .expect("let the flushes through");
+    let receipt = a.append(third, ExpectedVersion::Any).await.expect("again");
+    assert_eq!((receipt.first_seq, receipt.deduplicated), (9, true));
+    assert!(flushed(&url).await >= 10);
+    assert_eq!(reader.head().await.expect("head").seq, 10);
+    assert_eq!(verified_ids(reader.as_ref()).await.len(), 10);
+}
+
+/// A turn visible in the database but not known durable is hidden from the
+/// log's readers (the head, reads by seq); a kernel reads projections past
+/// it without flushing; a command's read of a stream or a projection that
+/// saw it makes it durable before answering, after which the log reads on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_not_known_durable_is_hidden_from_readers_until_flushed() {
+    let url = postgres_cluster::cluster().database("pending_turn").await;
+    let (first, events) = with_a_pending_turn(&url).await;
+    let ids: Vec<Uuid> = events.iter().map(element_id).collect();
+    let never = Duration::from_secs(3600);
+    let kernel = open_with(&url, false, never).await;
+    assert_eq!(
+        kernel.element(ids[2]).await.expect("read").map(|e| e.id),
+        Some(ids[2])
+    );
+    assert_eq!(
+        seqs(kernel.read_from(2, 10).await.expect("read")),
+        [0u64; 0]
+    );
+    assert_eq!(flushed(&url).await, 0, "a kernel's read flushes nothing");
+    let command = open_with(&url, true, never).await;
+    let head = command.head().await.expect("head");
+    assert_eq!((head.seq, head.hash), (1, first.hash), "the durable head");
+    assert_eq!(seqs(command.read_from(1, 10).await.expect("read")), [1]);
+    assert_eq!(
+        seqs(command.read_from(2, 10).await.expect("read")),
+        [0u64; 0]
+    );
+    // The stream's read saw seq 3: it is made durable before the answer.
+    let stream = format!("element:{}", ids[2]);
+    assert_eq!(
+        seqs(command.read_stream(&stream, 1, 10).await.expect("read")),
+        [3]
+    );
+    assert_eq!(flushed(&url).await, 3);
+    assert_eq!(seqs(command.read_from(2, 10).await.expect("read")), [2, 3]);
+    assert_eq!(command.head().await.expect("head").seq, 3);
+    assert_eq!(seqs(kernel.read_from(2, 10).await.expect("read")), [2, 3]);
+}
+
+/// A turn whose writer died before its flush is flushed for by an open
+/// store that finds it still pending a while later: a follower of the log
+/// gets it with nothing else committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_abandoned_before_its_flush_reaches_followers() {
+    let url = postgres_cluster::cluster().database("abandoned_turn").await;
+    with_a_pending_turn(&url).await;
+    let kernel = open_with(&url, false, Duration::from_millis(50)).await;
+    let mut log = kernel.clone().subscribe(2);
+    let next = tokio::time::timeout(GUARD, log.next())
+        .await
+        .expect("the abandoned turn reaches the follower")
+        .expect("read");
+    assert_eq!(next.seq, 2);
+    assert!(flushed(&url).await >= 3);
+}
+
+/// A follower told of commits past a turn still pending (a commit that
+/// waited for its flush, after a turn whose writer has not flushed) makes
+/// the log durable up to them and reads on. Its listener is known to
+/// listen before the turn is marked pending, so it learns of the commits by
+/// notification, not from the durable head it reads when it connects; no
+/// store here looks for abandoned turns, so only the follower's own read
+/// can flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_told_of_commits_past_a_pending_turn_flushes_and_reads_on() {
+    let url = postgres_cluster::cluster().database("told_past").await;
+    let never = Duration::from_secs(3600);
+    let follower = open_with(&url, false, never).await;
+    let writer = open_with(&url, false, never).await;
+    for n in 0..3 {
+        writer
+            .append(vec![new_event(0, n)], ExpectedVersion::Any)
+            .await
+            .expect("append");
+        tokio::time::timeout(GUARD, follower.wait_for_events(n as u64))
+            .await
+            .expect("the follower's listener hears of it")
+            .expect("wait");
+    }
+    admin(&url)
+        .await
+        .execute(
+            "INSERT INTO lion.flushes VALUES (gen_random_uuid(), 1, 3, 0)",
+            &[],
+        )
+        .await
+        .expect("pending turn");
+    assert_eq!(follower.head().await.expect("head").seq, 1);
+    let mut log = follower.clone().subscribe(2);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let next = tokio::time::timeout(GUARD, log.next())
+            .await
+            .expect("the follower reads on")
+            .expect("read");
+        got.push(next.seq);
+    }
+    assert_eq!(got, [2, 3]);
+    assert!(flushed(&url).await >= 3);
+}
+
+/// An append sent again whose events a pending turn holds is answered as
+/// stored only once that turn is durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_found_in_a_pending_turn_is_answered_once_durable() {
+    let url = postgres_cluster::cluster().database("retry_pending").await;
+    let (_, events) = with_a_pending_turn(&url).await;
+    let never = Duration::from_secs(3600);
+    let store = open_with(&url, false, never).await;
+    let receipt = store
+        .append(vec![events[2].clone()], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    assert_eq!((receipt.first_seq, receipt.deduplicated), (3, true));
+    assert!(flushed(&url).await >= 3, "flushed before the answer");
+}
+
+/// The durable frontier never falls below the greatest head a flush
+/// recorded, even where a pending row starts before it (a writer whose own
+/// flush failed keeps its previous turn's start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_durable_frontier_is_never_below_a_flushed_head() {
+    let url = postgres_cluster::cluster().database("frontier_floor").await;
+    with_a_pending_turn(&url).await;
+    admin(&url)
+        .await
+        .execute(
+            "INSERT INTO lion.flushes VALUES (gen_random_uuid(), 0, 0, 2)",
+            &[],
+        )
+        .await
+        .expect("a flushed head");
+    let never = Duration::from_secs(3600);
+    let reader = open_with(&url, false, never).await;
+    assert_eq!(reader.head().await.expect("head").seq, 2);
+    assert_eq!(seqs(reader.read_from(1, 10).await.expect("read")), [1, 2]);
+}
+
+/// An append refused on what a pending turn holds (here, an element that
+/// turn created, created again) is answered once that turn is durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_resting_on_a_pending_turn_is_answered_once_durable() {
+    let url = postgres_cluster::cluster()
+        .database("refusal_pending")
+        .await;
+    let (_, events) = with_a_pending_turn(&url).await;
+    let never = Duration::from_secs(3600);
+    let store = open_with(&url, false, never).await;
+    let mut again = events[2].clone();
+    again.event_id = Uuid::now_v7();
+    let refused = store.append(vec![again], ExpectedVersion::Any).await;
+    assert!(
+        matches!(refused, Err(StoreError::Rejected(_))),
+        "{refused:?}"
+    );
+    assert!(flushed(&url).await >= 3, "flushed before the answer");
+}
+
+/// A store of layout 2 (no `lion.flushes`) opens as layout 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_2_store_is_moved_to_layout_3() {
+    let url = postgres_cluster::cluster().database("layout_2").await;
+    let store = open(&url).await;
+    store
+        .append(vec![new_event(0, 0)], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    drop(store);
+    let client = admin(&url).await;
+    client
+        .batch_execute("DROP TABLE lion.flushes; UPDATE lion.store SET schema_version = 2")
+        .await
+        .expect("layout 2");
+    let store = open(&url).await;
+    assert_eq!(layout(&client).await, (3, false));
+    assert_eq!(store.head().await.expect("head").seq, 1);
+    assert_eq!(flushed(&url).await, 0, "the table is there, and empty");
 }

@@ -11,7 +11,7 @@ use super::PostgresStore;
 #[async_trait]
 impl BlobStore for PostgresStore {
     async fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        self.read(async |c| {
+        self.query(async |c| {
             c.execute(
                 "INSERT INTO lion.blobs (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 &[&sha256, &bytes],
@@ -23,7 +23,7 @@ impl BlobStore for PostgresStore {
     }
 
     async fn has_blob(&self, sha256: &str) -> Result<bool, StoreError> {
-        self.read(async |c| {
+        self.query(async |c| {
             let row = c
                 .query_one(
                     "SELECT EXISTS (SELECT 1 FROM lion.blobs WHERE sha256 = $1)",

@@ -31,7 +31,7 @@ impl KernelRegistry for PostgresStore {
     async fn join(&self, kernel: &KernelJoin) -> Result<(), StoreError> {
         let lease = i64::try_from(kernel.lease.as_millis()).unwrap_or(i64::MAX);
         let pid = i32::try_from(kernel.pid).unwrap_or(i32::MAX);
-        self.read(async |c| {
+        self.query(async |c| {
             c.execute(
                 &format!(
                     "DELETE FROM lion.kernels WHERE state <> 'alive' \
@@ -51,7 +51,7 @@ impl KernelRegistry for PostgresStore {
     }
 
     async fn renew(&self, id: Uuid) -> Result<bool, StoreError> {
-        self.read(async |c| {
+        self.query(async |c| {
             let renewed = c
                 .execute(
                     &format!(
@@ -75,7 +75,7 @@ impl KernelRegistry for PostgresStore {
     }
 
     async fn expire_overdue(&self) -> Result<Vec<Uuid>, StoreError> {
-        self.read(async |c| {
+        self.query(async |c| {
             let rows = c
                 .query(
                     &format!(
@@ -91,7 +91,7 @@ impl KernelRegistry for PostgresStore {
     }
 
     async fn alive(&self) -> Result<HashSet<Uuid>, StoreError> {
-        self.read(async |c| {
+        self.query(async |c| {
             let rows = c
                 .query(
                     &format!("SELECT id FROM lion.kernels WHERE state = 'alive' AND {HOLDS}"),
@@ -104,7 +104,7 @@ impl KernelRegistry for PostgresStore {
     }
 
     async fn leave(&self, id: Uuid) -> Result<(), StoreError> {
-        self.read(async |c| {
+        self.query(async |c| {
             c.execute(
                 "UPDATE lion.kernels SET state = 'stopped' WHERE id = $1 AND state = 'alive'",
                 &[&id],
@@ -116,7 +116,7 @@ impl KernelRegistry for PostgresStore {
     }
 
     async fn kernels(&self) -> Result<Vec<KernelInfo>, StoreError> {
-        self.read(async |c| {
+        self.query(async |c| {
             let rows = c
                 .query(
                     &format!(

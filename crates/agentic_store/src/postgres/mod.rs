@@ -10,6 +10,10 @@
 //!   never forks. Sequence numbers are therefore gapless *and* in commit
 //!   order: a reader following the log never skips an event that committed
 //!   late, and never waits on a guess.
+//! - [`durable`] says which commits are durable: while kernels take turns
+//!   on the head, each commits without waiting for its flush and answers
+//!   after a flush of its own; the log's readers stop at the durable
+//!   frontier, and commands' reads wait until what they saw is durable.
 //! - [`projection`] updates the projections in the append's transaction,
 //!   through the kernel's own reducer, loading only the rows a group touches.
 //! - [`reads`] are the point and paged reads, from a bounded pool.
@@ -37,6 +41,7 @@ macro_rules! element_creations {
 
 mod blobs;
 mod connect;
+mod durable;
 mod kernels;
 mod notify;
 mod projection;
@@ -96,6 +101,20 @@ pub struct PostgresOptions {
     /// Append requests that may wait for the writer before appenders are
     /// slowed down (backpressure).
     pub writer_queue: usize,
+    /// Whether a read of the projections or of a stream is answered only
+    /// once what it saw is durable (see the `durable` module): for commands,
+    /// which show what they read. A kernel's own reads need not wait: it
+    /// acts on what it read through appends, which commit after it, so
+    /// their flush makes it durable first (what the API it serves shows
+    /// from the projections may then run one flush ahead: see
+    /// docs/shared-store.md). Reads of the log by seq and its head never
+    /// show a commit before it is durable, either way.
+    pub settle_reads: bool,
+    /// How often an open store looks for a turn committed without waiting
+    /// for its flush that is still not known durable (its writer died, or
+    /// its flush failed): found pending at two looks in a row, it is
+    /// flushed for, which makes it visible to the log's readers.
+    pub abandoned_after: Duration,
 }
 
 impl Default for PostgresOptions {
@@ -109,6 +128,8 @@ impl Default for PostgresOptions {
             reconnect_for: Duration::from_secs(30),
             max_events_per_commit: 8192,
             writer_queue: 4096,
+            settle_reads: true,
+            abandoned_after: Duration::from_secs(1),
         }
     }
 }
@@ -130,6 +151,15 @@ pub struct PostgresStore {
     live: broadcast::Sender<Relayed>,
     /// Signs the live events this store relays (see [`notify`]).
     relay_key: ring::hmac::Key,
+    /// Makes durable what a read saw before it is answered (see
+    /// [`durable`]).
+    flusher: Arc<durable::Flusher>,
+    /// Flushes for writers that died before their flush
+    /// ([`durable::clear_abandoned`]).
+    abandoned: tokio::task::JoinHandle<()>,
+    /// Whether reads of the projections wait for that
+    /// ([`PostgresOptions::settle_reads`]).
+    settle_reads: bool,
 }
 
 /// Relayed live events a slow receiver may fall behind by before it
@@ -139,6 +169,7 @@ const LIVE_BUFFER: usize = 1024;
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.listener.abort();
+        self.abandoned.abort();
     }
 }
 
@@ -158,6 +189,7 @@ impl PostgresStore {
             .map_err(|e| err(e.into()))?;
         let driver = tokio::spawn(connection);
         let opened = schema::initialise(&mut setup).await.map_err(err)?;
+        durable::forget_settled(&setup).await;
         let store_id = opened.store_id;
         let relay_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &opened.relay_key);
         let head = reads::head(&setup).await.map_err(err)?;
@@ -168,6 +200,7 @@ impl PostgresStore {
         let (committed_tx, committed) = watch::channel(head.seq);
         let committed_tx = Arc::new(committed_tx);
         let live = broadcast::channel(LIVE_BUFFER).0;
+        let flusher = Arc::new(durable::Flusher::new(Uuid::now_v7()));
         let listener = tokio::spawn(notify::listen(
             (config.clone(), tls),
             location.clone(),
@@ -184,8 +217,15 @@ impl PostgresStore {
             reconnect_for: options.reconnect_for,
             stats: stats.clone(),
             turns: Default::default(),
+            id: Uuid::now_v7(),
+            unflushed: Default::default(),
         };
         tokio::spawn(writer.run(rx));
+        let abandoned = tokio::spawn(durable::clear_abandoned(
+            pool.clone(),
+            flusher.clone(),
+            options.abandoned_after.max(Duration::from_millis(10)),
+        ));
         Ok(Self {
             location,
             store_id,
@@ -196,6 +236,9 @@ impl PostgresStore {
             listener,
             live,
             relay_key,
+            flusher,
+            abandoned,
+            settle_reads: options.settle_reads,
         })
     }
 
@@ -242,8 +285,8 @@ impl PostgresStore {
             .map_err(|e| PgError::from(e).into_store(&self.location))
     }
 
-    /// Runs a read on a pooled connection, mapping its errors.
-    async fn read<T>(
+    /// Runs `f` on a pooled connection, mapping its errors.
+    async fn query<T>(
         &self,
         f: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, PgError>,
     ) -> Result<T, StoreError> {
@@ -251,6 +294,23 @@ impl PostgresStore {
         f(&mut client)
             .await
             .map_err(|e| e.into_store(&self.location))
+    }
+
+    /// Runs a read of projections on a pooled connection, and answers it
+    /// once what it saw is durable, if the store settles its reads (see
+    /// [`durable`]).
+    async fn read<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, PgError>,
+    ) -> Result<T, StoreError> {
+        self.query(async |c| {
+            let value = f(c).await?;
+            if self.settle_reads {
+                self.flusher.settle(c, &self.committed).await?;
+            }
+            Ok(value)
+        })
+        .await
     }
 }
 
@@ -272,7 +332,21 @@ impl EventStore for PostgresStore {
             })
             .await
             .map_err(|_| StoreError::Closed)?;
-        receipt.await.map_err(|_| StoreError::Closed)?
+        let answer = receipt.await.map_err(|_| StoreError::Closed)?;
+        if let Err(
+            StoreError::WrongExpectedVersion { .. }
+            | StoreError::PartialDuplicate(_)
+            | StoreError::Rejected(_),
+        ) = &answer
+        {
+            // A refusal rests on what the writer read, which may be a turn
+            // not yet durable: the caller (who may act on it, as a kernel
+            // rereading a workflow run does) hears of it once that is,
+            // and the writer goes on meanwhile (see [`durable`]).
+            self.query(async |c| self.flusher.settle(c, &self.committed).await)
+                .await?;
+        }
+        answer
     }
 
     async fn import(&self, records: Vec<EventEnvelope>) -> Result<ChainHead, StoreError> {
@@ -304,9 +378,31 @@ impl EventStore for PostgresStore {
         Ok(head)
     }
 
+    /// Reads up to the durable frontier (see [`durable`]). Finding nothing
+    /// there, though a commit at `from` or beyond was announced (one that
+    /// waited for its flush, after a relaxed one whose flush is not
+    /// recorded), makes the log durable up to the head and reads again;
+    /// finding nothing still is a corrupt store (announced heads are
+    /// durable, and the frontier never falls below one).
     async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
-        self.read(async |c| reads::events_from(c, from, limit).await)
-            .await
+        self.query(async |c| {
+            let events = reads::events_from(c, from, limit).await?;
+            let announced = *self.committed.borrow();
+            if !events.is_empty() || limit == 0 || announced < from.max(1) {
+                return Ok(events);
+            }
+            self.flusher.flush(c, announced).await?;
+            let events = reads::events_from(c, from, limit).await?;
+            if events.is_empty() {
+                // Announced values are heads some flush recorded durable.
+                return Err(PgError::Corrupt(format!(
+                    "the log was announced durable up to seq {announced}, \
+                     but holds nothing from seq {from} up to there"
+                )));
+            }
+            Ok(events)
+        })
+        .await
     }
 
     async fn read_stream(
@@ -320,7 +416,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn head(&self) -> Result<ChainHead, StoreError> {
-        self.read(async |c| {
+        self.query(async |c| {
             let client: &tokio_postgres::Client = c;
             reads::head(client).await
         })
@@ -434,7 +530,7 @@ impl LiveRelay for PostgresStore {
     /// kernels through the log once committed, if it is committed).
     async fn send(&self, from: Uuid, events: &[SystemEvent]) -> Result<(), StoreError> {
         for payload in notify::payloads(&self.relay_key, from, events) {
-            self.read(async |c| {
+            self.query(async |c| {
                 let stmt = c.prepare_cached(RELAY_LIVE).await?;
                 c.execute(&stmt, &[&notify::LIVE_CHANNEL, &payload]).await?;
                 Ok(())

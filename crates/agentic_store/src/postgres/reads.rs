@@ -20,6 +20,7 @@ use tokio_postgres::{GenericClient, IsolationLevel, Row};
 use uuid::Uuid;
 
 use super::PgError;
+use super::durable::frontier;
 use super::projection::parse;
 use super::writer::head_of;
 
@@ -27,18 +28,31 @@ use super::writer::head_of;
 const EVENT_COLUMNS: &str = "seq, event_id, stream, stream_version, recorded_at, correlation_id, \
      causation_id, schema_version, payload, prev_hash, hash";
 
-/// The newest committed record.
+/// The newest durable record: the head, or the durable frontier behind it
+/// (see the `durable` module).
+const DURABLE_HEAD: &str = concat!(
+    "SELECT CASE WHEN d.cap < s.head_seq THEN d.cap ELSE s.head_seq END, \
+     CASE WHEN d.cap >= s.head_seq THEN s.head_hash WHEN d.cap = 0 THEN decode(repeat('00', 32), 'hex') \
+     ELSE (SELECT e.hash FROM lion.events e WHERE e.seq = d.cap) END \
+     FROM lion.store s, (SELECT ",
+    frontier!(),
+    " AS cap) d WHERE s.id = 1"
+);
+
+/// The newest durable record (see the `durable` module).
 pub(super) async fn head(client: &impl GenericClient) -> Result<ChainHead, PgError> {
-    let row = client
-        .query_one(
-            "SELECT head_seq, head_hash FROM lion.store WHERE id = 1",
-            &[],
-        )
-        .await?;
-    head_of(row.get(0), row.get(1))
+    let row = client.query_one(DURABLE_HEAD, &[]).await?;
+    let seq: i64 = row.get(0);
+    let hash: Option<Vec<u8>> = row.get(1);
+    let hash = hash.ok_or_else(|| {
+        PgError::Corrupt(format!(
+            "the log has no record {seq}, where it is durable up to"
+        ))
+    })?;
+    head_of(seq, hash)
 }
 
-/// Up to `limit` events from `from` on.
+/// Up to `limit` durable events from `from` on.
 pub(super) async fn events_from(
     client: &Object,
     from: u64,
@@ -49,7 +63,9 @@ pub(super) async fn events_from(
     }
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM lion.events WHERE seq >= $1 ORDER BY seq LIMIT $2"
+            "SELECT {EVENT_COLUMNS} FROM lion.events WHERE seq >= $1 AND seq <= {} \
+             ORDER BY seq LIMIT $2",
+            frontier!()
         ))
         .await?;
     let rows = client
@@ -58,7 +74,9 @@ pub(super) async fn events_from(
     rows.iter().map(envelope).collect()
 }
 
-/// Up to `limit` events of `stream` from version `from` on.
+/// Up to `limit` events of `stream` from version `from` on (not stopped at
+/// the durable frontier: a stream's reader compares versions with what
+/// appends find, so its read is settled as the projections' are).
 pub(super) async fn stream(
     client: &Object,
     stream: &str,

@@ -11,7 +11,7 @@
 //! serialising appends across kernels in commit order (see the `writer`
 //! module). `lion.kernels`
 //! holds the kernels sharing the log and their leases (the `kernels`
-//! module); `lion.blobs` plugin components by their hash (`blobs`);
+//! module); `lion.flushes` which committed events are durable (`durable`); `lion.blobs` plugin components by their hash (`blobs`);
 //! `lion.workflows` the projection of workflow runs;
 //! `lion.secrets` the key that signs live events relayed between kernels.
 
@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::PgError;
 
 /// The layout version this lion reads and writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Moves the head from where a writer expects it, locking it until the
 /// transaction ends, and wakes the readers; fails with SQLSTATE `LN001`
@@ -68,6 +68,23 @@ SELECT (SELECT count(*) FROM lion.elements el LEFT JOIN lion.events e ON e.seq =
      + (SELECT count(*) FROM lion.events e
         WHERE e.stream_version = 1 AND e.stream LIKE 'element:%'
         AND NOT EXISTS (SELECT FROM lion.elements el WHERE el.seq = e.seq))";
+
+/// Which committed events are durable (part of layout 3; see the
+/// `durable` module): a row per store instance that committed a turn
+/// without waiting for its flush, or flushed for its readers.
+const FLUSHES: &str = "
+CREATE TABLE lion.flushes (
+    writer   uuid   PRIMARY KEY, -- a store instance's writer, or its readers
+    from_seq bigint NOT NULL,    -- the head before its newest relaxed commit
+    turn     bigint NOT NULL,    -- the head after it
+    flushed  bigint NOT NULL     -- a head it made sure was durable
+);
+";
+
+/// Moves a layout-2 store to layout 3 (with [`FLUSHES`]): a lion that
+/// does not read `lion.flushes` could show other readers commits that are
+/// not yet durable, so the version moves with it.
+const LAYOUT_2_TO_3: &str = "UPDATE lion.store SET schema_version = 3 WHERE id = 1;";
 
 /// Advisory lock key held while the schema is created: openers of a new
 /// database take turns (the number spells "lion" in ASCII).
@@ -214,6 +231,22 @@ async fn layout_1_to_2(tx: &tokio_postgres::Transaction<'_>) -> Result<(), PgErr
     })
 }
 
+/// Moves a layout-2 store to layout 3 inside `tx`.
+async fn layout_2_to_3(tx: &tokio_postgres::Transaction<'_>) -> Result<(), PgError> {
+    let moved = async {
+        tx.batch_execute(FLUSHES).await?;
+        tx.batch_execute(LAYOUT_2_TO_3).await
+    };
+    moved.await.map_err(|e| match e.code() {
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => PgError::NotAStore(
+            "it has layout 2, which this lion moves to layout 3 when a role that may create \
+             in schema lion opens it; this role may not"
+                .into(),
+        ),
+        _ => PgError::Db(e),
+    })
+}
+
 /// Creates the layout in a database that has none, or checks the one it
 /// has; returns the store's id and shared keys.
 pub(super) async fn initialise(client: &mut Client) -> Result<Opened, PgError> {
@@ -246,6 +279,7 @@ pub(super) async fn initialise(client: &mut Client) -> Result<Opened, PgError> {
         tx.batch_execute(LAYOUT).await?;
         tx.batch_execute(ELEMENT_INDEX).await?;
         tx.batch_execute(MOVE_HEAD_FUNCTION).await?;
+        tx.batch_execute(FLUSHES).await?;
         tx.execute(
             "INSERT INTO lion.store (id, schema_version, store_id, head_seq, head_hash) \
              VALUES (1, $1, $2, 0, $3)",
@@ -264,6 +298,10 @@ pub(super) async fn initialise(client: &mut Client) -> Result<Opened, PgError> {
     if version == 1 {
         layout_1_to_2(&tx).await?;
         version = 2;
+    }
+    if version == 2 {
+        layout_2_to_3(&tx).await?;
+        version = 3;
     }
     if version != SCHEMA_VERSION {
         return Err(PgError::NotAStore(format!(

@@ -39,7 +39,10 @@
 //! - While other kernels append too, a commit takes the head lock before
 //!   it reads anything (`SELECT … FOR UPDATE`, one round trip) and adds to
 //!   its group what arrived while it waited its turn; then reads, admits,
-//!   and writes with `COMMIT` in one more round trip.
+//!   and writes with `COMMIT` in one more round trip — a relaxed commit,
+//!   which releases the lock before its flush, followed in the same round
+//!   trip by a flush of the writer's own that the answers wait for (the
+//!   `durable` module).
 //! - After a failure, the same under the lock, with nothing guessed
 //!   ([`Probe::Careful`]); imports always lock first, and read their event
 //!   ids (not the streams their element creations open, until a failure).
@@ -54,7 +57,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentic_core::store::CommitCounters;
 use std::time::{Duration, Instant};
@@ -71,6 +74,7 @@ use tokio_postgres::Statement;
 use uuid::Uuid;
 
 use super::PgError;
+use super::durable;
 use super::projection::Overlay;
 use super::reads::position;
 
@@ -105,6 +109,12 @@ pub(super) struct Writer {
     pub stats: Arc<CommitCounters>,
     /// Whether other kernels take turns on the head with it.
     pub turns: Turns,
+    /// Its row in `lion.flushes` (see the `durable` module).
+    pub id: Uuid,
+    /// A relaxed commit of this writer may have gone through without the
+    /// flush that makes it durable: the next locked commit flushes behind
+    /// it, and the writer flushes before it waits for its next group.
+    pub unflushed: AtomicBool,
 }
 
 /// Reads the log's head and locks it until the transaction ends: a row
@@ -133,6 +143,14 @@ impl Writer {
         // commit the usual way, oldest first, a commit's worth at a time.
         let mut carried: std::collections::VecDeque<Request> = Default::default();
         loop {
+            if self.unflushed.load(Ordering::Relaxed) {
+                // A relaxed commit's flush failed and its group was
+                // answered with the failure: settle it before going on,
+                // so readers need not (a failure here is met again).
+                if let Ok(client) = self.pool.get().await {
+                    let _ = self.flush_unflushed(&client).await;
+                }
+            }
             let fresh = carried.is_empty();
             let mut group = Vec::new();
             if fresh {
@@ -213,6 +231,16 @@ impl Writer {
             }
             Err(e) => self.commit(group, e, Probe::Guess).await,
         }
+    }
+
+    /// Flushes behind this writer's relaxed commits, if one may have gone
+    /// through without its flush.
+    async fn flush_unflushed(&self, client: &ClientWrapper) -> Result<(), PgError> {
+        if self.unflushed.load(Ordering::Relaxed) {
+            durable::flush(client, self.id).await?;
+            self.unflushed.store(false, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Tells this store's readers of a commit.
@@ -311,6 +339,9 @@ impl Writer {
             head,
             move_head,
             move_head_from,
+            move_head_relaxed: client.prepare_cached(durable::MOVE_HEAD_RELAXED).await?,
+            flush: client.prepare_cached(durable::FLUSH).await?,
+            announce: client.prepare_cached(durable::ANNOUNCE).await?,
         };
         let result = self
             .commit_on(&client, group, late, probe, &statements)
@@ -336,6 +367,9 @@ impl Writer {
             head,
             move_head,
             move_head_from,
+            move_head_relaxed,
+            flush: flush_stmt,
+            announce,
         } = statements;
         // A writer that committed the head last, as far as it knows, admits
         // its group against that head with no lock and no transaction yet:
@@ -442,7 +476,20 @@ impl Writer {
             if guessed.is_none() {
                 client.batch_execute("ROLLBACK").await?;
             }
-            return Ok((outcomes, head));
+            // An append found stored may be in a relaxed commit (this
+            // writer's, whose flush failed, or another kernel's) not yet
+            // durable: it is not acknowledged, nor the head published,
+            // until it is. Refusals are answered at once, and the refused
+            // caller waits for durability itself (see the `durable`
+            // module): under contention most groups that write nothing are
+            // claims another kernel won, and a flush each here would slow
+            // the losers' writers down until they lost every race.
+            if outcomes.iter().any(Result::is_ok) {
+                durable::flush_if_pending(client, self.id).await?;
+                self.unflushed.store(false, Ordering::Relaxed);
+                return Ok((outcomes, head));
+            }
+            return Ok((outcomes, self.turns.last().unwrap_or(ChainHead::EMPTY)));
         }
         // If a write fails, the server answers the COMMIT behind it with a
         // rollback; the write's error is what this returns.
@@ -480,21 +527,61 @@ impl Writer {
                     async { client.batch_execute("COMMIT").await.map_err(PgError::from) },
                 )?;
             }
-            // The head is locked: the writes, its move, the COMMIT.
+            // The head is locked: the writes, its move, the COMMIT —
+            // relaxed while other kernels take turns, and then a flush
+            // behind it (see the `durable` module).
             None => {
                 let insert = client.prepare_cached(INSERT_EVENTS).await?;
                 let (seq, hash) = (position(head.seq), head.hash.0.to_vec());
+                let relaxed = self.turns.others_append.load(Ordering::Relaxed);
+                let flush = relaxed || self.unflushed.load(Ordering::Relaxed);
+                if relaxed {
+                    // Set before it is sent: its commit may go through
+                    // with its answer lost.
+                    self.unflushed.store(true, Ordering::Relaxed);
+                }
+                let from_seq = position(found.seq);
                 tokio::try_join!(
+                    async {
+                        if relaxed {
+                            client
+                                .batch_execute("SET LOCAL synchronous_commit = off")
+                                .await?;
+                        }
+                        Ok::<_, PgError>(())
+                    },
                     insert_events(client, &insert, &rows, None),
                     writes.send(client),
                     async {
-                        client
-                            .execute(move_head, &[&seq, &hash])
-                            .await
-                            .map_err(PgError::from)
+                        let moved = match relaxed {
+                            true => {
+                                client
+                                    .execute(move_head_relaxed, &[&seq, &hash, &self.id, &from_seq])
+                                    .await
+                            }
+                            false => client.execute(move_head, &[&seq, &hash]).await,
+                        };
+                        moved.map_err(PgError::from)
                     },
                     async { client.batch_execute("COMMIT").await.map_err(PgError::from) },
+                    async {
+                        if flush {
+                            client.query_one(flush_stmt, &[&self.id]).await?;
+                        }
+                        Ok::<_, PgError>(())
+                    },
+                    async {
+                        // Behind the flush: what the writer's row says is
+                        // durable, whatever became of the turn and the flush.
+                        if flush {
+                            client.execute(announce, &[&self.id]).await?;
+                        }
+                        Ok::<_, PgError>(())
+                    },
                 )?;
+                if flush {
+                    self.unflushed.store(false, Ordering::Relaxed);
+                }
             }
         }
         self.turns.committed(head);
@@ -545,8 +632,13 @@ impl Turns {
     fn guess(&self) -> Option<ChainHead> {
         match self.others_append.load(Ordering::Relaxed) {
             true => None,
-            false => *self.last.lock().unwrap_or_else(|e| e.into_inner()),
+            false => self.last(),
         }
+    }
+
+    /// The head this writer's last commit left, if it committed.
+    fn last(&self) -> Option<ChainHead> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Notes the head this writer's commit left.
@@ -563,6 +655,12 @@ struct Statements {
     move_head: Statement,
     /// Moves the head from where it is expected ([`MOVE_HEAD_FROM`]).
     move_head_from: Statement,
+    /// Moves the head in a relaxed commit ([`durable::MOVE_HEAD_RELAXED`]).
+    move_head_relaxed: Statement,
+    /// Makes the relaxed commits before it durable ([`durable::FLUSH`]).
+    flush: Statement,
+    /// Wakes readers once they are ([`durable::ANNOUNCE`]).
+    announce: Statement,
 }
 
 /// What checking and applying one request updates.

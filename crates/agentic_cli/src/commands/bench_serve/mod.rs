@@ -85,7 +85,7 @@ pub async fn run(ctx: Ctx, opts: ServeBench) -> Result<()> {
 
 /// Runs every measurement on a scratch home at `home_dir` and reports.
 async fn measure(ctx: Ctx, quick: bool, plan: &Plan, home_dir: &std::path::Path) -> Result<()> {
-    let store = home::open(home_dir, &home::StoreAt::Home).await?;
+    let store = home::open(home_dir, &home::StoreAt::Home, true).await?;
     errln!("bench: starting lion's stack and the bare baselines…");
     let lion = Lion::start(home_dir, store.clone(), ctx).await?;
     let http = reqwest::Client::new();

@@ -31,6 +31,7 @@ use super::{
     Admission, INSERT_EVENTS_MOVING_HEAD, Request, Writer, admit, insert_events, retries_found,
 };
 use crate::postgres::PgError;
+use crate::postgres::durable;
 use crate::postgres::projection::Overlay;
 
 /// True for a request whose admission reads nothing: it creates elements
@@ -154,7 +155,7 @@ impl Writer {
             current.admit(request);
         }
         let mut left = Vec::new();
-        let mut in_flight = match send(&client, &insert, &mut current).await {
+        let mut in_flight = match send(&client, &insert, &mut current, self.id).await {
             Ok(statement) => statement,
             Err(error) => return self.hand_back(&error, current, None, left),
         };
@@ -169,7 +170,7 @@ impl Writer {
             let pipelined = !ahead.group.is_empty() && ahead.outcomes.iter().all(Result::is_ok);
             let mut next = None;
             if pipelined {
-                match send(&client, &insert, &mut ahead).await {
+                match send(&client, &insert, &mut ahead, self.id).await {
                     Ok(statement) => next = Some(statement),
                     Err(error) => {
                         // The group in flight is answered as it ends.
@@ -201,7 +202,7 @@ impl Writer {
                     if ahead.group.is_empty() {
                         return left;
                     }
-                    match send(&client, &insert, &mut ahead).await {
+                    match send(&client, &insert, &mut ahead, self.id).await {
                         Ok(statement) => statement,
                         Err(error) => return self.hand_back(&error, ahead, None, left),
                     }
@@ -269,17 +270,23 @@ impl Writer {
 type InFlight<'a> = Pin<Box<dyn Future<Output = Result<(), PgError>> + Send + 'a>>;
 
 /// Sends `group`'s statement, moving the head from `group.from`, and
-/// returns it in flight (nothing to send for a group with no records to
-/// write). A group with refused requests first reads whether they are
-/// retries of stored ones ([`retries_found`]).
+/// returns it in flight. A group with refused requests first reads whether
+/// they are retries of stored ones ([`retries_found`]); one with no records
+/// to write sends nothing but, when it answers retries found stored and a
+/// turn is pending, a flush (for the writer's row `id`): what it found may
+/// be a turn not yet durable (see the `durable` module).
 async fn send<'a>(
     client: &'a ClientWrapper,
     insert: &'a Statement,
     group: &mut Admitted,
+    id: uuid::Uuid,
 ) -> Result<InFlight<'a>, PgError> {
     let requests: Vec<&Request> = group.group.iter().collect();
     retries_found(client, &requests, &mut group.outcomes).await?;
     if group.rows.is_empty() {
+        if group.outcomes.iter().any(Result::is_ok) {
+            return Ok(Box::pin(durable::flush_if_pending(client, id)));
+        }
         return Ok(Box::pin(std::future::ready(Ok(()))));
     }
     let rows = Arc::new(std::mem::take(&mut group.rows));
