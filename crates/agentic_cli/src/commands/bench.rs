@@ -120,6 +120,49 @@ fn placement(p: &Placement) -> String {
     }
 }
 
+/// The disk's flush state while a durable-write bench ran: the targets are
+/// set for the slow state, so only a run wholly in it is evidence for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Regime {
+    /// Slow throughout (each bench says what it checks).
+    Slow,
+    /// Fast throughout.
+    Fast,
+    /// Neither: the disk changed state during the run.
+    Changed,
+}
+
+impl Regime {
+    /// The regime of a run whose flush probes before and after it took
+    /// `before_ms` and `after_ms`.
+    pub(crate) fn of_probes(before_ms: f64, after_ms: f64) -> Self {
+        let slow = |ms: f64| ms >= bench::SLOW_FLUSH_MS;
+        match (slow(before_ms), slow(after_ms)) {
+            (true, true) => Self::Slow,
+            (false, false) => Self::Fast,
+            _ => Self::Changed,
+        }
+    }
+
+    /// Its name, as the header and the JSON give it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Slow => "slow",
+            Self::Fast => "fast",
+            Self::Changed => "changed",
+        }
+    }
+
+    /// Why a run in this regime is no evidence for the targets, if it is not.
+    pub(crate) fn why_no_evidence(self) -> Option<&'static str> {
+        match self {
+            Self::Slow => None,
+            Self::Fast => Some("fast-flush run"),
+            Self::Changed => Some("the flush changed state during the run"),
+        }
+    }
+}
+
 /// A target's verdict; `evidence` is `None` when the run counts, else why not.
 pub(crate) fn verdict(ok: bool, evidence: Option<&str>) -> String {
     match (ok, evidence) {

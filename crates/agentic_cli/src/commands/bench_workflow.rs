@@ -39,6 +39,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Ctx;
+use super::bench::Regime;
 use crate::output;
 
 /// Steps in the chain each run is.
@@ -446,24 +447,14 @@ pub async fn run(ctx: Ctx, quick: bool, dir: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// The disk's flush state while the bench ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Regime {
-    /// Slow throughout: the overwrite probes before and after the runs, a
-    /// step's commit alone and a step all took the slow state's time, and
-    /// no step, commit alone, or mean commit of the phases with 100 runs at
-    /// once (each holds a flush) was faster than the probes' flush (less
-    /// 10% for jitter).
-    Slow,
-    /// Both overwrite probes fast (a commit or a step slower than 1 ms
-    /// between them is the CPU's doing: a loaded machine, not a slow flush).
-    Fast,
-    /// Neither: the disk changed state during the run.
-    Changed,
-}
-
 impl Regime {
-    /// The regime `m` was measured in.
+    /// The regime `m` was measured in: slow only if the overwrite probes
+    /// before and after the runs, a step's commit alone and a step all took
+    /// the slow state's time, and no step, commit alone, or mean commit of
+    /// the phases with 100 runs at once (each holds a flush) was faster
+    /// than the probes' flush (less 10% for jitter); fast if both overwrite
+    /// probes were (a commit or a step slower than 1 ms between them is the
+    /// CPU's doing: a loaded machine, not a slow flush).
     fn of(m: &Measured) -> Self {
         let probes = [m.overwrite, m.overwrite_after];
         let flush = m.overwrite.p50_ms.min(m.overwrite_after.p50_ms);
@@ -483,24 +474,6 @@ impl Regime {
             Self::Fast
         } else {
             Self::Changed
-        }
-    }
-
-    /// Its name, as the header and the JSON give it.
-    fn name(self) -> &'static str {
-        match self {
-            Self::Slow => "slow",
-            Self::Fast => "fast",
-            Self::Changed => "changed",
-        }
-    }
-
-    /// Why a run in this regime is no evidence for the targets, if it is not.
-    fn why_no_evidence(self) -> Option<&'static str> {
-        match self {
-            Self::Slow => None,
-            Self::Fast => Some("fast-flush run"),
-            Self::Changed => Some("the flush changed state during the run"),
         }
     }
 }

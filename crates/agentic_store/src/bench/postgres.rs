@@ -55,12 +55,23 @@ pub struct PgLevel {
     pub raw_turns: f64,
 }
 
+/// The bench's figures.
+#[derive(Debug, Clone)]
+pub struct PgReport {
+    /// Each concurrency level's.
+    pub levels: Vec<PgLevel>,
+    /// The median of one-row commits, one after another on one connection,
+    /// less the median round trip, before the levels ran and after, in
+    /// milliseconds: the server's flush, which says which state the disk
+    /// was in.
+    pub commit_p50_ms: (f64, f64),
+}
+
 /// Runs the bench, telling `progress` what it starts.
-pub async fn run(
-    config: &PgBenchConfig,
-    progress: impl Fn(&str),
-) -> Result<Vec<PgLevel>, StoreError> {
+pub async fn run(config: &PgBenchConfig, progress: impl Fn(&str)) -> Result<PgReport, StoreError> {
     let server = Server::connect(&config.url).await?;
+    progress("the server's one-row commits, before");
+    let before = server.scratch(commit_p50_ms).await?;
     let mut levels = Vec::new();
     for &appenders in &config.appenders {
         progress(&format!("{appenders} appender(s) through one kernel"));
@@ -95,7 +106,51 @@ pub async fn run(
             raw_turns,
         });
     }
-    Ok(levels)
+    progress("the server's one-row commits, after");
+    let after = server.scratch(commit_p50_ms).await?;
+    Ok(PgReport {
+        levels,
+        commit_p50_ms: (before, after),
+    })
+}
+
+/// The median time of 100 one-row commits, one after another, less the
+/// median round trip (`SELECT 1`): the server's commit, mostly its flush.
+async fn commit_p50_ms(url: String) -> Result<f64, StoreError> {
+    let client = client_of(&url).await?;
+    client
+        .batch_execute("CREATE TABLE probe (n bigint)")
+        .await
+        .map_err(|e| backend("create the probe table", e))?;
+    let insert = client
+        .prepare("INSERT INTO probe VALUES ($1)")
+        .await
+        .map_err(|e| backend("prepare", e))?;
+    let trip = client
+        .prepare("SELECT 1")
+        .await
+        .map_err(|e| backend("prepare", e))?;
+    // The median of 100 runs of `statement`, in milliseconds.
+    let median_ms = async |statement: &tokio_postgres::Statement, what: &str| {
+        let mut times = Vec::with_capacity(100);
+        for n in 0..100i64 {
+            let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = match statement.params() {
+                [] => &[],
+                _ => &[&n],
+            };
+            let started = Instant::now();
+            client
+                .execute(statement, params)
+                .await
+                .map_err(|e| backend(what, e))?;
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok::<_, StoreError>(times[times.len() / 2])
+    };
+    let commit = median_ms(&insert, "insert").await?;
+    let round_trip = median_ms(&trip, "round trip").await?;
+    Ok((commit - round_trip).max(0.0))
 }
 
 /// How `appenders` split across `kernels` (as the bench splits them, one
@@ -465,8 +520,12 @@ async fn three_kernels(url: String, tasks: usize) -> Result<f64, StoreError> {
     let mut kernels = Vec::new();
     let mut stores: Vec<Arc<dyn EventStore>> = Vec::new();
     for _ in 0..CLAIM_KERNELS {
-        let store: Arc<dyn EventStore> =
-            Arc::new(PostgresStore::open(&url, PostgresOptions::default()).await?);
+        // Opened as `lion run` opens a kernel's store.
+        let options = PostgresOptions {
+            settle_reads: false,
+            ..PostgresOptions::default()
+        };
+        let store: Arc<dyn EventStore> = Arc::new(PostgresStore::open(&url, options).await?);
         let join = KernelJoin {
             id: Uuid::now_v7(),
             host: "bench".into(),
