@@ -841,6 +841,111 @@ async fn a_follower_told_of_commits_past_a_pending_turn_flushes_and_reads_on() {
     assert!(flushed(&url).await >= 3);
 }
 
+/// A writer whose turn was flushed but never announced (it died between
+/// the two, or its announcement was lost) told nobody: a follower that had
+/// heard of every head before it hears of it from its store's next look at
+/// the log. Checks on `lion.flushes` keep every store from flushing (the
+/// follower's look included), so only that look can wake it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_never_announced_reaches_followers() {
+    let url = postgres_cluster::cluster().database("unannounced").await;
+    let follower = open_with(&url, false, Duration::from_millis(50)).await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    for (i, store) in [&a, &b, &a, &b].into_iter().enumerate() {
+        store
+            .append(vec![new_event(i, 0), new_event(i, 1)], ExpectedVersion::Any)
+            .await
+            .expect("append");
+    }
+    // The follower's listener is up: it heard of the heads.
+    tokio::time::timeout(GUARD, follower.wait_for_events(7))
+        .await
+        .expect("the follower hears of the heads")
+        .expect("wait");
+    let client = admin(&url).await;
+    client
+        .batch_execute("ALTER TABLE lion.flushes ADD CONSTRAINT held CHECK (flushed < 9)")
+        .await
+        .expect("hold the flushes");
+    // `a` takes turns: its turn (9, 10) commits, its flush is refused.
+    let refused = a
+        .append(vec![new_event(4, 0), new_event(4, 1)], ExpectedVersion::Any)
+        .await;
+    assert!(refused.is_err(), "answered without its flush: {refused:?}");
+    let dead: Uuid = client
+        .query_one("SELECT writer FROM lion.flushes WHERE turn = 10", &[])
+        .await
+        .expect("the turn's row")
+        .get(0);
+    drop(a);
+    // Only the flush below passes: no store's flush can announce it.
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE lion.flushes DROP CONSTRAINT held, ADD CONSTRAINT only_this \
+             CHECK (writer = '{dead}' AND from_seq = 10) NOT VALID"
+        ))
+        .await
+        .expect("hold other flushes");
+    client
+        .execute(
+            "UPDATE lion.flushes SET from_seq = 10, flushed = 10 WHERE writer = $1",
+            &[&dead],
+        )
+        .await
+        .expect("the flush, with no announcement");
+    // What a follower caught up at 8 waits on.
+    tokio::time::timeout(GUARD, follower.wait_for_events(8))
+        .await
+        .expect("the follower hears of the flush")
+        .expect("wait");
+    assert_eq!(
+        seqs(follower.read_from(9, 10).await.expect("read")),
+        [9, 10]
+    );
+}
+
+/// Any role that can connect may notify `lion_log`: a follower woken by a
+/// head the log does not reach reads nothing (no error), takes the
+/// announcement back (it waits again), and reads on at the next real one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_announcement_is_taken_back() {
+    use futures_util::FutureExt;
+    let url = postgres_cluster::cluster().database("false_news").await;
+    let never = Duration::from_secs(3600);
+    let follower = open_with(&url, false, never).await;
+    follower
+        .append(vec![new_event(0, 0)], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    admin(&url)
+        .await
+        .batch_execute("NOTIFY lion_log, '999999'")
+        .await
+        .expect("notify");
+    tokio::time::timeout(GUARD, follower.wait_for_events(1))
+        .await
+        .expect("the false announcement arrives")
+        .expect("wait");
+    assert_eq!(
+        seqs(follower.read_from(2, 10).await.expect("no error")),
+        [0u64; 0]
+    );
+    assert!(
+        follower.wait_for_events(1).now_or_never().is_none(),
+        "the false announcement still stands"
+    );
+    open_with(&url, false, never)
+        .await
+        .append(vec![new_event(1, 0)], ExpectedVersion::Any)
+        .await
+        .expect("append");
+    tokio::time::timeout(GUARD, follower.wait_for_events(1))
+        .await
+        .expect("the real announcement arrives")
+        .expect("wait");
+    assert_eq!(seqs(follower.read_from(2, 10).await.expect("read")), [2]);
+}
+
 /// An append sent again whose events a pending turn holds is answered as
 /// stored only once that turn is durable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,10 +64,18 @@
 //! what it finds). Flushing in the writer for each refusal made the
 //! kernels that lost claim races lose every race.
 //!
-//! Every role that uses the store needs `INSERT`, `UPDATE` and `DELETE` on
-//! `lion.flushes`, readers included. If the server's `synchronous_commit`
-//! is `off` by default, nothing lion commits waits for its flush, relaxed
-//! or not.
+//! Every role that uses the store needs `SELECT`, `INSERT` and `UPDATE` on
+//! `lion.flushes`, readers included (`DELETE` only for tidying). If
+//! `synchronous_commit` is `off` by default (for the server, the database
+//! or lion's role), nothing lion commits waits for its flush, relaxed or
+//! not.
+//!
+//! A notification on `lion_log` is taken for an announcement of a durable
+//! head; any role that can connect can send one. A follower that finds the
+//! log does not reach an announced head, even after a flush of its own,
+//! takes it back (see `PostgresStore::read_from`); a command's read that
+//! waits for an announcement could be told early by a false one, and show a
+//! turn up to one flush before it is durable.
 
 use deadpool_postgres::ClientWrapper;
 use tokio::sync::{Mutex, watch};
@@ -75,22 +83,35 @@ use uuid::Uuid;
 
 use super::PgError;
 
+/// The greatest head any row says is durable, as a scalar subquery:
+/// every seq up to it is.
+macro_rules! flushed {
+    () => {
+        "(SELECT coalesce(max(flushed), 0) FROM lion.flushes)"
+    };
+}
+
 /// The durable frontier, as a scalar subquery: the newest seq every reader
 /// may see (see the module's doc). `i64::MAX` when nothing is pending: a
 /// read bounded by it is bounded by the head alone.
 macro_rules! frontier {
     () => {
-        "(SELECT greatest(w.seq, (SELECT coalesce(min(p.from_seq), 9223372036854775807) \
-          FROM lion.flushes p WHERE p.turn > w.seq)) \
-          FROM (SELECT coalesce(max(f.flushed), 0) AS seq FROM lion.flushes f) w)"
+        concat!(
+            "(SELECT greatest(w.seq, (SELECT coalesce(min(p.from_seq), 9223372036854775807) \
+              FROM lion.flushes p WHERE p.turn > w.seq)) FROM (SELECT ",
+            $crate::postgres::durable::flushed!(),
+            " AS seq) w)"
+        )
     };
 }
-pub(super) use frontier;
+pub(super) use {flushed, frontier};
 
 /// Whether any relaxed commit is not yet known durable, and the head.
-pub(super) const PENDING: &str = "SELECT EXISTS (SELECT FROM lion.flushes \
-     WHERE turn > (SELECT coalesce(max(flushed), 0) FROM lion.flushes)), \
-     (SELECT head_seq FROM lion.store WHERE id = 1)";
+pub(super) const PENDING: &str = concat!(
+    "SELECT EXISTS (SELECT FROM lion.flushes WHERE turn > ",
+    flushed!(),
+    "), (SELECT head_seq FROM lion.store WHERE id = 1)"
+);
 
 /// Records, in a durable transaction of its own, that the head it reads is
 /// durable, for the row `$1`; returns that head. Run with the server's own
@@ -113,14 +134,19 @@ pub(super) const ANNOUNCE: &str =
 
 /// Moves the head ($1, $2) in a relaxed commit, marking the writer's row
 /// (`$3`) pending from the head before the move (`$4`) — or from where its
-/// previous turn started, if that one's flush failed. Wakes nobody: the
-/// flush behind it does.
-pub(super) const MOVE_HEAD_RELAXED: &str = "WITH moved AS (\
+/// previous turn started, if that one is still not known durable (its
+/// flush failed, and no other flush has passed it since). Wakes nobody:
+/// the flush behind it does.
+pub(super) const MOVE_HEAD_RELAXED: &str = concat!(
+    "WITH moved AS (\
      UPDATE lion.store SET head_seq = $1, head_hash = $2 WHERE id = 1 RETURNING head_seq) \
      INSERT INTO lion.flushes AS f (writer, from_seq, turn, flushed) \
      SELECT $3, $4, head_seq, 0 FROM moved \
      ON CONFLICT (writer) DO UPDATE SET turn = EXCLUDED.turn, \
-     from_seq = CASE WHEN f.flushed < f.turn THEN f.from_seq ELSE EXCLUDED.from_seq END";
+     from_seq = CASE WHEN f.turn > ",
+    flushed!(),
+    " THEN f.from_seq ELSE EXCLUDED.from_seq END"
+);
 
 /// Forgets the rows that say nothing the greatest `flushed` does not (no
 /// pending turn, an older `flushed`): those of store instances long gone,
@@ -171,14 +197,14 @@ impl Flusher {
     }
 
     /// Makes every commit up to `seen` durable (and known so to every
-    /// reader), unless a flush of this store's readers already did.
-    pub async fn flush(&self, client: &ClientWrapper, seen: u64) -> Result<(), PgError> {
+    /// reader), unless a flush of this store's readers already did; returns
+    /// the newest head these readers' flushes made durable.
+    pub async fn flush_past(&self, client: &ClientWrapper, seen: u64) -> Result<u64, PgError> {
         let mut done = self.done.lock().await;
-        if *done >= seen {
-            return Ok(());
+        if *done < seen {
+            *done = flush(client, self.id).await?.max(*done);
         }
-        *done = flush(client, self.id).await?.max(*done);
-        Ok(())
+        Ok(*done)
     }
 
     /// After a read of projections on `client`: returns once what it saw
@@ -189,7 +215,7 @@ impl Flusher {
     pub async fn settle(
         &self,
         client: &ClientWrapper,
-        announced: &watch::Receiver<u64>,
+        announced: &watch::Sender<u64>,
     ) -> Result<(), PgError> {
         let stmt = client.prepare_cached(PENDING).await?;
         let row = client.query_one(&stmt, &[]).await?;
@@ -197,30 +223,36 @@ impl Flusher {
             return Ok(());
         }
         let seen = row.get::<_, i64>(1).max(0) as u64;
-        let mut announced = announced.clone();
+        let mut announced = announced.subscribe();
         let announced = tokio::time::timeout(FLUSH_WAIT, announced.wait_for(|a| *a >= seen))
             .await
             .is_ok_and(|r| r.is_ok());
         if !announced {
-            self.flush(client, seen).await?;
+            self.flush_past(client, seen).await?;
         }
         Ok(())
     }
 }
 
 /// The pending rows: each writer with a turn not known durable.
-const PENDING_ROWS: &str = "SELECT writer, turn FROM lion.flushes \
-     WHERE turn > (SELECT coalesce(max(flushed), 0) FROM lion.flushes)";
+const PENDING_ROWS: &str = concat!(
+    "SELECT writer, turn FROM lion.flushes WHERE turn > ",
+    flushed!()
+);
 
 /// Flushes, for as long as the store is open, for writers that died between
 /// a relaxed commit and its flush: a row pending with the same turn at two
 /// looks `every` apart (a live writer flushes within a flush's time of its
 /// commit; see `PostgresOptions::abandoned_after`). Without it, the turn
 /// would stay hidden from the log's readers until some later commit's flush
-/// covered it. Failures (the database away) are met again at the next look.
+/// covered it. Each look also tells this store's readers (`committed`) the
+/// durable head it reads: a writer that died between its flush and its
+/// announcement (or whose announcement failed) has told nobody. Failures
+/// (the database away) are met again at the next look.
 pub(super) async fn clear_abandoned(
     pool: deadpool_postgres::Pool,
     flusher: std::sync::Arc<Flusher>,
+    committed: std::sync::Arc<watch::Sender<u64>>,
     every: std::time::Duration,
 ) {
     let mut seen: Vec<(Uuid, i64)> = Vec::new();
@@ -237,9 +269,11 @@ pub(super) async fn clear_abandoned(
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
+            let durable = super::reads::head(&**client).await?.seq;
+            super::notify::publish(&committed, durable);
             if let Some(&(_, turn)) = pending.iter().find(|row| seen.contains(row)) {
                 tracing::debug!(turn, "flushing for a writer that left its turn pending");
-                flusher.flush(&client, turn.max(0) as u64).await?;
+                flusher.flush_past(&client, turn.max(0) as u64).await?;
             }
             Ok::<_, PgError>(pending)
         };

@@ -112,8 +112,10 @@ pub struct PostgresOptions {
     pub settle_reads: bool,
     /// How often an open store looks for a turn committed without waiting
     /// for its flush that is still not known durable (its writer died, or
-    /// its flush failed): found pending at two looks in a row, it is
-    /// flushed for, which makes it visible to the log's readers.
+    /// its flush failed): found pending at two looks in a row (so after one
+    /// to two of these), it is flushed for, which makes it visible to the
+    /// log's readers. Each look also tells this store's followers the
+    /// durable head, in case a writer died before announcing its flush.
     pub abandoned_after: Duration,
 }
 
@@ -142,8 +144,10 @@ pub struct PostgresStore {
     /// The store's id, made when its tables were created.
     store_id: Uuid,
     requests: mpsc::Sender<Request>,
-    /// The newest sequence number known to be committed (by any kernel).
-    committed: watch::Receiver<u64>,
+    /// The newest sequence number known to be committed durably (by any
+    /// kernel): what the writer commits, and what the listener and the
+    /// look for abandoned turns hear of.
+    committed: Arc<watch::Sender<u64>>,
     pool: Pool,
     stats: Arc<CommitCounters>,
     listener: tokio::task::JoinHandle<()>,
@@ -177,8 +181,9 @@ impl PostgresStore {
     /// Opens the store in the database `url` names (`postgres://…`),
     /// creating lion's tables in an empty database, and moving a store of
     /// the previous layout to this one. Refuses a database whose `lion`
-    /// schema is not a lion store, or one of another layout version. Must be called within a tokio runtime: the writer and the
-    /// listener run as tasks on it.
+    /// schema is not a lion store, or one of another layout version. Must
+    /// be called within a tokio runtime: the writer and the listener run as
+    /// tasks on it.
     pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
         let (config, tls) = connection_config(url, &options)?;
         let location: Arc<str> = describe(&config).into();
@@ -197,14 +202,13 @@ impl PostgresStore {
         let _ = driver.await;
         let pool = pool(&config, &tls, options.pool_size.max(1), &options)?;
         let writer_pool = pool_of_one(&writer_config(&config), &tls, &options)?;
-        let (committed_tx, committed) = watch::channel(head.seq);
-        let committed_tx = Arc::new(committed_tx);
+        let committed = Arc::new(watch::Sender::new(head.seq));
         let live = broadcast::channel(LIVE_BUFFER).0;
         let flusher = Arc::new(durable::Flusher::new(Uuid::now_v7()));
         let listener = tokio::spawn(notify::listen(
             (config.clone(), tls),
             location.clone(),
-            committed_tx.clone(),
+            committed.clone(),
             (live.clone(), relay_key.clone()),
         ));
         let (requests, rx) = mpsc::channel(options.writer_queue.max(1));
@@ -212,7 +216,7 @@ impl PostgresStore {
         let writer = Writer {
             pool: writer_pool,
             location: location.clone(),
-            committed: committed_tx,
+            committed: committed.clone(),
             max_events_per_commit: options.max_events_per_commit.max(1),
             reconnect_for: options.reconnect_for,
             stats: stats.clone(),
@@ -224,6 +228,7 @@ impl PostgresStore {
         let abandoned = tokio::spawn(durable::clear_abandoned(
             pool.clone(),
             flusher.clone(),
+            committed.clone(),
             options.abandoned_after.max(Duration::from_millis(10)),
         ));
         Ok(Self {
@@ -259,9 +264,11 @@ impl PostgresStore {
         &self.stats
     }
 
-    /// Checks the whole log: every record's position, link and hash, and
-    /// that the head row (updated in each append's transaction) names a
-    /// record of it, so a log cut short is found.
+    /// Checks the whole log up to its durable head: every record's
+    /// position, link and hash, and that the head (the head row, updated
+    /// in each append's transaction, or the durable frontier behind it
+    /// while a turn is pending) names a record of it, so a log cut short is
+    /// found.
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
         let head = audit::scan(self, |_| Ok(())).await?;
         Ok(VerifyReport {
@@ -342,7 +349,9 @@ impl EventStore for PostgresStore {
             // A refusal rests on what the writer read, which may be a turn
             // not yet durable: the caller (who may act on it, as a kernel
             // rereading a workflow run does) hears of it once that is,
-            // and the writer goes on meanwhile (see [`durable`]).
+            // and the writer goes on meanwhile (see [`durable`]). If that
+            // cannot be made sure (the database away), the caller gets that
+            // error instead: a refusal it must not act on yet.
             self.query(async |c| self.flusher.settle(c, &self.committed).await)
                 .await?;
         }
@@ -381,9 +390,11 @@ impl EventStore for PostgresStore {
     /// Reads up to the durable frontier (see [`durable`]). Finding nothing
     /// there, though a commit at `from` or beyond was announced (one that
     /// waited for its flush, after a relaxed one whose flush is not
-    /// recorded), makes the log durable up to the head and reads again;
-    /// finding nothing still is a corrupt store (announced heads are
-    /// durable, and the frontier never falls below one).
+    /// recorded), makes the log durable up to the head and reads again.
+    /// Finding nothing still, below the head that flush made durable, the
+    /// announcement was not one of lion's (any role that can connect may
+    /// notify): it is taken back, so followers wait for the next real one
+    /// instead of reading in a loop; at or past it, the store is corrupt.
     async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
         self.query(async |c| {
             let events = reads::events_from(c, from, limit).await?;
@@ -391,14 +402,28 @@ impl EventStore for PostgresStore {
             if !events.is_empty() || limit == 0 || announced < from.max(1) {
                 return Ok(events);
             }
-            self.flusher.flush(c, announced).await?;
+            let durable = self.flusher.flush_past(c, announced).await?;
             let events = reads::events_from(c, from, limit).await?;
-            if events.is_empty() {
-                // Announced values are heads some flush recorded durable.
+            if events.is_empty() && durable >= announced {
+                // A flush of this store's recorded the log durable there.
                 return Err(PgError::Corrupt(format!(
-                    "the log was announced durable up to seq {announced}, \
+                    "the log was made durable up to seq {durable}, \
                      but holds nothing from seq {from} up to there"
                 )));
+            }
+            if events.is_empty() {
+                tracing::warn!(
+                    announced,
+                    durable,
+                    "a notification on {} announced a head the log does not reach; ignored",
+                    notify::CHANNEL
+                );
+                self.committed.send_if_modified(|seq| {
+                    if *seq == announced {
+                        *seq = durable;
+                    }
+                    false
+                });
             }
             Ok(events)
         })
@@ -424,8 +449,8 @@ impl EventStore for PostgresStore {
     }
 
     async fn wait_for_events(&self, seq: u64) -> Result<(), StoreError> {
-        let mut committed = self.committed.clone();
-        committed
+        self.committed
+            .subscribe()
             .wait_for(|c| *c > seq)
             .await
             .map(|_| ())

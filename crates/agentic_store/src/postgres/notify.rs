@@ -1,8 +1,11 @@
 //! Wake-ups for readers of a [`super::PostgresStore`]: a connection that
-//! `LISTEN`s on `lion_log`, where every commit (by any kernel) notifies its
-//! new head's sequence number. A notification only wakes readers, who then
-//! read the log; after every (re)connection the head is read once, so a
-//! notification missed while disconnected delays no one.
+//! `LISTEN`s on `lion_log`, where every head made durable (by any kernel:
+//! a commit that waited for its flush, or the flush behind relaxed turns,
+//! see [`super::durable`]) is announced by its sequence number. A
+//! notification only wakes readers, who then read the log (one announcing
+//! a head the log does not reach is taken back); after every (re)connection
+//! the head is read once, so a notification missed while disconnected
+//! delays no one.
 //!
 //! The same connection listens on `lion_live`, where kernels relay their
 //! live events to each other ([`LiveRelay`](agentic_core::store::live::LiveRelay)):
@@ -185,7 +188,7 @@ async fn listen_once(
 }
 
 /// Moves `committed` on to `seq` if it is newer.
-fn publish(committed: &watch::Sender<u64>, seq: u64) {
+pub(super) fn publish(committed: &watch::Sender<u64>, seq: u64) {
     committed.send_if_modified(|known| {
         let newer = seq > *known;
         if newer {

@@ -340,7 +340,13 @@ pub(super) async fn plugin(
         .prepare_cached("SELECT key, value FROM lion.plugin_kv WHERE plugin = $1")
         .await?;
     let tx = snapshot(client).await?;
-    let as_of = head(&*tx).await?.seq;
+    // The head the rows reflect: a turn not yet durable included (the
+    // read is settled as every read of projections is).
+    let as_of: i64 = tx
+        .query_one("SELECT head_seq FROM lion.store WHERE id = 1", &[])
+        .await?
+        .get(0);
+    let as_of = as_of.max(0) as u64;
     let Some(row) = tx.query_opt(&record_stmt, &[&name]).await? else {
         return Ok(None);
     };

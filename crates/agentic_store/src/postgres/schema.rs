@@ -9,10 +9,10 @@
 //! the schema version, the store's id and the log's head, which every
 //! append reads and moves while holding the head lock (a row lock on it),
 //! serialising appends across kernels in commit order (see the `writer`
-//! module). `lion.kernels`
-//! holds the kernels sharing the log and their leases (the `kernels`
-//! module); `lion.flushes` which committed events are durable (`durable`); `lion.blobs` plugin components by their hash (`blobs`);
-//! `lion.workflows` the projection of workflow runs;
+//! module). `lion.kernels` holds the kernels sharing the log and their
+//! leases (the `kernels` module); `lion.flushes` which committed events are
+//! durable (`durable`); `lion.blobs` plugin components by their hash
+//! (`blobs`); `lion.workflows` the projection of workflow runs;
 //! `lion.secrets` the key that signs live events relayed between kernels.
 
 use tokio_postgres::Client;

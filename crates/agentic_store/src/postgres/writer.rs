@@ -148,7 +148,7 @@ impl Writer {
                 // answered with the failure: settle it before going on,
                 // so readers need not (a failure here is met again).
                 if let Ok(client) = self.pool.get().await {
-                    let _ = self.flush_unflushed(&client).await;
+                    let _ = self.flush_own(&client).await;
                 }
             }
             let fresh = carried.is_empty();
@@ -233,13 +233,11 @@ impl Writer {
         }
     }
 
-    /// Flushes behind this writer's relaxed commits, if one may have gone
-    /// through without its flush.
-    async fn flush_unflushed(&self, client: &ClientWrapper) -> Result<(), PgError> {
-        if self.unflushed.load(Ordering::Relaxed) {
-            durable::flush(client, self.id).await?;
-            self.unflushed.store(false, Ordering::Relaxed);
-        }
+    /// Flushes (and announces) behind this writer's relaxed commits, one of
+    /// which may have gone through without its flush or its announcement.
+    async fn flush_own(&self, client: &ClientWrapper) -> Result<(), PgError> {
+        durable::flush(client, self.id).await?;
+        self.unflushed.store(false, Ordering::Relaxed);
         Ok(())
     }
 
@@ -485,8 +483,12 @@ impl Writer {
             // claims another kernel won, and a flush each here would slow
             // the losers' writers down until they lost every race.
             if outcomes.iter().any(Result::is_ok) {
-                durable::flush_if_pending(client, self.id).await?;
-                self.unflushed.store(false, Ordering::Relaxed);
+                // This writer's own turn may be durable already with its
+                // announcement lost: a flush of its own announces it.
+                match self.unflushed.load(Ordering::Relaxed) {
+                    true => self.flush_own(client).await?,
+                    false => durable::flush_if_pending(client, self.id).await?,
+                }
                 return Ok((outcomes, head));
             }
             return Ok((outcomes, self.turns.last().unwrap_or(ChainHead::EMPTY)));

@@ -214,8 +214,10 @@ impl Writer {
 
     /// The requests of a run of commits that failed with `error`, to
     /// commit again the usual way: the failed group's, those admitted
-    /// behind it (whose statement, if sent, failed too: the head it moves
-    /// from was not reached), and those left.
+    /// behind it, and those left. The statement behind, if sent, failed
+    /// too (the head it moves from was not reached), unless the failed
+    /// group wrote nothing (a flush for retries found stored): then it may
+    /// have committed, and committing it again finds its events stored.
     fn hand_back(
         &self,
         error: &PgError,
