@@ -536,7 +536,8 @@ impl Writer {
                 let insert = client.prepare_cached(INSERT_EVENTS).await?;
                 let (seq, hash) = (position(head.seq), head.hash.0.to_vec());
                 let relaxed = self.turns.others_append.load(Ordering::Relaxed);
-                let flush = relaxed || self.unflushed.load(Ordering::Relaxed);
+                let unflushed = self.unflushed.load(Ordering::Relaxed);
+                let flush = relaxed || unflushed;
                 if relaxed {
                     // Set before it is sent: its commit may go through
                     // with its answer lost.
@@ -558,7 +559,10 @@ impl Writer {
                         let moved = match relaxed {
                             true => {
                                 client
-                                    .execute(move_head_relaxed, &[&seq, &hash, &self.id, &from_seq])
+                                    .execute(
+                                        move_head_relaxed,
+                                        &[&seq, &hash, &self.id, &from_seq, &unflushed],
+                                    )
                                     .await
                             }
                             false => client.execute(move_head, &[&seq, &hash]).await,
