@@ -416,6 +416,9 @@ pub struct ClaimsReport {
     pub queue: f64,
     /// The queue's workers (connections, each one task at a time).
     pub queue_workers: usize,
+    /// The server's one-row commit p50, less a round trip, before and
+    /// after, in milliseconds (as [`PgReport::commit_p50_ms`]).
+    pub commit_p50_ms: (f64, f64),
 }
 
 /// Kernels in the claiming bench, and the attempts each runs at once.
@@ -434,6 +437,8 @@ pub async fn claims(
     progress: impl Fn(&str),
 ) -> Result<ClaimsReport, StoreError> {
     let server = Server::connect(url).await?;
+    progress("the server's one-row commits, before");
+    let before = server.scratch(commit_p50_ms).await?;
     progress(&format!("{tasks} tasks through a bare SKIP LOCKED queue"));
     let workers = CLAIM_KERNELS * QUEUE_WORKERS_PER_KERNEL;
     let queue = server
@@ -441,11 +446,14 @@ pub async fn claims(
         .await?;
     progress(&format!("{tasks} tasks through three lion kernels"));
     let lion = server.scratch(|url| three_kernels(url, tasks)).await?;
+    progress("the server's one-row commits, after");
+    let after = server.scratch(commit_p50_ms).await?;
     Ok(ClaimsReport {
         tasks,
         lion,
         queue,
         queue_workers: workers,
+        commit_p50_ms: (before, after),
     })
 }
 
