@@ -857,7 +857,7 @@ async fn a_flush_never_announced_reaches_followers() {
             .await
             .expect("append");
     }
-    // The follower's listener is up: it heard of the heads.
+    // The follower knows of the heads (by its listener, or its look).
     tokio::time::timeout(GUARD, follower.wait_for_events(7))
         .await
         .expect("the follower hears of the heads")
@@ -913,10 +913,17 @@ async fn a_false_announcement_is_taken_back() {
     let url = postgres_cluster::cluster().database("false_news").await;
     let never = Duration::from_secs(3600);
     let follower = open_with(&url, false, never).await;
-    follower
+    let other = open_with(&url, false, never).await;
+    other
         .append(vec![new_event(0, 0)], ExpectedVersion::Any)
         .await
         .expect("append");
+    // The follower's listener is up: it heard of that commit (from the
+    // commit's notification, or the head it read once listening).
+    tokio::time::timeout(GUARD, follower.wait_for_events(0))
+        .await
+        .expect("the follower hears of the commit")
+        .expect("wait");
     admin(&url)
         .await
         .batch_execute("NOTIFY lion_log, '999999'")
@@ -934,8 +941,7 @@ async fn a_false_announcement_is_taken_back() {
         follower.wait_for_events(1).now_or_never().is_none(),
         "the false announcement still stands"
     );
-    open_with(&url, false, never)
-        .await
+    other
         .append(vec![new_event(1, 0)], ExpectedVersion::Any)
         .await
         .expect("append");

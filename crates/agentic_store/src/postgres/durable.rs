@@ -31,8 +31,8 @@
 //! the greatest `flushed`, or the head when nothing is pending
 //! (the `frontier!` macro); reads of the log stop there. A writer moves
 //! its row on to its next turn after its previous turn's flush committed;
-//! if that flush failed, the row keeps its previous turn's start, so
-//! nothing is left pending behind it.
+//! while that flush may have failed, the row keeps its previous turn's
+//! start, so nothing is left pending behind it ([`MOVE_HEAD_RELAXED`]).
 //!
 //! A reader of projections (or of a stream, whose versions appends compare
 //! with) cannot stop at a seq. In a store that settles its reads (a
@@ -43,8 +43,10 @@
 //! through appends, which commit after it.
 //!
 //! Only durable heads are announced (`NOTIFY lion_log`, and this store's
-//! `committed` watch): a durable commit's own notification, or
-//! [`ANNOUNCE`] of what a writer's row says it flushed. So a reader of the
+//! `committed` watch): a durable commit's own notification, [`ANNOUNCE`]
+//! of what a writer's row says it flushed, or the durable head a store
+//! reads (its listener when it connects, each look for abandoned turns);
+//! a false notification found out is taken back from the watch. So a reader of the
 //! log woken for a seq it then finds beyond the frontier (a durable commit
 //! landed after a turn whose row is still pending) flushes and reads
 //! again. A turn whose writer died between its commit and its flush is

@@ -20,9 +20,11 @@
 //! - [`kernels`] is the registry of the kernels sharing the log: their
 //!   leases, by the database's clock.
 //! - [`blobs`] keeps plugin components by their hash, for every kernel.
-//! - [`notify`] wakes readers: each commit sends `NOTIFY lion_log`, and a
-//!   listening connection per store turns it into a wake-up. Notifications
-//!   only wake; readers always re-read the log.
+//! - [`notify`] wakes readers: each head made durable is announced with
+//!   `NOTIFY lion_log` (by a commit that waited for its flush, or by the
+//!   flush behind relaxed turns: see [`durable`]), and a listening
+//!   connection per store turns it into a wake-up. Notifications only
+//!   wake; readers always re-read the log.
 //!
 //! Every connection runs with a statement timeout and a lock timeout, so a
 //! stuck database gives a clear error instead of a hung kernel. When the
@@ -391,10 +393,11 @@ impl EventStore for PostgresStore {
     /// there, though a commit at `from` or beyond was announced (one that
     /// waited for its flush, after a relaxed one whose flush is not
     /// recorded), makes the log durable up to the head and reads again.
-    /// Finding nothing still, below the head that flush made durable, the
-    /// announcement was not one of lion's (any role that can connect may
-    /// notify): it is taken back, so followers wait for the next real one
-    /// instead of reading in a loop; at or past it, the store is corrupt.
+    /// Finding nothing still: if the head that flush made durable is below
+    /// the announced one, the announcement was not lion's (any role that
+    /// can connect may notify), and it is taken back (the watch set to the
+    /// durable head), so followers wait for the next real one instead of
+    /// reading in a loop; if it reaches it, the store is corrupt.
     async fn read_from(&self, from: u64, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
         self.query(async |c| {
             let events = reads::events_from(c, from, limit).await?;
@@ -424,6 +427,10 @@ impl EventStore for PostgresStore {
                     }
                     false
                 });
+                // A real head announced meanwhile was dropped under the
+                // false one: read it.
+                let head = reads::head(&***c).await?.seq;
+                notify::publish(&self.committed, head);
             }
             Ok(events)
         })
