@@ -673,6 +673,15 @@ async fn flushed(url: &str) -> i64 {
         .get(0)
 }
 
+/// Waits (within [`GUARD`]) until `store` knows of a commit after `seq`:
+/// `what` names it in the failure.
+async fn heard(store: &PostgresStore, seq: u64, what: &str) {
+    tokio::time::timeout(GUARD, store.wait_for_events(seq))
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+        .expect("wait");
+}
+
 fn seqs(events: Vec<agentic_core::EventEnvelope>) -> Vec<u64> {
     events.iter().map(|e| e.seq).collect()
 }
@@ -814,10 +823,7 @@ async fn a_follower_told_of_commits_past_a_pending_turn_flushes_and_reads_on() {
             .append(vec![new_event(0, n)], ExpectedVersion::Any)
             .await
             .expect("append");
-        tokio::time::timeout(GUARD, follower.wait_for_events(n as u64))
-            .await
-            .expect("the follower's listener hears of it")
-            .expect("wait");
+        heard(&follower, n as u64, "the follower's listener hears of it").await;
     }
     admin(&url)
         .await
@@ -858,10 +864,7 @@ async fn a_flush_never_announced_reaches_followers() {
             .expect("append");
     }
     // The follower knows of the heads (by its listener, or its look).
-    tokio::time::timeout(GUARD, follower.wait_for_events(7))
-        .await
-        .expect("the follower hears of the heads")
-        .expect("wait");
+    heard(&follower, 7, "the follower hears of the heads").await;
     let client = admin(&url).await;
     client
         .batch_execute("ALTER TABLE lion.flushes ADD CONSTRAINT held CHECK (flushed < 9)")
@@ -894,10 +897,7 @@ async fn a_flush_never_announced_reaches_followers() {
         .await
         .expect("the flush, with no announcement");
     // What a follower caught up at 8 waits on.
-    tokio::time::timeout(GUARD, follower.wait_for_events(8))
-        .await
-        .expect("the follower hears of the flush")
-        .expect("wait");
+    heard(&follower, 8, "the follower hears of the flush").await;
     assert_eq!(
         seqs(follower.read_from(9, 10).await.expect("read")),
         [9, 10]
@@ -920,19 +920,13 @@ async fn a_false_announcement_is_taken_back() {
         .expect("append");
     // The follower's listener is up: it heard of that commit (from the
     // commit's notification, or the head it read once listening).
-    tokio::time::timeout(GUARD, follower.wait_for_events(0))
-        .await
-        .expect("the follower hears of the commit")
-        .expect("wait");
+    heard(&follower, 0, "the follower hears of the commit").await;
     admin(&url)
         .await
         .batch_execute("NOTIFY lion_log, '999999'")
         .await
         .expect("notify");
-    tokio::time::timeout(GUARD, follower.wait_for_events(1))
-        .await
-        .expect("the false announcement arrives")
-        .expect("wait");
+    heard(&follower, 1, "the false announcement arrives").await;
     assert_eq!(
         seqs(follower.read_from(2, 10).await.expect("no error")),
         [0u64; 0]
@@ -945,10 +939,7 @@ async fn a_false_announcement_is_taken_back() {
         .append(vec![new_event(1, 0)], ExpectedVersion::Any)
         .await
         .expect("append");
-    tokio::time::timeout(GUARD, follower.wait_for_events(1))
-        .await
-        .expect("the real announcement arrives")
-        .expect("wait");
+    heard(&follower, 1, "the real announcement arrives").await;
     assert_eq!(seqs(follower.read_from(2, 10).await.expect("read")), [2]);
 }
 
