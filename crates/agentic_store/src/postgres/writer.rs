@@ -243,13 +243,7 @@ impl Writer {
 
     /// Tells this store's readers of a commit.
     fn published(&self, head: ChainHead) {
-        self.committed.send_if_modified(|seq| {
-            let newer = head.seq > *seq;
-            if newer {
-                *seq = head.seq;
-            }
-            newer
-        });
+        super::notify::publish(&self.committed, head.seq);
     }
 
     /// Commits a group whose last attempt (probing as `probe` says) failed
